@@ -1,0 +1,17 @@
+//! vbin's event schema: the value types events carry, every domain event (versioned), the
+//! envelope published on NATS, subjects, and the upcasters that lift old event versions.
+//!
+//! This crate is pure data: no I/O. The event log stores `payload` exactly as these types
+//! serialize; an event is never edited, so a change of shape means a new version plus an
+//! upcaster in [`upcast`].
+
+pub mod call;
+pub mod customer;
+pub mod envelope;
+pub mod types;
+pub mod upcast;
+
+pub use call::CallEvent;
+pub use customer::CustomerEvent;
+pub use envelope::{subject_for, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
+pub use types::*;

@@ -1,0 +1,62 @@
+//! Upcasters: lift stored events of older versions to the current shape on load and replay.
+//!
+//! History:
+//! - `call_created` 1.0 -> 2.0: 1.0 carried only call_id, customer_id, source, destination and
+//!   at. 2.0 adds direction (1.0 calls were all outgoing), variables (none), dial_timeout_ms
+//!   (1.0 dialed with the then-fixed 30 s) and campaign_id (none).
+
+use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
+use serde_json::{json, Value};
+
+/// The dial timeout every 1.0 call used.
+pub const V1_DIAL_TIMEOUT_MS: u32 = 30_000;
+
+/// `call_created` 1.0 -> 2.0.
+pub fn call_created_v1_to_v2(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("direction").or_insert(json!("outgoing"));
+        m.entry("variables").or_insert(json!({}));
+        m.entry("dial_timeout_ms").or_insert(json!(V1_DIAL_TIMEOUT_MS));
+        m.entry("campaign_id").or_insert(Value::Null);
+    }
+    payload
+}
+
+/// Every upcaster, in the order they apply. Used by the event store and by replay.
+pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
+    vec![Box::new(SemanticVersionEventUpcaster::new(
+        "call_created",
+        "2.0.0",
+        Box::new(call_created_v1_to_v2),
+    ))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CallEvent;
+    use cqrs_es::persist::SerializedEvent;
+
+    #[test]
+    fn v1_call_created_upcasts_and_deserializes() {
+        let v1 = json!({"type":"call_created","call_id":"0191a0d2-7c4e-7b0e-8f00-000000000001",
+            "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","source":"+15550001111",
+            "destination":"+15550002222","at":"2025-01-02T03:04:05Z"});
+        let ev = SerializedEvent::new(
+            "x".into(), 1, "call".into(), "call_created".into(), "1.0".into(), v1, json!({}));
+        let ups = upcasters();
+        let up = ups.iter().fold(ev, |e, u| {
+            if u.can_upcast(&e.event_type, &e.event_version) { u.upcast(e) } else { e }
+        });
+        assert_eq!(up.event_version, "2.0.0");
+        let e: CallEvent = serde_json::from_value(up.payload).unwrap();
+        match e {
+            CallEvent::CallCreated { dial_timeout_ms, variables, .. } => {
+                assert_eq!(dial_timeout_ms, 30_000);
+                assert!(variables.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!ups[0].can_upcast("call_created", "2.0"));
+    }
+}

@@ -133,7 +133,9 @@ impl fmt::Display for E164 {
 }
 
 /// Money in integer micros (1 USD = 1,000,000). Never a float.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Micros(pub i64);
 
@@ -315,7 +317,15 @@ mod tests {
     fn e164_validation() {
         assert!(E164::parse("+15551234567").is_ok());
         assert!(E164::parse("+821012345678").is_ok());
-        for bad in ["15551234567", "+0555123456", "+1555", "+1555123456789012", "+1555abc4567", "", "+"] {
+        for bad in [
+            "15551234567",
+            "+0555123456",
+            "+1555",
+            "+1555123456789012",
+            "+1555abc4567",
+            "",
+            "+",
+        ] {
             assert!(E164::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(serde_json::from_str::<E164>("\"+1234\"").is_err());
@@ -324,7 +334,16 @@ mod tests {
     #[test]
     fn call_status_machine_is_forward_only() {
         use CallStatus::*;
-        let all = [Dialing, Ringing, Progressing, Completed, Busy, NoAnswer, Failed, Canceled];
+        let all = [
+            Dialing,
+            Ringing,
+            Progressing,
+            Completed,
+            Busy,
+            NoAnswer,
+            Failed,
+            Canceled,
+        ];
         for from in all {
             for to in all {
                 let ok = from.can_transition_to(to);
@@ -347,7 +366,10 @@ mod tests {
 
     #[test]
     fn hangup_status_by_cause() {
-        assert_eq!(HangupCause::UserBusy.resulting_status(CallStatus::Dialing), CallStatus::Busy);
+        assert_eq!(
+            HangupCause::UserBusy.resulting_status(CallStatus::Dialing),
+            CallStatus::Busy
+        );
         assert_eq!(
             HangupCause::UnallocatedNumber.resulting_status(CallStatus::Dialing),
             CallStatus::Failed

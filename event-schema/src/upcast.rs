@@ -16,7 +16,8 @@ pub fn call_created_v1_to_v2(mut payload: Value) -> Value {
     if let Value::Object(m) = &mut payload {
         m.entry("direction").or_insert(json!("outgoing"));
         m.entry("variables").or_insert(json!({}));
-        m.entry("dial_timeout_ms").or_insert(json!(V1_DIAL_TIMEOUT_MS));
+        m.entry("dial_timeout_ms")
+            .or_insert(json!(V1_DIAL_TIMEOUT_MS));
         m.entry("campaign_id").or_insert(Value::Null);
     }
     payload
@@ -43,15 +44,30 @@ mod tests {
             "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","source":"+15550001111",
             "destination":"+15550002222","at":"2025-01-02T03:04:05Z"});
         let ev = SerializedEvent::new(
-            "x".into(), 1, "call".into(), "call_created".into(), "1.0".into(), v1, json!({}));
+            "x".into(),
+            1,
+            "call".into(),
+            "call_created".into(),
+            "1.0".into(),
+            v1,
+            json!({}),
+        );
         let ups = upcasters();
         let up = ups.iter().fold(ev, |e, u| {
-            if u.can_upcast(&e.event_type, &e.event_version) { u.upcast(e) } else { e }
+            if u.can_upcast(&e.event_type, &e.event_version) {
+                u.upcast(e)
+            } else {
+                e
+            }
         });
         assert_eq!(up.event_version, "2.0.0");
         let e: CallEvent = serde_json::from_value(up.payload).unwrap();
         match e {
-            CallEvent::CallCreated { dial_timeout_ms, variables, .. } => {
+            CallEvent::CallCreated {
+                dial_timeout_ms,
+                variables,
+                ..
+            } => {
                 assert_eq!(dial_timeout_ms, 30_000);
                 assert!(variables.is_empty());
             }

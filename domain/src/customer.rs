@@ -1,0 +1,708 @@
+//! The Customer aggregate: a tenant, its webhook settings, its agents and its access keys.
+
+use crate::{DomainError, ResourceView};
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use vbin_event_schema::{
+    AccessKeyId, AgentId, AgentStatus, CustomerEvent, CustomerId, Permission, WebhookMethod,
+};
+
+/// A new agent, with its password already hashed by the command layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAgent {
+    /// Pre-generated id.
+    pub agent_id: AgentId,
+    /// Login name.
+    pub username: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// Display name.
+    pub name: String,
+    /// Permission.
+    pub permission: Permission,
+}
+
+/// Commands the Customer aggregate accepts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CustomerCommand {
+    /// Create the customer and its first (admin) agent.
+    Create {
+        /// The aggregate id.
+        customer_id: CustomerId,
+        /// Display name.
+        name: String,
+        /// Webhook target or empty.
+        webhook_uri: String,
+        /// Webhook method.
+        webhook_method: WebhookMethod,
+        /// Generated secret.
+        webhook_secret: String,
+        /// First agent (made admin).
+        first_agent: NewAgent,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Change webhook settings.
+    Update {
+        /// Webhook target or empty.
+        webhook_uri: String,
+        /// Webhook method.
+        webhook_method: WebhookMethod,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Replace the webhook secret, keeping the old one valid for `grace`.
+    RotateWebhookSecret {
+        /// New secret.
+        webhook_secret: String,
+        /// How long the previous secret is still sent.
+        grace: Duration,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Add an agent.
+    CreateAgent {
+        /// The agent.
+        agent: NewAgent,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Change an agent's name or permission.
+    UpdateAgent {
+        /// Which.
+        agent_id: AgentId,
+        /// New name.
+        name: String,
+        /// New permission.
+        permission: Permission,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Change an agent's availability.
+    SetAgentStatus {
+        /// Which.
+        agent_id: AgentId,
+        /// New status.
+        status: AgentStatus,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Remove an agent.
+    DeleteAgent {
+        /// Which.
+        agent_id: AgentId,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Issue an access key (hash only).
+    CreateAccessKey {
+        /// Pre-generated id.
+        key_id: AccessKeyId,
+        /// Label.
+        name: String,
+        /// SHA-256 hex of the token.
+        token_hash: String,
+        /// Visible start of the token.
+        token_prefix: String,
+        /// Expiry.
+        expire_at: Option<DateTime<Utc>>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Revoke an access key.
+    DeleteAccessKey {
+        /// Which.
+        key_id: AccessKeyId,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// An agent inside the customer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Id.
+    pub id: AgentId,
+    /// Login name.
+    pub username: String,
+    /// Argon2id hash.
+    pub password_hash: String,
+    /// Display name.
+    pub name: String,
+    /// Permission.
+    pub permission: Permission,
+    /// Availability.
+    pub status: AgentStatus,
+    /// Created.
+    pub tm_create: DateTime<Utc>,
+    /// Last change.
+    pub tm_update: DateTime<Utc>,
+    /// Deleted (kept for the audit trail's sake; no longer usable).
+    pub tm_delete: Option<DateTime<Utc>>,
+}
+
+/// An access key inside the customer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccessKey {
+    /// Id.
+    pub id: AccessKeyId,
+    /// Label.
+    pub name: String,
+    /// SHA-256 hex of the token.
+    pub token_hash: String,
+    /// Visible start of the token.
+    pub token_prefix: String,
+    /// Expiry.
+    pub tm_expire: Option<DateTime<Utc>>,
+    /// Created.
+    pub tm_create: DateTime<Utc>,
+    /// Revoked.
+    pub tm_delete: Option<DateTime<Utc>>,
+}
+
+/// A customer's state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    /// None until created.
+    pub id: Option<CustomerId>,
+    /// Display name.
+    pub name: String,
+    /// Webhook target ("" for none).
+    pub webhook_uri: String,
+    /// Webhook method.
+    pub webhook_method: WebhookMethod,
+    /// Current webhook secret.
+    pub webhook_secret: String,
+    /// Previous secret and the end of its grace period.
+    pub previous_webhook_secret: Option<(String, DateTime<Utc>)>,
+    /// Created.
+    pub tm_create: Option<DateTime<Utc>>,
+    /// Last change.
+    pub tm_update: Option<DateTime<Utc>>,
+    /// Agents by id, deleted ones included.
+    pub agents: BTreeMap<AgentId, Agent>,
+    /// Access keys by id, revoked ones included.
+    pub access_keys: BTreeMap<AccessKeyId, AccessKey>,
+}
+
+impl Customer {
+    /// The customer as the API shows it (without the webhook secret).
+    pub fn view(&self) -> Value {
+        json!({
+            "id": self.id,
+            "type": "customer",
+            "name": self.name,
+            "status": "active",
+            "webhook_uri": self.webhook_uri,
+            "webhook_method": self.webhook_method,
+            "tm_create": self.tm_create,
+            "tm_update": self.tm_update,
+        })
+    }
+
+    /// An agent as the API shows it (no password hash).
+    pub fn agent_view(&self, a: &Agent) -> Value {
+        json!({
+            "id": a.id, "type": "agent", "customer_id": self.id, "username": a.username,
+            "name": a.name, "permission": a.permission, "status": a.status,
+            "tm_create": a.tm_create, "tm_update": a.tm_update, "tm_delete": a.tm_delete,
+        })
+    }
+
+    /// An access key as the API shows it (no token, no hash).
+    pub fn access_key_view(&self, k: &AccessKey) -> Value {
+        json!({
+            "id": k.id, "type": "accesskey", "customer_id": self.id, "name": k.name,
+            "token_prefix": k.token_prefix, "tm_expire": k.tm_expire,
+            "tm_create": k.tm_create, "tm_delete": k.tm_delete,
+        })
+    }
+
+    /// A live (not deleted) agent.
+    pub fn agent(&self, id: AgentId) -> Option<&Agent> {
+        self.agents.get(&id).filter(|a| a.tm_delete.is_none())
+    }
+
+    fn live_agent(&self, id: AgentId) -> Result<&Agent, DomainError> {
+        self.agent(id).ok_or(DomainError::NotFound("agent"))
+    }
+
+    fn check_username(&self, username: &str) -> Result<(), DomainError> {
+        if self
+            .agents
+            .values()
+            .any(|a| a.tm_delete.is_none() && a.username == username)
+        {
+            return Err(DomainError::AlreadyExists(format!(
+                "username {username:?} is taken"
+            )));
+        }
+        Ok(())
+    }
+
+    fn agent_created(agent: NewAgent, at: DateTime<Utc>) -> CustomerEvent {
+        CustomerEvent::AgentCreated {
+            agent_id: agent.agent_id,
+            username: agent.username,
+            password_hash: agent.password_hash,
+            name: agent.name,
+            permission: agent.permission,
+            at,
+        }
+    }
+
+    fn decide(&self, command: CustomerCommand) -> Result<Vec<CustomerEvent>, DomainError> {
+        use CustomerCommand as C;
+        use CustomerEvent as E;
+        if let C::Create {
+            customer_id,
+            name,
+            webhook_uri,
+            webhook_method,
+            webhook_secret,
+            mut first_agent,
+            at,
+        } = command
+        {
+            if self.id.is_some() {
+                return Err(DomainError::AlreadyExists(format!(
+                    "customer {customer_id} exists"
+                )));
+            }
+            first_agent.permission = Permission::Admin;
+            return Ok(vec![
+                E::CustomerCreated {
+                    customer_id,
+                    name,
+                    webhook_uri,
+                    webhook_method,
+                    webhook_secret,
+                    at,
+                },
+                Self::agent_created(first_agent, at),
+            ]);
+        }
+        if self.id.is_none() {
+            return Err(DomainError::NotFound("customer"));
+        }
+        let event = match command {
+            C::Create { .. } => unreachable!("handled above"),
+            C::Update {
+                webhook_uri,
+                webhook_method,
+                at,
+            } => E::CustomerUpdated {
+                webhook_uri,
+                webhook_method,
+                at,
+            },
+            C::RotateWebhookSecret {
+                webhook_secret,
+                grace,
+                at,
+            } => E::WebhookSecretRotated {
+                webhook_secret,
+                previous_secret: self.webhook_secret.clone(),
+                previous_valid_until: at + grace,
+                at,
+            },
+            C::CreateAgent { agent, at } => {
+                if self.agents.contains_key(&agent.agent_id) {
+                    return Err(DomainError::AlreadyExists(format!(
+                        "agent {} exists",
+                        agent.agent_id
+                    )));
+                }
+                self.check_username(&agent.username)?;
+                Self::agent_created(agent, at)
+            }
+            C::UpdateAgent {
+                agent_id,
+                name,
+                permission,
+                at,
+            } => {
+                let agent = self.live_agent(agent_id)?;
+                if agent.permission == Permission::Admin && permission != Permission::Admin {
+                    self.ensure_other_admin(agent_id)?;
+                }
+                E::AgentUpdated {
+                    agent_id,
+                    name,
+                    permission,
+                    at,
+                }
+            }
+            C::SetAgentStatus {
+                agent_id,
+                status,
+                at,
+            } => {
+                if self.live_agent(agent_id)?.status == status {
+                    return Ok(vec![]);
+                }
+                E::AgentStatusChanged {
+                    agent_id,
+                    status,
+                    at,
+                }
+            }
+            C::DeleteAgent { agent_id, at } => {
+                if self.live_agent(agent_id)?.permission == Permission::Admin {
+                    self.ensure_other_admin(agent_id)?;
+                }
+                E::AgentDeleted { agent_id, at }
+            }
+            C::CreateAccessKey {
+                key_id,
+                name,
+                token_hash,
+                token_prefix,
+                expire_at,
+                at,
+            } => {
+                if self.access_keys.contains_key(&key_id) {
+                    return Err(DomainError::AlreadyExists(format!(
+                        "access key {key_id} exists"
+                    )));
+                }
+                E::AccessKeyCreated {
+                    key_id,
+                    name,
+                    token_hash,
+                    token_prefix,
+                    expire_at,
+                    at,
+                }
+            }
+            C::DeleteAccessKey { key_id, at } => {
+                match self.access_keys.get(&key_id) {
+                    Some(k) if k.tm_delete.is_none() => {}
+                    _ => return Err(DomainError::NotFound("access key")),
+                }
+                E::AccessKeyDeleted { key_id, at }
+            }
+        };
+        Ok(vec![event])
+    }
+
+    /// A customer must keep at least one admin, or nobody could manage it any more.
+    fn ensure_other_admin(&self, leaving: AgentId) -> Result<(), DomainError> {
+        let others = self
+            .agents
+            .values()
+            .filter(|a| a.tm_delete.is_none() && a.id != leaving)
+            .any(|a| a.permission == Permission::Admin);
+        if others {
+            Ok(())
+        } else {
+            Err(DomainError::FailedPrecondition(
+                "a customer must keep at least one admin agent".into(),
+            ))
+        }
+    }
+}
+
+impl Aggregate for Customer {
+    const TYPE: &'static str = "customer";
+    type Command = CustomerCommand;
+    type Event = CustomerEvent;
+    type Error = DomainError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: Self::Command,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), Self::Error> {
+        for event in self.decide(command)? {
+            sink.write(event, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: Self::Event) {
+        use CustomerEvent as E;
+        match event {
+            E::CustomerCreated {
+                customer_id,
+                name,
+                webhook_uri,
+                webhook_method,
+                webhook_secret,
+                at,
+            } => {
+                *self = Customer {
+                    id: Some(customer_id),
+                    name,
+                    webhook_uri,
+                    webhook_method,
+                    webhook_secret,
+                    tm_create: Some(at),
+                    tm_update: Some(at),
+                    ..Customer::default()
+                }
+            }
+            E::CustomerUpdated {
+                webhook_uri,
+                webhook_method,
+                at,
+            } => {
+                self.webhook_uri = webhook_uri;
+                self.webhook_method = webhook_method;
+                self.tm_update = Some(at);
+            }
+            E::WebhookSecretRotated {
+                webhook_secret,
+                previous_secret,
+                previous_valid_until,
+                at,
+            } => {
+                self.webhook_secret = webhook_secret;
+                self.previous_webhook_secret = Some((previous_secret, previous_valid_until));
+                self.tm_update = Some(at);
+            }
+            E::AgentCreated {
+                agent_id,
+                username,
+                password_hash,
+                name,
+                permission,
+                at,
+            } => {
+                self.agents.insert(
+                    agent_id,
+                    Agent {
+                        id: agent_id,
+                        username,
+                        password_hash,
+                        name,
+                        permission,
+                        status: AgentStatus::Offline,
+                        tm_create: at,
+                        tm_update: at,
+                        tm_delete: None,
+                    },
+                );
+            }
+            E::AgentUpdated {
+                agent_id,
+                name,
+                permission,
+                at,
+            } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.name = name;
+                    a.permission = permission;
+                    a.tm_update = at;
+                }
+            }
+            E::AgentStatusChanged {
+                agent_id,
+                status,
+                at,
+            } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.status = status;
+                    a.tm_update = at;
+                }
+            }
+            E::AgentDeleted { agent_id, at } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.tm_delete = Some(at);
+                    a.tm_update = at;
+                }
+            }
+            E::AccessKeyCreated {
+                key_id,
+                name,
+                token_hash,
+                token_prefix,
+                expire_at,
+                at,
+            } => {
+                self.access_keys.insert(
+                    key_id,
+                    AccessKey {
+                        id: key_id,
+                        name,
+                        token_hash,
+                        token_prefix,
+                        tm_expire: expire_at,
+                        tm_create: at,
+                        tm_delete: None,
+                    },
+                );
+            }
+            E::AccessKeyDeleted { key_id, at } => {
+                if let Some(k) = self.access_keys.get_mut(&key_id) {
+                    k.tm_delete = Some(at);
+                }
+            }
+        }
+    }
+}
+
+impl ResourceView for Customer {
+    fn resource_after(&self, event: &CustomerEvent) -> Value {
+        use CustomerEvent as E;
+        let agent = |id: &AgentId| self.agents.get(id).map(|a| self.agent_view(a));
+        let key = |id: &AccessKeyId| self.access_keys.get(id).map(|k| self.access_key_view(k));
+        match event {
+            E::CustomerCreated { .. }
+            | E::CustomerUpdated { .. }
+            | E::WebhookSecretRotated { .. } => Some(self.view()),
+            E::AgentCreated { agent_id, .. }
+            | E::AgentUpdated { agent_id, .. }
+            | E::AgentStatusChanged { agent_id, .. }
+            | E::AgentDeleted { agent_id, .. } => agent(agent_id),
+            E::AccessKeyCreated { key_id, .. } | E::AccessKeyDeleted { key_id, .. } => key(key_id),
+        }
+        .unwrap_or(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(name: &str) -> NewAgent {
+        NewAgent {
+            agent_id: AgentId::new(),
+            username: name.into(),
+            password_hash: "h".into(),
+            name: name.into(),
+            permission: Permission::Agent,
+        }
+    }
+
+    fn run(c: &mut Customer, cmd: CustomerCommand) -> Result<usize, DomainError> {
+        let evs = c.decide(cmd)?;
+        let n = evs.len();
+        for e in evs {
+            c.apply(e);
+        }
+        Ok(n)
+    }
+
+    fn created() -> (Customer, AgentId) {
+        let mut c = Customer::default();
+        let first = agent("admin");
+        let id = first.agent_id;
+        run(
+            &mut c,
+            CustomerCommand::Create {
+                customer_id: CustomerId::new(),
+                name: "acme".into(),
+                webhook_uri: String::new(),
+                webhook_method: WebhookMethod::Post,
+                webhook_secret: "s".repeat(32),
+                first_agent: first,
+                at: Utc::now(),
+            },
+        )
+        .unwrap();
+        (c, id)
+    }
+
+    #[test]
+    fn first_agent_is_admin_and_usernames_are_unique() {
+        let (mut c, admin) = created();
+        assert_eq!(c.agent(admin).unwrap().permission, Permission::Admin);
+        let dup = agent("admin");
+        assert!(matches!(
+            run(
+                &mut c,
+                CustomerCommand::CreateAgent {
+                    agent: dup,
+                    at: Utc::now()
+                }
+            ),
+            Err(DomainError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn last_admin_cannot_be_deleted_or_demoted() {
+        let (mut c, admin) = created();
+        let del = CustomerCommand::DeleteAgent {
+            agent_id: admin,
+            at: Utc::now(),
+        };
+        assert!(matches!(
+            run(&mut c, del.clone()),
+            Err(DomainError::FailedPrecondition(_))
+        ));
+        let mut second = agent("second");
+        second.permission = Permission::Admin;
+        run(
+            &mut c,
+            CustomerCommand::CreateAgent {
+                agent: second,
+                at: Utc::now(),
+            },
+        )
+        .unwrap();
+        assert_eq!(run(&mut c, del.clone()), Ok(1));
+        assert!(c.agent(admin).is_none());
+        assert_eq!(run(&mut c, del), Err(DomainError::NotFound("agent")));
+    }
+
+    #[test]
+    fn rotation_keeps_previous_secret_for_grace() {
+        let (mut c, _) = created();
+        let now = Utc::now();
+        run(
+            &mut c,
+            CustomerCommand::RotateWebhookSecret {
+                webhook_secret: "n".repeat(32),
+                grace: Duration::hours(24),
+                at: now,
+            },
+        )
+        .unwrap();
+        assert_eq!(c.webhook_secret, "n".repeat(32));
+        assert_eq!(
+            c.previous_webhook_secret,
+            Some(("s".repeat(32), now + Duration::hours(24)))
+        );
+    }
+
+    #[test]
+    fn access_keys_revoke_once() {
+        let (mut c, _) = created();
+        let key_id = AccessKeyId::new();
+        run(
+            &mut c,
+            CustomerCommand::CreateAccessKey {
+                key_id,
+                name: "k".into(),
+                token_hash: "ab".into(),
+                token_prefix: "vb_ab".into(),
+                expire_at: None,
+                at: Utc::now(),
+            },
+        )
+        .unwrap();
+        let del = CustomerCommand::DeleteAccessKey {
+            key_id,
+            at: Utc::now(),
+        };
+        assert_eq!(run(&mut c, del.clone()), Ok(1));
+        assert_eq!(run(&mut c, del), Err(DomainError::NotFound("access key")));
+        let view = c.resource_after(
+            &c.decide(CustomerCommand::Update {
+                webhook_uri: String::new(),
+                webhook_method: WebhookMethod::Post,
+                at: Utc::now(),
+            })
+            .unwrap()[0],
+        );
+        assert!(view.get("webhook_secret").is_none());
+    }
+}

@@ -285,6 +285,16 @@ pub enum Permission {
     Agent,
 }
 
+impl Permission {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Agent => "agent",
+        }
+    }
+}
+
 /// An agent's availability, used by queues.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

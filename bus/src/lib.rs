@@ -1,0 +1,184 @@
+//! NATS JetStream plumbing shared by every part of vbin: connecting (with retry, so a process
+//! starts while NATS is down and recovers by itself), the `VBIN_EVENTS` stream, and durable pull
+//! consumers with explicit acks that feed committed events to a handler.
+
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use futures::StreamExt;
+use std::future::Future;
+use std::time::Duration;
+use vbin_event_schema::{PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
+
+/// Errors talking to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Connecting failed.
+    #[error("nats connect: {0}")]
+    Connect(String),
+    /// A JetStream API call failed.
+    #[error("jetstream: {0}")]
+    JetStream(String),
+}
+
+/// A NATS connection with its JetStream context.
+#[derive(Clone)]
+pub struct Bus {
+    /// Core NATS client.
+    pub client: async_nats::Client,
+    /// JetStream context.
+    pub js: jetstream::Context,
+}
+
+/// How long JetStream remembers message ids for de-duplication. It must exceed the relay's
+/// worst gap between publishing a batch and recording its checkpoint; consumers are idempotent
+/// regardless.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+impl Bus {
+    /// Connects, retrying in the background if NATS is not up yet (the call returns at once).
+    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Connect(e.to_string()))?;
+        let js = jetstream::new(client.clone());
+        Ok(Self { client, js })
+    }
+
+    /// True while the connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Creates the event stream if missing (idempotent).
+    pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: STREAM_NAME.to_string(),
+                subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+                storage: stream::StorageType::File,
+                duplicate_window: DUPLICATE_WINDOW,
+                max_age: Duration::from_secs(7 * 24 * 3600),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::JetStream(e.to_string()))
+    }
+}
+
+/// A durable consumer's settings.
+#[derive(Clone, Debug)]
+pub struct ConsumerSpec {
+    /// Durable name (one per logical subscriber; instances share it to split the work).
+    pub name: String,
+    /// Subject filters, e.g. `vbin.events.*.call.call_created`.
+    pub filter_subjects: Vec<String>,
+    /// How long a delivered message may stay unacked before redelivery.
+    pub ack_wait: Duration,
+    /// Deliveries before giving up (-1: never give up).
+    pub max_deliver: i64,
+}
+
+impl ConsumerSpec {
+    /// A consumer of the given event types of one aggregate type, across all customers.
+    pub fn for_events(name: &str, aggregate_type: &str, event_types: &[&str]) -> Self {
+        Self {
+            name: name.to_string(),
+            filter_subjects: event_types
+                .iter()
+                .map(|t| format!("{SUBJECT_PREFIX}.*.{aggregate_type}.{t}"))
+                .collect(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+        }
+    }
+}
+
+/// Consumes `spec` until `shutdown` resolves, calling `handle` for each event in stream order.
+/// `Ok` acks; `Err` naks with a growing delay so the event comes back. Undecodable messages are
+/// terminated and logged (they cannot succeed later). Connection problems are retried forever.
+pub async fn run_consumer<H, F, E>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    handle: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(PublishedEvent) -> F,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(shutdown);
+    loop {
+        let run = consume(&bus, &spec, &handle);
+        tokio::select! {
+            _ = &mut shutdown => return,
+            res = run => {
+                if let Err(e) = res {
+                    tracing::warn!(consumer = %spec.name, error = %e, "consumer interrupted; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn consume<H, F, E>(bus: &Bus, spec: &ConsumerSpec, handle: &H) -> Result<(), BusError>
+where
+    H: Fn(PublishedEvent) -> F,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let stream = bus.ensure_stream().await?;
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &spec.name,
+            consumer::pull::Config {
+                durable_name: Some(spec.name.clone()),
+                filter_subjects: spec.filter_subjects.clone(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: spec.ack_wait,
+                max_deliver: spec.max_deliver,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BusError::JetStream(e.to_string()))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| BusError::JetStream(e.to_string()))?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| BusError::JetStream(e.to_string()))?;
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(consumer = %spec.name, subject = %msg.subject, error = %e, "undecodable event; terminated");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        let (event_id, event_type) = (event.event_id, event.event_type.clone());
+        match handle(event).await {
+            Ok(()) => {
+                msg.ack()
+                    .await
+                    .map_err(|e| BusError::JetStream(e.to_string()))?;
+                metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "ok").increment(1);
+            }
+            Err(e) => {
+                let delay = Duration::from_millis((100u64 << delivered.min(8)) as u64);
+                tracing::warn!(consumer = %spec.name, %event_id, %event_type, delivered, error = %e, "handler failed; will redeliver");
+                metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "retry").increment(1);
+                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            }
+        }
+    }
+    Err(BusError::JetStream("message stream ended".into()))
+}

@@ -1,0 +1,169 @@
+//! Call commands: create (one call per destination) and hangup.
+
+use super::error::ApiError;
+use super::extract::{CustomerCaller, Json, Path};
+use super::AppState;
+use axum::extract::State;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+use vbin_domain::{Call, CallCommand, HangupRequest, NewCall};
+use vbin_event_schema::{CallId, E164};
+
+/// Most destinations in one request.
+pub const MAX_DESTINATIONS: usize = 100;
+/// Default ring timeout.
+pub const DEFAULT_DIAL_TIMEOUT_MS: u32 = 30_000;
+const MAX_VARIABLES: usize = 32;
+
+/// A phone address: `"+1555..."` or VoIPBIN's `{"type":"tel","target":"+1555..."}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Address {
+    /// Plain E.164 string.
+    Plain(String),
+    /// Typed address.
+    Typed {
+        /// Must be "tel".
+        #[serde(rename = "type")]
+        kind: String,
+        /// The number.
+        target: String,
+    },
+}
+
+impl Address {
+    fn parse(&self, field: &str) -> Result<E164, ApiError> {
+        let n = match self {
+            Address::Plain(n) => n,
+            Address::Typed { kind, target } if kind == "tel" => target,
+            Address::Typed { kind, .. } => {
+                return Err(ApiError::invalid(format!(
+                    "{field}: address type {kind:?} is not supported (use \"tel\")"
+                )))
+            }
+        };
+        E164::parse(n).map_err(|e| ApiError::invalid(format!("{field}: {e}")))
+    }
+}
+
+/// `POST /v1.0/calls` body.
+#[derive(Deserialize)]
+pub struct CreateCalls {
+    source: Address,
+    destinations: Vec<Address>,
+    #[serde(default)]
+    variables: Map<String, Value>,
+    dial_timeout_ms: Option<u32>,
+}
+
+fn check_variables(vars: &Map<String, Value>) -> Result<(), ApiError> {
+    if vars.len() > MAX_VARIABLES {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_VARIABLES} variables"
+        )));
+    }
+    for (k, v) in vars {
+        if k.is_empty() || k.len() > 64 {
+            return Err(ApiError::invalid(
+                "variable names must be 1 to 64 characters",
+            ));
+        }
+        let ok = match v {
+            Value::String(s) => s.len() <= 1024,
+            Value::Number(_) | Value::Bool(_) | Value::Null => true,
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::invalid(format!(
+                "variable {k:?} must be a string (at most 1024 bytes), number, boolean or null"
+            )));
+        }
+    }
+    if let Some(t) = vars.get("talk_seconds") {
+        let secs = t
+            .as_u64()
+            .or_else(|| t.as_str().and_then(|s| s.parse().ok()));
+        if !secs.is_some_and(|s| s <= 3600) {
+            return Err(ApiError::invalid(
+                "variables.talk_seconds must be a whole number from 0 to 3600",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1.0/calls` -> `{"calls":[call...]}`: one call per destination, each dialed by the
+/// carrier as soon as its `call_created` event is published.
+pub async fn create_calls(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Json(b): Json<CreateCalls>,
+) -> Result<Json<Value>, ApiError> {
+    let source = b.source.parse("source")?;
+    if b.destinations.is_empty() || b.destinations.len() > MAX_DESTINATIONS {
+        return Err(ApiError::invalid(format!(
+            "destinations must hold 1 to {MAX_DESTINATIONS} numbers"
+        )));
+    }
+    let destinations = b
+        .destinations
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.parse(&format!("destinations[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_variables(&b.variables)?;
+    let dial_timeout_ms = b.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS);
+    if !(1_000..=300_000).contains(&dial_timeout_ms) {
+        return Err(ApiError::invalid("dial_timeout_ms must be 1000 to 300000"));
+    }
+    let meta = s.meta(&c.caller, c.customer_id);
+    let mut calls = Vec::with_capacity(destinations.len());
+    for destination in destinations {
+        let call_id = CallId::new();
+        let cmd = CallCommand::Create {
+            call: NewCall {
+                call_id,
+                customer_id: c.customer_id,
+                source: source.clone(),
+                destination,
+                variables: b.variables.clone(),
+                dial_timeout_ms,
+                campaign_id: None,
+            },
+            at: Utc::now(),
+        };
+        let done = s
+            .executor
+            .execute::<Call>(
+                call_id.as_uuid(),
+                c.customer_id,
+                Some(c.customer_id),
+                cmd,
+                &meta,
+            )
+            .await?;
+        calls.push(done.state.view());
+    }
+    Ok(Json(json!({ "calls": calls })))
+}
+
+/// `POST /v1.0/calls/{id}/hangup`: cancels an unanswered call, clears an answered one; a call
+/// that has already ended is returned unchanged.
+pub async fn hangup_call(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let meta = s.meta(&c.caller, c.customer_id);
+    let cmd = CallCommand::Hangup {
+        request: HangupRequest::Local,
+        at: Utc::now(),
+    };
+    let done = s
+        .executor
+        .execute::<Call>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}

@@ -1,0 +1,398 @@
+//! Identity commands: customers (admin), login, own customer settings, access keys, agents.
+
+use super::error::ApiError;
+use super::extract::{Admin, CustomerAdmin, CustomerCaller, Json, Path};
+use super::AppState;
+use crate::auth::{self, Caller};
+use axum::extract::State;
+use chrono::{Duration, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use vbin_domain::{Customer, CustomerCommand, NewAgent};
+use vbin_event_schema::{AccessKeyId, AgentId, AgentStatus, CustomerId, Permission, WebhookMethod};
+
+/// Grace period during which the previous webhook secret is still used after a rotation.
+pub const WEBHOOK_SECRET_GRACE_HOURS: i64 = 24;
+
+fn check_len(field: &str, v: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let n = v.chars().count();
+    if n < min || n > max {
+        return Err(ApiError::invalid(format!(
+            "{field} must be {min} to {max} characters"
+        )));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_username(u: &str) -> Result<(), ApiError> {
+    check_len("username", u, 3, 64)?;
+    if !u
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "._@-+".contains(c))
+    {
+        return Err(ApiError::invalid(
+            "username may contain letters, digits and . _ @ - + only",
+        ));
+    }
+    Ok(())
+}
+
+/// An empty string (no webhooks) or an absolute http(s) URL.
+fn check_webhook_uri(u: &str) -> Result<(), ApiError> {
+    if u.is_empty() {
+        return Ok(());
+    }
+    if u.len() > 2048 {
+        return Err(ApiError::invalid(
+            "webhook_uri must be at most 2048 characters",
+        ));
+    }
+    let url = url::Url::parse(u).map_err(|e| ApiError::invalid(format!("webhook_uri: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ApiError::invalid(
+            "webhook_uri must be an absolute http or https URL",
+        ));
+    }
+    Ok(())
+}
+
+async fn hash_password(password: String) -> Result<String, ApiError> {
+    check_len("password", &password, 8, 256)?;
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| ApiError::internal("password hashing task failed", e))?
+        .map_err(|e| ApiError::internal("password hashing failed", e))
+}
+
+/// `POST /v1.0/customers` body.
+#[derive(Deserialize)]
+pub struct CreateCustomer {
+    name: String,
+    username: String,
+    password: String,
+    #[serde(default)]
+    webhook_uri: String,
+    #[serde(default)]
+    webhook_method: WebhookMethod,
+}
+
+/// `POST /v1.0/customers` (platform admin): the customer and its first, admin agent.
+pub async fn create_customer(
+    State(s): State<AppState>,
+    _: Admin,
+    Json(b): Json<CreateCustomer>,
+) -> Result<Json<Value>, ApiError> {
+    check_len("name", &b.name, 1, 200)?;
+    check_username(&b.username)?;
+    check_webhook_uri(&b.webhook_uri)?;
+    let customer_id = CustomerId::new();
+    let agent = NewAgent {
+        agent_id: AgentId::new(),
+        username: b.username.clone(),
+        password_hash: hash_password(b.password).await?,
+        name: b.username,
+        permission: Permission::Admin,
+    };
+    let cmd = CustomerCommand::Create {
+        customer_id,
+        name: b.name,
+        webhook_uri: b.webhook_uri,
+        webhook_method: b.webhook_method,
+        webhook_secret: auth::random_token(32),
+        first_agent: agent,
+        at: Utc::now(),
+    };
+    let meta = s.meta(&Caller::Admin, customer_id);
+    let done = s
+        .executor
+        .execute::<Customer>(customer_id.as_uuid(), customer_id, None, cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+/// `POST /auth/login` body.
+#[derive(Deserialize)]
+pub struct Login {
+    username: String,
+    password: String,
+}
+
+/// A hash of a random password: verifying against it when the user does not exist keeps the
+/// response time the same as for a wrong password (no username oracle).
+static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    auth::hash_password(&auth::random_token(16)).expect("hashing a random password")
+});
+
+/// `POST /auth/login` -> `{token}` (HS256 JWT).
+pub async fn login(
+    State(s): State<AppState>,
+    Json(b): Json<Login>,
+) -> Result<Json<Value>, ApiError> {
+    if b.username.len() > 64 || b.password.len() > 256 {
+        return Err(ApiError::unauthenticated());
+    }
+    let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
+        "SELECT agent_id, customer_id, password_hash, permission FROM auth_agents WHERE username = $1",
+    )
+    .bind(&b.username)
+    .fetch_optional(&s.pool)
+    .await?;
+    let phc = row
+        .as_ref()
+        .map(|r| r.2.clone())
+        .unwrap_or_else(|| DUMMY_HASH.clone());
+    let password = b.password;
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
+        .await
+        .map_err(|e| ApiError::internal("password check task failed", e))?;
+    match row {
+        Some((agent_id, customer_id, _, permission)) if ok => {
+            let perm = if permission == "admin" {
+                Permission::Admin
+            } else {
+                Permission::Agent
+            };
+            Ok(Json(
+                json!({"token": s.keys.issue(agent_id, customer_id, perm)}),
+            ))
+        }
+        _ => Err(ApiError::unauthenticated()),
+    }
+}
+
+async fn customer_cmd(
+    s: &AppState,
+    c: &CustomerCaller,
+    cmd: CustomerCommand,
+) -> Result<Customer, ApiError> {
+    let meta = s.meta(&c.caller, c.customer_id);
+    Ok(s.executor
+        .execute::<Customer>(
+            c.customer_id.as_uuid(),
+            c.customer_id,
+            Some(c.customer_id),
+            cmd,
+            &meta,
+        )
+        .await?
+        .state)
+}
+
+/// `PUT /v1.0/customer` body.
+#[derive(Deserialize)]
+pub struct UpdateCustomer {
+    webhook_uri: String,
+    #[serde(default)]
+    webhook_method: WebhookMethod,
+}
+
+/// `PUT /v1.0/customer`: webhook settings.
+pub async fn update_customer(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Json(b): Json<UpdateCustomer>,
+) -> Result<Json<Value>, ApiError> {
+    check_webhook_uri(&b.webhook_uri)?;
+    let cmd = CustomerCommand::Update {
+        webhook_uri: b.webhook_uri,
+        webhook_method: b.webhook_method,
+        at: Utc::now(),
+    };
+    Ok(Json(customer_cmd(&s, &c, cmd).await?.view()))
+}
+
+/// `POST /v1.0/customer/webhook_secret/rotate`: a new secret; the old one stays in use for the
+/// grace period.
+pub async fn rotate_webhook_secret(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+) -> Result<Json<Value>, ApiError> {
+    let cmd = CustomerCommand::RotateWebhookSecret {
+        webhook_secret: auth::random_token(32),
+        grace: Duration::hours(WEBHOOK_SECRET_GRACE_HOURS),
+        at: Utc::now(),
+    };
+    let state = customer_cmd(&s, &c, cmd).await?;
+    let mut v = state.view();
+    v["webhook_secret"] = json!(state.webhook_secret);
+    v["previous_webhook_secret_valid_until"] = json!(state.previous_webhook_secret.map(|p| p.1));
+    Ok(Json(v))
+}
+
+/// `POST /v1.0/accesskeys` body.
+#[derive(Deserialize)]
+pub struct CreateAccessKey {
+    #[serde(default)]
+    name: String,
+    expire_sec: Option<i64>,
+}
+
+/// Longest access key lifetime: ten years.
+const MAX_EXPIRE_SEC: i64 = 10 * 365 * 24 * 3600;
+
+/// `POST /v1.0/accesskeys`: returns the token once; only its hash is kept.
+pub async fn create_access_key(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Json(b): Json<CreateAccessKey>,
+) -> Result<Json<Value>, ApiError> {
+    check_len("name", &b.name, 0, 200)?;
+    if let Some(e) = b.expire_sec {
+        if !(60..=MAX_EXPIRE_SEC).contains(&e) {
+            return Err(ApiError::invalid(format!(
+                "expire_sec must be 60 to {MAX_EXPIRE_SEC}"
+            )));
+        }
+    }
+    let token = auth::new_access_key();
+    let key_id = AccessKeyId::new();
+    let now = Utc::now();
+    let cmd = CustomerCommand::CreateAccessKey {
+        key_id,
+        name: b.name,
+        token_hash: auth::hash_access_key(&token),
+        token_prefix: token[..10].to_string(),
+        expire_at: b.expire_sec.map(|e| now + Duration::seconds(e)),
+        at: now,
+    };
+    let state = customer_cmd(&s, &c, cmd).await?;
+    let mut v = state.access_key_view(&state.access_keys[&key_id]);
+    v["token"] = json!(token);
+    Ok(Json(v))
+}
+
+/// `DELETE /v1.0/accesskeys/{id}`: revoke.
+pub async fn delete_access_key(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let key_id = AccessKeyId(id);
+    let cmd = CustomerCommand::DeleteAccessKey {
+        key_id,
+        at: Utc::now(),
+    };
+    let state = customer_cmd(&s, &c, cmd).await?;
+    Ok(Json(state.access_key_view(&state.access_keys[&key_id])))
+}
+
+/// `POST /v1.0/agents` body.
+#[derive(Deserialize)]
+pub struct CreateAgent {
+    username: String,
+    password: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    permission: Permission,
+}
+
+/// `POST /v1.0/agents`.
+pub async fn create_agent(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Json(b): Json<CreateAgent>,
+) -> Result<Json<Value>, ApiError> {
+    check_username(&b.username)?;
+    check_len("name", &b.name, 0, 200)?;
+    let agent_id = AgentId::new();
+    let agent = NewAgent {
+        agent_id,
+        name: if b.name.is_empty() {
+            b.username.clone()
+        } else {
+            b.name
+        },
+        username: b.username,
+        password_hash: hash_password(b.password).await?,
+        permission: b.permission,
+    };
+    let state = customer_cmd(
+        &s,
+        &c,
+        CustomerCommand::CreateAgent {
+            agent,
+            at: Utc::now(),
+        },
+    )
+    .await?;
+    Ok(Json(state.agent_view(&state.agents[&agent_id])))
+}
+
+/// `PUT /v1.0/agents/{id}` body.
+#[derive(Deserialize)]
+pub struct UpdateAgent {
+    name: String,
+    permission: Permission,
+}
+
+/// `PUT /v1.0/agents/{id}`.
+pub async fn update_agent(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Path(id): Path<Uuid>,
+    Json(b): Json<UpdateAgent>,
+) -> Result<Json<Value>, ApiError> {
+    check_len("name", &b.name, 1, 200)?;
+    let agent_id = AgentId(id);
+    let cmd = CustomerCommand::UpdateAgent {
+        agent_id,
+        name: b.name,
+        permission: b.permission,
+        at: Utc::now(),
+    };
+    let state = customer_cmd(&s, &c, cmd).await?;
+    Ok(Json(state.agent_view(&state.agents[&agent_id])))
+}
+
+/// `DELETE /v1.0/agents/{id}`.
+pub async fn delete_agent(
+    State(s): State<AppState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let agent_id = AgentId(id);
+    let state = customer_cmd(
+        &s,
+        &c,
+        CustomerCommand::DeleteAgent {
+            agent_id,
+            at: Utc::now(),
+        },
+    )
+    .await?;
+    Ok(Json(state.agent_view(&state.agents[&agent_id])))
+}
+
+/// `PUT /v1.0/agents/{id}/status` body.
+#[derive(Deserialize)]
+pub struct AgentStatusBody {
+    status: AgentStatus,
+}
+
+/// `PUT /v1.0/agents/{id}/status`: an agent may set its own; an admin anyone's.
+pub async fn set_agent_status(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Path(id): Path<Uuid>,
+    Json(b): Json<AgentStatusBody>,
+) -> Result<Json<Value>, ApiError> {
+    let own = c.caller.actor() == crate::meta::Actor::Agent(id);
+    if !own && c.permission != Permission::Admin {
+        return Err(ApiError::forbidden("agents may only set their own status"));
+    }
+    let agent_id = AgentId(id);
+    let cmd = CustomerCommand::SetAgentStatus {
+        agent_id,
+        status: b.status,
+        at: Utc::now(),
+    };
+    let state = customer_cmd(&s, &c, cmd).await?;
+    Ok(Json(state.agent_view(&state.agents[&agent_id])))
+}

@@ -1,0 +1,264 @@
+//! Middleware: request ids and access metrics, authentication, Idempotency-Key replay.
+
+use super::error::{ApiError, REQUEST_ID};
+use super::AppState;
+use crate::auth::Caller;
+use axum::body::{to_bytes, Body};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use std::time::Instant;
+use tracing::Instrument;
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Largest request body accepted anywhere.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+fn valid_request_id(v: &str) -> bool {
+    (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Assigns the request id (client's if sane), opens the request span, records metrics, and turns
+/// the router's bare 405s into the error envelope.
+pub async fn request_context(req: Request, next: Next) -> Response {
+    let rid = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| valid_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().clone();
+    let span = tracing::info_span!("http", request_id = %rid, %method, route = %route, customer_id = tracing::field::Empty);
+    let started = Instant::now();
+    let mut resp = REQUEST_ID
+        .scope(rid.clone(), next.run(req).instrument(span.clone()))
+        .await;
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !resp.headers().contains_key("content-type")
+    {
+        let allow = resp.headers().get("allow").cloned();
+        resp = REQUEST_ID
+            .scope(rid.clone(), async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "method not allowed",
+                )
+                .into_response()
+            })
+            .await;
+        if let Some(a) = allow {
+            resp.headers_mut().insert("allow", a);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("vbin_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("vbin_http_request_duration_seconds", "method" => method.to_string(), "route" => route).record(started.elapsed().as_secs_f64());
+    if resp.status().is_server_error() {
+        span.in_scope(|| tracing::warn!(status = resp.status().as_u16(), "request failed"));
+    }
+    resp
+}
+
+/// The bearer from `Authorization`, `?token=` or `?accesskey=`.
+fn bearer(req: &Request) -> Option<String> {
+    if let Some(h) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        return h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .map(|t| t.trim().to_owned());
+    }
+    req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == "token" || k == "accesskey").then(|| v.to_owned())
+        })
+    })
+}
+
+/// Resolves the bearer (if any) to a [`Caller`] extension. A bearer that does not resolve is a
+/// 401 at once; no bearer leaves the decision to the handler's extractor.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    if let Some(token) = bearer(&req) {
+        match state.keys.resolve(&state.pool, &token).await {
+            Ok(Some(caller)) => {
+                if let Some(c) = caller.customer_id() {
+                    tracing::Span::current().record("customer_id", tracing::field::display(c));
+                }
+                req.extensions_mut().insert(caller);
+            }
+            Ok(None) => return ApiError::unauthenticated().into_response(),
+            Err(e) => {
+                return ApiError::unavailable("authentication store unavailable", e).into_response()
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
+/// An in-progress record older than this is treated as abandoned (its process died).
+const IN_PROGRESS_TIMEOUT_SECS: i64 = 60;
+
+/// `Idempotency-Key` on POST: the same key and request within 24 h returns the first
+/// response (marked `Idempotent-Replayed: true`); the same key with another request is 422;
+/// while the first is still running, 409. 5xx responses are not kept (the retry runs again).
+pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (Some(key), true) = (key, req.method() == Method::POST) else {
+        return next.run(req).await;
+    };
+    if key.is_empty() || key.len() > 255 {
+        return ApiError::invalid("Idempotency-Key must be 1 to 255 characters").into_response();
+    }
+    let scope = match req.extensions().get::<Caller>() {
+        Some(Caller::Admin) => "admin".to_string(),
+        Some(Caller::Customer { customer_id, .. }) => customer_id.to_string(),
+        None => return next.run(req).await,
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = match to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body too large",
+            )
+            .into_response()
+        }
+    };
+    let mut h = Sha256::new();
+    h.update(parts.method.as_str());
+    h.update([0]);
+    h.update(parts.uri.path());
+    h.update([0]);
+    h.update(&bytes);
+    let hash = h.finalize().to_vec();
+
+    match claim(&state, &scope, &key, &hash).await {
+        Err(e) => return ApiError::unavailable("idempotency store unavailable", e).into_response(),
+        Ok(Claim::Replay(status, body)) => {
+            let mut resp = Response::new(Body::from(body));
+            *resp.status_mut() = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+            resp.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return resp;
+        }
+        Ok(Claim::Mismatch) => {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            )
+            .into_response()
+        }
+        Ok(Claim::InProgress) => {
+            return ApiError::conflict("a request with this Idempotency-Key is still in progress")
+                .into_response()
+        }
+        Ok(Claim::Mine) => {}
+    }
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    let status = resp.status();
+    let (rparts, rbody) = resp.into_parts();
+    let rbytes = to_bytes(rbody, 4 * 1024 * 1024).await.unwrap_or_default();
+    let store = if status.is_server_error() {
+        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
+            .bind(&scope)
+            .bind(&key)
+            .execute(&state.pool)
+            .await
+    } else {
+        sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2")
+            .bind(&scope)
+            .bind(&key)
+            .bind(status.as_u16() as i32)
+            .bind(rbytes.to_vec())
+            .execute(&state.pool)
+            .await
+    };
+    if let Err(e) = store {
+        tracing::error!(error = %e, "could not record idempotency result");
+    }
+    Response::from_parts(rparts, Body::from(rbytes))
+}
+
+enum Claim {
+    Mine,
+    Replay(i32, Vec<u8>),
+    Mismatch,
+    InProgress,
+}
+
+async fn claim(
+    state: &AppState,
+    scope: &str,
+    key: &str,
+    hash: &[u8],
+) -> Result<Claim, sqlx::Error> {
+    // Expired or abandoned records are released first, then the key is claimed atomically.
+    sqlx::query(
+        "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND \
+         (created_at < now() - make_interval(hours => $3) OR \
+          (status_code IS NULL AND created_at < now() - make_interval(secs => $4)))",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(IDEMPOTENCY_TTL_HOURS as i32)
+    .bind(IN_PROGRESS_TIMEOUT_SECS as f64)
+    .execute(&state.pool)
+    .await?;
+    let mine: Option<i32> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING RETURNING 1",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .fetch_optional(&state.pool)
+    .await?;
+    if mine.is_some() {
+        return Ok(Claim::Mine);
+    }
+    let row: Option<(Vec<u8>, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(&state.pool)
+    .await?;
+    Ok(match row {
+        None => Claim::InProgress,
+        Some((h, _, _)) if h != hash => Claim::Mismatch,
+        Some((_, Some(status), Some(body))) => Claim::Replay(status, body),
+        Some(_) => Claim::InProgress,
+    })
+}

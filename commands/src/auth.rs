@@ -1,0 +1,259 @@
+//! Authentication: passwords (Argon2id), JWTs (HS256), access keys (`vb_` tokens stored as
+//! SHA-256), the platform admin token, and resolving a request's bearer to a [`Caller`].
+
+use crate::meta::Actor;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+use vbin_event_schema::{CustomerId, Permission};
+
+/// Prefix of every access key token.
+pub const ACCESS_KEY_PREFIX: &str = "vb_";
+/// JWT lifetime.
+pub const JWT_TTL_SECS: i64 = 24 * 3600;
+
+/// Who is calling, once authenticated.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Caller {
+    /// The platform admin.
+    Admin,
+    /// A customer's agent or access key.
+    Customer {
+        /// Tenant.
+        customer_id: CustomerId,
+        /// Agent or access key.
+        actor: Actor,
+        /// Permission (access keys act with admin permission for their customer).
+        permission: Permission,
+    },
+}
+
+impl Caller {
+    /// The actor for command metadata.
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::Admin => Actor::Admin,
+            Caller::Customer { actor, .. } => actor.clone(),
+        }
+    }
+
+    /// The tenant, if a customer.
+    pub fn customer_id(&self) -> Option<CustomerId> {
+        match self {
+            Caller::Admin => None,
+            Caller::Customer { customer_id, .. } => Some(*customer_id),
+        }
+    }
+}
+
+/// JWT claims.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    /// Agent id.
+    pub sub: Uuid,
+    /// Tenant.
+    pub customer_id: Uuid,
+    /// `admin` or `agent`.
+    pub permission: Permission,
+    /// Issued at (unix seconds).
+    pub iat: i64,
+    /// Expiry (unix seconds).
+    pub exp: i64,
+}
+
+/// Keys and secrets for authentication.
+#[derive(Clone)]
+pub struct AuthKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    admin_token_hash: [u8; 32],
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Lowercase hex SHA-256 of an access key token (what is stored).
+pub fn hash_access_key(token: &str) -> String {
+    hex::encode(sha256(token.as_bytes()))
+}
+
+/// `n` random bytes as URL-safe base64 without padding.
+pub fn random_token(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::fill(&mut bytes[..]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A new access key token: `vb_` + 43 characters of 256-bit randomness.
+pub fn new_access_key() -> String {
+    format!("{ACCESS_KEY_PREFIX}{}", random_token(32))
+}
+
+/// Hashes a password (Argon2id, random salt, PHC string).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    rand::fill(&mut salt[..]);
+    Argon2::default()
+        .hash_password_with_salt(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Checks a password against a stored PHC string.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+impl AuthKeys {
+    /// Keys from the JWT secret and the admin token.
+    pub fn new(jwt_secret: &str, admin_token: &str) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(jwt_secret.as_bytes()),
+            decoding: DecodingKey::from_secret(jwt_secret.as_bytes()),
+            admin_token_hash: sha256(admin_token.as_bytes()),
+        }
+    }
+
+    /// Issues a JWT for an agent.
+    pub fn issue(&self, agent_id: Uuid, customer_id: Uuid, permission: Permission) -> String {
+        let now = Utc::now().timestamp();
+        let claims = Claims {
+            sub: agent_id,
+            customer_id,
+            permission,
+            iat: now,
+            exp: now + JWT_TTL_SECS,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 encoding with a valid key cannot fail")
+    }
+
+    /// Verifies a JWT (HS256 only: `alg: none` and other algorithms are refused).
+    pub fn verify(&self, token: &str) -> Option<Claims> {
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = 5;
+        decode::<Claims>(token, &self.decoding, &v)
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    /// Compares with the admin token (hashes first, so the comparison time leaks nothing).
+    pub fn is_admin_token(&self, token: &str) -> bool {
+        let h = sha256(token.as_bytes());
+        h.iter()
+            .zip(self.admin_token_hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    /// Resolves a bearer token to a caller, checking that the agent or key still exists
+    /// (deleted agents' JWTs and revoked or expired keys stop working at once).
+    pub async fn resolve(&self, pool: &PgPool, token: &str) -> Result<Option<Caller>, sqlx::Error> {
+        if self.is_admin_token(token) {
+            return Ok(Some(Caller::Admin));
+        }
+        if token.starts_with(ACCESS_KEY_PREFIX) {
+            let row: Option<(Uuid, Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
+                "SELECT key_id, customer_id, expire_at FROM auth_access_keys WHERE token_hash = $1",
+            )
+            .bind(hash_access_key(token))
+            .fetch_optional(pool)
+            .await?;
+            return Ok(row.and_then(|(key_id, customer_id, expire_at)| {
+                (expire_at.is_none_or(|e| e > Utc::now())).then_some(Caller::Customer {
+                    customer_id: CustomerId(customer_id),
+                    actor: Actor::AccessKey(key_id),
+                    permission: Permission::Admin,
+                })
+            }));
+        }
+        let Some(claims) = self.verify(token) else {
+            return Ok(None);
+        };
+        let row: Option<(Uuid, String)> =
+            sqlx::query_as("SELECT customer_id, permission FROM auth_agents WHERE agent_id = $1")
+                .bind(claims.sub)
+                .fetch_optional(pool)
+                .await?;
+        Ok(row
+            .filter(|(customer_id, _)| *customer_id == claims.customer_id)
+            .map(|(customer_id, permission)| Caller::Customer {
+                customer_id: CustomerId(customer_id),
+                actor: Actor::Agent(claims.sub),
+                permission: if permission == "admin" {
+                    Permission::Admin
+                } else {
+                    Permission::Agent
+                },
+            }))
+    }
+}
+
+/// Returns the platform secret `name`: from `configured` if given, else the one stored in the
+/// database, else a new random one stored there (so every process of the platform agrees).
+pub async fn platform_secret(
+    pool: &PgPool,
+    name: &str,
+    configured: Option<&str>,
+) -> Result<(String, bool), sqlx::Error> {
+    if let Some(v) = configured.filter(|v| !v.is_empty()) {
+        return Ok((v.to_string(), false));
+    }
+    let candidate = random_token(32);
+    let inserted: Option<String> = sqlx::query_scalar(
+        "INSERT INTO platform_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING value",
+    )
+    .bind(name)
+    .bind(&candidate)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(v) = inserted {
+        return Ok((v, true));
+    }
+    let v = sqlx::query_scalar("SELECT value FROM platform_secrets WHERE name = $1")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok((v, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwt_roundtrip_and_forgeries() {
+        let keys = AuthKeys::new("secret-a", "admin");
+        let t = keys.issue(Uuid::nil(), Uuid::nil(), Permission::Admin);
+        assert!(keys.verify(&t).is_some());
+        assert!(AuthKeys::new("secret-b", "admin").verify(&t).is_none());
+        // alg: none with the same claims.
+        let parts: Vec<&str> = t.split('.').collect();
+        let none = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT"}"#);
+        assert!(keys.verify(&format!("{none}.{}.", parts[1])).is_none());
+        assert!(keys.is_admin_token("admin") && !keys.is_admin_token("admin2"));
+    }
+
+    #[test]
+    fn passwords_and_keys() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        let k = new_access_key();
+        assert!(k.starts_with("vb_") && k.len() == 46);
+        assert_eq!(hash_access_key(&k).len(), 64);
+    }
+}

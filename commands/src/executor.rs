@@ -1,0 +1,189 @@
+//! Runs a command against an aggregate: load (cqrs-es, with upcasters and snapshots), decide,
+//! append in one transaction; on a concurrency conflict reload and decide again, a bounded
+//! number of times, then report the conflict (HTTP 409).
+
+use crate::meta::CommandMeta;
+use crate::store::{AppendError, NewEvent, PgEventRepository, Recorded};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{AggregateError, DomainEvent, EventStore};
+use std::time::Duration;
+use uuid::Uuid;
+use vbin_domain::{Call, Customer, DomainError, ResourceView};
+use vbin_event_schema::CustomerId;
+
+/// How aggregates are stored: their owner and snapshot policy.
+pub trait StoredAggregate:
+    ResourceView<Error = DomainError, Services = ()> + Clone + Send + Sync + 'static
+{
+    /// Take a snapshot every this many events (None: never; short-lived aggregates).
+    const SNAPSHOT_EVERY: Option<usize>;
+    /// The tenant owning this instance (None until created).
+    fn owner(&self) -> Option<CustomerId>;
+}
+
+impl StoredAggregate for Customer {
+    const SNAPSHOT_EVERY: Option<usize> = Some(100);
+    fn owner(&self) -> Option<CustomerId> {
+        self.id
+    }
+}
+
+impl StoredAggregate for Call {
+    const SNAPSHOT_EVERY: Option<usize> = None;
+    fn owner(&self) -> Option<CustomerId> {
+        self.id.map(|_| self.customer_id)
+    }
+}
+
+/// Why a command did not produce its events.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The aggregate refused it.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// Still conflicting after the retries.
+    #[error("concurrent modification; retry the request")]
+    Conflict,
+    /// A uniqueness rule failed.
+    #[error("{0} is already taken")]
+    Taken(&'static str),
+    /// Storage failed.
+    #[error("event store: {0}")]
+    Store(String),
+}
+
+/// The outcome of a command: the aggregate after it and the events it recorded.
+#[derive(Debug)]
+pub struct Executed<A> {
+    /// State after the command.
+    pub state: A,
+    /// What was recorded (empty when the command changed nothing).
+    pub recorded: Vec<Recorded>,
+}
+
+/// Executes commands against the Postgres event store.
+#[derive(Clone)]
+pub struct Executor {
+    repo: PgEventRepository,
+}
+
+const MAX_ATTEMPTS: u32 = 5;
+
+impl Executor {
+    /// An executor over `repo`.
+    pub fn new(repo: PgEventRepository) -> Self {
+        Self { repo }
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &PgEventRepository {
+        &self.repo
+    }
+
+    /// Loads an aggregate's current state (None if it has no events). With `tenant`, an
+    /// aggregate owned by another customer is reported as absent.
+    pub async fn load<A: StoredAggregate>(
+        &self,
+        id: Uuid,
+        tenant: Option<CustomerId>,
+    ) -> Result<Option<A>, ExecError> {
+        let (state, seq) = self.load_ctx::<A>(id).await?;
+        Ok((seq > 0 && tenant.is_none_or(|t| state.owner() == Some(t))).then_some(state))
+    }
+
+    async fn load_ctx<A: StoredAggregate>(&self, id: Uuid) -> Result<(A, usize), ExecError> {
+        let store = match A::SNAPSHOT_EVERY {
+            Some(n) => PersistedEventStore::<_, A>::new_snapshot_store(self.repo.clone(), n),
+            None => PersistedEventStore::<_, A>::new_event_store(self.repo.clone()),
+        }
+        .with_upcasters(vbin_event_schema::upcast::upcasters());
+        let ctx = store
+            .load_aggregate(&id.to_string())
+            .await
+            .map_err(|e: AggregateError<DomainError>| ExecError::Store(e.to_string()))?;
+        Ok((ctx.aggregate, ctx.current_sequence))
+    }
+
+    /// Executes `command` on aggregate `id`. `tenant` (when the caller is a customer) makes
+    /// another customer's aggregate look absent (`NotFound`), so ids never leak across
+    /// tenants. `owner` is the customer the events are recorded under.
+    pub async fn execute<A: StoredAggregate>(
+        &self,
+        id: Uuid,
+        owner: CustomerId,
+        tenant: Option<CustomerId>,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Executed<A>, ExecError>
+    where
+        A::Command: Clone,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut state, seq) = self.load_ctx::<A>(id).await?;
+            if let (Some(t), Some(o)) = (tenant, state.owner()) {
+                if t != o {
+                    return Err(ExecError::Domain(DomainError::NotFound(A::TYPE)));
+                }
+            }
+            let before = state.clone();
+            let sink = EventSink::<A>::default();
+            state.handle(command.clone(), &(), &sink).await?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state,
+                    recorded: vec![],
+                });
+            }
+            let new = to_new_events(before, &events)?;
+            let last = seq + events.len();
+            let snapshot = A::SNAPSHOT_EVERY
+                .filter(|n| last / n > seq / n)
+                .map(|_| serde_json::to_value(&state).map(|v| (v, last)))
+                .transpose()
+                .map_err(|e| ExecError::Store(e.to_string()))?;
+            match self
+                .repo
+                .append(A::TYPE, id, owner.as_uuid(), seq, &new, meta, snapshot)
+                .await
+            {
+                Ok(recorded) => {
+                    metrics::counter!("vbin_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
+                    return Ok(Executed { state, recorded });
+                }
+                Err(AppendError::Conflict) if attempt < MAX_ATTEMPTS => {
+                    metrics::counter!("vbin_command_conflicts_total", "aggregate" => A::TYPE)
+                        .increment(1);
+                    let jitter = rand::random::<u64>() % (5 << attempt);
+                    tokio::time::sleep(Duration::from_millis(jitter)).await;
+                }
+                Err(AppendError::Conflict) => return Err(ExecError::Conflict),
+                Err(AppendError::Taken(what)) => return Err(ExecError::Taken(what)),
+                Err(AppendError::Database(e)) => return Err(ExecError::Store(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Serializes events with the resource view after each (folding them onto the prior state).
+fn to_new_events<A: StoredAggregate>(
+    mut state: A,
+    events: &[A::Event],
+) -> Result<Vec<NewEvent>, ExecError> {
+    events
+        .iter()
+        .map(|e| {
+            state.apply(e.clone());
+            Ok(NewEvent {
+                event_type: e.event_type(),
+                event_version: e.event_version(),
+                payload: serde_json::to_value(e)
+                    .map_err(|err| ExecError::Store(err.to_string()))?,
+                resource: state.resource_after(e),
+            })
+        })
+        .collect()
+}

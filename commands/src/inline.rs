@@ -1,0 +1,87 @@
+//! Inline projections: lookup tables the command side needs exact at commit time (logins and
+//! access keys), updated in the same transaction as the events that change them. Read models
+//! proper are built asynchronously by the projections crate.
+
+use crate::store::NewEvent;
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+use vbin_event_schema::CustomerEvent;
+
+/// Applies the events of one append to the lookup tables.
+pub async fn apply(
+    tx: &mut Transaction<'_, Postgres>,
+    aggregate_type: &str,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    if aggregate_type != "customer" {
+        return Ok(());
+    }
+    for e in events {
+        let event: CustomerEvent = serde_json::from_value(e.payload.clone())
+            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        match event {
+            CustomerEvent::AgentCreated {
+                agent_id,
+                username,
+                password_hash,
+                permission,
+                ..
+            } => {
+                sqlx::query(
+                    "INSERT INTO auth_agents (agent_id, customer_id, username, password_hash, permission) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(agent_id.as_uuid())
+                .bind(customer_id)
+                .bind(username)
+                .bind(password_hash)
+                .bind(permission.as_str())
+                .execute(&mut **tx)
+                .await?;
+            }
+            CustomerEvent::AgentUpdated {
+                agent_id,
+                permission,
+                ..
+            } => {
+                sqlx::query("UPDATE auth_agents SET permission = $2 WHERE agent_id = $1")
+                    .bind(agent_id.as_uuid())
+                    .bind(permission.as_str())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CustomerEvent::AgentDeleted { agent_id, .. } => {
+                sqlx::query("DELETE FROM auth_agents WHERE agent_id = $1")
+                    .bind(agent_id.as_uuid())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CustomerEvent::AccessKeyCreated {
+                key_id,
+                token_hash,
+                expire_at,
+                ..
+            } => {
+                sqlx::query(
+                    "INSERT INTO auth_access_keys (token_hash, key_id, customer_id, expire_at) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(token_hash)
+                .bind(key_id.as_uuid())
+                .bind(customer_id)
+                .bind(expire_at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            CustomerEvent::AccessKeyDeleted { key_id, .. } => {
+                sqlx::query("DELETE FROM auth_access_keys WHERE key_id = $1")
+                    .bind(key_id.as_uuid())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

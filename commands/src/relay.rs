@@ -1,0 +1,266 @@
+//! The outbox relay: publishes committed events from the Postgres log to JetStream, in commit
+//! order, exactly as recorded, and advances its checkpoint only after JetStream acked them.
+//!
+//! - Only one relay publishes at a time: it holds a session advisory lock (the lease) on a
+//!   dedicated connection, and writes its checkpoint through that same connection, so a relay
+//!   that lost its connection (and with it the lease) cannot move the checkpoint.
+//! - It reads only below the xid horizon (`tx_id < pg_snapshot_xmin(pg_current_snapshot())`),
+//!   ordered by `(tx_id, global_position)`: identity values commit out of order, so reading by
+//!   position alone could skip an event forever; below the horizon every writer has finished.
+//! - `Nats-Msg-Id = event_id`: a batch republished after a crash between the acks and the
+//!   checkpoint is dropped by JetStream's duplicate window.
+//! - LISTEN/NOTIFY (`vbin_events`) wakes it at commit; it also polls, so a lost notification
+//!   only delays.
+
+use async_nats::jetstream::message::PublishMessage;
+use chrono::{DateTime, Utc};
+use futures::future::try_join_all;
+use serde_json::Value;
+use sqlx::postgres::{PgConnection, PgListener};
+use sqlx::{Connection, PgPool, Row};
+use std::future::IntoFuture;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use vbin_bus::Bus;
+use vbin_event_schema::{subject_for, CustomerEvent, PublishedEvent};
+
+/// Advisory lock key of the relay lease (`'vbin.relay'` hashed, fixed).
+pub const RELAY_LOCK_KEY: i64 = 0x7662_696e_7265_6c61; // "vbinrela"
+const CHECKPOINT: &str = "relay";
+
+/// Relay settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// Events per read/publish round.
+    pub batch: i64,
+    /// Poll interval when no notification arrives.
+    pub poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The relay.
+pub struct Relay {
+    pool: PgPool,
+    database_url: String,
+    bus: Bus,
+    config: RelayConfig,
+}
+
+/// One committed event read from the log.
+struct LogRow {
+    tx_id: String,
+    event: PublishedEvent,
+}
+
+impl Relay {
+    /// A relay from `pool`'s database to `bus`.
+    pub fn new(pool: PgPool, database_url: String, bus: Bus, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            database_url,
+            bus,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown`: waits for the lease, then publishes; on any failure drops the
+    /// lease and starts over after a pause.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                res = self.lead() => {
+                    if let Err(e) = res {
+                        tracing::warn!(error = %e, "relay interrupted; will retry");
+                        metrics::counter!("vbin_relay_errors_total").increment(1);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Acquires the lease (waiting while another relay holds it) and publishes until an error.
+    async fn lead(&self) -> Result<(), RelayError> {
+        let mut lease = PgConnection::connect(&self.database_url).await?;
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(RELAY_LOCK_KEY)
+                .fetch_one(&mut lease)
+                .await?;
+            if got {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        tracing::info!("relay lease acquired; publishing");
+        metrics::gauge!("vbin_relay_leader").set(1.0);
+        let res = self.publish_loop(&mut lease).await;
+        metrics::gauge!("vbin_relay_leader").set(0.0);
+        res
+    }
+
+    async fn publish_loop(&self, lease: &mut PgConnection) -> Result<(), RelayError> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen("vbin_events").await?;
+        sqlx::query(
+            "INSERT INTO log_checkpoints (name, tx_id, global_position) VALUES ($1, '0', 0) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(CHECKPOINT)
+        .execute(&mut *lease)
+        .await?;
+        loop {
+            let published = self.pump(lease).await?;
+            if published as i64 >= self.config.batch {
+                continue;
+            }
+            // Wait for a commit notification or the poll interval.
+            tokio::select! {
+                n = listener.try_recv() => { n?; }
+                _ = tokio::time::sleep(self.config.poll) => {}
+            }
+        }
+    }
+
+    /// Publishes the next batch; returns how many events it published.
+    pub(crate) async fn pump(&self, lease: &mut PgConnection) -> Result<usize, RelayError> {
+        let (cp_tx, cp_pos): (String, i64) = sqlx::query_as(
+            "SELECT tx_id::text, global_position FROM log_checkpoints WHERE name = $1",
+        )
+        .bind(CHECKPOINT)
+        .fetch_one(&mut *lease)
+        .await?;
+        let rows = read_batch(&mut *lease, &cp_tx, cp_pos, self.config.batch).await?;
+        let Some(last) = rows.last() else {
+            return Ok(0);
+        };
+        let (last_tx, last_pos) = (last.tx_id.clone(), last.event.global_position);
+        let started = Instant::now();
+        let mut acks = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let e = &row.event;
+            let subject = subject_for(&e.customer_id, &e.aggregate_type, &e.event_type);
+            let body = serde_json::to_vec(e).map_err(|err| RelayError::Encode(err.to_string()))?;
+            let msg = PublishMessage::build()
+                .message_id(e.event_id.to_string())
+                .payload(body.into());
+            acks.push(
+                self.bus
+                    .js
+                    .send_publish(subject, msg)
+                    .await
+                    .map_err(|err| RelayError::Publish(err.to_string()))?,
+            );
+        }
+        let acks = tokio::time::timeout(
+            Duration::from_secs(10),
+            try_join_all(acks.into_iter().map(IntoFuture::into_future)),
+        )
+        .await
+        .map_err(|_| RelayError::Publish("timed out waiting for publish acks".into()))?
+        .map_err(|err| RelayError::Publish(err.to_string()))?;
+        let duplicates = acks.iter().filter(|a| a.duplicate).count();
+        sqlx::query(
+            "UPDATE log_checkpoints SET tx_id = $2::text::xid8, global_position = $3, updated_at = now() \
+             WHERE name = $1",
+        )
+        .bind(CHECKPOINT)
+        .bind(&last_tx)
+        .bind(last_pos)
+        .execute(&mut *lease)
+        .await?;
+        metrics::counter!("vbin_relay_published_total").increment(rows.len() as u64);
+        metrics::counter!("vbin_relay_duplicates_total").increment(duplicates as u64);
+        metrics::histogram!("vbin_relay_batch_seconds").record(started.elapsed().as_secs_f64());
+        if let Some(lag) = rows.last().map(|r| Utc::now() - r.event.timestamp) {
+            metrics::gauge!("vbin_relay_lag_seconds").set(lag.num_milliseconds() as f64 / 1000.0);
+        }
+        tracing::debug!(count = rows.len(), duplicates, "relay published batch");
+        Ok(rows.len())
+    }
+}
+
+/// Reads committed events after the checkpoint, below the xid horizon, in commit order.
+async fn read_batch(
+    conn: &mut PgConnection,
+    cp_tx: &str,
+    cp_pos: i64,
+    limit: i64,
+) -> Result<Vec<LogRow>, RelayError> {
+    let rows = sqlx::query(
+        "SELECT tx_id::text, event_id, event_type, event_version, recorded_at, customer_id, \
+                aggregate_type, aggregate_id, sequence, global_position, metadata, payload, resource \
+         FROM events \
+         WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
+           AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY tx_id, global_position LIMIT $3",
+    )
+    .bind(cp_tx)
+    .bind(cp_pos)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let aggregate_type: String = r.try_get(6)?;
+            let event_type: String = r.try_get(2)?;
+            let payload: Value = r.try_get(11)?;
+            Ok(LogRow {
+                tx_id: r.try_get(0)?,
+                event: PublishedEvent {
+                    event_id: r.try_get::<Uuid, _>(1)?,
+                    data: redact(&aggregate_type, payload),
+                    event_type,
+                    event_version: r.try_get(3)?,
+                    timestamp: r.try_get::<DateTime<Utc>, _>(4)?,
+                    customer_id: r.try_get(5)?,
+                    aggregate_type,
+                    aggregate_id: r.try_get(7)?,
+                    sequence: r.try_get(8)?,
+                    global_position: r.try_get(9)?,
+                    metadata: r.try_get(10)?,
+                    resource: r.try_get(12)?,
+                },
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(RelayError::from)
+}
+
+/// Secrets and hashes never leave Postgres.
+pub fn redact(aggregate_type: &str, payload: Value) -> Value {
+    if aggregate_type != "customer" {
+        return payload;
+    }
+    match serde_json::from_value::<CustomerEvent>(payload.clone()) {
+        Ok(e) => serde_json::to_value(e.redacted()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Relay failures (all retried).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// Postgres.
+    #[error("postgres: {0}")]
+    Db(#[from] sqlx::Error),
+    /// JetStream publish.
+    #[error("publish: {0}")]
+    Publish(String),
+    /// Encoding.
+    #[error("encode: {0}")]
+    Encode(String),
+}

@@ -1,0 +1,54 @@
+//! vbin's database schema and bootstrap: create the database if missing, run migrations.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Every migration, embedded at build time.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./sql");
+
+/// Creates the database named in `url` if it does not exist (connecting to the `postgres`
+/// maintenance database to do so).
+pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
+    let opts = PgConnectOptions::from_str(url)?;
+    let name = opts
+        .get_database()
+        .map(str::to_owned)
+        .unwrap_or_else(|| "postgres".into());
+    if opts.clone().connect().await.is_ok() {
+        return Ok(());
+    }
+    let mut admin = opts.database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
+    if !exists {
+        let quoted = name.replace('"', "\"\"");
+        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another process created it at the same moment.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    admin.close().await
+}
+
+/// Creates the database if needed, connects a pool and runs pending migrations.
+pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+    ensure_database(url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}

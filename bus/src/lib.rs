@@ -73,8 +73,11 @@ impl Bus {
 pub struct ConsumerSpec {
     /// Durable name (one per logical subscriber; instances share it to split the work).
     pub name: String,
-    /// Subject filters, e.g. `vbin.events.*.call.call_created`.
-    pub filter_subjects: Vec<String>,
+    /// Subject filter, e.g. `vbin.events.*.call.*` (one: NATS 2.9 has no multi-filter
+    /// consumers).
+    pub filter_subject: String,
+    /// Event types handled; others matching the filter are acked and skipped (empty: all).
+    pub event_types: Vec<String>,
     /// How long a delivered message may stay unacked before redelivery.
     pub ack_wait: Duration,
     /// Deliveries before giving up (-1: never give up).
@@ -86,10 +89,8 @@ impl ConsumerSpec {
     pub fn for_events(name: &str, aggregate_type: &str, event_types: &[&str]) -> Self {
         Self {
             name: name.to_string(),
-            filter_subjects: event_types
-                .iter()
-                .map(|t| format!("{SUBJECT_PREFIX}.*.{aggregate_type}.{t}"))
-                .collect(),
+            filter_subject: format!("{SUBJECT_PREFIX}.*.{aggregate_type}.*"),
+            event_types: event_types.iter().map(|t| t.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
         }
@@ -134,21 +135,40 @@ where
     E: std::fmt::Display,
 {
     let stream = bus.ensure_stream().await?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &spec.name,
-            consumer::pull::Config {
-                durable_name: Some(spec.name.clone()),
-                filter_subjects: spec.filter_subjects.clone(),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: spec.ack_wait,
-                max_deliver: spec.max_deliver,
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
+    let config = consumer::pull::Config {
+        durable_name: Some(spec.name.clone()),
+        filter_subject: spec.filter_subject.clone(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: spec.ack_wait,
+        max_deliver: spec.max_deliver,
+        max_ack_pending: 10_000,
+        ..Default::default()
+    };
+    let js_err = |e: &dyn std::fmt::Display| BusError::JetStream(e.to_string());
+    let mut consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(&spec.name, config.clone())
         .await
-        .map_err(|e| BusError::JetStream(e.to_string()))?;
+        .map_err(|e| js_err(&e))?;
+    // A durable left by an older version with another filter would feed the wrong events:
+    // replace it (it resumes from the start of the stream; handlers are idempotent).
+    let stored = consumer
+        .info()
+        .await
+        .map_err(|e| js_err(&e))?
+        .config
+        .filter_subject
+        .clone();
+    if stored != spec.filter_subject {
+        tracing::warn!(consumer = %spec.name, %stored, wanted = %spec.filter_subject, "recreating consumer with new filter");
+        stream
+            .delete_consumer(&spec.name)
+            .await
+            .map_err(|e| js_err(&e))?;
+        consumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| js_err(&e))?;
+    }
     let mut messages = consumer
         .messages()
         .await
@@ -164,6 +184,12 @@ where
                 continue;
             }
         };
+        if !spec.event_types.is_empty() && !spec.event_types.contains(&event.event_type) {
+            msg.ack()
+                .await
+                .map_err(|e| BusError::JetStream(e.to_string()))?;
+            continue;
+        }
         let (event_id, event_type) = (event.event_id, event.event_type.clone());
         match handle(event).await {
             Ok(()) => {

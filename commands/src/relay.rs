@@ -105,6 +105,10 @@ impl Relay {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        self.bus
+            .ensure_stream()
+            .await
+            .map_err(|e| RelayError::Publish(e.to_string()))?;
         tracing::info!("relay lease acquired; publishing");
         metrics::gauge!("vbin_relay_leader").set(1.0);
         let res = self.publish_loop(&mut lease).await;

@@ -28,7 +28,7 @@ pub async fn ensure_database(url: &str) -> Result<(), sqlx::Error> {
             .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
-        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+        match sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
             .execute(&mut admin)
             .await
         {

@@ -1,0 +1,57 @@
+//! The call dialer process manager: a durable JetStream consumer that hands new calls to the
+//! carrier and tells it when our side hangs up.
+
+use crate::{Carrier, CarrierError, DialRequest};
+use std::sync::Arc;
+use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_event_schema::{CallEvent, CallId, CustomerId, HangupBy, PublishedEvent};
+
+/// Durable consumer name.
+pub const CONSUMER: &str = "carrier-dialer";
+
+/// Runs the dialer until `shutdown`.
+pub async fn run(
+    bus: Bus,
+    carrier: Arc<dyn Carrier>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let spec = ConsumerSpec::for_events(CONSUMER, "call", &["call_created", "call_hungup"]);
+    run_consumer(bus, spec, |e| handle(carrier.clone(), e), shutdown).await
+}
+
+async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), CarrierError> {
+    let event: CallEvent = serde_json::from_value(e.data.clone())
+        .map_err(|err| CarrierError(format!("bad {} payload: {err}", e.event_type)))?;
+    match event {
+        CallEvent::CallCreated {
+            call_id,
+            source,
+            destination,
+            variables,
+            dial_timeout_ms,
+            ..
+        } => {
+            let talk_seconds = variables
+                .get("talk_seconds")
+                .and_then(|v| {
+                    v.as_u64()
+                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                })
+                .unwrap_or(2);
+            let req = DialRequest {
+                call_id,
+                customer_id: CustomerId(e.customer_id),
+                source,
+                destination,
+                dial_timeout_ms,
+                talk_seconds,
+            };
+            carrier.dial(&req).await
+        }
+        CallEvent::CallHungup {
+            hangup_by: HangupBy::Local,
+            ..
+        } => carrier.hangup(CallId(e.aggregate_id)).await,
+        _ => Ok(()),
+    }
+}

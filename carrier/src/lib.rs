@@ -1,0 +1,42 @@
+//! The telephony boundary. A [`Carrier`] places and tears down calls on a network; it reports
+//! what the network does only by sending commands to the Call aggregate (never by writing
+//! tables of the write model). The [`dialer`] process manager feeds it `call_created` and
+//! `call_hungup` events from JetStream. [`sandbox::SandboxCarrier`] is the built-in carrier.
+
+pub mod dialer;
+pub mod sandbox;
+
+use async_trait::async_trait;
+use vbin_event_schema::{CallId, CustomerId, E164};
+
+/// What a carrier needs to place a call.
+#[derive(Clone, Debug)]
+pub struct DialRequest {
+    /// The call.
+    pub call_id: CallId,
+    /// Its owner.
+    pub customer_id: CustomerId,
+    /// Caller id.
+    pub source: E164,
+    /// Number to dial.
+    pub destination: E164,
+    /// Give up with no_answer after this long.
+    pub dial_timeout_ms: u32,
+    /// Seconds the far end talks before hanging up (sandbox only; from `variables.talk_seconds`).
+    pub talk_seconds: u64,
+}
+
+/// A carrier failure (retried by the dialer).
+#[derive(Debug, thiserror::Error)]
+#[error("carrier: {0}")]
+pub struct CarrierError(pub String);
+
+/// A telephony network. Both operations must be idempotent: the dialer may deliver the same
+/// event more than once.
+#[async_trait]
+pub trait Carrier: Send + Sync {
+    /// Starts placing the call.
+    async fn dial(&self, req: &DialRequest) -> Result<(), CarrierError>;
+    /// Tears the call down (our side hung up).
+    async fn hangup(&self, call_id: CallId) -> Result<(), CarrierError>;
+}

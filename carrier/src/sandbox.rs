@@ -1,0 +1,305 @@
+//! The sandbox carrier: a simulated network that behaves by destination (API.md):
+//! `...0486` busy, `...0487` no answer at the dial timeout, `...0404` failed (unallocated
+//! number), anything else rings, answers after ~0.5 s and the far end hangs up after
+//! `talk_seconds`.
+//!
+//! Its plans are durable timers in Postgres (`carrier_timers`), written when it is asked to
+//! dial and executed by [`TimerWorker`], so a call ringing when the process dies is resolved
+//! after the restart instead of dialing forever. Executing a timer sends a command to the Call
+//! aggregate; the aggregate ignores stale or repeated ones, so a timer that fires twice (crash
+//! between the command and the timer's deletion) is harmless.
+
+use crate::{Carrier, CarrierError, DialRequest};
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use sqlx::PgPool;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use vbin_commands::{CommandMeta, ExecError, Executor};
+use vbin_domain::{Call, CallCommand, HangupRequest};
+use vbin_event_schema::{CallId, CustomerId, HangupCause};
+
+/// Delay before a normal destination starts ringing.
+pub const RING_AFTER_MS: i64 = 100;
+/// Delay before a normal destination answers (~0.5 s of ringing).
+pub const ANSWER_AFTER_MS: i64 = 600;
+/// Delay before a busy or unallocated destination is reported.
+pub const REJECT_AFTER_MS: i64 = 200;
+
+/// A step the simulated network takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Far end rings.
+    Ring,
+    /// Far end answers.
+    Answer,
+    /// Far end hangs up with this cause.
+    Hangup(HangupCause),
+}
+
+impl Action {
+    fn name(self) -> String {
+        match self {
+            Action::Ring => "ring".into(),
+            Action::Answer => "answer".into(),
+            Action::Hangup(c) => format!(
+                "hangup:{}",
+                serde_json::to_value(c)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ring" => Some(Action::Ring),
+            "answer" => Some(Action::Answer),
+            _ => s
+                .strip_prefix("hangup:")
+                .and_then(|c| serde_json::from_value(serde_json::Value::String(c.into())).ok())
+                .map(Action::Hangup),
+        }
+    }
+}
+
+/// What the sandbox network does for a dial request, as (delay ms, action) steps.
+pub fn plan(req: &DialRequest) -> Vec<(i64, Action)> {
+    let d = req.destination.as_str();
+    if d.ends_with("0486") {
+        vec![(REJECT_AFTER_MS, Action::Hangup(HangupCause::UserBusy))]
+    } else if d.ends_with("0404") {
+        vec![(
+            REJECT_AFTER_MS,
+            Action::Hangup(HangupCause::UnallocatedNumber),
+        )]
+    } else if d.ends_with("0487") {
+        vec![
+            (RING_AFTER_MS, Action::Ring),
+            (
+                req.dial_timeout_ms as i64,
+                Action::Hangup(HangupCause::NoAnswer),
+            ),
+        ]
+    } else {
+        let answer = ANSWER_AFTER_MS.min(req.dial_timeout_ms as i64 - 1);
+        vec![
+            (RING_AFTER_MS, Action::Ring),
+            (answer, Action::Answer),
+            (
+                answer + req.talk_seconds as i64 * 1000,
+                Action::Hangup(HangupCause::NormalClearing),
+            ),
+        ]
+    }
+}
+
+/// The sandbox carrier.
+#[derive(Clone)]
+pub struct SandboxCarrier {
+    pool: PgPool,
+    wake: Arc<Notify>,
+}
+
+impl SandboxCarrier {
+    /// A sandbox carrier writing timers to `pool`; `wake` nudges the local [`TimerWorker`].
+    pub fn new(pool: PgPool, wake: Arc<Notify>) -> Self {
+        Self { pool, wake }
+    }
+}
+
+#[async_trait]
+impl Carrier for SandboxCarrier {
+    async fn dial(&self, req: &DialRequest) -> Result<(), CarrierError> {
+        // Timers are relative to now (the moment the network sees the call); a redelivered
+        // call_created finds them already planned and changes nothing.
+        let now = Utc::now();
+        let steps = plan(req);
+        let due: Vec<DateTime<Utc>> = steps
+            .iter()
+            .map(|(ms, _)| now + Duration::milliseconds(*ms))
+            .collect();
+        let actions: Vec<String> = steps.iter().map(|(_, a)| a.name()).collect();
+        sqlx::query(
+            "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
+             SELECT $1, $2, a, d FROM UNNEST($3::text[], $4::timestamptz[]) AS t(a, d) \
+             ON CONFLICT (call_id, action) DO NOTHING",
+        )
+        .bind(req.call_id.as_uuid())
+        .bind(req.customer_id.as_uuid())
+        .bind(&actions)
+        .bind(&due)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| CarrierError(e.to_string()))?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn hangup(&self, call_id: CallId) -> Result<(), CarrierError> {
+        sqlx::query("DELETE FROM carrier_timers WHERE call_id = $1")
+            .bind(call_id.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| CarrierError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Executes due sandbox timers. Several workers may run (one per process): each claims timers
+/// with `FOR UPDATE SKIP LOCKED` and deletes them in the same transaction after the command.
+pub struct TimerWorker {
+    pool: PgPool,
+    executor: Executor,
+    wake: Arc<Notify>,
+}
+
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl TimerWorker {
+    /// A worker.
+    pub fn new(pool: PgPool, executor: Executor, wake: Arc<Notify>) -> Self {
+        Self {
+            pool,
+            executor,
+            wake,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let fired = match self.fire_due().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sandbox timers: will retry");
+                    0
+                }
+            };
+            if fired > 0 {
+                continue;
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(IDLE_POLL) => {}
+            }
+        }
+    }
+
+    /// Fires the timers that are due now; returns how many.
+    pub async fn fire_due(&self) -> Result<usize, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<(i64, Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT id, call_id, customer_id, action FROM carrier_timers WHERE due_at <= now() \
+             ORDER BY due_at, id LIMIT 100 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut done = Vec::with_capacity(due.len());
+        for (id, call_id, customer_id, action) in &due {
+            let outcome = match Action::parse(action) {
+                None => {
+                    tracing::error!(%call_id, %action, "unknown sandbox timer action; dropped");
+                    Ok(())
+                }
+                Some(a) => {
+                    self.fire(CallId(*call_id), CustomerId(*customer_id), a)
+                        .await
+                }
+            };
+            match outcome {
+                Ok(()) => done.push(*id),
+                Err(e) => {
+                    tracing::warn!(%call_id, %action, error = %e, "sandbox timer failed; will retry")
+                }
+            }
+        }
+        sqlx::query("DELETE FROM carrier_timers WHERE id = ANY($1)")
+            .bind(&done)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("vbin_sandbox_timers_fired_total").increment(done.len() as u64);
+        Ok(done.len())
+    }
+
+    async fn fire(
+        &self,
+        call_id: CallId,
+        customer_id: CustomerId,
+        action: Action,
+    ) -> Result<(), ExecError> {
+        let at = Utc::now();
+        let cmd = match action {
+            Action::Ring => CallCommand::MarkRinging { at },
+            Action::Answer => CallCommand::MarkAnswered { at },
+            Action::Hangup(cause) => CallCommand::Hangup {
+                request: HangupRequest::Remote(cause),
+                at,
+            },
+        };
+        let mut meta =
+            CommandMeta::caused_by("sandbox-carrier", Uuid::now_v7(), &call_id.to_string());
+        meta.customer_id = Some(customer_id.as_uuid());
+        match self
+            .executor
+            .execute::<Call>(
+                call_id.as_uuid(),
+                customer_id,
+                Some(customer_id),
+                cmd,
+                &meta,
+            )
+            .await
+        {
+            // The call vanished from under its timer: nothing to drive.
+            Err(ExecError::Domain(vbin_domain::DomainError::NotFound(_))) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vbin_event_schema::E164;
+
+    fn req(dest: &str) -> DialRequest {
+        DialRequest {
+            call_id: CallId::new(),
+            customer_id: CustomerId::new(),
+            source: E164::parse("+15550000001").unwrap(),
+            destination: E164::parse(dest).unwrap(),
+            dial_timeout_ms: 5_000,
+            talk_seconds: 3,
+        }
+    }
+
+    #[test]
+    fn plans_follow_the_magic_destinations() {
+        assert_eq!(
+            plan(&req("+15551230486")),
+            vec![(200, Action::Hangup(HangupCause::UserBusy))]
+        );
+        assert_eq!(
+            plan(&req("+15551230404"))[0].1,
+            Action::Hangup(HangupCause::UnallocatedNumber)
+        );
+        assert_eq!(
+            plan(&req("+15551230487"))[1],
+            (5_000, Action::Hangup(HangupCause::NoAnswer))
+        );
+        let normal = plan(&req("+15551230000"));
+        assert_eq!(
+            normal.last().unwrap(),
+            &(3_600, Action::Hangup(HangupCause::NormalClearing))
+        );
+        for (_, a) in normal {
+            assert_eq!(Action::parse(&a.name()), Some(a));
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The vbin platform process: configuration and `serve`, which runs the requested parts
+//! (command API, relay, carrier) in one process until shutdown.
+
+pub mod bench;
+
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use vbin_bus::Bus;
+use vbin_carrier::sandbox::{SandboxCarrier, TimerWorker};
+use vbin_commands::api::{self, AppState};
+use vbin_commands::auth::{platform_secret, AuthKeys};
+use vbin_commands::relay::{Relay, RelayConfig};
+use vbin_commands::{Executor, PgEventRepository};
+
+/// A part of the platform that `serve --only` can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The command REST API (and health endpoints).
+    CommandApi,
+    /// The outbox relay (Postgres log -> JetStream).
+    Relay,
+    /// The call dialer and the sandbox carrier's timers.
+    Carrier,
+}
+
+impl Part {
+    /// Every part.
+    pub const ALL: [Part; 3] = [Part::CommandApi, Part::Relay, Part::Carrier];
+}
+
+/// Platform configuration (environment variables, see API.md "Running").
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Postgres URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/vbin"
+    )]
+    pub database_url: String,
+    /// NATS URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// HTTP listen address.
+    #[arg(long, env = "VBIN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Platform admin bearer token (generated, stored and printed if unset).
+    #[arg(long, env = "VBIN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// JWT signing secret (generated and stored in the database if unset).
+    #[arg(long, env = "VBIN_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Postgres pool size of this process.
+    #[arg(long, env = "VBIN_DB_POOL", default_value_t = 32)]
+    pub db_pool: u32,
+}
+
+/// A running platform: where it listens and how to stop it.
+pub struct Running {
+    /// The bound HTTP address (if the command API runs).
+    pub http_addr: Option<SocketAddr>,
+    /// The admin token in force.
+    pub admin_token: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every part and waits for them.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .clone()
+}
+
+/// Starts the selected parts and returns once they are running.
+pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
+    let pool = vbin_migrations::connect_and_migrate(&cfg.database_url, cfg.db_pool)
+        .await
+        .with_context(|| "connecting to Postgres and migrating (is it running? see README)")?;
+    let bus = Bus::connect(&cfg.nats_url, "vbin")
+        .await
+        .context("connecting to NATS")?;
+    let (admin_token, generated) =
+        platform_secret(&pool, "admin_token", cfg.admin_token.as_deref()).await?;
+    if generated {
+        println!("generated platform admin token (stored in the database): {admin_token}");
+    }
+    let (jwt_secret, _) = platform_secret(&pool, "jwt_secret", cfg.jwt_secret.as_deref()).await?;
+    let executor = Executor::new(PgEventRepository::new(pool.clone()));
+    let (stop, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut http_addr = None;
+
+    if parts.contains(&Part::Relay) {
+        let relay = Relay::new(
+            pool.clone(),
+            cfg.database_url.clone(),
+            bus.clone(),
+            RelayConfig::default(),
+        );
+        tasks.push(tokio::spawn(relay.run(stopped(&rx))));
+    }
+    if parts.contains(&Part::Carrier) {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let carrier = Arc::new(SandboxCarrier::new(pool.clone(), wake.clone()));
+        tasks.push(tokio::spawn(vbin_carrier::dialer::run(
+            bus.clone(),
+            carrier,
+            stopped(&rx),
+        )));
+        let worker = TimerWorker::new(pool.clone(), executor.clone(), wake);
+        tasks.push(tokio::spawn(worker.run(stopped(&rx))));
+    }
+    if parts.contains(&Part::CommandApi) {
+        let state = AppState {
+            pool: pool.clone(),
+            executor: executor.clone(),
+            keys: AuthKeys::new(&jwt_secret, &admin_token),
+            bus: bus.clone(),
+            redis: redis::Client::open(cfg.redis_url.as_str()).ok(),
+            metrics: prometheus(),
+        };
+        let app = api::with_layers(api::routes(), state);
+        let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+            .await
+            .with_context(|| format!("binding {}", cfg.http_addr))?;
+        http_addr = Some(listener.local_addr()?);
+        let shutdown = stopped(&rx);
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "http server failed");
+            }
+        }));
+    }
+    tracing::info!(?parts, ?http_addr, "vbin started");
+    Ok(Running {
+        http_addr,
+        admin_token,
+        stop,
+        tasks,
+    })
+}

@@ -1,0 +1,91 @@
+//! `vbin`: run the platform (`serve`) or measure it (`bench`).
+
+use clap::{Parser, Subcommand};
+use vbin::{bench, Config, Part};
+
+#[derive(Parser)]
+#[command(
+    name = "vbin",
+    version,
+    about = "vbin: an event-sourced CPaaS platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the platform (every part, or those given with --only).
+    Serve {
+        #[command(flatten)]
+        config: Config,
+        /// Run only these parts (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<Part>,
+    },
+    /// Create the database if needed and run migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Load generators; results go to stdout (and JSON with --json).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let json = std::env::var("VBIN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init()
+    } else {
+        b.init()
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_tracing();
+    match Cli::parse().cmd {
+        Cmd::Serve { config, only } => {
+            let parts = if only.is_empty() {
+                Part::ALL.to_vec()
+            } else {
+                only
+            };
+            let running = vbin::start(&config, &parts).await?;
+            if let Some(addr) = running.http_addr {
+                println!("vbin listening on http://{addr}");
+            }
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            running.shutdown().await;
+        }
+        Cmd::Migrate { config } => {
+            vbin_migrations::connect_and_migrate(&config.database_url, 2).await?;
+            println!("migrations applied");
+        }
+        Cmd::Bench { which } => bench::run(which).await?,
+    }
+    Ok(())
+}

@@ -1,1 +1,650 @@
+//! End-to-end tests of the platform spine (issue 2): identity and call commands over HTTP, the
+//! Postgres event log, the outbox relay to JetStream and the sandbox carrier, all real.
 
+mod common;
+
+use common::Env;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn identity_auth_and_error_envelope() {
+    let env = Env::start().await;
+    let (_, token, username) = env.customer().await;
+
+    // Admin endpoint: wrong token 401, no token 401, customer token 403.
+    let body = json!({"name": "x", "username": "someone", "password": "password123"});
+    assert_eq!(
+        env.post("/v1.0/customers", "not-the-admin", body.clone())
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        env.req(Method::POST, "/v1.0/customers", None, Some(body.clone()))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(env.post("/v1.0/customers", &token, body).await.0, 403);
+    // Usernames are unique platform-wide.
+    let (s, v) = env
+        .post(
+            "/v1.0/customers",
+            &env.admin,
+            json!({"name": "y", "username": username, "password": "password123"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["reason"].as_str()),
+        (409, Some("conflict")),
+        "{v}"
+    );
+    assert!(env.login(&username, "wrong-password").await.is_none());
+    assert!(env.login("nobody-here", "password123").await.is_none());
+
+    // Access keys: shown once, work, stop working when revoked.
+    let (s, key) = env
+        .post(
+            "/v1.0/accesskeys",
+            &token,
+            json!({"name": "ci", "expire_sec": 3600}),
+        )
+        .await;
+    assert_eq!(s, 200, "{key}");
+    let secret = key["token"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("vb_"));
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'")
+            .bind(&secret)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 0, "the access key must not be stored in clear");
+    let (s, agent) = env
+        .post(
+            "/v1.0/agents",
+            &secret,
+            json!({"username": format!("{username}-b"), "password": "password456"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{agent}");
+    assert_eq!(agent["permission"], "agent");
+    assert!(agent.get("password_hash").is_none());
+    let (s, _) = env
+        .req(
+            Method::DELETE,
+            &format!("/v1.0/accesskeys/{}", key["id"].as_str().unwrap()),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        env.post(
+            "/v1.0/agents",
+            &secret,
+            json!({"username": "zzz", "password": "password456"})
+        )
+        .await
+        .0,
+        401
+    );
+
+    // A plain agent cannot manage agents; may set its own status; loses access when deleted.
+    let agent_token = env
+        .login(&format!("{username}-b"), "password456")
+        .await
+        .unwrap();
+    let agent_id = agent["id"].as_str().unwrap();
+    assert_eq!(
+        env.post(
+            "/v1.0/agents",
+            &agent_token,
+            json!({"username": "zzz", "password": "password456"})
+        )
+        .await
+        .0,
+        403
+    );
+    let (s, v) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/agents/{agent_id}/status"),
+            Some(&agent_token),
+            Some(json!({"status": "available"})),
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("available")), "{v}");
+    assert_eq!(
+        env.req(
+            Method::DELETE,
+            &format!("/v1.0/agents/{agent_id}"),
+            Some(&token),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        env.calls_status(&agent_token).await,
+        401,
+        "deleted agent's JWT must stop working"
+    );
+
+    // Webhook settings and secret rotation.
+    let (s, v) = env
+        .req(
+            Method::PUT,
+            "/v1.0/customer",
+            Some(&token),
+            Some(json!({"webhook_uri": "ftp://x"})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["reason"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let (s, v) = env
+        .post("/v1.0/customer/webhook_secret/rotate", &token, json!({}))
+        .await;
+    assert_eq!(s, 200);
+    assert!(v["webhook_secret"].as_str().unwrap().len() >= 32);
+
+    // Error envelope for client mistakes: never a 500.
+    let missing = format!("/v1.0/calls/{}/hangup", Uuid::new_v4());
+    let cases: Vec<(Method, &str, Option<Value>, u16)> = vec![
+        (
+            Method::POST,
+            "/v1.0/calls",
+            Some(json!({"source": "5550001", "destinations": ["+15550002000"]})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1.0/calls",
+            Some(json!({"source": "+15550001000", "destinations": []})),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1.0/calls",
+            Some(
+                json!({"source": "+15550001000", "destinations": ["+15550002000"], "dial_timeout_ms": 5}),
+            ),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1.0/calls",
+            Some(
+                json!({"source": "+15550001000", "destinations": ["+15550002000"], "variables": {"a": {"nested": 1}}}),
+            ),
+            400,
+        ),
+        (
+            Method::POST,
+            "/v1.0/calls",
+            Some(json!({"source": 12, "destinations": "x"})),
+            400,
+        ),
+        (Method::POST, "/v1.0/calls/not-a-uuid/hangup", None, 400),
+        (Method::POST, &missing, None, 404),
+        (Method::GET, "/v1.0/no-such-route", None, 404),
+        (Method::DELETE, "/v1.0/calls", None, 405),
+    ];
+    for (m, path, body, want) in cases {
+        let (s, v) = env.req(m.clone(), path, Some(&token), body).await;
+        assert_eq!(s, want, "{m} {path}: {v}");
+        assert_eq!(v["error"]["status"], want, "{v}");
+        assert!(!v["error"]["request_id"].as_str().unwrap().is_empty());
+    }
+    // Malformed JSON and oversized bodies.
+    let raw = |body: Vec<u8>| {
+        env.http
+            .post(env.url("/v1.0/calls"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("x-request-id", "test-req-1")
+            .body(body)
+            .send()
+    };
+    let r = raw(b"{not json".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.headers()["x-request-id"], "test-req-1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["request_id"], "test-req-1");
+    let r = raw(vec![b' '; 200_000]).await.unwrap();
+    assert_eq!(r.status(), 413);
+
+    // Health, readiness, metrics.
+    assert_eq!(env.req(Method::GET, "/healthz", None, None).await.0, 200);
+    let (s, v) = env.req(Method::GET, "/readyz", None, None).await;
+    assert_eq!(
+        (s, &v["postgres"], &v["nats"]),
+        (200, &json!(true), &json!(true)),
+        "{v}"
+    );
+    let metrics = env
+        .http
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("vbin_http_requests_total"), "{metrics}");
+}
+
+impl Env {
+    async fn calls_status(&self, token: &str) -> u16 {
+        self.post(
+            "/v1.0/calls",
+            token,
+            json!({"source": "+15550001000", "destinations": ["+15550002000"]}),
+        )
+        .await
+        .0
+    }
+}
+
+#[tokio::test]
+async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order() {
+    let env = Env::start().await;
+    let (customer, token, _) = env.customer().await;
+    let ids = env
+        .calls(
+            &token,
+            &[
+                "+15550002000",
+                "+15550000486",
+                "+15550000487",
+                "+15550000404",
+            ],
+            json!({"variables": {"talk_seconds": 1}, "dial_timeout_ms": 1500}),
+        )
+        .await;
+    let mut finals = vec![];
+    for id in &ids {
+        finals.push(env.wait_call_end(*id, Duration::from_secs(20)).await);
+    }
+    let summary: Vec<(&str, &str, &str)> = finals
+        .iter()
+        .map(|v| {
+            (
+                v["status"].as_str().unwrap(),
+                v["hangup_cause"].as_str().unwrap(),
+                v["hangup_by"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("completed", "normal_clearing", "remote"),
+            ("busy", "user_busy", "remote"),
+            ("no_answer", "no_answer", "remote"),
+            ("failed", "unallocated_number", "remote"),
+        ]
+    );
+    assert_eq!(finals[0]["duration"], 1);
+    assert!(finals[0]["tm_ringing"].is_string() && finals[0]["tm_progressing"].is_string());
+    let types: Vec<String> = env
+        .events_of(ids[0])
+        .await
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "call_created",
+            "call_ringing",
+            "call_progressing",
+            "call_hungup"
+        ]
+    );
+
+    // Every logged event is on JetStream exactly once, with Nats-Msg-Id = event_id, its
+    // subject's fields, and per aggregate in sequence order.
+    let msgs = env.wait_all_published(Duration::from_secs(20)).await;
+    let log = env.log_event_ids().await;
+    assert_eq!(msgs.len(), log.len(), "no duplicates in the stream");
+    let mut last_seq: HashMap<Uuid, i64> = HashMap::new();
+    for (msg_id, e) in &msgs {
+        assert_eq!(msg_id, &e.event_id.to_string());
+        assert_eq!(e.customer_id, customer);
+        let prev = last_seq.insert(e.aggregate_id, e.sequence).unwrap_or(0);
+        assert_eq!(
+            e.sequence,
+            prev + 1,
+            "aggregate {} out of order",
+            e.aggregate_id
+        );
+        if e.aggregate_type == "customer" {
+            assert!(
+                !e.data.to_string().contains("argon2"),
+                "password hashes must not be published"
+            );
+        }
+    }
+    let call_hungup = msgs
+        .iter()
+        .find(|m| m.1.aggregate_id == ids[1] && m.1.event_type == "call_hungup")
+        .unwrap();
+    assert_eq!(call_hungup.1.resource["status"], "busy");
+    assert_eq!(call_hungup.1.metadata["actor"], "system:sandbox-carrier");
+    // Commit order in the log = stream order.
+    let stream_order: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    let log_order: Vec<String> = log.iter().map(|u| u.to_string()).collect();
+    assert_eq!(stream_order, log_order);
+}
+
+#[tokio::test]
+async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
+    let env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let (_, other, _) = env.customer().await;
+    let id = env.calls(&token, &["+15550002000"], json!({})).await[0];
+    let path = format!("/v1.0/calls/{id}/hangup");
+    // Another customer cannot see or touch it.
+    let (s, v) = env.post(&path, &other, json!({})).await;
+    assert_eq!((s, v["error"]["reason"].as_str()), (404, Some("not_found")));
+    let (s, v) = env.post(&path, &token, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["status"].as_str(),
+            v["hangup_cause"].as_str(),
+            v["hangup_by"].as_str()
+        ),
+        (Some("canceled"), Some("originator_cancel"), Some("local"))
+    );
+    // Again: unchanged, no new event; the carrier's late timers change nothing either.
+    let (s, again) = env.post(&path, &token, json!({})).await;
+    assert_eq!((s, &again["status"]), (200, &v["status"]));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let evs = env.events_of(id).await;
+    assert_eq!(evs.last().unwrap().1, "call_hungup");
+    assert_eq!(evs.iter().filter(|e| e.1 == "call_hungup").count(), 1);
+    assert_eq!(env.call_state(id).await["status"], "canceled");
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_response() {
+    let env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let send = |key: &'static str, dest: &'static str| {
+        env.http
+            .post(env.url("/v1.0/calls"))
+            .bearer_auth(&token)
+            .header("idempotency-key", key)
+            .json(&json!({"source": "+15550001000", "destinations": [dest]}))
+            .send()
+    };
+    let a = send("k-1", "+15550002000").await.unwrap();
+    assert_eq!(a.status(), 200);
+    let a: Value = a.json().await.unwrap();
+    let b = send("k-1", "+15550002000").await.unwrap();
+    assert_eq!(b.status(), 200);
+    assert_eq!(b.headers()["idempotent-replayed"], "true");
+    let b: Value = b.json().await.unwrap();
+    assert_eq!(a, b);
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'call_created'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(created, 1, "a replay must not execute the command again");
+    let c = send("k-1", "+15550003000").await.unwrap();
+    assert_eq!(c.status(), 422);
+}
+
+#[tokio::test]
+async fn concurrent_commands_on_one_aggregate_are_retried_not_lost() {
+    let env = Env::start().await;
+    let (customer, token, username) = env.customer().await;
+    let futs = (0..10).map(|i| {
+        env.post(
+            "/v1.0/agents",
+            &token,
+            json!({"username": format!("{username}-{i}"), "password": "password123"}),
+        )
+    });
+    let results = futures::future::join_all(futs).await;
+    for (s, v) in &results {
+        assert_eq!(*s, 200, "{v}");
+    }
+    let seqs: Vec<i64> = env
+        .events_of(customer)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=12).collect::<Vec<i64>>(),
+        "customer_created, agent_created, then 10 agents"
+    );
+}
+
+#[tokio::test]
+async fn old_version_events_are_upcast_on_load_and_publish() {
+    let env = Env::start().await;
+    let (customer, token, _) = env.customer().await;
+    // A call_created 1.0 as an older vbin wrote it: no direction, variables, dial_timeout_ms.
+    let call_id = Uuid::now_v7();
+    let v1 = json!({"type": "call_created", "call_id": call_id, "customer_id": customer,
+                    "source": "+15550001111", "destination": "+15550002222", "at": "2025-01-02T03:04:05Z"});
+    sqlx::query(
+        "INSERT INTO events (event_id, customer_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, resource) \
+         VALUES ($1, $2, 'call', $3, 1, 'call_created', '1.0', $4, '{\"actor\":\"admin\"}', '{}')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer)
+    .bind(call_id)
+    .bind(&v1)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // Loading it (to hang up) goes through the upcaster.
+    let (s, v) = env
+        .post(&format!("/v1.0/calls/{call_id}/hangup"), &token, json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["status"].as_str(),
+            v["source"].as_str(),
+            v["direction"].as_str()
+        ),
+        (Some("canceled"), Some("+15550001111"), Some("outgoing"))
+    );
+    // The stored event is untouched; the published one is the current version.
+    let stored: String = sqlx::query_scalar(
+        "SELECT event_version FROM events WHERE aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(call_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, "1.0");
+    let msgs = env.wait_all_published(Duration::from_secs(20)).await;
+    let published = msgs
+        .iter()
+        .find(|m| m.1.aggregate_id == call_id && m.1.sequence == 1)
+        .unwrap();
+    assert_eq!(published.1.event_version, "2.0.0");
+    assert_eq!(published.1.data["dial_timeout_ms"], 30000);
+    // And the log refuses edits.
+    let err = sqlx::query("UPDATE events SET payload = '{}' WHERE aggregate_id = $1")
+        .bind(call_id)
+        .execute(&env.pool)
+        .await;
+    assert!(err.is_err(), "the event log must be append-only");
+}
+
+#[tokio::test]
+async fn events_committed_while_nats_is_down_are_published_once_after_it_returns() {
+    let mut env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let before = env.calls(&token, &["+15550000404"], json!({})).await;
+    env.wait_call_end(before[0], Duration::from_secs(20)).await;
+    env.wait_all_published(Duration::from_secs(20)).await;
+
+    env.nats.stop();
+    // Commands only need Postgres: they are accepted while NATS is down.
+    let during = env
+        .calls(
+            &token,
+            &["+15550000404", "+15550000486", "+15550002000"],
+            json!({"variables": {"talk_seconds": 1}}),
+        )
+        .await;
+    let (s, v) = env.req(Method::GET, "/readyz", None, None).await;
+    assert_eq!((s, &v["nats"]), (503, &json!(false)), "{v}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.nats.resume();
+
+    for id in &during {
+        env.wait_call_end(*id, Duration::from_secs(40)).await;
+    }
+    let msgs = env.wait_all_published(Duration::from_secs(30)).await;
+    let ids: Vec<&String> = msgs.iter().map(|m| &m.0).collect();
+    let unique: HashSet<&String> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "an event was published twice");
+    assert_eq!(msgs.len(), env.log_event_ids().await.len());
+}
+
+#[tokio::test]
+async fn concurrent_transactions_committing_out_of_order_are_never_skipped() {
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    env.wait_all_published(Duration::from_secs(20)).await;
+    let insert = "INSERT INTO events (event_id, customer_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata, resource) \
+                  VALUES ($1, $2, 'probe', $3, 1, 'probe_recorded', '1.0', '{}', '{}', '{}') RETURNING global_position";
+    let (a_id, b_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut a = env.pool.begin().await.unwrap();
+    let pos_a: i64 = sqlx::query_scalar(insert)
+        .bind(a_id)
+        .bind(customer)
+        .bind(Uuid::now_v7())
+        .fetch_one(&mut *a)
+        .await
+        .unwrap();
+    let mut b = env.pool.begin().await.unwrap();
+    let pos_b: i64 = sqlx::query_scalar(insert)
+        .bind(b_id)
+        .bind(customer)
+        .bind(Uuid::now_v7())
+        .fetch_one(&mut *b)
+        .await
+        .unwrap();
+    assert!(pos_b > pos_a);
+    b.commit().await.unwrap();
+    // B is committed with the higher position, but A (lower position) is still open: a reader
+    // going by position would publish B, checkpoint past A, and lose A. The relay must wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen: Vec<String> = env
+        .stream_messages()
+        .await
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert!(
+        !seen.contains(&b_id.to_string()),
+        "published past an open transaction"
+    );
+    a.commit().await.unwrap();
+    let msgs = env.wait_all_published(Duration::from_secs(20)).await;
+    let order: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    let ia = order
+        .iter()
+        .position(|x| *x == a_id.to_string())
+        .expect("A published");
+    let ib = order
+        .iter()
+        .position(|x| *x == b_id.to_string())
+        .expect("B published");
+    assert!(ia < ib, "commit order (by transaction) is kept");
+}
+
+#[tokio::test]
+async fn calls_in_flight_when_the_process_dies_are_resolved_after_restart() {
+    let mut env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let ids = env
+        .calls(
+            &token,
+            &["+15550000487", "+15550002000"],
+            json!({"dial_timeout_ms": 4000, "variables": {"talk_seconds": 3}}),
+        )
+        .await;
+    // Wait until the no-answer call rings and the other is answered, then crash.
+    let t = std::time::Instant::now();
+    loop {
+        let a = env.call_state(ids[0]).await;
+        let b = env.call_state(ids[1]).await;
+        if a["status"] == "ringing" && b["status"] == "progressing" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "calls did not progress: {a} {b}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.platform.kill();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    env.restart().await;
+    let a = env.wait_call_end(ids[0], Duration::from_secs(30)).await;
+    let b = env.wait_call_end(ids[1], Duration::from_secs(30)).await;
+    assert_eq!(
+        (a["status"].as_str(), a["hangup_cause"].as_str()),
+        (Some("no_answer"), Some("no_answer"))
+    );
+    assert_eq!(b["status"], "completed");
+    assert!(b["duration"].as_u64().unwrap() >= 3, "{b}");
+}
+
+#[tokio::test]
+async fn one_relay_publishes_at_a_time_and_a_standby_takes_over() {
+    let mut env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let leases = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let t = std::time::Instant::now();
+    while leases().await != 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "first relay never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let second = env.spawn_platform().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(leases().await, 1, "two relays hold the lease");
+    // The leader dies; the standby must take over and publish what follows.
+    env.platform.kill();
+    env.platform = second;
+    let ids = env
+        .calls(&token, &["+15550000404", "+15550000486"], json!({}))
+        .await;
+    for id in &ids {
+        env.wait_call_end(*id, Duration::from_secs(30)).await;
+    }
+    let msgs = env.wait_all_published(Duration::from_secs(30)).await;
+    assert_eq!(msgs.len(), env.log_event_ids().await.len());
+}

@@ -32,8 +32,9 @@ pub const REJECT_AFTER_MS: i64 = 200;
 pub enum Action {
     /// Far end rings.
     Ring,
-    /// Far end answers.
-    Answer,
+    /// Far end answers, then talks this many seconds (the hangup is planned at the answer, so
+    /// `duration` is never short of `talk_seconds` however late the answer fires).
+    Answer(u64),
     /// Far end hangs up with this cause.
     Hangup(HangupCause),
 }
@@ -42,7 +43,7 @@ impl Action {
     fn name(self) -> String {
         match self {
             Action::Ring => "ring".into(),
-            Action::Answer => "answer".into(),
+            Action::Answer(talk) => format!("answer:{talk}"),
             Action::Hangup(c) => format!(
                 "hangup:{}",
                 serde_json::to_value(c)
@@ -56,7 +57,7 @@ impl Action {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "ring" => Some(Action::Ring),
-            "answer" => Some(Action::Answer),
+            _ if s.starts_with("answer:") => s["answer:".len()..].parse().ok().map(Action::Answer),
             _ => s
                 .strip_prefix("hangup:")
                 .and_then(|c| serde_json::from_value(serde_json::Value::String(c.into())).ok())
@@ -87,11 +88,7 @@ pub fn plan(req: &DialRequest) -> Vec<(i64, Action)> {
         let answer = ANSWER_AFTER_MS.min(req.dial_timeout_ms as i64 - 1);
         vec![
             (RING_AFTER_MS, Action::Ring),
-            (answer, Action::Answer),
-            (
-                answer + req.talk_seconds as i64 * 1000,
-                Action::Hangup(HangupCause::NormalClearing),
-            ),
+            (answer, Action::Answer(req.talk_seconds)),
         ]
     }
 }
@@ -211,6 +208,19 @@ impl TimerWorker {
                         .await
                 }
             };
+            // The far end's hangup is planned once the call is answered, in this transaction.
+            if let (Ok(()), Some(Action::Answer(talk))) = (&outcome, Action::parse(action)) {
+                sqlx::query(
+                    "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
+                     VALUES ($1, $2, $3, now() + make_interval(secs => $4)) ON CONFLICT DO NOTHING",
+                )
+                .bind(call_id)
+                .bind(customer_id)
+                .bind(Action::Hangup(HangupCause::NormalClearing).name())
+                .bind(talk as f64)
+                .execute(&mut *tx)
+                .await?;
+            }
             match outcome {
                 Ok(()) => done.push(*id),
                 Err(e) => {
@@ -236,7 +246,7 @@ impl TimerWorker {
         let at = Utc::now();
         let cmd = match action {
             Action::Ring => CallCommand::MarkRinging { at },
-            Action::Answer => CallCommand::MarkAnswered { at },
+            Action::Answer(_) => CallCommand::MarkAnswered { at },
             Action::Hangup(cause) => CallCommand::Hangup {
                 request: HangupRequest::Remote(cause),
                 at,
@@ -294,11 +304,12 @@ mod tests {
             (5_000, Action::Hangup(HangupCause::NoAnswer))
         );
         let normal = plan(&req("+15551230000"));
-        assert_eq!(
-            normal.last().unwrap(),
-            &(3_600, Action::Hangup(HangupCause::NormalClearing))
-        );
-        for (_, a) in normal {
+        assert_eq!(normal, vec![(100, Action::Ring), (600, Action::Answer(3))]);
+        for a in [
+            Action::Ring,
+            Action::Answer(3),
+            Action::Hangup(HangupCause::NoAnswer),
+        ] {
             assert_eq!(Action::parse(&a.name()), Some(a));
         }
     }

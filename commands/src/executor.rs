@@ -68,7 +68,7 @@ pub struct Executor {
     repo: PgEventRepository,
 }
 
-const MAX_ATTEMPTS: u32 = 5;
+const MAX_ATTEMPTS: u32 = 8;
 
 impl Executor {
     /// An executor over `repo`.
@@ -157,7 +157,7 @@ impl Executor {
                 Err(AppendError::Conflict) if attempt < MAX_ATTEMPTS => {
                     metrics::counter!("vbin_command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
-                    let jitter = rand::random::<u64>() % (5 << attempt);
+                    let jitter = rand::random::<u64>() % (2u64 << attempt).min(200);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
                 Err(AppendError::Conflict) => return Err(ExecError::Conflict),

@@ -221,14 +221,16 @@ async fn read_batch(
         .map(|r| {
             let aggregate_type: String = r.try_get(6)?;
             let event_type: String = r.try_get(2)?;
-            let payload: Value = r.try_get(11)?;
+            let stored_version: String = r.try_get(3)?;
+            let (event_version, payload) =
+                vbin_event_schema::upcast::to_current(&event_type, &stored_version, r.try_get(11)?);
             Ok(LogRow {
                 tx_id: r.try_get(0)?,
                 event: PublishedEvent {
                     event_id: r.try_get::<Uuid, _>(1)?,
                     data: redact(&aggregate_type, payload),
                     event_type,
-                    event_version: r.try_get(3)?,
+                    event_version,
                     timestamp: r.try_get::<DateTime<Utc>, _>(4)?,
                     customer_id: r.try_get(5)?,
                     aggregate_type,

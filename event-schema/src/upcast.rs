@@ -32,36 +32,42 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     ))]
 }
 
+/// Lifts one stored event to the current version: returns `(event_version, payload)`. Used by
+/// readers outside cqrs-es (the relay, replay) so that every consumer sees current shapes only.
+pub fn to_current(event_type: &str, event_version: &str, payload: Value) -> (String, Value) {
+    use cqrs_es::persist::SerializedEvent;
+    let e = SerializedEvent::new(
+        String::new(),
+        0,
+        String::new(),
+        event_type.to_string(),
+        event_version.to_string(),
+        payload,
+        Value::Null,
+    );
+    let up = upcasters().iter().fold(e, |e, u| {
+        if u.can_upcast(&e.event_type, &e.event_version) {
+            u.upcast(e)
+        } else {
+            e
+        }
+    });
+    (up.event_version, up.payload)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::CallEvent;
-    use cqrs_es::persist::SerializedEvent;
 
     #[test]
     fn v1_call_created_upcasts_and_deserializes() {
         let v1 = json!({"type":"call_created","call_id":"0191a0d2-7c4e-7b0e-8f00-000000000001",
             "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","source":"+15550001111",
             "destination":"+15550002222","at":"2025-01-02T03:04:05Z"});
-        let ev = SerializedEvent::new(
-            "x".into(),
-            1,
-            "call".into(),
-            "call_created".into(),
-            "1.0".into(),
-            v1,
-            json!({}),
-        );
-        let ups = upcasters();
-        let up = ups.iter().fold(ev, |e, u| {
-            if u.can_upcast(&e.event_type, &e.event_version) {
-                u.upcast(e)
-            } else {
-                e
-            }
-        });
-        assert_eq!(up.event_version, "2.0.0");
-        let e: CallEvent = serde_json::from_value(up.payload).unwrap();
+        let (version, payload) = to_current("call_created", "1.0", v1);
+        assert_eq!(version, "2.0.0");
+        let e: CallEvent = serde_json::from_value(payload).unwrap();
         match e {
             CallEvent::CallCreated {
                 dial_timeout_ms,
@@ -73,6 +79,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(!ups[0].can_upcast("call_created", "2.0"));
+        assert!(!upcasters()[0].can_upcast("call_created", "2.0"));
     }
 }

@@ -1,0 +1,408 @@
+//! End-to-end test harness: each test gets a fresh Postgres database on the local server, its
+//! own nats-server process (JetStream, private store dir, so tests can stop it and never see
+//! each other's streams), and the real `vbin` binary as a child process.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub fn pg_base() -> String {
+    std::env::var("VBIN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{what} did not open port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A private nats-server with JetStream.
+pub struct Nats {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("vbin-test-nats-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut n = Nats {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        n.resume();
+        n
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port with the same store.
+    pub fn resume(&mut self) {
+        let bin = which("nats-server").unwrap_or_else(|| "/usr/sbin/nats-server".into());
+        let child = Command::new(bin)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (scripts/services installs it)");
+        self.child = Some(child);
+        wait_port(self.port, "nats-server");
+    }
+
+    /// Kills it (-9).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn client(&self) -> async_nats::jetstream::Context {
+        let c = async_nats::connect(self.url()).await.unwrap();
+        async_nats::jetstream::new(c)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|f| f.is_file())
+    })
+}
+
+/// A `vbin serve` child process.
+pub struct Platform {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Platform {
+    pub fn log_path(&self) -> &PathBuf {
+        &self.log
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it with SIGKILL: no graceful shutdown, like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One test's world.
+pub struct Env {
+    pub db_name: String,
+    pub db_url: String,
+    pub nats: Nats,
+    pub platform: Platform,
+    pub admin: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        let db_name = format!("vbin_t_{}", Uuid::new_v4().simple());
+        let db_url = format!("{}/{db_name}", pg_base());
+        let nats = Nats::start();
+        let admin = format!("admin-{}", Uuid::new_v4());
+        let mut env = Env {
+            platform: Platform {
+                port: 0,
+                child: None,
+                log: PathBuf::new(),
+            },
+            db_name,
+            pool: PgPool::connect_lazy(&db_url).unwrap(),
+            db_url,
+            nats,
+            admin,
+            http: reqwest::Client::new(),
+        };
+        env.platform = env.spawn_platform().await;
+        env
+    }
+
+    /// Starts another `vbin serve` process against this env's database and NATS.
+    pub async fn spawn_platform(&self) -> Platform {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}-{port}.log", self.db_name));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vbin"))
+            .arg("serve")
+            .env("DATABASE_URL", &self.db_url)
+            .env("NATS_URL", self.nats.url())
+            .env("VBIN_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("VBIN_ADMIN_TOKEN", &self.admin)
+            .env("VBIN_JWT_SECRET", "test-jwt-secret")
+            .env("VBIN_DB_POOL", "8")
+            .env("RUST_LOG", "info,vbin_commands=debug,sqlx=warn")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let p = Platform {
+            port,
+            child: Some(child),
+            log,
+        };
+        let t = Instant::now();
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/healthz", p.url())).send().await {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "vbin did not start; log: {}",
+                p.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        p
+    }
+
+    /// Restarts the main platform process after a kill.
+    pub async fn restart(&mut self) {
+        self.platform.kill();
+        self.platform = self.spawn_platform().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.platform.url())
+    }
+
+    /// Sends a request with an optional bearer; returns status and JSON body (Null if none).
+    pub async fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.req(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    /// Creates a customer (random username) and logs in; returns (customer id, JWT, username).
+    pub async fn customer(&self) -> (Uuid, String, String) {
+        let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (s, c) = self
+            .post(
+                "/v1.0/customers",
+                &self.admin,
+                json!({"name": "acme", "username": username, "password": "password123"}),
+            )
+            .await;
+        assert_eq!(s, 200, "{c}");
+        let token = self.login(&username, "password123").await.expect("login");
+        (c["id"].as_str().unwrap().parse().unwrap(), token, username)
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Option<String> {
+        let (s, v) = self
+            .req(
+                reqwest::Method::POST,
+                "/auth/login",
+                None,
+                Some(json!({"username": username, "password": password})),
+            )
+            .await;
+        (s == 200).then(|| v["token"].as_str().unwrap().to_string())
+    }
+
+    /// Creates calls; returns their ids.
+    pub async fn calls(&self, token: &str, destinations: &[&str], extra: Value) -> Vec<Uuid> {
+        let mut body = json!({"source": "+15550001000", "destinations": destinations});
+        if let Value::Object(m) = extra {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let (s, v) = self.post("/v1.0/calls", token, body).await;
+        assert_eq!(s, 200, "{v}");
+        v["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// The events of one aggregate: (sequence, event_type, resource).
+    pub async fn events_of(&self, aggregate_id: Uuid) -> Vec<(i64, String, Value)> {
+        sqlx::query_as("SELECT sequence, event_type, resource FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(aggregate_id)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The last resource view of a call (from the event log).
+    pub async fn call_state(&self, id: Uuid) -> Value {
+        self.events_of(id)
+            .await
+            .pop()
+            .map(|e| e.2)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Waits until a call's status is terminal; returns its final view.
+    pub async fn wait_call_end(&self, id: Uuid, within: Duration) -> Value {
+        let t = Instant::now();
+        loop {
+            let v = self.call_state(id).await;
+            if matches!(
+                v["status"].as_str(),
+                Some("completed" | "busy" | "no_answer" | "failed" | "canceled")
+            ) {
+                return v;
+            }
+            assert!(
+                t.elapsed() < within,
+                "call {id} did not end in {within:?}: {v}; log {}",
+                self.platform.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every message in the private stream: (Nats-Msg-Id header, decoded body), in stream order.
+    pub async fn stream_messages(&self) -> Vec<(String, vbin_event_schema::PublishedEvent)> {
+        let js = self.nats.client().await;
+        let mut stream = match js.get_stream("VBIN_EVENTS").await {
+            Ok(s) => s,
+            Err(_) => return vec![],
+        };
+        let info = stream.info().await.unwrap().state.clone();
+        let mut out = vec![];
+        if info.messages == 0 {
+            return out;
+        }
+        for seq in info.first_sequence..=info.last_sequence {
+            let Ok(m) = stream.get_raw_message(seq).await else {
+                continue;
+            };
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            out.push((id, serde_json::from_slice(&m.payload).unwrap()));
+        }
+        out
+    }
+
+    /// Event ids in the log, in commit order.
+    pub async fn log_event_ids(&self) -> Vec<Uuid> {
+        sqlx::query_scalar("SELECT event_id FROM events ORDER BY tx_id, global_position")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits until every logged event is in the stream; returns the stream's messages.
+    pub async fn wait_all_published(
+        &self,
+        within: Duration,
+    ) -> Vec<(String, vbin_event_schema::PublishedEvent)> {
+        let t = Instant::now();
+        loop {
+            let log = self.log_event_ids().await;
+            let msgs = self.stream_messages().await;
+            let published: std::collections::HashSet<String> =
+                msgs.iter().map(|m| m.0.clone()).collect();
+            if log.iter().all(|id| published.contains(&id.to_string())) {
+                return msgs;
+            }
+            assert!(
+                t.elapsed() < within,
+                "{} of {} events published; log {}",
+                published.len(),
+                log.len(),
+                self.platform.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.platform.kill();
+        let _ = Command::new("psql")
+            .args([
+                &format!("{}/postgres", pg_base()),
+                "-qc",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}

@@ -199,7 +199,7 @@ where
                 metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "ok").increment(1);
             }
             Err(e) => {
-                let delay = Duration::from_millis((100u64 << delivered.min(8)) as u64);
+                let delay = Duration::from_millis(100u64 << delivered.min(8));
                 tracing::warn!(consumer = %spec.name, %event_id, %event_type, delivered, error = %e, "handler failed; will redeliver");
                 metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "retry").increment(1);
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;

@@ -146,7 +146,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             executor: executor.clone(),
             keys: AuthKeys::new(&jwt_secret, &admin_token),
             bus: bus.clone(),
-            redis: redis::Client::open(cfg.redis_url.as_str()).ok(),
+            redis: Some(redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?),
             metrics: prometheus(),
         };
         let app = api::with_layers(api::routes(), state);

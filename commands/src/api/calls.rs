@@ -85,7 +85,7 @@ fn check_variables(vars: &Map<String, Value>) -> Result<(), ApiError> {
         let secs = t
             .as_u64()
             .or_else(|| t.as_str().and_then(|s| s.parse().ok()));
-        if !secs.is_some_and(|s| s <= 3600) {
+        if secs.is_none_or(|s| s > 3600) {
             return Err(ApiError::invalid(
                 "variables.talk_seconds must be a whole number from 0 to 3600",
             ));

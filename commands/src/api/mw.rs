@@ -211,6 +211,9 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     Response::from_parts(rparts, Body::from(rbytes))
 }
 
+/// request_hash, status_code, response of a stored idempotency record.
+type StoredResult = (Vec<u8>, Option<i32>, Option<Vec<u8>>);
+
 enum Claim {
     Mine,
     Replay(i32, Vec<u8>),
@@ -248,7 +251,7 @@ async fn claim(
     if mine.is_some() {
         return Ok(Claim::Mine);
     }
-    let row: Option<(Vec<u8>, Option<i32>, Option<Vec<u8>>)> = sqlx::query_as(
+    let row: Option<StoredResult> = sqlx::query_as(
         "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
     )
     .bind(scope)

@@ -13,8 +13,6 @@ use crate::{Carrier, CarrierError, DialRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
 use sqlx::PgPool;
-use std::sync::Arc;
-use tokio::sync::Notify;
 use uuid::Uuid;
 use vbin_commands::{CommandMeta, ExecError, Executor};
 use vbin_domain::{Call, CallCommand, HangupRequest};
@@ -97,13 +95,13 @@ pub fn plan(req: &DialRequest) -> Vec<(i64, Action)> {
 #[derive(Clone)]
 pub struct SandboxCarrier {
     pool: PgPool,
-    wake: Arc<Notify>,
 }
 
 impl SandboxCarrier {
-    /// A sandbox carrier writing timers to `pool`; `wake` nudges the local [`TimerWorker`].
-    pub fn new(pool: PgPool, wake: Arc<Notify>) -> Self {
-        Self { pool, wake }
+    /// A sandbox carrier writing timers to `pool` (the [`TimerWorker`]s poll them: the earliest
+    /// step is 100 ms away, so waking them per dial would only cost queries).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
     }
 }
 
@@ -131,16 +129,14 @@ impl Carrier for SandboxCarrier {
         .execute(&self.pool)
         .await
         .map_err(|e| CarrierError(e.to_string()))?;
-        self.wake.notify_one();
         Ok(())
     }
 
-    async fn hangup(&self, call_id: CallId) -> Result<(), CarrierError> {
-        sqlx::query("DELETE FROM carrier_timers WHERE call_id = $1")
-            .bind(call_id.as_uuid())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| CarrierError(e.to_string()))?;
+    async fn hangup(&self, _call_id: CallId) -> Result<(), CarrierError> {
+        // Nothing to tear down: the simulated far end's remaining steps (ring/answer, at most
+        // ANSWER_AFTER_MS away; the talk timer is only planned at answer) reach a call that has
+        // ended, the aggregate ignores them, and the worker deletes them in its batch. Deleting
+        // them here would cost a write per hangup for no change in outcome.
         Ok(())
     }
 }
@@ -150,19 +146,14 @@ impl Carrier for SandboxCarrier {
 pub struct TimerWorker {
     pool: PgPool,
     executor: Executor,
-    wake: Arc<Notify>,
 }
 
 const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl TimerWorker {
     /// A worker.
-    pub fn new(pool: PgPool, executor: Executor, wake: Arc<Notify>) -> Self {
-        Self {
-            pool,
-            executor,
-            wake,
-        }
+    pub fn new(pool: PgPool, executor: Executor) -> Self {
+        Self { pool, executor }
     }
 
     /// Runs until `shutdown`.
@@ -181,7 +172,6 @@ impl TimerWorker {
             }
             tokio::select! {
                 _ = &mut shutdown => return,
-                _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(IDLE_POLL) => {}
             }
         }

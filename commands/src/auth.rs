@@ -66,13 +66,23 @@ pub struct Claims {
     pub exp: i64,
 }
 
-/// Keys and secrets for authentication.
+/// Keys and secrets for authentication, and a short-lived cache of resolved bearers.
+///
+/// A resolved token is trusted for [`AUTH_CACHE_TTL`] without asking Postgres again, except
+/// that deleting or changing an agent or revoking a key marks its id revoked at once in this
+/// process (and, through the event stream, in the others: see [`AuthKeys::revoke`]), which
+/// forces a fresh lookup.
 #[derive(Clone)]
 pub struct AuthKeys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     admin_token_hash: [u8; 32],
+    resolved: moka::sync::Cache<String, (Caller, Option<DateTime<Utc>>)>,
+    revoked: moka::sync::Cache<Uuid, ()>,
 }
+
+/// How long a resolved bearer is trusted without a lookup.
+pub const AUTH_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
@@ -123,6 +133,27 @@ impl AuthKeys {
             encoding: EncodingKey::from_secret(jwt_secret.as_bytes()),
             decoding: DecodingKey::from_secret(jwt_secret.as_bytes()),
             admin_token_hash: sha256(admin_token.as_bytes()),
+            resolved: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(AUTH_CACHE_TTL)
+                .build(),
+            // Longer than the positive TTL, so no cached entry outlives its revocation.
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(AUTH_CACHE_TTL * 6)
+                .build(),
+        }
+    }
+
+    /// Stops trusting cached bearers of this agent or access key (deleted, revoked or changed).
+    pub fn revoke(&self, actor_id: Uuid) {
+        self.revoked.insert(actor_id, ());
+    }
+
+    fn actor_id(caller: &Caller) -> Option<Uuid> {
+        match caller.actor() {
+            Actor::Agent(id) | Actor::AccessKey(id) => Some(id),
+            _ => None,
         }
     }
 
@@ -164,6 +195,27 @@ impl AuthKeys {
         if self.is_admin_token(token) {
             return Ok(Some(Caller::Admin));
         }
+        if let Some((caller, expire_at)) = self.resolved.get(token) {
+            let live = expire_at.is_none_or(|e| e > Utc::now());
+            let revoked = Self::actor_id(&caller).is_some_and(|id| self.revoked.contains_key(&id));
+            if live && !revoked {
+                return Ok(Some(caller));
+            }
+            self.resolved.invalidate(token);
+        }
+        let found = self.lookup(pool, token).await?;
+        if let Some((caller, expire_at)) = &found {
+            self.resolved
+                .insert(token.to_string(), (caller.clone(), *expire_at));
+        }
+        Ok(found.map(|f| f.0))
+    }
+
+    async fn lookup(
+        &self,
+        pool: &PgPool,
+        token: &str,
+    ) -> Result<Option<(Caller, Option<DateTime<Utc>>)>, sqlx::Error> {
         if token.starts_with(ACCESS_KEY_PREFIX) {
             let row: Option<(Uuid, Uuid, Option<DateTime<Utc>>)> = sqlx::query_as(
                 "SELECT key_id, customer_id, expire_at FROM auth_access_keys WHERE token_hash = $1",
@@ -172,11 +224,12 @@ impl AuthKeys {
             .fetch_optional(pool)
             .await?;
             return Ok(row.and_then(|(key_id, customer_id, expire_at)| {
-                (expire_at.is_none_or(|e| e > Utc::now())).then_some(Caller::Customer {
+                let caller = Caller::Customer {
                     customer_id: CustomerId(customer_id),
                     actor: Actor::AccessKey(key_id),
                     permission: Permission::Admin,
-                })
+                };
+                (expire_at.is_none_or(|e| e > Utc::now())).then_some((caller, expire_at))
             }));
         }
         let Some(claims) = self.verify(token) else {
@@ -189,14 +242,18 @@ impl AuthKeys {
                 .await?;
         Ok(row
             .filter(|(customer_id, _)| *customer_id == claims.customer_id)
-            .map(|(customer_id, permission)| Caller::Customer {
-                customer_id: CustomerId(customer_id),
-                actor: Actor::Agent(claims.sub),
-                permission: if permission == "admin" {
-                    Permission::Admin
-                } else {
-                    Permission::Agent
-                },
+            .map(|(customer_id, permission)| {
+                let caller = Caller::Customer {
+                    customer_id: CustomerId(customer_id),
+                    actor: Actor::Agent(claims.sub),
+                    permission: if permission == "admin" {
+                        Permission::Admin
+                    } else {
+                        Permission::Agent
+                    },
+                };
+                let exp = DateTime::<Utc>::from_timestamp(claims.exp, 0);
+                (caller, exp)
             }))
     }
 }
@@ -227,6 +284,38 @@ pub async fn platform_secret(
         .fetch_one(pool)
         .await?;
     Ok((v, false))
+}
+
+/// Customer events that invalidate cached bearers of the agent or key they name.
+pub const REVOKING_EVENTS: [&str; 3] = ["agent_deleted", "agent_updated", "accesskey_deleted"];
+
+/// Follows customer events on NATS (core subscription: only live events matter, a process that
+/// starts has an empty cache) and revokes cached bearers named by [`REVOKING_EVENTS`], so other
+/// processes stop trusting a deleted agent or key within the relay's latency. If NATS is down the
+/// cache TTL still bounds the staleness.
+pub async fn follow_revocations(keys: AuthKeys, bus: vbin_bus::Bus) {
+    use futures::StreamExt;
+    let subject = format!("{}.*.customer.*", vbin_event_schema::SUBJECT_PREFIX);
+    loop {
+        match bus.client.subscribe(subject.clone()).await {
+            Ok(mut sub) => {
+                while let Some(msg) = sub.next().await {
+                    let Ok(e) =
+                        serde_json::from_slice::<vbin_event_schema::PublishedEvent>(&msg.payload)
+                    else {
+                        continue;
+                    };
+                    if REVOKING_EVENTS.contains(&e.event_type.as_str()) {
+                        if let Some(id) = e.resource["id"].as_str().and_then(|i| i.parse().ok()) {
+                            keys.revoke(id);
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot follow revocations; retrying"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use crate::store::{AppendError, NewEvent, PgEventRepository, Recorded};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, DomainEvent, EventStore};
+use std::any::Any;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use vbin_domain::{Call, Customer, DomainError, ResourceView};
@@ -63,17 +65,36 @@ pub struct Executed<A> {
 }
 
 /// Executes commands against the Postgres event store.
+///
+/// Keeps recently used aggregates in memory (state and sequence) to skip the load. A cached
+/// state can be stale only if another process appended meanwhile; then the append collides on
+/// the sequence primary key, the entry is dropped and the command is retried on a fresh load,
+/// so the cache never changes a decision.
 #[derive(Clone)]
 pub struct Executor {
     repo: PgEventRepository,
+    cache: moka::sync::Cache<(&'static str, Uuid), Arc<dyn Any + Send + Sync>>,
 }
+
+/// Aggregates kept in memory per process.
+const CACHE_CAPACITY: u64 = 100_000;
 
 const MAX_ATTEMPTS: u32 = 8;
 
 impl Executor {
     /// An executor over `repo`.
     pub fn new(repo: PgEventRepository) -> Self {
-        Self { repo }
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(CACHE_CAPACITY)
+            .time_to_idle(Duration::from_secs(600))
+            .build();
+        Self { repo, cache }
+    }
+
+    fn cached<A: StoredAggregate>(&self, id: Uuid) -> Option<(A, usize)> {
+        self.cache
+            .get(&(A::TYPE, id))
+            .and_then(|v| v.downcast_ref::<(A, usize)>().cloned())
     }
 
     /// The repository.
@@ -119,10 +140,51 @@ impl Executor {
     where
         A::Command: Clone,
     {
+        self.run(id, owner, tenant, command, meta, false).await
+    }
+
+    /// Like [`Executor::execute`] for an aggregate whose id was just generated (UUIDv7) and so
+    /// cannot have events: the first attempt skips the load. Should the id exist after all, the
+    /// append collides and the retry loads it as usual.
+    pub async fn execute_new<A: StoredAggregate>(
+        &self,
+        id: Uuid,
+        owner: CustomerId,
+        command: A::Command,
+        meta: &CommandMeta,
+    ) -> Result<Executed<A>, ExecError>
+    where
+        A::Command: Clone,
+    {
+        self.run(id, owner, None, command, meta, true).await
+    }
+
+    async fn run<A: StoredAggregate>(
+        &self,
+        id: Uuid,
+        owner: CustomerId,
+        tenant: Option<CustomerId>,
+        command: A::Command,
+        meta: &CommandMeta,
+        fresh: bool,
+    ) -> Result<Executed<A>, ExecError>
+    where
+        A::Command: Clone,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut state, seq) = self.load_ctx::<A>(id).await?;
+            let cached = if attempt > 1 {
+                None
+            } else if fresh {
+                Some((A::default(), 0))
+            } else {
+                self.cached::<A>(id)
+            };
+            let (mut state, seq) = match cached {
+                Some(hit) => hit,
+                None => self.load_ctx::<A>(id).await?,
+            };
             if let (Some(t), Some(o)) = (tenant, state.owner()) {
                 if t != o {
                     return Err(ExecError::Domain(DomainError::NotFound(A::TYPE)));
@@ -151,16 +213,22 @@ impl Executor {
                 .await
             {
                 Ok(recorded) => {
+                    self.cache
+                        .insert((A::TYPE, id), Arc::new((state.clone(), last)));
                     metrics::counter!("vbin_commands_total", "aggregate" => A::TYPE, "outcome" => "ok").increment(1);
                     return Ok(Executed { state, recorded });
                 }
                 Err(AppendError::Conflict) if attempt < MAX_ATTEMPTS => {
+                    self.cache.invalidate(&(A::TYPE, id));
                     metrics::counter!("vbin_command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
                     let jitter = rand::random::<u64>() % (2u64 << attempt).min(200);
                     tokio::time::sleep(Duration::from_millis(jitter)).await;
                 }
-                Err(AppendError::Conflict) => return Err(ExecError::Conflict),
+                Err(AppendError::Conflict) => {
+                    self.cache.invalidate(&(A::TYPE, id));
+                    return Err(ExecError::Conflict);
+                }
                 Err(AppendError::Taken(what)) => return Err(ExecError::Taken(what)),
                 Err(AppendError::Database(e)) => return Err(ExecError::Store(e.to_string())),
             }

@@ -7,6 +7,11 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 use vbin_event_schema::CustomerEvent;
 
+/// Whether appends to this aggregate type update lookup tables (and so need a transaction).
+pub fn applies_to(aggregate_type: &str) -> bool {
+    aggregate_type == "customer"
+}
+
 /// Applies the events of one append to the lookup tables.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
@@ -14,7 +19,7 @@ pub async fn apply(
     customer_id: Uuid,
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
-    if aggregate_type != "customer" {
+    if !applies_to(aggregate_type) {
         return Ok(());
     }
     for e in events {

@@ -35,6 +35,8 @@ pub struct RelayConfig {
     pub batch: i64,
     /// Poll interval when no notification arrives.
     pub poll: Duration,
+    /// After a wake-up, wait this long so that one read picks up the commits of a burst.
+    pub coalesce: Duration,
 }
 
 impl Default for RelayConfig {
@@ -42,6 +44,7 @@ impl Default for RelayConfig {
         Self {
             batch: 500,
             poll: Duration::from_millis(250),
+            coalesce: Duration::from_millis(3),
         }
     }
 }
@@ -136,6 +139,8 @@ impl Relay {
                 n = listener.try_recv() => { n?; }
                 _ = tokio::time::sleep(self.config.poll) => {}
             }
+            tokio::time::sleep(self.config.coalesce).await;
+            while listener.next_buffered().is_some() {}
         }
     }
 

@@ -148,8 +148,7 @@ impl PgEventRepository {
         let resources: Vec<&Value> = events.iter().map(|e| &e.resource).collect();
         let metadata = meta.to_json();
 
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO events (event_id, customer_id, aggregate_type, aggregate_id, sequence, \
                  event_type, event_version, payload, metadata, resource) \
              SELECT e.id, $2, $3, $4, e.seq, e.typ, e.ver, e.payload, $9, e.resource \
@@ -166,29 +165,35 @@ impl PgEventRepository {
         .bind(&versions)
         .bind(&payloads)
         .bind(&metadata)
-        .bind(&resources)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(classify)?;
-        inline::apply(&mut tx, aggregate_type, customer_id, events)
-            .await
-            .map_err(classify)?;
-        if let Some((payload, last_sequence)) = snapshot {
-            sqlx::query(
-                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, snapshot_version, payload) \
-                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
-                 SET last_sequence = EXCLUDED.last_sequence, payload = EXCLUDED.payload, \
-                     snapshot_version = snapshots.snapshot_version + 1 \
-                 WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
-            )
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .bind(last_sequence as i64)
-            .bind(payload)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await.map_err(classify)?;
+        .bind(&resources);
+        // One statement is atomic by itself: skip BEGIN/COMMIT round trips when nothing else
+        // has to be written with the events.
+        let inserted = if snapshot.is_none() && !inline::applies_to(aggregate_type) {
+            insert.fetch_all(&self.pool).await.map_err(classify)?
+        } else {
+            let mut tx = self.pool.begin().await?;
+            let inserted = insert.fetch_all(&mut *tx).await.map_err(classify)?;
+            inline::apply(&mut tx, aggregate_type, customer_id, events)
+                .await
+                .map_err(classify)?;
+            if let Some((payload, last_sequence)) = snapshot {
+                sqlx::query(
+                    "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, snapshot_version, payload) \
+                     VALUES ($1, $2, $3, 1, $4) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                     SET last_sequence = EXCLUDED.last_sequence, payload = EXCLUDED.payload, \
+                         snapshot_version = snapshots.snapshot_version + 1 \
+                     WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
+                )
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(last_sequence as i64)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await.map_err(classify)?;
+            inserted
+        };
         let mut recorded: Vec<Recorded> = inserted
             .iter()
             .map(|r| {

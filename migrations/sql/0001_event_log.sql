@@ -21,7 +21,6 @@ CREATE TABLE events (
 CREATE UNIQUE INDEX events_event_id ON events (event_id);
 CREATE UNIQUE INDEX events_global_position ON events (global_position);
 CREATE INDEX events_commit_order ON events (tx_id, global_position);
-CREATE INDEX events_customer ON events (customer_id, global_position);
 
 -- Nothing edits or deletes an event.
 CREATE FUNCTION events_immutable() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -42,6 +42,10 @@ pub struct CommandsArgs {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Run only these platform parts during the load (diagnostics; default: all, as in
+    /// production, so relay and carrier work is part of the measured cost).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
 }
 
 /// Runs a benchmark.
@@ -139,7 +143,12 @@ async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
         jwt_secret: None,
         db_pool: (a.clients as u32 + 8).min(64),
     };
-    let running = crate::start(&cfg, &Part::ALL).await?;
+    let parts = if a.only.is_empty() {
+        Part::ALL.to_vec()
+    } else {
+        a.only.clone()
+    };
+    let running = crate::start(&cfg, &parts).await?;
     let base = format!("http://{}", running.http_addr.context("no http address")?);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(a.clients)
@@ -252,6 +261,7 @@ async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
     Ok(json!({
         "benchmark": "commands",
         "clients": a.clients,
+        "parts": format!("{parts:?}"),
         "duration_secs": a.duration_secs,
         "commands": cmd.ops,
         "command_errors": cmd.errors,

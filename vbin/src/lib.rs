@@ -130,21 +130,30 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(relay.run(stopped(&rx))));
     }
     if parts.contains(&Part::Carrier) {
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let carrier = Arc::new(SandboxCarrier::new(pool.clone(), wake.clone()));
+        let carrier = Arc::new(SandboxCarrier::new(pool.clone()));
         tasks.push(tokio::spawn(vbin_carrier::dialer::run(
             bus.clone(),
             carrier,
             stopped(&rx),
         )));
-        let worker = TimerWorker::new(pool.clone(), executor.clone(), wake);
+        let worker = TimerWorker::new(pool.clone(), executor.clone());
         tasks.push(tokio::spawn(worker.run(stopped(&rx))));
     }
     if parts.contains(&Part::CommandApi) {
+        let keys = AuthKeys::new(&jwt_secret, &admin_token);
+        let follower = tokio::spawn(vbin_commands::auth::follow_revocations(
+            keys.clone(),
+            bus.clone(),
+        ));
+        let stop_follower = stopped(&rx);
+        tasks.push(tokio::spawn(async move {
+            stop_follower.await;
+            follower.abort();
+        }));
         let state = AppState {
             pool: pool.clone(),
             executor: executor.clone(),
-            keys: AuthKeys::new(&jwt_secret, &admin_token),
+            keys,
             bus: bus.clone(),
             redis: Some(redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?),
             metrics: prometheus(),

@@ -3,6 +3,11 @@
 use clap::{Parser, Subcommand};
 use vbin::{bench, Config, Part};
 
+// The request path allocates many small, short-lived objects (JSON values, headers); glibc's
+// malloc showed up at ~10% of CPU under load, mimalloc roughly halves that.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vbin",

@@ -136,13 +136,7 @@ pub async fn create_calls(
         };
         let done = s
             .executor
-            .execute::<Call>(
-                call_id.as_uuid(),
-                c.customer_id,
-                Some(c.customer_id),
-                cmd,
-                &meta,
-            )
+            .execute_new::<Call>(call_id.as_uuid(), c.customer_id, cmd, &meta)
             .await?;
         calls.push(done.state.view());
     }

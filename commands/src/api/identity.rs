@@ -111,7 +111,7 @@ pub async fn create_customer(
     let meta = s.meta(&Caller::Admin, customer_id);
     let done = s
         .executor
-        .execute::<Customer>(customer_id.as_uuid(), customer_id, None, cmd, &meta)
+        .execute_new::<Customer>(customer_id.as_uuid(), customer_id, cmd, &meta)
         .await?;
     Ok(Json(done.state.view()))
 }
@@ -279,6 +279,7 @@ pub async fn delete_access_key(
         at: Utc::now(),
     };
     let state = customer_cmd(&s, &c, cmd).await?;
+    s.keys.revoke(id);
     Ok(Json(state.access_key_view(&state.access_keys[&key_id])))
 }
 
@@ -348,6 +349,7 @@ pub async fn update_agent(
         at: Utc::now(),
     };
     let state = customer_cmd(&s, &c, cmd).await?;
+    s.keys.revoke(id);
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
 }
 
@@ -367,6 +369,7 @@ pub async fn delete_agent(
         },
     )
     .await?;
+    s.keys.revoke(id);
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
 }
 

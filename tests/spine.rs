@@ -648,3 +648,56 @@ async fn one_relay_publishes_at_a_time_and_a_standby_takes_over() {
     let msgs = env.wait_all_published(Duration::from_secs(30)).await;
     assert_eq!(msgs.len(), env.log_event_ids().await.len());
 }
+
+#[tokio::test]
+async fn revoking_an_agent_reaches_other_processes_through_the_event_stream() {
+    let env = Env::start().await;
+    let (_, token, username) = env.customer().await;
+    let (s, agent) = env
+        .post(
+            "/v1.0/agents",
+            &token,
+            json!({"username": format!("{username}-x"), "password": "password456"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{agent}");
+    let agent_token = env
+        .login(&format!("{username}-x"), "password456")
+        .await
+        .unwrap();
+    let other = env.spawn_platform().await;
+    let on_other = |t: String| {
+        let url = format!("{}/v1.0/calls", other.url());
+        let http = env.http.clone();
+        async move {
+            http.post(url)
+                .bearer_auth(t)
+                .json(&json!({"source": "+15550001000", "destinations": ["+15550000404"]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The other process resolves (and caches) the agent's token.
+    assert_eq!(on_other(agent_token.clone()).await, 200);
+    let (s, _) = env
+        .req(
+            Method::DELETE,
+            &format!("/v1.0/agents/{}", agent["id"].as_str().unwrap()),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    // Well within the 10 s cache TTL: only the revocation event can make this pass.
+    let t = std::time::Instant::now();
+    while on_other(agent_token.clone()).await != 401 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "other process still trusts a deleted agent"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -110,14 +110,23 @@ pub async fn run_consumer<H, F, E>(
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    supervise(&spec.name, || consume(&bus, &spec, &handle), shutdown).await
+}
+
+/// Runs `run` again (after a pause) whenever it fails, until `shutdown` resolves.
+async fn supervise<R, Fut>(name: &str, run: R, shutdown: impl Future<Output = ()>)
+where
+    R: Fn() -> Fut,
+    Fut: Future<Output = Result<(), BusError>>,
+{
     tokio::pin!(shutdown);
     loop {
-        let run = consume(&bus, &spec, &handle);
+        let run = run();
         tokio::select! {
             _ = &mut shutdown => return,
             res = run => {
                 if let Err(e) = res {
-                    tracing::warn!(consumer = %spec.name, error = %e, "consumer interrupted; retrying");
+                    tracing::warn!(consumer = %name, error = %e, "consumer interrupted; retrying");
                 }
             }
         }
@@ -128,12 +137,8 @@ pub async fn run_consumer<H, F, E>(
     }
 }
 
-async fn consume<H, F, E>(bus: &Bus, spec: &ConsumerSpec, handle: &H) -> Result<(), BusError>
-where
-    H: Fn(PublishedEvent) -> F,
-    F: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
+/// Opens (creating if needed) the durable pull consumer of `spec`.
+async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullConsumer, BusError> {
     let stream = bus.ensure_stream().await?;
     let config = consumer::pull::Config {
         durable_name: Some(spec.name.clone()),
@@ -158,17 +163,24 @@ where
         .config
         .filter_subject
         .clone();
-    if stored != spec.filter_subject {
-        tracing::warn!(consumer = %spec.name, %stored, wanted = %spec.filter_subject, "recreating consumer with new filter");
-        stream
-            .delete_consumer(&spec.name)
-            .await
-            .map_err(|e| js_err(&e))?;
-        consumer = stream
-            .create_consumer(config)
-            .await
-            .map_err(|e| js_err(&e))?;
+    if stored == spec.filter_subject {
+        return Ok(consumer);
     }
+    tracing::warn!(consumer = %spec.name, %stored, wanted = %spec.filter_subject, "recreating consumer with new filter");
+    stream
+        .delete_consumer(&spec.name)
+        .await
+        .map_err(|e| js_err(&e))?;
+    stream.create_consumer(config).await.map_err(|e| js_err(&e))
+}
+
+async fn consume<H, F, E>(bus: &Bus, spec: &ConsumerSpec, handle: &H) -> Result<(), BusError>
+where
+    H: Fn(PublishedEvent) -> F,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let consumer = open_consumer(bus, spec).await?;
     let mut messages = consumer
         .messages()
         .await
@@ -204,6 +216,101 @@ where
                 metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "retry").increment(1);
                 let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
             }
+        }
+    }
+    Err(BusError::JetStream("message stream ended".into()))
+}
+
+/// One message handed to a batch handler.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The decoded envelope, or why it could not be decoded.
+    pub event: Result<PublishedEvent, String>,
+    /// The NATS subject.
+    pub subject: String,
+    /// The raw payload (for dead-lettering what cannot be decoded).
+    pub payload: bytes::Bytes,
+    /// How many times JetStream has delivered it (1 the first time).
+    pub delivered: i64,
+    /// Its sequence in the stream.
+    pub stream_sequence: u64,
+}
+
+/// What to do with a delivered message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (applied, skipped as a duplicate, or parked): acknowledge.
+    Ack,
+    /// Not done: deliver it again after this delay.
+    Retry(Duration),
+}
+
+/// Like [`run_consumer`], but hands the handler every message that is ready at once (up to
+/// `max_batch`), so it can apply them in one transaction; `handle` returns one disposition per
+/// delivery, in order. Undecodable messages are handed over too (the handler decides).
+pub async fn run_batch_consumer<H, F>(
+    bus: Bus,
+    spec: ConsumerSpec,
+    max_batch: usize,
+    handle: H,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Fn(Vec<Delivery>) -> F,
+    F: Future<Output = Vec<Disposition>>,
+{
+    supervise(
+        &spec.name,
+        || consume_batches(&bus, &spec, max_batch, &handle),
+        shutdown,
+    )
+    .await
+}
+
+async fn consume_batches<H, F>(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    max_batch: usize,
+    handle: &H,
+) -> Result<(), BusError>
+where
+    H: Fn(Vec<Delivery>) -> F,
+    F: Future<Output = Vec<Disposition>>,
+{
+    let consumer = open_consumer(bus, spec).await?;
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(max_batch.max(1))
+        .messages()
+        .await
+        .map_err(|e| BusError::JetStream(e.to_string()))?;
+    let mut chunks = messages.ready_chunks(max_batch.max(1));
+    while let Some(chunk) = chunks.next().await {
+        let mut msgs = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            msgs.push(m.map_err(|e| BusError::JetStream(e.to_string()))?);
+        }
+        let deliveries = msgs
+            .iter()
+            .map(|m| {
+                let info = m.info().ok();
+                Delivery {
+                    event: serde_json::from_slice(&m.payload).map_err(|e| e.to_string()),
+                    subject: m.subject.to_string(),
+                    payload: m.payload.clone(),
+                    delivered: info.as_ref().map(|i| i.delivered).unwrap_or(1),
+                    stream_sequence: info.map(|i| i.stream_sequence).unwrap_or(0),
+                }
+            })
+            .collect();
+        let dispositions = handle(deliveries).await;
+        let acks = msgs.iter().zip(dispositions).map(|(m, d)| async move {
+            match d {
+                Disposition::Ack => m.ack().await,
+                Disposition::Retry(delay) => m.ack_with(AckKind::Nak(Some(delay))).await,
+            }
+        });
+        for r in futures::future::join_all(acks).await {
+            r.map_err(|e| BusError::JetStream(e.to_string()))?;
         }
     }
     Err(BusError::JetStream("message stream ended".into()))

@@ -1,5 +1,5 @@
-//! Inline projections: lookup tables the command side needs exact at commit time (logins and
-//! access keys), updated in the same transaction as the events that change them. Read models
+//! Inline projections: lookup tables the command side needs exact at commit time (logins,
+//! access keys and webhook secrets), updated in the same transaction as the events that change them. Read models
 //! proper are built asynchronously by the projections crate.
 
 use crate::store::NewEvent;
@@ -84,6 +84,30 @@ pub async fn apply(
                     .bind(key_id.as_uuid())
                     .execute(&mut **tx)
                     .await?;
+            }
+            CustomerEvent::CustomerCreated { webhook_secret, .. } => {
+                sqlx::query("INSERT INTO webhook_secrets (customer_id, secret) VALUES ($1, $2)")
+                    .bind(customer_id)
+                    .bind(webhook_secret)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            CustomerEvent::WebhookSecretRotated {
+                webhook_secret,
+                previous_secret,
+                previous_valid_until,
+                ..
+            } => {
+                sqlx::query(
+                    "UPDATE webhook_secrets SET secret = $2, previous_secret = $3, \
+                     previous_valid_until = $4 WHERE customer_id = $1",
+                )
+                .bind(customer_id)
+                .bind(webhook_secret)
+                .bind(previous_secret)
+                .bind(previous_valid_until)
+                .execute(&mut **tx)
+                .await?;
             }
             _ => {}
         }

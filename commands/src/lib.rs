@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod executor;
+pub mod log;
 mod inline;
 pub mod meta;
 pub mod relay;

@@ -12,17 +12,16 @@
 //! - LISTEN/NOTIFY (`vbin_events`) wakes it at commit; it also polls, so a lost notification
 //!   only delays.
 
+use crate::log::{published_from_row, BELOW_HORIZON, EVENT_COLUMNS};
 use async_nats::jetstream::message::PublishMessage;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::future::try_join_all;
-use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgListener};
-use sqlx::{Connection, PgPool, Row};
+use sqlx::{Connection, PgPool};
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 use vbin_bus::Bus;
-use vbin_event_schema::{subject_for, CustomerEvent, PublishedEvent};
+use vbin_event_schema::{subject_for, PublishedEvent};
 
 /// Advisory lock key of the relay lease (`'vbin.relay'` hashed, fixed).
 pub const RELAY_LOCK_KEY: i64 = 0x7662_696e_7265_6c61; // "vbinrela"
@@ -209,57 +208,20 @@ async fn read_batch(
     cp_pos: i64,
     limit: i64,
 ) -> Result<Vec<LogRow>, RelayError> {
-    let rows = sqlx::query(
-        "SELECT tx_id::text, event_id, event_type, event_version, recorded_at, customer_id, \
-                aggregate_type, aggregate_id, sequence, global_position, metadata, payload, resource \
-         FROM events \
-         WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
-           AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY tx_id, global_position LIMIT $3",
-    )
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (tx_id, global_position) > ($1::text::xid8, $2) AND {BELOW_HORIZON} \
+         ORDER BY tx_id, global_position LIMIT $3"
+    )))
     .bind(cp_tx)
     .bind(cp_pos)
     .bind(limit)
     .fetch_all(conn)
     .await?;
     rows.iter()
-        .map(|r| {
-            let aggregate_type: String = r.try_get(6)?;
-            let event_type: String = r.try_get(2)?;
-            let stored_version: String = r.try_get(3)?;
-            let (event_version, payload) =
-                vbin_event_schema::upcast::to_current(&event_type, &stored_version, r.try_get(11)?);
-            Ok(LogRow {
-                tx_id: r.try_get(0)?,
-                event: PublishedEvent {
-                    event_id: r.try_get::<Uuid, _>(1)?,
-                    data: redact(&aggregate_type, payload),
-                    event_type,
-                    event_version,
-                    timestamp: r.try_get::<DateTime<Utc>, _>(4)?,
-                    customer_id: r.try_get(5)?,
-                    aggregate_type,
-                    aggregate_id: r.try_get(7)?,
-                    sequence: r.try_get(8)?,
-                    global_position: r.try_get(9)?,
-                    metadata: r.try_get(10)?,
-                    resource: r.try_get(12)?,
-                },
-            })
-        })
+        .map(|r| published_from_row(r).map(|(tx_id, event)| LogRow { tx_id, event }))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(RelayError::from)
-}
-
-/// Secrets and hashes never leave Postgres.
-pub fn redact(aggregate_type: &str, payload: Value) -> Value {
-    if aggregate_type != "customer" {
-        return payload;
-    }
-    match serde_json::from_value::<CustomerEvent>(payload.clone()) {
-        Ok(e) => serde_json::to_value(e.redacted()).unwrap_or(Value::Null),
-        Err(_) => Value::Null,
-    }
 }
 
 /// Relay failures (all retried).

@@ -1,0 +1,56 @@
+//! Reading the event log: the one place that turns a stored row into the published envelope
+//! (upcast to the current version, secrets redacted). The relay, the projections' gap filling
+//! and replay, the audit trail and `vbin events` all read the log through here, so every reader
+//! sees an event exactly as consumers of the stream see it.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use uuid::Uuid;
+use vbin_event_schema::{CustomerEvent, PublishedEvent};
+
+/// The columns [`published_from_row`] expects, in order (`tx_id` first, as text).
+pub const EVENT_COLUMNS: &str = "tx_id::text, event_id, event_type, event_version, recorded_at, \
+     customer_id, aggregate_type, aggregate_id, sequence, global_position, metadata, payload, resource";
+
+/// A row selected with [`EVENT_COLUMNS`] as `(tx_id, envelope)`.
+pub fn published_from_row(r: &PgRow) -> Result<(String, PublishedEvent), sqlx::Error> {
+    let aggregate_type: String = r.try_get(6)?;
+    let event_type: String = r.try_get(2)?;
+    let stored_version: String = r.try_get(3)?;
+    let (event_version, payload) =
+        vbin_event_schema::upcast::to_current(&event_type, &stored_version, r.try_get(11)?);
+    Ok((
+        r.try_get(0)?,
+        PublishedEvent {
+            event_id: r.try_get::<Uuid, _>(1)?,
+            data: redact(&aggregate_type, payload),
+            event_type,
+            event_version,
+            timestamp: r.try_get::<DateTime<Utc>, _>(4)?,
+            customer_id: r.try_get(5)?,
+            aggregate_type,
+            aggregate_id: r.try_get(7)?,
+            sequence: r.try_get(8)?,
+            global_position: r.try_get(9)?,
+            metadata: r.try_get(10)?,
+            resource: r.try_get(12)?,
+        },
+    ))
+}
+
+/// Secrets and hashes never leave Postgres.
+pub fn redact(aggregate_type: &str, payload: Value) -> Value {
+    if aggregate_type != "customer" {
+        return payload;
+    }
+    match serde_json::from_value::<CustomerEvent>(payload.clone()) {
+        Ok(e) => serde_json::to_value(e.redacted()).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// The SQL condition "committed and below the xid horizon": no transaction that could still
+/// commit an event ordered before it is open (see `relay.rs`).
+pub const BELOW_HORIZON: &str = "tx_id < pg_snapshot_xmin(pg_current_snapshot())";

@@ -1,0 +1,227 @@
+//! Redis cache-aside for single read-model rows.
+//!
+//! Keys are `vbin:rm:<table>:<id>`, values `{"v":version,"c":customer_id,"b":body}`. Readers fill
+//! the cache after a miss; projections, after their commit, overwrite the key with a short-lived
+//! **tombstone** `{"v":version,"t":1}` instead of deleting it. Every write goes through one Lua
+//! script that refuses to replace a value with a lower version, so a reader that read Postgres
+//! just before a projection commit cannot put the old row back after the tombstone (the classic
+//! cache-aside race). A tombstone reads as a miss.
+//!
+//! Redis is optional at run time: every call has a short timeout, and after a failure the cache
+//! is bypassed for a second (reads go to Postgres, logged), so an outage costs no latency.
+//! Invalidations that could not reach Redis stay in `cache_invalidations` and are retried by
+//! the sweeper ([`crate::runtime::sweep_invalidations`]) until Redis takes them, so no stale value
+//! survives an outage.
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+/// How long a filled entry lives.
+pub const TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a tombstone lives: longer than any read that could race with it.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(60);
+/// The version of a deleted row's tombstone (above any real version, exact in Lua's doubles).
+pub const DELETED_VERSION: i64 = 1 << 52;
+/// Timeout of one Redis call.
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long the cache is bypassed after a failure.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+const SET_IF_NEWER: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, c = pcall(cjson.decode, cur)
+  if ok and type(c) == 'table' and tonumber(c.v) and tonumber(c.v) >= tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1
+"#;
+
+/// A cached row.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CachedRow {
+    /// Row version.
+    pub v: i64,
+    /// Owning customer.
+    pub c: Uuid,
+    /// The API view.
+    pub b: Value,
+}
+
+#[derive(Deserialize)]
+struct Stored {
+    v: i64,
+    c: Option<Uuid>,
+    b: Option<Value>,
+    t: Option<u8>,
+}
+
+/// Cache failures (callers log them and go on without the cache).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Redis answered with an error or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer in time.
+    #[error("redis: timed out")]
+    Timeout,
+    /// Bypassed after a recent failure.
+    #[error("redis: bypassed after a recent failure")]
+    Bypassed,
+}
+
+/// The Redis key of a row.
+pub fn key(table: &str, id: Uuid) -> String {
+    format!("vbin:rm:{table}:{id}")
+}
+
+/// The read-model cache.
+#[derive(Clone)]
+pub struct Cache {
+    client: redis::Client,
+    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    bypass_until_ms: Arc<AtomicU64>,
+    script: Arc<redis::Script>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Cache {
+    /// A cache on `client` (connects lazily: Redis may be down at start).
+    pub fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            conn: Arc::new(Mutex::new(None)),
+            bypass_until_ms: Arc::new(AtomicU64::new(0)),
+            script: Arc::new(redis::Script::new(SET_IF_NEWER)),
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, CacheError> {
+        if now_ms() < self.bypass_until_ms.load(Ordering::Relaxed) {
+            return Err(CacheError::Bypassed);
+        }
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(CALL_TIMEOUT)
+            .set_response_timeout(CALL_TIMEOUT)
+            .set_number_of_retries(1);
+        let c = self.guard(ConnectionManager::new_with_config(self.client.clone(), config)).await?;
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs a Redis call with the timeout; a failure starts the bypass period.
+    async fn guard<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        let res = match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => CacheError::Redis(e),
+            Err(_) => CacheError::Timeout,
+        };
+        self.bypass_until_ms
+            .store(now_ms() + BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        Err(res)
+    }
+
+    /// The cached row, `Ok(None)` on a miss or a tombstone.
+    pub async fn get(&self, table: &str, id: Uuid) -> Result<Option<CachedRow>, CacheError> {
+        let mut c = self.connection().await?;
+        let raw: Option<String> = self
+            .guard(redis::cmd("GET").arg(key(table, id)).query_async(&mut c))
+            .await?;
+        Ok(raw
+            .and_then(|r| serde_json::from_str::<Stored>(&r).ok())
+            .and_then(|s| match (s.t, s.c, s.b) {
+                (None, Some(c), Some(b)) => Some(CachedRow { v: s.v, c, b }),
+                _ => None,
+            }))
+    }
+
+    /// Fills the cache after a miss (refused if a newer version or tombstone is there).
+    pub async fn fill(&self, table: &str, id: Uuid, row: &CachedRow) -> Result<(), CacheError> {
+        let mut c = self.connection().await?;
+        let value = serde_json::to_string(row).unwrap_or_default();
+        let mut inv = self.script.key(key(table, id));
+        inv.arg(value).arg(row.v).arg(TTL.as_millis() as u64);
+        self.guard(inv.invoke_async::<i64>(&mut c)).await.map(|_| ())
+    }
+
+    /// Tombstones `keys` (key, new version), in one round trip.
+    pub async fn tombstone(&self, keys: &[(String, i64)]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.connection().await?;
+        // Load once, then EVALSHA in a pipeline.
+        let hash = self.script.get_hash().to_string();
+        let mut pipe = redis::pipe();
+        for (k, v) in keys {
+            pipe.cmd("EVALSHA")
+                .arg(&hash)
+                .arg(1)
+                .arg(k)
+                .arg(format!("{{\"v\":{v},\"t\":1}}"))
+                .arg(*v)
+                .arg(TOMBSTONE_TTL.as_millis() as u64)
+                .ignore();
+        }
+        match self.guard(pipe.query_async::<()>(&mut c)).await {
+            Err(CacheError::Redis(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
+                self.guard(self.script.load_async(&mut c))
+                    .await?;
+                self.bypass_until_ms.store(0, Ordering::Relaxed);
+                self.guard(pipe.query_async::<()>(&mut c)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes every key of `table` (after a replay swapped the table in).
+    pub async fn purge_table(&self, table: &str) -> Result<u64, CacheError> {
+        let mut c = self.connection().await?;
+        let pattern = format!("vbin:rm:{table}:*");
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .guard(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c),
+                )
+                .await?;
+            if !keys.is_empty() {
+                deleted += self
+                    .guard(redis::cmd("UNLINK").arg(&keys).query_async::<u64>(&mut c))
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! vbin's read side.
+//!
+//! A **projection** turns the events of one aggregate type into rows of read-model tables. Its
+//! `apply` is a pure function from one published event to [`RowOp`]s, so the same code serves
+//! the live runtime ([`runtime`]: a durable JetStream consumer writing to Postgres with
+//! exactly-once effect) and replay ([`replay`]: a rebuild from the Postgres log into shadow
+//! tables). Every read-model table has the same writable shape, `(id, customer_id, body,
+//! version)`: `body` is the API view of the resource and `version` counts the events applied to
+//! the row. Adding a read model is one module in [`models`] plus its tables in a migration.
+
+pub mod cache;
+pub mod models;
+// pub mod replay;
+pub mod runtime;
+
+use serde_json::Value;
+use uuid::Uuid;
+use vbin_event_schema::PublishedEvent;
+
+/// One change to one read-model row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowOp {
+    /// Insert or replace the row `id` of `table` with `body` (the full API view).
+    Upsert {
+        /// Logical table name (`rm_calls`).
+        table: &'static str,
+        /// Row id (the resource id).
+        id: Uuid,
+        /// Owning customer (tenant scoping of every read).
+        customer_id: Uuid,
+        /// The API view.
+        body: Value,
+    },
+    /// Remove the row.
+    Delete {
+        /// Logical table name.
+        table: &'static str,
+        /// Row id.
+        id: Uuid,
+    },
+}
+
+impl RowOp {
+    /// The table this op writes.
+    pub fn table(&self) -> &'static str {
+        match self {
+            RowOp::Upsert { table, .. } | RowOp::Delete { table, .. } => table,
+        }
+    }
+
+    /// The row this op writes.
+    pub fn id(&self) -> Uuid {
+        match self {
+            RowOp::Upsert { id, .. } | RowOp::Delete { id, .. } => *id,
+        }
+    }
+}
+
+/// Why an event could not be applied (it is parked in `projection_dead_letters`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ApplyError(pub String);
+
+/// A projection: which events it reads and how they become rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Projection {
+    /// Name: durable consumer `projection-<name>`, checkpoint row, positions table `pp_<name>`.
+    pub name: &'static str,
+    /// The aggregate type whose events it reads (one: a consumer has one filter subject).
+    pub aggregate_type: &'static str,
+    /// The read-model tables it owns (all of the common shape).
+    pub tables: &'static [&'static str],
+    /// Event to row changes. Pure; an error parks the event.
+    pub apply: fn(&PublishedEvent) -> Result<Vec<RowOp>, ApplyError>,
+}
+
+impl Projection {
+    /// The per-aggregate positions table.
+    pub fn positions_table(&self) -> String {
+        format!("pp_{}", self.name)
+    }
+
+    /// The durable consumer name.
+    pub fn consumer_name(&self) -> String {
+        format!("projection-{}", self.name)
+    }
+}
+
+/// Every projection, in the order `vbin replay` rebuilds them.
+pub fn all() -> &'static [Projection] {
+    &[models::calls::PROJECTION, models::identity::PROJECTION]
+}
+
+/// The projection called `name`.
+pub fn by_name(name: &str) -> Option<Projection> {
+    all().iter().find(|p| p.name == name).copied()
+}
+
+/// The common apply for an event that carries its resource's full view: upsert the resource
+/// into `table`. Fails if the view lacks an id.
+pub fn upsert_resource(
+    table: &'static str,
+    event: &PublishedEvent,
+) -> Result<RowOp, ApplyError> {
+    let id = resource_id(&event.resource)?;
+    Ok(RowOp::Upsert {
+        table,
+        id,
+        customer_id: event.customer_id,
+        body: event.resource.clone(),
+    })
+}
+
+/// The `id` of a resource view.
+pub fn resource_id(resource: &Value) -> Result<Uuid, ApplyError> {
+    resource
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApplyError(format!("resource without a valid id: {resource}")))
+}

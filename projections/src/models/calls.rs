@@ -1,0 +1,22 @@
+//! Calls: one row per call in `rm_calls`, the call's API view after its latest event.
+
+use crate::{upsert_resource, ApplyError, Projection, RowOp};
+use vbin_event_schema::PublishedEvent;
+
+/// The calls projection.
+pub const PROJECTION: Projection = Projection {
+    name: "calls",
+    aggregate_type: "call",
+    tables: &["rm_calls"],
+    apply,
+};
+
+fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    if event.resource.get("type").and_then(|t| t.as_str()) != Some("call") {
+        return Err(ApplyError(format!(
+            "{} carries no call view",
+            event.event_type
+        )));
+    }
+    Ok(vec![upsert_resource("rm_calls", event)?])
+}

@@ -1,0 +1,35 @@
+//! Customers, agents and access keys (all events of the Customer aggregate). Views carry no
+//! secrets: no password hashes, key hashes or webhook secrets (those stay on the command side).
+//! Deleted agents and access keys are removed from the read model; the audit trail keeps them.
+
+use crate::{resource_id, upsert_resource, ApplyError, Projection, RowOp};
+use vbin_event_schema::PublishedEvent;
+
+/// The identity projection.
+pub const PROJECTION: Projection = Projection {
+    name: "customers",
+    aggregate_type: "customer",
+    tables: &["rm_customers", "rm_agents", "rm_accesskeys"],
+    apply,
+};
+
+fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    let table = match event.resource.get("type").and_then(|t| t.as_str()) {
+        Some("customer") => "rm_customers",
+        Some("agent") => "rm_agents",
+        Some("accesskey") => "rm_accesskeys",
+        other => {
+            return Err(ApplyError(format!(
+                "{}: unknown resource type {other:?}",
+                event.event_type
+            )))
+        }
+    };
+    Ok(vec![match event.event_type.as_str() {
+        "agent_deleted" | "accesskey_deleted" => RowOp::Delete {
+            table,
+            id: resource_id(&event.resource)?,
+        },
+        _ => upsert_resource(table, event)?,
+    }])
+}

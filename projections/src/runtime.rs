@@ -1,0 +1,647 @@
+//! The live projection runtime: a durable JetStream pull consumer per projection that applies
+//! each batch of ready events to Postgres in one transaction, with exactly-once effect.
+//!
+//! Per batch, in one transaction:
+//! 1. a shared advisory lock on the projection (replay's swap takes it exclusively), then an
+//!    advisory lock per aggregate in the batch, in a fixed order, so two instances of the same
+//!    projection never work on the same aggregate at once (and never deadlock);
+//! 2. the last applied sequence of each aggregate from `pp_<name>`: an event at or below it is
+//!    a duplicate and has no effect; a **gap** (an event whose predecessor has not been applied,
+//!    because another instance holds it or the stream lost it) is filled from the Postgres log,
+//!    so events of one aggregate are applied in sequence order, each exactly once, whichever
+//!    instance receives them;
+//! 3. the pure `apply` of each event; an event that cannot be applied (or decoded) is parked in
+//!    `projection_dead_letters` with the error, and the aggregate moves on past it;
+//! 4. bulk upserts/deletes of the resulting rows, the new positions, the checkpoint and the
+//!    cache invalidation intents.
+//!
+//! After the commit the Redis keys are tombstoned and the intents removed; then the messages are
+//! acked. A database error fails the batch: each event is then retried alone, and one that keeps
+//! failing is parked after [`RuntimeConfig::max_deliver`] deliveries.
+
+use crate::cache::{self, Cache, DELETED_VERSION};
+use crate::{ApplyError, Projection, RowOp};
+use chrono::Utc;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use vbin_bus::{Bus, ConsumerSpec, Delivery, Disposition};
+use vbin_commands::log::{published_from_row, EVENT_COLUMNS};
+use vbin_event_schema::PublishedEvent;
+
+/// Runtime settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Most events applied in one transaction.
+    pub batch: usize,
+    /// Deliveries of an event that fails with a database error before it is parked.
+    pub max_deliver: i64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            max_deliver: 5,
+        }
+    }
+}
+
+/// One live projection.
+#[derive(Clone)]
+pub struct Runtime {
+    pool: PgPool,
+    cache: Option<Cache>,
+    projection: Projection,
+    config: RuntimeConfig,
+}
+
+/// A 32-bit hash (FNV-1a) for advisory lock keys: stable across processes and versions.
+pub fn hash32(bytes: &[u8]) -> i32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bytes {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h as i32
+}
+
+/// The advisory lock (two-key form) that live batches hold shared and replay's swap exclusive.
+pub fn projection_lock(projection: &str) -> (i32, i32) {
+    (hash32(b"vbin.projection"), hash32(projection.as_bytes()))
+}
+
+/// Rows written by one batch: per (table, id), the final op and how many upserts led to it.
+#[derive(Default)]
+pub struct Folded {
+    rows: BTreeMap<(&'static str, Uuid), (RowOp, i64)>,
+}
+
+impl Folded {
+    /// Adds an event's ops (later ops on the same row replace earlier ones).
+    pub fn push(&mut self, ops: Vec<RowOp>) {
+        for op in ops {
+            let k = (op.table(), op.id());
+            let n = match (&op, self.rows.get(&k)) {
+                (RowOp::Upsert { .. }, Some((_, n))) => n + 1,
+                (RowOp::Upsert { .. }, None) => 1,
+                (RowOp::Delete { .. }, _) => 0,
+            };
+            self.rows.insert(k, (op, n));
+        }
+    }
+
+    /// Number of distinct rows touched.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether nothing was touched.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
+
+/// Writes folded rows into the tables named by `physical(table)`; returns each row's cache key
+/// and new version. Upserts add the number of folded events to the row's version.
+pub async fn write_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    folded: Folded,
+    physical: impl Fn(&str) -> String,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let mut per_table: BTreeMap<&'static str, (Vec<Uuid>, Vec<Uuid>, Vec<serde_json::Value>, Vec<i64>, Vec<Uuid>)> =
+        BTreeMap::new();
+    for ((table, id), (op, n)) in folded.rows {
+        let e = per_table.entry(table).or_default();
+        match op {
+            RowOp::Upsert {
+                customer_id, body, ..
+            } => {
+                e.0.push(id);
+                e.1.push(customer_id);
+                e.2.push(body);
+                e.3.push(n);
+            }
+            RowOp::Delete { .. } => e.4.push(id),
+        }
+    }
+    let mut keys = Vec::new();
+    for (table, (ids, customers, bodies, counts, deletes)) in per_table {
+        let t = physical(table);
+        if !ids.is_empty() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {t} AS t (id, customer_id, body, version) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::jsonb[], $4::bigint[]) \
+                 ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, \
+                   body = EXCLUDED.body, version = t.version + EXCLUDED.version \
+                 RETURNING id, version"
+            )))
+            .bind(&ids)
+            .bind(&customers)
+            .bind(&bodies)
+            .bind(&counts)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in rows {
+                keys.push((cache::key(table, r.try_get(0)?), r.try_get(1)?));
+            }
+        }
+        if !deletes.is_empty() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE id = ANY($1)")))
+                .bind(&deletes)
+                .execute(&mut **tx)
+                .await?;
+            keys.extend(
+                deletes
+                    .into_iter()
+                    .map(|id| (cache::key(table, id), DELETED_VERSION)),
+            );
+        }
+    }
+    Ok(keys)
+}
+
+/// Sets the positions of aggregates in `table` (only ever forward).
+pub async fn write_positions(
+    tx: &mut Transaction<'_, Postgres>,
+    table: &str,
+    positions: &BTreeMap<Uuid, i64>,
+) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
+    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = positions.iter().map(|(k, v)| (*k, *v)).unzip();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} AS p (aggregate_id, sequence) \
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[]) \
+         ON CONFLICT (aggregate_id) DO UPDATE SET sequence = GREATEST(p.sequence, EXCLUDED.sequence)"
+    )))
+    .bind(&ids)
+    .bind(&seqs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A parked event.
+struct DeadLetter {
+    event_id: Option<Uuid>,
+    event_type: Option<String>,
+    aggregate_id: Option<Uuid>,
+    sequence: Option<i64>,
+    global_position: Option<i64>,
+    subject: Option<String>,
+    deliveries: i64,
+    error: String,
+    payload: String,
+}
+
+impl DeadLetter {
+    fn of_event(e: &PublishedEvent, deliveries: i64, error: String) -> Self {
+        Self {
+            event_id: Some(e.event_id),
+            event_type: Some(e.event_type.clone()),
+            aggregate_id: Some(e.aggregate_id),
+            sequence: Some(e.sequence),
+            global_position: Some(e.global_position),
+            subject: None,
+            deliveries,
+            error,
+            payload: serde_json::to_string(e).unwrap_or_default(),
+        }
+    }
+}
+
+async fn park(
+    tx: &mut Transaction<'_, Postgres>,
+    projection: &str,
+    d: &DeadLetter,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(projection, event_id = ?d.event_id, event_type = ?d.event_type, error = %d.error, "event parked in projection_dead_letters");
+    metrics::counter!("vbin_projection_events_total", "projection" => projection.to_string(), "outcome" => "dead_letter").increment(1);
+    sqlx::query(
+        "INSERT INTO projection_dead_letters (projection, event_id, event_type, aggregate_id, \
+         sequence, global_position, subject, deliveries, error, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(projection)
+    .bind(d.event_id)
+    .bind(&d.event_type)
+    .bind(d.aggregate_id)
+    .bind(d.sequence)
+    .bind(d.global_position)
+    .bind(&d.subject)
+    .bind(d.deliveries)
+    .bind(&d.error)
+    .bind(&d.payload)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Reads events of `aggregate_type` from the log: for each `(aggregate, from, to)`, the events
+/// with sequence in `from..=to`, in sequence order.
+pub async fn read_ranges(
+    tx: &mut Transaction<'_, Postgres>,
+    aggregate_type: &str,
+    ranges: &[(Uuid, i64, i64)],
+) -> Result<Vec<PublishedEvent>, sqlx::Error> {
+    if ranges.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = ranges.iter().map(|r| r.0).collect();
+    let lo: Vec<i64> = ranges.iter().map(|r| r.1).collect();
+    let hi: Vec<i64> = ranges.iter().map(|r| r.2).collect();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events e \
+         JOIN UNNEST($2::uuid[], $3::bigint[], $4::bigint[]) AS g(id, lo, hi) \
+           ON e.aggregate_id = g.id AND e.sequence BETWEEN g.lo AND g.hi \
+         WHERE e.aggregate_type = $1 ORDER BY e.aggregate_id, e.sequence"
+    )))
+    .bind(aggregate_type)
+    .bind(&ids)
+    .bind(&lo)
+    .bind(&hi)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|r| published_from_row(r).map(|(_, e)| e))
+        .collect()
+}
+
+/// What one committed batch did.
+#[derive(Debug, Default)]
+struct BatchOutcome {
+    applied: u64,
+    duplicates: u64,
+    keys: Vec<(String, i64)>,
+    intent_ids: Vec<i64>,
+    newest: Option<chrono::DateTime<Utc>>,
+}
+
+impl Runtime {
+    /// A runtime for `projection`; `cache` is invalidated after each commit.
+    pub fn new(
+        pool: PgPool,
+        cache: Option<Cache>,
+        projection: Projection,
+        config: RuntimeConfig,
+    ) -> Self {
+        Self {
+            pool,
+            cache,
+            projection,
+            config,
+        }
+    }
+
+    /// The consumer settings of this projection.
+    pub fn consumer_spec(&self) -> ConsumerSpec {
+        ConsumerSpec::for_events(
+            &self.projection.consumer_name(),
+            self.projection.aggregate_type,
+            &[],
+        )
+    }
+
+    /// Consumes until `shutdown` resolves.
+    pub async fn run(self, bus: Bus, shutdown: impl Future<Output = ()>) {
+        let spec = self.consumer_spec();
+        let batch = self.config.batch;
+        let this = &self;
+        vbin_bus::run_batch_consumer(bus, spec, batch, |d| this.handle(d), shutdown).await
+    }
+
+    /// Applies a batch of deliveries; one disposition per delivery.
+    pub async fn handle(&self, deliveries: Vec<Delivery>) -> Vec<Disposition> {
+        let name = self.projection.name;
+        let started = Instant::now();
+        match self.apply_batch(&deliveries, false).await {
+            Ok(out) => {
+                self.finish(out, started).await;
+                vec![Disposition::Ack; deliveries.len()]
+            }
+            Err(e) => {
+                tracing::warn!(projection = name, error = %e, count = deliveries.len(), "projection batch failed; retrying its events one by one");
+                let mut dispositions = Vec::with_capacity(deliveries.len());
+                for d in deliveries {
+                    let last_try = d.delivered >= self.config.max_deliver;
+                    let one = std::slice::from_ref(&d);
+                    let res = match self.apply_batch(one, false).await {
+                        Err(e) if last_try => {
+                            tracing::error!(projection = name, error = %e, delivered = d.delivered, "giving up on an event");
+                            self.apply_batch(one, true).await
+                        }
+                        other => other,
+                    };
+                    dispositions.push(match res {
+                        Ok(out) => {
+                            self.finish(out, started).await;
+                            Disposition::Ack
+                        }
+                        Err(e) => {
+                            let delay = Duration::from_millis(200u64 << d.delivered.clamp(0, 6));
+                            tracing::warn!(projection = name, error = %e, delivered = d.delivered, "event will be redelivered");
+                            metrics::counter!("vbin_projection_events_total", "projection" => name, "outcome" => "retry").increment(1);
+                            Disposition::Retry(delay)
+                        }
+                    });
+                }
+                dispositions
+            }
+        }
+    }
+
+    /// After a commit: metrics, then tombstone the keys and drop the intents.
+    async fn finish(&self, out: BatchOutcome, started: Instant) {
+        let name = self.projection.name;
+        metrics::counter!("vbin_projection_events_total", "projection" => name, "outcome" => "applied")
+            .increment(out.applied);
+        metrics::counter!("vbin_projection_events_total", "projection" => name, "outcome" => "duplicate")
+            .increment(out.duplicates);
+        metrics::histogram!("vbin_projection_batch_seconds", "projection" => name)
+            .record(started.elapsed().as_secs_f64());
+        if let Some(t) = out.newest {
+            let lag = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!("vbin_projection_lag_seconds", "projection" => name).set(lag);
+        }
+        invalidate(&self.pool, self.cache.as_ref(), &out.keys, &out.intent_ids).await;
+    }
+
+    /// One transaction for `deliveries`. With `park_all`, every event is parked instead of
+    /// applied (the last resort for an event that keeps failing in the database).
+    async fn apply_batch(
+        &self,
+        deliveries: &[Delivery],
+        park_all: bool,
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        let p = &self.projection;
+        let positions_table = p.positions_table();
+        let mut tx = self.pool.begin().await?;
+        let (k1, k2) = projection_lock(p.name);
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+            .bind(k1)
+            .bind(k2)
+            .execute(&mut *tx)
+            .await?;
+
+        let mut out = BatchOutcome::default();
+        let mut parked: BTreeMap<Uuid, i64> = BTreeMap::new();
+        let mut by_agg: BTreeMap<Uuid, Vec<(&PublishedEvent, i64)>> = BTreeMap::new();
+        let (mut max_stream, mut max_pos) = (0i64, 0i64);
+        for d in deliveries {
+            max_stream = max_stream.max(d.stream_sequence as i64);
+            match &d.event {
+                Ok(e) if park_all => {
+                    park(
+                        &mut tx,
+                        p.name,
+                        &DeadLetter::of_event(e, d.delivered, "kept failing in the database".into()),
+                    )
+                    .await?;
+                    let s = parked.entry(e.aggregate_id).or_insert(0);
+                    *s = (*s).max(e.sequence);
+                }
+                Ok(e) if e.aggregate_type == p.aggregate_type => {
+                    max_pos = max_pos.max(e.global_position);
+                    by_agg.entry(e.aggregate_id).or_default().push((e, d.delivered));
+                }
+                Ok(_) => {} // another aggregate type on our subject filter: not ours
+                Err(err) => {
+                    park(
+                        &mut tx,
+                        p.name,
+                        &DeadLetter {
+                            event_id: None,
+                            event_type: None,
+                            aggregate_id: None,
+                            sequence: None,
+                            global_position: None,
+                            subject: Some(d.subject.clone()),
+                            deliveries: d.delivered,
+                            error: format!("undecodable: {err}"),
+                            payload: String::from_utf8_lossy(&d.payload).into_owned(),
+                        },
+                    )
+                    .await?;
+                }
+            }
+        }
+
+        let mut positions: BTreeMap<Uuid, i64> = BTreeMap::new();
+        let mut folded = Folded::default();
+        if !by_agg.is_empty() {
+            // Lock the aggregates (sorted: no deadlock between instances), then read positions.
+            let mut lock_keys: Vec<i32> = by_agg.keys().map(|id| hash32(id.as_bytes())).collect();
+            lock_keys.sort_unstable();
+            lock_keys.dedup();
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock($1, k) FROM (SELECT unnest($2::int[]) AS k ORDER BY 1) s",
+            )
+            .bind(k2)
+            .bind(&lock_keys)
+            .execute(&mut *tx)
+            .await?;
+            let ids: Vec<Uuid> = by_agg.keys().copied().collect();
+            let known: HashMap<Uuid, i64> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT aggregate_id, sequence FROM {positions_table} WHERE aggregate_id = ANY($1)"
+            )))
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+
+            // Decide per aggregate: duplicates, in order, or with a gap to fill from the log.
+            let mut gaps = Vec::new();
+            for (id, events) in by_agg.iter_mut() {
+                let last = known.get(id).copied().unwrap_or(0);
+                events.sort_by_key(|(e, _)| e.sequence);
+                events.dedup_by_key(|(e, _)| e.sequence);
+                let dup = events.iter().filter(|(e, _)| e.sequence <= last).count();
+                out.duplicates += dup as u64;
+                events.retain(|(e, _)| e.sequence > last);
+                let Some(max) = events.last().map(|(e, _)| e.sequence) else {
+                    continue;
+                };
+                if events.len() as i64 != max - last {
+                    gaps.push((*id, last + 1, max));
+                }
+                positions.insert(*id, last);
+            }
+            let filled = read_ranges(&mut tx, p.aggregate_type, &gaps).await?;
+            let mut filled_by: HashMap<Uuid, Vec<PublishedEvent>> = HashMap::new();
+            for e in filled {
+                filled_by.entry(e.aggregate_id).or_default().push(e);
+            }
+            if !gaps.is_empty() {
+                tracing::debug!(projection = p.name, gaps = gaps.len(), "filled gaps from the log");
+            }
+
+            for (id, events) in &by_agg {
+                let log_events = filled_by.get(id);
+                let sequence: Vec<(&PublishedEvent, i64)> = match log_events {
+                    Some(l) => l.iter().map(|e| (e, 1)).collect(),
+                    None => events.clone(),
+                };
+                for (e, delivered) in sequence {
+                    let expected = positions.get(id).copied().unwrap_or(0) + 1;
+                    if e.sequence != expected {
+                        // The log itself has a hole: impossible unless rows were removed.
+                        return Err(sqlx::Error::Protocol(format!(
+                            "aggregate {id}: expected sequence {expected}, log has {}",
+                            e.sequence
+                        )));
+                    }
+                    match (p.apply)(e) {
+                        Ok(ops) => folded.push(ops),
+                        Err(ApplyError(err)) => {
+                            park(&mut tx, p.name, &DeadLetter::of_event(e, delivered, err)).await?;
+                        }
+                    }
+                    out.applied += 1;
+                    out.newest = out.newest.max(Some(e.timestamp));
+                    positions.insert(*id, e.sequence);
+                }
+            }
+        }
+
+        out.keys = write_rows(&mut tx, folded, |t| t.to_string()).await?;
+        // A parked event's aggregate moves past it (GREATEST in write_positions).
+        for (id, seq) in parked {
+            let s = positions.entry(id).or_insert(seq);
+            *s = (*s).max(seq);
+        }
+        write_positions(&mut tx, &positions_table, &positions).await?;
+        sqlx::query(
+            "INSERT INTO projection_checkpoints AS c (name, stream_seq, global_position, events_applied) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+               stream_seq = GREATEST(c.stream_seq, EXCLUDED.stream_seq), \
+               global_position = GREATEST(c.global_position, EXCLUDED.global_position), \
+               events_applied = c.events_applied + EXCLUDED.events_applied, updated_at = now()",
+        )
+        .bind(p.name)
+        .bind(max_stream)
+        .bind(max_pos)
+        .bind(out.applied as i64)
+        .execute(&mut *tx)
+        .await?;
+        if !out.keys.is_empty() {
+            let (keys, versions): (Vec<String>, Vec<i64>) = out.keys.iter().cloned().unzip();
+            out.intent_ids = sqlx::query_scalar(
+                "INSERT INTO cache_invalidations (key, version) \
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) RETURNING id",
+            )
+            .bind(&keys)
+            .bind(&versions)
+            .fetch_all(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// Tombstones `keys` in Redis and, if that worked, removes their intents. A failure leaves the
+/// intents for [`sweep_invalidations`].
+pub async fn invalidate(
+    pool: &PgPool,
+    cache: Option<&Cache>,
+    keys: &[(String, i64)],
+    intent_ids: &[i64],
+) {
+    let Some(cache) = cache else { return };
+    if keys.is_empty() {
+        return;
+    }
+    match cache.tombstone(keys).await {
+        Ok(()) => {
+            if let Err(e) = sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+                .bind(intent_ids)
+                .execute(pool)
+                .await
+            {
+                tracing::warn!(error = %e, "could not clear cache invalidation intents (the sweeper will)");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, keys = keys.len(), "cache invalidation deferred to the sweeper")
+        }
+    }
+}
+
+/// Retries cache invalidations that did not reach Redis (outage, crash after commit) until
+/// `shutdown`; runs in every process that runs projections.
+pub async fn sweep_invalidations(pool: PgPool, cache: Cache, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        loop {
+            let rows: Result<Vec<(i64, String, i64)>, _> = sqlx::query_as(
+                "SELECT id, key, version FROM cache_invalidations \
+                 WHERE created_at < now() - interval '2 seconds' ORDER BY id LIMIT 1000",
+            )
+            .fetch_all(&pool)
+            .await;
+            let rows = match rows {
+                Ok(r) if !r.is_empty() => r,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cache sweeper cannot read intents");
+                    break;
+                }
+            };
+            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let keys: Vec<(String, i64)> = rows.into_iter().map(|r| (r.1, r.2)).collect();
+            if cache.tombstone(&keys).await.is_err() {
+                break; // Redis still down; try again later
+            }
+            if let Err(e) = sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&pool)
+                .await
+            {
+                tracing::warn!(error = %e, "cache sweeper cannot clear intents");
+                break;
+            }
+            tracing::info!(count = ids.len(), "cache sweeper applied deferred invalidations");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_counts_upserts_and_keeps_the_last_op() {
+        let (a, c) = (Uuid::now_v7(), Uuid::now_v7());
+        let up = |n: i64| RowOp::Upsert {
+            table: "rm_calls",
+            id: a,
+            customer_id: c,
+            body: serde_json::json!({"n": n}),
+        };
+        let mut f = Folded::default();
+        f.push(vec![up(1)]);
+        f.push(vec![up(2)]);
+        let (op, n) = f.rows.get(&("rm_calls", a)).unwrap();
+        assert_eq!((op, *n), (&up(2), 2));
+        f.push(vec![RowOp::Delete {
+            table: "rm_calls",
+            id: a,
+        }]);
+        assert!(matches!(f.rows.get(&("rm_calls", a)), Some((RowOp::Delete { .. }, 0))));
+    }
+
+    #[test]
+    fn hash32_is_stable() {
+        assert_eq!(hash32(b""), 0x811c_9dc5u32 as i32);
+        assert_ne!(hash32(b"calls"), hash32(b"customers"));
+    }
+}

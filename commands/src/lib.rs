@@ -4,8 +4,8 @@
 pub mod api;
 pub mod auth;
 pub mod executor;
-pub mod log;
 mod inline;
+pub mod log;
 pub mod meta;
 pub mod relay;
 pub mod store;

@@ -89,6 +89,8 @@ pub struct Cache {
     client: redis::Client,
     conn: Arc<Mutex<Option<ConnectionManager>>>,
     bypass_until_ms: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    resynced_at: Arc<AtomicU64>,
     script: Arc<redis::Script>,
 }
 
@@ -106,6 +108,8 @@ impl Cache {
             client,
             conn: Arc::new(Mutex::new(None)),
             bypass_until_ms: Arc::new(AtomicU64::new(0)),
+            failures: Arc::new(AtomicU64::new(0)),
+            resynced_at: Arc::new(AtomicU64::new(0)),
             script: Arc::new(redis::Script::new(SET_IF_NEWER)),
         }
     }
@@ -122,7 +126,12 @@ impl Cache {
             .set_connection_timeout(CALL_TIMEOUT)
             .set_response_timeout(CALL_TIMEOUT)
             .set_number_of_retries(1);
-        let c = self.guard(ConnectionManager::new_with_config(self.client.clone(), config)).await?;
+        let c = self
+            .guard(ConnectionManager::new_with_config(
+                self.client.clone(),
+                config,
+            ))
+            .await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -139,6 +148,7 @@ impl Cache {
         };
         self.bypass_until_ms
             .store(now_ms() + BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::SeqCst);
         Err(res)
     }
 
@@ -156,13 +166,29 @@ impl Cache {
             }))
     }
 
+    /// `Some(mark)` if this process saw Redis fail since the last [`Cache::resynced`]:
+    /// invalidations may have been missed meanwhile, so the pending ones must be applied before a
+    /// hit is trusted; then call `resynced(mark)`.
+    pub fn needs_resync(&self) -> Option<u64> {
+        let f = self.failures.load(Ordering::SeqCst);
+        (f != self.resynced_at.load(Ordering::SeqCst)).then_some(f)
+    }
+
+    /// Records that the pending invalidations were applied after the failures counted by `mark`
+    /// (a failure during the resync keeps the cache in need of another).
+    pub fn resynced(&self, mark: u64) {
+        self.resynced_at.fetch_max(mark, Ordering::SeqCst);
+    }
+
     /// Fills the cache after a miss (refused if a newer version or tombstone is there).
     pub async fn fill(&self, table: &str, id: Uuid, row: &CachedRow) -> Result<(), CacheError> {
         let mut c = self.connection().await?;
         let value = serde_json::to_string(row).unwrap_or_default();
         let mut inv = self.script.key(key(table, id));
         inv.arg(value).arg(row.v).arg(TTL.as_millis() as u64);
-        self.guard(inv.invoke_async::<i64>(&mut c)).await.map(|_| ())
+        self.guard(inv.invoke_async::<i64>(&mut c))
+            .await
+            .map(|_| ())
     }
 
     /// Tombstones `keys` (key, new version), in one round trip.
@@ -186,8 +212,7 @@ impl Cache {
         }
         match self.guard(pipe.query_async::<()>(&mut c)).await {
             Err(CacheError::Redis(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
-                self.guard(self.script.load_async(&mut c))
-                    .await?;
+                self.guard(self.script.load_async(&mut c)).await?;
                 self.bypass_until_ms.store(0, Ordering::Relaxed);
                 self.guard(pipe.query_async::<()>(&mut c)).await
             }

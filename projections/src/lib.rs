@@ -98,10 +98,7 @@ pub fn by_name(name: &str) -> Option<Projection> {
 
 /// The common apply for an event that carries its resource's full view: upsert the resource
 /// into `table`. Fails if the view lacks an id.
-pub fn upsert_resource(
-    table: &'static str,
-    event: &PublishedEvent,
-) -> Result<RowOp, ApplyError> {
+pub fn upsert_resource(table: &'static str, event: &PublishedEvent) -> Result<RowOp, ApplyError> {
     let id = resource_id(&event.resource)?;
     Ok(RowOp::Upsert {
         table,

@@ -111,8 +111,16 @@ pub async fn write_rows(
     folded: Folded,
     physical: impl Fn(&str) -> String,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let mut per_table: BTreeMap<&'static str, (Vec<Uuid>, Vec<Uuid>, Vec<serde_json::Value>, Vec<i64>, Vec<Uuid>)> =
-        BTreeMap::new();
+    let mut per_table: BTreeMap<
+        &'static str,
+        (
+            Vec<Uuid>,
+            Vec<Uuid>,
+            Vec<serde_json::Value>,
+            Vec<i64>,
+            Vec<Uuid>,
+        ),
+    > = BTreeMap::new();
     for ((table, id), (op, n)) in folded.rows {
         let e = per_table.entry(table).or_default();
         match op {
@@ -149,10 +157,12 @@ pub async fn write_rows(
             }
         }
         if !deletes.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE id = ANY($1)")))
-                .bind(&deletes)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE id = ANY($1)"
+            )))
+            .bind(&deletes)
+            .execute(&mut **tx)
+            .await?;
             keys.extend(
                 deletes
                     .into_iter()
@@ -398,7 +408,11 @@ impl Runtime {
                     park(
                         &mut tx,
                         p.name,
-                        &DeadLetter::of_event(e, d.delivered, "kept failing in the database".into()),
+                        &DeadLetter::of_event(
+                            e,
+                            d.delivered,
+                            "kept failing in the database".into(),
+                        ),
                     )
                     .await?;
                     let s = parked.entry(e.aggregate_id).or_insert(0);
@@ -406,7 +420,10 @@ impl Runtime {
                 }
                 Ok(e) if e.aggregate_type == p.aggregate_type => {
                     max_pos = max_pos.max(e.global_position);
-                    by_agg.entry(e.aggregate_id).or_default().push((e, d.delivered));
+                    by_agg
+                        .entry(e.aggregate_id)
+                        .or_default()
+                        .push((e, d.delivered));
                 }
                 Ok(_) => {} // another aggregate type on our subject filter: not ours
                 Err(err) => {
@@ -477,7 +494,11 @@ impl Runtime {
                 filled_by.entry(e.aggregate_id).or_default().push(e);
             }
             if !gaps.is_empty() {
-                tracing::debug!(projection = p.name, gaps = gaps.len(), "filled gaps from the log");
+                tracing::debug!(
+                    projection = p.name,
+                    gaps = gaps.len(),
+                    "filled gaps from the log"
+                );
             }
 
             for (id, events) in &by_agg {
@@ -572,8 +593,37 @@ pub async fn invalidate(
     }
 }
 
+/// Applies pending cache invalidations at least `min_age` old; `Ok(n)` once none is left,
+/// `Err` if Postgres or Redis failed (they stay pending).
+pub async fn sweep_once(pool: &PgPool, cache: &Cache, min_age: Duration) -> Result<u64, String> {
+    let mut done = 0u64;
+    loop {
+        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT id, key, version FROM cache_invalidations \
+             WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 1000",
+        )
+        .bind(min_age.as_secs_f64())
+        .fetch_all(pool)
+        .await
+        .map_err(|e| format!("reading intents: {e}"))?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let keys: Vec<(String, i64)> = rows.into_iter().map(|r| (r.1, r.2)).collect();
+        cache.tombstone(&keys).await.map_err(|e| e.to_string())?;
+        sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(pool)
+            .await
+            .map_err(|e| format!("clearing intents: {e}"))?;
+        done += ids.len() as u64;
+    }
+}
+
 /// Retries cache invalidations that did not reach Redis (outage, crash after commit) until
-/// `shutdown`; runs in every process that runs projections.
+/// `shutdown`; runs in every process that runs projections. Intents younger than 2 s are left to
+/// the batch that wrote them.
 pub async fn sweep_invalidations(pool: PgPool, cache: Cache, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -581,35 +631,10 @@ pub async fn sweep_invalidations(pool: PgPool, cache: Cache, shutdown: impl Futu
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        loop {
-            let rows: Result<Vec<(i64, String, i64)>, _> = sqlx::query_as(
-                "SELECT id, key, version FROM cache_invalidations \
-                 WHERE created_at < now() - interval '2 seconds' ORDER BY id LIMIT 1000",
-            )
-            .fetch_all(&pool)
-            .await;
-            let rows = match rows {
-                Ok(r) if !r.is_empty() => r,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cache sweeper cannot read intents");
-                    break;
-                }
-            };
-            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-            let keys: Vec<(String, i64)> = rows.into_iter().map(|r| (r.1, r.2)).collect();
-            if cache.tombstone(&keys).await.is_err() {
-                break; // Redis still down; try again later
-            }
-            if let Err(e) = sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&pool)
-                .await
-            {
-                tracing::warn!(error = %e, "cache sweeper cannot clear intents");
-                break;
-            }
-            tracing::info!(count = ids.len(), "cache sweeper applied deferred invalidations");
+        match sweep_once(&pool, &cache, Duration::from_secs(2)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "cache sweeper applied deferred invalidations"),
+            Err(e) => tracing::debug!(error = %e, "cache sweeper will retry"),
         }
     }
 }
@@ -636,7 +661,10 @@ mod tests {
             table: "rm_calls",
             id: a,
         }]);
-        assert!(matches!(f.rows.get(&("rm_calls", a)), Some((RowOp::Delete { .. }, 0))));
+        assert!(matches!(
+            f.rows.get(&("rm_calls", a)),
+            Some((RowOp::Delete { .. }, 0))
+        ));
     }
 
     #[test]

@@ -1,1 +1,306 @@
-//! placeholder
+//! The query REST API: every GET of API.md for the read models that exist, and the audit trail.
+//!
+//! - Single resources go through the Redis cache-aside layer ([`vbin_projections::cache`]): a hit
+//!   is served if it belongs to the caller's customer, a miss reads Postgres and fills the cache.
+//!   Redis trouble never fails a read: it is logged and the row comes from Postgres.
+//! - Lists read Postgres directly, newest first, keyset-paginated by id (UUIDv7, so by
+//!   creation time) with an opaque `next_page_token`.
+//! - Every query filters by the caller's `customer_id`; another tenant's id is a 404.
+//! - `GET /v1.0/events` reads the event log itself (see [`audit`]).
+//!
+//! The routes share the command API's layers (request context, authentication, error envelope),
+//! see `vbin_commands::api::with_layers`.
+
+pub mod audit;
+
+use axum::extract::{Extension, Query};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use std::time::Duration;
+use uuid::Uuid;
+use vbin_commands::api::error::ApiError;
+use vbin_commands::api::extract::{CustomerAdmin, CustomerCaller, Path};
+use vbin_commands::api::AppState;
+use vbin_projections::cache::{Cache, CacheError, CachedRow};
+
+/// What the read handlers need.
+#[derive(Clone)]
+pub struct ReadState {
+    /// Postgres (read models and the log).
+    pub pool: PgPool,
+    /// Redis cache; `None` disables caching.
+    pub cache: Option<Cache>,
+}
+
+/// The query API routes (to be wrapped by `with_layers` together with the command routes).
+pub fn routes(state: ReadState) -> Router<AppState> {
+    Router::new()
+        .route("/v1.0/calls", get(list_calls))
+        .route("/v1.0/calls/{id}", get(get_call))
+        .route("/v1.0/agents", get(list_agents))
+        .route("/v1.0/agents/{id}", get(get_agent))
+        .route("/v1.0/accesskeys", get(list_access_keys))
+        .route("/v1.0/accesskeys/{id}", get(get_access_key))
+        .route("/v1.0/customer", get(get_customer))
+        .route("/v1.0/events", get(audit::list_events))
+        .layer(Extension(state))
+}
+
+/// `?page_size=&page_token=`.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    page_size: Option<String>,
+    page_token: Option<String>,
+}
+
+/// Default and largest page size.
+pub const DEFAULT_PAGE_SIZE: i64 = 25;
+/// The largest page size.
+pub const MAX_PAGE_SIZE: i64 = 100;
+
+impl Page {
+    /// The validated page size.
+    pub fn size(&self) -> Result<i64, ApiError> {
+        match self.page_size.as_deref() {
+            None | Some("") => Ok(DEFAULT_PAGE_SIZE),
+            Some(s) => match s.parse::<i64>() {
+                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
+                _ => Err(ApiError::invalid(format!(
+                    "page_size must be an integer from 1 to {MAX_PAGE_SIZE}"
+                ))),
+            },
+        }
+    }
+
+    /// The decoded page token (`None` for the first page).
+    pub fn token<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
+        let Some(t) = self.page_token.as_deref().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid("page_token is not valid"))
+    }
+}
+
+/// An opaque page token for a cursor value.
+pub fn page_token(cursor: impl std::fmt::Display) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor.to_string())
+}
+
+/// `{"result": [...], "next_page_token": "..."}` from up to `size + 1` rows.
+pub fn page_body(mut rows: Vec<(String, Value)>, size: i64) -> axum::Json<Value> {
+    let more = rows.len() as i64 > size;
+    rows.truncate(size as usize);
+    let next = if more {
+        rows.last().map(|(c, _)| page_token(c)).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    axum::Json(json!({
+        "result": rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "next_page_token": next,
+    }))
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("reading the read model", e)
+}
+
+/// One page of `table` for `customer`, newest first.
+pub async fn list_rows(
+    pool: &PgPool,
+    table: &'static str,
+    customer: Uuid,
+    page: &Page,
+) -> Result<axum::Json<Value>, ApiError> {
+    let size = page.size()?;
+    let after: Option<Uuid> = page.token()?;
+    let rows: Vec<(Uuid, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, body FROM {table} WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2) \
+         ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(customer)
+    .bind(after)
+    .bind(size + 1)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    Ok(page_body(
+        rows.into_iter()
+            .map(|(id, b)| (id.to_string(), b))
+            .collect(),
+        size,
+    ))
+}
+
+fn log_cache_error(table: &str, e: &CacheError) {
+    if !matches!(e, CacheError::Bypassed) {
+        tracing::warn!(table, error = %e, "redis unavailable; serving from postgres");
+    }
+}
+
+/// One row of `table` owned by `customer`, through the cache. `None`: no such row for this
+/// customer (a 404 either way, so another tenant's id reveals nothing).
+pub async fn get_row(
+    state: &ReadState,
+    table: &'static str,
+    id: Uuid,
+    customer: Uuid,
+) -> Result<Option<Value>, ApiError> {
+    // After an outage this process may have missed invalidations: apply the pending ones
+    // before trusting any hit (until that works, read Postgres only).
+    let cache = match &state.cache {
+        Some(c) if c.needs_resync().is_some() => {
+            let mark = c.needs_resync().unwrap_or_default();
+            match vbin_projections::runtime::sweep_once(&state.pool, c, Duration::ZERO).await {
+                Ok(n) => {
+                    tracing::info!(applied = n, "redis is back; pending invalidations applied");
+                    c.resynced(mark);
+                    Some(c)
+                }
+                Err(_) => None,
+            }
+        }
+        other => other.as_ref(),
+    };
+    if let Some(cache) = cache {
+        match cache.get(table, id).await {
+            Ok(Some(row)) => {
+                metrics::counter!("vbin_cache_requests_total", "table" => table, "outcome" => "hit")
+                    .increment(1);
+                return Ok((row.c == customer).then_some(row.b));
+            }
+            Ok(None) => {
+                metrics::counter!("vbin_cache_requests_total", "table" => table, "outcome" => "miss")
+                    .increment(1)
+            }
+            Err(e) => {
+                metrics::counter!("vbin_cache_requests_total", "table" => table, "outcome" => "error")
+                    .increment(1);
+                log_cache_error(table, &e);
+            }
+        }
+    }
+    let row: Option<(Uuid, Value, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT customer_id, body, version FROM {table} WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_error)?;
+    let Some((c, b, v)) = row else {
+        return Ok(None);
+    };
+    if let Some(cache) = cache {
+        let cached = CachedRow { v, c, b };
+        if let Err(e) = cache.fill(table, id, &cached).await {
+            log_cache_error(table, &e);
+        }
+        return Ok((cached.c == customer).then_some(cached.b));
+    }
+    Ok((c == customer).then_some(b))
+}
+
+async fn get_one(
+    state: &ReadState,
+    table: &'static str,
+    what: &str,
+    id: &str,
+    customer: Uuid,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id: Uuid = id
+        .parse()
+        .map_err(|_| ApiError::invalid(format!("{what} id must be a UUID")))?;
+    get_row(state, table, id, customer)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found(what))
+}
+
+async fn list_calls(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_rows(&s.pool, "rm_calls", c.customer_id.as_uuid(), &p).await
+}
+
+async fn get_call(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(&s, "rm_calls", "call", &id, c.customer_id.as_uuid()).await
+}
+
+async fn list_agents(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_rows(&s.pool, "rm_agents", c.customer_id.as_uuid(), &p).await
+}
+
+async fn get_agent(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(&s, "rm_agents", "agent", &id, c.customer_id.as_uuid()).await
+}
+
+async fn list_access_keys(
+    Extension(s): Extension<ReadState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_rows(&s.pool, "rm_accesskeys", c.customer_id.as_uuid(), &p).await
+}
+
+async fn get_access_key(
+    Extension(s): Extension<ReadState>,
+    CustomerAdmin(c): CustomerAdmin,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(
+        &s,
+        "rm_accesskeys",
+        "access key",
+        &id,
+        c.customer_id.as_uuid(),
+    )
+    .await
+}
+
+/// `GET /v1.0/customer`: the read model plus the webhook secret, which only the command side's
+/// lookup table holds (it never enters the read models, the stream or Redis).
+async fn get_customer(
+    Extension(s): Extension<ReadState>,
+    CustomerAdmin(c): CustomerAdmin,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = c.customer_id.as_uuid();
+    let mut body = get_row(&s, "rm_customers", id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("customer"))?;
+    let secret: Option<(String, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+        "SELECT secret, previous_valid_until FROM webhook_secrets WHERE customer_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&s.pool)
+    .await
+    .map_err(db_error)?;
+    if let Some((secret, until)) = secret {
+        body["webhook_secret"] = json!(secret);
+        body["previous_webhook_secret_valid_until"] = json!(until);
+    }
+    Ok(axum::Json(body))
+}

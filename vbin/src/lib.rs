@@ -1,5 +1,5 @@
 //! The vbin platform process: configuration and `serve`, which runs the requested parts
-//! (command API, relay, carrier) in one process until shutdown.
+//! (command API, query API, relay, projections, carrier) in one process until shutdown.
 
 pub mod bench;
 
@@ -18,20 +18,29 @@ use vbin_commands::{Executor, PgEventRepository};
 /// A part of the platform that `serve --only` can select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Part {
-    /// The command REST API (and health endpoints).
+    /// The command REST API (with /healthz, /readyz, /metrics).
     CommandApi,
-    /// The outbox relay (Postgres log -> JetStream).
+    /// The query REST API (GETs, audit trail) on the same HTTP listener.
+    QueryApi,
+    /// The outbox relay to JetStream.
     Relay,
-    /// The call dialer and the sandbox carrier's timers.
+    /// The projections (read models) and the cache invalidation sweeper.
+    Projections,
+    /// The carrier dialer and the sandbox carrier's timers.
     Carrier,
 }
 
 impl Part {
-    /// Every part.
-    pub const ALL: [Part; 3] = [Part::CommandApi, Part::Relay, Part::Carrier];
+    /// Every part (what `vbin serve` runs).
+    pub const ALL: [Part; 5] = [
+        Part::CommandApi,
+        Part::QueryApi,
+        Part::Relay,
+        Part::Projections,
+        Part::Carrier,
+    ];
 }
 
-/// Platform configuration (environment variables, see API.md "Running").
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Postgres URL; the database is created if missing.
@@ -139,7 +148,28 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         let worker = TimerWorker::new(pool.clone(), executor.clone());
         tasks.push(tokio::spawn(worker.run(stopped(&rx))));
     }
-    if parts.contains(&Part::CommandApi) {
+    let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
+    let cache = vbin_projections::cache::Cache::new(redis_client.clone());
+    if parts.contains(&Part::Projections) {
+        for p in vbin_projections::all() {
+            let rt = vbin_projections::runtime::Runtime::new(
+                pool.clone(),
+                Some(cache.clone()),
+                *p,
+                Default::default(),
+            );
+            tasks.push(tokio::spawn(rt.run(bus.clone(), stopped(&rx))));
+        }
+        tasks.push(tokio::spawn(
+            vbin_projections::runtime::sweep_invalidations(
+                pool.clone(),
+                cache.clone(),
+                stopped(&rx),
+            ),
+        ));
+    }
+    let serves_http = parts.contains(&Part::CommandApi) || parts.contains(&Part::QueryApi);
+    if serves_http {
         let keys = AuthKeys::new(&jwt_secret, &admin_token);
         let follower = tokio::spawn(vbin_commands::auth::follow_revocations(
             keys.clone(),
@@ -155,10 +185,20 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             executor: executor.clone(),
             keys,
             bus: bus.clone(),
-            redis: Some(redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?),
+            redis: Some(redis_client),
             metrics: prometheus(),
         };
-        let app = api::with_layers(api::routes(), state);
+        let mut routes = axum::Router::new();
+        if parts.contains(&Part::CommandApi) {
+            routes = routes.merge(api::routes());
+        }
+        if parts.contains(&Part::QueryApi) {
+            routes = routes.merge(vbin_read_api::routes(vbin_read_api::ReadState {
+                pool: pool.clone(),
+                cache: Some(cache),
+            }));
+        }
+        let app = api::with_layers(routes, state);
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.http_addr))?;

@@ -1,0 +1,120 @@
+//! `GET /v1.0/events?resource_type=&resource_id=`: the audit trail, straight from the event log.
+//!
+//! Each entry is one event that changed the resource: who did it (`actor` from the event's
+//! metadata), when, the aggregate `sequence`, the event `data` (upcast to its current version,
+//! secrets redacted, exactly as published) and `before_state`: the resource's API view before
+//! the event (the view stored with the resource's previous event; `null` for the first). The
+//! view rather than the raw aggregate state, because the Customer aggregate's state holds
+//! password hashes and secrets that no API may show.
+//!
+//! Oldest first, paginated by sequence. A resource with no events for the caller's customer is a
+//! 404, whether it does not exist or belongs to someone else.
+
+use crate::{page_body, Page, ReadState};
+use axum::extract::{Extension, Query};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+use uuid::Uuid;
+use vbin_commands::api::error::ApiError;
+use vbin_commands::api::extract::CustomerCaller;
+use vbin_commands::log::{published_from_row, EVENT_COLUMNS};
+use vbin_event_schema::Permission;
+
+/// Query parameters.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    #[serde(flatten)]
+    page: Page,
+}
+
+/// The aggregate that holds a resource type, and whether reading its trail needs the
+/// customer's admin permission.
+fn aggregate_of(resource_type: &str) -> Option<(&'static str, bool)> {
+    match resource_type {
+        "call" => Some(("call", false)),
+        "customer" | "agent" | "accesskey" => Some(("customer", true)),
+        _ => None,
+    }
+}
+
+/// The handler.
+pub async fn list_events(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(q): Query<EventsQuery>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let rtype = q
+        .resource_type
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::invalid("resource_type is required"))?;
+    let (aggregate_type, needs_admin) = aggregate_of(rtype).ok_or_else(|| {
+        ApiError::invalid("resource_type must be one of call, customer, agent, accesskey")
+    })?;
+    let rid: Uuid = q
+        .resource_id
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .ok_or_else(|| ApiError::invalid("resource_id must be a UUID"))?;
+    if needs_admin && c.permission != Permission::Admin {
+        return Err(ApiError::forbidden("admin permission required"));
+    }
+    let customer = c.customer_id.as_uuid();
+    // Calls are their own aggregate; customers, agents and keys live in the customer's.
+    let aggregate_id = if aggregate_type == "call" {
+        rid
+    } else {
+        customer
+    };
+    let size = q.page.size()?;
+    let after: i64 = q.page.token()?.unwrap_or(0);
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT * FROM ( \
+           SELECT {EVENT_COLUMNS}, LAG(resource) OVER (ORDER BY sequence) AS before_state \
+           FROM events \
+           WHERE aggregate_type = $1 AND aggregate_id = $2 AND customer_id = $3 \
+             AND resource->>'id' = $4 AND resource->>'type' = $5 \
+         ) s WHERE sequence > $6 ORDER BY sequence LIMIT $7"
+    )))
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(customer)
+    .bind(rid.to_string())
+    .bind(rtype)
+    .bind(after)
+    .bind(size + 1)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(|e| ApiError::unavailable("reading the event log", e))?;
+    if rows.is_empty() && after == 0 {
+        return Err(ApiError::not_found(rtype));
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (_, e) =
+            published_from_row(r).map_err(|e| ApiError::internal("decoding an event", e))?;
+        let before: Option<Value> = r
+            .try_get("before_state")
+            .map_err(|e| ApiError::internal("decoding an event", e))?;
+        out.push((
+            e.sequence.to_string(),
+            json!({
+                "event_id": e.event_id,
+                "event_type": e.event_type,
+                "event_version": e.event_version,
+                "timestamp": e.timestamp,
+                "actor": e.metadata.get("actor").cloned().unwrap_or(Value::Null),
+                "request_id": e.metadata.get("request_id").cloned().unwrap_or(Value::Null),
+                "resource_type": rtype,
+                "resource_id": rid,
+                "sequence": e.sequence,
+                "data": e.data,
+                "before_state": before.unwrap_or(Value::Null),
+            }),
+        ));
+    }
+    Ok(page_body(out, size))
+}

@@ -33,12 +33,18 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long the cache is bypassed after a failure.
 const BACKOFF: Duration = Duration::from_secs(1);
 
+// KEYS[1] key; ARGV: 1 value, 2 its version, 3 TTL ms, 4 "v" (a row) or "t" (a tombstone).
+// Refused if the current entry is newer, or equally new unless it is a tombstone being replaced
+// by the row of that version (the fresh row a tombstone asks for).
 const SET_IF_NEWER: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, c = pcall(cjson.decode, cur)
-  if ok and type(c) == 'table' and tonumber(c.v) and tonumber(c.v) >= tonumber(ARGV[2]) then
-    return 0
+  if ok and type(c) == 'table' and tonumber(c.v) then
+    local cv, nv = tonumber(c.v), tonumber(ARGV[2])
+    if cv > nv or (cv == nv and not (c.t and ARGV[4] == 'v')) then
+      return 0
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
@@ -185,7 +191,10 @@ impl Cache {
         let mut c = self.connection().await?;
         let value = serde_json::to_string(row).unwrap_or_default();
         let mut inv = self.script.key(key(table, id));
-        inv.arg(value).arg(row.v).arg(TTL.as_millis() as u64);
+        inv.arg(value)
+            .arg(row.v)
+            .arg(TTL.as_millis() as u64)
+            .arg("v");
         self.guard(inv.invoke_async::<i64>(&mut c))
             .await
             .map(|_| ())
@@ -208,6 +217,7 @@ impl Cache {
                 .arg(format!("{{\"v\":{v},\"t\":1}}"))
                 .arg(*v)
                 .arg(TOMBSTONE_TTL.as_millis() as u64)
+                .arg("t")
                 .ignore();
         }
         match self.guard(pipe.query_async::<()>(&mut c)).await {

@@ -104,6 +104,16 @@ impl Folded {
     }
 }
 
+/// One table's share of a batch, as columns for UNNEST.
+#[derive(Default)]
+struct TableWrites {
+    ids: Vec<Uuid>,
+    customers: Vec<Uuid>,
+    bodies: Vec<serde_json::Value>,
+    counts: Vec<i64>,
+    deletes: Vec<Uuid>,
+}
+
 /// Writes folded rows into the tables named by `physical(table)`; returns each row's cache key
 /// and new version. Upserts add the number of folded events to the row's version.
 pub async fn write_rows(
@@ -111,32 +121,30 @@ pub async fn write_rows(
     folded: Folded,
     physical: impl Fn(&str) -> String,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let mut per_table: BTreeMap<
-        &'static str,
-        (
-            Vec<Uuid>,
-            Vec<Uuid>,
-            Vec<serde_json::Value>,
-            Vec<i64>,
-            Vec<Uuid>,
-        ),
-    > = BTreeMap::new();
+    let mut per_table: BTreeMap<&'static str, TableWrites> = BTreeMap::new();
     for ((table, id), (op, n)) in folded.rows {
         let e = per_table.entry(table).or_default();
         match op {
             RowOp::Upsert {
                 customer_id, body, ..
             } => {
-                e.0.push(id);
-                e.1.push(customer_id);
-                e.2.push(body);
-                e.3.push(n);
+                e.ids.push(id);
+                e.customers.push(customer_id);
+                e.bodies.push(body);
+                e.counts.push(n);
             }
-            RowOp::Delete { .. } => e.4.push(id),
+            RowOp::Delete { .. } => e.deletes.push(id),
         }
     }
     let mut keys = Vec::new();
-    for (table, (ids, customers, bodies, counts, deletes)) in per_table {
+    for (table, w) in per_table {
+        let TableWrites {
+            ids,
+            customers,
+            bodies,
+            counts,
+            deletes,
+        } = w;
         let t = physical(table);
         if !ids.is_empty() {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

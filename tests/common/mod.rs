@@ -100,6 +100,77 @@ impl Drop for Nats {
     }
 }
 
+/// A private redis-server (no persistence), so a test can stop, pause and restart it.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let mut r = Redis {
+            port: free_port(),
+            child: None,
+        };
+        r.resume();
+        r
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port, empty.
+    pub fn resume(&mut self) {
+        let bin = which("redis-server").unwrap_or_else(|| "/usr/bin/redis-server".into());
+        let child = Command::new(bin)
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/services installs it)");
+        self.child = Some(child);
+        wait_port(self.port, "redis-server");
+    }
+
+    /// Kills it (-9): its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: a hung Redis that keeps its data.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            let sig = if paused { "-STOP" } else { "-CONT" };
+            let ok = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill {sig}");
+        }
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.stop();
+    }
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
@@ -144,6 +215,7 @@ pub struct Env {
     pub db_name: String,
     pub db_url: String,
     pub nats: Nats,
+    pub redis: Redis,
     pub platform: Platform,
     pub admin: String,
     pub http: reqwest::Client,
@@ -155,6 +227,7 @@ impl Env {
         let db_name = format!("vbin_t_{}", Uuid::new_v4().simple());
         let db_url = format!("{}/{db_name}", pg_base());
         let nats = Nats::start();
+        let redis = Redis::start();
         let admin = format!("admin-{}", Uuid::new_v4());
         let mut env = Env {
             platform: Platform {
@@ -166,6 +239,7 @@ impl Env {
             pool: PgPool::connect_lazy(&db_url).unwrap(),
             db_url,
             nats,
+            redis,
             admin,
             http: reqwest::Client::new(),
         };
@@ -175,12 +249,23 @@ impl Env {
 
     /// Starts another `vbin serve` process against this env's database and NATS.
     pub async fn spawn_platform(&self) -> Platform {
+        self.spawn_platform_only(&[]).await
+    }
+
+    /// Starts `vbin serve --only <parts>` (all parts if empty). Processes without an HTTP part
+    /// are waited for through their log.
+    pub async fn spawn_platform_only(&self, parts: &[&str]) -> Platform {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}-{port}.log", self.db_name));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vbin"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vbin"));
+        cmd.arg("serve");
+        if !parts.is_empty() {
+            cmd.arg("--only").arg(parts.join(","));
+        }
+        let child = cmd
             .env("DATABASE_URL", &self.db_url)
+            .env("REDIS_URL", self.redis.url())
             .env("NATS_URL", self.nats.url())
             .env("VBIN_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("VBIN_ADMIN_TOKEN", &self.admin)
@@ -197,8 +282,14 @@ impl Env {
             log,
         };
         let t = Instant::now();
+        let http = parts.is_empty() || parts.iter().any(|p| p.ends_with("-api"));
         loop {
-            if let Ok(r) = self.http.get(format!("{}/healthz", p.url())).send().await {
+            if !http {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                if log.contains("vbin started") {
+                    break;
+                }
+            } else if let Ok(r) = self.http.get(format!("{}/healthz", p.url())).send().await {
                 if r.status().is_success() {
                     break;
                 }

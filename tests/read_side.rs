@@ -1,0 +1,654 @@
+//! End-to-end tests of the read side (issue 3): projections, the query API with its Redis
+//! cache, the audit trail. Real vbin processes, Postgres, nats-server and redis-server.
+
+mod common;
+
+use common::Env;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+async fn get(env: &Env, path: &str, token: &str) -> (u16, Value) {
+    env.req(Method::GET, path, Some(token), None).await
+}
+
+/// Polls `path` until `done` holds for its answer (or panics after `within`).
+async fn wait_get(
+    env: &Env,
+    path: &str,
+    token: &str,
+    within: Duration,
+    done: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let t = Instant::now();
+    loop {
+        let (s, v) = get(env, path, token).await;
+        if done(s, &v) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < within,
+            "GET {path} never satisfied the condition: {s} {v}; log {}",
+            env.platform.log_path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every item of a list endpoint, page by page.
+async fn all_pages(env: &Env, path: &str, token: &str, page_size: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut token_q = String::new();
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (s, v) = get(
+            env,
+            &format!("{path}{sep}page_size={page_size}{token_q}"),
+            token,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let items = v["result"].as_array().unwrap();
+        assert!(items.len() <= page_size);
+        out.extend(items.iter().cloned());
+        let next = v["next_page_token"].as_str().unwrap();
+        if next.is_empty() {
+            return out;
+        }
+        token_q = format!("&page_token={next}");
+    }
+}
+
+fn status(v: &Value) -> &str {
+    v["status"].as_str().unwrap_or_default()
+}
+
+const TERMINAL: [&str; 5] = ["completed", "busy", "no_answer", "failed", "canceled"];
+
+#[tokio::test]
+async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
+    let env = Env::start().await;
+    let (cust_a, tok_a, _) = env.customer().await;
+    let (_, tok_b, _) = env.customer().await;
+
+    let dests: Vec<String> = (0..23).map(|i| format!("+1555200{i:04}")).collect();
+    let refs: Vec<&str> = dests.iter().map(String::as_str).collect();
+    let ids = env
+        .calls(&tok_a, &refs, json!({"variables": {"talk_seconds": 0}}))
+        .await;
+
+    // Every call shows up, once, newest first, across pages.
+    let t = Instant::now();
+    let listed = loop {
+        let l = all_pages(&env, "/v1.0/calls", &tok_a, 7).await;
+        if l.len() == ids.len() || t.elapsed() > Duration::from_secs(10) {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let listed_ids: Vec<Uuid> = listed
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let mut expected = ids.clone();
+    expected.sort();
+    expected.reverse();
+    assert_eq!(listed_ids, expected, "all calls, newest first, no repeats");
+    assert!(listed
+        .iter()
+        .all(|c| c["customer_id"] == json!(cust_a.to_string())));
+
+    // A single call follows its lifecycle to the end, as the log says.
+    let id = ids[0];
+    let v = wait_get(
+        &env,
+        &format!("/v1.0/calls/{id}"),
+        &tok_a,
+        Duration::from_secs(15),
+        |s, v| s == 200 && TERMINAL.contains(&status(v)),
+    )
+    .await;
+    env.wait_call_end(id, Duration::from_secs(5)).await;
+    // The read model catches up with the last event (the cache must not hold it back).
+    let last = env.call_state(id).await;
+    wait_get(
+        &env,
+        &format!("/v1.0/calls/{id}"),
+        &tok_a,
+        Duration::from_secs(5),
+        |_, v| *v == last,
+    )
+    .await;
+    assert_eq!(v["id"], json!(id.to_string()));
+
+    // Tenant isolation: B sees none of A's resources, and cannot tell they exist.
+    let (s, e) = get(&env, &format!("/v1.0/calls/{id}"), &tok_b).await;
+    assert_eq!(
+        (s, e["error"]["reason"].as_str()),
+        (404, Some("not_found")),
+        "{e}"
+    );
+    let (s, e) = get(&env, &format!("/v1.0/calls/{}", Uuid::now_v7()), &tok_b).await;
+    assert_eq!(s, 404, "{e}");
+    assert!(all_pages(&env, "/v1.0/calls", &tok_b, 50).await.is_empty());
+    let (s, _) = get(
+        &env,
+        &format!("/v1.0/events?resource_type=call&resource_id={id}"),
+        &tok_b,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let agents_a = wait_get(
+        &env,
+        "/v1.0/agents",
+        &tok_a,
+        Duration::from_secs(5),
+        |s, v| s == 200 && v["result"].as_array().is_some_and(|a| !a.is_empty()),
+    )
+    .await;
+    let agent_a = agents_a["result"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&env, &format!("/v1.0/agents/{agent_a}"), &tok_b)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        get(&env, &format!("/v1.0/agents/{agent_a}"), &tok_a)
+            .await
+            .0,
+        200
+    );
+    let (s, e) = get(
+        &env,
+        &format!("/v1.0/events?resource_type=agent&resource_id={agent_a}"),
+        &tok_b,
+    )
+    .await;
+    assert_eq!(s, 404, "{e}");
+
+    // Bad input is a 400 with the envelope, never a 500.
+    for path in [
+        "/v1.0/calls?page_size=0".to_string(),
+        "/v1.0/calls?page_size=101".to_string(),
+        "/v1.0/calls?page_size=ten".to_string(),
+        "/v1.0/calls?page_token=%21%21%21".to_string(),
+        "/v1.0/calls/not-a-uuid".to_string(),
+        "/v1.0/events?resource_id=x".to_string(),
+        format!("/v1.0/events?resource_type=planet&resource_id={id}"),
+        "/v1.0/events?resource_type=call&resource_id=nope".to_string(),
+    ] {
+        let (s, e) = get(&env, &path, &tok_a).await;
+        assert_eq!(
+            (s, e["error"]["reason"].as_str()),
+            (400, Some("invalid_argument")),
+            "{path}: {e}"
+        );
+    }
+    assert_eq!(env.req(Method::GET, "/v1.0/calls", None, None).await.0, 401);
+
+    // Customer: own view plus the webhook secret (exact at once, from the command side).
+    let c = wait_get(
+        &env,
+        "/v1.0/customer",
+        &tok_a,
+        Duration::from_secs(5),
+        |s, _| s == 200,
+    )
+    .await;
+    assert_eq!(c["id"], json!(cust_a.to_string()));
+    let secret = c["webhook_secret"].as_str().unwrap().to_string();
+    assert!(secret.len() >= 32);
+    let (s, rotated) = env
+        .post("/v1.0/customer/webhook_secret/rotate", &tok_a, json!({}))
+        .await;
+    assert_eq!(s, 200, "{rotated}");
+    let c = get(&env, "/v1.0/customer", &tok_a).await.1;
+    assert_eq!(c["webhook_secret"], rotated["webhook_secret"]);
+    assert_ne!(c["webhook_secret"], json!(secret));
+
+    // Agents and access keys: created ones appear (without secrets), deleted ones go away.
+    let (s, agent) = env
+        .post(
+            "/v1.0/agents",
+            &tok_a,
+            json!({"username": format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]),
+                   "password": "password123", "name": "Ann", "permission": "agent"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{agent}");
+    let agent_id = agent["id"].as_str().unwrap().to_string();
+    let a = wait_get(
+        &env,
+        &format!("/v1.0/agents/{agent_id}"),
+        &tok_a,
+        Duration::from_secs(5),
+        |s, _| s == 200,
+    )
+    .await;
+    assert_eq!(a["name"], "Ann");
+    assert!(a.get("password_hash").is_none() && a.get("password").is_none());
+    let (s, key) = env
+        .post("/v1.0/accesskeys", &tok_a, json!({"name": "ci"}))
+        .await;
+    assert_eq!(s, 200, "{key}");
+    let key_id = key["id"].as_str().unwrap().to_string();
+    let k = wait_get(
+        &env,
+        &format!("/v1.0/accesskeys/{key_id}"),
+        &tok_a,
+        Duration::from_secs(5),
+        |s, _| s == 200,
+    )
+    .await;
+    assert!(
+        k.get("token").is_none() && k.get("token_hash").is_none(),
+        "{k}"
+    );
+    assert_eq!(
+        all_pages(&env, "/v1.0/accesskeys", &tok_a, 10).await.len(),
+        1
+    );
+    let (s, _) = env
+        .req(
+            Method::DELETE,
+            &format!("/v1.0/agents/{agent_id}"),
+            Some(&tok_a),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    wait_get(
+        &env,
+        &format!("/v1.0/agents/{agent_id}"),
+        &tok_a,
+        Duration::from_secs(5),
+        |s, _| s == 404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn audit_trail_shows_actor_data_and_before_state() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let id = env
+        .calls(
+            &tok,
+            &["+15553000001"],
+            json!({"variables": {"talk_seconds": 0}}),
+        )
+        .await[0];
+    env.wait_call_end(id, Duration::from_secs(10)).await;
+    let log = env.events_of(id).await;
+
+    let trail = all_pages(
+        &env,
+        &format!("/v1.0/events?resource_type=call&resource_id={id}"),
+        &tok,
+        1,
+    )
+    .await;
+    assert_eq!(trail.len(), log.len());
+    for (i, (entry, (seq, ty, _))) in trail.iter().zip(&log).enumerate() {
+        assert_eq!(entry["sequence"], json!(seq));
+        assert_eq!(entry["event_type"], json!(ty));
+        assert_eq!(entry["resource_type"], "call");
+        assert_eq!(entry["resource_id"], json!(id.to_string()));
+        assert!(entry["timestamp"].is_string() && entry["event_id"].is_string());
+        assert_eq!(entry["data"]["type"], json!(ty), "{entry}");
+        // before_state is the resource as the previous event left it.
+        let before = if i == 0 {
+            Value::Null
+        } else {
+            log[i - 1].2.clone()
+        };
+        assert_eq!(entry["before_state"], before, "entry {i}");
+    }
+    assert!(trail[0]["actor"].as_str().unwrap().starts_with("agent:"));
+    assert_eq!(trail[1]["actor"], "system:sandbox-carrier");
+    assert_eq!(trail[1]["before_state"]["status"], "dialing");
+
+    // Agents live inside the customer aggregate; their trail is theirs alone.
+    let (_, agent) = env
+        .post(
+            "/v1.0/agents",
+            &tok,
+            json!({"username": format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]),
+                   "password": "password123", "name": "Old name", "permission": "agent"}),
+        )
+        .await;
+    let agent_id = agent["id"].as_str().unwrap();
+    let (s, _) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/agents/{agent_id}"),
+            Some(&tok),
+            Some(json!({"name": "New name", "permission": "agent"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = get(
+        &env,
+        &format!("/v1.0/events?resource_type=agent&resource_id={agent_id}"),
+        &tok,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let entries = v["result"].as_array().unwrap();
+    let types: Vec<&str> = entries
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["agent_created", "agent_updated"]);
+    assert_eq!(entries[1]["before_state"]["name"], "Old name");
+    // Secrets never appear in the trail.
+    let text = v.to_string();
+    assert!(!text.contains("$argon2"), "password hash leaked: {text}");
+}
+
+#[tokio::test]
+async fn projections_apply_each_event_once_with_several_instances_and_redelivery() {
+    let env = Env::start().await;
+    // Two more processes running only the projections share the durable consumers.
+    let _p1 = env.spawn_platform_only(&["projections"]).await;
+    let _p2 = env.spawn_platform_only(&["projections"]).await;
+    let (_, tok, _) = env.customer().await;
+
+    let mut ids = Vec::new();
+    for batch in 0..8 {
+        let dests: Vec<String> = (0..20)
+            .map(|i| match i % 4 {
+                0 => format!("+1555{batch:02}{i:02}0486"),
+                1 => format!("+1555{batch:02}{i:02}0404"),
+                _ => format!("+1555{batch:02}{i:02}1111"),
+            })
+            .collect();
+        let refs: Vec<&str> = dests.iter().map(String::as_str).collect();
+        ids.extend(
+            env.calls(&tok, &refs, json!({"variables": {"talk_seconds": 0}}))
+                .await,
+        );
+    }
+    // Some calls are hung up by the customer while they ring.
+    for id in ids.iter().step_by(5) {
+        env.post(&format!("/v1.0/calls/{id}/hangup"), &tok, json!({}))
+            .await;
+    }
+    for id in &ids {
+        env.wait_call_end(*id, Duration::from_secs(20)).await;
+    }
+    env.wait_all_published(Duration::from_secs(20)).await;
+    let converged = || async {
+        // Every aggregate's position equals its last sequence in the log, and every row was
+        // written exactly once per event: version == sequence, body == last resource.
+        let bad: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT aggregate_id, max(sequence) AS seq, \
+                (array_agg(resource ORDER BY sequence DESC))[1] AS resource \
+               FROM events WHERE aggregate_type = 'call' GROUP BY aggregate_id) l \
+             LEFT JOIN pp_calls p ON p.aggregate_id = l.aggregate_id \
+             LEFT JOIN rm_calls r ON r.id = l.aggregate_id \
+             WHERE p.sequence IS DISTINCT FROM l.seq OR r.version IS DISTINCT FROM l.seq \
+                OR r.body IS DISTINCT FROM l.resource",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        bad
+    };
+    let t = Instant::now();
+    while converged().await != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "read model did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Force redelivery of the whole stream: drop the durable consumers; the instances
+    // recreate them and get every event again. Nothing may change.
+    let js = env.nats.client().await;
+    let stream = js.get_stream("VBIN_EVENTS").await.unwrap();
+    for name in ["projection-calls", "projection-customers"] {
+        stream.delete_consumer(name).await.unwrap();
+    }
+    let applied_before: i64 =
+        sqlx::query_scalar("SELECT sum(events_applied)::bigint FROM projection_checkpoints")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let t = Instant::now();
+    loop {
+        let mut pending = 0;
+        let mut present = 0;
+        for name in ["projection-calls", "projection-customers"] {
+            if let Ok(mut c) = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+                .await
+            {
+                let info = c.info().await.unwrap();
+                present += 1;
+                pending += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        if present == 2 && pending == 0 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "redelivery did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        converged().await,
+        0,
+        "redelivered events changed the read model"
+    );
+    let applied_after: i64 =
+        sqlx::query_scalar("SELECT sum(events_applied)::bigint FROM projection_checkpoints")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(applied_before, applied_after, "an event was applied twice");
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied_after, total, "every event applied exactly once");
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_dead_letters")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0);
+}
+
+#[tokio::test]
+async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
+    let env = Env::start().await;
+    let (cust, tok, _) = env.customer().await;
+    let js = env.nats.client().await;
+    // Make sure the stream exists (the platform creates it at start; wait for the first event).
+    env.wait_all_published(Duration::from_secs(10)).await;
+    let bogus = json!({
+        "event_id": Uuid::now_v7(), "event_type": "call_created", "event_version": "2.0",
+        "timestamp": "2026-01-01T00:00:00Z", "customer_id": cust, "aggregate_type": "call",
+        "aggregate_id": Uuid::now_v7(), "sequence": 1, "global_position": 1,
+        "metadata": {}, "data": {}, "resource": {"no": "view"}
+    });
+    js.publish(
+        format!("vbin.events.{cust}.call.call_created"),
+        bogus.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        format!("vbin.events.{cust}.call.garbage"),
+        "not json".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let id = env.calls(&tok, &["+15554000486"], json!({})).await[0];
+    wait_get(
+        &env,
+        &format!("/v1.0/calls/{id}"),
+        &tok,
+        Duration::from_secs(10),
+        |s, v| s == 200 && status(v) == "busy",
+    )
+    .await;
+    let parked: Vec<(String, String)> =
+        sqlx::query_as("SELECT projection, error FROM projection_dead_letters ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(parked.iter().all(|(p, _)| p == "calls"));
+    assert!(
+        parked.iter().any(|(_, e)| e.contains("no call view")),
+        "{parked:?}"
+    );
+    assert!(
+        parked.iter().any(|(_, e)| e.starts_with("undecodable")),
+        "{parked:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let id = env
+        .calls(
+            &tok,
+            &["+15555000001"],
+            json!({"variables": {"talk_seconds": 60}}),
+        )
+        .await[0];
+    let path = format!("/v1.0/calls/{id}");
+    wait_get(&env, &path, &tok, Duration::from_secs(10), |s, v| {
+        s == 200 && status(v) == "progressing"
+    })
+    .await;
+    get(&env, &path, &tok).await; // now cached
+    let mut r = env.redis.conn().await;
+    let cached: Option<String> = redis::cmd("GET")
+        .arg(format!("vbin:rm:rm_calls:{id}"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(cached.unwrap().contains("progressing"));
+
+    // Redis hangs (keeps its data, answers nothing) while the call ends.
+    env.redis.pause(true);
+    let (s, _) = env.post(&format!("{path}/hangup"), &tok, json!({})).await;
+    assert_eq!(s, 200);
+    let v = wait_get(&env, &path, &tok, Duration::from_secs(10), |s, v| {
+        s == 200 && TERMINAL.contains(&status(v))
+    })
+    .await;
+    assert_eq!(
+        (status(&v), v["hangup_by"].as_str()),
+        ("completed", Some("local"))
+    );
+    // Redis comes back with the old value still in it: it must never be served.
+    env.redis.pause(false);
+    for _ in 0..30 {
+        let (s, v) = get(&env, &path, &tok).await;
+        assert_eq!((s, status(&v)), (200, "completed"), "stale value served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis answers reads but refuses writes (so the projection's invalidation fails and the
+    // old value stays readable) while another call ends: the old value must never come back.
+    let id3 = env
+        .calls(
+            &tok,
+            &["+15555000003"],
+            json!({"variables": {"talk_seconds": 60}}),
+        )
+        .await[0];
+    let path3 = format!("/v1.0/calls/{id3}");
+    wait_get(&env, &path3, &tok, Duration::from_secs(10), |s, v| {
+        s == 200 && status(v) == "progressing"
+    })
+    .await;
+    get(&env, &path3, &tok).await; // cached
+    let mut r = env.redis.conn().await;
+    let refuse_writes = |on: bool| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("min-replicas-to-write")
+            .arg(if on { "1" } else { "0" })
+            .to_owned()
+    };
+    refuse_writes(true).query_async::<()>(&mut r).await.unwrap();
+    env.post(&format!("{path3}/hangup"), &tok, json!({})).await;
+    wait_get(&env, &path3, &tok, Duration::from_secs(10), |s, v| {
+        s == 200 && status(v) == "completed"
+    })
+    .await;
+    for _ in 0..40 {
+        assert_eq!(
+            status(&get(&env, &path3, &tok).await.1),
+            "completed",
+            "stale value served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    refuse_writes(false)
+        .query_async::<()>(&mut r)
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        assert_eq!(
+            status(&get(&env, &path3, &tok).await.1),
+            "completed",
+            "stale value served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Redis dies: reads still work; it restarts empty: reads still correct.
+    env.redis.stop();
+    let id2 = env.calls(&tok, &["+15555000486"], json!({})).await[0];
+    wait_get(
+        &env,
+        &format!("/v1.0/calls/{id2}"),
+        &tok,
+        Duration::from_secs(10),
+        |s, v| s == 200 && status(v) == "busy",
+    )
+    .await;
+    env.redis.resume();
+    for _ in 0..10 {
+        assert_eq!(status(&get(&env, &path, &tok).await.1), "completed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(env.platform.log_path()).unwrap();
+    assert!(
+        log.contains("serving from postgres"),
+        "the outage was not logged"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    // Deferred invalidations are applied once Redis is back (sweeper, within seconds).
+    let t = Instant::now();
+    let mut left = left;
+    while left > 0 && t.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    }
+    assert_eq!(left, 0, "pending invalidations were never applied");
+}

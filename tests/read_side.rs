@@ -64,6 +64,49 @@ fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or_default()
 }
 
+/// Calls whose read-model row is not exactly what one application of each of their events gives:
+/// position == last sequence, version == last sequence, body == last resource view.
+async fn unconverged_calls(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT aggregate_id, max(sequence) AS seq, \
+            (array_agg(resource ORDER BY sequence DESC))[1] AS resource \
+           FROM events WHERE aggregate_type = 'call' GROUP BY aggregate_id) l \
+         LEFT JOIN pp_calls p ON p.aggregate_id = l.aggregate_id \
+         LEFT JOIN rm_calls r ON r.id = l.aggregate_id \
+         WHERE p.sequence IS DISTINCT FROM l.seq OR r.version IS DISTINCT FROM l.seq \
+            OR r.body IS DISTINCT FROM l.resource",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+async fn wait_converged(env: &Env) {
+    let t = Instant::now();
+    while unconverged_calls(&env.pool).await != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "read model did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the vbin binary with this env's database and Redis; returns (exit code, stdout).
+fn vbin(env: &Env, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vbin"))
+        .args(args)
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", env.redis.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 const TERMINAL: [&str; 5] = ["completed", "busy", "no_answer", "failed", "canceled"];
 
 #[tokio::test]
@@ -380,23 +423,7 @@ async fn projections_apply_each_event_once_with_several_instances_and_redelivery
         env.wait_call_end(*id, Duration::from_secs(20)).await;
     }
     env.wait_all_published(Duration::from_secs(20)).await;
-    let converged = || async {
-        // Every aggregate's position equals its last sequence in the log, and every row was
-        // written exactly once per event: version == sequence, body == last resource.
-        let bad: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM (SELECT aggregate_id, max(sequence) AS seq, \
-                (array_agg(resource ORDER BY sequence DESC))[1] AS resource \
-               FROM events WHERE aggregate_type = 'call' GROUP BY aggregate_id) l \
-             LEFT JOIN pp_calls p ON p.aggregate_id = l.aggregate_id \
-             LEFT JOIN rm_calls r ON r.id = l.aggregate_id \
-             WHERE p.sequence IS DISTINCT FROM l.seq OR r.version IS DISTINCT FROM l.seq \
-                OR r.body IS DISTINCT FROM l.resource",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        bad
-    };
+    let converged = || unconverged_calls(&env.pool);
     let t = Instant::now();
     while converged().await != 0 {
         assert!(
@@ -651,4 +678,155 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
             .unwrap();
     }
     assert_eq!(left, 0, "pending invalidations were never applied");
+}
+
+#[tokio::test]
+async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let dests: Vec<String> = (0..30).map(|i| format!("+1555600{i:04}")).collect();
+    let refs: Vec<&str> = dests.iter().map(String::as_str).collect();
+    let ids = env
+        .calls(&tok, &refs, json!({"variables": {"talk_seconds": 0}}))
+        .await;
+    for id in &ids {
+        env.wait_call_end(*id, Duration::from_secs(15)).await;
+    }
+    wait_converged(&env).await;
+    let victim = ids[3];
+    let path = format!("/v1.0/calls/{victim}");
+    let good = get(&env, &path, &tok).await.1; // cached too
+    assert!(TERMINAL.contains(&status(&good)));
+
+    // Damage the live read model behind the projection's back.
+    let corrupt = || async {
+        sqlx::query(
+            "UPDATE rm_calls SET body = jsonb_set(body, '{status}', '\"bogus\"') WHERE id = $1",
+        )
+        .bind(victim)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    };
+    corrupt().await;
+    sqlx::query("DELETE FROM rm_agents")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (code, out) = vbin(&env, &["replay", "verify"]);
+    assert_eq!(code, 1, "verify must fail on differences: {out}");
+    assert!(
+        out.contains(&format!("different rm_calls {victim}")),
+        "{out}"
+    );
+    assert!(out.contains("missing_live rm_agents"), "{out}");
+    // verify changed nothing.
+    assert_eq!(unconverged_calls(&env.pool).await, 1);
+
+    // Full replay while clients keep writing and reading.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, http, base, tok) = (stop.clone(), env.http.clone(), env.url(""), tok.clone());
+        tokio::spawn(async move {
+            let (mut reads, mut created) = (0u32, Vec::<Uuid>::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http
+                    .post(format!("{base}/v1.0/calls"))
+                    .bearer_auth(&tok)
+                    .json(&json!({"source": "+15550001000", "destinations": ["+15556999486"]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.unwrap();
+                created.push(v["calls"][0]["id"].as_str().unwrap().parse().unwrap());
+                for p in [
+                    "/v1.0/calls?page_size=5".to_string(),
+                    format!("/v1.0/calls/{victim}"),
+                ] {
+                    let r = http
+                        .get(format!("{base}{p}"))
+                        .bearer_auth(&tok)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "read failed during replay: {p}");
+                    reads += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (reads, created)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, out) = vbin(&env, &["replay"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("calls:") && out.contains("swapped in"),
+        "{out}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (reads, created) = load.await.unwrap();
+    assert!(reads > 10 && !created.is_empty());
+    for id in &created {
+        env.wait_call_end(*id, Duration::from_secs(15)).await;
+    }
+    // The swapped-in tables carry on with live events, each applied once.
+    wait_converged(&env).await;
+    assert_eq!(
+        get(&env, &path, &tok).await.1,
+        good,
+        "repaired (and not served stale from Redis)"
+    );
+    assert_eq!(all_pages(&env, "/v1.0/agents", &tok, 10).await.len(), 1);
+    let (code, out) = vbin(&env, &["replay", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 differences"), "{out}");
+
+    // A partial repair from a log position fixes what changed since then.
+    corrupt().await;
+    let from: i64 =
+        sqlx::query_scalar("SELECT min(global_position) FROM events WHERE aggregate_id = $1")
+            .bind(victim)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let (code, out) = vbin(
+        &env,
+        &[
+            "replay",
+            "--projection",
+            "calls",
+            "--from-position",
+            &from.to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    wait_converged(&env).await;
+    assert_eq!(get(&env, &path, &tok).await.1, good);
+
+    // Export and tail read the log as JSON lines.
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    let (code, out) = vbin(&env, &["events", "export"]);
+    assert_eq!(code, 0);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as i64, total);
+    let (_, out) = vbin(
+        &env,
+        &["events", "tail", "-n", "3", "--aggregate-type", "customer"],
+    );
+    assert!(
+        out.lines().count() <= 3
+            && out
+                .lines()
+                .all(|l| l.contains("\"aggregate_type\":\"customer\"")),
+        "{out}"
+    );
 }

@@ -54,3 +54,75 @@ pub fn redact(aggregate_type: &str, payload: Value) -> Value {
 /// The SQL condition "committed and below the xid horizon": no transaction that could still
 /// commit an event ordered before it is open (see `relay.rs`).
 pub const BELOW_HORIZON: &str = "tx_id < pg_snapshot_xmin(pg_current_snapshot())";
+
+/// Which events [`read_after`] returns.
+#[derive(Clone, Debug, Default)]
+pub struct LogFilter {
+    /// Only this customer's.
+    pub customer_id: Option<Uuid>,
+    /// Only this aggregate type's.
+    pub aggregate_type: Option<String>,
+    /// Only these aggregates'.
+    pub aggregate_ids: Option<Vec<Uuid>>,
+    /// Only from this global position on.
+    pub from_position: Option<i64>,
+}
+
+/// A place in commit order: `(tx_id as text, global_position)`; [`LogCursor::start`] is
+/// before everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogCursor {
+    /// The transaction id (xid8 as text).
+    pub tx_id: String,
+    /// The global position.
+    pub position: i64,
+}
+
+impl LogCursor {
+    /// Before the first event.
+    pub fn start() -> Self {
+        Self {
+            tx_id: "0".into(),
+            position: 0,
+        }
+    }
+}
+
+/// Up to `limit` committed events after `cursor`, below the xid horizon, in commit order,
+/// matching `filter`; advances `cursor` past them. Every in-order reader of the log (relay,
+/// replay, `vbin events`) reads through here.
+pub async fn read_after(
+    conn: &mut sqlx::PgConnection,
+    filter: &LogFilter,
+    cursor: &mut LogCursor,
+    limit: i64,
+) -> Result<Vec<PublishedEvent>, sqlx::Error> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE (tx_id, global_position) > ($1::text::xid8, $2) AND {BELOW_HORIZON} \
+           AND ($3::uuid IS NULL OR customer_id = $3) \
+           AND ($4::text IS NULL OR aggregate_type = $4) \
+           AND ($5::uuid[] IS NULL OR aggregate_id = ANY($5)) \
+           AND ($6::bigint IS NULL OR global_position >= $6) \
+         ORDER BY tx_id, global_position LIMIT $7"
+    )))
+    .bind(&cursor.tx_id)
+    .bind(cursor.position)
+    .bind(filter.customer_id)
+    .bind(&filter.aggregate_type)
+    .bind(&filter.aggregate_ids)
+    .bind(filter.from_position)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let (tx_id, e) = published_from_row(r)?;
+        *cursor = LogCursor {
+            tx_id,
+            position: e.global_position,
+        };
+        out.push(e);
+    }
+    Ok(out)
+}

@@ -12,7 +12,7 @@
 //! - LISTEN/NOTIFY (`vbin_events`) wakes it at commit; it also polls, so a lost notification
 //!   only delays.
 
-use crate::log::{published_from_row, BELOW_HORIZON, EVENT_COLUMNS};
+use crate::log::{read_after, LogCursor, LogFilter};
 use async_nats::jetstream::message::PublishMessage;
 use chrono::Utc;
 use futures::future::try_join_all;
@@ -21,7 +21,7 @@ use sqlx::{Connection, PgPool};
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 use vbin_bus::Bus;
-use vbin_event_schema::{subject_for, PublishedEvent};
+use vbin_event_schema::subject_for;
 
 /// Advisory lock key of the relay lease (`'vbin.relay'` hashed, fixed).
 pub const RELAY_LOCK_KEY: i64 = 0x7662_696e_7265_6c61; // "vbinrela"
@@ -54,12 +54,6 @@ pub struct Relay {
     database_url: String,
     bus: Bus,
     config: RelayConfig,
-}
-
-/// One committed event read from the log.
-struct LogRow {
-    tx_id: String,
-    event: PublishedEvent,
 }
 
 impl Relay {
@@ -151,15 +145,23 @@ impl Relay {
         .bind(CHECKPOINT)
         .fetch_one(&mut *lease)
         .await?;
-        let rows = read_batch(&mut *lease, &cp_tx, cp_pos, self.config.batch).await?;
-        let Some(last) = rows.last() else {
-            return Ok(0);
+        let mut cursor = LogCursor {
+            tx_id: cp_tx,
+            position: cp_pos,
         };
-        let (last_tx, last_pos) = (last.tx_id.clone(), last.event.global_position);
+        let rows = read_after(
+            &mut *lease,
+            &LogFilter::default(),
+            &mut cursor,
+            self.config.batch,
+        )
+        .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
         let started = Instant::now();
         let mut acks = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let e = &row.event;
+        for e in &rows {
             let subject = subject_for(&e.customer_id, &e.aggregate_type, &e.event_type);
             let body = serde_json::to_vec(e).map_err(|err| RelayError::Encode(err.to_string()))?;
             let msg = PublishMessage::build()
@@ -186,42 +188,19 @@ impl Relay {
              WHERE name = $1",
         )
         .bind(CHECKPOINT)
-        .bind(&last_tx)
-        .bind(last_pos)
+        .bind(&cursor.tx_id)
+        .bind(cursor.position)
         .execute(&mut *lease)
         .await?;
         metrics::counter!("vbin_relay_published_total").increment(rows.len() as u64);
         metrics::counter!("vbin_relay_duplicates_total").increment(duplicates as u64);
         metrics::histogram!("vbin_relay_batch_seconds").record(started.elapsed().as_secs_f64());
-        if let Some(lag) = rows.last().map(|r| Utc::now() - r.event.timestamp) {
+        if let Some(lag) = rows.last().map(|e| Utc::now() - e.timestamp) {
             metrics::gauge!("vbin_relay_lag_seconds").set(lag.num_milliseconds() as f64 / 1000.0);
         }
         tracing::debug!(count = rows.len(), duplicates, "relay published batch");
         Ok(rows.len())
     }
-}
-
-/// Reads committed events after the checkpoint, below the xid horizon, in commit order.
-async fn read_batch(
-    conn: &mut PgConnection,
-    cp_tx: &str,
-    cp_pos: i64,
-    limit: i64,
-) -> Result<Vec<LogRow>, RelayError> {
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {EVENT_COLUMNS} FROM events \
-         WHERE (tx_id, global_position) > ($1::text::xid8, $2) AND {BELOW_HORIZON} \
-         ORDER BY tx_id, global_position LIMIT $3"
-    )))
-    .bind(cp_tx)
-    .bind(cp_pos)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| published_from_row(r).map(|(tx_id, event)| LogRow { tx_id, event }))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(RelayError::from)
 }
 
 /// Relay failures (all retried).

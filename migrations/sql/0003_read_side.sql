@@ -37,13 +37,15 @@ CREATE TABLE cache_invalidations (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Read models. Every table has the same writable shape (id, customer_id, body = the API view,
--- version = number of events applied to the row), so the projection runtime and replay are
--- generic; filter columns are generated from body. pp_<projection>: the last aggregate sequence
+-- Read models. Every table has the same writable shape (id, customer_id, aggregate_id = the
+-- aggregate whose events wrote the row, body = the API view, version = number of events applied
+-- to the row), so the projection runtime and replay are generic; filter columns, when needed,
+-- are generated from body. pp_<projection>: the last aggregate sequence
 -- applied, per aggregate, written in the same transaction as the rows.
 CREATE TABLE rm_calls (
     id          uuid   PRIMARY KEY,
     customer_id uuid   NOT NULL,
+    aggregate_id uuid  NOT NULL,
     body        jsonb  NOT NULL,
     version     bigint NOT NULL
 );
@@ -53,12 +55,14 @@ CREATE TABLE pp_calls (aggregate_id uuid PRIMARY KEY, sequence bigint NOT NULL);
 CREATE TABLE rm_customers (
     id          uuid   PRIMARY KEY,
     customer_id uuid   NOT NULL,
+    aggregate_id uuid  NOT NULL,
     body        jsonb  NOT NULL,
     version     bigint NOT NULL
 );
 CREATE TABLE rm_agents (
     id          uuid   PRIMARY KEY,
     customer_id uuid   NOT NULL,
+    aggregate_id uuid  NOT NULL,
     body        jsonb  NOT NULL,
     version     bigint NOT NULL
 );
@@ -66,6 +70,7 @@ CREATE INDEX rm_agents_customer ON rm_agents (customer_id, id);
 CREATE TABLE rm_accesskeys (
     id          uuid   PRIMARY KEY,
     customer_id uuid   NOT NULL,
+    aggregate_id uuid  NOT NULL,
     body        jsonb  NOT NULL,
     version     bigint NOT NULL
 );

@@ -180,6 +180,11 @@ impl Cache {
         (f != self.resynced_at.load(Ordering::SeqCst)).then_some(f)
     }
 
+    /// Stops trusting hits until the next resync (another process failed to invalidate).
+    pub fn distrust(&self) {
+        self.failures.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Records that the pending invalidations were applied after the failures counted by `mark`
     /// (a failure during the resync keeps the cache in need of another).
     pub fn resynced(&self, mark: u64) {

@@ -10,7 +10,7 @@
 
 pub mod cache;
 pub mod models;
-// pub mod replay;
+pub mod replay;
 pub mod runtime;
 
 use serde_json::Value;

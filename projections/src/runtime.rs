@@ -73,23 +73,24 @@ pub fn projection_lock(projection: &str) -> (i32, i32) {
     (hash32(b"vbin.projection"), hash32(projection.as_bytes()))
 }
 
-/// Rows written by one batch: per (table, id), the final op and how many upserts led to it.
+/// Rows written by a run of events: per (table, id), the final op, how many upserts led to it
+/// and the aggregate that wrote it.
 #[derive(Default)]
 pub struct Folded {
-    rows: BTreeMap<(&'static str, Uuid), (RowOp, i64)>,
+    rows: BTreeMap<(&'static str, Uuid), (RowOp, i64, Uuid)>,
 }
 
 impl Folded {
-    /// Adds an event's ops (later ops on the same row replace earlier ones).
-    pub fn push(&mut self, ops: Vec<RowOp>) {
+    /// Adds the ops of an event of `aggregate_id` (later ops on a row replace earlier ones).
+    pub fn push(&mut self, aggregate_id: Uuid, ops: Vec<RowOp>) {
         for op in ops {
             let k = (op.table(), op.id());
             let n = match (&op, self.rows.get(&k)) {
-                (RowOp::Upsert { .. }, Some((_, n))) => n + 1,
+                (RowOp::Upsert { .. }, Some((_, n, _))) => n + 1,
                 (RowOp::Upsert { .. }, None) => 1,
                 (RowOp::Delete { .. }, _) => 0,
             };
-            self.rows.insert(k, (op, n));
+            self.rows.insert(k, (op, n, aggregate_id));
         }
     }
 
@@ -109,6 +110,7 @@ impl Folded {
 struct TableWrites {
     ids: Vec<Uuid>,
     customers: Vec<Uuid>,
+    aggregates: Vec<Uuid>,
     bodies: Vec<serde_json::Value>,
     counts: Vec<i64>,
     deletes: Vec<Uuid>,
@@ -122,7 +124,7 @@ pub async fn write_rows(
     physical: impl Fn(&str) -> String,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut per_table: BTreeMap<&'static str, TableWrites> = BTreeMap::new();
-    for ((table, id), (op, n)) in folded.rows {
+    for ((table, id), (op, n, aggregate)) in folded.rows {
         let e = per_table.entry(table).or_default();
         match op {
             RowOp::Upsert {
@@ -130,6 +132,7 @@ pub async fn write_rows(
             } => {
                 e.ids.push(id);
                 e.customers.push(customer_id);
+                e.aggregates.push(aggregate);
                 e.bodies.push(body);
                 e.counts.push(n);
             }
@@ -141,6 +144,7 @@ pub async fn write_rows(
         let TableWrites {
             ids,
             customers,
+            aggregates,
             bodies,
             counts,
             deletes,
@@ -148,14 +152,16 @@ pub async fn write_rows(
         let t = physical(table);
         if !ids.is_empty() {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {t} AS t (id, customer_id, body, version) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::jsonb[], $4::bigint[]) \
+                "INSERT INTO {t} AS t (id, customer_id, aggregate_id, body, version) \
+                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::jsonb[], $5::bigint[]) \
                  ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, \
-                   body = EXCLUDED.body, version = t.version + EXCLUDED.version \
+                   aggregate_id = EXCLUDED.aggregate_id, body = EXCLUDED.body, \
+                   version = t.version + EXCLUDED.version \
                  RETURNING id, version"
             )))
             .bind(&ids)
             .bind(&customers)
+            .bind(&aggregates)
             .bind(&bodies)
             .bind(&counts)
             .fetch_all(&mut **tx)
@@ -525,7 +531,7 @@ impl Runtime {
                         )));
                     }
                     match (p.apply)(e) {
-                        Ok(ops) => folded.push(ops),
+                        Ok(ops) => folded.push(*id, ops),
                         Err(ApplyError(err)) => {
                             park(&mut tx, p.name, &DeadLetter::of_event(e, delivered, err)).await?;
                         }

@@ -304,3 +304,32 @@ async fn get_customer(
     }
     Ok(axum::Json(body))
 }
+
+/// Watches for invalidations that some projection process could not deliver (intents older than
+/// a second) and makes this process's cache resync before trusting a hit again, so a query API
+/// running apart from the projections never serves a value whose invalidation is stuck.
+pub async fn watch_invalidations(
+    pool: PgPool,
+    cache: Cache,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let stuck: Result<bool, _> = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM cache_invalidations \
+             WHERE created_at < now() - interval '1 second')",
+        )
+        .fetch_one(&pool)
+        .await;
+        if let Ok(true) = stuck {
+            if cache.needs_resync().is_none() {
+                tracing::warn!("cache invalidations are pending; not trusting redis until applied");
+            }
+            cache.distrust();
+        }
+    }
+}

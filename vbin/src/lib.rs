@@ -2,6 +2,7 @@
 //! (command API, query API, relay, projections, carrier) in one process until shutdown.
 
 pub mod bench;
+pub mod ops;
 
 use anyhow::Context;
 use std::future::Future;
@@ -193,6 +194,11 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             routes = routes.merge(api::routes());
         }
         if parts.contains(&Part::QueryApi) {
+            tasks.push(tokio::spawn(vbin_read_api::watch_invalidations(
+                pool.clone(),
+                cache.clone(),
+                stopped(&rx),
+            )));
             routes = routes.merge(vbin_read_api::routes(vbin_read_api::ReadState {
                 pool: pool.clone(),
                 cache: Some(cache),

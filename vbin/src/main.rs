@@ -1,7 +1,7 @@
-//! `vbin`: run the platform (`serve`) or measure it (`bench`).
+//! `vbin`: run the platform (`serve`), operate it (`replay`, `events`) or measure it (`bench`).
 
 use clap::{Parser, Subcommand};
-use vbin::{bench, Config, Part};
+use vbin::{bench, ops, Config, Part};
 
 // The request path allocates many small, short-lived objects (JSON values, headers); glibc's
 // malloc showed up at ~10% of CPU under load, mimalloc roughly halves that.
@@ -33,6 +33,13 @@ enum Cmd {
     Migrate {
         #[command(flatten)]
         config: Config,
+    },
+    /// Rebuild read models from the event log (into shadow tables, then swap), or verify them.
+    Replay(ops::ReplayArgs),
+    /// Read the event log: tail it or export it as JSON lines.
+    Events {
+        #[command(subcommand)]
+        cmd: ops::EventsCmd,
     },
     /// Load generators; results go to stdout (and JSON with --json).
     Bench {
@@ -90,6 +97,13 @@ async fn main() -> anyhow::Result<()> {
             vbin_migrations::connect_and_migrate(&config.database_url, 2).await?;
             println!("migrations applied");
         }
+        Cmd::Replay(args) => {
+            let code = ops::replay(args).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
+        Cmd::Events { cmd } => ops::events(cmd).await?,
         Cmd::Bench { which } => bench::run(which).await?,
     }
     Ok(())

@@ -125,7 +125,7 @@ async fn fold_chunk(
         aggregate_ids: only.map(<[Uuid]>::to_vec),
         ..Default::default()
     };
-    let events = read_after(&mut **tx, &filter, cursor, CHUNK).await?;
+    let events = read_after(tx, &filter, cursor, CHUNK).await?;
     if events.is_empty() {
         return Ok((0, 0));
     }

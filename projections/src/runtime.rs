@@ -667,17 +667,20 @@ mod tests {
             body: serde_json::json!({"n": n}),
         };
         let mut f = Folded::default();
-        f.push(vec![up(1)]);
-        f.push(vec![up(2)]);
-        let (op, n) = f.rows.get(&("rm_calls", a)).unwrap();
-        assert_eq!((op, *n), (&up(2), 2));
-        f.push(vec![RowOp::Delete {
-            table: "rm_calls",
-            id: a,
-        }]);
+        f.push(a, vec![up(1)]);
+        f.push(a, vec![up(2)]);
+        let (op, n, agg) = f.rows.get(&("rm_calls", a)).unwrap();
+        assert_eq!((op, *n, *agg), (&up(2), 2, a));
+        f.push(
+            a,
+            vec![RowOp::Delete {
+                table: "rm_calls",
+                id: a,
+            }],
+        );
         assert!(matches!(
             f.rows.get(&("rm_calls", a)),
-            Some((RowOp::Delete { .. }, 0))
+            Some((RowOp::Delete { .. }, 0, _))
         ));
     }
 

@@ -2,6 +2,7 @@
 //! the same run on the same machine, so the figure that matters is the ratio (VMs are noisy).
 
 use crate::{Config, Part};
+
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -15,6 +16,65 @@ pub enum Which {
     /// N concurrent clients creating and hanging up calls over HTTP, against the raw Postgres
     /// single-row INSERT rate of N connections as baseline.
     Commands(CommandsArgs),
+    /// Read-after-write lag: commands at half the commands benchmark's throughput (measured
+    /// first, in the same run) and the time until each is visible in the query API.
+    Lag(LagArgs),
+    /// Replay speed: a rebuild of the calls read model from a generated log of N events,
+    /// against the raw Postgres read rate (COPY of the same rows) as baseline.
+    Replay(ReplayArgs),
+}
+
+/// Where the benchmarks find the services.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Services {
+    /// Postgres server URL (without database); a fresh database is created and dropped.
+    #[arg(
+        long,
+        env = "VBIN_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub pg: String,
+    /// NATS URL.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// `vbin bench lag` options.
+#[derive(clap::Args, Debug)]
+pub struct LagArgs {
+    /// Clients of the calibration run (as `bench commands`).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds of the calibration run.
+    #[arg(long, default_value_t = 8)]
+    pub calibrate_secs: u64,
+    /// Commands per second to offer instead of half the calibrated throughput.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds of measured load.
+    #[arg(long, default_value_t = 15)]
+    pub duration_secs: u64,
+    /// One call in this many is followed through the query API (polling costs load too).
+    #[arg(long, default_value_t = 5)]
+    pub sample_every: u64,
+    #[command(flatten)]
+    pub services: Services,
+}
+
+/// `vbin bench replay` options.
+#[derive(clap::Args, Debug)]
+pub struct ReplayArgs {
+    /// Events in the generated log (4 per call).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    #[command(flatten)]
+    pub services: Services,
 }
 
 /// `vbin bench commands` options.
@@ -51,16 +111,387 @@ pub struct CommandsArgs {
 /// Runs a benchmark.
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
-        Which::Commands(a) => {
-            let r = commands(&a).await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-            if let Some(p) = &a.json {
-                std::fs::write(p, serde_json::to_vec_pretty(&r)?)?;
-            }
-            Ok(())
-        }
+        Which::Commands(a) => report(commands(&a).await?, a.json.as_deref()),
+        Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
+        Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
     }
 }
+
+fn report(r: Value, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_vec_pretty(&r)?)?;
+    }
+    Ok(())
+}
+
+/// A platform started in-process on a throwaway database, with a customer logged in.
+struct Bench {
+    running: crate::Running,
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    pg: String,
+    db: String,
+}
+
+impl Bench {
+    async fn start(s: &Services, clients: usize, parts: &[Part]) -> anyhow::Result<Self> {
+        let db = format!(
+            "vbin_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let cfg = Config {
+            database_url: format!("{}/{db}", s.pg.trim_end_matches('/')),
+            nats_url: s.nats_url.clone(),
+            redis_url: s.redis_url.clone(),
+            http_addr: "127.0.0.1:0".parse()?,
+            admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
+            jwt_secret: None,
+            db_pool: (clients as u32 + 8).min(64),
+        };
+        let running = crate::start(&cfg, parts).await?;
+        let base = format!("http://{}", running.http_addr.context("no http address")?);
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(clients * 2)
+            .build()?;
+        let user = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let r = http
+            .post(format!("{base}/v1.0/customers"))
+            .bearer_auth(&running.admin_token)
+            .json(&json!({"name": "bench", "username": user, "password": "bench-password"}))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!(
+                "creating the bench customer: {} {}",
+                r.status(),
+                r.text().await?
+            );
+        }
+        let token: Value = http
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"username": user, "password": "bench-password"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = token["token"]
+            .as_str()
+            .context("login gave no token")?
+            .to_string();
+        Ok(Self {
+            running,
+            http,
+            base,
+            token,
+            pg: s.pg.clone(),
+            db,
+        })
+    }
+
+    fn database_url(&self) -> String {
+        format!("{}/{}", self.pg.trim_end_matches('/'), self.db)
+    }
+
+    /// Creates a call that talks for a minute; returns its id and the accept latency.
+    async fn create_call(&self) -> anyhow::Result<(String, Duration)> {
+        let t0 = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/v1.0/calls", self.base))
+            .bearer_auth(&self.token)
+            .json(
+                &json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                           "variables": {"talk_seconds": 60}}),
+            )
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("create call: {}", r.status());
+        }
+        let v: Value = r.json().await?;
+        let id = v["calls"][0]["id"]
+            .as_str()
+            .context("no call id")?
+            .to_string();
+        Ok((id, t0.elapsed()))
+    }
+
+    /// Hangs a call up; returns the accept latency.
+    async fn hangup(&self, id: &str) -> anyhow::Result<Duration> {
+        let t0 = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/v1.0/calls/{id}/hangup", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("hangup: {}", r.status());
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// Polls the query API until the call is visible with a status `done` accepts.
+    async fn wait_visible(&self, id: &str, done: fn(&str) -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .http
+                .get(format!("{}/v1.0/calls/{id}", self.base))
+                .bearer_auth(&self.token)
+                .send()
+                .await?;
+            if r.status().is_success() {
+                let v: Value = r.json().await?;
+                if done(v["status"].as_str().unwrap_or_default()) {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("call {id} not visible after 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.running.shutdown().await;
+        drop_database(&self.pg, &self.db).await;
+    }
+}
+
+/// Creates and hangs up one call per call (two commands), as in `bench commands`.
+fn call_pair(
+    b: &Arc<Bench>,
+) -> impl Fn() -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<Vec<Duration>>> + Send>,
+> + Send
+       + Sync
+       + Clone
+       + 'static {
+    let b = b.clone();
+    move || {
+        let b = b.clone();
+        Box::pin(async move {
+            let (id, created) = b.create_call().await?;
+            let hung = b.hangup(&id).await?;
+            Ok(vec![created, hung])
+        })
+    }
+}
+
+async fn lag(a: &LagArgs) -> anyhow::Result<Value> {
+    let b = Arc::new(Bench::start(&a.services, a.clients, &Part::ALL).await?);
+    let (calibrated, offered) = match a.rate {
+        Some(r) => (None, r),
+        None => {
+            eprintln!(
+                "calibrating: {} clients for {} s...",
+                a.clients, a.calibrate_secs
+            );
+            drive(a.clients, Duration::from_secs(2), call_pair(&b)).await;
+            let l = drive(
+                a.clients,
+                Duration::from_secs(a.calibrate_secs),
+                call_pair(&b),
+            )
+            .await;
+            (Some(rate(&l)), rate(&l) / 2.0)
+        }
+    };
+    eprintln!(
+        "offering {offered:.0} commands/s for {} s...",
+        a.duration_secs
+    );
+    // Open loop: a call (two commands) starts every tick, whatever the latency.
+    let calls_per_sec = offered / 2.0;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / calls_per_sec));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let lags = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(a.duration_secs) {
+        tick.tick().await;
+        n += 1;
+        let (b, lags, errors) = (b.clone(), lags.clone(), errors.clone());
+        let sampled = n % a.sample_every.max(1) == 0;
+        tasks.push(tokio::spawn(async move {
+            let res: anyhow::Result<()> = async {
+                let (id, _) = b.create_call().await?;
+                let accepted = Instant::now();
+                if sampled {
+                    b.wait_visible(&id, |_| true).await?;
+                    let _ = lags
+                        .lock()
+                        .map(|mut h| h.record(accepted.elapsed().as_micros() as u64));
+                }
+                b.hangup(&id).await?;
+                let accepted = Instant::now();
+                if sampled {
+                    b.wait_visible(&id, |s| s == "canceled" || s == "completed")
+                        .await?;
+                    let _ = lags
+                        .lock()
+                        .map(|mut h| h.record(accepted.elapsed().as_micros() as u64));
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = res {
+                if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("lag op failed: {e:#}");
+                }
+            }
+        }));
+    }
+    let offered_secs = started.elapsed().as_secs_f64();
+    futures::future::join_all(tasks).await;
+    let achieved = (n * 2) as f64 / offered_secs;
+    let h = lags
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| Histogram::new(3).expect("histogram"));
+    Arc::try_unwrap(b)
+        .ok()
+        .context("bench still in use")?
+        .stop()
+        .await;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "benchmark": "lag",
+        "calibrated_commands_per_sec": calibrated.map(f64::round),
+        "offered_commands_per_sec": offered.round(),
+        "achieved_commands_per_sec": achieved.round(),
+        "samples": h.len(),
+        "errors": errors.load(Ordering::Relaxed),
+        "lag_p50_ms": ms(0.5),
+        "lag_p95_ms": ms(0.95),
+        "lag_p99_ms": ms(0.99),
+        "lag_max_ms": h.max() as f64 / 1000.0,
+        "target_p99_ms": 50,
+    }))
+}
+
+async fn replay_bench(a: &ReplayArgs) -> anyhow::Result<Value> {
+    let db = format!(
+        "vbin_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let url = format!("{}/{db}", a.services.pg.trim_end_matches('/'));
+    let pool = vbin_migrations::connect_and_migrate(&url, 4).await?;
+    let calls = a.events.div_ceil(4);
+    eprintln!("generating {} events ({calls} calls)...", calls * 4);
+    let t = Instant::now();
+    // Realistic rows: the four events of a sandbox call with their payloads and resource views,
+    // in batches (one transaction each), interleaved across the batch's calls.
+    let batch = 50_000u64;
+    let mut first = 0u64;
+    while first < calls {
+        let last = (first + batch).min(calls);
+        sqlx::query(GENERATE_CALLS)
+            .bind(first as i64)
+            .bind(last as i64)
+            .execute(&pool)
+            .await?;
+        first = last;
+    }
+    let generated = t.elapsed();
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
+
+    // Baseline: Postgres streaming the same rows out (COPY), nothing decoded.
+    eprintln!("baseline: COPY of the log...");
+    let t = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn
+        .copy_out_raw("COPY (SELECT * FROM events ORDER BY tx_id, global_position) TO STDOUT")
+        .await?;
+    let mut bytes = 0usize;
+    while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
+        bytes += chunk?.len();
+    }
+    drop(copy);
+    drop(conn);
+    let copy_secs = t.elapsed().as_secs_f64();
+
+    eprintln!("replaying the calls projection...");
+    let p = vbin_projections::by_name("calls").context("calls projection")?;
+    let report = vbin_projections::replay::replay(
+        &pool,
+        None,
+        p,
+        &vbin_projections::replay::ReplayOptions::default(),
+        |_| {},
+    )
+    .await?;
+    pool.close().await;
+    drop_database(&a.services.pg, &db).await;
+    let baseline = events as f64 / copy_secs;
+    Ok(json!({
+        "benchmark": "replay",
+        "events": events,
+        "generate_secs": (generated.as_secs_f64() * 10.0).round() / 10.0,
+        "replay_secs": (report.seconds * 10.0).round() / 10.0,
+        "replay_events_per_sec": report.events_per_second.round(),
+        "baseline_copy_events_per_sec": baseline.round(),
+        "baseline_copy_mb": bytes / 1_000_000,
+        "ratio": ((report.events_per_second / baseline) * 1000.0).round() / 1000.0,
+        "verify_differences": report.verify.difference_count,
+        "target_events_per_sec": 50_000,
+    }))
+}
+
+/// Inserts calls `$1..$2` (four events each) into the log.
+const GENERATE_CALLS: &str = r#"
+WITH c AS (
+  SELECT i,
+         gen_random_uuid() AS call_id,
+         ('00000000-0000-7000-8000-' || lpad(to_hex(i % 100), 12, '0'))::uuid AS customer_id,
+         '+1555' || lpad((i % 10000000)::text, 7, '0') AS destination,
+         now() - interval '1 day' + (i || ' milliseconds')::interval AS t0
+  FROM generate_series($1::bigint, $2::bigint - 1) AS i
+), e AS (
+  SELECT c.*, s.seq, s.event_type,
+    jsonb_build_object(
+      'id', call_id, 'type', 'call', 'customer_id', customer_id, 'direction', 'outgoing',
+      'source', '+15550001000', 'destination', destination, 'campaign_id', null,
+      'variables', jsonb_build_object('talk_seconds', 2),
+      'status', (ARRAY['dialing','ringing','progressing','completed'])[s.seq],
+      'hangup_by', CASE WHEN s.seq = 4 THEN 'remote' ELSE '' END,
+      'hangup_cause', CASE WHEN s.seq = 4 THEN 'normal_clearing' ELSE '' END,
+      'duration', CASE WHEN s.seq = 4 THEN 2 ELSE 0 END,
+      'tm_create', t0, 'tm_ringing', CASE WHEN s.seq >= 2 THEN t0 + interval '100 ms' END,
+      'tm_progressing', CASE WHEN s.seq >= 3 THEN t0 + interval '600 ms' END,
+      'tm_hangup', CASE WHEN s.seq = 4 THEN t0 + interval '2600 ms' END,
+      'tm_update', t0 + (ARRAY[0, 100, 600, 2600])[s.seq] * interval '1 ms'
+    ) AS resource
+  FROM c CROSS JOIN (VALUES (1, 'call_created'), (2, 'call_ringing'), (3, 'call_progressing'),
+                            (4, 'call_hungup')) AS s(seq, event_type)
+)
+INSERT INTO events (event_id, customer_id, aggregate_type, aggregate_id, sequence, event_type,
+                    event_version, payload, metadata, resource)
+SELECT gen_random_uuid(), customer_id, 'call', call_id, seq, event_type,
+       CASE WHEN seq = 1 THEN '2.0' ELSE '1.0' END,
+       CASE seq
+         WHEN 1 THEN jsonb_build_object('type', event_type, 'call_id', call_id, 'customer_id', customer_id,
+                      'direction', 'outgoing', 'source', '+15550001000', 'destination', destination,
+                      'variables', jsonb_build_object('talk_seconds', 2), 'campaign_id', null,
+                      'dial_timeout_ms', 30000, 'at', t0)
+         WHEN 4 THEN jsonb_build_object('type', event_type, 'hangup_by', 'remote',
+                      'cause', 'normal_clearing', 'at', t0 + interval '2600 ms')
+         ELSE jsonb_build_object('type', event_type, 'at', t0)
+       END,
+       jsonb_build_object('actor', 'system:bench', 'request_id', '', 'correlation_id', call_id::text,
+                          'causation_id', ''),
+       resource
+FROM e ORDER BY seq, i
+"#;
 
 struct Load {
     ops: u64,
@@ -129,101 +560,34 @@ fn rate(l: &Load) -> f64 {
 }
 
 async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
-    let db = format!(
-        "vbin_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let database_url = format!("{}/{db}", a.pg.trim_end_matches('/'));
-    let cfg = Config {
-        database_url: database_url.clone(),
-        nats_url: a.nats_url.clone(),
-        redis_url: a.redis_url.clone(),
-        http_addr: "127.0.0.1:0".parse()?,
-        admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
-        jwt_secret: None,
-        db_pool: (a.clients as u32 + 8).min(64),
-    };
     let parts = if a.only.is_empty() {
         Part::ALL.to_vec()
     } else {
         a.only.clone()
     };
-    let running = crate::start(&cfg, &parts).await?;
-    let base = format!("http://{}", running.http_addr.context("no http address")?);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(a.clients)
-        .build()?;
-    let user = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let r = http
-        .post(format!("{base}/v1.0/customers"))
-        .bearer_auth(&running.admin_token)
-        .json(&json!({"name": "bench", "username": user, "password": "bench-password"}))
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!(
-            "creating the bench customer: {} {}",
-            r.status(),
-            r.text().await?
-        );
-    }
-    let token: Value = http
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"username": user, "password": "bench-password"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = token["token"]
-        .as_str()
-        .context("login gave no token")?
-        .to_string();
-
-    let call_once = {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        move || {
-            let (http, base, token) = (http.clone(), base.clone(), token.clone());
-            async move {
-                let t0 = Instant::now();
-                let r = http
-                    .post(format!("{base}/v1.0/calls"))
-                    .bearer_auth(&token)
-                    .json(
-                        &json!({"source": "+15550001000", "destinations": ["+15550002000"],
-                                   "variables": {"talk_seconds": 60}}),
-                    )
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("create call: {}", r.status());
-                }
-                let v: Value = r.json().await?;
-                let created = t0.elapsed();
-                let id = v["calls"][0]["id"]
-                    .as_str()
-                    .context("no call id")?
-                    .to_string();
-                let t1 = Instant::now();
-                let r = http
-                    .post(format!("{base}/v1.0/calls/{id}/hangup"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("hangup: {}", r.status());
-                }
-                Ok(vec![created, t1.elapsed()])
-            }
-        }
+    let services = Services {
+        pg: a.pg.clone(),
+        nats_url: a.nats_url.clone(),
+        redis_url: a.redis_url.clone(),
+        json: None,
     };
+    let b = Arc::new(Bench::start(&services, a.clients, &parts).await?);
     eprintln!("warming up...");
-    drive(a.clients, Duration::from_secs(2), call_once.clone()).await;
+    drive(a.clients, Duration::from_secs(2), call_pair(&b)).await;
     eprintln!(
         "measuring commands for {} s with {} clients...",
         a.duration_secs, a.clients
     );
-    let cmd = drive(a.clients, Duration::from_secs(a.duration_secs), call_once).await;
-    running.shutdown().await;
+    let cmd = drive(
+        a.clients,
+        Duration::from_secs(a.duration_secs),
+        call_pair(&b),
+    )
+    .await;
+    let database_url = b.database_url();
+    let b = Arc::try_unwrap(b).ok().context("bench still in use")?;
+    b.running.shutdown().await;
+    let db = b.db.clone();
 
     // Baseline: raw single-row INSERTs (autocommit) of a similar row, same concurrency.
     let pool = sqlx::postgres::PgPoolOptions::new()

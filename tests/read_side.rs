@@ -293,6 +293,26 @@ async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
         all_pages(&env, "/v1.0/accesskeys", &tok_a, 10).await.len(),
         1
     );
+    // ... and are nobody else's.
+    assert_eq!(
+        get(&env, &format!("/v1.0/accesskeys/{key_id}"), &tok_b)
+            .await
+            .0,
+        404
+    );
+    assert!(all_pages(&env, "/v1.0/accesskeys", &tok_b, 10)
+        .await
+        .is_empty());
+    let (s, e) = get(
+        &env,
+        &format!("/v1.0/events?resource_type=accesskey&resource_id={key_id}"),
+        &tok_b,
+    )
+    .await;
+    assert_eq!(s, 404, "{e}");
+    let c_b = get(&env, "/v1.0/customer", &tok_b).await.1;
+    assert_ne!(c_b["id"], json!(cust_a.to_string()));
+    assert_ne!(c_b["webhook_secret"], c["webhook_secret"]);
     let (s, _) = env
         .req(
             Method::DELETE,

@@ -70,6 +70,9 @@ pub struct Projection {
     pub aggregate_type: &'static str,
     /// The read-model tables it owns (all of the common shape).
     pub tables: &'static [&'static str],
+    /// Whether `apply` reads the event's `data` (replay leaves it null otherwise, which makes
+    /// reading the log much cheaper; the live runtime always has it).
+    pub uses_data: bool,
     /// Event to row changes. Pure; an error parks the event.
     pub apply: fn(&PublishedEvent) -> Result<Vec<RowOp>, ApplyError>,
 }

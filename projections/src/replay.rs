@@ -22,7 +22,7 @@ use crate::runtime::{projection_lock, write_positions, write_rows, Folded};
 use crate::Projection;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 use vbin_commands::log::{read_after, LogCursor, LogFilter};
 
@@ -112,39 +112,160 @@ fn tables_of(p: &Projection) -> Vec<String> {
     t
 }
 
-/// Folds the next chunk of `p`'s events after `cursor` (only of `only` aggregates, if given)
-/// into the shadow tables, within `tx`. Returns (events, unappliable).
-async fn fold_chunk(
+/// Rows folded in memory and not yet written to the shadow tables.
+#[derive(Default)]
+struct Pending {
+    folded: Folded,
+    positions: BTreeMap<Uuid, i64>,
+    unappliable: u64,
+}
+
+/// Rows kept in memory before they are written: a row touched by several events in that window
+/// is written once (a call's four events usually fall into one window).
+const FLUSH_ROWS: usize = 100_000;
+
+impl Pending {
+    fn fold(&mut self, p: &Projection, events: &[vbin_event_schema::PublishedEvent]) {
+        for e in events {
+            match (p.apply)(e) {
+                Ok(ops) => self.folded.push(e.aggregate_id, ops),
+                Err(err) => {
+                    self.unappliable += 1;
+                    tracing::warn!(projection = p.name, event_id = %e.event_id, error = %err, "replay skips an event the projection cannot apply");
+                }
+            }
+            self.positions.insert(e.aggregate_id, e.sequence);
+        }
+    }
+
+    /// Writes what was folded into the shadow tables (within `tx`); returns the unappliable
+    /// count so far.
+    async fn flush(
+        &mut self,
+        tx: &mut Transaction<'_, Postgres>,
+        p: &Projection,
+    ) -> Result<u64, sqlx::Error> {
+        let taken = std::mem::take(self);
+        write_rows(tx, taken.folded, shadow).await?;
+        write_positions(tx, &shadow(&p.positions_table()), &taken.positions).await?;
+        Ok(taken.unappliable)
+    }
+}
+
+fn filter_of(p: &Projection, only: Option<&[Uuid]>) -> LogFilter {
+    LogFilter {
+        aggregate_type: Some(p.aggregate_type.to_string()),
+        aggregate_ids: only.map(<[Uuid]>::to_vec),
+        view_only: !p.uses_data,
+        ..Default::default()
+    }
+}
+
+/// The bulk pass, without any lock: a reader task streams chunks of the log (decoding them)
+/// while this task folds and writes, in short transactions. Returns (events, unappliable).
+async fn bulk(
+    pool: &PgPool,
+    p: &Projection,
+    cursor: &mut LogCursor,
+    (done_before, total): (u64, u64),
+    progress: &impl Fn(Progress),
+) -> Result<(u64, u64), ReplayError> {
+    let (send, mut recv) = tokio::sync::mpsc::channel(2);
+    let reader = {
+        let (pool, filter, mut cursor) = (pool.clone(), filter_of(p, None), cursor.clone());
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            loop {
+                let events = read_after(&mut conn, &filter, &mut cursor, CHUNK).await?;
+                let last = events.len() < CHUNK as usize;
+                if send.send((events, cursor.clone())).await.is_err() || last {
+                    return Ok::<_, sqlx::Error>(());
+                }
+            }
+        })
+    };
+    // A writer task, so folding the next chunk overlaps writing the previous rows.
+    let (to_writer, mut writes) = tokio::sync::mpsc::channel::<Pending>(1);
+    let writer = {
+        let (pool, p) = (pool.clone(), *p);
+        tokio::spawn(async move {
+            let (mut unappliable, mut writing) = (0u64, Duration::ZERO);
+            while let Some(mut pending) = writes.recv().await {
+                let t = Instant::now();
+                let mut tx = pool.begin().await?;
+                unappliable += pending.flush(&mut tx, &p).await?;
+                tx.commit().await?;
+                writing += t.elapsed();
+            }
+            Ok::<_, sqlx::Error>((unappliable, writing))
+        })
+    };
+    let mut events = 0u64;
+    let mut pending = Pending::default();
+    let (mut waiting, mut folding) = (Duration::ZERO, Duration::ZERO);
+    loop {
+        let t = Instant::now();
+        let Some((chunk, at)) = recv.recv().await else {
+            break;
+        };
+        waiting += t.elapsed();
+        let last = chunk.len() < CHUNK as usize;
+        events += chunk.len() as u64;
+        let t = Instant::now();
+        pending.fold(p, &chunk);
+        drop(chunk);
+        folding += t.elapsed();
+        *cursor = at;
+        if pending.folded.len() >= FLUSH_ROWS || last {
+            if to_writer.send(std::mem::take(&mut pending)).await.is_err() {
+                break; // the writer failed; its error is returned below
+            }
+        }
+        progress(Progress {
+            done: done_before + events,
+            total: total.max(done_before + events),
+        });
+    }
+    drop(to_writer);
+    let (unappliable, writing) = writer
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("replay writer: {e}")))??;
+    reader
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("replay reader: {e}")))??;
+    tracing::debug!(
+        projection = p.name,
+        events,
+        ?waiting,
+        ?folding,
+        ?writing,
+        "replay bulk pass"
+    );
+    Ok((events, unappliable))
+}
+
+/// Folds everything after `cursor` (of `only` aggregates, if given) within `tx` (the final,
+/// locked part). Returns (events, unappliable).
+async fn fold_rest(
     tx: &mut Transaction<'_, Postgres>,
     p: &Projection,
     cursor: &mut LogCursor,
     only: Option<&[Uuid]>,
 ) -> Result<(u64, u64), ReplayError> {
-    let filter = LogFilter {
-        aggregate_type: Some(p.aggregate_type.to_string()),
-        aggregate_ids: only.map(<[Uuid]>::to_vec),
-        ..Default::default()
-    };
-    let events = read_after(tx, &filter, cursor, CHUNK).await?;
-    if events.is_empty() {
-        return Ok((0, 0));
-    }
-    let mut folded = Folded::default();
-    let mut positions: BTreeMap<Uuid, i64> = BTreeMap::new();
-    let mut unappliable = 0;
-    for e in &events {
-        match (p.apply)(e) {
-            Ok(ops) => folded.push(e.aggregate_id, ops),
-            Err(err) => {
-                unappliable += 1;
-                tracing::warn!(projection = p.name, event_id = %e.event_id, error = %err, "replay skips an event the projection cannot apply");
-            }
+    let filter = filter_of(p, only);
+    let (mut events, mut unappliable) = (0u64, 0u64);
+    let mut pending = Pending::default();
+    loop {
+        let chunk = read_after(tx, &filter, cursor, CHUNK).await?;
+        events += chunk.len() as u64;
+        pending.fold(p, &chunk);
+        if pending.folded.len() >= FLUSH_ROWS || chunk.len() < CHUNK as usize {
+            unappliable += pending.flush(tx, p).await?;
         }
-        positions.insert(e.aggregate_id, e.sequence);
+        if chunk.len() < CHUNK as usize {
+            return Ok((events, unappliable));
+        }
     }
-    write_rows(tx, folded, shadow).await?;
-    write_positions(tx, &shadow(&p.positions_table()), &positions).await?;
-    Ok((events.len() as u64, unappliable))
 }
 
 /// Runs each statement (no parameters) in `tx`.
@@ -327,20 +448,11 @@ async fn run(
             create_shadows(&mut tx, &p).await?;
             tx.commit().await?;
             let total = count_events(pool, &p, None).await?;
-            // Bulk pass and catch-up, without blocking the live projection.
-            loop {
-                let mut tx = pool.begin().await?;
-                let (n, u) = fold_chunk(&mut tx, &p, &mut cursor, None).await?;
-                tx.commit().await?;
+            // Bulk pass, then a catch-up pass, without blocking the live projection.
+            for _ in 0..2 {
+                let (n, u) = bulk(pool, &p, &mut cursor, (events, total), progress).await?;
                 events += n;
                 unappliable += u;
-                progress(Progress {
-                    done: events,
-                    total: total.max(events),
-                });
-                if n < CHUNK as u64 {
-                    break;
-                }
             }
             final_tx = pool.begin().await?;
             lock_exclusive(&mut final_tx, &p).await?;
@@ -374,18 +486,13 @@ async fn run(
         }
     }
     // The rest, under the exclusive lock: nothing the live projection applied is missing.
-    loop {
-        let (n, u) = fold_chunk(&mut final_tx, &p, &mut cursor, only.as_deref()).await?;
-        events += n;
-        unappliable += u;
-        progress(Progress {
-            done: events,
-            total: events,
-        });
-        if n < CHUNK as u64 {
-            break;
-        }
-    }
+    let (n, u) = fold_rest(&mut final_tx, &p, &mut cursor, only.as_deref()).await?;
+    events += n;
+    unappliable += u;
+    progress(Progress {
+        done: events,
+        total: events,
+    });
     let verify = compare(&mut final_tx, &p).await?;
     if opts.dry_run {
         final_tx.rollback().await?;

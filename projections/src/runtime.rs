@@ -524,11 +524,22 @@ impl Runtime {
                 for (e, delivered) in sequence {
                     let expected = positions.get(id).copied().unwrap_or(0) + 1;
                     if e.sequence != expected {
-                        // The log itself has a hole: impossible unless rows were removed.
-                        return Err(sqlx::Error::Protocol(format!(
-                            "aggregate {id}: expected sequence {expected}, log has {}",
-                            e.sequence
-                        )));
+                        // The log lacks the events before this one: the event does not come
+                        // from this database (a stream shared by mistake) or rows were removed.
+                        // Park what was delivered for this aggregate; its position stays.
+                        for (e, delivered) in events {
+                            let why = format!(
+                                "sequence {} of aggregate {id} follows no event {} in this database's log",
+                                e.sequence,
+                                expected
+                            );
+                            park(&mut tx, p.name, &DeadLetter::of_event(e, *delivered, why))
+                                .await?;
+                        }
+                        if positions.get(id) == Some(&0) {
+                            positions.remove(id);
+                        }
+                        break;
                     }
                     match (p.apply)(e) {
                         Ok(ops) => folded.push(*id, ops),

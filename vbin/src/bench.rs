@@ -34,15 +34,63 @@ pub struct Services {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pub pg: String,
-    /// NATS URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS URL. By default the benchmark starts its own nats-server (JetStream, temporary
+    /// store): a platform must never share its stream with another one (another `vbin serve`
+    /// on the same NATS would take half of the benchmark's events).
+    #[arg(long)]
+    pub nats_url: Option<String>,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+/// A nats-server started for one benchmark run (killed and its store removed on drop).
+struct PrivateNats {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    url: String,
+}
+
+impl PrivateNats {
+    fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("vbin-bench-nats-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context(
+                "starting nats-server (install it with ./scripts/services, or pass --nats-url)",
+            )?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("nats-server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            child,
+            dir,
+            url: format!("nats://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `vbin bench lag` options.
@@ -60,8 +108,9 @@ pub struct LagArgs {
     /// Seconds of measured load.
     #[arg(long, default_value_t = 15)]
     pub duration_secs: u64,
-    /// One call in this many is followed through the query API (polling costs load too).
-    #[arg(long, default_value_t = 5)]
+    /// One call in this many is followed through the query API, polling every 2 ms (the
+    /// polling is load too: following every call would measure the probe, not the platform).
+    #[arg(long, default_value_t = 20)]
     pub sample_every: u64,
     #[command(flatten)]
     pub services: Services,
@@ -93,9 +142,9 @@ pub struct CommandsArgs {
         default_value = "postgres://postgres@127.0.0.1:5432"
     )]
     pub pg: String,
-    /// NATS URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    /// NATS URL (default: a private nats-server, see `vbin bench lag --help`).
+    #[arg(long)]
+    pub nats_url: Option<String>,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -133,6 +182,7 @@ struct Bench {
     token: String,
     pg: String,
     db: String,
+    _nats: Option<PrivateNats>,
 }
 
 impl Bench {
@@ -141,9 +191,17 @@ impl Bench {
             "vbin_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let (nats, nats_url) = match &s.nats_url {
+            Some(u) => (None, u.clone()),
+            None => {
+                let n = PrivateNats::start()?;
+                let url = n.url.clone();
+                (Some(n), url)
+            }
+        };
         let cfg = Config {
             database_url: format!("{}/{db}", s.pg.trim_end_matches('/')),
-            nats_url: s.nats_url.clone(),
+            nats_url,
             redis_url: s.redis_url.clone(),
             http_addr: "127.0.0.1:0".parse()?,
             admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
@@ -187,6 +245,7 @@ impl Bench {
             token,
             pg: s.pg.clone(),
             db,
+            _nats: nats,
         })
     }
 
@@ -252,7 +311,7 @@ impl Bench {
             if Instant::now() > deadline {
                 bail!("call {id} not visible after 10 s");
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 

@@ -204,6 +204,7 @@ impl FilterArgs {
             aggregate_type: self.aggregate_type.clone(),
             aggregate_ids: None,
             from_position: self.from_position,
+            view_only: false,
         }
     }
 }

@@ -8,6 +8,7 @@ pub const PROJECTION: Projection = Projection {
     name: "calls",
     aggregate_type: "call",
     tables: &["rm_calls"],
+    uses_data: false,
     apply,
 };
 

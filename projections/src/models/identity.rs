@@ -10,6 +10,7 @@ pub const PROJECTION: Projection = Projection {
     name: "customers",
     aggregate_type: "customer",
     tables: &["rm_customers", "rm_agents", "rm_accesskeys"],
+    uses_data: false,
     apply,
 };
 

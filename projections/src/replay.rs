@@ -216,10 +216,9 @@ async fn bulk(
         drop(chunk);
         folding += t.elapsed();
         *cursor = at;
-        if pending.folded.len() >= FLUSH_ROWS || last {
-            if to_writer.send(std::mem::take(&mut pending)).await.is_err() {
-                break; // the writer failed; its error is returned below
-            }
+        let flush = pending.folded.len() >= FLUSH_ROWS || last;
+        if flush && to_writer.send(std::mem::take(&mut pending)).await.is_err() {
+            break; // the writer failed; its error is returned below
         }
         progress(Progress {
             done: done_before + events,

@@ -377,7 +377,7 @@ async fn lag(a: &LagArgs) -> anyhow::Result<Value> {
         tick.tick().await;
         n += 1;
         let (b, lags, errors) = (b.clone(), lags.clone(), errors.clone());
-        let sampled = n % a.sample_every.max(1) == 0;
+        let sampled = n.is_multiple_of(a.sample_every.max(1));
         tasks.push(tokio::spawn(async move {
             let res: anyhow::Result<()> = async {
                 let (id, _) = b.create_call().await?;

@@ -850,3 +850,41 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn log_readers_follow_numeric_commit_order() {
+    // Transaction 1000 committed after 999: every in-order reader (relay, replay, export) must
+    // return 999 first; sorting the text form would put "1000" first and skip 999 for ever.
+    let env = Env::start().await;
+    let customer = Uuid::now_v7();
+    for (tx, seq) in [(999i64, 1i64), (1000, 2)] {
+        sqlx::query(
+            "INSERT INTO events (event_id, tx_id, customer_id, aggregate_type, aggregate_id, \
+             sequence, event_type, event_version, payload, metadata, resource) \
+             VALUES ($1, $2::text::xid8, $3, 'ordertest', $3, $4, 'probe', '1.0', '{}', '{}', '{}')",
+        )
+        .bind(Uuid::now_v7())
+        .bind(tx.to_string())
+        .bind(customer)
+        .bind(seq)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let filter = vbin_commands::log::LogFilter {
+        aggregate_type: Some("ordertest".into()),
+        ..Default::default()
+    };
+    let mut cursor = vbin_commands::log::LogCursor::start();
+    let mut conn = env.pool.acquire().await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        for e in vbin_commands::log::read_after(&mut conn, &filter, &mut cursor, 1)
+            .await
+            .unwrap()
+        {
+            seen.push(e.sequence);
+        }
+    }
+    assert_eq!(seen, [1, 2], "commit order by number, nothing skipped");
+}

@@ -10,13 +10,16 @@ use sqlx::Row;
 use uuid::Uuid;
 use vbin_event_schema::{CustomerEvent, PublishedEvent};
 
-/// The columns [`published_from_row`] expects, in order (`tx_id` first, as text).
-pub const EVENT_COLUMNS: &str = "tx_id::text, event_id, event_type, event_version, recorded_at, \
+/// The columns [`published_from_row`] expects, in order (`tx_id` first, as text). The text
+/// column must not be called `tx_id`: `ORDER BY tx_id` would then sort by the text (Postgres
+/// resolves ORDER BY names against output columns first), putting transaction 1000 before 999
+/// and making an in-order reader skip events for ever.
+pub const EVENT_COLUMNS: &str = "tx_id::text AS tx_text, event_id, event_type, event_version, recorded_at, \
      customer_id, aggregate_type, aggregate_id, sequence, global_position, metadata, payload, resource";
 
 /// [`EVENT_COLUMNS`] with `metadata` and `payload` left out (as JSON null): for readers that
 /// need only the resource view (replay of most read models), where decoding JSON dominates.
-pub const VIEW_COLUMNS: &str = "tx_id::text, event_id, event_type, event_version, recorded_at, \
+pub const VIEW_COLUMNS: &str = "tx_id::text AS tx_text, event_id, event_type, event_version, recorded_at, \
      customer_id, aggregate_type, aggregate_id, sequence, global_position, 'null'::jsonb, 'null'::jsonb, resource";
 
 /// A row selected with [`EVENT_COLUMNS`] as `(tx_id, envelope)`.

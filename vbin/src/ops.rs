@@ -248,7 +248,7 @@ pub async fn events(cmd: EventsCmd) -> anyhow::Result<()> {
             let mut conn = pool.acquire().await?;
             // Start `lines` events before the end (of the filtered log).
             let start: Option<(String, i64)> = sqlx::query_as(
-                "SELECT tx_id::text, global_position FROM events \
+                "SELECT tx_id::text AS tx_text, global_position FROM events \
                  WHERE ($1::uuid IS NULL OR customer_id = $1) AND ($2::text IS NULL OR aggregate_type = $2) \
                    AND ($3::bigint IS NULL OR global_position >= $3) \
                  ORDER BY tx_id DESC, global_position DESC OFFSET $4 LIMIT 1",

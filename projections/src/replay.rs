@@ -291,12 +291,20 @@ async fn create_shadows(
             tx,
             &[
                 format!("DROP TABLE IF EXISTS {s}"),
-                format!("CREATE TABLE {s} (LIKE {t} INCLUDING ALL)"),
+                format!("CREATE UNLOGGED TABLE {s} (LIKE {t} INCLUDING ALL)"),
             ],
         )
         .await?;
     }
     Ok(())
+}
+
+async fn set_logged(tx: &mut Transaction<'_, Postgres>, p: &Projection) -> Result<(), sqlx::Error> {
+    let statements: Vec<String> = tables_of(p)
+        .iter()
+        .map(|t| format!("ALTER TABLE {} SET LOGGED", shadow(t)))
+        .collect();
+    exec_all(tx, &statements).await
 }
 
 async fn drop_shadows(pool: &PgPool, p: &Projection) -> Result<(), sqlx::Error> {
@@ -448,11 +456,17 @@ async fn run(
             tx.commit().await?;
             let total = count_events(pool, &p, None).await?;
             // Bulk pass, then a catch-up pass, without blocking the live projection.
-            for _ in 0..2 {
-                let (n, u) = bulk(pool, &p, &mut cursor, (events, total), progress).await?;
-                events += n;
-                unappliable += u;
-            }
+            let (n, u) = bulk(pool, &p, &mut cursor, (events, total), progress).await?;
+            events += n;
+            unappliable += u;
+            // The bulk load went to unlogged tables (no per-row WAL); make them crash-safe now,
+            // outside the lock (this rewrites each table once), before they can become live.
+            let mut tx = pool.begin().await?;
+            set_logged(&mut tx, &p).await?;
+            tx.commit().await?;
+            let (n, u) = bulk(pool, &p, &mut cursor, (events, total), progress).await?;
+            events += n;
+            unappliable += u;
             final_tx = pool.begin().await?;
             lock_exclusive(&mut final_tx, &p).await?;
             only = None;
@@ -479,6 +493,7 @@ async fn run(
                 .execute(&mut *final_tx)
                 .await?;
             }
+            set_logged(&mut final_tx, &p).await?;
             let total = count_events(pool, &p, Some(&affected)).await?;
             progress(Progress { done: 0, total });
             only = Some(affected);

@@ -135,22 +135,8 @@ pub struct CommandsArgs {
     /// Seconds of measured load for each of the two runs.
     #[arg(long, default_value_t = 15)]
     pub duration_secs: u64,
-    /// Postgres server URL (without database); a fresh database is created and dropped.
-    #[arg(
-        long,
-        env = "VBIN_BENCH_PG",
-        default_value = "postgres://postgres@127.0.0.1:5432"
-    )]
-    pub pg: String,
-    /// NATS URL (default: a private nats-server, see `vbin bench lag --help`).
-    #[arg(long)]
-    pub nats_url: Option<String>,
-    /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Also write the result as JSON to this file.
-    #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub services: Services,
     /// Run only these platform parts during the load (diagnostics; default: all, as in
     /// production, so relay and carrier work is part of the measured cost).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -160,7 +146,7 @@ pub struct CommandsArgs {
 /// Runs a benchmark.
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
-        Which::Commands(a) => report(commands(&a).await?, a.json.as_deref()),
+        Which::Commands(a) => report(commands(&a).await?, a.services.json.as_deref()),
         Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
         Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
     }
@@ -624,13 +610,7 @@ async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
     } else {
         a.only.clone()
     };
-    let services = Services {
-        pg: a.pg.clone(),
-        nats_url: a.nats_url.clone(),
-        redis_url: a.redis_url.clone(),
-        json: None,
-    };
-    let b = Arc::new(Bench::start(&services, a.clients, &parts).await?);
+    let b = Arc::new(Bench::start(&a.services, a.clients, &parts).await?);
     eprintln!("warming up...");
     drive(a.clients, Duration::from_secs(2), call_pair(&b)).await;
     eprintln!(
@@ -678,7 +658,7 @@ async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
         .await
     };
     pool.close().await;
-    drop_database(&a.pg, &db).await;
+    drop_database(&a.services.pg, &db).await;
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(json!({

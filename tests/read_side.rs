@@ -252,16 +252,21 @@ async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
     assert_ne!(c["webhook_secret"], json!(secret));
 
     // Agents and access keys: created ones appear (without secrets), deleted ones go away.
+    let ann = format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]);
     let (s, agent) = env
         .post(
             "/v1.0/agents",
             &tok_a,
-            json!({"username": format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]),
-                   "password": "password123", "name": "Ann", "permission": "agent"}),
+            json!({"username": ann, "password": "password123", "name": "Ann", "permission": "agent"}),
         )
         .await;
     assert_eq!(s, 200, "{agent}");
     let agent_id = agent["id"].as_str().unwrap().to_string();
+    // A plain agent sees the customer, but not its webhook secret.
+    let tok_ann = env.login(&ann, "password123").await.unwrap();
+    let c_ann = get(&env, "/v1.0/customer", &tok_ann).await.1;
+    assert_eq!(c_ann["id"], json!(cust_a.to_string()));
+    assert!(c_ann.get("webhook_secret").is_none(), "{c_ann}");
     let a = wait_get(
         &env,
         &format!("/v1.0/agents/{agent_id}"),

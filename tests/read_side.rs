@@ -572,23 +572,30 @@ async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
     );
 }
 
-#[tokio::test]
-async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
-    let mut env = Env::start().await;
-    let (_, tok, _) = env.customer().await;
+/// A call that is answered and talks for a minute, read once it shows `progressing` (so the
+/// query API has cached it); returns its id and GET path.
+async fn cached_talking_call(env: &Env, tok: &str, destination: &str) -> (Uuid, String) {
     let id = env
         .calls(
-            &tok,
-            &["+15555000001"],
+            tok,
+            &[destination],
             json!({"variables": {"talk_seconds": 60}}),
         )
         .await[0];
     let path = format!("/v1.0/calls/{id}");
-    wait_get(&env, &path, &tok, Duration::from_secs(10), |s, v| {
+    wait_get(env, &path, tok, Duration::from_secs(10), |s, v| {
         s == 200 && status(v) == "progressing"
     })
     .await;
-    get(&env, &path, &tok).await; // now cached
+    get(env, &path, tok).await; // now cached
+    (id, path)
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let (id, path) = cached_talking_call(&env, &tok, "+15555000001").await;
     let mut r = env.redis.conn().await;
     let cached: Option<String> = redis::cmd("GET")
         .arg(format!("vbin:rm:rm_calls:{id}"))
@@ -619,19 +626,7 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
 
     // Redis answers reads but refuses writes (so the projection's invalidation fails and the
     // old value stays readable) while another call ends: the old value must never come back.
-    let id3 = env
-        .calls(
-            &tok,
-            &["+15555000003"],
-            json!({"variables": {"talk_seconds": 60}}),
-        )
-        .await[0];
-    let path3 = format!("/v1.0/calls/{id3}");
-    wait_get(&env, &path3, &tok, Duration::from_secs(10), |s, v| {
-        s == 200 && status(v) == "progressing"
-    })
-    .await;
-    get(&env, &path3, &tok).await; // cached
+    let (_, path3) = cached_talking_call(&env, &tok, "+15555000003").await;
     let mut r = env.redis.conn().await;
     let refuse_writes = |on: bool| {
         redis::cmd("CONFIG")

@@ -159,18 +159,20 @@ pub async fn get_row(
     // After an outage this process may have missed invalidations: apply the pending ones
     // before trusting any hit (until that works, read Postgres only).
     let cache = match &state.cache {
-        Some(c) if c.needs_resync().is_some() => {
-            let mark = c.needs_resync().unwrap_or_default();
-            match vbin_projections::runtime::sweep_once(&state.pool, c, Duration::ZERO).await {
-                Ok(n) => {
-                    tracing::info!(applied = n, "redis is back; pending invalidations applied");
-                    c.resynced(mark);
-                    Some(c)
+        Some(c) => match c.needs_resync() {
+            None => Some(c),
+            Some(mark) => {
+                match vbin_projections::runtime::sweep_once(&state.pool, c, Duration::ZERO).await {
+                    Ok(n) => {
+                        tracing::info!(applied = n, "redis is back; pending invalidations applied");
+                        c.resynced(mark);
+                        Some(c)
+                    }
+                    Err(_) => None,
                 }
-                Err(_) => None,
             }
-        }
-        other => other.as_ref(),
+        },
+        None => None,
     };
     if let Some(cache) = cache {
         match cache.get(table, id).await {

@@ -1,11 +1,18 @@
 //! vbin's aggregates. Pure: no I/O, no clock, no randomness — commands carry timestamps,
 //! generated ids, hashes and secrets, so that `handle` is a deterministic decision.
 
+pub mod billing;
 pub mod call;
+pub mod campaign;
 pub mod customer;
 mod error;
 
+pub use billing::{BillingAccount, BillingCommand};
 pub use call::{Call, CallCommand, HangupRequest, NewCall};
+pub use campaign::{
+    Campaign, CampaignCommand, NewCampaign, NewOutplan, Outdial, OutdialCommand, Outplan,
+    OutplanCommand, Target, TargetCommand,
+};
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
 

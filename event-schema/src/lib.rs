@@ -5,13 +5,17 @@
 //! serialize; an event is never edited, so a change of shape means a new version plus an
 //! upcaster in [`upcast`].
 
+pub mod billing;
 pub mod call;
+pub mod campaign;
 pub mod customer;
 pub mod envelope;
 pub mod types;
 pub mod upcast;
 
+pub use billing::BillingEvent;
 pub use call::CallEvent;
+pub use campaign::*;
 pub use customer::CustomerEvent;
 pub use envelope::{subject_for, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
 pub use types::*;

@@ -68,6 +68,26 @@ id_type!(
     /// A campaign.
     CampaignId
 );
+id_type!(
+    /// A billing record (one charge).
+    BillingId
+);
+id_type!(
+    /// An outplan (a campaign's dial policy).
+    OutplanId
+);
+id_type!(
+    /// An outdial (a list of targets).
+    OutdialId
+);
+id_type!(
+    /// A target of an outdial (one party to reach, up to 5 numbers).
+    TargetId
+);
+id_type!(
+    /// A queue of calls waiting for agents.
+    QueueId
+);
 
 /// A value that failed validation, with a message fit for an API client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,62 +3,11 @@
 
 mod common;
 
-use common::Env;
+use common::{all_pages, get, wait_get, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-async fn get(env: &Env, path: &str, token: &str) -> (u16, Value) {
-    env.req(Method::GET, path, Some(token), None).await
-}
-
-/// Polls `path` until `done` holds for its answer (or panics after `within`).
-async fn wait_get(
-    env: &Env,
-    path: &str,
-    token: &str,
-    within: Duration,
-    done: impl Fn(u16, &Value) -> bool,
-) -> Value {
-    let t = Instant::now();
-    loop {
-        let (s, v) = get(env, path, token).await;
-        if done(s, &v) {
-            return v;
-        }
-        assert!(
-            t.elapsed() < within,
-            "GET {path} never satisfied the condition: {s} {v}; log {}",
-            env.platform.log_path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Every item of a list endpoint, page by page.
-async fn all_pages(env: &Env, path: &str, token: &str, page_size: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut token_q = String::new();
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let (s, v) = get(
-            env,
-            &format!("{path}{sep}page_size={page_size}{token_q}"),
-            token,
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
-        let items = v["result"].as_array().unwrap();
-        assert!(items.len() <= page_size);
-        out.extend(items.iter().cloned());
-        let next = v["next_page_token"].as_str().unwrap();
-        if next.is_empty() {
-            return out;
-        }
-        token_q = format!("&page_token={next}");
-    }
-}
 
 fn status(v: &Value) -> &str {
     v["status"].as_str().unwrap_or_default()
@@ -349,7 +298,7 @@ async fn audit_trail_shows_actor_data_and_before_state() {
         )
         .await[0];
     env.wait_call_end(id, Duration::from_secs(10)).await;
-    let log = env.events_of(id).await;
+    let log = env.events_of("call", id).await;
 
     let trail = all_pages(
         &env,
@@ -460,39 +409,16 @@ async fn projections_apply_each_event_once_with_several_instances_and_redelivery
 
     // Force redelivery of the whole stream: drop the durable consumers; the instances
     // recreate them and get every event again. Nothing may change.
-    let js = env.nats.client().await;
-    let stream = js.get_stream("VBIN_EVENTS").await.unwrap();
-    for name in ["projection-calls", "projection-customers"] {
-        stream.delete_consumer(name).await.unwrap();
-    }
     let applied_before: i64 =
         sqlx::query_scalar("SELECT sum(events_applied)::bigint FROM projection_checkpoints")
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    let t = Instant::now();
-    loop {
-        let mut pending = 0;
-        let mut present = 0;
-        for name in ["projection-calls", "projection-customers"] {
-            if let Ok(mut c) = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
-                .await
-            {
-                let info = c.info().await.unwrap();
-                present += 1;
-                pending += info.num_pending + info.num_ack_pending as u64;
-            }
-        }
-        if present == 2 && pending == 0 {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "redelivery did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.redeliver_all(
+        &["projection-calls", "projection-customers"],
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         converged().await,
         0,

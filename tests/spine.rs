@@ -304,7 +304,7 @@ async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order(
     assert_eq!(finals[0]["duration"], 1);
     assert!(finals[0]["tm_ringing"].is_string() && finals[0]["tm_progressing"].is_string());
     let types: Vec<String> = env
-        .events_of(ids[0])
+        .events_of("call", ids[0])
         .await
         .into_iter()
         .map(|e| e.1)
@@ -324,11 +324,14 @@ async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order(
     let msgs = env.wait_all_published(Duration::from_secs(20)).await;
     let log = env.log_event_ids().await;
     assert_eq!(msgs.len(), log.len(), "no duplicates in the stream");
-    let mut last_seq: HashMap<Uuid, i64> = HashMap::new();
+    // Sequences are per aggregate (type, id): a customer and its billing account share an id.
+    let mut last_seq: HashMap<(String, Uuid), i64> = HashMap::new();
     for (msg_id, e) in &msgs {
         assert_eq!(msg_id, &e.event_id.to_string());
         assert_eq!(e.customer_id, customer);
-        let prev = last_seq.insert(e.aggregate_id, e.sequence).unwrap_or(0);
+        let prev = last_seq
+            .insert((e.aggregate_type.clone(), e.aggregate_id), e.sequence)
+            .unwrap_or(0);
         assert_eq!(
             e.sequence,
             prev + 1,
@@ -378,7 +381,7 @@ async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
     let (s, again) = env.post(&path, &token, json!({})).await;
     assert_eq!((s, &again["status"]), (200, &v["status"]));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let evs = env.events_of(id).await;
+    let evs = env.events_of("call", id).await;
     assert_eq!(evs.last().unwrap().1, "call_hungup");
     assert_eq!(evs.iter().filter(|e| e.1 == "call_hungup").count(), 1);
     assert_eq!(env.call_state(id).await["status"], "canceled");
@@ -430,7 +433,7 @@ async fn concurrent_commands_on_one_aggregate_are_retried_not_lost() {
         assert_eq!(*s, 200, "{v}");
     }
     let seqs: Vec<i64> = env
-        .events_of(customer)
+        .events_of("customer", customer)
         .await
         .into_iter()
         .map(|e| e.0)
@@ -628,8 +631,10 @@ async fn one_relay_publishes_at_a_time_and_a_standby_takes_over() {
     let leases = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND objsubid = 1 AND classid::bigint = ($1 >> 32) AND objid::bigint = ($1 & 4294967295)",
         )
+        .bind(vbin_commands::relay::RELAY_LOCK_KEY)
         .fetch_one(&env.pool)
         .await
         .unwrap()

@@ -11,7 +11,9 @@ use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_domain::{Call, Customer, DomainError, ResourceView};
+use vbin_domain::{
+    BillingAccount, Call, Campaign, Customer, DomainError, Outdial, Outplan, ResourceView, Target,
+};
 use vbin_event_schema::CustomerId;
 
 /// How aggregates are stored: their owner and snapshot policy.
@@ -31,12 +33,25 @@ impl StoredAggregate for Customer {
     }
 }
 
-impl StoredAggregate for Call {
-    const SNAPSHOT_EVERY: Option<usize> = None;
+impl StoredAggregate for BillingAccount {
+    const SNAPSHOT_EVERY: Option<usize> = Some(100);
     fn owner(&self) -> Option<CustomerId> {
-        self.id.map(|_| self.customer_id)
+        self.customer_id
     }
 }
+
+/// Implements `StoredAggregate` for aggregates with `id: Option<_>` and `customer_id`.
+macro_rules! owned_by_customer_field {
+    ($($agg:ty => $snap:expr),* $(,)?) => {$(
+        impl StoredAggregate for $agg {
+            const SNAPSHOT_EVERY: Option<usize> = $snap;
+            fn owner(&self) -> Option<CustomerId> {
+                self.id.map(|_| self.customer_id)
+            }
+        }
+    )*};
+}
+owned_by_customer_field!(Call => None, Outplan => None, Outdial => None, Target => None, Campaign => Some(50));
 
 /// Why a command did not produce its events.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +65,9 @@ pub enum ExecError {
     /// A uniqueness rule failed.
     #[error("{0} is already taken")]
     Taken(&'static str),
+    /// A command with the same once-key was applied before (nothing was appended).
+    #[error("already applied")]
+    AlreadyApplied,
     /// Storage failed.
     #[error("event store: {0}")]
     Store(String),
@@ -74,7 +92,13 @@ pub struct Executed<A> {
 pub struct Executor {
     repo: PgEventRepository,
     cache: moka::sync::Cache<(&'static str, Uuid), Arc<dyn Any + Send + Sync>>,
+    /// Commands on one aggregate run one at a time in this process (striped by id): without
+    /// it, concurrent commands on a busy aggregate (a campaign) would collide on the sequence
+    /// and burn their retries.
+    stripes: Arc<[tokio::sync::Mutex<()>]>,
 }
+
+const STRIPES: usize = 1024;
 
 /// Aggregates kept in memory per process.
 const CACHE_CAPACITY: u64 = 100_000;
@@ -88,7 +112,19 @@ impl Executor {
             .max_capacity(CACHE_CAPACITY)
             .time_to_idle(Duration::from_secs(600))
             .build();
-        Self { repo, cache }
+        let stripes = (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self {
+            repo,
+            cache,
+            stripes,
+        }
+    }
+
+    fn stripe(&self, kind: &'static str, id: Uuid) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (kind, id).hash(&mut h);
+        &self.stripes[(h.finish() as usize) % self.stripes.len()]
     }
 
     fn cached<A: StoredAggregate>(&self, id: Uuid) -> Option<(A, usize)> {
@@ -171,6 +207,7 @@ impl Executor {
     where
         A::Command: Clone,
     {
+        let _serial = self.stripe(A::TYPE, id).lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -230,6 +267,7 @@ impl Executor {
                     return Err(ExecError::Conflict);
                 }
                 Err(AppendError::Taken(what)) => return Err(ExecError::Taken(what)),
+                Err(AppendError::AlreadyApplied) => return Err(ExecError::AlreadyApplied),
                 Err(AppendError::Database(e)) => return Err(ExecError::Store(e.to_string())),
             }
         }

@@ -1,15 +1,57 @@
 //! Inline projections: lookup tables the command side needs exact at commit time (logins,
-//! access keys and webhook secrets), updated in the same transaction as the events that change them. Read models
-//! proper are built asynchronously by the projections crate.
+//! access keys, webhook secrets and balances), updated in the same transaction as the events
+//! that change them. Read models proper are built asynchronously by the projections crate.
 
 use crate::store::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vbin_event_schema::CustomerEvent;
+use vbin_event_schema::{BillingEvent, CustomerEvent};
 
 /// Whether appends to this aggregate type update lookup tables (and so need a transaction).
 pub fn applies_to(aggregate_type: &str) -> bool {
-    aggregate_type == "customer"
+    matches!(aggregate_type, "customer" | "billing_account")
+}
+
+/// Keeps `billing_balances` equal to the account's state.
+async fn apply_billing(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        let event: BillingEvent = serde_json::from_value(e.payload.clone())
+            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        let (balance, rate) = match event {
+            BillingEvent::BillingAccountCreated {
+                balance_micros,
+                rate_micros_per_minute,
+                ..
+            } => (Some(balance_micros.0), Some(rate_micros_per_minute.0)),
+            BillingEvent::BillingAccountBalanceAdded { balance_micros, .. } => {
+                (Some(balance_micros.0), None)
+            }
+            BillingEvent::BillingAccountRateChanged {
+                rate_micros_per_minute,
+                ..
+            } => (None, Some(rate_micros_per_minute.0)),
+            BillingEvent::BillingRecorded {
+                balance_after_micros,
+                ..
+            } => (Some(balance_after_micros.0), None),
+        };
+        sqlx::query(
+            "INSERT INTO billing_balances (customer_id, balance_micros, rate_micros_per_minute) \
+             VALUES ($1, COALESCE($2, 0), COALESCE($3, 0)) ON CONFLICT (customer_id) DO UPDATE \
+             SET balance_micros = COALESCE($2, billing_balances.balance_micros), \
+                 rate_micros_per_minute = COALESCE($3, billing_balances.rate_micros_per_minute)",
+        )
+        .bind(customer_id)
+        .bind(balance)
+        .bind(rate)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Applies the events of one append to the lookup tables.
@@ -19,8 +61,10 @@ pub async fn apply(
     customer_id: Uuid,
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
-    if !applies_to(aggregate_type) {
-        return Ok(());
+    match aggregate_type {
+        "customer" => {}
+        "billing_account" => return apply_billing(tx, customer_id, events).await,
+        _ => return Ok(()),
     }
     for e in events {
         let event: CustomerEvent = serde_json::from_value(e.payload.clone())

@@ -43,6 +43,10 @@ pub struct CommandMeta {
     /// The tenant the command is for (also the events' `customer_id` column).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<Uuid>,
+    /// A process manager's once-key (e.g. `billing:<call id>`): the command's events are
+    /// appended only if no command with this key was applied before (not stored in events).
+    #[serde(skip)]
+    pub once_key: Option<String>,
 }
 
 impl CommandMeta {
@@ -54,6 +58,7 @@ impl CommandMeta {
             correlation_id: request_id.to_string(),
             causation_id: request_id.to_string(),
             customer_id,
+            once_key: None,
         }
     }
 
@@ -70,7 +75,16 @@ impl CommandMeta {
             correlation_id: correlation,
             causation_id: event_id.to_string(),
             customer_id: None,
+            once_key: None,
         }
+    }
+
+    /// The same metadata for the tenant `customer_id` with a once-key (see
+    /// [`CommandMeta::once_key`]).
+    pub fn once(mut self, customer_id: Uuid, key: String) -> Self {
+        self.customer_id = Some(customer_id);
+        self.once_key = Some(key);
+        self
     }
 
     /// As stored: string values only (the event table keeps `customer_id` in a column).

@@ -59,6 +59,9 @@ pub enum AppendError {
     /// A command-side uniqueness rule (e.g. a username) was violated.
     #[error("{0} is already taken")]
     Taken(&'static str),
+    /// A command with the same once-key was applied before.
+    #[error("already applied")]
+    AlreadyApplied,
     /// The database failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -168,10 +171,20 @@ impl PgEventRepository {
         .bind(&resources);
         // One statement is atomic by itself: skip BEGIN/COMMIT round trips when nothing else
         // has to be written with the events.
-        let inserted = if snapshot.is_none() && !inline::applies_to(aggregate_type) {
+        let inserted = if snapshot.is_none()
+            && !inline::applies_to(aggregate_type)
+            && meta.once_key.is_none()
+        {
             insert.fetch_all(&self.pool).await.map_err(classify)?
         } else {
             let mut tx = self.pool.begin().await?;
+            if let Some(key) = &meta.once_key {
+                sqlx::query("INSERT INTO processed_commands (key) VALUES ($1)")
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
             let inserted = insert.fetch_all(&mut *tx).await.map_err(classify)?;
             inline::apply(&mut tx, aggregate_type, customer_id, events)
                 .await
@@ -217,6 +230,7 @@ fn classify(e: sqlx::Error) -> AppendError {
         if db.code().as_deref() == Some("23505") {
             return match db.constraint() {
                 Some("auth_agents_username_key") => AppendError::Taken("username"),
+                Some("processed_commands_pkey") => AppendError::AlreadyApplied,
                 _ => AppendError::Conflict,
             };
         }

@@ -38,20 +38,33 @@ pub enum RowOp {
         /// Row id.
         id: Uuid,
     },
+    /// Merge `patch` (an object) into the body of the existing row `id` (top-level keys
+    /// replaced, as Postgres `||`); nothing if the row does not exist. For events whose
+    /// resource is another row (a billing record) but which also change this one.
+    Patch {
+        /// Logical table name.
+        table: &'static str,
+        /// Row id.
+        id: Uuid,
+        /// Keys to set.
+        patch: Value,
+    },
 }
 
 impl RowOp {
     /// The table this op writes.
     pub fn table(&self) -> &'static str {
         match self {
-            RowOp::Upsert { table, .. } | RowOp::Delete { table, .. } => table,
+            RowOp::Upsert { table, .. }
+            | RowOp::Delete { table, .. }
+            | RowOp::Patch { table, .. } => table,
         }
     }
 
     /// The row this op writes.
     pub fn id(&self) -> Uuid {
         match self {
-            RowOp::Upsert { id, .. } | RowOp::Delete { id, .. } => *id,
+            RowOp::Upsert { id, .. } | RowOp::Delete { id, .. } | RowOp::Patch { id, .. } => *id,
         }
     }
 }
@@ -91,7 +104,15 @@ impl Projection {
 
 /// Every projection, in the order `vbin replay` rebuilds them.
 pub fn all() -> &'static [Projection] {
-    &[models::calls::PROJECTION, models::identity::PROJECTION]
+    &[
+        models::calls::PROJECTION,
+        models::identity::PROJECTION,
+        models::billing::PROJECTION,
+        models::campaigns::OUTPLANS,
+        models::campaigns::OUTDIALS,
+        models::campaigns::TARGETS,
+        models::campaigns::CAMPAIGNS,
+    ]
 }
 
 /// The projection called `name`.
@@ -109,6 +130,15 @@ pub fn upsert_resource(table: &'static str, event: &PublishedEvent) -> Result<Ro
         customer_id: event.customer_id,
         body: event.resource.clone(),
     })
+}
+
+/// Merges the top-level keys of `patch` into `body` (what Postgres `body || patch` does).
+pub fn merge_into(body: &mut Value, patch: &Value) {
+    if let (Value::Object(b), Value::Object(p)) = (body, patch) {
+        for (k, v) in p {
+            b.insert(k.clone(), v.clone());
+        }
+    }
 }
 
 /// The `id` of a resource view.

@@ -85,12 +85,64 @@ impl Folded {
     pub fn push(&mut self, aggregate_id: Uuid, ops: Vec<RowOp>) {
         for op in ops {
             let k = (op.table(), op.id());
-            let n = match (&op, self.rows.get(&k)) {
-                (RowOp::Upsert { .. }, Some((_, n, _))) => n + 1,
-                (RowOp::Upsert { .. }, None) => 1,
-                (RowOp::Delete { .. }, _) => 0,
+            let prior = self.rows.remove(&k);
+            let folded = match (op, prior) {
+                (op @ RowOp::Delete { .. }, _) => (op, 0),
+                (op @ RowOp::Upsert { .. }, Some((_, n, _))) => (op, n + 1),
+                (op @ RowOp::Upsert { .. }, None) => (op, 1),
+                // A patch onto a row this run wrote or patched merges into that op.
+                (
+                    RowOp::Patch { patch, .. },
+                    Some((
+                        RowOp::Upsert {
+                            table,
+                            id,
+                            customer_id,
+                            mut body,
+                        },
+                        n,
+                        _,
+                    )),
+                ) => {
+                    crate::merge_into(&mut body, &patch);
+                    (
+                        RowOp::Upsert {
+                            table,
+                            id,
+                            customer_id,
+                            body,
+                        },
+                        n + 1,
+                    )
+                }
+                (
+                    RowOp::Patch { patch, .. },
+                    Some((
+                        RowOp::Patch {
+                            table,
+                            id,
+                            patch: mut p0,
+                        },
+                        n,
+                        _,
+                    )),
+                ) => {
+                    crate::merge_into(&mut p0, &patch);
+                    (
+                        RowOp::Patch {
+                            table,
+                            id,
+                            patch: p0,
+                        },
+                        n + 1,
+                    )
+                }
+                (RowOp::Patch { .. }, Some(deleted @ (RowOp::Delete { .. }, _, _))) => {
+                    (deleted.0, deleted.1)
+                }
+                (op @ RowOp::Patch { .. }, None) => (op, 1),
             };
-            self.rows.insert(k, (op, n, aggregate_id));
+            self.rows.insert(k, (folded.0, folded.1, aggregate_id));
         }
     }
 
@@ -114,6 +166,9 @@ struct TableWrites {
     bodies: Vec<serde_json::Value>,
     counts: Vec<i64>,
     deletes: Vec<Uuid>,
+    patch_ids: Vec<Uuid>,
+    patches: Vec<serde_json::Value>,
+    patch_counts: Vec<i64>,
 }
 
 /// Writes folded rows into the tables named by `physical(table)`; returns each row's cache key
@@ -137,6 +192,11 @@ pub async fn write_rows(
                 e.counts.push(n);
             }
             RowOp::Delete { .. } => e.deletes.push(id),
+            RowOp::Patch { patch, .. } => {
+                e.patch_ids.push(id);
+                e.patches.push(patch);
+                e.patch_counts.push(n);
+            }
         }
     }
     let mut keys = Vec::new();
@@ -148,6 +208,9 @@ pub async fn write_rows(
             bodies,
             counts,
             deletes,
+            patch_ids,
+            patches,
+            patch_counts,
         } = w;
         let t = physical(table);
         if !ids.is_empty() {
@@ -164,6 +227,21 @@ pub async fn write_rows(
             .bind(&aggregates)
             .bind(&bodies)
             .bind(&counts)
+            .fetch_all(&mut **tx)
+            .await?;
+            for r in rows {
+                keys.push((cache::key(table, r.try_get(0)?), r.try_get(1)?));
+            }
+        }
+        if !patch_ids.is_empty() {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {t} AS t SET body = t.body || p.patch, version = t.version + p.n \
+                 FROM UNNEST($1::uuid[], $2::jsonb[], $3::bigint[]) AS p(id, patch, n) \
+                 WHERE t.id = p.id RETURNING t.id, t.version"
+            )))
+            .bind(&patch_ids)
+            .bind(&patches)
+            .bind(&patch_counts)
             .fetch_all(&mut **tx)
             .await?;
             for r in rows {

@@ -30,14 +30,36 @@ pub struct EventsQuery {
     page: Page,
 }
 
-/// The aggregate that holds a resource type, and whether reading its trail needs the
-/// customer's admin permission.
-fn aggregate_of(resource_type: &str) -> Option<(&'static str, bool)> {
-    match resource_type {
-        "call" => Some(("call", false)),
-        "customer" | "agent" | "accesskey" => Some(("customer", true)),
-        _ => None,
-    }
+/// Where a resource type's events live.
+struct Holder {
+    /// The aggregate type.
+    aggregate_type: &'static str,
+    /// Reading the trail needs the customer's admin permission.
+    needs_admin: bool,
+    /// The aggregate's id is the customer's (one per customer), not the resource's.
+    per_customer: bool,
+}
+
+/// The resource types with a trail.
+pub const RESOURCE_TYPES: &str =
+    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget";
+
+fn aggregate_of(resource_type: &str) -> Option<Holder> {
+    let (aggregate_type, needs_admin, per_customer) = match resource_type {
+        "call" => ("call", false, false),
+        "customer" | "agent" | "accesskey" => ("customer", true, true),
+        "billing_account" | "billing" => ("billing_account", false, true),
+        "campaign" => ("campaign", false, false),
+        "outplan" => ("outplan", false, false),
+        "outdial" => ("outdial", false, false),
+        "outdialtarget" => ("outdialtarget", false, false),
+        _ => return None,
+    };
+    Some(Holder {
+        aggregate_type,
+        needs_admin,
+        per_customer,
+    })
 }
 
 /// The handler.
@@ -51,9 +73,10 @@ pub async fn list_events(
         .as_deref()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::invalid("resource_type is required"))?;
-    let (aggregate_type, needs_admin) = aggregate_of(rtype).ok_or_else(|| {
-        ApiError::invalid("resource_type must be one of call, customer, agent, accesskey")
+    let holder = aggregate_of(rtype).ok_or_else(|| {
+        ApiError::invalid(format!("resource_type must be one of {RESOURCE_TYPES}"))
     })?;
+    let (aggregate_type, needs_admin) = (holder.aggregate_type, holder.needs_admin);
     let rid: Uuid = q
         .resource_id
         .as_deref()
@@ -63,12 +86,8 @@ pub async fn list_events(
         return Err(ApiError::forbidden("admin permission required"));
     }
     let customer = c.customer_id.as_uuid();
-    // Calls are their own aggregate; customers, agents and keys live in the customer's.
-    let aggregate_id = if aggregate_type == "call" {
-        rid
-    } else {
-        customer
-    };
+    // Agents, keys and billing records live in per-customer aggregates; the rest are their own.
+    let aggregate_id = if holder.per_customer { customer } else { rid };
     let size = q.page.size()?;
     let after: i64 = q.page.token()?.unwrap_or(0);
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

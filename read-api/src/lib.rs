@@ -47,6 +47,16 @@ pub fn routes(state: ReadState) -> Router<AppState> {
         .route("/v1.0/accesskeys/{id}", get(get_access_key))
         .route("/v1.0/customer", get(get_customer))
         .route("/v1.0/events", get(audit::list_events))
+        .route("/v1.0/billing_account", get(get_billing_account))
+        .route("/v1.0/billings", get(list_billings))
+        .route("/v1.0/outplans", get(list_outplans))
+        .route("/v1.0/outplans/{id}", get(get_outplan))
+        .route("/v1.0/outdials", get(list_outdials))
+        .route("/v1.0/outdials/{id}", get(get_outdial))
+        .route("/v1.0/outdials/{id}/targets", get(list_targets))
+        .route("/v1.0/campaigns", get(list_campaigns))
+        .route("/v1.0/campaigns/{id}", get(get_campaign))
+        .route("/v1.0/campaigncalls", get(list_campaigncalls))
         .layer(Extension(state))
 }
 
@@ -122,15 +132,32 @@ pub async fn list_rows(
     customer: Uuid,
     page: &Page,
 ) -> Result<axum::Json<Value>, ApiError> {
+    list_rows_where(pool, table, customer, page, None).await
+}
+
+/// Like [`list_rows`], only rows whose filter column (a generated, indexed column such as
+/// `campaign_id`) equals the value, when one is given.
+pub async fn list_rows_where(
+    pool: &PgPool,
+    table: &'static str,
+    customer: Uuid,
+    page: &Page,
+    filter: Option<(&'static str, Uuid)>,
+) -> Result<axum::Json<Value>, ApiError> {
     let size = page.size()?;
     let after: Option<Uuid> = page.token()?;
+    let (column, value) = match filter {
+        Some((c, v)) => (c, Some(v)),
+        None => ("NULL", None),
+    };
     let rows: Vec<(Uuid, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT id, body FROM {table} WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2) \
-         ORDER BY id DESC LIMIT $3"
+         AND ($4::uuid IS NULL OR {column} = $4) ORDER BY id DESC LIMIT $3"
     )))
     .bind(customer)
     .bind(after)
     .bind(size + 1)
+    .bind(value)
     .fetch_all(pool)
     .await
     .map_err(db_error)?;
@@ -279,6 +306,128 @@ async fn get_access_key(
         "access key",
         &id,
         c.customer_id.as_uuid(),
+    )
+    .await
+}
+
+/// An optional UUID query filter (`?reference_id=`), validated.
+#[derive(Debug, Deserialize)]
+pub struct Filter {
+    reference_id: Option<String>,
+    campaign_id: Option<String>,
+}
+
+fn uuid_param(name: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+    match v.as_deref() {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| ApiError::invalid(format!("{name} must be a UUID"))),
+    }
+}
+
+async fn get_billing_account(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+) -> Result<axum::Json<Value>, ApiError> {
+    let id = c.customer_id.as_uuid();
+    get_row(&s, "rm_billing_accounts", id, id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::not_found("billing account"))
+}
+
+async fn list_billings(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
+    list_rows_where(&s.pool, "rm_billings", c.customer_id.as_uuid(), &p, filter).await
+}
+
+async fn list_outplans(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_rows(&s.pool, "rm_outplans", c.customer_id.as_uuid(), &p).await
+}
+
+async fn get_outplan(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(&s, "rm_outplans", "outplan", &id, c.customer_id.as_uuid()).await
+}
+
+async fn list_outdials(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_rows(&s.pool, "rm_outdials", c.customer_id.as_uuid(), &p).await
+}
+
+async fn get_outdial(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(&s, "rm_outdials", "outdial", &id, c.customer_id.as_uuid()).await
+}
+
+/// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).
+async fn list_targets(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let outdial = uuid_param("outdial id", &Some(id))?;
+    let filter = outdial.map(|v| ("outdial_id", v));
+    list_rows_where(
+        &s.pool,
+        "rm_outdialtargets",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
+}
+
+async fn list_campaigns(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+) -> Result<axum::Json<Value>, ApiError> {
+    list_rows(&s.pool, "rm_campaigns", c.customer_id.as_uuid(), &p).await
+}
+
+async fn get_campaign(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(&s, "rm_campaigns", "campaign", &id, c.customer_id.as_uuid()).await
+}
+
+async fn list_campaigncalls(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let filter = uuid_param("campaign_id", &f.campaign_id)?.map(|v| ("campaign_id", v));
+    list_rows_where(
+        &s.pool,
+        "rm_campaigncalls",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
     )
     .await
 }

@@ -347,7 +347,8 @@ impl Env {
             .post(
                 "/v1.0/customers",
                 &self.admin,
-                json!({"name": "acme", "username": username, "password": "password123"}),
+                json!({"name": "acme", "username": username, "password": "password123",
+                       "balance_micros": 100_000_000}),
             )
             .await;
         assert_eq!(s, 200, "{c}");
@@ -386,8 +387,13 @@ impl Env {
     }
 
     /// The events of one aggregate: (sequence, event_type, resource).
-    pub async fn events_of(&self, aggregate_id: Uuid) -> Vec<(i64, String, Value)> {
-        sqlx::query_as("SELECT sequence, event_type, resource FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+    pub async fn events_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: Uuid,
+    ) -> Vec<(i64, String, Value)> {
+        sqlx::query_as("SELECT sequence, event_type, resource FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence")
+            .bind(aggregate_type)
             .bind(aggregate_id)
             .fetch_all(&self.pool)
             .await
@@ -396,7 +402,7 @@ impl Env {
 
     /// The last resource view of a call (from the event log).
     pub async fn call_state(&self, id: Uuid) -> Value {
-        self.events_of(id)
+        self.events_of("call", id)
             .await
             .pop()
             .map(|e| e.2)
@@ -495,5 +501,92 @@ impl Drop for Env {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// GET with a bearer token.
+pub async fn get(env: &Env, path: &str, token: &str) -> (u16, Value) {
+    env.req(reqwest::Method::GET, path, Some(token), None).await
+}
+
+/// Polls `path` until `done` holds for its answer (or panics after `within`).
+pub async fn wait_get(
+    env: &Env,
+    path: &str,
+    token: &str,
+    within: Duration,
+    done: impl Fn(u16, &Value) -> bool,
+) -> Value {
+    let t = Instant::now();
+    loop {
+        let (s, v) = get(env, path, token).await;
+        if done(s, &v) {
+            return v;
+        }
+        assert!(
+            t.elapsed() < within,
+            "GET {path} never satisfied the condition: {s} {v}; log {}",
+            env.platform.log_path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Every item of a list endpoint, page by page.
+pub async fn all_pages(env: &Env, path: &str, token: &str, page_size: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut token_q = String::new();
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let (s, v) = get(
+            env,
+            &format!("{path}{sep}page_size={page_size}{token_q}"),
+            token,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        let items = v["result"].as_array().unwrap();
+        assert!(items.len() <= page_size);
+        out.extend(items.iter().cloned());
+        let next = v["next_page_token"].as_str().unwrap();
+        if next.is_empty() {
+            return out;
+        }
+        token_q = format!("&page_token={next}");
+    }
+}
+
+impl Env {
+    /// Forces redelivery of the whole stream to the durable consumers `names`: deletes them
+    /// (the running processes recreate them from the start of the stream) and waits until they
+    /// exist again and have nothing pending.
+    pub async fn redeliver_all(&self, names: &[&str], within: Duration) {
+        let js = self.nats.client().await;
+        let stream = js.get_stream("VBIN_EVENTS").await.unwrap();
+        for name in names {
+            stream.delete_consumer(name).await.unwrap();
+        }
+        let t = Instant::now();
+        loop {
+            let (mut present, mut pending) = (0, 0);
+            for name in names {
+                if let Ok(mut c) = stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+                    .await
+                {
+                    let info = c.info().await.unwrap();
+                    present += 1;
+                    pending += info.num_pending + info.num_ack_pending as u64;
+                }
+            }
+            if present == names.len() && pending == 0 {
+                return;
+            }
+            assert!(
+                t.elapsed() < within,
+                "redelivery to {names:?} did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -203,7 +203,10 @@ impl Bench {
         let r = http
             .post(format!("{base}/v1.0/customers"))
             .bearer_auth(&running.admin_token)
-            .json(&json!({"name": "bench", "username": user, "password": "bench-password"}))
+            .json(
+                &json!({"name": "bench", "username": user, "password": "bench-password",
+                "balance_micros": 1_000_000_000_000i64}),
+            )
             .send()
             .await?;
         if !r.status().is_success() {

@@ -29,16 +29,19 @@ pub enum Part {
     Projections,
     /// The carrier dialer and the sandbox carrier's timers.
     Carrier,
+    /// Process managers: billing of ended calls, the campaign dialer and its consumers.
+    ProcessManagers,
 }
 
 impl Part {
     /// Every part (what `vbin serve` runs).
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::CommandApi,
         Part::QueryApi,
         Part::Relay,
         Part::Projections,
         Part::Carrier,
+        Part::ProcessManagers,
     ];
 }
 
@@ -148,6 +151,19 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         )));
         let worker = TimerWorker::new(pool.clone(), executor.clone());
         tasks.push(tokio::spawn(worker.run(stopped(&rx))));
+    }
+    if parts.contains(&Part::ProcessManagers) {
+        tasks.push(tokio::spawn(vbin_processes::billing::run(
+            bus.clone(),
+            executor.clone(),
+            stopped(&rx),
+        )));
+        tasks.push(tokio::spawn(vbin_processes::campaign::run(
+            pool.clone(),
+            executor.clone(),
+            bus.clone(),
+            stopped(&rx),
+        )));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
     let cache = vbin_projections::cache::Cache::new(redis_client.clone());

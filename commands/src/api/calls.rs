@@ -34,7 +34,7 @@ pub enum Address {
 }
 
 impl Address {
-    fn parse(&self, field: &str) -> Result<E164, ApiError> {
+    pub(crate) fn parse(&self, field: &str) -> Result<E164, ApiError> {
         let n = match self {
             Address::Plain(n) => n,
             Address::Typed { kind, target } if kind == "tel" => target,
@@ -58,7 +58,20 @@ pub struct CreateCalls {
     dial_timeout_ms: Option<u32>,
 }
 
-fn check_variables(vars: &Map<String, Value>) -> Result<(), ApiError> {
+/// Parses a `destinations` list of 1 to `max` addresses, naming the bad entry in the error.
+pub(crate) fn parse_destinations(list: &[Address], max: usize) -> Result<Vec<E164>, ApiError> {
+    if list.is_empty() || list.len() > max {
+        return Err(ApiError::invalid(format!(
+            "destinations must hold 1 to {max} numbers"
+        )));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, d)| d.parse(&format!("destinations[{i}]")))
+        .collect()
+}
+
+pub(crate) fn check_variables(vars: &Map<String, Value>) -> Result<(), ApiError> {
     if vars.len() > MAX_VARIABLES {
         return Err(ApiError::invalid(format!(
             "at most {MAX_VARIABLES} variables"
@@ -102,22 +115,13 @@ pub async fn create_calls(
     Json(b): Json<CreateCalls>,
 ) -> Result<Json<Value>, ApiError> {
     let source = b.source.parse("source")?;
-    if b.destinations.is_empty() || b.destinations.len() > MAX_DESTINATIONS {
-        return Err(ApiError::invalid(format!(
-            "destinations must hold 1 to {MAX_DESTINATIONS} numbers"
-        )));
-    }
-    let destinations = b
-        .destinations
-        .iter()
-        .enumerate()
-        .map(|(i, d)| d.parse(&format!("destinations[{i}]")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let destinations = parse_destinations(&b.destinations, MAX_DESTINATIONS)?;
     check_variables(&b.variables)?;
     let dial_timeout_ms = b.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS);
     if !(1_000..=300_000).contains(&dial_timeout_ms) {
         return Err(ApiError::invalid("dial_timeout_ms must be 1000 to 300000"));
     }
+    super::billing::require_funds(&s.pool, c.customer_id).await?;
     let meta = s.meta(&c.caller, c.customer_id);
     let mut calls = Vec::with_capacity(destinations.len());
     for destination in destinations {

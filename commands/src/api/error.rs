@@ -109,6 +109,7 @@ impl From<ExecError> for ApiError {
             ExecError::Domain(DomainError::Invalid(m)) => ApiError::invalid(m),
             ExecError::Conflict => ApiError::conflict("concurrent modification; retry the request"),
             ExecError::Taken(what) => ApiError::conflict(format!("{what} is already taken")),
+            ExecError::AlreadyApplied => ApiError::conflict("already applied"),
             ExecError::Store(m) => ApiError::unavailable("event store unavailable", m),
         }
     }

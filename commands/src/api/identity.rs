@@ -9,8 +9,11 @@ use chrono::{Duration, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vbin_domain::{Customer, CustomerCommand, NewAgent};
-use vbin_event_schema::{AccessKeyId, AgentId, AgentStatus, CustomerId, Permission, WebhookMethod};
+use vbin_domain::billing::DEFAULT_RATE_MICROS_PER_MINUTE;
+use vbin_domain::{BillingAccount, BillingCommand, Customer, CustomerCommand, NewAgent};
+use vbin_event_schema::{
+    AccessKeyId, AgentId, AgentStatus, CustomerId, Micros, Permission, WebhookMethod,
+};
 
 /// Grace period during which the previous webhook secret is still used after a rotation.
 pub const WEBHOOK_SECRET_GRACE_HOURS: i64 = 24;
@@ -80,9 +83,15 @@ pub struct CreateCustomer {
     webhook_uri: String,
     #[serde(default)]
     webhook_method: WebhookMethod,
+    #[serde(default)]
+    balance_micros: i64,
+    rate_micros_per_minute: Option<i64>,
 }
 
-/// `POST /v1.0/customers` (platform admin): the customer and its first, admin agent.
+/// `POST /v1.0/customers` (platform admin): the customer, its first (admin) agent and its
+/// billing account. The account is opened first: should the customer then fail (a taken
+/// username), the orphan account belongs to an id nobody can use, whereas the reverse order
+/// could leave a customer without an account.
 pub async fn create_customer(
     State(s): State<AppState>,
     _: Admin,
@@ -109,6 +118,18 @@ pub async fn create_customer(
         at: Utc::now(),
     };
     let meta = s.meta(&Caller::Admin, customer_id);
+    let open = BillingCommand::Open {
+        customer_id,
+        balance_micros: Micros(b.balance_micros),
+        rate_micros_per_minute: Micros(
+            b.rate_micros_per_minute
+                .unwrap_or(DEFAULT_RATE_MICROS_PER_MINUTE),
+        ),
+        at: Utc::now(),
+    };
+    s.executor
+        .execute_new::<BillingAccount>(customer_id.as_uuid(), customer_id, open, &meta)
+        .await?;
     let done = s
         .executor
         .execute_new::<Customer>(customer_id.as_uuid(), customer_id, cmd, &meta)

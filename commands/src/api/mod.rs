@@ -1,6 +1,8 @@
 //! The command REST API (axum): identity and calls, per API.md.
 
+pub mod billing;
 pub mod calls;
+pub mod campaigns;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -55,6 +57,14 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/auth/login", post(identity::login))
         .route("/v1.0/customers", post(identity::create_customer))
+        .route(
+            "/v1.0/customers/{id}/balance_add",
+            post(billing::balance_add),
+        )
+        .route(
+            "/v1.0/customers/{id}/billing_account",
+            put(billing::set_rate),
+        )
         .route("/v1.0/customer", put(identity::update_customer))
         .route(
             "/v1.0/customer/webhook_secret/rotate",
@@ -73,6 +83,17 @@ pub fn routes() -> Router<AppState> {
         .route("/v1.0/agents/{id}/status", put(identity::set_agent_status))
         .route("/v1.0/calls", post(calls::create_calls))
         .route("/v1.0/calls/{id}/hangup", post(calls::hangup_call))
+        .route("/v1.0/outplans", post(campaigns::create_outplan))
+        .route("/v1.0/outdials", post(campaigns::create_outdial))
+        .route(
+            "/v1.0/outdials/{id}/targets",
+            post(campaigns::create_target),
+        )
+        .route("/v1.0/campaigns", post(campaigns::create_campaign))
+        .route(
+            "/v1.0/campaigns/{id}/status",
+            put(campaigns::set_campaign_status),
+        )
 }
 
 /// Wraps routes with the layers every vbin HTTP surface shares: JSON 404, body limit,

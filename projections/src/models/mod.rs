@@ -1,4 +1,6 @@
-//! The read models. Each module: its `PROJECTION` (tables and pure apply function).
+//! The read models. Each module: its projection constants (tables and pure apply function).
 
+pub mod billing;
 pub mod calls;
+pub mod campaigns;
 pub mod identity;

@@ -1,0 +1,255 @@
+//! Outbound campaign commands: outplans, outdials and their targets, campaigns and their
+//! status. The dialing itself is the campaign dialer's (process managers crate).
+
+use super::calls::{check_variables, parse_destinations, Address};
+use super::error::ApiError;
+use super::extract::{CustomerCaller, Json, Path};
+use super::AppState;
+use crate::executor::StoredAggregate;
+use axum::extract::State;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+use vbin_domain::campaign::MAX_TARGET_DESTINATIONS;
+use vbin_domain::{
+    Campaign, CampaignCommand, NewCampaign, NewOutplan, Outdial, OutdialCommand, Outplan,
+    OutplanCommand, Target, TargetCommand,
+};
+use vbin_event_schema::{
+    CampaignId, CampaignStatus, CustomerId, EndHandle, OutdialId, OutplanId, QueueId, TargetId,
+};
+
+/// Most calls a campaign may keep in flight.
+pub const MAX_CONCURRENT_CALLS: u32 = 1000;
+/// Default calls in flight of a campaign without a queue.
+pub const DEFAULT_CONCURRENT_CALLS: u32 = 10;
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    let n = name.chars().count();
+    if n > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name must be at most 200 characters, without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn in_range(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ApiError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid(format!("{field} must be {lo} to {hi}")))
+    }
+}
+
+/// Fails with 404 unless aggregate `id` exists and belongs to `customer`.
+async fn require<A: StoredAggregate>(
+    s: &AppState,
+    id: Uuid,
+    customer: CustomerId,
+    what: &str,
+) -> Result<A, ApiError> {
+    s.executor
+        .load::<A>(id, Some(customer))
+        .await?
+        .ok_or_else(|| ApiError::not_found(what))
+}
+
+/// `POST /v1.0/outplans` body.
+#[derive(Deserialize)]
+pub struct CreateOutplan {
+    #[serde(default)]
+    name: String,
+    source: Address,
+    #[serde(default = "default_dial_timeout")]
+    dial_timeout_ms: u32,
+    #[serde(default)]
+    try_interval_ms: u32,
+    #[serde(default = "one")]
+    max_try_count: u32,
+}
+
+fn default_dial_timeout() -> u32 {
+    super::calls::DEFAULT_DIAL_TIMEOUT_MS
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /v1.0/outplans` -> the outplan.
+pub async fn create_outplan(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Json(b): Json<CreateOutplan>,
+) -> Result<Json<Value>, ApiError> {
+    check_name(&b.name)?;
+    let plan = NewOutplan {
+        outplan_id: OutplanId::new(),
+        customer_id: c.customer_id,
+        name: b.name,
+        source: b.source.parse("source")?,
+        dial_timeout_ms: in_range("dial_timeout_ms", b.dial_timeout_ms, 1_000, 300_000)?,
+        try_interval_ms: in_range("try_interval_ms", b.try_interval_ms, 0, 86_400_000)?,
+        max_try_count: in_range("max_try_count", b.max_try_count, 1, 10)?,
+    };
+    let id = plan.outplan_id.as_uuid();
+    let cmd = OutplanCommand::Create {
+        plan,
+        at: Utc::now(),
+    };
+    let meta = s.meta(&c.caller, c.customer_id);
+    let done = s
+        .executor
+        .execute_new::<Outplan>(id, c.customer_id, cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+/// `POST /v1.0/outdials` body.
+#[derive(Deserialize)]
+pub struct CreateOutdial {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /v1.0/outdials` -> the outdial.
+pub async fn create_outdial(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Json(b): Json<CreateOutdial>,
+) -> Result<Json<Value>, ApiError> {
+    check_name(&b.name)?;
+    let id = OutdialId::new();
+    let cmd = OutdialCommand::Create {
+        outdial_id: id,
+        customer_id: c.customer_id,
+        name: b.name,
+        at: Utc::now(),
+    };
+    let meta = s.meta(&c.caller, c.customer_id);
+    let done = s
+        .executor
+        .execute_new::<Outdial>(id.as_uuid(), c.customer_id, cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+/// `POST /v1.0/outdials/{id}/targets` body.
+#[derive(Deserialize)]
+pub struct CreateTarget {
+    destinations: Vec<Address>,
+    #[serde(default)]
+    variables: Map<String, Value>,
+}
+
+/// `POST /v1.0/outdials/{id}/targets` -> the target (pending).
+pub async fn create_target(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Path(outdial): Path<Uuid>,
+    Json(b): Json<CreateTarget>,
+) -> Result<Json<Value>, ApiError> {
+    let destinations = parse_destinations(&b.destinations, MAX_TARGET_DESTINATIONS)?;
+    check_variables(&b.variables)?;
+    require::<Outdial>(&s, outdial, c.customer_id, "outdial").await?;
+    let id = TargetId::new();
+    let cmd = TargetCommand::Create {
+        target_id: id,
+        outdial_id: OutdialId(outdial),
+        customer_id: c.customer_id,
+        destinations,
+        variables: b.variables,
+        at: Utc::now(),
+    };
+    let meta = s.meta(&c.caller, c.customer_id);
+    let done = s
+        .executor
+        .execute_new::<Target>(id.as_uuid(), c.customer_id, cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+/// `POST /v1.0/campaigns` body.
+#[derive(Deserialize)]
+pub struct CreateCampaign {
+    #[serde(default)]
+    name: String,
+    outplan_id: Uuid,
+    outdial_id: Uuid,
+    #[serde(default)]
+    end_handle: EndHandle,
+    service_level: Option<u32>,
+    queue_id: Option<Uuid>,
+    next_campaign_id: Option<Uuid>,
+    max_concurrent_calls: Option<u32>,
+}
+
+/// `POST /v1.0/campaigns` -> the campaign (pending).
+pub async fn create_campaign(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Json(b): Json<CreateCampaign>,
+) -> Result<Json<Value>, ApiError> {
+    check_name(&b.name)?;
+    let service_level = in_range("service_level", b.service_level.unwrap_or(100), 1, 1000)?;
+    let max_concurrent_calls = in_range(
+        "max_concurrent_calls",
+        b.max_concurrent_calls.unwrap_or(DEFAULT_CONCURRENT_CALLS),
+        1,
+        MAX_CONCURRENT_CALLS,
+    )?;
+    require::<Outplan>(&s, b.outplan_id, c.customer_id, "outplan").await?;
+    require::<Outdial>(&s, b.outdial_id, c.customer_id, "outdial").await?;
+    if let Some(next) = b.next_campaign_id {
+        require::<Campaign>(&s, next, c.customer_id, "next campaign").await?;
+    }
+    let id = CampaignId::new();
+    let cmd = CampaignCommand::Create {
+        campaign: NewCampaign {
+            campaign_id: id,
+            customer_id: c.customer_id,
+            name: b.name,
+            outplan_id: OutplanId(b.outplan_id),
+            outdial_id: OutdialId(b.outdial_id),
+            end_handle: b.end_handle,
+            service_level,
+            queue_id: b.queue_id.map(QueueId),
+            next_campaign_id: b.next_campaign_id.map(CampaignId),
+            max_concurrent_calls,
+        },
+        at: Utc::now(),
+    };
+    let meta = s.meta(&c.caller, c.customer_id);
+    let done = s
+        .executor
+        .execute_new::<Campaign>(id.as_uuid(), c.customer_id, cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+/// `PUT /v1.0/campaigns/{id}/status` body.
+#[derive(Deserialize)]
+pub struct SetStatus {
+    status: CampaignStatus,
+}
+
+/// `PUT /v1.0/campaigns/{id}/status` `{status: running|stopped}` -> the campaign.
+pub async fn set_campaign_status(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Path(id): Path<Uuid>,
+    Json(b): Json<SetStatus>,
+) -> Result<Json<Value>, ApiError> {
+    let cmd = CampaignCommand::Request {
+        status: b.status,
+        at: Utc::now(),
+    };
+    let meta = s.meta(&c.caller, c.customer_id);
+    let done = s
+        .executor
+        .execute::<Campaign>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}

@@ -1,0 +1,577 @@
+//! The outbound campaign process managers.
+//!
+//! - **Dialer** (one active instance, advisory-lock lease; the others stand by): every tick
+//!   (and whenever a campaign call ends) it looks at each running campaign, computes how many
+//!   calls it may add (`max_concurrent_calls`, or `service_level`% of its queue's available
+//!   agents, minus the calls in flight), picks pending and due targets from the targets read
+//!   model, and dials each: `Target.Dial` (the aggregate refuses a target that is not pending
+//!   and due, so a stale read model or a second dialer cannot dial it twice), then
+//!   [`place_call`]. When nothing is left (`end_handle: stop`) it completes the campaign.
+//! - **Placer** (`campaign-placer` consumer of `outdialtarget_dialing`): runs [`place_call`]
+//!   again for every dial, which completes the dials a crash interrupted (a no-op otherwise).
+//! - **Results** (`campaign-results` consumer of `call_hungup`): records the result on the
+//!   target (pending again or completed) and on the campaign (counters, once per call).
+//! - **Chain** (`campaign-chain` consumer of `campaign_status_changed`): starts
+//!   `next_campaign_id` when a campaign completes.
+//!
+//! [`place_call`] records the call on the campaign (once-key `campaign-call:<call id>`) before
+//! creating it, so a call's result always finds it in flight.
+
+use crate::{applied, ProcessError};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_commands::{CommandMeta, ExecError, Executor};
+use vbin_domain::{
+    Call, CallCommand, Campaign, CampaignCommand, DomainError, NewCall, Outplan, Target,
+    TargetCommand,
+};
+use vbin_event_schema::{
+    CallEvent, CallId, CampaignCallRecord, CampaignId, CampaignStatus, CustomerId, EndHandle,
+    PublishedEvent, TargetEvent, TargetId, TargetResult,
+};
+
+/// How often the dialer looks at running campaigns when nothing wakes it.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Advisory lock key of the dialer lease.
+const DIALER_LEASE: i64 = 0x7662_696e_6469_616c; // "vbindial"
+
+/// What the campaign process managers share.
+#[derive(Clone)]
+pub struct Campaigns {
+    pool: sqlx::PgPool,
+    executor: Executor,
+    wake: Arc<Notify>,
+}
+
+fn system_meta(
+    part: &'static str,
+    cause: Uuid,
+    correlation: &str,
+    customer: CustomerId,
+) -> CommandMeta {
+    let mut m = CommandMeta::caused_by(part, cause, correlation);
+    m.customer_id = Some(customer.as_uuid());
+    m
+}
+
+/// Runs the dialer and the three consumers until `shutdown`.
+pub async fn run(
+    pool: sqlx::PgPool,
+    executor: Executor,
+    bus: Bus,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let c = Campaigns {
+        pool,
+        executor,
+        wake: Arc::new(Notify::new()),
+    };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let placer = run_consumer(
+        bus.clone(),
+        ConsumerSpec::for_events(
+            "campaign-placer",
+            "outdialtarget",
+            &["outdialtarget_dialing"],
+        ),
+        |e| c.clone().on_dialing(e),
+        stop(),
+    );
+    let results = run_consumer(
+        bus.clone(),
+        ConsumerSpec::for_events("campaign-results", "call", &["call_hungup"]),
+        |e| c.clone().on_hungup(e),
+        stop(),
+    );
+    let chain = run_consumer(
+        bus,
+        ConsumerSpec::for_events("campaign-chain", "campaign", &["campaign_status_changed"]),
+        |e| c.clone().on_status(e),
+        stop(),
+    );
+    let dialer = c.clone().dialer(stop());
+    let all = futures::future::join4(placer, results, chain, dialer);
+    tokio::pin!(all);
+    tokio::select! {
+        _ = shutdown => { let _ = tx.send(true); all.await; }
+        _ = &mut all => {}
+    }
+}
+
+impl Campaigns {
+    /// A handle for tests and benches.
+    pub fn new(pool: sqlx::PgPool, executor: Executor) -> Self {
+        Self {
+            pool,
+            executor,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    async fn dialer(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let led = self.lead(&mut shutdown).await;
+            if let Err(e) = led {
+                tracing::warn!(error = %e, "campaign dialer lost its lease; retrying");
+            } else {
+                return;
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Takes the lease (waiting for it) and dials until `shutdown` (Ok) or a lease error.
+    async fn lead(
+        &self,
+        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    ) -> Result<(), sqlx::Error> {
+        let mut lease = self.pool.acquire().await?.detach();
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(DIALER_LEASE)
+                .fetch_one(&mut lease)
+                .await?;
+            if got {
+                break;
+            }
+            tokio::select! {
+                _ = &mut *shutdown => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        tracing::info!("campaign dialer lease acquired");
+        let mut ticks = 0u64;
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "campaign dialer tick failed");
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(25) {
+                // The lease lives as long as this connection: make sure it still does.
+                sqlx::query("SELECT 1").execute(&mut lease).await?;
+            }
+            tokio::select! {
+                _ = &mut *shutdown => return Ok(()),
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    /// One pass over the running campaigns; returns how many calls it placed.
+    pub async fn tick(&self) -> Result<usize, ProcessError> {
+        let running: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM rm_campaigns WHERE status = 'running'")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut placed = 0;
+        for id in running {
+            match self.tick_campaign(CampaignId(id)).await {
+                Ok(n) => placed += n,
+                Err(e) => {
+                    tracing::warn!(campaign_id = %id, error = %e, "dialing a campaign failed")
+                }
+            }
+        }
+        Ok(placed)
+    }
+
+    async fn tick_campaign(&self, id: CampaignId) -> Result<usize, ProcessError> {
+        let Some(c) = self.executor.load::<Campaign>(id.as_uuid(), None).await? else {
+            return Ok(0);
+        };
+        if c.status != CampaignStatus::Running {
+            return Ok(0);
+        }
+        let Some(plan) = self
+            .executor
+            .load::<Outplan>(c.outplan_id.as_uuid(), Some(c.customer_id))
+            .await?
+        else {
+            tracing::error!(campaign_id = %id, "campaign without its outplan; not dialing");
+            return Ok(0);
+        };
+        let meta = system_meta(
+            "campaign-dialer",
+            Uuid::now_v7(),
+            &id.to_string(),
+            c.customer_id,
+        );
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2",
+        )
+        .bind(c.outdial_id.as_uuid())
+        .bind(c.customer_id.as_uuid())
+        .fetch_one(&self.pool)
+        .await?;
+        if total as u64 != c.total_targets {
+            let cmd = CampaignCommand::CountTargets {
+                total_targets: total as u64,
+                at: Utc::now(),
+            };
+            self.executor
+                .execute::<Campaign>(id.as_uuid(), c.customer_id, None, cmd, &meta)
+                .await?;
+        }
+        if !vbin_commands::api::billing::can_start_call(&self.pool, c.customer_id).await? {
+            tracing::warn!(campaign_id = %id, customer_id = %c.customer_id, "balance cannot cover a minute; campaign not dialing");
+            return Ok(0);
+        }
+        let limit = self.call_limit(&c).await?;
+        let capacity = limit.saturating_sub(c.counters.in_flight);
+        let mut placed = 0;
+        if capacity > 0 {
+            let due: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2 \
+                   AND status = 'pending' AND (body->>'last_dial_time' IS NULL \
+                    OR (body->>'last_dial_time')::timestamptz <= now() - make_interval(secs => $3)) \
+                 ORDER BY id LIMIT $4",
+            )
+            .bind(c.outdial_id.as_uuid())
+            .bind(c.customer_id.as_uuid())
+            .bind(plan.try_interval_ms as f64 / 1000.0)
+            .bind(capacity as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            let dials = due
+                .iter()
+                .map(|t| self.dial(&c, &plan, TargetId(*t), &meta));
+            for r in futures::future::join_all(dials).await {
+                match r {
+                    Ok(true) => placed += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(campaign_id = %id, error = %e, "dialing a target failed")
+                    }
+                }
+            }
+        }
+        if placed == 0 && c.counters.in_flight == 0 && c.end_handle == EndHandle::Stop {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2 \
+                   AND status <> 'completed'",
+            )
+            .bind(c.outdial_id.as_uuid())
+            .bind(c.customer_id.as_uuid())
+            .fetch_one(&self.pool)
+            .await?;
+            if open == 0 {
+                let cmd = CampaignCommand::Complete { at: Utc::now() };
+                self.executor
+                    .execute::<Campaign>(id.as_uuid(), c.customer_id, None, cmd, &meta)
+                    .await?;
+                tracing::info!(campaign_id = %id, "campaign completed");
+            }
+        }
+        metrics::counter!("vbin_campaign_calls_placed_total").increment(placed as u64);
+        Ok(placed)
+    }
+
+    /// How many calls the campaign may have in flight.
+    async fn call_limit(&self, c: &Campaign) -> Result<u64, ProcessError> {
+        Ok(c.max_concurrent_calls as u64)
+    }
+
+    /// Dials one target; false if the target was not dialable (stale read model).
+    async fn dial(
+        &self,
+        c: &Campaign,
+        plan: &Outplan,
+        target: TargetId,
+        meta: &CommandMeta,
+    ) -> Result<bool, ProcessError> {
+        let campaign_id = c.id.expect("loaded campaign has an id");
+        let cmd = TargetCommand::Dial {
+            campaign_id,
+            campaigncall_id: Uuid::now_v7(),
+            call_id: CallId::new(),
+            max_try_count: plan.max_try_count,
+            try_interval_ms: plan.try_interval_ms,
+            at: Utc::now(),
+        };
+        let done = match self
+            .executor
+            .execute::<Target>(
+                target.as_uuid(),
+                c.customer_id,
+                Some(c.customer_id),
+                cmd,
+                meta,
+            )
+            .await
+        {
+            Ok(done) => done,
+            Err(ExecError::Domain(
+                DomainError::FailedPrecondition(_) | DomainError::NotFound(_),
+            )) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let t = done.state;
+        if t.status != vbin_event_schema::TargetStatus::Dialing {
+            return Ok(false); // settled instead (out of tries under this plan)
+        }
+        let record = CampaignCallRecord {
+            campaigncall_id: t.campaigncall_id.unwrap_or_default(),
+            call_id: t.call_id.expect("dialing target has a call"),
+            target_id: target,
+            destination: t.destinations[t.destination_index].clone(),
+            destination_index: t.destination_index,
+            try_count: t.try_counts[t.destination_index],
+            tm_create: t.last_dial_time.unwrap_or_else(Utc::now),
+        };
+        self.place_call(c, plan, &t, record, meta).await?;
+        Ok(true)
+    }
+
+    /// Records the call on the campaign, then creates it. Both steps are idempotent.
+    async fn place_call(
+        &self,
+        c: &Campaign,
+        plan: &Outplan,
+        target: &Target,
+        record: CampaignCallRecord,
+        meta: &CommandMeta,
+    ) -> Result<(), ProcessError> {
+        let campaign_id = c.id.expect("loaded campaign has an id");
+        let call_id = record.call_id;
+        let destination = record.destination.clone();
+        let once = meta
+            .clone()
+            .once(c.customer_id.as_uuid(), format!("campaign-call:{call_id}"));
+        applied(
+            self.executor
+                .execute::<Campaign>(
+                    campaign_id.as_uuid(),
+                    c.customer_id,
+                    None,
+                    CampaignCommand::RecordCall { call: record },
+                    &once,
+                )
+                .await,
+        )?;
+        let create = CallCommand::Create {
+            call: NewCall {
+                call_id,
+                customer_id: c.customer_id,
+                source: plan.source.clone().expect("created outplan has a source"),
+                destination,
+                variables: target.variables.clone(),
+                dial_timeout_ms: plan.dial_timeout_ms,
+                campaign_id: Some(campaign_id),
+            },
+            at: Utc::now(),
+        };
+        match self
+            .executor
+            .execute::<Call>(call_id.as_uuid(), c.customer_id, None, create, meta)
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `outdialtarget_dialing`: finish the dial if a crash interrupted it.
+    async fn on_dialing(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        let ev: TargetEvent = serde_json::from_value(e.data.clone())
+            .map_err(|err| ProcessError::BadEvent(err.to_string()))?;
+        let TargetEvent::OutdialtargetDialing {
+            campaign_id,
+            campaigncall_id,
+            call_id,
+            destination_index,
+            try_count,
+            at,
+        } = ev
+        else {
+            return Ok(());
+        };
+        // The usual case: the dialer did both steps already.
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM processed_commands WHERE key = $1) \
+                AND EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'call' \
+                            AND aggregate_id = $2 AND sequence = 1)",
+        )
+        .bind(format!("campaign-call:{call_id}"))
+        .bind(call_id.as_uuid())
+        .fetch_one(&self.pool)
+        .await?;
+        if done {
+            return Ok(());
+        }
+        let customer = CustomerId(e.customer_id);
+        let (Some(c), Some(t)) = (
+            self.executor
+                .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
+                .await?,
+            self.executor
+                .load::<Target>(e.aggregate_id, Some(customer))
+                .await?,
+        ) else {
+            return Err(ProcessError::BadEvent("campaign or target missing".into()));
+        };
+        let Some(plan) = self
+            .executor
+            .load::<Outplan>(c.outplan_id.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Err(ProcessError::BadEvent("outplan missing".into()));
+        };
+        let destination = t
+            .destinations
+            .get(destination_index)
+            .cloned()
+            .ok_or_else(|| ProcessError::BadEvent("destination index out of range".into()))?;
+        tracing::info!(%call_id, campaign_id = %campaign_id, "completing an interrupted dial");
+        let record = CampaignCallRecord {
+            campaigncall_id,
+            call_id,
+            target_id: TargetId(e.aggregate_id),
+            destination,
+            destination_index,
+            try_count,
+            tm_create: at,
+        };
+        let meta = system_meta(
+            "campaign-placer",
+            e.event_id,
+            &campaign_id.to_string(),
+            customer,
+        );
+        self.place_call(&c, &plan, &t, record, &meta).await
+    }
+
+    /// `call_hungup` of a campaign call: record the result on the target, then the campaign.
+    async fn on_hungup(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        let Some(campaign_id) = e.resource["campaign_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(CampaignId)
+        else {
+            return Ok(());
+        };
+        let ev: CallEvent = serde_json::from_value(e.data.clone())
+            .map_err(|err| ProcessError::BadEvent(err.to_string()))?;
+        let CallEvent::CallHungup { status, .. } = ev else {
+            return Ok(());
+        };
+        let result = TargetResult::of_call(status).unwrap_or(TargetResult::Failed);
+        let call_id = CallId(e.aggregate_id);
+        let customer = CustomerId(e.customer_id);
+        let Some(c) = self
+            .executor
+            .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(record) = c.in_flight.get(&call_id) else {
+            return Ok(()); // recorded before
+        };
+        let max_try_count = self
+            .executor
+            .load::<Outplan>(c.outplan_id.as_uuid(), Some(customer))
+            .await?
+            .map(|p| p.max_try_count)
+            .unwrap_or(1);
+        let meta = system_meta(
+            "campaign-results",
+            e.event_id,
+            &campaign_id.to_string(),
+            customer,
+        );
+        let at = Utc::now();
+        let t = self
+            .executor
+            .execute::<Target>(
+                record.target_id.as_uuid(),
+                customer,
+                None,
+                TargetCommand::RecordResult {
+                    call_id,
+                    result,
+                    max_try_count,
+                    at,
+                },
+                &meta,
+            )
+            .await?
+            .state;
+        let once = meta
+            .clone()
+            .once(customer.as_uuid(), format!("campaign-result:{call_id}"));
+        applied(
+            self.executor
+                .execute::<Campaign>(
+                    campaign_id.as_uuid(),
+                    customer,
+                    None,
+                    CampaignCommand::RecordResult {
+                        call_id,
+                        result,
+                        target_done: t.done_with(call_id),
+                        at,
+                    },
+                    &once,
+                )
+                .await,
+        )?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// `campaign_status_changed` to completed: start the next campaign, if any.
+    async fn on_status(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        if e.data["status"] != "completed" {
+            return Ok(());
+        }
+        let customer = CustomerId(e.customer_id);
+        let Some(next) = e.resource["next_campaign_id"]
+            .as_str()
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
+            return Ok(());
+        };
+        let meta = system_meta(
+            "campaign-chain",
+            e.event_id,
+            &e.aggregate_id.to_string(),
+            customer,
+        );
+        let cmd = CampaignCommand::Request {
+            status: CampaignStatus::Running,
+            at: Utc::now(),
+        };
+        match self
+            .executor
+            .execute::<Campaign>(next, customer, Some(customer), cmd, &meta)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(campaign_id = %e.aggregate_id, next_campaign_id = %next, "next campaign started");
+                self.wake.notify_one();
+                Ok(())
+            }
+            Err(ExecError::Domain(err)) => {
+                tracing::warn!(next_campaign_id = %next, error = %err, "next campaign not started");
+                Ok(())
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}

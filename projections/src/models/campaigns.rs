@@ -1,0 +1,82 @@
+//! Outbound campaigns: outplans, outdials, targets, campaigns and campaign calls. Campaign
+//! call events carry the campaign call as their resource and the campaign's counters in their
+//! data, which are patched onto the campaign's row.
+
+use crate::{upsert_resource, ApplyError, Projection, RowOp};
+use serde_json::Value;
+use vbin_event_schema::PublishedEvent;
+
+/// Outplans.
+pub const OUTPLANS: Projection = Projection {
+    name: "outplans",
+    aggregate_type: "outplan",
+    tables: &["rm_outplans"],
+    uses_data: false,
+    apply: |e| upsert_typed(e, "outplan", "rm_outplans"),
+};
+
+/// Outdials.
+pub const OUTDIALS: Projection = Projection {
+    name: "outdials",
+    aggregate_type: "outdial",
+    tables: &["rm_outdials"],
+    uses_data: false,
+    apply: |e| upsert_typed(e, "outdial", "rm_outdials"),
+};
+
+/// Outdial targets.
+pub const TARGETS: Projection = Projection {
+    name: "targets",
+    aggregate_type: "outdialtarget",
+    tables: &["rm_outdialtargets"],
+    uses_data: false,
+    apply: |e| upsert_typed(e, "outdialtarget", "rm_outdialtargets"),
+};
+
+/// Campaigns and their calls.
+pub const CAMPAIGNS: Projection = Projection {
+    name: "campaigns",
+    aggregate_type: "campaign",
+    tables: &["rm_campaigns", "rm_campaigncalls"],
+    uses_data: true,
+    apply: apply_campaign,
+};
+
+fn resource_type(event: &PublishedEvent) -> Option<&str> {
+    event.resource.get("type").and_then(Value::as_str)
+}
+
+/// Upserts the event's resource into `table` if it is a `kind`; anything else is an error.
+fn upsert_typed(
+    event: &PublishedEvent,
+    kind: &str,
+    table: &'static str,
+) -> Result<Vec<RowOp>, ApplyError> {
+    if resource_type(event) != Some(kind) {
+        return Err(ApplyError(format!(
+            "{} carries no {kind} view",
+            event.event_type
+        )));
+    }
+    Ok(vec![upsert_resource(table, event)?])
+}
+
+fn apply_campaign(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    if resource_type(event) != Some("campaigncall") {
+        return upsert_typed(event, "campaign", "rm_campaigns");
+    }
+    let mut patch = event
+        .data
+        .get("counters")
+        .cloned()
+        .ok_or_else(|| ApplyError(format!("{} without counters", event.event_type)))?;
+    patch["tm_update"] = event.resource["tm_update"].clone();
+    Ok(vec![
+        upsert_resource("rm_campaigncalls", event)?,
+        RowOp::Patch {
+            table: "rm_campaigns",
+            id: event.aggregate_id,
+            patch,
+        },
+    ])
+}

@@ -1,0 +1,407 @@
+//! End-to-end tests of issue 4: billing, outbound campaigns (and queues). Real vbin processes
+//! with the sandbox carrier, Postgres, nats-server and redis-server.
+
+mod common;
+
+use common::{all_pages, get, wait_get, Env};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("an id").to_string()
+}
+
+async fn created(env: &Env, path: &str, token: &str, body: Value) -> Value {
+    let (s, v) = env.post(path, token, body).await;
+    assert_eq!(s, 200, "POST {path}: {v}");
+    v
+}
+
+#[tokio::test]
+async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
+    let mut env = Env::start().await;
+    let (cust, tok, _) = env.customer().await;
+    // Start from an exact balance: the harness's customer has 100,000,000 micros.
+    let (_, tok2, _) = env.customer().await;
+    let acct = wait_get(
+        &env,
+        "/v1.0/billing_account",
+        &tok,
+        Duration::from_secs(10),
+        |s, _| s == 200,
+    )
+    .await;
+    assert_eq!(acct["balance_micros"], 100_000_000);
+    assert_eq!(acct["rate_micros_per_minute"], 10_000);
+    assert_eq!(acct["customer_id"], cust.to_string());
+
+    // Admin-only money operations, validated.
+    let path = format!("/v1.0/customers/{cust}/balance_add");
+    assert_eq!(
+        env.post(&path, &tok, json!({"amount_micros": 5})).await.0,
+        403
+    );
+    assert_eq!(
+        env.post(&path, &env.admin, json!({"amount_micros": -5}))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        env.post(&path, &env.admin, json!({"amount_micros": "x"}))
+            .await
+            .0,
+        400
+    );
+    let nobody = format!("/v1.0/customers/{}/balance_add", Uuid::now_v7());
+    assert_eq!(
+        env.post(&nobody, &env.admin, json!({"amount_micros": 5}))
+            .await
+            .0,
+        404
+    );
+    // 61 s at 7,000/min: 2 started minutes.
+    let (s, v) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/customers/{cust}/billing_account"),
+            Some(&env.admin),
+            Some(json!({"rate_micros_per_minute": 7_000})),
+        )
+        .await;
+    assert_eq!(
+        (s, &v["rate_micros_per_minute"]),
+        (200, &json!(7_000)),
+        "{v}"
+    );
+
+    // An answered call of 1 s costs one minute; a busy one nothing.
+    let answered = env
+        .calls(
+            &tok,
+            &["+15550002000"],
+            json!({"variables": {"talk_seconds": 1}}),
+        )
+        .await[0];
+    let busy = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    for c in [answered, busy] {
+        env.wait_call_end(c, Duration::from_secs(15)).await;
+    }
+    let rec = wait_get(
+        &env,
+        &format!("/v1.0/billings?reference_id={answered}"),
+        &tok,
+        Duration::from_secs(10),
+        |_, v| v["result"].as_array().is_some_and(|r| r.len() == 1),
+    )
+    .await;
+    let rec = &rec["result"][0];
+    assert_eq!(rec["reference_type"], "call");
+    assert_eq!(rec["billable_units"], 1);
+    assert_eq!(rec["rate_micros_per_unit"], 7_000);
+    assert_eq!(rec["amount_micros"], 7_000);
+    assert_eq!(rec["balance_after_micros"], 100_000_000 - 7_000);
+    let (_, none) = get(&env, &format!("/v1.0/billings?reference_id={busy}"), &tok).await;
+    assert_eq!(none["result"], json!([]));
+    // Another tenant sees nothing of it.
+    let (_, other) = get(
+        &env,
+        &format!("/v1.0/billings?reference_id={answered}"),
+        &tok2,
+    )
+    .await;
+    assert_eq!(other["result"], json!([]));
+    assert_eq!(
+        get(&env, "/v1.0/billings?reference_id=nope", &tok).await.0,
+        400
+    );
+
+    // Redelivery of every call event to the charger, and a kill -9 restart: no second charge.
+    env.redeliver_all(&["billing-charger"], Duration::from_secs(30))
+        .await;
+    env.restart().await;
+    env.redeliver_all(&["billing-charger"], Duration::from_secs(30))
+        .await;
+    let charges: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(charges, 1);
+    let acct = wait_get(
+        &env,
+        "/v1.0/billing_account",
+        &tok,
+        Duration::from_secs(10),
+        |_, v| v["balance_micros"] == 100_000_000 - 7_000,
+    )
+    .await;
+    assert_eq!(acct["rate_micros_per_minute"], 7_000);
+
+    // A customer whose balance cannot cover a minute gets 402; a top-up lets it call again.
+    let (poor, ptok) = {
+        let u = format!("p{}", &Uuid::new_v4().simple().to_string()[..10]);
+        let c = created(
+            &env,
+            "/v1.0/customers",
+            &env.admin.clone(),
+            json!({
+            "name": "poor", "username": u, "password": "password123", "balance_micros": 9_999}),
+        )
+        .await;
+        (id_of(&c), env.login(&u, "password123").await.unwrap())
+    };
+    let body = json!({"source": "+15550001000", "destinations": ["+15550002000"]});
+    let (s, v) = env.post("/v1.0/calls", &ptok, body.clone()).await;
+    assert_eq!(s, 402, "{v}");
+    assert_eq!(v["error"]["reason"], "payment_required");
+    let acct = created(
+        &env,
+        &format!("/v1.0/customers/{poor}/balance_add"),
+        &env.admin.clone(),
+        json!({"amount_micros": 1}),
+    )
+    .await;
+    assert_eq!(acct["balance_micros"], 10_000);
+    assert_eq!(env.post("/v1.0/calls", &ptok, body).await.0, 200);
+}
+
+/// One target of the campaign test and what it must end with.
+struct Expect {
+    destinations: Vec<&'static str>,
+    result: &'static str,
+    dial_count: u64,
+}
+
+#[tokio::test]
+async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let plan = created(
+        &env,
+        "/v1.0/outplans",
+        &tok,
+        json!({
+        "name": "plan", "source": "+15550001000", "dial_timeout_ms": 1500,
+        "try_interval_ms": 300, "max_try_count": 2}),
+    )
+    .await;
+    let outdial = created(&env, "/v1.0/outdials", &tok, json!({"name": "list"})).await;
+    let od = id_of(&outdial);
+
+    // 20 targets: answered, busy, no answer, unallocated, and busy-then-answered on the
+    // second destination. Each destination gets max_try_count = 2 tries.
+    let mut expect: Vec<Expect> = Vec::new();
+    for i in 0..20 {
+        let (destinations, result, dial_count) = match i % 5 {
+            0 | 1 => (vec!["+15550002000"], "answered", 1),
+            2 => (vec!["+15550000486"], "busy", 2),
+            3 if i < 10 => (vec!["+15550000487"], "no_answer", 2),
+            3 => (vec!["+15550000404"], "failed", 2),
+            _ => (vec!["+15550010486", "+15550003000"], "answered", 3),
+        };
+        expect.push(Expect {
+            destinations,
+            result,
+            dial_count,
+        });
+    }
+    let mut targets: HashMap<String, usize> = HashMap::new();
+    for (i, e) in expect.iter().enumerate() {
+        let t = created(
+            &env,
+            &format!("/v1.0/outdials/{od}/targets"),
+            &tok,
+            json!({
+            "destinations": e.destinations, "variables": {"talk_seconds": 0}}),
+        )
+        .await;
+        assert_eq!(t["status"], "pending");
+        targets.insert(id_of(&t), i);
+    }
+    // Bad input is a 4xx, never a 500.
+    let bad = [
+        (
+            format!("/v1.0/outdials/{od}/targets"),
+            json!({"destinations": []}),
+        ),
+        (
+            format!("/v1.0/outdials/{od}/targets"),
+            json!({"destinations": ["+1", "x"]}),
+        ),
+        (
+            format!("/v1.0/outdials/{od}/targets"),
+            json!({"destinations": vec!["+15550000001"; 6]}),
+        ),
+        (
+            "/v1.0/outplans".to_string(),
+            json!({"source": "+15550001000", "max_try_count": 0}),
+        ),
+        (
+            "/v1.0/campaigns".to_string(),
+            json!({"outplan_id": Uuid::now_v7(), "outdial_id": od}),
+        ),
+        (
+            "/v1.0/campaigns".to_string(),
+            json!({"outplan_id": id_of(&plan), "outdial_id": od, "end_handle": "later"}),
+        ),
+    ];
+    for (path, body) in bad {
+        let (s, v) = env.post(&path, &tok, body).await;
+        assert!((400..500).contains(&s), "{path}: {s} {v}");
+    }
+    let (s, _) = env
+        .post(
+            &format!("/v1.0/outdials/{}/targets", Uuid::now_v7()),
+            &tok,
+            json!({"destinations": ["+15550002000"]}),
+        )
+        .await;
+    assert_eq!(s, 404);
+
+    // The follow-up campaign (one target) starts when the first completes.
+    let outdial2 = created(&env, "/v1.0/outdials", &tok, json!({"name": "next"})).await;
+    created(
+        &env,
+        &format!("/v1.0/outdials/{}/targets", id_of(&outdial2)),
+        &tok,
+        json!({"destinations": ["+15550004000"], "variables": {"talk_seconds": 0}}),
+    )
+    .await;
+    let next = created(
+        &env,
+        "/v1.0/campaigns",
+        &tok,
+        json!({
+        "name": "next", "outplan_id": id_of(&plan), "outdial_id": id_of(&outdial2),
+        "end_handle": "stop"}),
+    )
+    .await;
+    let camp = created(
+        &env,
+        "/v1.0/campaigns",
+        &tok,
+        json!({
+        "name": "c1", "outplan_id": id_of(&plan), "outdial_id": od, "end_handle": "stop",
+        "max_concurrent_calls": 4, "next_campaign_id": id_of(&next)}),
+    )
+    .await;
+    assert_eq!(camp["status"], "pending");
+    let cid = id_of(&camp);
+    let (s, v) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/campaigns/{cid}/status"),
+            Some(&tok),
+            Some(json!({"status": "running"})),
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
+    let (s, _) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/campaigns/{cid}/status"),
+            Some(&tok),
+            Some(json!({"status": "completed"})),
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // Kill -9 the platform in the middle of the campaign.
+    wait_get(
+        &env,
+        &format!("/v1.0/campaigns/{cid}"),
+        &tok,
+        Duration::from_secs(20),
+        |_, v| v["dialed"].as_u64().unwrap_or(0) >= 8,
+    )
+    .await;
+    env.restart().await;
+
+    let done = wait_get(
+        &env,
+        &format!("/v1.0/campaigns/{cid}"),
+        &tok,
+        Duration::from_secs(90),
+        |_, v| v["status"] == "completed",
+    )
+    .await;
+    let dialed: u64 = expect.iter().map(|e| e.dial_count).sum();
+    let answered = expect.iter().filter(|e| e.result == "answered").count() as u64;
+    assert_eq!(done["total_targets"], 20, "{done}");
+    assert_eq!(done["dialed"], dialed, "{done}");
+    assert_eq!(done["answered"], answered, "{done}");
+    assert_eq!(done["failed"], 20 - answered, "{done}");
+    assert_eq!(done["in_flight"], 0, "{done}");
+
+    // Every target: completed, with its result, dial count and tries per destination.
+    let listed = all_pages(&env, &format!("/v1.0/outdials/{od}/targets"), &tok, 7).await;
+    assert_eq!(listed.len(), 20);
+    for t in &listed {
+        let e = &expect[targets[&id_of(t)]];
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["result"], e.result, "{t}");
+        assert_eq!(t["dial_count"], e.dial_count, "{t}");
+        if e.destinations.len() == 2 {
+            assert_eq!(t["try_counts"], json!([2, 1]), "{t}");
+        }
+    }
+    // One campaign call per dial, each ended; one call each in the log, never a duplicate.
+    let calls = all_pages(
+        &env,
+        &format!("/v1.0/campaigncalls?campaign_id={cid}"),
+        &tok,
+        10,
+    )
+    .await;
+    assert_eq!(calls.len() as u64, dialed);
+    assert!(calls.iter().all(|c| c["status"] == "done"), "{calls:?}");
+    let logged: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT aggregate_id FROM events WHERE event_type = 'call_created' AND payload->>'campaign_id' = $1")
+        .bind(&cid).fetch_all(&env.pool).await.unwrap();
+    assert_eq!(logged.len() as u64, dialed);
+    // Pacing: never more than 4 calls in flight.
+    let most: i64 = sqlx::query_scalar(
+        "SELECT max((payload->'counters'->>'in_flight')::bigint) FROM events \
+         WHERE aggregate_id = $1::uuid AND event_type = 'campaigncall_created'",
+    )
+    .bind(&cid)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!((2..=4).contains(&most), "in flight at most {most}");
+    // The answered calls (talk 0 s) cost one minute each, once.
+    let charged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(charged as u64, answered);
+
+    // The next campaign ran by itself.
+    let n = wait_get(
+        &env,
+        &format!("/v1.0/campaigns/{}", id_of(&next)),
+        &tok,
+        Duration::from_secs(30),
+        |_, v| v["status"] == "completed",
+    )
+    .await;
+    assert_eq!(
+        (n["dialed"].as_u64(), n["answered"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // A completed campaign cannot run again.
+    let (s, _) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/campaigns/{cid}/status"),
+            Some(&tok),
+            Some(json!({"status": "running"})),
+        )
+        .await;
+    assert_eq!(s, 409);
+}

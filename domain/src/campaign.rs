@@ -8,8 +8,6 @@
 
 use crate::{DomainError, ResourceView};
 use chrono::{DateTime, Duration, Utc};
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -18,35 +16,6 @@ use vbin_event_schema::*;
 
 /// Most destinations per target.
 pub const MAX_TARGET_DESTINATIONS: usize = 5;
-
-/// Implements `Aggregate` for a type with `fn decide(&self, Command) -> Result<Vec<Event>>`.
-macro_rules! decided_aggregate {
-    ($agg:ty, $type:literal, $cmd:ty, $event:ty) => {
-        impl Aggregate for $agg {
-            const TYPE: &'static str = $type;
-            type Command = $cmd;
-            type Event = $event;
-            type Error = DomainError;
-            type Services = ();
-
-            async fn handle(
-                &mut self,
-                command: Self::Command,
-                _: &(),
-                sink: &EventSink<Self>,
-            ) -> Result<(), Self::Error> {
-                for event in self.decide(command)? {
-                    sink.write(event, self).await;
-                }
-                Ok(())
-            }
-
-            fn apply(&mut self, event: Self::Event) {
-                self.fold(event)
-            }
-        }
-    };
-}
 
 // ---------------------------------------------------------------------------------------------
 // Outplan

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use vbin_event_schema::{
-    AccessKeyId, AgentId, AgentStatus, CustomerEvent, CustomerId, Permission, WebhookMethod,
+    AccessKeyId, AgentId, AgentStatus, CallId, CustomerEvent, CustomerId, Permission,
+    RoutingMethod, WebhookMethod,
 };
 
 /// A new agent, with its password already hashed by the command layer.
@@ -91,6 +92,26 @@ pub enum CustomerCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Assign the queue call `call_id` an available agent among `candidates` (a queue's
+    /// agents, in its order): `linear` takes the first available, `ringall` the one idle
+    /// longest. A no-op if an agent has this call already (a repeated assignment).
+    AssignAgent {
+        /// The queue call.
+        call_id: CallId,
+        /// The queue's agents.
+        candidates: Vec<AgentId>,
+        /// How to pick.
+        routing: RoutingMethod,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Make the agent that has the queue call `call_id` available again (no-op if none has).
+    ReleaseAgentOf {
+        /// The queue call that ended.
+        call_id: CallId,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Remove an agent.
     DeleteAgent {
         /// Which.
@@ -137,6 +158,12 @@ pub struct Agent {
     pub permission: Permission,
     /// Availability.
     pub status: AgentStatus,
+    /// The queue call it is on (with `busy`, when a queue assigned it).
+    #[serde(default)]
+    pub call_id: Option<CallId>,
+    /// When its status last changed (ringall picks the agent idle longest).
+    #[serde(default)]
+    pub tm_status: Option<DateTime<Utc>>,
     /// Created.
     pub tm_create: DateTime<Utc>,
     /// Last change.
@@ -209,6 +236,7 @@ impl Customer {
         json!({
             "id": a.id, "type": "agent", "customer_id": self.id, "username": a.username,
             "name": a.name, "permission": a.permission, "status": a.status,
+            "call_id": a.call_id,
             "tm_create": a.tm_create, "tm_update": a.tm_update, "tm_delete": a.tm_delete,
         })
     }
@@ -225,6 +253,21 @@ impl Customer {
     /// A live (not deleted) agent.
     pub fn agent(&self, id: AgentId) -> Option<&Agent> {
         self.agents.get(&id).filter(|a| a.tm_delete.is_none())
+    }
+
+    /// The live agent assigned the queue call `call_id`.
+    pub fn agent_on(&self, call_id: CallId) -> Option<&Agent> {
+        self.agents
+            .values()
+            .find(|a| a.tm_delete.is_none() && a.call_id == Some(call_id))
+    }
+
+    /// How many of `ids` are live and available.
+    pub fn available_among(&self, ids: &[AgentId]) -> usize {
+        ids.iter()
+            .filter_map(|id| self.agent(*id))
+            .filter(|a| a.status == AgentStatus::Available)
+            .count()
     }
 
     fn live_agent(&self, id: AgentId) -> Result<&Agent, DomainError> {
@@ -342,12 +385,55 @@ impl Customer {
                 status,
                 at,
             } => {
-                if self.live_agent(agent_id)?.status == status {
+                let agent = self.live_agent(agent_id)?;
+                if agent.status == status && agent.call_id.is_none() {
                     return Ok(vec![]);
                 }
                 E::AgentStatusChanged {
                     agent_id,
                     status,
+                    call_id: None,
+                    at,
+                }
+            }
+            C::AssignAgent {
+                call_id,
+                candidates,
+                routing,
+                at,
+            } => {
+                if self.agent_on(call_id).is_some() {
+                    return Ok(vec![]);
+                }
+                let available = candidates
+                    .iter()
+                    .filter_map(|id| self.agent(*id))
+                    .filter(|a| a.status == AgentStatus::Available);
+                let chosen = match routing {
+                    RoutingMethod::Linear => available.into_iter().next(),
+                    // min_by_key keeps the first of equals: the queue's order breaks ties.
+                    RoutingMethod::Ringall => available.min_by_key(|a| a.tm_status),
+                };
+                let Some(agent) = chosen else {
+                    return Err(DomainError::FailedPrecondition(
+                        "no agent of the queue is available".into(),
+                    ));
+                };
+                E::AgentStatusChanged {
+                    agent_id: agent.id,
+                    status: AgentStatus::Busy,
+                    call_id: Some(call_id),
+                    at,
+                }
+            }
+            C::ReleaseAgentOf { call_id, at } => {
+                let Some(agent) = self.agent_on(call_id) else {
+                    return Ok(vec![]);
+                };
+                E::AgentStatusChanged {
+                    agent_id: agent.id,
+                    status: AgentStatus::Available,
+                    call_id: None,
                     at,
                 }
             }
@@ -484,6 +570,8 @@ impl Aggregate for Customer {
                         name,
                         permission,
                         status: AgentStatus::Offline,
+                        call_id: None,
+                        tm_status: None,
                         tm_create: at,
                         tm_update: at,
                         tm_delete: None,
@@ -505,10 +593,13 @@ impl Aggregate for Customer {
             E::AgentStatusChanged {
                 agent_id,
                 status,
+                call_id,
                 at,
             } => {
                 if let Some(a) = self.agents.get_mut(&agent_id) {
                     a.status = status;
+                    a.call_id = call_id;
+                    a.tm_status = Some(at);
                     a.tm_update = at;
                 }
             }
@@ -608,6 +699,63 @@ mod tests {
         )
         .unwrap();
         (c, id)
+    }
+
+    #[test]
+    fn queue_assignment_picks_by_routing_and_is_idempotent() {
+        let (mut c, _) = created();
+        let t0 = Utc::now();
+        let ids: Vec<AgentId> = (0..3)
+            .map(|i| {
+                let a = agent(&format!("a{i}"));
+                let id = a.agent_id;
+                run(&mut c, CustomerCommand::CreateAgent { agent: a, at: t0 }).unwrap();
+                id
+            })
+            .collect();
+        // Available in the order 2, 0 (agent 1 stays offline).
+        for (i, id) in [ids[2], ids[0]].into_iter().enumerate() {
+            let cmd = CustomerCommand::SetAgentStatus {
+                agent_id: id,
+                status: AgentStatus::Available,
+                at: t0 + Duration::seconds(i as i64),
+            };
+            run(&mut c, cmd).unwrap();
+        }
+        let assign = |call_id, routing| CustomerCommand::AssignAgent {
+            call_id,
+            candidates: ids.clone(),
+            routing,
+            at: t0 + Duration::seconds(10),
+        };
+        // ringall: the agent idle longest (2); linear: the first available in order (0).
+        let mut ringall = c.clone();
+        let call = CallId::new();
+        run(&mut ringall, assign(call, RoutingMethod::Ringall)).unwrap();
+        assert_eq!(ringall.agent_on(call).unwrap().id, ids[2]);
+        assert_eq!(
+            run(&mut ringall, assign(call, RoutingMethod::Ringall)),
+            Ok(0)
+        );
+        run(&mut c, assign(call, RoutingMethod::Linear)).unwrap();
+        assert_eq!(c.agent_on(call).unwrap().id, ids[0]);
+        assert_eq!(c.available_among(&ids), 1);
+        let other = CallId::new();
+        run(&mut c, assign(other, RoutingMethod::Linear)).unwrap();
+        assert_eq!(c.agent_on(other).unwrap().id, ids[2]);
+        assert!(matches!(
+            run(&mut c, assign(CallId::new(), RoutingMethod::Linear)),
+            Err(DomainError::FailedPrecondition(_))
+        ));
+        // Release is by call, once.
+        let release = CustomerCommand::ReleaseAgentOf {
+            call_id: call,
+            at: t0 + Duration::seconds(20),
+        };
+        assert_eq!(run(&mut c, release.clone()), Ok(1));
+        assert_eq!(run(&mut c, release), Ok(0));
+        assert_eq!(c.agent(ids[0]).unwrap().status, AgentStatus::Available);
+        assert!(c.agent(ids[0]).unwrap().call_id.is_none());
     }
 
     #[test]

@@ -1,11 +1,41 @@
 //! vbin's aggregates. Pure: no I/O, no clock, no randomness — commands carry timestamps,
 //! generated ids, hashes and secrets, so that `handle` is a deterministic decision.
 
+/// Implements `Aggregate` for a type with `fn decide(&self, Command) -> Result<Vec<Event>>`.
+macro_rules! decided_aggregate {
+    ($agg:ty, $type:literal, $cmd:ty, $event:ty) => {
+        impl cqrs_es::Aggregate for $agg {
+            const TYPE: &'static str = $type;
+            type Command = $cmd;
+            type Event = $event;
+            type Error = DomainError;
+            type Services = ();
+
+            async fn handle(
+                &mut self,
+                command: Self::Command,
+                _: &(),
+                sink: &cqrs_es::event_sink::EventSink<Self>,
+            ) -> Result<(), Self::Error> {
+                for event in self.decide(command)? {
+                    sink.write(event, self).await;
+                }
+                Ok(())
+            }
+
+            fn apply(&mut self, event: Self::Event) {
+                self.fold(event)
+            }
+        }
+    };
+}
+
 pub mod billing;
 pub mod call;
 pub mod campaign;
 pub mod customer;
 mod error;
+pub mod queue;
 
 pub use billing::{BillingAccount, BillingCommand};
 pub use call::{Call, CallCommand, HangupRequest, NewCall};
@@ -15,6 +45,7 @@ pub use campaign::{
 };
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
+pub use queue::{NewQueue, Queue, QueueCommand};
 
 /// The API view of the resource an event touched, right after the event (`{id, type, ...}`).
 /// Stored beside each event and published with it, so webhooks and WebSocket pushes carry

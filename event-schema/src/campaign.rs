@@ -9,28 +9,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Implements `name()` and `DomainEvent` (all these events are at version 1.0).
-macro_rules! event_names {
-    ($t:ident { $($v:ident => $n:literal),* $(,)? }) => {
-        impl $t {
-            /// The event's wire name.
-            pub fn name(&self) -> &'static str {
-                match self {
-                    $(Self::$v { .. } => $n,)*
-                }
-            }
-        }
-        impl DomainEvent for $t {
-            fn event_type(&self) -> String {
-                self.name().to_string()
-            }
-            fn event_version(&self) -> String {
-                "1.0".to_string()
-            }
-        }
-    };
-}
-
 /// A campaign's status. `pending -> running -> stopping -> stopped`, `running -> completed`,
 /// and a stopped campaign may run again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -81,6 +81,10 @@ pub enum CustomerEvent {
         agent_id: AgentId,
         /// New status.
         status: AgentStatus,
+        /// The queue call it was assigned (with `busy`); absent otherwise. Added without a
+        /// version bump: older events simply lack it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        call_id: Option<CallId>,
         /// When.
         at: DateTime<Utc>,
     },

@@ -1,15 +1,15 @@
 //! Inline projections: lookup tables the command side needs exact at commit time (logins,
-//! access keys, webhook secrets and balances), updated in the same transaction as the events
+//! access keys, webhook secrets, balances and the queue each call joined), updated in the same transaction as the events
 //! that change them. Read models proper are built asynchronously by the projections crate.
 
 use crate::store::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vbin_event_schema::{BillingEvent, CustomerEvent};
+use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent};
 
 /// Whether appends to this aggregate type update lookup tables (and so need a transaction).
 pub fn applies_to(aggregate_type: &str) -> bool {
-    matches!(aggregate_type, "customer" | "billing_account")
+    matches!(aggregate_type, "customer" | "billing_account" | "queue")
 }
 
 /// Keeps `billing_balances` equal to the account's state.
@@ -54,16 +54,46 @@ async fn apply_billing(
     Ok(())
 }
 
+/// Records in `queue_calls` which queue each joining call is in.
+async fn apply_queue(
+    tx: &mut Transaction<'_, Postgres>,
+    queue_id: Uuid,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        if e.event_type != "queuecall_joined" {
+            continue;
+        }
+        let event: QueueEvent = serde_json::from_value(e.payload.clone())
+            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        if let QueueEvent::QueuecallJoined { call, .. } = event {
+            sqlx::query(
+                "INSERT INTO queue_calls (call_id, queue_id, customer_id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (call_id) DO NOTHING",
+            )
+            .bind(call.call_id.as_uuid())
+            .bind(queue_id)
+            .bind(customer_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Applies the events of one append to the lookup tables.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     aggregate_type: &str,
+    aggregate_id: Uuid,
     customer_id: Uuid,
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
     match aggregate_type {
         "customer" => {}
         "billing_account" => return apply_billing(tx, customer_id, events).await,
+        "queue" => return apply_queue(tx, aggregate_id, customer_id, events).await,
         _ => return Ok(()),
     }
     for e in events {

@@ -186,7 +186,7 @@ impl PgEventRepository {
                     .map_err(classify)?;
             }
             let inserted = insert.fetch_all(&mut *tx).await.map_err(classify)?;
-            inline::apply(&mut tx, aggregate_type, customer_id, events)
+            inline::apply(&mut tx, aggregate_type, aggregate_id, customer_id, events)
                 .await
                 .map_err(classify)?;
             if let Some((payload, last_sequence)) = snapshot {

@@ -132,6 +132,7 @@ impl Queue {
             "agent_ids": self.agent_ids, "wait_timeout_ms": self.wait_timeout_ms,
             "waiting": self.stats.waiting, "serving": self.stats.serving,
             "served": self.stats.served, "abandoned": self.stats.abandoned,
+            "total_wait_ms": self.stats.total_wait_ms,
             "average_wait_ms": self.stats.average_wait_ms,
             "tm_create": self.tm_create, "tm_update": self.tm_update,
         })
@@ -332,7 +333,7 @@ impl Queue {
     }
 
     /// The view of a queue call event's call (None for the queue's own events).
-    fn queuecall_view(&self, event: &QueueEvent) -> Option<Value> {
+    pub fn queuecall_view(&self, event: &QueueEvent) -> Option<Value> {
         let (call, status, reason, tm_end) = match event {
             QueueEvent::QueueCreated { .. } | QueueEvent::QueueUpdated { .. } => return None,
             QueueEvent::QueuecallJoined { call, .. } => (call, "waiting", None, None),

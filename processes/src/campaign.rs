@@ -17,7 +17,7 @@
 //! [`place_call`] records the call on the campaign (once-key `campaign-call:<call id>`) before
 //! creating it, so a call's result always finds it in flight.
 
-use crate::{applied, ProcessError};
+use crate::{applied, system_meta, ProcessError};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,17 +48,6 @@ pub struct Campaigns {
     wake: Arc<Notify>,
 }
 
-fn system_meta(
-    part: &'static str,
-    cause: Uuid,
-    correlation: &str,
-    customer: CustomerId,
-) -> CommandMeta {
-    let mut m = CommandMeta::caused_by(part, cause, correlation);
-    m.customer_id = Some(customer.as_uuid());
-    m
-}
-
 /// Runs the dialer and the three consumers until `shutdown`.
 pub async fn run(
     pool: sqlx::PgPool,
@@ -71,13 +60,7 @@ pub async fn run(
         executor,
         wake: Arc::new(Notify::new()),
     };
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stop = move || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let (tx, stop) = crate::stop_signal();
     let placer = run_consumer(
         bus.clone(),
         ConsumerSpec::for_events(
@@ -120,57 +103,16 @@ impl Campaigns {
     }
 
     async fn dialer(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let led = self.lead(&mut shutdown).await;
-            if let Err(e) = led {
-                tracing::warn!(error = %e, "campaign dialer lost its lease; retrying");
-            } else {
-                return;
-            }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    }
-
-    /// Takes the lease (waiting for it) and dials until `shutdown` (Ok) or a lease error.
-    async fn lead(
-        &self,
-        shutdown: &mut std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    ) -> Result<(), sqlx::Error> {
-        let mut lease = self.pool.acquire().await?.detach();
-        loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(DIALER_LEASE)
-                .fetch_one(&mut lease)
-                .await?;
-            if got {
-                break;
-            }
-            tokio::select! {
-                _ = &mut *shutdown => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-        tracing::info!("campaign dialer lease acquired");
-        let mut ticks = 0u64;
-        loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "campaign dialer tick failed");
-            }
-            ticks += 1;
-            if ticks.is_multiple_of(25) {
-                // The lease lives as long as this connection: make sure it still does.
-                sqlx::query("SELECT 1").execute(&mut lease).await?;
-            }
-            tokio::select! {
-                _ = &mut *shutdown => return Ok(()),
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(TICK) => {}
-            }
-        }
+        crate::leased_loop(
+            &self.pool.clone(),
+            DIALER_LEASE,
+            "campaign dialer",
+            TICK,
+            &self.wake.clone(),
+            shutdown,
+            || self.tick(),
+        )
+        .await
     }
 
     /// One pass over the running campaigns; returns how many calls it placed.
@@ -284,7 +226,14 @@ impl Campaigns {
 
     /// How many calls the campaign may have in flight.
     async fn call_limit(&self, c: &Campaign) -> Result<u64, ProcessError> {
-        Ok(c.max_concurrent_calls as u64)
+        match c.queue_id {
+            Some(queue) => {
+                crate::queue::Queues::new(self.pool.clone(), self.executor.clone())
+                    .campaign_limit(c, queue)
+                    .await
+            }
+            None => Ok(c.max_concurrent_calls as u64),
+        }
     }
 
     /// Dials one target; false if the target was not dialable (stale read model).

@@ -5,11 +5,21 @@
 //! a call no longer in flight), or the command carries a once-key (`billing:<call id>`) that
 //! the event store records in the same transaction as the events. So redelivery, restarts and
 //! several instances change nothing.
+//!
+//! The two pollers (campaign dialer, queue dispatcher) run in one instance at a time: each
+//! holds a Postgres session advisory lock (its lease) while it works; the others wait for it.
 
 pub mod billing;
 pub mod campaign;
+pub mod queue;
 
-use vbin_commands::ExecError;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use vbin_commands::{CommandMeta, ExecError};
+use vbin_event_schema::CustomerId;
 
 /// Why a handler failed (the event is redelivered later).
 #[derive(Debug, thiserror::Error)]
@@ -32,4 +42,106 @@ pub(crate) fn applied<T>(r: Result<T, ExecError>) -> Result<Option<T>, ExecError
         Err(ExecError::AlreadyApplied) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Runs `tick` every `every` (and whenever `wake` is notified) while this process holds the
+/// advisory-lock lease `key`; waits for the lease while another process holds it, and takes
+/// it again after losing its connection. Returns at `shutdown`.
+pub(crate) async fn leased_loop<F, Fut>(
+    pool: &sqlx::PgPool,
+    key: i64,
+    name: &'static str,
+    every: Duration,
+    wake: &Notify,
+    shutdown: impl Future<Output = ()>,
+    tick: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<usize, ProcessError>>,
+{
+    tokio::pin!(shutdown);
+    loop {
+        match lead(pool, key, name, every, wake, &mut shutdown, &tick).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "{name} lost its lease; retrying"),
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Takes the lease (waiting for it) and ticks until `shutdown` (Ok) or a lease error.
+async fn lead<F, Fut>(
+    pool: &sqlx::PgPool,
+    key: i64,
+    name: &'static str,
+    every: Duration,
+    wake: &Notify,
+    shutdown: &mut Pin<&mut impl Future<Output = ()>>,
+    tick: &F,
+) -> Result<(), sqlx::Error>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<usize, ProcessError>>,
+{
+    let mut lease = pool.acquire().await?.detach();
+    loop {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut lease)
+            .await?;
+        if got {
+            break;
+        }
+        tokio::select! {
+            _ = &mut *shutdown => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    tracing::info!("{name} lease acquired");
+    let mut ticks = 0u64;
+    loop {
+        if let Err(e) = tick().await {
+            tracing::warn!(error = %e, "{name} tick failed");
+        }
+        ticks += 1;
+        if ticks.is_multiple_of(25) {
+            // The lease lives as long as this connection: make sure it still does.
+            sqlx::query("SELECT 1").execute(&mut lease).await?;
+        }
+        tokio::select! {
+            _ = &mut *shutdown => return Ok(()),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// A stop signal several tasks can wait for: `(trigger, waiter factory)`.
+pub(crate) fn stop_signal() -> (
+    tokio::sync::watch::Sender<bool>,
+    impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Clone,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let wait = move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }) as Pin<Box<dyn Future<Output = ()> + Send>>
+    };
+    (tx, wait)
+}
+
+/// Metadata of a command a process manager sends for `customer`, caused by event `cause`.
+pub(crate) fn system_meta(
+    part: &'static str,
+    cause: Uuid,
+    correlation: &str,
+    customer: CustomerId,
+) -> CommandMeta {
+    let mut m = CommandMeta::caused_by(part, cause, correlation);
+    m.customer_id = Some(customer.as_uuid());
+    m
 }

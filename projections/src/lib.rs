@@ -112,6 +112,7 @@ pub fn all() -> &'static [Projection] {
         models::campaigns::OUTDIALS,
         models::campaigns::TARGETS,
         models::campaigns::CAMPAIGNS,
+        models::queues::PROJECTION,
     ]
 }
 

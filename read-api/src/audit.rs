@@ -42,7 +42,7 @@ struct Holder {
 
 /// The resource types with a trail.
 pub const RESOURCE_TYPES: &str =
-    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget";
+    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget, queue";
 
 fn aggregate_of(resource_type: &str) -> Option<Holder> {
     let (aggregate_type, needs_admin, per_customer) = match resource_type {
@@ -53,6 +53,7 @@ fn aggregate_of(resource_type: &str) -> Option<Holder> {
         "outplan" => ("outplan", false, false),
         "outdial" => ("outdial", false, false),
         "outdialtarget" => ("outdialtarget", false, false),
+        "queue" => ("queue", false, false),
         _ => return None,
     };
     Some(Holder {

@@ -57,6 +57,9 @@ pub fn routes(state: ReadState) -> Router<AppState> {
         .route("/v1.0/campaigns", get(list_campaigns))
         .route("/v1.0/campaigns/{id}", get(get_campaign))
         .route("/v1.0/campaigncalls", get(list_campaigncalls))
+        .route("/v1.0/queues", get(list_queues))
+        .route("/v1.0/queues/{id}", get(get_queue))
+        .route("/v1.0/queuecalls", get(list_queuecalls))
         .layer(Extension(state))
 }
 
@@ -315,6 +318,7 @@ async fn get_access_key(
 pub struct Filter {
     reference_id: Option<String>,
     campaign_id: Option<String>,
+    queue_id: Option<String>,
 }
 
 fn uuid_param(name: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> {
@@ -348,36 +352,32 @@ async fn list_billings(
     list_rows_where(&s.pool, "rm_billings", c.customer_id.as_uuid(), &p, filter).await
 }
 
-async fn list_outplans(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Query(p): Query<Page>,
-) -> Result<axum::Json<Value>, ApiError> {
-    list_rows(&s.pool, "rm_outplans", c.customer_id.as_uuid(), &p).await
+/// A customer's resources of one read model table: `list` (paginated) and `get` (by id).
+macro_rules! list_and_get {
+    ($($list:ident, $get:ident => $table:literal, $what:literal;)*) => {$(
+        async fn $list(
+            Extension(s): Extension<ReadState>,
+            c: CustomerCaller,
+            Query(p): Query<Page>,
+        ) -> Result<axum::Json<Value>, ApiError> {
+            list_rows(&s.pool, $table, c.customer_id.as_uuid(), &p).await
+        }
+
+        async fn $get(
+            Extension(s): Extension<ReadState>,
+            c: CustomerCaller,
+            Path(id): Path<String>,
+        ) -> Result<axum::Json<Value>, ApiError> {
+            get_one(&s, $table, $what, &id, c.customer_id.as_uuid()).await
+        }
+    )*};
 }
 
-async fn get_outplan(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    get_one(&s, "rm_outplans", "outplan", &id, c.customer_id.as_uuid()).await
-}
-
-async fn list_outdials(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Query(p): Query<Page>,
-) -> Result<axum::Json<Value>, ApiError> {
-    list_rows(&s.pool, "rm_outdials", c.customer_id.as_uuid(), &p).await
-}
-
-async fn get_outdial(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    get_one(&s, "rm_outdials", "outdial", &id, c.customer_id.as_uuid()).await
+list_and_get! {
+    list_outplans, get_outplan => "rm_outplans", "outplan";
+    list_outdials, get_outdial => "rm_outdials", "outdial";
+    list_campaigns, get_campaign => "rm_campaigns", "campaign";
+    list_queues, get_queue => "rm_queues", "queue";
 }
 
 /// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).
@@ -399,22 +399,6 @@ async fn list_targets(
     .await
 }
 
-async fn list_campaigns(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Query(p): Query<Page>,
-) -> Result<axum::Json<Value>, ApiError> {
-    list_rows(&s.pool, "rm_campaigns", c.customer_id.as_uuid(), &p).await
-}
-
-async fn get_campaign(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    get_one(&s, "rm_campaigns", "campaign", &id, c.customer_id.as_uuid()).await
-}
-
 async fn list_campaigncalls(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
@@ -425,6 +409,24 @@ async fn list_campaigncalls(
     list_rows_where(
         &s.pool,
         "rm_campaigncalls",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
+}
+
+/// `GET /v1.0/queuecalls?queue_id=`: queue calls, newest first.
+async fn list_queuecalls(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let filter = uuid_param("queue_id", &f.queue_id)?.map(|v| ("queue_id", v));
+    list_rows_where(
+        &s.pool,
+        "rm_queuecalls",
         c.customer_id.as_uuid(),
         &p,
         filter,

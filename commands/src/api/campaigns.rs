@@ -25,7 +25,7 @@ pub const MAX_CONCURRENT_CALLS: u32 = 1000;
 /// Default calls in flight of a campaign without a queue.
 pub const DEFAULT_CONCURRENT_CALLS: u32 = 10;
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     let n = name.chars().count();
     if n > 200 || name.chars().any(char::is_control) {
         return Err(ApiError::invalid(
@@ -35,7 +35,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn in_range(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ApiError> {
+pub(crate) fn in_range(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ApiError> {
     if (lo..=hi).contains(&v) {
         Ok(v)
     } else {
@@ -44,7 +44,7 @@ fn in_range(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, ApiError> {
 }
 
 /// Fails with 404 unless aggregate `id` exists and belongs to `customer`.
-async fn require<A: StoredAggregate>(
+pub(crate) async fn require<A: StoredAggregate>(
     s: &AppState,
     id: Uuid,
     customer: CustomerId,
@@ -202,6 +202,9 @@ pub async fn create_campaign(
     )?;
     require::<Outplan>(&s, b.outplan_id, c.customer_id, "outplan").await?;
     require::<Outdial>(&s, b.outdial_id, c.customer_id, "outdial").await?;
+    if let Some(queue) = b.queue_id {
+        require::<vbin_domain::Queue>(&s, queue, c.customer_id, "queue").await?;
+    }
     if let Some(next) = b.next_campaign_id {
         require::<Campaign>(&s, next, c.customer_id, "next campaign").await?;
     }

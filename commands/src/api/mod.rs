@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod identity;
 pub mod mw;
+pub mod queues;
 
 use crate::auth::AuthKeys;
 use crate::executor::Executor;
@@ -94,6 +95,9 @@ pub fn routes() -> Router<AppState> {
             "/v1.0/campaigns/{id}/status",
             put(campaigns::set_campaign_status),
         )
+        .route("/v1.0/queues", post(queues::create_queue))
+        .route("/v1.0/queues/{id}", put(queues::update_queue))
+        .route("/v1.0/queues/{id}/calls", post(queues::join_queue))
 }
 
 /// Wraps routes with the layers every vbin HTTP surface shares: JSON 404, body limit,

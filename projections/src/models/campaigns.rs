@@ -62,19 +62,36 @@ fn upsert_typed(
 }
 
 fn apply_campaign(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    if resource_type(event) != Some("campaigncall") {
-        return upsert_typed(event, "campaign", "rm_campaigns");
+    parent_or_child(
+        event,
+        ("campaign", "rm_campaigns"),
+        ("campaigncall", "rm_campaigncalls"),
+        "counters",
+    )
+}
+
+/// For aggregates whose events show either the aggregate itself or one of its children (a
+/// campaign call, a queue call): a child's event upserts the child's row and patches the
+/// parent's row with the statistics the event carries in `data[field]`.
+pub(crate) fn parent_or_child(
+    event: &PublishedEvent,
+    (parent, parent_table): (&str, &'static str),
+    (child, child_table): (&str, &'static str),
+    field: &str,
+) -> Result<Vec<RowOp>, ApplyError> {
+    if resource_type(event) != Some(child) {
+        return upsert_typed(event, parent, parent_table);
     }
     let mut patch = event
         .data
-        .get("counters")
+        .get(field)
         .cloned()
-        .ok_or_else(|| ApplyError(format!("{} without counters", event.event_type)))?;
+        .ok_or_else(|| ApplyError(format!("{} without {field}", event.event_type)))?;
     patch["tm_update"] = event.resource["tm_update"].clone();
     Ok(vec![
-        upsert_resource("rm_campaigncalls", event)?,
+        upsert_resource(child_table, event)?,
         RowOp::Patch {
-            table: "rm_campaigns",
+            table: parent_table,
             id: event.aggregate_id,
             patch,
         },

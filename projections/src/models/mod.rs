@@ -4,3 +4,4 @@ pub mod billing;
 pub mod calls;
 pub mod campaigns;
 pub mod identity;
+pub mod queues;

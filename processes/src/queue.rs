@@ -1,0 +1,390 @@
+//! The queue process managers.
+//!
+//! - **Dispatcher** (one active instance, advisory-lock lease): every tick it walks the
+//!   waiting queue calls, oldest first. A call that has waited the queue's `wait_timeout_ms`
+//!   is abandoned (`timeout`); otherwise the Customer aggregate assigns it an available agent
+//!   of the queue (`AssignAgent`: linear or ringall, atomic across queues sharing agents) and
+//!   the queue records the service (`Serve`). Both steps are idempotent: after a crash between
+//!   them, the repeated assignment returns the same agent. Should the call have left the
+//!   queue meanwhile, the agent is released again.
+//! - **Calls** (`queue-calls` consumer of `call_progressing` and `call_hungup`): an answered
+//!   campaign call joins its campaign's queue (once-key `queue-join:<call id>`); a call that
+//!   ends is abandoned (`hangup`) if still waiting, or finished and its agent released if it
+//!   was being served. Which queue a call is in comes from `queue_calls`, written in the
+//!   join's transaction, so a lagging read model cannot make a hangup miss its queue.
+//! - **Timeouts** (`queue-timeouts` consumer of `queuecall_abandoned`): hangs up a call that
+//!   timed out in the queue (event-driven, so a crash after the abandon still hangs it up).
+
+use crate::{applied, system_meta, ProcessError};
+use chrono::Utc;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_commands::api::queues::join_key;
+use vbin_commands::{ExecError, Executor};
+use vbin_domain::{
+    Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
+    QueueCommand,
+};
+use vbin_event_schema::{AbandonReason, CallId, CampaignId, CustomerId, PublishedEvent, QueueId};
+
+/// How often the dispatcher looks at waiting calls when nothing wakes it.
+pub const TICK: Duration = Duration::from_millis(200);
+
+/// Most waiting calls one tick looks at.
+const SCAN_LIMIT: i64 = 2_000;
+
+/// Advisory lock key of the dispatcher lease.
+const DISPATCHER_LEASE: i64 = 0x7662_696e_7175_6575; // "vbinqueu"
+
+/// What the queue process managers share.
+#[derive(Clone)]
+pub struct Queues {
+    pool: sqlx::PgPool,
+    executor: Executor,
+    wake: Arc<Notify>,
+}
+
+/// Runs the dispatcher and the two consumers until `shutdown`.
+pub async fn run(
+    pool: sqlx::PgPool,
+    executor: Executor,
+    bus: Bus,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let q = Queues::new(pool, executor);
+    let (tx, stop) = crate::stop_signal();
+    let calls = run_consumer(
+        bus.clone(),
+        ConsumerSpec::for_events("queue-calls", "call", &["call_progressing", "call_hungup"]),
+        |e| q.clone().on_call(e),
+        stop(),
+    );
+    let timeouts = run_consumer(
+        bus,
+        ConsumerSpec::for_events("queue-timeouts", "queue", &["queuecall_abandoned"]),
+        |e| q.clone().on_abandoned(e),
+        stop(),
+    );
+    let dispatcher = crate::leased_loop(
+        &q.pool,
+        DISPATCHER_LEASE,
+        "queue dispatcher",
+        TICK,
+        &q.wake,
+        stop(),
+        || q.tick(),
+    );
+    let all = futures::future::join3(calls, timeouts, dispatcher);
+    tokio::pin!(all);
+    tokio::select! {
+        _ = shutdown => { let _ = tx.send(true); all.await; }
+        _ = &mut all => {}
+    }
+}
+
+/// A waiting call as the read model lists it.
+#[derive(sqlx::FromRow)]
+struct WaitingRow {
+    aggregate_id: Uuid,
+    customer_id: Uuid,
+    call_id: Uuid,
+    /// Whether the calls read model shows the call ended (a join can race the hangup).
+    ended: bool,
+}
+
+impl Queues {
+    /// A handle for tests and benches.
+    pub fn new(pool: sqlx::PgPool, executor: Executor) -> Self {
+        Self {
+            pool,
+            executor,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// One pass over the waiting calls; returns how many got an agent.
+    pub async fn tick(&self) -> Result<usize, ProcessError> {
+        let waiting: Vec<WaitingRow> = sqlx::query_as(
+            "SELECT q.aggregate_id, q.customer_id, (q.body->>'call_id')::uuid AS call_id, \
+                    COALESCE(c.body->>'status' NOT IN ('dialing', 'ringing', 'progressing'), false) AS ended \
+             FROM rm_queuecalls q LEFT JOIN rm_calls c ON c.id = (q.body->>'call_id')::uuid \
+             WHERE q.status = 'waiting' ORDER BY q.id LIMIT $1",
+        )
+        .bind(SCAN_LIMIT)
+        .fetch_all(&self.pool)
+        .await?;
+        // Queues without a free agent this tick: their later calls only get timeout checks,
+        // so a queue stays first-come first-served.
+        let mut saturated = HashSet::new();
+        let mut queues: HashMap<QueueId, Option<Queue>> = HashMap::new();
+        let mut served = 0;
+        for w in waiting {
+            let queue_id = QueueId(w.aggregate_id);
+            let customer = CustomerId(w.customer_id);
+            // Each queue is loaded once per tick and kept current from the commands' results.
+            let q = match queues.get_mut(&queue_id) {
+                Some(q) => q,
+                None => {
+                    let loaded = self
+                        .executor
+                        .load::<Queue>(queue_id.as_uuid(), Some(customer))
+                        .await?;
+                    queues.entry(queue_id).or_insert(loaded)
+                }
+            };
+            let Some(q) = q.as_mut() else { continue };
+            match self
+                .dispatch(q, customer, CallId(w.call_id), w.ended, &saturated)
+                .await
+            {
+                Ok(Dispatch::Served) => served += 1,
+                Ok(Dispatch::NoAgent) => {
+                    saturated.insert(queue_id);
+                }
+                Ok(Dispatch::Nothing) => {}
+                Err(e) => {
+                    tracing::warn!(queue_id = %queue_id, call_id = %w.call_id, error = %e, "dispatching a queue call failed")
+                }
+            }
+        }
+        metrics::counter!("vbin_queue_calls_served_total").increment(served as u64);
+        Ok(served)
+    }
+
+    async fn dispatch(
+        &self,
+        q: &mut Queue,
+        customer: CustomerId,
+        call_id: CallId,
+        ended: bool,
+        saturated: &HashSet<QueueId>,
+    ) -> Result<Dispatch, ProcessError> {
+        let queue_id = q.id.expect("loaded queue has an id");
+        let Some(entry) = q.waiting.get(&call_id) else {
+            return Ok(Dispatch::Nothing); // the read model lags
+        };
+        let meta = system_meta(
+            "queue-dispatcher",
+            Uuid::now_v7(),
+            &call_id.to_string(),
+            customer,
+        );
+        let now = Utc::now();
+        let waited = (now - entry.tm_join).num_milliseconds();
+        if ended || waited >= i64::from(q.wait_timeout_ms) {
+            let reason = if ended {
+                AbandonReason::Hangup
+            } else {
+                AbandonReason::Timeout
+            };
+            let cmd = QueueCommand::Abandon {
+                call_id,
+                reason,
+                at: now,
+            };
+            *q = self
+                .executor
+                .execute::<Queue>(queue_id.as_uuid(), customer, None, cmd, &meta)
+                .await?
+                .state;
+            return Ok(Dispatch::Nothing);
+        }
+        if saturated.contains(&queue_id) {
+            return Ok(Dispatch::Nothing);
+        }
+        let assign = CustomerCommand::AssignAgent {
+            call_id,
+            candidates: q.agent_ids.clone(),
+            routing: q.routing_method,
+            at: now,
+        };
+        let owner = match self
+            .executor
+            .execute::<Customer>(customer.as_uuid(), customer, None, assign, &meta)
+            .await
+        {
+            Ok(done) => done.state,
+            Err(ExecError::Domain(DomainError::FailedPrecondition(_))) => {
+                return Ok(Dispatch::NoAgent)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let agent_id = owner
+            .agent_on(call_id)
+            .map(|a| a.id)
+            .ok_or_else(|| ProcessError::BadEvent("assigned agent not found".into()))?;
+        let serve = QueueCommand::Serve {
+            call_id,
+            agent_id,
+            at: Utc::now(),
+        };
+        match self
+            .executor
+            .execute::<Queue>(queue_id.as_uuid(), customer, None, serve, &meta)
+            .await
+        {
+            Ok(done) => {
+                *q = done.state;
+                tracing::info!(queue_id = %queue_id, %call_id, %agent_id, "queue call served");
+                Ok(Dispatch::Served)
+            }
+            Err(ExecError::Domain(DomainError::FailedPrecondition(_))) => {
+                // The call left the queue after we looked: give the agent back.
+                self.release(customer, call_id, &meta).await?;
+                Ok(Dispatch::Nothing)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn release(
+        &self,
+        customer: CustomerId,
+        call_id: CallId,
+        meta: &vbin_commands::CommandMeta,
+    ) -> Result<(), ProcessError> {
+        let cmd = CustomerCommand::ReleaseAgentOf {
+            call_id,
+            at: Utc::now(),
+        };
+        self.executor
+            .execute::<Customer>(customer.as_uuid(), customer, None, cmd, meta)
+            .await?;
+        Ok(())
+    }
+
+    /// `call_progressing`: a campaign call with a queue joins it. `call_hungup`: the call
+    /// leaves its queue (abandoned or done, agent released).
+    async fn on_call(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        let customer = CustomerId(e.customer_id);
+        let call_id = CallId(e.aggregate_id);
+        let meta = system_meta("queue-calls", e.event_id, &call_id.to_string(), customer);
+        if e.event_type == "call_progressing" {
+            let Some(campaign_id) = e.resource["campaign_id"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .map(CampaignId)
+            else {
+                return Ok(());
+            };
+            let Some(queue_id) = self
+                .executor
+                .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
+                .await?
+                .and_then(|c| c.queue_id)
+            else {
+                return Ok(());
+            };
+            let cmd = QueueCommand::Join {
+                queuecall_id: Uuid::now_v7(),
+                call_id,
+                at: Utc::now(),
+            };
+            let once = meta.clone().once(customer.as_uuid(), join_key(call_id));
+            match applied(
+                self.executor
+                    .execute::<Queue>(queue_id.as_uuid(), customer, Some(customer), cmd, &once)
+                    .await,
+            ) {
+                Ok(_) => self.wake.notify_one(),
+                Err(ExecError::Domain(err)) => {
+                    tracing::warn!(%call_id, queue_id = %queue_id, error = %err, "campaign call not queued")
+                }
+                Err(err) => return Err(err.into()),
+            }
+            return Ok(());
+        }
+        let queue: Option<Uuid> =
+            sqlx::query_scalar("SELECT queue_id FROM queue_calls WHERE call_id = $1")
+                .bind(call_id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(queue_id) = queue else {
+            return Ok(());
+        };
+        let at = Utc::now();
+        let abandon = QueueCommand::Abandon {
+            call_id,
+            reason: AbandonReason::Hangup,
+            at,
+        };
+        self.executor
+            .execute::<Queue>(queue_id, customer, None, abandon, &meta)
+            .await?;
+        // Release before finishing: if we crash in between, the redelivery still finds the
+        // call in service and finishes it.
+        self.release(customer, call_id, &meta).await?;
+        let finish = QueueCommand::Finish { call_id, at };
+        self.executor
+            .execute::<Queue>(queue_id, customer, None, finish, &meta)
+            .await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// `queuecall_abandoned` with reason `timeout`: hang the call up.
+    async fn on_abandoned(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        if e.data["reason"] != "timeout" {
+            return Ok(());
+        }
+        let customer = CustomerId(e.customer_id);
+        let Some(call_id) = e.resource["call_id"]
+            .as_str()
+            .and_then(|s| s.parse::<Uuid>().ok())
+        else {
+            return Err(ProcessError::BadEvent("queuecall without call_id".into()));
+        };
+        let meta = system_meta("queue-timeouts", e.event_id, &call_id.to_string(), customer);
+        let cmd = CallCommand::Hangup {
+            request: HangupRequest::Local,
+            at: Utc::now(),
+        };
+        match self
+            .executor
+            .execute::<Call>(call_id, customer, None, cmd, &meta)
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(_)) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// How many more calls a campaign with queue `queue_id` may have ringing or waiting:
+    /// `service_level`% of the queue's available agents. Calls already with an agent do not
+    /// count against it.
+    pub async fn campaign_limit(
+        &self,
+        campaign: &Campaign,
+        queue_id: QueueId,
+    ) -> Result<u64, ProcessError> {
+        let customer = campaign.customer_id;
+        let (Some(q), Some(owner)) = (
+            self.executor
+                .load::<Queue>(queue_id.as_uuid(), Some(customer))
+                .await?,
+            self.executor
+                .load::<Customer>(customer.as_uuid(), Some(customer))
+                .await?,
+        ) else {
+            return Ok(0);
+        };
+        let available = owner.available_among(&q.agent_ids) as u64;
+        let with_agent = campaign
+            .in_flight
+            .keys()
+            .filter(|c| q.serving.contains_key(c))
+            .count() as u64;
+        Ok(available * u64::from(campaign.service_level) / 100 + with_agent)
+    }
+}
+
+/// What one dispatch did.
+enum Dispatch {
+    Served,
+    NoAgent,
+    Nothing,
+}

@@ -405,3 +405,378 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
         .await;
     assert_eq!(s, 409);
 }
+
+/// Places a call that answers and talks `talk` seconds; returns it once answered.
+async fn answered_call(env: &Env, tok: &str, number: &str, talk: u64) -> Uuid {
+    let id = env
+        .calls(tok, &[number], json!({"variables": {"talk_seconds": talk}}))
+        .await[0];
+    let t = std::time::Instant::now();
+    while env.call_state(id).await["status"] != "progressing" {
+        assert!(t.elapsed() < Duration::from_secs(10), "{id} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    id
+}
+
+/// The queue call of `call` once `done` holds for it.
+async fn queuecall(
+    env: &Env,
+    tok: &str,
+    queue: &str,
+    call: Uuid,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("/v1.0/queuecalls?queue_id={queue}&page_size=100");
+    let v = wait_get(env, &path, tok, Duration::from_secs(15), |_, v| {
+        v["result"].as_array().is_some_and(|r| {
+            r.iter()
+                .any(|q| q["call_id"] == call.to_string() && done(q))
+        })
+    })
+    .await;
+    v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["call_id"] == call.to_string())
+        .unwrap()
+        .clone()
+}
+
+async fn agent(env: &Env, tok: &str, status: &str) -> String {
+    let name = format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let a = created(
+        env,
+        "/v1.0/agents",
+        tok,
+        json!({"username": name, "password": "password123"}),
+    )
+    .await;
+    set_agent_status(env, tok, &id_of(&a), status).await;
+    id_of(&a)
+}
+
+async fn set_agent_status(env: &Env, tok: &str, agent: &str, status: &str) {
+    let (s, v) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/agents/{agent}/status"),
+            Some(tok),
+            Some(json!({ "status": status })),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test]
+async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let (_, tok2, _) = env.customer().await;
+    let a1 = agent(&env, &tok, "available").await;
+    let a2 = agent(&env, &tok, "available").await;
+
+    // Validation and tenant isolation.
+    let bad = [
+        json!({"agent_ids": [Uuid::now_v7()]}),
+        json!({"agent_ids": [a1, a1]}),
+        json!({"agent_ids": [a1], "routing_method": "random"}),
+        json!({"agent_ids": [a1], "wait_timeout_ms": 10}),
+        json!({"agent_ids": "a1"}),
+    ];
+    for body in bad {
+        let (s, v) = env.post("/v1.0/queues", &tok, body.clone()).await;
+        assert!((400..500).contains(&s), "{body}: {s} {v}");
+    }
+    assert_eq!(
+        env.post("/v1.0/queues", &tok2, json!({"agent_ids": [a1]}))
+            .await
+            .0,
+        400,
+        "another tenant's agent"
+    );
+    let q = created(
+        &env,
+        "/v1.0/queues",
+        &tok,
+        json!({"name": "support", "routing_method": "linear", "agent_ids": [a1, a2],
+               "wait_timeout_ms": 2500}),
+    )
+    .await;
+    let qid = id_of(&q);
+    assert_eq!(
+        (q["waiting"].clone(), q["served"].clone()),
+        (json!(0), json!(0))
+    );
+
+    // A and B get the two agents in the queue's order (linear); C waits and times out; D's
+    // far end hangs up while it waits.
+    let (a, b, c, d) = tokio::join!(
+        answered_call(&env, &tok, "+15550005001", 6),
+        answered_call(&env, &tok, "+15550005002", 6),
+        answered_call(&env, &tok, "+15550005003", 20),
+        answered_call(&env, &tok, "+15550005004", 1),
+    );
+    let join = |call: Uuid| {
+        let path = format!("/v1.0/queues/{qid}/calls");
+        let tok = tok.clone();
+        let env = &env;
+        async move { env.post(&path, &tok, json!({ "call_id": call })).await }
+    };
+    for call in [a, b] {
+        let (s, v) = join(call).await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("waiting")), "{v}");
+        queuecall(&env, &tok, &qid, call, |q| q["status"] == "service").await;
+    }
+    for call in [c, d] {
+        assert_eq!(join(call).await.0, 200);
+    }
+    assert_eq!(join(c).await.0, 409, "a call joins once");
+    let (s, _) = env
+        .post(
+            &format!("/v1.0/queues/{qid}/calls"),
+            &tok2,
+            json!({ "call_id": c }),
+        )
+        .await;
+    assert_eq!(s, 404, "another tenant's queue");
+    let busy = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    env.wait_call_end(busy, Duration::from_secs(10)).await;
+    assert_eq!(join(busy).await.0, 409, "an ended call cannot join");
+
+    let qa = queuecall(&env, &tok, &qid, a, |q| q["status"] == "service").await;
+    let qb = queuecall(&env, &tok, &qid, b, |q| q["status"] == "service").await;
+    assert_eq!(
+        (qa["agent_id"].as_str(), qb["agent_id"].as_str()),
+        (Some(&*a1), Some(&*a2))
+    );
+    let qc = queuecall(&env, &tok, &qid, c, |q| q["status"] == "abandoned").await;
+    assert_eq!(qc["abandon_reason"], "timeout");
+    assert!(qc["wait_ms"].as_u64().unwrap() >= 2500, "{qc}");
+    // A timed-out call is hung up by us, long before its 20 s of talk.
+    let ended = env.wait_call_end(c, Duration::from_secs(5)).await;
+    assert_eq!(ended["hangup_by"], "local", "{ended}");
+    let qd = queuecall(&env, &tok, &qid, d, |q| q["status"] == "abandoned").await;
+    assert_eq!(qd["abandon_reason"], "hangup");
+    let (_, agent_view) = get(&env, &format!("/v1.0/agents/{a1}"), &tok).await;
+    assert_eq!(agent_view["status"], "busy");
+
+    // When A and B end, their agents are available again; E goes to the first (linear).
+    for call in [a, b] {
+        env.wait_call_end(call, Duration::from_secs(15)).await;
+        queuecall(&env, &tok, &qid, call, |q| q["status"] == "done").await;
+    }
+    for ag in [&a1, &a2] {
+        wait_get(
+            &env,
+            &format!("/v1.0/agents/{ag}"),
+            &tok,
+            Duration::from_secs(10),
+            |_, v| v["status"] == "available" && v["call_id"].is_null(),
+        )
+        .await;
+    }
+    let e = answered_call(&env, &tok, "+15550005005", 1).await;
+    assert_eq!(join(e).await.0, 200);
+    let qe = queuecall(&env, &tok, &qid, e, |q| q["status"] == "service").await;
+    assert_eq!(qe["agent_id"].as_str(), Some(&*a1));
+    // ringall: the agent idle longest (a2, free since B ended) takes F.
+    let (s, v) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/queues/{qid}"),
+            Some(&tok),
+            Some(
+                json!({"name": "support", "routing_method": "ringall", "agent_ids": [a1, a2],
+                        "wait_timeout_ms": 2500}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        (s, v["routing_method"].as_str()),
+        (200, Some("ringall")),
+        "{v}"
+    );
+    env.wait_call_end(e, Duration::from_secs(10)).await;
+    queuecall(&env, &tok, &qid, e, |q| q["status"] == "done").await;
+    wait_get(
+        &env,
+        &format!("/v1.0/agents/{a1}"),
+        &tok,
+        Duration::from_secs(10),
+        |_, v| v["status"] == "available",
+    )
+    .await;
+    let f = answered_call(&env, &tok, "+15550005006", 1).await;
+    assert_eq!(join(f).await.0, 200);
+    let qf = queuecall(&env, &tok, &qid, f, |q| q["status"] == "service").await;
+    assert_eq!(qf["agent_id"].as_str(), Some(&*a2));
+    env.wait_call_end(f, Duration::from_secs(10)).await;
+    queuecall(&env, &tok, &qid, f, |q| q["status"] == "done").await;
+
+    // Statistics: exact, and unchanged by a redelivery of every event to the consumers.
+    let expect = |calls: &[Value]| {
+        let served: Vec<u64> = calls
+            .iter()
+            .filter(|q| q["status"] == "done")
+            .map(|q| q["wait_ms"].as_u64().unwrap())
+            .collect();
+        assert_eq!(served.len(), 4);
+        json!({"waiting": 0, "serving": 0, "served": 4, "abandoned": 2,
+               "total_wait_ms": served.iter().sum::<u64>(),
+               "average_wait_ms": served.iter().sum::<u64>() / 4})
+    };
+    let stats_of = |v: &Value| {
+        json!({"waiting": v["waiting"], "serving": v["serving"], "served": v["served"],
+               "abandoned": v["abandoned"], "total_wait_ms": v["total_wait_ms"],
+               "average_wait_ms": v["average_wait_ms"]})
+    };
+    let calls = all_pages(&env, &format!("/v1.0/queuecalls?queue_id={qid}"), &tok, 100).await;
+    assert_eq!(calls.len(), 6);
+    let want = expect(&calls);
+    let got = wait_get(
+        &env,
+        &format!("/v1.0/queues/{qid}"),
+        &tok,
+        Duration::from_secs(10),
+        |_, v| v["served"] == 4 && v["serving"] == 0,
+    )
+    .await;
+    assert_eq!(stats_of(&got), want, "{got}");
+    let events_before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    env.redeliver_all(&["queue-calls", "queue-timeouts"], Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // a dispatcher tick or two
+    let events_after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(events_before, events_after, "redelivery changed something");
+    let (_, again) = get(&env, &format!("/v1.0/queues/{qid}"), &tok).await;
+    assert_eq!(stats_of(&again), want);
+    assert_eq!(
+        get(&env, &format!("/v1.0/queues/{qid}"), &tok2).await.0,
+        404
+    );
+    let (_, theirs) = get(&env, "/v1.0/queuecalls", &tok2).await;
+    assert_eq!(theirs["result"], json!([]));
+}
+
+#[tokio::test]
+async fn campaign_with_a_queue_dials_for_available_agents_only() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let a3 = agent(&env, &tok, "offline").await;
+    let q = created(
+        &env,
+        "/v1.0/queues",
+        &tok,
+        json!({"name": "sales", "routing_method": "linear", "agent_ids": [a3],
+               "wait_timeout_ms": 60000}),
+    )
+    .await;
+    let qid = id_of(&q);
+    let plan = created(
+        &env,
+        "/v1.0/outplans",
+        &tok,
+        json!({"source": "+15550001000", "dial_timeout_ms": 3000, "max_try_count": 1}),
+    )
+    .await;
+    let od = id_of(&created(&env, "/v1.0/outdials", &tok, json!({"name": "leads"})).await);
+    for i in 0..4 {
+        created(
+            &env,
+            &format!("/v1.0/outdials/{od}/targets"),
+            &tok,
+            json!({"destinations": [format!("+1555000600{i}")], "variables": {"talk_seconds": 1}}),
+        )
+        .await;
+    }
+    let bad = json!({"outplan_id": id_of(&plan), "outdial_id": od, "queue_id": Uuid::now_v7()});
+    assert_eq!(
+        env.post("/v1.0/campaigns", &tok, bad).await.0,
+        404,
+        "unknown queue"
+    );
+    let camp = created(
+        &env,
+        "/v1.0/campaigns",
+        &tok,
+        json!({"outplan_id": id_of(&plan), "outdial_id": od, "queue_id": qid,
+               "service_level": 100}),
+    )
+    .await;
+    let cid = id_of(&camp);
+    let (s, _) = env
+        .req(
+            Method::PUT,
+            &format!("/v1.0/campaigns/{cid}/status"),
+            Some(&tok),
+            Some(json!({"status": "running"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    // No agent available: nothing is dialed.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, v) = get(&env, &format!("/v1.0/campaigns/{cid}"), &tok).await;
+    assert_eq!(v["dialed"], 0, "{v}");
+    set_agent_status(&env, &tok, &a3, "available").await;
+    let done = wait_get(
+        &env,
+        &format!("/v1.0/campaigns/{cid}"),
+        &tok,
+        Duration::from_secs(60),
+        |_, v| v["status"] == "completed",
+    )
+    .await;
+    assert_eq!(
+        (done["dialed"].clone(), done["answered"].clone()),
+        (json!(4), json!(4)),
+        "{done}"
+    );
+    // Every answered campaign call joined the queue; one agent means one call at a time with
+    // it plus at most one (service level 100%) ringing or waiting.
+    let calls: Vec<String> = all_pages(
+        &env,
+        &format!("/v1.0/campaigncalls?campaign_id={cid}"),
+        &tok,
+        100,
+    )
+    .await
+    .iter()
+    .map(|c| c["reference_id"].as_str().unwrap().to_string())
+    .collect();
+    let queued = wait_get(
+        &env,
+        &format!("/v1.0/queues/{qid}"),
+        &tok,
+        Duration::from_secs(10),
+        |_, v| v["served"].as_u64().unwrap() + v["abandoned"].as_u64().unwrap() == 4,
+    )
+    .await;
+    assert_eq!(queued["waiting"], 0);
+    let mut joined: Vec<String> =
+        all_pages(&env, &format!("/v1.0/queuecalls?queue_id={qid}"), &tok, 100)
+            .await
+            .iter()
+            .map(|q| q["call_id"].as_str().unwrap().to_string())
+            .collect();
+    joined.sort();
+    let mut calls = calls;
+    calls.sort();
+    assert_eq!(joined, calls);
+    let most: i64 = sqlx::query_scalar(
+        "SELECT max((payload->'counters'->>'in_flight')::bigint) FROM events \
+         WHERE aggregate_id = $1 AND event_type = 'campaigncall_created'",
+    )
+    .bind(cid.parse::<Uuid>().unwrap())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(most <= 2, "in flight at most {most}");
+}

@@ -22,6 +22,9 @@ pub enum Which {
     /// Replay speed: a rebuild of the calls read model from a generated log of N events,
     /// against the raw Postgres read rate (COPY of the same rows) as baseline.
     Replay(ReplayArgs),
+    /// Outbound campaign throughput: a campaign over N targets (answered calls), reporting
+    /// calls dialed per second, against the raw Postgres single-row INSERT rate as baseline.
+    Campaign(CampaignArgs),
 }
 
 /// Where the benchmarks find the services.
@@ -143,12 +146,32 @@ pub struct CommandsArgs {
     pub only: Vec<Part>,
 }
 
+/// `vbin bench campaign` options.
+#[derive(clap::Args, Debug)]
+pub struct CampaignArgs {
+    /// Targets in the campaign's outdial (one destination each; every call is answered).
+    #[arg(long, default_value_t = 10_000)]
+    pub targets: u64,
+    /// The campaign's `max_concurrent_calls`.
+    #[arg(long, default_value_t = 1000)]
+    pub max_concurrent: u32,
+    /// HTTP clients creating the targets (and baseline connections).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds of the INSERT baseline.
+    #[arg(long, default_value_t = 10)]
+    pub baseline_secs: u64,
+    #[command(flatten)]
+    pub services: Services,
+}
+
 /// Runs a benchmark.
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Commands(a) => report(commands(&a).await?, a.services.json.as_deref()),
         Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
         Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
+        Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
     }
 }
 
@@ -631,36 +654,16 @@ async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
     b.running.shutdown().await;
     let db = b.db.clone();
 
-    // Baseline: raw single-row INSERTs (autocommit) of a similar row, same concurrency.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(a.clients as u32)
-        .connect(&database_url)
-        .await?;
-    sqlx::query("CREATE TABLE bench_insert (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload jsonb NOT NULL)")
-        .execute(&pool)
-        .await?;
-    let payload = json!({"type": "call_created", "source": "+15550001000", "destination": "+15550002000",
-                         "variables": {"talk_seconds": 60}, "dial_timeout_ms": 30000});
     eprintln!(
         "measuring the Postgres INSERT baseline for {} s...",
         a.duration_secs
     );
-    let ins = {
-        let pool = pool.clone();
-        drive(a.clients, Duration::from_secs(a.duration_secs), move || {
-            let (pool, payload) = (pool.clone(), payload.clone());
-            async move {
-                let t0 = Instant::now();
-                sqlx::query("INSERT INTO bench_insert (payload) VALUES ($1)")
-                    .bind(&payload)
-                    .execute(&pool)
-                    .await?;
-                Ok(vec![t0.elapsed()])
-            }
-        })
-        .await
-    };
-    pool.close().await;
+    let ins = pg_insert_baseline(
+        &database_url,
+        a.clients,
+        Duration::from_secs(a.duration_secs),
+    )
+    .await?;
     drop_database(&a.services.pg, &db).await;
 
     let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
@@ -682,6 +685,41 @@ async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
     }))
 }
 
+/// The baseline of most benchmarks: raw single-row INSERTs (autocommit) of an event-sized
+/// JSON row by `clients` connections for `dur`, on the benchmark's database.
+async fn pg_insert_baseline(
+    database_url: &str,
+    clients: usize,
+    dur: Duration,
+) -> anyhow::Result<Load> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(clients as u32)
+        .connect(database_url)
+        .await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_insert (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload jsonb NOT NULL)")
+        .execute(&pool)
+        .await?;
+    let payload = json!({"type": "call_created", "source": "+15550001000", "destination": "+15550002000",
+                         "variables": {"talk_seconds": 60}, "dial_timeout_ms": 30000});
+    let ins = {
+        let pool = pool.clone();
+        drive(clients, dur, move || {
+            let (pool, payload) = (pool.clone(), payload.clone());
+            async move {
+                let t0 = Instant::now();
+                sqlx::query("INSERT INTO bench_insert (payload) VALUES ($1)")
+                    .bind(&payload)
+                    .execute(&pool)
+                    .await?;
+                Ok(vec![t0.elapsed()])
+            }
+        })
+        .await
+    };
+    pool.close().await;
+    Ok(ins)
+}
+
 async fn drop_database(server: &str, db: &str) {
     let url = format!("{}/postgres", server.trim_end_matches('/'));
     if let Ok(pool) = sqlx::postgres::PgPoolOptions::new()
@@ -694,4 +732,170 @@ async fn drop_database(server: &str, db: &str) {
             eprintln!("could not drop {db}: {e}");
         }
     }
+}
+
+impl Bench {
+    /// POSTs (or PUTs) JSON as the bench customer; fails unless 2xx.
+    async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("{path}: {}", r.status());
+        }
+        Ok(r.json().await?)
+    }
+}
+
+async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
+    use reqwest::Method;
+    let b = Arc::new(Bench::start(&a.services, a.clients, &Part::ALL).await?);
+    let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
+    let plan = b
+        .send_json(
+            Method::POST,
+            "/v1.0/outplans",
+            json!({"source": "+15550001000", "dial_timeout_ms": 30000, "max_try_count": 1}),
+        )
+        .await?;
+    let outdial = id(&b
+        .send_json(Method::POST, "/v1.0/outdials", json!({"name": "bench"}))
+        .await?);
+    eprintln!(
+        "creating {} targets with {} clients...",
+        a.targets, a.clients
+    );
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t_create = Instant::now();
+    let workers: Vec<_> = (0..a.clients)
+        .map(|_| {
+            let (b, next, outdial, targets) = (b.clone(), next.clone(), outdial.clone(), a.targets);
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < targets {
+                    b.send_json(
+                        Method::POST,
+                        &format!("/v1.0/outdials/{outdial}/targets"),
+                        json!({"destinations": ["+15550002000"], "variables": {"talk_seconds": 0}}),
+                    )
+                    .await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    let create_secs = t_create.elapsed().as_secs_f64();
+    // The dialer picks targets from the read model: wait until all are there.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&b.database_url())
+        .await?;
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rm_outdialtargets")
+        .fetch_one(&pool)
+        .await?
+        < a.targets as i64
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let campaign = id(&b
+        .send_json(
+            Method::POST,
+            "/v1.0/campaigns",
+            json!({"outplan_id": id(&plan), "outdial_id": outdial,
+                   "max_concurrent_calls": a.max_concurrent}),
+        )
+        .await?);
+    eprintln!("running the campaign...");
+    let t0 = Instant::now();
+    b.send_json(
+        Method::PUT,
+        &format!("/v1.0/campaigns/{campaign}/status"),
+        json!({"status": "running"}),
+    )
+    .await?;
+    let deadline = Duration::from_secs(600 + a.targets / 10);
+    let (mut dialed_at, mut peak_in_flight) = (None, 0u64);
+    let done = loop {
+        // 404 until the read model has the new campaign.
+        let v = b
+            .get_json(&format!("/v1.0/campaigns/{campaign}"))
+            .await
+            .unwrap_or_default();
+        peak_in_flight = peak_in_flight.max(v["in_flight"].as_u64().unwrap_or(0));
+        let dialed = v["dialed"].as_u64().unwrap_or(0);
+        if dialed >= a.targets && dialed_at.is_none() {
+            dialed_at = Some(t0.elapsed());
+        }
+        if v["status"] == "completed" {
+            break v;
+        }
+        if t0.elapsed() > deadline {
+            bail!("campaign not completed after {deadline:?}: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let completed = t0.elapsed();
+    let dialed_secs = dialed_at.unwrap_or(completed).as_secs_f64();
+    let charges: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")
+            .fetch_one(&pool)
+            .await?;
+    pool.close().await;
+    let database_url = b.database_url();
+    let b = Arc::try_unwrap(b).ok().context("bench still in use")?;
+    b.running.shutdown().await;
+    eprintln!(
+        "measuring the Postgres INSERT baseline for {} s...",
+        a.baseline_secs
+    );
+    let ins = pg_insert_baseline(
+        &database_url,
+        a.clients,
+        Duration::from_secs(a.baseline_secs),
+    )
+    .await?;
+    drop_database(&a.services.pg, &b.db).await;
+    let dialed_per_sec = a.targets as f64 / dialed_secs;
+    Ok(json!({
+        "benchmark": "campaign",
+        "targets": a.targets,
+        "max_concurrent_calls": a.max_concurrent,
+        "targets_created_per_sec": (a.targets as f64 / create_secs).round(),
+        "dialed": done["dialed"],
+        "answered": done["answered"],
+        "failed": done["failed"],
+        "billing_records": charges,
+        "peak_in_flight_seen": peak_in_flight,
+        "seconds_to_dial_all": (dialed_secs * 10.0).round() / 10.0,
+        "seconds_to_complete": (completed.as_secs_f64() * 10.0).round() / 10.0,
+        "calls_dialed_per_sec": dialed_per_sec.round(),
+        "baseline_pg_inserts_per_sec": rate(&ins).round(),
+        "ratio": ((dialed_per_sec / rate(&ins)) * 1000.0).round() / 1000.0,
+    }))
 }

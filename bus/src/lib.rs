@@ -6,6 +6,7 @@ use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::StreamExt;
 use std::future::Future;
 use std::time::Duration;
+use uuid::Uuid;
 use vbin_event_schema::{PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
 
 /// Errors talking to NATS.
@@ -82,6 +83,9 @@ pub struct ConsumerSpec {
     pub ack_wait: Duration,
     /// Deliveries before giving up (-1: never give up).
     pub max_deliver: i64,
+    /// Events handled at once (1: strictly in stream order). With more, events are spread
+    /// over this many lanes by aggregate id, so one aggregate's events keep their order.
+    pub lanes: usize,
 }
 
 impl ConsumerSpec {
@@ -93,7 +97,14 @@ impl ConsumerSpec {
             event_types: event_types.iter().map(|t| t.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
+            lanes: 1,
         }
+    }
+
+    /// The same with `lanes` events handled at once (ordered per aggregate).
+    pub fn lanes(mut self, lanes: usize) -> Self {
+        self.lanes = lanes.max(1);
+        self
     }
 }
 
@@ -185,40 +196,96 @@ where
         .messages()
         .await
         .map_err(|e| BusError::JetStream(e.to_string()))?;
-    while let Some(msg) = messages.next().await {
-        let msg = msg.map_err(|e| BusError::JetStream(e.to_string()))?;
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(consumer = %spec.name, subject = %msg.subject, error = %e, "undecodable event; terminated");
-                let _ = msg.ack_with(AckKind::Term).await;
-                continue;
+    if spec.lanes <= 1 {
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| BusError::JetStream(e.to_string()))?;
+            handle_message(spec, handle, msg).await?;
+        }
+        return Err(BusError::JetStream("message stream ended".into()));
+    }
+    // Lanes: one aggregate always goes to the same lane, which handles its events in order.
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..spec.lanes)
+        .map(|_| tokio::sync::mpsc::channel::<jetstream::Message>(64))
+        .unzip();
+    let read = async move {
+        while let Some(msg) = messages.next().await {
+            let msg = msg.map_err(|e| BusError::JetStream(e.to_string()))?;
+            let lane = lane_of(&msg.payload, senders.len());
+            if senders[lane].send(msg).await.is_err() {
+                break; // a lane failed; its error is reported below
             }
-        };
-        if !spec.event_types.is_empty() && !spec.event_types.contains(&event.event_type) {
+        }
+        Err::<(), _>(BusError::JetStream("message stream ended".into()))
+    };
+    let lanes = receivers.into_iter().map(|mut rx| async move {
+        while let Some(msg) = rx.recv().await {
+            handle_message(spec, handle, msg).await?;
+        }
+        Ok::<(), BusError>(())
+    });
+    futures::future::try_join(read, futures::future::try_join_all(lanes))
+        .await
+        .map(|_| ())
+}
+
+/// The lane of a message: a hash of its aggregate id (lane 0 if it has none).
+fn lane_of(payload: &[u8], lanes: usize) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        aggregate_id: Uuid,
+    }
+    use std::hash::{Hash, Hasher};
+    serde_json::from_slice::<Key>(payload)
+        .map(|k| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            k.aggregate_id.hash(&mut h);
+            (h.finish() % lanes as u64) as usize
+        })
+        .unwrap_or(0)
+}
+
+/// Decodes, filters, handles and acks (or naks) one message.
+async fn handle_message<H, F, E>(
+    spec: &ConsumerSpec,
+    handle: &H,
+    msg: jetstream::Message,
+) -> Result<(), BusError>
+where
+    H: Fn(PublishedEvent) -> F,
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(consumer = %spec.name, subject = %msg.subject, error = %e, "undecodable event; terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return Ok(());
+        }
+    };
+    if !spec.event_types.is_empty() && !spec.event_types.contains(&event.event_type) {
+        msg.ack()
+            .await
+            .map_err(|e| BusError::JetStream(e.to_string()))?;
+        return Ok(());
+    }
+    let (event_id, event_type) = (event.event_id, event.event_type.clone());
+    match handle(event).await {
+        Ok(()) => {
             msg.ack()
                 .await
                 .map_err(|e| BusError::JetStream(e.to_string()))?;
-            continue;
+            metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "ok").increment(1);
         }
-        let (event_id, event_type) = (event.event_id, event.event_type.clone());
-        match handle(event).await {
-            Ok(()) => {
-                msg.ack()
-                    .await
-                    .map_err(|e| BusError::JetStream(e.to_string()))?;
-                metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "ok").increment(1);
-            }
-            Err(e) => {
-                let delay = Duration::from_millis(100u64 << delivered.min(8));
-                tracing::warn!(consumer = %spec.name, %event_id, %event_type, delivered, error = %e, "handler failed; will redeliver");
-                metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "retry").increment(1);
-                let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
-            }
+        Err(e) => {
+            let delay = Duration::from_millis(100u64 << delivered.min(8));
+            tracing::warn!(consumer = %spec.name, %event_id, %event_type, delivered, error = %e, "handler failed; will redeliver");
+            metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "retry").increment(1);
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
-    Err(BusError::JetStream("message stream ended".into()))
+    Ok(())
 }
 
 /// One message handed to a batch handler.

@@ -15,7 +15,9 @@ pub async fn run(
     carrier: Arc<dyn Carrier>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let spec = ConsumerSpec::for_events(CONSUMER, "call", &["call_created", "call_hungup"]);
+    // Lanes keep each call's events in order (created before hungup).
+    let spec =
+        ConsumerSpec::for_events(CONSUMER, "call", &["call_created", "call_hungup"]).lanes(8);
     run_consumer(bus, spec, |e| handle(carrier.clone(), e), shutdown).await
 }
 

@@ -12,6 +12,7 @@
 use crate::{Carrier, CarrierError, DialRequest};
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 use vbin_commands::{CommandMeta, ExecError, Executor};
@@ -148,6 +149,14 @@ pub struct TimerWorker {
     executor: Executor,
 }
 
+/// One call's claimed timers: (timer id, action).
+type Steps = Vec<(i64, String)>;
+/// A hangup to plan after an answer: (call, customer, talk seconds).
+type PlannedHangup = (Uuid, Uuid, u64);
+
+/// Calls whose timers one worker fires at once.
+const FIRE_CONCURRENCY: usize = 32;
+
 const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl TimerWorker {
@@ -186,20 +195,27 @@ impl TimerWorker {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut done = Vec::with_capacity(due.len());
-        for (id, call_id, customer_id, action) in &due {
-            let outcome = match Action::parse(action) {
-                None => {
-                    tracing::error!(%call_id, %action, "unknown sandbox timer action; dropped");
-                    Ok(())
-                }
-                Some(a) => {
-                    self.fire(CallId(*call_id), CustomerId(*customer_id), a)
-                        .await
-                }
-            };
+        // Calls are independent aggregates: fire them concurrently (a command costs a commit),
+        // each call's own timers in due order.
+        let mut by_call: Vec<(Uuid, Uuid, Steps)> = Vec::new();
+        for (id, call_id, customer_id, action) in due {
+            match by_call.iter_mut().find(|(c, _, _)| *c == call_id) {
+                Some((_, _, steps)) => steps.push((id, action)),
+                None => by_call.push((call_id, customer_id, vec![(id, action)])),
+            }
+        }
+        let fired: Vec<(Vec<i64>, Option<PlannedHangup>)> =
+            futures::stream::iter(by_call.into_iter().map(|(call_id, customer_id, steps)| {
+                self.fire_steps(CallId(call_id), CustomerId(customer_id), steps)
+            }))
+            .buffer_unordered(FIRE_CONCURRENCY)
+            .collect()
+            .await;
+        let mut done = Vec::new();
+        for (ids, answered) in fired {
+            done.extend(ids);
             // The far end's hangup is planned once the call is answered, in this transaction.
-            if let (Ok(()), Some(Action::Answer(talk))) = (&outcome, Action::parse(action)) {
+            if let Some((call_id, customer_id, talk)) = answered {
                 sqlx::query(
                     "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
                      VALUES ($1, $2, $3, now() + make_interval(secs => $4)) ON CONFLICT DO NOTHING",
@@ -211,12 +227,6 @@ impl TimerWorker {
                 .execute(&mut *tx)
                 .await?;
             }
-            match outcome {
-                Ok(()) => done.push(*id),
-                Err(e) => {
-                    tracing::warn!(%call_id, %action, error = %e, "sandbox timer failed; will retry")
-                }
-            }
         }
         sqlx::query("DELETE FROM carrier_timers WHERE id = ANY($1)")
             .bind(&done)
@@ -225,6 +235,40 @@ impl TimerWorker {
         tx.commit().await?;
         metrics::counter!("vbin_sandbox_timers_fired_total").increment(done.len() as u64);
         Ok(done.len())
+    }
+
+    /// Fires one call's due steps in order; returns the timers done and, if it answered,
+    /// the hangup to plan (call, customer, talk seconds).
+    async fn fire_steps(
+        &self,
+        call_id: CallId,
+        customer_id: CustomerId,
+        steps: Steps,
+    ) -> (Vec<i64>, Option<PlannedHangup>) {
+        let (mut done, mut answered) = (Vec::new(), None);
+        for (id, action) in steps {
+            let outcome = match Action::parse(&action) {
+                None => {
+                    tracing::error!(%call_id, %action, "unknown sandbox timer action; dropped");
+                    Ok(())
+                }
+                Some(a) => {
+                    let r = self.fire(call_id, customer_id, a).await;
+                    if let (Ok(()), Action::Answer(talk)) = (&r, a) {
+                        answered = Some((call_id.as_uuid(), customer_id.as_uuid(), talk));
+                    }
+                    r
+                }
+            };
+            match outcome {
+                Ok(()) => done.push(id),
+                Err(e) => {
+                    tracing::warn!(%call_id, %action, error = %e, "sandbox timer failed; will retry");
+                    break; // keep the call's later steps for the retry, in order
+                }
+            }
+        }
+        (done, answered)
     }
 
     async fn fire(

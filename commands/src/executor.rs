@@ -141,12 +141,38 @@ impl Executor {
 
     /// Loads an aggregate's current state (None if it has no events). With `tenant`, an
     /// aggregate owned by another customer is reported as absent.
+    ///
+    /// Exact, not a guess: a cached state is used only when its sequence is still the last one
+    /// in the log (one index probe), which spares process managers from deserializing a large
+    /// aggregate (a campaign's calls in flight) on every event.
     pub async fn load<A: StoredAggregate>(
         &self,
         id: Uuid,
         tenant: Option<CustomerId>,
     ) -> Result<Option<A>, ExecError> {
-        let (state, seq) = self.load_ctx::<A>(id).await?;
+        // Probe first, then read the cache: an entry is only ever inserted after its events
+        // committed, so one at or past the probed sequence is the current state.
+        let cached = if self.cache.contains_key(&(A::TYPE, id)) {
+            let last = self
+                .repo
+                .last_sequence(A::TYPE, id)
+                .await
+                .map_err(|e| ExecError::Store(e.to_string()))?;
+            self.cached::<A>(id).filter(|(_, seq)| *seq >= last)
+        } else {
+            None
+        };
+        let (state, seq) = match cached {
+            Some(hit) => hit,
+            None => {
+                let (state, seq) = self.load_ctx::<A>(id).await?;
+                if seq > 0 {
+                    self.cache
+                        .insert((A::TYPE, id), Arc::new((state.clone(), seq)));
+                }
+                (state, seq)
+            }
+        };
         Ok((seq > 0 && tenant.is_none_or(|t| state.owner() == Some(t))).then_some(state))
     }
 

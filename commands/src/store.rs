@@ -108,6 +108,22 @@ impl PgEventRepository {
         &self.pool
     }
 
+    /// The aggregate's last sequence (0 without events): one primary-key index probe.
+    pub async fn last_sequence(
+        &self,
+        aggregate_type: &str,
+        id: Uuid,
+    ) -> Result<usize, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(max(sequence), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        )
+        .bind(aggregate_type)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as usize)
+    }
+
     async fn events_after(
         &self,
         aggregate_type: &str,

@@ -13,7 +13,7 @@ pub const CONSUMER: &str = "billing-charger";
 
 /// Runs the charger until `shutdown`.
 pub async fn run(bus: Bus, executor: Executor, shutdown: impl std::future::Future<Output = ()>) {
-    let spec = ConsumerSpec::for_events(CONSUMER, "call", &["call_hungup"]);
+    let spec = ConsumerSpec::for_events(CONSUMER, "call", &["call_hungup"]).lanes(8);
     run_consumer(bus, spec, |e| charge(executor.clone(), e), shutdown).await
 }
 

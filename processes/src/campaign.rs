@@ -37,6 +37,15 @@ use vbin_event_schema::{
 /// How often the dialer looks at running campaigns when nothing wakes it.
 pub const TICK: Duration = Duration::from_millis(200);
 
+/// Events the placer and results consumers handle at once (ordered per aggregate).
+pub const LANES: usize = 16;
+
+/// How often a running campaign's targets are counted.
+pub const COUNT_EVERY: Duration = Duration::from_secs(2);
+
+/// How old a dial must be before the placer checks whether it was interrupted.
+pub const PLACER_SETTLE: Duration = Duration::from_secs(5);
+
 /// Advisory lock key of the dialer lease.
 const DIALER_LEASE: i64 = 0x7662_696e_6469_616c; // "vbindial"
 
@@ -46,6 +55,9 @@ pub struct Campaigns {
     pool: sqlx::PgPool,
     executor: Executor,
     wake: Arc<Notify>,
+    /// When each campaign's targets were last counted (a count scans the outdial's rows, so
+    /// it is done at most every [`COUNT_EVERY`], not on every tick).
+    counted: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, std::time::Instant>>>,
 }
 
 /// Runs the dialer and the three consumers until `shutdown`.
@@ -55,11 +67,7 @@ pub async fn run(
     bus: Bus,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let c = Campaigns {
-        pool,
-        executor,
-        wake: Arc::new(Notify::new()),
-    };
+    let c = Campaigns::new(pool, executor);
     let (tx, stop) = crate::stop_signal();
     let placer = run_consumer(
         bus.clone(),
@@ -67,13 +75,14 @@ pub async fn run(
             "campaign-placer",
             "outdialtarget",
             &["outdialtarget_dialing"],
-        ),
+        )
+        .lanes(LANES),
         |e| c.clone().on_dialing(e),
         stop(),
     );
     let results = run_consumer(
         bus.clone(),
-        ConsumerSpec::for_events("campaign-results", "call", &["call_hungup"]),
+        ConsumerSpec::for_events("campaign-results", "call", &["call_hungup"]).lanes(LANES),
         |e| c.clone().on_hungup(e),
         stop(),
     );
@@ -99,6 +108,7 @@ impl Campaigns {
             pool,
             executor,
             wake: Arc::new(Notify::new()),
+            counted: Default::default(),
         }
     }
 
@@ -154,21 +164,8 @@ impl Campaigns {
             &id.to_string(),
             c.customer_id,
         );
-        let total: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2",
-        )
-        .bind(c.outdial_id.as_uuid())
-        .bind(c.customer_id.as_uuid())
-        .fetch_one(&self.pool)
-        .await?;
-        if total as u64 != c.total_targets {
-            let cmd = CampaignCommand::CountTargets {
-                total_targets: total as u64,
-                at: Utc::now(),
-            };
-            self.executor
-                .execute::<Campaign>(id.as_uuid(), c.customer_id, None, cmd, &meta)
-                .await?;
+        if self.count_due(id) {
+            self.count_targets(&c, &meta).await?;
         }
         if !vbin_commands::api::billing::can_start_call(&self.pool, c.customer_id).await? {
             tracing::warn!(campaign_id = %id, customer_id = %c.customer_id, "balance cannot cover a minute; campaign not dialing");
@@ -222,6 +219,39 @@ impl Campaigns {
         }
         metrics::counter!("vbin_campaign_calls_placed_total").increment(placed as u64);
         Ok(placed)
+    }
+
+    fn count_due(&self, id: CampaignId) -> bool {
+        let mut counted = self.counted.lock().expect("count times");
+        let now = std::time::Instant::now();
+        match counted.get(&id) {
+            Some(t) if now.duration_since(*t) < COUNT_EVERY => false,
+            _ => {
+                counted.insert(id, now);
+                true
+            }
+        }
+    }
+
+    async fn count_targets(&self, c: &Campaign, meta: &CommandMeta) -> Result<(), ProcessError> {
+        let id = c.id.expect("loaded campaign has an id");
+        let total: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2",
+        )
+        .bind(c.outdial_id.as_uuid())
+        .bind(c.customer_id.as_uuid())
+        .fetch_one(&self.pool)
+        .await?;
+        if total as u64 != c.total_targets {
+            let cmd = CampaignCommand::CountTargets {
+                total_targets: total as u64,
+                at: Utc::now(),
+            };
+            self.executor
+                .execute::<Campaign>(id.as_uuid(), c.customer_id, None, cmd, meta)
+                .await?;
+        }
+        Ok(())
     }
 
     /// How many calls the campaign may have in flight.
@@ -336,7 +366,17 @@ impl Campaigns {
     }
 
     /// `outdialtarget_dialing`: finish the dial if a crash interrupted it.
+    ///
+    /// The event is published while the dialer is still finishing that dial, so the placer
+    /// looks only at events at least [`PLACER_SETTLE`] old: otherwise it would race the dialer
+    /// and redo (harmlessly, but at a cost) most dials under load. The consumer handles events
+    /// in order, so waiting for the oldest one delays the others by as much, not more: the
+    /// placer trails the stream by the settle time at full throughput.
     async fn on_dialing(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        let age = (Utc::now() - e.timestamp).to_std().unwrap_or_default();
+        if let Some(wait) = PLACER_SETTLE.checked_sub(age) {
+            tokio::time::sleep(wait).await;
+        }
         let ev: TargetEvent = serde_json::from_value(e.data.clone())
             .map_err(|err| ProcessError::BadEvent(err.to_string()))?;
         let TargetEvent::OutdialtargetDialing {

@@ -59,7 +59,8 @@ pub async fn run(
     let (tx, stop) = crate::stop_signal();
     let calls = run_consumer(
         bus.clone(),
-        ConsumerSpec::for_events("queue-calls", "call", &["call_progressing", "call_hungup"]),
+        ConsumerSpec::for_events("queue-calls", "call", &["call_progressing", "call_hungup"])
+            .lanes(crate::campaign::LANES),
         |e| q.clone().on_call(e),
         stop(),
     );

@@ -192,6 +192,7 @@ struct Bench {
     pg: String,
     db: String,
     _nats: Option<PrivateNats>,
+    nats_url: String,
 }
 
 impl Bench {
@@ -258,6 +259,7 @@ impl Bench {
             pg: s.pg.clone(),
             db,
             _nats: nats,
+            nats_url: cfg.nats_url.clone(),
         })
     }
 
@@ -840,6 +842,8 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
     )
     .await?;
     let deadline = Duration::from_secs(600 + a.targets / 10);
+    let js = async_nats::jetstream::new(async_nats::connect(&b.nats_url).await?);
+    let mut polls = 0u64;
     let (mut dialed_at, mut peak_in_flight) = (None, 0u64);
     let done = loop {
         // 404 until the read model has the new campaign.
@@ -857,6 +861,16 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
         }
         if t0.elapsed() > deadline {
             bail!("campaign not completed after {deadline:?}: {v}");
+        }
+        polls += 1;
+        if polls.is_multiple_of(25) {
+            eprintln!(
+                "{:>5.0} s dialed {} in flight {}; consumers pending: {}",
+                t0.elapsed().as_secs_f64(),
+                v["dialed"],
+                v["in_flight"],
+                consumer_backlog(&js).await
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -898,4 +912,27 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
         "baseline_pg_inserts_per_sec": rate(&ins).round(),
         "ratio": ((dialed_per_sec / rate(&ins)) * 1000.0).round() / 1000.0,
     }))
+}
+
+/// "name=pending" for every durable consumer with a backlog (diagnostics).
+async fn consumer_backlog(js: &async_nats::jetstream::Context) -> String {
+    use futures::StreamExt;
+    let Ok(stream) = js.get_stream(vbin_event_schema::STREAM_NAME).await else {
+        return "?".into();
+    };
+    let mut out = Vec::new();
+    let mut names = stream.consumer_names();
+    let mut all = Vec::new();
+    while let Some(Ok(n)) = names.next().await {
+        all.push(n);
+    }
+    for n in all {
+        if let Ok(info) = stream.consumer_info(&n).await {
+            let pending = info.num_pending + info.num_ack_pending as u64;
+            if pending > 0 {
+                out.push(format!("{n}={pending}"));
+            }
+        }
+    }
+    out.join(" ")
 }

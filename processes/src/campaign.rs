@@ -58,6 +58,8 @@ pub struct Campaigns {
     /// When each campaign's targets were last counted (a count scans the outdial's rows, so
     /// it is done at most every [`COUNT_EVERY`], not on every tick).
     counted: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, std::time::Instant>>>,
+    /// Where each campaign's next target scan starts (see [`Campaigns::due_targets`]).
+    cursors: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, Uuid>>>,
 }
 
 /// Runs the dialer and the three consumers until `shutdown`.
@@ -109,6 +111,7 @@ impl Campaigns {
             executor,
             wake: Arc::new(Notify::new()),
             counted: Default::default(),
+            cursors: Default::default(),
         }
     }
 
@@ -175,18 +178,7 @@ impl Campaigns {
         let capacity = limit.saturating_sub(c.counters.in_flight);
         let mut placed = 0;
         if capacity > 0 {
-            let due: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2 \
-                   AND status = 'pending' AND (body->>'last_dial_time' IS NULL \
-                    OR (body->>'last_dial_time')::timestamptz <= now() - make_interval(secs => $3)) \
-                 ORDER BY id LIMIT $4",
-            )
-            .bind(c.outdial_id.as_uuid())
-            .bind(c.customer_id.as_uuid())
-            .bind(plan.try_interval_ms as f64 / 1000.0)
-            .bind(capacity as i64)
-            .fetch_all(&self.pool)
-            .await?;
+            let due = self.due_targets(&c, &plan, capacity).await?;
             let dials = due
                 .iter()
                 .map(|t| self.dial(&c, &plan, TargetId(*t), &meta));
@@ -219,6 +211,48 @@ impl Campaigns {
         }
         metrics::counter!("vbin_campaign_calls_placed_total").increment(placed as u64);
         Ok(placed)
+    }
+
+    /// Up to `capacity` pending and due targets. The scan goes on from where the last one
+    /// stopped (a cursor per campaign) and wraps around to the start for retries: scanning from
+    /// the start every tick would walk over every target already dialed (their old index
+    /// entries stay until vacuum), which made a long campaign slower and slower.
+    async fn due_targets(
+        &self,
+        c: &Campaign,
+        plan: &Outplan,
+        capacity: u64,
+    ) -> Result<Vec<Uuid>, ProcessError> {
+        let id = c.id.expect("loaded campaign has an id");
+        let cursor = self.cursors.lock().expect("cursors").get(&id).copied();
+        let scan = |after: Option<Uuid>, upto: Option<Uuid>, limit: u64| {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2 \
+                   AND status = 'pending' AND ($5::uuid IS NULL OR id > $5) \
+                   AND ($6::uuid IS NULL OR id <= $6) AND (body->>'last_dial_time' IS NULL \
+                    OR (body->>'last_dial_time')::timestamptz <= now() - make_interval(secs => $3)) \
+                 ORDER BY id LIMIT $4",
+            )
+            .bind(c.outdial_id.as_uuid())
+            .bind(c.customer_id.as_uuid())
+            .bind(plan.try_interval_ms as f64 / 1000.0)
+            .bind(limit as i64)
+            .bind(after)
+            .bind(upto)
+            .fetch_all(&self.pool)
+        };
+        let mut due = scan(cursor, None, capacity).await?;
+        let next = due.last().copied();
+        if cursor.is_some() && (due.len() as u64) < capacity {
+            due.extend(scan(None, cursor, capacity - due.len() as u64).await?);
+        }
+        // Past the end: start over next time.
+        let mut cursors = self.cursors.lock().expect("cursors");
+        match next {
+            Some(n) => cursors.insert(id, n),
+            None => cursors.remove(&id),
+        };
+        Ok(due)
     }
 
     fn count_due(&self, id: CampaignId) -> bool {

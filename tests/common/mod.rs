@@ -271,6 +271,8 @@ impl Env {
             .env("VBIN_ADMIN_TOKEN", &self.admin)
             .env("VBIN_JWT_SECRET", "test-jwt-secret")
             .env("VBIN_DB_POOL", "8")
+            // Webhook retries in milliseconds instead of minutes and hours.
+            .env("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,300,600,900")
             .env("RUST_LOG", "info,vbin_commands=debug,sqlx=warn")
             .stdout(out.try_clone().unwrap())
             .stderr(out)

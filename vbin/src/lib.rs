@@ -31,17 +31,20 @@ pub enum Part {
     Carrier,
     /// Process managers: billing of ended calls, the campaign dialer and its consumers.
     ProcessManagers,
+    /// Webhook delivery: the recorder consumer and the sender.
+    Webhooks,
 }
 
 impl Part {
     /// Every part (what `vbin serve` runs).
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::CommandApi,
         Part::QueryApi,
         Part::Relay,
         Part::Projections,
         Part::Carrier,
         Part::ProcessManagers,
+        Part::Webhooks,
     ];
 }
 
@@ -151,6 +154,17 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         )));
         let worker = TimerWorker::new(pool.clone(), executor.clone());
         tasks.push(tokio::spawn(worker.run(stopped(&rx))));
+    }
+    if parts.contains(&Part::Webhooks) {
+        let settings =
+            vbin_webhooks::delivery::Settings::from_env().map_err(|e| anyhow::anyhow!(e))?;
+        tasks.push(tokio::spawn(vbin_webhooks::delivery::run(
+            pool.clone(),
+            executor.clone(),
+            bus.clone(),
+            settings,
+            stopped(&rx),
+        )));
     }
     if parts.contains(&Part::ProcessManagers) {
         tasks.push(tokio::spawn(vbin_processes::billing::run(

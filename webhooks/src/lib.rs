@@ -1,6 +1,7 @@
-//! vbin's webhook delivery. This module: what is sent for an event — the body and the signed
-//! headers of API.md "Webhooks" — as pure functions.
+//! vbin's webhook delivery: what is sent for an event (the body and signed headers of API.md
+//! "Webhooks", pure functions in [`signing`]) and the durable delivery ([`delivery`]).
 
+pub mod delivery;
 pub mod signing;
 
 pub use signing::{body_for, signed_headers, Secrets};

@@ -1,0 +1,165 @@
+//! End-to-end tests of webhook delivery (issue 5): a real HTTP receiver verifies every
+//! delivery as a customer would.
+
+mod common;
+
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use common::{get, Env};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What the receiver saw: (headers, body, status it answered).
+type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, u16)>>>;
+
+/// A webhook receiver on 127.0.0.1 that answers 500 to its first `fail_first` requests.
+async fn receiver(fail_first: usize) -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let s = s.clone();
+            async move {
+                let mut v = s.lock().unwrap();
+                let code = if v.len() < fail_first { 500 } else { 200 };
+                v.push((headers, body.to_vec(), code));
+                StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    m.update(msg);
+    m.finalize().into_bytes().to_vec()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+    h.get(name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .to_str()
+        .unwrap()
+}
+
+/// Verifies both signatures exactly as API.md tells a customer to.
+fn verify(secret: &str, h: &HeaderMap, body: &[u8]) {
+    let ts = header(h, "x-voipbin-timestamp");
+    let seed = hex::encode(hmac(
+        secret.as_bytes(),
+        &[ts.as_bytes(), b".", body].concat(),
+    ));
+    assert_eq!(header(h, "x-voipbin-signature"), format!("sha256={seed}"));
+    let id = header(h, "webhook-id");
+    let wts = header(h, "webhook-timestamp");
+    assert_eq!(wts, ts);
+    let std_sig = base64::engine::general_purpose::STANDARD.encode(hmac(
+        secret.as_bytes(),
+        &[id.as_bytes(), b".", wts.as_bytes(), b".", body].concat(),
+    ));
+    assert_eq!(header(h, "webhook-signature"), format!("v1,{std_sig}"));
+    assert_eq!(header(h, "content-type"), "application/json");
+    let v: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(v["id"].as_str(), Some(id));
+    assert_eq!(v["type"].as_str(), Some(header(h, "x-voipbin-event")));
+}
+
+#[tokio::test]
+async fn events_are_delivered_signed_in_order_and_retried() {
+    let env = Env::start().await;
+    // The first two requests fail: those deliveries are retried (300 ms, 600 ms in tests).
+    let (url, seen) = receiver(2).await;
+    let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let (s, c) = env
+        .post(
+            "/v1.0/customers",
+            &env.admin,
+            json!({"name": "hooked", "username": username, "password": "password123",
+                   "balance_micros": 100_000_000, "webhook_uri": url}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let customer: Uuid = c["id"].as_str().unwrap().parse().unwrap();
+    let tok = env.login(&username, "password123").await.unwrap();
+    let (_, me) = get(&env, "/v1.0/customer", &tok).await;
+    let secret = me["webhook_secret"].as_str().unwrap().to_string();
+    let call = env
+        .calls(
+            &tok,
+            &["+15550007000"],
+            json!({"variables": {"talk_seconds": 0}}),
+        )
+        .await[0];
+    env.wait_call_end(call, Duration::from_secs(15)).await;
+
+    // Every call event arrives (after retries), signed, in the call's order.
+    let want = [
+        "call_created",
+        "call_ringing",
+        "call_progressing",
+        "call_hungup",
+    ];
+    let t = Instant::now();
+    let delivered = loop {
+        let got: Vec<(String, Value)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, code)| *code == 200)
+            .map(|(h, b, _)| {
+                (
+                    header(h, "x-voipbin-event").to_string(),
+                    serde_json::from_slice(b).unwrap(),
+                )
+            })
+            .filter(|(_, v): &(String, Value)| v["data"]["id"] == call.to_string())
+            .collect();
+        if got.len() >= want.len() {
+            break got;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "call webhooks never all arrived: {:?}",
+            got.iter().map(|g| &g.0).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let types: Vec<&str> = delivered.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(types, want, "order per resource");
+    assert_eq!(delivered[3].1["data"]["status"], "completed");
+    for (h, body, _) in seen.lock().unwrap().iter() {
+        verify(&secret, h, body);
+    }
+
+    // The log of deliveries: every event of the customer delivered exactly once, the failed
+    // attempts recorded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (events, delivered_rows, failed_attempts): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM events WHERE customer_id = $1), \
+                (SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1 AND status = 'delivered'), \
+                (SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+                  WHERE d.customer_id = $1 AND a.status_code = 500)",
+    )
+    .bind(customer)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(delivered_rows, events, "one delivery per event");
+    assert_eq!(failed_attempts, 2);
+    let ok_requests = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, c)| *c == 200)
+        .count() as i64;
+    assert_eq!(ok_requests, events, "each event acknowledged once");
+}

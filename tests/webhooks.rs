@@ -16,8 +16,8 @@ use uuid::Uuid;
 /// What the receiver saw: (headers, body, status it answered).
 type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, u16)>>>;
 
-/// A webhook receiver on 127.0.0.1 that answers 500 to its first `fail_first` requests.
-async fn receiver(fail_first: usize) -> (String, Seen) {
+/// A webhook receiver on `ip` that answers 500 to its first `fail_first` requests.
+async fn receiver_on(ip: &str, fail_first: usize) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let s = seen.clone();
     let app = axum::Router::new().route(
@@ -32,10 +32,31 @@ async fn receiver(fail_first: usize) -> (String, Seen) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, seen)
+}
+
+/// A receiver on 127.0.0.1 (the address the tests' allow-list lets through).
+async fn receiver(fail_first: usize) -> (String, Seen) {
+    receiver_on("127.0.0.1", fail_first).await
+}
+
+/// Creates a customer with a webhook; returns (customer id, token).
+async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
+    let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let (s, c) = env
+        .post(
+            "/v1.0/customers",
+            &env.admin,
+            json!({"name": "hooked", "username": username, "password": "password123",
+                   "balance_micros": 100_000_000, "webhook_uri": url}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let tok = env.login(&username, "password123").await.unwrap();
+    (c["id"].as_str().unwrap().parse().unwrap(), tok)
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
@@ -78,18 +99,7 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     let env = Env::start().await;
     // The first two requests fail: those deliveries are retried (300 ms, 600 ms in tests).
     let (url, seen) = receiver(2).await;
-    let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let (s, c) = env
-        .post(
-            "/v1.0/customers",
-            &env.admin,
-            json!({"name": "hooked", "username": username, "password": "password123",
-                   "balance_micros": 100_000_000, "webhook_uri": url}),
-        )
-        .await;
-    assert_eq!(s, 200, "{c}");
-    let customer: Uuid = c["id"].as_str().unwrap().parse().unwrap();
-    let tok = env.login(&username, "password123").await.unwrap();
+    let (customer, tok) = hooked_customer(&env, &url).await;
     let (_, me) = get(&env, "/v1.0/customer", &tok).await;
     let secret = me["webhook_secret"].as_str().unwrap().to_string();
     let call = env
@@ -162,4 +172,49 @@ async fn events_are_delivered_signed_in_order_and_retried() {
         .filter(|(_, _, c)| *c == 200)
         .count() as i64;
     assert_eq!(ok_requests, events, "each event acknowledged once");
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_at_send_time() {
+    let env = Env::start().await;
+    // Reachable, but 127.0.0.2 is loopback and not on the allow-list (127.0.0.1/32).
+    let (url, seen) = receiver_on("127.0.0.2", 0).await;
+    let (customer, _) = hooked_customer(&env, &url).await;
+    let t = Instant::now();
+    loop {
+        let (failed, total, blocked): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'failed'), count(*), \
+                    count(*) FILTER (WHERE last_error LIKE 'blocked%') \
+             FROM webhook_deliveries WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if total > 0 && failed == total {
+            assert_eq!(blocked, total);
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "deliveries not failed: {failed}/{total}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+         WHERE d.customer_id = $1",
+    )
+    .bind(customer)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        attempts >= 4,
+        "the schedule's four attempts were made: {attempts}"
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a request reached 127.0.0.2"
+    );
 }

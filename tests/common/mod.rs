@@ -273,6 +273,7 @@ impl Env {
             .env("VBIN_DB_POOL", "8")
             // Webhook retries in milliseconds instead of minutes and hours.
             .env("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,300,600,900")
+            .env("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32")
             .env("RUST_LOG", "info,vbin_commands=debug,sqlx=warn")
             .stdout(out.try_clone().unwrap())
             .stderr(out)

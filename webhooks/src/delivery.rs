@@ -10,6 +10,7 @@
 //!   customer has at most [`Settings::per_customer`] deliveries in flight, so a slow endpoint
 //!   delays only its own customer.
 
+use crate::guard::{AddressPolicy, GuardedResolver};
 use crate::signing::{body_for, signed_headers, Secrets};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct Settings {
     pub per_customer: usize,
     /// Deliveries in flight at once in this process.
     pub concurrency: usize,
+    /// Where requests may go (SSRF protection).
+    pub policy: AddressPolicy,
 }
 
 impl Default for Settings {
@@ -59,15 +62,19 @@ impl Default for Settings {
             total_timeout: s(15),
             per_customer: 4,
             concurrency: 256,
+            policy: AddressPolicy::default(),
         }
     }
 }
 
 impl Settings {
     /// The defaults, with `VBIN_WEBHOOK_RETRY_SCHEDULE_MS` (comma-separated milliseconds)
-    /// replacing the schedule when set.
+    /// replacing the schedule when set, and the address policy of [`AddressPolicy::from_env`].
     pub fn from_env() -> Result<Self, String> {
-        let mut s = Self::default();
+        let mut s = Self {
+            policy: AddressPolicy::from_env()?,
+            ..Self::default()
+        };
         if let Ok(v) = std::env::var("VBIN_WEBHOOK_RETRY_SCHEDULE_MS") {
             s.schedule = v
                 .split(',')
@@ -219,6 +226,9 @@ impl Sender {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(Arc::new(
+                settings.policy.clone(),
+            ))))
             .user_agent("vbin-webhooks/1")
             .build()
             .expect("a reqwest client builds");
@@ -349,6 +359,13 @@ impl Sender {
     }
 
     async fn attempt(&self, d: &Claimed, current: &str, previous: Option<&str>) -> Outcome {
+        let checked = reqwest::Url::parse(&d.uri)
+            .map_err(|e| format!("bad webhook uri: {e}"))
+            .and_then(|u| self.settings.policy.check_url(&u));
+        if let Err(e) = checked {
+            tracing::warn!(customer_id = %d.customer_id, uri = %d.uri, error = %e, "webhook refused");
+            return Outcome::error(&e);
+        }
         let headers = signed_headers(
             &Secrets { current, previous },
             &d.event_id.to_string(),

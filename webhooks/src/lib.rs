@@ -2,6 +2,7 @@
 //! "Webhooks", pure functions in [`signing`]) and the durable delivery ([`delivery`]).
 
 pub mod delivery;
+pub mod guard;
 pub mod signing;
 
 pub use signing::{body_for, signed_headers, Secrets};

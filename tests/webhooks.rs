@@ -172,6 +172,76 @@ async fn events_are_delivered_signed_in_order_and_retried() {
         .filter(|(_, _, c)| *c == 200)
         .count() as i64;
     assert_eq!(ok_requests, events, "each event acknowledged once");
+
+    // The deliveries API: every delivery with its attempts; a retry sends the same bytes again.
+    let all = common::all_pages(&env, "/v1.0/webhook_deliveries?status=delivered", &tok, 2).await;
+    assert_eq!(all.len() as i64, events);
+    let retried: Vec<&Value> = all
+        .iter()
+        .filter(|d| d["attempt_log"].as_array().unwrap().len() > 1)
+        .collect();
+    assert_eq!(retried.len(), 2, "two deliveries needed a second attempt");
+    for d in &retried {
+        assert_eq!(d["attempt_log"][0]["status_code"], 500);
+        assert_eq!(d["attempt_log"][1]["status_code"], 200);
+    }
+    let hungup = all
+        .iter()
+        .find(|d| d["event_type"] == "call_hungup")
+        .unwrap();
+    let did = hungup["id"].as_str().unwrap();
+    let before = seen.lock().unwrap().len();
+    let (s, v) = env
+        .post(
+            &format!("/v1.0/webhook_deliveries/{did}/retry"),
+            &tok,
+            json!({}),
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("pending")), "{v}");
+    let t = Instant::now();
+    while seen.lock().unwrap().len() == before {
+        assert!(t.elapsed() < Duration::from_secs(10), "retry never sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    {
+        let seen = seen.lock().unwrap();
+        let (h, body, _) = seen.last().unwrap();
+        verify(&secret, h, body);
+        let first = seen
+            .iter()
+            .find(|(h2, _, c)| *c == 200 && header(h2, "webhook-id") == header(h, "webhook-id"))
+            .unwrap();
+        assert_eq!(&first.1, body, "a retry sends the same body");
+    }
+    let (_, by_event) = get(
+        &env,
+        &format!(
+            "/v1.0/webhook_deliveries?event_id={}",
+            hungup["event_id"].as_str().unwrap()
+        ),
+        &tok,
+    )
+    .await;
+    assert_eq!(by_event["result"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&env, "/v1.0/webhook_deliveries?status=nope", &tok)
+            .await
+            .0,
+        400
+    );
+    // Another tenant sees none of them and cannot retry them.
+    let (_, tok2, _) = env.customer().await;
+    let (_, theirs) = get(&env, "/v1.0/webhook_deliveries", &tok2).await;
+    assert_eq!(theirs["result"], json!([]));
+    let (s, _) = env
+        .post(
+            &format!("/v1.0/webhook_deliveries/{did}/retry"),
+            &tok2,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 404);
 }
 
 #[tokio::test]
@@ -179,7 +249,7 @@ async fn private_addresses_are_refused_at_send_time() {
     let env = Env::start().await;
     // Reachable, but 127.0.0.2 is loopback and not on the allow-list (127.0.0.1/32).
     let (url, seen) = receiver_on("127.0.0.2", 0).await;
-    let (customer, _) = hooked_customer(&env, &url).await;
+    let (customer, tok) = hooked_customer(&env, &url).await;
     let t = Instant::now();
     loop {
         let (failed, total, blocked): (i64, i64, i64) = sqlx::query_as(
@@ -217,4 +287,21 @@ async fn private_addresses_are_refused_at_send_time() {
         seen.lock().unwrap().is_empty(),
         "a request reached 127.0.0.2"
     );
+    // Bulk recovery puts every failed delivery back (they fail again: still refused).
+    let (s, v) = env
+        .post(
+            "/v1.0/webhook_deliveries/recover",
+            &tok,
+            json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(v["recovered"].as_i64(), Some(total));
+    assert!(seen.lock().unwrap().is_empty());
 }

@@ -227,7 +227,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         };
         let mut routes = axum::Router::new();
         if parts.contains(&Part::CommandApi) {
-            routes = routes.merge(api::routes());
+            routes = routes
+                .merge(api::routes())
+                .merge(vbin_webhooks::api::routes());
         }
         if parts.contains(&Part::QueryApi) {
             tasks.push(tokio::spawn(vbin_read_api::watch_invalidations(

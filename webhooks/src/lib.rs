@@ -1,6 +1,7 @@
 //! vbin's webhook delivery: what is sent for an event (the body and signed headers of API.md
 //! "Webhooks", pure functions in [`signing`]) and the durable delivery ([`delivery`]).
 
+pub mod api;
 pub mod delivery;
 pub mod guard;
 pub mod signing;

@@ -100,7 +100,15 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     // The first two requests fail: those deliveries are retried (300 ms, 600 ms in tests).
     let (url, seen) = receiver(2).await;
     let (customer, tok) = hooked_customer(&env, &url).await;
-    let (_, me) = get(&env, "/v1.0/customer", &tok).await;
+    // The customer's read model may lag its creation.
+    let me = common::wait_get(
+        &env,
+        "/v1.0/customer",
+        &tok,
+        Duration::from_secs(10),
+        |s, _| s == 200,
+    )
+    .await;
     let secret = me["webhook_secret"].as_str().unwrap().to_string();
     let call = env
         .calls(

@@ -18,15 +18,24 @@ type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, u16)>>>;
 
 /// A webhook receiver on `ip` that answers 500 to its first `fail_first` requests.
 async fn receiver_on(ip: &str, fail_first: usize) -> (String, Seen) {
+    answering(ip, move |n| if n < fail_first { 500 } else { 200 }).await
+}
+
+/// A webhook receiver on `ip` answering the status `code(n)` to its n-th request (0-based).
+async fn answering(
+    ip: &str,
+    code: impl Fn(usize) -> u16 + Clone + Send + Sync + 'static,
+) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let s = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let s = s.clone();
+            let code = code.clone();
             async move {
                 let mut v = s.lock().unwrap();
-                let code = if v.len() < fail_first { 500 } else { 200 };
+                let code = code(v.len());
                 v.push((headers, body.to_vec(), code));
                 StatusCode::from_u16(code).unwrap()
             }
@@ -312,4 +321,99 @@ async fn private_addresses_are_refused_at_send_time() {
             .unwrap();
     assert_eq!(v["recovered"].as_i64(), Some(total));
     assert!(seen.lock().unwrap().is_empty());
+}
+
+/// Waits until every delivery of `customer` is failed; returns how many there are.
+async fn all_failed(env: &Env, customer: Uuid) -> i64 {
+    let t = Instant::now();
+    loop {
+        let (failed, total): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'failed'), count(*) \
+             FROM webhook_deliveries WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if total > 0 && failed == total {
+            return total;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{failed}/{total} failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The reason recorded by `webhook_endpoint_disabled` for `customer`, once it is in the log.
+async fn disabled_reason(env: &Env, customer: Uuid) -> String {
+    let t = Instant::now();
+    loop {
+        let r: Option<String> = sqlx::query_scalar(
+            "SELECT payload->>'reason' FROM events WHERE aggregate_id = $1 \
+             AND event_type = 'webhook_endpoint_disabled'",
+        )
+        .bind(customer)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap();
+        if let Some(r) = r {
+            return r;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "endpoint never disabled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn gone_endpoints_are_disabled_and_receive_nothing_more() {
+    let env = Env::start().await;
+    let (url, seen) = answering("127.0.0.1", |_| 410).await;
+    let (customer, tok) = hooked_customer(&env, &url).await;
+    assert!(disabled_reason(&env, customer).await.contains("410"));
+    all_failed(&env, customer).await;
+    let me = common::wait_get(
+        &env,
+        "/v1.0/customer",
+        &tok,
+        Duration::from_secs(10),
+        |s, v| s == 200 && v["webhook_uri"] == "",
+    )
+    .await;
+    assert_eq!(me["webhook_uri"], "");
+    let requests = seen.lock().unwrap().len();
+    let before: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let call = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    env.wait_call_end(call, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let after: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(before, after, "a disabled endpoint gets no new deliveries");
+    assert_eq!(seen.lock().unwrap().len(), requests);
+}
+
+#[tokio::test]
+async fn endpoints_failing_for_the_configured_period_are_disabled() {
+    let env = Env::start_with_env(&[
+        ("VBIN_WEBHOOK_DISABLE_AFTER_SECS", "1"),
+        ("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,700,700,700,700"),
+    ])
+    .await;
+    let (url, _seen) = answering("127.0.0.1", |_| 500).await;
+    let (customer, _) = hooked_customer(&env, &url).await;
+    assert!(disabled_reason(&env, customer).await.contains("failing"));
+    all_failed(&env, customer).await;
 }

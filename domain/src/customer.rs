@@ -112,6 +112,15 @@ pub enum CustomerCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Stop sending webhooks to `webhook_uri` (no-op if the customer's endpoint changed since).
+    DisableWebhook {
+        /// The endpoint that failed.
+        webhook_uri: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// Remove an agent.
     DeleteAgent {
         /// Which.
@@ -343,6 +352,20 @@ impl Customer {
                 webhook_method,
                 at,
             },
+            C::DisableWebhook {
+                webhook_uri,
+                reason,
+                at,
+            } => {
+                if webhook_uri.is_empty() || self.webhook_uri != webhook_uri {
+                    return Ok(vec![]);
+                }
+                E::WebhookEndpointDisabled {
+                    webhook_uri,
+                    reason,
+                    at,
+                }
+            }
             C::RotateWebhookSecret {
                 webhook_secret,
                 grace,
@@ -543,6 +566,10 @@ impl Aggregate for Customer {
                 self.webhook_method = webhook_method;
                 self.tm_update = Some(at);
             }
+            E::WebhookEndpointDisabled { at, .. } => {
+                self.webhook_uri = String::new();
+                self.tm_update = Some(at);
+            }
             E::WebhookSecretRotated {
                 webhook_secret,
                 previous_secret,
@@ -647,6 +674,7 @@ impl ResourceView for Customer {
         match event {
             E::CustomerCreated { .. }
             | E::CustomerUpdated { .. }
+            | E::WebhookEndpointDisabled { .. }
             | E::WebhookSecretRotated { .. } => Some(self.view()),
             E::AgentCreated { agent_id, .. }
             | E::AgentUpdated { agent_id, .. }

@@ -37,6 +37,16 @@ pub enum CustomerEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Webhook delivery stopped using the endpoint (it answered 410 Gone, or kept failing):
+    /// the customer's `webhook_uri` is cleared until set again.
+    WebhookEndpointDisabled {
+        /// The endpoint disabled.
+        webhook_uri: String,
+        /// Why.
+        reason: String,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// The webhook secret was replaced; the previous one stays valid for signing until
     /// `previous_valid_until` so receivers can roll over.
     WebhookSecretRotated {
@@ -125,6 +135,7 @@ impl CustomerEvent {
         match self {
             Self::CustomerCreated { .. } => "customer_created",
             Self::CustomerUpdated { .. } => "customer_updated",
+            Self::WebhookEndpointDisabled { .. } => "webhook_endpoint_disabled",
             Self::WebhookSecretRotated { .. } => "webhook_secret_rotated",
             Self::AgentCreated { .. } => "agent_created",
             Self::AgentUpdated { .. } => "agent_updated",

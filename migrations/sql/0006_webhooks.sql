@@ -34,3 +34,10 @@ CREATE TABLE webhook_attempts (
     error       text,
     PRIMARY KEY (delivery_id, attempt)
 );
+
+-- Since when each customer's endpoint has failed without a success in between (auto-disable).
+CREATE TABLE webhook_endpoints (
+    customer_id   uuid        PRIMARY KEY,
+    uri           text        NOT NULL,
+    failing_since timestamptz
+);

@@ -220,10 +220,17 @@ pub struct Env {
     pub admin: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
+    /// Extra environment of the platform processes.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Env {
     pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    /// Like [`Env::start`], the platform processes getting `vars` in their environment.
+    pub async fn start_with_env(vars: &[(&str, &str)]) -> Self {
         let db_name = format!("vbin_t_{}", Uuid::new_v4().simple());
         let db_url = format!("{}/{db_name}", pg_base());
         let nats = Nats::start();
@@ -242,6 +249,10 @@ impl Env {
             redis,
             admin,
             http: reqwest::Client::new(),
+            extra_env: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         env.platform = env.spawn_platform().await;
         env
@@ -275,6 +286,7 @@ impl Env {
             .env("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,300,600,900")
             .env("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32")
             .env("RUST_LOG", "info,vbin_commands=debug,sqlx=warn")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()

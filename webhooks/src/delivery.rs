@@ -41,6 +41,8 @@ pub struct Settings {
     pub concurrency: usize,
     /// Where requests may go (SSRF protection).
     pub policy: AddressPolicy,
+    /// An endpoint failing without a success for this long is disabled.
+    pub disable_after: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             per_customer: 4,
             concurrency: 256,
             policy: AddressPolicy::default(),
+            disable_after: s(5 * 24 * 3600),
         }
     }
 }
@@ -84,6 +87,13 @@ impl Settings {
             if s.schedule.is_empty() {
                 return Err("VBIN_WEBHOOK_RETRY_SCHEDULE_MS is empty".into());
             }
+        }
+        if let Ok(v) = std::env::var("VBIN_WEBHOOK_DISABLE_AFTER_SECS") {
+            s.disable_after = v
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|e| format!("VBIN_WEBHOOK_DISABLE_AFTER_SECS: {e}"))?;
         }
         Ok(s)
     }
@@ -138,7 +148,7 @@ pub async fn run(
         |e| record(pool.clone(), executor.clone(), e, wake.clone()),
         stopped(),
     );
-    let sender = Sender::new(pool.clone(), settings).run(wake.clone(), stopped());
+    let sender = Sender::new(pool.clone(), executor.clone(), settings).run(wake.clone(), stopped());
     let all = futures::future::join(recorder, sender);
     tokio::pin!(all);
     tokio::select! {
@@ -214,6 +224,7 @@ struct Outcome {
 #[derive(Clone)]
 struct Sender {
     pool: sqlx::PgPool,
+    executor: Executor,
     settings: Arc<Settings>,
     http: reqwest::Client,
     in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
@@ -221,7 +232,7 @@ struct Sender {
 }
 
 impl Sender {
-    fn new(pool: sqlx::PgPool, settings: Settings) -> Self {
+    fn new(pool: sqlx::PgPool, executor: Executor, settings: Settings) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
@@ -234,6 +245,7 @@ impl Sender {
             .expect("a reqwest client builds");
         Self {
             pool,
+            executor,
             http,
             in_flight: Default::default(),
             slots: Arc::new(Semaphore::new(settings.concurrency)),
@@ -355,7 +367,86 @@ impl Sender {
         metrics::counter!("vbin_webhook_attempts_total", "outcome" => if ok { "ok" } else { "error" })
             .increment(1);
         metrics::histogram!("vbin_webhook_attempt_seconds").record(outcome.latency.as_secs_f64());
-        self.finish(&d, &outcome, status, next).await
+        self.finish(&d, &outcome, status, next).await?;
+        let disable = if gone {
+            Some("the endpoint answered 410 Gone".to_string())
+        } else {
+            self.track_endpoint(&d, ok).await?
+        };
+        if let Some(reason) = disable {
+            self.disable(&d, reason).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the endpoint's health; returns why to disable it when it has failed without a
+    /// success for `disable_after`.
+    async fn track_endpoint(&self, d: &Claimed, ok: bool) -> Result<Option<String>, sqlx::Error> {
+        if ok {
+            sqlx::query(
+                "INSERT INTO webhook_endpoints (customer_id, uri, failing_since) VALUES ($1, $2, NULL) \
+                 ON CONFLICT (customer_id) DO UPDATE SET uri = $2, failing_since = NULL",
+            )
+            .bind(d.customer_id)
+            .bind(&d.uri)
+            .execute(&self.pool)
+            .await?;
+            return Ok(None);
+        }
+        // A new endpoint starts its failure clock afresh.
+        let since: DateTime<Utc> = sqlx::query_scalar(
+            "INSERT INTO webhook_endpoints (customer_id, uri, failing_since) VALUES ($1, $2, now()) \
+             ON CONFLICT (customer_id) DO UPDATE SET \
+               failing_since = CASE WHEN webhook_endpoints.uri = $2 \
+                   THEN COALESCE(webhook_endpoints.failing_since, now()) ELSE now() END, uri = $2 \
+             RETURNING failing_since",
+        )
+        .bind(d.customer_id)
+        .bind(&d.uri)
+        .fetch_one(&self.pool)
+        .await?;
+        let failing = (Utc::now() - since).to_std().unwrap_or_default();
+        Ok((failing >= self.settings.disable_after)
+            .then(|| format!("failing without a success since {}", since.to_rfc3339())))
+    }
+
+    /// Disables the customer's endpoint (a Customer command, so it is an event in the log)
+    /// and fails its pending deliveries.
+    async fn disable(&self, d: &Claimed, reason: String) -> Result<(), sqlx::Error> {
+        let customer = vbin_event_schema::CustomerId(d.customer_id);
+        let mut meta =
+            vbin_commands::CommandMeta::caused_by("webhooks", d.id, &d.customer_id.to_string());
+        meta.customer_id = Some(d.customer_id);
+        let cmd = vbin_domain::CustomerCommand::DisableWebhook {
+            webhook_uri: d.uri.clone(),
+            reason: reason.clone(),
+            at: Utc::now(),
+        };
+        match self
+            .executor
+            .execute::<Customer>(d.customer_id, customer, None, cmd, &meta)
+            .await
+        {
+            Ok(done) if !done.recorded.is_empty() => {
+                tracing::warn!(customer_id = %d.customer_id, uri = %d.uri, %reason, "webhook endpoint disabled");
+                metrics::counter!("vbin_webhook_endpoints_disabled_total").increment(1);
+            }
+            Ok(_) => return Ok(()), // the endpoint changed meanwhile: keep delivering
+            Err(e) => {
+                tracing::error!(customer_id = %d.customer_id, error = %e, "disabling a webhook endpoint failed");
+                return Ok(());
+            }
+        }
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = $3, updated_at = now() \
+             WHERE customer_id = $1 AND uri = $2 AND status = 'pending'",
+        )
+        .bind(d.customer_id)
+        .bind(&d.uri)
+        .bind(format!("endpoint disabled: {reason}"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn attempt(&self, d: &Claimed, current: &str, previous: Option<&str>) -> Outcome {

@@ -26,18 +26,47 @@ async fn answering(
     ip: &str,
     code: impl Fn(usize) -> u16 + Clone + Send + Sync + 'static,
 ) -> (String, Seen) {
+    replying(ip, move |n| Reply {
+        code: code(n),
+        ..Reply::default()
+    })
+    .await
+}
+
+/// How the receiver answers one request.
+#[derive(Clone, Default)]
+struct Reply {
+    code: u16,
+    retry_after: Option<u64>,
+    delay: Duration,
+}
+
+/// A webhook receiver on `ip` answering `reply(n)` to its n-th request (0-based). A request
+/// is recorded when it arrives.
+async fn replying(
+    ip: &str,
+    reply: impl Fn(usize) -> Reply + Clone + Send + Sync + 'static,
+) -> (String, Seen) {
     let seen: Seen = Arc::default();
     let s = seen.clone();
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let s = s.clone();
-            let code = code.clone();
+            let reply = reply.clone();
             async move {
-                let mut v = s.lock().unwrap();
-                let code = code(v.len());
-                v.push((headers, body.to_vec(), code));
-                StatusCode::from_u16(code).unwrap()
+                let r = {
+                    let mut v = s.lock().unwrap();
+                    let r = reply(v.len());
+                    v.push((headers, body.to_vec(), r.code));
+                    r
+                };
+                tokio::time::sleep(r.delay).await;
+                let mut h = HeaderMap::new();
+                if let Some(secs) = r.retry_after {
+                    h.insert("retry-after", secs.to_string().parse().unwrap());
+                }
+                (StatusCode::from_u16(r.code).unwrap(), h)
             }
         }),
     );
@@ -416,4 +445,146 @@ async fn endpoints_failing_for_the_configured_period_are_disabled() {
     let (customer, _) = hooked_customer(&env, &url).await;
     assert!(disabled_reason(&env, customer).await.contains("failing"));
     all_failed(&env, customer).await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let env = Env::start().await;
+    // The first request gets 429 with Retry-After: 2 (the test schedule would retry after 300 ms).
+    let (url, _seen) = replying("127.0.0.1", |n| Reply {
+        code: if n == 0 { 429 } else { 200 },
+        retry_after: (n == 0).then_some(2),
+        ..Reply::default()
+    })
+    .await;
+    let (customer, _) = hooked_customer(&env, &url).await;
+    let t = Instant::now();
+    let gap: f64 = loop {
+        let gap: Option<f64> = sqlx::query_scalar(
+            "SELECT extract(epoch FROM (a2.at - a1.at))::float8 FROM webhook_attempts a1 \
+             JOIN webhook_attempts a2 ON a2.delivery_id = a1.delivery_id AND a2.attempt = 2 \
+             JOIN webhook_deliveries d ON d.id = a1.delivery_id \
+             WHERE d.customer_id = $1 AND a1.attempt = 1 AND a1.status_code = 429",
+        )
+        .bind(customer)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap();
+        if let Some(g) = gap {
+            break g;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no retry after the 429"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Retry-After 2 s (the jittered schedule would have said ~0.3 s).
+    assert!((1.9..6.0).contains(&gap), "retried after {gap} s");
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_does_not_delay_another_customer() {
+    let env = Env::start().await;
+    // Customer A's endpoint takes 5 s per request; B's answers at once.
+    let (slow_url, slow) = replying("127.0.0.1", |_| Reply {
+        code: 200,
+        delay: Duration::from_secs(5),
+        ..Reply::default()
+    })
+    .await;
+    let (fast_url, fast) = receiver(0).await;
+    let (_, slow_tok) = hooked_customer(&env, &slow_url).await;
+    // A burst of A's events first: more than its in-flight limit.
+    let _ = env
+        .calls(
+            &slow_tok,
+            &[
+                "+15550000486",
+                "+15550000404",
+                "+15550000487",
+                "+15550008000",
+            ],
+            json!({"dial_timeout_ms": 1000}),
+        )
+        .await;
+    let t0 = Instant::now();
+    let (b, _) = hooked_customer(&env, &fast_url).await;
+    // B's customer_created (and the other creation events) arrive within a second or two.
+    loop {
+        if fast
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(h, _, _)| header(h, "x-voipbin-event") == "customer_created")
+        {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "customer B's webhook waited for A's slow endpoint"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!slow.lock().unwrap().is_empty());
+    let _ = b;
+}
+
+#[tokio::test]
+async fn a_delivery_pending_a_retry_survives_a_crash() {
+    let mut env = Env::start_with_env(&[("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,3000,300")]).await;
+    let (url, seen) = receiver(1).await;
+    let (customer, _) = hooked_customer(&env, &url).await;
+    // The first delivery failed and waits 3 s for its retry: kill -9 the platform meanwhile.
+    let t = Instant::now();
+    loop {
+        let (waiting, others): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 1 \
+                                     AND next_attempt_at > now() + interval '1 second'), \
+                    count(*) FILTER (WHERE status <> 'delivered') \
+             FROM webhook_deliveries WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if waiting == 1 && others == 1 {
+            break; // one failed and waiting for its retry, the rest delivered
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no delivery waiting for a retry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.platform.kill();
+    env.platform = env.spawn_platform().await;
+    let t = Instant::now();
+    loop {
+        let (pending, delivered, total): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                    count(*) FILTER (WHERE status = 'delivered'), count(*) \
+             FROM webhook_deliveries WHERE customer_id = $1",
+        )
+        .bind(customer)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if total > 0 && delivered == total {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{pending} pending, {delivered}/{total} delivered after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = header(&seen.lock().unwrap()[0].0, "webhook-id").to_string();
+    let ok = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(h, _, c)| *c == 200 && header(h, "webhook-id") == first)
+        .count();
+    assert_eq!(ok, 1, "the failed delivery was retried after the restart");
 }

@@ -6,7 +6,9 @@ CREATE TABLE webhook_deliveries (
     customer_id     uuid        NOT NULL,
     event_id        uuid        NOT NULL,
     event_type      text        NOT NULL,
-    -- Deliveries of one resource go out in order: the next waits for the previous.
+    -- Deliveries of one resource (type and id) go out in order: the next waits for the
+    -- previous.
+    resource_type   text        NOT NULL,
     resource_id     uuid        NOT NULL,
     uri             text        NOT NULL,
     method          text        NOT NULL,
@@ -21,7 +23,7 @@ CREATE TABLE webhook_deliveries (
     UNIQUE (customer_id, event_id)
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_resource ON webhook_deliveries (customer_id, resource_id, id)
+CREATE INDEX webhook_deliveries_resource ON webhook_deliveries (customer_id, resource_id, resource_type, id)
     WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_customer ON webhook_deliveries (customer_id, id);
 

@@ -35,7 +35,7 @@ pub struct Filter {
 
 const VIEW: &str = "SELECT d.id::text, json_build_object( \
       'id', d.id, 'type', 'webhook_delivery', 'event_id', d.event_id, 'event_type', d.event_type, \
-      'resource_id', d.resource_id, 'uri', d.uri, 'method', d.method, 'status', d.status, \
+      'resource_type', d.resource_type, 'resource_id', d.resource_id, 'uri', d.uri, 'method', d.method, 'status', d.status, \
       'attempts', d.attempts, \
       'next_attempt_at', CASE WHEN d.status = 'pending' THEN d.next_attempt_at END, \
       'last_status_code', d.last_status_code, 'last_error', d.last_error, \

@@ -180,8 +180,8 @@ async fn record(
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_else(|| "POST".into());
     let inserted = sqlx::query(
-        "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, resource_id, uri, method, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (customer_id, event_id) DO NOTHING",
+        "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, resource_type, resource_id, uri, method, body) \
+         VALUES ($1, $2, $3, $4, $9, $5, $6, $7, $8) ON CONFLICT (customer_id, event_id) DO NOTHING",
     )
     .bind(Uuid::now_v7())
     .bind(e.customer_id)
@@ -191,6 +191,7 @@ async fn record(
     .bind(&c.webhook_uri)
     .bind(method)
     .bind(body_for(&e))
+    .bind(e.resource["type"].as_str().unwrap_or(&e.aggregate_type))
     .execute(&pool)
     .await?;
     if inserted.rows_affected() > 0 {
@@ -318,7 +319,8 @@ impl Sender {
                WHERE d.status = 'pending' AND d.next_attempt_at <= now() \
                  AND d.customer_id <> ALL($1) \
                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.status = 'pending' \
-                     AND o.customer_id = d.customer_id AND o.resource_id = d.resource_id AND o.id < d.id) \
+                     AND o.customer_id = d.customer_id AND o.resource_id = d.resource_id \
+                     AND o.resource_type = d.resource_type AND o.id < d.id) \
                ORDER BY d.next_attempt_at LIMIT 500) \
              UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
              FROM cand WHERE w.id = cand.id AND cand.rn <= $3 \

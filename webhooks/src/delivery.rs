@@ -256,7 +256,19 @@ impl Sender {
 
     async fn run(self, wake: Arc<Notify>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut depth_at = Instant::now() - Duration::from_secs(60);
         loop {
+            if depth_at.elapsed() >= Duration::from_secs(5) {
+                depth_at = Instant::now();
+                if let Ok(n) = sqlx::query_scalar::<_, i64>(
+                    "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'",
+                )
+                .fetch_one(&self.pool)
+                .await
+                {
+                    metrics::gauge!("vbin_webhook_queue_depth").set(n as f64);
+                }
+            }
             let claimed = match self.claim().await {
                 Ok(c) => c,
                 Err(e) => {
@@ -370,6 +382,9 @@ impl Sender {
             .increment(1);
         metrics::histogram!("vbin_webhook_attempt_seconds").record(outcome.latency.as_secs_f64());
         self.finish(&d, &outcome, status, next).await?;
+        if status != "pending" {
+            metrics::counter!("vbin_webhook_deliveries_total", "status" => status).increment(1);
+        }
         let disable = if gone {
             Some("the endpoint answered 410 Gone".to_string())
         } else {

@@ -213,6 +213,9 @@ pub struct Customer {
     pub webhook_method: WebhookMethod,
     /// Current webhook secret.
     pub webhook_secret: String,
+    /// Since when the current `webhook_uri` is set (events before it are not delivered to it).
+    #[serde(default)]
+    pub webhook_since: Option<DateTime<Utc>>,
     /// Previous secret and the end of its grace period.
     pub previous_webhook_secret: Option<(String, DateTime<Utc>)>,
     /// Created.
@@ -549,6 +552,7 @@ impl Aggregate for Customer {
                 *self = Customer {
                     id: Some(customer_id),
                     name,
+                    webhook_since: (!webhook_uri.is_empty()).then_some(at),
                     webhook_uri,
                     webhook_method,
                     webhook_secret,
@@ -562,11 +566,15 @@ impl Aggregate for Customer {
                 webhook_method,
                 at,
             } => {
+                if webhook_uri != self.webhook_uri {
+                    self.webhook_since = (!webhook_uri.is_empty()).then_some(at);
+                }
                 self.webhook_uri = webhook_uri;
                 self.webhook_method = webhook_method;
                 self.tm_update = Some(at);
             }
             E::WebhookEndpointDisabled { at, .. } => {
+                self.webhook_since = None;
                 self.webhook_uri = String::new();
                 self.tm_update = Some(at);
             }

@@ -25,6 +25,10 @@ pub enum Which {
     /// Outbound campaign throughput: a campaign over N targets (answered calls), reporting
     /// calls dialed per second, against the raw Postgres single-row INSERT rate as baseline.
     Campaign(CampaignArgs),
+    /// Webhook delivery: signed deliveries per second to a local receiver and the dispatch
+    /// delay (event committed -> request received), against raw HTTP POSTs to the same
+    /// receiver as baseline.
+    Webhooks(WebhooksArgs),
 }
 
 /// Where the benchmarks find the services.
@@ -165,6 +169,22 @@ pub struct CampaignArgs {
     pub services: Services,
 }
 
+/// `vbin bench webhooks` options.
+#[derive(clap::Args, Debug)]
+pub struct WebhooksArgs {
+    /// Calls to create (busy destinations: two events each, plus the customer's own).
+    #[arg(long, default_value_t = 5_000)]
+    pub calls: u64,
+    /// HTTP clients creating calls (100 per request), and baseline clients.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Seconds of the HTTP POST baseline.
+    #[arg(long, default_value_t = 5)]
+    pub baseline_secs: u64,
+    #[command(flatten)]
+    pub services: Services,
+}
+
 /// Runs a benchmark.
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
@@ -172,6 +192,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
         Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
         Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
+        Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
     }
 }
 
@@ -935,4 +956,221 @@ async fn consumer_backlog(js: &async_nats::jetstream::Context) -> String {
         }
     }
     out.join(" ")
+}
+
+/// What the benchmark's webhook receiver saw.
+#[derive(Default)]
+struct Received {
+    count: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    /// Event committed -> request received, in microseconds.
+    delay: Option<Histogram<u64>>,
+}
+
+/// A local webhook receiver answering 200; returns its URL.
+async fn bench_receiver(seen: Arc<std::sync::Mutex<Received>>) -> anyhow::Result<String> {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let now = Instant::now();
+                let created = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["created"].as_str().map(str::to_string))
+                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok());
+                let mut r = seen.lock().expect("receiver state");
+                r.count += 1;
+                r.first.get_or_insert(now);
+                r.last = Some(now);
+                if let Some(c) = created {
+                    let us = (chrono::Utc::now() - c.with_timezone(&chrono::Utc))
+                        .num_microseconds()
+                        .unwrap_or(0)
+                        .max(0) as u64;
+                    let h = r
+                        .delay
+                        .get_or_insert_with(|| Histogram::new(3).expect("histogram"));
+                    let _ = h.record(us);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
+}
+
+async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
+    use reqwest::Method;
+    // The receiver is on loopback, which webhooks may not reach by default. Set before the
+    // platform starts (it reads its settings once, at start).
+    std::env::set_var("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32");
+    let seen = Arc::new(std::sync::Mutex::new(Received::default()));
+    let url = bench_receiver(seen.clone()).await?;
+    // Phase 1 (throughput): the events are produced with webhook delivery off, then a process
+    // with only the `webhooks` part delivers the backlog, so the figure is the delivery path's
+    // own rate, not the rate at which the rest of the platform produces events.
+    let others: Vec<Part> = Part::ALL
+        .into_iter()
+        .filter(|p| *p != Part::Webhooks)
+        .collect();
+    let b = Arc::new(Bench::start(&a.services, a.clients, &others).await?);
+    b.send_json(
+        Method::PUT,
+        "/v1.0/customer",
+        json!({"webhook_uri": url, "webhook_method": "POST"}),
+    )
+    .await?;
+    eprintln!("creating {} calls (busy: 2 events each)...", a.calls);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..a.clients)
+        .map(|_| {
+            let (b, next, calls) = (b.clone(), next.clone(), a.calls);
+            tokio::spawn(async move {
+                loop {
+                    let start = next.fetch_add(100, Ordering::Relaxed);
+                    if start >= calls {
+                        return anyhow::Ok(());
+                    }
+                    let n = (calls - start).min(100) as usize;
+                    b.send_json(
+                        Method::POST,
+                        "/v1.0/calls",
+                        json!({"source": "+15550001000",
+                               "destinations": vec!["+15550000486"; n]}),
+                    )
+                    .await?;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    let created_secs = t0.elapsed().as_secs_f64();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&b.database_url())
+        .await?;
+    // Every event of the customer (from the webhook's setting on) must arrive.
+    let expected = loop {
+        // Every event from the webhook's setting on (customer_updated included).
+        let (events, hungup): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events WHERE recorded_at >= \
+                      (SELECT recorded_at FROM events WHERE event_type = 'customer_updated')), \
+                    (SELECT count(*) FROM events WHERE event_type = 'call_hungup')",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if hungup as u64 >= a.calls && events as u64 >= 2 * a.calls {
+            break events as u64;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("calls not all ended and recorded after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("delivering {expected} webhooks...");
+    let cfg = Config {
+        database_url: b.database_url(),
+        nats_url: b.nats_url.clone(),
+        redis_url: a.services.redis_url.clone(),
+        http_addr: "127.0.0.1:0".parse()?,
+        admin_token: Some(b.running.admin_token.clone()),
+        jwt_secret: None,
+        db_pool: 64,
+    };
+    let t_deliver = Instant::now();
+    let hooks = crate::start(&cfg, &[Part::Webhooks]).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while seen.lock().expect("receiver").count < expected {
+        if Instant::now() > deadline {
+            bail!("webhooks not all received after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deliver_secs = t_deliver.elapsed().as_secs_f64();
+
+    // Phase 2 (dispatch delay): calls at a modest steady rate with delivery on.
+    {
+        let mut r = seen.lock().expect("receiver");
+        r.delay = None;
+    }
+    eprintln!("measuring the dispatch delay (10 s of 20 calls/s)...");
+    let received_before = seen.lock().expect("receiver").count;
+    for _ in 0..50 {
+        b.send_json(
+            Method::POST,
+            "/v1.0/calls",
+            json!({"source": "+15550001000", "destinations": vec!["+15550000486"; 4]}),
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().expect("receiver").count < received_before + 400 {
+        if Instant::now() > deadline {
+            bail!("phase 2 webhooks not all received");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hooks.shutdown().await;
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'")
+            .fetch_one(&pool)
+            .await?;
+    pool.close().await;
+    let b = Arc::try_unwrap(b).ok().context("bench still in use")?;
+    b.stop().await;
+
+    // Baseline: the same receiver, raw POSTs of a webhook-sized body by `clients` clients.
+    eprintln!(
+        "measuring the HTTP POST baseline for {} s...",
+        a.baseline_secs
+    );
+    let http = reqwest::Client::new();
+    let body = serde_json::to_vec(&json!({"id": uuid::Uuid::now_v7(), "type": "call_hungup",
+        "created": chrono::Utc::now(), "data": {"id": uuid::Uuid::now_v7(), "type": "call",
+        "status": "busy", "source": "+15550001000", "destination": "+15550000486"}}))?;
+    let base = drive(a.clients, Duration::from_secs(a.baseline_secs), move || {
+        let (http, url, body) = (http.clone(), url.clone(), body.clone());
+        async move {
+            let t = Instant::now();
+            let r = http.post(&url).body(body).send().await?;
+            if !r.status().is_success() {
+                bail!("baseline POST: {}", r.status());
+            }
+            Ok(vec![t.elapsed()])
+        }
+    })
+    .await;
+    let r = seen.lock().expect("receiver");
+    let per_sec = expected as f64 / deliver_secs;
+    let ms = |q: f64| {
+        r.delay
+            .as_ref()
+            .map(|h| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0)
+            .unwrap_or(0.0)
+    };
+    Ok(json!({
+        "benchmark": "webhooks",
+        "calls": a.calls,
+        "calls_created_per_sec": (a.calls as f64 / created_secs).round(),
+        "deliveries": expected,
+        "not_delivered": failed,
+        "deliveries_per_sec": per_sec.round(),
+        "seconds_to_deliver": (deliver_secs * 10.0).round() / 10.0,
+        "dispatch_delay_p50_ms": ms(0.5),
+        "dispatch_delay_p99_ms": ms(0.99),
+        "baseline_http_posts_per_sec": rate(&base).round(),
+        "ratio": ((per_sec / rate(&base)) * 1000.0).round() / 1000.0,
+        "target_deliveries_per_sec": 2000,
+    }))
 }

@@ -62,7 +62,7 @@ impl Default for Settings {
             ],
             connect_timeout: s(5),
             total_timeout: s(15),
-            per_customer: 4,
+            per_customer: 32,
             concurrency: 256,
             policy: AddressPolicy::default(),
             disable_after: s(5 * 24 * 3600),
@@ -87,6 +87,14 @@ impl Settings {
             if s.schedule.is_empty() {
                 return Err("VBIN_WEBHOOK_RETRY_SCHEDULE_MS is empty".into());
             }
+        }
+        if let Ok(v) = std::env::var("VBIN_WEBHOOK_PER_CUSTOMER") {
+            s.per_customer = v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or("VBIN_WEBHOOK_PER_CUSTOMER must be a positive integer")?;
         }
         if let Ok(v) = std::env::var("VBIN_WEBHOOK_DISABLE_AFTER_SECS") {
             s.disable_after = v
@@ -168,7 +176,11 @@ async fn record(
         .load::<Customer>(e.customer_id, None)
         .await
         .map_err(|err| WebhookError::Customer(err.to_string()))?;
-    let Some(c) = customer.filter(|c| !c.webhook_uri.is_empty()) else {
+    // Only events from the moment the endpoint was set: a recorder catching up on a backlog
+    // must not send an endpoint what happened before it was configured.
+    let Some(c) = customer.filter(|c| {
+        !c.webhook_uri.is_empty() && c.webhook_since.is_none_or(|since| e.timestamp >= since)
+    }) else {
         return Ok(());
     };
     let resource_id = e.resource["id"]
@@ -286,6 +298,7 @@ impl Sender {
                     .entry(d.customer_id)
                     .or_default() += 1;
                 let me = self.clone();
+                let wake = wake.clone();
                 tokio::spawn(async move {
                     let customer = d.customer_id;
                     if let Err(e) = me.deliver(d).await {
@@ -298,13 +311,20 @@ impl Sender {
                             m.remove(&customer);
                         }
                     }
+                    drop(m);
                     drop(permit);
+                    // A slot (and maybe the resource's next delivery) is free.
+                    wake.notify_one();
                 });
             }
             if idle {
                 tokio::select! {
                     _ = &mut shutdown => return,
-                    _ = wake.notified() => {}
+                    _ = wake.notified() => {
+                        // Let a few more completions and new deliveries gather: one claim
+                        // query for them all.
+                        tokio::time::sleep(Duration::from_millis(3)).await;
+                    }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
             } else if futures::poll!(&mut shutdown).is_ready() {
@@ -316,32 +336,44 @@ impl Sender {
     /// Claims due deliveries: the oldest pending one of each resource, at most
     /// `per_customer` per customer counting those in flight here.
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
-        let busy: Vec<Uuid> = {
+        // Customers with deliveries in flight here, and how many: they get only the rest of
+        // their allowance (none when full).
+        let (busy, counts): (Vec<Uuid>, Vec<i32>) = {
             let m = self.in_flight.lock().expect("in flight");
-            m.iter()
-                .filter(|(_, n)| **n >= self.settings.per_customer)
-                .map(|(c, _)| *c)
-                .collect()
+            m.iter().map(|(c, n)| (*c, *n as i32)).unzip()
         };
+        let full: Vec<Uuid> = busy
+            .iter()
+            .zip(&counts)
+            .filter(|(_, n)| **n as usize >= self.settings.per_customer)
+            .map(|(c, _)| *c)
+            .collect();
         let lease = self.settings.total_timeout + Duration::from_secs(15);
         sqlx::query_as(
-            "WITH cand AS ( \
-               SELECT d.id, row_number() OVER (PARTITION BY d.customer_id ORDER BY d.id) AS rn \
-               FROM webhook_deliveries d \
-               WHERE d.status = 'pending' AND d.next_attempt_at <= now() \
-                 AND d.customer_id <> ALL($1) \
-                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.status = 'pending' \
+            "WITH due AS ( \
+               SELECT id, customer_id, resource_id, resource_type FROM webhook_deliveries \
+               WHERE status = 'pending' AND next_attempt_at <= now() AND customer_id <> ALL($1) \
+               ORDER BY next_attempt_at LIMIT 2000), \
+             cand AS ( \
+               SELECT d.id, d.customer_id, \
+                      row_number() OVER (PARTITION BY d.customer_id ORDER BY d.id) AS rn \
+               FROM due d \
+               WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.status = 'pending' \
                      AND o.customer_id = d.customer_id AND o.resource_id = d.resource_id \
                      AND o.resource_type = d.resource_type AND o.id < d.id) \
-               ORDER BY d.next_attempt_at LIMIT 500) \
+             ) \
              UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
-             FROM cand WHERE w.id = cand.id AND cand.rn <= $3 \
+             FROM cand WHERE w.id = cand.id \
+               AND cand.rn <= $3 - COALESCE((SELECT u.n FROM unnest($4::uuid[], $5::int[]) AS u(c, n) \
+                                             WHERE u.c = cand.customer_id), 0) \
                AND w.status = 'pending' AND w.next_attempt_at <= now() \
              RETURNING w.id, w.customer_id, w.event_id, w.event_type, w.uri, w.method, w.body, w.attempts",
         )
-        .bind(&busy)
+        .bind(&full)
         .bind(lease.as_secs_f64())
         .bind(self.settings.per_customer as i64)
+        .bind(&busy)
+        .bind(&counts)
         .fetch_all(&self.pool)
         .await
     }
@@ -400,12 +432,12 @@ impl Sender {
     /// success for `disable_after`.
     async fn track_endpoint(&self, d: &Claimed, ok: bool) -> Result<Option<String>, sqlx::Error> {
         if ok {
+            // Writes only when the endpoint was failing: the healthy path stays read-only.
             sqlx::query(
-                "INSERT INTO webhook_endpoints (customer_id, uri, failing_since) VALUES ($1, $2, NULL) \
-                 ON CONFLICT (customer_id) DO UPDATE SET uri = $2, failing_since = NULL",
+                "UPDATE webhook_endpoints SET failing_since = NULL \
+                 WHERE customer_id = $1 AND failing_since IS NOT NULL",
             )
             .bind(d.customer_id)
-            .bind(&d.uri)
             .execute(&self.pool)
             .await?;
             return Ok(None);

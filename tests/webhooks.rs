@@ -197,19 +197,29 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     }
 
     // The log of deliveries: every event of the customer delivered exactly once, the failed
-    // attempts recorded.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (events, delivered_rows, failed_attempts): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM events WHERE customer_id = $1), \
-                (SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1 AND status = 'delivered'), \
-                (SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
-                  WHERE d.customer_id = $1 AND a.status_code = 500)",
-    )
-    .bind(customer)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!(delivered_rows, events, "one delivery per event");
+    // attempts recorded. (Retries and the billing charge may still be under way: poll.)
+    // 8 events: customer, agent, billing account, the call's 4, its charge.
+    let t = Instant::now();
+    let (events, failed_attempts) = loop {
+        let (events, delivered_rows, failed_attempts): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events WHERE customer_id = $1), \
+                    (SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1 AND status = 'delivered'), \
+                    (SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+                      WHERE d.customer_id = $1 AND a.status_code = 500)",
+        )
+        .bind(customer)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if events >= 8 && delivered_rows == events {
+            break (events, failed_attempts);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "one delivery per event: {delivered_rows} delivered of {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(failed_attempts, 2);
     let ok_requests = seen
         .lock()

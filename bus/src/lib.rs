@@ -288,6 +288,21 @@ where
     Ok(())
 }
 
+/// A stop signal several tasks can wait for: `(trigger, waiter factory)`.
+pub fn stop_signal() -> (
+    tokio::sync::watch::Sender<bool>,
+    impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let wait = move || {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+    };
+    (tx, wait)
+}
+
 /// One message handed to a batch handler.
 #[derive(Debug)]
 pub struct Delivery {

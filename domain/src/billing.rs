@@ -3,8 +3,6 @@
 
 use crate::{DomainError, ResourceView};
 use chrono::{DateTime, Utc};
-use cqrs_es::event_sink::EventSink;
-use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -182,26 +180,8 @@ fn check_amount(field: &str, v: Micros, min: i64) -> Result<(), DomainError> {
     Ok(())
 }
 
-impl Aggregate for BillingAccount {
-    const TYPE: &'static str = "billing_account";
-    type Command = BillingCommand;
-    type Event = BillingEvent;
-    type Error = DomainError;
-    type Services = ();
-
-    async fn handle(
-        &mut self,
-        command: Self::Command,
-        _: &(),
-        sink: &EventSink<Self>,
-    ) -> Result<(), Self::Error> {
-        for event in self.decide(command)? {
-            sink.write(event, self).await;
-        }
-        Ok(())
-    }
-
-    fn apply(&mut self, event: Self::Event) {
+impl BillingAccount {
+    fn fold(&mut self, event: BillingEvent) {
         match event {
             BillingEvent::BillingAccountCreated {
                 customer_id,
@@ -241,6 +221,13 @@ impl Aggregate for BillingAccount {
         }
     }
 }
+
+decided_aggregate!(
+    BillingAccount,
+    "billing_account",
+    BillingCommand,
+    BillingEvent
+);
 
 /// The API view of a billing record, from its event.
 pub fn billing_view(customer_id: Option<CustomerId>, event: &BillingEvent) -> Option<Value> {
@@ -291,7 +278,7 @@ mod tests {
     fn run(a: &mut BillingAccount, c: BillingCommand) -> Result<Vec<BillingEvent>, DomainError> {
         let evs = a.decide(c)?;
         for e in evs.clone() {
-            a.apply(e);
+            a.fold(e);
         }
         Ok(evs)
     }

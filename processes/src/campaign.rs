@@ -70,7 +70,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let c = Campaigns::new(pool, executor);
-    let (tx, stop) = crate::stop_signal();
+    let (tx, stop) = vbin_bus::stop_signal();
     let placer = run_consumer(
         bus.clone(),
         ConsumerSpec::for_events(

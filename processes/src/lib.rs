@@ -119,21 +119,6 @@ where
     }
 }
 
-/// A stop signal several tasks can wait for: `(trigger, waiter factory)`.
-pub(crate) fn stop_signal() -> (
-    tokio::sync::watch::Sender<bool>,
-    impl Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Clone,
-) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let wait = move || {
-        let mut rx = rx.clone();
-        Box::pin(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }) as Pin<Box<dyn Future<Output = ()> + Send>>
-    };
-    (tx, wait)
-}
-
 /// Metadata of a command a process manager sends for `customer`, caused by event `cause`.
 pub(crate) fn system_meta(
     part: &'static str,

@@ -56,7 +56,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let q = Queues::new(pool, executor);
-    let (tx, stop) = crate::stop_signal();
+    let (tx, stop) = vbin_bus::stop_signal();
     let calls = run_consumer(
         bus.clone(),
         ConsumerSpec::for_events("queue-calls", "call", &["call_progressing", "call_hungup"])

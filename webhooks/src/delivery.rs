@@ -143,13 +143,7 @@ pub async fn run(
         lanes: 1,
     }
     .lanes(8);
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let stopped = || {
-        let mut rx = rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let (tx, stopped) = vbin_bus::stop_signal();
     let recorder = run_consumer(
         bus,
         spec,

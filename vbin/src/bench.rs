@@ -1104,6 +1104,8 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         r.delay = None;
     }
     eprintln!("measuring the dispatch delay (10 s of 20 calls/s)...");
+    let phase2_from: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
     let received_before = seen.lock().expect("receiver").count;
     for _ in 0..50 {
         b.send_json(
@@ -1121,7 +1123,34 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Taken now: the baseline below posts to the same receiver (with a fixed `created`).
+    let delay = seen.lock().expect("receiver").delay.take();
     hooks.shutdown().await;
+    // How fast the recorder wrote phase 1's backlog (the sender cannot outrun it).
+    let recorded: (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM max(created_at) - min(created_at))::float8 \
+         FROM webhook_deliveries WHERE created_at < $1",
+    )
+    .bind(phase2_from)
+    .fetch_one(&pool)
+    .await?;
+    // Where phase 2's delay goes: event written -> delivery recorded (relay, NATS, recorder)
+    // and delivery recorded -> first request sent (sender).
+    let stages: (Option<f64>, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY rec), \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY rec), \
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY send), \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY send) \
+         FROM (SELECT extract(epoch FROM d.created_at - e.recorded_at) * 1000 AS rec, \
+                      extract(epoch FROM (a.at - make_interval(secs => a.latency_ms / 1000.0)) \
+                                         - d.created_at) * 1000 AS send \
+               FROM webhook_deliveries d JOIN events e ON e.event_id = d.event_id \
+               JOIN webhook_attempts a ON a.delivery_id = d.id AND a.attempt = 1 \
+               WHERE e.recorded_at >= $1) s",
+    )
+    .bind(phase2_from)
+    .fetch_one(&pool)
+    .await?;
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status <> 'delivered'")
             .fetch_one(&pool)
@@ -1151,10 +1180,9 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         }
     })
     .await;
-    let r = seen.lock().expect("receiver");
     let per_sec = expected as f64 / deliver_secs;
     let ms = |q: f64| {
-        r.delay
+        delay
             .as_ref()
             .map(|h| (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0)
             .unwrap_or(0.0)
@@ -1167,8 +1195,13 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         "not_delivered": failed,
         "deliveries_per_sec": per_sec.round(),
         "seconds_to_deliver": (deliver_secs * 10.0).round() / 10.0,
+        "recorded_per_sec": recorded.1.filter(|s| *s > 0.0).map(|s| (recorded.0 as f64 / s).round()),
         "dispatch_delay_p50_ms": ms(0.5),
         "dispatch_delay_p99_ms": ms(0.99),
+        "recorded_after_commit_p50_ms": stages.0.map(f64::round),
+        "recorded_after_commit_p99_ms": stages.1.map(f64::round),
+        "sent_after_recorded_p50_ms": stages.2.map(f64::round),
+        "sent_after_recorded_p99_ms": stages.3.map(f64::round),
         "baseline_http_posts_per_sec": rate(&base).round(),
         "ratio": ((per_sec / rate(&base)) * 1000.0).round() / 1000.0,
         "target_deliveries_per_sec": 2000,

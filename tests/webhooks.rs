@@ -598,3 +598,69 @@ async fn a_delivery_pending_a_retry_survives_a_crash() {
         .count();
     assert_eq!(ok, 1, "the failed delivery was retried after the restart");
 }
+
+#[tokio::test]
+async fn a_queue_behind_a_failing_delivery_does_not_starve_other_customers() {
+    // A's first delivery fails and waits a minute for its retry; everything A does meanwhile
+    // waits behind it (same resource: the customer), more deliveries than the sender looks
+    // at in one claim.
+    let env = Env::start_with_env(&[("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,60000")]).await;
+    let (url_a, seen_a) = answering("127.0.0.1", |_| 500).await;
+    let (customer_a, tok_a) = hooked_customer(&env, &url_a).await;
+    let queued = 600;
+    for i in 0..queued {
+        let (s, body) = env
+            .req(
+                reqwest::Method::PUT,
+                "/v1.0/customer",
+                Some(&tok_a),
+                Some(json!({"name": format!("a{i}"), "webhook_uri": url_a, "webhook_method": "POST"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{body}");
+    }
+    let t = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries \
+             WHERE customer_id = $1 AND status = 'pending' AND attempts = 0",
+        )
+        .bind(customer_a)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        if waiting >= queued {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "A's deliveries not recorded ({waiting})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // B's deliveries go out at once.
+    let (fast_url, fast) = receiver(0).await;
+    let t0 = Instant::now();
+    let _ = hooked_customer(&env, &fast_url).await;
+    while !fast
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(h, _, _)| header(h, "x-voipbin-event") == "customer_created")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "customer B's webhook waited behind A's queue"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A's queue kept its order: only the deliveries at the head of each of A's resources
+    // were tried, nothing behind them.
+    let tried: Vec<String> = seen_a
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, _, _)| header(h, "x-voipbin-event").to_string())
+        .collect();
+    assert!(
+        !tried.iter().any(|t| t == "customer_updated"),
+        "a queued delivery went out before the one ahead of it: {tried:?}"
+    );
+}

@@ -101,6 +101,14 @@ impl ConsumerSpec {
         }
     }
 
+    /// A consumer of every event of every aggregate.
+    pub fn all_events(name: &str) -> Self {
+        Self {
+            filter_subject: format!("{SUBJECT_PREFIX}.>"),
+            ..Self::for_events(name, "*", &[])
+        }
+    }
+
     /// The same with `lanes` events handled at once (ordered per aggregate).
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes.max(1);

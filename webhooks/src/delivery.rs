@@ -18,10 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_bus::{run_batch_consumer, Bus, ConsumerSpec, Delivery, Disposition};
 use vbin_commands::Executor;
 use vbin_domain::Customer;
-use vbin_event_schema::{PublishedEvent, SUBJECT_PREFIX};
 
 /// Durable consumer name of the recorder.
 pub const RECORDER: &str = "webhook-recorder";
@@ -134,23 +133,16 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let wake = Arc::new(Notify::new());
-    let spec = ConsumerSpec {
-        name: RECORDER.to_string(),
-        filter_subject: format!("{SUBJECT_PREFIX}.>"),
-        event_types: vec![],
-        ack_wait: Duration::from_secs(30),
-        max_deliver: -1,
-        lanes: 1,
-    }
-    .lanes(8);
     let (tx, stopped) = vbin_bus::stop_signal();
-    let recorder = run_consumer(
+    let recorder = run_batch_consumer(
         bus,
-        spec,
-        |e| record(pool.clone(), executor.clone(), e, wake.clone()),
+        ConsumerSpec::all_events(RECORDER),
+        RECORD_BATCH,
+        |batch| record_batch(pool.clone(), executor.clone(), batch, wake.clone()),
         stopped(),
     );
-    let sender = Sender::new(pool.clone(), executor.clone(), settings).run(wake.clone(), stopped());
+    let sender = Sender::new(pool.clone(), executor.clone(), settings, wake.clone())
+        .run(stopped());
     let all = futures::future::join(recorder, sender);
     tokio::pin!(all);
     tokio::select! {
@@ -159,55 +151,131 @@ pub async fn run(
     }
 }
 
-/// Writes the delivery of `e` if its customer has a webhook.
-async fn record(
+/// Events the recorder writes in one statement.
+const RECORD_BATCH: usize = 500;
+
+/// Records the deliveries of a batch of events (one insert for them all); on failure the whole
+/// batch comes back (a redelivered event finds its row and adds nothing).
+async fn record_batch(
     pool: sqlx::PgPool,
     executor: Executor,
-    e: PublishedEvent,
+    batch: Vec<Delivery>,
     wake: Arc<Notify>,
-) -> Result<(), WebhookError> {
-    let customer = executor
-        .load::<Customer>(e.customer_id, None)
-        .await
-        .map_err(|err| WebhookError::Customer(err.to_string()))?;
-    // Only events from the moment the endpoint was set: a recorder catching up on a backlog
-    // must not send an endpoint what happened before it was configured.
-    let Some(c) = customer.filter(|c| {
-        !c.webhook_uri.is_empty() && c.webhook_since.is_none_or(|since| e.timestamp >= since)
-    }) else {
-        return Ok(());
-    };
-    let resource_id = e.resource["id"]
-        .as_str()
-        .and_then(|s| s.parse::<Uuid>().ok())
-        .unwrap_or(e.aggregate_id);
-    let method = serde_json::to_value(c.webhook_method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_else(|| "POST".into());
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, resource_type, resource_id, uri, method, body) \
-         VALUES ($1, $2, $3, $4, $9, $5, $6, $7, $8) ON CONFLICT (customer_id, event_id) DO NOTHING",
-    )
-    .bind(Uuid::now_v7())
-    .bind(e.customer_id)
-    .bind(e.event_id)
-    .bind(&e.event_type)
-    .bind(resource_id)
-    .bind(&c.webhook_uri)
-    .bind(method)
-    .bind(body_for(&e))
-    .bind(e.resource["type"].as_str().unwrap_or(&e.aggregate_type))
-    .execute(&pool)
-    .await?;
-    if inserted.rows_affected() > 0 {
-        metrics::counter!("vbin_webhook_deliveries_created_total").increment(1);
-        wake.notify_one();
+) -> Vec<Disposition> {
+    let n = batch.len();
+    match record(&pool, &executor, batch).await {
+        Ok(created) => {
+            if created > 0 {
+                metrics::counter!("vbin_webhook_deliveries_created_total").increment(created);
+                wake.notify_one();
+            }
+            vec![Disposition::Ack; n]
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, events = n, "recording webhook deliveries failed; will retry");
+            vec![Disposition::Retry(Duration::from_secs(1)); n]
+        }
     }
-    Ok(())
 }
 
-/// A claimed delivery.
+/// Writes the delivery of each event whose customer has a webhook; returns how many were new.
+async fn record(
+    pool: &sqlx::PgPool,
+    executor: &Executor,
+    batch: Vec<Delivery>,
+) -> Result<u64, WebhookError> {
+    let mut customers: HashMap<Uuid, Option<Customer>> = HashMap::new();
+    let mut rows = RecordRows::default();
+    for d in batch {
+        let e = match d.event {
+            Ok(e) => e,
+            Err(err) => {
+                // It can never be decoded: nothing to deliver (the projections dead-letter it).
+                tracing::error!(subject = %d.subject, error = %err, "undecodable event; no webhook");
+                continue;
+            }
+        };
+        let customer = match customers.get(&e.customer_id) {
+            Some(c) => c,
+            None => {
+                let c = executor
+                    .load::<Customer>(e.customer_id, None)
+                    .await
+                    .map_err(|err| WebhookError::Customer(err.to_string()))?;
+                customers.entry(e.customer_id).or_insert(c)
+            }
+        };
+        // Only events from the moment the endpoint was set: a recorder catching up on a
+        // backlog must not send an endpoint what happened before it was configured.
+        let Some(c) = customer.as_ref().filter(|c| {
+            !c.webhook_uri.is_empty() && c.webhook_since.is_none_or(|since| e.timestamp >= since)
+        }) else {
+            continue;
+        };
+        let method = serde_json::to_value(c.webhook_method)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "POST".into());
+        // UUIDv7 ids in stream order: a resource's deliveries go out in id order.
+        rows.id.push(Uuid::now_v7());
+        rows.customer_id.push(e.customer_id);
+        rows.event_id.push(e.event_id);
+        rows.resource_id.push(
+            e.resource["id"]
+                .as_str()
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .unwrap_or(e.aggregate_id),
+        );
+        rows.resource_type.push(
+            e.resource["type"]
+                .as_str()
+                .unwrap_or(&e.aggregate_type)
+                .to_string(),
+        );
+        rows.uri.push(c.webhook_uri.clone());
+        rows.method.push(method);
+        rows.body.push(body_for(&e));
+        rows.event_type.push(e.event_type);
+    }
+    if rows.id.is_empty() {
+        return Ok(0);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_deliveries \
+           (id, customer_id, event_id, event_type, resource_type, resource_id, uri, method, body) \
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+                              $6::uuid[], $7::text[], $8::text[], $9::bytea[]) \
+         ON CONFLICT (customer_id, event_id) DO NOTHING",
+    )
+    .bind(&rows.id)
+    .bind(&rows.customer_id)
+    .bind(&rows.event_id)
+    .bind(&rows.event_type)
+    .bind(&rows.resource_type)
+    .bind(&rows.resource_id)
+    .bind(&rows.uri)
+    .bind(&rows.method)
+    .bind(&rows.body)
+    .execute(pool)
+    .await?;
+    Ok(inserted.rows_affected())
+}
+
+/// Columns of the deliveries a batch records.
+#[derive(Default)]
+struct RecordRows {
+    id: Vec<Uuid>,
+    customer_id: Vec<Uuid>,
+    event_id: Vec<Uuid>,
+    event_type: Vec<String>,
+    resource_type: Vec<String>,
+    resource_id: Vec<Uuid>,
+    uri: Vec<String>,
+    method: Vec<String>,
+    body: Vec<Vec<u8>>,
+}
+
+/// A claimed delivery, with its customer's signing secrets.
 #[derive(sqlx::FromRow)]
 struct Claimed {
     id: Uuid,
@@ -218,6 +286,9 @@ struct Claimed {
     method: String,
     body: Vec<u8>,
     attempts: i32,
+    secret: Option<String>,
+    /// The previous secret while its grace period lasts.
+    previous_secret: Option<String>,
 }
 
 /// What one attempt gave.
@@ -228,6 +299,22 @@ struct Outcome {
     retry_after: Option<Duration>,
 }
 
+/// An attempt to record, and who waits for it to be committed.
+struct Finish {
+    id: Uuid,
+    customer_id: Uuid,
+    attempt: i32,
+    status_code: Option<i32>,
+    latency_ms: i32,
+    error: Option<String>,
+    status: &'static str,
+    next_secs: f64,
+    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+}
+
+/// Attempts recorded in one statement.
+const FINISH_BATCH: usize = 512;
+
 #[derive(Clone)]
 struct Sender {
     pool: sqlx::PgPool,
@@ -236,10 +323,12 @@ struct Sender {
     http: reqwest::Client,
     in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
     slots: Arc<Semaphore>,
+    finish: tokio::sync::mpsc::Sender<Finish>,
+    wake: Arc<Notify>,
 }
 
 impl Sender {
-    fn new(pool: sqlx::PgPool, executor: Executor, settings: Settings) -> Self {
+    fn new(pool: sqlx::PgPool, executor: Executor, settings: Settings, wake: Arc<Notify>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
@@ -250,6 +339,11 @@ impl Sender {
             .user_agent("vbin-webhooks/1")
             .build()
             .expect("a reqwest client builds");
+        let (finish, finishes) = tokio::sync::mpsc::channel(FINISH_BATCH * 4);
+        // Group commit: the attempts that end while a statement is under way go in the next
+        // one, so a busy sender pays one commit per batch, not per delivery. It ends when the
+        // last sender clone is dropped.
+        tokio::spawn(record_attempts(pool.clone(), finishes, wake.clone()));
         Self {
             pool,
             executor,
@@ -257,11 +351,14 @@ impl Sender {
             in_flight: Default::default(),
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings: Arc::new(settings),
+            finish,
+            wake,
         }
     }
 
-    async fn run(self, wake: Arc<Notify>, shutdown: impl std::future::Future<Output = ()>) {
+    async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let wake = self.wake.clone();
         let mut depth_at = Instant::now() - Duration::from_secs(60);
         loop {
             if depth_at.elapsed() >= Duration::from_secs(5) {
@@ -292,7 +389,6 @@ impl Sender {
                     .entry(d.customer_id)
                     .or_default() += 1;
                 let me = self.clone();
-                let wake = wake.clone();
                 tokio::spawn(async move {
                     let customer = d.customer_id;
                     if let Err(e) = me.deliver(d).await {
@@ -308,7 +404,7 @@ impl Sender {
                     drop(m);
                     drop(permit);
                     // A slot (and maybe the resource's next delivery) is free.
-                    wake.notify_one();
+                    me.wake.notify_one();
                 });
             }
             if idle {
@@ -317,7 +413,7 @@ impl Sender {
                     _ = wake.notified() => {
                         // Let a few more completions and new deliveries gather: one claim
                         // query for them all.
-                        tokio::time::sleep(Duration::from_millis(3)).await;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 }
@@ -328,7 +424,10 @@ impl Sender {
     }
 
     /// Claims due deliveries: the oldest pending one of each resource, at most
-    /// `per_customer` per customer counting those in flight here.
+    /// `per_customer` per customer counting those in flight here. A due delivery waiting
+    /// behind an earlier one of its resource is put off until that one's next attempt (and
+    /// brought forward again when it ends), so a long queue behind a failing delivery does not
+    /// fill the window of due deliveries and starve other customers.
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
         // Customers with deliveries in flight here, and how many: they get only the rest of
         // their allowance (none when full).
@@ -342,51 +441,63 @@ impl Sender {
             .filter(|(_, n)| **n as usize >= self.settings.per_customer)
             .map(|(c, _)| *c)
             .collect();
+        let room = self.slots.available_permits();
+        if room == 0 {
+            return Ok(vec![]);
+        }
         let lease = self.settings.total_timeout + Duration::from_secs(15);
         sqlx::query_as(
             "WITH due AS ( \
                SELECT id, customer_id, resource_id, resource_type FROM webhook_deliveries \
                WHERE status = 'pending' AND next_attempt_at <= now() AND customer_id <> ALL($1) \
-               ORDER BY next_attempt_at LIMIT 2000), \
-             cand AS ( \
+               ORDER BY next_attempt_at LIMIT $6), \
+             ahead AS ( \
                SELECT d.id, d.customer_id, \
-                      row_number() OVER (PARTITION BY d.customer_id ORDER BY d.id) AS rn \
-               FROM due d \
-               WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries o WHERE o.status = 'pending' \
-                     AND o.customer_id = d.customer_id AND o.resource_id = d.resource_id \
-                     AND o.resource_type = d.resource_type AND o.id < d.id) \
-             ) \
-             UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2), updated_at = now() \
-             FROM cand WHERE w.id = cand.id \
+                      (SELECT max(o.next_attempt_at) FROM webhook_deliveries o \
+                       WHERE o.status = 'pending' AND o.customer_id = d.customer_id \
+                         AND o.resource_id = d.resource_id AND o.resource_type = d.resource_type \
+                         AND o.id < d.id) AS until \
+               FROM due d), \
+             put_off AS ( \
+               UPDATE webhook_deliveries w SET next_attempt_at = ahead.until \
+               FROM ahead WHERE w.id = ahead.id AND ahead.until IS NOT NULL \
+                 AND w.status = 'pending'), \
+             cand AS ( \
+               SELECT id, customer_id, \
+                      row_number() OVER (PARTITION BY customer_id ORDER BY id) AS rn \
+               FROM ahead WHERE until IS NULL) \
+             UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2), \
+                    updated_at = now() \
+             FROM cand LEFT JOIN webhook_secrets s ON s.customer_id = cand.customer_id \
+             WHERE w.id = cand.id \
                AND cand.rn <= $3 - COALESCE((SELECT u.n FROM unnest($4::uuid[], $5::int[]) AS u(c, n) \
                                              WHERE u.c = cand.customer_id), 0) \
                AND w.status = 'pending' AND w.next_attempt_at <= now() \
-             RETURNING w.id, w.customer_id, w.event_id, w.event_type, w.uri, w.method, w.body, w.attempts",
+             RETURNING w.id, w.customer_id, w.event_id, w.event_type, w.uri, w.method, w.body, \
+                       w.attempts, s.secret, \
+                       CASE WHEN s.previous_valid_until > now() THEN s.previous_secret END \
+                         AS previous_secret",
         )
         .bind(&full)
         .bind(lease.as_secs_f64())
         .bind(self.settings.per_customer as i64)
         .bind(&busy)
         .bind(&counts)
+        .bind(room.max(2 * self.settings.per_customer).clamp(64, 2000) as i64)
         .fetch_all(&self.pool)
         .await
     }
 
-    async fn deliver(&self, d: Claimed) -> Result<(), sqlx::Error> {
-        let secrets: Option<(String, Option<String>, Option<DateTime<Utc>>)> = sqlx::query_as(
-            "SELECT secret, previous_secret, previous_valid_until FROM webhook_secrets WHERE customer_id = $1",
-        )
-        .bind(d.customer_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((current, previous, until)) = secrets else {
+    async fn deliver(&self, d: Claimed) -> Result<(), String> {
+        let Some(current) = d.secret.as_deref() else {
             tracing::error!(customer_id = %d.customer_id, "customer without a webhook secret; delivery failed");
             return self
                 .finish(&d, &Outcome::error("no webhook secret"), "failed", None)
                 .await;
         };
-        let previous = previous.filter(|_| until.is_some_and(|u| u > Utc::now()));
-        let outcome = self.attempt(&d, &current, previous.as_deref()).await;
+        let outcome = self
+            .attempt(&d, current, d.previous_secret.as_deref())
+            .await;
         let attempt = d.attempts as usize + 1;
         let ok = outcome.status_code.is_some_and(|c| (200..300).contains(&c));
         let gone = outcome.status_code == Some(410);
@@ -411,31 +522,52 @@ impl Sender {
         if status != "pending" {
             metrics::counter!("vbin_webhook_deliveries_total", "status" => status).increment(1);
         }
+        if ok {
+            return Ok(()); // the batch cleared the endpoint's failure clock
+        }
         let disable = if gone {
             Some("the endpoint answered 410 Gone".to_string())
         } else {
-            self.track_endpoint(&d, ok).await?
+            self.track_failure(&d).await.map_err(|e| e.to_string())?
         };
         if let Some(reason) = disable {
-            self.disable(&d, reason).await?;
+            self.disable(&d, reason).await.map_err(|e| e.to_string())?;
         }
         Ok(())
     }
 
-    /// Records the endpoint's health; returns why to disable it when it has failed without a
-    /// success for `disable_after`.
-    async fn track_endpoint(&self, d: &Claimed, ok: bool) -> Result<Option<String>, sqlx::Error> {
-        if ok {
-            // Writes only when the endpoint was failing: the healthy path stays read-only.
-            sqlx::query(
-                "UPDATE webhook_endpoints SET failing_since = NULL \
-                 WHERE customer_id = $1 AND failing_since IS NOT NULL",
-            )
-            .bind(d.customer_id)
-            .execute(&self.pool)
-            .await?;
-            return Ok(None);
-        }
+    /// Hands the attempt to the group commit and waits until it is recorded.
+    async fn finish(
+        &self,
+        d: &Claimed,
+        o: &Outcome,
+        status: &'static str,
+        next: Option<Duration>,
+    ) -> Result<(), String> {
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let f = Finish {
+            id: d.id,
+            customer_id: d.customer_id,
+            attempt: d.attempts + 1,
+            status_code: o.status_code.map(i32::from),
+            latency_ms: o.latency.as_millis().min(i32::MAX as u128) as i32,
+            error: o.error.clone(),
+            status,
+            next_secs: next.unwrap_or_default().as_secs_f64(),
+            done,
+        };
+        self.finish
+            .send(f)
+            .await
+            .map_err(|_| "the attempt recorder has stopped".to_string())?;
+        committed
+            .await
+            .map_err(|_| "the attempt recorder has stopped".to_string())?
+    }
+
+    /// Starts (or continues) the endpoint's failure clock; returns why to disable it when it
+    /// has failed without a success for `disable_after`.
+    async fn track_failure(&self, d: &Claimed) -> Result<Option<String>, sqlx::Error> {
         // A new endpoint starts its failure clock afresh.
         let since: DateTime<Utc> = sqlx::query_scalar(
             "INSERT INTO webhook_endpoints (customer_id, uri, failing_since) VALUES ($1, $2, now()) \
@@ -539,40 +671,86 @@ impl Sender {
         }
     }
 
-    /// Records the attempt and the delivery's new state in one transaction.
-    async fn finish(
-        &self,
-        d: &Claimed,
-        o: &Outcome,
-        status: &str,
-        next: Option<Duration>,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, latency_ms, error) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(d.id)
-        .bind(d.attempts + 1)
-        .bind(o.status_code.map(i32::from))
-        .bind(o.latency.as_millis().min(i32::MAX as u128) as i32)
-        .bind(&o.error)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1, \
-               next_attempt_at = now() + make_interval(secs => $3), last_status_code = $4, \
-               last_error = $5, updated_at = now() WHERE id = $1",
-        )
-        .bind(d.id)
-        .bind(status)
-        .bind(next.unwrap_or_default().as_secs_f64())
-        .bind(o.status_code.map(i32::from))
-        .bind(&o.error)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
+}
+
+/// The group commit: records every attempt that is waiting, in one statement per batch, and
+/// tells each sender task when its attempt is committed.
+async fn record_attempts(
+    pool: sqlx::PgPool,
+    mut finishes: tokio::sync::mpsc::Receiver<Finish>,
+    wake: Arc<Notify>,
+) {
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    while finishes.recv_many(&mut batch, FINISH_BATCH).await > 0 {
+        let mut result = write_attempts(&pool, &batch).await;
+        // A deadlock with a concurrent claim or a dropped connection: the attempts were made,
+        // so try hard to record them (otherwise the lease expires and they are sent again).
+        for pause in [10, 100, 1000] {
+            let Err(e) = &result else { break };
+            tracing::warn!(error = %e, attempts = batch.len(), "recording webhook attempts failed; retrying");
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            result = write_attempts(&pool, &batch).await;
+        }
+        let result = result.map(|_| ()).map_err(|e| e.to_string());
+        for f in batch.drain(..) {
+            let _ = f.done.send(result.clone());
+        }
+        // Deliveries behind these ones may be due now.
+        wake.notify_one();
     }
+}
+
+/// One statement: the attempts, the deliveries' new state, the failure clock of endpoints that
+/// answered 2xx, and deliveries put off behind an ended one brought forward.
+async fn write_attempts(pool: &sqlx::PgPool, batch: &[Finish]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = batch.iter().map(|f| f.id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
+    let codes: Vec<Option<i32>> = batch.iter().map(|f| f.status_code).collect();
+    let latencies: Vec<i32> = batch.iter().map(|f| f.latency_ms).collect();
+    let errors: Vec<Option<String>> = batch.iter().map(|f| f.error.clone()).collect();
+    let statuses: Vec<&str> = batch.iter().map(|f| f.status).collect();
+    let next: Vec<f64> = batch.iter().map(|f| f.next_secs).collect();
+    let mut healthy: Vec<Uuid> = batch
+        .iter()
+        .filter(|f| f.status == "delivered")
+        .map(|f| f.customer_id)
+        .collect();
+    healthy.sort_unstable();
+    healthy.dedup();
+    sqlx::query(
+        "WITH u AS ( \
+           SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[], \
+                                $6::text[], $7::float8[]) \
+             AS u(id, attempt, code, latency, err, status, next)), \
+         att AS ( \
+           INSERT INTO webhook_attempts (delivery_id, attempt, status_code, latency_ms, error) \
+           SELECT id, attempt, code, latency, err FROM u ON CONFLICT DO NOTHING), \
+         healthy AS ( \
+           UPDATE webhook_endpoints SET failing_since = NULL \
+           WHERE customer_id = ANY($8) AND failing_since IS NOT NULL), \
+         done AS ( \
+           UPDATE webhook_deliveries w SET status = u.status, attempts = u.attempt, \
+                  next_attempt_at = now() + make_interval(secs => u.next), \
+                  last_status_code = u.code, last_error = u.err, updated_at = now() \
+           FROM u WHERE w.id = u.id \
+           RETURNING w.id, w.customer_id, w.resource_id, w.resource_type, u.status) \
+         UPDATE webhook_deliveries s SET next_attempt_at = now() \
+         FROM done WHERE done.status <> 'pending' AND s.status = 'pending' \
+           AND s.customer_id = done.customer_id AND s.resource_id = done.resource_id \
+           AND s.resource_type = done.resource_type AND s.id > done.id \
+           AND s.attempts = 0 AND s.next_attempt_at > now() AND s.id <> ALL($1)",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&codes)
+    .bind(&latencies)
+    .bind(&errors)
+    .bind(&statuses)
+    .bind(&next)
+    .bind(&healthy)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 impl Outcome {

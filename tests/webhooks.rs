@@ -632,7 +632,10 @@ async fn a_queue_behind_a_failing_delivery_does_not_starve_other_customers() {
         if waiting >= queued {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "A's deliveries not recorded ({waiting})");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "A's deliveries not recorded ({waiting})"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // B's deliveries go out at once.

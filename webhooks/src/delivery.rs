@@ -141,8 +141,7 @@ pub async fn run(
         |batch| record_batch(pool.clone(), executor.clone(), batch, wake.clone()),
         stopped(),
     );
-    let sender = Sender::new(pool.clone(), executor.clone(), settings, wake.clone())
-        .run(stopped());
+    let sender = Sender::new(pool.clone(), executor.clone(), settings, wake.clone()).run(stopped());
     let all = futures::future::join(recorder, sender);
     tokio::pin!(all);
     tokio::select! {
@@ -425,9 +424,11 @@ impl Sender {
 
     /// Claims due deliveries: the oldest pending one of each resource, at most
     /// `per_customer` per customer counting those in flight here. A due delivery waiting
-    /// behind an earlier one of its resource is put off until that one's next attempt (and
-    /// brought forward again when it ends), so a long queue behind a failing delivery does not
-    /// fill the window of due deliveries and starve other customers.
+    /// behind an earlier one of its resource is put off until that one's next attempt (at most
+    /// a second while that one is in flight), and brought forward again when it ends, so a long
+    /// queue behind a failing delivery does not fill the window of due deliveries and starve
+    /// other customers. (The second bounds the cost of a race: a claim can put a delivery off
+    /// just after the group commit looked for deliveries to bring forward.)
     async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
         // Customers with deliveries in flight here, and how many: they get only the rest of
         // their allowance (none when full).
@@ -453,7 +454,10 @@ impl Sender {
                ORDER BY next_attempt_at LIMIT $6), \
              ahead AS ( \
                SELECT d.id, d.customer_id, \
-                      (SELECT max(o.next_attempt_at) FROM webhook_deliveries o \
+                      (SELECT CASE WHEN bool_or(o.in_flight) \
+                                   THEN LEAST(max(o.next_attempt_at), now() + interval '1 second') \
+                                   ELSE max(o.next_attempt_at) END \
+                       FROM webhook_deliveries o \
                        WHERE o.status = 'pending' AND o.customer_id = d.customer_id \
                          AND o.resource_id = d.resource_id AND o.resource_type = d.resource_type \
                          AND o.id < d.id) AS until \
@@ -467,7 +471,7 @@ impl Sender {
                       row_number() OVER (PARTITION BY customer_id ORDER BY id) AS rn \
                FROM ahead WHERE until IS NULL) \
              UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2), \
-                    updated_at = now() \
+                    in_flight = true, updated_at = now() \
              FROM cand LEFT JOIN webhook_secrets s ON s.customer_id = cand.customer_id \
              WHERE w.id = cand.id \
                AND cand.rn <= $3 - COALESCE((SELECT u.n FROM unnest($4::uuid[], $5::int[]) AS u(c, n) \
@@ -670,7 +674,6 @@ impl Sender {
             },
         }
     }
-
 }
 
 /// The group commit: records every attempt that is waiting, in one statement per batch, and
@@ -729,7 +732,7 @@ async fn write_attempts(pool: &sqlx::PgPool, batch: &[Finish]) -> Result<(), sql
            UPDATE webhook_endpoints SET failing_since = NULL \
            WHERE customer_id = ANY($8) AND failing_since IS NOT NULL), \
          done AS ( \
-           UPDATE webhook_deliveries w SET status = u.status, attempts = u.attempt, \
+           UPDATE webhook_deliveries w SET status = u.status, attempts = u.attempt, in_flight = false, \
                   next_attempt_at = now() + make_interval(secs => u.next), \
                   last_status_code = u.code, last_error = u.err, updated_at = now() \
            FROM u WHERE w.id = u.id \

@@ -110,6 +110,15 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
         .unwrap()
 }
 
+/// Verifies a delivery with the Standard Webhooks reference library.
+fn standard_verify(
+    secret: &str,
+    h: &HeaderMap,
+    body: &[u8],
+) -> Result<(), standardwebhooks::WebhookError> {
+    standardwebhooks::Webhook::from_bytes(secret.as_bytes().to_vec())?.verify(body, h)
+}
+
 /// Verifies both signatures exactly as API.md tells a customer to.
 fn verify(secret: &str, h: &HeaderMap, body: &[u8]) {
     let ts = header(h, "x-voipbin-timestamp");
@@ -126,6 +135,9 @@ fn verify(secret: &str, h: &HeaderMap, body: &[u8]) {
         &[id.as_bytes(), b".", wts.as_bytes(), b".", body].concat(),
     ));
     assert_eq!(header(h, "webhook-signature"), format!("v1,{std_sig}"));
+    // And as a receiver using the Standard Webhooks library would (the key is the secret's
+    // bytes, as API.md says; the library also checks the timestamp's tolerance).
+    standard_verify(secret, h, body).expect("the Standard Webhooks library accepts it");
     assert_eq!(header(h, "content-type"), "application/json");
     let v: Value = serde_json::from_slice(body).unwrap();
     assert_eq!(v["id"].as_str(), Some(id));
@@ -666,4 +678,71 @@ async fn a_queue_behind_a_failing_delivery_does_not_starve_other_customers() {
         !tried.iter().any(|t| t == "customer_updated"),
         "a queued delivery went out before the one ahead of it: {tried:?}"
     );
+}
+
+#[tokio::test]
+async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
+    let env = Env::start().await;
+    let (url, seen) = receiver(0).await;
+    let (_, tok) = hooked_customer(&env, &url).await;
+    let me = common::wait_get(
+        &env,
+        "/v1.0/customer",
+        &tok,
+        Duration::from_secs(10),
+        |s, _| s == 200,
+    )
+    .await;
+    let old = me["webhook_secret"].as_str().unwrap().to_string();
+    let (s, rotated) = env
+        .post("/v1.0/customer/webhook_secret/rotate", &tok, json!({}))
+        .await;
+    assert_eq!(s, 200, "{rotated}");
+    let new = rotated["webhook_secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    let (s, body) = env
+        .req(
+            reqwest::Method::PUT,
+            "/v1.0/customer",
+            Some(&tok),
+            Some(json!({"name": "renamed", "webhook_uri": url, "webhook_method": "POST"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let t = Instant::now();
+    let (h, body) = loop {
+        let got = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(h, _, _)| header(h, "x-voipbin-event") == "customer_updated")
+            .map(|(h, b, _)| (h.clone(), b.clone()));
+        if let Some(g) = got {
+            break g;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no customer_updated webhook"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Two signatures, current first, each of both schemes; receivers holding either secret
+    // accept the delivery.
+    let std_sigs: Vec<&str> = header(&h, "webhook-signature").split(' ').collect();
+    let seed_sigs: Vec<&str> = header(&h, "x-voipbin-signature").split(' ').collect();
+    assert_eq!((std_sigs.len(), seed_sigs.len()), (2, 2), "{h:?}");
+    let ts = header(&h, "x-voipbin-timestamp");
+    for (secret, i) in [(&new, 0), (&old, 1)] {
+        standard_verify(secret, &h, &body).expect("the library accepts either secret");
+        let seed = hex::encode(hmac(
+            secret.as_bytes(),
+            &[ts.as_bytes(), b".", &body].concat(),
+        ));
+        assert_eq!(seed_sigs[i], format!("sha256={seed}"));
+    }
+    assert!(standard_verify("some-other-secret", &h, &body).is_err());
+    // Deliveries made before the rotation were signed with the old secret only.
+    let first = seen.lock().unwrap()[0].clone();
+    assert_eq!(header(&first.0, "webhook-signature").split(' ').count(), 1);
+    standard_verify(&old, &first.0, &first.1).unwrap();
 }

@@ -97,6 +97,19 @@ async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
     (c["id"].as_str().unwrap().parse().unwrap(), tok)
 }
 
+/// The customer's current webhook secret (its read model may lag its creation: waits).
+async fn webhook_secret(env: &Env, tok: &str) -> String {
+    let me = common::wait_get(
+        env,
+        "/v1.0/customer",
+        tok,
+        Duration::from_secs(10),
+        |s, _| s == 200,
+    )
+    .await;
+    me["webhook_secret"].as_str().unwrap().to_string()
+}
+
 fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut m = Hmac::<Sha256>::new_from_slice(key).unwrap();
     m.update(msg);
@@ -150,16 +163,7 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     // The first two requests fail: those deliveries are retried (300 ms, 600 ms in tests).
     let (url, seen) = receiver(2).await;
     let (customer, tok) = hooked_customer(&env, &url).await;
-    // The customer's read model may lag its creation.
-    let me = common::wait_get(
-        &env,
-        "/v1.0/customer",
-        &tok,
-        Duration::from_secs(10),
-        |s, _| s == 200,
-    )
-    .await;
-    let secret = me["webhook_secret"].as_str().unwrap().to_string();
+    let secret = webhook_secret(&env, &tok).await;
     let call = env
         .calls(
             &tok,
@@ -685,15 +689,7 @@ async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
     let env = Env::start().await;
     let (url, seen) = receiver(0).await;
     let (_, tok) = hooked_customer(&env, &url).await;
-    let me = common::wait_get(
-        &env,
-        "/v1.0/customer",
-        &tok,
-        Duration::from_secs(10),
-        |s, _| s == 200,
-    )
-    .await;
-    let old = me["webhook_secret"].as_str().unwrap().to_string();
+    let old = webhook_secret(&env, &tok).await;
     let (s, rotated) = env
         .post("/v1.0/customer/webhook_secret/rotate", &tok, json!({}))
         .await;

@@ -192,14 +192,24 @@ impl AuthKeys {
     /// Resolves a bearer token to a caller, checking that the agent or key still exists
     /// (deleted agents' JWTs and revoked or expired keys stop working at once).
     pub async fn resolve(&self, pool: &PgPool, token: &str) -> Result<Option<Caller>, sqlx::Error> {
+        Ok(self.resolve_with_expiry(pool, token).await?.map(|f| f.0))
+    }
+
+    /// [`AuthKeys::resolve`], with when the token expires (`None`: never, as for the admin
+    /// token and keys without expiry). Long-lived connections close at that time.
+    pub async fn resolve_with_expiry(
+        &self,
+        pool: &PgPool,
+        token: &str,
+    ) -> Result<Option<(Caller, Option<DateTime<Utc>>)>, sqlx::Error> {
         if self.is_admin_token(token) {
-            return Ok(Some(Caller::Admin));
+            return Ok(Some((Caller::Admin, None)));
         }
         if let Some((caller, expire_at)) = self.resolved.get(token) {
             let live = expire_at.is_none_or(|e| e > Utc::now());
             let revoked = Self::actor_id(&caller).is_some_and(|id| self.revoked.contains_key(&id));
             if live && !revoked {
-                return Ok(Some(caller));
+                return Ok(Some((caller, expire_at)));
             }
             self.resolved.invalidate(token);
         }
@@ -208,7 +218,7 @@ impl AuthKeys {
             self.resolved
                 .insert(token.to_string(), (caller.clone(), *expire_at));
         }
-        Ok(found.map(|f| f.0))
+        Ok(found)
     }
 
     async fn lookup(

@@ -297,7 +297,7 @@ impl Env {
             log,
         };
         let t = Instant::now();
-        let http = parts.is_empty() || parts.iter().any(|p| p.ends_with("-api"));
+        let http = parts.is_empty() || parts.iter().any(|p| p.ends_with("-api") || *p == "gateway");
         loop {
             if !http {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();

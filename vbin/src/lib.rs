@@ -5,6 +5,7 @@ pub mod bench;
 pub mod ops;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,11 +34,13 @@ pub enum Part {
     ProcessManagers,
     /// Webhook delivery: the recorder consumer and the sender.
     Webhooks,
+    /// The WebSocket gateway (`GET /v1.0/ws`) on the HTTP listener.
+    Gateway,
 }
 
 impl Part {
     /// Every part (what `vbin serve` runs).
-    pub const ALL: [Part; 7] = [
+    pub const ALL: [Part; 8] = [
         Part::CommandApi,
         Part::QueryApi,
         Part::Relay,
@@ -45,6 +48,7 @@ impl Part {
         Part::Carrier,
         Part::ProcessManagers,
         Part::Webhooks,
+        Part::Gateway,
     ];
 }
 
@@ -75,6 +79,29 @@ pub struct Config {
     /// Postgres pool size of this process.
     #[arg(long, env = "VBIN_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
+}
+
+/// Kernel send buffer of each HTTP connection (`VBIN_HTTP_SNDBUF_BYTES`, default 256 KiB).
+/// Bounded because a WebSocket client that stops reading would otherwise let the kernel
+/// buffer megabytes for it (send buffers autotune up to `tcp_wmem`'s maximum) before the
+/// gateway sees it is slow; with the bound, its backlog reaches the gateway's own per
+/// connection limit and it is closed as a slow consumer.
+fn send_buffer_bytes() -> anyhow::Result<usize> {
+    match std::env::var("VBIN_HTTP_SNDBUF_BYTES") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 4096)
+            .context("VBIN_HTTP_SNDBUF_BYTES must be a number of bytes >= 4096"),
+        Err(_) => Ok(256 * 1024),
+    }
+}
+
+fn cap_send_buffer(tcp: &tokio::net::TcpStream, bytes: usize) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(bytes) {
+        tracing::debug!(error = %e, "setting SO_SNDBUF failed");
+    }
 }
 
 /// A running platform: where it listens and how to stop it.
@@ -205,7 +232,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             ),
         ));
     }
-    let serves_http = parts.contains(&Part::CommandApi) || parts.contains(&Part::QueryApi);
+    let serves_http = parts.contains(&Part::CommandApi)
+        || parts.contains(&Part::QueryApi)
+        || parts.contains(&Part::Gateway);
     if serves_http {
         let keys = AuthKeys::new(&jwt_secret, &admin_token);
         let follower = tokio::spawn(vbin_commands::auth::follow_revocations(
@@ -242,16 +271,26 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
                 cache: Some(cache),
             }));
         }
+        if parts.contains(&Part::Gateway) {
+            let settings = vbin_gateway::Settings::from_env().map_err(|e| anyhow::anyhow!(e))?;
+            let hub = vbin_gateway::Hub::new(bus.clone(), settings);
+            tasks.push(tokio::spawn(hub.clone().run(stopped(&rx))));
+            routes = routes.merge(vbin_gateway::routes(hub, rx.clone()));
+        }
         let app = api::with_layers(routes, state);
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.http_addr))?;
         http_addr = Some(listener.local_addr()?);
+        let sndbuf = send_buffer_bytes()?;
         let shutdown = stopped(&rx);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            if let Err(e) = axum::serve(
+                listener.tap_io(move |tcp| cap_send_buffer(tcp, sndbuf)),
+                app,
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
             {
                 tracing::error!(error = %e, "http server failed");
             }

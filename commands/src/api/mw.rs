@@ -75,7 +75,7 @@ pub async fn request_context(req: Request, next: Next) -> Response {
 }
 
 /// The bearer from `Authorization`, `?token=` or `?accesskey=`.
-fn bearer(req: &Request) -> Option<String> {
+pub fn bearer(req: &Request) -> Option<String> {
     if let Some(h) = req
         .headers()
         .get("authorization")

@@ -1,0 +1,302 @@
+//! The hub: one ordered JetStream consumer per gateway process feeds every committed event to
+//! the connections whose subscriptions match. Stateless: any number of gateways can run; each
+//! sees every event.
+//!
+//! Every push carries the event's stream sequence as its `offset`: one number line shared by
+//! all gateways, increasing for each customer, so a client can resume on another gateway.
+
+use crate::topic::{EventTopic, Pattern};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use axum::extract::ws::Utf8Bytes;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use uuid::Uuid;
+use vbin_bus::Bus;
+use vbin_event_schema::{PublishedEvent, SUBJECT_PREFIX};
+
+/// Gateway limits and timings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Pushes waiting to be written to one connection; more and it is closed as a slow
+    /// consumer (memory per connection stays bounded).
+    pub send_buffer: usize,
+    /// Topics one connection may hold.
+    pub max_topics: usize,
+    /// Server ping interval.
+    pub ping_every: Duration,
+    /// A connection silent (no frame, not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most events a resume replays; further behind, the client is told to resync.
+    pub max_replay: u64,
+    /// Largest client message.
+    pub max_message_bytes: usize,
+    /// How often a connection's token is checked again (revoked keys, deleted agents).
+    pub recheck_auth: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            send_buffer: 1024,
+            max_topics: 100,
+            ping_every: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_replay: 10_000,
+            max_message_bytes: 64 * 1024,
+            recheck_auth: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Settings {
+    /// The defaults, overridden by `VBIN_WS_SEND_BUFFER`, `VBIN_WS_MAX_TOPICS`,
+    /// `VBIN_WS_PING_MS`, `VBIN_WS_IDLE_MS` and `VBIN_WS_MAX_REPLAY` when set.
+    pub fn from_env() -> Result<Self, String> {
+        fn num(name: &str) -> Result<Option<u64>, String> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map(Some)
+                    .ok_or_else(|| format!("{name} must be a positive integer")),
+                Err(_) => Ok(None),
+            }
+        }
+        let mut s = Self::default();
+        if let Some(n) = num("VBIN_WS_SEND_BUFFER")? {
+            s.send_buffer = n as usize;
+        }
+        if let Some(n) = num("VBIN_WS_MAX_TOPICS")? {
+            s.max_topics = n as usize;
+        }
+        if let Some(n) = num("VBIN_WS_PING_MS")? {
+            s.ping_every = Duration::from_millis(n);
+        }
+        if let Some(n) = num("VBIN_WS_IDLE_MS")? {
+            s.idle_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = num("VBIN_WS_MAX_REPLAY")? {
+            s.max_replay = n;
+        }
+        Ok(s)
+    }
+}
+
+/// What the hub hands a connection.
+pub(crate) struct Push {
+    /// The event's offset (stream sequence).
+    pub offset: u64,
+    /// The serialized push, shared by every connection it goes to.
+    pub text: Utf8Bytes,
+}
+
+/// One WebSocket connection as the hub sees it.
+pub(crate) struct Conn {
+    id: u64,
+    /// The tenant; `None` for the platform admin (any customer's topics).
+    pub customer: Option<Uuid>,
+    pub patterns: RwLock<Vec<Pattern>>,
+    tx: mpsc::Sender<Push>,
+    /// Set when its buffer overflowed; `kick` wakes its writer to close it.
+    pub overflowed: AtomicBool,
+    pub kick: Notify,
+}
+
+impl Conn {
+    fn wants(&self, t: &EventTopic) -> bool {
+        self.patterns
+            .read()
+            .expect("patterns")
+            .iter()
+            .any(|p| p.matches(t))
+    }
+}
+
+/// The registry of connections and the feed from the event stream.
+pub struct Hub {
+    bus: Bus,
+    /// Settings every connection uses.
+    pub settings: Settings,
+    by_customer: RwLock<HashMap<Uuid, Vec<Arc<Conn>>>>,
+    admins: RwLock<Vec<Arc<Conn>>>,
+    next_id: AtomicU64,
+    /// Offset of the last event fanned out (0 before the first).
+    last_offset: AtomicU64,
+}
+
+impl Hub {
+    /// A hub over `bus`; [`Hub::run`] feeds it.
+    pub fn new(bus: Bus, settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            bus,
+            settings,
+            by_customer: Default::default(),
+            admins: Default::default(),
+            next_id: AtomicU64::new(1),
+            last_offset: AtomicU64::new(0),
+        })
+    }
+
+    /// The bus (for replays).
+    pub(crate) fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Registers a connection; its pushes arrive on the returned receiver.
+    pub(crate) fn register(&self, customer: Option<Uuid>) -> (Arc<Conn>, mpsc::Receiver<Push>) {
+        let (tx, rx) = mpsc::channel(self.settings.send_buffer);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            customer,
+            patterns: RwLock::new(Vec::new()),
+            tx,
+            overflowed: AtomicBool::new(false),
+            kick: Notify::new(),
+        });
+        match customer {
+            Some(c) => self
+                .by_customer
+                .write()
+                .expect("registry")
+                .entry(c)
+                .or_default()
+                .push(conn.clone()),
+            None => self.admins.write().expect("registry").push(conn.clone()),
+        }
+        metrics::gauge!("vbin_ws_connections").increment(1.0);
+        (conn, rx)
+    }
+
+    /// Removes a connection.
+    pub(crate) fn unregister(&self, conn: &Conn) {
+        match conn.customer {
+            Some(c) => {
+                let mut m = self.by_customer.write().expect("registry");
+                if let Some(v) = m.get_mut(&c) {
+                    v.retain(|x| x.id != conn.id);
+                    if v.is_empty() {
+                        m.remove(&c);
+                    }
+                }
+            }
+            None => self
+                .admins
+                .write()
+                .expect("registry")
+                .retain(|x| x.id != conn.id),
+        }
+        metrics::gauge!("vbin_ws_connections").decrement(1.0);
+    }
+
+    /// Fans one event out; returns to how many connections.
+    pub(crate) fn dispatch(&self, offset: u64, e: &PublishedEvent) -> usize {
+        self.last_offset.fetch_max(offset, Ordering::Relaxed);
+        let topic = EventTopic::of(e);
+        let targets: Vec<Arc<Conn>> = {
+            let m = self.by_customer.read().expect("registry");
+            let admins = self.admins.read().expect("registry");
+            m.get(&e.customer_id)
+                .into_iter()
+                .flatten()
+                .chain(admins.iter())
+                .filter(|c| c.wants(&topic))
+                .cloned()
+                .collect()
+        };
+        if targets.is_empty() {
+            return 0;
+        }
+        let text = push_text(offset, e, &topic);
+        for c in &targets {
+            match c.tx.try_send(Push {
+                offset,
+                text: text.clone(),
+            }) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !c.overflowed.swap(true, Ordering::Relaxed) {
+                        c.kick.notify_one();
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {} // going away
+            }
+        }
+        metrics::counter!("vbin_ws_pushes_total").increment(targets.len() as u64);
+        targets.len()
+    }
+
+    /// Feeds the hub from the stream until `shutdown`: an ordered consumer of every event,
+    /// starting with new ones and, after a failure, where it left off.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.feed() => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "websocket gateway feed interrupted; resuming");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn feed(&self) -> Result<(), String> {
+        let stream = self.bus.ensure_stream().await.map_err(|e| e.to_string())?;
+        let last = self.last_offset.load(Ordering::Relaxed);
+        let deliver_policy = if last == 0 {
+            DeliverPolicy::New
+        } else {
+            DeliverPolicy::ByStartSequence {
+                start_sequence: last + 1,
+            }
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{SUBJECT_PREFIX}.>"),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| e.to_string())?;
+            let Ok(info) = m.info() else { continue };
+            let offset = info.stream_sequence;
+            match serde_json::from_slice::<PublishedEvent>(&m.payload) {
+                Ok(e) => {
+                    self.dispatch(offset, &e);
+                }
+                Err(e) => {
+                    self.last_offset.fetch_max(offset, Ordering::Relaxed);
+                    tracing::error!(offset, error = %e, "undecodable event; not pushed");
+                }
+            }
+        }
+        Err("event stream ended".into())
+    }
+}
+
+/// The push of an event, as API.md shows it, with its offset.
+pub(crate) fn push_text(offset: u64, e: &PublishedEvent, topic: &EventTopic) -> Utf8Bytes {
+    serde_json::json!({
+        "type": "event",
+        "event": e.event_type,
+        "topic": topic.to_string(),
+        "offset": offset,
+        "data": e.resource,
+    })
+    .to_string()
+    .into()
+}

@@ -167,6 +167,29 @@ async fn topics_match_as_the_seed_says_and_tenants_stay_apart() {
         );
     }
 
+    // At most 100 topics per connection (VBIN_WS_MAX_TOPICS).
+    let topics = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| format!("customer_id:{b}:call:{}", Uuid::new_v4()))
+            .collect()
+    };
+    send(
+        &mut other_tenant,
+        json!({"type": "subscribe", "topics": topics(101)}),
+    )
+    .await;
+    assert_eq!(json(&mut other_tenant).await["reason"], "invalid_argument");
+    subscribe(&mut other_tenant, &topics(60)).await;
+    send(
+        &mut other_tenant,
+        json!({"type": "subscribe", "topics": topics(50)}),
+    )
+    .await;
+    assert_eq!(
+        json(&mut other_tenant).await["reason"],
+        "resource_exhausted"
+    );
+
     // A call that lasts a second: one resource's topic, then another call.
     let call = env
         .calls(

@@ -82,7 +82,14 @@ pub async fn upgrade(
             expires_at,
         },
     };
+    // Small socket buffers (the library's defaults are 128 KiB each way, eagerly allocated
+    // for reading): with thousands of connections they are most of the memory. Pushes are
+    // written one by one, so the write buffer never needs more than the largest message.
     ws.max_message_size(hub.settings.max_message_bytes)
+        .max_frame_size(hub.settings.max_message_bytes)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(1024 * 1024)
         .on_upgrade(move |socket| serve(socket, hub, state, who, stop))
 }
 

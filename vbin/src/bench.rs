@@ -29,7 +29,13 @@ pub enum Which {
     /// delay (event committed -> request received), against raw HTTP POSTs to the same
     /// receiver as baseline.
     Webhooks(WebhooksArgs),
+    /// WebSocket gateway: connections held and events fanned out per second with the p99
+    /// delivery latency, for each connection count, against a bare WebSocket broadcast server
+    /// as baseline.
+    Ws(ws::WsArgs),
 }
+
+mod ws;
 
 /// Where the benchmarks find the services.
 #[derive(clap::Args, Debug, Clone)]
@@ -55,6 +61,49 @@ pub struct Services {
 }
 
 /// A nats-server started for one benchmark run (killed and its store removed on drop).
+/// Creates a customer (with a balance) through the admin API and logs in as it; returns its
+/// id and token.
+async fn new_customer(
+    http: &reqwest::Client,
+    base: &str,
+    admin_token: &str,
+) -> anyhow::Result<(uuid::Uuid, String)> {
+    let user = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let r = http
+        .post(format!("{base}/v1.0/customers"))
+        .bearer_auth(admin_token)
+        .json(
+            &json!({"name": "bench", "username": user, "password": "bench-password",
+            "balance_micros": 1_000_000_000_000i64}),
+        )
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!(
+            "creating a bench customer: {} {}",
+            r.status(),
+            r.text().await?
+        );
+    }
+    let customer: Value = r.json().await?;
+    let id = customer["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .context("customer without id")?;
+    let token: Value = http
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"username": user, "password": "bench-password"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = token["token"]
+        .as_str()
+        .context("login gave no token")?
+        .to_string();
+    Ok((id, token))
+}
+
 struct PrivateNats {
     child: std::process::Child,
     dir: std::path::PathBuf,
@@ -193,6 +242,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
         Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
+        Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
     }
 }
 
@@ -244,34 +294,7 @@ impl Bench {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(clients * 2)
             .build()?;
-        let user = format!("bench{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let r = http
-            .post(format!("{base}/v1.0/customers"))
-            .bearer_auth(&running.admin_token)
-            .json(
-                &json!({"name": "bench", "username": user, "password": "bench-password",
-                "balance_micros": 1_000_000_000_000i64}),
-            )
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!(
-                "creating the bench customer: {} {}",
-                r.status(),
-                r.text().await?
-            );
-        }
-        let token: Value = http
-            .post(format!("{base}/auth/login"))
-            .json(&json!({"username": user, "password": "bench-password"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let token = token["token"]
-            .as_str()
-            .context("login gave no token")?
-            .to_string();
+        let (_, token) = new_customer(&http, &base, &running.admin_token).await?;
         Ok(Self {
             running,
             http,

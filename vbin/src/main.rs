@@ -78,6 +78,11 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
+    // Every WebSocket connection is a file descriptor: use what the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
     match Cli::parse().cmd {
         Cmd::Serve { config, only } => {
             let parts = if only.is_empty() {

@@ -33,6 +33,9 @@ pub enum Which {
     /// delivery latency, for each connection count, against a bare WebSocket broadcast server
     /// as baseline.
     Ws(ws::WsArgs),
+    /// Internal: the bare broadcast server of `bench ws`'s baseline.
+    #[command(hide = true)]
+    WsBaselineServer(ws::BaselineServerArgs),
 }
 
 mod ws;
@@ -243,6 +246,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
         Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
+        Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
     }
 }
 

@@ -208,15 +208,8 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 
 /// A `vbin serve --only gateway` child process.
 struct Gateway {
-    child: std::process::Child,
+    child: Child,
     url: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn start_gateway(b: &Bench, redis_url: &str) -> anyhow::Result<Gateway> {
@@ -236,7 +229,7 @@ async fn start_gateway(b: &Bench, redis_url: &str) -> anyhow::Result<Gateway> {
         .spawn()
         .context("starting the gateway process")?;
     let g = Gateway {
-        child,
+        child: Child(child),
         url: format!("127.0.0.1:{port}"),
     };
     let started = Instant::now();
@@ -253,34 +246,83 @@ async fn start_gateway(b: &Bench, redis_url: &str) -> anyhow::Result<Gateway> {
     }
 }
 
-/// The bare broadcast server of the baseline: every client gets every message.
-async fn bare_broadcast_server() -> anyhow::Result<(String, tokio::sync::broadcast::Sender<String>)> {
+/// `vbin bench ws-baseline-server` (internal): the bare broadcast server of the baseline, in
+/// its own process (the clients need the descriptors of this one). `/ws` clients get every
+/// message; a text `{"rate": r, "secs": s}` on `/control` starts r messages per second for s
+/// seconds.
+#[derive(clap::Args, Debug)]
+pub struct BaselineServerArgs {
+    /// Where to listen.
+    #[arg(long)]
+    pub addr: std::net::SocketAddr,
+}
+
+/// Serves the baseline until killed.
+pub async fn baseline_server(a: &BaselineServerArgs) -> anyhow::Result<()> {
     use axum::extract::ws::{Message as AxMessage, WebSocketUpgrade};
-    let (tx, _) = tokio::sync::broadcast::channel::<String>(4096);
-    let sender = tx.clone();
-    let app = axum::Router::new().route(
-        "/ws",
-        axum::routing::get(move |ws: WebSocketUpgrade| {
-            let mut rx = tx.subscribe();
-            async move {
-                ws.read_buffer_size(4 * 1024)
-                    .write_buffer_size(0)
-                    .on_upgrade(move |mut socket| async move {
-                        while let Ok(text) = rx.recv().await {
-                            if socket.send(AxMessage::Text(text.into())).await.is_err() {
-                                return;
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (tx, _) = tokio::sync::broadcast::channel::<axum::extract::ws::Utf8Bytes>(4096);
+    let clients = tx.clone();
+    let control = tx.clone();
+    let app = axum::Router::new()
+        .route(
+            "/ws",
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let mut rx = clients.subscribe();
+                async move {
+                    ws.read_buffer_size(4 * 1024)
+                        .write_buffer_size(0)
+                        .on_upgrade(move |mut socket| async move {
+                            while let Ok(text) = rx.recv().await {
+                                if socket.send(AxMessage::Text(text)).await.is_err() {
+                                    return;
+                                }
                             }
+                        })
+                }
+            }),
+        )
+        .route(
+            "/control",
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let tx = control.clone();
+                async move {
+                    ws.on_upgrade(move |mut socket| async move {
+                        while let Some(Ok(AxMessage::Text(t))) = socket.recv().await {
+                            let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                            let (rate, secs) = (
+                                v["rate"].as_u64().unwrap_or(1),
+                                v["secs"].as_u64().unwrap_or(1),
+                            );
+                            let _ = paced(rate, secs, |_| {
+                                let text = json!({"type": "event", "event": "bench_tick",
+                                    "topic": "customer_id:x:call:y", "offset": 1,
+                                    "data": {"type": "call", "id": uuid::Uuid::now_v7(),
+                                             "sent_at_us": now_us()}})
+                                .to_string();
+                                let _ = tx.send(text.into());
+                                async { Ok(()) }
+                            })
+                            .await;
+                            let _ = socket.send(AxMessage::Text("done".into())).await;
                         }
                     })
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("ws://{}/ws", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((url, sender))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(a.addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Runs the benchmark.
@@ -303,7 +345,7 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
     let gateway = start_gateway(&b, &a.services.redis_url).await?;
     let bus = vbin_bus::Bus::connect(&b.nats_url, "vbin-bench-ws").await?;
     bus.ensure_stream().await?;
-    let idle_rss = rss_kib(gateway.child.id());
+    let idle_rss = rss_kib(gateway.child.0.id());
     let mut runs = Vec::new();
     for &n in &a.connections {
         eprintln!("{n} connections...");
@@ -330,7 +372,7 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
         .await?;
         let connect_secs = t_connect.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let held_rss = rss_kib(gateway.child.id());
+        let held_rss = rss_kib(gateway.child.0.id());
         eprintln!(
             "  {n} held ({connect_secs:.1} s to open); publishing {} events/s for {} s...",
             a.events_per_sec, a.secs
@@ -381,25 +423,40 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
         // Let the gateway notice the closed connections before the next run.
         tokio::time::sleep(Duration::from_secs(2)).await;
 
-        // Baseline: the bare broadcast server, same clients, same message rate.
-        let (url, tx) = bare_broadcast_server().await?;
+        // Baseline: the bare broadcast server, same clients, same message rate per client.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let _server = Child(
+            std::process::Command::new(std::env::current_exe()?)
+                .args(["bench", "ws-baseline-server", "--addr"])
+                .arg(format!("127.0.0.1:{port}"))
+                .spawn()
+                .context("starting the baseline server")?,
+        );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("the baseline server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let url = format!("ws://127.0.0.1:{port}/ws");
         let base_seen = Seen::new();
         let base_readers = open_clients(n, |_| url.clone(), |_| None, base_seen.clone()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let base_t0 = Instant::now();
-        // Each client gets every message: offer as many messages per second as a gateway
-        // client receives (events/s / customers).
+        // Each client gets every message: as many per second as a gateway client receives.
         let per_client_rate = (a.events_per_sec / customers as u64).max(1);
-        let base_published = paced(per_client_rate, a.secs, |_| {
-            let text = json!({"type": "event", "event": "bench_tick",
-                              "topic": "customer_id:x:call:y", "offset": 1,
-                              "data": {"type": "call", "id": uuid::Uuid::now_v7(),
-                                       "sent_at_us": now_us()}})
-            .to_string();
-            let _ = tx.send(text);
-            async { Ok(()) }
-        })
-        .await?;
+        let (mut control, _) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/control")).await?;
+        let base_t0 = Instant::now();
+        control
+            .send(Message::Text(
+                json!({"rate": per_client_rate, "secs": a.secs}).to_string().into(),
+            ))
+            .await?;
+        let _ = control.next().await; // "done"
+        let base_published = per_client_rate * a.secs;
         let base_expected = base_published * n as u64;
         let base_secs = drain(&base_seen, base_expected, base_t0).await;
         let base_received = base_seen.received.load(Ordering::Relaxed);
@@ -407,7 +464,7 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
         for r in base_readers {
             r.abort();
         }
-        drop(tx);
+        drop(_server);
         tokio::time::sleep(Duration::from_secs(1)).await;
 
         let rate = received as f64 / secs.max(1e-9);

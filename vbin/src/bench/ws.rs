@@ -452,7 +452,9 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
         let base_t0 = Instant::now();
         control
             .send(Message::Text(
-                json!({"rate": per_client_rate, "secs": a.secs}).to_string().into(),
+                json!({"rate": per_client_rate, "secs": a.secs})
+                    .to_string()
+                    .into(),
             ))
             .await?;
         let _ = control.next().await; // "done"

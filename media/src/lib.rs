@@ -1,0 +1,6 @@
+//! vbin's media path: G.711 codecs ([`g711`]), 8/16/48 kHz resampling ([`resample`]) and the
+//! Asterisk AudioSocket server ([`audiosocket`]).
+
+pub mod audiosocket;
+pub mod g711;
+pub mod resample;

@@ -137,7 +137,7 @@ impl Decoder for AudioSocketCodec {
             },
             KIND_ERROR => Frame::Error(payload),
             k => {
-                if len == 0 || len % 2 != 0 {
+                if len == 0 || !len.is_multiple_of(2) {
                     return Err(malformed(
                         "audio",
                         format!("{len} bytes (must be even, > 0)"),
@@ -167,7 +167,7 @@ impl Encoder<Frame> for AudioSocketCodec {
                     .iter()
                     .position(|r| *r == rate_hz)
                     .ok_or(AudioSocketError::UnsupportedRate(rate_hz))?;
-                if pcm.is_empty() || pcm.len() % 2 != 0 || pcm.len() > u16::MAX as usize {
+                if pcm.is_empty() || !pcm.len().is_multiple_of(2) || pcm.len() > u16::MAX as usize {
                     return Err(AudioSocketError::Malformed {
                         kind: "audio",
                         why: format!("{} bytes", pcm.len()),

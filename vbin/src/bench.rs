@@ -33,11 +33,15 @@ pub enum Which {
     /// delivery latency, for each connection count, against a bare WebSocket broadcast server
     /// as baseline.
     Ws(ws::WsArgs),
+    /// Media path on one core: G.711 samples/s (against a plain copy), resampler frames/s,
+    /// AudioSocket sessions per core.
+    Media(media::MediaArgs),
     /// Internal: the bare broadcast server of `bench ws`'s baseline.
     #[command(hide = true)]
     WsBaselineServer(ws::BaselineServerArgs),
 }
 
+mod media;
 mod ws;
 
 /// Where the benchmarks find the services.
@@ -247,6 +251,8 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
         Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
         Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
+        // Measures on a runtime of its own (one thread = one core), off this one.
+        Which::Media(a) => tokio::task::spawn_blocking(move || media::run(&a)).await?,
     }
 }
 

@@ -1,15 +1,19 @@
 //! Inline projections: lookup tables the command side needs exact at commit time (logins,
-//! access keys, webhook secrets, balances and the queue each call joined), updated in the same transaction as the events
-//! that change them. Read models proper are built asynchronously by the projections crate.
+//! access keys, webhook secrets, balances, the queue each call joined and the running
+//! transcriptions of each call), updated in the same transaction as the events that change
+//! them. Read models proper are built asynchronously by the projections crate.
 
 use crate::store::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent};
+use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent, TranscribeEvent};
 
 /// Whether appends to this aggregate type update lookup tables (and so need a transaction).
 pub fn applies_to(aggregate_type: &str) -> bool {
-    matches!(aggregate_type, "customer" | "billing_account" | "queue")
+    matches!(
+        aggregate_type,
+        "customer" | "billing_account" | "queue" | "transcribe"
+    )
 }
 
 /// Keeps `billing_balances` equal to the account's state.
@@ -82,6 +86,52 @@ async fn apply_queue(
     Ok(())
 }
 
+/// Keeps `transcribe_calls` equal to the running transcriptions: a row from
+/// `transcribe_started` to `transcribe_completed`. Its unique (call, direction) key refuses a
+/// second running transcription of a call in the same direction.
+async fn apply_transcribe(
+    tx: &mut Transaction<'_, Postgres>,
+    transcribe_id: Uuid,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        if e.event_type == "transcript_created" {
+            continue;
+        }
+        let event: TranscribeEvent = serde_json::from_value(e.payload.clone())
+            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        match event {
+            TranscribeEvent::TranscribeStarted {
+                reference_id,
+                direction,
+                language,
+                ..
+            } => {
+                sqlx::query(
+                    "INSERT INTO transcribe_calls (transcribe_id, call_id, customer_id, direction, language) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(transcribe_id)
+                .bind(reference_id.as_uuid())
+                .bind(customer_id)
+                .bind(direction.as_str())
+                .bind(language)
+                .execute(&mut **tx)
+                .await?;
+            }
+            TranscribeEvent::TranscribeCompleted { .. } => {
+                sqlx::query("DELETE FROM transcribe_calls WHERE transcribe_id = $1")
+                    .bind(transcribe_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            TranscribeEvent::TranscriptCreated { .. } => {}
+        }
+    }
+    Ok(())
+}
+
 /// Applies the events of one append to the lookup tables.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
@@ -94,6 +144,7 @@ pub async fn apply(
         "customer" => {}
         "billing_account" => return apply_billing(tx, customer_id, events).await,
         "queue" => return apply_queue(tx, aggregate_id, customer_id, events).await,
+        "transcribe" => return apply_transcribe(tx, aggregate_id, customer_id, events).await,
         _ => return Ok(()),
     }
     for e in events {

@@ -9,6 +9,7 @@ pub mod log;
 pub mod meta;
 pub mod relay;
 pub mod store;
+pub mod transcription;
 
 pub use executor::{ExecError, Executed, Executor, StoredAggregate};
 pub use meta::{Actor, CommandMeta};

@@ -246,6 +246,9 @@ fn classify(e: sqlx::Error) -> AppendError {
         if db.code().as_deref() == Some("23505") {
             return match db.constraint() {
                 Some("auth_agents_username_key") => AppendError::Taken("username"),
+                Some("transcribe_calls_call_direction_key") => {
+                    AppendError::Taken("the call's transcription in this direction")
+                }
                 Some("processed_commands_pkey") => AppendError::AlreadyApplied,
                 _ => AppendError::Conflict,
             };

@@ -36,6 +36,7 @@ pub mod campaign;
 pub mod customer;
 mod error;
 pub mod queue;
+pub mod transcribe;
 
 pub use billing::{BillingAccount, BillingCommand};
 pub use call::{Call, CallCommand, HangupRequest, NewCall};
@@ -46,6 +47,7 @@ pub use campaign::{
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
 pub use queue::{NewQueue, Queue, QueueCommand};
+pub use transcribe::{NewTranscribe, Transcribe, TranscribeCommand};
 
 /// The API view of the resource an event touched, right after the event (`{id, type, ...}`).
 /// Stored beside each event and published with it, so webhooks and WebSocket pushes carry

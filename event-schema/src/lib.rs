@@ -33,6 +33,7 @@ pub mod campaign;
 pub mod customer;
 pub mod envelope;
 pub mod queue;
+pub mod transcribe;
 pub mod types;
 pub mod upcast;
 
@@ -42,4 +43,5 @@ pub use campaign::*;
 pub use customer::CustomerEvent;
 pub use envelope::{subject_for, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
 pub use queue::*;
+pub use transcribe::*;
 pub use types::*;

@@ -88,6 +88,14 @@ id_type!(
     /// A queue of calls waiting for agents.
     QueueId
 );
+id_type!(
+    /// A transcription of a call. The Transcribe aggregate's id.
+    TranscribeId
+);
+id_type!(
+    /// One transcript (a recognized segment) of a transcription.
+    TranscriptId
+);
 
 /// A value that failed validation, with a message fit for an API client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

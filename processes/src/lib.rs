@@ -12,6 +12,7 @@
 pub mod billing;
 pub mod campaign;
 pub mod queue;
+pub mod transcribe;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -113,6 +113,7 @@ pub fn all() -> &'static [Projection] {
         models::campaigns::TARGETS,
         models::campaigns::CAMPAIGNS,
         models::queues::PROJECTION,
+        models::transcribes::PROJECTION,
     ]
 }
 

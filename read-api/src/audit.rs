@@ -42,7 +42,7 @@ struct Holder {
 
 /// The resource types with a trail.
 pub const RESOURCE_TYPES: &str =
-    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget, queue";
+    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget, queue, transcribe";
 
 fn aggregate_of(resource_type: &str) -> Option<Holder> {
     let (aggregate_type, needs_admin, per_customer) = match resource_type {
@@ -54,6 +54,7 @@ fn aggregate_of(resource_type: &str) -> Option<Holder> {
         "outdial" => ("outdial", false, false),
         "outdialtarget" => ("outdialtarget", false, false),
         "queue" => ("queue", false, false),
+        "transcribe" => ("transcribe", false, false),
         _ => return None,
     };
     Some(Holder {

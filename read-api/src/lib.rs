@@ -60,6 +60,9 @@ pub fn routes(state: ReadState) -> Router<AppState> {
         .route("/v1.0/queues", get(list_queues))
         .route("/v1.0/queues/{id}", get(get_queue))
         .route("/v1.0/queuecalls", get(list_queuecalls))
+        .route("/v1.0/transcribes", get(list_transcribes))
+        .route("/v1.0/transcribes/{id}", get(get_transcribe))
+        .route("/v1.0/transcripts", get(list_transcripts))
         .layer(Extension(state))
 }
 
@@ -319,6 +322,7 @@ pub struct Filter {
     reference_id: Option<String>,
     campaign_id: Option<String>,
     queue_id: Option<String>,
+    transcribe_id: Option<String>,
 }
 
 fn uuid_param(name: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> {
@@ -378,6 +382,7 @@ list_and_get! {
     list_outdials, get_outdial => "rm_outdials", "outdial";
     list_campaigns, get_campaign => "rm_campaigns", "campaign";
     list_queues, get_queue => "rm_queues", "queue";
+    list_transcribes, get_transcribe => "rm_transcribes", "transcribe";
 }
 
 /// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).
@@ -432,6 +437,52 @@ async fn list_queuecalls(
         filter,
     )
     .await
+}
+
+/// `GET /v1.0/transcripts?transcribe_id=`: a transcription's transcripts in the order they
+/// were spoken (`tm_transcript`, then id), keyset-paginated on both. Another customer's
+/// transcription has none. Without `transcribe_id`: all the customer's transcripts, newest
+/// first, like the other lists.
+async fn list_transcripts(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let customer = c.customer_id.as_uuid();
+    let Some(transcribe) = uuid_param("transcribe_id", &f.transcribe_id)? else {
+        return list_rows(&s.pool, "rm_transcripts", customer, &p).await;
+    };
+    let size = p.size()?;
+    let after = p
+        .token::<String>()?
+        .map(|t| {
+            t.split_once(':')
+                .and_then(|(tm, id)| Some((tm.parse::<i64>().ok()?, id.parse::<Uuid>().ok()?)))
+                .ok_or_else(|| ApiError::invalid("page_token is not valid"))
+        })
+        .transpose()?;
+    let (after_tm, after_id) = after.unzip();
+    let rows: Vec<(Uuid, i64, Value)> = sqlx::query_as(
+        "SELECT id, tm_transcript, body FROM rm_transcripts \
+         WHERE customer_id = $1 AND transcribe_id = $2 \
+           AND ($3::bigint IS NULL OR (tm_transcript, id) > ($3, $4)) \
+         ORDER BY tm_transcript, id LIMIT $5",
+    )
+    .bind(customer)
+    .bind(transcribe)
+    .bind(after_tm)
+    .bind(after_id)
+    .bind(size + 1)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db_error)?;
+    Ok(page_body(
+        rows.into_iter()
+            .map(|(id, tm, b)| (format!("{tm}:{id}"), b))
+            .collect(),
+        size,
+    ))
 }
 
 /// `GET /v1.0/customer`: the read model plus, for the customer's admins, the webhook secret,

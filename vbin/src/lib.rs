@@ -211,6 +211,12 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
+        tasks.push(tokio::spawn(vbin_processes::transcribe::run(
+            pool.clone(),
+            executor.clone(),
+            bus.clone(),
+            stopped(&rx),
+        )));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
     let cache = vbin_projections::cache::Cache::new(redis_client.clone());

@@ -9,6 +9,7 @@ pub mod health;
 pub mod identity;
 pub mod mw;
 pub mod queues;
+pub mod transcribes;
 
 use crate::auth::AuthKeys;
 use crate::executor::Executor;
@@ -98,6 +99,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1.0/queues", post(queues::create_queue))
         .route("/v1.0/queues/{id}", put(queues::update_queue))
         .route("/v1.0/queues/{id}/calls", post(queues::join_queue))
+        .route("/v1.0/transcribes", post(transcribes::create_transcribe))
+        .route(
+            "/v1.0/transcribes/{id}/stop",
+            post(transcribes::stop_transcribe),
+        )
 }
 
 /// Wraps routes with the layers every vbin HTTP surface shares: JSON 404, body limit,

@@ -5,3 +5,4 @@ pub mod calls;
 pub mod campaigns;
 pub mod identity;
 pub mod queues;
+pub mod transcribes;

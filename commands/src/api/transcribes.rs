@@ -1,0 +1,166 @@
+//! Transcription commands: start the transcription of an answered call and stop it. The
+//! transcripts are recorded by the media pipeline ([`crate::transcription::record_transcript`]);
+//! the reads are the query API's.
+
+use super::campaigns::require;
+use super::error::ApiError;
+use super::extract::{CustomerCaller, Json, Path};
+use super::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+use vbin_domain::{Call, NewTranscribe, Transcribe, TranscribeCommand};
+use vbin_event_schema::{
+    check_language, CallId, CallStatus, TranscribeDirection, TranscribeId, TranscribeReferenceType,
+};
+
+/// `POST /v1.0/transcribes` body. Plain strings, checked one by one for clear messages.
+#[derive(Deserialize)]
+pub struct TranscribeBody {
+    reference_type: Option<String>,
+    reference_id: Option<String>,
+    language: Option<String>,
+    direction: Option<String>,
+}
+
+/// The validated body.
+struct Settings {
+    reference_type: TranscribeReferenceType,
+    call_id: CallId,
+    language: String,
+    direction: TranscribeDirection,
+}
+
+fn settings(b: TranscribeBody) -> Result<Settings, ApiError> {
+    let reference_type = match b.reference_type.as_deref() {
+        Some("call") => TranscribeReferenceType::Call,
+        _ => return Err(ApiError::invalid("reference_type must be \"call\"")),
+    };
+    let call_id = b
+        .reference_id
+        .as_deref()
+        .and_then(|r| r.parse::<Uuid>().ok())
+        .map(CallId)
+        .ok_or_else(|| ApiError::invalid("reference_id must be a call id (UUID)"))?;
+    let language = b
+        .language
+        .ok_or_else(|| ApiError::invalid("language is required (e.g. \"en-US\")"))?;
+    check_language(&language).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let direction = match b.direction.as_deref() {
+        None | Some("both") => TranscribeDirection::Both,
+        Some("in") => TranscribeDirection::In,
+        Some("out") => TranscribeDirection::Out,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "direction must be \"in\", \"out\" or \"both\"",
+            ))
+        }
+    };
+    Ok(Settings {
+        reference_type,
+        call_id,
+        language,
+        direction,
+    })
+}
+
+fn failed_precondition(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "failed_precondition", message)
+}
+
+/// `POST /v1.0/transcribes` -> the transcribe (running). The call must be the caller's (404
+/// otherwise) and answered (progressing; 409 `failed_precondition` otherwise), and have no
+/// running transcribe in the same direction (409).
+pub async fn create_transcribe(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Json(b): Json<TranscribeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let t = settings(b)?;
+    let call = require::<Call>(&s, t.call_id.as_uuid(), c.customer_id, "call").await?;
+    if call.status != CallStatus::Progressing {
+        return Err(failed_precondition(format!(
+            "only an answered (progressing) call can be transcribed; the call is {}",
+            call.status.as_str()
+        )));
+    }
+    let running: Option<Uuid> = sqlx::query_scalar(
+        "SELECT transcribe_id FROM transcribe_calls WHERE call_id = $1 AND direction = $2",
+    )
+    .bind(t.call_id.as_uuid())
+    .bind(t.direction.as_str())
+    .fetch_optional(&s.pool)
+    .await?;
+    if let Some(running) = running {
+        return Err(failed_precondition(format!(
+            "the call has a running transcribe {running} for direction {}",
+            t.direction.as_str()
+        )));
+    }
+    let id = TranscribeId::new();
+    let cmd = TranscribeCommand::Start {
+        transcribe: NewTranscribe {
+            transcribe_id: id,
+            customer_id: c.customer_id,
+            reference_type: t.reference_type,
+            reference_id: t.call_id,
+            language: t.language,
+            direction: t.direction,
+        },
+        at: Utc::now(),
+    };
+    let meta = s.meta(&c.caller, c.customer_id);
+    let done = s
+        .executor
+        .execute_new::<Transcribe>(id.as_uuid(), c.customer_id, cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+/// `POST /v1.0/transcribes/{id}/stop` -> the transcribe (completed). Stopping a completed one
+/// returns it unchanged.
+pub async fn stop_transcribe(
+    State(s): State<AppState>,
+    c: CustomerCaller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let meta = s.meta(&c.caller, c.customer_id);
+    let cmd = TranscribeCommand::Stop { at: Utc::now() };
+    let done = s
+        .executor
+        .execute::<Transcribe>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
+        .await?;
+    Ok(Json(done.state.view()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(v: serde_json::Value) -> TranscribeBody {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn body_validation() {
+        let call = Uuid::now_v7().to_string();
+        let ok = settings(body(
+            serde_json::json!({"reference_type": "call", "reference_id": call, "language": "en-US"}),
+        ))
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(ok.direction, TranscribeDirection::Both);
+        for bad in [
+            serde_json::json!({"reference_id": call, "language": "en-US"}),
+            serde_json::json!({"reference_type": "conference", "reference_id": call, "language": "en-US"}),
+            serde_json::json!({"reference_type": "call", "reference_id": "x", "language": "en-US"}),
+            serde_json::json!({"reference_type": "call", "reference_id": call}),
+            serde_json::json!({"reference_type": "call", "reference_id": call, "language": "english"}),
+            serde_json::json!({"reference_type": "call", "reference_id": call, "language": "en-US", "direction": "up"}),
+        ] {
+            assert!(settings(body(bad.clone())).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The media pipeline's side of transcription: find the running transcriptions of a call and
+//! record the transcripts it recognizes.
+//!
+//! Recording is idempotent: a transcript's id is derived from what it says (transcription,
+//! direction, offset and text) and the command carries the once-key `transcript:<id>`, so a
+//! retried call (after a timeout whose append did commit) records nothing twice.
+
+use crate::executor::{ExecError, Executor};
+use crate::meta::{Actor, CommandMeta};
+use chrono::Utc;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use uuid::Uuid;
+use vbin_domain::{Transcribe, TranscribeCommand};
+use vbin_event_schema::{
+    CallId, CustomerId, TranscribeEvent, TranscribeId, TranscriptDirection, TranscriptId,
+};
+
+/// The actor recorded on transcripts.
+pub const ACTOR: &str = "transcriber";
+
+/// A running transcription of a call, as the media pipeline needs it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct RunningTranscribe {
+    /// The transcription.
+    pub transcribe_id: Uuid,
+    /// Its owner.
+    pub customer_id: Uuid,
+    /// `in`, `out` or `both`.
+    pub direction: String,
+    /// Language tag (`en-US`).
+    pub language: String,
+}
+
+/// The running transcriptions of a call, oldest first. Exact at commit: read from the inline
+/// table `transcribe_calls`, written in the transactions that start and complete them (the
+/// read model `rm_transcribes` may lag behind).
+pub async fn running_transcribes(
+    pool: &PgPool,
+    call_id: CallId,
+) -> Result<Vec<RunningTranscribe>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT transcribe_id, customer_id, direction, language FROM transcribe_calls \
+         WHERE call_id = $1 ORDER BY transcribe_id",
+    )
+    .bind(call_id.as_uuid())
+    .fetch_all(pool)
+    .await
+}
+
+/// The id of the transcript with these contents: the same arguments give the same id.
+pub fn transcript_id(
+    transcribe_id: TranscribeId,
+    direction: TranscriptDirection,
+    message: &str,
+    tm_transcript_ms: u64,
+) -> TranscriptId {
+    let mut h = Sha256::new();
+    h.update(transcribe_id.as_uuid().as_bytes());
+    h.update(direction.as_str().as_bytes());
+    h.update(tm_transcript_ms.to_be_bytes());
+    h.update(message.as_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    TranscriptId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+}
+
+/// What [`record_transcript`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recorded {
+    /// The transcript was recorded: its view (`{id, type:"transcript", ...}`).
+    Created(Value),
+    /// The same transcript was recorded before (a retry); nothing was appended.
+    Duplicate(TranscriptId),
+}
+
+impl Recorded {
+    /// The transcript's id.
+    pub fn transcript_id(&self) -> Option<Uuid> {
+        match self {
+            Recorded::Created(v) => v["id"].as_str().and_then(|s| s.parse().ok()),
+            Recorded::Duplicate(id) => Some(id.as_uuid()),
+        }
+    }
+}
+
+/// Records a recognized segment of `transcribe_id` (of `customer_id`): `direction` is the
+/// side it was heard on, `tm_transcript_ms` its offset from the transcription's start.
+///
+/// Fails with `Domain(NotFound)` for an unknown transcription or one of another customer,
+/// `Domain(FailedPrecondition)` once it is completed, `Domain(Invalid)` for an empty or
+/// oversized message or a direction it does not cover. A retry with the same arguments
+/// returns [`Recorded::Duplicate`].
+pub async fn record_transcript(
+    executor: &Executor,
+    customer_id: CustomerId,
+    transcribe_id: TranscribeId,
+    direction: TranscriptDirection,
+    message: &str,
+    tm_transcript_ms: u64,
+) -> Result<Recorded, ExecError> {
+    let id = transcript_id(transcribe_id, direction, message, tm_transcript_ms);
+    let correlation = transcribe_id.to_string();
+    let mut meta = CommandMeta::from_request(&Actor::System(ACTOR), "", None)
+        .once(customer_id.as_uuid(), format!("transcript:{id}"));
+    meta.correlation_id.clone_from(&correlation);
+    meta.causation_id = correlation;
+    let at = Utc::now();
+    let cmd = TranscribeCommand::AddTranscript {
+        transcript_id: id,
+        direction,
+        message: message.to_string(),
+        tm_transcript_ms,
+        at,
+    };
+    match executor
+        .execute::<Transcribe>(
+            transcribe_id.as_uuid(),
+            customer_id,
+            Some(customer_id),
+            cmd,
+            &meta,
+        )
+        .await
+    {
+        Ok(done) => {
+            // The view stored with the event, rebuilt from the same values.
+            let created = TranscribeEvent::TranscriptCreated {
+                transcript_id: id,
+                direction,
+                message: message.to_string(),
+                tm_transcript_ms,
+                at,
+            };
+            let view = done.state.transcript_view(&created).unwrap_or_default();
+            Ok(Recorded::Created(view))
+        }
+        Err(ExecError::AlreadyApplied) => Ok(Recorded::Duplicate(id)),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transcript_ids_follow_the_contents() {
+        let t = TranscribeId::new();
+        let a = transcript_id(t, TranscriptDirection::In, "hello", 1_000);
+        assert_eq!(a, transcript_id(t, TranscriptDirection::In, "hello", 1_000));
+        assert_ne!(
+            a,
+            transcript_id(t, TranscriptDirection::Out, "hello", 1_000)
+        );
+        assert_ne!(a, transcript_id(t, TranscriptDirection::In, "hello", 1_001));
+        assert_ne!(a, transcript_id(t, TranscriptDirection::In, "hullo", 1_000));
+        assert_ne!(
+            a,
+            transcript_id(TranscribeId::new(), TranscriptDirection::In, "hello", 1_000)
+        );
+    }
+}

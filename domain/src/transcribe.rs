@@ -1,0 +1,386 @@
+//! The Transcribe aggregate: the speech-to-text transcription of one call.
+//!
+//! It runs from `Start` until `Stop` (an API request, or its call's hangup through the
+//! transcribe process manager) and records the transcripts the media pipeline recognizes in
+//! between. The transcripts themselves are not kept in the state (a long call has many): each
+//! is its own resource in the read model, built from its `transcript_created` event. Whether
+//! the call is answered is checked by the API before `Start` (the call is another aggregate).
+
+use crate::{DomainError, ResourceView};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use vbin_event_schema::*;
+
+/// Longest transcript message, in characters.
+pub const MAX_TRANSCRIPT_CHARS: usize = 10_000;
+
+/// A new transcription, validated by the API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewTranscribe {
+    /// Id.
+    pub transcribe_id: TranscribeId,
+    /// Owner.
+    pub customer_id: CustomerId,
+    /// What it listens to.
+    pub reference_type: TranscribeReferenceType,
+    /// The call.
+    pub reference_id: CallId,
+    /// Language tag (checked with [`check_language`]).
+    pub language: String,
+    /// Which audio it covers.
+    pub direction: TranscribeDirection,
+}
+
+/// Transcribe commands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TranscribeCommand {
+    /// Start it (status running).
+    Start {
+        /// Settings.
+        transcribe: NewTranscribe,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Record a recognized segment (refused once the transcription is completed).
+    AddTranscript {
+        /// The transcript's id.
+        transcript_id: TranscriptId,
+        /// The side it was heard on (one the transcription covers).
+        direction: TranscriptDirection,
+        /// The text (1 to [`MAX_TRANSCRIPT_CHARS`] characters).
+        message: String,
+        /// Milliseconds from the transcription's start.
+        tm_transcript_ms: u64,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Stop it (status completed). A no-op when it is completed already.
+    Stop {
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// A transcription's state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transcribe {
+    /// None until started.
+    pub id: Option<TranscribeId>,
+    /// Owner.
+    pub customer_id: CustomerId,
+    /// What it listens to.
+    pub reference_type: TranscribeReferenceType,
+    /// The call.
+    pub reference_id: CallId,
+    /// Language tag.
+    pub language: String,
+    /// Which audio it covers.
+    pub direction: TranscribeDirection,
+    /// Running or completed.
+    pub status: TranscribeStatus,
+    /// Transcripts recorded so far.
+    pub transcripts: u64,
+    /// Started.
+    pub tm_create: Option<DateTime<Utc>>,
+    /// Last change of the transcription itself (transcripts do not count).
+    pub tm_update: Option<DateTime<Utc>>,
+    /// Completed.
+    pub tm_end: Option<DateTime<Utc>>,
+}
+
+impl Transcribe {
+    /// API view.
+    pub fn view(&self) -> Value {
+        let status = match self.status {
+            TranscribeStatus::Running => "running",
+            TranscribeStatus::Completed => "completed",
+        };
+        json!({
+            "id": self.id, "type": "transcribe", "customer_id": self.customer_id,
+            "reference_type": self.reference_type, "reference_id": self.reference_id,
+            "language": self.language, "direction": self.direction, "status": status,
+            "tm_create": self.tm_create, "tm_update": self.tm_update, "tm_end": self.tm_end,
+        })
+    }
+
+    /// The view of a transcript event's transcript (None for the transcription's own events).
+    pub fn transcript_view(&self, event: &TranscribeEvent) -> Option<Value> {
+        let TranscribeEvent::TranscriptCreated {
+            transcript_id,
+            direction,
+            message,
+            tm_transcript_ms,
+            at,
+        } = event
+        else {
+            return None;
+        };
+        Some(json!({
+            "id": transcript_id, "type": "transcript", "customer_id": self.customer_id,
+            "transcribe_id": self.id, "direction": direction, "message": message,
+            "tm_transcript": tm_transcript_ms, "tm_create": at,
+        }))
+    }
+
+    fn decide(&self, command: TranscribeCommand) -> Result<Vec<TranscribeEvent>, DomainError> {
+        if let TranscribeCommand::Start { transcribe: t, at } = command {
+            if self.id.is_some() {
+                return Err(DomainError::AlreadyExists("transcribe exists".into()));
+            }
+            check_language(&t.language).map_err(|e| DomainError::Invalid(e.to_string()))?;
+            return Ok(vec![TranscribeEvent::TranscribeStarted {
+                transcribe_id: t.transcribe_id,
+                customer_id: t.customer_id,
+                reference_type: t.reference_type,
+                reference_id: t.reference_id,
+                language: t.language,
+                direction: t.direction,
+                at,
+            }]);
+        }
+        if self.id.is_none() {
+            return Err(DomainError::NotFound("transcribe"));
+        }
+        let completed = self.status == TranscribeStatus::Completed;
+        Ok(match command {
+            TranscribeCommand::Start { .. } => unreachable!("handled above"),
+            TranscribeCommand::AddTranscript {
+                transcript_id,
+                direction,
+                message,
+                tm_transcript_ms,
+                at,
+            } => {
+                if completed {
+                    return Err(DomainError::FailedPrecondition(
+                        "the transcribe is completed".into(),
+                    ));
+                }
+                if !self.direction.covers(direction) {
+                    return Err(DomainError::Invalid(format!(
+                        "a transcribe of direction {} takes no {} transcripts",
+                        self.direction.as_str(),
+                        direction.as_str()
+                    )));
+                }
+                let chars = message.chars().count();
+                if message.trim().is_empty() || chars > MAX_TRANSCRIPT_CHARS {
+                    return Err(DomainError::Invalid(format!(
+                        "message must be 1 to {MAX_TRANSCRIPT_CHARS} characters, not blank"
+                    )));
+                }
+                vec![TranscribeEvent::TranscriptCreated {
+                    transcript_id,
+                    direction,
+                    message,
+                    tm_transcript_ms,
+                    at,
+                }]
+            }
+            TranscribeCommand::Stop { at } => {
+                if completed {
+                    return Ok(vec![]);
+                }
+                vec![TranscribeEvent::TranscribeCompleted { at }]
+            }
+        })
+    }
+
+    fn fold(&mut self, event: TranscribeEvent) {
+        match event {
+            TranscribeEvent::TranscribeStarted {
+                transcribe_id,
+                customer_id,
+                reference_type,
+                reference_id,
+                language,
+                direction,
+                at,
+            } => {
+                *self = Transcribe {
+                    id: Some(transcribe_id),
+                    customer_id,
+                    reference_type,
+                    reference_id,
+                    language,
+                    direction,
+                    status: TranscribeStatus::Running,
+                    transcripts: 0,
+                    tm_create: Some(at),
+                    tm_update: Some(at),
+                    tm_end: None,
+                }
+            }
+            TranscribeEvent::TranscriptCreated { .. } => self.transcripts += 1,
+            TranscribeEvent::TranscribeCompleted { at } => {
+                self.status = TranscribeStatus::Completed;
+                self.tm_update = Some(at);
+                self.tm_end = Some(at);
+            }
+        }
+    }
+}
+
+decided_aggregate!(Transcribe, "transcribe", TranscribeCommand, TranscribeEvent);
+
+impl ResourceView for Transcribe {
+    /// `transcript_created` shows the transcript; the other events show the transcription.
+    fn resource_after(&self, event: &TranscribeEvent) -> Value {
+        self.transcript_view(event).unwrap_or_else(|| self.view())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_700_000_000_000 + ms).unwrap()
+    }
+
+    fn run(
+        x: &mut Transcribe,
+        cmd: TranscribeCommand,
+    ) -> Result<Vec<TranscribeEvent>, DomainError> {
+        let events = x.decide(cmd)?;
+        for e in events.clone() {
+            x.fold(e);
+        }
+        Ok(events)
+    }
+
+    fn new(direction: TranscribeDirection, language: &str) -> NewTranscribe {
+        NewTranscribe {
+            transcribe_id: TranscribeId::new(),
+            customer_id: CustomerId::new(),
+            reference_type: TranscribeReferenceType::Call,
+            reference_id: CallId::new(),
+            language: language.into(),
+            direction,
+        }
+    }
+
+    fn started(direction: TranscribeDirection) -> Transcribe {
+        let mut x = Transcribe::default();
+        run(
+            &mut x,
+            TranscribeCommand::Start {
+                transcribe: new(direction, "en-US"),
+                at: t(0),
+            },
+        )
+        .unwrap();
+        x
+    }
+
+    fn add(direction: TranscriptDirection, message: &str, ms: u64) -> TranscribeCommand {
+        TranscribeCommand::AddTranscript {
+            transcript_id: TranscriptId::new(),
+            direction,
+            message: message.into(),
+            tm_transcript_ms: ms,
+            at: t(ms as i64 + 50),
+        }
+    }
+
+    #[test]
+    fn start_add_stop() {
+        let mut x = started(TranscribeDirection::Both);
+        let v = x.view();
+        assert_eq!(v["type"], "transcribe");
+        assert_eq!(v["status"], "running");
+        assert_eq!(v["direction"], "both");
+        assert_eq!(v["reference_type"], "call");
+        assert_eq!(v["language"], "en-US");
+        assert!(v["tm_end"].is_null());
+        // Starting twice is refused.
+        assert!(matches!(
+            run(
+                &mut x,
+                TranscribeCommand::Start {
+                    transcribe: new(TranscribeDirection::Both, "en-US"),
+                    at: t(1)
+                }
+            ),
+            Err(DomainError::AlreadyExists(_))
+        ));
+
+        let ev = run(&mut x, add(TranscriptDirection::In, "hello there", 1_200)).unwrap();
+        assert_eq!(ev.len(), 1);
+        let tv = x.resource_after(&ev[0]);
+        assert_eq!(tv["type"], "transcript");
+        assert_eq!(tv["transcribe_id"], json!(x.id));
+        assert_eq!(tv["direction"], "in");
+        assert_eq!(tv["message"], "hello there");
+        assert_eq!(tv["tm_transcript"], 1_200);
+        assert_eq!(tv["tm_create"], json!(t(1_250)));
+        run(&mut x, add(TranscriptDirection::Out, "hi", 2_000)).unwrap();
+        assert_eq!(x.transcripts, 2);
+
+        let ev = run(&mut x, TranscribeCommand::Stop { at: t(3_000) }).unwrap();
+        assert_eq!(
+            ev,
+            vec![TranscribeEvent::TranscribeCompleted { at: t(3_000) }]
+        );
+        let v = x.resource_after(&ev[0]);
+        assert_eq!(v["status"], "completed");
+        assert_eq!(v["tm_end"], json!(t(3_000)));
+
+        // Stopping again changes nothing.
+        let before = x.clone();
+        assert!(run(&mut x, TranscribeCommand::Stop { at: t(4_000) })
+            .unwrap()
+            .is_empty());
+        assert_eq!(x, before);
+
+        // No transcript after the end.
+        assert!(matches!(
+            run(&mut x, add(TranscriptDirection::In, "late", 5_000)),
+            Err(DomainError::FailedPrecondition(_))
+        ));
+        assert_eq!(x.transcripts, 2);
+    }
+
+    #[test]
+    fn refusals() {
+        // Nothing but Start before the start.
+        let mut x = Transcribe::default();
+        assert_eq!(
+            run(&mut x, TranscribeCommand::Stop { at: t(0) }),
+            Err(DomainError::NotFound("transcribe"))
+        );
+        assert_eq!(
+            run(&mut x, add(TranscriptDirection::In, "hi", 0)),
+            Err(DomainError::NotFound("transcribe"))
+        );
+        // A bad language tag.
+        assert!(matches!(
+            run(
+                &mut x,
+                TranscribeCommand::Start {
+                    transcribe: new(TranscribeDirection::In, "english"),
+                    at: t(0)
+                }
+            ),
+            Err(DomainError::Invalid(_))
+        ));
+        // A direction the transcription does not cover, an empty or an oversized message.
+        let mut x = started(TranscribeDirection::In);
+        assert!(matches!(
+            run(&mut x, add(TranscriptDirection::Out, "hi", 10)),
+            Err(DomainError::Invalid(_))
+        ));
+        assert!(matches!(
+            run(&mut x, add(TranscriptDirection::In, "  ", 10)),
+            Err(DomainError::Invalid(_))
+        ));
+        let long = "a".repeat(MAX_TRANSCRIPT_CHARS + 1);
+        assert!(matches!(
+            run(&mut x, add(TranscriptDirection::In, &long, 10)),
+            Err(DomainError::Invalid(_))
+        ));
+        assert_eq!(x.transcripts, 0);
+    }
+}

@@ -1,0 +1,331 @@
+//! End-to-end tests of transcription: the Transcribe aggregate through the command API, its
+//! read models through the query API, transcripts recorded through the media pipeline's
+//! function against the real database, and the automatic stop when the call hangs up. Real
+//! vbin processes with the sandbox carrier, Postgres, nats-server and redis-server.
+
+mod common;
+
+use common::{all_pages, get, wait_get, Env};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+use vbin_commands::transcription::{record_transcript, running_transcribes, Recorded};
+use vbin_commands::{ExecError, Executor, PgEventRepository};
+use vbin_domain::DomainError;
+use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
+
+/// Places a call that answers and talks `talk` seconds; returns it once answered.
+async fn answered_call(env: &Env, tok: &str, number: &str, talk: u64) -> Uuid {
+    let id = env
+        .calls(tok, &[number], json!({"variables": {"talk_seconds": talk}}))
+        .await[0];
+    let t = std::time::Instant::now();
+    while env.call_state(id).await["status"] != "progressing" {
+        assert!(t.elapsed() < Duration::from_secs(10), "{id} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    id
+}
+
+async fn start(env: &Env, tok: &str, body: Value) -> (u16, Value) {
+    env.post("/v1.0/transcribes", tok, body).await
+}
+
+fn body(call: Uuid, direction: Option<&str>) -> Value {
+    let mut b = json!({"reference_type": "call", "reference_id": call, "language": "en-US"});
+    if let Some(d) = direction {
+        b["direction"] = json!(d);
+    }
+    b
+}
+
+fn uuid_of(v: &Value) -> Uuid {
+    v["id"].as_str().expect("an id").parse().expect("a uuid")
+}
+
+#[tokio::test]
+async fn transcribes_record_transcripts_and_end_with_their_call() {
+    let env = Env::start().await;
+    let (cust, tok, _) = env.customer().await;
+    let (_, tok2, _) = env.customer().await;
+    let call = answered_call(&env, &tok, "+15550007000", 8).await;
+
+    // Validation.
+    for bad in [
+        json!({"reference_id": call, "language": "en-US"}),
+        json!({"reference_type": "conference", "reference_id": call, "language": "en-US"}),
+        json!({"reference_type": "call", "reference_id": "nope", "language": "en-US"}),
+        json!({"reference_type": "call", "reference_id": call}),
+        json!({"reference_type": "call", "reference_id": call, "language": "english"}),
+        json!({"reference_type": "call", "reference_id": call, "language": "x".repeat(100)}),
+        json!({"reference_type": "call", "reference_id": call, "language": "en-US", "direction": "up"}),
+    ] {
+        let (s, v) = start(&env, &tok, bad.clone()).await;
+        assert_eq!(s, 400, "{bad} -> {v}");
+        assert_eq!(v["error"]["reason"], "invalid_argument", "{v}");
+    }
+    // An unknown call, and another tenant's call: 404.
+    let (s, v) = start(&env, &tok, body(Uuid::now_v7(), None)).await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = start(&env, &tok2, body(call, None)).await;
+    assert_eq!(s, 404, "{v}");
+    // A call that is not answered (busy, ended): 409 failed_precondition.
+    let busy = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    env.wait_call_end(busy, Duration::from_secs(10)).await;
+    let (s, v) = start(&env, &tok, body(busy, None)).await;
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["reason"], "failed_precondition", "{v}");
+
+    // Start one (direction defaults to both) and one for the far end only.
+    let (s, tr) = start(&env, &tok, body(call, None)).await;
+    assert_eq!(s, 200, "{tr}");
+    assert_eq!(tr["type"], "transcribe");
+    assert_eq!(tr["status"], "running");
+    assert_eq!(tr["direction"], "both");
+    assert_eq!(tr["language"], "en-US");
+    assert_eq!(tr["reference_type"], "call");
+    assert_eq!(tr["reference_id"], call.to_string());
+    assert_eq!(tr["customer_id"], cust.to_string());
+    assert!(tr["tm_end"].is_null() && tr["tm_create"].is_string());
+    let tr_id = uuid_of(&tr);
+    // One running transcribe per call and direction.
+    let (s, v) = start(&env, &tok, body(call, Some("both"))).await;
+    assert_eq!(s, 409, "{v}");
+    let (s, tr_in) = start(&env, &tok, body(call, Some("in"))).await;
+    assert_eq!(s, 200, "{tr_in}");
+    assert_eq!(tr_in["direction"], "in");
+    let tr_in_id = uuid_of(&tr_in);
+
+    // The media side finds both (exact, without read-model lag).
+    let running = running_transcribes(&env.pool, CallId(call)).await.unwrap();
+    let mut ids: Vec<Uuid> = running.iter().map(|r| r.transcribe_id).collect();
+    ids.sort();
+    let mut want = vec![tr_id, tr_in_id];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(running.iter().all(|r| r.language == "en-US"));
+
+    // The read model: one, the list; another tenant sees nothing and cannot stop it.
+    let path = format!("/v1.0/transcribes/{tr_id}");
+    let v = wait_get(&env, &path, &tok, Duration::from_secs(10), |s, _| s == 200).await;
+    assert_eq!(v, tr);
+    let (s, _) = get(&env, &path, &tok2).await;
+    assert_eq!(s, 404);
+    let (s, v) = env
+        .post(&format!("/v1.0/transcribes/{tr_id}/stop"), &tok2, json!({}))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let listed = wait_get(
+        &env,
+        "/v1.0/transcribes",
+        &tok,
+        Duration::from_secs(10),
+        |_, v| v["result"].as_array().is_some_and(|r| r.len() == 2),
+    )
+    .await;
+    assert_eq!(
+        listed["result"][0]["id"],
+        tr_in_id.to_string(),
+        "newest first"
+    );
+    let (_, other) = get(&env, "/v1.0/transcribes", &tok2).await;
+    assert_eq!(other["result"], json!([]));
+
+    // Transcripts through the media pipeline's function, against the real database.
+    let executor = Executor::new(PgEventRepository::new(env.pool.clone()));
+    let owner = CustomerId(cust);
+    let tid = TranscribeId(tr_id);
+    let later = record_transcript(
+        &executor,
+        owner,
+        tid,
+        TranscriptDirection::In,
+        "hello, this is vbin",
+        1_200,
+    )
+    .await
+    .unwrap();
+    let Recorded::Created(view) = &later else {
+        panic!("{later:?}")
+    };
+    assert_eq!(view["type"], "transcript");
+    assert_eq!(view["transcribe_id"], tr_id.to_string());
+    let earlier = record_transcript(&executor, owner, tid, TranscriptDirection::Out, "hi", 800)
+        .await
+        .unwrap();
+    assert!(matches!(earlier, Recorded::Created(_)));
+    // A retry records nothing.
+    let again = record_transcript(
+        &executor,
+        owner,
+        tid,
+        TranscriptDirection::In,
+        "hello, this is vbin",
+        1_200,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again,
+        Recorded::Duplicate(
+            later
+                .transcript_id()
+                .map(vbin_event_schema::TranscriptId)
+                .unwrap()
+        )
+    );
+    // Another customer's transcribe is unknown; a direction it does not cover is refused.
+    let err = record_transcript(
+        &executor,
+        CustomerId(Uuid::now_v7()),
+        tid,
+        TranscriptDirection::In,
+        "x",
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ExecError::Domain(DomainError::NotFound(_))),
+        "{err:?}"
+    );
+    let err = record_transcript(
+        &executor,
+        owner,
+        TranscribeId(tr_in_id),
+        TranscriptDirection::Out,
+        "x",
+        1,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ExecError::Domain(DomainError::Invalid(_))),
+        "{err:?}"
+    );
+
+    // Read back in spoken order, page by page too; another tenant gets none.
+    let tpath = format!("/v1.0/transcripts?transcribe_id={tr_id}");
+    let v = wait_get(&env, &tpath, &tok, Duration::from_secs(10), |_, v| {
+        v["result"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let r = v["result"].as_array().unwrap();
+    assert_eq!(r[0]["direction"], "out");
+    assert_eq!(r[0]["message"], "hi");
+    assert_eq!(r[0]["tm_transcript"], 800);
+    assert_eq!(r[1]["direction"], "in");
+    assert_eq!(r[1]["message"], "hello, this is vbin");
+    assert_eq!(r[1]["tm_transcript"], 1_200);
+    assert_eq!(r[1]["transcribe_id"], tr_id.to_string());
+    assert_eq!(r[1]["type"], "transcript");
+    assert_eq!(&r[1], view);
+    assert!(r[1]["tm_create"].is_string());
+    let paged = all_pages(&env, &tpath, &tok, 1).await;
+    assert_eq!(paged.as_slice(), r.as_slice());
+    let (s, v) = get(&env, &tpath, &tok2).await;
+    assert_eq!((s, &v["result"]), (200, &json!([])), "{v}");
+    let (s, _) = get(&env, "/v1.0/transcripts?transcribe_id=nope", &tok).await;
+    assert_eq!(s, 400);
+
+    // Stop: completed; a second stop returns it unchanged and records nothing.
+    let (s, stopped) = env
+        .post(&format!("/v1.0/transcribes/{tr_id}/stop"), &tok, json!({}))
+        .await;
+    assert_eq!(s, 200, "{stopped}");
+    assert_eq!(stopped["status"], "completed");
+    assert!(stopped["tm_end"].is_string());
+    let (s, again) = env
+        .post(&format!("/v1.0/transcribes/{tr_id}/stop"), &tok, json!({}))
+        .await;
+    assert_eq!(s, 200, "{again}");
+    assert_eq!(again, stopped);
+    let events = env.events_of("transcribe", tr_id).await;
+    let types: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "transcribe_started",
+            "transcript_created",
+            "transcript_created",
+            "transcribe_completed"
+        ]
+    );
+    // The transcript event carries the transcript (what webhooks and WebSocket push).
+    assert_eq!(events[1].2["type"], "transcript");
+    assert_eq!(events[1].2["message"], "hello, this is vbin");
+    // No transcript after the end.
+    let err = record_transcript(
+        &executor,
+        owner,
+        tid,
+        TranscriptDirection::In,
+        "late",
+        9_000,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ExecError::Domain(DomainError::FailedPrecondition(_))),
+        "{err:?}"
+    );
+    wait_get(&env, &path, &tok, Duration::from_secs(10), |_, v| {
+        v["status"] == "completed"
+    })
+    .await;
+
+    // The audit trail of a transcribe.
+    let trail = wait_get(
+        &env,
+        &format!("/v1.0/events?resource_type=transcribe&resource_id={tr_id}"),
+        &tok,
+        Duration::from_secs(10),
+        |s, _| s == 200,
+    )
+    .await;
+    let trail: Vec<&str> = trail["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(trail, ["transcribe_started", "transcribe_completed"]);
+    let (s, _) = get(
+        &env,
+        &format!("/v1.0/events?resource_type=transcribe&resource_id={tr_id}"),
+        &tok2,
+    )
+    .await;
+    assert_eq!(s, 404);
+
+    // The other one completes by itself when the call hangs up.
+    let ended = env.wait_call_end(call, Duration::from_secs(20)).await;
+    assert_eq!(ended["status"], "completed");
+    let done = wait_get(
+        &env,
+        &format!("/v1.0/transcribes/{tr_in_id}"),
+        &tok,
+        Duration::from_secs(15),
+        |_, v| v["status"] == "completed",
+    )
+    .await;
+    assert!(done["tm_end"].is_string());
+    let events = env.events_of("transcribe", tr_in_id).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let actor: String = sqlx::query_scalar(
+        "SELECT metadata->>'actor' FROM events WHERE aggregate_type = 'transcribe' \
+         AND aggregate_id = $1 AND event_type = 'transcribe_completed'",
+    )
+    .bind(tr_in_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, "system:transcribe-hangups");
+    assert!(running_transcribes(&env.pool, CallId(call))
+        .await
+        .unwrap()
+        .is_empty());
+    // The ended call cannot be transcribed again.
+    let (s, v) = start(&env, &tok, body(call, None)).await;
+    assert_eq!(s, 409, "{v}");
+}

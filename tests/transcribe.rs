@@ -329,3 +329,162 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
     let (s, v) = start(&env, &tok, body(call, None)).await;
     assert_eq!(s, 409, "{v}");
 }
+
+/// Speech for the tests: espeak-ng's voice, as 16-bit mono PCM at `rate` Hz (sox converts).
+fn speech(text: &str, rate: u32) -> Vec<i16> {
+    let dir = std::env::temp_dir().join(format!("vbin-speech-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("s.wav");
+    let raw = dir.join("s.raw");
+    let ok = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "130", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .expect("espeak-ng must be installed (scripts/services installs it)")
+        .success();
+    assert!(ok, "espeak-ng failed");
+    let ok = std::process::Command::new("sox")
+        .arg(&wav)
+        .args([
+            "-r",
+            &rate.to_string(),
+            "-c",
+            "1",
+            "-b",
+            "16",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+        ])
+        .arg(&raw)
+        .status()
+        .expect("sox must be installed (scripts/services installs it)")
+        .success();
+    assert!(ok, "sox failed");
+    let bytes = std::fs::read(&raw).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// An AudioSocket frame.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The phrases the recognizer may hear in these tests (a grammar makes PocketSphinx exact).
+const PHRASES: [&str; 4] = [
+    "please call me back tomorrow morning",
+    "my order number is seven three five",
+    "thank you goodbye",
+    "hello world",
+];
+
+#[tokio::test]
+async fn speech_streamed_over_audiosocket_becomes_transcripts() {
+    assert!(
+        std::path::Path::new("/usr/share/pocketsphinx/model/en-us/en-us").is_dir(),
+        "PocketSphinx's en-us model must be installed (scripts/services installs it)"
+    );
+    let grammar = std::env::temp_dir().join(format!("vbin-grammar-{}.gram", Uuid::new_v4()));
+    std::fs::write(
+        &grammar,
+        format!(
+            "#JSGF V1.0;\ngrammar vbin;\npublic <s> = {};\n",
+            PHRASES.join(" | ")
+        ),
+    )
+    .unwrap();
+    let env = Env::start_with_env(&[("VBIN_STT_GRAMMAR", grammar.to_str().unwrap())]).await;
+    let (customer, tok, _) = env.customer().await;
+    let call = answered_call(&env, &tok, "+15550007000", 30).await;
+    let (s, t) = start(&env, &tok, body(call, Some("in"))).await;
+    assert_eq!(s, 200, "{t}");
+    let transcribe = uuid_of(&t);
+
+    // A WebSocket client follows the customer's transcripts.
+    let ws_url = format!(
+        "{}/v1.0/ws?token={tok}",
+        env.platform.url().replacen("http", "ws", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let sub =
+        json!({"type": "subscribe", "topics": [format!("customer_id:{customer}:transcript:*")]});
+    ws.send(Message::Text(sub.to_string().into()))
+        .await
+        .unwrap();
+
+    // Asterisk's side: the call's UUID, then wideband audio (slin16, kind 0x12) in 20 ms
+    // frames at real time: two phrases with a second of silence between and after.
+    let mut audio = speech(PHRASES[0], 16_000);
+    audio.extend(std::iter::repeat_n(0i16, 16_000));
+    audio.extend(speech(PHRASES[2], 16_000));
+    audio.extend(std::iter::repeat_n(0i16, 16_000));
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for chunk in audio.chunks(320) {
+        tick.tick().await;
+        let pcm: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        sock.write_all(&frame(0x12, &pcm)).await.unwrap();
+    }
+    sock.write_all(&frame(0x00, &[])).await.unwrap();
+
+    // Both phrases, in order, through the query API.
+    let list = wait_get(
+        &env,
+        &format!("/v1.0/transcripts?transcribe_id={transcribe}"),
+        &tok,
+        Duration::from_secs(20),
+        |s, v| s == 200 && v["result"].as_array().is_some_and(|a| a.len() >= 2),
+    )
+    .await;
+    let got: Vec<(&str, &str, u64)> = list["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["message"].as_str().unwrap(),
+                t["direction"].as_str().unwrap(),
+                t["tm_transcript"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!((got[0].0, got[0].1), (PHRASES[0], "in"));
+    assert_eq!((got[1].0, got[1].1), (PHRASES[2], "in"));
+    // The second phrase starts after the first one and the second of silence.
+    assert!(got[1].2 >= got[0].2 + 2_000, "{got:?}");
+    // And as WebSocket pushes.
+    let mut pushed = Vec::new();
+    while pushed.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("transcript pushes")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "event" {
+                assert_eq!(v["event"], "transcript_created");
+                assert_eq!(v["data"]["transcribe_id"], transcribe.to_string());
+                pushed.push(v["data"]["message"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(pushed, [PHRASES[0], PHRASES[2]]);
+    let _ = std::fs::remove_file(&grammar);
+}

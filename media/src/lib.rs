@@ -4,3 +4,4 @@
 pub mod audiosocket;
 pub mod g711;
 pub mod resample;
+pub mod stt;

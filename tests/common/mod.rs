@@ -182,6 +182,8 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// A `vbin serve` child process.
 pub struct Platform {
     pub port: u16,
+    /// The AudioSocket server's port.
+    pub audiosocket_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -239,6 +241,7 @@ impl Env {
         let mut env = Env {
             platform: Platform {
                 port: 0,
+                audiosocket_port: 0,
                 child: None,
                 log: PathBuf::new(),
             },
@@ -267,6 +270,7 @@ impl Env {
     /// are waited for through their log.
     pub async fn spawn_platform_only(&self, parts: &[&str]) -> Platform {
         let port = free_port();
+        let audiosocket_port = free_port();
         let log = std::env::temp_dir().join(format!("{}-{port}.log", self.db_name));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vbin"));
@@ -279,6 +283,10 @@ impl Env {
             .env("REDIS_URL", self.redis.url())
             .env("NATS_URL", self.nats.url())
             .env("VBIN_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "VBIN_AUDIOSOCKET_ADDR",
+                format!("127.0.0.1:{audiosocket_port}"),
+            )
             .env("VBIN_ADMIN_TOKEN", &self.admin)
             .env("VBIN_JWT_SECRET", "test-jwt-secret")
             .env("VBIN_DB_POOL", "8")
@@ -293,6 +301,7 @@ impl Env {
             .unwrap();
         let p = Platform {
             port,
+            audiosocket_port,
             child: Some(child),
             log,
         };

@@ -278,6 +278,10 @@ struct Bench {
 
 impl Bench {
     async fn start(s: &Services, clients: usize, parts: &[Part]) -> anyhow::Result<Self> {
+        // Never the default AudioSocket port: a platform may be running on this machine.
+        if std::env::var_os("VBIN_AUDIOSOCKET_ADDR").is_none() {
+            std::env::set_var("VBIN_AUDIOSOCKET_ADDR", "127.0.0.1:0");
+        }
         let db = format!(
             "vbin_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]

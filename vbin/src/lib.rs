@@ -36,11 +36,13 @@ pub enum Part {
     Webhooks,
     /// The WebSocket gateway (`GET /v1.0/ws`) on the HTTP listener.
     Gateway,
+    /// The AudioSocket server (`VBIN_AUDIOSOCKET_ADDR`) and the transcription pipeline.
+    Media,
 }
 
 impl Part {
     /// Every part (what `vbin serve` runs).
-    pub const ALL: [Part; 8] = [
+    pub const ALL: [Part; 9] = [
         Part::CommandApi,
         Part::QueryApi,
         Part::Relay,
@@ -49,6 +51,7 @@ impl Part {
         Part::ProcessManagers,
         Part::Webhooks,
         Part::Gateway,
+        Part::Media,
     ];
 }
 
@@ -79,6 +82,25 @@ pub struct Config {
     /// Postgres pool size of this process.
     #[arg(long, env = "VBIN_DB_POOL", default_value_t = 32)]
     pub db_pool: u32,
+}
+
+/// The speech-to-text provider: `VBIN_STT_PROVIDER` = `pocketsphinx` (default; with the JSGF
+/// grammar at `VBIN_STT_GRAMMAR` if set).
+fn stt_provider() -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
+    let name = std::env::var("VBIN_STT_PROVIDER").unwrap_or_else(|_| "pocketsphinx".into());
+    match name.as_str() {
+        "pocketsphinx" => {
+            let mut p = vbin_media::stt::pocketsphinx::PocketSphinx::new();
+            if let Ok(g) = std::env::var("VBIN_STT_GRAMMAR") {
+                p = p.with_grammar(g);
+            }
+            if !p.available() {
+                tracing::warn!("pocketsphinx is not installed (Debian: pocketsphinx pocketsphinx-en-us); transcriptions will fail to start");
+            }
+            Ok(Arc::new(p))
+        }
+        other => anyhow::bail!("VBIN_STT_PROVIDER {other:?} is not one of: pocketsphinx"),
+    }
 }
 
 /// Kernel send buffer of each HTTP connection (`VBIN_HTTP_SNDBUF_BYTES`, default 256 KiB).
@@ -217,6 +239,24 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
+    }
+    if parts.contains(&Part::Media) {
+        let addr: SocketAddr = std::env::var("VBIN_AUDIOSOCKET_ADDR")
+            .unwrap_or_else(|_| "127.0.0.1:9093".into())
+            .parse()
+            .context("VBIN_AUDIOSOCKET_ADDR must be host:port")?;
+        let listener = vbin_media::audiosocket::bind(addr)
+            .with_context(|| format!("binding the AudioSocket server on {addr}"))?;
+        let local = listener.local_addr()?;
+        let provider = stt_provider()?;
+        tracing::info!(addr = %local, provider = provider.name(), "AudioSocket server listening");
+        let pipeline = vbin_transcription::Pipeline::new(
+            pool.clone(),
+            executor.clone(),
+            provider,
+            Default::default(),
+        );
+        tasks.push(tokio::spawn(pipeline.run(listener, stopped(&rx))));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
     let cache = vbin_projections::cache::Cache::new(redis_client.clone());

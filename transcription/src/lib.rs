@@ -1,0 +1,259 @@
+//! The transcription pipeline: the AudioSocket server receives a call's audio (the UUID
+//! frame names the call); for every running transcription of that call whose direction
+//! covers it, the audio is resampled to 16 kHz and streamed to the speech-to-text provider;
+//! each final segment becomes a `transcript_created` event through
+//! [`vbin_commands::transcription::record_transcript`].
+//!
+//! The audio Asterisk sends is what the call's remote party says: direction `in`.
+//! Transcriptions started while the audio flows are picked up within
+//! [`Settings::recheck`]; a completed one stops receiving audio at the next check, and its
+//! last segments are still recorded (they are refused once it completed, and logged).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+use vbin_commands::transcription::{record_transcript, running_transcribes, RunningTranscribe};
+use vbin_commands::Executor;
+use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
+use vbin_media::audiosocket::{self, Inbound, ServerSettings, Session};
+use vbin_media::resample::Resampler;
+use vbin_media::stt::{Segment, SttProvider, STT_RATE_HZ};
+
+/// Pipeline settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a session looks for transcriptions started or stopped meanwhile.
+    pub recheck: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            recheck: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the pipeline needs.
+#[derive(Clone)]
+pub struct Pipeline {
+    pool: sqlx::PgPool,
+    executor: Executor,
+    provider: Arc<dyn SttProvider>,
+    settings: Settings,
+}
+
+impl Pipeline {
+    /// A pipeline recording through `executor` and recognizing with `provider`.
+    pub fn new(
+        pool: sqlx::PgPool,
+        executor: Executor,
+        provider: Arc<dyn SttProvider>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            pool,
+            executor,
+            provider,
+            settings,
+        }
+    }
+
+    /// Serves AudioSocket connections on `listener` until `shutdown`.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let this = Arc::new(self);
+        let serve = audiosocket::serve(listener, ServerSettings::default(), move |s| {
+            let this = this.clone();
+            async move { this.session(s).await }
+        });
+        tokio::select! {
+            _ = serve => {}
+            _ = shutdown => {}
+        }
+    }
+
+    async fn session(&self, mut s: Session) {
+        let call = s.call_id;
+        tracing::info!(call_id = %call, peer = %s.peer, "AudioSocket session started");
+        let mut streams: HashMap<Uuid, Stream> = HashMap::new();
+        let mut checked = Instant::now() - self.settings.recheck;
+        let mut ended = "hangup".to_string();
+        loop {
+            if checked.elapsed() >= self.settings.recheck {
+                checked = Instant::now();
+                self.attach(call, &mut streams).await;
+            }
+            let frame = tokio::time::timeout(self.settings.recheck, s.next()).await;
+            let (rate_hz, samples) = match frame {
+                Err(_) => continue, // no audio for a while: look for changes
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    ended = e.to_string();
+                    break;
+                }
+                Ok(Some(Ok(Inbound::Dtmf(_)))) => continue,
+                Ok(Some(Ok(Inbound::Audio { rate_hz, samples }))) => (rate_hz, samples),
+            };
+            let t = Instant::now();
+            streams.retain(|id, st| match st.push(rate_hz, &samples) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(call_id = %call, transcribe_id = %id, error = %e, "transcription stream dropped");
+                    false
+                }
+            });
+            metrics::histogram!("vbin_media_frame_seconds").record(t.elapsed().as_secs_f64());
+        }
+        tracing::info!(call_id = %call, %ended, "AudioSocket session ended");
+        // Dropping the audio ends each recognizer stream; its recorder task records the rest.
+        drop(streams);
+    }
+
+    /// Starts a stream for each running transcription of the call not yet fed, and drops
+    /// those no longer running.
+    async fn attach(&self, call: Uuid, streams: &mut HashMap<Uuid, Stream>) {
+        let running = match running_transcribes(&self.pool, CallId(call)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(call_id = %call, error = %e, "looking up transcriptions failed");
+                return;
+            }
+        };
+        streams.retain(|id, _| running.iter().any(|r| r.transcribe_id == *id));
+        for r in running {
+            if streams.contains_key(&r.transcribe_id)
+                || !(r.direction == "in" || r.direction == "both")
+            {
+                continue;
+            }
+            match self.start_stream(call, &r) {
+                Ok(s) => {
+                    tracing::info!(call_id = %call, transcribe_id = %r.transcribe_id, provider = self.provider.name(), "transcribing");
+                    streams.insert(r.transcribe_id, s);
+                }
+                Err(e) => {
+                    tracing::error!(call_id = %call, transcribe_id = %r.transcribe_id, error = %e, "starting speech-to-text failed")
+                }
+            }
+        }
+    }
+
+    fn start_stream(&self, call: Uuid, r: &RunningTranscribe) -> Result<Stream, String> {
+        let session = self
+            .provider
+            .start(&r.language)
+            .map_err(|e| e.to_string())?;
+        let mut results = session.results;
+        let (executor, customer, transcribe) = (
+            self.executor.clone(),
+            CustomerId(r.customer_id),
+            TranscribeId(r.transcribe_id),
+        );
+        tokio::spawn(async move {
+            while let Some(res) = results.recv().await {
+                match res {
+                    Ok(seg) if seg.is_final && !seg.text.trim().is_empty() => {
+                        record(&executor, customer, transcribe, call, &seg).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(call_id = %call, transcribe_id = %transcribe.as_uuid(), error = %e, "speech-to-text failed");
+                    }
+                }
+            }
+        });
+        Ok(Stream {
+            audio: session.audio,
+            resamplers: HashMap::new(),
+            pending: HashMap::new(),
+            out: Vec::with_capacity(640),
+        })
+    }
+}
+
+/// Records one segment, retrying a few times (the transcript id is derived from its content,
+/// so a retry after an unknown outcome cannot duplicate it).
+async fn record(
+    executor: &Executor,
+    customer: CustomerId,
+    transcribe: TranscribeId,
+    call: Uuid,
+    seg: &Segment,
+) {
+    for attempt in 1..=3 {
+        match record_transcript(
+            executor,
+            customer,
+            transcribe,
+            TranscriptDirection::In,
+            &seg.text,
+            seg.start_ms,
+        )
+        .await
+        {
+            Ok(_) => {
+                metrics::counter!("vbin_transcripts_recorded_total").increment(1);
+                return;
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!(call_id = %call, error = %e, attempt, "recording a transcript failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => {
+                tracing::error!(call_id = %call, transcribe_id = %transcribe.as_uuid(), error = %e, text = %seg.text, "transcript not recorded");
+            }
+        }
+    }
+}
+
+/// One transcription being fed.
+struct Stream {
+    audio: mpsc::Sender<Vec<i16>>,
+    /// By input rate (the switch may change it mid-call).
+    resamplers: HashMap<u32, Resampler>,
+    /// Samples waiting for a whole frame, by input rate.
+    pending: HashMap<u32, Vec<i16>>,
+    out: Vec<i16>,
+}
+
+impl Stream {
+    /// Resamples one frame to 16 kHz and hands it to the recognizer without waiting: a
+    /// recognizer 10 s behind loses this stream rather than stalling the call's audio.
+    fn push(&mut self, rate_hz: u32, samples: &[i16]) -> Result<(), String> {
+        self.out.clear();
+        if rate_hz == STT_RATE_HZ {
+            self.out.extend_from_slice(samples);
+        } else {
+            let r = match self.resamplers.entry(rate_hz) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(Resampler::new(rate_hz, STT_RATE_HZ).map_err(|e| e.to_string())?)
+                }
+            };
+            // The resampler takes 20 ms frames; Asterisk sends those, but any size is
+            // gathered into them.
+            let pending = self.pending.entry(rate_hz).or_default();
+            pending.extend_from_slice(samples);
+            let n = r.input_frame_len();
+            let mut used = 0;
+            while pending.len() - used >= n {
+                r.process(&pending[used..used + n], &mut self.out)
+                    .map_err(|e| e.to_string())?;
+                used += n;
+            }
+            pending.drain(..used);
+            if self.out.is_empty() {
+                return Ok(());
+            }
+        }
+        self.audio
+            .try_send(self.out.clone())
+            .map_err(|e| format!("recognizer not keeping up: {e}"))
+    }
+}

@@ -36,12 +36,16 @@ pub enum Which {
     /// Media path on one core: G.711 samples/s (against a plain copy), resampler frames/s,
     /// AudioSocket sessions per core.
     Media(media::MediaArgs),
+    /// Word error rate of the offline speech-to-text on real recorded prompts (Debian's
+    /// asterisk-core-sounds-en-wav), through the media path's resampler.
+    Stt(stt::SttArgs),
     /// Internal: the bare broadcast server of `bench ws`'s baseline.
     #[command(hide = true)]
     WsBaselineServer(ws::BaselineServerArgs),
 }
 
 mod media;
+mod stt;
 mod ws;
 
 /// Where the benchmarks find the services.
@@ -252,6 +256,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
         Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
         // Measures on a runtime of its own (one thread = one core), off this one.
+        Which::Stt(a) => stt::run(&a).await,
         Which::Media(a) => tokio::task::spawn_blocking(move || media::run(&a)).await?,
     }
 }

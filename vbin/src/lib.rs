@@ -85,7 +85,8 @@ pub struct Config {
 }
 
 /// The speech-to-text provider: `VBIN_STT_PROVIDER` = `pocketsphinx` (default; with the JSGF
-/// grammar at `VBIN_STT_GRAMMAR` if set).
+/// grammar at `VBIN_STT_GRAMMAR` if set) or `deepgram` (`VBIN_DEEPGRAM_API_KEY`, optional
+/// `VBIN_DEEPGRAM_URL`).
 fn stt_provider() -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
     let name = std::env::var("VBIN_STT_PROVIDER").unwrap_or_else(|_| "pocketsphinx".into());
     match name.as_str() {
@@ -99,7 +100,13 @@ fn stt_provider() -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
             }
             Ok(Arc::new(p))
         }
-        other => anyhow::bail!("VBIN_STT_PROVIDER {other:?} is not one of: pocketsphinx"),
+        "deepgram" => Ok(Arc::new(
+            vbin_media::stt::deepgram::Deepgram::from_env()
+                .context("VBIN_STT_PROVIDER=deepgram needs VBIN_DEEPGRAM_API_KEY")?,
+        )),
+        other => {
+            anyhow::bail!("VBIN_STT_PROVIDER {other:?} is not one of: pocketsphinx, deepgram")
+        }
     }
 }
 

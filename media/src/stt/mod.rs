@@ -5,6 +5,7 @@
 //! [`SttSession::results`]. Dropping the audio sender ends the stream: the provider flushes
 //! what it still holds, sends its last segments and closes the results channel.
 
+pub mod deepgram;
 pub mod pocketsphinx;
 
 use tokio::sync::mpsc;

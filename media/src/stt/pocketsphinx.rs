@@ -94,10 +94,9 @@ impl SttProvider for PocketSphinx {
         if !language.eq_ignore_ascii_case("en-US") && !language.eq_ignore_ascii_case("en") {
             return Err(SttError::UnsupportedLanguage(language.into()));
         }
-        let mut child = self
-            .command()
-            .spawn()
-            .map_err(|e| SttError::Recognizer(format!("starting {}: {e}", self.binary.display())))?;
+        let mut child = self.command().spawn().map_err(|e| {
+            SttError::Recognizer(format!("starting {}: {e}", self.binary.display()))
+        })?;
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(SttError::Recognizer("no pipes to the recognizer".into()));
         };
@@ -203,8 +202,18 @@ mod tests {
         assert_eq!(
             segs,
             vec![
-                Segment { text: "hello world".into(), start_ms: 210, end_ms: 870, is_final: true },
-                Segment { text: "call me back".into(), start_ms: 4230, end_ms: 5010, is_final: true },
+                Segment {
+                    text: "hello world".into(),
+                    start_ms: 210,
+                    end_ms: 870,
+                    is_final: true
+                },
+                Segment {
+                    text: "call me back".into(),
+                    start_ms: 4230,
+                    end_ms: 5010,
+                    is_final: true
+                },
             ]
         );
     }

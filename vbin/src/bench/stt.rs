@@ -1,0 +1,161 @@
+//! `vbin bench stt`: word error rate of the offline recognizer on real recorded prompts.
+//!
+//! Debian's `asterisk-core-sounds-en-wav` holds human recordings at 8 kHz with their
+//! reference transcripts (`core-sounds-en.txt.gz`). Each prompt goes through the media path as
+//! a call's audio does: 20 ms frames at 8 kHz, resampled to 16 kHz by [`Resampler`], streamed
+//! to PocketSphinx (free speech, its US English language model; no grammar). WER = word-level
+//! edit distance / reference words, over all prompts.
+
+use anyhow::{bail, Context};
+use serde_json::json;
+use std::io::Read;
+use vbin_media::resample::Resampler;
+use vbin_media::stt::pocketsphinx::PocketSphinx;
+use vbin_media::stt::SttProvider;
+
+/// `vbin bench stt` options.
+#[derive(clap::Args, Debug)]
+pub struct SttArgs {
+    /// Prompts to recognize (the first N with at least `min_words` words, in file order).
+    #[arg(long, default_value_t = 40)]
+    pub prompts: usize,
+    /// Shortest prompt used, in words.
+    #[arg(long, default_value_t = 4)]
+    pub min_words: usize,
+    /// Where the sounds are.
+    #[arg(long, default_value = "/usr/share/asterisk/sounds/en")]
+    pub sounds: std::path::PathBuf,
+    /// The reference transcripts.
+    #[arg(
+        long,
+        default_value = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+    )]
+    pub transcripts: std::path::PathBuf,
+    /// Also write the result as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Lowercase words; digits spelled out (the recognizer writes words).
+fn words(s: &str) -> Vec<String> {
+    const DIGITS: [&str; 10] = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    s.to_lowercase()
+        .replace(|c: char| !(c.is_ascii_alphanumeric() || c == '\''), " ")
+        .split_whitespace()
+        .flat_map(|w| {
+            if w.chars().all(|c| c.is_ascii_digit()) {
+                w.chars()
+                    .map(|d| DIGITS[d as usize - '0' as usize].to_string())
+                    .collect::<Vec<_>>()
+            } else {
+                vec![w.to_string()]
+            }
+        })
+        .collect()
+}
+
+/// Word-level Levenshtein distance.
+fn distance(a: &[String], b: &[String]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, x) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, y) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(x != y))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Runs the benchmark.
+pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
+    let provider = PocketSphinx::new();
+    if !provider.available() {
+        bail!("pocketsphinx is not installed (scripts/services installs it)");
+    }
+    let mut text = String::new();
+    flate2_free_gunzip(&a.transcripts, &mut text)?;
+    let mut prompts = Vec::new();
+    for line in text.lines() {
+        let Some((name, reference)) = line.split_once(": ") else {
+            continue;
+        };
+        let path = a.sounds.join(format!("{}.wav", name.trim()));
+        if reference.contains('[') || words(reference).len() < a.min_words || !path.exists() {
+            continue;
+        }
+        prompts.push((name.trim().to_string(), reference.to_string(), path));
+        if prompts.len() == a.prompts {
+            break;
+        }
+    }
+    let (mut errors, mut total) = (0usize, 0usize);
+    let mut samples_out = Vec::new();
+    for (name, reference, path) in &prompts {
+        let mut wav = hound::WavReader::open(path).with_context(|| path.display().to_string())?;
+        let spec = wav.spec();
+        let pcm: Vec<i16> = wav.samples::<i16>().collect::<Result<_, _>>()?;
+        let mut up = Resampler::new(spec.sample_rate, 16_000)?;
+        let mut session = provider.start("en-US")?;
+        let frame = up.input_frame_len();
+        let mut out = Vec::new();
+        for chunk in pcm.chunks(frame) {
+            let mut f = chunk.to_vec();
+            f.resize(frame, 0);
+            out.clear();
+            up.process(&f, &mut out)?;
+            session.audio.send(out.clone()).await?;
+        }
+        drop(session.audio);
+        let mut heard = Vec::new();
+        while let Some(seg) = session.results.recv().await {
+            heard.push(seg?.text);
+        }
+        let (r, h) = (words(reference), words(&heard.join(" ")));
+        let e = distance(&r, &h);
+        errors += e;
+        total += r.len();
+        samples_out.push(
+            json!({"prompt": name, "reference": r.join(" "), "heard": h.join(" "),
+                                "errors": e, "words": r.len()}),
+        );
+    }
+    let wer = errors as f64 / total.max(1) as f64;
+    let r = json!({
+        "benchmark": "stt",
+        "provider": "pocketsphinx (en-us, free speech)",
+        "prompts": prompts.len(),
+        "reference_words": total,
+        "word_errors": errors,
+        "wer": (wer * 1000.0).round() / 1000.0,
+        "samples": samples_out.iter().take(10).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&r)?)?;
+    }
+    Ok(())
+}
+
+/// Reads a gzip file through the system's `gzip -dc` (one transcript file; no crate needed).
+fn flate2_free_gunzip(path: &std::path::Path, out: &mut String) -> anyhow::Result<()> {
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running gzip")?;
+    child
+        .stdout
+        .take()
+        .context("gzip output")?
+        .read_to_string(out)?;
+    if !child.wait()?.success() {
+        bail!("gzip -dc {} failed", path.display());
+    }
+    Ok(())
+}

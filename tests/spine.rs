@@ -727,3 +727,38 @@ async fn revoking_an_agent_reaches_other_processes_through_the_event_stream() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited_per_username() {
+    let env = Env::start().await;
+    let (_, _, user) = env.customer().await;
+    let (_, _, other) = env.customer().await;
+    let login = |username: String, password: &'static str| {
+        let env = &env;
+        async move {
+            let r = env
+                .http
+                .post(env.url("/auth/login"))
+                .json(&json!({"username": username, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), retry)
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(login(user.clone(), "wrong-password").await.0, 401);
+    }
+    // The 11th attempt in the window is refused, even with the right password.
+    assert_eq!(
+        login(user.clone(), "wrong-password").await,
+        (429, Some("60".to_string()))
+    );
+    assert_eq!(login(user.clone(), "password123").await.0, 429);
+    // Other usernames are not affected.
+    assert_eq!(login(other, "password123").await.0, 200);
+}

@@ -79,7 +79,15 @@ pub struct AuthKeys {
     admin_token_hash: [u8; 32],
     resolved: moka::sync::Cache<String, (Caller, Option<DateTime<Utc>>)>,
     revoked: moka::sync::Cache<Uuid, ()>,
+    /// Failed logins per username in the current window (see [`MAX_LOGIN_FAILURES`]).
+    login_failures: moka::sync::Cache<String, std::sync::Arc<std::sync::atomic::AtomicU32>>,
 }
+
+/// Failed logins of one username allowed per [`LOGIN_WINDOW`] (per process); then `/auth/login`
+/// answers 429 for that username until the window, which starts at the first failure, ends.
+pub const MAX_LOGIN_FAILURES: u32 = 10;
+/// The login failure window.
+pub const LOGIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a resolved bearer is trusted without a lookup.
 pub const AUTH_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -142,7 +150,25 @@ impl AuthKeys {
                 .max_capacity(100_000)
                 .time_to_live(AUTH_CACHE_TTL * 6)
                 .build(),
+            login_failures: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LOGIN_WINDOW)
+                .build(),
         }
+    }
+
+    /// Whether `username` has used up its failed logins for now (password guessing).
+    pub fn login_blocked(&self, username: &str) -> bool {
+        self.login_failures
+            .get(&username.to_lowercase())
+            .is_some_and(|n| n.load(std::sync::atomic::Ordering::Relaxed) >= MAX_LOGIN_FAILURES)
+    }
+
+    /// Counts a failed login of `username`.
+    pub fn login_failed(&self, username: &str) {
+        self.login_failures
+            .get_with(username.to_lowercase(), Default::default)
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops trusting cached bearers of this agent or access key (deleted, revoked or changed).

@@ -5,6 +5,7 @@ use super::extract::{Admin, CustomerAdmin, CustomerCaller, Json, Path};
 use super::AppState;
 use crate::auth::{self, Caller};
 use axum::extract::State;
+use axum::http::StatusCode;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -158,6 +159,13 @@ pub async fn login(
     if b.username.len() > 64 || b.password.len() > 256 {
         return Err(ApiError::unauthenticated());
     }
+    if s.keys.login_blocked(&b.username) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "resource_exhausted",
+            "too many failed logins for this username; try again later",
+        ));
+    }
     let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
         "SELECT agent_id, customer_id, password_hash, permission FROM auth_agents WHERE username = $1",
     )
@@ -183,7 +191,10 @@ pub async fn login(
                 json!({"token": s.keys.issue(agent_id, customer_id, perm)}),
             ))
         }
-        _ => Err(ApiError::unauthenticated()),
+        _ => {
+            s.keys.login_failed(&b.username);
+            Err(ApiError::unauthenticated())
+        }
     }
 }
 

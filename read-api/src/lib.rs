@@ -393,6 +393,17 @@ async fn list_targets(
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let outdial = uuid_param("outdial id", &Some(id))?;
+    // Another tenant's (or an unknown) outdial is not found, like its other endpoints.
+    let owned: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM rm_outdials WHERE id = $1 AND customer_id = $2")
+            .bind(outdial)
+            .bind(c.customer_id.as_uuid())
+            .fetch_optional(&s.pool)
+            .await
+            .map_err(|e| ApiError::unavailable("read store unavailable", e))?;
+    if owned.is_none() {
+        return Err(ApiError::not_found("outdial"));
+    }
     let filter = outdial.map(|v| ("outdial_id", v));
     list_rows_where(
         &s.pool,

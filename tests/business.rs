@@ -3,22 +3,12 @@
 
 mod common;
 
-use common::{all_pages, get, wait_get, Env};
+use common::{all_pages, answered_call, created, get, id_of, wait_get, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("an id").to_string()
-}
-
-async fn created(env: &Env, path: &str, token: &str, body: Value) -> Value {
-    let (s, v) = env.post(path, token, body).await;
-    assert_eq!(s, 200, "POST {path}: {v}");
-    v
-}
 
 #[tokio::test]
 async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
@@ -404,19 +394,6 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
         )
         .await;
     assert_eq!(s, 409);
-}
-
-/// Places a call that answers and talks `talk` seconds; returns it once answered.
-async fn answered_call(env: &Env, tok: &str, number: &str, talk: u64) -> Uuid {
-    let id = env
-        .calls(tok, &[number], json!({"variables": {"talk_seconds": talk}}))
-        .await[0];
-    let t = std::time::Instant::now();
-    while env.call_state(id).await["status"] != "progressing" {
-        assert!(t.elapsed() < Duration::from_secs(10), "{id} never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    id
 }
 
 /// The queue call of `call` once `done` holds for it.

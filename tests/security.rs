@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::Env;
+use common::{answered_call, created, id_of, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
-
-fn id_of(v: &Value) -> String {
-    v["id"].as_str().expect("an id").to_string()
-}
-
-async fn created(env: &Env, path: &str, token: &str, body: Value) -> Value {
-    let (s, v) = env.post(path, token, body).await;
-    assert_eq!(s, 200, "POST {path}: {v}");
-    v
-}
 
 #[tokio::test]
 async fn another_tenants_ids_are_not_found_and_nothing_changes() {
@@ -35,19 +24,9 @@ async fn another_tenants_ids_are_not_found_and_nothing_changes() {
         .await,
     );
     let key = id_of(&created(&env, "/v1.0/accesskeys", &tok_b, json!({"name": "k"})).await);
-    let call = env
-        .calls(
-            &tok_b,
-            &["+15550007000"],
-            json!({"variables": {"talk_seconds": 30}}),
-        )
-        .await[0]
+    let call = answered_call(&env, &tok_b, "+15550007000", 30)
+        .await
         .to_string();
-    let t = Instant::now();
-    while env.call_state(call.parse().unwrap()).await["status"] != "progressing" {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let plan = id_of(
         &created(
             &env,

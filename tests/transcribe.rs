@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{all_pages, get, wait_get, Env};
+use common::{all_pages, answered_call, get, wait_get, Env};
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -13,19 +13,6 @@ use vbin_commands::transcription::{record_transcript, running_transcribes, Recor
 use vbin_commands::{ExecError, Executor, PgEventRepository};
 use vbin_domain::DomainError;
 use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
-
-/// Places a call that answers and talks `talk` seconds; returns it once answered.
-async fn answered_call(env: &Env, tok: &str, number: &str, talk: u64) -> Uuid {
-    let id = env
-        .calls(tok, &[number], json!({"variables": {"talk_seconds": talk}}))
-        .await[0];
-    let t = std::time::Instant::now();
-    while env.call_state(id).await["status"] != "progressing" {
-        assert!(t.elapsed() < Duration::from_secs(10), "{id} never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    id
-}
 
 async fn start(env: &Env, tok: &str, body: Value) -> (u16, Value) {
     env.post("/v1.0/transcribes", tok, body).await

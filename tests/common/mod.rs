@@ -614,3 +614,28 @@ impl Env {
         }
     }
 }
+
+/// The `id` of a resource view.
+pub fn id_of(v: &Value) -> String {
+    v["id"].as_str().expect("an id").to_string()
+}
+
+/// POSTs and expects 200; returns the body.
+pub async fn created(env: &Env, path: &str, token: &str, body: Value) -> Value {
+    let (s, v) = env.post(path, token, body).await;
+    assert_eq!(s, 200, "POST {path}: {v}");
+    v
+}
+
+/// Places a call that answers and talks `talk` seconds; returns it once answered.
+pub async fn answered_call(env: &Env, tok: &str, number: &str, talk: u64) -> Uuid {
+    let id = env
+        .calls(tok, &[number], json!({"variables": {"talk_seconds": talk}}))
+        .await[0];
+    let t = Instant::now();
+    while env.call_state(id).await["status"] != "progressing" {
+        assert!(t.elapsed() < Duration::from_secs(10), "{id} never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    id
+}

@@ -39,11 +39,15 @@ pub enum Which {
     /// Word error rate of the offline speech-to-text on real recorded prompts (Debian's
     /// asterisk-core-sounds-en-wav), through the media path's resampler.
     Stt(stt::SttArgs),
+    /// Every benchmark in turn (each in its own process) and the machine's common baselines;
+    /// one report (`report.json`, `report.md`).
+    All(all::AllArgs),
     /// Internal: the bare broadcast server of `bench ws`'s baseline.
     #[command(hide = true)]
     WsBaselineServer(ws::BaselineServerArgs),
 }
 
+mod all;
 mod media;
 mod stt;
 mod ws;
@@ -257,6 +261,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
         // Measures on a runtime of its own (one thread = one core), off this one.
         Which::Stt(a) => stt::run(&a).await,
+        Which::All(a) => all::run(&a).await,
         Which::Media(a) => tokio::task::spawn_blocking(move || media::run(&a)).await?,
     }
 }

@@ -23,8 +23,7 @@ async fn apply_billing(
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
     for e in events {
-        let event: BillingEvent = serde_json::from_value(e.payload.clone())
-            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        let event: BillingEvent = decode(e)?;
         let (balance, rate) = match event {
             BillingEvent::BillingAccountCreated {
                 balance_micros,
@@ -69,8 +68,7 @@ async fn apply_queue(
         if e.event_type != "queuecall_joined" {
             continue;
         }
-        let event: QueueEvent = serde_json::from_value(e.payload.clone())
-            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        let event: QueueEvent = decode(e)?;
         if let QueueEvent::QueuecallJoined { call, .. } = event {
             sqlx::query(
                 "INSERT INTO queue_calls (call_id, queue_id, customer_id) VALUES ($1, $2, $3) \
@@ -99,8 +97,7 @@ async fn apply_transcribe(
         if e.event_type == "transcript_created" {
             continue;
         }
-        let event: TranscribeEvent = serde_json::from_value(e.payload.clone())
-            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        let event: TranscribeEvent = decode(e)?;
         match event {
             TranscribeEvent::TranscribeStarted {
                 reference_id,
@@ -132,6 +129,11 @@ async fn apply_transcribe(
     Ok(())
 }
 
+/// An appended event's payload as its aggregate's event type.
+fn decode<T: serde::de::DeserializeOwned>(e: &NewEvent) -> Result<T, sqlx::Error> {
+    serde_json::from_value(e.payload.clone()).map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
 /// Applies the events of one append to the lookup tables.
 pub async fn apply(
     tx: &mut Transaction<'_, Postgres>,
@@ -148,8 +150,7 @@ pub async fn apply(
         _ => return Ok(()),
     }
     for e in events {
-        let event: CustomerEvent = serde_json::from_value(e.payload.clone())
-            .map_err(|err| sqlx::Error::Decode(Box::new(err)))?;
+        let event: CustomerEvent = decode(e)?;
         match event {
             CustomerEvent::AgentCreated {
                 agent_id,

@@ -1,4 +1,5 @@
-//! `/healthz` (process up), `/readyz` (Postgres, NATS, Redis reachable), `/metrics`.
+//! `/healthz` (process up), `/readyz` (Postgres, NATS, Redis reachable), `/metrics`, and
+//! `/openapi.json` (the API description, [`super::openapi`]).
 
 use super::AppState;
 use axum::extract::State;
@@ -15,6 +16,7 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(super::openapi::spec))
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {

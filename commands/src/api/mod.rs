@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod identity;
 pub mod mw;
+pub mod openapi;
 pub mod queues;
 pub mod transcribes;
 

@@ -418,6 +418,60 @@ async fn idempotency_key_replays_the_first_response() {
 }
 
 #[tokio::test]
+async fn a_retry_after_a_crash_between_commit_and_answer_commits_nothing_twice() {
+    let env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let body = json!({"source": "+15550001000", "destinations": ["+15550002000", "+15550003000"],
+                      "variables": {"talk_seconds": 30}});
+    let send = || {
+        env.http
+            .post(env.url("/v1.0/calls"))
+            .bearer_auth(&token)
+            .header("idempotency-key", "k-crash")
+            .json(&body)
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let ids = |v: &Value| -> Vec<String> {
+        v["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // What a process killed after its commits but before recording the answer leaves: the
+    // key's record in progress. While it may still be running, a retry is told so.
+    let lose_answer = |age_secs: i32| {
+        sqlx::query(
+            "UPDATE idempotency_keys SET status_code = NULL, response = NULL, \
+             created_at = now() - make_interval(secs => $1)",
+        )
+        .bind(age_secs as f64)
+        .execute(&env.pool)
+    };
+    lose_answer(0).await.unwrap();
+    assert_eq!(send().await.unwrap().status(), 409);
+    // Once abandoned, the retry runs the request again: same calls, nothing created twice.
+    lose_answer(11).await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert!(again.headers().get("idempotent-replayed").is_none());
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(ids(&again), ids(&first), "{again}");
+    let created: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'call_created'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(created, 2, "the re-executed request created calls again");
+    // Its answer is kept like any other.
+    let third = send().await.unwrap();
+    assert_eq!(third.headers()["idempotent-replayed"], "true");
+    assert_eq!(ids(&third.json().await.unwrap()), ids(&first));
+}
+
+#[tokio::test]
 async fn concurrent_commands_on_one_aggregate_are_retried_not_lost() {
     let env = Env::start().await;
     let (customer, token, username) = env.customer().await;

@@ -235,6 +235,18 @@ impl Executor {
         A::Command: Clone,
     {
         let _serial = self.stripe(A::TYPE, id).lock().await;
+        let request_once = meta.once_key.is_none() && meta.request_seed.is_some();
+        let owned;
+        let meta = match meta.request_seed.filter(|_| request_once) {
+            Some(seed) => {
+                owned = CommandMeta {
+                    once_key: Some(format!("request:{seed}:{}:{id}", A::TYPE)),
+                    ..meta.clone()
+                };
+                &owned
+            }
+            None => meta,
+        };
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -294,6 +306,16 @@ impl Executor {
                     return Err(ExecError::Conflict);
                 }
                 Err(AppendError::Taken(what)) => return Err(ExecError::Taken(what)),
+                Err(AppendError::AlreadyApplied) if request_once => {
+                    // An earlier attempt of this request committed this command: answer with
+                    // the aggregate as it is now.
+                    self.cache.invalidate(&(A::TYPE, id));
+                    let (state, _) = self.load_ctx::<A>(id).await?;
+                    return Ok(Executed {
+                        state,
+                        recorded: vec![],
+                    });
+                }
                 Err(AppendError::AlreadyApplied) => return Err(ExecError::AlreadyApplied),
                 Err(AppendError::Database(e)) => return Err(ExecError::Store(e.to_string())),
             }

@@ -47,6 +47,11 @@ pub struct CommandMeta {
     /// appended only if no command with this key was applied before (not stored in events).
     #[serde(skip)]
     pub once_key: Option<String>,
+    /// Set while a request with an `Idempotency-Key` runs (see `api::reexec`): each command
+    /// gets the once-key `request:<seed>:<aggregate type>:<id>`, and a command found applied
+    /// already answers with the aggregate's current state instead of an error.
+    #[serde(skip)]
+    pub request_seed: Option<Uuid>,
 }
 
 impl CommandMeta {
@@ -59,6 +64,7 @@ impl CommandMeta {
             causation_id: request_id.to_string(),
             customer_id,
             once_key: None,
+            request_seed: None,
         }
     }
 
@@ -76,6 +82,7 @@ impl CommandMeta {
             causation_id: event_id.to_string(),
             customer_id: None,
             once_key: None,
+            request_seed: None,
         }
     }
 

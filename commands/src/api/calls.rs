@@ -125,7 +125,7 @@ pub async fn create_calls(
     let meta = s.meta(&c.caller, c.customer_id);
     let mut calls = Vec::with_capacity(destinations.len());
     for destination in destinations {
-        let call_id = CallId::new();
+        let call_id = CallId(super::reexec::new_id());
         let cmd = CallCommand::Create {
             call: NewCall {
                 call_id,

@@ -86,7 +86,7 @@ pub async fn create_outplan(
 ) -> Result<Json<Value>, ApiError> {
     check_name(&b.name)?;
     let plan = NewOutplan {
-        outplan_id: OutplanId::new(),
+        outplan_id: OutplanId(super::reexec::new_id()),
         customer_id: c.customer_id,
         name: b.name,
         source: b.source.parse("source")?,
@@ -121,7 +121,7 @@ pub async fn create_outdial(
     Json(b): Json<CreateOutdial>,
 ) -> Result<Json<Value>, ApiError> {
     check_name(&b.name)?;
-    let id = OutdialId::new();
+    let id = OutdialId(super::reexec::new_id());
     let cmd = OutdialCommand::Create {
         outdial_id: id,
         customer_id: c.customer_id,
@@ -154,7 +154,7 @@ pub async fn create_target(
     let destinations = parse_destinations(&b.destinations, MAX_TARGET_DESTINATIONS)?;
     check_variables(&b.variables)?;
     require::<Outdial>(&s, outdial, c.customer_id, "outdial").await?;
-    let id = TargetId::new();
+    let id = TargetId(super::reexec::new_id());
     let cmd = TargetCommand::Create {
         target_id: id,
         outdial_id: OutdialId(outdial),
@@ -208,7 +208,7 @@ pub async fn create_campaign(
     if let Some(next) = b.next_campaign_id {
         require::<Campaign>(&s, next, c.customer_id, "next campaign").await?;
     }
-    let id = CampaignId::new();
+    let id = CampaignId(super::reexec::new_id());
     let cmd = CampaignCommand::Create {
         campaign: NewCampaign {
             campaign_id: id,

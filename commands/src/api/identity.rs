@@ -101,9 +101,9 @@ pub async fn create_customer(
     check_len("name", &b.name, 1, 200)?;
     check_username(&b.username)?;
     check_webhook_uri(&b.webhook_uri)?;
-    let customer_id = CustomerId::new();
+    let customer_id = CustomerId(super::reexec::new_id());
     let agent = NewAgent {
-        agent_id: AgentId::new(),
+        agent_id: AgentId(super::reexec::new_id()),
         username: b.username.clone(),
         password_hash: hash_password(b.password).await?,
         name: b.username,
@@ -283,7 +283,7 @@ pub async fn create_access_key(
         }
     }
     let token = auth::new_access_key();
-    let key_id = AccessKeyId::new();
+    let key_id = AccessKeyId(super::reexec::new_id());
     let now = Utc::now();
     let cmd = CustomerCommand::CreateAccessKey {
         key_id,
@@ -334,7 +334,7 @@ pub async fn create_agent(
 ) -> Result<Json<Value>, ApiError> {
     check_username(&b.username)?;
     check_len("name", &b.name, 0, 200)?;
-    let agent_id = AgentId::new();
+    let agent_id = AgentId(super::reexec::new_id());
     let agent = NewAgent {
         agent_id,
         name: if b.name.is_empty() {

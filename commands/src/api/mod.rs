@@ -10,6 +10,7 @@ pub mod identity;
 pub mod mw;
 pub mod openapi;
 pub mod queues;
+pub mod reexec;
 pub mod transcribes;
 
 use crate::auth::AuthKeys;
@@ -47,11 +48,13 @@ impl AppState {
         caller: &crate::auth::Caller,
         customer: vbin_event_schema::CustomerId,
     ) -> CommandMeta {
-        CommandMeta::from_request(
+        let mut meta = CommandMeta::from_request(
             &caller.actor(),
             &error::request_id(),
             Some(customer.as_uuid()),
-        )
+        );
+        meta.request_seed = reexec::seed();
+        meta
     }
 }
 

@@ -116,12 +116,15 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
-/// An in-progress record older than this is treated as abandoned (its process died).
-const IN_PROGRESS_TIMEOUT_SECS: i64 = 60;
+/// An in-progress record older than this is treated as abandoned (its process died) and the
+/// retry runs the request again — safely, see [`super::reexec`].
+const IN_PROGRESS_TIMEOUT_SECS: i64 = 10;
 
 /// `Idempotency-Key` on POST: the same key and request within 24 h returns the first
 /// response (marked `Idempotent-Replayed: true`); the same key with another request is 422;
 /// while the first is still running, 409. 5xx responses are not kept (the retry runs again).
+/// A retry of a request whose process died before answering runs it again with the same seed
+/// (see [`super::reexec`]): whatever the first attempt committed is committed once.
 pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let key = req
         .headers()
@@ -159,7 +162,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     h.update(&bytes);
     let hash = h.finalize().to_vec();
 
-    match claim(&state, &scope, &key, &hash).await {
+    let seed = match claim(&state, &scope, &key, &hash).await {
         Err(e) => return ApiError::unavailable("idempotency store unavailable", e).into_response(),
         Ok(Claim::Replay(status, body)) => {
             let mut resp = Response::new(Body::from(body));
@@ -182,11 +185,13 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             return ApiError::conflict("a request with this Idempotency-Key is still in progress")
                 .into_response()
         }
-        Ok(Claim::Mine) => {}
-    }
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
+        Ok(Claim::Mine(seed)) => seed,
+    };
+    let resp = super::reexec::with_seed(
+        seed,
+        next.run(Request::from_parts(parts, Body::from(bytes))),
+    )
+    .await;
     let status = resp.status();
     let (rparts, rbody) = resp.into_parts();
     let rbytes = to_bytes(rbody, 4 * 1024 * 1024).await.unwrap_or_default();
@@ -215,7 +220,8 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
 type StoredResult = (Vec<u8>, Option<i32>, Option<Vec<u8>>);
 
 enum Claim {
-    Mine,
+    /// Run the request, with this id seed.
+    Mine(uuid::Uuid),
     Replay(i32, Vec<u8>),
     Mismatch,
     InProgress,
@@ -227,29 +233,48 @@ async fn claim(
     key: &str,
     hash: &[u8],
 ) -> Result<Claim, sqlx::Error> {
-    // Expired or abandoned records are released first, then the key is claimed atomically.
+    // Expired records are released first, then the key is claimed atomically.
     sqlx::query(
         "DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND \
-         (created_at < now() - make_interval(hours => $3) OR \
-          (status_code IS NULL AND created_at < now() - make_interval(secs => $4)))",
+         created_at < now() - make_interval(hours => $3)",
     )
     .bind(scope)
     .bind(key)
     .bind(IDEMPOTENCY_TTL_HOURS as i32)
-    .bind(IN_PROGRESS_TIMEOUT_SECS as f64)
     .execute(&state.pool)
     .await?;
-    let mine: Option<i32> = sqlx::query_scalar(
-        "INSERT INTO idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3) \
-         ON CONFLICT DO NOTHING RETURNING 1",
+    let mine: Option<uuid::Uuid> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (scope, key, request_hash, id_seed) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT DO NOTHING RETURNING id_seed",
     )
     .bind(scope)
     .bind(key)
     .bind(hash)
+    .bind(uuid::Uuid::now_v7())
     .fetch_optional(&state.pool)
     .await?;
-    if mine.is_some() {
-        return Ok(Claim::Mine);
+    if let Some(seed) = mine {
+        return Ok(Claim::Mine(seed));
+    }
+    // An abandoned attempt of the same request: take it over, keeping its seed.
+    let taken: Option<Option<uuid::Uuid>> = sqlx::query_scalar(
+        "UPDATE idempotency_keys SET created_at = now() \
+         WHERE scope = $1 AND key = $2 AND request_hash = $3 AND status_code IS NULL \
+           AND created_at < now() - make_interval(secs => $4) \
+         RETURNING id_seed",
+    )
+    .bind(scope)
+    .bind(key)
+    .bind(hash)
+    .bind(IN_PROGRESS_TIMEOUT_SECS as f64)
+    .fetch_optional(&state.pool)
+    .await?;
+    if let Some(seed) = taken {
+        tracing::warn!(
+            key,
+            "taking over an abandoned attempt of this Idempotency-Key"
+        );
+        return Ok(Claim::Mine(seed.unwrap_or_else(uuid::Uuid::now_v7)));
     }
     let row: Option<StoredResult> = sqlx::query_as(
         "SELECT request_hash, status_code, response FROM idempotency_keys WHERE scope = $1 AND key = $2",

@@ -82,7 +82,7 @@ pub async fn create_queue(
     Json(b): Json<QueueBody>,
 ) -> Result<Json<Value>, ApiError> {
     let q = settings(&s, c.customer_id, b).await?;
-    let id = QueueId::new();
+    let id = QueueId(super::reexec::new_id());
     let cmd = QueueCommand::Create {
         queue: NewQueue {
             queue_id: id,
@@ -148,7 +148,7 @@ pub async fn join_queue(
     }
     let call_id = CallId(b.call_id);
     let cmd = QueueCommand::Join {
-        queuecall_id: Uuid::now_v7(),
+        queuecall_id: super::reexec::new_id(),
         call_id,
         at: Utc::now(),
     };

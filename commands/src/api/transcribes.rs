@@ -100,7 +100,7 @@ pub async fn create_transcribe(
             t.direction.as_str()
         )));
     }
-    let id = TranscribeId::new();
+    let id = TranscribeId(super::reexec::new_id());
     let cmd = TranscribeCommand::Start {
         transcribe: NewTranscribe {
             transcribe_id: id,

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{all_pages, get, wait_get, Env};
+use common::{all_pages, get, vbin, wait_get, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -39,21 +39,6 @@ async fn wait_converged(env: &Env) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Runs the vbin binary with this env's database and Redis; returns (exit code, stdout).
-fn vbin(env: &Env, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vbin"))
-        .args(args)
-        .env("DATABASE_URL", &env.db_url)
-        .env("REDIS_URL", env.redis.url())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 const TERMINAL: [&str; 5] = ["completed", "busy", "no_answer", "failed", "canceled"];

@@ -171,6 +171,123 @@ impl Drop for Redis {
     }
 }
 
+/// A private PostgreSQL cluster (initdb in a temp dir, own port), so a test can crash and
+/// restart the database server without disturbing other tests.
+pub struct PgCluster {
+    pub port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl PgCluster {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|b| b.join("pg_ctl").is_file())
+            .max()
+            .expect("pg_ctl");
+        let dir = std::env::temp_dir().join(format!("vbin-test-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = PgCluster {
+            port: free_port(),
+            dir,
+            bin,
+        };
+        if is_root() {
+            // The server refuses to run as root.
+            c.run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&c.dir),
+            );
+        }
+        c.pg(&[
+            "initdb",
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "-D",
+        ]);
+        c.resume();
+        c
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>` (append `/<db>`).
+    pub fn base_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and data.
+    pub fn resume(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log");
+        self.pg(&[
+            "pg_ctl",
+            "start",
+            "-w",
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &opts,
+            "-D",
+        ]);
+        wait_port(self.port, "postgres");
+    }
+
+    /// `pg_ctl stop -m immediate`: every server process quits at once, like a crash; the next
+    /// start runs crash recovery.
+    pub fn crash(&self) {
+        self.pg(&["pg_ctl", "stop", "-m", "immediate", "-D"]);
+    }
+
+    /// Runs a server program with the data directory as its last argument.
+    fn pg(&self, args: &[&str]) {
+        let data = self.dir.join("data");
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join(args[0]));
+            c
+        } else {
+            Command::new(self.bin.join(args[0]))
+        };
+        cmd.args(&args[1..]).arg(data);
+        self.run(&mut cmd);
+    }
+
+    fn run(&self, cmd: &mut Command) {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.crash()));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
         std::env::split_paths(&p)
@@ -224,6 +341,8 @@ pub struct Env {
     pub pool: PgPool,
     /// Extra environment of the platform processes.
     pub extra_env: Vec<(String, String)>,
+    /// The private database server, when the test has one (else the shared local server).
+    pub pg: Option<PgCluster>,
 }
 
 impl Env {
@@ -233,8 +352,14 @@ impl Env {
 
     /// Like [`Env::start`], the platform processes getting `vars` in their environment.
     pub async fn start_with_env(vars: &[(&str, &str)]) -> Self {
+        Self::start_on(vars, None).await
+    }
+
+    /// Like [`Env::start_with_env`], on the private database server `pg` if given.
+    pub async fn start_on(vars: &[(&str, &str)], pg: Option<PgCluster>) -> Self {
         let db_name = format!("vbin_t_{}", Uuid::new_v4().simple());
-        let db_url = format!("{}/{db_name}", pg_base());
+        let base = pg.as_ref().map(|p| p.base_url()).unwrap_or_else(pg_base);
+        let db_url = format!("{base}/{db_name}");
         let nats = Nats::start();
         let redis = Redis::start();
         let admin = format!("admin-{}", Uuid::new_v4());
@@ -256,6 +381,7 @@ impl Env {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            pg,
         };
         env.platform = env.spawn_platform().await;
         env
@@ -516,6 +642,9 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.platform.kill();
+        if self.pg.is_some() {
+            return; // the cluster goes with its directory
+        }
         let _ = Command::new("psql")
             .args([
                 &format!("{}/postgres", pg_base()),
@@ -526,6 +655,21 @@ impl Drop for Env {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// Runs the vbin binary with this env's database and Redis; returns (exit code, stdout).
+pub fn vbin(env: &Env, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vbin"))
+        .args(args)
+        .env("DATABASE_URL", &env.db_url)
+        .env("REDIS_URL", env.redis.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// GET with a bearer token.

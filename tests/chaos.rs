@@ -1,0 +1,558 @@
+//! Chaos tests (issue 8): the real `vbin serve` binary under a command load while its process
+//! is killed (-9) and the services it depends on stop and come back. Afterwards every
+//! invariant a CPaaS customer relies on is checked against the event log, the stream, the read
+//! models (a fresh replay), billing and a webhook receiver — see [`check_invariants`].
+//!
+//! The load is `VBIN_CHAOS_COMMANDS` commands (default 1,500: the short run in `./scripts/test`);
+//! the long run is `VBIN_CHAOS_COMMANDS=10000 cargo nextest run --release --test chaos`
+//! (docs/reliability.md).
+
+mod common;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use common::{get, vbin, Env, PgCluster};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Commands in one load run.
+fn commands() -> usize {
+    std::env::var("VBIN_CHAOS_COMMANDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_500)
+}
+
+/// Concurrent clients of the load.
+const WORKERS: usize = 32;
+/// The receiver answers 500 to every n-th request, so retries are part of every run.
+const HOOK_FAIL_EVERY: usize = 29;
+/// Starting balance of each customer.
+const BALANCE: i64 = 1_000_000_000;
+
+/// What the webhook receiver got: bodies per `webhook-id` (= event id), plus a request count.
+#[derive(Clone, Default)]
+struct Hooks {
+    bodies: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>,
+    requests: Arc<AtomicUsize>,
+}
+
+async fn hook_receiver() -> (String, Hooks) {
+    let hooks = Hooks::default();
+    let h = hooks.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let h = h.clone();
+            async move {
+                let n = h.requests.fetch_add(1, SeqCst);
+                if n % HOOK_FAIL_EVERY == HOOK_FAIL_EVERY - 1 {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let id = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                h.bodies
+                    .lock()
+                    .unwrap()
+                    .entry(id)
+                    .or_default()
+                    .push(body.to_vec());
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hooks)
+}
+
+/// One customer of the load.
+struct Customer {
+    id: Uuid,
+    token: String,
+}
+
+/// Customers with a webhook to `url`.
+async fn customers(env: &Env, url: &str, n: usize) -> Vec<Customer> {
+    let mut out = vec![];
+    for _ in 0..n {
+        let username = format!("c{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (s, c) = env
+            .post(
+                "/v1.0/customers",
+                &env.admin,
+                json!({"name": "chaos", "username": username, "password": "password123",
+                       "balance_micros": BALANCE, "webhook_uri": url}),
+            )
+            .await;
+        assert_eq!(s, 200, "{c}");
+        out.push(Customer {
+            id: c["id"].as_str().unwrap().parse().unwrap(),
+            token: env.login(&username, "password123").await.unwrap(),
+        });
+    }
+    out
+}
+
+/// An acknowledged call-creating command.
+#[derive(Clone, Debug)]
+struct Created {
+    key: String,
+    destinations: usize,
+    calls: Vec<Uuid>,
+}
+
+/// A command load: `WORKERS` clients sending `n` commands (4 in 5 create calls with 1 or 2
+/// destinations and every outcome of the sandbox carrier, 1 in 5 hang up an earlier call).
+/// Every command carries an `Idempotency-Key` and is retried with it until acknowledged,
+/// whatever happens to the platform meanwhile — as a careful customer's client does.
+struct Load {
+    http: reqwest::Client,
+    /// The platform's base URL (a restarted process listens on another port).
+    base: RwLock<String>,
+    customers: Vec<Customer>,
+    n: usize,
+    next: AtomicUsize,
+    acked: AtomicUsize,
+    /// Responses that were not an acknowledgement (connection errors, 5xx, 409 in progress).
+    retries: AtomicUsize,
+    created: Mutex<Vec<Created>>,
+    /// Calls per customer, for hangups.
+    calls: Mutex<Vec<Vec<Uuid>>>,
+    run: String,
+}
+
+impl Load {
+    fn new(env: &Env, customers: Vec<Customer>, n: usize) -> Arc<Self> {
+        let k = customers.len();
+        Arc::new(Load {
+            http: reqwest::Client::new(),
+            base: RwLock::new(env.platform.url()),
+            customers,
+            n,
+            next: AtomicUsize::new(0),
+            acked: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            created: Mutex::default(),
+            calls: Mutex::new(vec![vec![]; k]),
+            run: Uuid::new_v4().simple().to_string()[..8].to_string(),
+        })
+    }
+
+    fn start(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..WORKERS)
+            .map(|_| {
+                let l = self.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let i = l.next.fetch_add(1, SeqCst);
+                        if i >= l.n {
+                            return;
+                        }
+                        l.command(i).await;
+                        l.acked.fetch_add(1, SeqCst);
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// Waits until `fraction` of the commands are acknowledged.
+    async fn reached(&self, fraction: f64) {
+        let target = (self.n as f64 * fraction) as usize;
+        while self.acked.load(SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn set_base(&self, url: String) {
+        *self.base.write().unwrap() = url;
+    }
+
+    async fn command(&self, i: usize) {
+        let c = i % self.customers.len();
+        let key = format!("{}-{i}", self.run);
+        let hangup = if i % 5 == 4 {
+            let calls = self.calls.lock().unwrap();
+            let mine = &calls[c];
+            (!mine.is_empty()).then(|| mine[(i * 7_919) % mine.len()])
+        } else {
+            None
+        };
+        let (path, body) = match hangup {
+            Some(call) => (format!("/v1.0/calls/{call}/hangup"), json!({})),
+            None => {
+                let dest = |j: usize| {
+                    let suffix =
+                        ["1000", "1000", "1000", "1000", "0486", "0487", "0404"][(i + j) % 7];
+                    format!("+1555{:06}{suffix}", (i * 2 + j) % 1_000_000)
+                };
+                let destinations: Vec<String> =
+                    (0..1 + usize::from(i % 3 == 0)).map(dest).collect();
+                (
+                    "/v1.0/calls".to_string(),
+                    json!({"source": "+15550001000", "destinations": destinations,
+                           "dial_timeout_ms": 1000, "variables": {"talk_seconds": 1}}),
+                )
+            }
+        };
+        let v = self.send(&path, c, &key, &body).await;
+        if hangup.is_none() {
+            let calls: Vec<Uuid> = v["calls"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path}: {v}"))
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().parse().unwrap())
+                .collect();
+            self.calls.lock().unwrap()[c].extend(&calls);
+            self.created.lock().unwrap().push(Created {
+                key,
+                destinations: body["destinations"].as_array().unwrap().len(),
+                calls,
+            });
+        } else {
+            assert!(v["id"].is_string(), "{path}: {v}");
+        }
+    }
+
+    /// POSTs until acknowledged (2xx); returns the body.
+    async fn send(&self, path: &str, customer: usize, key: &str, body: &Value) -> Value {
+        let t = Instant::now();
+        loop {
+            let base = self.base.read().unwrap().clone();
+            let r = self
+                .http
+                .post(format!("{base}{path}"))
+                .bearer_auth(&self.customers[customer].token)
+                .header("idempotency-key", key)
+                .json(body)
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await;
+            match r {
+                Ok(r) if r.status().is_success() => return r.json().await.unwrap(),
+                Ok(r) => {
+                    let s = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    // Retryable: the platform is unavailable, or the first attempt of this key
+                    // is (or was, before a crash) still in progress.
+                    assert!(
+                        s.is_server_error() || s == StatusCode::CONFLICT,
+                        "{path} key {key}: {s} {text}"
+                    );
+                    assert_ne!(s, StatusCode::INTERNAL_SERVER_ERROR, "{path}: {text}");
+                }
+                Err(_) => {} // connection refused or reset: the process is down
+            }
+            self.retries.fetch_add(1, SeqCst);
+            assert!(
+                t.elapsed() < Duration::from_secs(240),
+                "{path} key {key} never acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn join(workers: Vec<tokio::task::JoinHandle<()>>) {
+    for w in workers {
+        w.await.expect("a load worker failed");
+    }
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `within`.
+async fn until<T, F: std::future::Future<Output = Result<T, String>>>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let t = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if t.elapsed() > within => panic!("{what} after {within:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn rows(env: &Env, sql: &'static str) -> Vec<(Uuid, i64)> {
+    sqlx::query_as(sql).fetch_all(&env.pool).await.unwrap()
+}
+
+/// The invariants after a chaos run:
+/// 1. every acknowledged command's events are in the log exactly once (each call of an
+///    acknowledged create once, no call from a retried command executed twice), each call ends
+///    exactly once;
+/// 2. every logged event is on the stream exactly once;
+/// 3. every answered call is charged exactly once, nothing else is charged, balances add up;
+/// 4. every read model equals a fresh replay of the log (`vbin replay verify`);
+/// 5. every call event reached the webhook receiver at least once, always with the same body.
+async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
+    let created = load.created.lock().unwrap().clone();
+    let t0 = Instant::now();
+
+    // 1.
+    let in_log: HashMap<Uuid, i64> = rows(
+        env,
+        "SELECT aggregate_id, count(*) FROM events WHERE event_type = 'call_created' GROUP BY 1",
+    )
+    .await
+    .into_iter()
+    .collect();
+    let mut expected = HashSet::new();
+    for c in &created {
+        assert_eq!(c.calls.len(), c.destinations, "{c:?}");
+        for id in &c.calls {
+            assert_eq!(in_log.get(id), Some(&1), "call {id} of command {}", c.key);
+            expected.insert(*id);
+        }
+    }
+    let extra: Vec<&Uuid> = in_log.keys().filter(|id| !expected.contains(id)).collect();
+    assert!(
+        extra.is_empty(),
+        "{} calls in the log that no acknowledged command returned (a retried command ran \
+         twice): {:?}",
+        extra.len(),
+        &extra[..extra.len().min(5)]
+    );
+    until(Duration::from_secs(120), "calls never ended", || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events c WHERE c.event_type = 'call_created' AND NOT EXISTS \
+             (SELECT 1 FROM events h WHERE h.aggregate_type = 'call' \
+              AND h.aggregate_id = c.aggregate_id AND h.event_type = 'call_hungup')",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        (open == 0).then_some(()).ok_or(format!("{open} open"))
+    })
+    .await;
+    let twice = rows(
+        env,
+        "SELECT aggregate_id, count(*) FROM events WHERE event_type = 'call_hungup' \
+         GROUP BY 1 HAVING count(*) > 1",
+    )
+    .await;
+    assert!(twice.is_empty(), "calls hung up twice: {twice:?}");
+
+    // 2.
+    let msgs = env.wait_all_published(Duration::from_secs(120)).await;
+    let log = env.log_event_ids().await;
+    let published: HashSet<String> = msgs.iter().map(|m| m.0.clone()).collect();
+    assert_eq!(published.len(), msgs.len(), "an event published twice");
+    assert_eq!(msgs.len(), log.len(), "the stream has events the log lacks");
+
+    // 3.
+    let answered: HashSet<Uuid> = rows(
+        env,
+        "SELECT aggregate_id, 1::bigint FROM events WHERE event_type = 'call_hungup' \
+         AND resource->>'status' = 'completed'",
+    )
+    .await
+    .into_iter()
+    .map(|r| r.0)
+    .collect();
+    assert!(!answered.is_empty());
+    let charges = until(
+        Duration::from_secs(120),
+        "not every call charged",
+        || async {
+            let charges: HashMap<Uuid, i64> = rows(
+                env,
+                "SELECT (resource->>'reference_id')::uuid, count(*) FROM events \
+             WHERE event_type = 'billing_recorded' GROUP BY 1",
+            )
+            .await
+            .into_iter()
+            .collect();
+            if charges.len() >= answered.len() {
+                Ok(charges)
+            } else {
+                Err(format!("{} of {} charged", charges.len(), answered.len()))
+            }
+        },
+    )
+    .await;
+    let charged: HashSet<Uuid> = charges.keys().copied().collect();
+    assert_eq!(charged, answered, "charged calls = answered calls");
+    assert!(charges.values().all(|n| *n == 1), "a call charged twice");
+    for c in &load.customers {
+        let spent: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum((resource->>'amount_micros')::bigint), 0)::bigint FROM events \
+             WHERE event_type = 'billing_recorded' AND customer_id = $1",
+        )
+        .bind(c.id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        assert!(spent > 0);
+        until(Duration::from_secs(60), "balance", || async {
+            let (_, a) = get(env, "/v1.0/billing_account", &c.token).await;
+            (a["balance_micros"] == BALANCE - spent)
+                .then_some(())
+                .ok_or(format!("{a} vs spent {spent}"))
+        })
+        .await;
+    }
+
+    // 4.
+    until(
+        Duration::from_secs(120),
+        "read models differ from a fresh replay",
+        || async {
+            let (code, out) = vbin(env, &["replay", "verify"]);
+            (code == 0).then_some(()).ok_or(out)
+        },
+    )
+    .await;
+
+    // 5.
+    let call_events: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT event_id, event_type FROM events WHERE aggregate_type = 'call'")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    until(Duration::from_secs(180), "webhooks missing", || async {
+        let got = hooks.bodies.lock().unwrap();
+        let missing = call_events
+            .iter()
+            .filter(|(id, _)| !got.contains_key(&id.to_string()))
+            .count();
+        (missing == 0)
+            .then_some(())
+            .ok_or(format!("{missing} of {} not delivered", call_events.len()))
+    })
+    .await;
+    let got = hooks.bodies.lock().unwrap();
+    let mut redelivered = 0;
+    for (id, event_type) in &call_events {
+        let bodies = &got[&id.to_string()];
+        redelivered += bodies.len() - 1;
+        assert!(
+            bodies.iter().all(|b| b == &bodies[0]),
+            "event {id} delivered with different bodies"
+        );
+        let v: Value = serde_json::from_slice(&bodies[0]).unwrap();
+        assert!(
+            v.to_string().contains(event_type.as_str()),
+            "event {id}: body {v} is not a {event_type}"
+        );
+    }
+    println!(
+        "invariants hold: {} commands ({} retried requests), {} calls, {} answered and charged, \
+         {} events, {} call webhooks ({} delivered more than once); checked in {:?}",
+        load.n,
+        load.retries.load(SeqCst),
+        expected.len(),
+        answered.len(),
+        log.len(),
+        call_events.len(),
+        redelivered,
+        t0.elapsed()
+    );
+}
+
+/// Sets up customers with a webhook and a load; returns them.
+async fn setup(env: &Env) -> (Arc<Load>, Hooks) {
+    let (url, hooks) = hook_receiver().await;
+    let cs = customers(env, &url, 4).await;
+    (Load::new(env, cs, commands()), hooks)
+}
+
+#[tokio::test]
+async fn kill_9_during_a_command_load_loses_and_doubles_nothing() {
+    let mut env = Env::start().await;
+    let (load, hooks) = setup(&env).await;
+    let workers = load.start();
+    for at in [0.3, 0.65] {
+        load.reached(at).await;
+        env.platform.kill();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        env.platform = env.spawn_platform().await;
+        load.set_base(env.platform.url());
+    }
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}
+
+/// Waits until `/readyz` says `ready` = `want` (and, when not ready, names `dependency`).
+async fn wait_ready(env: &Env, want: bool, dependency: &str) {
+    until(Duration::from_secs(30), "readiness", || async {
+        let (s, v) = env.req(reqwest::Method::GET, "/readyz", None, None).await;
+        let ok = if want {
+            s == 200 && v["ready"] == true
+        } else {
+            s == 503 && v["ready"] == false && v[dependency] == false
+        };
+        ok.then_some(()).ok_or(format!("{s} {v}"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nats_down_for_30_s_during_a_load_loses_nothing() {
+    let mut env = Env::start().await;
+    let (load, hooks) = setup(&env).await;
+    let workers = load.start();
+    load.reached(0.2).await;
+    env.nats.stop();
+    wait_ready(&env, false, "nats").await;
+    let before = load.acked.load(SeqCst);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Commands go on being accepted: the log is in Postgres, publishing catches up later.
+    assert!(
+        load.acked.load(SeqCst) > before || load.acked.load(SeqCst) == load.n,
+        "commands stopped while NATS was down"
+    );
+    env.nats.resume();
+    wait_ready(&env, true, "").await;
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}
+
+#[tokio::test]
+async fn redis_stopped_and_restarted_during_a_load_loses_nothing() {
+    let mut env = Env::start().await;
+    let (load, hooks) = setup(&env).await;
+    let workers = load.start();
+    load.reached(0.25).await;
+    env.redis.stop();
+    wait_ready(&env, false, "redis").await;
+    // Reads fall back to Postgres meanwhile.
+    let (s, v) = get(&env, "/v1.0/calls?page_size=5", &load.customers[0].token).await;
+    assert_eq!(s, 200, "{v}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.redis.resume();
+    wait_ready(&env, true, "").await;
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}
+
+#[tokio::test]
+async fn postgres_crash_and_restart_during_a_load_loses_nothing() {
+    let pg = PgCluster::start();
+    let env = Env::start_on(&[], Some(pg)).await;
+    let (load, hooks) = setup(&env).await;
+    let workers = load.start();
+    load.reached(0.3).await;
+    let pg = env.pg.as_ref().unwrap();
+    pg.crash();
+    wait_ready(&env, false, "postgres").await;
+    // Commands are refused as unavailable (503, retried by the client), never a 500.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.resume();
+    wait_ready(&env, true, "").await;
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}

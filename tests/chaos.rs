@@ -549,8 +549,14 @@ async fn postgres_crash_and_restart_during_a_load_loses_nothing() {
     let pg = env.pg.as_ref().unwrap();
     pg.crash();
     wait_ready(&env, false, "postgres").await;
-    // Commands are refused as unavailable (503, retried by the client), never a 500.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Commands wait for the pool (5 s), then are refused as unavailable (503, retried by the
+    // client), never a 500 (`Load::send` asserts that).
+    let before = load.retries.load(SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        load.retries.load(SeqCst) > before,
+        "no client saw the outage"
+    );
     pg.resume();
     wait_ready(&env, true, "").await;
     join(workers).await;

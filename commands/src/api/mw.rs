@@ -122,7 +122,8 @@ const IN_PROGRESS_TIMEOUT_SECS: i64 = 10;
 
 /// `Idempotency-Key` on POST: the same key and request within 24 h returns the first
 /// response (marked `Idempotent-Replayed: true`); the same key with another request is 422;
-/// while the first is still running, 409. 5xx responses are not kept (the retry runs again).
+/// while the first is still running, 409. 5xx responses are not kept (the retry runs again,
+/// with the same seed).
 /// A retry of a request whose process died before answering runs it again with the same seed
 /// (see [`super::reexec`]): whatever the first attempt committed is committed once.
 pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -196,11 +197,18 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     let (rparts, rbody) = resp.into_parts();
     let rbytes = to_bytes(rbody, 4 * 1024 * 1024).await.unwrap_or_default();
     let store = if status.is_server_error() {
-        sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2")
-            .bind(&scope)
-            .bind(&key)
-            .execute(&state.pool)
-            .await
+        // Not kept, but not forgotten either: some of the request's commands may have been
+        // committed before it failed, so the retry must run with the same seed. Marking the
+        // attempt abandoned lets the next retry take it over at once.
+        sqlx::query(
+            "UPDATE idempotency_keys SET created_at = now() - make_interval(secs => $3) \
+             WHERE scope = $1 AND key = $2",
+        )
+        .bind(&scope)
+        .bind(&key)
+        .bind((IN_PROGRESS_TIMEOUT_SECS + 1) as f64)
+        .execute(&state.pool)
+        .await
     } else {
         sqlx::query("UPDATE idempotency_keys SET status_code = $3, response = $4 WHERE scope = $1 AND key = $2")
             .bind(&scope)

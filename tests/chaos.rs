@@ -197,8 +197,9 @@ impl Load {
                         ["1000", "1000", "1000", "1000", "0486", "0487", "0404"][(i + j) % 7];
                     format!("+1555{:06}{suffix}", (i * 2 + j) % 1_000_000)
                 };
-                let destinations: Vec<String> =
-                    (0..1 + usize::from(i % 3 == 0)).map(dest).collect();
+                let destinations: Vec<String> = (0..1 + usize::from(i.is_multiple_of(3)))
+                    .map(dest)
+                    .collect();
                 (
                     "/v1.0/calls".to_string(),
                     json!({"source": "+15550001000", "destinations": destinations,

@@ -22,6 +22,17 @@ pub struct AllArgs {
     /// Redis URL for the baseline.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Postgres server (without database) for the INSERT baseline.
+    #[arg(
+        long,
+        env = "VBIN_BENCH_PG",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    pub pg: String,
+    /// Also write the summary into this markdown file, between the lines
+    /// `<!-- bench-all:begin -->` and `<!-- bench-all:end -->` (docs/benchmarks.md).
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
 }
 
 /// The benchmarks and their arguments (full, quick).
@@ -85,6 +96,7 @@ pub async fn run(a: &AllArgs) -> anyhow::Result<()> {
         }
     }
     let baselines = json!({
+        "pg_inserts_per_sec": pg_inserts(&a.pg).await.ok(),
         "redis_get_per_sec": redis_gets(&a.redis_url).await.ok(),
         "noop_http_requests_per_sec": noop_http().await.ok(),
     });
@@ -102,6 +114,10 @@ pub async fn run(a: &AllArgs) -> anyhow::Result<()> {
     )?;
     std::fs::write(a.out.join("report.md"), markdown(&report))?;
     println!("{}", markdown(&report));
+    if let Some(docs) = &a.docs {
+        write_docs(docs, &summary(&report))?;
+        eprintln!("summary written into {}", docs.display());
+    }
     if !failed.is_empty() {
         bail!("benchmarks failed: {failed:?}");
     }
@@ -150,26 +166,226 @@ fn figures(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     }
 }
 
-fn markdown(r: &Value) -> String {
+/// One headline figure of a benchmark beside its same-run baseline.
+struct Headline {
+    figure: String,
+    value: Option<f64>,
+    baseline: &'static str,
+    baseline_value: Option<f64>,
+}
+
+/// The figures that matter of each benchmark, each with the baseline it is judged against:
+/// the benchmark's own (measured inside it, in the same process and run) or one of the common
+/// baselines of this report.
+fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
+    let f = |k: &str| v[k].as_f64();
+    let h = |figure: &str, value, baseline, baseline_value| Headline {
+        figure: figure.to_string(),
+        value,
+        baseline,
+        baseline_value,
+    };
+    match name {
+        "commands" => vec![
+            h(
+                "commands/s",
+                f("commands_per_sec"),
+                "raw Postgres INSERT/s",
+                f("baseline_pg_inserts_per_sec"),
+            ),
+            h(
+                "command p99 ms",
+                f("command_p99_ms"),
+                "raw INSERT p99 ms",
+                f("baseline_insert_p99_ms"),
+            ),
+            h(
+                "commands/s",
+                f("commands_per_sec"),
+                "no-op HTTP requests/s",
+                common["noop_http_requests_per_sec"].as_f64(),
+            ),
+        ],
+        "lag" => vec![h(
+            &format!(
+                "write-to-read lag p99 ms at {} commands/s",
+                v["offered_commands_per_sec"]
+            ),
+            f("lag_p99_ms"),
+            "target p99 ms",
+            f("target_p99_ms"),
+        )],
+        "replay" => vec![h(
+            "replayed events/s",
+            f("replay_events_per_sec"),
+            "COPY of the log, events/s",
+            f("baseline_copy_events_per_sec"),
+        )],
+        "campaign" => vec![h(
+            "campaign calls dialed/s",
+            f("calls_dialed_per_sec"),
+            "raw Postgres INSERT/s",
+            f("baseline_pg_inserts_per_sec"),
+        )],
+        "webhooks" => vec![
+            h(
+                "signed deliveries/s",
+                f("deliveries_per_sec"),
+                "raw HTTP POST/s to the same receiver",
+                f("baseline_http_posts_per_sec"),
+            ),
+            h(
+                "dispatch delay p99 ms",
+                f("dispatch_delay_p99_ms"),
+                "",
+                None,
+            ),
+        ],
+        "ws" => v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| {
+                let c = &r["connections"];
+                [
+                    h(
+                        &format!("pushes/s, {c} connections"),
+                        r["pushes_per_sec"].as_f64(),
+                        "bare broadcast server pushes/s",
+                        r["baseline_pushes_per_sec"].as_f64(),
+                    ),
+                    h(
+                        &format!("push p99 ms, {c} connections"),
+                        r["latency_p99_ms"].as_f64(),
+                        "bare broadcast server p99 ms",
+                        r["baseline_latency_p99_ms"].as_f64(),
+                    ),
+                ]
+            })
+            .collect(),
+        "media" => vec![
+            h(
+                "G.711 µ-law encode, G samples/s",
+                v["g711"]["ulaw_encode_gsamples_per_sec"].as_f64(),
+                "memcpy of samples, G/s",
+                v["g711"]["baseline_copy_gsamples_per_sec"].as_f64(),
+            ),
+            h(
+                "8->16 kHz resampling, real-time streams per core",
+                v["resample"]["realtime_streams_per_core"].as_f64(),
+                "",
+                None,
+            ),
+            h(
+                "AudioSocket real-time sessions per core",
+                v["audiosocket_server"]["realtime_sessions_per_core"].as_f64(),
+                "",
+                None,
+            ),
+        ],
+        "stt" => vec![h("word error rate", f("wer"), "", None)],
+        _ => vec![],
+    }
+}
+
+fn num(x: Option<f64>) -> String {
+    match x {
+        None => "—".into(),
+        Some(x) if x.abs() >= 100.0 => {
+            let s = format!("{:.0}", x);
+            let (sign, digits) = s.split_at(usize::from(s.starts_with('-')));
+            let mut out = String::new();
+            for (i, ch) in digits.chars().enumerate() {
+                if i > 0 && (digits.len() - i) % 3 == 0 {
+                    out.push(',');
+                }
+                out.push(ch);
+            }
+            format!("{sign}{out}")
+        }
+        Some(x) => format!("{}", (x * 1000.0).round() / 1000.0),
+    }
+}
+
+/// The headline table: every benchmark's figures beside their same-run baselines and ratios,
+/// with the command that produced them.
+fn summary(r: &Value) -> String {
+    let b = &r["baselines"];
     let mut md = format!(
-        "# vbin benchmark report\n\n{} on {} CPUs ({}){}.\n\n## Baselines (same run)\n\n",
+        "Generated by `vbin bench all{}` on {} ({} CPUs, {}). Common baselines of this run: \
+         raw Postgres INSERT {} /s, Redis GET {} /s, no-op HTTP handler {} requests/s \
+         (16 clients each).\n\n\
+         | Benchmark | Figure | Value | Same-run baseline | Baseline | Ratio |\n|---|---|---|---|---|---|\n",
+        if r["quick"] == json!(true) { " --quick" } else { "" },
         r["date"].as_str().unwrap_or(""),
         r["machine"]["cpus"],
         r["machine"]["cpu"].as_str().unwrap_or(""),
-        if r["quick"] == json!(true) {
-            ", quick sizes"
-        } else {
-            ""
+        num(b["pg_inserts_per_sec"].as_f64()),
+        num(b["redis_get_per_sec"].as_f64()),
+        num(b["noop_http_requests_per_sec"].as_f64()),
+    );
+    let empty = Map::new();
+    let benches = r["benchmarks"].as_object().unwrap_or(&empty);
+    for (name, v) in benches {
+        for h in headlines(name, v, b) {
+            let ratio = match (h.value, h.baseline_value) {
+                (Some(x), Some(y)) if y != 0.0 => Some(x / y),
+                _ => None,
+            };
+            md += &format!(
+                "| {name} | {} | {} | {} | {} | {} |\n",
+                h.figure,
+                num(h.value),
+                if h.baseline.is_empty() {
+                    "—"
+                } else {
+                    h.baseline
+                },
+                num(h.baseline_value),
+                ratio
+                    .map(|x| format!("{x:.3}"))
+                    .unwrap_or_else(|| "—".into()),
+            );
         }
-    );
-    md += &format!(
-        "| Redis GET/s (16 clients) | No-op HTTP requests/s (16 clients) |\n|---|---|\n| {} | {} |\n",
-        r["baselines"]["redis_get_per_sec"], r["baselines"]["noop_http_requests_per_sec"]
-    );
+    }
+    md += "\nCommands (each benchmark ran in its own process, release build):\n\n";
+    for (name, v) in benches {
+        md += &format!(
+            "- {name}: `{}` ({} s)\n",
+            v["command"].as_str().unwrap_or(""),
+            v["seconds"]
+        );
+    }
+    if let Some(f) = r["failed"].as_array().filter(|f| !f.is_empty()) {
+        md += &format!("\nFailed: {f:?}\n");
+    }
+    md
+}
+
+const BEGIN: &str = "<!-- bench-all:begin -->";
+const END: &str = "<!-- bench-all:end -->";
+
+/// Replaces the text between the markers in `path` with `summary`.
+fn write_docs(path: &std::path::Path, summary: &str) -> anyhow::Result<()> {
+    let doc = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let (Some(b), Some(e)) = (doc.find(BEGIN), doc.find(END)) else {
+        bail!("{} lacks the lines {BEGIN} and {END}", path.display());
+    };
+    if e < b {
+        bail!("{}: {END} before {BEGIN}", path.display());
+    }
+    let out = format!("{}{BEGIN}\n{summary}{}", &doc[..b], &doc[e..]);
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+fn markdown(r: &Value) -> String {
+    let mut md = format!("# vbin benchmark report\n\n{}", summary(r));
+    md += "\n## Every figure\n";
     if let Some(b) = r["benchmarks"].as_object() {
         for (name, v) in b {
             md += &format!(
-                "\n## {name}\n\n`{}` ({} s)\n\n| Figure | Value |\n|---|---|\n",
+                "\n### {name}\n\n`{}` ({} s)\n\n| Figure | Value |\n|---|---|\n",
                 v["command"].as_str().unwrap_or(""),
                 v["seconds"]
             );
@@ -180,10 +396,20 @@ fn markdown(r: &Value) -> String {
             }
         }
     }
-    if let Some(f) = r["failed"].as_array().filter(|f| !f.is_empty()) {
-        md += &format!("\nFailed: {f:?}\n");
-    }
     md
+}
+
+/// Raw single-row INSERTs per second by 16 clients for 3 s, on a throwaway database.
+async fn pg_inserts(server: &str) -> anyhow::Result<f64> {
+    let db = format!("vbin_bench_baseline_{}", std::process::id());
+    let url = format!("{}/{db}", server.trim_end_matches('/'));
+    vbin_migrations::connect_and_migrate(&url, 1)
+        .await?
+        .close()
+        .await;
+    let load = super::pg_insert_baseline(&url, 16, Duration::from_secs(3)).await;
+    super::drop_database(server, &db).await;
+    Ok(super::rate(&load?).round())
 }
 
 /// GETs per second of one key by 16 clients for 3 s.

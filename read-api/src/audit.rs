@@ -11,13 +11,13 @@
 //! 404, whether it does not exist or belongs to someone else.
 
 use crate::{page_body, Page, ReadState};
-use axum::extract::{Extension, Query};
+use axum::extract::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
 use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::CustomerCaller;
+use vbin_commands::api::extract::{CustomerCaller, Query};
 use vbin_commands::log::{published_from_row, EVENT_COLUMNS};
 use vbin_event_schema::Permission;
 

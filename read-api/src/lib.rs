@@ -13,7 +13,7 @@
 
 pub mod audit;
 
-use axum::extract::{Extension, Query};
+use axum::extract::Extension;
 use axum::routing::get;
 use axum::Router;
 use base64::Engine;
@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::{CustomerAdmin, CustomerCaller, Path};
+use vbin_commands::api::extract::{CustomerAdmin, CustomerCaller, Path, Query};
 use vbin_commands::api::AppState;
 use vbin_projections::cache::{Cache, CacheError, CachedRow};
 

@@ -2,7 +2,7 @@
 //! and recover every failed delivery since a time. Customer admins only (webhook settings
 //! are theirs).
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::{CustomerAdmin, Json, Path};
+use vbin_commands::api::extract::{CustomerAdmin, Json, Path, Query};
 use vbin_commands::api::AppState;
 use vbin_read_api::{page_body, Page};
 

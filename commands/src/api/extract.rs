@@ -17,6 +17,12 @@ impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     }
 }
 
+/// `axum::extract::Query` with envelope errors: a malformed or repeated parameter is a 400
+/// JSON error like any other bad input (axum's own rejection is plain text).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
 /// `axum::extract::Path` with envelope errors.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]

@@ -2,14 +2,81 @@
 
 use super::error::ApiError;
 use crate::auth::Caller;
-use axum::extract::{FromRequest, FromRequestParts};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
 use vbin_event_schema::{CustomerId, Permission};
 
-/// `axum::Json` with envelope errors.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` with envelope errors, refusing strings that contain U+0000.
+///
+/// Postgres stores neither a NUL character in `text` nor the `\u0000` escape in `jsonb`, so such
+/// a string would fail at the database (a 503 for what is the client's mistake); it is refused
+/// here with a 400 instead, wherever it is in the body (a value or an object key).
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected request with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                let (status, reason) = match r.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => (r.status(), "payload_too_large"),
+                    _ => (StatusCode::BAD_REQUEST, "invalid_argument"),
+                };
+                ApiError::new(status, reason, r.body_text())
+            })?;
+        if has_nul_escape(&bytes) {
+            return Err(ApiError::invalid(
+                "strings must not contain the NUL character (\\u0000)",
+            ));
+        }
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
+        Ok(Json(value))
+    }
+}
+
+/// `application/json` or `application/<anything>+json` (what `axum::Json` accepts).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    let Some((kind, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    let sub = sub.to_ascii_lowercase();
+    kind.eq_ignore_ascii_case("application") && (sub == "json" || sub.ends_with("+json"))
+}
+
+/// Whether a JSON text holds the escape `\u0000` (a raw NUL byte is not valid JSON anyway).
+/// Backslashes only occur in strings, each starting an escape, so a pair is skipped whole:
+/// `\\u0000` is a backslash followed by the text `u0000`, not a NUL.
+fn has_nul_escape(json: &[u8]) -> bool {
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] == b'\\' {
+            if json[i + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     fn into_response(self) -> axum::response::Response {
@@ -94,5 +161,46 @@ impl<S: Send + Sync> FromRequestParts<S> for CustomerAdmin {
             return Err(ApiError::forbidden("admin permission required"));
         }
         Ok(CustomerAdmin(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_escapes_are_found_only_where_they_are() {
+        for (json, nul) in [
+            (r#"{"a":"x\u0000"}"#, true),
+            (r#"{"\u0000":1}"#, true),
+            (r#"["\\\u0000"]"#, true),
+            (r#"{"a":"\\u0000"}"#, false),
+            (r#"{"a":"\u00001"}"#, true),
+            (r#"{"a":"\u0001"}"#, false),
+            (r#"{"a":"u0000"}"#, false),
+            (r#"{"a":"\""}"#, false),
+            ("\\", false),
+        ] {
+            assert_eq!(has_nul_escape(json.as_bytes()), nul, "{json}");
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        for (ct, ok) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("application/vnd.api+json", true),
+            ("text/json", false),
+            ("application/jsonx", false),
+            ("text/plain", false),
+            ("", false),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, ct.parse().unwrap());
+            assert_eq!(json_content_type(&h), ok, "{ct}");
+        }
+        assert!(!json_content_type(&HeaderMap::new()));
     }
 }

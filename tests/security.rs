@@ -256,6 +256,44 @@ async fn forged_expired_and_revoked_credentials_are_refused() {
             .0,
         401
     );
+    // An expired access key is refused. Its lifetime is at least 60 s, so its expiry is moved
+    // into the past in the table the authentication reads (before its first use: nothing of it
+    // is cached yet) rather than waiting.
+    let k = created(
+        &env,
+        "/v1.0/accesskeys",
+        &tok,
+        json!({"name": "short", "expire_sec": 60}),
+    )
+    .await;
+    let t = std::time::Instant::now();
+    loop {
+        let n = sqlx::query(
+            "UPDATE auth_access_keys SET expire_at = now() - interval '1 second' WHERE key_id = $1",
+        )
+        .bind(id_of(&k).parse::<uuid::Uuid>().unwrap())
+        .execute(&env.pool)
+        .await
+        .unwrap()
+        .rows_affected();
+        if n == 1 {
+            break;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "key row");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (s, v) = env
+        .req(
+            Method::GET,
+            "/v1.0/calls",
+            Some(k["token"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["reason"].as_str()),
+        (401, Some("unauthenticated"))
+    );
     // An oversized body is refused before it is read whole.
     let big = json!({"source": "+15550001000", "destinations": ["+15550002000"],
                      "variables": {"x": "y".repeat(200_000)}});

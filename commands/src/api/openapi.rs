@@ -178,7 +178,9 @@ mod tests {
         let mut ids = BTreeSet::new();
         for (path, item) in spec["paths"].as_object().unwrap() {
             for (m, op) in item.as_object().unwrap() {
-                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{m} {path}"));
+                let id = op["operationId"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{m} {path}"));
                 assert!(ids.insert(id.to_string()), "duplicate operationId {id}");
                 let responses = op["responses"].as_object().unwrap();
                 assert!(
@@ -194,7 +196,9 @@ mod tests {
                 for seg in path.split('/').filter(|s| s.starts_with('{')) {
                     let name = &seg[1..seg.len() - 1];
                     assert!(
-                        params.iter().any(|p| p["in"] == "path" && p["name"] == name),
+                        params
+                            .iter()
+                            .any(|p| p["in"] == "path" && p["name"] == name),
                         "{m} {path}: path parameter {name} not declared"
                     );
                 }

@@ -42,7 +42,8 @@ pub async fn require_funds(pool: &PgPool, customer: CustomerId) -> Result<(), Ap
 /// `POST /v1.0/customers/{id}/balance_add` body.
 #[derive(Deserialize)]
 pub struct BalanceAdd {
-    amount_micros: i64,
+    /// Micros to add (the billing account checks the range).
+    pub amount_micros: i64,
 }
 
 /// `POST /v1.0/customers/{id}/balance_add` (platform admin) -> the billing account.
@@ -62,7 +63,8 @@ pub async fn balance_add(
 /// `PUT /v1.0/customers/{id}/billing_account` body.
 #[derive(Deserialize)]
 pub struct SetRate {
-    rate_micros_per_minute: i64,
+    /// The new rate (the billing account checks the range).
+    pub rate_micros_per_minute: i64,
 }
 
 /// `PUT /v1.0/customers/{id}/billing_account` (platform admin): the per-minute rate.

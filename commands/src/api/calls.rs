@@ -107,6 +107,38 @@ pub(crate) fn check_variables(vars: &Map<String, Value>) -> Result<(), ApiError>
     Ok(())
 }
 
+/// A validated `POST /v1.0/calls` body.
+#[derive(Debug)]
+pub struct ValidCalls {
+    /// Caller id.
+    pub source: E164,
+    /// 1 to [`MAX_DESTINATIONS`] numbers, one call each.
+    pub destinations: Vec<E164>,
+    /// Scalar variables.
+    pub variables: Map<String, Value>,
+    /// 1000 to 300000 (default [`DEFAULT_DIAL_TIMEOUT_MS`]).
+    pub dial_timeout_ms: u32,
+}
+
+impl CreateCalls {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidCalls, ApiError> {
+        let source = self.source.parse("source")?;
+        let destinations = parse_destinations(&self.destinations, MAX_DESTINATIONS)?;
+        check_variables(&self.variables)?;
+        let dial_timeout_ms = self.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS);
+        if !(1_000..=300_000).contains(&dial_timeout_ms) {
+            return Err(ApiError::invalid("dial_timeout_ms must be 1000 to 300000"));
+        }
+        Ok(ValidCalls {
+            source,
+            destinations,
+            variables: self.variables,
+            dial_timeout_ms,
+        })
+    }
+}
+
 /// `POST /v1.0/calls` -> `{"calls":[call...]}`: one call per destination, each dialed by the
 /// carrier as soon as its `call_created` event is published.
 pub async fn create_calls(
@@ -114,13 +146,12 @@ pub async fn create_calls(
     c: CustomerCaller,
     Json(b): Json<CreateCalls>,
 ) -> Result<Json<Value>, ApiError> {
-    let source = b.source.parse("source")?;
-    let destinations = parse_destinations(&b.destinations, MAX_DESTINATIONS)?;
-    check_variables(&b.variables)?;
-    let dial_timeout_ms = b.dial_timeout_ms.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS);
-    if !(1_000..=300_000).contains(&dial_timeout_ms) {
-        return Err(ApiError::invalid("dial_timeout_ms must be 1000 to 300000"));
-    }
+    let ValidCalls {
+        source,
+        destinations,
+        variables,
+        dial_timeout_ms,
+    } = b.validate()?;
     super::billing::require_funds(&s.pool, c.customer_id).await?;
     let meta = s.meta(&c.caller, c.customer_id);
     let mut calls = Vec::with_capacity(destinations.len());
@@ -132,7 +163,7 @@ pub async fn create_calls(
                 customer_id: c.customer_id,
                 source: source.clone(),
                 destination,
-                variables: b.variables.clone(),
+                variables: variables.clone(),
                 dial_timeout_ms,
                 campaign_id: None,
             },

@@ -18,6 +18,7 @@ use vbin_domain::{
 };
 use vbin_event_schema::{
     CampaignId, CampaignStatus, CustomerId, EndHandle, OutdialId, OutplanId, QueueId, TargetId,
+    E164,
 };
 
 /// Most calls a campaign may keep in flight.
@@ -78,21 +79,50 @@ fn one() -> u32 {
     1
 }
 
+/// A validated `POST /v1.0/outplans` body.
+#[derive(Debug)]
+pub struct ValidOutplan {
+    /// Label (at most 200 characters, no control characters).
+    pub name: String,
+    /// Caller id.
+    pub source: E164,
+    /// 1000 to 300000.
+    pub dial_timeout_ms: u32,
+    /// 0 to 86400000.
+    pub try_interval_ms: u32,
+    /// 1 to 10.
+    pub max_try_count: u32,
+}
+
+impl CreateOutplan {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidOutplan, ApiError> {
+        check_name(&self.name)?;
+        Ok(ValidOutplan {
+            source: self.source.parse("source")?,
+            dial_timeout_ms: in_range("dial_timeout_ms", self.dial_timeout_ms, 1_000, 300_000)?,
+            try_interval_ms: in_range("try_interval_ms", self.try_interval_ms, 0, 86_400_000)?,
+            max_try_count: in_range("max_try_count", self.max_try_count, 1, 10)?,
+            name: self.name,
+        })
+    }
+}
+
 /// `POST /v1.0/outplans` -> the outplan.
 pub async fn create_outplan(
     State(s): State<AppState>,
     c: CustomerCaller,
     Json(b): Json<CreateOutplan>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name(&b.name)?;
+    let b = b.validate()?;
     let plan = NewOutplan {
         outplan_id: OutplanId(super::reexec::new_id()),
         customer_id: c.customer_id,
         name: b.name,
-        source: b.source.parse("source")?,
-        dial_timeout_ms: in_range("dial_timeout_ms", b.dial_timeout_ms, 1_000, 300_000)?,
-        try_interval_ms: in_range("try_interval_ms", b.try_interval_ms, 0, 86_400_000)?,
-        max_try_count: in_range("max_try_count", b.max_try_count, 1, 10)?,
+        source: b.source,
+        dial_timeout_ms: b.dial_timeout_ms,
+        try_interval_ms: b.try_interval_ms,
+        max_try_count: b.max_try_count,
     };
     let id = plan.outplan_id.as_uuid();
     let cmd = OutplanCommand::Create {
@@ -114,18 +144,26 @@ pub struct CreateOutdial {
     name: String,
 }
 
+impl CreateOutdial {
+    /// The handler's checks, without I/O: the name.
+    pub fn validate(self) -> Result<String, ApiError> {
+        check_name(&self.name)?;
+        Ok(self.name)
+    }
+}
+
 /// `POST /v1.0/outdials` -> the outdial.
 pub async fn create_outdial(
     State(s): State<AppState>,
     c: CustomerCaller,
     Json(b): Json<CreateOutdial>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name(&b.name)?;
+    let name = b.validate()?;
     let id = OutdialId(super::reexec::new_id());
     let cmd = OutdialCommand::Create {
         outdial_id: id,
         customer_id: c.customer_id,
-        name: b.name,
+        name,
         at: Utc::now(),
     };
     let meta = s.meta(&c.caller, c.customer_id);
@@ -144,6 +182,27 @@ pub struct CreateTarget {
     variables: Map<String, Value>,
 }
 
+/// A validated `POST /v1.0/outdials/{id}/targets` body.
+#[derive(Debug)]
+pub struct ValidTarget {
+    /// 1 to [`MAX_TARGET_DESTINATIONS`] numbers, tried in order.
+    pub destinations: Vec<E164>,
+    /// Scalar variables.
+    pub variables: Map<String, Value>,
+}
+
+impl CreateTarget {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidTarget, ApiError> {
+        let destinations = parse_destinations(&self.destinations, MAX_TARGET_DESTINATIONS)?;
+        check_variables(&self.variables)?;
+        Ok(ValidTarget {
+            destinations,
+            variables: self.variables,
+        })
+    }
+}
+
 /// `POST /v1.0/outdials/{id}/targets` -> the target (pending).
 pub async fn create_target(
     State(s): State<AppState>,
@@ -151,8 +210,10 @@ pub async fn create_target(
     Path(outdial): Path<Uuid>,
     Json(b): Json<CreateTarget>,
 ) -> Result<Json<Value>, ApiError> {
-    let destinations = parse_destinations(&b.destinations, MAX_TARGET_DESTINATIONS)?;
-    check_variables(&b.variables)?;
+    let ValidTarget {
+        destinations,
+        variables,
+    } = b.validate()?;
     require::<Outdial>(&s, outdial, c.customer_id, "outdial").await?;
     let id = TargetId(super::reexec::new_id());
     let cmd = TargetCommand::Create {
@@ -160,7 +221,7 @@ pub async fn create_target(
         outdial_id: OutdialId(outdial),
         customer_id: c.customer_id,
         destinations,
-        variables: b.variables,
+        variables,
         at: Utc::now(),
     };
     let meta = s.meta(&c.caller, c.customer_id);
@@ -186,20 +247,60 @@ pub struct CreateCampaign {
     max_concurrent_calls: Option<u32>,
 }
 
+/// A validated `POST /v1.0/campaigns` body (the referenced resources are checked by the
+/// handler).
+#[derive(Debug)]
+pub struct ValidCampaign {
+    /// Label.
+    pub name: String,
+    /// Dial policy.
+    pub outplan_id: Uuid,
+    /// Targets.
+    pub outdial_id: Uuid,
+    /// What to do when no target is left.
+    pub end_handle: EndHandle,
+    /// 1 to 1000 (default 100).
+    pub service_level: u32,
+    /// Queue for answered calls.
+    pub queue_id: Option<Uuid>,
+    /// Campaign to start after this one.
+    pub next_campaign_id: Option<Uuid>,
+    /// 1 to [`MAX_CONCURRENT_CALLS`] (default [`DEFAULT_CONCURRENT_CALLS`]).
+    pub max_concurrent_calls: u32,
+}
+
+impl CreateCampaign {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidCampaign, ApiError> {
+        check_name(&self.name)?;
+        let service_level = in_range("service_level", self.service_level.unwrap_or(100), 1, 1000)?;
+        let max_concurrent_calls = in_range(
+            "max_concurrent_calls",
+            self.max_concurrent_calls
+                .unwrap_or(DEFAULT_CONCURRENT_CALLS),
+            1,
+            MAX_CONCURRENT_CALLS,
+        )?;
+        Ok(ValidCampaign {
+            name: self.name,
+            outplan_id: self.outplan_id,
+            outdial_id: self.outdial_id,
+            end_handle: self.end_handle,
+            service_level,
+            queue_id: self.queue_id,
+            next_campaign_id: self.next_campaign_id,
+            max_concurrent_calls,
+        })
+    }
+}
+
 /// `POST /v1.0/campaigns` -> the campaign (pending).
 pub async fn create_campaign(
     State(s): State<AppState>,
     c: CustomerCaller,
     Json(b): Json<CreateCampaign>,
 ) -> Result<Json<Value>, ApiError> {
-    check_name(&b.name)?;
-    let service_level = in_range("service_level", b.service_level.unwrap_or(100), 1, 1000)?;
-    let max_concurrent_calls = in_range(
-        "max_concurrent_calls",
-        b.max_concurrent_calls.unwrap_or(DEFAULT_CONCURRENT_CALLS),
-        1,
-        MAX_CONCURRENT_CALLS,
-    )?;
+    let b = b.validate()?;
     require::<Outplan>(&s, b.outplan_id, c.customer_id, "outplan").await?;
     require::<Outdial>(&s, b.outdial_id, c.customer_id, "outdial").await?;
     if let Some(queue) = b.queue_id {
@@ -217,10 +318,10 @@ pub async fn create_campaign(
             outplan_id: OutplanId(b.outplan_id),
             outdial_id: OutdialId(b.outdial_id),
             end_handle: b.end_handle,
-            service_level,
+            service_level: b.service_level,
             queue_id: b.queue_id.map(QueueId),
             next_campaign_id: b.next_campaign_id.map(CampaignId),
-            max_concurrent_calls,
+            max_concurrent_calls: b.max_concurrent_calls,
         },
         at: Utc::now(),
     };
@@ -235,7 +336,8 @@ pub async fn create_campaign(
 /// `PUT /v1.0/campaigns/{id}/status` body.
 #[derive(Deserialize)]
 pub struct SetStatus {
-    status: CampaignStatus,
+    /// `running` or `stopped` (the campaign refuses the others).
+    pub status: CampaignStatus,
 }
 
 /// `PUT /v1.0/campaigns/{id}/status` `{status: running|stopped}` -> the campaign.

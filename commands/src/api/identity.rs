@@ -66,8 +66,12 @@ fn check_webhook_uri(u: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn check_password(p: &str) -> Result<(), ApiError> {
+    check_len("password", p, 8, 256)
+}
+
+/// Hashes a password already checked by [`check_password`].
 async fn hash_password(password: String) -> Result<String, ApiError> {
-    check_len("password", &password, 8, 256)?;
     tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
         .map_err(|e| ApiError::internal("password hashing task failed", e))?
@@ -89,6 +93,47 @@ pub struct CreateCustomer {
     rate_micros_per_minute: Option<i64>,
 }
 
+/// A validated `POST /v1.0/customers` body (the amounts are checked by the billing account).
+#[derive(Debug)]
+pub struct ValidCustomer {
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// The first agent's login.
+    pub username: String,
+    /// Its password, 8 to 256 characters.
+    pub password: String,
+    /// Empty or an absolute http(s) URL.
+    pub webhook_uri: String,
+    /// Webhook method.
+    pub webhook_method: WebhookMethod,
+    /// Opening balance.
+    pub balance_micros: Micros,
+    /// Per-minute rate (default [`DEFAULT_RATE_MICROS_PER_MINUTE`]).
+    pub rate_micros_per_minute: Micros,
+}
+
+impl CreateCustomer {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidCustomer, ApiError> {
+        check_len("name", &self.name, 1, 200)?;
+        check_username(&self.username)?;
+        check_webhook_uri(&self.webhook_uri)?;
+        check_password(&self.password)?;
+        Ok(ValidCustomer {
+            name: self.name,
+            username: self.username,
+            password: self.password,
+            webhook_uri: self.webhook_uri,
+            webhook_method: self.webhook_method,
+            balance_micros: Micros(self.balance_micros),
+            rate_micros_per_minute: Micros(
+                self.rate_micros_per_minute
+                    .unwrap_or(DEFAULT_RATE_MICROS_PER_MINUTE),
+            ),
+        })
+    }
+}
+
 /// `POST /v1.0/customers` (platform admin): the customer, its first (admin) agent and its
 /// billing account. The account is opened first: should the customer then fail (a taken
 /// username), the orphan account belongs to an id nobody can use, whereas the reverse order
@@ -98,9 +143,7 @@ pub async fn create_customer(
     _: Admin,
     Json(b): Json<CreateCustomer>,
 ) -> Result<Json<Value>, ApiError> {
-    check_len("name", &b.name, 1, 200)?;
-    check_username(&b.username)?;
-    check_webhook_uri(&b.webhook_uri)?;
+    let b = b.validate()?;
     let customer_id = CustomerId(super::reexec::new_id());
     let agent = NewAgent {
         agent_id: AgentId(super::reexec::new_id()),
@@ -121,11 +164,8 @@ pub async fn create_customer(
     let meta = s.meta(&Caller::Admin, customer_id);
     let open = BillingCommand::Open {
         customer_id,
-        balance_micros: Micros(b.balance_micros),
-        rate_micros_per_minute: Micros(
-            b.rate_micros_per_minute
-                .unwrap_or(DEFAULT_RATE_MICROS_PER_MINUTE),
-        ),
+        balance_micros: b.balance_micros,
+        rate_micros_per_minute: b.rate_micros_per_minute,
         at: Utc::now(),
     };
     s.executor
@@ -145,6 +185,28 @@ pub struct Login {
     password: String,
 }
 
+/// A `POST /auth/login` body worth looking up.
+#[derive(Debug)]
+pub struct Credentials {
+    /// At most 64 bytes.
+    pub username: String,
+    /// At most 256 bytes.
+    pub password: String,
+}
+
+impl Login {
+    /// The handler's checks, without I/O: credentials that cannot exist are 401 at once.
+    pub fn validate(self) -> Result<Credentials, ApiError> {
+        if self.username.len() > 64 || self.password.len() > 256 {
+            return Err(ApiError::unauthenticated());
+        }
+        Ok(Credentials {
+            username: self.username,
+            password: self.password,
+        })
+    }
+}
+
 /// A hash of a random password: verifying against it when the user does not exist keeps the
 /// response time the same as for a wrong password (no username oracle).
 static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -156,9 +218,7 @@ pub async fn login(
     State(s): State<AppState>,
     Json(b): Json<Login>,
 ) -> Result<Json<Value>, ApiError> {
-    if b.username.len() > 64 || b.password.len() > 256 {
-        return Err(ApiError::unauthenticated());
-    }
+    let b = b.validate()?;
     if s.keys.login_blocked(&b.username) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -224,13 +284,33 @@ pub struct UpdateCustomer {
     webhook_method: WebhookMethod,
 }
 
+/// Validated webhook settings.
+#[derive(Debug)]
+pub struct WebhookSettings {
+    /// Empty or an absolute http(s) URL.
+    pub webhook_uri: String,
+    /// Webhook method.
+    pub webhook_method: WebhookMethod,
+}
+
+impl UpdateCustomer {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<WebhookSettings, ApiError> {
+        check_webhook_uri(&self.webhook_uri)?;
+        Ok(WebhookSettings {
+            webhook_uri: self.webhook_uri,
+            webhook_method: self.webhook_method,
+        })
+    }
+}
+
 /// `PUT /v1.0/customer`: webhook settings.
 pub async fn update_customer(
     State(s): State<AppState>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<UpdateCustomer>,
 ) -> Result<Json<Value>, ApiError> {
-    check_webhook_uri(&b.webhook_uri)?;
+    let b = b.validate()?;
     let cmd = CustomerCommand::Update {
         webhook_uri: b.webhook_uri,
         webhook_method: b.webhook_method,
@@ -266,7 +346,34 @@ pub struct CreateAccessKey {
 }
 
 /// Longest access key lifetime: ten years.
-const MAX_EXPIRE_SEC: i64 = 10 * 365 * 24 * 3600;
+pub const MAX_EXPIRE_SEC: i64 = 10 * 365 * 24 * 3600;
+
+/// A validated `POST /v1.0/accesskeys` body.
+#[derive(Debug)]
+pub struct ValidAccessKey {
+    /// Label, at most 200 characters.
+    pub name: String,
+    /// Lifetime, 60 to [`MAX_EXPIRE_SEC`]; none for a key that does not expire.
+    pub expire_sec: Option<i64>,
+}
+
+impl CreateAccessKey {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidAccessKey, ApiError> {
+        check_len("name", &self.name, 0, 200)?;
+        if let Some(e) = self.expire_sec {
+            if !(60..=MAX_EXPIRE_SEC).contains(&e) {
+                return Err(ApiError::invalid(format!(
+                    "expire_sec must be 60 to {MAX_EXPIRE_SEC}"
+                )));
+            }
+        }
+        Ok(ValidAccessKey {
+            name: self.name,
+            expire_sec: self.expire_sec,
+        })
+    }
+}
 
 /// `POST /v1.0/accesskeys`: returns the token once; only its hash is kept.
 pub async fn create_access_key(
@@ -274,14 +381,7 @@ pub async fn create_access_key(
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<CreateAccessKey>,
 ) -> Result<Json<Value>, ApiError> {
-    check_len("name", &b.name, 0, 200)?;
-    if let Some(e) = b.expire_sec {
-        if !(60..=MAX_EXPIRE_SEC).contains(&e) {
-            return Err(ApiError::invalid(format!(
-                "expire_sec must be 60 to {MAX_EXPIRE_SEC}"
-            )));
-        }
-    }
+    let b = b.validate()?;
     let token = auth::new_access_key();
     let key_id = AccessKeyId(super::reexec::new_id());
     let now = Utc::now();
@@ -326,22 +426,49 @@ pub struct CreateAgent {
     permission: Permission,
 }
 
+/// A validated `POST /v1.0/agents` body.
+#[derive(Debug)]
+pub struct ValidAgent {
+    /// Login name.
+    pub username: String,
+    /// 8 to 256 characters.
+    pub password: String,
+    /// Display name (the username if none was given).
+    pub name: String,
+    /// Permission.
+    pub permission: Permission,
+}
+
+impl CreateAgent {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidAgent, ApiError> {
+        check_username(&self.username)?;
+        check_len("name", &self.name, 0, 200)?;
+        check_password(&self.password)?;
+        Ok(ValidAgent {
+            name: if self.name.is_empty() {
+                self.username.clone()
+            } else {
+                self.name
+            },
+            username: self.username,
+            password: self.password,
+            permission: self.permission,
+        })
+    }
+}
+
 /// `POST /v1.0/agents`.
 pub async fn create_agent(
     State(s): State<AppState>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<CreateAgent>,
 ) -> Result<Json<Value>, ApiError> {
-    check_username(&b.username)?;
-    check_len("name", &b.name, 0, 200)?;
+    let b = b.validate()?;
     let agent_id = AgentId(super::reexec::new_id());
     let agent = NewAgent {
         agent_id,
-        name: if b.name.is_empty() {
-            b.username.clone()
-        } else {
-            b.name
-        },
+        name: b.name,
         username: b.username,
         password_hash: hash_password(b.password).await?,
         permission: b.permission,
@@ -365,6 +492,26 @@ pub struct UpdateAgent {
     permission: Permission,
 }
 
+/// A validated `PUT /v1.0/agents/{id}` body.
+#[derive(Debug)]
+pub struct ValidAgentUpdate {
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Permission.
+    pub permission: Permission,
+}
+
+impl UpdateAgent {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<ValidAgentUpdate, ApiError> {
+        check_len("name", &self.name, 1, 200)?;
+        Ok(ValidAgentUpdate {
+            name: self.name,
+            permission: self.permission,
+        })
+    }
+}
+
 /// `PUT /v1.0/agents/{id}`.
 pub async fn update_agent(
     State(s): State<AppState>,
@@ -372,7 +519,7 @@ pub async fn update_agent(
     Path(id): Path<Uuid>,
     Json(b): Json<UpdateAgent>,
 ) -> Result<Json<Value>, ApiError> {
-    check_len("name", &b.name, 1, 200)?;
+    let b = b.validate()?;
     let agent_id = AgentId(id);
     let cmd = CustomerCommand::UpdateAgent {
         agent_id,
@@ -408,7 +555,8 @@ pub async fn delete_agent(
 /// `PUT /v1.0/agents/{id}/status` body.
 #[derive(Deserialize)]
 pub struct AgentStatusBody {
-    status: AgentStatus,
+    /// The new status.
+    pub status: AgentStatus,
 }
 
 /// `PUT /v1.0/agents/{id}/status`: an agent may set its own; an admin anyone's.

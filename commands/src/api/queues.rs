@@ -32,47 +32,56 @@ pub struct QueueBody {
     wait_timeout_ms: Option<u32>,
 }
 
-/// The validated settings.
-struct Settings {
-    name: String,
-    routing_method: RoutingMethod,
-    agent_ids: Vec<AgentId>,
-    wait_timeout_ms: u32,
+/// The validated settings (whether the agents exist is checked by the handler).
+#[derive(Debug)]
+pub struct Settings {
+    /// Label.
+    pub name: String,
+    /// How agents are picked.
+    pub routing_method: RoutingMethod,
+    /// At most [`MAX_QUEUE_AGENTS`] distinct agents, in order.
+    pub agent_ids: Vec<AgentId>,
+    /// 1000 to 3600000 (default [`DEFAULT_WAIT_TIMEOUT_MS`]).
+    pub wait_timeout_ms: u32,
 }
 
-/// Checks the body: a name, at most [`MAX_QUEUE_AGENTS`] distinct agents of this customer,
-/// a wait timeout of 1 s to 1 h.
+impl QueueBody {
+    /// The handler's checks, without I/O: a name, at most [`MAX_QUEUE_AGENTS`] distinct
+    /// agents, a wait timeout of 1 s to 1 h.
+    pub fn validate(self) -> Result<Settings, ApiError> {
+        check_name(&self.name)?;
+        if self.agent_ids.len() > MAX_QUEUE_AGENTS {
+            return Err(ApiError::invalid(format!(
+                "agent_ids must hold at most {MAX_QUEUE_AGENTS} agents"
+            )));
+        }
+        if self.agent_ids.iter().collect::<HashSet<_>>().len() != self.agent_ids.len() {
+            return Err(ApiError::invalid("agent_ids must not repeat an agent"));
+        }
+        Ok(Settings {
+            name: self.name,
+            routing_method: self.routing_method,
+            agent_ids: self.agent_ids.into_iter().map(AgentId).collect(),
+            wait_timeout_ms: in_range(
+                "wait_timeout_ms",
+                self.wait_timeout_ms.unwrap_or(DEFAULT_WAIT_TIMEOUT_MS),
+                1_000,
+                3_600_000,
+            )?,
+        })
+    }
+}
+
+/// Checks the body, and that its agents are this customer's.
 async fn settings(s: &AppState, customer: CustomerId, b: QueueBody) -> Result<Settings, ApiError> {
-    check_name(&b.name)?;
-    if b.agent_ids.len() > MAX_QUEUE_AGENTS {
-        return Err(ApiError::invalid(format!(
-            "agent_ids must hold at most {MAX_QUEUE_AGENTS} agents"
-        )));
-    }
-    if b.agent_ids.iter().collect::<HashSet<_>>().len() != b.agent_ids.len() {
-        return Err(ApiError::invalid("agent_ids must not repeat an agent"));
-    }
+    let q = b.validate()?;
     let owner = require::<Customer>(s, customer.as_uuid(), customer, "customer").await?;
-    if let Some(unknown) = b
-        .agent_ids
-        .iter()
-        .find(|id| owner.agent(AgentId(**id)).is_none())
-    {
+    if let Some(unknown) = q.agent_ids.iter().find(|id| owner.agent(**id).is_none()) {
         return Err(ApiError::invalid(format!(
             "agent_ids: no agent {unknown} in this customer"
         )));
     }
-    Ok(Settings {
-        name: b.name,
-        routing_method: b.routing_method,
-        agent_ids: b.agent_ids.into_iter().map(AgentId).collect(),
-        wait_timeout_ms: in_range(
-            "wait_timeout_ms",
-            b.wait_timeout_ms.unwrap_or(DEFAULT_WAIT_TIMEOUT_MS),
-            1_000,
-            3_600_000,
-        )?,
-    })
+    Ok(q)
 }
 
 /// `POST /v1.0/queues` -> the queue.
@@ -128,7 +137,8 @@ pub async fn update_queue(
 /// `POST /v1.0/queues/{id}/calls` body.
 #[derive(Deserialize)]
 pub struct JoinBody {
-    call_id: Uuid,
+    /// The answered call.
+    pub call_id: Uuid,
 }
 
 /// `POST /v1.0/queues/{id}/calls` `{call_id}` -> the queue call (waiting). The call must be

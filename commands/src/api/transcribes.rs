@@ -27,44 +27,52 @@ pub struct TranscribeBody {
 }
 
 /// The validated body.
-struct Settings {
-    reference_type: TranscribeReferenceType,
-    call_id: CallId,
-    language: String,
-    direction: TranscribeDirection,
+#[derive(Debug)]
+pub struct Settings {
+    /// What to transcribe (a call).
+    pub reference_type: TranscribeReferenceType,
+    /// The call.
+    pub call_id: CallId,
+    /// A language tag (`en-US`).
+    pub language: String,
+    /// Which audio.
+    pub direction: TranscribeDirection,
 }
 
-fn settings(b: TranscribeBody) -> Result<Settings, ApiError> {
-    let reference_type = match b.reference_type.as_deref() {
-        Some("call") => TranscribeReferenceType::Call,
-        _ => return Err(ApiError::invalid("reference_type must be \"call\"")),
-    };
-    let call_id = b
-        .reference_id
-        .as_deref()
-        .and_then(|r| r.parse::<Uuid>().ok())
-        .map(CallId)
-        .ok_or_else(|| ApiError::invalid("reference_id must be a call id (UUID)"))?;
-    let language = b
-        .language
-        .ok_or_else(|| ApiError::invalid("language is required (e.g. \"en-US\")"))?;
-    check_language(&language).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let direction = match b.direction.as_deref() {
-        None | Some("both") => TranscribeDirection::Both,
-        Some("in") => TranscribeDirection::In,
-        Some("out") => TranscribeDirection::Out,
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "direction must be \"in\", \"out\" or \"both\"",
-            ))
-        }
-    };
-    Ok(Settings {
-        reference_type,
-        call_id,
-        language,
-        direction,
-    })
+impl TranscribeBody {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<Settings, ApiError> {
+        let reference_type = match self.reference_type.as_deref() {
+            Some("call") => TranscribeReferenceType::Call,
+            _ => return Err(ApiError::invalid("reference_type must be \"call\"")),
+        };
+        let call_id = self
+            .reference_id
+            .as_deref()
+            .and_then(|r| r.parse::<Uuid>().ok())
+            .map(CallId)
+            .ok_or_else(|| ApiError::invalid("reference_id must be a call id (UUID)"))?;
+        let language = self
+            .language
+            .ok_or_else(|| ApiError::invalid("language is required (e.g. \"en-US\")"))?;
+        check_language(&language).map_err(|e| ApiError::invalid(e.to_string()))?;
+        let direction = match self.direction.as_deref() {
+            None | Some("both") => TranscribeDirection::Both,
+            Some("in") => TranscribeDirection::In,
+            Some("out") => TranscribeDirection::Out,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "direction must be \"in\", \"out\" or \"both\"",
+                ))
+            }
+        };
+        Ok(Settings {
+            reference_type,
+            call_id,
+            language,
+            direction,
+        })
+    }
 }
 
 fn failed_precondition(message: impl Into<String>) -> ApiError {
@@ -79,7 +87,7 @@ pub async fn create_transcribe(
     c: CustomerCaller,
     Json(b): Json<TranscribeBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let t = settings(b)?;
+    let t = b.validate()?;
     let call = require::<Call>(&s, t.call_id.as_uuid(), c.customer_id, "call").await?;
     if call.status != CallStatus::Progressing {
         return Err(failed_precondition(format!(
@@ -147,10 +155,10 @@ mod tests {
     #[test]
     fn body_validation() {
         let call = Uuid::now_v7().to_string();
-        let ok = settings(body(
+        let ok = body(
             serde_json::json!({"reference_type": "call", "reference_id": call, "language": "en-US"}),
-        ))
-        .unwrap_or_else(|e| panic!("{}", e.message));
+        )
+        .validate().unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(ok.direction, TranscribeDirection::Both);
         for bad in [
             serde_json::json!({"reference_id": call, "language": "en-US"}),
@@ -160,7 +168,7 @@ mod tests {
             serde_json::json!({"reference_type": "call", "reference_id": call, "language": "english"}),
             serde_json::json!({"reference_type": "call", "reference_id": call, "language": "en-US", "direction": "up"}),
         ] {
-            assert!(settings(body(bad.clone())).is_err(), "{bad} accepted");
+            assert!(body(bad.clone()).validate().is_err(), "{bad} accepted");
         }
     }
 }

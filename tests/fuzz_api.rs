@@ -231,3 +231,45 @@ async fn generated_bodies_never_cause_a_server_error() {
     let (s, v) = env.req(Method::GET, "/readyz", None, None).await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// Postgres cannot store NUL in `text` or `jsonb`: a NUL in an accepted string failed the
+/// lookup or the insert (a 503 for each of these). Each is refused up front with a 400.
+#[tokio::test]
+async fn nul_characters_are_refused_as_client_errors() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let outdial = id_of(&created(&env, "/v1.0/outdials", &tok, json!({"name": "o"})).await);
+    let cases: Vec<(Method, String, Value)> = vec![
+        (
+            Method::POST,
+            "/auth/login".into(),
+            json!({"username": "a\u{0}b", "password": "password123"}),
+        ),
+        (
+            Method::PUT,
+            "/v1.0/customer".into(),
+            json!({"webhook_uri": "https://example.com/\u{0}"}),
+        ),
+        (
+            Method::POST,
+            "/v1.0/calls".into(),
+            json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                   "variables": {"note": "a\u{0}b"}}),
+        ),
+        (
+            Method::POST,
+            format!("/v1.0/outdials/{outdial}/targets"),
+            json!({"destinations": ["+15550002000"], "variables": {"\u{0}": 1}}),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (m, path, body) in cases {
+        let (s, v) = env
+            .req(m.clone(), &path, Some(&tok), Some(body.clone()))
+            .await;
+        if s != 400 || !v["error"]["reason"].is_string() {
+            wrong.push(format!("{m} {path} {body} -> {s} {v}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

@@ -298,7 +298,8 @@ async fn rows(env: &Env, sql: &'static str) -> Vec<(Uuid, i64)> {
 /// 2. every logged event is on the stream exactly once;
 /// 3. every answered call is charged exactly once, nothing else is charged, balances add up;
 /// 4. every read model equals a fresh replay of the log (`vbin replay verify`);
-/// 5. every call event reached the webhook receiver at least once, always with the same body.
+/// 5. every call event and every charge reached the webhook receiver at least once, always with
+///    the same body.
 async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
     let created = load.created.lock().unwrap().clone();
     let t0 = Instant::now();
@@ -419,11 +420,13 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
     .await;
 
     // 5.
-    let call_events: Vec<(Uuid, String)> =
-        sqlx::query_as("SELECT event_id, event_type FROM events WHERE aggregate_type = 'call'")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
+    let call_events: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT event_id, event_type FROM events \
+             WHERE aggregate_type = 'call' OR event_type = 'billing_recorded'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
     until(Duration::from_secs(180), "webhooks missing", || async {
         let got = hooks.bodies.lock().unwrap();
         let missing = call_events
@@ -452,7 +455,7 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
     }
     println!(
         "invariants hold: {} commands ({} retried requests), {} calls, {} answered and charged, \
-         {} events, {} call webhooks ({} delivered more than once); checked in {:?}",
+         {} events, {} call and charge webhooks ({} delivered more than once); checked in {:?}",
         load.n,
         load.retries.load(SeqCst),
         expected.len(),

@@ -742,3 +742,124 @@ async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
     assert_eq!(header(&first.0, "webhook-signature").split(' ').count(), 1);
     standard_verify(&old, &first.0, &first.1).unwrap();
 }
+
+/// Waits until `sql` (a count with one uuid parameter) returns `want`.
+async fn wait_count(env: &Env, sql: &'static str, bind: Uuid, want: i64) {
+    let t = Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(bind)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        if n == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{sql} ({bind}) = {n}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn housekeeping_prunes_expired_records_and_keeps_the_rest() {
+    let env = Env::start_with_env(&[
+        ("VBIN_HOUSEKEEPING_SECS", "1"),
+        ("VBIN_WEBHOOK_RETENTION_DAYS", "1"),
+    ])
+    .await;
+    let (url, _seen) = receiver(0).await;
+    let (_, tok) = hooked_customer(&env, &url).await;
+    let mut calls = vec![];
+    for key in ["old", "new"] {
+        let r = env
+            .http
+            .post(env.url("/v1.0/calls"))
+            .bearer_auth(&tok)
+            .header("idempotency-key", key)
+            .json(&json!({"source": "+15550001000", "destinations": ["+15550000404"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        let id: Uuid = v["calls"][0]["id"].as_str().unwrap().parse().unwrap();
+        env.wait_call_end(id, Duration::from_secs(15)).await;
+        calls.push(id);
+    }
+    // Every event of both calls delivered.
+    const DELIVERED: &str = "SELECT count(*) FROM webhook_deliveries WHERE resource_id = $1 \
+                             AND status = 'delivered'";
+    for c in &calls {
+        let events = env.events_of("call", *c).await.len() as i64;
+        wait_count(&env, DELIVERED, *c, events).await;
+    }
+    // The first call's request and deliveries age past their lifetimes.
+    let seed: Uuid = sqlx::query_scalar("SELECT id_seed FROM idempotency_keys WHERE key = 'old'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE processed_commands SET recorded_at = now() - interval '49 hours' \
+         WHERE key LIKE 'request:' || $1 || ':%'",
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' \
+         WHERE id_seed = $1::uuid",
+    ] {
+        let n = sqlx::query(sql)
+            .bind(seed.to_string())
+            .execute(&env.pool)
+            .await
+            .unwrap()
+            .rows_affected();
+        assert!(n >= 1, "{sql}");
+    }
+    sqlx::query(
+        "UPDATE webhook_deliveries SET updated_at = now() - interval '25 hours' \
+         WHERE resource_id = $1",
+    )
+    .bind(calls[0])
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // Within a few rounds they are gone; the second call's are not.
+    const KEYS: &str = "SELECT count(*) FROM idempotency_keys WHERE id_seed = $1";
+    const ONCE: &str =
+        "SELECT count(*) FROM processed_commands WHERE key LIKE 'request:' || $1::text || ':%'";
+    const ATTEMPTS: &str = "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d \
+                            ON d.id = a.delivery_id WHERE d.resource_id = $1";
+    wait_count(&env, KEYS, seed, 0).await;
+    wait_count(&env, ONCE, seed, 0).await;
+    wait_count(&env, DELIVERED, calls[0], 0).await;
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_attempts a WHERE NOT EXISTS \
+         (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 0, "attempts left without their delivery");
+    let new_seed: Uuid =
+        sqlx::query_scalar("SELECT id_seed FROM idempotency_keys WHERE key = 'new'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(ONCE)
+            .bind(new_seed)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap(),
+        1,
+        "the live request's once-key (of its one call) is kept"
+    );
+    let events = env.events_of("call", calls[1]).await.len() as i64;
+    wait_count(&env, DELIVERED, calls[1], events).await;
+    let attempts: i64 = sqlx::query_scalar(ATTEMPTS)
+        .bind(calls[1])
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, events);
+}

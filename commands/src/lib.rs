@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod executor;
+pub mod housekeeping;
 mod inline;
 pub mod log;
 pub mod meta;

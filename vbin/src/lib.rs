@@ -2,6 +2,7 @@
 //! (command API, query API, relay, projections, carrier) in one process until shutdown.
 
 pub mod bench;
+pub mod housekeeping;
 pub mod ops;
 
 use anyhow::Context;
@@ -219,6 +220,22 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             executor.clone(),
             bus.clone(),
             settings,
+            stopped(&rx),
+        )));
+    }
+    let jobs = housekeeping::Jobs {
+        command_side: parts.contains(&Part::CommandApi),
+        webhooks: if parts.contains(&Part::Webhooks) {
+            Some(vbin_webhooks::retention::retention_from_env().map_err(|e| anyhow::anyhow!(e))?)
+        } else {
+            None
+        },
+    };
+    if jobs.command_side || jobs.webhooks.is_some() {
+        tasks.push(tokio::spawn(housekeeping::run(
+            pool.clone(),
+            jobs,
+            housekeeping::every_from_env()?,
             stopped(&rx),
         )));
     }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod delivery;
 pub mod guard;
+pub mod retention;
 pub mod signing;
 
 pub use signing::{body_for, signed_headers, Secrets};

@@ -1,0 +1,58 @@
+//! Periodic deletion of records that have outlived their purpose, so that tables which grow
+//! with traffic (idempotency records, request once-keys, ended webhook deliveries) stay bounded.
+//! Every process running the owning part does it; concurrent runs only delete the same rows.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// What to prune.
+#[derive(Clone, Copy, Debug)]
+pub struct Jobs {
+    /// Idempotency records and request once-keys (the command API's).
+    pub command_side: bool,
+    /// Ended webhook deliveries older than this (the webhooks part's).
+    pub webhooks: Option<Duration>,
+}
+
+/// How often: `VBIN_HOUSEKEEPING_SECS`, 600 by default.
+pub fn every_from_env() -> anyhow::Result<Duration> {
+    match std::env::var("VBIN_HOUSEKEEPING_SECS") {
+        Err(_) => Ok(Duration::from_secs(600)),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
+            _ => anyhow::bail!("VBIN_HOUSEKEEPING_SECS: {v:?} is not a positive number"),
+        },
+    }
+}
+
+/// Prunes every `every` until `shutdown`; failures are logged and retried at the next round.
+pub async fn run(
+    pool: sqlx::PgPool,
+    jobs: Jobs,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        if jobs.command_side {
+            match vbin_commands::housekeeping::prune(&pool).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned expired idempotency records"),
+                Err(e) => tracing::warn!(error = %e, "pruning idempotency records failed"),
+            }
+        }
+        if let Some(retention) = jobs.webhooks {
+            match vbin_webhooks::retention::prune(&pool, retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deliveries = n, "pruned ended webhook deliveries"),
+                Err(e) => tracing::warn!(error = %e, "pruning webhook deliveries failed"),
+            }
+        }
+    }
+}

@@ -266,13 +266,13 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
         "media" => vec![
             h(
                 "G.711 µ-law encode, G samples/s",
-                v["g711"]["ulaw_encode_gsamples_per_sec"].as_f64(),
+                v["g711"]["buffer_1048576_samples"]["ulaw_encode_gsamples_per_sec"].as_f64(),
                 "memcpy of samples, G/s",
-                v["g711"]["baseline_copy_gsamples_per_sec"].as_f64(),
+                v["g711"]["buffer_1048576_samples"]["baseline_copy_gsamples_per_sec"].as_f64(),
             ),
             h(
                 "8->16 kHz resampling, real-time streams per core",
-                v["resample"]["realtime_streams_per_core"].as_f64(),
+                v["resample"]["8000_to_16000"]["realtime_streams_per_core"].as_f64(),
                 "",
                 None,
             ),
@@ -456,4 +456,66 @@ async fn noop_http() -> anyhow::Result<f64> {
     .await;
     server.abort();
     Ok(super::rate(&load).round())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real report of every benchmark (samples stripped): each headline must find its figure
+    /// and, where it names one, its baseline — a benchmark that renames a field fails here.
+    #[test]
+    fn every_headline_finds_its_figures_in_a_real_report() {
+        let r: Value = serde_json::from_str(include_str!("testdata/report.json")).unwrap();
+        let benches = r["benchmarks"].as_object().unwrap();
+        let names: Vec<&str> = plan().iter().map(|p| p.0).collect();
+        assert_eq!(
+            benches.len(),
+            names.len(),
+            "the fixture has every benchmark"
+        );
+        for (name, v) in benches {
+            let rows = headlines(name, v, &r["baselines"]);
+            assert!(!rows.is_empty(), "{name} has no headline");
+            for h in rows {
+                assert!(h.value.is_some(), "{name}: {} missing", h.figure);
+                assert_eq!(
+                    h.baseline.is_empty(),
+                    h.baseline_value.is_none(),
+                    "{name}: {} baseline {}",
+                    h.figure,
+                    h.baseline
+                );
+            }
+        }
+        let md = summary(&r);
+        assert!(
+            md.contains("| ws | pushes/s, 10000 connections | 99,898 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_summary_replaces_only_the_text_between_the_markers() {
+        let dir = std::env::temp_dir().join(format!("vbin-docs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("b.md");
+        std::fs::write(&p, format!("head\n{BEGIN}\nold\n{END}\ntail\n")).unwrap();
+        write_docs(&p, "new\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("head\n{BEGIN}\nnew\n{END}\ntail\n")
+        );
+        std::fs::write(&p, "no markers").unwrap();
+        assert!(write_docs(&p, "x").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn numbers_are_grouped_and_rounded() {
+        assert_eq!(num(Some(1234567.4)), "1,234,567");
+        assert_eq!(num(Some(-12345.0)), "-12,345");
+        assert_eq!(num(Some(0.8451)), "0.845");
+        assert_eq!(num(None), "—");
+    }
 }

@@ -93,6 +93,14 @@ pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
             break;
         }
     }
+    if prompts.is_empty() {
+        bail!(
+            "no prompt of {} found as a .wav in {} (Debian's asterisk-core-sounds-en and \
+             asterisk-core-sounds-en-wav; scripts/services installs them)",
+            a.transcripts.display(),
+            a.sounds.display()
+        );
+    }
     let (mut errors, mut total) = (0usize, 0usize);
     let mut samples_out = Vec::new();
     for (name, reference, path) in &prompts {

@@ -320,7 +320,10 @@ async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order(
     );
 
     // Every logged event is on JetStream exactly once, with Nats-Msg-Id = event_id, its
-    // subject's fields, and per aggregate in sequence order.
+    // subject's fields, and per aggregate in sequence order (once the answered call's charge,
+    // which follows its hangup, is in the log too).
+    env.wait_event_count("billing_recorded", 1, Duration::from_secs(20))
+        .await;
     let msgs = env.wait_all_published(Duration::from_secs(20)).await;
     let log = env.log_event_ids().await;
     assert_eq!(msgs.len(), log.len(), "no duplicates in the stream");
@@ -592,6 +595,10 @@ async fn events_committed_while_nats_is_down_are_published_once_after_it_returns
     for id in &during {
         env.wait_call_end(*id, Duration::from_secs(40)).await;
     }
+    // The answered call's charge follows its hangup; only then is the log complete (comparing
+    // before it landed made this test fail now and then on a loaded machine).
+    env.wait_event_count("billing_recorded", 1, Duration::from_secs(30))
+        .await;
     let msgs = env.wait_all_published(Duration::from_secs(30)).await;
     let ids: Vec<&String> = msgs.iter().map(|m| &m.0).collect();
     let unique: HashSet<&String> = ids.iter().copied().collect();

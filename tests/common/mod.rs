@@ -605,6 +605,28 @@ impl Env {
         out
     }
 
+    /// Waits until the log holds `n` events of `event_type` (e.g. the charges that follow
+    /// hangups, before comparing the log with the stream).
+    pub async fn wait_event_count(&self, event_type: &str, n: i64, within: Duration) {
+        let t = Instant::now();
+        loop {
+            let have: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
+                .bind(event_type)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            if have >= n {
+                return;
+            }
+            assert!(
+                t.elapsed() < within,
+                "{have} of {n} {event_type} events; log {}",
+                self.platform.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Event ids in the log, in commit order.
     pub async fn log_event_ids(&self) -> Vec<Uuid> {
         sqlx::query_scalar("SELECT event_id FROM events ORDER BY tx_id, global_position")

@@ -374,8 +374,9 @@ const PHRASES: [&str; 4] = [
     "hello world",
 ];
 
-#[tokio::test]
-async fn speech_streamed_over_audiosocket_becomes_transcripts() {
+/// A platform whose PocketSphinx knows [`PHRASES`] (a JSGF grammar); returns it and the
+/// grammar file.
+async fn env_with_grammar() -> (Env, std::path::PathBuf) {
     assert!(
         std::path::Path::new("/usr/share/pocketsphinx/model/en-us/en-us").is_dir(),
         "PocketSphinx's en-us model must be installed (scripts/services installs it)"
@@ -390,6 +391,56 @@ async fn speech_streamed_over_audiosocket_becomes_transcripts() {
     )
     .unwrap();
     let env = Env::start_with_env(&[("VBIN_STT_GRAMMAR", grammar.to_str().unwrap())]).await;
+    (env, grammar)
+}
+
+/// Streams `audio` as slin16 20 ms frames at real time.
+async fn stream_audio(sock: &mut tokio::net::TcpStream, audio: &[i16]) {
+    use tokio::io::AsyncWriteExt;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for chunk in audio.chunks(320) {
+        tick.tick().await;
+        let pcm: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        sock.write_all(&frame(0x12, &pcm)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_transcription_started_while_the_audio_flows_hears_what_follows() {
+    let (env, grammar) = env_with_grammar().await;
+    let (_, tok, _) = env.customer().await;
+    let call = answered_call(&env, &tok, "+15550007001", 30).await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
+    stream_audio(&mut sock, &[0i16; 16_000]).await;
+    // Started a second into the session: the session is told through the event stream (its
+    // periodic look-up is 30 s away), so the phrase after a second of silence is heard.
+    let (s, t) = start(&env, &tok, body(call, Some("in"))).await;
+    assert_eq!(s, 200, "{t}");
+    let transcribe = uuid_of(&t);
+    let mut audio = vec![0i16; 16_000];
+    audio.extend(speech(PHRASES[3], 16_000));
+    audio.extend(std::iter::repeat_n(0i16, 16_000));
+    stream_audio(&mut sock, &audio).await;
+    sock.write_all(&frame(0x00, &[])).await.unwrap();
+    let list = wait_get(
+        &env,
+        &format!("/v1.0/transcripts?transcribe_id={transcribe}"),
+        &tok,
+        Duration::from_secs(20),
+        |s, v| s == 200 && v["result"].as_array().is_some_and(|a| !a.is_empty()),
+    )
+    .await;
+    assert_eq!(list["result"][0]["message"], PHRASES[3], "{list}");
+    let _ = std::fs::remove_file(&grammar);
+}
+
+#[tokio::test]
+async fn speech_streamed_over_audiosocket_becomes_transcripts() {
+    let (env, grammar) = env_with_grammar().await;
     let (customer, tok, _) = env.customer().await;
     let call = answered_call(&env, &tok, "+15550007000", 30).await;
     let (s, t) = start(&env, &tok, body(call, Some("in"))).await;
@@ -421,12 +472,7 @@ async fn speech_streamed_over_audiosocket_becomes_transcripts() {
         .unwrap();
     use tokio::io::AsyncWriteExt;
     sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for chunk in audio.chunks(320) {
-        tick.tick().await;
-        let pcm: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-        sock.write_all(&frame(0x12, &pcm)).await.unwrap();
-    }
+    stream_audio(&mut sock, &audio).await;
     sock.write_all(&frame(0x00, &[])).await.unwrap();
 
     // Both phrases, in order, through the query API.

@@ -5,14 +5,16 @@
 //! [`vbin_commands::transcription::record_transcript`].
 //!
 //! The audio Asterisk sends is what the call's remote party says: direction `in`.
-//! Transcriptions started while the audio flows are picked up within
-//! [`Settings::recheck`]; a completed one stops receiving audio at the next check, and its
-//! last segments are still recorded (they are refused once it completed, and logged).
+//! A session looks up the call's running transcriptions when it starts, and again when a
+//! `transcribe_started` or `transcribe_completed` of its call goes by on the event stream
+//! ([`Pipeline::follow`]), or at the latest every [`Settings::recheck`] (in case the stream
+//! was interrupted). A completed transcription stops receiving audio then; its last segments
+//! are still recorded (they are refused once it completed, and logged).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 use vbin_commands::transcription::{record_transcript, running_transcribes, RunningTranscribe};
 use vbin_commands::Executor;
@@ -24,17 +26,21 @@ use vbin_media::stt::{Segment, SttProvider, STT_RATE_HZ};
 /// Pipeline settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// How often a session looks for transcriptions started or stopped meanwhile.
+    /// How often a session looks for transcriptions started or stopped meanwhile without
+    /// being told (the event stream normally tells it at once).
     pub recheck: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            recheck: Duration::from_secs(1),
+            recheck: Duration::from_secs(30),
         }
     }
 }
+
+/// The sessions waiting for changes of their call's transcriptions, by call id.
+pub type Watchers = Mutex<HashMap<Uuid, Vec<Arc<Notify>>>>;
 
 /// What the pipeline needs.
 #[derive(Clone)]
@@ -43,6 +49,7 @@ pub struct Pipeline {
     executor: Executor,
     provider: Arc<dyn SttProvider>,
     settings: Settings,
+    watchers: Arc<Watchers>,
 }
 
 impl Pipeline {
@@ -58,7 +65,51 @@ impl Pipeline {
             executor,
             provider,
             settings,
+            watchers: Arc::default(),
         }
+    }
+
+    /// Wakes the sessions of a call whenever one of its transcriptions starts or completes, as
+    /// the events go by on `bus` (core NATS, no consumer state); runs until dropped.
+    pub async fn follow(watchers: Arc<Watchers>, bus: vbin_bus::Bus) {
+        use futures::StreamExt;
+        let subject = format!("{}.*.transcribe.*", vbin_event_schema::SUBJECT_PREFIX);
+        loop {
+            match bus.client.subscribe(subject.clone()).await {
+                Ok(mut sub) => {
+                    while let Some(msg) = sub.next().await {
+                        let Ok(e) = serde_json::from_slice::<vbin_event_schema::PublishedEvent>(
+                            &msg.payload,
+                        ) else {
+                            continue;
+                        };
+                        if !matches!(
+                            e.event_type.as_str(),
+                            "transcribe_started" | "transcribe_completed"
+                        ) {
+                            continue;
+                        }
+                        let Some(call) = e.resource["reference_id"]
+                            .as_str()
+                            .and_then(|c| c.parse::<Uuid>().ok())
+                        else {
+                            continue;
+                        };
+                        if let Some(ws) = watchers.lock().unwrap().get(&call) {
+                            // A stored permit: a session busy with a frame sees it next.
+                            ws.iter().for_each(|n| n.notify_one());
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot follow transcriptions; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// The watcher registry, for [`Pipeline::follow`].
+    pub fn watchers(&self) -> Arc<Watchers> {
+        self.watchers.clone()
     }
 
     /// Serves AudioSocket connections on `listener` until `shutdown`.
@@ -82,23 +133,35 @@ impl Pipeline {
         let call = s.call_id;
         tracing::info!(call_id = %call, peer = %s.peer, "AudioSocket session started");
         let mut streams: HashMap<Uuid, Stream> = HashMap::new();
-        let mut checked = Instant::now() - self.settings.recheck;
         let mut ended = "hangup".to_string();
+        // Registered before the first look-up: a transcription started after it is told.
+        let changed = Arc::new(Notify::new());
+        self.watchers
+            .lock()
+            .unwrap()
+            .entry(call)
+            .or_default()
+            .push(changed.clone());
+        let mut recheck = tokio::time::interval(self.settings.recheck);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if checked.elapsed() >= self.settings.recheck {
-                checked = Instant::now();
-                self.attach(call, &mut streams).await;
-            }
-            let frame = tokio::time::timeout(self.settings.recheck, s.next()).await;
+            let frame = tokio::select! {
+                _ = recheck.tick() => None,
+                _ = changed.notified() => None,
+                f = s.next() => Some(f),
+            };
             let (rate_hz, samples) = match frame {
-                Err(_) => continue, // no audio for a while: look for changes
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+                None => {
+                    self.attach(call, &mut streams).await;
+                    continue;
+                }
+                Some(None) => break,
+                Some(Some(Err(e))) => {
                     ended = e.to_string();
                     break;
                 }
-                Ok(Some(Ok(Inbound::Dtmf(_)))) => continue,
-                Ok(Some(Ok(Inbound::Audio { rate_hz, samples }))) => (rate_hz, samples),
+                Some(Some(Ok(Inbound::Dtmf(_)))) => continue,
+                Some(Some(Ok(Inbound::Audio { rate_hz, samples }))) => (rate_hz, samples),
             };
             let t = Instant::now();
             streams.retain(|id, st| match st.push(rate_hz, &samples) {
@@ -109,6 +172,15 @@ impl Pipeline {
                 }
             });
             metrics::histogram!("vbin_media_frame_seconds").record(t.elapsed().as_secs_f64());
+        }
+        {
+            let mut w = self.watchers.lock().unwrap();
+            if let Some(ws) = w.get_mut(&call) {
+                ws.retain(|n| !Arc::ptr_eq(n, &changed));
+                if ws.is_empty() {
+                    w.remove(&call);
+                }
+            }
         }
         tracing::info!(call_id = %call, %ended, "AudioSocket session ended");
         // Dropping the audio ends each recognizer stream; its recorder task records the rest.

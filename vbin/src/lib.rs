@@ -280,7 +280,15 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             provider,
             Default::default(),
         );
-        tasks.push(tokio::spawn(pipeline.run(listener, stopped(&rx))));
+        let follow = tokio::spawn(vbin_transcription::Pipeline::follow(
+            pipeline.watchers(),
+            bus.clone(),
+        ));
+        let stop = stopped(&rx);
+        tasks.push(tokio::spawn(async move {
+            pipeline.run(listener, stop).await;
+            follow.abort();
+        }));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
     let cache = vbin_projections::cache::Cache::new(redis_client.clone());

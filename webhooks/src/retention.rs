@@ -3,8 +3,6 @@
 use sqlx::PgPool;
 use std::time::Duration;
 
-const BATCH: i64 = 5_000;
-
 /// How long delivered and failed deliveries stay listable: `VBIN_WEBHOOK_RETENTION_DAYS`,
 /// 30 days by default.
 pub fn retention_from_env() -> Result<Duration, String> {
@@ -23,22 +21,13 @@ pub fn retention_from_env() -> Result<Duration, String> {
 /// Deletes deliveries that ended (delivered or failed) more than `retention` ago, with their
 /// attempts; pending ones are never touched. Returns how many deliveries went.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
-    loop {
-        let n = sqlx::query(
-            "WITH old AS (SELECT id FROM webhook_deliveries WHERE status <> 'pending' \
-               AND updated_at < now() - make_interval(secs => $1) LIMIT $2), \
-             gone AS (DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM old)) \
-             DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM old)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        total += n;
-        if n < BATCH as u64 {
-            return Ok(total);
-        }
-    }
+    vbin_commands::housekeeping::delete_in_batches(
+        pool,
+        "WITH old AS (SELECT id FROM webhook_deliveries WHERE status <> 'pending' \
+           AND updated_at < now() - make_interval(secs => $1) LIMIT $2), \
+         gone AS (DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM old)) \
+         DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM old)",
+        retention,
+    )
+    .await
 }

@@ -86,20 +86,10 @@ struct Customer {
 async fn customers(env: &Env, url: &str, n: usize) -> Vec<Customer> {
     let mut out = vec![];
     for _ in 0..n {
-        let username = format!("c{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let (s, c) = env
-            .post(
-                "/v1.0/customers",
-                &env.admin,
-                json!({"name": "chaos", "username": username, "password": "password123",
-                       "balance_micros": BALANCE, "webhook_uri": url}),
-            )
+        let (id, token, _) = env
+            .customer_with(json!({"webhook_uri": url, "balance_micros": BALANCE}))
             .await;
-        assert_eq!(s, 200, "{c}");
-        out.push(Customer {
-            id: c["id"].as_str().unwrap().parse().unwrap(),
-            token: env.login(&username, "password123").await.unwrap(),
-        });
+        out.push(Customer { id, token });
     }
     out
 }

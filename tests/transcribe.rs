@@ -394,6 +394,16 @@ async fn env_with_grammar() -> (Env, std::path::PathBuf) {
     (env, grammar)
 }
 
+/// Connects to the AudioSocket server as Asterisk does for `call` (its UUID frame first).
+async fn audiosocket(env: &Env, call: Uuid) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
+        .await
+        .unwrap();
+    sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
+    sock
+}
+
 /// Streams `audio` as slin16 20 ms frames at real time.
 async fn stream_audio(sock: &mut tokio::net::TcpStream, audio: &[i16]) {
     use tokio::io::AsyncWriteExt;
@@ -410,11 +420,8 @@ async fn a_transcription_started_while_the_audio_flows_hears_what_follows() {
     let (env, grammar) = env_with_grammar().await;
     let (_, tok, _) = env.customer().await;
     let call = answered_call(&env, &tok, "+15550007001", 30).await;
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
-        .await
-        .unwrap();
+    let mut sock = audiosocket(&env, call).await;
     use tokio::io::AsyncWriteExt;
-    sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
     stream_audio(&mut sock, &[0i16; 16_000]).await;
     // Started a second into the session: the session is told through the event stream (its
     // periodic look-up is 30 s away), so the phrase after a second of silence is heard.
@@ -467,11 +474,8 @@ async fn speech_streamed_over_audiosocket_becomes_transcripts() {
     audio.extend(std::iter::repeat_n(0i16, 16_000));
     audio.extend(speech(PHRASES[2], 16_000));
     audio.extend(std::iter::repeat_n(0i16, 16_000));
-    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
-        .await
-        .unwrap();
+    let mut sock = audiosocket(&env, call).await;
     use tokio::io::AsyncWriteExt;
-    sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
     stream_audio(&mut sock, &audio).await;
     sock.write_all(&frame(0x00, &[])).await.unwrap();
 

@@ -83,18 +83,8 @@ async fn receiver(fail_first: usize) -> (String, Seen) {
 
 /// Creates a customer with a webhook; returns (customer id, token).
 async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
-    let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let (s, c) = env
-        .post(
-            "/v1.0/customers",
-            &env.admin,
-            json!({"name": "hooked", "username": username, "password": "password123",
-                   "balance_micros": 100_000_000, "webhook_uri": url}),
-        )
-        .await;
-    assert_eq!(s, 200, "{c}");
-    let tok = env.login(&username, "password123").await.unwrap();
-    (c["id"].as_str().unwrap().parse().unwrap(), tok)
+    let (id, tok, _) = env.customer_with(json!({"webhook_uri": url})).await;
+    (id, tok)
 }
 
 /// The customer's current webhook secret (its read model may lag its creation: waits).
@@ -745,22 +735,8 @@ async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
 
 /// Waits until `sql` (a count with one uuid parameter) returns `want`.
 async fn wait_count(env: &Env, sql: &'static str, bind: Uuid, want: i64) {
-    let t = Instant::now();
-    loop {
-        let n: i64 = sqlx::query_scalar(sql)
-            .bind(bind)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-        if n == want {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "{sql} ({bind}) = {n}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    env.wait_count(sql, bind, Duration::from_secs(15), |n| n == want)
+        .await
 }
 
 #[tokio::test]

@@ -492,15 +492,20 @@ impl Env {
 
     /// Creates a customer (random username) and logs in; returns (customer id, JWT, username).
     pub async fn customer(&self) -> (Uuid, String, String) {
+        self.customer_with(json!({})).await
+    }
+
+    /// [`Env::customer`] with `fields` (`webhook_uri`, `balance_micros`, ...) over the defaults.
+    pub async fn customer_with(&self, fields: Value) -> (Uuid, String, String) {
         let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let (s, c) = self
-            .post(
-                "/v1.0/customers",
-                &self.admin,
-                json!({"name": "acme", "username": username, "password": "password123",
-                       "balance_micros": 100_000_000}),
-            )
-            .await;
+        let mut body = json!({"name": "acme", "username": username, "password": "password123",
+                              "balance_micros": 100_000_000});
+        if let Value::Object(m) = fields {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        let (s, c) = self.post("/v1.0/customers", &self.admin, body).await;
         assert_eq!(s, 200, "{c}");
         let token = self.login(&username, "password123").await.expect("login");
         (c["id"].as_str().unwrap().parse().unwrap(), token, username)
@@ -608,19 +613,43 @@ impl Env {
     /// Waits until the log holds `n` events of `event_type` (e.g. the charges that follow
     /// hangups, before comparing the log with the stream).
     pub async fn wait_event_count(&self, event_type: &str, n: i64, within: Duration) {
+        self.wait_count(
+            "SELECT count(*) FROM events WHERE event_type = $1",
+            event_type.to_string(),
+            within,
+            |have| have >= n,
+        )
+        .await
+    }
+
+    /// Polls the count query `sql` (its one parameter `bind`) until `done` holds for it.
+    pub async fn wait_count<T>(
+        &self,
+        sql: &'static str,
+        bind: T,
+        within: Duration,
+        done: impl Fn(i64) -> bool,
+    ) where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + std::fmt::Display
+            + Clone
+            + Send
+            + 'static,
+    {
         let t = Instant::now();
         loop {
-            let have: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = $1")
-                .bind(event_type)
+            let n: i64 = sqlx::query_scalar(sql)
+                .bind(bind.clone())
                 .fetch_one(&self.pool)
                 .await
                 .unwrap();
-            if have >= n {
+            if done(n) {
                 return;
             }
             assert!(
                 t.elapsed() < within,
-                "{have} of {n} {event_type} events; log {}",
+                "{sql} ({bind}) = {n}; log {}",
                 self.platform.log.display()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -235,18 +235,15 @@ impl Executor {
         A::Command: Clone,
     {
         let _serial = self.stripe(A::TYPE, id).lock().await;
-        let request_once = meta.once_key.is_none() && meta.request_seed.is_some();
-        let owned;
-        let meta = match meta.request_seed.filter(|_| request_once) {
-            Some(seed) => {
-                owned = CommandMeta {
-                    once_key: Some(format!("request:{seed}:{}:{id}", A::TYPE)),
-                    ..meta.clone()
-                };
-                &owned
-            }
-            None => meta,
+        // A request with an Idempotency-Key: the command's once-key (see `api::reexec`).
+        let request_once = match meta.request_seed {
+            Some(seed) if meta.once_key.is_none() => Some(CommandMeta {
+                once_key: Some(format!("request:{seed}:{}:{id}", A::TYPE)),
+                ..meta.clone()
+            }),
+            _ => None,
         };
+        let meta = request_once.as_ref().unwrap_or(meta);
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -306,7 +303,7 @@ impl Executor {
                     return Err(ExecError::Conflict);
                 }
                 Err(AppendError::Taken(what)) => return Err(ExecError::Taken(what)),
-                Err(AppendError::AlreadyApplied) if request_once => {
+                Err(AppendError::AlreadyApplied) if request_once.is_some() => {
                     // An earlier attempt of this request committed this command: answer with
                     // the aggregate as it is now.
                     self.cache.invalidate(&(A::TYPE, id));

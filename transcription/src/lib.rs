@@ -40,7 +40,7 @@ impl Default for Settings {
 }
 
 /// The sessions waiting for changes of their call's transcriptions, by call id.
-pub type Watchers = Mutex<HashMap<Uuid, Vec<Arc<Notify>>>>;
+type Watchers = Mutex<HashMap<Uuid, Vec<Arc<Notify>>>>;
 
 /// What the pipeline needs.
 #[derive(Clone)]
@@ -70,46 +70,43 @@ impl Pipeline {
     }
 
     /// Wakes the sessions of a call whenever one of its transcriptions starts or completes, as
-    /// the events go by on `bus` (core NATS, no consumer state); runs until dropped.
-    pub async fn follow(watchers: Arc<Watchers>, bus: vbin_bus::Bus) {
+    /// those events go by on `bus` (core NATS subjects of just these two event types, no
+    /// consumer state); runs until dropped.
+    pub fn follow(&self, bus: vbin_bus::Bus) -> impl std::future::Future<Output = ()> + Send {
         use futures::StreamExt;
-        let subject = format!("{}.*.transcribe.*", vbin_event_schema::SUBJECT_PREFIX);
-        loop {
-            match bus.client.subscribe(subject.clone()).await {
-                Ok(mut sub) => {
-                    while let Some(msg) = sub.next().await {
-                        let Ok(e) = serde_json::from_slice::<vbin_event_schema::PublishedEvent>(
-                            &msg.payload,
-                        ) else {
-                            continue;
-                        };
-                        if !matches!(
-                            e.event_type.as_str(),
-                            "transcribe_started" | "transcribe_completed"
-                        ) {
-                            continue;
-                        }
-                        let Some(call) = e.resource["reference_id"]
-                            .as_str()
-                            .and_then(|c| c.parse::<Uuid>().ok())
-                        else {
-                            continue;
-                        };
-                        if let Some(ws) = watchers.lock().unwrap().get(&call) {
-                            // A stored permit: a session busy with a frame sees it next.
-                            ws.iter().for_each(|n| n.notify_one());
+        let watchers = self.watchers.clone();
+        let subject = |t: &str| format!("{}.*.transcribe.{t}", vbin_event_schema::SUBJECT_PREFIX);
+        async move {
+            loop {
+                let subs = futures::future::try_join(
+                    bus.client.subscribe(subject("transcribe_started")),
+                    bus.client.subscribe(subject("transcribe_completed")),
+                )
+                .await;
+                match subs {
+                    Ok((started, completed)) => {
+                        let mut msgs = futures::stream::select(started, completed);
+                        while let Some(msg) = msgs.next().await {
+                            let call = serde_json::from_slice::<vbin_event_schema::PublishedEvent>(
+                                &msg.payload,
+                            )
+                            .ok()
+                            .and_then(|e| {
+                                e.resource["reference_id"].as_str()?.parse::<Uuid>().ok()
+                            });
+                            if let Some(ws) =
+                                call.and_then(|c| watchers.lock().unwrap().get(&c).cloned())
+                            {
+                                // A stored permit: a session busy with a frame sees it next.
+                                ws.iter().for_each(|n| n.notify_one());
+                            }
                         }
                     }
+                    Err(e) => tracing::warn!(error = %e, "cannot follow transcriptions; retrying"),
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot follow transcriptions; retrying"),
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    }
-
-    /// The watcher registry, for [`Pipeline::follow`].
-    pub fn watchers(&self) -> Arc<Watchers> {
-        self.watchers.clone()
     }
 
     /// Serves AudioSocket connections on `listener` until `shutdown`.

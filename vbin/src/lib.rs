@@ -280,10 +280,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             provider,
             Default::default(),
         );
-        let follow = tokio::spawn(vbin_transcription::Pipeline::follow(
-            pipeline.watchers(),
-            bus.clone(),
-        ));
+        let follow = tokio::spawn(pipeline.follow(bus.clone()));
         let stop = stopped(&rx);
         tasks.push(tokio::spawn(async move {
             pipeline.run(listener, stop).await;

@@ -392,9 +392,20 @@ impl Env {
         self.spawn_platform_only(&[]).await
     }
 
-    /// Starts `vbin serve --only <parts>` (all parts if empty). Processes without an HTTP part
-    /// are waited for through their log.
+    /// Starts `vbin serve --only <parts>` (all parts if empty) and waits until it has started
+    /// (its log says so, and its HTTP part, if any, answers). A free port can be taken by
+    /// another test between `free_port` and the bind: then it starts again on other ports.
     pub async fn spawn_platform_only(&self, parts: &[&str]) -> Platform {
+        for _ in 0..5 {
+            if let Some(p) = self.try_spawn_platform(parts).await {
+                return p;
+            }
+        }
+        panic!("vbin found its ports taken five times");
+    }
+
+    /// One attempt of [`Env::spawn_platform_only`]; None if a port was taken meanwhile.
+    async fn try_spawn_platform(&self, parts: &[&str]) -> Option<Platform> {
         let port = free_port();
         let audiosocket_port = free_port();
         let log = std::env::temp_dir().join(format!("{}-{port}.log", self.db_name));
@@ -425,7 +436,7 @@ impl Env {
             .stderr(out)
             .spawn()
             .unwrap();
-        let p = Platform {
+        let mut p = Platform {
             port,
             audiosocket_port,
             child: Some(child),
@@ -434,15 +445,25 @@ impl Env {
         let t = Instant::now();
         let http = parts.is_empty() || parts.iter().any(|p| p.ends_with("-api") || *p == "gateway");
         loop {
-            if !http {
-                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
-                if log.contains("vbin started") {
-                    break;
+            // "vbin started" comes after every bind: a /healthz answer alone could be another
+            // process's on a port taken meanwhile.
+            let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+            if log.contains("vbin started") {
+                let healthy = match self.http.get(format!("{}/healthz", p.url())).send().await {
+                    Ok(r) => r.status().is_success(),
+                    Err(_) => false,
+                };
+                if !http || healthy {
+                    return Some(p);
                 }
-            } else if let Ok(r) = self.http.get(format!("{}/healthz", p.url())).send().await {
-                if r.status().is_success() {
-                    break;
-                }
+            }
+            if let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                assert!(
+                    log.contains("Address already in use"),
+                    "vbin exited ({status}); log: {}",
+                    p.log.display()
+                );
+                return None;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(30),
@@ -451,7 +472,6 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        p
     }
 
     /// Restarts the main platform process after a kill.

@@ -782,15 +782,15 @@ async fn log_readers_follow_numeric_commit_order() {
         .await
         .unwrap();
     }
-    let filter = vbin_commands::log::LogFilter {
+    let filter = vbin_eventlog::log::LogFilter {
         aggregate_type: Some("ordertest".into()),
         ..Default::default()
     };
-    let mut cursor = vbin_commands::log::LogCursor::start();
+    let mut cursor = vbin_eventlog::log::LogCursor::start();
     let mut conn = env.pool.acquire().await.unwrap();
     let mut seen = Vec::new();
     for _ in 0..3 {
-        for e in vbin_commands::log::read_after(&mut conn, &filter, &mut cursor, 1)
+        for e in vbin_eventlog::log::read_after(&mut conn, &filter, &mut cursor, 1)
             .await
             .unwrap()
         {

@@ -707,7 +707,7 @@ async fn one_relay_publishes_at_a_time_and_a_standby_takes_over() {
              AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND objsubid = 1 AND classid::bigint = ($1 >> 32) AND objid::bigint = ($1 & 4294967295)",
         )
-        .bind(vbin_commands::relay::RELAY_LOCK_KEY)
+        .bind(vbin_eventlog::relay::RELAY_LOCK_KEY)
         .fetch_one(&env.pool)
         .await
         .unwrap()

@@ -9,10 +9,11 @@ use common::{all_pages, answered_call, get, wait_get, Env};
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_commands::transcription::{record_transcript, running_transcribes, Recorded};
-use vbin_commands::{ExecError, Executor, PgEventRepository};
+use vbin_app::transcription::{record_transcript, running_transcribes, Recorded};
+use vbin_app::{ExecError, Executor};
 use vbin_domain::DomainError;
 use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
+use vbin_eventlog::PgEventRepository;
 
 async fn start(env: &Env, tok: &str, body: Value) -> (u16, Value) {
     env.post("/v1.0/transcribes", tok, body).await

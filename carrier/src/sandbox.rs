@@ -15,9 +15,10 @@ use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
-use vbin_commands::{CommandMeta, ExecError, Executor};
+use vbin_app::{ExecError, Executor};
 use vbin_domain::{Call, CallCommand, HangupRequest};
 use vbin_event_schema::{CallId, CustomerId, HangupCause};
+use vbin_eventlog::CommandMeta;
 
 /// Delay before a normal destination starts ringing.
 pub const RING_AFTER_MS: i64 = 100;

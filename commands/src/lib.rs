@@ -1,17 +1,6 @@
-//! vbin's write side: the Postgres event store (cqrs-es over sqlx 0.9), the command executor,
-//! the outbox relay to JetStream, authentication, and the command REST API.
+//! vbin's command REST API (axum): the handlers that turn requests into use cases of the
+//! application layer (`vbin-app`), with their body checks and the one error-to-HTTP mapping
+//! of the command side.
 
 pub mod api;
-pub mod auth;
-pub mod executor;
-pub mod housekeeping;
-mod inline;
-pub mod log;
-pub mod meta;
-pub mod relay;
-pub mod store;
-pub mod transcription;
-
-pub use executor::{ExecError, Executed, Executor, StoredAggregate};
-pub use meta::{Actor, CommandMeta};
-pub use store::PgEventRepository;
+pub mod password;

@@ -26,11 +26,9 @@ use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 use tower::{service_fn, Layer, ServiceExt};
 use uuid::Uuid;
-use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::Json;
-use vbin_commands::api::mw::MAX_BODY_BYTES;
+use vbin_app::ExecError;
+use vbin_commands::api::error::CmdError;
 use vbin_commands::api::{billing, calls, campaigns, identity, queues, transcribes};
-use vbin_commands::ExecError;
 use vbin_domain::billing::MAX_MICROS;
 use vbin_domain::{
     BillingAccount, BillingCommand, Call, CallCommand, Campaign, CampaignCommand, Customer,
@@ -43,6 +41,9 @@ use vbin_event_schema::{
     OutdialId, OutplanId, Permission, QueueId, RoutingMethod, TargetId, TranscribeDirection,
     TranscribeId, WebhookMethod,
 };
+use vbin_http::extract::Json;
+use vbin_http::mw::MAX_BODY_BYTES;
+use vbin_http::ApiError;
 
 const JSON: Option<&str> = Some("application/json");
 
@@ -78,7 +79,7 @@ where
     A: Aggregate<Services = (), Error = DomainError>,
 {
     let sink = EventSink::default();
-    block_on(state.handle(cmd, &(), &sink)).map_err(|e| ApiError::from(ExecError::Domain(e)))?;
+    block_on(state.handle(cmd, &(), &sink)).map_err(|e| CmdError::from(ExecError::Domain(e)).0)?;
     Ok(block_on(sink.collect()))
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub fn routes(
     hub: Arc<Hub>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> axum::Router<vbin_commands::api::AppState> {
+) -> axum::Router<vbin_http::HttpState> {
     axum::Router::new()
         .route("/v1.0/ws", axum::routing::get(ws::upgrade))
         .layer(axum::Extension(hub))

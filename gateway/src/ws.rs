@@ -22,10 +22,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
-use vbin_commands::api::error::ApiError;
-use vbin_commands::api::AppState;
-use vbin_commands::auth::Caller;
 use vbin_event_schema::{Permission, PublishedEvent, SUBJECT_PREFIX};
+use vbin_http::auth::Caller;
+use vbin_http::ApiError;
+use vbin_http::HttpState;
 
 /// Longest a single write to a client may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,12 +43,12 @@ struct Who {
 
 /// Upgrades an authenticated request.
 pub async fn upgrade(
-    State(state): State<AppState>,
+    State(state): State<HttpState>,
     Extension(hub): Extension<Arc<Hub>>,
     Extension(stop): Extension<watch::Receiver<bool>>,
     req: Request,
 ) -> Response {
-    let token = vbin_commands::api::mw::bearer(&req);
+    let token = vbin_http::mw::bearer(&req);
     let (mut parts, _) = req.into_parts();
     let ws = WebSocketUpgrade::from_request_parts(&mut parts, &state).await;
     let Some(token) = token else {
@@ -126,7 +126,7 @@ fn error_text(reason: &str, message: &str) -> Utf8Bytes {
 async fn serve(
     socket: WebSocket,
     hub: Arc<Hub>,
-    state: AppState,
+    state: HttpState,
     who: Who,
     stop: watch::Receiver<bool>,
 ) {
@@ -298,7 +298,7 @@ fn handle(text: &str, conn: &Conn, hub: &Hub, who: &Who) -> Vec<Ctl> {
 struct Writer {
     hub: Arc<Hub>,
     conn: Arc<Conn>,
-    state: AppState,
+    state: HttpState,
     who: Who,
     last_heard: Arc<std::sync::Mutex<Instant>>,
 }

@@ -1,4 +1,5 @@
-//! vbin's database schema and bootstrap: create the database if missing, run migrations.
+//! vbin's database schema, bootstrap and maintenance: create the database if missing, run
+//! migrations, delete expired rows in batches.
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -51,4 +52,29 @@ pub async fn connect_and_migrate(url: &str, max_connections: u32) -> Result<PgPo
         .await?;
     MIGRATOR.run(&pool).await?;
     Ok(pool)
+}
+
+/// Rows deleted per statement: short transactions that never hold many locks.
+pub const BATCH: i64 = 5_000;
+
+/// Runs the DELETE `sql` — `$1` the age in seconds beyond which rows go, `$2` the batch size —
+/// until a batch deletes fewer than [`BATCH`] rows; returns how many went in all.
+pub async fn delete_in_batches(
+    pool: &PgPool,
+    sql: &'static str,
+    older_than: Duration,
+) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(sql)
+            .bind(older_than.as_secs_f64())
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
 }

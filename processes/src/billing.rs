@@ -3,10 +3,11 @@
 
 use crate::{applied, ProcessError};
 use chrono::Utc;
+use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_commands::{CommandMeta, ExecError, Executor};
 use vbin_domain::{BillingAccount, BillingCommand, DomainError};
 use vbin_event_schema::{BillingId, CallEvent, CallStatus, CustomerId, PublishedEvent};
+use vbin_eventlog::CommandMeta;
 
 /// Durable consumer name.
 pub const CONSUMER: &str = "billing-charger";

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
+use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_commands::{CommandMeta, ExecError, Executor};
 use vbin_domain::{
     Call, CallCommand, Campaign, CampaignCommand, DomainError, NewCall, Outplan, Target,
     TargetCommand,
@@ -33,6 +33,7 @@ use vbin_event_schema::{
     CallEvent, CallId, CampaignCallRecord, CampaignId, CampaignStatus, CustomerId, EndHandle,
     PublishedEvent, TargetEvent, TargetId, TargetResult,
 };
+use vbin_eventlog::CommandMeta;
 
 /// How often the dialer looks at running campaigns when nothing wakes it.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -170,7 +171,7 @@ impl Campaigns {
         if self.count_due(id) {
             self.count_targets(&c, &meta).await?;
         }
-        if !vbin_commands::api::billing::can_start_call(&self.pool, c.customer_id).await? {
+        if !vbin_app::billing::can_start_call(&self.pool, c.customer_id).await? {
             tracing::warn!(campaign_id = %id, customer_id = %c.customer_id, "balance cannot cover a minute; campaign not dialing");
             return Ok(0);
         }

@@ -19,8 +19,9 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
-use vbin_commands::{CommandMeta, ExecError};
+use vbin_app::ExecError;
 use vbin_event_schema::CustomerId;
+use vbin_eventlog::CommandMeta;
 
 /// Why a handler failed (the event is redelivered later).
 #[derive(Debug, thiserror::Error)]

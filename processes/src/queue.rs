@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
+use vbin_app::queues::join_key;
+use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_commands::api::queues::join_key;
-use vbin_commands::{ExecError, Executor};
 use vbin_domain::{
     Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
     QueueCommand,
@@ -246,7 +246,7 @@ impl Queues {
         &self,
         customer: CustomerId,
         call_id: CallId,
-        meta: &vbin_commands::CommandMeta,
+        meta: &vbin_eventlog::CommandMeta,
     ) -> Result<(), ProcessError> {
         let cmd = CustomerCommand::ReleaseAgentOf {
             call_id,

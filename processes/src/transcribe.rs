@@ -15,8 +15,8 @@
 use crate::{system_meta, ProcessError};
 use chrono::Utc;
 use uuid::Uuid;
+use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_commands::{ExecError, Executor};
 use vbin_domain::{Call, DomainError, Transcribe, TranscribeCommand};
 use vbin_event_schema::{CallId, CustomerId, PublishedEvent};
 

@@ -24,7 +24,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-use vbin_commands::log::{read_after, LogCursor, LogFilter};
+use vbin_eventlog::log::{read_after, LogCursor, LogFilter};
 
 /// Events read per chunk.
 pub const CHUNK: i64 = 20_000;

@@ -28,8 +28,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use vbin_bus::{Bus, ConsumerSpec, Delivery, Disposition};
-use vbin_commands::log::{published_from_row, EVENT_COLUMNS};
 use vbin_event_schema::PublishedEvent;
+use vbin_eventlog::log::{published_from_row, EVENT_COLUMNS};
 
 /// Runtime settings.
 #[derive(Clone, Debug)]

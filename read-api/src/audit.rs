@@ -16,10 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
-use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::{CustomerCaller, Query};
-use vbin_commands::log::{published_from_row, EVENT_COLUMNS};
 use vbin_event_schema::Permission;
+use vbin_eventlog::log::{published_from_row, EVENT_COLUMNS};
+use vbin_http::extract::{CustomerCaller, Query};
+use vbin_http::ApiError;
 
 /// Query parameters.
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@
 //! - `GET /v1.0/events` reads the event log itself (see [`audit`]).
 //!
 //! The routes share the command API's layers (request context, authentication, error envelope),
-//! see `vbin_commands::api::with_layers`.
+//! see `vbin_http::with_layers`.
 
 pub mod audit;
 
@@ -22,9 +22,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::{CustomerAdmin, CustomerCaller, Path, Query};
-use vbin_commands::api::AppState;
+use vbin_http::extract::{CustomerAdmin, CustomerCaller, Path, Query};
+use vbin_http::ApiError;
+use vbin_http::HttpState;
 use vbin_projections::cache::{Cache, CacheError, CachedRow};
 
 /// What the read handlers need.
@@ -37,7 +37,7 @@ pub struct ReadState {
 }
 
 /// The query API routes (to be wrapped by `with_layers` together with the command routes).
-pub fn routes(state: ReadState) -> Router<AppState> {
+pub fn routes(state: ReadState) -> Router<HttpState> {
     Router::new()
         .route("/v1.0/calls", get(list_calls))
         .route("/v1.0/calls/{id}", get(get_call))

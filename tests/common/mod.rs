@@ -430,7 +430,7 @@ impl Env {
             // Webhook retries in milliseconds instead of minutes and hours.
             .env("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,300,600,900")
             .env("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32")
-            .env("RUST_LOG", "info,vbin_commands=debug,sqlx=warn")
+            .env("RUST_LOG", "info,vbin_http=debug,vbin_app=debug,sqlx=warn")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -2,7 +2,7 @@
 //! frame names the call); for every running transcription of that call whose direction
 //! covers it, the audio is resampled to 16 kHz and streamed to the speech-to-text provider;
 //! each final segment becomes a `transcript_created` event through
-//! [`vbin_commands::transcription::record_transcript`].
+//! [`vbin_app::transcription::record_transcript`].
 //!
 //! The audio Asterisk sends is what the call's remote party says: direction `in`.
 //! A session looks up the call's running transcriptions when it starts, and again when a
@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
-use vbin_commands::transcription::{record_transcript, running_transcribes, RunningTranscribe};
-use vbin_commands::Executor;
+use vbin_app::transcription::{record_transcript, running_transcribes, RunningTranscribe};
+use vbin_app::Executor;
 use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
 use vbin_media::audiosocket::{self, Inbound, ServerSettings, Session};
 use vbin_media::resample::Resampler;

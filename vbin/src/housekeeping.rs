@@ -41,7 +41,7 @@ pub async fn run(
             _ = tick.tick() => {}
         }
         if jobs.command_side {
-            match vbin_commands::housekeeping::prune(&pool).await {
+            match vbin_http::mw::prune_idempotency(&pool).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned expired idempotency records"),
                 Err(e) => tracing::warn!(error = %e, "pruning idempotency records failed"),

@@ -11,12 +11,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
+use vbin_app::App;
 use vbin_bus::Bus;
 use vbin_carrier::sandbox::{SandboxCarrier, TimerWorker};
-use vbin_commands::api::{self, AppState};
-use vbin_commands::auth::{platform_secret, AuthKeys};
-use vbin_commands::relay::{Relay, RelayConfig};
-use vbin_commands::{Executor, PgEventRepository};
+use vbin_commands::api::CmdState;
+use vbin_eventlog::relay::{Relay, RelayConfig};
+use vbin_http::auth::{platform_secret, AuthKeys};
+use vbin_http::HttpState;
 
 /// A part of the platform that `serve --only` can select.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -188,7 +189,8 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         println!("generated platform admin token (stored in the database): {admin_token}");
     }
     let (jwt_secret, _) = platform_secret(&pool, "jwt_secret", cfg.jwt_secret.as_deref()).await?;
-    let executor = Executor::new(PgEventRepository::new(pool.clone()));
+    let app = App::new(pool.clone());
+    let executor = app.executor.clone();
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let mut http_addr = None;
@@ -312,7 +314,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         || parts.contains(&Part::Gateway);
     if serves_http {
         let keys = AuthKeys::new(&jwt_secret, &admin_token);
-        let follower = tokio::spawn(vbin_commands::auth::follow_revocations(
+        let follower = tokio::spawn(vbin_http::auth::follow_revocations(
             keys.clone(),
             bus.clone(),
         ));
@@ -321,10 +323,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             stop_follower.await;
             follower.abort();
         }));
-        let state = AppState {
+        let state = HttpState {
             pool: pool.clone(),
-            executor: executor.clone(),
-            keys,
+            keys: keys.clone(),
             bus: bus.clone(),
             redis: Some(redis_client),
             metrics: prometheus(),
@@ -332,7 +333,10 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         let mut routes = axum::Router::new();
         if parts.contains(&Part::CommandApi) {
             routes = routes
-                .merge(api::routes())
+                .merge(vbin_commands::api::routes(CmdState {
+                    app: app.clone(),
+                    keys,
+                }))
                 .merge(vbin_webhooks::api::routes());
         }
         if parts.contains(&Part::QueryApi) {
@@ -352,7 +356,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             tasks.push(tokio::spawn(hub.clone().run(stopped(&rx))));
             routes = routes.merge(vbin_gateway::routes(hub, rx.clone()));
         }
-        let app = api::with_layers(routes, state);
+        let router = vbin_http::with_layers(routes, state);
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await
             .with_context(|| format!("binding {}", cfg.http_addr))?;
@@ -362,7 +366,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(
                 listener.tap_io(move |tcp| cap_send_buffer(tcp, sndbuf)),
-                app,
+                router,
             )
             .with_graceful_shutdown(shutdown)
             .await

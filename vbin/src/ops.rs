@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_commands::log::{read_after, LogCursor, LogFilter};
+use vbin_eventlog::log::{read_after, LogCursor, LogFilter};
 use vbin_projections::cache::Cache;
 use vbin_projections::replay::{self, ReplayOptions, ReplayReport};
 use vbin_projections::Projection;

@@ -9,13 +9,13 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
-use vbin_commands::api::error::ApiError;
-use vbin_commands::api::extract::{CustomerAdmin, Json, Path, Query};
-use vbin_commands::api::AppState;
+use vbin_http::extract::{CustomerAdmin, Json, Path, Query};
+use vbin_http::ApiError;
+use vbin_http::HttpState;
 use vbin_read_api::{page_body, Page};
 
 /// The routes (merged into the command API's listener).
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/v1.0/webhook_deliveries", get(list))
         .route("/v1.0/webhook_deliveries/{id}/retry", post(retry))
@@ -47,7 +47,7 @@ const VIEW: &str = "SELECT d.id::text, json_build_object( \
 
 /// `GET /v1.0/webhook_deliveries?status=&event_id=`: newest first, with every attempt.
 async fn list(
-    State(s): State<AppState>,
+    State(s): State<HttpState>,
     CustomerAdmin(c): CustomerAdmin,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -86,7 +86,7 @@ async fn list(
     Ok(page_body(rows, size))
 }
 
-async fn one(s: &AppState, customer: Uuid, id: Uuid) -> Result<Value, ApiError> {
+async fn one(s: &HttpState, customer: Uuid, id: Uuid) -> Result<Value, ApiError> {
     let sql = format!("{VIEW} WHERE d.customer_id = $1 AND d.id = $2");
     let row: Option<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(customer)
@@ -101,7 +101,7 @@ async fn one(s: &AppState, customer: Uuid, id: Uuid) -> Result<Value, ApiError> 
 /// `POST /v1.0/webhook_deliveries/{id}/retry`: a failed or delivered delivery is sent again
 /// (one more attempt; it keeps its place in its resource's order). 409 while pending.
 async fn retry(
-    State(s): State<AppState>,
+    State(s): State<HttpState>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
@@ -131,7 +131,7 @@ pub struct Recover {
 /// `POST /v1.0/webhook_deliveries/recover {"since"}`: every failed delivery created since then
 /// is sent again -> `{"recovered": n}`.
 async fn recover(
-    State(s): State<AppState>,
+    State(s): State<HttpState>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<Recover>,
 ) -> Result<Json<Value>, ApiError> {

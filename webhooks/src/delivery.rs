@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
+use vbin_app::Executor;
 use vbin_bus::{run_batch_consumer, Bus, ConsumerSpec, Delivery, Disposition};
-use vbin_commands::Executor;
 use vbin_domain::Customer;
 
 /// Durable consumer name of the recorder.
@@ -594,7 +594,7 @@ impl Sender {
     async fn disable(&self, d: &Claimed, reason: String) -> Result<(), sqlx::Error> {
         let customer = vbin_event_schema::CustomerId(d.customer_id);
         let mut meta =
-            vbin_commands::CommandMeta::caused_by("webhooks", d.id, &d.customer_id.to_string());
+            vbin_eventlog::CommandMeta::caused_by("webhooks", d.id, &d.customer_id.to_string());
         meta.customer_id = Some(d.customer_id);
         let cmd = vbin_domain::CustomerCommand::DisableWebhook {
             webhook_uri: d.uri.clone(),

@@ -21,7 +21,7 @@ pub fn retention_from_env() -> Result<Duration, String> {
 /// Deletes deliveries that ended (delivered or failed) more than `retention` ago, with their
 /// attempts; pending ones are never touched. Returns how many deliveries went.
 pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    vbin_commands::housekeeping::delete_in_batches(
+    vbin_migrations::delete_in_batches(
         pool,
         "WITH old AS (SELECT id FROM webhook_deliveries WHERE status <> 'pending' \
            AND updated_at < now() - make_interval(secs => $1) LIMIT $2), \

@@ -1,43 +1,16 @@
-//! Billing commands: top-ups and rates (platform admin), and the balance check that refuses
-//! new calls with 402.
+//! Billing commands: top-ups and rates (platform admin). The balance check that refuses new
+//! calls with 402 is the application's (`vbin_app::billing`).
 
-use super::error::ApiError;
-use super::extract::{Admin, Json, Path};
-use super::AppState;
-use crate::auth::Caller;
+use super::error::ApiResult;
+use super::{acting, CmdState};
 use axum::extract::State;
-use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 use vbin_domain::{BillingAccount, BillingCommand};
 use vbin_event_schema::{CustomerId, Micros};
-
-/// Whether `customer`'s balance covers one minute at its rate (from the inline balance table,
-/// exact at commit). A customer without an account cannot call.
-pub async fn can_start_call(pool: &PgPool, customer: CustomerId) -> Result<bool, sqlx::Error> {
-    let ok: Option<bool> = sqlx::query_scalar(
-        "SELECT balance_micros >= rate_micros_per_minute FROM billing_balances WHERE customer_id = $1",
-    )
-    .bind(customer.as_uuid())
-    .fetch_optional(pool)
-    .await?;
-    Ok(ok.unwrap_or(false))
-}
-
-/// 402 unless the balance covers one minute.
-pub async fn require_funds(pool: &PgPool, customer: CustomerId) -> Result<(), ApiError> {
-    if can_start_call(pool, customer).await? {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        StatusCode::PAYMENT_REQUIRED,
-        "payment_required",
-        "the balance cannot cover one minute of a call; top up the billing account",
-    ))
-}
+use vbin_http::auth::Caller;
+use vbin_http::extract::{Admin, Json, Path};
 
 /// `POST /v1.0/customers/{id}/balance_add` body.
 #[derive(Deserialize)]
@@ -48,11 +21,11 @@ pub struct BalanceAdd {
 
 /// `POST /v1.0/customers/{id}/balance_add` (platform admin) -> the billing account.
 pub async fn balance_add(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     _: Admin,
     Path(id): Path<Uuid>,
     Json(b): Json<BalanceAdd>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let cmd = BillingCommand::AddBalance {
         amount_micros: Micros(b.amount_micros),
         at: Utc::now(),
@@ -69,11 +42,11 @@ pub struct SetRate {
 
 /// `PUT /v1.0/customers/{id}/billing_account` (platform admin): the per-minute rate.
 pub async fn set_rate(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     _: Admin,
     Path(id): Path<Uuid>,
     Json(b): Json<SetRate>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let cmd = BillingCommand::SetRate {
         rate_micros_per_minute: Micros(b.rate_micros_per_minute),
         at: Utc::now(),
@@ -81,16 +54,12 @@ pub async fn set_rate(
     account_command(&s, id, cmd).await
 }
 
-async fn account_command(
-    s: &AppState,
-    customer: Uuid,
-    cmd: BillingCommand,
-) -> Result<Json<Value>, ApiError> {
+async fn account_command(s: &CmdState, customer: Uuid, cmd: BillingCommand) -> ApiResult {
     let customer = CustomerId(customer);
-    let meta = s.meta(&Caller::Admin, customer);
-    let done = s
-        .executor
-        .execute::<BillingAccount>(customer.as_uuid(), customer, None, cmd, &meta)
+    let acting = acting(&Caller::Admin, customer);
+    let account = s
+        .app
+        .update_as_platform::<BillingAccount>(&acting, customer.as_uuid(), cmd)
         .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(account.view()))
 }

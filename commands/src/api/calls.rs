@@ -1,15 +1,15 @@
 //! Call commands: create (one call per destination) and hangup.
 
-use super::error::ApiError;
-use super::extract::{CustomerCaller, Json, Path};
-use super::AppState;
+use super::error::ApiResult;
+use super::{CmdState, Tenant};
 use axum::extract::State;
-use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
-use vbin_domain::{Call, CallCommand, HangupRequest, NewCall};
-use vbin_event_schema::{CallId, E164};
+pub use vbin_app::calls::NewCalls as ValidCalls;
+use vbin_event_schema::E164;
+use vbin_http::extract::{Json, Path};
+use vbin_http::ApiError;
 
 /// Most destinations in one request.
 pub const MAX_DESTINATIONS: usize = 100;
@@ -107,19 +107,6 @@ pub(crate) fn check_variables(vars: &Map<String, Value>) -> Result<(), ApiError>
     Ok(())
 }
 
-/// A validated `POST /v1.0/calls` body.
-#[derive(Debug)]
-pub struct ValidCalls {
-    /// Caller id.
-    pub source: E164,
-    /// 1 to [`MAX_DESTINATIONS`] numbers, one call each.
-    pub destinations: Vec<E164>,
-    /// Scalar variables.
-    pub variables: Map<String, Value>,
-    /// 1000 to 300000 (default [`DEFAULT_DIAL_TIMEOUT_MS`]).
-    pub dial_timeout_ms: u32,
-}
-
 impl CreateCalls {
     /// The handler's checks, without I/O.
     pub fn validate(self) -> Result<ValidCalls, ApiError> {
@@ -142,57 +129,17 @@ impl CreateCalls {
 /// `POST /v1.0/calls` -> `{"calls":[call...]}`: one call per destination, each dialed by the
 /// carrier as soon as its `call_created` event is published.
 pub async fn create_calls(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    t: Tenant,
     Json(b): Json<CreateCalls>,
-) -> Result<Json<Value>, ApiError> {
-    let ValidCalls {
-        source,
-        destinations,
-        variables,
-        dial_timeout_ms,
-    } = b.validate()?;
-    super::billing::require_funds(&s.pool, c.customer_id).await?;
-    let meta = s.meta(&c.caller, c.customer_id);
-    let mut calls = Vec::with_capacity(destinations.len());
-    for destination in destinations {
-        let call_id = CallId(super::reexec::new_id());
-        let cmd = CallCommand::Create {
-            call: NewCall {
-                call_id,
-                customer_id: c.customer_id,
-                source: source.clone(),
-                destination,
-                variables: variables.clone(),
-                dial_timeout_ms,
-                campaign_id: None,
-            },
-            at: Utc::now(),
-        };
-        let done = s
-            .executor
-            .execute_new::<Call>(call_id.as_uuid(), c.customer_id, cmd, &meta)
-            .await?;
-        calls.push(done.state.view());
-    }
-    Ok(Json(json!({ "calls": calls })))
+) -> ApiResult {
+    let calls = s.app.create_calls(&t.acting, b.validate()?).await?;
+    let views: Vec<Value> = calls.iter().map(|c| c.view()).collect();
+    Ok(Json(json!({ "calls": views })))
 }
 
 /// `POST /v1.0/calls/{id}/hangup`: cancels an unanswered call, clears an answered one; a call
 /// that has already ended is returned unchanged.
-pub async fn hangup_call(
-    State(s): State<AppState>,
-    c: CustomerCaller,
-    Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
-    let meta = s.meta(&c.caller, c.customer_id);
-    let cmd = CallCommand::Hangup {
-        request: HangupRequest::Local,
-        at: Utc::now(),
-    };
-    let done = s
-        .executor
-        .execute::<Call>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+pub async fn hangup_call(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+    Ok(Json(s.app.hangup_call(&t.acting, id).await?.view()))
 }

@@ -2,15 +2,14 @@
 //! status. The dialing itself is the campaign dialer's (process managers crate).
 
 use super::calls::{check_variables, parse_destinations, Address};
-use super::error::ApiError;
-use super::extract::{CustomerCaller, Json, Path};
-use super::AppState;
-use crate::executor::StoredAggregate;
+use super::error::{ApiResult, CmdError};
+use super::{CmdState, Tenant};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
+use vbin_app::StoredAggregate;
 use vbin_domain::campaign::MAX_TARGET_DESTINATIONS;
 use vbin_domain::{
     Campaign, CampaignCommand, NewCampaign, NewOutplan, Outdial, OutdialCommand, Outplan,
@@ -20,6 +19,8 @@ use vbin_event_schema::{
     CampaignId, CampaignStatus, CustomerId, EndHandle, OutdialId, OutplanId, QueueId, TargetId,
     E164,
 };
+use vbin_http::extract::{Json, Path};
+use vbin_http::ApiError;
 
 /// Most calls a campaign may keep in flight.
 pub const MAX_CONCURRENT_CALLS: u32 = 1000;
@@ -46,15 +47,12 @@ pub(crate) fn in_range(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, Api
 
 /// Fails with 404 unless aggregate `id` exists and belongs to `customer`.
 pub(crate) async fn require<A: StoredAggregate>(
-    s: &AppState,
+    s: &CmdState,
     id: Uuid,
     customer: CustomerId,
-    what: &str,
-) -> Result<A, ApiError> {
-    s.executor
-        .load::<A>(id, Some(customer))
-        .await?
-        .ok_or_else(|| ApiError::not_found(what))
+    what: &'static str,
+) -> Result<A, CmdError> {
+    Ok(s.app.find::<A>(id, customer, what).await?)
 }
 
 /// `POST /v1.0/outplans` body.
@@ -110,13 +108,13 @@ impl CreateOutplan {
 
 /// `POST /v1.0/outplans` -> the outplan.
 pub async fn create_outplan(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Json(b): Json<CreateOutplan>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
     let plan = NewOutplan {
-        outplan_id: OutplanId(super::reexec::new_id()),
+        outplan_id: OutplanId(vbin_app::new_id()),
         customer_id: c.customer_id,
         name: b.name,
         source: b.source,
@@ -129,12 +127,9 @@ pub async fn create_outplan(
         plan,
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute_new::<Outplan>(id, c.customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app.create::<Outplan>(&acting, id, cmd).await?.view(),
+    ))
 }
 
 /// `POST /v1.0/outdials` body.
@@ -154,24 +149,24 @@ impl CreateOutdial {
 
 /// `POST /v1.0/outdials` -> the outdial.
 pub async fn create_outdial(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Json(b): Json<CreateOutdial>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let name = b.validate()?;
-    let id = OutdialId(super::reexec::new_id());
+    let id = OutdialId(vbin_app::new_id());
     let cmd = OutdialCommand::Create {
         outdial_id: id,
         customer_id: c.customer_id,
         name,
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute_new::<Outdial>(id.as_uuid(), c.customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app
+            .create::<Outdial>(&acting, id.as_uuid(), cmd)
+            .await?
+            .view(),
+    ))
 }
 
 /// `POST /v1.0/outdials/{id}/targets` body.
@@ -205,17 +200,17 @@ impl CreateTarget {
 
 /// `POST /v1.0/outdials/{id}/targets` -> the target (pending).
 pub async fn create_target(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Path(outdial): Path<Uuid>,
     Json(b): Json<CreateTarget>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let ValidTarget {
         destinations,
         variables,
     } = b.validate()?;
     require::<Outdial>(&s, outdial, c.customer_id, "outdial").await?;
-    let id = TargetId(super::reexec::new_id());
+    let id = TargetId(vbin_app::new_id());
     let cmd = TargetCommand::Create {
         target_id: id,
         outdial_id: OutdialId(outdial),
@@ -224,12 +219,12 @@ pub async fn create_target(
         variables,
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute_new::<Target>(id.as_uuid(), c.customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app
+            .create::<Target>(&acting, id.as_uuid(), cmd)
+            .await?
+            .view(),
+    ))
 }
 
 /// `POST /v1.0/campaigns` body.
@@ -296,10 +291,10 @@ impl CreateCampaign {
 
 /// `POST /v1.0/campaigns` -> the campaign (pending).
 pub async fn create_campaign(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Json(b): Json<CreateCampaign>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
     require::<Outplan>(&s, b.outplan_id, c.customer_id, "outplan").await?;
     require::<Outdial>(&s, b.outdial_id, c.customer_id, "outdial").await?;
@@ -309,7 +304,7 @@ pub async fn create_campaign(
     if let Some(next) = b.next_campaign_id {
         require::<Campaign>(&s, next, c.customer_id, "next campaign").await?;
     }
-    let id = CampaignId(super::reexec::new_id());
+    let id = CampaignId(vbin_app::new_id());
     let cmd = CampaignCommand::Create {
         campaign: NewCampaign {
             campaign_id: id,
@@ -325,12 +320,12 @@ pub async fn create_campaign(
         },
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute_new::<Campaign>(id.as_uuid(), c.customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app
+            .create::<Campaign>(&acting, id.as_uuid(), cmd)
+            .await?
+            .view(),
+    ))
 }
 
 /// `PUT /v1.0/campaigns/{id}/status` body.
@@ -342,19 +337,16 @@ pub struct SetStatus {
 
 /// `PUT /v1.0/campaigns/{id}/status` `{status: running|stopped}` -> the campaign.
 pub async fn set_campaign_status(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<SetStatus>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let cmd = CampaignCommand::Request {
         status: b.status,
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute::<Campaign>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app.update::<Campaign>(&acting, id, cmd).await?.view(),
+    ))
 }

@@ -1,159 +1,77 @@
-//! The one error-to-HTTP mapping of the command API: every failure becomes
-//! `{"error":{"status","reason","message","request_id"}}`.
+//! The command side's one error-to-HTTP mapping: body checks answer with [`ApiError`] directly,
+//! use cases with [`AppError`]; both become the error envelope here.
 
-use crate::executor::ExecError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::Value;
+use vbin_app::{AppError, ExecError};
 use vbin_domain::DomainError;
+use vbin_http::error::chain;
+use vbin_http::extract::Json;
+use vbin_http::ApiError;
 
-tokio::task_local! {
-    /// The current request's id (set by the request-id middleware).
-    pub static REQUEST_ID: String;
-}
+/// What a command handler answers: the resource's view, or the error envelope.
+pub type ApiResult = Result<Json<Value>, CmdError>;
 
-/// The current request id, or "" outside a request.
-pub fn request_id() -> String {
-    REQUEST_ID.try_with(|r| r.clone()).unwrap_or_default()
-}
+/// A command handler's failure, as the envelope it answers with.
+#[derive(Debug)]
+pub struct CmdError(pub ApiError);
 
-/// An API error.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Machine-readable reason.
-    pub reason: &'static str,
-    /// Human-readable message.
-    pub message: String,
-}
-
-impl ApiError {
-    /// A new error.
-    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason,
-            message: message.into(),
-        }
-    }
-    /// 400 invalid_argument.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
-    }
-    /// 401.
-    pub fn unauthenticated() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "missing or invalid credentials",
-        )
-    }
-    /// 403.
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "permission_denied", message)
-    }
-    /// 404.
-    pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
-    }
-    /// 409.
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
-    }
-    /// 500, logged; the client sees no internals.
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "{context}");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log with this request_id",
-        )
-    }
-    /// 503, logged.
-    pub fn unavailable(context: &str, err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "{context}");
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{context}; try again"),
-        )
-    }
-}
-
-impl IntoResponse for ApiError {
+impl IntoResponse for CmdError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "status": self.status.as_u16(),
-            "reason": self.reason,
-            "message": self.message,
-            "request_id": request_id(),
-        }});
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("60"),
-            );
-        }
-        resp
+        self.0.into_response()
     }
 }
 
-impl From<ExecError> for ApiError {
+impl From<ApiError> for CmdError {
+    fn from(e: ApiError) -> Self {
+        CmdError(e)
+    }
+}
+
+impl From<ExecError> for CmdError {
     fn from(e: ExecError) -> Self {
-        match e {
-            ExecError::Domain(DomainError::NotFound(what)) => ApiError::not_found(what),
-            ExecError::Domain(DomainError::AlreadyExists(m)) => ApiError::conflict(m),
-            ExecError::Domain(DomainError::FailedPrecondition(m)) => {
+        CmdError::from(AppError::Exec(e))
+    }
+}
+
+impl From<sqlx::Error> for CmdError {
+    fn from(e: sqlx::Error) -> Self {
+        CmdError::from(AppError::Database(e))
+    }
+}
+
+impl From<AppError> for CmdError {
+    fn from(e: AppError) -> Self {
+        CmdError(match e {
+            AppError::Exec(ExecError::Domain(DomainError::NotFound(what)))
+            | AppError::NotFound(what) => ApiError::not_found(what),
+            AppError::Exec(ExecError::Domain(DomainError::AlreadyExists(m))) => {
+                ApiError::conflict(m)
+            }
+            AppError::Exec(ExecError::Domain(DomainError::FailedPrecondition(m))) => {
                 ApiError::new(StatusCode::CONFLICT, "failed_precondition", m)
             }
-            ExecError::Domain(DomainError::Invalid(m)) => ApiError::invalid(m),
-            ExecError::Conflict => ApiError::conflict("concurrent modification; retry the request"),
-            ExecError::Taken(what) => ApiError::conflict(format!("{what} is already taken")),
-            ExecError::AlreadyApplied => ApiError::conflict("already applied"),
-            ExecError::Store(m) => ApiError::unavailable("event store unavailable", m),
-        }
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        ApiError::unavailable("database unavailable", e)
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        let status = r.status();
-        let reason = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-            _ => "invalid_argument",
-        };
-        // Both malformed JSON and schema mismatches are the client's: 400 with serde's reason.
-        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
-            StatusCode::BAD_REQUEST
-        } else {
-            status
-        };
-        ApiError::new(status, reason, r.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(r: PathRejection) -> Self {
-        ApiError::invalid(format!("invalid path parameter: {}", r.body_text()))
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        ApiError::invalid(format!("invalid query parameter: {}", r.body_text()))
+            AppError::Exec(ExecError::Domain(DomainError::Invalid(m))) | AppError::Invalid(m) => {
+                ApiError::invalid(m)
+            }
+            AppError::Exec(ExecError::Conflict) => {
+                ApiError::conflict("concurrent modification; retry the request")
+            }
+            AppError::Exec(ExecError::Taken(what)) => {
+                ApiError::conflict(format!("{what} is already taken"))
+            }
+            AppError::Exec(ExecError::AlreadyApplied) => ApiError::conflict("already applied"),
+            AppError::Conflict(m) => ApiError::conflict(m),
+            AppError::PaymentRequired => ApiError::new(
+                StatusCode::PAYMENT_REQUIRED,
+                "payment_required",
+                AppError::PaymentRequired.to_string(),
+            ),
+            e @ AppError::Exec(ExecError::Store(_)) => {
+                ApiError::unavailable("event store unavailable", chain(&e))
+            }
+            e @ AppError::Database(_) => ApiError::unavailable("database unavailable", chain(&e)),
+        })
     }
 }

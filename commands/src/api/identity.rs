@@ -1,20 +1,21 @@
 //! Identity commands: customers (admin), login, own customer settings, access keys, agents.
 
-use super::error::ApiError;
-use super::extract::{Admin, CustomerAdmin, CustomerCaller, Json, Path};
-use super::AppState;
-use crate::auth::{self, Caller};
+use super::error::{ApiResult, CmdError};
+use super::{acting, CmdState, Tenant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 use vbin_domain::billing::DEFAULT_RATE_MICROS_PER_MINUTE;
 use vbin_domain::{BillingAccount, BillingCommand, Customer, CustomerCommand, NewAgent};
 use vbin_event_schema::{
     AccessKeyId, AgentId, AgentStatus, CustomerId, Micros, Permission, WebhookMethod,
 };
+use vbin_http::auth::{self, Actor, Caller};
+use vbin_http::extract::{Admin, CustomerAdmin, CustomerCaller, Json, Path};
+use vbin_http::ApiError;
 
 /// Grace period during which the previous webhook secret is still used after a rotation.
 pub const WEBHOOK_SECRET_GRACE_HOURS: i64 = 24;
@@ -72,7 +73,7 @@ fn check_password(p: &str) -> Result<(), ApiError> {
 
 /// Hashes a password already checked by [`check_password`].
 async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    tokio::task::spawn_blocking(move || crate::password::hash_password(&password))
         .await
         .map_err(|e| ApiError::internal("password hashing task failed", e))?
         .map_err(|e| ApiError::internal("password hashing failed", e))
@@ -139,14 +140,14 @@ impl CreateCustomer {
 /// username), the orphan account belongs to an id nobody can use, whereas the reverse order
 /// could leave a customer without an account.
 pub async fn create_customer(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     _: Admin,
     Json(b): Json<CreateCustomer>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
-    let customer_id = CustomerId(super::reexec::new_id());
+    let customer_id = CustomerId(vbin_app::new_id());
     let agent = NewAgent {
-        agent_id: AgentId(super::reexec::new_id()),
+        agent_id: AgentId(vbin_app::new_id()),
         username: b.username.clone(),
         password_hash: hash_password(b.password).await?,
         name: b.username,
@@ -161,21 +162,18 @@ pub async fn create_customer(
         first_agent: agent,
         at: Utc::now(),
     };
-    let meta = s.meta(&Caller::Admin, customer_id);
+    let acting = acting(&Caller::Admin, customer_id);
     let open = BillingCommand::Open {
         customer_id,
         balance_micros: b.balance_micros,
         rate_micros_per_minute: b.rate_micros_per_minute,
         at: Utc::now(),
     };
-    s.executor
-        .execute_new::<BillingAccount>(customer_id.as_uuid(), customer_id, open, &meta)
-        .await?;
-    let done = s
-        .executor
-        .execute_new::<Customer>(customer_id.as_uuid(), customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    let id = customer_id.as_uuid();
+    s.app.create::<BillingAccount>(&acting, id, open).await?;
+    Ok(Json(
+        s.app.create::<Customer>(&acting, id, cmd).await?.view(),
+    ))
 }
 
 /// `POST /auth/login` body.
@@ -210,34 +208,32 @@ impl Login {
 /// A hash of a random password: verifying against it when the user does not exist keeps the
 /// response time the same as for a wrong password (no username oracle).
 static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    auth::hash_password(&auth::random_token(16)).expect("hashing a random password")
+    crate::password::hash_password(&auth::random_token(16)).expect("hashing a random password")
 });
 
 /// `POST /auth/login` -> `{token}` (HS256 JWT).
-pub async fn login(
-    State(s): State<AppState>,
-    Json(b): Json<Login>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn login(State(s): State<CmdState>, Json(b): Json<Login>) -> ApiResult {
     let b = b.validate()?;
     if s.keys.login_blocked(&b.username) {
         return Err(ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "resource_exhausted",
             "too many failed logins for this username; try again later",
-        ));
+        )
+        .into());
     }
     let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
         "SELECT agent_id, customer_id, password_hash, permission FROM auth_agents WHERE username = $1",
     )
     .bind(&b.username)
-    .fetch_optional(&s.pool)
+    .fetch_optional(&s.app.pool)
     .await?;
     let phc = row
         .as_ref()
         .map(|r| r.2.clone())
         .unwrap_or_else(|| DUMMY_HASH.clone());
     let password = b.password;
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
+    let ok = tokio::task::spawn_blocking(move || crate::password::verify_password(&password, &phc))
         .await
         .map_err(|e| ApiError::internal("password check task failed", e))?;
     match row {
@@ -253,27 +249,21 @@ pub async fn login(
         }
         _ => {
             s.keys.login_failed(&b.username);
-            Err(ApiError::unauthenticated())
+            Err(ApiError::unauthenticated().into())
         }
     }
 }
 
+/// Runs `cmd` on the caller's own customer.
 async fn customer_cmd(
-    s: &AppState,
+    s: &CmdState,
     c: &CustomerCaller,
     cmd: CustomerCommand,
-) -> Result<Customer, ApiError> {
-    let meta = s.meta(&c.caller, c.customer_id);
-    Ok(s.executor
-        .execute::<Customer>(
-            c.customer_id.as_uuid(),
-            c.customer_id,
-            Some(c.customer_id),
-            cmd,
-            &meta,
-        )
-        .await?
-        .state)
+) -> Result<Customer, CmdError> {
+    let acting = acting(&c.caller, c.customer_id);
+    Ok(s.app
+        .update::<Customer>(&acting, c.customer_id.as_uuid(), cmd)
+        .await?)
 }
 
 /// `PUT /v1.0/customer` body.
@@ -306,10 +296,10 @@ impl UpdateCustomer {
 
 /// `PUT /v1.0/customer`: webhook settings.
 pub async fn update_customer(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<UpdateCustomer>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
     let cmd = CustomerCommand::Update {
         webhook_uri: b.webhook_uri,
@@ -322,9 +312,9 @@ pub async fn update_customer(
 /// `POST /v1.0/customer/webhook_secret/rotate`: a new secret; the old one stays in use for the
 /// grace period.
 pub async fn rotate_webhook_secret(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let cmd = CustomerCommand::RotateWebhookSecret {
         webhook_secret: auth::random_token(32),
         grace: Duration::hours(WEBHOOK_SECRET_GRACE_HOURS),
@@ -377,13 +367,13 @@ impl CreateAccessKey {
 
 /// `POST /v1.0/accesskeys`: returns the token once; only its hash is kept.
 pub async fn create_access_key(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<CreateAccessKey>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
     let token = auth::new_access_key();
-    let key_id = AccessKeyId(super::reexec::new_id());
+    let key_id = AccessKeyId(vbin_app::new_id());
     let now = Utc::now();
     let cmd = CustomerCommand::CreateAccessKey {
         key_id,
@@ -401,10 +391,10 @@ pub async fn create_access_key(
 
 /// `DELETE /v1.0/accesskeys/{id}`: revoke.
 pub async fn delete_access_key(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let key_id = AccessKeyId(id);
     let cmd = CustomerCommand::DeleteAccessKey {
         key_id,
@@ -460,12 +450,12 @@ impl CreateAgent {
 
 /// `POST /v1.0/agents`.
 pub async fn create_agent(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<CreateAgent>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
-    let agent_id = AgentId(super::reexec::new_id());
+    let agent_id = AgentId(vbin_app::new_id());
     let agent = NewAgent {
         agent_id,
         name: b.name,
@@ -514,11 +504,11 @@ impl UpdateAgent {
 
 /// `PUT /v1.0/agents/{id}`.
 pub async fn update_agent(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
     Json(b): Json<UpdateAgent>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let b = b.validate()?;
     let agent_id = AgentId(id);
     let cmd = CustomerCommand::UpdateAgent {
@@ -534,10 +524,10 @@ pub async fn update_agent(
 
 /// `DELETE /v1.0/agents/{id}`.
 pub async fn delete_agent(
-    State(s): State<AppState>,
+    State(s): State<CmdState>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let agent_id = AgentId(id);
     let state = customer_cmd(
         &s,
@@ -561,14 +551,14 @@ pub struct AgentStatusBody {
 
 /// `PUT /v1.0/agents/{id}/status`: an agent may set its own; an admin anyone's.
 pub async fn set_agent_status(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, .. }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<AgentStatusBody>,
-) -> Result<Json<Value>, ApiError> {
-    let own = c.caller.actor() == crate::meta::Actor::Agent(id);
+) -> ApiResult {
+    let own = c.caller.actor() == Actor::Agent(id);
     if !own && c.permission != Permission::Admin {
-        return Err(ApiError::forbidden("agents may only set their own status"));
+        return Err(ApiError::forbidden("agents may only set their own status").into());
     }
     let agent_id = AgentId(id);
     let cmd = CustomerCommand::SetAgentStatus {

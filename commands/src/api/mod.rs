@@ -1,65 +1,59 @@
-//! The command REST API (axum): identity and calls, per API.md.
+//! The command REST API (axum), per API.md: each handler checks its body, builds the command
+//! and runs it through the application layer ([`vbin_app::App`]); the view of the resulting
+//! state is the answer.
 
 pub mod billing;
 pub mod calls;
 pub mod campaigns;
 pub mod error;
-pub mod extract;
-pub mod health;
 pub mod identity;
-pub mod mw;
-pub mod openapi;
 pub mod queues;
-pub mod reexec;
 pub mod transcribes;
 
-use crate::auth::AuthKeys;
-use crate::executor::Executor;
-use crate::meta::CommandMeta;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::routing::{post, put};
-use axum::{middleware, Router};
-use error::ApiError;
-use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
-use vbin_bus::Bus;
+use axum::Router;
+use vbin_app::{Acting, App};
+use vbin_event_schema::CustomerId;
+use vbin_http::auth::{AuthKeys, Caller};
+use vbin_http::extract::CustomerCaller;
+use vbin_http::{ApiError, HttpState};
 
-/// Shared state of the HTTP handlers.
+/// What the command handlers share: the application and the authentication keys (logins
+/// issue tokens; deleting an agent or key revokes cached ones).
 #[derive(Clone)]
-pub struct AppState {
-    /// Postgres.
-    pub pool: PgPool,
-    /// Command executor.
-    pub executor: Executor,
+pub struct CmdState {
+    /// The use cases.
+    pub app: App,
     /// Authentication keys.
     pub keys: AuthKeys,
-    /// NATS (for readiness).
-    pub bus: Bus,
-    /// Redis URL (for readiness).
-    pub redis: Option<redis::Client>,
-    /// Prometheus registry.
-    pub metrics: Option<PrometheusHandle>,
 }
 
-impl AppState {
-    /// Metadata for a command caused by the current request.
-    pub fn meta(
-        &self,
-        caller: &crate::auth::Caller,
-        customer: vbin_event_schema::CustomerId,
-    ) -> CommandMeta {
-        let mut meta = CommandMeta::from_request(
-            &caller.actor(),
-            &error::request_id(),
-            Some(customer.as_uuid()),
-        );
-        meta.request_seed = reexec::seed();
-        meta
+/// The command metadata of the current request for `caller` acting on `customer`.
+pub fn acting(caller: &Caller, customer: CustomerId) -> Acting {
+    Acting::request(&caller.actor(), &vbin_http::error::request_id(), customer)
+}
+
+/// A customer's command request: the caller, and what its commands act as.
+pub struct Tenant {
+    /// The authenticated customer identity.
+    pub caller: CustomerCaller,
+    /// Tenant and metadata for the commands.
+    pub acting: Acting,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, s: &S) -> Result<Self, ApiError> {
+        let caller = CustomerCaller::from_request_parts(parts, s).await?;
+        let acting = acting(&caller.caller, caller.customer_id);
+        Ok(Tenant { caller, acting })
     }
 }
 
-/// The command API routes (without the cross-cutting layers; see [`with_layers`]).
-pub fn routes() -> Router<AppState> {
+/// The command API routes, with their state (merged under [`vbin_http::with_layers`]).
+pub fn routes(state: CmdState) -> Router<HttpState> {
     Router::new()
         .route("/auth/login", post(identity::login))
         .route("/v1.0/customers", post(identity::create_customer))
@@ -108,23 +102,5 @@ pub fn routes() -> Router<AppState> {
             "/v1.0/transcribes/{id}/stop",
             post(transcribes::stop_transcribe),
         )
-}
-
-/// Wraps routes with the layers every vbin HTTP surface shares: JSON 404, body limit,
-/// idempotency, authentication, request id/metrics (outermost), and the health endpoints.
-pub fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
-    routes
-        .merge(health::routes())
-        .fallback(|| async { ApiError::not_found("route") })
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            mw::idempotency,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            mw::authenticate,
-        ))
-        .layer(DefaultBodyLimit::max(mw::MAX_BODY_BYTES))
-        .layer(middleware::from_fn(mw::request_context))
         .with_state(state)
 }

@@ -2,20 +2,18 @@
 //! agents is the queue process manager's (process managers crate).
 
 use super::campaigns::{check_name, in_range, require};
-use super::error::ApiError;
-use super::extract::{CustomerCaller, Json, Path};
-use super::AppState;
+use super::error::{ApiResult, CmdError};
+use super::{CmdState, Tenant};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::Value;
 use std::collections::HashSet;
 use uuid::Uuid;
 use vbin_domain::queue::MAX_QUEUE_AGENTS;
-use vbin_domain::{Call, Customer, NewQueue, Queue, QueueCommand};
-use vbin_event_schema::{
-    AgentId, CallId, CallStatus, CustomerId, QueueEvent, QueueId, RoutingMethod,
-};
+use vbin_domain::{Customer, NewQueue, Queue, QueueCommand};
+use vbin_event_schema::{AgentId, CallId, CustomerId, QueueId, RoutingMethod};
+use vbin_http::extract::{Json, Path};
+use vbin_http::ApiError;
 
 /// Default longest wait in a queue (5 minutes).
 pub const DEFAULT_WAIT_TIMEOUT_MS: u32 = 300_000;
@@ -73,25 +71,25 @@ impl QueueBody {
 }
 
 /// Checks the body, and that its agents are this customer's.
-async fn settings(s: &AppState, customer: CustomerId, b: QueueBody) -> Result<Settings, ApiError> {
+async fn settings(s: &CmdState, customer: CustomerId, b: QueueBody) -> Result<Settings, CmdError> {
     let q = b.validate()?;
     let owner = require::<Customer>(s, customer.as_uuid(), customer, "customer").await?;
     if let Some(unknown) = q.agent_ids.iter().find(|id| owner.agent(**id).is_none()) {
-        return Err(ApiError::invalid(format!(
-            "agent_ids: no agent {unknown} in this customer"
-        )));
+        return Err(
+            ApiError::invalid(format!("agent_ids: no agent {unknown} in this customer")).into(),
+        );
     }
     Ok(q)
 }
 
 /// `POST /v1.0/queues` -> the queue.
 pub async fn create_queue(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Json(b): Json<QueueBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let q = settings(&s, c.customer_id, b).await?;
-    let id = QueueId(super::reexec::new_id());
+    let id = QueueId(vbin_app::new_id());
     let cmd = QueueCommand::Create {
         queue: NewQueue {
             queue_id: id,
@@ -103,21 +101,21 @@ pub async fn create_queue(
         },
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute_new::<Queue>(id.as_uuid(), c.customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app
+            .create::<Queue>(&acting, id.as_uuid(), cmd)
+            .await?
+            .view(),
+    ))
 }
 
 /// `PUT /v1.0/queues/{id}` -> the queue (settings replaced; waiting calls keep their place).
 pub async fn update_queue(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<QueueBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let q = settings(&s, c.customer_id, b).await?;
     let cmd = QueueCommand::Update {
         name: q.name,
@@ -126,12 +124,7 @@ pub async fn update_queue(
         wait_timeout_ms: q.wait_timeout_ms,
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute::<Queue>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(s.app.update::<Queue>(&acting, id, cmd).await?.view()))
 }
 
 /// `POST /v1.0/queues/{id}/calls` body.
@@ -144,40 +137,14 @@ pub struct JoinBody {
 /// `POST /v1.0/queues/{id}/calls` `{call_id}` -> the queue call (waiting). The call must be
 /// answered (progressing); a call joins at most one queue, once (409 afterwards).
 pub async fn join_queue(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<JoinBody>,
-) -> Result<Json<Value>, ApiError> {
-    require::<Queue>(&s, id, c.customer_id, "queue").await?;
-    let call = require::<Call>(&s, b.call_id, c.customer_id, "call").await?;
-    if call.status != CallStatus::Progressing {
-        return Err(ApiError::conflict(
-            "only an answered (progressing) call can join a queue",
-        ));
-    }
-    let call_id = CallId(b.call_id);
-    let cmd = QueueCommand::Join {
-        queuecall_id: super::reexec::new_id(),
-        call_id,
-        at: Utc::now(),
-    };
-    let meta = s
-        .meta(&c.caller, c.customer_id)
-        .once(c.customer_id.as_uuid(), join_key(call_id));
-    let done = s
-        .executor
-        .execute::<Queue>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
+) -> ApiResult {
+    let view = s
+        .app
+        .join_queue(&acting, QueueId(id), CallId(b.call_id))
         .await?;
-    let q = done.state;
-    let joined = QueueEvent::QueuecallJoined {
-        call: q.waiting[&call_id].clone(),
-        stats: q.stats,
-    };
-    Ok(Json(q.queuecall_view(&joined).unwrap_or_default()))
-}
-
-/// The once-key of a call's join: a call joins one queue, once.
-pub fn join_key(call_id: CallId) -> String {
-    format!("queue-join:{call_id}")
+    Ok(Json(view))
 }

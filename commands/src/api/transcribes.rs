@@ -1,21 +1,21 @@
 //! Transcription commands: start the transcription of an answered call and stop it. The
-//! transcripts are recorded by the media pipeline ([`crate::transcription::record_transcript`]);
+//! transcripts are recorded by the media pipeline ([`vbin_app::transcription::record_transcript`]);
 //! the reads are the query API's.
 
 use super::campaigns::require;
-use super::error::ApiError;
-use super::extract::{CustomerCaller, Json, Path};
-use super::AppState;
+use super::error::ApiResult;
+use super::{CmdState, Tenant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::Value;
 use uuid::Uuid;
 use vbin_domain::{Call, NewTranscribe, Transcribe, TranscribeCommand};
 use vbin_event_schema::{
     check_language, CallId, CallStatus, TranscribeDirection, TranscribeId, TranscribeReferenceType,
 };
+use vbin_http::extract::{Json, Path};
+use vbin_http::ApiError;
 
 /// `POST /v1.0/transcribes` body. Plain strings, checked one by one for clear messages.
 #[derive(Deserialize)]
@@ -83,32 +83,34 @@ fn failed_precondition(message: impl Into<String>) -> ApiError {
 /// otherwise) and answered (progressing; 409 `failed_precondition` otherwise), and have no
 /// running transcribe in the same direction (409).
 pub async fn create_transcribe(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
     Json(b): Json<TranscribeBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> ApiResult {
     let t = b.validate()?;
     let call = require::<Call>(&s, t.call_id.as_uuid(), c.customer_id, "call").await?;
     if call.status != CallStatus::Progressing {
         return Err(failed_precondition(format!(
             "only an answered (progressing) call can be transcribed; the call is {}",
             call.status.as_str()
-        )));
+        ))
+        .into());
     }
     let running: Option<Uuid> = sqlx::query_scalar(
         "SELECT transcribe_id FROM transcribe_calls WHERE call_id = $1 AND direction = $2",
     )
     .bind(t.call_id.as_uuid())
     .bind(t.direction.as_str())
-    .fetch_optional(&s.pool)
+    .fetch_optional(&s.app.pool)
     .await?;
     if let Some(running) = running {
         return Err(failed_precondition(format!(
             "the call has a running transcribe {running} for direction {}",
             t.direction.as_str()
-        )));
+        ))
+        .into());
     }
-    let id = TranscribeId(super::reexec::new_id());
+    let id = TranscribeId(vbin_app::new_id());
     let cmd = TranscribeCommand::Start {
         transcribe: NewTranscribe {
             transcribe_id: id,
@@ -120,28 +122,25 @@ pub async fn create_transcribe(
         },
         at: Utc::now(),
     };
-    let meta = s.meta(&c.caller, c.customer_id);
-    let done = s
-        .executor
-        .execute_new::<Transcribe>(id.as_uuid(), c.customer_id, cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app
+            .create::<Transcribe>(&acting, id.as_uuid(), cmd)
+            .await?
+            .view(),
+    ))
 }
 
 /// `POST /v1.0/transcribes/{id}/stop` -> the transcribe (completed). Stopping a completed one
 /// returns it unchanged.
 pub async fn stop_transcribe(
-    State(s): State<AppState>,
-    c: CustomerCaller,
+    State(s): State<CmdState>,
+    Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
-) -> Result<Json<Value>, ApiError> {
-    let meta = s.meta(&c.caller, c.customer_id);
+) -> ApiResult {
     let cmd = TranscribeCommand::Stop { at: Utc::now() };
-    let done = s
-        .executor
-        .execute::<Transcribe>(id, c.customer_id, Some(c.customer_id), cmd, &meta)
-        .await?;
-    Ok(Json(done.state.view()))
+    Ok(Json(
+        s.app.update::<Transcribe>(&acting, id, cmd).await?.view(),
+    ))
 }
 
 #[cfg(test)]

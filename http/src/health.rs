@@ -1,7 +1,7 @@
 //! `/healthz` (process up), `/readyz` (Postgres, NATS, Redis reachable), `/metrics`, and
-//! `/openapi.json` (the API description, [`super::openapi`]).
+//! `/openapi.json` (the API description, [`crate::openapi`]).
 
-use super::AppState;
+use crate::HttpState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -11,15 +11,15 @@ use serde_json::json;
 use std::time::Duration;
 
 /// The health routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<HttpState> {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(super::openapi::spec))
+        .route("/openapi.json", get(crate::openapi::spec))
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     let t = Duration::from_secs(2);
     let pg = tokio::time::timeout(t, sqlx::query("SELECT 1").execute(&s.pool))
         .await
@@ -48,7 +48,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let body = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     ([("content-type", "text/plain; version=0.0.4")], body)
 }

@@ -6,7 +6,6 @@
 //! retried call (after a timeout whose append did commit) records nothing twice.
 
 use crate::executor::{ExecError, Executor};
-use crate::meta::{Actor, CommandMeta};
 use chrono::Utc;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -16,6 +15,7 @@ use vbin_domain::{Transcribe, TranscribeCommand};
 use vbin_event_schema::{
     CallId, CustomerId, TranscribeEvent, TranscribeId, TranscriptDirection, TranscriptId,
 };
+use vbin_eventlog::{Actor, CommandMeta};
 
 /// The actor recorded on transcripts.
 pub const ACTOR: &str = "transcriber";

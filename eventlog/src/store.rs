@@ -7,6 +7,7 @@
 //! table has no event id, timestamp, global position or transaction id, all of which the relay,
 //! audit trail and replay need.
 
+use crate::event::NewEvent;
 use crate::inline;
 use crate::meta::CommandMeta;
 use chrono::{DateTime, Utc};
@@ -22,19 +23,6 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct PgEventRepository {
     pool: PgPool,
-}
-
-/// An event about to be appended.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// e.g. `call_created`.
-    pub event_type: String,
-    /// Schema version.
-    pub event_version: String,
-    /// Serialized event.
-    pub payload: Value,
-    /// API view of the resource after the event.
-    pub resource: Value,
 }
 
 /// An appended event, as recorded.

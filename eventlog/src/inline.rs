@@ -3,7 +3,7 @@
 //! transcriptions of each call), updated in the same transaction as the events that change
 //! them. Read models proper are built asynchronously by the projections crate.
 
-use crate::store::NewEvent;
+use crate::event::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent, TranscribeEvent};

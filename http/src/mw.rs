@@ -1,15 +1,15 @@
 //! Middleware: request ids and access metrics, authentication, Idempotency-Key replay.
 
-use super::error::{ApiError, REQUEST_ID};
-use super::AppState;
 use crate::auth::Caller;
+use crate::error::{ApiError, REQUEST_ID};
+use crate::HttpState;
 use axum::body::{to_bytes, Body};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 /// `X-Request-Id`.
@@ -96,7 +96,11 @@ pub fn bearer(req: &Request) -> Option<String> {
 
 /// Resolves the bearer (if any) to a [`Caller`] extension. A bearer that does not resolve is a
 /// 401 at once; no bearer leaves the decision to the handler's extractor.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<HttpState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     if let Some(token) = bearer(&req) {
         match state.keys.resolve(&state.pool, &token).await {
             Ok(Some(caller)) => {
@@ -117,7 +121,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL_HOURS: i64 = 24;
 /// An in-progress record older than this is treated as abandoned (its process died) and the
-/// retry runs the request again — safely, see [`super::reexec`].
+/// retry runs the request again — safely, see [`vbin_eventlog::reexec`].
 const IN_PROGRESS_TIMEOUT_SECS: i64 = 10;
 
 /// `Idempotency-Key` on POST: the same key and request within 24 h returns the first
@@ -125,8 +129,8 @@ const IN_PROGRESS_TIMEOUT_SECS: i64 = 10;
 /// while the first is still running, 409. 5xx responses are not kept (the retry runs again,
 /// with the same seed).
 /// A retry of a request whose process died before answering runs it again with the same seed
-/// (see [`super::reexec`]): whatever the first attempt committed is committed once.
-pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// (see [`vbin_eventlog::reexec`]): whatever the first attempt committed is committed once.
+pub async fn idempotency(State(state): State<HttpState>, req: Request, next: Next) -> Response {
     let key = req
         .headers()
         .get("idempotency-key")
@@ -188,7 +192,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         }
         Ok(Claim::Mine(seed)) => seed,
     };
-    let resp = super::reexec::with_seed(
+    let resp = vbin_eventlog::reexec::with_seed(
         seed,
         next.run(Request::from_parts(parts, Body::from(bytes))),
     )
@@ -236,7 +240,7 @@ enum Claim {
 }
 
 async fn claim(
-    state: &AppState,
+    state: &HttpState,
     scope: &str,
     key: &str,
     hash: &[u8],
@@ -297,4 +301,27 @@ async fn claim(
         Some((_, Some(status), Some(body))) => Claim::Replay(status, body),
         Some(_) => Claim::InProgress,
     })
+}
+
+/// Deletes `Idempotency-Key` records older than their 24 h lifetime and the once-keys of those
+/// requests' commands (kept twice as long, so a record never outlives its once-keys); returns
+/// how many rows went.
+pub async fn prune_idempotency(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let ttl = Duration::from_secs(IDEMPOTENCY_TTL_HOURS as u64 * 3_600);
+    let keys = vbin_migrations::delete_in_batches(
+        pool,
+        "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY(SELECT ctid FROM idempotency_keys \
+         WHERE created_at < now() - make_interval(secs => $1) LIMIT $2))",
+        ttl,
+    )
+    .await?;
+    let once = vbin_migrations::delete_in_batches(
+        pool,
+        "DELETE FROM processed_commands WHERE ctid = ANY(ARRAY(SELECT ctid FROM processed_commands \
+         WHERE key LIKE 'request:%' AND recorded_at < now() - make_interval(secs => $1) \
+         LIMIT $2))",
+        2 * ttl,
+    )
+    .await?;
+    Ok(keys + once)
 }

@@ -1,7 +1,7 @@
 //! Extractors whose rejections use the error envelope, and caller guards.
 
-use super::error::ApiError;
 use crate::auth::Caller;
+use crate::error::ApiError;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};

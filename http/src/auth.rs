@@ -1,8 +1,6 @@
-//! Authentication: passwords (Argon2id), JWTs (HS256), access keys (`vb_` tokens stored as
+//! Authentication: JWTs (HS256), access keys (`vb_` tokens stored as
 //! SHA-256), the platform admin token, and resolving a request's bearer to a [`Caller`].
 
-use crate::meta::Actor;
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -11,6 +9,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 use vbin_event_schema::{CustomerId, Permission};
+pub use vbin_eventlog::Actor;
 
 /// Prefix of every access key token.
 pub const ACCESS_KEY_PREFIX: &str = "vb_";
@@ -111,27 +110,6 @@ pub fn random_token(n: usize) -> String {
 /// A new access key token: `vb_` + 43 characters of 256-bit randomness.
 pub fn new_access_key() -> String {
     format!("{ACCESS_KEY_PREFIX}{}", random_token(32))
-}
-
-/// Hashes a password (Argon2id, random salt, PHC string).
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    rand::fill(&mut salt[..]);
-    Argon2::default()
-        .hash_password_with_salt(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
-}
-
-/// Checks a password against a stored PHC string.
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc)
-        .map(|h| {
-            Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
 }
 
 impl AuthKeys {
@@ -373,10 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn passwords_and_keys() {
-        let h = hash_password("correct horse").unwrap();
-        assert!(verify_password("correct horse", &h));
-        assert!(!verify_password("wrong", &h));
+    fn access_keys() {
         let k = new_access_key();
         assert!(k.starts_with("vb_") && k.len() == 46);
         assert_eq!(hash_access_key(&k).len(), 64);

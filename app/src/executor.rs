@@ -2,8 +2,6 @@
 //! append in one transaction; on a concurrency conflict reload and decide again, a bounded
 //! number of times, then report the conflict (HTTP 409).
 
-use crate::meta::CommandMeta;
-use crate::store::{AppendError, NewEvent, PgEventRepository, Recorded};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{AggregateError, DomainEvent, EventStore};
@@ -16,6 +14,7 @@ use vbin_domain::{
     Target, Transcribe,
 };
 use vbin_event_schema::CustomerId;
+use vbin_eventlog::{AppendError, CommandMeta, NewEvent, PgEventRepository, Recorded};
 
 /// How aggregates are stored: their owner and snapshot policy.
 pub trait StoredAggregate:
@@ -70,8 +69,22 @@ pub enum ExecError {
     #[error("already applied")]
     AlreadyApplied,
     /// Storage failed.
-    #[error("event store: {0}")]
-    Store(String),
+    #[error("event store unavailable")]
+    Store(#[from] StoreError),
+}
+
+/// What failed in the event store (the cause is kept for the logs).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres.
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+    /// Loading the aggregate (cqrs-es: connection, deserialization, upcasting).
+    #[error("loading the aggregate")]
+    Load(#[source] AggregateError<DomainError>),
+    /// Encoding an event or a snapshot.
+    #[error("encoding")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// The outcome of a command: the aggregate after it and the events it recorded.
@@ -157,7 +170,7 @@ impl Executor {
                 .repo
                 .last_sequence(A::TYPE, id)
                 .await
-                .map_err(|e| ExecError::Store(e.to_string()))?;
+                .map_err(StoreError::from)?;
             self.cached::<A>(id).filter(|(_, seq)| *seq >= last)
         } else {
             None
@@ -185,7 +198,7 @@ impl Executor {
         let ctx = store
             .load_aggregate(&id.to_string())
             .await
-            .map_err(|e: AggregateError<DomainError>| ExecError::Store(e.to_string()))?;
+            .map_err(StoreError::Load)?;
         Ok((ctx.aggregate, ctx.current_sequence))
     }
 
@@ -235,7 +248,7 @@ impl Executor {
         A::Command: Clone,
     {
         let _serial = self.stripe(A::TYPE, id).lock().await;
-        // A request with an Idempotency-Key: the command's once-key (see `api::reexec`).
+        // A request with an Idempotency-Key: the command's once-key (see `vbin_eventlog::reexec`).
         let request_once = match meta.request_seed {
             Some(seed) if meta.once_key.is_none() => Some(CommandMeta {
                 once_key: Some(format!("request:{seed}:{}:{id}", A::TYPE)),
@@ -279,7 +292,7 @@ impl Executor {
                 .filter(|n| last / n > seq / n)
                 .map(|_| serde_json::to_value(&state).map(|v| (v, last)))
                 .transpose()
-                .map_err(|e| ExecError::Store(e.to_string()))?;
+                .map_err(StoreError::from)?;
             match self
                 .repo
                 .append(A::TYPE, id, owner.as_uuid(), seq, &new, meta, snapshot)
@@ -314,7 +327,7 @@ impl Executor {
                     });
                 }
                 Err(AppendError::AlreadyApplied) => return Err(ExecError::AlreadyApplied),
-                Err(AppendError::Database(e)) => return Err(ExecError::Store(e.to_string())),
+                Err(AppendError::Database(e)) => return Err(StoreError::from(e).into()),
             }
         }
     }
@@ -332,8 +345,7 @@ fn to_new_events<A: StoredAggregate>(
             Ok(NewEvent {
                 event_type: e.event_type(),
                 event_version: e.event_version(),
-                payload: serde_json::to_value(e)
-                    .map_err(|err| ExecError::Store(err.to_string()))?,
+                payload: serde_json::to_value(e).map_err(StoreError::from)?,
                 resource: state.resource_after(e),
             })
         })

@@ -1,0 +1,61 @@
+//! Placing and hanging up calls.
+
+use crate::{new_id, Acting, App, AppError};
+use chrono::Utc;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+use vbin_domain::{Call, CallCommand, HangupRequest, NewCall};
+use vbin_event_schema::{CallId, E164};
+
+/// Calls to place: one per destination, all alike otherwise (already validated).
+#[derive(Debug)]
+pub struct NewCalls {
+    /// Caller id.
+    pub source: E164,
+    /// One call each.
+    pub destinations: Vec<E164>,
+    /// Scalar variables.
+    pub variables: Map<String, Value>,
+    /// Ring timeout.
+    pub dial_timeout_ms: u32,
+}
+
+impl App {
+    /// Creates one call per destination, each dialed by the carrier once its `call_created`
+    /// is published. Refused without funds for a minute.
+    pub async fn create_calls(
+        &self,
+        acting: &Acting,
+        new: NewCalls,
+    ) -> Result<Vec<Call>, AppError> {
+        self.require_funds(acting.customer).await?;
+        let mut calls = Vec::with_capacity(new.destinations.len());
+        for destination in new.destinations {
+            let call_id = CallId(new_id());
+            let cmd = CallCommand::Create {
+                call: NewCall {
+                    call_id,
+                    customer_id: acting.customer,
+                    source: new.source.clone(),
+                    destination,
+                    variables: new.variables.clone(),
+                    dial_timeout_ms: new.dial_timeout_ms,
+                    campaign_id: None,
+                },
+                at: Utc::now(),
+            };
+            calls.push(self.create::<Call>(acting, call_id.as_uuid(), cmd).await?);
+        }
+        Ok(calls)
+    }
+
+    /// Cancels an unanswered call, clears an answered one; a call that has already ended is
+    /// returned unchanged.
+    pub async fn hangup_call(&self, acting: &Acting, id: Uuid) -> Result<Call, AppError> {
+        let cmd = CallCommand::Hangup {
+            request: HangupRequest::Local,
+            at: Utc::now(),
+        };
+        self.update::<Call>(acting, id, cmd).await
+    }
+}

@@ -1,9 +1,8 @@
 //! End-to-end tests of issue 4: billing, outbound campaigns (and queues). Real vbin processes
 //! with the sandbox carrier, Postgres, nats-server and redis-server.
 
-mod common;
 
-use common::{all_pages, answered_call, created, get, id_of, wait_get, Env};
+use crate::support::{all_pages, answered_call, created, get, id_of, wait_get, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::HashMap;

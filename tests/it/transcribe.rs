@@ -3,9 +3,8 @@
 //! function against the real database, and the automatic stop when the call hangs up. Real
 //! vbin processes with the sandbox carrier, Postgres, nats-server and redis-server.
 
-mod common;
 
-use common::{all_pages, answered_call, get, wait_get, Env};
+use crate::support::{all_pages, answered_call, get, wait_get, Env};
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;

@@ -3,9 +3,8 @@
 //! odd strings, mutations of a valid body). A client's mistake must be a 4xx with a JSON error,
 //! never a 5xx, and the platform must stay ready.
 
-mod common;
 
-use common::{answered_call, created, id_of, Env};
+use crate::support::{answered_call, created, id_of, Env};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 

@@ -10,9 +10,8 @@
 //! `VBIN_SCHEMATHESIS_PHASES` and `VBIN_SCHEMATHESIS_CHECKS` override schemathesis' `--phases`
 //! and `--checks`.
 
-mod common;
 
-use common::{answered_call, created, get, id_of, wait_get, Env};
+use crate::support::{answered_call, created, get, id_of, wait_get, Env};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -312,7 +311,7 @@ fn run_schemathesis(
 /// The platform-admin operations.
 const ADMIN_OPS: [&str; 3] = ["createCustomer", "addBalance", "setRate"];
 /// Not fuzzed with the customer's token: the platform admin's operations (their own run) and
-/// the WebSocket upgrade (plain HTTP requests can only get its 400; tests/gateway.rs covers it).
+/// the WebSocket upgrade (plain HTTP requests can only get its 400; tests/it/gateway.rs covers it).
 const EXCLUDED: [&str; 4] = ["createCustomer", "addBalance", "setRate", "websocket"];
 
 #[tokio::test]

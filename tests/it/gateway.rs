@@ -1,9 +1,8 @@
 //! End-to-end tests of the WebSocket gateway (issue 6) with a real WebSocket client against
 //! the `vbin serve` binary.
 
-mod common;
 
-use common::{Env, Platform};
+use crate::support::{Env, Platform};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

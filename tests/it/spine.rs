@@ -1,9 +1,8 @@
 //! End-to-end tests of the platform spine (issue 2): identity and call commands over HTTP, the
 //! Postgres event log, the outbox relay to JetStream and the sandbox carrier, all real.
 
-mod common;
 
-use common::Env;
+use crate::support::Env;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};

@@ -4,14 +4,13 @@
 //! models (a fresh replay), billing and a webhook receiver — see [`check_invariants`].
 //!
 //! The load is `VBIN_CHAOS_COMMANDS` commands (default 1,500: the short run in `./scripts/test`);
-//! the long run is `VBIN_CHAOS_COMMANDS=10000 cargo nextest run --release --test chaos`
+//! the long run is `VBIN_CHAOS_COMMANDS=10000 cargo nextest run -p vbin --release --test it chaos::`
 //! (docs/reliability.md).
 
-mod common;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use common::{get, vbin, Env, PgCluster};
+use crate::support::{get, vbin, Env, PgCluster};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};

@@ -1,9 +1,8 @@
 //! Security: tenant isolation over every endpoint that takes an id (customer A's token against
 //! customer B's resources answers 404 and changes nothing), and bad credentials.
 
-mod common;
 
-use common::{answered_call, created, id_of, wait_get, Env};
+use crate::support::{answered_call, created, id_of, wait_get, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -1,9 +1,8 @@
 //! End-to-end tests of the read side (issue 3): projections, the query API with its Redis
 //! cache, the audit trail. Real vbin processes, Postgres, nats-server and redis-server.
 
-mod common;
 
-use common::{all_pages, get, vbin, wait_get, Env};
+use crate::support::{all_pages, get, vbin, wait_get, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -1,11 +1,10 @@
 //! End-to-end tests of webhook delivery (issue 5): a real HTTP receiver verifies every
 //! delivery as a customer would.
 
-mod common;
 
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use common::{get, Env};
+use crate::support::{all_pages, get, wait_get, Env};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -89,7 +88,7 @@ async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
 
 /// The customer's current webhook secret (its read model may lag its creation: waits).
 async fn webhook_secret(env: &Env, tok: &str) -> String {
-    let me = common::wait_get(
+    let me = wait_get(
         env,
         "/v1.0/customer",
         tok,
@@ -236,7 +235,7 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     assert_eq!(ok_requests, events, "each event acknowledged once");
 
     // The deliveries API: every delivery with its attempts; a retry sends the same bytes again.
-    let all = common::all_pages(&env, "/v1.0/webhook_deliveries?status=delivered", &tok, 2).await;
+    let all = all_pages(&env, "/v1.0/webhook_deliveries?status=delivered", &tok, 2).await;
     assert_eq!(all.len() as i64, events);
     let retried: Vec<&Value> = all
         .iter()
@@ -421,7 +420,7 @@ async fn gone_endpoints_are_disabled_and_receive_nothing_more() {
     let (customer, tok) = hooked_customer(&env, &url).await;
     assert!(disabled_reason(&env, customer).await.contains("410"));
     all_failed(&env, customer).await;
-    let me = common::wait_get(
+    let me = wait_get(
         &env,
         "/v1.0/customer",
         &tok,

@@ -646,24 +646,27 @@ impl Env {
 
     /// Waits until a call's status is terminal; returns its final view.
     pub async fn wait_call_end(&self, id: Uuid, within: Duration) -> Value {
-        self.wait_call(id, within, |s| {
+        let ended = |s: &str| {
             matches!(
                 s,
                 "completed" | "busy" | "no_answer" | "failed" | "canceled"
             )
-        })
-        .await
+        };
+        self.wait_call(id, within, Duration::from_millis(100), ended)
+            .await
     }
 
-    /// Waits until a call's status (in the event log) satisfies `status`; returns its view.
+    /// Waits until a call's status (in the event log) satisfies `status`, looking `every` so
+    /// often; returns its view.
     pub async fn wait_call(
         &self,
         id: Uuid,
         within: Duration,
+        every: Duration,
         status: impl Fn(&str) -> bool,
     ) -> Value {
         let what = format!("call {id}; log {}", self.platform.log.display());
-        wait_until_every(what, within, Duration::from_millis(20), || async {
+        wait_until_every(what, within, every, || async {
             let v = self.call_state(id).await;
             if status(v["status"].as_str().unwrap_or_default()) {
                 Ok(v)
@@ -968,8 +971,9 @@ impl Client<'_> {
         let id = self
             .calls(&[number], json!({"variables": {"talk_seconds": talk}}))
             .await[0];
+        let (within, every) = (Duration::from_secs(10), Duration::from_millis(20));
         self.env
-            .wait_call(id, Duration::from_secs(10), |s| s == "progressing")
+            .wait_call(id, within, every, |s| s == "progressing")
             .await;
         id
     }

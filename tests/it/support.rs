@@ -1,7 +1,6 @@
 //! End-to-end test harness: each test gets a fresh Postgres database on the local server, its
 //! own nats-server process (JetStream, private store dir, so tests can stop it and never see
 //! each other's streams), and the real `vbin` binary as a child process.
-#![allow(dead_code)]
 
 use reqwest::Method;
 use serde_json::{json, Value};

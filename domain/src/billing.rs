@@ -269,18 +269,11 @@ impl ResourceView for BillingAccount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::given_nothing;
     use chrono::TimeZone;
 
     fn t(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
-    }
-
-    fn run(a: &mut BillingAccount, c: BillingCommand) -> Result<Vec<BillingEvent>, DomainError> {
-        let evs = a.decide(c)?;
-        for e in evs.clone() {
-            a.fold(e);
-        }
-        Ok(evs)
     }
 
     #[test]
@@ -294,39 +287,29 @@ mod tests {
 
     #[test]
     fn charges_deduct_and_may_go_negative() {
-        let mut a = BillingAccount::default();
+        let mut a = given_nothing::<BillingAccount>();
         assert!(!a.covers_one_minute());
-        assert_eq!(
-            run(
-                &mut a,
-                BillingCommand::AddBalance {
-                    amount_micros: Micros(1),
-                    at: t(0)
-                }
-            ),
-            Err(DomainError::NotFound("billing account"))
-        );
-        run(
-            &mut a,
-            BillingCommand::Open {
-                customer_id: CustomerId::new(),
-                balance_micros: Micros(15_000),
-                rate_micros_per_minute: Micros(DEFAULT_RATE_MICROS_PER_MINUTE),
-                at: t(0),
-            },
-        )
-        .unwrap();
+        a.when(BillingCommand::AddBalance {
+            amount_micros: Micros(1),
+            at: t(0),
+        })
+        .then_error(DomainError::NotFound("billing account"));
+        a.when(BillingCommand::Open {
+            customer_id: CustomerId::new(),
+            balance_micros: Micros(15_000),
+            rate_micros_per_minute: Micros(DEFAULT_RATE_MICROS_PER_MINUTE),
+            at: t(0),
+        })
+        .then_ok();
         assert!(a.covers_one_minute());
-        let evs = run(
-            &mut a,
-            BillingCommand::ChargeCall {
+        let evs = a
+            .when(BillingCommand::ChargeCall {
                 billing_id: BillingId::new(),
                 call_id: Uuid::now_v7(),
                 duration_secs: 61,
                 at: t(70),
-            },
-        )
-        .unwrap();
+            })
+            .then_ok();
         assert!(matches!(
             evs[0],
             BillingEvent::BillingRecorded {
@@ -343,24 +326,19 @@ mod tests {
         assert_eq!(view["balance_after_micros"], -5_000);
         for bad in [0, -5, MAX_MICROS + 1] {
             assert!(matches!(
-                run(
-                    &mut a,
-                    BillingCommand::AddBalance {
-                        amount_micros: Micros(bad),
-                        at: t(80)
-                    }
-                ),
-                Err(DomainError::Invalid(_))
+                a.when(BillingCommand::AddBalance {
+                    amount_micros: Micros(bad),
+                    at: t(80)
+                })
+                .then_refused(),
+                DomainError::Invalid(_)
             ));
         }
-        run(
-            &mut a,
-            BillingCommand::AddBalance {
-                amount_micros: Micros(10_000),
-                at: t(90),
-            },
-        )
-        .unwrap();
+        a.when(BillingCommand::AddBalance {
+            amount_micros: Micros(10_000),
+            at: t(90),
+        })
+        .then_ok();
         assert_eq!(a.balance_micros, Micros(5_000));
         assert_eq!(a.view()["type"], "billing_account");
     }

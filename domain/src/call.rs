@@ -276,14 +276,14 @@ impl ResourceView for Call {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{given_nothing, Given};
     use chrono::TimeZone;
 
     fn t(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()
     }
 
-    fn created() -> Call {
-        let mut c = Call::default();
+    fn created() -> Given<Call> {
         let new = NewCall {
             call_id: CallId::new(),
             customer_id: CustomerId::new(),
@@ -293,66 +293,41 @@ mod tests {
             dial_timeout_ms: 30_000,
             campaign_id: None,
         };
-        for e in c
-            .decide(CallCommand::Create {
-                call: new,
-                at: t(0),
-            })
-            .unwrap()
-        {
-            c.apply(e);
-        }
-        c
+        given_nothing::<Call>().and(CallCommand::Create {
+            call: new,
+            at: t(0),
+        })
     }
 
-    fn run(c: &mut Call, cmd: CallCommand) -> Vec<CallEvent> {
-        let evs = c.decide(cmd).unwrap();
-        for e in evs.clone() {
-            c.apply(e);
-        }
-        evs
+    fn hangup(request: HangupRequest, at: i64) -> CallCommand {
+        CallCommand::Hangup { request, at: t(at) }
     }
 
     #[test]
     fn answered_call_completes_with_duration() {
         let mut c = created();
-        assert_eq!(run(&mut c, CallCommand::MarkRinging { at: t(1) }).len(), 1);
-        assert_eq!(run(&mut c, CallCommand::MarkAnswered { at: t(2) }).len(), 1);
-        let evs = run(
-            &mut c,
-            CallCommand::Hangup {
-                request: HangupRequest::Remote(HangupCause::NormalClearing),
-                at: t(9),
-            },
-        );
-        assert_eq!(evs.len(), 1);
+        c.when(CallCommand::MarkRinging { at: t(1) }).then_count(1);
+        c.when(CallCommand::MarkAnswered { at: t(2) }).then_count(1);
+        c.when(hangup(
+            HangupRequest::Remote(HangupCause::NormalClearing),
+            9,
+        ))
+        .then_count(1);
         assert_eq!(c.status, CallStatus::Completed);
         assert_eq!(c.duration, 7);
         assert_eq!(c.hangup_by, HangupBy::Remote);
         // Terminal: everything after is a no-op.
-        assert!(run(
-            &mut c,
-            CallCommand::Hangup {
-                request: HangupRequest::Local,
-                at: t(10)
-            }
-        )
-        .is_empty());
-        assert!(run(&mut c, CallCommand::MarkAnswered { at: t(11) }).is_empty());
+        c.when(hangup(HangupRequest::Local, 10)).then_nothing();
+        c.when(CallCommand::MarkAnswered { at: t(11) })
+            .then_nothing();
         assert_eq!(c.status, CallStatus::Completed);
     }
 
     #[test]
     fn local_hangup_before_answer_cancels() {
-        let mut c = created();
-        run(&mut c, CallCommand::MarkRinging { at: t(1) });
-        run(
-            &mut c,
-            CallCommand::Hangup {
-                request: HangupRequest::Local,
-                at: t(2),
-            },
-        );
+        let c = created()
+            .and(CallCommand::MarkRinging { at: t(1) })
+            .and(hangup(HangupRequest::Local, 2));
         assert_eq!(c.status, CallStatus::Canceled);
         assert_eq!(c.hangup_cause, HangupCause::OriginatorCancel);
         assert_eq!(c.hangup_by, HangupBy::Local);
@@ -361,36 +336,21 @@ mod tests {
 
     #[test]
     fn remote_causes_map_to_statuses_and_repeats_are_noops() {
-        let mut c = created();
-        run(
-            &mut c,
-            CallCommand::Hangup {
-                request: HangupRequest::Remote(HangupCause::UserBusy),
-                at: t(1),
-            },
-        );
+        let c = created().and(hangup(HangupRequest::Remote(HangupCause::UserBusy), 1));
         assert_eq!(c.status, CallStatus::Busy);
-        let mut c = created();
-        run(&mut c, CallCommand::MarkRinging { at: t(1) });
-        assert!(run(&mut c, CallCommand::MarkRinging { at: t(1) }).is_empty());
-        run(
-            &mut c,
-            CallCommand::Hangup {
-                request: HangupRequest::Remote(HangupCause::NoAnswer),
-                at: t(30),
-            },
-        );
+        let mut c = created().and(CallCommand::MarkRinging { at: t(1) });
+        c.when(CallCommand::MarkRinging { at: t(1) }).then_nothing();
+        c.when(hangup(HangupRequest::Remote(HangupCause::NoAnswer), 30))
+            .then_ok();
         assert_eq!(c.status, CallStatus::NoAnswer);
     }
 
     #[test]
     fn commands_on_missing_or_existing_calls_fail() {
-        let c = Call::default();
-        assert_eq!(
-            c.decide(CallCommand::MarkRinging { at: t(0) }),
-            Err(DomainError::NotFound("call"))
-        );
-        let c = created();
+        given_nothing::<Call>()
+            .when(CallCommand::MarkRinging { at: t(0) })
+            .then_error(DomainError::NotFound("call"));
+        let mut c = created();
         let again = NewCall {
             call_id: c.id.unwrap(),
             customer_id: c.customer_id,
@@ -401,11 +361,12 @@ mod tests {
             campaign_id: None,
         };
         assert!(matches!(
-            c.decide(CallCommand::Create {
+            c.when(CallCommand::Create {
                 call: again,
                 at: t(0)
-            }),
-            Err(DomainError::AlreadyExists(_))
+            })
+            .then_refused(),
+            DomainError::AlreadyExists(_)
         ));
     }
 }

@@ -811,100 +811,85 @@ impl ResourceView for Campaign {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{given_nothing, Given, Then};
     use chrono::TimeZone;
 
     fn t(ms: i64) -> DateTime<Utc> {
         Utc.timestamp_millis_opt(1_700_000_000_000 + ms).unwrap()
     }
 
-    fn target(n: usize) -> Target {
-        let mut tg = Target::default();
+    fn target(n: usize) -> Given<Target> {
         let destinations = (0..n)
             .map(|i| E164::parse(&format!("+1555000000{i}")).unwrap())
             .collect();
-        for e in tg
-            .decide(TargetCommand::Create {
-                target_id: TargetId::new(),
-                outdial_id: OutdialId::new(),
-                customer_id: CustomerId::new(),
-                destinations,
-                variables: Map::new(),
-                at: t(0),
-            })
-            .unwrap()
-        {
-            tg.fold(e);
-        }
-        tg
+        given_nothing::<Target>().and(TargetCommand::Create {
+            target_id: TargetId::new(),
+            outdial_id: OutdialId::new(),
+            customer_id: CustomerId::new(),
+            destinations,
+            variables: Map::new(),
+            at: t(0),
+        })
     }
 
-    fn dial(tg: &mut Target, at: i64) -> Result<CallId, DomainError> {
+    /// Dials the target; the call's id and what the target decided.
+    fn dial(tg: &mut Given<Target>, at: i64) -> (CallId, Then<Target>) {
         let call_id = CallId::new();
-        for e in tg.decide(TargetCommand::Dial {
+        let then = tg.when(TargetCommand::Dial {
             campaign_id: CampaignId::new(),
             campaigncall_id: Uuid::now_v7(),
             call_id,
             max_try_count: 2,
             try_interval_ms: 1000,
             at: t(at),
-        })? {
-            tg.fold(e);
-        }
-        Ok(call_id)
+        });
+        (call_id, then)
     }
 
-    fn result(tg: &mut Target, call_id: CallId, r: TargetResult, at: i64) -> usize {
-        let evs = tg
-            .decide(TargetCommand::RecordResult {
-                call_id,
-                result: r,
-                max_try_count: 2,
-                at: t(at),
-            })
-            .unwrap();
-        let n = evs.len();
-        for e in evs {
-            tg.fold(e);
-        }
-        n
+    /// Dials the target, which must accept; the call's id.
+    fn dialed(tg: &mut Given<Target>, at: i64) -> CallId {
+        let (call_id, then) = dial(tg, at);
+        then.then_ok();
+        call_id
+    }
+
+    fn result(tg: &mut Given<Target>, call_id: CallId, r: TargetResult, at: i64) -> Then<Target> {
+        tg.when(TargetCommand::RecordResult {
+            call_id,
+            result: r,
+            max_try_count: 2,
+            at: t(at),
+        })
     }
 
     #[test]
     fn target_retries_each_destination_then_completes() {
         let mut tg = target(2);
-        let c1 = dial(&mut tg, 0).unwrap();
-        assert!(dial(&mut tg, 10).is_err(), "dialing twice");
-        assert_eq!(result(&mut tg, c1, TargetResult::Busy, 100), 1);
-        assert_eq!(result(&mut tg, c1, TargetResult::Busy, 100), 0, "repeat");
+        let c1 = dialed(&mut tg, 0);
+        dial(&mut tg, 10).1.then_refused(); // dialing twice
+        result(&mut tg, c1, TargetResult::Busy, 100).then_count(1);
+        result(&mut tg, c1, TargetResult::Busy, 100).then_nothing(); // a repeat
         assert_eq!(tg.status, TargetStatus::Pending);
-        assert!(dial(&mut tg, 500).is_err(), "not due before try_interval");
-        let c2 = dial(&mut tg, 1000).unwrap();
+        dial(&mut tg, 500).1.then_refused(); // not due before try_interval
+        let c2 = dialed(&mut tg, 1000);
         assert_eq!(tg.destination_index, 0);
-        result(&mut tg, c2, TargetResult::NoAnswer, 1100);
-        let c3 = dial(&mut tg, 2100).unwrap();
+        result(&mut tg, c2, TargetResult::NoAnswer, 1100).then_ok();
+        let c3 = dialed(&mut tg, 2100);
         assert_eq!(tg.destination_index, 1, "first destination out of tries");
-        result(&mut tg, c3, TargetResult::Busy, 2200);
-        let c4 = dial(&mut tg, 3200).unwrap();
-        result(&mut tg, c4, TargetResult::Failed, 3300);
+        result(&mut tg, c3, TargetResult::Busy, 2200).then_ok();
+        let c4 = dialed(&mut tg, 3200);
+        result(&mut tg, c4, TargetResult::Failed, 3300).then_ok();
         assert_eq!(tg.status, TargetStatus::Completed);
         assert!(tg.done_with(c4) && !tg.done_with(c3));
         assert_eq!(tg.dial_count, 4);
         assert_eq!(tg.try_counts, vec![2, 2]);
-        assert!(dial(&mut tg, 9000).is_err());
+        dial(&mut tg, 9000).1.then_refused();
 
         let mut tg = target(3);
-        let c = dial(&mut tg, 0).unwrap();
-        result(&mut tg, c, TargetResult::Answered, 100);
+        let c = dialed(&mut tg, 0);
+        result(&mut tg, c, TargetResult::Answered, 100).then_ok();
         assert!(tg.done_with(c));
         assert_eq!(tg.result, Some(TargetResult::Answered));
-    }
-
-    fn run(c: &mut Campaign, cmd: CampaignCommand) -> Vec<CampaignEvent> {
-        let evs = c.decide(cmd).unwrap();
-        for e in evs.clone() {
-            c.fold(e);
-        }
-        evs
     }
 
     fn record(call_id: CallId) -> CampaignCallRecord {
@@ -921,35 +906,35 @@ mod tests {
 
     #[test]
     fn campaign_counts_once_and_stops_after_calls_in_flight() {
-        let mut c = Campaign::default();
-        run(
-            &mut c,
-            CampaignCommand::Create {
-                campaign: NewCampaign {
-                    campaign_id: CampaignId::new(),
-                    customer_id: CustomerId::new(),
-                    name: "c".into(),
-                    outplan_id: OutplanId::new(),
-                    outdial_id: OutdialId::new(),
-                    end_handle: EndHandle::Stop,
-                    service_level: 100,
-                    queue_id: None,
-                    next_campaign_id: None,
-                    max_concurrent_calls: 10,
-                },
-                at: t(0),
+        let mut c = given_nothing::<Campaign>().and(CampaignCommand::Create {
+            campaign: NewCampaign {
+                campaign_id: CampaignId::new(),
+                customer_id: CustomerId::new(),
+                name: "c".into(),
+                outplan_id: OutplanId::new(),
+                outdial_id: OutdialId::new(),
+                end_handle: EndHandle::Stop,
+                service_level: 100,
+                queue_id: None,
+                next_campaign_id: None,
+                max_concurrent_calls: 10,
             },
-        );
+            at: t(0),
+        });
         let req = |status| CampaignCommand::Request { status, at: t(1) };
-        assert_eq!(run(&mut c, req(CampaignStatus::Running)).len(), 1);
-        assert!(run(&mut c, req(CampaignStatus::Running)).is_empty());
+        c.when(req(CampaignStatus::Running)).then_count(1);
+        c.when(req(CampaignStatus::Running)).then_nothing();
         let (a, b) = (CallId::new(), CallId::new());
-        run(&mut c, CampaignCommand::RecordCall { call: record(a) });
-        run(&mut c, CampaignCommand::RecordCall { call: record(b) });
-        assert!(run(&mut c, CampaignCommand::RecordCall { call: record(a) }).is_empty());
+        c.when(CampaignCommand::RecordCall { call: record(a) })
+            .then_ok();
+        c.when(CampaignCommand::RecordCall { call: record(b) })
+            .then_ok();
+        c.when(CampaignCommand::RecordCall { call: record(a) })
+            .then_nothing();
         assert_eq!(c.counters.dialed, 2);
-        assert!(run(&mut c, CampaignCommand::Complete { at: t(2) }).is_empty());
-        run(&mut c, req(CampaignStatus::Stopped));
+        c.when(CampaignCommand::Complete { at: t(2) })
+            .then_nothing();
+        c.when(req(CampaignStatus::Stopped)).then_ok();
         assert_eq!(c.status, CampaignStatus::Stopping);
         let res = |call_id, result, target_done| CampaignCommand::RecordResult {
             call_id,
@@ -957,10 +942,10 @@ mod tests {
             target_done,
             at: t(3),
         };
-        run(&mut c, res(a, TargetResult::Answered, true));
-        assert!(run(&mut c, res(a, TargetResult::Answered, true)).is_empty());
+        c.when(res(a, TargetResult::Answered, true)).then_ok();
+        c.when(res(a, TargetResult::Answered, true)).then_nothing();
         assert_eq!(c.status, CampaignStatus::Stopping);
-        assert_eq!(run(&mut c, res(b, TargetResult::Busy, false)).len(), 2);
+        c.when(res(b, TargetResult::Busy, false)).then_count(2);
         assert_eq!(c.status, CampaignStatus::Stopped);
         assert_eq!(
             c.counters,
@@ -971,9 +956,9 @@ mod tests {
                 in_flight: 0
             }
         );
-        run(&mut c, req(CampaignStatus::Running));
-        run(&mut c, CampaignCommand::Complete { at: t(4) });
+        c.when(req(CampaignStatus::Running)).then_ok();
+        c.when(CampaignCommand::Complete { at: t(4) }).then_ok();
         assert_eq!(c.status, CampaignStatus::Completed);
-        assert!(c.decide(req(CampaignStatus::Running)).is_err());
+        c.when(req(CampaignStatus::Running)).then_refused();
     }
 }

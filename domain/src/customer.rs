@@ -697,6 +697,7 @@ impl ResourceView for Customer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{given_nothing, Given};
 
     fn agent(name: &str) -> NewAgent {
         NewAgent {
@@ -708,32 +709,18 @@ mod tests {
         }
     }
 
-    fn run(c: &mut Customer, cmd: CustomerCommand) -> Result<usize, DomainError> {
-        let evs = c.decide(cmd)?;
-        let n = evs.len();
-        for e in evs {
-            c.apply(e);
-        }
-        Ok(n)
-    }
-
-    fn created() -> (Customer, AgentId) {
-        let mut c = Customer::default();
+    fn created() -> (Given<Customer>, AgentId) {
         let first = agent("admin");
         let id = first.agent_id;
-        run(
-            &mut c,
-            CustomerCommand::Create {
-                customer_id: CustomerId::new(),
-                name: "acme".into(),
-                webhook_uri: String::new(),
-                webhook_method: WebhookMethod::Post,
-                webhook_secret: "s".repeat(32),
-                first_agent: first,
-                at: Utc::now(),
-            },
-        )
-        .unwrap();
+        let c = given_nothing::<Customer>().and(CustomerCommand::Create {
+            customer_id: CustomerId::new(),
+            name: "acme".into(),
+            webhook_uri: String::new(),
+            webhook_method: WebhookMethod::Post,
+            webhook_secret: "s".repeat(32),
+            first_agent: first,
+            at: Utc::now(),
+        });
         (c, id)
     }
 
@@ -745,7 +732,8 @@ mod tests {
             .map(|i| {
                 let a = agent(&format!("a{i}"));
                 let id = a.agent_id;
-                run(&mut c, CustomerCommand::CreateAgent { agent: a, at: t0 }).unwrap();
+                c.when(CustomerCommand::CreateAgent { agent: a, at: t0 })
+                    .then_ok();
                 id
             })
             .collect();
@@ -756,7 +744,7 @@ mod tests {
                 status: AgentStatus::Available,
                 at: t0 + Duration::seconds(i as i64),
             };
-            run(&mut c, cmd).unwrap();
+            c.when(cmd).then_ok();
         }
         let assign = |call_id, routing| CustomerCommand::AssignAgent {
             call_id,
@@ -767,29 +755,29 @@ mod tests {
         // ringall: the agent idle longest (2); linear: the first available in order (0).
         let mut ringall = c.clone();
         let call = CallId::new();
-        run(&mut ringall, assign(call, RoutingMethod::Ringall)).unwrap();
+        ringall.when(assign(call, RoutingMethod::Ringall)).then_ok();
         assert_eq!(ringall.agent_on(call).unwrap().id, ids[2]);
-        assert_eq!(
-            run(&mut ringall, assign(call, RoutingMethod::Ringall)),
-            Ok(0)
-        );
-        run(&mut c, assign(call, RoutingMethod::Linear)).unwrap();
+        ringall
+            .when(assign(call, RoutingMethod::Ringall))
+            .then_nothing();
+        c.when(assign(call, RoutingMethod::Linear)).then_ok();
         assert_eq!(c.agent_on(call).unwrap().id, ids[0]);
         assert_eq!(c.available_among(&ids), 1);
         let other = CallId::new();
-        run(&mut c, assign(other, RoutingMethod::Linear)).unwrap();
+        c.when(assign(other, RoutingMethod::Linear)).then_ok();
         assert_eq!(c.agent_on(other).unwrap().id, ids[2]);
         assert!(matches!(
-            run(&mut c, assign(CallId::new(), RoutingMethod::Linear)),
-            Err(DomainError::FailedPrecondition(_))
+            c.when(assign(CallId::new(), RoutingMethod::Linear))
+                .then_refused(),
+            DomainError::FailedPrecondition(_)
         ));
         // Release is by call, once.
         let release = CustomerCommand::ReleaseAgentOf {
             call_id: call,
             at: t0 + Duration::seconds(20),
         };
-        assert_eq!(run(&mut c, release.clone()), Ok(1));
-        assert_eq!(run(&mut c, release), Ok(0));
+        c.when(release.clone()).then_count(1);
+        c.when(release).then_nothing();
         assert_eq!(c.agent(ids[0]).unwrap().status, AgentStatus::Available);
         assert!(c.agent(ids[0]).unwrap().call_id.is_none());
     }
@@ -800,14 +788,12 @@ mod tests {
         assert_eq!(c.agent(admin).unwrap().permission, Permission::Admin);
         let dup = agent("admin");
         assert!(matches!(
-            run(
-                &mut c,
-                CustomerCommand::CreateAgent {
-                    agent: dup,
-                    at: Utc::now()
-                }
-            ),
-            Err(DomainError::AlreadyExists(_))
+            c.when(CustomerCommand::CreateAgent {
+                agent: dup,
+                at: Utc::now()
+            })
+            .then_refused(),
+            DomainError::AlreadyExists(_)
         ));
     }
 
@@ -819,37 +805,30 @@ mod tests {
             at: Utc::now(),
         };
         assert!(matches!(
-            run(&mut c, del.clone()),
-            Err(DomainError::FailedPrecondition(_))
+            c.when(del.clone()).then_refused(),
+            DomainError::FailedPrecondition(_)
         ));
         let mut second = agent("second");
         second.permission = Permission::Admin;
-        run(
-            &mut c,
-            CustomerCommand::CreateAgent {
-                agent: second,
-                at: Utc::now(),
-            },
-        )
-        .unwrap();
-        assert_eq!(run(&mut c, del.clone()), Ok(1));
+        c.when(CustomerCommand::CreateAgent {
+            agent: second,
+            at: Utc::now(),
+        })
+        .then_ok();
+        c.when(del.clone()).then_count(1);
         assert!(c.agent(admin).is_none());
-        assert_eq!(run(&mut c, del), Err(DomainError::NotFound("agent")));
+        c.when(del).then_error(DomainError::NotFound("agent"));
     }
 
     #[test]
     fn rotation_keeps_previous_secret_for_grace() {
-        let (mut c, _) = created();
+        let (c, _) = created();
         let now = Utc::now();
-        run(
-            &mut c,
-            CustomerCommand::RotateWebhookSecret {
-                webhook_secret: "n".repeat(32),
-                grace: Duration::hours(24),
-                at: now,
-            },
-        )
-        .unwrap();
+        let c = c.and(CustomerCommand::RotateWebhookSecret {
+            webhook_secret: "n".repeat(32),
+            grace: Duration::hours(24),
+            at: now,
+        });
         assert_eq!(c.webhook_secret, "n".repeat(32));
         assert_eq!(
             c.previous_webhook_secret,
@@ -859,26 +838,21 @@ mod tests {
 
     #[test]
     fn access_keys_revoke_once() {
-        let (mut c, _) = created();
         let key_id = AccessKeyId::new();
-        run(
-            &mut c,
-            CustomerCommand::CreateAccessKey {
-                key_id,
-                name: "k".into(),
-                token_hash: "ab".into(),
-                token_prefix: "vb_ab".into(),
-                expire_at: None,
-                at: Utc::now(),
-            },
-        )
-        .unwrap();
+        let mut c = created().0.and(CustomerCommand::CreateAccessKey {
+            key_id,
+            name: "k".into(),
+            token_hash: "ab".into(),
+            token_prefix: "vb_ab".into(),
+            expire_at: None,
+            at: Utc::now(),
+        });
         let del = CustomerCommand::DeleteAccessKey {
             key_id,
             at: Utc::now(),
         };
-        assert_eq!(run(&mut c, del.clone()), Ok(1));
-        assert_eq!(run(&mut c, del), Err(DomainError::NotFound("access key")));
+        c.when(del.clone()).then_count(1);
+        c.when(del).then_error(DomainError::NotFound("access key"));
         let view = c.resource_after(
             &c.decide(CustomerCommand::Update {
                 webhook_uri: String::new(),

@@ -36,6 +36,8 @@ pub mod campaign;
 pub mod customer;
 mod error;
 pub mod queue;
+#[cfg(test)]
+mod testing;
 pub mod transcribe;
 
 pub use billing::{BillingAccount, BillingCommand};

@@ -365,51 +365,35 @@ impl ResourceView for Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{given_nothing, Given};
     use chrono::TimeZone;
 
     fn t(ms: i64) -> DateTime<Utc> {
         Utc.timestamp_millis_opt(1_700_000_000_000 + ms).unwrap()
     }
 
-    fn run(q: &mut Queue, cmd: QueueCommand) -> Result<Vec<QueueEvent>, DomainError> {
-        let events = q.decide(cmd)?;
-        for e in events.clone() {
-            q.fold(e);
-        }
-        Ok(events)
-    }
-
-    fn queue() -> Queue {
-        let mut q = Queue::default();
-        run(
-            &mut q,
-            QueueCommand::Create {
-                queue: NewQueue {
-                    queue_id: QueueId::new(),
-                    customer_id: CustomerId::new(),
-                    name: "support".into(),
-                    routing_method: RoutingMethod::Linear,
-                    agent_ids: vec![AgentId::new()],
-                    wait_timeout_ms: 60_000,
-                },
-                at: t(0),
+    fn queue() -> Given<Queue> {
+        given_nothing::<Queue>().and(QueueCommand::Create {
+            queue: NewQueue {
+                queue_id: QueueId::new(),
+                customer_id: CustomerId::new(),
+                name: "support".into(),
+                routing_method: RoutingMethod::Linear,
+                agent_ids: vec![AgentId::new()],
+                wait_timeout_ms: 60_000,
             },
-        )
-        .unwrap();
-        q
+            at: t(0),
+        })
     }
 
-    fn join(q: &mut Queue, at: i64) -> CallId {
+    fn join(q: &mut Given<Queue>, at: i64) -> CallId {
         let call_id = CallId::new();
-        run(
-            q,
-            QueueCommand::Join {
-                queuecall_id: Uuid::now_v7(),
-                call_id,
-                at: t(at),
-            },
-        )
-        .unwrap();
+        q.when(QueueCommand::Join {
+            queuecall_id: Uuid::now_v7(),
+            call_id,
+            at: t(at),
+        })
+        .then_ok();
         call_id
     }
 
@@ -424,25 +408,22 @@ mod tests {
             agent_id: agent,
             at: t(at),
         };
-        run(&mut q, serve(a, 1_000)).unwrap();
-        run(&mut q, serve(b, 2_100)).unwrap();
+        q.when(serve(a, 1_000)).then_ok();
+        q.when(serve(b, 2_100)).then_ok();
         // Serving twice, or serving a call that is not waiting, is refused.
-        assert!(run(&mut q, serve(a, 2_200)).is_err());
+        q.when(serve(a, 2_200)).then_refused();
         let abandon = |call_id, at| QueueCommand::Abandon {
             call_id,
             reason: AbandonReason::Timeout,
             at: t(at),
         };
-        assert_eq!(run(&mut q, abandon(c, 3_200)).unwrap().len(), 1);
-        assert!(run(&mut q, abandon(c, 3_300)).unwrap().is_empty(), "once");
-        assert!(run(&mut q, serve(c, 3_400)).is_err());
+        q.when(abandon(c, 3_200)).then_count(1);
+        q.when(abandon(c, 3_300)).then_nothing(); // once
+        q.when(serve(c, 3_400)).then_refused();
         let finish = |call_id, at| QueueCommand::Finish { call_id, at: t(at) };
-        assert_eq!(run(&mut q, finish(a, 5_000)).unwrap().len(), 1);
-        assert!(run(&mut q, finish(a, 5_000)).unwrap().is_empty(), "once");
-        assert!(
-            run(&mut q, finish(c, 5_000)).unwrap().is_empty(),
-            "never served"
-        );
+        q.when(finish(a, 5_000)).then_count(1);
+        q.when(finish(a, 5_000)).then_nothing(); // once
+        q.when(finish(c, 5_000)).then_nothing(); // never served
         assert_eq!(
             q.stats,
             QueueStats {
@@ -455,30 +436,25 @@ mod tests {
             }
         );
         // A call in the queue cannot join again.
-        assert!(run(
-            &mut q,
-            QueueCommand::Join {
-                queuecall_id: Uuid::now_v7(),
-                call_id: b,
-                at: t(6_000),
-            }
-        )
-        .is_err());
+        q.when(QueueCommand::Join {
+            queuecall_id: Uuid::now_v7(),
+            call_id: b,
+            at: t(6_000),
+        })
+        .then_refused();
     }
 
     #[test]
     fn queuecall_views_carry_status_and_wait() {
         let mut q = queue();
         let a = join(&mut q, 0);
-        let ev = run(
-            &mut q,
-            QueueCommand::Abandon {
+        let ev = q
+            .when(QueueCommand::Abandon {
                 call_id: a,
                 reason: AbandonReason::Hangup,
                 at: t(700),
-            },
-        )
-        .unwrap();
+            })
+            .then_ok();
         let v = q.resource_after(&ev[0]);
         assert_eq!(v["type"], "queuecall");
         assert_eq!(v["status"], "abandoned");

@@ -234,21 +234,11 @@ impl ResourceView for Transcribe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{given_nothing, Given};
     use chrono::TimeZone;
 
     fn t(ms: i64) -> DateTime<Utc> {
         Utc.timestamp_millis_opt(1_700_000_000_000 + ms).unwrap()
-    }
-
-    fn run(
-        x: &mut Transcribe,
-        cmd: TranscribeCommand,
-    ) -> Result<Vec<TranscribeEvent>, DomainError> {
-        let events = x.decide(cmd)?;
-        for e in events.clone() {
-            x.fold(e);
-        }
-        Ok(events)
     }
 
     fn new(direction: TranscribeDirection, language: &str) -> NewTranscribe {
@@ -262,17 +252,11 @@ mod tests {
         }
     }
 
-    fn started(direction: TranscribeDirection) -> Transcribe {
-        let mut x = Transcribe::default();
-        run(
-            &mut x,
-            TranscribeCommand::Start {
-                transcribe: new(direction, "en-US"),
-                at: t(0),
-            },
-        )
-        .unwrap();
-        x
+    fn started(direction: TranscribeDirection) -> Given<Transcribe> {
+        given_nothing::<Transcribe>().and(TranscribeCommand::Start {
+            transcribe: new(direction, "en-US"),
+            at: t(0),
+        })
     }
 
     fn add(direction: TranscriptDirection, message: &str, ms: u64) -> TranscribeCommand {
@@ -297,17 +281,17 @@ mod tests {
         assert!(v["tm_end"].is_null());
         // Starting twice is refused.
         assert!(matches!(
-            run(
-                &mut x,
-                TranscribeCommand::Start {
-                    transcribe: new(TranscribeDirection::Both, "en-US"),
-                    at: t(1)
-                }
-            ),
-            Err(DomainError::AlreadyExists(_))
+            x.when(TranscribeCommand::Start {
+                transcribe: new(TranscribeDirection::Both, "en-US"),
+                at: t(1)
+            })
+            .then_refused(),
+            DomainError::AlreadyExists(_)
         ));
 
-        let ev = run(&mut x, add(TranscriptDirection::In, "hello there", 1_200)).unwrap();
+        let ev = x
+            .when(add(TranscriptDirection::In, "hello there", 1_200))
+            .then_ok();
         assert_eq!(ev.len(), 1);
         let tv = x.resource_after(&ev[0]);
         assert_eq!(tv["type"], "transcript");
@@ -316,29 +300,27 @@ mod tests {
         assert_eq!(tv["message"], "hello there");
         assert_eq!(tv["tm_transcript"], 1_200);
         assert_eq!(tv["tm_create"], json!(t(1_250)));
-        run(&mut x, add(TranscriptDirection::Out, "hi", 2_000)).unwrap();
+        x.when(add(TranscriptDirection::Out, "hi", 2_000)).then_ok();
         assert_eq!(x.transcripts, 2);
 
-        let ev = run(&mut x, TranscribeCommand::Stop { at: t(3_000) }).unwrap();
-        assert_eq!(
-            ev,
-            vec![TranscribeEvent::TranscribeCompleted { at: t(3_000) }]
-        );
+        let ev = vec![TranscribeEvent::TranscribeCompleted { at: t(3_000) }];
+        x.when(TranscribeCommand::Stop { at: t(3_000) })
+            .then_events(&ev);
         let v = x.resource_after(&ev[0]);
         assert_eq!(v["status"], "completed");
         assert_eq!(v["tm_end"], json!(t(3_000)));
 
         // Stopping again changes nothing.
         let before = x.clone();
-        assert!(run(&mut x, TranscribeCommand::Stop { at: t(4_000) })
-            .unwrap()
-            .is_empty());
-        assert_eq!(x, before);
+        x.when(TranscribeCommand::Stop { at: t(4_000) })
+            .then_nothing();
+        assert_eq!(*x, *before);
 
         // No transcript after the end.
         assert!(matches!(
-            run(&mut x, add(TranscriptDirection::In, "late", 5_000)),
-            Err(DomainError::FailedPrecondition(_))
+            x.when(add(TranscriptDirection::In, "late", 5_000))
+                .then_refused(),
+            DomainError::FailedPrecondition(_)
         ));
         assert_eq!(x.transcripts, 2);
     }
@@ -346,40 +328,37 @@ mod tests {
     #[test]
     fn refusals() {
         // Nothing but Start before the start.
-        let mut x = Transcribe::default();
-        assert_eq!(
-            run(&mut x, TranscribeCommand::Stop { at: t(0) }),
-            Err(DomainError::NotFound("transcribe"))
-        );
-        assert_eq!(
-            run(&mut x, add(TranscriptDirection::In, "hi", 0)),
-            Err(DomainError::NotFound("transcribe"))
-        );
+        let mut x = given_nothing::<Transcribe>();
+        x.when(TranscribeCommand::Stop { at: t(0) })
+            .then_error(DomainError::NotFound("transcribe"));
+        x.when(add(TranscriptDirection::In, "hi", 0))
+            .then_error(DomainError::NotFound("transcribe"));
         // A bad language tag.
         assert!(matches!(
-            run(
-                &mut x,
-                TranscribeCommand::Start {
-                    transcribe: new(TranscribeDirection::In, "english"),
-                    at: t(0)
-                }
-            ),
-            Err(DomainError::Invalid(_))
+            x.when(TranscribeCommand::Start {
+                transcribe: new(TranscribeDirection::In, "english"),
+                at: t(0)
+            })
+            .then_refused(),
+            DomainError::Invalid(_)
         ));
         // A direction the transcription does not cover, an empty or an oversized message.
         let mut x = started(TranscribeDirection::In);
         assert!(matches!(
-            run(&mut x, add(TranscriptDirection::Out, "hi", 10)),
-            Err(DomainError::Invalid(_))
+            x.when(add(TranscriptDirection::Out, "hi", 10))
+                .then_refused(),
+            DomainError::Invalid(_)
         ));
         assert!(matches!(
-            run(&mut x, add(TranscriptDirection::In, "  ", 10)),
-            Err(DomainError::Invalid(_))
+            x.when(add(TranscriptDirection::In, "  ", 10))
+                .then_refused(),
+            DomainError::Invalid(_)
         ));
         let long = "a".repeat(MAX_TRANSCRIPT_CHARS + 1);
         assert!(matches!(
-            run(&mut x, add(TranscriptDirection::In, &long, 10)),
-            Err(DomainError::Invalid(_))
+            x.when(add(TranscriptDirection::In, &long, 10))
+                .then_refused(),
+            DomainError::Invalid(_)
         ));
         assert_eq!(x.transcripts, 0);
     }

@@ -1,10 +1,7 @@
 //! End-to-end tests of issue 4: billing, outbound campaigns (and queues). Real vbin processes
 //! with the sandbox carrier, Postgres, nats-server and redis-server.
 
-mod common;
-
-use common::{all_pages, answered_call, created, get, id_of, wait_get, Env};
-use reqwest::Method;
+use crate::support::{id_of, Client, Env};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,50 +13,35 @@ async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
     let (cust, tok, _) = env.customer().await;
     // Start from an exact balance: the harness's customer has 100,000,000 micros.
     let (_, tok2, _) = env.customer().await;
-    let acct = wait_get(
-        &env,
-        "/v1.0/billing_account",
-        &tok,
-        Duration::from_secs(10),
-        |s, _| s == 200,
-    )
-    .await;
+    let api = env.client(&tok);
+    let acct = api
+        .wait_get("/v1.0/billing_account", Duration::from_secs(10), |s, _| {
+            s == 200
+        })
+        .await;
     assert_eq!(acct["balance_micros"], 100_000_000);
     assert_eq!(acct["rate_micros_per_minute"], 10_000);
     assert_eq!(acct["customer_id"], cust.to_string());
 
     // Admin-only money operations, validated.
     let path = format!("/v1.0/customers/{cust}/balance_add");
+    assert_eq!(api.post(&path, json!({"amount_micros": 5})).await.0, 403);
+    let admin = env.admin();
+    assert_eq!(admin.post(&path, json!({"amount_micros": -5})).await.0, 400);
     assert_eq!(
-        env.post(&path, &tok, json!({"amount_micros": 5})).await.0,
-        403
-    );
-    assert_eq!(
-        env.post(&path, &env.admin, json!({"amount_micros": -5}))
-            .await
-            .0,
-        400
-    );
-    assert_eq!(
-        env.post(&path, &env.admin, json!({"amount_micros": "x"}))
-            .await
-            .0,
+        admin.post(&path, json!({"amount_micros": "x"})).await.0,
         400
     );
     let nobody = format!("/v1.0/customers/{}/balance_add", Uuid::now_v7());
     assert_eq!(
-        env.post(&nobody, &env.admin, json!({"amount_micros": 5}))
-            .await
-            .0,
+        admin.post(&nobody, json!({"amount_micros": 5})).await.0,
         404
     );
     // 61 s at 7,000/min: 2 started minutes.
-    let (s, v) = env
-        .req(
-            Method::PUT,
+    let (s, v) = admin
+        .put(
             &format!("/v1.0/customers/{cust}/billing_account"),
-            Some(&env.admin),
-            Some(json!({"rate_micros_per_minute": 7_000})),
+            json!({"rate_micros_per_minute": 7_000}),
         )
         .await;
     assert_eq!(
@@ -80,34 +62,30 @@ async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
     for c in [answered, busy] {
         env.wait_call_end(c, Duration::from_secs(15)).await;
     }
-    let rec = wait_get(
-        &env,
-        &format!("/v1.0/billings?reference_id={answered}"),
-        &tok,
-        Duration::from_secs(10),
-        |_, v| v["result"].as_array().is_some_and(|r| r.len() == 1),
-    )
-    .await;
+    let rec = api
+        .wait_get(
+            &format!("/v1.0/billings?reference_id={answered}"),
+            Duration::from_secs(10),
+            |_, v| v["result"].as_array().is_some_and(|r| r.len() == 1),
+        )
+        .await;
     let rec = &rec["result"][0];
     assert_eq!(rec["reference_type"], "call");
     assert_eq!(rec["billable_units"], 1);
     assert_eq!(rec["rate_micros_per_unit"], 7_000);
     assert_eq!(rec["amount_micros"], 7_000);
     assert_eq!(rec["balance_after_micros"], 100_000_000 - 7_000);
-    let (_, none) = get(&env, &format!("/v1.0/billings?reference_id={busy}"), &tok).await;
+    let (_, none) = api
+        .get(&format!("/v1.0/billings?reference_id={busy}"))
+        .await;
     assert_eq!(none["result"], json!([]));
     // Another tenant sees nothing of it.
-    let (_, other) = get(
-        &env,
-        &format!("/v1.0/billings?reference_id={answered}"),
-        &tok2,
-    )
-    .await;
+    let (_, other) = env
+        .client(&tok2)
+        .get(&format!("/v1.0/billings?reference_id={answered}"))
+        .await;
     assert_eq!(other["result"], json!([]));
-    assert_eq!(
-        get(&env, "/v1.0/billings?reference_id=nope", &tok).await.0,
-        400
-    );
+    assert_eq!(api.get("/v1.0/billings?reference_id=nope").await.0, 400);
 
     // Redelivery of every call event to the charger, and a kill -9 restart: no second charge.
     env.redeliver_all(&["billing-charger"], Duration::from_secs(30))
@@ -121,42 +99,40 @@ async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
             .await
             .unwrap();
     assert_eq!(charges, 1);
-    let acct = wait_get(
-        &env,
-        "/v1.0/billing_account",
-        &tok,
-        Duration::from_secs(10),
-        |_, v| v["balance_micros"] == 100_000_000 - 7_000,
-    )
-    .await;
+    let acct = env
+        .client(&tok)
+        .wait_get("/v1.0/billing_account", Duration::from_secs(10), |_, v| {
+            v["balance_micros"] == 100_000_000 - 7_000
+        })
+        .await;
     assert_eq!(acct["rate_micros_per_minute"], 7_000);
 
     // A customer whose balance cannot cover a minute gets 402; a top-up lets it call again.
+    let admin = env.admin();
     let (poor, ptok) = {
         let u = format!("p{}", &Uuid::new_v4().simple().to_string()[..10]);
-        let c = created(
-            &env,
-            "/v1.0/customers",
-            &env.admin.clone(),
-            json!({
+        let c = admin
+            .create(
+                "/v1.0/customers",
+                json!({
             "name": "poor", "username": u, "password": "password123", "balance_micros": 9_999}),
-        )
-        .await;
+            )
+            .await;
         (id_of(&c), env.login(&u, "password123").await.unwrap())
     };
     let body = json!({"source": "+15550001000", "destinations": ["+15550002000"]});
-    let (s, v) = env.post("/v1.0/calls", &ptok, body.clone()).await;
+    let poor_api = env.client(&ptok);
+    let (s, v) = poor_api.post("/v1.0/calls", body.clone()).await;
     assert_eq!(s, 402, "{v}");
     assert_eq!(v["error"]["reason"], "payment_required");
-    let acct = created(
-        &env,
-        &format!("/v1.0/customers/{poor}/balance_add"),
-        &env.admin.clone(),
-        json!({"amount_micros": 1}),
-    )
-    .await;
+    let acct = admin
+        .create(
+            &format!("/v1.0/customers/{poor}/balance_add"),
+            json!({"amount_micros": 1}),
+        )
+        .await;
     assert_eq!(acct["balance_micros"], 10_000);
-    assert_eq!(env.post("/v1.0/calls", &ptok, body).await.0, 200);
+    assert_eq!(poor_api.post("/v1.0/calls", body).await.0, 200);
 }
 
 /// One target of the campaign test and what it must end with.
@@ -170,16 +146,16 @@ struct Expect {
 async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
     let mut env = Env::start().await;
     let (_, tok, _) = env.customer().await;
-    let plan = created(
-        &env,
-        "/v1.0/outplans",
-        &tok,
-        json!({
+    let api = env.client(&tok);
+    let plan = api
+        .create(
+            "/v1.0/outplans",
+            json!({
         "name": "plan", "source": "+15550001000", "dial_timeout_ms": 1500,
         "try_interval_ms": 300, "max_try_count": 2}),
-    )
-    .await;
-    let outdial = created(&env, "/v1.0/outdials", &tok, json!({"name": "list"})).await;
+        )
+        .await;
+    let outdial = api.create("/v1.0/outdials", json!({"name": "list"})).await;
     let od = id_of(&outdial);
 
     // 20 targets: answered, busy, no answer, unallocated, and busy-then-answered on the
@@ -201,14 +177,13 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
     }
     let mut targets: HashMap<String, usize> = HashMap::new();
     for (i, e) in expect.iter().enumerate() {
-        let t = created(
-            &env,
-            &format!("/v1.0/outdials/{od}/targets"),
-            &tok,
-            json!({
+        let t = api
+            .create(
+                &format!("/v1.0/outdials/{od}/targets"),
+                json!({
             "destinations": e.destinations, "variables": {"talk_seconds": 0}}),
-        )
-        .await;
+            )
+            .await;
         assert_eq!(t["status"], "pending");
         targets.insert(id_of(&t), i);
     }
@@ -240,85 +215,64 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
         ),
     ];
     for (path, body) in bad {
-        let (s, v) = env.post(&path, &tok, body).await;
+        let (s, v) = api.post(&path, body).await;
         assert!((400..500).contains(&s), "{path}: {s} {v}");
     }
-    let (s, _) = env
+    let (s, _) = api
         .post(
             &format!("/v1.0/outdials/{}/targets", Uuid::now_v7()),
-            &tok,
             json!({"destinations": ["+15550002000"]}),
         )
         .await;
     assert_eq!(s, 404);
 
     // The follow-up campaign (one target) starts when the first completes.
-    let outdial2 = created(&env, "/v1.0/outdials", &tok, json!({"name": "next"})).await;
-    created(
-        &env,
+    let outdial2 = api.create("/v1.0/outdials", json!({"name": "next"})).await;
+    api.create(
         &format!("/v1.0/outdials/{}/targets", id_of(&outdial2)),
-        &tok,
         json!({"destinations": ["+15550004000"], "variables": {"talk_seconds": 0}}),
     )
     .await;
-    let next = created(
-        &env,
-        "/v1.0/campaigns",
-        &tok,
-        json!({
+    let next = api
+        .create(
+            "/v1.0/campaigns",
+            json!({
         "name": "next", "outplan_id": id_of(&plan), "outdial_id": id_of(&outdial2),
         "end_handle": "stop"}),
-    )
-    .await;
-    let camp = created(
-        &env,
-        "/v1.0/campaigns",
-        &tok,
-        json!({
+        )
+        .await;
+    let camp = api
+        .create(
+            "/v1.0/campaigns",
+            json!({
         "name": "c1", "outplan_id": id_of(&plan), "outdial_id": od, "end_handle": "stop",
         "max_concurrent_calls": 4, "next_campaign_id": id_of(&next)}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(camp["status"], "pending");
     let cid = id_of(&camp);
-    let (s, v) = env
-        .req(
-            Method::PUT,
-            &format!("/v1.0/campaigns/{cid}/status"),
-            Some(&tok),
-            Some(json!({"status": "running"})),
-        )
-        .await;
+    let (s, v) = api.set_campaign_status(&cid, "running").await;
     assert_eq!((s, v["status"].as_str()), (200, Some("running")), "{v}");
-    let (s, _) = env
-        .req(
-            Method::PUT,
-            &format!("/v1.0/campaigns/{cid}/status"),
-            Some(&tok),
-            Some(json!({"status": "completed"})),
-        )
-        .await;
+    let (s, _) = api.set_campaign_status(&cid, "completed").await;
     assert_eq!(s, 400);
 
     // Kill -9 the platform in the middle of the campaign.
-    wait_get(
-        &env,
+    api.wait_get(
         &format!("/v1.0/campaigns/{cid}"),
-        &tok,
         Duration::from_secs(20),
         |_, v| v["dialed"].as_u64().unwrap_or(0) >= 8,
     )
     .await;
     env.restart().await;
 
-    let done = wait_get(
-        &env,
-        &format!("/v1.0/campaigns/{cid}"),
-        &tok,
-        Duration::from_secs(90),
-        |_, v| v["status"] == "completed",
-    )
-    .await;
+    let api = env.client(&tok);
+    let done = api
+        .wait_get(
+            &format!("/v1.0/campaigns/{cid}"),
+            Duration::from_secs(90),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
     let dialed: u64 = expect.iter().map(|e| e.dial_count).sum();
     let answered = expect.iter().filter(|e| e.result == "answered").count() as u64;
     assert_eq!(done["total_targets"], 20, "{done}");
@@ -328,7 +282,9 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
     assert_eq!(done["in_flight"], 0, "{done}");
 
     // Every target: completed, with its result, dial count and tries per destination.
-    let listed = all_pages(&env, &format!("/v1.0/outdials/{od}/targets"), &tok, 7).await;
+    let listed = api
+        .all_pages(&format!("/v1.0/outdials/{od}/targets"), 7)
+        .await;
     assert_eq!(listed.len(), 20);
     for t in &listed {
         let e = &expect[targets[&id_of(t)]];
@@ -340,13 +296,9 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
         }
     }
     // One campaign call per dial, each ended; one call each in the log, never a duplicate.
-    let calls = all_pages(
-        &env,
-        &format!("/v1.0/campaigncalls?campaign_id={cid}"),
-        &tok,
-        10,
-    )
-    .await;
+    let calls = api
+        .all_pages(&format!("/v1.0/campaigncalls?campaign_id={cid}"), 10)
+        .await;
     assert_eq!(calls.len() as u64, dialed);
     assert!(calls.iter().all(|c| c["status"] == "done"), "{calls:?}");
     let logged: Vec<(Uuid,)> = sqlx::query_as(
@@ -372,46 +324,38 @@ async fn campaign_dials_twenty_targets_with_retries_across_a_restart() {
     assert_eq!(charged as u64, answered);
 
     // The next campaign ran by itself.
-    let n = wait_get(
-        &env,
-        &format!("/v1.0/campaigns/{}", id_of(&next)),
-        &tok,
-        Duration::from_secs(30),
-        |_, v| v["status"] == "completed",
-    )
-    .await;
+    let n = api
+        .wait_get(
+            &format!("/v1.0/campaigns/{}", id_of(&next)),
+            Duration::from_secs(30),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
     assert_eq!(
         (n["dialed"].as_u64(), n["answered"].as_u64()),
         (Some(1), Some(1))
     );
     // A completed campaign cannot run again.
-    let (s, _) = env
-        .req(
-            Method::PUT,
-            &format!("/v1.0/campaigns/{cid}/status"),
-            Some(&tok),
-            Some(json!({"status": "running"})),
-        )
-        .await;
+    let (s, _) = api.set_campaign_status(&cid, "running").await;
     assert_eq!(s, 409);
 }
 
 /// The queue call of `call` once `done` holds for it.
 async fn queuecall(
-    env: &Env,
-    tok: &str,
+    api: &Client<'_>,
     queue: &str,
     call: Uuid,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
     let path = format!("/v1.0/queuecalls?queue_id={queue}&page_size=100");
-    let v = wait_get(env, &path, tok, Duration::from_secs(15), |_, v| {
-        v["result"].as_array().is_some_and(|r| {
-            r.iter()
-                .any(|q| q["call_id"] == call.to_string() && done(q))
+    let v = api
+        .wait_get(&path, Duration::from_secs(15), |_, v| {
+            v["result"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|q| q["call_id"] == call.to_string() && done(q))
+            })
         })
-    })
-    .await;
+        .await;
     v["result"]
         .as_array()
         .unwrap()
@@ -421,28 +365,17 @@ async fn queuecall(
         .clone()
 }
 
-async fn agent(env: &Env, tok: &str, status: &str) -> String {
+/// A new agent of `api`'s customer with `status`; returns its id.
+async fn agent(api: &Client<'_>, status: &str) -> String {
     let name = format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let a = created(
-        env,
-        "/v1.0/agents",
-        tok,
-        json!({"username": name, "password": "password123"}),
-    )
-    .await;
-    set_agent_status(env, tok, &id_of(&a), status).await;
+    let (s, a) = api.create_agent(&name, "password123", json!({})).await;
+    assert_eq!(s, 200, "{a}");
+    set_agent_status(api, &id_of(&a), status).await;
     id_of(&a)
 }
 
-async fn set_agent_status(env: &Env, tok: &str, agent: &str, status: &str) {
-    let (s, v) = env
-        .req(
-            Method::PUT,
-            &format!("/v1.0/agents/{agent}/status"),
-            Some(tok),
-            Some(json!({ "status": status })),
-        )
-        .await;
+async fn set_agent_status(api: &Client<'_>, agent: &str, status: &str) {
+    let (s, v) = api.set_agent_status(agent, status).await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -450,9 +383,11 @@ async fn set_agent_status(env: &Env, tok: &str, agent: &str, status: &str) {
 async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     let (_, tok2, _) = env.customer().await;
-    let a1 = agent(&env, &tok, "available").await;
-    let a2 = agent(&env, &tok, "available").await;
+    let api2 = env.client(&tok2);
+    let a1 = agent(&api, "available").await;
+    let a2 = agent(&api, "available").await;
 
     // Validation and tenant isolation.
     let bad = [
@@ -463,24 +398,23 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
         json!({"agent_ids": "a1"}),
     ];
     for body in bad {
-        let (s, v) = env.post("/v1.0/queues", &tok, body.clone()).await;
+        let (s, v) = api.post("/v1.0/queues", body.clone()).await;
         assert!((400..500).contains(&s), "{body}: {s} {v}");
     }
     assert_eq!(
-        env.post("/v1.0/queues", &tok2, json!({"agent_ids": [a1]}))
+        api2.post("/v1.0/queues", json!({"agent_ids": [a1]}))
             .await
             .0,
         400,
         "another tenant's agent"
     );
-    let q = created(
-        &env,
-        "/v1.0/queues",
-        &tok,
-        json!({"name": "support", "routing_method": "linear", "agent_ids": [a1, a2],
+    let q = api
+        .create(
+            "/v1.0/queues",
+            json!({"name": "support", "routing_method": "linear", "agent_ids": [a1, a2],
                "wait_timeout_ms": 2500}),
-    )
-    .await;
+        )
+        .await;
     let qid = id_of(&q);
     assert_eq!(
         (q["waiting"].clone(), q["served"].clone()),
@@ -490,84 +424,67 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
     // A and B get the two agents in the queue's order (linear); C waits and times out; D's
     // far end hangs up while it waits.
     let (a, b, c, d) = tokio::join!(
-        answered_call(&env, &tok, "+15550005001", 6),
-        answered_call(&env, &tok, "+15550005002", 6),
-        answered_call(&env, &tok, "+15550005003", 20),
-        answered_call(&env, &tok, "+15550005004", 1),
+        api.answered_call("+15550005001", 6),
+        api.answered_call("+15550005002", 6),
+        api.answered_call("+15550005003", 20),
+        api.answered_call("+15550005004", 1),
     );
-    let join = |call: Uuid| {
-        let path = format!("/v1.0/queues/{qid}/calls");
-        let tok = tok.clone();
-        let env = &env;
-        async move { env.post(&path, &tok, json!({ "call_id": call })).await }
-    };
+    let join = |call: Uuid| api.join_queue(&qid, call);
     for call in [a, b] {
         let (s, v) = join(call).await;
         assert_eq!((s, v["status"].as_str()), (200, Some("waiting")), "{v}");
-        queuecall(&env, &tok, &qid, call, |q| q["status"] == "service").await;
+        queuecall(&api, &qid, call, |q| q["status"] == "service").await;
     }
     for call in [c, d] {
         assert_eq!(join(call).await.0, 200);
     }
     assert_eq!(join(c).await.0, 409, "a call joins once");
-    let (s, _) = env
-        .post(
-            &format!("/v1.0/queues/{qid}/calls"),
-            &tok2,
-            json!({ "call_id": c }),
-        )
-        .await;
+    let (s, _) = api2.join_queue(&qid, c).await;
     assert_eq!(s, 404, "another tenant's queue");
-    let busy = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    let busy = api.calls(&["+15550000486"], json!({})).await[0];
     env.wait_call_end(busy, Duration::from_secs(10)).await;
     assert_eq!(join(busy).await.0, 409, "an ended call cannot join");
 
-    let qa = queuecall(&env, &tok, &qid, a, |q| q["status"] == "service").await;
-    let qb = queuecall(&env, &tok, &qid, b, |q| q["status"] == "service").await;
+    let qa = queuecall(&api, &qid, a, |q| q["status"] == "service").await;
+    let qb = queuecall(&api, &qid, b, |q| q["status"] == "service").await;
     assert_eq!(
         (qa["agent_id"].as_str(), qb["agent_id"].as_str()),
         (Some(&*a1), Some(&*a2))
     );
-    let qc = queuecall(&env, &tok, &qid, c, |q| q["status"] == "abandoned").await;
+    let qc = queuecall(&api, &qid, c, |q| q["status"] == "abandoned").await;
     assert_eq!(qc["abandon_reason"], "timeout");
     assert!(qc["wait_ms"].as_u64().unwrap() >= 2500, "{qc}");
     // A timed-out call is hung up by us, long before its 20 s of talk.
     let ended = env.wait_call_end(c, Duration::from_secs(5)).await;
     assert_eq!(ended["hangup_by"], "local", "{ended}");
-    let qd = queuecall(&env, &tok, &qid, d, |q| q["status"] == "abandoned").await;
+    let qd = queuecall(&api, &qid, d, |q| q["status"] == "abandoned").await;
     assert_eq!(qd["abandon_reason"], "hangup");
-    let (_, agent_view) = get(&env, &format!("/v1.0/agents/{a1}"), &tok).await;
+    let (_, agent_view) = api.get(&format!("/v1.0/agents/{a1}")).await;
     assert_eq!(agent_view["status"], "busy");
 
     // When A and B end, their agents are available again; E goes to the first (linear).
     for call in [a, b] {
         env.wait_call_end(call, Duration::from_secs(15)).await;
-        queuecall(&env, &tok, &qid, call, |q| q["status"] == "done").await;
+        queuecall(&api, &qid, call, |q| q["status"] == "done").await;
     }
     for ag in [&a1, &a2] {
-        wait_get(
-            &env,
+        api.wait_get(
             &format!("/v1.0/agents/{ag}"),
-            &tok,
             Duration::from_secs(10),
             |_, v| v["status"] == "available" && v["call_id"].is_null(),
         )
         .await;
     }
-    let e = answered_call(&env, &tok, "+15550005005", 1).await;
+    let e = api.answered_call("+15550005005", 1).await;
     assert_eq!(join(e).await.0, 200);
-    let qe = queuecall(&env, &tok, &qid, e, |q| q["status"] == "service").await;
+    let qe = queuecall(&api, &qid, e, |q| q["status"] == "service").await;
     assert_eq!(qe["agent_id"].as_str(), Some(&*a1));
     // ringall: the agent idle longest (a2, free since B ended) takes F.
-    let (s, v) = env
-        .req(
-            Method::PUT,
+    let (s, v) = api
+        .put(
             &format!("/v1.0/queues/{qid}"),
-            Some(&tok),
-            Some(
-                json!({"name": "support", "routing_method": "ringall", "agent_ids": [a1, a2],
+            json!({"name": "support", "routing_method": "ringall", "agent_ids": [a1, a2],
                         "wait_timeout_ms": 2500}),
-            ),
         )
         .await;
     assert_eq!(
@@ -576,21 +493,19 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
         "{v}"
     );
     env.wait_call_end(e, Duration::from_secs(10)).await;
-    queuecall(&env, &tok, &qid, e, |q| q["status"] == "done").await;
-    wait_get(
-        &env,
+    queuecall(&api, &qid, e, |q| q["status"] == "done").await;
+    api.wait_get(
         &format!("/v1.0/agents/{a1}"),
-        &tok,
         Duration::from_secs(10),
         |_, v| v["status"] == "available",
     )
     .await;
-    let f = answered_call(&env, &tok, "+15550005006", 1).await;
+    let f = api.answered_call("+15550005006", 1).await;
     assert_eq!(join(f).await.0, 200);
-    let qf = queuecall(&env, &tok, &qid, f, |q| q["status"] == "service").await;
+    let qf = queuecall(&api, &qid, f, |q| q["status"] == "service").await;
     assert_eq!(qf["agent_id"].as_str(), Some(&*a2));
     env.wait_call_end(f, Duration::from_secs(10)).await;
-    queuecall(&env, &tok, &qid, f, |q| q["status"] == "done").await;
+    queuecall(&api, &qid, f, |q| q["status"] == "done").await;
 
     // Statistics: exact, and unchanged by a redelivery of every event to the consumers.
     let expect = |calls: &[Value]| {
@@ -609,17 +524,18 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
                "abandoned": v["abandoned"], "total_wait_ms": v["total_wait_ms"],
                "average_wait_ms": v["average_wait_ms"]})
     };
-    let calls = all_pages(&env, &format!("/v1.0/queuecalls?queue_id={qid}"), &tok, 100).await;
+    let calls = api
+        .all_pages(&format!("/v1.0/queuecalls?queue_id={qid}"), 100)
+        .await;
     assert_eq!(calls.len(), 6);
     let want = expect(&calls);
-    let got = wait_get(
-        &env,
-        &format!("/v1.0/queues/{qid}"),
-        &tok,
-        Duration::from_secs(10),
-        |_, v| v["served"] == 4 && v["serving"] == 0,
-    )
-    .await;
+    let got = api
+        .wait_get(
+            &format!("/v1.0/queues/{qid}"),
+            Duration::from_secs(10),
+            |_, v| v["served"] == 4 && v["serving"] == 0,
+        )
+        .await;
     assert_eq!(stats_of(&got), want, "{got}");
     let events_before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&env.pool)
@@ -633,13 +549,10 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
         .await
         .unwrap();
     assert_eq!(events_before, events_after, "redelivery changed something");
-    let (_, again) = get(&env, &format!("/v1.0/queues/{qid}"), &tok).await;
+    let (_, again) = api.get(&format!("/v1.0/queues/{qid}")).await;
     assert_eq!(stats_of(&again), want);
-    assert_eq!(
-        get(&env, &format!("/v1.0/queues/{qid}"), &tok2).await.0,
-        404
-    );
-    let (_, theirs) = get(&env, "/v1.0/queuecalls", &tok2).await;
+    assert_eq!(api2.get(&format!("/v1.0/queues/{qid}")).await.0, 404);
+    let (_, theirs) = api2.get("/v1.0/queuecalls").await;
     assert_eq!(theirs["result"], json!([]));
 }
 
@@ -647,70 +560,58 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
 async fn campaign_with_a_queue_dials_for_available_agents_only() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
-    let a3 = agent(&env, &tok, "offline").await;
-    let q = created(
-        &env,
-        "/v1.0/queues",
-        &tok,
-        json!({"name": "sales", "routing_method": "linear", "agent_ids": [a3],
+    let api = env.client(&tok);
+    let a3 = agent(&api, "offline").await;
+    let q = api
+        .create(
+            "/v1.0/queues",
+            json!({"name": "sales", "routing_method": "linear", "agent_ids": [a3],
                "wait_timeout_ms": 60000}),
-    )
-    .await;
+        )
+        .await;
     let qid = id_of(&q);
-    let plan = created(
-        &env,
-        "/v1.0/outplans",
-        &tok,
-        json!({"source": "+15550001000", "dial_timeout_ms": 3000, "max_try_count": 1}),
-    )
-    .await;
-    let od = id_of(&created(&env, "/v1.0/outdials", &tok, json!({"name": "leads"})).await);
+    let plan = api
+        .create(
+            "/v1.0/outplans",
+            json!({"source": "+15550001000", "dial_timeout_ms": 3000, "max_try_count": 1}),
+        )
+        .await;
+    let od = id_of(&api.create("/v1.0/outdials", json!({"name": "leads"})).await);
     for i in 0..4 {
-        created(
-            &env,
+        api.create(
             &format!("/v1.0/outdials/{od}/targets"),
-            &tok,
             json!({"destinations": [format!("+1555000600{i}")], "variables": {"talk_seconds": 1}}),
         )
         .await;
     }
     let bad = json!({"outplan_id": id_of(&plan), "outdial_id": od, "queue_id": Uuid::now_v7()});
     assert_eq!(
-        env.post("/v1.0/campaigns", &tok, bad).await.0,
+        api.post("/v1.0/campaigns", bad).await.0,
         404,
         "unknown queue"
     );
-    let camp = created(
-        &env,
-        "/v1.0/campaigns",
-        &tok,
-        json!({"outplan_id": id_of(&plan), "outdial_id": od, "queue_id": qid,
+    let camp = api
+        .create(
+            "/v1.0/campaigns",
+            json!({"outplan_id": id_of(&plan), "outdial_id": od, "queue_id": qid,
                "service_level": 100}),
-    )
-    .await;
-    let cid = id_of(&camp);
-    let (s, _) = env
-        .req(
-            Method::PUT,
-            &format!("/v1.0/campaigns/{cid}/status"),
-            Some(&tok),
-            Some(json!({"status": "running"})),
         )
         .await;
+    let cid = id_of(&camp);
+    let (s, _) = api.set_campaign_status(&cid, "running").await;
     assert_eq!(s, 200);
     // No agent available: nothing is dialed.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, v) = get(&env, &format!("/v1.0/campaigns/{cid}"), &tok).await;
+    let (_, v) = api.get(&format!("/v1.0/campaigns/{cid}")).await;
     assert_eq!(v["dialed"], 0, "{v}");
-    set_agent_status(&env, &tok, &a3, "available").await;
-    let done = wait_get(
-        &env,
-        &format!("/v1.0/campaigns/{cid}"),
-        &tok,
-        Duration::from_secs(60),
-        |_, v| v["status"] == "completed",
-    )
-    .await;
+    set_agent_status(&api, &a3, "available").await;
+    let done = api
+        .wait_get(
+            &format!("/v1.0/campaigns/{cid}"),
+            Duration::from_secs(60),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
     assert_eq!(
         (done["dialed"].clone(), done["answered"].clone()),
         (json!(4), json!(4)),
@@ -718,31 +619,26 @@ async fn campaign_with_a_queue_dials_for_available_agents_only() {
     );
     // Every answered campaign call joined the queue; one agent means one call at a time with
     // it plus at most one (service level 100%) ringing or waiting.
-    let calls: Vec<String> = all_pages(
-        &env,
-        &format!("/v1.0/campaigncalls?campaign_id={cid}"),
-        &tok,
-        100,
-    )
-    .await
-    .iter()
-    .map(|c| c["reference_id"].as_str().unwrap().to_string())
-    .collect();
-    let queued = wait_get(
-        &env,
-        &format!("/v1.0/queues/{qid}"),
-        &tok,
-        Duration::from_secs(10),
-        |_, v| v["served"].as_u64().unwrap() + v["abandoned"].as_u64().unwrap() == 4,
-    )
-    .await;
+    let calls: Vec<String> = api
+        .all_pages(&format!("/v1.0/campaigncalls?campaign_id={cid}"), 100)
+        .await
+        .iter()
+        .map(|c| c["reference_id"].as_str().unwrap().to_string())
+        .collect();
+    let queued = api
+        .wait_get(
+            &format!("/v1.0/queues/{qid}"),
+            Duration::from_secs(10),
+            |_, v| v["served"].as_u64().unwrap() + v["abandoned"].as_u64().unwrap() == 4,
+        )
+        .await;
     assert_eq!(queued["waiting"], 0);
-    let mut joined: Vec<String> =
-        all_pages(&env, &format!("/v1.0/queuecalls?queue_id={qid}"), &tok, 100)
-            .await
-            .iter()
-            .map(|q| q["call_id"].as_str().unwrap().to_string())
-            .collect();
+    let mut joined: Vec<String> = api
+        .all_pages(&format!("/v1.0/queuecalls?queue_id={qid}"), 100)
+        .await
+        .iter()
+        .map(|q| q["call_id"].as_str().unwrap().to_string())
+        .collect();
     joined.sort();
     let mut calls = calls;
     calls.sort();

@@ -3,9 +3,7 @@
 //! function against the real database, and the automatic stop when the call hangs up. Real
 //! vbin processes with the sandbox carrier, Postgres, nats-server and redis-server.
 
-mod common;
-
-use common::{all_pages, answered_call, get, wait_get, Env};
+use crate::support::Env;
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -14,10 +12,6 @@ use vbin_app::{ExecError, Executor};
 use vbin_domain::DomainError;
 use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
 use vbin_eventlog::PgEventRepository;
-
-async fn start(env: &Env, tok: &str, body: Value) -> (u16, Value) {
-    env.post("/v1.0/transcribes", tok, body).await
-}
 
 fn body(call: Uuid, direction: Option<&str>) -> Value {
     let mut b = json!({"reference_type": "call", "reference_id": call, "language": "en-US"});
@@ -35,8 +29,10 @@ fn uuid_of(v: &Value) -> Uuid {
 async fn transcribes_record_transcripts_and_end_with_their_call() {
     let env = Env::start().await;
     let (cust, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     let (_, tok2, _) = env.customer().await;
-    let call = answered_call(&env, &tok, "+15550007000", 8).await;
+    let api2 = env.client(&tok2);
+    let call = api.answered_call("+15550007000", 8).await;
 
     // Validation.
     for bad in [
@@ -48,24 +44,24 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
         json!({"reference_type": "call", "reference_id": call, "language": "x".repeat(100)}),
         json!({"reference_type": "call", "reference_id": call, "language": "en-US", "direction": "up"}),
     ] {
-        let (s, v) = start(&env, &tok, bad.clone()).await;
+        let (s, v) = api.transcribe(bad.clone()).await;
         assert_eq!(s, 400, "{bad} -> {v}");
         assert_eq!(v["error"]["reason"], "invalid_argument", "{v}");
     }
     // An unknown call, and another tenant's call: 404.
-    let (s, v) = start(&env, &tok, body(Uuid::now_v7(), None)).await;
+    let (s, v) = api.transcribe(body(Uuid::now_v7(), None)).await;
     assert_eq!(s, 404, "{v}");
-    let (s, v) = start(&env, &tok2, body(call, None)).await;
+    let (s, v) = api2.transcribe(body(call, None)).await;
     assert_eq!(s, 404, "{v}");
     // A call that is not answered (busy, ended): 409 failed_precondition.
-    let busy = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    let busy = api.calls(&["+15550000486"], json!({})).await[0];
     env.wait_call_end(busy, Duration::from_secs(10)).await;
-    let (s, v) = start(&env, &tok, body(busy, None)).await;
+    let (s, v) = api.transcribe(body(busy, None)).await;
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"]["reason"], "failed_precondition", "{v}");
 
     // Start one (direction defaults to both) and one for the far end only.
-    let (s, tr) = start(&env, &tok, body(call, None)).await;
+    let (s, tr) = api.transcribe(body(call, None)).await;
     assert_eq!(s, 200, "{tr}");
     assert_eq!(tr["type"], "transcribe");
     assert_eq!(tr["status"], "running");
@@ -77,9 +73,9 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
     assert!(tr["tm_end"].is_null() && tr["tm_create"].is_string());
     let tr_id = uuid_of(&tr);
     // One running transcribe per call and direction.
-    let (s, v) = start(&env, &tok, body(call, Some("both"))).await;
+    let (s, v) = api.transcribe(body(call, Some("both"))).await;
     assert_eq!(s, 409, "{v}");
-    let (s, tr_in) = start(&env, &tok, body(call, Some("in"))).await;
+    let (s, tr_in) = api.transcribe(body(call, Some("in"))).await;
     assert_eq!(s, 200, "{tr_in}");
     assert_eq!(tr_in["direction"], "in");
     let tr_in_id = uuid_of(&tr_in);
@@ -95,28 +91,23 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
 
     // The read model: one, the list; another tenant sees nothing and cannot stop it.
     let path = format!("/v1.0/transcribes/{tr_id}");
-    let v = wait_get(&env, &path, &tok, Duration::from_secs(10), |s, _| s == 200).await;
+    let v = api.wait_found(&path, Duration::from_secs(10)).await;
     assert_eq!(v, tr);
-    let (s, _) = get(&env, &path, &tok2).await;
+    let (s, _) = api2.get(&path).await;
     assert_eq!(s, 404);
-    let (s, v) = env
-        .post(&format!("/v1.0/transcribes/{tr_id}/stop"), &tok2, json!({}))
-        .await;
+    let (s, v) = api2.stop_transcribe(tr_id).await;
     assert_eq!(s, 404, "{v}");
-    let listed = wait_get(
-        &env,
-        "/v1.0/transcribes",
-        &tok,
-        Duration::from_secs(10),
-        |_, v| v["result"].as_array().is_some_and(|r| r.len() == 2),
-    )
-    .await;
+    let listed = api
+        .wait_get("/v1.0/transcribes", Duration::from_secs(10), |_, v| {
+            v["result"].as_array().is_some_and(|r| r.len() == 2)
+        })
+        .await;
     assert_eq!(
         listed["result"][0]["id"],
         tr_in_id.to_string(),
         "newest first"
     );
-    let (_, other) = get(&env, "/v1.0/transcribes", &tok2).await;
+    let (_, other) = api2.get("/v1.0/transcribes").await;
     assert_eq!(other["result"], json!([]));
 
     // Transcripts through the media pipeline's function, against the real database.
@@ -194,10 +185,11 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
 
     // Read back in spoken order, page by page too; another tenant gets none.
     let tpath = format!("/v1.0/transcripts?transcribe_id={tr_id}");
-    let v = wait_get(&env, &tpath, &tok, Duration::from_secs(10), |_, v| {
-        v["result"].as_array().is_some_and(|r| r.len() == 2)
-    })
-    .await;
+    let v = api
+        .wait_get(&tpath, Duration::from_secs(10), |_, v| {
+            v["result"].as_array().is_some_and(|r| r.len() == 2)
+        })
+        .await;
     let r = v["result"].as_array().unwrap();
     assert_eq!(r[0]["direction"], "out");
     assert_eq!(r[0]["message"], "hi");
@@ -209,23 +201,19 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
     assert_eq!(r[1]["type"], "transcript");
     assert_eq!(&r[1], view);
     assert!(r[1]["tm_create"].is_string());
-    let paged = all_pages(&env, &tpath, &tok, 1).await;
+    let paged = api.all_pages(&tpath, 1).await;
     assert_eq!(paged.as_slice(), r.as_slice());
-    let (s, v) = get(&env, &tpath, &tok2).await;
+    let (s, v) = api2.get(&tpath).await;
     assert_eq!((s, &v["result"]), (200, &json!([])), "{v}");
-    let (s, _) = get(&env, "/v1.0/transcripts?transcribe_id=nope", &tok).await;
+    let (s, _) = api.get("/v1.0/transcripts?transcribe_id=nope").await;
     assert_eq!(s, 400);
 
     // Stop: completed; a second stop returns it unchanged and records nothing.
-    let (s, stopped) = env
-        .post(&format!("/v1.0/transcribes/{tr_id}/stop"), &tok, json!({}))
-        .await;
+    let (s, stopped) = api.stop_transcribe(tr_id).await;
     assert_eq!(s, 200, "{stopped}");
     assert_eq!(stopped["status"], "completed");
     assert!(stopped["tm_end"].is_string());
-    let (s, again) = env
-        .post(&format!("/v1.0/transcribes/{tr_id}/stop"), &tok, json!({}))
-        .await;
+    let (s, again) = api.stop_transcribe(tr_id).await;
     assert_eq!(s, 200, "{again}");
     assert_eq!(again, stopped);
     let events = env.events_of("transcribe", tr_id).await;
@@ -257,20 +245,18 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
         matches!(err, ExecError::Domain(DomainError::FailedPrecondition(_))),
         "{err:?}"
     );
-    wait_get(&env, &path, &tok, Duration::from_secs(10), |_, v| {
+    api.wait_get(&path, Duration::from_secs(10), |_, v| {
         v["status"] == "completed"
     })
     .await;
 
     // The audit trail of a transcribe.
-    let trail = wait_get(
-        &env,
-        &format!("/v1.0/events?resource_type=transcribe&resource_id={tr_id}"),
-        &tok,
-        Duration::from_secs(10),
-        |s, _| s == 200,
-    )
-    .await;
+    let trail = api
+        .wait_found(
+            &format!("/v1.0/events?resource_type=transcribe&resource_id={tr_id}"),
+            Duration::from_secs(10),
+        )
+        .await;
     let trail: Vec<&str> = trail["result"]
         .as_array()
         .unwrap()
@@ -278,25 +264,23 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
         .map(|e| e["event_type"].as_str().unwrap())
         .collect();
     assert_eq!(trail, ["transcribe_started", "transcribe_completed"]);
-    let (s, _) = get(
-        &env,
-        &format!("/v1.0/events?resource_type=transcribe&resource_id={tr_id}"),
-        &tok2,
-    )
-    .await;
+    let (s, _) = api2
+        .get(&format!(
+            "/v1.0/events?resource_type=transcribe&resource_id={tr_id}"
+        ))
+        .await;
     assert_eq!(s, 404);
 
     // The other one completes by itself when the call hangs up.
     let ended = env.wait_call_end(call, Duration::from_secs(20)).await;
     assert_eq!(ended["status"], "completed");
-    let done = wait_get(
-        &env,
-        &format!("/v1.0/transcribes/{tr_in_id}"),
-        &tok,
-        Duration::from_secs(15),
-        |_, v| v["status"] == "completed",
-    )
-    .await;
+    let done = api
+        .wait_get(
+            &format!("/v1.0/transcribes/{tr_in_id}"),
+            Duration::from_secs(15),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
     assert!(done["tm_end"].is_string());
     let events = env.events_of("transcribe", tr_in_id).await;
     assert_eq!(events.len(), 2, "{events:?}");
@@ -314,7 +298,7 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
         .unwrap()
         .is_empty());
     // The ended call cannot be transcribed again.
-    let (s, v) = start(&env, &tok, body(call, None)).await;
+    let (s, v) = api.transcribe(body(call, None)).await;
     assert_eq!(s, 409, "{v}");
 }
 
@@ -420,13 +404,14 @@ async fn stream_audio(sock: &mut tokio::net::TcpStream, audio: &[i16]) {
 async fn a_transcription_started_while_the_audio_flows_hears_what_follows() {
     let (env, grammar) = env_with_grammar().await;
     let (_, tok, _) = env.customer().await;
-    let call = answered_call(&env, &tok, "+15550007001", 30).await;
+    let api = env.client(&tok);
+    let call = api.answered_call("+15550007001", 30).await;
     let mut sock = audiosocket(&env, call).await;
     use tokio::io::AsyncWriteExt;
     stream_audio(&mut sock, &[0i16; 16_000]).await;
     // Started a second into the session: the session is told through the event stream (its
     // periodic look-up is 30 s away), so the phrase after a second of silence is heard.
-    let (s, t) = start(&env, &tok, body(call, Some("in"))).await;
+    let (s, t) = api.transcribe(body(call, Some("in"))).await;
     assert_eq!(s, 200, "{t}");
     let transcribe = uuid_of(&t);
     let mut audio = vec![0i16; 16_000];
@@ -434,14 +419,13 @@ async fn a_transcription_started_while_the_audio_flows_hears_what_follows() {
     audio.extend(std::iter::repeat_n(0i16, 16_000));
     stream_audio(&mut sock, &audio).await;
     sock.write_all(&frame(0x00, &[])).await.unwrap();
-    let list = wait_get(
-        &env,
-        &format!("/v1.0/transcripts?transcribe_id={transcribe}"),
-        &tok,
-        Duration::from_secs(20),
-        |s, v| s == 200 && v["result"].as_array().is_some_and(|a| !a.is_empty()),
-    )
-    .await;
+    let list = api
+        .wait_get(
+            &format!("/v1.0/transcripts?transcribe_id={transcribe}"),
+            Duration::from_secs(20),
+            |s, v| s == 200 && v["result"].as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
     assert_eq!(list["result"][0]["message"], PHRASES[3], "{list}");
     let _ = std::fs::remove_file(&grammar);
 }
@@ -450,8 +434,9 @@ async fn a_transcription_started_while_the_audio_flows_hears_what_follows() {
 async fn speech_streamed_over_audiosocket_becomes_transcripts() {
     let (env, grammar) = env_with_grammar().await;
     let (customer, tok, _) = env.customer().await;
-    let call = answered_call(&env, &tok, "+15550007000", 30).await;
-    let (s, t) = start(&env, &tok, body(call, Some("in"))).await;
+    let api = env.client(&tok);
+    let call = api.answered_call("+15550007000", 30).await;
+    let (s, t) = api.transcribe(body(call, Some("in"))).await;
     assert_eq!(s, 200, "{t}");
     let transcribe = uuid_of(&t);
 
@@ -481,14 +466,13 @@ async fn speech_streamed_over_audiosocket_becomes_transcripts() {
     sock.write_all(&frame(0x00, &[])).await.unwrap();
 
     // Both phrases, in order, through the query API.
-    let list = wait_get(
-        &env,
-        &format!("/v1.0/transcripts?transcribe_id={transcribe}"),
-        &tok,
-        Duration::from_secs(20),
-        |s, v| s == 200 && v["result"].as_array().is_some_and(|a| a.len() >= 2),
-    )
-    .await;
+    let list = api
+        .wait_get(
+            &format!("/v1.0/transcripts?transcribe_id={transcribe}"),
+            Duration::from_secs(20),
+            |s, v| s == 200 && v["result"].as_array().is_some_and(|a| a.len() >= 2),
+        )
+        .await;
     let got: Vec<(&str, &str, u64)> = list["result"]
         .as_array()
         .unwrap()

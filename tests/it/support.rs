@@ -1,15 +1,79 @@
 //! End-to-end test harness: each test gets a fresh Postgres database on the local server, its
 //! own nats-server process (JetStream, private store dir, so tests can stop it and never see
 //! each other's streams), and the real `vbin` binary as a child process.
-#![allow(dead_code)]
 
+use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use std::fmt::Display;
+use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// What a [`wait_until`] probe says: done (with a value), or not yet (with what it saw, for the
+/// message on timeout).
+pub trait Probe {
+    type Done;
+    fn done(self) -> Result<Self::Done, String>;
+}
+
+impl Probe for bool {
+    type Done = ();
+    fn done(self) -> Result<(), String> {
+        self.then_some(()).ok_or_else(String::new)
+    }
+}
+
+impl<T> Probe for Option<T> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.ok_or_else(String::new)
+    }
+}
+
+impl<T, E: Display> Probe for Result<T, E> {
+    type Done = T;
+    fn done(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// Polls `probe` every 50 ms until it is done (`true`, `Some(v)`, `Ok(v)`) and returns the
+/// value; panics after `within`, naming `what` was awaited and what the last look saw (`Err`).
+pub async fn wait_until<P: Probe, F: Future<Output = P>>(
+    what: impl Display,
+    within: Duration,
+    probe: impl FnMut() -> F,
+) -> P::Done {
+    wait_until_every(what, within, Duration::from_millis(50), probe).await
+}
+
+/// [`wait_until`], looking every `every` (for probes that cost something).
+pub async fn wait_until_every<P: Probe, F: Future<Output = P>>(
+    what: impl Display,
+    within: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> F,
+) -> P::Done {
+    let t = Instant::now();
+    loop {
+        match probe().await.done() {
+            Ok(v) => return v,
+            Err(last) if t.elapsed() >= within => {
+                let last = if last.is_empty() {
+                    last
+                } else {
+                    format!(": {last}")
+                };
+                panic!("waited {within:?} for {what}{last}")
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
 
 pub fn pg_base() -> String {
     std::env::var("VBIN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -487,7 +551,7 @@ impl Env {
     /// Sends a request with an optional bearer; returns status and JSON body (Null if none).
     pub async fn req(
         &self,
-        method: reqwest::Method,
+        method: Method,
         path: &str,
         token: Option<&str>,
         body: Option<Value>,
@@ -505,11 +569,6 @@ impl Env {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.req(reqwest::Method::POST, path, Some(token), Some(body))
-            .await
-    }
-
     /// Creates a customer (random username) and logs in; returns (customer id, JWT, username).
     pub async fn customer(&self) -> (Uuid, String, String) {
         self.customer_with(json!({})).await
@@ -525,7 +584,7 @@ impl Env {
                 body[k] = v;
             }
         }
-        let (s, c) = self.post("/v1.0/customers", &self.admin, body).await;
+        let (s, c) = self.admin().post("/v1.0/customers", body).await;
         assert_eq!(s, 200, "{c}");
         let token = self.login(&username, "password123").await.expect("login");
         (c["id"].as_str().unwrap().parse().unwrap(), token, username)
@@ -534,7 +593,7 @@ impl Env {
     pub async fn login(&self, username: &str, password: &str) -> Option<String> {
         let (s, v) = self
             .req(
-                reqwest::Method::POST,
+                Method::POST,
                 "/auth/login",
                 None,
                 Some(json!({"username": username, "password": password})),
@@ -551,7 +610,7 @@ impl Env {
                 body[k] = v;
             }
         }
-        let (s, v) = self.post("/v1.0/calls", token, body).await;
+        let (s, v) = self.client(token).post("/v1.0/calls", body).await;
         assert_eq!(s, 200, "{v}");
         v["calls"]
             .as_array()
@@ -586,22 +645,35 @@ impl Env {
 
     /// Waits until a call's status is terminal; returns its final view.
     pub async fn wait_call_end(&self, id: Uuid, within: Duration) -> Value {
-        let t = Instant::now();
-        loop {
+        let ended = |s: &str| {
+            matches!(
+                s,
+                "completed" | "busy" | "no_answer" | "failed" | "canceled"
+            )
+        };
+        self.wait_call(id, within, Duration::from_millis(100), ended)
+            .await
+    }
+
+    /// Waits until a call's status (in the event log) satisfies `status`, looking `every` so
+    /// often; returns its view.
+    pub async fn wait_call(
+        &self,
+        id: Uuid,
+        within: Duration,
+        every: Duration,
+        status: impl Fn(&str) -> bool,
+    ) -> Value {
+        let what = format!("call {id}; log {}", self.platform.log.display());
+        wait_until_every(what, within, every, || async {
             let v = self.call_state(id).await;
-            if matches!(
-                v["status"].as_str(),
-                Some("completed" | "busy" | "no_answer" | "failed" | "canceled")
-            ) {
-                return v;
+            if status(v["status"].as_str().unwrap_or_default()) {
+                Ok(v)
+            } else {
+                Err(v)
             }
-            assert!(
-                t.elapsed() < within,
-                "call {id} did not end in {within:?}: {v}; log {}",
-                self.platform.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Every message in the private stream: (Nats-Msg-Id header, decoded body), in stream order.
@@ -657,23 +729,25 @@ impl Env {
             + Send
             + 'static,
     {
-        let t = Instant::now();
-        loop {
-            let n: i64 = sqlx::query_scalar(sql)
-                .bind(bind.clone())
-                .fetch_one(&self.pool)
-                .await
-                .unwrap();
-            if done(n) {
-                return;
-            }
-            assert!(
-                t.elapsed() < within,
-                "{sql} ({bind}) = {n}; log {}",
-                self.platform.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("{sql} ({bind}); log {}", self.platform.log.display());
+        wait_until_every(what, within, Duration::from_millis(100), || async {
+            let n: i64 = self.scalar(sql, bind.clone()).await;
+            done(n).then_some(()).ok_or(n)
+        })
+        .await
+    }
+
+    /// The one value of the query `sql` with its one parameter `bind`.
+    pub async fn scalar<T, R>(&self, sql: &'static str, bind: T) -> R
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+        R: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        sqlx::query_scalar(sql)
+            .bind(bind)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// Event ids in the log, in commit order.
@@ -689,24 +763,22 @@ impl Env {
         &self,
         within: Duration,
     ) -> Vec<(String, vbin_event_schema::PublishedEvent)> {
-        let t = Instant::now();
-        loop {
+        let what = format!(
+            "every logged event to be published; log {}",
+            self.platform.log.display()
+        );
+        wait_until_every(what, within, Duration::from_millis(200), || async {
             let log = self.log_event_ids().await;
             let msgs = self.stream_messages().await;
             let published: std::collections::HashSet<String> =
                 msgs.iter().map(|m| m.0.clone()).collect();
             if log.iter().all(|id| published.contains(&id.to_string())) {
-                return msgs;
+                Ok(msgs)
+            } else {
+                Err(format!("{} of {} published", published.len(), log.len()))
             }
-            assert!(
-                t.elapsed() < within,
-                "{} of {} events published; log {}",
-                published.len(),
-                log.len(),
-                self.platform.log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -743,58 +815,6 @@ pub fn vbin(env: &Env, args: &[&str]) -> (i32, String) {
     )
 }
 
-/// GET with a bearer token.
-pub async fn get(env: &Env, path: &str, token: &str) -> (u16, Value) {
-    env.req(reqwest::Method::GET, path, Some(token), None).await
-}
-
-/// Polls `path` until `done` holds for its answer (or panics after `within`).
-pub async fn wait_get(
-    env: &Env,
-    path: &str,
-    token: &str,
-    within: Duration,
-    done: impl Fn(u16, &Value) -> bool,
-) -> Value {
-    let t = Instant::now();
-    loop {
-        let (s, v) = get(env, path, token).await;
-        if done(s, &v) {
-            return v;
-        }
-        assert!(
-            t.elapsed() < within,
-            "GET {path} never satisfied the condition: {s} {v}; log {}",
-            env.platform.log_path().display()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Every item of a list endpoint, page by page.
-pub async fn all_pages(env: &Env, path: &str, token: &str, page_size: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut token_q = String::new();
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let (s, v) = get(
-            env,
-            &format!("{path}{sep}page_size={page_size}{token_q}"),
-            token,
-        )
-        .await;
-        assert_eq!(s, 200, "{v}");
-        let items = v["result"].as_array().unwrap();
-        assert!(items.len() <= page_size);
-        out.extend(items.iter().cloned());
-        let next = v["next_page_token"].as_str().unwrap();
-        if next.is_empty() {
-            return out;
-        }
-        token_q = format!("&page_token={next}");
-    }
-}
-
 impl Env {
     /// Forces redelivery of the whole stream to the durable consumers `names`: deletes them
     /// (the running processes recreate them from the start of the stream) and waits until they
@@ -805,8 +825,8 @@ impl Env {
         for name in names {
             stream.delete_consumer(name).await.unwrap();
         }
-        let t = Instant::now();
-        loop {
+        let what = format!("redelivery to {names:?} to finish");
+        wait_until_every(what, within, Duration::from_millis(100), || async {
             let (mut present, mut pending) = (0, 0);
             for name in names {
                 if let Ok(mut c) = stream
@@ -818,15 +838,9 @@ impl Env {
                     pending += info.num_pending + info.num_ack_pending as u64;
                 }
             }
-            if present == names.len() && pending == 0 {
-                return;
-            }
-            assert!(
-                t.elapsed() < within,
-                "redelivery to {names:?} did not finish"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            present == names.len() && pending == 0
+        })
+        .await
     }
 }
 
@@ -835,22 +849,210 @@ pub fn id_of(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_string()
 }
 
-/// POSTs and expects 200; returns the body.
-pub async fn created(env: &Env, path: &str, token: &str, body: Value) -> Value {
-    let (s, v) = env.post(path, token, body).await;
-    assert_eq!(s, 200, "POST {path}: {v}");
-    v
+impl Env {
+    /// The API as the holder of `token` sees it.
+    pub fn client(&self, token: &str) -> Client<'_> {
+        Client {
+            env: self,
+            token: token.to_string(),
+        }
+    }
+
+    /// The API as the platform admin.
+    pub fn admin(&self) -> Client<'_> {
+        self.client(&self.admin)
+    }
 }
 
-/// Places a call that answers and talks `talk` seconds; returns it once answered.
-pub async fn answered_call(env: &Env, tok: &str, number: &str, talk: u64) -> Uuid {
-    let id = env
-        .calls(tok, &[number], json!({"variables": {"talk_seconds": talk}}))
-        .await[0];
-    let t = Instant::now();
-    while env.call_state(id).await["status"] != "progressing" {
-        assert!(t.elapsed() < Duration::from_secs(10), "{id} never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// A typed client of the platform's API with one bearer token: the requests the tests make
+/// again and again, each answering (status, JSON body) unless it says otherwise.
+pub struct Client<'e> {
+    env: &'e Env,
+    pub token: String,
+}
+
+impl Client<'_> {
+    pub async fn req(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.env.req(method, path, Some(&self.token), body).await
     }
-    id
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.req(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.req(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.req(Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.req(Method::DELETE, path, None).await
+    }
+
+    /// POSTs and expects 200; returns the body.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.post(path, body).await;
+        assert_eq!(s, 200, "POST {path}: {v}");
+        v
+    }
+
+    /// POSTs with an `Idempotency-Key`; returns the raw response (for its headers).
+    pub async fn post_once(&self, path: &str, key: &str, body: Value) -> reqwest::Response {
+        self.env
+            .http
+            .post(self.env.url(path))
+            .bearer_auth(&self.token)
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `path` until `done` holds for its answer (or panics after `within`).
+    pub async fn wait_get(
+        &self,
+        path: &str,
+        within: Duration,
+        done: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
+        let what = format!(
+            "GET {path} to satisfy the condition; log {}",
+            self.env.platform.log_path().display()
+        );
+        wait_until_every(what, within, Duration::from_millis(25), || async {
+            let (s, v) = self.get(path).await;
+            if done(s, &v) {
+                Ok(v)
+            } else {
+                Err(format!("{s} {v}"))
+            }
+        })
+        .await
+    }
+
+    /// Waits until `path` answers 200; returns the body.
+    pub async fn wait_found(&self, path: &str, within: Duration) -> Value {
+        self.wait_get(path, within, |s, _| s == 200).await
+    }
+
+    /// Every item of a list endpoint, page by page.
+    pub async fn all_pages(&self, path: &str, page_size: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut token_q = String::new();
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let (s, v) = self
+                .get(&format!("{path}{sep}page_size={page_size}{token_q}"))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            let items = v["result"].as_array().unwrap();
+            assert!(items.len() <= page_size);
+            out.extend(items.iter().cloned());
+            let next = v["next_page_token"].as_str().unwrap();
+            if next.is_empty() {
+                return out;
+            }
+            token_q = format!("&page_token={next}");
+        }
+    }
+
+    /// Creates calls; returns their ids.
+    pub async fn calls(&self, destinations: &[&str], extra: Value) -> Vec<Uuid> {
+        self.env.calls(&self.token, destinations, extra).await
+    }
+
+    /// Places a call that answers and talks `talk` seconds; returns it once answered.
+    pub async fn answered_call(&self, number: &str, talk: u64) -> Uuid {
+        let id = self
+            .calls(&[number], json!({"variables": {"talk_seconds": talk}}))
+            .await[0];
+        let (within, every) = (Duration::from_secs(10), Duration::from_millis(20));
+        self.env
+            .wait_call(id, within, every, |s| s == "progressing")
+            .await;
+        id
+    }
+
+    pub async fn hangup(&self, call: impl Display) -> (u16, Value) {
+        self.post(&format!("/v1.0/calls/{call}/hangup"), json!({}))
+            .await
+    }
+
+    /// Creates an agent (`fields` over a username and password); returns (status, view).
+    pub async fn create_agent(
+        &self,
+        username: &str,
+        password: &str,
+        fields: Value,
+    ) -> (u16, Value) {
+        let mut body = json!({"username": username, "password": password});
+        if let Value::Object(m) = fields {
+            for (k, v) in m {
+                body[k] = v;
+            }
+        }
+        self.post("/v1.0/agents", body).await
+    }
+
+    pub async fn set_agent_status(&self, agent: impl Display, status: &str) -> (u16, Value) {
+        self.put(
+            &format!("/v1.0/agents/{agent}/status"),
+            json!({ "status": status }),
+        )
+        .await
+    }
+
+    pub async fn delete_agent(&self, agent: impl Display) -> (u16, Value) {
+        self.delete(&format!("/v1.0/agents/{agent}")).await
+    }
+
+    pub async fn delete_accesskey(&self, key: impl Display) -> (u16, Value) {
+        self.delete(&format!("/v1.0/accesskeys/{key}")).await
+    }
+
+    pub async fn update_customer(&self, body: Value) -> (u16, Value) {
+        self.put("/v1.0/customer", body).await
+    }
+
+    pub async fn rotate_webhook_secret(&self) -> (u16, Value) {
+        self.post("/v1.0/customer/webhook_secret/rotate", json!({}))
+            .await
+    }
+
+    pub async fn set_campaign_status(&self, campaign: impl Display, status: &str) -> (u16, Value) {
+        self.put(
+            &format!("/v1.0/campaigns/{campaign}/status"),
+            json!({ "status": status }),
+        )
+        .await
+    }
+
+    pub async fn join_queue(&self, queue: impl Display, call: Uuid) -> (u16, Value) {
+        self.post(
+            &format!("/v1.0/queues/{queue}/calls"),
+            json!({ "call_id": call }),
+        )
+        .await
+    }
+
+    pub async fn transcribe(&self, body: Value) -> (u16, Value) {
+        self.post("/v1.0/transcribes", body).await
+    }
+
+    pub async fn stop_transcribe(&self, transcribe: impl Display) -> (u16, Value) {
+        self.post(&format!("/v1.0/transcribes/{transcribe}/stop"), json!({}))
+            .await
+    }
+
+    pub async fn retry_delivery(&self, delivery: impl Display) -> (u16, Value) {
+        self.post(
+            &format!("/v1.0/webhook_deliveries/{delivery}/retry"),
+            json!({}),
+        )
+        .await
+    }
 }

@@ -1,9 +1,7 @@
 //! End-to-end tests of the WebSocket gateway (issue 6) with a real WebSocket client against
 //! the `vbin serve` binary.
 
-mod common;
-
-use common::{Env, Platform};
+use crate::support::{Env, Platform};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -127,6 +125,7 @@ fn hungup(events: &[Value], call: Uuid) -> bool {
 async fn topics_match_as_the_seed_says_and_tenants_stay_apart() {
     let env = Env::start().await;
     let (a, tok_a, _) = env.customer().await;
+    let api_a = env.client(&tok_a);
     let (b, tok_b, _) = env.customer().await;
     let mut all_calls = connect(&env.platform, &tok_a).await;
     subscribe(&mut all_calls, &[calls_of(a)]).await;
@@ -191,12 +190,8 @@ async fn topics_match_as_the_seed_says_and_tenants_stay_apart() {
     );
 
     // A call that lasts a second: one resource's topic, then another call.
-    let call = env
-        .calls(
-            &tok_a,
-            &["+15550007000"],
-            json!({"variables": {"talk_seconds": 1}}),
-        )
+    let call = api_a
+        .calls(&["+15550007000"], json!({"variables": {"talk_seconds": 1}}))
         .await[0];
     let first = events_until(&mut all_calls, |e| !e.is_empty()).await;
     assert_eq!(first[0]["event"], "call_created");
@@ -204,12 +199,8 @@ async fn topics_match_as_the_seed_says_and_tenants_stay_apart() {
     assert_eq!(first[0]["data"]["id"], call.to_string());
     let mut this_call = connect(&env.platform, &tok_a).await;
     subscribe(&mut this_call, &[format!("customer_id:{a}:call:{call}")]).await;
-    let other = env
-        .calls(
-            &tok_a,
-            &["+15550007000"],
-            json!({"variables": {"talk_seconds": 0}}),
-        )
+    let other = api_a
+        .calls(&["+15550007000"], json!({"variables": {"talk_seconds": 0}}))
         .await[0];
     let mut seen = first;
     seen.extend(events_until(&mut all_calls, |e| hungup(e, call) && hungup(e, other)).await);
@@ -237,7 +228,7 @@ async fn topics_match_as_the_seed_says_and_tenants_stay_apart() {
     )
     .await;
     assert_eq!(json(&mut all_calls).await["type"], "ack");
-    let _ = env.calls(&tok_a, &["+15550000486"], json!({})).await;
+    let _ = api_a.calls(&["+15550000486"], json!({})).await;
     let more = events_until(&mut this_call, |_| true).await;
     assert!(more.is_empty());
     silent_for(&mut all_calls, Duration::from_millis(500)).await;
@@ -259,11 +250,12 @@ async fn a_client_resumes_from_its_offset_on_any_gateway_or_is_told_to_resync() 
     let env = Env::start_with_env(&[("VBIN_WS_MAX_REPLAY", "5")]).await;
     let second = env.spawn_platform_only(&["gateway"]).await;
     let (a, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     let mut ws = connect(&env.platform, &tok).await;
     subscribe(&mut ws, &[calls_of(a)]).await;
     let mut ws2 = connect(&second, &tok).await;
     subscribe(&mut ws2, &[calls_of(a)]).await;
-    let c1 = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    let c1 = api.calls(&["+15550000486"], json!({})).await[0];
     let seen = events_until(&mut ws, |e| hungup(e, c1)).await;
     // Every gateway fans out every event, with the same offsets.
     let seen2 = events_until(&mut ws2, |e| hungup(e, c1)).await;
@@ -272,7 +264,7 @@ async fn a_client_resumes_from_its_offset_on_any_gateway_or_is_told_to_resync() 
     drop(ws);
 
     // Missed while away: a busy call.
-    let c2 = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    let c2 = api.calls(&["+15550000486"], json!({})).await[0];
     let live = events_until(&mut ws2, |e| hungup(e, c2)).await;
     // Back, on the other gateway, from the last offset seen.
     let mut back = connect(&second, &tok).await;
@@ -285,7 +277,7 @@ async fn a_client_resumes_from_its_offset_on_any_gateway_or_is_told_to_resync() 
     let replayed = events_until(&mut back, |e| hungup(e, c2)).await;
     assert_eq!(replayed, live, "the missed events, in order, once");
     // And live events after that, without duplicates.
-    let c3 = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    let c3 = api.calls(&["+15550000486"], json!({})).await[0];
     let after = events_until(&mut back, |e| hungup(e, c3)).await;
     assert!(
         after.iter().all(|e| e["data"]["id"] == c3.to_string()),
@@ -320,6 +312,7 @@ async fn a_slow_consumer_is_closed_with_a_reason() {
     ])
     .await;
     let (a, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     // A client with a tiny receive window that stops reading.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -344,7 +337,7 @@ async fn a_slow_consumer_is_closed_with_a_reason() {
         .await
     });
     for _ in 0..calls / 20 {
-        env.calls(&tok, &["+15550000486"; 20], json!({})).await;
+        api.calls(&["+15550000486"; 20], json!({})).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The healthy client gets everything.

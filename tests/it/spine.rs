@@ -1,24 +1,24 @@
 //! End-to-end tests of the platform spine (issue 2): identity and call commands over HTTP, the
 //! Postgres event log, the outbox relay to JetStream and the sandbox carrier, all real.
 
-mod common;
-
-use common::Env;
+use crate::support::{wait_until, wait_until_every, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 #[tokio::test]
 async fn identity_auth_and_error_envelope() {
     let env = Env::start().await;
     let (_, token, username) = env.customer().await;
+    let api = env.client(&token);
 
     // Admin endpoint: wrong token 401, no token 401, customer token 403.
     let body = json!({"name": "x", "username": "someone", "password": "password123"});
     assert_eq!(
-        env.post("/v1.0/customers", "not-the-admin", body.clone())
+        env.client("not-the-admin")
+            .post("/v1.0/customers", body.clone())
             .await
             .0,
         401
@@ -29,12 +29,12 @@ async fn identity_auth_and_error_envelope() {
             .0,
         401
     );
-    assert_eq!(env.post("/v1.0/customers", &token, body).await.0, 403);
+    assert_eq!(api.post("/v1.0/customers", body).await.0, 403);
     // Usernames are unique platform-wide.
     let (s, v) = env
+        .admin()
         .post(
             "/v1.0/customers",
-            &env.admin,
             json!({"name": "y", "username": username, "password": "password123"}),
         )
         .await;
@@ -47,10 +47,9 @@ async fn identity_auth_and_error_envelope() {
     assert!(env.login("nobody-here", "password123").await.is_none());
 
     // Access keys: shown once, work, stop working when revoked.
-    let (s, key) = env
+    let (s, key) = api
         .post(
             "/v1.0/accesskeys",
-            &token,
             json!({"name": "ci", "expire_sec": 3600}),
         )
         .await;
@@ -65,32 +64,27 @@ async fn identity_auth_and_error_envelope() {
             .unwrap();
     assert_eq!(stored, 0, "the access key must not be stored in clear");
     let (s, agent) = env
+        .client(&secret)
         .post(
             "/v1.0/agents",
-            &secret,
             json!({"username": format!("{username}-b"), "password": "password456"}),
         )
         .await;
     assert_eq!(s, 200, "{agent}");
     assert_eq!(agent["permission"], "agent");
     assert!(agent.get("password_hash").is_none());
-    let (s, _) = env
-        .req(
-            Method::DELETE,
-            &format!("/v1.0/accesskeys/{}", key["id"].as_str().unwrap()),
-            Some(&token),
-            None,
-        )
+    let (s, _) = api
+        .delete(&format!("/v1.0/accesskeys/{}", key["id"].as_str().unwrap()))
         .await;
     assert_eq!(s, 200);
     assert_eq!(
-        env.post(
-            "/v1.0/agents",
-            &secret,
-            json!({"username": "zzz", "password": "password456"})
-        )
-        .await
-        .0,
+        env.client(&secret)
+            .post(
+                "/v1.0/agents",
+                json!({"username": "zzz", "password": "password456"})
+            )
+            .await
+            .0,
         401
     );
 
@@ -101,35 +95,21 @@ async fn identity_auth_and_error_envelope() {
         .unwrap();
     let agent_id = agent["id"].as_str().unwrap();
     assert_eq!(
-        env.post(
-            "/v1.0/agents",
-            &agent_token,
-            json!({"username": "zzz", "password": "password456"})
-        )
-        .await
-        .0,
+        env.client(&agent_token)
+            .post(
+                "/v1.0/agents",
+                json!({"username": "zzz", "password": "password456"})
+            )
+            .await
+            .0,
         403
     );
     let (s, v) = env
-        .req(
-            Method::PUT,
-            &format!("/v1.0/agents/{agent_id}/status"),
-            Some(&agent_token),
-            Some(json!({"status": "available"})),
-        )
+        .client(&agent_token)
+        .set_agent_status(agent_id, "available")
         .await;
     assert_eq!((s, v["status"].as_str()), (200, Some("available")), "{v}");
-    assert_eq!(
-        env.req(
-            Method::DELETE,
-            &format!("/v1.0/agents/{agent_id}"),
-            Some(&token),
-            None
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(api.delete_agent(agent_id).await.0, 200);
     assert_eq!(
         env.calls_status(&agent_token).await,
         401,
@@ -137,21 +117,12 @@ async fn identity_auth_and_error_envelope() {
     );
 
     // Webhook settings and secret rotation.
-    let (s, v) = env
-        .req(
-            Method::PUT,
-            "/v1.0/customer",
-            Some(&token),
-            Some(json!({"webhook_uri": "ftp://x"})),
-        )
-        .await;
+    let (s, v) = api.update_customer(json!({"webhook_uri": "ftp://x"})).await;
     assert_eq!(
         (s, v["error"]["reason"].as_str()),
         (400, Some("invalid_argument"))
     );
-    let (s, v) = env
-        .post("/v1.0/customer/webhook_secret/rotate", &token, json!({}))
-        .await;
+    let (s, v) = api.rotate_webhook_secret().await;
     assert_eq!(s, 200);
     assert!(v["webhook_secret"].as_str().unwrap().len() >= 32);
 
@@ -198,7 +169,7 @@ async fn identity_auth_and_error_envelope() {
         (Method::DELETE, "/v1.0/calls", None, 405),
     ];
     for (m, path, body, want) in cases {
-        let (s, v) = env.req(m.clone(), path, Some(&token), body).await;
+        let (s, v) = api.req(m.clone(), path, body).await;
         assert_eq!(s, want, "{m} {path}: {v}");
         assert_eq!(v["error"]["status"], want, "{v}");
         assert!(!v["error"]["request_id"].as_str().unwrap().is_empty());
@@ -252,13 +223,13 @@ async fn identity_auth_and_error_envelope() {
 
 impl Env {
     async fn calls_status(&self, token: &str) -> u16 {
-        self.post(
-            "/v1.0/calls",
-            token,
-            json!({"source": "+15550001000", "destinations": ["+15550002000"]}),
-        )
-        .await
-        .0
+        self.client(token)
+            .post(
+                "/v1.0/calls",
+                json!({"source": "+15550001000", "destinations": ["+15550002000"]}),
+            )
+            .await
+            .0
     }
 }
 
@@ -266,9 +237,9 @@ impl Env {
 async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order() {
     let env = Env::start().await;
     let (customer, token, _) = env.customer().await;
-    let ids = env
+    let api = env.client(&token);
+    let ids = api
         .calls(
-            &token,
             &[
                 "+15550002000",
                 "+15550000486",
@@ -364,13 +335,15 @@ async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order(
 async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
+    let api = env.client(&token);
     let (_, other, _) = env.customer().await;
-    let id = env.calls(&token, &["+15550002000"], json!({})).await[0];
+    let other_api = env.client(&other);
+    let id = api.calls(&["+15550002000"], json!({})).await[0];
     let path = format!("/v1.0/calls/{id}/hangup");
     // Another customer cannot see or touch it.
-    let (s, v) = env.post(&path, &other, json!({})).await;
+    let (s, v) = other_api.post(&path, json!({})).await;
     assert_eq!((s, v["error"]["reason"].as_str()), (404, Some("not_found")));
-    let (s, v) = env.post(&path, &token, json!({})).await;
+    let (s, v) = api.post(&path, json!({})).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         (
@@ -381,7 +354,7 @@ async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
         (Some("canceled"), Some("originator_cancel"), Some("local"))
     );
     // Again: unchanged, no new event; the carrier's late timers change nothing either.
-    let (s, again) = env.post(&path, &token, json!({})).await;
+    let (s, again) = api.post(&path, json!({})).await;
     assert_eq!((s, &again["status"]), (200, &v["status"]));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let evs = env.events_of("call", id).await;
@@ -394,18 +367,15 @@ async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
 async fn idempotency_key_replays_the_first_response() {
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
+    let api = env.client(&token);
     let send = |key: &'static str, dest: &'static str| {
-        env.http
-            .post(env.url("/v1.0/calls"))
-            .bearer_auth(&token)
-            .header("idempotency-key", key)
-            .json(&json!({"source": "+15550001000", "destinations": [dest]}))
-            .send()
+        let body = json!({"source": "+15550001000", "destinations": [dest]});
+        api.post_once("/v1.0/calls", key, body)
     };
-    let a = send("k-1", "+15550002000").await.unwrap();
+    let a = send("k-1", "+15550002000").await;
     assert_eq!(a.status(), 200);
     let a: Value = a.json().await.unwrap();
-    let b = send("k-1", "+15550002000").await.unwrap();
+    let b = send("k-1", "+15550002000").await;
     assert_eq!(b.status(), 200);
     assert_eq!(b.headers()["idempotent-replayed"], "true");
     let b: Value = b.json().await.unwrap();
@@ -416,7 +386,7 @@ async fn idempotency_key_replays_the_first_response() {
             .await
             .unwrap();
     assert_eq!(created, 1, "a replay must not execute the command again");
-    let c = send("k-1", "+15550003000").await.unwrap();
+    let c = send("k-1", "+15550003000").await;
     assert_eq!(c.status(), 422);
 }
 
@@ -424,17 +394,11 @@ async fn idempotency_key_replays_the_first_response() {
 async fn a_retry_after_a_crash_between_commit_and_answer_commits_nothing_twice() {
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
+    let api = env.client(&token);
     let body = json!({"source": "+15550001000", "destinations": ["+15550002000", "+15550003000"],
                       "variables": {"talk_seconds": 30}});
-    let send = || {
-        env.http
-            .post(env.url("/v1.0/calls"))
-            .bearer_auth(&token)
-            .header("idempotency-key", "k-crash")
-            .json(&body)
-            .send()
-    };
-    let first: Value = send().await.unwrap().json().await.unwrap();
+    let send = || api.post_once("/v1.0/calls", "k-crash", body.clone());
+    let first: Value = send().await.json().await.unwrap();
     let ids = |v: &Value| -> Vec<String> {
         v["calls"]
             .as_array()
@@ -454,10 +418,10 @@ async fn a_retry_after_a_crash_between_commit_and_answer_commits_nothing_twice()
         .execute(&env.pool)
     };
     lose_answer(0).await.unwrap();
-    assert_eq!(send().await.unwrap().status(), 409);
+    assert_eq!(send().await.status(), 409);
     // Once abandoned, the retry runs the request again: same calls, nothing created twice.
     lose_answer(11).await.unwrap();
-    let again = send().await.unwrap();
+    let again = send().await;
     assert_eq!(again.status(), 200);
     assert!(again.headers().get("idempotent-replayed").is_none());
     let again: Value = again.json().await.unwrap();
@@ -469,7 +433,7 @@ async fn a_retry_after_a_crash_between_commit_and_answer_commits_nothing_twice()
             .unwrap();
     assert_eq!(created, 2, "the re-executed request created calls again");
     // Its answer is kept like any other.
-    let third = send().await.unwrap();
+    let third = send().await;
     assert_eq!(third.headers()["idempotent-replayed"], "true");
     assert_eq!(ids(&third.json().await.unwrap()), ids(&first));
 }
@@ -478,10 +442,10 @@ async fn a_retry_after_a_crash_between_commit_and_answer_commits_nothing_twice()
 async fn concurrent_commands_on_one_aggregate_are_retried_not_lost() {
     let env = Env::start().await;
     let (customer, token, username) = env.customer().await;
+    let api = env.client(&token);
     let futs = (0..10).map(|i| {
-        env.post(
+        api.post(
             "/v1.0/agents",
-            &token,
             json!({"username": format!("{username}-{i}"), "password": "password123"}),
         )
     });
@@ -506,6 +470,7 @@ async fn concurrent_commands_on_one_aggregate_are_retried_not_lost() {
 async fn old_version_events_are_upcast_on_load_and_publish() {
     let env = Env::start().await;
     let (customer, token, _) = env.customer().await;
+    let api = env.client(&token);
     // A call_created 1.0 as an older vbin wrote it: no direction, variables, dial_timeout_ms.
     let call_id = Uuid::now_v7();
     let v1 = json!({"type": "call_created", "call_id": call_id, "customer_id": customer,
@@ -522,9 +487,7 @@ async fn old_version_events_are_upcast_on_load_and_publish() {
     .await
     .unwrap();
     // Loading it (to hang up) goes through the upcaster.
-    let (s, v) = env
-        .post(&format!("/v1.0/calls/{call_id}/hangup"), &token, json!({}))
-        .await;
+    let (s, v) = api.hangup(call_id).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         (
@@ -577,18 +540,13 @@ async fn events_committed_while_nats_is_down_are_published_once_after_it_returns
         .await;
     // Readiness reports NATS down once the client has noticed the closed connection (on a
     // loaded machine that can take a moment).
-    let t = Instant::now();
-    loop {
+    wait_until("readyz with NATS down", Duration::from_secs(5), || async {
         let (s, v) = env.req(Method::GET, "/readyz", None, None).await;
-        if (s, &v["nats"]) == (503, &json!(false)) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "readyz with NATS down: {s} {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ((s, &v["nats"]) == (503, &json!(false)))
+            .then_some(())
+            .ok_or(format!("{s} {v}"))
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     env.nats.resume();
 
@@ -671,19 +629,14 @@ async fn calls_in_flight_when_the_process_dies_are_resolved_after_restart() {
         )
         .await;
     // Wait until the no-answer call rings and the other is answered, then crash.
-    let t = std::time::Instant::now();
-    loop {
+    wait_until("the calls to progress", Duration::from_secs(20), || async {
         let a = env.call_state(ids[0]).await;
         let b = env.call_state(ids[1]).await;
-        if a["status"] == "ringing" && b["status"] == "progressing" {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "calls did not progress: {a} {b}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (a["status"] == "ringing" && b["status"] == "progressing")
+            .then_some(())
+            .ok_or(format!("{a} {b}"))
+    })
+    .await;
     env.platform.kill();
     tokio::time::sleep(Duration::from_secs(1)).await;
     env.restart().await;
@@ -712,14 +665,13 @@ async fn one_relay_publishes_at_a_time_and_a_standby_takes_over() {
         .await
         .unwrap()
     };
-    let t = std::time::Instant::now();
-    while leases().await != 1 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "first relay never took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_every(
+        "the first relay to take the lease",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { leases().await == 1 },
+    )
+    .await;
     let second = env.spawn_platform().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(leases().await, 1, "two relays hold the lease");
@@ -740,10 +692,10 @@ async fn one_relay_publishes_at_a_time_and_a_standby_takes_over() {
 async fn revoking_an_agent_reaches_other_processes_through_the_event_stream() {
     let env = Env::start().await;
     let (_, token, username) = env.customer().await;
-    let (s, agent) = env
+    let api = env.client(&token);
+    let (s, agent) = api
         .post(
             "/v1.0/agents",
-            &token,
             json!({"username": format!("{username}-x"), "password": "password456"}),
         )
         .await;
@@ -769,24 +721,18 @@ async fn revoking_an_agent_reaches_other_processes_through_the_event_stream() {
     };
     // The other process resolves (and caches) the agent's token.
     assert_eq!(on_other(agent_token.clone()).await, 200);
-    let (s, _) = env
-        .req(
-            Method::DELETE,
-            &format!("/v1.0/agents/{}", agent["id"].as_str().unwrap()),
-            Some(&token),
-            None,
-        )
+    let (s, _) = api
+        .delete(&format!("/v1.0/agents/{}", agent["id"].as_str().unwrap()))
         .await;
     assert_eq!(s, 200);
     // Well within the 10 s cache TTL: only the revocation event can make this pass.
-    let t = std::time::Instant::now();
-    while on_other(agent_token.clone()).await != 401 {
-        assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "other process still trusts a deleted agent"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_every(
+        "the other process to stop trusting a deleted agent",
+        Duration::from_secs(3),
+        Duration::from_millis(100),
+        || async { on_other(agent_token.clone()).await == 401 },
+    )
+    .await;
 }
 
 #[tokio::test]

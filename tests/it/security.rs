@@ -1,9 +1,7 @@
 //! Security: tenant isolation over every endpoint that takes an id (customer A's token against
 //! customer B's resources answers 404 and changes nothing), and bad credentials.
 
-mod common;
-
-use common::{answered_call, created, id_of, wait_get, Env};
+use crate::support::{id_of, wait_until, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -11,60 +9,51 @@ use serde_json::{json, Value};
 async fn another_tenants_ids_are_not_found_and_nothing_changes() {
     let env = Env::start().await;
     let (b, tok_b, _) = env.customer().await;
+    let api_b = env.client(&tok_b);
     let (_, tok_a, _) = env.customer().await;
+    let api_a = env.client(&tok_a);
     // B's resources, one of each kind.
-    let agent = id_of(
-        &created(
-            &env,
-            "/v1.0/agents",
-            &tok_b,
-            json!({"username": format!("ag{}", &uuid::Uuid::new_v4().simple().to_string()[..10]),
-                   "password": "password123", "name": "Ann", "permission": "agent"}),
-        )
-        .await,
-    );
-    let key = id_of(&created(&env, "/v1.0/accesskeys", &tok_b, json!({"name": "k"})).await);
-    let call = answered_call(&env, &tok_b, "+15550007000", 30)
-        .await
-        .to_string();
+    let name = format!("ag{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let ann = json!({"name": "Ann", "permission": "agent"});
+    let (s, agent) = api_b.create_agent(&name, "password123", ann).await;
+    assert_eq!(s, 200, "{agent}");
+    let agent = id_of(&agent);
+    let key = id_of(&api_b.create("/v1.0/accesskeys", json!({"name": "k"})).await);
+    let call = api_b.answered_call("+15550007000", 30).await.to_string();
     let plan = id_of(
-        &created(
-            &env,
-            "/v1.0/outplans",
-            &tok_b,
-            json!({"name": "p", "source": "+15550001000", "dial_timeout_ms": 1500,
+        &api_b
+            .create(
+                "/v1.0/outplans",
+                json!({"name": "p", "source": "+15550001000", "dial_timeout_ms": 1500,
                    "try_interval_ms": 300, "max_try_count": 1}),
-        )
-        .await,
+            )
+            .await,
     );
-    let outdial = id_of(&created(&env, "/v1.0/outdials", &tok_b, json!({"name": "o"})).await);
+    let outdial = id_of(&api_b.create("/v1.0/outdials", json!({"name": "o"})).await);
     let campaign = id_of(
-        &created(
-            &env,
-            "/v1.0/campaigns",
-            &tok_b,
-            json!({"name": "c", "outplan_id": plan, "outdial_id": outdial}),
-        )
-        .await,
+        &api_b
+            .create(
+                "/v1.0/campaigns",
+                json!({"name": "c", "outplan_id": plan, "outdial_id": outdial}),
+            )
+            .await,
     );
     let queue = id_of(
-        &created(
-            &env,
-            "/v1.0/queues",
-            &tok_b,
-            json!({"name": "q", "routing_method": "linear", "agent_ids": [agent],
+        &api_b
+            .create(
+                "/v1.0/queues",
+                json!({"name": "q", "routing_method": "linear", "agent_ids": [agent],
                    "wait_timeout_ms": 2500}),
-        )
-        .await,
+            )
+            .await,
     );
     let transcribe = id_of(
-        &created(
-            &env,
-            "/v1.0/transcribes",
-            &tok_b,
-            json!({"reference_type": "call", "reference_id": call, "language": "en-US"}),
-        )
-        .await,
+        &api_b
+            .create(
+                "/v1.0/transcribes",
+                json!({"reference_type": "call", "reference_id": call, "language": "en-US"}),
+            )
+            .await,
     );
 
     // Every endpoint with one of B's ids, with A's token and a valid body: 404.
@@ -141,7 +130,7 @@ async fn another_tenants_ids_are_not_found_and_nothing_changes() {
     ];
     let mut wrong = Vec::new();
     for (m, path, body) in &matrix {
-        let (s, v) = env.req(m.clone(), path, Some(&tok_a), body.clone()).await;
+        let (s, v) = api_a.req(m.clone(), path, body.clone()).await;
         if s != 404 {
             wrong.push(format!("{m} {path}: {s} {v}"));
         }
@@ -154,17 +143,16 @@ async fn another_tenants_ids_are_not_found_and_nothing_changes() {
         format!("/v1.0/transcripts?transcribe_id={transcribe}"),
         format!("/v1.0/events?resource_type=call&resource_id={call}"),
     ] {
-        let (s, v) = env.req(Method::GET, &path, Some(&tok_a), None).await;
+        let (s, v) = api_a.get(&path).await;
         assert!(
             s == 404 || (s == 200 && v["result"] == json!([])),
             "{path}: {s} {v}"
         );
     }
     // Platform-admin endpoints refuse a customer.
-    let (s, _) = env
+    let (s, _) = api_a
         .post(
             &format!("/v1.0/customers/{b}/balance_add"),
-            &tok_a,
             json!({"amount_micros": 1}),
         )
         .await;
@@ -173,16 +161,11 @@ async fn another_tenants_ids_are_not_found_and_nothing_changes() {
     // Nothing of B's changed. (B reads through the read models, which follow the log: a
     // resource created a moment ago may not be there yet, so each read waits for a 200.)
     let b_get = |path: String| {
-        let (env, tok_b) = (&env, tok_b.clone());
+        let api_b = &api_b;
         async move {
-            wait_get(
-                env,
-                &path,
-                &tok_b,
-                std::time::Duration::from_secs(10),
-                |s, _| s == 200,
-            )
-            .await
+            api_b
+                .wait_found(&path, std::time::Duration::from_secs(10))
+                .await
         }
     };
     let a = b_get(format!("/v1.0/agents/{agent}")).await;
@@ -207,6 +190,7 @@ async fn forged_expired_and_revoked_credentials_are_refused() {
     use base64::Engine;
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let parts: Vec<&str> = tok.split('.').collect();
     let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
@@ -235,7 +219,7 @@ async fn forged_expired_and_revoked_credentials_are_refused() {
         "garbage".to_string(),
         format!("{tok}x"),
     ] {
-        let (s, v) = env.req(Method::GET, "/v1.0/calls", Some(&bad), None).await;
+        let (s, v) = env.client(&bad).get("/v1.0/calls").await;
         assert_eq!(
             (s, v["error"]["reason"].as_str()),
             (401, Some("unauthenticated")),
@@ -243,62 +227,40 @@ async fn forged_expired_and_revoked_credentials_are_refused() {
         );
     }
     // A revoked access key stops working at once.
-    let k = created(&env, "/v1.0/accesskeys", &tok, json!({"name": "k"})).await;
+    let k = api.create("/v1.0/accesskeys", json!({"name": "k"})).await;
     let key_token = k["token"].as_str().unwrap().to_string();
-    assert_eq!(
-        env.req(Method::GET, "/v1.0/calls", Some(&key_token), None)
-            .await
-            .0,
-        200
-    );
-    let (s, _) = env
-        .req(
-            Method::DELETE,
-            &format!("/v1.0/accesskeys/{}", id_of(&k)),
-            Some(&tok),
-            None,
-        )
-        .await;
+    assert_eq!(env.client(&key_token).get("/v1.0/calls").await.0, 200);
+    let (s, _) = api.delete_accesskey(id_of(&k)).await;
     assert_eq!(s, 200);
-    assert_eq!(
-        env.req(Method::GET, "/v1.0/calls", Some(&key_token), None)
-            .await
-            .0,
-        401
-    );
+    assert_eq!(env.client(&key_token).get("/v1.0/calls").await.0, 401);
     // An expired access key is refused. Its lifetime is at least 60 s, so its expiry is moved
     // into the past in the table the authentication reads (before its first use: nothing of it
     // is cached yet) rather than waiting.
-    let k = created(
-        &env,
-        "/v1.0/accesskeys",
-        &tok,
-        json!({"name": "short", "expire_sec": 60}),
-    )
-    .await;
-    let t = std::time::Instant::now();
-    loop {
-        let n = sqlx::query(
+    let k = api
+        .create(
+            "/v1.0/accesskeys",
+            json!({"name": "short", "expire_sec": 60}),
+        )
+        .await;
+    wait_until(
+        "the key row",
+        std::time::Duration::from_secs(10),
+        || async {
+            sqlx::query(
             "UPDATE auth_access_keys SET expire_at = now() - interval '1 second' WHERE key_id = $1",
         )
         .bind(id_of(&k).parse::<uuid::Uuid>().unwrap())
         .execute(&env.pool)
         .await
         .unwrap()
-        .rows_affected();
-        if n == 1 {
-            break;
-        }
-        assert!(t.elapsed() < std::time::Duration::from_secs(10), "key row");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        .rows_affected()
+            == 1
+        },
+    )
+    .await;
     let (s, v) = env
-        .req(
-            Method::GET,
-            "/v1.0/calls",
-            Some(k["token"].as_str().unwrap()),
-            None,
-        )
+        .client(k["token"].as_str().unwrap())
+        .get("/v1.0/calls")
         .await;
     assert_eq!(
         (s, v["error"]["reason"].as_str()),
@@ -307,6 +269,6 @@ async fn forged_expired_and_revoked_credentials_are_refused() {
     // An oversized body is refused before it is read whole.
     let big = json!({"source": "+15550001000", "destinations": ["+15550002000"],
                      "variables": {"x": "y".repeat(200_000)}});
-    let (s, _) = env.post("/v1.0/calls", &tok, big).await;
+    let (s, _) = api.post("/v1.0/calls", big).await;
     assert_eq!(s, 413);
 }

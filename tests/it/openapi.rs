@@ -10,9 +10,7 @@
 //! `VBIN_SCHEMATHESIS_PHASES` and `VBIN_SCHEMATHESIS_CHECKS` override schemathesis' `--phases`
 //! and `--checks`.
 
-mod common;
-
-use common::{answered_call, created, get, id_of, wait_get, Env};
+use crate::support::{id_of, Env};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -88,61 +86,46 @@ struct Fixtures {
 }
 
 async fn fixtures(env: &Env, tok: &str, customer: &str) -> Fixtures {
-    let talking = answered_call(env, tok, "+15550007000", 3600)
-        .await
-        .to_string();
+    let api = env.client(tok);
+    let talking = api.answered_call("+15550007000", 3600).await.to_string();
     let ended = env.calls(tok, &["+15550000486"], json!({})).await[0].to_string();
     let agent = id_of(
-        &created(
-            env,
+        &api.create(
             "/v1.0/agents",
-            tok,
             json!({"username": format!("fx{}", &customer[..8]), "password": "password123"}),
         )
         .await,
     );
-    let key = id_of(&created(env, "/v1.0/accesskeys", tok, json!({"name": "k"})).await);
+    let key = id_of(&api.create("/v1.0/accesskeys", json!({"name": "k"})).await);
     let plan = id_of(
-        &created(
-            env,
+        &api.create(
             "/v1.0/outplans",
-            tok,
             json!({"name": "p", "source": "+15550001000"}),
         )
         .await,
     );
-    let outdial = id_of(&created(env, "/v1.0/outdials", tok, json!({"name": "o"})).await);
-    created(
-        env,
+    let outdial = id_of(&api.create("/v1.0/outdials", json!({"name": "o"})).await);
+    api.create(
         &format!("/v1.0/outdials/{outdial}/targets"),
-        tok,
         json!({"destinations": ["+15550002000"]}),
     )
     .await;
     let campaign = id_of(
-        &created(
-            env,
+        &api.create(
             "/v1.0/campaigns",
-            tok,
             json!({"outplan_id": plan, "outdial_id": outdial}),
         )
         .await,
     );
     let queue = id_of(
-        &created(
-            env,
-            "/v1.0/queues",
-            tok,
-            json!({"name": "q", "agent_ids": [agent]}),
-        )
-        .await,
+        &api.create("/v1.0/queues", json!({"name": "q", "agent_ids": [agent]}))
+            .await,
     );
     let transcribe = id_of(
-        &created(
-            env,
+        &api.create(
             "/v1.0/transcribes",
-            tok,
-            json!({"reference_type": "call", "reference_id": talking, "language": "en-US", "direction": "in"}),
+            json!({"reference_type": "call", "reference_id": talking, "language": "en-US",
+                   "direction": "in"}),
         )
         .await,
     );
@@ -160,7 +143,7 @@ async fn fixtures(env: &Env, tok: &str, customer: &str) -> Fixtures {
         "/v1.0/customer".to_string(),
         "/v1.0/billing_account".to_string(),
     ] {
-        wait_get(env, &path, tok, Duration::from_secs(20), |s, _| s == 200).await;
+        api.wait_found(&path, Duration::from_secs(20)).await;
     }
     let calls = vec![talking, ended];
     Fixtures {
@@ -312,7 +295,7 @@ fn run_schemathesis(
 /// The platform-admin operations.
 const ADMIN_OPS: [&str; 3] = ["createCustomer", "addBalance", "setRate"];
 /// Not fuzzed with the customer's token: the platform admin's operations (their own run) and
-/// the WebSocket upgrade (plain HTTP requests can only get its 400; tests/gateway.rs covers it).
+/// the WebSocket upgrade (plain HTTP requests can only get its 400; tests/it/gateway.rs covers it).
 const EXCLUDED: [&str; 4] = ["createCustomer", "addBalance", "setRate", "websocket"];
 
 #[tokio::test]
@@ -366,7 +349,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         env.platform.log_path().display(),
         failed.join("\n")
     );
-    let (s, v) = get(&env, "/readyz", &tok).await;
+    let (s, v) = env.client(&tok).get("/readyz").await;
     assert_eq!(s, 200, "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,12 +1,10 @@
 //! End-to-end tests of the read side (issue 3): projections, the query API with its Redis
 //! cache, the audit trail. Real vbin processes, Postgres, nats-server and redis-server.
 
-mod common;
-
-use common::{all_pages, get, vbin, wait_get, Env};
+use crate::support::{vbin, wait_until, wait_until_every, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 fn status(v: &Value) -> &str {
@@ -31,14 +29,13 @@ async fn unconverged_calls(pool: &sqlx::PgPool) -> i64 {
 }
 
 async fn wait_converged(env: &Env) {
-    let t = Instant::now();
-    while unconverged_calls(&env.pool).await != 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "read model did not converge"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_every(
+        "the read model to converge",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async { unconverged_calls(&env.pool).await == 0 },
+    )
+    .await
 }
 
 const TERMINAL: [&str; 5] = ["completed", "busy", "no_answer", "failed", "canceled"];
@@ -47,23 +44,26 @@ const TERMINAL: [&str; 5] = ["completed", "busy", "no_answer", "failed", "cancel
 async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
     let env = Env::start().await;
     let (cust_a, tok_a, _) = env.customer().await;
+    let api_a = env.client(&tok_a);
     let (_, tok_b, _) = env.customer().await;
+    let api_b = env.client(&tok_b);
 
     let dests: Vec<String> = (0..23).map(|i| format!("+1555200{i:04}")).collect();
     let refs: Vec<&str> = dests.iter().map(String::as_str).collect();
-    let ids = env
-        .calls(&tok_a, &refs, json!({"variables": {"talk_seconds": 0}}))
+    let ids = api_a
+        .calls(&refs, json!({"variables": {"talk_seconds": 0}}))
         .await;
 
     // Every call shows up, once, newest first, across pages.
-    let t = Instant::now();
-    let listed = loop {
-        let l = all_pages(&env, "/v1.0/calls", &tok_a, 7).await;
-        if l.len() == ids.len() || t.elapsed() > Duration::from_secs(10) {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let listed = wait_until(
+        "every call to be listed",
+        Duration::from_secs(10),
+        || async {
+            let l = api_a.all_pages("/v1.0/calls", 7).await;
+            (l.len() == ids.len()).then_some(l)
+        },
+    )
+    .await;
     let listed_ids: Vec<Uuid> = listed
         .iter()
         .map(|c| c["id"].as_str().unwrap().parse().unwrap())
@@ -78,71 +78,52 @@ async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
 
     // A single call follows its lifecycle to the end, as the log says.
     let id = ids[0];
-    let v = wait_get(
-        &env,
-        &format!("/v1.0/calls/{id}"),
-        &tok_a,
-        Duration::from_secs(15),
-        |s, v| s == 200 && TERMINAL.contains(&status(v)),
-    )
-    .await;
+    let v = api_a
+        .wait_get(
+            &format!("/v1.0/calls/{id}"),
+            Duration::from_secs(15),
+            |s, v| s == 200 && TERMINAL.contains(&status(v)),
+        )
+        .await;
     env.wait_call_end(id, Duration::from_secs(5)).await;
     // The read model catches up with the last event (the cache must not hold it back).
     let last = env.call_state(id).await;
-    wait_get(
-        &env,
-        &format!("/v1.0/calls/{id}"),
-        &tok_a,
-        Duration::from_secs(5),
-        |_, v| *v == last,
-    )
-    .await;
+    api_a
+        .wait_get(
+            &format!("/v1.0/calls/{id}"),
+            Duration::from_secs(5),
+            |_, v| *v == last,
+        )
+        .await;
     assert_eq!(v["id"], json!(id.to_string()));
 
     // Tenant isolation: B sees none of A's resources, and cannot tell they exist.
-    let (s, e) = get(&env, &format!("/v1.0/calls/{id}"), &tok_b).await;
+    let (s, e) = api_b.get(&format!("/v1.0/calls/{id}")).await;
     assert_eq!(
         (s, e["error"]["reason"].as_str()),
         (404, Some("not_found")),
         "{e}"
     );
-    let (s, e) = get(&env, &format!("/v1.0/calls/{}", Uuid::now_v7()), &tok_b).await;
+    let (s, e) = api_b.get(&format!("/v1.0/calls/{}", Uuid::now_v7())).await;
     assert_eq!(s, 404, "{e}");
-    assert!(all_pages(&env, "/v1.0/calls", &tok_b, 50).await.is_empty());
-    let (s, _) = get(
-        &env,
-        &format!("/v1.0/events?resource_type=call&resource_id={id}"),
-        &tok_b,
-    )
-    .await;
+    assert!(api_b.all_pages("/v1.0/calls", 50).await.is_empty());
+    let (s, _) = api_b
+        .get(&format!("/v1.0/events?resource_type=call&resource_id={id}"))
+        .await;
     assert_eq!(s, 404);
-    let agents_a = wait_get(
-        &env,
-        "/v1.0/agents",
-        &tok_a,
-        Duration::from_secs(5),
-        |s, v| s == 200 && v["result"].as_array().is_some_and(|a| !a.is_empty()),
-    )
-    .await;
+    let agents_a = api_a
+        .wait_get("/v1.0/agents", Duration::from_secs(5), |s, v| {
+            s == 200 && v["result"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
     let agent_a = agents_a["result"][0]["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        get(&env, &format!("/v1.0/agents/{agent_a}"), &tok_b)
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        get(&env, &format!("/v1.0/agents/{agent_a}"), &tok_a)
-            .await
-            .0,
-        200
-    );
-    let (s, e) = get(
-        &env,
-        &format!("/v1.0/events?resource_type=agent&resource_id={agent_a}"),
-        &tok_b,
-    )
-    .await;
+    assert_eq!(api_b.get(&format!("/v1.0/agents/{agent_a}")).await.0, 404);
+    assert_eq!(api_a.get(&format!("/v1.0/agents/{agent_a}")).await.0, 200);
+    let (s, e) = api_b
+        .get(&format!(
+            "/v1.0/events?resource_type=agent&resource_id={agent_a}"
+        ))
+        .await;
     assert_eq!(s, 404, "{e}");
 
     // Bad input is a 400 with the envelope, never a 500.
@@ -156,7 +137,7 @@ async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
         format!("/v1.0/events?resource_type=planet&resource_id={id}"),
         "/v1.0/events?resource_type=call&resource_id=nope".to_string(),
     ] {
-        let (s, e) = get(&env, &path, &tok_a).await;
+        let (s, e) = api_a.get(&path).await;
         assert_eq!(
             (s, e["error"]["reason"].as_str()),
             (400, Some("invalid_argument")),
@@ -166,132 +147,96 @@ async fn reads_follow_writes_with_pagination_and_tenant_isolation() {
     assert_eq!(env.req(Method::GET, "/v1.0/calls", None, None).await.0, 401);
 
     // Customer: own view plus the webhook secret (exact at once, from the command side).
-    let c = wait_get(
-        &env,
-        "/v1.0/customer",
-        &tok_a,
-        Duration::from_secs(5),
-        |s, _| s == 200,
-    )
-    .await;
+    let c = api_a
+        .wait_found("/v1.0/customer", Duration::from_secs(5))
+        .await;
     assert_eq!(c["id"], json!(cust_a.to_string()));
     let secret = c["webhook_secret"].as_str().unwrap().to_string();
     assert!(secret.len() >= 32);
-    let (s, rotated) = env
-        .post("/v1.0/customer/webhook_secret/rotate", &tok_a, json!({}))
-        .await;
+    let (s, rotated) = api_a.rotate_webhook_secret().await;
     assert_eq!(s, 200, "{rotated}");
-    let c = get(&env, "/v1.0/customer", &tok_a).await.1;
+    let c = api_a.get("/v1.0/customer").await.1;
     assert_eq!(c["webhook_secret"], rotated["webhook_secret"]);
     assert_ne!(c["webhook_secret"], json!(secret));
 
     // Agents and access keys: created ones appear (without secrets), deleted ones go away.
     let ann = format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]);
-    let (s, agent) = env
-        .post(
-            "/v1.0/agents",
-            &tok_a,
-            json!({"username": ann, "password": "password123", "name": "Ann", "permission": "agent"}),
+    let (s, agent) = api_a
+        .create_agent(
+            &ann,
+            "password123",
+            json!({"name": "Ann", "permission": "agent"}),
         )
         .await;
     assert_eq!(s, 200, "{agent}");
     let agent_id = agent["id"].as_str().unwrap().to_string();
     // A plain agent sees the customer, but not its webhook secret.
     let tok_ann = env.login(&ann, "password123").await.unwrap();
-    let c_ann = get(&env, "/v1.0/customer", &tok_ann).await.1;
+    let c_ann = env.client(&tok_ann).get("/v1.0/customer").await.1;
     assert_eq!(c_ann["id"], json!(cust_a.to_string()));
     assert!(c_ann.get("webhook_secret").is_none(), "{c_ann}");
-    let a = wait_get(
-        &env,
-        &format!("/v1.0/agents/{agent_id}"),
-        &tok_a,
-        Duration::from_secs(5),
-        |s, _| s == 200,
-    )
-    .await;
+    let a = api_a
+        .wait_found(&format!("/v1.0/agents/{agent_id}"), Duration::from_secs(5))
+        .await;
     assert_eq!(a["name"], "Ann");
     assert!(a.get("password_hash").is_none() && a.get("password").is_none());
-    let (s, key) = env
-        .post("/v1.0/accesskeys", &tok_a, json!({"name": "ci"}))
-        .await;
+    let (s, key) = api_a.post("/v1.0/accesskeys", json!({"name": "ci"})).await;
     assert_eq!(s, 200, "{key}");
     let key_id = key["id"].as_str().unwrap().to_string();
-    let k = wait_get(
-        &env,
-        &format!("/v1.0/accesskeys/{key_id}"),
-        &tok_a,
-        Duration::from_secs(5),
-        |s, _| s == 200,
-    )
-    .await;
+    let k = api_a
+        .wait_found(
+            &format!("/v1.0/accesskeys/{key_id}"),
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(
         k.get("token").is_none() && k.get("token_hash").is_none(),
         "{k}"
     );
-    assert_eq!(
-        all_pages(&env, "/v1.0/accesskeys", &tok_a, 10).await.len(),
-        1
-    );
+    assert_eq!(api_a.all_pages("/v1.0/accesskeys", 10).await.len(), 1);
     // ... and are nobody else's.
     assert_eq!(
-        get(&env, &format!("/v1.0/accesskeys/{key_id}"), &tok_b)
-            .await
-            .0,
+        api_b.get(&format!("/v1.0/accesskeys/{key_id}")).await.0,
         404
     );
-    assert!(all_pages(&env, "/v1.0/accesskeys", &tok_b, 10)
-        .await
-        .is_empty());
-    let (s, e) = get(
-        &env,
-        &format!("/v1.0/events?resource_type=accesskey&resource_id={key_id}"),
-        &tok_b,
-    )
-    .await;
+    assert!(api_b.all_pages("/v1.0/accesskeys", 10).await.is_empty());
+    let (s, e) = api_b
+        .get(&format!(
+            "/v1.0/events?resource_type=accesskey&resource_id={key_id}"
+        ))
+        .await;
     assert_eq!(s, 404, "{e}");
-    let c_b = get(&env, "/v1.0/customer", &tok_b).await.1;
+    let c_b = api_b.get("/v1.0/customer").await.1;
     assert_ne!(c_b["id"], json!(cust_a.to_string()));
     assert_ne!(c_b["webhook_secret"], c["webhook_secret"]);
-    let (s, _) = env
-        .req(
-            Method::DELETE,
+    let (s, _) = api_a.delete_agent(&agent_id).await;
+    assert_eq!(s, 200);
+    api_a
+        .wait_get(
             &format!("/v1.0/agents/{agent_id}"),
-            Some(&tok_a),
-            None,
+            Duration::from_secs(5),
+            |s, _| s == 404,
         )
         .await;
-    assert_eq!(s, 200);
-    wait_get(
-        &env,
-        &format!("/v1.0/agents/{agent_id}"),
-        &tok_a,
-        Duration::from_secs(5),
-        |s, _| s == 404,
-    )
-    .await;
 }
 
 #[tokio::test]
 async fn audit_trail_shows_actor_data_and_before_state() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
-    let id = env
-        .calls(
-            &tok,
-            &["+15553000001"],
-            json!({"variables": {"talk_seconds": 0}}),
-        )
+    let api = env.client(&tok);
+    let id = api
+        .calls(&["+15553000001"], json!({"variables": {"talk_seconds": 0}}))
         .await[0];
     env.wait_call_end(id, Duration::from_secs(10)).await;
     let log = env.events_of("call", id).await;
 
-    let trail = all_pages(
-        &env,
-        &format!("/v1.0/events?resource_type=call&resource_id={id}"),
-        &tok,
-        1,
-    )
-    .await;
+    let trail = api
+        .all_pages(
+            &format!("/v1.0/events?resource_type=call&resource_id={id}"),
+            1,
+        )
+        .await;
     assert_eq!(trail.len(), log.len());
     for (i, (entry, (seq, ty, _))) in trail.iter().zip(&log).enumerate() {
         assert_eq!(entry["sequence"], json!(seq));
@@ -313,30 +258,26 @@ async fn audit_trail_shows_actor_data_and_before_state() {
     assert_eq!(trail[1]["before_state"]["status"], "dialing");
 
     // Agents live inside the customer aggregate; their trail is theirs alone.
-    let (_, agent) = env
+    let (_, agent) = api
         .post(
             "/v1.0/agents",
-            &tok,
             json!({"username": format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]),
                    "password": "password123", "name": "Old name", "permission": "agent"}),
         )
         .await;
     let agent_id = agent["id"].as_str().unwrap();
-    let (s, _) = env
-        .req(
-            Method::PUT,
+    let (s, _) = api
+        .put(
             &format!("/v1.0/agents/{agent_id}"),
-            Some(&tok),
-            Some(json!({"name": "New name", "permission": "agent"})),
+            json!({"name": "New name", "permission": "agent"}),
         )
         .await;
     assert_eq!(s, 200);
-    let (s, v) = get(
-        &env,
-        &format!("/v1.0/events?resource_type=agent&resource_id={agent_id}"),
-        &tok,
-    )
-    .await;
+    let (s, v) = api
+        .get(&format!(
+            "/v1.0/events?resource_type=agent&resource_id={agent_id}"
+        ))
+        .await;
     assert_eq!(s, 200, "{v}");
     let entries = v["result"].as_array().unwrap();
     let types: Vec<&str> = entries
@@ -357,6 +298,7 @@ async fn projections_apply_each_event_once_with_several_instances_and_redelivery
     let _p1 = env.spawn_platform_only(&["projections"]).await;
     let _p2 = env.spawn_platform_only(&["projections"]).await;
     let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
 
     let mut ids = Vec::new();
     for batch in 0..8 {
@@ -369,28 +311,20 @@ async fn projections_apply_each_event_once_with_several_instances_and_redelivery
             .collect();
         let refs: Vec<&str> = dests.iter().map(String::as_str).collect();
         ids.extend(
-            env.calls(&tok, &refs, json!({"variables": {"talk_seconds": 0}}))
+            api.calls(&refs, json!({"variables": {"talk_seconds": 0}}))
                 .await,
         );
     }
     // Some calls are hung up by the customer while they ring.
     for id in ids.iter().step_by(5) {
-        env.post(&format!("/v1.0/calls/{id}/hangup"), &tok, json!({}))
-            .await;
+        api.hangup(id).await;
     }
     for id in &ids {
         env.wait_call_end(*id, Duration::from_secs(20)).await;
     }
     env.wait_all_published(Duration::from_secs(20)).await;
+    wait_converged(&env).await;
     let converged = || unconverged_calls(&env.pool);
-    let t = Instant::now();
-    while converged().await != 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "read model did not converge"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     // Force redelivery of the whole stream: drop the durable consumers; the instances
     // recreate them and get every event again. Nothing may change.
@@ -431,6 +365,7 @@ async fn projections_apply_each_event_once_with_several_instances_and_redelivery
 async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
     let env = Env::start().await;
     let (cust, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     let js = env.nats.client().await;
     // Make sure the stream exists (the platform creates it at start; wait for the first event).
     env.wait_all_published(Duration::from_secs(10)).await;
@@ -457,11 +392,9 @@ async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
     .await
     .unwrap();
 
-    let id = env.calls(&tok, &["+15554000486"], json!({})).await[0];
-    wait_get(
-        &env,
+    let id = api.calls(&["+15554000486"], json!({})).await[0];
+    api.wait_get(
         &format!("/v1.0/calls/{id}"),
-        &tok,
         Duration::from_secs(10),
         |s, v| s == 200 && status(v) == "busy",
     )
@@ -486,6 +419,7 @@ async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
 /// A call that is answered and talks for a minute, read once it shows `progressing` (so the
 /// query API has cached it); returns its id and GET path.
 async fn cached_talking_call(env: &Env, tok: &str, destination: &str) -> (Uuid, String) {
+    let api = env.client(tok);
     let id = env
         .calls(
             tok,
@@ -494,11 +428,11 @@ async fn cached_talking_call(env: &Env, tok: &str, destination: &str) -> (Uuid, 
         )
         .await[0];
     let path = format!("/v1.0/calls/{id}");
-    wait_get(env, &path, tok, Duration::from_secs(10), |s, v| {
+    api.wait_get(&path, Duration::from_secs(10), |s, v| {
         s == 200 && status(v) == "progressing"
     })
     .await;
-    get(env, &path, tok).await; // now cached
+    api.get(&path).await; // now cached
     (id, path)
 }
 
@@ -517,12 +451,14 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
 
     // Redis hangs (keeps its data, answers nothing) while the call ends.
     env.redis.pause(true);
-    let (s, _) = env.post(&format!("{path}/hangup"), &tok, json!({})).await;
+    let api = env.client(&tok);
+    let (s, _) = api.post(&format!("{path}/hangup"), json!({})).await;
     assert_eq!(s, 200);
-    let v = wait_get(&env, &path, &tok, Duration::from_secs(10), |s, v| {
-        s == 200 && TERMINAL.contains(&status(v))
-    })
-    .await;
+    let v = api
+        .wait_get(&path, Duration::from_secs(10), |s, v| {
+            s == 200 && TERMINAL.contains(&status(v))
+        })
+        .await;
     assert_eq!(
         (status(&v), v["hangup_by"].as_str()),
         ("completed", Some("local"))
@@ -530,7 +466,7 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
     // Redis comes back with the old value still in it: it must never be served.
     env.redis.pause(false);
     for _ in 0..30 {
-        let (s, v) = get(&env, &path, &tok).await;
+        let (s, v) = api.get(&path).await;
         assert_eq!((s, status(&v)), (200, "completed"), "stale value served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -547,14 +483,14 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
             .to_owned()
     };
     refuse_writes(true).query_async::<()>(&mut r).await.unwrap();
-    env.post(&format!("{path3}/hangup"), &tok, json!({})).await;
-    wait_get(&env, &path3, &tok, Duration::from_secs(10), |s, v| {
+    api.post(&format!("{path3}/hangup"), json!({})).await;
+    api.wait_get(&path3, Duration::from_secs(10), |s, v| {
         s == 200 && status(v) == "completed"
     })
     .await;
     for _ in 0..40 {
         assert_eq!(
-            status(&get(&env, &path3, &tok).await.1),
+            status(&api.get(&path3).await.1),
             "completed",
             "stale value served"
         );
@@ -566,7 +502,7 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
         .unwrap();
     for _ in 0..40 {
         assert_eq!(
-            status(&get(&env, &path3, &tok).await.1),
+            status(&api.get(&path3).await.1),
             "completed",
             "stale value served"
         );
@@ -576,17 +512,16 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
     // Redis dies: reads still work; it restarts empty: reads still correct.
     env.redis.stop();
     let id2 = env.calls(&tok, &["+15555000486"], json!({})).await[0];
-    wait_get(
-        &env,
-        &format!("/v1.0/calls/{id2}"),
-        &tok,
-        Duration::from_secs(10),
-        |s, v| s == 200 && status(v) == "busy",
-    )
-    .await;
+    env.client(&tok)
+        .wait_get(
+            &format!("/v1.0/calls/{id2}"),
+            Duration::from_secs(10),
+            |s, v| s == 200 && status(v) == "busy",
+        )
+        .await;
     env.redis.resume();
     for _ in 0..10 {
-        assert_eq!(status(&get(&env, &path, &tok).await.1), "completed");
+        assert_eq!(status(&env.client(&tok).get(&path).await.1), "completed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = std::fs::read_to_string(env.platform.log_path()).unwrap();
@@ -594,31 +529,31 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
         log.contains("serving from postgres"),
         "the outage was not logged"
     );
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
     // Deferred invalidations are applied once Redis is back (sweeper, within seconds).
-    let t = Instant::now();
-    let mut left = left;
-    while left > 0 && t.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        left = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    }
-    assert_eq!(left, 0, "pending invalidations were never applied");
+    wait_until_every(
+        "the pending invalidations to be applied",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || async {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+            (left == 0).then_some(()).ok_or(left)
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
     let dests: Vec<String> = (0..30).map(|i| format!("+1555600{i:04}")).collect();
     let refs: Vec<&str> = dests.iter().map(String::as_str).collect();
-    let ids = env
-        .calls(&tok, &refs, json!({"variables": {"talk_seconds": 0}}))
+    let ids = api
+        .calls(&refs, json!({"variables": {"talk_seconds": 0}}))
         .await;
     for id in &ids {
         env.wait_call_end(*id, Duration::from_secs(15)).await;
@@ -626,7 +561,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     wait_converged(&env).await;
     let victim = ids[3];
     let path = format!("/v1.0/calls/{victim}");
-    let good = get(&env, &path, &tok).await.1; // cached too
+    let good = api.get(&path).await.1; // cached too
     assert!(TERMINAL.contains(&status(&good)));
 
     // Damage the live read model behind the projection's back.
@@ -706,11 +641,11 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     // The swapped-in tables carry on with live events, each applied once.
     wait_converged(&env).await;
     assert_eq!(
-        get(&env, &path, &tok).await.1,
+        api.get(&path).await.1,
         good,
         "repaired (and not served stale from Redis)"
     );
-    assert_eq!(all_pages(&env, "/v1.0/agents", &tok, 10).await.len(), 1);
+    assert_eq!(api.all_pages("/v1.0/agents", 10).await.len(), 1);
     let (code, out) = vbin(&env, &["replay", "verify"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 differences"), "{out}");
@@ -735,7 +670,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     );
     assert_eq!(code, 0, "{out}");
     wait_converged(&env).await;
-    assert_eq!(get(&env, &path, &tok).await.1, good);
+    assert_eq!(api.get(&path).await.1, good);
 
     // Export and tail read the log as JSON lines.
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")

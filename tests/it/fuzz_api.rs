@@ -3,9 +3,7 @@
 //! odd strings, mutations of a valid body). A client's mistake must be a 4xx with a JSON error,
 //! never a 5xx, and the platform must stay ready.
 
-mod common;
-
-use common::{answered_call, created, id_of, Env};
+use crate::support::{id_of, Env};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
@@ -93,27 +91,24 @@ impl Gen {
 async fn generated_bodies_never_cause_a_server_error() {
     let env = Env::start().await;
     let (customer, tok, _) = env.customer().await;
-    let call = answered_call(&env, &tok, "+15550007000", 60).await;
-    let outdial = id_of(&created(&env, "/v1.0/outdials", &tok, json!({"name": "o"})).await);
+    let api = env.client(&tok);
+    let call = api.answered_call("+15550007000", 60).await;
+    let outdial = id_of(&api.create("/v1.0/outdials", json!({"name": "o"})).await);
     let plan = id_of(
-        &created(
-            &env,
+        &api.create(
             "/v1.0/outplans",
-            &tok,
             json!({"name": "p", "source": "+15550001000", "max_try_count": 1}),
         )
         .await,
     );
     let campaign = id_of(
-        &created(
-            &env,
+        &api.create(
             "/v1.0/campaigns",
-            &tok,
             json!({"outplan_id": plan, "outdial_id": outdial}),
         )
         .await,
     );
-    let queue = id_of(&created(&env, "/v1.0/queues", &tok, json!({"name": "q"})).await);
+    let queue = id_of(&api.create("/v1.0/queues", json!({"name": "q"})).await);
     let endpoints: Vec<(Method, String, Value)> = vec![
         (
             Method::POST,
@@ -197,9 +192,7 @@ async fn generated_bodies_never_cause_a_server_error() {
     for (m, path, valid) in &endpoints {
         for _ in 0..60 {
             let body = g.body(valid);
-            let (s, v) = env
-                .req(m.clone(), path, Some(&tok), Some(body.clone()))
-                .await;
+            let (s, v) = api.req(m.clone(), path, Some(body.clone())).await;
             if s >= 500 {
                 server_errors.push(format!("{m} {path} {body} -> {s} {v}"));
             } else if s >= 400 {
@@ -238,7 +231,8 @@ async fn generated_bodies_never_cause_a_server_error() {
 async fn nul_characters_are_refused_as_client_errors() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
-    let outdial = id_of(&created(&env, "/v1.0/outdials", &tok, json!({"name": "o"})).await);
+    let api = env.client(&tok);
+    let outdial = id_of(&api.create("/v1.0/outdials", json!({"name": "o"})).await);
     let cases: Vec<(Method, String, Value)> = vec![
         (
             Method::POST,
@@ -264,9 +258,7 @@ async fn nul_characters_are_refused_as_client_errors() {
     ];
     let mut wrong = Vec::new();
     for (m, path, body) in cases {
-        let (s, v) = env
-            .req(m.clone(), &path, Some(&tok), Some(body.clone()))
-            .await;
+        let (s, v) = api.req(m.clone(), &path, Some(body.clone())).await;
         if s != 400 || !v["error"]["reason"].is_string() {
             wrong.push(format!("{m} {path} {body} -> {s} {v}"));
         }

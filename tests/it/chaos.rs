@@ -4,14 +4,13 @@
 //! models (a fresh replay), billing and a webhook receiver — see [`check_invariants`].
 //!
 //! The load is `VBIN_CHAOS_COMMANDS` commands (default 1,500: the short run in `./scripts/test`);
-//! the long run is `VBIN_CHAOS_COMMANDS=10000 cargo nextest run --release --test chaos`
+//! the long run is
+//! `VBIN_CHAOS_COMMANDS=10000 cargo nextest run -p vbin --release --test it chaos::`
 //! (docs/reliability.md).
 
-mod common;
-
+use crate::support::{vbin, wait_until_every, Env, PgCluster};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use common::{get, vbin, Env, PgCluster};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -261,21 +260,8 @@ async fn join(workers: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-/// Polls `f` until it returns Some, or panics with `what` after `within`.
-async fn until<T, F: std::future::Future<Output = Result<T, String>>>(
-    within: Duration,
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let t = Instant::now();
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) if t.elapsed() > within => panic!("{what} after {within:?}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
+/// How often the checks look again (the probes run `vbin replay verify` and scans of the log).
+const EVERY: Duration = Duration::from_millis(250);
 
 async fn rows(env: &Env, sql: &'static str) -> Vec<(Uuid, i64)> {
     sqlx::query_as(sql).fetch_all(&env.pool).await.unwrap()
@@ -318,17 +304,22 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
         extra.len(),
         &extra[..extra.len().min(5)]
     );
-    until(Duration::from_secs(120), "calls never ended", || async {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events c WHERE c.event_type = 'call_created' AND NOT EXISTS \
+    wait_until_every(
+        "every call to end",
+        Duration::from_secs(120),
+        EVERY,
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM events c WHERE c.event_type = 'call_created' AND NOT EXISTS \
              (SELECT 1 FROM events h WHERE h.aggregate_type = 'call' \
               AND h.aggregate_id = c.aggregate_id AND h.event_type = 'call_hungup')",
-        )
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        (open == 0).then_some(()).ok_or(format!("{open} open"))
-    })
+            )
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            (open == 0).then_some(()).ok_or(format!("{open} open"))
+        },
+    )
     .await;
     let twice = rows(
         env,
@@ -352,9 +343,10 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
     .map(|r| r.0)
     .collect();
     assert!(!answered.is_empty());
-    let charges = until(
+    let charges = wait_until_every(
+        "every answered call to be charged",
         Duration::from_secs(120),
-        "not every call charged",
+        EVERY,
         || async {
             let charges: HashMap<Uuid, i64> = rows(
                 env,
@@ -385,8 +377,8 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
         .await
         .unwrap();
         assert!(spent > 0);
-        until(Duration::from_secs(60), "balance", || async {
-            let (_, a) = get(env, "/v1.0/billing_account", &c.token).await;
+        wait_until_every("the balance", Duration::from_secs(60), EVERY, || async {
+            let (_, a) = env.client(&c.token).get("/v1.0/billing_account").await;
             (a["balance_micros"] == BALANCE - spent)
                 .then_some(())
                 .ok_or(format!("{a} vs spent {spent}"))
@@ -395,9 +387,10 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
     }
 
     // 4.
-    until(
+    wait_until_every(
+        "the read models to equal a fresh replay",
         Duration::from_secs(120),
-        "read models differ from a fresh replay",
+        EVERY,
         || async {
             let (code, out) = vbin(env, &["replay", "verify"]);
             (code == 0).then_some(()).ok_or(out)
@@ -413,16 +406,21 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    until(Duration::from_secs(180), "webhooks missing", || async {
-        let got = hooks.bodies.lock().unwrap();
-        let missing = call_events
-            .iter()
-            .filter(|(id, _)| !got.contains_key(&id.to_string()))
-            .count();
-        (missing == 0)
-            .then_some(())
-            .ok_or(format!("{missing} of {} not delivered", call_events.len()))
-    })
+    wait_until_every(
+        "every call and charge webhook",
+        Duration::from_secs(180),
+        EVERY,
+        || async {
+            let got = hooks.bodies.lock().unwrap();
+            let missing = call_events
+                .iter()
+                .filter(|(id, _)| !got.contains_key(&id.to_string()))
+                .count();
+            (missing == 0)
+                .then_some(())
+                .ok_or(format!("{missing} of {} not delivered", call_events.len()))
+        },
+    )
     .await;
     let events = stream_matches_log(env).await;
     let got = hooks.bodies.lock().unwrap();
@@ -496,7 +494,7 @@ async fn kill_9_during_a_command_load_loses_and_doubles_nothing() {
 
 /// Waits until `/readyz` says `ready` = `want` (and, when not ready, names `dependency`).
 async fn wait_ready(env: &Env, want: bool, dependency: &str) {
-    until(Duration::from_secs(30), "readiness", || async {
+    wait_until_every("readiness", Duration::from_secs(30), EVERY, || async {
         let (s, v) = env.req(reqwest::Method::GET, "/readyz", None, None).await;
         let ok = if want {
             s == 200 && v["ready"] == true
@@ -538,7 +536,10 @@ async fn redis_stopped_and_restarted_during_a_load_loses_nothing() {
     env.redis.stop();
     wait_ready(&env, false, "redis").await;
     // Reads fall back to Postgres meanwhile.
-    let (s, v) = get(&env, "/v1.0/calls?page_size=5", &load.customers[0].token).await;
+    let (s, v) = env
+        .client(&load.customers[0].token)
+        .get("/v1.0/calls?page_size=5")
+        .await;
     assert_eq!(s, 200, "{v}");
     tokio::time::sleep(Duration::from_secs(5)).await;
     env.redis.resume();

@@ -1,11 +1,9 @@
 //! End-to-end tests of webhook delivery (issue 5): a real HTTP receiver verifies every
 //! delivery as a customer would.
 
-mod common;
-
+use crate::support::{wait_until, wait_until_every, Env};
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
-use common::{get, Env};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -81,6 +79,14 @@ async fn receiver(fail_first: usize) -> (String, Seen) {
     receiver_on("127.0.0.1", fail_first).await
 }
 
+/// Whether the receiver has had a request for an event of `event_type`.
+fn delivered(seen: &Seen, event_type: &str) -> bool {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .any(|(h, _, _)| header(h, "x-voipbin-event") == event_type)
+}
+
 /// Creates a customer with a webhook; returns (customer id, token).
 async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
     let (id, tok, _) = env.customer_with(json!({"webhook_uri": url})).await;
@@ -89,14 +95,10 @@ async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
 
 /// The customer's current webhook secret (its read model may lag its creation: waits).
 async fn webhook_secret(env: &Env, tok: &str) -> String {
-    let me = common::wait_get(
-        env,
-        "/v1.0/customer",
-        tok,
-        Duration::from_secs(10),
-        |s, _| s == 200,
-    )
-    .await;
+    let me = env
+        .client(tok)
+        .wait_found("/v1.0/customer", Duration::from_secs(10))
+        .await;
     me["webhook_secret"].as_str().unwrap().to_string()
 }
 
@@ -153,13 +155,10 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     // The first two requests fail: those deliveries are retried (300 ms, 600 ms in tests).
     let (url, seen) = receiver(2).await;
     let (customer, tok) = hooked_customer(&env, &url).await;
+    let api = env.client(&tok);
     let secret = webhook_secret(&env, &tok).await;
-    let call = env
-        .calls(
-            &tok,
-            &["+15550007000"],
-            json!({"variables": {"talk_seconds": 0}}),
-        )
+    let call = api
+        .calls(&["+15550007000"], json!({"variables": {"talk_seconds": 0}}))
         .await[0];
     env.wait_call_end(call, Duration::from_secs(15)).await;
 
@@ -170,8 +169,7 @@ async fn events_are_delivered_signed_in_order_and_retried() {
         "call_progressing",
         "call_hungup",
     ];
-    let t = Instant::now();
-    let delivered = loop {
+    let delivered = wait_until("every call webhook", Duration::from_secs(20), || async {
         let got: Vec<(String, Value)> = seen
             .lock()
             .unwrap()
@@ -186,15 +184,15 @@ async fn events_are_delivered_signed_in_order_and_retried() {
             .filter(|(_, v): &(String, Value)| v["data"]["id"] == call.to_string())
             .collect();
         if got.len() >= want.len() {
-            break got;
+            Ok(got)
+        } else {
+            Err(format!(
+                "{:?}",
+                got.iter().map(|g| &g.0).collect::<Vec<_>>()
+            ))
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "call webhooks never all arrived: {:?}",
-            got.iter().map(|g| &g.0).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let types: Vec<&str> = delivered.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(types, want, "order per resource");
     assert_eq!(delivered[3].1["data"]["status"], "completed");
@@ -205,27 +203,26 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     // The log of deliveries: every event of the customer delivered exactly once, the failed
     // attempts recorded. (Retries and the billing charge may still be under way: poll.)
     // 8 events: customer, agent, billing account, the call's 4, its charge.
-    let t = Instant::now();
-    let (events, failed_attempts) = loop {
-        let (events, delivered_rows, failed_attempts): (i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM events WHERE customer_id = $1), \
-                    (SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1 AND status = 'delivered'), \
-                    (SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
-                      WHERE d.customer_id = $1 AND a.status_code = 500)",
-        )
-        .bind(customer)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        if events >= 8 && delivered_rows == events {
-            break (events, failed_attempts);
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "one delivery per event: {delivered_rows} delivered of {events}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    const COUNTS: &str = "SELECT (SELECT count(*) FROM events WHERE customer_id = $1), \
+        (SELECT count(*) FROM webhook_deliveries WHERE customer_id = $1 AND status = 'delivered'), \
+        (SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
+          WHERE d.customer_id = $1 AND a.status_code = 500)";
+    let what = "one delivery per event";
+    let every = Duration::from_millis(100);
+    let (events, failed_attempts) =
+        wait_until_every(what, Duration::from_secs(15), every, || async {
+            let (events, delivered_rows, failed_attempts): (i64, i64, i64) = sqlx::query_as(COUNTS)
+                .bind(customer)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+            if events >= 8 && delivered_rows == events {
+                Ok((events, failed_attempts))
+            } else {
+                Err(format!("{delivered_rows} delivered of {events}"))
+            }
+        })
+        .await;
     assert_eq!(failed_attempts, 2);
     let ok_requests = seen
         .lock()
@@ -236,7 +233,9 @@ async fn events_are_delivered_signed_in_order_and_retried() {
     assert_eq!(ok_requests, events, "each event acknowledged once");
 
     // The deliveries API: every delivery with its attempts; a retry sends the same bytes again.
-    let all = common::all_pages(&env, "/v1.0/webhook_deliveries?status=delivered", &tok, 2).await;
+    let all = api
+        .all_pages("/v1.0/webhook_deliveries?status=delivered", 2)
+        .await;
     assert_eq!(all.len() as i64, events);
     let retried: Vec<&Value> = all
         .iter()
@@ -253,19 +252,12 @@ async fn events_are_delivered_signed_in_order_and_retried() {
         .unwrap();
     let did = hungup["id"].as_str().unwrap();
     let before = seen.lock().unwrap().len();
-    let (s, v) = env
-        .post(
-            &format!("/v1.0/webhook_deliveries/{did}/retry"),
-            &tok,
-            json!({}),
-        )
-        .await;
+    let (s, v) = api.retry_delivery(did).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("pending")), "{v}");
-    let t = Instant::now();
-    while seen.lock().unwrap().len() == before {
-        assert!(t.elapsed() < Duration::from_secs(10), "retry never sent");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the retry to be sent", Duration::from_secs(10), || async {
+        seen.lock().unwrap().len() != before
+    })
+    .await;
     {
         let seen = seen.lock().unwrap();
         let (h, body, _) = seen.last().unwrap();
@@ -276,33 +268,20 @@ async fn events_are_delivered_signed_in_order_and_retried() {
             .unwrap();
         assert_eq!(&first.1, body, "a retry sends the same body");
     }
-    let (_, by_event) = get(
-        &env,
-        &format!(
+    let (_, by_event) = api
+        .get(&format!(
             "/v1.0/webhook_deliveries?event_id={}",
             hungup["event_id"].as_str().unwrap()
-        ),
-        &tok,
-    )
-    .await;
+        ))
+        .await;
     assert_eq!(by_event["result"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        get(&env, "/v1.0/webhook_deliveries?status=nope", &tok)
-            .await
-            .0,
-        400
-    );
+    assert_eq!(api.get("/v1.0/webhook_deliveries?status=nope").await.0, 400);
     // Another tenant sees none of them and cannot retry them.
     let (_, tok2, _) = env.customer().await;
-    let (_, theirs) = get(&env, "/v1.0/webhook_deliveries", &tok2).await;
+    let api2 = env.client(&tok2);
+    let (_, theirs) = api2.get("/v1.0/webhook_deliveries").await;
     assert_eq!(theirs["result"], json!([]));
-    let (s, _) = env
-        .post(
-            &format!("/v1.0/webhook_deliveries/{did}/retry"),
-            &tok2,
-            json!({}),
-        )
-        .await;
+    let (s, _) = api2.retry_delivery(did).await;
     assert_eq!(s, 404);
 }
 
@@ -312,27 +291,30 @@ async fn private_addresses_are_refused_at_send_time() {
     // Reachable, but 127.0.0.2 is loopback and not on the allow-list (127.0.0.1/32).
     let (url, seen) = receiver_on("127.0.0.2", 0).await;
     let (customer, tok) = hooked_customer(&env, &url).await;
-    let t = Instant::now();
-    loop {
-        let (failed, total, blocked): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'failed'), count(*), \
+    let api = env.client(&tok);
+    let (total, blocked) = wait_until_every(
+        "every delivery to fail",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async {
+            let (failed, total, blocked): (i64, i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'failed'), count(*), \
                     count(*) FILTER (WHERE last_error LIKE 'blocked%') \
              FROM webhook_deliveries WHERE customer_id = $1",
-        )
-        .bind(customer)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        if total > 0 && failed == total {
-            assert_eq!(blocked, total);
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "deliveries not failed: {failed}/{total}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            )
+            .bind(customer)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            if total > 0 && failed == total {
+                Ok((total, blocked))
+            } else {
+                Err(format!("{failed}/{total} failed"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(blocked, total);
     let attempts: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM webhook_attempts a JOIN webhook_deliveries d ON d.id = a.delivery_id \
          WHERE d.customer_id = $1",
@@ -350,10 +332,9 @@ async fn private_addresses_are_refused_at_send_time() {
         "a request reached 127.0.0.2"
     );
     // Bulk recovery puts every failed delivery back (they fail again: still refused).
-    let (s, v) = env
+    let (s, v) = api
         .post(
             "/v1.0/webhook_deliveries/recover",
-            &tok,
             json!({"since": "2020-01-01T00:00:00Z"}),
         )
         .await;
@@ -370,48 +351,49 @@ async fn private_addresses_are_refused_at_send_time() {
 
 /// Waits until every delivery of `customer` is failed; returns how many there are.
 async fn all_failed(env: &Env, customer: Uuid) -> i64 {
-    let t = Instant::now();
-    loop {
-        let (failed, total): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'failed'), count(*) \
+    let every = Duration::from_millis(100);
+    wait_until_every(
+        "every delivery to fail",
+        Duration::from_secs(20),
+        every,
+        || async {
+            let (failed, total): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'failed'), count(*) \
              FROM webhook_deliveries WHERE customer_id = $1",
-        )
-        .bind(customer)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        if total > 0 && failed == total {
-            return total;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "{failed}/{total} failed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            )
+            .bind(customer)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            if total > 0 && failed == total {
+                Ok(total)
+            } else {
+                Err(format!("{failed}/{total} failed"))
+            }
+        },
+    )
+    .await
 }
 
 /// The reason recorded by `webhook_endpoint_disabled` for `customer`, once it is in the log.
 async fn disabled_reason(env: &Env, customer: Uuid) -> String {
-    let t = Instant::now();
-    loop {
-        let r: Option<String> = sqlx::query_scalar(
-            "SELECT payload->>'reason' FROM events WHERE aggregate_id = $1 \
+    let every = Duration::from_millis(100);
+    wait_until_every(
+        "the endpoint to be disabled",
+        Duration::from_secs(20),
+        every,
+        || async {
+            sqlx::query_scalar::<_, String>(
+                "SELECT payload->>'reason' FROM events WHERE aggregate_id = $1 \
              AND event_type = 'webhook_endpoint_disabled'",
-        )
-        .bind(customer)
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap();
-        if let Some(r) = r {
-            return r;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "endpoint never disabled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            )
+            .bind(customer)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -419,16 +401,14 @@ async fn gone_endpoints_are_disabled_and_receive_nothing_more() {
     let env = Env::start().await;
     let (url, seen) = answering("127.0.0.1", |_| 410).await;
     let (customer, tok) = hooked_customer(&env, &url).await;
+    let api = env.client(&tok);
     assert!(disabled_reason(&env, customer).await.contains("410"));
     all_failed(&env, customer).await;
-    let me = common::wait_get(
-        &env,
-        "/v1.0/customer",
-        &tok,
-        Duration::from_secs(10),
-        |s, v| s == 200 && v["webhook_uri"] == "",
-    )
-    .await;
+    let me = api
+        .wait_get("/v1.0/customer", Duration::from_secs(10), |s, v| {
+            s == 200 && v["webhook_uri"] == ""
+        })
+        .await;
     assert_eq!(me["webhook_uri"], "");
     let requests = seen.lock().unwrap().len();
     let before: i64 =
@@ -437,7 +417,7 @@ async fn gone_endpoints_are_disabled_and_receive_nothing_more() {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-    let call = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    let call = api.calls(&["+15550000486"], json!({})).await[0];
     env.wait_call_end(call, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let after: i64 =
@@ -474,27 +454,25 @@ async fn retry_after_is_honoured() {
     })
     .await;
     let (customer, _) = hooked_customer(&env, &url).await;
-    let t = Instant::now();
-    let gap: f64 = loop {
-        let gap: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM (a2.at - a1.at))::float8 FROM webhook_attempts a1 \
+    let every = Duration::from_millis(100);
+    let gap: f64 = wait_until_every(
+        "a retry after the 429",
+        Duration::from_secs(15),
+        every,
+        || async {
+            sqlx::query_scalar::<_, f64>(
+                "SELECT extract(epoch FROM (a2.at - a1.at))::float8 FROM webhook_attempts a1 \
              JOIN webhook_attempts a2 ON a2.delivery_id = a1.delivery_id AND a2.attempt = 2 \
              JOIN webhook_deliveries d ON d.id = a1.delivery_id \
              WHERE d.customer_id = $1 AND a1.attempt = 1 AND a1.status_code = 429",
-        )
-        .bind(customer)
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap();
-        if let Some(g) = gap {
-            break g;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "no retry after the 429"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+            )
+            .bind(customer)
+            .fetch_optional(&env.pool)
+            .await
+            .unwrap()
+        },
+    )
+    .await;
     // Retry-After 2 s (the jittered schedule would have said ~0.3 s).
     assert!((1.9..6.0).contains(&gap), "retried after {gap} s");
 }
@@ -527,21 +505,13 @@ async fn a_slow_endpoint_does_not_delay_another_customer() {
     let t0 = Instant::now();
     let (b, _) = hooked_customer(&env, &fast_url).await;
     // B's customer_created (and the other creation events) arrive within a second or two.
-    loop {
-        if fast
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(h, _, _)| header(h, "x-voipbin-event") == "customer_created")
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "customer B's webhook waited for A's slow endpoint"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_every(
+        "customer B's webhook (not waiting for A's slow endpoint)",
+        Duration::from_secs(3).saturating_sub(t0.elapsed()),
+        Duration::from_millis(20),
+        || async { delivered(&fast, "customer_created") },
+    )
+    .await;
     assert!(!slow.lock().unwrap().is_empty());
     let _ = b;
 }
@@ -552,31 +522,32 @@ async fn a_delivery_pending_a_retry_survives_a_crash() {
     let (url, seen) = receiver(1).await;
     let (customer, _) = hooked_customer(&env, &url).await;
     // The first delivery failed and waits 3 s for its retry: kill -9 the platform meanwhile.
-    let t = Instant::now();
-    loop {
-        let (waiting, others): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 1 \
+    let every = Duration::from_millis(20);
+    wait_until_every(
+        "a delivery waiting for a retry",
+        Duration::from_secs(10),
+        every,
+        || async {
+            let (waiting, others): (i64, i64) = sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE status = 'pending' AND attempts = 1 \
                                      AND next_attempt_at > now() + interval '1 second'), \
                     count(*) FILTER (WHERE status <> 'delivered') \
              FROM webhook_deliveries WHERE customer_id = $1",
-        )
-        .bind(customer)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        if waiting == 1 && others == 1 {
-            break; // one failed and waiting for its retry, the rest delivered
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no delivery waiting for a retry"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            )
+            .bind(customer)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            // One failed and waiting for its retry, the rest delivered.
+            waiting == 1 && others == 1
+        },
+    )
+    .await;
     env.platform.kill();
     env.platform = env.spawn_platform().await;
-    let t = Instant::now();
-    loop {
+    let every = Duration::from_millis(100);
+    let what = "every delivery after the restart";
+    wait_until_every(what, Duration::from_secs(30), every, || async {
         let (pending, delivered, total): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status = 'pending'), \
                     count(*) FILTER (WHERE status = 'delivered'), count(*) \
@@ -587,14 +558,12 @@ async fn a_delivery_pending_a_retry_survives_a_crash() {
         .await
         .unwrap();
         if total > 0 && delivered == total {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{pending} pending, {delivered}/{total} delivered"))
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "{pending} pending, {delivered}/{total} delivered after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let first = header(&seen.lock().unwrap()[0].0, "webhook-id").to_string();
     let ok = seen
         .lock()
@@ -613,53 +582,43 @@ async fn a_queue_behind_a_failing_delivery_does_not_starve_other_customers() {
     let env = Env::start_with_env(&[("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,60000")]).await;
     let (url_a, seen_a) = answering("127.0.0.1", |_| 500).await;
     let (customer_a, tok_a) = hooked_customer(&env, &url_a).await;
+    let api_a = env.client(&tok_a);
     let queued = 600;
     for i in 0..queued {
-        let (s, body) = env
-            .req(
-                reqwest::Method::PUT,
-                "/v1.0/customer",
-                Some(&tok_a),
-                Some(json!({"name": format!("a{i}"), "webhook_uri": url_a, "webhook_method": "POST"})),
+        let (s, body) = api_a
+            .update_customer(
+                json!({"name": format!("a{i}"), "webhook_uri": url_a, "webhook_method": "POST"}),
             )
             .await;
         assert_eq!(s, 200, "{body}");
     }
-    let t = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM webhook_deliveries \
+    wait_until(
+        "A's deliveries to be recorded",
+        Duration::from_secs(20),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_deliveries \
              WHERE customer_id = $1 AND status = 'pending' AND attempts = 0",
-        )
-        .bind(customer_a)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
-        if waiting >= queued {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "A's deliveries not recorded ({waiting})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            )
+            .bind(customer_a)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+            (waiting >= queued).then_some(()).ok_or(waiting)
+        },
+    )
+    .await;
     // B's deliveries go out at once.
     let (fast_url, fast) = receiver(0).await;
     let t0 = Instant::now();
     let _ = hooked_customer(&env, &fast_url).await;
-    while !fast
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(h, _, _)| header(h, "x-voipbin-event") == "customer_created")
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "customer B's webhook waited behind A's queue"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_every(
+        "customer B's webhook (not waiting behind A's queue)",
+        Duration::from_secs(3).saturating_sub(t0.elapsed()),
+        Duration::from_millis(20),
+        || async { delivered(&fast, "customer_created") },
+    )
+    .await;
     // A's queue kept its order: only the deliveries at the head of each of A's resources
     // were tried, nothing behind them.
     let tried: Vec<String> = seen_a
@@ -679,39 +638,30 @@ async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
     let env = Env::start().await;
     let (url, seen) = receiver(0).await;
     let (_, tok) = hooked_customer(&env, &url).await;
+    let api = env.client(&tok);
     let old = webhook_secret(&env, &tok).await;
-    let (s, rotated) = env
-        .post("/v1.0/customer/webhook_secret/rotate", &tok, json!({}))
-        .await;
+    let (s, rotated) = api.rotate_webhook_secret().await;
     assert_eq!(s, 200, "{rotated}");
     let new = rotated["webhook_secret"].as_str().unwrap().to_string();
     assert_ne!(new, old);
-    let (s, body) = env
-        .req(
-            reqwest::Method::PUT,
-            "/v1.0/customer",
-            Some(&tok),
-            Some(json!({"name": "renamed", "webhook_uri": url, "webhook_method": "POST"})),
-        )
+    let (s, body) = api
+        .update_customer(json!({"name": "renamed", "webhook_uri": url, "webhook_method": "POST"}))
         .await;
     assert_eq!(s, 200, "{body}");
-    let t = Instant::now();
-    let (h, body) = loop {
-        let got = seen
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|(h, _, _)| header(h, "x-voipbin-event") == "customer_updated")
-            .map(|(h, b, _)| (h.clone(), b.clone()));
-        if let Some(g) = got {
-            break g;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "no customer_updated webhook"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let every = Duration::from_millis(20);
+    let (h, body) = wait_until_every(
+        "a customer_updated webhook",
+        Duration::from_secs(10),
+        every,
+        || async {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .find(|(h, _, _)| header(h, "x-voipbin-event") == "customer_updated")
+                .map(|(h, b, _)| (h.clone(), b.clone()))
+        },
+    )
+    .await;
     // Two signatures, current first, each of both schemes; receivers holding either secret
     // accept the delivery.
     let std_sigs: Vec<&str> = header(&h, "webhook-signature").split(' ').collect();
@@ -748,17 +698,11 @@ async fn housekeeping_prunes_expired_records_and_keeps_the_rest() {
     .await;
     let (url, _seen) = receiver(0).await;
     let (_, tok) = hooked_customer(&env, &url).await;
+    let api = env.client(&tok);
     let mut calls = vec![];
     for key in ["old", "new"] {
-        let r = env
-            .http
-            .post(env.url("/v1.0/calls"))
-            .bearer_auth(&tok)
-            .header("idempotency-key", key)
-            .json(&json!({"source": "+15550001000", "destinations": ["+15550000404"]}))
-            .send()
-            .await
-            .unwrap();
+        let body = json!({"source": "+15550001000", "destinations": ["+15550000404"]});
+        let r = api.post_once("/v1.0/calls", key, body).await;
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         let id: Uuid = v["calls"][0]["id"].as_str().unwrap().parse().unwrap();

@@ -1,0 +1,17 @@
+//! The end-to-end tests: one test binary (linking the platform once) with a module per area.
+//! Each test starts the real `vbin` binary against its own Postgres database, nats-server and
+//! redis-server ([`support::Env`]). Run one area with `cargo nextest run -p vbin --test it
+//! spine::`, one test with its full name.
+
+mod support;
+
+mod business;
+mod chaos;
+mod fuzz_api;
+mod gateway;
+mod openapi;
+mod read_side;
+mod security;
+mod spine;
+mod transcribe;
+mod webhooks;

@@ -76,7 +76,7 @@ impl Relay {
                 _ = &mut shutdown => return,
                 res = self.lead() => {
                     if let Err(e) = res {
-                        tracing::warn!(error = %e, "relay interrupted; will retry");
+                        tracing::warn!(error = &e as &dyn std::error::Error, "relay interrupted; will retry");
                         metrics::counter!("vbin_relay_errors_total").increment(1);
                     }
                 }
@@ -104,7 +104,7 @@ impl Relay {
         self.bus
             .ensure_stream()
             .await
-            .map_err(|e| RelayError::Publish(e.to_string()))?;
+            .map_err(|e| RelayError::Publish(e.into()))?;
         tracing::info!("relay lease acquired; publishing");
         metrics::gauge!("vbin_relay_leader").set(1.0);
         let res = self.publish_loop(&mut lease).await;
@@ -163,7 +163,7 @@ impl Relay {
         let mut acks = Vec::with_capacity(rows.len());
         for e in &rows {
             let subject = subject_for(&e.customer_id, &e.aggregate_type, &e.event_type);
-            let body = serde_json::to_vec(e).map_err(|err| RelayError::Encode(err.to_string()))?;
+            let body = serde_json::to_vec(e)?;
             let msg = PublishMessage::build()
                 .message_id(e.event_id.to_string())
                 .payload(body.into());
@@ -172,7 +172,7 @@ impl Relay {
                     .js
                     .send_publish(subject, msg)
                     .await
-                    .map_err(|err| RelayError::Publish(err.to_string()))?,
+                    .map_err(|err| RelayError::Publish(err.into()))?,
             );
         }
         let acks = tokio::time::timeout(
@@ -180,8 +180,8 @@ impl Relay {
             try_join_all(acks.into_iter().map(IntoFuture::into_future)),
         )
         .await
-        .map_err(|_| RelayError::Publish("timed out waiting for publish acks".into()))?
-        .map_err(|err| RelayError::Publish(err.to_string()))?;
+        .map_err(|_| RelayError::AckTimeout)?
+        .map_err(|err| RelayError::Publish(err.into()))?;
         let duplicates = acks.iter().filter(|a| a.duplicate).count();
         sqlx::query(
             "UPDATE log_checkpoints SET tx_id = $2::text::xid8, global_position = $3, updated_at = now() \
@@ -207,12 +207,15 @@ impl Relay {
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// Postgres.
-    #[error("postgres: {0}")]
+    #[error("postgres")]
     Db(#[from] sqlx::Error),
-    /// JetStream publish.
-    #[error("publish: {0}")]
-    Publish(String),
+    /// JetStream publish (or preparing the stream).
+    #[error("publishing to JetStream")]
+    Publish(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// JetStream did not acknowledge a batch in time.
+    #[error("timed out waiting for publish acks")]
+    AckTimeout,
     /// Encoding.
-    #[error("encode: {0}")]
-    Encode(String),
+    #[error("encoding an event")]
+    Encode(#[from] serde_json::Error),
 }

@@ -1,7 +1,7 @@
 //! `/healthz` (process up), `/readyz` (Postgres, NATS, Redis reachable), `/metrics`, and
 //! `/openapi.json` (the API description, [`crate::openapi`]).
 
-use crate::HttpState;
+use crate::state::HttpState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;

@@ -12,30 +12,13 @@ pub mod extract;
 pub mod health;
 pub mod mw;
 pub mod openapi;
+pub mod state;
 
 pub use error::ApiError;
+pub use state::HttpState;
 
-use auth::AuthKeys;
 use axum::extract::DefaultBodyLimit;
 use axum::{middleware, Router};
-use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::PgPool;
-use vbin_bus::Bus;
-
-/// What the edge itself needs: no command executor, no read models.
-#[derive(Clone)]
-pub struct HttpState {
-    /// Postgres (token lookups, idempotency records, readiness).
-    pub pool: PgPool,
-    /// Authentication keys and the resolved-token cache.
-    pub keys: AuthKeys,
-    /// NATS (for readiness).
-    pub bus: Bus,
-    /// Redis (for readiness), if this process uses it.
-    pub redis: Option<redis::Client>,
-    /// Prometheus registry.
-    pub metrics: Option<PrometheusHandle>,
-}
 
 /// Wraps routes with the layers every vbin HTTP surface shares: JSON 404, body limit,
 /// idempotency, authentication, request id/metrics (outermost), and the health endpoints.

@@ -10,7 +10,7 @@
 //! Oldest first, paginated by sequence. A resource with no events for the caller's customer is a
 //! 404, whether it does not exist or belongs to someone else.
 
-use crate::{page_body, Page, ReadState};
+use crate::page::{page_body, Page, ReadState};
 use axum::extract::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};

@@ -12,11 +12,13 @@
 //! see `vbin_http::with_layers`.
 
 pub mod audit;
+pub mod page;
+
+pub use page::{page_body, page_token, Page, ReadState, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 use axum::extract::Extension;
 use axum::routing::get;
 use axum::Router;
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -26,15 +28,6 @@ use vbin_http::extract::{CustomerAdmin, CustomerCaller, Path, Query};
 use vbin_http::ApiError;
 use vbin_http::HttpState;
 use vbin_projections::cache::{Cache, CacheError, CachedRow};
-
-/// What the read handlers need.
-#[derive(Clone)]
-pub struct ReadState {
-    /// Postgres (read models and the log).
-    pub pool: PgPool,
-    /// Redis cache; `None` disables caching.
-    pub cache: Option<Cache>,
-}
 
 /// The query API routes (to be wrapped by `with_layers` together with the command routes).
 pub fn routes(state: ReadState) -> Router<HttpState> {
@@ -64,67 +57,6 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/transcribes/{id}", get(get_transcribe))
         .route("/v1.0/transcripts", get(list_transcripts))
         .layer(Extension(state))
-}
-
-/// `?page_size=&page_token=`.
-#[derive(Debug, Deserialize)]
-pub struct Page {
-    page_size: Option<String>,
-    page_token: Option<String>,
-}
-
-/// Default and largest page size.
-pub const DEFAULT_PAGE_SIZE: i64 = 25;
-/// The largest page size.
-pub const MAX_PAGE_SIZE: i64 = 100;
-
-impl Page {
-    /// The validated page size.
-    pub fn size(&self) -> Result<i64, ApiError> {
-        match self.page_size.as_deref() {
-            None | Some("") => Ok(DEFAULT_PAGE_SIZE),
-            Some(s) => match s.parse::<i64>() {
-                Ok(n) if (1..=MAX_PAGE_SIZE).contains(&n) => Ok(n),
-                _ => Err(ApiError::invalid(format!(
-                    "page_size must be an integer from 1 to {MAX_PAGE_SIZE}"
-                ))),
-            },
-        }
-    }
-
-    /// The decoded page token (`None` for the first page).
-    pub fn token<T: std::str::FromStr>(&self) -> Result<Option<T>, ApiError> {
-        let Some(t) = self.page_token.as_deref().filter(|t| !t.is_empty()) else {
-            return Ok(None);
-        };
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(t)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| s.parse().ok())
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid("page_token is not valid"))
-    }
-}
-
-/// An opaque page token for a cursor value.
-pub fn page_token(cursor: impl std::fmt::Display) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor.to_string())
-}
-
-/// `{"result": [...], "next_page_token": "..."}` from up to `size + 1` rows.
-pub fn page_body(mut rows: Vec<(String, Value)>, size: i64) -> axum::Json<Value> {
-    let more = rows.len() as i64 > size;
-    rows.truncate(size as usize);
-    let next = if more {
-        rows.last().map(|(c, _)| page_token(c)).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    axum::Json(json!({
-        "result": rows.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
-        "next_page_token": next,
-    }))
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {

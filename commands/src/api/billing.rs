@@ -2,7 +2,7 @@
 //! calls with 402 is the application's (`vbin_app::billing`).
 
 use super::error::ApiResult;
-use super::{acting, CmdState};
+use super::state::{acting, CmdState};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;

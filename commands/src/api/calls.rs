@@ -1,7 +1,7 @@
 //! Call commands: create (one call per destination) and hangup.
 
 use super::error::ApiResult;
-use super::{CmdState, Tenant};
+use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

@@ -3,7 +3,7 @@
 
 use super::calls::{check_variables, parse_destinations, Address};
 use super::error::{ApiResult, CmdError};
-use super::{CmdState, Tenant};
+use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;

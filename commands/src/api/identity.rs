@@ -1,7 +1,7 @@
 //! Identity commands: customers (admin), login, own customer settings, access keys, agents.
 
 use super::error::{ApiResult, CmdError};
-use super::{acting, CmdState, Tenant};
+use super::state::{acting, CmdState, Tenant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{Duration, Utc};

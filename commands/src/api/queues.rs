@@ -3,7 +3,7 @@
 
 use super::campaigns::{check_name, in_range, require};
 use super::error::{ApiResult, CmdError};
-use super::{CmdState, Tenant};
+use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;

@@ -4,7 +4,7 @@
 
 use super::campaigns::require;
 use super::error::ApiResult;
-use super::{CmdState, Tenant};
+use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;

@@ -1,7 +1,7 @@
 //! `vbin`: run the platform (`serve`), operate it (`replay`, `events`) or measure it (`bench`).
 
 use clap::{Parser, Subcommand};
-use vbin::{bench, ops, Config, Part};
+use vbin_platform::{ops, Config, Part};
 
 // The request path allocates many small, short-lived objects (JSON values, headers); glibc's
 // malloc showed up at ~10% of CPU under load, mimalloc roughly halves that.
@@ -44,7 +44,7 @@ enum Cmd {
     /// Load generators; results go to stdout (and JSON with --json).
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: vbin_bench::Which,
     },
 }
 
@@ -90,7 +90,7 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 only
             };
-            let running = vbin::start(&config, &parts).await?;
+            let running = vbin_platform::start(&config, &parts).await?;
             if let Some(addr) = running.http_addr {
                 println!("vbin listening on http://{addr}");
             }
@@ -109,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Events { cmd } => ops::events(cmd).await?,
-        Cmd::Bench { which } => bench::run(which).await?,
+        Cmd::Bench { which } => vbin_bench::run(which).await?,
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `vbin bench ...`: load generators that measure the platform against a baseline taken in
 //! the same run on the same machine, so the figure that matters is the ratio (VMs are noisy).
 
-use crate::{Config, Part};
+use vbin_platform::{Config, Part};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -276,7 +276,7 @@ fn report(r: Value, json: Option<&std::path::Path>) -> anyhow::Result<()> {
 
 /// A platform started in-process on a throwaway database, with a customer logged in.
 struct Bench {
-    running: crate::Running,
+    running: vbin_platform::Running,
     http: reqwest::Client,
     base: String,
     token: String,
@@ -313,7 +313,7 @@ impl Bench {
             jwt_secret: None,
             db_pool: (clients as u32 + 8).min(64),
         };
-        let running = crate::start(&cfg, parts).await?;
+        let running = vbin_platform::start(&cfg, parts).await?;
         let base = format!("http://{}", running.http_addr.context("no http address")?);
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(clients * 2)
@@ -1135,7 +1135,7 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         db_pool: 64,
     };
     let t_deliver = Instant::now();
-    let hooks = crate::start(&cfg, &[Part::Webhooks]).await?;
+    let hooks = vbin_platform::start(&cfg, &[Part::Webhooks]).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while seen.lock().expect("receiver").count < expected {
         if Instant::now() > deadline {

@@ -1,7 +1,7 @@
-//! The vbin platform process: configuration and `serve`, which runs the requested parts
-//! (command API, query API, relay, projections, carrier) in one process until shutdown.
+//! Runs the parts of the platform in one process: configuration and `start`, which runs the
+//! requested parts (command API, query API, relay, projections, carrier, ...) until shutdown,
+//! with housekeeping; and the operator commands (`ops`: replay, events).
 
-pub mod bench;
 pub mod housekeeping;
 pub mod ops;
 

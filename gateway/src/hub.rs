@@ -18,7 +18,7 @@ use uuid::Uuid;
 use vbin_bus::Bus;
 use vbin_event_schema::{PublishedEvent, SUBJECT_PREFIX};
 
-/// Gateway limits and timings.
+/// Gateway limits and timings (the binary sets them from `VBIN_WS_*`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Pushes waiting to be written to one connection; more and it is closed as a slow
@@ -49,42 +49,6 @@ impl Default for Settings {
             max_message_bytes: 64 * 1024,
             recheck_auth: Duration::from_secs(30),
         }
-    }
-}
-
-impl Settings {
-    /// The defaults, overridden by `VBIN_WS_SEND_BUFFER`, `VBIN_WS_MAX_TOPICS`,
-    /// `VBIN_WS_PING_MS`, `VBIN_WS_IDLE_MS` and `VBIN_WS_MAX_REPLAY` when set.
-    pub fn from_env() -> Result<Self, String> {
-        fn num(name: &str) -> Result<Option<u64>, String> {
-            match std::env::var(name) {
-                Ok(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Some)
-                    .ok_or_else(|| format!("{name} must be a positive integer")),
-                Err(_) => Ok(None),
-            }
-        }
-        let mut s = Self::default();
-        if let Some(n) = num("VBIN_WS_SEND_BUFFER")? {
-            s.send_buffer = n as usize;
-        }
-        if let Some(n) = num("VBIN_WS_MAX_TOPICS")? {
-            s.max_topics = n as usize;
-        }
-        if let Some(n) = num("VBIN_WS_PING_MS")? {
-            s.ping_every = Duration::from_millis(n);
-        }
-        if let Some(n) = num("VBIN_WS_IDLE_MS")? {
-            s.idle_timeout = Duration::from_millis(n);
-        }
-        if let Some(n) = num("VBIN_WS_MAX_REPLAY")? {
-            s.max_replay = n;
-        }
-        Ok(s)
     }
 }
 

@@ -25,7 +25,7 @@ use vbin_domain::Customer;
 /// Durable consumer name of the recorder.
 pub const RECORDER: &str = "webhook-recorder";
 
-/// Delivery settings.
+/// Delivery settings (the binary sets them from `VBIN_WEBHOOK_*`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Wait before each attempt: the first is normally 0 (at once); after the last, failed.
@@ -70,41 +70,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The defaults, with `VBIN_WEBHOOK_RETRY_SCHEDULE_MS` (comma-separated milliseconds)
-    /// replacing the schedule when set, and the address policy of [`AddressPolicy::from_env`].
-    pub fn from_env() -> Result<Self, String> {
-        let mut s = Self {
-            policy: AddressPolicy::from_env()?,
-            ..Self::default()
-        };
-        if let Ok(v) = std::env::var("VBIN_WEBHOOK_RETRY_SCHEDULE_MS") {
-            s.schedule = v
-                .split(',')
-                .map(|p| p.trim().parse::<u64>().map(Duration::from_millis))
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("VBIN_WEBHOOK_RETRY_SCHEDULE_MS: {e}"))?;
-            if s.schedule.is_empty() {
-                return Err("VBIN_WEBHOOK_RETRY_SCHEDULE_MS is empty".into());
-            }
-        }
-        if let Ok(v) = std::env::var("VBIN_WEBHOOK_PER_CUSTOMER") {
-            s.per_customer = v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or("VBIN_WEBHOOK_PER_CUSTOMER must be a positive integer")?;
-        }
-        if let Ok(v) = std::env::var("VBIN_WEBHOOK_DISABLE_AFTER_SECS") {
-            s.disable_after = v
-                .trim()
-                .parse::<u64>()
-                .map(Duration::from_secs)
-                .map_err(|e| format!("VBIN_WEBHOOK_DISABLE_AFTER_SECS: {e}"))?;
-        }
-        Ok(s)
-    }
-
     /// The wait before attempt `n` (1-based) with ±10 % jitter; None when there is none.
     fn wait_before(&self, n: usize) -> Option<Duration> {
         let base = *self.schedule.get(n.checked_sub(1)?)?;

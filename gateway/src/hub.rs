@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
-use vbin_bus::Bus;
+use vbin_bus::{Bus, BusError, Chain};
 use vbin_event_schema::{PublishedEvent, SUBJECT_PREFIX};
 
 /// Gateway limits and timings (the binary sets them from `VBIN_WS_*`).
@@ -204,7 +204,7 @@ impl Hub {
                 _ = &mut shutdown => return,
                 r = self.feed() => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "websocket gateway feed interrupted; resuming");
+                        tracing::warn!(error = %Chain(&e), "websocket gateway feed interrupted; resuming");
                     }
                 }
             }
@@ -215,8 +215,8 @@ impl Hub {
         }
     }
 
-    async fn feed(&self) -> Result<(), String> {
-        let stream = self.bus.ensure_stream().await.map_err(|e| e.to_string())?;
+    async fn feed(&self) -> Result<(), BusError> {
+        let stream = self.bus.ensure_stream().await?;
         let last = self.last_offset.load(Ordering::Relaxed);
         let deliver_policy = if last == 0 {
             DeliverPolicy::New
@@ -232,10 +232,13 @@ impl Hub {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            .map_err(BusError::js("creating the gateway's ordered consumer"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(BusError::js("pulling messages"))?;
         while let Some(m) = messages.next().await {
-            let m = m.map_err(|e| e.to_string())?;
+            let m = m.map_err(BusError::js("receiving a message"))?;
             let Ok(info) = m.info() else { continue };
             let offset = info.stream_sequence;
             match serde_json::from_slice::<PublishedEvent>(&m.payload) {
@@ -248,7 +251,7 @@ impl Hub {
                 }
             }
         }
-        Err("event stream ended".into())
+        Err(BusError::Ended)
     }
 }
 

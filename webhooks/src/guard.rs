@@ -98,24 +98,38 @@ impl AddressPolicy {
 
     /// Checks a target URL before sending: scheme, and the host if it is an IP literal
     /// (names are checked by [`GuardedResolver`] on what they resolve to).
-    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), Blocked> {
         match url.scheme() {
             "https" => {}
             "http" if !self.https_only => {}
-            s => return Err(format!("blocked: scheme {s} not allowed")),
+            s => return Err(Blocked::Scheme(s.to_string())),
         }
         let ip = match url.host() {
             Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
             Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
             Some(url::Host::Domain(_)) => return Ok(()),
-            None => return Err("blocked: no host".into()),
+            None => return Err(Blocked::NoHost),
         };
         if self.permits(ip) {
             Ok(())
         } else {
-            Err(format!("blocked: {ip} is not a public address"))
+            Err(Blocked::NotPublic(ip))
         }
     }
+}
+
+/// Why a target URL is refused (the text is what the delivery records as its error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Blocked {
+    /// Not https (or http where allowed).
+    #[error("blocked: scheme {0} not allowed")]
+    Scheme(String),
+    /// No host in the URL.
+    #[error("blocked: no host")]
+    NoHost,
+    /// An IP literal the policy refuses.
+    #[error("blocked: {0} is not a public address")]
+    NotPublic(IpAddr),
 }
 
 /// A DNS resolver for reqwest that drops every address the policy refuses (and fails when

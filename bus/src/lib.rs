@@ -9,15 +9,80 @@ use std::time::Duration;
 use uuid::Uuid;
 use vbin_event_schema::{PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
 
-/// Errors talking to NATS.
+/// Errors talking to NATS. The NATS client's error is the source: log with [`Chain`] (or
+/// anything that walks `source()`) to see it.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// Connecting failed.
-    #[error("nats connect: {0}")]
-    Connect(String),
+    #[error("nats connect")]
+    Connect(#[source] async_nats::ConnectError),
     /// A JetStream API call failed.
-    #[error("jetstream: {0}")]
-    JetStream(String),
+    #[error("jetstream: {op}")]
+    JetStream {
+        /// What was being done.
+        op: &'static str,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A consumer's message stream ended.
+    #[error("jetstream: message stream ended")]
+    Ended,
+}
+
+impl BusError {
+    /// Wraps a client error from `op`: `.map_err(BusError::js("acking"))`.
+    pub fn js<E>(op: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        move |e| Self::JetStream {
+            op,
+            source: e.into(),
+        }
+    }
+}
+
+/// Displays an error with its chain of causes: `outer: cause: cause of the cause`. For logs:
+/// `tracing::warn!(error = %Chain(&err), ...)` (a field's `Display` alone shows only the outer
+/// error). A cause whose text the previous message already ends with (`"redis: {0}"` over its
+/// source) is not repeated.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !last.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::Chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn shows_every_cause_once() {
+        let e = Outer(Middle(std::io::Error::other("disk on fire")));
+        assert_eq!(Chain(&e).to_string(), "outer: middle: disk on fire");
+    }
 }
 
 /// A NATS connection with its JetStream context.
@@ -43,7 +108,7 @@ impl Bus {
             .connection_timeout(Duration::from_secs(3))
             .connect(url)
             .await
-            .map_err(|e| BusError::Connect(e.to_string()))?;
+            .map_err(BusError::Connect)?;
         let js = jetstream::new(client.clone());
         Ok(Self { client, js })
     }
@@ -65,7 +130,7 @@ impl Bus {
                 ..Default::default()
             })
             .await
-            .map_err(|e| BusError::JetStream(e.to_string()))
+            .map_err(BusError::js("creating the event stream"))
     }
 }
 
@@ -145,7 +210,7 @@ where
             _ = &mut shutdown => return,
             res = run => {
                 if let Err(e) = res {
-                    tracing::warn!(consumer = %name, error = %e, "consumer interrupted; retrying");
+                    tracing::warn!(consumer = %name, error = %Chain(&e), "consumer interrupted; retrying");
                 }
             }
         }
@@ -168,17 +233,16 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
         max_ack_pending: 10_000,
         ..Default::default()
     };
-    let js_err = |e: &dyn std::fmt::Display| BusError::JetStream(e.to_string());
     let mut consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(&spec.name, config.clone())
         .await
-        .map_err(|e| js_err(&e))?;
+        .map_err(BusError::js("creating the consumer"))?;
     // A durable left by an older version with another filter would feed the wrong events:
     // replace it (it resumes from the start of the stream; handlers are idempotent).
     let stored = consumer
         .info()
         .await
-        .map_err(|e| js_err(&e))?
+        .map_err(BusError::js("reading the consumer's info"))?
         .config
         .filter_subject
         .clone();
@@ -189,8 +253,11 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
     stream
         .delete_consumer(&spec.name)
         .await
-        .map_err(|e| js_err(&e))?;
-    stream.create_consumer(config).await.map_err(|e| js_err(&e))
+        .map_err(BusError::js("deleting the consumer"))?;
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(BusError::js("recreating the consumer"))
 }
 
 async fn consume<H, F, E>(bus: &Bus, spec: &ConsumerSpec, handle: &H) -> Result<(), BusError>
@@ -203,13 +270,13 @@ where
     let mut messages = consumer
         .messages()
         .await
-        .map_err(|e| BusError::JetStream(e.to_string()))?;
+        .map_err(BusError::js("pulling messages"))?;
     if spec.lanes <= 1 {
         while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| BusError::JetStream(e.to_string()))?;
+            let msg = msg.map_err(BusError::js("receiving a message"))?;
             handle_message(spec, handle, msg).await?;
         }
-        return Err(BusError::JetStream("message stream ended".into()));
+        return Err(BusError::Ended);
     }
     // Lanes: one aggregate always goes to the same lane, which handles its events in order.
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..spec.lanes)
@@ -217,13 +284,13 @@ where
         .unzip();
     let read = async move {
         while let Some(msg) = messages.next().await {
-            let msg = msg.map_err(|e| BusError::JetStream(e.to_string()))?;
+            let msg = msg.map_err(BusError::js("receiving a message"))?;
             let lane = lane_of(&msg.payload, senders.len());
             if senders[lane].send(msg).await.is_err() {
                 break; // a lane failed; its error is reported below
             }
         }
-        Err::<(), _>(BusError::JetStream("message stream ended".into()))
+        Err::<(), _>(BusError::Ended)
     };
     let lanes = receivers.into_iter().map(|mut rx| async move {
         while let Some(msg) = rx.recv().await {
@@ -273,17 +340,13 @@ where
         }
     };
     if !spec.event_types.is_empty() && !spec.event_types.contains(&event.event_type) {
-        msg.ack()
-            .await
-            .map_err(|e| BusError::JetStream(e.to_string()))?;
+        msg.ack().await.map_err(BusError::js("acking"))?;
         return Ok(());
     }
     let (event_id, event_type) = (event.event_id, event.event_type.clone());
     match handle(event).await {
         Ok(()) => {
-            msg.ack()
-                .await
-                .map_err(|e| BusError::JetStream(e.to_string()))?;
+            msg.ack().await.map_err(BusError::js("acking"))?;
             metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "ok").increment(1);
         }
         Err(e) => {
@@ -315,7 +378,7 @@ pub fn stop_signal() -> (
 #[derive(Debug)]
 pub struct Delivery {
     /// The decoded envelope, or why it could not be decoded.
-    pub event: Result<PublishedEvent, String>,
+    pub event: Result<PublishedEvent, serde_json::Error>,
     /// The NATS subject.
     pub subject: String,
     /// The raw payload (for dead-lettering what cannot be decoded).
@@ -372,19 +435,19 @@ where
         .max_messages_per_batch(max_batch.max(1))
         .messages()
         .await
-        .map_err(|e| BusError::JetStream(e.to_string()))?;
+        .map_err(BusError::js("pulling messages"))?;
     let mut chunks = messages.ready_chunks(max_batch.max(1));
     while let Some(chunk) = chunks.next().await {
         let mut msgs = Vec::with_capacity(chunk.len());
         for m in chunk {
-            msgs.push(m.map_err(|e| BusError::JetStream(e.to_string()))?);
+            msgs.push(m.map_err(BusError::js("receiving a message"))?);
         }
         let deliveries = msgs
             .iter()
             .map(|m| {
                 let info = m.info().ok();
                 Delivery {
-                    event: serde_json::from_slice(&m.payload).map_err(|e| e.to_string()),
+                    event: serde_json::from_slice(&m.payload),
                     subject: m.subject.to_string(),
                     payload: m.payload.clone(),
                     delivered: info.as_ref().map(|i| i.delivered).unwrap_or(1),
@@ -400,8 +463,8 @@ where
             }
         });
         for r in futures::future::join_all(acks).await {
-            r.map_err(|e| BusError::JetStream(e.to_string()))?;
+            r.map_err(BusError::js("acking"))?;
         }
     }
-    Err(BusError::JetStream("message stream ended".into()))
+    Err(BusError::Ended)
 }

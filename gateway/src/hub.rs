@@ -15,10 +15,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
-use vbin_bus::Bus;
+use vbin_bus::{Bus, BusError, Chain};
 use vbin_event_schema::{PublishedEvent, SUBJECT_PREFIX};
 
-/// Gateway limits and timings.
+/// Gateway limits and timings (the binary sets them from `VBIN_WS_*`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Pushes waiting to be written to one connection; more and it is closed as a slow
@@ -49,42 +49,6 @@ impl Default for Settings {
             max_message_bytes: 64 * 1024,
             recheck_auth: Duration::from_secs(30),
         }
-    }
-}
-
-impl Settings {
-    /// The defaults, overridden by `VBIN_WS_SEND_BUFFER`, `VBIN_WS_MAX_TOPICS`,
-    /// `VBIN_WS_PING_MS`, `VBIN_WS_IDLE_MS` and `VBIN_WS_MAX_REPLAY` when set.
-    pub fn from_env() -> Result<Self, String> {
-        fn num(name: &str) -> Result<Option<u64>, String> {
-            match std::env::var(name) {
-                Ok(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .map(Some)
-                    .ok_or_else(|| format!("{name} must be a positive integer")),
-                Err(_) => Ok(None),
-            }
-        }
-        let mut s = Self::default();
-        if let Some(n) = num("VBIN_WS_SEND_BUFFER")? {
-            s.send_buffer = n as usize;
-        }
-        if let Some(n) = num("VBIN_WS_MAX_TOPICS")? {
-            s.max_topics = n as usize;
-        }
-        if let Some(n) = num("VBIN_WS_PING_MS")? {
-            s.ping_every = Duration::from_millis(n);
-        }
-        if let Some(n) = num("VBIN_WS_IDLE_MS")? {
-            s.idle_timeout = Duration::from_millis(n);
-        }
-        if let Some(n) = num("VBIN_WS_MAX_REPLAY")? {
-            s.max_replay = n;
-        }
-        Ok(s)
     }
 }
 
@@ -240,7 +204,7 @@ impl Hub {
                 _ = &mut shutdown => return,
                 r = self.feed() => {
                     if let Err(e) = r {
-                        tracing::warn!(error = %e, "websocket gateway feed interrupted; resuming");
+                        tracing::warn!(error = %Chain(&e), "websocket gateway feed interrupted; resuming");
                     }
                 }
             }
@@ -251,8 +215,8 @@ impl Hub {
         }
     }
 
-    async fn feed(&self) -> Result<(), String> {
-        let stream = self.bus.ensure_stream().await.map_err(|e| e.to_string())?;
+    async fn feed(&self) -> Result<(), BusError> {
+        let stream = self.bus.ensure_stream().await?;
         let last = self.last_offset.load(Ordering::Relaxed);
         let deliver_policy = if last == 0 {
             DeliverPolicy::New
@@ -268,10 +232,13 @@ impl Hub {
                 ..Default::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            .map_err(BusError::js("creating the gateway's ordered consumer"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(BusError::js("pulling messages"))?;
         while let Some(m) = messages.next().await {
-            let m = m.map_err(|e| e.to_string())?;
+            let m = m.map_err(BusError::js("receiving a message"))?;
             let Ok(info) = m.info() else { continue };
             let offset = info.stream_sequence;
             match serde_json::from_slice::<PublishedEvent>(&m.payload) {
@@ -284,7 +251,7 @@ impl Hub {
                 }
             }
         }
-        Err("event stream ended".into())
+        Err(BusError::Ended)
     }
 }
 

@@ -696,9 +696,27 @@ pub async fn invalidate(
     }
 }
 
+/// Why a sweep of cache invalidations stopped (the intents stay pending).
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// Reading the pending intents from Postgres.
+    #[error("reading cache invalidation intents")]
+    Read(#[source] sqlx::Error),
+    /// Writing the tombstones to Redis.
+    #[error("writing cache tombstones")]
+    Tombstone(#[source] crate::cache::CacheError),
+    /// Deleting the applied intents from Postgres.
+    #[error("clearing cache invalidation intents")]
+    Clear(#[source] sqlx::Error),
+}
+
 /// Applies pending cache invalidations at least `min_age` old; `Ok(n)` once none is left,
 /// `Err` if Postgres or Redis failed (they stay pending).
-pub async fn sweep_once(pool: &PgPool, cache: &Cache, min_age: Duration) -> Result<u64, String> {
+pub async fn sweep_once(
+    pool: &PgPool,
+    cache: &Cache,
+    min_age: Duration,
+) -> Result<u64, SweepError> {
     let mut done = 0u64;
     loop {
         let rows: Vec<(i64, String, i64)> = sqlx::query_as(
@@ -708,18 +726,21 @@ pub async fn sweep_once(pool: &PgPool, cache: &Cache, min_age: Duration) -> Resu
         .bind(min_age.as_secs_f64())
         .fetch_all(pool)
         .await
-        .map_err(|e| format!("reading intents: {e}"))?;
+        .map_err(SweepError::Read)?;
         if rows.is_empty() {
             return Ok(done);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let keys: Vec<(String, i64)> = rows.into_iter().map(|r| (r.1, r.2)).collect();
-        cache.tombstone(&keys).await.map_err(|e| e.to_string())?;
+        cache
+            .tombstone(&keys)
+            .await
+            .map_err(SweepError::Tombstone)?;
         sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
             .bind(&ids)
             .execute(pool)
             .await
-            .map_err(|e| format!("clearing intents: {e}"))?;
+            .map_err(SweepError::Clear)?;
         done += ids.len() as u64;
     }
 }
@@ -737,7 +758,7 @@ pub async fn sweep_invalidations(pool: PgPool, cache: Cache, shutdown: impl Futu
         match sweep_once(&pool, &cache, Duration::from_secs(2)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "cache sweeper applied deferred invalidations"),
-            Err(e) => tracing::debug!(error = %e, "cache sweeper will retry"),
+            Err(e) => tracing::debug!(error = %vbin_bus::Chain(&e), "cache sweeper will retry"),
         }
     }
 }

@@ -18,10 +18,11 @@ use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 use vbin_app::transcription::{record_transcript, running_transcribes, RunningTranscribe};
 use vbin_app::Executor;
+use vbin_bus::Chain;
 use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
 use vbin_media::audiosocket::{self, Inbound, ServerSettings, Session};
-use vbin_media::resample::Resampler;
-use vbin_media::stt::{Segment, SttProvider, STT_RATE_HZ};
+use vbin_media::resample::{ResampleError, Resampler};
+use vbin_media::stt::{Segment, SttError, SttProvider, STT_RATE_HZ};
 
 /// Pipeline settings.
 #[derive(Clone, Debug)]
@@ -164,7 +165,7 @@ impl Pipeline {
             streams.retain(|id, st| match st.push(rate_hz, &samples) {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::warn!(call_id = %call, transcribe_id = %id, error = %e, "transcription stream dropped");
+                    tracing::warn!(call_id = %call, transcribe_id = %id, error = %Chain(&e), "transcription stream dropped");
                     false
                 }
             });
@@ -207,17 +208,14 @@ impl Pipeline {
                     streams.insert(r.transcribe_id, s);
                 }
                 Err(e) => {
-                    tracing::error!(call_id = %call, transcribe_id = %r.transcribe_id, error = %e, "starting speech-to-text failed")
+                    tracing::error!(call_id = %call, transcribe_id = %r.transcribe_id, error = %Chain(&e), "starting speech-to-text failed")
                 }
             }
         }
     }
 
-    fn start_stream(&self, call: Uuid, r: &RunningTranscribe) -> Result<Stream, String> {
-        let session = self
-            .provider
-            .start(&r.language)
-            .map_err(|e| e.to_string())?;
+    fn start_stream(&self, call: Uuid, r: &RunningTranscribe) -> Result<Stream, SttError> {
+        let session = self.provider.start(&r.language)?;
         let mut results = session.results;
         let (executor, customer, transcribe) = (
             self.executor.clone(),
@@ -294,7 +292,7 @@ struct Stream {
 impl Stream {
     /// Resamples one frame to 16 kHz and hands it to the recognizer without waiting: a
     /// recognizer 10 s behind loses this stream rather than stalling the call's audio.
-    fn push(&mut self, rate_hz: u32, samples: &[i16]) -> Result<(), String> {
+    fn push(&mut self, rate_hz: u32, samples: &[i16]) -> Result<(), StreamError> {
         self.out.clear();
         if rate_hz == STT_RATE_HZ {
             self.out.extend_from_slice(samples);
@@ -302,7 +300,7 @@ impl Stream {
             let r = match self.resamplers.entry(rate_hz) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(Resampler::new(rate_hz, STT_RATE_HZ).map_err(|e| e.to_string())?)
+                    v.insert(Resampler::new(rate_hz, STT_RATE_HZ)?)
                 }
             };
             // The resampler takes 20 ms frames; Asterisk sends those, but any size is
@@ -312,8 +310,7 @@ impl Stream {
             let n = r.input_frame_len();
             let mut used = 0;
             while pending.len() - used >= n {
-                r.process(&pending[used..used + n], &mut self.out)
-                    .map_err(|e| e.to_string())?;
+                r.process(&pending[used..used + n], &mut self.out)?;
                 used += n;
             }
             pending.drain(..used);
@@ -323,6 +320,17 @@ impl Stream {
         }
         self.audio
             .try_send(self.out.clone())
-            .map_err(|e| format!("recognizer not keeping up: {e}"))
+            .map_err(StreamError::Behind)
     }
+}
+
+/// Why a transcription stream is dropped.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// The call's audio could not be resampled to 16 kHz.
+    #[error("resampling")]
+    Resample(#[from] ResampleError),
+    /// The recognizer's queue is full (10 s behind) or it is gone.
+    #[error("recognizer not keeping up")]
+    Behind(#[source] mpsc::error::TrySendError<Vec<i16>>),
 }

@@ -1,7 +1,7 @@
 //! `vbin`: run the platform (`serve`), operate it (`replay`, `events`) or measure it (`bench`).
 
 use clap::{Parser, Subcommand};
-use vbin::{bench, ops, Config, Part};
+use vbin_platform::{ops, Config, Part};
 
 // The request path allocates many small, short-lived objects (JSON values, headers); glibc's
 // malloc showed up at ~10% of CPU under load, mimalloc roughly halves that.
@@ -15,8 +15,52 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "vbin: an event-sourced CPaaS platform"
 )]
 struct Cli {
+    /// Log format on stderr: text or json.
+    #[arg(
+        long,
+        env = "VBIN_LOG_FORMAT",
+        global = true,
+        value_name = "FORMAT",
+        default_value = "text",
+        value_parser = log_format
+    )]
+    log_format: LogFormat,
+    /// Log filter: tracing directives such as `info,sqlx=warn,vbin_app=debug`.
+    #[arg(
+        long = "log",
+        env = "RUST_LOG",
+        global = true,
+        value_name = "DIRECTIVES",
+        default_value = "info,sqlx=warn",
+        value_parser = log_filter
+    )]
+    log: String,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn log_format(s: &str) -> Result<LogFormat, String> {
+    match s.trim() {
+        "" | "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("VBIN_LOG_FORMAT: expected text or json".into()),
+    }
+}
+
+fn log_filter(s: &str) -> Result<String, String> {
+    let s = match s.trim() {
+        "" => "info,sqlx=warn",
+        s => s,
+    };
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("RUST_LOG: expected tracing filter directives ({e})"))
 }
 
 #[derive(Subcommand)]
@@ -44,22 +88,17 @@ enum Cmd {
     /// Load generators; results go to stdout (and JSON with --json).
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: vbin_bench::Which,
     },
 }
 
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let json = std::env::var("VBIN_LOG_FORMAT").is_ok_and(|f| f == "json");
+fn init_tracing(format: LogFormat, filter: &str) {
     let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr);
-    if json {
-        b.json().init()
-    } else {
-        b.init()
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
     }
 }
 
@@ -77,20 +116,22 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
+    // Every setting is parsed (and checked) here, once; a bad value stops the start.
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log);
     // Every WebSocket connection is a file descriptor: use what the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
-    match Cli::parse().cmd {
+    match cli.cmd {
         Cmd::Serve { config, only } => {
             let parts = if only.is_empty() {
                 Part::ALL.to_vec()
             } else {
                 only
             };
-            let running = vbin::start(&config, &parts).await?;
+            let running = vbin_platform::start(&config, &parts).await?;
             if let Some(addr) = running.http_addr {
                 println!("vbin listening on http://{addr}");
             }
@@ -109,7 +150,61 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Events { cmd } => ops::events(cmd).await?,
-        Cmd::Bench { which } => bench::run(which).await?,
+        Cmd::Bench { which } => vbin_bench::run(which).await?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_help_lists_every_setting() {
+        // What `vbin serve --help` prints.
+        let help = Cli::try_parse_from(["vbin", "serve", "--help"])
+            .err()
+            .expect("help")
+            .to_string();
+        for var in [
+            "DATABASE_URL",
+            "NATS_URL",
+            "REDIS_URL",
+            "VBIN_HTTP_ADDR",
+            "VBIN_ADMIN_TOKEN",
+            "VBIN_JWT_SECRET",
+            "VBIN_DB_POOL",
+            "VBIN_HTTP_SNDBUF_BYTES",
+            "VBIN_WEBHOOK_RETRY_SCHEDULE_MS",
+            "VBIN_WEBHOOK_PER_CUSTOMER",
+            "VBIN_WEBHOOK_DISABLE_AFTER_SECS",
+            "VBIN_WEBHOOK_ALLOW_NETS",
+            "VBIN_WEBHOOK_HTTPS_ONLY",
+            "VBIN_WEBHOOK_RETENTION_DAYS",
+            "VBIN_WS_SEND_BUFFER",
+            "VBIN_WS_MAX_TOPICS",
+            "VBIN_WS_PING_MS",
+            "VBIN_WS_IDLE_MS",
+            "VBIN_WS_MAX_REPLAY",
+            "VBIN_AUDIOSOCKET_ADDR",
+            "VBIN_STT_PROVIDER",
+            "VBIN_STT_GRAMMAR",
+            "VBIN_DEEPGRAM_API_KEY",
+            "VBIN_DEEPGRAM_URL",
+            "VBIN_HOUSEKEEPING_SECS",
+            "VBIN_LOG_FORMAT",
+            "RUST_LOG",
+        ] {
+            assert!(
+                help.contains(&format!("env: {var}")),
+                "{var} missing:\n{help}"
+            );
+        }
+    }
 }

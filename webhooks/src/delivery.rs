@@ -25,7 +25,7 @@ use vbin_domain::Customer;
 /// Durable consumer name of the recorder.
 pub const RECORDER: &str = "webhook-recorder";
 
-/// Delivery settings.
+/// Delivery settings (the binary sets them from `VBIN_WEBHOOK_*`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Wait before each attempt: the first is normally 0 (at once); after the last, failed.
@@ -70,41 +70,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// The defaults, with `VBIN_WEBHOOK_RETRY_SCHEDULE_MS` (comma-separated milliseconds)
-    /// replacing the schedule when set, and the address policy of [`AddressPolicy::from_env`].
-    pub fn from_env() -> Result<Self, String> {
-        let mut s = Self {
-            policy: AddressPolicy::from_env()?,
-            ..Self::default()
-        };
-        if let Ok(v) = std::env::var("VBIN_WEBHOOK_RETRY_SCHEDULE_MS") {
-            s.schedule = v
-                .split(',')
-                .map(|p| p.trim().parse::<u64>().map(Duration::from_millis))
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("VBIN_WEBHOOK_RETRY_SCHEDULE_MS: {e}"))?;
-            if s.schedule.is_empty() {
-                return Err("VBIN_WEBHOOK_RETRY_SCHEDULE_MS is empty".into());
-            }
-        }
-        if let Ok(v) = std::env::var("VBIN_WEBHOOK_PER_CUSTOMER") {
-            s.per_customer = v
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or("VBIN_WEBHOOK_PER_CUSTOMER must be a positive integer")?;
-        }
-        if let Ok(v) = std::env::var("VBIN_WEBHOOK_DISABLE_AFTER_SECS") {
-            s.disable_after = v
-                .trim()
-                .parse::<u64>()
-                .map(Duration::from_secs)
-                .map_err(|e| format!("VBIN_WEBHOOK_DISABLE_AFTER_SECS: {e}"))?;
-        }
-        Ok(s)
-    }
-
     /// The wait before attempt `n` (1-based) with ±10 % jitter; None when there is none.
     fn wait_before(&self, n: usize) -> Option<Duration> {
         let base = *self.schedule.get(n.checked_sub(1)?)?;
@@ -120,8 +85,26 @@ pub enum WebhookError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
     /// Loading the customer.
-    #[error("customer: {0}")]
-    Customer(String),
+    #[error("loading the customer")]
+    Customer(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+/// Why a delivery's attempt could not be recorded or followed up (it is sent again when its
+/// lease expires).
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// Writing the attempt failed (shared by every attempt of the batch).
+    #[error("recording the attempt")]
+    Record(#[source] Arc<sqlx::Error>),
+    /// The group commit task is gone (shutting down).
+    #[error("the attempt recorder has stopped")]
+    RecorderStopped,
+    /// Starting or reading the endpoint's failure clock.
+    #[error("tracking the endpoint's failures")]
+    TrackFailure(#[source] sqlx::Error),
+    /// Disabling the endpoint.
+    #[error("disabling the endpoint")]
+    Disable(#[source] sqlx::Error),
 }
 
 /// Runs the recorder and the sender until `shutdown`.
@@ -171,7 +154,7 @@ async fn record_batch(
             vec![Disposition::Ack; n]
         }
         Err(e) => {
-            tracing::warn!(error = %e, events = n, "recording webhook deliveries failed; will retry");
+            tracing::warn!(error = %vbin_bus::Chain(&e), events = n, "recording webhook deliveries failed; will retry");
             vec![Disposition::Retry(Duration::from_secs(1)); n]
         }
     }
@@ -200,7 +183,7 @@ async fn record(
                 let c = executor
                     .load::<Customer>(e.customer_id, None)
                     .await
-                    .map_err(|err| WebhookError::Customer(err.to_string()))?;
+                    .map_err(|err| WebhookError::Customer(Box::new(err)))?;
                 customers.entry(e.customer_id).or_insert(c)
             }
         };
@@ -308,7 +291,7 @@ struct Finish {
     error: Option<String>,
     status: &'static str,
     next_secs: f64,
-    done: tokio::sync::oneshot::Sender<Result<(), String>>,
+    done: tokio::sync::oneshot::Sender<Result<(), Arc<sqlx::Error>>>,
 }
 
 /// Attempts recorded in one statement.
@@ -391,7 +374,7 @@ impl Sender {
                 tokio::spawn(async move {
                     let customer = d.customer_id;
                     if let Err(e) = me.deliver(d).await {
-                        tracing::warn!(error = %e, "recording a webhook attempt failed; it will be retried");
+                        tracing::warn!(error = %vbin_bus::Chain(&e), "recording a webhook attempt failed; it will be retried");
                     }
                     let mut m = me.in_flight.lock().expect("in flight");
                     if let Some(n) = m.get_mut(&customer) {
@@ -492,7 +475,7 @@ impl Sender {
         .await
     }
 
-    async fn deliver(&self, d: Claimed) -> Result<(), String> {
+    async fn deliver(&self, d: Claimed) -> Result<(), SendError> {
         let Some(current) = d.secret.as_deref() else {
             tracing::error!(customer_id = %d.customer_id, "customer without a webhook secret; delivery failed");
             return self
@@ -532,10 +515,12 @@ impl Sender {
         let disable = if gone {
             Some("the endpoint answered 410 Gone".to_string())
         } else {
-            self.track_failure(&d).await.map_err(|e| e.to_string())?
+            self.track_failure(&d)
+                .await
+                .map_err(SendError::TrackFailure)?
         };
         if let Some(reason) = disable {
-            self.disable(&d, reason).await.map_err(|e| e.to_string())?;
+            self.disable(&d, reason).await.map_err(SendError::Disable)?;
         }
         Ok(())
     }
@@ -547,7 +532,7 @@ impl Sender {
         o: &Outcome,
         status: &'static str,
         next: Option<Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SendError> {
         let (done, committed) = tokio::sync::oneshot::channel();
         let f = Finish {
             id: d.id,
@@ -563,10 +548,11 @@ impl Sender {
         self.finish
             .send(f)
             .await
-            .map_err(|_| "the attempt recorder has stopped".to_string())?;
+            .map_err(|_| SendError::RecorderStopped)?;
         committed
             .await
-            .map_err(|_| "the attempt recorder has stopped".to_string())?
+            .map_err(|_| SendError::RecorderStopped)?
+            .map_err(SendError::Record)
     }
 
     /// Starts (or continues) the endpoint's failure clock; returns why to disable it when it
@@ -631,7 +617,12 @@ impl Sender {
     async fn attempt(&self, d: &Claimed, current: &str, previous: Option<&str>) -> Outcome {
         let checked = reqwest::Url::parse(&d.uri)
             .map_err(|e| format!("bad webhook uri: {e}"))
-            .and_then(|u| self.settings.policy.check_url(&u));
+            .and_then(|u| {
+                self.settings
+                    .policy
+                    .check_url(&u)
+                    .map_err(|e| e.to_string())
+            });
         if let Err(e) = checked {
             tracing::warn!(customer_id = %d.customer_id, uri = %d.uri, error = %e, "webhook refused");
             return Outcome::error(&e);
@@ -694,7 +685,7 @@ async fn record_attempts(
             tokio::time::sleep(Duration::from_millis(pause)).await;
             result = write_attempts(&pool, &batch).await;
         }
-        let result = result.map(|_| ()).map_err(|e| e.to_string());
+        let result = result.map(|_| ()).map_err(Arc::new);
         for f in batch.drain(..) {
             let _ = f.done.send(result.clone());
         }

@@ -2,8 +2,9 @@
 //! addresses actually connected to (the DNS answer), not on the URL's text, so a name that
 //! resolves to 10.0.0.1 or 169.254.169.254 is refused as surely as the literal.
 //!
-//! `VBIN_WEBHOOK_ALLOW_NETS` (comma-separated CIDRs) lets chosen networks through anyway
-//! (tests allow 127.0.0.1/32); `VBIN_WEBHOOK_HTTPS_ONLY=true` refuses plain http.
+//! [`AddressPolicy::allow`] lets chosen networks through anyway (the binary's
+//! `VBIN_WEBHOOK_ALLOW_NETS`; tests allow 127.0.0.1/32); [`AddressPolicy::https_only`]
+//! (`VBIN_WEBHOOK_HTTPS_ONLY`) refuses plain http.
 
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -82,28 +83,6 @@ fn embedded_v4(ip: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
 }
 
 impl AddressPolicy {
-    /// From `VBIN_WEBHOOK_ALLOW_NETS` and `VBIN_WEBHOOK_HTTPS_ONLY`.
-    pub fn from_env() -> Result<Self, String> {
-        let allow = match std::env::var("VBIN_WEBHOOK_ALLOW_NETS") {
-            Ok(v) => v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| {
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                        .map_err(|e| format!("VBIN_WEBHOOK_ALLOW_NETS: {s:?}: {e}"))
-                })
-                .collect::<Result<_, _>>()?,
-            Err(_) => vec![],
-        };
-        let https_only = matches!(
-            std::env::var("VBIN_WEBHOOK_HTTPS_ONLY").as_deref(),
-            Ok("1" | "true" | "yes")
-        );
-        Ok(Self { allow, https_only })
-    }
-
     /// Whether a request may connect to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
         if self.allow.iter().any(|n| n.contains(&ip)) {
@@ -119,24 +98,38 @@ impl AddressPolicy {
 
     /// Checks a target URL before sending: scheme, and the host if it is an IP literal
     /// (names are checked by [`GuardedResolver`] on what they resolve to).
-    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), String> {
+    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), Blocked> {
         match url.scheme() {
             "https" => {}
             "http" if !self.https_only => {}
-            s => return Err(format!("blocked: scheme {s} not allowed")),
+            s => return Err(Blocked::Scheme(s.to_string())),
         }
         let ip = match url.host() {
             Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
             Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
             Some(url::Host::Domain(_)) => return Ok(()),
-            None => return Err("blocked: no host".into()),
+            None => return Err(Blocked::NoHost),
         };
         if self.permits(ip) {
             Ok(())
         } else {
-            Err(format!("blocked: {ip} is not a public address"))
+            Err(Blocked::NotPublic(ip))
         }
     }
+}
+
+/// Why a target URL is refused (the text is what the delivery records as its error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Blocked {
+    /// Not https (or http where allowed).
+    #[error("blocked: scheme {0} not allowed")]
+    Scheme(String),
+    /// No host in the URL.
+    #[error("blocked: no host")]
+    NoHost,
+    /// An IP literal the policy refuses.
+    #[error("blocked: {0} is not a public address")]
+    NotPublic(IpAddr),
 }
 
 /// A DNS resolver for reqwest that drops every address the policy refuses (and fails when

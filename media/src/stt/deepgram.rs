@@ -33,10 +33,6 @@ use url::Url;
 
 /// Deepgram's public endpoint.
 pub const DEFAULT_BASE_URL: &str = "wss://api.deepgram.com";
-/// The variable holding the API key for [`Deepgram::from_env`].
-pub const ENV_API_KEY: &str = "VBIN_DEEPGRAM_API_KEY";
-/// The optional variable overriding the base URL for [`Deepgram::from_env`].
-pub const ENV_URL: &str = "VBIN_DEEPGRAM_URL";
 /// How long without audio before a `KeepAlive` is sent (Deepgram asks for one every 3–5 s).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -96,28 +92,6 @@ impl Deepgram {
     pub fn with_keepalive_interval(mut self, interval: Duration) -> Self {
         self.keepalive = interval.max(Duration::from_millis(1));
         self
-    }
-
-    /// From `VBIN_DEEPGRAM_API_KEY` and the optional `VBIN_DEEPGRAM_URL`; `None` without a
-    /// (non-empty) key.
-    pub fn from_env() -> Option<Self> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// Like [`Deepgram::from_env`], reading the variables through `var`.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Option<Self> {
-        let key = var(ENV_API_KEY)?.trim().to_string();
-        if key.is_empty() {
-            return None;
-        }
-        let mut dg = Self::new(key);
-        if let Some(url) = var(ENV_URL)
-            .map(|u| u.trim().to_string())
-            .filter(|u| !u.is_empty())
-        {
-            dg = dg.with_base_url(url);
-        }
-        Some(dg)
     }
 
     /// The endpoint the session for `language` connects to (the key is not part of it).

@@ -14,17 +14,6 @@ pub struct Jobs {
     pub webhooks: Option<Duration>,
 }
 
-/// How often: `VBIN_HOUSEKEEPING_SECS`, 600 by default.
-pub fn every_from_env() -> anyhow::Result<Duration> {
-    match std::env::var("VBIN_HOUSEKEEPING_SECS") {
-        Err(_) => Ok(Duration::from_secs(600)),
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
-            _ => anyhow::bail!("VBIN_HOUSEKEEPING_SECS: {v:?} is not a positive number"),
-        },
-    }
-}
-
 /// Prunes every `every` until `shutdown`; failures are logged and retried at the next round.
 pub async fn run(
     pool: sqlx::PgPool,

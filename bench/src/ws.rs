@@ -10,7 +10,6 @@
 //! NATS) broadcasting the same messages to the same number of clients at the same rate.
 
 use super::{new_customer, Bench, Services};
-use crate::Part;
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -20,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use vbin_platform::Part;
 
 /// `vbin bench ws` options.
 #[derive(clap::Args, Debug)]

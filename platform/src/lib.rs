@@ -1,9 +1,12 @@
-//! The vbin platform process: configuration and `serve`, which runs the requested parts
-//! (command API, query API, relay, projections, carrier) in one process until shutdown.
+//! Runs the parts of the platform in one process: configuration and `start`, which runs the
+//! requested parts (command API, query API, relay, projections, carrier, ...) until shutdown,
+//! with housekeeping; and the operator commands (`ops`: replay, events).
 
-pub mod bench;
+pub mod config;
 pub mod housekeeping;
 pub mod ops;
+
+pub use config::{Config, Settings};
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -57,78 +60,6 @@ impl Part {
     ];
 }
 
-#[derive(Clone, Debug, clap::Args)]
-pub struct Config {
-    /// Postgres URL; the database is created if missing.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/vbin"
-    )]
-    pub database_url: String,
-    /// NATS URL.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// Redis URL.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// HTTP listen address.
-    #[arg(long, env = "VBIN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    pub http_addr: SocketAddr,
-    /// Platform admin bearer token (generated, stored and printed if unset).
-    #[arg(long, env = "VBIN_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
-    /// JWT signing secret (generated and stored in the database if unset).
-    #[arg(long, env = "VBIN_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// Postgres pool size of this process.
-    #[arg(long, env = "VBIN_DB_POOL", default_value_t = 32)]
-    pub db_pool: u32,
-}
-
-/// The speech-to-text provider: `VBIN_STT_PROVIDER` = `pocketsphinx` (default; with the JSGF
-/// grammar at `VBIN_STT_GRAMMAR` if set) or `deepgram` (`VBIN_DEEPGRAM_API_KEY`, optional
-/// `VBIN_DEEPGRAM_URL`).
-fn stt_provider() -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
-    let name = std::env::var("VBIN_STT_PROVIDER").unwrap_or_else(|_| "pocketsphinx".into());
-    match name.as_str() {
-        "pocketsphinx" => {
-            let mut p = vbin_media::stt::pocketsphinx::PocketSphinx::new();
-            if let Ok(g) = std::env::var("VBIN_STT_GRAMMAR") {
-                p = p.with_grammar(g);
-            }
-            if !p.available() {
-                tracing::warn!("pocketsphinx is not installed (Debian: pocketsphinx pocketsphinx-en-us); transcriptions will fail to start");
-            }
-            Ok(Arc::new(p))
-        }
-        "deepgram" => Ok(Arc::new(
-            vbin_media::stt::deepgram::Deepgram::from_env()
-                .context("VBIN_STT_PROVIDER=deepgram needs VBIN_DEEPGRAM_API_KEY")?,
-        )),
-        other => {
-            anyhow::bail!("VBIN_STT_PROVIDER {other:?} is not one of: pocketsphinx, deepgram")
-        }
-    }
-}
-
-/// Kernel send buffer of each HTTP connection (`VBIN_HTTP_SNDBUF_BYTES`, default 256 KiB).
-/// Bounded because a WebSocket client that stops reading would otherwise let the kernel
-/// buffer megabytes for it (send buffers autotune up to `tcp_wmem`'s maximum) before the
-/// gateway sees it is slow; with the bound, its backlog reaches the gateway's own per
-/// connection limit and it is closed as a slow consumer.
-fn send_buffer_bytes() -> anyhow::Result<usize> {
-    match std::env::var("VBIN_HTTP_SNDBUF_BYTES") {
-        Ok(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n >= 4096)
-            .context("VBIN_HTTP_SNDBUF_BYTES must be a number of bytes >= 4096"),
-        Err(_) => Ok(256 * 1024),
-    }
-}
-
 fn cap_send_buffer(tcp: &tokio::net::TcpStream, bytes: usize) {
     if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(bytes) {
         tracing::debug!(error = %e, "setting SO_SNDBUF failed");
@@ -177,6 +108,13 @@ fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
 
 /// Starts the selected parts and returns once they are running.
 pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
+    let settings = &cfg.settings;
+    // Before connecting to anything: a provider that cannot work stops the start at once.
+    let stt = if parts.contains(&Part::Media) {
+        Some(settings.media.stt_provider()?)
+    } else {
+        None
+    };
     let pool = vbin_migrations::connect_and_migrate(&cfg.database_url, cfg.db_pool)
         .await
         .with_context(|| "connecting to Postgres and migrating (is it running? see README)")?;
@@ -215,20 +153,18 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(worker.run(stopped(&rx))));
     }
     if parts.contains(&Part::Webhooks) {
-        let settings =
-            vbin_webhooks::delivery::Settings::from_env().map_err(|e| anyhow::anyhow!(e))?;
         tasks.push(tokio::spawn(vbin_webhooks::delivery::run(
             pool.clone(),
             executor.clone(),
             bus.clone(),
-            settings,
+            settings.webhooks.delivery(),
             stopped(&rx),
         )));
     }
     let jobs = housekeeping::Jobs {
         command_side: parts.contains(&Part::CommandApi),
         webhooks: if parts.contains(&Part::Webhooks) {
-            Some(vbin_webhooks::retention::retention_from_env().map_err(|e| anyhow::anyhow!(e))?)
+            Some(settings.webhooks.retention)
         } else {
             None
         },
@@ -237,7 +173,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(housekeeping::run(
             pool.clone(),
             jobs,
-            housekeeping::every_from_env()?,
+            settings.housekeeping.every(),
             stopped(&rx),
         )));
     }
@@ -266,15 +202,11 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             stopped(&rx),
         )));
     }
-    if parts.contains(&Part::Media) {
-        let addr: SocketAddr = std::env::var("VBIN_AUDIOSOCKET_ADDR")
-            .unwrap_or_else(|_| "127.0.0.1:9093".into())
-            .parse()
-            .context("VBIN_AUDIOSOCKET_ADDR must be host:port")?;
+    if let Some(provider) = stt {
+        let addr = settings.media.audiosocket_addr;
         let listener = vbin_media::audiosocket::bind(addr)
             .with_context(|| format!("binding the AudioSocket server on {addr}"))?;
         let local = listener.local_addr()?;
-        let provider = stt_provider()?;
         tracing::info!(addr = %local, provider = provider.name(), "AudioSocket server listening");
         let pipeline = vbin_transcription::Pipeline::new(
             pool.clone(),
@@ -351,8 +283,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             }));
         }
         if parts.contains(&Part::Gateway) {
-            let settings = vbin_gateway::Settings::from_env().map_err(|e| anyhow::anyhow!(e))?;
-            let hub = vbin_gateway::Hub::new(bus.clone(), settings);
+            let hub = vbin_gateway::Hub::new(bus.clone(), settings.gateway.gateway());
             tasks.push(tokio::spawn(hub.clone().run(stopped(&rx))));
             routes = routes.merge(vbin_gateway::routes(hub, rx.clone()));
         }
@@ -361,7 +292,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             .await
             .with_context(|| format!("binding {}", cfg.http_addr))?;
         http_addr = Some(listener.local_addr()?);
-        let sndbuf = send_buffer_bytes()?;
+        let sndbuf = settings.http.send_buffer_bytes;
         let shutdown = stopped(&rx);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(

@@ -1,7 +1,7 @@
 //! `vbin bench ...`: load generators that measure the platform against a baseline taken in
 //! the same run on the same machine, so the figure that matters is the ratio (VMs are noisy).
 
-use crate::{Config, Part};
+use vbin_platform::{Config, Part, Settings};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -73,6 +73,10 @@ pub struct Services {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// The settings of the platform the benchmark starts in-process (its AudioSocket server
+    /// always on a free port: a platform may be running on this machine).
+    #[command(flatten)]
+    pub platform: Settings,
 }
 
 /// A nats-server started for one benchmark run (killed and its store removed on drop).
@@ -276,7 +280,7 @@ fn report(r: Value, json: Option<&std::path::Path>) -> anyhow::Result<()> {
 
 /// A platform started in-process on a throwaway database, with a customer logged in.
 struct Bench {
-    running: crate::Running,
+    running: vbin_platform::Running,
     http: reqwest::Client,
     base: String,
     token: String,
@@ -284,14 +288,11 @@ struct Bench {
     db: String,
     _nats: Option<PrivateNats>,
     nats_url: String,
+    settings: Settings,
 }
 
 impl Bench {
     async fn start(s: &Services, clients: usize, parts: &[Part]) -> anyhow::Result<Self> {
-        // Never the default AudioSocket port: a platform may be running on this machine.
-        if std::env::var_os("VBIN_AUDIOSOCKET_ADDR").is_none() {
-            std::env::set_var("VBIN_AUDIOSOCKET_ADDR", "127.0.0.1:0");
-        }
         let db = format!(
             "vbin_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
@@ -304,7 +305,7 @@ impl Bench {
                 (Some(n), url)
             }
         };
-        let cfg = Config {
+        let mut cfg = Config {
             database_url: format!("{}/{db}", s.pg.trim_end_matches('/')),
             nats_url,
             redis_url: s.redis_url.clone(),
@@ -312,8 +313,11 @@ impl Bench {
             admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
             jwt_secret: None,
             db_pool: (clients as u32 + 8).min(64),
+            settings: s.platform.clone(),
         };
-        let running = crate::start(&cfg, parts).await?;
+        // Never the default AudioSocket port: a platform may be running on this machine.
+        cfg.settings.media.audiosocket_addr = "127.0.0.1:0".parse()?;
+        let running = vbin_platform::start(&cfg, parts).await?;
         let base = format!("http://{}", running.http_addr.context("no http address")?);
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(clients * 2)
@@ -328,6 +332,7 @@ impl Bench {
             db,
             _nats: nats,
             nats_url: cfg.nats_url.clone(),
+            settings: cfg.settings,
         })
     }
 
@@ -1055,9 +1060,6 @@ async fn bench_receiver(seen: Arc<std::sync::Mutex<Received>>) -> anyhow::Result
 
 async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
     use reqwest::Method;
-    // The receiver is on loopback, which webhooks may not reach by default. Set before the
-    // platform starts (it reads its settings once, at start).
-    std::env::set_var("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32");
     let seen = Arc::new(std::sync::Mutex::new(Received::default()));
     let url = bench_receiver(seen.clone()).await?;
     // Phase 1 (throughput): the events are produced with webhook delivery off, then a process
@@ -1125,7 +1127,7 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("delivering {expected} webhooks...");
-    let cfg = Config {
+    let mut cfg = Config {
         database_url: b.database_url(),
         nats_url: b.nats_url.clone(),
         redis_url: a.services.redis_url.clone(),
@@ -1133,9 +1135,12 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         admin_token: Some(b.running.admin_token.clone()),
         jwt_secret: None,
         db_pool: 64,
+        settings: b.settings.clone(),
     };
+    // The receiver is on loopback, which webhooks may not reach by default.
+    cfg.settings.webhooks.allow_nets = "127.0.0.1/32".parse().map_err(anyhow::Error::msg)?;
     let t_deliver = Instant::now();
-    let hooks = crate::start(&cfg, &[Part::Webhooks]).await?;
+    let hooks = vbin_platform::start(&cfg, &[Part::Webhooks]).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while seen.lock().expect("receiver").count < expected {
         if Instant::now() > deadline {

@@ -1,0 +1,740 @@
+//! The platform's configuration: every setting, as a flag or its environment variable, parsed
+//! once by the binary (`vbin serve --help` lists them all). A bad value stops the start with a
+//! message naming its variable. The parts receive typed settings built from it; no library
+//! crate reads the environment.
+//!
+//! Defaults come from the library crates' `Default` impls, so a part started without the
+//! binary (tests, benchmarks) behaves the same.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use vbin_media::stt::deepgram::{self, Deepgram};
+use vbin_media::stt::pocketsphinx::PocketSphinx;
+
+/// Where the platform's services are, who it is, and [`Settings`] for its parts.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Postgres URL; the database is created if missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/vbin"
+    )]
+    pub database_url: String,
+    /// NATS URL.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_url: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// HTTP listen address (ip:port).
+    #[arg(
+        long,
+        env = "VBIN_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        value_parser = socket_addr("VBIN_HTTP_ADDR")
+    )]
+    pub http_addr: SocketAddr,
+    /// Platform admin bearer token (generated, stored and printed if unset).
+    #[arg(long, env = "VBIN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// JWT signing secret (generated and stored in the database if unset).
+    #[arg(long, env = "VBIN_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Postgres pool size of this process.
+    #[arg(
+        long,
+        env = "VBIN_DB_POOL",
+        default_value_t = 32,
+        value_parser = positive::<u32>("VBIN_DB_POOL", "a positive number of connections")
+    )]
+    pub db_pool: u32,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The settings of the parts, by part.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct Settings {
+    #[command(flatten)]
+    pub http: HttpSettings,
+    #[command(flatten)]
+    pub webhooks: WebhookSettings,
+    #[command(flatten)]
+    pub gateway: GatewaySettings,
+    #[command(flatten)]
+    pub media: MediaSettings,
+    #[command(flatten)]
+    pub housekeeping: HousekeepingSettings,
+}
+
+/// The HTTP listener.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpSettings {
+    /// Kernel send buffer of each HTTP connection, in bytes (>= 4096). Bounded because a
+    /// WebSocket client that stops reading would otherwise let the kernel buffer megabytes for
+    /// it before the gateway sees it is slow; with the bound, its backlog reaches the
+    /// gateway's own per-connection limit and it is closed as a slow consumer.
+    #[arg(
+        long = "http-sndbuf-bytes",
+        env = "VBIN_HTTP_SNDBUF_BYTES",
+        value_name = "BYTES",
+        default_value_t = 256 * 1024,
+        value_parser = at_least::<usize>("VBIN_HTTP_SNDBUF_BYTES", 4096, "a number of bytes >= 4096")
+    )]
+    pub send_buffer_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            send_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Webhook delivery (the `webhooks` part).
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Webhooks")]
+pub struct WebhookSettings {
+    /// Wait before each delivery attempt, comma-separated milliseconds (the first is normally
+    /// 0: at once); after the last attempt the delivery has failed.
+    #[arg(
+        long = "webhook-retry-schedule-ms",
+        env = "VBIN_WEBHOOK_RETRY_SCHEDULE_MS",
+        value_name = "MS,MS,...",
+        default_value_t = Schedule(vbin_webhooks::delivery::Settings::default().schedule),
+        value_parser = schedule
+    )]
+    pub retry_schedule: Schedule,
+    /// Deliveries of one customer in flight at once.
+    #[arg(
+        long = "webhook-per-customer",
+        env = "VBIN_WEBHOOK_PER_CUSTOMER",
+        value_name = "N",
+        default_value_t = vbin_webhooks::delivery::Settings::default().per_customer,
+        value_parser = positive::<usize>("VBIN_WEBHOOK_PER_CUSTOMER", "a positive integer")
+    )]
+    pub per_customer: usize,
+    /// An endpoint failing without a success for this many seconds is disabled.
+    #[arg(
+        long = "webhook-disable-after-secs",
+        env = "VBIN_WEBHOOK_DISABLE_AFTER_SECS",
+        value_name = "SECS",
+        default_value_t = vbin_webhooks::delivery::Settings::default().disable_after.as_secs(),
+        value_parser = number::<u64>("VBIN_WEBHOOK_DISABLE_AFTER_SECS", "a number of seconds")
+    )]
+    pub disable_after_secs: u64,
+    /// Networks webhooks may reach although they are not public: comma-separated CIDRs or
+    /// addresses (e.g. `127.0.0.1/32`). Every other private, loopback, link-local, ... address
+    /// is refused (SSRF protection).
+    #[arg(
+        long = "webhook-allow-nets",
+        env = "VBIN_WEBHOOK_ALLOW_NETS",
+        value_name = "CIDR,...",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = networks
+    )]
+    pub allow_nets: Networks,
+    /// Refuse `http://` webhook targets (true or false).
+    #[arg(
+        long = "webhook-https-only",
+        env = "VBIN_WEBHOOK_HTTPS_ONLY",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set,
+        default_value_t = false,
+        value_parser = boolean("VBIN_WEBHOOK_HTTPS_ONLY")
+    )]
+    pub https_only: bool,
+    /// Ended (delivered or failed) deliveries stay listable for this many days (0 < days <=
+    /// 3650; fractions allowed), then housekeeping deletes them.
+    #[arg(
+        long = "webhook-retention-days",
+        env = "VBIN_WEBHOOK_RETENTION_DAYS",
+        value_name = "DAYS",
+        default_value = "30",
+        value_parser = retention_days
+    )]
+    pub retention: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let d = vbin_webhooks::delivery::Settings::default();
+        Self {
+            retry_schedule: Schedule(d.schedule),
+            per_customer: d.per_customer,
+            disable_after_secs: d.disable_after.as_secs(),
+            allow_nets: Networks(d.policy.allow),
+            https_only: d.policy.https_only,
+            retention: vbin_webhooks::retention::DEFAULT_RETENTION,
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// The delivery settings (the rest at their defaults).
+    pub fn delivery(&self) -> vbin_webhooks::delivery::Settings {
+        vbin_webhooks::delivery::Settings {
+            schedule: self.retry_schedule.0.clone(),
+            per_customer: self.per_customer,
+            disable_after: Duration::from_secs(self.disable_after_secs),
+            policy: vbin_webhooks::guard::AddressPolicy {
+                allow: self.allow_nets.0.clone(),
+                https_only: self.https_only,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+/// The WebSocket gateway (the `gateway` part).
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "WebSocket gateway")]
+pub struct GatewaySettings {
+    /// Pushes waiting to be written to one connection; more and it is closed as a slow
+    /// consumer.
+    #[arg(
+        long = "ws-send-buffer",
+        env = "VBIN_WS_SEND_BUFFER",
+        value_name = "PUSHES",
+        default_value_t = vbin_gateway::Settings::default().send_buffer,
+        value_parser = positive::<usize>("VBIN_WS_SEND_BUFFER", "a positive integer")
+    )]
+    pub send_buffer: usize,
+    /// Topics one connection may hold.
+    #[arg(
+        long = "ws-max-topics",
+        env = "VBIN_WS_MAX_TOPICS",
+        value_name = "N",
+        default_value_t = vbin_gateway::Settings::default().max_topics,
+        value_parser = positive::<usize>("VBIN_WS_MAX_TOPICS", "a positive integer")
+    )]
+    pub max_topics: usize,
+    /// Server ping interval, in milliseconds.
+    #[arg(
+        long = "ws-ping-ms",
+        env = "VBIN_WS_PING_MS",
+        value_name = "MS",
+        default_value_t = millis(vbin_gateway::Settings::default().ping_every),
+        value_parser = positive::<u64>("VBIN_WS_PING_MS", "a positive number of milliseconds")
+    )]
+    pub ping_ms: u64,
+    /// A connection silent (no frame, not even a pong) for this many milliseconds is closed.
+    #[arg(
+        long = "ws-idle-ms",
+        env = "VBIN_WS_IDLE_MS",
+        value_name = "MS",
+        default_value_t = millis(vbin_gateway::Settings::default().idle_timeout),
+        value_parser = positive::<u64>("VBIN_WS_IDLE_MS", "a positive number of milliseconds")
+    )]
+    pub idle_ms: u64,
+    /// Most events a resume replays; further behind, the client is told to resync.
+    #[arg(
+        long = "ws-max-replay",
+        env = "VBIN_WS_MAX_REPLAY",
+        value_name = "EVENTS",
+        default_value_t = vbin_gateway::Settings::default().max_replay,
+        value_parser = positive::<u64>("VBIN_WS_MAX_REPLAY", "a positive integer")
+    )]
+    pub max_replay: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        let d = vbin_gateway::Settings::default();
+        Self {
+            send_buffer: d.send_buffer,
+            max_topics: d.max_topics,
+            ping_ms: millis(d.ping_every),
+            idle_ms: millis(d.idle_timeout),
+            max_replay: d.max_replay,
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// The gateway's settings (the rest at their defaults).
+    pub fn gateway(&self) -> vbin_gateway::Settings {
+        vbin_gateway::Settings {
+            send_buffer: self.send_buffer,
+            max_topics: self.max_topics,
+            ping_every: Duration::from_millis(self.ping_ms),
+            idle_timeout: Duration::from_millis(self.idle_ms),
+            max_replay: self.max_replay,
+            ..Default::default()
+        }
+    }
+}
+
+/// The speech-to-text provider of the media part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SttProviderName {
+    /// PocketSphinx, offline (Debian: pocketsphinx pocketsphinx-en-us).
+    Pocketsphinx,
+    /// Deepgram's live streaming API (needs `VBIN_DEEPGRAM_API_KEY`).
+    Deepgram,
+}
+
+impl std::fmt::Display for SttProviderName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pocketsphinx => "pocketsphinx",
+            Self::Deepgram => "deepgram",
+        })
+    }
+}
+
+/// The media path (the `media` part): the AudioSocket server and speech-to-text.
+#[derive(Clone, clap::Args)]
+#[command(next_help_heading = "Media and speech-to-text")]
+pub struct MediaSettings {
+    /// AudioSocket listen address (ip:port) for Asterisk.
+    #[arg(
+        long = "audiosocket-addr",
+        env = "VBIN_AUDIOSOCKET_ADDR",
+        default_value = "127.0.0.1:9093",
+        value_parser = socket_addr("VBIN_AUDIOSOCKET_ADDR")
+    )]
+    pub audiosocket_addr: SocketAddr,
+    /// Speech-to-text provider: pocketsphinx or deepgram.
+    #[arg(
+        long = "stt-provider",
+        env = "VBIN_STT_PROVIDER",
+        value_name = "PROVIDER",
+        default_value_t = SttProviderName::Pocketsphinx,
+        value_parser = stt_provider_name
+    )]
+    pub stt_provider: SttProviderName,
+    /// JSGF grammar file that PocketSphinx recognizes (free speech if unset).
+    #[arg(long = "stt-grammar", env = "VBIN_STT_GRAMMAR", value_name = "PATH")]
+    pub stt_grammar: Option<PathBuf>,
+    /// Deepgram API key (needed with the deepgram provider).
+    #[arg(
+        long = "deepgram-api-key",
+        env = "VBIN_DEEPGRAM_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub deepgram_api_key: Option<String>,
+    /// Deepgram endpoint (`wss://host[:port][/prefix]` or `ws://...`; `/v1/listen` is
+    /// appended).
+    #[arg(
+        long = "deepgram-url",
+        env = "VBIN_DEEPGRAM_URL",
+        value_name = "URL",
+        default_value = deepgram::DEFAULT_BASE_URL,
+        value_parser = deepgram_url
+    )]
+    pub deepgram_url: String,
+}
+
+impl std::fmt::Debug for MediaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaSettings")
+            .field("audiosocket_addr", &self.audiosocket_addr)
+            .field("stt_provider", &self.stt_provider)
+            .field("stt_grammar", &self.stt_grammar)
+            .field(
+                "deepgram_api_key",
+                &self.deepgram_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("deepgram_url", &self.deepgram_url)
+            .finish()
+    }
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        Self {
+            audiosocket_addr: SocketAddr::from(([127, 0, 0, 1], 9093)),
+            stt_provider: SttProviderName::Pocketsphinx,
+            stt_grammar: None,
+            deepgram_api_key: None,
+            deepgram_url: deepgram::DEFAULT_BASE_URL.into(),
+        }
+    }
+}
+
+impl MediaSettings {
+    /// The speech-to-text provider; fails (naming the variable) when deepgram has no key.
+    pub fn stt_provider(&self) -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
+        match self.stt_provider {
+            SttProviderName::Pocketsphinx => {
+                let mut p = PocketSphinx::new();
+                if let Some(g) = &self.stt_grammar {
+                    p = p.with_grammar(g);
+                }
+                if !p.available() {
+                    tracing::warn!("pocketsphinx is not installed (Debian: pocketsphinx pocketsphinx-en-us); transcriptions will fail to start");
+                }
+                Ok(Arc::new(p))
+            }
+            SttProviderName::Deepgram => {
+                let key = self
+                    .deepgram_api_key
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .context("VBIN_STT_PROVIDER=deepgram needs VBIN_DEEPGRAM_API_KEY")?;
+                Ok(Arc::new(
+                    Deepgram::new(key).with_base_url(self.deepgram_url.clone()),
+                ))
+            }
+        }
+    }
+}
+
+/// Periodic pruning.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Housekeeping")]
+pub struct HousekeepingSettings {
+    /// Seconds between two rounds of pruning (idempotency records, request once-keys, ended
+    /// webhook deliveries).
+    #[arg(
+        long = "housekeeping-secs",
+        env = "VBIN_HOUSEKEEPING_SECS",
+        value_name = "SECS",
+        default_value_t = 600,
+        value_parser = positive::<u64>("VBIN_HOUSEKEEPING_SECS", "a positive number of seconds")
+    )]
+    pub every_secs: u64,
+}
+
+impl Default for HousekeepingSettings {
+    fn default() -> Self {
+        Self { every_secs: 600 }
+    }
+}
+
+impl HousekeepingSettings {
+    /// How often.
+    pub fn every(&self) -> Duration {
+        Duration::from_secs(self.every_secs)
+    }
+}
+
+/// A retry schedule (displayed and parsed as comma-separated milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule(pub Vec<Duration>);
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms: Vec<String> = self.0.iter().map(|d| d.as_millis().to_string()).collect();
+        f.write_str(&ms.join(","))
+    }
+}
+
+/// Networks (displayed and parsed as comma-separated CIDRs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Networks(pub Vec<IpNet>);
+
+impl FromStr for Networks {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        networks(s)
+    }
+}
+
+// Value parsers. Their errors name the variable, since a bad value usually comes from the
+// environment and clap's own message names only the flag.
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn number<T: FromStr + Clone + Send + Sync + 'static>(
+    var: &'static str,
+    expected: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.trim()
+            .parse::<T>()
+            .map_err(|_| format!("{var}: expected {expected}"))
+    }
+}
+
+fn at_least<T: FromStr + PartialOrd + Copy + Send + Sync + 'static>(
+    var: &'static str,
+    min: T,
+    expected: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| format!("{var}: expected {expected}"))
+    }
+}
+
+fn positive<T: FromStr + PartialOrd + Copy + Send + Sync + From<u8> + 'static>(
+    var: &'static str,
+    expected: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    at_least(var, T::from(1u8), expected)
+}
+
+fn socket_addr(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<SocketAddr, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        s.trim()
+            .parse()
+            .map_err(|e| format!("{var}: expected ip:port ({e})"))
+    }
+}
+
+fn boolean(
+    var: &'static str,
+) -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync + 'static {
+    move |s| match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("{var}: expected true or false")),
+    }
+}
+
+fn schedule(s: &str) -> Result<Schedule, String> {
+    const EXPECTED: &str = "VBIN_WEBHOOK_RETRY_SCHEDULE_MS: expected comma-separated milliseconds";
+    let waits = s
+        .split(',')
+        .map(|p| p.trim().parse::<u64>().map(Duration::from_millis))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{EXPECTED} ({e})"))?;
+    if waits.is_empty() {
+        return Err(EXPECTED.into());
+    }
+    Ok(Schedule(waits))
+}
+
+fn networks(s: &str) -> Result<Networks, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<IpNet>()
+                .or_else(|_| n.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|e| {
+                    format!(
+                        "VBIN_WEBHOOK_ALLOW_NETS: expected comma-separated networks (CIDR) or \
+                         addresses; {n:?}: {e}"
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()
+        .map(Networks)
+}
+
+fn retention_days(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|d| d.is_finite() && *d > 0.0 && *d <= 3_650.0)
+        .map(|d| Duration::from_secs_f64(d * 86_400.0))
+        .ok_or_else(|| "VBIN_WEBHOOK_RETENTION_DAYS: expected days, 0 < days <= 3650".into())
+}
+
+fn stt_provider_name(s: &str) -> Result<SttProviderName, String> {
+    match s.trim() {
+        "pocketsphinx" => Ok(SttProviderName::Pocketsphinx),
+        "deepgram" => Ok(SttProviderName::Deepgram),
+        _ => Err("VBIN_STT_PROVIDER: expected pocketsphinx or deepgram".into()),
+    }
+}
+
+fn deepgram_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(deepgram::DEFAULT_BASE_URL.into());
+    }
+    // The provider checks its URL when a session starts; check it now instead.
+    Deepgram::new("-")
+        .with_base_url(s)
+        .listen_url("en")
+        .map_err(|e| format!("VBIN_DEEPGRAM_URL: expected a ws:// or wss:// URL ({e})"))?;
+    Ok(s.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        Cli::try_parse_from(std::iter::once("vbin").chain(args.iter().copied()))
+            .map(|c| c.config)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_the_libraries_defaults() {
+        // What clap gives without flags or variables is `Settings::default()`, built from the
+        // library crates' defaults.
+        if std::env::vars().any(|(k, _)| k.starts_with("VBIN_")) {
+            return;
+        }
+        let parsed = parse(&[]).unwrap().settings;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Settings::default()));
+        let g = parsed.gateway.gateway();
+        let lib = vbin_gateway::Settings::default();
+        assert_eq!(
+            (
+                g.send_buffer,
+                g.max_topics,
+                g.ping_every,
+                g.idle_timeout,
+                g.max_replay
+            ),
+            (
+                lib.send_buffer,
+                lib.max_topics,
+                lib.ping_every,
+                lib.idle_timeout,
+                lib.max_replay
+            )
+        );
+        let w = parsed.webhooks.delivery();
+        let lib = vbin_webhooks::delivery::Settings::default();
+        assert_eq!(
+            (w.schedule, w.per_customer, w.disable_after),
+            (lib.schedule, lib.per_customer, lib.disable_after)
+        );
+        assert_eq!(parsed.webhooks.retention, Duration::from_secs(30 * 86_400));
+    }
+
+    #[test]
+    fn values_are_parsed() {
+        let c = parse(&[
+            "--webhook-retry-schedule-ms",
+            "0, 700,700",
+            "--webhook-allow-nets",
+            "127.0.0.1/32, ::1",
+            "--webhook-https-only",
+            "yes",
+            "--webhook-retention-days",
+            "0.5",
+            "--ws-ping-ms",
+            "200",
+            "--http-sndbuf-bytes",
+            "16384",
+            "--stt-provider",
+            "deepgram",
+            "--deepgram-url",
+            "ws://127.0.0.1:1",
+        ])
+        .unwrap();
+        let w = c.settings.webhooks.delivery();
+        assert_eq!(
+            w.schedule,
+            [0, 700, 700].map(Duration::from_millis).to_vec()
+        );
+        assert!(w.policy.permits("127.0.0.1".parse().unwrap()));
+        assert!(w.policy.permits("::1".parse().unwrap()));
+        assert!(!w.policy.permits("127.0.0.2".parse().unwrap()));
+        assert!(w.policy.https_only);
+        assert_eq!(c.settings.webhooks.retention, Duration::from_secs(43_200));
+        assert_eq!(
+            c.settings.gateway.gateway().ping_every,
+            Duration::from_millis(200)
+        );
+        assert_eq!(c.settings.http.send_buffer_bytes, 16384);
+        assert_eq!(c.settings.media.stt_provider, SttProviderName::Deepgram);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (flag, value, var) in [
+            (
+                "--webhook-retry-schedule-ms",
+                "0,soon",
+                "VBIN_WEBHOOK_RETRY_SCHEDULE_MS",
+            ),
+            ("--webhook-per-customer", "0", "VBIN_WEBHOOK_PER_CUSTOMER"),
+            (
+                "--webhook-disable-after-secs",
+                "-1",
+                "VBIN_WEBHOOK_DISABLE_AFTER_SECS",
+            ),
+            (
+                "--webhook-allow-nets",
+                "10.0.0.0/33",
+                "VBIN_WEBHOOK_ALLOW_NETS",
+            ),
+            ("--webhook-https-only", "maybe", "VBIN_WEBHOOK_HTTPS_ONLY"),
+            (
+                "--webhook-retention-days",
+                "0",
+                "VBIN_WEBHOOK_RETENTION_DAYS",
+            ),
+            (
+                "--webhook-retention-days",
+                "3651",
+                "VBIN_WEBHOOK_RETENTION_DAYS",
+            ),
+            ("--ws-send-buffer", "0", "VBIN_WS_SEND_BUFFER"),
+            ("--ws-max-topics", "x", "VBIN_WS_MAX_TOPICS"),
+            ("--ws-ping-ms", "0", "VBIN_WS_PING_MS"),
+            ("--ws-idle-ms", "1s", "VBIN_WS_IDLE_MS"),
+            ("--ws-max-replay", "-5", "VBIN_WS_MAX_REPLAY"),
+            ("--http-sndbuf-bytes", "4095", "VBIN_HTTP_SNDBUF_BYTES"),
+            ("--http-addr", "localhost", "VBIN_HTTP_ADDR"),
+            ("--db-pool", "0", "VBIN_DB_POOL"),
+            ("--audiosocket-addr", "9093", "VBIN_AUDIOSOCKET_ADDR"),
+            ("--stt-provider", "whisper", "VBIN_STT_PROVIDER"),
+            ("--deepgram-url", "ftp://x", "VBIN_DEEPGRAM_URL"),
+            ("--housekeeping-secs", "0", "VBIN_HOUSEKEEPING_SECS"),
+        ] {
+            let err = parse(&[&format!("{flag}={value}")]).unwrap_err();
+            assert!(err.contains(var), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
+    fn deepgram_needs_a_key() {
+        let mut m = MediaSettings {
+            stt_provider: SttProviderName::Deepgram,
+            ..Default::default()
+        };
+        let err = m.stt_provider().err().unwrap().to_string();
+        assert!(err.contains("VBIN_DEEPGRAM_API_KEY"), "{err}");
+        m.deepgram_api_key = Some("  ".into());
+        assert!(m.stt_provider().is_err());
+        m.deepgram_api_key = Some("k".into());
+        assert_eq!(m.stt_provider().unwrap().name(), "deepgram");
+        let debug = format!("{m:?}");
+        assert!(!debug.contains("\"k\""), "{debug}");
+    }
+}

@@ -10,47 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Which benchmark.
-#[derive(clap::Subcommand, Debug)]
-pub enum Which {
-    /// N concurrent clients creating and hanging up calls over HTTP, against the raw Postgres
-    /// single-row INSERT rate of N connections as baseline.
-    Commands(CommandsArgs),
-    /// Read-after-write lag: commands at half the commands benchmark's throughput (measured
-    /// first, in the same run) and the time until each is visible in the query API.
-    Lag(LagArgs),
-    /// Replay speed: a rebuild of the calls read model from a generated log of N events,
-    /// against the raw Postgres read rate (COPY of the same rows) as baseline.
-    Replay(ReplayArgs),
-    /// Outbound campaign throughput: a campaign over N targets (answered calls), reporting
-    /// calls dialed per second, against the raw Postgres single-row INSERT rate as baseline.
-    Campaign(CampaignArgs),
-    /// Webhook delivery: signed deliveries per second to a local receiver and the dispatch
-    /// delay (event committed -> request received), against raw HTTP POSTs to the same
-    /// receiver as baseline.
-    Webhooks(WebhooksArgs),
-    /// WebSocket gateway: connections held and events fanned out per second with the p99
-    /// delivery latency, for each connection count, against a bare WebSocket broadcast server
-    /// as baseline.
-    Ws(ws::WsArgs),
-    /// Media path on one core: G.711 samples/s (against a plain copy), resampler frames/s,
-    /// AudioSocket sessions per core.
-    Media(media::MediaArgs),
-    /// Word error rate of the offline speech-to-text on real recorded prompts (Debian's
-    /// asterisk-core-sounds-en-wav), through the media path's resampler.
-    Stt(stt::SttArgs),
-    /// Every benchmark in turn (each in its own process) and the machine's common baselines;
-    /// one report (`report.json`, `report.md`).
-    All(all::AllArgs),
-    /// Internal: the bare broadcast server of `bench ws`'s baseline.
-    #[command(hide = true)]
-    WsBaselineServer(ws::BaselineServerArgs),
-}
-
 mod all;
+mod cli;
 mod media;
 mod stt;
 mod ws;
+
+pub use cli::{run, Which};
 
 /// Where the benchmarks find the services.
 #[derive(clap::Args, Debug, Clone)]
@@ -251,23 +217,6 @@ pub struct WebhooksArgs {
     pub baseline_secs: u64,
     #[command(flatten)]
     pub services: Services,
-}
-
-/// Runs a benchmark.
-pub async fn run(which: Which) -> anyhow::Result<()> {
-    match which {
-        Which::Commands(a) => report(commands(&a).await?, a.services.json.as_deref()),
-        Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
-        Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
-        Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
-        Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
-        Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
-        Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
-        // Measures on a runtime of its own (one thread = one core), off this one.
-        Which::Stt(a) => stt::run(&a).await,
-        Which::All(a) => all::run(&a).await,
-        Which::Media(a) => tokio::task::spawn_blocking(move || media::run(&a)).await?,
-    }
 }
 
 fn report(r: Value, json: Option<&std::path::Path>) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
-//! The one error-to-HTTP mapping of the command API: every failure becomes
-//! `{"error":{"status","reason","message","request_id"}}`.
+//! The error envelope every vbin HTTP surface answers with:
+//! `{"error":{"status","reason","message","request_id"}}`. Each API crate maps its own errors
+//! into it once (the command side in `vbin_commands::api::error`).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;

@@ -35,7 +35,8 @@ pub enum Part {
     Projections,
     /// The carrier dialer and the sandbox carrier's timers.
     Carrier,
-    /// Process managers: billing of ended calls, the campaign dialer and its consumers.
+    /// Process managers: billing of ended calls, the campaign dialer, the queue dispatcher and
+    /// the transcriptions ended with their call.
     ProcessManagers,
     /// Webhook delivery: the recorder consumer and the sender.
     Webhooks,

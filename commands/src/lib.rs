@@ -4,3 +4,5 @@
 
 pub mod api;
 pub mod password;
+
+pub use api::{routes, CmdState};

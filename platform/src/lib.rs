@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use vbin_app::App;
 use vbin_bus::Bus;
 use vbin_carrier::sandbox::{SandboxCarrier, TimerWorker};
-use vbin_commands::api::CmdState;
+use vbin_commands::CmdState;
 use vbin_eventlog::relay::{Relay, RelayConfig};
 use vbin_http::auth::{platform_secret, AuthKeys};
 use vbin_http::HttpState;
@@ -266,11 +266,11 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         let mut routes = axum::Router::new();
         if parts.contains(&Part::CommandApi) {
             routes = routes
-                .merge(vbin_commands::api::routes(CmdState {
+                .merge(vbin_commands::routes(CmdState {
                     app: app.clone(),
                     keys,
                 }))
-                .merge(vbin_webhooks::api::routes());
+                .merge(vbin_webhooks::routes());
         }
         if parts.contains(&Part::QueryApi) {
             tasks.push(tokio::spawn(vbin_read_api::watch_invalidations(

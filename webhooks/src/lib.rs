@@ -7,4 +7,5 @@ pub mod guard;
 pub mod retention;
 pub mod signing;
 
+pub use api::routes;
 pub use signing::{body_for, signed_headers, Secrets};

@@ -34,6 +34,9 @@ pub enum ProcessError {
     /// The event is not what it claims.
     #[error("bad event: {0}")]
     BadEvent(String),
+    /// The event does not decode as its aggregate's events.
+    #[error("bad event: {0}")]
+    Decode(#[from] vbin_event_schema::DecodeError),
 }
 
 /// Treats "already applied" as success: the command took effect earlier.

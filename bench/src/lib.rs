@@ -723,7 +723,7 @@ async fn pg_insert_baseline(
     sqlx::query("CREATE TABLE IF NOT EXISTS bench_insert (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, payload jsonb NOT NULL)")
         .execute(&pool)
         .await?;
-    let payload = json!({"type": "call_created", "source": "+15550001000", "destination": "+15550002000",
+    let payload = json!({"type": vbin_event_schema::CallEvent::CALL_CREATED, "source": "+15550001000", "destination": "+15550002000",
                          "variables": {"talk_seconds": 60}, "dial_timeout_ms": 30000});
     let ins = {
         let pool = pool.clone();
@@ -1166,9 +1166,11 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         a.baseline_secs
     );
     let http = reqwest::Client::new();
-    let body = serde_json::to_vec(&json!({"id": uuid::Uuid::now_v7(), "type": "call_hungup",
+    let body = serde_json::to_vec(
+        &json!({"id": uuid::Uuid::now_v7(), "type": vbin_event_schema::CallEvent::CALL_HUNGUP,
         "created": chrono::Utc::now(), "data": {"id": uuid::Uuid::now_v7(), "type": "call",
-        "status": "busy", "source": "+15550001000", "destination": "+15550000486"}}))?;
+        "status": "busy", "source": "+15550001000", "destination": "+15550000486"}}),
+    )?;
     let base = drive(a.clients, Duration::from_secs(a.baseline_secs), move || {
         let (http, url, body) = (http.clone(), url.clone(), body.clone());
         async move {

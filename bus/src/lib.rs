@@ -7,7 +7,9 @@ use futures::StreamExt;
 use std::future::Future;
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_event_schema::{PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
+use vbin_event_schema::{
+    subject_filter, AggregateEvent, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
+};
 
 /// Errors talking to NATS. The NATS client's error is the source: log with [`Chain`] (or
 /// anything that walks `source()`) to see it.
@@ -154,11 +156,27 @@ pub struct ConsumerSpec {
 }
 
 impl ConsumerSpec {
+    /// A consumer of the events `event_types` (their `E::...` name constants; empty: all) of
+    /// `E`'s aggregate type, across all customers.
+    ///
+    /// Panics if a name is not one of `E`'s events (a consumer that could never see it).
+    pub fn for_events_of<E: AggregateEvent>(name: &str, event_types: &[&str]) -> Self {
+        for t in event_types {
+            assert!(
+                E::NAMES.contains(t),
+                "{name}: {t} is not an event of {}",
+                E::AGGREGATE
+            );
+        }
+        Self::for_events(name, E::AGGREGATE, event_types)
+    }
+
     /// A consumer of the given event types of one aggregate type, across all customers.
+    /// Consumers of one aggregate's events use [`ConsumerSpec::for_events_of`].
     pub fn for_events(name: &str, aggregate_type: &str, event_types: &[&str]) -> Self {
         Self {
             name: name.to_string(),
-            filter_subject: format!("{SUBJECT_PREFIX}.*.{aggregate_type}.*"),
+            filter_subject: subject_filter(aggregate_type, "*"),
             event_types: event_types.iter().map(|t| t.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
@@ -467,4 +485,26 @@ where
         }
     }
     Err(BusError::Ended)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vbin_event_schema::{CallEvent, QueueEvent};
+
+    #[test]
+    fn specs_of_an_aggregates_events() {
+        let s = ConsumerSpec::for_events_of::<CallEvent>("x", &[CallEvent::CALL_HUNGUP]);
+        assert_eq!(s.filter_subject, "vbin.events.*.call.*");
+        assert_eq!(s.event_types, [CallEvent::CALL_HUNGUP]);
+        let all = ConsumerSpec::all_events("y");
+        assert_eq!(all.filter_subject, "vbin.events.>");
+        assert!(all.event_types.is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "is not an event of call")]
+    fn another_aggregates_event_is_refused() {
+        ConsumerSpec::for_events_of::<CallEvent>("x", &[QueueEvent::QUEUECALL_ABANDONED]);
+    }
 }

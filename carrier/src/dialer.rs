@@ -16,14 +16,18 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     // Lanes keep each call's events in order (created before hungup).
-    let spec =
-        ConsumerSpec::for_events(CONSUMER, "call", &["call_created", "call_hungup"]).lanes(8);
+    let spec = ConsumerSpec::for_events_of::<CallEvent>(
+        CONSUMER,
+        &[CallEvent::CALL_CREATED, CallEvent::CALL_HUNGUP],
+    )
+    .lanes(8);
     run_consumer(bus, spec, |e| handle(carrier.clone(), e), shutdown).await
 }
 
 async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), CarrierError> {
-    let event: CallEvent = serde_json::from_value(e.data.clone())
-        .map_err(|err| CarrierError(format!("bad {} payload: {err}", e.event_type)))?;
+    let event = e
+        .decode::<CallEvent>()
+        .map_err(|err| CarrierError(format!("bad event: {err}")))?;
     match event {
         CallEvent::CallCreated {
             call_id,

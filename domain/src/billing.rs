@@ -222,12 +222,7 @@ impl BillingAccount {
     }
 }
 
-decided_aggregate!(
-    BillingAccount,
-    "billing_account",
-    BillingCommand,
-    BillingEvent
-);
+decided_aggregate!(BillingAccount, BillingCommand, BillingEvent);
 
 /// The API view of a billing record, from its event.
 pub fn billing_view(customer_id: Option<CustomerId>, event: &BillingEvent) -> Option<Value> {

@@ -194,7 +194,7 @@ impl Call {
 }
 
 impl Aggregate for Call {
-    const TYPE: &'static str = "call";
+    const TYPE: &'static str = CallEvent::AGGREGATE;
     type Command = CallCommand;
     type Event = CallEvent;
     type Error = DomainError;
@@ -308,14 +308,25 @@ mod tests {
         let mut c = created();
         c.when(CallCommand::MarkRinging { at: t(1) }).then_count(1);
         c.when(CallCommand::MarkAnswered { at: t(2) }).then_count(1);
-        c.when(hangup(
-            HangupRequest::Remote(HangupCause::NormalClearing),
-            9,
-        ))
-        .then_count(1);
+        let evs = c
+            .when(hangup(
+                HangupRequest::Remote(HangupCause::NormalClearing),
+                9,
+            ))
+            .then_ok();
+        assert_eq!(evs.len(), 1);
         assert_eq!(c.status, CallStatus::Completed);
         assert_eq!(c.duration, 7);
         assert_eq!(c.hangup_by, HangupBy::Remote);
+        // What consumers read of the view.
+        let view: vbin_event_schema::views::CallView =
+            serde_json::from_value(c.resource_after(&evs[0])).unwrap();
+        assert_eq!(view.campaign_id, None);
+        let mut placed = c.clone();
+        placed.campaign_id = Some(CampaignId::new());
+        let view: vbin_event_schema::views::CallView =
+            serde_json::from_value(placed.view()).unwrap();
+        assert_eq!(view.campaign_id, placed.campaign_id);
         // Terminal: everything after is a no-op.
         c.when(hangup(HangupRequest::Local, 10)).then_nothing();
         c.when(CallCommand::MarkAnswered { at: t(11) })

@@ -123,7 +123,7 @@ impl Outplan {
         };
     }
 }
-decided_aggregate!(Outplan, "outplan", OutplanCommand, OutplanEvent);
+decided_aggregate!(Outplan, OutplanCommand, OutplanEvent);
 
 impl ResourceView for Outplan {
     fn resource_after(&self, _: &OutplanEvent) -> Value {
@@ -205,7 +205,7 @@ impl Outdial {
         };
     }
 }
-decided_aggregate!(Outdial, "outdial", OutdialCommand, OutdialEvent);
+decided_aggregate!(Outdial, OutdialCommand, OutdialEvent);
 
 impl ResourceView for Outdial {
     fn resource_after(&self, _: &OutdialEvent) -> Value {
@@ -470,7 +470,7 @@ impl Target {
         }
     }
 }
-decided_aggregate!(Target, "outdialtarget", TargetCommand, TargetEvent);
+decided_aggregate!(Target, TargetCommand, TargetEvent);
 
 impl ResourceView for Target {
     fn resource_after(&self, _: &TargetEvent) -> Value {
@@ -775,7 +775,7 @@ impl Campaign {
         }
     }
 }
-decided_aggregate!(Campaign, "campaign", CampaignCommand, CampaignEvent);
+decided_aggregate!(Campaign, CampaignCommand, CampaignEvent);
 
 /// The API view of a campaign call, from its event (None for other events).
 pub fn campaigncall_view(
@@ -925,8 +925,18 @@ mod tests {
         c.when(req(CampaignStatus::Running)).then_count(1);
         c.when(req(CampaignStatus::Running)).then_nothing();
         let (a, b) = (CallId::new(), CallId::new());
-        c.when(CampaignCommand::RecordCall { call: record(a) })
+        let created = c
+            .when(CampaignCommand::RecordCall { call: record(a) })
             .then_ok();
+        // What consumers read of the views: the child's last change, the campaign's next.
+        let touched: vbin_event_schema::views::Touched =
+            serde_json::from_value(c.resource_after(&created[0])).unwrap();
+        assert_eq!(touched.tm_update, t(0));
+        let mut chained = c.clone();
+        chained.next_campaign_id = Some(CampaignId::new());
+        let view: vbin_event_schema::views::CampaignView =
+            serde_json::from_value(chained.view()).unwrap();
+        assert_eq!(view.next_campaign_id, chained.next_campaign_id);
         c.when(CampaignCommand::RecordCall { call: record(b) })
             .then_ok();
         c.when(CampaignCommand::RecordCall { call: record(a) })

@@ -520,7 +520,7 @@ impl Customer {
 }
 
 impl Aggregate for Customer {
-    const TYPE: &'static str = "customer";
+    const TYPE: &'static str = CustomerEvent::AGGREGATE;
     type Command = CustomerCommand;
     type Event = CustomerEvent;
     type Error = DomainError;

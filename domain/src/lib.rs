@@ -2,10 +2,11 @@
 //! generated ids, hashes and secrets, so that `handle` is a deterministic decision.
 
 /// Implements `Aggregate` for a type with `fn decide(&self, Command) -> Result<Vec<Event>>`.
+/// Its `TYPE` is its event enum's `AGGREGATE` (the one place aggregate types are written).
 macro_rules! decided_aggregate {
-    ($agg:ty, $type:literal, $cmd:ty, $event:ty) => {
+    ($agg:ty, $cmd:ty, $event:ty) => {
         impl cqrs_es::Aggregate for $agg {
-            const TYPE: &'static str = $type;
+            const TYPE: &'static str = <$event>::AGGREGATE;
             type Command = $cmd;
             type Event = $event;
             type Error = DomainError;

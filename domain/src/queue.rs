@@ -353,7 +353,7 @@ impl Queue {
     }
 }
 
-decided_aggregate!(Queue, "queue", QueueCommand, QueueEvent);
+decided_aggregate!(Queue, QueueCommand, QueueEvent);
 
 impl ResourceView for Queue {
     /// Queue call events show the queue call; the queue's statistics travel in their payload.
@@ -460,6 +460,8 @@ mod tests {
         assert_eq!(v["status"], "abandoned");
         assert_eq!(v["abandon_reason"], "hangup");
         assert_eq!(v["wait_ms"], 700);
+        let touched: vbin_event_schema::views::Touched = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(touched.tm_update, t(700));
         assert_eq!(v["queue_id"], json!(q.id));
         assert_eq!(q.view()["abandoned"], 1);
     }

@@ -222,7 +222,7 @@ impl Transcribe {
     }
 }
 
-decided_aggregate!(Transcribe, "transcribe", TranscribeCommand, TranscribeEvent);
+decided_aggregate!(Transcribe, TranscribeCommand, TranscribeEvent);
 
 impl ResourceView for Transcribe {
     /// `transcript_created` shows the transcript; the other events show the transcription.
@@ -279,6 +279,9 @@ mod tests {
         assert_eq!(v["reference_type"], "call");
         assert_eq!(v["language"], "en-US");
         assert!(v["tm_end"].is_null());
+        let typed: vbin_event_schema::views::TranscribeView =
+            serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(typed.reference_id, Some(x.reference_id));
         // Starting twice is refused.
         assert!(matches!(
             x.when(TranscribeCommand::Start {

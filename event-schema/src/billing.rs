@@ -59,23 +59,10 @@ pub enum BillingEvent {
     },
 }
 
-impl BillingEvent {
-    /// The event's wire name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::BillingAccountCreated { .. } => "billing_account_created",
-            Self::BillingAccountBalanceAdded { .. } => "billing_account_balance_added",
-            Self::BillingAccountRateChanged { .. } => "billing_account_rate_changed",
-            Self::BillingRecorded { .. } => "billing_recorded",
-        }
-    }
-}
-
-impl DomainEvent for BillingEvent {
-    fn event_type(&self) -> String {
-        self.name().to_string()
-    }
-    fn event_version(&self) -> String {
-        "1.0".to_string()
-    }
-}
+events!(BillingEvent in "billing_account" {
+    BillingAccountCreated => BILLING_ACCOUNT_CREATED = "billing_account_created",
+    BillingAccountBalanceAdded => BILLING_ACCOUNT_BALANCE_ADDED = "billing_account_balance_added",
+    BillingAccountRateChanged => BILLING_ACCOUNT_RATE_CHANGED = "billing_account_rate_changed",
+    BillingRecorded => BILLING_RECORDED = "billing_recorded",
+});
+version_1!(BillingEvent);

@@ -60,17 +60,12 @@ pub enum CallEvent {
     },
 }
 
-impl CallEvent {
-    /// The event's wire name.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::CallCreated { .. } => "call_created",
-            Self::CallRinging { .. } => "call_ringing",
-            Self::CallProgressing { .. } => "call_progressing",
-            Self::CallHungup { .. } => "call_hungup",
-        }
-    }
-}
+events!(CallEvent in "call" {
+    CallCreated => CALL_CREATED = "call_created",
+    CallRinging => CALL_RINGING = "call_ringing",
+    CallProgressing => CALL_PROGRESSING = "call_progressing",
+    CallHungup => CALL_HUNGUP = "call_hungup",
+});
 
 impl DomainEvent for CallEvent {
     fn event_type(&self) -> String {

@@ -127,7 +127,10 @@ pub enum OutplanEvent {
         at: DateTime<Utc>,
     },
 }
-event_names!(OutplanEvent { OutplanCreated => "outplan_created" });
+events!(OutplanEvent in "outplan" {
+    OutplanCreated => OUTPLAN_CREATED = "outplan_created",
+});
+version_1!(OutplanEvent);
 
 /// Events of an outdial.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -145,7 +148,10 @@ pub enum OutdialEvent {
         at: DateTime<Utc>,
     },
 }
-event_names!(OutdialEvent { OutdialCreated => "outdial_created" });
+events!(OutdialEvent in "outdial" {
+    OutdialCreated => OUTDIAL_CREATED = "outdial_created",
+});
+version_1!(OutdialEvent);
 
 /// Events of one outdial target (aggregate type `outdialtarget`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -193,11 +199,12 @@ pub enum TargetEvent {
         at: DateTime<Utc>,
     },
 }
-event_names!(TargetEvent {
-    OutdialtargetCreated => "outdialtarget_created",
-    OutdialtargetDialing => "outdialtarget_dialing",
-    OutdialtargetUpdated => "outdialtarget_updated",
+events!(TargetEvent in "outdialtarget" {
+    OutdialtargetCreated => OUTDIALTARGET_CREATED = "outdialtarget_created",
+    OutdialtargetDialing => OUTDIALTARGET_DIALING = "outdialtarget_dialing",
+    OutdialtargetUpdated => OUTDIALTARGET_UPDATED = "outdialtarget_updated",
 });
+version_1!(TargetEvent);
 
 /// One call a campaign placed, as the campaigncall events carry it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -296,10 +303,11 @@ pub enum CampaignEvent {
         at: DateTime<Utc>,
     },
 }
-event_names!(CampaignEvent {
-    CampaignCreated => "campaign_created",
-    CampaignStatusChanged => "campaign_status_changed",
-    CampaignTargetsCounted => "campaign_targets_counted",
-    CampaigncallCreated => "campaigncall_created",
-    CampaigncallUpdated => "campaigncall_updated",
+events!(CampaignEvent in "campaign" {
+    CampaignCreated => CAMPAIGN_CREATED = "campaign_created",
+    CampaignStatusChanged => CAMPAIGN_STATUS_CHANGED = "campaign_status_changed",
+    CampaignTargetsCounted => CAMPAIGN_TARGETS_COUNTED = "campaign_targets_counted",
+    CampaigncallCreated => CAMPAIGNCALL_CREATED = "campaigncall_created",
+    CampaigncallUpdated => CAMPAIGNCALL_UPDATED = "campaigncall_updated",
 });
+version_1!(CampaignEvent);

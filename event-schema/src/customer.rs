@@ -129,23 +129,21 @@ pub enum CustomerEvent {
     },
 }
 
-impl CustomerEvent {
-    /// The event's wire name (`event_type` column, NATS subject, webhook `type`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::CustomerCreated { .. } => "customer_created",
-            Self::CustomerUpdated { .. } => "customer_updated",
-            Self::WebhookEndpointDisabled { .. } => "webhook_endpoint_disabled",
-            Self::WebhookSecretRotated { .. } => "webhook_secret_rotated",
-            Self::AgentCreated { .. } => "agent_created",
-            Self::AgentUpdated { .. } => "agent_updated",
-            Self::AgentStatusChanged { .. } => "agent_status_changed",
-            Self::AgentDeleted { .. } => "agent_deleted",
-            Self::AccessKeyCreated { .. } => "accesskey_created",
-            Self::AccessKeyDeleted { .. } => "accesskey_deleted",
-        }
-    }
+events!(CustomerEvent in "customer" {
+    CustomerCreated => CUSTOMER_CREATED = "customer_created",
+    CustomerUpdated => CUSTOMER_UPDATED = "customer_updated",
+    WebhookEndpointDisabled => WEBHOOK_ENDPOINT_DISABLED = "webhook_endpoint_disabled",
+    WebhookSecretRotated => WEBHOOK_SECRET_ROTATED = "webhook_secret_rotated",
+    AgentCreated => AGENT_CREATED = "agent_created",
+    AgentUpdated => AGENT_UPDATED = "agent_updated",
+    AgentStatusChanged => AGENT_STATUS_CHANGED = "agent_status_changed",
+    AgentDeleted => AGENT_DELETED = "agent_deleted",
+    AccessKeyCreated => ACCESSKEY_CREATED = "accesskey_created",
+    AccessKeyDeleted => ACCESSKEY_DELETED = "accesskey_deleted",
+});
+version_1!(CustomerEvent);
 
+impl CustomerEvent {
     /// A copy safe to show outside the command side: secrets and hashes replaced.
     pub fn redacted(&self) -> Self {
         let mut e = self.clone();
@@ -169,12 +167,3 @@ impl CustomerEvent {
 
 /// What secrets are replaced with in redacted copies.
 pub const REDACTED: &str = "[redacted]";
-
-impl DomainEvent for CustomerEvent {
-    fn event_type(&self) -> String {
-        self.name().to_string()
-    }
-    fn event_version(&self) -> String {
-        "1.0".to_string()
-    }
-}

@@ -4,18 +4,47 @@
 //! This crate is pure data: no I/O. The event log stores `payload` exactly as these types
 //! serialize; an event is never edited, so a change of shape means a new version plus an
 //! upcaster in [`upcast`].
+//!
+//! Event names and aggregate types are written here only: every event enum has an associated
+//! constant per event (`CallEvent::CALL_HUNGUP`), its aggregate type (`CallEvent::AGGREGATE`,
+//! which the domain's `Aggregate::TYPE` is), and `name()` maps each variant to its constant.
+//! Consumers decode an envelope with [`PublishedEvent::decode`] and match on variants.
 
-/// Implements `name()` and `DomainEvent` (all these events are at version 1.0).
-macro_rules! event_names {
-    ($t:ident { $($v:ident => $n:literal),* $(,)? }) => {
+/// Declares the wire names of an event enum: one associated constant per event, the aggregate
+/// type, `NAMES`, `name()` (an exhaustive match on those constants) and [`AggregateEvent`].
+macro_rules! events {
+    ($t:ident in $agg:literal { $($v:ident => $c:ident = $n:literal),* $(,)? }) => {
         impl $t {
-            /// The event's wire name.
+            /// The aggregate type these events belong to (subjects, the log's `aggregate_type`,
+            /// the domain's `Aggregate::TYPE`).
+            pub const AGGREGATE: &'static str = $agg;
+            $(
+                #[doc = concat!("Wire name of [`", stringify!($t), "::", stringify!($v), "`].")]
+                pub const $c: &'static str = $n;
+            )*
+            /// Every event's wire name.
+            pub const NAMES: &'static [&'static str] = &[$(Self::$c),*];
+
+            /// The event's wire name (`event_type` column, NATS subject, webhook `type`).
             pub fn name(&self) -> &'static str {
                 match self {
-                    $(Self::$v { .. } => $n,)*
+                    $(Self::$v { .. } => Self::$c,)*
                 }
             }
         }
+        impl $crate::AggregateEvent for $t {
+            const AGGREGATE: &'static str = $t::AGGREGATE;
+            const NAMES: &'static [&'static str] = $t::NAMES;
+            fn name(&self) -> &'static str {
+                $t::name(self)
+            }
+        }
+    };
+}
+
+/// Implements `DomainEvent` for an event enum whose events are all at version 1.0.
+macro_rules! version_1 {
+    ($t:ident) => {
         impl DomainEvent for $t {
             fn event_type(&self) -> String {
                 self.name().to_string()
@@ -27,6 +56,17 @@ macro_rules! event_names {
     };
 }
 
+/// The events of one aggregate type: what [`PublishedEvent::decode`] decodes to and what a
+/// consumer of that aggregate's subjects is built from.
+pub trait AggregateEvent: serde::de::DeserializeOwned {
+    /// The aggregate type (`call`).
+    const AGGREGATE: &'static str;
+    /// Every event's wire name.
+    const NAMES: &'static [&'static str];
+    /// This event's wire name.
+    fn name(&self) -> &'static str;
+}
+
 pub mod billing;
 pub mod call;
 pub mod campaign;
@@ -36,12 +76,15 @@ pub mod queue;
 pub mod transcribe;
 pub mod types;
 pub mod upcast;
+pub mod views;
 
 pub use billing::BillingEvent;
 pub use call::CallEvent;
 pub use campaign::*;
 pub use customer::CustomerEvent;
-pub use envelope::{subject_for, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX};
+pub use envelope::{
+    subject_filter, subject_for, DecodeError, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
+};
 pub use queue::*;
 pub use transcribe::*;
 pub use types::*;

@@ -132,11 +132,12 @@ pub enum QueueEvent {
         at: DateTime<Utc>,
     },
 }
-event_names!(QueueEvent {
-    QueueCreated => "queue_created",
-    QueueUpdated => "queue_updated",
-    QueuecallJoined => "queuecall_joined",
-    QueuecallServed => "queuecall_served",
-    QueuecallAbandoned => "queuecall_abandoned",
-    QueuecallDone => "queuecall_done",
+events!(QueueEvent in "queue" {
+    QueueCreated => QUEUE_CREATED = "queue_created",
+    QueueUpdated => QUEUE_UPDATED = "queue_updated",
+    QueuecallJoined => QUEUECALL_JOINED = "queuecall_joined",
+    QueuecallServed => QUEUECALL_SERVED = "queuecall_served",
+    QueuecallAbandoned => QUEUECALL_ABANDONED = "queuecall_abandoned",
+    QueuecallDone => QUEUECALL_DONE = "queuecall_done",
 });
+version_1!(QueueEvent);

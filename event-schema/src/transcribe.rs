@@ -159,11 +159,12 @@ pub enum TranscribeEvent {
         at: DateTime<Utc>,
     },
 }
-event_names!(TranscribeEvent {
-    TranscribeStarted => "transcribe_started",
-    TranscriptCreated => "transcript_created",
-    TranscribeCompleted => "transcribe_completed",
+events!(TranscribeEvent in "transcribe" {
+    TranscribeStarted => TRANSCRIBE_STARTED = "transcribe_started",
+    TranscriptCreated => TRANSCRIPT_CREATED = "transcript_created",
+    TranscribeCompleted => TRANSCRIBE_COMPLETED = "transcribe_completed",
 });
+version_1!(TranscribeEvent);
 
 #[cfg(test)]
 mod tests {

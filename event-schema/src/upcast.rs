@@ -5,6 +5,7 @@
 //!   at. 2.0 adds direction (1.0 calls were all outgoing), variables (none), dial_timeout_ms
 //!   (1.0 dialed with the then-fixed 30 s) and campaign_id (none).
 
+use crate::CallEvent;
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{json, Value};
 
@@ -26,10 +27,17 @@ pub fn call_created_v1_to_v2(mut payload: Value) -> Value {
 /// Every upcaster, in the order they apply. Used by the event store and by replay.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     vec![Box::new(SemanticVersionEventUpcaster::new(
-        "call_created",
+        CallEvent::CALL_CREATED,
         "2.0.0",
         Box::new(call_created_v1_to_v2),
     ))]
+}
+
+/// Whether an event of `event_type` at `event_version` is current (no upcaster applies).
+pub fn is_current(event_type: &str, event_version: &str) -> bool {
+    !upcasters()
+        .iter()
+        .any(|u| u.can_upcast(event_type, event_version))
 }
 
 /// Lifts one stored event to the current version: returns `(event_version, payload)`. Used by
@@ -58,7 +66,6 @@ pub fn to_current(event_type: &str, event_version: &str, payload: Value) -> (Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CallEvent;
 
     #[test]
     fn v1_call_created_upcasts_and_deserializes() {

@@ -12,7 +12,10 @@ use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent, TranscribeEvent
 pub fn applies_to(aggregate_type: &str) -> bool {
     matches!(
         aggregate_type,
-        "customer" | "billing_account" | "queue" | "transcribe"
+        CustomerEvent::AGGREGATE
+            | BillingEvent::AGGREGATE
+            | QueueEvent::AGGREGATE
+            | TranscribeEvent::AGGREGATE
     )
 }
 
@@ -65,7 +68,7 @@ async fn apply_queue(
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
     for e in events {
-        if e.event_type != "queuecall_joined" {
+        if e.event_type != QueueEvent::QUEUECALL_JOINED {
             continue;
         }
         let event: QueueEvent = decode(e)?;
@@ -94,7 +97,7 @@ async fn apply_transcribe(
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
     for e in events {
-        if e.event_type == "transcript_created" {
+        if e.event_type == TranscribeEvent::TRANSCRIPT_CREATED {
             continue;
         }
         let event: TranscribeEvent = decode(e)?;
@@ -143,10 +146,12 @@ pub async fn apply(
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
     match aggregate_type {
-        "customer" => {}
-        "billing_account" => return apply_billing(tx, customer_id, events).await,
-        "queue" => return apply_queue(tx, aggregate_id, customer_id, events).await,
-        "transcribe" => return apply_transcribe(tx, aggregate_id, customer_id, events).await,
+        CustomerEvent::AGGREGATE => {}
+        BillingEvent::AGGREGATE => return apply_billing(tx, customer_id, events).await,
+        QueueEvent::AGGREGATE => return apply_queue(tx, aggregate_id, customer_id, events).await,
+        TranscribeEvent::AGGREGATE => {
+            return apply_transcribe(tx, aggregate_id, customer_id, events).await
+        }
         _ => return Ok(()),
     }
     for e in events {

@@ -50,7 +50,7 @@ pub fn published_from_row(r: &PgRow) -> Result<(String, PublishedEvent), sqlx::E
 
 /// Secrets and hashes never leave Postgres.
 pub fn redact(aggregate_type: &str, payload: Value) -> Value {
-    if aggregate_type != "customer" {
+    if aggregate_type != CustomerEvent::AGGREGATE {
         return payload;
     }
     match serde_json::from_value::<CustomerEvent>(payload.clone()) {

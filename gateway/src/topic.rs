@@ -95,12 +95,9 @@ impl EventTopic {
     pub fn of(e: &vbin_event_schema::PublishedEvent) -> Self {
         Self {
             customer_id: e.customer_id,
-            resource: e.resource["type"]
-                .as_str()
-                .unwrap_or(&e.aggregate_type)
-                .to_string(),
-            resource_id: e.resource["id"]
-                .as_str()
+            resource: e.resource_type().unwrap_or(&e.aggregate_type).to_string(),
+            resource_id: e
+                .resource_id()
                 .map(str::to_string)
                 .unwrap_or_else(|| e.aggregate_id.to_string()),
         }

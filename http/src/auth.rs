@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
-use vbin_event_schema::{CustomerId, Permission};
+use vbin_event_schema::{CustomerEvent, CustomerId, Permission};
 pub use vbin_eventlog::Actor;
 
 /// Prefix of every access key token.
@@ -301,7 +301,11 @@ pub async fn platform_secret(
 }
 
 /// Customer events that invalidate cached bearers of the agent or key they name.
-pub const REVOKING_EVENTS: [&str; 3] = ["agent_deleted", "agent_updated", "accesskey_deleted"];
+pub const REVOKING_EVENTS: [&str; 3] = [
+    CustomerEvent::AGENT_DELETED,
+    CustomerEvent::AGENT_UPDATED,
+    CustomerEvent::ACCESSKEY_DELETED,
+];
 
 /// Follows customer events on NATS (core subscription: only live events matter, a process that
 /// starts has an empty cache) and revokes cached bearers named by [`REVOKING_EVENTS`], so other
@@ -309,7 +313,7 @@ pub const REVOKING_EVENTS: [&str; 3] = ["agent_deleted", "agent_updated", "acces
 /// cache TTL still bounds the staleness.
 pub async fn follow_revocations(keys: AuthKeys, bus: vbin_bus::Bus) {
     use futures::StreamExt;
-    let subject = format!("{}.*.customer.*", vbin_event_schema::SUBJECT_PREFIX);
+    let subject = vbin_event_schema::subject_filter(CustomerEvent::AGGREGATE, "*");
     loop {
         match bus.client.subscribe(subject.clone()).await {
             Ok(mut sub) => {
@@ -320,7 +324,7 @@ pub async fn follow_revocations(keys: AuthKeys, bus: vbin_bus::Bus) {
                         continue;
                     };
                     if REVOKING_EVENTS.contains(&e.event_type.as_str()) {
-                        if let Some(id) = e.resource["id"].as_str().and_then(|i| i.parse().ok()) {
+                        if let Some(id) = e.resource_id().and_then(|i| i.parse().ok()) {
                             keys.revoke(id);
                         }
                     }

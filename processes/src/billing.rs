@@ -14,17 +14,16 @@ pub const CONSUMER: &str = "billing-charger";
 
 /// Runs the charger until `shutdown`.
 pub async fn run(bus: Bus, executor: Executor, shutdown: impl std::future::Future<Output = ()>) {
-    let spec = ConsumerSpec::for_events(CONSUMER, "call", &["call_hungup"]).lanes(8);
+    let spec =
+        ConsumerSpec::for_events_of::<CallEvent>(CONSUMER, &[CallEvent::CALL_HUNGUP]).lanes(8);
     run_consumer(bus, spec, |e| charge(executor.clone(), e), shutdown).await
 }
 
 /// Charges the call that `event` (a `call_hungup`) ended, if it was answered.
 pub async fn charge(executor: Executor, event: PublishedEvent) -> Result<(), ProcessError> {
-    let hungup: CallEvent = serde_json::from_value(event.data.clone())
-        .map_err(|e| ProcessError::BadEvent(format!("{}: {e}", event.event_type)))?;
     let CallEvent::CallHungup {
         status, duration, ..
-    } = hungup
+    } = event.decode()?
     else {
         return Ok(());
     };
@@ -33,8 +32,7 @@ pub async fn charge(executor: Executor, event: PublishedEvent) -> Result<(), Pro
     }
     let call_id = event.aggregate_id;
     let customer = CustomerId(event.customer_id);
-    let correlation = event.metadata["correlation_id"].as_str().unwrap_or("");
-    let meta = CommandMeta::caused_by("billing", event.event_id, correlation)
+    let meta = CommandMeta::caused_by("billing", event.event_id, event.correlation_id())
         .once(customer.as_uuid(), format!("billing:{call_id}"));
     let cmd = BillingCommand::ChargeCall {
         billing_id: BillingId::new(),

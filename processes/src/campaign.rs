@@ -29,17 +29,15 @@ use vbin_domain::{
     Call, CallCommand, Campaign, CampaignCommand, DomainError, NewCall, Outplan, Target,
     TargetCommand,
 };
+use vbin_event_schema::views::{CallView, CampaignView};
 use vbin_event_schema::{
-    CallEvent, CallId, CampaignCallRecord, CampaignId, CampaignStatus, CustomerId, EndHandle,
-    PublishedEvent, TargetEvent, TargetId, TargetResult,
+    CallEvent, CallId, CampaignCallRecord, CampaignEvent, CampaignId, CampaignStatus, CustomerId,
+    EndHandle, PublishedEvent, TargetEvent, TargetId, TargetResult,
 };
 use vbin_eventlog::CommandMeta;
 
 /// How often the dialer looks at running campaigns when nothing wakes it.
 pub const TICK: Duration = Duration::from_millis(200);
-
-/// Events the placer and results consumers handle at once (ordered per aggregate).
-pub const LANES: usize = 16;
 
 /// How often a running campaign's targets are counted.
 pub const COUNT_EVERY: Duration = Duration::from_secs(2);
@@ -74,24 +72,27 @@ pub async fn run(
     let (tx, stop) = vbin_bus::stop_signal();
     let placer = run_consumer(
         bus.clone(),
-        ConsumerSpec::for_events(
+        ConsumerSpec::for_events_of::<TargetEvent>(
             "campaign-placer",
-            "outdialtarget",
-            &["outdialtarget_dialing"],
+            &[TargetEvent::OUTDIALTARGET_DIALING],
         )
-        .lanes(LANES),
+        .lanes(crate::LANES),
         |e| c.clone().on_dialing(e),
         stop(),
     );
     let results = run_consumer(
         bus.clone(),
-        ConsumerSpec::for_events("campaign-results", "call", &["call_hungup"]).lanes(LANES),
+        ConsumerSpec::for_events_of::<CallEvent>("campaign-results", &[CallEvent::CALL_HUNGUP])
+            .lanes(crate::LANES),
         |e| c.clone().on_hungup(e),
         stop(),
     );
     let chain = run_consumer(
         bus,
-        ConsumerSpec::for_events("campaign-chain", "campaign", &["campaign_status_changed"]),
+        ConsumerSpec::for_events_of::<CampaignEvent>(
+            "campaign-chain",
+            &[CampaignEvent::CAMPAIGN_STATUS_CHANGED],
+        ),
         |e| c.clone().on_status(e),
         stop(),
     );
@@ -412,8 +413,6 @@ impl Campaigns {
         if let Some(wait) = PLACER_SETTLE.checked_sub(age) {
             tokio::time::sleep(wait).await;
         }
-        let ev: TargetEvent = serde_json::from_value(e.data.clone())
-            .map_err(|err| ProcessError::BadEvent(err.to_string()))?;
         let TargetEvent::OutdialtargetDialing {
             campaign_id,
             campaigncall_id,
@@ -421,18 +420,19 @@ impl Campaigns {
             destination_index,
             try_count,
             at,
-        } = ev
+        } = e.decode()?
         else {
             return Ok(());
         };
         // The usual case: the dialer did both steps already.
         let done: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM processed_commands WHERE key = $1) \
-                AND EXISTS (SELECT 1 FROM events WHERE aggregate_type = 'call' \
+                AND EXISTS (SELECT 1 FROM events WHERE aggregate_type = $3 \
                             AND aggregate_id = $2 AND sequence = 1)",
         )
         .bind(format!("campaign-call:{call_id}"))
         .bind(call_id.as_uuid())
+        .bind(CallEvent::AGGREGATE)
         .fetch_one(&self.pool)
         .await?;
         if done {
@@ -482,16 +482,10 @@ impl Campaigns {
 
     /// `call_hungup` of a campaign call: record the result on the target, then the campaign.
     async fn on_hungup(self, e: PublishedEvent) -> Result<(), ProcessError> {
-        let Some(campaign_id) = e.resource["campaign_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .map(CampaignId)
-        else {
+        let Some(campaign_id) = e.view::<CallView>().ok().and_then(|v| v.campaign_id) else {
             return Ok(());
         };
-        let ev: CallEvent = serde_json::from_value(e.data.clone())
-            .map_err(|err| ProcessError::BadEvent(err.to_string()))?;
-        let CallEvent::CallHungup { status, .. } = ev else {
+        let CallEvent::CallHungup { status, .. } = e.decode()? else {
             return Ok(());
         };
         let result = TargetResult::of_call(status).unwrap_or(TargetResult::Failed);
@@ -561,13 +555,18 @@ impl Campaigns {
 
     /// `campaign_status_changed` to completed: start the next campaign, if any.
     async fn on_status(self, e: PublishedEvent) -> Result<(), ProcessError> {
-        if e.data["status"] != "completed" {
+        let CampaignEvent::CampaignStatusChanged {
+            status: CampaignStatus::Completed,
+            ..
+        } = e.decode()?
+        else {
             return Ok(());
-        }
+        };
         let customer = CustomerId(e.customer_id);
-        let Some(next) = e.resource["next_campaign_id"]
-            .as_str()
-            .and_then(|s| s.parse::<Uuid>().ok())
+        let Some(next) = e
+            .view::<CampaignView>()
+            .ok()
+            .and_then(|v| v.next_campaign_id)
         else {
             return Ok(());
         };
@@ -583,7 +582,7 @@ impl Campaigns {
         };
         match self
             .executor
-            .execute::<Campaign>(next, customer, Some(customer), cmd, &meta)
+            .execute::<Campaign>(next.as_uuid(), customer, Some(customer), cmd, &meta)
             .await
         {
             Ok(_) => {

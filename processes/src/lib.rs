@@ -14,6 +14,10 @@ pub mod campaign;
 pub mod queue;
 pub mod transcribe;
 
+/// Events the campaign placer/results and queue-calls consumers handle at once (ordered per
+/// aggregate).
+pub const LANES: usize = 16;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -35,6 +39,9 @@ pub enum ProcessError {
     /// The event is not what it claims.
     #[error("bad event: {0}")]
     BadEvent(String),
+    /// The event does not decode as its aggregate's events.
+    #[error("bad event: {0}")]
+    Decode(#[from] vbin_event_schema::DecodeError),
 }
 
 /// Treats "already applied" as success: the command took effect earlier.

@@ -22,14 +22,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
-use vbin_app::queues::join_key;
+use vbin_app::queues::join;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::{
     Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
     QueueCommand,
 };
-use vbin_event_schema::{AbandonReason, CallId, CampaignId, CustomerId, PublishedEvent, QueueId};
+use vbin_event_schema::views::CallView;
+use vbin_event_schema::{
+    AbandonReason, CallEvent, CallId, CustomerId, PublishedEvent, QueueEvent, QueueId,
+};
 
 /// How often the dispatcher looks at waiting calls when nothing wakes it.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -59,14 +62,20 @@ pub async fn run(
     let (tx, stop) = vbin_bus::stop_signal();
     let calls = run_consumer(
         bus.clone(),
-        ConsumerSpec::for_events("queue-calls", "call", &["call_progressing", "call_hungup"])
-            .lanes(crate::campaign::LANES),
+        ConsumerSpec::for_events_of::<CallEvent>(
+            "queue-calls",
+            &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+        )
+        .lanes(crate::LANES),
         |e| q.clone().on_call(e),
         stop(),
     );
     let timeouts = run_consumer(
         bus,
-        ConsumerSpec::for_events("queue-timeouts", "queue", &["queuecall_abandoned"]),
+        ConsumerSpec::for_events_of::<QueueEvent>(
+            "queue-timeouts",
+            &[QueueEvent::QUEUECALL_ABANDONED],
+        ),
         |e| q.clone().on_abandoned(e),
         stop(),
     );
@@ -264,41 +273,42 @@ impl Queues {
         let customer = CustomerId(e.customer_id);
         let call_id = CallId(e.aggregate_id);
         let meta = system_meta("queue-calls", e.event_id, &call_id.to_string(), customer);
-        if e.event_type == "call_progressing" {
-            let Some(campaign_id) = e.resource["campaign_id"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .map(CampaignId)
-            else {
-                return Ok(());
-            };
-            let Some(queue_id) = self
-                .executor
-                .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
-                .await?
-                .and_then(|c| c.queue_id)
-            else {
-                return Ok(());
-            };
-            let cmd = QueueCommand::Join {
-                queuecall_id: Uuid::now_v7(),
-                call_id,
-                at: Utc::now(),
-            };
-            let once = meta.clone().once(customer.as_uuid(), join_key(call_id));
-            match applied(
-                self.executor
-                    .execute::<Queue>(queue_id.as_uuid(), customer, Some(customer), cmd, &once)
-                    .await,
-            ) {
-                Ok(_) => self.wake.notify_one(),
-                Err(ExecError::Domain(err)) => {
-                    tracing::warn!(%call_id, queue_id = %queue_id, error = %err, "campaign call not queued")
+        match e.decode()? {
+            CallEvent::CallProgressing { .. } => {
+                let Some(campaign_id) = e.view::<CallView>().ok().and_then(|v| v.campaign_id)
+                else {
+                    return Ok(());
+                };
+                let Some(queue_id) = self
+                    .executor
+                    .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
+                    .await?
+                    .and_then(|c| c.queue_id)
+                else {
+                    return Ok(());
+                };
+                // The same use case as `POST /v1.0/queues/{id}/calls`: once per call.
+                match applied(join(&self.executor, customer, queue_id, call_id, &meta).await) {
+                    Ok(_) => self.wake.notify_one(),
+                    Err(ExecError::Domain(err)) => {
+                        tracing::warn!(%call_id, queue_id = %queue_id, error = %err, "campaign call not queued")
+                    }
+                    Err(err) => return Err(err.into()),
                 }
-                Err(err) => return Err(err.into()),
+                Ok(())
             }
-            return Ok(());
+            CallEvent::CallHungup { .. } => self.on_ended(customer, call_id, &meta).await,
+            CallEvent::CallCreated { .. } | CallEvent::CallRinging { .. } => Ok(()),
         }
+    }
+
+    /// A call ended: it leaves its queue, if it is in one.
+    async fn on_ended(
+        &self,
+        customer: CustomerId,
+        call_id: CallId,
+        meta: &vbin_eventlog::CommandMeta,
+    ) -> Result<(), ProcessError> {
         let queue: Option<Uuid> =
             sqlx::query_scalar("SELECT queue_id FROM queue_calls WHERE call_id = $1")
                 .bind(call_id.as_uuid())
@@ -314,14 +324,14 @@ impl Queues {
             at,
         };
         self.executor
-            .execute::<Queue>(queue_id, customer, None, abandon, &meta)
+            .execute::<Queue>(queue_id, customer, None, abandon, meta)
             .await?;
         // Release before finishing: if we crash in between, the redelivery still finds the
         // call in service and finishes it.
-        self.release(customer, call_id, &meta).await?;
+        self.release(customer, call_id, meta).await?;
         let finish = QueueCommand::Finish { call_id, at };
         self.executor
-            .execute::<Queue>(queue_id, customer, None, finish, &meta)
+            .execute::<Queue>(queue_id, customer, None, finish, meta)
             .await?;
         self.wake.notify_one();
         Ok(())
@@ -329,16 +339,16 @@ impl Queues {
 
     /// `queuecall_abandoned` with reason `timeout`: hang the call up.
     async fn on_abandoned(self, e: PublishedEvent) -> Result<(), ProcessError> {
-        if e.data["reason"] != "timeout" {
-            return Ok(());
-        }
-        let customer = CustomerId(e.customer_id);
-        let Some(call_id) = e.resource["call_id"]
-            .as_str()
-            .and_then(|s| s.parse::<Uuid>().ok())
+        let QueueEvent::QueuecallAbandoned {
+            call,
+            reason: AbandonReason::Timeout,
+            ..
+        } = e.decode()?
         else {
-            return Err(ProcessError::BadEvent("queuecall without call_id".into()));
+            return Ok(());
         };
+        let call_id = call.call_id;
+        let customer = CustomerId(e.customer_id);
         let meta = system_meta("queue-timeouts", e.event_id, &call_id.to_string(), customer);
         let cmd = CallCommand::Hangup {
             request: HangupRequest::Local,
@@ -346,7 +356,7 @@ impl Queues {
         };
         match self
             .executor
-            .execute::<Call>(call_id, customer, None, cmd, &meta)
+            .execute::<Call>(call_id.as_uuid(), customer, None, cmd, &meta)
             .await
         {
             Ok(_) | Err(ExecError::Domain(_)) => Ok(()),

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::{Call, DomainError, Transcribe, TranscribeCommand};
-use vbin_event_schema::{CallId, CustomerId, PublishedEvent};
+use vbin_event_schema::{CallEvent, CallId, CustomerId, PublishedEvent, TranscribeEvent};
 
 /// Durable consumer of `call_hungup`.
 pub const HANGUPS: &str = "transcribe-hangups";
@@ -43,13 +43,17 @@ pub async fn run(
     let (tx, stop) = vbin_bus::stop_signal();
     let hangups = run_consumer(
         bus.clone(),
-        ConsumerSpec::for_events(HANGUPS, "call", &["call_hungup"]).lanes(8),
+        ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP]).lanes(8),
         |e| t.clone().on_hangup(e),
         stop(),
     );
     let starts = run_consumer(
         bus,
-        ConsumerSpec::for_events(STARTS, "transcribe", &["transcribe_started"]).lanes(8),
+        ConsumerSpec::for_events_of::<TranscribeEvent>(
+            STARTS,
+            &[TranscribeEvent::TRANSCRIBE_STARTED],
+        )
+        .lanes(8),
         |e| t.clone().on_started(e),
         stop(),
     );
@@ -86,17 +90,16 @@ impl Transcribes {
     /// Stops the transcription `e` (a `transcribe_started`) started if its call has ended.
     pub async fn on_started(self, e: PublishedEvent) -> Result<(), ProcessError> {
         let customer = CustomerId(e.customer_id);
-        let Some(call_id) = e.resource["reference_id"]
-            .as_str()
-            .and_then(|s| s.parse::<Uuid>().ok())
+        let TranscribeEvent::TranscribeStarted {
+            reference_id: call_id,
+            ..
+        } = e.decode()?
         else {
-            return Err(ProcessError::BadEvent(
-                "transcribe_started without reference_id".into(),
-            ));
+            return Ok(());
         };
         let ended = self
             .executor
-            .load::<Call>(call_id, Some(customer))
+            .load::<Call>(call_id.as_uuid(), Some(customer))
             .await?
             .is_none_or(|c| c.status.is_terminal());
         if ended {
@@ -112,8 +115,7 @@ impl Transcribes {
         transcribe_id: Uuid,
         customer: CustomerId,
     ) -> Result<(), ProcessError> {
-        let correlation = cause.metadata["correlation_id"].as_str().unwrap_or("");
-        let meta = system_meta(part, cause.event_id, correlation, customer);
+        let meta = system_meta(part, cause.event_id, cause.correlation_id(), customer);
         let cmd = TranscribeCommand::Stop { at: Utc::now() };
         match self
             .executor

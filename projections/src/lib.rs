@@ -74,6 +74,12 @@ impl RowOp {
 #[error("{0}")]
 pub struct ApplyError(pub String);
 
+impl From<vbin_event_schema::DecodeError> for ApplyError {
+    fn from(e: vbin_event_schema::DecodeError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// A projection: which events it reads and how they become rows.
 #[derive(Clone, Copy, Debug)]
 pub struct Projection {
@@ -125,7 +131,7 @@ pub fn by_name(name: &str) -> Option<Projection> {
 /// The common apply for an event that carries its resource's full view: upsert the resource
 /// into `table`. Fails if the view lacks an id.
 pub fn upsert_resource(table: &'static str, event: &PublishedEvent) -> Result<RowOp, ApplyError> {
-    let id = resource_id(&event.resource)?;
+    let id = resource_id(event)?;
     Ok(RowOp::Upsert {
         table,
         id,
@@ -143,11 +149,10 @@ pub fn merge_into(body: &mut Value, patch: &Value) {
     }
 }
 
-/// The `id` of a resource view.
-pub fn resource_id(resource: &Value) -> Result<Uuid, ApplyError> {
-    resource
-        .get("id")
-        .and_then(Value::as_str)
+/// The `id` of the event's resource view.
+pub fn resource_id(event: &PublishedEvent) -> Result<Uuid, ApplyError> {
+    event
+        .resource_id()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ApplyError(format!("resource without a valid id: {resource}")))
+        .ok_or_else(|| ApplyError(format!("resource without a valid id: {}", event.resource)))
 }

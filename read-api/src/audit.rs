@@ -16,7 +16,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
-use vbin_event_schema::Permission;
+use vbin_event_schema::{
+    BillingEvent, CallEvent, CampaignEvent, CustomerEvent, OutdialEvent, OutplanEvent, Permission,
+    QueueEvent, TargetEvent, TranscribeEvent,
+};
 use vbin_eventlog::log::{published_from_row, EVENT_COLUMNS};
 use vbin_http::extract::{CustomerCaller, Query};
 use vbin_http::ApiError;
@@ -40,21 +43,22 @@ struct Holder {
     per_customer: bool,
 }
 
-/// The resource types with a trail.
+/// The resource types with a trail (types of resource views, mapped to aggregate types by
+/// `aggregate_of`).
 pub const RESOURCE_TYPES: &str =
     "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget, queue, transcribe";
 
 fn aggregate_of(resource_type: &str) -> Option<Holder> {
     let (aggregate_type, needs_admin, per_customer) = match resource_type {
-        "call" => ("call", false, false),
-        "customer" | "agent" | "accesskey" => ("customer", true, true),
-        "billing_account" | "billing" => ("billing_account", false, true),
-        "campaign" => ("campaign", false, false),
-        "outplan" => ("outplan", false, false),
-        "outdial" => ("outdial", false, false),
-        "outdialtarget" => ("outdialtarget", false, false),
-        "queue" => ("queue", false, false),
-        "transcribe" => ("transcribe", false, false),
+        "call" => (CallEvent::AGGREGATE, false, false),
+        "customer" | "agent" | "accesskey" => (CustomerEvent::AGGREGATE, true, true),
+        "billing_account" | "billing" => (BillingEvent::AGGREGATE, false, true),
+        "campaign" => (CampaignEvent::AGGREGATE, false, false),
+        "outplan" => (OutplanEvent::AGGREGATE, false, false),
+        "outdial" => (OutdialEvent::AGGREGATE, false, false),
+        "outdialtarget" => (TargetEvent::AGGREGATE, false, false),
+        "queue" => (QueueEvent::AGGREGATE, false, false),
+        "transcribe" => (TranscribeEvent::AGGREGATE, false, false),
         _ => return None,
     };
     Some(Holder {

@@ -19,7 +19,11 @@ use uuid::Uuid;
 use vbin_app::transcription::{record_transcript, running_transcribes, RunningTranscribe};
 use vbin_app::Executor;
 use vbin_bus::Chain;
-use vbin_event_schema::{CallId, CustomerId, TranscribeId, TranscriptDirection};
+use vbin_event_schema::views::TranscribeView;
+use vbin_event_schema::{
+    subject_filter, CallId, CustomerId, PublishedEvent, TranscribeEvent, TranscribeId,
+    TranscriptDirection,
+};
 use vbin_media::audiosocket::{self, Inbound, ServerSettings, Session};
 use vbin_media::resample::{ResampleError, Resampler};
 use vbin_media::stt::{Segment, SttError, SttProvider, STT_RATE_HZ};
@@ -76,25 +80,25 @@ impl Pipeline {
     pub fn follow(&self, bus: vbin_bus::Bus) -> impl std::future::Future<Output = ()> + Send {
         use futures::StreamExt;
         let watchers = self.watchers.clone();
-        let subject = |t: &str| format!("{}.*.transcribe.{t}", vbin_event_schema::SUBJECT_PREFIX);
+        let subject = |t| subject_filter(TranscribeEvent::AGGREGATE, t);
         async move {
             loop {
                 let subs = futures::future::try_join(
-                    bus.client.subscribe(subject("transcribe_started")),
-                    bus.client.subscribe(subject("transcribe_completed")),
+                    bus.client
+                        .subscribe(subject(TranscribeEvent::TRANSCRIBE_STARTED)),
+                    bus.client
+                        .subscribe(subject(TranscribeEvent::TRANSCRIBE_COMPLETED)),
                 )
                 .await;
                 match subs {
                     Ok((started, completed)) => {
                         let mut msgs = futures::stream::select(started, completed);
                         while let Some(msg) = msgs.next().await {
-                            let call = serde_json::from_slice::<vbin_event_schema::PublishedEvent>(
-                                &msg.payload,
-                            )
-                            .ok()
-                            .and_then(|e| {
-                                e.resource["reference_id"].as_str()?.parse::<Uuid>().ok()
-                            });
+                            // Both events show the transcription, which names its call.
+                            let call = serde_json::from_slice::<PublishedEvent>(&msg.payload)
+                                .ok()
+                                .and_then(|e| e.view::<TranscribeView>().ok()?.reference_id)
+                                .map(|c| c.as_uuid());
                             if let Some(ws) =
                                 call.and_then(|c| watchers.lock().unwrap().get(&c).cloned())
                             {

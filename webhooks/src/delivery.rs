@@ -203,17 +203,12 @@ async fn record(
         rows.customer_id.push(e.customer_id);
         rows.event_id.push(e.event_id);
         rows.resource_id.push(
-            e.resource["id"]
-                .as_str()
+            e.resource_id()
                 .and_then(|s| s.parse::<Uuid>().ok())
                 .unwrap_or(e.aggregate_id),
         );
-        rows.resource_type.push(
-            e.resource["type"]
-                .as_str()
-                .unwrap_or(&e.aggregate_type)
-                .to_string(),
-        );
+        rows.resource_type
+            .push(e.resource_type().unwrap_or(&e.aggregate_type).to_string());
         rows.uri.push(c.webhook_uri.clone());
         rows.method.push(method);
         rows.body.push(body_for(&e));

@@ -105,6 +105,7 @@ pub fn signed_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vbin_event_schema::CallEvent;
 
     fn header<'a>(h: &'a [(&str, String)], name: &str) -> &'a str {
         &h.iter().find(|(n, _)| *n == name).unwrap().1
@@ -144,13 +145,13 @@ mod tests {
                 previous: None,
             },
             "e1",
-            "call_created",
+            CallEvent::CALL_CREATED,
             1_700_000_000,
             body,
         );
         assert_eq!(header(&h, "x-voipbin-timestamp"), "1700000000");
         assert_eq!(header(&h, "webhook-timestamp"), "1700000000");
-        assert_eq!(header(&h, "x-voipbin-event"), "call_created");
+        assert_eq!(header(&h, "x-voipbin-event"), CallEvent::CALL_CREATED);
         let want = hex::encode(hmac(secret.as_bytes(), &[b"1700000000.{\"id\":\"e1\"}"]));
         assert_eq!(header(&h, "x-voipbin-signature"), format!("sha256={want}"));
         let want = STANDARD.encode(hmac(secret.as_bytes(), &[b"e1.1700000000.{\"id\":\"e1\"}"]));
@@ -166,7 +167,7 @@ mod tests {
                 previous: Some(&old),
             },
             "e1",
-            "call_created",
+            CallEvent::CALL_CREATED,
             1,
             b"{}",
         );
@@ -177,7 +178,7 @@ mod tests {
                     previous: None,
                 },
                 "e1",
-                "call_created",
+                CallEvent::CALL_CREATED,
                 1,
                 b"{}",
             )

@@ -4,34 +4,97 @@
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
 use serde_json::json;
-use vbin_event_schema::PublishedEvent;
+use vbin_event_schema::{BillingEvent, PublishedEvent};
 
 /// The billing projection.
 pub const PROJECTION: Projection = Projection {
     name: "billing",
-    aggregate_type: "billing_account",
+    aggregate_type: BillingEvent::AGGREGATE,
     tables: &["rm_billing_accounts", "rm_billings"],
     uses_data: true,
     apply,
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    match event.resource.get("type").and_then(|t| t.as_str()) {
+    match event.resource_type() {
         Some("billing_account") => Ok(vec![upsert_resource("rm_billing_accounts", event)?]),
-        Some("billing") => Ok(vec![
-            upsert_resource("rm_billings", event)?,
-            RowOp::Patch {
-                table: "rm_billing_accounts",
-                id: event.aggregate_id,
-                patch: json!({
-                    "balance_micros": event.data["balance_after_micros"],
-                    "tm_update": event.data["at"],
-                }),
-            },
-        ]),
+        Some("billing") => {
+            let BillingEvent::BillingRecorded {
+                balance_after_micros,
+                at,
+                ..
+            } = event.decode()?
+            else {
+                return Err(ApplyError(format!(
+                    "{} carries a billing view",
+                    event.event_type
+                )));
+            };
+            Ok(vec![
+                upsert_resource("rm_billings", event)?,
+                RowOp::Patch {
+                    table: "rm_billing_accounts",
+                    id: event.aggregate_id,
+                    patch: json!({
+                        "balance_micros": balance_after_micros,
+                        "tm_update": at,
+                    }),
+                },
+            ])
+        }
         other => Err(ApplyError(format!(
             "{}: unknown resource type {other:?}",
             event.event_type
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use uuid::Uuid;
+    use vbin_event_schema::{BillingId, Micros};
+
+    #[test]
+    fn a_charge_patches_the_accounts_balance() {
+        let at = chrono::Utc::now();
+        let payload = json!(BillingEvent::BillingRecorded {
+            billing_id: BillingId::new(),
+            reference_type: "call".into(),
+            reference_id: Uuid::now_v7(),
+            billable_units: 2,
+            rate_micros_per_unit: Micros(1_000),
+            amount_micros: Micros(2_000),
+            balance_after_micros: Micros(-500),
+            at,
+        });
+        let e = PublishedEvent {
+            event_id: Uuid::now_v7(),
+            event_type: BillingEvent::BILLING_RECORDED.into(),
+            event_version: "1.0".into(),
+            timestamp: at,
+            customer_id: Uuid::now_v7(),
+            aggregate_type: BillingEvent::AGGREGATE.into(),
+            aggregate_id: Uuid::now_v7(),
+            sequence: 3,
+            global_position: 5,
+            metadata: Value::Null,
+            resource: json!({"id": Uuid::now_v7(), "type": "billing"}),
+            data: payload.clone(),
+        };
+        let ops = apply(&e).unwrap();
+        assert_eq!(ops[0].table(), "rm_billings");
+        assert_eq!(
+            ops[1],
+            RowOp::Patch {
+                table: "rm_billing_accounts",
+                id: e.aggregate_id,
+                patch: json!({
+                    "balance_micros": payload["balance_after_micros"],
+                    "tm_update": payload["at"],
+                }),
+            }
+        );
     }
 }

@@ -1,19 +1,19 @@
 //! Calls: one row per call in `rm_calls`, the call's API view after its latest event.
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
-use vbin_event_schema::PublishedEvent;
+use vbin_event_schema::{CallEvent, PublishedEvent};
 
 /// The calls projection.
 pub const PROJECTION: Projection = Projection {
     name: "calls",
-    aggregate_type: "call",
+    aggregate_type: CallEvent::AGGREGATE,
     tables: &["rm_calls"],
     uses_data: false,
     apply,
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    if event.resource.get("type").and_then(|t| t.as_str()) != Some("call") {
+    if event.resource_type() != Some("call") {
         return Err(ApplyError(format!(
             "{} carries no call view",
             event.event_type

@@ -3,13 +3,14 @@
 //! data, which are patched onto the campaign's row.
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
-use serde_json::Value;
-use vbin_event_schema::PublishedEvent;
+use serde_json::{json, Value};
+use vbin_event_schema::views::Touched;
+use vbin_event_schema::{CampaignEvent, OutdialEvent, OutplanEvent, PublishedEvent, TargetEvent};
 
 /// Outplans.
 pub const OUTPLANS: Projection = Projection {
     name: "outplans",
-    aggregate_type: "outplan",
+    aggregate_type: OutplanEvent::AGGREGATE,
     tables: &["rm_outplans"],
     uses_data: false,
     apply: |e| upsert_typed(e, "outplan", "rm_outplans"),
@@ -18,7 +19,7 @@ pub const OUTPLANS: Projection = Projection {
 /// Outdials.
 pub const OUTDIALS: Projection = Projection {
     name: "outdials",
-    aggregate_type: "outdial",
+    aggregate_type: OutdialEvent::AGGREGATE,
     tables: &["rm_outdials"],
     uses_data: false,
     apply: |e| upsert_typed(e, "outdial", "rm_outdials"),
@@ -27,7 +28,7 @@ pub const OUTDIALS: Projection = Projection {
 /// Outdial targets.
 pub const TARGETS: Projection = Projection {
     name: "targets",
-    aggregate_type: "outdialtarget",
+    aggregate_type: TargetEvent::AGGREGATE,
     tables: &["rm_outdialtargets"],
     uses_data: false,
     apply: |e| upsert_typed(e, "outdialtarget", "rm_outdialtargets"),
@@ -36,15 +37,11 @@ pub const TARGETS: Projection = Projection {
 /// Campaigns and their calls.
 pub const CAMPAIGNS: Projection = Projection {
     name: "campaigns",
-    aggregate_type: "campaign",
+    aggregate_type: CampaignEvent::AGGREGATE,
     tables: &["rm_campaigns", "rm_campaigncalls"],
     uses_data: true,
     apply: apply_campaign,
 };
-
-fn resource_type(event: &PublishedEvent) -> Option<&str> {
-    event.resource.get("type").and_then(Value::as_str)
-}
 
 /// Upserts the event's resource into `table` if it is a `kind`; anything else is an error.
 fn upsert_typed(
@@ -52,7 +49,7 @@ fn upsert_typed(
     kind: &str,
     table: &'static str,
 ) -> Result<Vec<RowOp>, ApplyError> {
-    if resource_type(event) != Some(kind) {
+    if event.resource_type() != Some(kind) {
         return Err(ApplyError(format!(
             "{} carries no {kind} view",
             event.event_type
@@ -66,28 +63,40 @@ fn apply_campaign(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
         event,
         ("campaign", "rm_campaigns"),
         ("campaigncall", "rm_campaigncalls"),
-        "counters",
+        counters,
     )
+}
+
+/// The campaign's counters a campaign call event carries.
+fn counters(event: &PublishedEvent) -> Result<Value, ApplyError> {
+    match event.decode()? {
+        CampaignEvent::CampaigncallCreated { counters, .. }
+        | CampaignEvent::CampaigncallUpdated { counters, .. } => Ok(json!(counters)),
+        CampaignEvent::CampaignCreated { .. }
+        | CampaignEvent::CampaignStatusChanged { .. }
+        | CampaignEvent::CampaignTargetsCounted { .. } => {
+            Err(ApplyError(format!("{} without counters", event.event_type)))
+        }
+    }
 }
 
 /// For aggregates whose events show either the aggregate itself or one of its children (a
 /// campaign call, a queue call): a child's event upserts the child's row and patches the
-/// parent's row with the statistics the event carries in `data[field]`.
+/// parent's row with the statistics the event carries (`stats` reads them from the typed
+/// event) and the child's last change.
 pub(crate) fn parent_or_child(
     event: &PublishedEvent,
     (parent, parent_table): (&str, &'static str),
     (child, child_table): (&str, &'static str),
-    field: &str,
+    stats: fn(&PublishedEvent) -> Result<Value, ApplyError>,
 ) -> Result<Vec<RowOp>, ApplyError> {
-    if resource_type(event) != Some(child) {
+    if event.resource_type() != Some(child) {
         return upsert_typed(event, parent, parent_table);
     }
-    let mut patch = event
-        .data
-        .get(field)
-        .cloned()
-        .ok_or_else(|| ApplyError(format!("{} without {field}", event.event_type)))?;
-    patch["tm_update"] = event.resource["tm_update"].clone();
+    let mut patch = stats(event)?;
+    patch["tm_update"] = event
+        .view::<Touched>()
+        .map_or(Value::Null, |v| json!(v.tm_update));
     Ok(vec![
         upsert_resource(child_table, event)?,
         RowOp::Patch {

@@ -3,19 +3,19 @@
 //! Deleted agents and access keys are removed from the read model; the audit trail keeps them.
 
 use crate::{resource_id, upsert_resource, ApplyError, Projection, RowOp};
-use vbin_event_schema::PublishedEvent;
+use vbin_event_schema::{CustomerEvent, PublishedEvent};
 
 /// The identity projection.
 pub const PROJECTION: Projection = Projection {
     name: "customers",
-    aggregate_type: "customer",
+    aggregate_type: CustomerEvent::AGGREGATE,
     tables: &["rm_customers", "rm_agents", "rm_accesskeys"],
     uses_data: false,
     apply,
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    let table = match event.resource.get("type").and_then(|t| t.as_str()) {
+    let table = match event.resource_type() {
         Some("customer") => "rm_customers",
         Some("agent") => "rm_agents",
         Some("accesskey") => "rm_accesskeys",
@@ -26,10 +26,11 @@ fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
             )))
         }
     };
+    // By name, not by decoding: this projection reads no data (replay leaves it null).
     Ok(vec![match event.event_type.as_str() {
-        "agent_deleted" | "accesskey_deleted" => RowOp::Delete {
+        CustomerEvent::AGENT_DELETED | CustomerEvent::ACCESSKEY_DELETED => RowOp::Delete {
             table,
-            id: resource_id(&event.resource)?,
+            id: resource_id(event)?,
         },
         _ => upsert_resource(table, event)?,
     }])

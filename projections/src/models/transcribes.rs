@@ -3,19 +3,19 @@
 //! (`rm_transcripts`). A transcript does not change its transcription's row.
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
-use vbin_event_schema::PublishedEvent;
+use vbin_event_schema::{PublishedEvent, TranscribeEvent};
 
 /// Transcriptions and transcripts.
 pub const PROJECTION: Projection = Projection {
     name: "transcribes",
-    aggregate_type: "transcribe",
+    aggregate_type: TranscribeEvent::AGGREGATE,
     tables: &["rm_transcribes", "rm_transcripts"],
     uses_data: false,
     apply,
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    match event.resource.get("type").and_then(|t| t.as_str()) {
+    match event.resource_type() {
         Some("transcribe") => Ok(vec![upsert_resource("rm_transcribes", event)?]),
         Some("transcript") => Ok(vec![upsert_resource("rm_transcripts", event)?]),
         other => Err(ApplyError(format!(
@@ -34,11 +34,11 @@ mod tests {
     fn event(resource: Value) -> PublishedEvent {
         PublishedEvent {
             event_id: Uuid::now_v7(),
-            event_type: "transcript_created".into(),
+            event_type: TranscribeEvent::TRANSCRIPT_CREATED.into(),
             event_version: "1.0".into(),
             timestamp: chrono::Utc::now(),
             customer_id: Uuid::now_v7(),
-            aggregate_type: "transcribe".into(),
+            aggregate_type: TranscribeEvent::AGGREGATE.into(),
             aggregate_id: Uuid::now_v7(),
             sequence: 2,
             global_position: 7,

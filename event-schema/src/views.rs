@@ -1,0 +1,40 @@
+//! Typed partial views: the fields of a published event's `resource` (the API view of the
+//! resource after the event, written by the domain's `view()`s) that consumers read but the
+//! event's own data does not carry. Read them with [`crate::PublishedEvent::view`]; fields not
+//! listed here are ignored. The domain's tests check that its views decode into these.
+
+use crate::types::{CallId, CampaignId};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+
+/// What consumers read of a call's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct CallView {
+    /// The campaign that placed the call, if any.
+    #[serde(default)]
+    pub campaign_id: Option<CampaignId>,
+}
+
+/// What consumers read of a campaign's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct CampaignView {
+    /// The campaign to start when this one completes.
+    #[serde(default)]
+    pub next_campaign_id: Option<CampaignId>,
+}
+
+/// What consumers read of a transcription's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct TranscribeView {
+    /// The call transcribed.
+    #[serde(default)]
+    pub reference_id: Option<CallId>,
+}
+
+/// The last change of a child resource's view (a campaign call, a queue call), which the
+/// parent's read-model row takes as its own.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Touched {
+    /// When the resource last changed.
+    pub tm_update: DateTime<Utc>,
+}

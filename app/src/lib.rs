@@ -110,17 +110,8 @@ impl App {
     where
         A::Command: Clone,
     {
-        let done = self
-            .executor
-            .execute::<A>(
-                id,
-                acting.customer,
-                Some(acting.customer),
-                command,
-                &acting.meta,
-            )
-            .await?;
-        Ok(done.state)
+        self.execute(acting, id, Some(acting.customer), command)
+            .await
     }
 
     /// Runs `command` on aggregate `id` of the platform's (the admin acting for
@@ -134,9 +125,22 @@ impl App {
     where
         A::Command: Clone,
     {
+        self.execute(acting, id, None, command).await
+    }
+
+    async fn execute<A: StoredAggregate>(
+        &self,
+        acting: &Acting,
+        id: Uuid,
+        tenant: Option<CustomerId>,
+        command: A::Command,
+    ) -> Result<A, AppError>
+    where
+        A::Command: Clone,
+    {
         let done = self
             .executor
-            .execute::<A>(id, acting.customer, None, command, &acting.meta)
+            .execute::<A>(id, acting.customer, tenant, command, &acting.meta)
             .await?;
         Ok(done.state)
     }

@@ -76,7 +76,7 @@ impl Relay {
                 _ = &mut shutdown => return,
                 res = self.lead() => {
                     if let Err(e) = res {
-                        tracing::warn!(error = &e as &dyn std::error::Error, "relay interrupted; will retry");
+                        tracing::warn!(error = %vbin_bus::Chain(&e), "relay interrupted; will retry");
                         metrics::counter!("vbin_relay_errors_total").increment(1);
                     }
                 }

@@ -19,14 +19,7 @@ pub fn request_id() -> String {
 
 /// `err` and its sources, outermost first, joined by ": " (what the logs show).
 pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        next = e.source();
-    }
-    out
+    vbin_bus::Chain(err).to_string()
 }
 
 /// An API error.

@@ -552,7 +552,7 @@ pub struct AgentStatusBody {
 /// `PUT /v1.0/agents/{id}/status`: an agent may set its own; an admin anyone's.
 pub async fn set_agent_status(
     State(s): State<CmdState>,
-    Tenant { caller: c, .. }: Tenant,
+    Tenant { caller: c, acting }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<AgentStatusBody>,
 ) -> ApiResult {
@@ -566,6 +566,9 @@ pub async fn set_agent_status(
         status: b.status,
         at: Utc::now(),
     };
-    let state = customer_cmd(&s, &c, cmd).await?;
+    let state = s
+        .app
+        .update::<Customer>(&acting, c.customer_id.as_uuid(), cmd)
+        .await?;
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
 }

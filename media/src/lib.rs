@@ -6,3 +6,4 @@ pub mod codecs;
 pub mod g711;
 pub mod resample;
 pub mod stt;
+pub mod tts;

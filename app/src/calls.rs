@@ -1,11 +1,13 @@
 //! Placing and hanging up calls.
 
+use crate::flows::{call_variables, Program};
 use crate::{new_id, Acting, App, AppError};
 use chrono::Utc;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use vbin_domain::{Call, CallCommand, HangupRequest, NewCall};
-use vbin_event_schema::{CallId, E164};
+use vbin_event_schema::flow::SandboxScript;
+use vbin_event_schema::{CallDirection, CallId, E164};
 
 /// Calls to place: one per destination, all alike otherwise (already validated).
 #[derive(Debug)]
@@ -18,6 +20,10 @@ pub struct NewCalls {
     pub variables: Map<String, Value>,
     /// Ring timeout.
     pub dial_timeout_ms: u32,
+    /// What each call runs once answered.
+    pub program: Option<Program>,
+    /// The sandbox far end's script.
+    pub sandbox: Option<SandboxScript>,
 }
 
 impl App {
@@ -29,9 +35,21 @@ impl App {
         new: NewCalls,
     ) -> Result<Vec<Call>, AppError> {
         self.require_funds(acting.customer).await?;
+        let program = match new.program {
+            Some(p) => Some(self.resolve_program(acting.customer, p).await?),
+            None => None,
+        };
         let mut calls = Vec::with_capacity(new.destinations.len());
         for destination in new.destinations {
             let call_id = CallId(new_id());
+            let activeflow_id = match &program {
+                Some(p) => {
+                    let vars =
+                        call_variables(call_id, &new.source, &destination, &new.variables);
+                    Some(self.attach_flow(acting, call_id, p.clone(), vars).await?)
+                }
+                None => None,
+            };
             let cmd = CallCommand::Create {
                 call: NewCall {
                     call_id,
@@ -41,6 +59,9 @@ impl App {
                     variables: new.variables.clone(),
                     dial_timeout_ms: new.dial_timeout_ms,
                     campaign_id: None,
+                    direction: CallDirection::Outgoing,
+                    activeflow_id,
+                    sandbox: new.sandbox.clone(),
                 },
                 at: Utc::now(),
             };

@@ -10,6 +10,7 @@
 pub mod billing;
 pub mod calls;
 pub mod executor;
+pub mod flows;
 pub mod queues;
 pub mod transcription;
 

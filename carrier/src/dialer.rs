@@ -35,6 +35,7 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
             destination,
             variables,
             dial_timeout_ms,
+            sandbox,
             ..
         } => {
             let talk_seconds = variables
@@ -44,13 +45,20 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
                         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
                 })
                 .unwrap_or(2);
+            // A script's hangup step ends the call; a script without one talks as long as
+            // talk_seconds says.
+            let talk_ms = sandbox
+                .as_ref()
+                .and_then(|s| s.hangup_at_ms())
+                .map(u64::from)
+                .unwrap_or(talk_seconds * 1000);
             let req = DialRequest {
                 call_id,
                 customer_id: CustomerId(e.customer_id),
                 source,
                 destination,
                 dial_timeout_ms,
-                talk_seconds,
+                talk_ms,
             };
             carrier.dial(&req).await
         }

@@ -22,8 +22,9 @@ pub struct DialRequest {
     pub destination: E164,
     /// Give up with no_answer after this long.
     pub dial_timeout_ms: u32,
-    /// Seconds the far end talks before hanging up (sandbox only; from `variables.talk_seconds`).
-    pub talk_seconds: u64,
+    /// Milliseconds the far end talks before hanging up (sandbox only: its script's hangup
+    /// step, else `variables.talk_seconds`).
+    pub talk_ms: u64,
 }
 
 /// A carrier failure (retried by the dialer).

@@ -32,8 +32,8 @@ pub const REJECT_AFTER_MS: i64 = 200;
 pub enum Action {
     /// Far end rings.
     Ring,
-    /// Far end answers, then talks this many seconds (the hangup is planned at the answer, so
-    /// `duration` is never short of `talk_seconds` however late the answer fires).
+    /// Far end answers, then talks this many milliseconds (the hangup is planned at the
+    /// answer, so `duration` is never short of it however late the answer fires).
     Answer(u64),
     /// Far end hangs up with this cause.
     Hangup(HangupCause),
@@ -43,7 +43,7 @@ impl Action {
     fn name(self) -> String {
         match self {
             Action::Ring => "ring".into(),
-            Action::Answer(talk) => format!("answer:{talk}"),
+            Action::Answer(talk_ms) => format!("answer_ms:{talk_ms}"),
             Action::Hangup(c) => format!(
                 "hangup:{}",
                 serde_json::to_value(c)
@@ -57,7 +57,14 @@ impl Action {
     fn parse(s: &str) -> Option<Self> {
         match s {
             "ring" => Some(Action::Ring),
-            _ if s.starts_with("answer:") => s["answer:".len()..].parse().ok().map(Action::Answer),
+            // Timers planned before talk times were in milliseconds said seconds.
+            _ if s.starts_with("answer:") => s["answer:".len()..]
+                .parse::<u64>()
+                .ok()
+                .map(|secs| Action::Answer(secs * 1000)),
+            _ if s.starts_with("answer_ms:") => {
+                s["answer_ms:".len()..].parse().ok().map(Action::Answer)
+            }
             _ => s
                 .strip_prefix("hangup:")
                 .and_then(|c| serde_json::from_value(serde_json::Value::String(c.into())).ok())
@@ -88,7 +95,7 @@ pub fn plan(req: &DialRequest) -> Vec<(i64, Action)> {
         let answer = ANSWER_AFTER_MS.min(req.dial_timeout_ms as i64 - 1);
         vec![
             (RING_AFTER_MS, Action::Ring),
-            (answer, Action::Answer(req.talk_seconds)),
+            (answer, Action::Answer(req.talk_ms)),
         ]
     }
 }
@@ -152,7 +159,7 @@ pub struct TimerWorker {
 
 /// One call's claimed timers: (timer id, action).
 type Steps = Vec<(i64, String)>;
-/// A hangup to plan after an answer: (call, customer, talk seconds).
+/// A hangup to plan after an answer: (call, customer, talk ms).
 type PlannedHangup = (Uuid, Uuid, u64);
 
 /// Calls whose timers one worker fires at once.
@@ -224,7 +231,7 @@ impl TimerWorker {
                 .bind(call_id)
                 .bind(customer_id)
                 .bind(Action::Hangup(HangupCause::NormalClearing).name())
-                .bind(talk as f64)
+                .bind(talk as f64 / 1000.0)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -239,7 +246,7 @@ impl TimerWorker {
     }
 
     /// Fires one call's due steps in order; returns the timers done and, if it answered,
-    /// the hangup to plan (call, customer, talk seconds).
+    /// the hangup to plan (call, customer, talk ms).
     async fn fire_steps(
         &self,
         call_id: CallId,
@@ -320,7 +327,7 @@ mod tests {
             source: E164::parse("+15550000001").unwrap(),
             destination: E164::parse(dest).unwrap(),
             dial_timeout_ms: 5_000,
-            talk_seconds: 3,
+            talk_ms: 3_000,
         }
     }
 
@@ -339,10 +346,11 @@ mod tests {
             (5_000, Action::Hangup(HangupCause::NoAnswer))
         );
         let normal = plan(&req("+15551230000"));
-        assert_eq!(normal, vec![(100, Action::Ring), (600, Action::Answer(3))]);
+        assert_eq!(normal, vec![(100, Action::Ring), (600, Action::Answer(3_000))]);
+        assert_eq!(Action::parse("answer:3"), Some(Action::Answer(3_000)));
         for a in [
             Action::Ring,
-            Action::Answer(3),
+            Action::Answer(3_000),
             Action::Hangup(HangupCause::NoAnswer),
         ] {
             assert_eq!(Action::parse(&a.name()), Some(a));

@@ -7,8 +7,8 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use vbin_event_schema::{
-    CallDirection, CallEvent, CallId, CallStatus, CampaignId, CustomerId, HangupBy, HangupCause,
-    E164,
+    flow::SandboxScript, ActiveflowId, CallDirection, CallEvent, CallId, CallStatus, CampaignId,
+    CustomerId, HangupBy, HangupCause, E164,
 };
 
 /// Input of a new call, already validated by the API.
@@ -28,6 +28,12 @@ pub struct NewCall {
     pub dial_timeout_ms: u32,
     /// Placing campaign, if any.
     pub campaign_id: Option<CampaignId>,
+    /// Outgoing (placed by the platform) or incoming (from the network).
+    pub direction: CallDirection,
+    /// The flow attached to it.
+    pub activeflow_id: Option<ActiveflowId>,
+    /// The sandbox far end's script.
+    pub sandbox: Option<SandboxScript>,
 }
 
 /// Who asks for a hangup.
@@ -96,6 +102,10 @@ pub struct Call {
     pub dial_timeout_ms: u32,
     /// Placing campaign.
     pub campaign_id: Option<CampaignId>,
+    /// The flow running on it.
+    pub activeflow_id: Option<ActiveflowId>,
+    /// The sandbox far end's script.
+    pub sandbox: Option<SandboxScript>,
     /// Created.
     pub tm_create: Option<DateTime<Utc>>,
     /// Started ringing.
@@ -123,6 +133,7 @@ impl Call {
             "hangup_cause": self.hangup_cause,
             "duration": self.duration,
             "campaign_id": self.campaign_id,
+            "activeflow_id": self.activeflow_id,
             "variables": self.variables,
             "tm_create": self.tm_create,
             "tm_ringing": self.tm_ringing,
@@ -148,12 +159,14 @@ impl Call {
         Ok(vec![CallEvent::CallCreated {
             call_id: call.call_id,
             customer_id: call.customer_id,
-            direction: CallDirection::Outgoing,
+            direction: call.direction,
             source: call.source,
             destination: call.destination,
             variables: call.variables,
             dial_timeout_ms: call.dial_timeout_ms,
             campaign_id: call.campaign_id,
+            activeflow_id: call.activeflow_id,
+            sandbox: call.sandbox,
             at,
         }])
     }
@@ -223,9 +236,13 @@ impl Aggregate for Call {
                 variables,
                 dial_timeout_ms,
                 campaign_id,
+                activeflow_id,
+                sandbox,
                 at,
             } => {
                 *self = Call {
+                    activeflow_id,
+                    sandbox,
                     id: Some(call_id),
                     customer_id,
                     direction,
@@ -292,6 +309,9 @@ mod tests {
             variables: Map::new(),
             dial_timeout_ms: 30_000,
             campaign_id: None,
+            direction: CallDirection::Outgoing,
+            activeflow_id: None,
+            sandbox: None,
         };
         given_nothing::<Call>().and(CallCommand::Create {
             call: new,
@@ -370,6 +390,9 @@ mod tests {
             variables: Map::new(),
             dial_timeout_ms: 1000,
             campaign_id: None,
+            direction: CallDirection::Outgoing,
+            activeflow_id: None,
+            sandbox: None,
         };
         assert!(matches!(
             c.when(CallCommand::Create {

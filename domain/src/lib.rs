@@ -31,16 +31,19 @@ macro_rules! decided_aggregate {
     };
 }
 
+pub mod activeflow;
 pub mod billing;
 pub mod call;
 pub mod campaign;
 pub mod customer;
 mod error;
+pub mod flow;
 pub mod queue;
 #[cfg(test)]
 mod testing;
 pub mod transcribe;
 
+pub use activeflow::{Activeflow, ActiveflowCommand, NewActiveflow};
 pub use billing::{BillingAccount, BillingCommand};
 pub use call::{Call, CallCommand, HangupRequest, NewCall};
 pub use campaign::{
@@ -49,6 +52,7 @@ pub use campaign::{
 };
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
+pub use flow::{Flow, FlowCommand};
 pub use queue::{NewQueue, Queue, QueueCommand};
 pub use transcribe::{NewTranscribe, Transcribe, TranscribeCommand};
 

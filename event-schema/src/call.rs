@@ -7,14 +7,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The current version of `call_created` (see [`crate::upcast`] for the history).
-pub const CALL_CREATED_VERSION: &str = "2.0";
+pub const CALL_CREATED_VERSION: &str = "3.0";
 
 /// Everything that happens to a call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEvent {
-    /// A call was requested; the carrier starts dialing. Version 2.0 (1.0 lacked direction,
-    /// variables, dial_timeout_ms and campaign_id).
+    /// A call was requested; the carrier starts dialing. Version 3.0 (1.0 lacked direction,
+    /// variables, dial_timeout_ms and campaign_id; 2.0 lacked activeflow_id and sandbox).
     CallCreated {
         /// The call.
         call_id: CallId,
@@ -32,6 +32,10 @@ pub enum CallEvent {
         dial_timeout_ms: u32,
         /// The campaign that placed it, if any.
         campaign_id: Option<CampaignId>,
+        /// The flow that runs on it once answered (or, incoming, once it arrives).
+        activeflow_id: Option<ActiveflowId>,
+        /// The sandbox far end's script (sandbox carrier only).
+        sandbox: Option<crate::flow::SandboxScript>,
         /// When.
         at: DateTime<Utc>,
     },

@@ -72,6 +72,7 @@ pub mod call;
 pub mod campaign;
 pub mod customer;
 pub mod envelope;
+pub mod flow;
 pub mod queue;
 pub mod transcribe;
 pub mod types;
@@ -82,6 +83,7 @@ pub use billing::BillingEvent;
 pub use call::CallEvent;
 pub use campaign::*;
 pub use customer::CustomerEvent;
+pub use flow::{ActiveflowEvent, FlowEvent};
 pub use envelope::{
     subject_filter, subject_for, DecodeError, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
 };

@@ -97,6 +97,15 @@ id_type!(
     TranscriptId
 );
 
+id_type!(
+    /// A flow (a program of actions). The Flow aggregate's id.
+    FlowId
+);
+id_type!(
+    /// One running flow. The Activeflow aggregate's id.
+    ActiveflowId
+);
+
 /// A value that failed validation, with a message fit for an API client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} {problem}")]

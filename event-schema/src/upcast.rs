@@ -4,6 +4,7 @@
 //! - `call_created` 1.0 -> 2.0: 1.0 carried only call_id, customer_id, source, destination and
 //!   at. 2.0 adds direction (1.0 calls were all outgoing), variables (none), dial_timeout_ms
 //!   (1.0 dialed with the then-fixed 30 s) and campaign_id (none).
+//! - `call_created` 2.0 -> 3.0: adds activeflow_id (no flow) and sandbox (no script).
 
 use crate::CallEvent;
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
@@ -24,13 +25,29 @@ pub fn call_created_v1_to_v2(mut payload: Value) -> Value {
     payload
 }
 
+/// `call_created` 2.0 -> 3.0.
+pub fn call_created_v2_to_v3(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("activeflow_id").or_insert(Value::Null);
+        m.entry("sandbox").or_insert(Value::Null);
+    }
+    payload
+}
+
 /// Every upcaster, in the order they apply. Used by the event store and by replay.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
-    vec![Box::new(SemanticVersionEventUpcaster::new(
-        CallEvent::CALL_CREATED,
-        "2.0.0",
-        Box::new(call_created_v1_to_v2),
-    ))]
+    vec![
+        Box::new(SemanticVersionEventUpcaster::new(
+            CallEvent::CALL_CREATED,
+            "2.0.0",
+            Box::new(call_created_v1_to_v2),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            CallEvent::CALL_CREATED,
+            "3.0.0",
+            Box::new(call_created_v2_to_v3),
+        )),
+    ]
 }
 
 /// Whether an event of `event_type` at `event_version` is current (no upcaster applies).
@@ -73,19 +90,24 @@ mod tests {
             "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","source":"+15550001111",
             "destination":"+15550002222","at":"2025-01-02T03:04:05Z"});
         let (version, payload) = to_current("call_created", "1.0", v1);
-        assert_eq!(version, "2.0.0");
+        assert_eq!(version, "3.0.0");
         let e: CallEvent = serde_json::from_value(payload).unwrap();
         match e {
             CallEvent::CallCreated {
                 dial_timeout_ms,
                 variables,
+                activeflow_id,
+                sandbox,
                 ..
             } => {
                 assert_eq!(dial_timeout_ms, 30_000);
                 assert!(variables.is_empty());
+                assert_eq!((activeflow_id, sandbox), (None, None));
             }
             other => panic!("{other:?}"),
         }
         assert!(!upcasters()[0].can_upcast("call_created", "2.0"));
+        assert!(upcasters()[1].can_upcast("call_created", "2.0"));
+        assert!(is_current("call_created", "3.0"));
     }
 }

@@ -3,7 +3,7 @@
 //! event's own data does not carry. Read them with [`crate::PublishedEvent::view`]; fields not
 //! listed here are ignored. The domain's tests check that its views decode into these.
 
-use crate::types::{CallId, CampaignId};
+use crate::types::{ActiveflowId, CallId, CampaignId};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -13,6 +13,9 @@ pub struct CallView {
     /// The campaign that placed the call, if any.
     #[serde(default)]
     pub campaign_id: Option<CampaignId>,
+    /// The flow running on the call, if any.
+    #[serde(default)]
+    pub activeflow_id: Option<ActiveflowId>,
 }
 
 /// What consumers read of a campaign's view.

@@ -4,7 +4,7 @@
 //!
 //! - Every event that encodes decodes back equal, as a `Value` and as bytes, alone and inside
 //!   the published envelope; current versions pass the upcasters untouched.
-//! - A `call_created` 1.0 payload (any of its version spellings) upcasts to the 2.0 event with
+//! - A `call_created` 1.0 payload (any of its version spellings) upcasts to the 3.0 event with
 //!   the documented defaults.
 //! - Arbitrary JSON, arbitrary bytes, arbitrary event types and version strings, and valid
 //!   payloads with one field changed never panic; whatever decodes re-encodes to itself.
@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use std::fmt::Debug;
 use uuid::Uuid;
 use vbin_event_schema::upcast::{to_current, upcasters, V1_DIAL_TIMEOUT_MS};
+use vbin_event_schema::flow::{SandboxScript, SandboxStep};
 use vbin_event_schema::*;
 
 fn config() -> ProptestConfig {
@@ -238,21 +239,45 @@ fn call_status() -> impl Strategy<Value = CallStatus> {
     ])
 }
 
-/// A `call_created` (version 2.0).
+/// A sandbox far end's script.
+fn sandbox() -> BoxedStrategy<SandboxScript> {
+    prop::collection::vec(
+        (any::<u32>(), prop::option::of(text()), prop::option::of(text()), any::<bool>()),
+        0..4,
+    )
+    .prop_map(|steps| SandboxScript {
+        script: steps
+            .into_iter()
+            .map(|(at_ms, say, digits, hangup)| SandboxStep {
+                at_ms,
+                say,
+                digits,
+                hangup,
+            })
+            .collect(),
+    })
+    .boxed()
+}
+
+/// A `call_created` (version 3.0).
 fn call_created() -> BoxedStrategy<CallEvent> {
     (
-        uuid(),
-        uuid(),
-        pick(&[CallDirection::Outgoing, CallDirection::Incoming]),
-        e164(),
-        e164(),
+        (
+            uuid(),
+            uuid(),
+            pick(&[CallDirection::Outgoing, CallDirection::Incoming]),
+            e164(),
+            e164(),
+        ),
         variables(),
         any::<u32>(),
         prop::option::of(uuid()),
+        prop::option::of(uuid()),
+        prop::option::of(sandbox()),
         at(),
     )
         .prop_map(
-            |(c, cu, d, s, de, v, dt, camp, at)| CallEvent::CallCreated {
+            |((c, cu, d, s, de), v, dt, camp, flow, sandbox, at)| CallEvent::CallCreated {
                 call_id: CallId(c),
                 customer_id: CustomerId(cu),
                 direction: d,
@@ -261,10 +286,121 @@ fn call_created() -> BoxedStrategy<CallEvent> {
                 variables: v,
                 dial_timeout_ms: dt,
                 campaign_id: camp.map(CampaignId),
+                activeflow_id: flow.map(ActiveflowId),
+                sandbox,
                 at,
             },
         )
         .boxed()
+}
+
+/// One action of every type, with options as a customer would send them.
+const ACTIONS: &[(&str, &str)] = &[
+    ("answer", "{}"),
+    ("talk", r#"{"text": "hello ${name}", "language": "en-GB", "async": true}"#),
+    ("play", r#"{"stream_urls": ["https://example.com/a.wav"]}"#),
+    ("beep", "null"),
+    ("sleep", r#"{"duration": 500}"#),
+    ("digits_receive", r##"{"duration": 5000, "length": 1, "key": "#"}"##),
+    ("digits_send", r#"{"digits": "12#", "interval": 50}"#),
+    ("branch", r#"{"target_ids": {"1": "00000000-0000-0000-0000-000000000001"}}"#),
+    ("condition_variable", r#"{"variable": "x", "condition": ">=", "value_type": "number", "value_number": 2.5, "false_target_id": "00000000-0000-0000-0000-000000000001"}"#),
+    ("goto", r#"{"target_id": "00000000-0000-0000-0000-000000000001", "loop_count": 3}"#),
+    ("variable_set", r#"{"key": "k", "value": "v"}"#),
+    ("webhook_send", r#"{"uri": "https://example.com/h", "sync": true, "data": {"a": [1]}}"#),
+    ("fetch_flow", r#"{"flow_id": "00000000-0000-0000-0000-000000000002"}"#),
+    ("transcribe_start", r#"{"language": "en-US", "direction": "out"}"#),
+    ("transcribe_stop", "{}"),
+    ("recording_start", r##"{"duration": 60000, "end_of_key": "#", "beep_start": true}"##),
+    ("recording_stop", "{}"),
+    ("hangup", r#"{"reason": "done"}"#),
+    ("stop", "{}"),
+];
+
+fn action() -> BoxedStrategy<flow::Action> {
+    (uuid(), prop::option::of(uuid()), 0..ACTIONS.len())
+        .prop_map(|(id, next, i)| {
+            let (t, o) = ACTIONS[i];
+            flow::Action {
+                id: flow::ActionId(id),
+                next_id: next.map(flow::ActionId),
+                kind: flow::ActionKind::parse(t, serde_json::from_str(o).unwrap()).unwrap(),
+            }
+        })
+        .boxed()
+}
+
+fn actions() -> BoxedStrategy<Vec<flow::Action>> {
+    prop::collection::vec(action(), 0..5).boxed()
+}
+
+fn flow_event() -> BoxedStrategy<FlowEvent> {
+    prop_oneof![
+        (uuid(), uuid(), text(), text(), actions(), at()).prop_map(
+            |(f, c, name, detail, actions, at)| FlowEvent::FlowCreated {
+                flow_id: FlowId(f),
+                customer_id: CustomerId(c),
+                name,
+                detail,
+                actions,
+                at,
+            }
+        ),
+        (text(), text(), actions(), at()).prop_map(|(name, detail, actions, at)| {
+            FlowEvent::FlowUpdated {
+                name,
+                detail,
+                actions,
+                at,
+            }
+        }),
+        at().prop_map(|at| FlowEvent::FlowDeleted { at }),
+    ]
+    .boxed()
+}
+
+fn activeflow_event() -> BoxedStrategy<ActiveflowEvent> {
+    prop_oneof![
+        (
+            (uuid(), uuid(), prop::option::of(uuid()), uuid()),
+            actions(),
+            variables(),
+            at()
+        )
+            .prop_map(|((a, c, f, call), actions, variables, at)| {
+                ActiveflowEvent::ActiveflowCreated {
+                    activeflow_id: ActiveflowId(a),
+                    customer_id: CustomerId(c),
+                    flow_id: f.map(FlowId),
+                    reference_type: flow::ActiveflowReferenceType::Call,
+                    reference_id: CallId(call),
+                    actions,
+                    variables,
+                    at,
+                }
+            }),
+        (big(), action(), prop::option::of(uuid()), at()).prop_map(|(seq, action, jump, at)| {
+            ActiveflowEvent::ActiveflowActionExecuted {
+                seq,
+                action,
+                jump: jump.map(flow::ActionId),
+                at,
+            }
+        }),
+        (big(), variables(), actions(), prop::option::of(text()), at()).prop_map(
+            |(seq, variables, actions, error, at)| ActiveflowEvent::ActiveflowActionCompleted {
+                seq,
+                result: flow::ActionResult {
+                    variables,
+                    actions,
+                    error,
+                },
+                at,
+            }
+        ),
+        (text(), at()).prop_map(|(reason, at)| ActiveflowEvent::ActiveflowEnded { reason, at }),
+    ]
+    .boxed()
 }
 
 fn call_event() -> BoxedStrategy<CallEvent> {
@@ -664,6 +800,8 @@ enum AnyEvent {
     Campaign(CampaignEvent),
     Queue(QueueEvent),
     Transcribe(TranscribeEvent),
+    Flow(FlowEvent),
+    Activeflow(ActiveflowEvent),
 }
 
 fn any_event() -> BoxedStrategy<AnyEvent> {
@@ -677,6 +815,8 @@ fn any_event() -> BoxedStrategy<AnyEvent> {
         campaign_event().prop_map(AnyEvent::Campaign),
         queue_event().prop_map(AnyEvent::Queue),
         transcribe_event().prop_map(AnyEvent::Transcribe),
+        flow_event().prop_map(AnyEvent::Flow),
+        activeflow_event().prop_map(AnyEvent::Activeflow),
     ]
     .boxed()
 }
@@ -694,6 +834,8 @@ macro_rules! with_type {
             AnyEvent::Campaign(e) => $f(e, $($args),*),
             AnyEvent::Queue(e) => $f(e, $($args),*),
             AnyEvent::Transcribe(e) => $f(e, $($args),*),
+            AnyEvent::Flow(e) => $f(e, $($args),*),
+            AnyEvent::Activeflow(e) => $f(e, $($args),*),
         }
     };
 }
@@ -838,6 +980,11 @@ fn decode_as_every_type(
             at: Utc::now(),
         }),
         AnyEvent::Transcribe(TranscribeEvent::TranscribeCompleted { at: Utc::now() }),
+        AnyEvent::Flow(FlowEvent::FlowDeleted { at: Utc::now() }),
+        AnyEvent::Activeflow(ActiveflowEvent::ActiveflowEnded {
+            reason: String::new(),
+            at: Utc::now(),
+        }),
     ];
     for p in &probes {
         with_type!(p, stable(event_type, version, payload))?;
@@ -867,6 +1014,10 @@ fn event_type() -> impl Strategy<Value = String> {
             "campaigncall_updated",
             "queuecall_abandoned",
             "transcript_created",
+            "flow_created",
+            "activeflow_created",
+            "activeflow_action_executed",
+            "activeflow_action_completed",
         ])
         .prop_map(str::to_string),
         1 => text(),
@@ -969,7 +1120,7 @@ proptest! {
         let payload = json!({"type": "call_created", "call_id": call_id,
             "customer_id": customer_id, "source": source, "destination": destination, "at": at});
         let (version, current) = to_current("call_created", v1, payload);
-        prop_assert_eq!(version, "2.0.0");
+        prop_assert_eq!(version, "3.0.0");
         let got: CallEvent = serde_json::from_value(current.clone()).unwrap();
         prop_assert_eq!(got, CallEvent::CallCreated {
             call_id,
@@ -980,10 +1131,12 @@ proptest! {
             variables: Map::new(),
             dial_timeout_ms: V1_DIAL_TIMEOUT_MS,
             campaign_id: None,
+            activeflow_id: None,
+            sandbox: None,
             at,
         });
         // Lifting twice changes nothing.
-        prop_assert_eq!(to_current("call_created", "2.0.0", current.clone()), ("2.0.0".to_string(), current));
+        prop_assert_eq!(to_current("call_created", "3.0.0", current.clone()), ("3.0.0".to_string(), current));
     }
 
     /// Any JSON under any event type and version: the upcasters and every decoder return,

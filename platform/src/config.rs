@@ -346,6 +346,37 @@ pub struct MediaSettings {
         value_parser = deepgram_url
     )]
     pub deepgram_url: String,
+    /// Text-to-speech provider of talks and of the sandbox far end: espeak (offline) or
+    /// openai (an OpenAI-compatible `/v1/audio/speech` server at VBIN_TTS_URL).
+    #[arg(
+        long = "tts-provider",
+        env = "VBIN_TTS_PROVIDER",
+        value_name = "PROVIDER",
+        default_value = "espeak",
+        value_parser = ["espeak", "openai"]
+    )]
+    pub tts_provider: String,
+    /// Base URL of the OpenAI-compatible speech server (tts provider openai).
+    #[arg(long = "tts-url", env = "VBIN_TTS_URL", value_name = "URL")]
+    pub tts_url: Option<String>,
+    /// API key of the speech server (tts provider openai).
+    #[arg(
+        long = "tts-api-key",
+        env = "VBIN_TTS_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub tts_api_key: Option<String>,
+    /// Milliseconds after which an answered call whose media process died (and none took its
+    /// session over) is hung up.
+    #[arg(
+        long = "media-orphan-timeout-ms",
+        env = "VBIN_MEDIA_ORPHAN_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = 30_000,
+        value_parser = positive::<u64>("VBIN_MEDIA_ORPHAN_TIMEOUT_MS", "a positive number of milliseconds")
+    )]
+    pub orphan_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for MediaSettings {
@@ -359,6 +390,10 @@ impl std::fmt::Debug for MediaSettings {
                 &self.deepgram_api_key.as_ref().map(|_| "<redacted>"),
             )
             .field("deepgram_url", &self.deepgram_url)
+            .field("tts_provider", &self.tts_provider)
+            .field("tts_url", &self.tts_url)
+            .field("tts_api_key", &self.tts_api_key.as_ref().map(|_| "<redacted>"))
+            .field("orphan_timeout_ms", &self.orphan_timeout_ms)
             .finish()
     }
 }
@@ -371,11 +406,44 @@ impl Default for MediaSettings {
             stt_grammar: None,
             deepgram_api_key: None,
             deepgram_url: deepgram::DEFAULT_BASE_URL.into(),
+            tts_provider: "espeak".into(),
+            tts_url: None,
+            tts_api_key: None,
+            orphan_timeout_ms: 30_000,
         }
     }
 }
 
 impl MediaSettings {
+    /// How long a call's media may be ownerless before the call is hung up.
+    pub fn orphan_timeout(&self) -> Duration {
+        Duration::from_millis(self.orphan_timeout_ms)
+    }
+
+    /// The text-to-speech provider (with its clip cache); fails (naming the variable) when
+    /// openai has no URL.
+    pub fn tts_provider(&self) -> anyhow::Result<Arc<dyn vbin_media::tts::TtsProvider>> {
+        use vbin_media::tts::{espeak::EspeakNg, openai::OpenAiSpeech, CachedTts, TtsProvider};
+        let inner: Arc<dyn TtsProvider> = match self.tts_provider.as_str() {
+            "openai" => {
+                let url = self
+                    .tts_url
+                    .as_deref()
+                    .context("VBIN_TTS_PROVIDER=openai needs VBIN_TTS_URL")?;
+                Arc::new(OpenAiSpeech::new(url, self.tts_api_key.clone())?)
+            }
+            _ => {
+                let e = EspeakNg::new();
+                if !e.available() {
+                    tracing::warn!("espeak-ng is not installed (Debian: espeak-ng); talks will fail");
+                }
+                Arc::new(e)
+            }
+        };
+        // Up to ~30 minutes of clips (16,000 samples a second).
+        Ok(Arc::new(CachedTts::new(inner, 16_000 * 60 * 30)))
+    }
+
     /// The speech-to-text provider; fails (naming the variable) when deepgram has no key.
     pub fn stt_provider(&self) -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
         match self.stt_provider {

@@ -107,14 +107,37 @@ fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// Every second, hangs up the calls whose media session's owner died and was not replaced
+/// within `after`.
+async fn hang_up_orphans(
+    pool: sqlx::PgPool,
+    executor: vbin_app::Executor,
+    after: std::time::Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        if let Err(e) = vbin_callmedia::hang_up_orphans(&pool, &executor, after).await {
+            tracing::warn!(error = %vbin_bus::Chain(&e), "hanging up orphaned calls: will retry");
+        }
+    }
+}
+
 /// Starts the selected parts and returns once they are running.
 pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     let settings = &cfg.settings;
     // Before connecting to anything: a provider that cannot work stops the start at once.
-    let stt = if parts.contains(&Part::Media) {
-        Some(settings.media.stt_provider()?)
+    let (stt, tts) = if parts.contains(&Part::Media) {
+        (
+            Some(settings.media.stt_provider()?),
+            Some(settings.media.tts_provider()?),
+        )
     } else {
-        None
+        (None, None)
     };
     let pool = vbin_migrations::connect_and_migrate(&cfg.database_url, cfg.db_pool)
         .await
@@ -202,6 +225,27 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
+        let engine = vbin_flow_engine::Engine::new(
+            app.clone(),
+            settings.webhooks.delivery().policy,
+            std::time::Duration::from_secs(10),
+        );
+        tasks.push(tokio::spawn(engine.run(bus.clone(), stopped(&rx))));
+        tasks.push(tokio::spawn(hang_up_orphans(
+            pool.clone(),
+            executor.clone(),
+            settings.media.orphan_timeout(),
+            stopped(&rx),
+        )));
+    }
+    if let Some(tts) = tts {
+        let media = vbin_callmedia::Media::new(
+            pool.clone(),
+            executor.clone(),
+            tts,
+            vbin_callmedia::Settings::default(),
+        );
+        tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));
     }
     if let Some(provider) = stt {
         let addr = settings.media.audiosocket_addr;

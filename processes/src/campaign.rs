@@ -388,6 +388,9 @@ impl Campaigns {
                 variables: target.variables.clone(),
                 dial_timeout_ms: plan.dial_timeout_ms,
                 campaign_id: Some(campaign_id),
+                direction: vbin_event_schema::CallDirection::Outgoing,
+                activeflow_id: None,
+                sandbox: None,
             },
             at: Utc::now(),
         };

@@ -120,6 +120,8 @@ pub fn all() -> &'static [Projection] {
         models::campaigns::CAMPAIGNS,
         models::queues::PROJECTION,
         models::transcribes::PROJECTION,
+        models::flows::FLOWS,
+        models::flows::ACTIVEFLOWS,
     ]
 }
 

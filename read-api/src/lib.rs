@@ -56,6 +56,10 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/transcribes", get(list_transcribes))
         .route("/v1.0/transcribes/{id}", get(get_transcribe))
         .route("/v1.0/transcripts", get(list_transcripts))
+        .route("/v1.0/flows", get(list_flows))
+        .route("/v1.0/flows/{id}", get(get_flow))
+        .route("/v1.0/activeflows", get(list_activeflows))
+        .route("/v1.0/activeflows/{id}", get(get_activeflow))
         .layer(Extension(state))
 }
 
@@ -315,6 +319,27 @@ list_and_get! {
     list_campaigns, get_campaign => "rm_campaigns", "campaign";
     list_queues, get_queue => "rm_queues", "queue";
     list_transcribes, get_transcribe => "rm_transcribes", "transcribe";
+    list_flows, get_flow => "rm_flows", "flow";
+}
+
+/// `GET /v1.0/activeflows/{id}`.
+async fn get_activeflow(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(&s, "rm_activeflows", "activeflow", &id, c.customer_id.as_uuid()).await
+}
+
+/// `GET /v1.0/activeflows?reference_id=`: running and ended flows, newest first.
+async fn list_activeflows(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
+    list_rows_where(&s.pool, "rm_activeflows", c.customer_id.as_uuid(), &p, filter).await
 }
 
 /// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).

@@ -7,7 +7,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 pub use vbin_app::calls::NewCalls as ValidCalls;
-use vbin_event_schema::E164;
+use vbin_app::flows::Program;
+use vbin_event_schema::flow::{is_dtmf, RawAction, SandboxScript};
+use vbin_event_schema::{FlowId, E164};
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
 
@@ -56,6 +58,57 @@ pub struct CreateCalls {
     #[serde(default)]
     variables: Map<String, Value>,
     dial_timeout_ms: Option<u32>,
+    /// A stored flow to run once answered.
+    flow_id: Option<Uuid>,
+    /// Inline actions to run once answered.
+    actions: Option<Vec<RawAction>>,
+    /// The sandbox far end's script.
+    sandbox: Option<SandboxScript>,
+}
+
+/// Most steps in a sandbox script.
+pub const MAX_SANDBOX_STEPS: usize = 64;
+
+/// Checks a sandbox script: at most [`MAX_SANDBOX_STEPS`] steps within an hour, each doing
+/// one thing (say 1 to 1024 bytes, 1 to 32 DTMF keys, or hang up).
+pub(crate) fn check_sandbox(s: &SandboxScript) -> Result<(), ApiError> {
+    if s.script.len() > MAX_SANDBOX_STEPS {
+        return Err(ApiError::invalid(format!(
+            "sandbox.script must hold at most {MAX_SANDBOX_STEPS} steps"
+        )));
+    }
+    for (i, step) in s.script.iter().enumerate() {
+        let bad = |m: &str| ApiError::invalid(format!("sandbox.script[{i}]: {m}"));
+        if step.at_ms > 3_600_000 {
+            return Err(bad("at_ms must be at most 3600000"));
+        }
+        let things = step.say.is_some() as u8 + step.digits.is_some() as u8 + step.hangup as u8;
+        if things != 1 {
+            return Err(bad("a step does exactly one of say, digits, hangup"));
+        }
+        if step.say.as_ref().is_some_and(|t| t.trim().is_empty() || t.len() > 1024) {
+            return Err(bad("say must be 1 to 1024 bytes"));
+        }
+        if let Some(d) = &step.digits {
+            if d.is_empty() || d.len() > 32 || !d.chars().all(is_dtmf) {
+                return Err(bad("digits must be 1 to 32 of the keys 0-9 * # A-D"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `flow_id` or `actions` (not both) as a program.
+pub(crate) fn program(
+    flow_id: Option<Uuid>,
+    actions: Option<Vec<RawAction>>,
+) -> Result<Option<Program>, ApiError> {
+    match (flow_id, actions) {
+        (Some(_), Some(_)) => Err(ApiError::invalid("give flow_id or actions, not both")),
+        (Some(id), None) => Ok(Some(Program::Flow(FlowId(id)))),
+        (None, Some(a)) => Ok(Some(Program::Inline(a))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Parses a `destinations` list of 1 to `max` addresses, naming the bad entry in the error.
@@ -117,11 +170,16 @@ impl CreateCalls {
         if !(1_000..=300_000).contains(&dial_timeout_ms) {
             return Err(ApiError::invalid("dial_timeout_ms must be 1000 to 300000"));
         }
+        if let Some(s) = &self.sandbox {
+            check_sandbox(s)?;
+        }
         Ok(ValidCalls {
             source,
             destinations,
             variables: self.variables,
             dial_timeout_ms,
+            program: program(self.flow_id, self.actions)?,
+            sandbox: self.sandbox,
         })
     }
 }

@@ -6,6 +6,7 @@ pub mod billing;
 pub mod calls;
 pub mod campaigns;
 pub mod error;
+pub mod flows;
 pub mod identity;
 pub mod queues;
 pub mod state;
@@ -48,6 +49,15 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
         .route("/v1.0/agents/{id}/status", put(identity::set_agent_status))
         .route("/v1.0/calls", post(calls::create_calls))
         .route("/v1.0/calls/{id}/hangup", post(calls::hangup_call))
+        .route("/v1.0/flows", post(flows::create_flow))
+        .route(
+            "/v1.0/flows/{id}",
+            put(flows::update_flow).delete(flows::delete_flow),
+        )
+        .route(
+            "/v1.0/activeflows/{id}/stop",
+            post(flows::stop_activeflow),
+        )
         .route("/v1.0/outplans", post(campaigns::create_outplan))
         .route("/v1.0/outdials", post(campaigns::create_outdial))
         .route(

@@ -2,6 +2,7 @@
 
 pub mod billing;
 pub mod calls;
+pub mod flows;
 pub mod campaigns;
 pub mod identity;
 pub mod queues;

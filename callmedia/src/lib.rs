@@ -1,0 +1,561 @@
+//! The media process: one media session per answered call ([`session`]), fed by a far end
+//! ([`far`]; the sandbox's simulated person today), controlled through events.
+//!
+//! - A call with a flow or a sandbox script is answered (`call_progressing`), or one of its
+//!   flow's media actions is executed: the session is started here, and this process claims
+//!   the call in `media_sessions` (a lease it renews).
+//! - `activeflow_action_executed` of a media action: the session carries it out (talk and beep
+//!   once their audio is synthesised) and reports the end as `Complete{seq}`.
+//! - `call_hungup`: the session ends and the claim is deleted.
+//! - Crash: a claim whose lease ran out is taken over by a media process, which starts the
+//!   session again and carries out the flow's pending media action again (a talk cut off is
+//!   played again). [`hang_up_orphans`] hangs up a call nobody took over within the orphan
+//!   timeout (cause `network_out_of_order`).
+
+pub mod far;
+pub mod session;
+
+use chrono::Utc;
+use far::{PersonStep, SandboxPerson};
+use session::{Control, Execution, Report, Session};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+use vbin_app::{ExecError, Executor};
+use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
+use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
+use vbin_event_schema::views::CallView;
+use vbin_event_schema::{
+    ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId,
+    HangupCause, PublishedEvent,
+};
+use vbin_eventlog::CommandMeta;
+use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
+
+/// Durable consumer of call events.
+pub const CALLS_CONSUMER: &str = "media-calls";
+/// Durable consumer of activeflow events.
+pub const ACTIONS_CONSUMER: &str = "media-actions";
+
+/// Settings of the media process.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This process's name in `media_sessions.owner`.
+    pub node: String,
+    /// How long a claim lasts without renewal.
+    pub lease: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            node: format!("media-{}", Uuid::now_v7()),
+            lease: Duration::from_secs(6),
+        }
+    }
+}
+
+/// Why handling an event failed (it is redelivered).
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    /// The event did not decode.
+    #[error("undecodable event")]
+    Decode(#[from] vbin_event_schema::DecodeError),
+    /// A command or load failed.
+    #[error("command failed")]
+    Exec(#[from] ExecError),
+    /// Postgres failed.
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+    /// Another live process owns the call's session.
+    #[error("call {0} is owned by media process {1}")]
+    OwnedElsewhere(CallId, String),
+}
+
+struct Handle {
+    control: mpsc::Sender<Control>,
+}
+
+/// The media process.
+#[derive(Clone)]
+pub struct Media {
+    pool: sqlx::PgPool,
+    executor: Executor,
+    tts: Arc<dyn TtsProvider>,
+    settings: Arc<Settings>,
+    sessions: Arc<Mutex<HashMap<CallId, Handle>>>,
+    starting: Arc<tokio::sync::Mutex<()>>,
+}
+
+fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
+    let mut meta = CommandMeta::caused_by("media", part_event, correlation);
+    meta.customer_id = Some(customer.as_uuid());
+    meta
+}
+
+impl Media {
+    /// A media process speaking with `tts`.
+    pub fn new(
+        pool: sqlx::PgPool,
+        executor: Executor,
+        tts: Arc<dyn TtsProvider>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            pool,
+            executor,
+            tts,
+            settings: Arc::new(settings),
+            sessions: Arc::default(),
+            starting: Arc::default(),
+        }
+    }
+
+    /// Live sessions in this process.
+    pub fn live(&self) -> usize {
+        self.sessions.lock().expect("sessions").len()
+    }
+
+    /// Runs the consumers and the lease keeper until `shutdown`.
+    pub async fn run(self, bus: Bus, shutdown: impl std::future::Future<Output = ()>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let calls = ConsumerSpec::for_events_of::<CallEvent>(
+            CALLS_CONSUMER,
+            &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+        )
+        .lanes(16);
+        let actions = ConsumerSpec::for_events_of::<ActiveflowEvent>(
+            ACTIONS_CONSUMER,
+            &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
+        )
+        .lanes(16);
+        let me = self.clone();
+        let a = run_consumer(bus.clone(), calls, move |e| me.clone().on_call(e), stop(rx.clone()));
+        let me = self.clone();
+        let b = run_consumer(bus, actions, move |e| me.clone().on_action(e), stop(rx.clone()));
+        let keeper = self.clone().keep_leases(stop(rx));
+        let trigger = async {
+            shutdown.await;
+            let _ = tx.send(true);
+        };
+        tokio::join!(a, b, keeper, trigger);
+        let handles: Vec<Handle> = self
+            .sessions
+            .lock()
+            .expect("sessions")
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in handles {
+            let _ = h.control.try_send(Control::Stop);
+        }
+    }
+
+    async fn on_call(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let call = CallId(e.aggregate_id);
+        match e.decode::<CallEvent>()? {
+            CallEvent::CallProgressing { .. } => {
+                let view = e.view::<CallView>()?;
+                if view.activeflow_id.is_some() || e.resource["sandbox"].is_object() {
+                    self.ensure(call, CustomerId(e.customer_id)).await?;
+                }
+            }
+            CallEvent::CallHungup { .. } => self.end(call).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_action(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let ActiveflowEvent::ActiveflowActionExecuted { seq, action, .. } =
+            e.decode::<ActiveflowEvent>()?
+        else {
+            return Ok(());
+        };
+        if !action.kind.is_media() {
+            return Ok(());
+        }
+        let Some(call) = e.resource["reference_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(CallId)
+        else {
+            return Ok(());
+        };
+        let exec = Execution {
+            activeflow: ActiveflowId(e.aggregate_id),
+            seq,
+        };
+        let customer = CustomerId(e.customer_id);
+        let Some(control) = self.ensure(call, customer).await? else {
+            // The call is not answered or has ended: the action cannot run; say so.
+            let result = ActionResult {
+                error: Some("the call has no media (not answered or ended)".into()),
+                ..Default::default()
+            };
+            return self.complete(customer, exec, result).await;
+        };
+        self.dispatch(control, customer, exec, action.kind).await;
+        Ok(())
+    }
+
+    /// Hands a media action to its session (synthesising speech first).
+    async fn dispatch(
+        &self,
+        control: mpsc::Sender<Control>,
+        customer: CustomerId,
+        exec: Execution,
+        kind: ActionKind,
+    ) {
+        match kind {
+            ActionKind::Talk(t) => {
+                let done = (!t.is_async).then_some(exec);
+                let req = TtsRequest {
+                    text: t.text,
+                    language: t.language,
+                    voice: t.voice_id,
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    match me.tts.synthesize(&req).await {
+                        Ok(speech) => {
+                            let _ = control.send(Control::Play(done, speech)).await;
+                        }
+                        Err(err) => {
+                            tracing::warn!(activeflow = %exec.activeflow, seq = exec.seq, error = %err, "talk: synthesis failed");
+                            if let Some(exec) = done {
+                                let result = ActionResult {
+                                    error: Some(format!("talk: {err}")),
+                                    ..Default::default()
+                                };
+                                let _ = me.complete(customer, exec, result).await;
+                            }
+                        }
+                    }
+                });
+            }
+            ActionKind::Beep(_) => {
+                let _ = control.send(Control::Play(Some(exec), beep())).await;
+            }
+            kind => {
+                let _ = control.send(Control::Execute(exec, kind)).await;
+            }
+        }
+    }
+
+    /// Reports the end of a media action to its activeflow.
+    async fn complete(
+        &self,
+        customer: CustomerId,
+        exec: Execution,
+        result: ActionResult,
+    ) -> Result<(), MediaError> {
+        let cmd = ActiveflowCommand::Complete {
+            seq: exec.seq,
+            result,
+            at: Utc::now(),
+        };
+        let id = exec.activeflow.as_uuid();
+        match self
+            .executor
+            .execute::<Activeflow>(id, customer, Some(customer), cmd, &meta(id, &id.to_string(), customer))
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The call's session here, started (and claimed) if needed; `None` when the call has
+    /// no media (not answered, or ended).
+    async fn ensure(
+        &self,
+        call_id: CallId,
+        customer: CustomerId,
+    ) -> Result<Option<mpsc::Sender<Control>>, MediaError> {
+        if let Some(h) = self.sessions.lock().expect("sessions").get(&call_id) {
+            return Ok(Some(h.control.clone()));
+        }
+        let _one = self.starting.lock().await;
+        if let Some(h) = self.sessions.lock().expect("sessions").get(&call_id) {
+            return Ok(Some(h.control.clone()));
+        }
+        let Some(call) = self
+            .executor
+            .load::<Call>(call_id.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(None);
+        };
+        if call.status != CallStatus::Progressing {
+            return Ok(None);
+        }
+        let owner: Option<String> = sqlx::query_scalar(
+            "INSERT INTO media_sessions (call_id, customer_id, owner, lease_until) \
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4)) \
+             ON CONFLICT (call_id) DO UPDATE SET owner = EXCLUDED.owner, \
+               lease_until = EXCLUDED.lease_until \
+             WHERE media_sessions.lease_until < now() OR media_sessions.owner = EXCLUDED.owner \
+             RETURNING owner",
+        )
+        .bind(call_id.as_uuid())
+        .bind(customer.as_uuid())
+        .bind(&self.settings.node)
+        .bind(self.settings.lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        if owner.is_none() {
+            let other: String =
+                sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
+                    .bind(call_id.as_uuid())
+                    .fetch_one(&self.pool)
+                    .await?;
+            return Err(MediaError::OwnedElsewhere(call_id, other));
+        }
+        let control = self.start(call_id, customer, &call);
+        Ok(Some(control))
+    }
+
+    fn start(&self, call_id: CallId, customer: CustomerId, call: &Call) -> mpsc::Sender<Control> {
+        // The script runs on the call's clock: steps are relative to its answer.
+        let since_answer = call
+            .tm_progressing
+            .map(|t| (Utc::now() - t).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        let answered = Instant::now() - since_answer;
+        let (steps_tx, steps_rx) = mpsc::unbounded_channel();
+        if let Some(script) = call.sandbox.clone() {
+            self.prepare_script(script, steps_tx);
+        }
+        let far = SandboxPerson::new(answered, steps_rx);
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let session = Session::new(Box::new(far), reports_tx);
+        let (control, control_rx) = mpsc::channel(64);
+        self.sessions.lock().expect("sessions").insert(
+            call_id,
+            Handle {
+                control: control.clone(),
+            },
+        );
+        metrics::gauge!("vbin_media_sessions").increment(1.0);
+        tokio::spawn(session.run(control_rx));
+        tokio::spawn(self.clone().reports(customer, reports_rx));
+        tracing::info!(call = %call_id, "media session started");
+        control
+    }
+
+    /// Synthesises the person's lines and hands each step to it when ready.
+    fn prepare_script(
+        &self,
+        script: SandboxScript,
+        steps: mpsc::UnboundedSender<(Duration, PersonStep)>,
+    ) {
+        let tts = self.tts.clone();
+        tokio::spawn(async move {
+            for step in script.script {
+                let at = Duration::from_millis(step.at_ms as u64);
+                if let Some(keys) = &step.digits {
+                    for (i, k) in keys.chars().enumerate() {
+                        let _ = steps.send((at + Duration::from_millis(150 * i as u64), PersonStep::Key(k)));
+                    }
+                }
+                if let Some(text) = &step.say {
+                    match tts.synthesize(&TtsRequest::new(text.clone(), "en-US")).await {
+                        Ok(speech) => {
+                            let _ = steps.send((at, PersonStep::Say(speech)));
+                        }
+                        Err(e) => tracing::warn!(error = %e, "sandbox far end: cannot synthesise its line"),
+                    }
+                }
+            }
+        });
+    }
+
+    /// Turns a session's reports into commands.
+    async fn reports(self, customer: CustomerId, mut rx: mpsc::UnboundedReceiver<Report>) {
+        let mut last_digit: Option<Instant> = None;
+        while let Some(r) = rx.recv().await {
+            match r {
+                Report::Done(exec, result) => {
+                    // Retried: the report is idempotent (a stale seq is ignored).
+                    for attempt in 0..5u32 {
+                        match self.complete(customer, exec, result.clone()).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %vbin_bus::Chain(&e), attempt, "reporting a media action's end failed");
+                                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                            }
+                        }
+                    }
+                }
+                Report::Digit(_, at) => last_digit = Some(at),
+                Report::FirstFrame(Some(_), at) => {
+                    if let Some(d) = last_digit.take() {
+                        metrics::histogram!("vbin_media_digit_to_talk_seconds")
+                            .record(at.saturating_duration_since(d).as_secs_f64());
+                    }
+                }
+                Report::FirstFrame(None, _) => {}
+            }
+        }
+    }
+
+    /// Ends the call's session and releases its claim.
+    async fn end(&self, call: CallId) -> Result<(), MediaError> {
+        let handle = self.sessions.lock().expect("sessions").remove(&call);
+        if let Some(h) = handle {
+            let _ = h.control.send(Control::Stop).await;
+            metrics::gauge!("vbin_media_sessions").decrement(1.0);
+            tracing::info!(%call, "media session ended");
+        }
+        sqlx::query("DELETE FROM media_sessions WHERE call_id = $1")
+            .bind(call.as_uuid())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Renews this process's claims; takes over claims whose lease ran out (their process
+    /// died) and carries out their flows' pending media actions again.
+    async fn keep_leases(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.renew_and_take_over().await {
+                tracing::warn!(error = %vbin_bus::Chain(&e), "media leases: will retry");
+            }
+        }
+    }
+
+    async fn renew_and_take_over(&self) -> Result<(), MediaError> {
+        sqlx::query(
+            "UPDATE media_sessions SET lease_until = now() + make_interval(secs => $2) \
+             WHERE owner = $1",
+        )
+        .bind(&self.settings.node)
+        .bind(self.settings.lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        let expired: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT call_id, customer_id FROM media_sessions WHERE lease_until < now() LIMIT 100",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for (call, customer) in expired {
+            let (call, customer) = (CallId(call), CustomerId(customer));
+            self.sessions.lock().expect("sessions").remove(&call);
+            match self.ensure(call, customer).await {
+                Ok(Some(control)) => {
+                    tracing::warn!(%call, "took over the media session of a call whose owner stopped");
+                    self.resume(call, customer, control).await?;
+                }
+                Ok(None) => {
+                    // Ended meanwhile.
+                    sqlx::query("DELETE FROM media_sessions WHERE call_id = $1")
+                        .bind(call.as_uuid())
+                        .execute(&self.pool)
+                        .await?;
+                }
+                Err(MediaError::OwnedElsewhere(..)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out the call's flow's pending media action again.
+    async fn resume(
+        &self,
+        call: CallId,
+        customer: CustomerId,
+        control: mpsc::Sender<Control>,
+    ) -> Result<(), MediaError> {
+        let Some(c) = self.executor.load::<Call>(call.as_uuid(), Some(customer)).await? else {
+            return Ok(());
+        };
+        let Some(af) = c.activeflow_id else {
+            return Ok(());
+        };
+        let Some(flow) = self
+            .executor
+            .load::<Activeflow>(af.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(());
+        };
+        if flow.status != ActiveflowStatus::Running {
+            return Ok(());
+        }
+        if let (Some(seq), Some(action)) = (flow.waiting, flow.current) {
+            if action.kind.is_media() {
+                let exec = Execution {
+                    activeflow: af,
+                    seq,
+                };
+                self.dispatch(control, customer, exec, action.kind).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hangs up answered calls whose media claim has not been renewed for `after` (their media
+/// process died and none took over). Returns how many.
+pub async fn hang_up_orphans(
+    pool: &sqlx::PgPool,
+    executor: &Executor,
+    after: Duration,
+) -> Result<usize, MediaError> {
+    let orphans: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT call_id, customer_id FROM media_sessions \
+         WHERE lease_until < now() - make_interval(secs => $1) LIMIT 100",
+    )
+    .bind(after.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    for (call, customer) in &orphans {
+        tracing::warn!(%call, "media session orphaned: hanging up the call");
+        let cmd = CallCommand::Hangup {
+            request: HangupRequest::Remote(HangupCause::NetworkOutOfOrder),
+            at: Utc::now(),
+        };
+        let c = CustomerId(*customer);
+        match executor
+            .execute::<Call>(*call, c, Some(c), cmd, &meta(*call, &call.to_string(), c))
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query("DELETE FROM media_sessions WHERE call_id = $1")
+            .bind(call)
+            .execute(pool)
+            .await?;
+    }
+    Ok(orphans.len())
+}
+
+/// A 1 kHz beep of 400 ms at 16 kHz, with 5 ms ramps.
+fn beep() -> Speech {
+    let n = 16_000 * 400 / 1000;
+    let ramp = 80.0;
+    (0..n)
+        .map(|i| {
+            let t = i as f32 / 16_000.0;
+            let env = (i as f32 / ramp).min(1.0).min((n - i) as f32 / ramp);
+            (env * 8_000.0 * (2.0 * std::f32::consts::PI * 1_000.0 * t).sin()) as i16
+        })
+        .collect::<Vec<i16>>()
+        .into()
+}

@@ -1,0 +1,346 @@
+//! One call's media session: a task ticking every 20 ms that takes a frame from the far end
+//! (far end -> platform, with DTMF), mixes what the platform plays into a frame for the far
+//! end, and carries out the flow's media actions, reporting each one's end.
+
+use crate::far::FarEnd;
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use vbin_event_schema::flow::{ActionKind, ActionResult};
+use vbin_event_schema::ActiveflowId;
+use vbin_media::tts::Speech;
+
+/// Samples per second inside the engine.
+pub const RATE_HZ: u32 = 16_000;
+/// One frame's length.
+pub const FRAME: Duration = Duration::from_millis(20);
+/// Samples in one frame.
+pub const FRAME_SAMPLES: usize = (RATE_HZ as usize) / 50;
+
+/// An action execution the session reports the end of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Execution {
+    /// The activeflow.
+    pub activeflow: ActiveflowId,
+    /// Its `seq`.
+    pub seq: u64,
+}
+
+/// What the session is told.
+#[derive(Debug)]
+pub enum Control {
+    /// Carry out a media action.
+    Execute(Execution, ActionKind),
+    /// Audio to play, ready (a synthesised talk, a beep); `None` for async talks.
+    Play(Option<Execution>, Speech),
+    /// End the session (the call ended).
+    Stop,
+}
+
+/// What the session reports.
+#[derive(Debug)]
+pub enum Report {
+    /// A media action ended.
+    Done(Execution, ActionResult),
+    /// The far end pressed a key (for metrics: when).
+    Digit(char, Instant),
+    /// The first frame of a clip went out.
+    FirstFrame(Option<Execution>, Instant),
+}
+
+struct Source {
+    samples: Speech,
+    pos: usize,
+    done: Option<Execution>,
+}
+
+struct Collect {
+    exec: Execution,
+    digits: String,
+    length: Option<usize>,
+    keys: String,
+    deadline: Instant,
+}
+
+/// A running session's state (owned by its task).
+pub struct Session {
+    far: Box<dyn FarEnd>,
+    sources: Vec<Source>,
+    received: VecDeque<char>,
+    collect: Option<Collect>,
+    timers: Vec<(Instant, Execution)>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// Frames sent to the far end so far.
+    pub frames: u64,
+}
+
+impl Session {
+    /// A session with `far` at the other end, reporting to `reports`.
+    pub fn new(far: Box<dyn FarEnd>, reports: mpsc::UnboundedSender<Report>) -> Self {
+        Self {
+            far,
+            sources: Vec::new(),
+            received: VecDeque::new(),
+            collect: None,
+            timers: Vec::new(),
+            reports,
+            frames: 0,
+        }
+    }
+
+    fn report(&self, r: Report) {
+        let _ = self.reports.send(r);
+    }
+
+    fn done(&self, exec: Execution, result: ActionResult) {
+        self.report(Report::Done(exec, result));
+    }
+
+    /// Applies a control message; false when the session must end.
+    pub fn control(&mut self, c: Control, now: Instant) -> bool {
+        match c {
+            Control::Stop => return false,
+            Control::Play(done, samples) => self.sources.push(Source {
+                samples,
+                pos: 0,
+                done,
+            }),
+            Control::Execute(exec, kind) => self.execute(exec, kind, now),
+        }
+        true
+    }
+
+    fn execute(&mut self, exec: Execution, kind: ActionKind, now: Instant) {
+        match kind {
+            ActionKind::Sleep(s) => self
+                .timers
+                .push((now + Duration::from_millis(s.duration as u64), exec)),
+            ActionKind::DigitsReceive(d) => {
+                // A new digits_receive replaces one that did not end (stale execution).
+                self.collect = Some(Collect {
+                    exec,
+                    digits: String::new(),
+                    length: d.length.map(|l| l as usize),
+                    keys: d.key.unwrap_or_default(),
+                    deadline: now + Duration::from_millis(d.duration as u64),
+                });
+            }
+            ActionKind::DigitsSend(d) => {
+                let each = d.duration.unwrap_or(100) + d.interval.unwrap_or(100);
+                self.far.dtmf(&d.digits);
+                let ms = each as u64 * d.digits.chars().count() as u64;
+                self.timers.push((now + Duration::from_millis(ms), exec));
+            }
+            // Talk, play and beep arrive as Play once their audio is ready.
+            _ => self.done(exec, ActionResult::default()),
+        }
+    }
+
+    /// One 20 ms step: a frame in from the far end, a frame out to it.
+    pub fn tick(&mut self, now: Instant) {
+        let inbound = self.far.next_frame(now);
+        for d in inbound.dtmf {
+            self.report(Report::Digit(d, now));
+            self.received.push_back(d);
+        }
+        let mut out = vec![0i32; FRAME_SAMPLES];
+        let mut finished = Vec::new();
+        for (i, s) in self.sources.iter_mut().enumerate() {
+            if s.pos == 0 {
+                let _ = self.reports.send(Report::FirstFrame(s.done, now));
+            }
+            let end = (s.pos + FRAME_SAMPLES).min(s.samples.len());
+            for (o, v) in out.iter_mut().zip(&s.samples[s.pos..end]) {
+                *o += *v as i32;
+            }
+            s.pos = end;
+            if s.pos >= s.samples.len() {
+                finished.push(i);
+            }
+        }
+        for i in finished.into_iter().rev() {
+            if let Some(exec) = self.sources.remove(i).done {
+                self.done(exec, ActionResult::default());
+            }
+        }
+        let frame: Vec<i16> = out
+            .into_iter()
+            .map(|v| v.clamp(i16::MIN as i32, i16::MAX as i32) as i16)
+            .collect();
+        self.far.hear(&frame);
+        self.frames += 1;
+        self.collect_digits(now);
+        let due: Vec<Execution> = self
+            .timers
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, e)| *e)
+            .collect();
+        self.timers.retain(|(at, _)| *at > now);
+        for exec in due {
+            self.done(exec, ActionResult::default());
+        }
+    }
+
+    fn collect_digits(&mut self, now: Instant) {
+        let Some(c) = &mut self.collect else {
+            // Keys pressed while nothing collects wait for the next digits_receive.
+            return;
+        };
+        let mut finished = false;
+        while let Some(d) = self.received.pop_front() {
+            if c.keys.contains(d) {
+                finished = true;
+                break;
+            }
+            c.digits.push(d);
+            if c.length.is_some_and(|l| c.digits.chars().count() >= l) {
+                finished = true;
+                break;
+            }
+        }
+        if finished || now >= c.deadline {
+            let c = self.collect.take().expect("collecting");
+            let mut result = ActionResult::default();
+            result.variables.insert(
+                vbin_domain::activeflow::DIGITS_VARIABLE.into(),
+                serde_json::Value::String(c.digits),
+            );
+            self.done(c.exec, result);
+        }
+    }
+
+    /// Runs the session until stopped or the control channel closes.
+    pub async fn run(mut self, mut control: mpsc::Receiver<Control>) {
+        let mut tick = tokio::time::interval(FRAME);
+        // A late tick is made up at once: over time exactly 50 frames a second go out.
+        tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        loop {
+            tokio::select! {
+                biased;
+                c = control.recv() => match c {
+                    Some(c) => if !self.control(c, Instant::now()) { return },
+                    None => return,
+                },
+                at = tick.tick() => self.tick(at),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::far::{FarEnd, Inbound};
+    use std::sync::{Arc, Mutex};
+    use vbin_event_schema::flow::{DigitsReceive, Sleep};
+
+    #[derive(Default)]
+    struct Fake {
+        keys: Vec<(u64, char)>,
+        heard: Arc<Mutex<Vec<i16>>>,
+        frame: u64,
+    }
+
+    impl FarEnd for Fake {
+        fn next_frame(&mut self, _: Instant) -> Inbound {
+            self.frame += 1;
+            let dtmf = self
+                .keys
+                .iter()
+                .filter(|(f, _)| *f == self.frame)
+                .map(|(_, k)| *k)
+                .collect();
+            Inbound {
+                audio: vec![0; FRAME_SAMPLES],
+                dtmf,
+            }
+        }
+        fn hear(&mut self, frame: &[i16]) {
+            self.heard.lock().unwrap().extend_from_slice(frame);
+        }
+        fn dtmf(&mut self, _: &str) {}
+    }
+
+    fn exec(seq: u64) -> Execution {
+        Execution {
+            activeflow: ActiveflowId(uuid::Uuid::nil()),
+            seq,
+        }
+    }
+
+    fn done(rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<(u64, ActionResult)> {
+        let mut out = vec![];
+        while let Ok(r) = rx.try_recv() {
+            if let Report::Done(e, r) = r {
+                out.push((e.seq, r));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn plays_clips_bit_exact_and_reports_their_end() {
+        let heard = Arc::new(Mutex::new(vec![]));
+        let far = Fake {
+            heard: heard.clone(),
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut s = Session::new(Box::new(far), tx);
+        let now = Instant::now();
+        let clip: Vec<i16> = (0..500).map(|i| (i * 37 % 2000) as i16 - 1000).collect();
+        s.control(Control::Play(Some(exec(1)), clip.clone().into()), now);
+        s.tick(now);
+        assert!(done(&mut rx).is_empty());
+        s.tick(now);
+        assert_eq!(done(&mut rx).len(), 1, "ends with the frame holding its last sample");
+        let heard = heard.lock().unwrap();
+        assert_eq!(&heard[..500], &clip[..]);
+        assert!(heard[500..].iter().all(|v| *v == 0));
+    }
+
+    #[test]
+    fn digits_end_at_the_length_or_the_key_and_sleep_at_its_time() {
+        let far = Fake {
+            keys: vec![(2, '4'), (3, '2'), (4, '#'), (6, '9')],
+            ..Default::default()
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut s = Session::new(Box::new(far), tx);
+        let t0 = Instant::now();
+        let receive = |length| {
+            ActionKind::DigitsReceive(DigitsReceive {
+                duration: 1_000,
+                length,
+                key: Some("#".into()),
+            })
+        };
+        s.control(Control::Execute(exec(1), receive(None)), t0);
+        for i in 0..4 {
+            s.tick(t0 + FRAME * i);
+        }
+        let d = done(&mut rx);
+        assert_eq!(d[0].1.variables["voipbin.call.digits"], "42");
+        // The 9 comes while nothing collects: the next digits_receive takes it.
+        for i in 4..6 {
+            s.tick(t0 + FRAME * i);
+        }
+        s.control(Control::Execute(exec(2), receive(Some(1))), t0 + FRAME * 6);
+        s.tick(t0 + FRAME * 6);
+        assert_eq!(done(&mut rx)[0].1.variables["voipbin.call.digits"], "9");
+        // Nothing pressed: the duration ends it with no digits.
+        s.control(Control::Execute(exec(3), receive(None)), t0);
+        s.control(
+            Control::Execute(exec(4), ActionKind::Sleep(Sleep { duration: 100 })),
+            t0,
+        );
+        s.tick(t0 + Duration::from_millis(99));
+        assert!(done(&mut rx).is_empty());
+        s.tick(t0 + Duration::from_millis(1_000));
+        let d = done(&mut rx);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].1.variables["voipbin.call.digits"], "");
+    }
+}

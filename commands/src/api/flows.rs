@@ -1,0 +1,63 @@
+//! Flow commands (create, update, delete) and stopping an activeflow.
+
+use super::error::ApiResult;
+use super::state::{CmdState, Tenant};
+use axum::extract::State;
+use serde::Deserialize;
+use uuid::Uuid;
+use vbin_app::flows::FlowInput;
+use vbin_event_schema::flow::RawAction;
+use vbin_http::extract::{Json, Path};
+
+/// `POST /v1.0/flows` and `PUT /v1.0/flows/{id}` body.
+#[derive(Deserialize)]
+pub struct FlowBody {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    detail: String,
+    actions: Vec<RawAction>,
+}
+
+impl From<FlowBody> for FlowInput {
+    fn from(b: FlowBody) -> Self {
+        FlowInput {
+            name: b.name,
+            detail: b.detail,
+            actions: b.actions,
+        }
+    }
+}
+
+/// `POST /v1.0/flows` -> the flow (actions without an id get one).
+pub async fn create_flow(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Json(b): Json<FlowBody>,
+) -> ApiResult {
+    Ok(Json(s.app.create_flow(&t.acting, b.into()).await?.view()))
+}
+
+/// `PUT /v1.0/flows/{id}` -> the flow (running activeflows keep the program they copied).
+pub async fn update_flow(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+    Json(b): Json<FlowBody>,
+) -> ApiResult {
+    Ok(Json(s.app.update_flow(&t.acting, id, b.into()).await?.view()))
+}
+
+/// `DELETE /v1.0/flows/{id}` -> the deleted flow.
+pub async fn delete_flow(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+    Ok(Json(s.app.delete_flow(&t.acting, id).await?.view()))
+}
+
+/// `POST /v1.0/activeflows/{id}/stop` -> the activeflow, ended (the call goes on).
+pub async fn stop_activeflow(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    Ok(Json(s.app.stop_activeflow(&t.acting, id).await?.view()))
+}

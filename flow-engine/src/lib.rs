@@ -1,0 +1,348 @@
+//! The flow engine: a process manager between calls and their activeflows.
+//!
+//! - A call with a flow is answered (outgoing) or arrives (incoming): `Start` its activeflow.
+//! - A call ends: `Stop` its activeflow (`call_ended`).
+//! - An activeflow executes an action the engine carries out: do it, then report
+//!   `Complete{seq}` (the aggregate ignores a report for any other `seq`, so redelivered
+//!   events are harmless):
+//!   - `answer`: answer the call;
+//!   - `hangup`: hang up the call (the activeflow has ended itself);
+//!   - `webhook_send`: a request signed like webhooks (the `webhook-id` is the activeflow id
+//!     and `seq`, the same on every retry of one execution); with `sync`, the actions of a 2xx
+//!     `{"actions":[...]}` body run next;
+//!   - `fetch_flow`: the customer's flow's actions run next.
+//!
+//!   Media actions (talk, digits, ...) are the media session's ([`ActionKind::is_media`]).
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+use vbin_app::flows::validate;
+use vbin_app::{AppError, ExecError, Executor};
+use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_domain::flow::renumber;
+use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
+use vbin_event_schema::flow::{ActionId, ActionKind, ActionResult, RawAction, WebhookSend};
+use vbin_event_schema::views::CallView;
+use vbin_event_schema::{
+    ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent,
+};
+use vbin_eventlog::CommandMeta;
+use vbin_webhooks::guard::{AddressPolicy, GuardedResolver};
+use vbin_webhooks::signing::{signed_headers, Secrets};
+
+/// Durable consumer of call events.
+pub const CALLS_CONSUMER: &str = "flow-engine-calls";
+/// Durable consumer of activeflow events.
+pub const ACTIONS_CONSUMER: &str = "flow-engine-actions";
+/// Largest `webhook_send` answer read.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Why handling an event failed (it is redelivered).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The event did not decode.
+    #[error("undecodable event")]
+    Decode(#[from] vbin_event_schema::DecodeError),
+    /// A command failed.
+    #[error("command failed")]
+    Exec(#[from] ExecError),
+    /// A lookup failed.
+    #[error("use case failed")]
+    App(#[from] AppError),
+    /// Postgres failed.
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+}
+
+/// What the engine needs.
+#[derive(Clone)]
+pub struct Engine {
+    app: vbin_app::App,
+    http: reqwest::Client,
+    policy: Arc<AddressPolicy>,
+}
+
+impl Engine {
+    /// An engine sending `webhook_send` requests under `policy` (the webhooks' SSRF guard).
+    pub fn new(app: vbin_app::App, policy: AddressPolicy, timeout: Duration) -> Self {
+        let policy = Arc::new(policy);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
+            .user_agent("vbin-flows/1")
+            .build()
+            .expect("a reqwest client builds");
+        Self { app, http, policy }
+    }
+
+    fn executor(&self) -> &Executor {
+        &self.app.executor
+    }
+
+    /// Runs both consumers until `shutdown`.
+    pub async fn run(self, bus: Bus, shutdown: impl std::future::Future<Output = ()>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let calls = ConsumerSpec::for_events_of::<CallEvent>(
+            CALLS_CONSUMER,
+            &[
+                CallEvent::CALL_CREATED,
+                CallEvent::CALL_PROGRESSING,
+                CallEvent::CALL_HUNGUP,
+            ],
+        )
+        .lanes(16);
+        let actions = ConsumerSpec::for_events_of::<ActiveflowEvent>(
+            ACTIONS_CONSUMER,
+            &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
+        )
+        .lanes(16);
+        let me = self.clone();
+        let a = run_consumer(bus.clone(), calls, move |e| me.clone().on_call(e), stop(rx.clone()));
+        let me = self.clone();
+        let b = run_consumer(bus, actions, move |e| me.clone().on_action(e), stop(rx));
+        let trigger = async {
+            shutdown.await;
+            let _ = tx.send(true);
+        };
+        tokio::join!(a, b, trigger);
+    }
+
+    fn meta(e: &PublishedEvent, customer: CustomerId) -> CommandMeta {
+        let mut meta = CommandMeta::caused_by("flow-engine", e.event_id, e.correlation_id());
+        meta.customer_id = Some(customer.as_uuid());
+        meta
+    }
+
+    async fn on_call(self, e: PublishedEvent) -> Result<(), EngineError> {
+        let Some(activeflow) = e.view::<CallView>()?.activeflow_id else {
+            return Ok(());
+        };
+        let customer = CustomerId(e.customer_id);
+        let at = Utc::now();
+        let cmd = match e.decode::<CallEvent>()? {
+            CallEvent::CallCreated { direction, .. } if direction == CallDirection::Incoming => {
+                ActiveflowCommand::Start { at }
+            }
+            CallEvent::CallProgressing { .. } => ActiveflowCommand::Start { at },
+            CallEvent::CallHungup { .. } => ActiveflowCommand::Stop {
+                reason: "call_ended".into(),
+                at,
+            },
+            _ => return Ok(()),
+        };
+        self.activeflow(&e, customer, activeflow.as_uuid(), cmd).await
+    }
+
+    async fn activeflow(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        id: Uuid,
+        cmd: ActiveflowCommand,
+    ) -> Result<(), EngineError> {
+        match self
+            .executor()
+            .execute::<Activeflow>(id, customer, Some(customer), cmd, &Self::meta(e, customer))
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn on_action(self, e: PublishedEvent) -> Result<(), EngineError> {
+        let ActiveflowEvent::ActiveflowActionExecuted { seq, action, .. } =
+            e.decode::<ActiveflowEvent>()?
+        else {
+            return Ok(());
+        };
+        let customer = CustomerId(e.customer_id);
+        let result = match &action.kind {
+            ActionKind::Answer(_) => {
+                self.call(&e, customer, |at| CallCommand::MarkAnswered { at })
+                    .await?;
+                ActionResult::default()
+            }
+            ActionKind::Hangup(_) => {
+                self.call(&e, customer, |at| CallCommand::Hangup {
+                    request: HangupRequest::Local,
+                    at,
+                })
+                .await?;
+                return Ok(());
+            }
+            ActionKind::WebhookSend(w) => {
+                let result = self.webhook(&e, customer, seq, w).await;
+                if !w.sync {
+                    if let Some(err) = result.error {
+                        tracing::warn!(activeflow = %e.aggregate_id, seq, error = %err, "webhook_send failed");
+                    }
+                    return Ok(());
+                }
+                result
+            }
+            ActionKind::FetchFlow(f) => match self.app.live_flow(customer, f.flow_id).await {
+                Ok(flow) => ActionResult {
+                    actions: renumber(flow.actions, || ActionId(Uuid::now_v7())),
+                    ..Default::default()
+                },
+                Err(AppError::NotFound(_)) => ActionResult {
+                    error: Some(format!("fetch_flow: no flow {}", f.flow_id)),
+                    ..Default::default()
+                },
+                Err(err) => return Err(err.into()),
+            },
+            _ => return Ok(()),
+        };
+        let cmd = ActiveflowCommand::Complete {
+            seq,
+            result,
+            at: Utc::now(),
+        };
+        self.activeflow(&e, customer, e.aggregate_id, cmd).await
+    }
+
+    /// Sends a command to the activeflow's call.
+    async fn call(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        cmd: impl FnOnce(chrono::DateTime<Utc>) -> CallCommand,
+    ) -> Result<(), EngineError> {
+        let Some(flow) = self
+            .executor()
+            .load::<Activeflow>(e.aggregate_id, Some(customer))
+            .await?
+        else {
+            return Ok(());
+        };
+        let call = flow.reference_id.as_uuid();
+        match self
+            .executor()
+            .execute::<Call>(call, customer, Some(customer), cmd(Utc::now()), &Self::meta(e, customer))
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Sends one `webhook_send` request; what it produced (actions for `sync`, or an error).
+    async fn webhook(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        w: &WebhookSend,
+    ) -> ActionResult {
+        match self.send(e, customer, seq, w).await {
+            Ok(actions) => ActionResult {
+                actions,
+                ..Default::default()
+            },
+            Err(error) => ActionResult {
+                error: Some(format!("webhook_send: {error}")),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn send(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        w: &WebhookSend,
+    ) -> Result<Vec<vbin_event_schema::flow::Action>, String> {
+        let url = reqwest::Url::parse(&w.uri).map_err(|err| format!("bad uri: {err}"))?;
+        self.policy.check_url(&url).map_err(|b| b.to_string())?;
+        let secrets: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT secret, CASE WHEN previous_valid_until > now() THEN previous_secret END \
+             FROM webhook_secrets WHERE customer_id = $1",
+        )
+        .bind(customer.as_uuid())
+        .fetch_optional(&self.app.pool)
+        .await
+        .map_err(|err| format!("reading the webhook secret: {err}"))?;
+        let (current, previous) = secrets.unwrap_or_default();
+        let body = match &w.data {
+            Some(Value::String(s)) => s.clone().into_bytes(),
+            Some(v) => serde_json::to_vec(v).unwrap_or_default(),
+            None => {
+                let view = &e.resource;
+                serde_json::to_vec(&json!({
+                    "activeflow_id": e.aggregate_id,
+                    "reference_id": view["reference_id"],
+                    "variables": view["variables"],
+                }))
+                .unwrap_or_default()
+            }
+        };
+        let webhook_id = format!("{}-{seq}", e.aggregate_id);
+        let headers = signed_headers(
+            &Secrets {
+                current: &current,
+                previous: previous.as_deref(),
+            },
+            &webhook_id,
+            "activeflow_webhook_send",
+            Utc::now().timestamp(),
+            &body,
+        );
+        let method = match w.method.as_deref() {
+            Some("GET") => reqwest::Method::GET,
+            Some("PUT") => reqwest::Method::PUT,
+            _ => reqwest::Method::POST,
+        };
+        let mut req = self.http.request(method.clone(), url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        if let Some(t) = &w.data_type {
+            req = req.header("content-type", t);
+        }
+        if method != reqwest::Method::GET {
+            req = req.body(body);
+        }
+        let mut resp = req.send().await.map_err(|err| {
+            // The guard's refusals surface as connect errors; say which.
+            format!("request failed: {}", vbin_bus::Chain(&err))
+        })?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(format!("answered {status}"));
+        }
+        if !w.sync {
+            return Ok(vec![]);
+        }
+        let mut answer = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|err| err.to_string())? {
+            if answer.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(format!("answer larger than {MAX_ANSWER_BYTES} bytes"));
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        if answer.iter().all(u8::is_ascii_whitespace) {
+            return Ok(vec![]);
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            actions: Vec<RawAction>,
+        }
+        let parsed: Answer = serde_json::from_slice(&answer)
+            .map_err(|err| format!("answer is not {{\"actions\":[...]}}: {err}"))?;
+        if parsed.actions.is_empty() {
+            return Ok(vec![]);
+        }
+        let actions = validate(parsed.actions).map_err(|err| format!("answer: {err}"))?;
+        Ok(renumber(actions, || ActionId(Uuid::now_v7())))
+    }
+}

@@ -1,0 +1,38 @@
+-- Call control: flows and activeflows (read models), and who owns each live call's media
+-- session.
+
+CREATE TABLE rm_flows (
+    id           uuid   PRIMARY KEY,
+    customer_id  uuid   NOT NULL,
+    aggregate_id uuid   NOT NULL,
+    body         jsonb  NOT NULL,
+    version      bigint NOT NULL
+);
+CREATE INDEX rm_flows_customer ON rm_flows (customer_id, id);
+CREATE TABLE pp_flows (aggregate_id uuid PRIMARY KEY, sequence bigint NOT NULL);
+
+CREATE TABLE rm_activeflows (
+    id           uuid   PRIMARY KEY,
+    customer_id  uuid   NOT NULL,
+    aggregate_id uuid   NOT NULL,
+    body         jsonb  NOT NULL,
+    version      bigint NOT NULL,
+    reference_id uuid GENERATED ALWAYS AS ((body->>'reference_id')::uuid) STORED,
+    status       text GENERATED ALWAYS AS (body->>'status') STORED
+);
+CREATE INDEX rm_activeflows_customer ON rm_activeflows (customer_id, id);
+CREATE INDEX rm_activeflows_reference ON rm_activeflows (customer_id, reference_id, id);
+CREATE TABLE pp_activeflows (aggregate_id uuid PRIMARY KEY, sequence bigint NOT NULL);
+
+-- One row per live call with media: the media process that owns its session renews
+-- `lease_until`; a session whose owner stopped renewing is taken over (its pending action is
+-- carried out again) or, past the orphan timeout, its call is hung up. Deleted when the call
+-- ends.
+CREATE TABLE media_sessions (
+    call_id      uuid        PRIMARY KEY,
+    customer_id  uuid        NOT NULL,
+    owner        text        NOT NULL,
+    lease_until  timestamptz NOT NULL,
+    started_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX media_sessions_lease ON media_sessions (lease_until);

@@ -1,0 +1,36 @@
+//! Flows (`rm_flows`; a deleted flow's row is removed) and activeflows (`rm_activeflows`).
+
+use crate::{upsert_resource, ApplyError, Projection, RowOp};
+use vbin_event_schema::{ActiveflowEvent, FlowEvent, PublishedEvent};
+
+/// The flows projection.
+pub const FLOWS: Projection = Projection {
+    name: "flows",
+    aggregate_type: FlowEvent::AGGREGATE,
+    tables: &["rm_flows"],
+    uses_data: false,
+    apply: apply_flow,
+};
+
+/// The activeflows projection.
+pub const ACTIVEFLOWS: Projection = Projection {
+    name: "activeflows",
+    aggregate_type: ActiveflowEvent::AGGREGATE,
+    tables: &["rm_activeflows"],
+    uses_data: false,
+    apply: apply_activeflow,
+};
+
+fn apply_flow(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    if event.event_type == FlowEvent::FLOW_DELETED {
+        return Ok(vec![RowOp::Delete {
+            table: "rm_flows",
+            id: event.aggregate_id,
+        }]);
+    }
+    Ok(vec![upsert_resource("rm_flows", event)?])
+}
+
+fn apply_activeflow(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    Ok(vec![upsert_resource("rm_activeflows", event)?])
+}

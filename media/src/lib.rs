@@ -2,6 +2,7 @@
 //! Asterisk AudioSocket server ([`audiosocket`]).
 
 pub mod audiosocket;
+pub mod clip;
 pub mod codecs;
 pub mod g711;
 pub mod resample;

@@ -90,58 +90,136 @@ pub fn downmix(interleaved: &[i16], channels: usize) -> Result<Vec<f32>, ClipErr
 /// [`MIN_RATE_HZ`]..=[`MAX_RATE_HZ`]).
 ///
 /// The output is time-aligned with the input to within one output sample (the filter delay
-/// is removed) and
-/// `round(len × to_hz / from_hz)` samples long. Equal rates return a copy.
+/// is removed) and `round(len × to_hz / from_hz)` samples long. Equal rates return a copy.
 pub fn resample(mono: &[f32], from_hz: u32, to_hz: u32) -> Result<Vec<f32>, ClipError> {
-    for r in [from_hz, to_hz] {
-        if !(MIN_RATE_HZ..=MAX_RATE_HZ).contains(&r) {
-            return Err(ClipError::BadRate(r));
-        }
+    let mut r = ClipResampler::new(from_hz, to_hz)?;
+    r.push(mono)?;
+    r.finish()
+}
+
+/// [`resample`] fed piece by piece: a clip decoded packet by packet is converted as it
+/// arrives, so only the (smaller) output is held in memory, not the whole input.
+pub struct ClipResampler {
+    from_hz: u32,
+    to_hz: u32,
+    /// `None` when the rates are equal.
+    inner: Option<FftFixedIn<f32>>,
+    /// Input not yet given to the resampler (less than one chunk after each `push`).
+    pending: Vec<f32>,
+    buf_out: Vec<Vec<f32>>,
+    /// Output samples still to drop: the resampler's delay.
+    skip: usize,
+    /// Input samples pushed so far.
+    fed: u64,
+    out: Vec<f32>,
+}
+
+impl std::fmt::Debug for ClipResampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClipResampler")
+            .field("from_hz", &self.from_hz)
+            .field("to_hz", &self.to_hz)
+            .field("fed", &self.fed)
+            .field("out", &self.out.len())
+            .finish_non_exhaustive()
     }
-    if from_hz == to_hz || mono.is_empty() {
-        return Ok(mono.to_vec());
-    }
-    let want = (mono.len() as u64 * u64::from(to_hz) + u64::from(from_hz) / 2) / u64::from(from_hz);
-    let want = want as usize;
-    let mut r = FftFixedIn::<f32>::new(from_hz as usize, to_hz as usize, CHUNK_IN, 1, 1)
-        .map_err(|e| ClipError::Resample(e.to_string()))?;
-    let delay = r.output_delay();
-    let mut out: Vec<f32> = Vec::with_capacity(want + delay + r.output_frames_max());
-    let mut buf_out = vec![vec![0f32; r.output_frames_max()]];
-    let mut pos = 0;
-    // Feed the clip, then zeros until the delayed output has caught up with its end.
-    while out.len() < want + delay {
-        let need = r.input_frames_next();
-        let (written, consumed_all) = if pos < mono.len() {
-            let end = (pos + need).min(mono.len());
-            let chunk = &mono[pos..end];
-            pos = end;
-            if chunk.len() == need {
-                let (_, n) = r
-                    .process_into_buffer(&[chunk], &mut buf_out, None)
-                    .map_err(|e| ClipError::Resample(e.to_string()))?;
-                (n, false)
-            } else {
-                let (_, n) = r
-                    .process_partial_into_buffer(Some(&[chunk]), &mut buf_out, None)
-                    .map_err(|e| ClipError::Resample(e.to_string()))?;
-                (n, true)
+}
+
+impl ClipResampler {
+    /// A resampler from `from_hz` to `to_hz` (both in [`MIN_RATE_HZ`]..=[`MAX_RATE_HZ`]).
+    pub fn new(from_hz: u32, to_hz: u32) -> Result<Self, ClipError> {
+        for r in [from_hz, to_hz] {
+            if !(MIN_RATE_HZ..=MAX_RATE_HZ).contains(&r) {
+                return Err(ClipError::BadRate(r));
             }
-        } else {
-            let (_, n) = r
-                .process_partial_into_buffer(None::<&[&[f32]]>, &mut buf_out, None)
-                .map_err(|e| ClipError::Resample(e.to_string()))?;
-            (n, true)
-        };
-        out.extend_from_slice(&buf_out[0][..written]);
-        if consumed_all && written == 0 {
-            // Cannot happen with rubato's fixed-input resampler; guards against a loop.
-            break;
         }
+        let (inner, buf_out, skip) = if from_hz == to_hz {
+            (None, Vec::new(), 0)
+        } else {
+            let r = FftFixedIn::<f32>::new(from_hz as usize, to_hz as usize, CHUNK_IN, 1, 1)
+                .map_err(|e| ClipError::Resample(e.to_string()))?;
+            let buf_out = vec![vec![0f32; r.output_frames_max()]];
+            let skip = r.output_delay();
+            (Some(r), buf_out, skip)
+        };
+        Ok(Self {
+            from_hz,
+            to_hz,
+            inner,
+            pending: Vec::new(),
+            buf_out,
+            skip,
+            fed: 0,
+            out: Vec::new(),
+        })
     }
-    let mut out = out.split_off(delay.min(out.len()));
-    out.resize(want, 0.0);
-    Ok(out)
+
+    /// Input samples pushed so far.
+    pub fn input_len(&self) -> u64 {
+        self.fed
+    }
+
+    /// Adds the next samples of the clip.
+    pub fn push(&mut self, mono: &[f32]) -> Result<(), ClipError> {
+        self.fed += mono.len() as u64;
+        let Some(r) = self.inner.as_mut() else {
+            self.out.extend_from_slice(mono);
+            return Ok(());
+        };
+        self.pending.extend_from_slice(mono);
+        let mut pos = 0;
+        while self.pending.len() - pos >= r.input_frames_next() {
+            let chunk = &self.pending[pos..pos + r.input_frames_next()];
+            let (used, written) = r
+                .process_into_buffer(&[chunk], &mut self.buf_out, None)
+                .map_err(|e| ClipError::Resample(e.to_string()))?;
+            pos += used;
+            Self::keep(&mut self.out, &mut self.skip, &self.buf_out[0][..written]);
+        }
+        self.pending.drain(..pos);
+        Ok(())
+    }
+
+    /// Appends `written` to `out` after dropping what is left of the delay.
+    fn keep(out: &mut Vec<f32>, skip: &mut usize, written: &[f32]) {
+        let drop = (*skip).min(written.len());
+        *skip -= drop;
+        out.extend_from_slice(&written[drop..]);
+    }
+
+    /// Flushes the resampler and returns the whole converted clip,
+    /// `round(input_len × to_hz / from_hz)` samples.
+    pub fn finish(mut self) -> Result<Vec<f32>, ClipError> {
+        let want = (self.fed * u64::from(self.to_hz) + u64::from(self.from_hz) / 2)
+            / u64::from(self.from_hz);
+        let want =
+            usize::try_from(want).map_err(|_| ClipError::Resample("clip too long".into()))?;
+        if let Some(r) = self.inner.as_mut() {
+            let mut pending = Some(std::mem::take(&mut self.pending));
+            // The rest of the input, then zeros until the delayed output reaches its end.
+            while self.out.len() < want {
+                let input = pending.take().filter(|p| !p.is_empty());
+                let (_, written) = r
+                    .process_partial_into_buffer(
+                        input
+                            .as_ref()
+                            .map(|p| [p.as_slice()])
+                            .as_ref()
+                            .map(|a| &a[..]),
+                        &mut self.buf_out,
+                        None,
+                    )
+                    .map_err(|e| ClipError::Resample(e.to_string()))?;
+                if written == 0 {
+                    // Rubato's fixed-input resampler always writes; this guards the loop.
+                    break;
+                }
+                Self::keep(&mut self.out, &mut self.skip, &self.buf_out[0][..written]);
+            }
+        }
+        self.out.resize(want, 0.0);
+        Ok(self.out)
+    }
 }
 
 /// Converts `f32` samples in -1.0..=1.0 to 16-bit, clamping what lies outside.
@@ -257,6 +335,19 @@ mod tests {
         let alias = amplitude_at(&y[2_000..14_000], 5_000.0, CLIP_RATE_HZ);
         assert!(rms(&y[2_000..14_000]) < 0.001, "rms {}", rms(&y));
         assert!(alias < 0.001, "alias amplitude {alias}");
+    }
+
+    #[test]
+    fn pushing_in_pieces_gives_the_same_clip() {
+        let x = tone(700.0, 44_100, 0.7, 0.3);
+        let whole = resample(&x, 44_100, CLIP_RATE_HZ).unwrap();
+        let mut r = ClipResampler::new(44_100, CLIP_RATE_HZ).unwrap();
+        for piece in x.chunks(1_151) {
+            r.push(piece).unwrap();
+            r.push(&[]).unwrap();
+        }
+        assert_eq!(r.input_len(), x.len() as u64);
+        assert_eq!(r.finish().unwrap(), whole);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! (provider, voice, language, text): an IVR says the same prompts over and over.
 
 pub mod espeak;
+pub mod openai;
 
 use std::sync::Arc;
 

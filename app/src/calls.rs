@@ -44,8 +44,7 @@ impl App {
             let call_id = CallId(new_id());
             let activeflow_id = match &program {
                 Some(p) => {
-                    let vars =
-                        call_variables(call_id, &new.source, &destination, &new.variables);
+                    let vars = call_variables(call_id, &new.source, &destination, &new.variables);
                     Some(self.attach_flow(acting, call_id, p.clone(), vars).await?)
                 }
                 None => None,

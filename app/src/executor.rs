@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use vbin_domain::{
-    Activeflow, BillingAccount, Call, Campaign, Customer, DomainError, Flow, Outdial, Outplan, Queue,
-    ResourceView,
-    Target, Transcribe,
+    Activeflow, BillingAccount, Call, Campaign, Customer, DomainError, Flow, Outdial, Outplan,
+    Queue, ResourceView, Target, Transcribe,
 };
 use vbin_event_schema::CustomerId;
 use vbin_eventlog::{AppendError, CommandMeta, NewEvent, PgEventRepository, Recorded};

@@ -18,7 +18,7 @@ pub enum Program {
     Inline(Vec<RawAction>),
 }
 
-/// A flow's editable parts, not yet validated.
+/// A flow's editable parts (actions validated with [`validate`]).
 #[derive(Clone, Debug)]
 pub struct FlowInput {
     /// Name.
@@ -26,7 +26,7 @@ pub struct FlowInput {
     /// Description.
     pub detail: String,
     /// The program.
-    pub actions: Vec<RawAction>,
+    pub actions: Vec<Action>,
 }
 
 /// Validates a program, drawing ids for actions without one.
@@ -52,14 +52,13 @@ pub fn call_variables(
 impl App {
     /// Creates a flow.
     pub async fn create_flow(&self, acting: &Acting, input: FlowInput) -> Result<Flow, AppError> {
-        let actions = validate(input.actions)?;
         let id = FlowId(new_id());
         let cmd = FlowCommand::Create {
             flow_id: id,
             customer_id: acting.customer,
             name: input.name,
             detail: input.detail,
-            actions,
+            actions: input.actions,
             at: Utc::now(),
         };
         self.create::<Flow>(acting, id.as_uuid(), cmd).await
@@ -72,11 +71,10 @@ impl App {
         id: Uuid,
         input: FlowInput,
     ) -> Result<Flow, AppError> {
-        let actions = validate(input.actions)?;
         let cmd = FlowCommand::Update {
             name: input.name,
             detail: input.detail,
-            actions,
+            actions: input.actions,
             at: Utc::now(),
         };
         self.update::<Flow>(acting, id, cmd).await

@@ -66,7 +66,6 @@ impl SandboxPerson {
     pub fn heard(&self) -> Vec<i16> {
         self.heard.iter().copied().collect()
     }
-
 }
 
 impl FarEnd for SandboxPerson {

@@ -30,8 +30,8 @@ use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError,
 use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId,
-    HangupCause, PublishedEvent,
+    ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId, HangupCause,
+    PublishedEvent,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
@@ -137,9 +137,19 @@ impl Media {
         )
         .lanes(16);
         let me = self.clone();
-        let a = run_consumer(bus.clone(), calls, move |e| me.clone().on_call(e), stop(rx.clone()));
+        let a = run_consumer(
+            bus.clone(),
+            calls,
+            move |e| me.clone().on_call(e),
+            stop(rx.clone()),
+        );
         let me = self.clone();
-        let b = run_consumer(bus, actions, move |e| me.clone().on_action(e), stop(rx.clone()));
+        let b = run_consumer(
+            bus,
+            actions,
+            move |e| me.clone().on_action(e),
+            stop(rx.clone()),
+        );
         let keeper = self.clone().keep_leases(stop(rx));
         let trigger = async {
             shutdown.await;
@@ -265,7 +275,13 @@ impl Media {
         let id = exec.activeflow.as_uuid();
         match self
             .executor
-            .execute::<Activeflow>(id, customer, Some(customer), cmd, &meta(id, &id.to_string(), customer))
+            .execute::<Activeflow>(
+                id,
+                customer,
+                Some(customer),
+                cmd,
+                &meta(id, &id.to_string(), customer),
+            )
             .await
         {
             Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
@@ -363,15 +379,23 @@ impl Media {
                 let at = Duration::from_millis(step.at_ms as u64);
                 if let Some(keys) = &step.digits {
                     for (i, k) in keys.chars().enumerate() {
-                        let _ = steps.send((at + Duration::from_millis(150 * i as u64), PersonStep::Key(k)));
+                        let _ = steps.send((
+                            at + Duration::from_millis(150 * i as u64),
+                            PersonStep::Key(k),
+                        ));
                     }
                 }
                 if let Some(text) = &step.say {
-                    match tts.synthesize(&TtsRequest::new(text.clone(), "en-US")).await {
+                    match tts
+                        .synthesize(&TtsRequest::new(text.clone(), "en-US"))
+                        .await
+                    {
                         Ok(speech) => {
                             let _ = steps.send((at, PersonStep::Say(speech)));
                         }
-                        Err(e) => tracing::warn!(error = %e, "sandbox far end: cannot synthesise its line"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "sandbox far end: cannot synthesise its line")
+                        }
                     }
                 }
             }
@@ -481,7 +505,11 @@ impl Media {
         customer: CustomerId,
         control: mpsc::Sender<Control>,
     ) -> Result<(), MediaError> {
-        let Some(c) = self.executor.load::<Call>(call.as_uuid(), Some(customer)).await? else {
+        let Some(c) = self
+            .executor
+            .load::<Call>(call.as_uuid(), Some(customer))
+            .await?
+        else {
             return Ok(());
         };
         let Some(af) = c.activeflow_id else {

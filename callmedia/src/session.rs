@@ -295,7 +295,11 @@ mod tests {
         s.tick(now);
         assert!(done(&mut rx).is_empty());
         s.tick(now);
-        assert_eq!(done(&mut rx).len(), 1, "ends with the frame holding its last sample");
+        assert_eq!(
+            done(&mut rx).len(),
+            1,
+            "ends with the frame holding its last sample"
+        );
         let heard = heard.lock().unwrap();
         assert_eq!(&heard[..500], &clip[..]);
         assert!(heard[500..].iter().all(|v| *v == 0));

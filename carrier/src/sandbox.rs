@@ -346,7 +346,10 @@ mod tests {
             (5_000, Action::Hangup(HangupCause::NoAnswer))
         );
         let normal = plan(&req("+15551230000"));
-        assert_eq!(normal, vec![(100, Action::Ring), (600, Action::Answer(3_000))]);
+        assert_eq!(
+            normal,
+            vec![(100, Action::Ring), (600, Action::Answer(3_000))]
+        );
         assert_eq!(Action::parse("answer:3"), Some(Action::Answer(3_000)));
         for a in [
             Action::Ring,

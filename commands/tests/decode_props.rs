@@ -28,7 +28,7 @@ use tower::{service_fn, Layer, ServiceExt};
 use uuid::Uuid;
 use vbin_app::ExecError;
 use vbin_commands::api::error::CmdError;
-use vbin_commands::api::{billing, calls, campaigns, identity, queues, transcribes};
+use vbin_commands::api::{billing, calls, campaigns, flows, identity, queues, transcribes};
 use vbin_domain::billing::MAX_MICROS;
 use vbin_domain::{
     BillingAccount, BillingCommand, Call, CallCommand, Campaign, CampaignCommand, Customer,
@@ -37,9 +37,9 @@ use vbin_domain::{
     TranscribeCommand,
 };
 use vbin_event_schema::{
-    AgentId, AgentStatus, CallId, CampaignId, CampaignStatus, CustomerId, EndHandle, Micros,
-    OutdialId, OutplanId, Permission, QueueId, RoutingMethod, TargetId, TranscribeDirection,
-    TranscribeId, WebhookMethod,
+    AgentId, AgentStatus, CallDirection, CallId, CampaignId, CampaignStatus, CustomerId, EndHandle,
+    FlowId, Micros, OutdialId, OutplanId, Permission, QueueId, RoutingMethod, TargetId,
+    TranscribeDirection, TranscribeId, WebhookMethod,
 };
 use vbin_http::extract::Json;
 use vbin_http::mw::MAX_BODY_BYTES;
@@ -165,7 +165,9 @@ fn endpoints() -> Vec<Endpoint> {
             valid: || {
                 json!({"source": "+15550001111",
                     "destinations": ["+15550002222", {"type": "tel", "target": "+15550003333"}],
-                    "variables": {"k": "v", "talk_seconds": 5}, "dial_timeout_ms": 20000})
+                    "variables": {"k": "v", "talk_seconds": 5}, "dial_timeout_ms": 20000,
+                    "sandbox": {"script": [{"at_ms": 500, "say": "hello"}, {"at_ms": 900, "digits": "2#"},
+                        {"at_ms": 3000, "hangup": true}]}})
             },
             run: |b, ct| {
                 let v = extract::<calls::CreateCalls>(b, ct)?.validate()?;
@@ -179,6 +181,9 @@ fn endpoints() -> Vec<Endpoint> {
                         variables: v.variables.clone(),
                         dial_timeout_ms: v.dial_timeout_ms,
                         campaign_id: None,
+                        direction: CallDirection::Outgoing,
+                        activeflow_id: None,
+                        sandbox: v.sandbox.clone(),
                     };
                     let cmd = CallCommand::Create { call, at: at() };
                     events.extend(decide(&mut Call::default(), cmd)?);
@@ -453,6 +458,29 @@ fn endpoints() -> Vec<Endpoint> {
                     at: at(),
                 };
                 Ok(stored(&decide(&mut Transcribe::default(), cmd)?))
+            },
+        },
+        Endpoint {
+            name: "POST /v1.0/flows",
+            valid: || {
+                json!({"name": "ivr", "detail": "menu", "actions": [
+                    {"id": U1, "type": "talk", "option": {"text": "press 1"}},
+                    {"type": "digits_receive", "option": {"duration": 3000, "length": 1}},
+                    {"type": "branch", "option": {"target_ids": {"1": U1}}},
+                    {"type": "goto", "option": {"target_id": U1, "loop_count": 2}},
+                    {"type": "hangup"}]})
+            },
+            run: |b, ct| {
+                let v = extract::<flows::FlowBody>(b, ct)?.validate()?;
+                let cmd = vbin_domain::FlowCommand::Create {
+                    flow_id: FlowId::new(),
+                    customer_id: CustomerId::new(),
+                    name: v.name,
+                    detail: v.detail,
+                    actions: v.actions,
+                    at: at(),
+                };
+                Ok(stored(&decide(&mut vbin_domain::Flow::default(), cmd)?))
             },
         },
     ]
@@ -1106,6 +1134,9 @@ proptest! {
             variables: v.variables.clone(),
             dial_timeout_ms: v.dial_timeout_ms,
             campaign_id: None,
+            direction: CallDirection::Outgoing,
+            activeflow_id: None,
+            sandbox: None,
         };
         let events = decide(&mut Call::default(), CallCommand::Create { call, at: at() }).unwrap();
         let created = serde_json::to_value(&events[0]).unwrap();

@@ -200,7 +200,11 @@ fn as_text(v: Option<&Value>) -> String {
 fn holds(c: &ConditionVariable, value: Option<&Value>) -> bool {
     use std::cmp::Ordering;
     let ord = match c.value_type {
-        ValueType::String => Some(as_text(value).as_str().cmp(c.value_string.as_deref().unwrap_or(""))),
+        ValueType::String => Some(
+            as_text(value)
+                .as_str()
+                .cmp(c.value_string.as_deref().unwrap_or("")),
+        ),
         ValueType::Length => {
             Some((as_text(value).chars().count() as u64).cmp(&c.value_length.unwrap_or(0)))
         }
@@ -572,12 +576,17 @@ mod tests {
         let mut f = ivr();
         let evs = f.when(ActiveflowCommand::Start { at: t(1) }).then_ok();
         assert_eq!(types(&evs), ["talk"]);
-        let ActiveflowEvent::ActiveflowActionExecuted { action, .. } = &evs[0] else { panic!() };
+        let ActiveflowEvent::ActiveflowActionExecuted { action, .. } = &evs[0] else {
+            panic!()
+        };
         assert_eq!(action.kind.option()["text"], "Hello Ann, press 1 or 2");
         f.when(ActiveflowCommand::Start { at: t(1) }).then_nothing();
         // A stale or repeated report changes nothing.
         f.when(complete(7, None)).then_nothing();
-        assert_eq!(types(&f.when(complete(1, None)).then_ok()), ["done 1", "digits_receive"]);
+        assert_eq!(
+            types(&f.when(complete(1, None)).then_ok()),
+            ["done 1", "digits_receive"]
+        );
         f.when(complete(1, None)).then_nothing();
         let evs = f.when(complete(2, Some("2"))).then_ok();
         assert_eq!(types(&evs), ["done 2", "branch", "talk"]);
@@ -599,7 +608,10 @@ mod tests {
         f.when(complete(5, None)).then_ok();
         let evs = f.when(complete(6, Some(""))).then_ok();
         // The goto has jumped once: it goes on to the next action, the hangup.
-        assert_eq!(types(&evs), ["done 6", "branch", "goto", "hangup", "end hangup"]);
+        assert_eq!(
+            types(&evs),
+            ["done 6", "branch", "goto", "hangup", "end hangup"]
+        );
     }
 
     #[test]
@@ -635,7 +647,10 @@ mod tests {
             ["done 1", "variable_set", "condition_variable", "beep"]
         );
         assert_eq!(f.variables["k"], "v");
-        assert_eq!(types(&f.when(complete(4, None)).then_ok()), ["done 4", "stop", "end stopped"]);
+        assert_eq!(
+            types(&f.when(complete(4, None)).then_ok()),
+            ["done 4", "stop", "end stopped"]
+        );
     }
 
     #[test]

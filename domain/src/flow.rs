@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use vbin_event_schema::flow::*;
 use vbin_event_schema::flow::is_dtmf;
+use vbin_event_schema::flow::*;
 use vbin_event_schema::{check_language, CustomerId, FlowEvent, FlowId};
 
 /// Most actions in one program.
@@ -241,7 +241,10 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
             if let Some(t) = &w.data_type {
                 bounded("data_type", t, 128)?;
             }
-            if w.data.as_ref().is_some_and(|d| d.to_string().len() > 16_384) {
+            if w.data
+                .as_ref()
+                .is_some_and(|d| d.to_string().len() > 16_384)
+            {
                 return Err("data must be at most 16 KiB".into());
             }
             Ok(())
@@ -505,10 +508,15 @@ mod tests {
         .unwrap();
         assert_eq!(actions.len(), 6);
         assert_eq!(actions[1].id, ActionId(Uuid::from_u128(1)));
-        let ActionKind::Talk(t) = &actions[0].kind else { panic!() };
+        let ActionKind::Talk(t) = &actions[0].kind else {
+            panic!()
+        };
         assert_eq!(t.language, "en-US");
         let wire = serde_json::to_value(&actions).unwrap();
-        assert_eq!(wire[3], json!({"id": actions[3].id, "type": "hangup", "option": {}}));
+        assert_eq!(
+            wire[3],
+            json!({"id": actions[3].id, "type": "hangup", "option": {}})
+        );
         let back: Vec<Action> = serde_json::from_value(wire).unwrap();
         assert_eq!(back, actions);
     }
@@ -518,22 +526,39 @@ mod tests {
         assert!(err(json!([])).contains("1 to 200"));
         assert!(err(json!([{"type": "dance"}])).contains("not an action type"));
         assert!(err(json!([{"type": "connect", "option": {}}])).contains("not supported yet"));
-        assert!(err(json!([{"type": "talk", "option": {"text": "hi", "speed": 2}}]))
-            .contains("unknown field"));
+        assert!(
+            err(json!([{"type": "talk", "option": {"text": "hi", "speed": 2}}]))
+                .contains("unknown field")
+        );
         assert!(err(json!([{"type": "talk", "option": {}}])).contains("missing field `text`"));
-        let e = err(json!([{"type": "answer"}, {"type": "goto", "option": {"target_id": Uuid::nil()}}]));
-        assert!(e.starts_with("actions[1]") && e.contains("loop_count"), "{e}");
+        let e = err(
+            json!([{"type": "answer"}, {"type": "goto", "option": {"target_id": Uuid::nil()}}]),
+        );
+        assert!(
+            e.starts_with("actions[1]") && e.contains("loop_count"),
+            "{e}"
+        );
         let e = err(json!([{"type": "answer", "next_id": Uuid::from_u128(99)}]));
         assert!(e.contains("not an action of this flow"), "{e}");
-        assert!(err(json!([{"type": "play", "option": {"stream_urls": ["file:///etc/passwd"]}}]))
-            .contains("http or https"));
-        assert!(err(json!([{"type": "digits_send", "option": {"digits": "12x"}}])).contains("keys"));
+        assert!(
+            err(json!([{"type": "play", "option": {"stream_urls": ["file:///etc/passwd"]}}]))
+                .contains("http or https")
+        );
+        assert!(
+            err(json!([{"type": "digits_send", "option": {"digits": "12x"}}])).contains("keys")
+        );
         let twice = Uuid::from_u128(7);
-        assert!(err(json!([{"id": twice, "type": "answer"}, {"id": twice, "type": "stop"}]))
-            .contains("used twice"));
-        assert!(err(json!([{"type": "condition_variable", "option": {"variable": "x",
-            "condition": "==", "value_type": "number", "false_target_id": twice}}]))
-            .contains("value_number"));
-        assert!(err(json!([{"type": "sleep", "option": {"duration": 3_600_001}}])).contains("at most"));
+        assert!(
+            err(json!([{"id": twice, "type": "answer"}, {"id": twice, "type": "stop"}]))
+                .contains("used twice")
+        );
+        assert!(err(
+            json!([{"type": "condition_variable", "option": {"variable": "x",
+            "condition": "==", "value_type": "number", "false_target_id": twice}}])
+        )
+        .contains("value_number"));
+        assert!(
+            err(json!([{"type": "sleep", "option": {"duration": 3_600_001}}])).contains("at most")
+        );
     }
 }

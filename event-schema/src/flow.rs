@@ -296,7 +296,13 @@ pub struct Hangup {
 }
 
 /// The action types of later work: accepted by name so the error can say so.
-pub const NOT_YET_SUPPORTED: &[&str] = &["connect", "call", "queue_join", "conference_join", "ai_talk"];
+pub const NOT_YET_SUPPORTED: &[&str] = &[
+    "connect",
+    "call",
+    "queue_join",
+    "conference_join",
+    "ai_talk",
+];
 
 macro_rules! action_kinds {
     ($($v:ident ( $o:ty ) = $n:literal),* $(,)?) => {
@@ -581,7 +587,11 @@ pub struct SandboxScript {
 impl SandboxScript {
     /// When the far end hangs up, if a step says so.
     pub fn hangup_at_ms(&self) -> Option<u32> {
-        self.script.iter().filter(|s| s.hangup).map(|s| s.at_ms).min()
+        self.script
+            .iter()
+            .filter(|s| s.hangup)
+            .map(|s| s.at_ms)
+            .min()
     }
 }
 

@@ -83,10 +83,10 @@ pub use billing::BillingEvent;
 pub use call::CallEvent;
 pub use campaign::*;
 pub use customer::CustomerEvent;
-pub use flow::{ActiveflowEvent, FlowEvent};
 pub use envelope::{
     subject_filter, subject_for, DecodeError, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
 };
+pub use flow::{ActiveflowEvent, FlowEvent};
 pub use queue::*;
 pub use transcribe::*;
 pub use types::*;

@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::fmt::Debug;
 use uuid::Uuid;
-use vbin_event_schema::upcast::{to_current, upcasters, V1_DIAL_TIMEOUT_MS};
 use vbin_event_schema::flow::{SandboxScript, SandboxStep};
+use vbin_event_schema::upcast::{to_current, upcasters, V1_DIAL_TIMEOUT_MS};
 use vbin_event_schema::*;
 
 fn config() -> ProptestConfig {
@@ -242,7 +242,12 @@ fn call_status() -> impl Strategy<Value = CallStatus> {
 /// A sandbox far end's script.
 fn sandbox() -> BoxedStrategy<SandboxScript> {
     prop::collection::vec(
-        (any::<u32>(), prop::option::of(text()), prop::option::of(text()), any::<bool>()),
+        (
+            any::<u32>(),
+            prop::option::of(text()),
+            prop::option::of(text()),
+            any::<bool>(),
+        ),
         0..4,
     )
     .prop_map(|steps| SandboxScript {
@@ -297,21 +302,48 @@ fn call_created() -> BoxedStrategy<CallEvent> {
 /// One action of every type, with options as a customer would send them.
 const ACTIONS: &[(&str, &str)] = &[
     ("answer", "{}"),
-    ("talk", r#"{"text": "hello ${name}", "language": "en-GB", "async": true}"#),
+    (
+        "talk",
+        r#"{"text": "hello ${name}", "language": "en-GB", "async": true}"#,
+    ),
     ("play", r#"{"stream_urls": ["https://example.com/a.wav"]}"#),
     ("beep", "null"),
     ("sleep", r#"{"duration": 500}"#),
-    ("digits_receive", r##"{"duration": 5000, "length": 1, "key": "#"}"##),
+    (
+        "digits_receive",
+        r##"{"duration": 5000, "length": 1, "key": "#"}"##,
+    ),
     ("digits_send", r#"{"digits": "12#", "interval": 50}"#),
-    ("branch", r#"{"target_ids": {"1": "00000000-0000-0000-0000-000000000001"}}"#),
-    ("condition_variable", r#"{"variable": "x", "condition": ">=", "value_type": "number", "value_number": 2.5, "false_target_id": "00000000-0000-0000-0000-000000000001"}"#),
-    ("goto", r#"{"target_id": "00000000-0000-0000-0000-000000000001", "loop_count": 3}"#),
+    (
+        "branch",
+        r#"{"target_ids": {"1": "00000000-0000-0000-0000-000000000001"}}"#,
+    ),
+    (
+        "condition_variable",
+        r#"{"variable": "x", "condition": ">=", "value_type": "number", "value_number": 2.5, "false_target_id": "00000000-0000-0000-0000-000000000001"}"#,
+    ),
+    (
+        "goto",
+        r#"{"target_id": "00000000-0000-0000-0000-000000000001", "loop_count": 3}"#,
+    ),
     ("variable_set", r#"{"key": "k", "value": "v"}"#),
-    ("webhook_send", r#"{"uri": "https://example.com/h", "sync": true, "data": {"a": [1]}}"#),
-    ("fetch_flow", r#"{"flow_id": "00000000-0000-0000-0000-000000000002"}"#),
-    ("transcribe_start", r#"{"language": "en-US", "direction": "out"}"#),
+    (
+        "webhook_send",
+        r#"{"uri": "https://example.com/h", "sync": true, "data": {"a": [1]}}"#,
+    ),
+    (
+        "fetch_flow",
+        r#"{"flow_id": "00000000-0000-0000-0000-000000000002"}"#,
+    ),
+    (
+        "transcribe_start",
+        r#"{"language": "en-US", "direction": "out"}"#,
+    ),
     ("transcribe_stop", "{}"),
-    ("recording_start", r##"{"duration": 60000, "end_of_key": "#", "beep_start": true}"##),
+    (
+        "recording_start",
+        r##"{"duration": 60000, "end_of_key": "#", "beep_start": true}"##,
+    ),
     ("recording_stop", "{}"),
     ("hangup", r#"{"reason": "done"}"#),
     ("stop", "{}"),
@@ -387,17 +419,24 @@ fn activeflow_event() -> BoxedStrategy<ActiveflowEvent> {
                 at,
             }
         }),
-        (big(), variables(), actions(), prop::option::of(text()), at()).prop_map(
-            |(seq, variables, actions, error, at)| ActiveflowEvent::ActiveflowActionCompleted {
-                seq,
-                result: flow::ActionResult {
-                    variables,
-                    actions,
-                    error,
-                },
-                at,
-            }
-        ),
+        (
+            big(),
+            variables(),
+            actions(),
+            prop::option::of(text()),
+            at()
+        )
+            .prop_map(|(seq, variables, actions, error, at)| {
+                ActiveflowEvent::ActiveflowActionCompleted {
+                    seq,
+                    result: flow::ActionResult {
+                        variables,
+                        actions,
+                        error,
+                    },
+                    at,
+                }
+            }),
         (text(), at()).prop_map(|(reason, at)| ActiveflowEvent::ActiveflowEnded { reason, at }),
     ]
     .boxed()

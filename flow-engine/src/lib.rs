@@ -26,9 +26,7 @@ use vbin_domain::flow::renumber;
 use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
 use vbin_event_schema::flow::{ActionId, ActionKind, ActionResult, RawAction, WebhookSend};
 use vbin_event_schema::views::CallView;
-use vbin_event_schema::{
-    ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent,
-};
+use vbin_event_schema::{ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
 use vbin_webhooks::guard::{AddressPolicy, GuardedResolver};
 use vbin_webhooks::signing::{signed_headers, Secrets};
@@ -104,7 +102,12 @@ impl Engine {
         )
         .lanes(16);
         let me = self.clone();
-        let a = run_consumer(bus.clone(), calls, move |e| me.clone().on_call(e), stop(rx.clone()));
+        let a = run_consumer(
+            bus.clone(),
+            calls,
+            move |e| me.clone().on_call(e),
+            stop(rx.clone()),
+        );
         let me = self.clone();
         let b = run_consumer(bus, actions, move |e| me.clone().on_action(e), stop(rx));
         let trigger = async {
@@ -127,9 +130,10 @@ impl Engine {
         let customer = CustomerId(e.customer_id);
         let at = Utc::now();
         let cmd = match e.decode::<CallEvent>()? {
-            CallEvent::CallCreated { direction, .. } if direction == CallDirection::Incoming => {
-                ActiveflowCommand::Start { at }
-            }
+            CallEvent::CallCreated {
+                direction: CallDirection::Incoming,
+                ..
+            } => ActiveflowCommand::Start { at },
             CallEvent::CallProgressing { .. } => ActiveflowCommand::Start { at },
             CallEvent::CallHungup { .. } => ActiveflowCommand::Stop {
                 reason: "call_ended".into(),
@@ -137,7 +141,8 @@ impl Engine {
             },
             _ => return Ok(()),
         };
-        self.activeflow(&e, customer, activeflow.as_uuid(), cmd).await
+        self.activeflow(&e, customer, activeflow.as_uuid(), cmd)
+            .await
     }
 
     async fn activeflow(
@@ -226,7 +231,13 @@ impl Engine {
         let call = flow.reference_id.as_uuid();
         match self
             .executor()
-            .execute::<Call>(call, customer, Some(customer), cmd(Utc::now()), &Self::meta(e, customer))
+            .execute::<Call>(
+                call,
+                customer,
+                Some(customer),
+                cmd(Utc::now()),
+                &Self::meta(e, customer),
+            )
             .await
         {
             Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),

@@ -2,8 +2,13 @@
 //! Asterisk AudioSocket server ([`audiosocket`]).
 
 pub mod audiosocket;
+pub mod clip;
 pub mod codecs;
+pub mod decode;
 pub mod g711;
 pub mod resample;
 pub mod stt;
 pub mod tts;
+
+#[cfg(test)]
+mod testutil;

@@ -392,7 +392,10 @@ impl std::fmt::Debug for MediaSettings {
             .field("deepgram_url", &self.deepgram_url)
             .field("tts_provider", &self.tts_provider)
             .field("tts_url", &self.tts_url)
-            .field("tts_api_key", &self.tts_api_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "tts_api_key",
+                &self.tts_api_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("orphan_timeout_ms", &self.orphan_timeout_ms)
             .finish()
     }
@@ -423,19 +426,26 @@ impl MediaSettings {
     /// The text-to-speech provider (with its clip cache); fails (naming the variable) when
     /// openai has no URL.
     pub fn tts_provider(&self) -> anyhow::Result<Arc<dyn vbin_media::tts::TtsProvider>> {
-        use vbin_media::tts::{espeak::EspeakNg, openai::OpenAiSpeech, CachedTts, TtsProvider};
+        use vbin_media::tts::{espeak::EspeakNg, openai::OpenAiTts, CachedTts, TtsProvider};
         let inner: Arc<dyn TtsProvider> = match self.tts_provider.as_str() {
             "openai" => {
                 let url = self
                     .tts_url
                     .as_deref()
                     .context("VBIN_TTS_PROVIDER=openai needs VBIN_TTS_URL")?;
-                Arc::new(OpenAiSpeech::new(url, self.tts_api_key.clone())?)
+                let mut p = OpenAiTts::new(url, "tts-1", "alloy")
+                    .map_err(|e| anyhow::anyhow!("VBIN_TTS_URL: {e}"))?;
+                if let Some(k) = self.tts_api_key.as_deref().filter(|k| !k.trim().is_empty()) {
+                    p = p.with_api_key(k);
+                }
+                Arc::new(p)
             }
             _ => {
                 let e = EspeakNg::new();
                 if !e.available() {
-                    tracing::warn!("espeak-ng is not installed (Debian: espeak-ng); talks will fail");
+                    tracing::warn!(
+                        "espeak-ng is not installed (Debian: espeak-ng); talks will fail"
+                    );
                 }
                 Arc::new(e)
             }

@@ -328,7 +328,14 @@ async fn get_activeflow(
     c: CustomerCaller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    get_one(&s, "rm_activeflows", "activeflow", &id, c.customer_id.as_uuid()).await
+    get_one(
+        &s,
+        "rm_activeflows",
+        "activeflow",
+        &id,
+        c.customer_id.as_uuid(),
+    )
+    .await
 }
 
 /// `GET /v1.0/activeflows?reference_id=`: running and ended flows, newest first.
@@ -339,7 +346,14 @@ async fn list_activeflows(
     Query(f): Query<Filter>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
-    list_rows_where(&s.pool, "rm_activeflows", c.customer_id.as_uuid(), &p, filter).await
+    list_rows_where(
+        &s.pool,
+        "rm_activeflows",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
 }
 
 /// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).

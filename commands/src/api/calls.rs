@@ -86,7 +86,11 @@ pub(crate) fn check_sandbox(s: &SandboxScript) -> Result<(), ApiError> {
         if things != 1 {
             return Err(bad("a step does exactly one of say, digits, hangup"));
         }
-        if step.say.as_ref().is_some_and(|t| t.trim().is_empty() || t.len() > 1024) {
+        if step
+            .say
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty() || t.len() > 1024)
+        {
             return Err(bad("say must be 1 to 1024 bytes"));
         }
         if let Some(d) = &step.digits {

@@ -6,8 +6,10 @@ use axum::extract::State;
 use serde::Deserialize;
 use uuid::Uuid;
 use vbin_app::flows::FlowInput;
-use vbin_event_schema::flow::RawAction;
+use vbin_domain::flow::{check_names, validate_actions};
+use vbin_event_schema::flow::{ActionId, RawAction};
 use vbin_http::extract::{Json, Path};
+use vbin_http::ApiError;
 
 /// `POST /v1.0/flows` and `PUT /v1.0/flows/{id}` body.
 #[derive(Deserialize)]
@@ -19,13 +21,19 @@ pub struct FlowBody {
     actions: Vec<RawAction>,
 }
 
-impl From<FlowBody> for FlowInput {
-    fn from(b: FlowBody) -> Self {
-        FlowInput {
-            name: b.name,
-            detail: b.detail,
-            actions: b.actions,
-        }
+impl FlowBody {
+    /// The handler's checks, without I/O: name and detail, and every action (missing ids are
+    /// drawn).
+    pub fn validate(self) -> Result<FlowInput, ApiError> {
+        let invalid = |e: vbin_domain::DomainError| ApiError::invalid(e.to_string());
+        check_names(&self.name, &self.detail).map_err(invalid)?;
+        let actions =
+            validate_actions(self.actions, || ActionId(vbin_app::new_id())).map_err(invalid)?;
+        Ok(FlowInput {
+            name: self.name,
+            detail: self.detail,
+            actions,
+        })
     }
 }
 
@@ -35,7 +43,9 @@ pub async fn create_flow(
     t: Tenant,
     Json(b): Json<FlowBody>,
 ) -> ApiResult {
-    Ok(Json(s.app.create_flow(&t.acting, b.into()).await?.view()))
+    Ok(Json(
+        s.app.create_flow(&t.acting, b.validate()?).await?.view(),
+    ))
 }
 
 /// `PUT /v1.0/flows/{id}` -> the flow (running activeflows keep the program they copied).
@@ -45,7 +55,12 @@ pub async fn update_flow(
     Path(id): Path<Uuid>,
     Json(b): Json<FlowBody>,
 ) -> ApiResult {
-    Ok(Json(s.app.update_flow(&t.acting, id, b.into()).await?.view()))
+    Ok(Json(
+        s.app
+            .update_flow(&t.acting, id, b.validate()?)
+            .await?
+            .view(),
+    ))
 }
 
 /// `DELETE /v1.0/flows/{id}` -> the deleted flow.

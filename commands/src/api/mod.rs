@@ -54,10 +54,7 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
             "/v1.0/flows/{id}",
             put(flows::update_flow).delete(flows::delete_flow),
         )
-        .route(
-            "/v1.0/activeflows/{id}/stop",
-            post(flows::stop_activeflow),
-        )
+        .route("/v1.0/activeflows/{id}/stop", post(flows::stop_activeflow))
         .route("/v1.0/outplans", post(campaigns::create_outplan))
         .route("/v1.0/outdials", post(campaigns::create_outdial))
         .route(

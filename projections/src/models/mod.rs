@@ -2,8 +2,8 @@
 
 pub mod billing;
 pub mod calls;
-pub mod flows;
 pub mod campaigns;
+pub mod flows;
 pub mod identity;
 pub mod queues;
 pub mod transcribes;

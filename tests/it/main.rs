@@ -7,6 +7,7 @@ mod support;
 
 mod business;
 mod chaos;
+mod flows;
 mod fuzz_api;
 mod gateway;
 mod openapi;

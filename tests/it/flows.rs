@@ -1,0 +1,246 @@
+//! End-to-end tests of call control: flows through the command and query APIs, flows running
+//! on sandbox calls whose simulated far end speaks and presses keys, the flow engine and the
+//! media session carrying out the actions. Real vbin processes, Postgres, nats-server and
+//! redis-server.
+
+use crate::support::{wait_until, Env};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+const SALES: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000b2";
+const SUPPORT: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000b1";
+const MENU: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000a0";
+
+/// "talk a menu -> digits_receive -> branch -> talk -> hangup".
+fn ivr() -> Value {
+    json!([
+        {"id": MENU, "type": "talk", "option": {"text": "Hello ${name}. Press one for support or two for sales."}},
+        {"type": "digits_receive", "option": {"duration": 8000, "length": 1}},
+        {"type": "branch", "option": {"target_ids": {"1": SUPPORT, "2": SALES}, "default_target_id": MENU}},
+        {"id": SUPPORT, "type": "talk", "option": {"text": "Support"}, "next_id": "0191a0d2-7c4e-7b0e-8f00-0000000000ff"},
+        {"id": SALES, "type": "talk", "option": {"text": "Sales will call you back"}},
+        {"id": "0191a0d2-7c4e-7b0e-8f00-0000000000ff", "type": "hangup"},
+    ])
+}
+
+fn uuid_of(v: &Value) -> Uuid {
+    v["id"].as_str().expect("an id").parse().expect("a uuid")
+}
+
+/// Waits for the call's activeflow (read model) to end; returns it.
+async fn ended_flow(env: &Env, tok: &str, call: Uuid, within: Duration) -> Value {
+    let api = env.client(tok);
+    let what = format!(
+        "the flow of call {call} to end; log {}",
+        env.platform.log_path().display()
+    );
+    wait_until(what, within, || async {
+        let (s, v) = api
+            .get(&format!("/v1.0/activeflows?reference_id={call}"))
+            .await;
+        let flow = v["result"][0].clone();
+        if s == 200 && flow["status"] == "ended" {
+            Ok(flow)
+        } else {
+            Err(v)
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn flows_are_validated_stored_updated_and_deleted_per_tenant() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let (_, tok2, _) = env.customer().await;
+    let (s, flow) = api
+        .post("/v1.0/flows", json!({"name": "ivr", "actions": ivr()}))
+        .await;
+    assert_eq!(s, 200, "{flow}");
+    assert_eq!(flow["actions"].as_array().unwrap().len(), 6);
+    assert!(
+        flow["actions"][1]["id"].is_string(),
+        "ids are drawn: {flow}"
+    );
+    let id = uuid_of(&flow);
+    for (bad, says) in [
+        (json!({"name": "x", "actions": []}), "1 to 200"),
+        (
+            json!({"name": "x", "actions": [{"type": "dance"}]}),
+            "not an action type",
+        ),
+        (
+            json!({"name": "x", "actions": [{"type": "connect", "option": {}}]}),
+            "not supported yet",
+        ),
+        (
+            json!({"name": "x", "actions": [{"type": "goto", "option": {"target_id": MENU}}]}),
+            "loop_count",
+        ),
+        (
+            json!({"name": "x", "actions": [{"type": "answer", "next_id": MENU}]}),
+            "not an action of this flow",
+        ),
+        (json!({"name": "", "actions": [{"type": "answer"}]}), "name"),
+        (
+            json!({"name": "x", "actions": [{"type": "talk", "option": {"text": "hi", "volume": 3}}]}),
+            "unknown field",
+        ),
+    ] {
+        let (s, v) = api.post("/v1.0/flows", bad.clone()).await;
+        assert_eq!(s, 400, "{bad} -> {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{bad} -> {v}"
+        );
+    }
+    let (s, v) = api
+        .put(
+            &format!("/v1.0/flows/{id}"),
+            json!({"name": "ivr2", "actions": [{"type": "hangup"}]}),
+        )
+        .await;
+    assert_eq!((s, v["name"].as_str()), (200, Some("ivr2")), "{v}");
+    // Another tenant neither sees nor changes it.
+    let other = env.client(&tok2);
+    assert_eq!(other.get(&format!("/v1.0/flows/{id}")).await.0, 404);
+    assert_eq!(other.delete(&format!("/v1.0/flows/{id}")).await.0, 404);
+    wait_until("the flow's read model", Duration::from_secs(10), || async {
+        let (s, v) = api.get(&format!("/v1.0/flows/{id}")).await;
+        (s == 200 && v["name"] == "ivr2").then_some(())
+    })
+    .await;
+    assert_eq!(api.delete(&format!("/v1.0/flows/{id}")).await.0, 200);
+    // A deleted flow cannot be run.
+    let (s, v) = api
+        .post(
+            "/v1.0/calls",
+            json!({"source": "+15550001000", "destinations": ["+15550002000"], "flow_id": id}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    wait_until(
+        "the deleted flow to go",
+        Duration::from_secs(10),
+        || async { (api.get(&format!("/v1.0/flows/{id}")).await.0 == 404).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let (s, flow) = api
+        .post("/v1.0/flows", json!({"name": "ivr", "actions": ivr()}))
+        .await;
+    assert_eq!(s, 200, "{flow}");
+    // The far end presses 2 a little after the menu starts (it is ~4 s long): the keys wait
+    // for digits_receive.
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002000"],
+            json!({"flow_id": flow["id"], "variables": {"name": "Ann"},
+                   "sandbox": {"script": [{"at_ms": 1500, "digits": "2"},
+                                          {"at_ms": 30000, "hangup": true}]}}),
+        )
+        .await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    let executed: Vec<&str> = af["executed_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        executed,
+        ["talk", "digits_receive", "branch", "talk", "hangup"],
+        "{af}"
+    );
+    assert_eq!(af["executed_actions"][3]["id"], SALES, "{af}");
+    assert_eq!(af["variables"]["voipbin.call.digits"], "2", "{af}");
+    assert_eq!(af["end_reason"], "hangup", "{af}");
+    // The talk was said with the variable substituted.
+    let events = env.events_of("activeflow", uuid_of(&af)).await;
+    let first_talk = events
+        .iter()
+        .find(|(_, t, _)| t == "activeflow_action_executed")
+        .map(|(_, _, r)| r["current_action"]["option"]["text"].clone())
+        .unwrap();
+    assert_eq!(
+        first_talk,
+        "Hello Ann. Press one for support or two for sales."
+    );
+    // The flow's hangup ended the call from our side.
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (c["status"].as_str(), c["hangup_by"].as_str()),
+        (Some("completed"), Some("local")),
+        "{c}"
+    );
+    assert_eq!(c["activeflow_id"], af["id"]);
+}
+
+#[tokio::test]
+async fn inline_actions_run_and_the_flow_ends_with_its_call() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // No key pressed: digits_receive times out, the default branch loops once (goto), then the
+    // far end hangs up during the second wait.
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002000"],
+            json!({"actions": [
+                {"id": MENU, "type": "beep"},
+                {"type": "variable_set", "option": {"key": "tries", "value": "x${tries}"}},
+                {"type": "digits_receive", "option": {"duration": 700}},
+                {"type": "goto", "option": {"target_id": MENU, "loop_count": 1}},
+                {"type": "sleep", "option": {"duration": 60000}},
+            ], "sandbox": {"script": [{"at_ms": 4000, "hangup": true}]}}),
+        )
+        .await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    let executed: Vec<&str> = af["executed_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        executed,
+        [
+            "beep",
+            "variable_set",
+            "digits_receive",
+            "goto",
+            "beep",
+            "variable_set",
+            "digits_receive",
+            "goto",
+            "sleep"
+        ],
+        "{af}"
+    );
+    assert_eq!(af["variables"]["tries"], "xx", "{af}");
+    assert_eq!(af["end_reason"], "call_ended", "{af}");
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(c["hangup_by"], "remote", "{c}");
+    // Stopping an ended flow changes nothing.
+    let (s, v) = api
+        .post(
+            &format!("/v1.0/activeflows/{}/stop", af["id"].as_str().unwrap()),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["end_reason"].as_str()),
+        (200, Some("call_ended")),
+        "{v}"
+    );
+}

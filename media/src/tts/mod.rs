@@ -4,6 +4,8 @@
 //! format, [`TTS_RATE_HZ`]). [`CachedTts`] wraps any provider with a cache keyed by
 //! (provider, voice, language, text): an IVR says the same prompts over and over.
 
+pub mod piper;
+
 use std::sync::Arc;
 
 /// Sample rate of every provider's output (the media engine's internal rate).

@@ -6,6 +6,7 @@
 
 pub mod espeak;
 pub mod openai;
+pub mod piper;
 
 use std::sync::Arc;
 

@@ -12,6 +12,7 @@ pub mod calls;
 pub mod executor;
 pub mod flows;
 pub mod queues;
+pub mod recordings;
 pub mod transcription;
 
 pub use executor::{ExecError, Executed, Executor, StoreError, StoredAggregate};

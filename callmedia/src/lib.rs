@@ -17,7 +17,7 @@ pub mod session;
 
 use chrono::Utc;
 use far::{PersonStep, SandboxPerson};
-use session::{Control, Execution, Report, Session};
+use session::{Capture, Control, Execution, RecChunk, Report, Session};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,20 +26,26 @@ use tokio::time::Instant;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
+use vbin_domain::{
+    Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, Recording,
+    RecordingCommand,
+};
 use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId, HangupCause,
-    PublishedEvent,
+    PublishedEvent, RecordingEvent, RecordingId, RecordingLimits, RecordingStatus,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
+use vbin_storage::Store;
 
 /// Durable consumer of call events.
 pub const CALLS_CONSUMER: &str = "media-calls";
 /// Durable consumer of activeflow events.
 pub const ACTIONS_CONSUMER: &str = "media-actions";
+/// Durable consumer of recording events.
+pub const RECORDINGS_CONSUMER: &str = "media-recordings";
 
 /// Settings of the media process.
 #[derive(Clone, Debug)]
@@ -89,6 +95,8 @@ pub struct Media {
     settings: Arc<Settings>,
     sessions: Arc<Mutex<HashMap<CallId, Handle>>>,
     starting: Arc<tokio::sync::Mutex<()>>,
+    store: Option<Store>,
+    capturing: Arc<Mutex<std::collections::HashSet<RecordingId>>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -103,6 +111,7 @@ impl Media {
         pool: sqlx::PgPool,
         executor: Executor,
         tts: Arc<dyn TtsProvider>,
+        store: Option<Store>,
         settings: Settings,
     ) -> Self {
         Self {
@@ -112,6 +121,8 @@ impl Media {
             settings: Arc::new(settings),
             sessions: Arc::default(),
             starting: Arc::default(),
+            store,
+            capturing: Arc::default(),
         }
     }
 
@@ -145,9 +156,24 @@ impl Media {
         );
         let me = self.clone();
         let b = run_consumer(
-            bus,
+            bus.clone(),
             actions,
             move |e| me.clone().on_action(e),
+            stop(rx.clone()),
+        );
+        let recordings = ConsumerSpec::for_events_of::<RecordingEvent>(
+            RECORDINGS_CONSUMER,
+            &[
+                RecordingEvent::RECORDING_STARTED,
+                RecordingEvent::RECORDING_STOP_REQUESTED,
+            ],
+        )
+        .lanes(8);
+        let me = self.clone();
+        let c = run_consumer(
+            bus,
+            recordings,
+            move |e| me.clone().on_recording(e),
             stop(rx.clone()),
         );
         let keeper = self.clone().keep_leases(stop(rx));
@@ -155,7 +181,7 @@ impl Media {
             shutdown.await;
             let _ = tx.send(true);
         };
-        tokio::join!(a, b, keeper, trigger);
+        tokio::join!(a, b, c, keeper, trigger);
         let handles: Vec<Handle> = self
             .sessions
             .lock()
@@ -212,7 +238,8 @@ impl Media {
             };
             return self.complete(customer, exec, result).await;
         };
-        self.dispatch(control, customer, exec, action.kind).await;
+        self.dispatch(control, call, customer, exec, action.kind)
+            .await;
         Ok(())
     }
 
@@ -220,6 +247,7 @@ impl Media {
     async fn dispatch(
         &self,
         control: mpsc::Sender<Control>,
+        call: CallId,
         customer: CustomerId,
         exec: Execution,
         kind: ActionKind,
@@ -254,9 +282,281 @@ impl Media {
             ActionKind::Beep(_) => {
                 let _ = control.send(Control::Play(Some(exec), beep())).await;
             }
+            ActionKind::RecordingStart(r) => {
+                // One recording per execution: a redelivered or re-executed action finds it.
+                let id = RecordingId(Uuid::new_v5(
+                    &exec.activeflow.as_uuid(),
+                    &exec.seq.to_be_bytes(),
+                ));
+                let limits = RecordingLimits {
+                    duration_ms: r.duration,
+                    end_of_silence_ms: r.end_of_silence,
+                    end_of_key: r.end_of_key,
+                };
+                let result = match self
+                    .start_recording(&control, customer, call, id, limits)
+                    .await
+                {
+                    Ok(()) => {
+                        if r.beep_start {
+                            let _ = control.send(Control::Play(None, beep())).await;
+                        }
+                        ActionResult::default()
+                    }
+                    Err(e) => ActionResult {
+                        error: Some(format!("recording_start: {e}")),
+                        ..Default::default()
+                    },
+                };
+                let _ = self.complete(customer, exec, result).await;
+            }
+            ActionKind::RecordingStop(_) => {
+                let _ = control.send(Control::StopRecordings(exec)).await;
+            }
             kind => {
                 let _ = control.send(Control::Execute(exec, kind)).await;
             }
+        }
+    }
+
+    /// Starts recording `id` of `call` (creating the Recording unless it exists) in the
+    /// session `control`.
+    async fn start_recording(
+        &self,
+        control: &mpsc::Sender<Control>,
+        customer: CustomerId,
+        call: CallId,
+        id: RecordingId,
+        limits: RecordingLimits,
+    ) -> Result<(), String> {
+        if self.store.is_none() {
+            return Err("no recording storage is configured".into());
+        }
+        let cmd = RecordingCommand::Start {
+            recording_id: id,
+            customer_id: customer,
+            reference_id: call,
+            limits: limits.clone(),
+            at: Utc::now(),
+        };
+        let u = id.as_uuid();
+        match self
+            .executor
+            .execute::<Recording>(
+                u,
+                customer,
+                Some(customer),
+                cmd,
+                &meta(u, &call.to_string(), customer),
+            )
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => {}
+            Err(e) => return Err(vbin_bus::Chain(&e).to_string()),
+        }
+        self.capture(control, customer, id, limits).await;
+        Ok(())
+    }
+
+    /// Starts capturing a recording that exists, with its uploader.
+    async fn capture(
+        &self,
+        control: &mpsc::Sender<Control>,
+        customer: CustomerId,
+        id: RecordingId,
+        limits: RecordingLimits,
+    ) {
+        // Once per recording (a flow's recording_start, then its recording_started event),
+        // and never again once ended (a redelivered event would overwrite its file).
+        match self
+            .executor
+            .load::<Recording>(id.as_uuid(), Some(customer))
+            .await
+        {
+            Ok(Some(r)) if r.status == RecordingStatus::Recording => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(recording = %id, error = %vbin_bus::Chain(&e), "cannot load the recording; not capturing");
+                return;
+            }
+        }
+        if !self.capturing.lock().expect("capturing").insert(id) {
+            return;
+        }
+        // Up to ~4 minutes of audio waits for storage before frames are dropped.
+        let (chunks, rx) = mpsc::channel(256);
+        tokio::spawn(self.clone().upload(customer, id, rx));
+        let _ = control
+            .send(Control::Record(Capture { id, limits, chunks }))
+            .await;
+    }
+
+    /// Streams a recording's audio to storage, then ends the Recording.
+    async fn upload(self, customer: CustomerId, id: RecordingId, mut rx: mpsc::Receiver<RecChunk>) {
+        let key = Store::recording_key(customer.as_uuid(), id.as_uuid());
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let mut error = None;
+        let mut writer = match store.writer(&key).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                error = Some(format!("storage: {}", vbin_bus::Chain(&e)));
+                None
+            }
+        };
+        let header = vbin_storage::wav::header(2, session::RATE_HZ, None);
+        let mut frames = 0;
+        let mut audio_bytes: u64 = 0;
+        if let Some(w) = writer.as_mut() {
+            if let Err(e) = w.write(&header).await {
+                error = Some(format!("storage: {}", vbin_bus::Chain(&e)));
+            }
+        }
+        while let Some(chunk) = rx.recv().await {
+            match chunk {
+                RecChunk::Audio(bytes) => {
+                    audio_bytes += bytes.len() as u64;
+                    if let (Some(w), None) = (writer.as_mut(), &error) {
+                        if let Err(e) = w.write(&bytes).await {
+                            error = Some(format!("storage: {}", vbin_bus::Chain(&e)));
+                        }
+                    }
+                }
+                RecChunk::End { frames: n, dropped } => {
+                    frames = n;
+                    if dropped && error.is_none() {
+                        error = Some("storage fell behind; some audio was lost".into());
+                    }
+                    break;
+                }
+            }
+        }
+        if frames == 0 {
+            frames = audio_bytes / (4 * session::FRAME_SAMPLES as u64);
+        }
+        let size = match writer {
+            Some(w) if error.is_none() => match w.finish().await {
+                Ok(n) => n,
+                Err(e) => {
+                    error = Some(format!("storage: {}", vbin_bus::Chain(&e)));
+                    0
+                }
+            },
+            Some(w) => {
+                let n = w.written();
+                let _ = w.abort().await;
+                n
+            }
+            None => 0,
+        };
+        if let Some(e) = &error {
+            tracing::warn!(recording = %id, error = %e, "recording not stored whole");
+        }
+        self.capturing.lock().expect("capturing").remove(&id);
+        let cmd = RecordingCommand::End {
+            duration_ms: frames * session::FRAME.as_millis() as u64,
+            file: key,
+            size_bytes: size,
+            error,
+            at: Utc::now(),
+        };
+        let u = id.as_uuid();
+        for attempt in 0..5u32 {
+            match self
+                .executor
+                .execute::<Recording>(
+                    u,
+                    customer,
+                    Some(customer),
+                    cmd.clone(),
+                    &meta(u, &u.to_string(), customer),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(recording = %id, error = %vbin_bus::Chain(&e), attempt, "ending a recording failed");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+
+    async fn on_recording(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let customer = CustomerId(e.customer_id);
+        let id = RecordingId(e.aggregate_id);
+        let Some(call) = e.resource["reference_id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .map(CallId)
+        else {
+            return Ok(());
+        };
+        match e.decode::<RecordingEvent>()? {
+            RecordingEvent::RecordingStarted { limits, .. } => {
+                match self.ensure(call, customer).await? {
+                    Some(control) => self.capture(&control, customer, id, limits).await,
+                    None => {
+                        self.end_unrecorded(
+                            customer,
+                            id,
+                            "the call has no media (not answered or ended)",
+                        )
+                        .await?
+                    }
+                }
+            }
+            RecordingEvent::RecordingStopRequested { .. } => {
+                let control = self
+                    .sessions
+                    .lock()
+                    .expect("sessions")
+                    .get(&call)
+                    .map(|h| h.control.clone());
+                match control {
+                    Some(c) => {
+                        let _ = c.send(Control::StopRecording(id)).await;
+                    }
+                    None => {
+                        self.end_unrecorded(customer, id, "the call's media session is gone")
+                            .await?
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Ends a recording that captured nothing.
+    async fn end_unrecorded(
+        &self,
+        customer: CustomerId,
+        id: RecordingId,
+        why: &str,
+    ) -> Result<(), MediaError> {
+        let cmd = RecordingCommand::End {
+            duration_ms: 0,
+            file: String::new(),
+            size_bytes: 0,
+            error: Some(why.into()),
+            at: Utc::now(),
+        };
+        let u = id.as_uuid();
+        match self
+            .executor
+            .execute::<Recording>(
+                u,
+                customer,
+                Some(customer),
+                cmd,
+                &meta(u, &u.to_string(), customer),
+            )
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -531,7 +831,8 @@ impl Media {
                     activeflow: af,
                     seq,
                 };
-                self.dispatch(control, customer, exec, action.kind).await;
+                self.dispatch(control, call, customer, exec, action.kind)
+                    .await;
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use vbin_event_schema::flow::{ActionKind, ActionResult};
-use vbin_event_schema::ActiveflowId;
+use vbin_event_schema::{ActiveflowId, RecordingId, RecordingLimits};
 use vbin_media::tts::Speech;
 
 /// Samples per second inside the engine.
@@ -27,9 +27,40 @@ pub struct Execution {
     pub seq: u64,
 }
 
+/// What a recording's uploader receives.
+#[derive(Debug)]
+pub enum RecChunk {
+    /// Interleaved stereo 16-bit little-endian samples.
+    Audio(Vec<u8>),
+    /// The recording ended after this many frames (why: `None` = asked or call ended).
+    End {
+        /// Frames captured.
+        frames: u64,
+        /// Audio was lost (the uploader fell behind).
+        dropped: bool,
+    },
+}
+
+/// A recording to capture.
+#[derive(Debug)]
+pub struct Capture {
+    /// The recording.
+    pub id: RecordingId,
+    /// When it stops on its own.
+    pub limits: RecordingLimits,
+    /// Where its audio goes.
+    pub chunks: mpsc::Sender<RecChunk>,
+}
+
 /// What the session is told.
 #[derive(Debug)]
 pub enum Control {
+    /// Start capturing (ignored if this recording is already being captured).
+    Record(Capture),
+    /// Stop capturing this recording.
+    StopRecording(RecordingId),
+    /// Stop every recording (a flow's `recording_stop`), then report the execution done.
+    StopRecordings(Execution),
     /// Carry out a media action.
     Execute(Execution, ActionKind),
     /// Audio to play, ready (a synthesised talk, a beep); `None` for async talks.
@@ -55,6 +86,76 @@ struct Source {
     done: Option<Execution>,
 }
 
+/// Frames of audio gathered before they go to the uploader (one second).
+const REC_BATCH_FRAMES: u64 = 50;
+/// Far-end frames quieter than this (RMS) count as silence for `end_of_silence`.
+const SILENCE_RMS: f64 = 300.0;
+
+struct Recorder {
+    capture: Capture,
+    frames: u64,
+    batch: Vec<u8>,
+    silent_ms: u64,
+    dropped: bool,
+}
+
+impl Recorder {
+    fn push(&mut self, inbound: &[i16], outbound: &[i16]) {
+        vbin_storage::wav::interleave(inbound, outbound, &mut self.batch);
+        self.frames += 1;
+        let energy: f64 = inbound
+            .iter()
+            .map(|&v| (v as f64) * (v as f64))
+            .sum::<f64>();
+        let rms = (energy / inbound.len().max(1) as f64).sqrt();
+        if rms < SILENCE_RMS {
+            self.silent_ms += FRAME.as_millis() as u64;
+        } else {
+            self.silent_ms = 0;
+        }
+        if self.frames.is_multiple_of(REC_BATCH_FRAMES) {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if self
+            .capture
+            .chunks
+            .try_send(RecChunk::Audio(batch))
+            .is_err()
+        {
+            self.dropped = true;
+        }
+    }
+
+    /// Whether a limit ends it now.
+    fn over(&self) -> bool {
+        let l = &self.capture.limits;
+        l.duration_ms
+            .is_some_and(|d| self.frames * FRAME.as_millis() as u64 >= d as u64)
+            || l.end_of_silence_ms
+                .is_some_and(|s| self.silent_ms >= s as u64)
+    }
+
+    fn end(mut self) {
+        self.flush();
+        let end = RecChunk::End {
+            frames: self.frames,
+            dropped: self.dropped,
+        };
+        // The end must arrive even if the channel is full: wait for room off the tick.
+        let tx = self.capture.chunks.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(end).await;
+        });
+    }
+}
+
 struct Collect {
     exec: Execution,
     digits: String,
@@ -70,6 +171,7 @@ pub struct Session {
     received: VecDeque<char>,
     collect: Option<Collect>,
     timers: Vec<(Instant, Execution)>,
+    recorders: Vec<Recorder>,
     reports: mpsc::UnboundedSender<Report>,
     /// Frames sent to the far end so far.
     pub frames: u64,
@@ -84,6 +186,7 @@ impl Session {
             received: VecDeque::new(),
             collect: None,
             timers: Vec::new(),
+            recorders: Vec::new(),
             reports,
             frames: 0,
         }
@@ -100,7 +203,34 @@ impl Session {
     /// Applies a control message; false when the session must end.
     pub fn control(&mut self, c: Control, now: Instant) -> bool {
         match c {
-            Control::Stop => return false,
+            Control::Stop => {
+                for r in self.recorders.drain(..) {
+                    r.end();
+                }
+                return false;
+            }
+            Control::Record(capture) => {
+                if !self.recorders.iter().any(|r| r.capture.id == capture.id) {
+                    self.recorders.push(Recorder {
+                        capture,
+                        frames: 0,
+                        batch: Vec::new(),
+                        silent_ms: 0,
+                        dropped: false,
+                    });
+                }
+            }
+            Control::StopRecordings(exec) => {
+                for r in self.recorders.drain(..) {
+                    r.end();
+                }
+                self.done(exec, ActionResult::default());
+            }
+            Control::StopRecording(id) => {
+                if let Some(i) = self.recorders.iter().position(|r| r.capture.id == id) {
+                    self.recorders.remove(i).end();
+                }
+            }
             Control::Play(done, samples) => self.sources.push(Source {
                 samples,
                 pos: 0,
@@ -140,7 +270,7 @@ impl Session {
     /// One 20 ms step: a frame in from the far end, a frame out to it.
     pub fn tick(&mut self, now: Instant) {
         let inbound = self.far.next_frame(now);
-        for d in inbound.dtmf {
+        for &d in &inbound.dtmf {
             self.report(Report::Digit(d, now));
             self.received.push_back(d);
         }
@@ -170,6 +300,23 @@ impl Session {
             .collect();
         self.far.hear(&frame);
         self.frames += 1;
+        let keys = &inbound.dtmf;
+        let mut i = 0;
+        while i < self.recorders.len() {
+            let r = &mut self.recorders[i];
+            r.push(&inbound.audio, &frame);
+            let key = r
+                .capture
+                .limits
+                .end_of_key
+                .as_deref()
+                .is_some_and(|k| keys.iter().any(|d| k.contains(*d)));
+            if key || r.over() {
+                self.recorders.remove(i).end();
+            } else {
+                i += 1;
+            }
+        }
         self.collect_digits(now);
         let due: Vec<Execution> = self
             .timers
@@ -221,7 +368,10 @@ impl Session {
                 biased;
                 c = control.recv() => match c {
                     Some(c) => if !self.control(c, Instant::now()) { return },
-                    None => return,
+                    None => {
+                        self.control(Control::Stop, Instant::now());
+                        return;
+                    }
                 },
                 at = tick.tick() => self.tick(at),
             }

@@ -39,6 +39,7 @@ pub mod customer;
 mod error;
 pub mod flow;
 pub mod queue;
+pub mod recording;
 #[cfg(test)]
 mod testing;
 pub mod transcribe;
@@ -54,6 +55,7 @@ pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
 pub use flow::{Flow, FlowCommand};
 pub use queue::{NewQueue, Queue, QueueCommand};
+pub use recording::{Recording, RecordingCommand};
 pub use transcribe::{NewTranscribe, Transcribe, TranscribeCommand};
 
 /// The API view of the resource an event touched, right after the event (`{id, type, ...}`).

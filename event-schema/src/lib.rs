@@ -74,6 +74,7 @@ pub mod customer;
 pub mod envelope;
 pub mod flow;
 pub mod queue;
+pub mod recording;
 pub mod transcribe;
 pub mod types;
 pub mod upcast;
@@ -88,5 +89,6 @@ pub use envelope::{
 };
 pub use flow::{ActiveflowEvent, FlowEvent};
 pub use queue::*;
+pub use recording::*;
 pub use transcribe::*;
 pub use types::*;

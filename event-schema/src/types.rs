@@ -102,6 +102,10 @@ id_type!(
     FlowId
 );
 id_type!(
+    /// A recording of a call. The Recording aggregate's id.
+    RecordingId
+);
+id_type!(
     /// One running flow. The Activeflow aggregate's id.
     ActiveflowId
 );

@@ -1,12 +1,12 @@
 //! Inline projections: lookup tables the command side needs exact at commit time (logins,
 //! access keys, webhook secrets, balances, the queue each call joined and the running
-//! transcriptions of each call), updated in the same transaction as the events that change
+//! transcriptions of each call, the stored recordings' files), updated in the same transaction as the events that change
 //! them. Read models proper are built asynchronously by the projections crate.
 
 use crate::event::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent, TranscribeEvent};
+use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent, RecordingEvent, TranscribeEvent};
 
 /// Whether appends to this aggregate type update lookup tables (and so need a transaction).
 pub fn applies_to(aggregate_type: &str) -> bool {
@@ -16,7 +16,47 @@ pub fn applies_to(aggregate_type: &str) -> bool {
             | BillingEvent::AGGREGATE
             | QueueEvent::AGGREGATE
             | TranscribeEvent::AGGREGATE
+            | RecordingEvent::AGGREGATE
     )
+}
+
+/// Keeps `recording_files` equal to the stored recordings' files: a row from
+/// `recording_ended` (when it stored something) to `recording_deleted`.
+async fn apply_recording(
+    tx: &mut Transaction<'_, Postgres>,
+    recording_id: Uuid,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        match decode::<RecordingEvent>(e)? {
+            RecordingEvent::RecordingEnded {
+                file,
+                size_bytes,
+                at,
+                ..
+            } if size_bytes > 0 => {
+                sqlx::query(
+                    "INSERT INTO recording_files (recording_id, customer_id, file, ended_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (recording_id) DO NOTHING",
+                )
+                .bind(recording_id)
+                .bind(customer_id)
+                .bind(file)
+                .bind(at)
+                .execute(&mut **tx)
+                .await?;
+            }
+            RecordingEvent::RecordingDeleted { .. } => {
+                sqlx::query("DELETE FROM recording_files WHERE recording_id = $1")
+                    .bind(recording_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `billing_balances` equal to the account's state.
@@ -151,6 +191,9 @@ pub async fn apply(
         QueueEvent::AGGREGATE => return apply_queue(tx, aggregate_id, customer_id, events).await,
         TranscribeEvent::AGGREGATE => {
             return apply_transcribe(tx, aggregate_id, customer_id, events).await
+        }
+        RecordingEvent::AGGREGATE => {
+            return apply_recording(tx, aggregate_id, customer_id, events).await
         }
         _ => return Ok(()),
     }

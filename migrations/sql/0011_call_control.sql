@@ -36,3 +36,27 @@ CREATE TABLE media_sessions (
     started_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX media_sessions_lease ON media_sessions (lease_until);
+
+-- Recordings of calls (their files are objects in the recordings store).
+CREATE TABLE rm_recordings (
+    id           uuid   PRIMARY KEY,
+    customer_id  uuid   NOT NULL,
+    aggregate_id uuid   NOT NULL,
+    body         jsonb  NOT NULL,
+    version      bigint NOT NULL,
+    reference_id uuid GENERATED ALWAYS AS ((body->>'reference_id')::uuid) STORED,
+    status       text GENERATED ALWAYS AS (body->>'status') STORED
+);
+CREATE INDEX rm_recordings_customer ON rm_recordings (customer_id, id);
+CREATE INDEX rm_recordings_reference ON rm_recordings (customer_id, reference_id, id);
+CREATE TABLE pp_recordings (aggregate_id uuid PRIMARY KEY, sequence bigint NOT NULL);
+
+-- Written with `recording_ended` (inline): where each stored recording's file is, for the
+-- download endpoint and the retention sweep; deleted with `recording_deleted`.
+CREATE TABLE recording_files (
+    recording_id uuid        PRIMARY KEY,
+    customer_id  uuid        NOT NULL,
+    file         text        NOT NULL,
+    ended_at     timestamptz NOT NULL
+);
+CREATE INDEX recording_files_ended ON recording_files (ended_at);

@@ -83,6 +83,54 @@ pub struct Settings {
     pub media: MediaSettings,
     #[command(flatten)]
     pub housekeeping: HousekeepingSettings,
+    #[command(flatten)]
+    pub storage: StorageSettings,
+}
+
+/// Files: recordings.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Storage")]
+pub struct StorageSettings {
+    /// Directory of the recordings store (created if missing).
+    #[arg(
+        long = "data-dir",
+        env = "VBIN_DATA_DIR",
+        value_name = "DIR",
+        default_value = "vbin-data"
+    )]
+    pub data_dir: PathBuf,
+    /// Days a stored recording is kept before its file is deleted (0 keeps them forever).
+    #[arg(
+        long = "recording-retention-days",
+        env = "VBIN_RECORDING_RETENTION_DAYS",
+        value_name = "DAYS",
+        default_value_t = 30,
+        value_parser = number::<u64>("VBIN_RECORDING_RETENTION_DAYS", "a number of days")
+    )]
+    pub recording_retention_days: u64,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            data_dir: "vbin-data".into(),
+            recording_retention_days: 30,
+        }
+    }
+}
+
+impl StorageSettings {
+    /// The recordings store.
+    pub fn store(&self) -> anyhow::Result<vbin_storage::Store> {
+        vbin_storage::Store::local(&self.data_dir)
+            .with_context(|| format!("VBIN_DATA_DIR: cannot use {}", self.data_dir.display()))
+    }
+
+    /// How long recordings are kept (None: forever).
+    pub fn retention(&self) -> Option<Duration> {
+        (self.recording_retention_days > 0)
+            .then(|| Duration::from_secs(self.recording_retention_days * 86_400))
+    }
 }
 
 /// The HTTP listener.
@@ -346,14 +394,15 @@ pub struct MediaSettings {
         value_parser = deepgram_url
     )]
     pub deepgram_url: String,
-    /// Text-to-speech provider of talks and of the sandbox far end: espeak (offline) or
-    /// openai (an OpenAI-compatible `/v1/audio/speech` server at VBIN_TTS_URL).
+    /// Text-to-speech provider of talks and of the sandbox far end: piper (offline, the
+    /// en_US-joe-medium voice installed by scripts/models; espeak when it is missing), espeak
+    /// (offline) or openai (an OpenAI-compatible `/v1/audio/speech` server at VBIN_TTS_URL).
     #[arg(
         long = "tts-provider",
         env = "VBIN_TTS_PROVIDER",
         value_name = "PROVIDER",
-        default_value = "espeak",
-        value_parser = ["espeak", "openai"]
+        default_value = "piper",
+        value_parser = ["piper", "espeak", "openai"]
     )]
     pub tts_provider: String,
     /// Base URL of the OpenAI-compatible speech server (tts provider openai).
@@ -409,7 +458,7 @@ impl Default for MediaSettings {
             stt_grammar: None,
             deepgram_api_key: None,
             deepgram_url: deepgram::DEFAULT_BASE_URL.into(),
-            tts_provider: "espeak".into(),
+            tts_provider: "piper".into(),
             tts_url: None,
             tts_api_key: None,
             orphan_timeout_ms: 30_000,
@@ -426,7 +475,21 @@ impl MediaSettings {
     /// The text-to-speech provider (with its clip cache); fails (naming the variable) when
     /// openai has no URL.
     pub fn tts_provider(&self) -> anyhow::Result<Arc<dyn vbin_media::tts::TtsProvider>> {
-        use vbin_media::tts::{espeak::EspeakNg, openai::OpenAiTts, CachedTts, TtsProvider};
+        use vbin_media::tts::{espeak::EspeakNg, openai::OpenAiTts, piper, CachedTts, TtsProvider};
+        let piper = || match piper::Piper::from_models_dir(&piper::default_models_dir()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "the Piper voice is not installed (scripts/models); speaking with espeak-ng");
+                None
+            }
+        };
+        let espeak = || -> Arc<dyn TtsProvider> {
+            let e = EspeakNg::new();
+            if !e.available() {
+                tracing::warn!("espeak-ng is not installed (Debian: espeak-ng); talks will fail");
+            }
+            Arc::new(e)
+        };
         let inner: Arc<dyn TtsProvider> = match self.tts_provider.as_str() {
             "openai" => {
                 let url = self
@@ -440,15 +503,11 @@ impl MediaSettings {
                 }
                 Arc::new(p)
             }
-            _ => {
-                let e = EspeakNg::new();
-                if !e.available() {
-                    tracing::warn!(
-                        "espeak-ng is not installed (Debian: espeak-ng); talks will fail"
-                    );
-                }
-                Arc::new(e)
-            }
+            "piper" => match piper() {
+                Some(p) => Arc::new(p),
+                None => espeak(),
+            },
+            _ => espeak(),
         };
         // Up to ~30 minutes of clips (16,000 samples a second).
         Ok(Arc::new(CachedTts::new(inner, 16_000 * 60 * 30)))

@@ -193,10 +193,20 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             None
         },
     };
-    if jobs.command_side || jobs.webhooks.is_some() {
+    let store = settings.storage.store()?;
+    let recordings = match (parts.contains(&Part::Media), settings.storage.retention()) {
+        (true, Some(retention)) => Some(housekeeping::Recordings {
+            store: store.clone(),
+            executor: executor.clone(),
+            retention,
+        }),
+        _ => None,
+    };
+    if jobs.command_side || jobs.webhooks.is_some() || recordings.is_some() {
         tasks.push(tokio::spawn(housekeeping::run(
             pool.clone(),
             jobs,
+            recordings,
             settings.housekeeping.every(),
             stopped(&rx),
         )));
@@ -243,6 +253,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             pool.clone(),
             executor.clone(),
             tts,
+            Some(store.clone()),
             vbin_callmedia::Settings::default(),
         );
         tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));
@@ -325,6 +336,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             routes = routes.merge(vbin_read_api::routes(vbin_read_api::ReadState {
                 pool: pool.clone(),
                 cache: Some(cache),
+                store: Some(store.clone()),
             }));
         }
         if parts.contains(&Part::Gateway) {

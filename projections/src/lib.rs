@@ -122,6 +122,7 @@ pub fn all() -> &'static [Projection] {
         models::transcribes::PROJECTION,
         models::flows::FLOWS,
         models::flows::ACTIVEFLOWS,
+        models::flows::RECORDINGS,
     ]
 }
 

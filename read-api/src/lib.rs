@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod page;
+mod recordings;
 
 pub use page::{page_body, page_token, Page, ReadState, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
@@ -60,6 +61,12 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/flows/{id}", get(get_flow))
         .route("/v1.0/activeflows", get(list_activeflows))
         .route("/v1.0/activeflows/{id}", get(get_activeflow))
+        .route("/v1.0/recordings", get(recordings::list_recordings))
+        .route("/v1.0/recordings/{id}", get(recordings::get_recording))
+        .route(
+            "/v1.0/recordings/{id}/file",
+            get(recordings::get_recording_file),
+        )
         .layer(Extension(state))
 }
 

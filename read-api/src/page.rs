@@ -14,6 +14,8 @@ pub struct ReadState {
     pub pool: PgPool,
     /// Redis cache; `None` disables caching.
     pub cache: Option<Cache>,
+    /// The recordings store; `None`: no recording files are served.
+    pub store: Option<vbin_storage::Store>,
 }
 
 /// `?page_size=&page_token=`.

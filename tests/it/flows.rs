@@ -15,6 +15,7 @@ const MENU: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000a0";
 /// "talk a menu -> digits_receive -> branch -> talk -> hangup".
 fn ivr() -> Value {
     json!([
+        {"type": "recording_start", "option": {"beep_start": false}},
         {"id": MENU, "type": "talk", "option": {"text": "Hello ${name}. Press one for support or two for sales."}},
         {"type": "digits_receive", "option": {"duration": 8000, "length": 1}},
         {"type": "branch", "option": {"target_ids": {"1": SUPPORT, "2": SALES}, "default_target_id": MENU}},
@@ -59,9 +60,9 @@ async fn flows_are_validated_stored_updated_and_deleted_per_tenant() {
         .post("/v1.0/flows", json!({"name": "ivr", "actions": ivr()}))
         .await;
     assert_eq!(s, 200, "{flow}");
-    assert_eq!(flow["actions"].as_array().unwrap().len(), 6);
+    assert_eq!(flow["actions"].as_array().unwrap().len(), 7);
     assert!(
-        flow["actions"][1]["id"].is_string(),
+        flow["actions"][0]["id"].is_string(),
         "ids are drawn: {flow}"
     );
     let id = uuid_of(&flow);
@@ -138,14 +139,15 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
         .post("/v1.0/flows", json!({"name": "ivr", "actions": ivr()}))
         .await;
     assert_eq!(s, 200, "{flow}");
-    // The far end presses 2 a little after the menu starts (it is ~4 s long): the keys wait
-    // for digits_receive.
+    // The far end says something and presses 2 while the menu plays (it is ~4 s long): the
+    // key waits for digits_receive.
     let call = env
         .calls(
             &tok,
             &["+15550002000"],
             json!({"flow_id": flow["id"], "variables": {"name": "Ann"},
-                   "sandbox": {"script": [{"at_ms": 1500, "digits": "2"},
+                   "sandbox": {"script": [{"at_ms": 300, "say": FAR_END},
+                                          {"at_ms": 2500, "digits": "2"},
                                           {"at_ms": 30000, "hangup": true}]}}),
         )
         .await[0];
@@ -158,17 +160,26 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
         .collect();
     assert_eq!(
         executed,
-        ["talk", "digits_receive", "branch", "talk", "hangup"],
+        [
+            "recording_start",
+            "talk",
+            "digits_receive",
+            "branch",
+            "talk",
+            "hangup"
+        ],
         "{af}"
     );
-    assert_eq!(af["executed_actions"][3]["id"], SALES, "{af}");
+    assert_eq!(af["executed_actions"][4]["id"], SALES, "{af}");
     assert_eq!(af["variables"]["voipbin.call.digits"], "2", "{af}");
     assert_eq!(af["end_reason"], "hangup", "{af}");
     // The talk was said with the variable substituted.
     let events = env.events_of("activeflow", uuid_of(&af)).await;
     let first_talk = events
         .iter()
-        .find(|(_, t, _)| t == "activeflow_action_executed")
+        .find(|(_, t, r)| {
+            t == "activeflow_action_executed" && r["current_action"]["type"] == "talk"
+        })
         .map(|(_, _, r)| r["current_action"]["option"]["text"].clone())
         .unwrap();
     assert_eq!(
@@ -183,6 +194,114 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
         "{c}"
     );
     assert_eq!(c["activeflow_id"], af["id"]);
+
+    // The recording: stored when the call ended; left = the far end, right = the platform.
+    let rec = wait_until(
+        "the recording to be stored",
+        Duration::from_secs(20),
+        || async {
+            let (_, v) = api
+                .get(&format!("/v1.0/recordings?reference_id={call}"))
+                .await;
+            let r = v["result"][0].clone();
+            if r["status"] == "ended" {
+                Ok(r)
+            } else {
+                Err(v)
+            }
+        },
+    )
+    .await;
+    assert_eq!(rec["error"], Value::Null, "{rec}");
+    let ms = rec["duration_ms"].as_u64().unwrap();
+    assert!((5_000..20_000).contains(&ms), "{rec}");
+    let (status, wav) = env
+        .get_bytes(&tok, &format!("/v1.0/recordings/{}/file", uuid_of(&rec)))
+        .await;
+    assert_eq!(status, 200);
+    let (left, right) = stereo(&wav);
+    assert_eq!(left.len() as u64, ms * 16, "16 kHz, {ms} ms");
+    // In order, and nothing of the far end on the platform's side (or the reverse).
+    assert_eq!(
+        recognize(&right).await,
+        format!("{MENU_TEXT} sales will call you back"),
+        "platform side"
+    );
+    assert_eq!(recognize(&left).await, FAR_END, "far end side");
+    // Another tenant gets nothing.
+    let (_, tok2, _) = env.customer().await;
+    let (status, _) = env
+        .get_bytes(&tok2, &format!("/v1.0/recordings/{}/file", uuid_of(&rec)))
+        .await;
+    assert_eq!(status, 404);
+}
+
+/// What the simulated person says.
+const FAR_END: &str = "i would like to buy a phone";
+/// The menu, as the recognizer writes it.
+const MENU_TEXT: &str = "hello ann press one for support or two for sales";
+
+/// A 16-bit stereo WAV's channels.
+fn stereo(wav: &[u8]) -> (Vec<i16>, Vec<i16>) {
+    assert_eq!(&wav[0..4], b"RIFF");
+    let data_len = u32::from_le_bytes(wav[40..44].try_into().unwrap()) as usize;
+    assert_eq!(
+        data_len,
+        wav.len() - 44,
+        "the served header has the real sizes"
+    );
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2);
+    assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 16_000);
+    let samples: Vec<i16> = wav[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let left = samples.iter().step_by(2).copied().collect();
+    let right = samples.iter().skip(1).step_by(2).copied().collect();
+    (left, right)
+}
+
+/// What PocketSphinx hears in 16 kHz audio, restricted to sequences of this test's phrases
+/// (utterances joined by spaces).
+async fn recognize(audio: &[i16]) -> String {
+    use vbin_media::stt::{pocketsphinx::PocketSphinx, SttProvider};
+    let phrases = [MENU_TEXT, "sales will call you back", "support", FAR_END];
+    let grammar = std::env::temp_dir().join(format!("vbin-flows-{}.gram", Uuid::new_v4()));
+    std::fs::write(
+        &grammar,
+        format!(
+            "#JSGF V1.0;\ngrammar vbin;\npublic <s> = ({})+;\n",
+            phrases.join(" | ")
+        ),
+    )
+    .unwrap();
+    let stt = PocketSphinx::new().with_grammar(&grammar);
+    assert!(
+        stt.available(),
+        "PocketSphinx must be installed (scripts/services)"
+    );
+    let mut session = stt.start("en-US").unwrap();
+    let audio_tx = session.audio;
+    // A second of silence after: the recognizer ends an utterance on silence.
+    let mut audio = audio.to_vec();
+    audio.extend(std::iter::repeat_n(0i16, 16_000));
+    let frames: Vec<Vec<i16>> = audio.chunks(320).map(|c| c.to_vec()).collect();
+    tokio::spawn(async move {
+        for f in frames {
+            if audio_tx.send(f).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut heard = Vec::new();
+    while let Some(seg) = session.results.recv().await {
+        let seg = seg.unwrap();
+        if seg.is_final && !seg.text.trim().is_empty() {
+            heard.push(seg.text.trim().to_string());
+        }
+    }
+    std::fs::remove_file(grammar).ok();
+    heard.join(" ")
 }
 
 #[tokio::test]

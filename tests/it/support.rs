@@ -489,6 +489,7 @@ impl Env {
                 format!("127.0.0.1:{audiosocket_port}"),
             )
             .env("VBIN_ADMIN_TOKEN", &self.admin)
+            .env("VBIN_DATA_DIR", self.data_dir())
             .env("VBIN_JWT_SECRET", "test-jwt-secret")
             .env("VBIN_DB_POOL", "8")
             // Webhook retries in milliseconds instead of minutes and hours.
@@ -536,6 +537,24 @@ impl Env {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// GET `path` as `token`: the status and the raw body.
+    pub async fn get_bytes(&self, token: &str, path: &str) -> (u16, Vec<u8>) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.bytes().await.unwrap().to_vec())
+    }
+
+    /// Where this env's platform keeps its files (recordings).
+    pub fn data_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-data", self.db_name))
     }
 
     /// Restarts the main platform process after a kill.

@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub use vbin_app::calls::NewCalls as ValidCalls;
 use vbin_app::flows::Program;
 use vbin_event_schema::flow::{is_dtmf, RawAction, SandboxScript};
-use vbin_event_schema::{FlowId, E164};
+use vbin_event_schema::{CallId, FlowId, RecordingLimits, E164};
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
 
@@ -204,4 +204,79 @@ pub async fn create_calls(
 /// that has already ended is returned unchanged.
 pub async fn hangup_call(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
     Ok(Json(s.app.hangup_call(&t.acting, id).await?.view()))
+}
+
+/// `POST /v1.0/calls/{id}/recording_start` body (all optional).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingBody {
+    /// Only "wav".
+    format: Option<String>,
+    /// Longest recording, ms.
+    duration: Option<u32>,
+    /// Stop after this much far-end silence, ms.
+    end_of_silence: Option<u32>,
+    /// Stop at one of these keys.
+    end_of_key: Option<String>,
+}
+
+impl RecordingBody {
+    /// The handler's checks, without I/O.
+    pub fn validate(self) -> Result<RecordingLimits, ApiError> {
+        if self.format.as_deref().is_some_and(|f| f != "wav") {
+            return Err(ApiError::invalid("format must be \"wav\""));
+        }
+        for (name, v) in [
+            ("duration", self.duration),
+            ("end_of_silence", self.end_of_silence),
+        ] {
+            if v.is_some_and(|v| v == 0 || v > 3_600_000) {
+                return Err(ApiError::invalid(format!("{name} must be 1 to 3600000 ms")));
+            }
+        }
+        if let Some(k) = &self.end_of_key {
+            if k.is_empty() || k.len() > 16 || !k.chars().all(is_dtmf) {
+                return Err(ApiError::invalid(
+                    "end_of_key must be 1 to 16 of the keys 0-9 * # A-D",
+                ));
+            }
+        }
+        Ok(RecordingLimits {
+            duration_ms: self.duration,
+            end_of_silence_ms: self.end_of_silence,
+            end_of_key: self.end_of_key,
+        })
+    }
+}
+
+/// `POST /v1.0/calls/{id}/recording_start` -> the recording (status recording). The call must
+/// be answered; the call's media session captures it.
+pub async fn start_recording(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    // The body is optional: none (or only whitespace) means no limits.
+    let body: RecordingBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RecordingBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
+    };
+    let limits = body.validate()?;
+    let r = s.app.start_recording(&t.acting, CallId(id), limits).await?;
+    Ok(Json(r.view()))
+}
+
+/// `POST /v1.0/calls/{id}/recording_stop` -> the call's recordings asked to stop (each ends
+/// with `recording_ended` once stored).
+pub async fn stop_recording(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    let stopped = s.app.stop_recordings(&t.acting, CallId(id)).await?;
+    let views: Vec<Value> = stopped.iter().map(|r| r.view()).collect();
+    Ok(Json(json!({ "recordings": views })))
 }

@@ -49,6 +49,14 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
         .route("/v1.0/agents/{id}/status", put(identity::set_agent_status))
         .route("/v1.0/calls", post(calls::create_calls))
         .route("/v1.0/calls/{id}/hangup", post(calls::hangup_call))
+        .route(
+            "/v1.0/calls/{id}/recording_start",
+            post(calls::start_recording),
+        )
+        .route(
+            "/v1.0/calls/{id}/recording_stop",
+            post(calls::stop_recording),
+        )
         .route("/v1.0/flows", post(flows::create_flow))
         .route(
             "/v1.0/flows/{id}",

@@ -1,7 +1,8 @@
-//! Flows (`rm_flows`; a deleted flow's row is removed) and activeflows (`rm_activeflows`).
+//! Flows (`rm_flows`; a deleted flow's row is removed), activeflows (`rm_activeflows`) and
+//! recordings (`rm_recordings`).
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
-use vbin_event_schema::{ActiveflowEvent, FlowEvent, PublishedEvent};
+use vbin_event_schema::{ActiveflowEvent, FlowEvent, PublishedEvent, RecordingEvent};
 
 /// The flows projection.
 pub const FLOWS: Projection = Projection {
@@ -33,4 +34,17 @@ fn apply_flow(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
 
 fn apply_activeflow(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
     Ok(vec![upsert_resource("rm_activeflows", event)?])
+}
+
+/// The recordings projection.
+pub const RECORDINGS: Projection = Projection {
+    name: "recordings",
+    aggregate_type: RecordingEvent::AGGREGATE,
+    tables: &["rm_recordings"],
+    uses_data: false,
+    apply: apply_recording,
+};
+
+fn apply_recording(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    Ok(vec![upsert_resource("rm_recordings", event)?])
 }

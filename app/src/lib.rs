@@ -11,6 +11,7 @@ pub mod billing;
 pub mod calls;
 pub mod executor;
 pub mod flows;
+pub mod numbers;
 pub mod queues;
 pub mod recordings;
 pub mod transcription;

@@ -2,9 +2,14 @@
 //! carrier and tells it when our side hangs up.
 
 use crate::{Carrier, CarrierError, DialRequest};
+use serde_json::{Map, Value};
 use std::sync::Arc;
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_event_schema::{CallEvent, CallId, CustomerId, HangupBy, PublishedEvent};
+use vbin_event_schema::flow::SandboxScript;
+use vbin_event_schema::views::CallView;
+use vbin_event_schema::{
+    CallDirection, CallEvent, CallId, CustomerId, HangupBy, PublishedEvent, E164,
+};
 
 /// Durable consumer name.
 pub const CONSUMER: &str = "carrier-dialer";
@@ -18,10 +23,30 @@ pub async fn run(
     // Lanes keep each call's events in order (created before hungup).
     let spec = ConsumerSpec::for_events_of::<CallEvent>(
         CONSUMER,
-        &[CallEvent::CALL_CREATED, CallEvent::CALL_HUNGUP],
+        &[
+            CallEvent::CALL_CREATED,
+            CallEvent::CALL_PROGRESSING,
+            CallEvent::CALL_HUNGUP,
+        ],
     )
     .lanes(8);
     run_consumer(bus, spec, |e| handle(carrier.clone(), e), shutdown).await
+}
+
+/// How long the far end talks: its script's hangup step, else `variables.talk_seconds`
+/// (default 2 s).
+fn talk_ms(variables: &Map<String, Value>, sandbox: Option<&SandboxScript>) -> u64 {
+    let talk_seconds = variables
+        .get("talk_seconds")
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        })
+        .unwrap_or(2);
+    sandbox
+        .and_then(SandboxScript::hangup_at_ms)
+        .map(u64::from)
+        .unwrap_or(talk_seconds * 1000)
 }
 
 async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), CarrierError> {
@@ -36,31 +61,48 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
             variables,
             dial_timeout_ms,
             sandbox,
+            direction,
             ..
         } => {
-            let talk_seconds = variables
-                .get("talk_seconds")
-                .and_then(|v| {
-                    v.as_u64()
-                        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-                })
-                .unwrap_or(2);
-            // A script's hangup step ends the call; a script without one talks as long as
-            // talk_seconds says.
-            let talk_ms = sandbox
-                .as_ref()
-                .and_then(|s| s.hangup_at_ms())
-                .map(u64::from)
-                .unwrap_or(talk_seconds * 1000);
             let req = DialRequest {
                 call_id,
                 customer_id: CustomerId(e.customer_id),
                 source,
                 destination,
                 dial_timeout_ms,
-                talk_ms,
+                talk_ms: talk_ms(&variables, sandbox.as_ref()),
             };
-            carrier.dial(&req).await
+            match direction {
+                CallDirection::Outgoing => carrier.dial(&req).await,
+                CallDirection::Incoming => carrier.arrived(&req).await,
+            }
+        }
+        CallEvent::CallProgressing { .. } => {
+            let view = e
+                .view::<CallView>()
+                .map_err(|err| CarrierError(format!("bad event: {err}")))?;
+            if view.direction != CallDirection::Incoming {
+                return Ok(());
+            }
+            let (Some(source), Some(destination)) = (
+                e.resource["source"]
+                    .as_str()
+                    .and_then(|s| E164::parse(s).ok()),
+                e.resource["destination"]
+                    .as_str()
+                    .and_then(|s| E164::parse(s).ok()),
+            ) else {
+                return Ok(());
+            };
+            let req = DialRequest {
+                call_id: CallId(e.aggregate_id),
+                customer_id: CustomerId(e.customer_id),
+                source,
+                destination,
+                dial_timeout_ms: 0,
+                talk_ms: talk_ms(&view.variables, view.sandbox.as_ref()),
+            };
+            carrier.answered(&req).await
         }
         CallEvent::CallHungup {
             hangup_by: HangupBy::Local,

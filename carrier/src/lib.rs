@@ -40,4 +40,9 @@ pub trait Carrier: Send + Sync {
     async fn dial(&self, req: &DialRequest) -> Result<(), CarrierError>;
     /// Tears the call down (our side hung up).
     async fn hangup(&self, call_id: CallId) -> Result<(), CarrierError>;
+    /// An incoming call from the network was created: it rings at our side until a flow
+    /// answers it.
+    async fn arrived(&self, req: &DialRequest) -> Result<(), CarrierError>;
+    /// Our side answered an incoming call: the far end talks `req.talk_ms` before hanging up.
+    async fn answered(&self, req: &DialRequest) -> Result<(), CarrierError>;
 }

@@ -114,13 +114,11 @@ impl SandboxCarrier {
     }
 }
 
-#[async_trait]
-impl Carrier for SandboxCarrier {
-    async fn dial(&self, req: &DialRequest) -> Result<(), CarrierError> {
-        // Timers are relative to now (the moment the network sees the call); a redelivered
-        // call_created finds them already planned and changes nothing.
+impl SandboxCarrier {
+    /// Writes `steps` as timers relative to now (the moment the network sees the call); a
+    /// redelivered event finds them already planned and changes nothing.
+    async fn plan(&self, req: &DialRequest, steps: &[(i64, Action)]) -> Result<(), CarrierError> {
         let now = Utc::now();
-        let steps = plan(req);
         let due: Vec<DateTime<Utc>> = steps
             .iter()
             .map(|(ms, _)| now + Duration::milliseconds(*ms))
@@ -139,6 +137,47 @@ impl Carrier for SandboxCarrier {
         .await
         .map_err(|e| CarrierError(e.to_string()))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Carrier for SandboxCarrier {
+    async fn dial(&self, req: &DialRequest) -> Result<(), CarrierError> {
+        self.plan(req, &plan(req)).await
+    }
+
+    async fn arrived(&self, req: &DialRequest) -> Result<(), CarrierError> {
+        // Ringing at our side at once; the flow answers it (or the caller gives up after the
+        // dial timeout, as a caller would).
+        self.plan(
+            req,
+            &[
+                (0, Action::Ring),
+                (
+                    req.dial_timeout_ms as i64,
+                    Action::Hangup(HangupCause::OriginatorCancel),
+                ),
+            ],
+        )
+        .await
+    }
+
+    async fn answered(&self, req: &DialRequest) -> Result<(), CarrierError> {
+        // Answered: the caller no longer gives up.
+        sqlx::query("DELETE FROM carrier_timers WHERE call_id = $1 AND action = $2")
+            .bind(req.call_id.as_uuid())
+            .bind(Action::Hangup(HangupCause::OriginatorCancel).name())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| CarrierError(e.to_string()))?;
+        self.plan(
+            req,
+            &[(
+                req.talk_ms as i64,
+                Action::Hangup(HangupCause::NormalClearing),
+            )],
+        )
+        .await
     }
 
     async fn hangup(&self, _call_id: CallId) -> Result<(), CarrierError> {

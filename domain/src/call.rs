@@ -134,6 +134,7 @@ impl Call {
             "duration": self.duration,
             "campaign_id": self.campaign_id,
             "activeflow_id": self.activeflow_id,
+            "sandbox": self.sandbox,
             "variables": self.variables,
             "tm_create": self.tm_create,
             "tm_ringing": self.tm_ringing,

@@ -38,6 +38,7 @@ pub mod campaign;
 pub mod customer;
 mod error;
 pub mod flow;
+pub mod number;
 pub mod queue;
 pub mod recording;
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use campaign::{
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
 pub use flow::{Flow, FlowCommand};
+pub use number::{Number, NumberCommand};
 pub use queue::{NewQueue, Queue, QueueCommand};
 pub use recording::{Recording, RecordingCommand};
 pub use transcribe::{NewTranscribe, Transcribe, TranscribeCommand};

@@ -73,6 +73,7 @@ pub mod campaign;
 pub mod customer;
 pub mod envelope;
 pub mod flow;
+pub mod number;
 pub mod queue;
 pub mod recording;
 pub mod transcribe;
@@ -88,6 +89,7 @@ pub use envelope::{
     subject_filter, subject_for, DecodeError, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
 };
 pub use flow::{ActiveflowEvent, FlowEvent};
+pub use number::NumberEvent;
 pub use queue::*;
 pub use recording::*;
 pub use transcribe::*;

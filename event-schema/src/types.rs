@@ -102,6 +102,10 @@ id_type!(
     FlowId
 );
 id_type!(
+    /// A phone number of a customer's. The Number aggregate's id.
+    NumberId
+);
+id_type!(
     /// A recording of a call. The Recording aggregate's id.
     RecordingId
 );

@@ -3,12 +3,13 @@
 //! event's own data does not carry. Read them with [`crate::PublishedEvent::view`]; fields not
 //! listed here are ignored. The domain's tests check that its views decode into these.
 
-use crate::types::{ActiveflowId, CallId, CampaignId};
+use crate::flow::SandboxScript;
+use crate::types::{ActiveflowId, CallDirection, CallId, CampaignId};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 /// What consumers read of a call's view.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct CallView {
     /// The campaign that placed the call, if any.
     #[serde(default)]
@@ -16,6 +17,15 @@ pub struct CallView {
     /// The flow running on the call, if any.
     #[serde(default)]
     pub activeflow_id: Option<ActiveflowId>,
+    /// Outgoing or incoming.
+    #[serde(default)]
+    pub direction: CallDirection,
+    /// The call's variables.
+    #[serde(default)]
+    pub variables: serde_json::Map<String, serde_json::Value>,
+    /// The sandbox far end's script.
+    #[serde(default)]
+    pub sandbox: Option<SandboxScript>,
 }
 
 /// What consumers read of a campaign's view.

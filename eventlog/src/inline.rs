@@ -1,12 +1,15 @@
 //! Inline projections: lookup tables the command side needs exact at commit time (logins,
-//! access keys, webhook secrets, balances, the queue each call joined and the running
-//! transcriptions of each call, the stored recordings' files), updated in the same transaction as the events that change
-//! them. Read models proper are built asynchronously by the projections crate.
+//! access keys, webhook secrets, balances, the queue each call joined, the running
+//! transcriptions of each call, the stored recordings' files, the owners of phone numbers),
+//! updated in the same transaction as the events that change them. Read models proper are
+//! built asynchronously by the projections crate.
 
 use crate::event::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
-use vbin_event_schema::{BillingEvent, CustomerEvent, QueueEvent, RecordingEvent, TranscribeEvent};
+use vbin_event_schema::{
+    BillingEvent, CustomerEvent, NumberEvent, QueueEvent, RecordingEvent, TranscribeEvent,
+};
 
 /// Whether appends to this aggregate type update lookup tables (and so need a transaction).
 pub fn applies_to(aggregate_type: &str) -> bool {
@@ -17,7 +20,52 @@ pub fn applies_to(aggregate_type: &str) -> bool {
             | QueueEvent::AGGREGATE
             | TranscribeEvent::AGGREGATE
             | RecordingEvent::AGGREGATE
+            | NumberEvent::AGGREGATE
     )
+}
+
+/// Keeps `numbers` equal to the live numbers: who owns each and which flow it runs. Its key
+/// refuses a number another customer (or another number resource) holds.
+async fn apply_number(
+    tx: &mut Transaction<'_, Postgres>,
+    number_id: Uuid,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        match decode::<NumberEvent>(e)? {
+            NumberEvent::NumberCreated {
+                number,
+                call_flow_id,
+                ..
+            } => {
+                sqlx::query(
+                    "INSERT INTO numbers (number, number_id, customer_id, call_flow_id) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(number.as_str())
+                .bind(number_id)
+                .bind(customer_id)
+                .bind(call_flow_id.as_uuid())
+                .execute(&mut **tx)
+                .await?;
+            }
+            NumberEvent::NumberUpdated { call_flow_id, .. } => {
+                sqlx::query("UPDATE numbers SET call_flow_id = $2 WHERE number_id = $1")
+                    .bind(number_id)
+                    .bind(call_flow_id.as_uuid())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            NumberEvent::NumberDeleted { .. } => {
+                sqlx::query("DELETE FROM numbers WHERE number_id = $1")
+                    .bind(number_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Keeps `recording_files` equal to the stored recordings' files: a row from
@@ -195,6 +243,7 @@ pub async fn apply(
         RecordingEvent::AGGREGATE => {
             return apply_recording(tx, aggregate_id, customer_id, events).await
         }
+        NumberEvent::AGGREGATE => return apply_number(tx, aggregate_id, customer_id, events).await,
         _ => return Ok(()),
     }
     for e in events {

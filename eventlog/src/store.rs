@@ -237,6 +237,7 @@ fn classify(e: sqlx::Error) -> AppendError {
                 Some("transcribe_calls_call_direction_key") => {
                     AppendError::Taken("the call's transcription in this direction")
                 }
+                Some("numbers_pkey") => AppendError::Taken("number"),
                 Some("processed_commands_pkey") => AppendError::AlreadyApplied,
                 _ => AppendError::Conflict,
             };

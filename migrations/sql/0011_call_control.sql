@@ -60,3 +60,21 @@ CREATE TABLE recording_files (
     ended_at     timestamptz NOT NULL
 );
 CREATE INDEX recording_files_ended ON recording_files (ended_at);
+
+-- Numbers: the lookup of who owns each phone number and its flow (inline, exact at commit;
+-- its primary key makes a number one customer's only), and the read model.
+CREATE TABLE numbers (
+    number       text PRIMARY KEY,
+    number_id    uuid NOT NULL UNIQUE,
+    customer_id  uuid NOT NULL,
+    call_flow_id uuid NOT NULL
+);
+CREATE TABLE rm_numbers (
+    id           uuid   PRIMARY KEY,
+    customer_id  uuid   NOT NULL,
+    aggregate_id uuid   NOT NULL,
+    body         jsonb  NOT NULL,
+    version      bigint NOT NULL
+);
+CREATE INDEX rm_numbers_customer ON rm_numbers (customer_id, id);
+CREATE TABLE pp_numbers (aggregate_id uuid PRIMARY KEY, sequence bigint NOT NULL);

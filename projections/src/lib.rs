@@ -123,6 +123,7 @@ pub fn all() -> &'static [Projection] {
         models::flows::FLOWS,
         models::flows::ACTIVEFLOWS,
         models::flows::RECORDINGS,
+        models::flows::NUMBERS,
     ]
 }
 

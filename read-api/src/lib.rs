@@ -61,6 +61,8 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/flows/{id}", get(get_flow))
         .route("/v1.0/activeflows", get(list_activeflows))
         .route("/v1.0/activeflows/{id}", get(get_activeflow))
+        .route("/v1.0/numbers", get(list_numbers))
+        .route("/v1.0/numbers/{id}", get(get_number))
         .route("/v1.0/recordings", get(recordings::list_recordings))
         .route("/v1.0/recordings/{id}", get(recordings::get_recording))
         .route(
@@ -327,6 +329,7 @@ list_and_get! {
     list_queues, get_queue => "rm_queues", "queue";
     list_transcribes, get_transcribe => "rm_transcribes", "transcribe";
     list_flows, get_flow => "rm_flows", "flow";
+    list_numbers, get_number => "rm_numbers", "number";
 }
 
 /// `GET /v1.0/activeflows/{id}`.

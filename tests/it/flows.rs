@@ -363,3 +363,101 @@ async fn inline_actions_run_and_the_flow_ends_with_its_call() {
         "{v}"
     );
 }
+
+#[tokio::test]
+async fn a_call_to_a_number_runs_the_numbers_flow() {
+    let env = Env::start().await;
+    let (cust, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let (_, tok2, _) = env.customer().await;
+    let (s, flow) = api
+        .post(
+            "/v1.0/flows",
+            json!({"name": "reception", "actions": [
+                {"type": "answer"},
+                {"type": "talk", "option": {"text": "Thanks for calling ${voipbin.call.destination}"}},
+                {"type": "digits_receive", "option": {"duration": 5000, "key": "#"}},
+                {"type": "hangup"},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{flow}");
+    let (s, number) = api
+        .post(
+            "/v1.0/numbers",
+            json!({"number": "+15557770001", "call_flow_id": flow["id"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{number}");
+    // The number is one customer's; another's flow cannot be used.
+    let other = env.client(&tok2);
+    let (_, flow2) = other
+        .post(
+            "/v1.0/flows",
+            json!({"name": "x", "actions": [{"type": "hangup"}]}),
+        )
+        .await;
+    let (s, v) = other
+        .post(
+            "/v1.0/numbers",
+            json!({"number": "+15557770001", "call_flow_id": flow2["id"]}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = other
+        .post(
+            "/v1.0/numbers",
+            json!({"number": "+15557770002", "call_flow_id": flow["id"]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    // Only the platform admin plays the network; a number the customer lacks is not found.
+    let incoming = json!({"customer_id": cust, "source": "+15550009999",
+        "destination": "+15557770001",
+        "sandbox": {"script": [{"at_ms": 500, "digits": "42#"}, {"at_ms": 20000, "hangup": true}]}});
+    assert_eq!(
+        api.post("/v1.0/sandbox/incoming_calls", incoming.clone())
+            .await
+            .0,
+        403
+    );
+    let mut wrong = incoming.clone();
+    wrong["destination"] = json!("+15557770003");
+    assert_eq!(
+        env.admin()
+            .post("/v1.0/sandbox/incoming_calls", wrong)
+            .await
+            .0,
+        404
+    );
+    let (s, call) = env
+        .admin()
+        .post("/v1.0/sandbox/incoming_calls", incoming)
+        .await;
+    assert_eq!(s, 200, "{call}");
+    assert_eq!(call["direction"], "incoming");
+    let call = uuid_of(&call);
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    let executed: Vec<&str> = af["executed_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        executed,
+        ["answer", "talk", "digits_receive", "hangup"],
+        "{af}"
+    );
+    assert_eq!(af["variables"]["voipbin.call.digits"], "42", "{af}");
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (
+            c["status"].as_str(),
+            c["hangup_by"].as_str(),
+            c["direction"].as_str()
+        ),
+        (Some("completed"), Some("local"), Some("incoming")),
+        "{c}"
+    );
+}

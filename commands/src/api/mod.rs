@@ -8,6 +8,7 @@ pub mod campaigns;
 pub mod error;
 pub mod flows;
 pub mod identity;
+pub mod numbers;
 pub mod queues;
 pub mod state;
 pub mod transcribes;
@@ -56,6 +57,15 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
         .route(
             "/v1.0/calls/{id}/recording_stop",
             post(calls::stop_recording),
+        )
+        .route("/v1.0/numbers", post(numbers::create_number))
+        .route(
+            "/v1.0/numbers/{id}",
+            put(numbers::update_number).delete(numbers::delete_number),
+        )
+        .route(
+            "/v1.0/sandbox/incoming_calls",
+            post(numbers::sandbox_incoming_call),
         )
         .route("/v1.0/flows", post(flows::create_flow))
         .route(

@@ -1,8 +1,8 @@
 //! Flows (`rm_flows`; a deleted flow's row is removed), activeflows (`rm_activeflows`) and
-//! recordings (`rm_recordings`).
+//! recordings (`rm_recordings`) and numbers (`rm_numbers`).
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
-use vbin_event_schema::{ActiveflowEvent, FlowEvent, PublishedEvent, RecordingEvent};
+use vbin_event_schema::{ActiveflowEvent, FlowEvent, NumberEvent, PublishedEvent, RecordingEvent};
 
 /// The flows projection.
 pub const FLOWS: Projection = Projection {
@@ -47,4 +47,23 @@ pub const RECORDINGS: Projection = Projection {
 
 fn apply_recording(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
     Ok(vec![upsert_resource("rm_recordings", event)?])
+}
+
+/// The numbers projection (a released number's row is removed).
+pub const NUMBERS: Projection = Projection {
+    name: "numbers",
+    aggregate_type: NumberEvent::AGGREGATE,
+    tables: &["rm_numbers"],
+    uses_data: false,
+    apply: apply_number,
+};
+
+fn apply_number(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
+    if event.event_type == NumberEvent::NUMBER_DELETED {
+        return Ok(vec![RowOp::Delete {
+            table: "rm_numbers",
+            id: event.aggregate_id,
+        }]);
+    }
+    Ok(vec![upsert_resource("rm_numbers", event)?])
 }

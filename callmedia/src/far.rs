@@ -1,6 +1,6 @@
 //! The far end of a call's media: what a transport delivers each 20 ms and what it is given.
 
-use crate::session::FRAME_SAMPLES;
+use crate::frame::FRAME_SAMPLES;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;

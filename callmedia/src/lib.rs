@@ -13,6 +13,8 @@
 //!   timeout (cause `network_out_of_order`).
 
 pub mod far;
+pub mod frame;
+pub mod play;
 pub mod session;
 
 use chrono::Utc;
@@ -31,7 +33,7 @@ use vbin_domain::{
     RecordingCommand,
 };
 use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
-use vbin_event_schema::views::CallView;
+use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId, HangupCause,
     PublishedEvent, RecordingEvent, RecordingId, RecordingLimits, RecordingStatus,
@@ -97,6 +99,7 @@ pub struct Media {
     starting: Arc<tokio::sync::Mutex<()>>,
     store: Option<Store>,
     capturing: Arc<Mutex<std::collections::HashSet<RecordingId>>>,
+    player: play::Player,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -112,6 +115,7 @@ impl Media {
         executor: Executor,
         tts: Arc<dyn TtsProvider>,
         store: Option<Store>,
+        policy: vbin_netguard::AddressPolicy,
         settings: Settings,
     ) -> Self {
         Self {
@@ -123,6 +127,8 @@ impl Media {
             starting: Arc::default(),
             store,
             capturing: Arc::default(),
+            // Up to ~30 minutes of fetched audio.
+            player: play::Player::new(policy, 16_000 * 60 * 30),
         }
     }
 
@@ -199,7 +205,7 @@ impl Media {
         match e.decode::<CallEvent>()? {
             CallEvent::CallProgressing { .. } => {
                 let view = e.view::<CallView>()?;
-                if view.activeflow_id.is_some() || e.resource["sandbox"].is_object() {
+                if view.activeflow_id.is_some() || view.sandbox.is_some() {
                     self.ensure(call, CustomerId(e.customer_id)).await?;
                 }
             }
@@ -218,11 +224,7 @@ impl Media {
         if !action.kind.is_media() {
             return Ok(());
         }
-        let Some(call) = e.resource["reference_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .map(CallId)
-        else {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
             return Ok(());
         };
         let exec = Execution {
@@ -281,6 +283,32 @@ impl Media {
             }
             ActionKind::Beep(_) => {
                 let _ = control.send(Control::Play(Some(exec), beep())).await;
+            }
+            ActionKind::Play(p) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let mut all: Vec<i16> = Vec::new();
+                    let mut errors = Vec::new();
+                    for url in &p.stream_urls {
+                        match me.player.clip(url).await {
+                            Ok(clip) => all.extend_from_slice(&clip),
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                    if !errors.is_empty() {
+                        tracing::warn!(activeflow = %exec.activeflow, seq = exec.seq, errors = ?errors, "play: not every file could be played");
+                    }
+                    if all.is_empty() {
+                        let result = ActionResult {
+                            error: Some(format!("play: {}", errors.join("; "))),
+                            ..Default::default()
+                        };
+                        let _ = me.complete(customer, exec, result).await;
+                    } else {
+                        // What could be fetched is played; a failed URL is skipped.
+                        let _ = control.send(Control::Play(Some(exec), all.into())).await;
+                    }
+                });
             }
             ActionKind::RecordingStart(r) => {
                 // One recording per execution: a redelivered or re-executed action finds it.
@@ -486,11 +514,7 @@ impl Media {
     async fn on_recording(self, e: PublishedEvent) -> Result<(), MediaError> {
         let customer = CustomerId(e.customer_id);
         let id = RecordingId(e.aggregate_id);
-        let Some(call) = e.resource["reference_id"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .map(CallId)
-        else {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
             return Ok(());
         };
         match e.decode::<RecordingEvent>()? {

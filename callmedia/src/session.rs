@@ -11,12 +11,7 @@ use vbin_event_schema::flow::{ActionKind, ActionResult};
 use vbin_event_schema::{ActiveflowId, RecordingId, RecordingLimits};
 use vbin_media::tts::Speech;
 
-/// Samples per second inside the engine.
-pub const RATE_HZ: u32 = 16_000;
-/// One frame's length.
-pub const FRAME: Duration = Duration::from_millis(20);
-/// Samples in one frame.
-pub const FRAME_SAMPLES: usize = (RATE_HZ as usize) / 50;
+pub use crate::frame::{FRAME, FRAME_SAMPLES, RATE_HZ};
 
 /// An action execution the session reports the end of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -192,6 +187,13 @@ impl Session {
         }
     }
 
+    /// Whether `exec` is being carried out.
+    fn running(&self, exec: Execution) -> bool {
+        self.sources.iter().any(|s| s.done == Some(exec))
+            || self.timers.iter().any(|(_, e)| *e == exec)
+            || self.collect.as_ref().is_some_and(|c| c.exec == exec)
+    }
+
     fn report(&self, r: Report) {
         let _ = self.reports.send(r);
     }
@@ -231,6 +233,9 @@ impl Session {
                     self.recorders.remove(i).end();
                 }
             }
+            // An execution already under way (a redelivered event, or a takeover resuming what
+            // a redelivery also resumes) is not started twice.
+            Control::Play(Some(exec), _) | Control::Execute(exec, _) if self.running(exec) => {}
             Control::Play(done, samples) => self.sources.push(Source {
                 samples,
                 pos: 0,

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_event_schema::flow::SandboxScript;
 use vbin_event_schema::views::CallView;
-use vbin_event_schema::{
-    CallDirection, CallEvent, CallId, CustomerId, HangupBy, PublishedEvent, E164,
-};
+use vbin_event_schema::{CallDirection, CallEvent, CallId, CustomerId, HangupBy, PublishedEvent};
 
 /// Durable consumer name.
 pub const CONSUMER: &str = "carrier-dialer";
@@ -84,14 +82,7 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
             if view.direction != CallDirection::Incoming {
                 return Ok(());
             }
-            let (Some(source), Some(destination)) = (
-                e.resource["source"]
-                    .as_str()
-                    .and_then(|s| E164::parse(s).ok()),
-                e.resource["destination"]
-                    .as_str()
-                    .and_then(|s| E164::parse(s).ok()),
-            ) else {
+            let (Some(source), Some(destination)) = (view.source, view.destination) else {
                 return Ok(());
             };
             let req = DialRequest {

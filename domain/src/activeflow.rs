@@ -80,6 +80,8 @@ pub enum ActiveflowCommand {
 /// One executed action as listed in the view.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Executed {
+    /// Execution number.
+    pub seq: u64,
     /// The action.
     pub id: ActionId,
     /// Its type.
@@ -87,6 +89,9 @@ pub struct Executed {
     pub kind: String,
     /// When.
     pub tm_execute: DateTime<Utc>,
+    /// Why it failed (the flow went on), once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// An activeflow's state.
@@ -442,9 +447,11 @@ impl Activeflow {
                 }
                 self.waiting = waits_for(&action.kind).then_some(seq);
                 self.executed.push(Executed {
+                    seq,
                     id: action.id,
                     kind: action.kind.type_name().into(),
                     tm_execute: at,
+                    error: None,
                 });
                 if self.executed.len() > VIEW_EXECUTED {
                     self.executed.remove(0);
@@ -453,8 +460,13 @@ impl Activeflow {
                 self.jump = jump;
                 self.tm_update = Some(at);
             }
-            ActiveflowEvent::ActiveflowActionCompleted { result, at, .. } => {
+            ActiveflowEvent::ActiveflowActionCompleted {
+                seq, result, at, ..
+            } => {
                 self.waiting = None;
+                if let Some(e) = self.executed.iter_mut().rev().find(|e| e.seq == seq) {
+                    e.error = result.error.clone();
+                }
                 self.variables.extend(result.variables);
                 if let (false, Some(current)) = (result.actions.is_empty(), &self.current) {
                     // Fetched actions run next; after the last one the flow goes where the

@@ -249,7 +249,12 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
             }
             Ok(())
         }
-        ActionKind::TranscribeStart(t) => language(&t.language),
+        // Transcribing the platform's own audio needs the media session to feed the
+        // transcription pipeline, which it does not yet: refused rather than accepted and
+        // silently never transcribed.
+        ActionKind::TranscribeStart(_) | ActionKind::TranscribeStop(_) => {
+            Err(format!("{:?} is not supported yet", kind.type_name()))
+        }
         ActionKind::RecordingStart(r) => {
             if r.format != "wav" {
                 return Err("format must be \"wav\"".into());
@@ -271,7 +276,6 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
         ActionKind::Answer(_)
         | ActionKind::Beep(_)
         | ActionKind::FetchFlow(_)
-        | ActionKind::TranscribeStop(_)
         | ActionKind::RecordingStop(_)
         | ActionKind::Stop(_) => Ok(()),
     }

@@ -26,6 +26,23 @@ pub struct CallView {
     /// The sandbox far end's script.
     #[serde(default)]
     pub sandbox: Option<SandboxScript>,
+    /// Caller id.
+    #[serde(default)]
+    pub source: Option<crate::types::E164>,
+    /// Number called.
+    #[serde(default)]
+    pub destination: Option<crate::types::E164>,
+}
+
+/// What consumers read of an activeflow's, or a recording's, view: the call it is about.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct ReferenceView {
+    /// The call.
+    #[serde(default)]
+    pub reference_id: Option<CallId>,
+    /// The activeflow's variables (none for a recording).
+    #[serde(default)]
+    pub variables: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What consumers read of a campaign's view.

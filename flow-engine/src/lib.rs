@@ -25,10 +25,10 @@ use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::flow::renumber;
 use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
 use vbin_event_schema::flow::{ActionId, ActionKind, ActionResult, RawAction, WebhookSend};
-use vbin_event_schema::views::CallView;
+use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
-use vbin_webhooks::guard::{AddressPolicy, GuardedResolver};
+use vbin_netguard::{AddressPolicy, GuardedResolver};
 use vbin_webhooks::signing::{signed_headers, Secrets};
 
 /// Durable consumer of call events.
@@ -287,11 +287,13 @@ impl Engine {
             Some(Value::String(s)) => s.clone().into_bytes(),
             Some(v) => serde_json::to_vec(v).unwrap_or_default(),
             None => {
-                let view = &e.resource;
+                let view = e
+                    .view::<ReferenceView>()
+                    .map_err(|err| format!("reading the activeflow: {err}"))?;
                 serde_json::to_vec(&json!({
                     "activeflow_id": e.aggregate_id,
-                    "reference_id": view["reference_id"],
-                    "variables": view["variables"],
+                    "reference_id": view.reference_id,
+                    "variables": view.variables,
                 }))
                 .unwrap_or_default()
             }

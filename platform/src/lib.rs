@@ -254,6 +254,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             executor.clone(),
             tts,
             Some(store.clone()),
+            settings.webhooks.delivery().policy,
             vbin_callmedia::Settings::default(),
         );
         tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));

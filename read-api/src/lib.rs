@@ -63,8 +63,8 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/activeflows/{id}", get(get_activeflow))
         .route("/v1.0/numbers", get(list_numbers))
         .route("/v1.0/numbers/{id}", get(get_number))
-        .route("/v1.0/recordings", get(recordings::list_recordings))
-        .route("/v1.0/recordings/{id}", get(recordings::get_recording))
+        .route("/v1.0/recordings", get(list_recordings))
+        .route("/v1.0/recordings/{id}", get(get_recording))
         .route(
             "/v1.0/recordings/{id}/file",
             get(recordings::get_recording_file),
@@ -330,6 +330,40 @@ list_and_get! {
     list_transcribes, get_transcribe => "rm_transcribes", "transcribe";
     list_flows, get_flow => "rm_flows", "flow";
     list_numbers, get_number => "rm_numbers", "number";
+}
+
+/// `GET /v1.0/recordings/{id}`.
+async fn get_recording(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    get_one(
+        &s,
+        "rm_recordings",
+        "recording",
+        &id,
+        c.customer_id.as_uuid(),
+    )
+    .await
+}
+
+/// `GET /v1.0/recordings?reference_id=`: newest first.
+async fn list_recordings(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
+    list_rows_where(
+        &s.pool,
+        "rm_recordings",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
 }
 
 /// `GET /v1.0/activeflows/{id}`.

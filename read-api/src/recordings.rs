@@ -1,54 +1,18 @@
-//! Recordings: `GET /v1.0/recordings[?reference_id=]`, `GET /v1.0/recordings/{id}` and the
-//! file, `GET /v1.0/recordings/{id}/file` (`audio/wav`, 16-bit stereo, 16 kHz: left = what the
+//! A recording's file, `GET /v1.0/recordings/{id}/file` (`audio/wav`, 16-bit stereo, 16 kHz: left = what the
 //! far end sent, right = what the platform sent), streamed from the recordings store.
 
-use crate::{db_error, get_one, list_rows_where, uuid_param, Filter, Page, ReadState};
+use crate::page::ReadState;
 use axum::body::Body;
 use axum::extract::Extension;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use serde_json::Value;
 use uuid::Uuid;
-use vbin_http::extract::{CustomerCaller, Path, Query};
+use vbin_http::extract::{CustomerCaller, Path};
 use vbin_http::ApiError;
 use vbin_storage::wav::{patch_header, HEADER_LEN};
 use vbin_storage::StorageError;
-
-/// `GET /v1.0/recordings?reference_id=`: newest first.
-pub async fn list_recordings(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Query(p): Query<Page>,
-    Query(f): Query<Filter>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
-    list_rows_where(
-        &s.pool,
-        "rm_recordings",
-        c.customer_id.as_uuid(),
-        &p,
-        filter,
-    )
-    .await
-}
-
-/// `GET /v1.0/recordings/{id}`.
-pub async fn get_recording(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    get_one(
-        &s,
-        "rm_recordings",
-        "recording",
-        &id,
-        c.customer_id.as_uuid(),
-    )
-    .await
-}
 
 /// `GET /v1.0/recordings/{id}/file`: the WAV file, streamed (404 while it is recording, when
 /// nothing was stored, or after it was deleted).
@@ -67,7 +31,7 @@ pub async fn get_recording_file(
     .bind(c.customer_id.as_uuid())
     .fetch_optional(&s.pool)
     .await
-    .map_err(db_error)?;
+    .map_err(|e| ApiError::unavailable("reading the read model", e))?;
     let Some(file) = file else {
         return Err(ApiError::not_found("recording file"));
     };

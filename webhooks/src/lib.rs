@@ -3,7 +3,8 @@
 
 pub mod api;
 pub mod delivery;
-pub mod guard;
+/// The SSRF guard (its own crate, shared with flows and media).
+pub use vbin_netguard as guard;
 pub mod retention;
 pub mod signing;
 

@@ -1,6 +1,7 @@
-//! SSRF protection: webhook requests may only reach public addresses, checked on the
-//! addresses actually connected to (the DNS answer), not on the URL's text, so a name that
-//! resolves to 10.0.0.1 or 169.254.169.254 is refused as surely as the literal.
+//! SSRF protection for every request to a URL a customer gave (webhooks, `webhook_send`,
+//! `play`): only public addresses, checked on the addresses actually connected to (the DNS
+//! answer), not on the URL's text, so a name that resolves to 10.0.0.1 or 169.254.169.254 is
+//! refused as surely as the literal.
 //!
 //! [`AddressPolicy::allow`] lets chosen networks through anyway (the binary's
 //! `VBIN_WEBHOOK_ALLOW_NETS`; tests allow 127.0.0.1/32); [`AddressPolicy::https_only`]

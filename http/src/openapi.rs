@@ -67,8 +67,12 @@ mod tests {
         let mut out = BTreeSet::new();
         for file in files {
             let rel = file.strip_prefix(&root).unwrap().display().to_string();
-            // This file only talks about routes.
-            if rel.starts_with("bench/src") || rel == "http/src/openapi.rs" {
+            // This file only talks about routes; the bench's and media's routers are test
+            // doubles of other servers (media's fake speech server), not vbin's API.
+            if rel.starts_with("bench/src")
+                || rel.starts_with("media/src")
+                || rel == "http/src/openapi.rs"
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&file).unwrap();

@@ -502,11 +502,15 @@ async fn webhook_send_sync_runs_the_actions_the_customer_answers() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
     let api = env.client(&tok);
+    // The answer's own ids (renumbered when spliced in) and jumps within it.
+    let (no, done) = (SALES, SUPPORT);
     let (url, seen) = endpoint(json!({"actions": [
         {"type": "variable_set", "option": {"key": "plan", "value": "gold"}},
         {"type": "condition_variable", "option": {"variable": "plan", "condition": "==",
-            "value_type": "string", "value_string": "gold", "false_target_id": MENU}},
-        {"type": "variable_set", "option": {"key": "greeted", "value": "yes"}},
+            "value_type": "string", "value_string": "gold", "false_target_id": no}},
+        {"type": "variable_set", "option": {"key": "greeted", "value": "yes"}, "next_id": done},
+        {"id": no, "type": "variable_set", "option": {"key": "greeted", "value": "no"}},
+        {"id": done, "type": "variable_set", "option": {"key": "done", "value": "yes"}},
     ]}))
     .await;
     let call = env
@@ -535,6 +539,7 @@ async fn webhook_send_sync_runs_the_actions_the_customer_answers() {
             "variable_set",
             "condition_variable",
             "variable_set",
+            "variable_set",
             "hangup"
         ],
         "{af}"
@@ -542,9 +547,10 @@ async fn webhook_send_sync_runs_the_actions_the_customer_answers() {
     assert_eq!(
         (
             af["variables"]["plan"].as_str(),
-            af["variables"]["greeted"].as_str()
+            af["variables"]["greeted"].as_str(),
+            af["variables"]["done"].as_str()
         ),
-        (Some("gold"), Some("yes"))
+        (Some("gold"), Some("yes"), Some("yes"))
     );
     // One signed request, its id the execution's.
     let requests = seen.lock().unwrap().clone();

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vbin_media::resample::Resampler;
-use vbin_media::stt::whisper::Whisper;
+use vbin_media::stt::vad::{Segmenter, SegmenterConfig, SileroVad};
+use vbin_media::stt::whisper::{ComputeType, Whisper, WhisperPaths, WhisperSettings};
 use vbin_media::stt::{Segment, SttError, SttProvider};
 use vbin_media::tts::piper::default_models_dir;
 
@@ -260,8 +261,10 @@ async fn refuses_other_languages() {
     assert!(p.start("en-GB").is_ok());
 }
 
-/// `cargo test -p vbin-media --test whisper -- --ignored --nocapture`: WER, real-time factor
-/// and latency after the end of each prompt, over the first 20 prompts of at least 4 words.
+/// `cargo test -p vbin-media --test whisper -- --ignored --nocapture`: WER and real-time
+/// factor of sessions fed as fast as they take the audio, over the first 20 prompts of at least
+/// 4 words; then, per utterance the VAD cuts, how long decoding it takes (in a live call the
+/// segment comes that long after the segmenter's 500 ms of trailing silence).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a check"]
 async fn measure_wer_rtf_and_latency() {
@@ -279,12 +282,11 @@ async fn measure_wer_rtf_and_latency() {
     }
     let (mut errors, mut total) = (0, 0);
     let (mut audio_s, mut busy_s) = (0.0, 0.0);
-    let mut latencies = Vec::new();
     let cpu0 = cpu_seconds();
     for (name, text, pcm) in &prompts {
         let audio = [silence_8k(300), pcm.clone(), silence_8k(300)].concat();
         let started = Instant::now();
-        let (segs, latency) = recognize(&p, &audio).await;
+        let (segs, _) = recognize(&p, &audio).await;
         busy_s += started.elapsed().as_secs_f64();
         audio_s += audio.len() as f64 / 8_000.0;
         let heard: Vec<&str> = segs.iter().map(|s| s.text.as_str()).collect();
@@ -292,26 +294,130 @@ async fn measure_wer_rtf_and_latency() {
         let e = distance(&r, &h);
         errors += e;
         total += r.len();
-        latencies.push(latency.as_secs_f64());
         println!(
-            "{name}: {} segment(s), {e} error(s), {:.2} s after the end: {:?}",
+            "{name}: {} segment(s), {e} error(s): {:?}",
             segs.len(),
-            latency.as_secs_f64(),
             heard.join(" | ")
         );
     }
-    latencies.sort_by(f64::total_cmp);
     let cpu = cpu_seconds() - cpu0;
     println!(
-        "whisper tiny.en: {} prompts, {audio_s:.1} s of audio, WER {:.3} ({errors}/{total}), \
-         RTF {:.3} wall, {:.3} CPU; latency after the end of a prompt: median {:.2} s, max {:.2} s",
+        "sessions: {} prompts, {audio_s:.1} s of audio, WER {:.3} ({errors}/{total}), \
+         RTF {:.3} wall, {:.3} CPU",
         prompts.len(),
         errors as f64 / total.max(1) as f64,
         busy_s / audio_s,
         cpu / audio_s,
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
     );
+
+    // Stage by stage, on 16 kHz audio.
+    let paths = WhisperPaths::in_models_dir(&default_models_dir());
+    let mut decode = Vec::new();
+    let (mut vad_s, mut utt_s) = (0.0, 0.0);
+    for (name, _, pcm) in &prompts {
+        let mut up = Resampler::new(8_000, 16_000).unwrap();
+        let mut audio = Vec::new();
+        let frame = up.input_frame_len();
+        for chunk in [silence_8k(300), pcm.clone(), silence_8k(600)]
+            .concat()
+            .chunks(frame)
+        {
+            let mut f = chunk.to_vec();
+            f.resize(frame, 0);
+            up.process(&f, &mut audio).unwrap();
+        }
+        let mut seg = Segmenter::new(
+            SileroVad::load(&paths.vad).unwrap(),
+            SegmenterConfig::default(),
+        );
+        let t = Instant::now();
+        let mut utts = seg.push(&audio).unwrap();
+        utts.extend(seg.finish());
+        vad_s += t.elapsed().as_secs_f64();
+        for u in utts {
+            let t = Instant::now();
+            let tr = p.transcribe(&u.samples).unwrap();
+            let took = t.elapsed().as_secs_f64();
+            let secs = u.samples.len() as f64 / 16_000.0;
+            utt_s += secs;
+            println!(
+                "{name}: {secs:.2} s utterance decoded in {took:.2} s (no speech {:.2}, \
+                 logprob {:.2}): {:?}",
+                tr.no_speech_prob, tr.avg_logprob, tr.text
+            );
+            decode.push((took, secs));
+        }
+    }
+    let mut took: Vec<f64> = decode.iter().map(|d| d.0).collect();
+    took.sort_by(f64::total_cmp);
+    let short: Vec<f64> = decode.iter().filter(|d| d.1 < 4.0).map(|d| d.0).collect();
+    println!(
+        "stages: VAD {:.4} s per s of audio; decode per utterance median {:.2} s, max {:.2} s, \
+         mean {:.2} s for the {} under 4 s; decode RTF {:.3}",
+        vad_s / audio_s,
+        took[took.len() / 2],
+        took[took.len() - 1],
+        short.iter().sum::<f64>() / short.len().max(1) as f64,
+        short.len(),
+        took.iter().sum::<f64>() / utt_s,
+    );
+}
+
+/// `cargo test -p vbin-media --test whisper -- --ignored --nocapture compare`: wall and CPU
+/// time per decode of a few short prompts for each compute type and thread count.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn compare_compute_types_and_threads() {
+    if whisper().is_none() {
+        return;
+    }
+    let paths = WhisperPaths::in_models_dir(&default_models_dir());
+    let names = [
+        "cannot-complete-as-dialed",
+        "check-number-dial-again",
+        "all-circuits-busy-now",
+    ];
+    let utts: Vec<Vec<i16>> = names
+        .iter()
+        .filter_map(|n| prompt(n))
+        .map(|pcm| {
+            let mut up = Resampler::new(8_000, 16_000).unwrap();
+            let mut out = Vec::new();
+            let frame = up.input_frame_len();
+            for c in pcm.chunks(frame) {
+                let mut f = c.to_vec();
+                f.resize(frame, 0);
+                up.process(&f, &mut out).unwrap();
+            }
+            out
+        })
+        .collect();
+    for compute_type in [
+        ComputeType::INT8,
+        ComputeType::INT8_FLOAT32,
+        ComputeType::FLOAT32,
+    ] {
+        for threads in [1, 2] {
+            let settings = WhisperSettings {
+                compute_type,
+                threads,
+                ..Default::default()
+            };
+            let w = Whisper::load(&paths, settings).unwrap();
+            w.transcribe(&utts[0]).unwrap();
+            let (t, c) = (Instant::now(), cpu_seconds());
+            let mut text = Vec::new();
+            for u in &utts {
+                text.push(w.transcribe(u).unwrap().text);
+            }
+            let n = utts.len() as f64;
+            println!(
+                "{compute_type} x{threads}: {:.2} s wall, {:.2} s CPU per decode: {text:?}",
+                t.elapsed().as_secs_f64() / n,
+                (cpu_seconds() - c) / n
+            );
+        }
+    }
 }
 
 /// CPU time of this process so far (user + system), from /proc/self/stat.

@@ -15,7 +15,8 @@
 
 use super::vad::{Segmenter, SegmenterConfig, SileroVad, Utterance};
 use super::{Segment, SttError, SttProvider, SttSession, AUDIO_QUEUE, STT_RATE_HZ};
-use ct2rs::sys::{ComputeType, Config, Device, StorageView, WhisperOptions};
+pub use ct2rs::sys::ComputeType;
+use ct2rs::sys::{Config, Device, StorageView, WhisperOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -57,6 +58,10 @@ impl WhisperPaths {
 pub struct WhisperSettings {
     /// Beam width (1 = greedy).
     pub beam_size: usize,
+    /// What CTranslate2 computes in (the weights are converted when the model loads).
+    pub compute_type: ComputeType,
+    /// CTranslate2 threads for one decode (0: the machine's cores, at most 4).
+    pub threads: usize,
     /// Where utterances are cut.
     pub segmenter: SegmenterConfig,
 }
@@ -65,6 +70,9 @@ impl Default for WhisperSettings {
     fn default() -> Self {
         Self {
             beam_size: 1,
+            // The packaged weights are float16, which CPUs do not compute in: quantize on load.
+            compute_type: ComputeType::INT8,
+            threads: 0,
             segmenter: SegmenterConfig::default(),
         }
     }
@@ -130,9 +138,12 @@ impl Whisper {
         SileroVad::from_bytes(&vad)?;
         let config = Config {
             device: Device::CPU,
-            // The packaged weights are float16, which CPUs do not compute in: quantize on load.
-            compute_type: ComputeType::INT8,
-            num_threads_per_replica: threads(),
+            compute_type: settings.compute_type,
+            num_threads_per_replica: if settings.threads == 0 {
+                threads()
+            } else {
+                settings.threads
+            },
             ..Config::default()
         };
         let model = ct2rs::sys::Whisper::new(&paths.model, config)
@@ -161,14 +172,34 @@ impl Whisper {
         })
     }
 
-    /// The text of one utterance (16 kHz; only its first 30 s are heard).
-    pub fn transcribe(&self, samples: &[i16]) -> Result<String, SttError> {
+    /// What one utterance (16 kHz; only its first 30 s are heard) says.
+    pub fn transcribe(&self, samples: &[i16]) -> Result<Transcription, SttError> {
         self.inner.transcribe(samples)
     }
 }
 
+/// What the model made of one utterance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transcription {
+    /// The text (empty when the model heard nothing, or decided it was not speech).
+    pub text: String,
+    /// The model's probability that the utterance holds no speech.
+    pub no_speech_prob: f32,
+    /// Average log-probability of the text's tokens.
+    pub avg_logprob: f32,
+}
+
+/// Whisper's own rule for dropping a hallucination on noise (as in openai/whisper's
+/// `transcribe`): the no-speech token is likely and the text unlikely.
+const NO_SPEECH_PROB: f32 = 0.6;
+const LOGPROB_FLOOR: f32 = -1.0;
+/// Above this the text is dropped whatever its probability (measured: the 0.15 s tail of a
+/// prompt cut at the 25 s maximum came out as "you" at 0.96 no-speech, -0.95 log-probability;
+/// real prompts score 0.01-0.04).
+const SURE_NO_SPEECH_PROB: f32 = 0.9;
+
 impl Inner {
-    fn transcribe(&self, samples: &[i16]) -> Result<String, SttError> {
+    fn transcribe(&self, samples: &[i16]) -> Result<Transcription, SttError> {
         let mut features = self.mel.compute(samples);
         let view = StorageView::new(&[1, N_MELS, N_FRAMES], &mut features, Device::CPU)
             .map_err(recognizer)?;
@@ -177,18 +208,37 @@ impl Inner {
         let options = WhisperOptions {
             beam_size: self.settings.beam_size,
             max_length: (16 + 10 * seconds).min(448),
+            return_scores: true,
+            return_no_speech_prob: true,
             ..WhisperOptions::default()
         };
         let result = self
             .model
             .generate(&view, &[PROMPT.to_vec()], &options)
             .map_err(recognizer)?;
-        let tokens = result
-            .first()
-            .and_then(|r| r.sequences.first())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        Ok(self.bytes.text(tokens))
+        let Some(r) = result.first() else {
+            return Ok(Transcription {
+                text: String::new(),
+                no_speech_prob: 1.0,
+                avg_logprob: f32::NEG_INFINITY,
+            });
+        };
+        let tokens = r.sequences.first().map(Vec::as_slice).unwrap_or_default();
+        let mut t = Transcription {
+            text: self.bytes.text(tokens),
+            no_speech_prob: r.no_speech_prob,
+            // With the default length penalty (1) CTranslate2's score is the sum of the
+            // tokens' log-probabilities over their number.
+            avg_logprob: r.scores.first().copied().unwrap_or(0.0),
+        };
+        if t.no_speech_prob > NO_SPEECH_PROB
+            && (t.avg_logprob < LOGPROB_FLOOR || t.no_speech_prob > SURE_NO_SPEECH_PROB)
+        {
+            tracing::debug!(text = %t.text, no_speech = t.no_speech_prob, logprob = t.avg_logprob,
+                "whisper: dropped as not speech");
+            t.text.clear();
+        }
+        Ok(t)
     }
 }
 
@@ -234,7 +284,7 @@ fn run_session(
     let mut seg = Segmenter::new(vad, inner.settings.segmenter.clone());
     // Sends a segment for an utterance; false when the session is over (error or no reader).
     let decode = |u: Utterance| -> bool {
-        match inner.transcribe(&u.samples) {
+        match inner.transcribe(&u.samples).map(|t| t.text) {
             Ok(text) if text.is_empty() => true,
             Ok(text) => out
                 .blocking_send(Ok(Segment {
@@ -312,8 +362,9 @@ impl ByteDecoder {
 struct MelSpectrogram {
     fft: Arc<dyn realfft::RealToComplex<f32>>,
     window: Vec<f32>,
-    /// `N_MELS` rows of `N_FFT / 2 + 1` weights.
-    filters: Vec<f32>,
+    /// Per mel bin, the first FFT bin it weighs and the weights from there (the non-zero part
+    /// of its triangle).
+    filters: Vec<(usize, Vec<f32>)>,
 }
 
 impl MelSpectrogram {
@@ -325,10 +376,19 @@ impl MelSpectrogram {
                 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / N_FFT as f64).cos() as f32
             })
             .collect();
+        let bins = N_FFT / 2 + 1;
+        let filters = mel_filters()
+            .chunks(bins)
+            .map(|row| {
+                let first = row.iter().position(|w| *w > 0.0).unwrap_or(0);
+                let last = row.iter().rposition(|w| *w > 0.0).unwrap_or(0);
+                (first, row[first..=last.max(first)].to_vec())
+            })
+            .collect();
         Self {
             fft,
             window,
-            filters: mel_filters(),
+            filters,
         }
     }
 
@@ -339,6 +399,7 @@ impl MelSpectrogram {
             .take(N_SAMPLES)
             .map(|&s| f32::from(s) / 32768.0)
             .collect();
+        let len = x.len();
         x.resize(N_SAMPLES, 0.0);
         // torch.stft(center=True): reflect-pad N_FFT / 2 on each side.
         let half = N_FFT / 2;
@@ -352,12 +413,19 @@ impl MelSpectrogram {
         let mut spectrum = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
         let mut power = vec![0f32; bins];
-        let mut mel = vec![0f32; N_MELS * N_FRAMES];
+        // log10 of the floor: what frames of the silence padding hold.
+        let mut mel = vec![-10f32; N_MELS * N_FRAMES];
+        // Frames past the audio (and its window) are all zeros: only the floor.
+        let frames = ((len + half) / HOP + 1).min(N_FRAMES);
         // STFT gives N_FRAMES + 1 frames; Whisper drops the last.
-        for t in 0..N_FRAMES {
+        for t in 0..frames {
             let start = t * HOP;
-            for (i, f) in frame.iter_mut().enumerate() {
-                *f = padded[start + i] * self.window[i];
+            for ((f, x), w) in frame
+                .iter_mut()
+                .zip(&padded[start..start + N_FFT])
+                .zip(&self.window)
+            {
+                *f = x * w;
             }
             if self
                 .fft
@@ -369,9 +437,8 @@ impl MelSpectrogram {
             for (p, c) in power.iter_mut().zip(&spectrum) {
                 *p = c.norm_sqr();
             }
-            for m in 0..N_MELS {
-                let w = &self.filters[m * bins..(m + 1) * bins];
-                let e: f32 = w.iter().zip(&power).map(|(a, b)| a * b).sum();
+            for (m, (first, w)) in self.filters.iter().enumerate() {
+                let e: f32 = w.iter().zip(&power[*first..]).map(|(a, b)| a * b).sum();
                 mel[m * N_FRAMES + t] = e.max(1e-10).log10();
             }
         }

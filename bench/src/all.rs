@@ -283,7 +283,34 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
                 None,
             ),
         ],
-        "stt" => vec![h("word error rate", f("wer"), "", None)],
+        "stt" => {
+            let of = |p: &str, k: &str| {
+                v["providers"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|x| x["provider"] == p))
+                    .and_then(|x| x[k].as_f64())
+            };
+            vec![
+                h(
+                    "Whisper tiny.en word error rate",
+                    of("whisper", "wer"),
+                    "",
+                    None,
+                ),
+                h(
+                    "Whisper tiny.en real-time factor",
+                    of("whisper", "rtf"),
+                    "",
+                    None,
+                ),
+                h(
+                    "PocketSphinx word error rate",
+                    of("pocketsphinx", "wer"),
+                    "",
+                    None,
+                ),
+            ]
+        }
         _ => vec![],
     }
 }

@@ -1,16 +1,22 @@
-//! `vbin bench stt`: word error rate of the offline recognizer on real recorded prompts.
+//! `vbin bench stt`: word error rate and speed of the offline recognizers on real recorded
+//! prompts.
 //!
 //! Debian's `asterisk-core-sounds-en-wav` holds human recordings at 8 kHz with their
 //! reference transcripts (`core-sounds-en.txt.gz`). Each prompt goes through the media path as
 //! a call's audio does: 20 ms frames at 8 kHz, resampled to 16 kHz by [`Resampler`], streamed
-//! to PocketSphinx (free speech, its US English language model; no grammar). WER = word-level
-//! edit distance / reference words, over all prompts.
+//! to each provider: Whisper tiny.en on Silero-cut utterances (the models `scripts/models`
+//! installs) and PocketSphinx (free speech, its US English language model; no grammar).
+//! WER = word-level edit distance / reference words, over all prompts; RTF = time from the
+//! first frame to the last segment / seconds of audio (frames are sent as fast as the
+//! provider takes them).
 
 use anyhow::{bail, Context};
 use serde_json::json;
 use std::io::Read;
+use std::time::Instant;
 use vbin_media::resample::Resampler;
 use vbin_media::stt::pocketsphinx::PocketSphinx;
+use vbin_media::stt::whisper::Whisper;
 use vbin_media::stt::SttProvider;
 
 /// `vbin bench stt` options.
@@ -31,6 +37,13 @@ pub struct SttArgs {
         default_value = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
     )]
     pub transcripts: std::path::PathBuf,
+    /// Providers to measure, comma-separated: whisper, pocketsphinx.
+    #[arg(long, value_delimiter = ',', default_values_t = ["whisper".to_string(), "pocketsphinx".to_string()])]
+    pub providers: Vec<String>,
+    /// Where `scripts/models` installed Whisper, Silero VAD and ONNX Runtime (default:
+    /// `VBIN_MODELS_DIR` or `~/.cache/vbin/models`).
+    #[arg(long)]
+    pub models: Option<std::path::PathBuf>,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -71,12 +84,65 @@ fn distance(a: &[String], b: &[String]) -> usize {
     prev[b.len()]
 }
 
+/// A prompt: its name, reference transcript and 8 kHz samples.
+struct Prompt {
+    name: String,
+    reference: String,
+    pcm: Vec<i16>,
+    rate: u32,
+}
+
 /// Runs the benchmark.
 pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
-    let provider = PocketSphinx::new();
-    if !provider.available() {
-        bail!("pocketsphinx is not installed (scripts/services installs it)");
+    let mut providers: Vec<(Box<dyn SttProvider>, &str)> = Vec::new();
+    for name in &a.providers {
+        match name.as_str() {
+            "pocketsphinx" => {
+                let p = PocketSphinx::new();
+                if !p.available() {
+                    bail!("pocketsphinx is not installed (scripts/services installs it)");
+                }
+                providers.push((Box::new(p), "pocketsphinx (en-us, free speech)"));
+            }
+            "whisper" => {
+                let dir = a
+                    .models
+                    .clone()
+                    .unwrap_or_else(vbin_media::tts::piper::default_models_dir);
+                if !Whisper::available(&dir) {
+                    bail!(
+                        "no Whisper tiny.en / Silero VAD / ONNX Runtime in {} (run scripts/models, \
+                         or --providers pocketsphinx)",
+                        dir.display()
+                    );
+                }
+                providers.push((
+                    Box::new(Whisper::from_models_dir(&dir)?),
+                    "whisper tiny.en (CTranslate2 int8, greedy) on Silero VAD v6 utterances",
+                ));
+            }
+            other => bail!("unknown provider {other:?} (whisper, pocketsphinx)"),
+        }
     }
+    let prompts = load_prompts(a)?;
+    let mut results = Vec::new();
+    for (provider, label) in &providers {
+        results.push(measure(provider.as_ref(), label, &prompts).await?);
+    }
+    let r = json!({
+        "benchmark": "stt",
+        "prompts": prompts.len(),
+        "providers": results,
+    });
+    println!("{}", serde_json::to_string_pretty(&r)?);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_vec_pretty(&r)?)?;
+    }
+    Ok(())
+}
+
+/// The first `a.prompts` prompts of at least `a.min_words` words, in file order.
+fn load_prompts(a: &SttArgs) -> anyhow::Result<Vec<Prompt>> {
     let mut text = String::new();
     flate2_free_gunzip(&a.transcripts, &mut text)?;
     let mut prompts = Vec::new();
@@ -88,7 +154,15 @@ pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
         if reference.contains('[') || words(reference).len() < a.min_words || !path.exists() {
             continue;
         }
-        prompts.push((name.trim().to_string(), reference.to_string(), path));
+        let mut wav = hound::WavReader::open(&path).with_context(|| path.display().to_string())?;
+        let rate = wav.spec().sample_rate;
+        let pcm: Vec<i16> = wav.samples::<i16>().collect::<Result<_, _>>()?;
+        prompts.push(Prompt {
+            name: name.trim().to_string(),
+            reference: reference.to_string(),
+            pcm,
+            rate,
+        });
         if prompts.len() == a.prompts {
             break;
         }
@@ -101,17 +175,25 @@ pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
             a.sounds.display()
         );
     }
+    Ok(prompts)
+}
+
+/// WER and RTF of one provider over the prompts.
+async fn measure(
+    provider: &dyn SttProvider,
+    label: &str,
+    prompts: &[Prompt],
+) -> anyhow::Result<serde_json::Value> {
     let (mut errors, mut total) = (0usize, 0usize);
+    let (mut audio_s, mut busy_s) = (0f64, 0f64);
     let mut samples_out = Vec::new();
-    for (name, reference, path) in &prompts {
-        let mut wav = hound::WavReader::open(path).with_context(|| path.display().to_string())?;
-        let spec = wav.spec();
-        let pcm: Vec<i16> = wav.samples::<i16>().collect::<Result<_, _>>()?;
-        let mut up = Resampler::new(spec.sample_rate, 16_000)?;
+    for p in prompts {
+        let started = Instant::now();
+        let mut up = Resampler::new(p.rate, 16_000)?;
         let mut session = provider.start("en-US")?;
         let frame = up.input_frame_len();
         let mut out = Vec::new();
-        for chunk in pcm.chunks(frame) {
+        for chunk in p.pcm.chunks(frame) {
             let mut f = chunk.to_vec();
             f.resize(frame, 0);
             out.clear();
@@ -123,30 +205,29 @@ pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
         while let Some(seg) = session.results.recv().await {
             heard.push(seg?.text);
         }
-        let (r, h) = (words(reference), words(&heard.join(" ")));
+        busy_s += started.elapsed().as_secs_f64();
+        audio_s += p.pcm.len() as f64 / f64::from(p.rate);
+        let (r, h) = (words(&p.reference), words(&heard.join(" ")));
         let e = distance(&r, &h);
         errors += e;
         total += r.len();
         samples_out.push(
-            json!({"prompt": name, "reference": r.join(" "), "heard": h.join(" "),
+            json!({"prompt": p.name, "reference": r.join(" "), "heard": h.join(" "),
                                 "errors": e, "words": r.len()}),
         );
     }
     let wer = errors as f64 / total.max(1) as f64;
-    let r = json!({
-        "benchmark": "stt",
-        "provider": "pocketsphinx (en-us, free speech)",
-        "prompts": prompts.len(),
+    let rtf = busy_s / audio_s.max(1e-9);
+    Ok(json!({
+        "provider": provider.name(),
+        "description": label,
         "reference_words": total,
         "word_errors": errors,
         "wer": (wer * 1000.0).round() / 1000.0,
+        "audio_s": (audio_s * 10.0).round() / 10.0,
+        "rtf": (rtf * 1000.0).round() / 1000.0,
         "samples": samples_out.iter().take(10).collect::<Vec<_>>(),
-    });
-    println!("{}", serde_json::to_string_pretty(&r)?);
-    if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_vec_pretty(&r)?)?;
-    }
-    Ok(())
+    }))
 }
 
 /// Reads a gzip file through the system's `gzip -dc` (one transcript file; no crate needed).

@@ -337,6 +337,9 @@ impl GatewaySettings {
 /// The speech-to-text provider of the media part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SttProviderName {
+    /// Whisper tiny.en on utterances cut by Silero VAD, offline (models from `scripts/models`;
+    /// PocketSphinx when they are missing).
+    Whisper,
     /// PocketSphinx, offline (Debian: pocketsphinx pocketsphinx-en-us).
     Pocketsphinx,
     /// Deepgram's live streaming API (needs `VBIN_DEEPGRAM_API_KEY`).
@@ -346,6 +349,7 @@ pub enum SttProviderName {
 impl std::fmt::Display for SttProviderName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Whisper => "whisper",
             Self::Pocketsphinx => "pocketsphinx",
             Self::Deepgram => "deepgram",
         })
@@ -364,12 +368,12 @@ pub struct MediaSettings {
         value_parser = socket_addr("VBIN_AUDIOSOCKET_ADDR")
     )]
     pub audiosocket_addr: SocketAddr,
-    /// Speech-to-text provider: pocketsphinx or deepgram.
+    /// Speech-to-text provider: whisper, pocketsphinx or deepgram.
     #[arg(
         long = "stt-provider",
         env = "VBIN_STT_PROVIDER",
         value_name = "PROVIDER",
-        default_value_t = SttProviderName::Pocketsphinx,
+        default_value_t = SttProviderName::Whisper,
         value_parser = stt_provider_name
     )]
     pub stt_provider: SttProviderName,
@@ -454,7 +458,7 @@ impl Default for MediaSettings {
     fn default() -> Self {
         Self {
             audiosocket_addr: SocketAddr::from(([127, 0, 0, 1], 9093)),
-            stt_provider: SttProviderName::Pocketsphinx,
+            stt_provider: SttProviderName::Whisper,
             stt_grammar: None,
             deepgram_api_key: None,
             deepgram_url: deepgram::DEFAULT_BASE_URL.into(),
@@ -515,17 +519,28 @@ impl MediaSettings {
 
     /// The speech-to-text provider; fails (naming the variable) when deepgram has no key.
     pub fn stt_provider(&self) -> anyhow::Result<Arc<dyn vbin_media::stt::SttProvider>> {
-        match self.stt_provider {
-            SttProviderName::Pocketsphinx => {
-                let mut p = PocketSphinx::new();
-                if let Some(g) = &self.stt_grammar {
-                    p = p.with_grammar(g);
-                }
-                if !p.available() {
-                    tracing::warn!("pocketsphinx is not installed (Debian: pocketsphinx pocketsphinx-en-us); transcriptions will fail to start");
-                }
-                Ok(Arc::new(p))
+        let pocketsphinx = || {
+            let mut p = PocketSphinx::new();
+            if let Some(g) = &self.stt_grammar {
+                p = p.with_grammar(g);
             }
+            if !p.available() {
+                tracing::warn!("pocketsphinx is not installed (Debian: pocketsphinx pocketsphinx-en-us); transcriptions will fail to start");
+            }
+            Arc::new(p) as Arc<dyn vbin_media::stt::SttProvider>
+        };
+        match self.stt_provider {
+            SttProviderName::Whisper => {
+                let dir = vbin_media::tts::piper::default_models_dir();
+                match vbin_media::stt::whisper::Whisper::from_models_dir(&dir) {
+                    Ok(w) => Ok(Arc::new(w)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Whisper is not installed (scripts/models); transcribing with PocketSphinx");
+                        Ok(pocketsphinx())
+                    }
+                }
+            }
+            SttProviderName::Pocketsphinx => Ok(pocketsphinx()),
             SttProviderName::Deepgram => {
                 let key = self
                     .deepgram_api_key
@@ -694,9 +709,10 @@ fn retention_days(s: &str) -> Result<Duration, String> {
 
 fn stt_provider_name(s: &str) -> Result<SttProviderName, String> {
     match s.trim() {
+        "whisper" => Ok(SttProviderName::Whisper),
         "pocketsphinx" => Ok(SttProviderName::Pocketsphinx),
         "deepgram" => Ok(SttProviderName::Deepgram),
-        _ => Err("VBIN_STT_PROVIDER: expected pocketsphinx or deepgram".into()),
+        _ => Err("VBIN_STT_PROVIDER: expected whisper, pocketsphinx or deepgram".into()),
     }
 }
 

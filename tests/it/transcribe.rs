@@ -375,7 +375,11 @@ async fn env_with_grammar() -> (Env, std::path::PathBuf) {
         ),
     )
     .unwrap();
-    let env = Env::start_with_env(&[("VBIN_STT_GRAMMAR", grammar.to_str().unwrap())]).await;
+    let env = Env::start_with_env(&[
+        ("VBIN_STT_PROVIDER", "pocketsphinx"),
+        ("VBIN_STT_GRAMMAR", grammar.to_str().unwrap()),
+    ])
+    .await;
     (env, grammar)
 }
 

@@ -7,6 +7,8 @@
 
 pub mod deepgram;
 pub mod pocketsphinx;
+pub mod vad;
+pub mod whisper;
 
 use tokio::sync::mpsc;
 

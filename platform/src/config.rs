@@ -373,7 +373,7 @@ pub struct MediaSettings {
         long = "stt-provider",
         env = "VBIN_STT_PROVIDER",
         value_name = "PROVIDER",
-        default_value_t = SttProviderName::Whisper,
+        default_value_t = SttProviderName::Pocketsphinx,
         value_parser = stt_provider_name
     )]
     pub stt_provider: SttProviderName,
@@ -458,7 +458,7 @@ impl Default for MediaSettings {
     fn default() -> Self {
         Self {
             audiosocket_addr: SocketAddr::from(([127, 0, 0, 1], 9093)),
-            stt_provider: SttProviderName::Whisper,
+            stt_provider: SttProviderName::Pocketsphinx,
             stt_grammar: None,
             deepgram_api_key: None,
             deepgram_url: deepgram::DEFAULT_BASE_URL.into(),

@@ -567,15 +567,28 @@ impl Media {
             error: Some(why.into()),
             at: Utc::now(),
         };
-        let u = id.as_uuid();
+        self.command::<Recording>(customer, id.as_uuid(), cmd).await
+    }
+
+    /// Runs `cmd` on the customer's aggregate `id` as the media part; an aggregate that is
+    /// gone is not an error (nothing left to report to).
+    async fn command<A: vbin_app::StoredAggregate>(
+        &self,
+        customer: CustomerId,
+        id: Uuid,
+        cmd: A::Command,
+    ) -> Result<(), MediaError>
+    where
+        A::Command: Clone,
+    {
         match self
             .executor
-            .execute::<Recording>(
-                u,
+            .execute::<A>(
+                id,
                 customer,
                 Some(customer),
                 cmd,
-                &meta(u, &u.to_string(), customer),
+                &meta(id, &id.to_string(), customer),
             )
             .await
         {
@@ -596,21 +609,8 @@ impl Media {
             result,
             at: Utc::now(),
         };
-        let id = exec.activeflow.as_uuid();
-        match self
-            .executor
-            .execute::<Activeflow>(
-                id,
-                customer,
-                Some(customer),
-                cmd,
-                &meta(id, &id.to_string(), customer),
-            )
+        self.command::<Activeflow>(customer, exec.activeflow.as_uuid(), cmd)
             .await
-        {
-            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// The call's session here, started (and claimed) if needed; `None` when the call has

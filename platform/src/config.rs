@@ -866,7 +866,7 @@ mod tests {
             ("--http-addr", "localhost", "VBIN_HTTP_ADDR"),
             ("--db-pool", "0", "VBIN_DB_POOL"),
             ("--audiosocket-addr", "9093", "VBIN_AUDIOSOCKET_ADDR"),
-            ("--stt-provider", "whisper", "VBIN_STT_PROVIDER"),
+            ("--stt-provider", "kaldi", "VBIN_STT_PROVIDER"),
             ("--deepgram-url", "ftp://x", "VBIN_DEEPGRAM_URL"),
             ("--housekeeping-secs", "0", "VBIN_HOUSEKEEPING_SECS"),
         ] {

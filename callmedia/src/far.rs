@@ -23,8 +23,13 @@ pub trait FarEnd: Send {
     fn next_frame(&mut self, now: Instant) -> Inbound;
     /// What the platform sends it this tick (one frame).
     fn hear(&mut self, frame: &[i16]);
-    /// Keys the platform sends it.
-    fn dtmf(&mut self, digits: &str);
+    /// Keys the platform sends it out of band; false when the transport has no way to (the
+    /// session then plays them in band, as tones in the audio).
+    fn dtmf(&mut self, digits: &str) -> bool;
+    /// Whether it hung up (its connection ended): the call is hung up.
+    fn gone(&self) -> bool {
+        false
+    }
 }
 
 /// A step of the simulated person, ready to run.
@@ -98,5 +103,8 @@ impl FarEnd for SandboxPerson {
         self.heard.drain(..excess);
     }
 
-    fn dtmf(&mut self, _digits: &str) {}
+    fn dtmf(&mut self, _digits: &str) -> bool {
+        // It hears the keys as tones.
+        false
+    }
 }

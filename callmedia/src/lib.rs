@@ -16,10 +16,11 @@ pub mod far;
 pub mod frame;
 pub mod play;
 pub mod session;
+pub mod socket;
 
 use chrono::Utc;
 use far::{PersonStep, SandboxPerson};
-use session::{Capture, Control, Execution, RecChunk, Report, Session};
+use session::{Capture, Control, Execution, NewFar, RecChunk, Report, Session, Tap};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,14 +34,17 @@ use vbin_domain::{
     RecordingCommand,
 };
 use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
+use vbin_event_schema::views::TranscribeView;
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId, HangupCause,
     PublishedEvent, RecordingEvent, RecordingId, RecordingLimits, RecordingStatus,
+    TranscribeDirection, TranscribeEvent, TranscribeId,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
 use vbin_storage::Store;
+use vbin_transcription::Transcriber;
 
 /// Durable consumer of call events.
 pub const CALLS_CONSUMER: &str = "media-calls";
@@ -48,6 +52,8 @@ pub const CALLS_CONSUMER: &str = "media-calls";
 pub const ACTIONS_CONSUMER: &str = "media-actions";
 /// Durable consumer of recording events.
 pub const RECORDINGS_CONSUMER: &str = "media-recordings";
+/// Durable consumer of transcription starts and ends.
+pub const TRANSCRIBES_CONSUMER: &str = "media-transcribes";
 
 /// Settings of the media process.
 #[derive(Clone, Debug)]
@@ -100,6 +106,9 @@ pub struct Media {
     store: Option<Store>,
     capturing: Arc<Mutex<std::collections::HashSet<RecordingId>>>,
     player: play::Player,
+    transcriber: Option<Transcriber>,
+    /// Transcriptions fed by this process's sessions (started once, however often told).
+    tapped: Arc<Mutex<std::collections::HashSet<(CallId, TranscribeId)>>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -109,11 +118,12 @@ fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMet
 }
 
 impl Media {
-    /// A media process speaking with `tts`.
+    /// A media process speaking with `tts`, transcribing with `transcriber`.
     pub fn new(
         pool: sqlx::PgPool,
         executor: Executor,
         tts: Arc<dyn TtsProvider>,
+        transcriber: Option<Transcriber>,
         store: Option<Store>,
         policy: vbin_netguard::AddressPolicy,
         settings: Settings,
@@ -129,6 +139,8 @@ impl Media {
             capturing: Arc::default(),
             // Up to ~30 minutes of fetched audio.
             player: play::Player::new(policy, 16_000 * 60 * 30),
+            transcriber,
+            tapped: Arc::default(),
         }
     }
 
@@ -177,9 +189,24 @@ impl Media {
         .lanes(8);
         let me = self.clone();
         let c = run_consumer(
-            bus,
+            bus.clone(),
             recordings,
             move |e| me.clone().on_recording(e),
+            stop(rx.clone()),
+        );
+        let transcribes = ConsumerSpec::for_events_of::<TranscribeEvent>(
+            TRANSCRIBES_CONSUMER,
+            &[
+                TranscribeEvent::TRANSCRIBE_STARTED,
+                TranscribeEvent::TRANSCRIBE_COMPLETED,
+            ],
+        )
+        .lanes(8);
+        let me = self.clone();
+        let d = run_consumer(
+            bus,
+            transcribes,
+            move |e| me.clone().on_transcribe(e),
             stop(rx.clone()),
         );
         let keeper = self.clone().keep_leases(stop(rx));
@@ -187,7 +214,7 @@ impl Media {
             shutdown.await;
             let _ = tx.send(true);
         };
-        tokio::join!(a, b, c, keeper, trigger);
+        tokio::join!(a, b, c, d, keeper, trigger);
         let handles: Vec<Handle> = self
             .sessions
             .lock()
@@ -531,26 +558,188 @@ impl Media {
                     }
                 }
             }
-            RecordingEvent::RecordingStopRequested { .. } => {
-                let control = self
-                    .sessions
-                    .lock()
-                    .expect("sessions")
-                    .get(&call)
-                    .map(|h| h.control.clone());
-                match control {
-                    Some(c) => {
-                        let _ = c.send(Control::StopRecording(id)).await;
-                    }
-                    None => {
-                        self.end_unrecorded(customer, id, "the call's media session is gone")
-                            .await?
-                    }
+            RecordingEvent::RecordingStopRequested { .. } => match self.control_of(call) {
+                Some(c) => {
+                    let _ = c.send(Control::StopRecording(id)).await;
+                }
+                None => {
+                    self.end_unrecorded(customer, id, "the call's media session is gone")
+                        .await?
+                }
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_transcribe(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let customer = CustomerId(e.customer_id);
+        let id = TranscribeId(e.aggregate_id);
+        let Some(call) = e.view::<TranscribeView>()?.reference_id else {
+            return Ok(());
+        };
+        match e.decode::<TranscribeEvent>()? {
+            TranscribeEvent::TranscribeStarted {
+                language,
+                direction,
+                ..
+            } => {
+                // Not answered yet: the session taps it when it starts.
+                if let Some(control) = self.ensure(call, customer).await? {
+                    self.tap(&control, call, customer, id, &language, direction)
+                        .await;
+                }
+            }
+            TranscribeEvent::TranscribeCompleted { .. } => {
+                self.tapped.lock().expect("tapped").remove(&(call, id));
+                if let Some(control) = self.control_of(call) {
+                    let _ = control.send(Control::Untap(id)).await;
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Feeds the sides of transcription `id` from the session `control`.
+    async fn tap(
+        &self,
+        control: &mpsc::Sender<Control>,
+        call: CallId,
+        customer: CustomerId,
+        id: TranscribeId,
+        language: &str,
+        direction: TranscribeDirection,
+    ) {
+        let Some(t) = &self.transcriber else {
+            tracing::warn!(%call, transcribe_id = %id, "no speech-to-text in this media process; not transcribing");
+            return;
+        };
+        if !self.tapped.lock().expect("tapped").insert((call, id)) {
+            return;
+        }
+        for &side in vbin_transcription::sides(direction) {
+            match t.start(call, customer, id, language, side) {
+                Ok(feed) => {
+                    let _ = control.send(Control::Tap(Tap { id, side, feed })).await;
+                }
+                Err(e) => {
+                    tracing::error!(%call, transcribe_id = %id, error = %vbin_bus::Chain(&e), "starting speech-to-text failed");
+                }
+            }
+        }
+    }
+
+    /// Taps the call's running transcriptions (a session just started: after an answer, a
+    /// takeover or a restart).
+    async fn tap_running(&self, control: &mpsc::Sender<Control>, call: CallId) {
+        let running = match vbin_app::transcription::running_transcribes(&self.pool, call).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%call, error = %e, "looking up the call's transcriptions failed");
+                return;
+            }
+        };
+        for r in running {
+            let direction = match r.direction.as_str() {
+                "in" => TranscribeDirection::In,
+                "out" => TranscribeDirection::Out,
+                _ => TranscribeDirection::Both,
+            };
+            self.tap(
+                control,
+                call,
+                CustomerId(r.customer_id),
+                TranscribeId(r.transcribe_id),
+                &r.language,
+                direction,
+            )
+            .await;
+        }
+    }
+
+    /// The control channel of the call's session, if this process runs it.
+    fn control_of(&self, call: CallId) -> Option<mpsc::Sender<Control>> {
+        self.sessions
+            .lock()
+            .expect("sessions")
+            .get(&call)
+            .map(|h| h.control.clone())
+    }
+
+    /// Serves AudioSocket connections on `listener` until `shutdown`: each connection (its
+    /// UUID frame names the call) becomes the far end of the call's media session, started
+    /// here if needed. A call that is unknown or not answered within a few seconds, or whose
+    /// session another media process owns, is refused (logged, connection closed).
+    pub async fn serve_audiosocket(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let me = self.clone();
+        let serve = vbin_media::audiosocket::serve(
+            listener,
+            vbin_media::audiosocket::ServerSettings::default(),
+            move |s| me.clone().audiosocket(s),
+        );
+        tokio::select! {
+            _ = serve => {}
+            _ = shutdown => {}
+        }
+    }
+
+    async fn audiosocket(self, s: vbin_media::audiosocket::Session) {
+        let call = CallId(s.call_id);
+        let peer = s.peer;
+        let control = match self.session_for_switch(call).await {
+            Ok(c) => c,
+            Err(why) => {
+                metrics::counter!("vbin_audiosocket_refused_total").increment(1);
+                tracing::warn!(%call, %peer, why = %why, "AudioSocket connection refused");
+                s.player().try_hangup();
+                return;
+            }
+        };
+        let (tx, rx) = socket::channel();
+        let far = socket::SocketFar::new(s.call_id, rx, s.player());
+        if control
+            .send(Control::Attach(NewFar(Box::new(far))))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tracing::info!(%call, %peer, "AudioSocket connected: the call's far end");
+        let ended = socket::pump(s, tx).await;
+        tracing::info!(%call, %peer, %ended, "AudioSocket session ended");
+    }
+
+    /// The session of a call the switch connected (waiting up to 5 s for its answer).
+    async fn session_for_switch(&self, call: CallId) -> Result<mpsc::Sender<Control>, String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(c) = self.control_of(call) {
+                return Ok(c);
+            }
+            let loaded = self
+                .executor
+                .load::<Call>(call.as_uuid(), None)
+                .await
+                .map_err(|e| vbin_bus::Chain(&e).to_string())?;
+            let why = match loaded {
+                None => return Err("no such call".into()),
+                Some(c) if c.status.is_terminal() => format!("the call is {}", c.status.as_str()),
+                Some(c) => match self.ensure(call, c.customer_id).await {
+                    Ok(Some(control)) => return Ok(control),
+                    Ok(None) => format!("the call is {}", c.status.as_str()),
+                    Err(e) => return Err(vbin_bus::Chain(&e).to_string()),
+                },
+            };
+            if Instant::now() >= deadline {
+                return Err(why);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Ends a recording that captured nothing.
@@ -686,7 +875,9 @@ impl Media {
         );
         metrics::gauge!("vbin_media_sessions").increment(1.0);
         tokio::spawn(session.run(control_rx));
-        tokio::spawn(self.clone().reports(customer, reports_rx));
+        tokio::spawn(self.clone().reports(call_id, customer, reports_rx));
+        let (me, c) = (self.clone(), control.clone());
+        tokio::spawn(async move { me.tap_running(&c, call_id).await });
         tracing::info!(call = %call_id, "media session started");
         control
     }
@@ -727,7 +918,12 @@ impl Media {
     }
 
     /// Turns a session's reports into commands.
-    async fn reports(self, customer: CustomerId, mut rx: mpsc::UnboundedReceiver<Report>) {
+    async fn reports(
+        self,
+        call: CallId,
+        customer: CustomerId,
+        mut rx: mpsc::UnboundedReceiver<Report>,
+    ) {
         let mut last_digit: Option<Instant> = None;
         while let Some(r) = rx.recv().await {
             match r {
@@ -751,6 +947,16 @@ impl Media {
                     }
                 }
                 Report::FirstFrame(None, _) => {}
+                Report::FarEndGone => {
+                    tracing::info!(%call, "the far end hung up");
+                    let cmd = CallCommand::Hangup {
+                        request: HangupRequest::Remote(HangupCause::NormalClearing),
+                        at: Utc::now(),
+                    };
+                    if let Err(e) = self.command::<Call>(customer, call.as_uuid(), cmd).await {
+                        tracing::warn!(%call, error = %vbin_bus::Chain(&e), "hanging up after the far end failed");
+                    }
+                }
             }
         }
     }
@@ -758,6 +964,10 @@ impl Media {
     /// Ends the call's session and releases its claim.
     async fn end(&self, call: CallId) -> Result<(), MediaError> {
         let handle = self.sessions.lock().expect("sessions").remove(&call);
+        self.tapped
+            .lock()
+            .expect("tapped")
+            .retain(|(c, _)| *c != call);
         if let Some(h) = handle {
             let _ = h.control.send(Control::Stop).await;
             metrics::gauge!("vbin_media_sessions").decrement(1.0);
@@ -803,6 +1013,10 @@ impl Media {
         for (call, customer) in expired {
             let (call, customer) = (CallId(call), CustomerId(customer));
             self.sessions.lock().expect("sessions").remove(&call);
+            self.tapped
+                .lock()
+                .expect("tapped")
+                .retain(|(c, _)| *c != call);
             match self.ensure(call, customer).await {
                 Ok(Some(control)) => {
                     tracing::warn!(%call, "took over the media session of a call whose owner stopped");
@@ -899,16 +1113,7 @@ pub async fn hang_up_orphans(
     Ok(orphans.len())
 }
 
-/// A 1 kHz beep of 400 ms at 16 kHz, with 5 ms ramps.
+/// The beep of `beep` and `recording_start`'s `beep_start`: 1 kHz for 400 ms.
 fn beep() -> Speech {
-    let n = 16_000 * 400 / 1000;
-    let ramp = 80.0;
-    (0..n)
-        .map(|i| {
-            let t = i as f32 / 16_000.0;
-            let env = (i as f32 / ramp).min(1.0).min((n - i) as f32 / ramp);
-            (env * 8_000.0 * (2.0 * std::f32::consts::PI * 1_000.0 * t).sin()) as i16
-        })
-        .collect::<Vec<i16>>()
-        .into()
+    vbin_media::clip::beep(400).into()
 }

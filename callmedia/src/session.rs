@@ -8,8 +8,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use vbin_event_schema::flow::{ActionKind, ActionResult};
-use vbin_event_schema::{ActiveflowId, RecordingId, RecordingLimits};
+use vbin_event_schema::{
+    ActiveflowId, RecordingId, RecordingLimits, TranscribeId, TranscriptDirection,
+};
 use vbin_media::tts::Speech;
+use vbin_transcription::Feed;
 
 pub use crate::frame::{FRAME, FRAME_SAMPLES, RATE_HZ};
 
@@ -47,9 +50,36 @@ pub struct Capture {
     pub chunks: mpsc::Sender<RecChunk>,
 }
 
+/// One side of a running transcription, fed from the session.
+#[derive(Debug)]
+pub struct Tap {
+    /// The transcription.
+    pub id: TranscribeId,
+    /// The side: the far end's audio (`in`) or the platform's (`out`).
+    pub side: TranscriptDirection,
+    /// Where the audio goes.
+    pub feed: Feed,
+}
+
+/// A far end handed to a running session.
+pub struct NewFar(pub Box<dyn FarEnd>);
+
+impl std::fmt::Debug for NewFar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NewFar")
+    }
+}
+
 /// What the session is told.
 #[derive(Debug)]
 pub enum Control {
+    /// The call's audio now comes from (and goes to) this far end (an AudioSocket connection
+    /// that arrived for the call); the previous one is dropped.
+    Attach(NewFar),
+    /// Feed one side of a transcription (ignored if that side is fed already).
+    Tap(Tap),
+    /// Stop feeding this transcription.
+    Untap(TranscribeId),
     /// Start capturing (ignored if this recording is already being captured).
     Record(Capture),
     /// Stop capturing this recording.
@@ -73,6 +103,8 @@ pub enum Report {
     Digit(char, Instant),
     /// The first frame of a clip went out.
     FirstFrame(Option<Execution>, Instant),
+    /// The far end hung up (its connection ended).
+    FarEndGone,
 }
 
 struct Source {
@@ -167,6 +199,8 @@ pub struct Session {
     collect: Option<Collect>,
     timers: Vec<(Instant, Execution)>,
     recorders: Vec<Recorder>,
+    taps: Vec<Tap>,
+    far_gone: bool,
     reports: mpsc::UnboundedSender<Report>,
     /// Frames sent to the far end so far.
     pub frames: u64,
@@ -182,6 +216,8 @@ impl Session {
             collect: None,
             timers: Vec::new(),
             recorders: Vec::new(),
+            taps: Vec::new(),
+            far_gone: false,
             reports,
             frames: 0,
         }
@@ -211,6 +247,20 @@ impl Session {
                 }
                 return false;
             }
+            Control::Attach(NewFar(far)) => {
+                self.far = far;
+                self.far_gone = false;
+            }
+            Control::Tap(tap) => {
+                if !self
+                    .taps
+                    .iter()
+                    .any(|t| t.id == tap.id && t.side == tap.side)
+                {
+                    self.taps.push(tap);
+                }
+            }
+            Control::Untap(id) => self.taps.retain(|t| t.id != id),
             Control::Record(capture) => {
                 if !self.recorders.iter().any(|r| r.capture.id == capture.id) {
                     self.recorders.push(Recorder {
@@ -262,10 +312,19 @@ impl Session {
                 });
             }
             ActionKind::DigitsSend(d) => {
-                let each = d.duration.unwrap_or(100) + d.interval.unwrap_or(100);
-                self.far.dtmf(&d.digits);
-                let ms = each as u64 * d.digits.chars().count() as u64;
-                self.timers.push((now + Duration::from_millis(ms), exec));
+                let (tone, gap) = (d.duration.unwrap_or(100), d.interval.unwrap_or(100));
+                if self.far.dtmf(&d.digits) {
+                    // Sent out of band: done once the keys would have been played.
+                    let ms = (tone + gap) as u64 * d.digits.chars().count() as u64;
+                    self.timers.push((now + Duration::from_millis(ms), exec));
+                } else {
+                    // In band: the tones are mixed into what the far end hears (and recorded).
+                    self.sources.push(Source {
+                        samples: vbin_media::clip::dtmf(&d.digits, tone, gap).into(),
+                        pos: 0,
+                        done: Some(exec),
+                    });
+                }
             }
             // Talk, play and beep arrive as Play once their audio is ready.
             _ => self.done(exec, ActionResult::default()),
@@ -275,6 +334,13 @@ impl Session {
     /// One 20 ms step: a frame in from the far end, a frame out to it.
     pub fn tick(&mut self, now: Instant) {
         let inbound = self.far.next_frame(now);
+        if !self.far_gone && self.far.gone() {
+            self.far_gone = true;
+            // Nothing more will be said: the recognizers finish their last utterances now,
+            // while the hangup goes round.
+            self.taps.clear();
+            self.report(Report::FarEndGone);
+        }
         for &d in &inbound.dtmf {
             self.report(Report::Digit(d, now));
             self.received.push_back(d);
@@ -305,6 +371,19 @@ impl Session {
             .collect();
         self.far.hear(&frame);
         self.frames += 1;
+        self.taps.retain(|t| {
+            let audio = match t.side {
+                TranscriptDirection::In => &inbound.audio,
+                TranscriptDirection::Out => &frame,
+            };
+            match t.feed.push(audio) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(transcribe_id = %t.id, side = t.side.as_str(), error = %e, "transcription stream dropped");
+                    false
+                }
+            }
+        });
         let keys = &inbound.dtmf;
         let mut i = 0;
         while i < self.recorders.len() {
@@ -415,7 +494,9 @@ mod tests {
         fn hear(&mut self, frame: &[i16]) {
             self.heard.lock().unwrap().extend_from_slice(frame);
         }
-        fn dtmf(&mut self, _: &str) {}
+        fn dtmf(&mut self, _: &str) -> bool {
+            true
+        }
     }
 
     fn exec(seq: u64) -> Execution {

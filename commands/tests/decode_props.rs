@@ -112,6 +112,7 @@ fn campaign_in(status: CampaignStatus) -> Campaign {
             queue_id: None,
             next_campaign_id: None,
             max_concurrent_calls: 10,
+            flow_id: None,
         },
         at: at(),
     };
@@ -360,8 +361,8 @@ fn endpoints() -> Vec<Endpoint> {
             name: "POST /v1.0/campaigns",
             valid: || {
                 json!({"name": "c", "outplan_id": U1, "outdial_id": U2, "end_handle": "continue",
-                    "service_level": 100, "queue_id": U1, "next_campaign_id": U2,
-                    "max_concurrent_calls": 10})
+                    "service_level": 100, "next_campaign_id": U2,
+                    "max_concurrent_calls": 10, "flow_id": U1})
             },
             run: |b, ct| {
                 let v = extract::<campaigns::CreateCampaign>(b, ct)?.validate()?;
@@ -376,6 +377,7 @@ fn endpoints() -> Vec<Endpoint> {
                     queue_id: v.queue_id.map(QueueId),
                     next_campaign_id: v.next_campaign_id.map(CampaignId),
                     max_concurrent_calls: v.max_concurrent_calls,
+                    flow_id: v.flow_id.map(FlowId),
                 };
                 let cmd = CampaignCommand::Create { campaign, at: at() };
                 Ok(stored(&decide(&mut Campaign::default(), cmd)?))
@@ -557,6 +559,7 @@ const FIELDS: &[&str] = &[
     "queue_id",
     "next_campaign_id",
     "max_concurrent_calls",
+    "flow_id",
     "routing_method",
     "agent_ids",
     "wait_timeout_ms",

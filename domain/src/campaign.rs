@@ -504,6 +504,8 @@ pub struct NewCampaign {
     pub next_campaign_id: Option<CampaignId>,
     /// Most calls in flight (without a queue).
     pub max_concurrent_calls: u32,
+    /// Flow that answered calls run.
+    pub flow_id: Option<FlowId>,
 }
 
 /// Campaign commands.
@@ -580,6 +582,8 @@ pub struct Campaign {
     pub next_campaign_id: Option<CampaignId>,
     /// Most calls in flight (without a queue).
     pub max_concurrent_calls: u32,
+    /// Flow that answered calls run.
+    pub flow_id: Option<FlowId>,
     /// Targets in the outdial when last counted.
     pub total_targets: u64,
     /// Counters.
@@ -601,7 +605,7 @@ impl Campaign {
             "outdial_id": self.outdial_id, "end_handle": self.end_handle,
             "service_level": self.service_level, "queue_id": self.queue_id,
             "next_campaign_id": self.next_campaign_id,
-            "max_concurrent_calls": self.max_concurrent_calls,
+            "max_concurrent_calls": self.max_concurrent_calls, "flow_id": self.flow_id,
             "total_targets": self.total_targets, "dialed": self.counters.dialed,
             "answered": self.counters.answered, "failed": self.counters.failed,
             "in_flight": self.counters.in_flight,
@@ -633,6 +637,7 @@ impl Campaign {
                 queue_id: c.queue_id,
                 next_campaign_id: c.next_campaign_id,
                 max_concurrent_calls: c.max_concurrent_calls,
+                flow_id: c.flow_id,
                 at,
             }]);
         }
@@ -734,6 +739,7 @@ impl Campaign {
                 queue_id,
                 next_campaign_id,
                 max_concurrent_calls,
+                flow_id,
                 at,
             } => {
                 *self = Campaign {
@@ -747,6 +753,7 @@ impl Campaign {
                     queue_id,
                     next_campaign_id,
                     max_concurrent_calls,
+                    flow_id,
                     tm_create: Some(at),
                     tm_update: Some(at),
                     ..Campaign::default()
@@ -918,6 +925,7 @@ mod tests {
                 queue_id: None,
                 next_campaign_id: None,
                 max_concurrent_calls: 10,
+                flow_id: None,
             },
             at: t(0),
         });

@@ -249,12 +249,10 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
             }
             Ok(())
         }
-        // Transcribing the platform's own audio needs the media session to feed the
-        // transcription pipeline, which it does not yet: refused rather than accepted and
-        // silently never transcribed.
-        ActionKind::TranscribeStart(_) | ActionKind::TranscribeStop(_) => {
-            Err(format!("{:?} is not supported yet", kind.type_name()))
+        ActionKind::TranscribeStart(t) => {
+            vbin_event_schema::check_language(&t.language).map_err(|e| e.to_string())
         }
+        ActionKind::TranscribeStop(_) => Ok(()),
         ActionKind::RecordingStart(r) => {
             if r.format != "wav" {
                 return Err("format must be \"wav\"".into());

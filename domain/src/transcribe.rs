@@ -15,6 +15,11 @@ use vbin_event_schema::*;
 /// Longest transcript message, in characters.
 pub const MAX_TRANSCRIPT_CHARS: usize = 10_000;
 
+/// How long after a transcription completed a transcript of what was said before its end is
+/// still recorded (a recognizer finishes the last utterance only once its audio ended, which
+/// for a call that hangs up is after the hangup stopped the transcription).
+pub const LATE_TRANSCRIPT_GRACE_MS: i64 = 60_000;
+
 /// A new transcription, validated by the API.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewTranscribe {
@@ -42,7 +47,8 @@ pub enum TranscribeCommand {
         /// When.
         at: DateTime<Utc>,
     },
-    /// Record a recognized segment (refused once the transcription is completed).
+    /// Record a recognized segment (once the transcription is completed, only a segment that
+    /// starts before its end, within [`LATE_TRANSCRIPT_GRACE_MS`] of it).
     AddTranscript {
         /// The transcript's id.
         transcript_id: TranscriptId,
@@ -123,6 +129,16 @@ impl Transcribe {
         }))
     }
 
+    /// Whether a segment starting `tm_transcript_ms` into the transcription, arriving `at`, was
+    /// said while it ran and arrives within the grace period after its end.
+    fn heard_before_the_end(&self, tm_transcript_ms: u64, at: DateTime<Utc>) -> bool {
+        let (Some(start), Some(end)) = (self.tm_create, self.tm_end) else {
+            return false;
+        };
+        let ran_ms = (end - start).num_milliseconds().max(0) as u64;
+        tm_transcript_ms <= ran_ms && (at - end).num_milliseconds() <= LATE_TRANSCRIPT_GRACE_MS
+    }
+
     fn decide(&self, command: TranscribeCommand) -> Result<Vec<TranscribeEvent>, DomainError> {
         if let TranscribeCommand::Start { transcribe: t, at } = command {
             if self.id.is_some() {
@@ -152,7 +168,7 @@ impl Transcribe {
                 tm_transcript_ms,
                 at,
             } => {
-                if completed {
+                if completed && !self.heard_before_the_end(tm_transcript_ms, at) {
                     return Err(DomainError::FailedPrecondition(
                         "the transcribe is completed".into(),
                     ));
@@ -319,13 +335,25 @@ mod tests {
             .then_nothing();
         assert_eq!(*x, *before);
 
-        // No transcript after the end.
+        // No transcript of what was said after the end, nor one arriving long after it; one
+        // said before the end and recognized a little after is recorded.
         assert!(matches!(
             x.when(add(TranscriptDirection::In, "late", 5_000))
                 .then_refused(),
             DomainError::FailedPrecondition(_)
         ));
+        let mut stale = add(TranscriptDirection::In, "stale", 2_500);
+        if let TranscribeCommand::AddTranscript { at, .. } = &mut stale {
+            *at = t(3_000 + LATE_TRANSCRIPT_GRACE_MS + 1);
+        }
+        assert!(matches!(
+            x.when(stale).then_refused(),
+            DomainError::FailedPrecondition(_)
+        ));
         assert_eq!(x.transcripts, 2);
+        x.when(add(TranscriptDirection::In, "said before the end", 2_500))
+            .then_ok();
+        assert_eq!(x.transcripts, 3);
     }
 
     #[test]

@@ -265,6 +265,8 @@ pub enum CampaignEvent {
         next_campaign_id: Option<CampaignId>,
         /// Most calls in flight at once (without a queue).
         max_concurrent_calls: u32,
+        /// Flow that answered calls run (since 2.0).
+        flow_id: Option<FlowId>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -310,4 +312,17 @@ events!(CampaignEvent in "campaign" {
     CampaigncallCreated => CAMPAIGNCALL_CREATED = "campaigncall_created",
     CampaigncallUpdated => CAMPAIGNCALL_UPDATED = "campaigncall_updated",
 });
-version_1!(CampaignEvent);
+/// The current version of `campaign_created` (see [`crate::upcast`] for the history).
+pub const CAMPAIGN_CREATED_VERSION: &str = "2.0";
+
+impl DomainEvent for CampaignEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+    fn event_version(&self) -> String {
+        match self {
+            Self::CampaignCreated { .. } => CAMPAIGN_CREATED_VERSION.to_string(),
+            _ => "1.0".to_string(),
+        }
+    }
+}

@@ -5,8 +5,9 @@
 //!   at. 2.0 adds direction (1.0 calls were all outgoing), variables (none), dial_timeout_ms
 //!   (1.0 dialed with the then-fixed 30 s) and campaign_id (none).
 //! - `call_created` 2.0 -> 3.0: adds activeflow_id (no flow) and sandbox (no script).
+//! - `campaign_created` 1.0 -> 2.0: adds flow_id (no flow).
 
-use crate::CallEvent;
+use crate::{CallEvent, CampaignEvent};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{json, Value};
 
@@ -34,6 +35,14 @@ pub fn call_created_v2_to_v3(mut payload: Value) -> Value {
     payload
 }
 
+/// `campaign_created` 1.0 -> 2.0.
+pub fn campaign_created_v1_to_v2(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("flow_id").or_insert(Value::Null);
+    }
+    payload
+}
+
 /// Every upcaster, in the order they apply. Used by the event store and by replay.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     vec![
@@ -46,6 +55,11 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             CallEvent::CALL_CREATED,
             "3.0.0",
             Box::new(call_created_v2_to_v3),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            CampaignEvent::CAMPAIGN_CREATED,
+            "2.0.0",
+            Box::new(campaign_created_v1_to_v2),
         )),
     ]
 }

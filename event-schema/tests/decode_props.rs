@@ -664,6 +664,7 @@ fn campaign_event() -> BoxedStrategy<CampaignEvent> {
                     queue_id: q.map(QueueId),
                     next_campaign_id: next.map(CampaignId),
                     max_concurrent_calls: m,
+                    flow_id: next.map(FlowId),
                     at,
                 }
             ),

@@ -10,7 +10,10 @@
 //!   - `webhook_send`: a request signed like webhooks (the `webhook-id` is the activeflow id
 //!     and `seq`, the same on every retry of one execution); with `sync`, the actions of a 2xx
 //!     `{"actions":[...]}` body run next;
-//!   - `fetch_flow`: the customer's flow's actions run next.
+//!   - `fetch_flow`: the customer's flow's actions run next;
+//!   - `transcribe_start`: a transcription of the call (its id follows from the execution, so
+//!     a redelivery starts none twice), which the call's media session feeds;
+//!   - `transcribe_stop`: the call's running transcriptions stop.
 //!
 //!   Media actions (talk, digits, ...) are the media session's ([`ActionKind::is_media`]).
 
@@ -23,10 +26,18 @@ use vbin_app::flows::validate;
 use vbin_app::{AppError, ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::flow::renumber;
-use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
-use vbin_event_schema::flow::{ActionId, ActionKind, ActionResult, RawAction, WebhookSend};
+use vbin_domain::{
+    Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
+    Transcribe, TranscribeCommand,
+};
+use vbin_event_schema::flow::{
+    ActionId, ActionKind, ActionResult, RawAction, TranscribeStart, WebhookSend,
+};
 use vbin_event_schema::views::{CallView, ReferenceView};
-use vbin_event_schema::{ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent};
+use vbin_event_schema::{
+    ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent, TranscribeId,
+    TranscribeReferenceType,
+};
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::{AddressPolicy, GuardedResolver};
 use vbin_webhooks::signing::{signed_headers, Secrets};
@@ -204,6 +215,8 @@ impl Engine {
                 },
                 Err(err) => return Err(err.into()),
             },
+            ActionKind::TranscribeStart(t) => self.transcribe_start(&e, customer, seq, t).await?,
+            ActionKind::TranscribeStop(_) => self.transcribe_stop(&e, customer).await?,
             _ => return Ok(()),
         };
         let cmd = ActiveflowCommand::Complete {
@@ -212,6 +225,87 @@ impl Engine {
             at: Utc::now(),
         };
         self.activeflow(&e, customer, e.aggregate_id, cmd).await
+    }
+
+    /// Starts the execution's transcription of the activeflow's call.
+    async fn transcribe_start(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        t: &TranscribeStart,
+    ) -> Result<ActionResult, EngineError> {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
+            return Ok(ActionResult::default());
+        };
+        let id = TranscribeId(Uuid::new_v5(
+            &e.aggregate_id,
+            format!("transcribe_start:{seq}").as_bytes(),
+        ));
+        let cmd = TranscribeCommand::Start {
+            transcribe: NewTranscribe {
+                transcribe_id: id,
+                customer_id: customer,
+                reference_type: TranscribeReferenceType::Call,
+                reference_id: call,
+                language: t.language.clone(),
+                direction: t.direction,
+            },
+            at: Utc::now(),
+        };
+        let error = match self
+            .executor()
+            .execute::<Transcribe>(
+                id.as_uuid(),
+                customer,
+                Some(customer),
+                cmd,
+                &Self::meta(e, customer),
+            )
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => None,
+            Err(ExecError::Taken(what)) => Some(format!("transcribe_start: {what} is running")),
+            Err(ExecError::Domain(d)) => Some(format!("transcribe_start: {d}")),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(ActionResult {
+            error,
+            ..Default::default()
+        })
+    }
+
+    /// Stops the running transcriptions of the activeflow's call.
+    async fn transcribe_stop(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+    ) -> Result<ActionResult, EngineError> {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
+            return Ok(ActionResult::default());
+        };
+        let running = vbin_app::transcription::running_transcribes(&self.app.pool, call).await?;
+        for r in running
+            .into_iter()
+            .filter(|r| r.customer_id == customer.as_uuid())
+        {
+            let cmd = TranscribeCommand::Stop { at: Utc::now() };
+            match self
+                .executor()
+                .execute::<Transcribe>(
+                    r.transcribe_id,
+                    customer,
+                    Some(customer),
+                    cmd,
+                    &Self::meta(e, customer),
+                )
+                .await
+            {
+                Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(ActionResult::default())
     }
 
     /// Sends a command to the activeflow's call.

@@ -248,14 +248,31 @@ impl Player {
         self.send(Frame::Hangup).await
     }
 
-    async fn send(&self, f: Frame) -> Result<(), AudioSocketError> {
-        self.tx.send(f).await.map_err(|_| {
-            AudioSocketError::Io(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "session closed",
-            ))
-        })
+    /// Queues one frame of audio without waiting (for a caller that paces itself): false when
+    /// the queue is full and the frame was dropped; an error once the session closed.
+    pub fn try_play(&self, rate_hz: u32, samples: &[i16]) -> Result<bool, AudioSocketError> {
+        match self.tx.try_send(Frame::audio(rate_hz, samples)) {
+            Ok(()) => Ok(true),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(closed()),
+        }
     }
+
+    /// Asks the switch to hang up without waiting (after what is queued, if there is room).
+    pub fn try_hangup(&self) {
+        let _ = self.tx.try_send(Frame::Hangup);
+    }
+
+    async fn send(&self, f: Frame) -> Result<(), AudioSocketError> {
+        self.tx.send(f).await.map_err(|_| closed())
+    }
+}
+
+fn closed() -> AudioSocketError {
+    AudioSocketError::Io(std::io::Error::new(
+        std::io::ErrorKind::BrokenPipe,
+        "session closed",
+    ))
 }
 
 impl Session {

@@ -247,9 +247,56 @@ pub fn silence(ms: u32) -> Vec<i16> {
 /// [`BEEP_FADE_MS`] (or a third of the tone each, if it is shorter than that allows) so it does
 /// not click.
 pub fn beep(duration_ms: u32) -> Vec<i16> {
+    tone(&[BEEP_HZ], duration_ms, BEEP_PEAK)
+}
+
+/// The DTMF keys and their (low, high) frequencies in Hz (ITU-T Q.23).
+const DTMF_KEYS: [(char, f32, f32); 16] = [
+    ('1', 697.0, 1209.0),
+    ('2', 697.0, 1336.0),
+    ('3', 697.0, 1477.0),
+    ('A', 697.0, 1633.0),
+    ('4', 770.0, 1209.0),
+    ('5', 770.0, 1336.0),
+    ('6', 770.0, 1477.0),
+    ('B', 770.0, 1633.0),
+    ('7', 852.0, 1209.0),
+    ('8', 852.0, 1336.0),
+    ('9', 852.0, 1477.0),
+    ('C', 852.0, 1633.0),
+    ('*', 941.0, 1209.0),
+    ('0', 941.0, 1336.0),
+    ('#', 941.0, 1477.0),
+    ('D', 941.0, 1633.0),
+];
+
+/// In-band DTMF at 16 kHz: each key of `digits` as its two tones for `tone_ms`, followed by
+/// `gap_ms` of silence (keys that are not DTMF are skipped). Each tone peaks at about -9 dBFS,
+/// the pair at about -3 dBFS.
+pub fn dtmf(digits: &str, tone_ms: u32, gap_ms: u32) -> Vec<i16> {
+    let mut out = Vec::new();
+    for d in digits.chars() {
+        let Some(&(_, low, high)) = DTMF_KEYS
+            .iter()
+            .find(|(k, _, _)| *k == d.to_ascii_uppercase())
+        else {
+            continue;
+        };
+        out.extend(tone(&[low, high], tone_ms, BEEP_PEAK / 2.0));
+        out.extend(silence(gap_ms));
+    }
+    out
+}
+
+/// The sum of sines at `freqs` (each peaking at `peak`) for `duration_ms` at 16 kHz, faded in
+/// and out.
+fn tone(freqs: &[f32], duration_ms: u32, peak: f32) -> Vec<i16> {
     let n = samples_for(duration_ms);
     let fade = samples_for(BEEP_FADE_MS).min(n / 3).max(1);
-    let w = 2.0 * std::f32::consts::PI * BEEP_HZ / CLIP_RATE_HZ as f32;
+    let ws: Vec<f32> = freqs
+        .iter()
+        .map(|f| 2.0 * std::f32::consts::PI * f / CLIP_RATE_HZ as f32)
+        .collect();
     (0..n)
         .map(|i| {
             let from_edge = i.min(n - 1 - i);
@@ -259,7 +306,8 @@ pub fn beep(duration_ms: u32) -> Vec<i16> {
             } else {
                 1.0
             };
-            (BEEP_PEAK * gain * (w * i as f32).sin()).round() as i16
+            let v: f32 = ws.iter().map(|w| (w * i as f32).sin()).sum();
+            (peak * gain * v).round() as i16
         })
         .collect()
 }
@@ -419,5 +467,25 @@ mod tests {
         // Very short beeps still work.
         assert_eq!(beep(1).len(), 16);
         assert!(beep(0).is_empty());
+    }
+
+    #[test]
+    fn dtmf_keys_are_their_two_tones() {
+        let d = dtmf("2x#", 100, 50);
+        // Two keys (x is skipped), 150 ms each.
+        assert_eq!(d.len(), 2 * 2_400);
+        let f: Vec<f32> = d.iter().map(|&s| f32::from(s) / 32_768.0).collect();
+        let two = &f[200..1_400];
+        assert!(amplitude_at(two, 697.0, CLIP_RATE_HZ) > 0.2);
+        assert!(amplitude_at(two, 1_336.0, CLIP_RATE_HZ) > 0.2);
+        assert!(amplitude_at(two, 941.0, CLIP_RATE_HZ) < 0.01);
+        assert!(
+            f[1_700..2_400].iter().all(|s| *s == 0.0),
+            "the gap is silent"
+        );
+        let hash = &f[2_600..3_800];
+        assert!(amplitude_at(hash, 941.0, CLIP_RATE_HZ) > 0.2);
+        assert!(amplitude_at(hash, 1_477.0, CLIP_RATE_HZ) > 0.2);
+        assert!(amplitude_at(hash, 1_336.0, CLIP_RATE_HZ) < 0.01);
     }
 }

@@ -373,7 +373,7 @@ pub struct MediaSettings {
         long = "stt-provider",
         env = "VBIN_STT_PROVIDER",
         value_name = "PROVIDER",
-        default_value_t = SttProviderName::Pocketsphinx,
+        default_value_t = SttProviderName::Whisper,
         value_parser = stt_provider_name
     )]
     pub stt_provider: SttProviderName,
@@ -458,7 +458,7 @@ impl Default for MediaSettings {
     fn default() -> Self {
         Self {
             audiosocket_addr: SocketAddr::from(([127, 0, 0, 1], 9093)),
-            stt_provider: SttProviderName::Pocketsphinx,
+            stt_provider: SttProviderName::Whisper,
             stt_grammar: None,
             deepgram_api_key: None,
             deepgram_url: deepgram::DEFAULT_BASE_URL.into(),
@@ -531,14 +531,20 @@ impl MediaSettings {
         };
         match self.stt_provider {
             SttProviderName::Whisper => {
+                use vbin_media::stt::whisper::Whisper;
                 let dir = vbin_media::tts::piper::default_models_dir();
-                match vbin_media::stt::whisper::Whisper::from_models_dir(&dir) {
-                    Ok(w) => Ok(Arc::new(w)),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Whisper is not installed (scripts/models); transcribing with PocketSphinx");
-                        Ok(pocketsphinx())
-                    }
+                if !Whisper::available(&dir) {
+                    tracing::warn!(dir = %dir.display(), "Whisper is not installed (scripts/models); transcribing with PocketSphinx");
+                    return Ok(pocketsphinx());
                 }
+                // Loaded by the first transcription, not at every start.
+                Ok(Arc::new(vbin_media::stt::lazy::Lazy::new(
+                    "whisper",
+                    move || {
+                        Ok(Arc::new(Whisper::from_models_dir(&dir)?)
+                            as Arc<dyn vbin_media::stt::SttProvider>)
+                    },
+                )))
             }
             SttProviderName::Pocketsphinx => Ok(pocketsphinx()),
             SttProviderName::Deepgram => {

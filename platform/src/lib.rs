@@ -42,7 +42,8 @@ pub enum Part {
     Webhooks,
     /// The WebSocket gateway (`GET /v1.0/ws`) on the HTTP listener.
     Gateway,
-    /// The AudioSocket server (`VBIN_AUDIOSOCKET_ADDR`) and the transcription pipeline.
+    /// The media process: a media session per answered call (flows' media actions,
+    /// recordings, transcription) and the AudioSocket server (`VBIN_AUDIOSOCKET_ADDR`).
     Media,
 }
 
@@ -248,35 +249,25 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             stopped(&rx),
         )));
     }
-    if let Some(tts) = tts {
-        let media = vbin_callmedia::Media::new(
-            pool.clone(),
-            executor.clone(),
-            tts,
-            Some(store.clone()),
-            settings.webhooks.delivery().policy,
-            vbin_callmedia::Settings::default(),
-        );
-        tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));
-    }
-    if let Some(provider) = stt {
+    if let (Some(tts), Some(stt)) = (tts, stt) {
         let addr = settings.media.audiosocket_addr;
         let listener = vbin_media::audiosocket::bind(addr)
             .with_context(|| format!("binding the AudioSocket server on {addr}"))?;
         let local = listener.local_addr()?;
-        tracing::info!(addr = %local, provider = provider.name(), "AudioSocket server listening");
-        let pipeline = vbin_transcription::Pipeline::new(
+        tracing::info!(addr = %local, stt = stt.name(), "AudioSocket server listening");
+        let media = vbin_callmedia::Media::new(
             pool.clone(),
             executor.clone(),
-            provider,
-            Default::default(),
+            tts,
+            Some(vbin_transcription::Transcriber::new(executor.clone(), stt)),
+            Some(store.clone()),
+            settings.webhooks.delivery().policy,
+            vbin_callmedia::Settings::default(),
         );
-        let follow = tokio::spawn(pipeline.follow(bus.clone()));
-        let stop = stopped(&rx);
-        tasks.push(tokio::spawn(async move {
-            pipeline.run(listener, stop).await;
-            follow.abort();
-        }));
+        tasks.push(tokio::spawn(
+            media.clone().serve_audiosocket(listener, stopped(&rx)),
+        ));
+        tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
     let cache = vbin_projections::cache::Cache::new(redis_client.clone());

@@ -26,13 +26,13 @@ use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::{
-    Call, CallCommand, Campaign, CampaignCommand, DomainError, NewCall, Outplan, Target,
-    TargetCommand,
+    Activeflow, ActiveflowCommand, Call, CallCommand, Campaign, CampaignCommand, DomainError, Flow,
+    NewActiveflow, NewCall, Outplan, Target, TargetCommand,
 };
 use vbin_event_schema::views::{CallView, CampaignView};
 use vbin_event_schema::{
-    CallEvent, CallId, CampaignCallRecord, CampaignEvent, CampaignId, CampaignStatus, CustomerId,
-    EndHandle, PublishedEvent, TargetEvent, TargetId, TargetResult,
+    ActiveflowId, CallEvent, CallId, CampaignCallRecord, CampaignEvent, CampaignId, CampaignStatus,
+    CustomerId, EndHandle, FlowId, PublishedEvent, TargetEvent, TargetId, TargetResult, E164,
 };
 use vbin_eventlog::CommandMeta;
 
@@ -379,17 +379,25 @@ impl Campaigns {
                 )
                 .await,
         )?;
+        let source = plan.source.clone().expect("created outplan has a source");
+        let activeflow_id = match c.flow_id {
+            Some(flow) => {
+                self.attach_flow(c, flow, call_id, (&source, &destination), target, meta)
+                    .await?
+            }
+            None => None,
+        };
         let create = CallCommand::Create {
             call: NewCall {
                 call_id,
                 customer_id: c.customer_id,
-                source: plan.source.clone().expect("created outplan has a source"),
+                source,
                 destination,
                 variables: target.variables.clone(),
                 dial_timeout_ms: plan.dial_timeout_ms,
                 campaign_id: Some(campaign_id),
                 direction: vbin_event_schema::CallDirection::Outgoing,
-                activeflow_id: None,
+                activeflow_id,
                 sandbox: None,
             },
             at: Utc::now(),
@@ -400,6 +408,64 @@ impl Campaigns {
             .await
         {
             Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The activeflow running the campaign's flow on `call` once answered: one per call
+    /// (its id follows from the call's), however often an interrupted dial is redone. A flow
+    /// deleted since the campaign was created is logged and the call placed without it.
+    async fn attach_flow(
+        &self,
+        c: &Campaign,
+        flow_id: FlowId,
+        call: CallId,
+        (source, destination): (&E164, &E164),
+        target: &Target,
+        meta: &CommandMeta,
+    ) -> Result<Option<ActiveflowId>, ProcessError> {
+        let id = ActiveflowId(Uuid::new_v5(&call.as_uuid(), b"campaign-activeflow"));
+        if self
+            .executor
+            .load::<Activeflow>(id.as_uuid(), Some(c.customer_id))
+            .await?
+            .is_some()
+        {
+            return Ok(Some(id));
+        }
+        let flow = match self
+            .executor
+            .load::<Flow>(flow_id.as_uuid(), Some(c.customer_id))
+            .await?
+        {
+            Some(f) if f.is_live() => f,
+            _ => {
+                tracing::warn!(campaign_id = ?c.id, %flow_id, %call, "the campaign's flow was deleted; the call is placed without a flow");
+                return Ok(None);
+            }
+        };
+        let cmd = ActiveflowCommand::Create {
+            new: NewActiveflow {
+                activeflow_id: id,
+                customer_id: c.customer_id,
+                flow_id: Some(flow_id),
+                reference_id: call,
+                actions: flow.actions,
+                variables: vbin_app::flows::call_variables(
+                    call,
+                    source,
+                    destination,
+                    &target.variables,
+                ),
+            },
+            at: Utc::now(),
+        };
+        match self
+            .executor
+            .execute::<Activeflow>(id.as_uuid(), c.customer_id, None, cmd, meta)
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => Ok(Some(id)),
             Err(e) => Err(e.into()),
         }
     }

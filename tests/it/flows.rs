@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
 
-const SALES: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000b2";
+pub(crate) const SALES: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000b2";
 const SUPPORT: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000b1";
 const MENU: &str = "0191a0d2-7c4e-7b0e-8f00-0000000000a0";
 
 /// "talk a menu -> digits_receive -> branch -> talk -> hangup".
-fn ivr() -> Value {
+pub(crate) fn ivr() -> Value {
     json!([
         {"type": "recording_start", "option": {"beep_start": false}},
         {"id": MENU, "type": "talk", "option": {"text": "Hello ${name}. Press one for support or two for sales."}},
@@ -25,12 +25,12 @@ fn ivr() -> Value {
     ])
 }
 
-fn uuid_of(v: &Value) -> Uuid {
+pub(crate) fn uuid_of(v: &Value) -> Uuid {
     v["id"].as_str().expect("an id").parse().expect("a uuid")
 }
 
 /// Waits for the call's activeflow (read model) to end; returns it.
-async fn ended_flow(env: &Env, tok: &str, call: Uuid, within: Duration) -> Value {
+pub(crate) async fn ended_flow(env: &Env, tok: &str, call: Uuid, within: Duration) -> Value {
     let api = env.client(tok);
     let what = format!(
         "the flow of call {call} to end; log {}",
@@ -152,12 +152,7 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
         )
         .await[0];
     let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
-    let executed: Vec<&str> = af["executed_actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["type"].as_str().unwrap())
-        .collect();
+    let executed = executed(&af);
     assert_eq!(
         executed,
         [
@@ -237,9 +232,36 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
 }
 
 /// What the simulated person says.
-const FAR_END: &str = "i would like to buy a phone";
+pub(crate) const FAR_END: &str = "i would like to buy a phone";
 /// The menu, as the recognizer writes it.
-const MENU_TEXT: &str = "hello ann press one for support or two for sales";
+pub(crate) const MENU_TEXT: &str = "hello ann press one for support or two for sales";
+/// Everything said in these tests, as the recognizer writes it.
+pub(crate) const PHRASES: [&str; 4] = [MENU_TEXT, "sales will call you back", "support", FAR_END];
+
+/// A JSGF grammar of sequences of [`PHRASES`] (PocketSphinx is exact with it); the caller
+/// removes the file.
+pub(crate) fn grammar() -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("vbin-flows-{}.gram", Uuid::new_v4()));
+    std::fs::write(
+        &path,
+        format!(
+            "#JSGF V1.0;\ngrammar vbin;\npublic <s> = ({})+;\n",
+            PHRASES.join(" | ")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The types of an activeflow's executed actions.
+pub(crate) fn executed(af: &Value) -> Vec<&str> {
+    af["executed_actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect()
+}
 
 /// A 16-bit stereo WAV's channels.
 fn stereo(wav: &[u8]) -> (Vec<i16>, Vec<i16>) {
@@ -261,20 +283,11 @@ fn stereo(wav: &[u8]) -> (Vec<i16>, Vec<i16>) {
     (left, right)
 }
 
-/// What PocketSphinx hears in 16 kHz audio, restricted to sequences of this test's phrases
+/// What PocketSphinx hears in 16 kHz audio, restricted to sequences of [`PHRASES`]
 /// (utterances joined by spaces).
-async fn recognize(audio: &[i16]) -> String {
+pub(crate) async fn recognize(audio: &[i16]) -> String {
     use vbin_media::stt::{pocketsphinx::PocketSphinx, SttProvider};
-    let phrases = [MENU_TEXT, "sales will call you back", "support", FAR_END];
-    let grammar = std::env::temp_dir().join(format!("vbin-flows-{}.gram", Uuid::new_v4()));
-    std::fs::write(
-        &grammar,
-        format!(
-            "#JSGF V1.0;\ngrammar vbin;\npublic <s> = ({})+;\n",
-            phrases.join(" | ")
-        ),
-    )
-    .unwrap();
+    let grammar = grammar();
     let stt = PocketSphinx::new().with_grammar(&grammar);
     assert!(
         stt.available(),
@@ -328,12 +341,7 @@ async fn inline_actions_run_and_the_flow_ends_with_its_call() {
         )
         .await[0];
     let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
-    let executed: Vec<&str> = af["executed_actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["type"].as_str().unwrap())
-        .collect();
+    let executed = executed(&af);
     assert_eq!(
         executed,
         [
@@ -441,12 +449,7 @@ async fn a_call_to_a_number_runs_the_numbers_flow() {
     assert_eq!(call["direction"], "incoming");
     let call = uuid_of(&call);
     let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
-    let executed: Vec<&str> = af["executed_actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["type"].as_str().unwrap())
-        .collect();
+    let executed = executed(&af);
     assert_eq!(
         executed,
         ["answer", "talk", "digits_receive", "hangup"],
@@ -526,12 +529,7 @@ async fn webhook_send_sync_runs_the_actions_the_customer_answers() {
         )
         .await[0];
     let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
-    let executed: Vec<&str> = af["executed_actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["type"].as_str().unwrap())
-        .collect();
+    let executed = executed(&af);
     assert_eq!(
         executed,
         [
@@ -615,12 +613,7 @@ async fn kill_9_mid_flow_replays_the_talk_and_sends_the_webhook_once() {
     env.platform = env.spawn_platform().await;
     let ended = ended_flow(&env, &tok, call, Duration::from_secs(60)).await;
     assert_eq!(ended["id"], af["id"]);
-    let executed: Vec<&str> = ended["executed_actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["type"].as_str().unwrap())
-        .collect();
+    let executed = executed(&ended);
     // Each action executed once in the log; the talk was played again by the new process.
     assert_eq!(executed, ["webhook_send", "talk", "hangup"], "{ended}");
     let log = std::fs::read_to_string(env.platform.log_path()).unwrap();

@@ -10,6 +10,7 @@ mod chaos;
 mod flows;
 mod fuzz_api;
 mod gateway;
+mod media_flows;
 mod openapi;
 mod read_side;
 mod security;

@@ -230,14 +230,14 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
     // The transcript event carries the transcript (what webhooks and WebSocket push).
     assert_eq!(events[1].2["type"], "transcript");
     assert_eq!(events[1].2["message"], "hello, this is vbin");
-    // No transcript after the end.
+    // No transcript of what is said after the end (ten minutes in).
     let err = record_transcript(
         &executor,
         owner,
         tid,
         TranscriptDirection::In,
         "late",
-        9_000,
+        600_000,
     )
     .await
     .unwrap_err();
@@ -413,8 +413,8 @@ async fn a_transcription_started_while_the_audio_flows_hears_what_follows() {
     let mut sock = audiosocket(&env, call).await;
     use tokio::io::AsyncWriteExt;
     stream_audio(&mut sock, &[0i16; 16_000]).await;
-    // Started a second into the session: the session is told through the event stream (its
-    // periodic look-up is 30 s away), so the phrase after a second of silence is heard.
+    // Started a second into the session: the media process hears of it on the event stream
+    // and taps the session, so the phrase after a second of silence is heard.
     let (s, t) = api.transcribe(body(call, Some("in"))).await;
     assert_eq!(s, 200, "{t}");
     let transcribe = uuid_of(&t);

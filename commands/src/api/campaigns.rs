@@ -16,8 +16,8 @@ use vbin_domain::{
     OutplanCommand, Target, TargetCommand,
 };
 use vbin_event_schema::{
-    CampaignId, CampaignStatus, CustomerId, EndHandle, OutdialId, OutplanId, QueueId, TargetId,
-    E164,
+    CampaignId, CampaignStatus, CustomerId, EndHandle, FlowId, OutdialId, OutplanId, QueueId,
+    TargetId, E164,
 };
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
@@ -240,6 +240,7 @@ pub struct CreateCampaign {
     queue_id: Option<Uuid>,
     next_campaign_id: Option<Uuid>,
     max_concurrent_calls: Option<u32>,
+    flow_id: Option<Uuid>,
 }
 
 /// A validated `POST /v1.0/campaigns` body (the referenced resources are checked by the
@@ -262,6 +263,8 @@ pub struct ValidCampaign {
     pub next_campaign_id: Option<Uuid>,
     /// 1 to [`MAX_CONCURRENT_CALLS`] (default [`DEFAULT_CONCURRENT_CALLS`]).
     pub max_concurrent_calls: u32,
+    /// Flow that answered calls run (not with a queue).
+    pub flow_id: Option<Uuid>,
 }
 
 impl CreateCampaign {
@@ -276,6 +279,12 @@ impl CreateCampaign {
             1,
             MAX_CONCURRENT_CALLS,
         )?;
+        if self.queue_id.is_some() && self.flow_id.is_some() {
+            // Both would act on an answered call at once.
+            return Err(ApiError::invalid(
+                "queue_id and flow_id cannot both be set: answered calls either join the queue or run the flow",
+            ));
+        }
         Ok(ValidCampaign {
             name: self.name,
             outplan_id: self.outplan_id,
@@ -285,6 +294,7 @@ impl CreateCampaign {
             queue_id: self.queue_id,
             next_campaign_id: self.next_campaign_id,
             max_concurrent_calls,
+            flow_id: self.flow_id,
         })
     }
 }
@@ -304,6 +314,9 @@ pub async fn create_campaign(
     if let Some(next) = b.next_campaign_id {
         require::<Campaign>(&s, next, c.customer_id, "next campaign").await?;
     }
+    if let Some(flow) = b.flow_id {
+        s.app.live_flow(c.customer_id, FlowId(flow)).await?;
+    }
     let id = CampaignId(vbin_app::new_id());
     let cmd = CampaignCommand::Create {
         campaign: NewCampaign {
@@ -317,6 +330,7 @@ pub async fn create_campaign(
             queue_id: b.queue_id.map(QueueId),
             next_campaign_id: b.next_campaign_id.map(CampaignId),
             max_concurrent_calls: b.max_concurrent_calls,
+            flow_id: b.flow_id.map(FlowId),
         },
         at: Utc::now(),
     };

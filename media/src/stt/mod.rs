@@ -6,6 +6,7 @@
 //! what it still holds, sends its last segments and closes the results channel.
 
 pub mod deepgram;
+pub mod lazy;
 pub mod pocketsphinx;
 pub mod vad;
 pub mod whisper;

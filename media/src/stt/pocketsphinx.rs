@@ -102,8 +102,29 @@ impl SttProvider for PocketSphinx {
         };
         let (audio, mut frames) = mpsc::channel::<Vec<i16>>(AUDIO_QUEUE);
         let (out, results) = mpsc::channel(64);
+        // PocketSphinx loses speech that follows digital silence at the very start of its
+        // input (its noise floor is not set yet), and a call's media starts with exactly
+        // that: the recognizer is fed from the first sample that is not zero, and the times
+        // of what it hears are shifted back by what was skipped.
+        let (skipped_tx, skipped_rx) = tokio::sync::oneshot::channel::<u64>();
         tokio::spawn(async move {
-            while let Some(f) = frames.recv().await {
+            let mut skipped: u64 = 0;
+            let mut skipped_tx = Some(skipped_tx);
+            while let Some(mut f) = frames.recv().await {
+                if let Some(tx) = skipped_tx.take() {
+                    match f.iter().position(|&v| v != 0) {
+                        None => {
+                            skipped += f.len() as u64;
+                            skipped_tx = Some(tx);
+                            continue;
+                        }
+                        Some(i) => {
+                            skipped += i as u64;
+                            f.drain(..i);
+                            let _ = tx.send(skipped * 1000 / u64::from(STT_RATE_HZ));
+                        }
+                    }
+                }
                 let bytes: Vec<u8> = f.iter().flat_map(|s| s.to_le_bytes()).collect();
                 if stdin.write_all(&bytes).await.is_err() {
                     return;
@@ -116,10 +137,18 @@ impl SttProvider for PocketSphinx {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             let mut parser = Parser::default();
+            // Known before anything is heard: the recognizer is fed only after the skip.
+            let mut skipped_rx = Some(skipped_rx);
+            let mut offset_ms = 0;
             loop {
                 match lines.next_line().await {
                     Ok(Some(line)) => {
-                        if let Some(seg) = parser.line(&line) {
+                        if let Some(rx) = skipped_rx.take() {
+                            offset_ms = rx.await.unwrap_or(0);
+                        }
+                        if let Some(mut seg) = parser.line(&line) {
+                            seg.start_ms += offset_ms;
+                            seg.end_ms += offset_ms;
                             if out.send(Ok(seg)).await.is_err() {
                                 break;
                             }
@@ -132,7 +161,9 @@ impl SttProvider for PocketSphinx {
                     }
                 }
             }
-            if let Some(seg) = parser.finish() {
+            if let Some(mut seg) = parser.finish() {
+                seg.start_ms += offset_ms;
+                seg.end_ms += offset_ms;
                 let _ = out.send(Ok(seg)).await;
             }
             let _ = child.wait().await;

@@ -1,0 +1,191 @@
+//! AudioSocket (Asterisk) as a call's far end: the switch's audio and DTMF frames come in on
+//! the connection, the platform's audio goes back out on it, resampled at the edge.
+//!
+//! The connection is read by its own task ([`pump`]), which hands frames over a channel; the
+//! session's tick takes one 20 ms frame from a short jitter buffer (silence when the switch
+//! is late), so a slow or bursty connection never stalls the session's clock.
+
+use crate::far::{FarEnd, Inbound};
+use crate::frame::{FRAME_SAMPLES, RATE_HZ};
+use std::collections::{HashMap, VecDeque};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+use vbin_media::audiosocket::{self, Player, Session};
+use vbin_media::resample::Resampler;
+
+/// Most far-end audio held back, in samples at 16 kHz (200 ms): more means the switch sends
+/// faster than real time, and the oldest audio is dropped to keep the delay bounded.
+const JITTER_MAX: usize = RATE_HZ as usize / 5;
+
+/// Frames waiting between the connection's reader and the session (2 s).
+const QUEUE: usize = 100;
+
+/// What the reader hands the far end.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Audio at a rate.
+    Audio(u32, Vec<i16>),
+    /// A key.
+    Dtmf(char),
+}
+
+/// An AudioSocket connection as the far end of a session.
+pub struct SocketFar {
+    call: Uuid,
+    rx: mpsc::Receiver<Incoming>,
+    player: Player,
+    /// Up-samplers by the switch's rate (it may change mid-call).
+    up: HashMap<u32, Resampler>,
+    /// Far-end samples at the switch's rate waiting for a whole 20 ms frame, by rate.
+    partial: HashMap<u32, Vec<i16>>,
+    /// Far-end audio at 16 kHz, waiting for its tick.
+    jitter: VecDeque<i16>,
+    /// The rate the platform's audio is sent at: the switch's (8 kHz until it says).
+    out_rate: u32,
+    down: Option<Resampler>,
+    out: Vec<i16>,
+    closed: bool,
+}
+
+impl SocketFar {
+    /// The far end of `session` (its frames come through `rx`, filled by [`pump`]).
+    pub fn new(call: Uuid, rx: mpsc::Receiver<Incoming>, player: Player) -> Self {
+        Self {
+            call,
+            rx,
+            player,
+            up: HashMap::new(),
+            partial: HashMap::new(),
+            jitter: VecDeque::new(),
+            out_rate: 8_000,
+            down: None,
+            out: Vec::with_capacity(FRAME_SAMPLES),
+            closed: false,
+        }
+    }
+
+    fn take_audio(&mut self, rate: u32, samples: &[i16]) {
+        self.out_rate = rate;
+        let up = match self.up.entry(rate) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match Resampler::new(rate, RATE_HZ) {
+                Ok(r) => v.insert(r),
+                Err(e) => {
+                    tracing::warn!(call_id = %self.call, rate, error = %e, "AudioSocket audio at an unusable rate dropped");
+                    return;
+                }
+            },
+        };
+        let partial = self.partial.entry(rate).or_default();
+        partial.extend_from_slice(samples);
+        let n = up.input_frame_len();
+        let mut used = 0;
+        let mut out = Vec::with_capacity(FRAME_SAMPLES);
+        while partial.len() - used >= n {
+            if up.process(&partial[used..used + n], &mut out).is_err() {
+                break;
+            }
+            used += n;
+        }
+        partial.drain(..used);
+        self.jitter.extend(out);
+        let excess = self.jitter.len().saturating_sub(JITTER_MAX);
+        if excess > 0 {
+            self.jitter.drain(..excess);
+            metrics::counter!("vbin_media_jitter_dropped_samples_total").increment(excess as u64);
+        }
+    }
+}
+
+impl FarEnd for SocketFar {
+    fn next_frame(&mut self, _now: Instant) -> Inbound {
+        let mut inbound = Inbound::default();
+        loop {
+            match self.rx.try_recv() {
+                Ok(Incoming::Audio(rate, samples)) => self.take_audio(rate, &samples),
+                Ok(Incoming::Dtmf(d)) => inbound.dtmf.push(d),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    break;
+                }
+            }
+        }
+        let n = FRAME_SAMPLES.min(self.jitter.len());
+        inbound.audio = self.jitter.drain(..n).collect();
+        inbound.audio.resize(FRAME_SAMPLES, 0);
+        inbound
+    }
+
+    fn hear(&mut self, frame: &[i16]) {
+        if self.closed {
+            return;
+        }
+        if self
+            .down
+            .as_ref()
+            .is_none_or(|d| d.to_hz() != self.out_rate)
+        {
+            self.down = Resampler::new(RATE_HZ, self.out_rate).ok();
+        }
+        let Some(down) = self.down.as_mut() else {
+            return;
+        };
+        self.out.clear();
+        if down.process(frame, &mut self.out).is_err() {
+            return;
+        }
+        // The session paces; a full queue means the switch stopped reading: drop the frame.
+        match self.player.try_play(self.out_rate, &self.out) {
+            Ok(true) => {}
+            Ok(false) => metrics::counter!("vbin_media_socket_dropped_frames_total").increment(1),
+            Err(_) => self.closed = true,
+        }
+    }
+
+    fn dtmf(&mut self, _digits: &str) -> bool {
+        // AudioSocket carries keys only from the switch: the platform's go in band.
+        false
+    }
+
+    fn gone(&self) -> bool {
+        self.closed
+    }
+}
+
+impl Drop for SocketFar {
+    fn drop(&mut self) {
+        // The session ended (the call was hung up here): the switch hangs up its side too.
+        if !self.closed {
+            self.player.try_hangup();
+        }
+    }
+}
+
+/// Reads `session`'s frames into `tx` until the switch hangs up, the connection fails, or the
+/// far end is dropped. Returns why it ended.
+pub async fn pump(mut session: Session, tx: mpsc::Sender<Incoming>) -> String {
+    loop {
+        let item = tokio::select! {
+            f = session.next() => f,
+            _ = tx.closed() => return "the call's media session ended".into(),
+        };
+        let msg = match item {
+            None => return "hangup".into(),
+            Some(Err(e)) => return e.to_string(),
+            Some(Ok(audiosocket::Inbound::Audio { rate_hz, samples })) => {
+                Incoming::Audio(rate_hz, samples)
+            }
+            Some(Ok(audiosocket::Inbound::Dtmf(d))) => Incoming::Dtmf(d),
+        };
+        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg) {
+            return "the call's media session ended".into();
+        }
+    }
+}
+
+/// A channel for [`pump`] and [`SocketFar::new`].
+pub fn channel() -> (mpsc::Sender<Incoming>, mpsc::Receiver<Incoming>) {
+    mpsc::channel(QUEUE)
+}

@@ -1,0 +1,376 @@
+//! End-to-end tests of flows on a call's media session beyond the sandbox's simulated person:
+//! transcription of both sides started and stopped by a flow, and an IVR whose far end is an
+//! AudioSocket connection (as Asterisk makes one) pressing a key with a DTMF frame.
+
+use crate::flows::{
+    ended_flow, executed, grammar, ivr, recognize, uuid_of, FAR_END, MENU_TEXT, SALES,
+};
+use crate::support::Env;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+/// A platform whose PocketSphinx knows the flows' phrases; returns it and the grammar file.
+async fn env_with_grammar() -> (Env, std::path::PathBuf) {
+    let g = grammar();
+    let env = Env::start_with_env(&[
+        ("VBIN_STT_PROVIDER", "pocketsphinx"),
+        ("VBIN_STT_GRAMMAR", g.to_str().unwrap()),
+    ])
+    .await;
+    (env, g)
+}
+
+#[tokio::test]
+async fn a_flow_transcribes_both_sides_until_it_stops_transcribing() {
+    let (env, grammar) = env_with_grammar().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // The far end speaks while the menu plays (each on its own side); what is said after
+    // transcribe_stop ("support") is not transcribed.
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002100"],
+            json!({"actions": [
+                {"type": "transcribe_start", "option": {"language": "en-US", "direction": "both"}},
+                {"type": "talk", "option": {"text": "Hello Ann. Press one for support or two for sales."}},
+                {"type": "sleep", "option": {"duration": 2500}},
+                {"type": "transcribe_stop"},
+                {"type": "talk", "option": {"text": "Support"}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [{"at_ms": 1000, "say": FAR_END},
+                                      {"at_ms": 60000, "hangup": true}]}}),
+        )
+        .await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
+    assert_eq!(
+        executed(&af),
+        [
+            "transcribe_start",
+            "talk",
+            "sleep",
+            "transcribe_stop",
+            "talk",
+            "hangup"
+        ],
+        "{af}"
+    );
+    assert!(
+        af["executed_actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["error"].is_null()),
+        "{af}"
+    );
+    // The flow's transcription: completed by transcribe_stop.
+    let (s, list) = api.get("/v1.0/transcribes").await;
+    assert_eq!(s, 200, "{list}");
+    let tr = list["result"][0].clone();
+    assert_eq!(
+        (tr["reference_id"].as_str(), tr["direction"].as_str()),
+        (Some(call.to_string().as_str()), Some("both")),
+        "{tr}"
+    );
+    let tr = api
+        .wait_get(
+            &format!("/v1.0/transcribes/{}", uuid_of(&tr)),
+            Duration::from_secs(10),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
+    // Each side's speech, tagged with its side, and nothing said after the stop.
+    let path = format!("/v1.0/transcripts?transcribe_id={}", uuid_of(&tr));
+    let v = api
+        .wait_get(&path, Duration::from_secs(20), |_, v| {
+            v["result"].as_array().is_some_and(|r| r.len() >= 2)
+        })
+        .await;
+    // Late segments of a stopped stream are refused, so the list is final now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, v2) = api.get(&path).await;
+    assert_eq!(v["result"], v2["result"], "no transcript after the stop");
+    let mut got: Vec<(String, String)> = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["direction"].as_str().unwrap().to_string(),
+                t["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("in".to_string(), FAR_END.to_string()),
+            ("out".to_string(), MENU_TEXT.to_string())
+        ],
+        "{v}"
+    );
+    let _ = std::fs::remove_file(grammar);
+}
+
+/// An AudioSocket frame.
+fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![kind];
+    f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Connects to the AudioSocket server as Asterisk does once `call` is answered (its UUID
+/// frame first).
+async fn switch_connects(env: &Env, call: Uuid) -> tokio::net::TcpStream {
+    env.wait_call(
+        call,
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        |s| s == "progressing",
+    )
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
+        .await
+        .unwrap();
+    sock.write_all(&frame(0x01, call.as_bytes())).await.unwrap();
+    sock
+}
+
+/// What the switch received: the platform's audio at 16 kHz, and whether it was told to hang
+/// up (frame 0x00) before the connection closed.
+struct Received {
+    audio: Vec<i16>,
+    hangup: bool,
+}
+
+/// Reads frames until the platform hangs up or closes the connection.
+async fn read_all(mut r: tokio::net::tcp::OwnedReadHalf) -> Received {
+    let mut got = Received {
+        audio: Vec::new(),
+        hangup: false,
+    };
+    loop {
+        let mut head = [0u8; 3];
+        if r.read_exact(&mut head).await.is_err() {
+            return got;
+        }
+        let len = u16::from_be_bytes([head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if r.read_exact(&mut payload).await.is_err() {
+            return got;
+        }
+        match head[0] {
+            0x00 => {
+                got.hangup = true;
+                return got;
+            }
+            // Only wideband audio is kept: before the switch's first frame the platform
+            // cannot know its rate and sends 8 kHz (silence, here).
+            0x12 => got.audio.extend(
+                payload
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]])),
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_ivr_runs_over_audiosocket_and_takes_the_branch_of_a_dtmf_frame() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    // The IVR without its recording, after a second's wait for the switch to connect.
+    let mut actions = ivr().as_array().unwrap().clone();
+    actions[0] = json!({"type": "sleep", "option": {"duration": 1000}});
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002200"],
+            json!({"actions": actions, "variables": {"name": "Ann", "talk_seconds": 60}}),
+        )
+        .await[0];
+
+    // Asterisk's side: the UUID, then slin16 silence at real time, and key 2 (frame 0x03)
+    // while the menu plays (it waits for digits_receive).
+    let (r, mut w) = switch_connects(&env, call).await.into_split();
+    let reader = tokio::spawn(read_all(r));
+    let writer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for i in 0..2_000 {
+            tick.tick().await;
+            if i == 150 && w.write_all(&frame(0x03, b"2")).await.is_err() {
+                return;
+            }
+            if w.write_all(&frame(0x12, &[0u8; 640])).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(
+        executed(&af),
+        [
+            "sleep",
+            "talk",
+            "digits_receive",
+            "branch",
+            "talk",
+            "hangup"
+        ],
+        "{af}"
+    );
+    assert_eq!(af["executed_actions"][4]["id"], SALES, "{af}");
+    assert_eq!(af["variables"]["voipbin.call.digits"], "2", "{af}");
+    // The flow hung up: the switch is told to hang up too.
+    let got = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the platform ends the AudioSocket session")
+        .unwrap();
+    writer.abort();
+    assert!(got.hangup, "a hangup frame before the connection closed");
+    // What the switch heard: the menu, then the branch's talk.
+    assert_eq!(
+        recognize(&got.audio).await,
+        format!("{MENU_TEXT} sales will call you back")
+    );
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (c["status"].as_str(), c["hangup_by"].as_str()),
+        (Some("completed"), Some("local")),
+        "{c}"
+    );
+}
+
+#[tokio::test]
+async fn the_switch_hanging_up_ends_the_call_and_unknown_calls_are_refused() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002300"],
+            json!({"actions": [{"type": "sleep", "option": {"duration": 60000}}],
+                   "variables": {"talk_seconds": 60}}),
+        )
+        .await[0];
+    let mut sock = switch_connects(&env, call).await;
+    for _ in 0..25 {
+        sock.write_all(&frame(0x10, &[0u8; 320])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sock.write_all(&frame(0x00, &[])).await.unwrap();
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (c["status"].as_str(), c["hangup_by"].as_str()),
+        (Some("completed"), Some("remote")),
+        "{c}"
+    );
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(10)).await;
+    assert_eq!(af["end_reason"], "call_ended", "{af}");
+
+    // A connection for a call nobody knows is closed at once.
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", env.platform.audiosocket_port))
+        .await
+        .unwrap();
+    sock.write_all(&frame(0x01, Uuid::now_v7().as_bytes()))
+        .await
+        .unwrap();
+    let (r, _w) = sock.into_split();
+    let got = tokio::time::timeout(Duration::from_secs(3), read_all(r))
+        .await
+        .expect("closed at once");
+    assert!(got.audio.is_empty());
+}
+
+#[tokio::test]
+async fn a_campaigns_answered_calls_run_its_flow() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let flow = api
+        .create(
+            "/v1.0/flows",
+            json!({"name": "notice", "actions": [
+                {"type": "variable_set", "option": {"key": "greeted", "value": "${who}"}},
+                {"type": "talk", "option": {"text": "Support"}},
+                {"type": "hangup"}]}),
+        )
+        .await;
+    let plan = api
+        .create(
+            "/v1.0/outplans",
+            json!({"name": "plan", "source": "+15550001000", "dial_timeout_ms": 3000,
+                   "try_interval_ms": 300, "max_try_count": 1}),
+        )
+        .await;
+    let outdial = api.create("/v1.0/outdials", json!({"name": "list"})).await;
+    for who in ["ann", "bob"] {
+        api.create(
+            &format!("/v1.0/outdials/{}/targets", uuid_of(&outdial)),
+            json!({"destinations": ["+15550002000"], "variables": {"who": who, "talk_seconds": 60}}),
+        )
+        .await;
+    }
+    let body = |extra: serde_json::Value| {
+        let mut b = json!({"name": "c", "outplan_id": plan["id"], "outdial_id": outdial["id"]});
+        b.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        b
+    };
+    // A flow that is not the customer's, or with a queue, is refused.
+    let (s, v) = api
+        .post("/v1.0/campaigns", body(json!({"flow_id": Uuid::now_v7()})))
+        .await;
+    assert_eq!(s, 404, "{v}");
+    let (s, v) = api
+        .post(
+            "/v1.0/campaigns",
+            body(json!({"flow_id": flow["id"], "queue_id": Uuid::now_v7()})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let camp = api
+        .create("/v1.0/campaigns", body(json!({"flow_id": flow["id"]})))
+        .await;
+    assert_eq!(camp["flow_id"], flow["id"], "{camp}");
+    let (s, v) = api
+        .set_campaign_status(&uuid_of(&camp).to_string(), "running")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    api.wait_get(
+        &format!("/v1.0/campaigns/{}", uuid_of(&camp)),
+        Duration::from_secs(30),
+        |_, v| v["status"] == "completed",
+    )
+    .await;
+    // Each call ran the flow with its target's variables, and the flow hung it up (long before
+    // its 60 s of talk).
+    let (_, calls) = api
+        .get(&format!(
+            "/v1.0/campaigncalls?campaign_id={}",
+            uuid_of(&camp)
+        ))
+        .await;
+    let calls = calls["result"].as_array().unwrap().clone();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let mut greeted = Vec::new();
+    for cc in calls {
+        let call: Uuid = cc["reference_id"].as_str().unwrap().parse().unwrap();
+        let af = ended_flow(&env, &tok, call, Duration::from_secs(20)).await;
+        assert_eq!(executed(&af), ["variable_set", "talk", "hangup"], "{af}");
+        assert_eq!(af["flow_id"], flow["id"]);
+        greeted.push(af["variables"]["greeted"].as_str().unwrap().to_string());
+        let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+        assert_eq!(c["hangup_by"], "local", "{c}");
+        assert_eq!(c["activeflow_id"], af["id"]);
+    }
+    greeted.sort();
+    assert_eq!(greeted, ["ann", "bob"]);
+}

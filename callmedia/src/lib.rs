@@ -102,7 +102,8 @@ pub struct Media {
     tts: Arc<dyn TtsProvider>,
     settings: Arc<Settings>,
     sessions: Arc<Mutex<HashMap<CallId, Handle>>>,
-    starting: Arc<tokio::sync::Mutex<()>>,
+    /// One start at a time per call (starts of different calls run concurrently).
+    starting: Arc<Mutex<HashMap<CallId, Arc<tokio::sync::Mutex<()>>>>>,
     store: Option<Store>,
     capturing: Arc<Mutex<std::collections::HashSet<RecordingId>>>,
     player: play::Player,
@@ -812,7 +813,25 @@ impl Media {
         if let Some(h) = self.sessions.lock().expect("sessions").get(&call_id) {
             return Ok(Some(h.control.clone()));
         }
-        let _one = self.starting.lock().await;
+        let one = self
+            .starting
+            .lock()
+            .expect("starting")
+            .entry(call_id)
+            .or_default()
+            .clone();
+        let _one = one.lock().await;
+        let started = self.start_locked(call_id, customer).await;
+        self.starting.lock().expect("starting").remove(&call_id);
+        started
+    }
+
+    /// [`Media::ensure`] once this call's start lock is held.
+    async fn start_locked(
+        &self,
+        call_id: CallId,
+        customer: CustomerId,
+    ) -> Result<Option<mpsc::Sender<Control>>, MediaError> {
         if let Some(h) = self.sessions.lock().expect("sessions").get(&call_id) {
             return Ok(Some(h.control.clone()));
         }
@@ -867,12 +886,19 @@ impl Media {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         let session = Session::new(Box::new(far), reports_tx);
         let (control, control_rx) = mpsc::channel(64);
-        self.sessions.lock().expect("sessions").insert(
-            call_id,
-            Handle {
-                control: control.clone(),
-            },
-        );
+        {
+            let mut sessions = self.sessions.lock().expect("sessions");
+            // A start that raced this one (its lock was released and renewed) won.
+            if let Some(h) = sessions.get(&call_id) {
+                return h.control.clone();
+            }
+            sessions.insert(
+                call_id,
+                Handle {
+                    control: control.clone(),
+                },
+            );
+        }
         metrics::gauge!("vbin_media_sessions").increment(1.0);
         tokio::spawn(session.run(control_rx));
         tokio::spawn(self.clone().reports(call_id, customer, reports_rx));

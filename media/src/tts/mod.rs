@@ -42,7 +42,7 @@ impl TtsRequest {
 pub type Speech = Arc<[i16]>;
 
 /// Why synthesis failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TtsError {
     /// The provider has no voice for this language.
     #[error("language {0:?} is not supported by this provider")]
@@ -76,16 +76,18 @@ pub fn check_text(text: &str) -> Result<(), TtsError> {
     Ok(())
 }
 
-/// A provider with a cache of its clips, bounded by total samples.
+/// A provider with a cache of its clips, bounded by total samples. Concurrent requests for
+/// the same clip are synthesised once (the others wait for it): the same prompt starting on
+/// hundreds of calls at once costs one synthesis.
 pub struct CachedTts {
     inner: Arc<dyn TtsProvider>,
-    cache: moka::sync::Cache<TtsRequest, Speech>,
+    cache: moka::future::Cache<TtsRequest, Speech>,
 }
 
 impl CachedTts {
     /// Caches up to `max_samples` samples in all (16,000 per second of speech).
     pub fn new(inner: Arc<dyn TtsProvider>, max_samples: u64) -> Self {
-        let cache = moka::sync::Cache::builder()
+        let cache = moka::future::Cache::builder()
             .weigher(|_: &TtsRequest, v: &Speech| v.len().min(u32::MAX as usize) as u32)
             .max_capacity(max_samples)
             .build();
@@ -101,12 +103,66 @@ impl TtsProvider for CachedTts {
 
     async fn synthesize(&self, req: &TtsRequest) -> Result<Speech, TtsError> {
         // The provider name is constant per cache, so (voice, language, text) is the key.
-        if let Some(hit) = self.cache.get(req) {
+        if let Some(hit) = self.cache.get(req).await {
             metrics::counter!("vbin_tts_cache_hits_total").increment(1);
             return Ok(hit);
         }
-        let speech = self.inner.synthesize(req).await?;
-        self.cache.insert(req.clone(), speech.clone());
-        Ok(speech)
+        self.cache
+            .try_get_with(req.clone(), self.inner.synthesize(req))
+            .await
+            .map_err(Arc::unwrap_or_clone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its syntheses; fails the first `fail` of them.
+    struct Counting {
+        calls: AtomicUsize,
+        fail: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl TtsProvider for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        async fn synthesize(&self, req: &TtsRequest) -> Result<Speech, TtsError> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if n < self.fail {
+                return Err(TtsError::Engine("down".into()));
+            }
+            Ok(vec![req.text.len() as i16; 4].into())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_clip_wanted_at_once_is_synthesised_once_and_errors_are_not_kept() {
+        let inner = Arc::new(Counting {
+            calls: AtomicUsize::new(0),
+            fail: 1,
+        });
+        let tts = Arc::new(CachedTts::new(inner.clone(), 1_000));
+        let req = TtsRequest::new("hello", "en-US");
+        // The first synthesis fails: every request waiting on it gets the error.
+        let first = tts.synthesize(&req).await;
+        assert!(matches!(first, Err(TtsError::Engine(m)) if m == "down"));
+        let all = futures::future::join_all((0..20).map(|_| tts.synthesize(&req))).await;
+        assert!(all
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|s| s[..] == [5i16; 4])));
+        assert_eq!(
+            inner.calls.load(Ordering::SeqCst),
+            2,
+            "once after the failure"
+        );
+        tts.synthesize(&TtsRequest::new("other", "en-US"))
+            .await
+            .unwrap();
+        assert_eq!(inner.calls.load(Ordering::SeqCst), 3);
     }
 }

@@ -53,6 +53,18 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             vec!["--connections", "1000,5000", "--secs", "5"],
         ),
         ("media", vec![], vec!["--secs", "1"]),
+        (
+            "flows",
+            vec![],
+            vec![
+                "--calls",
+                "200",
+                "--window-secs",
+                "2",
+                "--baseline-secs",
+                "2",
+            ],
+        ),
         ("stt", vec![], vec!["--prompts", "15"]),
     ]
 }
@@ -279,6 +291,29 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
             h(
                 "AudioSocket real-time sessions per core",
                 v["audiosocket_server"]["realtime_sessions_per_core"].as_f64(),
+                "",
+                None,
+            ),
+        ],
+        "flows" => vec![
+            h(
+                &format!(
+                    "IVR media sessions per core, {} calls",
+                    v["calls"].as_u64().unwrap_or(0)
+                ),
+                v["sessions_per_core"].as_f64(),
+                "AudioSocket sessions per core",
+                v["baseline_audiosocket_sessions_per_core"].as_f64(),
+            ),
+            h(
+                "frame pacing jitter p99 ms",
+                v["tick_lateness_ms"]["p99"].as_f64(),
+                "",
+                None,
+            ),
+            h(
+                "key -> next talk p99 ms",
+                v["digit_to_talk_ms"]["p99"].as_f64(),
                 "",
                 None,
             ),

@@ -1,8 +1,8 @@
 //! The `vbin bench` command line: which benchmark, and running it.
 
 use crate::{
-    all, campaign_bench, commands, lag, media, replay_bench, report, stt, webhooks_bench, ws,
-    CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
+    all, campaign_bench, commands, flows, lag, media, replay_bench, report, stt, webhooks_bench,
+    ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
 };
 
 /// Which benchmark.
@@ -31,6 +31,10 @@ pub enum Which {
     /// Media path on one core: G.711 samples/s (against a plain copy), resampler frames/s,
     /// AudioSocket sessions per core.
     Media(media::MediaArgs),
+    /// Call control: N concurrent sandbox calls running an IVR flow: real-time media sessions
+    /// per core (against the AudioSocket server's, same run), frame pacing jitter and the
+    /// latency from the far end's key to the next talk's first frame.
+    Flows(flows::FlowsArgs),
     /// Word error rate of the offline speech-to-text on real recorded prompts (Debian's
     /// asterisk-core-sounds-en-wav), through the media path's resampler.
     Stt(stt::SttArgs),
@@ -51,6 +55,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
         Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
+        Which::Flows(a) => report(flows::run(&a).await?, a.services.json.as_deref()),
         Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
         // Measures on a runtime of its own (one thread = one core), off this one.
         Which::Stt(a) => stt::run(&a).await,

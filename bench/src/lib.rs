@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod all;
 mod cli;
+mod flows;
 mod media;
 mod stt;
 mod ws;

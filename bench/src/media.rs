@@ -121,7 +121,7 @@ fn resampling(secs: u64) -> anyhow::Result<Value> {
 
 /// Sessions stream 20 ms frames of 8 kHz audio as fast as the server reads them; the server
 /// decodes each frame and resamples it to 16 kHz. One-thread runtime = one core.
-fn server(secs: u64, sessions: usize) -> anyhow::Result<Value> {
+pub(crate) fn server(secs: u64, sessions: usize) -> anyhow::Result<Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -457,7 +457,12 @@ impl Session {
                         return;
                     }
                 },
-                at = tick.tick() => self.tick(at),
+                at = tick.tick() => {
+                    // How late this frame goes out: the session's pacing jitter.
+                    metrics::histogram!("vbin_media_tick_lateness_seconds")
+                        .record(Instant::now().saturating_duration_since(at).as_secs_f64());
+                    self.tick(at)
+                }
             }
         }
     }

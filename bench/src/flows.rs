@@ -1,0 +1,260 @@
+//! `vbin bench flows`: N concurrent sandbox calls running an IVR flow on the in-process
+//! platform (every part: API, relay, flow engine, media sessions).
+//!
+//! Each call's flow talks a long menu (~10 s, the same clip for every call: synthesised once),
+//! waits for a key, branches on it and talks again, then hangs up; its sandbox far end presses
+//! 2 after the menu. Reported:
+//! - concurrent real-time media sessions per core: N / (CPU seconds the process used per
+//!   second) while every session plays the menu;
+//! - outbound frame pacing jitter: how late each session's 20 ms tick ran (p50/p99/max, from
+//!   the platform's `vbin_media_tick_lateness_seconds`);
+//! - step latency from the far end's key to the first frame of the next talk (p50/p99, from
+//!   `vbin_media_digit_to_talk_seconds`): digits_receive completes, the log, the stream, the
+//!   activeflow's decision, the media consumer, the cached clip, the next tick.
+//!
+//! Baseline, in the same run: the AudioSocket bench's real-time sessions per core
+//! (`vbin bench media`'s server measurement).
+
+use crate::{Bench, Services};
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use vbin_platform::Part;
+
+/// `vbin bench flows` options.
+#[derive(clap::Args, Debug)]
+pub struct FlowsArgs {
+    /// Concurrent calls.
+    #[arg(long, default_value_t = 500)]
+    pub calls: usize,
+    /// Seconds of the CPU measurement while every session plays the menu.
+    #[arg(long, default_value_t = 4)]
+    pub window_secs: u64,
+    /// Seconds of the AudioSocket baseline.
+    #[arg(long, default_value_t = 5)]
+    pub baseline_secs: u64,
+    #[command(flatten)]
+    pub services: Services,
+}
+
+const MENU: &str = "Thank you for calling the bench line. Your call matters to us. \
+    For support, press one. For sales, press two. To hear these options again, stay on the line.";
+
+/// CPU seconds this process has used (user + system), from `/proc/self/stat`.
+fn cpu_seconds() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat
+        .rsplit_once(')')
+        .context("malformed /proc/self/stat")?
+        .1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here; USER_HZ is 100.
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+/// A quantile of a summary in the Prometheus text exposition, in ms.
+fn quantile_ms(metrics: &str, name: &str, q: &str) -> Option<f64> {
+    let prefix = format!("{name}{{quantile=\"{q}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s * 1000.0 * 100.0).round() / 100.0)
+}
+
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+async fn metrics(b: &Bench) -> anyhow::Result<String> {
+    Ok(b.http
+        .get(format!("{}/metrics", b.base))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+/// Runs the benchmark.
+pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
+    use reqwest::Method;
+    let secs = a.baseline_secs;
+    let baseline = tokio::task::spawn_blocking(move || crate::media::server(secs, 200)).await??;
+    let baseline_per_core = baseline["realtime_sessions_per_core"]
+        .as_f64()
+        .unwrap_or(0.0);
+
+    let b = Bench::start(&a.services, 16, &Part::ALL).await?;
+    let sales = "0191a0d2-7c4e-7b0e-8f00-0000000000b2";
+    let flow = b
+        .send_json(
+            Method::POST,
+            "/v1.0/flows",
+            json!({"name": "bench ivr", "actions": [
+                {"type": "talk", "option": {"text": MENU}},
+                {"type": "digits_receive", "option": {"duration": 30000, "length": 1}},
+                {"type": "branch", "option": {"target_ids": {"2": sales}}},
+                {"type": "hangup"},
+                {"id": sales, "type": "talk", "option": {"text": "Sales."}},
+                {"type": "hangup"},
+            ]}),
+        )
+        .await?;
+    // The clip is synthesised before the calls: the bench measures the media path, not the
+    // first synthesis.
+    let menu_ms = {
+        let t = Instant::now();
+        let mut answered = None;
+        let probe = b
+            .send_json(
+                Method::POST,
+                "/v1.0/calls",
+                json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                       "actions": [{"type": "talk", "option": {"text": MENU}},
+                                   {"type": "talk", "option": {"text": "Sales."}},
+                                   {"type": "hangup"}],
+                       "sandbox": {"script": [{"at_ms": 120_000, "hangup": true}]}}),
+            )
+            .await?;
+        let id = probe["calls"][0]["id"]
+            .as_str()
+            .context("no call id")?
+            .to_string();
+        loop {
+            // 404 until the read model has it.
+            let c: Value = b
+                .http
+                .get(format!("{}/v1.0/calls/{id}", b.base))
+                .bearer_auth(&b.token)
+                .send()
+                .await?
+                .json()
+                .await
+                .unwrap_or_default();
+            if c["status"] == "progressing" && answered.is_none() {
+                answered = Some(Instant::now());
+            }
+            if c["status"] == "completed" {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(120) {
+                bail!("the probe call did not end: {c}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        answered
+            .context("the probe call was never seen answered")?
+            .elapsed()
+            .as_millis() as u64
+    };
+    // The key comes after the menu (the call's clock starts at its answer).
+    let key_at = menu_ms + 1_000;
+    eprintln!("menu ~{menu_ms} ms; placing {} calls...", a.calls);
+    let started = Instant::now();
+    let mut left = a.calls;
+    while left > 0 {
+        let n = left.min(100);
+        b.send_json(
+            Method::POST,
+            "/v1.0/calls",
+            json!({"source": "+15550001000", "destinations": vec!["+15550002000"; n],
+                   "flow_id": flow["id"],
+                   "sandbox": {"script": [{"at_ms": key_at, "digits": "2"},
+                                          {"at_ms": key_at + 60_000, "hangup": true}]}}),
+        )
+        .await?;
+        left -= n;
+    }
+    // Every session live, then the CPU used while they all play the menu.
+    let mut ramp = None;
+    while started.elapsed() < Duration::from_secs(60) {
+        let live = gauge(&metrics(&b).await?, "vbin_media_sessions").unwrap_or(0.0);
+        if live as usize >= a.calls {
+            ramp = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ramp = ramp.context("not every session started within 60 s")?;
+    let (cpu0, t0) = (cpu_seconds()?, Instant::now());
+    tokio::time::sleep(Duration::from_secs(a.window_secs)).await;
+    let (cpu, wall) = (cpu_seconds()? - cpu0, t0.elapsed().as_secs_f64());
+    let in_window = ramp.as_millis() as u64 + a.window_secs * 1000 + 500 < menu_ms;
+    // Then every call presses its key, hears "Sales." and is hung up.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let m = metrics(&b).await?;
+        if gauge(&m, "vbin_media_sessions").unwrap_or(1.0) <= 0.0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("calls still up two minutes after their keys");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let m = metrics(&b).await?;
+    let cores_used = cpu / wall;
+    let per_core = a.calls as f64 / cores_used.max(1e-9);
+    let q = |name: &str, q: &str| quantile_ms(&m, name, q);
+    let r = json!({
+        "benchmark": "flows",
+        "command": format!("vbin bench flows --calls {}", a.calls),
+        "calls": a.calls,
+        "menu_ms": menu_ms,
+        "ramp_secs": (ramp.as_secs_f64() * 10.0).round() / 10.0,
+        "window_secs": (wall * 10.0).round() / 10.0,
+        "window_all_playing": in_window,
+        "cores_used": (cores_used * 1000.0).round() / 1000.0,
+        "sessions_per_core": per_core.round(),
+        "tick_lateness_ms": {
+            "p50": q("vbin_media_tick_lateness_seconds", "0.5"),
+            "p99": q("vbin_media_tick_lateness_seconds", "0.99"),
+            "max": q("vbin_media_tick_lateness_seconds", "1"),
+        },
+        "digit_to_talk_ms": {
+            "p50": q("vbin_media_digit_to_talk_seconds", "0.5"),
+            "p99": q("vbin_media_digit_to_talk_seconds", "0.99"),
+            "max": q("vbin_media_digit_to_talk_seconds", "1"),
+        },
+        "baseline_audiosocket_sessions_per_core": baseline_per_core,
+        "ratio": (per_core / baseline_per_core.max(1e-9) * 1000.0).round() / 1000.0,
+        "note": "sessions per core counts the whole process (API, relay, flow engine, projections) \
+                 while every session plays audio; the baseline is AudioSocket decode + resample only",
+    });
+    b.stop().await;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_summaries_and_gauges_from_the_exposition() {
+        let m = "# TYPE vbin_media_sessions gauge\nvbin_media_sessions 500\n\
+                 vbin_media_tick_lateness_seconds{quantile=\"0.99\"} 0.0031\n\
+                 vbin_media_tick_lateness_seconds_sum 1.5\n";
+        assert_eq!(gauge(m, "vbin_media_sessions"), Some(500.0));
+        assert_eq!(
+            quantile_ms(m, "vbin_media_tick_lateness_seconds", "0.99"),
+            Some(3.1)
+        );
+        assert_eq!(
+            quantile_ms(m, "vbin_media_tick_lateness_seconds", "0.5"),
+            None
+        );
+        // The CPU clock moves while the process computes (in 10 ms ticks).
+        let (c0, t0) = (cpu_seconds().unwrap(), Instant::now());
+        let mut x = 0u64;
+        while cpu_seconds().unwrap() <= c0 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            assert!(t0.elapsed() < Duration::from_secs(5), "{x}");
+        }
+    }
+}

@@ -343,7 +343,10 @@ fn endpoints() -> Vec<Endpoint> {
         },
         Endpoint {
             name: "POST /v1.0/outdials/{id}/targets",
-            valid: || json!({"destinations": ["+15550002222", "+4930123456"], "variables": {"a": 1}}),
+            valid: || {
+                json!({"destinations": ["+15550002222", "+4930123456"], "variables": {"a": 1},
+                             "sandbox": {"script": [{"at_ms": 500, "digits": "2"}]}})
+            },
             run: |b, ct| {
                 let v = extract::<campaigns::CreateTarget>(b, ct)?.validate()?;
                 let cmd = TargetCommand::Create {
@@ -352,6 +355,7 @@ fn endpoints() -> Vec<Endpoint> {
                     customer_id: CustomerId::new(),
                     destinations: v.destinations,
                     variables: v.variables,
+                    sandbox: v.sandbox,
                     at: at(),
                 };
                 Ok(stored(&decide(&mut Target::default(), cmd)?))

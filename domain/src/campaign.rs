@@ -231,6 +231,8 @@ pub enum TargetCommand {
         destinations: Vec<E164>,
         /// Call variables.
         variables: Map<String, Value>,
+        /// The sandbox far end's script for its calls.
+        sandbox: Option<vbin_event_schema::flow::SandboxScript>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -277,6 +279,8 @@ pub struct Target {
     pub destinations: Vec<E164>,
     /// Call variables.
     pub variables: Map<String, Value>,
+    /// The sandbox far end's script for its calls.
+    pub sandbox: Option<vbin_event_schema::flow::SandboxScript>,
     /// Dial state.
     pub status: TargetStatus,
     /// Tries per destination.
@@ -307,7 +311,8 @@ impl Target {
         json!({
             "id": self.id, "type": "outdialtarget", "customer_id": self.customer_id,
             "outdial_id": self.outdial_id, "destinations": self.destinations,
-            "variables": self.variables, "status": self.status, "dial_count": self.dial_count,
+            "variables": self.variables, "sandbox": self.sandbox, "status": self.status,
+            "dial_count": self.dial_count,
             "try_counts": self.try_counts, "last_dial_time": self.last_dial_time,
             "result": self.result, "call_id": self.call_id, "campaign_id": self.campaign_id,
             "tm_create": self.tm_create, "tm_update": self.tm_update,
@@ -331,6 +336,7 @@ impl Target {
             customer_id,
             destinations,
             variables,
+            sandbox,
             at,
         } = command
         {
@@ -348,6 +354,7 @@ impl Target {
                 customer_id,
                 destinations,
                 variables,
+                sandbox,
                 at,
             }]);
         }
@@ -426,6 +433,7 @@ impl Target {
                 customer_id,
                 destinations,
                 variables,
+                sandbox,
                 at,
             } => {
                 *self = Target {
@@ -435,6 +443,7 @@ impl Target {
                     try_counts: vec![0; destinations.len()],
                     destinations,
                     variables,
+                    sandbox,
                     tm_create: Some(at),
                     tm_update: Some(at),
                     ..Target::default()
@@ -835,6 +844,7 @@ mod tests {
             customer_id: CustomerId::new(),
             destinations,
             variables: Map::new(),
+            sandbox: None,
             at: t(0),
         })
     }

@@ -169,6 +169,8 @@ pub enum TargetEvent {
         destinations: Vec<E164>,
         /// Variables given to its calls.
         variables: Map<String, Value>,
+        /// The sandbox far end's script for its calls (since 2.0).
+        sandbox: Option<crate::flow::SandboxScript>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -204,7 +206,20 @@ events!(TargetEvent in "outdialtarget" {
     OutdialtargetDialing => OUTDIALTARGET_DIALING = "outdialtarget_dialing",
     OutdialtargetUpdated => OUTDIALTARGET_UPDATED = "outdialtarget_updated",
 });
-version_1!(TargetEvent);
+/// The current version of `outdialtarget_created` (see [`crate::upcast`] for the history).
+pub const OUTDIALTARGET_CREATED_VERSION: &str = "2.0";
+
+impl DomainEvent for TargetEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+    fn event_version(&self) -> String {
+        match self {
+            Self::OutdialtargetCreated { .. } => OUTDIALTARGET_CREATED_VERSION.to_string(),
+            _ => "1.0".to_string(),
+        }
+    }
+}
 
 /// One call a campaign placed, as the campaigncall events carry it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -6,8 +6,9 @@
 //!   (1.0 dialed with the then-fixed 30 s) and campaign_id (none).
 //! - `call_created` 2.0 -> 3.0: adds activeflow_id (no flow) and sandbox (no script).
 //! - `campaign_created` 1.0 -> 2.0: adds flow_id (no flow).
+//! - `outdialtarget_created` 1.0 -> 2.0: adds sandbox (no script).
 
-use crate::{CallEvent, CampaignEvent};
+use crate::{CallEvent, CampaignEvent, TargetEvent};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{json, Value};
 
@@ -43,6 +44,14 @@ pub fn campaign_created_v1_to_v2(mut payload: Value) -> Value {
     payload
 }
 
+/// `outdialtarget_created` 1.0 -> 2.0.
+pub fn outdialtarget_created_v1_to_v2(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("sandbox").or_insert(Value::Null);
+    }
+    payload
+}
+
 /// Every upcaster, in the order they apply. Used by the event store and by replay.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     vec![
@@ -60,6 +69,11 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             CampaignEvent::CAMPAIGN_CREATED,
             "2.0.0",
             Box::new(campaign_created_v1_to_v2),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            TargetEvent::OUTDIALTARGET_CREATED,
+            "2.0.0",
+            Box::new(outdialtarget_created_v1_to_v2),
         )),
     ]
 }

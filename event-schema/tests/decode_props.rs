@@ -574,6 +574,7 @@ fn target_event() -> BoxedStrategy<TargetEvent> {
                 customer_id: CustomerId(c),
                 destinations: d,
                 variables: v,
+                sandbox: None,
                 at
             }),
         (uuid(), uuid(), uuid(), any::<usize>(), any::<u32>(), at()).prop_map(

@@ -398,7 +398,7 @@ impl Campaigns {
                 campaign_id: Some(campaign_id),
                 direction: vbin_event_schema::CallDirection::Outgoing,
                 activeflow_id,
-                sandbox: None,
+                sandbox: target.sandbox.clone(),
             },
             at: Utc::now(),
         };

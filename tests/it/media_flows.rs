@@ -297,8 +297,9 @@ async fn a_campaigns_answered_calls_run_its_flow() {
         .create(
             "/v1.0/flows",
             json!({"name": "notice", "actions": [
-                {"type": "variable_set", "option": {"key": "greeted", "value": "${who}"}},
                 {"type": "talk", "option": {"text": "Support"}},
+                {"type": "digits_receive", "option": {"duration": 3000, "length": 1}},
+                {"type": "variable_set", "option": {"key": "greeted", "value": "${who}-${voipbin.call.digits}"}},
                 {"type": "hangup"}]}),
         )
         .await;
@@ -310,12 +311,19 @@ async fn a_campaigns_answered_calls_run_its_flow() {
         )
         .await;
     let outdial = api.create("/v1.0/outdials", json!({"name": "list"})).await;
-    for who in ["ann", "bob"] {
-        api.create(
-            &format!("/v1.0/outdials/{}/targets", uuid_of(&outdial)),
-            json!({"destinations": ["+15550002000"], "variables": {"who": who, "talk_seconds": 60}}),
-        )
-        .await;
+    // Ann presses 2 (her target's sandbox script); Bob presses nothing.
+    for (who, script) in [
+        ("ann", json!([{"at_ms": 2000, "digits": "2"}])),
+        ("bob", json!([])),
+    ] {
+        let t = api
+            .create(
+                &format!("/v1.0/outdials/{}/targets", uuid_of(&outdial)),
+                json!({"destinations": ["+15550002000"], "variables": {"who": who, "talk_seconds": 60},
+                       "sandbox": {"script": script}}),
+            )
+            .await;
+        assert_eq!(t["sandbox"]["script"], script, "{t}");
     }
     let body = |extra: serde_json::Value| {
         let mut b = json!({"name": "c", "outplan_id": plan["id"], "outdial_id": outdial["id"]});
@@ -364,7 +372,11 @@ async fn a_campaigns_answered_calls_run_its_flow() {
     for cc in calls {
         let call: Uuid = cc["reference_id"].as_str().unwrap().parse().unwrap();
         let af = ended_flow(&env, &tok, call, Duration::from_secs(20)).await;
-        assert_eq!(executed(&af), ["variable_set", "talk", "hangup"], "{af}");
+        assert_eq!(
+            executed(&af),
+            ["talk", "digits_receive", "variable_set", "hangup"],
+            "{af}"
+        );
         assert_eq!(af["flow_id"], flow["id"]);
         greeted.push(af["variables"]["greeted"].as_str().unwrap().to_string());
         let c = env.wait_call_end(call, Duration::from_secs(10)).await;
@@ -372,5 +384,5 @@ async fn a_campaigns_answered_calls_run_its_flow() {
         assert_eq!(c["activeflow_id"], af["id"]);
     }
     greeted.sort();
-    assert_eq!(greeted, ["ann", "bob"]);
+    assert_eq!(greeted, ["ann-2", "bob-"]);
 }

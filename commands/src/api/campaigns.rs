@@ -1,7 +1,7 @@
 //! Outbound campaign commands: outplans, outdials and their targets, campaigns and their
 //! status. The dialing itself is the campaign dialer's (process managers crate).
 
-use super::calls::{check_variables, parse_destinations, Address};
+use super::calls::{check_sandbox, check_variables, parse_destinations, Address};
 use super::error::{ApiResult, CmdError};
 use super::state::{CmdState, Tenant};
 use axum::extract::State;
@@ -15,6 +15,7 @@ use vbin_domain::{
     Campaign, CampaignCommand, NewCampaign, NewOutplan, Outdial, OutdialCommand, Outplan,
     OutplanCommand, Target, TargetCommand,
 };
+use vbin_event_schema::flow::SandboxScript;
 use vbin_event_schema::{
     CampaignId, CampaignStatus, CustomerId, EndHandle, FlowId, OutdialId, OutplanId, QueueId,
     TargetId, E164,
@@ -175,6 +176,7 @@ pub struct CreateTarget {
     destinations: Vec<Address>,
     #[serde(default)]
     variables: Map<String, Value>,
+    sandbox: Option<SandboxScript>,
 }
 
 /// A validated `POST /v1.0/outdials/{id}/targets` body.
@@ -184,6 +186,8 @@ pub struct ValidTarget {
     pub destinations: Vec<E164>,
     /// Scalar variables.
     pub variables: Map<String, Value>,
+    /// The sandbox far end's script for the target's calls.
+    pub sandbox: Option<SandboxScript>,
 }
 
 impl CreateTarget {
@@ -191,9 +195,13 @@ impl CreateTarget {
     pub fn validate(self) -> Result<ValidTarget, ApiError> {
         let destinations = parse_destinations(&self.destinations, MAX_TARGET_DESTINATIONS)?;
         check_variables(&self.variables)?;
+        if let Some(s) = &self.sandbox {
+            check_sandbox(s)?;
+        }
         Ok(ValidTarget {
             destinations,
             variables: self.variables,
+            sandbox: self.sandbox,
         })
     }
 }
@@ -208,6 +216,7 @@ pub async fn create_target(
     let ValidTarget {
         destinations,
         variables,
+        sandbox,
     } = b.validate()?;
     require::<Outdial>(&s, outdial, c.customer_id, "outdial").await?;
     let id = TargetId(vbin_app::new_id());
@@ -217,6 +226,7 @@ pub async fn create_target(
         customer_id: c.customer_id,
         destinations,
         variables,
+        sandbox,
         at: Utc::now(),
     };
     Ok(Json(

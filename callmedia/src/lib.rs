@@ -810,8 +810,8 @@ impl Media {
         call_id: CallId,
         customer: CustomerId,
     ) -> Result<Option<mpsc::Sender<Control>>, MediaError> {
-        if let Some(h) = self.sessions.lock().expect("sessions").get(&call_id) {
-            return Ok(Some(h.control.clone()));
+        if let Some(c) = self.live_control(call_id) {
+            return Ok(Some(c));
         }
         let one = self
             .starting
@@ -826,14 +826,30 @@ impl Media {
         started
     }
 
+    /// The call's session here if it is running; a session whose task ended without being
+    /// told (it panicked) is forgotten, so the next start replaces it.
+    fn live_control(&self, call_id: CallId) -> Option<mpsc::Sender<Control>> {
+        let mut sessions = self.sessions.lock().expect("sessions");
+        match sessions.get(&call_id) {
+            Some(h) if !h.control.is_closed() => Some(h.control.clone()),
+            Some(_) => {
+                sessions.remove(&call_id);
+                metrics::gauge!("vbin_media_sessions").decrement(1.0);
+                tracing::error!(call = %call_id, "media session ended unexpectedly; starting it again");
+                None
+            }
+            None => None,
+        }
+    }
+
     /// [`Media::ensure`] once this call's start lock is held.
     async fn start_locked(
         &self,
         call_id: CallId,
         customer: CustomerId,
     ) -> Result<Option<mpsc::Sender<Control>>, MediaError> {
-        if let Some(h) = self.sessions.lock().expect("sessions").get(&call_id) {
-            return Ok(Some(h.control.clone()));
+        if let Some(c) = self.live_control(call_id) {
+            return Ok(Some(c));
         }
         let Some(call) = self
             .executor
@@ -900,7 +916,7 @@ impl Media {
             );
         }
         metrics::gauge!("vbin_media_sessions").increment(1.0);
-        tokio::spawn(session.run(control_rx));
+        media_runtime().spawn(session.run(control_rx));
         tokio::spawn(self.clone().reports(call_id, customer, reports_rx));
         let (me, c) = (self.clone(), control.clone());
         tokio::spawn(async move { me.tap_running(&c, call_id).await });
@@ -1038,7 +1054,16 @@ impl Media {
         .await?;
         for (call, customer) in expired {
             let (call, customer) = (CallId(call), CustomerId(customer));
-            self.sessions.lock().expect("sessions").remove(&call);
+            if self
+                .sessions
+                .lock()
+                .expect("sessions")
+                .remove(&call)
+                .is_some()
+            {
+                // Its lease ran out here (renewals failed): it is started afresh.
+                metrics::gauge!("vbin_media_sessions").decrement(1.0);
+            }
             self.tapped
                 .lock()
                 .expect("tapped")
@@ -1101,6 +1126,23 @@ impl Media {
         }
         Ok(())
     }
+}
+
+/// The runtime media sessions tick on: threads of their own, one per core, so a frame is never
+/// late because an API request, a projection or a database round trip holds a worker of the
+/// main runtime (tokio tasks are not preempted). Created on first use, never dropped.
+fn media_runtime() -> &'static tokio::runtime::Handle {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("vbin-media")
+            .enable_time()
+            .build()
+            .expect("the media runtime starts")
+    })
+    .handle()
 }
 
 /// Hangs up answered calls whose media claim has not been renewed for `after` (their media

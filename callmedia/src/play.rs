@@ -20,7 +20,7 @@ impl Player {
     /// A player fetching under `policy`, caching up to `max_samples` samples of audio.
     pub fn new(policy: AddressPolicy, max_samples: u64) -> Self {
         let policy = Arc::new(policy);
-        let http = reqwest::Client::builder()
+        let http = vbin_netguard::tls::client_builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(20))
             .redirect(reqwest::redirect::Policy::none())

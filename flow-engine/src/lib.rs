@@ -78,7 +78,7 @@ impl Engine {
     /// An engine sending `webhook_send` requests under `policy` (the webhooks' SSRF guard).
     pub fn new(app: vbin_app::App, policy: AddressPolicy, timeout: Duration) -> Self {
         let policy = Arc::new(policy);
-        let http = reqwest::Client::builder()
+        let http = vbin_netguard::tls::client_builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))

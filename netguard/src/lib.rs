@@ -7,6 +7,8 @@
 //! `VBIN_WEBHOOK_ALLOW_NETS`; tests allow 127.0.0.1/32); [`AddressPolicy::https_only`]
 //! (`VBIN_WEBHOOK_HTTPS_ONLY`) refuses plain http.
 
+pub mod tls;
+
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock};

@@ -223,6 +223,14 @@ pub struct WebhookSettings {
         value_parser = retention_days
     )]
     pub retention: Duration,
+    /// A PEM file of root certificates trusted, besides the system's, by every outgoing https
+    /// request (webhooks, webhook_send, play, the OpenAI-compatible speech server).
+    #[arg(
+        long = "tls-extra-ca-file",
+        env = "VBIN_TLS_EXTRA_CA_FILE",
+        value_name = "PEM"
+    )]
+    pub tls_extra_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhookSettings {
@@ -235,6 +243,7 @@ impl Default for WebhookSettings {
             allow_nets: Networks(d.policy.allow),
             https_only: d.policy.https_only,
             retention: vbin_webhooks::retention::DEFAULT_RETENTION,
+            tls_extra_ca_file: None,
         }
     }
 }

@@ -131,6 +131,15 @@ async fn hang_up_orphans(
 /// Starts the selected parts and returns once they are running.
 pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     let settings = &cfg.settings;
+    // Before any client is built: roots every outgoing https request trusts.
+    if let Some(pem) = &settings.webhooks.tls_extra_ca_file {
+        match vbin_netguard::tls::trust_extra_roots(pem) {
+            Ok(n) => tracing::info!(file = %pem.display(), roots = n, "extra TLS roots trusted"),
+            // A second start in the same process (tests, benchmarks) keeps the first roots.
+            Err(vbin_netguard::tls::TlsError::AlreadySet) => {}
+            Err(e) => return Err(e).context("VBIN_TLS_EXTRA_CA_FILE"),
+        }
+    }
     // Before connecting to anything: a provider that cannot work stops the start at once.
     let (stt, tts) = if parts.contains(&Part::Media) {
         (

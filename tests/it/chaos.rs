@@ -125,7 +125,7 @@ impl Load {
     fn new(env: &Env, customers: Vec<Customer>, n: usize) -> Arc<Self> {
         let k = customers.len();
         Arc::new(Load {
-            http: reqwest::Client::new(),
+            http: vbin_netguard::tls::client_builder().build().unwrap(),
             base: RwLock::new(env.platform.url()),
             customers,
             n,

@@ -264,7 +264,7 @@ pub(crate) fn executed(af: &Value) -> Vec<&str> {
 }
 
 /// A 16-bit stereo WAV's channels.
-fn stereo(wav: &[u8]) -> (Vec<i16>, Vec<i16>) {
+pub(crate) fn stereo(wav: &[u8]) -> (Vec<i16>, Vec<i16>) {
     assert_eq!(&wav[0..4], b"RIFF");
     let data_len = u32::from_le_bytes(wav[40..44].try_into().unwrap()) as usize;
     assert_eq!(

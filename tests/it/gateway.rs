@@ -234,12 +234,15 @@ async fn topics_match_as_the_seed_says_and_tenants_stay_apart() {
     silent_for(&mut all_calls, Duration::from_millis(500)).await;
 
     // No token: a JSON 401, not an upgrade.
-    let r = reqwest::get(env.url("/v1.0/ws")).await.unwrap();
+    let http = vbin_netguard::tls::client_builder().build().unwrap();
+    let r = http.get(env.url("/v1.0/ws")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["reason"], "unauthenticated");
     // A token but no upgrade: 400.
-    let r = reqwest::get(env.url(&format!("/v1.0/ws?token={tok_a}")))
+    let r = http
+        .get(env.url(&format!("/v1.0/ws?token={tok_a}")))
+        .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 400);

@@ -3,7 +3,7 @@
 //! AudioSocket connection (as Asterisk makes one) pressing a key with a DTMF frame.
 
 use crate::flows::{
-    ended_flow, executed, grammar, ivr, recognize, uuid_of, FAR_END, MENU_TEXT, SALES,
+    ended_flow, executed, grammar, ivr, recognize, stereo, uuid_of, FAR_END, MENU_TEXT, SALES,
 };
 use crate::support::Env;
 use serde_json::json;
@@ -385,4 +385,159 @@ async fn a_campaigns_answered_calls_run_its_flow() {
     }
     greeted.sort();
     assert_eq!(greeted, ["ann-2", "bob-"]);
+}
+
+/// Runs openssl with `args` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (scripts/services installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An https file server on 127.0.0.1 (`openssl s_server -WWW`) serving `dir`, with a
+/// certificate signed by a CA made for the test; returns its base URL and the CA's PEM file.
+fn https_server(dir: &std::path::Path) -> (String, std::path::PathBuf, std::process::Child) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=vbin test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "cert.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let port = crate::support::free_port();
+    let child = std::process::Command::new("openssl")
+        .args([
+            "s_server", "-quiet", "-WWW", "-cert", "cert.pem", "-key", "key.pem",
+        ])
+        .args(["-accept", &format!("127.0.0.1:{port}")])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (
+        format!("https://127.0.0.1:{port}"),
+        dir.join("ca.pem"),
+        child,
+    )
+}
+
+#[tokio::test]
+async fn play_fetches_over_https_from_servers_the_platform_trusts_only() {
+    let dir = std::env::temp_dir().join(format!("vbin-https-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ok = std::process::Command::new("espeak-ng")
+        .arg("-w")
+        .arg(dir.join("prompt.wav"))
+        .arg("sales will call you back")
+        .status()
+        .expect("espeak-ng (scripts/services installs it)");
+    assert!(ok.success());
+    let (base, ca, mut server) = https_server(&dir);
+    let flow = json!({"actions": [
+        {"type": "recording_start"},
+        {"type": "play", "option": {"stream_urls": [format!("{base}/prompt.wav")]}},
+        {"type": "hangup"},
+    ], "sandbox": {"script": [{"at_ms": 30000, "hangup": true}]}});
+
+    // Trusting the test's CA: the prompt is fetched over TLS and played.
+    let env = Env::start_with_env(&[("VBIN_TLS_EXTRA_CA_FILE", ca.to_str().unwrap())]).await;
+    let (_, tok, _) = env.customer().await;
+    let call = env.calls(&tok, &["+15550002400"], flow.clone()).await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(executed(&af), ["recording_start", "play", "hangup"], "{af}");
+    assert!(af["executed_actions"][1]["error"].is_null(), "{af}");
+    let api = env.client(&tok);
+    let rec = api
+        .wait_get(
+            &format!("/v1.0/recordings?reference_id={call}"),
+            Duration::from_secs(20),
+            |_, v| v["result"][0]["status"] == "ended",
+        )
+        .await;
+    let (_, wav) = env
+        .get_bytes(
+            &tok,
+            &format!("/v1.0/recordings/{}/file", uuid_of(&rec["result"][0])),
+        )
+        .await;
+    let (_, right) = stereo(&wav);
+    assert_eq!(recognize(&right).await, "sales will call you back");
+
+    // Without it the certificate is refused: the play is an error and the flow goes on.
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let call = env.calls(&tok, &["+15550002400"], flow).await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(executed(&af), ["recording_start", "play", "hangup"], "{af}");
+    let err = af["executed_actions"][1]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(err.contains("certificate"), "{af}");
+    let _ = server.kill();
+    let _ = std::fs::remove_dir_all(dir);
 }

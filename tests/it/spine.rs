@@ -191,7 +191,9 @@ async fn identity_auth_and_error_envelope() {
     assert_eq!(v["error"]["request_id"], "test-req-1");
     // The server answers 413 without reading the body and closes that connection; use a
     // client of its own so no later request is sent on the closing connection.
-    let r = reqwest::Client::new()
+    let r = vbin_netguard::tls::client_builder()
+        .build()
+        .unwrap()
         .post(env.url("/v1.0/calls"))
         .bearer_auth(&token)
         .header("content-type", "application/json")

@@ -440,7 +440,7 @@ impl Env {
             nats,
             redis,
             admin,
-            http: reqwest::Client::new(),
+            http: vbin_netguard::tls::client_builder().build().unwrap(),
             extra_env: vars
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

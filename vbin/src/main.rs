@@ -119,6 +119,8 @@ async fn main() -> anyhow::Result<()> {
     // Every setting is parsed (and checked) here, once; a bad value stops the start.
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log);
+    // TLS for every outgoing request (reqwest's rustls has no provider of its own here).
+    vbin_netguard::tls::install_provider();
     // Every WebSocket connection is a file descriptor: use what the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
@@ -187,6 +189,7 @@ mod tests {
             "VBIN_WEBHOOK_ALLOW_NETS",
             "VBIN_WEBHOOK_HTTPS_ONLY",
             "VBIN_WEBHOOK_RETENTION_DAYS",
+            "VBIN_TLS_EXTRA_CA_FILE",
             "VBIN_WS_SEND_BUFFER",
             "VBIN_WS_MAX_TOPICS",
             "VBIN_WS_PING_MS",

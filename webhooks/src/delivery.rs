@@ -306,7 +306,7 @@ struct Sender {
 
 impl Sender {
     fn new(pool: sqlx::PgPool, executor: Executor, settings: Settings, wake: Arc<Notify>) -> Self {
-        let http = reqwest::Client::builder()
+        let http = vbin_netguard::tls::client_builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -8,10 +8,8 @@
 //! The protocol has no language field (its voices read any language they can), so every
 //! well-formed language tag is accepted and not sent.
 //!
-//! Only `http://` base URLs are accepted: the workspace builds reqwest without a TLS backend
-//! (reqwest 0.13's `rustls` feature brings aws-lc-rs, and its `rustls-no-provider` feature
-//! makes every other reqwest client in the binary panic unless a crypto provider is installed
-//! first), so a remote `https://` server is reached through a local TLS proxy for now.
+//! `https://` and `http://` base URLs are accepted; TLS is the platform's for every outgoing
+//! request ([`vbin_netguard::tls`]).
 
 use super::{check_text, Speech, TtsError, TtsProvider, TtsRequest};
 use crate::decode::{decode_audio, MAX_INPUT_BYTES};
@@ -32,7 +30,7 @@ const MAX_NAME_LEN: usize = 128;
 /// Why an [`OpenAiTts`] could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenAiConfigError {
-    /// The base URL is not an `http://` URL without credentials, query or fragment.
+    /// The base URL is not an `http(s)://` URL without credentials, query or fragment.
     #[error("bad base URL: {0}")]
     BadUrl(String),
     /// A model or default voice name is empty, too long or holds control characters.
@@ -99,10 +97,8 @@ impl OpenAiTts {
     ) -> Result<Self, OpenAiConfigError> {
         let bad = |why: &str| OpenAiConfigError::BadUrl(why.to_string());
         let base = url::Url::parse(base_url).map_err(|e| bad(&e.to_string()))?;
-        if base.scheme() != "http" {
-            return Err(bad(
-                "only http:// is supported (this build has no TLS backend for reqwest)",
-            ));
+        if base.scheme() != "http" && base.scheme() != "https" {
+            return Err(bad("only http:// and https:// are supported"));
         }
         if !base.username().is_empty() || base.password().is_some() {
             return Err(bad("credentials belong in the API key, not the URL"));
@@ -122,7 +118,7 @@ impl OpenAiTts {
         if !valid_name(&default_voice) {
             return Err(OpenAiConfigError::BadName("voice"));
         }
-        let client = reqwest::Client::builder()
+        let client = vbin_netguard::tls::client_builder()
             .connect_timeout(Duration::from_secs(5))
             // A redirect could carry the key elsewhere.
             .redirect(reqwest::redirect::Policy::none())
@@ -488,8 +484,8 @@ mod tests {
 
     #[tokio::test]
     async fn bad_configuration_and_requests_are_refused_before_sending() {
+        assert!(OpenAiTts::new("https://api.openai.com", "tts-1", "alloy").is_ok());
         for url in [
-            "https://api.openai.com",
             "ftp://x",
             "not a url",
             "http://user:pw@host",

@@ -306,8 +306,8 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
                 v["baseline_audiosocket_sessions_per_core"].as_f64(),
             ),
             h(
-                "frame pacing jitter p99 ms",
-                v["tick_lateness_ms"]["p99"].as_f64(),
+                "frame pacing jitter p99 ms, all sessions playing",
+                v["tick_lateness_ms"]["steady_p99"].as_f64(),
                 "",
                 None,
             ),

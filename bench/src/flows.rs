@@ -54,14 +54,48 @@ fn cpu_seconds() -> anyhow::Result<f64> {
     Ok(ticks / 100.0)
 }
 
-/// A quantile of a summary in the Prometheus text exposition, in ms.
-fn quantile_ms(metrics: &str, name: &str, q: &str) -> Option<f64> {
-    let prefix = format!("{name}{{quantile=\"{q}\"}} ");
-    metrics
+/// A histogram's cumulative bucket counts in the Prometheus text exposition: (upper bound in
+/// seconds, count), ascending, `+Inf` last.
+fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let mut b: Vec<(f64, f64)> = metrics
         .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|s| (s * 1000.0 * 100.0).round() / 100.0)
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    b
+}
+
+/// The q-quantile of what was observed between two scrapes, as the upper bound of its bucket
+/// in ms (`None` without observations, or beyond the last finite bound), and how many.
+fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (Option<f64>, f64) {
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+            (le, n - was)
+        })
+        .collect();
+    let total = delta.last().map_or(0.0, |d| d.1);
+    if total <= 0.0 {
+        return (None, 0.0);
+    }
+    let at = delta
+        .iter()
+        .find(|d| d.1 >= q * total)
+        .map(|d| d.0)
+        .filter(|le| le.is_finite())
+        .map(|le| (le * 1000.0 * 100.0).round() / 100.0);
+    (at, total)
 }
 
 fn gauge(metrics: &str, name: &str) -> Option<f64> {
@@ -182,9 +216,13 @@ pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ramp = ramp.context("not every session started within 60 s")?;
+    const LATE: &str = "vbin_media_tick_lateness_seconds";
+    const STEP: &str = "vbin_media_digit_to_talk_seconds";
+    let late0 = buckets(&metrics(&b).await?, LATE);
     let (cpu0, t0) = (cpu_seconds()?, Instant::now());
     tokio::time::sleep(Duration::from_secs(a.window_secs)).await;
     let (cpu, wall) = (cpu_seconds()? - cpu0, t0.elapsed().as_secs_f64());
+    let late1 = buckets(&metrics(&b).await?, LATE);
     let in_window = ramp.as_millis() as u64 + a.window_secs * 1000 + 500 < menu_ms;
     // Then every call presses its key, hears "Sales." and is hung up.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -201,7 +239,13 @@ pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
     let m = metrics(&b).await?;
     let cores_used = cpu / wall;
     let per_core = a.calls as f64 / cores_used.max(1e-9);
-    let q = |name: &str, q: &str| quantile_ms(&m, name, q);
+    let (late_all, steps) = (buckets(&m, LATE), buckets(&m, STEP));
+    let (steady_p50, steady_ticks) = quantile_between(&late0, &late1, 0.5);
+    let (steady_p99, _) = quantile_between(&late0, &late1, 0.99);
+    let (run_p50, run_ticks) = quantile_between(&[], &late_all, 0.5);
+    let (run_p99, _) = quantile_between(&[], &late_all, 0.99);
+    let (step_p50, keys) = quantile_between(&[], &steps, 0.5);
+    let (step_p99, _) = quantile_between(&[], &steps, 0.99);
     let r = json!({
         "benchmark": "flows",
         "command": format!("vbin bench flows --calls {}", a.calls),
@@ -213,15 +257,12 @@ pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
         "cores_used": (cores_used * 1000.0).round() / 1000.0,
         "sessions_per_core": per_core.round(),
         "tick_lateness_ms": {
-            "p50": q("vbin_media_tick_lateness_seconds", "0.5"),
-            "p99": q("vbin_media_tick_lateness_seconds", "0.99"),
-            "max": q("vbin_media_tick_lateness_seconds", "1"),
+            "steady_p50": steady_p50, "steady_p99": steady_p99, "steady_ticks": steady_ticks,
+            "run_p50": run_p50, "run_p99": run_p99, "run_ticks": run_ticks,
+            "note": "bucket upper bounds; steady = the window where every session plays, run = \
+                     everything including the ramp of call set-ups",
         },
-        "digit_to_talk_ms": {
-            "p50": q("vbin_media_digit_to_talk_seconds", "0.5"),
-            "p99": q("vbin_media_digit_to_talk_seconds", "0.99"),
-            "max": q("vbin_media_digit_to_talk_seconds", "1"),
-        },
+        "digit_to_talk_ms": {"p50": step_p50, "p99": step_p99, "keys": keys},
         "baseline_audiosocket_sessions_per_core": baseline_per_core,
         "ratio": (per_core / baseline_per_core.max(1e-9) * 1000.0).round() / 1000.0,
         "note": "sessions per core counts the whole process (API, relay, flow engine, projections) \
@@ -236,19 +277,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_summaries_and_gauges_from_the_exposition() {
-        let m = "# TYPE vbin_media_sessions gauge\nvbin_media_sessions 500\n\
-                 vbin_media_tick_lateness_seconds{quantile=\"0.99\"} 0.0031\n\
-                 vbin_media_tick_lateness_seconds_sum 1.5\n";
-        assert_eq!(gauge(m, "vbin_media_sessions"), Some(500.0));
-        assert_eq!(
-            quantile_ms(m, "vbin_media_tick_lateness_seconds", "0.99"),
-            Some(3.1)
-        );
-        assert_eq!(
-            quantile_ms(m, "vbin_media_tick_lateness_seconds", "0.5"),
-            None
-        );
+    fn reads_histograms_and_gauges_from_the_exposition() {
+        let scrape = |a: u32, b: u32, c: u32| {
+            format!(
+                "# TYPE vbin_media_sessions gauge\nvbin_media_sessions 500\n\
+                 x_bucket{{le=\"0.001\"}} {a}\nx_bucket{{le=\"0.005\"}} {b}\n\
+                 x_bucket{{le=\"+Inf\"}} {c}\nx_sum 1.5\nx_count {c}\n"
+            )
+        };
+        let m0 = scrape(10, 10, 10);
+        assert_eq!(gauge(&m0, "vbin_media_sessions"), Some(500.0));
+        let (b0, b1) = (buckets(&m0, "x"), buckets(&scrape(150, 199, 200), "x"));
+        assert_eq!(b0, [(0.001, 10.0), (0.005, 10.0), (f64::INFINITY, 10.0)]);
+        // Between the scrapes: 140 at most 1 ms, 49 more at most 5 ms, 1 beyond.
+        assert_eq!(quantile_between(&b0, &b1, 0.5), (Some(1.0), 190.0));
+        assert_eq!(quantile_between(&b0, &b1, 0.99), (Some(5.0), 190.0));
+        assert_eq!(quantile_between(&b0, &b1, 1.0), (None, 190.0));
+        assert_eq!(quantile_between(&b1, &b1, 0.5), (None, 0.0));
         // The CPU clock moves while the process computes (in 10 ms ticks).
         let (c0, t0) = (cpu_seconds().unwrap(), Instant::now());
         let mut x = 0u64;

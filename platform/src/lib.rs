@@ -98,10 +98,35 @@ fn stopped(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'sta
 static PROMETHEUS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
     std::sync::OnceLock::new();
 
+/// Buckets of `vbin_media_tick_lateness_seconds` (how late a session's 20 ms tick ran).
+pub const TICK_LATENESS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1,
+];
+
+/// Buckets of `vbin_media_digit_to_talk_seconds` (counted in 20 ms ticks).
+pub const DIGIT_TO_TALK_BUCKETS: [f64; 12] = [
+    0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+];
+
 fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+            // The media path's timings as histograms (cumulative buckets): a reader can take
+            // the difference of two scrapes, e.g. `vbin bench flows` over its steady window.
+            // Everything else is a summary.
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("vbin_media_tick_lateness_seconds".into()),
+                    &TICK_LATENESS_BUCKETS,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("vbin_media_digit_to_talk_seconds".into()),
+                        &DIGIT_TO_TALK_BUCKETS,
+                    )
+                })
+                .ok()?
                 .install_recorder()
                 .ok()
         })

@@ -541,3 +541,54 @@ async fn play_fetches_over_https_from_servers_the_platform_trusts_only() {
     let _ = server.kill();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn whisper_the_default_speech_to_text_transcribes_a_flows_far_end() {
+    // No STT setting: Whisper tiny.en (scripts/models), loaded by this first transcription.
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002500"],
+            json!({"actions": [
+                {"type": "transcribe_start", "option": {"language": "en-US", "direction": "in"}},
+                {"type": "sleep", "option": {"duration": 6000}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [{"at_ms": 500, "say": FAR_END},
+                                      {"at_ms": 60000, "hangup": true}]}}),
+        )
+        .await[0];
+    ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    let (_, list) = api.get("/v1.0/transcribes").await;
+    let tr = list["result"][0].clone();
+    assert_eq!(tr["reference_id"], call.to_string(), "{list}");
+    let v = api
+        .wait_get(
+            &format!("/v1.0/transcripts?transcribe_id={}", uuid_of(&tr)),
+            Duration::from_secs(30),
+            |_, v| v["result"].as_array().is_some_and(|r| !r.is_empty()),
+        )
+        .await;
+    let heard: String = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["message"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    // Whisper writes case and punctuation: compare the words.
+    let words: Vec<String> = heard
+        .split_whitespace()
+        .map(|w| {
+            w.chars()
+                .filter(|c| c.is_alphanumeric() || *c == '\'')
+                .collect::<String>()
+                .to_lowercase()
+        })
+        .filter(|w| !w.is_empty())
+        .collect();
+    assert_eq!(words.join(" "), FAR_END, "{v}");
+    assert_eq!(v["result"][0]["direction"], "in");
+}

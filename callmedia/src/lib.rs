@@ -332,9 +332,14 @@ impl Media {
                             ..Default::default()
                         };
                         let _ = me.complete(customer, exec, result).await;
-                    } else {
-                        // What could be fetched is played; a failed URL is skipped.
+                    } else if errors.is_empty() {
                         let _ = control.send(Control::Play(Some(exec), all.into())).await;
+                    } else {
+                        // What could be fetched is played; the failed URLs are the error.
+                        let error = format!("play: {}", errors.join("; "));
+                        let _ = control
+                            .send(Control::PlayPartly(exec, all.into(), error))
+                            .await;
                     }
                 });
             }

@@ -90,6 +90,9 @@ pub enum Control {
     Execute(Execution, ActionKind),
     /// Audio to play, ready (a synthesised talk, a beep); `None` for async talks.
     Play(Option<Execution>, Speech),
+    /// Audio to play whose execution ends with an error once played (a play some of whose
+    /// files could not be fetched: the others are played).
+    PlayPartly(Execution, Speech, String),
     /// End the session (the call ended).
     Stop,
 }
@@ -111,6 +114,8 @@ struct Source {
     samples: Speech,
     pos: usize,
     done: Option<Execution>,
+    /// Reported with the end (a play whose other files failed).
+    error: Option<String>,
 }
 
 /// Frames of audio gathered before they go to the uploader (one second).
@@ -285,11 +290,21 @@ impl Session {
             }
             // An execution already under way (a redelivered event, or a takeover resuming what
             // a redelivery also resumes) is not started twice.
-            Control::Play(Some(exec), _) | Control::Execute(exec, _) if self.running(exec) => {}
+            Control::Play(Some(exec), _)
+            | Control::PlayPartly(exec, ..)
+            | Control::Execute(exec, _)
+                if self.running(exec) => {}
             Control::Play(done, samples) => self.sources.push(Source {
                 samples,
                 pos: 0,
                 done,
+                error: None,
+            }),
+            Control::PlayPartly(exec, samples, error) => self.sources.push(Source {
+                samples,
+                pos: 0,
+                done: Some(exec),
+                error: Some(error),
             }),
             Control::Execute(exec, kind) => self.execute(exec, kind, now),
         }
@@ -323,6 +338,7 @@ impl Session {
                         samples: vbin_media::clip::dtmf(&d.digits, tone, gap).into(),
                         pos: 0,
                         done: Some(exec),
+                        error: None,
                     });
                 }
             }
@@ -361,8 +377,13 @@ impl Session {
             }
         }
         for i in finished.into_iter().rev() {
-            if let Some(exec) = self.sources.remove(i).done {
-                self.done(exec, ActionResult::default());
+            let s = self.sources.remove(i);
+            if let Some(exec) = s.done {
+                let result = ActionResult {
+                    error: s.error,
+                    ..Default::default()
+                };
+                self.done(exec, result);
             }
         }
         let frame: Vec<i16> = out

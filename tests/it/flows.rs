@@ -209,7 +209,8 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
     .await;
     assert_eq!(rec["error"], Value::Null, "{rec}");
     let ms = rec["duration_ms"].as_u64().unwrap();
-    assert!((5_000..20_000).contains(&ms), "{rec}");
+    // The menu and the branch's talk back to back (~4.5-5 s; the steps between take ticks).
+    assert!((4_000..20_000).contains(&ms), "{rec}");
     let (status, wav) = env
         .get_bytes(&tok, &format!("/v1.0/recordings/{}/file", uuid_of(&rec)))
         .await;

@@ -640,6 +640,14 @@ async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
     let (_, tok) = hooked_customer(&env, &url).await;
     let api = env.client(&tok);
     let old = webhook_secret(&env, &tok).await;
+    // The customer's creation is delivered before the rotation (it is checked below).
+    wait_until_every(
+        "the first delivery",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { (!seen.lock().unwrap().is_empty()).then_some(()) },
+    )
+    .await;
     let (s, rotated) = api.rotate_webhook_secret().await;
     assert_eq!(s, 200, "{rotated}");
     let new = rotated["webhook_secret"].as_str().unwrap().to_string();

@@ -88,10 +88,10 @@ async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
     assert_eq!(api.get("/v1.0/billings?reference_id=nope").await.0, 400);
 
     // Redelivery of every call event to the charger, and a kill -9 restart: no second charge.
-    env.redeliver_all(&["billing-charger"], Duration::from_secs(30))
+    env.redeliver_all(&["billing-charger"], Duration::from_secs(60))
         .await;
     env.restart().await;
-    env.redeliver_all(&["billing-charger"], Duration::from_secs(30))
+    env.redeliver_all(&["billing-charger"], Duration::from_secs(60))
         .await;
     let charges: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")

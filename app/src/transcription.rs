@@ -11,9 +11,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
+use vbin_domain::DomainError;
 use vbin_domain::{Transcribe, TranscribeCommand};
 use vbin_event_schema::{
-    CallId, CustomerId, TranscribeEvent, TranscribeId, TranscriptDirection, TranscriptId,
+    CallId, CustomerId, TranscribeDirection, TranscribeEvent, TranscribeId, TranscriptDirection,
+    TranscriptId,
 };
 use vbin_eventlog::{Actor, CommandMeta};
 
@@ -21,14 +23,14 @@ use vbin_eventlog::{Actor, CommandMeta};
 pub const ACTOR: &str = "transcriber";
 
 /// A running transcription of a call, as the media pipeline needs it.
-#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningTranscribe {
     /// The transcription.
-    pub transcribe_id: Uuid,
+    pub transcribe_id: TranscribeId,
     /// Its owner.
-    pub customer_id: Uuid,
-    /// `in`, `out` or `both`.
-    pub direction: String,
+    pub customer_id: CustomerId,
+    /// Which audio it covers.
+    pub direction: TranscribeDirection,
     /// Language tag (`en-US`).
     pub language: String,
 }
@@ -40,13 +42,59 @@ pub async fn running_transcribes(
     pool: &PgPool,
     call_id: CallId,
 ) -> Result<Vec<RunningTranscribe>, sqlx::Error> {
-    sqlx::query_as(
+    let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
         "SELECT transcribe_id, customer_id, direction, language FROM transcribe_calls \
          WHERE call_id = $1 ORDER BY transcribe_id",
     )
     .bind(call_id.as_uuid())
     .fetch_all(pool)
-    .await
+    .await?;
+    rows.into_iter()
+        .map(|(id, customer, direction, language)| {
+            let direction = TranscribeDirection::parse(&direction).ok_or_else(|| {
+                sqlx::Error::Decode(format!("transcribe_calls.direction {direction:?}").into())
+            })?;
+            Ok(RunningTranscribe {
+                transcribe_id: TranscribeId(id),
+                customer_id: CustomerId(customer),
+                direction,
+                language,
+            })
+        })
+        .collect()
+}
+
+/// Stops the running transcriptions of `call` (only `customer`'s when given) with `meta`;
+/// returns how many this stopped. One that vanished or stopped meanwhile is skipped.
+pub async fn stop_running(
+    pool: &PgPool,
+    executor: &Executor,
+    call: CallId,
+    customer: Option<CustomerId>,
+    meta: &CommandMeta,
+) -> Result<usize, ExecError> {
+    let running = running_transcribes(pool, call)
+        .await
+        .map_err(|e| ExecError::Store(e.into()))?;
+    let mut stopped = 0;
+    for r in running
+        .into_iter()
+        .filter(|r| customer.is_none_or(|c| c == r.customer_id))
+    {
+        let cmd = TranscribeCommand::Stop { at: Utc::now() };
+        let owner = r.customer_id;
+        match executor
+            .execute::<Transcribe>(r.transcribe_id.as_uuid(), owner, Some(owner), cmd, meta)
+            .await
+        {
+            Ok(done) => stopped += usize::from(!done.recorded.is_empty()),
+            Err(ExecError::Domain(DomainError::NotFound(_))) => {
+                tracing::warn!(transcribe_id = %r.transcribe_id, "running transcribe not found; not stopped");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(stopped)
 }
 
 /// The id of the transcript with these contents: the same arguments give the same id.

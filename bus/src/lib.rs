@@ -377,19 +377,67 @@ where
     Ok(())
 }
 
-/// A stop signal several tasks can wait for: `(trigger, waiter factory)`.
-pub fn stop_signal() -> (
-    tokio::sync::watch::Sender<bool>,
-    impl Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone,
-) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let wait = move || {
-        let mut rx = rx.clone();
+/// The consumers (and other tasks) of one part, stopped together: [`Group::run`] runs them
+/// until its shutdown resolves, then signals every one of them to stop and waits until they
+/// have (each consumer finishes the events it is handling).
+pub struct Group<'a> {
+    bus: Bus,
+    tx: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<futures::future::BoxFuture<'a, ()>>,
+}
+
+impl<'a> Group<'a> {
+    /// An empty group consuming from `bus`.
+    pub fn new(bus: Bus) -> Self {
+        Self {
+            bus,
+            tx: tokio::sync::watch::channel(false).0,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Adds a consumer ([`run_consumer`]).
+    pub fn consumer<H, F, E>(&mut self, spec: ConsumerSpec, handle: H) -> &mut Self
+    where
+        H: Fn(PublishedEvent) -> F + Send + Sync + 'a,
+        F: Future<Output = Result<(), E>> + Send + 'a,
+        E: std::fmt::Display + Send + 'a,
+    {
+        let stop = self.stopped();
+        let bus = self.bus.clone();
+        self.tasks
+            .push(Box::pin(run_consumer(bus, spec, handle, stop)));
+        self
+    }
+
+    /// Adds a task, given the stop signal it must end on.
+    pub fn task<T: Future<Output = ()> + Send + 'a>(
+        &mut self,
+        task: impl FnOnce(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> T,
+    ) -> &mut Self {
+        let t = task(self.stopped());
+        self.tasks.push(Box::pin(t));
+        self
+    }
+
+    /// The stop signal.
+    fn stopped(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut rx = self.tx.subscribe();
         Box::pin(async move {
             let _ = rx.wait_for(|s| *s).await;
-        }) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
-    };
-    (tx, wait)
+        })
+    }
+
+    /// Runs every member until `shutdown`, then stops them and waits for them.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Group { tx, tasks, .. } = self;
+        let all = futures::future::join_all(tasks);
+        tokio::pin!(all);
+        tokio::select! {
+            _ = shutdown => { let _ = tx.send(true); all.await; }
+            _ = &mut all => {}
+        }
+    }
 }
 
 /// One message handed to a batch handler.

@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, Recording,
     RecordingCommand,
@@ -152,70 +152,48 @@ impl Media {
 
     /// Runs the consumers and the lease keeper until `shutdown`.
     pub async fn run(self, bus: Bus, shutdown: impl std::future::Future<Output = ()>) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let calls = ConsumerSpec::for_events_of::<CallEvent>(
-            CALLS_CONSUMER,
-            &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
-        )
-        .lanes(16);
-        let actions = ConsumerSpec::for_events_of::<ActiveflowEvent>(
-            ACTIONS_CONSUMER,
-            &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
-        )
-        .lanes(16);
-        let me = self.clone();
-        let a = run_consumer(
-            bus.clone(),
-            calls,
-            move |e| me.clone().on_call(e),
-            stop(rx.clone()),
-        );
-        let me = self.clone();
-        let b = run_consumer(
-            bus.clone(),
-            actions,
-            move |e| me.clone().on_action(e),
-            stop(rx.clone()),
-        );
-        let recordings = ConsumerSpec::for_events_of::<RecordingEvent>(
-            RECORDINGS_CONSUMER,
-            &[
-                RecordingEvent::RECORDING_STARTED,
-                RecordingEvent::RECORDING_STOP_REQUESTED,
-            ],
-        )
-        .lanes(8);
-        let me = self.clone();
-        let c = run_consumer(
-            bus.clone(),
-            recordings,
-            move |e| me.clone().on_recording(e),
-            stop(rx.clone()),
-        );
-        let transcribes = ConsumerSpec::for_events_of::<TranscribeEvent>(
-            TRANSCRIBES_CONSUMER,
-            &[
-                TranscribeEvent::TRANSCRIBE_STARTED,
-                TranscribeEvent::TRANSCRIBE_COMPLETED,
-            ],
-        )
-        .lanes(8);
-        let me = self.clone();
-        let d = run_consumer(
-            bus,
-            transcribes,
-            move |e| me.clone().on_transcribe(e),
-            stop(rx.clone()),
-        );
-        let keeper = self.clone().keep_leases(stop(rx));
-        let trigger = async {
-            shutdown.await;
-            let _ = tx.send(true);
-        };
-        tokio::join!(a, b, c, d, keeper, trigger);
+        let mut group = vbin_bus::Group::new(bus);
+        group
+            .consumer(
+                ConsumerSpec::for_events_of::<CallEvent>(
+                    CALLS_CONSUMER,
+                    &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+                )
+                .lanes(16),
+                |e| self.clone().on_call(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<ActiveflowEvent>(
+                    ACTIONS_CONSUMER,
+                    &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
+                )
+                .lanes(16),
+                |e| self.clone().on_action(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<RecordingEvent>(
+                    RECORDINGS_CONSUMER,
+                    &[
+                        RecordingEvent::RECORDING_STARTED,
+                        RecordingEvent::RECORDING_STOP_REQUESTED,
+                    ],
+                )
+                .lanes(8),
+                |e| self.clone().on_recording(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<TranscribeEvent>(
+                    TRANSCRIBES_CONSUMER,
+                    &[
+                        TranscribeEvent::TRANSCRIBE_STARTED,
+                        TranscribeEvent::TRANSCRIBE_COMPLETED,
+                    ],
+                )
+                .lanes(8),
+                |e| self.clone().on_transcribe(e),
+            )
+            .task(|stop| self.clone().keep_leases(stop));
+        group.run(shutdown).await;
         let handles: Vec<Handle> = self
             .sessions
             .lock()
@@ -647,18 +625,13 @@ impl Media {
             }
         };
         for r in running {
-            let direction = match r.direction.as_str() {
-                "in" => TranscribeDirection::In,
-                "out" => TranscribeDirection::Out,
-                _ => TranscribeDirection::Both,
-            };
             self.tap(
                 control,
                 call,
-                CustomerId(r.customer_id),
-                TranscribeId(r.transcribe_id),
+                r.customer_id,
+                r.transcribe_id,
                 &r.language,
-                direction,
+                r.direction,
             )
             .await;
         }

@@ -51,6 +51,13 @@ impl TranscribeDirection {
         }
     }
 
+    /// The direction of an API name (`in`, `out`, `both`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::In, Self::Out, Self::Both]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+
     /// Whether a transcript of `direction` belongs to a transcription of this direction.
     pub fn covers(self, direction: TranscriptDirection) -> bool {
         match self {

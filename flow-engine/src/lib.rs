@@ -24,7 +24,7 @@ use std::time::Duration;
 use uuid::Uuid;
 use vbin_app::flows::validate;
 use vbin_app::{AppError, ExecError, Executor};
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::flow::renumber;
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
@@ -94,38 +94,29 @@ impl Engine {
 
     /// Runs both consumers until `shutdown`.
     pub async fn run(self, bus: Bus, shutdown: impl std::future::Future<Output = ()>) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let calls = ConsumerSpec::for_events_of::<CallEvent>(
-            CALLS_CONSUMER,
-            &[
-                CallEvent::CALL_CREATED,
-                CallEvent::CALL_PROGRESSING,
-                CallEvent::CALL_HUNGUP,
-            ],
-        )
-        .lanes(16);
-        let actions = ConsumerSpec::for_events_of::<ActiveflowEvent>(
-            ACTIONS_CONSUMER,
-            &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
-        )
-        .lanes(16);
-        let me = self.clone();
-        let a = run_consumer(
-            bus.clone(),
-            calls,
-            move |e| me.clone().on_call(e),
-            stop(rx.clone()),
-        );
-        let me = self.clone();
-        let b = run_consumer(bus, actions, move |e| me.clone().on_action(e), stop(rx));
-        let trigger = async {
-            shutdown.await;
-            let _ = tx.send(true);
-        };
-        tokio::join!(a, b, trigger);
+        let mut group = vbin_bus::Group::new(bus);
+        group
+            .consumer(
+                ConsumerSpec::for_events_of::<CallEvent>(
+                    CALLS_CONSUMER,
+                    &[
+                        CallEvent::CALL_CREATED,
+                        CallEvent::CALL_PROGRESSING,
+                        CallEvent::CALL_HUNGUP,
+                    ],
+                )
+                .lanes(16),
+                |e| self.clone().on_call(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<ActiveflowEvent>(
+                    ACTIONS_CONSUMER,
+                    &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
+                )
+                .lanes(16),
+                |e| self.clone().on_action(e),
+            );
+        group.run(shutdown).await;
     }
 
     fn meta(e: &PublishedEvent, customer: CustomerId) -> CommandMeta {
@@ -284,27 +275,14 @@ impl Engine {
         let Some(call) = e.view::<ReferenceView>()?.reference_id else {
             return Ok(ActionResult::default());
         };
-        let running = vbin_app::transcription::running_transcribes(&self.app.pool, call).await?;
-        for r in running
-            .into_iter()
-            .filter(|r| r.customer_id == customer.as_uuid())
-        {
-            let cmd = TranscribeCommand::Stop { at: Utc::now() };
-            match self
-                .executor()
-                .execute::<Transcribe>(
-                    r.transcribe_id,
-                    customer,
-                    Some(customer),
-                    cmd,
-                    &Self::meta(e, customer),
-                )
-                .await
-            {
-                Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => {}
-                Err(err) => return Err(err.into()),
-            }
-        }
+        vbin_app::transcription::stop_running(
+            &self.app.pool,
+            self.executor(),
+            call,
+            Some(customer),
+            &Self::meta(e, customer),
+        )
+        .await?;
         Ok(ActionResult::default())
     }
 

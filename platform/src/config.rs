@@ -88,10 +88,10 @@ pub struct Settings {
 }
 
 /// Files: recordings.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, clap::Args)]
 #[command(next_help_heading = "Storage")]
 pub struct StorageSettings {
-    /// Directory of the recordings store (created if missing).
+    /// Directory of the recordings store (created if missing; unused with VBIN_S3_BUCKET).
     #[arg(
         long = "data-dir",
         env = "VBIN_DATA_DIR",
@@ -108,6 +108,47 @@ pub struct StorageSettings {
         value_parser = number::<u64>("VBIN_RECORDING_RETENTION_DAYS", "a number of days")
     )]
     pub recording_retention_days: u64,
+    /// S3-compatible bucket of the recordings store, instead of the data directory.
+    #[arg(long = "s3-bucket", env = "VBIN_S3_BUCKET", value_name = "BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Endpoint of an S3-compatible store (MinIO, Ceph RGW, R2: `https://host[:port]`); AWS
+    /// S3 if unset.
+    #[arg(
+        long = "s3-endpoint",
+        env = "VBIN_S3_ENDPOINT",
+        value_name = "URL",
+        value_parser = http_url("VBIN_S3_ENDPOINT")
+    )]
+    pub s3_endpoint: Option<String>,
+    /// Region of the bucket (else AWS_REGION, else us-east-1).
+    #[arg(long = "s3-region", env = "VBIN_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+    /// Access key id of the bucket (else AWS_ACCESS_KEY_ID or the environment's credentials).
+    #[arg(
+        long = "s3-access-key-id",
+        env = "VBIN_S3_ACCESS_KEY_ID",
+        value_name = "ID",
+        hide_env_values = true
+    )]
+    pub s3_access_key_id: Option<String>,
+    /// Secret access key of the bucket (else AWS_SECRET_ACCESS_KEY).
+    #[arg(
+        long = "s3-secret-access-key",
+        env = "VBIN_S3_SECRET_ACCESS_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub s3_secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageSettings")
+            .field("data_dir", &self.data_dir)
+            .field("recording_retention_days", &self.recording_retention_days)
+            .field("s3", &self.s3())
+            .finish()
+    }
 }
 
 impl Default for StorageSettings {
@@ -115,13 +156,56 @@ impl Default for StorageSettings {
         Self {
             data_dir: "vbin-data".into(),
             recording_retention_days: 30,
+            s3_bucket: None,
+            s3_endpoint: None,
+            s3_region: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
         }
     }
 }
 
 impl StorageSettings {
-    /// The recordings store.
+    /// The S3 bucket, when one is configured.
+    fn s3(&self) -> Option<vbin_storage::S3Config> {
+        let bucket = self
+            .s3_bucket
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())?;
+        Some(vbin_storage::S3Config {
+            bucket: bucket.into(),
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+        })
+    }
+
+    /// The recordings store: the S3 bucket if one is set, else the data directory.
     pub fn store(&self) -> anyhow::Result<vbin_storage::Store> {
+        if let Some(cfg) = self.s3() {
+            let http = vbin_netguard::tls::client_builder()
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()
+                .context("building the S3 client")?;
+            return vbin_storage::Store::s3(&cfg, http).context("VBIN_S3_BUCKET");
+        }
+        let s3_only = [
+            ("VBIN_S3_ENDPOINT", self.s3_endpoint.is_some()),
+            ("VBIN_S3_REGION", self.s3_region.is_some()),
+            ("VBIN_S3_ACCESS_KEY_ID", self.s3_access_key_id.is_some()),
+            (
+                "VBIN_S3_SECRET_ACCESS_KEY",
+                self.s3_secret_access_key.is_some(),
+            ),
+        ];
+        if let Some((var, _)) = s3_only.iter().find(|(_, set)| *set) {
+            anyhow::bail!(
+                "{var} is set but VBIN_S3_BUCKET is not: recordings would go to VBIN_DATA_DIR"
+            );
+        }
         vbin_storage::Store::local(&self.data_dir)
             .with_context(|| format!("VBIN_DATA_DIR: cannot use {}", self.data_dir.display()))
     }
@@ -731,6 +815,19 @@ fn stt_provider_name(s: &str) -> Result<SttProviderName, String> {
     }
 }
 
+/// Parses an `http://` or `https://` URL for the setting `var`.
+fn http_url(var: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s: &str| {
+        let s = s.trim();
+        match url::Url::parse(s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.into()),
+            _ => Err(format!(
+                "{var}: expected an http:// or https:// URL, got {s:?}"
+            )),
+        }
+    }
+}
+
 fn deepgram_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() {
@@ -883,11 +980,37 @@ mod tests {
             ("--audiosocket-addr", "9093", "VBIN_AUDIOSOCKET_ADDR"),
             ("--stt-provider", "kaldi", "VBIN_STT_PROVIDER"),
             ("--deepgram-url", "ftp://x", "VBIN_DEEPGRAM_URL"),
+            ("--s3-endpoint", "minio:9000", "VBIN_S3_ENDPOINT"),
             ("--housekeeping-secs", "0", "VBIN_HOUSEKEEPING_SECS"),
         ] {
             let err = parse(&[&format!("{flag}={value}")]).unwrap_err();
             assert!(err.contains(var), "{flag} {value}: {err}");
         }
+    }
+
+    #[test]
+    fn s3_settings_need_a_bucket_and_hide_the_secret() {
+        let mut st = StorageSettings {
+            s3_endpoint: Some("http://127.0.0.1:9".into()),
+            s3_secret_access_key: Some("s3cr3t".into()),
+            ..Default::default()
+        };
+        let err = st.store().err().unwrap().to_string();
+        assert!(
+            err.contains("VBIN_S3_ENDPOINT") && err.contains("VBIN_S3_BUCKET"),
+            "{err}"
+        );
+        st.s3_bucket = Some("recordings".into());
+        // Half a credential is refused at start, not at the first recording.
+        let err = format!("{:#}", st.store().err().unwrap());
+        assert!(err.contains("AccessKeyId"), "{err}");
+        st.s3_access_key_id = Some("id".into());
+        st.store().expect("an S3 store is built without a request");
+        let debug = format!("{st:?}");
+        assert!(
+            debug.contains("recordings") && !debug.contains("s3cr3t"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, Campaign, CampaignCommand, DomainError, Flow,
     NewActiveflow, NewCall, Outplan, Target, TargetCommand,
@@ -69,40 +69,30 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let c = Campaigns::new(pool, executor);
-    let (tx, stop) = vbin_bus::stop_signal();
-    let placer = run_consumer(
-        bus.clone(),
-        ConsumerSpec::for_events_of::<TargetEvent>(
-            "campaign-placer",
-            &[TargetEvent::OUTDIALTARGET_DIALING],
-        )
-        .lanes(crate::LANES),
-        |e| c.clone().on_dialing(e),
-        stop(),
-    );
-    let results = run_consumer(
-        bus.clone(),
-        ConsumerSpec::for_events_of::<CallEvent>("campaign-results", &[CallEvent::CALL_HUNGUP])
+    let mut group = vbin_bus::Group::new(bus);
+    group
+        .consumer(
+            ConsumerSpec::for_events_of::<TargetEvent>(
+                "campaign-placer",
+                &[TargetEvent::OUTDIALTARGET_DIALING],
+            )
             .lanes(crate::LANES),
-        |e| c.clone().on_hungup(e),
-        stop(),
-    );
-    let chain = run_consumer(
-        bus,
-        ConsumerSpec::for_events_of::<CampaignEvent>(
-            "campaign-chain",
-            &[CampaignEvent::CAMPAIGN_STATUS_CHANGED],
-        ),
-        |e| c.clone().on_status(e),
-        stop(),
-    );
-    let dialer = c.clone().dialer(stop());
-    let all = futures::future::join4(placer, results, chain, dialer);
-    tokio::pin!(all);
-    tokio::select! {
-        _ = shutdown => { let _ = tx.send(true); all.await; }
-        _ = &mut all => {}
-    }
+            |e| c.clone().on_dialing(e),
+        )
+        .consumer(
+            ConsumerSpec::for_events_of::<CallEvent>("campaign-results", &[CallEvent::CALL_HUNGUP])
+                .lanes(crate::LANES),
+            |e| c.clone().on_hungup(e),
+        )
+        .consumer(
+            ConsumerSpec::for_events_of::<CampaignEvent>(
+                "campaign-chain",
+                &[CampaignEvent::CAMPAIGN_STATUS_CHANGED],
+            ),
+            |e| c.clone().on_status(e),
+        )
+        .task(|stop| c.clone().dialer(stop));
+    group.run(shutdown).await;
 }
 
 impl Campaigns {

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use vbin_app::queues::join;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::{
     Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
     QueueCommand,
@@ -59,41 +59,35 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let q = Queues::new(pool, executor);
-    let (tx, stop) = vbin_bus::stop_signal();
-    let calls = run_consumer(
-        bus.clone(),
-        ConsumerSpec::for_events_of::<CallEvent>(
-            "queue-calls",
-            &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+    let mut group = vbin_bus::Group::new(bus);
+    group
+        .consumer(
+            ConsumerSpec::for_events_of::<CallEvent>(
+                "queue-calls",
+                &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+            )
+            .lanes(crate::LANES),
+            |e| q.clone().on_call(e),
         )
-        .lanes(crate::LANES),
-        |e| q.clone().on_call(e),
-        stop(),
-    );
-    let timeouts = run_consumer(
-        bus,
-        ConsumerSpec::for_events_of::<QueueEvent>(
-            "queue-timeouts",
-            &[QueueEvent::QUEUECALL_ABANDONED],
-        ),
-        |e| q.clone().on_abandoned(e),
-        stop(),
-    );
-    let dispatcher = crate::leased_loop(
-        &q.pool,
-        DISPATCHER_LEASE,
-        "queue dispatcher",
-        TICK,
-        &q.wake,
-        stop(),
-        || q.tick(),
-    );
-    let all = futures::future::join3(calls, timeouts, dispatcher);
-    tokio::pin!(all);
-    tokio::select! {
-        _ = shutdown => { let _ = tx.send(true); all.await; }
-        _ = &mut all => {}
-    }
+        .consumer(
+            ConsumerSpec::for_events_of::<QueueEvent>(
+                "queue-timeouts",
+                &[QueueEvent::QUEUECALL_ABANDONED],
+            ),
+            |e| q.clone().on_abandoned(e),
+        )
+        .task(|stop| {
+            crate::leased_loop(
+                &q.pool,
+                DISPATCHER_LEASE,
+                "queue dispatcher",
+                TICK,
+                &q.wake,
+                stop,
+                || q.tick(),
+            )
+        });
+    group.run(shutdown).await;
 }
 
 /// A waiting call as the read model lists it.

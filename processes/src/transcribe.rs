@@ -13,11 +13,9 @@
 //! two consumers stopping the same transcription are harmless.
 
 use crate::{system_meta, ProcessError};
-use chrono::Utc;
-use uuid::Uuid;
-use vbin_app::{ExecError, Executor};
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
-use vbin_domain::{Call, DomainError, Transcribe, TranscribeCommand};
+use vbin_app::Executor;
+use vbin_bus::{Bus, ConsumerSpec};
+use vbin_domain::Call;
 use vbin_event_schema::{CallEvent, CallId, CustomerId, PublishedEvent, TranscribeEvent};
 
 /// Durable consumer of `call_hungup`.
@@ -40,29 +38,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let t = Transcribes::new(pool, executor);
-    let (tx, stop) = vbin_bus::stop_signal();
-    let hangups = run_consumer(
-        bus.clone(),
-        ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP]).lanes(8),
-        |e| t.clone().on_hangup(e),
-        stop(),
-    );
-    let starts = run_consumer(
-        bus,
-        ConsumerSpec::for_events_of::<TranscribeEvent>(
-            STARTS,
-            &[TranscribeEvent::TRANSCRIBE_STARTED],
+    let mut group = vbin_bus::Group::new(bus);
+    group
+        .consumer(
+            ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP]).lanes(8),
+            |e| t.clone().on_hangup(e),
         )
-        .lanes(8),
-        |e| t.clone().on_started(e),
-        stop(),
-    );
-    let all = futures::future::join(hangups, starts);
-    tokio::pin!(all);
-    tokio::select! {
-        _ = shutdown => { let _ = tx.send(true); all.await; }
-        _ = &mut all => {}
-    }
+        .consumer(
+            ConsumerSpec::for_events_of::<TranscribeEvent>(
+                STARTS,
+                &[TranscribeEvent::TRANSCRIBE_STARTED],
+            )
+            .lanes(8),
+            |e| t.clone().on_started(e),
+        );
+    group.run(shutdown).await;
 }
 
 impl Transcribes {
@@ -73,21 +63,11 @@ impl Transcribes {
 
     /// Stops the running transcriptions of the call `e` (a `call_hungup`) ended.
     pub async fn on_hangup(self, e: PublishedEvent) -> Result<(), ProcessError> {
-        let call_id = CallId(e.aggregate_id);
-        let running: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT transcribe_id, customer_id FROM transcribe_calls WHERE call_id = $1",
-        )
-        .bind(call_id.as_uuid())
-        .fetch_all(&self.pool)
-        .await?;
-        for (transcribe_id, customer) in running {
-            self.stop(&e, HANGUPS, transcribe_id, CustomerId(customer))
-                .await?;
-        }
-        Ok(())
+        self.stop_all(&e, HANGUPS, CallId(e.aggregate_id)).await
     }
 
-    /// Stops the transcription `e` (a `transcribe_started`) started if its call has ended.
+    /// Stops the transcription `e` (a `transcribe_started`) started if its call has ended
+    /// (with any other the call still has running).
     pub async fn on_started(self, e: PublishedEvent) -> Result<(), ProcessError> {
         let customer = CustomerId(e.customer_id);
         let TranscribeEvent::TranscribeStarted {
@@ -103,36 +83,23 @@ impl Transcribes {
             .await?
             .is_none_or(|c| c.status.is_terminal());
         if ended {
-            self.stop(&e, STARTS, e.aggregate_id, customer).await?;
+            self.stop_all(&e, STARTS, call_id).await?;
         }
         Ok(())
     }
 
-    async fn stop(
+    async fn stop_all(
         &self,
         cause: &PublishedEvent,
         part: &'static str,
-        transcribe_id: Uuid,
-        customer: CustomerId,
+        call: CallId,
     ) -> Result<(), ProcessError> {
+        let customer = CustomerId(cause.customer_id);
         let meta = system_meta(part, cause.event_id, cause.correlation_id(), customer);
-        let cmd = TranscribeCommand::Stop { at: Utc::now() };
-        match self
-            .executor
-            .execute::<Transcribe>(transcribe_id, customer, Some(customer), cmd, &meta)
-            .await
-        {
-            Ok(done) => {
-                if !done.recorded.is_empty() {
-                    metrics::counter!("vbin_transcribes_stopped_total", "by" => part).increment(1);
-                }
-                Ok(())
-            }
-            Err(ExecError::Domain(DomainError::NotFound(_))) => {
-                tracing::warn!(%transcribe_id, "running transcribe not found; not stopped");
-                Ok(())
-            }
-            Err(err) => Err(err.into()),
-        }
+        let stopped =
+            vbin_app::transcription::stop_running(&self.pool, &self.executor, call, None, &meta)
+                .await?;
+        metrics::counter!("vbin_transcribes_stopped_total", "by" => part).increment(stopped as u64);
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! vbin's object storage, through the `object_store` crate: recordings are objects
-//! `recordings/<customer>/<recording>.wav` in a local directory (`VBIN_DATA_DIR`).
+//! `recordings/<customer>/<recording>.wav` in a local directory (`VBIN_DATA_DIR`), or in an
+//! S3-compatible bucket when one is configured ([`Store::s3`]).
 //!
 //! Writers stream: [`Store::writer`] uploads in parts as audio accumulates (a multipart
 //! upload; on a local directory, a temporary file renamed into place when finished), so a
@@ -11,6 +12,8 @@ pub mod wav;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::client::{ClientOptions, HttpClient, HttpConnector};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
@@ -32,6 +35,60 @@ pub enum StorageError {
     /// The local directory could not be made.
     #[error("creating the data directory {0}")]
     Dir(String, #[source] std::io::Error),
+    /// The S3 settings are not usable.
+    #[error("S3 bucket {bucket}: {source}")]
+    S3Config {
+        /// The bucket.
+        bucket: String,
+        /// Why.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, Cloudflare R2, ...).
+///
+/// Unset credentials and region come from the usual `AWS_*` environment (access keys,
+/// session token, web identity, container credentials) as the AWS SDKs read it.
+#[derive(Clone, Default)]
+pub struct S3Config {
+    /// The bucket's name.
+    pub bucket: String,
+    /// The endpoint of an S3-compatible store (`https://minio.internal:9000`); AWS if unset.
+    /// `http://` is allowed only when given here.
+    pub endpoint: Option<String>,
+    /// The region (`us-east-1` if unset and not in the environment).
+    pub region: Option<String>,
+    /// Access key id.
+    pub access_key_id: Option<String>,
+    /// Secret access key (never shown by `Debug`).
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Hands object_store the platform's own HTTP client, so the bucket is reached with the same
+/// TLS roots (the system's plus `VBIN_TLS_EXTRA_CA_FILE`) as every other outgoing request.
+#[derive(Debug)]
+struct PlatformClient(reqwest::Client);
+
+impl HttpConnector for PlatformClient {
+    fn connect(&self, _: &ClientOptions) -> object_store::Result<HttpClient> {
+        Ok(HttpClient::new(self.0.clone()))
+    }
 }
 
 impl From<object_store::Error> for StorageError {
@@ -99,6 +156,35 @@ impl Store {
         })
     }
 
+    /// A store in the S3-compatible bucket of `cfg`, reached through `http` (a client with
+    /// the platform's TLS settings and timeouts). Nothing is requested until first use.
+    pub fn s3(cfg: &S3Config, http: reqwest::Client) -> Result<Self, StorageError> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(&cfg.bucket)
+            .with_http_connector(PlatformClient(http));
+        if let Some(endpoint) = &cfg.endpoint {
+            b = b
+                .with_endpoint(endpoint)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        if let Some(region) = &cfg.region {
+            b = b.with_region(region);
+        }
+        if let Some(key) = &cfg.access_key_id {
+            b = b.with_access_key_id(key);
+        }
+        if let Some(secret) = &cfg.secret_access_key {
+            b = b.with_secret_access_key(secret);
+        }
+        let s3 = b.build().map_err(|source| StorageError::S3Config {
+            bucket: cfg.bucket.clone(),
+            source,
+        })?;
+        Ok(Self {
+            inner: Arc::new(s3),
+        })
+    }
+
     /// Any `object_store` implementation (an S3-compatible bucket, memory in tests).
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
         Self { inner }
@@ -111,7 +197,13 @@ impl Store {
 
     /// Starts a streamed upload to `key`.
     pub async fn writer(&self, key: &str) -> Result<Writer, StorageError> {
-        let upload = self.inner.put_multipart(&Path::from(key)).await?;
+        // Not found here means the bucket (or directory) is missing, not the object: kept as
+        // the store's error so that the cause reads in the recording's error.
+        let upload = self
+            .inner
+            .put_multipart(&Path::from(key))
+            .await
+            .map_err(StorageError::Store)?;
         Ok(Writer {
             upload: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
             written: 0,

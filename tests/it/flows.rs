@@ -29,6 +29,32 @@ pub(crate) fn uuid_of(v: &Value) -> Uuid {
     v["id"].as_str().expect("an id").parse().expect("a uuid")
 }
 
+/// The call's recording once stored (status `ended`) and its file as the API serves it.
+pub(crate) async fn stored_recording(env: &Env, tok: &str, call: Uuid) -> (Value, Vec<u8>) {
+    let api = env.client(tok);
+    let rec = wait_until(
+        "the recording to be stored",
+        Duration::from_secs(30),
+        || async {
+            let (_, v) = api
+                .get(&format!("/v1.0/recordings?reference_id={call}"))
+                .await;
+            let r = v["result"][0].clone();
+            if r["status"] == "ended" {
+                Ok(r)
+            } else {
+                Err(v)
+            }
+        },
+    )
+    .await;
+    let (status, wav) = env
+        .get_bytes(tok, &format!("/v1.0/recordings/{}/file", uuid_of(&rec)))
+        .await;
+    assert_eq!(status, 200, "{rec}");
+    (rec, wav)
+}
+
 /// Waits for the call's activeflow (read model) to end; returns it.
 pub(crate) async fn ended_flow(env: &Env, tok: &str, call: Uuid, within: Duration) -> Value {
     let api = env.client(tok);
@@ -191,30 +217,11 @@ async fn an_ivr_takes_the_branch_of_the_key_the_far_end_presses() {
     assert_eq!(c["activeflow_id"], af["id"]);
 
     // The recording: stored when the call ended; left = the far end, right = the platform.
-    let rec = wait_until(
-        "the recording to be stored",
-        Duration::from_secs(20),
-        || async {
-            let (_, v) = api
-                .get(&format!("/v1.0/recordings?reference_id={call}"))
-                .await;
-            let r = v["result"][0].clone();
-            if r["status"] == "ended" {
-                Ok(r)
-            } else {
-                Err(v)
-            }
-        },
-    )
-    .await;
+    let (rec, wav) = stored_recording(&env, &tok, call).await;
     assert_eq!(rec["error"], Value::Null, "{rec}");
     let ms = rec["duration_ms"].as_u64().unwrap();
     // The menu and the branch's talk back to back (~4.5-5 s; the steps between take ticks).
     assert!((4_000..20_000).contains(&ms), "{rec}");
-    let (status, wav) = env
-        .get_bytes(&tok, &format!("/v1.0/recordings/{}/file", uuid_of(&rec)))
-        .await;
-    assert_eq!(status, 200);
     let (left, right) = stereo(&wav);
     assert_eq!(left.len() as u64, ms * 16, "16 kHz, {ms} ms");
     // In order, and nothing of the far end on the platform's side (or the reverse).
@@ -773,18 +780,7 @@ async fn play_fetches_decodes_and_plays_and_a_bad_url_is_an_error_the_flow_survi
     assert_eq!(err(2), "", "{af}");
     // A file that fails is the execution's error; the others of the same play are played.
     assert!(err(4).contains("404"), "{af}");
-    let api = env.client(&tok);
-    let rec = wait_until("the recording", Duration::from_secs(20), || async {
-        let (_, v) = api
-            .get(&format!("/v1.0/recordings?reference_id={call}"))
-            .await;
-        let r = v["result"][0].clone();
-        (r["status"] == "ended").then_some(r)
-    })
-    .await;
-    let (_, wav) = env
-        .get_bytes(&tok, &format!("/v1.0/recordings/{}/file", uuid_of(&rec)))
-        .await;
+    let (_, wav) = stored_recording(&env, &tok, call).await;
     let (_, right) = stereo(&wav);
     // Each play's audio, recognized on its own (PocketSphinx loses an utterance that follows a
     // run of digital silence, which is what lies between them).

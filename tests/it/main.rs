@@ -15,5 +15,6 @@ mod openapi;
 mod read_side;
 mod security;
 mod spine;
+mod storage;
 mod transcribe;
 mod webhooks;

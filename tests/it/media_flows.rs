@@ -3,7 +3,8 @@
 //! AudioSocket connection (as Asterisk makes one) pressing a key with a DTMF frame.
 
 use crate::flows::{
-    ended_flow, executed, grammar, ivr, recognize, stereo, uuid_of, FAR_END, MENU_TEXT, SALES,
+    ended_flow, executed, grammar, ivr, recognize, stereo, stored_recording, uuid_of, FAR_END,
+    MENU_TEXT, SALES,
 };
 use crate::support::Env;
 use serde_json::json;
@@ -511,20 +512,7 @@ async fn play_fetches_over_https_from_servers_the_platform_trusts_only() {
     let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
     assert_eq!(executed(&af), ["recording_start", "play", "hangup"], "{af}");
     assert!(af["executed_actions"][1]["error"].is_null(), "{af}");
-    let api = env.client(&tok);
-    let rec = api
-        .wait_get(
-            &format!("/v1.0/recordings?reference_id={call}"),
-            Duration::from_secs(20),
-            |_, v| v["result"][0]["status"] == "ended",
-        )
-        .await;
-    let (_, wav) = env
-        .get_bytes(
-            &tok,
-            &format!("/v1.0/recordings/{}/file", uuid_of(&rec["result"][0])),
-        )
-        .await;
+    let (_, wav) = stored_recording(&env, &tok, call).await;
     let (_, right) = stereo(&wav);
     assert_eq!(recognize(&right).await, "sales will call you back");
 

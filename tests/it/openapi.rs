@@ -10,7 +10,7 @@
 //! `VBIN_SCHEMATHESIS_PHASES` and `VBIN_SCHEMATHESIS_CHECKS` override schemathesis' `--phases`
 //! and `--checks`.
 
-use crate::support::{id_of, Env};
+use crate::support::{cache_dir, id_of, Env};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 
 /// Where `scripts/services` installs schemathesis.
 fn schemathesis() -> PathBuf {
-    let cache = std::env::var_os("VBIN_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vbin"));
-    let bin = cache.join("schemathesis/bin/schemathesis");
+    let bin = cache_dir().join("schemathesis/bin/schemathesis");
     assert!(
         bin.is_file(),
         "{} is missing: run scripts/services (it installs the pinned schemathesis)",

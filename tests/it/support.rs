@@ -75,6 +75,14 @@ pub async fn wait_until_every<P: Probe, F: Future<Output = P>>(
     }
 }
 
+/// Where `scripts/services` installs the Python test tools (`VBIN_CACHE_DIR`, else
+/// `~/.cache/vbin`).
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("VBIN_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/vbin"))
+}
+
 pub fn pg_base() -> String {
     std::env::var("VBIN_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }

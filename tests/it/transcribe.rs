@@ -82,7 +82,7 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
 
     // The media side finds both (exact, without read-model lag).
     let running = running_transcribes(&env.pool, CallId(call)).await.unwrap();
-    let mut ids: Vec<Uuid> = running.iter().map(|r| r.transcribe_id).collect();
+    let mut ids: Vec<Uuid> = running.iter().map(|r| r.transcribe_id.as_uuid()).collect();
     ids.sort();
     let mut want = vec![tr_id, tr_in_id];
     want.sort();

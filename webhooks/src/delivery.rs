@@ -116,21 +116,19 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let wake = Arc::new(Notify::new());
-    let (tx, stopped) = vbin_bus::stop_signal();
-    let recorder = run_batch_consumer(
-        bus,
-        ConsumerSpec::all_events(RECORDER),
-        RECORD_BATCH,
-        |batch| record_batch(pool.clone(), executor.clone(), batch, wake.clone()),
-        stopped(),
-    );
-    let sender = Sender::new(pool.clone(), executor.clone(), settings, wake.clone()).run(stopped());
-    let all = futures::future::join(recorder, sender);
-    tokio::pin!(all);
-    tokio::select! {
-        _ = shutdown => { let _ = tx.send(true); all.await; }
-        _ = &mut all => {}
-    }
+    let mut group = vbin_bus::Group::new(bus.clone());
+    group
+        .task(|stop| {
+            run_batch_consumer(
+                bus,
+                ConsumerSpec::all_events(RECORDER),
+                RECORD_BATCH,
+                |batch| record_batch(pool.clone(), executor.clone(), batch, wake.clone()),
+                stop,
+            )
+        })
+        .task(|stop| Sender::new(pool.clone(), executor.clone(), settings, wake.clone()).run(stop));
+    group.run(shutdown).await;
 }
 
 /// Events the recorder writes in one statement.

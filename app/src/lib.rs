@@ -7,6 +7,7 @@
 //!   one path every command request takes: metadata -> execute -> state.
 //! - [`transcription`]: what the media pipeline records.
 
+pub mod ai;
 pub mod billing;
 pub mod calls;
 pub mod executor;
@@ -14,6 +15,7 @@ pub mod flows;
 pub mod numbers;
 pub mod queues;
 pub mod recordings;
+pub mod seal;
 pub mod transcription;
 
 pub use executor::{ExecError, Executed, Executor, StoreError, StoredAggregate};
@@ -42,6 +44,9 @@ pub enum AppError {
     /// The customer's balance cannot cover one minute of a call.
     #[error("the balance cannot cover one minute of a call; top up the billing account")]
     PaymentRequired,
+    /// A limit of the customer's is reached (429).
+    #[error("{0}")]
+    Limit(String),
     /// Postgres failed outside the event store.
     #[error("database unavailable")]
     Database(#[from] sqlx::Error),
@@ -79,6 +84,10 @@ pub struct App {
     pub executor: Executor,
     /// Postgres (inline lookup tables).
     pub pool: PgPool,
+    /// Seals engine keys (None: none can be kept).
+    pub sealer: Option<std::sync::Arc<seal::Sealer>>,
+    /// Conversations with assistants a customer may have under way.
+    pub max_live_aicalls: u32,
 }
 
 impl App {
@@ -87,7 +96,15 @@ impl App {
         Self {
             executor: Executor::new(PgEventRepository::new(pool.clone())),
             pool,
+            sealer: None,
+            max_live_aicalls: ai::DEFAULT_MAX_LIVE_AICALLS,
         }
+    }
+
+    /// The same, sealing engine keys with `sealer`.
+    pub fn with_sealer(mut self, sealer: seal::Sealer) -> Self {
+        self.sealer = Some(std::sync::Arc::new(sealer));
+        self
     }
 
     /// Aggregate `id` if it exists and belongs to `tenant`, else `NotFound(what)`.

@@ -262,6 +262,7 @@ impl Bench {
             http_addr: "127.0.0.1:0".parse()?,
             admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
             jwt_secret: None,
+            seal_key: None,
             db_pool: (clients as u32 + 8).min(64),
             settings: s.platform.clone(),
         };
@@ -1084,6 +1085,7 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         http_addr: "127.0.0.1:0".parse()?,
         admin_token: Some(b.running.admin_token.clone()),
         jwt_secret: None,
+        seal_key: None,
         db_pool: 64,
         settings: b.settings.clone(),
     };

@@ -32,6 +32,7 @@ macro_rules! decided_aggregate {
 }
 
 pub mod activeflow;
+pub mod ai;
 pub mod billing;
 pub mod call;
 pub mod campaign;
@@ -46,6 +47,7 @@ mod testing;
 pub mod transcribe;
 
 pub use activeflow::{Activeflow, ActiveflowCommand, NewActiveflow};
+pub use ai::{Ai, AiCommand, Aicall, AicallCommand, AicallStatus, NewAicall, NewAimessage};
 pub use billing::{BillingAccount, BillingCommand};
 pub use call::{Call, CallCommand, HangupRequest, NewCall};
 pub use campaign::{

@@ -67,6 +67,7 @@ pub trait AggregateEvent: serde::de::DeserializeOwned {
     fn name(&self) -> &'static str;
 }
 
+pub mod ai;
 pub mod billing;
 pub mod call;
 pub mod campaign;
@@ -81,6 +82,7 @@ pub mod types;
 pub mod upcast;
 pub mod views;
 
+pub use ai::*;
 pub use billing::BillingEvent;
 pub use call::CallEvent;
 pub use campaign::*;

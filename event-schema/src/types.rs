@@ -110,6 +110,18 @@ id_type!(
     RecordingId
 );
 id_type!(
+    /// An AI assistant's configuration. The Ai aggregate's id.
+    AiId
+);
+id_type!(
+    /// One conversation of an assistant on a call. The Aicall aggregate's id.
+    AicallId
+);
+id_type!(
+    /// One message of a conversation.
+    AimessageId
+);
+id_type!(
     /// One running flow. The Activeflow aggregate's id.
     ActiveflowId
 );

@@ -1,6 +1,7 @@
 //! Inline projections: lookup tables the command side needs exact at commit time (logins,
 //! access keys, webhook secrets, balances, the queue each call joined, the running
-//! transcriptions of each call, the stored recordings' files, the owners of phone numbers),
+//! transcriptions of each call, the stored recordings' files, the owners of phone numbers, the
+//! AI conversations under way),
 //! updated in the same transaction as the events that change them. Read models proper are
 //! built asynchronously by the projections crate.
 
@@ -8,7 +9,8 @@ use crate::event::NewEvent;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 use vbin_event_schema::{
-    BillingEvent, CustomerEvent, NumberEvent, QueueEvent, RecordingEvent, TranscribeEvent,
+    AicallEvent, BillingEvent, CustomerEvent, NumberEvent, QueueEvent, RecordingEvent,
+    TranscribeEvent,
 };
 
 /// Whether appends to this aggregate type update lookup tables (and so need a transaction).
@@ -21,6 +23,7 @@ pub fn applies_to(aggregate_type: &str) -> bool {
             | TranscribeEvent::AGGREGATE
             | RecordingEvent::AGGREGATE
             | NumberEvent::AGGREGATE
+            | AicallEvent::AGGREGATE
     )
 }
 
@@ -220,6 +223,41 @@ async fn apply_transcribe(
     Ok(())
 }
 
+/// Keeps `aicall_live` equal to the conversations under way (for the per-customer limit and
+/// a call's hangup).
+async fn apply_aicall(
+    tx: &mut Transaction<'_, Postgres>,
+    aicall_id: Uuid,
+    customer_id: Uuid,
+    events: &[NewEvent],
+) -> Result<(), sqlx::Error> {
+    for e in events {
+        if e.event_type == AicallEvent::AIMESSAGE_CREATED {
+            continue;
+        }
+        match decode::<AicallEvent>(e)? {
+            AicallEvent::AicallCreated { reference_id, .. } => {
+                sqlx::query(
+                    "INSERT INTO aicall_live (aicall_id, customer_id, call_id) VALUES ($1, $2, $3)",
+                )
+                .bind(aicall_id)
+                .bind(customer_id)
+                .bind(reference_id.as_uuid())
+                .execute(&mut **tx)
+                .await?;
+            }
+            AicallEvent::AicallStatusTerminated { .. } => {
+                sqlx::query("DELETE FROM aicall_live WHERE aicall_id = $1")
+                    .bind(aicall_id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            AicallEvent::AicallStatusProgressing { .. } | AicallEvent::AimessageCreated { .. } => {}
+        }
+    }
+    Ok(())
+}
+
 /// An appended event's payload as its aggregate's event type.
 fn decode<T: serde::de::DeserializeOwned>(e: &NewEvent) -> Result<T, sqlx::Error> {
     serde_json::from_value(e.payload.clone()).map_err(|err| sqlx::Error::Decode(Box::new(err)))
@@ -244,6 +282,7 @@ pub async fn apply(
             return apply_recording(tx, aggregate_id, customer_id, events).await
         }
         NumberEvent::AGGREGATE => return apply_number(tx, aggregate_id, customer_id, events).await,
+        AicallEvent::AGGREGATE => return apply_aicall(tx, aggregate_id, customer_id, events).await,
         _ => return Ok(()),
     }
     for e in events {

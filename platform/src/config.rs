@@ -58,6 +58,10 @@ pub struct Config {
     /// JWT signing secret (generated and stored in the database if unset).
     #[arg(long, env = "VBIN_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Secret that seals the secrets events carry (assistants' engine keys); generated and
+    /// stored in the database if unset. Changing it makes the sealed keys unreadable.
+    #[arg(long, env = "VBIN_SEAL_KEY", hide_env_values = true)]
+    pub seal_key: Option<String>,
     /// Postgres pool size of this process.
     #[arg(
         long,
@@ -85,6 +89,31 @@ pub struct Settings {
     pub housekeeping: HousekeepingSettings,
     #[command(flatten)]
     pub storage: StorageSettings,
+    #[command(flatten)]
+    pub agents: AgentSettings,
+}
+
+/// AI voice agents.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "AI agents")]
+pub struct AgentSettings {
+    /// Conversations with assistants one customer may have under way at once.
+    #[arg(
+        long = "ai-max-live",
+        env = "VBIN_AI_MAX_LIVE",
+        value_name = "N",
+        default_value_t = vbin_app::ai::DEFAULT_MAX_LIVE_AICALLS,
+        value_parser = positive::<u32>("VBIN_AI_MAX_LIVE", "a positive number of conversations")
+    )]
+    pub max_live: u32,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            max_live: vbin_app::ai::DEFAULT_MAX_LIVE_AICALLS,
+        }
+    }
 }
 
 /// Files: recordings.
@@ -982,6 +1011,7 @@ mod tests {
             ("--deepgram-url", "ftp://x", "VBIN_DEEPGRAM_URL"),
             ("--s3-endpoint", "minio:9000", "VBIN_S3_ENDPOINT"),
             ("--housekeeping-secs", "0", "VBIN_HOUSEKEEPING_SECS"),
+            ("--ai-max-live", "0", "VBIN_AI_MAX_LIVE"),
         ] {
             let err = parse(&[&format!("{flag}={value}")]).unwrap_err();
             assert!(err.contains(var), "{flag} {value}: {err}");

@@ -186,7 +186,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         println!("generated platform admin token (stored in the database): {admin_token}");
     }
     let (jwt_secret, _) = platform_secret(&pool, "jwt_secret", cfg.jwt_secret.as_deref()).await?;
-    let app = App::new(pool.clone());
+    let (seal_key, _) = platform_secret(&pool, "seal_key", cfg.seal_key.as_deref()).await?;
+    let mut app = App::new(pool.clone()).with_sealer(vbin_app::seal::Sealer::new(&seal_key));
+    app.max_live_aicalls = cfg.settings.agents.max_live;
     let executor = app.executor.clone();
     let (stop, rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -124,6 +124,8 @@ pub fn all() -> &'static [Projection] {
         models::flows::ACTIVEFLOWS,
         models::flows::RECORDINGS,
         models::flows::NUMBERS,
+        models::ais::AIS,
+        models::ais::AICALLS,
     ]
 }
 

@@ -63,6 +63,12 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/activeflows/{id}", get(get_activeflow))
         .route("/v1.0/numbers", get(list_numbers))
         .route("/v1.0/numbers/{id}", get(get_number))
+        .route("/v1.0/ais", get(list_ais))
+        .route("/v1.0/ais/{id}", get(get_ai))
+        .route("/v1.0/aicalls", get(list_aicalls))
+        .route("/v1.0/aicalls/{id}", get(get_aicall))
+        .route("/v1.0/aimessages", get(list_aimessages))
+        .route("/v1.0/aimessages/{id}", get(get_aimessage))
         .route("/v1.0/recordings", get(list_recordings))
         .route("/v1.0/recordings/{id}", get(get_recording))
         .route(
@@ -268,6 +274,7 @@ pub struct Filter {
     campaign_id: Option<String>,
     queue_id: Option<String>,
     transcribe_id: Option<String>,
+    aicall_id: Option<String>,
 }
 
 fn uuid_param(name: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> {
@@ -330,74 +337,87 @@ list_and_get! {
     list_transcribes, get_transcribe => "rm_transcribes", "transcribe";
     list_flows, get_flow => "rm_flows", "flow";
     list_numbers, get_number => "rm_numbers", "number";
+    list_ais, get_ai => "rm_ais", "ai";
 }
 
-/// `GET /v1.0/recordings/{id}`.
-async fn get_recording(
+/// A customer's resources of calls, in a read model table with a `reference_id` column:
+/// `list` (`?reference_id=` narrows to one call's; newest first) and `get` (by id).
+macro_rules! list_by_reference_and_get {
+    ($($list:ident, $get:ident => $table:literal, $what:literal;)*) => {$(
+        async fn $list(
+            Extension(s): Extension<ReadState>,
+            c: CustomerCaller,
+            Query(p): Query<Page>,
+            Query(f): Query<Filter>,
+        ) -> Result<axum::Json<Value>, ApiError> {
+            let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
+            list_rows_where(&s.pool, $table, c.customer_id.as_uuid(), &p, filter).await
+        }
+
+        async fn $get(
+            Extension(s): Extension<ReadState>,
+            c: CustomerCaller,
+            Path(id): Path<String>,
+        ) -> Result<axum::Json<Value>, ApiError> {
+            get_one(&s, $table, $what, &id, c.customer_id.as_uuid()).await
+        }
+    )*};
+}
+
+list_by_reference_and_get! {
+    list_recordings, get_recording => "rm_recordings", "recording";
+    list_activeflows, get_activeflow => "rm_activeflows", "activeflow";
+    list_aicalls, get_aicall => "rm_aicalls", "aicall";
+}
+
+/// `GET /v1.0/aimessages/{id}`.
+async fn get_aimessage(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     get_one(
         &s,
-        "rm_recordings",
-        "recording",
+        "rm_aimessages",
+        "aimessage",
         &id,
         c.customer_id.as_uuid(),
     )
     .await
 }
 
-/// `GET /v1.0/recordings?reference_id=`: newest first.
-async fn list_recordings(
+/// `GET /v1.0/aimessages?aicall_id=`: a conversation's messages in the order they were said
+/// (their ids are time-ordered); empty if it has none. Without `aicall_id`: all the
+/// customer's messages, newest first.
+async fn list_aimessages(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
-    list_rows_where(
-        &s.pool,
-        "rm_recordings",
-        c.customer_id.as_uuid(),
-        &p,
-        filter,
+    let customer = c.customer_id.as_uuid();
+    let Some(aicall) = uuid_param("aicall_id", &f.aicall_id)? else {
+        return list_rows(&s.pool, "rm_aimessages", customer, &p).await;
+    };
+    let size = p.size()?;
+    let after: Option<Uuid> = p.token()?;
+    let rows: Vec<(Uuid, Value)> = sqlx::query_as(
+        "SELECT id, body FROM rm_aimessages WHERE customer_id = $1 AND aicall_id = $2 \
+           AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
     )
+    .bind(customer)
+    .bind(aicall)
+    .bind(after)
+    .bind(size + 1)
+    .fetch_all(&s.pool)
     .await
-}
-
-/// `GET /v1.0/activeflows/{id}`.
-async fn get_activeflow(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
-    get_one(
-        &s,
-        "rm_activeflows",
-        "activeflow",
-        &id,
-        c.customer_id.as_uuid(),
-    )
-    .await
-}
-
-/// `GET /v1.0/activeflows?reference_id=`: running and ended flows, newest first.
-async fn list_activeflows(
-    Extension(s): Extension<ReadState>,
-    c: CustomerCaller,
-    Query(p): Query<Page>,
-    Query(f): Query<Filter>,
-) -> Result<axum::Json<Value>, ApiError> {
-    let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
-    list_rows_where(
-        &s.pool,
-        "rm_activeflows",
-        c.customer_id.as_uuid(),
-        &p,
-        filter,
-    )
-    .await
+    .map_err(db_error)?;
+    Ok(page_body(
+        rows.into_iter()
+            .map(|(id, b)| (id.to_string(), b))
+            .collect(),
+        size,
+    ))
 }
 
 /// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).

@@ -5,6 +5,7 @@
 
 mod support;
 
+mod ai;
 mod business;
 mod chaos;
 mod flows;

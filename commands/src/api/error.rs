@@ -63,6 +63,7 @@ impl From<AppError> for CmdError {
             }
             AppError::Exec(ExecError::AlreadyApplied) => ApiError::conflict("already applied"),
             AppError::Conflict(m) => ApiError::conflict(m),
+            AppError::Limit(m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", m),
             AppError::PaymentRequired => ApiError::new(
                 StatusCode::PAYMENT_REQUIRED,
                 "payment_required",

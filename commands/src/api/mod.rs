@@ -2,6 +2,7 @@
 //! and runs it through the application layer ([`vbin_app::App`]); the view of the resulting
 //! state is the answer.
 
+pub mod ais;
 pub mod billing;
 pub mod calls;
 pub mod campaigns;
@@ -87,6 +88,10 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
         .route("/v1.0/queues", post(queues::create_queue))
         .route("/v1.0/queues/{id}", put(queues::update_queue))
         .route("/v1.0/queues/{id}/calls", post(queues::join_queue))
+        .route("/v1.0/ais", post(ais::create_ai))
+        .route("/v1.0/ais/{id}", put(ais::update_ai).delete(ais::delete_ai))
+        .route("/v1.0/aicalls", post(ais::create_aicall))
+        .route("/v1.0/aicalls/{id}/stop", post(ais::stop_aicall))
         .route("/v1.0/transcribes", post(transcribes::create_transcribe))
         .route(
             "/v1.0/transcribes/{id}/stop",

@@ -1,5 +1,6 @@
 //! The read models. Each module: its projection constants (tables and pure apply function).
 
+pub mod ais;
 pub mod billing;
 pub mod calls;
 pub mod campaigns;

@@ -107,15 +107,16 @@ impl App {
     }
 
     /// Starts a conversation of assistant `ai` on the tenant's answered call `call` (as
-    /// `id`: a flow's `ai_talk` derives it, so a redelivery finds it). Refused when the
-    /// customer has its limit of conversations under way.
+    /// `id`: a flow's `ai_talk` derives it, so a redelivery finds it), for the `ai_talk`
+    /// execution `activeflow` (activeflow, seq) if a flow asked. Refused when the customer has
+    /// its limit of conversations under way.
     pub async fn start_aicall(
         &self,
         acting: &Acting,
         id: AicallId,
         ai: AiId,
         call: CallId,
-        activeflow: Option<ActiveflowId>,
+        activeflow: Option<(ActiveflowId, u64)>,
     ) -> Result<Aicall, AppError> {
         let customer = acting.customer;
         let assistant: Ai = self.find(ai.as_uuid(), customer, "ai").await?;
@@ -137,7 +138,8 @@ impl App {
                 ai_id: ai,
                 settings,
                 reference_id: call,
-                activeflow_id: activeflow,
+                activeflow_id: activeflow.map(|(a, _)| a),
+                activeflow_seq: activeflow.map(|(_, seq)| seq),
             }),
             at: Utc::now(),
         };

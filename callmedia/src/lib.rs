@@ -12,6 +12,7 @@
 //!   played again). [`hang_up_orphans`] hangs up a call nobody took over within the orphan
 //!   timeout (cause `network_out_of_order`).
 
+pub mod ai;
 pub mod far;
 pub mod frame;
 pub mod play;
@@ -37,9 +38,9 @@ use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, Sandbo
 use vbin_event_schema::views::TranscribeView;
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
-    ActiveflowEvent, ActiveflowId, CallEvent, CallId, CallStatus, CustomerId, HangupCause,
-    PublishedEvent, RecordingEvent, RecordingId, RecordingLimits, RecordingStatus,
-    TranscribeDirection, TranscribeEvent, TranscribeId,
+    ActiveflowEvent, ActiveflowId, AicallEvent, AicallId, CallEvent, CallId, CallStatus,
+    CustomerId, HangupCause, PublishedEvent, RecordingEvent, RecordingId, RecordingLimits,
+    RecordingStatus, TranscribeDirection, TranscribeEvent, TranscribeId,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
@@ -54,6 +55,8 @@ pub const ACTIONS_CONSUMER: &str = "media-actions";
 pub const RECORDINGS_CONSUMER: &str = "media-recordings";
 /// Durable consumer of transcription starts and ends.
 pub const TRANSCRIBES_CONSUMER: &str = "media-transcribes";
+/// Durable consumer of AI conversation starts and ends.
+pub const AICALLS_CONSUMER: &str = "media-aicalls";
 
 /// Settings of the media process.
 #[derive(Clone, Debug)]
@@ -110,6 +113,10 @@ pub struct Media {
     transcriber: Option<Transcriber>,
     /// Transcriptions fed by this process's sessions (started once, however often told).
     tapped: Arc<Mutex<std::collections::HashSet<(CallId, TranscribeId)>>>,
+    /// What AI conversations use (None: they fail with that reason).
+    agent_kit: Option<Arc<ai::AgentKit>>,
+    /// The conversations running here: their call and their input.
+    agents: Arc<Mutex<HashMap<AicallId, ai::Running>>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -142,7 +149,15 @@ impl Media {
             player: play::Player::new(policy, 16_000 * 60 * 30),
             transcriber,
             tapped: Arc::default(),
+            agent_kit: None,
+            agents: Arc::default(),
         }
+    }
+
+    /// The same, running AI conversations with `kit`.
+    pub fn with_agents(mut self, kit: ai::AgentKit) -> Self {
+        self.agent_kit = Some(Arc::new(kit));
+        self
     }
 
     /// Live sessions in this process.
@@ -191,6 +206,17 @@ impl Media {
                 )
                 .lanes(8),
                 |e| self.clone().on_transcribe(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<AicallEvent>(
+                    AICALLS_CONSUMER,
+                    &[
+                        AicallEvent::AICALL_CREATED,
+                        AicallEvent::AICALL_STATUS_TERMINATED,
+                    ],
+                )
+                .lanes(8),
+                |e| self.clone().on_aicall(e),
             )
             .task(|stop| self.clone().keep_leases(stop));
         group.run(shutdown).await;
@@ -983,6 +1009,7 @@ impl Media {
 
     /// Ends the call's session and releases its claim.
     async fn end(&self, call: CallId) -> Result<(), MediaError> {
+        self.stop_conversations(call).await;
         let handle = self.sessions.lock().expect("sessions").remove(&call);
         self.tapped
             .lock()

@@ -7,9 +7,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
+use vbin_agent::In as AgentIn;
 use vbin_event_schema::flow::{ActionKind, ActionResult};
 use vbin_event_schema::{
-    ActiveflowId, RecordingId, RecordingLimits, TranscribeId, TranscriptDirection,
+    ActiveflowId, AicallId, RecordingId, RecordingLimits, TranscribeId, TranscriptDirection,
 };
 use vbin_media::tts::Speech;
 use vbin_transcription::Feed;
@@ -70,9 +71,29 @@ impl std::fmt::Debug for NewFar {
     }
 }
 
+/// What an AI conversation does with its audio in the session.
+#[derive(Debug)]
+pub enum AgentCmd {
+    /// Queue this chunk.
+    Say(u64, Speech),
+    /// Stop playing at once (keep the queue); the conversation is told where.
+    Pause,
+    /// Play on.
+    Resume,
+    /// Drop what is queued (and a pause: what is queued next plays).
+    Flush,
+}
+
 /// What the session is told.
 #[derive(Debug)]
 pub enum Control {
+    /// An AI conversation hears the far end from now on and speaks through the session
+    /// (replacing one attached before).
+    AttachAgent(AicallId, mpsc::Sender<AgentIn>),
+    /// The conversation's audio.
+    Agent(AicallId, AgentCmd),
+    /// The conversation ended.
+    DetachAgent(AicallId),
     /// The call's audio now comes from (and goes to) this far end (an AudioSocket connection
     /// that arrived for the call); the previous one is dropped.
     Attach(NewFar),
@@ -116,6 +137,79 @@ struct Source {
     done: Option<Execution>,
     /// Reported with the end (a play whose other files failed).
     error: Option<String>,
+}
+
+/// The audio of the AI conversation attached to the session.
+struct AgentAudio {
+    id: AicallId,
+    input: mpsc::Sender<AgentIn>,
+    queue: VecDeque<(u64, Speech, usize)>,
+    paused: bool,
+    /// Frames since it was attached.
+    frame: u64,
+}
+
+impl AgentAudio {
+    /// Tells the conversation something it must not miss: a full channel (it fell behind)
+    /// delivers it off the tick.
+    fn tell(&self, m: AgentIn) {
+        if let Err(mpsc::error::TrySendError::Full(m)) = self.input.try_send(m) {
+            let tx = self.input.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(m).await;
+            });
+        }
+    }
+
+    /// The conversation's next 20 ms mixed into `out`, and the far end's frame to it.
+    fn tick(&mut self, inbound: &[i16], out: &mut [i32]) {
+        // Droppable: a conversation that fell behind loses audio, not the session's pace.
+        let _ = self.input.try_send(AgentIn::Frame(inbound.to_vec()));
+        let mut told = Vec::new();
+        if !self.paused {
+            if let Some((chunk, speech, pos)) = self.queue.front_mut() {
+                let chunk = *chunk;
+                if *pos == 0 {
+                    told.push(AgentIn::Started {
+                        chunk,
+                        frame: self.frame,
+                    });
+                }
+                let end = (*pos + FRAME_SAMPLES).min(speech.len());
+                for (o, v) in out.iter_mut().zip(&speech[*pos..end]) {
+                    *o += *v as i32;
+                }
+                *pos = end;
+                if end >= speech.len() {
+                    self.queue.pop_front();
+                    told.push(AgentIn::Finished { chunk });
+                }
+            }
+        }
+        for m in told {
+            self.tell(m);
+        }
+        self.frame += 1;
+    }
+
+    fn command(&mut self, cmd: AgentCmd) {
+        match cmd {
+            AgentCmd::Say(chunk, speech) => self.queue.push_back((chunk, speech, 0)),
+            AgentCmd::Pause => {
+                self.paused = true;
+                let (chunk, samples) = self
+                    .queue
+                    .front()
+                    .map_or((None, 0), |(c, _, p)| (Some(*c), *p));
+                self.tell(AgentIn::PausedAt { chunk, samples });
+            }
+            AgentCmd::Resume => self.paused = false,
+            AgentCmd::Flush => {
+                self.queue.clear();
+                self.paused = false;
+            }
+        }
+    }
 }
 
 /// Frames of audio gathered before they go to the uploader (one second).
@@ -205,6 +299,7 @@ pub struct Session {
     timers: Vec<(Instant, Execution)>,
     recorders: Vec<Recorder>,
     taps: Vec<Tap>,
+    agent: Option<AgentAudio>,
     far_gone: bool,
     reports: mpsc::UnboundedSender<Report>,
     /// Frames sent to the far end so far.
@@ -222,6 +317,7 @@ impl Session {
             timers: Vec::new(),
             recorders: Vec::new(),
             taps: Vec::new(),
+            agent: None,
             far_gone: false,
             reports,
             frames: 0,
@@ -266,6 +362,25 @@ impl Session {
                 }
             }
             Control::Untap(id) => self.taps.retain(|t| t.id != id),
+            Control::AttachAgent(id, input) => {
+                self.agent = Some(AgentAudio {
+                    id,
+                    input,
+                    queue: VecDeque::new(),
+                    paused: false,
+                    frame: 0,
+                })
+            }
+            Control::Agent(id, cmd) => {
+                if let Some(a) = self.agent.as_mut().filter(|a| a.id == id) {
+                    a.command(cmd);
+                }
+            }
+            Control::DetachAgent(id) => {
+                if self.agent.as_ref().is_some_and(|a| a.id == id) {
+                    self.agent = None;
+                }
+            }
             Control::Record(capture) => {
                 if !self.recorders.iter().any(|r| r.capture.id == capture.id) {
                     self.recorders.push(Recorder {
@@ -375,6 +490,9 @@ impl Session {
             if s.pos >= s.samples.len() {
                 finished.push(i);
             }
+        }
+        if let Some(a) = self.agent.as_mut() {
+            a.tick(&inbound.audio, &mut out);
         }
         for i in finished.into_iter().rev() {
             let s = self.sources.remove(i);

@@ -322,6 +322,8 @@ pub struct NewAicall {
     pub reference_id: CallId,
     /// The flow, if an `ai_talk` started it.
     pub activeflow_id: Option<ActiveflowId>,
+    /// That `ai_talk`'s execution.
+    pub activeflow_seq: Option<u64>,
 }
 
 /// A message to record.
@@ -387,6 +389,8 @@ pub struct Aicall {
     pub reference_id: Option<CallId>,
     /// The flow.
     pub activeflow_id: Option<ActiveflowId>,
+    /// The flow's `ai_talk` execution.
+    pub activeflow_seq: Option<u64>,
     /// Status.
     pub status: AicallStatus,
     /// Why it ended.
@@ -476,6 +480,7 @@ impl Aicall {
                     settings: Box::new(aicall.settings),
                     reference_id: aicall.reference_id,
                     activeflow_id: aicall.activeflow_id,
+                    activeflow_seq: aicall.activeflow_seq,
                     at,
                 }])
             }
@@ -526,9 +531,11 @@ impl Aicall {
                 settings,
                 reference_id,
                 activeflow_id,
+                activeflow_seq,
                 at,
             } => {
                 *self = Aicall {
+                    activeflow_seq,
                     id: Some(aicall_id),
                     customer_id,
                     ai_id: Some(ai_id),
@@ -756,6 +763,7 @@ mod tests {
             settings: settings(),
             reference_id: call,
             activeflow_id: None,
+            activeflow_seq: None,
         };
         let at = Utc::now();
         let mut c = given_nothing::<Aicall>()

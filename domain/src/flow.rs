@@ -167,6 +167,17 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
             p.stream_urls.iter().try_for_each(|u| url("stream_urls", u))
         }
         ActionKind::Sleep(s) => ms("duration", s.duration),
+        ActionKind::AiTalk(a) => {
+            if let Some(l) = &a.language {
+                language(l)?;
+            }
+            if a.duration.is_some_and(|d| !(1..=86_400).contains(&d)) {
+                return Err("duration must be 1 to 86400 seconds".into());
+            }
+            a.gender
+                .as_deref()
+                .map_or(Ok(()), |g| bounded("gender", g, 16))
+        }
         ActionKind::DigitsReceive(d) => {
             ms("duration", d.duration)?;
             if d.duration == 0 {

@@ -224,6 +224,9 @@ pub enum AicallEvent {
         reference_id: CallId,
         /// The flow whose `ai_talk` started it, if one did.
         activeflow_id: Option<ActiveflowId>,
+        /// That `ai_talk`'s execution (its `seq`): it ends when the conversation does.
+        #[serde(default)]
+        activeflow_seq: Option<u64>,
         /// When.
         at: DateTime<Utc>,
     },

@@ -296,13 +296,25 @@ pub struct Hangup {
 }
 
 /// The action types of later work: accepted by name so the error can say so.
-pub const NOT_YET_SUPPORTED: &[&str] = &[
-    "connect",
-    "call",
-    "queue_join",
-    "conference_join",
-    "ai_talk",
-];
+pub const NOT_YET_SUPPORTED: &[&str] = &["connect", "call", "queue_join", "conference_join"];
+
+/// `ai_talk`: a conversation with an assistant; the flow goes on when it ends (the assistant
+/// stops, or its limits end it). The variables the assistant set are the flow's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiTalk {
+    /// The assistant.
+    pub ai_id: crate::AiId,
+    /// Language of the conversation (the assistant's if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// Longest conversation, in seconds (the platform's limit if unset or longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u32>,
+    /// Accepted for VoIPBIN compatibility (the assistant's voice decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+}
 
 macro_rules! action_kinds {
     ($($v:ident ( $o:ty ) = $n:literal),* $(,)?) => {
@@ -369,6 +381,7 @@ action_kinds! {
     WebhookSend(WebhookSend) = "webhook_send",
     FetchFlow(FetchFlow) = "fetch_flow",
     TranscribeStart(TranscribeStart) = "transcribe_start",
+    AiTalk(AiTalk) = "ai_talk",
     TranscribeStop(NoOption) = "transcribe_stop",
     RecordingStart(RecordingStart) = "recording_start",
     RecordingStop(NoOption) = "recording_stop",

@@ -31,12 +31,12 @@ use vbin_domain::{
     Transcribe, TranscribeCommand,
 };
 use vbin_event_schema::flow::{
-    ActionId, ActionKind, ActionResult, RawAction, TranscribeStart, WebhookSend,
+    ActionId, ActionKind, ActionResult, AiTalk, RawAction, TranscribeStart, WebhookSend,
 };
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
-    ActiveflowEvent, CallDirection, CallEvent, CustomerId, PublishedEvent, TranscribeId,
-    TranscribeReferenceType,
+    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, PublishedEvent,
+    TranscribeId, TranscribeReferenceType,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::{AddressPolicy, GuardedResolver};
@@ -208,6 +208,11 @@ impl Engine {
             },
             ActionKind::TranscribeStart(t) => self.transcribe_start(&e, customer, seq, t).await?,
             ActionKind::TranscribeStop(_) => self.transcribe_stop(&e, customer).await?,
+            ActionKind::AiTalk(t) => match self.ai_talk(&e, customer, seq, t).await? {
+                Some(refused) => refused,
+                // The conversation completes the execution when it ends.
+                None => return Ok(()),
+            },
             _ => return Ok(()),
         };
         let cmd = ActiveflowCommand::Complete {
@@ -264,6 +269,51 @@ impl Engine {
             error,
             ..Default::default()
         })
+    }
+
+    /// Starts the execution's conversation with an assistant on the activeflow's call;
+    /// `Some(result)` when it cannot start (the execution ends with that error).
+    async fn ai_talk(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        t: &AiTalk,
+    ) -> Result<Option<ActionResult>, EngineError> {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
+            return Ok(None);
+        };
+        let id = AicallId(Uuid::new_v5(
+            &e.aggregate_id,
+            format!("ai_talk:{seq}").as_bytes(),
+        ));
+        let acting = vbin_app::Acting {
+            customer,
+            meta: Self::meta(e, customer),
+        };
+        let activeflow = ActiveflowId(e.aggregate_id);
+        let error = match self
+            .app
+            .start_aicall(&acting, id, t.ai_id, call, Some((activeflow, seq)))
+            .await
+        {
+            // Started now, or before this redelivery.
+            Ok(_) | Err(AppError::Exec(ExecError::Domain(DomainError::AlreadyExists(_)))) => {
+                return Ok(None)
+            }
+            Err(AppError::NotFound(what)) => format!("ai_talk: no {what} {}", t.ai_id),
+            Err(
+                e @ (AppError::Conflict(_)
+                | AppError::Limit(_)
+                | AppError::Invalid(_)
+                | AppError::Exec(ExecError::Domain(_))),
+            ) => format!("ai_talk: {e}"),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(Some(ActionResult {
+            error: Some(error),
+            ..Default::default()
+        }))
     }
 
     /// Stops the running transcriptions of the activeflow's call.

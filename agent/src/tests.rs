@@ -1,0 +1,448 @@
+//! The conversation's turn-taking against a simulated session (frames paced on tokio's paused
+//! clock) and stand-ins for the engines: speech is any loud frame, speech-to-text says the
+//! next scripted line when an utterance ends, the model replies from a script, and
+//! text-to-speech makes 10 ms of audio per character. The real engines are exercised by the
+//! media part's end-to-end tests.
+
+use super::*;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use vbin_llm::{LlmError, LlmStream};
+use vbin_media::stt::{Segment, SttSession};
+use vbin_media::tts::TtsError;
+
+struct LoudVad;
+
+impl Vad for LoudVad {
+    fn speech_prob(&mut self, chunk: &[f32; VAD_CHUNK]) -> Result<f32, SttError> {
+        Ok(if chunk.iter().any(|s| s.abs() > 0.1) {
+            0.9
+        } else {
+            0.0
+        })
+    }
+    fn reset(&mut self) {}
+}
+
+/// Says the next line of `lines` when an utterance (>= 100 ms loud) is followed by 300 ms of
+/// silence.
+struct ScriptedStt {
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl SttProvider for ScriptedStt {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn start(&self, _: &str) -> Result<SttSession, SttError> {
+        let (audio, mut frames) = mpsc::channel::<Vec<i16>>(1000);
+        let (tx, results) = mpsc::channel(16);
+        let lines = self.lines.clone();
+        tokio::spawn(async move {
+            let (mut loud, mut quiet) = (0, 0);
+            while let Some(f) = frames.recv().await {
+                if f.iter().any(|s| s.unsigned_abs() > 3000) {
+                    loud += 1;
+                    quiet = 0;
+                } else {
+                    quiet += 1;
+                    if loud >= 5 && quiet == 15 {
+                        loud = 0;
+                        let text = lines.lock().unwrap().pop_front().unwrap_or_default();
+                        let seg = Segment {
+                            text,
+                            start_ms: 0,
+                            end_ms: 0,
+                            is_final: true,
+                        };
+                        if tx.send(Ok(seg)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(SttSession { audio, results })
+    }
+}
+
+/// Replies with the next script (events, or a failure), and keeps what it was asked.
+struct ScriptedLlm {
+    replies: Mutex<VecDeque<Result<Vec<LlmEvent>, String>>>,
+    asked: Mutex<Vec<ChatRequest>>,
+}
+
+#[async_trait::async_trait]
+impl LlmProvider for ScriptedLlm {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    async fn stream(&self, req: ChatRequest) -> Result<LlmStream, LlmError> {
+        self.asked.lock().unwrap().push(req);
+        let reply = self.replies.lock().unwrap().pop_front();
+        match reply {
+            Some(Ok(events)) => Ok(futures::stream::iter(events.into_iter().map(Ok)).boxed()),
+            Some(Err(e)) => Err(LlmError::Connect(e)),
+            None => Err(LlmError::Connect("no more replies".into())),
+        }
+    }
+}
+
+struct CharTts;
+
+#[async_trait::async_trait]
+impl TtsProvider for CharTts {
+    fn name(&self) -> &'static str {
+        "chars"
+    }
+    async fn synthesize(&self, req: &TtsRequest) -> Result<Speech, TtsError> {
+        Ok(vec![1000i16; req.text.len() * 160].into())
+    }
+}
+
+fn tokens(text: &str) -> Vec<LlmEvent> {
+    let mut v: Vec<LlmEvent> = text
+        .split_inclusive(' ')
+        .map(|t| LlmEvent::Token(t.to_string()))
+        .collect();
+    v.push(LlmEvent::Done {
+        finish_reason: "stop".into(),
+    });
+    v
+}
+
+fn setup(greet: bool) -> Setup {
+    Setup {
+        system_prompt: "You answer the phone for a bakery.".into(),
+        model: "m".into(),
+        language: "en-US".into(),
+        voice: None,
+        tools: vec![AiTool::Hangup, AiTool::VariableSet],
+        vad: VadConfig::default(),
+        apology: "Sorry, I cannot answer now.".into(),
+        reprompt: "Are you still there?".into(),
+        max_duration: Duration::from_secs(600),
+        greet,
+    }
+}
+
+/// The session side: plays queued chunks frame by frame and records what happens.
+struct Sim {
+    tx: mpsc::Sender<In>,
+    rx: mpsc::Receiver<Out>,
+    queue: VecDeque<(u64, Speech, usize)>,
+    paused: bool,
+    frame: u64,
+    messages: Vec<Message>,
+    end: Option<(AicallEndReason, HashMap<String, String>)>,
+    /// Frames at which a pause arrived.
+    pauses: Vec<u64>,
+    resumes: usize,
+    llm: Arc<ScriptedLlm>,
+    lines: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Sim {
+    fn start(setup: Setup, replies: Vec<Result<Vec<LlmEvent>, String>>, lines: &[&str]) -> Self {
+        let llm = Arc::new(ScriptedLlm {
+            replies: Mutex::new(replies.into()),
+            asked: Mutex::new(vec![]),
+        });
+        let lines = Arc::new(Mutex::new(lines.iter().map(|s| s.to_string()).collect()));
+        let engines = Engines {
+            stt: Arc::new(ScriptedStt {
+                lines: lines.clone(),
+            }),
+            tts: Arc::new(CharTts),
+            llm: llm.clone(),
+            vad: Arc::new(|| Ok(Box::new(LoudVad) as Box<dyn Vad + Send>)),
+        };
+        let (tx, input) = mpsc::channel(256);
+        let (out, rx) = mpsc::channel(256);
+        tokio::spawn(run(setup, engines, input, out));
+        Sim {
+            tx,
+            rx,
+            queue: VecDeque::new(),
+            paused: false,
+            frame: 0,
+            messages: vec![],
+            end: None,
+            pauses: vec![],
+            resumes: 0,
+            llm,
+            lines,
+        }
+    }
+
+    async fn handle(&mut self) {
+        while let Ok(o) = self.rx.try_recv() {
+            match o {
+                Out::Say { chunk, speech } => self.queue.push_back((chunk, speech, 0)),
+                Out::Pause => {
+                    self.paused = true;
+                    self.pauses.push(self.frame);
+                    let (chunk, samples) = self
+                        .queue
+                        .front()
+                        .map_or((None, 0), |(c, _, p)| (Some(*c), *p));
+                    let _ = self.tx.send(In::PausedAt { chunk, samples }).await;
+                }
+                Out::Resume => {
+                    self.paused = false;
+                    self.resumes += 1;
+                }
+                Out::Flush => {
+                    self.queue.clear();
+                    self.paused = false;
+                }
+                Out::Message(m) => self.messages.push(m),
+                Out::End {
+                    reason, variables, ..
+                } => self.end = Some((reason, variables)),
+            }
+        }
+    }
+
+    /// One 20 ms frame: the caller's `level`, and a frame of the assistant played.
+    async fn step(&mut self, level: i16) {
+        let _ = self.tx.send(In::Frame(vec![level; 320])).await;
+        tokio::time::sleep(FRAME).await;
+        self.handle().await;
+        if !self.paused {
+            if let Some((chunk, speech, pos)) = self.queue.front_mut() {
+                if *pos == 0 {
+                    let _ = self
+                        .tx
+                        .send(In::Started {
+                            chunk: *chunk,
+                            frame: self.frame,
+                        })
+                        .await;
+                }
+                *pos = (*pos + 320).min(speech.len());
+                if *pos >= speech.len() {
+                    let chunk = *chunk;
+                    self.queue.pop_front();
+                    let _ = self.tx.send(In::Finished { chunk }).await;
+                }
+            }
+        }
+        self.frame += 1;
+    }
+
+    async fn silence(&mut self, ms: u64) {
+        for _ in 0..ms / 20 {
+            self.step(0).await;
+        }
+    }
+
+    async fn speak(&mut self, ms: u64) {
+        for _ in 0..ms / 20 {
+            self.step(8000).await;
+        }
+    }
+
+    fn said(&self, role: AiRole) -> Vec<(String, bool)> {
+        self.messages
+            .iter()
+            .filter(|m| m.role == role)
+            .map(|m| (m.content.clone(), m.interrupted))
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn greets_answers_each_turn_and_measures_its_latency() {
+    let mut sim = Sim::start(
+        setup(true),
+        vec![
+            Ok(tokens("Hello! How can I help?")),
+            Ok(tokens("We open at nine.")),
+        ],
+        &["when do you open"],
+    );
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.said(AiRole::Assistant),
+        [("Hello! How can I help?".to_string(), false)]
+    );
+    sim.speak(600).await;
+    sim.silence(1_500).await;
+    assert_eq!(
+        sim.said(AiRole::User),
+        [("when do you open".to_string(), false)]
+    );
+    let answers = sim.said(AiRole::Assistant);
+    assert_eq!(
+        answers.last().unwrap(),
+        &("We open at nine.".to_string(), false)
+    );
+    let latency = sim.messages.last().unwrap().latency.unwrap();
+    // The caller's turn ends 300 ms after its speech (the scripted recognizer), then the
+    // first frame of the answer goes out a frame or two later.
+    let v2v = latency.voice_to_voice_ms.unwrap();
+    assert!((250..=400).contains(&v2v), "{latency:?}");
+    assert!(
+        latency.stt_ms.is_some() && latency.llm_first_token_ms.is_some(),
+        "{latency:?}"
+    );
+    // The model saw the system prompt, its greeting and the caller's words.
+    let asked = sim.llm.asked.lock().unwrap();
+    let last = &asked.last().unwrap().messages;
+    assert_eq!(last.len(), 3);
+    assert_eq!(last[2].content, "when do you open");
+    assert_eq!(asked[0].tools.len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn caller_speech_stops_the_answer_which_keeps_only_what_was_played() {
+    let long = "We bake bread every morning. We also make cakes to order. Ask about our pies.";
+    let mut sim = Sim::start(
+        setup(true),
+        vec![Ok(tokens(long)), Ok(tokens("Sure, goodbye."))],
+        &["please stop"],
+    );
+    // Well into the second sentence (the first is 28 characters: 280 ms of audio).
+    sim.silence(400).await;
+    let onset = sim.frame;
+    sim.speak(400).await;
+    let paused = *sim.pauses.first().expect("a pause");
+    // min_speech_ms (200) of speech, detected in 32 ms chunks, then the next frame.
+    assert!(
+        (paused - onset) * 20 <= 260,
+        "paused {} ms after the onset",
+        (paused - onset) * 20
+    );
+    sim.silence(1_000).await;
+    let answers = sim.said(AiRole::Assistant);
+    let (cut, interrupted) = &answers[0];
+    assert!(*interrupted, "{answers:?}");
+    assert!(cut.starts_with("We bake bread every morning. We"), "{cut}");
+    assert!(!cut.contains("pies"), "{cut}");
+    assert_eq!(sim.said(AiRole::User), [("please stop".to_string(), false)]);
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.said(AiRole::Assistant).last().unwrap().0,
+        "Sure, goodbye."
+    );
+    // The model was told what the caller heard, not what it wrote.
+    let asked = sim.llm.asked.lock().unwrap();
+    assert_eq!(&asked[1].messages[1].content, cut);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backchannel_or_noise_resumes_the_answer() {
+    let long = "We bake bread every morning. We also make cakes to order. \
+                Ask about our pies, our tarts and our famous cinnamon rolls.";
+    let mut sim = Sim::start(setup(true), vec![Ok(tokens(long))], &["mhm", ""]);
+    sim.silence(300).await;
+    sim.speak(300).await;
+    assert_eq!(sim.pauses.len(), 1);
+    sim.silence(600).await;
+    assert_eq!(sim.resumes, 1, "resumed after the backchannel");
+    sim.speak(300).await;
+    sim.silence(3_000).await;
+    assert_eq!(sim.resumes, 2, "resumed after noise with no words");
+    assert_eq!(sim.said(AiRole::Assistant), [(long.to_string(), false)]);
+    assert!(sim.said(AiRole::User).is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn tools_set_variables_and_hang_up_after_the_goodbye() {
+    let call = |id: &str, name: &str, args: &str| {
+        LlmEvent::ToolCall(ToolCall {
+            id: id.into(),
+            name: name.into(),
+            arguments: args.into(),
+        })
+    };
+    let done = |r: &str| LlmEvent::Done {
+        finish_reason: r.into(),
+    };
+    let mut sim = Sim::start(
+        setup(true),
+        vec![
+            Ok(vec![
+                call(
+                    "1",
+                    "variable_set",
+                    r#"{"key": "order", "value": "two loaves"}"#,
+                ),
+                call("2", "fly", "{}"),
+                call("3", "hangup", "not json"),
+                done("tool_calls"),
+            ]),
+            Ok(vec![
+                LlmEvent::Token("Noted. Goodbye!".into()),
+                call("4", "hangup", "{}"),
+                done("tool_calls"),
+            ]),
+        ],
+        &[],
+    );
+    sim.silence(1_000).await;
+    let (reason, vars) = sim.end.clone().expect("ended");
+    assert_eq!(reason, AicallEndReason::Hangup);
+    assert_eq!(vars["order"], "two loaves");
+    let tools = sim.said(AiRole::Tool);
+    assert_eq!(tools.len(), 4, "{tools:?}");
+    assert!(tools[1].0.contains("no tool"), "{tools:?}");
+    assert!(tools[2].0.contains("not JSON"), "{tools:?}");
+    assert_eq!(
+        sim.said(AiRole::Assistant),
+        [("Noted. Goodbye!".to_string(), false)]
+    );
+    // The model got each result with its call's id.
+    let asked = sim.llm.asked.lock().unwrap();
+    let results: Vec<_> = asked[1]
+        .messages
+        .iter()
+        .filter_map(|m| m.tool_call_id.clone())
+        .collect();
+    assert_eq!(results, ["1", "2", "3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_model_apologizes_and_ends() {
+    let mut sim = Sim::start(setup(true), vec![Err("connection refused".into())], &[]);
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.said(AiRole::Assistant),
+        [("Sorry, I cannot answer now.".to_string(), false)]
+    );
+    assert_eq!(
+        sim.end.as_ref().map(|e| e.0),
+        Some(AicallEndReason::EngineFailed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn silence_is_reprompted_once_then_ends_the_conversation() {
+    let mut sim = Sim::start(setup(false), vec![], &[]);
+    sim.silence(8_500).await;
+    assert_eq!(
+        sim.said(AiRole::Assistant),
+        [("Are you still there?".to_string(), false)]
+    );
+    assert!(sim.end.is_none());
+    sim.silence(9_000).await;
+    assert_eq!(
+        sim.end.as_ref().map(|e| e.0),
+        Some(AicallEndReason::NoInput)
+    );
+    let _ = &sim.lines;
+}
+
+#[test]
+fn backchannels_and_prefixes() {
+    for b in ["mhm", "Mm-hmm.", "uh huh", "Okay.", "yeah yeah", ""] {
+        assert!(backchannel(b), "{b}");
+    }
+    for w in ["stop", "what time", "okay stop"] {
+        assert!(!backchannel(w), "{w}");
+    }
+    assert_eq!(prefix("one two three four", 0.5), "one two");
+    assert_eq!(prefix("one two three", 0.1), "one");
+    assert_eq!(prefix("one two", 2.0), "one two");
+}

@@ -1,0 +1,340 @@
+//! AI conversations on the calls whose sessions this process runs: an `aicall_created` starts
+//! a [`vbin_agent`] conversation attached to the call's session; what it says goes to the
+//! session, what it records becomes `aimessage_created`, its end becomes
+//! `aicall_status_terminated` (and the end of the flow's `ai_talk`, or the call's hangup).
+
+use crate::session::{AgentCmd, Control, Execution};
+use crate::{Media, MediaError};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+use vbin_agent::{Engines, In, Out, Setup, VadFactory};
+use vbin_app::seal::Sealer;
+use vbin_domain::ai::{parse_engine_model, EngineProvider};
+use vbin_domain::{Aicall, AicallCommand, Call, CallCommand, HangupRequest, NewAimessage};
+use vbin_event_schema::flow::ActionResult;
+use vbin_event_schema::{
+    ActiveflowId, AicallEndReason, AicallEvent, AicallId, AimessageId, CallId, CustomerId,
+    PublishedEvent,
+};
+use vbin_llm::LlmProvider;
+use vbin_media::stt::SttProvider;
+
+/// A conversation running here: its call and its input.
+pub(crate) type Running = (CallId, mpsc::Sender<In>);
+
+/// What conversations need besides the session: the engines and the platform's limits.
+#[derive(Clone)]
+pub struct AgentKit {
+    /// Speech-to-text of the caller.
+    pub stt: Arc<dyn SttProvider>,
+    /// Barge-in detection.
+    pub vad: VadFactory,
+    /// The embedded model (`local.*`), if installed.
+    pub local: Option<Arc<dyn LlmProvider>>,
+    /// Opens the assistants' engine keys.
+    pub sealer: Arc<Sealer>,
+    /// HTTP client of `openai.*` engines (the SSRF guard, the platform's TLS roots).
+    pub http: reqwest::Client,
+    /// Longest conversation.
+    pub max_duration: Duration,
+    /// Said when the model fails.
+    pub apology: String,
+    /// Said when the caller is silent.
+    pub reprompt: String,
+}
+
+impl Media {
+    /// Handles the conversation events: starts, and stops through the API.
+    pub(crate) async fn on_aicall(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let id = AicallId(e.aggregate_id);
+        match e.decode::<AicallEvent>()? {
+            AicallEvent::AicallCreated { reference_id, .. } => {
+                self.start_conversation(id, CustomerId(e.customer_id), reference_id)
+                    .await
+            }
+            AicallEvent::AicallStatusTerminated { reason, .. } => {
+                let input = self
+                    .agents
+                    .lock()
+                    .expect("agents")
+                    .get(&id)
+                    .map(|(_, i)| i.clone());
+                if let Some(input) = input {
+                    let _ = input.send(In::Stop(reason)).await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn start_conversation(
+        &self,
+        id: AicallId,
+        customer: CustomerId,
+        call: CallId,
+    ) -> Result<(), MediaError> {
+        if self.agents.lock().expect("agents").contains_key(&id) {
+            return Ok(());
+        }
+        let Some(aicall) = self
+            .executor
+            .load::<Aicall>(id.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(());
+        };
+        if aicall.status != vbin_domain::AicallStatus::Initiating {
+            // Under way elsewhere (a redelivery after a takeover) or over.
+            return Ok(());
+        }
+        let Some(control) = self.ensure(call, customer).await? else {
+            return self
+                .conversation_over(
+                    &aicall,
+                    customer,
+                    AicallEndReason::Failed,
+                    Some("the call has no media (not answered or ended)".into()),
+                    Default::default(),
+                )
+                .await;
+        };
+        let (setup, engines) = match self.conversation_parts(&aicall) {
+            Ok(p) => p,
+            Err(why) => {
+                return self
+                    .conversation_over(
+                        &aicall,
+                        customer,
+                        AicallEndReason::Failed,
+                        Some(why),
+                        Default::default(),
+                    )
+                    .await
+            }
+        };
+        let (input_tx, input_rx) = mpsc::channel(1_000);
+        let (out_tx, out_rx) = mpsc::channel(256);
+        self.agents
+            .lock()
+            .expect("agents")
+            .insert(id, (call, input_tx.clone()));
+        let _ = control.send(Control::AttachAgent(id, input_tx)).await;
+        self.command::<Aicall>(
+            customer,
+            id.as_uuid(),
+            AicallCommand::Progress { at: Utc::now() },
+        )
+        .await?;
+        tracing::info!(aicall = %id, %call, "AI conversation started");
+        metrics::gauge!("vbin_ai_conversations").increment(1.0);
+        tokio::spawn(vbin_agent::run(setup, engines, input_rx, out_tx));
+        tokio::spawn(self.clone().follow(aicall, customer, control, out_rx));
+        Ok(())
+    }
+
+    /// The conversation's setup and engines, or why it cannot run.
+    fn conversation_parts(&self, aicall: &Aicall) -> Result<(Setup, Engines), String> {
+        let kit = self
+            .agent_kit
+            .as_ref()
+            .ok_or("this platform runs no AI conversations")?;
+        let settings = aicall
+            .settings
+            .as_ref()
+            .ok_or("the conversation has no assistant")?;
+        let (provider, model) =
+            parse_engine_model(&settings.engine_model).map_err(|e| e.to_string())?;
+        let llm: Arc<dyn LlmProvider> = match provider {
+            EngineProvider::OpenAi => {
+                let url = settings.engine_url.as_deref().ok_or("no engine_url")?;
+                let key = match (&settings.engine_key_sealed, aicall.ai_id) {
+                    (Some(sealed), Some(ai)) => Some(
+                        kit.sealer
+                            .open(ai.as_uuid().as_bytes(), sealed)
+                            .map_err(|e| format!("engine_key: {e}"))?,
+                    ),
+                    _ => None,
+                };
+                Arc::new(
+                    vbin_llm::OpenAiCompatible::new(url, key, kit.http.clone())
+                        .map_err(|e| format!("engine_url: {e}"))?,
+                )
+            }
+            EngineProvider::Local => kit
+                .local
+                .clone()
+                .ok_or("the local model is not installed (scripts/models)")?,
+        };
+        let setup = Setup {
+            system_prompt: settings.init_prompt.clone(),
+            model: model.to_string(),
+            language: settings.stt_language.clone(),
+            voice: settings.tts_voice_id.clone(),
+            tools: settings.tool_names.clone(),
+            vad: settings.vad_config,
+            apology: kit.apology.clone(),
+            reprompt: kit.reprompt.clone(),
+            max_duration: kit.max_duration,
+            greet: true,
+        };
+        let engines = Engines {
+            stt: kit.stt.clone(),
+            tts: self.tts.clone(),
+            llm,
+            vad: kit.vad.clone(),
+        };
+        Ok((setup, engines))
+    }
+
+    /// Carries out what a conversation says until it ends.
+    async fn follow(
+        self,
+        aicall: Aicall,
+        customer: CustomerId,
+        control: mpsc::Sender<Control>,
+        mut out: mpsc::Receiver<Out>,
+    ) {
+        let id = aicall.id.expect("a created aicall");
+        let mut ended = None;
+        while let Some(o) = out.recv().await {
+            let cmd = match o {
+                Out::Say { chunk, speech } => AgentCmd::Say(chunk, speech),
+                Out::Pause => AgentCmd::Pause,
+                Out::Resume => AgentCmd::Resume,
+                Out::Flush => AgentCmd::Flush,
+                Out::Message(m) => {
+                    let message = NewAimessage {
+                        aimessage_id: AimessageId(Uuid::now_v7()),
+                        role: m.role,
+                        content: m.content,
+                        interrupted: m.interrupted,
+                        latency: m.latency,
+                    };
+                    let cmd = AicallCommand::AddMessage {
+                        message,
+                        at: Utc::now(),
+                    };
+                    if let Err(e) = self.retried::<Aicall>(customer, id.as_uuid(), cmd).await {
+                        tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "recording an AI message failed");
+                    }
+                    continue;
+                }
+                Out::End {
+                    reason,
+                    detail,
+                    variables,
+                } => {
+                    ended = Some((reason, detail, variables));
+                    break;
+                }
+            };
+            let _ = control.send(Control::Agent(id, cmd)).await;
+        }
+        let _ = control.send(Control::DetachAgent(id)).await;
+        self.agents.lock().expect("agents").remove(&id);
+        metrics::gauge!("vbin_ai_conversations").decrement(1.0);
+        let (reason, detail, variables) =
+            ended.unwrap_or((AicallEndReason::CallEnded, None, Default::default()));
+        tracing::info!(aicall = %id, ?reason, "AI conversation ended");
+        if let Err(e) = self
+            .conversation_over(&aicall, customer, reason, detail, variables)
+            .await
+        {
+            tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "ending an AI conversation failed");
+        }
+    }
+
+    /// Records a conversation's end: the aicall terminated, the call hung up if the assistant
+    /// did, the flow's `ai_talk` completed (with the variables the assistant set).
+    async fn conversation_over(
+        &self,
+        aicall: &Aicall,
+        customer: CustomerId,
+        reason: AicallEndReason,
+        detail: Option<String>,
+        variables: std::collections::HashMap<String, String>,
+    ) -> Result<(), MediaError> {
+        let id = aicall.id.expect("a created aicall");
+        let cmd = AicallCommand::Terminate {
+            reason,
+            detail: detail.clone(),
+            at: Utc::now(),
+        };
+        self.retried::<Aicall>(customer, id.as_uuid(), cmd).await?;
+        if reason == AicallEndReason::Hangup {
+            if let Some(call) = aicall.reference_id {
+                let cmd = CallCommand::Hangup {
+                    request: HangupRequest::Local,
+                    at: Utc::now(),
+                };
+                self.retried::<Call>(customer, call.as_uuid(), cmd).await?;
+            }
+        }
+        if let (Some(activeflow), Some(seq)) = (aicall.activeflow_id, aicall.activeflow_seq) {
+            let error = match reason {
+                AicallEndReason::Failed | AicallEndReason::EngineFailed => Some(format!(
+                    "ai_talk: {}",
+                    detail.unwrap_or_else(|| "failed".into())
+                )),
+                _ => None,
+            };
+            let result = ActionResult {
+                error,
+                variables: variables
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect(),
+                ..Default::default()
+            };
+            let exec = Execution {
+                activeflow: ActiveflowId(activeflow.as_uuid()),
+                seq,
+            };
+            self.complete(customer, exec, result).await?;
+        }
+        Ok(())
+    }
+
+    /// A command retried a few times (a conflict or a blip must not lose a message or an
+    /// end).
+    async fn retried<A: vbin_app::StoredAggregate>(
+        &self,
+        customer: CustomerId,
+        id: Uuid,
+        cmd: A::Command,
+    ) -> Result<(), MediaError>
+    where
+        A::Command: Clone,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match self.command::<A>(customer, id, cmd.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= 4 => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// Ends the conversations of `call` (its session is ending).
+    pub(crate) async fn stop_conversations(&self, call: CallId) {
+        let inputs: Vec<mpsc::Sender<In>> = self
+            .agents
+            .lock()
+            .expect("agents")
+            .values()
+            .filter(|(c, _)| *c == call)
+            .map(|(_, i)| i.clone())
+            .collect();
+        for input in inputs {
+            let _ = input.send(In::Stop(AicallEndReason::CallEnded)).await;
+        }
+    }
+}

@@ -106,13 +106,90 @@ pub struct AgentSettings {
         value_parser = positive::<u32>("VBIN_AI_MAX_LIVE", "a positive number of conversations")
     )]
     pub max_live: u32,
+    /// Longest conversation with an assistant, in seconds (an `ai_talk` may ask for less).
+    #[arg(
+        long = "ai-max-secs",
+        env = "VBIN_AI_MAX_SECS",
+        value_name = "SECS",
+        default_value_t = 1_800,
+        value_parser = positive::<u64>("VBIN_AI_MAX_SECS", "a positive number of seconds")
+    )]
+    pub max_secs: u64,
+    /// What the caller hears when the assistant's model fails (then the flow goes on).
+    #[arg(
+        long = "ai-apology",
+        env = "VBIN_AI_APOLOGY",
+        value_name = "TEXT",
+        default_value = "Sorry, I cannot answer right now."
+    )]
+    pub apology: String,
+    /// What the assistant asks when the caller says nothing (once; then it ends).
+    #[arg(
+        long = "ai-reprompt",
+        env = "VBIN_AI_REPROMPT",
+        value_name = "TEXT",
+        default_value = "Are you still there?"
+    )]
+    pub reprompt: String,
 }
 
 impl Default for AgentSettings {
     fn default() -> Self {
         Self {
             max_live: vbin_app::ai::DEFAULT_MAX_LIVE_AICALLS,
+            max_secs: 1_800,
+            apology: "Sorry, I cannot answer right now.".into(),
+            reprompt: "Are you still there?".into(),
         }
+    }
+}
+
+impl AgentSettings {
+    /// What the media part's conversations use: the platform's speech-to-text, Silero VAD
+    /// from the models folder (loaded per conversation), `openai.*` engines through the
+    /// webhooks' address policy.
+    pub fn kit(
+        &self,
+        stt: Arc<dyn vbin_media::stt::SttProvider>,
+        sealer: Arc<vbin_app::seal::Sealer>,
+        policy: vbin_netguard::AddressPolicy,
+    ) -> anyhow::Result<vbin_callmedia::ai::AgentKit> {
+        use vbin_media::tts::piper;
+        let dir = piper::default_models_dir();
+        let vad: vbin_agent::VadFactory = Arc::new(move || {
+            piper::init_runtime(&piper::runtime_in_models_dir(&dir))
+                .map_err(|e| vbin_media::stt::SttError::Recognizer(e.to_string()))?;
+            let v = vbin_media::stt::vad::SileroVad::load(&dir.join("silero-vad/silero_vad.onnx"))?;
+            Ok(Box::new(v) as Box<dyn vbin_media::stt::vad::Vad + Send>)
+        });
+        // Streams may take long: the engine's own first-event and idle timeouts bound them.
+        let http = vbin_netguard::tls::client_builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(vbin_netguard::GuardedResolver::new(Arc::new(
+                policy,
+            ))))
+            .user_agent("vbin-agent/1")
+            .build()
+            .context("building the AI engines' HTTP client")?;
+        let check = |name: &str, text: &str| -> anyhow::Result<String> {
+            let t = text.trim();
+            anyhow::ensure!(
+                !t.is_empty() && t.len() <= 500,
+                "{name} must be 1 to 500 bytes"
+            );
+            Ok(t.to_string())
+        };
+        Ok(vbin_callmedia::ai::AgentKit {
+            stt,
+            vad,
+            local: None,
+            sealer,
+            http,
+            max_duration: Duration::from_secs(self.max_secs),
+            apology: check("VBIN_AI_APOLOGY", &self.apology)?,
+            reprompt: check("VBIN_AI_REPROMPT", &self.reprompt)?,
+        })
     }
 }
 

@@ -187,7 +187,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     }
     let (jwt_secret, _) = platform_secret(&pool, "jwt_secret", cfg.jwt_secret.as_deref()).await?;
     let (seal_key, _) = platform_secret(&pool, "seal_key", cfg.seal_key.as_deref()).await?;
-    let mut app = App::new(pool.clone()).with_sealer(vbin_app::seal::Sealer::new(&seal_key));
+    let sealer = Arc::new(vbin_app::seal::Sealer::new(&seal_key));
+    let mut app = App::new(pool.clone());
+    app.sealer = Some(sealer.clone());
     app.max_live_aicalls = cfg.settings.agents.max_live;
     let executor = app.executor.clone();
     let (stop, rx) = watch::channel(false);
@@ -272,6 +274,12 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
+        tasks.push(tokio::spawn(vbin_processes::aicalls::run(
+            pool.clone(),
+            executor.clone(),
+            bus.clone(),
+            stopped(&rx),
+        )));
         let engine = vbin_flow_engine::Engine::new(
             app.clone(),
             settings.webhooks.delivery().policy,
@@ -291,6 +299,11 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             .with_context(|| format!("binding the AudioSocket server on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, stt = stt.name(), "AudioSocket server listening");
+        let kit = settings.agents.kit(
+            stt.clone(),
+            sealer.clone(),
+            settings.webhooks.delivery().policy,
+        )?;
         let media = vbin_callmedia::Media::new(
             pool.clone(),
             executor.clone(),
@@ -299,7 +312,8 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             Some(store.clone()),
             settings.webhooks.delivery().policy,
             vbin_callmedia::Settings::default(),
-        );
+        )
+        .with_agents(kit);
         tasks.push(tokio::spawn(
             media.clone().serve_audiosocket(listener, stopped(&rx)),
         ));

@@ -9,6 +9,7 @@
 //! The two pollers (campaign dialer, queue dispatcher) run in one instance at a time: each
 //! holds a Postgres session advisory lock (its lease) while it works; the others wait for it.
 
+pub mod aicalls;
 pub mod billing;
 pub mod campaign;
 pub mod queue;

@@ -223,3 +223,174 @@ async fn conversations_start_on_answered_calls_within_the_customers_limit_and_st
     assert_eq!(msgs["result"], json!([]));
     assert_eq!(api.get("/v1.0/aimessages?aicall_id=nope").await.0, 400);
 }
+
+/// What the fake model server was asked: the bearer and the messages of each request.
+type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// An OpenAI-compatible chat-completions server (the usual cloud engine's protocol, faked):
+/// greets when the conversation has no caller turn yet, then answers the caller with the
+/// opening hours, remembers them (`variable_set`) and ends the conversation (`stop`).
+async fn fake_model() -> (String, Asked) {
+    use axum::response::IntoResponse;
+    let asked: Asked = Default::default();
+    let log = asked.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let req: Value = serde_json::from_str(&body).unwrap();
+                let bearer = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                log.lock().unwrap().push((bearer, req.clone()));
+                let messages = req["messages"].as_array().cloned().unwrap_or_default();
+                let users = messages.iter().filter(|m| m["role"] == "user").count();
+                let answered = messages.iter().any(|m| m["role"] == "tool");
+                let chunk = |delta: Value, finish: Value| {
+                    format!(
+                        "data: {}\n\n",
+                        json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+                    )
+                };
+                let mut sse = String::new();
+                if users == 0 {
+                    for t in ["Hello, this is the bakery. ", "How can I help you?"] {
+                        sse += &chunk(json!({"content": t}), Value::Null);
+                    }
+                    sse += &chunk(json!({}), json!("stop"));
+                } else if !answered {
+                    sse += &chunk(json!({"content": "We open at nine. "}), Value::Null);
+                    sse += &chunk(json!({"content": "Goodbye!"}), Value::Null);
+                    sse += &chunk(json!({"tool_calls": [
+                        {"index": 0, "id": "c1", "type": "function", "function": {"name": "variable_set", "arguments": "{\"key\": \"hours\", "}},
+                    ]}), Value::Null);
+                    sse += &chunk(json!({"tool_calls": [
+                        {"index": 0, "function": {"arguments": "\"value\": \"nine\"}"}},
+                        {"index": 1, "id": "c2", "type": "function", "function": {"name": "stop", "arguments": "{}"}},
+                    ]}), Value::Null);
+                    sse += &chunk(json!({}), json!("tool_calls"));
+                } else {
+                    sse += &chunk(json!({}), json!("stop"));
+                }
+                sse += "data: [DONE]\n\n";
+                ([("content-type", "text/event-stream")], sse).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, asked)
+}
+
+#[tokio::test]
+async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_back() {
+    let (url, asked) = fake_model().await;
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let mut body = assistant();
+    body["engine_url"] = json!(url);
+    body["tool_names"] = json!(["variable_set", "stop"]);
+    let ai = id_of(&api.create("/v1.0/ais", body).await);
+    // The caller asks after the greeting; the flow goes on after the conversation.
+    let call = env
+        .calls(
+            &tok,
+            &["+15550008100"],
+            json!({"actions": [
+                {"type": "ai_talk", "option": {"ai_id": ai}},
+                {"type": "talk", "option": {"text": "sales will call you back"}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [
+                {"at_ms": 5000, "say": "When do you open?"},
+                {"at_ms": 40000, "hangup": true},
+            ]}}),
+        )
+        .await[0];
+    let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
+    assert_eq!(
+        crate::flows::executed(&af),
+        ["ai_talk", "talk", "hangup"],
+        "{af}"
+    );
+    let talk = &af["executed_actions"][0];
+    assert!(talk["error"].is_null(), "{af}");
+    assert_eq!(af["variables"]["hours"], "nine", "{af}");
+
+    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
+    let aicall = list["result"][0].clone();
+    assert_eq!(
+        (aicall["status"].as_str(), aicall["end_reason"].as_str()),
+        (Some("terminated"), Some("stopped")),
+        "{aicall}"
+    );
+    assert_eq!(aicall["activeflow_id"], af["id"]);
+    let (_, msgs) = api
+        .get(&format!(
+            "/v1.0/aimessages?aicall_id={}",
+            aicall["id"].as_str().unwrap()
+        ))
+        .await;
+    let msgs = msgs["result"].as_array().unwrap().clone();
+    let said: Vec<(&str, &str)> = msgs
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        said[0],
+        (
+            "assistant",
+            "Hello, this is the bakery. How can I help you?"
+        ),
+        "{said:?}"
+    );
+    assert_eq!(said[1].0, "user", "{said:?}");
+    assert!(
+        said[1].1.to_lowercase().contains("open"),
+        "Whisper heard the caller: {said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|(r, c)| *r == "tool" && c.starts_with("variable_set")),
+        "{said:?}"
+    );
+    let answer = msgs
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .unwrap();
+    assert_eq!(answer["content"], "We open at nine. Goodbye!", "{said:?}");
+    assert_eq!(answer["interrupted"], false);
+    let latency = &answer["latency"];
+    for part in [
+        "stt_ms",
+        "llm_first_token_ms",
+        "tts_first_audio_ms",
+        "voice_to_voice_ms",
+    ] {
+        assert!(latency[part].is_u64(), "{part}: {latency}");
+    }
+    println!("latency of the answer: {latency}");
+
+    // The engine got the sealed key in clear, the system prompt, and what the caller said.
+    let asked = asked.lock().unwrap();
+    assert!(asked
+        .iter()
+        .all(|(bearer, _)| bearer == &format!("Bearer {KEY}")));
+    let second = &asked[1].1["messages"];
+    assert_eq!(second[0]["role"], "system");
+    assert_eq!(
+        second[0]["content"],
+        "You answer the phone for a bakery. Be brief."
+    );
+    assert!(
+        second.to_string().to_lowercase().contains("open"),
+        "{second}"
+    );
+}

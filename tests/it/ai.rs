@@ -230,7 +230,7 @@ type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
 /// An OpenAI-compatible chat-completions server (the usual cloud engine's protocol, faked):
 /// greets when the conversation has no caller turn yet, then answers the caller with the
 /// opening hours, remembers them (`variable_set`) and ends the conversation (`stop`).
-async fn fake_model() -> (String, Asked) {
+async fn fake_model(greeting: &'static [&'static str]) -> (String, Asked) {
     use axum::response::IntoResponse;
     let asked: Asked = Default::default();
     let log = asked.clone();
@@ -257,7 +257,7 @@ async fn fake_model() -> (String, Asked) {
                 };
                 let mut sse = String::new();
                 if users == 0 {
-                    for t in ["Hello, this is the bakery. ", "How can I help you?"] {
+                    for t in greeting {
                         sse += &chunk(json!({"content": t}), Value::Null);
                     }
                     sse += &chunk(json!({}), json!("stop"));
@@ -290,7 +290,7 @@ async fn fake_model() -> (String, Asked) {
 
 #[tokio::test]
 async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_back() {
-    let (url, asked) = fake_model().await;
+    let (url, asked) = fake_model(&["Hello, this is the bakery. ", "How can I help you?"]).await;
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
     let api = env.client(&tok);
@@ -392,5 +392,78 @@ async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_
     assert!(
         second.to_string().to_lowercase().contains("open"),
         "{second}"
+    );
+}
+
+#[tokio::test]
+async fn the_caller_talking_over_the_assistant_stops_it_and_its_message_keeps_what_was_heard() {
+    const GREETING: [&str; 3] = [
+        "Hello, this is the bakery on Main Street, open every day of the week. ",
+        "Today we have fresh bread, apple pies, chocolate cakes and cinnamon rolls. ",
+        "Tell me what you would like and I will note your order for pick up.",
+    ];
+    let (url, _) = fake_model(&GREETING).await;
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let mut body = assistant();
+    body["engine_url"] = json!(url);
+    body["tool_names"] = json!(["variable_set", "stop"]);
+    let ai = id_of(&api.create("/v1.0/ais", body).await);
+    let call = env
+        .calls(
+            &tok,
+            &["+15550008200"],
+            json!({"actions": [
+                {"type": "recording_start"},
+                {"type": "ai_talk", "option": {"ai_id": ai}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [
+                {"at_ms": 3000, "say": "Please stop. When do you open?"},
+                {"at_ms": 40000, "hangup": true},
+            ]}}),
+        )
+        .await[0];
+    crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
+    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
+    let aicall = list["result"][0]["id"].as_str().unwrap().to_string();
+    let (_, msgs) = api
+        .get(&format!("/v1.0/aimessages?aicall_id={aicall}"))
+        .await;
+    let msgs = msgs["result"].as_array().unwrap().clone();
+    let first = &msgs[0];
+    assert_eq!(
+        (first["role"].as_str(), first["interrupted"].as_bool()),
+        (Some("assistant"), Some(true)),
+        "{msgs:?}"
+    );
+    let heard = first["content"].as_str().unwrap();
+    let full = GREETING.concat();
+    assert!(
+        full.starts_with(heard) && heard.len() < full.len() - 20,
+        "{heard:?}"
+    );
+    assert_eq!(msgs[1]["role"], "user", "{msgs:?}");
+
+    // In the recording, the assistant's side goes quiet soon after the caller starts talking
+    // over it (and stays quiet while the caller goes on).
+    let (_, wav) = crate::flows::stored_recording(&env, &tok, call).await;
+    let (left, right) = crate::flows::stereo(&wav);
+    let rms = |s: &[i16]| {
+        (s.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / s.len().max(1) as f64).sqrt()
+    };
+    let ms = |m: usize| m * 16;
+    let onset = (0..left.len() / ms(20))
+        .map(|i| i * ms(20))
+        .find(|&i| i > ms(1000) && rms(&left[i..i + ms(20)]) > 500.0)
+        .expect("the caller speaks");
+    assert!(
+        rms(&right[onset - ms(600)..onset]) > 300.0,
+        "the assistant was speaking"
+    );
+    let quiet = rms(&right[onset + ms(600)..onset + ms(1500)]);
+    assert!(
+        quiet < 50.0,
+        "the assistant still spoke (rms {quiet}) 600 ms after the caller began"
     );
 }

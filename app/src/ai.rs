@@ -22,6 +22,17 @@ pub enum KeyChange {
     Set(String),
 }
 
+/// What a flow's `ai_talk` asks of its conversation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TalkOptions {
+    /// The flow's `ai_talk` execution: (activeflow, seq).
+    pub execution: Option<(ActiveflowId, u64)>,
+    /// Language instead of the assistant's.
+    pub language: Option<String>,
+    /// Longest conversation, in seconds.
+    pub max_secs: Option<u32>,
+}
+
 /// Conversations a customer may have under way at once unless the platform says otherwise.
 pub const DEFAULT_MAX_LIVE_AICALLS: u32 = 20;
 
@@ -107,23 +118,26 @@ impl App {
     }
 
     /// Starts a conversation of assistant `ai` on the tenant's answered call `call` (as
-    /// `id`: a flow's `ai_talk` derives it, so a redelivery finds it), for the `ai_talk`
-    /// execution `activeflow` (activeflow, seq) if a flow asked. Refused when the customer has
-    /// its limit of conversations under way.
+    /// `id`: a flow's `ai_talk` derives it, so a redelivery finds it), with what the flow's
+    /// `ai_talk` asked if one did. Refused when the customer has its limit of conversations
+    /// under way.
     pub async fn start_aicall(
         &self,
         acting: &Acting,
         id: AicallId,
         ai: AiId,
         call: CallId,
-        activeflow: Option<(ActiveflowId, u64)>,
+        talk: TalkOptions,
     ) -> Result<Aicall, AppError> {
         let customer = acting.customer;
         let assistant: Ai = self.find(ai.as_uuid(), customer, "ai").await?;
-        let settings = match assistant.settings {
+        let mut settings = match assistant.settings {
             Some(s) if assistant.live() => s,
             _ => return Err(AppError::NotFound("ai")),
         };
+        if let Some(l) = talk.language {
+            settings.stt_language = l;
+        }
         let c: Call = self.find(call.as_uuid(), customer, "call").await?;
         if c.status != CallStatus::Progressing {
             return Err(AppError::Conflict(
@@ -138,8 +152,9 @@ impl App {
                 ai_id: ai,
                 settings,
                 reference_id: call,
-                activeflow_id: activeflow.map(|(a, _)| a),
-                activeflow_seq: activeflow.map(|(_, seq)| seq),
+                activeflow_id: talk.execution.map(|(a, _)| a),
+                activeflow_seq: talk.execution.map(|(_, seq)| seq),
+                max_secs: talk.max_secs,
             }),
             at: Utc::now(),
         };

@@ -178,7 +178,10 @@ impl Media {
             vad: settings.vad_config,
             apology: kit.apology.clone(),
             reprompt: kit.reprompt.clone(),
-            max_duration: kit.max_duration,
+            max_duration: aicall
+                .max_secs
+                .map(|s| Duration::from_secs(s.into()))
+                .map_or(kit.max_duration, |d| d.min(kit.max_duration)),
             greet: true,
         };
         let engines = Engines {

@@ -324,6 +324,8 @@ pub struct NewAicall {
     pub activeflow_id: Option<ActiveflowId>,
     /// That `ai_talk`'s execution.
     pub activeflow_seq: Option<u64>,
+    /// Longest conversation the `ai_talk` asked for, in seconds.
+    pub max_secs: Option<u32>,
 }
 
 /// A message to record.
@@ -391,6 +393,8 @@ pub struct Aicall {
     pub activeflow_id: Option<ActiveflowId>,
     /// The flow's `ai_talk` execution.
     pub activeflow_seq: Option<u64>,
+    /// Longest conversation the `ai_talk` asked for, in seconds.
+    pub max_secs: Option<u32>,
     /// Status.
     pub status: AicallStatus,
     /// Why it ended.
@@ -481,6 +485,7 @@ impl Aicall {
                     reference_id: aicall.reference_id,
                     activeflow_id: aicall.activeflow_id,
                     activeflow_seq: aicall.activeflow_seq,
+                    max_secs: aicall.max_secs,
                     at,
                 }])
             }
@@ -532,10 +537,12 @@ impl Aicall {
                 reference_id,
                 activeflow_id,
                 activeflow_seq,
+                max_secs,
                 at,
             } => {
                 *self = Aicall {
                     activeflow_seq,
+                    max_secs,
                     id: Some(aicall_id),
                     customer_id,
                     ai_id: Some(ai_id),
@@ -764,6 +771,7 @@ mod tests {
             reference_id: call,
             activeflow_id: None,
             activeflow_seq: None,
+            max_secs: None,
         };
         let at = Utc::now();
         let mut c = given_nothing::<Aicall>()

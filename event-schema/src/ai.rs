@@ -227,6 +227,9 @@ pub enum AicallEvent {
         /// That `ai_talk`'s execution (its `seq`): it ends when the conversation does.
         #[serde(default)]
         activeflow_seq: Option<u64>,
+        /// Longest conversation the `ai_talk` asked for, in seconds.
+        #[serde(default)]
+        max_secs: Option<u32>,
         /// When.
         at: DateTime<Utc>,
     },

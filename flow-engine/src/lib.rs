@@ -294,7 +294,17 @@ impl Engine {
         let activeflow = ActiveflowId(e.aggregate_id);
         let error = match self
             .app
-            .start_aicall(&acting, id, t.ai_id, call, Some((activeflow, seq)))
+            .start_aicall(
+                &acting,
+                id,
+                t.ai_id,
+                call,
+                vbin_app::ai::TalkOptions {
+                    execution: Some((activeflow, seq)),
+                    language: t.language.clone(),
+                    max_secs: t.duration,
+                },
+            )
             .await
         {
             // Started now, or before this redelivery.

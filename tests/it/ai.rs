@@ -467,3 +467,47 @@ async fn the_caller_talking_over_the_assistant_stops_it_and_its_message_keeps_wh
         "the assistant still spoke (rms {quiet}) 600 ms after the caller began"
     );
 }
+
+#[tokio::test]
+async fn an_unreachable_model_is_an_apology_and_the_flow_goes_on() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let mut body = assistant();
+    body["engine_url"] = json!(format!("http://127.0.0.1:{}", free_port()));
+    let ai = id_of(&api.create("/v1.0/ais", body).await);
+    let call = env
+        .calls(
+            &tok,
+            &["+15550008300"],
+            json!({"actions": [
+                {"type": "ai_talk", "option": {"ai_id": ai, "duration": 60}},
+                {"type": "talk", "option": {"text": "sales will call you back"}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [{"at_ms": 30000, "hangup": true}]}}),
+        )
+        .await[0];
+    let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(
+        crate::flows::executed(&af),
+        ["ai_talk", "talk", "hangup"],
+        "{af}"
+    );
+    let error = af["executed_actions"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.starts_with("ai_talk:"), "{af}");
+    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
+    let aicall = &list["result"][0];
+    assert_eq!(aicall["end_reason"], "engine_failed", "{aicall}");
+    let (_, msgs) = api
+        .get(&format!(
+            "/v1.0/aimessages?aicall_id={}",
+            aicall["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        msgs["result"][0]["content"], "Sorry, I cannot answer right now.",
+        "{msgs}"
+    );
+}

@@ -124,7 +124,7 @@ pub async fn create_aicall(
             AicallId(vbin_app::new_id()),
             AiId(b.ai_id),
             CallId(b.reference_id),
-            None,
+            Default::default(),
         )
         .await?;
     Ok(Json(c.view()))

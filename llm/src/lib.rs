@@ -5,10 +5,13 @@
 //! tokens into sentences and speaks the first one while the rest is still being generated,
 //! which is most of the perceived latency of a turn.
 //!
-//! Providers: [`OpenAiCompatible`] (OpenAI, vLLM, llama.cpp server, Ollama, LiteLLM, …).
+//! Providers: [`OpenAiCompatible`] (OpenAI, vLLM, llama.cpp server, Ollama, LiteLLM, …), and
+//! [`LocalLlama`], a small model run in-process by llama.cpp (offline, no tools).
 
+pub mod local;
 pub mod openai;
 
+pub use local::{LocalLlama, LocalSettings};
 pub use openai::OpenAiCompatible;
 
 /// Who wrote a message of the conversation.
@@ -154,6 +157,12 @@ pub enum LlmError {
     /// The provider's settings are invalid (e.g. a base URL that is not `http(s)://`).
     #[error("bad language model settings: {0}")]
     Config(String),
+    /// The local model's file is missing (at this path).
+    #[error("the local model is not installed (no {}): run scripts/models", .0.display())]
+    NotInstalled(std::path::PathBuf),
+    /// The local model failed: it cannot be loaded, or llama.cpp failed while generating.
+    #[error("the local model failed: {0}")]
+    Local(String),
 }
 
 /// A reply as it is generated: tokens and tool calls, then [`LlmEvent::Done`]; or an error,

@@ -180,10 +180,16 @@ impl AgentSettings {
             );
             Ok(t.to_string())
         };
+        // Loaded on the first local.* conversation: most platforms never pay its 300 MB.
+        let local = vbin_llm::LocalLlama::lazy(
+            vbin_llm::local::default_model_path(),
+            vbin_llm::LocalSettings::default(),
+        )
+        .context("the local model's settings")?;
         Ok(vbin_callmedia::ai::AgentKit {
             stt,
             vad,
-            local: None,
+            local: Some(Arc::new(local)),
             sealer,
             http,
             max_duration: Duration::from_secs(self.max_secs),

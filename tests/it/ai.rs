@@ -23,6 +23,16 @@ fn id_of(v: &Value) -> Uuid {
     v["id"].as_str().expect("an id").parse().expect("a uuid")
 }
 
+/// The call's (first) conversation and its messages, in the order they were said.
+async fn conversation(api: &Client<'_>, call: Uuid) -> (Value, Vec<Value>) {
+    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
+    let aicall = list["result"][0].clone();
+    let id = aicall["id"].as_str().expect("a conversation");
+    let (_, msgs) = api.get(&format!("/v1.0/aimessages?aicall_id={id}")).await;
+    let msgs = msgs["result"].as_array().expect("messages").clone();
+    (aicall, msgs)
+}
+
 #[tokio::test]
 async fn assistants_are_validated_keep_their_key_sealed_and_belong_to_their_customer() {
     let env = Env::start().await;
@@ -323,21 +333,13 @@ async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_
     assert!(talk["error"].is_null(), "{af}");
     assert_eq!(af["variables"]["hours"], "nine", "{af}");
 
-    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
-    let aicall = list["result"][0].clone();
+    let (aicall, msgs) = conversation(&api, call).await;
     assert_eq!(
         (aicall["status"].as_str(), aicall["end_reason"].as_str()),
         (Some("terminated"), Some("stopped")),
         "{aicall}"
     );
     assert_eq!(aicall["activeflow_id"], af["id"]);
-    let (_, msgs) = api
-        .get(&format!(
-            "/v1.0/aimessages?aicall_id={}",
-            aicall["id"].as_str().unwrap()
-        ))
-        .await;
-    let msgs = msgs["result"].as_array().unwrap().clone();
     let said: Vec<(&str, &str)> = msgs
         .iter()
         .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
@@ -425,12 +427,7 @@ async fn the_caller_talking_over_the_assistant_stops_it_and_its_message_keeps_wh
         )
         .await[0];
     crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
-    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
-    let aicall = list["result"][0]["id"].as_str().unwrap().to_string();
-    let (_, msgs) = api
-        .get(&format!("/v1.0/aimessages?aicall_id={aicall}"))
-        .await;
-    let msgs = msgs["result"].as_array().unwrap().clone();
+    let (_, msgs) = conversation(&api, call).await;
     let first = &msgs[0];
     assert_eq!(
         (first["role"].as_str(), first["interrupted"].as_bool()),
@@ -497,17 +494,100 @@ async fn an_unreachable_model_is_an_apology_and_the_flow_goes_on() {
         .as_str()
         .unwrap_or_default();
     assert!(error.starts_with("ai_talk:"), "{af}");
-    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
-    let aicall = &list["result"][0];
+    let (aicall, msgs) = conversation(&api, call).await;
     assert_eq!(aicall["end_reason"], "engine_failed", "{aicall}");
-    let (_, msgs) = api
-        .get(&format!(
-            "/v1.0/aimessages?aicall_id={}",
-            aicall["id"].as_str().unwrap()
-        ))
-        .await;
     assert_eq!(
-        msgs["result"][0]["content"], "Sorry, I cannot answer right now.",
-        "{msgs}"
+        msgs[0]["content"], "Sorry, I cannot answer right now.",
+        "{msgs:?}"
+    );
+}
+
+/// Lowercase words of `s` (letters and digits).
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_embedded_model_answers_the_caller_by_voice_end_to_end() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let ai = id_of(
+        &api.create(
+            "/v1.0/ais",
+            json!({
+                "name": "bakery (offline)",
+                "init_prompt": "You answer the phone for Rosa's bakery. It opens at nine in the morning.",
+                "engine_model": "local.gemma-3-270m",
+                "vad_config": {"no_input_ms": 3000},
+            }),
+        )
+        .await,
+    );
+    let call = env
+        .calls(
+            &tok,
+            &["+15550008400"],
+            json!({"actions": [
+                {"type": "recording_start"},
+                {"type": "ai_talk", "option": {"ai_id": ai, "duration": 40}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [
+                {"at_ms": 6000, "say": "What time do you open?"},
+                {"at_ms": 60000, "hangup": true},
+            ]}}),
+        )
+        .await[0];
+    crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(60)).await;
+    let (aicall, msgs) = conversation(&api, call).await;
+    let said: Vec<(String, String)> = msgs
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().into(),
+                m["content"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    println!("conversation ({}): {said:?}", aicall["end_reason"]);
+    let assistant: Vec<&String> = said
+        .iter()
+        .filter(|(r, _)| r == "assistant")
+        .map(|(_, c)| c)
+        .collect();
+    assert!(
+        assistant.len() >= 2 && assistant.iter().all(|c| !c.is_empty()),
+        "{said:?}"
+    );
+    assert!(
+        said.iter()
+            .any(|(r, c)| r == "user" && c.to_lowercase().contains("open")),
+        "{said:?}"
+    );
+
+    // What the caller heard is what the model said: the platform's side of the recording,
+    // transcribed by Whisper, holds the words of the assistant's messages.
+    let (_, wav) = crate::flows::stored_recording(&env, &tok, call).await;
+    let (_, right) = crate::flows::stereo(&wav);
+    let whisper = vbin_media::stt::whisper::Whisper::from_models_dir(
+        &vbin_media::tts::piper::default_models_dir(),
+    )
+    .expect("Whisper (scripts/models installs it)");
+    let mut heard = Vec::new();
+    for part in crate::flows::bursts(&right) {
+        for chunk in part.chunks(16_000 * 25) {
+            heard.extend(words(&whisper.transcribe(chunk).unwrap().text));
+        }
+    }
+    let spoken: Vec<String> = assistant.iter().flat_map(|c| words(c)).collect();
+    let found = spoken.iter().filter(|w| heard.contains(w)).count();
+    println!("heard {heard:?}");
+    assert!(
+        found * 10 >= spoken.len() * 7,
+        "only {found} of the {} words said were heard: {heard:?} vs {spoken:?}",
+        spoken.len()
     );
 }

@@ -21,15 +21,25 @@ use vbin_event_schema::{
 };
 use vbin_llm::LlmProvider;
 use vbin_media::stt::SttProvider;
+use vbin_media::tts::TtsProvider;
 
 /// A conversation running here: its call and its input.
 pub(crate) type Running = (CallId, mpsc::Sender<In>);
 
+/// The speech engines an assistant may choose (`stt_type`, `tts_type`; None: the
+/// platform's). An engine this platform cannot run is an error that says why.
+pub trait SpeechEngines: Send + Sync {
+    /// Speech-to-text by name.
+    fn stt(&self, name: Option<&str>) -> Result<Arc<dyn SttProvider>, String>;
+    /// Text-to-speech by name.
+    fn tts(&self, name: Option<&str>) -> Result<Arc<dyn TtsProvider>, String>;
+}
+
 /// What conversations need besides the session: the engines and the platform's limits.
 #[derive(Clone)]
 pub struct AgentKit {
-    /// Speech-to-text of the caller.
-    pub stt: Arc<dyn SttProvider>,
+    /// Speech engines.
+    pub speech: Arc<dyn SpeechEngines>,
     /// Barge-in detection.
     pub vad: VadFactory,
     /// The embedded model (`local.*`), if installed.
@@ -185,8 +195,8 @@ impl Media {
             greet: true,
         };
         let engines = Engines {
-            stt: kit.stt.clone(),
-            tts: self.tts.clone(),
+            stt: kit.speech.stt(settings.stt_type.as_deref())?,
+            tts: kit.speech.tts(settings.tts_type.as_deref())?,
             llm,
             vad: kit.vad.clone(),
         };

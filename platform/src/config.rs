@@ -93,6 +93,71 @@ pub struct Settings {
     pub agents: AgentSettings,
 }
 
+/// The speech engines assistants may choose: the platform's, or another built from the media
+/// settings with that name (once, then kept).
+pub struct SpeechChoices {
+    media: MediaSettings,
+    stt: Arc<dyn vbin_media::stt::SttProvider>,
+    tts: Arc<dyn vbin_media::tts::TtsProvider>,
+    built_stt:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<dyn vbin_media::stt::SttProvider>>>,
+    built_tts:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<dyn vbin_media::tts::TtsProvider>>>,
+}
+
+impl SpeechChoices {
+    /// The platform's engines (`stt`, `tts`, built from `media`) and the others on demand.
+    pub fn new(
+        media: MediaSettings,
+        stt: Arc<dyn vbin_media::stt::SttProvider>,
+        tts: Arc<dyn vbin_media::tts::TtsProvider>,
+    ) -> Self {
+        Self {
+            media,
+            stt,
+            tts,
+            built_stt: Default::default(),
+            built_tts: Default::default(),
+        }
+    }
+}
+
+impl vbin_callmedia::ai::SpeechEngines for SpeechChoices {
+    fn stt(&self, name: Option<&str>) -> Result<Arc<dyn vbin_media::stt::SttProvider>, String> {
+        let Some(name) = name.filter(|n| *n != self.stt.name()) else {
+            return Ok(self.stt.clone());
+        };
+        let mut built = self.built_stt.lock().expect("stt engines");
+        if let Some(p) = built.get(name) {
+            return Ok(p.clone());
+        }
+        let mut media = self.media.clone();
+        media.stt_provider = stt_provider_name(name)?;
+        let p = media
+            .stt_provider()
+            .map_err(|e| format!("stt_type {name}: {e:#}"))?;
+        built.insert(name.to_string(), p.clone());
+        Ok(p)
+    }
+
+    fn tts(&self, name: Option<&str>) -> Result<Arc<dyn vbin_media::tts::TtsProvider>, String> {
+        let Some(name) = name.filter(|n| *n != self.media.tts_provider) else {
+            return Ok(self.tts.clone());
+        };
+        let mut built = self.built_tts.lock().expect("tts engines");
+        if let Some(p) = built.get(name) {
+            return Ok(p.clone());
+        }
+        let mut media = self.media.clone();
+        media.tts_provider = name.to_string();
+        let p = media
+            .tts_provider()
+            .map_err(|e| format!("tts_type {name}: {e:#}"))?;
+        built.insert(name.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
 /// AI voice agents.
 #[derive(Clone, Debug, clap::Args)]
 #[command(next_help_heading = "AI agents")]
@@ -150,7 +215,7 @@ impl AgentSettings {
     /// webhooks' address policy.
     pub fn kit(
         &self,
-        stt: Arc<dyn vbin_media::stt::SttProvider>,
+        speech: Arc<dyn vbin_callmedia::ai::SpeechEngines>,
         sealer: Arc<vbin_app::seal::Sealer>,
         policy: vbin_netguard::AddressPolicy,
     ) -> anyhow::Result<vbin_callmedia::ai::AgentKit> {
@@ -187,7 +252,7 @@ impl AgentSettings {
         )
         .context("the local model's settings")?;
         Ok(vbin_callmedia::ai::AgentKit {
-            stt,
+            speech,
             vad,
             local: Some(Arc::new(local)),
             sealer,

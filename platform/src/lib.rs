@@ -299,8 +299,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             .with_context(|| format!("binding the AudioSocket server on {addr}"))?;
         let local = listener.local_addr()?;
         tracing::info!(addr = %local, stt = stt.name(), "AudioSocket server listening");
+        let speech = config::SpeechChoices::new(settings.media.clone(), stt.clone(), tts.clone());
         let kit = settings.agents.kit(
-            stt.clone(),
+            Arc::new(speech),
             sealer.clone(),
             settings.webhooks.delivery().policy,
         )?;

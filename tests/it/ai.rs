@@ -472,6 +472,9 @@ async fn an_unreachable_model_is_an_apology_and_the_flow_goes_on() {
     let api = env.client(&tok);
     let mut body = assistant();
     body["engine_url"] = json!(format!("http://127.0.0.1:{}", free_port()));
+    // Other engines than the platform's: the apology is spoken by espeak-ng.
+    body["stt_type"] = json!("pocketsphinx");
+    body["tts_type"] = json!("espeak");
     let ai = id_of(&api.create("/v1.0/ais", body).await);
     let call = env
         .calls(
@@ -589,5 +592,37 @@ async fn the_embedded_model_answers_the_caller_by_voice_end_to_end() {
         found * 10 >= spoken.len() * 7,
         "only {found} of the {} words said were heard: {heard:?} vs {spoken:?}",
         spoken.len()
+    );
+}
+
+#[tokio::test]
+async fn an_engine_the_platform_cannot_run_fails_the_conversation_with_the_reason() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let mut body = assistant();
+    body["tts_type"] = json!("openai");
+    let ai = id_of(&api.create("/v1.0/ais", body).await);
+    let call = api.answered_call("+15550008500", 20).await;
+    let (s, c) = api
+        .post(
+            "/v1.0/aicalls",
+            json!({"ai_id": ai, "reference_type": "call", "reference_id": call}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let path = format!("/v1.0/aicalls/{}", c["id"].as_str().unwrap());
+    let ended = api
+        .wait_get(&path, Duration::from_secs(20), |_, v| {
+            v["status"] == "terminated"
+        })
+        .await;
+    assert_eq!(ended["end_reason"], "failed", "{ended}");
+    assert!(
+        ended["end_detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("VBIN_TTS_URL"),
+        "{ended}"
     );
 }

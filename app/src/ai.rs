@@ -33,9 +33,6 @@ pub struct TalkOptions {
     pub max_secs: Option<u32>,
 }
 
-/// Conversations a customer may have under way at once unless the platform says otherwise.
-pub const DEFAULT_MAX_LIVE_AICALLS: u32 = 20;
-
 impl App {
     fn sealer(&self) -> Result<&Sealer, AppError> {
         self.sealer.as_deref().ok_or_else(|| {

@@ -58,6 +58,10 @@ impl From<DomainError> for AppError {
     }
 }
 
+/// Conversations with assistants a customer may have under way at once unless the platform
+/// says otherwise.
+pub const DEFAULT_MAX_LIVE_AICALLS: u32 = 20;
+
 /// Who a command acts for: the tenant and the metadata its events carry.
 #[derive(Clone, Debug)]
 pub struct Acting {
@@ -97,7 +101,7 @@ impl App {
             executor: Executor::new(PgEventRepository::new(pool.clone())),
             pool,
             sealer: None,
-            max_live_aicalls: ai::DEFAULT_MAX_LIVE_AICALLS,
+            max_live_aicalls: DEFAULT_MAX_LIVE_AICALLS,
         }
     }
 

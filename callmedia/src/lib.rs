@@ -12,6 +12,7 @@
 //!   played again). [`hang_up_orphans`] hangs up a call nobody took over within the orphan
 //!   timeout (cause `network_out_of_order`).
 
+pub mod agents;
 pub mod ai;
 pub mod far;
 pub mod frame;
@@ -114,9 +115,9 @@ pub struct Media {
     /// Transcriptions fed by this process's sessions (started once, however often told).
     tapped: Arc<Mutex<std::collections::HashSet<(CallId, TranscribeId)>>>,
     /// What AI conversations use (None: they fail with that reason).
-    agent_kit: Option<Arc<ai::AgentKit>>,
+    agent_kit: Option<Arc<agents::AgentKit>>,
     /// The conversations running here: their call and their input.
-    agents: Arc<Mutex<HashMap<AicallId, ai::Running>>>,
+    agents: Arc<Mutex<HashMap<AicallId, agents::Running>>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -155,7 +156,7 @@ impl Media {
     }
 
     /// The same, running AI conversations with `kit`.
-    pub fn with_agents(mut self, kit: ai::AgentKit) -> Self {
+    pub fn with_agents(mut self, kit: agents::AgentKit) -> Self {
         self.agent_kit = Some(Arc::new(kit));
         self
     }

@@ -122,7 +122,7 @@ impl SpeechChoices {
     }
 }
 
-impl vbin_callmedia::ai::SpeechEngines for SpeechChoices {
+impl vbin_callmedia::agents::SpeechEngines for SpeechChoices {
     fn stt(&self, name: Option<&str>) -> Result<Arc<dyn vbin_media::stt::SttProvider>, String> {
         let Some(name) = name.filter(|n| *n != self.stt.name()) else {
             return Ok(self.stt.clone());
@@ -167,7 +167,7 @@ pub struct AgentSettings {
         long = "ai-max-live",
         env = "VBIN_AI_MAX_LIVE",
         value_name = "N",
-        default_value_t = vbin_app::ai::DEFAULT_MAX_LIVE_AICALLS,
+        default_value_t = vbin_app::DEFAULT_MAX_LIVE_AICALLS,
         value_parser = positive::<u32>("VBIN_AI_MAX_LIVE", "a positive number of conversations")
     )]
     pub max_live: u32,
@@ -201,7 +201,7 @@ pub struct AgentSettings {
 impl Default for AgentSettings {
     fn default() -> Self {
         Self {
-            max_live: vbin_app::ai::DEFAULT_MAX_LIVE_AICALLS,
+            max_live: vbin_app::DEFAULT_MAX_LIVE_AICALLS,
             max_secs: 1_800,
             apology: "Sorry, I cannot answer right now.".into(),
             reprompt: "Are you still there?".into(),
@@ -215,10 +215,10 @@ impl AgentSettings {
     /// webhooks' address policy.
     pub fn kit(
         &self,
-        speech: Arc<dyn vbin_callmedia::ai::SpeechEngines>,
+        speech: Arc<dyn vbin_callmedia::agents::SpeechEngines>,
         sealer: Arc<vbin_app::seal::Sealer>,
         policy: vbin_netguard::AddressPolicy,
-    ) -> anyhow::Result<vbin_callmedia::ai::AgentKit> {
+    ) -> anyhow::Result<vbin_callmedia::agents::AgentKit> {
         use vbin_media::tts::piper;
         let dir = piper::default_models_dir();
         let vad: vbin_agent::VadFactory = Arc::new(move || {
@@ -251,7 +251,7 @@ impl AgentSettings {
             vbin_llm::LocalSettings::default(),
         )
         .context("the local model's settings")?;
-        Ok(vbin_callmedia::ai::AgentKit {
+        Ok(vbin_callmedia::agents::AgentKit {
             speech,
             vad,
             local: Some(Arc::new(local)),

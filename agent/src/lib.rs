@@ -868,8 +868,18 @@ impl Conversation {
             }
             self.record(AiRole::Assistant, content, false, Some(a.latency))
                 .await;
-            if let (false, Some(v)) = (a.canned, a.latency.voice_to_voice_ms) {
-                metrics::histogram!("vbin_ai_voice_to_voice_seconds").record(v as f64 / 1000.0);
+            if !a.canned {
+                let l = a.latency;
+                for (name, ms) in [
+                    ("vbin_ai_voice_to_voice_seconds", l.voice_to_voice_ms),
+                    ("vbin_ai_stt_seconds", l.stt_ms),
+                    ("vbin_ai_llm_first_token_seconds", l.llm_first_token_ms),
+                    ("vbin_ai_tts_first_audio_seconds", l.tts_first_audio_ms),
+                ] {
+                    if let Some(ms) = ms {
+                        metrics::histogram!(name).record(ms as f64 / 1000.0);
+                    }
+                }
             }
         }
         self.idle_since = Instant::now();

@@ -1,8 +1,8 @@
 //! The `vbin bench` command line: which benchmark, and running it.
 
 use crate::{
-    all, campaign_bench, commands, flows, lag, media, replay_bench, report, stt, webhooks_bench,
-    ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
+    ai, all, campaign_bench, commands, flows, lag, media, replay_bench, report, stt,
+    webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
 };
 
 /// Which benchmark.
@@ -35,6 +35,11 @@ pub enum Which {
     /// per core (against the AudioSocket server's, same run), frame pacing jitter and the
     /// latency from the far end's key to the next talk's first frame.
     Flows(flows::FlowsArgs),
+    /// AI voice conversations: N sandbox calls whose callers ask questions an assistant
+    /// answers by voice: voice-to-voice latency per turn (p50/p95) and its stages, with a
+    /// zero-latency fake model (the platform's own cost) or the embedded one, and
+    /// conversations per core.
+    Ai(ai::AiArgs),
     /// Word error rate of the offline speech-to-text on real recorded prompts (Debian's
     /// asterisk-core-sounds-en-wav), through the media path's resampler.
     Stt(stt::SttArgs),
@@ -56,6 +61,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
         Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
         Which::Flows(a) => report(flows::run(&a).await?, a.services.json.as_deref()),
+        Which::Ai(a) => report(ai::run(&a).await?, a.services.json.as_deref()),
         Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
         // Measures on a runtime of its own (one thread = one core), off this one.
         Which::Stt(a) => stt::run(&a).await,

@@ -41,7 +41,7 @@ const MENU: &str = "Thank you for calling the bench line. Your call matters to u
     For support, press one. For sales, press two. To hear these options again, stay on the line.";
 
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`.
-fn cpu_seconds() -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds() -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat")?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat
@@ -98,7 +98,7 @@ fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (Opt
     (at, total)
 }
 
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
+pub(crate) fn gauge(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {
         l.strip_prefix(name)
             .and_then(|r| r.strip_prefix(' '))
@@ -106,7 +106,7 @@ fn gauge(metrics: &str, name: &str) -> Option<f64> {
     })
 }
 
-async fn metrics(b: &Bench) -> anyhow::Result<String> {
+pub(crate) async fn metrics(b: &Bench) -> anyhow::Result<String> {
     Ok(b.http
         .get(format!("{}/metrics", b.base))
         .send()

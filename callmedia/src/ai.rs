@@ -300,6 +300,49 @@ impl Media {
         }
     }
 
+    /// After a takeover of `call`'s session: a conversation that was under way in the dead
+    /// process ends with the messages it has (its `ai_talk` ends with that error, so the flow
+    /// goes on: a conversation's state is in no log to resume from); one that had not started
+    /// starts here.
+    pub(crate) async fn resume_conversations(
+        &self,
+        call: CallId,
+        customer: CustomerId,
+    ) -> Result<(), MediaError> {
+        let live: Vec<Uuid> =
+            sqlx::query_scalar("SELECT aicall_id FROM aicall_live WHERE call_id = $1")
+                .bind(call.as_uuid())
+                .fetch_all(&self.pool)
+                .await?;
+        for id in live {
+            let aicall_id = AicallId(id);
+            if self.agents.lock().expect("agents").contains_key(&aicall_id) {
+                continue;
+            }
+            let Some(aicall) = self.executor.load::<Aicall>(id, Some(customer)).await? else {
+                continue;
+            };
+            match aicall.status {
+                vbin_domain::AicallStatus::Initiating => {
+                    self.start_conversation(aicall_id, customer, call).await?
+                }
+                vbin_domain::AicallStatus::Progressing => {
+                    tracing::warn!(aicall = %aicall_id, %call, "the media process running an AI conversation died; ending it");
+                    self.conversation_over(
+                        &aicall,
+                        customer,
+                        AicallEndReason::Failed,
+                        Some("the media process running the conversation stopped".into()),
+                        Default::default(),
+                    )
+                    .await?
+                }
+                vbin_domain::AicallStatus::Terminated => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the conversations of `call` (its session is ending).
     pub(crate) async fn stop_conversations(&self, call: CallId) {
         let inputs: Vec<mpsc::Sender<In>> = self

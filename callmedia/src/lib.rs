@@ -1093,13 +1093,15 @@ impl Media {
         Ok(())
     }
 
-    /// Carries out the call's flow's pending media action again.
+    /// Carries out the call's flow's pending media action again, and settles the call's AI
+    /// conversations (one that never started starts; one that ran in the dead process ends).
     async fn resume(
         &self,
         call: CallId,
         customer: CustomerId,
         control: mpsc::Sender<Control>,
     ) -> Result<(), MediaError> {
+        self.resume_conversations(call, customer).await?;
         let Some(c) = self
             .executor
             .load::<Call>(call.as_uuid(), Some(customer))

@@ -108,6 +108,11 @@ pub const DIGIT_TO_TALK_BUCKETS: [f64; 12] = [
     0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
 ];
 
+/// Buckets of the AI conversations' turn latencies (`vbin_ai_*_seconds`).
+pub const AI_TURN_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 15.0,
+];
+
 fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
@@ -125,6 +130,9 @@ fn prometheus() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
                         Matcher::Full("vbin_media_digit_to_talk_seconds".into()),
                         &DIGIT_TO_TALK_BUCKETS,
                     )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Prefix("vbin_ai_".into()), &AI_TURN_BUCKETS)
                 })
                 .ok()?
                 .install_recorder()

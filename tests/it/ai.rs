@@ -626,3 +626,55 @@ async fn an_engine_the_platform_cannot_run_fails_the_conversation_with_the_reaso
         "{ended}"
     );
 }
+
+#[tokio::test]
+async fn a_conversation_whose_media_process_is_killed_ends_with_its_messages_and_the_flow_goes_on()
+{
+    let (url, _) = fake_model(&["Hello, this is the bakery. ", "How can I help you?"]).await;
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let mut body = assistant();
+    body["engine_url"] = json!(url);
+    let ai = id_of(&env.client(&tok).create("/v1.0/ais", body).await);
+    let call = env
+        .calls(
+            &tok,
+            &["+15550008600"],
+            json!({"actions": [
+                {"type": "ai_talk", "option": {"ai_id": ai}},
+                {"type": "talk", "option": {"text": "sales will call you back"}},
+                {"type": "hangup"},
+            ], "sandbox": {"script": [{"at_ms": 60000, "hangup": true}]}}),
+        )
+        .await[0];
+    // Killed once the greeting is said (a message recorded).
+    let api = env.client(&tok);
+    let aicall = wait_until("the greeting", Duration::from_secs(30), || async {
+        let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
+        let id = list["result"][0]["id"].as_str()?.to_string();
+        let (_, msgs) = api.get(&format!("/v1.0/aimessages?aicall_id={id}")).await;
+        (!msgs["result"].as_array()?.is_empty()).then_some(id)
+    })
+    .await;
+    drop(api);
+    env.platform.kill();
+    env.platform = env.spawn_platform().await;
+    let api = env.client(&tok);
+    let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(60)).await;
+    assert_eq!(
+        crate::flows::executed(&af),
+        ["ai_talk", "talk", "hangup"],
+        "{af}"
+    );
+    let (c, msgs) = conversation(&api, call).await;
+    assert_eq!(c["id"], aicall);
+    assert_eq!(
+        (c["status"].as_str(), c["end_reason"].as_str()),
+        (Some("terminated"), Some("failed")),
+        "{c}"
+    );
+    assert_eq!(
+        msgs[0]["content"], "Hello, this is the bakery. How can I help you?",
+        "{msgs:?}"
+    );
+}

@@ -234,6 +234,17 @@ async fn conversations_start_on_answered_calls_within_the_customers_limit_and_st
     assert_eq!(api.get("/v1.0/aimessages?aicall_id=nope").await.0, 400);
 }
 
+/// A new customer of `env` (its token) and its assistant (id) talking to the model server at
+/// `url`, offered `tools`.
+async fn assistant_of_new_customer(env: &Env, url: &str, tools: Value) -> (String, Uuid) {
+    let (_, tok, _) = env.customer().await;
+    let mut body = assistant();
+    body["engine_url"] = json!(url);
+    body["tool_names"] = tools;
+    let ai = id_of(&env.client(&tok).create("/v1.0/ais", body).await);
+    (tok, ai)
+}
+
 /// What the fake model server was asked: the bearer and the messages of each request.
 type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
 
@@ -302,12 +313,8 @@ async fn fake_model(greeting: &'static [&'static str]) -> (String, Asked) {
 async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_back() {
     let (url, asked) = fake_model(&["Hello, this is the bakery. ", "How can I help you?"]).await;
     let env = Env::start().await;
-    let (_, tok, _) = env.customer().await;
+    let (tok, ai) = assistant_of_new_customer(&env, &url, json!(["variable_set", "stop"])).await;
     let api = env.client(&tok);
-    let mut body = assistant();
-    body["engine_url"] = json!(url);
-    body["tool_names"] = json!(["variable_set", "stop"]);
-    let ai = id_of(&api.create("/v1.0/ais", body).await);
     // The caller asks after the greeting; the flow goes on after the conversation.
     let call = env
         .calls(
@@ -406,12 +413,8 @@ async fn the_caller_talking_over_the_assistant_stops_it_and_its_message_keeps_wh
     ];
     let (url, _) = fake_model(&GREETING).await;
     let env = Env::start().await;
-    let (_, tok, _) = env.customer().await;
+    let (tok, ai) = assistant_of_new_customer(&env, &url, json!(["variable_set", "stop"])).await;
     let api = env.client(&tok);
-    let mut body = assistant();
-    body["engine_url"] = json!(url);
-    body["tool_names"] = json!(["variable_set", "stop"]);
-    let ai = id_of(&api.create("/v1.0/ais", body).await);
     let call = env
         .calls(
             &tok,
@@ -632,10 +635,7 @@ async fn a_conversation_whose_media_process_is_killed_ends_with_its_messages_and
 {
     let (url, _) = fake_model(&["Hello, this is the bakery. ", "How can I help you?"]).await;
     let mut env = Env::start().await;
-    let (_, tok, _) = env.customer().await;
-    let mut body = assistant();
-    body["engine_url"] = json!(url);
-    let ai = id_of(&env.client(&tok).create("/v1.0/ais", body).await);
+    let (tok, ai) = assistant_of_new_customer(&env, &url, json!(["hangup", "stop"])).await;
     let call = env
         .calls(
             &tok,

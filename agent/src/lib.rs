@@ -7,11 +7,18 @@
 //! ([`sentences::Splitter`]) and each sentence is synthesised as soon as it is complete, so the
 //! first sentence plays while the model still writes the rest.
 //!
-//! Barge-in: a voice activity detector (Silero VAD) watches the caller while the assistant
-//! speaks; speech longer than `min_speech_ms` pauses the assistant's audio at once. What
-//! speech-to-text then hears decides: words (not a mere "mhm") interrupt the answer (its
-//! message keeps only what was played, `interrupted: true`) and start the next turn; nothing,
-//! or a backchannel, resumes the answer where it paused.
+//! End of turn: a voice activity detector (Silero VAD) watches the caller; `end_of_turn_ms`
+//! of silence after speech ends the caller's turn, and all the final text of the turn goes to
+//! the model. Speech-to-text does not wait for its own end of utterance: at the first 200 ms
+//! of silence it is told to recognize what it holds ([`SttInput::Flush`]), so it decodes
+//! while the rest of the end-of-turn silence passes; speech that resumes just goes on as more
+//! of the same turn.
+//!
+//! Barge-in: speech longer than `min_speech_ms` while the assistant speaks pauses the
+//! assistant's audio at once. What speech-to-text hears at the end of that turn decides:
+//! words (not a mere "mhm") interrupt the answer (its message keeps only what was played,
+//! `interrupted: true`) and start the next turn; nothing, or a backchannel, resumes the answer
+//! where it paused.
 //!
 //! Knows nothing of events, calls or the database: the media part turns [`Out`] into commands.
 
@@ -26,7 +33,7 @@ use tokio::time::Instant;
 use vbin_event_schema::{AiLatency, AiRole, AiTool, AicallEndReason, VadConfig};
 use vbin_llm::{ChatMessage, ChatRequest, LlmEvent, LlmProvider, ToolCall, ToolSpec};
 use vbin_media::stt::vad::{Vad, VAD_CHUNK};
-use vbin_media::stt::{SttError, SttProvider};
+use vbin_media::stt::{SttError, SttInput, SttProvider};
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest, TTS_RATE_HZ};
 
 /// Length of one frame of the session.
@@ -35,11 +42,14 @@ pub const FRAME: Duration = Duration::from_millis(20);
 const SPEECH_PROB: f32 = 0.5;
 /// Within speech, chunks below this probability are silence.
 const SILENCE_PROB: f32 = 0.35;
-/// Silence that ends the caller's speech (for the barge-in decision), in ms.
-const SPEECH_END_MS: u64 = 500;
-/// After a barge-in's speech ended, how long speech-to-text may take to say what it was
-/// before the answer resumes.
-const FALSE_INTERRUPTION_WAIT: Duration = Duration::from_millis(1_500);
+/// Speech shorter than this is not a turn (a click, a breath), in ms.
+const MIN_TURN_SPEECH_MS: u64 = 64;
+/// Silence after which speech-to-text is told to recognize what it holds (if the turn is
+/// not over by then), in ms.
+const PREPARE_MS: u64 = 200;
+/// How long speech-to-text may take to answer the end of a turn before the conversation goes
+/// on with what it has (a paused answer resumes).
+const FLUSH_WAIT: Duration = Duration::from_millis(2_000);
 /// Replies the model may write for one turn, tools included (a loop of tool calls ends).
 const MAX_ROUNDS: usize = 4;
 
@@ -233,7 +243,7 @@ struct Conversation {
     /// In a mutex only so that the conversation is `Sync` (its futures hold `&self`).
     vad: std::sync::Mutex<Box<dyn Vad + Send>>,
     vad_buf: Vec<f32>,
-    stt_audio: Option<mpsc::Sender<Vec<i16>>>,
+    stt_audio: Option<mpsc::Sender<SttInput>>,
     stt_results: mpsc::Receiver<Result<vbin_media::stt::Segment, SttError>>,
     work_tx: mpsc::UnboundedSender<Work>,
     work_rx: mpsc::UnboundedReceiver<Work>,
@@ -241,21 +251,29 @@ struct Conversation {
     variables: HashMap<String, String>,
     /// Frames received.
     frames: u64,
-    /// Caller speech: ms of speech in a row, ms of silence since, and when the last speech
-    /// chunk arrived (frame and instant).
+    /// Caller speech: ms of speech in this turn, ms of silence since, whether it is long
+    /// enough to interrupt, and when the last speech chunk arrived (frame and instant).
     speech_ms: u64,
     silence_ms: u64,
     in_speech: bool,
     last_speech_frame: u64,
     last_speech_at: Option<Instant>,
+    /// The caller's turn: final text heard so far; flushes awaiting speech-to-text's answer
+    /// (when each was sent); whether the speech so far was flushed; whether the turn's
+    /// silence has passed (it is over once the flushes are answered).
+    turn_text: String,
+    /// How long speech-to-text took to answer the turn's last flush.
+    turn_stt_ms: Option<u64>,
+    flushes: std::collections::VecDeque<Instant>,
+    flushed: bool,
+    turn_ended: bool,
     answer: Option<Answer>,
     gen: u64,
     next_chunk: u64,
     chunk_info: HashMap<u64, Chunk>,
-    /// Barge-in: the audio is paused (since when the caller's speech ended, if it has).
+    /// Barge-in: the audio is paused, and where.
     paused: bool,
     paused_at: Option<(Option<u64>, usize)>,
-    resume_deadline: Option<Instant>,
     /// Caller silence: when the assistant last finished speaking or the caller last spoke.
     idle_since: Instant,
     reprompted: bool,
@@ -301,13 +319,17 @@ impl Conversation {
             in_speech: false,
             last_speech_frame: 0,
             last_speech_at: None,
+            turn_text: String::new(),
+            turn_stt_ms: None,
+            flushes: std::collections::VecDeque::new(),
+            flushed: false,
+            turn_ended: false,
             answer: None,
             gen: 0,
             next_chunk: 1,
             chunk_info: HashMap::new(),
             paused: false,
             paused_at: None,
-            resume_deadline: None,
             idle_since: now,
             reprompted: false,
             ending: None,
@@ -327,7 +349,11 @@ impl Conversation {
         while !self.done {
             let no_input =
                 self.idle_since + Duration::from_millis(self.setup.vad.no_input_ms as u64);
-            let resume = self.resume_deadline;
+            let flush_due = self
+                .flushes
+                .front()
+                .filter(|_| self.turn_ended)
+                .map(|t| *t + FLUSH_WAIT);
             let listening = self.answer.is_none() && self.ending.is_none();
             tokio::select! {
                 m = input.recv() => match m {
@@ -336,7 +362,7 @@ impl Conversation {
                     None => self.end(AicallEndReason::CallEnded, None).await,
                 },
                 Some(r) = self.stt_results.recv() => match r {
-                    Ok(seg) if seg.is_final => self.on_user_text(seg.text).await,
+                    Ok(seg) if seg.is_final => self.on_segment(seg).await,
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "ai: speech-to-text failed"),
                 },
@@ -344,9 +370,10 @@ impl Conversation {
                 _ = tokio::time::sleep_until(no_input), if listening && !self.in_speech => {
                     self.on_no_input().await
                 }
-                _ = tokio::time::sleep_until(resume.unwrap_or(self.deadline)), if resume.is_some() => {
-                    // Speech that speech-to-text did not take for words: a false interruption.
-                    self.resume().await
+                _ = tokio::time::sleep_until(flush_due.unwrap_or(self.deadline)), if flush_due.is_some() => {
+                    tracing::warn!("ai: speech-to-text did not answer the end of the turn in time");
+                    self.flushes.clear();
+                    self.turn_over().await
                 }
                 _ = tokio::time::sleep_until(self.deadline) => {
                     self.send(Out::Flush).await;
@@ -406,7 +433,7 @@ impl Conversation {
         if let Some(a) = &self.stt_audio {
             // Speech-to-text that falls 10 s behind loses audio rather than stalling the
             // conversation.
-            let _ = a.try_send(f.clone());
+            let _ = a.try_send(SttInput::Audio(f.clone()));
         }
         self.vad_buf
             .extend(f.iter().map(|&s| f32::from(s) / 32768.0));
@@ -426,31 +453,97 @@ impl Conversation {
 
     async fn on_vad(&mut self, p: f32) {
         let chunk_ms = (VAD_CHUNK as u64 * 1000) / TTS_RATE_HZ as u64;
-        if p >= SPEECH_PROB || (self.in_speech && p >= SILENCE_PROB) {
+        let turn = self.speech_ms > 0;
+        if p >= SPEECH_PROB || (turn && p >= SILENCE_PROB) {
             self.speech_ms += chunk_ms;
             self.silence_ms = 0;
+            self.flushed = false;
             self.last_speech_frame = self.frames;
             self.last_speech_at = Some(Instant::now());
             if self.speech_ms >= self.setup.vad.min_speech_ms as u64 {
                 self.in_speech = true;
                 self.idle_since = Instant::now();
-                self.resume_deadline = None;
                 if self.setup.vad.barge_in && !self.paused && self.speaking() {
                     self.paused = true;
                     self.paused_at = None;
                     self.send(Out::Pause).await;
                 }
             }
-        } else {
+        } else if turn {
             self.silence_ms += chunk_ms;
-            if self.silence_ms >= SPEECH_END_MS {
-                if self.in_speech && self.paused {
-                    self.resume_deadline = Some(Instant::now() + FALSE_INTERRUPTION_WAIT);
-                }
+            let eot = self.setup.vad.end_of_turn_ms as u64;
+            let speech = self.speech_ms >= MIN_TURN_SPEECH_MS;
+            if speech && !self.flushed && self.silence_ms >= PREPARE_MS.min(eot) {
+                self.flush();
+            }
+            if self.silence_ms >= eot {
                 self.in_speech = false;
                 self.speech_ms = 0;
+                if speech {
+                    self.turn_ended = true;
+                    if self.flushes.is_empty() {
+                        self.turn_over().await;
+                    }
+                }
             }
         }
+    }
+
+    /// Tells speech-to-text to recognize what it holds now.
+    fn flush(&mut self) {
+        let Some(a) = &self.stt_audio else {
+            return;
+        };
+        self.flushed = true;
+        // A full queue means speech-to-text is 10 s behind: the turn goes on without it.
+        if a.try_send(SttInput::Flush).is_ok() {
+            self.flushes.push_back(Instant::now());
+        }
+    }
+
+    /// A final segment of the caller's speech.
+    async fn on_segment(&mut self, seg: vbin_media::stt::Segment) {
+        let text = seg.text.trim();
+        if !text.is_empty() {
+            if !self.turn_text.is_empty() {
+                self.turn_text.push(' ');
+            }
+            self.turn_text.push_str(text);
+        }
+        let answered = if seg.flushed {
+            self.flushes.pop_front()
+        } else {
+            None
+        };
+        if let Some(t) = answered {
+            self.turn_stt_ms = Some(t.elapsed().as_millis() as u64);
+        }
+        if !self.flushes.is_empty() {
+            // More of the turn is being recognized.
+        } else if self.turn_ended {
+            self.turn_over().await;
+        } else if answered.is_none() && self.speech_ms == 0 && !self.turn_text.is_empty() {
+            // Words that came after the turn on their own: a recognizer that ends utterances
+            // itself, or an answer later than the wait.
+            self.turn_stt_ms = self.last_speech_at.map(|t| t.elapsed().as_millis() as u64);
+            self.turn_over().await;
+        }
+    }
+
+    /// The caller's turn is over: what they said is answered; nothing resumes a paused
+    /// answer.
+    async fn turn_over(&mut self) {
+        self.turn_ended = false;
+        let stt_ms = self.turn_stt_ms.take();
+        let text = std::mem::take(&mut self.turn_text);
+        if text.is_empty() {
+            if self.paused {
+                // Speech that speech-to-text did not take for words: a false interruption.
+                self.resume().await;
+            }
+            return;
+        }
+        self.on_user_text(text, stt_ms).await;
     }
 
     /// Whether the assistant's audio is queued or playing.
@@ -463,26 +556,19 @@ impl Conversation {
     }
 
     async fn resume(&mut self) {
-        self.resume_deadline = None;
         if self.paused {
             self.paused = false;
             self.send(Out::Resume).await;
         }
     }
 
-    async fn on_user_text(&mut self, text: String) {
-        let text = text.trim().to_string();
-        let stt_ms = self
-            .last_speech_at
-            .map(|t| Instant::now().saturating_duration_since(t).as_millis() as u64);
+    async fn on_user_text(&mut self, text: String, stt_ms: Option<u64>) {
         if self.paused {
             if text.is_empty() || backchannel(&text) {
                 self.resume().await;
                 return;
             }
             self.interrupt().await;
-        } else if text.is_empty() {
-            return;
         } else if self.answer.is_some() {
             if !self.setup.vad.barge_in {
                 // Without barge-in the answer plays out; the caller's words join the history
@@ -511,7 +597,6 @@ impl Conversation {
     async fn interrupt(&mut self) {
         self.send(Out::Flush).await;
         self.paused = false;
-        self.resume_deadline = None;
         let Some(a) = self.answer.take() else {
             return;
         };

@@ -24,10 +24,14 @@ impl Vad for LoudVad {
     fn reset(&mut self) {}
 }
 
-/// Says the next line of `lines` when an utterance (>= 100 ms loud) is followed by 300 ms of
-/// silence.
+/// Says the next line of `lines` for an utterance (>= 100 ms loud): as Whisper does, in
+/// answer to the conversation's end-of-turn flush; or, as a recognizer that ends utterances on
+/// its own (`own_endpoint`), after 300 ms of silence, answering flushes at once with nothing.
+/// A flush is answered after `decode` (nothing else is heard meanwhile, as a busy decoder).
 struct ScriptedStt {
     lines: Arc<Mutex<VecDeque<String>>>,
+    own_endpoint: bool,
+    decode: Duration,
 }
 
 impl SttProvider for ScriptedStt {
@@ -35,30 +39,43 @@ impl SttProvider for ScriptedStt {
         "scripted"
     }
     fn start(&self, _: &str) -> Result<SttSession, SttError> {
-        let (audio, mut frames) = mpsc::channel::<Vec<i16>>(1000);
+        let (audio, mut frames) = mpsc::channel::<SttInput>(1000);
         let (tx, results) = mpsc::channel(16);
-        let lines = self.lines.clone();
+        let (lines, own_endpoint, decode) = (self.lines.clone(), self.own_endpoint, self.decode);
         tokio::spawn(async move {
             let (mut loud, mut quiet) = (0, 0);
-            while let Some(f) = frames.recv().await {
-                if f.iter().any(|s| s.unsigned_abs() > 3000) {
-                    loud += 1;
-                    quiet = 0;
-                } else {
-                    quiet += 1;
-                    if loud >= 5 && quiet == 15 {
+            let next = || lines.lock().unwrap().pop_front().unwrap_or_default();
+            while let Some(input) = frames.recv().await {
+                let seg = match input {
+                    SttInput::Audio(f) if f.iter().any(|s| s.unsigned_abs() > 3000) => {
+                        loud += 1;
+                        quiet = 0;
+                        continue;
+                    }
+                    SttInput::Audio(_) => {
+                        quiet += 1;
+                        if !(own_endpoint && loud >= 5 && quiet == 15) {
+                            continue;
+                        }
                         loud = 0;
-                        let text = lines.lock().unwrap().pop_front().unwrap_or_default();
-                        let seg = Segment {
-                            text,
-                            start_ms: 0,
-                            end_ms: 0,
-                            is_final: true,
+                        Segment::final_text(next(), 0, 0)
+                    }
+                    SttInput::Flush => {
+                        tokio::time::sleep(decode).await;
+                        let text = if !own_endpoint && loud >= 5 {
+                            loud = 0;
+                            next()
+                        } else {
+                            String::new()
                         };
-                        if tx.send(Ok(seg)).await.is_err() {
-                            return;
+                        Segment {
+                            flushed: true,
+                            ..Segment::final_text(text, 0, 0)
                         }
                     }
+                };
+                if tx.send(Ok(seg)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -144,6 +161,16 @@ struct Sim {
 
 impl Sim {
     fn start(setup: Setup, replies: Vec<Result<Vec<LlmEvent>, String>>, lines: &[&str]) -> Self {
+        Self::with_stt(setup, replies, lines, false, Duration::ZERO)
+    }
+
+    fn with_stt(
+        setup: Setup,
+        replies: Vec<Result<Vec<LlmEvent>, String>>,
+        lines: &[&str],
+        own_endpoint: bool,
+        decode: Duration,
+    ) -> Self {
         let llm = Arc::new(ScriptedLlm {
             replies: Mutex::new(replies.into()),
             asked: Mutex::new(vec![]),
@@ -152,6 +179,8 @@ impl Sim {
         let engines = Engines {
             stt: Arc::new(ScriptedStt {
                 lines: lines.clone(),
+                own_endpoint,
+                decode,
             }),
             tts: Arc::new(CharTts),
             llm: llm.clone(),
@@ -279,10 +308,11 @@ async fn greets_answers_each_turn_and_measures_its_latency() {
         &("We open at nine.".to_string(), false)
     );
     let latency = sim.messages.last().unwrap().latency.unwrap();
-    // The caller's turn ends 300 ms after its speech (the scripted recognizer), then the
-    // first frame of the answer goes out a frame or two later.
+    // The caller's turn ends end_of_turn_ms (500) after its speech (as the VAD's 32 ms
+    // chunks fall), speech-to-text answers the flush at once, then the first frame of the
+    // answer goes out a frame or two later.
     let v2v = latency.voice_to_voice_ms.unwrap();
-    assert!((250..=400).contains(&v2v), "{latency:?}");
+    assert!((500..=620).contains(&v2v), "{latency:?}");
     assert!(
         latency.stt_ms.is_some() && latency.llm_first_token_ms.is_some(),
         "{latency:?}"
@@ -432,6 +462,66 @@ async fn silence_is_reprompted_once_then_ends_the_conversation() {
         Some(AicallEndReason::NoInput)
     );
     let _ = &sim.lines;
+}
+
+/// A pause shorter than `end_of_turn_ms` does not end the turn: what a recognizer that cuts
+/// utterances on its own says before and after it is one message, answered once, after the
+/// configured silence.
+#[tokio::test(start_paused = true)]
+async fn a_turn_ends_after_its_silence_and_keeps_all_its_words() {
+    let mut s = setup(false);
+    s.vad.end_of_turn_ms = 900;
+    let mut sim = Sim::with_stt(
+        s,
+        vec![Ok(tokens("We open at nine."))],
+        &["when do you open", "tomorrow"],
+        true,
+        Duration::ZERO,
+    );
+    sim.speak(600).await;
+    sim.silence(600).await;
+    sim.speak(400).await;
+    assert!(sim.said(AiRole::User).is_empty(), "the turn is not over");
+    sim.silence(800).await;
+    assert!(sim.said(AiRole::User).is_empty(), "not before 900 ms");
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.said(AiRole::User),
+        [("when do you open tomorrow".to_string(), false)]
+    );
+    assert_eq!(sim.llm.asked.lock().unwrap().len(), 1);
+    let latency = sim.messages.last().unwrap().latency.unwrap();
+    let v2v = latency.voice_to_voice_ms.unwrap();
+    assert!((900..=1_020).contains(&v2v), "{latency:?}");
+}
+
+/// Speech-to-text decodes during the end-of-turn silence: told at its first 200 ms, a 250 ms
+/// decode is done before the turn's 500 ms are over, and the answer is not later for it. A
+/// pause of 300 ms is decoded too, and the words after it join the same turn.
+#[tokio::test(start_paused = true)]
+async fn speech_is_recognized_while_the_turn_s_silence_passes() {
+    let mut sim = Sim::with_stt(
+        setup(false),
+        vec![Ok(tokens("We open at nine."))],
+        &["when do you open", "tomorrow"],
+        false,
+        Duration::from_millis(250),
+    );
+    sim.speak(600).await;
+    sim.silence(300).await;
+    sim.speak(400).await;
+    sim.silence(1_500).await;
+    assert_eq!(
+        sim.said(AiRole::User),
+        [("when do you open tomorrow".to_string(), false)]
+    );
+    let latency = sim.messages.last().unwrap().latency.unwrap();
+    let v2v = latency.voice_to_voice_ms.unwrap();
+    assert!((500..=620).contains(&v2v), "{latency:?}");
+    assert!(
+        (240..=300).contains(&latency.stt_ms.unwrap()),
+        "{latency:?}"
+    );
 }
 
 #[test]

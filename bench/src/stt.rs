@@ -198,7 +198,7 @@ async fn measure(
             f.resize(frame, 0);
             out.clear();
             up.process(&f, &mut out)?;
-            session.audio.send(out.clone()).await?;
+            session.audio.send(out.clone().into()).await?;
         }
         drop(session.audio);
         let mut heard = Vec::new();

@@ -112,6 +112,9 @@ pub fn check_settings(s: &AiSettings) -> Result<(), DomainError> {
     if !(1_000..=60_000).contains(&v.no_input_ms) {
         return invalid("vad_config.no_input_ms must be 1000 to 60000".into());
     }
+    if !(200..=5_000).contains(&v.end_of_turn_ms) {
+        return invalid("vad_config.end_of_turn_ms must be 200 to 5000".into());
+    }
     if s.tool_names.contains(&AiTool::Connect) {
         return invalid("the connect tool is not available yet".into());
     }
@@ -714,6 +717,16 @@ mod tests {
                     ..settings()
                 },
                 "no_input_ms",
+            ),
+            (
+                AiSettings {
+                    vad_config: VadConfig {
+                        end_of_turn_ms: 100,
+                        ..VadConfig::default()
+                    },
+                    ..settings()
+                },
+                "end_of_turn_ms",
             ),
             (
                 AiSettings {

@@ -59,6 +59,8 @@ pub struct VadConfig {
     pub min_speech_ms: u32,
     /// Silence from the caller after which the assistant asks again (then ends), in ms.
     pub no_input_ms: u32,
+    /// Silence after the caller's speech that ends their turn (the assistant answers), in ms.
+    pub end_of_turn_ms: u32,
 }
 
 impl Default for VadConfig {
@@ -67,6 +69,7 @@ impl Default for VadConfig {
             barge_in: true,
             min_speech_ms: 200,
             no_input_ms: 8_000,
+            end_of_turn_ms: 500,
         }
     }
 }

@@ -96,7 +96,7 @@ pub async fn recognize(pcm: &[i16]) -> Vec<String> {
     let sender = session.audio;
     tokio::spawn(async move {
         for f in audio.chunks(320) {
-            if sender.send(f.to_vec()).await.is_err() {
+            if sender.send(f.to_vec().into()).await.is_err() {
                 break;
             }
         }

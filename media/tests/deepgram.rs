@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use vbin_media::stt::deepgram::Deepgram;
-use vbin_media::stt::{Segment, SttError, SttProvider};
+use vbin_media::stt::{Segment, SttError, SttInput, SttProvider};
 
 const KEY: &str = "test-key";
 const LIMIT: Duration = Duration::from_secs(10);
@@ -119,6 +119,14 @@ async fn fake_deepgram(script: Script) -> (SocketAddr, mpsc::UnboundedReceiver<S
                             }
                         }
                         Message::Text(t) if t.contains(r#""KeepAlive""#) => keepalives += 1,
+                        // As Deepgram: the held audio's final result, marked from_finalize.
+                        Message::Text(t) if t.contains(r#""Finalize""#) => {
+                            let text = format!("finalized at {bytes} bytes");
+                            let mut r: serde_json::Value =
+                                serde_json::from_str(&results(&text, 0.2, 0.1, true)).unwrap();
+                            r["from_finalize"] = true.into();
+                            ws.send(Message::text(r.to_string())).await.unwrap();
+                        }
                         Message::Text(t) if t.contains(r#""CloseStream""#) => {
                             ws.send(Message::text(
                                 r#"{"type":"UtteranceEnd","channel":[0,1],"last_word_end":0.2}"#,
@@ -180,6 +188,7 @@ fn seg(text: &str, start_ms: u64, end_ms: u64, is_final: bool) -> Result<Segment
         start_ms,
         end_ms,
         is_final,
+        flushed: false,
     })
 }
 
@@ -192,7 +201,11 @@ async fn streams_audio_and_returns_interim_and_final_results() {
     assert_eq!(dg.name(), "deepgram");
     let session = dg.start("en-US").unwrap();
     for i in 0..10 {
-        session.audio.send(vec![i as i16; 320]).await.unwrap();
+        session
+            .audio
+            .send(vec![i as i16; 320].into())
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(session.audio);
@@ -218,13 +231,34 @@ async fn streams_audio_and_returns_interim_and_final_results() {
 }
 
 #[tokio::test]
+async fn a_flush_is_a_finalize_and_its_answer_is_flushed() {
+    let (addr, _seen) = fake_deepgram(Script::Normal).await;
+    let dg = Deepgram::new(KEY).with_base_url(format!("ws://{addr}"));
+    let mut session = dg.start("en-US").unwrap();
+    session.audio.send(vec![1; 320].into()).await.unwrap();
+    session.audio.send(SttInput::Flush).await.unwrap();
+    let got = timeout(LIMIT, session.results.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got,
+        Segment {
+            flushed: true,
+            ..Segment::final_text("finalized at 640 bytes", 200, 300)
+        }
+    );
+}
+
+#[tokio::test]
 async fn sends_keepalives_while_no_audio_flows() {
     let (addr, _seen) = fake_deepgram(Script::Normal).await;
     let dg = Deepgram::new(KEY)
         .with_base_url(format!("ws://{addr}"))
         .with_keepalive_interval(Duration::from_millis(50));
     let session = dg.start("en-US").unwrap();
-    session.audio.send(vec![0; 320]).await.unwrap();
+    session.audio.send(vec![0; 320].into()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(session.audio);
     let got = collect(session.results).await;
@@ -243,7 +277,7 @@ async fn a_wrong_key_is_reported_as_unauthorized() {
     let (addr, _seen) = fake_deepgram(Script::Normal).await;
     let dg = Deepgram::new("wrong-key").with_base_url(format!("ws://{addr}"));
     let session = dg.start("en-US").unwrap();
-    let _ = session.audio.send(vec![0; 320]).await;
+    let _ = session.audio.send(vec![0; 320].into()).await;
     let got = collect(session.results).await;
     assert_eq!(got.len(), 1, "{got:?}");
     let err = got[0].as_ref().unwrap_err();
@@ -260,7 +294,7 @@ async fn a_connection_dropped_mid_stream_is_an_error_not_a_hang() {
     // Keep the audio sender open and keep sending: the session must notice on its own.
     let audio = session.audio.clone();
     let feeder = tokio::spawn(async move {
-        while audio.send(vec![0; 320]).await.is_ok() {
+        while audio.send(vec![0; 320].into()).await.is_ok() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -283,7 +317,7 @@ async fn an_error_close_frame_is_reported_with_its_code_and_reason() {
         .with_base_url(format!("ws://{addr}"))
         .start("en-US")
         .unwrap();
-    session.audio.send(vec![0; 320]).await.unwrap();
+    session.audio.send(vec![0; 320].into()).await.unwrap();
     let got = collect(session.results).await;
     assert_eq!(
         got,

@@ -50,7 +50,7 @@ async fn hear(audio: &[i16], phrases: &[&str]) -> String {
     let silence = vec![0i16; TTS_RATE_HZ as usize / 2];
     let padded: Vec<i16> = [&silence[..], audio, &silence[..]].concat();
     for frame in padded.chunks(320) {
-        session.audio.send(frame.to_vec()).await.unwrap();
+        session.audio.send(frame.to_vec().into()).await.unwrap();
     }
     drop(session.audio);
     let mut results = session.results;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use vbin_media::resample::Resampler;
 use vbin_media::stt::vad::{Segmenter, SegmenterConfig, SileroVad};
-use vbin_media::stt::whisper::{ComputeType, Whisper, WhisperPaths, WhisperSettings};
-use vbin_media::stt::{Segment, SttError, SttProvider};
+use vbin_media::stt::whisper::{ComputeType, Whisper, WhisperPaths, WhisperSettings, Window};
+use vbin_media::stt::{Segment, SttError, SttInput, SttProvider};
 use vbin_media::tts::piper::default_models_dir;
 
 const SOUNDS: &str = "/usr/share/asterisk/sounds/en";
@@ -133,7 +133,7 @@ async fn recognize(p: &Whisper, audio_8k: &[i16]) -> (Vec<Segment>, Duration) {
         f.resize(frame, 0);
         out.clear();
         up.process(&f, &mut out).unwrap();
-        session.audio.send(out.clone()).await.unwrap();
+        session.audio.send(out.clone().into()).await.unwrap();
     }
     let ended = Instant::now();
     drop(session.audio);
@@ -202,6 +202,49 @@ async fn two_prompts_with_silence_between_are_two_segments_with_their_words() {
     assert!(segs[1].start_ms > segs[0].end_ms);
 }
 
+/// A conversation that ends the turn itself gets the words at once (before the segmenter's
+/// 500 ms of silence), marked as the flush's answer; a flush over silence answers empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_cuts_the_utterance_at_once() {
+    let Some(p) = whisper() else { return };
+    let Some(a) = prompt("cannot-complete-as-dialed") else {
+        return;
+    };
+    let mut session = p.start("en-US").unwrap();
+    let feed = |pcm: Vec<i16>| {
+        let audio = session.audio.clone();
+        async move {
+            for f in upsample(&pcm).chunks(320) {
+                audio.send(f.to_vec().into()).await.unwrap();
+            }
+        }
+    };
+    feed(silence_8k(300)).await;
+    session.audio.send(SttInput::Flush).await.unwrap();
+    feed([silence_8k(400), a, silence_8k(200)].concat()).await;
+    session.audio.send(SttInput::Flush).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let seg = tokio::time::timeout(Duration::from_secs(60), session.results.recv())
+            .await
+            .expect("Whisper answered in time")
+            .unwrap()
+            .unwrap();
+        got.push(seg);
+    }
+    assert!(got[0].flushed && got[0].text.is_empty(), "{got:?}");
+    assert!(got[1].flushed && got[1].is_final, "{got:?}");
+    let (w, h) = (
+        words("your call cannot be completed as dialed"),
+        words(&got[1].text),
+    );
+    assert!(distance(&w, &h) <= 1, "heard {:?}", got[1].text);
+    // Nothing more: the flushed utterance is not cut a second time by the segmenter.
+    feed(silence_8k(1_000)).await;
+    drop(session.audio);
+    assert!(session.results.recv().await.is_none());
+}
+
 /// DTMF digits (ITU Q.23 pairs), 100 ms tone, 100 ms gap, at 8 kHz.
 fn dtmf_8k(digits: &str) -> Vec<i16> {
     let mut out = Vec::new();
@@ -265,6 +308,103 @@ async fn refuses_other_languages() {
     while s.results.recv().await.is_some() {}
 }
 
+/// The first `n` prompts of at least 4 words without a bracketed description: (name,
+/// reference transcript, 8 kHz samples).
+fn prompts(n: usize) -> Vec<(String, String, Vec<i16>)> {
+    let mut prompts = Vec::new();
+    for (name, text) in transcripts() {
+        let path: PathBuf = Path::new(SOUNDS).join(format!("{name}.wav"));
+        if text.contains('[') || words(&text).len() < 4 || !path.exists() {
+            continue;
+        }
+        prompts.push((name, text, wav_8k(&std::fs::read(&path).unwrap())));
+        if prompts.len() == n {
+            break;
+        }
+    }
+    prompts
+}
+
+/// 8 kHz audio resampled to 16 kHz as a call's is, frame by frame.
+fn upsample(pcm_8k: &[i16]) -> Vec<i16> {
+    let mut up = Resampler::new(8_000, 16_000).unwrap();
+    let mut out = Vec::new();
+    let frame = up.input_frame_len();
+    for c in pcm_8k.chunks(frame) {
+        let mut f = c.to_vec();
+        f.resize(frame, 0);
+        up.process(&f, &mut out).unwrap();
+    }
+    out
+}
+
+/// `cargo nextest run --workspace --run-ignored only -E 'test(compare_windows)' --no-capture`:
+/// WER and decode time per utterance when the encoder sees 30 s (as Whisper was trained) or
+/// only the utterance and some silence, on the same VAD-cut utterances of 40 prompts.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn compare_windows() {
+    if whisper().is_none() {
+        return;
+    }
+    let paths = WhisperPaths::in_models_dir(&default_models_dir());
+    let prompts = prompts(40);
+    let utts: Vec<(String, Vec<Vec<i16>>)> = prompts
+        .iter()
+        .map(|(_, text, pcm)| {
+            let audio = upsample(&[silence_8k(300), pcm.clone(), silence_8k(600)].concat());
+            let mut seg = Segmenter::new(
+                SileroVad::load(&paths.vad).unwrap(),
+                SegmenterConfig::default(),
+            );
+            let mut u = seg.push(&audio).unwrap();
+            u.extend(seg.finish());
+            (text.clone(), u.into_iter().map(|u| u.samples).collect())
+        })
+        .collect();
+    for window in [
+        Window::Full,
+        Window::Fit { pad_ms: 15_000 },
+        Window::Fit { pad_ms: 10_000 },
+        Window::Fit { pad_ms: 6_000 },
+        Window::Fit { pad_ms: 1_000 },
+    ] {
+        let w = Whisper::load(
+            &paths,
+            WhisperSettings {
+                window,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        w.transcribe(&utts[0].1[0]).unwrap();
+        let (mut errors, mut total, mut n) = (0, 0, 0);
+        let mut took = Vec::new();
+        let c = cpu_seconds();
+        for (text, us) in &utts {
+            let mut heard = Vec::new();
+            for u in us {
+                let t = Instant::now();
+                heard.push(w.transcribe(u).unwrap().text);
+                took.push(t.elapsed().as_secs_f64());
+                n += 1;
+            }
+            let (r, h) = (words(text), words(&heard.join(" ")));
+            errors += distance(&r, &h);
+            total += r.len();
+        }
+        took.sort_by(f64::total_cmp);
+        println!(
+            "{window:?}: WER {:.3} ({errors}/{total}); decode per utterance p50 {:.3} s, \
+             p95 {:.3} s wall, {:.3} s CPU mean ({n} utterances)",
+            errors as f64 / total as f64,
+            took[took.len() / 2],
+            took[took.len() * 95 / 100],
+            (cpu_seconds() - c) / n as f64,
+        );
+    }
+}
+
 /// `cargo test -p vbin-media --test whisper -- --ignored --nocapture`: WER and real-time
 /// factor of sessions fed as fast as they take the audio, over the first 20 prompts of at least
 /// 4 words; then, per utterance the VAD cuts, how long decoding it takes (in a live call the
@@ -273,17 +413,7 @@ async fn refuses_other_languages() {
 #[ignore = "a measurement, not a check"]
 async fn measure_wer_rtf_and_latency() {
     let Some(p) = whisper() else { return };
-    let mut prompts: Vec<(String, String, Vec<i16>)> = Vec::new();
-    for (name, text) in transcripts() {
-        let path: PathBuf = Path::new(SOUNDS).join(format!("{name}.wav"));
-        if text.contains('[') || words(&text).len() < 4 || !path.exists() {
-            continue;
-        }
-        prompts.push((name, text, wav_8k(&std::fs::read(&path).unwrap())));
-        if prompts.len() == 20 {
-            break;
-        }
-    }
+    let prompts = prompts(20);
     let (mut errors, mut total) = (0, 0);
     let (mut audio_s, mut busy_s) = (0.0, 0.0);
     let cpu0 = cpu_seconds();

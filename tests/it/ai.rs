@@ -103,7 +103,7 @@ async fn assistants_are_validated_keep_their_key_sealed_and_belong_to_their_cust
     assert_eq!(ai["stt_language"], "en-US");
     assert_eq!(
         ai["vad_config"],
-        json!({"barge_in": true, "min_speech_ms": 200, "no_input_ms": 8000})
+        json!({"barge_in": true, "min_speech_ms": 200, "no_input_ms": 8000, "end_of_turn_ms": 500})
     );
     assert_eq!(ai["tool_names"], json!(["hangup", "stop"]));
     assert!(!ai.to_string().contains(KEY), "{ai}");

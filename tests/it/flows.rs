@@ -342,7 +342,7 @@ pub(crate) async fn recognize(audio: &[i16]) -> String {
     let frames: Vec<Vec<i16>> = audio.chunks(320).map(|c| c.to_vec()).collect();
     tokio::spawn(async move {
         for f in frames {
-            if audio_tx.send(f).await.is_err() {
+            if audio_tx.send(f.into()).await.is_err() {
                 return;
             }
         }

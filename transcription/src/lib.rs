@@ -17,7 +17,7 @@ use vbin_app::Executor;
 use vbin_event_schema::{
     CallId, CustomerId, TranscribeDirection, TranscribeId, TranscriptDirection,
 };
-use vbin_media::stt::{Segment, SttError, SttProvider};
+use vbin_media::stt::{Segment, SttError, SttInput, SttProvider};
 
 /// Starts speech-to-text streams for transcriptions and records what they recognize.
 #[derive(Clone)]
@@ -38,7 +38,7 @@ pub fn sides(direction: TranscribeDirection) -> &'static [TranscriptDirection] {
 /// Where one side of one transcription's audio goes: 16 kHz frames, taken without waiting.
 #[derive(Debug)]
 pub struct Feed {
-    audio: mpsc::Sender<Vec<i16>>,
+    audio: mpsc::Sender<SttInput>,
 }
 
 /// Why a feed is dropped.
@@ -56,10 +56,12 @@ pub enum FeedError {
 impl Feed {
     /// Hands one frame (16 kHz samples) to the recognizer.
     pub fn push(&self, frame: &[i16]) -> Result<(), FeedError> {
-        self.audio.try_send(frame.to_vec()).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => FeedError::Behind,
-            mpsc::error::TrySendError::Closed(_) => FeedError::Closed,
-        })
+        self.audio
+            .try_send(SttInput::Audio(frame.to_vec()))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => FeedError::Behind,
+                mpsc::error::TrySendError::Closed(_) => FeedError::Closed,
+            })
     }
 }
 

@@ -16,7 +16,7 @@
 //! and local proxies. The API key goes only into the `Authorization` header (marked
 //! sensitive) and is never logged: [`Deepgram`]'s `Debug` redacts it.
 
-use super::{Segment, SttError, SttProvider, SttSession, AUDIO_QUEUE, STT_RATE_HZ};
+use super::{Segment, SttError, SttInput, SttProvider, SttSession, AUDIO_QUEUE, STT_RATE_HZ};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::{Arc, OnceLock};
@@ -163,7 +163,7 @@ impl SttProvider for Deepgram {
             "wss" => Connector::Rustls(tls_config()?),
             _ => Connector::Plain,
         };
-        let (audio, frames) = mpsc::channel::<Vec<i16>>(AUDIO_QUEUE);
+        let (audio, frames) = mpsc::channel::<SttInput>(AUDIO_QUEUE);
         let (out, results) = mpsc::channel(RESULTS_QUEUE);
         let keepalive = self.keepalive;
         tokio::spawn(async move {
@@ -219,7 +219,7 @@ async fn run(
     connector: Connector,
     url: &Url,
     keepalive: Duration,
-    mut frames: mpsc::Receiver<Vec<i16>>,
+    mut frames: mpsc::Receiver<SttInput>,
     out: &mpsc::Sender<Result<Segment, SttError>>,
 ) -> Result<(), String> {
     let connect =
@@ -285,9 +285,13 @@ async fn run(
             }
             frame = frames.recv(), if writing => {
                 let sent = match frame {
-                    Some(f) => {
+                    Some(SttInput::Audio(f)) => {
                         let bytes: Vec<u8> = f.iter().flat_map(|s| s.to_le_bytes()).collect();
                         tx.send(Message::binary(bytes)).await
+                    }
+                    // Deepgram answers with the held audio's final result, `from_finalize`.
+                    Some(SttInput::Flush) => {
+                        tx.send(Message::text(r#"{"type":"Finalize"}"#)).await
                     }
                     None => {
                         audio_open = false;
@@ -438,6 +442,8 @@ struct Results {
     start: f64,
     #[serde(default)]
     duration: f64,
+    #[serde(default)]
+    from_finalize: bool,
 }
 
 #[derive(Deserialize)]
@@ -476,7 +482,8 @@ fn parse(text: &str) -> Parsed {
                 .next()
                 .map(|a| a.transcript.trim().to_string())
                 .unwrap_or_default();
-            if transcript.is_empty() {
+            // An empty result matters only as the answer to a flush.
+            if transcript.is_empty() && !m.from_finalize {
                 return Parsed::Ignored;
             }
             let ms = |secs: f64| (secs * 1000.0).round().max(0.0) as u64;
@@ -484,7 +491,8 @@ fn parse(text: &str) -> Parsed {
                 text: transcript,
                 start_ms: ms(m.start),
                 end_ms: ms(m.start + m.duration),
-                is_final: m.is_final,
+                is_final: m.is_final || m.from_finalize,
+                flushed: m.from_finalize,
             })
         }
         Some("Error") => {
@@ -511,7 +519,8 @@ mod tests {
                 text: "hello wor".into(),
                 start_ms: 1230,
                 end_ms: 2030,
-                is_final: false
+                is_final: false,
+                flushed: false
             })
         );
         let fin = r#"{"type":"Results","duration":1.5,"start":0.0,"is_final":true,"speech_final":true,"channel":{"alternatives":[{"transcript":" Hello, world. ","confidence":0.98}]}}"#;
@@ -521,7 +530,28 @@ mod tests {
                 text: "Hello, world.".into(),
                 start_ms: 0,
                 end_ms: 1500,
-                is_final: true
+                is_final: true,
+                flushed: false
+            })
+        );
+    }
+
+    #[test]
+    fn a_finalize_answer_is_flushed_even_when_empty() {
+        let with_text = r#"{"type":"Results","duration":0.9,"start":3.0,"is_final":true,"from_finalize":true,"channel":{"alternatives":[{"transcript":"yes please"}]}}"#;
+        assert_eq!(
+            parse(with_text),
+            Parsed::Segment(Segment {
+                flushed: true,
+                ..Segment::final_text("yes please", 3000, 3900)
+            })
+        );
+        let empty = r#"{"type":"Results","duration":0.1,"start":4.0,"is_final":true,"from_finalize":true,"channel":{"alternatives":[{"transcript":""}]}}"#;
+        assert_eq!(
+            parse(empty),
+            Parsed::Segment(Segment {
+                flushed: true,
+                ..Segment::final_text("", 4000, 4100)
             })
         );
     }

@@ -7,7 +7,7 @@
 //! flows to the loaded provider. A load that fails is reported on every session's results
 //! and retried by the next session.
 
-use super::{SttError, SttProvider, SttSession, AUDIO_QUEUE};
+use super::{SttError, SttInput, SttProvider, SttSession, AUDIO_QUEUE};
 use std::sync::Arc;
 use tokio::sync::{mpsc, OnceCell};
 
@@ -48,7 +48,7 @@ impl SttProvider for Lazy {
         if let Some(p) = self.loaded.get() {
             return p.start(language);
         }
-        let (audio, mut frames) = mpsc::channel::<Vec<i16>>(AUDIO_QUEUE);
+        let (audio, mut frames) = mpsc::channel::<SttInput>(AUDIO_QUEUE);
         let (out, results) = mpsc::channel(64);
         let (load, loaded, language) =
             (self.load.clone(), self.loaded.clone(), language.to_string());
@@ -107,21 +107,14 @@ mod tests {
             "counter"
         }
         fn start(&self, _: &str) -> Result<SttSession, SttError> {
-            let (audio, mut rx) = mpsc::channel::<Vec<i16>>(4);
+            let (audio, mut rx) = mpsc::channel::<SttInput>(4);
             let (tx, results) = mpsc::channel(4);
             tokio::spawn(async move {
                 let mut n = 0;
                 while rx.recv().await.is_some() {
                     n += 1;
                 }
-                let _ = tx
-                    .send(Ok(Segment {
-                        text: n.to_string(),
-                        start_ms: 0,
-                        end_ms: 0,
-                        is_final: true,
-                    }))
-                    .await;
+                let _ = tx.send(Ok(Segment::final_text(n.to_string(), 0, 0))).await;
             });
             Ok(SttSession { audio, results })
         }
@@ -130,7 +123,7 @@ mod tests {
     async fn run(p: &Lazy, frames: usize) -> Vec<Result<Segment, SttError>> {
         let mut s = p.start("en-US").unwrap();
         for _ in 0..frames {
-            let _ = s.audio.send(vec![0; 320]).await;
+            let _ = s.audio.send(vec![0; 320].into()).await;
         }
         drop(s.audio);
         let mut got = Vec::new();

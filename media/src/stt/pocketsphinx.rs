@@ -6,7 +6,7 @@
 //! Free speech is weak at telephone quality; a JSGF grammar ([`PocketSphinx::with_grammar`])
 //! makes recognition of a known vocabulary exact, which the tests use.
 
-use super::{Segment, SttError, SttProvider, SttSession, AUDIO_QUEUE, STT_RATE_HZ};
+use super::{Segment, SttError, SttInput, SttProvider, SttSession, AUDIO_QUEUE, STT_RATE_HZ};
 use std::path::PathBuf;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -100,17 +100,29 @@ impl SttProvider for PocketSphinx {
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(SttError::Recognizer("no pipes to the recognizer".into()));
         };
-        let (audio, mut frames) = mpsc::channel::<Vec<i16>>(AUDIO_QUEUE);
+        let (audio, mut frames) = mpsc::channel::<SttInput>(AUDIO_QUEUE);
         let (out, results) = mpsc::channel(64);
         // PocketSphinx loses speech that follows digital silence at the very start of its
         // input (its noise floor is not set yet), and a call's media starts with exactly
         // that: the recognizer is fed from the first sample that is not zero, and the times
         // of what it hears are shifted back by what was skipped.
         let (skipped_tx, skipped_rx) = tokio::sync::oneshot::channel::<u64>();
+        let flushes = out.clone();
         tokio::spawn(async move {
             let mut skipped: u64 = 0;
+            let mut fed: u64 = 0;
             let mut skipped_tx = Some(skipped_tx);
-            while let Some(mut f) = frames.recv().await {
+            while let Some(input) = frames.recv().await {
+                let mut f = match input {
+                    SttInput::Audio(f) => f,
+                    // The recognizer ends utterances on its own silence detection only: the
+                    // flush is answered at once, its words come when it ends the utterance.
+                    SttInput::Flush => {
+                        let at = (skipped + fed) * 1000 / u64::from(STT_RATE_HZ);
+                        let _ = flushes.send(Ok(Segment::flushed_empty(at))).await;
+                        continue;
+                    }
+                };
                 if let Some(tx) = skipped_tx.take() {
                     match f.iter().position(|&v| v != 0) {
                         None => {
@@ -125,6 +137,7 @@ impl SttProvider for PocketSphinx {
                         }
                     }
                 }
+                fed += f.len() as u64;
                 let bytes: Vec<u8> = f.iter().flat_map(|s| s.to_le_bytes()).collect();
                 if stdin.write_all(&bytes).await.is_err() {
                     return;
@@ -190,12 +203,7 @@ impl Parser {
             let done = self.pending.take();
             let text = t.join(" ");
             if !text.is_empty() {
-                self.pending = Some(Segment {
-                    text,
-                    start_ms: u64::MAX,
-                    end_ms: 0,
-                    is_final: true,
-                });
+                self.pending = Some(Segment::final_text(text, u64::MAX, 0));
             }
             return done.and_then(Self::finished);
         }
@@ -233,18 +241,8 @@ mod tests {
         assert_eq!(
             segs,
             vec![
-                Segment {
-                    text: "hello world".into(),
-                    start_ms: 210,
-                    end_ms: 870,
-                    is_final: true
-                },
-                Segment {
-                    text: "call me back".into(),
-                    start_ms: 4230,
-                    end_ms: 5010,
-                    is_final: true
-                },
+                Segment::final_text("hello world", 210, 870),
+                Segment::final_text("call me back", 4230, 5010),
             ]
         );
     }

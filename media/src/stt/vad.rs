@@ -242,7 +242,13 @@ impl<V: Vad> Segmenter<V> {
         Ok(out)
     }
 
-    /// Ends the stream: the utterance in progress, if any, up to the last sample.
+    /// Where the stream is, in ms from its start.
+    pub fn stream_ms(&self) -> u64 {
+        ms_of_samples(self.total())
+    }
+
+    /// Ends the stream (or the speaker's turn): the utterance in progress, if any, up to the
+    /// last sample. Pushing more starts afresh.
     pub fn finish(&mut self) -> Option<Utterance> {
         match self.state {
             State::Speech { start, .. } => {

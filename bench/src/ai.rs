@@ -32,7 +32,8 @@ pub struct AiArgs {
     pub services: Services,
 }
 
-/// What the fake model always answers (one short sentence, like a phone assistant).
+/// What the fake model answers (one short sentence, like a phone assistant), numbered so that
+/// text-to-speech never answers from its cache.
 const ANSWER: &str = "We open at nine in the morning.";
 /// What each caller asks.
 const QUESTION: &str = "What time do you open tomorrow?";
@@ -42,11 +43,15 @@ const TURN_MS: u64 = 7_000;
 /// An OpenAI-compatible server that streams [`ANSWER`] at once.
 async fn fake_model() -> anyhow::Result<String> {
     use axum::response::IntoResponse;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static ASKED: AtomicUsize = AtomicUsize::new(0);
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(|| async {
+            let n = ASKED.fetch_add(1, Ordering::Relaxed) + 1;
+            let answer = format!("Answer {n}. {ANSWER}");
             let mut sse = String::new();
-            for w in ANSWER.split_inclusive(' ') {
+            for w in answer.split_inclusive(' ') {
                 let c = json!({"choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]});
                 sse += &format!("data: {c}\n\n");
             }
@@ -174,8 +179,9 @@ pub async fn run(a: &AiArgs) -> anyhow::Result<Value> {
         "cores_used": (cores_used * 1000.0).round() / 1000.0,
         "conversations_per_core": (a.calls as f64 / cores_used.max(1e-9) * 10.0).round() / 10.0,
         "note": "voice-to-voice = end of the caller's speech (VAD) -> first frame of the answer \
-                 sent; stt includes the end-of-turn silence (500 ms); conversations per core \
-                 counts the whole process over the calls' lifetime (speech-to-text dominates)",
+                 sent, the end-of-turn silence (500 ms) included; stt = speech-to-text's answer to \
+                 the turn's last flush (sent at 200 ms of silence: it decodes while the rest \
+                 passes); conversations per core counts the whole process over the calls' lifetime",
     });
     b.stop().await;
     Ok(r)

@@ -114,8 +114,35 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// The OpenMP runtime of speech-to-text (CTranslate2) and the local model (llama.cpp) reads
+/// its wait policy once, when it is loaded, before `main`: by default its idle threads spin,
+/// which on a small machine starves every other thread (Whisper decodes measured 3.5 times
+/// slower on 2 cores while a call's media ran, `docs/benchmarks.md`). Unless the operator chose
+/// a policy, the process starts itself again (same pid, same arguments) with a passive one.
+fn passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .exec();
+    eprintln!("vbin: could not restart with OMP_WAIT_POLICY=PASSIVE ({err}); going on");
+}
+
+fn main() -> anyhow::Result<()> {
+    passive_openmp();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     // Every setting is parsed (and checked) here, once; a bad value stops the start.
     let cli = Cli::parse();
     init_tracing(cli.log_format, &cli.log);

@@ -235,8 +235,10 @@ const SURE_NO_SPEECH_PROB: f32 = 0.9;
 
 impl Inner {
     fn transcribe(&self, samples: &[i16]) -> Result<Transcription, SttError> {
+        let started = std::time::Instant::now();
         let frames = self.settings.window.frames(samples.len().min(N_SAMPLES));
         let mut features = self.mel.compute(samples, frames);
+        let mel_ms = started.elapsed().as_millis() as u64;
         let view = StorageView::new(&[1, N_MELS, frames], &mut features, Device::CPU)
             .map_err(recognizer)?;
         // A bound on runaway repetition: people say well under 10 tokens a second.
@@ -267,6 +269,14 @@ impl Inner {
             // tokens' log-probabilities over their number.
             avg_logprob: r.scores.first().copied().unwrap_or(0.0),
         };
+        tracing::debug!(
+            audio_ms = samples.len() as u64 * 1000 / u64::from(STT_RATE_HZ),
+            frames,
+            mel_ms,
+            ms = started.elapsed().as_millis() as u64,
+            text = %t.text,
+            "whisper: decoded"
+        );
         if t.no_speech_prob > NO_SPEECH_PROB
             && (t.avg_logprob < LOGPROB_FLOOR || t.no_speech_prob > SURE_NO_SPEECH_PROB)
         {

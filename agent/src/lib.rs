@@ -52,6 +52,8 @@ const PREPARE_MS: u64 = 200;
 const FLUSH_WAIT: Duration = Duration::from_millis(2_000);
 /// Replies the model may write for one turn, tools included (a loop of tool calls ends).
 const MAX_ROUNDS: usize = 4;
+/// Largest `webhook_send` data, as JSON.
+const MAX_WEBHOOK_DATA: usize = 16 * 1024;
 
 /// How a conversation goes.
 #[derive(Clone, Debug)]
@@ -121,6 +123,30 @@ pub enum In {
     },
     /// End now (the call ended, the API stopped it).
     Stop(AicallEndReason),
+    /// The answer to an [`Out::Tool`]: what the model is told (`Err`: the tool failed, why).
+    ToolDone {
+        /// The request's token.
+        token: ToolToken,
+        /// Its outcome.
+        result: Result<String, String>,
+    },
+}
+
+/// Names one [`Out::Tool`] request (its answer and its model turn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ToolToken {
+    gen: u64,
+    index: usize,
+}
+
+/// What a tool asks of the platform (the conversation itself does no I/O).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolRequest {
+    /// Send `data` to the customer's webhook endpoint, signed like its webhooks.
+    WebhookSend {
+        /// What the model sends (a JSON object).
+        data: serde_json::Value,
+    },
 }
 
 /// A message of the conversation to record.
@@ -154,6 +180,13 @@ pub enum Out {
     Flush,
     /// Record a message.
     Message(Message),
+    /// Carry out a tool call and answer with [`In::ToolDone`] (the model waits for it).
+    Tool {
+        /// Names the answer.
+        token: ToolToken,
+        /// What to do.
+        request: ToolRequest,
+    },
     /// The conversation is over: why, details, and the variables the model set.
     End {
         /// Why.
@@ -169,7 +202,6 @@ pub enum Out {
 struct Chunk {
     text: String,
     samples: usize,
-    started: bool,
     finished: bool,
 }
 
@@ -189,19 +221,44 @@ struct Answer {
     /// Chunks queued, in order.
     chunks: Vec<u64>,
     llm_done: bool,
-    /// Tool calls of the current round.
+    /// Tool calls of the current round, then (once the round is done) each with its result
+    /// when it has one.
     tool_calls: Vec<ToolCall>,
+    tool_round: Vec<(ToolCall, Option<String>)>,
     /// Text of the current round.
     round_text: String,
     /// When the model was asked, and latencies.
     asked_at: Instant,
-    first_token: Option<Instant>,
     first_sentence_at: Option<Instant>,
     latency: AiLatency,
     /// Frame of the end of the caller's speech that this answers.
     speech_end_frame: Option<u64>,
     /// Said without the model (the apology, a reprompt): not part of the model's history.
     canned: bool,
+}
+
+impl Answer {
+    /// A new answer of generation `gen` to the caller speech that ended at `speech_end_frame`.
+    fn new(gen: u64, speech_end_frame: Option<u64>, latency: AiLatency, canned: bool) -> Self {
+        Self {
+            gen,
+            rounds: if canned { MAX_ROUNDS } else { 0 },
+            splitter: sentences::Splitter::default(),
+            next_seq: 0,
+            ready: BTreeMap::new(),
+            next_to_say: 0,
+            chunks: Vec::new(),
+            llm_done: canned,
+            tool_calls: Vec::new(),
+            tool_round: Vec::new(),
+            round_text: String::new(),
+            asked_at: Instant::now(),
+            first_sentence_at: None,
+            latency,
+            speech_end_frame,
+            canned,
+        }
+    }
 }
 
 /// What a spawned model or synthesis task reports.
@@ -402,9 +459,6 @@ impl Conversation {
         match m {
             In::Frame(f) => self.on_frame(f).await,
             In::Started { chunk, frame } => {
-                if let Some(c) = self.chunk_info.get_mut(&chunk) {
-                    c.started = true;
-                }
                 if let Some(a) = self.answer.as_mut() {
                     if a.chunks.first() == Some(&chunk) {
                         if let Some(end) = a.speech_end_frame {
@@ -425,6 +479,7 @@ impl Conversation {
                 self.send(Out::Flush).await;
                 self.end(reason, None).await;
             }
+            In::ToolDone { token, result } => self.on_tool_done(token, result).await,
         }
     }
 
@@ -597,6 +652,8 @@ impl Conversation {
     async fn interrupt(&mut self) {
         self.send(Out::Flush).await;
         self.paused = false;
+        // The model's history needs an answer to each of its tool calls.
+        self.settle_tools(true).await;
         let Some(a) = self.answer.take() else {
             return;
         };
@@ -629,24 +686,12 @@ impl Conversation {
     async fn ask(&mut self, speech_end: Option<(u64, AiLatency)>) {
         self.gen += 1;
         let (speech_end_frame, latency) = speech_end.unzip();
-        self.answer = Some(Answer {
-            gen: self.gen,
-            rounds: 0,
-            splitter: sentences::Splitter::default(),
-            next_seq: 0,
-            ready: BTreeMap::new(),
-            next_to_say: 0,
-            chunks: Vec::new(),
-            llm_done: false,
-            tool_calls: Vec::new(),
-            round_text: String::new(),
-            asked_at: Instant::now(),
-            first_token: None,
-            first_sentence_at: None,
-            latency: latency.unwrap_or_default(),
+        self.answer = Some(Answer::new(
+            self.gen,
             speech_end_frame,
-            canned: false,
-        });
+            latency.unwrap_or_default(),
+            false,
+        ));
         self.start_round();
     }
 
@@ -707,8 +752,7 @@ impl Conversation {
             Work::Llm(gen, r, ev) if Some(gen) == current && Some(r) == round => match ev {
                 Ok(LlmEvent::Token(t)) => {
                     let a = self.answer.as_mut().expect("answer");
-                    if a.first_token.is_none() {
-                        a.first_token = Some(Instant::now());
+                    if a.latency.llm_first_token_ms.is_none() {
                         a.latency.llm_first_token_ms =
                             Some(a.asked_at.elapsed().as_millis() as u64);
                     }
@@ -787,7 +831,6 @@ impl Conversation {
                         Chunk {
                             text,
                             samples: speech.len(),
-                            started: false,
                             finished: false,
                         },
                     );
@@ -820,8 +863,44 @@ impl Conversation {
         let mut msg = ChatMessage::assistant(text);
         msg.tool_calls = calls.clone();
         self.history.push(msg);
-        for call in calls {
-            let result = self.run_tool(&call).await;
+        let mut round = Vec::with_capacity(calls.len());
+        for (index, call) in calls.into_iter().enumerate() {
+            let result = self.run_tool(&call, index).await;
+            round.push((call, result));
+        }
+        if let Some(a) = self.answer.as_mut() {
+            a.tool_round = round;
+        }
+        self.tools_answered().await;
+    }
+
+    /// A tool answered (`In::ToolDone`).
+    async fn on_tool_done(&mut self, token: ToolToken, result: Result<String, String>) {
+        let Some(a) = self.answer.as_mut().filter(|a| a.gen == token.gen) else {
+            return;
+        };
+        if let Some((_, r @ None)) = a.tool_round.get_mut(token.index) {
+            *r = Some(match result {
+                Ok(ok) => format!("ok: {ok}"),
+                Err(e) => format!("error: {e}"),
+            });
+            self.tools_answered().await;
+        }
+    }
+
+    /// Records the round's tool results in order (`cancelled`: the ones still waiting are
+    /// told to the model as cancelled); false while some are still waiting.
+    async fn settle_tools(&mut self, cancelled: bool) -> bool {
+        let Some(a) = self.answer.as_mut() else {
+            return true;
+        };
+        if !cancelled && a.tool_round.iter().any(|(_, r)| r.is_none()) {
+            return false;
+        }
+        let round = std::mem::take(&mut a.tool_round);
+        for (call, result) in round {
+            let result =
+                result.unwrap_or_else(|| "error: cancelled, the caller spoke first".into());
             self.record(
                 AiRole::Tool,
                 format!("{}({}) -> {}", call.name, call.arguments, result),
@@ -830,6 +909,14 @@ impl Conversation {
             )
             .await;
             self.history.push(ChatMessage::tool_result(call.id, result));
+        }
+        true
+    }
+
+    /// Once every tool of the round answered: the model goes on (or the answer ends).
+    async fn tools_answered(&mut self) {
+        if !self.settle_tools(false).await {
+            return;
         }
         let rounds = self.answer.as_ref().map_or(0, |a| a.rounds);
         if self.ending.is_none() && rounds < MAX_ROUNDS {
@@ -840,15 +927,42 @@ impl Conversation {
         }
     }
 
-    /// Carries out a tool call; returns what the model is told.
-    async fn run_tool(&mut self, call: &ToolCall) -> String {
+    /// Carries out tool call `index` of the round; returns what the model is told, or None
+    /// when the platform carries it out ([`Out::Tool`]) and answers later.
+    async fn run_tool(&mut self, call: &ToolCall, index: usize) -> Option<String> {
         let Some(tool) = AiTool::parse(&call.name).filter(|t| self.setup.tools.contains(t)) else {
-            return format!("error: there is no tool {:?}", call.name);
+            return Some(format!("error: there is no tool {:?}", call.name));
         };
         let args: serde_json::Value = match serde_json::from_str(&call.arguments) {
             Ok(v) => v,
-            Err(e) => return format!("error: the arguments are not JSON ({e})"),
+            Err(e) => return Some(format!("error: the arguments are not JSON ({e})")),
         };
+        if tool == AiTool::WebhookSend {
+            let data = args.get("data").cloned().unwrap_or(serde_json::Value::Null);
+            if !data.is_object() {
+                return Some("error: data must be a JSON object".into());
+            }
+            if data.to_string().len() > MAX_WEBHOOK_DATA {
+                return Some(format!(
+                    "error: data must be at most {MAX_WEBHOOK_DATA} bytes of JSON"
+                ));
+            }
+            let token = ToolToken {
+                gen: self.answer.as_ref().map_or(0, |a| a.gen),
+                index,
+            };
+            self.send(Out::Tool {
+                token,
+                request: ToolRequest::WebhookSend { data },
+            })
+            .await;
+            return None;
+        }
+        Some(self.run_local_tool(tool, &args))
+    }
+
+    /// The tools the conversation carries out itself.
+    fn run_local_tool(&mut self, tool: AiTool, args: &serde_json::Value) -> String {
         match tool {
             AiTool::Hangup => {
                 self.ending = Some((AicallEndReason::Hangup, None));
@@ -894,24 +1008,12 @@ impl Conversation {
         if self.answer.is_some() {
             self.send(Out::Flush).await;
         }
-        self.answer = Some(Answer {
-            gen: self.gen,
-            rounds: MAX_ROUNDS,
-            splitter: sentences::Splitter::default(),
-            next_seq: 0,
-            ready: BTreeMap::new(),
-            next_to_say: 0,
-            chunks: Vec::new(),
-            llm_done: true,
-            tool_calls: Vec::new(),
-            round_text: String::new(),
-            asked_at: Instant::now(),
-            first_token: None,
-            first_sentence_at: None,
-            latency: AiLatency::default(),
+        self.answer = Some(Answer::new(
+            self.gen,
             speech_end_frame,
-            canned: true,
-        });
+            AiLatency::default(),
+            true,
+        ));
         self.synthesize(text);
     }
 
@@ -932,7 +1034,11 @@ impl Conversation {
             }
             return;
         };
-        let all_said = a.llm_done && a.next_to_say == a.next_seq && a.ready.is_empty();
+        // Tools still to answer: the model goes on after them.
+        let all_said = a.llm_done
+            && a.tool_round.is_empty()
+            && a.next_to_say == a.next_seq
+            && a.ready.is_empty();
         let all_played = a
             .chunks
             .iter()
@@ -1035,7 +1141,13 @@ fn tool_spec(tool: AiTool) -> Option<ToolSpec> {
             serde_json::json!({"type": "object", "required": ["key", "value"], "properties": {
                 "key": {"type": "string"}, "value": {"type": "string"}}}),
         ),
-        AiTool::WebhookSend | AiTool::Connect => return None,
+        AiTool::WebhookSend => (
+            "Send data to the business's server (an order, a booking, a callback request). \
+             Answers whether it was received.",
+            serde_json::json!({"type": "object", "required": ["data"], "properties": {
+                "data": {"type": "object", "description": "What to send."}}}),
+        ),
+        AiTool::Connect => return None,
     };
     Some(ToolSpec {
         name: tool.as_str().into(),

@@ -157,6 +157,9 @@ struct Sim {
     resumes: usize,
     llm: Arc<ScriptedLlm>,
     lines: Arc<Mutex<VecDeque<String>>>,
+    /// Tool requests, and the answers to give them (none left: they are never answered).
+    tools: Vec<ToolRequest>,
+    tool_answers: VecDeque<Result<String, String>>,
 }
 
 impl Sim {
@@ -201,6 +204,8 @@ impl Sim {
             resumes: 0,
             llm,
             lines,
+            tools: vec![],
+            tool_answers: VecDeque::new(),
         }
     }
 
@@ -226,6 +231,12 @@ impl Sim {
                     self.paused = false;
                 }
                 Out::Message(m) => self.messages.push(m),
+                Out::Tool { token, request } => {
+                    self.tools.push(request);
+                    if let Some(result) = self.tool_answers.pop_front() {
+                        let _ = self.tx.send(In::ToolDone { token, result }).await;
+                    }
+                }
                 Out::End {
                     reason, variables, ..
                 } => self.end = Some((reason, variables)),
@@ -431,6 +442,102 @@ async fn tools_set_variables_and_hang_up_after_the_goodbye() {
         .filter_map(|m| m.tool_call_id.clone())
         .collect();
     assert_eq!(results, ["1", "2", "3"]);
+}
+
+fn tool_call(id: &str, name: &str, args: &str) -> LlmEvent {
+    LlmEvent::ToolCall(ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args.into(),
+    })
+}
+
+fn done(reason: &str) -> LlmEvent {
+    LlmEvent::Done {
+        finish_reason: reason.into(),
+    }
+}
+
+/// `webhook_send` is carried out by the platform: the model waits for its answer, then goes
+/// on with it; data that is not an object is refused without a request.
+#[tokio::test(start_paused = true)]
+async fn webhook_send_waits_for_the_platform_and_the_model_goes_on() {
+    let mut s = setup(true);
+    s.tools.push(AiTool::WebhookSend);
+    let mut sim = Sim::start(
+        s,
+        vec![
+            Ok(vec![
+                tool_call("1", "webhook_send", r#"{"data": "not an object"}"#),
+                tool_call("2", "webhook_send", r#"{"data": {"order": "two loaves"}}"#),
+                done("tool_calls"),
+            ]),
+            Ok(tokens("Your order is in.")),
+        ],
+        &[],
+    );
+    sim.tool_answers.push_back(Ok("received (200 OK)".into()));
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.tools,
+        [ToolRequest::WebhookSend {
+            data: serde_json::json!({"order": "two loaves"})
+        }]
+    );
+    let tools = sim.said(AiRole::Tool);
+    assert_eq!(tools.len(), 2, "{tools:?}");
+    assert!(tools[0].0.contains("must be a JSON object"), "{tools:?}");
+    assert!(
+        tools[1].0.ends_with("-> ok: received (200 OK)"),
+        "{tools:?}"
+    );
+    assert_eq!(
+        sim.said(AiRole::Assistant),
+        [("Your order is in.".to_string(), false)]
+    );
+    let asked = sim.llm.asked.lock().unwrap();
+    let results: Vec<(&str, &str)> = asked[1]
+        .messages
+        .iter()
+        .filter_map(|m| Some((m.tool_call_id.as_deref()?, m.content.as_str())))
+        .collect();
+    assert_eq!(results[1], ("2", "ok: received (200 OK)"));
+    assert_eq!(asked[1].tools.len(), 3, "webhook_send is offered");
+}
+
+/// The caller speaks while a tool is still under way: the model's history still answers
+/// its call (as cancelled), and the late answer changes nothing.
+#[tokio::test(start_paused = true)]
+async fn a_tool_cut_short_by_the_caller_is_answered_as_cancelled() {
+    let mut s = setup(true);
+    s.tools.push(AiTool::WebhookSend);
+    let mut sim = Sim::start(
+        s,
+        vec![
+            Ok(vec![
+                LlmEvent::Token("One moment. ".into()),
+                tool_call("1", "webhook_send", r#"{"data": {"order": "cake"}}"#),
+                done("tool_calls"),
+            ]),
+            Ok(tokens("Sure.")),
+        ],
+        &["actually never mind"],
+    );
+    sim.silence(400).await;
+    assert_eq!(sim.tools.len(), 1);
+    sim.speak(600).await;
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.said(AiRole::User),
+        [("actually never mind".to_string(), false)]
+    );
+    let tools = sim.said(AiRole::Tool);
+    assert!(tools[0].0.contains("cancelled"), "{tools:?}");
+    let asked = sim.llm.asked.lock().unwrap();
+    let m = &asked[1].messages;
+    let call = m.iter().position(|m| !m.tool_calls.is_empty()).unwrap();
+    assert_eq!(m[call + 1].tool_call_id.as_deref(), Some("1"));
+    assert_eq!(m.last().unwrap().content, "actually never mind");
 }
 
 #[tokio::test(start_paused = true)]

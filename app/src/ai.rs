@@ -186,3 +186,13 @@ impl App {
         self.update::<Aicall>(acting, id, cmd).await
     }
 }
+
+/// The conversations under way on `call`, exact at commit (`aicall_live` is written with the
+/// conversations' events; the read model may lag behind).
+pub async fn live_on_call(pool: &sqlx::PgPool, call: CallId) -> Result<Vec<AicallId>, sqlx::Error> {
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT aicall_id FROM aicall_live WHERE call_id = $1")
+        .bind(call.as_uuid())
+        .fetch_all(pool)
+        .await?;
+    Ok(ids.into_iter().map(AicallId).collect())
+}

@@ -36,6 +36,8 @@ pub struct AgentKit {
     pub sealer: Arc<Sealer>,
     /// HTTP client of `openai.*` engines (the SSRF guard, the platform's TLS roots).
     pub http: reqwest::Client,
+    /// Sends the `webhook_send` tool's requests (signed, through the SSRF guard).
+    pub webhooks: vbin_webhooks::direct::Direct,
     /// Longest conversation.
     pub max_duration: Duration,
     /// Said when the model fails.

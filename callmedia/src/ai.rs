@@ -1,7 +1,9 @@
 //! AI conversations on the calls whose sessions this process runs: an `aicall_created` starts
 //! a [`vbin_agent`] conversation attached to the call's session; what it says goes to the
-//! session, what it records becomes `aimessage_created`, its end becomes
-//! `aicall_status_terminated` (and the end of the flow's `ai_talk`, or the call's hangup).
+//! session, what it records becomes `aimessage_created` (and, for the caller's and the
+//! assistant's words, a transcript of the call: a transcription with the conversation's
+//! `aicall_id`), its end becomes `aicall_status_terminated` (and the end of the flow's
+//! `ai_talk`, or the call's hangup).
 
 use crate::session::{AgentCmd, Control, Execution};
 use crate::{Media, MediaError};
@@ -10,15 +12,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use uuid::Uuid;
-use vbin_agent::{Engines, In, Out, Setup};
+use vbin_agent::{Engines, In, Out, Setup, ToolRequest};
+use vbin_app::ExecError;
 use vbin_domain::ai::{parse_engine_model, EngineProvider};
-use vbin_domain::{Aicall, AicallCommand, Call, CallCommand, HangupRequest, NewAimessage};
+use vbin_domain::transcribe::{NewTranscribe, TranscribeCommand, MAX_TRANSCRIPT_CHARS};
+use vbin_domain::{
+    Aicall, AicallCommand, Call, CallCommand, Customer, DomainError, HangupRequest, NewAimessage,
+    Transcribe,
+};
 use vbin_event_schema::flow::ActionResult;
 use vbin_event_schema::{
-    ActiveflowId, AicallEndReason, AicallEvent, AicallId, AimessageId, CallId, CustomerId,
-    PublishedEvent,
+    ActiveflowId, AiRole, AicallEndReason, AicallEvent, AicallId, AimessageId, CallId, CustomerId,
+    PublishedEvent, TranscribeDirection, TranscribeId, TranscribeReferenceType,
+    TranscriptDirection, TranscriptId,
 };
 use vbin_llm::LlmProvider;
+
+/// The transcription that holds conversation `id`'s words (one per conversation, named by it so
+/// that a redelivered start finds it).
+fn transcribe_of(id: AicallId) -> TranscribeId {
+    TranscribeId(Uuid::new_v5(&id.as_uuid(), b"transcribe"))
+}
 
 impl Media {
     /// Handles the conversation events: starts, and stops through the API.
@@ -96,17 +110,44 @@ impl Media {
             .lock()
             .expect("agents")
             .insert(id, (call, input_tx.clone()));
-        let _ = control.send(Control::AttachAgent(id, input_tx)).await;
+        let _ = control
+            .send(Control::AttachAgent(id, input_tx.clone()))
+            .await;
         self.command::<Aicall>(
             customer,
             id.as_uuid(),
             AicallCommand::Progress { at: Utc::now() },
         )
         .await?;
+        let transcribe = NewTranscribe {
+            transcribe_id: transcribe_of(id),
+            customer_id: customer,
+            reference_type: TranscribeReferenceType::Call,
+            reference_id: call,
+            language: setup.language.clone(),
+            direction: TranscribeDirection::Both,
+            aicall_id: Some(id),
+        };
+        let start = TranscribeCommand::Start {
+            transcribe,
+            at: Utc::now(),
+        };
+        match self
+            .retried::<Transcribe>(customer, transcribe_of(id).as_uuid(), start)
+            .await
+        {
+            Ok(()) | Err(MediaError::Exec(ExecError::Domain(DomainError::AlreadyExists(_)))) => {}
+            Err(e) => {
+                tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "starting the conversation's transcription failed")
+            }
+        }
         tracing::info!(aicall = %id, %call, "AI conversation started");
         metrics::gauge!("vbin_ai_conversations").increment(1.0);
         tokio::spawn(vbin_agent::run(setup, engines, input_rx, out_tx));
-        tokio::spawn(self.clone().follow(aicall, customer, control, out_rx));
+        tokio::spawn(
+            self.clone()
+                .follow(aicall, customer, control, input_tx, out_rx),
+        );
         Ok(())
     }
 
@@ -173,10 +214,13 @@ impl Media {
         aicall: Aicall,
         customer: CustomerId,
         control: mpsc::Sender<Control>,
+        input: mpsc::Sender<In>,
         mut out: mpsc::Receiver<Out>,
     ) {
         let id = aicall.id.expect("a created aicall");
         let mut ended = None;
+        let mut tools = 0u32;
+        let started = std::time::Instant::now();
         while let Some(o) = out.recv().await {
             let cmd = match o {
                 Out::Say { chunk, speech } => AgentCmd::Say(chunk, speech),
@@ -184,8 +228,27 @@ impl Media {
                 Out::Resume => AgentCmd::Resume,
                 Out::Flush => AgentCmd::Flush,
                 Out::Message(m) => {
+                    let aimessage_id = AimessageId(Uuid::now_v7());
+                    let side = match m.role {
+                        AiRole::User => Some(TranscriptDirection::In),
+                        AiRole::Assistant => Some(TranscriptDirection::Out),
+                        AiRole::Tool => None,
+                    };
+                    if let Some(direction) = side {
+                        let cmd = TranscribeCommand::AddTranscript {
+                            transcript_id: TranscriptId(aimessage_id.as_uuid()),
+                            direction,
+                            message: m.content.chars().take(MAX_TRANSCRIPT_CHARS).collect(),
+                            tm_transcript_ms: started.elapsed().as_millis() as u64,
+                            at: Utc::now(),
+                        };
+                        let tid = transcribe_of(id).as_uuid();
+                        if let Err(e) = self.retried::<Transcribe>(customer, tid, cmd).await {
+                            tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "recording an AI message's transcript failed");
+                        }
+                    }
                     let message = NewAimessage {
-                        aimessage_id: AimessageId(Uuid::now_v7()),
+                        aimessage_id,
                         role: m.role,
                         content: m.content,
                         interrupted: m.interrupted,
@@ -198,6 +261,15 @@ impl Media {
                     if let Err(e) = self.retried::<Aicall>(customer, id.as_uuid(), cmd).await {
                         tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "recording an AI message failed");
                     }
+                    continue;
+                }
+                Out::Tool { token, request } => {
+                    tools += 1;
+                    let (media, aicall, input) = (self.clone(), aicall.clone(), input.clone());
+                    tokio::spawn(async move {
+                        let result = media.tool(&aicall, customer, tools, request).await;
+                        let _ = input.send(In::ToolDone { token, result }).await;
+                    });
                     continue;
                 }
                 Out::End {
@@ -225,6 +297,66 @@ impl Media {
         }
     }
 
+    /// Carries out a tool request of conversation `aicall` (its `n`th); what the model is
+    /// told.
+    async fn tool(
+        &self,
+        aicall: &Aicall,
+        customer: CustomerId,
+        n: u32,
+        request: ToolRequest,
+    ) -> Result<String, String> {
+        let id = aicall.id.expect("a created aicall");
+        let ToolRequest::WebhookSend { data } = request;
+        let kit = self.agent_kit.as_ref().ok_or("no AI conversations here")?;
+        let c = self
+            .executor
+            .load::<Customer>(customer.as_uuid(), None)
+            .await
+            .map_err(|e| {
+                tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "webhook_send: loading the customer failed");
+                "the business's settings could not be read".to_string()
+            })?
+            .ok_or("the business's settings could not be read")?;
+        if c.webhook_uri.is_empty() {
+            return Err("the business has no webhook endpoint configured".into());
+        }
+        let method = serde_json::to_value(c.webhook_method)
+            .ok()
+            .and_then(|v| v.as_str().and_then(|m| m.parse().ok()))
+            .unwrap_or(reqwest::Method::POST);
+        let request_id = format!("{id}-tool-{n}");
+        let body = serde_json::to_vec(&serde_json::json!({
+            "id": request_id,
+            "type": "aicall_webhook_send",
+            "created": Utc::now(),
+            "data": {
+                "aicall_id": id,
+                "call_id": aicall.reference_id,
+                "activeflow_id": aicall.activeflow_id,
+                "data": data,
+            },
+        }))
+        .map_err(|e| e.to_string())?;
+        let resp = kit
+            .webhooks
+            .send(vbin_webhooks::direct::DirectRequest {
+                customer,
+                url: &c.webhook_uri,
+                method,
+                content_type: Some("application/json"),
+                id: &request_id,
+                event_type: "aicall_webhook_send",
+                body,
+            })
+            .await
+            .map_err(|e| {
+                tracing::info!(aicall = %id, error = %e, "webhook_send tool failed");
+                e.to_string()
+            })?;
+        Ok(format!("received ({})", resp.status()))
+    }
+
     /// Records a conversation's end: the aicall terminated, the call hung up if the assistant
     /// did, the flow's `ai_talk` completed (with the variables the assistant set).
     async fn conversation_over(
@@ -242,6 +374,9 @@ impl Media {
             at: Utc::now(),
         };
         self.retried::<Aicall>(customer, id.as_uuid(), cmd).await?;
+        let stop = TranscribeCommand::Stop { at: Utc::now() };
+        self.retried::<Transcribe>(customer, transcribe_of(id).as_uuid(), stop)
+            .await?;
         if reason == AicallEndReason::Hangup {
             if let Some(call) = aicall.reference_id {
                 let cmd = CallCommand::Hangup {
@@ -291,6 +426,8 @@ impl Media {
         loop {
             match self.command::<A>(customer, id, cmd.clone()).await {
                 Ok(()) => return Ok(()),
+                // A refusal is the same the next time.
+                Err(e @ MediaError::Exec(ExecError::Domain(_))) => return Err(e),
                 Err(e) if attempt >= 4 => return Err(e),
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
@@ -309,17 +446,15 @@ impl Media {
         call: CallId,
         customer: CustomerId,
     ) -> Result<(), MediaError> {
-        let live: Vec<Uuid> =
-            sqlx::query_scalar("SELECT aicall_id FROM aicall_live WHERE call_id = $1")
-                .bind(call.as_uuid())
-                .fetch_all(&self.pool)
-                .await?;
-        for id in live {
-            let aicall_id = AicallId(id);
+        for aicall_id in vbin_app::ai::live_on_call(&self.pool, call).await? {
             if self.agents.lock().expect("agents").contains_key(&aicall_id) {
                 continue;
             }
-            let Some(aicall) = self.executor.load::<Aicall>(id, Some(customer)).await? else {
+            let Some(aicall) = self
+                .executor
+                .load::<Aicall>(aicall_id.as_uuid(), Some(customer))
+                .await?
+            else {
                 continue;
             };
             match aicall.status {

@@ -590,6 +590,10 @@ impl Media {
             return Ok(());
         };
         match e.decode::<TranscribeEvent>()? {
+            // An AI conversation's messages: written by the conversation, nothing to hear.
+            TranscribeEvent::TranscribeStarted {
+                aicall_id: Some(_), ..
+            } => {}
             TranscribeEvent::TranscribeStarted {
                 language,
                 direction,

@@ -458,6 +458,7 @@ fn endpoints() -> Vec<Endpoint> {
                     reference_id: v.call_id,
                     language: v.language,
                     direction: v.direction,
+                    aicall_id: None,
                 };
                 let cmd = TranscribeCommand::Start {
                     transcribe,
@@ -1378,6 +1379,7 @@ proptest! {
                 reference_id: t.call_id,
                 language: t.language,
                 direction: t.direction,
+                aicall_id: None,
             },
             at: at(),
         };

@@ -35,6 +35,8 @@ pub struct NewTranscribe {
     pub language: String,
     /// Which audio it covers.
     pub direction: TranscribeDirection,
+    /// Set when it holds an AI conversation's messages rather than speech-to-text's.
+    pub aicall_id: Option<AicallId>,
 }
 
 /// Transcribe commands.
@@ -83,6 +85,8 @@ pub struct Transcribe {
     pub language: String,
     /// Which audio it covers.
     pub direction: TranscribeDirection,
+    /// The AI conversation whose messages it holds.
+    pub aicall_id: Option<AicallId>,
     /// Running or completed.
     pub status: TranscribeStatus,
     /// Transcripts recorded so far.
@@ -106,6 +110,7 @@ impl Transcribe {
             "id": self.id, "type": "transcribe", "customer_id": self.customer_id,
             "reference_type": self.reference_type, "reference_id": self.reference_id,
             "language": self.language, "direction": self.direction, "status": status,
+            "aicall_id": self.aicall_id,
             "tm_create": self.tm_create, "tm_update": self.tm_update, "tm_end": self.tm_end,
         })
     }
@@ -152,6 +157,7 @@ impl Transcribe {
                 reference_id: t.reference_id,
                 language: t.language,
                 direction: t.direction,
+                aicall_id: t.aicall_id,
                 at,
             }]);
         }
@@ -212,6 +218,7 @@ impl Transcribe {
                 reference_id,
                 language,
                 direction,
+                aicall_id,
                 at,
             } => {
                 *self = Transcribe {
@@ -221,6 +228,7 @@ impl Transcribe {
                     reference_id,
                     language,
                     direction,
+                    aicall_id,
                     status: TranscribeStatus::Running,
                     transcripts: 0,
                     tm_create: Some(at),
@@ -265,6 +273,7 @@ mod tests {
             reference_id: CallId::new(),
             language: language.into(),
             direction,
+            aicall_id: None,
         }
     }
 

@@ -144,6 +144,9 @@ pub enum TranscribeEvent {
         language: String,
         /// Which audio it covers.
         direction: TranscribeDirection,
+        /// Set when it is an AI conversation's messages (no speech-to-text of its own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aicall_id: Option<AicallId>,
         /// When.
         at: DateTime<Utc>,
     },

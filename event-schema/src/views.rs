@@ -4,7 +4,7 @@
 //! listed here are ignored. The domain's tests check that its views decode into these.
 
 use crate::flow::SandboxScript;
-use crate::types::{ActiveflowId, CallDirection, CallId, CampaignId};
+use crate::types::{ActiveflowId, AicallId, CallDirection, CallId, CampaignId};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -59,6 +59,9 @@ pub struct TranscribeView {
     /// The call transcribed.
     #[serde(default)]
     pub reference_id: Option<CallId>,
+    /// The AI conversation whose messages it holds (no speech-to-text of its own).
+    #[serde(default)]
+    pub aicall_id: Option<AicallId>,
 }
 
 /// The last change of a child resource's view (a campaign call, a queue call), which the

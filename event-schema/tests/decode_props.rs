@@ -808,6 +808,7 @@ fn transcribe_event() -> BoxedStrategy<TranscribeEvent> {
                 reference_id: CallId(r),
                 language: l,
                 direction: d,
+                aicall_id: None,
                 at,
             }),
         (

@@ -193,6 +193,11 @@ async fn apply_transcribe(
         }
         let event: TranscribeEvent = decode(e)?;
         match event {
+            // An AI conversation's messages: nothing to tap or stop at a hangup (the
+            // conversation's end completes it), and no claim on the call's directions.
+            TranscribeEvent::TranscribeStarted {
+                aicall_id: Some(_), ..
+            } => {}
             TranscribeEvent::TranscribeStarted {
                 reference_id,
                 direction,

@@ -19,7 +19,6 @@
 
 use chrono::Utc;
 use serde_json::{json, Value};
-use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use vbin_app::flows::validate;
@@ -39,8 +38,8 @@ use vbin_event_schema::{
     TranscribeId, TranscribeReferenceType,
 };
 use vbin_eventlog::CommandMeta;
-use vbin_netguard::{AddressPolicy, GuardedResolver};
-use vbin_webhooks::signing::{signed_headers, Secrets};
+use vbin_netguard::AddressPolicy;
+use vbin_webhooks::direct::{Direct, DirectRequest};
 
 /// Durable consumer of call events.
 pub const CALLS_CONSUMER: &str = "flow-engine-calls";
@@ -70,22 +69,14 @@ pub enum EngineError {
 #[derive(Clone)]
 pub struct Engine {
     app: vbin_app::App,
-    http: reqwest::Client,
-    policy: Arc<AddressPolicy>,
+    direct: Direct,
 }
 
 impl Engine {
     /// An engine sending `webhook_send` requests under `policy` (the webhooks' SSRF guard).
     pub fn new(app: vbin_app::App, policy: AddressPolicy, timeout: Duration) -> Self {
-        let policy = Arc::new(policy);
-        let http = vbin_netguard::tls::client_builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver::new(policy.clone())))
-            .user_agent("vbin-flows/1")
-            .build()
-            .expect("a reqwest client builds");
-        Self { app, http, policy }
+        let direct = Direct::new(app.pool.clone(), policy, timeout, "vbin-flows/1");
+        Self { app, direct }
     }
 
     fn executor(&self) -> &Executor {
@@ -246,6 +237,7 @@ impl Engine {
                 reference_id: call,
                 language: t.language.clone(),
                 direction: t.direction,
+                aicall_id: None,
             },
             at: Utc::now(),
         };
@@ -404,17 +396,6 @@ impl Engine {
         seq: u64,
         w: &WebhookSend,
     ) -> Result<Vec<vbin_event_schema::flow::Action>, String> {
-        let url = reqwest::Url::parse(&w.uri).map_err(|err| format!("bad uri: {err}"))?;
-        self.policy.check_url(&url).map_err(|b| b.to_string())?;
-        let secrets: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT secret, CASE WHEN previous_valid_until > now() THEN previous_secret END \
-             FROM webhook_secrets WHERE customer_id = $1",
-        )
-        .bind(customer.as_uuid())
-        .fetch_optional(&self.app.pool)
-        .await
-        .map_err(|err| format!("reading the webhook secret: {err}"))?;
-        let (current, previous) = secrets.unwrap_or_default();
         let body = match &w.data {
             Some(Value::String(s)) => s.clone().into_bytes(),
             Some(v) => serde_json::to_vec(v).unwrap_or_default(),
@@ -431,39 +412,24 @@ impl Engine {
             }
         };
         let webhook_id = format!("{}-{seq}", e.aggregate_id);
-        let headers = signed_headers(
-            &Secrets {
-                current: &current,
-                previous: previous.as_deref(),
-            },
-            &webhook_id,
-            "activeflow_webhook_send",
-            Utc::now().timestamp(),
-            &body,
-        );
         let method = match w.method.as_deref() {
             Some("GET") => reqwest::Method::GET,
             Some("PUT") => reqwest::Method::PUT,
             _ => reqwest::Method::POST,
         };
-        let mut req = self.http.request(method.clone(), url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        if let Some(t) = &w.data_type {
-            req = req.header("content-type", t);
-        }
-        if method != reqwest::Method::GET {
-            req = req.body(body);
-        }
-        let mut resp = req.send().await.map_err(|err| {
-            // The guard's refusals surface as connect errors; say which.
-            format!("request failed: {}", vbin_bus::Chain(&err))
-        })?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(format!("answered {status}"));
-        }
+        let mut resp = self
+            .direct
+            .send(DirectRequest {
+                customer,
+                url: &w.uri,
+                method,
+                content_type: w.data_type.as_deref(),
+                id: &webhook_id,
+                event_type: "activeflow_webhook_send",
+                body,
+            })
+            .await
+            .map_err(|err| err.to_string())?;
         if !w.sync {
             return Ok(vec![]);
         }

@@ -218,7 +218,14 @@ impl AgentSettings {
         speech: Arc<dyn vbin_callmedia::agents::SpeechEngines>,
         sealer: Arc<vbin_app::seal::Sealer>,
         policy: vbin_netguard::AddressPolicy,
+        pool: sqlx::PgPool,
     ) -> anyhow::Result<vbin_callmedia::agents::AgentKit> {
+        let webhooks = vbin_webhooks::direct::Direct::new(
+            pool,
+            policy.clone(),
+            Duration::from_secs(10),
+            "vbin-agent/1",
+        );
         use vbin_media::tts::piper;
         let dir = piper::default_models_dir();
         let vad: vbin_agent::VadFactory = Arc::new(move || {
@@ -257,6 +264,7 @@ impl AgentSettings {
             local: Some(Arc::new(local)),
             sealer,
             http,
+            webhooks,
             max_duration: Duration::from_secs(self.max_secs),
             apology: check("VBIN_AI_APOLOGY", &self.apology)?,
             reprompt: check("VBIN_AI_REPROMPT", &self.reprompt)?,

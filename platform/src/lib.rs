@@ -312,6 +312,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             Arc::new(speech),
             sealer.clone(),
             settings.webhooks.delivery().policy,
+            pool.clone(),
         )?;
         let media = vbin_callmedia::Media::new(
             pool.clone(),

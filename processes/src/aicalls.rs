@@ -5,11 +5,10 @@
 
 use crate::{system_meta, ProcessError};
 use chrono::Utc;
-use uuid::Uuid;
 use vbin_app::Executor;
 use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::{Aicall, AicallCommand};
-use vbin_event_schema::{AicallEndReason, CallEvent, CustomerId, PublishedEvent};
+use vbin_event_schema::{AicallEndReason, CallEvent, CallId, CustomerId, PublishedEvent};
 
 /// Durable consumer of `call_hungup`.
 pub const HANGUPS: &str = "aicall-hangups";
@@ -35,11 +34,7 @@ pub async fn on_hangup(
     executor: &Executor,
     e: PublishedEvent,
 ) -> Result<(), ProcessError> {
-    let live: Vec<Uuid> =
-        sqlx::query_scalar("SELECT aicall_id FROM aicall_live WHERE call_id = $1")
-            .bind(e.aggregate_id)
-            .fetch_all(pool)
-            .await?;
+    let live = vbin_app::ai::live_on_call(pool, CallId(e.aggregate_id)).await?;
     let customer = CustomerId(e.customer_id);
     let meta = system_meta(HANGUPS, e.event_id, e.correlation_id(), customer);
     for id in live {
@@ -49,7 +44,7 @@ pub async fn on_hangup(
             at: Utc::now(),
         };
         match executor
-            .execute::<Aicall>(id, customer, Some(customer), cmd, &meta)
+            .execute::<Aicall>(id.as_uuid(), customer, Some(customer), cmd, &meta)
             .await
         {
             Ok(_) | Err(vbin_app::ExecError::Domain(vbin_domain::DomainError::NotFound(_))) => {}

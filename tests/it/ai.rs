@@ -245,20 +245,78 @@ async fn assistant_of_new_customer(env: &Env, url: &str, tools: Value) -> (Strin
     (tok, ai)
 }
 
+/// Places a sandbox call to `number` whose flow talks with an assistant (`ai_talk` with
+/// `option`), then says that sales will call back and hangs up; the far end follows `script`.
+async fn ai_talk_call(env: &Env, tok: &str, number: &str, option: Value, script: Value) -> Uuid {
+    env.calls(
+        tok,
+        &[number],
+        json!({"actions": [
+            {"type": "ai_talk", "option": option},
+            {"type": "talk", "option": {"text": "sales will call you back"}},
+            {"type": "hangup"},
+        ], "sandbox": {"script": script}}),
+    )
+    .await[0]
+}
+
 /// What the fake model server was asked: the bearer and the messages of each request.
 type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>;
+
+/// The streamed reply of a scripted model: `(delta, finish_reason)` chunks.
+type Reply = Vec<(Value, Value)>;
+
+/// A reply that says `parts` and stops.
+fn saying(parts: &[&str]) -> Reply {
+    let mut r: Reply = parts
+        .iter()
+        .map(|t| (json!({"content": t}), Value::Null))
+        .collect();
+    r.push((json!({}), json!("stop")));
+    r
+}
 
 /// An OpenAI-compatible chat-completions server (the usual cloud engine's protocol, faked):
 /// greets when the conversation has no caller turn yet, then answers the caller with the
 /// opening hours, remembers them (`variable_set`) and ends the conversation (`stop`).
 async fn fake_model(greeting: &'static [&'static str]) -> (String, Asked) {
+    scripted_model(move |messages| {
+        let users = messages.iter().filter(|m| m["role"] == "user").count();
+        let answered = messages.iter().any(|m| m["role"] == "tool");
+        if users == 0 {
+            saying(greeting)
+        } else if !answered {
+            vec![
+                (json!({"content": "We open at nine. "}), Value::Null),
+                (json!({"content": "Goodbye!"}), Value::Null),
+                (json!({"tool_calls": [
+                    {"index": 0, "id": "c1", "type": "function", "function": {"name": "variable_set", "arguments": "{\"key\": \"hours\", "}},
+                ]}), Value::Null),
+                (json!({"tool_calls": [
+                    {"index": 0, "function": {"arguments": "\"value\": \"nine\"}"}},
+                    {"index": 1, "id": "c2", "type": "function", "function": {"name": "stop", "arguments": "{}"}},
+                ]}), Value::Null),
+                (json!({}), json!("tool_calls")),
+            ]
+        } else {
+            saying(&[])
+        }
+    })
+    .await
+}
+
+/// An OpenAI-compatible chat-completions server streaming what `script` replies to each
+/// request's messages.
+async fn scripted_model(
+    script: impl Fn(&[Value]) -> Reply + Clone + Send + Sync + 'static,
+) -> (String, Asked) {
     use axum::response::IntoResponse;
     let asked: Asked = Default::default();
     let log = asked.clone();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
-            let log = log.clone();
+            let (log, script) = (log.clone(), script.clone());
             async move {
                 let req: Value = serde_json::from_str(&body).unwrap();
                 let bearer = headers
@@ -268,33 +326,12 @@ async fn fake_model(greeting: &'static [&'static str]) -> (String, Asked) {
                     .to_string();
                 log.lock().unwrap().push((bearer, req.clone()));
                 let messages = req["messages"].as_array().cloned().unwrap_or_default();
-                let users = messages.iter().filter(|m| m["role"] == "user").count();
-                let answered = messages.iter().any(|m| m["role"] == "tool");
-                let chunk = |delta: Value, finish: Value| {
-                    format!(
+                let mut sse = String::new();
+                for (delta, finish) in script(&messages) {
+                    sse += &format!(
                         "data: {}\n\n",
                         json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
-                    )
-                };
-                let mut sse = String::new();
-                if users == 0 {
-                    for t in greeting {
-                        sse += &chunk(json!({"content": t}), Value::Null);
-                    }
-                    sse += &chunk(json!({}), json!("stop"));
-                } else if !answered {
-                    sse += &chunk(json!({"content": "We open at nine. "}), Value::Null);
-                    sse += &chunk(json!({"content": "Goodbye!"}), Value::Null);
-                    sse += &chunk(json!({"tool_calls": [
-                        {"index": 0, "id": "c1", "type": "function", "function": {"name": "variable_set", "arguments": "{\"key\": \"hours\", "}},
-                    ]}), Value::Null);
-                    sse += &chunk(json!({"tool_calls": [
-                        {"index": 0, "function": {"arguments": "\"value\": \"nine\"}"}},
-                        {"index": 1, "id": "c2", "type": "function", "function": {"name": "stop", "arguments": "{}"}},
-                    ]}), Value::Null);
-                    sse += &chunk(json!({}), json!("tool_calls"));
-                } else {
-                    sse += &chunk(json!({}), json!("stop"));
+                    );
                 }
                 sse += "data: [DONE]\n\n";
                 ([("content-type", "text/event-stream")], sse).into_response()
@@ -316,20 +353,17 @@ async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_
     let (tok, ai) = assistant_of_new_customer(&env, &url, json!(["variable_set", "stop"])).await;
     let api = env.client(&tok);
     // The caller asks after the greeting; the flow goes on after the conversation.
-    let call = env
-        .calls(
-            &tok,
-            &["+15550008100"],
-            json!({"actions": [
-                {"type": "ai_talk", "option": {"ai_id": ai}},
-                {"type": "talk", "option": {"text": "sales will call you back"}},
-                {"type": "hangup"},
-            ], "sandbox": {"script": [
-                {"at_ms": 5000, "say": "When do you open?"},
-                {"at_ms": 40000, "hangup": true},
-            ]}}),
-        )
-        .await[0];
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008100",
+        json!({"ai_id": ai}),
+        json!([
+            {"at_ms": 5000, "say": "When do you open?"},
+            {"at_ms": 40000, "hangup": true},
+        ]),
+    )
+    .await;
     let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
     assert_eq!(
         crate::flows::executed(&af),
@@ -401,6 +435,176 @@ async fn a_flow_talks_with_an_assistant_that_hears_the_caller_answers_and_hands_
     assert!(
         second.to_string().to_lowercase().contains("open"),
         "{second}"
+    );
+}
+
+/// The `webhook_send` tool: what the model sends reaches the customer's webhook endpoint
+/// signed like its webhooks, and the model hears that it was received.
+#[tokio::test]
+async fn the_assistant_sends_what_the_caller_ordered_to_the_customers_webhook() {
+    let (url, asked) = scripted_model(|messages| {
+        let users = messages.iter().filter(|m| m["role"] == "user").count();
+        let tools = messages.iter().filter(|m| m["role"] == "tool").count();
+        match (users, tools) {
+            (0, _) => saying(&["Bakery, what would you like?"]),
+            (_, 0) => vec![
+                (
+                    json!({"tool_calls": [{"index": 0, "id": "w1", "type": "function",
+                    "function": {"name": "webhook_send",
+                                 "arguments": "{\"data\": {\"order\": \"two loaves\"}}"}}]}),
+                    Value::Null,
+                ),
+                (json!({}), json!("tool_calls")),
+            ],
+            (_, 1) => vec![
+                (json!({"content": "Your order is in."}), Value::Null),
+                (
+                    json!({"tool_calls": [{"index": 0, "id": "s1", "type": "function",
+                    "function": {"name": "stop", "arguments": "{}"}}]}),
+                    Value::Null,
+                ),
+                (json!({}), json!("tool_calls")),
+            ],
+            _ => saying(&[]),
+        }
+    })
+    .await;
+    let env = Env::start().await;
+    let (hook, seen) = crate::webhooks::receiver(0).await;
+    let (_, tok, _) = env.customer_with(json!({"webhook_uri": hook})).await;
+    let secret = crate::webhooks::webhook_secret(&env, &tok).await;
+    let mut body = assistant();
+    body["engine_url"] = json!(url);
+    body["tool_names"] = json!(["webhook_send", "stop"]);
+    let api = env.client(&tok);
+    let ai = id_of(&api.create("/v1.0/ais", body).await);
+    let call = env
+        .calls(
+            &tok,
+            &["+15550008150"],
+            json!({"actions": [{"type": "ai_talk", "option": {"ai_id": ai}}, {"type": "hangup"}],
+                   "sandbox": {"script": [
+                {"at_ms": 4000, "say": "Two loaves of bread please."},
+                {"at_ms": 40000, "hangup": true},
+            ]}}),
+        )
+        .await[0];
+    crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
+    let (aicall, msgs) = conversation(&api, call).await;
+    assert_eq!(aicall["end_reason"], "stopped", "{aicall}");
+    let tool = msgs
+        .iter()
+        .find(|m| m["role"] == "tool")
+        .expect("a tool message");
+    assert!(
+        tool["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("-> ok: received (200 OK)"),
+        "{tool}"
+    );
+    // The model was told so.
+    let third = asked.lock().unwrap()[2].1.clone();
+    assert!(
+        third["messages"]
+            .to_string()
+            .contains("ok: received (200 OK)"),
+        "{third}"
+    );
+    // The customer got it, signed.
+    let sent: Vec<(axum::http::HeaderMap, Vec<u8>)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(h, _, _)| crate::webhooks::header(h, "x-voipbin-event") == "aicall_webhook_send")
+        .map(|(h, b, _)| (h.clone(), b.clone()))
+        .collect();
+    assert_eq!(sent.len(), 1);
+    crate::webhooks::verify(&secret, &sent[0].0, &sent[0].1);
+    let v: Value = serde_json::from_slice(&sent[0].1).unwrap();
+    assert_eq!(v["data"]["data"], json!({"order": "two loaves"}), "{v}");
+    assert_eq!(v["data"]["aicall_id"], aicall["id"], "{v}");
+    assert_eq!(v["data"]["call_id"], json!(call), "{v}");
+
+    // Both sides of the conversation are also transcripts of the call, in order.
+    let (_, list) = api
+        .get(&format!("/v1.0/transcribes?reference_id={call}"))
+        .await;
+    let tr = &list["result"][0];
+    assert_eq!(tr["aicall_id"], aicall["id"], "{list}");
+    let tr = api
+        .wait_get(
+            &format!("/v1.0/transcribes/{}", id_of(tr)),
+            Duration::from_secs(10),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
+    let (_, ts) = api
+        .get(&format!("/v1.0/transcripts?transcribe_id={}", id_of(&tr)))
+        .await;
+    let got: Vec<(&str, &str)> = ts["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["direction"].as_str().unwrap(),
+                t["message"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let said: Vec<(&str, &str)> = msgs
+        .iter()
+        .filter(|m| m["role"] != "tool")
+        .map(|m| {
+            let side = if m["role"] == "user" { "in" } else { "out" };
+            (side, m["content"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(got, said, "{ts}");
+    assert_eq!(got[0], ("out", "Bakery, what would you like?"));
+    assert_eq!(got.last().unwrap(), &("out", "Your order is in."));
+}
+
+/// A caller who says nothing is asked again once, then the conversation ends (`no_input`)
+/// and the flow goes on.
+#[tokio::test]
+async fn a_silent_caller_is_asked_again_then_the_flow_goes_on() {
+    let (url, _) = scripted_model(|_| saying(&["Bakery, how can I help?"])).await;
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let mut body = assistant();
+    body["engine_url"] = json!(url);
+    body["vad_config"] = json!({"no_input_ms": 2000});
+    let ai = id_of(&api.create("/v1.0/ais", body).await);
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008160",
+        json!({"ai_id": ai}),
+        json!([{"at_ms": 40000, "hangup": true}]),
+    )
+    .await;
+    let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
+    assert_eq!(
+        crate::flows::executed(&af),
+        ["ai_talk", "talk", "hangup"],
+        "{af}"
+    );
+    assert!(af["executed_actions"][0]["error"].is_null(), "{af}");
+    let (aicall, msgs) = conversation(&api, call).await;
+    assert_eq!(aicall["end_reason"], "no_input", "{aicall}");
+    let said: Vec<(&str, &str)> = msgs
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("assistant", "Bakery, how can I help?"),
+            ("assistant", "Are you still there?")
+        ]
     );
 }
 
@@ -479,17 +683,14 @@ async fn an_unreachable_model_is_an_apology_and_the_flow_goes_on() {
     body["stt_type"] = json!("pocketsphinx");
     body["tts_type"] = json!("espeak");
     let ai = id_of(&api.create("/v1.0/ais", body).await);
-    let call = env
-        .calls(
-            &tok,
-            &["+15550008300"],
-            json!({"actions": [
-                {"type": "ai_talk", "option": {"ai_id": ai, "duration": 60}},
-                {"type": "talk", "option": {"text": "sales will call you back"}},
-                {"type": "hangup"},
-            ], "sandbox": {"script": [{"at_ms": 30000, "hangup": true}]}}),
-        )
-        .await[0];
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008300",
+        json!({"ai_id": ai, "duration": 60}),
+        json!([{"at_ms": 30000, "hangup": true}]),
+    )
+    .await;
     let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
     assert_eq!(
         crate::flows::executed(&af),
@@ -636,17 +837,14 @@ async fn a_conversation_whose_media_process_is_killed_ends_with_its_messages_and
     let (url, _) = fake_model(&["Hello, this is the bakery. ", "How can I help you?"]).await;
     let mut env = Env::start().await;
     let (tok, ai) = assistant_of_new_customer(&env, &url, json!(["hangup", "stop"])).await;
-    let call = env
-        .calls(
-            &tok,
-            &["+15550008600"],
-            json!({"actions": [
-                {"type": "ai_talk", "option": {"ai_id": ai}},
-                {"type": "talk", "option": {"text": "sales will call you back"}},
-                {"type": "hangup"},
-            ], "sandbox": {"script": [{"at_ms": 60000, "hangup": true}]}}),
-        )
-        .await[0];
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008600",
+        json!({"ai_id": ai}),
+        json!([{"at_ms": 60000, "hangup": true}]),
+    )
+    .await;
     // Killed once the greeting is said (a message recorded).
     let api = env.client(&tok);
     let aicall = wait_until("the greeting", Duration::from_secs(30), || async {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// What the receiver saw: (headers, body, status it answered).
-type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, u16)>>>;
+pub(crate) type Seen = Arc<Mutex<Vec<(HeaderMap, Vec<u8>, u16)>>>;
 
 /// A webhook receiver on `ip` that answers 500 to its first `fail_first` requests.
 async fn receiver_on(ip: &str, fail_first: usize) -> (String, Seen) {
@@ -75,7 +75,7 @@ async fn replying(
 }
 
 /// A receiver on 127.0.0.1 (the address the tests' allow-list lets through).
-async fn receiver(fail_first: usize) -> (String, Seen) {
+pub(crate) async fn receiver(fail_first: usize) -> (String, Seen) {
     receiver_on("127.0.0.1", fail_first).await
 }
 
@@ -94,7 +94,7 @@ async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
 }
 
 /// The customer's current webhook secret (its read model may lag its creation: waits).
-async fn webhook_secret(env: &Env, tok: &str) -> String {
+pub(crate) async fn webhook_secret(env: &Env, tok: &str) -> String {
     let me = env
         .client(tok)
         .wait_found("/v1.0/customer", Duration::from_secs(10))
@@ -108,7 +108,7 @@ fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
+pub(crate) fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
     h.get(name)
         .unwrap_or_else(|| panic!("no {name}"))
         .to_str()
@@ -125,7 +125,7 @@ fn standard_verify(
 }
 
 /// Verifies both signatures exactly as API.md tells a customer to.
-fn verify(secret: &str, h: &HeaderMap, body: &[u8]) {
+pub(crate) fn verify(secret: &str, h: &HeaderMap, body: &[u8]) {
     let ts = header(h, "x-voipbin-timestamp");
     let seed = hex::encode(hmac(
         secret.as_bytes(),

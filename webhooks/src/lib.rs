@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod delivery;
+pub mod direct;
 /// The SSRF guard (its own crate, shared with flows and media).
 pub use vbin_netguard as guard;
 pub mod retention;

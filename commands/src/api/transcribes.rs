@@ -57,14 +57,10 @@ impl TranscribeBody {
             .ok_or_else(|| ApiError::invalid("language is required (e.g. \"en-US\")"))?;
         check_language(&language).map_err(|e| ApiError::invalid(e.to_string()))?;
         let direction = match self.direction.as_deref() {
-            None | Some("both") => TranscribeDirection::Both,
-            Some("in") => TranscribeDirection::In,
-            Some("out") => TranscribeDirection::Out,
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "direction must be \"in\", \"out\" or \"both\"",
-                ))
-            }
+            None => TranscribeDirection::Both,
+            Some(d) => TranscribeDirection::parse(d).ok_or_else(|| {
+                ApiError::invalid("direction must be \"in\", \"out\" or \"both\"")
+            })?,
         };
         Ok(Settings {
             reference_type,
@@ -119,6 +115,7 @@ pub async fn create_transcribe(
             reference_id: t.call_id,
             language: t.language,
             direction: t.direction,
+            aicall_id: None,
         },
         at: Utc::now(),
     };

@@ -78,6 +78,60 @@ pub struct Setup {
     pub max_duration: Duration,
     /// The assistant speaks first.
     pub greet: bool,
+    /// The first words, made before the conversation started ([`prepare_greeting`]); the
+    /// model is asked for them otherwise.
+    pub greeting: Option<Greeting>,
+}
+
+/// The assistant's first words made ahead (while the call rings): each sentence with its
+/// audio.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Greeting {
+    /// Sentences in order, with their audio (16 kHz).
+    pub sentences: Vec<(String, Speech)>,
+}
+
+/// Asks the model for the assistant's first words (the system prompt alone, as a
+/// conversation's first turn does) and synthesises them. None when the model fails, says
+/// nothing or wants a tool first: the conversation then asks itself.
+pub async fn prepare_greeting(setup: &Setup, engines: &Engines) -> Option<Greeting> {
+    let req = ChatRequest {
+        model: setup.model.clone(),
+        messages: vec![ChatMessage::system(setup.system_prompt.clone())],
+        tools: tool_specs(&setup.tools),
+        max_tokens: Some(400),
+        temperature: None,
+    };
+    let mut stream = engines.llm.stream(req).await.ok()?;
+    let mut splitter = sentences::Splitter::default();
+    let mut said = Vec::new();
+    while let Some(ev) = stream.next().await {
+        match ev.ok()? {
+            LlmEvent::Token(t) => said.extend(splitter.push(&t)),
+            LlmEvent::ToolCall(_) => return None,
+            LlmEvent::Done { .. } => break,
+        }
+    }
+    said.extend(splitter.finish());
+    if said.is_empty() {
+        return None;
+    }
+    let speech = futures::future::join_all(said.iter().map(|text| {
+        let req = TtsRequest {
+            text: text.clone(),
+            language: setup.language.clone(),
+            voice: setup.voice.clone(),
+        };
+        let tts = engines.tts.clone();
+        async move { tts.synthesize(&req).await }
+    }))
+    .await;
+    let sentences = said
+        .into_iter()
+        .zip(speech)
+        .map(|(text, s)| s.ok().map(|s| (text, s)))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Greeting { sentences })
 }
 
 /// Makes a voice activity detector for one stream.
@@ -401,7 +455,10 @@ impl Conversation {
 
     async fn run(&mut self, input: &mut mpsc::Receiver<In>) {
         if self.setup.greet {
-            self.ask(None).await;
+            match self.setup.greeting.take() {
+                Some(g) => self.say_prepared(g).await,
+                None => self.ask(None).await,
+            }
         }
         while !self.done {
             let no_input =
@@ -695,17 +752,23 @@ impl Conversation {
         self.start_round();
     }
 
-    fn tool_specs(&self) -> Vec<ToolSpec> {
-        self.setup
-            .tools
-            .iter()
-            .filter_map(|t| tool_spec(*t))
-            .collect()
+    /// Says a greeting made ahead: as if the model had just written it.
+    async fn say_prepared(&mut self, g: Greeting) {
+        self.gen += 1;
+        let mut a = Answer::new(self.gen, None, AiLatency::default(), false);
+        a.llm_done = true;
+        a.first_sentence_at = Some(Instant::now());
+        for (text, speech) in g.sentences {
+            a.ready.insert(a.next_seq, (text, Ok(speech)));
+            a.next_seq += 1;
+        }
+        self.answer = Some(a);
+        self.say_ready().await;
     }
 
     /// Streams one reply of the model into the work channel.
     fn start_round(&mut self) {
-        let tools = self.tool_specs();
+        let tools = tool_specs(&self.setup.tools);
         let Some(a) = self.answer.as_mut() else {
             return;
         };
@@ -1123,6 +1186,11 @@ fn backchannel(text: &str) -> bool {
     words.is_empty()
         || WORDS.contains(&joined.as_str())
         || words.iter().all(|w| WORDS.contains(&w.as_str()))
+}
+
+/// The functions `tools` are offered to the model as.
+fn tool_specs(tools: &[AiTool]) -> Vec<ToolSpec> {
+    tools.iter().filter_map(|t| tool_spec(*t)).collect()
 }
 
 /// The function a tool is offered to the model as.

@@ -140,6 +140,7 @@ fn setup(greet: bool) -> Setup {
         reprompt: "Are you still there?".into(),
         max_duration: Duration::from_secs(600),
         greet,
+        greeting: None,
     }
 }
 
@@ -538,6 +539,59 @@ async fn a_tool_cut_short_by_the_caller_is_answered_as_cancelled() {
     let call = m.iter().position(|m| !m.tool_calls.is_empty()).unwrap();
     assert_eq!(m[call + 1].tool_call_id.as_deref(), Some("1"));
     assert_eq!(m.last().unwrap().content, "actually never mind");
+}
+
+/// A greeting made ahead is said at once, as the model's first words (in its history); the
+/// model is not asked for it again.
+#[tokio::test(start_paused = true)]
+async fn a_greeting_made_ahead_is_said_at_once() {
+    let llm = Arc::new(ScriptedLlm {
+        replies: Mutex::new(vec![Ok(tokens("Hello! Bakery here."))].into()),
+        asked: Mutex::new(vec![]),
+    });
+    let engines = Engines {
+        stt: Arc::new(ScriptedStt {
+            lines: Arc::default(),
+            own_endpoint: false,
+            decode: Duration::ZERO,
+        }),
+        tts: Arc::new(CharTts),
+        llm: llm.clone(),
+        vad: Arc::new(|| Ok(Box::new(LoudVad) as Box<dyn Vad + Send>)),
+    };
+    let mut s = setup(true);
+    let g = prepare_greeting(&s, &engines).await.expect("a greeting");
+    assert_eq!(g.sentences.len(), 2);
+    assert_eq!(g.sentences[0].1.len(), "Hello!".len() * 160);
+    s.greeting = Some(g);
+    let mut sim = Sim::start(s, vec![Ok(tokens("We open at nine."))], &["when"]);
+    sim.step(0).await;
+    sim.step(0).await;
+    assert_eq!(sim.queue.len(), 2, "both sentences queued at the start");
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.said(AiRole::Assistant),
+        [("Hello! Bakery here.".to_string(), false)]
+    );
+    sim.speak(400).await;
+    sim.silence(1_000).await;
+    {
+        let asked = sim.llm.asked.lock().unwrap();
+        assert_eq!(asked.len(), 1, "asked only for the answer");
+        assert_eq!(asked[0].messages[1].content, "Hello! Bakery here.");
+    }
+    // A model that wants a tool before speaking gives no greeting.
+    let llm = ScriptedLlm {
+        replies: Mutex::new(
+            vec![Ok(vec![tool_call("1", "hangup", "{}"), done("tool_calls")])].into(),
+        ),
+        asked: Mutex::new(vec![]),
+    };
+    let engines = Engines {
+        llm: Arc::new(llm),
+        ..engines
+    };
+    assert!(prepare_greeting(&setup(true), &engines).await.is_none());
 }
 
 #[tokio::test(start_paused = true)]

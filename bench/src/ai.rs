@@ -1,8 +1,9 @@
 //! `vbin bench ai`: AI voice conversations on the in-process platform (every part).
 //!
 //! Each of N sandbox calls runs `ai_talk`; its far end asks `turns` questions (spoken by the
-//! platform's text-to-speech, heard by the conversation's speech-to-text), a few seconds apart,
-//! and the assistant answers each. The model is either a zero-latency fake OpenAI-compatible
+//! platform's text-to-speech, heard by the conversation's speech-to-text), 7 s apart, the
+//! callers' questions spread evenly over those 7 s (independent callers), and the assistant
+//! answers each. The model is either a zero-latency fake OpenAI-compatible
 //! server in this process (`--engine fake`, the default: what is measured is the platform's
 //! own path, VAD, speech-to-text, sentences, text-to-speech, pacing) or the embedded model
 //! (`--engine local`). Reported, per answered turn (from the messages' latencies):
@@ -93,21 +94,28 @@ pub async fn run(a: &AiArgs) -> anyhow::Result<Value> {
                     "init_prompt": "You answer the phone for a bakery."}),
     };
     let ai = b.send_json(Method::POST, "/v1.0/ais", ai).await?;
-    let mut script: Vec<Value> = (0..a.turns)
-        .map(|t| json!({"at_ms": 5_000 + t as u64 * TURN_MS, "say": QUESTION}))
-        .collect();
-    let hangup_at = 5_000 + a.turns as u64 * TURN_MS + 3_000;
-    script.push(json!({"at_ms": hangup_at, "hangup": true}));
+    // Independent callers: their questions spread evenly over each turn's period rather than
+    // all at the same instant.
+    let hangup_at = 5_000 + a.turns as u64 * TURN_MS + 3_000 + TURN_MS;
     let started = Instant::now();
     let (cpu0, t0) = (crate::flows::cpu_seconds()?, Instant::now());
-    b.send_json(
-        Method::POST,
-        "/v1.0/calls",
-        json!({"source": "+15550001000", "destinations": vec!["+15550002000"; a.calls],
-               "actions": [{"type": "ai_talk", "option": {"ai_id": ai["id"]}}, {"type": "hangup"}],
-               "sandbox": {"script": script}}),
-    )
-    .await?;
+    for i in 0..a.calls {
+        let offset = i as u64 * TURN_MS / a.calls.max(1) as u64;
+        let mut script: Vec<Value> = (0..a.turns)
+            .map(|t| json!({"at_ms": 5_000 + offset + t as u64 * TURN_MS, "say": QUESTION}))
+            .collect();
+        script.push(
+            json!({"at_ms": 5_000 + offset + a.turns as u64 * TURN_MS + 3_000, "hangup": true}),
+        );
+        b.send_json(
+            Method::POST,
+            "/v1.0/calls",
+            json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                   "actions": [{"type": "ai_talk", "option": {"ai_id": ai["id"]}}, {"type": "hangup"}],
+                   "sandbox": {"script": script}}),
+        )
+        .await?;
+    }
     // Until every call has ended.
     let deadline = Duration::from_millis(hangup_at + 60_000);
     loop {

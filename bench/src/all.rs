@@ -66,6 +66,7 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             ],
         ),
         ("stt", vec![], vec!["--prompts", "15"]),
+        ("ai", vec![], vec!["--calls", "2", "--turns", "2"]),
     ]
 }
 
@@ -344,8 +345,40 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
                     "",
                     None,
                 ),
+                h(
+                    "Piper voice heard by Whisper at 8 kHz, word error rate",
+                    v["tts_intelligibility"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|x| x["voice"] == "piper"))
+                        .and_then(|x| x["wer"].as_f64()),
+                    "human recordings, word error rate",
+                    of("whisper", "wer"),
+                ),
             ]
         }
+        "ai" => vec![
+            h(
+                &format!(
+                    "AI voice-to-voice p50 ms, {} conversations, zero-latency model",
+                    v["calls"]
+                ),
+                v["voice_to_voice_ms"]["p50"].as_f64(),
+                "pipecat/LiveKit anchor (cloud models), ms",
+                Some(800.0),
+            ),
+            h(
+                "AI voice-to-voice p95 ms",
+                v["voice_to_voice_ms"]["p95"].as_f64(),
+                "",
+                None,
+            ),
+            h(
+                "AI conversations per core",
+                f("conversations_per_core"),
+                "",
+                None,
+            ),
+        ],
         _ => vec![],
     }
 }

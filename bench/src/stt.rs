@@ -9,6 +9,10 @@
 //! WER = word-level edit distance / reference words, over all prompts; RTF = time from the
 //! first frame to the last segment / seconds of audio (frames are sent as fast as the
 //! provider takes them).
+//!
+//! Text-to-speech intelligibility (`--tts`, with Whisper): each prompt's reference text is
+//! synthesised by each voice (Piper joe-medium, espeak-ng), brought to 8 kHz as a call would
+//! carry it, and recognized by Whisper the same way: the WER of what a caller would hear.
 
 use anyhow::{bail, Context};
 use serde_json::json;
@@ -18,6 +22,9 @@ use vbin_media::resample::Resampler;
 use vbin_media::stt::pocketsphinx::PocketSphinx;
 use vbin_media::stt::whisper::Whisper;
 use vbin_media::stt::SttProvider;
+use vbin_media::tts::espeak::EspeakNg;
+use vbin_media::tts::piper::Piper;
+use vbin_media::tts::{TtsProvider, TtsRequest, TTS_RATE_HZ};
 
 /// `vbin bench stt` options.
 #[derive(clap::Args, Debug)]
@@ -44,6 +51,10 @@ pub struct SttArgs {
     /// `VBIN_MODELS_DIR` or `~/.cache/vbin/models`).
     #[arg(long)]
     pub models: Option<std::path::PathBuf>,
+    /// Voices whose intelligibility Whisper measures, comma-separated: piper, espeak (none:
+    /// empty).
+    #[arg(long, value_delimiter = ',', default_values_t = ["piper".to_string(), "espeak".to_string()])]
+    pub tts: Vec<String>,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -129,10 +140,31 @@ pub async fn run(a: &SttArgs) -> anyhow::Result<()> {
     for (provider, label) in &providers {
         results.push(measure(provider.as_ref(), label, &prompts).await?);
     }
+    let mut voices = Vec::new();
+    let whisper = providers.iter().find(|(p, _)| p.name() == "whisper");
+    if let (Some((whisper, _)), false) = (whisper, a.tts.is_empty()) {
+        let dir = a
+            .models
+            .clone()
+            .unwrap_or_else(vbin_media::tts::piper::default_models_dir);
+        for voice in &a.tts {
+            let tts: Box<dyn TtsProvider> = match voice.as_str() {
+                "piper" => Box::new(Piper::from_models_dir(&dir)?),
+                "espeak" => Box::new(EspeakNg::new()),
+                other => bail!("unknown voice {other:?} (piper, espeak)"),
+            };
+            let spoken = speak(tts.as_ref(), &prompts).await?;
+            let label = format!("{voice} voice at 8 kHz, heard by Whisper tiny.en");
+            let mut r = measure(whisper.as_ref(), &label, &spoken).await?;
+            r["voice"] = json!(voice);
+            voices.push(r);
+        }
+    }
     let r = json!({
         "benchmark": "stt",
         "prompts": prompts.len(),
         "providers": results,
+        "tts_intelligibility": voices,
     });
     println!("{}", serde_json::to_string_pretty(&r)?);
     if let Some(p) = &a.json {
@@ -176,6 +208,31 @@ fn load_prompts(a: &SttArgs) -> anyhow::Result<Vec<Prompt>> {
         );
     }
     Ok(prompts)
+}
+
+/// The prompts' reference texts said by `tts`, at 8 kHz (as a call carries them).
+async fn speak(tts: &dyn TtsProvider, prompts: &[Prompt]) -> anyhow::Result<Vec<Prompt>> {
+    let mut out = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let speech = tts
+            .synthesize(&TtsRequest::new(p.reference.clone(), "en-US"))
+            .await?;
+        let mut down = Resampler::new(TTS_RATE_HZ, 8_000)?;
+        let frame = down.input_frame_len();
+        let mut pcm = Vec::new();
+        for chunk in speech.chunks(frame) {
+            let mut f = chunk.to_vec();
+            f.resize(frame, 0);
+            down.process(&f, &mut pcm)?;
+        }
+        out.push(Prompt {
+            name: p.name.clone(),
+            reference: p.reference.clone(),
+            pcm,
+            rate: 8_000,
+        });
+    }
+    Ok(out)
 }
 
 /// WER and RTF of one provider over the prompts.

@@ -1,18 +1,30 @@
 //! What the media part's AI conversations need from the platform (their engines and limits),
 //! apart from the conversations themselves (`ai.rs`).
 
+use futures::future::{BoxFuture, Shared};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use vbin_agent::{In, VadFactory};
+use vbin_agent::{Greeting, In, VadFactory};
 use vbin_app::seal::Sealer;
 use vbin_event_schema::CallId;
+use vbin_event_schema::{AiId, AiSettings};
 use vbin_llm::LlmProvider;
 use vbin_media::stt::SttProvider;
 use vbin_media::tts::TtsProvider;
 
 /// A conversation running here: its call and its input.
 pub(crate) type Running = (CallId, mpsc::Sender<In>);
+
+/// A greeting being made while a call rings: for which assistant and settings, and the work
+/// (shared: the conversation may start while it runs).
+#[derive(Clone)]
+pub(crate) struct Prepared {
+    pub ai: AiId,
+    pub settings: AiSettings,
+    pub greeting: Shared<BoxFuture<'static, Option<Greeting>>>,
+    pub since: std::time::Instant,
+}
 
 /// The speech engines an assistant may choose (`stt_type`, `tts_type`; None: the
 /// platform's). An engine this platform cannot run is an error that says why.

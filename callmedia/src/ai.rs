@@ -5,9 +5,11 @@
 //! `aicall_id`), its end becomes `aicall_status_terminated` (and the end of the flow's
 //! `ai_talk`, or the call's hangup).
 
+use crate::agents::Prepared;
 use crate::session::{AgentCmd, Control, Execution};
 use crate::{Media, MediaError};
 use chrono::Utc;
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,16 +19,22 @@ use vbin_app::ExecError;
 use vbin_domain::ai::{parse_engine_model, EngineProvider};
 use vbin_domain::transcribe::{NewTranscribe, TranscribeCommand, MAX_TRANSCRIPT_CHARS};
 use vbin_domain::{
-    Aicall, AicallCommand, Call, CallCommand, Customer, DomainError, HangupRequest, NewAimessage,
-    Transcribe,
+    Activeflow, Ai, Aicall, AicallCommand, Call, CallCommand, Customer, DomainError, HangupRequest,
+    NewAimessage, Transcribe,
 };
-use vbin_event_schema::flow::ActionResult;
+use vbin_event_schema::flow::{ActionKind, ActionResult};
+use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    ActiveflowId, AiRole, AicallEndReason, AicallEvent, AicallId, AimessageId, CallId, CustomerId,
-    PublishedEvent, TranscribeDirection, TranscribeId, TranscribeReferenceType,
-    TranscriptDirection, TranscriptId,
+    ActiveflowId, AiId, AiRole, AiSettings, AicallEndReason, AicallEvent, AicallId, AimessageId,
+    CallDirection, CallEvent, CallId, CustomerId, PublishedEvent, TranscribeDirection,
+    TranscribeId, TranscribeReferenceType, TranscriptDirection, TranscriptId,
 };
 use vbin_llm::LlmProvider;
+
+/// How long a conversation waits for a greeting still being made.
+const GREETING_WAIT: Duration = Duration::from_secs(10);
+/// How long a greeting made for a call is kept for its conversation.
+const GREETING_TTL: Duration = Duration::from_secs(300);
 
 /// The transcription that holds conversation `id`'s words (one per conversation, named by it so
 /// that a redelivered start finds it).
@@ -90,7 +98,11 @@ impl Media {
                 )
                 .await;
         };
-        let (setup, engines) = match self.conversation_parts(&aicall) {
+        let parts = match &aicall.settings {
+            Some(s) => self.conversation_parts(aicall.ai_id, s, aicall.max_secs),
+            None => Err("the conversation has no assistant".into()),
+        };
+        let (mut setup, engines) = match parts {
             Ok(p) => p,
             Err(why) => {
                 return self
@@ -104,6 +116,19 @@ impl Media {
                     .await
             }
         };
+        let prepared = self.greetings.lock().expect("greetings").remove(&call);
+        if let Some(p) = prepared
+            .filter(|p| Some(p.ai) == aicall.ai_id && aicall.settings.as_ref() == Some(&p.settings))
+        {
+            // Made while the call rang; still under way, it is sooner than asking anew.
+            setup.greeting = tokio::time::timeout(GREETING_WAIT, p.greeting)
+                .await
+                .ok()
+                .flatten();
+            metrics::counter!("vbin_ai_greetings_prepared_total",
+                "used" => if setup.greeting.is_some() { "yes" } else { "no" })
+            .increment(1);
+        }
         let (input_tx, input_rx) = mpsc::channel(1_000);
         let (out_tx, out_rx) = mpsc::channel(256);
         self.agents
@@ -151,22 +176,99 @@ impl Media {
         Ok(())
     }
 
-    /// The conversation's setup and engines, or why it cannot run.
-    fn conversation_parts(&self, aicall: &Aicall) -> Result<(Setup, Engines), String> {
+    /// A ringing call whose flow's first media action is `ai_talk`: the assistant's greeting
+    /// is made now, so that it plays as soon as the call is answered (the conversation takes it
+    /// if its assistant and settings are the same; a conversation started by another media
+    /// process asks the model itself).
+    pub(crate) async fn prepare_greeting(self, e: PublishedEvent) -> Result<(), MediaError> {
+        if self.agent_kit.is_none() {
+            return Ok(());
+        }
+        let CallEvent::CallCreated {
+            direction: CallDirection::Outgoing,
+            ..
+        } = e.decode::<CallEvent>()?
+        else {
+            return Ok(());
+        };
+        let Some(activeflow) = e.view::<CallView>()?.activeflow_id else {
+            return Ok(());
+        };
+        let (call, customer) = (CallId(e.aggregate_id), CustomerId(e.customer_id));
+        let Some(flow) = self
+            .executor
+            .load::<Activeflow>(activeflow.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(());
+        };
+        let talk = flow
+            .actions
+            .iter()
+            .find(|a| a.kind.is_media() || matches!(a.kind, ActionKind::AiTalk(_)))
+            .and_then(|a| match &a.kind {
+                ActionKind::AiTalk(t) => Some(t.clone()),
+                _ => None,
+            });
+        let Some(talk) = talk else {
+            return Ok(());
+        };
+        let Some(ai) = self
+            .executor
+            .load::<Ai>(talk.ai_id.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(mut settings) = ai.settings.clone().filter(|_| ai.live()) else {
+            return Ok(());
+        };
+        if let Some(l) = talk.language {
+            settings.stt_language = l;
+        }
+        let Ok((setup, engines)) =
+            self.conversation_parts(Some(talk.ai_id), &settings, talk.duration)
+        else {
+            return Ok(());
+        };
+        let greeting = async move { vbin_agent::prepare_greeting(&setup, &engines).await }
+            .boxed()
+            .shared();
+        tokio::spawn(greeting.clone());
+        let mut g = self.greetings.lock().expect("greetings");
+        // Calls that never reached their conversation (nor hung up here).
+        g.retain(|_, p| p.since.elapsed() < GREETING_TTL);
+        g.insert(
+            call,
+            Prepared {
+                ai: talk.ai_id,
+                settings,
+                greeting,
+                since: std::time::Instant::now(),
+            },
+        );
+        tracing::debug!(%call, ai = %talk.ai_id, "preparing the assistant's greeting while the call rings");
+        Ok(())
+    }
+
+    /// The setup and engines of a conversation of assistant `ai` with `settings`, or why it
+    /// cannot run.
+    fn conversation_parts(
+        &self,
+        ai: Option<AiId>,
+        settings: &AiSettings,
+        max_secs: Option<u32>,
+    ) -> Result<(Setup, Engines), String> {
         let kit = self
             .agent_kit
             .as_ref()
             .ok_or("this platform runs no AI conversations")?;
-        let settings = aicall
-            .settings
-            .as_ref()
-            .ok_or("the conversation has no assistant")?;
         let (provider, model) =
             parse_engine_model(&settings.engine_model).map_err(|e| e.to_string())?;
         let llm: Arc<dyn LlmProvider> = match provider {
             EngineProvider::OpenAi => {
                 let url = settings.engine_url.as_deref().ok_or("no engine_url")?;
-                let key = match (&settings.engine_key_sealed, aicall.ai_id) {
+                let key = match (&settings.engine_key_sealed, ai) {
                     (Some(sealed), Some(ai)) => Some(
                         kit.sealer
                             .open(ai.as_uuid().as_bytes(), sealed)
@@ -193,11 +295,11 @@ impl Media {
             vad: settings.vad_config,
             apology: kit.apology.clone(),
             reprompt: kit.reprompt.clone(),
-            max_duration: aicall
-                .max_secs
+            max_duration: max_secs
                 .map(|s| Duration::from_secs(s.into()))
                 .map_or(kit.max_duration, |d| d.min(kit.max_duration)),
             greet: true,
+            greeting: None,
         };
         let engines = Engines {
             stt: kit.speech.stt(settings.stt_type.as_deref())?,

@@ -58,6 +58,8 @@ pub const RECORDINGS_CONSUMER: &str = "media-recordings";
 pub const TRANSCRIBES_CONSUMER: &str = "media-transcribes";
 /// Durable consumer of AI conversation starts and ends.
 pub const AICALLS_CONSUMER: &str = "media-aicalls";
+/// Durable consumer of call creations (greetings made while calls ring).
+pub const GREETINGS_CONSUMER: &str = "media-greetings";
 
 /// Settings of the media process.
 #[derive(Clone, Debug)]
@@ -118,6 +120,8 @@ pub struct Media {
     agent_kit: Option<Arc<agents::AgentKit>>,
     /// The conversations running here: their call and their input.
     agents: Arc<Mutex<HashMap<AicallId, agents::Running>>>,
+    /// Greetings made while calls ring, by call.
+    greetings: Arc<Mutex<HashMap<CallId, agents::Prepared>>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -152,6 +156,7 @@ impl Media {
             tapped: Arc::default(),
             agent_kit: None,
             agents: Arc::default(),
+            greetings: Arc::default(),
         }
     }
 
@@ -218,6 +223,14 @@ impl Media {
                 )
                 .lanes(8),
                 |e| self.clone().on_aicall(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<CallEvent>(
+                    GREETINGS_CONSUMER,
+                    &[CallEvent::CALL_CREATED],
+                )
+                .lanes(8),
+                |e| self.clone().prepare_greeting(e),
             )
             .task(|stop| self.clone().keep_leases(stop));
         group.run(shutdown).await;
@@ -1015,6 +1028,7 @@ impl Media {
     /// Ends the call's session and releases its claim.
     async fn end(&self, call: CallId) -> Result<(), MediaError> {
         self.stop_conversations(call).await;
+        self.greetings.lock().expect("greetings").remove(&call);
         let handle = self.sessions.lock().expect("sessions").remove(&call);
         self.tapped
             .lock()

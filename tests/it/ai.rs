@@ -566,6 +566,48 @@ async fn the_assistant_sends_what_the_caller_ordered_to_the_customers_webhook() 
     assert_eq!(got.last().unwrap(), &("out", "Your order is in."));
 }
 
+/// The greeting is made while the call rings: the model is asked for it before the call is
+/// answered, once, and the conversation says it.
+#[tokio::test]
+async fn the_greeting_is_prepared_from_the_ringing_call() {
+    let greeted: std::sync::Arc<std::sync::Mutex<Vec<chrono::DateTime<chrono::Utc>>>> =
+        Default::default();
+    let g = greeted.clone();
+    let (url, _) = scripted_model(move |messages| {
+        if messages.iter().all(|m| m["role"] != "user") {
+            g.lock().unwrap().push(chrono::Utc::now());
+        }
+        saying(&["Bakery, ", "how can I help?"])
+    })
+    .await;
+    let env = Env::start().await;
+    let (tok, ai) = assistant_of_new_customer(&env, &url, json!([])).await;
+    let api = env.client(&tok);
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008170",
+        json!({"ai_id": ai}),
+        json!([{"at_ms": 4000, "hangup": true}]),
+    )
+    .await;
+    crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    let (aicall, msgs) = conversation(&api, call).await;
+    let started: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(aicall["tm_create"].clone()).expect("started");
+    let greeted = greeted.lock().unwrap().clone();
+    assert_eq!(greeted.len(), 1, "asked once for the greeting: {greeted:?}");
+    // Before the conversation even started (the sandbox rings only 0.5 s: the ask may come
+    // just after the answer, while the flow gets to its ai_talk).
+    assert!(
+        greeted[0] < started,
+        "asked at {} before the conversation at {started}",
+        greeted[0]
+    );
+    assert_eq!(msgs[0]["role"], "assistant");
+    assert_eq!(msgs[0]["content"], "Bakery, how can I help?", "{msgs:?}");
+}
+
 /// A caller who says nothing is asked again once, then the conversation ends (`no_input`)
 /// and the flow goes on.
 #[tokio::test]

@@ -479,15 +479,7 @@ impl Media {
         let stop = TranscribeCommand::Stop { at: Utc::now() };
         self.retried::<Transcribe>(customer, transcribe_of(id).as_uuid(), stop)
             .await?;
-        if reason == AicallEndReason::Hangup {
-            if let Some(call) = aicall.reference_id {
-                let cmd = CallCommand::Hangup {
-                    request: HangupRequest::Local,
-                    at: Utc::now(),
-                };
-                self.retried::<Call>(customer, call.as_uuid(), cmd).await?;
-            }
-        }
+        let hangup = reason == AicallEndReason::Hangup;
         if let (Some(activeflow), Some(seq)) = (aicall.activeflow_id, aicall.activeflow_seq) {
             let error = match reason {
                 AicallEndReason::Failed | AicallEndReason::EngineFailed => Some(format!(
@@ -502,6 +494,8 @@ impl Media {
                     .into_iter()
                     .map(|(k, v)| (k, serde_json::Value::String(v)))
                     .collect(),
+                // The flow ends with its variables before the call goes.
+                ends_call: hangup,
                 ..Default::default()
             };
             let exec = Execution {
@@ -509,6 +503,15 @@ impl Media {
                 seq,
             };
             self.complete(customer, exec, result).await?;
+        }
+        if hangup {
+            if let Some(call) = aicall.reference_id {
+                let cmd = CallCommand::Hangup {
+                    request: HangupRequest::Local,
+                    at: Utc::now(),
+                };
+                self.retried::<Call>(customer, call.as_uuid(), cmd).await?;
+            }
         }
         Ok(())
     }

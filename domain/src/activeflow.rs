@@ -369,10 +369,19 @@ impl Activeflow {
             ActiveflowCommand::Start { .. } => vec![],
             ActiveflowCommand::Complete { seq, result, at } if self.waiting == Some(seq) => {
                 let result = self.accept(result);
-                self.run(
-                    at,
-                    vec![ActiveflowEvent::ActiveflowActionCompleted { seq, result, at }],
-                )
+                let ends_call = result.ends_call;
+                let done = vec![ActiveflowEvent::ActiveflowActionCompleted { seq, result, at }];
+                if ends_call {
+                    // As the flow's own `hangup` ends it (through the call's hangup).
+                    let mut done = done;
+                    done.push(ActiveflowEvent::ActiveflowEnded {
+                        reason: "call_ended".into(),
+                        at,
+                    });
+                    done
+                } else {
+                    self.run(at, done)
+                }
             }
             ActiveflowCommand::Complete { .. } => vec![],
             ActiveflowCommand::Stop { reason, at } => {
@@ -663,6 +672,30 @@ mod tests {
             types(&f.when(complete(4, None)).then_ok()),
             ["done 4", "stop", "end stopped"]
         );
+    }
+
+    #[test]
+    fn an_action_that_hung_up_the_call_ends_the_flow_with_its_variables() {
+        let mut f = flow(json!([
+            {"type": "ai_talk", "option": {"ai_id": Uuid::now_v7()}},
+            {"type": "talk", "option": {"text": "never said"}},
+        ]));
+        f.when(ActiveflowCommand::Start { at: t(1) }).then_ok();
+        let mut variables = Map::new();
+        variables.insert("order".into(), json!("two loaves"));
+        let evs = f
+            .when(ActiveflowCommand::Complete {
+                seq: 1,
+                result: ActionResult {
+                    variables,
+                    ends_call: true,
+                    ..Default::default()
+                },
+                at: t(2),
+            })
+            .then_ok();
+        assert_eq!(types(&evs), ["done 1", "end call_ended"]);
+        assert_eq!(f.variables["order"], "two loaves");
     }
 
     #[test]

@@ -508,6 +508,10 @@ pub struct ActionResult {
     /// Why it failed; the flow goes on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// It hung up the call (an assistant's `hangup` tool): the flow ends here, with its
+    /// variables, rather than run its next action on a call that is going away.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ends_call: bool,
 }
 
 /// Events of the Activeflow aggregate: one flow running on one call.

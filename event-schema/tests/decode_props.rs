@@ -424,15 +424,17 @@ fn activeflow_event() -> BoxedStrategy<ActiveflowEvent> {
             variables(),
             actions(),
             prop::option::of(text()),
+            any::<bool>(),
             at()
         )
-            .prop_map(|(seq, variables, actions, error, at)| {
+            .prop_map(|(seq, variables, actions, error, ends_call, at)| {
                 ActiveflowEvent::ActiveflowActionCompleted {
                     seq,
                     result: flow::ActionResult {
                         variables,
                         actions,
                         error,
+                        ends_call,
                     },
                     at,
                 }

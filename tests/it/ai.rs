@@ -608,6 +608,115 @@ async fn the_greeting_is_prepared_from_the_ringing_call() {
     assert_eq!(msgs[0]["content"], "Bakery, how can I help?", "{msgs:?}");
 }
 
+/// The model's `hangup` tool: the goodbye is said, then the call hangs up (the flow ends
+/// with it: nothing after the `ai_talk` runs).
+#[tokio::test]
+async fn the_assistant_hangs_up_after_its_goodbye() {
+    let (url, _) = scripted_model(|messages| {
+        let users = messages.iter().filter(|m| m["role"] == "user").count();
+        let tools = messages.iter().filter(|m| m["role"] == "tool").count();
+        match (users, tools) {
+            (0, _) => saying(&["Bakery, how can I help?"]),
+            (_, 0) => vec![
+                (json!({"content": "Goodbye, have a nice day!"}), Value::Null),
+                (
+                    json!({"tool_calls": [{"index": 0, "id": "h1", "type": "function",
+                    "function": {"name": "hangup", "arguments": "{}"}}]}),
+                    Value::Null,
+                ),
+                (json!({}), json!("tool_calls")),
+            ],
+            _ => saying(&[]),
+        }
+    })
+    .await;
+    let env = Env::start().await;
+    let (tok, ai) = assistant_of_new_customer(&env, &url, json!(["hangup"])).await;
+    let api = env.client(&tok);
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008180",
+        json!({"ai_id": ai}),
+        json!([
+            {"at_ms": 4000, "say": "That is all, thank you."},
+            {"at_ms": 40000, "hangup": true},
+        ]),
+    )
+    .await;
+    let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(crate::flows::executed(&af), ["ai_talk"], "{af}");
+    let c = api
+        .wait_get(
+            &format!("/v1.0/calls/{call}"),
+            Duration::from_secs(10),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
+    assert_eq!(c["hangup_by"], "local", "{c}");
+    let (aicall, msgs) = conversation(&api, call).await;
+    assert_eq!(aicall["end_reason"], "hangup", "{aicall}");
+    let last = msgs
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .unwrap();
+    assert_eq!(last["content"], "Goodbye, have a nice day!", "{msgs:?}");
+    assert_eq!(last["interrupted"], false);
+}
+
+/// A model server that answers with an error (here 503 with an OpenAI-style error body): the
+/// caller hears the apology, the conversation ends `engine_failed` with the server's message,
+/// and the flow goes on.
+#[tokio::test]
+async fn a_model_error_reply_is_an_apology_with_the_reason() {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [("content-type", "application/json")],
+                r#"{"error": {"message": "the model is overloaded", "type": "server_error"}}"#,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let env = Env::start().await;
+    let (tok, ai) = assistant_of_new_customer(&env, &url, json!([])).await;
+    let api = env.client(&tok);
+    let call = ai_talk_call(
+        &env,
+        &tok,
+        "+15550008190",
+        json!({"ai_id": ai}),
+        json!([{"at_ms": 30000, "hangup": true}]),
+    )
+    .await;
+    let af = crate::flows::ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(
+        crate::flows::executed(&af),
+        ["ai_talk", "talk", "hangup"],
+        "{af}"
+    );
+    let error = af["executed_actions"][0]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("503") && error.contains("the model is overloaded"),
+        "{af}"
+    );
+    let (aicall, msgs) = conversation(&api, call).await;
+    assert_eq!(aicall["end_reason"], "engine_failed", "{aicall}");
+    assert_eq!(
+        msgs[0]["content"], "Sorry, I cannot answer right now.",
+        "{msgs:?}"
+    );
+}
+
 /// A caller who says nothing is asked again once, then the conversation ends (`no_input`)
 /// and the flow goes on.
 #[tokio::test]

@@ -34,9 +34,14 @@ pub struct TalkOptions {
 }
 
 impl App {
-    fn sealer(&self) -> Result<&Sealer, AppError> {
+    /// The platform's sealer (engine keys, trunk passwords), or why secrets cannot be kept.
+    pub(crate) fn sealer(&self) -> Result<&Sealer, AppError> {
         self.sealer.as_deref().ok_or_else(|| {
-            AppError::Invalid("this platform has no sealing key: engine keys cannot be kept".into())
+            AppError::Invalid(
+                "this platform has no sealing key: secrets (engine keys, trunk passwords) \
+                 cannot be kept"
+                    .into(),
+            )
         })
     }
 

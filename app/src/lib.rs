@@ -17,6 +17,7 @@ pub mod queues;
 pub mod recordings;
 pub mod seal;
 pub mod transcription;
+pub mod trunks;
 
 pub use executor::{ExecError, Executed, Executor, StoreError, StoredAggregate};
 

@@ -45,6 +45,7 @@ pub mod recording;
 #[cfg(test)]
 mod testing;
 pub mod transcribe;
+pub mod trunk;
 
 pub use activeflow::{Activeflow, ActiveflowCommand, NewActiveflow};
 pub use ai::{Ai, AiCommand, Aicall, AicallCommand, AicallStatus, NewAicall, NewAimessage};
@@ -61,6 +62,7 @@ pub use number::{Number, NumberCommand};
 pub use queue::{NewQueue, Queue, QueueCommand};
 pub use recording::{Recording, RecordingCommand};
 pub use transcribe::{NewTranscribe, Transcribe, TranscribeCommand};
+pub use trunk::{Trunk, TrunkCommand};
 
 /// The API view of the resource an event touched, right after the event (`{id, type, ...}`).
 /// Stored beside each event and published with it, so webhooks and WebSocket pushes carry

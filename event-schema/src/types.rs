@@ -106,6 +106,10 @@ id_type!(
     NumberId
 );
 id_type!(
+    /// A customer's SIP trunk. The Trunk aggregate's id.
+    TrunkId
+);
+id_type!(
     /// A recording of a call. The Recording aggregate's id.
     RecordingId
 );

@@ -126,6 +126,7 @@ pub fn all() -> &'static [Projection] {
         models::flows::NUMBERS,
         models::ais::AIS,
         models::ais::AICALLS,
+        models::trunks::TRUNKS,
     ]
 }
 

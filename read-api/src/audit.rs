@@ -19,7 +19,7 @@ use uuid::Uuid;
 use vbin_event_schema::{
     ActiveflowEvent, AiEvent, AicallEvent, BillingEvent, CallEvent, CampaignEvent, CustomerEvent,
     FlowEvent, NumberEvent, OutdialEvent, OutplanEvent, Permission, QueueEvent, RecordingEvent,
-    TargetEvent, TranscribeEvent,
+    TargetEvent, TranscribeEvent, TrunkEvent,
 };
 use vbin_eventlog::log::{published_from_row, EVENT_COLUMNS};
 use vbin_http::extract::{CustomerCaller, Query};
@@ -66,6 +66,7 @@ fn aggregate_of(resource_type: &str) -> Option<Holder> {
         "number" => (NumberEvent::AGGREGATE, false, false),
         "ai" => (AiEvent::AGGREGATE, false, false),
         "aicall" => (AicallEvent::AGGREGATE, false, false),
+        "trunk" => (TrunkEvent::AGGREGATE, false, false),
         _ => return None,
     };
     Some(Holder {

@@ -65,6 +65,8 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/numbers/{id}", get(get_number))
         .route("/v1.0/ais", get(list_ais))
         .route("/v1.0/ais/{id}", get(get_ai))
+        .route("/v1.0/trunks", get(list_trunks))
+        .route("/v1.0/trunks/{id}", get(get_trunk))
         .route("/v1.0/aicalls", get(list_aicalls))
         .route("/v1.0/aicalls/{id}", get(get_aicall))
         .route("/v1.0/aimessages", get(list_aimessages))
@@ -338,6 +340,7 @@ list_and_get! {
     list_flows, get_flow => "rm_flows", "flow";
     list_numbers, get_number => "rm_numbers", "number";
     list_ais, get_ai => "rm_ais", "ai";
+    list_trunks, get_trunk => "rm_trunks", "trunk";
 }
 
 /// A customer's resources of calls, in a read model table with a `reference_id` column:

@@ -18,4 +18,5 @@ mod security;
 mod spine;
 mod storage;
 mod transcribe;
+mod trunks;
 mod webhooks;

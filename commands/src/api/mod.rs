@@ -13,6 +13,7 @@ pub mod numbers;
 pub mod queues;
 pub mod state;
 pub mod transcribes;
+pub mod trunks;
 
 pub use state::{acting, CmdState, Tenant};
 
@@ -90,6 +91,11 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
         .route("/v1.0/queues/{id}/calls", post(queues::join_queue))
         .route("/v1.0/ais", post(ais::create_ai))
         .route("/v1.0/ais/{id}", put(ais::update_ai).delete(ais::delete_ai))
+        .route("/v1.0/trunks", post(trunks::create_trunk))
+        .route(
+            "/v1.0/trunks/{id}",
+            put(trunks::update_trunk).delete(trunks::delete_trunk),
+        )
         .route("/v1.0/aicalls", post(ais::create_aicall))
         .route("/v1.0/aicalls/{id}/stop", post(ais::stop_aicall))
         .route("/v1.0/transcribes", post(transcribes::create_transcribe))

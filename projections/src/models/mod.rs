@@ -8,3 +8,4 @@ pub mod flows;
 pub mod identity;
 pub mod queues;
 pub mod transcribes;
+pub mod trunks;

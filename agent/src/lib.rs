@@ -375,6 +375,11 @@ struct Conversation {
     turn_text: String,
     /// How long speech-to-text took to answer the turn's last flush.
     turn_stt_ms: Option<u64>,
+    /// Flushes given up on (not answered in time): their late answers are not this turn's.
+    stale_flushes: usize,
+    /// Without barge-in: what the caller said while the assistant spoke, answered after it.
+    held_text: String,
+    held_stt_ms: Option<u64>,
     flushes: std::collections::VecDeque<Instant>,
     flushed: bool,
     turn_ended: bool,
@@ -432,6 +437,9 @@ impl Conversation {
             last_speech_at: None,
             turn_text: String::new(),
             turn_stt_ms: None,
+            stale_flushes: 0,
+            held_text: String::new(),
+            held_stt_ms: None,
             flushes: std::collections::VecDeque::new(),
             flushed: false,
             turn_ended: false,
@@ -468,7 +476,12 @@ impl Conversation {
                 .front()
                 .filter(|_| self.turn_ended)
                 .map(|t| *t + FLUSH_WAIT);
-            let listening = self.answer.is_none() && self.ending.is_none();
+            // Waiting for the caller: nothing said, no turn under way or being recognized.
+            let listening = self.answer.is_none()
+                && self.ending.is_none()
+                && self.speech_ms == 0
+                && !self.turn_ended
+                && self.flushes.is_empty();
             tokio::select! {
                 m = input.recv() => match m {
                     Some(m) => self.on_input(m).await,
@@ -481,11 +494,12 @@ impl Conversation {
                     Err(e) => tracing::warn!(error = %e, "ai: speech-to-text failed"),
                 },
                 Some(w) = self.work_rx.recv() => self.on_work(w).await,
-                _ = tokio::time::sleep_until(no_input), if listening && !self.in_speech => {
+                _ = tokio::time::sleep_until(no_input), if listening => {
                     self.on_no_input().await
                 }
                 _ = tokio::time::sleep_until(flush_due.unwrap_or(self.deadline)), if flush_due.is_some() => {
                     tracing::warn!("ai: speech-to-text did not answer the end of the turn in time");
+                    self.stale_flushes += self.flushes.len();
                     self.flushes.clear();
                     self.turn_over().await
                 }
@@ -572,9 +586,9 @@ impl Conversation {
             self.flushed = false;
             self.last_speech_frame = self.frames;
             self.last_speech_at = Some(Instant::now());
+            self.idle_since = Instant::now();
             if self.speech_ms >= self.setup.vad.min_speech_ms as u64 {
                 self.in_speech = true;
-                self.idle_since = Instant::now();
                 if self.setup.vad.barge_in && !self.paused && self.speaking() {
                     self.paused = true;
                     self.paused_at = None;
@@ -614,7 +628,12 @@ impl Conversation {
     }
 
     /// A final segment of the caller's speech.
-    async fn on_segment(&mut self, seg: vbin_media::stt::Segment) {
+    async fn on_segment(&mut self, mut seg: vbin_media::stt::Segment) {
+        if seg.flushed && self.stale_flushes > 0 {
+            // The late answer of a flush given up on: its words (if any) come on their own.
+            self.stale_flushes -= 1;
+            seg.flushed = false;
+        }
         let text = seg.text.trim();
         if !text.is_empty() {
             if !self.turn_text.is_empty() {
@@ -683,17 +702,29 @@ impl Conversation {
             self.interrupt().await;
         } else if self.answer.is_some() {
             if !self.setup.vad.barge_in {
-                // Without barge-in the answer plays out; the caller's words join the history
-                // as the next turn after it.
-                self.history.push(ChatMessage::user(text.clone()));
-                self.record(AiRole::User, text, false, None).await;
+                // Without barge-in the answer plays out; the caller's words are the next turn,
+                // answered once it is over (the history stays in order).
+                if !self.held_text.is_empty() {
+                    self.held_text.push(' ');
+                }
+                self.held_text.push_str(&text);
+                self.held_stt_ms = stt_ms;
                 return;
             }
             self.interrupt().await;
         }
         if self.ending.is_some() {
+            // The caller spoke over the last words (a goodbye, the apology): theirs are kept,
+            // and the end goes on.
+            self.record(AiRole::User, text, false, None).await;
+            self.maybe_finish_answer().await;
             return;
         }
+        self.answer_turn(text, stt_ms).await;
+    }
+
+    /// Records the caller's turn and asks the model to answer it.
+    async fn answer_turn(&mut self, text: String, stt_ms: Option<u64>) {
         self.reprompted = false;
         self.idle_since = Instant::now();
         self.record(AiRole::User, text.clone(), false, None).await;
@@ -1139,6 +1170,13 @@ impl Conversation {
         self.idle_since = Instant::now();
         if let Some((reason, detail)) = self.ending.take() {
             self.end(reason, detail).await;
+            return;
+        }
+        if !self.held_text.is_empty() {
+            // What the caller said over the answer (without barge-in) is the next turn.
+            let text = std::mem::take(&mut self.held_text);
+            let stt_ms = self.held_stt_ms.take();
+            self.answer_turn(text, stt_ms).await;
         }
     }
 

@@ -594,6 +594,80 @@ async fn a_greeting_made_ahead_is_said_at_once() {
     assert!(prepare_greeting(&setup(true), &engines).await.is_none());
 }
 
+/// The caller speaking over the goodbye does not keep the call up: their words are kept and
+/// the hangup goes on.
+#[tokio::test(start_paused = true)]
+async fn speaking_over_the_goodbye_still_hangs_up() {
+    let mut sim = Sim::start(
+        setup(false),
+        vec![Ok(vec![
+            LlmEvent::Token(
+                "Thank you for calling the bakery, goodbye and have a lovely day. ".into(),
+            ),
+            tool_call("1", "hangup", "{}"),
+            done("tool_calls"),
+        ])],
+        &["bye", "wait one more thing"],
+    );
+    sim.speak(400).await;
+    sim.silence(600).await;
+    assert!(sim.end.is_none());
+    sim.speak(600).await;
+    sim.silence(1_000).await;
+    assert_eq!(
+        sim.end.as_ref().map(|e| e.0),
+        Some(AicallEndReason::Hangup),
+        "{:?}",
+        sim.messages
+    );
+    assert!(sim
+        .said(AiRole::User)
+        .contains(&("wait one more thing".to_string(), false)));
+}
+
+/// Without barge-in, what the caller says while the assistant speaks is answered after it, in
+/// order (the history never has the caller's words inside the answer).
+#[tokio::test(start_paused = true)]
+async fn without_barge_in_the_callers_words_are_answered_after_the_answer() {
+    let mut s = setup(true);
+    s.vad.barge_in = false;
+    // 10 ms of audio per character: about 2.2 s.
+    let long = "We bake bread every morning. We also make cakes to order. Ask about our pies, \
+                our tarts, our cookies and our famous cinnamon rolls. We open at nine and \
+                close at six, every day but Sunday.";
+    let mut sim = Sim::start(
+        s,
+        vec![Ok(tokens(long)), Ok(tokens("Yes, we do."))],
+        &["do you have rye"],
+    );
+    sim.silence(100).await;
+    sim.speak(400).await;
+    sim.silence(600).await;
+    assert!(
+        sim.said(AiRole::User).is_empty(),
+        "held until the answer ends"
+    );
+    sim.silence(2_000).await;
+    assert_eq!(sim.said(AiRole::Assistant)[0], (long.to_string(), false));
+    assert_eq!(
+        sim.said(AiRole::User),
+        [("do you have rye".to_string(), false)]
+    );
+    assert_eq!(sim.said(AiRole::Assistant)[1].0, "Yes, we do.");
+    let asked = sim.llm.asked.lock().unwrap();
+    let roles: Vec<&str> = asked[1]
+        .messages
+        .iter()
+        .map(|m| match m.role {
+            vbin_llm::Role::System => "system",
+            vbin_llm::Role::User => "user",
+            vbin_llm::Role::Assistant => "assistant",
+            vbin_llm::Role::Tool => "tool",
+        })
+        .collect();
+    assert_eq!(roles, ["system", "assistant", "user"]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failing_model_apologizes_and_ends() {
     let mut sim = Sim::start(setup(true), vec![Err("connection refused".into())], &[]);

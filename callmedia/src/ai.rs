@@ -129,6 +129,18 @@ impl Media {
                 "used" => if setup.greeting.is_some() { "yes" } else { "no" })
             .increment(1);
         }
+        if control.is_closed() {
+            // The call ended while the greeting was being made.
+            return self
+                .conversation_over(
+                    &aicall,
+                    customer,
+                    AicallEndReason::CallEnded,
+                    None,
+                    Default::default(),
+                )
+                .await;
+        }
         let (input_tx, input_rx) = mpsc::channel(1_000);
         let (out_tx, out_rx) = mpsc::channel(256);
         self.agents
@@ -383,7 +395,10 @@ impl Media {
                     break;
                 }
             };
-            let _ = control.send(Control::Agent(id, cmd)).await;
+            if control.send(Control::Agent(id, cmd)).await.is_err() {
+                // The session is gone (the call ended): the conversation ends with it.
+                let _ = input.try_send(In::Stop(AicallEndReason::CallEnded));
+            }
         }
         let _ = control.send(Control::DetachAgent(id)).await;
         self.agents.lock().expect("agents").remove(&id);
@@ -476,9 +491,6 @@ impl Media {
             at: Utc::now(),
         };
         self.retried::<Aicall>(customer, id.as_uuid(), cmd).await?;
-        let stop = TranscribeCommand::Stop { at: Utc::now() };
-        self.retried::<Transcribe>(customer, transcribe_of(id).as_uuid(), stop)
-            .await?;
         let hangup = reason == AicallEndReason::Hangup;
         if let (Some(activeflow), Some(seq)) = (aicall.activeflow_id, aicall.activeflow_seq) {
             let error = match reason {
@@ -512,6 +524,14 @@ impl Media {
                 };
                 self.retried::<Call>(customer, call.as_uuid(), cmd).await?;
             }
+        }
+        // Last and best effort: a conversation that failed before it started has none.
+        let stop = TranscribeCommand::Stop { at: Utc::now() };
+        if let Err(e) = self
+            .retried::<Transcribe>(customer, transcribe_of(id).as_uuid(), stop)
+            .await
+        {
+            tracing::warn!(aicall = %id, error = %vbin_bus::Chain(&e), "completing the conversation's transcription failed");
         }
         Ok(())
     }

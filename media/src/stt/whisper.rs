@@ -340,9 +340,15 @@ fn run_session(
                     ..Segment::final_text(text, u.start_ms, u.end_ms)
                 }))
                 .is_ok(),
+            // One utterance that fails to decode loses its words, not the session (a flush is
+            // still answered, so the conversation's turn ends).
             Err(e) => {
-                let _ = out.blocking_send(Err(e));
-                false
+                let reported = out.blocking_send(Err(e)).is_ok();
+                reported
+                    && (!flushed
+                        || out
+                            .blocking_send(Ok(Segment::flushed_empty(u.end_ms)))
+                            .is_ok())
             }
         }
     };

@@ -5,6 +5,7 @@
 
 pub mod dialer;
 pub mod sandbox;
+pub mod sip;
 
 use async_trait::async_trait;
 use vbin_event_schema::{CallId, CustomerId, E164};

@@ -259,6 +259,7 @@ impl Bench {
         let mut cfg = Config {
             database_url: format!("{}/{db}", s.pg.trim_end_matches('/')),
             nats_url,
+            nats_namespace: None,
             redis_url: s.redis_url.clone(),
             http_addr: "127.0.0.1:0".parse()?,
             admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
@@ -894,7 +895,7 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
                 t0.elapsed().as_secs_f64(),
                 v["dialed"],
                 v["in_flight"],
-                consumer_backlog(&js).await
+                consumer_backlog(&js, &b.running.installation.namespace).await
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -940,9 +941,12 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
 }
 
 /// "name=pending" for every durable consumer with a backlog (diagnostics).
-async fn consumer_backlog(js: &async_nats::jetstream::Context) -> String {
+async fn consumer_backlog(
+    js: &async_nats::jetstream::Context,
+    ns: &vbin_event_schema::Namespace,
+) -> String {
     use futures::StreamExt;
-    let Ok(stream) = js.get_stream(vbin_event_schema::STREAM_NAME).await else {
+    let Ok(stream) = js.get_stream(ns.stream()).await else {
         return "?".into();
     };
     let mut out = Vec::new();
@@ -1082,6 +1086,7 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
     let mut cfg = Config {
         database_url: b.database_url(),
         nats_url: b.nats_url.clone(),
+        nats_namespace: None,
         redis_url: a.services.redis_url.clone(),
         http_addr: "127.0.0.1:0".parse()?,
         admin_token: Some(b.running.admin_token.clone()),

@@ -343,7 +343,8 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
         tenants.push(new_customer(&b.http, &b.base, &b.running.admin_token).await?);
     }
     let gateway = start_gateway(&b, &a.services.redis_url).await?;
-    let bus = vbin_bus::Bus::connect(&b.nats_url, "vbin-bench-ws").await?;
+    let bus = vbin_bus::Bus::connect(&b.nats_url, "vbin-bench-ws", b.running.installation.clone())
+        .await?;
     bus.ensure_stream().await?;
     let idle_rss = rss_kib(gateway.child.0.id());
     let mut runs = Vec::new();
@@ -381,6 +382,7 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
         let published = paced(a.events_per_sec, a.secs, |i| {
             let (customer, _) = tenants[i as usize % customers];
             let js = bus.js.clone();
+            let ns = bus.namespace().clone();
             async move {
                 let id = uuid::Uuid::now_v7();
                 let e = vbin_event_schema::PublishedEvent {
@@ -397,7 +399,7 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
                     data: json!({}),
                     resource: json!({"type": "call", "id": id, "sent_at_us": now_us()}),
                 };
-                let subject = vbin_event_schema::subject_for(&customer, "bench", "bench_tick");
+                let subject = ns.subject_for(&customer, "bench", "bench_tick");
                 // Publish without waiting for each ack (the relay batches the same way).
                 let ack = js.publish(subject, serde_json::to_vec(&e)?.into()).await?;
                 tokio::spawn(async move {

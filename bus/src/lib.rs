@@ -1,14 +1,18 @@
 //! NATS JetStream plumbing shared by every part of vbin: connecting (with retry, so a process
-//! starts while NATS is down and recovers by itself), the `VBIN_EVENTS` stream, and durable pull
-//! consumers with explicit acks that feed committed events to a handler.
+//! starts while NATS is down and recovers by itself), the installation's event stream (in its
+//! namespace, claimed by the installation so that another one sharing the NATS server cannot
+//! use it), and durable pull consumers with explicit acks that feed committed events to a
+//! handler, skipping events another installation published.
 
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::StreamExt;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 use vbin_event_schema::{
-    subject_filter, AggregateEvent, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
+    relative_subject_filter, AggregateEvent, Installation, Namespace, PublishedEvent,
+    INSTALLATION_HEADER,
 };
 
 /// Errors talking to NATS. The NATS client's error is the source: log with [`Chain`] (or
@@ -30,6 +34,20 @@ pub enum BusError {
     /// A consumer's message stream ended.
     #[error("jetstream: message stream ended")]
     Ended,
+    /// The stream is another installation's.
+    #[error(
+        "the NATS stream {stream} belongs to installation {theirs}, not to this one ({ours}): \
+         two installations must not share a stream (a configuration copied from another \
+         installation? check VBIN_NATS_NAMESPACE; docs/operations.md, \"Namespaces on NATS\")"
+    )]
+    Foreign {
+        /// The stream's name.
+        stream: String,
+        /// This installation's id.
+        ours: Uuid,
+        /// The id of the installation the stream belongs to.
+        theirs: Uuid,
+    },
 }
 
 impl BusError {
@@ -87,14 +105,52 @@ mod chain_tests {
     }
 }
 
-/// A NATS connection with its JetStream context.
+/// A NATS connection with its JetStream context, for one installation.
 #[derive(Clone)]
 pub struct Bus {
     /// Core NATS client.
     pub client: async_nats::Client,
     /// JetStream context.
     pub js: jetstream::Context,
+    installation: Arc<Installation>,
+    foreign: Arc<ForeignLog>,
 }
+
+/// Counts the events of other installations the consumers skipped, and says so at most once a
+/// minute (a shared stream would otherwise fill the log with one line per event).
+#[derive(Default)]
+struct ForeignLog(Mutex<ForeignCount>);
+
+#[derive(Default)]
+struct ForeignCount {
+    skipped: u64,
+    last_said: Option<Instant>,
+}
+
+impl ForeignLog {
+    fn skipped(&self, consumer: &str, theirs: &str, ours: Uuid) {
+        metrics::counter!("vbin_consumer_events_total", "consumer" => consumer.to_string(), "outcome" => "foreign").increment(1);
+        let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        c.skipped += 1;
+        if c.last_said
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            tracing::warn!(
+                consumer,
+                installation = %theirs,
+                this_installation = %ours,
+                skipped = c.skipped,
+                "skipped events another installation published on this installation's stream \
+                 (said at most once a minute; the count is since the last time)"
+            );
+            c.skipped = 0;
+            c.last_said = Some(Instant::now());
+        }
+    }
+}
+
+/// The text of a stream's description that names the installation it belongs to.
+const CLAIM: &str = "vbin installation ";
 
 /// How long JetStream remembers message ids for de-duplication. It must exceed the relay's
 /// worst gap between publishing a batch and recording its checkpoint; consumers are idempotent
@@ -103,7 +159,11 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 impl Bus {
     /// Connects, retrying in the background if NATS is not up yet (the call returns at once).
-    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
+    pub async fn connect(
+        url: &str,
+        name: &str,
+        installation: Installation,
+    ) -> Result<Self, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
@@ -112,7 +172,41 @@ impl Bus {
             .await
             .map_err(BusError::Connect)?;
         let js = jetstream::new(client.clone());
-        Ok(Self { client, js })
+        Ok(Self {
+            client,
+            js,
+            installation: Arc::new(installation),
+            foreign: Arc::default(),
+        })
+    }
+
+    /// The installation this connection publishes and consumes for.
+    pub fn installation(&self) -> &Installation {
+        &self.installation
+    }
+
+    /// The installation's namespace on NATS.
+    pub fn namespace(&self) -> &Namespace {
+        &self.installation.namespace
+    }
+
+    /// The installation that published a message, if its headers name one other than this.
+    pub fn foreign_publisher<'h>(
+        &self,
+        headers: Option<&'h async_nats::HeaderMap>,
+    ) -> Option<&'h str> {
+        let theirs = headers?.get(INSTALLATION_HEADER)?.as_str();
+        (theirs.parse::<Uuid>().ok() != Some(self.installation.id)).then_some(theirs)
+    }
+
+    /// The headers every event this installation publishes carries.
+    pub fn publish_headers(&self) -> async_nats::HeaderMap {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(
+            INSTALLATION_HEADER,
+            self.installation.id.to_string().as_str(),
+        );
+        h
     }
 
     /// True while the connection is up.
@@ -120,19 +214,70 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates the event stream if missing (idempotent).
+    /// Creates the installation's event stream if missing (idempotent) and makes sure it is
+    /// this installation's: a stream whose description names another installation, or whose
+    /// last event another installation published, is refused ([`BusError::Foreign`]). A stream
+    /// that names none (made before namespaces) is claimed.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        self.js
+        let ns = self.namespace();
+        let ours = self.installation.id;
+        let mut stream = self
+            .js
             .get_or_create_stream(stream::Config {
-                name: STREAM_NAME.to_string(),
-                subjects: vec![format!("{SUBJECT_PREFIX}.>")],
+                name: ns.stream(),
+                description: Some(format!("{CLAIM}{ours}")),
+                subjects: vec![ns.subject(">")],
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
                 max_age: Duration::from_secs(7 * 24 * 3600),
                 ..Default::default()
             })
             .await
-            .map_err(BusError::js("creating the event stream"))
+            .map_err(BusError::js("creating the event stream"))?;
+        let config = stream.cached_info().config.clone();
+        let foreign = |theirs: Uuid| BusError::Foreign {
+            stream: ns.stream(),
+            ours,
+            theirs,
+        };
+        match config
+            .description
+            .as_deref()
+            .and_then(|d| d.strip_prefix(CLAIM))
+        {
+            Some(id) => match id.parse::<Uuid>() {
+                Ok(id) if id == ours => Ok(stream),
+                Ok(theirs) => Err(foreign(theirs)),
+                Err(_) => Err(foreign(Uuid::nil())),
+            },
+            None => {
+                let last = stream
+                    .info()
+                    .await
+                    .map_err(BusError::js("reading the stream's info"))?
+                    .state
+                    .last_sequence;
+                if last > 0 {
+                    if let Ok(m) = stream.get_raw_message(last).await {
+                        if let Some(theirs) = self.foreign_publisher(Some(&m.headers)) {
+                            return Err(foreign(theirs.parse().unwrap_or_default()));
+                        }
+                    }
+                }
+                tracing::info!(stream = %ns.stream(), installation = %ours, "claiming the event stream for this installation");
+                self.js
+                    .update_stream(stream::Config {
+                        description: Some(format!("{CLAIM}{ours}")),
+                        ..config
+                    })
+                    .await
+                    .map_err(BusError::js("claiming the event stream"))?;
+                self.js
+                    .get_stream(ns.stream())
+                    .await
+                    .map_err(BusError::js("reading the event stream"))
+            }
+        }
     }
 }
 
@@ -141,8 +286,8 @@ impl Bus {
 pub struct ConsumerSpec {
     /// Durable name (one per logical subscriber; instances share it to split the work).
     pub name: String,
-    /// Subject filter, e.g. `vbin.events.*.call.*` (one: NATS 2.9 has no multi-filter
-    /// consumers).
+    /// Subject filter within the installation's namespace, e.g. `*.call.*` (one: NATS 2.9 has
+    /// no multi-filter consumers).
     pub filter_subject: String,
     /// Event types handled; others matching the filter are acked and skipped (empty: all).
     pub event_types: Vec<String>,
@@ -176,7 +321,7 @@ impl ConsumerSpec {
     pub fn for_events(name: &str, aggregate_type: &str, event_types: &[&str]) -> Self {
         Self {
             name: name.to_string(),
-            filter_subject: subject_filter(aggregate_type, "*"),
+            filter_subject: relative_subject_filter(aggregate_type, "*"),
             event_types: event_types.iter().map(|t| t.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
@@ -187,7 +332,7 @@ impl ConsumerSpec {
     /// A consumer of every event of every aggregate.
     pub fn all_events(name: &str) -> Self {
         Self {
-            filter_subject: format!("{SUBJECT_PREFIX}.>"),
+            filter_subject: ">".to_string(),
             ..Self::for_events(name, "*", &[])
         }
     }
@@ -242,9 +387,10 @@ where
 /// Opens (creating if needed) the durable pull consumer of `spec`.
 async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullConsumer, BusError> {
     let stream = bus.ensure_stream().await?;
+    let filter_subject = bus.namespace().subject(&spec.filter_subject);
     let config = consumer::pull::Config {
         durable_name: Some(spec.name.clone()),
-        filter_subject: spec.filter_subject.clone(),
+        filter_subject: filter_subject.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
@@ -264,10 +410,10 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
         .config
         .filter_subject
         .clone();
-    if stored == spec.filter_subject {
+    if stored == filter_subject {
         return Ok(consumer);
     }
-    tracing::warn!(consumer = %spec.name, %stored, wanted = %spec.filter_subject, "recreating consumer with new filter");
+    tracing::warn!(consumer = %spec.name, %stored, wanted = %filter_subject, "recreating consumer with new filter");
     stream
         .delete_consumer(&spec.name)
         .await
@@ -292,7 +438,7 @@ where
     if spec.lanes <= 1 {
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(BusError::js("receiving a message"))?;
-            handle_message(spec, handle, msg).await?;
+            handle_message(bus, spec, handle, msg).await?;
         }
         return Err(BusError::Ended);
     }
@@ -312,7 +458,7 @@ where
     };
     let lanes = receivers.into_iter().map(|mut rx| async move {
         while let Some(msg) = rx.recv().await {
-            handle_message(spec, handle, msg).await?;
+            handle_message(bus, spec, handle, msg).await?;
         }
         Ok::<(), BusError>(())
     });
@@ -337,8 +483,24 @@ fn lane_of(payload: &[u8], lanes: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// Acks `msg` if another installation published it (it is provably not in this installation's
+/// log; said once a minute). True if it did.
+async fn skip_foreign(
+    bus: &Bus,
+    spec: &ConsumerSpec,
+    msg: &jetstream::Message,
+) -> Result<bool, BusError> {
+    let Some(theirs) = bus.foreign_publisher(msg.headers.as_ref()) else {
+        return Ok(false);
+    };
+    bus.foreign.skipped(&spec.name, theirs, bus.installation.id);
+    msg.ack().await.map_err(BusError::js("acking"))?;
+    Ok(true)
+}
+
 /// Decodes, filters, handles and acks (or naks) one message.
 async fn handle_message<H, F, E>(
+    bus: &Bus,
     spec: &ConsumerSpec,
     handle: &H,
     msg: jetstream::Message,
@@ -348,6 +510,9 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    if skip_foreign(bus, spec, &msg).await? {
+        return Ok(());
+    }
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
         Ok(e) => e,
@@ -506,7 +671,13 @@ where
     while let Some(chunk) = chunks.next().await {
         let mut msgs = Vec::with_capacity(chunk.len());
         for m in chunk {
-            msgs.push(m.map_err(BusError::js("receiving a message"))?);
+            let m = m.map_err(BusError::js("receiving a message"))?;
+            if !skip_foreign(bus, spec, &m).await? {
+                msgs.push(m);
+            }
+        }
+        if msgs.is_empty() {
+            continue;
         }
         let deliveries = msgs
             .iter()
@@ -543,10 +714,10 @@ mod tests {
     #[test]
     fn specs_of_an_aggregates_events() {
         let s = ConsumerSpec::for_events_of::<CallEvent>("x", &[CallEvent::CALL_HUNGUP]);
-        assert_eq!(s.filter_subject, "vbin.events.*.call.*");
+        assert_eq!(s.filter_subject, "*.call.*");
         assert_eq!(s.event_types, [CallEvent::CALL_HUNGUP]);
         let all = ConsumerSpec::all_events("y");
-        assert_eq!(all.filter_subject, "vbin.events.>");
+        assert_eq!(all.filter_subject, ">");
         assert!(all.event_types.is_empty());
     }
 

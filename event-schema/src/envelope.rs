@@ -8,20 +8,124 @@ use serde_json::Value;
 use std::borrow::Cow;
 use uuid::Uuid;
 
-/// The JetStream stream that carries every committed event.
-pub const STREAM_NAME: &str = "VBIN_EVENTS";
-/// Subjects are `vbin.events.<customer_id>.<aggregate_type>.<event_type>`.
-pub const SUBJECT_PREFIX: &str = "vbin.events";
+/// The NATS header naming the installation that published an event (its id): consumers skip,
+/// as provably not theirs, an event another installation published.
+pub const INSTALLATION_HEADER: &str = "Vbin-Installation";
 
-/// The subject an event is published on.
-pub fn subject_for(customer_id: &Uuid, aggregate_type: &str, event_type: &str) -> String {
-    format!("{SUBJECT_PREFIX}.{customer_id}.{aggregate_type}.{event_type}")
+/// An installation's namespace on NATS: its stream `VBIN_<NS>` carries the subjects
+/// `vbin.<ns>.<customer_id>.<aggregate_type>.<event_type>`, and its durable consumers live in
+/// that stream (JetStream scopes consumer names per stream). Two installations with different
+/// namespaces never see each other's events on one NATS server.
+///
+/// A namespace is 1 to 32 of `a-z 0-9 _ -`. An installation's default is the first 12 hex
+/// digits of its id; [`Namespace::LEGACY`] is the one every installation used before
+/// namespaces existed (stream `VBIN_EVENTS`, subjects `vbin.events.>`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+/// Why a string is not a [`Namespace`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("a NATS namespace is 1 to 32 characters of a-z, 0-9, _ and -, not {0:?}")]
+pub struct NamespaceError(pub String);
+
+impl Namespace {
+    /// The namespace of installations that predate namespaces: their stream keeps working.
+    pub const LEGACY: &'static str = "events";
+
+    /// Parses a namespace.
+    pub fn new(s: &str) -> Result<Self, NamespaceError> {
+        let ok = (1..=32).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(NamespaceError(s.to_string()))
+        }
+    }
+
+    /// The default namespace of installation `id`: its first 12 hex digits (48 bits).
+    pub fn of_installation(id: Uuid) -> Self {
+        Self(id.simple().to_string()[..12].to_string())
+    }
+
+    /// The namespace as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The JetStream stream: `VBIN_<NS>` (`VBIN_EVENTS` for the legacy namespace).
+    pub fn stream(&self) -> String {
+        format!("VBIN_{}", self.0.to_ascii_uppercase())
+    }
+
+    /// The subject prefix, `vbin.<ns>`.
+    pub fn prefix(&self) -> String {
+        format!("vbin.{}", self.0)
+    }
+
+    /// `rel` (e.g. `*.call.*`, `>`) under this namespace.
+    pub fn subject(&self, rel: &str) -> String {
+        format!("vbin.{}.{rel}", self.0)
+    }
+
+    /// The subject an event is published on.
+    pub fn subject_for(
+        &self,
+        customer_id: &Uuid,
+        aggregate_type: &str,
+        event_type: &str,
+    ) -> String {
+        self.subject(&relative_subject_for(
+            customer_id,
+            aggregate_type,
+            event_type,
+        ))
+    }
 }
 
-/// The subject filter of the events `event_type` (`*`: every one) of `aggregate_type` (`*`:
-/// every one), across all customers: `vbin.events.*.<aggregate_type>.<event_type>`.
-pub fn subject_filter(aggregate_type: &str, event_type: &str) -> String {
-    format!("{SUBJECT_PREFIX}.*.{aggregate_type}.{event_type}")
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Who is publishing and consuming: the installation's id (one per database, made by its first
+/// migration) and the namespace it uses on NATS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Installation {
+    /// The installation's id.
+    pub id: Uuid,
+    /// Its namespace on NATS.
+    pub namespace: Namespace,
+}
+
+impl Installation {
+    /// The prefix of the installation's Redis keys, `vbin:<first 12 hex digits of its id>:`
+    /// (its id, not its namespace: two databases never share it, whatever their NATS).
+    pub fn redis_prefix(&self) -> String {
+        format!("vbin:{}:", &self.id.simple().to_string()[..12])
+    }
+
+    /// An installation of its own, with its default namespace (tools and tests that need one).
+    pub fn ephemeral() -> Self {
+        let id = Uuid::new_v4();
+        Self {
+            id,
+            namespace: Namespace::of_installation(id),
+        }
+    }
+}
+
+/// An event's subject within a namespace: `<customer_id>.<aggregate_type>.<event_type>`.
+pub fn relative_subject_for(customer_id: &Uuid, aggregate_type: &str, event_type: &str) -> String {
+    format!("{customer_id}.{aggregate_type}.{event_type}")
+}
+
+/// The subject filter, within a namespace, of the events `event_type` (`*`: every one) of
+/// `aggregate_type` (`*`: every one), across all customers: `*.<aggregate_type>.<event_type>`.
+pub fn relative_subject_filter(aggregate_type: &str, event_type: &str) -> String {
+    format!("*.{aggregate_type}.{event_type}")
 }
 
 /// One committed event as published (JSON body of the NATS message, `Nats-Msg-Id` = event_id).
@@ -221,5 +325,42 @@ mod tests {
         assert!(source.to_string().contains("missing field"), "{source}");
         assert!(std::error::Error::source(&err).is_some());
         assert!(err.to_string().contains("call_created 3.0"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod namespace_tests {
+    use super::*;
+
+    #[test]
+    fn legacy_namespace_is_the_stream_of_old() {
+        let ns = Namespace::new(Namespace::LEGACY).unwrap();
+        assert_eq!(ns.stream(), "VBIN_EVENTS");
+        let c = Uuid::nil();
+        assert_eq!(
+            ns.subject_for(&c, "call", "call_created"),
+            format!("vbin.events.{c}.call.call_created")
+        );
+    }
+
+    #[test]
+    fn an_installations_namespace_is_its_ids_first_digits() {
+        let id: Uuid = "3f2a9c1b-7d4e-4a00-8000-000000000001".parse().unwrap();
+        let ns = Namespace::of_installation(id);
+        assert_eq!(ns.as_str(), "3f2a9c1b7d4e");
+        assert_eq!(ns.stream(), "VBIN_3F2A9C1B7D4E");
+        assert_eq!(ns.subject(">"), "vbin.3f2a9c1b7d4e.>");
+        assert_eq!(
+            ns.subject(&relative_subject_filter("call", "*")),
+            "vbin.3f2a9c1b7d4e.*.call.*"
+        );
+    }
+
+    #[test]
+    fn bad_namespaces_are_refused() {
+        for bad in ["", "Prod", "a.b", "a*", "a>", &"x".repeat(33), "sp ace"] {
+            assert!(Namespace::new(bad).is_err(), "{bad}");
+        }
+        assert!(Namespace::new("staging_2-eu").is_ok());
     }
 }

@@ -89,7 +89,8 @@ pub use call::CallEvent;
 pub use campaign::*;
 pub use customer::CustomerEvent;
 pub use envelope::{
-    subject_filter, subject_for, DecodeError, PublishedEvent, STREAM_NAME, SUBJECT_PREFIX,
+    relative_subject_filter, relative_subject_for, DecodeError, Installation, Namespace,
+    NamespaceError, PublishedEvent, INSTALLATION_HEADER,
 };
 pub use flow::{ActiveflowEvent, FlowEvent};
 pub use number::NumberEvent;

@@ -6,6 +6,7 @@
 
 pub mod event;
 mod inline;
+pub mod installation;
 pub mod log;
 pub mod meta;
 pub mod reexec;

@@ -21,7 +21,6 @@ use sqlx::{Connection, PgPool};
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 use vbin_bus::Bus;
-use vbin_event_schema::subject_for;
 
 /// Advisory lock key of the relay lease (`'vbin.relay'` hashed, fixed).
 pub const RELAY_LOCK_KEY: i64 = 0x7662_696e_7265_6c61; // "vbinrela"
@@ -161,10 +160,13 @@ impl Relay {
         }
         let started = Instant::now();
         let mut acks = Vec::with_capacity(rows.len());
+        let ns = self.bus.namespace();
+        let headers = self.bus.publish_headers();
         for e in &rows {
-            let subject = subject_for(&e.customer_id, &e.aggregate_type, &e.event_type);
+            let subject = ns.subject_for(&e.customer_id, &e.aggregate_type, &e.event_type);
             let body = serde_json::to_vec(e)?;
             let msg = PublishMessage::build()
+                .headers(headers.clone())
                 .message_id(e.event_id.to_string())
                 .payload(body.into());
             acks.push(

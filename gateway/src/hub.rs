@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use uuid::Uuid;
 use vbin_bus::{Bus, BusError, Chain};
-use vbin_event_schema::{PublishedEvent, SUBJECT_PREFIX};
+use vbin_event_schema::PublishedEvent;
 
 /// Gateway limits and timings (the binary sets them from `VBIN_WS_*`).
 #[derive(Clone, Debug)]
@@ -227,7 +227,7 @@ impl Hub {
         };
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
-                filter_subject: format!("{SUBJECT_PREFIX}.>"),
+                filter_subject: self.bus.namespace().subject(">"),
                 deliver_policy,
                 ..Default::default()
             })
@@ -241,6 +241,11 @@ impl Hub {
             let m = m.map_err(BusError::js("receiving a message"))?;
             let Ok(info) = m.info() else { continue };
             let offset = info.stream_sequence;
+            if self.bus.foreign_publisher(m.headers.as_ref()).is_some() {
+                // Another installation's event on this stream: never this one's customers'.
+                self.last_offset.fetch_max(offset, Ordering::Relaxed);
+                continue;
+            }
             match serde_json::from_slice::<PublishedEvent>(&m.payload) {
                 Ok(e) => {
                     self.dispatch(offset, &e);

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
-use vbin_event_schema::{Permission, PublishedEvent, SUBJECT_PREFIX};
+use vbin_event_schema::{Permission, PublishedEvent};
 use vbin_http::auth::Caller;
 use vbin_http::ApiError;
 use vbin_http::HttpState;
@@ -450,7 +450,11 @@ async fn replay(w: &Writer, sink: &mut Sink, since: u64) -> Result<u64, ()> {
         };
         let Ok(info) = m.info() else { continue };
         let (offset, pending) = (info.stream_sequence, info.pending);
-        if let Ok(e) = serde_json::from_slice::<PublishedEvent>(&m.payload) {
+        let ours = w.hub.bus().foreign_publisher(m.headers.as_ref()).is_none();
+        if let Some(e) = ours
+            .then(|| serde_json::from_slice::<PublishedEvent>(&m.payload).ok())
+            .flatten()
+        {
             let topic = crate::topic::EventTopic::of(&e);
             let wanted = w
                 .conn
@@ -510,7 +514,7 @@ async fn replay_plan(w: &Writer, since: u64) -> Plan {
     }
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: format!("{SUBJECT_PREFIX}.{customer}.>"),
+            filter_subject: w.hub.bus().namespace().subject(&format!("{customer}.>")),
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: since + 1,
             },

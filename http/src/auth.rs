@@ -313,11 +313,19 @@ pub const REVOKING_EVENTS: [&str; 3] = [
 /// cache TTL still bounds the staleness.
 pub async fn follow_revocations(keys: AuthKeys, bus: vbin_bus::Bus) {
     use futures::StreamExt;
-    let subject = vbin_event_schema::subject_filter(CustomerEvent::AGGREGATE, "*");
+    let subject = bus
+        .namespace()
+        .subject(&vbin_event_schema::relative_subject_filter(
+            CustomerEvent::AGGREGATE,
+            "*",
+        ));
     loop {
         match bus.client.subscribe(subject.clone()).await {
             Ok(mut sub) => {
                 while let Some(msg) = sub.next().await {
+                    if bus.foreign_publisher(msg.headers.as_ref()).is_some() {
+                        continue;
+                    }
                     let Ok(e) =
                         serde_json::from_slice::<vbin_event_schema::PublishedEvent>(&msg.payload)
                     else {

@@ -36,6 +36,16 @@ pub struct Config {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    /// This installation's namespace on NATS (stream `VBIN_<NS>`, subjects `vbin.<ns>.>`):
+    /// 1 to 32 of a-z 0-9 _ -. Default: the one stored in the database at its first migration
+    /// (the installation id's first 12 hex digits; `events`, the stream of old, for a database
+    /// that had events before namespaces). Every process of an installation must use the same.
+    #[arg(
+        long,
+        env = "VBIN_NATS_NAMESPACE",
+        value_parser = nats_namespace
+    )]
+    pub nats_namespace: Option<vbin_event_schema::Namespace>,
     /// Redis URL.
     #[arg(
         long,
@@ -929,6 +939,10 @@ fn positive<T: FromStr + PartialOrd + Copy + Send + Sync + From<u8> + 'static>(
     expected: &'static str,
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
     at_least(var, T::from(1u8), expected)
+}
+
+fn nats_namespace(s: &str) -> Result<vbin_event_schema::Namespace, String> {
+    vbin_event_schema::Namespace::new(s.trim()).map_err(|e| format!("VBIN_NATS_NAMESPACE: {e}"))
 }
 
 fn socket_addr(

@@ -74,6 +74,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// The admin token in force.
     pub admin_token: String,
+    /// The installation (its id and NATS namespace).
+    pub installation: vbin_event_schema::Installation,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -161,6 +163,35 @@ async fn hang_up_orphans(
     }
 }
 
+/// Says which installation this is and makes sure the NATS stream it is about to use is its
+/// own: a stream that belongs to another installation stops the start. If NATS cannot be
+/// reached yet, the start goes on (every part checks the stream again before using it).
+async fn claim_stream(bus: &Bus) -> anyhow::Result<()> {
+    let i = bus.installation();
+    let ns = &i.namespace;
+    println!(
+        "installation {}: NATS stream {} (subjects {}.>), Redis keys {}*",
+        i.id,
+        ns.stream(),
+        ns.prefix(),
+        i.redis_prefix()
+    );
+    match tokio::time::timeout(std::time::Duration::from_secs(5), bus.ensure_stream()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e @ vbin_bus::BusError::Foreign { .. })) => Err(e.into()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %vbin_bus::Chain(&e), "cannot check the NATS stream yet; each part checks it before using it");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                "NATS did not answer within 5 s; each part checks the stream before using it"
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Starts the selected parts and returns once they are running.
 pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     let settings = &cfg.settings;
@@ -185,9 +216,12 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     let pool = vbin_migrations::connect_and_migrate(&cfg.database_url, cfg.db_pool)
         .await
         .with_context(|| "connecting to Postgres and migrating (is it running? see README)")?;
-    let bus = Bus::connect(&cfg.nats_url, "vbin")
+    let installation =
+        vbin_eventlog::installation::load(&pool, cfg.nats_namespace.as_ref()).await?;
+    let bus = Bus::connect(&cfg.nats_url, "vbin", installation.clone())
         .await
         .context("connecting to NATS")?;
+    claim_stream(&bus).await?;
     let (admin_token, generated) =
         platform_secret(&pool, "admin_token", cfg.admin_token.as_deref()).await?;
     if generated {
@@ -330,7 +364,8 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;
-    let cache = vbin_projections::cache::Cache::new(redis_client.clone());
+    let cache =
+        vbin_projections::cache::Cache::new(redis_client.clone(), &installation.redis_prefix());
     if parts.contains(&Part::Projections) {
         for p in vbin_projections::all() {
             let rt = vbin_projections::runtime::Runtime::new(
@@ -419,6 +454,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     Ok(Running {
         http_addr,
         admin_token,
+        installation,
         stop,
         tasks,
     })

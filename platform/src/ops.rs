@@ -106,8 +106,11 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<i32> {
     };
     let projections = target.projections()?;
     let pool = vbin_migrations::connect_and_migrate(&target.database_url, 4).await?;
-    let cache =
-        Cache::new(redis::Client::open(target.redis_url.as_str()).context("parsing REDIS_URL")?);
+    let installation = vbin_eventlog::installation::load(&pool, None).await?;
+    let cache = Cache::new(
+        redis::Client::open(target.redis_url.as_str()).context("parsing REDIS_URL")?,
+        &installation.redis_prefix(),
+    );
     let mut reports: Vec<ReplayReport> = Vec::new();
     for p in projections {
         let pb = bar(p.name);

@@ -1,6 +1,8 @@
 //! Redis cache-aside for single read-model rows.
 //!
-//! Keys are `vbin:rm:<table>:<id>`, values `{"v":version,"c":customer_id,"b":body}`. Readers fill
+//! Keys are `<prefix>rm:<table>:<id>` (the prefix, `vbin:<installation>:`, keeps installations
+//! sharing one Redis apart; what the log and `cache_invalidations` hold is the key without it),
+//! values `{"v":version,"c":customer_id,"b":body}`. Readers fill
 //! the cache after a miss; projections, after their commit, overwrite the key with a short-lived
 //! **tombstone** `{"v":version,"t":1}` instead of deleting it. Every write goes through one Lua
 //! script that refuses to replace a value with a lower version, so a reader that read Postgres
@@ -84,15 +86,16 @@ pub enum CacheError {
     Bypassed,
 }
 
-/// The Redis key of a row.
+/// The key of a row, without the installation's prefix (the cache adds it).
 pub fn key(table: &str, id: Uuid) -> String {
-    format!("vbin:rm:{table}:{id}")
+    format!("rm:{table}:{id}")
 }
 
 /// The read-model cache.
 #[derive(Clone)]
 pub struct Cache {
     client: redis::Client,
+    prefix: Arc<str>,
     conn: Arc<Mutex<Option<ConnectionManager>>>,
     bypass_until_ms: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
@@ -108,16 +111,23 @@ fn now_ms() -> u64 {
 }
 
 impl Cache {
-    /// A cache on `client` (connects lazily: Redis may be down at start).
-    pub fn new(client: redis::Client) -> Self {
+    /// A cache on `client` whose keys start with `prefix` (connects lazily: Redis may be down
+    /// at start).
+    pub fn new(client: redis::Client, prefix: &str) -> Self {
         Self {
             client,
+            prefix: prefix.into(),
             conn: Arc::new(Mutex::new(None)),
             bypass_until_ms: Arc::new(AtomicU64::new(0)),
             failures: Arc::new(AtomicU64::new(0)),
             resynced_at: Arc::new(AtomicU64::new(0)),
             script: Arc::new(redis::Script::new(SET_IF_NEWER)),
         }
+    }
+
+    /// The Redis key of `key`: with the installation's prefix.
+    pub fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
     }
 
     async fn connection(&self) -> Result<ConnectionManager, CacheError> {
@@ -162,7 +172,11 @@ impl Cache {
     pub async fn get(&self, table: &str, id: Uuid) -> Result<Option<CachedRow>, CacheError> {
         let mut c = self.connection().await?;
         let raw: Option<String> = self
-            .guard(redis::cmd("GET").arg(key(table, id)).query_async(&mut c))
+            .guard(
+                redis::cmd("GET")
+                    .arg(self.full(&key(table, id)))
+                    .query_async(&mut c),
+            )
             .await?;
         Ok(raw
             .and_then(|r| serde_json::from_str::<Stored>(&r).ok())
@@ -195,7 +209,7 @@ impl Cache {
     pub async fn fill(&self, table: &str, id: Uuid, row: &CachedRow) -> Result<(), CacheError> {
         let mut c = self.connection().await?;
         let value = serde_json::to_string(row).unwrap_or_default();
-        let mut inv = self.script.key(key(table, id));
+        let mut inv = self.script.key(self.full(&key(table, id)));
         inv.arg(value)
             .arg(row.v)
             .arg(TTL.as_millis() as u64)
@@ -218,7 +232,7 @@ impl Cache {
             pipe.cmd("EVALSHA")
                 .arg(&hash)
                 .arg(1)
-                .arg(k)
+                .arg(self.full(k))
                 .arg(format!("{{\"v\":{v},\"t\":1}}"))
                 .arg(*v)
                 .arg(TOMBSTONE_TTL.as_millis() as u64)
@@ -238,7 +252,7 @@ impl Cache {
     /// Deletes every key of `table` (after a replay swapped the table in).
     pub async fn purge_table(&self, table: &str) -> Result<u64, CacheError> {
         let mut c = self.connection().await?;
-        let pattern = format!("vbin:rm:{table}:*");
+        let pattern = self.full(&format!("rm:{table}:*"));
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {

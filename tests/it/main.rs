@@ -12,6 +12,7 @@ mod flows;
 mod fuzz_api;
 mod gateway;
 mod media_flows;
+mod namespaces;
 mod openapi;
 mod read_side;
 mod security;

@@ -375,8 +375,9 @@ async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
         "aggregate_id": Uuid::now_v7(), "sequence": 1, "global_position": 1,
         "metadata": {}, "data": {}, "resource": {"no": "view"}
     });
+    let ns = env.installation().await.namespace;
     js.publish(
-        format!("vbin.events.{cust}.call.call_created"),
+        ns.subject(&format!("{cust}.call.call_created")),
         bogus.to_string().into(),
     )
     .await
@@ -384,7 +385,7 @@ async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
     .await
     .unwrap();
     js.publish(
-        format!("vbin.events.{cust}.call.garbage"),
+        ns.subject(&format!("{cust}.call.garbage")),
         "not json".into(),
     )
     .await
@@ -443,7 +444,10 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
     let (id, path) = cached_talking_call(&env, &tok, "+15555000001").await;
     let mut r = env.redis.conn().await;
     let cached: Option<String> = redis::cmd("GET")
-        .arg(format!("vbin:rm:rm_calls:{id}"))
+        .arg(format!(
+            "{}rm:rm_calls:{id}",
+            env.installation().await.redis_prefix()
+        ))
         .query_async(&mut r)
         .await
         .unwrap();

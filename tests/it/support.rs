@@ -126,6 +126,17 @@ impl Nats {
         n
     }
 
+    /// The machine's nats-server (127.0.0.1:4222, started by scripts/services), shared with
+    /// every other user of it: never stopped by the test.
+    pub fn shared() -> Self {
+        wait_port(4222, "the machine's nats-server");
+        Nats {
+            port: 4222,
+            dir: PathBuf::new(),
+            child: None,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -168,7 +179,9 @@ impl Nats {
 impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -186,6 +199,15 @@ impl Redis {
         };
         r.resume();
         r
+    }
+
+    /// The machine's redis-server (127.0.0.1:6379), shared: never stopped by the test.
+    pub fn shared() -> Self {
+        wait_port(6379, "the machine's redis-server");
+        Redis {
+            port: 6379,
+            child: None,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -429,11 +451,49 @@ impl Env {
 
     /// Like [`Env::start_with_env`], on the private database server `pg` if given.
     pub async fn start_on(vars: &[(&str, &str)], pg: Option<PgCluster>) -> Self {
+        Self::start_in(vars, pg, Nats::start(), Redis::start()).await
+    }
+
+    /// Like [`Env::start_with_env`], on the machine's own nats-server and redis-server, which
+    /// other tests and installations use at the same time (the installation's namespace keeps
+    /// them apart). Call [`Env::forget_shared`] at the end.
+    pub async fn start_shared(vars: &[(&str, &str)]) -> Self {
+        Self::start_in(vars, None, Nats::shared(), Redis::shared()).await
+    }
+
+    /// Removes what this env left on the shared servers: its stream and its Redis keys.
+    pub async fn forget_shared(&self) {
+        let i = self.installation().await;
+        let _ = self
+            .nats
+            .client()
+            .await
+            .delete_stream(i.namespace.stream())
+            .await;
+        let mut r = self.redis.conn().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", i.redis_prefix()))
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn start_in(
+        vars: &[(&str, &str)],
+        pg: Option<PgCluster>,
+        nats: Nats,
+        redis: Redis,
+    ) -> Self {
         let db_name = format!("vbin_t_{}", Uuid::new_v4().simple());
         let base = pg.as_ref().map(|p| p.base_url()).unwrap_or_else(pg_base);
         let db_url = format!("{base}/{db_name}");
-        let nats = Nats::start();
-        let redis = Redis::start();
         let admin = format!("admin-{}", Uuid::new_v4());
         let mut env = Env {
             platform: Platform {
@@ -703,10 +763,20 @@ impl Env {
         .await
     }
 
+    /// The installation of this env's database (its id, NATS namespace, Redis prefix).
+    pub async fn installation(&self) -> vbin_event_schema::Installation {
+        vbin_eventlog::installation::load(&self.pool, None)
+            .await
+            .unwrap()
+    }
+
     /// Every message in the private stream: (Nats-Msg-Id header, decoded body), in stream order.
     pub async fn stream_messages(&self) -> Vec<(String, vbin_event_schema::PublishedEvent)> {
         let js = self.nats.client().await;
-        let mut stream = match js.get_stream("VBIN_EVENTS").await {
+        let mut stream = match js
+            .get_stream(self.installation().await.namespace.stream())
+            .await
+        {
             Ok(s) => s,
             Err(_) => return vec![],
         };
@@ -848,7 +918,10 @@ impl Env {
     /// exist again and have nothing pending.
     pub async fn redeliver_all(&self, names: &[&str], within: Duration) {
         let js = self.nats.client().await;
-        let stream = js.get_stream("VBIN_EVENTS").await.unwrap();
+        let stream = js
+            .get_stream(self.installation().await.namespace.stream())
+            .await
+            .unwrap();
         for name in names {
             stream.delete_consumer(name).await.unwrap();
         }

@@ -45,12 +45,34 @@ impl App {
         })
     }
 
+    /// `plain` sealed for the resource `owner`; `what` names the field in errors.
+    pub(crate) fn seal_secret(
+        &self,
+        owner: Uuid,
+        plain: &str,
+        what: &str,
+    ) -> Result<String, AppError> {
+        self.sealer()?
+            .seal(owner.as_bytes(), plain)
+            .map_err(|e| AppError::Invalid(format!("{what}: {e}")))
+    }
+
+    /// A secret sealed for the resource `owner`, in clear; `what` names the field in errors.
+    pub(crate) fn open_secret(
+        &self,
+        owner: Uuid,
+        sealed: &str,
+        what: &str,
+    ) -> Result<String, AppError> {
+        self.sealer()?
+            .open(owner.as_bytes(), sealed)
+            .map_err(|e| AppError::Invalid(format!("{what}: {e}")))
+    }
+
     /// The key sealed for assistant `id`.
     fn seal_key(&self, id: Uuid, key: &str) -> Result<String, AppError> {
         check_engine_key(key)?;
-        self.sealer()?
-            .seal(id.as_bytes(), key)
-            .map_err(|e| AppError::Invalid(format!("engine_key: {e}")))
+        self.seal_secret(id, key, "engine_key")
     }
 
     /// Creates an assistant; `engine_key` (in clear) is sealed into its events.
@@ -111,11 +133,7 @@ impl App {
         settings
             .engine_key_sealed
             .as_deref()
-            .map(|s| {
-                self.sealer()?
-                    .open(ai.as_uuid().as_bytes(), s)
-                    .map_err(|e| AppError::Invalid(format!("engine_key: {e}")))
-            })
+            .map(|s| self.open_secret(ai.as_uuid(), s, "engine_key"))
             .transpose()
     }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 use vbin_domain::{Call, CallCommand, HangupRequest, NewCall};
 use vbin_event_schema::flow::SandboxScript;
-use vbin_event_schema::{CallDirection, CallId, E164};
+use vbin_event_schema::{CallDirection, CallId, TrunkId, E164};
 
 /// Calls to place: one per destination, all alike otherwise (already validated).
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct NewCalls {
     pub program: Option<Program>,
     /// The sandbox far end's script.
     pub sandbox: Option<SandboxScript>,
+    /// The customer's SIP trunk to place them through (none: the sandbox carrier).
+    pub trunk_id: Option<TrunkId>,
 }
 
 impl App {
@@ -35,6 +37,15 @@ impl App {
         new: NewCalls,
     ) -> Result<Vec<Call>, AppError> {
         self.require_funds(acting.customer).await?;
+        if let Some(trunk) = new.trunk_id {
+            if new.sandbox.is_some() {
+                return Err(AppError::Invalid(
+                    "sandbox: a script is for the sandbox carrier, not for a call over a trunk"
+                        .into(),
+                ));
+            }
+            self.dial_trunk(acting.customer, trunk).await?;
+        }
         let program = match new.program {
             Some(p) => Some(self.resolve_program(acting.customer, p).await?),
             None => None,
@@ -61,6 +72,7 @@ impl App {
                     direction: CallDirection::Outgoing,
                     activeflow_id,
                     sandbox: new.sandbox.clone(),
+                    trunk_id: new.trunk_id,
                 },
                 at: Utc::now(),
             };

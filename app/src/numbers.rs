@@ -107,6 +107,7 @@ impl App {
                 direction: CallDirection::Incoming,
                 activeflow_id: Some(activeflow),
                 sandbox: call.sandbox,
+                trunk_id: None,
             },
             at: Utc::now(),
         };

@@ -7,15 +7,42 @@ use chrono::Utc;
 use uuid::Uuid;
 use vbin_domain::trunk::check_password;
 use vbin_domain::{Trunk, TrunkCommand};
-use vbin_event_schema::{TrunkId, TrunkSettings};
+use vbin_event_schema::{CustomerId, TrunkId, TrunkSettings};
+
+/// What the SIP carrier needs of a trunk to place a call through it.
+#[derive(Clone, Debug)]
+pub struct DialTrunk {
+    /// Its settings (host, port, transport, user, codecs).
+    pub settings: TrunkSettings,
+    /// Its password, opened (never logged, never in an event).
+    pub password: Option<String>,
+}
 
 impl App {
+    /// The customer's live trunk `id`, its password opened: what a call placed through it
+    /// needs. Another customer's trunk, or a deleted one, is not found.
+    pub async fn dial_trunk(
+        &self,
+        customer: CustomerId,
+        id: TrunkId,
+    ) -> Result<DialTrunk, AppError> {
+        let trunk: Trunk = self.find(id.as_uuid(), customer, "trunk").await?;
+        let settings = match (trunk.deleted, trunk.settings) {
+            (false, Some(s)) => s,
+            _ => return Err(AppError::NotFound("trunk")),
+        };
+        let password = settings
+            .password_sealed
+            .as_deref()
+            .map(|sealed| self.open_secret(id.as_uuid(), sealed, "password"))
+            .transpose()?;
+        Ok(DialTrunk { settings, password })
+    }
+
     /// The password sealed for trunk `id`.
     fn seal_password(&self, id: Uuid, password: &str) -> Result<String, AppError> {
         check_password(password)?;
-        self.sealer()?
-            .seal(id.as_bytes(), password)
-            .map_err(|e| AppError::Invalid(format!("password: {e}")))
+        self.seal_secret(id, password, "password")
     }
 
     /// Creates a trunk; `password` (in clear) is sealed into its events.

@@ -270,6 +270,9 @@ impl Bench {
         };
         // Never the default AudioSocket port: a platform may be running on this machine.
         cfg.settings.media.audiosocket_addr = "127.0.0.1:0".parse()?;
+        // Nor the default SIP port; SIP needs the same port for UDP and TCP and its own
+        // address in Contact, so a free port rather than 0.
+        cfg.settings.sip.addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let running = vbin_platform::start(&cfg, parts).await?;
         let base = format!("http://{}", running.http_addr.context("no http address")?);
         let http = reqwest::Client::builder()

@@ -7,17 +7,38 @@ use std::sync::Arc;
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_event_schema::flow::SandboxScript;
 use vbin_event_schema::views::CallView;
-use vbin_event_schema::{CallDirection, CallEvent, CallId, CustomerId, HangupBy, PublishedEvent};
+use vbin_event_schema::{
+    CallDirection, CallEvent, CallId, CustomerId, HangupBy, PublishedEvent, TrunkId,
+};
 
 /// Durable consumer name.
 pub const CONSUMER: &str = "carrier-dialer";
 
+/// The carriers of a process: the sandbox for calls without a trunk, the SIP carrier for
+/// calls through one.
+#[derive(Clone)]
+pub struct Carriers {
+    /// The simulated network (calls without a trunk).
+    pub sandbox: Arc<dyn Carrier>,
+    /// The SIP carrier, if this process runs one.
+    pub sip: Option<Arc<dyn Carrier>>,
+}
+
+impl Carriers {
+    /// The carrier of a call through `trunk` (none: the sandbox).
+    fn of(&self, trunk: Option<TrunkId>) -> Result<&Arc<dyn Carrier>, CarrierError> {
+        match trunk {
+            None => Ok(&self.sandbox),
+            Some(_) => self
+                .sip
+                .as_ref()
+                .ok_or_else(|| CarrierError("this process runs no SIP carrier".into())),
+        }
+    }
+}
+
 /// Runs the dialer until `shutdown`.
-pub async fn run(
-    bus: Bus,
-    carrier: Arc<dyn Carrier>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn run(bus: Bus, carriers: Carriers, shutdown: impl std::future::Future<Output = ()>) {
     // Lanes keep each call's events in order (created before hungup).
     let spec = ConsumerSpec::for_events_of::<CallEvent>(
         CONSUMER,
@@ -28,7 +49,7 @@ pub async fn run(
         ],
     )
     .lanes(8);
-    run_consumer(bus, spec, |e| handle(carrier.clone(), e), shutdown).await
+    run_consumer(bus, spec, |e| handle(carriers.clone(), e), shutdown).await
 }
 
 /// How long the far end talks: its script's hangup step, else `variables.talk_seconds`
@@ -47,7 +68,7 @@ fn talk_ms(variables: &Map<String, Value>, sandbox: Option<&SandboxScript>) -> u
         .unwrap_or(talk_seconds * 1000)
 }
 
-async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), CarrierError> {
+async fn handle(carriers: Carriers, e: PublishedEvent) -> Result<(), CarrierError> {
     let event = e
         .decode::<CallEvent>()
         .map_err(|err| CarrierError(format!("bad event: {err}")))?;
@@ -60,6 +81,7 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
             dial_timeout_ms,
             sandbox,
             direction,
+            trunk_id,
             ..
         } => {
             let req = DialRequest {
@@ -69,7 +91,9 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
                 destination,
                 dial_timeout_ms,
                 talk_ms: talk_ms(&variables, sandbox.as_ref()),
+                trunk_id,
             };
+            let carrier = carriers.of(trunk_id)?;
             match direction {
                 CallDirection::Outgoing => carrier.dial(&req).await,
                 CallDirection::Incoming => carrier.arrived(&req).await,
@@ -92,13 +116,22 @@ async fn handle(carrier: Arc<dyn Carrier>, e: PublishedEvent) -> Result<(), Carr
                 destination,
                 dial_timeout_ms: 0,
                 talk_ms: talk_ms(&view.variables, view.sandbox.as_ref()),
+                trunk_id: view.trunk_id,
             };
-            carrier.answered(&req).await
+            carriers.of(view.trunk_id)?.answered(&req).await
         }
         CallEvent::CallHungup {
             hangup_by: HangupBy::Local,
             ..
-        } => carrier.hangup(CallId(e.aggregate_id)).await,
+        } => {
+            let view = e
+                .view::<CallView>()
+                .map_err(|err| CarrierError(format!("bad event: {err}")))?;
+            carriers
+                .of(view.trunk_id)?
+                .hangup(CallId(e.aggregate_id))
+                .await
+        }
         _ => Ok(()),
     }
 }

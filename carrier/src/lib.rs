@@ -5,10 +5,9 @@
 
 pub mod dialer;
 pub mod sandbox;
-pub mod sip;
 
 use async_trait::async_trait;
-use vbin_event_schema::{CallId, CustomerId, E164};
+use vbin_event_schema::{CallId, CustomerId, TrunkId, E164};
 
 /// What a carrier needs to place a call.
 #[derive(Clone, Debug)]
@@ -26,6 +25,8 @@ pub struct DialRequest {
     /// Milliseconds the far end talks before hanging up (sandbox only: its script's hangup
     /// step, else `variables.talk_seconds`).
     pub talk_ms: u64,
+    /// The SIP trunk it goes through (none: the sandbox).
+    pub trunk_id: Option<TrunkId>,
 }
 
 /// A carrier failure (retried by the dialer).

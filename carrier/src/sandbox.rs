@@ -367,6 +367,7 @@ mod tests {
             destination: E164::parse(dest).unwrap(),
             dial_timeout_ms: 5_000,
             talk_ms: 3_000,
+            trunk_id: None,
         }
     }
 

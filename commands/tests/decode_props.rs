@@ -185,6 +185,7 @@ fn endpoints() -> Vec<Endpoint> {
                         direction: CallDirection::Outgoing,
                         activeflow_id: None,
                         sandbox: v.sandbox.clone(),
+                        trunk_id: None,
                     };
                     let cmd = CallCommand::Create { call, at: at() };
                     events.extend(decide(&mut Call::default(), cmd)?);
@@ -1145,6 +1146,7 @@ proptest! {
             direction: CallDirection::Outgoing,
             activeflow_id: None,
             sandbox: None,
+            trunk_id: None,
         };
         let events = decide(&mut Call::default(), CallCommand::Create { call, at: at() }).unwrap();
         let created = serde_json::to_value(&events[0]).unwrap();

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use vbin_event_schema::{
     flow::SandboxScript, ActiveflowId, CallDirection, CallEvent, CallId, CallStatus, CampaignId,
-    CustomerId, HangupBy, HangupCause, E164,
+    CustomerId, HangupBy, HangupCause, TrunkId, E164,
 };
 
 /// Input of a new call, already validated by the API.
@@ -34,6 +34,8 @@ pub struct NewCall {
     pub activeflow_id: Option<ActiveflowId>,
     /// The sandbox far end's script.
     pub sandbox: Option<SandboxScript>,
+    /// The SIP trunk it goes out through (none: the sandbox carrier).
+    pub trunk_id: Option<TrunkId>,
 }
 
 /// Who asks for a hangup.
@@ -106,6 +108,8 @@ pub struct Call {
     pub activeflow_id: Option<ActiveflowId>,
     /// The sandbox far end's script.
     pub sandbox: Option<SandboxScript>,
+    /// The SIP trunk it goes out through.
+    pub trunk_id: Option<TrunkId>,
     /// Created.
     pub tm_create: Option<DateTime<Utc>>,
     /// Started ringing.
@@ -135,6 +139,7 @@ impl Call {
             "campaign_id": self.campaign_id,
             "activeflow_id": self.activeflow_id,
             "sandbox": self.sandbox,
+            "trunk_id": self.trunk_id,
             "variables": self.variables,
             "tm_create": self.tm_create,
             "tm_ringing": self.tm_ringing,
@@ -168,6 +173,7 @@ impl Call {
             campaign_id: call.campaign_id,
             activeflow_id: call.activeflow_id,
             sandbox: call.sandbox,
+            trunk_id: call.trunk_id,
             at,
         }])
     }
@@ -239,11 +245,13 @@ impl Aggregate for Call {
                 campaign_id,
                 activeflow_id,
                 sandbox,
+                trunk_id,
                 at,
             } => {
                 *self = Call {
                     activeflow_id,
                     sandbox,
+                    trunk_id,
                     id: Some(call_id),
                     customer_id,
                     direction,
@@ -313,6 +321,7 @@ mod tests {
             direction: CallDirection::Outgoing,
             activeflow_id: None,
             sandbox: None,
+            trunk_id: None,
         };
         given_nothing::<Call>().and(CallCommand::Create {
             call: new,
@@ -394,6 +403,7 @@ mod tests {
             direction: CallDirection::Outgoing,
             activeflow_id: None,
             sandbox: None,
+            trunk_id: None,
         };
         assert!(matches!(
             c.when(CallCommand::Create {

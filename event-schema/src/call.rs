@@ -7,14 +7,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The current version of `call_created` (see [`crate::upcast`] for the history).
-pub const CALL_CREATED_VERSION: &str = "3.0";
+pub const CALL_CREATED_VERSION: &str = "4.0";
 
 /// Everything that happens to a call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEvent {
-    /// A call was requested; the carrier starts dialing. Version 3.0 (1.0 lacked direction,
-    /// variables, dial_timeout_ms and campaign_id; 2.0 lacked activeflow_id and sandbox).
+    /// A call was requested; the carrier starts dialing. Version 4.0 (1.0 lacked direction,
+    /// variables, dial_timeout_ms and campaign_id; 2.0 lacked activeflow_id and sandbox; 3.0
+    /// lacked trunk_id).
     CallCreated {
         /// The call.
         call_id: CallId,
@@ -36,6 +37,8 @@ pub enum CallEvent {
         activeflow_id: Option<ActiveflowId>,
         /// The sandbox far end's script (sandbox carrier only).
         sandbox: Option<crate::flow::SandboxScript>,
+        /// The SIP trunk the call goes out through (none: the sandbox carrier).
+        trunk_id: Option<TrunkId>,
         /// When.
         at: DateTime<Utc>,
     },

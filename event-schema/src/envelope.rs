@@ -316,7 +316,7 @@ mod tests {
             }
         ));
         // As current, the 1.0 payload lacks fields.
-        let e = envelope(CallEvent::CALL_CREATED, "3.0", v1, Value::Null);
+        let e = envelope(CallEvent::CALL_CREATED, "4.0", v1, Value::Null);
         let err = e.decode::<CallEvent>().unwrap_err();
         let DecodeError::Json { part, source, .. } = &err else {
             panic!("{err}")
@@ -324,7 +324,7 @@ mod tests {
         assert_eq!(*part, "data");
         assert!(source.to_string().contains("missing field"), "{source}");
         assert!(std::error::Error::source(&err).is_some());
-        assert!(err.to_string().contains("call_created 3.0"), "{err}");
+        assert!(err.to_string().contains("call_created 4.0"), "{err}");
     }
 }
 

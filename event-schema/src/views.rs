@@ -4,7 +4,7 @@
 //! listed here are ignored. The domain's tests check that its views decode into these.
 
 use crate::flow::SandboxScript;
-use crate::types::{ActiveflowId, AicallId, CallDirection, CallId, CampaignId};
+use crate::types::{ActiveflowId, AicallId, CallDirection, CallId, CampaignId, TrunkId};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -32,6 +32,9 @@ pub struct CallView {
     /// Number called.
     #[serde(default)]
     pub destination: Option<crate::types::E164>,
+    /// The SIP trunk the call goes through (none: the sandbox carrier).
+    #[serde(default)]
+    pub trunk_id: Option<TrunkId>,
 }
 
 /// What consumers read of an activeflow's, or a recording's, view: the call it is about.

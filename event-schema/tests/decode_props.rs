@@ -279,10 +279,11 @@ fn call_created() -> BoxedStrategy<CallEvent> {
         prop::option::of(uuid()),
         prop::option::of(uuid()),
         prop::option::of(sandbox()),
+        prop::option::of(uuid()),
         at(),
     )
         .prop_map(
-            |((c, cu, d, s, de), v, dt, camp, flow, sandbox, at)| CallEvent::CallCreated {
+            |((c, cu, d, s, de), v, dt, camp, flow, sandbox, trunk, at)| CallEvent::CallCreated {
                 call_id: CallId(c),
                 customer_id: CustomerId(cu),
                 direction: d,
@@ -293,6 +294,7 @@ fn call_created() -> BoxedStrategy<CallEvent> {
                 campaign_id: camp.map(CampaignId),
                 activeflow_id: flow.map(ActiveflowId),
                 sandbox,
+                trunk_id: trunk.map(TrunkId),
                 at,
             },
         )
@@ -1164,7 +1166,7 @@ proptest! {
         let payload = json!({"type": "call_created", "call_id": call_id,
             "customer_id": customer_id, "source": source, "destination": destination, "at": at});
         let (version, current) = to_current("call_created", v1, payload);
-        prop_assert_eq!(version, "3.0.0");
+        prop_assert_eq!(version, "4.0.0");
         let got: CallEvent = serde_json::from_value(current.clone()).unwrap();
         prop_assert_eq!(got, CallEvent::CallCreated {
             call_id,
@@ -1177,10 +1179,11 @@ proptest! {
             campaign_id: None,
             activeflow_id: None,
             sandbox: None,
+            trunk_id: None,
             at,
         });
         // Lifting twice changes nothing.
-        prop_assert_eq!(to_current("call_created", "3.0.0", current.clone()), ("3.0.0".to_string(), current));
+        prop_assert_eq!(to_current("call_created", "4.0.0", current.clone()), ("4.0.0".to_string(), current));
     }
 
     /// Any JSON under any event type and version: the upcasters and every decoder return,

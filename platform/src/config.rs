@@ -101,6 +101,8 @@ pub struct Settings {
     pub storage: StorageSettings,
     #[command(flatten)]
     pub agents: AgentSettings,
+    #[command(flatten)]
+    pub sip: SipConfig,
 }
 
 /// The speech engines assistants may choose: the platform's, or another built from the media
@@ -846,6 +848,44 @@ impl MediaSettings {
                     Deepgram::new(key).with_base_url(self.deepgram_url.clone()),
                 ))
             }
+        }
+    }
+}
+
+/// The SIP carrier (part `carrier`): calls placed through customers' trunks.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "SIP")]
+pub struct SipConfig {
+    /// SIP listen address, UDP and TCP (ip:port).
+    #[arg(
+        long = "sip-addr",
+        env = "VBIN_SIP_ADDR",
+        default_value = "127.0.0.1:5060",
+        value_parser = socket_addr("VBIN_SIP_ADDR")
+    )]
+    pub addr: SocketAddr,
+    /// The IP address the far ends reach this process at, put in Via, Contact and SDP, when
+    /// it is not the listen address's (behind NAT, or listening on 0.0.0.0).
+    #[arg(long = "sip-advertised-ip", env = "VBIN_SIP_ADVERTISED_IP")]
+    pub advertised_ip: Option<std::net::IpAddr>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let d = vbin_sip::SipSettings::default();
+        Self {
+            addr: d.bind,
+            advertised_ip: d.advertised_ip,
+        }
+    }
+}
+
+impl SipConfig {
+    /// The SIP carrier's settings.
+    pub fn settings(&self) -> vbin_sip::SipSettings {
+        vbin_sip::SipSettings {
+            bind: self.addr,
+            advertised_ip: self.advertised_ip,
         }
     }
 }

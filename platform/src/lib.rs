@@ -248,10 +248,18 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(relay.run(stopped(&rx))));
     }
     if parts.contains(&Part::Carrier) {
-        let carrier = Arc::new(SandboxCarrier::new(pool.clone()));
+        let (sip, endpoint) =
+            vbin_sip::SipCarrier::start(&settings.sip.settings(), app.clone(), pool.clone())
+                .await
+                .context("starting the SIP carrier (VBIN_SIP_ADDR)")?;
+        tasks.push(tokio::spawn(endpoint.run(stopped(&rx))));
+        let carriers = vbin_carrier::dialer::Carriers {
+            sandbox: Arc::new(SandboxCarrier::new(pool.clone())),
+            sip: Some(Arc::new(sip)),
+        };
         tasks.push(tokio::spawn(vbin_carrier::dialer::run(
             bus.clone(),
-            carrier,
+            carriers,
             stopped(&rx),
         )));
         let worker = TimerWorker::new(pool.clone(), executor.clone());

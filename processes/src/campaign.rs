@@ -389,6 +389,7 @@ impl Campaigns {
                 direction: vbin_event_schema::CallDirection::Outgoing,
                 activeflow_id,
                 sandbox: target.sandbox.clone(),
+                trunk_id: None,
             },
             at: Utc::now(),
         };

@@ -16,6 +16,7 @@ mod namespaces;
 mod openapi;
 mod read_side;
 mod security;
+mod sip;
 mod spine;
 mod storage;
 mod transcribe;

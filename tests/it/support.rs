@@ -540,6 +540,7 @@ impl Env {
     async fn try_spawn_platform(&self, parts: &[&str]) -> Option<Platform> {
         let port = free_port();
         let audiosocket_port = free_port();
+        let sip_port = free_port();
         let log = std::env::temp_dir().join(format!("{}-{port}.log", self.db_name));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_vbin"));
@@ -556,6 +557,7 @@ impl Env {
                 "VBIN_AUDIOSOCKET_ADDR",
                 format!("127.0.0.1:{audiosocket_port}"),
             )
+            .env("VBIN_SIP_ADDR", format!("127.0.0.1:{sip_port}"))
             .env("VBIN_ADMIN_TOKEN", &self.admin)
             .env("VBIN_DATA_DIR", self.data_dir())
             .env("VBIN_JWT_SECRET", "test-jwt-secret")

@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub use vbin_app::calls::NewCalls as ValidCalls;
 use vbin_app::flows::Program;
 use vbin_event_schema::flow::{is_dtmf, RawAction, SandboxScript};
-use vbin_event_schema::{CallId, FlowId, RecordingLimits, E164};
+use vbin_event_schema::{CallId, FlowId, RecordingLimits, TrunkId, E164};
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
 
@@ -64,6 +64,8 @@ pub struct CreateCalls {
     actions: Option<Vec<RawAction>>,
     /// The sandbox far end's script.
     sandbox: Option<SandboxScript>,
+    /// The customer's SIP trunk to place the calls through (none: the sandbox carrier).
+    trunk_id: Option<Uuid>,
 }
 
 /// Most steps in a sandbox script.
@@ -184,6 +186,7 @@ impl CreateCalls {
             dial_timeout_ms,
             program: program(self.flow_id, self.actions)?,
             sandbox: self.sandbox,
+            trunk_id: self.trunk_id.map(TrunkId),
         })
     }
 }

@@ -1,0 +1,408 @@
+//! RTP for a call's audio (RFC 3550) and its keys (RFC 4733), on `rtp-types`: packets out
+//! with their sequence and clock, a small reorder buffer in, telephone-events both ways, and
+//! the UDP port of a call from `VBIN_RTP_PORTS`.
+//!
+//! No I/O but [`bind_in`]: the media path owns the socket and the 20 ms clock.
+
+use rtp_types::{RtpPacket, RtpPacketBuilder};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::ops::RangeInclusive;
+
+/// Samples per 20 ms packet at 8 kHz (G.711, and the RTP clock of G.722 and telephone-event).
+pub const SAMPLES_PER_PACKET: u32 = 160;
+
+/// Packets held back to put late ones in order (60 ms): a lost packet costs no more.
+pub const REORDER_DEPTH: usize = 3;
+
+/// Builds a call's outgoing packets: one SSRC, sequence numbers and timestamps that run on.
+#[derive(Debug)]
+pub struct Sender {
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+    pt: u8,
+    dtmf_pt: Option<u8>,
+    started: bool,
+}
+
+impl Sender {
+    /// A sender of payload type `pt` (keys as `dtmf_pt`), starting at random-looking
+    /// sequence and timestamp taken from `seed` (RFC 3550 wants them unpredictable).
+    pub fn new(pt: u8, dtmf_pt: Option<u8>, seed: u128) -> Self {
+        Self {
+            ssrc: seed as u32,
+            seq: (seed >> 32) as u16,
+            ts: (seed >> 48) as u32,
+            pt,
+            dtmf_pt,
+            started: false,
+        }
+    }
+
+    fn packet(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) -> Vec<u8> {
+        let p = RtpPacketBuilder::new()
+            .payload_type(pt)
+            .marker_bit(marker)
+            .sequence_number(self.seq)
+            .timestamp(ts)
+            .ssrc(self.ssrc)
+            .payload(payload)
+            .write_vec_unchecked();
+        self.seq = self.seq.wrapping_add(1);
+        p
+    }
+
+    /// The packet of one frame of encoded audio (`samples` samples of the RTP clock).
+    pub fn audio(&mut self, payload: &[u8], samples: u32) -> Vec<u8> {
+        let marker = !self.started;
+        self.started = true;
+        let ts = self.ts;
+        self.ts = self.ts.wrapping_add(samples);
+        self.packet(self.pt, marker, ts, payload)
+    }
+
+    /// The packets of key `key` lasting `ms` (RFC 4733): one per 20 ms with the duration so
+    /// far, the last sent three times with the end bit; the audio clock moves past the key.
+    /// None if the far end takes no telephone-event or `key` is not a key.
+    pub fn key(&mut self, key: char, ms: u32) -> Option<Vec<Vec<u8>>> {
+        let (pt, event) = (self.dtmf_pt?, event_of(key)?);
+        let total = (ms * 8).max(SAMPLES_PER_PACKET);
+        let ts = self.ts;
+        let mut out = Vec::new();
+        let mut duration = SAMPLES_PER_PACKET;
+        let mut first = true;
+        loop {
+            let end = duration >= total;
+            let d = duration.min(total).min(u16::MAX as u32) as u16;
+            let payload = [
+                event,
+                if end { 0x80 } else { 0 } | 10,
+                (d >> 8) as u8,
+                d as u8,
+            ];
+            let repeats = if end { 3 } else { 1 };
+            for _ in 0..repeats {
+                out.push(self.packet(pt, first, ts, &payload));
+                first = false;
+            }
+            if end {
+                break;
+            }
+            duration += SAMPLES_PER_PACKET;
+        }
+        self.ts = self.ts.wrapping_add(total);
+        Some(out)
+    }
+}
+
+/// The RFC 4733 event number of a key.
+pub fn event_of(key: char) -> Option<u8> {
+    match key {
+        '0'..='9' => Some(key as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        'A'..='D' => Some(12 + key as u8 - b'A'),
+        _ => None,
+    }
+}
+
+/// The key of an RFC 4733 event number.
+pub fn key_of(event: u8) -> Option<char> {
+    match event {
+        0..=9 => Some((b'0' + event) as char),
+        10 => Some('*'),
+        11 => Some('#'),
+        12..=15 => Some((b'A' + event - 12) as char),
+        _ => None,
+    }
+}
+
+/// What an incoming packet carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Encoded audio of the negotiated codec.
+    Audio(Vec<u8>),
+    /// A key pressed (reported once per event, at its first packet).
+    Key(char),
+}
+
+/// Sequence numbers away from the highest seen beyond which a packet starts a new stream
+/// (the far end restarted it) instead of being late or early (RFC 3550 A.1's idea).
+const RESYNC_GAP: u64 = 100;
+
+/// Takes a call's incoming packets: drops what is not RTP of the negotiated payload types,
+/// holds back up to [`REORDER_DEPTH`] packets to hand them over in order, and turns
+/// telephone-events into keys. A new SSRC or a jump in sequence numbers starts over.
+#[derive(Debug)]
+pub struct Receiver {
+    pt: u8,
+    dtmf_pt: Option<u8>,
+    ssrc: Option<u32>,
+    /// Packets by extended sequence number, waiting to be handed over (None: a packet that
+    /// carries nothing new, e.g. a key's retransmission, which still fills its place).
+    held: BTreeMap<u64, Option<Received>>,
+    /// The next extended sequence number to hand over (None until the stream has started).
+    next: Option<u64>,
+    /// The highest extended sequence number seen (0: none yet).
+    highest: u64,
+    /// The timestamp of the last key event reported (its retransmissions are not keys).
+    last_event_ts: Option<u32>,
+}
+
+impl Receiver {
+    /// A receiver of payload type `pt` and telephone-event `dtmf_pt`.
+    pub fn new(pt: u8, dtmf_pt: Option<u8>) -> Self {
+        Self {
+            pt,
+            dtmf_pt,
+            ssrc: None,
+            held: BTreeMap::new(),
+            next: None,
+            highest: 0,
+            last_event_ts: None,
+        }
+    }
+
+    /// The sequence number extended past its 16 bits, nearest to the highest seen.
+    fn extend(&self, seq: u16) -> u64 {
+        if self.highest == 0 {
+            return u64::from(seq) + (1 << 16);
+        }
+        let cycle = self.highest & !0xffff;
+        [
+            cycle.saturating_sub(1 << 16) | u64::from(seq),
+            cycle | u64::from(seq),
+            (cycle + (1 << 16)) | u64::from(seq),
+        ]
+        .into_iter()
+        .min_by_key(|c| c.abs_diff(self.highest))
+        .expect("three candidates")
+    }
+
+    fn restart(&mut self) {
+        self.held.clear();
+        self.next = None;
+        self.highest = 0;
+    }
+
+    /// Takes one datagram; false if it is not an RTP packet of this call's payload types.
+    pub fn push(&mut self, datagram: &[u8]) -> bool {
+        let Ok(p) = RtpPacket::parse(datagram) else {
+            return false;
+        };
+        let item = if p.payload_type() == self.pt {
+            Some(Received::Audio(p.payload().to_vec()))
+        } else if Some(p.payload_type()) == self.dtmf_pt {
+            let e = p.payload();
+            match key_of(e.first().copied().unwrap_or(u8::MAX)) {
+                Some(key) if e.len() >= 4 && self.last_event_ts != Some(p.timestamp()) => {
+                    self.last_event_ts = Some(p.timestamp());
+                    Some(Received::Key(key))
+                }
+                _ => None,
+            }
+        } else {
+            return false;
+        };
+        if self.ssrc != Some(p.ssrc()) {
+            self.ssrc = Some(p.ssrc());
+            self.restart();
+        }
+        let mut seq = self.extend(p.sequence_number());
+        if self.highest != 0 && seq.abs_diff(self.highest) > RESYNC_GAP {
+            self.restart();
+            seq = self.extend(p.sequence_number());
+        }
+        if self.next.is_some_and(|n| seq < n) {
+            return true; // too late: its turn has passed
+        }
+        self.highest = self.highest.max(seq);
+        self.held.insert(seq, item);
+        true
+    }
+
+    /// The next packet in order, once it is there or once [`REORDER_DEPTH`] later ones are
+    /// (the missing ones are given up). The stream starts at the lowest of its first
+    /// [`REORDER_DEPTH`] packets, so even its first ones may come out of order.
+    pub fn pop(&mut self) -> Option<Received> {
+        loop {
+            let next = match self.next {
+                Some(n) => n,
+                None if self.held.len() >= REORDER_DEPTH => *self.held.keys().next()?,
+                None => return None,
+            };
+            let item = match self.held.remove(&next) {
+                Some(item) => {
+                    self.next = Some(next + 1);
+                    item
+                }
+                None if self.held.len() >= REORDER_DEPTH => {
+                    let (seq, item) = self.held.pop_first()?;
+                    self.next = Some(seq + 1);
+                    item
+                }
+                None => return None,
+            };
+            if item.is_some() {
+                return item;
+            }
+        }
+    }
+}
+
+/// Binds a UDP socket for a call's RTP on an even port of `ports` (RTCP takes the odd one
+/// above by convention), trying them from `start` on; None when every port is taken.
+pub fn bind_in(ip: IpAddr, ports: &RangeInclusive<u16>, start: u16) -> Option<UdpSocket> {
+    let (lo, hi) = (*ports.start() & !1, *ports.end());
+    if hi < lo {
+        return None;
+    }
+    let evens = u32::from((hi - lo) / 2) + 1;
+    (0..evens).find_map(|i| {
+        let port = lo + (((u32::from(start / 2) + i) % evens) * 2) as u16;
+        UdpSocket::bind(SocketAddr::new(ip, port)).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(p: &[u8]) -> (u8, bool, u16, u32, Vec<u8>) {
+        let r = RtpPacket::parse(p).unwrap();
+        (
+            r.payload_type(),
+            r.marker_bit(),
+            r.sequence_number(),
+            r.timestamp(),
+            r.payload().to_vec(),
+        )
+    }
+
+    #[test]
+    fn audio_packets_run_on_and_mark_the_first() {
+        let mut s = Sender::new(0, Some(101), 0xfffe_0000_1234_5678);
+        let a = parse(&s.audio(&[1; 160], 160));
+        let b = parse(&s.audio(&[2; 160], 160));
+        assert_eq!((a.0, a.1), (0, true));
+        assert!(!b.1);
+        assert_eq!(b.2, a.2.wrapping_add(1));
+        assert_eq!(b.3, a.3.wrapping_add(160));
+        assert_eq!(b.4, vec![2; 160]);
+    }
+
+    #[test]
+    fn a_key_is_an_rfc_4733_event_that_ends_three_times() {
+        let mut s = Sender::new(0, Some(101), 7);
+        let before = parse(&s.audio(&[0; 160], 160)).3;
+        let packets = s.key('#', 100).unwrap();
+        let parsed: Vec<_> = packets.iter().map(|p| parse(p)).collect();
+        // 100 ms: durations 160, 320, 480, 640, then 800 with the end bit, three times.
+        assert_eq!(parsed.len(), 4 + 3);
+        assert!(parsed[0].1, "the first packet is marked");
+        assert!(parsed.iter().all(|p| p.0 == 101 && p.3 == before + 160));
+        assert_eq!(parsed[0].4, vec![11, 10, 0, 160]);
+        assert_eq!(parsed[6].4, vec![11, 0x80 | 10, 3, 32]);
+        // The audio after it starts past the key's duration.
+        assert_eq!(parse(&s.audio(&[0; 160], 160)).3, before + 160 + 800);
+        // No telephone-event negotiated: no packets.
+        assert!(Sender::new(0, None, 7).key('1', 100).is_none());
+    }
+
+    #[test]
+    fn keys_map_both_ways() {
+        for k in "0123456789*#ABCD".chars() {
+            assert_eq!(key_of(event_of(k).unwrap()), Some(k));
+        }
+        assert_eq!(event_of('x'), None);
+        assert_eq!(key_of(16), None);
+    }
+
+    #[test]
+    fn packets_come_out_in_order_and_keys_once() {
+        let mut s = Sender::new(8, Some(101), 99);
+        let p: Vec<Vec<u8>> = (0..8u8).map(|i| s.audio(&[i; 160], 160)).collect();
+        let keys = s.key('5', 60).unwrap();
+        let after = s.audio(&[9; 160], 160);
+        let mut r = Receiver::new(8, Some(101));
+        // The stream's first packets out of order: it starts at the lowest of the first three.
+        for i in [1, 0, 2] {
+            assert!(r.push(&p[i]));
+        }
+        for i in 0..3u8 {
+            assert_eq!(r.pop(), Some(Received::Audio(vec![i; 160])));
+        }
+        assert_eq!(r.pop(), None);
+        // 4 before 3: held until 3 is there.
+        r.push(&p[4]);
+        assert_eq!(r.pop(), None);
+        r.push(&p[3]);
+        assert_eq!(r.pop(), Some(Received::Audio(vec![3; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(vec![4; 160])));
+        // 5 is lost: given up once three later ones wait.
+        for i in [6, 7] {
+            r.push(&p[i]);
+        }
+        assert_eq!(r.pop(), None);
+        for k in &keys {
+            r.push(k);
+        }
+        assert_eq!(r.pop(), Some(Received::Audio(vec![6; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(vec![7; 160])));
+        assert_eq!(r.pop(), Some(Received::Key('5')));
+        // The key's other packets fill their places without being keys: audio goes on at once.
+        r.push(&after);
+        assert_eq!(r.pop(), Some(Received::Audio(vec![9; 160])));
+        assert_eq!(r.pop(), None);
+        // Not RTP, or another payload type: refused.
+        assert!(!r.push(b"hello"));
+        assert!(!r.push(&Sender::new(0, None, 1).audio(&[0; 160], 160)));
+    }
+
+    #[test]
+    fn a_restarted_stream_is_followed() {
+        let mut r = Receiver::new(0, None);
+        let mut a = Sender::new(0, None, 5);
+        for i in 0..4u8 {
+            r.push(&a.audio(&[i; 160], 160));
+        }
+        while r.pop().is_some() {}
+        // The far end restarts: another SSRC, sequence numbers elsewhere.
+        let mut b = Sender::new(0, None, 0x7777_0000_0000_0042);
+        let got: Vec<_> = (10..16u8)
+            .filter_map(|i| {
+                r.push(&b.audio(&[i; 160], 160));
+                r.pop()
+            })
+            .collect();
+        assert_eq!(got.first(), Some(&Received::Audio(vec![10; 160])));
+        assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let mut s = Sender::new(0, None, 0xffff_0000_0000); // seq starts at 0xffff
+        let mut r = Receiver::new(0, None);
+        let got: Vec<_> = (0..6u8)
+            .filter_map(|i| {
+                r.push(&s.audio(&[i; 160], 160));
+                r.pop()
+            })
+            .collect();
+        let want: Vec<_> = (0..4u8).map(|i| Received::Audio(vec![i; 160])).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn ports_are_even_and_taken_ones_skipped() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = bind_in(ip, &(61_000..=61_005), 0).unwrap();
+        assert_eq!(a.local_addr().unwrap().port(), 61_000);
+        let b = bind_in(ip, &(61_000..=61_005), 0).unwrap();
+        assert_eq!(b.local_addr().unwrap().port(), 61_002);
+        let c = bind_in(ip, &(61_000..=61_005), 0).unwrap();
+        assert_eq!(c.local_addr().unwrap().port(), 61_004);
+        assert!(bind_in(ip, &(61_000..=61_005), 0).is_none());
+    }
+}

@@ -1,0 +1,341 @@
+//! SDP offer/answer for a call's audio (RFC 3264), on `sdp-types`: what we offer (the
+//! trunk's codecs we can carry, telephone-event for RFC 4733 keys) and what the far end's
+//! answer (or offer) settles: where to send RTP, which codec, which payload type carries keys.
+
+use sdp_types::{Attribute, Connection, Media, Origin, Session, Time};
+use std::net::{IpAddr, SocketAddr};
+use vbin_event_schema::Codec;
+
+/// The payload type we offer telephone-event (RFC 4733) with.
+pub const DTMF_PT: u8 = 101;
+
+/// Codecs the RTP path carries today: G.711 both laws.
+pub const CARRIED: [Codec; 2] = [Codec::Pcmu, Codec::Pcma];
+
+/// The static payload type of a carried codec.
+pub fn payload_type(codec: Codec) -> Option<u8> {
+    match codec {
+        Codec::Pcmu => Some(0),
+        Codec::Pcma => Some(8),
+        Codec::G722 | Codec::Opus => None,
+    }
+}
+
+fn codec_of_pt(pt: u8) -> Option<Codec> {
+    CARRIED.into_iter().find(|c| payload_type(*c) == Some(pt))
+}
+
+/// Which way media flows, from the SDP's direction attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Both ways (the default).
+    SendRecv,
+    /// The far end only sends (it put us on hold: we keep sending nothing useful).
+    SendOnly,
+    /// The far end only receives.
+    RecvOnly,
+    /// No media (hold).
+    Inactive,
+}
+
+/// What an offer/answer settled for the audio stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Negotiated {
+    /// Where to send RTP (latching may correct it once packets arrive).
+    pub remote: SocketAddr,
+    /// The codec both sides use.
+    pub codec: Codec,
+    /// Its payload type.
+    pub pt: u8,
+    /// The payload type of telephone-event, if the far end takes RFC 4733 keys.
+    pub dtmf_pt: Option<u8>,
+    /// The far end's direction.
+    pub direction: Direction,
+}
+
+/// Why an SDP could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SdpError {
+    /// It does not parse.
+    #[error("the SDP does not parse: {0}")]
+    Parse(String),
+    /// It has no audio stream we can use (no common codec, or the stream is rejected).
+    #[error("no common audio codec (offered {offered}, theirs {theirs})")]
+    NoCodec {
+        /// What we offered.
+        offered: String,
+        /// What the far end has.
+        theirs: String,
+    },
+    /// No address to send to.
+    #[error("the SDP names no usable address")]
+    NoAddress,
+}
+
+/// The codecs of `wanted` (a trunk's, in its order) that the RTP path carries; G.711 if none.
+pub fn carried(wanted: &[Codec]) -> Vec<Codec> {
+    let c: Vec<Codec> = wanted
+        .iter()
+        .copied()
+        .filter(|c| CARRIED.contains(c))
+        .collect();
+    if c.is_empty() {
+        CARRIED.to_vec()
+    } else {
+        c
+    }
+}
+
+/// An SDP for audio on `ip:port` with `codecs` (in order of preference) and telephone-event.
+pub fn describe(ip: IpAddr, port: u16, codecs: &[Codec], session_id: u64, version: u64) -> String {
+    let mut fmts: Vec<String> = codecs
+        .iter()
+        .filter_map(|c| payload_type(*c))
+        .map(|p| p.to_string())
+        .collect();
+    fmts.push(DTMF_PT.to_string());
+    let mut media = Media::new(
+        sdp_types::MediaType::Audio,
+        port,
+        sdp_types::TransportProto::RtpAvp,
+        fmts.join(" "),
+    );
+    let attr = |a: &str, v: Option<String>| Attribute {
+        attribute: a.into(),
+        value: v,
+    };
+    for c in codecs {
+        if let Some(pt) = payload_type(*c) {
+            media
+                .attributes
+                .push(attr("rtpmap", Some(format!("{pt} {}/8000", c.as_str()))));
+        }
+    }
+    media.attributes.push(attr(
+        "rtpmap",
+        Some(format!("{DTMF_PT} telephone-event/8000")),
+    ));
+    media
+        .attributes
+        .push(attr("fmtp", Some(format!("{DTMF_PT} 0-16"))));
+    media.attributes.push(attr("ptime", Some("20".into())));
+    media.attributes.push(attr("sendrecv", None));
+    let mut s = Session::new(
+        Origin {
+            username: Some("vbin".into()),
+            sess_id: session_id.to_string(),
+            sess_version: version,
+            nettype: sdp_types::NetType::In,
+            addrtype: if ip.is_ipv6() {
+                sdp_types::AddrType::Ip6
+            } else {
+                sdp_types::AddrType::Ip4
+            },
+            unicast_address: ip.to_string(),
+        },
+        "vbin",
+    );
+    s.connection = Some(Connection::from_ip_addr(ip));
+    s.times.push(Time {
+        start_time: 0,
+        stop_time: 0,
+        repeats: vec![],
+    });
+    s.medias.push(media);
+    let mut out = Vec::new();
+    s.write(&mut out).expect("writing to a Vec");
+    String::from_utf8(out).expect("SDP is ASCII")
+}
+
+/// What the far end's SDP (`theirs`, an answer to our offer of `ours`, or an offer we answer
+/// with `ours`) settles: the first of its audio formats we carry and offered, in its order
+/// (RFC 3264: the answerer's preference wins in an answer; as answerer we take the offerer's).
+pub fn negotiate(theirs: &[u8], ours: &[Codec]) -> Result<Negotiated, SdpError> {
+    let s = Session::parse(theirs).map_err(|e| SdpError::Parse(e.to_string()))?;
+    let media = s
+        .medias
+        .iter()
+        .find(|m| m.media == "audio" && m.port != 0)
+        .ok_or_else(|| SdpError::NoCodec {
+            offered: names(ours),
+            theirs: "no audio stream".into(),
+        })?;
+    let pts: Vec<u8> = media
+        .fmt
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    // A dynamic payload type is named by its rtpmap; static ones may come without.
+    let rtpmap = |pt: u8| -> Option<String> {
+        media
+            .attributes
+            .iter()
+            .filter(|a| a.attribute == "rtpmap")
+            .filter_map(|a| a.value.as_deref())
+            .find_map(|v| {
+                let (p, name) = v.split_once(' ')?;
+                (p.parse::<u8>().ok()? == pt).then(|| name.to_ascii_lowercase())
+            })
+    };
+    let (codec, pt) = pts
+        .iter()
+        .find_map(|&pt| {
+            let codec = match rtpmap(pt) {
+                Some(name) => CARRIED
+                    .into_iter()
+                    .find(|c| name.starts_with(&format!("{}/", c.as_str().to_ascii_lowercase())))?,
+                None => codec_of_pt(pt)?,
+            };
+            ours.contains(&codec).then_some((codec, pt))
+        })
+        .ok_or_else(|| SdpError::NoCodec {
+            offered: names(ours),
+            theirs: media.fmt.clone(),
+        })?;
+    let dtmf_pt = pts
+        .iter()
+        .copied()
+        .find(|&pt| rtpmap(pt).is_some_and(|n| n.starts_with("telephone-event/8000")));
+    let address = media
+        .connections
+        .first()
+        .or(s.connection.as_ref())
+        .and_then(|c| {
+            c.connection_address
+                .split('/')
+                .next()?
+                .parse::<IpAddr>()
+                .ok()
+        })
+        .ok_or(SdpError::NoAddress)?;
+    // The media's direction wins over the session's (RFC 4566 6.7).
+    let direction_of = |has: &dyn Fn(&str) -> bool| {
+        [
+            ("inactive", Direction::Inactive),
+            ("sendonly", Direction::SendOnly),
+            ("recvonly", Direction::RecvOnly),
+            ("sendrecv", Direction::SendRecv),
+        ]
+        .into_iter()
+        .find(|(a, _)| has(a))
+        .map(|(_, d)| d)
+    };
+    let direction = direction_of(&|a| media.has_attribute(a))
+        .or_else(|| direction_of(&|a| s.has_attribute(a)))
+        .unwrap_or(Direction::SendRecv);
+    // c=0.0.0.0 is the old way of putting a call on hold (RFC 2543).
+    let direction = if address.is_unspecified() {
+        Direction::Inactive
+    } else {
+        direction
+    };
+    Ok(Negotiated {
+        remote: SocketAddr::new(address, media.port),
+        codec,
+        pt,
+        dtmf_pt,
+        direction,
+    })
+}
+
+fn names(codecs: &[Codec]) -> String {
+    codecs
+        .iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIPP_ANSWER: &str = "v=0\r\no=user1 53655765 2353687637 IN IP4 127.0.0.1\r\ns=-\r\n\
+        c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+
+    #[test]
+    fn our_offer_parses_back_with_every_codec_and_keys() {
+        let sdp = describe("192.0.2.7".parse().unwrap(), 20_002, &CARRIED, 42, 1);
+        assert!(sdp.contains("m=audio 20002 RTP/AVP 0 8 101\r\n"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:101 telephone-event/8000"), "{sdp}");
+        assert!(sdp.contains("c=IN IP4 192.0.2.7"), "{sdp}");
+        let n = negotiate(sdp.as_bytes(), &CARRIED).unwrap();
+        assert_eq!(
+            n,
+            Negotiated {
+                remote: "192.0.2.7:20002".parse().unwrap(),
+                codec: Codec::Pcmu,
+                pt: 0,
+                dtmf_pt: Some(DTMF_PT),
+                direction: Direction::SendRecv,
+            }
+        );
+    }
+
+    #[test]
+    fn sipps_answer_settles_pcmu_without_keys() {
+        let n = negotiate(SIPP_ANSWER.as_bytes(), &CARRIED).unwrap();
+        assert_eq!((n.codec, n.pt, n.dtmf_pt), (Codec::Pcmu, 0, None));
+        assert_eq!(n.remote, "127.0.0.1:6000".parse().unwrap());
+    }
+
+    #[test]
+    fn the_far_ends_order_and_dynamic_keys_are_taken() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nt=0 0\r\n\
+            m=audio 30000 RTP/AVP 9 8 0 96\r\nc=IN IP4 198.51.100.3\r\n\
+            a=rtpmap:96 telephone-event/8000\r\na=sendonly\r\n";
+        let n = negotiate(sdp.as_bytes(), &CARRIED).unwrap();
+        // G.722 (9) is not carried: PCMA, the next in their order.
+        assert_eq!((n.codec, n.pt, n.dtmf_pt), (Codec::Pcma, 8, Some(96)));
+        assert_eq!(n.remote, "198.51.100.3:30000".parse().unwrap());
+        assert_eq!(n.direction, Direction::SendOnly);
+        // A trunk limited to PCMU takes PCMU.
+        let n = negotiate(sdp.as_bytes(), &[Codec::Pcmu]).unwrap();
+        assert_eq!(n.codec, Codec::Pcmu);
+    }
+
+    #[test]
+    fn no_common_codec_or_a_rejected_stream_is_refused() {
+        let opus =
+            "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n\
+            m=audio 30000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert!(matches!(
+            negotiate(opus.as_bytes(), &CARRIED),
+            Err(SdpError::NoCodec { .. })
+        ));
+        let rejected = SIPP_ANSWER.replace("m=audio 6000", "m=audio 0");
+        assert!(matches!(
+            negotiate(rejected.as_bytes(), &CARRIED),
+            Err(SdpError::NoCodec { .. })
+        ));
+        assert!(matches!(
+            negotiate(b"not sdp", &CARRIED),
+            Err(SdpError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn the_medias_direction_wins_over_the_sessions() {
+        let sdp = SIPP_ANSWER.replace("t=0 0\r\n", "t=0 0\r\na=sendonly\r\n");
+        let n = negotiate(sdp.as_bytes(), &CARRIED).unwrap();
+        assert_eq!(n.direction, Direction::SendOnly);
+        let sdp = format!("{sdp}a=sendrecv\r\n");
+        let n = negotiate(sdp.as_bytes(), &CARRIED).unwrap();
+        assert_eq!(n.direction, Direction::SendRecv);
+    }
+
+    #[test]
+    fn hold_the_old_way_is_inactive() {
+        let held = SIPP_ANSWER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
+        assert_eq!(
+            negotiate(held.as_bytes(), &CARRIED).unwrap().direction,
+            Direction::Inactive
+        );
+    }
+
+    #[test]
+    fn a_trunk_without_carried_codecs_falls_back_to_g711() {
+        assert_eq!(carried(&[Codec::Opus, Codec::Pcma]), vec![Codec::Pcma]);
+        assert_eq!(carried(&[Codec::Opus]), CARRIED.to_vec());
+    }
+}

@@ -1,0 +1,315 @@
+//! The SIP carrier against sipp (issue 18): calls placed through a trunk reach a real SIP far
+//! end; its answers become the call's statuses and causes, the same events as the sandbox's for
+//! the same outcome; digest auth, CANCEL at the dial timeout, BYE from either side; a
+//! redelivered `call_created` sends no second INVITE.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// A sipp far end on its own port, logging every message it sends and receives.
+struct Sipp {
+    port: u16,
+    child: Option<Child>,
+    messages: PathBuf,
+    out: PathBuf,
+}
+
+impl Sipp {
+    /// sipp as a UAS playing `scenario` (a file of tests/it/sipp, or `None`: sipp's own
+    /// `uas`, which answers and waits for the BYE) for `calls` calls.
+    fn uas(scenario: Option<&str>, calls: u32) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("vbin-sipp-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let messages = dir.join("messages.log");
+        let out = dir.join("out.txt");
+        let mut cmd = Command::new("sipp");
+        match scenario {
+            Some(s) => cmd.arg("-sf").arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/it/sipp")
+                    .join(s),
+            ),
+            None => cmd.args(["-sn", "uas"]),
+        };
+        let child = cmd
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &calls.to_string(), "-nostdin", "-trace_msg"])
+            .arg("-message_file")
+            .arg(&messages)
+            .current_dir(&dir)
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp must be installed (scripts/services installs sip-tester)");
+        // sipp binds its UDP port at once; give it a moment to get there.
+        std::thread::sleep(Duration::from_millis(300));
+        Sipp {
+            port,
+            child: Some(child),
+            messages,
+            out,
+        }
+    }
+
+    /// Waits for sipp to finish its calls; its exit code (0: every call went as scripted).
+    fn wait(&mut self, within: Duration) -> i32 {
+        let t = Instant::now();
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                t.elapsed() < within,
+                "sipp did not finish; messages:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every message sipp saw and sent.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.messages).unwrap_or_default()
+            + &std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    /// How many INVITEs sipp received (with the one after a 401).
+    fn invites(&self) -> usize {
+        std::fs::read_to_string(&self.messages)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("INVITE sip:"))
+            .count()
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A trunk of the customer `tok` to `sipp`.
+async fn trunk_to(env: &Env, tok: &str, sipp: &Sipp, extra: Value) -> String {
+    let mut body = json!({"name": "sipp", "host": "127.0.0.1", "port": sipp.port,
+                          "transport": "udp"});
+    if let Value::Object(m) = extra {
+        for (k, v) in m {
+            body[k] = v;
+        }
+    }
+    id_of(&env.client(tok).create("/v1.0/trunks", body).await)
+}
+
+/// The event types of a call, in order.
+async fn event_types(env: &Env, call: Uuid) -> Vec<String> {
+    env.events_of("call", call)
+        .await
+        .into_iter()
+        .map(|(_, t, _)| t)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_call_through_a_trunk_is_answered_by_sipp_and_hung_up_by_us() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let mut sipp = Sipp::uas(None, 1);
+    let trunk = trunk_to(&env, &tok, &sipp, json!({})).await;
+    let api = env.client(&tok);
+
+    // A trunk of another customer, or none at all, is not found; a sandbox script is for the
+    // sandbox only.
+    let (_, other, _) = env.customer().await;
+    for (who, trunk_id, code) in [
+        (&other, trunk.clone(), 404),
+        (&tok, Uuid::now_v7().to_string(), 404),
+        (&tok, "not-a-uuid".to_string(), 400),
+    ] {
+        let (s, v) = env
+            .client(who)
+            .post(
+                "/v1.0/calls",
+                json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                       "trunk_id": trunk_id}),
+            )
+            .await;
+        assert_eq!(s, code, "{v}");
+    }
+    let (s, v) = api
+        .post(
+            "/v1.0/calls",
+            json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                   "trunk_id": trunk, "sandbox": {"script": []}}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    let v = env
+        .wait_call(
+            call,
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            |s| s == "progressing",
+        )
+        .await;
+    assert_eq!(v["trunk_id"], json!(trunk));
+    let (s, _) = api.hangup(call).await;
+    assert_eq!(s, 200);
+    let v = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (&v["status"], &v["hangup_by"], &v["hangup_cause"]),
+        (
+            &json!("completed"),
+            &json!("local"),
+            &json!("normal_clearing")
+        ),
+        "{v}"
+    );
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+    let log = sipp.log();
+    assert!(log.contains("BYE sip:"), "{log}");
+    assert!(log.contains(&format!("Call-ID: {call}")), "{log}");
+
+    // The same events as a sandbox call that is answered and hung up by us.
+    let sandbox = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({"variables": {"talk_seconds": 60}}),
+        )
+        .await[0];
+    env.wait_call(
+        sandbox,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        |s| s == "progressing",
+    )
+    .await;
+    api.hangup(sandbox).await;
+    env.wait_call_end(sandbox, Duration::from_secs(10)).await;
+    assert_eq!(
+        event_types(&env, call).await,
+        event_types(&env, sandbox).await
+    );
+
+    // A redelivered call_created sends no second INVITE.
+    env.redeliver_all(&["carrier-dialer"], Duration::from_secs(20))
+        .await;
+    assert_eq!(sipp.invites(), 1, "{}", sipp.log());
+}
+
+#[tokio::test]
+async fn sipps_answers_become_the_calls_outcomes() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+
+    // The far end hangs up: completed, by remote.
+    let mut bye = Sipp::uas(Some("answer_then_bye.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &bye, json!({})).await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    let v = env.wait_call_end(call, Duration::from_secs(15)).await;
+    assert_eq!(
+        (&v["status"], &v["hangup_by"], &v["hangup_cause"]),
+        (
+            &json!("completed"),
+            &json!("remote"),
+            &json!("normal_clearing")
+        ),
+        "{v}\n{}",
+        bye.log()
+    );
+    assert!(v["duration"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(bye.wait(Duration::from_secs(10)), 0, "{}", bye.log());
+
+    // Busy: 486 -> busy / user_busy, and the 486 is ACKed.
+    let mut busy = Sipp::uas(Some("busy.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &busy, json!({})).await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    let v = env.wait_call_end(call, Duration::from_secs(15)).await;
+    assert_eq!(
+        (&v["status"], &v["hangup_cause"]),
+        (&json!("busy"), &json!("user_busy")),
+        "{v}"
+    );
+    assert_eq!(busy.wait(Duration::from_secs(10)), 0, "{}", busy.log());
+    let sandbox_busy = env.calls(&tok, &["+15550000486"], json!({})).await[0];
+    env.wait_call_end(sandbox_busy, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        event_types(&env, call).await,
+        event_types(&env, sandbox_busy).await
+    );
+
+    // Rings and never answers: at the dial timeout we CANCEL, ACK the 487: no_answer.
+    let mut ring = Sipp::uas(Some("ring_no_answer.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &ring, json!({})).await;
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002000"],
+            json!({"trunk_id": trunk, "dial_timeout_ms": 2000}),
+        )
+        .await[0];
+    env.wait_call(
+        call,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        |s| s == "ringing",
+    )
+    .await;
+    let v = env.wait_call_end(call, Duration::from_secs(15)).await;
+    assert_eq!(
+        (&v["status"], &v["hangup_cause"]),
+        (&json!("no_answer"), &json!("no_answer")),
+        "{v}\n{}",
+        ring.log()
+    );
+    assert_eq!(ring.wait(Duration::from_secs(10)), 0, "{}", ring.log());
+
+    // A trunk that asks for credentials (401) gets them, and answers.
+    let mut auth = Sipp::uas(Some("auth_answer_wait_bye.xml"), 1);
+    let trunk = trunk_to(
+        &env,
+        &tok,
+        &auth,
+        json!({"username": "vbin", "password": "s3cret"}),
+    )
+    .await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    env.wait_call(
+        call,
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        |s| s == "progressing",
+    )
+    .await;
+    env.client(&tok).hangup(call).await;
+    let v = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(v["status"], "completed", "{v}");
+    assert_eq!(auth.wait(Duration::from_secs(10)), 0, "{}", auth.log());
+    assert!(
+        auth.log().contains("Authorization: Digest"),
+        "{}",
+        auth.log()
+    );
+}

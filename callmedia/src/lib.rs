@@ -21,7 +21,7 @@ pub mod session;
 pub mod socket;
 
 use chrono::Utc;
-use far::{PersonStep, SandboxPerson};
+use far::{FarEnd, PersonStep, SandboxPerson};
 use session::{Capture, Control, Execution, NewFar, RecChunk, Report, Session, Tap};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -714,27 +714,29 @@ impl Media {
     async fn audiosocket(self, s: vbin_media::audiosocket::Session) {
         let call = CallId(s.call_id);
         let peer = s.peer;
-        let control = match self.session_for_switch(call).await {
-            Ok(c) => c,
-            Err(why) => {
-                metrics::counter!("vbin_audiosocket_refused_total").increment(1);
-                tracing::warn!(%call, %peer, why = %why, "AudioSocket connection refused");
-                s.player().try_hangup();
-                return;
-            }
-        };
         let (tx, rx) = socket::channel();
-        let far = socket::SocketFar::new(s.call_id, rx, s.player());
-        if control
-            .send(Control::Attach(NewFar(Box::new(far))))
-            .await
-            .is_err()
-        {
+        let far = socket::SocketFar::new(s.call_id, rx, Box::new(s.player()));
+        if let Err(why) = self.attach_far(call, Box::new(far)).await {
+            metrics::counter!("vbin_audiosocket_refused_total").increment(1);
+            tracing::warn!(%call, %peer, why = %why, "AudioSocket connection refused");
+            s.player().try_hangup();
             return;
         }
         tracing::info!(%call, %peer, "AudioSocket connected: the call's far end");
         let ended = socket::pump(s, tx).await;
         tracing::info!(%call, %peer, %ended, "AudioSocket session ended");
+    }
+
+    /// Makes `far` (a transport: AudioSocket, the SIP carrier's RTP) the far end of call
+    /// `call`'s media session, started here if needed (the call must be answered within a
+    /// few seconds). Err says why not: an unknown or ended call, a session another media
+    /// process owns.
+    pub async fn attach_far(&self, call: CallId, far: Box<dyn FarEnd>) -> Result<(), String> {
+        let control = self.session_for_switch(call).await?;
+        control
+            .send(Control::Attach(NewFar(far)))
+            .await
+            .map_err(|_| "the call's media session ended".to_string())
     }
 
     /// The session of a call the switch connected (waiting up to 5 s for its answer).

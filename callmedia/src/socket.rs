@@ -1,9 +1,10 @@
-//! AudioSocket (Asterisk) as a call's far end: the switch's audio and DTMF frames come in on
-//! the connection, the platform's audio goes back out on it, resampled at the edge.
+//! A transport as a call's far end: AudioSocket (Asterisk) or RTP (the SIP carrier). The
+//! transport's audio and keys come in over a channel, the platform's audio goes back out
+//! through its [`Outlet`], resampled at the edge.
 //!
-//! The connection is read by its own task ([`pump`]), which hands frames over a channel; the
-//! session's tick takes one 20 ms frame from a short jitter buffer (silence when the switch
-//! is late), so a slow or bursty connection never stalls the session's clock.
+//! The transport is read by its own task (for AudioSocket [`pump`]), which hands frames over
+//! the channel; the session's tick takes one 20 ms frame from a short jitter buffer (silence
+//! when the transport is late), so a slow or bursty one never stalls the session's clock.
 
 use crate::far::{FarEnd, Inbound};
 use crate::frame::{FRAME_SAMPLES, RATE_HZ};
@@ -30,11 +31,39 @@ pub enum Incoming {
     Dtmf(char),
 }
 
-/// An AudioSocket connection as the far end of a session.
+/// The transport of a far end is gone (its connection closed, its socket failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the transport is gone")]
+pub struct TransportGone;
+
+/// Where the platform's audio for a transport goes.
+pub trait Outlet: Send {
+    /// Sends one frame of `samples` at `rate_hz`: Ok(false) when it had to drop it (the
+    /// transport is behind), Err when the transport is gone.
+    fn play(&mut self, rate_hz: u32, samples: &[i16]) -> Result<bool, TransportGone>;
+    /// Sends keys out of band; false when the transport cannot (the session plays tones).
+    fn keys(&mut self, _digits: &str) -> bool {
+        false
+    }
+    /// The platform hung up: the transport ends its side.
+    fn hangup(&mut self);
+}
+
+impl Outlet for Player {
+    fn play(&mut self, rate_hz: u32, samples: &[i16]) -> Result<bool, TransportGone> {
+        self.try_play(rate_hz, samples).map_err(|_| TransportGone)
+    }
+
+    fn hangup(&mut self) {
+        self.try_hangup();
+    }
+}
+
+/// A transport (AudioSocket connection, RTP stream) as the far end of a session.
 pub struct SocketFar {
     call: Uuid,
     rx: mpsc::Receiver<Incoming>,
-    player: Player,
+    player: Box<dyn Outlet>,
     /// Up-samplers by the switch's rate (it may change mid-call).
     up: HashMap<u32, Resampler>,
     /// Far-end samples at the switch's rate waiting for a whole 20 ms frame, by rate.
@@ -49,12 +78,13 @@ pub struct SocketFar {
 }
 
 impl SocketFar {
-    /// The far end of `session` (its frames come through `rx`, filled by [`pump`]).
-    pub fn new(call: Uuid, rx: mpsc::Receiver<Incoming>, player: Player) -> Self {
+    /// The far end of call `call`: its frames come through `rx` (filled by [`pump`] or the
+    /// RTP reader), the platform's audio goes to `outlet`.
+    pub fn new(call: Uuid, rx: mpsc::Receiver<Incoming>, outlet: Box<dyn Outlet>) -> Self {
         Self {
             call,
             rx,
-            player,
+            player: outlet,
             up: HashMap::new(),
             partial: HashMap::new(),
             jitter: VecDeque::new(),
@@ -137,16 +167,15 @@ impl FarEnd for SocketFar {
             return;
         }
         // The session paces; a full queue means the switch stopped reading: drop the frame.
-        match self.player.try_play(self.out_rate, &self.out) {
+        match self.player.play(self.out_rate, &self.out) {
             Ok(true) => {}
             Ok(false) => metrics::counter!("vbin_media_socket_dropped_frames_total").increment(1),
             Err(_) => self.closed = true,
         }
     }
 
-    fn dtmf(&mut self, _digits: &str) -> bool {
-        // AudioSocket carries keys only from the switch: the platform's go in band.
-        false
+    fn dtmf(&mut self, digits: &str) -> bool {
+        !self.closed && self.player.keys(digits)
     }
 
     fn gone(&self) -> bool {
@@ -158,7 +187,7 @@ impl Drop for SocketFar {
     fn drop(&mut self) {
         // The session ended (the call was hung up here): the switch hangs up its side too.
         if !self.closed {
-            self.player.try_hangup();
+            self.player.hangup();
         }
     }
 }

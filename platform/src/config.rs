@@ -868,6 +868,15 @@ pub struct SipConfig {
     /// it is not the listen address's (behind NAT, or listening on 0.0.0.0).
     #[arg(long = "sip-advertised-ip", env = "VBIN_SIP_ADVERTISED_IP")]
     pub advertised_ip: Option<std::net::IpAddr>,
+    /// UDP ports of SIP calls' RTP, `LOW-HIGH` (one even port per call, so the range holds
+    /// half as many calls as ports).
+    #[arg(
+        long = "rtp-ports",
+        env = "VBIN_RTP_PORTS",
+        default_value = "20000-20999",
+        value_parser = port_range
+    )]
+    pub rtp_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for SipConfig {
@@ -876,6 +885,7 @@ impl Default for SipConfig {
         Self {
             addr: d.bind,
             advertised_ip: d.advertised_ip,
+            rtp_ports: d.rtp_ports,
         }
     }
 }
@@ -886,6 +896,7 @@ impl SipConfig {
         vbin_sip::SipSettings {
             bind: self.addr,
             advertised_ip: self.advertised_ip,
+            rtp_ports: self.rtp_ports.clone(),
         }
     }
 }
@@ -979,6 +990,20 @@ fn positive<T: FromStr + PartialOrd + Copy + Send + Sync + From<u8> + 'static>(
     expected: &'static str,
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
     at_least(var, T::from(1u8), expected)
+}
+
+fn port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad =
+        || format!("VBIN_RTP_PORTS: expected LOW-HIGH with 1024 <= LOW < HIGH <= 65535, not {s:?}");
+    let (lo, hi) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (
+        lo.parse().map_err(|_| bad())?,
+        hi.parse().map_err(|_| bad())?,
+    );
+    if lo < 1024 || lo >= hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
 }
 
 fn nats_namespace(s: &str) -> Result<vbin_event_schema::Namespace, String> {

@@ -247,6 +247,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         );
         tasks.push(tokio::spawn(relay.run(stopped(&rx))));
     }
+    let mut sip_carrier = None;
     if parts.contains(&Part::Carrier) {
         let (sip, endpoint) =
             vbin_sip::SipCarrier::start(&settings.sip.settings(), app.clone(), pool.clone())
@@ -255,8 +256,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(endpoint.run(stopped(&rx))));
         let carriers = vbin_carrier::dialer::Carriers {
             sandbox: Arc::new(SandboxCarrier::new(pool.clone())),
-            sip: Some(Arc::new(sip)),
+            sip: Some(Arc::new(sip.clone())),
         };
+        sip_carrier = Some(sip);
         tasks.push(tokio::spawn(vbin_carrier::dialer::run(
             bus.clone(),
             carriers,
@@ -366,6 +368,10 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             vbin_callmedia::Settings::default(),
         )
         .with_agents(kit);
+        // SIP calls' RTP feeds this process's media sessions.
+        if let Some(sip) = &sip_carrier {
+            sip.set_media(media.clone());
+        }
         tasks.push(tokio::spawn(
             media.clone().serve_audiosocket(listener, stopped(&rx)),
         ));

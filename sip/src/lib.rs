@@ -10,9 +10,15 @@
 //! hangs the call up as remote. The SIP Call-ID of a call is its id, which ties every dialog
 //! state back to the call.
 //!
-//! Not yet: media (the offer is `a=inactive`; RTP is the next step), incoming calls, OPTIONS
-//! keepalive of trunks, session timers (docs/notes/sip-plan.md).
+//! Audio: each call gets an RTP socket on `VBIN_RTP_PORTS` at the INVITE; at the answer its
+//! RTP becomes the far end of the call's media session ([`media`]), so flows, recording,
+//! transcription and the AI agent work on SIP calls as on sandbox ones. The media engine must
+//! run in the same process ([`SipCarrier::set_media`]).
+//!
+//! Not yet: incoming calls, OPTIONS keepalive of trunks, session timers
+//! (docs/notes/sip-plan.md).
 
+pub mod media;
 pub mod outcome;
 pub mod rtp;
 pub mod sdp;
@@ -52,8 +58,10 @@ pub struct SipSettings {
     /// UDP and TCP listen address.
     pub bind: SocketAddr,
     /// The address the far end reaches us at, when it is not the bind address (NAT, a
-    /// wildcard bind): put in Via and Contact.
+    /// wildcard bind): put in Via, Contact and SDP.
     pub advertised_ip: Option<IpAddr>,
+    /// The UDP ports of calls' RTP (one even port per call).
+    pub rtp_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl Default for SipSettings {
@@ -61,6 +69,7 @@ impl Default for SipSettings {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 5060)),
             advertised_ip: None,
+            rtp_ports: 20_000..=20_999,
         }
     }
 }
@@ -94,6 +103,12 @@ struct Live {
     customer: CustomerId,
     dialog: InviteDialog,
     answered: bool,
+    /// The call's RTP socket until its media starts.
+    rtp: Option<std::net::UdpSocket>,
+    /// Its port (in our SDP).
+    rtp_port: u16,
+    /// The codecs we offered.
+    offered: Vec<vbin_event_schema::Codec>,
 }
 
 /// The SIP carrier of one process.
@@ -108,6 +123,10 @@ struct Inner {
     layer: Arc<DialogLayer>,
     states: DialogStateSender,
     public: SocketAddr,
+    bind_ip: IpAddr,
+    rtp_ports: std::ops::RangeInclusive<u16>,
+    /// The media engine of this process, which the calls' RTP feeds.
+    media: std::sync::OnceLock<vbin_callmedia::Media>,
     /// Live calls by SIP Call-ID (= the call's id).
     live: Mutex<HashMap<String, Live>>,
     node: String,
@@ -163,6 +182,9 @@ impl SipCarrier {
                 layer,
                 states,
                 public,
+                bind_ip: settings.bind.ip(),
+                rtp_ports: settings.rtp_ports.clone(),
+                media: std::sync::OnceLock::new(),
                 live: Mutex::new(HashMap::new()),
                 node: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
             }),
@@ -178,6 +200,12 @@ impl SipCarrier {
                 carrier,
             },
         ))
+    }
+
+    /// Feeds the calls' RTP to `media` (the media engine of this process). Without one, SIP
+    /// calls have no audio.
+    pub fn set_media(&self, media: vbin_callmedia::Media) {
+        let _ = self.inner.media.set(media);
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -252,6 +280,19 @@ impl SipCarrier {
             ""
         };
         let public = self.inner.public;
+        let start = (call.as_uuid().as_u128() % u128::from(u16::MAX)) as u16;
+        let Some(rtp) = rtp::bind_in(self.inner.bind_ip, &self.inner.rtp_ports, start) else {
+            tracing::error!(%call, ports = ?self.inner.rtp_ports, "no RTP port free (VBIN_RTP_PORTS): the call fails");
+            self.hung_up(call, customer, HangupCause::NetworkOutOfOrder)
+                .await;
+            return Ok(());
+        };
+        let rtp_port = rtp
+            .local_addr()
+            .map_err(|e| CarrierError(format!("RTP socket: {e}")))?
+            .port();
+        let offered = sdp::carried(&s.codecs);
+        let session = call.as_uuid().as_u128() as u32 as u64;
         let opt = InviteOption {
             caller: uri(format!("sip:{}@{public}", req.source))?,
             callee: uri(format!("sip:{}@{host}{tcp}", req.destination))?,
@@ -262,7 +303,7 @@ impl SipCarrier {
                     .map_err(|e| CarrierError(format!("{host}: {e}")))?,
             )),
             content_type: Some("application/sdp".into()),
-            offer: Some(inactive_offer(public.ip(), call).into_bytes()),
+            offer: Some(sdp::describe(public.ip(), rtp_port, &offered, session, 1).into_bytes()),
             credential: s.username.clone().map(|username| Credential {
                 username,
                 password: trunk.password.clone().unwrap_or_default(),
@@ -284,6 +325,9 @@ impl SipCarrier {
                 customer,
                 dialog: dialog.clone(),
                 answered: false,
+                rtp: Some(rtp),
+                rtp_port,
+                offered,
             },
         );
         metrics::counter!("vbin_sip_invites_total").increment(1);
@@ -344,6 +388,65 @@ impl SipCarrier {
         Ok(())
     }
 
+    /// Starts the call's audio: the answer's SDP settles codec and address, the socket's RTP
+    /// becomes the far end of the call's media session.
+    fn start_media(
+        &self,
+        call: CallId,
+        socket: std::net::UdpSocket,
+        answer: &[u8],
+        offered: &[vbin_event_schema::Codec],
+    ) {
+        let n = match sdp::negotiate(answer, offered) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
+                return;
+            }
+        };
+        let Some(media) = self.inner.media.get().cloned() else {
+            tracing::warn!(%call, "no media engine in this process (run the carrier and media parts together): the call has no audio");
+            return;
+        };
+        let setup = || -> std::io::Result<_> {
+            socket.set_nonblocking(true)?;
+            let out = socket.try_clone()?;
+            Ok((tokio::net::UdpSocket::from_std(socket)?, out))
+        };
+        let (reader, out) = match setup() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(%call, error = %e, "RTP socket: the call has no audio");
+                return;
+            }
+        };
+        let remote = media::Remote::new(n.remote);
+        let seed = Uuid::new_v4().as_u128();
+        let outlet = media::RtpOutlet::new(
+            out,
+            remote.clone(),
+            rtp::Sender::new(n.pt, n.dtmf_pt, seed),
+            n.codec,
+        );
+        // We receive with our offer's payload types (RFC 3264: each side sends with the
+        // numbers the receiver declared); static G.711 ones are the same either way.
+        let receiver = rtp::Receiver::new(
+            sdp::payload_type(n.codec).unwrap_or(n.pt),
+            Some(sdp::DTMF_PT),
+        );
+        let (tx, rx) = vbin_callmedia::socket::channel();
+        let far = vbin_callmedia::socket::SocketFar::new(call.as_uuid(), rx, Box::new(outlet));
+        tracing::info!(%call, codec = n.codec.as_str(), remote = %n.remote, "RTP starts");
+        tokio::spawn(async move {
+            if let Err(why) = media.attach_far(call, Box::new(far)).await {
+                tracing::warn!(%call, why = %why, "the call's media session refused its RTP");
+                return;
+            }
+            let ended = media::pump(reader, remote, receiver, n.codec, tx).await;
+            tracing::info!(%call, %ended, "RTP ended");
+        });
+    }
+
     fn forget(&self, call: CallId) {
         self.live().remove(&call.to_string());
     }
@@ -359,18 +462,21 @@ impl SipCarrier {
                             .await;
                     }
                 }
-                DialogState::Confirmed(id, _) => {
+                DialogState::Confirmed(id, resp) => {
                     // Before the INVITE's task hears of the 2xx, and before any Terminated of
                     // the dialog (one channel, in order): a BYE right after the answer finds
                     // the call answered.
                     let who = self.live().get_mut(&id.call_id).map(|l| {
                         l.answered = true;
-                        (l.call, l.customer)
+                        (l.call, l.customer, l.rtp.take(), l.offered.clone())
                     });
-                    if let Some((call, customer)) = who {
+                    if let Some((call, customer, rtp, offered)) = who {
                         self.report(call, customer, CallCommand::MarkAnswered { at: Utc::now() })
                             .await;
                         self.set_state(call, "answered").await;
+                        if let Some(socket) = rtp {
+                            self.start_media(call, socket, &resp.body, &offered);
+                        }
                     }
                 }
                 DialogState::Options(_, _, h) | DialogState::Info(_, _, h) => {
@@ -378,11 +484,12 @@ impl SipCarrier {
                 }
                 DialogState::Updated(id, _, h) => {
                     // A re-INVITE or UPDATE (session refresh, hold): the session goes on as it
-                    // is (media is not negotiated yet: the same inactive offer).
-                    let body = self
-                        .live()
-                        .get(&id.call_id)
-                        .map(|l| inactive_offer(self.inner.public.ip(), l.call).into_bytes());
+                    // is, on the same port with the same codecs.
+                    let ip = self.inner.public.ip();
+                    let body = self.live().get(&id.call_id).map(|l| {
+                        let session = l.call.as_uuid().as_u128() as u32 as u64;
+                        sdp::describe(ip, l.rtp_port, &l.offered, session, 2).into_bytes()
+                    });
                     let headers = body.as_ref().map(|_| {
                         vec![rsipstack::sip::Header::ContentType(
                             "application/sdp".into(),
@@ -556,16 +663,4 @@ fn host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-/// An SDP offer of G.711 and telephone-event with the stream inactive: signalling without
-/// media (RTP is the next step of the SIP carrier).
-fn inactive_offer(ip: IpAddr, call: CallId) -> String {
-    let family = if ip.is_ipv6() { "IP6" } else { "IP4" };
-    let session = call.as_uuid().as_u128() as u32;
-    format!(
-        "v=0\r\no=vbin {session} 1 IN {family} {ip}\r\ns=vbin\r\nc=IN {family} {ip}\r\nt=0 0\r\n\
-         m=audio 9 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
-         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\na=inactive\r\n"
-    )
 }

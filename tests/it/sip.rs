@@ -3,6 +3,7 @@
 //! the same outcome; digest auth, CANCEL at the dial timeout, BYE from either side; a
 //! redelivered `call_created` sends no second INVITE.
 
+use crate::flows::{ended_flow, executed, recognize, stereo, stored_recording, MENU_TEXT};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -22,6 +23,11 @@ impl Sipp {
     /// sipp as a UAS playing `scenario` (a file of tests/it/sipp, or `None`: sipp's own
     /// `uas`, which answers and waits for the BYE) for `calls` calls.
     fn uas(scenario: Option<&str>, calls: u32) -> Self {
+        Self::uas_with(scenario, calls, &[])
+    }
+
+    /// The same, with more arguments for sipp.
+    fn uas_with(scenario: Option<&str>, calls: u32, args: &[&str]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("vbin-sipp-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -39,6 +45,7 @@ impl Sipp {
         let child = cmd
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", &calls.to_string(), "-nostdin", "-trace_msg"])
+            .args(args)
             .arg("-message_file")
             .arg(&messages)
             .current_dir(&dir)
@@ -311,5 +318,48 @@ async fn sipps_answers_become_the_calls_outcomes() {
         auth.log().contains("Authorization: Digest"),
         "{}",
         auth.log()
+    );
+}
+
+#[tokio::test]
+async fn a_flows_talk_goes_out_over_rtp_and_comes_back_from_an_echoing_far_end() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    // sipp answers and sends back every RTP packet it gets (G.711 both ways).
+    let media_port = free_port().to_string();
+    let mut sipp = Sipp::uas_with(
+        None,
+        1,
+        &["-rtp_echo", "-mi", "127.0.0.1", "-mp", &media_port],
+    );
+    let trunk = trunk_to(&env, &tok, &sipp, json!({"codecs": ["PCMU"]})).await;
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002000"],
+            json!({"trunk_id": trunk, "actions": [
+                {"type": "recording_start"},
+                {"type": "talk", "option": {"text": "Hello Ann. Press one for support or two for sales."}},
+                {"type": "sleep", "option": {"duration": 1000}},
+                {"type": "hangup"},
+            ]}),
+        )
+        .await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(40)).await;
+    assert_eq!(
+        executed(&af),
+        ["recording_start", "talk", "sleep", "hangup"],
+        "{af}"
+    );
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+    // The recording's far-end side is what came back over RTP: the menu, through G.711 twice.
+    let (_, wav) = stored_recording(&env, &tok, call).await;
+    let (far, ours) = stereo(&wav);
+    assert_eq!(recognize(&ours).await, MENU_TEXT);
+    assert_eq!(recognize(&far).await, MENU_TEXT, "{}", sipp.log());
+    let log = sipp.log();
+    assert!(
+        log.contains("m=audio ") && log.contains("a=rtpmap:0 PCMU/8000"),
+        "{log}"
     );
 }

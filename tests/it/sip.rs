@@ -31,6 +31,11 @@ impl Sipp {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("vbin-sipp-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
+        // sipp's RFC 4733 recordings, for scenarios that press keys (play_pcap_audio).
+        for d in 0..10 {
+            let name = format!("dtmf_2833_{d}.pcap");
+            let _ = std::fs::copy(format!("/usr/share/sip-tester/{name}"), dir.join(&name));
+        }
         let messages = dir.join("messages.log");
         let out = dir.join("out.txt");
         let mut cmd = Command::new("sipp");
@@ -174,6 +179,11 @@ async fn a_call_through_a_trunk_is_answered_by_sipp_and_hung_up_by_us() {
         )
         .await;
     assert_eq!(v["trunk_id"], json!(trunk));
+    // A redelivered call_created sends no second INVITE (sipp, mid-call, would log it).
+    env.redeliver_all(&["carrier-dialer"], Duration::from_secs(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sipp.invites(), 1, "{}", sipp.log());
     let (s, _) = api.hangup(call).await;
     assert_eq!(s, 200);
     let v = env.wait_call_end(call, Duration::from_secs(10)).await;
@@ -212,11 +222,6 @@ async fn a_call_through_a_trunk_is_answered_by_sipp_and_hung_up_by_us() {
         event_types(&env, call).await,
         event_types(&env, sandbox).await
     );
-
-    // A redelivered call_created sends no second INVITE.
-    env.redeliver_all(&["carrier-dialer"], Duration::from_secs(20))
-        .await;
-    assert_eq!(sipp.invites(), 1, "{}", sipp.log());
 }
 
 #[tokio::test]
@@ -362,4 +367,35 @@ async fn a_flows_talk_goes_out_over_rtp_and_comes_back_from_an_echoing_far_end()
         log.contains("m=audio ") && log.contains("a=rtpmap:0 PCMU/8000"),
         "{log}"
     );
+}
+
+#[tokio::test]
+async fn a_key_the_far_end_presses_as_rfc_4733_reaches_the_flow() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let media_port = free_port().to_string();
+    let mut sipp = Sipp::uas_with(
+        Some("answer_press_7.xml"),
+        1,
+        &["-mi", "127.0.0.1", "-mp", &media_port],
+    );
+    let trunk = trunk_to(&env, &tok, &sipp, json!({})).await;
+    let call = env
+        .calls(
+            &tok,
+            &["+15550002000"],
+            json!({"trunk_id": trunk, "actions": [
+                {"type": "digits_receive", "option": {"duration": 8000, "length": 1}},
+                {"type": "hangup"},
+            ]}),
+        )
+        .await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
+    assert_eq!(
+        af["variables"]["voipbin.call.digits"],
+        "7",
+        "{af}\n{}",
+        sipp.log()
+    );
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
 }

@@ -1079,6 +1079,7 @@ impl Conversation {
                 self.variables.insert(key.to_string(), value);
                 "ok".into()
             }
+            // webhook_send is the platform's (run_tool); connect waits for issue 19.
             AiTool::WebhookSend | AiTool::Connect => {
                 format!("error: {} is not available", tool.as_str())
             }

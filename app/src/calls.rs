@@ -44,7 +44,7 @@ impl App {
                         .into(),
                 ));
             }
-            self.dial_trunk(acting.customer, trunk).await?;
+            self.live_trunk(acting.customer, trunk).await?;
         }
         let program = match new.program {
             Some(p) => Some(self.resolve_program(acting.customer, p).await?),

@@ -19,18 +19,28 @@ pub struct DialTrunk {
 }
 
 impl App {
+    /// The customer's live trunk `id`: another customer's trunk, or a deleted one, is not
+    /// found. Its password stays sealed.
+    pub async fn live_trunk(
+        &self,
+        customer: CustomerId,
+        id: TrunkId,
+    ) -> Result<TrunkSettings, AppError> {
+        let trunk: Trunk = self.find(id.as_uuid(), customer, "trunk").await?;
+        match (trunk.deleted, trunk.settings) {
+            (false, Some(s)) => Ok(s),
+            _ => Err(AppError::NotFound("trunk")),
+        }
+    }
+
     /// The customer's live trunk `id`, its password opened: what a call placed through it
-    /// needs. Another customer's trunk, or a deleted one, is not found.
+    /// needs (see [`App::live_trunk`]).
     pub async fn dial_trunk(
         &self,
         customer: CustomerId,
         id: TrunkId,
     ) -> Result<DialTrunk, AppError> {
-        let trunk: Trunk = self.find(id.as_uuid(), customer, "trunk").await?;
-        let settings = match (trunk.deleted, trunk.settings) {
-            (false, Some(s)) => s,
-            _ => return Err(AppError::NotFound("trunk")),
-        };
+        let settings = self.live_trunk(customer, id).await?;
         let password = settings
             .password_sealed
             .as_deref()

@@ -27,7 +27,7 @@ use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
     ActiveflowId, AiId, AiRole, AiSettings, AicallEndReason, AicallEvent, AicallId, AimessageId,
     CallDirection, CallEvent, CallId, CustomerId, PublishedEvent, TranscribeDirection,
-    TranscribeId, TranscribeReferenceType, TranscriptDirection, TranscriptId,
+    TranscribeId, TranscribeReferenceType, TranscriptDirection, TranscriptId, WebhookMethod,
 };
 use vbin_llm::LlmProvider;
 
@@ -438,10 +438,10 @@ impl Media {
         if c.webhook_uri.is_empty() {
             return Err("the business has no webhook endpoint configured".into());
         }
-        let method = serde_json::to_value(c.webhook_method)
-            .ok()
-            .and_then(|v| v.as_str().and_then(|m| m.parse().ok()))
-            .unwrap_or(reqwest::Method::POST);
+        let method = match c.webhook_method {
+            WebhookMethod::Post => reqwest::Method::POST,
+            WebhookMethod::Put => reqwest::Method::PUT,
+        };
         let request_id = format!("{id}-tool-{n}");
         let body = serde_json::to_vec(&serde_json::json!({
             "id": request_id,

@@ -7,7 +7,31 @@ pub mod dialer;
 pub mod sandbox;
 
 use async_trait::async_trait;
+use uuid::Uuid;
+use vbin_app::{ExecError, Executor};
+use vbin_domain::{Call, CallCommand};
 use vbin_event_schema::{CallId, CustomerId, TrunkId, E164};
+use vbin_eventlog::CommandMeta;
+
+/// Tells the call what its network did, as carrier `who` (the command's actor): the one way
+/// a carrier writes. A call that no longer exists is not an error: there is nothing to drive.
+pub async fn report(
+    executor: &Executor,
+    who: &'static str,
+    call: CallId,
+    customer: CustomerId,
+    cmd: CallCommand,
+) -> Result<(), ExecError> {
+    let mut meta = CommandMeta::caused_by(who, Uuid::now_v7(), &call.to_string());
+    meta.customer_id = Some(customer.as_uuid());
+    match executor
+        .execute::<Call>(call.as_uuid(), customer, Some(customer), cmd, &meta)
+        .await
+    {
+        Err(ExecError::Domain(vbin_domain::DomainError::NotFound(_))) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
 
 /// What a carrier needs to place a call.
 #[derive(Clone, Debug)]

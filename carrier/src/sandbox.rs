@@ -16,9 +16,8 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
-use vbin_domain::{Call, CallCommand, HangupRequest};
+use vbin_domain::{CallCommand, HangupRequest};
 use vbin_event_schema::{CallId, CustomerId, HangupCause};
-use vbin_eventlog::CommandMeta;
 
 /// Delay before a normal destination starts ringing.
 pub const RING_AFTER_MS: i64 = 100;
@@ -333,24 +332,7 @@ impl TimerWorker {
                 at,
             },
         };
-        let mut meta =
-            CommandMeta::caused_by("sandbox-carrier", Uuid::now_v7(), &call_id.to_string());
-        meta.customer_id = Some(customer_id.as_uuid());
-        match self
-            .executor
-            .execute::<Call>(
-                call_id.as_uuid(),
-                customer_id,
-                Some(customer_id),
-                cmd,
-                &meta,
-            )
-            .await
-        {
-            // The call vanished from under its timer: nothing to drive.
-            Err(ExecError::Domain(vbin_domain::DomainError::NotFound(_))) => Ok(()),
-            other => other.map(|_| ()),
-        }
+        crate::report(&self.executor, "sandbox-carrier", call_id, customer_id, cmd).await
     }
 }
 

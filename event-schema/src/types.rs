@@ -380,6 +380,16 @@ pub enum WebhookMethod {
     Put,
 }
 
+impl WebhookMethod {
+    /// The HTTP method's name ("POST", "PUT").
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookMethod::Post => "POST",
+            WebhookMethod::Put => "PUT",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

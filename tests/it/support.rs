@@ -395,6 +395,8 @@ pub struct Platform {
     pub port: u16,
     /// The AudioSocket server's port.
     pub audiosocket_port: u16,
+    /// The SIP endpoint's port (UDP and TCP).
+    pub sip_port: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -499,6 +501,7 @@ impl Env {
             platform: Platform {
                 port: 0,
                 audiosocket_port: 0,
+                sip_port: 0,
                 child: None,
                 log: PathBuf::new(),
             },
@@ -574,6 +577,7 @@ impl Env {
         let mut p = Platform {
             port,
             audiosocket_port,
+            sip_port,
             child: Some(child),
             log,
         };
@@ -887,6 +891,11 @@ impl Drop for Env {
         if self.pg.is_some() {
             return; // the cluster goes with its directory
         }
+        // VBIN_TEST_KEEP_DB=1 keeps a failed test's database to look into.
+        if std::thread::panicking() && std::env::var_os("VBIN_TEST_KEEP_DB").is_some() {
+            eprintln!("kept database {}", self.db_name);
+            return;
+        }
         let _ = Command::new("psql")
             .args([
                 &format!("{}/postgres", pg_base()),
@@ -943,6 +952,31 @@ impl Env {
             present == names.len() && pending == 0
         })
         .await
+    }
+}
+
+impl Client<'_> {
+    /// `secret` (a trunk's password, an AI's key) is nowhere in clear: not in the event log,
+    /// nor in the audit trail of the resource (`resource_type`, `id`), which does hold its
+    /// `created` event.
+    pub async fn assert_sealed(&self, secret: &str, resource_type: &str, id: &str, created: &str) {
+        let in_log: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE payload::text LIKE '%' || $1 || '%'",
+        )
+        .bind(secret)
+        .fetch_one(&self.env.pool)
+        .await
+        .unwrap();
+        assert_eq!(in_log, 0, "{secret} is in the event log");
+        let (_, audit) = self
+            .get(&format!(
+                "/v1.0/events?resource_type={resource_type}&resource_id={id}"
+            ))
+            .await;
+        assert!(
+            !audit.to_string().contains(secret) && audit.to_string().contains(created),
+            "{audit}"
+        );
     }
 }
 

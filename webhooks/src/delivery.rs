@@ -192,10 +192,7 @@ async fn record(
         }) else {
             continue;
         };
-        let method = serde_json::to_value(c.webhook_method)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_else(|| "POST".into());
+        let method = c.webhook_method.as_str().to_string();
         // UUIDv7 ids in stream order: a resource's deliveries go out in id order.
         rows.id.push(Uuid::now_v7());
         rows.customer_id.push(e.customer_id);

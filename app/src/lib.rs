@@ -80,6 +80,14 @@ impl Acting {
         meta.request_seed = vbin_eventlog::reexec::seed();
         Self { customer, meta }
     }
+
+    /// A command of platform part `part` (a carrier, a process manager) for `customer`, not
+    /// caused by an event: `correlation` ties what follows together (a SIP Call-ID, say).
+    pub fn system(part: &'static str, customer: CustomerId, correlation: &str) -> Self {
+        let mut meta = CommandMeta::caused_by(part, uuid::Uuid::now_v7(), correlation);
+        meta.customer_id = Some(customer.as_uuid());
+        Self { customer, meta }
+    }
 }
 
 /// The application: the executor and the Postgres pool the use cases read lookup tables from.

@@ -21,13 +21,17 @@ pub enum NumberCommand {
         number: E164,
         /// Its flow (checked to be the customer's).
         call_flow_id: FlowId,
+        /// The SIP trunk its calls come from (checked to be the customer's).
+        trunk_id: Option<TrunkId>,
         /// When.
         at: DateTime<Utc>,
     },
-    /// Route it to another flow.
+    /// Route it to another flow or trunk.
     Update {
         /// The flow.
         call_flow_id: FlowId,
+        /// The trunk.
+        trunk_id: Option<TrunkId>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -49,6 +53,8 @@ pub struct Number {
     pub number: Option<E164>,
     /// Its flow.
     pub call_flow_id: Option<FlowId>,
+    /// The SIP trunk its calls come from.
+    pub trunk_id: Option<TrunkId>,
     /// Released.
     pub deleted: bool,
     /// Created.
@@ -68,6 +74,7 @@ impl Number {
             "customer_id": self.customer_id,
             "number": self.number,
             "call_flow_id": self.call_flow_id,
+            "trunk_id": self.trunk_id,
             "status": if self.deleted { "deleted" } else { "active" },
             "tm_create": self.tm_create,
             "tm_update": self.tm_update,
@@ -82,6 +89,7 @@ impl Number {
                 customer_id,
                 number,
                 call_flow_id,
+                trunk_id,
                 at,
             } => {
                 if self.id.is_some() {
@@ -94,13 +102,20 @@ impl Number {
                     customer_id,
                     number,
                     call_flow_id,
+                    trunk_id,
                     at,
                 }])
             }
             _ if self.id.is_none() || self.deleted => Err(DomainError::NotFound("number")),
-            NumberCommand::Update { call_flow_id, at } => {
-                Ok(vec![NumberEvent::NumberUpdated { call_flow_id, at }])
-            }
+            NumberCommand::Update {
+                call_flow_id,
+                trunk_id,
+                at,
+            } => Ok(vec![NumberEvent::NumberUpdated {
+                call_flow_id,
+                trunk_id,
+                at,
+            }]),
             NumberCommand::Delete { at } => Ok(vec![NumberEvent::NumberDeleted { at }]),
         }
     }
@@ -112,6 +127,7 @@ impl Number {
                 customer_id,
                 number,
                 call_flow_id,
+                trunk_id,
                 at,
             } => {
                 *self = Number {
@@ -119,13 +135,19 @@ impl Number {
                     customer_id,
                     number: Some(number),
                     call_flow_id: Some(call_flow_id),
+                    trunk_id,
                     tm_create: Some(at),
                     tm_update: Some(at),
                     ..Number::default()
                 }
             }
-            NumberEvent::NumberUpdated { call_flow_id, at } => {
+            NumberEvent::NumberUpdated {
+                call_flow_id,
+                trunk_id,
+                at,
+            } => {
                 self.call_flow_id = Some(call_flow_id);
+                self.trunk_id = trunk_id;
                 self.tm_update = Some(at);
             }
             NumberEvent::NumberDeleted { at } => {

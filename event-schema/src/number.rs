@@ -20,13 +20,17 @@ pub enum NumberEvent {
         number: E164,
         /// The flow incoming calls run.
         call_flow_id: FlowId,
+        /// The SIP trunk its calls come from (none: the sandbox network only). Since 2.0.
+        trunk_id: Option<TrunkId>,
         /// When.
         at: DateTime<Utc>,
     },
-    /// Its flow changed.
+    /// Its flow or trunk changed.
     NumberUpdated {
         /// The flow incoming calls run.
         call_flow_id: FlowId,
+        /// The SIP trunk its calls come from. Since 2.0.
+        trunk_id: Option<TrunkId>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -42,4 +46,17 @@ events!(NumberEvent in "number" {
     NumberUpdated => NUMBER_UPDATED = "number_updated",
     NumberDeleted => NUMBER_DELETED = "number_deleted",
 });
-version_1!(NumberEvent);
+/// The current version of `number_created` and `number_updated` (see [`crate::upcast`]).
+pub const NUMBER_VERSION: &str = "2.0";
+
+impl DomainEvent for NumberEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+    fn event_version(&self) -> String {
+        match self {
+            Self::NumberCreated { .. } | Self::NumberUpdated { .. } => NUMBER_VERSION.to_string(),
+            Self::NumberDeleted { .. } => "1.0".to_string(),
+        }
+    }
+}

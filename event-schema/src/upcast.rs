@@ -8,8 +8,10 @@
 //! - `call_created` 3.0 -> 4.0: adds trunk_id (the sandbox carrier).
 //! - `campaign_created` 1.0 -> 2.0: adds flow_id (no flow).
 //! - `outdialtarget_created` 1.0 -> 2.0: adds sandbox (no script).
+//! - `number_created`, `number_updated` 1.0 -> 2.0: add trunk_id (calls from the sandbox
+//!   network only).
 
-use crate::{CallEvent, CampaignEvent, TargetEvent};
+use crate::{CallEvent, CampaignEvent, NumberEvent, TargetEvent};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{json, Value};
 
@@ -61,6 +63,14 @@ pub fn outdialtarget_created_v1_to_v2(mut payload: Value) -> Value {
     payload
 }
 
+/// `number_created` and `number_updated` 1.0 -> 2.0.
+pub fn number_v1_to_v2(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("trunk_id").or_insert(Value::Null);
+    }
+    payload
+}
+
 /// Every upcaster, in the order they apply. Used by the event store and by replay.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     vec![
@@ -88,6 +98,16 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             TargetEvent::OUTDIALTARGET_CREATED,
             "2.0.0",
             Box::new(outdialtarget_created_v1_to_v2),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            NumberEvent::NUMBER_CREATED,
+            "2.0.0",
+            Box::new(number_v1_to_v2),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            NumberEvent::NUMBER_UPDATED,
+            "2.0.0",
+            Box::new(number_v1_to_v2),
         )),
     ]
 }
@@ -125,6 +145,25 @@ pub fn to_current(event_type: &str, event_version: &str, payload: Value) -> (Str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_number_events_upcast_to_no_trunk() {
+        let created = json!({"type":"number_created","number_id":"0191a0d2-7c4e-7b0e-8f00-000000000001",
+            "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","number":"+15550001111",
+            "call_flow_id":"0191a0d2-7c4e-7b0e-8f00-000000000003","at":"2025-01-02T03:04:05Z"});
+        let updated = json!({"type":"number_updated",
+            "call_flow_id":"0191a0d2-7c4e-7b0e-8f00-000000000003","at":"2025-01-02T03:04:05Z"});
+        for (t, v) in [("number_created", created), ("number_updated", updated)] {
+            let (version, payload) = to_current(t, "1.0", v);
+            assert_eq!(version, "2.0.0");
+            match serde_json::from_value::<NumberEvent>(payload).unwrap() {
+                NumberEvent::NumberCreated { trunk_id, .. }
+                | NumberEvent::NumberUpdated { trunk_id, .. } => assert_eq!(trunk_id, None),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(is_current("number_created", "2.0"));
+    }
 
     #[test]
     fn v1_call_created_upcasts_and_deserializes() {

@@ -27,8 +27,9 @@ pub fn applies_to(aggregate_type: &str) -> bool {
     )
 }
 
-/// Keeps `numbers` equal to the live numbers: who owns each and which flow it runs. Its key
-/// refuses a number another customer (or another number resource) holds.
+/// Keeps `numbers` equal to the live numbers: who owns each, which flow it runs and which
+/// trunk its SIP calls come from. Its key refuses a number another customer (or another
+/// number resource) holds.
 async fn apply_number(
     tx: &mut Transaction<'_, Postgres>,
     number_id: Uuid,
@@ -40,25 +41,34 @@ async fn apply_number(
             NumberEvent::NumberCreated {
                 number,
                 call_flow_id,
+                trunk_id,
                 ..
             } => {
                 sqlx::query(
-                    "INSERT INTO numbers (number, number_id, customer_id, call_flow_id) \
-                     VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO numbers (number, number_id, customer_id, call_flow_id, trunk_id) \
+                     VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(number.as_str())
                 .bind(number_id)
                 .bind(customer_id)
                 .bind(call_flow_id.as_uuid())
+                .bind(trunk_id.map(|t| t.as_uuid()))
                 .execute(&mut **tx)
                 .await?;
             }
-            NumberEvent::NumberUpdated { call_flow_id, .. } => {
-                sqlx::query("UPDATE numbers SET call_flow_id = $2 WHERE number_id = $1")
-                    .bind(number_id)
-                    .bind(call_flow_id.as_uuid())
-                    .execute(&mut **tx)
-                    .await?;
+            NumberEvent::NumberUpdated {
+                call_flow_id,
+                trunk_id,
+                ..
+            } => {
+                sqlx::query(
+                    "UPDATE numbers SET call_flow_id = $2, trunk_id = $3 WHERE number_id = $1",
+                )
+                .bind(number_id)
+                .bind(call_flow_id.as_uuid())
+                .bind(trunk_id.map(|t| t.as_uuid()))
+                .execute(&mut **tx)
+                .await?;
             }
             NumberEvent::NumberDeleted { .. } => {
                 sqlx::query("DELETE FROM numbers WHERE number_id = $1")

@@ -15,9 +15,13 @@
 //! transcription and the AI agent work on SIP calls as on sandbox ones. The media engine must
 //! run in the same process ([`SipCarrier::set_media`]).
 //!
-//! Not yet: incoming calls, OPTIONS keepalive of trunks, session timers
-//! (docs/notes/sip-plan.md).
+//! Incoming calls ([`inbound`]): an INVITE to a number routed to a trunk, from that trunk's
+//! address, creates an incoming call running the number's flow; it rings (180) when the
+//! platform has it, and the flow's answer is our 200 with the answer to the caller's offer.
+//!
+//! Not yet: OPTIONS keepalive of trunks, session timers (docs/notes/sip-plan.md).
 
+mod inbound;
 pub mod media;
 pub mod outcome;
 pub mod rtp;
@@ -46,11 +50,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-use vbin_app::App;
-use vbin_carrier::{Carrier, CarrierError, DialRequest};
-use vbin_domain::{Call, CallCommand, HangupRequest};
-use vbin_event_schema::{CallId, CustomerId, HangupCause, SipTransport};
-use vbin_eventlog::CommandMeta;
+use vbin_app::{App, ExecError};
+use vbin_carrier::{report, Carrier, CarrierError, DialRequest};
+use vbin_domain::{CallCommand, HangupRequest};
+use vbin_event_schema::{CallDirection, CallId, CustomerId, HangupCause, SipTransport};
+
+/// Attempts after the first at writing what the network did (with [`backoff`]: about 40 s
+/// in all).
+const RETRIES: u32 = 10;
+
+/// The wait before retry `attempt` (0-based): 100 ms doubling, at most 10 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((100u64 << attempt.min(7)).min(10_000))
+}
 
 /// Where the SIP endpoint listens and what it tells the far end.
 #[derive(Clone, Debug)]
@@ -102,13 +114,62 @@ struct Live {
     call: CallId,
     customer: CustomerId,
     dialog: InviteDialog,
+    direction: CallDirection,
+    /// Outgoing: the far end's 200 was confirmed; incoming: our 200 went out.
     answered: bool,
     /// The call's RTP socket until its media starts.
     rtp: Option<std::net::UdpSocket>,
     /// Its port (in our SDP).
     rtp_port: u16,
-    /// The codecs we offered.
-    offered: Vec<vbin_event_schema::Codec>,
+    /// The codecs of our SDP (the offer's, or the one our answer chose).
+    ours: Vec<vbin_event_schema::Codec>,
+    /// The payload type of telephone-event in our SDP.
+    dtmf_pt: Option<u8>,
+    /// Incoming: what the caller's offer settled.
+    offer: Option<sdp::Negotiated>,
+}
+
+/// The live calls of this process, by SIP Call-ID (an outgoing call's is its id; an
+/// incoming one's is the caller's) and by call.
+#[derive(Default)]
+struct Calls {
+    by_sip: HashMap<String, Live>,
+    sip_of: HashMap<CallId, String>,
+}
+
+impl Calls {
+    fn insert(&mut self, sip_call_id: String, live: Live) {
+        self.sip_of.insert(live.call, sip_call_id.clone());
+        self.by_sip.insert(sip_call_id, live);
+    }
+
+    fn get(&self, sip_call_id: &str) -> Option<&Live> {
+        self.by_sip.get(sip_call_id)
+    }
+
+    fn get_mut(&mut self, sip_call_id: &str) -> Option<&mut Live> {
+        self.by_sip.get_mut(sip_call_id)
+    }
+
+    fn of_call(&mut self, call: CallId) -> Option<&mut Live> {
+        let sip = self.sip_of.get(&call)?;
+        self.by_sip.get_mut(sip)
+    }
+
+    fn remove(&mut self, sip_call_id: &str) -> Option<Live> {
+        let live = self.by_sip.remove(sip_call_id)?;
+        self.sip_of.remove(&live.call);
+        Some(live)
+    }
+
+    fn remove_call(&mut self, call: CallId) -> Option<Live> {
+        let sip = self.sip_of.remove(&call)?;
+        self.by_sip.remove(&sip)
+    }
+
+    fn dialogs(&self) -> Vec<InviteDialog> {
+        self.by_sip.values().map(|l| l.dialog.clone()).collect()
+    }
 }
 
 /// The SIP carrier of one process.
@@ -127,8 +188,8 @@ struct Inner {
     rtp_ports: std::ops::RangeInclusive<u16>,
     /// The media engine of this process, which the calls' RTP feeds.
     media: std::sync::OnceLock<vbin_callmedia::Media>,
-    /// Live calls by SIP Call-ID (= the call's id).
-    live: Mutex<HashMap<String, Live>>,
+    /// The live calls.
+    live: Mutex<Calls>,
     node: String,
 }
 
@@ -185,7 +246,7 @@ impl SipCarrier {
                 bind_ip: settings.bind.ip(),
                 rtp_ports: settings.rtp_ports.clone(),
                 media: std::sync::OnceLock::new(),
-                live: Mutex::new(HashMap::new()),
+                live: Mutex::new(Calls::default()),
                 node: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
             }),
         };
@@ -208,22 +269,29 @@ impl SipCarrier {
         let _ = self.inner.media.set(media);
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    fn live(&self) -> std::sync::MutexGuard<'_, Calls> {
         self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Sends `cmd` to the call, as the SIP carrier.
+    /// Sends `cmd` to the call, as the SIP carrier. What the network did is known only
+    /// here, so a storage blip is retried (about 40 s) rather than lost; a refusal is not.
     async fn report(&self, call: CallId, customer: CustomerId, cmd: CallCommand) {
-        let mut meta = CommandMeta::caused_by("sip-carrier", Uuid::now_v7(), &call.to_string());
-        meta.customer_id = Some(customer.as_uuid());
-        let res = self
-            .inner
-            .app
-            .executor
-            .execute::<Call>(call.as_uuid(), customer, Some(customer), cmd, &meta)
-            .await;
-        if let Err(e) = res {
-            tracing::warn!(%call, error = %e, "SIP carrier: reporting to the call failed");
+        let executor = &self.inner.app.executor;
+        let mut attempt = 0u32;
+        loop {
+            let res = report(executor, "sip-carrier", call, customer, cmd.clone()).await;
+            match res {
+                Ok(()) => return,
+                Err(e @ (ExecError::Store(_) | ExecError::Conflict)) if attempt < RETRIES => {
+                    tracing::warn!(%call, error = %vbin_bus::Chain(&e), attempt, "SIP carrier: reporting to the call failed; retrying");
+                }
+                Err(e) => {
+                    tracing::warn!(%call, error = %vbin_bus::Chain(&e), "SIP carrier: reporting to the call failed");
+                    return;
+                }
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
         }
     }
 
@@ -236,15 +304,30 @@ impl SipCarrier {
         self.set_state(call, "ended").await;
     }
 
+    /// Records the call's SIP state (what a restarted process acts on), retried like
+    /// [`Self::report`].
     async fn set_state(&self, call: CallId, state: &str) {
-        let res =
-            sqlx::query("UPDATE sip_calls SET state = $2, updated_at = now() WHERE call_id = $1")
-                .bind(call.as_uuid())
-                .bind(state)
-                .execute(&self.inner.pool)
-                .await;
-        if let Err(e) = res {
-            tracing::warn!(%call, error = %e, "SIP carrier: recording the call's state failed");
+        let mut attempt = 0u32;
+        loop {
+            let res = sqlx::query(
+                "UPDATE sip_calls SET state = $2, updated_at = now() WHERE call_id = $1",
+            )
+            .bind(call.as_uuid())
+            .bind(state)
+            .execute(&self.inner.pool)
+            .await;
+            match res {
+                Ok(_) => return,
+                Err(e) if attempt < RETRIES => {
+                    tracing::warn!(%call, error = %e, attempt, "SIP carrier: recording the call's state failed; retrying");
+                }
+                Err(e) => {
+                    tracing::warn!(%call, error = %e, "SIP carrier: recording the call's state failed");
+                    return;
+                }
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
         }
     }
 
@@ -292,7 +375,7 @@ impl SipCarrier {
             .map_err(|e| CarrierError(format!("RTP socket: {e}")))?
             .port();
         let offered = sdp::carried(&s.codecs);
-        let session = call.as_uuid().as_u128() as u32 as u64;
+        let session = sdp_session(call);
         let opt = InviteOption {
             caller: uri(format!("sip:{}@{public}", req.source))?,
             callee: uri(format!("sip:{}@{host}{tcp}", req.destination))?,
@@ -303,7 +386,17 @@ impl SipCarrier {
                     .map_err(|e| CarrierError(format!("{host}: {e}")))?,
             )),
             content_type: Some("application/sdp".into()),
-            offer: Some(sdp::describe(public.ip(), rtp_port, &offered, session, 1).into_bytes()),
+            offer: Some(
+                sdp::describe(
+                    public.ip(),
+                    rtp_port,
+                    &offered,
+                    Some(sdp::DTMF_PT),
+                    session,
+                    1,
+                )
+                .into_bytes(),
+            ),
             credential: s.username.clone().map(|username| Credential {
                 username,
                 password: trunk.password.clone().unwrap_or_default(),
@@ -324,10 +417,13 @@ impl SipCarrier {
                 call,
                 customer,
                 dialog: dialog.clone(),
+                direction: CallDirection::Outgoing,
                 answered: false,
                 rtp: Some(rtp),
                 rtp_port,
-                offered,
+                ours: offered.clone(),
+                dtmf_pt: Some(sdp::DTMF_PT),
+                offer: None,
             },
         );
         metrics::counter!("vbin_sip_invites_total").increment(1);
@@ -388,22 +484,16 @@ impl SipCarrier {
         Ok(())
     }
 
-    /// Starts the call's audio: the answer's SDP settles codec and address, the socket's RTP
-    /// becomes the far end of the call's media session.
+    /// Starts the call's audio as negotiated (`n`: where to send, with which payload types;
+    /// `receive`: the payload types of audio and keys our SDP declared, which the far end
+    /// sends with): the socket's RTP becomes the far end of the call's media session.
     fn start_media(
         &self,
         call: CallId,
         socket: std::net::UdpSocket,
-        answer: &[u8],
-        offered: &[vbin_event_schema::Codec],
+        n: sdp::Negotiated,
+        receive: (u8, Option<u8>),
     ) {
-        let n = match sdp::negotiate(answer, offered) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
-                return;
-            }
-        };
         let Some(media) = self.inner.media.get().cloned() else {
             tracing::warn!(%call, "no media engine in this process (run the carrier and media parts together): the call has no audio");
             return;
@@ -428,12 +518,7 @@ impl SipCarrier {
             rtp::Sender::new(n.pt, n.dtmf_pt, seed),
             n.codec,
         );
-        // We receive with our offer's payload types (RFC 3264: each side sends with the
-        // numbers the receiver declared); static G.711 ones are the same either way.
-        let receiver = rtp::Receiver::new(
-            sdp::payload_type(n.codec).unwrap_or(n.pt),
-            Some(sdp::DTMF_PT),
-        );
+        let receiver = rtp::Receiver::new(receive.0, receive.1);
         let (tx, rx) = vbin_callmedia::socket::channel();
         let far = vbin_callmedia::socket::SocketFar::new(call.as_uuid(), rx, Box::new(outlet));
         tracing::info!(%call, codec = n.codec.as_str(), remote = %n.remote, "RTP starts");
@@ -448,7 +533,7 @@ impl SipCarrier {
     }
 
     fn forget(&self, call: CallId) {
-        self.live().remove(&call.to_string());
+        self.live().remove_call(call);
     }
 
     /// Follows the dialogs' states: ringing, and the far end's BYE.
@@ -465,17 +550,53 @@ impl SipCarrier {
                 DialogState::Confirmed(id, resp) => {
                     // Before the INVITE's task hears of the 2xx, and before any Terminated of
                     // the dialog (one channel, in order): a BYE right after the answer finds
-                    // the call answered.
-                    let who = self.live().get_mut(&id.call_id).map(|l| {
+                    // the call answered. A re-INVITE's ACK confirms again: nothing to do.
+                    let who = self.live().get_mut(&id.call_id).and_then(|l| {
+                        let first = l.direction == CallDirection::Incoming || !l.answered;
                         l.answered = true;
-                        (l.call, l.customer, l.rtp.take(), l.offered.clone())
+                        let rtp = l.rtp.take();
+                        first.then(|| {
+                            (
+                                l.call,
+                                l.customer,
+                                l.direction,
+                                rtp,
+                                l.ours.clone(),
+                                l.offer.clone(),
+                            )
+                        })
                     });
-                    if let Some((call, customer, rtp, offered)) = who {
+                    let Some((call, customer, direction, rtp, ours, offer)) = who else {
+                        continue;
+                    };
+                    if direction == CallDirection::Outgoing {
                         self.report(call, customer, CallCommand::MarkAnswered { at: Utc::now() })
                             .await;
+                    }
+                    if rtp.is_some() || direction == CallDirection::Outgoing {
                         self.set_state(call, "answered").await;
-                        if let Some(socket) = rtp {
-                            self.start_media(call, socket, &resp.body, &offered);
+                    }
+                    let Some(socket) = rtp else { continue };
+                    // Outgoing: the answer settles it, and the far end sends with our offer's
+                    // payload types (RFC 3264: each side sends with the numbers the receiver
+                    // declared). Incoming: the offer settled it, our answer kept its numbers.
+                    let settled = match offer {
+                        Some(n) => Ok(n),
+                        None => sdp::negotiate(&resp.body, &ours),
+                    };
+                    match settled {
+                        Ok(n) => {
+                            let receive = match direction {
+                                CallDirection::Outgoing => (
+                                    sdp::payload_type(n.codec).unwrap_or(n.pt),
+                                    Some(sdp::DTMF_PT),
+                                ),
+                                CallDirection::Incoming => (n.pt, n.dtmf_pt),
+                            };
+                            self.start_media(call, socket, n, receive);
+                        }
+                        Err(e) => {
+                            tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
                         }
                     }
                 }
@@ -484,11 +605,12 @@ impl SipCarrier {
                 }
                 DialogState::Updated(id, _, h) => {
                     // A re-INVITE or UPDATE (session refresh, hold): the session goes on as it
-                    // is, on the same port with the same codecs.
+                    // is, on the same port with the same codecs, so the same description with
+                    // the same version (RFC 3264 8: unchanged means the version stays).
                     let ip = self.inner.public.ip();
                     let body = self.live().get(&id.call_id).map(|l| {
-                        let session = l.call.as_uuid().as_u128() as u32 as u64;
-                        sdp::describe(ip, l.rtp_port, &l.offered, session, 2).into_bytes()
+                        let session = sdp_session(l.call);
+                        sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, session, 1).into_bytes()
                     });
                     let headers = body.as_ref().map(|_| {
                         vec![rsipstack::sip::Header::ContentType(
@@ -501,20 +623,35 @@ impl SipCarrier {
                     self.inner.layer.remove_dialog(&id);
                     let l = {
                         let mut live = self.live();
-                        // Not answered: the INVITE's task reports the outcome.
-                        if !live.get(&id.call_id).is_some_and(|l| l.answered) {
+                        // An outgoing call not answered: the INVITE's task reports the outcome.
+                        if live
+                            .get(&id.call_id)
+                            .is_some_and(|l| l.direction == CallDirection::Outgoing && !l.answered)
+                        {
                             continue;
                         }
                         live.remove(&id.call_id)
                     };
                     let Some(l) = l else { continue };
+                    // rsipstack names the side by its role in the dialog: the UAC is whoever
+                    // sent the INVITE.
+                    let ours = matches!(
+                        (l.direction, &reason),
+                        (CallDirection::Outgoing, TerminatedReason::UacBye)
+                            | (CallDirection::Incoming, TerminatedReason::UasBye)
+                            | (CallDirection::Incoming, TerminatedReason::UasDecline)
+                    );
+                    if ours {
+                        // Our BYE or refusal: the call is already hung up by us.
+                        self.set_state(l.call, "ended").await;
+                        continue;
+                    }
                     let cause = match reason {
-                        TerminatedReason::UacBye => {
-                            // Our BYE: the call is already hung up by us.
-                            self.set_state(l.call, "ended").await;
-                            continue;
+                        TerminatedReason::UacBye | TerminatedReason::UasBye => {
+                            HangupCause::NormalClearing
                         }
-                        TerminatedReason::UasBye => HangupCause::NormalClearing,
+                        // The caller gave up before our answer.
+                        TerminatedReason::UacCancel => HangupCause::OriginatorCancel,
                         TerminatedReason::Timeout => HangupCause::NetworkOutOfOrder,
                         _ => HangupCause::NormalClearing,
                     };
@@ -526,7 +663,8 @@ impl SipCarrier {
     }
 
     /// Requests that start no dialog of ours: in-dialog ones go to their dialog (BYE,
-    /// re-INVITE), OPTIONS is answered, and calls from the network are not taken yet.
+    /// re-INVITE), OPTIONS is answered, an INVITE is a call from the network
+    /// ([`Self::take_call`]).
     async fn serve_incoming(&self, mut incoming: TransactionReceiver) {
         while let Some(mut tx) = incoming.recv().await {
             let in_dialog = tx
@@ -561,8 +699,11 @@ impl SipCarrier {
             }
             let status = match tx.original.method {
                 Method::Options => StatusCode::OK,
-                // Incoming calls come with numbers routed to trunks (next step).
-                Method::Invite => StatusCode::NotFound,
+                Method::Invite => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.take_call(tx).await });
+                    continue;
+                }
                 Method::Ack => continue,
                 _ => StatusCode::MethodNotAllowed,
             };
@@ -592,8 +733,7 @@ impl Endpoint {
             _ = carrier.serve_incoming(incoming) => {}
             _ = carrier.follow(states) => {}
         }
-        let dialogs: Vec<InviteDialog> =
-            carrier.live().values().map(|l| l.dialog.clone()).collect();
+        let dialogs = carrier.live().dialogs();
         for d in dialogs {
             let _ = tokio::time::timeout(Duration::from_secs(2), d.hangup()).await;
         }
@@ -626,34 +766,80 @@ impl Carrier for SipCarrier {
     }
 
     async fn hangup(&self, call_id: CallId) -> Result<(), CarrierError> {
-        let dialog = self
-            .live()
-            .get(&call_id.to_string())
-            .map(|l| l.dialog.clone());
-        if let Some(d) = dialog {
-            // BYE when confirmed, CANCEL while early; the dialog's end comes back as a state.
-            tokio::spawn(async move {
-                if let Err(e) = d.hangup().await {
-                    tracing::warn!(call = %call_id, error = %e, "BYE/CANCEL failed");
+        let found = self.live().of_call(call_id).map(|l| {
+            let unanswered_in = l.direction == CallDirection::Incoming && !l.answered;
+            (l.dialog.clone(), unanswered_in)
+        });
+        match found {
+            // An incoming call we never answered: refused (its end comes back as a state).
+            Some((d, true)) => {
+                if let Err(e) = d.reject(Some(StatusCode::TemporarilyUnavailable), None) {
+                    tracing::warn!(call = %call_id, error = %e, "refusing the incoming call failed");
                 }
-            });
+            }
+            // BYE when confirmed, CANCEL while early; the dialog's end comes back as a state.
+            Some((d, false)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = d.hangup().await {
+                        tracing::warn!(call = %call_id, error = %e, "BYE/CANCEL failed");
+                    }
+                });
+            }
+            None => {}
         }
         Ok(())
     }
 
     async fn arrived(&self, req: &DialRequest) -> Result<(), CarrierError> {
-        Err(CarrierError(format!(
-            "call {}: incoming SIP calls are not taken yet",
-            req.call_id
-        )))
+        // The caller hears ringing while the number's flow decides.
+        let dialog = self
+            .live()
+            .of_call(req.call_id)
+            .filter(|l| l.direction == CallDirection::Incoming && !l.answered)
+            .map(|l| l.dialog.clone());
+        let Some(d) = dialog else {
+            tracing::debug!(call = %req.call_id, "incoming call not live here: nothing to ring");
+            return Ok(());
+        };
+        if let Err(e) = d.ringing(None, None) {
+            tracing::warn!(call = %req.call_id, error = %e, "180 Ringing failed");
+        }
+        self.report(
+            req.call_id,
+            req.customer_id,
+            CallCommand::MarkRinging { at: Utc::now() },
+        )
+        .await;
+        Ok(())
     }
 
     async fn answered(&self, req: &DialRequest) -> Result<(), CarrierError> {
-        Err(CarrierError(format!(
-            "call {}: incoming SIP calls are not taken yet",
-            req.call_id
-        )))
+        // The flow answered: 200 with our answer to the caller's offer; the audio starts at
+        // the caller's ACK (`follow`).
+        let ip = self.inner.public.ip();
+        let found = self.live().of_call(req.call_id).and_then(|l| {
+            if l.direction != CallDirection::Incoming || l.answered {
+                return None;
+            }
+            l.answered = true;
+            let sdp = sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, sdp_session(l.call), 1);
+            Some((l.dialog.clone(), sdp))
+        });
+        let Some((d, sdp)) = found else {
+            tracing::debug!(call = %req.call_id, "incoming call not live here: nothing to answer");
+            return Ok(());
+        };
+        let headers = vec![rsipstack::sip::Header::ContentType(
+            "application/sdp".into(),
+        )];
+        d.accept(Some(headers), Some(sdp.into_bytes()))
+            .map_err(|e| CarrierError(format!("200 OK: {e}")))
     }
+}
+
+/// The SDP session id of `call`'s descriptions (o= line): stable for the call.
+fn sdp_session(call: CallId) -> u64 {
+    u64::from(call.as_uuid().as_u128() as u32)
 }
 
 /// `host:port`, with an IPv6 address in brackets.

@@ -86,14 +86,23 @@ pub fn carried(wanted: &[Codec]) -> Vec<Codec> {
     }
 }
 
-/// An SDP for audio on `ip:port` with `codecs` (in order of preference) and telephone-event.
-pub fn describe(ip: IpAddr, port: u16, codecs: &[Codec], session_id: u64, version: u64) -> String {
+/// An SDP for audio on `ip:port` with `codecs` (in order of preference) and, with `dtmf_pt`,
+/// telephone-event on that payload type ([`DTMF_PT`] in our offers, the offerer's in an
+/// answer).
+pub fn describe(
+    ip: IpAddr,
+    port: u16,
+    codecs: &[Codec],
+    dtmf_pt: Option<u8>,
+    session_id: u64,
+    version: u64,
+) -> String {
     let mut fmts: Vec<String> = codecs
         .iter()
         .filter_map(|c| payload_type(*c))
         .map(|p| p.to_string())
         .collect();
-    fmts.push(DTMF_PT.to_string());
+    fmts.extend(dtmf_pt.map(|p| p.to_string()));
     let mut media = Media::new(
         sdp_types::MediaType::Audio,
         port,
@@ -111,13 +120,14 @@ pub fn describe(ip: IpAddr, port: u16, codecs: &[Codec], session_id: u64, versio
                 .push(attr("rtpmap", Some(format!("{pt} {}/8000", c.as_str()))));
         }
     }
-    media.attributes.push(attr(
-        "rtpmap",
-        Some(format!("{DTMF_PT} telephone-event/8000")),
-    ));
-    media
-        .attributes
-        .push(attr("fmtp", Some(format!("{DTMF_PT} 0-16"))));
+    if let Some(pt) = dtmf_pt {
+        media
+            .attributes
+            .push(attr("rtpmap", Some(format!("{pt} telephone-event/8000"))));
+        media
+            .attributes
+            .push(attr("fmtp", Some(format!("{pt} 0-16"))));
+    }
     media.attributes.push(attr("ptime", Some("20".into())));
     media.attributes.push(attr("sendrecv", None));
     let mut s = Session::new(
@@ -255,7 +265,14 @@ mod tests {
 
     #[test]
     fn our_offer_parses_back_with_every_codec_and_keys() {
-        let sdp = describe("192.0.2.7".parse().unwrap(), 20_002, &CARRIED, 42, 1);
+        let sdp = describe(
+            "192.0.2.7".parse().unwrap(),
+            20_002,
+            &CARRIED,
+            Some(DTMF_PT),
+            42,
+            1,
+        );
         assert!(sdp.contains("m=audio 20002 RTP/AVP 0 8 101\r\n"), "{sdp}");
         assert!(sdp.contains("a=rtpmap:101 telephone-event/8000"), "{sdp}");
         assert!(sdp.contains("c=IN IP4 192.0.2.7"), "{sdp}");
@@ -292,6 +309,33 @@ mod tests {
         // A trunk limited to PCMU takes PCMU.
         let n = negotiate(sdp.as_bytes(), &[Codec::Pcmu]).unwrap();
         assert_eq!(n.codec, Codec::Pcmu);
+    }
+
+    #[test]
+    fn our_answer_keeps_the_offerers_payload_types() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nt=0 0\r\n\
+            m=audio 30000 RTP/AVP 8 0 96\r\nc=IN IP4 198.51.100.3\r\n\
+            a=rtpmap:96 telephone-event/8000\r\n";
+        let n = negotiate(offer.as_bytes(), &CARRIED).unwrap();
+        let ip = "192.0.2.7".parse().unwrap();
+        let answer = describe(ip, 20_004, &[n.codec], n.dtmf_pt, 7, 1);
+        assert!(
+            answer.contains("m=audio 20004 RTP/AVP 8 96\r\n"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("a=rtpmap:96 telephone-event/8000"),
+            "{answer}"
+        );
+        let back = negotiate(answer.as_bytes(), &CARRIED).unwrap();
+        assert_eq!(
+            (back.codec, back.pt, back.dtmf_pt),
+            (Codec::Pcma, 8, Some(96))
+        );
+        // Without telephone-event in the offer, none in the answer.
+        let answer = describe(ip, 20_004, &[Codec::Pcmu], None, 7, 1);
+        assert!(answer.contains("m=audio 20004 RTP/AVP 0\r\n"), "{answer}");
+        assert!(!answer.contains("telephone-event"), "{answer}");
     }
 
     #[test]

@@ -28,6 +28,31 @@ impl Sipp {
 
     /// The same, with more arguments for sipp.
     fn uas_with(scenario: Option<&str>, calls: u32, args: &[&str]) -> Self {
+        Self::spawn(scenario.unwrap_or("-uas"), calls, args)
+    }
+
+    /// sipp as a caller playing `scenario` (a file of tests/it/sipp) once: it calls `number`
+    /// at the platform's SIP endpoint, with RTP on a port of its own.
+    fn uac(env: &Env, scenario: &str, number: &str) -> Self {
+        let target = format!("127.0.0.1:{}", env.platform.sip_port);
+        let media_port = free_port().to_string();
+        Self::spawn(
+            scenario,
+            1,
+            &[
+                &target,
+                "-s",
+                number,
+                "-mi",
+                "127.0.0.1",
+                "-mp",
+                &media_port,
+            ],
+        )
+    }
+
+    /// sipp playing `scenario` (a file of tests/it/sipp, or "-uas": sipp's own `uas`).
+    fn spawn(scenario: &str, calls: u32, args: &[&str]) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("vbin-sipp-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -40,12 +65,12 @@ impl Sipp {
         let out = dir.join("out.txt");
         let mut cmd = Command::new("sipp");
         match scenario {
-            Some(s) => cmd.arg("-sf").arg(
+            "-uas" => cmd.args(["-sn", "uas"]),
+            s => cmd.arg("-sf").arg(
                 PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                     .join("../tests/it/sipp")
                     .join(s),
             ),
-            None => cmd.args(["-sn", "uas"]),
         };
         let child = cmd
             .args(["-i", "127.0.0.1", "-p", &port.to_string()])
@@ -58,8 +83,16 @@ impl Sipp {
             .stderr(Stdio::null())
             .spawn()
             .expect("sipp must be installed (scripts/services installs sip-tester)");
-        // sipp binds its UDP port at once; give it a moment to get there.
-        std::thread::sleep(Duration::from_millis(300));
+        // Calls go out once sipp listens: its UDP socket shows in /proc/net/udp (probing the
+        // port by binding it could take it from sipp).
+        let t = Instant::now();
+        while !udp_bound(port) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "sipp never bound its port"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Sipp {
             port,
             child: Some(child),
@@ -100,6 +133,17 @@ impl Sipp {
             .filter(|l| l.starts_with("INVITE sip:"))
             .count()
     }
+}
+
+/// Whether a UDP socket of this machine is bound to `port` (IPv4).
+fn udp_bound(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .any(|addr| addr.ends_with(&local))
 }
 
 impl Drop for Sipp {
@@ -398,4 +442,237 @@ async fn a_key_the_far_end_presses_as_rfc_4733_reaches_the_flow() {
         sipp.log()
     );
     assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+}
+
+/// The customer's incoming calls (newest first), once there are `n`.
+async fn incoming_calls(env: &Env, tok: &str, n: usize) -> Vec<Uuid> {
+    let api = env.client(tok);
+    wait_until("the incoming calls", Duration::from_secs(15), || async {
+        let (_, page) = api.get("/v1.0/calls?page_size=50").await;
+        let ids: Vec<Uuid> = page["result"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["direction"] == "incoming")
+            .filter_map(|c| c["id"].as_str()?.parse().ok())
+            .collect();
+        (ids.len() >= n).then_some(ids)
+    })
+    .await
+}
+
+/// A number of the customer `tok` running a new flow of `actions`, reached through `trunk`.
+async fn number_with(env: &Env, tok: &str, number: &str, trunk: &str, actions: Value) -> Value {
+    let api = env.client(tok);
+    let flow = api
+        .create(
+            "/v1.0/flows",
+            json!({"name": "inbound", "actions": actions}),
+        )
+        .await;
+    api.create(
+        "/v1.0/numbers",
+        json!({"number": number, "call_flow_id": flow["id"], "trunk_id": trunk}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_call_from_a_trunk_to_a_number_runs_its_flow_and_takes_rfc_4733_keys() {
+    let env = Env::start().await;
+    let (cust, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // The carrier's trunk: its calls come from 127.0.0.1 (sipp).
+    let trunk = id_of(
+        &api.create(
+            "/v1.0/trunks",
+            json!({"name": "carrier", "host": "127.0.0.1", "transport": "udp"}),
+        )
+        .await,
+    );
+    let ivr = json!([
+        {"type": "answer"},
+        {"type": "talk", "option": {"text": "Thanks for calling. Press one."}},
+        {"type": "digits_receive", "option": {"duration": 8000, "length": 1}},
+        {"type": "hangup"},
+    ]);
+    let number = number_with(&env, &tok, "+15557770001", &trunk, ivr.clone()).await;
+    assert_eq!(number["trunk_id"], json!(trunk), "{number}");
+
+    // A trunk of another customer cannot route a number.
+    let (_, tok2, _) = env.customer().await;
+    let other = env.client(&tok2);
+    let flow2 = other
+        .create(
+            "/v1.0/flows",
+            json!({"name": "x", "actions": [{"type": "hangup"}]}),
+        )
+        .await;
+    let (s, v) = other
+        .post(
+            "/v1.0/numbers",
+            json!({"number": "+15557770009", "call_flow_id": flow2["id"], "trunk_id": trunk}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+
+    let mut sipp = Sipp::uac(&env, "call_press_1.xml", "15557770001");
+    assert_eq!(sipp.wait(Duration::from_secs(40)), 0, "{}", sipp.log());
+    let call = incoming_calls(&env, &tok, 1).await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(20)).await;
+    assert_eq!(
+        executed(&af),
+        ["answer", "talk", "digits_receive", "hangup"],
+        "{af}"
+    );
+    assert_eq!(
+        af["variables"]["voipbin.call.digits"],
+        "1",
+        "{af}\n{}",
+        sipp.log()
+    );
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (
+            &c["status"],
+            &c["hangup_by"],
+            &c["direction"],
+            &c["trunk_id"],
+            &c["source"],
+            &c["destination"]
+        ),
+        (
+            &json!("completed"),
+            &json!("local"),
+            &json!("incoming"),
+            &json!(trunk),
+            &json!("+15550009999"),
+            &json!("+15557770001")
+        ),
+        "{c}"
+    );
+    // Our answer took the caller's first codec (PCMA) and kept its telephone-event type.
+    let log = sipp.log();
+    assert!(log.contains("SIP/2.0 180 Ringing"), "{log}");
+    assert!(
+        log.contains("RTP/AVP 8 101") && log.contains("a=rtpmap:101 telephone-event/8000"),
+        "{log}"
+    );
+
+    // The same events as the sandbox network's call to the same flow (but for call_ringing:
+    // whether the carrier's ringing or the flow's answer comes first is a race on both).
+    let sandbox_flow = api
+        .create("/v1.0/flows", json!({"name": "same", "actions": ivr}))
+        .await;
+    api.create(
+        "/v1.0/numbers",
+        json!({"number": "+15557770002", "call_flow_id": sandbox_flow["id"]}),
+    )
+    .await;
+    let (s, sandbox) = env
+        .admin()
+        .post(
+            "/v1.0/sandbox/incoming_calls",
+            json!({"customer_id": cust, "source": "+15550009999",
+                   "destination": "+15557770002",
+                   "sandbox": {"script": [{"at_ms": 1500, "digits": "1"}]}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{sandbox}");
+    let sandbox = id_of(&sandbox).parse().unwrap();
+    env.wait_call_end(sandbox, Duration::from_secs(20)).await;
+    let without_ringing = |types: Vec<String>| -> Vec<String> {
+        types.into_iter().filter(|t| t != "call_ringing").collect()
+    };
+    assert_eq!(
+        without_ringing(event_types(&env, call).await),
+        without_ringing(event_types(&env, sandbox).await)
+    );
+}
+
+#[tokio::test]
+async fn calls_from_the_network_are_refused_as_operators_expect_and_may_be_cancelled() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let trunk = |host: &str| {
+        let api = &api;
+        let host = host.to_string();
+        async move {
+            id_of(
+                &api.create(
+                    "/v1.0/trunks",
+                    json!({"name": "carrier", "host": host, "transport": "udp",
+                           "codecs": ["PCMA"]}),
+                )
+                .await,
+            )
+        }
+    };
+    let local = trunk("127.0.0.1").await;
+    let elsewhere = trunk("127.0.0.2").await;
+    // The flow keeps the call ringing: it waits for a customer endpoint that never answers
+    // (media actions need an answered call).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hold", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let ring = json!([
+        {"type": "webhook_send", "option": {"uri": url, "sync": true, "data": {}}},
+        {"type": "answer"},
+    ]);
+    number_with(&env, &tok, "+15557770001", &local, ring.clone()).await;
+    number_with(&env, &tok, "+15557770002", &elsewhere, ring.clone()).await;
+    // A number without a trunk is the sandbox network's only.
+    let flow = api
+        .create("/v1.0/flows", json!({"name": "f", "actions": ring}))
+        .await;
+    api.create(
+        "/v1.0/numbers",
+        json!({"number": "+15557770003", "call_flow_id": flow["id"]}),
+    )
+    .await;
+
+    for (number, code) in [
+        // Nobody's number, or a number not on a trunk: 404.
+        ("+15557779999", 404),
+        ("+15557770003", 404),
+        // Not from the number's trunk: 403.
+        ("+15557770002", 403),
+    ] {
+        let mut sipp = Sipp::uac(&env, "call_refused.xml", number);
+        assert_eq!(sipp.wait(Duration::from_secs(20)), 0, "{}", sipp.log());
+        let log = sipp.log();
+        assert!(log.contains(&format!("SIP/2.0 {code} ")), "{number}: {log}");
+    }
+    // An offer without a codec of the trunk (PCMU only, the trunk takes PCMA): 488.
+    let mut sipp = Sipp::uac(&env, "call_refused.xml", "+15557770001");
+    assert_eq!(sipp.wait(Duration::from_secs(20)), 0, "{}", sipp.log());
+    assert!(sipp.log().contains("SIP/2.0 488 "), "{}", sipp.log());
+    // None of them became a call.
+    let (_, page) = api.get("/v1.0/calls").await;
+    assert_eq!(page["result"], json!([]), "{page}");
+
+    // A caller who gives up while it rings: canceled, by the remote side.
+    api.put(
+        &format!("/v1.0/trunks/{local}"),
+        json!({"name": "carrier", "host": "127.0.0.1", "transport": "udp"}),
+    )
+    .await;
+    let mut sipp = Sipp::uac(&env, "call_then_cancel.xml", "+15557770001");
+    assert_eq!(sipp.wait(Duration::from_secs(20)), 0, "{}", sipp.log());
+    let call = incoming_calls(&env, &tok, 1).await[0];
+    let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+    assert_eq!(
+        (&c["status"], &c["hangup_by"], &c["hangup_cause"]),
+        (
+            &json!("canceled"),
+            &json!("remote"),
+            &json!("originator_cancel")
+        ),
+        "{c}"
+    );
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 use vbin_app::numbers::IncomingCall;
 use vbin_event_schema::flow::SandboxScript;
-use vbin_event_schema::{CustomerId, FlowId};
+use vbin_event_schema::{CallId, CustomerId, FlowId, TrunkId};
 use vbin_http::auth::Caller;
 use vbin_http::extract::{Admin, Json, Path};
 
@@ -18,17 +18,18 @@ use vbin_http::extract::{Admin, Json, Path};
 pub struct CreateNumber {
     number: Address,
     call_flow_id: Uuid,
-    /// Accepted for VoIPBIN compatibility; the sandbox has one trunk.
+    /// The SIP trunk its calls come from (none: the sandbox network's only).
     #[serde(default)]
-    #[allow(dead_code)]
     trunk_id: Option<Uuid>,
 }
 
-/// `PUT /v1.0/numbers/{id}` body.
+/// `PUT /v1.0/numbers/{id}` body (the whole routing: no `trunk_id` means none).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNumber {
     call_flow_id: Uuid,
+    #[serde(default)]
+    trunk_id: Option<Uuid>,
 }
 
 /// `POST /v1.0/numbers` -> the number (409 when it is taken).
@@ -40,7 +41,12 @@ pub async fn create_number(
     let number = b.number.parse("number")?;
     let n = s
         .app
-        .create_number(&t.acting, number, FlowId(b.call_flow_id))
+        .create_number(
+            &t.acting,
+            number,
+            FlowId(b.call_flow_id),
+            b.trunk_id.map(TrunkId),
+        )
         .await?;
     Ok(Json(n.view()))
 }
@@ -54,7 +60,12 @@ pub async fn update_number(
 ) -> ApiResult {
     let n = s
         .app
-        .update_number(&t.acting, id, FlowId(b.call_flow_id))
+        .update_number(
+            &t.acting,
+            id,
+            FlowId(b.call_flow_id),
+            b.trunk_id.map(TrunkId),
+        )
         .await?;
     Ok(Json(n.view()))
 }
@@ -97,10 +108,12 @@ pub async fn sandbox_incoming_call(
         .incoming_call(
             &acting,
             IncomingCall {
+                call_id: CallId(vbin_app::new_id()),
                 customer,
                 source,
                 destination,
                 sandbox: b.sandbox,
+                trunk_id: None,
             },
         )
         .await?;

@@ -329,6 +329,7 @@ fn endpoints() -> Vec<Endpoint> {
                     dial_timeout_ms: v.dial_timeout_ms,
                     try_interval_ms: v.try_interval_ms,
                     max_try_count: v.max_try_count,
+                    trunk_id: v.trunk_id,
                 };
                 let cmd = OutplanCommand::Create { plan, at: at() };
                 Ok(stored(&decide(&mut Outplan::default(), cmd)?))

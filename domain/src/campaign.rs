@@ -37,6 +37,8 @@ pub struct NewOutplan {
     pub try_interval_ms: u32,
     /// Tries per destination.
     pub max_try_count: u32,
+    /// The SIP trunk of its calls (checked to be the customer's); none: the sandbox.
+    pub trunk_id: Option<TrunkId>,
 }
 
 /// Outplan commands.
@@ -68,6 +70,9 @@ pub struct Outplan {
     pub try_interval_ms: u32,
     /// Tries per destination.
     pub max_try_count: u32,
+    /// The SIP trunk of its calls.
+    #[serde(default)]
+    pub trunk_id: Option<TrunkId>,
     /// Created.
     pub tm_create: Option<DateTime<Utc>>,
 }
@@ -79,7 +84,7 @@ impl Outplan {
             "id": self.id, "type": "outplan", "customer_id": self.customer_id, "name": self.name,
             "source": self.source, "dial_timeout_ms": self.dial_timeout_ms,
             "try_interval_ms": self.try_interval_ms, "max_try_count": self.max_try_count,
-            "tm_create": self.tm_create, "tm_update": self.tm_create,
+            "trunk_id": self.trunk_id, "tm_create": self.tm_create, "tm_update": self.tm_create,
         })
     }
 
@@ -96,6 +101,7 @@ impl Outplan {
             dial_timeout_ms: plan.dial_timeout_ms,
             try_interval_ms: plan.try_interval_ms,
             max_try_count: plan.max_try_count,
+            trunk_id: plan.trunk_id,
             at,
         }])
     }
@@ -109,6 +115,7 @@ impl Outplan {
             dial_timeout_ms,
             try_interval_ms,
             max_try_count,
+            trunk_id,
             at,
         } = event;
         *self = Outplan {
@@ -119,6 +126,7 @@ impl Outplan {
             dial_timeout_ms,
             try_interval_ms,
             max_try_count,
+            trunk_id,
             tm_create: Some(at),
         };
     }

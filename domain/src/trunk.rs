@@ -40,6 +40,16 @@ pub enum TrunkCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// What a keepalive found: the trunk answered (with `code`) or not. An event only when
+    /// reachability changes.
+    MarkReachability {
+        /// It answered.
+        reachable: bool,
+        /// Its answer's status code.
+        code: Option<u16>,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 /// A trunk's state.
@@ -53,6 +63,15 @@ pub struct Trunk {
     pub settings: Option<TrunkSettings>,
     /// Deleted.
     pub deleted: bool,
+    /// Whether it answers keepalives (None: not found out since its address was set).
+    #[serde(default)]
+    pub reachable: Option<bool>,
+    /// The status code of its last answer that changed reachability.
+    #[serde(default)]
+    pub reachability_code: Option<u16>,
+    /// When reachability last changed.
+    #[serde(default)]
+    pub tm_reachability: Option<DateTime<Utc>>,
     /// Created.
     pub tm_create: Option<DateTime<Utc>>,
     /// Changed.
@@ -145,6 +164,13 @@ impl Trunk {
             "password_set": s.is_some_and(|s| s.password_sealed.is_some()),
             "codecs": s.map(|s| &s.codecs),
             "status": if self.deleted { "deleted" } else { "active" },
+            "reachability": match self.reachable {
+                None => "unknown",
+                Some(true) => "reachable",
+                Some(false) => "unreachable",
+            },
+            "reachability_code": self.reachability_code,
+            "tm_reachability": self.tm_reachability,
             "tm_create": self.tm_create,
             "tm_update": self.tm_update,
             "tm_delete": self.tm_delete,
@@ -178,6 +204,20 @@ impl Trunk {
                 Ok(vec![TrunkEvent::TrunkUpdated { settings, at }])
             }
             TrunkCommand::Delete { at } => Ok(vec![TrunkEvent::TrunkDeleted { at }]),
+            TrunkCommand::MarkReachability { reachable, .. }
+                if self.reachable == Some(reachable) =>
+            {
+                Ok(vec![])
+            }
+            TrunkCommand::MarkReachability {
+                reachable,
+                code,
+                at,
+            } => Ok(vec![TrunkEvent::TrunkReachabilityChanged {
+                reachable,
+                code,
+                at,
+            }]),
         }
     }
 
@@ -199,8 +239,27 @@ impl Trunk {
                 }
             }
             TrunkEvent::TrunkUpdated { settings, at } => {
+                // Another address: what was found out about the old one no longer holds.
+                let moved = self.settings.as_ref().is_none_or(|old| {
+                    (&old.host, old.port, old.transport)
+                        != (&settings.host, settings.port, settings.transport)
+                });
+                if moved {
+                    self.reachable = None;
+                    self.reachability_code = None;
+                    self.tm_reachability = None;
+                }
                 self.settings = Some(settings);
                 self.tm_update = Some(at);
+            }
+            TrunkEvent::TrunkReachabilityChanged {
+                reachable,
+                code,
+                at,
+            } => {
+                self.reachable = Some(reachable);
+                self.reachability_code = code;
+                self.tm_reachability = Some(at);
             }
             TrunkEvent::TrunkDeleted { at } => {
                 self.deleted = true;
@@ -270,6 +329,52 @@ mod tests {
         assert!(matches!(
             t.when(TrunkCommand::Delete { at: Utc::now() })
                 .then_refused(),
+            DomainError::NotFound(_)
+        ));
+    }
+
+    #[test]
+    fn reachability_is_an_event_only_when_it_changes_and_forgotten_with_the_address() {
+        let mark = |reachable, code| TrunkCommand::MarkReachability {
+            reachable,
+            code,
+            at: Utc::now(),
+        };
+        let mut t = given_nothing::<Trunk>().and(create(settings()));
+        assert_eq!(t.view()["reachability"], "unknown");
+        t.when(mark(true, Some(200))).then_count(1);
+        t.when(mark(true, Some(404))).then_nothing();
+        assert_eq!(
+            (&t.view()["reachability"], &t.view()["reachability_code"]),
+            (&json!("reachable"), &json!(200))
+        );
+        t.when(mark(false, None)).then_count(1);
+        assert_eq!(t.view()["reachability"], "unreachable");
+        // A new name keeps it; a new host forgets it.
+        let renamed = TrunkSettings {
+            name: "renamed".into(),
+            ..settings()
+        };
+        t.when(TrunkCommand::Update {
+            settings: renamed,
+            at: Utc::now(),
+        })
+        .then_count(1);
+        assert_eq!(t.view()["reachability"], "unreachable");
+        let moved = TrunkSettings {
+            host: "sip2.carrier.example".into(),
+            ..settings()
+        };
+        t.when(TrunkCommand::Update {
+            settings: moved,
+            at: Utc::now(),
+        })
+        .then_count(1);
+        assert_eq!(t.view()["reachability"], "unknown");
+        t.when(TrunkCommand::Delete { at: Utc::now() })
+            .then_count(1);
+        assert!(matches!(
+            t.when(mark(true, Some(200))).then_refused(),
             DomainError::NotFound(_)
         ));
     }

@@ -123,6 +123,8 @@ pub enum OutplanEvent {
         try_interval_ms: u32,
         /// Tries per destination of a target.
         max_try_count: u32,
+        /// The SIP trunk the campaign's calls go through (none: the sandbox). Since 2.0.
+        trunk_id: Option<TrunkId>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -130,7 +132,17 @@ pub enum OutplanEvent {
 events!(OutplanEvent in "outplan" {
     OutplanCreated => OUTPLAN_CREATED = "outplan_created",
 });
-version_1!(OutplanEvent);
+/// The current version of `outplan_created` (see [`crate::upcast`]).
+pub const OUTPLAN_CREATED_VERSION: &str = "2.0";
+
+impl DomainEvent for OutplanEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+    fn event_version(&self) -> String {
+        OUTPLAN_CREATED_VERSION.to_string()
+    }
+}
 
 /// Events of an outdial.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

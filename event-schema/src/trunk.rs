@@ -118,11 +118,21 @@ pub enum TrunkEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Whether the trunk answers our SIP OPTIONS changed (or was first found out).
+    TrunkReachabilityChanged {
+        /// It answered (any final response).
+        reachable: bool,
+        /// The status code of its answer, if any.
+        code: Option<u16>,
+        /// When.
+        at: DateTime<Utc>,
+    },
 }
 
 events!(TrunkEvent in "trunk" {
     TrunkCreated => TRUNK_CREATED = "trunk_created",
     TrunkUpdated => TRUNK_UPDATED = "trunk_updated",
     TrunkDeleted => TRUNK_DELETED = "trunk_deleted",
+    TrunkReachabilityChanged => TRUNK_REACHABILITY_CHANGED = "trunk_reachability_changed",
 });
 version_1!(TrunkEvent);

@@ -8,10 +8,11 @@
 //! - `call_created` 3.0 -> 4.0: adds trunk_id (the sandbox carrier).
 //! - `campaign_created` 1.0 -> 2.0: adds flow_id (no flow).
 //! - `outdialtarget_created` 1.0 -> 2.0: adds sandbox (no script).
+//! - `outplan_created` 1.0 -> 2.0: adds trunk_id (the sandbox).
 //! - `number_created`, `number_updated` 1.0 -> 2.0: add trunk_id (calls from the sandbox
 //!   network only).
 
-use crate::{CallEvent, CampaignEvent, NumberEvent, TargetEvent};
+use crate::{CallEvent, CampaignEvent, NumberEvent, OutplanEvent, TargetEvent};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{json, Value};
 
@@ -63,8 +64,8 @@ pub fn outdialtarget_created_v1_to_v2(mut payload: Value) -> Value {
     payload
 }
 
-/// `number_created` and `number_updated` 1.0 -> 2.0.
-pub fn number_v1_to_v2(mut payload: Value) -> Value {
+/// `outplan_created` 1.0 -> 2.0; `number_created` and `number_updated` 1.0 -> 2.0.
+pub fn trunk_id_none(mut payload: Value) -> Value {
     if let Value::Object(m) = &mut payload {
         m.entry("trunk_id").or_insert(Value::Null);
     }
@@ -102,12 +103,17 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
         Box::new(SemanticVersionEventUpcaster::new(
             NumberEvent::NUMBER_CREATED,
             "2.0.0",
-            Box::new(number_v1_to_v2),
+            Box::new(trunk_id_none),
         )),
         Box::new(SemanticVersionEventUpcaster::new(
             NumberEvent::NUMBER_UPDATED,
             "2.0.0",
-            Box::new(number_v1_to_v2),
+            Box::new(trunk_id_none),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            OutplanEvent::OUTPLAN_CREATED,
+            "2.0.0",
+            Box::new(trunk_id_none),
         )),
     ]
 }
@@ -163,6 +169,14 @@ mod tests {
             }
         }
         assert!(is_current("number_created", "2.0"));
+        let plan = json!({"type":"outplan_created","outplan_id":"0191a0d2-7c4e-7b0e-8f00-000000000001",
+            "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","name":"p","source":"+15550001111",
+            "dial_timeout_ms":30000,"try_interval_ms":0,"max_try_count":1,"at":"2025-01-02T03:04:05Z"});
+        let (version, payload) = to_current("outplan_created", "1.0", plan);
+        assert_eq!(version, "2.0.0");
+        match serde_json::from_value::<OutplanEvent>(payload).unwrap() {
+            OutplanEvent::OutplanCreated { trunk_id, .. } => assert_eq!(trunk_id, None),
+        }
     }
 
     #[test]

@@ -530,18 +530,22 @@ fn outplan_event() -> BoxedStrategy<OutplanEvent> {
         any::<u32>(),
         any::<u32>(),
         any::<u32>(),
+        proptest::option::of(uuid()),
         at(),
     )
-        .prop_map(|(o, c, n, s, d, i, m, at)| OutplanEvent::OutplanCreated {
-            outplan_id: OutplanId(o),
-            customer_id: CustomerId(c),
-            name: n,
-            source: s,
-            dial_timeout_ms: d,
-            try_interval_ms: i,
-            max_try_count: m,
-            at,
-        })
+        .prop_map(
+            |(o, c, n, s, d, i, m, t, at)| OutplanEvent::OutplanCreated {
+                outplan_id: OutplanId(o),
+                customer_id: CustomerId(c),
+                name: n,
+                source: s,
+                dial_timeout_ms: d,
+                try_interval_ms: i,
+                max_try_count: m,
+                trunk_id: t.map(TrunkId),
+                at,
+            },
+        )
         .boxed()
 }
 
@@ -1000,6 +1004,7 @@ fn decode_as_every_type(
             dial_timeout_ms: 0,
             try_interval_ms: 0,
             max_try_count: 0,
+            trunk_id: None,
             at: Utc::now(),
         }),
         AnyEvent::Outdial(OutdialEvent::OutdialCreated {

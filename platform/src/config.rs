@@ -877,6 +877,15 @@ pub struct SipConfig {
         value_parser = port_range
     )]
     pub rtp_ports: std::ops::RangeInclusive<u16>,
+    /// Seconds between two SIP OPTIONS keepalives of every trunk (its `reachability`); 0
+    /// sends none.
+    #[arg(
+        long = "sip-options-secs",
+        env = "VBIN_SIP_OPTIONS_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(0..=86_400)
+    )]
+    pub options_secs: u64,
 }
 
 impl Default for SipConfig {
@@ -886,6 +895,7 @@ impl Default for SipConfig {
             addr: d.bind,
             advertised_ip: d.advertised_ip,
             rtp_ports: d.rtp_ports,
+            options_secs: d.keepalive.map_or(0, |k| k.as_secs()),
         }
     }
 }
@@ -897,6 +907,8 @@ impl SipConfig {
             bind: self.addr,
             advertised_ip: self.advertised_ip,
             rtp_ports: self.rtp_ports.clone(),
+            keepalive: (self.options_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.options_secs)),
         }
     }
 }

@@ -388,8 +388,9 @@ impl Campaigns {
                 campaign_id: Some(campaign_id),
                 direction: vbin_event_schema::CallDirection::Outgoing,
                 activeflow_id,
-                sandbox: target.sandbox.clone(),
-                trunk_id: None,
+                // A trunk's far end is real: a sandbox script has nothing to play it.
+                sandbox: target.sandbox.clone().filter(|_| plan.trunk_id.is_none()),
+                trunk_id: plan.trunk_id,
             },
             at: Utc::now(),
         };

@@ -19,11 +19,19 @@
 //! address, creates an incoming call running the number's flow; it rings (180) when the
 //! platform has it, and the flow's answer is our 200 with the answer to the caller's offer.
 //!
-//! Not yet: OPTIONS keepalive of trunks, session timers (docs/notes/sip-plan.md).
+//! Crashes ([`recovery`]): live calls are leased by their process and confirmed dialogs saved;
+//! the calls of a process that died are ended by another (or the restarted one), which BYEs
+//! their far ends from the saved dialogs.
+//!
+//! Trunks get OPTIONS keepalives ([`keepalive`]); their reachability is an event of theirs.
+//!
+//! Not yet: session timers (docs/notes/sip-plan.md).
 
 mod inbound;
+mod keepalive;
 pub mod media;
 pub mod outcome;
+pub mod recovery;
 pub mod rtp;
 pub mod sdp;
 
@@ -74,6 +82,8 @@ pub struct SipSettings {
     pub advertised_ip: Option<IpAddr>,
     /// The UDP ports of calls' RTP (one even port per call).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
+    /// How often every trunk gets an OPTIONS keepalive (none: never).
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for SipSettings {
@@ -82,6 +92,7 @@ impl Default for SipSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 5060)),
             advertised_ip: None,
             rtp_ports: 20_000..=20_999,
+            keepalive: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -182,6 +193,8 @@ struct Inner {
     app: App,
     pool: PgPool,
     layer: Arc<DialogLayer>,
+    endpoint: EndpointInnerRef,
+    keepalive: Option<Duration>,
     states: DialogStateSender,
     public: SocketAddr,
     bind_ip: IpAddr,
@@ -241,6 +254,8 @@ impl SipCarrier {
                 app,
                 pool,
                 layer,
+                endpoint: endpoint.inner.clone(),
+                keepalive: settings.keepalive,
                 states,
                 public,
                 bind_ip: settings.bind.ip(),
@@ -307,13 +322,20 @@ impl SipCarrier {
     /// Records the call's SIP state (what a restarted process acts on), retried like
     /// [`Self::report`].
     async fn set_state(&self, call: CallId, state: &str) {
+        self.set_state_with(call, state, None).await
+    }
+
+    /// The same, saving the call's confirmed dialog too ([`recovery`]).
+    async fn set_state_with(&self, call: CallId, state: &str, dialog: Option<serde_json::Value>) {
         let mut attempt = 0u32;
         loop {
             let res = sqlx::query(
-                "UPDATE sip_calls SET state = $2, updated_at = now() WHERE call_id = $1",
+                "UPDATE sip_calls SET state = $2, dialog = COALESCE($3, dialog), \
+                 updated_at = now() WHERE call_id = $1",
             )
             .bind(call.as_uuid())
             .bind(state)
+            .bind(dialog.as_ref())
             .execute(&self.inner.pool)
             .await;
             match res {
@@ -555,6 +577,7 @@ impl SipCarrier {
                         let first = l.direction == CallDirection::Incoming || !l.answered;
                         l.answered = true;
                         let rtp = l.rtp.take();
+                        let dialog = l.dialog.clone();
                         first.then(|| {
                             (
                                 l.call,
@@ -563,18 +586,19 @@ impl SipCarrier {
                                 rtp,
                                 l.ours.clone(),
                                 l.offer.clone(),
+                                dialog,
                             )
                         })
                     });
-                    let Some((call, customer, direction, rtp, ours, offer)) = who else {
+                    let Some((call, customer, direction, rtp, ours, offer, dialog)) = who else {
                         continue;
                     };
                     if direction == CallDirection::Outgoing {
                         self.report(call, customer, CallCommand::MarkAnswered { at: Utc::now() })
                             .await;
                     }
-                    if rtp.is_some() || direction == CallDirection::Outgoing {
-                        self.set_state(call, "answered").await;
+                    if rtp.is_some() {
+                        self.answered_with(call, &dialog).await;
                     }
                     let Some(socket) = rtp else { continue };
                     // Outgoing: the answer settles it, and the far end sends with our offer's
@@ -713,7 +737,8 @@ impl SipCarrier {
 }
 
 impl Endpoint {
-    /// Runs the endpoint until `shutdown`, then BYEs or CANCELs the calls still up.
+    /// Runs the endpoint until `shutdown`, then BYEs or CANCELs the calls still up and gives
+    /// up their leases ([`recovery`]).
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         let Endpoint {
             endpoint,
@@ -732,10 +757,29 @@ impl Endpoint {
             }
             _ = carrier.serve_incoming(incoming) => {}
             _ = carrier.follow(states) => {}
+            _ = carrier.keep_leases() => {}
+            _ = async {
+                match carrier.inner.keepalive {
+                    Some(every) => carrier.keep_trunks_alive(every).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         let dialogs = carrier.live().dialogs();
         for d in dialogs {
             let _ = tokio::time::timeout(Duration::from_secs(2), d.hangup()).await;
+        }
+        // The far ends got their BYE or CANCEL; the calls themselves are ended by a carrier
+        // process that finds their leases given up (recovery), without a second BYE.
+        let released = sqlx::query(
+            "UPDATE sip_calls SET dialog = NULL, lease_until = now() \
+             WHERE node = $1 AND state <> 'ended'",
+        )
+        .bind(&carrier.inner.node)
+        .execute(&carrier.inner.pool)
+        .await;
+        if let Err(e) = released {
+            tracing::warn!(error = %e, "giving up the SIP calls' leases failed");
         }
         cancel.cancel();
     }

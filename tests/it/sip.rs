@@ -83,10 +83,10 @@ impl Sipp {
             .stderr(Stdio::null())
             .spawn()
             .expect("sipp must be installed (scripts/services installs sip-tester)");
-        // Calls go out once sipp listens: its UDP socket shows in /proc/net/udp (probing the
-        // port by binding it could take it from sipp).
+        // Calls go out once sipp listens: its socket shows in /proc/net/udp or tcp (probing
+        // the port by binding it could take it from sipp).
         let t = Instant::now();
-        while !udp_bound(port) {
+        while !bound(port) {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "sipp never bound its port"
@@ -135,15 +135,17 @@ impl Sipp {
     }
 }
 
-/// Whether a UDP socket of this machine is bound to `port` (IPv4).
-fn udp_bound(port: u16) -> bool {
-    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+/// Whether a UDP or TCP socket of this machine is bound to `port` (IPv4).
+fn bound(port: u16) -> bool {
     let local = format!(":{port:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .any(|addr| addr.ends_with(&local))
+    ["/proc/net/udp", "/proc/net/tcp"].iter().any(|t| {
+        std::fs::read_to_string(t)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|addr| addr.ends_with(&local))
+    })
 }
 
 impl Drop for Sipp {
@@ -165,6 +167,22 @@ async fn trunk_to(env: &Env, tok: &str, sipp: &Sipp, extra: Value) -> String {
         }
     }
     id_of(&env.client(tok).create("/v1.0/trunks", body).await)
+}
+
+/// A call through `trunk`, hung up by us once answered: its view at the end.
+async fn answered_then_hung_up(env: &Env, tok: &str, trunk: &str) -> Value {
+    let call = env
+        .calls(tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    env.wait_call(
+        call,
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        |s| s == "progressing",
+    )
+    .await;
+    env.client(tok).hangup(call).await;
+    env.wait_call_end(call, Duration::from_secs(10)).await
 }
 
 /// The event types of a call, in order.
@@ -349,18 +367,7 @@ async fn sipps_answers_become_the_calls_outcomes() {
         json!({"username": "vbin", "password": "s3cret"}),
     )
     .await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
-    env.wait_call(
-        call,
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        |s| s == "progressing",
-    )
-    .await;
-    env.client(&tok).hangup(call).await;
-    let v = env.wait_call_end(call, Duration::from_secs(10)).await;
+    let v = answered_then_hung_up(&env, &tok, &trunk).await;
     assert_eq!(v["status"], "completed", "{v}");
     assert_eq!(auth.wait(Duration::from_secs(10)), 0, "{}", auth.log());
     assert!(
@@ -675,4 +682,196 @@ async fn calls_from_the_network_are_refused_as_operators_expect_and_may_be_cance
         ),
         "{c}"
     );
+}
+
+#[tokio::test]
+async fn after_a_kill_9_the_dead_processs_calls_end_and_their_far_ends_get_a_bye() {
+    const N: usize = 20;
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    // sipp answers N calls and waits for each one's BYE.
+    let mut sipp = Sipp::uas(None, N as u32);
+    let trunk = trunk_to(&env, &tok, &sipp, json!({})).await;
+    let numbers: Vec<String> = (0..N).map(|i| format!("+1555000{:04}", 3000 + i)).collect();
+    let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    let calls = env.calls(&tok, &numbers, json!({"trunk_id": trunk})).await;
+    for &call in &calls {
+        env.wait_call(
+            call,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            |s| s == "progressing",
+        )
+        .await;
+    }
+    // Every dialog is saved with its call before the crash.
+    let pool = env.pool.clone();
+    wait_until("the dialogs saved", Duration::from_secs(10), || async {
+        let saved: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM sip_calls WHERE dialog IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        saved == N as i64
+    })
+    .await;
+
+    // kill -9, and a new process on the same SIP address (sipp answers a dialog's requests
+    // at the address it knows): it finds the dead one's calls once their leases run out, and
+    // sipp's scenario completes only if each call gets its BYE.
+    let sip = format!("127.0.0.1:{}", env.platform.sip_port);
+    env.platform.kill();
+    env.extra_env.push(("VBIN_SIP_ADDR".into(), sip));
+    env.platform = env.spawn_platform().await;
+    assert_eq!(sipp.wait(Duration::from_secs(60)), 0, "{}", sipp.log());
+    for &call in &calls {
+        let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+        assert_eq!(
+            (&c["status"], &c["hangup_by"], &c["hangup_cause"]),
+            (
+                &json!("completed"),
+                &json!("remote"),
+                &json!("network_out_of_order")
+            ),
+            "{c}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn trunks_get_options_keepalives_and_their_reachability_is_an_event() {
+    // Keepalives every second (30 s by default).
+    let env = Env::start_with_env(&[("VBIN_SIP_OPTIONS_SECS", "1")]).await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let mut sipp = Sipp::uas(Some("options_ok.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &sipp, json!({})).await;
+    let path = format!("/v1.0/trunks/{trunk}");
+    let reachability = |want: &'static str| {
+        let api = &api;
+        let path = path.clone();
+        async move {
+            wait_until(want, Duration::from_secs(20), || async {
+                let (_, v) = api.get(&path).await;
+                (v["reachability"] == want).then_some(v)
+            })
+            .await
+        }
+    };
+    let v = reachability("reachable").await;
+    assert_eq!(v["reachability_code"], 200, "{v}");
+    // sipp answered its one OPTIONS and is gone: the next ones go unanswered.
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+    reachability("unreachable").await;
+    // Each change is in the trunk's audit trail, once (keepalives that change nothing are not).
+    let (_, audit) = api
+        .get(&format!(
+            "/v1.0/events?resource_type=trunk&resource_id={trunk}"
+        ))
+        .await;
+    let changes: Vec<&Value> = audit["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "trunk_reachability_changed")
+        .map(|e| &e["data"]["reachable"])
+        .collect();
+    assert_eq!(changes, [&json!(true), &json!(false)], "{audit}");
+}
+
+#[tokio::test]
+async fn a_campaign_dials_its_targets_over_a_trunk_and_they_are_billed() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // sipp answers each call, talks 2 s and hangs up.
+    let mut sipp = Sipp::uas(Some("answer_then_bye.xml"), 3);
+    let trunk = trunk_to(&env, &tok, &sipp, json!({})).await;
+    // Another customer's trunk is refused.
+    let (_, tok2, _) = env.customer().await;
+    let (s, v) = env
+        .client(&tok2)
+        .post(
+            "/v1.0/outplans",
+            json!({"name": "p", "source": "+15550001000", "trunk_id": trunk}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    let plan = api
+        .create(
+            "/v1.0/outplans",
+            json!({"name": "sip", "source": "+15550001000", "trunk_id": trunk}),
+        )
+        .await;
+    assert_eq!(plan["trunk_id"], json!(trunk), "{plan}");
+    let outdial = id_of(&api.create("/v1.0/outdials", json!({"name": "list"})).await);
+    for i in 0..3 {
+        api.create(
+            &format!("/v1.0/outdials/{outdial}/targets"),
+            json!({"destinations": [format!("+155500020{i:02}")]}),
+        )
+        .await;
+    }
+    let camp = api
+        .create(
+            "/v1.0/campaigns",
+            json!({"name": "c", "outplan_id": id_of(&plan), "outdial_id": outdial,
+                   "end_handle": "stop", "max_concurrent_calls": 3}),
+        )
+        .await;
+    let cid = id_of(&camp);
+    api.set_campaign_status(&cid, "running").await;
+    let done = api
+        .wait_get(
+            &format!("/v1.0/campaigns/{cid}"),
+            Duration::from_secs(40),
+            |_, v| v["status"] == "completed",
+        )
+        .await;
+    assert_eq!(
+        (&done["dialed"], &done["answered"]),
+        (&json!(3), &json!(3)),
+        "{done}"
+    );
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+    let calls = api
+        .all_pages(&format!("/v1.0/campaigncalls?campaign_id={cid}"), 10)
+        .await;
+    assert_eq!(calls.len(), 3);
+    for cc in &calls {
+        let call: Uuid = cc["reference_id"].as_str().unwrap().parse().unwrap();
+        let c = env.wait_call_end(call, Duration::from_secs(10)).await;
+        assert_eq!(
+            (&c["trunk_id"], &c["status"], &c["hangup_by"]),
+            (&json!(trunk), &json!("completed"), &json!("remote")),
+            "{c}"
+        );
+        // Billed as any answered call: one minute.
+        let rec = api
+            .wait_get(
+                &format!("/v1.0/billings?reference_id={call}"),
+                Duration::from_secs(10),
+                |_, v| v["result"].as_array().is_some_and(|r| r.len() == 1),
+            )
+            .await;
+        assert_eq!(rec["result"][0]["billable_units"], 1, "{rec}");
+    }
+}
+
+#[tokio::test]
+async fn a_trunk_over_tcp_carries_the_call() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    // sipp answers over TCP and waits for the BYE.
+    let mut sipp = Sipp::uas_with(None, 1, &["-t", "t1"]);
+    let trunk = trunk_to(&env, &tok, &sipp, json!({"transport": "tcp"})).await;
+    let c = answered_then_hung_up(&env, &tok, &trunk).await;
+    assert_eq!(
+        (&c["status"], &c["hangup_by"]),
+        (&json!("completed"), &json!("local")),
+        "{c}"
+    );
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+    let log = sipp.log();
+    assert!(log.contains("SIP/2.0/TCP"), "{log}");
 }

@@ -18,7 +18,7 @@ use vbin_domain::{
 use vbin_event_schema::flow::SandboxScript;
 use vbin_event_schema::{
     CampaignId, CampaignStatus, CustomerId, EndHandle, FlowId, OutdialId, OutplanId, QueueId,
-    TargetId, E164,
+    TargetId, TrunkId, E164,
 };
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
@@ -68,6 +68,9 @@ pub struct CreateOutplan {
     try_interval_ms: u32,
     #[serde(default = "one")]
     max_try_count: u32,
+    /// The SIP trunk of the campaign's calls (none: the sandbox).
+    #[serde(default)]
+    trunk_id: Option<Uuid>,
 }
 
 fn default_dial_timeout() -> u32 {
@@ -91,6 +94,8 @@ pub struct ValidOutplan {
     pub try_interval_ms: u32,
     /// 1 to 10.
     pub max_try_count: u32,
+    /// The SIP trunk (checked to be the customer's by the handler).
+    pub trunk_id: Option<TrunkId>,
 }
 
 impl CreateOutplan {
@@ -102,6 +107,7 @@ impl CreateOutplan {
             dial_timeout_ms: in_range("dial_timeout_ms", self.dial_timeout_ms, 1_000, 300_000)?,
             try_interval_ms: in_range("try_interval_ms", self.try_interval_ms, 0, 86_400_000)?,
             max_try_count: in_range("max_try_count", self.max_try_count, 1, 10)?,
+            trunk_id: self.trunk_id.map(TrunkId),
             name: self.name,
         })
     }
@@ -114,6 +120,17 @@ pub async fn create_outplan(
     Json(b): Json<CreateOutplan>,
 ) -> ApiResult {
     let b = b.validate()?;
+    if let Some(trunk) = b.trunk_id {
+        match s.app.live_trunk(c.customer_id, trunk).await {
+            Ok(_) => {}
+            Err(vbin_app::AppError::NotFound(_)) => {
+                return Err(
+                    vbin_app::AppError::Invalid(format!("trunk_id: no trunk {trunk}")).into(),
+                )
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let plan = NewOutplan {
         outplan_id: OutplanId(vbin_app::new_id()),
         customer_id: c.customer_id,
@@ -122,6 +139,7 @@ pub async fn create_outplan(
         dial_timeout_ms: b.dial_timeout_ms,
         try_interval_ms: b.try_interval_ms,
         max_try_count: b.max_try_count,
+        trunk_id: b.trunk_id,
     };
     let id = plan.outplan_id.as_uuid();
     let cmd = OutplanCommand::Create {

@@ -96,6 +96,7 @@ impl SipCarrier {
         };
         let call = CallId::new();
         let n = admitted.offer.clone();
+        let timer = crate::session_timer::of_offer(&tx.original);
         self.live().insert(
             sip_call_id.clone(),
             Live {
@@ -109,6 +110,9 @@ impl SipCarrier {
                 ours: vec![n.codec],
                 dtmf_pt: n.dtmf_pt,
                 offer: Some(n),
+                timer: timer.as_ref().map(|(_, t)| *t),
+                timer_header: timer.map(|(h, _)| h),
+                refreshed: Default::default(),
             },
         );
         // 100 Trying now; the transaction carries our later 180/200 and the caller's CANCEL.
@@ -122,6 +126,17 @@ impl SipCarrier {
             tracing::warn!(%call, %sip_call_id, error = %why, "incoming SIP call could not be created: refused");
             self.forget(call);
             let _ = dialog.reject(Some(StatusCode::ServiceUnavailable), None);
+            // The claim (if written) ends; a call the store did create after all is ended too.
+            self.set_state(call, "ended").await;
+            self.report(
+                call,
+                customer,
+                CallCommand::Hangup {
+                    request: HangupRequest::Remote(HangupCause::NetworkOutOfOrder),
+                    at: chrono::Utc::now(),
+                },
+            )
+            .await;
             return;
         }
         metrics::counter!("vbin_sip_incoming_total", "outcome" => "taken").increment(1);

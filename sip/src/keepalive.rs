@@ -5,6 +5,7 @@
 
 use crate::SipCarrier;
 use futures::StreamExt;
+use rsipstack::sip::prelude::HeadersExt;
 use rsipstack::sip::typed::{From, To};
 use rsipstack::sip::{HostWithPort, Method, SipMessage, StatusCodeKind, Transport, Uri};
 use rsipstack::transaction::key::{TransactionKey, TransactionRole};
@@ -142,8 +143,19 @@ impl SipCarrier {
         tx.send().await.map_err(|e| e.to_string())?;
         while let Some(msg) = tx.receive().await {
             if let SipMessage::Response(r) = msg {
+                // rsipstack answers a failed send itself (a 503 without a To tag): that is
+                // no answer of the trunk's.
+                let tagged = r
+                    .to_header()
+                    .ok()
+                    .and_then(|t| t.tag().ok().flatten())
+                    .is_some();
                 if r.status_code.kind() != StatusCodeKind::Provisional {
-                    return Ok(r.status_code.code());
+                    return if tagged {
+                        Ok(r.status_code.code())
+                    } else {
+                        Err(format!("no answer ({} made locally)", r.status_code.code()))
+                    };
                 }
             }
         }

@@ -25,7 +25,9 @@
 //!
 //! Trunks get OPTIONS keepalives ([`keepalive`]); their reachability is an event of theirs.
 //!
-//! Not yet: session timers (docs/notes/sip-plan.md).
+//! Session timers (RFC 4028, [`session_timer`]) are asked for, refreshed and enforced.
+//!
+//! Not yet: G.722 and Opus on the wire, hold answered as such (docs/notes/sip-plan.md).
 
 mod inbound;
 mod keepalive;
@@ -34,6 +36,8 @@ pub mod outcome;
 pub mod recovery;
 pub mod rtp;
 pub mod sdp;
+pub mod session_timer;
+mod timers;
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -138,6 +142,12 @@ struct Live {
     dtmf_pt: Option<u8>,
     /// Incoming: what the caller's offer settled.
     offer: Option<sdp::Negotiated>,
+    /// The session timer (incoming: from the offer; outgoing: set at the answer).
+    timer: Option<session_timer::SessionTimer>,
+    /// Incoming: the `Session-Expires` of our 2xx.
+    timer_header: Option<String>,
+    /// Notified by each refresh of the far end's.
+    refreshed: Arc<tokio::sync::Notify>,
 }
 
 /// The live calls of this process, by SIP Call-ID (an outgoing call's is its id; an
@@ -178,8 +188,15 @@ impl Calls {
         self.by_sip.remove(&sip)
     }
 
-    fn dialogs(&self) -> Vec<InviteDialog> {
-        self.by_sip.values().map(|l| l.dialog.clone()).collect()
+    /// Every call's dialog, and whether it is a caller we have not answered.
+    fn dialogs(&self) -> Vec<(InviteDialog, bool)> {
+        self.by_sip
+            .values()
+            .map(|l| {
+                let ringing_in = l.direction == CallDirection::Incoming && !l.answered;
+                (l.dialog.clone(), ringing_in)
+            })
+            .collect()
     }
 }
 
@@ -330,8 +347,9 @@ impl SipCarrier {
         let mut attempt = 0u32;
         loop {
             let res = sqlx::query(
+                // An ended call stays ended (a late write of another state loses).
                 "UPDATE sip_calls SET state = $2, dialog = COALESCE($3, dialog), \
-                 updated_at = now() WHERE call_id = $1",
+                 updated_at = now() WHERE call_id = $1 AND (state <> 'ended' OR $2 = 'ended')",
             )
             .bind(call.as_uuid())
             .bind(state)
@@ -426,6 +444,7 @@ impl SipCarrier {
                 auth_username: None,
             }),
             call_id: Some(call.to_string()),
+            headers: Some(session_timer::asked()),
             ..Default::default()
         };
         let (dialog, join) = self
@@ -446,6 +465,9 @@ impl SipCarrier {
                 ours: offered.clone(),
                 dtmf_pt: Some(sdp::DTMF_PT),
                 offer: None,
+                timer: None,
+                timer_header: None,
+                refreshed: Arc::default(),
             },
         );
         metrics::counter!("vbin_sip_invites_total").increment(1);
@@ -554,6 +576,30 @@ impl SipCarrier {
         });
     }
 
+    /// What to do with an event of a call whose dialog is not in this process: if another
+    /// live process holds it, fail (the dialer redelivers the event, to it in time); else
+    /// there is nothing to do.
+    async fn not_here(&self, call: CallId) -> Result<(), CarrierError> {
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT node FROM sip_calls WHERE call_id = $1 AND state <> 'ended' \
+             AND lease_until > now() AND node <> $2",
+        )
+        .bind(call.as_uuid())
+        .bind(&self.inner.node)
+        .fetch_optional(&self.inner.pool)
+        .await
+        .map_err(|e| CarrierError(format!("looking up the call's SIP process: {e}")))?;
+        match holder {
+            Some(node) => Err(CarrierError(format!(
+                "call {call}: its dialog is held by SIP process {node}"
+            ))),
+            None => {
+                tracing::debug!(%call, "SIP call not live: nothing to do");
+                Ok(())
+            }
+        }
+    }
+
     fn forget(&self, call: CallId) {
         self.live().remove_call(call);
     }
@@ -578,6 +624,10 @@ impl SipCarrier {
                         l.answered = true;
                         let rtp = l.rtp.take();
                         let dialog = l.dialog.clone();
+                        if l.direction == CallDirection::Outgoing && first {
+                            l.timer = session_timer::of_answer(&resp);
+                        }
+                        let timer = l.timer.map(|t| (t, l.refreshed.clone()));
                         first.then(|| {
                             (
                                 l.call,
@@ -587,10 +637,12 @@ impl SipCarrier {
                                 l.ours.clone(),
                                 l.offer.clone(),
                                 dialog,
+                                timer,
                             )
                         })
                     });
-                    let Some((call, customer, direction, rtp, ours, offer, dialog)) = who else {
+                    let Some((call, customer, direction, rtp, ours, offer, dialog, timer)) = who
+                    else {
                         continue;
                     };
                     if direction == CallDirection::Outgoing {
@@ -599,6 +651,9 @@ impl SipCarrier {
                     }
                     if rtp.is_some() {
                         self.answered_with(call, &dialog).await;
+                        if let Some((timer, refreshed)) = timer {
+                            self.keep_session(call, customer, dialog, timer, refreshed);
+                        }
                     }
                     let Some(socket) = rtp else { continue };
                     // Outgoing: the answer settles it, and the far end sends with our offer's
@@ -630,17 +685,29 @@ impl SipCarrier {
                 DialogState::Updated(id, _, h) => {
                     // A re-INVITE or UPDATE (session refresh, hold): the session goes on as it
                     // is, on the same port with the same codecs, so the same description with
-                    // the same version (RFC 3264 8: unchanged means the version stays).
+                    // the same version (RFC 3264 8: unchanged means the version stays). It
+                    // refreshes the session timer, which our 2xx repeats (RFC 4028 9).
                     let ip = self.inner.public.ip();
-                    let body = self.live().get(&id.call_id).map(|l| {
+                    let found = self.live().get(&id.call_id).map(|l| {
+                        l.refreshed.notify_one();
                         let session = sdp_session(l.call);
-                        sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, session, 1).into_bytes()
+                        let sdp = sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, session, 1);
+                        (sdp.into_bytes(), l.timer)
                     });
-                    let headers = body.as_ref().map(|_| {
-                        vec![rsipstack::sip::Header::ContentType(
-                            "application/sdp".into(),
-                        )]
-                    });
+                    let (body, headers) = match found {
+                        Some((sdp, timer)) => {
+                            let mut headers = vec![rsipstack::sip::Header::ContentType(
+                                "application/sdp".into(),
+                            )];
+                            if let Some(t) = timer {
+                                headers.push(rsipstack::sip::Header::SessionExpires(
+                                    format!("{};refresher=uac", t.interval.as_secs()).into(),
+                                ));
+                            }
+                            (Some(sdp), Some(headers))
+                        }
+                        None => (None, None),
+                    };
                     let _ = h.respond(StatusCode::OK, headers, body).await;
                 }
                 DialogState::Terminated(id, reason) => {
@@ -747,11 +814,13 @@ impl Endpoint {
             cancel,
             carrier,
         } = self;
-        let serve = endpoint.serve();
+        // Its own task: the transport and timers keep running while the calls are torn down.
+        let ep = endpoint.clone();
+        let mut serve = tokio::spawn(async move { ep.serve().await });
         tokio::select! {
             _ = shutdown => {}
-            r = serve => {
-                if let Err(e) = r {
+            r = &mut serve => {
+                if let Ok(Err(e)) = r {
                     tracing::error!(error = %e, "SIP endpoint stopped");
                 }
             }
@@ -765,10 +834,16 @@ impl Endpoint {
                 }
             } => {}
         }
+        // All at once: BYE the confirmed, CANCEL our early ones, refuse callers still ringing.
         let dialogs = carrier.live().dialogs();
-        for d in dialogs {
-            let _ = tokio::time::timeout(Duration::from_secs(2), d.hangup()).await;
-        }
+        let ends = dialogs.into_iter().map(|(d, ringing_in)| async move {
+            if ringing_in {
+                let _ = d.reject(Some(StatusCode::ServiceUnavailable), None);
+            } else {
+                let _ = tokio::time::timeout(Duration::from_secs(3), d.hangup()).await;
+            }
+        });
+        futures::future::join_all(ends).await;
         // The far ends got their BYE or CANCEL; the calls themselves are ended by a carrier
         // process that finds their leases given up (recovery), without a second BYE.
         let released = sqlx::query(
@@ -782,6 +857,7 @@ impl Endpoint {
             tracing::warn!(error = %e, "giving up the SIP calls' leases failed");
         }
         cancel.cancel();
+        serve.abort();
     }
 }
 
@@ -829,7 +905,7 @@ impl Carrier for SipCarrier {
                     }
                 });
             }
-            None => {}
+            None => return self.not_here(call_id).await,
         }
         Ok(())
     }
@@ -842,8 +918,7 @@ impl Carrier for SipCarrier {
             .filter(|l| l.direction == CallDirection::Incoming && !l.answered)
             .map(|l| l.dialog.clone());
         let Some(d) = dialog else {
-            tracing::debug!(call = %req.call_id, "incoming call not live here: nothing to ring");
-            return Ok(());
+            return self.not_here(req.call_id).await;
         };
         if let Err(e) = d.ringing(None, None) {
             tracing::warn!(call = %req.call_id, error = %e, "180 Ringing failed");
@@ -867,15 +942,21 @@ impl Carrier for SipCarrier {
             }
             l.answered = true;
             let sdp = sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, sdp_session(l.call), 1);
-            Some((l.dialog.clone(), sdp))
+            Some((l.dialog.clone(), sdp, l.timer_header.clone()))
         });
-        let Some((d, sdp)) = found else {
-            tracing::debug!(call = %req.call_id, "incoming call not live here: nothing to answer");
-            return Ok(());
+        let Some((d, sdp, timer)) = found else {
+            return self.not_here(req.call_id).await;
         };
-        let headers = vec![rsipstack::sip::Header::ContentType(
+        let mut headers = vec![rsipstack::sip::Header::ContentType(
             "application/sdp".into(),
         )];
+        if let Some(t) = timer {
+            // The caller refreshes: it must (RFC 4028 9).
+            if t.ends_with("refresher=uac") {
+                headers.push(rsipstack::sip::Header::Require("timer".into()));
+            }
+            headers.push(rsipstack::sip::Header::SessionExpires(t.into()));
+        }
         d.accept(Some(headers), Some(sdp.into_bytes()))
             .map_err(|e| CarrierError(format!("200 OK: {e}")))
     }

@@ -127,14 +127,25 @@ impl SipCarrier {
     }
 
     /// Renews this process's leases and ends the calls of dead processes, every [`RENEW`].
+    /// Renewal runs on its own task: ending orphans (with retried reports) must never hold
+    /// up this process's own leases, or others would take it for dead.
     pub(crate) async fn keep_leases(&self) {
+        let this = self.clone();
+        let renewal = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RENEW);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.renew().await {
+                    tracing::warn!(error = %e, "renewing the SIP calls' leases failed");
+                }
+            }
+        });
+        let _abort = AbortOnDrop(renewal);
         let mut tick = tokio::time::interval(RENEW);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.renew().await {
-                tracing::warn!(error = %e, "renewing the SIP calls' leases failed");
-            }
             match self.end_orphans().await {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(calls = n, "ended SIP calls of a process that died"),
@@ -179,7 +190,8 @@ impl SipCarrier {
                 request: HangupRequest::Remote(HangupCause::NetworkOutOfOrder),
                 at: chrono::Utc::now(),
             };
-            self.report(call, CustomerId(*customer), cmd).await;
+            let (this, customer) = (self.clone(), CustomerId(*customer));
+            tokio::spawn(async move { this.report(call, customer, cmd).await });
         }
         Ok(orphans.len())
     }
@@ -217,6 +229,15 @@ impl SipCarrier {
             }
             layer.remove_dialog(&id);
         });
+    }
+}
+
+/// Aborts the task when dropped (the endpoint's tasks end together).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -875,3 +875,53 @@ async fn a_trunk_over_tcp_carries_the_call() {
     let log = sipp.log();
     assert!(log.contains("SIP/2.0/TCP"), "{log}");
 }
+
+#[tokio::test]
+async fn session_timers_are_refreshed_by_us_and_enforced_on_the_far_end() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+
+    // The far end wants a 4 s session we refresh: our re-INVITE comes within 4 s (sipp fails
+    // the scenario otherwise), then it hangs up.
+    let mut refreshed = Sipp::uas(Some("answer_timer_we_refresh.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &refreshed, json!({})).await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    let c = env.wait_call_end(call, Duration::from_secs(20)).await;
+    assert_eq!(
+        (&c["status"], &c["hangup_by"]),
+        (&json!("completed"), &json!("remote")),
+        "{c}"
+    );
+    assert_eq!(
+        refreshed.wait(Duration::from_secs(10)),
+        0,
+        "{}",
+        refreshed.log()
+    );
+    let log = refreshed.log();
+    assert!(
+        log.contains("Supported: timer") && log.contains("Session-Expires: 1800"),
+        "{log}"
+    );
+
+    // The far end says it refreshes a 3 s session and never does: we end the call (BYE) as
+    // the network's failure.
+    let mut silent = Sipp::uas(Some("answer_timer_they_refresh.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &silent, json!({})).await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    let c = env.wait_call_end(call, Duration::from_secs(20)).await;
+    assert_eq!(
+        (&c["status"], &c["hangup_by"], &c["hangup_cause"]),
+        (
+            &json!("completed"),
+            &json!("remote"),
+            &json!("network_out_of_order")
+        ),
+        "{c}"
+    );
+    assert_eq!(silent.wait(Duration::from_secs(10)), 0, "{}", silent.log());
+}

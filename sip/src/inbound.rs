@@ -113,6 +113,7 @@ impl SipCarrier {
                 timer: timer.as_ref().map(|(_, t)| *t),
                 timer_header: timer.map(|(h, _)| h),
                 refreshed: Default::default(),
+                sdp_state: (sdp::Direction::SendRecv, 1),
             },
         );
         // 100 Trying now; the transaction carries our later 180/200 and the caller's CANCEL.

@@ -27,7 +27,9 @@
 //!
 //! Session timers (RFC 4028, [`session_timer`]) are asked for, refreshed and enforced.
 //!
-//! Not yet: G.722 and Opus on the wire, hold answered as such (docs/notes/sip-plan.md).
+//! A re-INVITE or UPDATE is answered in the mirrored direction of its offer (hold).
+//!
+//! Not yet: G.722 and Opus on the wire (docs/notes/sip-plan.md).
 
 mod inbound;
 mod keepalive;
@@ -148,6 +150,25 @@ struct Live {
     timer_header: Option<String>,
     /// Notified by each refresh of the far end's.
     refreshed: Arc<tokio::sync::Notify>,
+    /// Our SDP's direction (the answer to the far end's last offer) and version.
+    sdp_state: (sdp::Direction, u64),
+}
+
+impl Live {
+    /// Our current SDP.
+    fn description(&self, ip: IpAddr) -> String {
+        let (direction, version) = self.sdp_state;
+        let session = sdp_session(self.call);
+        sdp::describe_as(
+            ip,
+            self.rtp_port,
+            &self.ours,
+            self.dtmf_pt,
+            session,
+            version,
+            direction,
+        )
+    }
 }
 
 /// The live calls of this process, by SIP Call-ID (an outgoing call's is its id; an
@@ -468,6 +489,7 @@ impl SipCarrier {
                 timer: None,
                 timer_header: None,
                 refreshed: Arc::default(),
+                sdp_state: (sdp::Direction::SendRecv, 1),
             },
         );
         metrics::counter!("vbin_sip_invites_total").increment(1);
@@ -682,29 +704,42 @@ impl SipCarrier {
                 DialogState::Options(_, _, h) | DialogState::Info(_, _, h) => {
                     let _ = h.reply(StatusCode::OK).await;
                 }
-                DialogState::Updated(id, _, h) => {
+                DialogState::Updated(id, req, h) => {
                     // A re-INVITE or UPDATE (session refresh, hold): the session goes on as it
                     // is, on the same port with the same codecs, so the same description with
                     // the same version (RFC 3264 8: unchanged means the version stays). It
                     // refreshes the session timer, which our 2xx repeats (RFC 4028 9).
                     let ip = self.inner.public.ip();
-                    let found = self.live().get(&id.call_id).map(|l| {
+                    // A new offer may hold or resume: our answer mirrors its direction (and is a
+                    // new version when that changes it). An UPDATE without SDP gets none back;
+                    // a re-INVITE without one gets ours as the offer.
+                    let offered = !req.body.is_empty();
+                    let found = self.live().get_mut(&id.call_id).map(|l| {
                         l.refreshed.notify_one();
-                        let session = sdp_session(l.call);
-                        let sdp = sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, session, 1);
-                        (sdp.into_bytes(), l.timer)
+                        let n = offered.then(|| sdp::negotiate(&req.body, &l.ours).ok());
+                        if let Some(n) = n.flatten() {
+                            let ours = n.direction.answer();
+                            if ours != l.sdp_state.0 {
+                                l.sdp_state = (ours, l.sdp_state.1 + 1);
+                            }
+                        }
+                        let with_sdp = offered || req.method == Method::Invite;
+                        (with_sdp.then(|| l.description(ip).into_bytes()), l.timer)
                     });
                     let (body, headers) = match found {
                         Some((sdp, timer)) => {
-                            let mut headers = vec![rsipstack::sip::Header::ContentType(
-                                "application/sdp".into(),
-                            )];
+                            let mut headers = Vec::new();
+                            if sdp.is_some() {
+                                headers.push(rsipstack::sip::Header::ContentType(
+                                    "application/sdp".into(),
+                                ));
+                            }
                             if let Some(t) = timer {
                                 headers.push(rsipstack::sip::Header::SessionExpires(
                                     format!("{};refresher=uac", t.interval.as_secs()).into(),
                                 ));
                             }
-                            (Some(sdp), Some(headers))
+                            (sdp, Some(headers))
                         }
                         None => (None, None),
                     };
@@ -941,8 +976,7 @@ impl Carrier for SipCarrier {
                 return None;
             }
             l.answered = true;
-            let sdp = sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, sdp_session(l.call), 1);
-            Some((l.dialog.clone(), sdp, l.timer_header.clone()))
+            Some((l.dialog.clone(), l.description(ip), l.timer_header.clone()))
         });
         let Some((d, sdp, timer)) = found else {
             return self.not_here(req.call_id).await;

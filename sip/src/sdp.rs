@@ -38,6 +38,28 @@ pub enum Direction {
     Inactive,
 }
 
+impl Direction {
+    /// Its SDP attribute.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// Ours, answering an offer of theirs in this direction (RFC 3264 6.1): a far end that
+    /// only sends (hold) gets `recvonly`, one that only receives `sendonly`.
+    pub fn answer(self) -> Self {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            other => other,
+        }
+    }
+}
+
 /// What an offer/answer settled for the audio stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Negotiated {
@@ -88,7 +110,7 @@ pub fn carried(wanted: &[Codec]) -> Vec<Codec> {
 
 /// An SDP for audio on `ip:port` with `codecs` (in order of preference) and, with `dtmf_pt`,
 /// telephone-event on that payload type ([`DTMF_PT`] in our offers, the offerer's in an
-/// answer).
+/// answer), both ways.
 pub fn describe(
     ip: IpAddr,
     port: u16,
@@ -96,6 +118,27 @@ pub fn describe(
     dtmf_pt: Option<u8>,
     session_id: u64,
     version: u64,
+) -> String {
+    describe_as(
+        ip,
+        port,
+        codecs,
+        dtmf_pt,
+        session_id,
+        version,
+        Direction::SendRecv,
+    )
+}
+
+/// [`describe`] with our `direction`.
+pub fn describe_as(
+    ip: IpAddr,
+    port: u16,
+    codecs: &[Codec],
+    dtmf_pt: Option<u8>,
+    session_id: u64,
+    version: u64,
+    direction: Direction,
 ) -> String {
     let mut fmts: Vec<String> = codecs
         .iter()
@@ -129,7 +172,7 @@ pub fn describe(
             .push(attr("fmtp", Some(format!("{pt} 0-16"))));
     }
     media.attributes.push(attr("ptime", Some("20".into())));
-    media.attributes.push(attr("sendrecv", None));
+    media.attributes.push(attr(direction.attribute(), None));
     let mut s = Session::new(
         Origin {
             username: Some("vbin".into()),
@@ -336,6 +379,24 @@ mod tests {
         let answer = describe(ip, 20_004, &[Codec::Pcmu], None, 7, 1);
         assert!(answer.contains("m=audio 20004 RTP/AVP 0\r\n"), "{answer}");
         assert!(!answer.contains("telephone-event"), "{answer}");
+    }
+
+    #[test]
+    fn hold_is_answered_in_the_mirrored_direction() {
+        let ip = "192.0.2.7".parse().unwrap();
+        for (theirs, ours) in [
+            (Direction::SendOnly, "a=recvonly"),
+            (Direction::RecvOnly, "a=sendonly"),
+            (Direction::Inactive, "a=inactive"),
+            (Direction::SendRecv, "a=sendrecv"),
+        ] {
+            let sdp = describe_as(ip, 20_004, &CARRIED, None, 7, 2, theirs.answer());
+            assert!(sdp.contains(ours), "{sdp}");
+            assert_eq!(
+                negotiate(sdp.as_bytes(), &CARRIED).unwrap().direction,
+                theirs.answer()
+            );
+        }
     }
 
     #[test]

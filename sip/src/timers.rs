@@ -2,7 +2,7 @@
 //! call when the far end stops refreshing.
 
 use crate::session_timer::SessionTimer;
-use crate::{sdp, sdp_session, SipCarrier};
+use crate::SipCarrier;
 use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCodeKind};
 use std::sync::Arc;
@@ -69,9 +69,10 @@ impl SipCarrier {
     /// One refresh: a re-INVITE with the same SDP; whether a 2xx came back.
     async fn refresh(&self, call: CallId, dialog: &InviteDialog, timer: SessionTimer) -> bool {
         let ip = self.inner.public.ip();
-        let sdp = self.live().of_call(call).map(|l| {
-            sdp::describe(ip, l.rtp_port, &l.ours, l.dtmf_pt, sdp_session(call), 1).into_bytes()
-        });
+        let sdp = self
+            .live()
+            .of_call(call)
+            .map(|l| l.description(ip).into_bytes());
         let headers = vec![
             Header::ContentType("application/sdp".into()),
             Header::Supported("timer".into()),

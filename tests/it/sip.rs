@@ -877,7 +877,7 @@ async fn a_trunk_over_tcp_carries_the_call() {
 }
 
 #[tokio::test]
-async fn session_timers_are_refreshed_by_us_and_enforced_on_the_far_end() {
+async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
 
@@ -905,6 +905,16 @@ async fn session_timers_are_refreshed_by_us_and_enforced_on_the_far_end() {
         log.contains("Supported: timer") && log.contains("Session-Expires: 1800"),
         "{log}"
     );
+
+    // The far end puts the call on hold: our answer says recvonly (sipp checks it).
+    let mut hold = Sipp::uas(Some("answer_hold_bye.xml"), 1);
+    let trunk = trunk_to(&env, &tok, &hold, json!({})).await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0];
+    let c = env.wait_call_end(call, Duration::from_secs(20)).await;
+    assert_eq!(c["hangup_by"], "remote", "{c}");
+    assert_eq!(hold.wait(Duration::from_secs(10)), 0, "{}", hold.log());
 
     // The far end says it refreshes a 3 s session and never does: we end the call (BYE) as
     // the network's failure.

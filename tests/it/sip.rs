@@ -935,3 +935,46 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
     );
     assert_eq!(silent.wait(Duration::from_secs(10)), 0, "{}", silent.log());
 }
+
+#[tokio::test]
+async fn a_hundred_concurrent_calls_over_one_trunk() {
+    const N: usize = 100;
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let mut sipp = Sipp::uas(None, N as u32);
+    let trunk = trunk_to(&env, &tok, &sipp, json!({})).await;
+    let numbers: Vec<String> = (0..N).map(|i| format!("+1555100{i:04}")).collect();
+    let numbers: Vec<&str> = numbers.iter().map(String::as_str).collect();
+    let calls = env.calls(&tok, &numbers, json!({"trunk_id": trunk})).await;
+    assert_eq!(calls.len(), N);
+    // All up at once: each answered, each with its own RTP port.
+    let pool = env.pool.clone();
+    wait_until(
+        "a hundred answered SIP calls",
+        Duration::from_secs(60),
+        || async {
+            let up: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM sip_calls WHERE state = 'answered'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            up == N as i64
+        },
+    )
+    .await;
+    let api = env.client(&tok);
+    for &call in &calls {
+        let (s, _) = api.hangup(call).await;
+        assert_eq!(s, 200);
+    }
+    for &call in &calls {
+        let c = env.wait_call_end(call, Duration::from_secs(30)).await;
+        assert_eq!(
+            (&c["status"], &c["hangup_by"]),
+            (&json!("completed"), &json!("local")),
+            "{c}"
+        );
+    }
+    assert_eq!(sipp.wait(Duration::from_secs(30)), 0, "{}", sipp.log());
+    assert_eq!(sipp.invites(), N, "{}", sipp.log());
+}

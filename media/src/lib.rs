@@ -5,6 +5,7 @@ pub mod audiosocket;
 pub mod clip;
 pub mod codecs;
 pub mod decode;
+pub mod dtmf;
 pub mod g711;
 pub mod resample;
 pub mod stt;

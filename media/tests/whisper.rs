@@ -565,3 +565,37 @@ fn cpu_seconds() -> f64 {
     // Fields 14 and 15 (utime, stime) are the 12th and 13th after the command name.
     (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0
 }
+
+/// In-band DTMF detection hears no key in speech: every prompt of Debian's Asterisk sounds
+/// (358 of them), while the same detector hears keys between them.
+#[test]
+fn in_band_dtmf_hears_no_key_in_speech_prompts() {
+    let Ok(dir) = std::fs::read_dir(SOUNDS) else {
+        eprintln!("SKIPPED: no {SOUNDS} (scripts/services installs it)");
+        return;
+    };
+    let mut names: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wav"))
+        .collect();
+    names.sort();
+    assert!(names.len() > 100, "{}", names.len());
+    let mut detector = vbin_media::dtmf::Detector::new();
+    let mut false_keys = Vec::new();
+    for path in &names {
+        let samples = wav_8k(&std::fs::read(path).unwrap());
+        for k in detector.push(&samples) {
+            false_keys.push(format!("{} -> {k}", path.display()));
+        }
+        detector.push(&vec![0; 800]);
+    }
+    assert!(false_keys.is_empty(), "{false_keys:?}");
+    // The detector is not deaf: the clip generator's keys, at 8 kHz, come through.
+    let wide = vbin_media::clip::dtmf("4#", 100, 100);
+    let mut down = vbin_media::resample::Resampler::new(16_000, 8_000).unwrap();
+    let mut keys = Vec::new();
+    for frame in wide.chunks_exact(320) {
+        down.process(frame, &mut keys).unwrap();
+    }
+    assert_eq!(detector.push(&keys), ['4', '#']);
+}

@@ -585,6 +585,8 @@ impl SipCarrier {
             n.codec,
         );
         let receiver = rtp::Receiver::new(receive.0, receive.1);
+        // A far end without telephone-event sends its keys as tones in the audio.
+        let inband = n.dtmf_pt.is_none().then(vbin_media::dtmf::Detector::new);
         let (tx, rx) = vbin_callmedia::socket::channel();
         let far = vbin_callmedia::socket::SocketFar::new(call.as_uuid(), rx, Box::new(outlet));
         tracing::info!(%call, codec = n.codec.as_str(), remote = %n.remote, "RTP starts");
@@ -593,7 +595,7 @@ impl SipCarrier {
                 tracing::warn!(%call, why = %why, "the call's media session refused its RTP");
                 return;
             }
-            let ended = media::pump(reader, remote, receiver, n.codec, tx).await;
+            let ended = media::pump(reader, remote, receiver, n.codec, inband, tx).await;
             tracing::info!(%call, %ended, "RTP ended");
         });
     }

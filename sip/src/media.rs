@@ -117,12 +117,14 @@ impl Outlet for RtpOutlet {
 }
 
 /// Reads the call's RTP into `tx` until the session is gone (`tx` closed) or the socket
-/// fails; returns why it ended.
+/// fails; returns why it ended. With `inband` (a far end without RFC 4733), keys are heard in
+/// the audio too.
 pub async fn pump(
     socket: tokio::net::UdpSocket,
     remote: Remote,
     mut receiver: Receiver,
     codec: Codec,
+    mut inband: Option<vbin_media::dtmf::Detector>,
     tx: mpsc::Sender<Incoming>,
 ) -> String {
     let mut buf = vec![0u8; 2048];
@@ -143,12 +145,20 @@ pub async fn pump(
         }
         remote.latch(from);
         while let Some(item) = receiver.pop() {
-            let msg = match item {
-                Received::Audio(payload) => Incoming::Audio(8_000, decode(codec, &payload)),
-                Received::Key(k) => Incoming::Dtmf(k),
-            };
-            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg) {
-                return "the call's media session ended".into();
+            let mut msgs = Vec::with_capacity(1);
+            match item {
+                Received::Audio(payload) => {
+                    let samples = decode(codec, &payload);
+                    let keys = inband.as_mut().map(|d| d.push(&samples));
+                    msgs.push(Incoming::Audio(8_000, samples));
+                    msgs.extend(keys.into_iter().flatten().map(Incoming::Dtmf));
+                }
+                Received::Key(k) => msgs.push(Incoming::Dtmf(k)),
+            }
+            for msg in msgs {
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg) {
+                    return "the call's media session ended".into();
+                }
             }
         }
     }
@@ -183,6 +193,7 @@ mod tests {
             remote.clone(),
             Receiver::new(0, Some(crate::sdp::DTMF_PT)),
             Codec::Pcmu,
+            None,
             tx,
         ));
 
@@ -252,5 +263,48 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(ended.contains("session ended"), "{ended}");
+    }
+
+    /// A far end without RFC 4733 presses 5 as tones in its µ-law audio: the key is heard.
+    #[tokio::test]
+    async fn keys_in_the_audio_of_a_far_end_without_rfc_4733_are_heard() {
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let our_addr = ours.local_addr().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (tx, mut rx) = mpsc::channel(100);
+        tokio::spawn(pump(
+            tokio::net::UdpSocket::from_std(ours).unwrap(),
+            Remote::new(far.local_addr().unwrap()),
+            Receiver::new(0, None),
+            Codec::Pcmu,
+            Some(vbin_media::dtmf::Detector::new()),
+            tx,
+        ));
+        // 120 ms of 770 + 1336 Hz (key 5), then 60 ms of silence, in 20 ms packets.
+        let mut theirs = Sender::new(0, None, 0x55);
+        let samples: Vec<i16> = (0..(FRAME * 9))
+            .map(|i| {
+                if i >= FRAME * 6 {
+                    return 0;
+                }
+                let t = i as f32 / 8_000.0;
+                let w = |f: f32| (2.0 * std::f32::consts::PI * f * t).sin();
+                ((w(770.0) + w(1336.0)) * 6_000.0) as i16
+            })
+            .collect();
+        for f in samples.chunks(FRAME) {
+            far.send_to(&theirs.audio(&encode(Codec::Pcmu, f), 160), our_addr)
+                .unwrap();
+        }
+        let mut keys = Vec::new();
+        for _ in 0..10 {
+            match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+                Ok(Some(Incoming::Dtmf(k))) => keys.push(k),
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        assert_eq!(keys, ['5']);
     }
 }

@@ -978,3 +978,89 @@ async fn a_hundred_concurrent_calls_over_one_trunk() {
     assert_eq!(sipp.wait(Duration::from_secs(30)), 0, "{}", sipp.log());
     assert_eq!(sipp.invites(), N, "{}", sipp.log());
 }
+
+/// Kamailio as a carrier's outbound proxy that asks for digest credentials with 407
+/// (tests/it/kamailio/proxy.cfg: user vbin, password s3cret) and relays to `relay_port`.
+struct Kamailio {
+    port: u16,
+    child: Child,
+}
+
+impl Kamailio {
+    fn start(relay_port: u16) -> Self {
+        let port = free_port();
+        let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/it/kamailio/proxy.cfg");
+        // Debian puts it in /usr/sbin, which a user's PATH may lack.
+        let bin = ["/usr/sbin/kamailio", "kamailio"]
+            .into_iter()
+            .find(|b| std::path::Path::new(b).exists())
+            .unwrap_or("kamailio");
+        let child = Command::new(bin)
+            .arg("-f")
+            .arg(cfg)
+            .args(["-DD", "-E", "-l", &format!("udp:127.0.0.1:{port}")])
+            .args(["-A", &format!("RELAY=\"sip:127.0.0.1:{relay_port}\"")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kamailio must be installed (scripts/services installs it)");
+        let t = Instant::now();
+        while !bound(port) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "kamailio never bound its port"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Kamailio { port, child }
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SIGTERM: kamailio stops its children itself (SIGKILL would orphan them).
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_trunk_behind_a_proxy_asking_407_authenticates_through_kamailio() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let mut sipp = Sipp::uas(None, 1);
+    let proxy = Kamailio::start(sipp.port);
+    let api = env.client(&tok);
+    let trunk = |password: &str| {
+        let body = json!({"name": "proxied", "host": "127.0.0.1", "port": proxy.port,
+                          "transport": "udp", "username": "vbin", "password": password});
+        let api = &api;
+        async move { id_of(&api.create("/v1.0/trunks", body).await) }
+    };
+
+    // The right credentials: the INVITE is challenged, answered with Proxy-Authorization and
+    // relayed to sipp, which answers; our BYE follows the proxy's Record-Route.
+    let good = trunk("s3cret").await;
+    let c = answered_then_hung_up(&env, &tok, &good).await;
+    assert_eq!(
+        (&c["status"], &c["hangup_by"]),
+        (&json!("completed"), &json!("local")),
+        "{c}"
+    );
+    assert_eq!(sipp.wait(Duration::from_secs(10)), 0, "{}", sipp.log());
+    let log = sipp.log();
+    assert!(
+        log.contains("Record-Route:") && log.contains("BYE sip:"),
+        "{log}"
+    );
+
+    // Wrong ones: the second 407 is final, the call rejected.
+    let bad = trunk("wrong").await;
+    let call = env
+        .calls(&tok, &["+15550002000"], json!({"trunk_id": bad}))
+        .await[0];
+    let c = env.wait_call_end(call, Duration::from_secs(15)).await;
+    assert_eq!(c["hangup_cause"], "call_rejected", "{c}");
+}

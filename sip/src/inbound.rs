@@ -42,6 +42,12 @@ impl SipCarrier {
             .call_id_header()
             .map(|h| h.value().to_string())
             .unwrap_or_default();
+        // Another INVITE of a call we have (a fork or a loop back to us): not a second call.
+        if self.live().get(&sip_call_id).is_some() {
+            tracing::info!(%sip_call_id, "incoming SIP call refused: its Call-ID is a live call's");
+            let _ = tx.reply(StatusCode::LoopDetected).await;
+            return;
+        }
         let admitted = match self.admit(&tx.original).await {
             Ok(a) => a,
             Err((status, why)) => {

@@ -937,6 +937,14 @@ impl Carrier for SipCarrier {
             // BYE when confirmed, CANCEL while early; the dialog's end comes back as a state.
             Some((d, false)) => {
                 tokio::spawn(async move {
+                    // Not before the caller's ACK of our 200 (RFC 3261 15: a UAS MUST NOT),
+                    // which comes within 64*T1 or never.
+                    let t = std::time::Instant::now();
+                    while matches!(d.state(), DialogState::WaitAck(..))
+                        && t.elapsed() < Duration::from_secs(32)
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     if let Err(e) = d.hangup().await {
                         tracing::warn!(call = %call_id, error = %e, "BYE/CANCEL failed");
                     }

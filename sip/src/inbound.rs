@@ -12,7 +12,7 @@
 //! the carrier it [`arrived`](vbin_carrier::Carrier::arrived) (180) and, at the flow's answer,
 //! that it was [`answered`](vbin_carrier::Carrier::answered) (200 with our answer).
 
-use crate::{rtp, sdp, Live, SipCarrier};
+use crate::{sdp, Live, SipCarrier};
 use rsipstack::sip::prelude::{HeadersExt, ToTypedHeader};
 use rsipstack::sip::uri::Param;
 use rsipstack::sip::{Host, Request, StatusCode, Transport, Uri};
@@ -20,7 +20,6 @@ use rsipstack::transaction::transaction::Transaction;
 use std::net::IpAddr;
 use vbin_app::numbers::{IncomingCall, NumberRoute};
 use vbin_app::{Acting, AppError};
-use vbin_domain::{CallCommand, HangupRequest};
 use vbin_event_schema::{CallDirection, CallId, HangupCause, TrunkSettings, E164};
 
 /// Why a call from the network is refused: the response and what the log says.
@@ -59,22 +58,11 @@ impl SipCarrier {
             }
         };
         let customer = admitted.route.customer;
-        let Some(rtp) = rtp::bind_in(
-            self.inner.bind_ip,
-            &self.inner.rtp_ports,
-            (rand_start(&sip_call_id) % u128::from(u16::MAX)) as u16,
-        ) else {
+        let call = CallId::new();
+        let Some((rtp, rtp_port)) = self.bind_rtp(call) else {
             tracing::error!(%sip_call_id, ports = ?self.inner.rtp_ports, "no RTP port free (VBIN_RTP_PORTS): incoming call refused");
             let _ = tx.reply(StatusCode::ServiceUnavailable).await;
             return;
-        };
-        let rtp_port = match rtp.local_addr() {
-            Ok(a) => a.port(),
-            Err(e) => {
-                tracing::error!(%sip_call_id, error = %e, "RTP socket: incoming call refused");
-                let _ = tx.reply(StatusCode::ServiceUnavailable).await;
-                return;
-            }
         };
         let tcp = tx
             .connection
@@ -100,7 +88,6 @@ impl SipCarrier {
                 return;
             }
         };
-        let call = CallId::new();
         let n = admitted.offer.clone();
         let timer = crate::session_timer::of_offer(&tx.original);
         self.live().insert(
@@ -116,8 +103,7 @@ impl SipCarrier {
                 ours: vec![n.codec],
                 dtmf_pt: n.dtmf_pt,
                 offer: Some(n),
-                timer: timer.as_ref().map(|(_, t)| *t),
-                timer_header: timer.map(|(h, _)| h),
+                timer,
                 refreshed: Default::default(),
                 sdp_state: (sdp::Direction::SendRecv, 1),
             },
@@ -134,31 +120,15 @@ impl SipCarrier {
             self.forget(call);
             let _ = dialog.reject(Some(StatusCode::ServiceUnavailable), None);
             // The claim (if written) ends; a call the store did create after all is ended too.
-            self.set_state(call, "ended").await;
-            self.report(
-                call,
-                customer,
-                CallCommand::Hangup {
-                    request: HangupRequest::Remote(HangupCause::NetworkOutOfOrder),
-                    at: chrono::Utc::now(),
-                },
-            )
-            .await;
+            self.hung_up(call, customer, HangupCause::NetworkOutOfOrder)
+                .await;
             return;
         }
         metrics::counter!("vbin_sip_incoming_total", "outcome" => "taken").increment(1);
         // A caller who gave up while the call was being created found no call to end.
         if self.live().of_call(call).is_none() {
-            self.report(
-                call,
-                customer,
-                CallCommand::Hangup {
-                    request: HangupRequest::Remote(HangupCause::OriginatorCancel),
-                    at: chrono::Utc::now(),
-                },
-            )
-            .await;
-            self.set_state(call, "ended").await;
+            self.hung_up(call, customer, HangupCause::OriginatorCancel)
+                .await;
         }
     }
 
@@ -267,14 +237,6 @@ impl SipCarrier {
             offer,
         })
     }
-}
-
-/// A spread-out start in the RTP port range for a call of this SIP Call-ID.
-fn rand_start(sip_call_id: &str) -> u128 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sip_call_id.hash(&mut h);
-    u128::from(h.finish())
 }
 
 /// The E.164 number a SIP user part names: visual separators and parameters dropped, `00` or

@@ -146,8 +146,6 @@ struct Live {
     offer: Option<sdp::Negotiated>,
     /// The session timer (incoming: from the offer; outgoing: set at the answer).
     timer: Option<session_timer::SessionTimer>,
-    /// Incoming: the `Session-Expires` of our 2xx.
-    timer_header: Option<String>,
     /// Notified by each refresh of the far end's.
     refreshed: Arc<tokio::sync::Notify>,
     /// Our SDP's direction (the answer to the far end's last offer) and version.
@@ -348,13 +346,19 @@ impl SipCarrier {
         }
     }
 
+    /// The network ended the call (`cause`): reported, and its SIP state ended.
     async fn hung_up(&self, call: CallId, customer: CustomerId, cause: HangupCause) {
-        let cmd = CallCommand::Hangup {
-            request: HangupRequest::Remote(cause),
-            at: Utc::now(),
-        };
-        self.report(call, customer, cmd).await;
+        self.report(call, customer, remote_hangup(cause)).await;
         self.set_state(call, "ended").await;
+    }
+
+    /// The call's RTP socket, on an even port of `VBIN_RTP_PORTS` (the search starts at a
+    /// port spread by the call's id), and its port; None when none is free.
+    fn bind_rtp(&self, call: CallId) -> Option<(std::net::UdpSocket, u16)> {
+        let start = (call.as_uuid().as_u128() % u128::from(u16::MAX)) as u16;
+        let socket = rtp::bind_in(self.inner.bind_ip, &self.inner.rtp_ports, start)?;
+        let port = socket.local_addr().ok()?.port();
+        Some((socket, port))
     }
 
     /// Records the call's SIP state (what a restarted process acts on), retried like
@@ -424,17 +428,12 @@ impl SipCarrier {
             ""
         };
         let public = self.inner.public;
-        let start = (call.as_uuid().as_u128() % u128::from(u16::MAX)) as u16;
-        let Some(rtp) = rtp::bind_in(self.inner.bind_ip, &self.inner.rtp_ports, start) else {
+        let Some((rtp, rtp_port)) = self.bind_rtp(call) else {
             tracing::error!(%call, ports = ?self.inner.rtp_ports, "no RTP port free (VBIN_RTP_PORTS): the call fails");
             self.hung_up(call, customer, HangupCause::NetworkOutOfOrder)
                 .await;
             return Ok(());
         };
-        let rtp_port = rtp
-            .local_addr()
-            .map_err(|e| CarrierError(format!("RTP socket: {e}")))?
-            .port();
         let offered = sdp::carried(&s.codecs);
         let session = sdp_session(call);
         let opt = InviteOption {
@@ -487,7 +486,6 @@ impl SipCarrier {
                 dtmf_pt: Some(sdp::DTMF_PT),
                 offer: None,
                 timer: None,
-                timer_header: None,
                 refreshed: Arc::default(),
                 sdp_state: (sdp::Direction::SendRecv, 1),
             },
@@ -736,11 +734,7 @@ impl SipCarrier {
                                     "application/sdp".into(),
                                 ));
                             }
-                            if let Some(t) = timer {
-                                headers.push(rsipstack::sip::Header::SessionExpires(
-                                    format!("{};refresher=uac", t.interval.as_secs()).into(),
-                                ));
-                            }
+                            headers.extend(timer.map(|t| t.refreshing()));
                             (sdp, Some(headers))
                         }
                         None => (None, None),
@@ -986,7 +980,7 @@ impl Carrier for SipCarrier {
                 return None;
             }
             l.answered = true;
-            Some((l.dialog.clone(), l.description(ip), l.timer_header.clone()))
+            Some((l.dialog.clone(), l.description(ip), l.timer))
         });
         let Some((d, sdp, timer)) = found else {
             return self.not_here(req.call_id).await;
@@ -994,15 +988,17 @@ impl Carrier for SipCarrier {
         let mut headers = vec![rsipstack::sip::Header::ContentType(
             "application/sdp".into(),
         )];
-        if let Some(t) = timer {
-            // The caller refreshes: it must (RFC 4028 9).
-            if t.ends_with("refresher=uac") {
-                headers.push(rsipstack::sip::Header::Require("timer".into()));
-            }
-            headers.push(rsipstack::sip::Header::SessionExpires(t.into()));
-        }
+        headers.extend(timer.map(|t| t.answering()).unwrap_or_default());
         d.accept(Some(headers), Some(sdp.into_bytes()))
             .map_err(|e| CarrierError(format!("200 OK: {e}")))
+    }
+}
+
+/// The command of a call the network ended with `cause`.
+fn remote_hangup(cause: HangupCause) -> CallCommand {
+    CallCommand::Hangup {
+        request: HangupRequest::Remote(cause),
+        at: Utc::now(),
     }
 }
 

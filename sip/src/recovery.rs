@@ -17,7 +17,6 @@ use rsipstack::transaction::key::TransactionRole;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_domain::{CallCommand, HangupRequest};
 use vbin_event_schema::{CallId, CustomerId, HangupCause};
 
 /// How long a process's claim on its calls lasts without renewal.
@@ -186,10 +185,7 @@ impl SipCarrier {
             if let Some(saved) = dialog {
                 self.bye_restored(call, saved.clone());
             }
-            let cmd = CallCommand::Hangup {
-                request: HangupRequest::Remote(HangupCause::NetworkOutOfOrder),
-                at: chrono::Utc::now(),
-            };
+            let cmd = crate::remote_hangup(HangupCause::NetworkOutOfOrder);
             let (this, customer) = (self.clone(), CustomerId(*customer));
             tokio::spawn(async move { this.report(call, customer, cmd).await });
         }

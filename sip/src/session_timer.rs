@@ -68,10 +68,9 @@ pub fn of_answer(resp: &Response) -> Option<SessionTimer> {
     })
 }
 
-/// For an INVITE we answer: the `Session-Expires` value of our 2xx and the timer (none when
-/// the caller asks for none). Below [`MIN_SE`] we take [`MIN_SE`] (a 422 would only make the
-/// caller ask again).
-pub fn of_offer(req: &Request) -> Option<(String, SessionTimer)> {
+/// For an INVITE we answer: the timer (none when the caller asks for none). Below [`MIN_SE`]
+/// we take [`MIN_SE`] (a 422 would only make the caller ask again).
+pub fn of_offer(req: &Request) -> Option<SessionTimer> {
     let (interval, refresher) = parse(header(&req.headers, "Session-Expires")?)?;
     let interval = interval.max(MIN_SE);
     let supports = header(&req.headers, "Supported")
@@ -82,16 +81,33 @@ pub fn of_offer(req: &Request) -> Option<(String, SessionTimer)> {
         _ if supports => "uac",
         _ => "uas",
     };
-    Some((
-        format!("{};refresher={refresher}", interval.as_secs()),
-        SessionTimer {
-            interval,
-            we_refresh: refresher == "uas",
-        },
-    ))
+    Some(SessionTimer {
+        interval,
+        we_refresh: refresher == "uas",
+    })
 }
 
 impl SessionTimer {
+    /// The headers of our 2xx to the INVITE that set it up (we are its UAS): who refreshes,
+    /// and `Require: timer` when the caller does (RFC 4028 9).
+    pub fn answering(self) -> Vec<Header> {
+        let refresher = if self.we_refresh { "uas" } else { "uac" };
+        let mut headers = Vec::with_capacity(2);
+        if !self.we_refresh {
+            headers.push(Header::Require("timer".into()));
+        }
+        headers.push(Header::SessionExpires(
+            format!("{};refresher={refresher}", self.interval.as_secs()).into(),
+        ));
+        headers
+    }
+
+    /// `Session-Expires` of a refresh (a re-INVITE or UPDATE) and of our 2xx to one: its
+    /// sender, the UAC of that transaction, refreshes.
+    pub fn refreshing(self) -> Header {
+        Header::SessionExpires(format!("{};refresher=uac", self.interval.as_secs()).into())
+    }
+
     /// How long without a refresh ends the session (§10: the interval less a third, at most
     /// 32 s less).
     pub fn expiry(self) -> Duration {
@@ -112,6 +128,41 @@ mod tests {
         assert_eq!(parse(" 90 "), Some((Duration::from_secs(90), None)));
         assert_eq!(parse("1"), Some((FLOOR, None)));
         assert_eq!(parse("soon"), None);
+    }
+
+    fn invite(extra: &str) -> Request {
+        let text = format!(
+            "INVITE sip:+15557770001@127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1\r\n\
+             From: <sip:+15550009999@127.0.0.1>;tag=a\r\nTo: <sip:+15557770001@127.0.0.1>\r\n\
+             Call-ID: c1\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        );
+        Request::try_from(text.as_str()).unwrap()
+    }
+
+    #[test]
+    fn a_caller_that_supports_timers_refreshes_one_that_does_not_is_refreshed() {
+        let names = |t: SessionTimer| -> Vec<String> {
+            t.answering().iter().map(|h| h.to_string()).collect()
+        };
+        let t = of_offer(&invite("Supported: timer\r\nSession-Expires: 120\r\n")).unwrap();
+        assert_eq!(
+            (t.interval, t.we_refresh),
+            (Duration::from_secs(120), false)
+        );
+        assert_eq!(
+            names(t),
+            ["Require: timer", "Session-Expires: 120;refresher=uac"]
+        );
+        // Below Min-SE, from a caller without timer support: 90 s, refreshed by us.
+        let t = of_offer(&invite("Session-Expires: 30\r\n")).unwrap();
+        assert_eq!((t.interval, t.we_refresh), (MIN_SE, true));
+        assert_eq!(names(t), ["Session-Expires: 90;refresher=uas"]);
+        assert_eq!(
+            t.refreshing().to_string(),
+            "Session-Expires: 90;refresher=uac"
+        );
+        assert_eq!(of_offer(&invite("")), None);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use rsipstack::dialog::invite_dialog::InviteDialog;
 use rsipstack::sip::{Header, StatusCodeKind};
 use std::sync::Arc;
 use tokio::sync::Notify;
-use vbin_domain::{CallCommand, HangupRequest};
 use vbin_event_schema::{CallId, CustomerId, HangupCause};
 
 impl SipCarrier {
@@ -44,15 +43,8 @@ impl SipCarrier {
                     tracing::warn!(%call, interval_s = timer.interval.as_secs(), "session timer expired: ending the call");
                     metrics::counter!("vbin_sip_session_expired_total").increment(1);
                     // Reported first: our BYE then finds the call ended by the network.
-                    this.report(
-                        call,
-                        customer,
-                        CallCommand::Hangup {
-                            request: HangupRequest::Remote(HangupCause::NetworkOutOfOrder),
-                            at: chrono::Utc::now(),
-                        },
-                    )
-                    .await;
+                    let cmd = crate::remote_hangup(HangupCause::NetworkOutOfOrder);
+                    this.report(call, customer, cmd).await;
                     if let Err(e) = dialog.bye().await {
                         tracing::warn!(%call, error = %e, "BYE after the session timer failed");
                     }
@@ -76,7 +68,7 @@ impl SipCarrier {
         let headers = vec![
             Header::ContentType("application/sdp".into()),
             Header::Supported("timer".into()),
-            Header::SessionExpires(format!("{};refresher=uac", timer.interval.as_secs()).into()),
+            timer.refreshing(),
         ];
         match dialog.reinvite(Some(headers), sdp).await {
             Ok(Some(r)) if r.status_code.kind() == StatusCodeKind::Successful => {

@@ -169,11 +169,15 @@ async fn trunk_to(env: &Env, tok: &str, sipp: &Sipp, extra: Value) -> String {
     id_of(&env.client(tok).create("/v1.0/trunks", body).await)
 }
 
+/// A call of the customer `tok` to +15550002000 through `trunk`.
+async fn call_through(env: &Env, tok: &str, trunk: &str) -> Uuid {
+    env.calls(tok, &["+15550002000"], json!({"trunk_id": trunk}))
+        .await[0]
+}
+
 /// A call through `trunk`, hung up by us once answered: its view at the end.
 async fn answered_then_hung_up(env: &Env, tok: &str, trunk: &str) -> Value {
-    let call = env
-        .calls(tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(env, tok, trunk).await;
     env.wait_call(
         call,
         Duration::from_secs(15),
@@ -229,9 +233,7 @@ async fn a_call_through_a_trunk_is_answered_by_sipp_and_hung_up_by_us() {
         .await;
     assert_eq!(s, 400, "{v}");
 
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(&env, &tok, &trunk).await;
     let v = env
         .wait_call(
             call,
@@ -294,9 +296,7 @@ async fn sipps_answers_become_the_calls_outcomes() {
     // The far end hangs up: completed, by remote.
     let mut bye = Sipp::uas(Some("answer_then_bye.xml"), 1);
     let trunk = trunk_to(&env, &tok, &bye, json!({})).await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(&env, &tok, &trunk).await;
     let v = env.wait_call_end(call, Duration::from_secs(15)).await;
     assert_eq!(
         (&v["status"], &v["hangup_by"], &v["hangup_cause"]),
@@ -314,9 +314,7 @@ async fn sipps_answers_become_the_calls_outcomes() {
     // Busy: 486 -> busy / user_busy, and the 486 is ACKed.
     let mut busy = Sipp::uas(Some("busy.xml"), 1);
     let trunk = trunk_to(&env, &tok, &busy, json!({})).await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(&env, &tok, &trunk).await;
     let v = env.wait_call_end(call, Duration::from_secs(15)).await;
     assert_eq!(
         (&v["status"], &v["hangup_cause"]),
@@ -885,9 +883,7 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
     // the scenario otherwise), then it hangs up.
     let mut refreshed = Sipp::uas(Some("answer_timer_we_refresh.xml"), 1);
     let trunk = trunk_to(&env, &tok, &refreshed, json!({})).await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(&env, &tok, &trunk).await;
     let c = env.wait_call_end(call, Duration::from_secs(20)).await;
     assert_eq!(
         (&c["status"], &c["hangup_by"]),
@@ -909,9 +905,7 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
     // The far end puts the call on hold: our answer says recvonly (sipp checks it).
     let mut hold = Sipp::uas(Some("answer_hold_bye.xml"), 1);
     let trunk = trunk_to(&env, &tok, &hold, json!({})).await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(&env, &tok, &trunk).await;
     let c = env.wait_call_end(call, Duration::from_secs(20)).await;
     assert_eq!(c["hangup_by"], "remote", "{c}");
     assert_eq!(hold.wait(Duration::from_secs(10)), 0, "{}", hold.log());
@@ -920,9 +914,7 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
     // the network's failure.
     let mut silent = Sipp::uas(Some("answer_timer_they_refresh.xml"), 1);
     let trunk = trunk_to(&env, &tok, &silent, json!({})).await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": trunk}))
-        .await[0];
+    let call = call_through(&env, &tok, &trunk).await;
     let c = env.wait_call_end(call, Duration::from_secs(20)).await;
     assert_eq!(
         (&c["status"], &c["hangup_by"], &c["hangup_cause"]),
@@ -1058,9 +1050,7 @@ async fn a_trunk_behind_a_proxy_asking_407_authenticates_through_kamailio() {
 
     // Wrong ones: the second 407 is final, the call rejected.
     let bad = trunk("wrong").await;
-    let call = env
-        .calls(&tok, &["+15550002000"], json!({"trunk_id": bad}))
-        .await[0];
+    let call = call_through(&env, &tok, &bad).await;
     let c = env.wait_call_end(call, Duration::from_secs(15)).await;
     assert_eq!(c["hangup_cause"], "call_rejected", "{c}");
 }

@@ -118,7 +118,7 @@ impl Nats {
         let dir = std::env::temp_dir().join(format!("vbin-test-nats-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut n = Nats {
-            port: free_port(),
+            port: 0,
             dir,
             child: None,
         };
@@ -141,23 +141,40 @@ impl Nats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts (again) on the same port with the same store.
+    /// Starts (again) on the same port with the same store. The first start lets
+    /// nats-server take a port of its own (`-p -1`) and reads it from its log: a port found
+    /// free beforehand may be taken by a concurrent test's server in between, and the two
+    /// tests would then share one server (the first to end kills it under the other).
     pub fn resume(&mut self) {
+        use std::io::BufRead;
         let bin = which("nats-server").unwrap_or_else(|| "/usr/sbin/nats-server".into());
-        let child = Command::new(bin)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+        let port = if self.port == 0 {
+            "-1".to_string()
+        } else {
+            self.port.to_string()
+        };
+        let mut child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(&self.dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("nats-server must be installed (scripts/services installs it)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Read the log to its end (a full pipe would block the server).
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                    let _ = tx.send(addr.rsplit(':').next().and_then(|p| p.trim().parse().ok()));
+                }
+            }
+        });
+        let port: Option<u16> = rx.recv_timeout(Duration::from_secs(20)).ok().flatten();
+        self.port = port.expect("nats-server did not say where it listens");
         self.child = Some(child);
         wait_port(self.port, "nats-server");
     }

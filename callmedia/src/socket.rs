@@ -70,8 +70,11 @@ pub struct SocketFar {
     partial: HashMap<u32, Vec<i16>>,
     /// Far-end audio at 16 kHz, waiting for its tick.
     jitter: VecDeque<i16>,
-    /// The rate the platform's audio is sent at: the switch's (8 kHz until it says).
+    /// The rate the platform's audio is sent at: the switch's (8 kHz until it says), or the
+    /// transport's own when it has one ([`SocketFar::sending_at`]).
     out_rate: u32,
+    /// Whether `out_rate` is the transport's (it then does not follow the incoming audio).
+    fixed_rate: bool,
     down: Option<Resampler>,
     out: Vec<i16>,
     closed: bool,
@@ -89,14 +92,25 @@ impl SocketFar {
             partial: HashMap::new(),
             jitter: VecDeque::new(),
             out_rate: 8_000,
+            fixed_rate: false,
             down: None,
             out: Vec::with_capacity(FRAME_SAMPLES),
             closed: false,
         }
     }
 
+    /// The platform's audio goes out at `rate_hz` whatever rate the far end's comes in at
+    /// (an RTP stream whose codec is settled: the far end may switch codecs, we do not).
+    pub fn sending_at(mut self, rate_hz: u32) -> Self {
+        self.out_rate = rate_hz;
+        self.fixed_rate = true;
+        self
+    }
+
     fn take_audio(&mut self, rate: u32, samples: &[i16]) {
-        self.out_rate = rate;
+        if !self.fixed_rate {
+            self.out_rate = rate;
+        }
         let up = match self.up.entry(rate) {
             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => match Resampler::new(rate, RATE_HZ) {

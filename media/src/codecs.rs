@@ -2,7 +2,9 @@
 //! Opus (via the `opus` crate on the system's libopus, Debian's `libopus-dev`). G.711 is in
 //! [`crate::g711`].
 
-use ezk_g722::libg722::{decoder::Decoder as Libg722Decoder, Bitrate};
+use ezk_g722::libg722::{
+    decoder::Decoder as Libg722Decoder, encoder::Encoder as Libg722Encoder, Bitrate,
+};
 
 /// Why a packet could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,59 @@ impl G722Decoder {
 
     /// Output sample rate.
     pub const RATE_HZ: u32 = 16_000;
+}
+
+/// 16 kHz PCM to G.722 at 64 kbit/s (RTP payload type 9): 320 samples (20 ms) make 160 bytes.
+pub struct G722Encoder {
+    inner: Libg722Encoder,
+}
+
+impl Default for G722Encoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl G722Encoder {
+    /// An encoder (it keeps the ADPCM state between packets of one stream).
+    pub fn new() -> Self {
+        Self {
+            inner: Libg722Encoder::new(Bitrate::Mode1_64000, false, false),
+        }
+    }
+
+    /// Encodes 16 kHz samples (an even number of them) to one payload.
+    pub fn encode(&mut self, samples: &[i16]) -> Vec<u8> {
+        self.inner.encode(samples)
+    }
+}
+
+/// Mono PCM (8, 12, 16, 24 or 48 kHz) to Opus packets, tuned for speech (libopus's VoIP mode).
+pub struct OpusEncoder {
+    inner: opus::Encoder,
+    out: Vec<u8>,
+}
+
+impl OpusEncoder {
+    /// A mono encoder taking `rate_hz` audio.
+    pub fn new(rate_hz: u32) -> Result<Self, CodecError> {
+        let inner = opus::Encoder::new(rate_hz, opus::Channels::Mono, opus::Application::Voip)
+            .map_err(|e| CodecError::Opus(e.to_string()))?;
+        Ok(Self {
+            inner,
+            // libopus's recommended maximum packet.
+            out: vec![0u8; 4_000],
+        })
+    }
+
+    /// Encodes one frame (2.5, 5, 10, 20, 40 or 60 ms of samples) to one packet.
+    pub fn encode(&mut self, samples: &[i16]) -> Result<Vec<u8>, CodecError> {
+        let n = self
+            .inner
+            .encode(samples, &mut self.out)
+            .map_err(|e| CodecError::Opus(e.to_string()))?;
+        Ok(self.out[..n].to_vec())
+    }
 }
 
 /// Opus to mono PCM at a rate of the caller's choice (8, 12, 16, 24 or 48 kHz).
@@ -80,7 +135,6 @@ impl OpusDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ezk_g722::libg722::encoder::Encoder as Libg722Encoder;
 
     fn sine(rate: u32, hz: f64, n: usize, amp: f64) -> Vec<i16> {
         (0..n)
@@ -110,7 +164,7 @@ mod tests {
     #[test]
     fn g722_round_trip_keeps_a_tone() {
         let input = sine(16_000, 1_000.0, 16_000, 8_000.0);
-        let mut enc = Libg722Encoder::new(Bitrate::Mode1_64000, false, false);
+        let mut enc = G722Encoder::new();
         let mut dec = G722Decoder::new();
         let mut out = Vec::new();
         for frame in input.chunks(320) {
@@ -128,14 +182,11 @@ mod tests {
         for rate in [16_000u32, 48_000] {
             let frame = rate as usize / 50;
             let input = sine(rate, 1_000.0, rate as usize, 8_000.0);
-            let mut enc =
-                opus::Encoder::new(rate, opus::Channels::Mono, opus::Application::Voip).unwrap();
+            let mut enc = OpusEncoder::new(rate).unwrap();
             let mut dec = OpusDecoder::new(rate).unwrap();
             let mut out = Vec::new();
-            let mut packet = vec![0u8; 1500];
             for f in input.chunks(frame) {
-                let n = enc.encode(f, &mut packet).unwrap();
-                let pcm = dec.decode(&packet[..n]).unwrap();
+                let pcm = dec.decode(&enc.encode(f).unwrap()).unwrap();
                 assert_eq!(pcm.len(), frame);
                 out.extend(pcm);
             }

@@ -100,7 +100,7 @@ impl SipCarrier {
                 answered: false,
                 rtp: Some(rtp),
                 rtp_port,
-                ours: vec![n.codec],
+                ours: n.formats[..1].to_vec(),
                 dtmf_pt: n.dtmf_pt,
                 offer: Some(n),
                 timer,
@@ -228,7 +228,7 @@ impl SipCarrier {
             }
             Err(e) => return Err(unavailable(e)),
         }
-        let offer = sdp::negotiate(&req.body, &sdp::carried(&trunk.codecs))
+        let offer = sdp::negotiate(&req.body, &trunk.codecs)
             .map_err(|e| (StatusCode::NotAcceptableHere, e.to_string()))?;
         Ok(Admitted {
             route,

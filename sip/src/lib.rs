@@ -138,8 +138,8 @@ struct Live {
     rtp: Option<std::net::UdpSocket>,
     /// Its port (in our SDP).
     rtp_port: u16,
-    /// The codecs of our SDP (the offer's, or the one our answer chose).
-    ours: Vec<vbin_event_schema::Codec>,
+    /// The formats of our SDP (the offer's, or the one our answer chose).
+    ours: Vec<sdp::Format>,
     /// The payload type of telephone-event in our SDP.
     dtmf_pt: Option<u8>,
     /// Incoming: what the caller's offer settled.
@@ -167,6 +167,11 @@ impl Live {
             direction,
         )
     }
+}
+
+/// The codecs of SDP formats.
+fn codecs_of(formats: &[sdp::Format]) -> Vec<vbin_event_schema::Codec> {
+    formats.iter().map(|f| f.codec).collect()
 }
 
 /// The live calls of this process, by SIP Call-ID (an outgoing call's is its id; an
@@ -434,7 +439,7 @@ impl SipCarrier {
                 .await;
             return Ok(());
         };
-        let offered = sdp::carried(&s.codecs);
+        let offered: Vec<sdp::Format> = s.codecs.iter().map(|c| sdp::Format::ours(*c)).collect();
         let session = sdp_session(call);
         let opt = InviteOption {
             caller: uri(format!("sip:{}@{public}", req.source))?,
@@ -548,17 +553,16 @@ impl SipCarrier {
         Ok(())
     }
 
-    /// Starts the call's audio as negotiated (`n`: where to send, with which payload types;
-    /// `receive`: the payload types of audio and keys our SDP declared, which the far end
-    /// sends with): the socket's RTP becomes the far end of the call's media session.
+    /// Starts the call's audio: RTP to `remote` coded as `coding` says; the socket's RTP
+    /// becomes the far end of the call's media session.
     fn start_media(
         &self,
         call: CallId,
         socket: std::net::UdpSocket,
-        n: sdp::Negotiated,
-        receive: (u8, Option<u8>),
+        remote: SocketAddr,
+        coding: media::Coding,
     ) {
-        let Some(media) = self.inner.media.get().cloned() else {
+        let Some(engine) = self.inner.media.get().cloned() else {
             tracing::warn!(%call, "no media engine in this process (run the carrier and media parts together): the call has no audio");
             return;
         };
@@ -574,26 +578,27 @@ impl SipCarrier {
                 return;
             }
         };
-        let remote = media::Remote::new(n.remote);
+        let remote = media::Remote::new(remote);
         let seed = Uuid::new_v4().as_u128();
-        let outlet = media::RtpOutlet::new(
-            out,
-            remote.clone(),
-            rtp::Sender::new(n.pt, n.dtmf_pt, seed),
-            n.codec,
-        );
-        let receiver = rtp::Receiver::new(receive.0, receive.1);
+        let outlet = match media::RtpOutlet::new(out, remote.clone(), &coding, seed) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(%call, error = %e, "RTP encoder: the call has no audio");
+                return;
+            }
+        };
         // A far end without telephone-event sends its keys as tones in the audio.
-        let inband = n.dtmf_pt.is_none().then(vbin_media::dtmf::Detector::new);
+        let inband = coding.send_dtmf.is_none().then(media::Inband::new);
         let (tx, rx) = vbin_callmedia::socket::channel();
-        let far = vbin_callmedia::socket::SocketFar::new(call.as_uuid(), rx, Box::new(outlet));
-        tracing::info!(%call, codec = n.codec.as_str(), remote = %n.remote, "RTP starts");
+        let far = vbin_callmedia::socket::SocketFar::new(call.as_uuid(), rx, Box::new(outlet))
+            .sending_at(coding.send_rate());
+        tracing::info!(%call, codec = coding.send.codec.as_str(), remote = %remote.get(), "RTP starts");
         tokio::spawn(async move {
-            if let Err(why) = media.attach_far(call, Box::new(far)).await {
+            if let Err(why) = engine.attach_far(call, Box::new(far)).await {
                 tracing::warn!(%call, why = %why, "the call's media session refused its RTP");
                 return;
             }
-            let ended = media::pump(reader, remote, receiver, n.codec, inband, tx).await;
+            let ended = media::pump(reader, remote, coding, inband, tx).await;
             tracing::info!(%call, %ended, "RTP ended");
         });
     }
@@ -683,18 +688,35 @@ impl SipCarrier {
                     // declared). Incoming: the offer settled it, our answer kept its numbers.
                     let settled = match offer {
                         Some(n) => Ok(n),
-                        None => sdp::negotiate(&resp.body, &ours),
+                        None => sdp::negotiate(&resp.body, &codecs_of(&ours)),
                     };
                     match settled {
                         Ok(n) => {
-                            let receive = match direction {
-                                CallDirection::Outgoing => (
-                                    sdp::payload_type(n.codec).unwrap_or(n.pt),
-                                    Some(sdp::DTMF_PT),
-                                ),
-                                CallDirection::Incoming => (n.pt, n.dtmf_pt),
+                            let send = sdp::Format {
+                                codec: n.codec,
+                                pt: n.pt,
                             };
-                            self.start_media(call, socket, n, receive);
+                            let coding = match direction {
+                                // The far end may send any codec of its answer, on our numbers.
+                                CallDirection::Outgoing => media::Coding {
+                                    send,
+                                    send_dtmf: n.dtmf_pt,
+                                    receive: n
+                                        .formats
+                                        .iter()
+                                        .map(|f| sdp::Format::ours(f.codec))
+                                        .collect(),
+                                    receive_dtmf: Some(sdp::DTMF_PT),
+                                },
+                                // Our answer named one format, on the offer's number.
+                                CallDirection::Incoming => media::Coding {
+                                    send,
+                                    send_dtmf: n.dtmf_pt,
+                                    receive: vec![send],
+                                    receive_dtmf: n.dtmf_pt,
+                                },
+                            };
+                            self.start_media(call, socket, n.remote, coding);
                         }
                         Err(e) => {
                             tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
@@ -716,7 +738,8 @@ impl SipCarrier {
                     let offered = !req.body.is_empty();
                     let found = self.live().get_mut(&id.call_id).map(|l| {
                         l.refreshed.notify_one();
-                        let n = offered.then(|| sdp::negotiate(&req.body, &l.ours).ok());
+                        let n =
+                            offered.then(|| sdp::negotiate(&req.body, &codecs_of(&l.ours)).ok());
                         if let Some(n) = n.flatten() {
                             let ours = n.direction.answer();
                             if ours != l.sdp_state.0 {

@@ -8,12 +8,16 @@
 //! RFC 4733 events when the far end takes them.
 
 use crate::rtp::{Received, Receiver, Sender, SAMPLES_PER_PACKET};
+use crate::sdp::Format;
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use vbin_callmedia::socket::{Incoming, Outlet, TransportGone};
 use vbin_event_schema::Codec;
+use vbin_media::codecs::{CodecError, G722Decoder, G722Encoder, OpusDecoder, OpusEncoder};
 use vbin_media::g711;
+use vbin_media::resample::Resampler;
 
 /// The far end's address, latched to where its RTP comes from.
 #[derive(Clone, Debug)]
@@ -39,46 +43,150 @@ impl Remote {
     }
 }
 
-fn encode(codec: Codec, samples: &[i16]) -> Vec<u8> {
-    let mut out = vec![0u8; samples.len()];
+/// The rate of the audio a codec carries: G.711's 8 kHz; G.722's 16 kHz, and Opus's, which
+/// we code at the media session's 16 kHz (wideband speech; its RTP clock stays 48 kHz).
+pub fn audio_rate(codec: Codec) -> u32 {
     match codec {
-        Codec::Pcma => g711::alaw_encode_slice(samples, &mut out),
-        _ => g711::ulaw_encode_slice(samples, &mut out),
+        Codec::Pcmu | Codec::Pcma => 8_000,
+        Codec::G722 | Codec::Opus => 16_000,
     }
-    out
 }
 
-fn decode(codec: Codec, payload: &[u8]) -> Vec<i16> {
-    let mut out = vec![0i16; payload.len()];
+/// RTP clock ticks of a 20 ms packet of a codec (G.722's clock runs at 8 kHz, RFC 3551).
+pub fn ticks_per_packet(codec: Codec) -> u32 {
     match codec {
-        Codec::Pcma => g711::alaw_decode_slice(payload, &mut out),
-        _ => g711::ulaw_decode_slice(payload, &mut out),
+        Codec::Opus => 960,
+        _ => SAMPLES_PER_PACKET,
     }
-    out
 }
 
-/// Sends the session's audio (8 kHz frames) and keys as RTP.
+/// The RTP clock of a codec.
+fn clock_hz(codec: Codec) -> u32 {
+    ticks_per_packet(codec) * 50
+}
+
+/// A codec's encoding state for the audio we send.
+enum Encoder {
+    Ulaw,
+    Alaw,
+    G722(Box<G722Encoder>),
+    Opus(OpusEncoder),
+}
+
+impl Encoder {
+    fn new(codec: Codec) -> Result<Self, CodecError> {
+        Ok(match codec {
+            Codec::Pcmu => Self::Ulaw,
+            Codec::Pcma => Self::Alaw,
+            Codec::G722 => Self::G722(Box::default()),
+            Codec::Opus => Self::Opus(OpusEncoder::new(audio_rate(codec))?),
+        })
+    }
+
+    fn encode(&mut self, samples: &[i16]) -> Result<Vec<u8>, CodecError> {
+        let g711 = |f: fn(&[i16], &mut [u8])| {
+            let mut out = vec![0u8; samples.len()];
+            f(samples, &mut out);
+            out
+        };
+        Ok(match self {
+            Self::Ulaw => g711(g711::ulaw_encode_slice),
+            Self::Alaw => g711(g711::alaw_encode_slice),
+            Self::G722(e) => e.encode(samples),
+            Self::Opus(e) => e.encode(samples)?,
+        })
+    }
+}
+
+/// A codec's decoding state for the audio we receive.
+enum Decoder {
+    Ulaw,
+    Alaw,
+    G722(Box<G722Decoder>),
+    Opus(OpusDecoder),
+}
+
+impl Decoder {
+    fn new(codec: Codec) -> Result<Self, CodecError> {
+        Ok(match codec {
+            Codec::Pcmu => Self::Ulaw,
+            Codec::Pcma => Self::Alaw,
+            Codec::G722 => Self::G722(Box::default()),
+            Codec::Opus => Self::Opus(OpusDecoder::new(audio_rate(codec))?),
+        })
+    }
+
+    fn decode(&mut self, payload: &[u8]) -> Result<Vec<i16>, CodecError> {
+        let g711 = |f: fn(&[u8], &mut [i16])| {
+            let mut out = vec![0i16; payload.len()];
+            f(payload, &mut out);
+            out
+        };
+        Ok(match self {
+            Self::Ulaw => g711(g711::ulaw_decode_slice),
+            Self::Alaw => g711(g711::alaw_decode_slice),
+            Self::G722(d) => d.decode(payload),
+            Self::Opus(d) => d.decode(payload)?,
+        })
+    }
+}
+
+/// How a call's RTP is coded both ways, as its offer/answer settled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Coding {
+    /// What we send audio with: the far end's first format we both have, on its number.
+    pub send: Format,
+    /// The payload type the far end takes keys on (RFC 4733), if any.
+    pub send_dtmf: Option<u8>,
+    /// The formats the far end may send, on the numbers our SDP gave them.
+    pub receive: Vec<Format>,
+    /// The payload type of keys in our SDP, if any.
+    pub receive_dtmf: Option<u8>,
+}
+
+impl Coding {
+    /// The rate of the audio we send (the media session's frames are resampled to it).
+    pub fn send_rate(&self) -> u32 {
+        audio_rate(self.send.codec)
+    }
+}
+
+/// Sends the session's audio (frames at the send codec's rate) and keys as RTP.
 pub struct RtpOutlet {
     socket: UdpSocket,
     remote: Remote,
     sender: Sender,
-    codec: Codec,
+    encoder: Encoder,
+    rate: u32,
+    ticks: u32,
 }
 
 impl RtpOutlet {
-    /// An outlet on `socket` (non-blocking) to `remote`, in `codec` with `sender`'s numbering.
-    pub fn new(socket: UdpSocket, remote: Remote, sender: Sender, codec: Codec) -> Self {
-        Self {
+    /// An outlet on `socket` (non-blocking) to `remote`, sending as `coding` says; `seed`
+    /// makes the stream's SSRC, first sequence number and timestamp.
+    pub fn new(
+        socket: UdpSocket,
+        remote: Remote,
+        coding: &Coding,
+        seed: u128,
+    ) -> Result<Self, CodecError> {
+        let codec = coding.send.codec;
+        Ok(Self {
             socket,
             remote,
-            sender,
-            codec,
-        }
+            sender: Sender::new(coding.send.pt, coding.send_dtmf, seed).with_clock(clock_hz(codec)),
+            encoder: Encoder::new(codec)?,
+            rate: audio_rate(codec),
+            ticks: ticks_per_packet(codec),
+        })
     }
 
     fn send(&self, packet: &[u8]) -> Result<bool, TransportGone> {
         match self.socket.send_to(packet, self.remote.get()) {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                metrics::counter!("vbin_rtp_sent_packets_total").increment(1);
+                Ok(true)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
             // ICMP unreachable from an earlier packet: the far end is not there (yet); RTP
             // does not care, the next packet tries again.
@@ -90,11 +198,17 @@ impl RtpOutlet {
 
 impl Outlet for RtpOutlet {
     fn play(&mut self, rate_hz: u32, samples: &[i16]) -> Result<bool, TransportGone> {
-        if rate_hz != 8_000 {
+        if rate_hz != self.rate {
             return Ok(false);
         }
-        let payload = encode(self.codec, samples);
-        let packet = self.sender.audio(&payload, samples.len() as u32);
+        let payload = match self.encoder.encode(samples) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(error = %e, "a frame could not be encoded: dropped");
+                return Ok(false);
+            }
+        };
+        let packet = self.sender.audio(&payload, self.ticks);
         self.send(&packet)
     }
 
@@ -116,17 +230,81 @@ impl Outlet for RtpOutlet {
     }
 }
 
+/// Keys heard in the audio of a far end without RFC 4733 (the detector listens at 8 kHz).
+pub struct Inband {
+    detector: vbin_media::dtmf::Detector,
+    /// 16 kHz audio brought down to the detector's rate.
+    down: Option<Resampler>,
+    partial: Vec<i16>,
+}
+
+impl Default for Inband {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inband {
+    /// A listener for keys in the audio.
+    pub fn new() -> Self {
+        Self {
+            detector: vbin_media::dtmf::Detector::new(),
+            down: None,
+            partial: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, rate: u32, samples: &[i16]) -> Vec<char> {
+        if rate == 8_000 {
+            return self.detector.push(samples);
+        }
+        if self.down.as_ref().is_none_or(|d| d.from_hz() != rate) {
+            self.down = Resampler::new(rate, 8_000).ok();
+            self.partial.clear();
+        }
+        let Some(down) = self.down.as_mut() else {
+            return Vec::new();
+        };
+        self.partial.extend_from_slice(samples);
+        let n = down.input_frame_len();
+        let mut narrow = Vec::new();
+        let mut used = 0;
+        while self.partial.len() - used >= n {
+            if down
+                .process(&self.partial[used..used + n], &mut narrow)
+                .is_err()
+            {
+                break;
+            }
+            used += n;
+        }
+        self.partial.drain(..used);
+        self.detector.push(&narrow)
+    }
+}
+
 /// Reads the call's RTP into `tx` until the session is gone (`tx` closed) or the socket
-/// fails; returns why it ended. With `inband` (a far end without RFC 4733), keys are heard in
+/// fails; returns why it ended. Audio comes in any of `coding`'s receive formats, each
+/// decoded at its own rate. With `inband` (a far end without RFC 4733), keys are heard in
 /// the audio too.
 pub async fn pump(
     socket: tokio::net::UdpSocket,
     remote: Remote,
-    mut receiver: Receiver,
-    codec: Codec,
-    mut inband: Option<vbin_media::dtmf::Detector>,
+    coding: Coding,
+    mut inband: Option<Inband>,
     tx: mpsc::Sender<Incoming>,
 ) -> String {
+    let pts: Vec<u8> = coding.receive.iter().map(|f| f.pt).collect();
+    let mut receiver = Receiver::new(&pts, coding.receive_dtmf);
+    let mut decoders = HashMap::new();
+    for f in &coding.receive {
+        match Decoder::new(f.codec) {
+            Ok(d) => {
+                decoders.insert(f.pt, (audio_rate(f.codec), d));
+            }
+            Err(e) => return format!("{} decoder: {e}", f.codec.as_str()),
+        }
+    }
     let mut buf = vec![0u8; 2048];
     loop {
         let got = tokio::select! {
@@ -143,14 +321,25 @@ pub async fn pump(
             metrics::counter!("vbin_rtp_ignored_packets_total").increment(1);
             continue;
         }
+        metrics::counter!("vbin_rtp_received_packets_total").increment(1);
         remote.latch(from);
         while let Some(item) = receiver.pop() {
             let mut msgs = Vec::with_capacity(1);
             match item {
-                Received::Audio(payload) => {
-                    let samples = decode(codec, &payload);
-                    let keys = inband.as_mut().map(|d| d.push(&samples));
-                    msgs.push(Incoming::Audio(8_000, samples));
+                Received::Audio(pt, payload) => {
+                    let Some((rate, decoder)) = decoders.get_mut(&pt) else {
+                        continue;
+                    };
+                    let samples = match decoder.decode(&payload) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            metrics::counter!("vbin_rtp_undecodable_packets_total").increment(1);
+                            tracing::debug!(error = %e, "an RTP packet could not be decoded");
+                            continue;
+                        }
+                    };
+                    let keys = inband.as_mut().map(|d| d.push(*rate, &samples));
+                    msgs.push(Incoming::Audio(*rate, samples));
                     msgs.extend(keys.into_iter().flatten().map(Incoming::Dtmf));
                 }
                 Received::Key(k) => msgs.push(Incoming::Dtmf(k)),
@@ -171,8 +360,29 @@ pub const FRAME: usize = SAMPLES_PER_PACKET as usize;
 mod tests {
     use super::*;
     use crate::rtp::Sender;
+    use crate::sdp::DTMF_PT;
     use rtp_types::RtpPacket;
     use std::time::Duration;
+
+    fn encode(codec: Codec, samples: &[i16]) -> Vec<u8> {
+        Encoder::new(codec).unwrap().encode(samples).unwrap()
+    }
+
+    fn decode(codec: Codec, payload: &[u8]) -> Vec<i16> {
+        Decoder::new(codec).unwrap().decode(payload).unwrap()
+    }
+
+    /// `codec` both ways on its usual payload type, keys on [`DTMF_PT`] if `keys`.
+    fn coding(codec: Codec, keys: bool) -> Coding {
+        let f = Format::ours(codec);
+        let dtmf = keys.then_some(DTMF_PT);
+        Coding {
+            send: f,
+            send_dtmf: dtmf,
+            receive: vec![f],
+            receive_dtmf: dtmf,
+        }
+    }
 
     /// A far end on a real UDP socket talking to the call's socket: what it sends arrives as
     /// decoded frames and keys, what the session plays arrives as G.711 RTP, bit-exact.
@@ -191,14 +401,13 @@ mod tests {
         let reader = tokio::spawn(pump(
             tokio::net::UdpSocket::from_std(ours).unwrap(),
             remote.clone(),
-            Receiver::new(0, Some(crate::sdp::DTMF_PT)),
-            Codec::Pcmu,
+            coding(Codec::Pcmu, true),
             None,
             tx,
         ));
 
         // In: four frames of a ramp and a key, as the far end's RTP.
-        let mut theirs = Sender::new(0, Some(crate::sdp::DTMF_PT), 0x1234);
+        let mut theirs = Sender::new(0, Some(DTMF_PT), 0x1234);
         let frames: Vec<Vec<i16>> = (0..4)
             .map(|f| {
                 (0..FRAME)
@@ -237,12 +446,8 @@ mod tests {
         assert_eq!(remote.get(), far.local_addr().unwrap(), "latched");
 
         // Out: a frame the session plays reaches the far end as one µ-law packet.
-        let mut outlet = RtpOutlet::new(
-            out_socket,
-            remote.clone(),
-            Sender::new(0, Some(crate::sdp::DTMF_PT), 0x99),
-            Codec::Pcmu,
-        );
+        let mut outlet =
+            RtpOutlet::new(out_socket, remote.clone(), &coding(Codec::Pcmu, true), 0x99).unwrap();
         assert_eq!(outlet.play(8_000, &frames[1]), Ok(true));
         let mut buf = [0u8; 2048];
         let n = far.recv(&mut buf).unwrap();
@@ -252,10 +457,7 @@ mod tests {
         assert!(outlet.keys("#"));
         let n = far.recv(&mut buf).unwrap();
         let p = RtpPacket::parse(&buf[..n]).unwrap();
-        assert_eq!(
-            (p.payload_type(), p.payload()[0]),
-            (crate::sdp::DTMF_PT, 11)
-        );
+        assert_eq!((p.payload_type(), p.payload()[0]), (DTMF_PT, 11));
 
         drop(rx);
         let ended = tokio::time::timeout(Duration::from_secs(2), reader)
@@ -276,9 +478,8 @@ mod tests {
         tokio::spawn(pump(
             tokio::net::UdpSocket::from_std(ours).unwrap(),
             Remote::new(far.local_addr().unwrap()),
-            Receiver::new(0, None),
-            Codec::Pcmu,
-            Some(vbin_media::dtmf::Detector::new()),
+            coding(Codec::Pcmu, false),
+            Some(Inband::new()),
             tx,
         ));
         // 120 ms of 770 + 1336 Hz (key 5), then 60 ms of silence, in 20 ms packets.
@@ -306,5 +507,97 @@ mod tests {
             }
         }
         assert_eq!(keys, ['5']);
+    }
+
+    /// A 16 kHz tone of `n` samples.
+    fn tone(n: usize) -> Vec<i16> {
+        (0..n)
+            .map(|i| {
+                ((i as f32 * 2.0 * std::f32::consts::PI * 1_000.0 / 16_000.0).sin() * 8_000.0)
+                    as i16
+            })
+            .collect()
+    }
+
+    /// G.722 and Opus over real sockets: the far end's wideband packets arrive as 16 kHz
+    /// frames (the same samples its decoder would make), and 16 kHz frames the session plays
+    /// leave on the far end's payload type with the codec's clock (160 ticks for G.722,
+    /// whose RTP clock is 8 kHz; 960 for Opus's 48 kHz).
+    #[tokio::test]
+    async fn wideband_codecs_both_ways_with_their_clocks() {
+        for (codec, pt, ticks) in [(Codec::G722, 9u8, 160u32), (Codec::Opus, 96, 960)] {
+            let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            far.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let our_addr = ours.local_addr().unwrap();
+            let out_socket = ours.try_clone().unwrap();
+            out_socket.set_nonblocking(true).unwrap();
+            ours.set_nonblocking(true).unwrap();
+            let f = Format { codec, pt };
+            let coding = Coding {
+                send: f,
+                send_dtmf: None,
+                receive: vec![f],
+                receive_dtmf: None,
+            };
+            let remote = Remote::new(far.local_addr().unwrap());
+            let (tx, mut rx) = mpsc::channel(100);
+            tokio::spawn(pump(
+                tokio::net::UdpSocket::from_std(ours).unwrap(),
+                remote.clone(),
+                coding.clone(),
+                None,
+                tx,
+            ));
+            let audio = tone(320 * 4);
+            let mut theirs = Sender::new(pt, None, 0x77);
+            let mut enc = Encoder::new(codec).unwrap();
+            let mut dec = Decoder::new(codec).unwrap();
+            let mut want = Vec::new();
+            for frame in audio.chunks(320) {
+                let payload = enc.encode(frame).unwrap();
+                want.push(dec.decode(&payload).unwrap());
+                far.send_to(&theirs.audio(&payload, ticks), our_addr)
+                    .unwrap();
+            }
+            // The reorder buffer holds the last packets back until later ones come.
+            for _ in 0..crate::rtp::REORDER_DEPTH {
+                far.send_to(
+                    &theirs.audio(&enc.encode(&[0; 320]).unwrap(), ticks),
+                    our_addr,
+                )
+                .unwrap();
+            }
+            for w in &want {
+                let m = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let Incoming::Audio(16_000, samples) = m else {
+                    panic!("{}: {m:?}", codec.as_str())
+                };
+                assert_eq!(&samples, w, "{}", codec.as_str());
+            }
+
+            let mut outlet = RtpOutlet::new(out_socket, remote, &coding, 0x42).unwrap();
+            assert_eq!(outlet.play(8_000, &audio[..160]), Ok(false), "not its rate");
+            let mut buf = [0u8; 2048];
+            let mut stamps = Vec::new();
+            let mut dec = Decoder::new(codec).unwrap();
+            for frame in audio.chunks(320).take(2) {
+                assert_eq!(outlet.play(16_000, frame), Ok(true));
+                let n = far.recv(&mut buf).unwrap();
+                let p = RtpPacket::parse(&buf[..n]).unwrap();
+                assert_eq!(p.payload_type(), pt);
+                assert_eq!(dec.decode(p.payload()).unwrap().len(), 320);
+                stamps.push(p.timestamp());
+            }
+            assert_eq!(
+                stamps[1].wrapping_sub(stamps[0]),
+                ticks,
+                "{}",
+                codec.as_str()
+            );
+        }
     }
 }

@@ -24,6 +24,8 @@ pub struct Sender {
     pt: u8,
     dtmf_pt: Option<u8>,
     started: bool,
+    /// Audio clock ticks per telephone-event tick (8 kHz): 6 for Opus's 48 kHz clock.
+    clock_ratio: u32,
 }
 
 impl Sender {
@@ -37,7 +39,15 @@ impl Sender {
             pt,
             dtmf_pt,
             started: false,
+            clock_ratio: 1,
         }
+    }
+
+    /// The same with an audio clock of `hz` (48000 for Opus): after a key, the audio's
+    /// timestamps move on by the key's length in its own clock.
+    pub fn with_clock(mut self, hz: u32) -> Self {
+        self.clock_ratio = (hz / 8_000).max(1);
+        self
     }
 
     fn packet(&mut self, pt: u8, marker: bool, ts: u32, payload: &[u8]) -> Vec<u8> {
@@ -91,7 +101,7 @@ impl Sender {
             }
             duration += SAMPLES_PER_PACKET;
         }
-        self.ts = self.ts.wrapping_add(total);
+        self.ts = self.ts.wrapping_add(total * self.clock_ratio);
         Some(out)
     }
 }
@@ -121,8 +131,8 @@ pub fn key_of(event: u8) -> Option<char> {
 /// What an incoming packet carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Received {
-    /// Encoded audio of the negotiated codec.
-    Audio(Vec<u8>),
+    /// Encoded audio of one of the negotiated formats: its payload type and payload.
+    Audio(u8, Vec<u8>),
     /// A key pressed (reported once per event, at its first packet).
     Key(char),
 }
@@ -136,7 +146,7 @@ const RESYNC_GAP: u64 = 100;
 /// telephone-events into keys. A new SSRC or a jump in sequence numbers starts over.
 #[derive(Debug)]
 pub struct Receiver {
-    pt: u8,
+    pts: Vec<u8>,
     dtmf_pt: Option<u8>,
     ssrc: Option<u32>,
     /// Packets by extended sequence number, waiting to be handed over (None: a packet that
@@ -151,10 +161,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver of payload type `pt` and telephone-event `dtmf_pt`.
-    pub fn new(pt: u8, dtmf_pt: Option<u8>) -> Self {
+    /// A receiver of audio in payload types `pts` (a far end may switch among the formats
+    /// of its answer) and telephone-event `dtmf_pt`.
+    pub fn new(pts: &[u8], dtmf_pt: Option<u8>) -> Self {
         Self {
-            pt,
+            pts: pts.to_vec(),
             dtmf_pt,
             ssrc: None,
             held: BTreeMap::new(),
@@ -191,8 +202,8 @@ impl Receiver {
         let Ok(p) = RtpPacket::parse(datagram) else {
             return false;
         };
-        let item = if p.payload_type() == self.pt {
-            Some(Received::Audio(p.payload().to_vec()))
+        let item = if self.pts.contains(&p.payload_type()) {
+            Some(Received::Audio(p.payload_type(), p.payload().to_vec()))
         } else if Some(p.payload_type()) == self.dtmf_pt {
             let e = p.payload();
             match key_of(e.first().copied().unwrap_or(u8::MAX)) {
@@ -325,21 +336,21 @@ mod tests {
         let p: Vec<Vec<u8>> = (0..8u8).map(|i| s.audio(&[i; 160], 160)).collect();
         let keys = s.key('5', 60).unwrap();
         let after = s.audio(&[9; 160], 160);
-        let mut r = Receiver::new(8, Some(101));
+        let mut r = Receiver::new(&[8], Some(101));
         // The stream's first packets out of order: it starts at the lowest of the first three.
         for i in [1, 0, 2] {
             assert!(r.push(&p[i]));
         }
         for i in 0..3u8 {
-            assert_eq!(r.pop(), Some(Received::Audio(vec![i; 160])));
+            assert_eq!(r.pop(), Some(Received::Audio(8, vec![i; 160])));
         }
         assert_eq!(r.pop(), None);
         // 4 before 3: held until 3 is there.
         r.push(&p[4]);
         assert_eq!(r.pop(), None);
         r.push(&p[3]);
-        assert_eq!(r.pop(), Some(Received::Audio(vec![3; 160])));
-        assert_eq!(r.pop(), Some(Received::Audio(vec![4; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(8, vec![3; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(8, vec![4; 160])));
         // 5 is lost: given up once three later ones wait.
         for i in [6, 7] {
             r.push(&p[i]);
@@ -348,12 +359,12 @@ mod tests {
         for k in &keys {
             r.push(k);
         }
-        assert_eq!(r.pop(), Some(Received::Audio(vec![6; 160])));
-        assert_eq!(r.pop(), Some(Received::Audio(vec![7; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(8, vec![6; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(8, vec![7; 160])));
         assert_eq!(r.pop(), Some(Received::Key('5')));
         // The key's other packets fill their places without being keys: audio goes on at once.
         r.push(&after);
-        assert_eq!(r.pop(), Some(Received::Audio(vec![9; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(8, vec![9; 160])));
         assert_eq!(r.pop(), None);
         // Not RTP, or another payload type: refused.
         assert!(!r.push(b"hello"));
@@ -362,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_restarted_stream_is_followed() {
-        let mut r = Receiver::new(0, None);
+        let mut r = Receiver::new(&[0], None);
         let mut a = Sender::new(0, None, 5);
         for i in 0..4u8 {
             r.push(&a.audio(&[i; 160], 160));
@@ -376,22 +387,48 @@ mod tests {
                 r.pop()
             })
             .collect();
-        assert_eq!(got.first(), Some(&Received::Audio(vec![10; 160])));
+        assert_eq!(got.first(), Some(&Received::Audio(0, vec![10; 160])));
         assert_eq!(got.len(), 4);
     }
 
     #[test]
     fn sequence_numbers_wrap() {
         let mut s = Sender::new(0, None, 0xffff_0000_0000); // seq starts at 0xffff
-        let mut r = Receiver::new(0, None);
+        let mut r = Receiver::new(&[0], None);
         let got: Vec<_> = (0..6u8)
             .filter_map(|i| {
                 r.push(&s.audio(&[i; 160], 160));
                 r.pop()
             })
             .collect();
-        let want: Vec<_> = (0..4u8).map(|i| Received::Audio(vec![i; 160])).collect();
+        let want: Vec<_> = (0..4u8).map(|i| Received::Audio(0, vec![i; 160])).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_far_end_may_switch_among_the_formats_of_its_answer() {
+        // One stream, one SSRC: Opus on 111, then G.711 on 0; G.722 (9) was not negotiated.
+        let mut r = Receiver::new(&[111, 0], None);
+        let mut s = Sender::new(111, None, 3);
+        let a = s.audio(&[1; 40], 960);
+        let mut b = s.audio(&[2; 160], 160);
+        b[1] &= 0x80; // its payload type becomes 0
+        let mut c = s.audio(&[3; 160], 160);
+        c[1] = (c[1] & 0x80) | 9;
+        assert!(r.push(&a) && r.push(&b));
+        assert!(!r.push(&c), "not a negotiated payload type");
+        r.push(&s.audio(&[4; 40], 960));
+        r.push(&s.audio(&[5; 40], 960));
+        assert_eq!(r.pop(), Some(Received::Audio(111, vec![1; 40])));
+        assert_eq!(r.pop(), Some(Received::Audio(0, vec![2; 160])));
+    }
+
+    #[test]
+    fn a_key_moves_an_opus_streams_clock_by_its_length_at_48_khz() {
+        let mut s = Sender::new(111, Some(101), 7).with_clock(48_000);
+        let before = parse(&s.audio(&[0; 40], 960)).3;
+        s.key('1', 100).unwrap();
+        assert_eq!(parse(&s.audio(&[0; 40], 960)).3, before + 960 + 800 * 6);
     }
 
     #[test]

@@ -9,20 +9,57 @@ use vbin_event_schema::Codec;
 /// The payload type we offer telephone-event (RFC 4733) with.
 pub const DTMF_PT: u8 = 101;
 
-/// Codecs the RTP path carries today: G.711 both laws.
-pub const CARRIED: [Codec; 2] = [Codec::Pcmu, Codec::Pcma];
+/// The dynamic payload type we offer Opus with.
+pub const OPUS_PT: u8 = 111;
 
-/// The static payload type of a carried codec.
-pub fn payload_type(codec: Codec) -> Option<u8> {
+/// Codecs the RTP path carries: G.711 both laws, G.722 and Opus.
+pub const CARRIED: [Codec; 4] = Codec::ALL;
+
+/// The payload type our offers give a codec (static ones by RFC 3551, Opus a dynamic one).
+pub fn payload_type(codec: Codec) -> u8 {
     match codec {
-        Codec::Pcmu => Some(0),
-        Codec::Pcma => Some(8),
-        Codec::G722 | Codec::Opus => None,
+        Codec::Pcmu => 0,
+        Codec::Pcma => 8,
+        Codec::G722 => 9,
+        Codec::Opus => OPUS_PT,
     }
 }
 
-fn codec_of_pt(pt: u8) -> Option<Codec> {
-    CARRIED.into_iter().find(|c| payload_type(*c) == Some(pt))
+/// A codec's encoding name in an rtpmap: name, RTP clock and channels. G.722's clock is 8000
+/// though it samples at 16 kHz (RFC 3551 4.5.2); Opus's is always 48000/2 (RFC 7587).
+pub fn encoding(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Pcmu => "PCMU/8000",
+        Codec::Pcma => "PCMA/8000",
+        Codec::G722 => "G722/8000",
+        Codec::Opus => "opus/48000/2",
+    }
+}
+
+/// The codec a static payload type names when no rtpmap says otherwise.
+fn codec_of_static_pt(pt: u8) -> Option<Codec> {
+    [Codec::Pcmu, Codec::Pcma, Codec::G722]
+        .into_iter()
+        .find(|c| payload_type(*c) == pt)
+}
+
+/// One format of an audio stream: a codec on a payload type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// The codec.
+    pub codec: Codec,
+    /// The payload type it has in the SDP that declared it.
+    pub pt: u8,
+}
+
+impl Format {
+    /// `codec` on the payload type of our offers.
+    pub fn ours(codec: Codec) -> Self {
+        Self {
+            codec,
+            pt: payload_type(codec),
+        }
+    }
 }
 
 /// Which way media flows, from the SDP's direction attribute.
@@ -65,10 +102,13 @@ impl Direction {
 pub struct Negotiated {
     /// Where to send RTP (latching may correct it once packets arrive).
     pub remote: SocketAddr,
-    /// The codec both sides use.
+    /// The codec we send with: the first of theirs we both have.
     pub codec: Codec,
-    /// Its payload type.
+    /// Its payload type in their SDP (the one to send with).
     pub pt: u8,
+    /// Every format of theirs we both have, in their order (the first is `codec` on `pt`):
+    /// an answerer may send any of its answer's.
+    pub formats: Vec<Format>,
     /// The payload type of telephone-event, if the far end takes RFC 4733 keys.
     pub dtmf_pt: Option<u8>,
     /// The far end's direction.
@@ -94,27 +134,13 @@ pub enum SdpError {
     NoAddress,
 }
 
-/// The codecs of `wanted` (a trunk's, in its order) that the RTP path carries; G.711 if none.
-pub fn carried(wanted: &[Codec]) -> Vec<Codec> {
-    let c: Vec<Codec> = wanted
-        .iter()
-        .copied()
-        .filter(|c| CARRIED.contains(c))
-        .collect();
-    if c.is_empty() {
-        CARRIED.to_vec()
-    } else {
-        c
-    }
-}
-
-/// An SDP for audio on `ip:port` with `codecs` (in order of preference) and, with `dtmf_pt`,
+/// An SDP for audio on `ip:port` with `formats` (in order of preference) and, with `dtmf_pt`,
 /// telephone-event on that payload type ([`DTMF_PT`] in our offers, the offerer's in an
 /// answer), both ways.
 pub fn describe(
     ip: IpAddr,
     port: u16,
-    codecs: &[Codec],
+    formats: &[Format],
     dtmf_pt: Option<u8>,
     session_id: u64,
     version: u64,
@@ -122,7 +148,7 @@ pub fn describe(
     describe_as(
         ip,
         port,
-        codecs,
+        formats,
         dtmf_pt,
         session_id,
         version,
@@ -134,17 +160,13 @@ pub fn describe(
 pub fn describe_as(
     ip: IpAddr,
     port: u16,
-    codecs: &[Codec],
+    formats: &[Format],
     dtmf_pt: Option<u8>,
     session_id: u64,
     version: u64,
     direction: Direction,
 ) -> String {
-    let mut fmts: Vec<String> = codecs
-        .iter()
-        .filter_map(|c| payload_type(*c))
-        .map(|p| p.to_string())
-        .collect();
+    let mut fmts: Vec<String> = formats.iter().map(|f| f.pt.to_string()).collect();
     fmts.extend(dtmf_pt.map(|p| p.to_string()));
     let mut media = Media::new(
         sdp_types::MediaType::Audio,
@@ -156,12 +178,11 @@ pub fn describe_as(
         attribute: a.into(),
         value: v,
     };
-    for c in codecs {
-        if let Some(pt) = payload_type(*c) {
-            media
-                .attributes
-                .push(attr("rtpmap", Some(format!("{pt} {}/8000", c.as_str()))));
-        }
+    for f in formats {
+        media.attributes.push(attr(
+            "rtpmap",
+            Some(format!("{} {}", f.pt, encoding(f.codec))),
+        ));
     }
     if let Some(pt) = dtmf_pt {
         media
@@ -230,21 +251,26 @@ pub fn negotiate(theirs: &[u8], ours: &[Codec]) -> Result<Negotiated, SdpError> 
                 (p.parse::<u8>().ok()? == pt).then(|| name.to_ascii_lowercase())
             })
     };
-    let (codec, pt) = pts
+    let formats: Vec<Format> = pts
         .iter()
-        .find_map(|&pt| {
+        .filter_map(|&pt| {
             let codec = match rtpmap(pt) {
-                Some(name) => CARRIED
-                    .into_iter()
-                    .find(|c| name.starts_with(&format!("{}/", c.as_str().to_ascii_lowercase())))?,
-                None => codec_of_pt(pt)?,
+                // By name and clock: "g722/8000", "opus/48000/2".
+                Some(name) => CARRIED.into_iter().find(|c| {
+                    let want = encoding(*c).to_ascii_lowercase();
+                    name == want || want.starts_with(&format!("{name}/"))
+                })?,
+                None => codec_of_static_pt(pt)?,
             };
-            ours.contains(&codec).then_some((codec, pt))
+            ours.contains(&codec).then_some(Format { codec, pt })
         })
-        .ok_or_else(|| SdpError::NoCodec {
+        .collect();
+    let Some(&Format { codec, pt }) = formats.first() else {
+        return Err(SdpError::NoCodec {
             offered: names(ours),
             theirs: media.fmt.clone(),
-        })?;
+        });
+    };
     let dtmf_pt = pts
         .iter()
         .copied()
@@ -286,6 +312,7 @@ pub fn negotiate(theirs: &[u8], ours: &[Codec]) -> Result<Negotiated, SdpError> 
         remote: SocketAddr::new(address, media.port),
         codec,
         pt,
+        formats,
         dtmf_pt,
         direction,
     })
@@ -308,15 +335,21 @@ mod tests {
 
     #[test]
     fn our_offer_parses_back_with_every_codec_and_keys() {
+        let all = CARRIED.map(Format::ours);
         let sdp = describe(
             "192.0.2.7".parse().unwrap(),
             20_002,
-            &CARRIED,
+            &all,
             Some(DTMF_PT),
             42,
             1,
         );
-        assert!(sdp.contains("m=audio 20002 RTP/AVP 0 8 101\r\n"), "{sdp}");
+        assert!(
+            sdp.contains("m=audio 20002 RTP/AVP 0 8 9 111 101\r\n"),
+            "{sdp}"
+        );
+        assert!(sdp.contains("a=rtpmap:9 G722/8000"), "{sdp}");
+        assert!(sdp.contains("a=rtpmap:111 opus/48000/2"), "{sdp}");
         assert!(sdp.contains("a=rtpmap:101 telephone-event/8000"), "{sdp}");
         assert!(sdp.contains("c=IN IP4 192.0.2.7"), "{sdp}");
         let n = negotiate(sdp.as_bytes(), &CARRIED).unwrap();
@@ -326,6 +359,7 @@ mod tests {
                 remote: "192.0.2.7:20002".parse().unwrap(),
                 codec: Codec::Pcmu,
                 pt: 0,
+                formats: all.to_vec(),
                 dtmf_pt: Some(DTMF_PT),
                 direction: Direction::SendRecv,
             }
@@ -345,8 +379,11 @@ mod tests {
             m=audio 30000 RTP/AVP 9 8 0 96\r\nc=IN IP4 198.51.100.3\r\n\
             a=rtpmap:96 telephone-event/8000\r\na=sendonly\r\n";
         let n = negotiate(sdp.as_bytes(), &CARRIED).unwrap();
-        // G.722 (9) is not carried: PCMA, the next in their order.
-        assert_eq!((n.codec, n.pt, n.dtmf_pt), (Codec::Pcma, 8, Some(96)));
+        assert_eq!((n.codec, n.pt, n.dtmf_pt), (Codec::G722, 9, Some(96)));
+        assert_eq!(
+            n.formats,
+            [Codec::G722, Codec::Pcma, Codec::Pcmu].map(Format::ours)
+        );
         assert_eq!(n.remote, "198.51.100.3:30000".parse().unwrap());
         assert_eq!(n.direction, Direction::SendOnly);
         // A trunk limited to PCMU takes PCMU.
@@ -361,7 +398,7 @@ mod tests {
             a=rtpmap:96 telephone-event/8000\r\n";
         let n = negotiate(offer.as_bytes(), &CARRIED).unwrap();
         let ip = "192.0.2.7".parse().unwrap();
-        let answer = describe(ip, 20_004, &[n.codec], n.dtmf_pt, 7, 1);
+        let answer = describe(ip, 20_004, &n.formats[..1], n.dtmf_pt, 7, 1);
         assert!(
             answer.contains("m=audio 20004 RTP/AVP 8 96\r\n"),
             "{answer}"
@@ -376,9 +413,38 @@ mod tests {
             (Codec::Pcma, 8, Some(96))
         );
         // Without telephone-event in the offer, none in the answer.
-        let answer = describe(ip, 20_004, &[Codec::Pcmu], None, 7, 1);
+        let answer = describe(ip, 20_004, &[Format::ours(Codec::Pcmu)], None, 7, 1);
         assert!(answer.contains("m=audio 20004 RTP/AVP 0\r\n"), "{answer}");
         assert!(!answer.contains("telephone-event"), "{answer}");
+    }
+
+    #[test]
+    fn opus_on_the_offerers_dynamic_payload_type_is_answered_with_it() {
+        // baresip's offer: Opus on 96 (its channels left out), G.722, G.711, keys on 101.
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+            t=0 0\r\nm=audio 10000 RTP/AVP 96 9 0 8 101\r\na=rtpmap:96 opus/48000\r\n\
+            a=fmtp:96 stereo=1;sprop-stereo=1\r\na=rtpmap:9 G722/8000\r\n\
+            a=rtpmap:101 telephone-event/8000\r\n";
+        let n = negotiate(offer.as_bytes(), &CARRIED).unwrap();
+        assert_eq!((n.codec, n.pt, n.dtmf_pt), (Codec::Opus, 96, Some(101)));
+        let answer = describe(
+            "192.0.2.7".parse().unwrap(),
+            20_006,
+            &n.formats[..1],
+            n.dtmf_pt,
+            7,
+            1,
+        );
+        assert!(
+            answer.contains("m=audio 20006 RTP/AVP 96 101\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("a=rtpmap:96 opus/48000/2"), "{answer}");
+        // A trunk without Opus takes G.722, then G.711.
+        let n = negotiate(offer.as_bytes(), &[Codec::Pcmu, Codec::G722]).unwrap();
+        assert_eq!((n.codec, n.pt), (Codec::G722, 9));
+        let n = negotiate(offer.as_bytes(), &[Codec::Pcma]).unwrap();
+        assert_eq!((n.codec, n.pt), (Codec::Pcma, 8));
     }
 
     #[test]
@@ -390,7 +456,15 @@ mod tests {
             (Direction::Inactive, "a=inactive"),
             (Direction::SendRecv, "a=sendrecv"),
         ] {
-            let sdp = describe_as(ip, 20_004, &CARRIED, None, 7, 2, theirs.answer());
+            let sdp = describe_as(
+                ip,
+                20_004,
+                &CARRIED.map(Format::ours),
+                None,
+                7,
+                2,
+                theirs.answer(),
+            );
             assert!(sdp.contains(ours), "{sdp}");
             assert_eq!(
                 negotiate(sdp.as_bytes(), &CARRIED).unwrap().direction,
@@ -401,11 +475,19 @@ mod tests {
 
     #[test]
     fn no_common_codec_or_a_rejected_stream_is_refused() {
-        let opus =
+        let g729 =
             "v=0\r\no=- 1 1 IN IP4 198.51.100.2\r\ns=-\r\nc=IN IP4 198.51.100.2\r\nt=0 0\r\n\
-            m=audio 30000 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n";
+            m=audio 30000 RTP/AVP 18\r\na=rtpmap:18 G729/8000\r\n";
         assert!(matches!(
-            negotiate(opus.as_bytes(), &CARRIED),
+            negotiate(g729.as_bytes(), &CARRIED),
+            Err(SdpError::NoCodec { .. })
+        ));
+        // A trunk limited to G.711 does not take Opus.
+        let opus = g729
+            .replace("18", "96")
+            .replace("G729/8000", "opus/48000/2");
+        assert!(matches!(
+            negotiate(opus.as_bytes(), &[Codec::Pcmu, Codec::Pcma]),
             Err(SdpError::NoCodec { .. })
         ));
         let rejected = SIPP_ANSWER.replace("m=audio 6000", "m=audio 0");
@@ -436,11 +518,5 @@ mod tests {
             negotiate(held.as_bytes(), &CARRIED).unwrap().direction,
             Direction::Inactive
         );
-    }
-
-    #[test]
-    fn a_trunk_without_carried_codecs_falls_back_to_g711() {
-        assert_eq!(carried(&[Codec::Opus, Codec::Pcma]), vec![Codec::Pcma]);
-        assert_eq!(carried(&[Codec::Opus]), CARRIED.to_vec());
     }
 }

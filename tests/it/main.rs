@@ -6,6 +6,7 @@
 mod support;
 
 mod ai;
+mod baresip;
 mod business;
 mod chaos;
 mod flows;

@@ -65,6 +65,18 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
                 "2",
             ],
         ),
+        (
+            "sip",
+            vec![],
+            vec![
+                "--calls",
+                "100",
+                "--window-secs",
+                "2",
+                "--baseline-secs",
+                "2",
+            ],
+        ),
         ("stt", vec![], vec!["--prompts", "15"]),
         ("ai", vec![], vec!["--calls", "2", "--turns", "2"]),
     ]
@@ -315,6 +327,29 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
             h(
                 "key -> next talk p99 ms",
                 v["digit_to_talk_ms"]["p99"].as_f64(),
+                "",
+                None,
+            ),
+        ],
+        "sip" => vec![
+            h(
+                &format!(
+                    "SIP calls with media per core, {} calls",
+                    v["calls"].as_u64().unwrap_or(0)
+                ),
+                v["calls_per_core"].as_f64(),
+                "AudioSocket sessions per core",
+                v["baseline_audiosocket_sessions_per_core"].as_f64(),
+            ),
+            h(
+                "SIP call set-up, calls/s",
+                v["setup"]["calls_per_sec"].as_f64(),
+                "sipp calling sipp, calls/s",
+                v["setup"]["baseline_sipp_against_sipp_calls_per_sec"].as_f64(),
+            ),
+            h(
+                "RTP not echoed back (share)",
+                v["rtp"]["not_back"].as_f64(),
                 "",
                 None,
             ),

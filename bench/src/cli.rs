@@ -1,7 +1,7 @@
 //! The `vbin bench` command line: which benchmark, and running it.
 
 use crate::{
-    ai, all, campaign_bench, commands, flows, lag, media, replay_bench, report, stt,
+    ai, all, campaign_bench, commands, flows, lag, media, replay_bench, report, sip, stt,
     webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
 };
 
@@ -35,6 +35,11 @@ pub enum Which {
     /// per core (against the AudioSocket server's, same run), frame pacing jitter and the
     /// latency from the far end's key to the next talk's first frame.
     Flows(flows::FlowsArgs),
+    /// Real telephony: N concurrent calls over a SIP trunk to sipp echoing their RTP, each
+    /// running a flow that talks: call set-up rate (against sipp calling sipp), calls with
+    /// media per core (against the AudioSocket server's sessions per core, same run), RTP
+    /// loss and frame pacing.
+    Sip(sip::SipArgs),
     /// AI voice conversations: N sandbox calls whose callers ask questions an assistant
     /// answers by voice: voice-to-voice latency per turn (p50/p95) and its stages, with a
     /// zero-latency fake model (the platform's own cost) or the embedded one, and
@@ -61,6 +66,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),
         Which::Ws(a) => report(ws::run(&a).await?, a.services.json.as_deref()),
         Which::Flows(a) => report(flows::run(&a).await?, a.services.json.as_deref()),
+        Which::Sip(a) => report(sip::run(&a).await?, a.services.json.as_deref()),
         Which::Ai(a) => report(ai::run(&a).await?, a.services.json.as_deref()),
         Which::WsBaselineServer(a) => ws::baseline_server(&a).await,
         // Measures on a runtime of its own (one thread = one core), off this one.

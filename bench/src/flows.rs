@@ -56,7 +56,7 @@ pub(crate) fn cpu_seconds() -> anyhow::Result<f64> {
 
 /// A histogram's cumulative bucket counts in the Prometheus text exposition: (upper bound in
 /// seconds, count), ascending, `+Inf` last.
-fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
+pub(crate) fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
     let prefix = format!("{name}_bucket{{le=\"");
     let mut b: Vec<(f64, f64)> = metrics
         .lines()
@@ -77,7 +77,11 @@ fn buckets(metrics: &str, name: &str) -> Vec<(f64, f64)> {
 
 /// The q-quantile of what was observed between two scrapes, as the upper bound of its bucket
 /// in ms (`None` without observations, or beyond the last finite bound), and how many.
-fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> (Option<f64>, f64) {
+pub(crate) fn quantile_between(
+    before: &[(f64, f64)],
+    after: &[(f64, f64)],
+    q: f64,
+) -> (Option<f64>, f64) {
     let delta: Vec<(f64, f64)> = after
         .iter()
         .map(|&(le, n)| {
@@ -115,6 +119,55 @@ pub(crate) async fn metrics(b: &Bench) -> anyhow::Result<String> {
         .await?)
 }
 
+/// Places a sandbox call that talks `text` (so the clip is synthesised and cached before a
+/// benchmark's calls); how long it talked, from its answer to its end.
+pub(crate) async fn talk_ms(b: &Bench, text: &str) -> anyhow::Result<u64> {
+    use reqwest::Method;
+    let t = Instant::now();
+    let mut answered = None;
+    let probe = b
+        .send_json(
+            Method::POST,
+            "/v1.0/calls",
+            json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                   "actions": [{"type": "talk", "option": {"text": text}},
+                               {"type": "talk", "option": {"text": "Sales."}},
+                               {"type": "hangup"}],
+                   "sandbox": {"script": [{"at_ms": 120_000, "hangup": true}]}}),
+        )
+        .await?;
+    let id = probe["calls"][0]["id"]
+        .as_str()
+        .context("no call id")?
+        .to_string();
+    loop {
+        // 404 until the read model has it.
+        let c: Value = b
+            .http
+            .get(format!("{}/v1.0/calls/{id}", b.base))
+            .bearer_auth(&b.token)
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        if c["status"] == "progressing" && answered.is_none() {
+            answered = Some(Instant::now());
+        }
+        if c["status"] == "completed" {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            bail!("the probe call did not end: {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(answered
+        .context("the probe call was never seen answered")?
+        .elapsed()
+        .as_millis() as u64)
+}
+
 /// Runs the benchmark.
 pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
     use reqwest::Method;
@@ -142,51 +195,7 @@ pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
         .await?;
     // The clip is synthesised before the calls: the bench measures the media path, not the
     // first synthesis.
-    let menu_ms = {
-        let t = Instant::now();
-        let mut answered = None;
-        let probe = b
-            .send_json(
-                Method::POST,
-                "/v1.0/calls",
-                json!({"source": "+15550001000", "destinations": ["+15550002000"],
-                       "actions": [{"type": "talk", "option": {"text": MENU}},
-                                   {"type": "talk", "option": {"text": "Sales."}},
-                                   {"type": "hangup"}],
-                       "sandbox": {"script": [{"at_ms": 120_000, "hangup": true}]}}),
-            )
-            .await?;
-        let id = probe["calls"][0]["id"]
-            .as_str()
-            .context("no call id")?
-            .to_string();
-        loop {
-            // 404 until the read model has it.
-            let c: Value = b
-                .http
-                .get(format!("{}/v1.0/calls/{id}", b.base))
-                .bearer_auth(&b.token)
-                .send()
-                .await?
-                .json()
-                .await
-                .unwrap_or_default();
-            if c["status"] == "progressing" && answered.is_none() {
-                answered = Some(Instant::now());
-            }
-            if c["status"] == "completed" {
-                break;
-            }
-            if t.elapsed() > Duration::from_secs(120) {
-                bail!("the probe call did not end: {c}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        answered
-            .context("the probe call was never seen answered")?
-            .elapsed()
-            .as_millis() as u64
-    };
+    let menu_ms = talk_ms(&b, MENU).await?;
     // The key comes after the menu (the call's clock starts at its answer).
     let key_at = menu_ms + 1_000;
     eprintln!("menu ~{menu_ms} ms; placing {} calls...", a.calls);

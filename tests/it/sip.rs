@@ -661,6 +661,33 @@ async fn calls_from_the_network_are_refused_as_operators_expect_and_may_be_cance
     let (_, page) = api.get("/v1.0/calls").await;
     assert_eq!(page["result"], json!([]), "{page}");
 
+    // A customer whose balance cannot cover a minute (the API's 402): 403, final, so the
+    // carrier does not try the number elsewhere; no call.
+    let user = format!("p{}", &Uuid::new_v4().simple().to_string()[..10]);
+    env.admin()
+        .create(
+            "/v1.0/customers",
+            json!({"name": "poor", "username": user, "password": "password123",
+                   "balance_micros": 9_999}),
+        )
+        .await;
+    let poor_tok = env.login(&user, "password123").await.unwrap();
+    let poor = env.client(&poor_tok);
+    let poor_trunk = id_of(
+        &poor
+            .create(
+                "/v1.0/trunks",
+                json!({"name": "carrier", "host": "127.0.0.1", "transport": "udp"}),
+            )
+            .await,
+    );
+    number_with(&env, &poor_tok, "+15557770004", &poor_trunk, ring.clone()).await;
+    let mut sipp = Sipp::uac(&env, "call_refused.xml", "+15557770004");
+    assert_eq!(sipp.wait(Duration::from_secs(20)), 0, "{}", sipp.log());
+    assert!(sipp.log().contains("SIP/2.0 403 "), "{}", sipp.log());
+    let (_, page) = poor.get("/v1.0/calls").await;
+    assert_eq!(page["result"], json!([]), "{page}");
+
     // A caller who gives up while it rings: canceled, by the remote side.
     api.put(
         &format!("/v1.0/trunks/{local}"),

@@ -31,7 +31,7 @@ struct Cli {
         env = "RUST_LOG",
         global = true,
         value_name = "DIRECTIVES",
-        default_value = "info,sqlx=warn",
+        default_value = "info,sqlx=warn,rsipstack=warn",
         value_parser = log_filter
     )]
     log: String,
@@ -55,7 +55,9 @@ fn log_format(s: &str) -> Result<LogFormat, String> {
 
 fn log_filter(s: &str) -> Result<String, String> {
     let s = match s.trim() {
-        "" => "info,sqlx=warn",
+        // rsipstack logs every SIP message it sends and receives at info: a trace to ask
+        // for (RUST_LOG=...,rsipstack=info), not the default.
+        "" => "info,sqlx=warn,rsipstack=warn",
         s => s,
     };
     tracing_subscriber::EnvFilter::try_new(s)

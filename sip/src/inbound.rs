@@ -106,6 +106,7 @@ impl SipCarrier {
                 timer,
                 refreshed: Default::default(),
                 sdp_state: (sdp::Direction::SendRecv, 1),
+                sending: crate::media::Sending::default(),
             },
         );
         // 100 Trying now; the transaction carries our later 180/200 and the caller's CANCEL.

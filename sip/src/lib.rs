@@ -150,6 +150,8 @@ struct Live {
     refreshed: Arc<tokio::sync::Notify>,
     /// Our SDP's direction (the answer to the far end's last offer) and version.
     sdp_state: (sdp::Direction, u64),
+    /// Whether our direction lets us send RTP (not while the far end holds the call).
+    sending: media::Sending,
 }
 
 impl Live {
@@ -493,6 +495,7 @@ impl SipCarrier {
                 timer: None,
                 refreshed: Arc::default(),
                 sdp_state: (sdp::Direction::SendRecv, 1),
+                sending: media::Sending::default(),
             },
         );
         metrics::counter!("vbin_sip_invites_total").increment(1);
@@ -561,6 +564,7 @@ impl SipCarrier {
         socket: std::net::UdpSocket,
         remote: SocketAddr,
         coding: media::Coding,
+        sending: media::Sending,
     ) {
         let Some(engine) = self.inner.media.get().cloned() else {
             tracing::warn!(%call, "no media engine in this process (run the carrier and media parts together): the call has no audio");
@@ -580,7 +584,7 @@ impl SipCarrier {
         };
         let remote = media::Remote::new(remote);
         let seed = Uuid::new_v4().as_u128();
-        let outlet = match media::RtpOutlet::new(out, remote.clone(), &coding, seed) {
+        let outlet = match media::RtpOutlet::new(out, remote.clone(), &coding, seed, sending) {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(%call, error = %e, "RTP encoder: the call has no audio");
@@ -661,14 +665,23 @@ impl SipCarrier {
                                 l.customer,
                                 l.direction,
                                 rtp,
-                                l.ours.clone(),
+                                (l.ours.clone(), l.sending.clone()),
                                 l.offer.clone(),
                                 dialog,
                                 timer,
                             )
                         })
                     });
-                    let Some((call, customer, direction, rtp, ours, offer, dialog, timer)) = who
+                    let Some((
+                        call,
+                        customer,
+                        direction,
+                        rtp,
+                        (ours, sending),
+                        offer,
+                        dialog,
+                        timer,
+                    )) = who
                     else {
                         continue;
                     };
@@ -716,7 +729,7 @@ impl SipCarrier {
                                     receive_dtmf: n.dtmf_pt,
                                 },
                             };
-                            self.start_media(call, socket, n.remote, coding);
+                            self.start_media(call, socket, n.remote, coding, sending);
                         }
                         Err(e) => {
                             tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
@@ -745,6 +758,8 @@ impl SipCarrier {
                             if ours != l.sdp_state.0 {
                                 l.sdp_state = (ours, l.sdp_state.1 + 1);
                             }
+                            // On hold (we answered recvonly or inactive) our RTP stops.
+                            l.sending.set(ours.sends());
                         }
                         let with_sdp = offered || req.method == Method::Invite;
                         (with_sdp.then(|| l.description(ip).into_bytes()), l.timer)

@@ -151,6 +151,30 @@ impl Coding {
     }
 }
 
+/// Whether a call's RTP may go out: not while the far end holds the call (our SDP then says
+/// recvonly or inactive, RFC 3264 5.1). Shared by the dialog, which follows the offers, and
+/// the outlet.
+#[derive(Clone, Debug)]
+pub struct Sending(Arc<std::sync::atomic::AtomicBool>);
+
+impl Default for Sending {
+    fn default() -> Self {
+        Self(Arc::new(std::sync::atomic::AtomicBool::new(true)))
+    }
+}
+
+impl Sending {
+    /// Lets RTP out, or holds it back.
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether RTP may go out.
+    pub fn get(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Sends the session's audio (frames at the send codec's rate) and keys as RTP.
 pub struct RtpOutlet {
     socket: UdpSocket,
@@ -159,16 +183,18 @@ pub struct RtpOutlet {
     encoder: Encoder,
     rate: u32,
     ticks: u32,
+    sending: Sending,
 }
 
 impl RtpOutlet {
-    /// An outlet on `socket` (non-blocking) to `remote`, sending as `coding` says; `seed`
-    /// makes the stream's SSRC, first sequence number and timestamp.
+    /// An outlet on `socket` (non-blocking) to `remote`, sending as `coding` says while
+    /// `sending` lets it; `seed` makes the stream's SSRC, first sequence number and timestamp.
     pub fn new(
         socket: UdpSocket,
         remote: Remote,
         coding: &Coding,
         seed: u128,
+        sending: Sending,
     ) -> Result<Self, CodecError> {
         let codec = coding.send.codec;
         Ok(Self {
@@ -178,6 +204,7 @@ impl RtpOutlet {
             encoder: Encoder::new(codec)?,
             rate: audio_rate(codec),
             ticks: ticks_per_packet(codec),
+            sending,
         })
     }
 
@@ -201,6 +228,12 @@ impl Outlet for RtpOutlet {
         if rate_hz != self.rate {
             return Ok(false);
         }
+        if !self.sending.get() {
+            // On hold: the frame is not late, it is not wanted. The stream's clock still
+            // runs, so the far end sees the gap when it resumes (RFC 3550 5.1).
+            self.sender.skip(self.ticks);
+            return Ok(true);
+        }
         let payload = match self.encoder.encode(samples) {
             Ok(p) => p,
             Err(e) => {
@@ -213,6 +246,9 @@ impl Outlet for RtpOutlet {
     }
 
     fn keys(&mut self, digits: &str) -> bool {
+        if !self.sending.get() {
+            return false;
+        }
         let mut sent = false;
         for d in digits.chars() {
             let Some(packets) = self.sender.key(d, 100) else {
@@ -446,8 +482,14 @@ mod tests {
         assert_eq!(remote.get(), far.local_addr().unwrap(), "latched");
 
         // Out: a frame the session plays reaches the far end as one µ-law packet.
-        let mut outlet =
-            RtpOutlet::new(out_socket, remote.clone(), &coding(Codec::Pcmu, true), 0x99).unwrap();
+        let mut outlet = RtpOutlet::new(
+            out_socket,
+            remote.clone(),
+            &coding(Codec::Pcmu, true),
+            0x99,
+            Sending::default(),
+        )
+        .unwrap();
         assert_eq!(outlet.play(8_000, &frames[1]), Ok(true));
         let mut buf = [0u8; 2048];
         let n = far.recv(&mut buf).unwrap();
@@ -579,7 +621,9 @@ mod tests {
                 assert_eq!(&samples, w, "{}", codec.as_str());
             }
 
-            let mut outlet = RtpOutlet::new(out_socket, remote, &coding, 0x42).unwrap();
+            let sending = Sending::default();
+            let mut outlet =
+                RtpOutlet::new(out_socket, remote, &coding, 0x42, sending.clone()).unwrap();
             assert_eq!(outlet.play(8_000, &audio[..160]), Ok(false), "not its rate");
             let mut buf = [0u8; 2048];
             let mut stamps = Vec::new();

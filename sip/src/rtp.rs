@@ -72,6 +72,11 @@ impl Sender {
         self.packet(self.pt, marker, ts, payload)
     }
 
+    /// Moves the clock on by `ticks` without a packet (audio not sent while on hold).
+    pub fn skip(&mut self, ticks: u32) {
+        self.ts = self.ts.wrapping_add(ticks);
+    }
+
     /// The packets of key `key` lasting `ms` (RFC 4733): one per 20 ms with the duration so
     /// far, the last sent three times with the end bit; the audio clock moves past the key.
     /// None if the far end takes no telephone-event or `key` is not a key.

@@ -86,6 +86,11 @@ impl Direction {
         }
     }
 
+    /// Whether a side with this direction sends media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
     /// Ours, answering an offer of theirs in this direction (RFC 3264 6.1): a far end that
     /// only sends (hold) gets `recvonly`, one that only receives `sendonly`.
     pub fn answer(self) -> Self {

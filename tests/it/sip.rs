@@ -929,10 +929,37 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
         "{log}"
     );
 
-    // The far end puts the call on hold: our answer says recvonly (sipp checks it).
-    let mut hold = Sipp::uas(Some("answer_hold_bye.xml"), 1);
+    // The far end puts the call on hold: our answer says recvonly (sipp checks it) and our
+    // RTP stops while it holds.
+    let media_port = free_port().to_string();
+    let mut hold = Sipp::uas_with(
+        Some("answer_hold_bye.xml"),
+        1,
+        &["-mi", "127.0.0.1", "-mp", &media_port],
+    );
     let trunk = trunk_to(&env, &tok, &hold, json!({})).await;
     let call = call_through(&env, &tok, &trunk).await;
+    wait_until("the hold", Duration::from_secs(10), || async {
+        hold.log().contains("a=recvonly").then_some(())
+    })
+    .await;
+    let sent = || async {
+        let m = reqwest::get(format!("{}/metrics", env.platform.url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("vbin_rtp_sent_packets_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = sent().await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(before > 0.0, "RTP went out before the hold");
+    assert_eq!(sent().await, before, "RTP went out on hold");
     let c = env.wait_call_end(call, Duration::from_secs(20)).await;
     assert_eq!(c["hangup_by"], "remote", "{c}");
     assert_eq!(hold.wait(Duration::from_secs(10)), 0, "{}", hold.log());

@@ -36,6 +36,7 @@ mod keepalive;
 pub mod media;
 pub mod outcome;
 pub mod recovery;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod session_timer;
@@ -582,10 +583,21 @@ impl SipCarrier {
                 return;
             }
         };
+        // RTCP on the port above (RFC 3550 11), to theirs above their RTP port; a call
+        // whose odd port is taken goes without.
+        let rtcp = out
+            .local_addr()
+            .and_then(|a| std::net::UdpSocket::bind(SocketAddr::new(a.ip(), a.port() + 1)))
+            .and_then(|s| {
+                s.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(s)
+            });
+        let their_rtcp = SocketAddr::new(remote.ip(), remote.port().wrapping_add(1));
         let remote = media::Remote::new(remote);
         let seed = Uuid::new_v4().as_u128();
+        let stats = Arc::new(rtcp::Stats::default());
         let outlet = match media::RtpOutlet::new(out, remote.clone(), &coding, seed, sending) {
-            Ok(o) => o,
+            Ok(o) => o.with_stats(stats.clone()),
             Err(e) => {
                 tracing::warn!(%call, error = %e, "RTP encoder: the call has no audio");
                 return;
@@ -597,12 +609,30 @@ impl SipCarrier {
         let far = vbin_callmedia::socket::SocketFar::new(call.as_uuid(), rx, Box::new(outlet))
             .sending_at(coding.send_rate());
         tracing::info!(%call, codec = coding.send.codec.as_str(), remote = %remote.get(), "RTP starts");
+        let (rtcp_done, done) = tokio::sync::oneshot::channel();
+        match rtcp {
+            Ok(socket) => {
+                let clock = media::ticks_per_packet(coding.send.codec) * 50;
+                let cname = format!("{call}@{}", self.inner.public.ip());
+                tokio::spawn(rtcp::run(
+                    socket,
+                    their_rtcp,
+                    seed as u32,
+                    clock,
+                    cname,
+                    stats.clone(),
+                    done,
+                ));
+            }
+            Err(e) => tracing::debug!(%call, error = %e, "no RTCP port: the call goes without"),
+        }
         tokio::spawn(async move {
             if let Err(why) = engine.attach_far(call, Box::new(far)).await {
                 tracing::warn!(%call, why = %why, "the call's media session refused its RTP");
                 return;
             }
-            let ended = media::pump(reader, remote, coding, inband, tx).await;
+            let ended = media::pump(reader, remote, coding, inband, Some(stats), tx).await;
+            let _ = rtcp_done.send(());
             tracing::info!(%call, %ended, "RTP ended");
         });
     }

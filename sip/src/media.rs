@@ -184,6 +184,7 @@ pub struct RtpOutlet {
     rate: u32,
     ticks: u32,
     sending: Sending,
+    stats: Option<Arc<crate::rtcp::Stats>>,
 }
 
 impl RtpOutlet {
@@ -205,7 +206,14 @@ impl RtpOutlet {
             rate: audio_rate(codec),
             ticks: ticks_per_packet(codec),
             sending,
+            stats: None,
         })
+    }
+
+    /// The same, keeping its counts in `stats` for RTCP sender reports.
+    pub fn with_stats(mut self, stats: Arc<crate::rtcp::Stats>) -> Self {
+        self.stats = Some(stats);
+        self
     }
 
     fn send(&self, packet: &[u8]) -> Result<bool, TransportGone> {
@@ -241,8 +249,20 @@ impl Outlet for RtpOutlet {
                 return Ok(false);
             }
         };
+        let rtp_ts = self.sender.timestamp();
         let packet = self.sender.audio(&payload, self.ticks);
-        self.send(&packet)
+        let sent = self.send(&packet);
+        if let (Ok(true), Some(stats)) = (&sent, &self.stats) {
+            let (packets, octets) = self.sender.counts();
+            *stats.sent.lock().unwrap_or_else(|p| p.into_inner()) = Some(crate::rtcp::Sent {
+                packets,
+                octets,
+                rtp_ts,
+                at: std::time::Instant::now(),
+                clock_hz: self.ticks * 50,
+            });
+        }
+        sent
     }
 
     fn keys(&mut self, digits: &str) -> bool {
@@ -328,10 +348,13 @@ pub async fn pump(
     remote: Remote,
     coding: Coding,
     mut inband: Option<Inband>,
+    stats: Option<Arc<crate::rtcp::Stats>>,
     tx: mpsc::Sender<Incoming>,
 ) -> String {
     let pts: Vec<u8> = coding.receive.iter().map(|f| f.pt).collect();
-    let mut receiver = Receiver::new(&pts, coding.receive_dtmf);
+    let clock = coding.receive.first().map_or(8_000, |f| clock_hz(f.codec));
+    let mut receiver = Receiver::new(&pts, coding.receive_dtmf).with_clock(clock);
+    let epoch = std::time::Instant::now();
     let mut decoders = HashMap::new();
     for f in &coding.receive {
         match Decoder::new(f.codec) {
@@ -353,9 +376,12 @@ pub async fn pump(
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Err(e) => return format!("RTP socket: {e}"),
         };
-        if !receiver.push(&buf[..n]) {
+        if !receiver.push_at(&buf[..n], Some(epoch.elapsed())) {
             metrics::counter!("vbin_rtp_ignored_packets_total").increment(1);
             continue;
+        }
+        if let Some(stats) = &stats {
+            *stats.received.lock().unwrap_or_else(|p| p.into_inner()) = receiver.reception();
         }
         metrics::counter!("vbin_rtp_received_packets_total").increment(1);
         remote.latch(from);
@@ -438,6 +464,7 @@ mod tests {
             tokio::net::UdpSocket::from_std(ours).unwrap(),
             remote.clone(),
             coding(Codec::Pcmu, true),
+            None,
             None,
             tx,
         ));
@@ -522,6 +549,7 @@ mod tests {
             Remote::new(far.local_addr().unwrap()),
             coding(Codec::Pcmu, false),
             Some(Inband::new()),
+            None,
             tx,
         ));
         // 120 ms of 770 + 1336 Hz (key 5), then 60 ms of silence, in 20 ms packets.
@@ -588,6 +616,7 @@ mod tests {
                 tokio::net::UdpSocket::from_std(ours).unwrap(),
                 remote.clone(),
                 coding.clone(),
+                None,
                 None,
                 tx,
             ));

@@ -26,6 +26,9 @@ pub struct Sender {
     started: bool,
     /// Audio clock ticks per telephone-event tick (8 kHz): 6 for Opus's 48 kHz clock.
     clock_ratio: u32,
+    /// Packets and payload octets sent (RTCP sender reports).
+    packets: u32,
+    octets: u32,
 }
 
 impl Sender {
@@ -40,7 +43,24 @@ impl Sender {
             dtmf_pt,
             started: false,
             clock_ratio: 1,
+            packets: 0,
+            octets: 0,
         }
+    }
+
+    /// The stream's SSRC.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Packets and payload octets sent so far (wrapping, as RTCP counts them).
+    pub fn counts(&self) -> (u32, u32) {
+        (self.packets, self.octets)
+    }
+
+    /// The timestamp the next audio packet will carry.
+    pub fn timestamp(&self) -> u32 {
+        self.ts
     }
 
     /// The same with an audio clock of `hz` (48000 for Opus): after a key, the audio's
@@ -60,6 +80,8 @@ impl Sender {
             .payload(payload)
             .write_vec_unchecked();
         self.seq = self.seq.wrapping_add(1);
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload.len() as u32);
         p
     }
 
@@ -142,6 +164,22 @@ pub enum Received {
     Key(char),
 }
 
+/// What a receiver has seen of the far end's stream, for RTCP reception reports (RFC 3550
+/// 6.4.1, A.3, A.8).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reception {
+    /// The far end's SSRC.
+    pub ssrc: u32,
+    /// The extended highest sequence number received (cycles in the high 16 bits).
+    pub highest: u32,
+    /// Packets expected: from the first sequence number to the highest.
+    pub expected: u64,
+    /// Packets received (late and duplicate ones too, as RFC 3550 counts them).
+    pub received: u64,
+    /// Interarrival jitter, in RTP clock ticks.
+    pub jitter: u32,
+}
+
 /// Sequence numbers away from the highest seen beyond which a packet starts a new stream
 /// (the far end restarted it) instead of being late or early (RFC 3550 A.1's idea).
 const RESYNC_GAP: u64 = 100;
@@ -163,6 +201,13 @@ pub struct Receiver {
     highest: u64,
     /// The timestamp of the last key event reported (its retransmissions are not keys).
     last_event_ts: Option<u32>,
+    /// The stream's first extended sequence number, packets received, and the jitter
+    /// estimate with the last transit time (RFC 3550 A.8), in ticks of `clock_hz`.
+    base: u64,
+    received: u64,
+    jitter: f64,
+    transit: Option<u32>,
+    clock_hz: u32,
 }
 
 impl Receiver {
@@ -177,7 +222,34 @@ impl Receiver {
             next: None,
             highest: 0,
             last_event_ts: None,
+            base: 0,
+            received: 0,
+            jitter: 0.0,
+            transit: None,
+            clock_hz: 8_000,
         }
+    }
+
+    /// The same, with the audio's RTP clock (for the jitter, 8 kHz unless told).
+    pub fn with_clock(mut self, hz: u32) -> Self {
+        self.clock_hz = hz;
+        self
+    }
+
+    /// What it has seen of the stream so far; None before its first packet.
+    pub fn reception(&self) -> Option<Reception> {
+        let ssrc = self.ssrc?;
+        if self.highest == 0 {
+            return None;
+        }
+        Some(Reception {
+            ssrc,
+            // `extend` starts the first cycle at 1 << 16.
+            highest: (self.highest - (1 << 16)) as u32,
+            expected: self.highest - self.base + 1,
+            received: self.received,
+            jitter: self.jitter as u32,
+        })
     }
 
     /// The sequence number extended past its 16 bits, nearest to the highest seen.
@@ -200,10 +272,20 @@ impl Receiver {
         self.held.clear();
         self.next = None;
         self.highest = 0;
+        self.base = 0;
+        self.received = 0;
+        self.jitter = 0.0;
+        self.transit = None;
     }
 
     /// Takes one datagram; false if it is not an RTP packet of this call's payload types.
     pub fn push(&mut self, datagram: &[u8]) -> bool {
+        self.push_at(datagram, None)
+    }
+
+    /// [`Receiver::push`] of a datagram that arrived at `arrival` (since any fixed instant),
+    /// which feeds the jitter estimate.
+    pub fn push_at(&mut self, datagram: &[u8], arrival: Option<std::time::Duration>) -> bool {
         let Ok(p) = RtpPacket::parse(datagram) else {
             return false;
         };
@@ -229,6 +311,20 @@ impl Receiver {
         if self.highest != 0 && seq.abs_diff(self.highest) > RESYNC_GAP {
             self.restart();
             seq = self.extend(p.sequence_number());
+        }
+        if self.base == 0 || seq < self.base {
+            self.base = seq;
+        }
+        self.received += 1;
+        if let (Some(at), Some(Received::Audio(..))) = (arrival, &item) {
+            // D(i-1,i) = (R_i - R_i-1) - (S_i - S_i-1), in wrapping clock ticks.
+            let now = (at.as_secs_f64() * f64::from(self.clock_hz)) as u64 as u32;
+            let transit = now.wrapping_sub(p.timestamp());
+            if let Some(prev) = self.transit {
+                let d = f64::from((transit.wrapping_sub(prev) as i32).unsigned_abs());
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+            self.transit = Some(transit);
         }
         if self.next.is_some_and(|n| seq < n) {
             return true; // too late: its turn has passed
@@ -434,6 +530,34 @@ mod tests {
         let before = parse(&s.audio(&[0; 40], 960)).3;
         s.key('1', 100).unwrap();
         assert_eq!(parse(&s.audio(&[0; 40], 960)).3, before + 960 + 800 * 6);
+    }
+
+    #[test]
+    fn reception_counts_losses_and_jitter() {
+        let mut s = Sender::new(0, None, 0xffff_0000_0001); // seq starts at 0xffff
+        let mut r = Receiver::new(&[0], None);
+        assert_eq!(r.reception(), None);
+        let packets: Vec<Vec<u8>> = (0..10).map(|_| s.audio(&[0; 160], 160)).collect();
+        // Packet 3 lost; the others right on time (20 ms apart): no jitter.
+        for (i, p) in packets.iter().enumerate().filter(|(i, _)| *i != 3) {
+            let at = std::time::Duration::from_millis(1_000 + 20 * i as u64);
+            assert!(r.push_at(p, Some(at)));
+        }
+        let got = r.reception().unwrap();
+        assert_eq!(got.ssrc, s.ssrc());
+        assert_eq!((got.expected, got.received, got.jitter), (10, 9, 0));
+        // The sequence wrapped once: the highest (8) is in the second cycle.
+        assert_eq!(got.highest, (1 << 16) | 8);
+        assert_eq!(s.counts(), (10, 1_600));
+        // Every other packet 10 ms late: jitter grows towards 80 ticks (10 ms at 8 kHz).
+        let mut r = Receiver::new(&[0], None);
+        for i in 0..200u64 {
+            let p = s.audio(&[0; 160], 160);
+            let at = std::time::Duration::from_millis(20 * i + if i % 2 == 1 { 10 } else { 0 });
+            r.push_at(&p, Some(at));
+        }
+        let j = r.reception().unwrap().jitter;
+        assert!((70..=80).contains(&j), "{j}");
     }
 
     #[test]

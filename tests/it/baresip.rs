@@ -365,6 +365,8 @@ async fn a_phone_calls_a_number_hears_its_menu_and_presses_a_key() {
                 {"type": "talk", "option": {"text": "Hello Ann. Press one for support or two for sales."}},
                 {"type": "digits_receive", "option": {"duration": 10000, "length": 1}},
                 {"type": "talk", "option": {"text": "Support."}},
+                // Long enough for the phone's RTCP reports (every ~5 s).
+                {"type": "sleep", "option": {"duration": 6000}},
                 {"type": "hangup"},
             ]}),
         )
@@ -410,7 +412,14 @@ async fn a_phone_calls_a_number_hears_its_menu_and_presses_a_key() {
     );
     assert_eq!(
         executed(&af),
-        ["answer", "talk", "digits_receive", "talk", "hangup"],
+        [
+            "answer",
+            "talk",
+            "digits_receive",
+            "talk",
+            "sleep",
+            "hangup"
+        ],
         "{af}"
     );
     let (rate, heard) = phone.heard();
@@ -421,6 +430,21 @@ async fn a_phone_calls_a_number_hears_its_menu_and_presses_a_key() {
         phone.log()
     );
     assert_eq!(recognize(&heard).await, format!("{MENU_TEXT} support"));
+    // The phone's RTCP reports of our stream arrived (it lost none of it).
+    let m = reqwest::get(format!("{}/metrics", env.platform.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metric = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(metric("vbin_rtcp_reports_received_total") >= 1.0, "{m}");
+    assert_eq!(metric("vbin_rtcp_fraction_lost_sum"), 0.0, "{m}");
     let c = env.wait_call_end(call, Duration::from_secs(10)).await;
     assert_eq!(
         (&c["status"], &c["direction"], &c["source"]),

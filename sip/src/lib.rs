@@ -33,6 +33,7 @@
 
 mod inbound;
 mod keepalive;
+mod lanes;
 pub mod media;
 pub mod outcome;
 pub mod recovery;
@@ -248,6 +249,8 @@ struct Inner {
     /// The live calls.
     live: Mutex<Calls>,
     node: String,
+    /// The calls' database writes from the dialog-state loop, in order per call.
+    lanes: lanes::Lanes<CallId>,
 }
 
 /// The endpoint's tasks, to run until shutdown ([`SipCarrier::start`]).
@@ -307,6 +310,7 @@ impl SipCarrier {
                 media: std::sync::OnceLock::new(),
                 live: Mutex::new(Calls::default()),
                 node: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+                lanes: lanes::Lanes::default(),
             }),
         };
         tracing::info!(bind = %settings.bind, %public, "SIP endpoint bound (udp, tcp)");
@@ -665,6 +669,17 @@ impl SipCarrier {
         self.live().remove_call(call);
     }
 
+    /// Runs `work` (database writes of `call`) after the call's earlier ones, off the
+    /// dialog-state loop ([`lanes`]).
+    fn later<F, Fut>(&self, call: CallId, work: F)
+    where
+        F: FnOnce(SipCarrier) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        use futures::FutureExt;
+        self.inner.lanes.push(call, work(self.clone()).boxed());
+    }
+
     /// Follows the dialogs' states: ringing, and the far end's BYE.
     async fn follow(&self, mut states: DialogStateReceiver) {
         while let Some(state) = states.recv().await {
@@ -672,8 +687,11 @@ impl SipCarrier {
                 DialogState::Early(id, _) => {
                     let who = self.live().get(&id.call_id).map(|l| (l.call, l.customer));
                     if let Some((call, customer)) = who {
-                        self.report(call, customer, CallCommand::MarkRinging { at: Utc::now() })
-                            .await;
+                        let at = Utc::now();
+                        self.later(call, move |this| async move {
+                            this.report(call, customer, CallCommand::MarkRinging { at })
+                                .await;
+                        });
                     }
                 }
                 DialogState::Confirmed(id, resp) => {
@@ -715,16 +733,19 @@ impl SipCarrier {
                     else {
                         continue;
                     };
-                    if direction == CallDirection::Outgoing {
-                        self.report(call, customer, CallCommand::MarkAnswered { at: Utc::now() })
-                            .await;
-                    }
-                    if rtp.is_some() {
-                        self.answered_with(call, &dialog).await;
-                        if let Some((timer, refreshed)) = timer {
-                            self.keep_session(call, customer, dialog, timer, refreshed);
+                    let (at, first_answer) = (Utc::now(), rtp.is_some());
+                    self.later(call, move |this| async move {
+                        if direction == CallDirection::Outgoing {
+                            this.report(call, customer, CallCommand::MarkAnswered { at })
+                                .await;
                         }
-                    }
+                        if first_answer {
+                            this.answered_with(call, &dialog).await;
+                            if let Some((timer, refreshed)) = timer {
+                                this.keep_session(call, customer, dialog, timer, refreshed);
+                            }
+                        }
+                    });
                     let Some(socket) = rtp else { continue };
                     // Outgoing: the answer settles it, and the far end sends with our offer's
                     // payload types (RFC 3264: each side sends with the numbers the receiver
@@ -833,7 +854,9 @@ impl SipCarrier {
                     );
                     if ours {
                         // Our BYE or refusal: the call is already hung up by us.
-                        self.set_state(l.call, "ended").await;
+                        self.later(l.call, move |this| async move {
+                            this.set_state(l.call, "ended").await;
+                        });
                         continue;
                     }
                     let cause = match reason {
@@ -845,7 +868,10 @@ impl SipCarrier {
                         TerminatedReason::Timeout => HangupCause::NetworkOutOfOrder,
                         _ => HangupCause::NormalClearing,
                     };
-                    self.hung_up(l.call, l.customer, cause).await;
+                    let (call, customer) = (l.call, l.customer);
+                    self.later(call, move |this| async move {
+                        this.hung_up(call, customer, cause).await;
+                    });
                 }
                 _ => {}
             }

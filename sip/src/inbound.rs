@@ -30,7 +30,11 @@ struct Admitted {
     route: NumberRoute,
     source: E164,
     destination: E164,
-    offer: sdp::Negotiated,
+    /// What the caller's offer settled; None for an INVITE without one (a late offer: ours
+    /// goes in the 200 and the caller answers in its ACK, RFC 3261 13.2.1).
+    offer: Option<sdp::Negotiated>,
+    /// The formats we offer when the caller did not (the trunk's codecs).
+    ours: Vec<sdp::Format>,
 }
 
 impl SipCarrier {
@@ -88,7 +92,10 @@ impl SipCarrier {
                 return;
             }
         };
-        let n = admitted.offer.clone();
+        let (ours, dtmf_pt) = match &admitted.offer {
+            Some(n) => (n.formats[..1].to_vec(), n.dtmf_pt),
+            None => (admitted.ours.clone(), Some(sdp::DTMF_PT)),
+        };
         let timer = crate::session_timer::of_offer(&tx.original);
         self.live().insert(
             sip_call_id.clone(),
@@ -100,9 +107,9 @@ impl SipCarrier {
                 answered: false,
                 rtp: Some(rtp),
                 rtp_port,
-                ours: n.formats[..1].to_vec(),
-                dtmf_pt: n.dtmf_pt,
-                offer: Some(n),
+                ours,
+                dtmf_pt,
+                offer: admitted.offer.clone(),
                 timer,
                 refreshed: Default::default(),
                 sdp_state: (sdp::Direction::SendRecv, 1),
@@ -229,13 +236,20 @@ impl SipCarrier {
             }
             Err(e) => return Err(unavailable(e)),
         }
-        let offer = sdp::negotiate(&req.body, &trunk.codecs)
-            .map_err(|e| (StatusCode::NotAcceptableHere, e.to_string()))?;
+        let offer = if req.body.is_empty() {
+            None
+        } else {
+            Some(
+                sdp::negotiate(&req.body, &trunk.codecs)
+                    .map_err(|e| (StatusCode::NotAcceptableHere, e.to_string()))?,
+            )
+        };
         Ok(Admitted {
             route,
             source,
             destination,
             offer,
+            ours: trunk.codecs.iter().map(|c| sdp::Format::ours(*c)).collect(),
         })
     }
 }

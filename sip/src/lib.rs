@@ -173,6 +173,11 @@ impl Live {
     }
 }
 
+/// The body of the ACK that confirmed `dialog` (the answer, when we offered in our 200).
+fn dialog_ack(dialog: &InviteDialog) -> Option<Vec<u8>> {
+    dialog.last_remote_ack().map(|a| a.body)
+}
+
 /// The codecs of SDP formats.
 fn codecs_of(formats: &[sdp::Format]) -> Vec<vbin_event_schema::Codec> {
     formats.iter().map(|f| f.codec).collect()
@@ -734,6 +739,7 @@ impl SipCarrier {
                         continue;
                     };
                     let (at, first_answer) = (Utc::now(), rtp.is_some());
+                    let ack = dialog_ack(&dialog).unwrap_or_default();
                     self.later(call, move |this| async move {
                         if direction == CallDirection::Outgoing {
                             this.report(call, customer, CallCommand::MarkAnswered { at })
@@ -749,9 +755,15 @@ impl SipCarrier {
                     let Some(socket) = rtp else { continue };
                     // Outgoing: the answer settles it, and the far end sends with our offer's
                     // payload types (RFC 3264: each side sends with the numbers the receiver
-                    // declared). Incoming: the offer settled it, our answer kept its numbers.
+                    // declared). Incoming: the offer settled it, our answer kept its numbers;
+                    // an incoming call without an offer had ours in our 200 and has the
+                    // caller's answer in its ACK.
+                    let we_offered = offer.is_none();
                     let settled = match offer {
                         Some(n) => Ok(n),
+                        None if direction == CallDirection::Incoming => {
+                            sdp::negotiate(&ack, &codecs_of(&ours))
+                        }
                         None => sdp::negotiate(&resp.body, &codecs_of(&ours)),
                     };
                     match settled {
@@ -760,9 +772,9 @@ impl SipCarrier {
                                 codec: n.codec,
                                 pt: n.pt,
                             };
-                            let coding = match direction {
+                            let coding = match we_offered {
                                 // The far end may send any codec of its answer, on our numbers.
-                                CallDirection::Outgoing => media::Coding {
+                                true => media::Coding {
                                     send,
                                     send_dtmf: n.dtmf_pt,
                                     receive: n
@@ -773,7 +785,7 @@ impl SipCarrier {
                                     receive_dtmf: Some(sdp::DTMF_PT),
                                 },
                                 // Our answer named one format, on the offer's number.
-                                CallDirection::Incoming => media::Coding {
+                                false => media::Coding {
                                     send,
                                     send_dtmf: n.dtmf_pt,
                                     receive: vec![send],

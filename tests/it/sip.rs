@@ -594,6 +594,44 @@ async fn a_call_from_a_trunk_to_a_number_runs_its_flow_and_takes_rfc_4733_keys()
     );
 }
 
+/// A caller whose INVITE has no offer gets ours in the 200 and answers in its ACK (RFC 3261
+/// 13.2.1); its key then reaches the flow, so the audio was set up from the ACK's answer.
+#[tokio::test]
+async fn a_call_without_an_offer_is_answered_with_ours_and_takes_the_answer_from_the_ack() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let trunk = id_of(
+        &env.client(&tok)
+            .create(
+                "/v1.0/trunks",
+                json!({"name": "carrier", "host": "127.0.0.1", "transport": "udp"}),
+            )
+            .await,
+    );
+    number_with(
+        &env,
+        &tok,
+        "+15557770001",
+        &trunk,
+        json!([
+            {"type": "answer"},
+            {"type": "digits_receive", "option": {"duration": 8000, "length": 1}},
+            {"type": "hangup"},
+        ]),
+    )
+    .await;
+    let mut sipp = Sipp::uac(&env, "call_late_offer_press_1.xml", "15557770001");
+    assert_eq!(sipp.wait(Duration::from_secs(30)), 0, "{}", sipp.log());
+    let call = incoming_calls(&env, &tok, 1).await[0];
+    let af = ended_flow(&env, &tok, call, Duration::from_secs(20)).await;
+    assert_eq!(
+        af["variables"]["voipbin.call.digits"],
+        "1",
+        "{af}\n{}",
+        sipp.log()
+    );
+}
+
 #[tokio::test]
 async fn calls_from_the_network_are_refused_as_operators_expect_and_may_be_cancelled() {
     let env = Env::start().await;

@@ -71,9 +71,20 @@ impl<K: Hash + Eq + Clone + Send + 'static> Lanes<K> {
     }
 
     /// How many lanes have work.
-    #[cfg(test)]
     fn busy(&self) -> usize {
-        self.lanes.lock().unwrap().len()
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until no lane has work (at most `within`); whether they all ran out.
+    pub(crate) async fn idle(&self, within: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while self.busy() > 0 {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 }
 
@@ -110,7 +121,7 @@ mod tests {
         }
         assert_eq!(got, [3, 1, 2, 4], "b first: a's first write waits");
         // Idle lanes are gone; a key gets a new lane when work comes again.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(lanes.idle(Duration::from_secs(1)).await);
         assert_eq!(lanes.busy(), 0);
         let tx2 = tx.clone();
         lanes.push("a", async move { tx2.send(5).unwrap() }.boxed());

@@ -365,7 +365,20 @@ impl SipCarrier {
 
     /// The network ended the call (`cause`): reported, and its SIP state ended.
     async fn hung_up(&self, call: CallId, customer: CustomerId, cause: HangupCause) {
-        self.report(call, customer, remote_hangup(cause)).await;
+        self.hung_up_at(call, customer, cause, Utc::now()).await;
+    }
+
+    /// [`Self::hung_up`] at `at` (when the network said so, not when it is written: a call's
+    /// duration, and its bill, run to the hangup).
+    async fn hung_up_at(
+        &self,
+        call: CallId,
+        customer: CustomerId,
+        cause: HangupCause,
+        at: chrono::DateTime<Utc>,
+    ) {
+        self.report(call, customer, remote_hangup_at(cause, at))
+            .await;
         self.set_state(call, "ended").await;
     }
 
@@ -739,7 +752,59 @@ impl SipCarrier {
                         continue;
                     };
                     let (at, first_answer) = (Utc::now(), rtp.is_some());
-                    let ack = dialog_ack(&dialog).unwrap_or_default();
+                    // Outgoing: the answer settles it, and the far end sends with our offer's
+                    // payload types (RFC 3264: each side sends with the numbers the receiver
+                    // declared). Incoming: the offer settled it, our answer kept its numbers;
+                    // an incoming call without an offer had ours in our 200 and has the
+                    // caller's answer in its ACK (read now: a later ACK replaces it).
+                    let media = rtp.and_then(|socket| {
+                        let we_offered = offer.is_none();
+                        let settled = match offer {
+                            Some(n) => Ok(n),
+                            None if direction == CallDirection::Incoming => sdp::negotiate(
+                                &dialog_ack(&dialog).unwrap_or_default(),
+                                &codecs_of(&ours),
+                            ),
+                            None => sdp::negotiate(&resp.body, &codecs_of(&ours)),
+                        };
+                        let n = match settled {
+                            Ok(n) => n,
+                            Err(e) => {
+                                tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
+                                return None;
+                            }
+                        };
+                        let send = sdp::Format {
+                            codec: n.codec,
+                            pt: n.pt,
+                        };
+                        let coding = if we_offered {
+                            // The far end may send any codec of its answer, on our numbers;
+                            // an answer that only receives, or takes nothing, holds our RTP.
+                            sending.set(n.direction.answer().sends());
+                            media::Coding {
+                                send,
+                                send_dtmf: n.dtmf_pt,
+                                receive: n
+                                    .formats
+                                    .iter()
+                                    .map(|f| sdp::Format::ours(f.codec))
+                                    .collect(),
+                                receive_dtmf: Some(sdp::DTMF_PT),
+                            }
+                        } else {
+                            // Our answer named one format, on the offer's number.
+                            media::Coding {
+                                send,
+                                send_dtmf: n.dtmf_pt,
+                                receive: vec![send],
+                                receive_dtmf: n.dtmf_pt,
+                            }
+                        };
+                        Some((socket, n.remote, coding))
+                    });
+                    // The answer is written before the audio starts: the media engine takes
+                    // a call's RTP once the call is answered.
                     self.later(call, move |this| async move {
                         if direction == CallDirection::Outgoing {
                             this.report(call, customer, CallCommand::MarkAnswered { at })
@@ -751,53 +816,10 @@ impl SipCarrier {
                                 this.keep_session(call, customer, dialog, timer, refreshed);
                             }
                         }
+                        if let Some((socket, remote, coding)) = media {
+                            this.start_media(call, socket, remote, coding, sending);
+                        }
                     });
-                    let Some(socket) = rtp else { continue };
-                    // Outgoing: the answer settles it, and the far end sends with our offer's
-                    // payload types (RFC 3264: each side sends with the numbers the receiver
-                    // declared). Incoming: the offer settled it, our answer kept its numbers;
-                    // an incoming call without an offer had ours in our 200 and has the
-                    // caller's answer in its ACK.
-                    let we_offered = offer.is_none();
-                    let settled = match offer {
-                        Some(n) => Ok(n),
-                        None if direction == CallDirection::Incoming => {
-                            sdp::negotiate(&ack, &codecs_of(&ours))
-                        }
-                        None => sdp::negotiate(&resp.body, &codecs_of(&ours)),
-                    };
-                    match settled {
-                        Ok(n) => {
-                            let send = sdp::Format {
-                                codec: n.codec,
-                                pt: n.pt,
-                            };
-                            let coding = match we_offered {
-                                // The far end may send any codec of its answer, on our numbers.
-                                true => media::Coding {
-                                    send,
-                                    send_dtmf: n.dtmf_pt,
-                                    receive: n
-                                        .formats
-                                        .iter()
-                                        .map(|f| sdp::Format::ours(f.codec))
-                                        .collect(),
-                                    receive_dtmf: Some(sdp::DTMF_PT),
-                                },
-                                // Our answer named one format, on the offer's number.
-                                false => media::Coding {
-                                    send,
-                                    send_dtmf: n.dtmf_pt,
-                                    receive: vec![send],
-                                    receive_dtmf: n.dtmf_pt,
-                                },
-                            };
-                            self.start_media(call, socket, n.remote, coding, sending);
-                        }
-                        Err(e) => {
-                            tracing::warn!(%call, error = %e, "the answer's SDP is unusable: the call has no audio");
-                        }
-                    }
                 }
                 DialogState::Options(_, _, h) | DialogState::Info(_, _, h) => {
                     let _ = h.reply(StatusCode::OK).await;
@@ -880,9 +902,9 @@ impl SipCarrier {
                         TerminatedReason::Timeout => HangupCause::NetworkOutOfOrder,
                         _ => HangupCause::NormalClearing,
                     };
-                    let (call, customer) = (l.call, l.customer);
+                    let (call, customer, at) = (l.call, l.customer, Utc::now());
                     self.later(call, move |this| async move {
-                        this.hung_up(call, customer, cause).await;
+                        this.hung_up_at(call, customer, cause, at).await;
                     });
                 }
                 _ => {}
@@ -981,6 +1003,11 @@ impl Endpoint {
             }
         });
         futures::future::join_all(ends).await;
+        // Writes still queued (a saved dialog would survive the release below, and a far end
+        // would get a second BYE from recovery): let them land first, within reason.
+        if !carrier.inner.lanes.idle(Duration::from_secs(5)).await {
+            tracing::warn!("SIP calls' database writes still queued at shutdown");
+        }
         // The far ends got their BYE or CANCEL; the calls themselves are ended by a carrier
         // process that finds their leases given up (recovery), without a second BYE.
         let released = sqlx::query(
@@ -1102,9 +1129,14 @@ impl Carrier for SipCarrier {
 
 /// The command of a call the network ended with `cause`.
 fn remote_hangup(cause: HangupCause) -> CallCommand {
+    remote_hangup_at(cause, Utc::now())
+}
+
+/// The same, at `at`.
+fn remote_hangup_at(cause: HangupCause, at: chrono::DateTime<Utc>) -> CallCommand {
     CallCommand::Hangup {
         request: HangupRequest::Remote(cause),
-        at: Utc::now(),
+        at,
     }
 }
 

@@ -84,16 +84,24 @@ fn interval() -> Duration {
 /// far end's last sender report (for LSR/DLSR).
 #[derive(Default)]
 struct Reporter {
-    prior: Option<(u64, u64)>,
+    /// The stream (SSRC, expected so far) and counts at the last report.
+    prior: Option<(u32, u64, u64)>,
     their_sr: Option<(u32, Instant)>,
 }
 
 impl Reporter {
     /// The reception report block of `r`.
     fn block(&mut self, r: &Reception) -> ReportBlockBuilder {
-        let (pe, pr) = self.prior.unwrap_or((0, 0));
-        let (expected, received) = (r.expected.saturating_sub(pe), r.received.saturating_sub(pr));
-        self.prior = Some((r.expected, r.received));
+        // A stream that started over (new SSRC, or counts below the last report's) is
+        // counted from its start.
+        let (pe, pr) = match self.prior {
+            Some((ssrc, pe, pr)) if ssrc == r.ssrc && pe <= r.expected && pr <= r.received => {
+                (pe, pr)
+            }
+            _ => (0, 0),
+        };
+        let (expected, received) = (r.expected - pe, r.received - pr);
+        self.prior = Some((r.ssrc, r.expected, r.received));
         let lost = expected.saturating_sub(received);
         let fraction = (lost << 8)
             .checked_div(expected)

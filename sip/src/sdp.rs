@@ -260,10 +260,11 @@ pub fn negotiate(theirs: &[u8], ours: &[Codec]) -> Result<Negotiated, SdpError> 
         .iter()
         .filter_map(|&pt| {
             let codec = match rtpmap(pt) {
-                // By name and clock: "g722/8000", "opus/48000/2".
+                // By name and clock ("PCMU/8000", "PCMU/8000/1", "opus/48000/2"): the
+                // channels are optional (RFC 4566 6).
                 Some(name) => CARRIED.into_iter().find(|c| {
                     let want = encoding(*c).to_ascii_lowercase();
-                    name == want || want.starts_with(&format!("{name}/"))
+                    name.split('/').take(2).eq(want.split('/').take(2))
                 })?,
                 None => codec_of_static_pt(pt)?,
             };
@@ -421,6 +422,29 @@ mod tests {
         let answer = describe(ip, 20_004, &[Format::ours(Codec::Pcmu)], None, 7, 1);
         assert!(answer.contains("m=audio 20004 RTP/AVP 0\r\n"), "{answer}");
         assert!(!answer.contains("telephone-event"), "{answer}");
+    }
+
+    #[test]
+    fn rtpmaps_with_or_without_channels_name_their_codec() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n\
+            t=0 0\r\nm=audio 10000 RTP/AVP 9 0 97\r\na=rtpmap:9 G722/8000/1\r\n\
+            a=rtpmap:0 PCMU/8000/1\r\na=rtpmap:97 opus/48000\r\n";
+        let n = negotiate(offer.as_bytes(), &CARRIED).unwrap();
+        assert_eq!(
+            n.formats,
+            [
+                Format::ours(Codec::G722),
+                Format::ours(Codec::Pcmu),
+                Format {
+                    codec: Codec::Opus,
+                    pt: 97
+                }
+            ]
+        );
+        // A clock that is not the codec's is another codec.
+        let wrong = offer.replace("G722/8000/1", "G722/16000/1");
+        let n = negotiate(wrong.as_bytes(), &CARRIED).unwrap();
+        assert_eq!(n.codec, Codec::Pcmu);
     }
 
     #[test]

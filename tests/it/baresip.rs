@@ -441,7 +441,7 @@ async fn a_phone_calls_a_number_hears_its_menu_and_presses_a_key() {
         m.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
     };
     assert!(metric("vbin_rtcp_reports_received_total") >= 1.0, "{m}");
     assert_eq!(metric("vbin_rtcp_fraction_lost_sum"), 0.0, "{m}");

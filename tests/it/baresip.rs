@@ -456,3 +456,43 @@ async fn a_phone_calls_a_number_hears_its_menu_and_presses_a_key() {
         "{c}"
     );
 }
+
+/// Keys a flow sends (`digits_send`) reach the phone as RFC 4733 events, each once, in G.711
+/// and in Opus (whose 48 kHz stream clock the keys' 8 kHz events ride on).
+#[tokio::test]
+async fn keys_a_flow_sends_reach_the_phone_as_rfc_4733() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let runs = [("PCMU", "PCMU/8000/1"), ("opus", "opus/48000/2")].map(|(ours, theirs)| {
+        let (env, tok) = (&env, &tok);
+        async move {
+            let phone = Baresip::start(theirs, FAR_END).await;
+            let trunk = trunk_to(env, tok, &phone, &[ours]).await;
+            let call = env
+                .calls(
+                    tok,
+                    &["+15550009999"],
+                    json!({"trunk_id": trunk, "actions": [
+                        {"type": "sleep", "option": {"duration": 500}},
+                        {"type": "digits_send", "option": {"digits": "159#"}},
+                        {"type": "sleep", "option": {"duration": 1000}},
+                        {"type": "hangup"},
+                    ]}),
+                )
+                .await[0];
+            ended_flow(env, tok, call, Duration::from_secs(30)).await;
+            let _ = phone.heard(); // the call is over at the phone too
+            let log = phone.log();
+            // baresip: "received event: '1' (end=0)" when a key starts.
+            let keys: String = log
+                .lines()
+                .filter(|l| l.starts_with("received event: '") && l.ends_with("(end=0)"))
+                .filter_map(|l| l.chars().nth("received event: '".len()))
+                .collect();
+            (ours, keys, log)
+        }
+    });
+    for (codec, keys, log) in futures::future::join_all(runs).await {
+        assert_eq!(keys, "159#", "{codec}\n{log}");
+    }
+}

@@ -42,7 +42,12 @@ const MENU: &str = "Thank you for calling the bench line. Your call matters to u
 
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`.
 pub(crate) fn cpu_seconds() -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    cpu_seconds_of("self")
+}
+
+/// CPU seconds process `pid` ("self", or a number) has used, from its `/proc/<pid>/stat`.
+pub(crate) fn cpu_seconds_of(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat
         .rsplit_once(')')
@@ -168,6 +173,46 @@ pub(crate) async fn talk_ms(b: &Bench, text: &str) -> anyhow::Result<u64> {
         .as_millis() as u64)
 }
 
+/// Places `n` calls, 100 per request: `body(k)` is the request for `k` of them.
+pub(crate) async fn place_calls(
+    b: &Bench,
+    n: usize,
+    body: impl Fn(usize) -> Value,
+) -> anyhow::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(100);
+        b.send_json(reqwest::Method::POST, "/v1.0/calls", body(k))
+            .await?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// Waits (at most 60 s from `started`) until `n` media sessions run; how long that took.
+pub(crate) async fn all_live(b: &Bench, n: usize, started: Instant) -> anyhow::Result<Duration> {
+    while started.elapsed() < Duration::from_secs(60) {
+        let live = gauge(&metrics(b).await?, "vbin_media_sessions").unwrap_or(0.0);
+        if live as usize >= n {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{n} media sessions did not all start within 60 s")
+}
+
+/// Waits (at most two minutes) until no media session runs.
+pub(crate) async fn all_ended(b: &Bench) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while gauge(&metrics(b).await?, "vbin_media_sessions").unwrap_or(1.0) > 0.0 {
+        if Instant::now() > deadline {
+            bail!("media sessions still up after two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 /// Runs the benchmark.
 pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
     use reqwest::Method;
@@ -200,31 +245,17 @@ pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
     let key_at = menu_ms + 1_000;
     eprintln!("menu ~{menu_ms} ms; placing {} calls...", a.calls);
     let started = Instant::now();
-    let mut left = a.calls;
-    while left > 0 {
-        let n = left.min(100);
-        b.send_json(
-            Method::POST,
-            "/v1.0/calls",
-            json!({"source": "+15550001000", "destinations": vec!["+15550002000"; n],
-                   "flow_id": flow["id"],
-                   "sandbox": {"script": [{"at_ms": key_at, "digits": "2"},
-                                          {"at_ms": key_at + 60_000, "hangup": true}]}}),
-        )
-        .await?;
-        left -= n;
-    }
+    place_calls(&b, a.calls, |n| {
+        json!({"source": "+15550001000", "destinations": vec!["+15550002000"; n],
+               "flow_id": flow["id"],
+               "sandbox": {"script": [{"at_ms": key_at, "digits": "2"},
+                                      {"at_ms": key_at + 60_000, "hangup": true}]}})
+    })
+    .await?;
     // Every session live, then the CPU used while they all play the menu.
-    let mut ramp = None;
-    while started.elapsed() < Duration::from_secs(60) {
-        let live = gauge(&metrics(&b).await?, "vbin_media_sessions").unwrap_or(0.0);
-        if live as usize >= a.calls {
-            ramp = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let ramp = ramp.context("not every session started within 60 s")?;
+    let ramp = all_live(&b, a.calls, started)
+        .await
+        .context("not every session started within 60 s")?;
     const LATE: &str = "vbin_media_tick_lateness_seconds";
     const STEP: &str = "vbin_media_digit_to_talk_seconds";
     let late0 = buckets(&metrics(&b).await?, LATE);
@@ -234,17 +265,9 @@ pub async fn run(a: &FlowsArgs) -> anyhow::Result<Value> {
     let late1 = buckets(&metrics(&b).await?, LATE);
     let in_window = ramp.as_millis() as u64 + a.window_secs * 1000 + 500 < menu_ms;
     // Then every call presses its key, hears "Sales." and is hung up.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let m = metrics(&b).await?;
-        if gauge(&m, "vbin_media_sessions").unwrap_or(1.0) <= 0.0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("calls still up two minutes after their keys");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    all_ended(&b)
+        .await
+        .context("calls still up two minutes after their keys")?;
     let m = metrics(&b).await?;
     let cores_used = cpu / wall;
     let per_core = a.calls as f64 / cores_used.max(1e-9);

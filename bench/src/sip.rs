@@ -12,7 +12,10 @@
 //! - RTP: packets sent and received in the window and the share that did not come back;
 //! - outbound frame pacing: how late each session's 20 ms tick ran (p50/p99).
 
-use crate::flows::{buckets, cpu_seconds, gauge, metrics, quantile_between, talk_ms};
+use crate::flows::{
+    all_ended, all_live, buckets, cpu_seconds, cpu_seconds_of, gauge, metrics, place_calls,
+    quantile_between, talk_ms,
+};
 use crate::{Bench, Services};
 use anyhow::{bail, Context};
 use reqwest::Method;
@@ -57,10 +60,7 @@ impl Sipp {
 
     /// CPU seconds it has used.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id()))?;
-        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        Ok((f[11].parse::<f64>()? + f[12].parse::<f64>()?) / 100.0)
+        cpu_seconds_of(&self.0.id().to_string())
     }
 
     /// Waits for it to exit (at most `within`); its exit code.
@@ -165,31 +165,17 @@ pub async fn run(a: &SipArgs) -> anyhow::Result<Value> {
     let menu_ms = talk_ms(&b, MENU).await?;
     eprintln!("menu ~{menu_ms} ms; placing {} SIP calls...", a.calls);
     let started = Instant::now();
-    let mut left = a.calls;
-    while left > 0 {
-        let n = left.min(100);
-        b.send_json(
-            Method::POST,
-            "/v1.0/calls",
-            json!({"source": "+15550001000", "destinations": vec!["+15550002000"; n],
-                   "trunk_id": trunk,
-                   "actions": [{"type": "talk", "option": {"text": MENU}},
-                               {"type": "talk", "option": {"text": MENU}},
-                               {"type": "hangup"}]}),
-        )
-        .await?;
-        left -= n;
-    }
-    let mut ramp = None;
-    while started.elapsed() < Duration::from_secs(60) {
-        let live = gauge(&metrics(&b).await?, "vbin_media_sessions").unwrap_or(0.0);
-        if live as usize >= a.calls {
-            ramp = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let ramp = ramp.context("not every SIP call's media started within 60 s")?;
+    place_calls(&b, a.calls, |n| {
+        json!({"source": "+15550001000", "destinations": vec!["+15550002000"; n],
+               "trunk_id": trunk,
+               "actions": [{"type": "talk", "option": {"text": MENU}},
+                           {"type": "talk", "option": {"text": MENU}},
+                           {"type": "hangup"}]})
+    })
+    .await?;
+    let ramp = all_live(&b, a.calls, started)
+        .await
+        .context("not every SIP call's media started within 60 s")?;
     const LATE: &str = "vbin_media_tick_lateness_seconds";
     const SENT: &str = "vbin_rtp_sent_packets_total";
     const RECEIVED: &str = "vbin_rtp_received_packets_total";
@@ -213,13 +199,9 @@ pub async fn run(a: &SipArgs) -> anyhow::Result<Value> {
     let per_core = a.calls as f64 / cores_used.max(1e-9);
     let sipp_cores = sipp_cpu / wall;
     // Then every call ends (the flows hang up after their second menu).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while gauge(&metrics(&b).await?, "vbin_media_sessions").unwrap_or(1.0) > 0.0 {
-        if Instant::now() > deadline {
-            bail!("SIP calls still up two minutes after the window");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    all_ended(&b)
+        .await
+        .context("SIP calls still up two minutes after the window")?;
     let round = |x: f64, d: f64| (x * d).round() / d;
     let setup_cps = a.calls as f64 / ramp.as_secs_f64();
     let r = json!({

@@ -634,7 +634,7 @@ impl SipCarrier {
         let (rtcp_done, done) = tokio::sync::oneshot::channel();
         match rtcp {
             Ok(socket) => {
-                let clock = media::ticks_per_packet(coding.send.codec) * 50;
+                let clock = media::clock_hz(coding.send.codec);
                 let cname = format!("{call}@{}", self.inner.public.ip());
                 tokio::spawn(rtcp::run(
                     socket,

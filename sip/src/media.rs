@@ -61,7 +61,7 @@ pub fn ticks_per_packet(codec: Codec) -> u32 {
 }
 
 /// The RTP clock of a codec.
-fn clock_hz(codec: Codec) -> u32 {
+pub fn clock_hz(codec: Codec) -> u32 {
     ticks_per_packet(codec) * 50
 }
 
@@ -183,6 +183,8 @@ pub struct RtpOutlet {
     encoder: Encoder,
     rate: u32,
     ticks: u32,
+    /// The stream's RTP clock (for sender reports).
+    clock: u32,
     sending: Sending,
     stats: Option<Arc<crate::rtcp::Stats>>,
 }
@@ -205,6 +207,7 @@ impl RtpOutlet {
             encoder: Encoder::new(codec)?,
             rate: audio_rate(codec),
             ticks: ticks_per_packet(codec),
+            clock: clock_hz(codec),
             sending,
             stats: None,
         })
@@ -259,7 +262,7 @@ impl Outlet for RtpOutlet {
                 octets,
                 rtp_ts,
                 at: std::time::Instant::now(),
-                clock_hz: self.ticks * 50,
+                clock_hz: self.clock,
             });
         }
         sent

@@ -285,6 +285,29 @@ async fn trunk_to(env: &Env, tok: &str, phone: &Baresip, codecs: &[&str]) -> Str
     )
 }
 
+/// A phone answering in `codecs.1` (baresip's name) and saying [`FAR_END`], called over a
+/// trunk offering `codecs.0` (the API's name) by a call running `actions`: the phone, the
+/// call and its flow once ended (within `secs`).
+async fn call_a_phone(
+    env: &Env,
+    tok: &str,
+    codecs: (&str, &str),
+    actions: Value,
+    secs: u64,
+) -> (Baresip, Uuid, Value) {
+    let phone = Baresip::start(codecs.1, FAR_END).await;
+    let trunk = trunk_to(env, tok, &phone, &[codecs.0]).await;
+    let call = env
+        .calls(
+            tok,
+            &["+15550009999"],
+            json!({"trunk_id": trunk, "actions": actions}),
+        )
+        .await[0];
+    let af = ended_flow(env, tok, call, Duration::from_secs(secs)).await;
+    (phone, call, af)
+}
+
 /// One call in each codec to a phone answering in it: the flow's talk is understood at the
 /// phone (its decoded audio transcribed), the phone's speech in the call's recording, and the
 /// phone decoded at the codec's own rate (8 kHz G.711, 16 kHz G.722, 48 kHz Opus).
@@ -301,21 +324,19 @@ async fn a_flows_talk_is_understood_by_a_phone_in_g711_g722_and_opus() {
         let env = &env;
         let tok = &tok;
         async move {
-            let phone = Baresip::start(theirs, FAR_END).await;
-            let trunk = trunk_to(env, tok, &phone, &[ours]).await;
-            let call = env
-                .calls(
-                    tok,
-                    &["+15550009999"],
-                    json!({"trunk_id": trunk, "actions": [
-                        {"type": "recording_start"},
-                        {"type": "talk", "option": {"text": "Hello Ann. Press one for support or two for sales."}},
-                        {"type": "sleep", "option": {"duration": 1500}},
-                        {"type": "hangup"},
-                    ]}),
-                )
-                .await[0];
-            let af = ended_flow(env, tok, call, Duration::from_secs(60)).await;
+            let (phone, call, af) = call_a_phone(
+                env,
+                tok,
+                (ours, theirs),
+                json!([
+                    {"type": "recording_start"},
+                    {"type": "talk", "option": {"text": "Hello Ann. Press one for support or two for sales."}},
+                    {"type": "sleep", "option": {"duration": 1500}},
+                    {"type": "hangup"},
+                ]),
+                60,
+            )
+            .await;
             assert_eq!(
                 executed(&af),
                 ["recording_start", "talk", "sleep", "hangup"],
@@ -431,20 +452,10 @@ async fn a_phone_calls_a_number_hears_its_menu_and_presses_a_key() {
     );
     assert_eq!(recognize(&heard).await, format!("{MENU_TEXT} support"));
     // The phone's RTCP reports of our stream arrived (it lost none of it).
-    let m = reqwest::get(format!("{}/metrics", env.platform.url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metric = |name: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{m}"))
-    };
-    assert!(metric("vbin_rtcp_reports_received_total") >= 1.0, "{m}");
-    assert_eq!(metric("vbin_rtcp_fraction_lost_sum"), 0.0, "{m}");
+    let m = env.metrics().await;
+    let sample = |name: &str| metric(&m, name).unwrap_or_else(|| panic!("no {name} in\n{m}"));
+    assert!(sample("vbin_rtcp_reports_received_total") >= 1.0, "{m}");
+    assert_eq!(sample("vbin_rtcp_fraction_lost_sum"), 0.0, "{m}");
     let c = env.wait_call_end(call, Duration::from_secs(10)).await;
     assert_eq!(
         (&c["status"], &c["direction"], &c["source"]),
@@ -466,21 +477,19 @@ async fn keys_a_flow_sends_reach_the_phone_as_rfc_4733() {
     let runs = [("PCMU", "PCMU/8000/1"), ("opus", "opus/48000/2")].map(|(ours, theirs)| {
         let (env, tok) = (&env, &tok);
         async move {
-            let phone = Baresip::start(theirs, FAR_END).await;
-            let trunk = trunk_to(env, tok, &phone, &[ours]).await;
-            let call = env
-                .calls(
-                    tok,
-                    &["+15550009999"],
-                    json!({"trunk_id": trunk, "actions": [
-                        {"type": "sleep", "option": {"duration": 500}},
-                        {"type": "digits_send", "option": {"digits": "159#"}},
-                        {"type": "sleep", "option": {"duration": 1000}},
-                        {"type": "hangup"},
-                    ]}),
-                )
-                .await[0];
-            ended_flow(env, tok, call, Duration::from_secs(30)).await;
+            let (phone, _, _) = call_a_phone(
+                env,
+                tok,
+                (ours, theirs),
+                json!([
+                    {"type": "sleep", "option": {"duration": 500}},
+                    {"type": "digits_send", "option": {"digits": "159#"}},
+                    {"type": "sleep", "option": {"duration": 1000}},
+                    {"type": "hangup"},
+                ]),
+                30,
+            )
+            .await;
             let _ = phone.heard(); // the call is over at the phone too
             let log = phone.log();
             // baresip: "received event: '1' (end=0)" when a key starts.

@@ -981,18 +981,8 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
         hold.log().contains("a=recvonly").then_some(())
     })
     .await;
-    let sent = || async {
-        let m = reqwest::get(format!("{}/metrics", env.platform.url()))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        m.lines()
-            .find_map(|l| l.strip_prefix("vbin_rtp_sent_packets_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let sent =
+        || async { metric(&env.metrics().await, "vbin_rtp_sent_packets_total").unwrap_or(0.0) };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = sent().await;
     tokio::time::sleep(Duration::from_millis(600)).await;

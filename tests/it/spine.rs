@@ -211,15 +211,7 @@ async fn identity_auth_and_error_envelope() {
         (200, &json!(true), &json!(true)),
         "{v}"
     );
-    let metrics = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(metrics.contains("vbin_http_requests_total"), "{metrics}");
 }
 

@@ -658,6 +658,18 @@ impl Env {
         format!("{}{path}", self.platform.url())
     }
 
+    /// The platform's Prometheus exposition (`GET /metrics`).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Sends a request with an optional bearer; returns status and JSON body (Null if none).
     pub async fn req(
         &self,
@@ -998,6 +1010,14 @@ impl Client<'_> {
 }
 
 /// The `id` of a resource view.
+/// The value of an unlabelled sample `name` in a Prometheus exposition, if it is there.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn id_of(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_string()
 }

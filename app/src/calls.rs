@@ -26,6 +26,10 @@ pub struct NewCalls {
     pub sandbox: Option<SandboxScript>,
     /// The customer's SIP trunk to place them through (none: the sandbox carrier).
     pub trunk_id: Option<TrunkId>,
+    /// The call they are legs of (a `connect`).
+    pub master_call_id: Option<CallId>,
+    /// Their ids, one per destination (empty: fresh ones).
+    pub ids: Vec<CallId>,
 }
 
 impl App {
@@ -51,8 +55,11 @@ impl App {
             None => None,
         };
         let mut calls = Vec::with_capacity(new.destinations.len());
-        for destination in new.destinations {
-            let call_id = CallId(new_id());
+        if !new.ids.is_empty() && new.ids.len() != new.destinations.len() {
+            return Err(AppError::Invalid("one id per destination".into()));
+        }
+        for (i, destination) in new.destinations.into_iter().enumerate() {
+            let call_id = new.ids.get(i).copied().unwrap_or_else(|| CallId(new_id()));
             let activeflow_id = match &program {
                 Some(p) => {
                     let vars = call_variables(call_id, &new.source, &destination, &new.variables);
@@ -73,6 +80,7 @@ impl App {
                     activeflow_id,
                     sandbox: new.sandbox.clone(),
                     trunk_id: new.trunk_id,
+                    master_call_id: new.master_call_id,
                 },
                 at: Utc::now(),
             };

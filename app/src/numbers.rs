@@ -155,6 +155,7 @@ impl App {
                 activeflow_id: Some(activeflow),
                 sandbox: call.sandbox,
                 trunk_id: call.trunk_id,
+                master_call_id: None,
             },
             at: Utc::now(),
         };

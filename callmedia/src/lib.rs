@@ -17,6 +17,7 @@ pub mod ai;
 pub mod far;
 pub mod frame;
 pub mod play;
+pub mod port;
 pub mod session;
 pub mod socket;
 
@@ -50,6 +51,8 @@ use vbin_transcription::Transcriber;
 
 /// Durable consumer of call events.
 pub const CALLS_CONSUMER: &str = "media-calls";
+/// Durable consumer of bridges (`call_bridged`, `call_chain_ended`).
+pub const BRIDGES_CONSUMER: &str = "media-bridges";
 /// Durable consumer of activeflow events.
 pub const ACTIONS_CONSUMER: &str = "media-actions";
 /// Durable consumer of recording events.
@@ -184,6 +187,14 @@ impl Media {
                 |e| self.clone().on_call(e),
             )
             .consumer(
+                ConsumerSpec::for_events_of::<CallEvent>(
+                    BRIDGES_CONSUMER,
+                    &[CallEvent::CALL_BRIDGED, CallEvent::CALL_CHAIN_ENDED],
+                )
+                .lanes(8),
+                |e| self.clone().on_bridge(e),
+            )
+            .consumer(
                 ConsumerSpec::for_events_of::<ActiveflowEvent>(
                     ACTIONS_CONSUMER,
                     &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
@@ -251,11 +262,50 @@ impl Media {
         match e.decode::<CallEvent>()? {
             CallEvent::CallProgressing { .. } => {
                 let view = e.view::<CallView>()?;
-                if view.activeflow_id.is_some() || view.sandbox.is_some() {
+                if view.activeflow_id.is_some()
+                    || view.sandbox.is_some()
+                    || view.master_call_id.is_some()
+                {
                     self.ensure(call, CustomerId(e.customer_id)).await?;
                 }
             }
             CallEvent::CallHungup { .. } => self.end(call).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Links the sessions of a call and the leg bridged to it (both run here: a session
+    /// another process owns sends the event back for redelivery), and unlinks them when the
+    /// chain ends.
+    async fn on_bridge(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let master = CallId(e.aggregate_id);
+        let customer = CustomerId(e.customer_id);
+        match e.decode::<CallEvent>()? {
+            CallEvent::CallBridged { peer_call_id, .. } => {
+                let (Some(a), Some(b)) = (
+                    self.ensure(master, customer).await?,
+                    self.ensure(peer_call_id, customer).await?,
+                ) else {
+                    // One of them ended meanwhile: nothing to bridge.
+                    return Ok(());
+                };
+                let (pa, pb) = port::pair(master.to_string(), peer_call_id.to_string());
+                let _ = a.send(Control::Link(pa)).await;
+                let _ = b.send(Control::Link(pb)).await;
+                metrics::counter!("vbin_media_bridges_total", "kind" => "local").increment(1);
+                tracing::info!(call = %master, peer = %peer_call_id, "bridged");
+            }
+            CallEvent::CallChainEnded {
+                bridged_call_id: Some(peer),
+                ..
+            } => {
+                for call in [master, peer] {
+                    if let Some(c) = self.control_of(call) {
+                        let _ = c.send(Control::Unlink).await;
+                    }
+                }
+            }
             _ => {}
         }
         Ok(())

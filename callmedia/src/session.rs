@@ -3,6 +3,7 @@
 //! end, and carries out the flow's media actions, reporting each one's end.
 
 use crate::far::FarEnd;
+use crate::port::PortEnd;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -114,6 +115,12 @@ pub enum Control {
     /// Audio to play whose execution ends with an error once played (a play some of whose
     /// files could not be fetched: the others are played).
     PlayPartly(Execution, Speech, String),
+    /// Bridge: from now on the far end hears what comes through this port (beside what the
+    /// platform plays) and the far end's audio goes through it (replacing a port linked
+    /// before).
+    Link(PortEnd),
+    /// End the bridge.
+    Unlink,
     /// End the session (the call ended).
     Stop,
 }
@@ -300,6 +307,7 @@ pub struct Session {
     recorders: Vec<Recorder>,
     taps: Vec<Tap>,
     agent: Option<AgentAudio>,
+    port: Option<PortEnd>,
     far_gone: bool,
     reports: mpsc::UnboundedSender<Report>,
     /// Frames sent to the far end so far.
@@ -318,6 +326,7 @@ impl Session {
             recorders: Vec::new(),
             taps: Vec::new(),
             agent: None,
+            port: None,
             far_gone: false,
             reports,
             frames: 0,
@@ -348,6 +357,11 @@ impl Session {
                 }
                 return false;
             }
+            Control::Link(port) => {
+                tracing::debug!(peer = %port.peer, "media session linked");
+                self.port = Some(port);
+            }
+            Control::Unlink => self.port = None,
             Control::Attach(NewFar(far)) => {
                 self.far = far;
                 self.far_gone = false;
@@ -494,6 +508,11 @@ impl Session {
         if let Some(a) = self.agent.as_mut() {
             a.tick(&inbound.audio, &mut out);
         }
+        if let Some(p) = &self.port {
+            // The bridged call's far end is heard here, and this far end there.
+            p.mix_into(&mut out);
+            p.send(&inbound.audio);
+        }
         for i in finished.into_iter().rev() {
             let s = self.sources.remove(i);
             if let Some(exec) = s.done {
@@ -619,6 +638,8 @@ mod tests {
         keys: Vec<(u64, char)>,
         heard: Arc<Mutex<Vec<i16>>>,
         frame: u64,
+        /// What it says, from the first frame on.
+        says: Vec<i16>,
     }
 
     impl FarEnd for Fake {
@@ -630,10 +651,10 @@ mod tests {
                 .filter(|(f, _)| *f == self.frame)
                 .map(|(_, k)| *k)
                 .collect();
-            Inbound {
-                audio: vec![0; FRAME_SAMPLES],
-                dtmf,
-            }
+            let from = ((self.frame - 1) as usize * FRAME_SAMPLES).min(self.says.len());
+            let mut audio = self.says[from..(from + FRAME_SAMPLES).min(self.says.len())].to_vec();
+            audio.resize(FRAME_SAMPLES, 0);
+            Inbound { audio, dtmf }
         }
         fn hear(&mut self, frame: &[i16]) {
             self.heard.lock().unwrap().extend_from_slice(frame);
@@ -726,5 +747,60 @@ mod tests {
         let d = done(&mut rx);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].1.variables["voipbin.call.digits"], "");
+    }
+
+    #[test]
+    fn bridged_sessions_hear_each_other_bit_exact_and_not_themselves() {
+        let speech = |seed: i32| -> Vec<i16> {
+            (0..FRAME_SAMPLES * 100)
+                .map(|i| ((i as i32 * seed) % 4000 - 2000) as i16 | 1)
+                .collect()
+        };
+        let (sa, sb) = (speech(37), speech(53));
+        let (ha, hb) = (Arc::new(Mutex::new(vec![])), Arc::new(Mutex::new(vec![])));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut a = Session::new(
+            Box::new(Fake {
+                heard: ha.clone(),
+                says: sa.clone(),
+                ..Default::default()
+            }),
+            tx.clone(),
+        );
+        let mut b = Session::new(
+            Box::new(Fake {
+                heard: hb.clone(),
+                says: sb.clone(),
+                ..Default::default()
+            }),
+            tx,
+        );
+        let now = Instant::now();
+        let (pa, pb) = crate::port::pair("a", "b");
+        a.control(Control::Link(pa), now);
+        b.control(Control::Link(pb), now);
+        for _ in 0..60 {
+            a.tick(now);
+            b.tick(now);
+        }
+        // What each far end heard is the other's speech, whole and in order, a few frames late.
+        let find = |heard: &[i16], said: &[i16]| -> Option<usize> {
+            let said = &said[..50 * FRAME_SAMPLES];
+            (0..=3 * FRAME_SAMPLES).find(|&lag| heard[lag..lag + said.len()] == *said)
+        };
+        let (heard_a, heard_b) = (ha.lock().unwrap().clone(), hb.lock().unwrap().clone());
+        let lag_a = find(&heard_a, &sb).expect("a hears b bit-exact, at most 3 frames late");
+        let lag_b = find(&heard_b, &sa).expect("b hears a bit-exact, at most 3 frames late");
+        assert!(lag_a <= 3 * FRAME_SAMPLES && lag_b <= 3 * FRAME_SAMPLES);
+        assert!(find(&heard_a, &sa).is_none() && find(&heard_b, &sb).is_none());
+        // Unlinked: b hears silence though a's far end still speaks.
+        a.control(Control::Unlink, now);
+        b.control(Control::Unlink, now);
+        let before = hb.lock().unwrap().len();
+        for _ in 0..5 {
+            a.tick(now);
+            b.tick(now);
+        }
+        assert!(hb.lock().unwrap()[before..].iter().all(|v| *v == 0));
     }
 }

@@ -186,6 +186,7 @@ fn endpoints() -> Vec<Endpoint> {
                         activeflow_id: None,
                         sandbox: v.sandbox.clone(),
                         trunk_id: None,
+                        master_call_id: None,
                     };
                     let cmd = CallCommand::Create { call, at: at() };
                     events.extend(decide(&mut Call::default(), cmd)?);
@@ -1148,6 +1149,7 @@ proptest! {
             activeflow_id: None,
             sandbox: None,
             trunk_id: None,
+            master_call_id: None,
         };
         let events = decide(&mut Call::default(), CallCommand::Create { call, at: at() }).unwrap();
         let created = serde_json::to_value(&events[0]).unwrap();

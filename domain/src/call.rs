@@ -6,10 +6,51 @@ use cqrs_es::event_sink::EventSink;
 use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use vbin_event_schema::call::{ChainExecution, ChainResult};
 use vbin_event_schema::{
     flow::SandboxScript, ActiveflowId, CallDirection, CallEvent, CallId, CallStatus, CampaignId,
     CustomerId, HangupBy, HangupCause, TrunkId, E164,
 };
+
+/// Most legs one chain dials.
+pub const MAX_LEGS: usize = 5;
+
+/// Most steps in a sandbox script.
+pub const MAX_SANDBOX_STEPS: usize = 64;
+
+/// Checks a sandbox script: at most [`MAX_SANDBOX_STEPS`] steps within an hour, each doing
+/// one thing (say 1 to 1024 bytes, 1 to 32 DTMF keys, or hang up).
+pub fn check_sandbox(s: &SandboxScript) -> Result<(), String> {
+    if s.script.len() > MAX_SANDBOX_STEPS {
+        return Err(format!(
+            "sandbox.script must hold at most {MAX_SANDBOX_STEPS} steps"
+        ));
+    }
+    for (i, step) in s.script.iter().enumerate() {
+        let bad = |m: &str| format!("sandbox.script[{i}]: {m}");
+        if step.at_ms > 3_600_000 {
+            return Err(bad("at_ms must be at most 3600000"));
+        }
+        let things = step.say.is_some() as u8 + step.digits.is_some() as u8 + step.hangup as u8;
+        if things != 1 {
+            return Err(bad("a step does exactly one of say, digits, hangup"));
+        }
+        if step
+            .say
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty() || t.len() > 1024)
+        {
+            return Err(bad("say must be 1 to 1024 bytes"));
+        }
+        if let Some(d) = &step.digits {
+            if d.is_empty() || d.len() > 32 || !d.chars().all(vbin_event_schema::flow::is_dtmf) {
+                return Err(bad("digits must be 1 to 32 of the keys 0-9 * # A-D"));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Input of a new call, already validated by the API.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +77,8 @@ pub struct NewCall {
     pub sandbox: Option<SandboxScript>,
     /// The SIP trunk it goes out through (none: the sandbox carrier).
     pub trunk_id: Option<TrunkId>,
+    /// The call it is a leg of.
+    pub master_call_id: Option<CallId>,
 }
 
 /// Who asks for a hangup.
@@ -75,6 +118,58 @@ pub enum CallCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Dial `legs` (created with this call as their master) to bridge the first that answers.
+    /// A repeat of the running chain does nothing; another chain while one runs is refused.
+    Chain {
+        /// The legs, already created.
+        legs: Vec<CallId>,
+        /// The flow action waiting for the chain's end.
+        execution: Option<ChainExecution>,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A leg answered: bridge it if it is the first (otherwise nothing happens, and the leg
+    /// is to be hung up: see [`Call::bridged_to`]).
+    BridgeLeg {
+        /// The leg.
+        leg: CallId,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// A leg ended with `status`.
+    LegEnded {
+        /// The leg.
+        leg: CallId,
+        /// Its final status.
+        status: CallStatus,
+        /// When.
+        at: DateTime<Utc>,
+    },
+}
+
+/// The running (or last) chain of a call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Chain {
+    /// Its legs.
+    pub legs: Vec<CallId>,
+    /// The flow action waiting for it.
+    pub execution: Option<ChainExecution>,
+    /// Legs that ended, with their final status.
+    pub ended: BTreeMap<CallId, CallStatus>,
+    /// The leg bridged.
+    pub bridged: Option<CallId>,
+    /// How it ended (`None` while it runs).
+    pub result: Option<ChainResult>,
+}
+
+impl Chain {
+    /// Legs that have not ended.
+    pub fn live_legs(&self) -> impl Iterator<Item = CallId> + '_ {
+        self.legs
+            .iter()
+            .copied()
+            .filter(|l| !self.ended.contains_key(l))
+    }
 }
 
 /// A call's state, folded from its events.
@@ -110,6 +205,12 @@ pub struct Call {
     pub sandbox: Option<SandboxScript>,
     /// The SIP trunk it goes out through.
     pub trunk_id: Option<TrunkId>,
+    /// The call it is a leg of.
+    pub master_call_id: Option<CallId>,
+    /// Every leg it has dialed.
+    pub chained_call_ids: Vec<CallId>,
+    /// Its running or last chain.
+    pub chain: Option<Chain>,
     /// Created.
     pub tm_create: Option<DateTime<Utc>>,
     /// Started ringing.
@@ -140,6 +241,9 @@ impl Call {
             "activeflow_id": self.activeflow_id,
             "sandbox": self.sandbox,
             "trunk_id": self.trunk_id,
+            "master_call_id": self.master_call_id,
+            "chained_call_ids": self.chained_call_ids,
+            "bridged_call_id": self.bridged_to(),
             "variables": self.variables,
             "tm_create": self.tm_create,
             "tm_ringing": self.tm_ringing,
@@ -149,12 +253,36 @@ impl Call {
         })
     }
 
+    /// The leg bridged to this call while its chain runs.
+    pub fn bridged_to(&self) -> Option<CallId> {
+        self.chain
+            .as_ref()
+            .filter(|c| c.result.is_none())
+            .and_then(|c| c.bridged)
+    }
+
+    /// The chain that runs now.
+    pub fn running_chain(&self) -> Option<&Chain> {
+        self.chain.as_ref().filter(|c| c.result.is_none())
+    }
+
     fn decide(&self, command: CallCommand) -> Result<Vec<CallEvent>, DomainError> {
         let CallCommand::Create { call, at } = command else {
             if self.id.is_none() {
                 return Err(DomainError::NotFound("call"));
             }
-            return Ok(self.decide_progress(command).into_iter().collect());
+            return match command {
+                CallCommand::Chain {
+                    legs,
+                    execution,
+                    at,
+                } => self.decide_chain(legs, execution, at),
+                CallCommand::BridgeLeg { leg, at } => Ok(self.decide_bridge(leg, at)),
+                CallCommand::LegEnded { leg, status, at } => {
+                    Ok(self.decide_leg_ended(leg, status, at))
+                }
+                _ => Ok(self.decide_progress(command).into_iter().collect()),
+            };
         };
         if self.id.is_some() {
             return Err(DomainError::AlreadyExists(format!(
@@ -174,14 +302,117 @@ impl Call {
             activeflow_id: call.activeflow_id,
             sandbox: call.sandbox,
             trunk_id: call.trunk_id,
+            master_call_id: call.master_call_id,
             at,
         }])
+    }
+
+    fn decide_chain(
+        &self,
+        legs: Vec<CallId>,
+        execution: Option<ChainExecution>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<CallEvent>, DomainError> {
+        if let Some(running) = self.running_chain() {
+            if running.legs == legs && running.execution == execution {
+                return Ok(vec![]);
+            }
+            return Err(DomainError::FailedPrecondition(
+                "the call is already connecting or connected to another call".into(),
+            ));
+        }
+        // A repeat of a chain that has already ended (a redelivered command) does nothing.
+        if legs.iter().any(|l| self.chained_call_ids.contains(l)) {
+            return Ok(vec![]);
+        }
+        if legs.is_empty() || legs.len() > MAX_LEGS {
+            return Err(DomainError::Invalid(format!(
+                "a connect dials 1 to {MAX_LEGS} destinations"
+            )));
+        }
+        if self.status != CallStatus::Progressing {
+            return Err(DomainError::FailedPrecondition(format!(
+                "the call is {}: only an answered call connects",
+                self.status.as_str()
+            )));
+        }
+        Ok(vec![CallEvent::CallChained {
+            legs,
+            execution,
+            at,
+        }])
+    }
+
+    fn decide_bridge(&self, leg: CallId, at: DateTime<Utc>) -> Vec<CallEvent> {
+        match self.running_chain() {
+            Some(c)
+                if c.bridged.is_none()
+                    && c.legs.contains(&leg)
+                    && !c.ended.contains_key(&leg)
+                    && self.status == CallStatus::Progressing =>
+            {
+                vec![CallEvent::CallBridged {
+                    peer_call_id: leg,
+                    at,
+                }]
+            }
+            _ => vec![],
+        }
+    }
+
+    fn decide_leg_ended(
+        &self,
+        leg: CallId,
+        status: CallStatus,
+        at: DateTime<Utc>,
+    ) -> Vec<CallEvent> {
+        let Some(c) = self.running_chain() else {
+            return vec![];
+        };
+        if !c.legs.contains(&leg) || c.ended.contains_key(&leg) {
+            return vec![];
+        }
+        let ended = CallEvent::CallLegEnded {
+            leg_call_id: leg,
+            status,
+            at,
+        };
+        let end = |result, bridged_call_id| {
+            vec![
+                ended.clone(),
+                CallEvent::CallChainEnded {
+                    result,
+                    bridged_call_id,
+                    at,
+                },
+            ]
+        };
+        if c.bridged == Some(leg) {
+            return end(ChainResult::Answered, Some(leg));
+        }
+        if c.bridged.is_some() || c.live_legs().any(|l| l != leg) {
+            // A losing leg ended, or others still ring.
+            return vec![ended];
+        }
+        // The last leg ended and none was bridged: the best of the failures.
+        let result = c
+            .ended
+            .values()
+            .copied()
+            .chain([status])
+            .map(ChainResult::of_unanswered)
+            .max()
+            .unwrap_or(ChainResult::Failed);
+        end(result, None)
     }
 
     /// At most one event; none when the command is stale or repeated (forward-only machine).
     fn decide_progress(&self, command: CallCommand) -> Option<CallEvent> {
         let (to, event) = match command {
-            CallCommand::Create { .. } => return None,
+            CallCommand::Create { .. }
+            | CallCommand::Chain { .. }
+            | CallCommand::BridgeLeg { .. }
+            | CallCommand::LegEnded { .. } => return None,
             CallCommand::MarkRinging { at } => (CallStatus::Ringing, CallEvent::CallRinging { at }),
             CallCommand::MarkAnswered { at } => {
                 (CallStatus::Progressing, CallEvent::CallProgressing { at })
@@ -246,12 +477,14 @@ impl Aggregate for Call {
                 activeflow_id,
                 sandbox,
                 trunk_id,
+                master_call_id,
                 at,
             } => {
                 *self = Call {
                     activeflow_id,
                     sandbox,
                     trunk_id,
+                    master_call_id,
                     id: Some(call_id),
                     customer_id,
                     direction,
@@ -289,6 +522,41 @@ impl Aggregate for Call {
                 self.tm_hangup = Some(at);
                 self.tm_update = Some(at);
             }
+            CallEvent::CallChained {
+                legs,
+                execution,
+                at,
+            } => {
+                self.chained_call_ids.extend(legs.iter().copied());
+                self.chain = Some(Chain {
+                    legs,
+                    execution,
+                    ..Chain::default()
+                });
+                self.tm_update = Some(at);
+            }
+            CallEvent::CallBridged { peer_call_id, at } => {
+                if let Some(c) = self.chain.as_mut() {
+                    c.bridged = Some(peer_call_id);
+                }
+                self.tm_update = Some(at);
+            }
+            CallEvent::CallLegEnded {
+                leg_call_id,
+                status,
+                at,
+            } => {
+                if let Some(c) = self.chain.as_mut() {
+                    c.ended.insert(leg_call_id, status);
+                }
+                self.tm_update = Some(at);
+            }
+            CallEvent::CallChainEnded { result, at, .. } => {
+                if let Some(c) = self.chain.as_mut() {
+                    c.result = Some(result);
+                }
+                self.tm_update = Some(at);
+            }
         }
     }
 }
@@ -322,6 +590,7 @@ mod tests {
             activeflow_id: None,
             sandbox: None,
             trunk_id: None,
+            master_call_id: None,
         };
         given_nothing::<Call>().and(CallCommand::Create {
             call: new,
@@ -404,6 +673,7 @@ mod tests {
             activeflow_id: None,
             sandbox: None,
             trunk_id: None,
+            master_call_id: None,
         };
         assert!(matches!(
             c.when(CallCommand::Create {
@@ -413,5 +683,116 @@ mod tests {
             .then_refused(),
             DomainError::AlreadyExists(_)
         ));
+    }
+
+    fn answered() -> Given<Call> {
+        created().and(CallCommand::MarkAnswered { at: t(1) })
+    }
+
+    fn chain(legs: &[CallId]) -> CallCommand {
+        CallCommand::Chain {
+            legs: legs.to_vec(),
+            execution: Some(ChainExecution {
+                activeflow_id: ActiveflowId::new(),
+                seq: 3,
+            }),
+            at: t(2),
+        }
+    }
+
+    fn ended(leg: CallId, status: CallStatus) -> CallCommand {
+        CallCommand::LegEnded {
+            leg,
+            status,
+            at: t(9),
+        }
+    }
+
+    fn chain_result(evs: &[CallEvent]) -> Option<(ChainResult, Option<CallId>)> {
+        evs.iter().find_map(|e| match e {
+            CallEvent::CallChainEnded {
+                result,
+                bridged_call_id,
+                ..
+            } => Some((*result, *bridged_call_id)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn the_first_leg_to_answer_is_bridged_and_its_hangup_ends_the_chain() {
+        let (b, c) = (CallId::new(), CallId::new());
+        let mut m = answered();
+        let cmd = chain(&[b, c]);
+        m.when(cmd.clone()).then_count(1);
+        // A redelivered Chain does nothing; another chain is refused while this one runs.
+        m.when(cmd).then_nothing();
+        assert!(matches!(
+            m.when(chain(&[CallId::new()])).then_refused(),
+            DomainError::FailedPrecondition(_)
+        ));
+        m.when(CallCommand::BridgeLeg { leg: c, at: t(3) })
+            .then_count(1);
+        assert_eq!(m.bridged_to(), Some(c));
+        // The loser answering late, or a repeat, bridges nothing.
+        m.when(CallCommand::BridgeLeg { leg: b, at: t(3) })
+            .then_nothing();
+        m.when(CallCommand::BridgeLeg { leg: c, at: t(3) })
+            .then_nothing();
+        // The canceled loser ends: the chain goes on.
+        let evs = m.when(ended(b, CallStatus::Canceled)).then_ok();
+        assert_eq!(chain_result(&evs), None);
+        let evs = m.when(ended(c, CallStatus::Completed)).then_ok();
+        assert_eq!(chain_result(&evs), Some((ChainResult::Answered, Some(c))));
+        assert_eq!(m.bridged_to(), None);
+        m.when(ended(c, CallStatus::Completed)).then_nothing();
+        assert_eq!(m.chained_call_ids, vec![b, c]);
+        // A new chain may run now.
+        m.when(chain(&[CallId::new()])).then_count(1);
+    }
+
+    #[test]
+    fn unanswered_legs_end_the_chain_with_the_best_failure() {
+        for (statuses, want) in [
+            (
+                vec![CallStatus::Failed, CallStatus::NoAnswer, CallStatus::Busy],
+                ChainResult::NoAnswer,
+            ),
+            (
+                vec![CallStatus::Failed, CallStatus::Busy],
+                ChainResult::Busy,
+            ),
+            (vec![CallStatus::Failed], ChainResult::Failed),
+            (vec![CallStatus::Canceled], ChainResult::Canceled),
+        ] {
+            let legs: Vec<CallId> = statuses.iter().map(|_| CallId::new()).collect();
+            let mut m = answered().and(chain(&legs));
+            let mut last = vec![];
+            for (leg, status) in legs.iter().zip(&statuses) {
+                last = m.when(ended(*leg, *status)).then_ok();
+            }
+            assert_eq!(chain_result(&last), Some((want, None)), "{statuses:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_answered_call_chains_and_a_hung_up_master_bridges_nothing() {
+        let leg = CallId::new();
+        assert!(matches!(
+            created().when(chain(&[leg])).then_refused(),
+            DomainError::FailedPrecondition(_)
+        ));
+        assert!(matches!(
+            answered().when(chain(&[])).then_refused(),
+            DomainError::Invalid(_)
+        ));
+        let mut m = answered()
+            .and(chain(&[leg]))
+            .and(hangup(HangupRequest::Local, 5));
+        m.when(CallCommand::BridgeLeg { leg, at: t(6) })
+            .then_nothing();
+        // Its legs still end the chain (the bookkeeping outlives the call).
+        let evs = m.when(ended(leg, CallStatus::Canceled)).then_ok();
+        assert_eq!(chain_result(&evs), Some((ChainResult::Canceled, None)));
     }
 }

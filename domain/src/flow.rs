@@ -282,12 +282,54 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
             .reason
             .as_deref()
             .map_or(Ok(()), |r| bounded("reason", r, 256)),
+        ActionKind::Connect(c) => {
+            dial("destinations", c.destinations.len(), c.dial_timeout)?;
+            c.sandbox
+                .as_ref()
+                .map_or(Ok(()), crate::call::check_sandbox)
+        }
+        ActionKind::Call(c) => {
+            dial("destinations", c.destinations.len(), c.dial_timeout)?;
+            if let Some(s) = &c.sandbox {
+                crate::call::check_sandbox(s)?;
+            }
+            match (&c.flow_id, &c.actions) {
+                (Some(_), None) => Ok(()),
+                (None, Some(actions)) => {
+                    // Throwaway ids: the call's flow gets its own when it is attached.
+                    let mut n = 0u128;
+                    let parsed = validate_actions(actions.clone(), || {
+                        n += 1;
+                        ActionId(uuid::Uuid::from_u128(n))
+                    })
+                    .map_err(|e| format!("actions: {e}"))?;
+                    if parsed.iter().any(|a| matches!(a.kind, ActionKind::Call(_))) {
+                        return Err("actions: a call's own actions cannot place calls".into());
+                    }
+                    Ok(())
+                }
+                _ => Err("give flow_id or actions (one of them)".into()),
+            }
+        }
         ActionKind::Answer(_)
         | ActionKind::Beep(_)
         | ActionKind::FetchFlow(_)
         | ActionKind::RecordingStop(_)
         | ActionKind::Stop(_) => Ok(()),
     }
+}
+
+/// Checks the legs of a `connect` or `call`: 1 to [`crate::call::MAX_LEGS`], ringing 1 s to
+/// 5 minutes.
+fn dial(field: &str, n: usize, timeout: Option<u32>) -> Result<(), String> {
+    let max = crate::call::MAX_LEGS;
+    if n == 0 || n > max {
+        return Err(format!("{field} must hold 1 to {max} numbers"));
+    }
+    if timeout.is_some_and(|t| !(1_000..=300_000).contains(&t)) {
+        return Err("dial_timeout must be 1000 to 300000 ms".into());
+    }
+    Ok(())
 }
 
 /// Longest text of one talk (the text-to-speech limit).
@@ -538,7 +580,26 @@ mod tests {
     fn bad_programs_are_refused_with_the_action_named() {
         assert!(err(json!([])).contains("1 to 200"));
         assert!(err(json!([{"type": "dance"}])).contains("not an action type"));
-        assert!(err(json!([{"type": "connect", "option": {}}])).contains("not supported yet"));
+        assert!(err(json!([{"type": "queue_join", "option": {}}])).contains("not supported yet"));
+        assert!(
+            err(json!([{"type": "connect", "option": {"destinations": []}}]))
+                .contains("destinations must hold 1 to 5")
+        );
+        assert!(
+            err(json!([{"type": "connect", "option": {"destinations": ["5550001"]}}]))
+                .contains("E.164")
+        );
+        assert!(err(json!([{"type": "connect", "option": {"destinations": [
+            {"type": "sip", "target": "a@b"}]}}]))
+        .contains("not supported"));
+        let e = err(
+            json!([{"type": "call", "option": {"destinations": ["+15550001111"],
+            "actions": [{"type": "call", "option": {"destinations": ["+15550001111"],
+            "flow_id": Uuid::nil()}}]}}]),
+        );
+        assert!(e.contains("cannot place calls"), "{e}");
+        let e = err(json!([{"type": "call", "option": {"destinations": ["+15550001111"]}}]));
+        assert!(e.contains("flow_id or actions"), "{e}");
         assert!(
             err(json!([{"type": "talk", "option": {"text": "hi", "speed": 2}}]))
                 .contains("unknown field")

@@ -296,7 +296,88 @@ pub struct Hangup {
 }
 
 /// The action types of later work: accepted by name so the error can say so.
-pub const NOT_YET_SUPPORTED: &[&str] = &["connect", "call", "queue_join", "conference_join"];
+pub const NOT_YET_SUPPORTED: &[&str] = &["queue_join", "conference_join"];
+
+/// A phone address in an action's option: `"+1555..."` or VoIPBIN's
+/// `{"type":"tel","target":"+1555..."}` (written back in the second form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelAddress(pub E164);
+
+impl Serialize for TelAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::json!({"type": "tel", "target": self.0}).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TelAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Plain(String),
+            Typed {
+                #[serde(rename = "type")]
+                kind: String,
+                target: String,
+            },
+        }
+        let n = match Wire::deserialize(d)? {
+            Wire::Plain(n) => n,
+            Wire::Typed { kind, target } if kind == "tel" => target,
+            Wire::Typed { kind, .. } => {
+                return Err(serde::de::Error::custom(format!(
+                    "address type {kind:?} is not supported (use \"tel\")"
+                )))
+            }
+        };
+        E164::parse(&n)
+            .map(TelAddress)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `connect`: dial the destinations (the first to answer wins, the others are canceled) and
+/// bridge it with this call; the flow goes on when the bridge ends, with
+/// `voipbin.connect.result` (`answered`, `busy`, `no_answer`, `failed`, `canceled`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Connect {
+    /// Caller id of the legs (the call's own source if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TelAddress>,
+    /// Dialed at once, 1 to 5.
+    pub destinations: Vec<TelAddress>,
+    /// How long the legs ring, ms (30 s if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<u32>,
+    /// The sandbox far end of the legs (sandbox carrier only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxScript>,
+}
+
+/// `call`: place new, independent calls running their own flow; the flow goes on at once,
+/// with `voipbin.call.call_ids`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallAction {
+    /// Caller id (the call's own source if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TelAddress>,
+    /// One call each, 1 to 5.
+    pub destinations: Vec<TelAddress>,
+    /// A stored flow they run once answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_id: Option<FlowId>,
+    /// Inline actions they run once answered (checked like a flow's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<RawAction>>,
+    /// How long they ring, ms (30 s if unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout: Option<u32>,
+    /// Their sandbox far end (sandbox carrier only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxScript>,
+}
 
 /// `ai_talk`: a conversation with an assistant; the flow goes on when it ends (the assistant
 /// stops, or its limits end it). The variables the assistant set are the flow's.
@@ -382,6 +463,8 @@ action_kinds! {
     FetchFlow(FetchFlow) = "fetch_flow",
     TranscribeStart(TranscribeStart) = "transcribe_start",
     AiTalk(AiTalk) = "ai_talk",
+    Connect(Connect) = "connect",
+    Call(CallAction) = "call",
     TranscribeStop(NoOption) = "transcribe_stop",
     RecordingStart(RecordingStart) = "recording_start",
     RecordingStop(NoOption) = "recording_stop",

@@ -6,6 +6,7 @@
 //!   (1.0 dialed with the then-fixed 30 s) and campaign_id (none).
 //! - `call_created` 2.0 -> 3.0: adds activeflow_id (no flow) and sandbox (no script).
 //! - `call_created` 3.0 -> 4.0: adds trunk_id (the sandbox carrier).
+//! - `call_created` 4.0 -> 5.0: adds master_call_id (no master: calls were not chained).
 //! - `campaign_created` 1.0 -> 2.0: adds flow_id (no flow).
 //! - `outdialtarget_created` 1.0 -> 2.0: adds sandbox (no script).
 //! - `outplan_created` 1.0 -> 2.0: adds trunk_id (the sandbox).
@@ -44,6 +45,14 @@ pub fn call_created_v2_to_v3(mut payload: Value) -> Value {
 pub fn call_created_v3_to_v4(mut payload: Value) -> Value {
     if let Value::Object(m) = &mut payload {
         m.entry("trunk_id").or_insert(Value::Null);
+    }
+    payload
+}
+
+/// `call_created` 4.0 -> 5.0.
+pub fn call_created_v4_to_v5(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("master_call_id").or_insert(Value::Null);
     }
     payload
 }
@@ -89,6 +98,11 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             CallEvent::CALL_CREATED,
             "4.0.0",
             Box::new(call_created_v3_to_v4),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            CallEvent::CALL_CREATED,
+            "5.0.0",
+            Box::new(call_created_v4_to_v5),
         )),
         Box::new(SemanticVersionEventUpcaster::new(
             CampaignEvent::CAMPAIGN_CREATED,
@@ -185,7 +199,7 @@ mod tests {
             "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","source":"+15550001111",
             "destination":"+15550002222","at":"2025-01-02T03:04:05Z"});
         let (version, payload) = to_current("call_created", "1.0", v1);
-        assert_eq!(version, "4.0.0");
+        assert_eq!(version, "5.0.0");
         let e: CallEvent = serde_json::from_value(payload).unwrap();
         match e {
             CallEvent::CallCreated {
@@ -194,17 +208,20 @@ mod tests {
                 activeflow_id,
                 sandbox,
                 trunk_id,
+                master_call_id,
                 ..
             } => {
                 assert_eq!(dial_timeout_ms, 30_000);
                 assert!(variables.is_empty());
                 assert_eq!((activeflow_id, sandbox, trunk_id), (None, None, None));
+                assert_eq!(master_call_id, None);
             }
             other => panic!("{other:?}"),
         }
         assert!(!upcasters()[0].can_upcast("call_created", "2.0"));
         assert!(upcasters()[1].can_upcast("call_created", "2.0"));
         assert!(upcasters()[2].can_upcast("call_created", "3.0"));
-        assert!(is_current("call_created", "4.0"));
+        assert!(upcasters()[3].can_upcast("call_created", "4.0"));
+        assert!(is_current("call_created", "5.0"));
     }
 }

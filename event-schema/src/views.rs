@@ -35,6 +35,9 @@ pub struct CallView {
     /// The SIP trunk the call goes through (none: the sandbox carrier).
     #[serde(default)]
     pub trunk_id: Option<TrunkId>,
+    /// The call this one is a leg of (a `connect`).
+    #[serde(default)]
+    pub master_call_id: Option<CallId>,
 }
 
 /// What consumers read of an activeflow's, or a recording's, view: the call it is about.

@@ -18,6 +18,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::fmt::Debug;
 use uuid::Uuid;
+use vbin_event_schema::call::{ChainExecution, ChainResult};
 use vbin_event_schema::flow::{SandboxScript, SandboxStep};
 use vbin_event_schema::upcast::{to_current, upcasters, V1_DIAL_TIMEOUT_MS};
 use vbin_event_schema::*;
@@ -264,7 +265,7 @@ fn sandbox() -> BoxedStrategy<SandboxScript> {
     .boxed()
 }
 
-/// A `call_created` (version 3.0).
+/// A `call_created` (version 5.0).
 fn call_created() -> BoxedStrategy<CallEvent> {
     (
         (
@@ -280,22 +281,25 @@ fn call_created() -> BoxedStrategy<CallEvent> {
         prop::option::of(uuid()),
         prop::option::of(sandbox()),
         prop::option::of(uuid()),
-        at(),
+        (prop::option::of(uuid()), at()),
     )
         .prop_map(
-            |((c, cu, d, s, de), v, dt, camp, flow, sandbox, trunk, at)| CallEvent::CallCreated {
-                call_id: CallId(c),
-                customer_id: CustomerId(cu),
-                direction: d,
-                source: s,
-                destination: de,
-                variables: v,
-                dial_timeout_ms: dt,
-                campaign_id: camp.map(CampaignId),
-                activeflow_id: flow.map(ActiveflowId),
-                sandbox,
-                trunk_id: trunk.map(TrunkId),
-                at,
+            |((c, cu, d, s, de), v, dt, camp, flow, sandbox, trunk, (master, at))| {
+                CallEvent::CallCreated {
+                    call_id: CallId(c),
+                    customer_id: CustomerId(cu),
+                    direction: d,
+                    source: s,
+                    destination: de,
+                    variables: v,
+                    dial_timeout_ms: dt,
+                    campaign_id: camp.map(CampaignId),
+                    activeflow_id: flow.map(ActiveflowId),
+                    sandbox,
+                    trunk_id: trunk.map(TrunkId),
+                    master_call_id: master.map(CallId),
+                    at,
+                }
             },
         )
         .boxed()
@@ -349,6 +353,14 @@ const ACTIONS: &[(&str, &str)] = &[
     ("recording_stop", "{}"),
     ("hangup", r#"{"reason": "done"}"#),
     ("stop", "{}"),
+    (
+        "connect",
+        r#"{"source": "+15550001111", "destinations": [{"type": "tel", "target": "+15550002222"}], "dial_timeout": 20000, "sandbox": {"script": [{"at_ms": 100, "say": "hi"}]}}"#,
+    ),
+    (
+        "call",
+        r#"{"destinations": ["+15550002222"], "actions": [{"type": "talk", "option": {"text": "hi"}}]}"#,
+    ),
 ];
 
 fn action() -> BoxedStrategy<flow::Action> {
@@ -473,6 +485,44 @@ fn call_event() -> BoxedStrategy<CallEvent> {
                 hangup_by: by,
                 hangup_cause: cause,
                 duration: d,
+                at,
+            }),
+        (
+            prop::collection::vec(uuid(), 0..5),
+            prop::option::of((uuid(), big())),
+            at()
+        )
+            .prop_map(|(legs, exec, at)| CallEvent::CallChained {
+                legs: legs.into_iter().map(CallId).collect(),
+                execution: exec.map(|(a, seq)| ChainExecution {
+                    activeflow_id: ActiveflowId(a),
+                    seq,
+                }),
+                at,
+            }),
+        (uuid(), at()).prop_map(|(p, at)| CallEvent::CallBridged {
+            peer_call_id: CallId(p),
+            at
+        }),
+        (uuid(), call_status(), at()).prop_map(|(l, status, at)| CallEvent::CallLegEnded {
+            leg_call_id: CallId(l),
+            status,
+            at
+        }),
+        (
+            pick(&[
+                ChainResult::Answered,
+                ChainResult::Busy,
+                ChainResult::NoAnswer,
+                ChainResult::Failed,
+                ChainResult::Canceled
+            ]),
+            prop::option::of(uuid()),
+            at()
+        )
+            .prop_map(|(result, b, at)| CallEvent::CallChainEnded {
+                result,
+                bridged_call_id: b.map(CallId),
                 at,
             }),
     ]
@@ -1171,7 +1221,7 @@ proptest! {
         let payload = json!({"type": "call_created", "call_id": call_id,
             "customer_id": customer_id, "source": source, "destination": destination, "at": at});
         let (version, current) = to_current("call_created", v1, payload);
-        prop_assert_eq!(version, "4.0.0");
+        prop_assert_eq!(version, "5.0.0");
         let got: CallEvent = serde_json::from_value(current.clone()).unwrap();
         prop_assert_eq!(got, CallEvent::CallCreated {
             call_id,
@@ -1185,10 +1235,11 @@ proptest! {
             activeflow_id: None,
             sandbox: None,
             trunk_id: None,
+            master_call_id: None,
             at,
         });
         // Lifting twice changes nothing.
-        prop_assert_eq!(to_current("call_created", "4.0.0", current.clone()), ("4.0.0".to_string(), current));
+        prop_assert_eq!(to_current("call_created", "5.0.0", current.clone()), ("5.0.0".to_string(), current));
     }
 
     /// Any JSON under any event type and version: the upcasters and every decoder return,

@@ -46,6 +46,17 @@ pub fn new_id() -> Uuid {
         .unwrap_or_else(|_| Uuid::now_v7())
 }
 
+/// A seed for the commands one event causes (a flow action that creates several aggregates):
+/// `base`'s time with random bits taken from `key`, the same on every redelivery, so the
+/// handler running again under [`with_seed`] creates the same ids and its committed commands
+/// are recognised.
+pub fn seed_for(base: Uuid, key: &str) -> Uuid {
+    const LOW: u64 = (1 << 62) - 1;
+    let (hi, _) = base.as_u64_pair();
+    let (_, lo) = Uuid::new_v5(&base, key.as_bytes()).as_u64_pair();
+    Uuid::from_u64_pair(hi, (lo & LOW) | (0b10 << 62))
+}
+
 /// `seed` plus `n` in its 62 random low bits: still a UUIDv7 with the seed's timestamp, ordered
 /// within the request like ids drawn one after another.
 fn derive(seed: Uuid, n: u64) -> Uuid {

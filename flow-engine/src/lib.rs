@@ -14,6 +14,12 @@
 //!   - `transcribe_start`: a transcription of the call (its id follows from the execution, so
 //!     a redelivery starts none twice), which the call's media session feeds;
 //!   - `transcribe_stop`: the call's running transcriptions stop.
+//!   - `connect`: the call chains legs (one per destination, created as calls whose master
+//!     it is); the execution completes when the chain ends (the `call-chains` process manager);
+//!   - `call`: new independent calls with their own flow; completes at once.
+//!
+//!   Actions that create aggregates run under a seed derived from the execution
+//!   (`vbin_eventlog::reexec`), so a redelivery creates the same ids and nothing twice.
 //!
 //!   Media actions (talk, digits, ...) are the media session's ([`ActionKind::is_media`]).
 
@@ -21,7 +27,9 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
+use vbin_app::calls::NewCalls;
 use vbin_app::flows::validate;
+use vbin_app::flows::Program;
 use vbin_app::{AppError, ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::flow::renumber;
@@ -29,13 +37,15 @@ use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
     Transcribe, TranscribeCommand,
 };
+use vbin_event_schema::call::{ChainExecution, ChainResult, CONNECT_RESULT_VARIABLE};
 use vbin_event_schema::flow::{
-    ActionId, ActionKind, ActionResult, AiTalk, RawAction, TranscribeStart, WebhookSend,
+    ActionId, ActionKind, ActionResult, AiTalk, CallAction, Connect, RawAction, TranscribeStart,
+    WebhookSend,
 };
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
-    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, PublishedEvent,
-    TranscribeId, TranscribeReferenceType,
+    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CallId, CallStatus,
+    CustomerId, PublishedEvent, TranscribeId, TranscribeReferenceType,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::AddressPolicy;
@@ -45,6 +55,10 @@ use vbin_webhooks::direct::{Direct, DirectRequest};
 pub const CALLS_CONSUMER: &str = "flow-engine-calls";
 /// Durable consumer of activeflow events.
 pub const ACTIONS_CONSUMER: &str = "flow-engine-actions";
+/// The flow variable listing the calls a `call` action placed.
+pub const CALL_IDS_VARIABLE: &str = "voipbin.call.call_ids";
+/// How long legs ring unless the action says.
+pub const DEFAULT_DIAL_TIMEOUT_MS: u32 = 30_000;
 /// Largest `webhook_send` answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -199,6 +213,12 @@ impl Engine {
             },
             ActionKind::TranscribeStart(t) => self.transcribe_start(&e, customer, seq, t).await?,
             ActionKind::TranscribeStop(_) => self.transcribe_stop(&e, customer).await?,
+            ActionKind::Connect(c) => match self.connect(&e, customer, seq, c).await? {
+                Some(failed) => failed,
+                // The chain completes the execution when it ends.
+                None => return Ok(()),
+            },
+            ActionKind::Call(c) => self.place_calls(&e, customer, seq, c).await?,
             ActionKind::AiTalk(t) => match self.ai_talk(&e, customer, seq, t).await? {
                 Some(refused) => refused,
                 // The conversation completes the execution when it ends.
@@ -212,6 +232,190 @@ impl Engine {
             at: Utc::now(),
         };
         self.activeflow(&e, customer, e.aggregate_id, cmd).await
+    }
+
+    /// The acting of commands an execution sends that create aggregates: under the
+    /// execution's seed (see the module's notes), with the customer's authority.
+    fn seeded(e: &PublishedEvent, customer: CustomerId, key: &str) -> (Uuid, vbin_app::Acting) {
+        let seed = vbin_eventlog::reexec::seed_for(e.aggregate_id, key);
+        let mut meta = Self::meta(e, customer);
+        meta.request_seed = Some(seed);
+        (seed, vbin_app::Acting { customer, meta })
+    }
+
+    /// Dials the `connect`'s legs and chains them to the call; `Some(result)` when the action
+    /// ends at once (no funds, the call is not answered, a trunk is gone).
+    async fn connect(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        c: &Connect,
+    ) -> Result<Option<ActionResult>, EngineError> {
+        let failed = |why: String| {
+            let mut r = ActionResult {
+                error: Some(format!("connect: {why}")),
+                ..Default::default()
+            };
+            r.variables.insert(
+                CONNECT_RESULT_VARIABLE.into(),
+                Value::String(ChainResult::Failed.as_str().into()),
+            );
+            Ok(Some(r))
+        };
+        let Some(master_id) = e.view::<ReferenceView>()?.reference_id else {
+            return failed("the flow has no call".into());
+        };
+        let Some(master) = self
+            .executor()
+            .load::<Call>(master_id.as_uuid(), Some(customer))
+            .await?
+        else {
+            return failed("the call is gone".into());
+        };
+        let (seed, acting) = Self::seeded(e, customer, &format!("connect:{seq}"));
+        let app = self.app.clone();
+        let execution = ChainExecution {
+            activeflow_id: ActiveflowId(e.aggregate_id),
+            seq,
+        };
+        let dialed = vbin_eventlog::reexec::with_seed(seed, async move {
+            app.require_funds(customer).await?;
+            let ids: Vec<CallId> = c
+                .destinations
+                .iter()
+                .map(|_| CallId(vbin_app::new_id()))
+                .collect();
+            // Chained first: a leg created after its master hung up finds itself outside the
+            // chain and is canceled.
+            let chain = CallCommand::Chain {
+                legs: ids.clone(),
+                execution: Some(execution),
+                at: Utc::now(),
+            };
+            app.update::<Call>(&acting, master_id.as_uuid(), chain)
+                .await?;
+            let legs = NewCalls {
+                source: c
+                    .source
+                    .as_ref()
+                    .map(|s| s.0.clone())
+                    .or(master.source.clone())
+                    .unwrap_or_else(|| master.destination.clone().expect("a created call")),
+                destinations: c.destinations.iter().map(|d| d.0.clone()).collect(),
+                variables: Default::default(),
+                dial_timeout_ms: c.dial_timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
+                program: None,
+                trunk_id: if c.sandbox.is_some() {
+                    None
+                } else {
+                    master.trunk_id
+                },
+                sandbox: c.sandbox.clone(),
+                master_call_id: Some(master_id),
+                ids: ids.clone(),
+            };
+            if let Err(err) = app.create_calls(&acting, legs).await {
+                // The legs that were not created end the chain as failed.
+                for leg in ids {
+                    let ended = CallCommand::LegEnded {
+                        leg,
+                        status: CallStatus::Failed,
+                        at: Utc::now(),
+                    };
+                    app.update::<Call>(&acting, master_id.as_uuid(), ended)
+                        .await?;
+                }
+                return Err(err);
+            }
+            Ok::<_, AppError>(())
+        })
+        .await;
+        match dialed {
+            Ok(()) => Ok(None),
+            Err(
+                e @ (AppError::PaymentRequired
+                | AppError::NotFound(_)
+                | AppError::Invalid(_)
+                | AppError::Conflict(_)
+                | AppError::Exec(ExecError::Domain(_))),
+            ) => failed(e.to_string()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Places the `call` action's calls, each running its own flow; completes at once with
+    /// `voipbin.call.call_ids` (or the reason none was placed).
+    async fn place_calls(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        c: &CallAction,
+    ) -> Result<ActionResult, EngineError> {
+        let mut result = ActionResult::default();
+        let source = match &c.source {
+            Some(s) => Some(s.0.clone()),
+            None => match e.view::<ReferenceView>()?.reference_id {
+                Some(call) => self
+                    .executor()
+                    .load::<Call>(call.as_uuid(), Some(customer))
+                    .await?
+                    .and_then(|c| c.source.or(c.destination)),
+                None => None,
+            },
+        };
+        let Some(source) = source else {
+            result.error = Some("call: no source (the flow has no call; give one)".into());
+            return Ok(result);
+        };
+        let program = match (&c.flow_id, &c.actions) {
+            (Some(id), _) => Program::Flow(*id),
+            (None, Some(actions)) => Program::Inline(actions.clone()),
+            (None, None) => {
+                result.error = Some("call: give flow_id or actions".into());
+                return Ok(result);
+            }
+        };
+        let (seed, acting) = Self::seeded(e, customer, &format!("call:{seq}"));
+        let new = NewCalls {
+            source,
+            destinations: c.destinations.iter().map(|d| d.0.clone()).collect(),
+            variables: Default::default(),
+            dial_timeout_ms: c.dial_timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
+            program: Some(program),
+            sandbox: c.sandbox.clone(),
+            trunk_id: None,
+            master_call_id: None,
+            ids: vec![],
+        };
+        let app = self.app.clone();
+        match vbin_eventlog::reexec::with_seed(
+            seed,
+            async move { app.create_calls(&acting, new).await },
+        )
+        .await
+        {
+            Ok(calls) => {
+                let ids: Vec<Value> = calls
+                    .iter()
+                    .filter_map(|c| c.id.map(|id| Value::String(id.to_string())))
+                    .collect();
+                result
+                    .variables
+                    .insert(CALL_IDS_VARIABLE.into(), Value::Array(ids));
+            }
+            Err(
+                e @ (AppError::PaymentRequired
+                | AppError::NotFound(_)
+                | AppError::Invalid(_)
+                | AppError::Conflict(_)
+                | AppError::Limit(_)
+                | AppError::Exec(ExecError::Domain(_))),
+            ) => result.error = Some(format!("call: {e}")),
+            Err(err) => return Err(err.into()),
+        }
+        Ok(result)
     }
 
     /// Starts the execution's transcription of the activeflow's call.

@@ -391,6 +391,7 @@ impl Campaigns {
                 // A trunk's far end is real: a sandbox script has nothing to play it.
                 sandbox: target.sandbox.clone().filter(|_| plan.trunk_id.is_none()),
                 trunk_id: plan.trunk_id,
+                master_call_id: None,
             },
             at: Utc::now(),
         };

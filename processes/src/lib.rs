@@ -12,6 +12,7 @@
 pub mod aicalls;
 pub mod billing;
 pub mod campaign;
+pub mod chain;
 pub mod queue;
 pub mod transcribe;
 

@@ -292,7 +292,7 @@ impl Queues {
                 Ok(())
             }
             CallEvent::CallHungup { .. } => self.on_ended(customer, call_id, &meta).await,
-            CallEvent::CallCreated { .. } | CallEvent::CallRinging { .. } => Ok(()),
+            _ => Ok(()),
         }
     }
 

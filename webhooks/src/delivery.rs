@@ -87,7 +87,15 @@ pub enum WebhookError {
     /// Loading the customer.
     #[error("loading the customer")]
     Customer(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// A recent event's customer is not in the log yet: its creation is still committing (a
+    /// new customer's billing account is written just before the customer).
+    #[error("customer {0} is not created yet")]
+    CustomerNotYet(Uuid),
 }
+
+/// How long an event whose customer does not exist is retried before it is taken to have no
+/// customer (an account left behind by a customer creation that failed).
+const CUSTOMER_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
 /// Why a delivery's attempt could not be recorded or followed up (it is sent again when its
 /// lease expires).
@@ -182,6 +190,10 @@ async fn record(
                     .load::<Customer>(e.customer_id, None)
                     .await
                     .map_err(|err| WebhookError::Customer(Box::new(err)))?;
+                if c.is_none() && chrono::Utc::now() - e.timestamp < CUSTOMER_GRACE {
+                    // The batch comes again shortly, when the customer has committed.
+                    return Err(WebhookError::CustomerNotYet(e.customer_id));
+                }
                 customers.entry(e.customer_id).or_insert(c)
             }
         };

@@ -68,40 +68,11 @@ pub struct CreateCalls {
     trunk_id: Option<Uuid>,
 }
 
-/// Most steps in a sandbox script.
-pub const MAX_SANDBOX_STEPS: usize = 64;
+pub use vbin_domain::call::MAX_SANDBOX_STEPS;
 
-/// Checks a sandbox script: at most [`MAX_SANDBOX_STEPS`] steps within an hour, each doing
-/// one thing (say 1 to 1024 bytes, 1 to 32 DTMF keys, or hang up).
+/// Checks a sandbox script (see [`vbin_domain::call::check_sandbox`]).
 pub(crate) fn check_sandbox(s: &SandboxScript) -> Result<(), ApiError> {
-    if s.script.len() > MAX_SANDBOX_STEPS {
-        return Err(ApiError::invalid(format!(
-            "sandbox.script must hold at most {MAX_SANDBOX_STEPS} steps"
-        )));
-    }
-    for (i, step) in s.script.iter().enumerate() {
-        let bad = |m: &str| ApiError::invalid(format!("sandbox.script[{i}]: {m}"));
-        if step.at_ms > 3_600_000 {
-            return Err(bad("at_ms must be at most 3600000"));
-        }
-        let things = step.say.is_some() as u8 + step.digits.is_some() as u8 + step.hangup as u8;
-        if things != 1 {
-            return Err(bad("a step does exactly one of say, digits, hangup"));
-        }
-        if step
-            .say
-            .as_ref()
-            .is_some_and(|t| t.trim().is_empty() || t.len() > 1024)
-        {
-            return Err(bad("say must be 1 to 1024 bytes"));
-        }
-        if let Some(d) = &step.digits {
-            if d.is_empty() || d.len() > 32 || !d.chars().all(is_dtmf) {
-                return Err(bad("digits must be 1 to 32 of the keys 0-9 * # A-D"));
-            }
-        }
-    }
-    Ok(())
+    vbin_domain::call::check_sandbox(s).map_err(ApiError::invalid)
 }
 
 /// `flow_id` or `actions` (not both) as a program.
@@ -187,6 +158,8 @@ impl CreateCalls {
             program: program(self.flow_id, self.actions)?,
             sandbox: self.sandbox,
             trunk_id: self.trunk_id.map(TrunkId),
+            master_call_id: None,
+            ids: vec![],
         })
     }
 }

@@ -1,0 +1,224 @@
+//! Chained calls (`call-chains` consumer): a call that dials legs to bridge one of them
+//! (`connect`) and the legs themselves live or die together. The master Call decides (which
+//! leg is bridged, how the chain ended); this manager carries what crosses aggregates:
+//!
+//! - a leg answers: `BridgeLeg` on the master; a leg that lost (another was bridged first, or
+//!   the master is gone) is hung up;
+//! - a leg ends: `LegEnded` on the master;
+//! - a leg is created for a master whose chain no longer holds it (the master hung up while
+//!   it was being created): it is hung up;
+//! - a leg is bridged: the other legs are canceled;
+//! - the master ends: every leg still up or ringing is hung up;
+//! - the chain ends: the flow action waiting for it completes with `voipbin.connect.result`
+//!   and `voipbin.connect.call_id`; if the flow has nothing after it, the master is hung up
+//!   (VoIPBIN's chained calls: either side hanging up ends both, unless the flow goes on).
+//!
+//! Every command is idempotent (the aggregates ignore repeats), so redelivery is harmless.
+
+use crate::ProcessError;
+use chrono::Utc;
+use serde_json::Value;
+use vbin_app::{ExecError, Executor};
+use vbin_bus::{Bus, ConsumerSpec};
+use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
+use vbin_event_schema::call::{CONNECT_CALL_ID_VARIABLE, CONNECT_RESULT_VARIABLE};
+use vbin_event_schema::flow::ActionKind;
+use vbin_event_schema::flow::ActiveflowStatus;
+use vbin_event_schema::views::CallView;
+use vbin_event_schema::{CallEvent, CallId, CustomerId, PublishedEvent};
+use vbin_eventlog::CommandMeta;
+
+/// Durable consumer of call events.
+pub const CONSUMER: &str = "call-chains";
+
+/// Runs the consumer until `shutdown`.
+pub async fn run(
+    executor: Executor,
+    bus: Bus,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let mut group = vbin_bus::Group::new(bus);
+    group.consumer(
+        ConsumerSpec::for_events_of::<CallEvent>(
+            CONSUMER,
+            &[
+                CallEvent::CALL_CREATED,
+                CallEvent::CALL_PROGRESSING,
+                CallEvent::CALL_HUNGUP,
+                CallEvent::CALL_BRIDGED,
+                CallEvent::CALL_CHAIN_ENDED,
+            ],
+        )
+        .lanes(16),
+        |e| on_call(&executor, e),
+    );
+    group.run(shutdown).await;
+}
+
+struct Ctx<'a> {
+    executor: &'a Executor,
+    customer: CustomerId,
+    meta: CommandMeta,
+}
+
+impl Ctx<'_> {
+    /// Runs `cmd` on call `id`; `None` if the call does not exist.
+    async fn call(&self, id: CallId, cmd: CallCommand) -> Result<Option<Call>, ProcessError> {
+        match self
+            .executor
+            .execute::<Call>(
+                id.as_uuid(),
+                self.customer,
+                Some(self.customer),
+                cmd,
+                &self.meta,
+            )
+            .await
+        {
+            Ok(done) => Ok(Some(done.state)),
+            Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn load(&self, id: CallId) -> Result<Option<Call>, ProcessError> {
+        Ok(self
+            .executor
+            .load::<Call>(id.as_uuid(), Some(self.customer))
+            .await?)
+    }
+
+    /// Hangs up `id` from our side (a ringing leg is canceled, an answered one cleared).
+    async fn hang_up(&self, id: CallId) -> Result<(), ProcessError> {
+        let cmd = CallCommand::Hangup {
+            request: HangupRequest::Local,
+            at: Utc::now(),
+        };
+        self.call(id, cmd).await.map(|_| ())
+    }
+}
+
+/// Handles one call event.
+pub async fn on_call(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessError> {
+    let customer = CustomerId(e.customer_id);
+    let ctx = Ctx {
+        executor,
+        customer,
+        meta: crate::system_meta(CONSUMER, e.event_id, e.correlation_id(), customer),
+    };
+    let me = CallId(e.aggregate_id);
+    let master = e.view::<CallView>()?.master_call_id;
+    match e.decode::<CallEvent>()? {
+        CallEvent::CallCreated { .. } => {
+            if let Some(m) = master {
+                let holds = ctx.load(m).await?.is_some_and(|m| {
+                    m.running_chain()
+                        .is_some_and(|c| c.live_legs().any(|l| l == me))
+                });
+                if !holds {
+                    tracing::info!(leg = %me, master = %m, "the master's chain is over: canceling the leg");
+                    ctx.hang_up(me).await?;
+                }
+            }
+        }
+        CallEvent::CallProgressing { .. } => {
+            if let Some(m) = master {
+                let cmd = CallCommand::BridgeLeg {
+                    leg: me,
+                    at: Utc::now(),
+                };
+                let bridged = ctx.call(m, cmd).await?.and_then(|m| m.bridged_to());
+                if bridged != Some(me) {
+                    tracing::info!(leg = %me, master = %m, "another leg was bridged (or the master ended): hanging up");
+                    ctx.hang_up(me).await?;
+                }
+            }
+        }
+        CallEvent::CallHungup { status, .. } => {
+            if let Some(m) = master {
+                let cmd = CallCommand::LegEnded {
+                    leg: me,
+                    status,
+                    at: Utc::now(),
+                };
+                ctx.call(m, cmd).await?;
+            }
+            // A master that ended takes its legs with it.
+            let legs: Vec<CallId> = ctx
+                .load(me)
+                .await?
+                .and_then(|c| c.running_chain().map(|c| c.live_legs().collect()))
+                .unwrap_or_default();
+            for leg in legs {
+                ctx.hang_up(leg).await?;
+            }
+        }
+        CallEvent::CallBridged { peer_call_id, .. } => {
+            let losers: Vec<CallId> = ctx
+                .load(me)
+                .await?
+                .and_then(|c| {
+                    c.running_chain()
+                        .map(|c| c.live_legs().filter(|l| *l != peer_call_id).collect())
+                })
+                .unwrap_or_default();
+            for leg in losers {
+                ctx.hang_up(leg).await?;
+            }
+        }
+        CallEvent::CallChainEnded {
+            result,
+            bridged_call_id,
+            ..
+        } => {
+            let Some(call) = ctx.load(me).await? else {
+                return Ok(());
+            };
+            let Some(exec) = call.chain.as_ref().and_then(|c| c.execution) else {
+                return Ok(());
+            };
+            let mut done = vbin_event_schema::flow::ActionResult::default();
+            done.variables.insert(
+                CONNECT_RESULT_VARIABLE.into(),
+                Value::String(result.as_str().into()),
+            );
+            done.variables.insert(
+                CONNECT_CALL_ID_VARIABLE.into(),
+                bridged_call_id.map_or(Value::Null, |c| Value::String(c.to_string())),
+            );
+            let cmd = ActiveflowCommand::Complete {
+                seq: exec.seq,
+                result: done,
+                at: Utc::now(),
+            };
+            let flow = match executor
+                .execute::<Activeflow>(
+                    exec.activeflow_id.as_uuid(),
+                    customer,
+                    Some(customer),
+                    cmd,
+                    &ctx.meta,
+                )
+                .await
+            {
+                Ok(done) => done.state,
+                Err(ExecError::Domain(DomainError::NotFound(_))) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            // Nothing after the connect: the call ends with its bridge.
+            let finished_here = flow.status == ActiveflowStatus::Ended
+                && flow.end_reason.as_deref() == Some("finished")
+                && flow.seq == exec.seq
+                && flow
+                    .current
+                    .as_ref()
+                    .is_some_and(|a| matches!(a.kind, ActionKind::Connect(_)));
+            if finished_here && !call.status.is_terminal() {
+                tracing::info!(call = %me, "the flow ended with its connect: hanging up");
+                ctx.hang_up(me).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -7,6 +7,7 @@ mod support;
 
 mod ai;
 mod baresip;
+mod bridge;
 mod business;
 mod chaos;
 mod flows;

@@ -1,0 +1,228 @@
+//! `connect` and `call` end to end: a flow dials a leg, the two calls' audio is bridged through
+//! the media engine (checked by transcribing what each side heard), the chain's outcome
+//! reaches the flow, and hangups travel from one side to the other. Sandbox far ends that
+//! speak; real vbin, Postgres, nats-server and redis-server.
+
+use crate::flows::{ended_flow, executed, recognize, stereo, stored_recording, uuid_of, FAR_END};
+use crate::support::{wait_until, Env};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What the leg's far end says (one of the phrases the recognizer knows).
+const LEG_SAYS: &str = "sales will call you back";
+
+fn ids(v: &Value) -> Vec<Uuid> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_str().unwrap().parse().unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until call `a` is bridged (in the event log); returns the leg.
+async fn bridged_leg(env: &Env, a: Uuid) -> Uuid {
+    wait_until(
+        "the call to be bridged",
+        Duration::from_secs(20),
+        || async {
+            let v = env.call_state(a).await;
+            match v["bridged_call_id"].as_str() {
+                Some(b) => Ok(b.parse::<Uuid>().unwrap()),
+                None => Err(v),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn connect_bridges_two_calls_both_ways_and_the_flow_goes_on_when_the_leg_hangs_up() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // A's flow records A, connects to B, and once B hangs up says "support" and hangs up.
+    let a = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({
+                "actions": [
+                    {"type": "recording_start", "option": {"beep_start": false}},
+                    {"type": "connect", "option": {
+                        "destinations": [{"type": "tel", "target": "+15550004000"}],
+                        "sandbox": {"script": [{"at_ms": 2500, "say": LEG_SAYS},
+                                               {"at_ms": 11000, "hangup": true}]}}},
+                    {"type": "talk", "option": {"text": "Support"}},
+                    {"type": "hangup"}
+                ],
+                "sandbox": {"script": [{"at_ms": 7000, "say": FAR_END},
+                                       {"at_ms": 40000, "hangup": true}]}
+            }),
+        )
+        .await[0];
+    let b = bridged_leg(&env, a).await;
+    // Record the leg through the API, from its side.
+    let (s, v) = api
+        .post(&format!("/v1.0/calls/{b}/recording_start"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let leg = env.call_state(b).await;
+    assert_eq!(leg["master_call_id"], json!(a), "{leg}");
+    assert_eq!(
+        leg["source"], "+15550001000",
+        "the leg shows A's caller id: {leg}"
+    );
+
+    let af = ended_flow(&env, &tok, a, Duration::from_secs(60)).await;
+    assert_eq!(
+        executed(&af),
+        ["recording_start", "connect", "talk", "hangup"],
+        "{af}"
+    );
+    assert_eq!(
+        af["variables"]["voipbin.connect.result"], "answered",
+        "{af}"
+    );
+    assert_eq!(af["variables"]["voipbin.connect.call_id"], json!(b), "{af}");
+    let master = env.wait_call_end(a, Duration::from_secs(10)).await;
+    assert_eq!(ids(&master["chained_call_ids"]), [b], "{master}");
+    assert_eq!(master["bridged_call_id"], Value::Null, "{master}");
+    let leg = env.wait_call_end(b, Duration::from_secs(10)).await;
+    assert_eq!(
+        (leg["status"].as_str(), leg["hangup_by"].as_str()),
+        (Some("completed"), Some("remote")),
+        "{leg}"
+    );
+
+    // A heard B (and then its own flow's talk); B heard A; nobody heard themselves.
+    let (_, wav) = stored_recording(&env, &tok, a).await;
+    let (a_said, a_heard) = stereo(&wav);
+    assert_eq!(recognize(&a_said).await, FAR_END, "A's far end");
+    assert_eq!(
+        recognize(&a_heard).await,
+        format!("{LEG_SAYS} support"),
+        "what A heard"
+    );
+    let (_, wav) = stored_recording(&env, &tok, b).await;
+    let (b_said, b_heard) = stereo(&wav);
+    assert_eq!(recognize(&b_said).await, LEG_SAYS, "B's far end");
+    assert_eq!(recognize(&b_heard).await, FAR_END, "what B heard");
+
+    // Each leg is a call of its own, billed as one.
+    for call in [a, b] {
+        wait_until("the call to be billed", Duration::from_secs(15), || async {
+            let (_, v) = api
+                .get(&format!("/v1.0/billings?reference_id={call}"))
+                .await;
+            if v["result"].as_array().is_some_and(|r| r.len() == 1) {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn connect_outcomes_reach_the_flow_and_losing_legs_are_canceled() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let connect = |dests: &[&str]| {
+        json!({"actions": [
+            {"type": "connect", "option": {"destinations": dests, "dial_timeout": 2000}},
+            {"type": "hangup"}
+        ], "sandbox": {"script": [{"at_ms": 30000, "hangup": true}]}})
+    };
+    let cases = [
+        (vec!["+15550000486"], "busy"),
+        (vec!["+15550000404", "+15550010486"], "busy"),
+        (vec!["+15550000487", "+15550010404"], "no_answer"),
+        (vec!["+15550000404"], "failed"),
+    ];
+    let mut calls = vec![];
+    for (dests, want) in &cases {
+        let a = env.calls(&tok, &["+15550003000"], connect(dests)).await[0];
+        calls.push((a, *want));
+    }
+    for (a, want) in calls {
+        let af = ended_flow(&env, &tok, a, Duration::from_secs(30)).await;
+        assert_eq!(af["variables"]["voipbin.connect.result"], want, "{af}");
+        assert_eq!(executed(&af), ["connect", "hangup"], "{af}");
+    }
+
+    // Two legs that both answer: one is bridged, the other is hung up by us.
+    let a = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({"actions": [{"type": "connect", "option": {
+                "destinations": ["+15550005000", "+15550006000"],
+                "sandbox": {"script": [{"at_ms": 3000, "hangup": true}]}}}],
+                "sandbox": {"script": [{"at_ms": 30000, "hangup": true}]}}),
+        )
+        .await[0];
+    let winner = bridged_leg(&env, a).await;
+    let master = env.call_state(a).await;
+    let legs = ids(&master["chained_call_ids"]);
+    assert_eq!(legs.len(), 2, "{master}");
+    let loser = *legs.iter().find(|l| **l != winner).unwrap();
+    let lost = env.wait_call_end(loser, Duration::from_secs(10)).await;
+    assert_eq!(lost["hangup_by"], "local", "{lost}");
+    // The winner hangs up at 3 s and the flow has nothing after its connect: A is hung up.
+    let a_end = env.wait_call_end(a, Duration::from_secs(20)).await;
+    assert_eq!(
+        (a_end["status"].as_str(), a_end["hangup_by"].as_str()),
+        (Some("completed"), Some("local")),
+        "{a_end}"
+    );
+    let af = ended_flow(&env, &tok, a, Duration::from_secs(10)).await;
+    assert_eq!(
+        af["variables"]["voipbin.connect.result"], "answered",
+        "{af}"
+    );
+}
+
+#[tokio::test]
+async fn a_master_hanging_up_clears_its_leg_and_the_call_action_places_an_independent_call() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let a = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({"actions": [
+                    {"type": "call", "option": {
+                        "destinations": ["+15550007000"],
+                        "actions": [{"type": "talk", "option": {"text": "Support"}},
+                                    {"type": "hangup"}]}},
+                    {"type": "connect", "option": {
+                        "destinations": ["+15550004000"],
+                        "sandbox": {"script": [{"at_ms": 60000, "hangup": true}]}}}],
+                   "sandbox": {"script": [{"at_ms": 4000, "hangup": true}]}}),
+        )
+        .await[0];
+    let b = bridged_leg(&env, a).await;
+    let a_end = env.wait_call_end(a, Duration::from_secs(20)).await;
+    assert_eq!(a_end["hangup_by"], "remote", "{a_end}");
+    let b_end = env.wait_call_end(b, Duration::from_secs(10)).await;
+    assert_eq!(
+        (b_end["status"].as_str(), b_end["hangup_by"].as_str()),
+        (Some("completed"), Some("local")),
+        "B is cleared when A hangs up: {b_end}"
+    );
+    let af = ended_flow(&env, &tok, a, Duration::from_secs(10)).await;
+    assert_eq!(af["end_reason"], "call_ended", "{af}");
+    // The call action's call ran its own flow, with no master.
+    let placed = ids(&af["variables"]["voipbin.call.call_ids"]);
+    assert_eq!(placed.len(), 1, "{af}");
+    let c = env.wait_call_end(placed[0], Duration::from_secs(20)).await;
+    assert_eq!(c["master_call_id"], Value::Null, "{c}");
+    assert_eq!(c["destination"], "+15550007000", "{c}");
+    let cf = ended_flow(&env, &tok, placed[0], Duration::from_secs(10)).await;
+    assert_eq!(executed(&cf), ["talk", "hangup"], "{cf}");
+    assert_ne!(uuid_of(&cf), uuid_of(&af));
+}

@@ -6,6 +6,7 @@ use chrono::Utc;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 use vbin_domain::{Call, CallCommand, HangupRequest, NewCall};
+use vbin_event_schema::call::{ChainExecution, ChainPurpose};
 use vbin_event_schema::flow::SandboxScript;
 use vbin_event_schema::{CallDirection, CallId, TrunkId, E164};
 
@@ -32,7 +33,99 @@ pub struct NewCalls {
     pub ids: Vec<CallId>,
 }
 
+/// Legs to dial for a call and bridge the first that answers.
+#[derive(Debug)]
+pub struct NewChain {
+    /// The call they are for (answered).
+    pub master: CallId,
+    /// One leg each.
+    pub destinations: Vec<E164>,
+    /// Their caller id (the master's source if none).
+    pub source: Option<E164>,
+    /// How long they ring.
+    pub dial_timeout_ms: u32,
+    /// Their sandbox far end (then they go through the sandbox carrier, whatever the
+    /// master's trunk).
+    pub sandbox: Option<SandboxScript>,
+    /// The flow action waiting for the chain's end.
+    pub execution: Option<ChainExecution>,
+    /// What it is for.
+    pub purpose: ChainPurpose,
+}
+
 impl App {
+    /// Chains legs to an answered call and dials them, under `seed` (derived from what caused
+    /// it, so a redelivery recreates the same ids and only what is missing). The chain is
+    /// recorded first: a leg created after its master hung up finds itself outside the chain
+    /// and is canceled by the chain manager. Legs that could not be created end the chain as
+    /// failed. Refused without funds for a minute.
+    pub async fn dial_chain(
+        &self,
+        acting: &Acting,
+        seed: Uuid,
+        chain: NewChain,
+    ) -> Result<Vec<CallId>, AppError> {
+        let mut acting = acting.clone();
+        acting.meta.request_seed = Some(seed);
+        vbin_eventlog::reexec::with_seed(seed, async move {
+            self.require_funds(acting.customer).await?;
+            let Some(master) = self
+                .executor
+                .load::<Call>(chain.master.as_uuid(), Some(acting.customer))
+                .await?
+            else {
+                return Err(AppError::NotFound("call"));
+            };
+            let ids: Vec<CallId> = chain
+                .destinations
+                .iter()
+                .map(|_| CallId(new_id()))
+                .collect();
+            let cmd = CallCommand::Chain {
+                legs: ids.clone(),
+                execution: chain.execution,
+                purpose: chain.purpose,
+                at: Utc::now(),
+            };
+            self.update::<Call>(&acting, chain.master.as_uuid(), cmd)
+                .await?;
+            let source = chain
+                .source
+                .or(master.source.clone())
+                .or(master.destination.clone())
+                .ok_or(AppError::NotFound("call source"))?;
+            let legs = NewCalls {
+                source,
+                destinations: chain.destinations,
+                variables: Map::new(),
+                dial_timeout_ms: chain.dial_timeout_ms,
+                program: None,
+                trunk_id: if chain.sandbox.is_some() {
+                    None
+                } else {
+                    master.trunk_id
+                },
+                sandbox: chain.sandbox,
+                master_call_id: Some(chain.master),
+                ids: ids.clone(),
+            };
+            if let Err(err) = self.create_calls(&acting, legs).await {
+                for leg in &ids {
+                    let ended = CallCommand::LegEnded {
+                        leg: *leg,
+                        status: vbin_event_schema::CallStatus::Failed,
+                        at: Utc::now(),
+                    };
+                    self.update::<Call>(&acting, chain.master.as_uuid(), ended)
+                        .await?;
+                }
+                return Err(err);
+            }
+            Ok(ids)
+        })
+        .await
+    }
+
     /// Creates one call per destination, each dialed by the carrier once its `call_created`
     /// is published. Refused without funds for a minute.
     pub async fn create_calls(

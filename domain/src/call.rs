@@ -7,7 +7,7 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
-use vbin_event_schema::call::{ChainExecution, ChainResult};
+use vbin_event_schema::call::{ChainExecution, ChainPurpose, ChainResult};
 use vbin_event_schema::{
     flow::SandboxScript, ActiveflowId, CallDirection, CallEvent, CallId, CallStatus, CampaignId,
     CustomerId, HangupBy, HangupCause, TrunkId, E164,
@@ -125,6 +125,8 @@ pub enum CallCommand {
         legs: Vec<CallId>,
         /// The flow action waiting for the chain's end.
         execution: Option<ChainExecution>,
+        /// What it is for.
+        purpose: ChainPurpose,
         /// When.
         at: DateTime<Utc>,
     },
@@ -154,6 +156,8 @@ pub struct Chain {
     pub legs: Vec<CallId>,
     /// The flow action waiting for it.
     pub execution: Option<ChainExecution>,
+    /// What it is for.
+    pub purpose: ChainPurpose,
     /// Legs that ended, with their final status.
     pub ended: BTreeMap<CallId, CallStatus>,
     /// The leg bridged.
@@ -275,8 +279,9 @@ impl Call {
                 CallCommand::Chain {
                     legs,
                     execution,
+                    purpose,
                     at,
-                } => self.decide_chain(legs, execution, at),
+                } => self.decide_chain(legs, execution, purpose, at),
                 CallCommand::BridgeLeg { leg, at } => Ok(self.decide_bridge(leg, at)),
                 CallCommand::LegEnded { leg, status, at } => {
                     Ok(self.decide_leg_ended(leg, status, at))
@@ -311,6 +316,7 @@ impl Call {
         &self,
         legs: Vec<CallId>,
         execution: Option<ChainExecution>,
+        purpose: ChainPurpose,
         at: DateTime<Utc>,
     ) -> Result<Vec<CallEvent>, DomainError> {
         if let Some(running) = self.running_chain() {
@@ -339,6 +345,7 @@ impl Call {
         Ok(vec![CallEvent::CallChained {
             legs,
             execution,
+            purpose,
             at,
         }])
     }
@@ -525,12 +532,14 @@ impl Aggregate for Call {
             CallEvent::CallChained {
                 legs,
                 execution,
+                purpose,
                 at,
             } => {
                 self.chained_call_ids.extend(legs.iter().copied());
                 self.chain = Some(Chain {
                     legs,
                     execution,
+                    purpose,
                     ..Chain::default()
                 });
                 self.tm_update = Some(at);
@@ -696,6 +705,7 @@ mod tests {
                 activeflow_id: ActiveflowId::new(),
                 seq: 3,
             }),
+            purpose: ChainPurpose::Connect,
             at: t(2),
         }
     }

@@ -7,10 +7,14 @@ use cqrs_es::Aggregate;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use vbin_event_schema::flow::TelAddress;
 use vbin_event_schema::{
     AccessKeyId, AgentId, AgentStatus, CallId, CustomerEvent, CustomerId, Permission,
     RoutingMethod, WebhookMethod,
 };
+
+/// Most addresses an agent has.
+pub const MAX_AGENT_ADDRESSES: usize = 5;
 
 /// A new agent, with its password already hashed by the command layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +84,15 @@ pub enum CustomerCommand {
         name: String,
         /// New permission.
         permission: Permission,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Set where an agent is dialed (at most [`MAX_AGENT_ADDRESSES`]).
+    SetAgentAddresses {
+        /// Which.
+        agent_id: AgentId,
+        /// Its numbers.
+        addresses: Vec<TelAddress>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -173,6 +186,9 @@ pub struct Agent {
     /// When its status last changed (ringall picks the agent idle longest).
     #[serde(default)]
     pub tm_status: Option<DateTime<Utc>>,
+    /// Where it is dialed when a queue hands it a call.
+    #[serde(default)]
+    pub addresses: Vec<TelAddress>,
     /// Created.
     pub tm_create: DateTime<Utc>,
     /// Last change.
@@ -248,7 +264,7 @@ impl Customer {
         json!({
             "id": a.id, "type": "agent", "customer_id": self.id, "username": a.username,
             "name": a.name, "permission": a.permission, "status": a.status,
-            "call_id": a.call_id,
+            "call_id": a.call_id, "addresses": a.addresses,
             "tm_create": a.tm_create, "tm_update": a.tm_update, "tm_delete": a.tm_delete,
         })
     }
@@ -403,6 +419,25 @@ impl Customer {
                     agent_id,
                     name,
                     permission,
+                    at,
+                }
+            }
+            C::SetAgentAddresses {
+                agent_id,
+                addresses,
+                at,
+            } => {
+                if addresses.len() > MAX_AGENT_ADDRESSES {
+                    return Err(DomainError::Invalid(format!(
+                        "addresses must hold at most {MAX_AGENT_ADDRESSES} numbers"
+                    )));
+                }
+                if self.live_agent(agent_id)?.addresses == addresses {
+                    return Ok(vec![]);
+                }
+                E::AgentAddressesChanged {
+                    agent_id,
+                    addresses,
                     at,
                 }
             }
@@ -607,6 +642,7 @@ impl Aggregate for Customer {
                         status: AgentStatus::Offline,
                         call_id: None,
                         tm_status: None,
+                        addresses: Vec::new(),
                         tm_create: at,
                         tm_update: at,
                         tm_delete: None,
@@ -635,6 +671,16 @@ impl Aggregate for Customer {
                     a.status = status;
                     a.call_id = call_id;
                     a.tm_status = Some(at);
+                    a.tm_update = at;
+                }
+            }
+            E::AgentAddressesChanged {
+                agent_id,
+                addresses,
+                at,
+            } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.addresses = addresses;
                     a.tm_update = at;
                 }
             }
@@ -687,6 +733,7 @@ impl ResourceView for Customer {
             E::AgentCreated { agent_id, .. }
             | E::AgentUpdated { agent_id, .. }
             | E::AgentStatusChanged { agent_id, .. }
+            | E::AgentAddressesChanged { agent_id, .. }
             | E::AgentDeleted { agent_id, .. } => agent(agent_id),
             E::AccessKeyCreated { key_id, .. } | E::AccessKeyDeleted { key_id, .. } => key(key_id),
         }

@@ -311,6 +311,10 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
                 _ => Err("give flow_id or actions (one of them)".into()),
             }
         }
+        ActionKind::QueueJoin(q) => q
+            .sandbox
+            .as_ref()
+            .map_or(Ok(()), crate::call::check_sandbox),
         ActionKind::Answer(_)
         | ActionKind::Beep(_)
         | ActionKind::FetchFlow(_)
@@ -580,7 +584,10 @@ mod tests {
     fn bad_programs_are_refused_with_the_action_named() {
         assert!(err(json!([])).contains("1 to 200"));
         assert!(err(json!([{"type": "dance"}])).contains("not an action type"));
-        assert!(err(json!([{"type": "queue_join", "option": {}}])).contains("not supported yet"));
+        assert!(
+            err(json!([{"type": "conference_join", "option": {}}])).contains("not supported yet")
+        );
+        assert!(err(json!([{"type": "queue_join", "option": {}}])).contains("queue_id"));
         assert!(
             err(json!([{"type": "connect", "option": {"destinations": []}}]))
                 .contains("destinations must hold 1 to 5")

@@ -74,6 +74,16 @@ pub enum QueueCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// The agent of a served call did not answer: the call waits again (no-op unless that
+    /// agent serves it).
+    Requeue {
+        /// The call.
+        call_id: CallId,
+        /// The agent that did not answer.
+        agent_id: AgentId,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A waiting call leaves without an agent (no-op unless it is waiting).
     Abandon {
         /// The call.
@@ -134,6 +144,7 @@ impl Queue {
             "served": self.stats.served, "abandoned": self.stats.abandoned,
             "total_wait_ms": self.stats.total_wait_ms,
             "average_wait_ms": self.stats.average_wait_ms,
+            "agent_no_answer": self.stats.agent_no_answer,
             "tm_create": self.tm_create, "tm_update": self.tm_update,
         })
     }
@@ -198,6 +209,7 @@ impl Queue {
                         agent_id: None,
                         tm_service: None,
                         wait_ms: None,
+                        tried: vec![],
                     },
                     stats: QueueStats {
                         waiting: s.waiting + 1,
@@ -251,6 +263,43 @@ impl Queue {
                         abandoned: s.abandoned + 1,
                         ..s
                     },
+                    at,
+                }]
+            }
+            QueueCommand::Requeue {
+                call_id,
+                agent_id,
+                at,
+            } => {
+                let Some(call) = self
+                    .serving
+                    .get(&call_id)
+                    .filter(|c| c.agent_id == Some(agent_id))
+                else {
+                    return Ok(vec![]);
+                };
+                let mut tried = call.tried.clone();
+                tried.push(agent_id);
+                // Not served after all: its wait goes on and counts once it is.
+                vec![QueueEvent::QueuecallRequeued {
+                    call: Queuecall {
+                        agent_id: None,
+                        tm_service: None,
+                        wait_ms: None,
+                        tried,
+                        ..call.clone()
+                    },
+                    agent_id,
+                    stats: Self::with_average(QueueStats {
+                        waiting: s.waiting + 1,
+                        serving: s.serving.saturating_sub(1),
+                        served: s.served.saturating_sub(1),
+                        total_wait_ms: s
+                            .total_wait_ms
+                            .saturating_sub(call.wait_ms.unwrap_or_default()),
+                        agent_no_answer: s.agent_no_answer + 1,
+                        ..s
+                    }),
                     at,
                 }]
             }
@@ -317,6 +366,14 @@ impl Queue {
                 self.serving.insert(call.call_id, call);
                 self.stats = stats;
             }
+            QueueEvent::QueuecallRequeued {
+                call, stats, at, ..
+            } => {
+                self.serving.remove(&call.call_id);
+                self.waiting.insert(call.call_id, call);
+                self.stats = stats;
+                self.tm_update = Some(at);
+            }
             QueueEvent::QueuecallAbandoned {
                 call, stats, at, ..
             } => {
@@ -338,6 +395,7 @@ impl Queue {
             QueueEvent::QueueCreated { .. } | QueueEvent::QueueUpdated { .. } => return None,
             QueueEvent::QueuecallJoined { call, .. } => (call, "waiting", None, None),
             QueueEvent::QueuecallServed { call, .. } => (call, "service", None, None),
+            QueueEvent::QueuecallRequeued { call, .. } => (call, "waiting", None, None),
             QueueEvent::QueuecallAbandoned {
                 call, reason, at, ..
             } => (call, "abandoned", Some(*reason), Some(*at)),
@@ -348,7 +406,11 @@ impl Queue {
             "queue_id": self.id, "call_id": call.call_id, "status": status,
             "agent_id": call.agent_id, "abandon_reason": reason, "wait_ms": call.wait_ms,
             "tm_create": call.tm_join, "tm_service": call.tm_service, "tm_end": tm_end,
-            "tm_update": tm_end.or(call.tm_service).unwrap_or(call.tm_join),
+            "tried_agent_ids": call.tried,
+            "tm_update": match event {
+                QueueEvent::QueuecallRequeued { at, .. } => *at,
+                _ => tm_end.or(call.tm_service).unwrap_or(call.tm_join),
+            },
         }))
     }
 }
@@ -433,8 +495,33 @@ mod tests {
                 abandoned: 1,
                 total_wait_ms: 3_000,
                 average_wait_ms: 1_500,
+                agent_no_answer: 0,
             }
         );
+        // b's agent did not answer: b waits again, keeping its join time, and its wait no
+        // longer counts as served.
+        let requeue = |agent_id| QueueCommand::Requeue {
+            call_id: b,
+            agent_id,
+            at: t(5_500),
+        };
+        q.when(requeue(AgentId::new())).then_nothing(); // not its agent
+        q.when(requeue(agent)).then_count(1);
+        q.when(requeue(agent)).then_nothing(); // once
+        assert_eq!(q.waiting[&b].tried, [agent]);
+        assert_eq!(q.waiting[&b].tm_join, t(100));
+        assert_eq!(
+            (q.stats.waiting, q.stats.serving, q.stats.served),
+            (1, 0, 1)
+        );
+        assert_eq!(
+            (q.stats.total_wait_ms, q.stats.average_wait_ms),
+            (1_000, 1_000)
+        );
+        assert_eq!(q.stats.agent_no_answer, 1);
+        q.when(serve(b, 7_100)).then_ok();
+        assert_eq!(q.stats.average_wait_ms, 4_000, "(1000 + 7000) / 2");
+        assert!(q.serving[&b].tried.contains(&agent));
         // A call in the queue cannot join again.
         q.when(QueueCommand::Join {
             queuecall_id: Uuid::now_v7(),

@@ -75,6 +75,9 @@ pub enum CallEvent {
         legs: Vec<CallId>,
         /// The flow action waiting for the chain to end, if a flow asked for it.
         execution: Option<ChainExecution>,
+        /// What it is for.
+        #[serde(default)]
+        purpose: ChainPurpose,
         /// When.
         at: DateTime<Utc>,
     },
@@ -102,6 +105,22 @@ pub enum CallEvent {
         bridged_call_id: Option<CallId>,
         /// When.
         at: DateTime<Utc>,
+    },
+}
+
+/// What a chain is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChainPurpose {
+    /// A flow's `connect`.
+    #[default]
+    Connect,
+    /// A queue handed the call to an agent: the legs are the agent's addresses.
+    Queue {
+        /// The queue.
+        queue_id: QueueId,
+        /// The agent.
+        agent_id: AgentId,
     },
 }
 

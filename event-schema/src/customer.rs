@@ -98,6 +98,16 @@ pub enum CustomerEvent {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Where an agent is dialed when a queue hands it a call (all at once; the first to
+    /// answer takes it).
+    AgentAddressesChanged {
+        /// The agent.
+        agent_id: AgentId,
+        /// Its phone numbers (none: it is not dialed, as before addresses existed).
+        addresses: Vec<crate::flow::TelAddress>,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// An agent was removed; its logins and tokens stop working.
     AgentDeleted {
         /// The agent.
@@ -138,6 +148,7 @@ events!(CustomerEvent in "customer" {
     AgentUpdated => AGENT_UPDATED = "agent_updated",
     AgentStatusChanged => AGENT_STATUS_CHANGED = "agent_status_changed",
     AgentDeleted => AGENT_DELETED = "agent_deleted",
+    AgentAddressesChanged => AGENT_ADDRESSES_CHANGED = "agent_addresses_changed",
     AccessKeyCreated => ACCESSKEY_CREATED = "accesskey_created",
     AccessKeyDeleted => ACCESSKEY_DELETED = "accesskey_deleted",
 });

@@ -296,7 +296,23 @@ pub struct Hangup {
 }
 
 /// The action types of later work: accepted by name so the error can say so.
-pub const NOT_YET_SUPPORTED: &[&str] = &["queue_join", "conference_join"];
+pub const NOT_YET_SUPPORTED: &[&str] = &["conference_join"];
+
+/// `queue_join`: the call waits in the queue until an agent takes it; the platform dials the
+/// agent's addresses and bridges. The flow goes on when the agent hangs up or the wait times
+/// out, with `voipbin.queue.result` (`answered`, `timeout`, `failed`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueJoin {
+    /// The queue.
+    pub queue_id: QueueId,
+    /// The sandbox far end of the agents dialed for this call (sandbox carrier only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxScript>,
+}
+
+/// The flow variable holding how a `queue_join` ended.
+pub const QUEUE_RESULT_VARIABLE: &str = "voipbin.queue.result";
 
 /// A phone address in an action's option: `"+1555..."` or VoIPBIN's
 /// `{"type":"tel","target":"+1555..."}` (written back in the second form).
@@ -465,6 +481,7 @@ action_kinds! {
     AiTalk(AiTalk) = "ai_talk",
     Connect(Connect) = "connect",
     Call(CallAction) = "call",
+    QueueJoin(QueueJoin) = "queue_join",
     TranscribeStop(NoOption) = "transcribe_stop",
     RecordingStart(RecordingStart) = "recording_start",
     RecordingStop(NoOption) = "recording_stop",

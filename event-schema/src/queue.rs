@@ -44,6 +44,10 @@ pub struct QueueStats {
     pub total_wait_ms: u64,
     /// Mean wait of served calls (join to agent assignment); 0 before the first.
     pub average_wait_ms: u64,
+    /// Agents that were handed a call and did not answer it (ever). Added without a version
+    /// bump: older events lack it (none).
+    #[serde(default)]
+    pub agent_no_answer: u64,
 }
 
 /// A call in a queue, as it is after the event that carries it.
@@ -61,6 +65,10 @@ pub struct Queuecall {
     pub tm_service: Option<DateTime<Utc>>,
     /// How long it waited (once served or abandoned).
     pub wait_ms: Option<u64>,
+    /// Agents it was handed to that did not answer (not handed it again until every agent
+    /// of the queue has been tried). Added without a version bump: older events lack it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tried: Vec<AgentId>,
 }
 
 /// Events of a queue.
@@ -111,6 +119,18 @@ pub enum QueueEvent {
         /// Statistics afterwards.
         stats: QueueStats,
     },
+    /// The agent a call was handed to did not answer: the call waits again, keeping its place
+    /// (status waiting).
+    QueuecallRequeued {
+        /// The call, as it waits again.
+        call: Queuecall,
+        /// The agent that did not answer.
+        agent_id: AgentId,
+        /// Statistics afterwards.
+        stats: QueueStats,
+        /// When.
+        at: DateTime<Utc>,
+    },
     /// A waiting call left without an agent (status abandoned).
     QueuecallAbandoned {
         /// The call.
@@ -137,6 +157,7 @@ events!(QueueEvent in "queue" {
     QueueUpdated => QUEUE_UPDATED = "queue_updated",
     QueuecallJoined => QUEUECALL_JOINED = "queuecall_joined",
     QueuecallServed => QUEUECALL_SERVED = "queuecall_served",
+    QueuecallRequeued => QUEUECALL_REQUEUED = "queuecall_requeued",
     QueuecallAbandoned => QUEUECALL_ABANDONED = "queuecall_abandoned",
     QueuecallDone => QUEUECALL_DONE = "queuecall_done",
 });

@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::fmt::Debug;
 use uuid::Uuid;
-use vbin_event_schema::call::{ChainExecution, ChainResult};
+use vbin_event_schema::call::{ChainExecution, ChainPurpose, ChainResult};
 use vbin_event_schema::flow::{SandboxScript, SandboxStep};
 use vbin_event_schema::upcast::{to_current, upcasters, V1_DIAL_TIMEOUT_MS};
 use vbin_event_schema::*;
@@ -208,6 +208,16 @@ fn customer_event() -> BoxedStrategy<CustomerEvent> {
             agent_id: AgentId(a),
             at
         }),
+        (uuid(), prop::collection::vec(e164(), 0..3), at()).prop_map(|(a, n, at)| {
+            E::AgentAddressesChanged {
+                agent_id: AgentId(a),
+                addresses: n
+                    .into_iter()
+                    .map(vbin_event_schema::flow::TelAddress)
+                    .collect(),
+                at,
+            }
+        }),
         (uuid(), text(), text(), text(), prop::option::of(at()), at()).prop_map(
             |(k, n, h, p, e, at)| E::AccessKeyCreated {
                 key_id: AccessKeyId(k),
@@ -361,6 +371,10 @@ const ACTIONS: &[(&str, &str)] = &[
         "call",
         r#"{"destinations": ["+15550002222"], "actions": [{"type": "talk", "option": {"text": "hi"}}]}"#,
     ),
+    (
+        "queue_join",
+        r#"{"queue_id": "00000000-0000-0000-0000-000000000003"}"#,
+    ),
 ];
 
 fn action() -> BoxedStrategy<flow::Action> {
@@ -490,13 +504,18 @@ fn call_event() -> BoxedStrategy<CallEvent> {
         (
             prop::collection::vec(uuid(), 0..5),
             prop::option::of((uuid(), big())),
+            prop::option::of((uuid(), uuid())),
             at()
         )
-            .prop_map(|(legs, exec, at)| CallEvent::CallChained {
+            .prop_map(|(legs, exec, queue, at)| CallEvent::CallChained {
                 legs: legs.into_iter().map(CallId).collect(),
                 execution: exec.map(|(a, seq)| ChainExecution {
                     activeflow_id: ActiveflowId(a),
                     seq,
+                }),
+                purpose: queue.map_or(ChainPurpose::Connect, |(q, a)| ChainPurpose::Queue {
+                    queue_id: QueueId(q),
+                    agent_id: AgentId(a),
                 }),
                 at,
             }),
@@ -764,27 +783,30 @@ fn queuecall() -> BoxedStrategy<Queuecall> {
         prop::option::of(uuid()),
         prop::option::of(at()),
         prop::option::of(big()),
+        prop::collection::vec(uuid().prop_map(AgentId), 0..3),
     )
-        .prop_map(|(q, c, j, a, s, w)| Queuecall {
+        .prop_map(|(q, c, j, a, s, w, tried)| Queuecall {
             queuecall_id: q,
             call_id: CallId(c),
             tm_join: j,
             agent_id: a.map(AgentId),
             tm_service: s,
             wait_ms: w,
+            tried,
         })
         .boxed()
 }
 
 fn stats() -> BoxedStrategy<QueueStats> {
-    (big(), big(), big(), big(), big(), big())
-        .prop_map(|(w, s, sd, a, t, avg)| QueueStats {
+    (big(), big(), big(), big(), big(), big(), big())
+        .prop_map(|(w, s, sd, a, t, avg, na)| QueueStats {
             waiting: w,
             serving: s,
             served: sd,
             abandoned: a,
             total_wait_ms: t,
             average_wait_ms: avg,
+            agent_no_answer: na,
         })
         .boxed()
 }
@@ -823,6 +845,14 @@ fn queue_event() -> BoxedStrategy<QueueEvent> {
         }),
         (queuecall(), stats()).prop_map(|(call, stats)| E::QueuecallJoined { call, stats }),
         (queuecall(), stats()).prop_map(|(call, stats)| E::QueuecallServed { call, stats }),
+        (queuecall(), uuid(), stats(), at()).prop_map(|(call, a, stats, at)| {
+            E::QueuecallRequeued {
+                call,
+                agent_id: AgentId(a),
+                stats,
+                at,
+            }
+        }),
         (
             queuecall(),
             pick(&[AbandonReason::Hangup, AbandonReason::Timeout]),

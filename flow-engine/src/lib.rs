@@ -27,7 +27,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
-use vbin_app::calls::NewCalls;
+use vbin_app::calls::{NewCalls, NewChain};
 use vbin_app::flows::validate;
 use vbin_app::flows::Program;
 use vbin_app::{AppError, ExecError, Executor};
@@ -37,15 +37,15 @@ use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
     Transcribe, TranscribeCommand,
 };
-use vbin_event_schema::call::{ChainExecution, ChainResult, CONNECT_RESULT_VARIABLE};
+use vbin_event_schema::call::{ChainExecution, ChainPurpose, ChainResult, CONNECT_RESULT_VARIABLE};
 use vbin_event_schema::flow::{
-    ActionId, ActionKind, ActionResult, AiTalk, CallAction, Connect, RawAction, TranscribeStart,
-    WebhookSend,
+    ActionId, ActionKind, ActionResult, AiTalk, CallAction, Connect, QueueJoin, RawAction,
+    TranscribeStart, WebhookSend, QUEUE_RESULT_VARIABLE,
 };
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
-    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CallId, CallStatus,
-    CustomerId, PublishedEvent, TranscribeId, TranscribeReferenceType,
+    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, PublishedEvent,
+    TranscribeId, TranscribeReferenceType,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::AddressPolicy;
@@ -219,6 +219,11 @@ impl Engine {
                 None => return Ok(()),
             },
             ActionKind::Call(c) => self.place_calls(&e, customer, seq, c).await?,
+            ActionKind::QueueJoin(q) => match self.queue_join(&e, customer, q).await? {
+                Some(failed) => failed,
+                // The queue completes the execution (agent done, or timeout).
+                None => return Ok(()),
+            },
             ActionKind::AiTalk(t) => match self.ai_talk(&e, customer, seq, t).await? {
                 Some(refused) => refused,
                 // The conversation completes the execution when it ends.
@@ -263,74 +268,23 @@ impl Engine {
             );
             Ok(Some(r))
         };
-        let Some(master_id) = e.view::<ReferenceView>()?.reference_id else {
+        let Some(master) = e.view::<ReferenceView>()?.reference_id else {
             return failed("the flow has no call".into());
         };
-        let Some(master) = self
-            .executor()
-            .load::<Call>(master_id.as_uuid(), Some(customer))
-            .await?
-        else {
-            return failed("the call is gone".into());
-        };
         let (seed, acting) = Self::seeded(e, customer, &format!("connect:{seq}"));
-        let app = self.app.clone();
-        let execution = ChainExecution {
-            activeflow_id: ActiveflowId(e.aggregate_id),
-            seq,
+        let chain = NewChain {
+            master,
+            destinations: c.destinations.iter().map(|d| d.0.clone()).collect(),
+            source: c.source.as_ref().map(|s| s.0.clone()),
+            dial_timeout_ms: c.dial_timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
+            sandbox: c.sandbox.clone(),
+            execution: Some(ChainExecution {
+                activeflow_id: ActiveflowId(e.aggregate_id),
+                seq,
+            }),
+            purpose: ChainPurpose::Connect,
         };
-        let dialed = vbin_eventlog::reexec::with_seed(seed, async move {
-            app.require_funds(customer).await?;
-            let ids: Vec<CallId> = c
-                .destinations
-                .iter()
-                .map(|_| CallId(vbin_app::new_id()))
-                .collect();
-            // Chained first: a leg created after its master hung up finds itself outside the
-            // chain and is canceled.
-            let chain = CallCommand::Chain {
-                legs: ids.clone(),
-                execution: Some(execution),
-                at: Utc::now(),
-            };
-            app.update::<Call>(&acting, master_id.as_uuid(), chain)
-                .await?;
-            let legs = NewCalls {
-                source: c
-                    .source
-                    .as_ref()
-                    .map(|s| s.0.clone())
-                    .or(master.source.clone())
-                    .unwrap_or_else(|| master.destination.clone().expect("a created call")),
-                destinations: c.destinations.iter().map(|d| d.0.clone()).collect(),
-                variables: Default::default(),
-                dial_timeout_ms: c.dial_timeout.unwrap_or(DEFAULT_DIAL_TIMEOUT_MS),
-                program: None,
-                trunk_id: if c.sandbox.is_some() {
-                    None
-                } else {
-                    master.trunk_id
-                },
-                sandbox: c.sandbox.clone(),
-                master_call_id: Some(master_id),
-                ids: ids.clone(),
-            };
-            if let Err(err) = app.create_calls(&acting, legs).await {
-                // The legs that were not created end the chain as failed.
-                for leg in ids {
-                    let ended = CallCommand::LegEnded {
-                        leg,
-                        status: CallStatus::Failed,
-                        at: Utc::now(),
-                    };
-                    app.update::<Call>(&acting, master_id.as_uuid(), ended)
-                        .await?;
-                }
-                return Err(err);
-            }
-            Ok::<_, AppError>(())
-        })
-        .await;
+        let dialed = self.app.dial_chain(&acting, seed, chain).await.map(|_| ());
         match dialed {
             Ok(()) => Ok(None),
             Err(
@@ -342,6 +296,40 @@ impl Engine {
             ) => failed(e.to_string()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Puts the call in the queue; `Some(result)` when it cannot join.
+    async fn queue_join(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        q: &QueueJoin,
+    ) -> Result<Option<ActionResult>, EngineError> {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
+            return Ok(None);
+        };
+        let acting = vbin_app::Acting {
+            customer,
+            meta: Self::meta(e, customer),
+        };
+        let why = match self.app.join_queue(&acting, q.queue_id, call).await {
+            // Joined now, or before this redelivery.
+            Ok(_) | Err(AppError::Exec(ExecError::AlreadyApplied)) => return Ok(None),
+            Err(AppError::NotFound(what)) => format!("queue_join: no {what} {}", q.queue_id),
+            Err(
+                e @ (AppError::Conflict(_)
+                | AppError::Invalid(_)
+                | AppError::Exec(ExecError::Domain(_))),
+            ) => format!("queue_join: {e}"),
+            Err(err) => return Err(err.into()),
+        };
+        let mut r = ActionResult {
+            error: Some(why),
+            ..Default::default()
+        };
+        r.variables
+            .insert(QUEUE_RESULT_VARIABLE.into(), Value::String("failed".into()));
+        Ok(Some(r))
     }
 
     /// Places the `call` action's calls, each running its own flow; completes at once with

@@ -20,11 +20,15 @@ use chrono::Utc;
 use serde_json::Value;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::{Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest};
-use vbin_event_schema::call::{CONNECT_CALL_ID_VARIABLE, CONNECT_RESULT_VARIABLE};
-use vbin_event_schema::flow::ActionKind;
-use vbin_event_schema::flow::ActiveflowStatus;
+use vbin_domain::{
+    Call, CallCommand, CustomerCommand, DomainError, HangupRequest, Queue, QueueCommand,
+};
+use vbin_event_schema::call::{
+    ChainPurpose, ChainResult, CONNECT_CALL_ID_VARIABLE, CONNECT_RESULT_VARIABLE,
+};
+use vbin_event_schema::flow::{ActionKind, ActionResult, QUEUE_RESULT_VARIABLE};
 use vbin_event_schema::views::CallView;
+use vbin_event_schema::{AgentId, QueueId};
 use vbin_event_schema::{CallEvent, CallId, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
 
@@ -174,51 +178,103 @@ pub async fn on_call(executor: &Executor, e: PublishedEvent) -> Result<(), Proce
             let Some(call) = ctx.load(me).await? else {
                 return Ok(());
             };
-            let Some(exec) = call.chain.as_ref().and_then(|c| c.execution) else {
+            let Some(chain) = call.chain.as_ref() else {
                 return Ok(());
             };
-            let mut done = vbin_event_schema::flow::ActionResult::default();
-            done.variables.insert(
-                CONNECT_RESULT_VARIABLE.into(),
-                Value::String(result.as_str().into()),
-            );
-            done.variables.insert(
-                CONNECT_CALL_ID_VARIABLE.into(),
-                bridged_call_id.map_or(Value::Null, |c| Value::String(c.to_string())),
-            );
-            let cmd = ActiveflowCommand::Complete {
-                seq: exec.seq,
-                result: done,
-                at: Utc::now(),
+            let finished_here = match chain.purpose {
+                ChainPurpose::Connect => {
+                    let Some(exec) = chain.execution else {
+                        return Ok(());
+                    };
+                    let mut done = ActionResult::default();
+                    done.variables.insert(
+                        CONNECT_RESULT_VARIABLE.into(),
+                        Value::String(result.as_str().into()),
+                    );
+                    done.variables.insert(
+                        CONNECT_CALL_ID_VARIABLE.into(),
+                        bridged_call_id.map_or(Value::Null, |c| Value::String(c.to_string())),
+                    );
+                    crate::complete(
+                        executor,
+                        customer,
+                        exec.activeflow_id,
+                        exec.seq,
+                        done,
+                        &ctx.meta,
+                    )
+                    .await?
+                }
+                ChainPurpose::Queue { queue_id, agent_id } => {
+                    on_agent_done(&ctx, me, queue_id, agent_id, result).await?
+                }
             };
-            let flow = match executor
-                .execute::<Activeflow>(
-                    exec.activeflow_id.as_uuid(),
-                    customer,
-                    Some(customer),
-                    cmd,
-                    &ctx.meta,
-                )
-                .await
-            {
-                Ok(done) => done.state,
-                Err(ExecError::Domain(DomainError::NotFound(_))) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            // Nothing after the connect: the call ends with its bridge.
-            let finished_here = flow.status == ActiveflowStatus::Ended
-                && flow.end_reason.as_deref() == Some("finished")
-                && flow.seq == exec.seq
-                && flow
-                    .current
-                    .as_ref()
-                    .is_some_and(|a| matches!(a.kind, ActionKind::Connect(_)));
-            if finished_here && !call.status.is_terminal() {
-                tracing::info!(call = %me, "the flow ended with its connect: hanging up");
+            // Nothing after the connect (or queue_join): the call ends with its bridge.
+            if finished_here == Some(true) && !call.status.is_terminal() {
+                tracing::info!(call = %me, "the flow ended with its bridge: hanging up");
                 ctx.hang_up(me).await?;
             }
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// An agent's chain ended: answered (the agent hung up, or the caller did) finishes the queue
+/// call and the flow's `queue_join`; anything else puts the call back in the queue for the
+/// next agent. The agent is available again either way. Returns what
+/// [`crate::complete_waiting`] says of the flow.
+async fn on_agent_done(
+    ctx: &Ctx<'_>,
+    call: CallId,
+    queue_id: QueueId,
+    agent_id: AgentId,
+    result: ChainResult,
+) -> Result<Option<bool>, ProcessError> {
+    let at = Utc::now();
+    let (customer, meta) = (ctx.customer, &ctx.meta);
+    let queue = |cmd| async move {
+        ctx.executor
+            .execute::<Queue>(queue_id.as_uuid(), customer, Some(customer), cmd, meta)
+            .await
+    };
+    if result == ChainResult::Answered {
+        // Release before finishing: a crash in between still finds the call in service.
+        release(ctx, call).await?;
+        queue(QueueCommand::Finish { call_id: call, at }).await?;
+        let mut done = ActionResult::default();
+        done.variables.insert(
+            QUEUE_RESULT_VARIABLE.into(),
+            Value::String("answered".into()),
+        );
+        let waits = |k: &ActionKind| matches!(k, ActionKind::QueueJoin(_));
+        return crate::complete_waiting(ctx.executor, customer, call, waits, done, meta).await;
+    }
+    tracing::info!(%call, %agent_id, result = result.as_str(), "the agent did not answer: back to the queue");
+    queue(QueueCommand::Requeue {
+        call_id: call,
+        agent_id,
+        at,
+    })
+    .await?;
+    release(ctx, call).await?;
+    Ok(None)
+}
+
+/// Makes the agent on `call` available again.
+async fn release(ctx: &Ctx<'_>, call: CallId) -> Result<(), ProcessError> {
+    let cmd = CustomerCommand::ReleaseAgentOf {
+        call_id: call,
+        at: Utc::now(),
+    };
+    ctx.executor
+        .execute::<vbin_domain::Customer>(
+            ctx.customer.as_uuid(),
+            ctx.customer,
+            Some(ctx.customer),
+            cmd,
+            &ctx.meta,
+        )
+        .await?;
     Ok(())
 }

@@ -41,6 +41,9 @@ pub enum ProcessError {
     /// The event is not what it claims.
     #[error("bad event: {0}")]
     BadEvent(String),
+    /// A use case failed for a reason that may pass.
+    #[error(transparent)]
+    App(vbin_app::AppError),
     /// The event does not decode as its aggregate's events.
     #[error("bad event: {0}")]
     Decode(#[from] vbin_event_schema::DecodeError),
@@ -128,6 +131,72 @@ where
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// Completes the execution the call's flow waits on, if it is of a kind `waits_on` accepts,
+/// with `result`. Returns the flow after the command, and whether its flow then ended right
+/// there (nothing after the action: the call is to be hung up, as VoIPBIN ends a call whose
+/// flow ends after a `connect` or `queue_join`). `None` when the flow waits on nothing such.
+pub(crate) async fn complete_waiting(
+    executor: &vbin_app::Executor,
+    customer: CustomerId,
+    call: vbin_event_schema::CallId,
+    waits_on: impl Fn(&vbin_event_schema::flow::ActionKind) -> bool,
+    result: vbin_event_schema::flow::ActionResult,
+    meta: &CommandMeta,
+) -> Result<Option<bool>, ProcessError> {
+    use vbin_domain::{Activeflow, Call};
+    let Some(af) = executor
+        .load::<Call>(call.as_uuid(), Some(customer))
+        .await?
+        .and_then(|c| c.activeflow_id)
+    else {
+        return Ok(None);
+    };
+    let Some(flow) = executor
+        .load::<Activeflow>(af.as_uuid(), Some(customer))
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (Some(seq), Some(action)) = (flow.waiting, flow.current.as_ref()) else {
+        return Ok(None);
+    };
+    if !waits_on(&action.kind) {
+        return Ok(None);
+    }
+    complete(executor, customer, af, seq, result, meta).await
+}
+
+/// Completes execution `seq` of activeflow `af` with `result`; returns whether the flow then
+/// ended with nothing after it (see [`complete_waiting`]), `None` if the flow is gone.
+pub(crate) async fn complete(
+    executor: &vbin_app::Executor,
+    customer: CustomerId,
+    af: vbin_event_schema::ActiveflowId,
+    seq: u64,
+    result: vbin_event_schema::flow::ActionResult,
+    meta: &CommandMeta,
+) -> Result<Option<bool>, ProcessError> {
+    use vbin_domain::{Activeflow, ActiveflowCommand, DomainError};
+    let cmd = ActiveflowCommand::Complete {
+        seq,
+        result,
+        at: chrono::Utc::now(),
+    };
+    let flow = match executor
+        .execute::<Activeflow>(af.as_uuid(), customer, Some(customer), cmd, meta)
+        .await
+    {
+        Ok(done) => done.state,
+        Err(ExecError::Domain(DomainError::NotFound(_))) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some(
+        flow.status == vbin_event_schema::flow::ActiveflowStatus::Ended
+            && flow.end_reason.as_deref() == Some("finished")
+            && flow.seq == seq,
+    ))
 }
 
 /// Metadata of a command a process manager sends for `customer`, caused by event `cause`.

@@ -22,17 +22,25 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
+use vbin_app::calls::NewChain;
 use vbin_app::queues::join;
+use vbin_app::AppError;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
+use vbin_domain::Activeflow;
 use vbin_domain::{
     Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
     QueueCommand,
 };
+use vbin_event_schema::call::ChainPurpose;
+use vbin_event_schema::flow::{ActionKind, ActionResult, SandboxScript, QUEUE_RESULT_VARIABLE};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
     AbandonReason, CallEvent, CallId, CustomerId, PublishedEvent, QueueEvent, QueueId,
 };
+
+/// How long an agent's phone rings before the call goes to the next agent.
+pub const AGENT_RING_TIMEOUT_MS: u32 = 20_000;
 
 /// How often the dispatcher looks at waiting calls when nothing wakes it.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -68,6 +76,14 @@ pub async fn run(
             )
             .lanes(crate::LANES),
             |e| q.clone().on_call(e),
+        )
+        .consumer(
+            ConsumerSpec::for_events_of::<QueueEvent>(
+                "queue-agents",
+                &[QueueEvent::QUEUECALL_SERVED],
+            )
+            .lanes(crate::LANES),
+            |e| q.clone().on_served(e),
         )
         .consumer(
             ConsumerSpec::for_events_of::<QueueEvent>(
@@ -200,9 +216,21 @@ impl Queues {
         if saturated.contains(&queue_id) {
             return Ok(Dispatch::Nothing);
         }
+        // Agents that did not answer this call are tried again only once every agent has been.
+        let untried: Vec<_> = q
+            .agent_ids
+            .iter()
+            .copied()
+            .filter(|a| !entry.tried.contains(a))
+            .collect();
+        let candidates = if untried.is_empty() {
+            q.agent_ids.clone()
+        } else {
+            untried
+        };
         let assign = CustomerCommand::AssignAgent {
             call_id,
-            candidates: q.agent_ids.clone(),
+            candidates,
             routing: q.routing_method,
             at: now,
         };
@@ -331,7 +359,111 @@ impl Queues {
         Ok(())
     }
 
-    /// `queuecall_abandoned` with reason `timeout`: hang the call up.
+    /// `queuecall_served`: dials the agent's addresses as legs of the call, to bridge the
+    /// first that answers (an agent without addresses is not dialed: it only gets the call
+    /// assigned). Should the legs not be placed, the call goes back to the queue.
+    async fn on_served(self, e: PublishedEvent) -> Result<(), ProcessError> {
+        let QueueEvent::QueuecallServed { call, .. } = e.decode()? else {
+            return Ok(());
+        };
+        let Some(agent_id) = call.agent_id else {
+            return Ok(());
+        };
+        let customer = CustomerId(e.customer_id);
+        let queue_id = QueueId(e.aggregate_id);
+        let addresses: Vec<_> = self
+            .executor
+            .load::<Customer>(customer.as_uuid(), Some(customer))
+            .await?
+            .and_then(|c| c.agent(agent_id).map(|a| a.addresses.clone()))
+            .unwrap_or_default();
+        if addresses.is_empty() {
+            return Ok(());
+        }
+        let meta = system_meta(
+            "queue-agents",
+            e.event_id,
+            &call.call_id.to_string(),
+            customer,
+        );
+        let acting = vbin_app::Acting {
+            customer,
+            meta: meta.clone(),
+        };
+        // Each handing of the call to an agent dials once, however often the event comes.
+        let seed = vbin_eventlog::reexec::seed_for(
+            call.queuecall_id,
+            &format!("agent:{agent_id}:{}", call.tried.len()),
+        );
+        let chain = NewChain {
+            master: call.call_id,
+            destinations: addresses.into_iter().map(|a| a.0).collect(),
+            source: None,
+            dial_timeout_ms: AGENT_RING_TIMEOUT_MS,
+            sandbox: self.join_sandbox(customer, call.call_id).await?,
+            execution: None,
+            purpose: ChainPurpose::Queue { queue_id, agent_id },
+        };
+        let app = vbin_app::App {
+            executor: self.executor.clone(),
+            pool: self.pool.clone(),
+            sealer: None,
+            max_live_aicalls: 0,
+        };
+        match app.dial_chain(&acting, seed, chain).await {
+            Ok(legs) => {
+                tracing::info!(call_id = %call.call_id, %agent_id, legs = legs.len(), "dialing the agent");
+                Ok(())
+            }
+            Err(
+                err @ (AppError::PaymentRequired
+                | AppError::NotFound(_)
+                | AppError::Invalid(_)
+                | AppError::Conflict(_)
+                | AppError::Exec(ExecError::Domain(_))),
+            ) => {
+                tracing::warn!(call_id = %call.call_id, %agent_id, error = %err, "cannot dial the agent: back to the queue");
+                let cmd = QueueCommand::Requeue {
+                    call_id: call.call_id,
+                    agent_id,
+                    at: Utc::now(),
+                };
+                self.executor
+                    .execute::<Queue>(queue_id.as_uuid(), customer, None, cmd, &meta)
+                    .await?;
+                self.release(customer, call.call_id, &meta).await
+            }
+            Err(err) => Err(ProcessError::App(err)),
+        }
+    }
+
+    /// The sandbox script the call's flow gave its `queue_join` for the agents.
+    async fn join_sandbox(
+        &self,
+        customer: CustomerId,
+        call: CallId,
+    ) -> Result<Option<SandboxScript>, ProcessError> {
+        let Some(af) = self
+            .executor
+            .load::<Call>(call.as_uuid(), Some(customer))
+            .await?
+            .and_then(|c| c.activeflow_id)
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .executor
+            .load::<Activeflow>(af.as_uuid(), Some(customer))
+            .await?
+            .and_then(|f| f.current)
+            .and_then(|a| match a.kind {
+                ActionKind::QueueJoin(j) => j.sandbox,
+                _ => None,
+            }))
+    }
+
+    /// `queuecall_abandoned` with reason `timeout`: the flow's `queue_join` goes on with
+    /// `voipbin.queue.result` = `timeout`; a call not joined by its flow is hung up.
     async fn on_abandoned(self, e: PublishedEvent) -> Result<(), ProcessError> {
         let QueueEvent::QueuecallAbandoned {
             call,
@@ -344,6 +476,17 @@ impl Queues {
         let call_id = call.call_id;
         let customer = CustomerId(e.customer_id);
         let meta = system_meta("queue-timeouts", e.event_id, &call_id.to_string(), customer);
+        let mut timeout = ActionResult::default();
+        timeout
+            .variables
+            .insert(QUEUE_RESULT_VARIABLE.into(), "timeout".into());
+        let waits = |k: &ActionKind| matches!(k, ActionKind::QueueJoin(_));
+        if crate::complete_waiting(&self.executor, customer, call_id, waits, timeout, &meta)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
         let cmd = CallCommand::Hangup {
             request: HangupRequest::Local,
             at: Utc::now(),

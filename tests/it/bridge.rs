@@ -1,10 +1,10 @@
-//! `connect` and `call` end to end: a flow dials a leg, the two calls' audio is bridged through
+//! `connect`, `call` and queues that reach their agents, end to end: a flow dials a leg, the two calls' audio is bridged through
 //! the media engine (checked by transcribing what each side heard), the chain's outcome
 //! reaches the flow, and hangups travel from one side to the other. Sandbox far ends that
 //! speak; real vbin, Postgres, nats-server and redis-server.
 
 use crate::flows::{ended_flow, executed, recognize, stereo, stored_recording, uuid_of, FAR_END};
-use crate::support::{wait_until, Env};
+use crate::support::{id_of, wait_until, Env};
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -225,4 +225,182 @@ async fn a_master_hanging_up_clears_its_leg_and_the_call_action_places_an_indepe
     let cf = ended_flow(&env, &tok, placed[0], Duration::from_secs(10)).await;
     assert_eq!(executed(&cf), ["talk", "hangup"], "{cf}");
     assert_ne!(uuid_of(&cf), uuid_of(&af));
+}
+
+/// A new available agent dialed at `addresses`; returns its id.
+async fn agent_at(api: &crate::support::Client<'_>, addresses: &[&str]) -> String {
+    let name = format!("ag{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let (s, a) = api
+        .create_agent(&name, "password123", json!({"addresses": addresses}))
+        .await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["addresses"][0]["target"], addresses[0], "{a}");
+    let (s, v) = api.set_agent_status(id_of(&a), "available").await;
+    assert_eq!(s, 200, "{v}");
+    id_of(&a)
+}
+
+#[tokio::test]
+async fn a_queue_dials_its_agents_until_one_answers_and_bridges_the_caller_to_it() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // The first agent's phone is busy; the second answers.
+    let busy = agent_at(&api, &["+15550010486"]).await;
+    let answers = agent_at(&api, &["+15550020000"]).await;
+    let q = api
+        .create(
+            "/v1.0/queues",
+            json!({"name": "support", "routing_method": "linear", "agent_ids": [busy, answers],
+                   "wait_timeout_ms": 60000}),
+        )
+        .await;
+    let qid = id_of(&q);
+    let caller = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({
+                "actions": [
+                    {"type": "recording_start", "option": {"beep_start": false}},
+                    {"type": "queue_join", "option": {"queue_id": qid,
+                        "sandbox": {"script": [{"at_ms": 2500, "say": LEG_SAYS},
+                                               {"at_ms": 11000, "hangup": true}]}}},
+                    {"type": "talk", "option": {"text": "Support"}},
+                    {"type": "hangup"}
+                ],
+                "sandbox": {"script": [{"at_ms": 7000, "say": FAR_END},
+                                       {"at_ms": 40000, "hangup": true}]}
+            }),
+        )
+        .await[0];
+    let leg = bridged_leg(&env, caller).await;
+    let (s, v) = api
+        .post(&format!("/v1.0/calls/{leg}/recording_start"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(env.call_state(leg).await["destination"], "+15550020000");
+
+    let af = ended_flow(&env, &tok, caller, Duration::from_secs(60)).await;
+    assert_eq!(
+        executed(&af),
+        ["recording_start", "queue_join", "talk", "hangup"],
+        "{af}"
+    );
+    assert_eq!(af["variables"]["voipbin.queue.result"], "answered", "{af}");
+    // The busy agent's leg, then the one that answered.
+    let master = env.wait_call_end(caller, Duration::from_secs(10)).await;
+    let legs = ids(&master["chained_call_ids"]);
+    assert_eq!(legs.len(), 2, "{master}");
+    assert_eq!(env.call_state(legs[0]).await["status"], "busy");
+    assert_eq!(legs[1], leg);
+
+    // Statistics: one call served (by the agent that answered), one agent that did not.
+    let q = api
+        .wait_get(
+            &format!("/v1.0/queues/{qid}"),
+            Duration::from_secs(10),
+            |_, v| v["serving"] == 0 && v["agent_no_answer"] == 1,
+        )
+        .await;
+    assert_eq!(
+        (
+            q["served"].as_u64(),
+            q["abandoned"].as_u64(),
+            q["waiting"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{q}"
+    );
+    let calls = api
+        .wait_get(
+            &format!("/v1.0/queuecalls?queue_id={qid}"),
+            Duration::from_secs(10),
+            |_, v| v["result"][0]["status"] == "done",
+        )
+        .await;
+    let qc = &calls["result"][0];
+    assert_eq!(qc["agent_id"], answers.as_str(), "{qc}");
+    assert_eq!(qc["tried_agent_ids"], json!([busy]), "{qc}");
+    // Both agents are free again.
+    for a in [&busy, &answers] {
+        api.wait_get(
+            &format!("/v1.0/agents/{a}"),
+            Duration::from_secs(10),
+            |_, v| v["status"] == "available",
+        )
+        .await;
+    }
+
+    // The caller heard the agent, then its flow; the agent heard the caller.
+    let (_, wav) = stored_recording(&env, &tok, caller).await;
+    let (said, heard) = stereo(&wav);
+    assert_eq!(recognize(&said).await, FAR_END, "the caller");
+    assert_eq!(
+        recognize(&heard).await,
+        format!("{LEG_SAYS} support"),
+        "what the caller heard"
+    );
+    let (_, wav) = stored_recording(&env, &tok, leg).await;
+    let (said, heard) = stereo(&wav);
+    assert_eq!(recognize(&said).await, LEG_SAYS, "the agent");
+    assert_eq!(recognize(&heard).await, FAR_END, "what the agent heard");
+}
+
+#[tokio::test]
+async fn a_caller_hanging_up_while_the_agent_rings_cancels_the_agents_phone() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    // This agent's phone rings and is never answered.
+    let agent = agent_at(&api, &["+15550010487"]).await;
+    let q = api
+        .create(
+            "/v1.0/queues",
+            json!({"name": "q", "agent_ids": [agent], "wait_timeout_ms": 60000}),
+        )
+        .await;
+    let qid = id_of(&q);
+    let caller = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({"actions": [{"type": "queue_join", "option": {"queue_id": qid}}],
+                   "sandbox": {"script": [{"at_ms": 3000, "hangup": true}]}}),
+        )
+        .await[0];
+    let leg = wait_until(
+        "the agent to be dialed",
+        Duration::from_secs(15),
+        || async {
+            let v = env.call_state(caller).await;
+            match ids(&v["chained_call_ids"]).first() {
+                Some(l) => Ok(*l),
+                None => Err(v),
+            }
+        },
+    )
+    .await;
+    let c = env.wait_call_end(caller, Duration::from_secs(10)).await;
+    assert_eq!(c["hangup_by"], "remote", "{c}");
+    let l = env.wait_call_end(leg, Duration::from_secs(10)).await;
+    assert_eq!(
+        (l["status"].as_str(), l["hangup_cause"].as_str()),
+        (Some("canceled"), Some("originator_cancel")),
+        "{l}"
+    );
+    api.wait_get(
+        &format!("/v1.0/agents/{agent}"),
+        Duration::from_secs(10),
+        |_, v| v["status"] == "available",
+    )
+    .await;
+    let q = api
+        .wait_get(
+            &format!("/v1.0/queues/{qid}"),
+            Duration::from_secs(10),
+            |_, v| v["serving"] == 0,
+        )
+        .await;
+    assert_eq!(q["served"], 1, "the call had an agent when it hung up: {q}");
 }

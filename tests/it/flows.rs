@@ -99,7 +99,7 @@ async fn flows_are_validated_stored_updated_and_deleted_per_tenant() {
             "not an action type",
         ),
         (
-            json!({"name": "x", "actions": [{"type": "connect", "option": {}}]}),
+            json!({"name": "x", "actions": [{"type": "conference_join", "option": {}}]}),
             "not supported yet",
         ),
         (

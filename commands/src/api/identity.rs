@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 use vbin_domain::billing::DEFAULT_RATE_MICROS_PER_MINUTE;
+use vbin_domain::customer::MAX_AGENT_ADDRESSES;
 use vbin_domain::{BillingAccount, BillingCommand, Customer, CustomerCommand, NewAgent};
+use vbin_event_schema::flow::TelAddress;
 use vbin_event_schema::{
     AccessKeyId, AgentId, AgentStatus, CustomerId, Micros, Permission, WebhookMethod,
 };
@@ -414,6 +416,9 @@ pub struct CreateAgent {
     name: String,
     #[serde(default)]
     permission: Permission,
+    /// Where a queue dials it.
+    #[serde(default)]
+    addresses: Option<Vec<TelAddress>>,
 }
 
 /// A validated `POST /v1.0/agents` body.
@@ -427,6 +432,18 @@ pub struct ValidAgent {
     pub name: String,
     /// Permission.
     pub permission: Permission,
+    /// Where a queue dials it (unchanged if absent).
+    pub addresses: Option<Vec<TelAddress>>,
+}
+
+/// At most [`MAX_AGENT_ADDRESSES`] numbers.
+fn check_addresses(a: &Option<Vec<TelAddress>>) -> Result<(), ApiError> {
+    if a.as_ref().is_some_and(|a| a.len() > MAX_AGENT_ADDRESSES) {
+        return Err(ApiError::invalid(format!(
+            "addresses must hold at most {MAX_AGENT_ADDRESSES} numbers"
+        )));
+    }
+    Ok(())
 }
 
 impl CreateAgent {
@@ -435,6 +452,7 @@ impl CreateAgent {
         check_username(&self.username)?;
         check_len("name", &self.name, 0, 200)?;
         check_password(&self.password)?;
+        check_addresses(&self.addresses)?;
         Ok(ValidAgent {
             name: if self.name.is_empty() {
                 self.username.clone()
@@ -444,6 +462,7 @@ impl CreateAgent {
             username: self.username,
             password: self.password,
             permission: self.permission,
+            addresses: self.addresses,
         })
     }
 }
@@ -463,7 +482,7 @@ pub async fn create_agent(
         password_hash: hash_password(b.password).await?,
         permission: b.permission,
     };
-    let state = customer_cmd(
+    let mut state = customer_cmd(
         &s,
         &c,
         CustomerCommand::CreateAgent {
@@ -472,6 +491,14 @@ pub async fn create_agent(
         },
     )
     .await?;
+    if let Some(addresses) = b.addresses {
+        let cmd = CustomerCommand::SetAgentAddresses {
+            agent_id,
+            addresses,
+            at: Utc::now(),
+        };
+        state = customer_cmd(&s, &c, cmd).await?;
+    }
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
 }
 
@@ -480,6 +507,9 @@ pub async fn create_agent(
 pub struct UpdateAgent {
     name: String,
     permission: Permission,
+    /// Where a queue dials it (unchanged if absent).
+    #[serde(default)]
+    addresses: Option<Vec<TelAddress>>,
 }
 
 /// A validated `PUT /v1.0/agents/{id}` body.
@@ -489,15 +519,19 @@ pub struct ValidAgentUpdate {
     pub name: String,
     /// Permission.
     pub permission: Permission,
+    /// Where a queue dials it (unchanged if absent).
+    pub addresses: Option<Vec<TelAddress>>,
 }
 
 impl UpdateAgent {
     /// The handler's checks, without I/O.
     pub fn validate(self) -> Result<ValidAgentUpdate, ApiError> {
         check_len("name", &self.name, 1, 200)?;
+        check_addresses(&self.addresses)?;
         Ok(ValidAgentUpdate {
             name: self.name,
             permission: self.permission,
+            addresses: self.addresses,
         })
     }
 }
@@ -517,7 +551,15 @@ pub async fn update_agent(
         permission: b.permission,
         at: Utc::now(),
     };
-    let state = customer_cmd(&s, &c, cmd).await?;
+    let mut state = customer_cmd(&s, &c, cmd).await?;
+    if let Some(addresses) = b.addresses {
+        let cmd = CustomerCommand::SetAgentAddresses {
+            agent_id,
+            addresses,
+            at: Utc::now(),
+        };
+        state = customer_cmd(&s, &c, cmd).await?;
+    }
     s.keys.revoke(id);
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
 }

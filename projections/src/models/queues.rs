@@ -30,6 +30,7 @@ fn stats(event: &PublishedEvent) -> Result<Value, ApplyError> {
     match event.decode()? {
         QueueEvent::QueuecallJoined { stats, .. }
         | QueueEvent::QueuecallServed { stats, .. }
+        | QueueEvent::QueuecallRequeued { stats, .. }
         | QueueEvent::QueuecallAbandoned { stats, .. }
         | QueueEvent::QueuecallDone { stats, .. } => Ok(json!(stats)),
         QueueEvent::QueueCreated { .. } | QueueEvent::QueueUpdated { .. } => {
@@ -54,6 +55,7 @@ mod tests {
             agent_id: None,
             tm_service: None,
             wait_ms: Some(700),
+            tried: vec![],
         };
         let stats = QueueStats {
             waiting: 0,

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use vbin_domain::{
-    Activeflow, Ai, Aicall, BillingAccount, Call, Campaign, Customer, DomainError, Flow, Number,
-    Outdial, Outplan, Queue, Recording, ResourceView, Target, Transcribe, Trunk,
+    Activeflow, Ai, Aicall, BillingAccount, Call, Campaign, Conference, Customer, DomainError,
+    Flow, Number, Outdial, Outplan, Queue, Recording, ResourceView, Target, Transcribe, Trunk,
 };
 use vbin_event_schema::CustomerId;
 use vbin_eventlog::{AppendError, CommandMeta, NewEvent, PgEventRepository, Recorded};
@@ -51,7 +51,7 @@ macro_rules! owned_by_customer_field {
         }
     )*};
 }
-owned_by_customer_field!(Call => None, Outplan => None, Outdial => None, Target => None, Campaign => Some(50), Queue => Some(100), Transcribe => Some(100), Flow => Some(50), Activeflow => Some(100), Recording => None, Number => Some(100), Ai => Some(50), Aicall => Some(100), Trunk => Some(50));
+owned_by_customer_field!(Call => None, Outplan => None, Outdial => None, Target => None, Campaign => Some(50), Queue => Some(100), Transcribe => Some(100), Flow => Some(50), Activeflow => Some(100), Recording => None, Number => Some(100), Ai => Some(50), Aicall => Some(100), Trunk => Some(50), Conference => Some(100));
 
 /// Why a command did not produce its events.
 #[derive(Debug, thiserror::Error)]

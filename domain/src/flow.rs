@@ -316,6 +316,7 @@ fn check_option(kind: &ActionKind) -> Result<(), String> {
             .as_ref()
             .map_or(Ok(()), crate::call::check_sandbox),
         ActionKind::Answer(_)
+        | ActionKind::ConferenceJoin(_)
         | ActionKind::Beep(_)
         | ActionKind::FetchFlow(_)
         | ActionKind::RecordingStop(_)
@@ -584,9 +585,7 @@ mod tests {
     fn bad_programs_are_refused_with_the_action_named() {
         assert!(err(json!([])).contains("1 to 200"));
         assert!(err(json!([{"type": "dance"}])).contains("not an action type"));
-        assert!(
-            err(json!([{"type": "conference_join", "option": {}}])).contains("not supported yet")
-        );
+        assert!(err(json!([{"type": "conference_join", "option": {}}])).contains("conference_id"));
         assert!(err(json!([{"type": "queue_join", "option": {}}])).contains("queue_id"));
         assert!(
             err(json!([{"type": "connect", "option": {"destinations": []}}]))

@@ -36,6 +36,7 @@ pub mod ai;
 pub mod billing;
 pub mod call;
 pub mod campaign;
+pub mod conference;
 pub mod customer;
 mod error;
 pub mod flow;
@@ -55,6 +56,7 @@ pub use campaign::{
     Campaign, CampaignCommand, NewCampaign, NewOutplan, Outdial, OutdialCommand, Outplan,
     OutplanCommand, Target, TargetCommand,
 };
+pub use conference::{Conference, ConferenceCommand};
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
 pub use flow::{Flow, FlowCommand};

@@ -296,7 +296,16 @@ pub struct Hangup {
 }
 
 /// The action types of later work: accepted by name so the error can say so.
-pub const NOT_YET_SUPPORTED: &[&str] = &["conference_join"];
+pub const NOT_YET_SUPPORTED: &[&str] = &[];
+
+/// `conference_join`: the call joins the conference and hears the others; the flow goes on
+/// when the conference is stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConferenceJoin {
+    /// The conference.
+    pub conference_id: ConferenceId,
+}
 
 /// `queue_join`: the call waits in the queue until an agent takes it; the platform dials the
 /// agent's addresses and bridges. The flow goes on when the agent hangs up or the wait times
@@ -482,6 +491,7 @@ action_kinds! {
     Connect(Connect) = "connect",
     Call(CallAction) = "call",
     QueueJoin(QueueJoin) = "queue_join",
+    ConferenceJoin(ConferenceJoin) = "conference_join",
     TranscribeStop(NoOption) = "transcribe_stop",
     RecordingStart(RecordingStart) = "recording_start",
     RecordingStop(NoOption) = "recording_stop",

@@ -71,6 +71,7 @@ pub mod ai;
 pub mod billing;
 pub mod call;
 pub mod campaign;
+pub mod conference;
 pub mod customer;
 pub mod envelope;
 pub mod flow;
@@ -87,6 +88,7 @@ pub use ai::*;
 pub use billing::BillingEvent;
 pub use call::CallEvent;
 pub use campaign::*;
+pub use conference::*;
 pub use customer::CustomerEvent;
 pub use envelope::{
     relative_subject_filter, relative_subject_for, DecodeError, Installation, Namespace,

@@ -89,6 +89,10 @@ id_type!(
     QueueId
 );
 id_type!(
+    /// A conference (calls that hear each other).
+    ConferenceId
+);
+id_type!(
     /// A transcription of a call. The Transcribe aggregate's id.
     TranscribeId
 );

@@ -375,6 +375,10 @@ const ACTIONS: &[(&str, &str)] = &[
         "queue_join",
         r#"{"queue_id": "00000000-0000-0000-0000-000000000003"}"#,
     ),
+    (
+        "conference_join",
+        r#"{"conference_id": "00000000-0000-0000-0000-000000000004"}"#,
+    ),
 ];
 
 fn action() -> BoxedStrategy<flow::Action> {
@@ -932,6 +936,38 @@ enum AnyEvent {
     Transcribe(TranscribeEvent),
     Flow(FlowEvent),
     Activeflow(ActiveflowEvent),
+    Conference(ConferenceEvent),
+}
+
+fn conferencecall() -> BoxedStrategy<Conferencecall> {
+    (uuid(), uuid(), at(), prop::option::of(at()))
+        .prop_map(|(m, c, j, l)| Conferencecall {
+            conferencecall_id: m,
+            call_id: CallId(c),
+            tm_join: j,
+            tm_leave: l,
+        })
+        .boxed()
+}
+
+fn conference_event() -> BoxedStrategy<ConferenceEvent> {
+    use ConferenceEvent as E;
+    prop_oneof![
+        (uuid(), uuid(), text(), at()).prop_map(|(c, cu, n, at)| E::ConferenceCreated {
+            conference_id: ConferenceId(c),
+            customer_id: CustomerId(cu),
+            name: n,
+            at
+        }),
+        conferencecall().prop_map(|member| E::ConferencecallJoined { member }),
+        (
+            conferencecall(),
+            pick(&[LeaveReason::Hangup, LeaveReason::Stopped])
+        )
+            .prop_map(|(member, reason)| E::ConferencecallLeft { member, reason }),
+        at().prop_map(|at| E::ConferenceTerminated { at }),
+    ]
+    .boxed()
 }
 
 fn any_event() -> BoxedStrategy<AnyEvent> {
@@ -947,6 +983,7 @@ fn any_event() -> BoxedStrategy<AnyEvent> {
         transcribe_event().prop_map(AnyEvent::Transcribe),
         flow_event().prop_map(AnyEvent::Flow),
         activeflow_event().prop_map(AnyEvent::Activeflow),
+        conference_event().prop_map(AnyEvent::Conference),
     ]
     .boxed()
 }
@@ -966,6 +1003,7 @@ macro_rules! with_type {
             AnyEvent::Transcribe(e) => $f(e, $($args),*),
             AnyEvent::Flow(e) => $f(e, $($args),*),
             AnyEvent::Activeflow(e) => $f(e, $($args),*),
+            AnyEvent::Conference(e) => $f(e, $($args),*),
         }
     };
 }

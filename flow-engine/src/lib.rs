@@ -34,13 +34,13 @@ use vbin_app::{AppError, ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::flow::renumber;
 use vbin_domain::{
-    Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
-    Transcribe, TranscribeCommand,
+    Activeflow, ActiveflowCommand, Call, CallCommand, Conference, ConferenceCommand, DomainError,
+    HangupRequest, NewTranscribe, Transcribe, TranscribeCommand,
 };
 use vbin_event_schema::call::{ChainExecution, ChainPurpose, ChainResult, CONNECT_RESULT_VARIABLE};
 use vbin_event_schema::flow::{
-    ActionId, ActionKind, ActionResult, AiTalk, CallAction, Connect, QueueJoin, RawAction,
-    TranscribeStart, WebhookSend, QUEUE_RESULT_VARIABLE,
+    ActionId, ActionKind, ActionResult, AiTalk, CallAction, ConferenceJoin, Connect, QueueJoin,
+    RawAction, TranscribeStart, WebhookSend, QUEUE_RESULT_VARIABLE,
 };
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
@@ -219,6 +219,13 @@ impl Engine {
                 None => return Ok(()),
             },
             ActionKind::Call(c) => self.place_calls(&e, customer, seq, c).await?,
+            ActionKind::ConferenceJoin(c) => {
+                match self.conference_join(&e, customer, seq, c).await? {
+                    Some(failed) => failed,
+                    // The conference completes the execution when it is stopped.
+                    None => return Ok(()),
+                }
+            }
             ActionKind::QueueJoin(q) => match self.queue_join(&e, customer, q).await? {
                 Some(failed) => failed,
                 // The queue completes the execution (agent done, or timeout).
@@ -296,6 +303,51 @@ impl Engine {
             ) => failed(e.to_string()),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Makes the call a member of the conference; `Some(result)` when it cannot join.
+    async fn conference_join(
+        &self,
+        e: &PublishedEvent,
+        customer: CustomerId,
+        seq: u64,
+        c: &ConferenceJoin,
+    ) -> Result<Option<ActionResult>, EngineError> {
+        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
+            return Ok(None);
+        };
+        let key = format!("conference-join:{}:{seq}", e.aggregate_id);
+        let meta = Self::meta(e, customer).once(customer.as_uuid(), key);
+        let cmd = ConferenceCommand::Join {
+            conferencecall_id: Uuid::new_v5(
+                &e.aggregate_id,
+                format!("conference:{seq}").as_bytes(),
+            ),
+            call_id: call,
+            at: Utc::now(),
+        };
+        let why = match self
+            .executor()
+            .execute::<Conference>(
+                c.conference_id.as_uuid(),
+                customer,
+                Some(customer),
+                cmd,
+                &meta,
+            )
+            .await
+        {
+            Ok(_) | Err(ExecError::AlreadyApplied) => return Ok(None),
+            Err(ExecError::Domain(DomainError::NotFound(_))) => {
+                format!("conference_join: no conference {}", c.conference_id)
+            }
+            Err(ExecError::Domain(d)) => format!("conference_join: {d}"),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(Some(ActionResult {
+            error: Some(why),
+            ..Default::default()
+        }))
     }
 
     /// Puts the call in the queue; `Some(result)` when it cannot join.

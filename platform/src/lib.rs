@@ -331,6 +331,11 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
+        tasks.push(tokio::spawn(vbin_processes::conference::run(
+            executor.clone(),
+            bus.clone(),
+            stopped(&rx),
+        )));
         tasks.push(tokio::spawn(vbin_processes::aicalls::run(
             pool.clone(),
             executor.clone(),

@@ -13,6 +13,7 @@ pub mod aicalls;
 pub mod billing;
 pub mod campaign;
 pub mod chain;
+pub mod conference;
 pub mod queue;
 pub mod transcribe;
 

@@ -127,6 +127,7 @@ pub fn all() -> &'static [Projection] {
         models::ais::AIS,
         models::ais::AICALLS,
         models::trunks::TRUNKS,
+        models::conferences::PROJECTION,
     ]
 }
 

@@ -17,9 +17,9 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use uuid::Uuid;
 use vbin_event_schema::{
-    ActiveflowEvent, AiEvent, AicallEvent, BillingEvent, CallEvent, CampaignEvent, CustomerEvent,
-    FlowEvent, NumberEvent, OutdialEvent, OutplanEvent, Permission, QueueEvent, RecordingEvent,
-    TargetEvent, TranscribeEvent, TrunkEvent,
+    ActiveflowEvent, AiEvent, AicallEvent, BillingEvent, CallEvent, CampaignEvent, ConferenceEvent,
+    CustomerEvent, FlowEvent, NumberEvent, OutdialEvent, OutplanEvent, Permission, QueueEvent,
+    RecordingEvent, TargetEvent, TranscribeEvent, TrunkEvent,
 };
 use vbin_eventlog::log::{published_from_row, EVENT_COLUMNS};
 use vbin_http::extract::{CustomerCaller, Query};
@@ -47,7 +47,7 @@ struct Holder {
 /// The resource types with a trail (types of resource views, mapped to aggregate types by
 /// `aggregate_of`).
 pub const RESOURCE_TYPES: &str =
-    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget, queue, transcribe, flow, activeflow, recording, number, ai, aicall";
+    "call, customer, agent, accesskey, billing_account, billing, campaign, outplan, outdial, outdialtarget, queue, conference, transcribe, flow, activeflow, recording, number, ai, aicall";
 
 fn aggregate_of(resource_type: &str) -> Option<Holder> {
     let (aggregate_type, needs_admin, per_customer) = match resource_type {
@@ -59,6 +59,7 @@ fn aggregate_of(resource_type: &str) -> Option<Holder> {
         "outdial" => (OutdialEvent::AGGREGATE, false, false),
         "outdialtarget" => (TargetEvent::AGGREGATE, false, false),
         "queue" => (QueueEvent::AGGREGATE, false, false),
+        "conference" => (ConferenceEvent::AGGREGATE, false, false),
         "transcribe" => (TranscribeEvent::AGGREGATE, false, false),
         "flow" => (FlowEvent::AGGREGATE, false, false),
         "activeflow" => (ActiveflowEvent::AGGREGATE, false, false),

@@ -54,6 +54,9 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
         .route("/v1.0/queues", get(list_queues))
         .route("/v1.0/queues/{id}", get(get_queue))
         .route("/v1.0/queuecalls", get(list_queuecalls))
+        .route("/v1.0/conferences", get(list_conferences))
+        .route("/v1.0/conferences/{id}", get(get_conference))
+        .route("/v1.0/conferencecalls", get(list_conferencecalls))
         .route("/v1.0/transcribes", get(list_transcribes))
         .route("/v1.0/transcribes/{id}", get(get_transcribe))
         .route("/v1.0/transcripts", get(list_transcripts))
@@ -275,6 +278,7 @@ pub struct Filter {
     reference_id: Option<String>,
     campaign_id: Option<String>,
     queue_id: Option<String>,
+    conference_id: Option<String>,
     transcribe_id: Option<String>,
     aicall_id: Option<String>,
 }
@@ -336,6 +340,7 @@ list_and_get! {
     list_outdials, get_outdial => "rm_outdials", "outdial";
     list_campaigns, get_campaign => "rm_campaigns", "campaign";
     list_queues, get_queue => "rm_queues", "queue";
+    list_conferences, get_conference => "rm_conferences", "conference";
     list_transcribes, get_transcribe => "rm_transcribes", "transcribe";
     list_flows, get_flow => "rm_flows", "flow";
     list_numbers, get_number => "rm_numbers", "number";
@@ -481,6 +486,24 @@ async fn list_queuecalls(
     list_rows_where(
         &s.pool,
         "rm_queuecalls",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
+}
+
+/// `GET /v1.0/conferencecalls?conference_id=`: conference calls, newest first.
+async fn list_conferencecalls(
+    Extension(s): Extension<ReadState>,
+    c: CustomerCaller,
+    Query(p): Query<Page>,
+    Query(f): Query<Filter>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let filter = uuid_param("conference_id", &f.conference_id)?.map(|v| ("conference_id", v));
+    list_rows_where(
+        &s.pool,
+        "rm_conferencecalls",
         c.customer_id.as_uuid(),
         &p,
         filter,

@@ -100,7 +100,7 @@ async fn flows_are_validated_stored_updated_and_deleted_per_tenant() {
         ),
         (
             json!({"name": "x", "actions": [{"type": "conference_join", "option": {}}]}),
-            "not supported yet",
+            "conference_id",
         ),
         (
             json!({"name": "x", "actions": [{"type": "goto", "option": {"target_id": MENU}}]}),

@@ -6,6 +6,7 @@ pub mod ais;
 pub mod billing;
 pub mod calls;
 pub mod campaigns;
+pub mod conferences;
 pub mod error;
 pub mod flows;
 pub mod identity;
@@ -85,6 +86,11 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
         .route(
             "/v1.0/campaigns/{id}/status",
             put(campaigns::set_campaign_status),
+        )
+        .route("/v1.0/conferences", post(conferences::create_conference))
+        .route(
+            "/v1.0/conferences/{id}/stop",
+            post(conferences::stop_conference),
         )
         .route("/v1.0/queues", post(queues::create_queue))
         .route("/v1.0/queues/{id}", put(queues::update_queue))

@@ -4,6 +4,7 @@ pub mod ais;
 pub mod billing;
 pub mod calls;
 pub mod campaigns;
+pub mod conferences;
 pub mod flows;
 pub mod identity;
 pub mod queues;

@@ -1,0 +1,55 @@
+//! Conference commands: create one, stop one (every member leaves and its flow goes on).
+//! Calls join through their flow's `conference_join`.
+
+use super::campaigns::check_name;
+use super::error::ApiResult;
+use super::state::{CmdState, Tenant};
+use axum::extract::State;
+use chrono::Utc;
+use serde::Deserialize;
+use uuid::Uuid;
+use vbin_domain::{Conference, ConferenceCommand};
+use vbin_event_schema::ConferenceId;
+use vbin_http::extract::{Json, Path};
+
+/// `POST /v1.0/conferences` body.
+#[derive(Deserialize)]
+pub struct ConferenceBody {
+    #[serde(default)]
+    name: String,
+}
+
+/// `POST /v1.0/conferences` -> the conference (`pending`).
+pub async fn create_conference(
+    State(s): State<CmdState>,
+    Tenant { caller: c, acting }: Tenant,
+    Json(b): Json<ConferenceBody>,
+) -> ApiResult {
+    check_name(&b.name)?;
+    let id = ConferenceId(vbin_app::new_id());
+    let cmd = ConferenceCommand::Create {
+        conference_id: id,
+        customer_id: c.customer_id,
+        name: b.name,
+        at: Utc::now(),
+    };
+    Ok(Json(
+        s.app
+            .create::<Conference>(&acting, id.as_uuid(), cmd)
+            .await?
+            .view(),
+    ))
+}
+
+/// `POST /v1.0/conferences/{id}/stop` -> the conference (`terminated`; stopping twice
+/// changes nothing).
+pub async fn stop_conference(
+    State(s): State<CmdState>,
+    Tenant { acting, .. }: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    let cmd = ConferenceCommand::Stop { at: Utc::now() };
+    Ok(Json(
+        s.app.update::<Conference>(&acting, id, cmd).await?.view(),
+    ))
+}

@@ -1,0 +1,123 @@
+//! Conference members (`conference-members` consumer): a member's call that ends leaves its
+//! conference; a member that leaves because the conference was stopped has its flow's
+//! `conference_join` complete, so the flow goes on (and, with nothing after it, the call is
+//! hung up). Which conference a call is in comes from its flow: the `conference_join` it
+//! executed last (a member joins only through its flow).
+
+use crate::{system_meta, ProcessError};
+use chrono::Utc;
+use vbin_app::{ExecError, Executor};
+use vbin_bus::{Bus, ConsumerSpec};
+use vbin_domain::{
+    Activeflow, Call, CallCommand, Conference, ConferenceCommand, DomainError, HangupRequest,
+};
+use vbin_event_schema::flow::{ActionKind, ActionResult};
+use vbin_event_schema::{
+    CallEvent, CallId, ConferenceEvent, CustomerId, LeaveReason, PublishedEvent,
+};
+
+/// Durable consumer of `call_hungup`.
+pub const HANGUPS: &str = "conference-hangups";
+/// Durable consumer of `conferencecall_left`.
+pub const LEAVES: &str = "conference-leaves";
+
+/// Runs the consumers until `shutdown`.
+pub async fn run(
+    executor: Executor,
+    bus: Bus,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let mut group = vbin_bus::Group::new(bus);
+    group
+        .consumer(
+            ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP])
+                .lanes(crate::LANES),
+            |e| on_hangup(&executor, e),
+        )
+        .consumer(
+            ConsumerSpec::for_events_of::<ConferenceEvent>(
+                LEAVES,
+                &[ConferenceEvent::CONFERENCECALL_LEFT],
+            )
+            .lanes(crate::LANES),
+            |e| on_left(&executor, e),
+        );
+    group.run(shutdown).await;
+}
+
+/// A call ended: it leaves the conference its flow joined last.
+async fn on_hangup(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessError> {
+    let customer = CustomerId(e.customer_id);
+    let call = CallId(e.aggregate_id);
+    let Some(af) = executor
+        .load::<Call>(call.as_uuid(), Some(customer))
+        .await?
+        .and_then(|c| c.activeflow_id)
+    else {
+        return Ok(());
+    };
+    let Some(ActionKind::ConferenceJoin(join)) = executor
+        .load::<Activeflow>(af.as_uuid(), Some(customer))
+        .await?
+        .and_then(|f| f.current)
+        .map(|a| a.kind)
+    else {
+        return Ok(());
+    };
+    let meta = system_meta(HANGUPS, e.event_id, e.correlation_id(), customer);
+    let cmd = ConferenceCommand::Leave {
+        call_id: call,
+        reason: LeaveReason::Hangup,
+        at: Utc::now(),
+    };
+    match executor
+        .execute::<Conference>(
+            join.conference_id.as_uuid(),
+            customer,
+            Some(customer),
+            cmd,
+            &meta,
+        )
+        .await
+    {
+        Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// A member left a stopped conference: its flow goes on.
+async fn on_left(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessError> {
+    let ConferenceEvent::ConferencecallLeft {
+        member,
+        reason: LeaveReason::Stopped,
+    } = e.decode()?
+    else {
+        return Ok(());
+    };
+    let customer = CustomerId(e.customer_id);
+    let meta = system_meta(LEAVES, e.event_id, e.correlation_id(), customer);
+    let waits = |k: &ActionKind| matches!(k, ActionKind::ConferenceJoin(_));
+    let done = ActionResult::default();
+    let ended =
+        crate::complete_waiting(executor, customer, member.call_id, waits, done, &meta).await?;
+    if ended == Some(true) {
+        let cmd = CallCommand::Hangup {
+            request: HangupRequest::Local,
+            at: Utc::now(),
+        };
+        match executor
+            .execute::<Call>(
+                member.call_id.as_uuid(),
+                customer,
+                Some(customer),
+                cmd,
+                &meta,
+            )
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}

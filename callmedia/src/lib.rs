@@ -16,6 +16,7 @@ pub mod agents;
 pub mod ai;
 pub mod far;
 pub mod frame;
+pub mod mixer;
 pub mod play;
 pub mod port;
 pub mod session;

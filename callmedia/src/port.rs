@@ -16,21 +16,43 @@ pub const PRIME_FRAMES: usize = 2;
 /// Most frames a queue holds: beyond it the oldest is dropped (bounds the added delay).
 pub const MAX_FRAMES: usize = 5;
 
-#[derive(Default)]
-struct Queue {
-    frames: VecDeque<Vec<i16>>,
+struct Queue<T> {
+    frames: VecDeque<Vec<T>>,
     playing: bool,
     dropped: u64,
     closed: bool,
 }
 
-/// One direction of a link: frames pushed by one side and taken by the other.
-#[derive(Clone, Default)]
-pub struct Jitter(Arc<Mutex<Queue>>);
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self {
+            frames: VecDeque::new(),
+            playing: false,
+            dropped: 0,
+            closed: false,
+        }
+    }
+}
 
-impl Jitter {
+/// One direction of a link: frames pushed by one side and taken by the other (samples, or a
+/// conference's partial sums).
+pub struct Jitter<T = i16>(Arc<Mutex<Queue<T>>>);
+
+impl<T> Clone for Jitter<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for Jitter<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T: Clone> Jitter<T> {
     /// Queues a frame (dropping the oldest when full).
-    pub fn push(&self, frame: &[i16]) {
+    pub fn push(&self, frame: &[T]) {
         let mut q = self.0.lock().expect("jitter");
         if q.closed {
             return;
@@ -44,7 +66,7 @@ impl Jitter {
     }
 
     /// The next frame to play, or `None` (silence) while priming or dry.
-    pub fn pop(&self) -> Option<Vec<i16>> {
+    pub fn pop(&self) -> Option<Vec<T>> {
         let mut q = self.0.lock().expect("jitter");
         if !q.playing {
             if q.frames.len() < PRIME_FRAMES {
@@ -106,6 +128,11 @@ impl PortEnd {
     /// Sends this tick's frame to the other side.
     pub fn send(&self, frame: &[i16]) {
         self.out.push(frame);
+    }
+
+    /// The other side's frame for this tick, if any.
+    pub fn recv(&self) -> Option<Vec<i16>> {
+        self.inp.pop()
     }
 
     /// Adds the other side's frame for this tick (if any) into `mix`.

@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod ai;
+pub mod conference;
 pub mod far;
 pub mod frame;
 pub mod mixer;
@@ -42,8 +43,9 @@ use vbin_event_schema::views::TranscribeView;
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, AicallEvent, AicallId, CallEvent, CallId, CallStatus,
-    CustomerId, HangupCause, PublishedEvent, RecordingEvent, RecordingId, RecordingLimits,
-    RecordingStatus, TranscribeDirection, TranscribeEvent, TranscribeId,
+    ConferenceEvent, ConferenceId, CustomerId, HangupCause, PublishedEvent, RecordingEvent,
+    RecordingId, RecordingLimits, RecordingStatus, TranscribeDirection, TranscribeEvent,
+    TranscribeId,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
@@ -52,6 +54,8 @@ use vbin_transcription::Transcriber;
 
 /// Durable consumer of call events.
 pub const CALLS_CONSUMER: &str = "media-calls";
+/// Durable consumer of conference members joining and leaving.
+pub const CONFERENCES_CONSUMER: &str = "media-conferences";
 /// Durable consumer of bridges (`call_bridged`, `call_chain_ended`).
 pub const BRIDGES_CONSUMER: &str = "media-bridges";
 /// Durable consumer of activeflow events.
@@ -126,6 +130,8 @@ pub struct Media {
     agents: Arc<Mutex<HashMap<AicallId, agents::Running>>>,
     /// Greetings made while calls ring, by call.
     greetings: Arc<Mutex<HashMap<CallId, agents::Prepared>>>,
+    /// The conferences whose members here this process mixes.
+    conferences: conference::Conferences,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -149,7 +155,6 @@ impl Media {
             pool,
             executor,
             tts,
-            settings: Arc::new(settings),
             sessions: Arc::default(),
             starting: Arc::default(),
             store,
@@ -161,6 +166,8 @@ impl Media {
             agent_kit: None,
             agents: Arc::default(),
             greetings: Arc::default(),
+            conferences: conference::Conferences::new(settings.node.clone()),
+            settings: Arc::new(settings),
         }
     }
 
@@ -177,6 +184,10 @@ impl Media {
 
     /// Runs the consumers and the lease keeper until `shutdown`.
     pub async fn run(self, bus: Bus, shutdown: impl std::future::Future<Output = ()>) {
+        self.conferences.connect(conference::Mesh {
+            client: bus.client.clone(),
+            prefix: bus.namespace().prefix().replacen("vbin.", "vbinmedia.", 1),
+        });
         let mut group = vbin_bus::Group::new(bus);
         group
             .consumer(
@@ -194,6 +205,17 @@ impl Media {
                 )
                 .lanes(8),
                 |e| self.clone().on_bridge(e),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<ConferenceEvent>(
+                    CONFERENCES_CONSUMER,
+                    &[
+                        ConferenceEvent::CONFERENCECALL_JOINED,
+                        ConferenceEvent::CONFERENCECALL_LEFT,
+                    ],
+                )
+                .lanes(8),
+                |e| self.clone().on_conference(e),
             )
             .consumer(
                 ConsumerSpec::for_events_of::<ActiveflowEvent>(
@@ -310,6 +332,70 @@ impl Media {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A member joined: its session (claimed here, or the event goes back for the process
+    /// that runs it) is linked to this process's mix of the conference. A member left: it is
+    /// unlinked and faded out.
+    async fn on_conference(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let conference = ConferenceId(e.aggregate_id);
+        let customer = CustomerId(e.customer_id);
+        match e.decode::<ConferenceEvent>()? {
+            ConferenceEvent::ConferencecallJoined { member } => {
+                self.join_conference(conference, member.call_id, customer)
+                    .await?;
+            }
+            ConferenceEvent::ConferencecallLeft { member, .. } => {
+                let call = member.call_id;
+                match self.control_of(call) {
+                    Some(c) => {
+                        let _ = c.send(Control::Unlink).await;
+                        self.conferences.remove(conference, call);
+                    }
+                    None => {
+                        // Ended here, or never here: a session another process runs must
+                        // hear it there.
+                        self.conferences.remove(conference, call);
+                        if let Some(other) = self.live_owner_elsewhere(call).await? {
+                            return Err(MediaError::OwnedElsewhere(call, other));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Links the call's session (started here if needed) to this process's mix of
+    /// `conference`.
+    async fn join_conference(
+        &self,
+        conference: ConferenceId,
+        call: CallId,
+        customer: CustomerId,
+    ) -> Result<(), MediaError> {
+        let Some(control) = self.ensure(call, customer).await? else {
+            // Not answered, or ended: nothing to mix.
+            return Ok(());
+        };
+        let (session_end, mixer_end) =
+            port::pair(call.to_string(), format!("conference {conference}"));
+        self.conferences.add(conference, call, mixer_end);
+        let _ = control.send(Control::Link(session_end)).await;
+        tracing::info!(%call, %conference, "mixed into the conference");
+        Ok(())
+    }
+
+    /// The process that runs the call's session, if another one does with a live lease.
+    async fn live_owner_elsewhere(&self, call: CallId) -> Result<Option<String>, MediaError> {
+        Ok(sqlx::query_scalar(
+            "SELECT owner FROM media_sessions WHERE call_id = $1 AND owner <> $2              AND lease_until > now()",
+        )
+        .bind(call.as_uuid())
+        .bind(&self.settings.node)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn on_action(self, e: PublishedEvent) -> Result<(), MediaError> {
@@ -1193,6 +1279,22 @@ impl Media {
         if flow.status != ActiveflowStatus::Running {
             return Ok(());
         }
+        if let (Some(_), Some(ActionKind::ConferenceJoin(j))) =
+            (flow.waiting, flow.current.as_ref().map(|a| &a.kind))
+        {
+            // Still a member (its flow waits in the conference): mixed in again here.
+            let member = self
+                .executor
+                .load::<vbin_domain::Conference>(j.conference_id.as_uuid(), Some(customer))
+                .await?
+                .is_some_and(|c| c.members.contains_key(&call));
+            if member {
+                tracing::warn!(%call, conference = %j.conference_id, "rejoining the conference after a takeover");
+                self.join_conference(j.conference_id, call, customer)
+                    .await?;
+            }
+            return Ok(());
+        }
         if let (Some(seq), Some(action)) = (flow.waiting, flow.current) {
             if action.kind.is_media() {
                 let exec = Execution {
@@ -1210,7 +1312,7 @@ impl Media {
 /// The runtime media sessions tick on: threads of their own, one per core, so a frame is never
 /// late because an API request, a projection or a database round trip holds a worker of the
 /// main runtime (tokio tasks are not preempted). Created on first use, never dropped.
-fn media_runtime() -> &'static tokio::runtime::Handle {
+pub(crate) fn media_runtime() -> &'static tokio::runtime::Handle {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     RT.get_or_init(|| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -95,6 +95,10 @@ impl Mix {
     pub fn tick(&mut self) {
         let mut local = vec![0i32; FRAME_SAMPLES];
         for m in self.members.values_mut() {
+            if m.port.peer_gone() {
+                // Its session ended: it leaves without being told.
+                m.target = 0;
+            }
             let input = m.port.recv();
             // A joining member fades in over its first frame of audio, not over the silence
             // before its first frame arrives.

@@ -10,6 +10,7 @@ mod baresip;
 mod bridge;
 mod business;
 mod chaos;
+mod conference;
 mod flows;
 mod fuzz_api;
 mod gateway;

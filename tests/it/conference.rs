@@ -1,0 +1,150 @@
+//! Conferences end to end: members that speak (sandbox far ends), each member's recording
+//! transcribed to check it heard the others and not itself, a member leaving mid-call, the
+//! conference stopped through the API. Real vbin, Postgres, nats-server and redis-server.
+
+use crate::flows::{ended_flow, executed, recognize, stereo, stored_recording, FAR_END};
+use crate::support::{id_of, Env};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+const B_SAYS: &str = "sales will call you back";
+const C_SAYS: &str = "support";
+
+/// A member's flow: record it, join the conference.
+fn member(conference: &str, says: &str, at_ms: u32, hangup_ms: u32) -> Value {
+    json!({
+        "actions": [
+            {"type": "recording_start", "option": {"beep_start": false}},
+            {"type": "conference_join", "option": {"conference_id": conference}}
+        ],
+        "sandbox": {"script": [{"at_ms": at_ms, "say": says},
+                               {"at_ms": hangup_ms, "hangup": true}]}
+    })
+}
+
+/// What the member's far end said and what it heard, from its recording.
+async fn heard(env: &Env, tok: &str, call: Uuid) -> (String, String) {
+    let (_, wav) = stored_recording(env, tok, call).await;
+    let (said, heard) = stereo(&wav);
+    (recognize(&said).await, recognize(&heard).await)
+}
+
+#[tokio::test]
+async fn three_members_each_hear_the_other_two_and_not_themselves() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let conf = api
+        .create("/v1.0/conferences", json!({"name": "standup"}))
+        .await;
+    assert_eq!(conf["status"], "pending", "{conf}");
+    let cid = id_of(&conf);
+    // A speaks at 3 s, B at 6.5 s and hangs up at 9 s, C speaks at 10.5 s.
+    let a = env
+        .calls(&tok, &["+15550006001"], member(&cid, FAR_END, 3000, 60000))
+        .await[0];
+    let b = env
+        .calls(&tok, &["+15550006002"], member(&cid, B_SAYS, 6500, 9000))
+        .await[0];
+    let c = env
+        .calls(&tok, &["+15550006003"], member(&cid, C_SAYS, 10500, 60000))
+        .await[0];
+    let conf = api
+        .wait_get(
+            &format!("/v1.0/conferences/{cid}"),
+            Duration::from_secs(15),
+            |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == 3),
+        )
+        .await;
+    assert_eq!(conf["status"], "progressing", "{conf}");
+    // B's hangup takes it out.
+    let bend = env.wait_call_end(b, Duration::from_secs(20)).await;
+    assert_eq!(bend["hangup_by"], "remote", "{bend}");
+    api.wait_get(
+        &format!("/v1.0/conferences/{cid}"),
+        Duration::from_secs(10),
+        |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == 2),
+    )
+    .await;
+    // After C has spoken, the conference is stopped: the others' flows go on (and, with
+    // nothing after their conference_join, end with their calls).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (s, v) = api
+        .post(&format!("/v1.0/conferences/{cid}/stop"), json!({}))
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("terminated")), "{v}");
+    for call in [a, c] {
+        let af = ended_flow(&env, &tok, call, Duration::from_secs(20)).await;
+        assert_eq!(
+            executed(&af),
+            ["recording_start", "conference_join"],
+            "{af}"
+        );
+        let end = env.wait_call_end(call, Duration::from_secs(10)).await;
+        assert_eq!(end["hangup_by"], "local", "{end}");
+    }
+    // Every membership, and how it ended.
+    let members = api
+        .wait_get(
+            &format!("/v1.0/conferencecalls?conference_id={cid}"),
+            Duration::from_secs(10),
+            |_, v| {
+                v["result"]
+                    .as_array()
+                    .is_some_and(|r| r.len() == 3 && r.iter().all(|m| m["status"] == "leaved"))
+            },
+        )
+        .await;
+    let reason = |call: Uuid| {
+        members["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["call_id"] == call.to_string())
+            .map(|m| m["leave_reason"].clone())
+            .unwrap()
+    };
+    assert_eq!(
+        (reason(a), reason(b), reason(c)),
+        (json!("stopped"), json!("hangup"), json!("stopped"))
+    );
+
+    // What each heard: the others, in the order they spoke, never itself; B left before C
+    // spoke.
+    assert_eq!(
+        heard(&env, &tok, a).await,
+        (FAR_END.to_string(), format!("{B_SAYS} {C_SAYS}"))
+    );
+    assert_eq!(
+        heard(&env, &tok, b).await,
+        (B_SAYS.to_string(), FAR_END.to_string())
+    );
+    assert_eq!(
+        heard(&env, &tok, c).await,
+        (C_SAYS.to_string(), format!("{FAR_END} {B_SAYS}"))
+    );
+
+    // Each member is billed as the call it is; the conference itself is not.
+    for call in [a, b, c] {
+        api.wait_get(
+            &format!("/v1.0/billings?reference_id={call}"),
+            Duration::from_secs(15),
+            |_, v| v["result"].as_array().is_some_and(|r| r.len() == 1),
+        )
+        .await;
+    }
+    let (_, bills) = api.get("/v1.0/billings?page_size=100").await;
+    assert_eq!(bills["result"].as_array().unwrap().len(), 3, "{bills}");
+
+    // Another tenant sees none of it.
+    let (_, tok2, _) = env.customer().await;
+    let api2 = env.client(&tok2);
+    assert_eq!(api2.get(&format!("/v1.0/conferences/{cid}")).await.0, 404);
+    assert_eq!(
+        api2.post(&format!("/v1.0/conferences/{cid}/stop"), json!({}))
+            .await
+            .0,
+        404
+    );
+}

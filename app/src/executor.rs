@@ -267,6 +267,7 @@ impl Executor {
             } else {
                 self.cached::<A>(id)
             };
+            let from_cache = cached.is_some() && !fresh;
             let (mut state, seq) = match cached {
                 Some(hit) => hit,
                 None => self.load_ctx::<A>(id).await?,
@@ -280,6 +281,20 @@ impl Executor {
             let sink = EventSink::<A>::default();
             state.handle(command.clone(), &(), &sink).await?;
             let events = sink.collect().await;
+            if events.is_empty()
+                && from_cache
+                && self
+                    .repo
+                    .last_sequence(A::TYPE, id)
+                    .await
+                    .map_err(StoreError::from)?
+                    > seq
+            {
+                // Decided on a state another process has moved on from: nothing to append
+                // means no conflict would reveal it, so look again with what it appended.
+                self.cache.invalidate(&(A::TYPE, id));
+                continue;
+            }
             if events.is_empty() {
                 return Ok(Executed {
                     state,

@@ -102,6 +102,10 @@ pub enum MediaError {
     /// Another live process owns the call's session.
     #[error("call {0} is owned by media process {1}")]
     OwnedElsewhere(CallId, String),
+    /// This process is draining: it keeps its sessions and starts no new ones (the event goes
+    /// back for another process).
+    #[error("media process draining: call {0} is left to another media process")]
+    Draining(CallId),
 }
 
 struct Handle {
@@ -132,6 +136,8 @@ pub struct Media {
     greetings: Arc<Mutex<HashMap<CallId, agents::Prepared>>>,
     /// The conferences whose members here this process mixes.
     conferences: conference::Conferences,
+    /// Draining: no new sessions from events (see [`Media::drain`]).
+    draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -167,6 +173,7 @@ impl Media {
             agents: Arc::default(),
             greetings: Arc::default(),
             conferences: conference::Conferences::new(settings.node.clone()),
+            draining: Arc::default(),
             settings: Arc::new(settings),
         }
     }
@@ -175,6 +182,16 @@ impl Media {
     pub fn with_agents(mut self, kit: agents::AgentKit) -> Self {
         self.agent_kit = Some(Arc::new(kit));
         self
+    }
+
+    /// Drains this process (rolling deploys, moving load away): it keeps running its
+    /// sessions, but starts and takes over no others; events for them go back to the other
+    /// media processes. A transport's own connection (an AudioSocket or a SIP call's RTP
+    /// reaching this process) still gets its session here.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(node = %self.settings.node, "media process draining: no new sessions");
     }
 
     /// Live sessions in this process.
@@ -390,7 +407,8 @@ impl Media {
     /// The process that runs the call's session, if another one does with a live lease.
     async fn live_owner_elsewhere(&self, call: CallId) -> Result<Option<String>, MediaError> {
         Ok(sqlx::query_scalar(
-            "SELECT owner FROM media_sessions WHERE call_id = $1 AND owner <> $2              AND lease_until > now()",
+            "SELECT owner FROM media_sessions \
+             WHERE call_id = $1 AND owner <> $2 AND lease_until > now()",
         )
         .bind(call.as_uuid())
         .bind(&self.settings.node)
@@ -524,7 +542,9 @@ impl Media {
                         ..Default::default()
                     },
                 };
-                let _ = self.complete(customer, exec, result).await;
+                if let Err(e) = self.complete(customer, exec, result).await {
+                    tracing::warn!(activeflow = %exec.activeflow, seq = exec.seq, error = %vbin_bus::Chain(&e), "recording_start: reporting its end failed");
+                }
             }
             ActionKind::RecordingStop(_) => {
                 let _ = control.send(Control::StopRecordings(exec)).await;
@@ -724,6 +744,10 @@ impl Media {
                     let _ = c.send(Control::StopRecording(id)).await;
                 }
                 None => {
+                    // Another process runs the session: the stop is for it.
+                    if let Some(other) = self.live_owner_elsewhere(call).await? {
+                        return Err(MediaError::OwnedElsewhere(call, other));
+                    }
                     self.end_unrecorded(customer, id, "the call's media session is gone")
                         .await?
                 }
@@ -891,7 +915,7 @@ impl Media {
             let why = match loaded {
                 None => return Err("no such call".into()),
                 Some(c) if c.status.is_terminal() => format!("the call is {}", c.status.as_str()),
-                Some(c) => match self.ensure(call, c.customer_id).await {
+                Some(c) => match self.ensure_with(call, c.customer_id, true).await {
                     Ok(Some(control)) => return Ok(control),
                     Ok(None) => format!("the call is {}", c.status.as_str()),
                     Err(e) => return Err(vbin_bus::Chain(&e).to_string()),
@@ -971,8 +995,22 @@ impl Media {
         call_id: CallId,
         customer: CustomerId,
     ) -> Result<Option<mpsc::Sender<Control>>, MediaError> {
+        self.ensure_with(call_id, customer, false).await
+    }
+
+    /// [`Media::ensure`]; `for_switch`: a transport connected here (started even while
+    /// draining).
+    async fn ensure_with(
+        &self,
+        call_id: CallId,
+        customer: CustomerId,
+        for_switch: bool,
+    ) -> Result<Option<mpsc::Sender<Control>>, MediaError> {
         if let Some(c) = self.live_control(call_id) {
             return Ok(Some(c));
+        }
+        if !for_switch && self.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(MediaError::Draining(call_id));
         }
         let one = self
             .starting
@@ -1243,7 +1281,7 @@ impl Media {
                         .execute(&self.pool)
                         .await?;
                 }
-                Err(MediaError::OwnedElsewhere(..)) => {}
+                Err(MediaError::OwnedElsewhere(..) | MediaError::Draining(_)) => {}
                 Err(e) => return Err(e),
             }
         }

@@ -385,6 +385,19 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         tasks.push(tokio::spawn(
             media.clone().serve_audiosocket(listener, stopped(&rx)),
         ));
+        #[cfg(unix)]
+        {
+            // SIGUSR1 drains the media part (see `Media::drain`).
+            let media = media.clone();
+            let mut usr1 =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+                    .context("installing the SIGUSR1 handler")?;
+            tokio::spawn(async move {
+                if usr1.recv().await.is_some() {
+                    media.drain();
+                }
+            });
+        }
         tasks.push(tokio::spawn(media.run(bus.clone(), stopped(&rx))));
     }
     let redis_client = redis::Client::open(cfg.redis_url.as_str()).context("parsing REDIS_URL")?;

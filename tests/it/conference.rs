@@ -148,3 +148,143 @@ async fn three_members_each_hear_the_other_two_and_not_themselves() {
         404
     );
 }
+
+/// The media process running each call's session.
+async fn owners(env: &Env, calls: &[Uuid]) -> Vec<Option<String>> {
+    let mut out = vec![];
+    for c in calls {
+        out.push(
+            sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
+                .bind(c)
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn members_on_two_media_processes_hear_each_other_and_survive_the_others_crash() {
+    let mut env = Env::start_with_env(&[
+        ("VBIN_MEDIA_ORPHAN_TIMEOUT_MS", "2000"),
+        ("VBIN_DB_POOL", "40"),
+    ])
+    .await;
+    let (_, tok, _) = env.customer().await;
+    // The platform without media, and one media process P1.
+    env.platform.kill();
+    env.platform = env
+        .spawn_platform_only(&[
+            "command-api",
+            "query-api",
+            "relay",
+            "projections",
+            "carrier",
+            "process-managers",
+        ])
+        .await;
+    let p1 = env.spawn_platform_only(&["media"]).await;
+    let api = env.client(&tok);
+    let cid = id_of(&api.create("/v1.0/conferences", json!({"name": "x"})).await);
+    // A and B join on P1. C speaks first (about 4 s after its answer), A at 25 s, B at 29 s,
+    // and B again at 38 s, after the crash.
+    let script = |lines: &[(u32, &str)]| {
+        let mut steps: Vec<Value> = lines
+            .iter()
+            .map(|(at, say)| json!({"at_ms": at, "say": say}))
+            .collect();
+        steps.push(json!({"at_ms": 120000, "hangup": true}));
+        json!({
+            "actions": [
+                {"type": "recording_start", "option": {"beep_start": false}},
+                {"type": "conference_join", "option": {"conference_id": cid}}
+            ],
+            "sandbox": {"script": steps}
+        })
+    };
+    let t0 = tokio::time::Instant::now();
+    let a = env
+        .calls(&tok, &["+15550006001"], script(&[(25_000, FAR_END)]))
+        .await[0];
+    let b = env
+        .calls(
+            &tok,
+            &["+15550006002"],
+            script(&[(29_000, B_SAYS), (38_000, crate::flows::MENU_TEXT)]),
+        )
+        .await[0];
+    let in_conference = |n: usize| {
+        let api = &api;
+        let cid = &cid;
+        async move {
+            api.wait_get(
+                &format!("/v1.0/conferences/{cid}"),
+                Duration::from_secs(20),
+                |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == n),
+            )
+            .await
+        }
+    };
+    in_conference(2).await;
+    // P2 starts; P1 drains, so C's session goes to P2.
+    let mut p2 = env.spawn_platform_only(&["media"]).await;
+    p1.signal("USR1");
+    let c = env
+        .calls(&tok, &["+15550006003"], script(&[(4_000, C_SAYS)]))
+        .await[0];
+    in_conference(3).await;
+    crate::support::wait_until("C's session on P2", Duration::from_secs(20), || async {
+        let o = owners(&env, &[a, b, c]).await;
+        (o[0].is_some() && o[0] == o[1] && o[2].is_some() && o[2] != o[0]).then_some(())
+    })
+    .await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "set-up took {:?}: the script's timing no longer holds",
+        t0.elapsed()
+    );
+    // After everybody has spoken once, C's recording is stopped (stored), then P2 dies.
+    tokio::time::sleep_until(t0 + Duration::from_secs(33)).await;
+    let (s, v) = api
+        .post(&format!("/v1.0/calls/{c}/recording_stop"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (_, wav) = stored_recording(&env, &tok, c).await;
+    let (said, heard_c) = stereo(&wav);
+    p2.kill();
+    // C, whose media process died, is hung up with a clear cause.
+    let cend = env.wait_call_end(c, Duration::from_secs(30)).await;
+    assert_eq!(
+        (cend["hangup_cause"].as_str(), cend["hangup_by"].as_str()),
+        (Some("network_out_of_order"), Some("remote")),
+        "{cend}"
+    );
+    // A and B stay connected: B speaks after the crash and A hears it.
+    tokio::time::sleep_until(t0 + Duration::from_secs(45)).await;
+    let (s, _) = api
+        .post(&format!("/v1.0/conferences/{cid}/stop"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(recognize(&said).await, C_SAYS, "C said");
+    assert_eq!(
+        recognize(&heard_c).await,
+        format!("{FAR_END} {B_SAYS}"),
+        "C (on P2) heard A and B (on P1)"
+    );
+    assert_eq!(
+        heard(&env, &tok, a).await,
+        (
+            FAR_END.to_string(),
+            format!("{C_SAYS} {B_SAYS} {}", crate::flows::MENU_TEXT)
+        ),
+        "A heard C across processes, then B before and after P2 died"
+    );
+    assert_eq!(
+        heard(&env, &tok, b).await.1,
+        format!("{C_SAYS} {FAR_END}"),
+        "B heard C across processes, then A"
+    );
+    let log = std::fs::read_to_string(p1.log_path()).unwrap();
+    assert!(log.contains("media process draining"), "P1 drained");
+}

@@ -505,10 +505,11 @@ async fn old_version_events_are_upcast_on_load_and_publish() {
         .iter()
         .find(|m| m.1.aggregate_id == call_id && m.1.sequence == 1)
         .unwrap();
-    assert_eq!(published.1.event_version, "4.0.0");
+    assert_eq!(published.1.event_version, "5.0.0");
     assert_eq!(published.1.data["dial_timeout_ms"], 30000);
     assert_eq!(published.1.data["activeflow_id"], Value::Null);
     assert_eq!(published.1.data["trunk_id"], Value::Null);
+    assert_eq!(published.1.data["master_call_id"], Value::Null);
     // And the log refuses edits.
     let err = sqlx::query("UPDATE events SET payload = '{}' WHERE aggregate_id = $1")
         .bind(call_id)

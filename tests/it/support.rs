@@ -427,6 +427,17 @@ impl Platform {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Sends it `signal` (`USR1`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
     /// Kills it with SIGKILL: no graceful shutdown, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -585,7 +596,12 @@ impl Env {
             // Webhook retries in milliseconds instead of minutes and hours.
             .env("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,300,600,900")
             .env("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32")
-            .env("RUST_LOG", "info,vbin_http=debug,vbin_app=debug,sqlx=warn")
+            // VBIN_TEST_RUST_LOG replaces the filter (to look into a failing test).
+            .env(
+                "RUST_LOG",
+                std::env::var("VBIN_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,vbin_http=debug,vbin_app=debug,sqlx=warn".into()),
+            )
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -53,6 +53,8 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             vec!["--connections", "1000,5000", "--secs", "5"],
         ),
         ("media", vec![], vec!["--secs", "1"]),
+        ("conference", vec![], vec!["--secs", "1"]),
+        ("bridge", vec![], vec!["--secs", "1"]),
         (
             "flows",
             vec![],
@@ -306,6 +308,37 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
                 v["audiosocket_server"]["realtime_sessions_per_core"].as_f64(),
                 "",
                 None,
+            ),
+        ],
+        "conference" => v["mix"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| matches!(m["members"].as_u64(), Some(2 | 8 | 64)))
+            .map(|m| {
+                h(
+                    &format!(
+                        "conference of {}: members mixed per core",
+                        m["members"].as_u64().unwrap_or(0)
+                    ),
+                    m["realtime_members_per_core"].as_f64(),
+                    "AudioSocket sessions per core",
+                    v["baseline_audiosocket_server"]["realtime_sessions_per_core"].as_f64(),
+                )
+            })
+            .collect(),
+        "bridge" => vec![
+            h(
+                "bridged call pairs per core",
+                v["bridge"]["bridged_pairs_per_core"].as_f64(),
+                "the same sessions unbridged, per core",
+                v["bridge"]["unbridged_sessions_per_core"].as_f64(),
+            ),
+            h(
+                "bridged pairs per core",
+                v["bridge"]["bridged_pairs_per_core"].as_f64(),
+                "AudioSocket sessions per core",
+                v["baseline_audiosocket_server"]["realtime_sessions_per_core"].as_f64(),
             ),
         ],
         "flows" => vec![

@@ -1,7 +1,7 @@
 //! The `vbin bench` command line: which benchmark, and running it.
 
 use crate::{
-    ai, all, campaign_bench, commands, flows, lag, media, replay_bench, report, sip, stt,
+    ai, all, campaign_bench, commands, flows, lag, media, mixing, replay_bench, report, sip, stt,
     webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
 };
 
@@ -31,6 +31,12 @@ pub enum Which {
     /// Media path on one core: G.711 samples/s (against a plain copy), resampler frames/s,
     /// AudioSocket sessions per core.
     Media(media::MediaArgs),
+    /// Conferences on one core: members mixed in real time per core for 2 to 64 members,
+    /// against the AudioSocket server's sessions per core (same run).
+    Conference(mixing::MixingArgs),
+    /// Bridges on one core: bridged call pairs per core at real time, against the same
+    /// sessions unbridged and the AudioSocket server's sessions per core (same run).
+    Bridge(mixing::MixingArgs),
     /// Call control: N concurrent sandbox calls running an IVR flow: real-time media sessions
     /// per core (against the AudioSocket server's, same run), frame pacing jitter and the
     /// latency from the far end's key to the next talk's first frame.
@@ -73,5 +79,9 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
         Which::Stt(a) => stt::run(&a).await,
         Which::All(a) => all::run(&a).await,
         Which::Media(a) => tokio::task::spawn_blocking(move || media::run(&a)).await?,
+        Which::Conference(a) => {
+            tokio::task::spawn_blocking(move || mixing::run_conference(&a)).await?
+        }
+        Which::Bridge(a) => tokio::task::spawn_blocking(move || mixing::run_bridge(&a)).await?,
     }
 }

@@ -15,6 +15,7 @@ mod all;
 mod cli;
 mod flows;
 mod media;
+mod mixing;
 mod sip;
 mod stt;
 mod ws;

@@ -58,6 +58,17 @@ pub const CALLS_CONSUMER: &str = "media-calls";
 pub const CONFERENCES_CONSUMER: &str = "media-conferences";
 /// Durable consumer of bridges (`call_bridged`, `call_chain_ended`).
 pub const BRIDGES_CONSUMER: &str = "media-bridges";
+/// The same events for the bridged leg's side.
+pub const BRIDGE_LEGS_CONSUMER: &str = "media-bridge-legs";
+
+/// Which call of a bridge a consumer looks after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    /// The call that dialed.
+    Master,
+    /// The leg bridged to it.
+    Leg,
+}
 /// Durable consumer of activeflow events.
 pub const ACTIONS_CONSUMER: &str = "media-actions";
 /// Durable consumer of recording events.
@@ -138,6 +149,8 @@ pub struct Media {
     conferences: conference::Conferences,
     /// Draining: no new sessions from events (see [`Media::drain`]).
     draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Bridges whose two sessions are cross-wired here, by master call.
+    paired: Arc<Mutex<std::collections::HashSet<CallId>>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -174,6 +187,7 @@ impl Media {
             greetings: Arc::default(),
             conferences: conference::Conferences::new(settings.node.clone()),
             draining: Arc::default(),
+            paired: Arc::default(),
             settings: Arc::new(settings),
         }
     }
@@ -221,7 +235,15 @@ impl Media {
                     &[CallEvent::CALL_BRIDGED, CallEvent::CALL_CHAIN_ENDED],
                 )
                 .lanes(8),
-                |e| self.clone().on_bridge(e),
+                |e| self.clone().on_bridge(e, Side::Master),
+            )
+            .consumer(
+                ConsumerSpec::for_events_of::<CallEvent>(
+                    BRIDGE_LEGS_CONSUMER,
+                    &[CallEvent::CALL_BRIDGED, CallEvent::CALL_CHAIN_ENDED],
+                )
+                .lanes(8),
+                |e| self.clone().on_bridge(e, Side::Leg),
             )
             .consumer(
                 ConsumerSpec::for_events_of::<ConferenceEvent>(
@@ -315,34 +337,64 @@ impl Media {
         Ok(())
     }
 
-    /// Links the sessions of a call and the leg bridged to it (both run here: a session
-    /// another process owns sends the event back for redelivery), and unlinks them when the
-    /// chain ends.
-    async fn on_bridge(self, e: PublishedEvent) -> Result<(), MediaError> {
+    /// One side of a bridge (`side`: the master's or the leg's; each has its own consumer,
+    /// so each reaches the process running that side's session). When both sessions run here
+    /// they are cross-wired through a port (bit-exact, no extra task); otherwise this side is
+    /// mixed with the other through the conference mesh, keyed by the master call (a bridge
+    /// is a conference of two). The chain's end unlinks each side.
+    async fn on_bridge(self, e: PublishedEvent, side: Side) -> Result<(), MediaError> {
         let master = CallId(e.aggregate_id);
         let customer = CustomerId(e.customer_id);
+        let mesh_key = ConferenceId(master.as_uuid());
         match e.decode::<CallEvent>()? {
             CallEvent::CallBridged { peer_call_id, .. } => {
-                let (Some(a), Some(b)) = (
-                    self.ensure(master, customer).await?,
-                    self.ensure(peer_call_id, customer).await?,
-                ) else {
-                    // One of them ended meanwhile: nothing to bridge.
+                let (mine, other) = match side {
+                    Side::Master => (master, peer_call_id),
+                    Side::Leg => (peer_call_id, master),
+                };
+                let Some(here) = self.ensure(mine, customer).await? else {
+                    // Ended meanwhile: nothing to bridge.
                     return Ok(());
                 };
-                let (pa, pb) = port::pair(master.to_string(), peer_call_id.to_string());
-                let _ = a.send(Control::Link(pa)).await;
-                let _ = b.send(Control::Link(pb)).await;
-                metrics::counter!("vbin_media_bridges_total", "kind" => "local").increment(1);
-                tracing::info!(call = %master, peer = %peer_call_id, "bridged");
+                if let Some(there) = self.live_control(other) {
+                    // Both here: one port, made once (the other side's consumer may come too).
+                    if !self.paired.lock().expect("paired").insert(master) {
+                        return Ok(());
+                    }
+                    self.conferences.remove(mesh_key, mine);
+                    self.conferences.remove(mesh_key, other);
+                    let (pa, pb) = port::pair(mine.to_string(), other.to_string());
+                    let _ = here.send(Control::Link(pa)).await;
+                    let _ = there.send(Control::Link(pb)).await;
+                    metrics::counter!("vbin_media_bridges_total", "kind" => "local").increment(1);
+                    tracing::info!(call = %master, peer = %peer_call_id, "bridged");
+                } else {
+                    let (session_end, mixer_end) =
+                        port::pair(mine.to_string(), format!("bridge {master}"));
+                    self.conferences.add(mesh_key, mine, mixer_end);
+                    let _ = here.send(Control::Link(session_end)).await;
+                    metrics::counter!("vbin_media_bridges_total", "kind" => "remote").increment(1);
+                    tracing::info!(call = %mine, bridge = %master, "bridged to a session of another media process");
+                }
             }
             CallEvent::CallChainEnded {
                 bridged_call_id: Some(peer),
                 ..
             } => {
-                for call in [master, peer] {
-                    if let Some(c) = self.control_of(call) {
+                let mine = match side {
+                    Side::Master => master,
+                    Side::Leg => peer,
+                };
+                self.paired.lock().expect("paired").remove(&master);
+                self.conferences.remove(mesh_key, mine);
+                match self.control_of(mine) {
+                    Some(c) => {
                         let _ = c.send(Control::Unlink).await;
+                    }
+                    None => {
+                        if let Some(owner) = self.live_owner_elsewhere(mine).await? {
+                            return Err(MediaError::OwnedElsewhere(mine, owner));
+                        }
                     }
                 }
             }

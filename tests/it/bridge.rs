@@ -404,3 +404,105 @@ async fn a_caller_hanging_up_while_the_agent_rings_cancels_the_agents_phone() {
         .await;
     assert_eq!(q["served"], 1, "the call had an agent when it hung up: {q}");
 }
+
+#[tokio::test]
+async fn a_bridge_between_two_media_processes_carries_both_ways() {
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    env.platform.kill();
+    env.platform = env
+        .spawn_platform_only(&[
+            "command-api",
+            "query-api",
+            "relay",
+            "projections",
+            "carrier",
+            "process-managers",
+        ])
+        .await;
+    let p1 = env.spawn_platform_only(&["media"]).await;
+    let api = env.client(&tok);
+    // A runs on P1; it connects after 7 s, once P2 runs and P1 drains, so B runs on P2.
+    let a = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({
+                "actions": [
+                    {"type": "recording_start", "option": {"beep_start": false}},
+                    {"type": "sleep", "option": {"duration": 7000}},
+                    {"type": "connect", "option": {
+                        "destinations": ["+15550004000"],
+                        "sandbox": {"script": [{"at_ms": 2500, "say": LEG_SAYS},
+                                               {"at_ms": 12000, "hangup": true}]}}},
+                    {"type": "talk", "option": {"text": "Support"}},
+                    {"type": "hangup"}
+                ],
+                "sandbox": {"script": [{"at_ms": 14000, "say": FAR_END},
+                                       {"at_ms": 60000, "hangup": true}]}
+            }),
+        )
+        .await[0];
+    wait_until("A's session on P1", Duration::from_secs(15), || async {
+        let o: Option<String> =
+            sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
+                .bind(a)
+                .fetch_optional(&env.pool)
+                .await
+                .unwrap();
+        o.ok_or("none")
+    })
+    .await;
+    let p2 = env.spawn_platform_only(&["media"]).await;
+    p1.signal("USR1");
+    let b = bridged_leg(&env, a).await;
+    let (s, v) = api
+        .post(&format!("/v1.0/calls/{b}/recording_start"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let owners: Vec<Option<String>> = {
+        let mut o = vec![];
+        for c in [a, b] {
+            o.push(
+                sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
+                    .bind(c)
+                    .fetch_optional(&env.pool)
+                    .await
+                    .unwrap(),
+            );
+        }
+        o
+    };
+    assert!(
+        owners[0].is_some() && owners[1].is_some() && owners[0] != owners[1],
+        "{owners:?}"
+    );
+    let af = ended_flow(&env, &tok, a, Duration::from_secs(60)).await;
+    assert_eq!(
+        af["variables"]["voipbin.connect.result"], "answered",
+        "{af}"
+    );
+    let (_, wav) = stored_recording(&env, &tok, a).await;
+    let (a_said, a_heard) = stereo(&wav);
+    assert_eq!(recognize(&a_said).await, FAR_END, "A's far end");
+    assert_eq!(
+        recognize(&a_heard).await,
+        format!("{LEG_SAYS} support"),
+        "A (on P1) heard B (on P2), then its flow"
+    );
+    let (_, wav) = stored_recording(&env, &tok, b).await;
+    let (b_said, b_heard) = stereo(&wav);
+    assert_eq!(recognize(&b_said).await, LEG_SAYS, "B's far end");
+    assert_eq!(
+        recognize(&b_heard).await,
+        FAR_END,
+        "B (on P2) heard A (on P1)"
+    );
+    for p in [&p1, &p2] {
+        let log = std::fs::read_to_string(p.log_path()).unwrap();
+        assert!(
+            log.contains("bridged to a session of another media process"),
+            "each side went through the mesh"
+        );
+    }
+}

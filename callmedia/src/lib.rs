@@ -43,9 +43,9 @@ use vbin_event_schema::views::TranscribeView;
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, AicallEvent, AicallId, CallEvent, CallId, CallStatus,
-    ConferenceEvent, ConferenceId, CustomerId, HangupCause, PublishedEvent, RecordingEvent,
-    RecordingId, RecordingLimits, RecordingStatus, TranscribeDirection, TranscribeEvent,
-    TranscribeId,
+    ConferenceEvent, ConferenceId, CustomerId, HangupCause, PublishedEvent, QueueEvent,
+    RecordingEvent, RecordingId, RecordingLimits, RecordingStatus, TranscribeDirection,
+    TranscribeEvent, TranscribeId,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
@@ -54,6 +54,8 @@ use vbin_transcription::Transcriber;
 
 /// Durable consumer of call events.
 pub const CALLS_CONSUMER: &str = "media-calls";
+/// Durable consumer of queue calls waiting (wait music) and leaving the wait.
+pub const QUEUES_CONSUMER: &str = "media-queues";
 /// Durable consumer of conference members joining and leaving.
 pub const CONFERENCES_CONSUMER: &str = "media-conferences";
 /// Durable consumer of bridges (`call_bridged`, `call_chain_ended`).
@@ -246,6 +248,20 @@ impl Media {
                 |e| self.clone().on_bridge(e, Side::Leg),
             )
             .consumer(
+                ConsumerSpec::for_events_of::<QueueEvent>(
+                    QUEUES_CONSUMER,
+                    &[
+                        QueueEvent::QUEUECALL_JOINED,
+                        QueueEvent::QUEUECALL_REQUEUED,
+                        QueueEvent::QUEUECALL_SERVED,
+                        QueueEvent::QUEUECALL_ABANDONED,
+                        QueueEvent::QUEUECALL_DONE,
+                    ],
+                )
+                .lanes(8),
+                |e| self.clone().on_queuecall(e),
+            )
+            .consumer(
                 ConsumerSpec::for_events_of::<ConferenceEvent>(
                     CONFERENCES_CONSUMER,
                     &[
@@ -401,6 +417,95 @@ impl Media {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A call waits in a queue: its session plays the queue's wait flow over and over until
+    /// an agent takes it or it leaves.
+    async fn on_queuecall(self, e: PublishedEvent) -> Result<(), MediaError> {
+        let customer = CustomerId(e.customer_id);
+        let (call, waits) = match e.decode::<QueueEvent>()? {
+            QueueEvent::QueuecallJoined { call, .. }
+            | QueueEvent::QueuecallRequeued { call, .. } => (call.call_id, true),
+            QueueEvent::QueuecallServed { call, .. }
+            | QueueEvent::QueuecallAbandoned { call, .. }
+            | QueueEvent::QueuecallDone { call, .. } => (call.call_id, false),
+            _ => return Ok(()),
+        };
+        if !waits {
+            match self.control_of(call) {
+                Some(c) => {
+                    let _ = c.send(Control::Unhold).await;
+                }
+                None => {
+                    if let Some(owner) = self.live_owner_elsewhere(call).await? {
+                        return Err(MediaError::OwnedElsewhere(call, owner));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let Some(flow) = self
+            .executor
+            .load::<vbin_domain::Queue>(e.aggregate_id, Some(customer))
+            .await?
+            .and_then(|q| q.wait_flow_id)
+        else {
+            return Ok(());
+        };
+        let Some(control) = self.ensure(call, customer).await? else {
+            return Ok(());
+        };
+        let Some(flow) = self
+            .executor
+            .load::<vbin_domain::Flow>(flow.as_uuid(), Some(customer))
+            .await?
+        else {
+            tracing::warn!(%call, %flow, "queue wait flow not found: waiting in silence");
+            return Ok(());
+        };
+        let music = self.render(&flow.actions).await;
+        let _ = control.send(Control::Hold(music.into())).await;
+        Ok(())
+    }
+
+    /// The audio of a wait flow's talks, plays, beeps and sleeps, one after the other (at most
+    /// ten minutes; what cannot be rendered is left out, logged).
+    async fn render(&self, actions: &[vbin_event_schema::flow::Action]) -> Vec<i16> {
+        const MAX: usize = 16_000 * 600;
+        let mut out: Vec<i16> = Vec::new();
+        for a in actions {
+            match &a.kind {
+                ActionKind::Talk(t) => {
+                    let req = TtsRequest {
+                        text: t.text.clone(),
+                        language: t.language.clone(),
+                        voice: t.voice_id.clone(),
+                    };
+                    match self.tts.synthesize(&req).await {
+                        Ok(speech) => out.extend_from_slice(&speech),
+                        Err(e) => tracing::warn!(error = %e, "wait flow: talk not synthesised"),
+                    }
+                }
+                ActionKind::Play(p) => {
+                    for url in &p.stream_urls {
+                        match self.player.clip(url).await {
+                            Ok(clip) => out.extend_from_slice(&clip),
+                            Err(e) => tracing::warn!(error = %e, "wait flow: play not fetched"),
+                        }
+                    }
+                }
+                ActionKind::Beep(_) => out.extend_from_slice(&beep()),
+                ActionKind::Sleep(s) => {
+                    out.resize(out.len() + 16 * s.duration as usize, 0);
+                }
+                _ => {}
+            }
+            if out.len() >= MAX {
+                out.truncate(MAX);
+                break;
+            }
+        }
+        out
     }
 
     /// A member joined: its session (claimed here, or the event goes back for the process

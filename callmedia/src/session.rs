@@ -121,6 +121,11 @@ pub enum Control {
     Link(PortEnd),
     /// End the bridge.
     Unlink,
+    /// Play this audio over and over (a queue's wait music) until [`Control::Unhold`]
+    /// (replacing one played before).
+    Hold(Speech),
+    /// Stop the wait music.
+    Unhold,
     /// End the session (the call ended).
     Stop,
 }
@@ -308,6 +313,8 @@ pub struct Session {
     taps: Vec<Tap>,
     agent: Option<AgentAudio>,
     port: Option<PortEnd>,
+    /// Wait music and where it is.
+    hold: Option<(Speech, usize)>,
     far_gone: bool,
     reports: mpsc::UnboundedSender<Report>,
     /// Frames sent to the far end so far.
@@ -327,6 +334,7 @@ impl Session {
             taps: Vec::new(),
             agent: None,
             port: None,
+            hold: None,
             far_gone: false,
             reports,
             frames: 0,
@@ -362,6 +370,8 @@ impl Session {
                 self.port = Some(port);
             }
             Control::Unlink => self.port = None,
+            Control::Hold(music) => self.hold = (!music.is_empty()).then_some((music, 0)),
+            Control::Unhold => self.hold = None,
             Control::Attach(NewFar(far)) => {
                 self.far = far;
                 self.far_gone = false;
@@ -507,6 +517,12 @@ impl Session {
         }
         if let Some(a) = self.agent.as_mut() {
             a.tick(&inbound.audio, &mut out);
+        }
+        if let Some((music, pos)) = self.hold.as_mut() {
+            for o in out.iter_mut() {
+                *o += music[*pos] as i32;
+                *pos = (*pos + 1) % music.len();
+            }
         }
         if let Some(p) = &self.port {
             // The bridged call's far end is heard here, and this far end there.

@@ -433,6 +433,7 @@ fn endpoints() -> Vec<Endpoint> {
                     routing_method: v.routing_method,
                     agent_ids: v.agent_ids,
                     wait_timeout_ms: v.wait_timeout_ms,
+                    wait_flow_id: v.wait_flow_id,
                 };
                 let cmd = QueueCommand::Create { queue, at: at() };
                 Ok(stored(&decide(&mut Queue::default(), cmd)?))

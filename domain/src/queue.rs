@@ -31,6 +31,8 @@ pub struct NewQueue {
     pub agent_ids: Vec<AgentId>,
     /// Longest wait.
     pub wait_timeout_ms: u32,
+    /// What waiting calls hear.
+    pub wait_flow_id: Option<FlowId>,
 }
 
 /// Queue commands.
@@ -53,6 +55,8 @@ pub enum QueueCommand {
         agent_ids: Vec<AgentId>,
         /// Longest wait.
         wait_timeout_ms: u32,
+        /// What waiting calls hear.
+        wait_flow_id: Option<FlowId>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -117,6 +121,8 @@ pub struct Queue {
     pub agent_ids: Vec<AgentId>,
     /// Longest wait.
     pub wait_timeout_ms: u32,
+    /// What waiting calls hear.
+    pub wait_flow_id: Option<FlowId>,
     /// Calls waiting, by call id.
     pub waiting: BTreeMap<CallId, Queuecall>,
     /// Calls with an agent, by call id.
@@ -140,6 +146,7 @@ impl Queue {
             "id": self.id, "type": "queue", "customer_id": self.customer_id,
             "name": self.name, "routing_method": self.routing_method,
             "agent_ids": self.agent_ids, "wait_timeout_ms": self.wait_timeout_ms,
+            "wait_flow_id": self.wait_flow_id,
             "waiting": self.stats.waiting, "serving": self.stats.serving,
             "served": self.stats.served, "abandoned": self.stats.abandoned,
             "total_wait_ms": self.stats.total_wait_ms,
@@ -169,6 +176,7 @@ impl Queue {
                 routing_method: q.routing_method,
                 agent_ids: q.agent_ids,
                 wait_timeout_ms: q.wait_timeout_ms,
+                wait_flow_id: q.wait_flow_id,
                 at,
             }]);
         }
@@ -183,12 +191,14 @@ impl Queue {
                 routing_method,
                 agent_ids,
                 wait_timeout_ms,
+                wait_flow_id,
                 at,
             } => vec![QueueEvent::QueueUpdated {
                 name,
                 routing_method,
                 agent_ids,
                 wait_timeout_ms,
+                wait_flow_id,
                 at,
             }],
             QueueCommand::Join {
@@ -328,9 +338,11 @@ impl Queue {
                 routing_method,
                 agent_ids,
                 wait_timeout_ms,
+                wait_flow_id,
                 at,
             } => {
                 *self = Queue {
+                    wait_flow_id,
                     id: Some(queue_id),
                     customer_id,
                     name,
@@ -347,8 +359,10 @@ impl Queue {
                 routing_method,
                 agent_ids,
                 wait_timeout_ms,
+                wait_flow_id,
                 at,
             } => {
+                self.wait_flow_id = wait_flow_id;
                 self.name = name;
                 self.routing_method = routing_method;
                 self.agent_ids = agent_ids;
@@ -443,6 +457,7 @@ mod tests {
                 routing_method: RoutingMethod::Linear,
                 agent_ids: vec![AgentId::new()],
                 wait_timeout_ms: 60_000,
+                wait_flow_id: None,
             },
             at: t(0),
         })

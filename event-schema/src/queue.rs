@@ -89,6 +89,10 @@ pub enum QueueEvent {
         agent_ids: Vec<AgentId>,
         /// Longest a call waits before it is hung up.
         wait_timeout_ms: u32,
+        /// The flow whose talk, play, beep and sleep waiting calls hear, over and over. Added
+        /// without a version bump: older events lack it (none).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_flow_id: Option<FlowId>,
         /// When.
         at: DateTime<Utc>,
     },
@@ -102,6 +106,9 @@ pub enum QueueEvent {
         agent_ids: Vec<AgentId>,
         /// Longest wait.
         wait_timeout_ms: u32,
+        /// What waiting calls hear (see `queue_created`). Added without a version bump.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_flow_id: Option<FlowId>,
         /// When.
         at: DateTime<Utc>,
     },

@@ -836,6 +836,7 @@ fn queue_event() -> BoxedStrategy<QueueEvent> {
                 routing_method: r,
                 agent_ids: a,
                 wait_timeout_ms: w,
+                wait_flow_id: (w % 2 == 0).then_some(FlowId(q)),
                 at,
             }),
         (text(), routing(), agents(), any::<u32>(), at()).prop_map(|(n, r, a, w, at)| {
@@ -844,6 +845,7 @@ fn queue_event() -> BoxedStrategy<QueueEvent> {
                 routing_method: r,
                 agent_ids: a,
                 wait_timeout_ms: w,
+                wait_flow_id: None,
                 at,
             }
         }),
@@ -1146,6 +1148,7 @@ fn decode_as_every_type(
             routing_method: RoutingMethod::Linear,
             agent_ids: vec![],
             wait_timeout_ms: 0,
+            wait_flow_id: None,
             at: Utc::now(),
         }),
         AnyEvent::Transcribe(TranscribeEvent::TranscribeCompleted { at: Utc::now() }),

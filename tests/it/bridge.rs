@@ -506,3 +506,63 @@ async fn a_bridge_between_two_media_processes_carries_both_ways() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_waiting_caller_hears_the_queues_wait_flow_until_an_agent_takes_it() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let agent = agent_at(&api, &["+15550020000"]).await;
+    let (s, _) = api.set_agent_status(&agent, "offline").await;
+    assert_eq!(s, 200);
+    let music = api
+        .create(
+            "/v1.0/flows",
+            json!({"name": "music", "actions": [
+                {"type": "talk", "option": {"text": LEG_SAYS}},
+                {"type": "sleep", "option": {"duration": 800}}]}),
+        )
+        .await;
+    let bad = api
+        .create(
+            "/v1.0/flows",
+            json!({"name": "bad", "actions": [{"type": "hangup"}]}),
+        )
+        .await;
+    let queue = |wait_flow: &Value| {
+        json!({"name": "q", "agent_ids": [agent], "wait_timeout_ms": 60000,
+               "wait_flow_id": wait_flow["id"]})
+    };
+    let (s, v) = api.post("/v1.0/queues", queue(&bad)).await;
+    assert_eq!(s, 400, "a wait flow only plays: {v}");
+    let qid = id_of(&api.create("/v1.0/queues", queue(&music)).await);
+    let caller = env
+        .calls(
+            &tok,
+            &["+15550003000"],
+            json!({
+                "actions": [
+                    {"type": "recording_start", "option": {"beep_start": false}},
+                    {"type": "queue_join", "option": {"queue_id": qid,
+                        "sandbox": {"script": [{"at_ms": 1500, "say": "support"},
+                                               {"at_ms": 4000, "hangup": true}]}}},
+                    {"type": "hangup"}
+                ],
+                "sandbox": {"script": [{"at_ms": 60000, "hangup": true}]}
+            }),
+        )
+        .await[0];
+    // The caller waits (and hears the music) until the agent becomes available.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (s, _) = api.set_agent_status(&agent, "available").await;
+    assert_eq!(s, 200);
+    let af = ended_flow(&env, &tok, caller, Duration::from_secs(40)).await;
+    assert_eq!(af["variables"]["voipbin.queue.result"], "answered", "{af}");
+    let (_, wav) = stored_recording(&env, &tok, caller).await;
+    let (_, heard) = stereo(&wav);
+    let heard = recognize(&heard).await;
+    assert!(
+        heard.matches(LEG_SAYS).count() >= 2 && heard.ends_with("support"),
+        "the music over and over, then the agent alone: {heard:?}"
+    );
+}

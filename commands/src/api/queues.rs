@@ -10,8 +10,9 @@ use serde::Deserialize;
 use std::collections::HashSet;
 use uuid::Uuid;
 use vbin_domain::queue::MAX_QUEUE_AGENTS;
-use vbin_domain::{Customer, NewQueue, Queue, QueueCommand};
-use vbin_event_schema::{AgentId, CallId, CustomerId, QueueId, RoutingMethod};
+use vbin_domain::{Customer, Flow, NewQueue, Queue, QueueCommand};
+use vbin_event_schema::flow::ActionKind;
+use vbin_event_schema::{AgentId, CallId, CustomerId, FlowId, QueueId, RoutingMethod};
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
 
@@ -28,6 +29,8 @@ pub struct QueueBody {
     #[serde(default)]
     agent_ids: Vec<Uuid>,
     wait_timeout_ms: Option<u32>,
+    /// A flow of talk, play, beep and sleep actions that waiting calls hear, over and over.
+    wait_flow_id: Option<Uuid>,
 }
 
 /// The validated settings (whether the agents exist is checked by the handler).
@@ -41,6 +44,8 @@ pub struct Settings {
     pub agent_ids: Vec<AgentId>,
     /// 1000 to 3600000 (default [`DEFAULT_WAIT_TIMEOUT_MS`]).
     pub wait_timeout_ms: u32,
+    /// What waiting calls hear (the handler checks it is this customer's).
+    pub wait_flow_id: Option<FlowId>,
 }
 
 impl QueueBody {
@@ -66,6 +71,7 @@ impl QueueBody {
                 1_000,
                 3_600_000,
             )?,
+            wait_flow_id: self.wait_flow_id.map(FlowId),
         })
     }
 }
@@ -79,7 +85,27 @@ async fn settings(s: &CmdState, customer: CustomerId, b: QueueBody) -> Result<Se
             ApiError::invalid(format!("agent_ids: no agent {unknown} in this customer")).into(),
         );
     }
+    if let Some(flow) = q.wait_flow_id {
+        let f = require::<Flow>(s, flow.as_uuid(), customer, "flow")
+            .await
+            .map_err(|_| ApiError::invalid(format!("wait_flow_id: no flow {flow}")))?;
+        if let Some(a) = f.actions.iter().find(|a| !is_wait_media(&a.kind)) {
+            return Err(ApiError::invalid(format!(
+                "wait_flow_id: a wait flow only talks, plays, beeps and sleeps (not {})",
+                a.kind.type_name()
+            ))
+            .into());
+        }
+    }
     Ok(q)
+}
+
+/// What a wait flow may do.
+fn is_wait_media(kind: &ActionKind) -> bool {
+    matches!(
+        kind,
+        ActionKind::Talk(_) | ActionKind::Play(_) | ActionKind::Beep(_) | ActionKind::Sleep(_)
+    )
 }
 
 /// `POST /v1.0/queues` -> the queue.
@@ -98,6 +124,7 @@ pub async fn create_queue(
             routing_method: q.routing_method,
             agent_ids: q.agent_ids,
             wait_timeout_ms: q.wait_timeout_ms,
+            wait_flow_id: q.wait_flow_id,
         },
         at: Utc::now(),
     };
@@ -122,6 +149,7 @@ pub async fn update_queue(
         routing_method: q.routing_method,
         agent_ids: q.agent_ids,
         wait_timeout_ms: q.wait_timeout_ms,
+        wait_flow_id: q.wait_flow_id,
         at: Utc::now(),
     };
     Ok(Json(s.app.update::<Queue>(&acting, id, cmd).await?.view()))

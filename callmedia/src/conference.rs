@@ -62,7 +62,7 @@ impl Conferences {
         let mut running = self.running.lock().expect("conferences");
         let tx = running.entry(conference).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            crate::media_runtime().spawn(self.clone().run(conference, rx));
+            crate::runtime::media_runtime().spawn(self.clone().run(conference, rx));
             tx
         });
         let _ = tx.send(Cmd::Add(call, port));

@@ -20,6 +20,7 @@ pub mod frame;
 pub mod mixer;
 pub mod play;
 pub mod port;
+pub mod runtime;
 pub mod session;
 pub mod socket;
 
@@ -1272,7 +1273,7 @@ impl Media {
             );
         }
         metrics::gauge!("vbin_media_sessions").increment(1.0);
-        media_runtime().spawn(session.run(control_rx));
+        runtime::media_runtime().spawn(session.run(control_rx));
         tokio::spawn(self.clone().reports(call_id, customer, reports_rx));
         let (me, c) = (self.clone(), control.clone());
         tokio::spawn(async move { me.tap_running(&c, call_id).await });
@@ -1502,23 +1503,6 @@ impl Media {
         }
         Ok(())
     }
-}
-
-/// The runtime media sessions tick on: threads of their own, one per core, so a frame is never
-/// late because an API request, a projection or a database round trip holds a worker of the
-/// main runtime (tokio tasks are not preempted). Created on first use, never dropped.
-pub(crate) fn media_runtime() -> &'static tokio::runtime::Handle {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .thread_name("vbin-media")
-            .enable_time()
-            .build()
-            .expect("the media runtime starts")
-    })
-    .handle()
 }
 
 /// Hangs up answered calls whose media claim has not been renewed for `after` (their media

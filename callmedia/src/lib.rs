@@ -939,8 +939,16 @@ impl Media {
             }
             TranscribeEvent::TranscribeCompleted { .. } => {
                 self.tapped.lock().expect("tapped").remove(&(call, id));
-                if let Some(control) = self.control_of(call) {
-                    let _ = control.send(Control::Untap(id)).await;
+                match self.control_of(call) {
+                    Some(control) => {
+                        let _ = control.send(Control::Untap(id)).await;
+                    }
+                    None => {
+                        // Another process runs the session: its tap is stopped there.
+                        if let Some(owner) = self.live_owner_elsewhere(call).await? {
+                            return Err(MediaError::OwnedElsewhere(call, owner));
+                        }
+                    }
                 }
             }
             _ => {}

@@ -417,3 +417,31 @@ async fn an_expiring_token_closes_the_connection() {
     }
     assert!(t.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test]
+async fn conference_events_reach_their_topic_and_only_their_tenant() {
+    let env = Env::start().await;
+    let (a, tok_a, _) = env.customer().await;
+    let (b, tok_b, _) = env.customer().await;
+    let mut mine = connect(&env.platform, &tok_a).await;
+    subscribe(&mut mine, &[format!("customer_id:{a}:conference:*")]).await;
+    let mut theirs = connect(&env.platform, &tok_b).await;
+    subscribe(&mut theirs, &[format!("customer_id:{b}:conference:*")]).await;
+    let api = env.client(&tok_a);
+    let conf = api
+        .create("/v1.0/conferences", json!({"name": "standup"}))
+        .await;
+    let id = conf["id"].as_str().unwrap().to_string();
+    let (s, _) = api
+        .post(&format!("/v1.0/conferences/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let got = events_until(&mut mine, |e| {
+        e.iter().any(|e| e["event"] == "conference_terminated")
+    })
+    .await;
+    assert_eq!(got[0]["event"], "conference_created", "{got:?}");
+    assert_eq!(got[0]["topic"], format!("customer_id:{a}:conference:{id}"));
+    assert_eq!(got.last().unwrap()["data"]["status"], "terminated");
+    silent_for(&mut theirs, Duration::from_secs(1)).await;
+}

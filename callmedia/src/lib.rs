@@ -404,16 +404,7 @@ impl Media {
                 };
                 self.paired.lock().expect("paired").remove(&master);
                 self.conferences.remove(mesh_key, mine);
-                match self.control_of(mine) {
-                    Some(c) => {
-                        let _ = c.send(Control::Unlink).await;
-                    }
-                    None => {
-                        if let Some(owner) = self.live_owner_elsewhere(mine).await? {
-                            return Err(MediaError::OwnedElsewhere(mine, owner));
-                        }
-                    }
-                }
+                self.tell(mine, Control::Unlink).await?;
             }
             _ => {}
         }
@@ -433,16 +424,7 @@ impl Media {
             _ => return Ok(()),
         };
         if !waits {
-            match self.control_of(call) {
-                Some(c) => {
-                    let _ = c.send(Control::Unhold).await;
-                }
-                None => {
-                    if let Some(owner) = self.live_owner_elsewhere(call).await? {
-                        return Err(MediaError::OwnedElsewhere(call, owner));
-                    }
-                }
-            }
+            self.tell(call, Control::Unhold).await?;
             return Ok(());
         }
         let Some(flow) = self
@@ -521,21 +503,8 @@ impl Media {
                     .await?;
             }
             ConferenceEvent::ConferencecallLeft { member, .. } => {
-                let call = member.call_id;
-                match self.control_of(call) {
-                    Some(c) => {
-                        let _ = c.send(Control::Unlink).await;
-                        self.conferences.remove(conference, call);
-                    }
-                    None => {
-                        // Ended here, or never here: a session another process runs must
-                        // hear it there.
-                        self.conferences.remove(conference, call);
-                        if let Some(other) = self.live_owner_elsewhere(call).await? {
-                            return Err(MediaError::OwnedElsewhere(call, other));
-                        }
-                    }
-                }
+                self.conferences.remove(conference, member.call_id);
+                self.tell(member.call_id, Control::Unlink).await?;
             }
             _ => {}
         }
@@ -562,16 +531,26 @@ impl Media {
         Ok(())
     }
 
-    /// The process that runs the call's session, if another one does with a live lease.
-    async fn live_owner_elsewhere(&self, call: CallId) -> Result<Option<String>, MediaError> {
-        Ok(sqlx::query_scalar(
+    /// Tells the call's session `c` if it runs here (true). A session another process runs
+    /// with a live lease must hear it there: `OwnedElsewhere`, so the event goes back for that
+    /// process. False: no process runs it (it ended).
+    async fn tell(&self, call: CallId, c: Control) -> Result<bool, MediaError> {
+        if let Some(control) = self.control_of(call) {
+            let _ = control.send(c).await;
+            return Ok(true);
+        }
+        let other: Option<String> = sqlx::query_scalar(
             "SELECT owner FROM media_sessions \
              WHERE call_id = $1 AND owner <> $2 AND lease_until > now()",
         )
         .bind(call.as_uuid())
         .bind(&self.settings.node)
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        match other {
+            Some(other) => Err(MediaError::OwnedElsewhere(call, other)),
+            None => Ok(false),
+        }
     }
 
     async fn on_action(self, e: PublishedEvent) -> Result<(), MediaError> {
@@ -897,19 +876,13 @@ impl Media {
                     }
                 }
             }
-            RecordingEvent::RecordingStopRequested { .. } => match self.control_of(call) {
-                Some(c) => {
-                    let _ = c.send(Control::StopRecording(id)).await;
-                }
-                None => {
-                    // Another process runs the session: the stop is for it.
-                    if let Some(other) = self.live_owner_elsewhere(call).await? {
-                        return Err(MediaError::OwnedElsewhere(call, other));
-                    }
+            RecordingEvent::RecordingStopRequested { .. } => {
+                let told = self.tell(call, Control::StopRecording(id)).await?;
+                if !told {
                     self.end_unrecorded(customer, id, "the call's media session is gone")
                         .await?
                 }
-            },
+            }
             _ => {}
         }
         Ok(())
@@ -939,17 +912,7 @@ impl Media {
             }
             TranscribeEvent::TranscribeCompleted { .. } => {
                 self.tapped.lock().expect("tapped").remove(&(call, id));
-                match self.control_of(call) {
-                    Some(control) => {
-                        let _ = control.send(Control::Untap(id)).await;
-                    }
-                    None => {
-                        // Another process runs the session: its tap is stopped there.
-                        if let Some(owner) = self.live_owner_elsewhere(call).await? {
-                            return Err(MediaError::OwnedElsewhere(call, owner));
-                        }
-                    }
-                }
+                self.tell(call, Control::Untap(id)).await?;
             }
             _ => {}
         }

@@ -20,9 +20,7 @@ use chrono::Utc;
 use serde_json::Value;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::{
-    Call, CallCommand, CustomerCommand, DomainError, HangupRequest, Queue, QueueCommand,
-};
+use vbin_domain::{Call, CallCommand, CustomerCommand, DomainError, Queue, QueueCommand};
 use vbin_event_schema::call::{
     ChainPurpose, ChainResult, CONNECT_CALL_ID_VARIABLE, CONNECT_RESULT_VARIABLE,
 };
@@ -94,11 +92,7 @@ impl Ctx<'_> {
 
     /// Hangs up `id` from our side (a ringing leg is canceled, an answered one cleared).
     async fn hang_up(&self, id: CallId) -> Result<(), ProcessError> {
-        let cmd = CallCommand::Hangup {
-            request: HangupRequest::Local,
-            at: Utc::now(),
-        };
-        self.call(id, cmd).await.map(|_| ())
+        crate::hang_up(self.executor, self.customer, id, &self.meta).await
     }
 }
 

@@ -8,9 +8,7 @@ use crate::{system_meta, ProcessError};
 use chrono::Utc;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::{
-    Activeflow, Call, CallCommand, Conference, ConferenceCommand, DomainError, HangupRequest,
-};
+use vbin_domain::{Conference, ConferenceCommand, DomainError};
 use vbin_event_schema::flow::{ActionKind, ActionResult};
 use vbin_event_schema::{
     CallEvent, CallId, ConferenceEvent, CustomerId, LeaveReason, PublishedEvent,
@@ -49,15 +47,7 @@ pub async fn run(
 async fn on_hangup(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessError> {
     let customer = CustomerId(e.customer_id);
     let call = CallId(e.aggregate_id);
-    let Some(af) = executor
-        .load::<Call>(call.as_uuid(), Some(customer))
-        .await?
-        .and_then(|c| c.activeflow_id)
-    else {
-        return Ok(());
-    };
-    let Some(ActionKind::ConferenceJoin(join)) = executor
-        .load::<Activeflow>(af.as_uuid(), Some(customer))
+    let Some(ActionKind::ConferenceJoin(join)) = crate::call_flow(executor, customer, call)
         .await?
         .and_then(|f| f.current)
         .map(|a| a.kind)
@@ -101,23 +91,7 @@ async fn on_left(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessEr
     let ended =
         crate::complete_waiting(executor, customer, member.call_id, waits, done, &meta).await?;
     if ended == Some(true) {
-        let cmd = CallCommand::Hangup {
-            request: HangupRequest::Local,
-            at: Utc::now(),
-        };
-        match executor
-            .execute::<Call>(
-                member.call_id.as_uuid(),
-                customer,
-                Some(customer),
-                cmd,
-                &meta,
-            )
-            .await
-        {
-            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => {}
-            Err(err) => return Err(err.into()),
-        }
+        crate::hang_up(executor, customer, member.call_id, &meta).await?;
     }
     Ok(())
 }

@@ -146,18 +146,7 @@ pub(crate) async fn complete_waiting(
     result: vbin_event_schema::flow::ActionResult,
     meta: &CommandMeta,
 ) -> Result<Option<bool>, ProcessError> {
-    use vbin_domain::{Activeflow, Call};
-    let Some(af) = executor
-        .load::<Call>(call.as_uuid(), Some(customer))
-        .await?
-        .and_then(|c| c.activeflow_id)
-    else {
-        return Ok(None);
-    };
-    let Some(flow) = executor
-        .load::<Activeflow>(af.as_uuid(), Some(customer))
-        .await?
-    else {
+    let Some(flow) = call_flow(executor, customer, call).await? else {
         return Ok(None);
     };
     let (Some(seq), Some(action)) = (flow.waiting, flow.current.as_ref()) else {
@@ -166,7 +155,49 @@ pub(crate) async fn complete_waiting(
     if !waits_on(&action.kind) {
         return Ok(None);
     }
+    let af = flow.id.expect("a loaded activeflow has its id");
     complete(executor, customer, af, seq, result, meta).await
+}
+
+/// Hangs up the customer's call from our side (a ringing one is canceled, an answered one
+/// cleared); a call that does not exist is no error.
+pub(crate) async fn hang_up(
+    executor: &vbin_app::Executor,
+    customer: CustomerId,
+    call: vbin_event_schema::CallId,
+    meta: &CommandMeta,
+) -> Result<(), ProcessError> {
+    use vbin_domain::{Call, CallCommand, DomainError, HangupRequest};
+    let cmd = CallCommand::Hangup {
+        request: HangupRequest::Local,
+        at: chrono::Utc::now(),
+    };
+    match executor
+        .execute::<Call>(call.as_uuid(), customer, Some(customer), cmd, meta)
+        .await
+    {
+        Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The activeflow of the customer's call, if it has one.
+pub(crate) async fn call_flow(
+    executor: &vbin_app::Executor,
+    customer: CustomerId,
+    call: vbin_event_schema::CallId,
+) -> Result<Option<vbin_domain::Activeflow>, ProcessError> {
+    use vbin_domain::{Activeflow, Call};
+    let Some(af) = executor
+        .load::<Call>(call.as_uuid(), Some(customer))
+        .await?
+        .and_then(|c| c.activeflow_id)
+    else {
+        return Ok(None);
+    };
+    Ok(executor
+        .load::<Activeflow>(af.as_uuid(), Some(customer))
+        .await?)
 }
 
 /// Completes execution `seq` of activeflow `af` with `result`; returns whether the flow then

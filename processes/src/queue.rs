@@ -27,7 +27,6 @@ use vbin_app::queues::join;
 use vbin_app::AppError;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::Activeflow;
 use vbin_domain::{
     Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
     QueueCommand,
@@ -443,17 +442,7 @@ impl Queues {
         customer: CustomerId,
         call: CallId,
     ) -> Result<Option<SandboxScript>, ProcessError> {
-        let Some(af) = self
-            .executor
-            .load::<Call>(call.as_uuid(), Some(customer))
-            .await?
-            .and_then(|c| c.activeflow_id)
-        else {
-            return Ok(None);
-        };
-        Ok(self
-            .executor
-            .load::<Activeflow>(af.as_uuid(), Some(customer))
+        Ok(crate::call_flow(&self.executor, customer, call)
             .await?
             .and_then(|f| f.current)
             .and_then(|a| match a.kind {

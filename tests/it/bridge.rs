@@ -409,17 +409,7 @@ async fn a_caller_hanging_up_while_the_agent_rings_cancels_the_agents_phone() {
 async fn a_bridge_between_two_media_processes_carries_both_ways() {
     let mut env = Env::start().await;
     let (_, tok, _) = env.customer().await;
-    env.platform.kill();
-    env.platform = env
-        .spawn_platform_only(&[
-            "command-api",
-            "query-api",
-            "relay",
-            "projections",
-            "carrier",
-            "process-managers",
-        ])
-        .await;
+    env.platform_without_media().await;
     let p1 = env.spawn_platform_only(&["media"]).await;
     let api = env.client(&tok);
     // A runs on P1; it connects after 7 s, once P2 runs and P1 drains, so B runs on P2.
@@ -444,13 +434,7 @@ async fn a_bridge_between_two_media_processes_carries_both_ways() {
         )
         .await[0];
     wait_until("A's session on P1", Duration::from_secs(15), || async {
-        let o: Option<String> =
-            sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
-                .bind(a)
-                .fetch_optional(&env.pool)
-                .await
-                .unwrap();
-        o.ok_or("none")
+        env.media_owner(a).await.ok_or("none")
     })
     .await;
     let p2 = env.spawn_platform_only(&["media"]).await;
@@ -460,19 +444,7 @@ async fn a_bridge_between_two_media_processes_carries_both_ways() {
         .post(&format!("/v1.0/calls/{b}/recording_start"), json!({}))
         .await;
     assert_eq!(s, 200, "{v}");
-    let owners: Vec<Option<String>> = {
-        let mut o = vec![];
-        for c in [a, b] {
-            o.push(
-                sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
-                    .bind(c)
-                    .fetch_optional(&env.pool)
-                    .await
-                    .unwrap(),
-            );
-        }
-        o
-    };
+    let owners = [env.media_owner(a).await, env.media_owner(b).await];
     assert!(
         owners[0].is_some() && owners[1].is_some() && owners[0] != owners[1],
         "{owners:?}"

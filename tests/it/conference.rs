@@ -153,13 +153,7 @@ async fn three_members_each_hear_the_other_two_and_not_themselves() {
 async fn owners(env: &Env, calls: &[Uuid]) -> Vec<Option<String>> {
     let mut out = vec![];
     for c in calls {
-        out.push(
-            sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
-                .bind(c)
-                .fetch_optional(&env.pool)
-                .await
-                .unwrap(),
-        );
+        out.push(env.media_owner(*c).await);
     }
     out
 }
@@ -173,17 +167,7 @@ async fn members_on_two_media_processes_hear_each_other_and_survive_the_others_c
     .await;
     let (_, tok, _) = env.customer().await;
     // The platform without media, and one media process P1.
-    env.platform.kill();
-    env.platform = env
-        .spawn_platform_only(&[
-            "command-api",
-            "query-api",
-            "relay",
-            "projections",
-            "carrier",
-            "process-managers",
-        ])
-        .await;
+    env.platform_without_media().await;
     let p1 = env.spawn_platform_only(&["media"]).await;
     let api = env.client(&tok);
     let cid = id_of(&api.create("/v1.0/conferences", json!({"name": "x"})).await);

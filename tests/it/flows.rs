@@ -699,16 +699,7 @@ async fn a_call_whose_media_process_died_for_good_is_hung_up() {
     .await;
     env.platform.kill();
     // Everything but media comes back.
-    env.platform = env
-        .spawn_platform_only(&[
-            "command-api",
-            "query-api",
-            "relay",
-            "projections",
-            "carrier",
-            "process-managers",
-        ])
-        .await;
+    env.platform_without_media().await;
     let c = env.wait_call_end(call, Duration::from_secs(30)).await;
     assert_eq!(
         (c["hangup_cause"].as_str(), c["hangup_by"].as_str()),

@@ -551,6 +551,31 @@ impl Env {
     }
 
     /// Starts another `vbin serve` process against this env's database and NATS.
+    /// Replaces the platform with one running every part but media (media processes are
+    /// then started on their own, or none is).
+    pub async fn platform_without_media(&mut self) {
+        self.platform.kill();
+        self.platform = self
+            .spawn_platform_only(&[
+                "command-api",
+                "query-api",
+                "relay",
+                "projections",
+                "carrier",
+                "process-managers",
+            ])
+            .await;
+    }
+
+    /// The media process running the call's session, if one does.
+    pub async fn media_owner(&self, call: Uuid) -> Option<String> {
+        sqlx::query_scalar("SELECT owner FROM media_sessions WHERE call_id = $1")
+            .bind(call)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn spawn_platform(&self) -> Platform {
         self.spawn_platform_only(&[]).await
     }

@@ -482,7 +482,7 @@ pub async fn create_agent(
         password_hash: hash_password(b.password).await?,
         permission: b.permission,
     };
-    let mut state = customer_cmd(
+    let state = customer_cmd(
         &s,
         &c,
         CustomerCommand::CreateAgent {
@@ -491,15 +491,27 @@ pub async fn create_agent(
         },
     )
     .await?;
-    if let Some(addresses) = b.addresses {
-        let cmd = CustomerCommand::SetAgentAddresses {
-            agent_id,
-            addresses,
-            at: Utc::now(),
-        };
-        state = customer_cmd(&s, &c, cmd).await?;
-    }
+    let state = set_addresses(&s, &c, agent_id, b.addresses, state).await?;
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
+}
+
+/// Sets the agent's addresses if the request gave them; the customer after.
+async fn set_addresses(
+    s: &CmdState,
+    c: &CustomerCaller,
+    agent_id: AgentId,
+    addresses: Option<Vec<TelAddress>>,
+    state: Customer,
+) -> Result<Customer, CmdError> {
+    let Some(addresses) = addresses else {
+        return Ok(state);
+    };
+    let cmd = CustomerCommand::SetAgentAddresses {
+        agent_id,
+        addresses,
+        at: Utc::now(),
+    };
+    customer_cmd(s, c, cmd).await
 }
 
 /// `PUT /v1.0/agents/{id}` body.
@@ -551,15 +563,8 @@ pub async fn update_agent(
         permission: b.permission,
         at: Utc::now(),
     };
-    let mut state = customer_cmd(&s, &c, cmd).await?;
-    if let Some(addresses) = b.addresses {
-        let cmd = CustomerCommand::SetAgentAddresses {
-            agent_id,
-            addresses,
-            at: Utc::now(),
-        };
-        state = customer_cmd(&s, &c, cmd).await?;
-    }
+    let state = customer_cmd(&s, &c, cmd).await?;
+    let state = set_addresses(&s, &c, agent_id, b.addresses, state).await?;
     s.keys.revoke(id);
     Ok(Json(state.agent_view(&state.agents[&agent_id])))
 }

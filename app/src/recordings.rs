@@ -1,51 +1,86 @@
-//! Recording calls through the API (flows record through their call's media session).
+//! Recording calls and conferences through the API (flows record through their call's media
+//! session).
 
 use crate::{new_id, Acting, App, AppError};
 use chrono::Utc;
-use vbin_domain::{Call, Recording, RecordingCommand};
-use vbin_event_schema::{CallId, CallStatus, RecordingId, RecordingLimits, RecordingStatus};
+use vbin_domain::{Call, Conference, ConferenceStatus, Recording, RecordingCommand};
+use vbin_event_schema::{
+    CallStatus, MediaReference, RecordingId, RecordingLimits, RecordingStatus,
+};
 
 impl App {
-    /// Starts recording an answered call of the tenant's.
+    /// Starts recording an answered call of the tenant's, or the mix of a conference of the
+    /// tenant's that has not ended.
     pub async fn start_recording(
         &self,
         acting: &Acting,
-        call: CallId,
+        reference: MediaReference,
         limits: RecordingLimits,
     ) -> Result<Recording, AppError> {
-        let c = self
-            .find::<Call>(call.as_uuid(), acting.customer, "call")
-            .await?;
-        if c.status != CallStatus::Progressing {
-            return Err(AppError::Conflict(
-                "the call is not answered (or has ended); only answered calls are recorded".into(),
-            ));
-        }
+        self.check_recordable(acting, reference).await?;
         let id = RecordingId(new_id());
         let cmd = RecordingCommand::Start {
             recording_id: id,
             customer_id: acting.customer,
-            reference_id: call,
+            reference,
             limits,
             at: Utc::now(),
         };
         self.create::<Recording>(acting, id.as_uuid(), cmd).await
     }
 
-    /// Asks the media session to stop the call's running recordings; returns them.
+    async fn check_recordable(
+        &self,
+        acting: &Acting,
+        reference: MediaReference,
+    ) -> Result<(), AppError> {
+        match reference {
+            MediaReference::Call(call) => {
+                let c = self
+                    .find::<Call>(call.as_uuid(), acting.customer, "call")
+                    .await?;
+                if c.status != CallStatus::Progressing {
+                    return Err(AppError::Conflict(
+                        "the call is not answered (or has ended); only answered calls are recorded"
+                            .into(),
+                    ));
+                }
+            }
+            MediaReference::Conference(conference) => {
+                let c = self
+                    .find::<Conference>(conference.as_uuid(), acting.customer, "conference")
+                    .await?;
+                if c.status == ConferenceStatus::Terminated {
+                    return Err(AppError::Conflict("the conference has ended".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the media processes to stop the running recordings of a call or conference;
+    /// returns them.
     pub async fn stop_recordings(
         &self,
         acting: &Acting,
-        call: CallId,
+        reference: MediaReference,
     ) -> Result<Vec<Recording>, AppError> {
-        self.find::<Call>(call.as_uuid(), acting.customer, "call")
-            .await?;
+        match reference {
+            MediaReference::Call(call) => {
+                self.find::<Call>(call.as_uuid(), acting.customer, "call")
+                    .await?;
+            }
+            MediaReference::Conference(conference) => {
+                self.find::<Conference>(conference.as_uuid(), acting.customer, "conference")
+                    .await?;
+            }
+        }
         let running: Vec<uuid::Uuid> = sqlx::query_scalar(
             "SELECT id FROM rm_recordings WHERE customer_id = $1 AND reference_id = $2 \
              AND status = 'recording'",
         )
         .bind(acting.customer.as_uuid())
-        .bind(call.as_uuid())
+        .bind(reference.id())
         .fetch_all(&self.pool)
         .await?;
         let mut stopped = Vec::with_capacity(running.len());

@@ -14,8 +14,8 @@ use uuid::Uuid;
 use vbin_domain::DomainError;
 use vbin_domain::{Transcribe, TranscribeCommand};
 use vbin_event_schema::{
-    CallId, CustomerId, TranscribeDirection, TranscribeEvent, TranscribeId, TranscriptDirection,
-    TranscriptId,
+    CallId, CustomerId, MediaReference, TranscribeDirection, TranscribeEvent, TranscribeId,
+    TranscriptDirection, TranscriptId,
 };
 use vbin_eventlog::{Actor, CommandMeta};
 
@@ -35,18 +35,18 @@ pub struct RunningTranscribe {
     pub language: String,
 }
 
-/// The running transcriptions of a call, oldest first. Exact at commit: read from the inline
+/// The running transcriptions of a call (or conference), oldest first. Exact at commit: read from the inline
 /// table `transcribe_calls`, written in the transactions that start and complete them (the
 /// read model `rm_transcribes` may lag behind).
 pub async fn running_transcribes(
     pool: &PgPool,
-    call_id: CallId,
+    reference: impl Into<MediaReference>,
 ) -> Result<Vec<RunningTranscribe>, sqlx::Error> {
     let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
         "SELECT transcribe_id, customer_id, direction, language FROM transcribe_calls \
          WHERE call_id = $1 ORDER BY transcribe_id",
     )
-    .bind(call_id.as_uuid())
+    .bind(reference.into().id())
     .fetch_all(pool)
     .await?;
     rows.into_iter()
@@ -64,12 +64,13 @@ pub async fn running_transcribes(
         .collect()
 }
 
-/// Stops the running transcriptions of `call` (only `customer`'s when given) with `meta`;
-/// returns how many this stopped. One that vanished or stopped meanwhile is skipped.
+/// Stops the running transcriptions of `call` (or conference; only `customer`'s when given)
+/// with `meta`; returns how many this stopped. One that vanished or stopped meanwhile is
+/// skipped.
 pub async fn stop_running(
     pool: &PgPool,
     executor: &Executor,
-    call: CallId,
+    call: impl Into<MediaReference>,
     customer: Option<CustomerId>,
     meta: &CommandMeta,
 ) -> Result<usize, ExecError> {
@@ -101,12 +102,17 @@ pub async fn stop_running(
 pub fn transcript_id(
     transcribe_id: TranscribeId,
     direction: TranscriptDirection,
+    speaker: Option<CallId>,
     message: &str,
     tm_transcript_ms: u64,
 ) -> TranscriptId {
     let mut h = Sha256::new();
     h.update(transcribe_id.as_uuid().as_bytes());
     h.update(direction.as_str().as_bytes());
+    // A call's transcripts hash as they did before conferences.
+    if let Some(speaker) = speaker {
+        h.update(speaker.as_uuid().as_bytes());
+    }
     h.update(tm_transcript_ms.to_be_bytes());
     h.update(message.as_bytes());
     let digest = h.finalize();
@@ -149,7 +155,42 @@ pub async fn record_transcript(
     message: &str,
     tm_transcript_ms: u64,
 ) -> Result<Recorded, ExecError> {
-    let id = transcript_id(transcribe_id, direction, message, tm_transcript_ms);
+    let said = Said {
+        direction,
+        speaker: None,
+        message,
+        tm_transcript_ms,
+    };
+    record_said(executor, customer_id, transcribe_id, said).await
+}
+
+/// A recognized segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Said<'a> {
+    /// The side it was heard on.
+    pub direction: TranscriptDirection,
+    /// The conference member who said it (none in a call's transcription).
+    pub speaker: Option<CallId>,
+    /// The text.
+    pub message: &'a str,
+    /// Milliseconds from the transcription's start.
+    pub tm_transcript_ms: u64,
+}
+
+/// [`record_transcript`] of a segment that may name its speaker (a conference's member).
+pub async fn record_said(
+    executor: &Executor,
+    customer_id: CustomerId,
+    transcribe_id: TranscribeId,
+    said: Said<'_>,
+) -> Result<Recorded, ExecError> {
+    let Said {
+        direction,
+        speaker,
+        message,
+        tm_transcript_ms,
+    } = said;
+    let id = transcript_id(transcribe_id, direction, speaker, message, tm_transcript_ms);
     let correlation = transcribe_id.to_string();
     let mut meta = CommandMeta::from_request(&Actor::System(ACTOR), "", None)
         .once(customer_id.as_uuid(), format!("transcript:{id}"));
@@ -159,6 +200,7 @@ pub async fn record_transcript(
     let cmd = TranscribeCommand::AddTranscript {
         transcript_id: id,
         direction,
+        call_id: speaker,
         message: message.to_string(),
         tm_transcript_ms,
         at,
@@ -178,6 +220,7 @@ pub async fn record_transcript(
             let created = TranscribeEvent::TranscriptCreated {
                 transcript_id: id,
                 direction,
+                call_id: speaker,
                 message: message.to_string(),
                 tm_transcript_ms,
                 at,
@@ -197,17 +240,23 @@ mod tests {
     #[test]
     fn transcript_ids_follow_the_contents() {
         let t = TranscribeId::new();
-        let a = transcript_id(t, TranscriptDirection::In, "hello", 1_000);
-        assert_eq!(a, transcript_id(t, TranscriptDirection::In, "hello", 1_000));
+        let a = transcript_id(t, TranscriptDirection::In, None, "hello", 1_000);
+        assert_eq!(a, transcript_id(t, TranscriptDirection::In, None, "hello", 1_000));
         assert_ne!(
             a,
-            transcript_id(t, TranscriptDirection::Out, "hello", 1_000)
+            transcript_id(t, TranscriptDirection::Out, None, "hello", 1_000)
         );
-        assert_ne!(a, transcript_id(t, TranscriptDirection::In, "hello", 1_001));
-        assert_ne!(a, transcript_id(t, TranscriptDirection::In, "hullo", 1_000));
+        assert_ne!(a, transcript_id(t, TranscriptDirection::In, None, "hello", 1_001));
+        assert_ne!(a, transcript_id(t, TranscriptDirection::In, None, "hullo", 1_000));
         assert_ne!(
             a,
-            transcript_id(TranscribeId::new(), TranscriptDirection::In, "hello", 1_000)
+            transcript_id(TranscribeId::new(), TranscriptDirection::In, None, "hello", 1_000)
+        );
+        // Two members saying the same at the same time are two transcripts.
+        let (x, y) = (Some(CallId::new()), Some(CallId::new()));
+        assert_ne!(
+            transcript_id(t, TranscriptDirection::In, x, "yes", 1_000),
+            transcript_id(t, TranscriptDirection::In, y, "yes", 1_000)
         );
     }
 }

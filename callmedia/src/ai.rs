@@ -27,7 +27,7 @@ use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
     ActiveflowId, AiId, AiRole, AiSettings, AicallEndReason, AicallEvent, AicallId, AimessageId,
     CallDirection, CallEvent, CallId, CustomerId, PublishedEvent, TranscribeDirection,
-    TranscribeId, TranscribeReferenceType, TranscriptDirection, TranscriptId, WebhookMethod,
+    TranscribeId, MediaReference, TranscriptDirection, TranscriptId, WebhookMethod,
 };
 use vbin_llm::LlmProvider;
 
@@ -159,8 +159,7 @@ impl Media {
         let transcribe = NewTranscribe {
             transcribe_id: transcribe_of(id),
             customer_id: customer,
-            reference_type: TranscribeReferenceType::Call,
-            reference_id: call,
+            reference: MediaReference::Call(call),
             language: setup.language.clone(),
             direction: TranscribeDirection::Both,
             aicall_id: Some(id),
@@ -352,6 +351,7 @@ impl Media {
                         let cmd = TranscribeCommand::AddTranscript {
                             transcript_id: TranscriptId(aimessage_id.as_uuid()),
                             direction,
+                            call_id: None,
                             message: m.content.chars().take(MAX_TRANSCRIPT_CHARS).collect(),
                             tm_transcript_ms: started.elapsed().as_millis() as u64,
                             at: Utc::now(),

@@ -1,17 +1,22 @@
-//! The conferences mixed in this process: one task per conference with members here, running
-//! its [`Mix`] every 20 ms, publishing this process's partial sum on core NATS and adding
-//! the partial sums other processes publish (see [`crate::mixer`]).
+//! The conferences mixed in this process: one task per conference with members (or a
+//! recording) here, running its [`Mix`] every 20 ms, publishing this process's partial sum
+//! on core NATS and adding the partial sums other processes publish (see [`crate::mixer`]).
+//!
+//! A conference's recording is the full mix (every member on every process), taken by the
+//! task of the one process that records it: that process needs no member of its own, since
+//! its task hears the others' partial sums.
 
 use crate::frame::{FRAME, FRAME_SAMPLES};
-use crate::mixer::Mix;
+use crate::mixer::{limit, Mix};
 use crate::port::PortEnd;
+use crate::session::Recorder;
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
-use vbin_event_schema::{CallId, ConferenceId};
+use vbin_event_schema::{CallId, ConferenceId, RecordingId};
 
 /// How long a conference without members here keeps its task (members rejoining after a
 /// takeover find it running).
@@ -20,6 +25,8 @@ const IDLE: Duration = Duration::from_secs(5);
 enum Cmd {
     Add(CallId, PortEnd),
     Remove(CallId),
+    Record(Box<Recorder>),
+    StopRecording(RecordingId),
 }
 
 /// Where partial sums travel between processes.
@@ -38,6 +45,8 @@ pub struct Conferences {
     node: String,
     running: Arc<Mutex<HashMap<ConferenceId, mpsc::UnboundedSender<Cmd>>>>,
     mesh: Arc<std::sync::OnceLock<Mesh>>,
+    /// The calls mixed here, by conference (what their transcriptions tap).
+    members: Arc<Mutex<HashMap<ConferenceId, HashSet<CallId>>>>,
 }
 
 impl Conferences {
@@ -47,6 +56,7 @@ impl Conferences {
             node,
             running: Arc::default(),
             mesh: Arc::default(),
+            members: Arc::default(),
         }
     }
 
@@ -59,20 +69,72 @@ impl Conferences {
     /// Mixes `call` (the mixer's end of its port) into `conference`, starting the
     /// conference's task here if needed.
     pub fn add(&self, conference: ConferenceId, call: CallId, port: PortEnd) {
+        self.members
+            .lock()
+            .expect("members")
+            .entry(conference)
+            .or_default()
+            .insert(call);
+        self.send(conference, Cmd::Add(call, port));
+    }
+
+    /// Sends `cmd` to the conference's task, starting it if needed.
+    fn send(&self, conference: ConferenceId, cmd: Cmd) {
         let mut running = self.running.lock().expect("conferences");
         let tx = running.entry(conference).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             crate::runtime::media_runtime().spawn(self.clone().run(conference, rx));
             tx
         });
-        let _ = tx.send(Cmd::Add(call, port));
+        let _ = tx.send(cmd);
     }
 
     /// Stops mixing `call` into `conference` (faded out).
     pub fn remove(&self, conference: ConferenceId, call: CallId) {
+        let mut members = self.members.lock().expect("members");
+        if let Some(m) = members.get_mut(&conference) {
+            m.remove(&call);
+            if m.is_empty() {
+                members.remove(&conference);
+            }
+        }
         if let Some(tx) = self.running.lock().expect("conferences").get(&conference) {
             let _ = tx.send(Cmd::Remove(call));
         }
+    }
+
+    /// The calls of `conference` mixed here.
+    pub fn members(&self, conference: ConferenceId) -> Vec<CallId> {
+        self.members
+            .lock()
+            .expect("members")
+            .get(&conference)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The conferences (and bridges across processes) with members mixed here.
+    pub fn with_members(&self) -> Vec<ConferenceId> {
+        self.members.lock().expect("members").keys().copied().collect()
+    }
+
+    /// Records the full mix of `conference` into `recorder` (mono, limited like what a member
+    /// hears), from the next tick until [`Conferences::stop_recording`], a limit, or the
+    /// conference's task ending.
+    pub(crate) fn record(&self, conference: ConferenceId, recorder: Recorder) {
+        self.send(conference, Cmd::Record(Box::new(recorder)));
+    }
+
+    /// Ends recording `id` of `conference` here (a no-op if it is not recorded here).
+    pub fn stop_recording(&self, conference: ConferenceId, id: RecordingId) {
+        if let Some(tx) = self.running.lock().expect("conferences").get(&conference) {
+            let _ = tx.send(Cmd::StopRecording(id));
+        }
+    }
+
+    /// The mesh, once connected.
+    pub fn mesh(&self) -> Option<Mesh> {
+        self.mesh.get().cloned()
     }
 
     /// Conferences mixed here.
@@ -121,12 +183,23 @@ impl Conferences {
         let mut tick = tokio::time::interval(FRAME);
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut idle = 0u32;
+        // Recordings taken here, with their limiter's gain.
+        let mut recorders: BTreeMap<RecordingId, (Recorder, f32)> = BTreeMap::new();
         loop {
             tokio::select! {
                 biased;
                 c = cmds.recv() => match c {
                     Some(Cmd::Add(call, port)) => mix.add(call, port),
                     Some(Cmd::Remove(call)) => mix.remove(call),
+                    Some(Cmd::Record(r)) => {
+                        recorders.entry(r.capture.id).or_insert((*r, 1.0));
+                        idle = 0;
+                    }
+                    Some(Cmd::StopRecording(id)) => {
+                        if let Some((r, _)) = recorders.remove(&id) {
+                            r.end();
+                        }
+                    }
                     None => break,
                 },
                 _ = tick.tick() => {
@@ -134,9 +207,24 @@ impl Conferences {
                         mix.remote(&node).push(&frame);
                     }
                     mix.tick();
+                    for (r, gain) in recorders.values_mut() {
+                        r.push_mix(&limit(&mix.total, gain));
+                    }
+                    let over: Vec<RecordingId> = recorders
+                        .iter()
+                        .filter(|(_, (r, _))| r.over())
+                        .map(|(id, _)| *id)
+                        .collect();
+                    for id in over {
+                        if let Some((r, _)) = recorders.remove(&id) {
+                            r.end();
+                        }
+                    }
                     if !mix.is_empty() {
                         idle = 0;
                         let _ = out_tx.try_send(encode(&self.node, &mix.local_sum));
+                    } else if !recorders.is_empty() {
+                        idle = 0;
                     } else {
                         idle += 1;
                         if FRAME * idle >= IDLE {
@@ -148,7 +236,11 @@ impl Conferences {
                                     mix.add(call, port);
                                     idle = 0;
                                 }
-                                Ok(Cmd::Remove(_)) => idle = 0,
+                                Ok(Cmd::Record(r)) => {
+                                    recorders.insert(r.capture.id, (*r, 1.0));
+                                    idle = 0;
+                                }
+                                Ok(Cmd::Remove(_) | Cmd::StopRecording(_)) => idle = 0,
                                 Err(_) => {
                                     running.remove(&conference);
                                     break;
@@ -158,6 +250,9 @@ impl Conferences {
                     }
                 }
             }
+        }
+        for (_, (r, _)) in recorders {
+            r.end();
         }
         for t in tasks {
             t.abort();

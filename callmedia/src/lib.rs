@@ -27,7 +27,7 @@ pub mod socket;
 use chrono::Utc;
 use far::{FarEnd, PersonStep, SandboxPerson};
 use session::{Capture, Control, Execution, NewFar, RecChunk, Report, Session, Tap};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -40,11 +40,11 @@ use vbin_domain::{
     RecordingCommand,
 };
 use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
-use vbin_event_schema::views::TranscribeView;
-use vbin_event_schema::views::{CallView, ReferenceView};
+use vbin_event_schema::views::{CallView, RecordingView, ReferenceView, TranscribeView};
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, AicallEvent, AicallId, CallEvent, CallId, CallStatus,
-    ConferenceEvent, ConferenceId, CustomerId, HangupCause, PublishedEvent, QueueEvent,
+    ConferenceEvent, ConferenceId, CustomerId, HangupCause, MediaReference, PublishedEvent,
+    QueueEvent,
     RecordingEvent, RecordingId, RecordingLimits, RecordingStatus, TranscribeDirection,
     TranscribeEvent, TranscribeId,
 };
@@ -101,6 +101,10 @@ impl Default for Settings {
     }
 }
 
+/// How often a conference's recording checks that its conference has not ended (it ends
+/// then, even if the stop request went to a process that could not reach it).
+const CONFERENCE_ENDED_CHECK: Duration = Duration::from_secs(5);
+
 /// Why handling an event failed (it is redelivered).
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -120,6 +124,9 @@ pub enum MediaError {
     /// back for another process).
     #[error("media process draining: call {0} is left to another media process")]
     Draining(CallId),
+    /// Asking the other media processes failed (not: nobody answered).
+    #[error("media mesh: {0}")]
+    Mesh(String),
 }
 
 struct Handle {
@@ -154,6 +161,10 @@ pub struct Media {
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// Bridges whose two sessions are cross-wired here, by master call.
     paired: Arc<Mutex<std::collections::HashSet<CallId>>>,
+    /// The conference transcriptions' streams of members here, by conference.
+    conference_taps: Arc<Mutex<HashMap<ConferenceId, HashSet<(CallId, TranscribeId)>>>>,
+    /// One reconciliation of conference taps at a time.
+    reconciling: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn meta(part_event: Uuid, correlation: &str, customer: CustomerId) -> CommandMeta {
@@ -191,6 +202,8 @@ impl Media {
             conferences: conference::Conferences::new(settings.node.clone()),
             draining: Arc::default(),
             paired: Arc::default(),
+            conference_taps: Arc::default(),
+            reconciling: Arc::default(),
             settings: Arc::new(settings),
         }
     }
@@ -223,6 +236,7 @@ impl Media {
             prefix: bus.namespace().prefix().replacen("vbin.", "vbinmedia.", 1),
         });
         let mut group = vbin_bus::Group::new(bus);
+        group.task(|stop| self.clone().hear_taps_changing(stop));
         group
             .consumer(
                 ConsumerSpec::for_events_of::<CallEvent>(
@@ -504,6 +518,7 @@ impl Media {
             }
             ConferenceEvent::ConferencecallLeft { member, .. } => {
                 self.conferences.remove(conference, member.call_id);
+                self.reconcile_conference_taps(&[conference]).await;
                 self.tell(member.call_id, Control::Unlink).await?;
             }
             _ => {}
@@ -528,7 +543,172 @@ impl Media {
         self.conferences.add(conference, call, mixer_end);
         let _ = control.send(Control::Link(session_end)).await;
         tracing::info!(%call, %conference, "mixed into the conference");
+        self.reconcile_conference_taps(&[conference]).await;
         Ok(())
+    }
+
+    /// Starts and stops the streams of the conferences' transcriptions for their members
+    /// here: each running transcription of a conference hears every member mixed here (what
+    /// it says), from its joining to its leaving. Run when a member joins or leaves here, when
+    /// a conference's transcription starts or completes (any process may handle that event,
+    /// so it tells every media process over the mesh), and every lease renewal (the mesh is
+    /// not durable: what a process missed is caught up then).
+    async fn reconcile_conference_taps(&self, conferences: &[ConferenceId]) {
+        if conferences.is_empty() {
+            return;
+        }
+        let _one = self.reconciling.lock().await;
+        let ids: Vec<Uuid> = conferences.iter().map(|c| c.as_uuid()).collect();
+        // Running transcriptions by what they listen to (here: conferences' ids).
+        let rows: Vec<(Uuid, Uuid, Uuid, String)> = match sqlx::query_as(
+            "SELECT call_id, transcribe_id, customer_id, language FROM transcribe_calls \
+             WHERE call_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking up conference transcriptions failed; retried at the next lease renewal");
+                return;
+            }
+        };
+        for &conference in conferences {
+            let running: Vec<&(Uuid, Uuid, Uuid, String)> = rows
+                .iter()
+                .filter(|r| r.0 == conference.as_uuid())
+                .collect();
+            let members = self.conferences.members(conference);
+            let want: HashSet<(CallId, TranscribeId)> = members
+                .iter()
+                .flat_map(|m| running.iter().map(move |r| (*m, TranscribeId(r.1))))
+                .collect();
+            // What still streams (a session that ended or was taken over lost its streams).
+            let had: HashSet<(CallId, TranscribeId)> = {
+                let tapped = self.tapped.lock().expect("tapped");
+                self.conference_taps
+                    .lock()
+                    .expect("conference taps")
+                    .remove(&conference)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|k| tapped.contains(k))
+                    .collect()
+            };
+            for &(member, id) in had.difference(&want) {
+                self.tapped.lock().expect("tapped").remove(&(member, id));
+                if let Some(control) = self.control_of(member) {
+                    let _ = control.send(Control::Untap(id)).await;
+                }
+            }
+            let mut now = had.intersection(&want).copied().collect::<HashSet<_>>();
+            for &(member, id) in want.difference(&had) {
+                let Some(r) = running.iter().find(|r| r.1 == id.as_uuid()) else {
+                    continue;
+                };
+                if self.tap_member(member, CustomerId(r.2), id, &r.3).await {
+                    now.insert((member, id));
+                }
+            }
+            if !now.is_empty() {
+                self.conference_taps
+                    .lock()
+                    .expect("conference taps")
+                    .insert(conference, now);
+            }
+        }
+    }
+
+    /// Streams what conference member `member` (its session here) says to transcription `id`.
+    async fn tap_member(
+        &self,
+        member: CallId,
+        customer: CustomerId,
+        id: TranscribeId,
+        language: &str,
+    ) -> bool {
+        let (Some(t), Some(control)) = (&self.transcriber, self.control_of(member)) else {
+            if self.transcriber.is_none() {
+                tracing::warn!(call = %member, transcribe_id = %id, "no speech-to-text in this media process; not transcribing");
+            }
+            return false;
+        };
+        // Its transcripts are timed from the transcription's start.
+        let offset_ms = match self
+            .executor
+            .load::<vbin_domain::Transcribe>(id.as_uuid(), Some(customer))
+            .await
+        {
+            Ok(Some(tr)) => tr
+                .tm_create
+                .map_or(0, |at| (Utc::now() - at).num_milliseconds().max(0) as u64),
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(transcribe_id = %id, error = %vbin_bus::Chain(&e), "cannot load the transcription; not tapping");
+                return false;
+            }
+        };
+        match t.start_member(member, customer, id, language, offset_ms) {
+            Ok(feed) => {
+                self.tapped.lock().expect("tapped").insert((member, id));
+                let side = vbin_event_schema::TranscriptDirection::In;
+                let _ = control.send(Control::Tap(Tap { id, side, feed })).await;
+                true
+            }
+            Err(e) => {
+                tracing::error!(call = %member, transcribe_id = %id, error = %vbin_bus::Chain(&e), "starting speech-to-text failed");
+                false
+            }
+        }
+    }
+
+    /// The mesh subject on which a conference's transcriptions changing is told.
+    fn taps_subject(mesh: &conference::Mesh) -> String {
+        format!("{}.ctl.transcribes", mesh.prefix)
+    }
+
+    /// Tells every media process that `conference`'s transcriptions changed.
+    async fn tell_taps_changed(&self, conference: ConferenceId) {
+        if let Some(mesh) = self.conferences.mesh() {
+            let payload = conference.as_uuid().as_bytes().to_vec();
+            if let Err(e) = mesh
+                .client
+                .publish(Self::taps_subject(&mesh), payload.into())
+                .await
+            {
+                tracing::warn!(%conference, error = %e, "cannot tell the media processes a conference transcription changed; they catch up at their next lease renewal");
+            }
+        }
+        self.reconcile_conference_taps(&[conference]).await;
+    }
+
+    /// Hears other processes telling that a conference's transcriptions changed.
+    async fn hear_taps_changing(self, shutdown: impl std::future::Future<Output = ()>) {
+        let Some(mesh) = self.conferences.mesh() else {
+            return;
+        };
+        let mut sub = match mesh.client.subscribe(Self::taps_subject(&mesh)).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hear conference transcriptions changing; caught up at lease renewals only");
+                return;
+            }
+        };
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                m = futures::StreamExt::next(&mut sub) => {
+                    let Some(m) = m else { return };
+                    let Ok(id) = Uuid::from_slice(&m.payload) else { continue };
+                    let conference = ConferenceId(id);
+                    if !self.conferences.members(conference).is_empty() {
+                        self.reconcile_conference_taps(&[conference]).await;
+                    }
+                }
+            }
+        }
     }
 
     /// Tells the call's session `c` if it runs here (true). A session another process runs
@@ -708,7 +888,7 @@ impl Media {
         let cmd = RecordingCommand::Start {
             recording_id: id,
             customer_id: customer,
-            reference_id: call,
+            reference: MediaReference::Call(call),
             limits: limits.clone(),
             at: Utc::now(),
         };
@@ -758,14 +938,20 @@ impl Media {
         }
         // Up to ~4 minutes of audio waits for storage before frames are dropped.
         let (chunks, rx) = mpsc::channel(256);
-        tokio::spawn(self.clone().upload(customer, id, rx));
+        tokio::spawn(self.clone().upload(customer, id, rx, 2));
         let _ = control
             .send(Control::Record(Capture { id, limits, chunks }))
             .await;
     }
 
-    /// Streams a recording's audio to storage, then ends the Recording.
-    async fn upload(self, customer: CustomerId, id: RecordingId, mut rx: mpsc::Receiver<RecChunk>) {
+    /// Streams a recording's audio (of `channels`) to storage, then ends the Recording.
+    async fn upload(
+        self,
+        customer: CustomerId,
+        id: RecordingId,
+        mut rx: mpsc::Receiver<RecChunk>,
+        channels: u16,
+    ) {
         let key = Store::recording_key(customer.as_uuid(), id.as_uuid());
         let Some(store) = self.store.clone() else {
             return;
@@ -778,7 +964,7 @@ impl Media {
                 None
             }
         };
-        let header = vbin_storage::wav::header(2, session::RATE_HZ, None);
+        let header = vbin_storage::wav::header(channels, session::RATE_HZ, None);
         let mut frames = 0;
         let mut audio_bytes: u64 = 0;
         if let Some(w) = writer.as_mut() {
@@ -806,7 +992,7 @@ impl Media {
             }
         }
         if frames == 0 {
-            frames = audio_bytes / (4 * session::FRAME_SAMPLES as u64);
+            frames = audio_bytes / (2 * channels as u64 * session::FRAME_SAMPLES as u64);
         }
         let size = match writer {
             Some(w) if error.is_none() => match w.finish().await {
@@ -859,8 +1045,22 @@ impl Media {
     async fn on_recording(self, e: PublishedEvent) -> Result<(), MediaError> {
         let customer = CustomerId(e.customer_id);
         let id = RecordingId(e.aggregate_id);
-        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
-            return Ok(());
+        let call = match e.view::<RecordingView>()?.reference() {
+            Some(MediaReference::Call(call)) => call,
+            Some(MediaReference::Conference(conference)) => {
+                return match e.decode::<RecordingEvent>()? {
+                    RecordingEvent::RecordingStarted { limits, .. } => {
+                        self.record_conference(customer, id, conference, limits)
+                            .await
+                    }
+                    RecordingEvent::RecordingStopRequested { .. } => {
+                        self.stop_conference_recording(customer, id, conference)
+                            .await
+                    }
+                    _ => Ok(()),
+                };
+            }
+            None => return Ok(()),
         };
         match e.decode::<RecordingEvent>()? {
             RecordingEvent::RecordingStarted { limits, .. } => {
@@ -891,8 +1091,20 @@ impl Media {
     async fn on_transcribe(self, e: PublishedEvent) -> Result<(), MediaError> {
         let customer = CustomerId(e.customer_id);
         let id = TranscribeId(e.aggregate_id);
-        let Some(call) = e.view::<TranscribeView>()?.reference_id else {
-            return Ok(());
+        let call = match e.view::<TranscribeView>()?.reference() {
+            Some(MediaReference::Call(call)) => call,
+            Some(MediaReference::Conference(conference)) => {
+                // Its members may be mixed by any media process: each taps its own.
+                if matches!(
+                    e.decode::<TranscribeEvent>()?,
+                    TranscribeEvent::TranscribeStarted { .. }
+                        | TranscribeEvent::TranscribeCompleted { .. }
+                ) {
+                    self.tell_taps_changed(conference).await;
+                }
+                return Ok(());
+            }
+            None => return Ok(()),
         };
         match e.decode::<TranscribeEvent>()? {
             // An AI conversation's messages: written by the conversation, nothing to hear.
@@ -1058,6 +1270,126 @@ impl Media {
     }
 
     /// Ends a recording that captured nothing.
+    /// Records the mix of `conference` here (this process needs no member of it: its mix
+    /// hears the other processes'). The recording answers stop requests on the mesh
+    /// (`<prefix>.rec.<id>`) while it runs, and ends by itself once the conference has ended.
+    async fn record_conference(
+        &self,
+        customer: CustomerId,
+        id: RecordingId,
+        conference: ConferenceId,
+        limits: RecordingLimits,
+    ) -> Result<(), MediaError> {
+        if self.store.is_none() {
+            return self
+                .end_unrecorded(customer, id, "no recording storage is configured")
+                .await;
+        }
+        // Once, and never again once ended (a redelivered event would overwrite its file).
+        match self
+            .executor
+            .load::<Recording>(id.as_uuid(), Some(customer))
+            .await?
+        {
+            Some(r) if r.status == RecordingStatus::Recording => {}
+            _ => return Ok(()),
+        }
+        if !self.capturing.lock().expect("capturing").insert(id) {
+            return Ok(());
+        }
+        let stops = match self.conferences.mesh() {
+            Some(mesh) => match mesh.client.subscribe(Self::rec_subject(&mesh, id)).await {
+                Ok(sub) => Some((mesh.client, sub)),
+                Err(e) => {
+                    self.capturing.lock().expect("capturing").remove(&id);
+                    return Err(MediaError::Mesh(e.to_string()));
+                }
+            },
+            None => None,
+        };
+        let (chunks, rx) = mpsc::channel(256);
+        self.conferences.record(
+            conference,
+            session::Recorder::new(Capture { id, limits, chunks }),
+        );
+        tracing::info!(recording = %id, %conference, "recording the conference's mix");
+        let me = self.clone();
+        tokio::spawn(async move {
+            let (done_tx, mut done) = tokio::sync::oneshot::channel::<()>();
+            let uploader = me.clone();
+            tokio::spawn(async move {
+                uploader.upload(customer, id, rx, 1).await;
+                let _ = done_tx.send(());
+            });
+            let (client, mut sub) = match stops {
+                Some((c, s)) => (Some(c), Some(s)),
+                None => (None, None),
+            };
+            let mut check = tokio::time::interval(CONFERENCE_ENDED_CHECK);
+            loop {
+                tokio::select! {
+                    _ = &mut done => return,
+                    m = async {
+                        match sub.as_mut() {
+                            Some(s) => futures::StreamExt::next(s).await,
+                            None => std::future::pending().await,
+                        }
+                    } => {
+                        let Some(m) = m else { continue };
+                        me.conferences.stop_recording(conference, id);
+                        if let (Some(c), Some(reply)) = (&client, m.reply) {
+                            let _ = c.publish(reply, Vec::new().into()).await;
+                        }
+                    }
+                    _ = check.tick() => {
+                        let ended = match me.executor.load::<vbin_domain::Conference>(conference.as_uuid(), Some(customer)).await {
+                            Ok(c) => c.is_none_or(|c| c.status == vbin_domain::ConferenceStatus::Terminated),
+                            Err(_) => false,
+                        };
+                        if ended {
+                            me.conferences.stop_recording(conference, id);
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Where the process recording `id` hears stop requests.
+    fn rec_subject(mesh: &conference::Mesh, id: RecordingId) -> String {
+        format!("{}.rec.{id}", mesh.prefix)
+    }
+
+    /// Stops a conference's recording: here, or by asking the process that records it; when
+    /// none does (it died, or never started it), the recording ends without a file.
+    async fn stop_conference_recording(
+        &self,
+        customer: CustomerId,
+        id: RecordingId,
+        conference: ConferenceId,
+    ) -> Result<(), MediaError> {
+        if self.capturing.lock().expect("capturing").contains(&id) {
+            self.conferences.stop_recording(conference, id);
+            return Ok(());
+        }
+        let Some(mesh) = self.conferences.mesh() else {
+            return Ok(());
+        };
+        let ask = mesh
+            .client
+            .request(Self::rec_subject(&mesh, id), Vec::new().into());
+        match tokio::time::timeout(Duration::from_secs(5), ask).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                self.end_unrecorded(customer, id, "no media process is recording it any more")
+                    .await
+            }
+            Ok(Err(e)) => Err(MediaError::Mesh(e.to_string())),
+            Err(_) => Err(MediaError::Mesh("the recording process did not answer".into())),
+        }
+    }
+
     async fn end_unrecorded(
         &self,
         customer: CustomerId,
@@ -1365,6 +1697,8 @@ impl Media {
             if let Err(e) = self.renew_and_take_over().await {
                 tracing::warn!(error = %vbin_bus::Chain(&e), "media leases: will retry");
             }
+            self.reconcile_conference_taps(&self.conferences.with_members())
+                .await;
         }
     }
 

@@ -30,7 +30,7 @@ pub struct Execution {
 /// What a recording's uploader receives.
 #[derive(Debug)]
 pub enum RecChunk {
-    /// Interleaved stereo 16-bit little-endian samples.
+    /// 16-bit little-endian samples: interleaved stereo for a call, mono for a conference.
     Audio(Vec<u8>),
     /// The recording ended after this many frames (why: `None` = asked or call ended).
     End {
@@ -229,8 +229,11 @@ const REC_BATCH_FRAMES: u64 = 50;
 /// Far-end frames quieter than this (RMS) count as silence for `end_of_silence`.
 const SILENCE_RMS: f64 = 300.0;
 
-struct Recorder {
-    capture: Capture,
+/// A recording being captured: batches its audio to the uploader and knows when a limit
+/// ends it. A call's session records stereo ([`Recorder::push`]), a conference's mix task
+/// mono ([`Recorder::push_mix`]).
+pub(crate) struct Recorder {
+    pub(crate) capture: Capture,
     frames: u64,
     batch: Vec<u8>,
     silent_ms: u64,
@@ -238,6 +241,27 @@ struct Recorder {
 }
 
 impl Recorder {
+    pub(crate) fn new(capture: Capture) -> Self {
+        Self {
+            capture,
+            frames: 0,
+            batch: Vec::new(),
+            silent_ms: 0,
+            dropped: false,
+        }
+    }
+
+    /// One frame of a mono recording (a conference's mix).
+    pub(crate) fn push_mix(&mut self, mix: &[i16]) {
+        for v in mix {
+            self.batch.extend_from_slice(&v.to_le_bytes());
+        }
+        self.frames += 1;
+        if self.frames.is_multiple_of(REC_BATCH_FRAMES) {
+            self.flush();
+        }
+    }
+
     fn push(&mut self, inbound: &[i16], outbound: &[i16]) {
         vbin_storage::wav::interleave(inbound, outbound, &mut self.batch);
         self.frames += 1;
@@ -272,7 +296,7 @@ impl Recorder {
     }
 
     /// Whether a limit ends it now.
-    fn over(&self) -> bool {
+    pub(crate) fn over(&self) -> bool {
         let l = &self.capture.limits;
         l.duration_ms
             .is_some_and(|d| self.frames * FRAME.as_millis() as u64 >= d as u64)
@@ -280,7 +304,7 @@ impl Recorder {
                 .is_some_and(|s| self.silent_ms >= s as u64)
     }
 
-    fn end(mut self) {
+    pub(crate) fn end(mut self) {
         self.flush();
         let end = RecChunk::End {
             frames: self.frames,
@@ -407,13 +431,7 @@ impl Session {
             }
             Control::Record(capture) => {
                 if !self.recorders.iter().any(|r| r.capture.id == capture.id) {
-                    self.recorders.push(Recorder {
-                        capture,
-                        frames: 0,
-                        batch: Vec::new(),
-                        silent_ms: 0,
-                        dropped: false,
-                    });
+                    self.recorders.push(Recorder::new(capture));
                 }
             }
             Control::StopRecordings(exec) => {

@@ -458,8 +458,7 @@ fn endpoints() -> Vec<Endpoint> {
                 let transcribe = NewTranscribe {
                     transcribe_id: TranscribeId::new(),
                     customer_id: CustomerId::new(),
-                    reference_type: v.reference_type,
-                    reference_id: v.call_id,
+                    reference: v.reference,
                     language: v.language,
                     direction: v.direction,
                     aicall_id: None,
@@ -1374,15 +1373,14 @@ proptest! {
             body["direction"] = json!(d);
         }
         let t = decode::<transcribes::TranscribeBody>(&body).validate().unwrap();
-        prop_assert_eq!(t.call_id.as_uuid(), call);
+        prop_assert_eq!(t.reference.id(), call);
         prop_assert_eq!(&t.language, &language);
         prop_assert_eq!(t.direction, direction.1);
         let start = TranscribeCommand::Start {
             transcribe: NewTranscribe {
                 transcribe_id: TranscribeId::new(),
                 customer_id: CustomerId::new(),
-                reference_type: t.reference_type,
-                reference_id: t.call_id,
+                reference: t.reference,
                 language: t.language,
                 direction: t.direction,
                 aicall_id: None,

@@ -56,7 +56,7 @@ pub use campaign::{
     Campaign, CampaignCommand, NewCampaign, NewOutplan, Outdial, OutdialCommand, Outplan,
     OutplanCommand, Target, TargetCommand,
 };
-pub use conference::{Conference, ConferenceCommand};
+pub use conference::{Conference, ConferenceCommand, ConferenceStatus};
 pub use customer::{Customer, CustomerCommand, NewAgent};
 pub use error::DomainError;
 pub use flow::{Flow, FlowCommand};

@@ -1,5 +1,6 @@
-//! The Recording aggregate: one capture of a call's audio, started by the API or a flow's
-//! `recording_start`, ended by the call's media session when it is stored.
+//! The Recording aggregate: one capture of a call's audio (started by the API or a flow's
+//! `recording_start`, ended by the call's media session when it is stored) or of a
+//! conference's mix (started by the API, ended by the media process that records it).
 
 use crate::{DomainError, ResourceView};
 use chrono::{DateTime, Utc};
@@ -16,8 +17,8 @@ pub enum RecordingCommand {
         recording_id: RecordingId,
         /// Owner.
         customer_id: CustomerId,
-        /// The call.
-        reference_id: CallId,
+        /// The call or conference.
+        reference: MediaReference,
         /// When it stops on its own.
         limits: RecordingLimits,
         /// When.
@@ -55,8 +56,8 @@ pub struct Recording {
     pub id: Option<RecordingId>,
     /// Owner.
     pub customer_id: CustomerId,
-    /// The call.
-    pub reference_id: CallId,
+    /// The call or conference.
+    pub reference: MediaReference,
     /// Status.
     pub status: RecordingStatus,
     /// Limits.
@@ -86,10 +87,14 @@ impl Recording {
             "id": self.id,
             "type": "recording",
             "customer_id": self.customer_id,
-            "reference_type": "call",
-            "reference_id": self.reference_id,
+            "reference_type": self.reference.reference_type(),
+            "reference_id": self.reference.id(),
             "status": self.status,
             "format": "wav",
+            "channels": match self.reference {
+                MediaReference::Call(_) => 2,
+                MediaReference::Conference(_) => 1,
+            },
             "duration_ms": self.duration_ms,
             "size_bytes": self.size_bytes,
             "error": self.error,
@@ -103,7 +108,7 @@ impl Recording {
         if let RecordingCommand::Start {
             recording_id,
             customer_id,
-            reference_id,
+            reference,
             limits,
             at,
         } = command
@@ -113,10 +118,20 @@ impl Recording {
                     "recording {recording_id} exists"
                 )));
             }
+            if matches!(reference, MediaReference::Conference(_))
+                && (limits.end_of_silence_ms.is_some() || limits.end_of_key.is_some())
+            {
+                return Err(DomainError::Invalid(
+                    "a conference's recording stops on duration only (no end_of_silence or \
+                     end_of_key: the mix has no far end)"
+                        .into(),
+                ));
+            }
             return Ok(vec![RecordingEvent::RecordingStarted {
                 recording_id,
                 customer_id,
-                reference_id,
+                reference_type: reference.reference_type(),
+                reference_id: reference.id(),
                 format: "wav".into(),
                 limits,
                 at,
@@ -166,6 +181,7 @@ impl Recording {
             RecordingEvent::RecordingStarted {
                 recording_id,
                 customer_id,
+                reference_type,
                 reference_id,
                 limits,
                 at,
@@ -174,7 +190,7 @@ impl Recording {
                 *self = Recording {
                     id: Some(recording_id),
                     customer_id,
-                    reference_id,
+                    reference: MediaReference::new(reference_type, reference_id),
                     limits,
                     tm_start: Some(at),
                     ..Recording::default()
@@ -226,7 +242,7 @@ mod tests {
         let mut r = given_nothing::<Recording>().and(RecordingCommand::Start {
             recording_id: RecordingId::new(),
             customer_id: CustomerId::new(),
-            reference_id: CallId::new(),
+            reference: MediaReference::Call(CallId::new()),
             limits: RecordingLimits::default(),
             at: t(0),
         });
@@ -251,5 +267,37 @@ mod tests {
         r.when(RecordingCommand::Delete { at: t(5) }).then_count(1);
         r.when(RecordingCommand::Delete { at: t(6) }).then_nothing();
         assert_eq!(r.view()["status"], "deleted");
+        assert_eq!((r.view()["reference_type"].clone(), r.view()["channels"].clone()), ("call".into(), 2.into()));
+    }
+
+    #[test]
+    fn a_conference_recording_is_its_mix_and_stops_on_duration_only() {
+        let conference = ConferenceId::new();
+        let start = |limits| RecordingCommand::Start {
+            recording_id: RecordingId::new(),
+            customer_id: CustomerId::new(),
+            reference: MediaReference::Conference(conference),
+            limits,
+            at: t(0),
+        };
+        let r = given_nothing::<Recording>().and(start(RecordingLimits {
+            duration_ms: Some(60_000),
+            ..Default::default()
+        }));
+        let v = r.view();
+        assert_eq!(v["reference_type"], "conference");
+        assert_eq!(v["reference_id"], conference.to_string());
+        assert_eq!(v["channels"], 1);
+        let typed: vbin_event_schema::views::RecordingView = serde_json::from_value(v).unwrap();
+        assert_eq!(typed.reference(), Some(MediaReference::Conference(conference)));
+        assert!(matches!(
+            given_nothing::<Recording>()
+                .when(start(RecordingLimits {
+                    end_of_silence_ms: Some(3000),
+                    ..Default::default()
+                }))
+                .then_refused(),
+            DomainError::Invalid(_)
+        ));
     }
 }

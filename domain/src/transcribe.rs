@@ -1,4 +1,5 @@
-//! The Transcribe aggregate: the speech-to-text transcription of one call.
+//! The Transcribe aggregate: the speech-to-text transcription of one call, or of each member
+//! of a conference (what each says, `direction: in`, every transcript naming its member).
 //!
 //! It runs from `Start` until `Stop` (an API request, or its call's hangup through the
 //! transcribe process manager) and records the transcripts the media pipeline recognizes in
@@ -27,10 +28,8 @@ pub struct NewTranscribe {
     pub transcribe_id: TranscribeId,
     /// Owner.
     pub customer_id: CustomerId,
-    /// What it listens to.
-    pub reference_type: TranscribeReferenceType,
-    /// The call.
-    pub reference_id: CallId,
+    /// The call or conference it listens to.
+    pub reference: MediaReference,
     /// Language tag (checked with [`check_language`]).
     pub language: String,
     /// Which audio it covers.
@@ -56,6 +55,9 @@ pub enum TranscribeCommand {
         transcript_id: TranscriptId,
         /// The side it was heard on (one the transcription covers).
         direction: TranscriptDirection,
+        /// Who said it: the member, for a conference's transcription (which needs it); none
+        /// for a call's.
+        call_id: Option<CallId>,
         /// The text (1 to [`MAX_TRANSCRIPT_CHARS`] characters).
         message: String,
         /// Milliseconds from the transcription's start.
@@ -77,10 +79,8 @@ pub struct Transcribe {
     pub id: Option<TranscribeId>,
     /// Owner.
     pub customer_id: CustomerId,
-    /// What it listens to.
-    pub reference_type: TranscribeReferenceType,
-    /// The call.
-    pub reference_id: CallId,
+    /// The call or conference it listens to.
+    pub reference: MediaReference,
     /// Language tag.
     pub language: String,
     /// Which audio it covers.
@@ -108,7 +108,7 @@ impl Transcribe {
         };
         json!({
             "id": self.id, "type": "transcribe", "customer_id": self.customer_id,
-            "reference_type": self.reference_type, "reference_id": self.reference_id,
+            "reference_type": self.reference.reference_type(), "reference_id": self.reference.id(),
             "language": self.language, "direction": self.direction, "status": status,
             "aicall_id": self.aicall_id,
             "tm_create": self.tm_create, "tm_update": self.tm_update, "tm_end": self.tm_end,
@@ -120,6 +120,7 @@ impl Transcribe {
         let TranscribeEvent::TranscriptCreated {
             transcript_id,
             direction,
+            call_id,
             message,
             tm_transcript_ms,
             at,
@@ -129,7 +130,8 @@ impl Transcribe {
         };
         Some(json!({
             "id": transcript_id, "type": "transcript", "customer_id": self.customer_id,
-            "transcribe_id": self.id, "direction": direction, "message": message,
+            "transcribe_id": self.id, "direction": direction, "call_id": call_id,
+            "message": message,
             "tm_transcript": tm_transcript_ms, "tm_create": at,
         }))
     }
@@ -150,11 +152,20 @@ impl Transcribe {
                 return Err(DomainError::AlreadyExists("transcribe exists".into()));
             }
             check_language(&t.language).map_err(|e| DomainError::Invalid(e.to_string()))?;
+            if matches!(t.reference, MediaReference::Conference(_))
+                && t.direction != TranscribeDirection::In
+            {
+                return Err(DomainError::Invalid(
+                    "a conference is transcribed per member, direction \"in\" (what each \
+                     member says)"
+                        .into(),
+                ));
+            }
             return Ok(vec![TranscribeEvent::TranscribeStarted {
                 transcribe_id: t.transcribe_id,
                 customer_id: t.customer_id,
-                reference_type: t.reference_type,
-                reference_id: t.reference_id,
+                reference_type: t.reference.reference_type(),
+                reference_id: t.reference.id(),
                 language: t.language,
                 direction: t.direction,
                 aicall_id: t.aicall_id,
@@ -170,10 +181,18 @@ impl Transcribe {
             TranscribeCommand::AddTranscript {
                 transcript_id,
                 direction,
+                call_id,
                 message,
                 tm_transcript_ms,
                 at,
             } => {
+                let conference = matches!(self.reference, MediaReference::Conference(_));
+                if conference != call_id.is_some() {
+                    return Err(DomainError::Invalid(
+                        "a conference's transcript names its member (call_id); a call's does not"
+                            .into(),
+                    ));
+                }
                 if completed && !self.heard_before_the_end(tm_transcript_ms, at) {
                     return Err(DomainError::FailedPrecondition(
                         "the transcribe is completed".into(),
@@ -195,6 +214,7 @@ impl Transcribe {
                 vec![TranscribeEvent::TranscriptCreated {
                     transcript_id,
                     direction,
+                    call_id,
                     message,
                     tm_transcript_ms,
                     at,
@@ -224,8 +244,7 @@ impl Transcribe {
                 *self = Transcribe {
                     id: Some(transcribe_id),
                     customer_id,
-                    reference_type,
-                    reference_id,
+                    reference: MediaReference::new(reference_type, reference_id),
                     language,
                     direction,
                     aicall_id,
@@ -269,8 +288,7 @@ mod tests {
         NewTranscribe {
             transcribe_id: TranscribeId::new(),
             customer_id: CustomerId::new(),
-            reference_type: TranscribeReferenceType::Call,
-            reference_id: CallId::new(),
+            reference: MediaReference::Call(CallId::new()),
             language: language.into(),
             direction,
             aicall_id: None,
@@ -288,6 +306,7 @@ mod tests {
         TranscribeCommand::AddTranscript {
             transcript_id: TranscriptId::new(),
             direction,
+            call_id: None,
             message: message.into(),
             tm_transcript_ms: ms,
             at: t(ms as i64 + 50),
@@ -306,7 +325,7 @@ mod tests {
         assert!(v["tm_end"].is_null());
         let typed: vbin_event_schema::views::TranscribeView =
             serde_json::from_value(v.clone()).unwrap();
-        assert_eq!(typed.reference_id, Some(x.reference_id));
+        assert_eq!(typed.reference(), Some(x.reference));
         // Starting twice is refused.
         assert!(matches!(
             x.when(TranscribeCommand::Start {
@@ -401,5 +420,46 @@ mod tests {
             DomainError::Invalid(_)
         ));
         assert_eq!(x.transcripts, 0);
+    }
+
+    #[test]
+    fn a_conference_is_transcribed_per_member_as_they_speak() {
+        let conference = ConferenceId::new();
+        let start = |direction| TranscribeCommand::Start {
+            transcribe: NewTranscribe {
+                reference: MediaReference::Conference(conference),
+                ..new(direction, "en-US")
+            },
+            at: t(0),
+        };
+        for d in [TranscribeDirection::Out, TranscribeDirection::Both] {
+            assert!(matches!(
+                given_nothing::<Transcribe>().when(start(d)).then_refused(),
+                DomainError::Invalid(_)
+            ));
+        }
+        let mut x = given_nothing::<Transcribe>().and(start(TranscribeDirection::In));
+        assert_eq!(x.view()["reference_type"], "conference");
+        assert_eq!(x.view()["reference_id"], conference.to_string());
+        // A transcript that names no member is refused; one that does is recorded with it.
+        assert!(matches!(
+            x.when(add(TranscriptDirection::In, "hello", 10))
+                .then_refused(),
+            DomainError::Invalid(_)
+        ));
+        let member = CallId::new();
+        let mut said = add(TranscriptDirection::In, "hello", 10);
+        if let TranscribeCommand::AddTranscript { call_id, .. } = &mut said {
+            *call_id = Some(member);
+        }
+        let ev = x.when(said).then_ok();
+        assert_eq!(x.resource_after(&ev[0])["call_id"], member.to_string());
+        // A call's transcription takes no member.
+        let mut c = started(TranscribeDirection::In);
+        let mut named = add(TranscriptDirection::In, "hi", 10);
+        if let TranscribeCommand::AddTranscript { call_id, .. } = &mut named {
+            *call_id = Some(member);
+        }
+        assert!(matches!(c.when(named).then_refused(), DomainError::Invalid(_)));
     }
 }

@@ -1,6 +1,6 @@
 //! Events of the Recording aggregate: a call's audio captured by its media session as a
-//! stereo WAV (left = what the far end sent, right = what the platform sent) in object
-//! storage.
+//! stereo WAV (left = what the far end sent, right = what the platform sent), or a
+//! conference's mix as a mono WAV, in object storage.
 
 use crate::types::*;
 use chrono::{DateTime, Utc};
@@ -44,8 +44,10 @@ pub enum RecordingEvent {
         recording_id: RecordingId,
         /// Owner.
         customer_id: CustomerId,
-        /// The call recorded.
-        reference_id: CallId,
+        /// What is recorded.
+        reference_type: ReferenceType,
+        /// The call or conference recorded.
+        reference_id: uuid::Uuid,
         /// Only `wav`.
         format: String,
         /// When it stops on its own.
@@ -84,4 +86,16 @@ events!(RecordingEvent in "recording" {
     RecordingEnded => RECORDING_ENDED = "recording_ended",
     RecordingDeleted => RECORDING_DELETED = "recording_deleted",
 });
-version_1!(RecordingEvent);
+impl DomainEvent for RecordingEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+    fn event_version(&self) -> String {
+        match self {
+            // 2.0: `reference_type` (conferences are recorded too).
+            Self::RecordingStarted { .. } => "2.0",
+            _ => "1.0",
+        }
+        .to_string()
+    }
+}

@@ -10,23 +10,8 @@ use serde::{Deserialize, Serialize};
 /// Longest language tag accepted.
 pub const MAX_LANGUAGE_LEN: usize = 35;
 
-/// What a transcription listens to. Only calls today.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TranscribeReferenceType {
-    /// A call (`reference_id` is the call id).
-    #[default]
-    Call,
-}
-
-impl TranscribeReferenceType {
-    /// The API name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Call => "call",
-        }
-    }
-}
+/// What a transcription listens to (the name it had before conferences).
+pub type TranscribeReferenceType = ReferenceType;
 
 /// Which audio of the call a transcription covers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -138,8 +123,8 @@ pub enum TranscribeEvent {
         customer_id: CustomerId,
         /// What it listens to.
         reference_type: TranscribeReferenceType,
-        /// The call.
-        reference_id: CallId,
+        /// The call or conference.
+        reference_id: uuid::Uuid,
         /// Language tag (`en-US`).
         language: String,
         /// Which audio it covers.
@@ -156,6 +141,9 @@ pub enum TranscribeEvent {
         transcript_id: TranscriptId,
         /// The side it was heard on.
         direction: TranscriptDirection,
+        /// Who said it: the member, in a conference's transcription (none for a call's).
+        #[serde(default)]
+        call_id: Option<CallId>,
         /// The recognized text.
         message: String,
         /// Milliseconds from the transcription's start to the segment.
@@ -174,7 +162,19 @@ events!(TranscribeEvent in "transcribe" {
     TranscriptCreated => TRANSCRIPT_CREATED = "transcript_created",
     TranscribeCompleted => TRANSCRIBE_COMPLETED = "transcribe_completed",
 });
-version_1!(TranscribeEvent);
+impl DomainEvent for TranscribeEvent {
+    fn event_type(&self) -> String {
+        self.name().to_string()
+    }
+    fn event_version(&self) -> String {
+        match self {
+            // 2.0: who said it (`call_id`), for conferences.
+            Self::TranscriptCreated { .. } => "2.0",
+            _ => "1.0",
+        }
+        .to_string()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -92,6 +92,97 @@ id_type!(
     /// A conference (calls that hear each other).
     ConferenceId
 );
+/// What a recording or a transcription captures (the API's `reference_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceType {
+    /// A call (`reference_id` is the call id).
+    #[default]
+    Call,
+    /// A conference (`reference_id` is the conference id).
+    Conference,
+}
+
+impl ReferenceType {
+    /// The API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Call => "call",
+            Self::Conference => "conference",
+        }
+    }
+
+    /// The type of an API name (`call`, `conference`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Call, Self::Conference]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+/// What a recording or a transcription captures, typed: events carry it as the two fields
+/// `reference_type` and `reference_id`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "reference_type", content = "reference_id", rename_all = "snake_case")]
+pub enum MediaReference {
+    /// A call.
+    Call(CallId),
+    /// A conference (the mix of its members, or each member).
+    Conference(ConferenceId),
+}
+
+impl Default for MediaReference {
+    fn default() -> Self {
+        Self::Call(CallId::default())
+    }
+}
+
+impl From<CallId> for MediaReference {
+    fn from(c: CallId) -> Self {
+        Self::Call(c)
+    }
+}
+
+impl From<ConferenceId> for MediaReference {
+    fn from(c: ConferenceId) -> Self {
+        Self::Conference(c)
+    }
+}
+
+impl MediaReference {
+    /// From an event's two fields.
+    pub fn new(reference_type: ReferenceType, reference_id: Uuid) -> Self {
+        match reference_type {
+            ReferenceType::Call => Self::Call(CallId(reference_id)),
+            ReferenceType::Conference => Self::Conference(ConferenceId(reference_id)),
+        }
+    }
+
+    /// `reference_type`.
+    pub fn reference_type(self) -> ReferenceType {
+        match self {
+            Self::Call(_) => ReferenceType::Call,
+            Self::Conference(_) => ReferenceType::Conference,
+        }
+    }
+
+    /// `reference_id`.
+    pub fn id(self) -> Uuid {
+        match self {
+            Self::Call(c) => c.as_uuid(),
+            Self::Conference(c) => c.as_uuid(),
+        }
+    }
+
+    /// The call, if it is one.
+    pub fn call(self) -> Option<CallId> {
+        match self {
+            Self::Call(c) => Some(c),
+            Self::Conference(_) => None,
+        }
+    }
+}
+
 id_type!(
     /// A transcription of a call. The Transcribe aggregate's id.
     TranscribeId

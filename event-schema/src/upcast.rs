@@ -12,8 +12,14 @@
 //! - `outplan_created` 1.0 -> 2.0: adds trunk_id (the sandbox).
 //! - `number_created`, `number_updated` 1.0 -> 2.0: add trunk_id (calls from the sandbox
 //!   network only).
+//! - `recording_started` 1.0 -> 2.0: adds reference_type (1.0 recorded calls only).
+//! - `transcript_created` 1.0 -> 2.0: adds call_id, who said it (1.0 transcribed calls only,
+//!   whose transcripts name no member).
 
-use crate::{CallEvent, CampaignEvent, NumberEvent, OutplanEvent, TargetEvent};
+use crate::{
+    CallEvent, CampaignEvent, NumberEvent, OutplanEvent, RecordingEvent, TargetEvent,
+    TranscribeEvent,
+};
 use cqrs_es::persist::{EventUpcaster, SemanticVersionEventUpcaster};
 use serde_json::{json, Value};
 
@@ -81,6 +87,22 @@ pub fn trunk_id_none(mut payload: Value) -> Value {
     payload
 }
 
+/// `recording_started` 1.0 -> 2.0.
+pub fn recording_started_v1_to_v2(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("reference_type").or_insert(json!("call"));
+    }
+    payload
+}
+
+/// `transcript_created` 1.0 -> 2.0.
+pub fn transcript_created_v1_to_v2(mut payload: Value) -> Value {
+    if let Value::Object(m) = &mut payload {
+        m.entry("call_id").or_insert(Value::Null);
+    }
+    payload
+}
+
 /// Every upcaster, in the order they apply. Used by the event store and by replay.
 pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     vec![
@@ -128,6 +150,16 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
             OutplanEvent::OUTPLAN_CREATED,
             "2.0.0",
             Box::new(trunk_id_none),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            RecordingEvent::RECORDING_STARTED,
+            "2.0.0",
+            Box::new(recording_started_v1_to_v2),
+        )),
+        Box::new(SemanticVersionEventUpcaster::new(
+            TranscribeEvent::TRANSCRIPT_CREATED,
+            "2.0.0",
+            Box::new(transcript_created_v1_to_v2),
         )),
     ]
 }
@@ -191,6 +223,32 @@ mod tests {
         match serde_json::from_value::<OutplanEvent>(payload).unwrap() {
             OutplanEvent::OutplanCreated { trunk_id, .. } => assert_eq!(trunk_id, None),
         }
+    }
+
+    #[test]
+    fn v1_recordings_and_transcripts_are_of_calls() {
+        let started = json!({"type":"recording_started","recording_id":"0191a0d2-7c4e-7b0e-8f00-000000000001",
+            "customer_id":"0191a0d2-7c4e-7b0e-8f00-000000000002","reference_id":"0191a0d2-7c4e-7b0e-8f00-000000000003",
+            "format":"wav","limits":{},"at":"2025-01-02T03:04:05Z"});
+        let (version, payload) = to_current("recording_started", "1.0", started);
+        assert_eq!(version, "2.0.0");
+        match serde_json::from_value::<RecordingEvent>(payload).unwrap() {
+            RecordingEvent::RecordingStarted { reference_type, .. } => {
+                assert_eq!(reference_type, crate::ReferenceType::Call)
+            }
+            other => panic!("{other:?}"),
+        }
+        let transcript = json!({"type":"transcript_created","transcript_id":"0191a0d2-7c4e-7b0e-8f00-000000000001",
+            "direction":"in","message":"hello","tm_transcript_ms":1200,"at":"2025-01-02T03:04:05Z"});
+        let (version, payload) = to_current("transcript_created", "1.0", transcript);
+        assert_eq!(version, "2.0.0");
+        match serde_json::from_value::<TranscribeEvent>(payload).unwrap() {
+            TranscribeEvent::TranscriptCreated { call_id, .. } => assert_eq!(call_id, None),
+            other => panic!("{other:?}"),
+        }
+        assert!(is_current("recording_started", "2.0"));
+        assert!(is_current("transcript_created", "2.0"));
+        assert!(is_current("recording_ended", "1.0"));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! listed here are ignored. The domain's tests check that its views decode into these.
 
 use crate::flow::SandboxScript;
-use crate::types::{ActiveflowId, AicallId, CallDirection, CallId, CampaignId, TrunkId};
+use crate::types::{
+    ActiveflowId, AicallId, CallDirection, CallId, CampaignId, MediaReference, ReferenceType,
+    TrunkId,
+};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
@@ -40,13 +43,13 @@ pub struct CallView {
     pub master_call_id: Option<CallId>,
 }
 
-/// What consumers read of an activeflow's, or a recording's, view: the call it is about.
+/// What consumers read of an activeflow's view: the call it is about.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct ReferenceView {
     /// The call.
     #[serde(default)]
     pub reference_id: Option<CallId>,
-    /// The activeflow's variables (none for a recording).
+    /// The activeflow's variables.
     #[serde(default)]
     pub variables: serde_json::Map<String, serde_json::Value>,
 }
@@ -59,15 +62,45 @@ pub struct CampaignView {
     pub next_campaign_id: Option<CampaignId>,
 }
 
+/// What consumers read of a recording's view.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RecordingView {
+    /// What is recorded.
+    #[serde(default)]
+    pub reference_type: ReferenceType,
+    /// The call or conference.
+    #[serde(default)]
+    pub reference_id: Option<uuid::Uuid>,
+}
+
+impl RecordingView {
+    /// What is recorded, typed.
+    pub fn reference(&self) -> Option<MediaReference> {
+        self.reference_id
+            .map(|id| MediaReference::new(self.reference_type, id))
+    }
+}
+
 /// What consumers read of a transcription's view.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct TranscribeView {
-    /// The call transcribed.
+    /// What is transcribed.
     #[serde(default)]
-    pub reference_id: Option<CallId>,
+    pub reference_type: ReferenceType,
+    /// The call or conference.
+    #[serde(default)]
+    pub reference_id: Option<uuid::Uuid>,
     /// The AI conversation whose messages it holds (no speech-to-text of its own).
     #[serde(default)]
     pub aicall_id: Option<AicallId>,
+}
+
+impl TranscribeView {
+    /// What is transcribed, typed.
+    pub fn reference(&self) -> Option<MediaReference> {
+        self.reference_id
+            .map(|id| MediaReference::new(self.reference_type, id))
+    }
 }
 
 /// The last change of a child resource's view (a campaign call, a queue call), which the

@@ -898,8 +898,12 @@ fn transcribe_event() -> BoxedStrategy<TranscribeEvent> {
             .prop_map(|(t, c, r, l, d, at)| E::TranscribeStarted {
                 transcribe_id: TranscribeId(t),
                 customer_id: CustomerId(c),
-                reference_type: TranscribeReferenceType::Call,
-                reference_id: CallId(r),
+                reference_type: if r.as_bytes()[15] % 2 == 0 {
+                    ReferenceType::Call
+                } else {
+                    ReferenceType::Conference
+                },
+                reference_id: r,
                 language: l,
                 direction: d,
                 aicall_id: None,
@@ -908,13 +912,15 @@ fn transcribe_event() -> BoxedStrategy<TranscribeEvent> {
         (
             uuid(),
             pick(&[TranscriptDirection::In, TranscriptDirection::Out]),
+            prop::option::of(uuid()),
             text(),
             big(),
             at()
         )
-            .prop_map(|(t, d, m, ms, at)| E::TranscriptCreated {
+            .prop_map(|(t, d, c, m, ms, at)| E::TranscriptCreated {
                 transcript_id: TranscriptId(t),
                 direction: d,
+                call_id: c.map(CallId),
                 message: m,
                 tm_transcript_ms: ms,
                 at,

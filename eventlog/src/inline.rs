@@ -189,8 +189,10 @@ async fn apply_queue(
 }
 
 /// Keeps `transcribe_calls` equal to the running transcriptions: a row from
-/// `transcribe_started` to `transcribe_completed`. Its unique (call, direction) key refuses a
-/// second running transcription of a call in the same direction.
+/// `transcribe_started` to `transcribe_completed`. Its `call_id` is what the transcription
+/// listens to (a call's id, or a conference's: the ids are UUIDv7s and never collide). Its
+/// unique (call, direction) key refuses a second running transcription of a call (or
+/// conference) in the same direction.
 async fn apply_transcribe(
     tx: &mut Transaction<'_, Postgres>,
     transcribe_id: Uuid,
@@ -219,7 +221,7 @@ async fn apply_transcribe(
                      VALUES ($1, $2, $3, $4, $5)",
                 )
                 .bind(transcribe_id)
-                .bind(reference_id.as_uuid())
+                .bind(reference_id)
                 .bind(customer_id)
                 .bind(direction.as_str())
                 .bind(language)

@@ -45,7 +45,7 @@ use vbin_event_schema::flow::{
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, PublishedEvent,
-    TranscribeId, TranscribeReferenceType,
+    TranscribeId, MediaReference,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::AddressPolicy;
@@ -477,8 +477,7 @@ impl Engine {
             transcribe: NewTranscribe {
                 transcribe_id: id,
                 customer_id: customer,
-                reference_type: TranscribeReferenceType::Call,
-                reference_id: call,
+                reference: MediaReference::Call(call),
                 language: t.language.clone(),
                 direction: t.direction,
                 aicall_id: None,

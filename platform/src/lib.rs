@@ -332,6 +332,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             stopped(&rx),
         )));
         tasks.push(tokio::spawn(vbin_processes::conference::run(
+            pool.clone(),
             executor.clone(),
             bus.clone(),
             stopped(&rx),

@@ -3,29 +3,46 @@
 //! `conference_join` complete, so the flow goes on (and, with nothing after it, the call is
 //! hung up). Which conference a call is in comes from its flow: the `conference_join` it
 //! executed last (a member joins only through its flow).
+//!
+//! A conference that ends (`conference-ends` consumer of `conference_terminated`) stops its
+//! transcriptions (from `transcribe_calls`, exact at commit) and asks its running recordings
+//! to stop (from `rm_recordings`; the process recording one also ends it by itself within
+//! seconds of the conference's end, so a recording the read model did not show yet is not
+//! left running).
 
 use crate::{system_meta, ProcessError};
 use chrono::Utc;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::{Conference, ConferenceCommand, DomainError};
+use vbin_domain::{Conference, ConferenceCommand, DomainError, Recording, RecordingCommand};
 use vbin_event_schema::flow::{ActionKind, ActionResult};
 use vbin_event_schema::{
-    CallEvent, CallId, ConferenceEvent, CustomerId, LeaveReason, PublishedEvent,
+    CallEvent, CallId, ConferenceEvent, ConferenceId, CustomerId, LeaveReason, PublishedEvent,
 };
 
 /// Durable consumer of `call_hungup`.
 pub const HANGUPS: &str = "conference-hangups";
 /// Durable consumer of `conferencecall_left`.
 pub const LEAVES: &str = "conference-leaves";
+/// Durable consumer of `conference_terminated`.
+pub const ENDS: &str = "conference-ends";
 
 /// Runs the consumers until `shutdown`.
 pub async fn run(
+    pool: sqlx::PgPool,
     executor: Executor,
     bus: Bus,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let mut group = vbin_bus::Group::new(bus);
+    group.consumer(
+        ConsumerSpec::for_events_of::<ConferenceEvent>(
+            ENDS,
+            &[ConferenceEvent::CONFERENCE_TERMINATED],
+        )
+        .lanes(crate::LANES),
+        |e| on_terminated(&pool, &executor, e),
+    );
     group
         .consumer(
             ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP])
@@ -92,6 +109,38 @@ async fn on_left(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessEr
         crate::complete_waiting(executor, customer, member.call_id, waits, done, &meta).await?;
     if ended == Some(true) {
         crate::hang_up(executor, customer, member.call_id, &meta).await?;
+    }
+    Ok(())
+}
+
+/// A conference ended: its transcriptions stop and its recordings are asked to stop.
+async fn on_terminated(
+    pool: &sqlx::PgPool,
+    executor: &Executor,
+    e: PublishedEvent,
+) -> Result<(), ProcessError> {
+    let customer = CustomerId(e.customer_id);
+    let conference = ConferenceId(e.aggregate_id);
+    let meta = system_meta(ENDS, e.event_id, e.correlation_id(), customer);
+    vbin_app::transcription::stop_running(pool, executor, conference, Some(customer), &meta)
+        .await?;
+    let running: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM rm_recordings WHERE customer_id = $1 AND reference_id = $2 \
+         AND status = 'recording'",
+    )
+    .bind(customer.as_uuid())
+    .bind(conference.as_uuid())
+    .fetch_all(pool)
+    .await?;
+    for id in running {
+        let cmd = RecordingCommand::RequestStop { at: Utc::now() };
+        match executor
+            .execute::<Recording>(id, customer, Some(customer), cmd, &meta)
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::NotFound(_))) => {}
+            Err(err) => return Err(err.into()),
+        }
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Transcriptions end with their call.
+//! Transcriptions end with their call (a conference's end with the conference: see
+//! [`crate::conference`]).
 //!
 //! - **Hangups** (`transcribe-hangups` consumer of `call_hungup`): stops every running
 //!   transcription of the call. They come from `transcribe_calls`, written in the transactions
@@ -15,8 +16,10 @@
 use crate::{system_meta, ProcessError};
 use vbin_app::Executor;
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::Call;
-use vbin_event_schema::{CallEvent, CallId, CustomerId, PublishedEvent, TranscribeEvent};
+use vbin_domain::{Call, Conference, ConferenceStatus};
+use vbin_event_schema::{
+    CallEvent, CallId, CustomerId, MediaReference, PublishedEvent, TranscribeEvent,
+};
 
 /// Durable consumer of `call_hungup`.
 pub const HANGUPS: &str = "transcribe-hangups";
@@ -71,19 +74,28 @@ impl Transcribes {
     pub async fn on_started(self, e: PublishedEvent) -> Result<(), ProcessError> {
         let customer = CustomerId(e.customer_id);
         let TranscribeEvent::TranscribeStarted {
-            reference_id: call_id,
+            reference_type,
+            reference_id,
             ..
         } = e.decode()?
         else {
             return Ok(());
         };
-        let ended = self
-            .executor
-            .load::<Call>(call_id.as_uuid(), Some(customer))
-            .await?
-            .is_none_or(|c| c.status.is_terminal());
+        let reference = MediaReference::new(reference_type, reference_id);
+        let ended = match reference {
+            MediaReference::Call(call) => self
+                .executor
+                .load::<Call>(call.as_uuid(), Some(customer))
+                .await?
+                .is_none_or(|c| c.status.is_terminal()),
+            MediaReference::Conference(conference) => self
+                .executor
+                .load::<Conference>(conference.as_uuid(), Some(customer))
+                .await?
+                .is_none_or(|c| c.status == ConferenceStatus::Terminated),
+        };
         if ended {
-            self.stop_all(&e, STARTS, call_id).await?;
+            self.stop_all(&e, STARTS, reference).await?;
         }
         Ok(())
     }
@@ -92,7 +104,7 @@ impl Transcribes {
         &self,
         cause: &PublishedEvent,
         part: &'static str,
-        call: CallId,
+        call: impl Into<MediaReference>,
     ) -> Result<(), ProcessError> {
         let customer = CustomerId(cause.customer_id);
         let meta = system_meta(part, cause.event_id, cause.correlation_id(), customer);

@@ -2,7 +2,9 @@
 //! transcribed to check it heard the others and not itself, a member leaving mid-call, the
 //! conference stopped through the API. Real vbin, Postgres, nats-server and redis-server.
 
-use crate::flows::{ended_flow, executed, recognize, stereo, stored_recording, FAR_END};
+use crate::flows::{
+    ended_flow, executed, grammar, recognize, stereo, stored_recording, uuid_of, FAR_END,
+};
 use crate::support::{id_of, Env};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -271,4 +273,136 @@ async fn members_on_two_media_processes_hear_each_other_and_survive_the_others_c
     );
     let log = std::fs::read_to_string(p1.log_path()).unwrap();
     assert!(log.contains("media process draining"), "P1 drained");
+}
+
+/// A member's flow without a recording of its own: join the conference, say `says` at
+/// `at_ms`.
+fn speaker(conference: &str, says: &str, at_ms: u32) -> Value {
+    json!({
+        "actions": [{"type": "conference_join", "option": {"conference_id": conference}}],
+        "sandbox": {"script": [{"at_ms": at_ms, "say": says}, {"at_ms": 60000, "hangup": true}]}
+    })
+}
+
+/// A 16-bit mono WAV's samples.
+fn mono(wav: &[u8]) -> Vec<i16> {
+    assert_eq!(&wav[0..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "one channel");
+    assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 16_000);
+    let data_len = u32::from_le_bytes(wav[40..44].try_into().unwrap()) as usize;
+    assert_eq!(data_len, wav.len() - 44, "the served header has the real sizes");
+    wav[44..]
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_conference_is_recorded_as_its_mix_and_transcribed_member_by_member() {
+    let grammar = grammar();
+    let env = Env::start_with_env(&[
+        ("VBIN_STT_PROVIDER", "pocketsphinx"),
+        ("VBIN_STT_GRAMMAR", grammar.to_str().unwrap()),
+    ])
+    .await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let cid = id_of(&api.create("/v1.0/conferences", json!({"name": "board"})).await);
+    let record = format!("/v1.0/conferences/{cid}/recording_start");
+    let transcribe =
+        json!({"reference_type": "conference", "reference_id": cid, "language": "en-US"});
+
+    // A mix has no far end to fall silent or press keys; a member is transcribed for what
+    // it says only.
+    let (s, v) = api.post(&record, json!({"end_of_silence": 3000})).await;
+    assert_eq!(s, 400, "{v}");
+    let mut both = transcribe.clone();
+    both["direction"] = json!("both");
+    let (s, v) = api.post("/v1.0/transcribes", both).await;
+    assert_eq!(s, 400, "{v}");
+    // Another tenant can do neither.
+    let (_, tok2, _) = env.customer().await;
+    let api2 = env.client(&tok2);
+    assert_eq!(api2.post(&record, json!({})).await.0, 404);
+    assert_eq!(api2.post("/v1.0/transcribes", transcribe.clone()).await.0, 404);
+
+    // Both start before anyone joins.
+    let (s, rec) = api.post(&record, json!({})).await;
+    assert_eq!(s, 200, "{rec}");
+    assert_eq!(
+        (&rec["reference_type"], &rec["reference_id"], &rec["channels"]),
+        (&json!("conference"), &json!(cid), &json!(1)),
+        "{rec}"
+    );
+    let (s, tr) = api.post("/v1.0/transcribes", transcribe.clone()).await;
+    assert_eq!(s, 200, "{tr}");
+    assert_eq!(tr["direction"], "in", "{tr}");
+    let (s, v) = api.post("/v1.0/transcribes", transcribe.clone()).await;
+    assert_eq!(s, 409, "one running transcription per conference: {v}");
+
+    // A speaks about 3 s after its answer, B about 7 s after its.
+    let a = env
+        .calls(&tok, &["+15550006101"], speaker(&cid, FAR_END, 3000))
+        .await[0];
+    let b = env
+        .calls(&tok, &["+15550006102"], speaker(&cid, B_SAYS, 7000))
+        .await[0];
+    api.wait_get(
+        &format!("/v1.0/conferences/{cid}"),
+        Duration::from_secs(15),
+        |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == 2),
+    )
+    .await;
+    // B has spoken about 7 s after its answer. The conference ends: its recording and its
+    // transcription with it (the recognizers finish the members' last utterances as their
+    // streams end).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (s, v) = api
+        .post(&format!("/v1.0/conferences/{cid}/stop"), json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let tpath = format!("/v1.0/transcripts?transcribe_id={}", uuid_of(&tr));
+    let transcripts = api
+        .wait_get(&tpath, Duration::from_secs(30), |_, v| {
+            v["result"].as_array().is_some_and(|r| r.len() == 2)
+        })
+        .await;
+
+    // Each transcript names its member.
+    let said_by = |call: Uuid| {
+        transcripts["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["call_id"] == call.to_string())
+            .map(|t| (t["message"].clone(), t["direction"].clone()))
+    };
+    assert_eq!(said_by(a), Some((json!(FAR_END), json!("in"))), "{transcripts}");
+    assert_eq!(said_by(b), Some((json!(B_SAYS), json!("in"))), "{transcripts}");
+    api.wait_get(
+        &format!("/v1.0/transcribes/{}", uuid_of(&tr)),
+        Duration::from_secs(15),
+        |_, v| v["status"] == "completed",
+    )
+    .await;
+
+    // The recording is the mix: both members, in the order they spoke.
+    let rid = uuid_of(&rec);
+    let ended = api
+        .wait_get(
+            &format!("/v1.0/recordings/{rid}"),
+            Duration::from_secs(20),
+            |_, v| v["status"] == "ended",
+        )
+        .await;
+    assert!(ended["error"].is_null(), "{ended}");
+    let (s, wav) = env
+        .get_bytes(&tok, &format!("/v1.0/recordings/{rid}/file"))
+        .await;
+    assert_eq!(s, 200);
+    let mix = mono(&wav);
+    assert_eq!(recognize(&mix).await, format!("{FAR_END} {B_SAYS}"));
+    let (_, by_reference) = api.get(&format!("/v1.0/recordings?reference_id={cid}")).await;
+    assert_eq!(by_reference["result"].as_array().map(Vec::len), Some(1));
+    let _ = std::fs::remove_file(&grammar);
 }

@@ -4,6 +4,10 @@
 //! final segments become `transcript_created` events through
 //! [`vbin_app::transcription::record_transcript`], tagged with the side they were heard on.
 //!
+//! A conference's transcription has one stream per member ([`Transcriber::start_member`]),
+//! started by the media process that runs the member's session; its transcripts name the
+//! member (`call_id`).
+//!
 //! A transcription that completes stops receiving audio (the session drops its [`Feed`]); its
 //! last segments are still recorded if it is running then (they are refused once it
 //! completed, and logged). Transcript ids follow their contents, so audio transcribed again
@@ -12,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
-use vbin_app::transcription::record_transcript;
+use vbin_app::transcription::{record_said, Said};
 use vbin_app::Executor;
 use vbin_event_schema::{
     CallId, CustomerId, TranscribeDirection, TranscribeId, TranscriptDirection,
@@ -33,6 +37,19 @@ pub fn sides(direction: TranscribeDirection) -> &'static [TranscriptDirection] {
         TranscribeDirection::Out => &[TranscriptDirection::Out],
         TranscribeDirection::Both => &[TranscriptDirection::In, TranscriptDirection::Out],
     }
+}
+
+/// Whose audio a stream recognizes.
+#[derive(Clone, Copy, Debug)]
+struct Heard {
+    /// The call whose session feeds it.
+    call: CallId,
+    /// The side.
+    side: TranscriptDirection,
+    /// The conference member, in a conference's transcription.
+    speaker: Option<CallId>,
+    /// How long after the transcription's start the stream starts.
+    offset_ms: u64,
 }
 
 /// Where one side of one transcription's audio goes: 16 kHz frames, taken without waiting.
@@ -87,6 +104,43 @@ impl Transcriber {
         language: &str,
         side: TranscriptDirection,
     ) -> Result<Feed, SttError> {
+        let heard = Heard {
+            call,
+            side,
+            speaker: None,
+            offset_ms: 0,
+        };
+        self.listen(customer, transcribe, language, heard)
+    }
+
+    /// Starts recognizing what conference member `member` says, for the conference's
+    /// transcription `transcribe`, which started `offset_ms` before this feed does (its
+    /// transcripts are timed from the transcription's start and name the member).
+    pub fn start_member(
+        &self,
+        member: CallId,
+        customer: CustomerId,
+        transcribe: TranscribeId,
+        language: &str,
+        offset_ms: u64,
+    ) -> Result<Feed, SttError> {
+        let heard = Heard {
+            call: member,
+            side: TranscriptDirection::In,
+            speaker: Some(member),
+            offset_ms,
+        };
+        self.listen(customer, transcribe, language, heard)
+    }
+
+    fn listen(
+        &self,
+        customer: CustomerId,
+        transcribe: TranscribeId,
+        language: &str,
+        heard: Heard,
+    ) -> Result<Feed, SttError> {
+        let Heard { call, side, .. } = heard;
         let session = self.provider.start(language)?;
         let mut results = session.results;
         let executor = self.executor.clone();
@@ -94,7 +148,7 @@ impl Transcriber {
             while let Some(res) = results.recv().await {
                 match res {
                     Ok(seg) if seg.is_final && !seg.text.trim().is_empty() => {
-                        record(&executor, customer, transcribe, call, side, &seg).await;
+                        record(&executor, customer, transcribe, heard, &seg).await;
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -116,21 +170,18 @@ async fn record(
     executor: &Executor,
     customer: CustomerId,
     transcribe: TranscribeId,
-    call: CallId,
-    side: TranscriptDirection,
+    heard: Heard,
     seg: &Segment,
 ) {
+    let call = heard.call;
+    let said = Said {
+        direction: heard.side,
+        speaker: heard.speaker,
+        message: &seg.text,
+        tm_transcript_ms: heard.offset_ms + seg.start_ms,
+    };
     for attempt in 1..=3 {
-        match record_transcript(
-            executor,
-            customer,
-            transcribe,
-            side,
-            &seg.text,
-            seg.start_ms,
-        )
-        .await
-        {
+        match record_said(executor, customer, transcribe, said).await {
             Ok(_) => {
                 metrics::counter!("vbin_transcripts_recorded_total").increment(1);
                 return;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 pub use vbin_app::calls::NewCalls as ValidCalls;
 use vbin_app::flows::Program;
 use vbin_event_schema::flow::{is_dtmf, RawAction, SandboxScript};
-use vbin_event_schema::{CallId, FlowId, RecordingLimits, TrunkId, E164};
+use vbin_event_schema::{CallId, FlowId, MediaReference, RecordingLimits, TrunkId, E164};
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
 
@@ -233,15 +233,25 @@ pub async fn start_recording(
     Path(id): Path<Uuid>,
     body: axum::body::Bytes,
 ) -> ApiResult {
+    record(&s, &t, MediaReference::Call(CallId(id)), &body).await
+}
+
+/// Starts recording `reference` with the limits of an optional JSON `body`.
+pub(super) async fn record(
+    s: &CmdState,
+    t: &Tenant,
+    reference: MediaReference,
+    body: &[u8],
+) -> ApiResult {
     // The body is optional: none (or only whitespace) means no limits.
     let body: RecordingBody = if body.iter().all(u8::is_ascii_whitespace) {
         RecordingBody::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice(body)
             .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))?
     };
     let limits = body.validate()?;
-    let r = s.app.start_recording(&t.acting, CallId(id), limits).await?;
+    let r = s.app.start_recording(&t.acting, reference, limits).await?;
     Ok(Json(r.view()))
 }
 
@@ -252,7 +262,16 @@ pub async fn stop_recording(
     t: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
-    let stopped = s.app.stop_recordings(&t.acting, CallId(id)).await?;
+    stop_recordings(&s, &t, MediaReference::Call(CallId(id))).await
+}
+
+/// Asks `reference`'s running recordings to stop: `{recordings: [...]}`.
+pub(super) async fn stop_recordings(
+    s: &CmdState,
+    t: &Tenant,
+    reference: MediaReference,
+) -> ApiResult {
+    let stopped = s.app.stop_recordings(&t.acting, reference).await?;
     let views: Vec<Value> = stopped.iter().map(|r| r.view()).collect();
     Ok(Json(json!({ "recordings": views })))
 }

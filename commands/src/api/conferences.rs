@@ -1,5 +1,5 @@
-//! Conference commands: create one, stop one (every member leaves and its flow goes on).
-//! Calls join through their flow's `conference_join`.
+//! Conference commands: create one, stop one (every member leaves and its flow goes on),
+//! record its mix. Calls join through their flow's `conference_join`.
 
 use super::campaigns::check_name;
 use super::error::ApiResult;
@@ -9,7 +9,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
 use vbin_domain::{Conference, ConferenceCommand};
-use vbin_event_schema::ConferenceId;
+use vbin_event_schema::{ConferenceId, MediaReference};
 use vbin_http::extract::{Json, Path};
 
 /// `POST /v1.0/conferences` body.
@@ -52,4 +52,28 @@ pub async fn stop_conference(
     Ok(Json(
         s.app.update::<Conference>(&acting, id, cmd).await?.view(),
     ))
+}
+
+/// `POST /v1.0/conferences/{id}/recording_start` -> the recording (status recording, one
+/// channel: the mix of every member). Optional body `{format?: "wav", duration?}`; the
+/// conference must not have ended.
+pub async fn start_recording(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let reference = MediaReference::Conference(ConferenceId(id));
+    super::calls::record(&s, &t, reference, &body).await
+}
+
+/// `POST /v1.0/conferences/{id}/recording_stop` -> the conference's recordings asked to stop
+/// (each ends with `recording_ended` once stored).
+pub async fn stop_recording(
+    State(s): State<CmdState>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
+    let reference = MediaReference::Conference(ConferenceId(id));
+    super::calls::stop_recordings(&s, &t, reference).await
 }

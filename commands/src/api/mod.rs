@@ -92,6 +92,14 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
             "/v1.0/conferences/{id}/stop",
             post(conferences::stop_conference),
         )
+        .route(
+            "/v1.0/conferences/{id}/recording_start",
+            post(conferences::start_recording),
+        )
+        .route(
+            "/v1.0/conferences/{id}/recording_stop",
+            post(conferences::stop_recording),
+        )
         .route("/v1.0/queues", post(queues::create_queue))
         .route("/v1.0/queues/{id}", put(queues::update_queue))
         .route("/v1.0/queues/{id}/calls", post(queues::join_queue))

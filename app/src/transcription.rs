@@ -241,16 +241,31 @@ mod tests {
     fn transcript_ids_follow_the_contents() {
         let t = TranscribeId::new();
         let a = transcript_id(t, TranscriptDirection::In, None, "hello", 1_000);
-        assert_eq!(a, transcript_id(t, TranscriptDirection::In, None, "hello", 1_000));
+        assert_eq!(
+            a,
+            transcript_id(t, TranscriptDirection::In, None, "hello", 1_000)
+        );
         assert_ne!(
             a,
             transcript_id(t, TranscriptDirection::Out, None, "hello", 1_000)
         );
-        assert_ne!(a, transcript_id(t, TranscriptDirection::In, None, "hello", 1_001));
-        assert_ne!(a, transcript_id(t, TranscriptDirection::In, None, "hullo", 1_000));
         assert_ne!(
             a,
-            transcript_id(TranscribeId::new(), TranscriptDirection::In, None, "hello", 1_000)
+            transcript_id(t, TranscriptDirection::In, None, "hello", 1_001)
+        );
+        assert_ne!(
+            a,
+            transcript_id(t, TranscriptDirection::In, None, "hullo", 1_000)
+        );
+        assert_ne!(
+            a,
+            transcript_id(
+                TranscribeId::new(),
+                TranscriptDirection::In,
+                None,
+                "hello",
+                1_000
+            )
         );
         // Two members saying the same at the same time are two transcripts.
         let (x, y) = (Some(CallId::new()), Some(CallId::new()));

@@ -26,8 +26,8 @@ use vbin_event_schema::flow::{ActionKind, ActionResult};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
     ActiveflowId, AiId, AiRole, AiSettings, AicallEndReason, AicallEvent, AicallId, AimessageId,
-    CallDirection, CallEvent, CallId, CustomerId, PublishedEvent, TranscribeDirection,
-    TranscribeId, MediaReference, TranscriptDirection, TranscriptId, WebhookMethod,
+    CallDirection, CallEvent, CallId, CustomerId, MediaReference, PublishedEvent,
+    TranscribeDirection, TranscribeId, TranscriptDirection, TranscriptId, WebhookMethod,
 };
 use vbin_llm::LlmProvider;
 

@@ -115,7 +115,12 @@ impl Conferences {
 
     /// The conferences (and bridges across processes) with members mixed here.
     pub fn with_members(&self) -> Vec<ConferenceId> {
-        self.members.lock().expect("members").keys().copied().collect()
+        self.members
+            .lock()
+            .expect("members")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Records the full mix of `conference` into `recorder` (mono, limited like what a member

@@ -44,8 +44,7 @@ use vbin_event_schema::views::{CallView, RecordingView, ReferenceView, Transcrib
 use vbin_event_schema::{
     ActiveflowEvent, ActiveflowId, AicallEvent, AicallId, CallEvent, CallId, CallStatus,
     ConferenceEvent, ConferenceId, CustomerId, HangupCause, MediaReference, PublishedEvent,
-    QueueEvent,
-    RecordingEvent, RecordingId, RecordingLimits, RecordingStatus, TranscribeDirection,
+    QueueEvent, RecordingEvent, RecordingId, RecordingLimits, RecordingStatus, TranscribeDirection,
     TranscribeEvent, TranscribeId,
 };
 use vbin_eventlog::CommandMeta;
@@ -133,6 +132,9 @@ struct Handle {
     control: mpsc::Sender<Control>,
 }
 
+/// A conference member's stream to one of its conference's transcriptions.
+type MemberTap = (CallId, TranscribeId);
+
 /// The media process.
 #[derive(Clone)]
 pub struct Media {
@@ -162,7 +164,7 @@ pub struct Media {
     /// Bridges whose two sessions are cross-wired here, by master call.
     paired: Arc<Mutex<std::collections::HashSet<CallId>>>,
     /// The conference transcriptions' streams of members here, by conference.
-    conference_taps: Arc<Mutex<HashMap<ConferenceId, HashSet<(CallId, TranscribeId)>>>>,
+    conference_taps: Arc<Mutex<HashMap<ConferenceId, HashSet<MemberTap>>>>,
     /// One reconciliation of conference taps at a time.
     reconciling: Arc<tokio::sync::Mutex<()>>,
 }
@@ -580,12 +582,12 @@ impl Media {
                 .filter(|r| r.0 == conference.as_uuid())
                 .collect();
             let members = self.conferences.members(conference);
-            let want: HashSet<(CallId, TranscribeId)> = members
+            let want: HashSet<MemberTap> = members
                 .iter()
                 .flat_map(|m| running.iter().map(move |r| (*m, TranscribeId(r.1))))
                 .collect();
             // What still streams (a session that ended or was taken over lost its streams).
-            let had: HashSet<(CallId, TranscribeId)> = {
+            let had: HashSet<MemberTap> = {
                 let tapped = self.tapped.lock().expect("tapped");
                 self.conference_taps
                     .lock()
@@ -1386,7 +1388,9 @@ impl Media {
                     .await
             }
             Ok(Err(e)) => Err(MediaError::Mesh(e.to_string())),
-            Err(_) => Err(MediaError::Mesh("the recording process did not answer".into())),
+            Err(_) => Err(MediaError::Mesh(
+                "the recording process did not answer".into(),
+            )),
         }
     }
 

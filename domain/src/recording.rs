@@ -267,7 +267,13 @@ mod tests {
         r.when(RecordingCommand::Delete { at: t(5) }).then_count(1);
         r.when(RecordingCommand::Delete { at: t(6) }).then_nothing();
         assert_eq!(r.view()["status"], "deleted");
-        assert_eq!((r.view()["reference_type"].clone(), r.view()["channels"].clone()), ("call".into(), 2.into()));
+        assert_eq!(
+            (
+                r.view()["reference_type"].clone(),
+                r.view()["channels"].clone()
+            ),
+            ("call".into(), 2.into())
+        );
     }
 
     #[test]
@@ -289,7 +295,10 @@ mod tests {
         assert_eq!(v["reference_id"], conference.to_string());
         assert_eq!(v["channels"], 1);
         let typed: vbin_event_schema::views::RecordingView = serde_json::from_value(v).unwrap();
-        assert_eq!(typed.reference(), Some(MediaReference::Conference(conference)));
+        assert_eq!(
+            typed.reference(),
+            Some(MediaReference::Conference(conference))
+        );
         assert!(matches!(
             given_nothing::<Recording>()
                 .when(start(RecordingLimits {

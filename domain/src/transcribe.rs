@@ -460,6 +460,9 @@ mod tests {
         if let TranscribeCommand::AddTranscript { call_id, .. } = &mut named {
             *call_id = Some(member);
         }
-        assert!(matches!(c.when(named).then_refused(), DomainError::Invalid(_)));
+        assert!(matches!(
+            c.when(named).then_refused(),
+            DomainError::Invalid(_)
+        ));
     }
 }

@@ -123,7 +123,11 @@ impl ReferenceType {
 /// What a recording or a transcription captures, typed: events carry it as the two fields
 /// `reference_type` and `reference_id`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "reference_type", content = "reference_id", rename_all = "snake_case")]
+#[serde(
+    tag = "reference_type",
+    content = "reference_id",
+    rename_all = "snake_case"
+)]
 pub enum MediaReference {
     /// A call.
     Call(CallId),

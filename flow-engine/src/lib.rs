@@ -44,8 +44,8 @@ use vbin_event_schema::flow::{
 };
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
-    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, PublishedEvent,
-    TranscribeId, MediaReference,
+    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, MediaReference,
+    PublishedEvent, TranscribeId,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::AddressPolicy;

@@ -63,12 +63,7 @@ async fn three_members_each_hear_the_other_two_and_not_themselves() {
     // B's hangup takes it out.
     let bend = env.wait_call_end(b, Duration::from_secs(20)).await;
     assert_eq!(bend["hangup_by"], "remote", "{bend}");
-    api.wait_get(
-        &format!("/v1.0/conferences/{cid}"),
-        Duration::from_secs(10),
-        |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == 2),
-    )
-    .await;
+    members_in(&api, &cid, 2).await;
     // After C has spoken, the conference is stopped: the others' flows go on (and, with
     // nothing after their conference_join, end with their calls).
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -151,6 +146,25 @@ async fn three_members_each_hear_the_other_two_and_not_themselves() {
     );
 }
 
+/// The platform without media plus one media process P1 (`vars` for every process), a
+/// customer's token and a conference of theirs.
+async fn conference_on_p1(
+    vars: &[(&str, &str)],
+) -> (Env, String, crate::support::Platform, String) {
+    let mut all = vec![("VBIN_DB_POOL", "40")];
+    all.extend_from_slice(vars);
+    let mut env = Env::start_with_env(&all).await;
+    let (_, tok, _) = env.customer().await;
+    env.platform_without_media().await;
+    let p1 = env.spawn_platform_only(&["media"]).await;
+    let cid = id_of(
+        &env.client(&tok)
+            .create("/v1.0/conferences", json!({"name": "x"}))
+            .await,
+    );
+    (env, tok, p1, cid)
+}
+
 /// The media process running each call's session.
 async fn owners(env: &Env, calls: &[Uuid]) -> Vec<Option<String>> {
     let mut out = vec![];
@@ -162,17 +176,8 @@ async fn owners(env: &Env, calls: &[Uuid]) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn members_on_two_media_processes_hear_each_other_and_survive_the_others_crash() {
-    let mut env = Env::start_with_env(&[
-        ("VBIN_MEDIA_ORPHAN_TIMEOUT_MS", "2000"),
-        ("VBIN_DB_POOL", "40"),
-    ])
-    .await;
-    let (_, tok, _) = env.customer().await;
-    // The platform without media, and one media process P1.
-    env.platform_without_media().await;
-    let p1 = env.spawn_platform_only(&["media"]).await;
+    let (env, tok, p1, cid) = conference_on_p1(&[("VBIN_MEDIA_ORPHAN_TIMEOUT_MS", "2000")]).await;
     let api = env.client(&tok);
-    let cid = id_of(&api.create("/v1.0/conferences", json!({"name": "x"})).await);
     // A and B join on P1. C speaks first (about 4 s after its answer), A at 25 s, B at 29 s,
     // and B again at 38 s, after the crash.
     let script = |lines: &[(u32, &str)]| {
@@ -200,26 +205,14 @@ async fn members_on_two_media_processes_hear_each_other_and_survive_the_others_c
             script(&[(29_000, B_SAYS), (38_000, crate::flows::MENU_TEXT)]),
         )
         .await[0];
-    let in_conference = |n: usize| {
-        let api = &api;
-        let cid = &cid;
-        async move {
-            api.wait_get(
-                &format!("/v1.0/conferences/{cid}"),
-                Duration::from_secs(20),
-                |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == n),
-            )
-            .await
-        }
-    };
-    in_conference(2).await;
+    members_in(&api, &cid, 2).await;
     // P2 starts; P1 drains, so C's session goes to P2.
     let mut p2 = env.spawn_platform_only(&["media"]).await;
     p1.signal("USR1");
     let c = env
         .calls(&tok, &["+15550006003"], script(&[(4_000, C_SAYS)]))
         .await[0];
-    in_conference(3).await;
+    members_in(&api, &cid, 3).await;
     crate::support::wait_until("C's session on P2", Duration::from_secs(20), || async {
         let o = owners(&env, &[a, b, c]).await;
         (o[0].is_some() && o[0] == o[1] && o[2].is_some() && o[2] != o[0]).then_some(())
@@ -284,13 +277,56 @@ fn speaker(conference: &str, says: &str, at_ms: u32) -> Value {
     })
 }
 
+/// Waits (20 s at most) until the conference `cid` has `n` members; returns it.
+async fn members_in(api: &crate::support::Client<'_>, cid: &str, n: usize) -> Value {
+    api.wait_get(
+        &format!("/v1.0/conferences/{cid}"),
+        Duration::from_secs(20),
+        |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == n),
+    )
+    .await
+}
+
+/// A conference's recording `rec`, once stored without error: its mix.
+async fn stored_mix(env: &Env, tok: &str, rec: &Value) -> Vec<i16> {
+    let rid = uuid_of(rec);
+    let ended = env
+        .client(tok)
+        .wait_get(
+            &format!("/v1.0/recordings/{rid}"),
+            Duration::from_secs(20),
+            |_, v| v["status"] == "ended",
+        )
+        .await;
+    assert!(ended["error"].is_null(), "{ended}");
+    let (s, wav) = env
+        .get_bytes(tok, &format!("/v1.0/recordings/{rid}/file"))
+        .await;
+    assert_eq!(s, 200);
+    mono(&wav)
+}
+
+/// What `call` said in a conference's `transcripts` (`{result: [...]}`): its transcript's
+/// message and direction.
+fn said_by(transcripts: &Value, call: Uuid) -> Option<(Value, Value)> {
+    transcripts["result"]
+        .as_array()?
+        .iter()
+        .find(|t| t["call_id"] == call.to_string())
+        .map(|t| (t["message"].clone(), t["direction"].clone()))
+}
+
 /// A 16-bit mono WAV's samples.
 fn mono(wav: &[u8]) -> Vec<i16> {
     assert_eq!(&wav[0..4], b"RIFF");
     assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 1, "one channel");
     assert_eq!(u32::from_le_bytes(wav[24..28].try_into().unwrap()), 16_000);
     let data_len = u32::from_le_bytes(wav[40..44].try_into().unwrap()) as usize;
-    assert_eq!(data_len, wav.len() - 44, "the served header has the real sizes");
+    assert_eq!(
+        data_len,
+        wav.len() - 44,
+        "the served header has the real sizes"
+    );
     wav[44..]
         .chunks_exact(2)
         .map(|b| i16::from_le_bytes([b[0], b[1]]))
@@ -307,7 +343,10 @@ async fn a_conference_is_recorded_as_its_mix_and_transcribed_member_by_member() 
     .await;
     let (_, tok, _) = env.customer().await;
     let api = env.client(&tok);
-    let cid = id_of(&api.create("/v1.0/conferences", json!({"name": "board"})).await);
+    let cid = id_of(
+        &api.create("/v1.0/conferences", json!({"name": "board"}))
+            .await,
+    );
     let record = format!("/v1.0/conferences/{cid}/recording_start");
     let transcribe =
         json!({"reference_type": "conference", "reference_id": cid, "language": "en-US"});
@@ -324,13 +363,20 @@ async fn a_conference_is_recorded_as_its_mix_and_transcribed_member_by_member() 
     let (_, tok2, _) = env.customer().await;
     let api2 = env.client(&tok2);
     assert_eq!(api2.post(&record, json!({})).await.0, 404);
-    assert_eq!(api2.post("/v1.0/transcribes", transcribe.clone()).await.0, 404);
+    assert_eq!(
+        api2.post("/v1.0/transcribes", transcribe.clone()).await.0,
+        404
+    );
 
     // Both start before anyone joins.
     let (s, rec) = api.post(&record, json!({})).await;
     assert_eq!(s, 200, "{rec}");
     assert_eq!(
-        (&rec["reference_type"], &rec["reference_id"], &rec["channels"]),
+        (
+            &rec["reference_type"],
+            &rec["reference_id"],
+            &rec["channels"]
+        ),
         (&json!("conference"), &json!(cid), &json!(1)),
         "{rec}"
     );
@@ -347,12 +393,7 @@ async fn a_conference_is_recorded_as_its_mix_and_transcribed_member_by_member() 
     let b = env
         .calls(&tok, &["+15550006102"], speaker(&cid, B_SAYS, 7000))
         .await[0];
-    api.wait_get(
-        &format!("/v1.0/conferences/{cid}"),
-        Duration::from_secs(15),
-        |_, v| v["call_ids"].as_array().is_some_and(|m| m.len() == 2),
-    )
-    .await;
+    members_in(&api, &cid, 2).await;
     // B has spoken about 7 s after its answer. The conference ends: its recording and its
     // transcription with it (the recognizers finish the members' last utterances as their
     // streams end).
@@ -369,16 +410,9 @@ async fn a_conference_is_recorded_as_its_mix_and_transcribed_member_by_member() 
         .await;
 
     // Each transcript names its member.
-    let said_by = |call: Uuid| {
-        transcripts["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["call_id"] == call.to_string())
-            .map(|t| (t["message"].clone(), t["direction"].clone()))
-    };
-    assert_eq!(said_by(a), Some((json!(FAR_END), json!("in"))), "{transcripts}");
-    assert_eq!(said_by(b), Some((json!(B_SAYS), json!("in"))), "{transcripts}");
+    let heard_in = |said: &str| Some((json!(said), json!("in")));
+    assert_eq!(said_by(&transcripts, a), heard_in(FAR_END), "{transcripts}");
+    assert_eq!(said_by(&transcripts, b), heard_in(B_SAYS), "{transcripts}");
     api.wait_get(
         &format!("/v1.0/transcribes/{}", uuid_of(&tr)),
         Duration::from_secs(15),
@@ -387,22 +421,85 @@ async fn a_conference_is_recorded_as_its_mix_and_transcribed_member_by_member() 
     .await;
 
     // The recording is the mix: both members, in the order they spoke.
-    let rid = uuid_of(&rec);
-    let ended = api
-        .wait_get(
-            &format!("/v1.0/recordings/{rid}"),
-            Duration::from_secs(20),
-            |_, v| v["status"] == "ended",
+    let mix = stored_mix(&env, &tok, &rec).await;
+    assert_eq!(recognize(&mix).await, format!("{FAR_END} {B_SAYS}"));
+    let (_, by_reference) = api
+        .get(&format!("/v1.0/recordings?reference_id={cid}"))
+        .await;
+    assert_eq!(by_reference["result"].as_array().map(Vec::len), Some(1));
+    let _ = std::fs::remove_file(&grammar);
+}
+
+#[tokio::test]
+async fn a_conference_across_two_media_processes_is_recorded_whole_and_each_member_transcribed() {
+    let grammar = grammar();
+    let (env, tok, p1, cid) = conference_on_p1(&[
+        ("VBIN_STT_PROVIDER", "pocketsphinx"),
+        ("VBIN_STT_GRAMMAR", grammar.to_str().unwrap()),
+    ])
+    .await;
+    let api = env.client(&tok);
+    // P1 is the only media process: it records the mix.
+    let (s, rec) = api
+        .post(
+            &format!("/v1.0/conferences/{cid}/recording_start"),
+            json!({}),
         )
         .await;
-    assert!(ended["error"].is_null(), "{ended}");
-    let (s, wav) = env
-        .get_bytes(&tok, &format!("/v1.0/recordings/{rid}/file"))
+    assert_eq!(s, 200, "{rec}");
+    let (s, tr) = api
+        .post(
+            "/v1.0/transcribes",
+            json!({"reference_type": "conference", "reference_id": cid, "language": "en-US"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{tr}");
+    // A joins on P1; then P2 starts and P1 drains, so B's session goes to P2.
+    let a = env
+        .calls(&tok, &["+15550006201"], speaker(&cid, FAR_END, 12_000))
+        .await[0];
+    members_in(&api, &cid, 1).await;
+    let _p2 = env.spawn_platform_only(&["media"]).await;
+    p1.signal("USR1");
+    let b = env
+        .calls(&tok, &["+15550006202"], speaker(&cid, B_SAYS, 4_000))
+        .await[0];
+    members_in(&api, &cid, 2).await;
+    crate::support::wait_until("B's session on P2", Duration::from_secs(20), || async {
+        let o = owners(&env, &[a, b]).await;
+        (o[0].is_some() && o[1].is_some() && o[0] != o[1]).then_some(())
+    })
+    .await;
+    // B (on P2) speaks about 4 s after its answer, A (on P1) about 12 s after its own.
+    let (_, af) = api.get(&format!("/v1.0/calls/{a}")).await;
+    let answered: chrono::DateTime<chrono::Utc> =
+        af["tm_progressing"].as_str().unwrap().parse().unwrap();
+    let spoken = answered + chrono::Duration::seconds(17);
+    let left = (spoken - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left).await;
+    let (s, _) = api
+        .post(&format!("/v1.0/conferences/{cid}/stop"), json!({}))
         .await;
     assert_eq!(s, 200);
-    let mix = mono(&wav);
-    assert_eq!(recognize(&mix).await, format!("{FAR_END} {B_SAYS}"));
-    let (_, by_reference) = api.get(&format!("/v1.0/recordings?reference_id={cid}")).await;
-    assert_eq!(by_reference["result"].as_array().map(Vec::len), Some(1));
+
+    // Each process transcribed its own member.
+    let transcripts = api
+        .wait_get(
+            &format!("/v1.0/transcripts?transcribe_id={}", uuid_of(&tr)),
+            Duration::from_secs(30),
+            |_, v| v["result"].as_array().is_some_and(|r| r.len() == 2),
+        )
+        .await;
+    assert_eq!(
+        (said_by(&transcripts, a), said_by(&transcripts, b)),
+        (
+            Some((json!(FAR_END), json!("in"))),
+            Some((json!(B_SAYS), json!("in")))
+        ),
+        "{transcripts}"
+    );
+    // P1's recording holds B, heard from P2 over the mesh, then A.
+    let mix = stored_mix(&env, &tok, &rec).await;
+    assert_eq!(recognize(&mix).await, format!("{B_SAYS} {FAR_END}"));
     let _ = std::fs::remove_file(&grammar);
 }

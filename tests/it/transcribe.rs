@@ -37,7 +37,8 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
     // Validation.
     for bad in [
         json!({"reference_id": call, "language": "en-US"}),
-        json!({"reference_type": "conference", "reference_id": call, "language": "en-US"}),
+        json!({"reference_type": "agent", "reference_id": call, "language": "en-US"}),
+        json!({"reference_type": "conference", "reference_id": call, "language": "en-US", "direction": "out"}),
         json!({"reference_type": "call", "reference_id": "nope", "language": "en-US"}),
         json!({"reference_type": "call", "reference_id": call}),
         json!({"reference_type": "call", "reference_id": call, "language": "english"}),
@@ -48,6 +49,13 @@ async fn transcribes_record_transcripts_and_end_with_their_call() {
         assert_eq!(s, 400, "{bad} -> {v}");
         assert_eq!(v["error"]["reason"], "invalid_argument", "{v}");
     }
+    // A call's id is no conference's.
+    let (s, v) = api
+        .transcribe(
+            json!({"reference_type": "conference", "reference_id": call, "language": "en-US"}),
+        )
+        .await;
+    assert_eq!(s, 404, "{v}");
     // An unknown call, and another tenant's call: 404.
     let (s, v) = api.transcribe(body(Uuid::now_v7(), None)).await;
     assert_eq!(s, 404, "{v}");

@@ -11,10 +11,11 @@ use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
 use uuid::Uuid;
-use vbin_domain::{Call, Conference, ConferenceStatus, NewTranscribe, Transcribe, TranscribeCommand};
+use vbin_domain::{
+    Call, Conference, ConferenceStatus, NewTranscribe, Transcribe, TranscribeCommand,
+};
 use vbin_event_schema::{
-    check_language, CallStatus, MediaReference, ReferenceType,
-    TranscribeDirection, TranscribeId,
+    check_language, CallStatus, MediaReference, ReferenceType, TranscribeDirection, TranscribeId,
 };
 use vbin_http::extract::{Json, Path};
 use vbin_http::ApiError;
@@ -46,7 +47,9 @@ impl TranscribeBody {
             .reference_type
             .as_deref()
             .and_then(ReferenceType::parse)
-            .ok_or_else(|| ApiError::invalid("reference_type must be \"call\" or \"conference\""))?;
+            .ok_or_else(|| {
+                ApiError::invalid("reference_type must be \"call\" or \"conference\"")
+            })?;
         let id = self
             .reference_id
             .as_deref()
@@ -183,13 +186,19 @@ mod tests {
         )
         .validate().unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(ok.direction, TranscribeDirection::Both);
-        assert_eq!(ok.reference, MediaReference::Call(CallId(call.parse().unwrap())));
+        assert_eq!(
+            ok.reference,
+            MediaReference::Call(CallId(call.parse().unwrap()))
+        );
         let conf = body(
             serde_json::json!({"reference_type": "conference", "reference_id": call, "language": "en-US"}),
         )
         .validate().unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(conf.direction, TranscribeDirection::In);
-        assert_eq!(conf.reference, MediaReference::Conference(ConferenceId(call.parse().unwrap())));
+        assert_eq!(
+            conf.reference,
+            MediaReference::Conference(ConferenceId(call.parse().unwrap()))
+        );
         for bad in [
             serde_json::json!({"reference_id": call, "language": "en-US"}),
             serde_json::json!({"reference_type": "agent", "reference_id": call, "language": "en-US"}),

@@ -469,6 +469,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             tasks.push(tokio::spawn(hub.clone().run(stopped(&rx))));
             routes = routes.merge(vbin_gateway::routes(hub, rx.clone()));
         }
+        // The web console: static, served by every HTTP part (it calls the API on the same
+        // origin, wherever the parts behind it run).
+        routes = routes.merge(vbin_console::routes());
         let router = vbin_http::with_layers(routes, state);
         let listener = tokio::net::TcpListener::bind(cfg.http_addr)
             .await

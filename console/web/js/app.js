@@ -1,0 +1,100 @@
+// The console's shell: a hash router (`#/calls/<id>`), the navigation, login and logout.
+// Each page is a module's `render(main, params)`, which may return a cleanup function (to stop
+// following live topics when the page is left).
+
+import { currentSession, endSession, onExpired } from "./api.js";
+import { closeLive } from "./live.js";
+import { flash, h } from "./ui.js";
+import * as login from "./views/login.js";
+import * as dashboard from "./views/dashboard.js";
+import * as calls from "./views/calls.js";
+import * as flows from "./views/flows.js";
+import * as webhooks from "./views/webhooks.js";
+import * as keys from "./views/keys.js";
+
+const customerPages = [
+  ["dashboard", "Dashboard", dashboard.render],
+  ["calls", "Calls", calls.render],
+  ["flows", "Flows", flows.render],
+  ["webhooks", "Webhooks", webhooks.render],
+  ["accesskeys", "Access keys", keys.render],
+];
+
+let cleanup = null;
+let loginMessage = "";
+
+function route() {
+  const [page, ...params] = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
+  return { page: page ?? "", params };
+}
+
+function nav(pages, current) {
+  const el = document.getElementById("nav");
+  el.replaceChildren(...pages.map(([id, label]) =>
+    h("a", { href: `#/${id}`, "aria-current": id === current ? "page" : null }, label)));
+  const who = document.getElementById("who");
+  const s = currentSession();
+  who.replaceChildren(
+    s ? h("span", {}, "Customer") : "",
+    s ? h("button", { class: "secondary", type: "button", onclick: logout }, "Log out") : "",
+  );
+}
+
+function logout() {
+  endSession();
+  closeLive();
+  loginMessage = "You are logged out.";
+  location.hash = "#/login";
+  show();
+}
+
+async function show() {
+  if (cleanup) {
+    try {
+      cleanup();
+    } catch {
+      // A page's cleanup failing must not keep the next one from showing.
+    }
+    cleanup = null;
+  }
+  const main = document.getElementById("main");
+  const s = currentSession();
+  let { page, params } = route();
+  if (!s) {
+    nav([], "");
+    const message = loginMessage;
+    loginMessage = "";
+    main.replaceChildren();
+    login.render(main, { message, done: () => {
+      location.hash = "#/dashboard";
+    } });
+    if (page !== "login") history.replaceState(null, "", "#/login");
+    return;
+  }
+  const pages = customerPages;
+  let entry = pages.find(([id]) => id === page);
+  if (!entry) {
+    entry = pages[0];
+    history.replaceState(null, "", `#/${entry[0]}`);
+    params = [];
+  }
+  nav(pages, entry[0]);
+  flash("");
+  main.replaceChildren();
+  main.focus();
+  try {
+    cleanup = (await entry[2](main, params)) ?? null;
+  } catch (e) {
+    main.replaceChildren(h("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+onExpired((message) => {
+  closeLive();
+  loginMessage = message;
+  location.hash = "#/login";
+  show();
+});
+
+window.addEventListener("hashchange", show);
+show();

@@ -1,0 +1,103 @@
+// Small DOM helpers. Text always goes in as text (never as HTML), so what the API returns
+// cannot inject markup.
+
+/** An element: `h("a", {href: "#/x"}, "text", child, ...)`. Attributes starting with `on`
+ * are listeners; `null`/`false` attributes and children are skipped. */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs ?? {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else if (v === true) el.setAttribute(k, "");
+    else el.setAttribute(k, v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+/** Shows `message` in the page's alert area (`kind`: "error" or "info"); empty clears it. */
+export function flash(message, kind = "error") {
+  const el = document.getElementById("flash");
+  el.className = `flash ${kind === "info" ? "info" : ""}`;
+  el.textContent = message ?? "";
+}
+
+/** A status badge. */
+export function status(s) {
+  return h("span", { class: `status ${s}`, "data-status": s }, s);
+}
+
+/** Micros as dollars (`$1.234567` keeps every micro). */
+export function money(micros) {
+  if (micros === null || micros === undefined) return "";
+  const neg = micros < 0;
+  const abs = Math.abs(micros);
+  const whole = Math.floor(abs / 1e6);
+  const frac = String(abs % 1e6).padStart(6, "0").replace(/0{1,4}$/, "");
+  return `${neg ? "-" : ""}$${whole}.${frac.padEnd(2, "0")}`;
+}
+
+/** A timestamp in the viewer's locale (empty for none). */
+export function when(ts) {
+  return ts ? new Date(ts).toLocaleString() : "";
+}
+
+/**
+ * A form whose submit runs `action(values, form)` with the submit button disabled and
+ * progress shown; an error's message is shown in the form's alert (and returned to `onError`).
+ */
+export function form(fields, submitLabel, action, opts = {}) {
+  const err = h("p", { class: "error", role: "alert" });
+  const button = h("button", { type: "submit" }, submitLabel);
+  const f = h("form", { class: opts.inline ? "inline" : null, "aria-label": opts.label ?? submitLabel },
+    ...fields, button, err);
+  f.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    err.textContent = "";
+    button.disabled = true;
+    try {
+      const values = Object.fromEntries(new FormData(f).entries());
+      await action(values, f);
+    } catch (ex) {
+      err.textContent = ex.message;
+      opts.onError?.(ex);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return f;
+}
+
+/** A labelled input. */
+export function field(label, name, attrs = {}) {
+  const control = attrs.type === "textarea"
+    ? h("textarea", { name, ...attrs, type: null })
+    : attrs.options
+      ? h("select", { name, ...attrs, options: null },
+        ...attrs.options.map((o) => h("option", { value: o, selected: o === attrs.value || null }, o)))
+      : h("input", { name, type: "text", ...attrs });
+  if (attrs.type === "textarea" && attrs.value !== undefined) control.value = attrs.value;
+  return h("label", {}, label, control);
+}
+
+/** A table of `rows` with `columns` = [[heading, row => cell], ...]. */
+export function table(columns, rows, opts = {}) {
+  return h("table", { class: "responsive", "aria-label": opts.label ?? null },
+    h("thead", {}, h("tr", {}, ...columns.map(([c]) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, ...rows.map((r) => {
+      const tr = h("tr", { "data-id": r.id ?? null },
+        ...columns.map(([c, f]) => h("td", { "data-label": c }, f(r))));
+      return tr;
+    })),
+  );
+}
+
+/** A "Next page" control for a list page (`load(token)` loads that page). */
+export function pager(next, load) {
+  return h("div", { class: "pager" },
+    next ? h("button", { class: "secondary", onclick: () => load(next) }, "Next page") : null);
+}

@@ -23,7 +23,10 @@ pub const BASE: &str = "/console/";
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/console", get(|| async { Redirect::permanent(BASE) }))
-        .route("/console/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
+        .route(
+            "/console/",
+            get(|h: HeaderMap| async move { serve("index.html", &h) }),
+        )
         .route(
             "/console/{*path}",
             get(|Path(path): Path<String>, h: HeaderMap| async move { serve(&path, &h) }),
@@ -99,7 +102,10 @@ mod tests {
     async fn the_app_and_its_modules_are_served_with_their_types_and_a_strict_policy() {
         let r = get("/console/", None).await;
         assert_eq!(r.status(), StatusCode::OK);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
         assert!(r.headers()[header::CONTENT_SECURITY_POLICY]
             .to_str()
             .unwrap()
@@ -116,7 +122,13 @@ mod tests {
             get("/console/js/app.js", Some(&etag)).await.status(),
             StatusCode::NOT_MODIFIED
         );
-        assert_eq!(get("/console/nope.js", None).await.status(), StatusCode::NOT_FOUND);
-        assert_eq!(get("/console", None).await.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(
+            get("/console/nope.js", None).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get("/console", None).await.status(),
+            StatusCode::PERMANENT_REDIRECT
+        );
     }
 }

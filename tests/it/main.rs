@@ -11,6 +11,7 @@ mod bridge;
 mod business;
 mod chaos;
 mod conference;
+mod console;
 mod flows;
 mod fuzz_api;
 mod gateway;

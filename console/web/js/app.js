@@ -4,7 +4,7 @@
 
 import { currentSession, endSession, onExpired } from "./api.js";
 import { closeLive } from "./live.js";
-import { flash, h } from "./ui.js";
+import { flash, h, takeFlash } from "./ui.js";
 import * as login from "./views/login.js";
 import * as dashboard from "./views/dashboard.js";
 import * as calls from "./views/calls.js";
@@ -40,12 +40,17 @@ function nav(pages, current) {
   );
 }
 
+/** Shows `hash`'s page (once: setting a new hash shows it through `hashchange`). */
+function go(hash) {
+  if (location.hash === hash) show();
+  else location.hash = hash;
+}
+
 function logout() {
   endSession();
   closeLive();
   loginMessage = "You are logged out.";
-  location.hash = "#/login";
-  show();
+  go("#/login");
 }
 
 async function show() {
@@ -79,7 +84,7 @@ async function show() {
     params = [];
   }
   nav(pages, entry[0]);
-  flash("");
+  flash(...takeFlash());
   main.replaceChildren();
   main.focus();
   try {
@@ -92,8 +97,7 @@ async function show() {
 onExpired((message) => {
   closeLive();
   loginMessage = message;
-  location.hash = "#/login";
-  show();
+  go("#/login");
 });
 
 window.addEventListener("hashchange", show);

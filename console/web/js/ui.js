@@ -26,6 +26,20 @@ export function flash(message, kind = "error") {
   el.textContent = message ?? "";
 }
 
+let pending = "";
+
+/** Shows `message` (an info) on the next page shown. */
+export function flashNext(message) {
+  pending = message;
+}
+
+/** The message left for this page (see [`flashNext`]), once. */
+export function takeFlash() {
+  const m = pending;
+  pending = "";
+  return m ? [m, "info"] : [""];
+}
+
 /** A status badge. */
 export function status(s) {
   return h("span", { class: `status ${s}`, "data-status": s }, s);

@@ -4,7 +4,7 @@
 // flow on a new call.
 
 import { api, list } from "../api.js";
-import { field, flash, form, h, table, when } from "../ui.js";
+import { field, flash, flashNext, form, h, table, when } from "../ui.js";
 
 export const TYPES = [
   "answer", "talk", "play", "beep", "sleep", "digits_receive", "digits_send", "branch",
@@ -99,8 +99,11 @@ async function editor(main, id) {
         delete actions[i].optionText;
       }
       draw();
-      flash(`Flow saved.`, "info");
-      if (!id) location.hash = `#/flows/${saved.id}`;
+      if (id) flash("Flow saved.", "info");
+      else {
+        flashNext("Flow saved.");
+        location.hash = `#/flows/${saved.id}`;
+      }
     } catch (e) {
       const m = /^actions\[(\d+)\]: (.*)$/s.exec(e.message);
       if (m) {

@@ -26,10 +26,11 @@ export async function render(main) {
   confirmRotate.addEventListener("click", async () => {
     confirmRotate.disabled = true;
     try {
-      await api("POST", "/v1.0/customer/webhook_secret/rotate");
-      customer = await api("GET", "/v1.0/customer");
+      // The answer holds the new secret (a read right after could still show the old one).
+      customer = await api("POST", "/v1.0/customer/webhook_secret/rotate");
       if (shown) secret.textContent = customer.webhook_secret;
-      flash("The webhook secret was rotated: receivers must use the new one.", "info");
+      const until = customer.previous_webhook_secret_valid_until;
+      flash(`The webhook secret was rotated: receivers must use the new one${until ? ` (the old one signs too until ${new Date(until).toLocaleString()})` : ""}.`, "info");
       confirmRotate.hidden = true;
       rotate.setAttribute("aria-expanded", "false");
     } catch (e) {

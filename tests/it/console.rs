@@ -1,0 +1,421 @@
+//! The web console in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (ChromeDriver), against the real binary, Postgres, NATS and Redis. Each test works through
+//! the pages as a person would (typing, clicking, reading what is shown) and checks what the
+//! API then holds.
+
+use crate::support::{wait_until, Env};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A headless Chromium behind its own ChromeDriver.
+struct Browser {
+    client: Client,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Browser {
+    async fn start() -> Self {
+        assert!(
+            std::path::Path::new("/usr/bin/chromedriver").exists(),
+            "chromium and chromium-driver must be installed (scripts/services installs them)"
+        );
+        let port = free_port();
+        let driver = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,1000",
+                         "--autoplay-policy=no-user-gesture-required"]
+            }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let client = wait_until(
+            "chromedriver to take a session",
+            Duration::from_secs(20),
+            || {
+                let caps = caps.clone();
+                let url = url.clone();
+                async move {
+                    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+                    ClientBuilder::new(connector)
+                        .capabilities(caps)
+                        .connect(&url)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            },
+        )
+        .await;
+        Browser { client, driver }
+    }
+
+    /// Runs `script` (a function body; `arguments` are `args`) in the page.
+    async fn js(&self, script: &str, args: Vec<Value>) -> Value {
+        self.client
+            .execute(script, args)
+            .await
+            .expect("script runs")
+    }
+
+    /// Waits until `script` returns something truthy; returns it.
+    async fn until(&self, what: &str, script: &str, args: Vec<Value>) -> Value {
+        wait_until(what, Duration::from_secs(20), || {
+            let args = args.clone();
+            async move {
+                let v = self.js(script, args).await;
+                match &v {
+                    Value::Null | Value::Bool(false) => Err(v),
+                    Value::String(s) if s.is_empty() => Err(v),
+                    _ => Ok(v),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Waits for an element matching `css`.
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(20))
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        e.clear().await.unwrap();
+        e.send_keys(text).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.find(css).await.click().await.unwrap();
+    }
+
+    /// Clicks the button or link whose text is `text` (within `scope`).
+    async fn press(&self, scope: &str, text: &str) {
+        let found = self
+            .until(
+                &format!("a control {text:?} in {scope}"),
+                "const [scope, text] = arguments; \
+                 const el = [...document.querySelectorAll(`${scope} button, ${scope} a`)] \
+                   .find(e => e.textContent.trim() === text && !e.disabled && !e.hidden); \
+                 if (!el) return null; el.click(); return true;",
+                vec![json!(scope), json!(text)],
+            )
+            .await;
+        assert_eq!(found, json!(true));
+    }
+
+    /// The text of `css` once it contains `want`.
+    async fn text_with(&self, css: &str, want: &str) -> String {
+        self.until(
+            &format!("{css} to show {want:?}"),
+            "const el = document.querySelector(arguments[0]); \
+             return el && el.textContent.includes(arguments[1]) ? el.textContent : null;",
+            vec![json!(css), json!(want)],
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .to_string()
+    }
+
+    async fn login(&self, env: &Env, username: &str) {
+        self.client.goto(&env.url("/console/")).await.unwrap();
+        self.type_into("input[name=username]", username).await;
+        self.type_into("input[name=password]", "password123").await;
+        self.press("main form", "Log in").await;
+        self.text_with("main h1", "Dashboard").await;
+    }
+}
+
+#[tokio::test]
+async fn a_call_placed_in_the_console_is_watched_live_and_its_recording_played() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let flow = env
+        .client(&tok)
+        .create(
+            "/v1.0/flows",
+            json!({"name": "greeting", "actions": [
+                {"type": "recording_start", "option": {"beep_start": false}},
+                {"type": "talk", "option": {"text": "thank you for calling", "language": "en-US"}}
+            ]}),
+        )
+        .await;
+    let flow_id = flow["id"].as_str().unwrap().to_string();
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+    b.press("nav", "Calls").await;
+    b.text_with("main h1", "Calls").await;
+    // Every status a call row shows is noted, in order, by the page itself: a reload would
+    // lose the notes.
+    b.js(
+        "window.seen = []; \
+         new MutationObserver(() => { \
+           for (const s of document.querySelectorAll('#calls [data-status]')) { \
+             const last = window.seen[window.seen.length - 1]; \
+             if (last !== s.dataset.status) window.seen.push(s.dataset.status); } \
+         }).observe(document.getElementById('calls'), {subtree: true, childList: true});",
+        vec![],
+    )
+    .await;
+    // The API's error envelope is shown at the form.
+    b.type_into("input[name=source]", "not-a-number").await;
+    b.type_into("input[name=destinations]", "+15550007001")
+        .await;
+    b.press("form[aria-label='Place a call']", "Place call")
+        .await;
+    let err = b
+        .text_with("form[aria-label='Place a call'] .error", "source")
+        .await;
+    assert!(err.contains("E.164") || err.contains("source"), "{err}");
+    b.type_into("input[name=source]", "+15550001000").await;
+    b.find("select[name=flow_id]")
+        .await
+        .select_by_value(&flow_id)
+        .await
+        .unwrap();
+    b.press("form[aria-label='Place a call']", "Place call")
+        .await;
+    b.text_with("#calls [data-status='completed']", "completed")
+        .await;
+    let seen = b.js("return window.seen;", vec![]).await;
+    let seen: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let order: Vec<&str> = ["ringing", "progressing", "completed"]
+        .into_iter()
+        .filter(|s| seen.contains(s))
+        .collect();
+    assert_eq!(order, ["ringing", "progressing", "completed"], "{seen:?}");
+    let at = |s: &str| seen.iter().position(|x| *x == s).unwrap();
+    assert!(
+        at("ringing") < at("progressing") && at("progressing") < at("completed"),
+        "{seen:?}"
+    );
+
+    // Its page: the timeline from the audit log, the recording played in the page.
+    b.click("#calls tbody a").await;
+    b.text_with("#call", "completed").await;
+    let timeline = b.text_with("#timeline", "call_hungup").await;
+    for e in [
+        "call_created",
+        "call_ringing",
+        "call_progressing",
+        "call_hungup",
+    ] {
+        assert!(timeline.contains(e), "{timeline}");
+    }
+    b.press("#recordings", "Load audio").await;
+    let seconds = b
+        .until(
+            "the recording to load in the player",
+            "const a = document.querySelector('#recordings audio'); \
+             return a && a.readyState >= 1 && a.src.startsWith('blob:') ? a.duration : null;",
+            vec![],
+        )
+        .await;
+    assert!(seconds.as_f64().unwrap() > 0.5, "{seconds}");
+    let executed = b.text_with("#executed", "talk").await;
+    assert!(executed.contains("recording_start"), "{executed}");
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_flow_with_a_bad_action_shows_the_error_at_that_action() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+    b.press("nav", "Flows").await;
+    b.press("main", "New flow").await;
+    b.type_into("input[name=name]", "menu").await;
+    // The second action becomes a play without the URLs it needs.
+    b.find("select[name=type-1]")
+        .await
+        .select_by_value("play")
+        .await
+        .unwrap();
+    b.type_into("textarea[name=option-1]", "{}").await;
+    b.press("main", "Save flow").await;
+    let err = b
+        .text_with("li.action.invalid[data-index='1'] .error", "")
+        .await;
+    assert!(err.contains("stream_urls"), "{err}");
+    // The first action is not marked.
+    let marked = b
+        .js(
+            "return document.querySelectorAll('li.action.invalid').length;",
+            vec![],
+        )
+        .await;
+    assert_eq!(marked, json!(1));
+    // Invalid JSON is caught at its action before asking the API.
+    b.type_into("textarea[name=option-1]", "{oops").await;
+    b.press("main", "Save flow").await;
+    b.text_with("li.action.invalid[data-index='1'] .error", "JSON")
+        .await;
+    // Fixed, it saves and the API holds it.
+    b.type_into(
+        "textarea[name=option-1]",
+        r#"{"stream_urls": ["https://example.com/a.wav"]}"#,
+    )
+    .await;
+    b.press("main", "Save flow").await;
+    b.text_with("#flash", "Flow saved").await;
+    let flows = env
+        .client(&tok)
+        .wait_get("/v1.0/flows", Duration::from_secs(10), |_, v| {
+            v["result"][0]["name"] == "menu"
+        })
+        .await;
+    assert_eq!(flows["result"][0]["actions"][1]["type"], "play", "{flows}");
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn webhook_secrets_rotate_failed_deliveries_are_retried_and_other_customers_see_none_of_it() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let api = env.client(&tok);
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+    b.press("nav", "Webhooks").await;
+    // Loopback but not allowed: every delivery fails at once.
+    b.type_into("input[name=webhook_uri]", "http://127.0.0.2:9/hook")
+        .await;
+    b.press("main form", "Save settings").await;
+    b.text_with("#flash", "saved").await;
+    let me = api
+        .wait_get("/v1.0/customer", Duration::from_secs(10), |_, v| {
+            v["webhook_uri"] == "http://127.0.0.2:9/hook"
+        })
+        .await;
+    let before = me["webhook_secret"].as_str().unwrap().to_string();
+    // The secret is hidden until asked for.
+    let hidden = b.text_with("#webhook-secret", "•").await;
+    assert!(!hidden.contains(&before));
+    b.press("main", "Show secret").await;
+    b.text_with("#webhook-secret", &before).await;
+    b.press("main", "Rotate secret").await;
+    b.press("main", "Yes, rotate it").await;
+    b.text_with("#flash", "rotated").await;
+    let me = api
+        .wait_get("/v1.0/customer", Duration::from_secs(10), |_, v| {
+            v["webhook_secret"] != before.as_str()
+        })
+        .await;
+    let after = me["webhook_secret"].as_str().unwrap().to_string();
+    b.text_with("#webhook-secret", &after).await;
+
+    // Something to deliver, which fails; retried from the list.
+    api.create(
+        "/v1.0/flows",
+        json!({"name": "x", "actions": [{"type": "answer"}]}),
+    )
+    .await;
+    wait_until("a failed delivery", Duration::from_secs(20), || async {
+        let (_, v) = api.get("/v1.0/webhook_deliveries?status=failed").await;
+        v["result"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|_| ())
+            .ok_or(v)
+    })
+    .await;
+    b.find("select[name=status]")
+        .await
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    b.press("#deliveries", "Retry").await;
+    b.text_with("#flash", "retried").await;
+    let (_, pending) = api.get("/v1.0/webhook_deliveries?status=pending").await;
+    let (_, failed) = api.get("/v1.0/webhook_deliveries?status=failed").await;
+    assert!(
+        !pending["result"].as_array().unwrap().is_empty()
+            || failed["result"][0]["attempts"].as_i64() > Some(1),
+        "the retried delivery was sent again: {pending} {failed}"
+    );
+
+    // Another customer, in the same browser after logging out, sees none of it.
+    let (_, _, other) = env.customer().await;
+    b.press("header", "Log out").await;
+    b.text_with("main", "logged out").await;
+    b.login(&env, &other).await;
+    b.press("nav", "Webhooks").await;
+    b.text_with("#deliveries", "No deliveries").await;
+    b.press("nav", "Calls").await;
+    b.text_with("#calls", "No calls").await;
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_session_goes_back_to_the_login_page_with_a_message() {
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let user = format!("a{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let (s, agent) = api.create_agent(&user, "password123", json!({})).await;
+    assert_eq!(s, 200, "{agent}");
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+    let (s, _) = api.delete_agent(agent["id"].as_str().unwrap()).await;
+    assert_eq!(s, 200);
+    // The next request the console makes is refused: the login page says why.
+    wait_until(
+        "the console to return to its login page",
+        Duration::from_secs(20),
+        || async {
+            let _ = b
+                .js(
+                    "location.hash = location.hash === '#/calls' ? '#/flows' : '#/calls';",
+                    vec![],
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let main = b
+                .js("return document.querySelector('main').textContent;", vec![])
+                .await;
+            main.as_str()
+                .is_some_and(|t| t.contains("expired or was revoked"))
+        },
+    )
+    .await;
+    assert_eq!(
+        b.client.current_url().await.unwrap().fragment(),
+        Some("/login")
+    );
+    b.client.clone().close().await.unwrap();
+}

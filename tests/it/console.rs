@@ -419,3 +419,103 @@ async fn a_revoked_session_goes_back_to_the_login_page_with_a_message() {
     );
     b.client.clone().close().await.unwrap();
 }
+
+/// Every page renders for a customer with some traffic, without an error; with
+/// `VBIN_CONSOLE_SCREENSHOTS=<dir>` each is saved there as a PNG (docs/console.md's pictures:
+/// `VBIN_CONSOLE_SCREENSHOTS=$PWD/docs/console cargo nextest run --workspace -E 'binary(it) &
+/// test(/console::every_page/)'`), the dashboard also at a phone's width.
+#[tokio::test]
+async fn every_page_renders_and_can_be_pictured() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let api = env.client(&tok);
+    let flow = api
+        .create(
+            "/v1.0/flows",
+            json!({"name": "greeting", "actions": [
+                {"type": "recording_start", "option": {"beep_start": false}},
+                {"type": "talk", "option": {"text": "thank you for calling", "language": "en-US"}}
+            ]}),
+        )
+        .await;
+    let calls = env
+        .calls(
+            &tok,
+            &["+15550007001", "+15550000486"],
+            json!({"flow_id": flow["id"]}),
+        )
+        .await;
+    for c in &calls {
+        env.wait_call_end(*c, Duration::from_secs(20)).await;
+    }
+    api.create("/v1.0/accesskeys", json!({"name": "ci"})).await;
+    let dir = std::env::var_os("VBIN_CONSOLE_SCREENSHOTS").map(std::path::PathBuf::from);
+    if let Some(d) = &dir {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let b = Browser::start().await;
+    let shoot = |name: &'static str| {
+        let b = &b;
+        let dir = dir.clone();
+        async move {
+            // Settled: no request in flight.
+            b.until(
+                "the page to settle",
+                "return document.getElementById('progress').hidden;",
+                vec![],
+            )
+            .await;
+            let errors = b
+                .js(
+                    "return [...document.querySelectorAll('main .error')].map(e => e.textContent.trim()).filter(Boolean).join(' ');",
+                    vec![],
+                )
+                .await;
+            assert_eq!(errors, json!(""), "{name} shows an error");
+            // Nothing the page built from data shows as a programming artefact.
+            let artefact = b
+                .js(
+                    "const m = /\\b(null|undefined|NaN)\\b|\\[object Object\\]/.exec(document.querySelector('main').textContent); return m ? m[0] : '';",
+                    vec![],
+                )
+                .await;
+            assert_eq!(artefact, json!(""), "{name} shows a programming artefact");
+            if let Some(d) = dir {
+                let png = b.client.screenshot().await.unwrap();
+                std::fs::write(d.join(format!("{name}.png")), png).unwrap();
+            }
+        }
+    };
+    b.client.goto(&env.url("/console/")).await.unwrap();
+    b.find("input[name=username]").await;
+    shoot("login").await;
+    b.login(&env, &user).await;
+    b.text_with("#live-calls", "No live calls").await;
+    shoot("dashboard").await;
+    b.press("nav", "Calls").await;
+    b.text_with("#calls", "completed").await;
+    shoot("calls").await;
+    b.js(&format!("location.hash = '#/calls/{}';", calls[0]), vec![])
+        .await;
+    b.text_with("#timeline", "call_hungup").await;
+    b.press("#recordings", "Load audio").await;
+    b.find("#recordings audio").await;
+    shoot("call").await;
+    b.press("nav", "Flows").await;
+    b.text_with("main table", "greeting").await;
+    shoot("flows").await;
+    b.press("main table", "greeting").await;
+    b.find("li.action").await;
+    shoot("flow-editor").await;
+    b.press("nav", "Webhooks").await;
+    b.find("#deliveries").await;
+    shoot("webhooks").await;
+    b.press("nav", "Access keys").await;
+    b.text_with("#accesskeys", "ci").await;
+    shoot("access-keys").await;
+    b.press("nav", "Dashboard").await;
+    b.text_with("main h1", "Dashboard").await;
+    b.client.set_window_size(390, 844).await.unwrap();
+    shoot("dashboard-phone").await;
+    b.client.clone().close().await.unwrap();
+}

@@ -4,7 +4,7 @@
 
 import { currentSession, endSession, onExpired } from "./api.js";
 import { closeLive } from "./live.js";
-import { flash, h, takeFlash } from "./ui.js";
+import { fill, flash, h, takeFlash } from "./ui.js";
 import * as login from "./views/login.js";
 import * as dashboard from "./views/dashboard.js";
 import * as calls from "./views/calls.js";
@@ -30,11 +30,11 @@ function route() {
 
 function nav(pages, current) {
   const el = document.getElementById("nav");
-  el.replaceChildren(...pages.map(([id, label]) =>
+  fill(el, ...pages.map(([id, label]) =>
     h("a", { href: `#/${id}`, "aria-current": id === current ? "page" : null }, label)));
   const who = document.getElementById("who");
   const s = currentSession();
-  who.replaceChildren(
+  fill(who, 
     s ? h("span", {}, "Customer") : "",
     s ? h("button", { class: "secondary", type: "button", onclick: logout }, "Log out") : "",
   );
@@ -69,7 +69,7 @@ async function show() {
     nav([], "");
     const message = loginMessage;
     loginMessage = "";
-    main.replaceChildren();
+    fill(main);
     login.render(main, { message, done: () => {
       location.hash = "#/dashboard";
     } });
@@ -85,12 +85,12 @@ async function show() {
   }
   nav(pages, entry[0]);
   flash(...takeFlash());
-  main.replaceChildren();
+  fill(main);
   main.focus();
   try {
     cleanup = (await entry[2](main, params)) ?? null;
   } catch (e) {
-    main.replaceChildren(h("p", { class: "error", role: "alert" }, e.message));
+    fill(main, h("p", { class: "error", role: "alert" }, e.message));
   }
 }
 

@@ -19,6 +19,11 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+/** Replaces `el`'s children (skipping `null`, `undefined` and `false`). */
+export function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+}
+
 /** Shows `message` in the page's alert area (`kind`: "error" or "info"); empty clears it. */
 export function flash(message, kind = "error") {
   const el = document.getElementById("flash");

@@ -5,7 +5,7 @@
 
 import { api, currentSession, list } from "../api.js";
 import { follow } from "../live.js";
-import { field, flash, form, h, pager, status, table, when } from "../ui.js";
+import { field, fill, flash, form, h, pager, status, table, when } from "../ui.js";
 
 const STATUSES = ["", "dialing", "ringing", "progressing", "completed", "busy", "no_answer", "failed", "canceled"];
 
@@ -46,7 +46,7 @@ export async function render(main, params) {
     const shown = [...rows.values()]
       .filter((c) => !want || c.status === want)
       .sort((a, b) => (a.id < b.id ? 1 : -1));
-    box.replaceChildren(
+    fill(box, 
       table([
         ["To", (c) => h("a", { href: `#/calls/${c.id}` }, c.destination)],
         ["From", (c) => c.source],
@@ -104,7 +104,7 @@ async function detail(main, id) {
     }
   } }, "Hang up");
   const drawHead = () => {
-    head.replaceChildren(
+    fill(head, 
       h("p", {}, "Status: ", status(call.status), call.hangup_cause ? ` (${call.hangup_cause}, by ${call.hangup_by || "—"})` : ""),
       h("p", {}, `${call.source} → ${call.destination} · ${call.direction} · duration ${call.duration ?? 0} s`),
       ["dialing", "ringing", "progressing"].includes(call.status) ? hangup : null,
@@ -113,7 +113,7 @@ async function detail(main, id) {
   const loadTimeline = async () => {
     const events = await list("/v1.0/events", { resource_type: "call", resource_id: id, page_size: 100 });
     const ordered = [...events.result].sort((a, b) => a.sequence - b.sequence);
-    timeline.replaceChildren(...ordered.map((e) =>
+    fill(timeline, ...ordered.map((e) =>
       h("li", { "data-event": e.event_type }, h("strong", {}, e.event_type), ` · ${when(e.timestamp)} · by ${e.actor ?? ""}`)));
   };
   const loadMedia = async () => {
@@ -122,14 +122,14 @@ async function detail(main, id) {
       list("/v1.0/activeflows", { reference_id: id }),
       list("/v1.0/transcribes", { reference_id: id }),
     ]);
-    recordings.replaceChildren(recs.result.length
+    fill(recordings, recs.result.length
       ? h("ul", {}, ...recs.result.map((r) => h("li", { "data-recording": r.id },
         status(r.status), ` ${Math.round((r.duration_ms ?? 0) / 100) / 10} s `,
         r.status === "ended" && !r.error ? player(r) : null,
         r.error ? h("span", { class: "error" }, r.error) : null)))
       : h("p", { class: "muted" }, "No recordings."));
     const af = flowsOf.result[0];
-    actions.replaceChildren(af
+    fill(actions, af
       ? h("ol", {}, ...(af.executed_actions ?? []).map((a) => h("li", {}, a.type)))
       : h("p", { class: "muted" }, "No flow."));
     const lines = [];
@@ -137,7 +137,7 @@ async function detail(main, id) {
       const ts = await list("/v1.0/transcripts", { transcribe_id: t.id, page_size: 100 });
       for (const x of ts.result) lines.push(h("li", {}, `[${x.direction}] ${x.message}`));
     }
-    transcripts.replaceChildren(lines.length ? h("ul", {}, ...lines) : h("p", { class: "muted" }, "No transcripts."));
+    fill(transcripts, lines.length ? h("ul", {}, ...lines) : h("p", { class: "muted" }, "No transcripts."));
   };
   call = await api("GET", `/v1.0/calls/${id}`);
   main.append(
@@ -175,7 +175,7 @@ function player(r) {
     try {
       const blob = await api("GET", `/v1.0/recordings/${r.id}/file`, undefined, { as: "blob" });
       const audio = h("audio", { controls: true, src: URL.createObjectURL(blob), "aria-label": `Recording ${r.id}` });
-      box.replaceChildren(audio);
+      fill(box, audio);
     } catch (e) {
       flash(e.message);
       button.disabled = false;

@@ -3,7 +3,7 @@
 
 import { api, currentSession, list } from "../api.js";
 import { follow } from "../live.js";
-import { h, money, status, table, when } from "../ui.js";
+import { fill, h, money, status, table, when } from "../ui.js";
 
 const LIVE = new Set(["dialing", "ringing", "progressing"]);
 /** Pages of calls read to count today's (newest first; stops at yesterday). */
@@ -32,7 +32,7 @@ export async function render(main) {
   const live = new Map();
   const drawLive = () => {
     const rows = [...live.values()].sort((a, b) => (a.id < b.id ? 1 : -1));
-    liveBox.replaceChildren(rows.length
+    fill(liveBox, rows.length
       ? table([
         ["Call", (c) => h("a", { href: `#/calls/${c.id}` }, c.destination)],
         ["From", (c) => c.source],
@@ -56,7 +56,7 @@ export async function render(main) {
   balance.textContent = money(account.balance_micros);
   for (const c of first.result) if (LIVE.has(c.status) && !live.has(c.id)) live.set(c.id, c);
   drawLive();
-  campaignsBox.replaceChildren(campaigns.result.length
+  fill(campaignsBox, campaigns.result.length
     ? table([
       ["Campaign", (c) => c.name],
       ["Status", (c) => status(c.status)],

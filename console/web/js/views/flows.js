@@ -4,7 +4,7 @@
 // flow on a new call.
 
 import { api, list } from "../api.js";
-import { field, flash, flashNext, form, h, table, when } from "../ui.js";
+import { field, fill, flash, flashNext, form, h, table, when } from "../ui.js";
 
 export const TYPES = [
   "answer", "talk", "play", "beep", "sleep", "digits_receive", "digits_send", "branch",
@@ -40,7 +40,7 @@ async function editor(main, id) {
   const errorBox = h("p", { class: "error", role: "alert", id: "flow-error" });
 
   const draw = (invalid = null, message = "") => {
-    list_.replaceChildren(...actions.map((a, i) => {
+    fill(list_, ...actions.map((a, i) => {
       const type = h("select", { "aria-label": `Action ${i + 1} type`, name: `type-${i}` },
         ...TYPES.map((t) => h("option", { value: t, selected: t === a.type || null }, t)));
       type.addEventListener("change", () => { a.type = type.value; });

@@ -1,14 +1,14 @@
 // Access keys: the list, a new key (its token shown once, with a copy button) and deletion.
 
 import { api, list } from "../api.js";
-import { field, flash, form, h, table, when } from "../ui.js";
+import { field, fill, flash, form, h, table, when } from "../ui.js";
 
 export async function render(main) {
   const box = h("div", { id: "accesskeys" });
   const created = h("div", { id: "new-key", "aria-live": "polite" });
   const load = async () => {
     const keys = await list("/v1.0/accesskeys", { page_size: 100 });
-    box.replaceChildren(keys.result.length
+    fill(box, keys.result.length
       ? table([
         ["Name", (k) => k.name],
         ["Expires", (k) => when(k.tm_expire) || "never"],
@@ -44,7 +44,7 @@ export async function render(main) {
         flash("Copying is not allowed here: select the token and copy it.");
       }
     } }, "Copy");
-    created.replaceChildren(h("p", {}, "This token is shown once: keep it now. "), h("p", { class: "row" }, token, copy));
+    fill(created, h("p", {}, "This token is shown once: keep it now. "), h("p", { class: "row" }, token, copy));
     f.reset();
     await load();
   }, { label: "New access key" });

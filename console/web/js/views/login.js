@@ -1,7 +1,7 @@
 // Log in: a customer's agent with username and password (`POST /auth/login` -> JWT).
 
 import { api, startSession } from "../api.js";
-import { field, form, h } from "../ui.js";
+import { field, fill, form, h } from "../ui.js";
 
 export function render(main, { message, done }) {
   const customer = form([
@@ -12,7 +12,7 @@ export function render(main, { message, done }) {
     startSession(r.token, "customer");
     done("customer");
   }, { label: "Customer login" });
-  main.append(
+  fill(main,
     h("h1", {}, "Log in"),
     message ? h("p", { class: "flash info", role: "status" }, message) : null,
     customer,

@@ -2,7 +2,7 @@
 // rotated on request) and the deliveries with their status and attempts, failed ones retried.
 
 import { api, list } from "../api.js";
-import { field, flash, form, h, pager, status, table, when } from "../ui.js";
+import { field, fill, flash, form, h, pager, status, table, when } from "../ui.js";
 
 export async function render(main) {
   let customer = await api("GET", "/v1.0/customer");
@@ -53,7 +53,7 @@ export async function render(main) {
   const box = h("div", { id: "deliveries" });
   const load = async (token) => {
     const page = await list("/v1.0/webhook_deliveries", { page_size: 50, status: filterSelect.value, page_token: token });
-    box.replaceChildren(
+    fill(box, 
       table([
         ["Event", (d) => d.event_type],
         ["Status", (d) => status(d.status)],

@@ -507,6 +507,9 @@ async fn every_page_renders_and_can_be_pictured() {
     b.press("main table", "greeting").await;
     b.find("li.action").await;
     shoot("flow-editor").await;
+    b.press("nav", "Campaigns").await;
+    b.find("#campaign-list").await;
+    shoot("campaigns").await;
     b.press("nav", "Webhooks").await;
     b.find("#deliveries").await;
     shoot("webhooks").await;
@@ -517,5 +520,84 @@ async fn every_page_renders_and_can_be_pictured() {
     b.text_with("main h1", "Dashboard").await;
     b.client.set_window_size(390, 844).await.unwrap();
     shoot("dashboard-phone").await;
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn targets_upload_from_csv_with_an_error_per_bad_row_and_a_campaign_runs_live() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+    b.press("nav", "Campaigns").await;
+    b.text_with("main h1", "Campaigns").await;
+    let plan = "form[aria-label='New outplan']";
+    b.type_into(&format!("{plan} input[name=name]"), "plan")
+        .await;
+    b.type_into(&format!("{plan} input[name=source]"), "+15550001000")
+        .await;
+    b.press(plan, "Create outplan").await;
+    b.text_with("#flash", "Outplan created").await;
+    let dial = "form[aria-label='New outdial']";
+    b.type_into(&format!("{dial} input[name=name]"), "list")
+        .await;
+    b.press(dial, "Create outdial").await;
+    b.text_with("main h1", "Outdial list").await;
+
+    // Three rows, the second one's number is not E.164.
+    let csv = std::env::temp_dir().join(format!("vbin-targets-{}.csv", uuid::Uuid::new_v4()));
+    std::fs::write(
+        &csv,
+        "destination,name\r\n+15550007101,ann\r\nnot-a-number,\"bob, jr\"\r\n+15550007102,cy\r\n",
+    )
+    .unwrap();
+    b.find("input[type=file]")
+        .await
+        .send_keys(csv.to_str().unwrap())
+        .await
+        .unwrap();
+    b.press("form[aria-label='Upload targets']", "Upload targets")
+        .await;
+    b.text_with("#upload-report", "2 target(s) added, 1 row(s) refused")
+        .await;
+    let bad = b
+        .text_with("#upload-report li[data-line='3']", "Line 3")
+        .await;
+    assert!(
+        bad.contains("not-a-number") || bad.contains("E.164"),
+        "{bad}"
+    );
+    let targets = b.text_with("#targets", "+15550007102").await;
+    assert!(
+        targets.contains("name=ann") && targets.contains("+15550007101"),
+        "{targets}"
+    );
+    let _ = std::fs::remove_file(&csv);
+
+    // A campaign over them, started here; its counters move on the page.
+    b.press("main", "All campaigns").await;
+    let new = "form[aria-label='New campaign']";
+    b.find(&format!("{new} input[name=name]")).await;
+    b.type_into(&format!("{new} input[name=name]"), "spring")
+        .await;
+    for select in ["outplan_id", "outdial_id"] {
+        b.js(
+            &format!(
+                "const s = document.querySelector(\"{new} select[name={select}]\"); \
+                 s.selectedIndex = 1; s.dispatchEvent(new Event('change'));"
+            ),
+            vec![],
+        )
+        .await;
+    }
+    b.press(new, "Create campaign").await;
+    b.text_with("#campaign-list", "spring").await;
+    b.press("#campaign-list", "Start").await;
+    b.text_with("#campaign-list [data-counter='dialed']", "2")
+        .await;
+    b.text_with("#campaign-list [data-counter='answered']", "2")
+        .await;
+    let (_, cs) = env.client(&tok).get("/v1.0/campaigns").await;
+    assert_eq!(cs["result"][0]["total_targets"], 2, "{cs}");
     b.client.clone().close().await.unwrap();
 }

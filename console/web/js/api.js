@@ -125,3 +125,19 @@ export function list(path, params = {}) {
   const qs = q.toString();
   return api("GET", qs ? `${path}${path.includes("?") ? "&" : "?"}${qs}` : path);
 }
+
+/**
+ * GET `path`, waiting up to 3 s while it is not found: a resource this page just created can
+ * reach the query API's read model a moment after the command's answer.
+ */
+export async function getCreated(path) {
+  const until = Date.now() + 3000;
+  for (let wait = 50; ; wait = Math.min(wait * 2, 500)) {
+    try {
+      return await api("GET", path);
+    } catch (e) {
+      if (e.status !== 404 || Date.now() > until) throw e;
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+}

@@ -11,11 +11,13 @@ import * as calls from "./views/calls.js";
 import * as flows from "./views/flows.js";
 import * as webhooks from "./views/webhooks.js";
 import * as keys from "./views/keys.js";
+import * as campaigns from "./views/campaigns.js";
 
 const customerPages = [
   ["dashboard", "Dashboard", dashboard.render],
   ["calls", "Calls", calls.render],
   ["flows", "Flows", flows.render],
+  ["campaigns", "Campaigns", campaigns.render],
   ["webhooks", "Webhooks", webhooks.render],
   ["accesskeys", "Access keys", keys.render],
 ];
@@ -101,4 +103,6 @@ onExpired((message) => {
 });
 
 window.addEventListener("hashchange", show);
+// A page that changed what it shows asks to be shown again (its cleanup runs first).
+window.addEventListener("vbin:refresh", show);
 show();

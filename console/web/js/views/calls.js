@@ -3,7 +3,7 @@
 // event timeline from the audit log, its recordings (played in the page), transcripts, the
 // actions its flow executed, and hanging it up.
 
-import { api, currentSession, list } from "../api.js";
+import { api, currentSession, getCreated, list } from "../api.js";
 import { follow } from "../live.js";
 import { field, fill, flash, form, h, pager, status, table, when } from "../ui.js";
 
@@ -139,7 +139,7 @@ async function detail(main, id) {
     }
     fill(transcripts, lines.length ? h("ul", {}, ...lines) : h("p", { class: "muted" }, "No transcripts."));
   };
-  call = await api("GET", `/v1.0/calls/${id}`);
+  call = await getCreated(`/v1.0/calls/${id}`);
   main.append(
     h("h1", {}, "Call ", h("span", { class: "mono" }, id)),
     head,

@@ -3,7 +3,7 @@
 // its index (`actions[2]: ...`): the message is shown at that action. A test call starts the
 // flow on a new call.
 
-import { api, list } from "../api.js";
+import { api, getCreated, list } from "../api.js";
 import { field, fill, flash, flashNext, form, h, table, when } from "../ui.js";
 
 export const TYPES = [
@@ -31,7 +31,7 @@ export async function render(main, params) {
 
 async function editor(main, id) {
   const flow = id
-    ? await api("GET", `/v1.0/flows/${id}`)
+    ? await getCreated(`/v1.0/flows/${id}`)
     : { name: "", detail: "", actions: [{ type: "answer", option: {} }, { type: "talk", option: { text: "Hello", language: "en-US" } }] };
   const actions = flow.actions.map((a) => ({ id: a.id, type: a.type, option: a.option ?? {}, next_id: a.next_id }));
   const list_ = h("ol", { class: "actions", id: "actions" });

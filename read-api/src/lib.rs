@@ -11,6 +11,7 @@
 //! The routes share the command API's layers (request context, authentication, error envelope),
 //! see `vbin_http::with_layers`.
 
+pub mod admin;
 pub mod audit;
 pub mod page;
 mod recordings;
@@ -33,6 +34,8 @@ use vbin_projections::cache::{Cache, CacheError, CachedRow};
 /// The query API routes (to be wrapped by `with_layers` together with the command routes).
 pub fn routes(state: ReadState) -> Router<HttpState> {
     Router::new()
+        .route("/v1.0/customers", get(admin::list_customers))
+        .route("/v1.0/platform/status", get(admin::platform_status))
         .route("/v1.0/calls", get(list_calls))
         .route("/v1.0/calls/{id}", get(get_call))
         .route("/v1.0/agents", get(list_agents))

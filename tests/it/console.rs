@@ -520,6 +520,19 @@ async fn every_page_renders_and_can_be_pictured() {
     b.text_with("main h1", "Dashboard").await;
     b.client.set_window_size(390, 844).await.unwrap();
     shoot("dashboard-phone").await;
+    b.client.set_window_size(1280, 1000).await.unwrap();
+    b.press("header", "Log out").await;
+    b.js("document.querySelector('details').open = true;", vec![])
+        .await;
+    let op = "form[aria-label='Operator login']";
+    b.type_into(&format!("{op} input[name=token]"), &env.admin)
+        .await;
+    b.press(op, "Log in as operator").await;
+    b.text_with("#customers", "acme").await;
+    shoot("operator-customers").await;
+    b.press("nav", "Platform").await;
+    b.text_with("main", "Projections").await;
+    shoot("operator-platform").await;
     b.client.clone().close().await.unwrap();
 }
 
@@ -599,5 +612,74 @@ async fn targets_upload_from_csv_with_an_error_per_bad_row_and_a_campaign_runs_l
         .await;
     let (_, cs) = env.client(&tok).get("/v1.0/campaigns").await;
     assert_eq!(cs["result"][0]["total_targets"], 2, "{cs}");
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_operator_sees_customers_tops_one_up_and_sees_the_platforms_health() {
+    let env = Env::start().await;
+    let (customer, tok, _) = env.customer().await;
+    let b = Browser::start().await;
+    b.client.goto(&env.url("/console/")).await.unwrap();
+    b.find("input[name=username]").await;
+    // The operator's form sits behind a disclosure; a customer's token is not an admin token.
+    b.js("document.querySelector('details').open = true;", vec![])
+        .await;
+    let op = "form[aria-label='Operator login']";
+    b.type_into(&format!("{op} input[name=token]"), &tok).await;
+    b.press(op, "Log in as operator").await;
+    b.text_with(&format!("{op} .error"), "not the platform's admin token")
+        .await;
+    b.type_into(&format!("{op} input[name=token]"), &env.admin)
+        .await;
+    b.press(op, "Log in as operator").await;
+    b.text_with("main h1", "Customers").await;
+    let balance = format!("[data-balance='{customer}']");
+    b.text_with(&balance, "$100.00").await;
+    let top_up = format!("#customers tr[data-id='{customer}'] form");
+    b.type_into(&format!("{top_up} input[name=amount]"), "2.5")
+        .await;
+    b.press(&format!("#customers tr[data-id='{customer}']"), "Add")
+        .await;
+    b.text_with("#flash", "Added $2.50").await;
+    b.text_with(&balance, "$102.50").await;
+    let account = env
+        .client(&tok)
+        .wait_get("/v1.0/billing_account", Duration::from_secs(10), |_, v| {
+            v["balance_micros"] == 102_500_000
+        })
+        .await;
+    assert_eq!(account["balance_micros"], 102_500_000);
+    // A bad amount is explained, and nothing is added.
+    b.type_into(&format!("{top_up} input[name=amount]"), "ten")
+        .await;
+    b.press(&format!("#customers tr[data-id='{customer}']"), "Add")
+        .await;
+    b.text_with("#flash", "Enter an amount").await;
+
+    b.press("nav", "Platform").await;
+    b.text_with("#readiness", "postgres").await;
+    let ready = b
+        .js(
+            "return [...document.querySelectorAll('#readiness .status')].map(s => s.textContent);",
+            vec![],
+        )
+        .await;
+    assert_eq!(ready, json!(["up", "up", "up"]));
+    b.text_with("main", "Projections").await;
+    let behind = b
+        .js(
+            "return document.querySelectorAll('[data-position]').length;",
+            vec![],
+        )
+        .await;
+    assert!(behind.as_i64() >= Some(1), "{behind}");
+    let relays = b
+        .js(
+            "return document.querySelectorAll('table[aria-label=\"Relay positions\"] tbody tr').length;",
+            vec![],
+        )
+        .await;
+    assert!(relays.as_i64() >= Some(1), "{relays}");
     b.client.clone().close().await.unwrap();
 }

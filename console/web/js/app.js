@@ -12,6 +12,7 @@ import * as flows from "./views/flows.js";
 import * as webhooks from "./views/webhooks.js";
 import * as keys from "./views/keys.js";
 import * as campaigns from "./views/campaigns.js";
+import * as operator from "./views/operator.js";
 
 const customerPages = [
   ["dashboard", "Dashboard", dashboard.render],
@@ -20,6 +21,10 @@ const customerPages = [
   ["campaigns", "Campaigns", campaigns.render],
   ["webhooks", "Webhooks", webhooks.render],
   ["accesskeys", "Access keys", keys.render],
+];
+const operatorPages = [
+  ["customers", "Customers", operator.customers],
+  ["platform", "Platform", operator.platform],
 ];
 
 let cleanup = null;
@@ -37,7 +42,7 @@ function nav(pages, current) {
   const who = document.getElementById("who");
   const s = currentSession();
   fill(who, 
-    s ? h("span", {}, "Customer") : "",
+    s ? h("span", {}, s.kind === "operator" ? "Operator" : "Customer") : "",
     s ? h("button", { class: "secondary", type: "button", onclick: logout }, "Log out") : "",
   );
 }
@@ -72,13 +77,13 @@ async function show() {
     const message = loginMessage;
     loginMessage = "";
     fill(main);
-    login.render(main, { message, done: () => {
-      location.hash = "#/dashboard";
+    login.render(main, { message, done: (kind) => {
+      location.hash = kind === "operator" ? "#/customers" : "#/dashboard";
     } });
     if (page !== "login") history.replaceState(null, "", "#/login");
     return;
   }
-  const pages = customerPages;
+  const pages = s.kind === "operator" ? operatorPages : customerPages;
   let entry = pages.find(([id]) => id === page);
   if (!entry) {
     entry = pages[0];

@@ -1,6 +1,7 @@
-// Log in: a customer's agent with username and password (`POST /auth/login` -> JWT).
+// Log in: a customer's agent with username and password (`POST /auth/login` -> JWT), or the
+// operator with the platform's admin token (checked with a request only it may make).
 
-import { api, startSession } from "../api.js";
+import { api, endSession, startSession } from "../api.js";
 import { field, fill, form, h } from "../ui.js";
 
 export function render(main, { message, done }) {
@@ -12,10 +13,23 @@ export function render(main, { message, done }) {
     startSession(r.token, "customer");
     done("customer");
   }, { label: "Customer login" });
+  const operator = form([
+    field("Admin token", "token", { type: "password", autocomplete: "off", required: true }),
+  ], "Log in as operator", async (v) => {
+    startSession(v.token.trim(), "operator");
+    try {
+      await api("GET", "/v1.0/platform/status", undefined, { login: true });
+    } catch (e) {
+      endSession();
+      throw e.status === 401 || e.status === 403 ? new Error("That is not the platform's admin token.") : e;
+    }
+    done("operator");
+  }, { label: "Operator login" });
   fill(main,
     h("h1", {}, "Log in"),
     message ? h("p", { class: "flash info", role: "status" }, message) : null,
     customer,
+    h("details", {}, h("summary", {}, "Operator (platform admin)"), operator),
   );
   main.querySelector("input")?.focus();
 }

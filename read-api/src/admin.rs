@@ -2,14 +2,16 @@
 //! platform's state (how far the relay is behind the event log, where each projection is,
 //! parked events, webhook deliveries waiting or failed). The web console's operator view shows them.
 
-use super::{db_error, Page};
+use crate::page::{page_body, Page, ReadState};
 use axum::extract::Extension;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use vbin_http::extract::{Admin, Query};
 use vbin_http::ApiError;
 
-use super::ReadState;
+fn db_error(e: sqlx::Error) -> ApiError {
+    ApiError::unavailable("reading the platform's state", e)
+}
 
 /// A parked event: id, projection, event type, event id, error, when.
 type Parked = (
@@ -39,7 +41,7 @@ pub async fn list_customers(
     .fetch_all(&s.pool)
     .await
     .map_err(db_error)?;
-    Ok(super::page_body(
+    Ok(page_body(
         rows.into_iter()
             .map(|(id, mut body, balance)| {
                 body["balance_micros"] = json!(balance);

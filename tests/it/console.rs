@@ -683,3 +683,116 @@ async fn the_operator_sees_customers_tops_one_up_and_sees_the_platforms_health()
     assert!(relays.as_i64() >= Some(1), "{relays}");
     b.client.clone().close().await.unwrap();
 }
+
+/// Puts `n` finished calls (and their billing records), created over the last `n` seconds, in
+/// `customer`'s read models: what the console reads (the log is not involved in showing them).
+async fn seed_calls(env: &Env, customer: uuid::Uuid, n: usize) {
+    let now = chrono::Utc::now();
+    let mut ids = Vec::with_capacity(n);
+    let mut calls = Vec::with_capacity(n);
+    let mut bills = Vec::with_capacity(n);
+    let mut bill_ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = uuid::Uuid::now_v7();
+        let at = now - chrono::Duration::seconds((n - i) as i64);
+        ids.push(id);
+        calls.push(json!({"id": id, "type": "call", "customer_id": customer,
+            "direction": "outgoing", "source": "+15550001000",
+            "destination": format!("+1555{:07}", i), "status": "completed", "hangup_by": "remote",
+            "hangup_cause": "normal_clearing", "duration": 2, "tm_create": at, "tm_ringing": at,
+            "tm_progressing": at, "tm_hangup": at, "tm_update": at}));
+        let bid = uuid::Uuid::now_v7();
+        bill_ids.push(bid);
+        bills.push(
+            json!({"id": bid, "type": "billing", "customer_id": customer,
+            "reference_type": "call", "reference_id": id, "billable_units": 1,
+            "rate_micros_per_unit": 10000, "amount_micros": 10000,
+            "balance_after_micros": 0, "tm_create": at}),
+        );
+    }
+    for (table, ids, bodies) in [
+        ("rm_calls", &ids, &calls),
+        ("rm_billings", &bill_ids, &bills),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {table} (id, customer_id, aggregate_id, body, version) \
+             SELECT id, $1, id, body, 1 FROM unnest($2::uuid[], $3::jsonb[]) AS t(id, body)"
+        )))
+        .bind(customer)
+        .bind(ids)
+        .bind(bodies)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// The dashboard's timings for `user` (ms): a cold load of the console (navigation to load
+/// end), then `rounds` visits of the dashboard from another page: until its data is drawn, and
+/// until today's calls and spend are counted.
+async fn dashboard_timings(b: &Browser, env: &Env, user: &str, rounds: usize) -> Value {
+    b.client.goto(&env.url("/console/")).await.unwrap();
+    let cold = b
+        .until(
+            "the console to load",
+            "const n = performance.getEntriesByType('navigation')[0]; \
+             return n && n.loadEventEnd > 0 ? n.loadEventEnd : null;",
+            vec![],
+        )
+        .await;
+    b.login(env, user).await;
+    let mut drawn = vec![];
+    let mut counted = vec![];
+    for _ in 0..rounds {
+        b.js(
+            "performance.clearMeasures(); location.hash = '#/flows';",
+            vec![],
+        )
+        .await;
+        b.text_with("main h1", "Flows").await;
+        b.js("location.hash = '#/dashboard';", vec![]).await;
+        let m = b
+            .until(
+                "the dashboard's measures",
+                "const d = performance.getEntriesByName('vbin:page:dashboard'); \
+                 const t = performance.getEntriesByName('vbin:dashboard:today'); \
+                 return d.length && t.length ? [d[0].duration, t[0].duration] : null;",
+                vec![],
+            )
+            .await;
+        drawn.push(m[0].as_f64().unwrap());
+        counted.push(m[1].as_f64().unwrap());
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let max = |v: &Vec<f64>| v.iter().cloned().fold(0.0, f64::max);
+    json!({"cold_load_ms": cold, "drawn_median_ms": median(&mut drawn), "drawn_max_ms": max(&drawn),
+           "today_median_ms": median(&mut counted), "today_max_ms": max(&counted)})
+}
+
+/// The console's benchmark (docs/benchmarks.md): the dashboard with 10,000 calls in the account
+/// against the same with none, same run, same browser. Opt-in:
+/// `cargo nextest run --workspace --run-ignored only -E 'binary(it) & test(/console::bench_/)' --no-capture`.
+#[tokio::test]
+#[ignore = "benchmark: run with --run-ignored only (docs/benchmarks.md)"]
+async fn bench_the_dashboard_with_10000_calls() {
+    let env = Env::start().await;
+    let (_, _, empty) = env.customer().await;
+    let (customer, _, busy) = env.customer().await;
+    seed_calls(&env, customer, 10_000).await;
+    let b = Browser::start().await;
+    // Warm: the first load compiles the modules.
+    dashboard_timings(&b, &env, &empty, 1).await;
+    let baseline = dashboard_timings(&b, &env, &empty, 15).await;
+    let loaded = dashboard_timings(&b, &env, &busy, 15).await;
+    let ratio = loaded["drawn_median_ms"].as_f64().unwrap()
+        / baseline["drawn_median_ms"].as_f64().unwrap().max(0.1);
+    println!(
+        "{}",
+        json!({"benchmark": "console dashboard", "calls": 10_000, "baseline_no_calls": baseline,
+               "with_10000_calls": loaded, "drawn_ratio": ratio})
+    );
+    b.client.clone().close().await.unwrap();
+}

@@ -94,8 +94,11 @@ async function show() {
   flash(...takeFlash());
   fill(main);
   main.focus();
+  // How long a page takes to show its data (`vbin bench`-style measurements read these).
+  performance.mark(`vbin:show:${entry[0]}`);
   try {
     cleanup = (await entry[2](main, params)) ?? null;
+    performance.measure(`vbin:page:${entry[0]}`, `vbin:show:${entry[0]}`);
   } catch (e) {
     fill(main, h("p", { class: "error", role: "alert" }, e.message));
   }

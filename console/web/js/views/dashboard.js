@@ -99,4 +99,5 @@ async function countToday(first, todayEl, spendEl) {
     bills = await list("/v1.0/billings", { page_size: 100, page_token: bills.next_page_token });
   }
   spendEl.textContent = money(spent);
+  performance.measure("vbin:dashboard:today", "vbin:show:dashboard");
 }

@@ -516,6 +516,15 @@ async fn every_page_renders_and_can_be_pictured() {
     b.press("nav", "Access keys").await;
     b.text_with("#accesskeys", "ci").await;
     shoot("access-keys").await;
+    b.press("nav", "Queues").await;
+    b.find("#queue-list").await;
+    shoot("queues").await;
+    b.press("nav", "Numbers").await;
+    b.find("#number-list").await;
+    shoot("numbers").await;
+    b.press("nav", "AI").await;
+    b.find("#ai-list").await;
+    shoot("ais").await;
     b.press("nav", "Dashboard").await;
     b.text_with("main h1", "Dashboard").await;
     b.client.set_window_size(390, 844).await.unwrap();
@@ -794,5 +803,87 @@ async fn bench_the_dashboard_with_10000_calls() {
         json!({"benchmark": "console dashboard", "calls": 10_000, "baseline_no_calls": baseline,
                "with_10000_calls": loaded, "drawn_ratio": ratio})
     );
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn agents_and_queues_are_made_in_the_console_and_their_status_moves_live() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let api = env.client(&tok);
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+    b.press("nav", "Queues").await;
+    b.text_with("main h1", "Queues and agents").await;
+    let agent = "form[aria-label='New agent']";
+    b.type_into(&format!("{agent} input[name=username]"), "ann")
+        .await;
+    b.type_into(&format!("{agent} input[name=password]"), "password123")
+        .await;
+    b.type_into(&format!("{agent} input[name=addresses]"), "+15550020000")
+        .await;
+    b.press(agent, "Create agent").await;
+    b.text_with("#agent-list", "+15550020000").await;
+    // Made available here; the API agrees.
+    b.js(
+        "const s = document.querySelector('select[aria-label=\"Status of ann\"]'); \
+         s.value = 'available'; s.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await;
+    b.text_with("#agent-list [data-status='available']", "available")
+        .await;
+    let (_, agents) = api.get("/v1.0/agents").await;
+    let ann = agents["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["username"] == "ann")
+        .cloned()
+        .expect("ann");
+    assert_eq!(ann["status"], "available", "{ann}");
+    // A queue with her; the page reloads its agent choices only on a visit, so come back.
+    b.press("nav", "Dashboard").await;
+    b.press("nav", "Queues").await;
+    let queue = "form[aria-label='New queue']";
+    b.type_into(&format!("{queue} input[name=name]"), "support")
+        .await;
+    b.click(&format!("{queue} input[name=agent_ids]")).await;
+    b.press(queue, "Create queue").await;
+    b.text_with("#queue-list", "support").await;
+    let (_, qs) = api.get("/v1.0/queues").await;
+    let qid = qs["result"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(qs["result"][0]["agent_ids"][0], ann["id"], "{qs}");
+    // A caller joins; ann's phone answers: the page's counters move without a reload.
+    env.calls(
+        &tok,
+        &["+15550003000"],
+        json!({"actions": [{"type": "queue_join", "option": {"queue_id": qid}}],
+               "sandbox": {"script": [{"at_ms": 20000, "hangup": true}]}}),
+    )
+    .await;
+    b.text_with("#queue-list [data-stat='served']", "1").await;
+
+    // Numbers: one added with a flow, then deleted.
+    api.create(
+        "/v1.0/flows",
+        json!({"name": "inbound", "actions": [{"type": "answer"}]}),
+    )
+    .await;
+    api.wait_get("/v1.0/flows", Duration::from_secs(10), |_, v| {
+        v["result"][0]["name"] == "inbound"
+    })
+    .await;
+    b.press("nav", "Numbers").await;
+    b.text_with("main h1", "Numbers").await;
+    let number = "form[aria-label='New number']";
+    b.type_into(&format!("{number} input[name=number]"), "+15550009001")
+        .await;
+    b.press(number, "Add number").await;
+    b.text_with("#number-list", "inbound").await;
+    let (_, ns) = api.get("/v1.0/numbers").await;
+    assert_eq!(ns["result"][0]["number"], "+15550009001", "{ns}");
+    b.press("#number-list", "Delete").await;
+    b.text_with("#number-list", "No numbers").await;
     b.client.clone().close().await.unwrap();
 }

@@ -13,12 +13,18 @@ import * as webhooks from "./views/webhooks.js";
 import * as keys from "./views/keys.js";
 import * as campaigns from "./views/campaigns.js";
 import * as operator from "./views/operator.js";
+import * as queues from "./views/queues.js";
+import * as numbers from "./views/numbers.js";
+import * as ais from "./views/ais.js";
 
 const customerPages = [
   ["dashboard", "Dashboard", dashboard.render],
   ["calls", "Calls", calls.render],
   ["flows", "Flows", flows.render],
   ["campaigns", "Campaigns", campaigns.render],
+  ["queues", "Queues", queues.render],
+  ["numbers", "Numbers", numbers.render],
+  ["ais", "AI", ais.render],
   ["webhooks", "Webhooks", webhooks.render],
   ["accesskeys", "Access keys", keys.render],
 ];

@@ -480,6 +480,17 @@ async fn every_page_renders_and_can_be_pictured() {
                 )
                 .await;
             assert_eq!(artefact, json!(""), "{name} shows a programming artefact");
+            // Every control is labelled (a label, aria-label, or a button's own text).
+            let unlabelled = b
+                .js(
+                    "return [...document.querySelectorAll('main input, main select, main textarea, main button')] \
+                       .filter(e => !(e.labels?.length || e.getAttribute('aria-label') || e.closest('label') || \
+                                      (e.tagName === 'BUTTON' && e.textContent.trim()))) \
+                       .map(e => e.outerHTML.slice(0, 80));",
+                    vec![],
+                )
+                .await;
+            assert_eq!(unlabelled, json!([]), "{name} has unlabelled controls");
             if let Some(d) = dir {
                 let png = b.client.screenshot().await.unwrap();
                 std::fs::write(d.join(format!("{name}.png")), png).unwrap();
@@ -885,5 +896,68 @@ async fn agents_and_queues_are_made_in_the_console_and_their_status_moves_live()
     assert_eq!(ns["result"][0]["number"], "+15550009001", "{ns}");
     b.press("#number-list", "Delete").await;
     b.text_with("#number-list", "No numbers").await;
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_console_works_with_the_keyboard_alone() {
+    // WebDriver's key codes.
+    const TAB: &str = "\u{E004}";
+    const ENTER: &str = "\u{E007}";
+    let env = Env::start().await;
+    let (_, _, user) = env.customer().await;
+    let b = Browser::start().await;
+    b.client.goto(&env.url("/console/")).await.unwrap();
+    // The login page puts the focus in its first field; Tab moves on, Enter submits.
+    let first = b.find("input[name=username]").await;
+    b.until(
+        "the username field to have the focus",
+        "return document.activeElement?.name === 'username';",
+        vec![],
+    )
+    .await;
+    first.send_keys(&user).await.unwrap();
+    first.send_keys(TAB).await.unwrap();
+    let active = b.js("return document.activeElement.name;", vec![]).await;
+    assert_eq!(active, json!("password"));
+    b.find("input[name=password]")
+        .await
+        .send_keys(&format!("password123{ENTER}"))
+        .await
+        .unwrap();
+    b.text_with("main h1", "Dashboard").await;
+    // Tab from the top of the page reaches the skip link, then the navigation; Enter follows a
+    // link.
+    b.js(
+        "document.activeElement.blur(); document.body.focus();",
+        vec![],
+    )
+    .await;
+    let mut reached = false;
+    for _ in 0..12 {
+        b.client
+            .active_element()
+            .await
+            .unwrap()
+            .send_keys(TAB)
+            .await
+            .unwrap();
+        let text = b
+            .js("return document.activeElement.textContent.trim();", vec![])
+            .await;
+        if text == json!("Calls") {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached the Calls link");
+    b.client
+        .active_element()
+        .await
+        .unwrap()
+        .send_keys(ENTER)
+        .await
+        .unwrap();
+    b.text_with("main h1", "Calls").await;
     b.client.clone().close().await.unwrap();
 }

@@ -220,12 +220,58 @@ async fn get_one(
         .ok_or_else(|| ApiError::not_found(what))
 }
 
+/// `?status=` of `GET /v1.0/calls`.
+#[derive(Deserialize)]
+struct CallFilter {
+    status: Option<String>,
+}
+
+/// The statuses a call can have (`?status=` accepts these only).
+const CALL_STATUSES: [&str; 8] = [
+    "dialing",
+    "ringing",
+    "progressing",
+    "completed",
+    "busy",
+    "no_answer",
+    "failed",
+    "canceled",
+];
+
 async fn list_calls(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Query(p): Query<Page>,
+    Query(f): Query<CallFilter>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    list_rows(&s.pool, "rm_calls", c.customer_id.as_uuid(), &p).await
+    let Some(status) = f.status.filter(|st| !st.is_empty()) else {
+        return list_rows(&s.pool, "rm_calls", c.customer_id.as_uuid(), &p).await;
+    };
+    if !CALL_STATUSES.contains(&status.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "status must be one of {}",
+            CALL_STATUSES.join(", ")
+        )));
+    }
+    let size = p.size()?;
+    let after: Option<Uuid> = p.token()?;
+    let rows: Vec<(Uuid, Value)> = sqlx::query_as(
+        "SELECT id, body FROM rm_calls WHERE customer_id = $1 AND body->>'status' = $2 \
+         AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+    )
+    .bind(c.customer_id.as_uuid())
+    .bind(&status)
+    .bind(after)
+    .bind(size + 1)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db_error)?;
+    Ok(page_body(
+        rows.into_iter()
+            .map(|(id, b)| (id.to_string(), b))
+            .collect(),
+        size,
+    ))
 }
 
 async fn get_call(

@@ -506,6 +506,35 @@ async fn every_page_renders_and_can_be_pictured() {
     b.press("nav", "Calls").await;
     b.text_with("#calls", "completed").await;
     shoot("calls").await;
+    // The status filter asks the API (which filters every page).
+    let busy = api
+        .wait_get(
+            "/v1.0/calls?status=busy",
+            Duration::from_secs(10),
+            |_, v| v["result"].as_array().is_some_and(|r| r.len() == 1),
+        )
+        .await;
+    assert_eq!(busy["result"][0]["id"], calls[1].to_string(), "{busy}");
+    let (s, v) = api.get("/v1.0/calls?status=nope").await;
+    assert_eq!(s, 400, "{v}");
+    b.find("select[name=status]")
+        .await
+        .select_by_value("busy")
+        .await
+        .unwrap();
+    b.until(
+        "only the busy call to be listed",
+        "const s = [...document.querySelectorAll('#calls [data-status]')].map(e => e.dataset.status); \
+         return s.length === 1 && s[0] === 'busy';",
+        vec![],
+    )
+    .await;
+    b.find("select[name=status]")
+        .await
+        .select_by_value("")
+        .await
+        .unwrap();
+    b.text_with("#calls", "completed").await;
     b.js(&format!("location.hash = '#/calls/{}';", calls[0]), vec![])
         .await;
     b.text_with("#timeline", "call_hungup").await;

@@ -1,4 +1,4 @@
-// Calls: the list (newest first, a page at a time, filtered by status, kept live over the
+// Calls: the list (newest first, a page at a time, filtered by status by the API, kept live over the
 // WebSocket), placing a call (optionally with a flow) and a call's page: its status live, its
 // event timeline from the audit log, its recordings (played in the page), transcripts, the
 // actions its flow executed, and hanging it up.
@@ -60,12 +60,14 @@ export async function render(main, params) {
     );
   };
   const load = async (token) => {
-    const page = await list("/v1.0/calls", { page_size: 50, page_token: token });
+    if (!token) rows.clear();
+    const page = await list("/v1.0/calls", { page_size: 50, page_token: token, status: filterSelect.value });
     for (const c of page.result) rows.set(c.id, c);
     next = page.next_page_token;
     draw();
   };
-  filterSelect.addEventListener("change", draw);
+  // The API filters (every page of that status), the page keeps live changes in view.
+  filterSelect.addEventListener("change", () => load(""));
   main.append(
     h("h1", {}, "Calls"),
     h("h2", {}, "Place a call"),

@@ -5,8 +5,24 @@ use crate::{new_id, Acting, App, AppError};
 use chrono::Utc;
 use vbin_domain::{Call, Conference, ConferenceStatus, Recording, RecordingCommand};
 use vbin_event_schema::{
-    CallStatus, MediaReference, RecordingId, RecordingLimits, RecordingStatus,
+    CallStatus, CustomerId, MediaReference, RecordingId, RecordingLimits, RecordingStatus,
 };
+
+/// The customer's recordings of `reference` still recording, as the read model shows them.
+pub async fn running(
+    pool: &sqlx::PgPool,
+    customer: CustomerId,
+    reference: MediaReference,
+) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM rm_recordings WHERE customer_id = $1 AND reference_id = $2 \
+         AND status = 'recording'",
+    )
+    .bind(customer.as_uuid())
+    .bind(reference.id())
+    .fetch_all(pool)
+    .await
+}
 
 impl App {
     /// Starts recording an answered call of the tenant's, or the mix of a conference of the
@@ -75,14 +91,7 @@ impl App {
                     .await?;
             }
         }
-        let running: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "SELECT id FROM rm_recordings WHERE customer_id = $1 AND reference_id = $2 \
-             AND status = 'recording'",
-        )
-        .bind(acting.customer.as_uuid())
-        .bind(reference.id())
-        .fetch_all(&self.pool)
-        .await?;
+        let running = running(&self.pool, acting.customer, reference).await?;
         let mut stopped = Vec::with_capacity(running.len());
         for id in running {
             let r = self

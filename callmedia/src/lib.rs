@@ -670,16 +670,21 @@ impl Media {
         format!("{}.ctl.transcribes", mesh.prefix)
     }
 
-    /// Tells every media process that `conference`'s transcriptions changed.
+    /// Tells every media process that `conference`'s transcriptions changed. This process
+    /// hears its own message like the others (`hear_taps_changing`); without the mesh it
+    /// reconciles at once.
     async fn tell_taps_changed(&self, conference: ConferenceId) {
         if let Some(mesh) = self.conferences.mesh() {
             let payload = conference.as_uuid().as_bytes().to_vec();
-            if let Err(e) = mesh
+            match mesh
                 .client
                 .publish(Self::taps_subject(&mesh), payload.into())
                 .await
             {
-                tracing::warn!(%conference, error = %e, "cannot tell the media processes a conference transcription changed; they catch up at their next lease renewal");
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(%conference, error = %e, "cannot tell the media processes a conference transcription changed; they catch up at their next lease renewal");
+                }
             }
         }
         self.reconcile_conference_taps(&[conference]).await;
@@ -921,22 +926,13 @@ impl Media {
         id: RecordingId,
         limits: RecordingLimits,
     ) {
-        // Once per recording (a flow's recording_start, then its recording_started event),
-        // and never again once ended (a redelivered event would overwrite its file).
-        match self
-            .executor
-            .load::<Recording>(id.as_uuid(), Some(customer))
-            .await
-        {
-            Ok(Some(r)) if r.status == RecordingStatus::Recording => {}
-            Ok(_) => return,
+        match self.claim_capture(customer, id).await {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => {
                 tracing::warn!(recording = %id, error = %vbin_bus::Chain(&e), "cannot load the recording; not capturing");
                 return;
             }
-        }
-        if !self.capturing.lock().expect("capturing").insert(id) {
-            return;
         }
         // Up to ~4 minutes of audio waits for storage before frames are dropped.
         let (chunks, rx) = mpsc::channel(256);
@@ -944,6 +940,26 @@ impl Media {
         let _ = control
             .send(Control::Record(Capture { id, limits, chunks }))
             .await;
+    }
+
+    /// Whether this process is to capture recording `id` now (then it is marked as captured
+    /// here): once per recording (a flow's recording_start, then its recording_started
+    /// event), and never again once ended (a redelivered event would overwrite its file).
+    async fn claim_capture(
+        &self,
+        customer: CustomerId,
+        id: RecordingId,
+    ) -> Result<bool, ExecError> {
+        match self
+            .executor
+            .load::<Recording>(id.as_uuid(), Some(customer))
+            .await?
+        {
+            Some(r) if r.status == RecordingStatus::Recording => {
+                Ok(self.capturing.lock().expect("capturing").insert(id))
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Streams a recording's audio (of `channels`) to storage, then ends the Recording.
@@ -1287,16 +1303,7 @@ impl Media {
                 .end_unrecorded(customer, id, "no recording storage is configured")
                 .await;
         }
-        // Once, and never again once ended (a redelivered event would overwrite its file).
-        match self
-            .executor
-            .load::<Recording>(id.as_uuid(), Some(customer))
-            .await?
-        {
-            Some(r) if r.status == RecordingStatus::Recording => {}
-            _ => return Ok(()),
-        }
-        if !self.capturing.lock().expect("capturing").insert(id) {
+        if !self.claim_capture(customer, id).await? {
             return Ok(());
         }
         let stops = match self.conferences.mesh() {

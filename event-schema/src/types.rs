@@ -323,6 +323,23 @@ pub enum CallStatus {
 }
 
 impl CallStatus {
+    /// Every status, in the machine's order.
+    pub const ALL: [CallStatus; 8] = [
+        Self::Dialing,
+        Self::Ringing,
+        Self::Progressing,
+        Self::Completed,
+        Self::Busy,
+        Self::NoAnswer,
+        Self::Failed,
+        Self::Canceled,
+    ];
+
+    /// The status of an API name (`no_answer`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     /// True for the statuses a call ends in.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -124,14 +124,7 @@ async fn on_terminated(
     let meta = system_meta(ENDS, e.event_id, e.correlation_id(), customer);
     vbin_app::transcription::stop_running(pool, executor, conference, Some(customer), &meta)
         .await?;
-    let running: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT id FROM rm_recordings WHERE customer_id = $1 AND reference_id = $2 \
-         AND status = 'recording'",
-    )
-    .bind(customer.as_uuid())
-    .bind(conference.as_uuid())
-    .fetch_all(pool)
-    .await?;
+    let running = vbin_app::recordings::running(pool, customer, conference.into()).await?;
     for id in running {
         let cmd = RecordingCommand::RequestStop { at: Utc::now() };
         match executor

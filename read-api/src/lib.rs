@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
+use vbin_event_schema::CallStatus;
 use vbin_http::extract::{CustomerAdmin, CustomerCaller, Path, Query};
 use vbin_http::ApiError;
 use vbin_http::HttpState;
@@ -97,35 +98,40 @@ pub async fn list_rows(
     customer: Uuid,
     page: &Page,
 ) -> Result<axum::Json<Value>, ApiError> {
-    list_rows_where(pool, table, customer, page, None).await
+    list_rows_where::<Uuid>(pool, table, customer, page, None).await
 }
 
-/// Like [`list_rows`], only rows whose filter column (a generated, indexed column such as
-/// `campaign_id`) equals the value, when one is given.
-pub async fn list_rows_where(
+/// Like [`list_rows`], only rows whose filter column (a generated column such as
+/// `campaign_id`, or an expression such as `body->>'status'`, indexed) equals the value, when
+/// one is given.
+pub async fn list_rows_where<V>(
     pool: &PgPool,
     table: &'static str,
     customer: Uuid,
     page: &Page,
-    filter: Option<(&'static str, Uuid)>,
-) -> Result<axum::Json<Value>, ApiError> {
+    filter: Option<(&'static str, V)>,
+) -> Result<axum::Json<Value>, ApiError>
+where
+    V: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'static,
+{
     let size = page.size()?;
     let after: Option<Uuid> = page.token()?;
-    let (column, value) = match filter {
-        Some((c, v)) => (c, Some(v)),
-        None => ("NULL", None),
+    let clause = match &filter {
+        Some((column, _)) => format!(" AND {column} = $4"),
+        None => String::new(),
     };
-    let rows: Vec<(Uuid, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, body FROM {table} WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2) \
-         AND ($4::uuid IS NULL OR {column} = $4) ORDER BY id DESC LIMIT $3"
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, body FROM {table} WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2)\
+         {clause} ORDER BY id DESC LIMIT $3"
     )))
     .bind(customer)
     .bind(after)
-    .bind(size + 1)
-    .bind(value)
-    .fetch_all(pool)
-    .await
-    .map_err(db_error)?;
+    .bind(size + 1);
+    let query = match filter {
+        Some((_, value)) => query.bind(value),
+        None => query,
+    };
+    let rows: Vec<(Uuid, Value)> = query.fetch_all(pool).await.map_err(db_error)?;
     Ok(page_body(
         rows.into_iter()
             .map(|(id, b)| (id.to_string(), b))
@@ -226,52 +232,22 @@ struct CallFilter {
     status: Option<String>,
 }
 
-/// The statuses a call can have (`?status=` accepts these only).
-const CALL_STATUSES: [&str; 8] = [
-    "dialing",
-    "ringing",
-    "progressing",
-    "completed",
-    "busy",
-    "no_answer",
-    "failed",
-    "canceled",
-];
-
 async fn list_calls(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<CallFilter>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let Some(status) = f.status.filter(|st| !st.is_empty()) else {
-        return list_rows(&s.pool, "rm_calls", c.customer_id.as_uuid(), &p).await;
+    let status = match f.status.as_deref().filter(|st| !st.is_empty()) {
+        None => None,
+        Some(st) => Some(CallStatus::parse(st).ok_or_else(|| {
+            let all: Vec<&str> = CallStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(format!("status must be one of {}", all.join(", ")))
+        })?),
     };
-    if !CALL_STATUSES.contains(&status.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "status must be one of {}",
-            CALL_STATUSES.join(", ")
-        )));
-    }
-    let size = p.size()?;
-    let after: Option<Uuid> = p.token()?;
-    let rows: Vec<(Uuid, Value)> = sqlx::query_as(
-        "SELECT id, body FROM rm_calls WHERE customer_id = $1 AND body->>'status' = $2 \
-         AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
-    )
-    .bind(c.customer_id.as_uuid())
-    .bind(&status)
-    .bind(after)
-    .bind(size + 1)
-    .fetch_all(&s.pool)
-    .await
-    .map_err(db_error)?;
-    Ok(page_body(
-        rows.into_iter()
-            .map(|(id, b)| (id.to_string(), b))
-            .collect(),
-        size,
-    ))
+    // The expression matches the index rm_calls_customer_status.
+    let filter = status.map(|st| ("body->>'status'", st.as_str()));
+    list_rows_where(&s.pool, "rm_calls", c.customer_id.as_uuid(), &p, filter).await
 }
 
 async fn get_call(

@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// The login page's operator form.
+const OPERATOR: &str = "form[aria-label='Operator login']";
+
 /// A headless Chromium behind its own ChromeDriver.
 struct Browser {
     client: Client,
@@ -145,6 +148,15 @@ impl Browser {
         .as_str()
         .unwrap()
         .to_string()
+    }
+
+    /// Submits the login page's operator form (behind its disclosure) with `token`.
+    async fn operator_login(&self, token: &str) {
+        self.js("document.querySelector('details').open = true;", vec![])
+            .await;
+        self.type_into(&format!("{OPERATOR} input[name=token]"), token)
+            .await;
+        self.press(OPERATOR, "Log in as operator").await;
     }
 
     async fn login(&self, env: &Env, username: &str) {
@@ -547,36 +559,28 @@ async fn every_page_renders_and_can_be_pictured() {
     b.press("main table", "greeting").await;
     b.find("li.action").await;
     shoot("flow-editor").await;
-    b.press("nav", "Campaigns").await;
-    b.find("#campaign-list").await;
-    shoot("campaigns").await;
-    b.press("nav", "Webhooks").await;
-    b.find("#deliveries").await;
-    shoot("webhooks").await;
     b.press("nav", "Access keys").await;
     b.text_with("#accesskeys", "ci").await;
     shoot("access-keys").await;
-    b.press("nav", "Queues").await;
-    b.find("#queue-list").await;
-    shoot("queues").await;
-    b.press("nav", "Numbers").await;
-    b.find("#number-list").await;
-    shoot("numbers").await;
-    b.press("nav", "AI").await;
-    b.find("#ai-list").await;
-    shoot("ais").await;
+    // (link, what the page shows once loaded, picture)
+    for (link, shown, name) in [
+        ("Campaigns", "#campaign-list", "campaigns"),
+        ("Webhooks", "#deliveries", "webhooks"),
+        ("Queues", "#queue-list", "queues"),
+        ("Numbers", "#number-list", "numbers"),
+        ("AI", "#ai-list", "ais"),
+    ] {
+        b.press("nav", link).await;
+        b.find(shown).await;
+        shoot(name).await;
+    }
     b.press("nav", "Dashboard").await;
     b.text_with("main h1", "Dashboard").await;
     b.client.set_window_size(390, 844).await.unwrap();
     shoot("dashboard-phone").await;
     b.client.set_window_size(1280, 1000).await.unwrap();
     b.press("header", "Log out").await;
-    b.js("document.querySelector('details').open = true;", vec![])
-        .await;
-    let op = "form[aria-label='Operator login']";
-    b.type_into(&format!("{op} input[name=token]"), &env.admin)
-        .await;
-    b.press(op, "Log in as operator").await;
+    b.operator_login(&env.admin).await;
     b.text_with("#customers", "acme").await;
     shoot("operator-customers").await;
     b.press("nav", "Platform").await;
@@ -671,17 +675,14 @@ async fn the_operator_sees_customers_tops_one_up_and_sees_the_platforms_health()
     let b = Browser::start().await;
     b.client.goto(&env.url("/console/")).await.unwrap();
     b.find("input[name=username]").await;
-    // The operator's form sits behind a disclosure; a customer's token is not an admin token.
-    b.js("document.querySelector('details').open = true;", vec![])
-        .await;
-    let op = "form[aria-label='Operator login']";
-    b.type_into(&format!("{op} input[name=token]"), &tok).await;
-    b.press(op, "Log in as operator").await;
-    b.text_with(&format!("{op} .error"), "not the platform's admin token")
-        .await;
-    b.type_into(&format!("{op} input[name=token]"), &env.admin)
-        .await;
-    b.press(op, "Log in as operator").await;
+    // A customer's token is not an admin token.
+    b.operator_login(&tok).await;
+    b.text_with(
+        &format!("{OPERATOR} .error"),
+        "not the platform's admin token",
+    )
+    .await;
+    b.operator_login(&env.admin).await;
     b.text_with("main h1", "Customers").await;
     let balance = format!("[data-balance='{customer}']");
     b.text_with(&balance, "$100.00").await;
@@ -873,7 +874,14 @@ async fn agents_and_queues_are_made_in_the_console_and_their_status_moves_live()
     .await;
     b.text_with("#agent-list [data-status='available']", "available")
         .await;
-    let (_, agents) = api.get("/v1.0/agents").await;
+    let agents = api
+        .wait_get("/v1.0/agents", Duration::from_secs(10), |_, v| {
+            v["result"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|a| a["username"] == "ann" && a["status"] == "available")
+            })
+        })
+        .await;
     let ann = agents["result"]
         .as_array()
         .unwrap()
@@ -888,10 +896,21 @@ async fn agents_and_queues_are_made_in_the_console_and_their_status_moves_live()
     let queue = "form[aria-label='New queue']";
     b.type_into(&format!("{queue} input[name=name]"), "support")
         .await;
-    b.click(&format!("{queue} input[name=agent_ids]")).await;
+    b.until(
+        "ann's box in the new queue's agents",
+        "const box = [...document.querySelectorAll(\"input[name=agent_ids]\")] \
+           .find(i => i.closest('label').textContent.trim() === 'ann'); \
+         if (!box) return null; box.click(); return box.checked;",
+        vec![],
+    )
+    .await;
     b.press(queue, "Create queue").await;
     b.text_with("#queue-list", "support").await;
-    let (_, qs) = api.get("/v1.0/queues").await;
+    let qs = api
+        .wait_get("/v1.0/queues", Duration::from_secs(10), |_, v| {
+            v["result"][0]["name"] == "support"
+        })
+        .await;
     let qid = qs["result"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(qs["result"][0]["agent_ids"][0], ann["id"], "{qs}");
     // A caller joins; ann's phone answers: the page's counters move without a reload.
@@ -921,8 +940,10 @@ async fn agents_and_queues_are_made_in_the_console_and_their_status_moves_live()
         .await;
     b.press(number, "Add number").await;
     b.text_with("#number-list", "inbound").await;
-    let (_, ns) = api.get("/v1.0/numbers").await;
-    assert_eq!(ns["result"][0]["number"], "+15550009001", "{ns}");
+    api.wait_get("/v1.0/numbers", Duration::from_secs(10), |_, v| {
+        v["result"][0]["number"] == "+15550009001"
+    })
+    .await;
     b.press("#number-list", "Delete").await;
     b.text_with("#number-list", "No numbers").await;
     b.client.clone().close().await.unwrap();

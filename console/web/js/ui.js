@@ -91,6 +91,23 @@ export function form(fields, submitLabel, action, opts = {}) {
   return f;
 }
 
+/** A button running `action()` with itself disabled meanwhile; an error shows in the page's
+ * alert. */
+export function actionButton(label, attrs, action) {
+  const b = h("button", { type: "button", ...attrs }, label);
+  b.addEventListener("click", async () => {
+    b.disabled = true;
+    try {
+      await action();
+    } catch (e) {
+      flash(e.message);
+    } finally {
+      b.disabled = false;
+    }
+  });
+  return b;
+}
+
 /** A labelled input. */
 export function field(label, name, attrs = {}) {
   const control = attrs.type === "textarea"

@@ -3,7 +3,7 @@
 
 import { api, currentSession, getCreated, list } from "../api.js";
 import { follow } from "../live.js";
-import { field, fill, flash, flashNext, form, h, status, table, when } from "../ui.js";
+import { actionButton, field, fill, flash, flashNext, form, h, status, table, when } from "../ui.js";
 
 /** Most rows of one CSV upload. */
 const MAX_ROWS = 10000;
@@ -36,21 +36,14 @@ export async function render(main, params) {
       ["Dialed", (c) => h("span", { "data-counter": "dialed" }, String(c.dialed))],
       ["Answered", (c) => h("span", { "data-counter": "answered" }, String(c.answered))],
       ["Failed", (c) => h("span", { "data-counter": "failed" }, String(c.failed))],
-      ["", (c) => h("button", {
-        type: "button", class: c.status === "running" ? "danger" : null,
+      ["", (c) => actionButton(c.status === "running" ? "Stop" : "Start", {
+        class: c.status === "running" ? "danger" : null,
         "aria-label": `${c.status === "running" ? "Stop" : "Start"} campaign ${c.name}`,
-        onclick: async (e) => {
-          e.target.disabled = true;
-          try {
-            const next = c.status === "running" ? "stopped" : "running";
-            rows.set(c.id, await api("PUT", `/v1.0/campaigns/${c.id}/status`, { status: next }));
-            draw();
-          } catch (ex) {
-            flash(ex.message);
-            e.target.disabled = false;
-          }
-        },
-      }, c.status === "running" ? "Stop" : "Start")],
+      }, async () => {
+        const next = c.status === "running" ? "stopped" : "running";
+        rows.set(c.id, await api("PUT", `/v1.0/campaigns/${c.id}/status`, { status: next }));
+        draw();
+      })],
     ], [...rows.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "Campaigns" })
     : h("p", { class: "muted" }, "No campaigns."));
   const loadCampaigns = async () => {

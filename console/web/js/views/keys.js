@@ -1,7 +1,7 @@
 // Access keys: the list, a new key (its token shown once, with a copy button) and deletion.
 
 import { api, list } from "../api.js";
-import { field, fill, flash, form, h, table, when } from "../ui.js";
+import { actionButton, field, fill, flash, form, h, table, when } from "../ui.js";
 
 export async function render(main) {
   const box = h("div", { id: "accesskeys" });
@@ -13,18 +13,11 @@ export async function render(main) {
         ["Name", (k) => k.name],
         ["Expires", (k) => when(k.tm_expire) || "never"],
         ["Created", (k) => when(k.tm_create)],
-        ["", (k) => h("button", { type: "button", class: "danger", "aria-label": `Delete key ${k.name}`,
-          onclick: async (e) => {
-            e.target.disabled = true;
-            try {
-              await api("DELETE", `/v1.0/accesskeys/${k.id}`);
-              flash(`Key ${k.name} deleted.`, "info");
-              await load();
-            } catch (ex) {
-              flash(ex.message);
-              e.target.disabled = false;
-            }
-          } }, "Delete")],
+        ["", (k) => actionButton("Delete", { class: "danger", "aria-label": `Delete key ${k.name}` }, async () => {
+          await api("DELETE", `/v1.0/accesskeys/${k.id}`);
+          flash(`Key ${k.name} deleted.`, "info");
+          await load();
+        })],
       ], keys.result, { label: "Access keys" })
       : h("p", { class: "muted" }, "No access keys."));
   };

@@ -2,7 +2,7 @@
 // numbers; deleting one.
 
 import { api, list } from "../api.js";
-import { field, fill, flash, form, h, table, when } from "../ui.js";
+import { actionButton, field, fill, flash, form, h, table, when } from "../ui.js";
 
 export async function render(main) {
   const flows = await list("/v1.0/flows", { page_size: 100 });
@@ -14,19 +14,12 @@ export async function render(main) {
       ["Number", (n) => n.number],
       ["Flow", (n) => flowName(n.call_flow_id)],
       ["Created", (n) => when(n.tm_create)],
-      ["", (n) => h("button", { type: "button", class: "danger", "aria-label": `Delete ${n.number}`,
-        onclick: async (e) => {
-          e.target.disabled = true;
-          try {
-            await api("DELETE", `/v1.0/numbers/${n.id}`);
-            shown.delete(n.id);
-            draw();
-            flash(`${n.number} deleted.`, "info");
-          } catch (ex) {
-            flash(ex.message);
-            e.target.disabled = false;
-          }
-        } }, "Delete")],
+      ["", (n) => actionButton("Delete", { class: "danger", "aria-label": `Delete ${n.number}` }, async () => {
+        await api("DELETE", `/v1.0/numbers/${n.id}`);
+        shown.delete(n.id);
+        draw();
+        flash(`${n.number} deleted.`, "info");
+      })],
     ], [...shown.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "Numbers" })
     : h("p", { class: "muted" }, "No numbers."));
   const create = form([

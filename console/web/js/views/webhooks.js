@@ -2,7 +2,7 @@
 // rotated on request) and the deliveries with their status and attempts, failed ones retried.
 
 import { api, list } from "../api.js";
-import { field, fill, flash, form, h, pager, status, table, when } from "../ui.js";
+import { actionButton, field, fill, flash, form, h, pager, status, table, when } from "../ui.js";
 
 export async function render(main) {
   let customer = await api("GET", "/v1.0/customer");
@@ -60,20 +60,13 @@ export async function render(main) {
         ["Attempts", (d) => String(d.attempts)],
         ["Last result", (d) => d.last_error ?? (d.last_status_code ? `HTTP ${d.last_status_code}` : "")],
         ["Created", (d) => when(d.tm_create)],
-        ["", (d) => d.status === "pending" ? "" : h("button", {
-          type: "button", class: "secondary", "aria-label": `Retry delivery of ${d.event_type}`,
-          onclick: async (e) => {
-            e.target.disabled = true;
-            try {
-              await api("POST", `/v1.0/webhook_deliveries/${d.id}/retry`);
-              flash("The delivery will be retried.", "info");
-              await load("");
-            } catch (ex) {
-              flash(ex.message);
-              e.target.disabled = false;
-            }
-          },
-        }, "Retry")],
+        ["", (d) => d.status === "pending" ? "" : actionButton("Retry", {
+          class: "secondary", "aria-label": `Retry delivery of ${d.event_type}`,
+        }, async () => {
+          await api("POST", `/v1.0/webhook_deliveries/${d.id}/retry`);
+          flash("The delivery will be retried.", "info");
+          await load("");
+        })],
       ], page.result, { label: "Webhook deliveries" }),
       page.result.length ? null : h("p", { class: "muted" }, "No deliveries."),
       pager(page.next_page_token, load),

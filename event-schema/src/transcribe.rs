@@ -10,9 +10,6 @@ use serde::{Deserialize, Serialize};
 /// Longest language tag accepted.
 pub const MAX_LANGUAGE_LEN: usize = 35;
 
-/// What a transcription listens to (the name it had before conferences).
-pub type TranscribeReferenceType = ReferenceType;
-
 /// Which audio of the call a transcription covers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -122,7 +119,7 @@ pub enum TranscribeEvent {
         /// Owner.
         customer_id: CustomerId,
         /// What it listens to.
-        reference_type: TranscribeReferenceType,
+        reference_type: ReferenceType,
         /// The call or conference.
         reference_id: uuid::Uuid,
         /// Language tag (`en-US`).

@@ -3,7 +3,7 @@
 //! the pages as a person would (typing, clicking, reading what is shown) and checks what the
 //! API then holds.
 
-use crate::support::{wait_until, Env};
+use crate::support::{id_of, wait_until, Env};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -461,6 +461,13 @@ async fn every_page_renders_and_can_be_pictured() {
         env.wait_call_end(*c, Duration::from_secs(20)).await;
     }
     api.create("/v1.0/accesskeys", json!({"name": "ci"})).await;
+    api.create("/v1.0/conferences", json!({"name": "standup"}))
+        .await;
+    api.create(
+        "/v1.0/trunks",
+        json!({"name": "carrier", "host": "sip.carrier.example", "username": "acme", "password": "s3cret"}),
+    )
+    .await;
     let dir = std::env::var_os("VBIN_CONSOLE_SCREENSHOTS").map(std::path::PathBuf::from);
     if let Some(d) = &dir {
         std::fs::create_dir_all(d).unwrap();
@@ -567,7 +574,9 @@ async fn every_page_renders_and_can_be_pictured() {
         ("Campaigns", "#campaign-list", "campaigns"),
         ("Webhooks", "#deliveries", "webhooks"),
         ("Queues", "#queue-list", "queues"),
+        ("Conferences", "#conference-list table", "conferences"),
         ("Numbers", "#number-list", "numbers"),
+        ("Trunks", "#trunk-list table", "trunks"),
         ("AI", "#ai-list", "ais"),
     ] {
         b.press("nav", link).await;
@@ -1009,5 +1018,252 @@ async fn the_console_works_with_the_keyboard_alone() {
         .await
         .unwrap();
     b.text_with("main h1", "Calls").await;
+    b.client.clone().close().await.unwrap();
+}
+
+#[tokio::test]
+async fn conferences_trunks_assistants_and_agents_are_run_and_changed_in_the_console() {
+    let env = Env::start().await;
+    let (_, tok, user) = env.customer().await;
+    let api = env.client(&tok);
+    let b = Browser::start().await;
+    b.login(&env, &user).await;
+
+    // A conference made here; its members join and leave on the page without a reload.
+    b.press("nav", "Conferences").await;
+    let new = "form[aria-label='New conference']";
+    b.type_into(&format!("{new} input[name=name]"), "standup")
+        .await;
+    b.press(new, "Create conference").await;
+    b.text_with("#members", "No member has joined yet").await;
+    let cid = b
+        .js("return location.hash.split('/')[2];", vec![])
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    let join = |hangup_ms: u32| {
+        json!({"actions": [{"type": "conference_join", "option": {"conference_id": cid}}],
+               "sandbox": {"script": [{"at_ms": 1500, "say": "hello everyone"},
+                                      {"at_ms": hangup_ms, "hangup": true}]}})
+    };
+    let stays = env.calls(&tok, &["+15550006101"], join(60000)).await[0];
+    let leaves = env.calls(&tok, &["+15550006102"], join(6000)).await[0];
+    b.until(
+        "two members joined",
+        "return document.querySelectorAll('#members [data-status=joined]').length === 2;",
+        vec![],
+    )
+    .await;
+    b.text_with("#conference", "2 member(s) now").await;
+    b.press("#conference", "Start recording").await;
+    b.text_with("#recordings [data-status]", "recording").await;
+    // The one who hangs up is shown as left, by hangup.
+    b.text_with("#members", "(hangup)").await;
+    b.text_with("#conference", "1 member(s) now").await;
+    let left = api
+        .wait_get(
+            &format!("/v1.0/conferencecalls?conference_id={cid}"),
+            Duration::from_secs(10),
+            |_, v| {
+                v["result"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|m| m["status"] == "leaved"))
+            },
+        )
+        .await;
+    let gone = left["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["status"] == "leaved")
+        .unwrap();
+    assert_eq!(gone["call_id"], leaves.to_string(), "{left}");
+    b.press("#conference", "Stop recording").await;
+    b.press("#recordings", "Load audio").await;
+    b.find("#recordings audio").await;
+    b.press("#conference", "Stop").await;
+    b.text_with("#conference [data-status]", "terminated").await;
+    let conf = api
+        .wait_get(
+            &format!("/v1.0/conferences/{cid}"),
+            Duration::from_secs(10),
+            |_, v| v["status"] == "terminated",
+        )
+        .await;
+    assert_eq!(conf["call_ids"], json!([]), "{conf}");
+    let (_, recs) = api
+        .get(&format!("/v1.0/recordings?reference_id={cid}"))
+        .await;
+    assert_eq!(recs["result"][0]["channels"], 1, "{recs}");
+    assert!(
+        recs["result"][0]["duration_ms"].as_u64().unwrap() > 1000,
+        "{recs}"
+    );
+    api.post(&format!("/v1.0/calls/{stays}/hangup"), json!({}))
+        .await;
+
+    // A trunk: made, changed (the password kept), deleted.
+    b.press("nav", "Trunks").await;
+    let new = "form[aria-label='New trunk']";
+    b.type_into(&format!("{new} input[name=name]"), "carrier")
+        .await;
+    b.type_into(&format!("{new} input[name=host]"), "sip.carrier.example")
+        .await;
+    b.type_into(&format!("{new} input[name=username]"), "acme")
+        .await;
+    b.type_into(&format!("{new} input[name=password]"), "s3cret")
+        .await;
+    b.press(new, "Create trunk").await;
+    b.text_with("#trunk-list", "sip.carrier.example:5060 (udp)")
+        .await;
+    // A refused setting shows the API's reason in the form.
+    b.press("#trunk-list", "Edit").await;
+    let edit = "form[aria-label='Edit trunk carrier']";
+    b.type_into(&format!("{edit} input[name=host]"), "bad host!")
+        .await;
+    b.press(edit, "Save").await;
+    b.until(
+        "the API's reason in the edit form",
+        "const e = document.querySelector(\"form[aria-label='Edit trunk carrier'] .error\"); \
+         return e && e.textContent.trim();",
+        vec![],
+    )
+    .await;
+    b.type_into(&format!("{edit} input[name=host]"), "sip2.carrier.example")
+        .await;
+    b.type_into(&format!("{edit} input[name=port]"), "5080")
+        .await;
+    b.press(edit, "Save").await;
+    b.text_with("#trunk-list", "sip2.carrier.example:5080 (udp)")
+        .await;
+    let trunks = api
+        .wait_get("/v1.0/trunks", Duration::from_secs(10), |_, v| {
+            v["result"][0]["port"] == 5080
+        })
+        .await;
+    let t = &trunks["result"][0];
+    assert_eq!(
+        (&t["host"], &t["password_set"], &t["username"]),
+        (&json!("sip2.carrier.example"), &json!(true), &json!("acme")),
+        "{t}"
+    );
+    b.press("#trunk-list", "Delete").await;
+    b.text_with("#trunk-list", "No trunks").await;
+    api.wait_get("/v1.0/trunks", Duration::from_secs(10), |_, v| {
+        v["result"].as_array().is_some_and(|r| r.is_empty())
+    })
+    .await;
+
+    // An assistant made with the API, changed here (its key kept), deleted here.
+    api.create(
+        "/v1.0/ais",
+        json!({"name": "helper", "init_prompt": "Be brief.", "engine_model": "local.gemma3-270m",
+               "engine_key": "k-123", "tool_names": ["hangup"]}),
+    )
+    .await;
+    api.wait_get("/v1.0/ais", Duration::from_secs(10), |_, v| {
+        v["result"][0]["name"] == "helper"
+    })
+    .await;
+    b.press("nav", "AI").await;
+    b.press("#ai-list", "Edit").await;
+    let edit = "form[aria-label='Edit assistant helper']";
+    b.type_into(
+        &format!("{edit} textarea[name=init_prompt]"),
+        "Be very brief.",
+    )
+    .await;
+    b.press(edit, "Save").await;
+    b.text_with("#ai-list", "Be very brief.").await;
+    let ais = api
+        .wait_get("/v1.0/ais", Duration::from_secs(10), |_, v| {
+            v["result"][0]["init_prompt"] == "Be very brief."
+        })
+        .await;
+    let a = &ais["result"][0];
+    assert_eq!(
+        (&a["engine_key_set"], &a["tool_names"]),
+        (&json!(true), &json!(["hangup"])),
+        "{a}"
+    );
+    b.press("#ai-list", "Delete").await;
+    b.text_with("#ai-list", "No assistants").await;
+
+    // An agent changed and another deleted; a queue's routing changed.
+    for name in ["bob", "cyd"] {
+        api.create(
+            "/v1.0/agents",
+            json!({"username": name, "password": "password123", "permission": "agent"}),
+        )
+        .await;
+    }
+    api.wait_get("/v1.0/agents", Duration::from_secs(10), |_, v| {
+        v["result"].as_array().is_some_and(|r| r.len() >= 3)
+    })
+    .await;
+    let q = api
+        .create(
+            "/v1.0/queues",
+            json!({"name": "sales", "routing_method": "ringall"}),
+        )
+        .await;
+    let qid = id_of(&q);
+    api.wait_get(
+        &format!("/v1.0/queues/{qid}"),
+        Duration::from_secs(10),
+        |s, _| s == 200,
+    )
+    .await;
+    b.press("nav", "Queues").await;
+    b.click("button[aria-label='Edit agent bob']").await;
+    let edit = "form[aria-label='Edit agent bob']";
+    b.type_into(&format!("{edit} input[name=name]"), "Bo Diaz")
+        .await;
+    b.type_into(&format!("{edit} input[name=addresses]"), "+15550020011")
+        .await;
+    b.press(edit, "Save").await;
+    b.text_with("#agent-list", "Bo Diaz (bob)").await;
+    b.click("button[aria-label='Delete agent cyd']").await;
+    b.text_with("#flash", "Agent cyd deleted").await;
+    b.click("button[aria-label='Edit queue sales']").await;
+    let edit = "form[aria-label='Edit queue sales']";
+    b.find(&format!("{edit} select[name=routing_method]"))
+        .await
+        .select_by_value("linear")
+        .await
+        .unwrap();
+    b.until(
+        "bob's box in the queue's agents",
+        "const box = [...document.querySelectorAll(\"form[aria-label='Edit queue sales'] input[name=agent_ids]\")] \
+           .find(i => i.closest('label').textContent.trim() === 'bob'); \
+         if (!box) return null; box.click(); return box.checked;",
+        vec![],
+    )
+    .await;
+    b.press(edit, "Save").await;
+    let agents = api
+        .wait_get("/v1.0/agents", Duration::from_secs(10), |_, v| {
+            v["result"].as_array().is_some_and(|r| {
+                r.iter().any(|a| a["name"] == "Bo Diaz")
+                    && !r.iter().any(|a| a["username"] == "cyd")
+            })
+        })
+        .await;
+    let bo = agents["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["username"] == "bob")
+        .unwrap();
+    assert_eq!(bo["addresses"][0]["target"], "+15550020011", "{bo}");
+    let q = api
+        .wait_get(
+            &format!("/v1.0/queues/{qid}"),
+            Duration::from_secs(10),
+            |_, v| v["routing_method"] == "linear",
+        )
+        .await;
+    assert_eq!(q["agent_ids"], json!([bo["id"]]), "{q}");
     b.client.clone().close().await.unwrap();
 }

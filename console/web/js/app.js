@@ -16,6 +16,8 @@ import * as operator from "./views/operator.js";
 import * as queues from "./views/queues.js";
 import * as numbers from "./views/numbers.js";
 import * as ais from "./views/ais.js";
+import * as conferences from "./views/conferences.js";
+import * as trunks from "./views/trunks.js";
 
 const customerPages = [
   ["dashboard", "Dashboard", dashboard.render],
@@ -23,7 +25,9 @@ const customerPages = [
   ["flows", "Flows", flows.render],
   ["campaigns", "Campaigns", campaigns.render],
   ["queues", "Queues", queues.render],
+  ["conferences", "Conferences", conferences.render],
   ["numbers", "Numbers", numbers.render],
+  ["trunks", "Trunks", trunks.render],
   ["ais", "AI", ais.render],
   ["webhooks", "Webhooks", webhooks.render],
   ["accesskeys", "Access keys", keys.render],

@@ -91,6 +91,26 @@ export function form(fields, submitLabel, action, opts = {}) {
   return f;
 }
 
+/**
+ * Shows in `box` a form titled `title` to change one resource: `save(values, form)` runs on
+ * submit and the form goes away once it succeeds; Cancel (or Escape) closes it unchanged. The
+ * first control gets the focus, so the keyboard lands where the editing happens.
+ */
+export function editor(box, title, fields, save) {
+  const close = () => fill(box);
+  const f = form(fields, "Save", async (v, el) => {
+    await save(v, el);
+    close();
+  }, { label: title });
+  f.append(h("button", { type: "button", class: "secondary", onclick: close }, "Cancel"));
+  f.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") close();
+  });
+  fill(box, h("h2", {}, title), f);
+  f.querySelector("input, select, textarea")?.focus();
+  return f;
+}
+
 /** A button running `action()` with itself disabled meanwhile; an error shows in the page's
  * alert. */
 export function actionButton(label, attrs, action) {

@@ -124,12 +124,7 @@ async function detail(main, id) {
       list("/v1.0/activeflows", { reference_id: id }),
       list("/v1.0/transcribes", { reference_id: id }),
     ]);
-    fill(recordings, recs.result.length
-      ? h("ul", {}, ...recs.result.map((r) => h("li", { "data-recording": r.id },
-        status(r.status), ` ${Math.round((r.duration_ms ?? 0) / 100) / 10} s `,
-        r.status === "ended" && !r.error ? player(r) : null,
-        r.error ? h("span", { class: "error" }, r.error) : null)))
-      : h("p", { class: "muted" }, "No recordings."));
+    fill(recordings, recordingList(recs.result));
     const af = flowsOf.result[0];
     fill(actions, af
       ? h("ol", {}, ...(af.executed_actions ?? []).map((a) => h("li", {}, a.type)))
@@ -166,6 +161,17 @@ async function detail(main, id) {
   });
   await Promise.all([loadTimeline(), loadMedia()]);
   return stop;
+}
+
+/** Recordings with their status, length, error, and a player once stored (a call's or a
+ * conference's). */
+export function recordingList(recs) {
+  return recs.length
+    ? h("ul", {}, ...recs.map((r) => h("li", { "data-recording": r.id },
+      status(r.status), ` ${Math.round((r.duration_ms ?? 0) / 100) / 10} s `,
+      r.status === "ended" && !r.error ? player(r) : null,
+      r.error ? h("span", { class: "error" }, r.error) : null)))
+    : h("p", { class: "muted" }, "No recordings.");
 }
 
 /** An audio player for a stored recording: its file fetched with the session's token. */

@@ -1,9 +1,10 @@
 // Queues and agents: queues with their live statistics (waiting, serving, served, abandoned),
-// new queues, agents with their live status (set here), their addresses, new agents.
+// new and changed queues, agents with their live status (set here), their addresses, new,
+// changed and deleted agents.
 
 import { api, currentSession, list } from "../api.js";
 import { follow } from "../live.js";
-import { field, fill, flash, form, h, status, table } from "../ui.js";
+import { actionButton, editor, field, fill, flash, form, h, status, table } from "../ui.js";
 
 const AGENT_STATUSES = ["available", "busy", "offline"];
 
@@ -18,6 +19,8 @@ export async function render(main) {
   const refetch = new Map();
   const queuesBox = h("div", { id: "queue-list" });
   const agentsBox = h("div", { id: "agent-list" });
+  const queueEdit = h("div", { id: "queue-edit" });
+  const agentEdit = h("div", { id: "agent-edit" });
 
   const drawQueues = () => fill(queuesBox, queues.size
     ? table([
@@ -29,6 +32,8 @@ export async function render(main) {
       ["Served", (q) => h("span", { "data-stat": "served" }, String(q.served ?? 0))],
       ["Abandoned", (q) => h("span", { "data-stat": "abandoned" }, String(q.abandoned ?? 0))],
       ["Average wait (s)", (q) => String(Math.round((q.average_wait_ms ?? 0) / 100) / 10)],
+      ["", (q) => h("button", { type: "button", class: "secondary", "aria-label": `Edit queue ${q.name}`,
+        onclick: () => editQueue(q) }, "Edit")],
     ], [...queues.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "Queues" })
     : h("p", { class: "muted" }, "No queues."));
 
@@ -55,57 +60,97 @@ export async function render(main) {
         });
         return select;
       }],
+      ["", (a) => h("div", { class: "row" },
+        h("button", { type: "button", class: "secondary", "aria-label": `Edit agent ${a.username}`,
+          onclick: () => editAgent(a) }, "Edit"),
+        actionButton("Delete", { class: "danger", "aria-label": `Delete agent ${a.username}` }, async () => {
+          await api("DELETE", `/v1.0/agents/${a.id}`);
+          agents.delete(a.id);
+          drawAgents();
+          flash(`Agent ${a.username} deleted.`, "info");
+        }))],
     ], [...agents.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "Agents" })
     : h("p", { class: "muted" }, "No agents."));
 
-  const agentOptions = () => [...agents.values()].map((a) =>
-    h("label", { class: "row" }, h("input", { type: "checkbox", name: "agent_ids", value: a.id }), a.username));
-  const newQueue = form([
-    field("Name", "name", { required: true }),
-    field("Routing", "routing_method", { options: ["ringall", "linear"] }),
-    h("fieldset", {}, h("legend", {}, "Agents"), ...agentOptions()),
-    field("Longest wait (ms, empty: the default)", "wait_timeout_ms", { type: "number", min: 1000 }),
-    field("Wait music flow", "wait_flow_id", { options: ["", ...flows.result.map((f) => f.id)] }),
-  ], "Create queue", async (v, f) => {
+  // The settings of a queue, for a new one (`q` absent) or to change one.
+  const queueFields = (q = {}) => {
+    const wait = field("Wait music flow", "wait_flow_id", { options: ["", ...flows.result.map((f) => f.id)],
+      value: q.wait_flow_id ?? "" });
+    for (const o of wait.querySelector("select").options) {
+      const fl = flows.result.find((x) => x.id === o.value);
+      o.textContent = fl ? fl.name || fl.id : "No wait music";
+    }
+    return [
+      field("Name", "name", { required: true, value: q.name }),
+      field("Routing", "routing_method", { options: ["ringall", "linear"], value: q.routing_method }),
+      h("fieldset", {}, h("legend", {}, "Agents"), ...[...agents.values()].map((a) =>
+        h("label", { class: "row" }, h("input", { type: "checkbox", name: "agent_ids", value: a.id,
+          checked: (q.agent_ids ?? []).includes(a.id) || null }), a.username))),
+      field("Longest wait (ms, empty: the default)", "wait_timeout_ms", { type: "number", min: 1000,
+        value: q.wait_timeout_ms }),
+      wait,
+    ];
+  };
+  const queueBody = (v, f) => {
     const body = {
       name: v.name, routing_method: v.routing_method,
       agent_ids: [...f.querySelectorAll("input[name=agent_ids]:checked")].map((c) => c.value),
     };
     if (v.wait_timeout_ms) body.wait_timeout_ms = Number(v.wait_timeout_ms);
     if (v.wait_flow_id) body.wait_flow_id = v.wait_flow_id;
-    const q = await api("POST", "/v1.0/queues", body);
+    return body;
+  };
+  const newQueue = form(queueFields(), "Create queue", async (v, f) => {
+    const q = await api("POST", "/v1.0/queues", queueBody(v, f));
     queues.set(q.id, q);
     drawQueues();
     flash("Queue created.", "info");
     f.reset();
   }, { label: "New queue" });
-  for (const o of newQueue.querySelector("[name=wait_flow_id]").options) {
-    const fl = flows.result.find((x) => x.id === o.value);
-    o.textContent = fl ? fl.name || fl.id : "No wait music";
-  }
+  const editQueue = (q) => editor(queueEdit, `Edit queue ${q.name}`, queueFields(q), async (v, f) => {
+    const body = queueBody(v, f);
+    // PUT replaces the settings: an emptied field goes back to its default.
+    body.wait_flow_id = v.wait_flow_id || null;
+    queues.set(q.id, await api("PUT", `/v1.0/queues/${q.id}`, body));
+    drawQueues();
+    flash(`Queue ${body.name} saved.`, "info");
+  });
 
+  const addresses = (text) => text.split(",").map((x) => x.trim()).filter(Boolean)
+    .map((target) => ({ type: "tel", target }));
+  const agentFields = (a = {}) => [
+    field("Name", "name", { value: a.name }),
+    field("Permission", "permission", { options: ["agent", "admin"], value: a.permission }),
+    field("Addresses (E.164, separated by commas)", "addresses", { placeholder: "+15550003000",
+      value: (a.addresses ?? []).map((x) => x.target ?? x).join(", ") }),
+  ];
   const newAgent = form([
     field("Username", "username", { required: true, autocomplete: "off" }),
     field("Password", "password", { type: "password", required: true, autocomplete: "new-password" }),
-    field("Name", "name"),
-    field("Permission", "permission", { options: ["agent", "admin"] }),
-    field("Addresses (E.164, separated by commas)", "addresses", { placeholder: "+15550003000" }),
+    ...agentFields(),
   ], "Create agent", async (v, f) => {
     const body = { username: v.username, password: v.password, name: v.name, permission: v.permission };
-    const addresses = v.addresses.split(",").map((x) => x.trim()).filter(Boolean);
-    if (addresses.length) body.addresses = addresses.map((target) => ({ type: "tel", target }));
+    const addrs = addresses(v.addresses);
+    if (addrs.length) body.addresses = addrs;
     const a = await api("POST", "/v1.0/agents", body);
     agents.set(a.id, a);
     drawAgents();
     flash("Agent created.", "info");
     f.reset();
   }, { label: "New agent" });
+  const editAgent = (a) => editor(agentEdit, `Edit agent ${a.username}`, agentFields(a), async (v) => {
+    const saved = await api("PUT", `/v1.0/agents/${a.id}`,
+      { name: v.name || a.username, permission: v.permission, addresses: addresses(v.addresses) });
+    agents.set(a.id, saved);
+    drawAgents();
+    flash(`Agent ${a.username} saved.`, "info");
+  });
 
   main.append(
     h("h1", {}, "Queues and agents"),
-    h("h2", {}, "Queues"), queuesBox,
+    h("h2", {}, "Queues"), queuesBox, queueEdit,
     h("h2", {}, "New queue"), newQueue,
-    h("h2", {}, "Agents"), agentsBox,
+    h("h2", {}, "Agents"), agentsBox, agentEdit,
     h("h2", {}, "New agent"), newAgent,
   );
   const page = await list("/v1.0/queues", { page_size: 100 });

@@ -22,6 +22,11 @@ pub enum BusError {
     /// Connecting failed.
     #[error("nats connect")]
     Connect(#[source] async_nats::ConnectError),
+    /// A server address in the NATS URL list is not one.
+    #[error(
+        "NATS_URL: {0:?} is not a server address (nats://host:port; several separated by commas)"
+    )]
+    BadServer(String),
     /// A JetStream API call failed.
     #[error("jetstream: {op}")]
     JetStream {
@@ -114,6 +119,7 @@ pub struct Bus {
     pub js: jetstream::Context,
     installation: Arc<Installation>,
     foreign: Arc<ForeignLog>,
+    replicas: Option<usize>,
 }
 
 /// Counts the events of other installations the consumers skipped, and says so at most once a
@@ -159,16 +165,19 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 impl Bus {
     /// Connects, retrying in the background if NATS is not up yet (the call returns at once).
+    /// `urls` is one server or several separated by commas (the nodes of a cluster: the
+    /// client picks one and moves to another when it goes away).
     pub async fn connect(
-        url: &str,
+        urls: &str,
         name: &str,
         installation: Installation,
     ) -> Result<Self, BusError> {
+        let servers = servers(urls)?;
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(3))
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(BusError::Connect)?;
         let js = jetstream::new(client.clone());
@@ -177,7 +186,18 @@ impl Bus {
             js,
             installation: Arc::new(installation),
             foreign: Arc::default(),
+            replicas: None,
         })
+    }
+
+    /// Sets how many copies the cluster keeps of the event stream and of every durable
+    /// consumer (`VBIN_STREAM_REPLICAS`): made so, and an existing stream or consumer with
+    /// another count is changed in place (never recreated). Without it, new ones get one copy
+    /// and existing ones keep theirs, so a process started without the setting cannot shrink
+    /// a cluster's stream.
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = Some(replicas);
+        self
     }
 
     /// The installation this connection publishes and consumes for.
@@ -230,11 +250,29 @@ impl Bus {
                 storage: stream::StorageType::File,
                 duplicate_window: DUPLICATE_WINDOW,
                 max_age: Duration::from_secs(7 * 24 * 3600),
+                num_replicas: self.replicas.unwrap_or(1),
                 ..Default::default()
             })
             .await
             .map_err(BusError::js("creating the event stream"))?;
-        let config = stream.cached_info().config.clone();
+        let mut config = stream.cached_info().config.clone();
+        if let Some(n) = self.replicas.filter(|n| *n != config.num_replicas) {
+            tracing::info!(stream = %ns.stream(), from = config.num_replicas, to = n, "changing the event stream's replicas");
+            config = self
+                .js
+                .update_stream(stream::Config {
+                    num_replicas: n,
+                    ..config
+                })
+                .await
+                .map_err(BusError::js("changing the event stream's replicas"))?
+                .config;
+            stream = self
+                .js
+                .get_stream(ns.stream())
+                .await
+                .map_err(BusError::js("reading the event stream"))?;
+        }
         let foreign = |theirs: Uuid| BusError::Foreign {
             stream: ns.stream(),
             ours,
@@ -395,33 +433,58 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
         max_ack_pending: 10_000,
+        num_replicas: bus.replicas.unwrap_or(0),
         ..Default::default()
     };
     let mut consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(&spec.name, config.clone())
         .await
         .map_err(BusError::js("creating the consumer"))?;
-    // A durable left by an older version with another filter would feed the wrong events:
-    // replace it (it resumes from the start of the stream; handlers are idempotent).
     let stored = consumer
         .info()
         .await
         .map_err(BusError::js("reading the consumer's info"))?
         .config
-        .filter_subject
         .clone();
-    if stored == filter_subject {
-        return Ok(consumer);
+    if stored.filter_subject != filter_subject {
+        // A durable left by an older version with another filter would feed the wrong events:
+        // replace it (it resumes from the start of the stream; handlers are idempotent).
+        tracing::warn!(consumer = %spec.name, stored = %stored.filter_subject, wanted = %filter_subject, "recreating consumer with new filter");
+        stream
+            .delete_consumer(&spec.name)
+            .await
+            .map_err(BusError::js("deleting the consumer"))?;
+        return stream
+            .create_consumer(config)
+            .await
+            .map_err(BusError::js("recreating the consumer"));
     }
-    tracing::warn!(consumer = %spec.name, %stored, wanted = %filter_subject, "recreating consumer with new filter");
-    stream
-        .delete_consumer(&spec.name)
-        .await
-        .map_err(BusError::js("deleting the consumer"))?;
-    stream
-        .create_consumer(config)
-        .await
-        .map_err(BusError::js("recreating the consumer"))
+    match bus.replicas {
+        Some(n) if n != stored.num_replicas => {
+            // Creating a durable that exists with a changed setting changes it in place: its
+            // position and pending acks are kept.
+            tracing::info!(consumer = %spec.name, from = stored.num_replicas, to = n, "changing the consumer's replicas");
+            stream
+                .create_consumer(config)
+                .await
+                .map_err(BusError::js("changing the consumer's replicas"))
+        }
+        _ => Ok(consumer),
+    }
+}
+
+/// The server addresses of a comma-separated list.
+fn servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let list: Vec<_> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|_| BusError::BadServer(u.to_string())))
+        .collect::<Result<_, _>>()?;
+    if list.is_empty() {
+        return Err(BusError::BadServer(urls.to_string()));
+    }
+    Ok(list)
 }
 
 async fn consume<H, F, E>(bus: &Bus, spec: &ConsumerSpec, handle: &H) -> Result<(), BusError>
@@ -719,6 +782,18 @@ mod tests {
         let all = ConsumerSpec::all_events("y");
         assert_eq!(all.filter_subject, ">");
         assert!(all.event_types.is_empty());
+    }
+
+    #[test]
+    fn a_server_list_is_split_on_commas() {
+        let l = servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223,127.0.0.1:4224").unwrap();
+        assert_eq!(l.len(), 3);
+        assert_eq!(l[1].port(), 4223);
+        assert!(matches!(servers(" , "), Err(BusError::BadServer(_))));
+        assert!(matches!(
+            servers("nats://127.0.0.1:4222,nats://a b"),
+            Err(BusError::BadServer(s)) if s == "nats://a b"
+        ));
     }
 
     #[test]

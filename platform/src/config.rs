@@ -28,7 +28,24 @@ pub struct Config {
         default_value = "postgres://postgres@127.0.0.1:5432/vbin"
     )]
     pub database_url: String,
-    /// NATS URL.
+    /// A streaming replica of the database the query API reads customers' data from while it
+    /// keeps up (read-your-writes: a customer who just wrote reads the replica once it has
+    /// replayed the write, else the primary). Unset: every read goes to the primary.
+    #[arg(long, env = "DATABASE_READ_URL", hide_env_values = true)]
+    pub database_read_url: Option<String>,
+    /// Longest a read of a customer who just wrote waits for the replica to replay the write
+    /// before it reads the primary, in ms.
+    #[arg(long, env = "VBIN_READ_REPLICA_WAIT_MS", default_value_t = 200)]
+    pub read_replica_wait_ms: u64,
+    /// The replica is read only while it is at most this far behind the primary, in ms.
+    #[arg(
+        long,
+        env = "VBIN_READ_REPLICA_MAX_LAG_MS",
+        default_value_t = 5000,
+        value_parser = positive::<u64>("VBIN_READ_REPLICA_MAX_LAG_MS", "a positive number of ms")
+    )]
+    pub read_replica_max_lag_ms: u64,
+    /// NATS URL; several servers (the nodes of a JetStream cluster) separated by commas.
     #[arg(
         long,
         env = "NATS_URL",
@@ -36,6 +53,11 @@ pub struct Config {
         default_value = "nats://127.0.0.1:4222"
     )]
     pub nats_url: String,
+    /// Copies a JetStream cluster keeps of the event stream and of every durable consumer (1
+    /// to 5; 3 on a 3-node cluster). Existing ones are changed in place. Unset: new ones get
+    /// one copy and existing ones keep theirs.
+    #[arg(long, env = "VBIN_STREAM_REPLICAS", value_parser = stream_replicas)]
+    pub stream_replicas: Option<usize>,
     /// This installation's namespace on NATS (stream `VBIN_<NS>`, subjects `vbin.<ns>.>`):
     /// 1 to 32 of a-z 0-9 _ -. Default: the one stored in the database at its first migration
     /// (the installation id's first 12 hex digits; `events`, the stream of old, for a database
@@ -1002,6 +1024,15 @@ fn positive<T: FromStr + PartialOrd + Copy + Send + Sync + From<u8> + 'static>(
     expected: &'static str,
 ) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
     at_least(var, T::from(1u8), expected)
+}
+
+fn stream_replicas(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ 1..=5) => Ok(n),
+        _ => Err(format!(
+            "VBIN_STREAM_REPLICAS: expected 1 to 5 (JetStream's limit), not {s:?}"
+        )),
+    }
 }
 
 fn port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {

@@ -218,9 +218,12 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         .with_context(|| "connecting to Postgres and migrating (is it running? see README)")?;
     let installation =
         vbin_eventlog::installation::load(&pool, cfg.nats_namespace.as_ref()).await?;
-    let bus = Bus::connect(&cfg.nats_url, "vbin", installation.clone())
+    let mut bus = Bus::connect(&cfg.nats_url, "vbin", installation.clone())
         .await
         .context("connecting to NATS")?;
+    if let Some(n) = cfg.stream_replicas {
+        bus = bus.with_replicas(n);
+    }
     claim_stream(&bus).await?;
     let (admin_token, generated) =
         platform_secret(&pool, "admin_token", cfg.admin_token.as_deref()).await?;
@@ -440,17 +443,31 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             pool: pool.clone(),
             keys: keys.clone(),
             bus: bus.clone(),
-            redis: Some(redis_client),
+            redis: Some(redis_client.clone()),
             metrics: prometheus(),
         };
         let mut routes = axum::Router::new();
         if parts.contains(&Part::CommandApi) {
-            routes = routes
-                .merge(vbin_commands::routes(CmdState {
-                    app: app.clone(),
-                    keys,
-                }))
-                .merge(vbin_webhooks::routes());
+            let mut commands = vbin_commands::routes(CmdState {
+                app: app.clone(),
+                keys,
+            })
+            .merge(vbin_webhooks::routes());
+            if cfg.database_read_url.is_some() {
+                // Query APIs read a replica: each customer's writes are marked so that the
+                // customer's next reads wait for them (vbin_replica).
+                commands = commands.layer(axum::middleware::from_fn_with_state(
+                    vbin_replica::WriteMarker {
+                        primary: pool.clone(),
+                        marks: vbin_replica::WriteMarks::new(
+                            redis_client.clone(),
+                            &installation.redis_prefix(),
+                        ),
+                    },
+                    vbin_replica::mark_writes,
+                ));
+            }
+            routes = routes.merge(commands);
         }
         if parts.contains(&Part::QueryApi) {
             tasks.push(tokio::spawn(vbin_read_api::watch_invalidations(
@@ -458,8 +475,33 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
                 cache.clone(),
                 stopped(&rx),
             )));
+            let reads = match &cfg.database_read_url {
+                None => vbin_replica::ReadPools::primary_only(pool.clone()),
+                Some(url) => {
+                    let replica = sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(cfg.db_pool)
+                        .acquire_timeout(std::time::Duration::from_secs(2))
+                        .connect_lazy(url)
+                        .context("DATABASE_READ_URL")?;
+                    let (reads, watch) = vbin_replica::ReadPools::with_replica(
+                        pool.clone(),
+                        replica,
+                        vbin_replica::WriteMarks::new(
+                            redis_client.clone(),
+                            &installation.redis_prefix(),
+                        ),
+                        vbin_replica::ReplicaSettings {
+                            wait: std::time::Duration::from_millis(cfg.read_replica_wait_ms),
+                            max_lag: std::time::Duration::from_millis(cfg.read_replica_max_lag_ms),
+                        },
+                    );
+                    tasks.push(tokio::spawn(watch.run(stopped(&rx))));
+                    reads
+                }
+            };
             routes = routes.merge(vbin_read_api::routes(vbin_read_api::ReadState {
                 pool: pool.clone(),
+                reads,
                 cache: Some(cache),
                 store: Some(store.clone()),
             }));

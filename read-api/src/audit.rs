@@ -120,7 +120,7 @@ pub async fn list_events(
     .bind(rtype)
     .bind(after)
     .bind(size + 1)
-    .fetch_all(&s.pool)
+    .fetch_all(s.db(c.customer_id.as_uuid()).await)
     .await
     .map_err(|e| ApiError::unavailable("reading the event log", e))?;
     if rows.is_empty() && after == 0 {

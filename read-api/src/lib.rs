@@ -194,7 +194,7 @@ pub async fn get_row(
         "SELECT customer_id, body, version FROM {table} WHERE id = $1"
     )))
     .bind(id)
-    .fetch_optional(&state.pool)
+    .fetch_optional(state.db(customer).await)
     .await
     .map_err(db_error)?;
     let Some((c, b, v)) = row else {
@@ -247,7 +247,14 @@ async fn list_calls(
     };
     // The expression matches the index rm_calls_customer_status.
     let filter = status.map(|st| ("body->>'status'", st.as_str()));
-    list_rows_where(&s.pool, "rm_calls", c.customer_id.as_uuid(), &p, filter).await
+    list_rows_where(
+        s.db(c.customer_id.as_uuid()).await,
+        "rm_calls",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
 }
 
 async fn get_call(
@@ -263,7 +270,13 @@ async fn list_agents(
     c: CustomerCaller,
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    list_rows(&s.pool, "rm_agents", c.customer_id.as_uuid(), &p).await
+    list_rows(
+        s.db(c.customer_id.as_uuid()).await,
+        "rm_agents",
+        c.customer_id.as_uuid(),
+        &p,
+    )
+    .await
 }
 
 async fn get_agent(
@@ -279,7 +292,13 @@ async fn list_access_keys(
     CustomerAdmin(c): CustomerAdmin,
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    list_rows(&s.pool, "rm_accesskeys", c.customer_id.as_uuid(), &p).await
+    list_rows(
+        s.db(c.customer_id.as_uuid()).await,
+        "rm_accesskeys",
+        c.customer_id.as_uuid(),
+        &p,
+    )
+    .await
 }
 
 async fn get_access_key(
@@ -336,7 +355,14 @@ async fn list_billings(
     Query(f): Query<Filter>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
-    list_rows_where(&s.pool, "rm_billings", c.customer_id.as_uuid(), &p, filter).await
+    list_rows_where(
+        s.db(c.customer_id.as_uuid()).await,
+        "rm_billings",
+        c.customer_id.as_uuid(),
+        &p,
+        filter,
+    )
+    .await
 }
 
 /// A customer's resources of one read model table: `list` (paginated) and `get` (by id).
@@ -347,7 +373,7 @@ macro_rules! list_and_get {
             c: CustomerCaller,
             Query(p): Query<Page>,
         ) -> Result<axum::Json<Value>, ApiError> {
-            list_rows(&s.pool, $table, c.customer_id.as_uuid(), &p).await
+            list_rows(s.db(c.customer_id.as_uuid()).await, $table, c.customer_id.as_uuid(), &p).await
         }
 
         async fn $get(
@@ -384,7 +410,7 @@ macro_rules! list_by_reference_and_get {
             Query(f): Query<Filter>,
         ) -> Result<axum::Json<Value>, ApiError> {
             let filter = uuid_param("reference_id", &f.reference_id)?.map(|v| ("reference_id", v));
-            list_rows_where(&s.pool, $table, c.customer_id.as_uuid(), &p, filter).await
+            list_rows_where(s.db(c.customer_id.as_uuid()).await, $table, c.customer_id.as_uuid(), &p, filter).await
         }
 
         async fn $get(
@@ -430,7 +456,13 @@ async fn list_aimessages(
 ) -> Result<axum::Json<Value>, ApiError> {
     let customer = c.customer_id.as_uuid();
     let Some(aicall) = uuid_param("aicall_id", &f.aicall_id)? else {
-        return list_rows(&s.pool, "rm_aimessages", customer, &p).await;
+        return list_rows(
+            s.db(c.customer_id.as_uuid()).await,
+            "rm_aimessages",
+            customer,
+            &p,
+        )
+        .await;
     };
     let size = p.size()?;
     let after: Option<Uuid> = p.token()?;
@@ -442,7 +474,7 @@ async fn list_aimessages(
     .bind(aicall)
     .bind(after)
     .bind(size + 1)
-    .fetch_all(&s.pool)
+    .fetch_all(s.db(c.customer_id.as_uuid()).await)
     .await
     .map_err(db_error)?;
     Ok(page_body(
@@ -466,7 +498,7 @@ async fn list_targets(
         sqlx::query_scalar("SELECT 1 FROM rm_outdials WHERE id = $1 AND customer_id = $2")
             .bind(outdial)
             .bind(c.customer_id.as_uuid())
-            .fetch_optional(&s.pool)
+            .fetch_optional(s.db(c.customer_id.as_uuid()).await)
             .await
             .map_err(|e| ApiError::unavailable("read store unavailable", e))?;
     if owned.is_none() {
@@ -474,7 +506,7 @@ async fn list_targets(
     }
     let filter = outdial.map(|v| ("outdial_id", v));
     list_rows_where(
-        &s.pool,
+        s.db(c.customer_id.as_uuid()).await,
         "rm_outdialtargets",
         c.customer_id.as_uuid(),
         &p,
@@ -491,7 +523,7 @@ async fn list_campaigncalls(
 ) -> Result<axum::Json<Value>, ApiError> {
     let filter = uuid_param("campaign_id", &f.campaign_id)?.map(|v| ("campaign_id", v));
     list_rows_where(
-        &s.pool,
+        s.db(c.customer_id.as_uuid()).await,
         "rm_campaigncalls",
         c.customer_id.as_uuid(),
         &p,
@@ -509,7 +541,7 @@ async fn list_queuecalls(
 ) -> Result<axum::Json<Value>, ApiError> {
     let filter = uuid_param("queue_id", &f.queue_id)?.map(|v| ("queue_id", v));
     list_rows_where(
-        &s.pool,
+        s.db(c.customer_id.as_uuid()).await,
         "rm_queuecalls",
         c.customer_id.as_uuid(),
         &p,
@@ -527,7 +559,7 @@ async fn list_conferencecalls(
 ) -> Result<axum::Json<Value>, ApiError> {
     let filter = uuid_param("conference_id", &f.conference_id)?.map(|v| ("conference_id", v));
     list_rows_where(
-        &s.pool,
+        s.db(c.customer_id.as_uuid()).await,
         "rm_conferencecalls",
         c.customer_id.as_uuid(),
         &p,
@@ -548,7 +580,13 @@ async fn list_transcripts(
 ) -> Result<axum::Json<Value>, ApiError> {
     let customer = c.customer_id.as_uuid();
     let Some(transcribe) = uuid_param("transcribe_id", &f.transcribe_id)? else {
-        return list_rows(&s.pool, "rm_transcripts", customer, &p).await;
+        return list_rows(
+            s.db(c.customer_id.as_uuid()).await,
+            "rm_transcripts",
+            customer,
+            &p,
+        )
+        .await;
     };
     let size = p.size()?;
     let after = p
@@ -571,7 +609,7 @@ async fn list_transcripts(
     .bind(after_tm)
     .bind(after_id)
     .bind(size + 1)
-    .fetch_all(&s.pool)
+    .fetch_all(s.db(c.customer_id.as_uuid()).await)
     .await
     .map_err(db_error)?;
     Ok(page_body(
@@ -600,7 +638,7 @@ async fn get_customer(
         "SELECT secret, previous_valid_until FROM webhook_secrets WHERE customer_id = $1",
     )
     .bind(id)
-    .fetch_optional(&s.pool)
+    .fetch_optional(s.db(id).await)
     .await
     .map_err(db_error)?;
     if let Some((secret, until)) = secret {

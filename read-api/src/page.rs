@@ -10,12 +10,21 @@ use vbin_projections::cache::Cache;
 /// What the read handlers need.
 #[derive(Clone)]
 pub struct ReadState {
-    /// Postgres (read models and the log).
+    /// Postgres, the primary (read models and the log): admin reads, cache resyncs.
     pub pool: PgPool,
+    /// Where customers' reads go: the primary, or a streaming replica while it keeps up.
+    pub reads: vbin_replica::ReadPools,
     /// Redis cache; `None` disables caching.
     pub cache: Option<Cache>,
     /// The recordings store; `None`: no recording files are served.
     pub store: Option<vbin_storage::Store>,
+}
+
+impl ReadState {
+    /// The server a read of `customer`'s data goes to (see [`vbin_replica::ReadPools`]).
+    pub async fn db(&self, customer: uuid::Uuid) -> &PgPool {
+        self.reads.for_customer(customer).await
+    }
 }
 
 /// `?page_size=&page_token=`.

@@ -29,7 +29,7 @@ pub async fn get_recording_file(
     )
     .bind(id)
     .bind(c.customer_id.as_uuid())
-    .fetch_optional(&s.pool)
+    .fetch_optional(s.db(c.customer_id.as_uuid()).await)
     .await
     .map_err(|e| ApiError::unavailable("reading the read model", e))?;
     let Some(file) = file else {

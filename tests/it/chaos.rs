@@ -8,7 +8,9 @@
 //! `VBIN_CHAOS_COMMANDS=10000 cargo nextest run -p vbin --release --test it chaos::`
 //! (docs/reliability.md).
 
-use crate::support::{vbin, wait_until_every, Env, PgCluster};
+use crate::support::{
+    reads_from, vbin, wait_until, wait_until_every, Env, Haproxy, Nats, PgCluster,
+};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
@@ -568,6 +570,128 @@ async fn postgres_crash_and_restart_during_a_load_loses_nothing() {
     );
     pg.resume();
     wait_ready(&env, true, "").await;
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}
+
+/// The server leading the event stream's RAFT group, once one does.
+async fn stream_leader(env: &Env, not: &[&str]) -> String {
+    let name = env.installation().await.namespace.stream();
+    let js = env.nats.client().await;
+    wait_until(
+        format!("a stream leader other than {not:?}"),
+        Duration::from_secs(30),
+        || async {
+            let mut s = js.get_stream(&name).await.map_err(|e| e.to_string())?;
+            let info = s.info().await.map_err(|e| e.to_string())?;
+            match info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                Some(l) if !not.contains(&l.as_str()) => Ok(l),
+                other => Err(format!("leader {other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_nats_cluster_losing_its_stream_leader_then_its_quorum_loses_nothing() {
+    let mut env = Env::start_on_nats(&[("VBIN_STREAM_REPLICAS", "3")], Nats::cluster(3)).await;
+    let (load, hooks) = setup(&env).await;
+    // The stream and every durable consumer are kept on all three nodes.
+    let name = env.installation().await.namespace.stream();
+    let js = env.nats.client().await;
+    let mut stream = js.get_stream(&name).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().config.num_replicas, 3);
+    let consumers: Vec<_> = {
+        use futures::TryStreamExt;
+        let all: Vec<_> = stream.consumers().try_collect().await.unwrap();
+        // Durable ones (ordered consumers, e.g. the gateway's, are ephemeral: one copy).
+        all.into_iter()
+            .filter(|c| c.config.durable_name.is_some())
+            .collect()
+    };
+    assert!(consumers.len() > 5, "{} durable consumers", consumers.len());
+    for c in &consumers {
+        assert_eq!(c.config.num_replicas, 3, "consumer {}", c.name);
+    }
+    let workers = load.start();
+    load.reached(0.25).await;
+    // The stream's leader dies: another is elected, publishing goes on, users see nothing
+    // (the load's client asserts every answer is an acknowledgement or a retryable refusal).
+    let first = stream_leader(&env, &[]).await;
+    assert!(env.nats.stop_node(&first));
+    let second = stream_leader(&env, &[&first]).await;
+    println!("stream leader {first} killed; {second} took over");
+    load.reached(0.5).await;
+    // Then a second node: no quorum, so nothing is published, yet commands are still accepted
+    // (the log is the outbox).
+    assert!(env.nats.stop_node(&second));
+    let before = load.acked.load(SeqCst);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        load.acked.load(SeqCst) > before || load.acked.load(SeqCst) == load.n,
+        "commands stopped while the cluster had no quorum"
+    );
+    env.nats.resume();
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}
+
+#[tokio::test]
+async fn the_postgres_primary_crashes_and_its_replica_is_promoted_during_a_load_losing_nothing() {
+    let primary = PgCluster::start();
+    let replica = PgCluster::replica_of(&primary);
+    // Synchronous replication: a commit is acknowledged once the replica has it, so the
+    // promoted replica holds every acknowledged command (Patroni's synchronous mode).
+    primary.sql("ALTER SYSTEM SET synchronous_standby_names = '*'");
+    primary.sql("SELECT pg_reload_conf()");
+    // vbin reaches the primary through HAProxy, as behind Patroni; queries read the replica.
+    let front = Haproxy::start(&[("primary", primary.port), ("replica", replica.port)]);
+    let read_url = format!("{}/{{db}}", replica.base_url());
+    let env = Env::start_at(
+        &[("DATABASE_READ_URL", read_url.as_str())],
+        &front.base_url(),
+    )
+    .await;
+    let (load, hooks) = setup(&env).await;
+    let workers = load.start();
+    load.reached(0.3).await;
+    // Reads were served by the replica meanwhile.
+    let (s, _) = env
+        .client(&load.customers[0].token)
+        .get("/v1.0/calls?page_size=5")
+        .await;
+    assert_eq!(s, 200);
+    let replica_reads = reads_from(&env, "replica").await;
+    assert!(replica_reads > 0.0, "no read served by the replica");
+    primary.crash();
+    replica.promote();
+    front.switch("primary", "replica");
+    let before = load.acked.load(SeqCst);
+    wait_until(
+        "commands acknowledged by the new primary",
+        Duration::from_secs(60),
+        || async { load.acked.load(SeqCst) > before + 50 || load.acked.load(SeqCst) == load.n },
+    )
+    .await;
+    join(workers).await;
+    check_invariants(&env, &load, &hooks).await;
+}
+
+#[tokio::test]
+async fn one_of_two_processes_of_every_part_killed_during_a_load_loses_nothing() {
+    let mut env = Env::start().await;
+    // A second process running every part: a standby relay, dialer and queue dispatcher, a
+    // second member of every durable consumer, a second command and query API.
+    let second = env.spawn_platform().await;
+    let (load, hooks) = setup(&env).await;
+    let workers = load.start();
+    load.reached(0.4).await;
+    // The first holds the leases (it started first): kill it; the second takes over, and the
+    // clients move to its API (as an HTTP front would move them).
+    env.platform.kill();
+    env.platform = second;
+    load.set_base(env.platform.url());
     join(workers).await;
     check_invariants(&env, &load, &hooks).await;
 }

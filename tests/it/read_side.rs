@@ -1,7 +1,7 @@
 //! End-to-end tests of the read side (issue 3): projections, the query API with its Redis
 //! cache, the audit trail. Real vbin processes, Postgres, nats-server and redis-server.
 
-use crate::support::{vbin, wait_until, wait_until_every, Env};
+use crate::support::{reads_from, vbin, wait_until, wait_until_every, Env};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -737,4 +737,92 @@ async fn log_readers_follow_numeric_commit_order() {
         }
     }
     assert_eq!(seen, [1, 2], "commit order by number, nothing skipped");
+}
+
+/// The replica's state as the query API sees it (the `vbin_read_replica_usable` gauge).
+async fn replica_usable(env: &Env) -> bool {
+    crate::support::metric(&env.metrics().await, "vbin_read_replica_usable") == Some(1.0)
+}
+
+#[tokio::test]
+async fn reads_use_the_replica_yet_a_customer_reads_its_own_writes_while_it_lags() {
+    let primary = crate::support::PgCluster::start();
+    let replica = crate::support::PgCluster::replica_of(&primary);
+    let read_url = format!("{}/{{db}}", replica.base_url());
+    let env = Env::start_on(
+        &[
+            ("DATABASE_READ_URL", read_url.as_str()),
+            ("VBIN_READ_REPLICA_MAX_LAG_MS", "3000"),
+            ("VBIN_READ_REPLICA_WAIT_MS", "200"),
+        ],
+        Some(primary),
+    )
+    .await;
+    let (_, tok_a, _) = env.customer().await;
+    let (_, tok_b, _) = env.customer().await;
+    let (a, b) = (env.client(&tok_a), env.client(&tok_b));
+    wait_until("the replica to be used", Duration::from_secs(20), || {
+        replica_usable(&env)
+    })
+    .await;
+    // B has written nothing: B's reads go to the replica.
+    let before = reads_from(&env, "replica").await;
+    let (s, _) = b.get("/v1.0/flows").await;
+    assert_eq!(s, 200);
+    assert!(reads_from(&env, "replica").await > before);
+
+    // The replica stops replaying. A creates a flow: A's reads wait for the replica, then
+    // read the primary, so A finds it (on a replica read it would stay a 404).
+    replica.sql("SELECT pg_wal_replay_pause()");
+    let flow = a
+        .create(
+            "/v1.0/flows",
+            json!({"name": "mine", "actions": [{"type": "answer"}]}),
+        )
+        .await;
+    let id = flow["id"].as_str().unwrap().to_string();
+    let got = a
+        .wait_get(
+            &format!("/v1.0/flows/{id}"),
+            Duration::from_secs(10),
+            |s, _| s == 200,
+        )
+        .await;
+    assert_eq!(got["name"], "mine", "{got}");
+    let (_, list) = a.get("/v1.0/flows").await;
+    assert_eq!(list["result"][0]["id"], id.as_str(), "{list}");
+    let m = env.metrics().await;
+    assert!(
+        crate::support::metric(
+            &m,
+            "vbin_reads_total{server=\"primary\",reason=\"write_not_replayed\"}"
+        )
+        .is_some_and(|n| n > 0.0),
+        "A's reads did not fall back to the primary"
+    );
+    // Once the replica is more than 3 s behind, nobody reads it.
+    wait_until(
+        "the replica to be dropped",
+        Duration::from_secs(20),
+        || async { !replica_usable(&env).await },
+    )
+    .await;
+    let before = reads_from(&env, "primary").await;
+    let (s, _) = b.get("/v1.0/flows").await;
+    assert_eq!(s, 200);
+    assert!(reads_from(&env, "primary").await > before);
+
+    // Replay resumes: the replica catches up and is read again (A's mark is passed), with
+    // A's flow in it.
+    replica.sql("SELECT pg_wal_replay_resume()");
+    wait_until(
+        "the replica to be used again",
+        Duration::from_secs(20),
+        || replica_usable(&env),
+    )
+    .await;
+    let before = reads_from(&env, "replica").await;
+    let (s, v) = a.get("/v1.0/flows?page_size=5").await;
+    assert_eq!((s, &v["result"][0]["id"]), (200, &json!(id)), "{v}");
+    assert!(reads_from(&env, "replica").await > before);
 }

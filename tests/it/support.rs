@@ -106,21 +106,62 @@ fn wait_port(port: u16, what: &str) {
     }
 }
 
-/// A private nats-server with JetStream.
+/// A private nats-server with JetStream, or a cluster of them (a JetStream cluster on
+/// 127.0.0.1, each node on its own ports and store).
 pub struct Nats {
-    pub port: u16,
+    nodes: Vec<NatsNode>,
+    /// The machine's server, shared: never started or stopped here.
+    shared: bool,
+}
+
+/// One nats-server process of a [`Nats`].
+struct NatsNode {
+    /// Client port (0 until its first start).
+    port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Its name and the cluster's arguments, for a node of a cluster.
+    cluster: Option<(String, Vec<String>)>,
 }
 
 impl Nats {
     pub fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("vbin-test-nats-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
         let mut n = Nats {
-            port: 0,
-            dir,
-            child: None,
+            nodes: vec![NatsNode::new(None)],
+            shared: false,
+        };
+        n.resume();
+        n
+    }
+
+    /// A JetStream cluster of `size` nodes (named `n0`, `n1`, ...), routes between them all.
+    pub fn cluster(size: usize) -> Self {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let list = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = routes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                NatsNode::new(Some((
+                    format!("n{i}"),
+                    vec![
+                        "--cluster_name".into(),
+                        "vbin".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{p}"),
+                        "--routes".into(),
+                        list.clone(),
+                    ],
+                )))
+            })
+            .collect();
+        let mut n = Nats {
+            nodes,
+            shared: false,
         };
         n.resume();
         n
@@ -131,21 +172,87 @@ impl Nats {
     pub fn shared() -> Self {
         wait_port(4222, "the machine's nats-server");
         Nats {
-            port: 4222,
-            dir: PathBuf::new(),
-            child: None,
+            nodes: vec![NatsNode {
+                port: 4222,
+                dir: PathBuf::new(),
+                child: None,
+                cluster: None,
+            }],
+            shared: true,
         }
     }
 
+    /// The client URL: the servers separated by commas.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.nodes
+            .iter()
+            .map(|n| format!("nats://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts (again) every node that is not running.
+    pub fn resume(&mut self) {
+        if self.shared {
+            return;
+        }
+        for n in &mut self.nodes {
+            if n.child.is_none() {
+                n.resume();
+            }
+        }
+    }
+
+    /// Kills every node (-9).
+    pub fn stop(&mut self) {
+        for n in &mut self.nodes {
+            n.stop();
+        }
+    }
+
+    /// Kills the node named `name` (-9); returns whether one was.
+    pub fn stop_node(&mut self, name: &str) -> bool {
+        let Some(n) = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.cluster.as_ref().is_some_and(|(x, _)| x == name))
+        else {
+            return false;
+        };
+        n.stop();
+        true
+    }
+
+    pub async fn client(&self) -> async_nats::jetstream::Context {
+        let c = async_nats::connect(
+            self.nodes
+                .iter()
+                .map(|n| format!("nats://127.0.0.1:{}", n.port))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+        async_nats::jetstream::new(c)
+    }
+}
+
+impl NatsNode {
+    fn new(cluster: Option<(String, Vec<String>)>) -> Self {
+        let dir = std::env::temp_dir().join(format!("vbin-test-nats-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        NatsNode {
+            port: 0,
+            dir,
+            child: None,
+            cluster,
+        }
     }
 
     /// Starts (again) on the same port with the same store. The first start lets
     /// nats-server take a port of its own (`-p -1`) and reads it from its log: a port found
     /// free beforehand may be taken by a concurrent test's server in between, and the two
     /// tests would then share one server (the first to end kills it under the other).
-    pub fn resume(&mut self) {
+    fn resume(&mut self) {
         use std::io::BufRead;
         let bin = which("nats-server").unwrap_or_else(|| "/usr/sbin/nats-server".into());
         let port = if self.port == 0 {
@@ -153,9 +260,13 @@ impl Nats {
         } else {
             self.port.to_string()
         };
-        let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
-            .arg(&self.dir)
+        let mut cmd = Command::new(bin);
+        cmd.args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
+            .arg(&self.dir);
+        if let Some((name, args)) = &self.cluster {
+            cmd.args(["-n", name]).args(args);
+        }
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -180,20 +291,15 @@ impl Nats {
     }
 
     /// Kills it (-9).
-    pub fn stop(&mut self) {
+    fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
-
-    pub async fn client(&self) -> async_nats::jetstream::Context {
-        let c = async_nats::connect(self.url()).await.unwrap();
-        async_nats::jetstream::new(c)
-    }
 }
 
-impl Drop for Nats {
+impl Drop for NatsNode {
     fn drop(&mut self) {
         self.stop();
         if !self.dir.as_os_str().is_empty() {
@@ -353,6 +459,61 @@ impl PgCluster {
         wait_port(self.port, "postgres");
     }
 
+    /// A streaming replica of `primary` (`pg_basebackup -R`: it follows the primary's WAL as
+    /// a hot standby), started on its own port.
+    pub fn replica_of(primary: &PgCluster) -> Self {
+        let dir = std::env::temp_dir().join(format!("vbin-test-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = PgCluster {
+            port: free_port(),
+            dir,
+            bin: primary.bin.clone(),
+        };
+        if is_root() {
+            c.run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&c.dir),
+            );
+        }
+        let port = primary.port.to_string();
+        c.pg(&[
+            "pg_basebackup",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+            "-D",
+        ]);
+        c.resume();
+        c
+    }
+
+    /// Runs `sql` on the server's `postgres` database.
+    pub fn sql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([&format!("{}/postgres", self.base_url()), "-Atqc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Promotes a replica to a primary (`pg_ctl promote`, waiting until it accepts writes).
+    pub fn promote(&self) {
+        self.pg(&["pg_ctl", "promote", "-w", "-D"]);
+    }
+
     /// `pg_ctl stop -m immediate`: every server process quits at once, like a crash; the next
     /// start runs crash recovery.
     pub fn crash(&self) {
@@ -386,7 +547,90 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.crash()));
+        // Stopped already (crashed by the test): nothing to stop.
+        if self.dir.join("data/postmaster.pid").exists() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.crash()));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Debian's HAProxy in front of Postgres servers (TCP): the entry point that follows a
+/// failover, as in production (where Patroni tells it which server is the primary; here the
+/// test does, through HAProxy's admin socket).
+pub struct Haproxy {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Haproxy {
+    /// Listens on a free port and sends connections to the first of `servers` (name, port)
+    /// that is enabled and up; all but the first start disabled.
+    pub fn start(servers: &[(&str, u16)]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vbin-test-haproxy-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut cfg = format!(
+            "global\n  maxconn 2000\n  stats socket {}/admin.sock mode 600 level admin\n\
+             defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n\
+             listen pg\n  bind 127.0.0.1:{port}\n\
+             default-server inter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n",
+            dir.display()
+        );
+        for (i, (name, p)) in servers.iter().enumerate() {
+            cfg += &format!(
+                "  server {name} 127.0.0.1:{p} check{}\n",
+                if i == 0 { "" } else { " disabled" }
+            );
+        }
+        std::fs::write(dir.join("haproxy.cfg"), cfg).unwrap();
+        let bin = which("haproxy").unwrap_or_else(|| "/usr/sbin/haproxy".into());
+        let child = Command::new(bin)
+            .arg("-db")
+            .arg("-f")
+            .arg(dir.join("haproxy.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy must be installed (scripts/services installs it)");
+        wait_port(port, "haproxy");
+        Haproxy {
+            port,
+            dir,
+            child: Some(child),
+        }
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>` (append `/<db>`).
+    pub fn base_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    /// Sends new connections to `to` instead of `from` (and cuts `from`'s).
+    pub fn switch(&self, from: &str, to: &str) {
+        self.admin(&format!("enable server pg/{to}"));
+        self.admin(&format!("disable server pg/{from}"));
+        self.admin(&format!("shutdown sessions server pg/{from}"));
+    }
+
+    fn admin(&self, command: &str) {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(self.dir.join("admin.sock")).unwrap();
+        s.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.trim().is_empty(), "haproxy {command}: {out}");
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -463,10 +707,12 @@ pub struct Env {
     pub admin: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
-    /// Extra environment of the platform processes.
+    /// Extra environment of the platform processes (`{db}` in a value: the database's name).
     pub extra_env: Vec<(String, String)>,
     /// The private database server, when the test has one (else the shared local server).
     pub pg: Option<PgCluster>,
+    /// The database is on servers the test keeps (nothing to drop at the end).
+    private_db: bool,
 }
 
 impl Env {
@@ -482,6 +728,24 @@ impl Env {
     /// Like [`Env::start_with_env`], on the private database server `pg` if given.
     pub async fn start_on(vars: &[(&str, &str)], pg: Option<PgCluster>) -> Self {
         Self::start_in(vars, pg, Nats::start(), Redis::start()).await
+    }
+
+    /// Like [`Env::start_with_env`], on the NATS servers `nats` (e.g. a [`Nats::cluster`]).
+    pub async fn start_on_nats(vars: &[(&str, &str)], nats: Nats) -> Self {
+        Self::start_in(vars, None, nats, Redis::start()).await
+    }
+
+    /// Like [`Env::start_with_env`], the database reached at `base` (servers the test keeps,
+    /// e.g. a primary and its replica behind [`Haproxy`]).
+    pub async fn start_at(vars: &[(&str, &str)], base: &str) -> Self {
+        Self::start_base(
+            vars,
+            None,
+            Some(base.to_string()),
+            Nats::start(),
+            Redis::start(),
+        )
+        .await
     }
 
     /// Like [`Env::start_with_env`], on the machine's own nats-server and redis-server, which
@@ -521,8 +785,21 @@ impl Env {
         nats: Nats,
         redis: Redis,
     ) -> Self {
+        Self::start_base(vars, pg, None, nats, redis).await
+    }
+
+    async fn start_base(
+        vars: &[(&str, &str)],
+        pg: Option<PgCluster>,
+        private_base: Option<String>,
+        nats: Nats,
+        redis: Redis,
+    ) -> Self {
         let db_name = format!("vbin_t_{}", Uuid::new_v4().simple());
-        let base = pg.as_ref().map(|p| p.base_url()).unwrap_or_else(pg_base);
+        let private_db = private_base.is_some();
+        let base = private_base
+            .or_else(|| pg.as_ref().map(|p| p.base_url()))
+            .unwrap_or_else(pg_base);
         let db_url = format!("{base}/{db_name}");
         let admin = format!("admin-{}", Uuid::new_v4());
         let mut env = Env {
@@ -545,6 +822,7 @@ impl Env {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             pg,
+            private_db,
         };
         env.platform = env.spawn_platform().await;
         env
@@ -627,7 +905,12 @@ impl Env {
                 std::env::var("VBIN_TEST_RUST_LOG")
                     .unwrap_or_else(|_| "info,vbin_http=debug,vbin_app=debug,sqlx=warn".into()),
             )
-            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
+            // `{db}` in a value is this env's database name (e.g. in DATABASE_READ_URL).
+            .envs(
+                self.extra_env
+                    .iter()
+                    .map(|(k, v)| (k, v.replace("{db}", &self.db_name))),
+            )
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -958,7 +1241,7 @@ impl Env {
 impl Drop for Env {
     fn drop(&mut self) {
         self.platform.kill();
-        if self.pg.is_some() {
+        if self.pg.is_some() || self.private_db {
             return; // the cluster goes with its directory
         }
         // VBIN_TEST_KEEP_DB=1 keeps a failed test's database to look into.
@@ -1269,4 +1552,15 @@ impl Client<'_> {
         )
         .await
     }
+}
+
+/// Reads the query API served from `server` ("replica" or "primary") so far, for every reason.
+pub async fn reads_from(env: &Env, server: &str) -> f64 {
+    let prefix = format!("vbin_reads_total{{server=\"{server}\"");
+    env.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -595,24 +595,60 @@ async fn stream_leader(env: &Env, not: &[&str]) -> String {
 
 #[tokio::test]
 async fn a_nats_cluster_losing_its_stream_leader_then_its_quorum_loses_nothing() {
-    let mut env = Env::start_on_nats(&[("VBIN_STREAM_REPLICAS", "3")], Nats::cluster(3)).await;
+    // Started without VBIN_STREAM_REPLICAS: one copy of everything, as a single node had.
+    let mut env = Env::start_on_nats(&[], Nats::cluster(3)).await;
     let (load, hooks) = setup(&env).await;
-    // The stream and every durable consumer are kept on all three nodes.
     let name = env.installation().await.namespace.stream();
     let js = env.nats.client().await;
     let mut stream = js.get_stream(&name).await.unwrap();
-    assert_eq!(stream.info().await.unwrap().config.num_replicas, 3);
-    let consumers: Vec<_> = {
+    let before = stream.info().await.unwrap().clone();
+    assert_eq!(before.config.num_replicas, 1);
+    assert!(before.state.messages > 0);
+    let durables = |stream: async_nats::jetstream::stream::Stream| async move {
         use futures::TryStreamExt;
         let all: Vec<_> = stream.consumers().try_collect().await.unwrap();
         // Durable ones (ordered consumers, e.g. the gateway's, are ephemeral: one copy).
         all.into_iter()
             .filter(|c| c.config.durable_name.is_some())
-            .collect()
+            .map(|c| (c.name.clone(), c))
+            .collect::<HashMap<_, _>>()
     };
+    let consumers_before = durables(stream.clone()).await;
+    // Restarted with 3: the same stream (its events kept) and the same consumers (their
+    // positions kept) are now on all three nodes.
+    env.extra_env
+        .push(("VBIN_STREAM_REPLICAS".into(), "3".into()));
+    env.restart().await;
+    load.set_base(env.platform.url());
+    let after = wait_until(
+        "the stream on three nodes",
+        Duration::from_secs(30),
+        || async {
+            let info = js.get_stream(&name).await.ok()?.info().await.ok()?.clone();
+            (info.config.num_replicas == 3).then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(after.created, before.created, "the stream was recreated");
+    assert_eq!(after.state.first_sequence, before.state.first_sequence);
+    assert!(after.state.last_sequence >= before.state.last_sequence);
+    // Each part changes its consumers as it opens them.
+    let consumers = wait_until(
+        "every durable consumer on three nodes",
+        Duration::from_secs(30),
+        || async {
+            let all = durables(js.get_stream(&name).await.ok()?).await;
+            all.values()
+                .all(|c| c.config.num_replicas == 3)
+                .then_some(all)
+        },
+    )
+    .await;
     assert!(consumers.len() > 5, "{} durable consumers", consumers.len());
-    for c in &consumers {
-        assert_eq!(c.config.num_replicas, 3, "consumer {}", c.name);
+    for (name, c) in &consumers {
+        if let Some(b) = consumers_before.get(name) {
+            assert_eq!(c.created, b.created, "consumer {name} was recreated");
+        }
     }
     let workers = load.start();
     load.reached(0.25).await;

@@ -1,8 +1,8 @@
 //! The `vbin bench` command line: which benchmark, and running it.
 
 use crate::{
-    ai, all, campaign_bench, commands, flows, lag, media, mixing, replay_bench, report, sip, stt,
-    webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
+    ai, all, campaign_bench, commands, flows, lag, media, mixing, replay_bench, report, scale, sip,
+    stt, webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
 };
 
 /// Which benchmark.
@@ -14,6 +14,10 @@ pub enum Which {
     /// Read-after-write lag: commands at half the commands benchmark's throughput (measured
     /// first, in the same run) and the time until each is visible in the query API.
     Lag(LagArgs),
+    /// Several processes of the command API and the projections side by side (1, 2, ...):
+    /// commands/s, latency, CPU-seconds per process, commands per CPU-second, projection
+    /// events/s and catch-up time, under the same load spread over them.
+    Scale(scale::ScaleArgs),
     /// Replay speed: a rebuild of the calls read model from a generated log of N events,
     /// against the raw Postgres read rate (COPY of the same rows) as baseline.
     Replay(ReplayArgs),
@@ -67,6 +71,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Commands(a) => report(commands(&a).await?, a.services.json.as_deref()),
         Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
+        Which::Scale(a) => report(scale::run(&a).await?, a.services.json.as_deref()),
         Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
         Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),
         Which::Webhooks(a) => report(webhooks_bench(&a).await?, a.services.json.as_deref()),

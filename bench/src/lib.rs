@@ -16,6 +16,7 @@ mod cli;
 mod flows;
 mod media;
 mod mixing;
+mod scale;
 mod sip;
 mod stt;
 mod ws;
@@ -661,6 +662,69 @@ where
     }
     load.elapsed = started.elapsed();
     load
+}
+
+/// A child process of the benchmark, killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `vbin serve --only <parts>` child process on the benchmark's services.
+struct Served {
+    child: Child,
+    /// Its HTTP address (host:port).
+    url: String,
+}
+
+/// Starts `vbin serve --only <parts>` on `b`'s database, NATS and `redis_url`, with a pool of
+/// `db_pool` connections, and waits until it answers `/healthz`.
+async fn serve_child(
+    b: &Bench,
+    parts: &str,
+    redis_url: &str,
+    db_pool: u32,
+) -> anyhow::Result<Served> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--only", parts])
+        .env("DATABASE_URL", b.database_url())
+        .env("NATS_URL", &b.nats_url)
+        .env("REDIS_URL", redis_url)
+        .env("VBIN_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("VBIN_ADMIN_TOKEN", &b.running.admin_token)
+        .env("VBIN_DB_POOL", db_pool.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting a {parts} process"))?;
+    let served = Served {
+        child: Child(child),
+        url: format!("127.0.0.1:{port}"),
+    };
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = b
+            .http
+            .get(format!("http://{}/healthz", served.url))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return Ok(served);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the {parts} process did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn rate(l: &Load) -> f64 {

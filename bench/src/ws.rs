@@ -9,7 +9,7 @@
 //! customer. Baseline: a bare WebSocket server (tokio-tungstenite via axum, no auth, topics or
 //! NATS) broadcasting the same messages to the same number of clients at the same rate.
 
-use super::{new_customer, Bench, Services};
+use super::{new_customer, serve_child, Bench, Child, Services};
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
@@ -206,46 +206,6 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     (h.value_at_quantile(q) as f64 / 100.0).round() / 10.0
 }
 
-/// A `vbin serve --only gateway` child process.
-struct Gateway {
-    child: Child,
-    url: String,
-}
-
-async fn start_gateway(b: &Bench, redis_url: &str) -> anyhow::Result<Gateway> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--only", "gateway"])
-        .env("DATABASE_URL", b.database_url())
-        .env("NATS_URL", &b.nats_url)
-        .env("REDIS_URL", redis_url)
-        .env("VBIN_HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("VBIN_ADMIN_TOKEN", &b.running.admin_token)
-        .env("VBIN_DB_POOL", "4")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .context("starting the gateway process")?;
-    let g = Gateway {
-        child: Child(child),
-        url: format!("127.0.0.1:{port}"),
-    };
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = b.http.get(format!("http://{}/healthz", g.url)).send().await {
-            if r.status().is_success() {
-                return Ok(g);
-            }
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway process did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `vbin bench ws-baseline-server` (internal): the bare broadcast server of the baseline, in
 /// its own process (the clients need the descriptors of this one). `/ws` clients get every
 /// message; a text `{"rate": r, "secs": s}` on `/control` starts r messages per second for s
@@ -316,15 +276,6 @@ pub async fn baseline_server(a: &BaselineServerArgs) -> anyhow::Result<()> {
 }
 
 /// A child process killed when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the benchmark.
 pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -342,7 +293,7 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
     for _ in 0..customers {
         tenants.push(new_customer(&b.http, &b.base, &b.running.admin_token).await?);
     }
-    let gateway = start_gateway(&b, &a.services.redis_url).await?;
+    let gateway = serve_child(&b, "gateway", &a.services.redis_url, 4).await?;
     let bus = vbin_bus::Bus::connect(&b.nats_url, "vbin-bench-ws", b.running.installation.clone())
         .await?;
     bus.ensure_stream().await?;

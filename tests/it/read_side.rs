@@ -825,4 +825,17 @@ async fn reads_use_the_replica_yet_a_customer_reads_its_own_writes_while_it_lags
     let (s, v) = a.get("/v1.0/flows?page_size=5").await;
     assert_eq!((s, &v["result"][0]["id"]), (200, &json!(id)), "{v}");
     assert!(reads_from(&env, "replica").await > before);
+
+    // The replica goes away: reads go to the primary, nobody sees an error.
+    replica.crash();
+    wait_until(
+        "the replica to be dropped",
+        Duration::from_secs(20),
+        || async { !replica_usable(&env).await },
+    )
+    .await;
+    for c in [&a, &b] {
+        let (s, v) = c.get("/v1.0/flows").await;
+        assert_eq!(s, 200, "{v}");
+    }
 }

@@ -45,6 +45,7 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
             vec!["--duration-secs", "5", "--calibrate-secs", "4"],
         ),
         ("replay", vec![], vec!["--events", "200000"]),
+        ("relay", vec![], vec!["--events", "50000"]),
         ("campaign", vec![], vec!["--targets", "2000"]),
         ("webhooks", vec![], vec!["--calls", "2000"]),
         (
@@ -247,6 +248,12 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
             f("replay_events_per_sec"),
             "COPY of the log, events/s",
             f("baseline_copy_events_per_sec"),
+        )],
+        "relay" => vec![h(
+            "relay events/s draining a backlog",
+            f("relay_events_per_sec"),
+            "raw JetStream publishes/s",
+            f("baseline_jetstream_publishes_per_sec"),
         )],
         "campaign" => vec![h(
             "campaign calls dialed/s",

@@ -1,8 +1,9 @@
 //! The `vbin bench` command line: which benchmark, and running it.
 
 use crate::{
-    ai, all, campaign_bench, commands, flows, lag, media, mixing, replay_bench, report, scale, sip,
-    stt, webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, ReplayArgs, WebhooksArgs,
+    ai, all, campaign_bench, commands, flows, lag, media, mixing, relay_bench, replay_bench,
+    report, scale, sip, stt, webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, RelayArgs,
+    ReplayArgs, WebhooksArgs,
 };
 
 /// Which benchmark.
@@ -18,6 +19,9 @@ pub enum Which {
     /// commands/s, latency, CPU-seconds per process, commands per CPU-second, projection
     /// events/s and catch-up time, under the same load spread over them.
     Scale(scale::ScaleArgs),
+    /// The relay draining a backlog of N events to JetStream (events/s), against the same
+    /// number of messages of the same size published straight to JetStream as baseline.
+    Relay(RelayArgs),
     /// Replay speed: a rebuild of the calls read model from a generated log of N events,
     /// against the raw Postgres read rate (COPY of the same rows) as baseline.
     Replay(ReplayArgs),
@@ -71,6 +75,7 @@ pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
         Which::Commands(a) => report(commands(&a).await?, a.services.json.as_deref()),
         Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
+        Which::Relay(a) => report(relay_bench(&a).await?, a.services.json.as_deref()),
         Which::Scale(a) => report(scale::run(&a).await?, a.services.json.as_deref()),
         Which::Replay(a) => report(replay_bench(&a).await?, a.services.json.as_deref()),
         Which::Campaign(a) => report(campaign_bench(&a).await?, a.services.json.as_deref()),

@@ -172,6 +172,16 @@ pub struct ReplayArgs {
     pub services: Services,
 }
 
+/// `vbin bench relay` options.
+#[derive(clap::Args, Debug)]
+pub struct RelayArgs {
+    /// Events in the generated backlog (4 per call).
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    #[command(flatten)]
+    pub services: Services,
+}
+
 /// `vbin bench commands` options.
 #[derive(clap::Args, Debug)]
 pub struct CommandsArgs {
@@ -245,6 +255,38 @@ struct Bench {
     settings: Settings,
 }
 
+/// The configuration of a platform a benchmark starts in-process: `s`'s settings on
+/// `database_url` and `nats_url`, a fresh admin token, free ports for HTTP, AudioSocket and
+/// SIP (a platform may be running on this machine).
+fn platform_config(
+    s: &Services,
+    database_url: String,
+    nats_url: String,
+    db_pool: u32,
+) -> anyhow::Result<Config> {
+    let mut cfg = Config {
+        database_url,
+        nats_url,
+        nats_namespace: None,
+        stream_replicas: None,
+        database_read_url: None,
+        read_replica_wait_ms: 200,
+        read_replica_max_lag_ms: 5000,
+        redis_url: s.redis_url.clone(),
+        http_addr: "127.0.0.1:0".parse()?,
+        admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
+        jwt_secret: None,
+        seal_key: None,
+        db_pool,
+        settings: s.platform.clone(),
+    };
+    cfg.settings.media.audiosocket_addr = "127.0.0.1:0".parse()?;
+    // SIP needs the same port for UDP and TCP and its own address in Contact, so a free port
+    // rather than 0.
+    cfg.settings.sip.addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    Ok(cfg)
+}
+
 impl Bench {
     async fn start(s: &Services, clients: usize, parts: &[Part]) -> anyhow::Result<Self> {
         let db = format!(
@@ -259,27 +301,12 @@ impl Bench {
                 (Some(n), url)
             }
         };
-        let mut cfg = Config {
-            database_url: format!("{}/{db}", s.pg.trim_end_matches('/')),
+        let cfg = platform_config(
+            s,
+            format!("{}/{db}", s.pg.trim_end_matches('/')),
             nats_url,
-            nats_namespace: None,
-            stream_replicas: None,
-            database_read_url: None,
-            read_replica_wait_ms: 200,
-            read_replica_max_lag_ms: 5000,
-            redis_url: s.redis_url.clone(),
-            http_addr: "127.0.0.1:0".parse()?,
-            admin_token: Some(format!("bench-{}", uuid::Uuid::new_v4())),
-            jwt_secret: None,
-            seal_key: None,
-            db_pool: (clients as u32 + 8).min(64),
-            settings: s.platform.clone(),
-        };
-        // Never the default AudioSocket port: a platform may be running on this machine.
-        cfg.settings.media.audiosocket_addr = "127.0.0.1:0".parse()?;
-        // Nor the default SIP port; SIP needs the same port for UDP and TCP and its own
-        // address in Contact, so a free port rather than 0.
-        cfg.settings.sip.addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            (clients as u32 + 8).min(64),
+        )?;
         let running = vbin_platform::start(&cfg, parts).await?;
         let base = format!("http://{}", running.http_addr.context("no http address")?);
         let http = reqwest::Client::builder()
@@ -497,17 +524,7 @@ async fn replay_bench(a: &ReplayArgs) -> anyhow::Result<Value> {
     let t = Instant::now();
     // Realistic rows: the four events of a sandbox call with their payloads and resource views,
     // in batches (one transaction each), interleaved across the batch's calls.
-    let batch = 50_000u64;
-    let mut first = 0u64;
-    while first < calls {
-        let last = (first + batch).min(calls);
-        sqlx::query(GENERATE_CALLS)
-            .bind(first as i64)
-            .bind(last as i64)
-            .execute(&pool)
-            .await?;
-        first = last;
-    }
+    generate_calls(&pool, calls).await?;
     let generated = t.elapsed();
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&pool)
@@ -553,6 +570,119 @@ async fn replay_bench(a: &ReplayArgs) -> anyhow::Result<Value> {
         "ratio": ((report.events_per_second / baseline) * 1000.0).round() / 1000.0,
         "verify_differences": report.verify.difference_count,
         "target_events_per_sec": 50_000,
+    }))
+}
+
+/// Inserts `calls` generated calls (four events each) into the log of `pool`, in batches of
+/// one transaction each.
+async fn generate_calls(pool: &sqlx::PgPool, calls: u64) -> anyhow::Result<()> {
+    let batch = 50_000u64;
+    let mut first = 0u64;
+    while first < calls {
+        let last = (first + batch).min(calls);
+        sqlx::query(GENERATE_CALLS)
+            .bind(first as i64)
+            .bind(last as i64)
+            .execute(pool)
+            .await?;
+        first = last;
+    }
+    Ok(())
+}
+
+/// The relay draining a backlog: `events` generated events in the log while no relay runs,
+/// then the relay alone, timed until its checkpoint reaches the log's head. Baseline: the
+/// same number of messages of the same average size published straight to a JetStream stream
+/// on the same server, in the relay's pattern (500 publishes, then their acks), same run.
+async fn relay_bench(a: &RelayArgs) -> anyhow::Result<Value> {
+    let db = format!(
+        "vbin_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let url = format!("{}/{db}", a.services.pg.trim_end_matches('/'));
+    let pool = vbin_migrations::connect_and_migrate(&url, 4).await?;
+    let calls = a.events.div_ceil(4);
+    eprintln!("generating {} events ({calls} calls)...", calls * 4);
+    generate_calls(&pool, calls).await?;
+    let (events, head, avg_bytes): (i64, i64, f64) = sqlx::query_as(
+        "SELECT count(*), COALESCE(max(global_position), 0), \
+                COALESCE(avg(octet_length(payload::text) + octet_length(metadata::text) + octet_length(resource::text)), 0)::float8 \
+         FROM events",
+    )
+    .fetch_one(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
+    let (_nats, nats_url) = match &a.services.nats_url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let n = PrivateNats::start()?;
+            let url = n.url.clone();
+            (Some(n), url)
+        }
+    };
+
+    eprintln!("baseline: {events} messages of {avg_bytes:.0} bytes straight to JetStream...");
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+    let raw = format!("BENCHRAW{}", &db[11..]);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: raw.clone(),
+        subjects: vec![format!("{raw}.>")],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = bytes::Bytes::from(vec![b'x'; avg_bytes as usize]);
+    let t = Instant::now();
+    let mut sent = 0i64;
+    while sent < events {
+        let n = (events - sent).min(500);
+        let mut acks = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", format!("{}", sent + i).as_str());
+            acks.push(
+                js.publish_with_headers(format!("{raw}.e"), h, payload.clone())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        sent += n;
+    }
+    let baseline = events as f64 / t.elapsed().as_secs_f64();
+    js.delete_stream(&raw).await?;
+
+    eprintln!("the relay publishing the backlog...");
+    let cfg = platform_config(&a.services, url.clone(), nats_url.clone(), 8)?;
+    let t = Instant::now();
+    let running = vbin_platform::start(&cfg, &[Part::Relay]).await?;
+    loop {
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT max(global_position) FROM log_checkpoints")
+                .fetch_one(&pool)
+                .await?;
+        if at.unwrap_or(0) >= head {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("the relay did not publish the backlog within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    running.shutdown().await;
+    pool.close().await;
+    drop_database(&a.services.pg, &db).await;
+    let rate = events as f64 / secs;
+    Ok(json!({
+        "benchmark": "relay",
+        "events": events,
+        "event_bytes_avg": avg_bytes.round(),
+        "relay_secs": (secs * 10.0).round() / 10.0,
+        "relay_events_per_sec": rate.round(),
+        "baseline_jetstream_publishes_per_sec": baseline.round(),
+        "ratio": ((rate / baseline) * 1000.0).round() / 1000.0,
     }))
 }
 

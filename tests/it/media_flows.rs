@@ -197,14 +197,16 @@ async fn an_ivr_runs_over_audiosocket_and_takes_the_branch_of_a_dtmf_frame() {
         .await[0];
 
     // Asterisk's side: the UUID, then slin16 silence at real time, and key 2 (frame 0x03)
-    // while the menu plays (it waits for digits_receive).
+    // once the menu has played and the flow waits for digits (a key sent at a fixed time
+    // would cut the menu short on a slow machine, and the check of what was heard with it).
     let (r, mut w) = switch_connects(&env, call).await.into_split();
     let reader = tokio::spawn(read_all(r));
+    let (press, mut pressed) = tokio::sync::oneshot::channel::<()>();
     let writer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for i in 0..2_000 {
+        for _ in 0..2_000 {
             tick.tick().await;
-            if i == 150 && w.write_all(&frame(0x03, b"2")).await.is_err() {
+            if pressed.try_recv().is_ok() && w.write_all(&frame(0x03, b"2")).await.is_err() {
                 return;
             }
             if w.write_all(&frame(0x12, &[0u8; 640])).await.is_err() {
@@ -212,6 +214,18 @@ async fn an_ivr_runs_over_audiosocket_and_takes_the_branch_of_a_dtmf_frame() {
             }
         }
     });
+    env.client(&tok)
+        .wait_get(
+            &format!("/v1.0/activeflows?reference_id={call}"),
+            Duration::from_secs(30),
+            |_, v| {
+                v["result"][0]["executed_actions"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["type"] == "digits_receive"))
+            },
+        )
+        .await;
+    press.send(()).unwrap();
 
     let af = ended_flow(&env, &tok, call, Duration::from_secs(30)).await;
     assert_eq!(

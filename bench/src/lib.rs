@@ -131,6 +131,36 @@ impl PrivateNats {
     }
 }
 
+/// A fresh, unique name for a benchmark's throwaway database.
+fn bench_db_name() -> String {
+    format!(
+        "vbin_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// A throwaway database for a benchmark that needs no platform: created, migrated; its name,
+/// URL and a small pool.
+async fn fresh_database(s: &Services) -> anyhow::Result<(String, String, sqlx::PgPool)> {
+    let db = bench_db_name();
+    let url = format!("{}/{db}", s.pg.trim_end_matches('/'));
+    let pool = vbin_migrations::connect_and_migrate(&url, 4).await?;
+    Ok((db, url, pool))
+}
+
+/// The NATS server of a benchmark: `--nats-url` if given, else a private one started for it
+/// (kept running while the returned guard lives).
+fn nats_of(s: &Services) -> anyhow::Result<(Option<PrivateNats>, String)> {
+    Ok(match &s.nats_url {
+        Some(u) => (None, u.clone()),
+        None => {
+            let n = PrivateNats::start()?;
+            let url = n.url.clone();
+            (Some(n), url)
+        }
+    })
+}
+
 impl Drop for PrivateNats {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -289,18 +319,8 @@ fn platform_config(
 
 impl Bench {
     async fn start(s: &Services, clients: usize, parts: &[Part]) -> anyhow::Result<Self> {
-        let db = format!(
-            "vbin_bench_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let (nats, nats_url) = match &s.nats_url {
-            Some(u) => (None, u.clone()),
-            None => {
-                let n = PrivateNats::start()?;
-                let url = n.url.clone();
-                (Some(n), url)
-            }
-        };
+        let db = bench_db_name();
+        let (nats, nats_url) = nats_of(s)?;
         let cfg = platform_config(
             s,
             format!("{}/{db}", s.pg.trim_end_matches('/')),
@@ -332,10 +352,15 @@ impl Bench {
 
     /// Creates a call that talks for a minute; returns its id and the accept latency.
     async fn create_call(&self) -> anyhow::Result<(String, Duration)> {
+        self.create_call_at(&self.base).await
+    }
+
+    /// [`Bench::create_call`] through the command API at `base` (`http://host:port`).
+    async fn create_call_at(&self, base: &str) -> anyhow::Result<(String, Duration)> {
         let t0 = Instant::now();
         let r = self
             .http
-            .post(format!("{}/v1.0/calls", self.base))
+            .post(format!("{base}/v1.0/calls"))
             .bearer_auth(&self.token)
             .json(
                 &json!({"source": "+15550001000", "destinations": ["+15550002000"],
@@ -356,10 +381,15 @@ impl Bench {
 
     /// Hangs a call up; returns the accept latency.
     async fn hangup(&self, id: &str) -> anyhow::Result<Duration> {
+        self.hangup_at(&self.base, id).await
+    }
+
+    /// [`Bench::hangup`] through the command API at `base`.
+    async fn hangup_at(&self, base: &str, id: &str) -> anyhow::Result<Duration> {
         let t0 = Instant::now();
         let r = self
             .http
-            .post(format!("{}/v1.0/calls/{id}/hangup", self.base))
+            .post(format!("{base}/v1.0/calls/{id}/hangup"))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -513,12 +543,7 @@ async fn lag(a: &LagArgs) -> anyhow::Result<Value> {
 }
 
 async fn replay_bench(a: &ReplayArgs) -> anyhow::Result<Value> {
-    let db = format!(
-        "vbin_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let url = format!("{}/{db}", a.services.pg.trim_end_matches('/'));
-    let pool = vbin_migrations::connect_and_migrate(&url, 4).await?;
+    let (db, _, pool) = fresh_database(&a.services).await?;
     let calls = a.events.div_ceil(4);
     eprintln!("generating {} events ({calls} calls)...", calls * 4);
     let t = Instant::now();
@@ -595,12 +620,7 @@ async fn generate_calls(pool: &sqlx::PgPool, calls: u64) -> anyhow::Result<()> {
 /// same number of messages of the same average size published straight to a JetStream stream
 /// on the same server, in the relay's pattern (500 publishes, then their acks), same run.
 async fn relay_bench(a: &RelayArgs) -> anyhow::Result<Value> {
-    let db = format!(
-        "vbin_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let url = format!("{}/{db}", a.services.pg.trim_end_matches('/'));
-    let pool = vbin_migrations::connect_and_migrate(&url, 4).await?;
+    let (db, url, pool) = fresh_database(&a.services).await?;
     let calls = a.events.div_ceil(4);
     eprintln!("generating {} events ({calls} calls)...", calls * 4);
     generate_calls(&pool, calls).await?;
@@ -612,14 +632,7 @@ async fn relay_bench(a: &RelayArgs) -> anyhow::Result<Value> {
     .fetch_one(&pool)
     .await?;
     sqlx::query("VACUUM ANALYZE events").execute(&pool).await?;
-    let (_nats, nats_url) = match &a.services.nats_url {
-        Some(u) => (None, u.clone()),
-        None => {
-            let n = PrivateNats::start()?;
-            let url = n.url.clone();
-            (Some(n), url)
-        }
-    };
+    let (_nats, nats_url) = nats_of(&a.services)?;
 
     eprintln!("baseline: {events} messages of {avg_bytes:.0} bytes straight to JetStream...");
     let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);

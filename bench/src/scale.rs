@@ -101,7 +101,12 @@ async fn run_with(a: &ScaleArgs, n: usize) -> anyhow::Result<Value> {
             .await?,
         );
     }
-    let urls: Arc<Vec<String>> = Arc::new(children.iter().map(|c| c.url.clone()).collect());
+    let urls: Arc<Vec<String>> = Arc::new(
+        children
+            .iter()
+            .map(|c| format!("http://{}", c.url))
+            .collect(),
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let op = {
         let (b, urls, next) = (b.clone(), urls.clone(), next.clone());
@@ -109,34 +114,9 @@ async fn run_with(a: &ScaleArgs, n: usize) -> anyhow::Result<Value> {
             let (b, urls, next) = (b.clone(), urls.clone(), next.clone());
             async move {
                 let base = &urls[next.fetch_add(1, Ordering::Relaxed) % urls.len()];
-                let t0 = Instant::now();
-                let r = b
-                    .http
-                    .post(format!("http://{base}/v1.0/calls"))
-                    .bearer_auth(&b.token)
-                    .json(
-                        &json!({"source": "+15550001000", "destinations": ["+15550002000"],
-                                  "variables": {"talk_seconds": 60}}),
-                    )
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("create: {}", r.status());
-                }
-                let v: Value = r.json().await?;
-                let created = t0.elapsed();
-                let id = v["calls"][0]["id"].as_str().context("call id")?.to_string();
-                let t1 = Instant::now();
-                let r = b
-                    .http
-                    .post(format!("http://{base}/v1.0/calls/{id}/hangup"))
-                    .bearer_auth(&b.token)
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("hangup: {}", r.status());
-                }
-                Ok(vec![created, t1.elapsed()])
+                let (id, created) = b.create_call_at(base).await?;
+                let hung = b.hangup_at(base, &id).await?;
+                Ok(vec![created, hung])
             }
         }
     };

@@ -456,13 +456,7 @@ async fn list_aimessages(
 ) -> Result<axum::Json<Value>, ApiError> {
     let customer = c.customer_id.as_uuid();
     let Some(aicall) = uuid_param("aicall_id", &f.aicall_id)? else {
-        return list_rows(
-            s.db(c.customer_id.as_uuid()).await,
-            "rm_aimessages",
-            customer,
-            &p,
-        )
-        .await;
+        return list_rows(s.db(customer).await, "rm_aimessages", customer, &p).await;
     };
     let size = p.size()?;
     let after: Option<Uuid> = p.token()?;
@@ -474,7 +468,7 @@ async fn list_aimessages(
     .bind(aicall)
     .bind(after)
     .bind(size + 1)
-    .fetch_all(s.db(c.customer_id.as_uuid()).await)
+    .fetch_all(s.db(customer).await)
     .await
     .map_err(db_error)?;
     Ok(page_body(
@@ -493,26 +487,22 @@ async fn list_targets(
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let outdial = uuid_param("outdial id", &Some(id))?;
+    let customer = c.customer_id.as_uuid();
+    // Both reads from one server (one choice, one write-mark lookup).
+    let db = s.db(customer).await;
     // Another tenant's (or an unknown) outdial is not found, like its other endpoints.
     let owned: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM rm_outdials WHERE id = $1 AND customer_id = $2")
             .bind(outdial)
-            .bind(c.customer_id.as_uuid())
-            .fetch_optional(s.db(c.customer_id.as_uuid()).await)
+            .bind(customer)
+            .fetch_optional(db)
             .await
             .map_err(|e| ApiError::unavailable("read store unavailable", e))?;
     if owned.is_none() {
         return Err(ApiError::not_found("outdial"));
     }
     let filter = outdial.map(|v| ("outdial_id", v));
-    list_rows_where(
-        s.db(c.customer_id.as_uuid()).await,
-        "rm_outdialtargets",
-        c.customer_id.as_uuid(),
-        &p,
-        filter,
-    )
-    .await
+    list_rows_where(db, "rm_outdialtargets", customer, &p, filter).await
 }
 
 async fn list_campaigncalls(
@@ -580,13 +570,7 @@ async fn list_transcripts(
 ) -> Result<axum::Json<Value>, ApiError> {
     let customer = c.customer_id.as_uuid();
     let Some(transcribe) = uuid_param("transcribe_id", &f.transcribe_id)? else {
-        return list_rows(
-            s.db(c.customer_id.as_uuid()).await,
-            "rm_transcripts",
-            customer,
-            &p,
-        )
-        .await;
+        return list_rows(s.db(customer).await, "rm_transcripts", customer, &p).await;
     };
     let size = p.size()?;
     let after = p
@@ -609,7 +593,7 @@ async fn list_transcripts(
     .bind(after_tm)
     .bind(after_id)
     .bind(size + 1)
-    .fetch_all(s.db(c.customer_id.as_uuid()).await)
+    .fetch_all(s.db(customer).await)
     .await
     .map_err(db_error)?;
     Ok(page_body(

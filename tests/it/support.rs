@@ -182,13 +182,17 @@ impl Nats {
         }
     }
 
-    /// The client URL: the servers separated by commas.
-    pub fn url(&self) -> String {
+    /// Each node's client URL.
+    fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|n| format!("nats://127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
+            .collect()
+    }
+
+    /// The client URL: the servers separated by commas.
+    pub fn url(&self) -> String {
+        self.urls().join(",")
     }
 
     /// Starts (again) every node that is not running.
@@ -224,14 +228,7 @@ impl Nats {
     }
 
     pub async fn client(&self) -> async_nats::jetstream::Context {
-        let c = async_nats::connect(
-            self.nodes
-                .iter()
-                .map(|n| format!("nats://127.0.0.1:{}", n.port))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+        let c = async_nats::connect(self.urls()).await.unwrap();
         async_nats::jetstream::new(c)
     }
 }
@@ -404,21 +401,7 @@ impl PgCluster {
             .filter(|b| b.join("pg_ctl").is_file())
             .max()
             .expect("pg_ctl");
-        let dir = std::env::temp_dir().join(format!("vbin-test-pg-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let c = PgCluster {
-            port: free_port(),
-            dir,
-            bin,
-        };
-        if is_root() {
-            // The server refuses to run as root.
-            c.run(
-                Command::new("chown")
-                    .args(["-R", "postgres:postgres"])
-                    .arg(&c.dir),
-            );
-        }
+        let c = PgCluster::empty(bin);
         c.pg(&[
             "initdb",
             "-U",
@@ -459,15 +442,15 @@ impl PgCluster {
         wait_port(self.port, "postgres");
     }
 
-    /// A streaming replica of `primary` (`pg_basebackup -R`: it follows the primary's WAL as
-    /// a hot standby), started on its own port.
-    pub fn replica_of(primary: &PgCluster) -> Self {
+    /// A cluster with no data directory yet: its own port and directory (owned by postgres
+    /// when running as root: the server refuses to run as root).
+    fn empty(bin: PathBuf) -> Self {
         let dir = std::env::temp_dir().join(format!("vbin-test-pg-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let c = PgCluster {
             port: free_port(),
             dir,
-            bin: primary.bin.clone(),
+            bin,
         };
         if is_root() {
             c.run(
@@ -476,6 +459,13 @@ impl PgCluster {
                     .arg(&c.dir),
             );
         }
+        c
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`: it follows the primary's WAL as
+    /// a hot standby), started on its own port.
+    pub fn replica_of(primary: &PgCluster) -> Self {
+        let c = PgCluster::empty(primary.bin.clone());
         let port = primary.port.to_string();
         c.pg(&[
             "pg_basebackup",

@@ -128,6 +128,14 @@ export function actionButton(label, attrs, action) {
   return b;
 }
 
+/** A table row's Edit and Delete buttons for `what` (e.g. "trunk carrier", in their labels):
+ * `edit()` opens its editor, `remove()` deletes it (see [`actionButton`]). */
+export function editDelete(what, edit, remove) {
+  return h("div", { class: "row" },
+    h("button", { type: "button", class: "secondary", "aria-label": `Edit ${what}`, onclick: edit }, "Edit"),
+    actionButton("Delete", { class: "danger", "aria-label": `Delete ${what}` }, remove));
+}
+
 /** A labelled input. */
 export function field(label, name, attrs = {}) {
   const control = attrs.type === "textarea"

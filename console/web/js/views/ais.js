@@ -2,7 +2,7 @@
 // the engine key is write-only and never shown: left empty on a change, it is kept).
 
 import { api, list } from "../api.js";
-import { actionButton, editor, field, fill, flash, form, h, table, when } from "../ui.js";
+import { editDelete, editor, field, fill, flash, form, h, table, when } from "../ui.js";
 
 export async function render(main) {
   const box = h("div", { id: "ai-list" });
@@ -14,15 +14,12 @@ export async function render(main) {
       ["Engine model", (a) => a.engine_model],
       ["Prompt", (a) => (a.init_prompt ?? "").slice(0, 80)],
       ["Created", (a) => when(a.tm_create)],
-      ["", (a) => h("div", { class: "row" },
-        h("button", { type: "button", class: "secondary", "aria-label": `Edit assistant ${a.name}`,
-          onclick: () => change(a) }, "Edit"),
-        actionButton("Delete", { class: "danger", "aria-label": `Delete assistant ${a.name}` }, async () => {
-          await api("DELETE", `/v1.0/ais/${a.id}`);
-          shown.delete(a.id);
-          draw();
-          flash(`Assistant ${a.name} deleted.`, "info");
-        }))],
+      ["", (a) => editDelete(`assistant ${a.name}`, () => change(a), async () => {
+        await api("DELETE", `/v1.0/ais/${a.id}`);
+        shown.delete(a.id);
+        draw();
+        flash(`Assistant ${a.name} deleted.`, "info");
+      })],
     ], [...shown.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "AI assistants" })
     : h("p", { class: "muted" }, "No assistants."));
   const fields = (a = {}) => [

@@ -4,7 +4,7 @@
 
 import { api, currentSession, list } from "../api.js";
 import { follow } from "../live.js";
-import { actionButton, editor, field, fill, flash, form, h, status, table } from "../ui.js";
+import { editDelete, editor, field, fill, flash, form, h, status, table } from "../ui.js";
 
 const AGENT_STATUSES = ["available", "busy", "offline"];
 
@@ -60,15 +60,12 @@ export async function render(main) {
         });
         return select;
       }],
-      ["", (a) => h("div", { class: "row" },
-        h("button", { type: "button", class: "secondary", "aria-label": `Edit agent ${a.username}`,
-          onclick: () => editAgent(a) }, "Edit"),
-        actionButton("Delete", { class: "danger", "aria-label": `Delete agent ${a.username}` }, async () => {
-          await api("DELETE", `/v1.0/agents/${a.id}`);
-          agents.delete(a.id);
-          drawAgents();
-          flash(`Agent ${a.username} deleted.`, "info");
-        }))],
+      ["", (a) => editDelete(`agent ${a.username}`, () => editAgent(a), async () => {
+        await api("DELETE", `/v1.0/agents/${a.id}`);
+        agents.delete(a.id);
+        drawAgents();
+        flash(`Agent ${a.username} deleted.`, "info");
+      })],
     ], [...agents.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "Agents" })
     : h("p", { class: "muted" }, "No agents."));
 

@@ -3,7 +3,7 @@
 // when left empty on a change.
 
 import { api, list } from "../api.js";
-import { actionButton, editor, field, fill, flash, form, h, status, table, when } from "../ui.js";
+import { editDelete, editor, field, fill, flash, form, h, status, table, when } from "../ui.js";
 
 const CODECS = ["PCMU", "PCMA", "G722", "opus"];
 
@@ -18,15 +18,12 @@ export async function render(main) {
       ["Codecs", (t) => (t.codecs ?? []).join(", ")],
       ["Reachability", (t) => status(t.reachability)],
       ["Checked", (t) => when(t.tm_reachability)],
-      ["", (t) => h("div", { class: "row" },
-        h("button", { type: "button", class: "secondary", "aria-label": `Edit trunk ${t.name}`,
-          onclick: () => change(t) }, "Edit"),
-        actionButton("Delete", { class: "danger", "aria-label": `Delete trunk ${t.name}` }, async () => {
-          await api("DELETE", `/v1.0/trunks/${t.id}`);
-          shown.delete(t.id);
-          draw();
-          flash(`Trunk ${t.name} deleted.`, "info");
-        }))],
+      ["", (t) => editDelete(`trunk ${t.name}`, () => change(t), async () => {
+        await api("DELETE", `/v1.0/trunks/${t.id}`);
+        shown.delete(t.id);
+        draw();
+        flash(`Trunk ${t.name} deleted.`, "info");
+      })],
     ], [...shown.values()].sort((a, b) => (a.id < b.id ? 1 : -1)), { label: "Trunks" })
     : h("p", { class: "muted" }, "No trunks."));
   const fields = (t = {}) => [

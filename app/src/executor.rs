@@ -310,7 +310,7 @@ impl Executor {
                 .map_err(StoreError::from)?;
             match self
                 .repo
-                .append(A::TYPE, id, owner.as_uuid(), seq, &new, meta, snapshot)
+                .append(A::TYPE, id, owner.as_uuid(), seq, new, meta, snapshot)
                 .await
             {
                 Ok(recorded) => {

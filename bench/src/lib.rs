@@ -308,6 +308,7 @@ fn platform_config(
         jwt_secret: None,
         seal_key: None,
         db_pool,
+        group_commit: true,
         settings: s.platform.clone(),
     };
     cfg.settings.media.audiosocket_addr = "127.0.0.1:0".parse()?;
@@ -1313,6 +1314,7 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         jwt_secret: None,
         seal_key: None,
         db_pool: 64,
+        group_commit: true,
         settings: b.settings.clone(),
     };
     // The receiver is on loopback, which webhooks may not reach by default.

@@ -5,6 +5,7 @@
 //! The only crate that writes the `events` table.
 
 pub mod event;
+mod group;
 mod inline;
 pub mod installation;
 pub mod log;

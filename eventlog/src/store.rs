@@ -8,6 +8,7 @@
 //! audit trail and replay need.
 
 use crate::event::NewEvent;
+use crate::group::{insert_one, Append, GroupCommit};
 use crate::inline;
 use crate::meta::CommandMeta;
 use chrono::{DateTime, Utc};
@@ -17,12 +18,19 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
 /// The event store over one Postgres pool.
 #[derive(Clone)]
 pub struct PgEventRepository {
     pool: PgPool,
+    /// Started on the first append that can be batched (again if its runtime has gone).
+    group: Arc<Mutex<Option<GroupCommit>>>,
+    group_commit: bool,
+    /// Where the group-commit writers run: the runtime the repository was made on (the
+    /// platform's main one), else the first appender's.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 /// An appended event, as recorded.
@@ -88,7 +96,19 @@ fn to_serialized(row: &sqlx::postgres::PgRow) -> Result<SerializedEvent, sqlx::E
 impl PgEventRepository {
     /// A repository over `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            group: Arc::default(),
+            group_commit: true,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    /// With `false`, every append writes alone (one statement and commit per command), as
+    /// before group commit: the benchmark's baseline.
+    pub fn with_group_commit(mut self, on: bool) -> Self {
+        self.group_commit = on;
+        self
     }
 
     /// The pool.
@@ -130,9 +150,13 @@ impl PgEventRepository {
             .collect()
     }
 
-    /// Appends `events` after `expected_sequence` in one transaction, with the command's
-    /// metadata, an optional snapshot, and the inline lookup-table updates. A concurrent append
-    /// to the same aggregate makes the primary key collide: [`AppendError::Conflict`].
+    /// Appends `events` after `expected_sequence`, with the command's metadata, an optional
+    /// snapshot, and the inline lookup-table updates, atomically. A concurrent append to the
+    /// same aggregate makes the sequence key collide: [`AppendError::Conflict`].
+    ///
+    /// Events alone go through group commit (see [`crate::group`]): one statement and one
+    /// commit for the appends of concurrent commands. An append that also writes a once-key,
+    /// a lookup table or a snapshot runs its own transaction.
     #[allow(clippy::too_many_arguments)]
     pub async fn append(
         &self,
@@ -140,96 +164,83 @@ impl PgEventRepository {
         aggregate_id: Uuid,
         customer_id: Uuid,
         expected_sequence: usize,
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
         meta: &CommandMeta,
         snapshot: Option<(Value, usize)>,
     ) -> Result<Vec<Recorded>, AppendError> {
-        let n = events.len();
-        let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-        let seqs: Vec<i64> = (1..=n as i64)
-            .map(|i| expected_sequence as i64 + i)
-            .collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<&str> = events.iter().map(|e| e.event_version.as_str()).collect();
-        let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
-        let resources: Vec<&Value> = events.iter().map(|e| &e.resource).collect();
-        let metadata = meta.to_json();
-
-        let insert = sqlx::query(
-            "INSERT INTO events (event_id, customer_id, aggregate_type, aggregate_id, sequence, \
-                 event_type, event_version, payload, metadata, resource) \
-             SELECT e.id, $2, $3, $4, e.seq, e.typ, e.ver, e.payload, $9, e.resource \
-             FROM UNNEST($1::uuid[], $5::bigint[], $6::text[], $7::text[], $8::jsonb[], $10::jsonb[]) \
-                  AS e(id, seq, typ, ver, payload, resource) \
-             RETURNING event_id, sequence, global_position, recorded_at",
-        )
-        .bind(&ids)
-        .bind(customer_id)
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(&seqs)
-        .bind(&types)
-        .bind(&versions)
-        .bind(&payloads)
-        .bind(&metadata)
-        .bind(&resources);
-        // One statement is atomic by itself: skip BEGIN/COMMIT round trips when nothing else
-        // has to be written with the events.
-        let inserted = if snapshot.is_none()
-            && !inline::applies_to(aggregate_type)
-            && meta.once_key.is_none()
-        {
-            insert.fetch_all(&self.pool).await.map_err(classify)?
-        } else {
-            let mut tx = self.pool.begin().await?;
-            if let Some(key) = &meta.once_key {
-                sqlx::query("INSERT INTO processed_commands (key) VALUES ($1)")
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
+        let append = Append::new(
+            aggregate_type,
+            aggregate_id,
+            customer_id,
+            expected_sequence,
+            events,
+            meta.to_json(),
+        );
+        let alone =
+            snapshot.is_some() || inline::applies_to(aggregate_type) || meta.once_key.is_some();
+        if !alone {
+            if !self.group_commit {
+                return insert_one(&self.pool, &append).await;
             }
-            let inserted = insert.fetch_all(&mut *tx).await.map_err(classify)?;
-            inline::apply(&mut tx, aggregate_type, aggregate_id, customer_id, events)
+            let group = {
+                let mut group = self.group.lock().expect("group commit");
+                match group.as_ref().filter(|g| !g.is_closed()) {
+                    Some(g) => g.clone(),
+                    None => {
+                        let runtime = self
+                            .runtime
+                            .clone()
+                            .unwrap_or_else(tokio::runtime::Handle::current);
+                        group.insert(GroupCommit::start(self.pool.clone(), &runtime)).clone()
+                    }
+                }
+            };
+            return match group.append(append).await {
+                Ok(result) => result,
+                Err(append) => insert_one(&self.pool, &append).await,
+            };
+        }
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = &meta.once_key {
+            sqlx::query("INSERT INTO processed_commands (key) VALUES ($1)")
+                .bind(key)
+                .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-            if let Some((payload, last_sequence)) = snapshot {
-                sqlx::query(
-                    "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, snapshot_version, payload) \
-                     VALUES ($1, $2, $3, 1, $4) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
-                     SET last_sequence = EXCLUDED.last_sequence, payload = EXCLUDED.payload, \
-                         snapshot_version = snapshots.snapshot_version + 1 \
-                     WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
-                )
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .bind(last_sequence as i64)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await.map_err(classify)?;
-            inserted
-        };
-        let mut recorded: Vec<Recorded> = inserted
-            .iter()
-            .map(|r| {
-                Ok(Recorded {
-                    event_id: r.try_get(0)?,
-                    sequence: r.try_get(1)?,
-                    global_position: r.try_get(2)?,
-                    recorded_at: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        recorded.sort_by_key(|r| r.sequence);
+        }
+        let recorded = insert_one(&mut *tx, &append).await?;
+        inline::apply(
+            &mut tx,
+            aggregate_type,
+            aggregate_id,
+            customer_id,
+            &append.events,
+        )
+        .await
+        .map_err(classify)?;
+        if let Some((payload, last_sequence)) = snapshot {
+            sqlx::query(
+                "INSERT INTO snapshots (aggregate_type, aggregate_id, last_sequence, snapshot_version, payload) \
+                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                 SET last_sequence = EXCLUDED.last_sequence, payload = EXCLUDED.payload, \
+                     snapshot_version = snapshots.snapshot_version + 1 \
+                 WHERE snapshots.last_sequence < EXCLUDED.last_sequence",
+            )
+            .bind(aggregate_type)
+            .bind(aggregate_id)
+            .bind(last_sequence as i64)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await.map_err(classify)?;
         Ok(recorded)
     }
 }
 
 /// Maps unique violations: on the events key a concurrency conflict, on a lookup table a
 /// uniqueness rule.
-fn classify(e: sqlx::Error) -> AppendError {
+pub(crate) fn classify(e: sqlx::Error) -> AppendError {
     if let sqlx::Error::Database(db) = &e {
         if db.code().as_deref() == Some("23505") {
             return match db.constraint() {
@@ -327,7 +338,7 @@ impl PersistedEventRepository for PgEventRepository {
             id,
             customer,
             first.sequence - 1,
-            &new,
+            new,
             &meta,
             snapshot,
         )

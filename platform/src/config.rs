@@ -102,6 +102,15 @@ pub struct Config {
         value_parser = positive::<u32>("VBIN_DB_POOL", "a positive number of connections")
     )]
     pub db_pool: u32,
+    /// Group commit: the appends of concurrent commands share one statement and one commit
+    /// (`false`: one each, as before; kept for comparing the two in `vbin bench commands`).
+    #[arg(
+        long,
+        env = "VBIN_GROUP_COMMIT",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub group_commit: bool,
     #[command(flatten)]
     pub settings: Settings,
 }

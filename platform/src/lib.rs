@@ -234,6 +234,9 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     let (seal_key, _) = platform_secret(&pool, "seal_key", cfg.seal_key.as_deref()).await?;
     let sealer = Arc::new(vbin_app::seal::Sealer::new(&seal_key));
     let mut app = App::new(pool.clone());
+    app.executor = vbin_app::Executor::new(
+        vbin_eventlog::PgEventRepository::new(pool.clone()).with_group_commit(cfg.group_commit),
+    );
     app.sealer = Some(sealer.clone());
     app.max_live_aicalls = cfg.settings.agents.max_live;
     let executor = app.executor.clone();

@@ -766,3 +766,120 @@ async fn failed_logins_are_rate_limited_per_username() {
     // Other usernames are not affected.
     assert_eq!(login(other, "password123").await.0, 200);
 }
+
+/// Group commit (issue 23): concurrent appends share statements and commits, yet each command
+/// keeps its own answer: a collision on the first event fails only that command and leaves
+/// none of its events behind (no partial append), and data the database refuses fails only
+/// the command it belongs to. The published stream still equals the log.
+#[tokio::test]
+async fn concurrent_appends_are_committed_together_yet_each_command_gets_its_own_answer() {
+    use vbin_eventlog::{AppendError, CommandMeta, NewEvent, PgEventRepository};
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    // Two repositories: two processes appending to the same log.
+    let repo = PgEventRepository::new(env.pool.clone());
+    let other = PgEventRepository::new(env.pool.clone()).with_group_commit(false);
+    let meta = CommandMeta::from_request(&vbin_eventlog::Actor::Admin, "req", Some(customer));
+    let event = |n: usize, text: &str| NewEvent {
+        event_type: "probe_recorded".into(),
+        event_version: "1.0".into(),
+        payload: json!({"type": "probe_recorded", "n": n, "text": text}),
+        resource: json!({"n": n}),
+    };
+    let mut total_ok = 0usize;
+    for round in 0..5 {
+        // The other process got there first on `taken`, with one event.
+        let taken = Uuid::now_v7();
+        other
+            .append(
+                "probe",
+                taken,
+                customer,
+                0,
+                vec![event(1, "first")],
+                &meta,
+                None,
+            )
+            .await
+            .unwrap();
+        let ids: Vec<Uuid> = (0..64).map(|_| Uuid::now_v7()).collect();
+        let appends = ids.iter().enumerate().map(|(i, id)| {
+            let (repo, meta) = (repo.clone(), meta.clone());
+            // Two events each; command 10 collides with `taken` (its first event), command
+            // 20 carries a NUL character, which jsonb refuses.
+            let (id, text) = match i {
+                10 => (taken, "late"),
+                20 => (*id, "bad\u{0}text"),
+                _ => (*id, "ok"),
+            };
+            async move {
+                repo.append(
+                    "probe",
+                    id,
+                    customer,
+                    0,
+                    vec![event(1, text), event(2, text)],
+                    &meta,
+                    None,
+                )
+                .await
+            }
+        });
+        let results = futures::future::join_all(appends).await;
+        for (i, r) in results.iter().enumerate() {
+            match i {
+                10 => assert!(
+                    matches!(r, Err(AppendError::Conflict)),
+                    "round {round}: {r:?}"
+                ),
+                20 => assert!(
+                    matches!(r, Err(AppendError::Database(_))),
+                    "round {round}: {r:?}"
+                ),
+                _ => {
+                    let recorded = r
+                        .as_ref()
+                        .unwrap_or_else(|e| panic!("round {round} #{i}: {e}"));
+                    assert_eq!(
+                        recorded.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+                        [1, 2]
+                    );
+                    assert!(recorded[0].global_position < recorded[1].global_position);
+                    total_ok += 1;
+                }
+            }
+        }
+        let taken_events: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT sequence, payload->>'text' FROM events WHERE aggregate_type = 'probe' AND aggregate_id = $1 ORDER BY sequence",
+        )
+        .bind(taken)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            taken_events,
+            [(1, "first".to_string())],
+            "no part of the colliding command was kept"
+        );
+        let bad: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+            .bind(ids[20])
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        assert_eq!(bad, 0);
+    }
+    let (events, commits): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT tx_id::text) FROM events WHERE aggregate_type = 'probe' AND payload->>'text' = 'ok'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(events as usize, 2 * total_ok);
+    assert!(
+        (commits as usize) < total_ok / 2,
+        "{total_ok} commands in {commits} commits: the appends were not grouped"
+    );
+    // The relay publishes batched commits like any other: the stream equals the log.
+    let msgs = env.wait_all_published(Duration::from_secs(20)).await;
+    assert_eq!(msgs.len(), env.log_event_ids().await.len());
+}

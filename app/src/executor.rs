@@ -250,8 +250,8 @@ impl Executor {
         let _serial = self.stripe(A::TYPE, id).lock().await;
         // A request with an Idempotency-Key: the command's once-key (see `vbin_eventlog::reexec`).
         let request_once = match meta.request_seed {
-            Some(seed) if meta.once_key.is_none() => Some(CommandMeta {
-                once_key: Some(format!("request:{seed}:{}:{id}", A::TYPE)),
+            Some(seed) if meta.once_keys.is_empty() => Some(CommandMeta {
+                once_keys: vec![format!("request:{seed}:{}:{id}", A::TYPE)],
                 ..meta.clone()
             }),
             _ => None,

@@ -572,6 +572,18 @@ pub enum CampaignCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Several [`CampaignCommand::RecordCall`]s in one command (one append for a dialer's
+    /// round): the same events as one by one, in order.
+    RecordCalls {
+        /// The calls.
+        calls: Vec<CampaignCallRecord>,
+    },
+    /// Several [`CampaignCommand::RecordResult`]s in one command (the results that waited for
+    /// the campaign while it was busy): the same events as one by one, in order.
+    RecordResults {
+        /// `RecordResult` commands only.
+        results: Vec<CampaignCommand>,
+    },
 }
 
 /// A campaign's state.
@@ -637,6 +649,23 @@ impl Campaign {
         vec![CampaignEvent::CampaignStatusChanged { status, at }]
     }
 
+    /// The events of `commands` decided one after the other, each on the state the previous
+    /// ones left.
+    fn decide_each(
+        &self,
+        commands: impl Iterator<Item = CampaignCommand>,
+    ) -> Result<Vec<CampaignEvent>, DomainError> {
+        let mut state = self.clone();
+        let mut events = Vec::new();
+        for command in commands {
+            for e in state.decide(command)? {
+                state.fold(e.clone());
+                events.push(e);
+            }
+        }
+        Ok(events)
+    }
+
     fn decide(&self, command: CampaignCommand) -> Result<Vec<CampaignEvent>, DomainError> {
         use CampaignStatus::*;
         if let CampaignCommand::Create { campaign: c, at } = command {
@@ -694,6 +723,22 @@ impl Campaign {
                 } else {
                     vec![CampaignEvent::CampaignTargetsCounted { total_targets, at }]
                 }
+            }
+            CampaignCommand::RecordCalls { calls } => self.decide_each(
+                calls
+                    .into_iter()
+                    .map(|call| CampaignCommand::RecordCall { call }),
+            )?,
+            CampaignCommand::RecordResults { results } => {
+                if results
+                    .iter()
+                    .any(|r| !matches!(r, CampaignCommand::RecordResult { .. }))
+                {
+                    return Err(DomainError::Invalid(
+                        "RecordResults takes RecordResult commands only".into(),
+                    ));
+                }
+                self.decide_each(results.into_iter())?
             }
             CampaignCommand::RecordCall { call } => {
                 if self.in_flight.contains_key(&call.call_id) {
@@ -996,5 +1041,87 @@ mod tests {
         c.when(CampaignCommand::Complete { at: t(4) }).then_ok();
         assert_eq!(c.status, CampaignStatus::Completed);
         c.when(req(CampaignStatus::Running)).then_refused();
+    }
+    /// A round's calls and the results waiting for the campaign, recorded in one command each,
+    /// give exactly the events of the same commands one by one (duplicates included).
+    #[test]
+    fn batched_calls_and_results_give_the_events_of_one_by_one() {
+        let created = given_nothing::<Campaign>().and(CampaignCommand::Create {
+            campaign: NewCampaign {
+                campaign_id: CampaignId::new(),
+                customer_id: CustomerId::new(),
+                name: "c".into(),
+                outplan_id: OutplanId::new(),
+                outdial_id: OutdialId::new(),
+                end_handle: EndHandle::Stop,
+                service_level: 100,
+                queue_id: None,
+                next_campaign_id: None,
+                max_concurrent_calls: 10,
+                flow_id: None,
+            },
+            at: t(0),
+        });
+        let mut campaign = (*created).clone();
+        campaign.fold(CampaignEvent::CampaignStatusChanged {
+            status: CampaignStatus::Stopping,
+            at: t(1),
+        });
+        let (a, b, c) = (
+            record(CallId::new()),
+            record(CallId::new()),
+            record(CallId::new()),
+        );
+        let calls = vec![a.clone(), b.clone(), a.clone(), c.clone()];
+        let res = |call: &CampaignCallRecord, result| CampaignCommand::RecordResult {
+            call_id: call.call_id,
+            result,
+            target_done: true,
+            at: t(2),
+        };
+        let results = vec![
+            res(&b, TargetResult::Answered),
+            res(&b, TargetResult::Answered),
+            res(&a, TargetResult::Busy),
+            res(&c, TargetResult::Answered),
+        ];
+        let one_by_one = |commands: Vec<CampaignCommand>, state: &mut Campaign| {
+            let mut events = vec![];
+            for cmd in commands {
+                for e in state.decide(cmd).unwrap() {
+                    state.fold(e.clone());
+                    events.push(e);
+                }
+            }
+            events
+        };
+        let (mut single, mut batched) = (campaign.clone(), campaign.clone());
+        let mut expected = one_by_one(
+            calls
+                .iter()
+                .cloned()
+                .map(|call| CampaignCommand::RecordCall { call })
+                .collect(),
+            &mut single,
+        );
+        expected.extend(one_by_one(results.clone(), &mut single));
+        let mut got = one_by_one(vec![CampaignCommand::RecordCalls { calls }], &mut batched);
+        got.extend(one_by_one(
+            vec![CampaignCommand::RecordResults { results }],
+            &mut batched,
+        ));
+        assert_eq!(got, expected);
+        assert_eq!(batched, single);
+        assert_eq!(batched.counters.dialed, 3);
+        assert_eq!(
+            batched.status,
+            CampaignStatus::Stopped,
+            "the last result stops it"
+        );
+        assert!(campaign
+            .decide(CampaignCommand::RecordResults {
+                results: vec![CampaignCommand::Complete { at: t(3) }]
+            })
+            .is_err());
     }
 }

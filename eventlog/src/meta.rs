@@ -43,10 +43,11 @@ pub struct CommandMeta {
     /// The tenant the command is for (also the events' `customer_id` column).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<Uuid>,
-    /// A process manager's once-key (e.g. `billing:<call id>`): the command's events are
-    /// appended only if no command with this key was applied before (not stored in events).
+    /// A process manager's once-keys (e.g. `billing:<call id>`; several for a command that
+    /// does the work of several): the command's events are appended only if no command with
+    /// any of these keys was applied before (not stored in events).
     #[serde(skip)]
-    pub once_key: Option<String>,
+    pub once_keys: Vec<String>,
     /// Set while a request with an `Idempotency-Key` runs (see `api::reexec`): each command
     /// gets the once-key `request:<seed>:<aggregate type>:<id>`, and a command found applied
     /// already answers with the aggregate's current state instead of an error.
@@ -63,7 +64,7 @@ impl CommandMeta {
             correlation_id: request_id.to_string(),
             causation_id: request_id.to_string(),
             customer_id,
-            once_key: None,
+            once_keys: Vec::new(),
             request_seed: None,
         }
     }
@@ -81,16 +82,24 @@ impl CommandMeta {
             correlation_id: correlation,
             causation_id: event_id.to_string(),
             customer_id: None,
-            once_key: None,
+            once_keys: Vec::new(),
             request_seed: None,
         }
     }
 
     /// The same metadata for the tenant `customer_id` with a once-key (see
-    /// [`CommandMeta::once_key`]).
-    pub fn once(mut self, customer_id: Uuid, key: String) -> Self {
+    /// [`CommandMeta::once_keys`]).
+    pub fn once(self, customer_id: Uuid, key: String) -> Self {
+        self.once_all(customer_id, vec![key])
+    }
+
+    /// The same metadata for the tenant `customer_id` with several once-keys: the command is
+    /// applied only if none of them was (see [`CommandMeta::once_keys`]).
+    pub fn once_all(mut self, customer_id: Uuid, mut keys: Vec<String>) -> Self {
+        keys.sort_unstable();
+        keys.dedup();
         self.customer_id = Some(customer_id);
-        self.once_key = Some(key);
+        self.once_keys = keys;
         self
     }
 

@@ -177,7 +177,7 @@ impl PgEventRepository {
             meta.to_json(),
         );
         let alone =
-            snapshot.is_some() || inline::applies_to(aggregate_type) || meta.once_key.is_some();
+            snapshot.is_some() || inline::applies_to(aggregate_type) || !meta.once_keys.is_empty();
         if !alone {
             if !self.group_commit {
                 return insert_one(&self.pool, &append).await;
@@ -191,7 +191,9 @@ impl PgEventRepository {
                             .runtime
                             .clone()
                             .unwrap_or_else(tokio::runtime::Handle::current);
-                        group.insert(GroupCommit::start(self.pool.clone(), &runtime)).clone()
+                        group
+                            .insert(GroupCommit::start(self.pool.clone(), &runtime))
+                            .clone()
                     }
                 }
             };
@@ -201,9 +203,9 @@ impl PgEventRepository {
             };
         }
         let mut tx = self.pool.begin().await?;
-        if let Some(key) = &meta.once_key {
-            sqlx::query("INSERT INTO processed_commands (key) VALUES ($1)")
-                .bind(key)
+        if !meta.once_keys.is_empty() {
+            sqlx::query("INSERT INTO processed_commands (key) SELECT unnest($1::text[])")
+                .bind(&meta.once_keys)
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;

@@ -59,6 +59,22 @@ pub struct Campaigns {
     counted: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, std::time::Instant>>>,
     /// Where each campaign's next target scan starts (see [`Campaigns::due_targets`]).
     cursors: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, Uuid>>>,
+    /// Results waiting for their campaign (see [`Campaigns::record_result`]).
+    results: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, WaitingResults>>>,
+}
+
+/// One result waiting for its campaign, and who to tell when it is recorded.
+type WaitingResult = (
+    CampaignCommand,
+    CommandMeta,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
+
+/// The results waiting for one campaign, and whether a task is recording them.
+#[derive(Default)]
+struct WaitingResults {
+    waiting: Vec<WaitingResult>,
+    recording: bool,
 }
 
 /// Runs the dialer and the three consumers until `shutdown`.
@@ -104,6 +120,7 @@ impl Campaigns {
             wake: Arc::new(Notify::new()),
             counted: Default::default(),
             cursors: Default::default(),
+            results: Default::default(),
         }
     }
 
@@ -171,15 +188,34 @@ impl Campaigns {
         let mut placed = 0;
         if capacity > 0 {
             let due = self.due_targets(&c, &plan, capacity).await?;
+            // Each target is its own aggregate: dialed in parallel. The campaign records the
+            // round's calls in one command, then the calls are created in parallel.
             let dials = due
                 .iter()
                 .map(|t| self.dial(&c, &plan, TargetId(*t), &meta));
+            let mut dialed = Vec::new();
             for r in futures::future::join_all(dials).await {
                 match r {
-                    Ok(true) => placed += 1,
-                    Ok(false) => {}
+                    Ok(Some(d)) => dialed.push(d),
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(campaign_id = %id, error = %e, "dialing a target failed")
+                    }
+                }
+            }
+            if !dialed.is_empty() {
+                // A failure here leaves the dials to the placer, which completes them.
+                self.record_calls(&c, dialed.iter().map(|(_, r)| r.clone()).collect(), &meta)
+                    .await?;
+                let creates = dialed
+                    .iter()
+                    .map(|(t, record)| self.create_call(&c, &plan, t, record.clone(), &meta));
+                for r in futures::future::join_all(creates).await {
+                    match r {
+                        Ok(()) => placed += 1,
+                        Err(e) => {
+                            tracing::warn!(campaign_id = %id, error = %e, "creating a campaign call failed")
+                        }
                     }
                 }
             }
@@ -292,14 +328,15 @@ impl Campaigns {
         }
     }
 
-    /// Dials one target; false if the target was not dialable (stale read model).
+    /// Dials one target: the target and the call to record on the campaign, None if the
+    /// target was not dialable (stale read model).
     async fn dial(
         &self,
         c: &Campaign,
         plan: &Outplan,
         target: TargetId,
         meta: &CommandMeta,
-    ) -> Result<bool, ProcessError> {
+    ) -> Result<Option<(Target, CampaignCallRecord)>, ProcessError> {
         let campaign_id = c.id.expect("loaded campaign has an id");
         let cmd = TargetCommand::Dial {
             campaign_id,
@@ -323,12 +360,12 @@ impl Campaigns {
             Ok(done) => done,
             Err(ExecError::Domain(
                 DomainError::FailedPrecondition(_) | DomainError::NotFound(_),
-            )) => return Ok(false),
+            )) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let t = done.state;
         if t.status != vbin_event_schema::TargetStatus::Dialing {
-            return Ok(false); // settled instead (out of tries under this plan)
+            return Ok(None); // settled instead (out of tries under this plan)
         }
         let record = CampaignCallRecord {
             campaigncall_id: t.campaigncall_id.unwrap_or_default(),
@@ -339,8 +376,51 @@ impl Campaigns {
             try_count: t.try_counts[t.destination_index],
             tm_create: t.last_dial_time.unwrap_or_else(Utc::now),
         };
-        self.place_call(c, plan, &t, record, meta).await?;
-        Ok(true)
+        Ok(Some((t, record)))
+    }
+
+    /// Records calls on the campaign before they are created (so that a call's result always
+    /// finds it in flight), in one command, each call at most once (once-key
+    /// `campaign-call:<call id>`). If one of them was recorded already (the placer finishing an
+    /// interrupted dial), they are recorded one by one.
+    async fn record_calls(
+        &self,
+        c: &Campaign,
+        calls: Vec<CampaignCallRecord>,
+        meta: &CommandMeta,
+    ) -> Result<(), ProcessError> {
+        let campaign_id = c.id.expect("loaded campaign has an id");
+        let key = |r: &CampaignCallRecord| format!("campaign-call:{}", r.call_id);
+        if let [call] = calls.as_slice() {
+            let once = meta.clone().once(c.customer_id.as_uuid(), key(call));
+            let cmd = CampaignCommand::RecordCall { call: call.clone() };
+            applied(
+                self.executor
+                    .execute::<Campaign>(campaign_id.as_uuid(), c.customer_id, None, cmd, &once)
+                    .await,
+            )?;
+            return Ok(());
+        }
+        let once = meta
+            .clone()
+            .once_all(c.customer_id.as_uuid(), calls.iter().map(key).collect());
+        let cmd = CampaignCommand::RecordCalls {
+            calls: calls.clone(),
+        };
+        match self
+            .executor
+            .execute::<Campaign>(campaign_id.as_uuid(), c.customer_id, None, cmd, &once)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ExecError::AlreadyApplied) => {
+                for call in calls {
+                    Box::pin(self.record_calls(c, vec![call], meta)).await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Records the call on the campaign, then creates it. Both steps are idempotent.
@@ -352,23 +432,23 @@ impl Campaigns {
         record: CampaignCallRecord,
         meta: &CommandMeta,
     ) -> Result<(), ProcessError> {
+        self.record_calls(c, vec![record.clone()], meta).await?;
+        self.create_call(c, plan, target, record, meta).await
+    }
+
+    /// Creates a call recorded on the campaign (with its flow, if the campaign has one); a
+    /// no-op if it exists.
+    async fn create_call(
+        &self,
+        c: &Campaign,
+        plan: &Outplan,
+        target: &Target,
+        record: CampaignCallRecord,
+        meta: &CommandMeta,
+    ) -> Result<(), ProcessError> {
         let campaign_id = c.id.expect("loaded campaign has an id");
         let call_id = record.call_id;
-        let destination = record.destination.clone();
-        let once = meta
-            .clone()
-            .once(c.customer_id.as_uuid(), format!("campaign-call:{call_id}"));
-        applied(
-            self.executor
-                .execute::<Campaign>(
-                    campaign_id.as_uuid(),
-                    c.customer_id,
-                    None,
-                    CampaignCommand::RecordCall { call: record },
-                    &once,
-                )
-                .await,
-        )?;
+        let destination = record.destination;
         let source = plan.source.clone().expect("created outplan has a source");
         let activeflow_id = match c.flow_id {
             Some(flow) => {
@@ -592,27 +672,130 @@ impl Campaigns {
             )
             .await?
             .state;
-        let once = meta
-            .clone()
-            .once(customer.as_uuid(), format!("campaign-result:{call_id}"));
-        applied(
-            self.executor
-                .execute::<Campaign>(
-                    campaign_id.as_uuid(),
-                    customer,
-                    None,
-                    CampaignCommand::RecordResult {
-                        call_id,
-                        result,
-                        target_done: t.done_with(call_id),
-                        at,
-                    },
-                    &once,
-                )
-                .await,
-        )?;
+        let cmd = CampaignCommand::RecordResult {
+            call_id,
+            result,
+            target_done: t.done_with(call_id),
+            at,
+        };
+        self.record_result(campaign_id, customer, cmd, meta).await?;
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Records a call's result on its campaign. The results that arrive while the campaign is
+    /// busy recording others wait and are then recorded together, in one command (each at most
+    /// once: once-key `campaign-result:<call id>`): a campaign takes one command per round of
+    /// results, not one per call, so its calls are not serialized on it. The recording runs in
+    /// a task of its own, so a handler that is dropped cannot leave the others waiting.
+    async fn record_result(
+        &self,
+        campaign_id: CampaignId,
+        customer: CustomerId,
+        cmd: CampaignCommand,
+        meta: CommandMeta,
+    ) -> Result<(), ProcessError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut all = self.results.lock().expect("results");
+            let w = all.entry(campaign_id).or_default();
+            w.waiting.push((cmd, meta, done));
+            !std::mem::replace(&mut w.recording, true)
+        };
+        if lead {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut all = me.results.lock().expect("results");
+                        let w = all.entry(campaign_id).or_default();
+                        let batch = std::mem::take(&mut w.waiting);
+                        if batch.is_empty() {
+                            all.remove(&campaign_id);
+                            return;
+                        }
+                        batch
+                    };
+                    let (commands, metas, answers): (Vec<_>, Vec<_>, Vec<_>) =
+                        batch.into_iter().fold(
+                            (vec![], vec![], vec![]),
+                            |(mut c, mut m, mut a), (cmd, meta, done)| {
+                                c.push(cmd);
+                                m.push(meta);
+                                a.push(done);
+                                (c, m, a)
+                            },
+                        );
+                    let outcome = me
+                        .record_results(campaign_id, customer, commands, &metas)
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(%campaign_id, error = %e, "recording campaign results failed; they will be redelivered");
+                            e.to_string()
+                        });
+                    for a in answers {
+                        let _ = a.send(outcome.clone());
+                    }
+                }
+            });
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ProcessError::Together(e)),
+            Err(_) => Err(ProcessError::Together("the recording task ended".into())),
+        }
+    }
+
+    /// Records `results` (`RecordResult` commands) on the campaign in one command, or one by
+    /// one if one of them was recorded before. The events carry the first result's metadata
+    /// (its causation): one command, one metadata.
+    async fn record_results(
+        &self,
+        campaign_id: CampaignId,
+        customer: CustomerId,
+        results: Vec<CampaignCommand>,
+        metas: &[CommandMeta],
+    ) -> Result<(), ProcessError> {
+        let key = |cmd: &CampaignCommand| match cmd {
+            CampaignCommand::RecordResult { call_id, .. } => format!("campaign-result:{call_id}"),
+            _ => String::new(),
+        };
+        let id = campaign_id.as_uuid();
+        if let ([cmd], [meta]) = (results.as_slice(), metas) {
+            let once = meta.clone().once(customer.as_uuid(), key(cmd));
+            applied(
+                self.executor
+                    .execute::<Campaign>(id, customer, None, cmd.clone(), &once)
+                    .await,
+            )?;
+            return Ok(());
+        }
+        let once = metas[0]
+            .clone()
+            .once_all(customer.as_uuid(), results.iter().map(key).collect());
+        let cmd = CampaignCommand::RecordResults {
+            results: results.clone(),
+        };
+        match self
+            .executor
+            .execute::<Campaign>(id, customer, None, cmd, &once)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ExecError::AlreadyApplied) => {
+                for (cmd, meta) in results.into_iter().zip(metas) {
+                    Box::pin(self.record_results(
+                        campaign_id,
+                        customer,
+                        vec![cmd],
+                        std::slice::from_ref(meta),
+                    ))
+                    .await?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `campaign_status_changed` to completed: start the next campaign, if any.

@@ -48,6 +48,9 @@ pub enum ProcessError {
     /// The event does not decode as its aggregate's events.
     #[error("bad event: {0}")]
     Decode(#[from] vbin_event_schema::DecodeError),
+    /// A command that did the work of several failed (the cause is logged where it ran).
+    #[error("recording together with others failed: {0}")]
+    Together(String),
 }
 
 /// Treats "already applied" as success: the command took effect earlier.

@@ -356,10 +356,19 @@ impl ConsumerSpec {
 
     /// A consumer of the given event types of one aggregate type, across all customers.
     /// Consumers of one aggregate's events use [`ConsumerSpec::for_events_of`].
+    ///
+    /// With one event type the server filters on it (the subject ends with the event type):
+    /// a consumer of `call_hungup` is not sent every other call event. With several it gets
+    /// the aggregate's events and skips the others by subject, without decoding them (one
+    /// filter subject per consumer on NATS 2.9).
     pub fn for_events(name: &str, aggregate_type: &str, event_types: &[&str]) -> Self {
+        let filter_subject = match event_types {
+            [one] => relative_subject_filter(aggregate_type, one),
+            _ => relative_subject_filter(aggregate_type, "*"),
+        };
         Self {
             name: name.to_string(),
-            filter_subject: relative_subject_filter(aggregate_type, "*"),
+            filter_subject,
             event_types: event_types.iter().map(|t| t.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
@@ -440,22 +449,29 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
         .get_or_create_consumer(&spec.name, config.clone())
         .await
         .map_err(BusError::js("creating the consumer"))?;
-    let stored = consumer
+    let info = consumer
         .info()
         .await
         .map_err(BusError::js("reading the consumer's info"))?
-        .config
         .clone();
+    let stored = info.config;
     if stored.filter_subject != filter_subject {
         // A durable left by an older version with another filter would feed the wrong events:
-        // replace it (it resumes from the start of the stream; handlers are idempotent).
-        tracing::warn!(consumer = %spec.name, stored = %stored.filter_subject, wanted = %filter_subject, "recreating consumer with new filter");
+        // replace it, resuming after the last message it had acknowledged in order (what it
+        // had not acknowledged is delivered again; handlers are idempotent).
+        let resume = info.ack_floor.stream_sequence + 1;
+        tracing::warn!(consumer = %spec.name, stored = %stored.filter_subject, wanted = %filter_subject, resume, "recreating consumer with new filter");
         stream
             .delete_consumer(&spec.name)
             .await
             .map_err(BusError::js("deleting the consumer"))?;
         return stream
-            .create_consumer(config)
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: resume,
+                },
+                ..config
+            })
             .await
             .map_err(BusError::js("recreating the consumer"));
     }
@@ -575,6 +591,14 @@ where
 {
     if skip_foreign(bus, spec, &msg).await? {
         return Ok(());
+    }
+    // The subject ends with the event type: skip the others before decoding anything.
+    if !spec.event_types.is_empty() {
+        let event_type = msg.subject.rsplit('.').next().unwrap_or_default();
+        if !spec.event_types.iter().any(|t| t == event_type) {
+            msg.ack().await.map_err(BusError::js("acking"))?;
+            return Ok(());
+        }
     }
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
@@ -777,8 +801,16 @@ mod tests {
     #[test]
     fn specs_of_an_aggregates_events() {
         let s = ConsumerSpec::for_events_of::<CallEvent>("x", &[CallEvent::CALL_HUNGUP]);
-        assert_eq!(s.filter_subject, "*.call.*");
+        assert_eq!(
+            s.filter_subject, "*.call.call_hungup",
+            "one type: filtered by the server"
+        );
         assert_eq!(s.event_types, [CallEvent::CALL_HUNGUP]);
+        let two = ConsumerSpec::for_events_of::<CallEvent>(
+            "x",
+            &[CallEvent::CALL_HUNGUP, CallEvent::CALL_CREATED],
+        );
+        assert_eq!(two.filter_subject, "*.call.*");
         let all = ConsumerSpec::all_events("y");
         assert_eq!(all.filter_subject, ">");
         assert!(all.event_types.is_empty());

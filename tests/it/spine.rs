@@ -883,3 +883,105 @@ async fn concurrent_appends_are_committed_together_yet_each_command_gets_its_own
     let msgs = env.wait_all_published(Duration::from_secs(20)).await;
     assert_eq!(msgs.len(), env.log_event_ids().await.len());
 }
+
+/// A durable consumer left by an older version with a wider filter (all call events) is
+/// recreated with the narrower one (`call_hungup` only, filtered by the server) from where it
+/// had got to: what it had acknowledged is not delivered again, and nothing after is lost.
+#[tokio::test]
+async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    use vbin_event_schema::{CallEvent, PublishedEvent};
+    let env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let installation = env.installation().await;
+    let js = env.nats.client().await;
+    let stream = js
+        .get_stream(installation.namespace.stream())
+        .await
+        .unwrap();
+    let name = "probe-narrowing";
+    let old = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name.into()),
+            filter_subject: installation.namespace.subject("*.call.*"),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Before: calls that end (busy), all their events consumed and acknowledged the old way.
+    let before = env.calls(&token, &["+15550000486"; 3], json!({})).await;
+    for id in &before {
+        env.wait_call_end(*id, Duration::from_secs(20)).await;
+    }
+    env.wait_all_published(Duration::from_secs(20)).await;
+    let mut msgs = old
+        .fetch()
+        .max_messages(1000)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut acked = 0;
+    while let Some(Ok(m)) = msgs.next().await {
+        m.double_ack().await.unwrap();
+        acked += 1;
+    }
+    assert!(
+        acked >= 6,
+        "the old consumer saw the first calls' events ({acked})"
+    );
+    let after = env.calls(&token, &["+15550000486"; 2], json!({})).await;
+    for id in &after {
+        env.wait_call_end(*id, Duration::from_secs(20)).await;
+    }
+    env.wait_all_published(Duration::from_secs(20)).await;
+
+    // The new version's consumer of the same name.
+    let bus = vbin_bus::Bus::connect(&env.nats.url(), "probe", installation)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PublishedEvent>::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = {
+        let seen = seen.clone();
+        tokio::spawn(vbin_bus::run_consumer(
+            bus,
+            vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(name, &[CallEvent::CALL_HUNGUP]),
+            move |e| {
+                seen.lock().unwrap().push(e);
+                async { Ok::<(), String>(()) }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ))
+    };
+    wait_until("the later hangups", Duration::from_secs(20), || async {
+        seen.lock().unwrap().len() >= after.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(());
+    consumer.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let mut got: Vec<Uuid> = seen.iter().map(|e| e.aggregate_id).collect();
+    got.sort();
+    let mut want = after.clone();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "exactly the hangups after the old consumer's position"
+    );
+    assert!(seen.iter().all(|e| e.event_type == CallEvent::CALL_HUNGUP));
+    let info = stream
+        .get_consumer::<pull::Config>(name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert!(info.config.filter_subject.ends_with(".call.call_hungup"));
+}

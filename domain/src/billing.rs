@@ -54,6 +54,12 @@ pub enum BillingCommand {
         /// When.
         at: DateTime<Utc>,
     },
+    /// Several [`BillingCommand::ChargeCall`]s in one command (the charges that waited while
+    /// the account was busy): the same events as one by one, in order.
+    ChargeCalls {
+        /// `ChargeCall` commands only.
+        charges: Vec<BillingCommand>,
+    },
 }
 
 /// Started minutes of an answered call: at least one, a partial minute counts whole.
@@ -120,7 +126,24 @@ impl BillingAccount {
         if self.customer_id.is_none() {
             return Err(DomainError::NotFound("billing account"));
         }
+        if let BillingCommand::ChargeCalls { charges } = command {
+            let mut state = self.clone();
+            let mut events = Vec::new();
+            for charge in charges {
+                if !matches!(charge, BillingCommand::ChargeCall { .. }) {
+                    return Err(DomainError::Invalid(
+                        "ChargeCalls takes ChargeCall commands only".into(),
+                    ));
+                }
+                for e in state.decide(charge)? {
+                    state.fold(e.clone());
+                    events.push(e);
+                }
+            }
+            return Ok(events);
+        }
         Ok(vec![match command {
+            BillingCommand::ChargeCalls { .. } => unreachable!("handled above"),
             BillingCommand::Open { .. } => unreachable!("handled above"),
             BillingCommand::AddBalance { amount_micros, at } => {
                 check_amount("amount_micros", amount_micros, 1)?;
@@ -336,5 +359,55 @@ mod tests {
         .then_ok();
         assert_eq!(a.balance_micros, Micros(5_000));
         assert_eq!(a.view()["type"], "billing_account");
+    }
+
+    /// Charges made together give the events of the same charges one by one.
+    #[test]
+    fn charges_made_together_give_the_events_of_one_by_one() {
+        let mut account = BillingAccount::default();
+        for e in account
+            .decide(BillingCommand::Open {
+                customer_id: CustomerId::new(),
+                balance_micros: Micros(100_000),
+                rate_micros_per_minute: Micros(6_000),
+                at: t(0),
+            })
+            .unwrap()
+        {
+            account.fold(e);
+        }
+        let charge = |secs| BillingCommand::ChargeCall {
+            billing_id: BillingId::new(),
+            call_id: Uuid::now_v7(),
+            duration_secs: secs,
+            at: t(100),
+        };
+        let charges = vec![charge(10), charge(61), charge(3600)];
+        let mut single = account.clone();
+        let mut expected = vec![];
+        for c in charges.clone() {
+            for e in single.decide(c).unwrap() {
+                single.fold(e.clone());
+                expected.push(e);
+            }
+        }
+        let together = account
+            .decide(BillingCommand::ChargeCalls { charges })
+            .unwrap();
+        assert_eq!(together, expected);
+        let mut after = account.clone();
+        for e in together {
+            after.fold(e);
+        }
+        assert_eq!(after, single);
+        assert_eq!(after.balance_micros, Micros(100_000 - 6_000 * (1 + 2 + 60)));
+        assert!(account
+            .decide(BillingCommand::ChargeCalls {
+                charges: vec![BillingCommand::SetRate {
+                    rate_micros_per_minute: Micros(1),
+                    at: t(1)
+                }]
+            })
+            .is_err());
     }
 }

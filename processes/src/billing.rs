@@ -1,13 +1,18 @@
 //! Billing of ended calls: on `call_hungup` of an answered call, charge the customer's billing
 //! account for the started minutes at its rate, once per call (once-key `billing:<call id>`).
+//! A customer's charges that arrive while its account is busy are made together, in one
+//! command (see [`crate::together`]): the account is one aggregate, and one commit per call
+//! would cap a busy customer's calls.
 
-use crate::{applied, ProcessError};
+use crate::ProcessError;
 use chrono::Utc;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::{BillingAccount, BillingCommand, DomainError};
 use vbin_event_schema::{BillingId, CallEvent, CallStatus, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
+
+use crate::together::Together;
 
 /// Durable consumer name.
 pub const CONSUMER: &str = "billing-charger";
@@ -16,11 +21,22 @@ pub const CONSUMER: &str = "billing-charger";
 pub async fn run(bus: Bus, executor: Executor, shutdown: impl std::future::Future<Output = ()>) {
     let spec =
         ConsumerSpec::for_events_of::<CallEvent>(CONSUMER, &[CallEvent::CALL_HUNGUP]).lanes(8);
-    run_consumer(bus, spec, |e| charge(executor.clone(), e), shutdown).await
+    let waiting: Together<CustomerId, (BillingCommand, CommandMeta)> = Together::default();
+    run_consumer(
+        bus,
+        spec,
+        |e| charge(executor.clone(), waiting.clone(), e),
+        shutdown,
+    )
+    .await
 }
 
 /// Charges the call that `event` (a `call_hungup`) ended, if it was answered.
-pub async fn charge(executor: Executor, event: PublishedEvent) -> Result<(), ProcessError> {
+async fn charge(
+    executor: Executor,
+    waiting: Together<CustomerId, (BillingCommand, CommandMeta)>,
+    event: PublishedEvent,
+) -> Result<(), ProcessError> {
     let CallEvent::CallHungup {
         status, duration, ..
     } = event.decode()?
@@ -30,30 +46,72 @@ pub async fn charge(executor: Executor, event: PublishedEvent) -> Result<(), Pro
     if status != CallStatus::Completed {
         return Ok(()); // unanswered calls cost nothing
     }
-    let call_id = event.aggregate_id;
     let customer = CustomerId(event.customer_id);
-    let meta = CommandMeta::caused_by("billing", event.event_id, event.correlation_id())
-        .once(customer.as_uuid(), format!("billing:{call_id}"));
+    let meta = CommandMeta::caused_by("billing", event.event_id, event.correlation_id());
     let cmd = BillingCommand::ChargeCall {
         billing_id: BillingId::new(),
-        call_id,
+        call_id: event.aggregate_id,
         duration_secs: duration,
         at: Utc::now(),
     };
-    match applied(
-        executor
-            .execute::<BillingAccount>(customer.as_uuid(), customer, None, cmd, &meta)
-            .await,
-    ) {
-        Ok(Some(_)) => {
-            metrics::counter!("vbin_billing_charges_total").increment(1);
+    waiting
+        .submit(customer, (cmd, meta), move |batch| {
+            let executor = executor.clone();
+            async move { charge_together(&executor, customer, batch).await }
+        })
+        .await
+}
+
+fn once_key(cmd: &BillingCommand) -> String {
+    match cmd {
+        BillingCommand::ChargeCall { call_id, .. } => format!("billing:{call_id}"),
+        _ => String::new(),
+    }
+}
+
+/// Makes `charges` in one command (each call at most once: its once-key), or one by one if
+/// one of them was made before (a redelivered hangup). The events carry the first charge's
+/// metadata (one command, one metadata).
+async fn charge_together(
+    executor: &Executor,
+    customer: CustomerId,
+    charges: Vec<(BillingCommand, CommandMeta)>,
+) -> Result<(), ProcessError> {
+    let id = customer.as_uuid();
+    let (cmd, meta) = match charges.as_slice() {
+        [(cmd, meta)] => (cmd.clone(), meta.clone().once(id, once_key(cmd))),
+        _ => (
+            BillingCommand::ChargeCalls {
+                charges: charges.iter().map(|(c, _)| c.clone()).collect(),
+            },
+            charges[0]
+                .1
+                .clone()
+                .once_all(id, charges.iter().map(|(c, _)| once_key(c)).collect()),
+        ),
+    };
+    match executor
+        .execute::<BillingAccount>(id, customer, None, cmd, &meta)
+        .await
+    {
+        Ok(_) => {
+            metrics::counter!("vbin_billing_charges_total").increment(charges.len() as u64);
             Ok(())
         }
-        Ok(None) => Ok(()),
-        Err(ExecError::Domain(DomainError::NotFound(_))) => {
-            tracing::error!(%customer, %call_id, "answered call of a customer without a billing account; not charged");
+        Err(ExecError::AlreadyApplied) if charges.len() > 1 => {
+            for charge in charges {
+                Box::pin(charge_together(executor, customer, vec![charge])).await?;
+            }
             Ok(())
         }
-        Err(e) => Err(e.into()),
+        // Made before (a redelivered hangup): nothing to do.
+        Err(ExecError::AlreadyApplied) => Ok(()),
+        Err(e) => match e {
+            ExecError::Domain(DomainError::NotFound(_)) => {
+                tracing::error!(%customer, "answered calls of a customer without a billing account; not charged");
+                Ok(())
+            }
+            e => Err(e.into()),
+        },
     }
 }

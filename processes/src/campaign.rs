@@ -60,21 +60,7 @@ pub struct Campaigns {
     /// Where each campaign's next target scan starts (see [`Campaigns::due_targets`]).
     cursors: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, Uuid>>>,
     /// Results waiting for their campaign (see [`Campaigns::record_result`]).
-    results: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, WaitingResults>>>,
-}
-
-/// One result waiting for its campaign, and who to tell when it is recorded.
-type WaitingResult = (
-    CampaignCommand,
-    CommandMeta,
-    tokio::sync::oneshot::Sender<Result<(), String>>,
-);
-
-/// The results waiting for one campaign, and whether a task is recording them.
-#[derive(Default)]
-struct WaitingResults {
-    waiting: Vec<WaitingResult>,
-    recording: bool,
+    results: crate::together::Together<CampaignId, (CampaignCommand, CommandMeta)>,
 }
 
 /// Runs the dialer and the three consumers until `shutdown`.
@@ -695,55 +681,17 @@ impl Campaigns {
         cmd: CampaignCommand,
         meta: CommandMeta,
     ) -> Result<(), ProcessError> {
-        let (done, answer) = tokio::sync::oneshot::channel();
-        let lead = {
-            let mut all = self.results.lock().expect("results");
-            let w = all.entry(campaign_id).or_default();
-            w.waiting.push((cmd, meta, done));
-            !std::mem::replace(&mut w.recording, true)
-        };
-        if lead {
-            let me = self.clone();
-            tokio::spawn(async move {
-                loop {
-                    let batch = {
-                        let mut all = me.results.lock().expect("results");
-                        let w = all.entry(campaign_id).or_default();
-                        let batch = std::mem::take(&mut w.waiting);
-                        if batch.is_empty() {
-                            all.remove(&campaign_id);
-                            return;
-                        }
-                        batch
-                    };
-                    let (commands, metas, answers): (Vec<_>, Vec<_>, Vec<_>) =
-                        batch.into_iter().fold(
-                            (vec![], vec![], vec![]),
-                            |(mut c, mut m, mut a), (cmd, meta, done)| {
-                                c.push(cmd);
-                                m.push(meta);
-                                a.push(done);
-                                (c, m, a)
-                            },
-                        );
-                    let outcome = me
-                        .record_results(campaign_id, customer, commands, &metas)
+        let me = self.clone();
+        self.results
+            .submit(campaign_id, (cmd, meta), move |batch| {
+                let me = me.clone();
+                async move {
+                    let (commands, metas): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    me.record_results(campaign_id, customer, commands, &metas)
                         .await
-                        .map_err(|e| {
-                            tracing::warn!(%campaign_id, error = %e, "recording campaign results failed; they will be redelivered");
-                            e.to_string()
-                        });
-                    for a in answers {
-                        let _ = a.send(outcome.clone());
-                    }
                 }
-            });
-        }
-        match answer.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ProcessError::Together(e)),
-            Err(_) => Err(ProcessError::Together("the recording task ended".into())),
-        }
+            })
+            .await
     }
 
     /// Records `results` (`RecordResult` commands) on the campaign in one command, or one by

@@ -15,6 +15,7 @@ pub mod campaign;
 pub mod chain;
 pub mod conference;
 pub mod queue;
+mod together;
 pub mod transcribe;
 
 /// Events the campaign placer/results and queue-calls consumers handle at once (ordered per

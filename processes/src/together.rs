@@ -1,0 +1,168 @@
+//! Work for one busy aggregate done together: the commands a process manager sends to one
+//! aggregate (a campaign's results, a customer's call charges) would otherwise run one at a
+//! time on it, one commit each, however many handlers wait. Here the first waiting handler
+//! starts a task that records what is waiting in one command, then what arrived meanwhile,
+//! until nothing waits; every handler gets the outcome of the command its item was in.
+//!
+//! The task is spawned, not run in the handler, so a handler that is dropped (a consumer
+//! shutting down) cannot leave the others waiting forever.
+
+use crate::ProcessError;
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+type Answer = oneshot::Sender<Result<(), String>>;
+
+struct Waiting<T> {
+    items: Vec<(T, Answer)>,
+    recording: bool,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self {
+            items: Vec::new(),
+            recording: false,
+        }
+    }
+}
+
+/// Items waiting to be recorded together, by key (the aggregate).
+pub(crate) struct Together<K, T> {
+    waiting: Arc<Mutex<HashMap<K, Waiting<T>>>>,
+}
+
+impl<K, T> Clone for Together<K, T> {
+    fn clone(&self) -> Self {
+        Self {
+            waiting: self.waiting.clone(),
+        }
+    }
+}
+
+impl<K, T> Default for Together<K, T> {
+    fn default() -> Self {
+        Self {
+            waiting: Arc::default(),
+        }
+    }
+}
+
+impl<K, T> Together<K, T>
+where
+    K: Hash + Eq + Clone + Send + std::fmt::Display + 'static,
+    T: Send + 'static,
+{
+    /// Records `item` with the others waiting for `key`, through `record` (called with one
+    /// batch at a time per key); returns when its batch is recorded.
+    pub async fn submit<F, Fut>(&self, key: K, item: T, record: F) -> Result<(), ProcessError>
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), ProcessError>> + Send,
+    {
+        let (done, answer) = oneshot::channel();
+        let lead = {
+            let mut all = self.waiting.lock().expect("waiting");
+            let w = all.entry(key.clone()).or_default();
+            w.items.push((item, done));
+            !std::mem::replace(&mut w.recording, true)
+        };
+        if lead {
+            let waiting = self.waiting.clone();
+            tokio::spawn(async move {
+                loop {
+                    let batch = {
+                        let mut all = waiting.lock().expect("waiting");
+                        let w = all.entry(key.clone()).or_default();
+                        let batch = std::mem::take(&mut w.items);
+                        if batch.is_empty() {
+                            all.remove(&key);
+                            return;
+                        }
+                        batch
+                    };
+                    let (items, answers): (Vec<T>, Vec<Answer>) = batch.into_iter().unzip();
+                    metrics::histogram!("vbin_recorded_together").record(items.len() as f64);
+                    let outcome = record(items).await.map_err(|e| {
+                        tracing::warn!(key = %key, error = %e, "recording together failed; the items will be redelivered");
+                        e.to_string()
+                    });
+                    for a in answers {
+                        let _ = a.send(outcome.clone());
+                    }
+                }
+            });
+        }
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ProcessError::Together(e)),
+            Err(_) => Err(ProcessError::Together("the recording task ended".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// While a batch is being recorded, the items that arrive wait and go in the next one;
+    /// every submitter learns its own batch's outcome.
+    #[tokio::test]
+    async fn items_arriving_while_one_batch_records_go_together_in_the_next() {
+        let together: Together<String, u32> = Together::default();
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let record = {
+            let (batches, calls) = (batches.clone(), calls.clone());
+            move |items: Vec<u32>| {
+                let (batches, calls) = (batches.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let failed = items.contains(&13);
+                    batches.lock().unwrap().push(items);
+                    if failed {
+                        Err(ProcessError::BadEvent("13".into()))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let first = tokio::spawn({
+            let (t, r) = (together.clone(), record.clone());
+            async move { t.submit("a".into(), 0, r).await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let rest: Vec<_> = (1..=20)
+            .map(|i| {
+                let (t, r) = (together.clone(), record.clone());
+                tokio::spawn(async move { t.submit("a".into(), i, r).await })
+            })
+            .collect();
+        assert!(first.await.unwrap().is_ok());
+        let mut outcomes = vec![];
+        for r in rest {
+            outcomes.push(r.await.unwrap());
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "{:?}",
+            batches.lock().unwrap()
+        );
+        assert_eq!(batches.lock().unwrap()[1].len(), 20);
+        assert!(
+            outcomes.iter().all(|o| o.is_err()),
+            "the second batch had 13"
+        );
+        // Nothing left behind: a later item starts a new batch.
+        assert!(together.submit("a".into(), 1, record).await.is_ok());
+        assert!(together.waiting.lock().unwrap().is_empty());
+    }
+}

@@ -433,34 +433,10 @@ impl Sender {
         }
         let lease = self.settings.total_timeout + Duration::from_secs(15);
         sqlx::query_as(
-            // `cust`: the customers with pending deliveries, one index probe each (a loose
-            // index scan; Postgres 15 has no skip scan). `due`: the oldest due deliveries of
-            // each customer with room, at most four times its room (some wait behind an
-            // earlier delivery of their resource and are put off below), oldest first across
-            // customers. A customer whose allowance is in flight costs nothing, however long
-            // its backlog.
-            "WITH RECURSIVE cust AS ( \
-               (SELECT customer_id FROM webhook_deliveries WHERE status = 'pending' \
-                ORDER BY customer_id LIMIT 1) \
-               UNION ALL \
-               SELECT (SELECT w.customer_id FROM webhook_deliveries w \
-                       WHERE w.status = 'pending' AND w.customer_id > cust.customer_id \
-                       ORDER BY w.customer_id LIMIT 1) \
-               FROM cust WHERE cust.customer_id IS NOT NULL), \
-             room AS ( \
-               SELECT c.customer_id, \
-                      $3 - COALESCE((SELECT u.n FROM unnest($4::uuid[], $5::int[]) AS u(c, n) \
-                                     WHERE u.c = c.customer_id), 0) AS n \
-               FROM cust c WHERE c.customer_id IS NOT NULL AND c.customer_id <> ALL($1)), \
-             due AS ( \
-               SELECT d.id, d.customer_id, d.resource_id, d.resource_type \
-               FROM room r CROSS JOIN LATERAL ( \
-                 SELECT id, customer_id, resource_id, resource_type, next_attempt_at \
-                 FROM webhook_deliveries \
-                 WHERE status = 'pending' AND customer_id = r.customer_id \
-                   AND next_attempt_at <= now() \
-                 ORDER BY next_attempt_at LIMIT r.n * 4) d \
-               WHERE r.n > 0 ORDER BY d.next_attempt_at LIMIT $6), \
+            "WITH due AS ( \
+               SELECT id, customer_id, resource_id, resource_type FROM webhook_deliveries \
+               WHERE status = 'pending' AND next_attempt_at <= now() AND customer_id <> ALL($1) \
+               ORDER BY next_attempt_at LIMIT $6), \
              ahead AS ( \
                SELECT d.id, d.customer_id, \
                       (SELECT CASE WHEN bool_or(o.in_flight) \

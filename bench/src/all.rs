@@ -40,14 +40,27 @@ fn plan() -> Vec<(&'static str, Vec<&'static str>, Vec<&'static str>)> {
     vec![
         ("commands", vec![], vec!["--duration-secs", "5"]),
         (
+            "reads",
+            vec![],
+            vec!["--duration-secs", "3", "--calls", "1,100,1000"],
+        ),
+        (
             "lag",
             vec![],
             vec!["--duration-secs", "5", "--calibrate-secs", "4"],
         ),
         ("replay", vec![], vec!["--events", "200000"]),
         ("relay", vec![], vec!["--events", "50000"]),
-        ("campaign", vec![], vec!["--targets", "2000"]),
-        ("webhooks", vec![], vec!["--calls", "2000"]),
+        (
+            "campaign",
+            vec!["--targets", "1000,10000,100000"],
+            vec!["--targets", "500,1000,2000"],
+        ),
+        (
+            "webhooks",
+            vec!["--curve", "20000,50000"],
+            vec!["--calls", "2000", "--curve", "5000"],
+        ),
         (
             "ws",
             vec![],
@@ -214,26 +227,74 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
         baseline_value,
     };
     match name {
-        "commands" => vec![
-            h(
-                "commands/s",
-                f("commands_per_sec"),
-                "raw Postgres INSERT/s",
-                f("baseline_pg_inserts_per_sec"),
-            ),
-            h(
-                "command p99 ms",
-                f("command_p99_ms"),
-                "raw INSERT p99 ms",
-                f("baseline_insert_p99_ms"),
-            ),
-            h(
-                "commands/s",
-                f("commands_per_sec"),
-                "no-op HTTP requests/s",
-                common["noop_http_requests_per_sec"].as_f64(),
-            ),
-        ],
+        "commands" => {
+            let raw = f("baseline_pg_inserts_per_sec");
+            let raw_p99 = f("baseline_insert_p99_ms");
+            let store = |k: &str| v["stores"][k]["events_per_sec"].as_f64();
+            vec![
+                h(
+                    "commands/s, whole platform",
+                    f("commands_per_sec"),
+                    "raw Postgres INSERT/s",
+                    raw,
+                ),
+                h(
+                    "commands/s, command API alone",
+                    f("api_commands_per_sec"),
+                    "raw Postgres INSERT/s",
+                    raw,
+                ),
+                h(
+                    "command p99 ms, whole platform",
+                    f("command_p99_ms"),
+                    "raw INSERT p99 ms",
+                    raw_p99,
+                ),
+                h(
+                    "command p99 ms, command API alone",
+                    f("api_command_p99_ms"),
+                    "raw INSERT p99 ms",
+                    raw_p99,
+                ),
+                h(
+                    "events/s appended by vbin's store",
+                    store("vbin_store"),
+                    "raw Postgres INSERT/s",
+                    raw,
+                ),
+                h(
+                    "events/s appended by postgres-es (peer)",
+                    store("postgres_es"),
+                    "raw Postgres INSERT/s",
+                    raw,
+                ),
+                h(
+                    "events/s, plain INSERT per event",
+                    store("plain_insert_per_event"),
+                    "raw Postgres INSERT/s",
+                    raw,
+                ),
+                h(
+                    "commands/s, command API alone",
+                    f("api_commands_per_sec"),
+                    "no-op HTTP requests/s",
+                    common["noop_http_requests_per_sec"].as_f64(),
+                ),
+            ]
+        }
+        "reads" => v["runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                h(
+                    &format!("cached GET /v1.0/calls/{{id}}/s, {} calls", r["calls"]),
+                    r["cached_get"]["per_sec"].as_f64(),
+                    "GET /healthz/s, same server",
+                    r["healthz"]["per_sec"].as_f64(),
+                )
+            })
+            .collect(),
         "lag" => vec![h(
             &format!(
                 "write-to-read lag p99 ms at {} commands/s",
@@ -255,26 +316,52 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
             "raw JetStream publishes/s",
             f("baseline_jetstream_publishes_per_sec"),
         )],
-        "campaign" => vec![h(
-            "campaign calls dialed/s",
-            f("calls_dialed_per_sec"),
-            "raw Postgres INSERT/s",
-            f("baseline_pg_inserts_per_sec"),
-        )],
-        "webhooks" => vec![
-            h(
-                "signed deliveries/s",
-                f("deliveries_per_sec"),
-                "raw HTTP POST/s to the same receiver",
-                f("baseline_http_posts_per_sec"),
-            ),
-            h(
-                "dispatch delay p99 ms",
-                f("dispatch_delay_p99_ms"),
-                "",
-                None,
-            ),
-        ],
+        "campaign" => match v["runs"].as_array() {
+            Some(runs) => runs
+                .iter()
+                .map(|r| {
+                    h(
+                        &format!("campaign calls dialed/s, {} targets", r["targets"]),
+                        r["calls_dialed_per_sec"].as_f64(),
+                        "target calls/s (issue 23)",
+                        f("target_calls_dialed_per_sec"),
+                    )
+                })
+                .collect(),
+            // A report from before the growth curve.
+            None => vec![h(
+                "campaign calls dialed/s",
+                f("calls_dialed_per_sec"),
+                "raw Postgres INSERT/s",
+                f("baseline_pg_inserts_per_sec"),
+            )],
+        },
+        "webhooks" => {
+            let mut out = vec![
+                h(
+                    "signed deliveries/s",
+                    f("deliveries_per_sec"),
+                    "raw HTTP POST/s to the same receiver",
+                    f("baseline_http_posts_per_sec"),
+                ),
+                h(
+                    "dispatch delay p99 ms",
+                    f("dispatch_delay_p99_ms"),
+                    "",
+                    None,
+                ),
+            ];
+            // The growth curve, each size against the base size's rate.
+            for r in v["curve"].as_array().into_iter().flatten() {
+                out.push(h(
+                    &format!("signed deliveries/s, backlog of {}", r["deliveries"]),
+                    r["deliveries_per_sec"].as_f64(),
+                    "deliveries/s of the base backlog",
+                    f("deliveries_per_sec"),
+                ));
+            }
+            out
+        }
         "ws" => v["runs"]
             .as_array()
             .into_iter()

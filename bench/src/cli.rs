@@ -9,7 +9,9 @@ use crate::{
 /// Which benchmark.
 #[derive(clap::Subcommand, Debug)]
 pub enum Which {
-    /// N concurrent clients creating and hanging up calls over HTTP, against the raw Postgres
+    /// N concurrent clients (in a child process) creating and hanging up calls over HTTP, to
+    /// the command API alone and to the whole platform; the same events appended through a
+    /// plain INSERT loop, cqrs-es's postgres-es and vbin's store; against the raw Postgres
     /// single-row INSERT rate of N connections as baseline.
     Commands(CommandsArgs),
     /// Read-after-write lag: commands at half the commands benchmark's throughput (measured
@@ -65,6 +67,15 @@ pub enum Which {
     /// Every benchmark in turn (each in its own process) and the machine's common baselines;
     /// one report (`report.json`, `report.md`).
     All(all::AllArgs),
+    /// The read path: N clients GETting cached calls from the query API, against the same
+    /// clients GETting `/healthz` on the same server, for several numbers of calls.
+    Reads(crate::reads::ReadsArgs),
+    /// Internal: the GET load generator of `bench reads`.
+    #[command(hide = true)]
+    LoadGet(crate::reads::LoadGetArgs),
+    /// Internal: the load generator of `bench commands`.
+    #[command(hide = true)]
+    Load(crate::LoadArgs),
     /// Internal: the bare broadcast server of `bench ws`'s baseline.
     #[command(hide = true)]
     WsBaselineServer(ws::BaselineServerArgs),
@@ -73,7 +84,10 @@ pub enum Which {
 /// Runs a benchmark.
 pub async fn run(which: Which) -> anyhow::Result<()> {
     match which {
-        Which::Commands(a) => report(commands(&a).await?, a.services.json.as_deref()),
+        Which::Commands(a) => report(commands::run(&a).await?, a.services.json.as_deref()),
+        Which::Load(a) => crate::commands::load(&a).await,
+        Which::Reads(a) => report(crate::reads::run(&a).await?, a.services.json.as_deref()),
+        Which::LoadGet(a) => crate::reads::load_get(&a).await,
         Which::Lag(a) => report(lag(&a).await?, a.services.json.as_deref()),
         Which::Relay(a) => report(relay_bench(&a).await?, a.services.json.as_deref()),
         Which::Scale(a) => report(scale::run(&a).await?, a.services.json.as_deref()),

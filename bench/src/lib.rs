@@ -13,15 +13,20 @@ use std::time::{Duration, Instant};
 mod ai;
 mod all;
 mod cli;
+mod commands;
 mod flows;
 mod media;
 mod mixing;
+mod peer;
+mod profile;
+mod reads;
 mod scale;
 mod sip;
 mod stt;
 mod ws;
 
 pub use cli::{run, Which};
+pub use commands::{CommandsArgs, LoadArgs};
 
 /// Where the benchmarks find the services.
 #[derive(clap::Args, Debug, Clone)]
@@ -212,29 +217,13 @@ pub struct RelayArgs {
     pub services: Services,
 }
 
-/// `vbin bench commands` options.
-#[derive(clap::Args, Debug)]
-pub struct CommandsArgs {
-    /// Concurrent clients (and baseline connections).
-    #[arg(long, default_value_t = 16)]
-    pub clients: usize,
-    /// Seconds of measured load for each of the two runs.
-    #[arg(long, default_value_t = 15)]
-    pub duration_secs: u64,
-    #[command(flatten)]
-    pub services: Services,
-    /// Run only these platform parts during the load (diagnostics; default: all, as in
-    /// production, so relay and carrier work is part of the measured cost).
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<Part>,
-}
-
 /// `vbin bench campaign` options.
 #[derive(clap::Args, Debug)]
 pub struct CampaignArgs {
-    /// Targets in the campaign's outdial (one destination each; every call is answered).
-    #[arg(long, default_value_t = 10_000)]
-    pub targets: u64,
+    /// Targets in the campaign's outdial (one destination each; every call is answered); one
+    /// run per size, each on a fresh platform (the growth curve).
+    #[arg(long, value_delimiter = ',', default_value = "10000")]
+    pub targets: Vec<u64>,
     /// The campaign's `max_concurrent_calls`.
     #[arg(long, default_value_t = 1000)]
     pub max_concurrent: u32,
@@ -254,6 +243,10 @@ pub struct WebhooksArgs {
     /// Calls to create (busy destinations: two events each, plus the customer's own).
     #[arg(long, default_value_t = 5_000)]
     pub calls: u64,
+    /// Also deliver backlogs of these many calls (phase 1 only, one run each): the growth
+    /// curve of the delivery rate.
+    #[arg(long, value_delimiter = ',')]
+    pub curve: Vec<u64>,
     /// HTTP clients creating calls (100 per request), and baseline clients.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -320,14 +313,25 @@ fn platform_config(
 
 impl Bench {
     async fn start(s: &Services, clients: usize, parts: &[Part]) -> anyhow::Result<Self> {
+        Self::start_with(s, clients, parts, true).await
+    }
+
+    /// [`Bench::start`] with group commit on or off.
+    async fn start_with(
+        s: &Services,
+        clients: usize,
+        parts: &[Part],
+        group_commit: bool,
+    ) -> anyhow::Result<Self> {
         let db = bench_db_name();
         let (nats, nats_url) = nats_of(s)?;
-        let cfg = platform_config(
+        let mut cfg = platform_config(
             s,
             format!("{}/{db}", s.pg.trim_end_matches('/')),
             nats_url,
             (clients as u32 + 8).min(64),
         )?;
+        cfg.group_commit = group_commit;
         let running = vbin_platform::start(&cfg, parts).await?;
         let base = format!("http://{}", running.http_addr.context("no http address")?);
         let http = reqwest::Client::builder()
@@ -358,26 +362,7 @@ impl Bench {
 
     /// [`Bench::create_call`] through the command API at `base` (`http://host:port`).
     async fn create_call_at(&self, base: &str) -> anyhow::Result<(String, Duration)> {
-        let t0 = Instant::now();
-        let r = self
-            .http
-            .post(format!("{base}/v1.0/calls"))
-            .bearer_auth(&self.token)
-            .json(
-                &json!({"source": "+15550001000", "destinations": ["+15550002000"],
-                           "variables": {"talk_seconds": 60}}),
-            )
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("create call: {}", r.status());
-        }
-        let v: Value = r.json().await?;
-        let id = v["calls"][0]["id"]
-            .as_str()
-            .context("no call id")?
-            .to_string();
-        Ok((id, t0.elapsed()))
+        commands::create_call(&self.http, base, &self.token).await
     }
 
     /// Hangs a call up; returns the accept latency.
@@ -387,17 +372,7 @@ impl Bench {
 
     /// [`Bench::hangup`] through the command API at `base`.
     async fn hangup_at(&self, base: &str, id: &str) -> anyhow::Result<Duration> {
-        let t0 = Instant::now();
-        let r = self
-            .http
-            .post(format!("{base}/v1.0/calls/{id}/hangup"))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        if !r.status().is_success() {
-            bail!("hangup: {}", r.status());
-        }
-        Ok(t0.elapsed())
+        commands::hangup(&self.http, base, &self.token, id).await
     }
 
     /// Polls the query API until the call is visible with a status `done` accepts.
@@ -875,61 +850,6 @@ fn rate(l: &Load) -> f64 {
     l.ops as f64 / l.elapsed.as_secs_f64()
 }
 
-async fn commands(a: &CommandsArgs) -> anyhow::Result<Value> {
-    let parts = if a.only.is_empty() {
-        Part::ALL.to_vec()
-    } else {
-        a.only.clone()
-    };
-    let b = Arc::new(Bench::start(&a.services, a.clients, &parts).await?);
-    eprintln!("warming up...");
-    drive(a.clients, Duration::from_secs(2), call_pair(&b)).await;
-    eprintln!(
-        "measuring commands for {} s with {} clients...",
-        a.duration_secs, a.clients
-    );
-    let cmd = drive(
-        a.clients,
-        Duration::from_secs(a.duration_secs),
-        call_pair(&b),
-    )
-    .await;
-    let database_url = b.database_url();
-    let b = Arc::try_unwrap(b).ok().context("bench still in use")?;
-    b.running.shutdown().await;
-    let db = b.db.clone();
-
-    eprintln!(
-        "measuring the Postgres INSERT baseline for {} s...",
-        a.duration_secs
-    );
-    let ins = pg_insert_baseline(
-        &database_url,
-        a.clients,
-        Duration::from_secs(a.duration_secs),
-    )
-    .await?;
-    drop_database(&a.services.pg, &db).await;
-
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    Ok(json!({
-        "benchmark": "commands",
-        "clients": a.clients,
-        "parts": format!("{parts:?}"),
-        "duration_secs": a.duration_secs,
-        "commands": cmd.ops,
-        "command_errors": cmd.errors,
-        "commands_per_sec": rate(&cmd).round(),
-        "command_p50_ms": ms(&cmd.hist, 0.5),
-        "command_p99_ms": ms(&cmd.hist, 0.99),
-        "baseline_pg_inserts_per_sec": rate(&ins).round(),
-        "baseline_insert_p50_ms": ms(&ins.hist, 0.5),
-        "baseline_insert_p99_ms": ms(&ins.hist, 0.99),
-        "ratio": ((rate(&cmd) / rate(&ins)) * 1000.0).round() / 1000.0,
-        "target_ratio": 0.5,
-    }))
-}
-
 /// The baseline of most benchmarks: raw single-row INSERTs (autocommit) of an event-sized
 /// JSON row by `clients` connections for `dur`, on the benchmark's database.
 async fn pg_insert_baseline(
@@ -1016,7 +936,8 @@ impl Bench {
     }
 }
 
-async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
+/// One campaign over `targets` targets on a fresh platform.
+async fn campaign_run(a: &CampaignArgs, targets: u64) -> anyhow::Result<Value> {
     use reqwest::Method;
     let b = Arc::new(Bench::start(&a.services, a.clients, &Part::ALL).await?);
     let id = |v: &Value| v["id"].as_str().unwrap_or_default().to_string();
@@ -1030,15 +951,12 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
     let outdial = id(&b
         .send_json(Method::POST, "/v1.0/outdials", json!({"name": "bench"}))
         .await?);
-    eprintln!(
-        "creating {} targets with {} clients...",
-        a.targets, a.clients
-    );
+    eprintln!("creating {} targets with {} clients...", targets, a.clients);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t_create = Instant::now();
     let workers: Vec<_> = (0..a.clients)
         .map(|_| {
-            let (b, next, outdial, targets) = (b.clone(), next.clone(), outdial.clone(), a.targets);
+            let (b, next, outdial, targets) = (b.clone(), next.clone(), outdial.clone(), targets);
             tokio::spawn(async move {
                 while next.fetch_add(1, Ordering::Relaxed) < targets {
                     b.send_json(
@@ -1064,7 +982,7 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
     while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rm_outdialtargets")
         .fetch_one(&pool)
         .await?
-        < a.targets as i64
+        < targets as i64
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1084,7 +1002,7 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
         json!({"status": "running"}),
     )
     .await?;
-    let deadline = Duration::from_secs(600 + a.targets / 10);
+    let deadline = Duration::from_secs(600 + targets / 10);
     let js = async_nats::jetstream::new(async_nats::connect(&b.nats_url).await?);
     let mut polls = 0u64;
     let (mut dialed_at, mut peak_in_flight) = (None, 0u64);
@@ -1096,7 +1014,7 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
             .unwrap_or_default();
         peak_in_flight = peak_in_flight.max(v["in_flight"].as_u64().unwrap_or(0));
         let dialed = v["dialed"].as_u64().unwrap_or(0);
-        if dialed >= a.targets && dialed_at.is_none() {
+        if dialed >= targets && dialed_at.is_none() {
             dialed_at = Some(t0.elapsed());
         }
         if v["status"] == "completed" {
@@ -1119,42 +1037,77 @@ async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
     };
     let completed = t0.elapsed();
     let dialed_secs = dialed_at.unwrap_or(completed).as_secs_f64();
-    let charges: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")
+    // Every answered call is billed once: wait for the charges (they trail the results).
+    let billed_from = Instant::now();
+    let charges = loop {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")
+                .fetch_one(&pool)
+                .await?;
+        if n as u64 >= targets || billed_from.elapsed() > Duration::from_secs(300) {
+            // A little longer, so that a charge made twice would show.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            break sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM events WHERE event_type = 'billing_recorded'",
+            )
             .fetch_one(&pool)
             .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let billing_trailed = billed_from.elapsed().as_secs_f64();
     pool.close().await;
-    let database_url = b.database_url();
     let b = Arc::try_unwrap(b).ok().context("bench still in use")?;
-    b.running.shutdown().await;
-    eprintln!(
-        "measuring the Postgres INSERT baseline for {} s...",
-        a.baseline_secs
-    );
-    let ins = pg_insert_baseline(
-        &database_url,
-        a.clients,
-        Duration::from_secs(a.baseline_secs),
-    )
-    .await?;
-    drop_database(&a.services.pg, &b.db).await;
-    let dialed_per_sec = a.targets as f64 / dialed_secs;
+    b.stop().await;
+    let dialed_per_sec = targets as f64 / dialed_secs;
     Ok(json!({
-        "benchmark": "campaign",
-        "targets": a.targets,
+        "targets": targets,
         "max_concurrent_calls": a.max_concurrent,
-        "targets_created_per_sec": (a.targets as f64 / create_secs).round(),
+        "targets_created_per_sec": (targets as f64 / create_secs).round(),
         "dialed": done["dialed"],
         "answered": done["answered"],
         "failed": done["failed"],
         "billing_records": charges,
+        "billing_trailed_completion_secs": (billing_trailed * 10.0).round() / 10.0,
         "peak_in_flight_seen": peak_in_flight,
         "seconds_to_dial_all": (dialed_secs * 10.0).round() / 10.0,
         "seconds_to_complete": (completed.as_secs_f64() * 10.0).round() / 10.0,
         "calls_dialed_per_sec": dialed_per_sec.round(),
+    }))
+}
+
+async fn campaign_bench(a: &CampaignArgs) -> anyhow::Result<Value> {
+    if a.targets.is_empty() || a.targets.contains(&0) {
+        bail!("--targets: at least one size, each at least 1");
+    }
+    let mut runs = Vec::new();
+    for &n in &a.targets {
+        runs.push(campaign_run(a, n).await?);
+    }
+    eprintln!(
+        "measuring the Postgres INSERT baseline for {} s...",
+        a.baseline_secs
+    );
+    let (db, url, pool) = fresh_database(&a.services).await?;
+    pool.close().await;
+    let ins = pg_insert_baseline(&url, a.clients, Duration::from_secs(a.baseline_secs)).await?;
+    drop_database(&a.services.pg, &db).await;
+    let first = runs[0].clone();
+    let dialed_per_sec = first["calls_dialed_per_sec"].as_f64().unwrap_or(0.0);
+    let mut out = json!({
+        "benchmark": "campaign",
+        "runs": runs,
         "baseline_pg_inserts_per_sec": rate(&ins).round(),
         "ratio": ((dialed_per_sec / rate(&ins)) * 1000.0).round() / 1000.0,
-    }))
+        "target_calls_dialed_per_sec": 500,
+    });
+    // The first run's figures at the top level too (the headline and older reports).
+    if let (Some(o), Value::Object(f)) = (out.as_object_mut(), first) {
+        for (k, v) in f {
+            o.entry(k).or_insert(v);
+        }
+    }
+    Ok(out)
 }
 
 /// "name=pending" for every durable consumer with a backlog (diagnostics).
@@ -1231,13 +1184,29 @@ async fn bench_receiver(seen: Arc<std::sync::Mutex<Received>>) -> anyhow::Result
     Ok(url)
 }
 
-async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
+/// Phase 1 of `bench webhooks` at one backlog size: what it measured, and the platform (the
+/// webhooks process still running) for phase 2.
+struct Backlog {
+    b: Arc<Bench>,
+    hooks: vbin_platform::Running,
+    pool: sqlx::PgPool,
+    deliveries: u64,
+    deliver_secs: f64,
+    created_secs: f64,
+}
+
+/// Phase 1 (throughput): `calls` busy calls are made with webhook delivery off, then a process
+/// with only the `webhooks` part delivers the backlog, so the figure is the delivery path's own
+/// rate (recording and sending), not the rate at which the rest of the platform produces
+/// events.
+async fn webhook_backlog(
+    a: &WebhooksArgs,
+    calls: u64,
+    seen: &Arc<std::sync::Mutex<Received>>,
+    url: &str,
+) -> anyhow::Result<Backlog> {
     use reqwest::Method;
-    let seen = Arc::new(std::sync::Mutex::new(Received::default()));
-    let url = bench_receiver(seen.clone()).await?;
-    // Phase 1 (throughput): the events are produced with webhook delivery off, then a process
-    // with only the `webhooks` part delivers the backlog, so the figure is the delivery path's
-    // own rate, not the rate at which the rest of the platform produces events.
+    *seen.lock().expect("receiver") = Received::default();
     let others: Vec<Part> = Part::ALL
         .into_iter()
         .filter(|p| *p != Part::Webhooks)
@@ -1249,12 +1218,12 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         json!({"webhook_uri": url, "webhook_method": "POST"}),
     )
     .await?;
-    eprintln!("creating {} calls (busy: 2 events each)...", a.calls);
+    eprintln!("creating {calls} calls (busy: 2 events each)...");
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t0 = Instant::now();
     let workers: Vec<_> = (0..a.clients)
         .map(|_| {
-            let (b, next, calls) = (b.clone(), next.clone(), a.calls);
+            let (b, next) = (b.clone(), next.clone());
             tokio::spawn(async move {
                 loop {
                     let start = next.fetch_add(100, Ordering::Relaxed);
@@ -1291,7 +1260,7 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         )
         .fetch_one(&pool)
         .await?;
-        if hungup as u64 >= a.calls && events as u64 >= 2 * a.calls {
+        if hungup as u64 >= calls && events as u64 >= 2 * calls {
             break events as u64;
         }
         if t0.elapsed() > Duration::from_secs(600) {
@@ -1300,23 +1269,9 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     eprintln!("delivering {expected} webhooks...");
-    let mut cfg = Config {
-        database_url: b.database_url(),
-        nats_url: b.nats_url.clone(),
-        nats_namespace: None,
-        stream_replicas: None,
-        database_read_url: None,
-        read_replica_wait_ms: 200,
-        read_replica_max_lag_ms: 5000,
-        redis_url: a.services.redis_url.clone(),
-        http_addr: "127.0.0.1:0".parse()?,
-        admin_token: Some(b.running.admin_token.clone()),
-        jwt_secret: None,
-        seal_key: None,
-        db_pool: 64,
-        group_commit: true,
-        settings: b.settings.clone(),
-    };
+    let mut cfg = platform_config(&a.services, b.database_url(), b.nats_url.clone(), 64)?;
+    cfg.admin_token = Some(b.running.admin_token.clone());
+    cfg.settings = b.settings.clone();
     // The receiver is on loopback, which webhooks may not reach by default.
     cfg.settings.webhooks.allow_nets = "127.0.0.1/32".parse().map_err(anyhow::Error::msg)?;
     let t_deliver = Instant::now();
@@ -1328,7 +1283,42 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let deliver_secs = t_deliver.elapsed().as_secs_f64();
+    Ok(Backlog {
+        b,
+        hooks,
+        pool,
+        deliveries: expected,
+        deliver_secs: t_deliver.elapsed().as_secs_f64(),
+        created_secs,
+    })
+}
+
+async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
+    use reqwest::Method;
+    let seen = Arc::new(std::sync::Mutex::new(Received::default()));
+    let url = bench_receiver(seen.clone()).await?;
+    // The growth curve first: phase 1 alone at each other backlog size.
+    let mut curve = Vec::new();
+    for &calls in &a.curve {
+        let run = webhook_backlog(a, calls, &seen, &url).await?;
+        curve.push(json!({
+            "calls": calls,
+            "deliveries": run.deliveries,
+            "deliveries_per_sec": (run.deliveries as f64 / run.deliver_secs).round(),
+        }));
+        run.hooks.shutdown().await;
+        run.pool.close().await;
+        let b = Arc::try_unwrap(run.b).ok().context("bench still in use")?;
+        b.stop().await;
+    }
+    let Backlog {
+        b,
+        hooks,
+        pool,
+        deliveries: expected,
+        deliver_secs,
+        created_secs,
+    } = webhook_backlog(a, a.calls, &seen, &url).await?;
 
     // Phase 2 (dispatch delay): calls at a modest steady rate with delivery on.
     {
@@ -1439,5 +1429,6 @@ async fn webhooks_bench(a: &WebhooksArgs) -> anyhow::Result<Value> {
         "baseline_http_posts_per_sec": rate(&base).round(),
         "ratio": ((per_sec / rate(&base)) * 1000.0).round() / 1000.0,
         "target_deliveries_per_sec": 2000,
+        "curve": curve,
     }))
 }

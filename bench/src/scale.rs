@@ -8,6 +8,7 @@
 //! On a 2-core machine a second process brings no throughput (the cores are already busy);
 //! the point is that the work is shared correctly and what one process costs.
 
+use crate::commands::cpu_time;
 use crate::{drive, rate, serve_child, Bench, Services};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
@@ -31,25 +32,6 @@ pub struct ScaleArgs {
     pub duration_secs: u64,
     #[command(flatten)]
     pub services: Services,
-}
-
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at its closing ')'.
-    let rest = stat.rsplit_once(')').context("/proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    Ok(Duration::from_secs_f64(
-        ticks as f64 / clock_ticks()? as f64,
-    ))
-}
-
-fn clock_ticks() -> anyhow::Result<u64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
 /// Events the projections have applied in all.

@@ -2,8 +2,8 @@
 
 use crate::{
     ai, all, campaign_bench, commands, flows, lag, media, mixing, relay_bench, replay_bench,
-    report, scale, sip, stt, webhooks_bench, ws, CampaignArgs, CommandsArgs, LagArgs, RelayArgs,
-    ReplayArgs, WebhooksArgs,
+    report, scale, sip, stt, webhooks_bench, ws, CampaignArgs, LagArgs, RelayArgs, ReplayArgs,
+    WebhooksArgs,
 };
 
 /// Which benchmark.
@@ -13,7 +13,7 @@ pub enum Which {
     /// the command API alone and to the whole platform; the same events appended through a
     /// plain INSERT loop, cqrs-es's postgres-es and vbin's store; against the raw Postgres
     /// single-row INSERT rate of N connections as baseline.
-    Commands(CommandsArgs),
+    Commands(crate::commands::CommandsArgs),
     /// Read-after-write lag: commands at half the commands benchmark's throughput (measured
     /// first, in the same run) and the time until each is visible in the query API.
     Lag(LagArgs),
@@ -75,7 +75,7 @@ pub enum Which {
     LoadGet(crate::reads::LoadGetArgs),
     /// Internal: the load generator of `bench commands`.
     #[command(hide = true)]
-    Load(crate::LoadArgs),
+    Load(crate::commands::LoadArgs),
     /// Internal: the bare broadcast server of `bench ws`'s baseline.
     #[command(hide = true)]
     WsBaselineServer(ws::BaselineServerArgs),

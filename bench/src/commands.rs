@@ -16,7 +16,7 @@
 //! With `--before`, both HTTP runs are repeated without group commit (the write path before
 //! issue 23), so one report shows before and after.
 
-use crate::{drive, profile, rate, Bench, Load, Services};
+use crate::{create_call, drive, hangup, profile, rate, Bench, Load, Services};
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
@@ -67,52 +67,6 @@ pub struct LoadArgs {
     /// Seconds of measured load.
     #[arg(long, default_value_t = 15)]
     pub duration_secs: u64,
-}
-
-/// Creates a call that talks for a minute; returns its id and the accept latency.
-pub(crate) async fn create_call(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-) -> anyhow::Result<(String, Duration)> {
-    let t0 = Instant::now();
-    let r = http
-        .post(format!("{base}/v1.0/calls"))
-        .bearer_auth(token)
-        .json(
-            &json!({"source": "+15550001000", "destinations": ["+15550002000"],
-                       "variables": {"talk_seconds": 60}}),
-        )
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("create call: {}", r.status());
-    }
-    let v: Value = r.json().await?;
-    let id = v["calls"][0]["id"]
-        .as_str()
-        .context("no call id")?
-        .to_string();
-    Ok((id, t0.elapsed()))
-}
-
-/// Hangs a call up; returns the accept latency.
-pub(crate) async fn hangup(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    id: &str,
-) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    let r = http
-        .post(format!("{base}/v1.0/calls/{id}/hangup"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        bail!("hangup: {}", r.status());
-    }
-    Ok(t0.elapsed())
 }
 
 /// The load generator: prints `measuring` when the measured window starts, then one line of
@@ -478,7 +432,33 @@ async fn store_runs(
     };
 
     eprintln!("stores: cqrs-es's postgres-es for {} s...", a.duration_secs);
-    let peer = crate::peer::postgres_es_load(db_url, a.clients, dur, feed(&events)).await?;
+    let peer = {
+        let store = Arc::new(crate::peer::PostgresEs::connect(db_url, a.clients).await?);
+        let load = {
+            let store = store.clone();
+            append_load(a.clients, dur, feed(&events), move |e, id| {
+                let store = store.clone();
+                async move {
+                    store
+                        .append(cqrs_es::persist::SerializedEvent {
+                            aggregate_id: id.to_string(),
+                            sequence: e.sequence as usize,
+                            aggregate_type: e.aggregate_type,
+                            event_type: e.event_type,
+                            event_version: e.event_version,
+                            payload: e.payload,
+                            metadata: e.metadata,
+                        })
+                        .await
+                }
+            })
+            .await
+        };
+        if let Ok(store) = Arc::try_unwrap(store) {
+            store.close().await;
+        }
+        load
+    };
 
     eprintln!("stores: vbin's event store for {} s...", a.duration_secs);
     let vbin_store = {

@@ -26,7 +26,6 @@ mod stt;
 mod ws;
 
 pub use cli::{run, Which};
-pub use commands::{CommandsArgs, LoadArgs};
 
 /// Where the benchmarks find the services.
 #[derive(clap::Args, Debug, Clone)]
@@ -362,7 +361,7 @@ impl Bench {
 
     /// [`Bench::create_call`] through the command API at `base` (`http://host:port`).
     async fn create_call_at(&self, base: &str) -> anyhow::Result<(String, Duration)> {
-        commands::create_call(&self.http, base, &self.token).await
+        create_call(&self.http, base, &self.token).await
     }
 
     /// Hangs a call up; returns the accept latency.
@@ -372,7 +371,7 @@ impl Bench {
 
     /// [`Bench::hangup`] through the command API at `base`.
     async fn hangup_at(&self, base: &str, id: &str) -> anyhow::Result<Duration> {
-        commands::hangup(&self.http, base, &self.token, id).await
+        hangup(&self.http, base, &self.token, id).await
     }
 
     /// Polls the query API until the call is visible with a status `done` accepts.
@@ -848,6 +847,52 @@ async fn serve_child(
 
 fn rate(l: &Load) -> f64 {
     l.ops as f64 / l.elapsed.as_secs_f64()
+}
+
+/// Creates a call that talks for a minute; returns its id and the accept latency.
+pub(crate) async fn create_call(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<(String, Duration)> {
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/v1.0/calls"))
+        .bearer_auth(token)
+        .json(
+            &json!({"source": "+15550001000", "destinations": ["+15550002000"],
+                       "variables": {"talk_seconds": 60}}),
+        )
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("create call: {}", r.status());
+    }
+    let v: Value = r.json().await?;
+    let id = v["calls"][0]["id"]
+        .as_str()
+        .context("no call id")?
+        .to_string();
+    Ok((id, t0.elapsed()))
+}
+
+/// Hangs a call up; returns the accept latency.
+pub(crate) async fn hangup(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    id: &str,
+) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let r = http
+        .post(format!("{base}/v1.0/calls/{id}/hangup"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("hangup: {}", r.status());
+    }
+    Ok(t0.elapsed())
 }
 
 /// The baseline of most benchmarks: raw single-row INSERTs (autocommit) of an event-sized

@@ -3,12 +3,9 @@
 //! `CqrsFramework` makes. It is built on sqlx 0.8 (vbin is on 0.9); the two live side by side
 //! in this binary, each with its own pool.
 
-use crate::commands::Feed;
-use crate::Load;
 use cqrs_es::persist::{PersistedEventRepository, SerializedEvent};
 use postgres_es::PostgresEventRepository;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// postgres-es's tables (its documented schema), under names of their own.
 const SCHEMA: [&str; 2] = [
@@ -32,43 +29,39 @@ const SCHEMA: [&str; 2] = [
         PRIMARY KEY (aggregate_type, aggregate_id, last_sequence))",
 ];
 
-/// Appends `feed`'s events one per `persist` with `clients` connections for `dur`.
-pub(crate) async fn postgres_es_load(
-    db_url: &str,
-    clients: usize,
-    dur: Duration,
-    feed: Feed,
-) -> anyhow::Result<Load> {
-    let pool = sqlx08::postgres::PgPoolOptions::new()
-        .max_connections(clients as u32)
-        .connect(db_url)
-        .await?;
-    for sql in SCHEMA {
-        sqlx08::query(sql).execute(&pool).await?;
-    }
-    let repo = Arc::new(
-        PostgresEventRepository::new(pool.clone()).with_tables("pes_events", "pes_snapshots"),
-    );
-    let load = crate::commands::append_load(clients, dur, feed, move |e, id| {
-        let repo = repo.clone();
-        async move {
-            let event = SerializedEvent {
-                aggregate_id: id.to_string(),
-                sequence: e.sequence as usize,
-                aggregate_type: e.aggregate_type,
-                event_type: e.event_type,
-                event_version: e.event_version,
-                payload: e.payload,
-                metadata: e.metadata,
-            };
-            // The aggregate type parameter only names the table's aggregate_type column.
-            repo.persist::<vbin_domain::Call>(&[event], None)
-                .await
-                .map_err(|e| anyhow::anyhow!("postgres-es: {e}"))?;
-            Ok(())
+/// postgres-es over its own pool and tables.
+pub(crate) struct PostgresEs {
+    pool: sqlx08::PgPool,
+    repo: Arc<PostgresEventRepository>,
+}
+
+impl PostgresEs {
+    /// Connects with `clients` connections and creates its tables in `db_url`'s database.
+    pub async fn connect(db_url: &str, clients: usize) -> anyhow::Result<Self> {
+        let pool = sqlx08::postgres::PgPoolOptions::new()
+            .max_connections(clients as u32)
+            .connect(db_url)
+            .await?;
+        for sql in SCHEMA {
+            sqlx08::query(sql).execute(&pool).await?;
         }
-    })
-    .await;
-    pool.close().await;
-    Ok(load)
+        let repo = Arc::new(
+            PostgresEventRepository::new(pool.clone()).with_tables("pes_events", "pes_snapshots"),
+        );
+        Ok(Self { pool, repo })
+    }
+
+    /// Appends one event as cqrs-es does after a command: `persist`, its own transaction.
+    pub async fn append(&self, event: SerializedEvent) -> anyhow::Result<()> {
+        // The aggregate type parameter only names the table's aggregate_type column.
+        self.repo
+            .persist::<vbin_domain::Call>(&[event], None)
+            .await
+            .map_err(|e| anyhow::anyhow!("postgres-es: {e}"))
+    }
+
+    /// Closes its pool.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
 }

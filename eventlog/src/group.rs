@@ -19,7 +19,7 @@
 //! lone append would.
 
 use crate::event::NewEvent;
-use crate::store::{classify, AppendError, Recorded};
+use crate::outcome::{classify, AppendError, Recorded};
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::collections::{HashMap, HashSet};

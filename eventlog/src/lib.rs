@@ -10,6 +10,7 @@ mod inline;
 pub mod installation;
 pub mod log;
 pub mod meta;
+mod outcome;
 pub mod reexec;
 pub mod relay;
 pub mod store;

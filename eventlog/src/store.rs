@@ -11,7 +11,8 @@ use crate::event::NewEvent;
 use crate::group::{insert_one, Append, GroupCommit};
 use crate::inline;
 use crate::meta::CommandMeta;
-use chrono::{DateTime, Utc};
+use crate::outcome::classify;
+pub use crate::outcome::{AppendError, Recorded};
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
@@ -31,36 +32,6 @@ pub struct PgEventRepository {
     /// Where the group-commit writers run: the runtime the repository was made on (the
     /// platform's main one), else the first appender's.
     runtime: Option<tokio::runtime::Handle>,
-}
-
-/// An appended event, as recorded.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// Its id.
-    pub event_id: Uuid,
-    /// Its sequence in the aggregate.
-    pub sequence: i64,
-    /// Its global position.
-    pub global_position: i64,
-    /// Commit transaction time.
-    pub recorded_at: DateTime<Utc>,
-}
-
-/// Why an append failed.
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    /// Another command appended to the same aggregate first.
-    #[error("optimistic concurrency conflict")]
-    Conflict,
-    /// A command-side uniqueness rule (e.g. a username) was violated.
-    #[error("{0} is already taken")]
-    Taken(&'static str),
-    /// A command with the same once-key was applied before.
-    #[error("already applied")]
-    AlreadyApplied,
-    /// The database failed.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
 }
 
 fn unknown(e: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {
@@ -238,25 +209,6 @@ impl PgEventRepository {
         tx.commit().await.map_err(classify)?;
         Ok(recorded)
     }
-}
-
-/// Maps unique violations: on the events key a concurrency conflict, on a lookup table a
-/// uniqueness rule.
-pub(crate) fn classify(e: sqlx::Error) -> AppendError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.code().as_deref() == Some("23505") {
-            return match db.constraint() {
-                Some("auth_agents_username_key") => AppendError::Taken("username"),
-                Some("transcribe_calls_call_direction_key") => {
-                    AppendError::Taken("the call's transcription in this direction")
-                }
-                Some("numbers_pkey") => AppendError::Taken("number"),
-                Some("processed_commands_pkey") => AppendError::AlreadyApplied,
-                _ => AppendError::Conflict,
-            };
-        }
-    }
-    AppendError::Database(e)
 }
 
 impl From<AppendError> for PersistenceError {

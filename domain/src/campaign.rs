@@ -974,9 +974,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn campaign_counts_once_and_stops_after_calls_in_flight() {
-        let mut c = given_nothing::<Campaign>().and(CampaignCommand::Create {
+    /// A campaign just created (pending, at most 10 calls in flight).
+    fn created_campaign() -> Given<Campaign> {
+        given_nothing::<Campaign>().and(CampaignCommand::Create {
             campaign: NewCampaign {
                 campaign_id: CampaignId::new(),
                 customer_id: CustomerId::new(),
@@ -991,7 +991,12 @@ mod tests {
                 flow_id: None,
             },
             at: t(0),
-        });
+        })
+    }
+
+    #[test]
+    fn campaign_counts_once_and_stops_after_calls_in_flight() {
+        let mut c = created_campaign();
         let req = |status| CampaignCommand::Request { status, at: t(1) };
         c.when(req(CampaignStatus::Running)).then_count(1);
         c.when(req(CampaignStatus::Running)).then_nothing();
@@ -1046,22 +1051,7 @@ mod tests {
     /// give exactly the events of the same commands one by one (duplicates included).
     #[test]
     fn batched_calls_and_results_give_the_events_of_one_by_one() {
-        let created = given_nothing::<Campaign>().and(CampaignCommand::Create {
-            campaign: NewCampaign {
-                campaign_id: CampaignId::new(),
-                customer_id: CustomerId::new(),
-                name: "c".into(),
-                outplan_id: OutplanId::new(),
-                outdial_id: OutdialId::new(),
-                end_handle: EndHandle::Stop,
-                service_level: 100,
-                queue_id: None,
-                next_campaign_id: None,
-                max_concurrent_calls: 10,
-                flow_id: None,
-            },
-            at: t(0),
-        });
+        let created = created_campaign();
         let mut campaign = (*created).clone();
         campaign.fold(CampaignEvent::CampaignStatusChanged {
             status: CampaignStatus::Stopping,

@@ -466,9 +466,17 @@ async fn store_runs(
         append_load(a.clients, dur, feed(&events), move |e, id| {
             let repo = repo.clone();
             async move {
+                // The log's metadata object, read back as the fields a command carries.
+                let field = |k: &str| {
+                    e.metadata
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
                 let meta = vbin_eventlog::CommandMeta {
-                    actor: e.metadata["actor"].as_str().unwrap_or_default().into(),
-                    request_id: e.metadata["request_id"].as_str().unwrap_or_default().into(),
+                    actor: field("actor"),
+                    request_id: field("request_id"),
                     ..Default::default()
                 };
                 repo.append(

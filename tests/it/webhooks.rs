@@ -634,6 +634,78 @@ async fn a_queue_behind_a_failing_delivery_does_not_starve_other_customers() {
 }
 
 #[tokio::test]
+async fn deliveries_due_at_one_instant_go_out_in_resource_order_however_they_lie_on_disk() {
+    // A commit writes many deliveries with one now(): ties in next_attempt_at are the rule.
+    // Here 300 resources have two deliveries each, all due at the same instant, and the later
+    // delivery of each resource lies first on disk (so an index ordered by time alone returns
+    // the later ones first). The sender looks at fewer than 300 at a time: if those were all
+    // later deliveries whose earlier one it did not look at, every claim would put them off to
+    // that same instant and claim nothing, forever.
+    let env = Env::start().await;
+    let (url, seen) = receiver(0).await;
+    let (customer, _) = hooked_customer(&env, &url).await;
+    wait_until_every(
+        "the customer's own webhook",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { delivered(&seen, "customer_created") },
+    )
+    .await;
+    let pairs = 300;
+    let resources: Vec<Uuid> = (0..pairs).map(|_| Uuid::new_v4()).collect();
+    let firsts: Vec<Uuid> = (0..pairs).map(|_| Uuid::now_v7()).collect();
+    let seconds: Vec<Uuid> = (0..pairs).map(|_| Uuid::now_v7()).collect();
+    let mut tx = env.pool.begin().await.unwrap();
+    for (ids, n) in [(&seconds, 2), (&firsts, 1)] {
+        for (i, id) in ids.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, \
+                   resource_type, resource_id, uri, method, body, next_attempt_at) \
+                 VALUES ($1, $2, $3, 'tie_test', 'tie', $4, $5, 'POST', $6, \
+                   date_trunc('second', now()) - interval '1 second')",
+            )
+            .bind(id)
+            .bind(customer)
+            .bind(Uuid::new_v4())
+            .bind(resources[i])
+            .bind(&url)
+            .bind(serde_json::to_vec(&json!({"resource": i, "n": n})).unwrap())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    let bodies = || -> Vec<Value> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(h, _, _)| header(h, "x-voipbin-event") == "tie_test")
+            .map(|(_, b, _)| serde_json::from_slice(b).unwrap())
+            .collect()
+    };
+    wait_until(
+        "every tied delivery to go out",
+        Duration::from_secs(30),
+        || async {
+            let n = bodies().len();
+            (n >= 2 * pairs).then_some(()).ok_or(n)
+        },
+    )
+    .await;
+    // Each resource's first delivery went out before its second.
+    let got = bodies();
+    for i in 0..pairs {
+        let order: Vec<&Value> = got
+            .iter()
+            .filter(|b| b["resource"] == json!(i))
+            .map(|b| &b["n"])
+            .collect();
+        assert_eq!(order, [&json!(1), &json!(2)], "resource {i}");
+    }
+}
+
+#[tokio::test]
 async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
     let env = Env::start().await;
     let (url, seen) = receiver(0).await;

@@ -124,6 +124,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let wake = Arc::new(Notify::new());
+    let fresh = Fresh::default();
     let mut group = vbin_bus::Group::new(bus.clone());
     group
         .task(|stop| {
@@ -131,16 +132,39 @@ pub async fn run(
                 bus,
                 ConsumerSpec::all_events(RECORDER),
                 RECORD_BATCH,
-                |batch| record_batch(pool.clone(), executor.clone(), batch, wake.clone()),
+                |batch| {
+                    record_batch(
+                        pool.clone(),
+                        executor.clone(),
+                        batch,
+                        (wake.clone(), fresh.clone()),
+                    )
+                },
                 stop,
             )
         })
-        .task(|stop| Sender::new(pool.clone(), executor.clone(), settings, wake.clone()).run(stop));
+        .task(|stop| {
+            Sender::new(
+                pool.clone(),
+                executor.clone(),
+                settings,
+                (wake.clone(), fresh.clone()),
+            )
+            .run(stop)
+        });
     group.run(shutdown).await;
 }
 
 /// Events the recorder writes in one statement.
 const RECORD_BATCH: usize = 500;
+
+/// Customers this process recorded deliveries for since the sender last looked: the sender
+/// claims for them at once, without waiting for its next search of the table.
+type Fresh = Arc<Mutex<std::collections::HashSet<Uuid>>>;
+
+/// How often the sender searches the table for the customers with pending deliveries (those
+/// recorded by other processes, and retries).
+const DISCOVER_EVERY: Duration = Duration::from_secs(1);
 
 /// Records the deliveries of a batch of events (one insert for them all); on failure the whole
 /// batch comes back (a redelivered event finds its row and adds nothing).
@@ -148,13 +172,14 @@ async fn record_batch(
     pool: sqlx::PgPool,
     executor: Executor,
     batch: Vec<Delivery>,
-    wake: Arc<Notify>,
+    (wake, fresh): (Arc<Notify>, Fresh),
 ) -> Vec<Disposition> {
     let n = batch.len();
     match record(&pool, &executor, batch).await {
-        Ok(created) => {
+        Ok((created, customers)) => {
             if created > 0 {
                 metrics::counter!("vbin_webhook_deliveries_created_total").increment(created);
+                fresh.lock().expect("fresh").extend(customers);
                 wake.notify_one();
             }
             vec![Disposition::Ack; n]
@@ -166,12 +191,13 @@ async fn record_batch(
     }
 }
 
-/// Writes the delivery of each event whose customer has a webhook; returns how many were new.
+/// Writes the delivery of each event whose customer has a webhook; returns how many were new
+/// and the customers they are for.
 async fn record(
     pool: &sqlx::PgPool,
     executor: &Executor,
     batch: Vec<Delivery>,
-) -> Result<u64, WebhookError> {
+) -> Result<(u64, Vec<Uuid>), WebhookError> {
     let mut customers: HashMap<Uuid, Option<Customer>> = HashMap::new();
     let mut rows = RecordRows::default();
     for d in batch {
@@ -222,7 +248,7 @@ async fn record(
         rows.event_type.push(e.event_type);
     }
     if rows.id.is_empty() {
-        return Ok(0);
+        return Ok((0, vec![]));
     }
     let inserted = sqlx::query(
         "INSERT INTO webhook_deliveries \
@@ -242,7 +268,10 @@ async fn record(
     .bind(&rows.body)
     .execute(pool)
     .await?;
-    Ok(inserted.rows_affected())
+    let mut customers = rows.customer_id;
+    customers.sort_unstable();
+    customers.dedup();
+    Ok((inserted.rows_affected(), customers))
 }
 
 /// Columns of the deliveries a batch records.
@@ -273,6 +302,8 @@ struct Claimed {
     secret: Option<String>,
     /// The previous secret while its grace period lasts.
     previous_secret: Option<String>,
+    /// The oldest due time in the window its customer's claim looked at.
+    window_from: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What one attempt gave.
@@ -299,6 +330,11 @@ struct Finish {
 /// Attempts recorded in one statement.
 const FINISH_BATCH: usize = 512;
 
+/// How long a customer's claim start ([`Sender::claim`]) is used before a claim reads its due
+/// deliveries from the start again, and how far before the window it is set.
+const LOW_FOR: Duration = Duration::from_secs(5);
+const LOW_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
 #[derive(Clone)]
 struct Sender {
     pool: sqlx::PgPool,
@@ -306,13 +342,22 @@ struct Sender {
     settings: Arc<Settings>,
     http: reqwest::Client,
     in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// Per customer, where its next claim starts reading the due deliveries, and since when
+    /// (see [`Sender::claim`]).
+    low: Arc<Mutex<HashMap<Uuid, (chrono::DateTime<chrono::Utc>, Instant)>>>,
     slots: Arc<Semaphore>,
     finish: tokio::sync::mpsc::Sender<Finish>,
     wake: Arc<Notify>,
+    fresh: Fresh,
 }
 
 impl Sender {
-    fn new(pool: sqlx::PgPool, executor: Executor, settings: Settings, wake: Arc<Notify>) -> Self {
+    fn new(
+        pool: sqlx::PgPool,
+        executor: Executor,
+        settings: Settings,
+        (wake, fresh): (Arc<Notify>, Fresh),
+    ) -> Self {
         let http = vbin_netguard::tls::client_builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.total_timeout)
@@ -333,10 +378,12 @@ impl Sender {
             executor,
             http,
             in_flight: Default::default(),
+            low: Default::default(),
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             settings: Arc::new(settings),
             finish,
             wake,
+            fresh,
         }
     }
 
@@ -344,7 +391,27 @@ impl Sender {
         tokio::pin!(shutdown);
         let wake = self.wake.clone();
         let mut depth_at = Instant::now() - Duration::from_secs(60);
+        // The customers to claim for: found by a search every DISCOVER_EVERY, and those the
+        // recorder reported since.
+        let mut customers: Vec<Uuid> = Vec::new();
+        let mut discovered_at = Instant::now() - DISCOVER_EVERY;
         loop {
+            if discovered_at.elapsed() >= DISCOVER_EVERY {
+                match self.discover().await {
+                    Ok(found) => {
+                        customers = found;
+                        discovered_at = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "looking for pending webhook deliveries failed")
+                    }
+                }
+            }
+            for c in self.fresh.lock().expect("fresh").drain() {
+                if !customers.contains(&c) {
+                    customers.push(c);
+                }
+            }
             if depth_at.elapsed() >= Duration::from_secs(5) {
                 depth_at = Instant::now();
                 if let Ok(n) = sqlx::query_scalar::<_, i64>(
@@ -356,7 +423,7 @@ impl Sender {
                     metrics::gauge!("vbin_webhook_queue_depth").set(n as f64);
                 }
             }
-            let claimed = match self.claim().await {
+            let claimed = match self.claim(&customers).await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming webhook deliveries failed; retrying");
@@ -407,6 +474,25 @@ impl Sender {
         }
     }
 
+    /// The customers with pending deliveries: one index probe each (a loose index scan;
+    /// Postgres 15 has no skip scan). It reads over the dead index entries of the deliveries
+    /// made since the last vacuum, so it runs every [`DISCOVER_EVERY`], not on every claim.
+    async fn discover(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        sqlx::query_scalar(
+            "WITH RECURSIVE cust AS ( \
+               (SELECT customer_id FROM webhook_deliveries WHERE status = 'pending' \
+                ORDER BY customer_id LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT w.customer_id FROM webhook_deliveries w \
+                       WHERE w.status = 'pending' AND w.customer_id > cust.customer_id \
+                       ORDER BY w.customer_id LIMIT 1) \
+               FROM cust WHERE cust.customer_id IS NOT NULL) \
+             SELECT customer_id FROM cust WHERE customer_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await
+    }
+
     /// Claims due deliveries: the oldest pending one of each resource, at most
     /// `per_customer` per customer counting those in flight here. A due delivery waiting
     /// behind an earlier one of its resource is put off until that one's next attempt (at most
@@ -414,7 +500,17 @@ impl Sender {
     /// queue behind a failing delivery does not fill the window of due deliveries and starve
     /// other customers. (The second bounds the cost of a race: a claim can put a delivery off
     /// just after the group commit looked for deliveries to bring forward.)
-    async fn claim(&self) -> Result<Vec<Claimed>, sqlx::Error> {
+    ///
+    /// A customer's claim reads its due deliveries from where its last window started (less
+    /// [`LOW_MARGIN`], for writes under way), not from the start of the index: every delivery
+    /// made leaves a dead entry there until vacuum, and reading over them made each claim
+    /// slower as the backlog went out (35 ms per claim at 100k). Every [`LOW_FOR`] a claim
+    /// reads from the start again, so a delivery written behind the mark waits that long at
+    /// most.
+    async fn claim(&self, customers: &[Uuid]) -> Result<Vec<Claimed>, sqlx::Error> {
+        if customers.is_empty() {
+            return Ok(vec![]);
+        }
         // Customers with deliveries in flight here, and how many: they get only the rest of
         // their allowance (none when full).
         let (busy, counts): (Vec<Uuid>, Vec<i32>) = {
@@ -431,12 +527,45 @@ impl Sender {
         if room == 0 {
             return Ok(vec![]);
         }
+        let (low_customers, low_times): (Vec<Uuid>, Vec<chrono::DateTime<chrono::Utc>>) = {
+            let mut low = self.low.lock().expect("low");
+            low.retain(|_, (_, at)| at.elapsed() < LOW_FOR);
+            low.iter().map(|(c, (t, _))| (*c, *t)).unzip()
+        };
         let lease = self.settings.total_timeout + Duration::from_secs(15);
         sqlx::query_as(
-            "WITH due AS ( \
-               SELECT id, customer_id, resource_id, resource_type FROM webhook_deliveries \
-               WHERE status = 'pending' AND next_attempt_at <= now() AND customer_id <> ALL($1) \
-               ORDER BY next_attempt_at LIMIT $6), \
+            // `cust`: the customers with pending deliveries ([`Sender::discover`], and those
+            // just recorded). `due`: the oldest due deliveries of
+            // each customer with room, at most four times its room (some wait behind an
+            // earlier delivery of their resource and are put off below: a wider window only
+            // rewrites more of those rows per claim), oldest first across customers. A customer whose allowance is in flight costs nothing,
+            // however long its backlog.
+            //
+            // Ties in `next_attempt_at` are common (a commit inserts many deliveries with one
+            // now()), so the order is (next_attempt_at, id): the earlier delivery of a resource
+            // comes first. Without `id` a window could hold only later deliveries whose earlier
+            // one has the same time but fell outside it: each claim put them off to that same
+            // time and claimed nothing (a 10k backlog went at ~100/s).
+            "WITH cust AS (SELECT unnest($9::uuid[]) AS customer_id), \
+             room AS ( \
+               SELECT c.customer_id, \
+                      $3 - COALESCE((SELECT u.n FROM unnest($4::uuid[], $5::int[]) AS u(c, n) \
+                                     WHERE u.c = c.customer_id), 0) AS n \
+               FROM cust c WHERE c.customer_id IS NOT NULL AND c.customer_id <> ALL($1)), \
+             due AS ( \
+               SELECT d.id, d.customer_id, d.resource_id, d.resource_type, d.next_attempt_at \
+               FROM room r CROSS JOIN LATERAL ( \
+                 SELECT id, customer_id, resource_id, resource_type, next_attempt_at \
+                 FROM webhook_deliveries \
+                 WHERE status = 'pending' AND customer_id = r.customer_id \
+                   AND next_attempt_at <= now() \
+                   AND next_attempt_at >= COALESCE((SELECT l.t FROM unnest($7::uuid[], \
+                         $8::timestamptz[]) AS l(c, t) WHERE l.c = r.customer_id), '-infinity') \
+                 ORDER BY next_attempt_at, id LIMIT r.n * 4) d \
+               WHERE r.n > 0 ORDER BY d.next_attempt_at, d.id LIMIT $6), \
+             windows AS ( \
+               SELECT customer_id, min(next_attempt_at) AS window_from FROM due \
+               GROUP BY customer_id), \
              ahead AS ( \
                SELECT d.id, d.customer_id, \
                       (SELECT CASE WHEN bool_or(o.in_flight) \
@@ -458,6 +587,7 @@ impl Sender {
              UPDATE webhook_deliveries w SET next_attempt_at = now() + make_interval(secs => $2), \
                     in_flight = true, updated_at = now() \
              FROM cand LEFT JOIN webhook_secrets s ON s.customer_id = cand.customer_id \
+               LEFT JOIN windows ON windows.customer_id = cand.customer_id \
              WHERE w.id = cand.id \
                AND cand.rn <= $3 - COALESCE((SELECT u.n FROM unnest($4::uuid[], $5::int[]) AS u(c, n) \
                                              WHERE u.c = cand.customer_id), 0) \
@@ -465,7 +595,7 @@ impl Sender {
              RETURNING w.id, w.customer_id, w.event_id, w.event_type, w.uri, w.method, w.body, \
                        w.attempts, s.secret, \
                        CASE WHEN s.previous_valid_until > now() THEN s.previous_secret END \
-                         AS previous_secret",
+                         AS previous_secret, windows.window_from",
         )
         .bind(&full)
         .bind(lease.as_secs_f64())
@@ -473,8 +603,21 @@ impl Sender {
         .bind(&busy)
         .bind(&counts)
         .bind(room.max(2 * self.settings.per_customer).clamp(64, 2000) as i64)
+        .bind(&low_customers)
+        .bind(&low_times)
+        .bind(customers)
         .fetch_all(&self.pool)
         .await
+        .inspect(|claimed: &Vec<Claimed>| {
+            // Nothing of these customers was due before their window: the next claims start
+            // there (less a margin for writes under way), not at the start of the index.
+            let mut low = self.low.lock().expect("low");
+            for d in claimed {
+                if let Some(from) = d.window_from {
+                    low.insert(d.customer_id, (from - LOW_MARGIN, Instant::now()));
+                }
+            }
+        })
     }
 
     async fn deliver(&self, d: Claimed) -> Result<(), SendError> {

@@ -17,7 +17,7 @@
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -54,21 +54,22 @@ return 1
 "#;
 
 /// A cached row.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CachedRow {
     /// Row version.
     pub v: i64,
     /// Owning customer.
     pub c: Uuid,
-    /// The API view.
-    pub b: Value,
+    /// The API view, as the JSON text it is served as: a hit is answered with these bytes,
+    /// never parsed and printed again.
+    pub b: Box<RawValue>,
 }
 
 #[derive(Deserialize)]
 struct Stored {
     v: i64,
     c: Option<Uuid>,
-    b: Option<Value>,
+    b: Option<Box<RawValue>>,
     t: Option<u8>,
 }
 

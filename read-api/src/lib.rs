@@ -22,6 +22,7 @@ use axum::extract::Extension;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -153,7 +154,7 @@ pub async fn get_row(
     table: &'static str,
     id: Uuid,
     customer: Uuid,
-) -> Result<Option<Value>, ApiError> {
+) -> Result<Option<Box<RawValue>>, ApiError> {
     // After an outage this process may have missed invalidations: apply the pending ones
     // before trusting any hit (until that works, read Postgres only).
     let cache = match &state.cache {
@@ -200,6 +201,8 @@ pub async fn get_row(
     let Some((c, b, v)) = row else {
         return Ok(None);
     };
+    let b = serde_json::value::to_raw_value(&b)
+        .map_err(|e| ApiError::internal("encoding a read model row", e))?;
     if let Some(cache) = cache {
         let cached = CachedRow { v, c, b };
         if let Err(e) = cache.fill(table, id, &cached).await {
@@ -210,19 +213,36 @@ pub async fn get_row(
     Ok((c == customer).then_some(b))
 }
 
+/// A JSON body sent as the bytes it already is (a cached row's view).
+pub struct RawJson(pub Box<RawValue>);
+
+impl axum::response::IntoResponse for RawJson {
+    fn into_response(self) -> axum::response::Response {
+        let bytes: Box<str> = self.0.into();
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            )],
+            String::from(bytes),
+        )
+            .into_response()
+    }
+}
+
 async fn get_one(
     state: &ReadState,
     table: &'static str,
     what: &str,
     id: &str,
     customer: Uuid,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<RawJson, ApiError> {
     let id: Uuid = id
         .parse()
         .map_err(|_| ApiError::invalid(format!("{what} id must be a UUID")))?;
     get_row(state, table, id, customer)
         .await?
-        .map(axum::Json)
+        .map(RawJson)
         .ok_or_else(|| ApiError::not_found(what))
 }
 
@@ -261,7 +281,7 @@ async fn get_call(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<RawJson, ApiError> {
     get_one(&s, "rm_calls", "call", &id, c.customer_id.as_uuid()).await
 }
 
@@ -283,7 +303,7 @@ async fn get_agent(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<RawJson, ApiError> {
     get_one(&s, "rm_agents", "agent", &id, c.customer_id.as_uuid()).await
 }
 
@@ -305,7 +325,7 @@ async fn get_access_key(
     Extension(s): Extension<ReadState>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<RawJson, ApiError> {
     get_one(
         &s,
         "rm_accesskeys",
@@ -340,11 +360,11 @@ fn uuid_param(name: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> 
 async fn get_billing_account(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<RawJson, ApiError> {
     let id = c.customer_id.as_uuid();
     get_row(&s, "rm_billing_accounts", id, id)
         .await?
-        .map(axum::Json)
+        .map(RawJson)
         .ok_or_else(|| ApiError::not_found("billing account"))
 }
 
@@ -380,7 +400,7 @@ macro_rules! list_and_get {
             Extension(s): Extension<ReadState>,
             c: CustomerCaller,
             Path(id): Path<String>,
-        ) -> Result<axum::Json<Value>, ApiError> {
+        ) -> Result<RawJson, ApiError> {
             get_one(&s, $table, $what, &id, c.customer_id.as_uuid()).await
         }
     )*};
@@ -417,7 +437,7 @@ macro_rules! list_by_reference_and_get {
             Extension(s): Extension<ReadState>,
             c: CustomerCaller,
             Path(id): Path<String>,
-        ) -> Result<axum::Json<Value>, ApiError> {
+        ) -> Result<RawJson, ApiError> {
             get_one(&s, $table, $what, &id, c.customer_id.as_uuid()).await
         }
     )*};
@@ -434,7 +454,7 @@ async fn get_aimessage(
     Extension(s): Extension<ReadState>,
     c: CustomerCaller,
     Path(id): Path<String>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<RawJson, ApiError> {
     get_one(
         &s,
         "rm_aimessages",
@@ -612,9 +632,11 @@ async fn get_customer(
     c: CustomerCaller,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = c.customer_id.as_uuid();
-    let mut body = get_row(&s, "rm_customers", id, id)
+    let raw = get_row(&s, "rm_customers", id, id)
         .await?
         .ok_or_else(|| ApiError::not_found("customer"))?;
+    let mut body: Value = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::internal("decoding a cached customer", e))?;
     if c.permission != vbin_event_schema::Permission::Admin {
         return Ok(axum::Json(body));
     }

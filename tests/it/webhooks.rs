@@ -638,9 +638,8 @@ async fn deliveries_due_at_one_instant_go_out_in_resource_order_however_they_lie
     // A commit writes many deliveries with one now(): ties in next_attempt_at are the rule.
     // Here 300 resources have two deliveries each, all due at the same instant, and the later
     // delivery of each resource lies first on disk (so an index ordered by time alone returns
-    // the later ones first). The sender looks at fewer than 300 at a time: if those were all
-    // later deliveries whose earlier one it did not look at, every claim would put them off to
-    // that same instant and claim nothing, forever.
+    // the later ones first), more than one claim looks at. All must go out, each resource's
+    // first before its second.
     let env = Env::start().await;
     let (url, seen) = receiver(0).await;
     let (customer, _) = hooked_customer(&env, &url).await;

@@ -153,11 +153,16 @@ pub async fn run(a: &AllArgs) -> anyhow::Result<()> {
         a.out.join("report.json"),
         serde_json::to_vec_pretty(&report)?,
     )?;
+    // The charts sit in `bench-plots/` beside both the report and the docs, so the summary's
+    // links work in either.
+    crate::plot::write_all(&report, &a.out.join(PLOTS))?;
     std::fs::write(a.out.join("report.md"), markdown(&report))?;
     println!("{}", markdown(&report));
     if let Some(docs) = &a.docs {
+        let dir = docs.parent().unwrap_or(std::path::Path::new("."));
+        crate::plot::write_all(&report, &dir.join(PLOTS))?;
         write_docs(docs, &summary(&report))?;
-        eprintln!("summary written into {}", docs.display());
+        eprintln!("summary and charts written into {}", docs.display());
     }
     if !failed.is_empty() {
         bail!("benchmarks failed: {failed:?}");
@@ -319,13 +324,26 @@ fn headlines(name: &str, v: &Value, common: &Value) -> Vec<Headline> {
         "campaign" => match v["runs"].as_array() {
             Some(runs) => runs
                 .iter()
-                .map(|r| {
-                    h(
+                .flat_map(|r| {
+                    let mut out = vec![h(
                         &format!("campaign calls dialed/s, {} targets", r["targets"]),
                         r["calls_dialed_per_sec"].as_f64(),
                         "target calls/s (issue 23)",
                         f("target_calls_dialed_per_sec"),
-                    )
+                    )];
+                    // Past the first round a call is dialed only as another ends.
+                    if let Some(steady) = r["steady_calls_dialed_per_sec"].as_f64() {
+                        out.push(h(
+                            &format!(
+                                "campaign calls dialed/s after the first round, {} targets",
+                                r["targets"]
+                            ),
+                            Some(steady),
+                            "target calls/s (issue 23)",
+                            f("target_calls_dialed_per_sec"),
+                        ));
+                    }
+                    out
                 })
                 .collect(),
             // A report from before the growth curve.
@@ -613,11 +631,21 @@ fn summary(r: &Value) -> String {
             v["seconds"]
         );
     }
+    let charts = crate::plot::charts(r);
+    if !charts.is_empty() {
+        md += "\nGrowth curves (SVG drawn by the bench from this run's figures):\n\n";
+        for c in charts {
+            md += &format!("![{}]({PLOTS}/{})\n", c.title, c.file);
+        }
+    }
     if let Some(f) = r["failed"].as_array().filter(|f| !f.is_empty()) {
         md += &format!("\nFailed: {f:?}\n");
     }
     md
 }
+
+/// Where the charts go, beside the report and the docs.
+const PLOTS: &str = "bench-plots";
 
 const BEGIN: &str = "<!-- bench-all:begin -->";
 const END: &str = "<!-- bench-all:end -->";

@@ -18,6 +18,7 @@ mod flows;
 mod media;
 mod mixing;
 mod peer;
+mod plot;
 mod profile;
 mod reads;
 mod scale;
@@ -1051,6 +1052,10 @@ async fn campaign_run(a: &CampaignArgs, targets: u64) -> anyhow::Result<Value> {
     let js = async_nats::jetstream::new(async_nats::connect(&b.nats_url).await?);
     let mut polls = 0u64;
     let (mut dialed_at, mut peak_in_flight) = (None, 0u64);
+    // When the first round (up to max_concurrent calls at once) was dialed, and how many: the
+    // rest is dialed only as calls end, the rate the dialer keeps up.
+    let mut first_round: Option<(Duration, u64)> = None;
+    let first_round_size = targets.min(a.max_concurrent as u64);
     let done = loop {
         // 404 until the read model has the new campaign.
         let v = b
@@ -1059,6 +1064,9 @@ async fn campaign_run(a: &CampaignArgs, targets: u64) -> anyhow::Result<Value> {
             .unwrap_or_default();
         peak_in_flight = peak_in_flight.max(v["in_flight"].as_u64().unwrap_or(0));
         let dialed = v["dialed"].as_u64().unwrap_or(0);
+        if dialed >= first_round_size && first_round.is_none() {
+            first_round = Some((t0.elapsed(), dialed));
+        }
         if dialed >= targets && dialed_at.is_none() {
             dialed_at = Some(t0.elapsed());
         }
@@ -1105,6 +1113,9 @@ async fn campaign_run(a: &CampaignArgs, targets: u64) -> anyhow::Result<Value> {
     let b = Arc::try_unwrap(b).ok().context("bench still in use")?;
     b.stop().await;
     let dialed_per_sec = targets as f64 / dialed_secs;
+    let steady = first_round
+        .filter(|(at, n)| *n < targets && at.as_secs_f64() < dialed_secs)
+        .map(|(at, n)| ((targets - n) as f64 / (dialed_secs - at.as_secs_f64())).round());
     Ok(json!({
         "targets": targets,
         "max_concurrent_calls": a.max_concurrent,
@@ -1118,6 +1129,8 @@ async fn campaign_run(a: &CampaignArgs, targets: u64) -> anyhow::Result<Value> {
         "seconds_to_dial_all": (dialed_secs * 10.0).round() / 10.0,
         "seconds_to_complete": (completed.as_secs_f64() * 10.0).round() / 10.0,
         "calls_dialed_per_sec": dialed_per_sec.round(),
+        "seconds_to_dial_first_round": first_round.map(|(at, _)| (at.as_secs_f64() * 10.0).round() / 10.0),
+        "steady_calls_dialed_per_sec": steady,
     }))
 }
 

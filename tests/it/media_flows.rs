@@ -84,10 +84,8 @@ async fn a_flow_transcribes_both_sides_until_it_stops_transcribing() {
         .await;
     // Each side's speech, tagged with its side, and nothing said after the stop.
     let path = format!("/v1.0/transcripts?transcribe_id={}", uuid_of(&tr));
-    // Whisper on two cores shared with the rest of the suite: one side's segment came after
-    // 20 s once (12 s alone).
     let v = api
-        .wait_get(&path, Duration::from_secs(45), |_, v| {
+        .wait_get(&path, Duration::from_secs(20), |_, v| {
             v["result"].as_array().is_some_and(|r| r.len() >= 2)
         })
         .await;

@@ -543,11 +543,11 @@ impl Sender {
         let lease = self.settings.total_timeout + Duration::from_secs(15);
         sqlx::query_as(
             // `cust`: the customers with pending deliveries ([`Sender::discover`], and those
-            // just recorded). `due`: the oldest due deliveries of
-            // each customer with room, at most four times its room (some wait behind an
-            // earlier delivery of their resource and are put off below: a wider window only
-            // rewrites more of those rows per claim), oldest first across customers. A customer whose allowance is in flight costs nothing,
-            // however long its backlog.
+            // just recorded). `due`: the oldest due deliveries of each customer with room, at
+            // most four times its room (some wait behind an earlier delivery of their
+            // resource and are put off below: a wider window only rewrites more of those rows
+            // per claim), oldest first across customers. A customer whose allowance is in
+            // flight costs nothing, however long its backlog.
             //
             // Ties in `next_attempt_at` are common (a commit inserts many deliveries with one
             // now()), so the order is (next_attempt_at, id): the earlier delivery of a resource

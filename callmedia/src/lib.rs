@@ -36,8 +36,8 @@ use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::{
-    Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, Recording,
-    RecordingCommand,
+    Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
+    Recording, RecordingCommand, Transcribe, TranscribeCommand,
 };
 use vbin_event_schema::flow::{ActionKind, ActionResult, ActiveflowStatus, SandboxScript};
 use vbin_event_schema::views::{CallView, RecordingView, ReferenceView, TranscribeView};
@@ -757,6 +757,9 @@ impl Media {
             seq,
         };
         let customer = CustomerId(e.customer_id);
+        if let ActionKind::TranscribeStart(t) = &action.kind {
+            return self.transcribe_start(call, customer, exec, t).await;
+        }
         let Some(control) = self.ensure(call, customer).await? else {
             // The call is not answered or has ended: the action cannot run; say so.
             let result = ActionResult {
@@ -873,10 +876,73 @@ impl Media {
             ActionKind::RecordingStop(_) => {
                 let _ = control.send(Control::StopRecordings(exec)).await;
             }
+            ActionKind::TranscribeStart(t) => {
+                if let Err(e) = self.transcribe_start(call, customer, exec, &t).await {
+                    tracing::warn!(activeflow = %exec.activeflow, seq = exec.seq, error = %vbin_bus::Chain(&e), "transcribe_start failed");
+                }
+            }
             kind => {
                 let _ = control.send(Control::Execute(exec, kind)).await;
             }
         }
+    }
+
+    /// Carries out a `transcribe_start`: starts the execution's transcription of the call
+    /// (its id follows from the execution, so a redelivery starts none twice) and taps it
+    /// before the execution completes. The tap goes down the session's control channel
+    /// ahead of the next action's audio, so the recognizer hears that audio from its first
+    /// frame (tapping only on `transcribe_started`, another consumer, raced the next talk).
+    /// Before the answer the session taps it when it starts.
+    async fn transcribe_start(
+        &self,
+        call: CallId,
+        customer: CustomerId,
+        exec: Execution,
+        t: &vbin_event_schema::flow::TranscribeStart,
+    ) -> Result<(), MediaError> {
+        let id = TranscribeId(Uuid::new_v5(
+            &exec.activeflow.as_uuid(),
+            format!("transcribe_start:{}", exec.seq).as_bytes(),
+        ));
+        let cmd = TranscribeCommand::Start {
+            transcribe: NewTranscribe {
+                transcribe_id: id,
+                customer_id: customer,
+                reference: MediaReference::Call(call),
+                language: t.language.clone(),
+                direction: t.direction,
+                aicall_id: None,
+            },
+            at: Utc::now(),
+        };
+        let u = id.as_uuid();
+        let error = match self
+            .executor
+            .execute::<Transcribe>(
+                u,
+                customer,
+                Some(customer),
+                cmd,
+                &meta(u, &exec.activeflow.to_string(), customer),
+            )
+            .await
+        {
+            Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => None,
+            Err(ExecError::Taken(what)) => Some(format!("transcribe_start: {what} is running")),
+            Err(ExecError::Domain(d)) => Some(format!("transcribe_start: {d}")),
+            Err(err) => return Err(err.into()),
+        };
+        if error.is_none() {
+            if let Some(control) = self.ensure(call, customer).await? {
+                self.tap(&control, call, customer, id, &t.language, t.direction)
+                    .await;
+            }
+        }
+        let result = ActionResult {
+            error,
+            ..Default::default()
+        };
+        self.complete(customer, exec, result).await
     }
 
     /// Starts recording `id` of `call` (creating the Recording unless it exists) in the

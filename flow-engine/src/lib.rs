@@ -11,8 +11,6 @@
 //!     and `seq`, the same on every retry of one execution); with `sync`, the actions of a 2xx
 //!     `{"actions":[...]}` body run next;
 //!   - `fetch_flow`: the customer's flow's actions run next;
-//!   - `transcribe_start`: a transcription of the call (its id follows from the execution, so
-//!     a redelivery starts none twice), which the call's media session feeds;
 //!   - `transcribe_stop`: the call's running transcriptions stop.
 //!   - `connect`: the call chains legs (one per destination, created as calls whose master
 //!     it is); the execution completes when the chain ends (the `call-chains` process manager);
@@ -21,7 +19,8 @@
 //!   Actions that create aggregates run under a seed derived from the execution
 //!   (`vbin_eventlog::reexec`), so a redelivery creates the same ids and nothing twice.
 //!
-//!   Media actions (talk, digits, ...) are the media session's ([`ActionKind::is_media`]).
+//!   Media actions (talk, digits, recording and transcription starts, ...) are the media
+//!   session's ([`ActionKind::is_media`]).
 
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -35,17 +34,16 @@ use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::flow::renumber;
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, Conference, ConferenceCommand, DomainError,
-    HangupRequest, NewTranscribe, Transcribe, TranscribeCommand,
+    HangupRequest,
 };
 use vbin_event_schema::call::{ChainExecution, ChainPurpose, ChainResult, CONNECT_RESULT_VARIABLE};
 use vbin_event_schema::flow::{
     ActionId, ActionKind, ActionResult, AiTalk, CallAction, ConferenceJoin, Connect, QueueJoin,
-    RawAction, TranscribeStart, WebhookSend, QUEUE_RESULT_VARIABLE,
+    RawAction, WebhookSend, QUEUE_RESULT_VARIABLE,
 };
 use vbin_event_schema::views::{CallView, ReferenceView};
 use vbin_event_schema::{
-    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, MediaReference,
-    PublishedEvent, TranscribeId,
+    ActiveflowEvent, ActiveflowId, AicallId, CallDirection, CallEvent, CustomerId, PublishedEvent,
 };
 use vbin_eventlog::CommandMeta;
 use vbin_netguard::AddressPolicy;
@@ -211,7 +209,6 @@ impl Engine {
                 },
                 Err(err) => return Err(err.into()),
             },
-            ActionKind::TranscribeStart(t) => self.transcribe_start(&e, customer, seq, t).await?,
             ActionKind::TranscribeStop(_) => self.transcribe_stop(&e, customer).await?,
             ActionKind::Connect(c) => match self.connect(&e, customer, seq, c).await? {
                 Some(failed) => failed,
@@ -456,54 +453,6 @@ impl Engine {
             Err(err) => return Err(err.into()),
         }
         Ok(result)
-    }
-
-    /// Starts the execution's transcription of the activeflow's call.
-    async fn transcribe_start(
-        &self,
-        e: &PublishedEvent,
-        customer: CustomerId,
-        seq: u64,
-        t: &TranscribeStart,
-    ) -> Result<ActionResult, EngineError> {
-        let Some(call) = e.view::<ReferenceView>()?.reference_id else {
-            return Ok(ActionResult::default());
-        };
-        let id = TranscribeId(Uuid::new_v5(
-            &e.aggregate_id,
-            format!("transcribe_start:{seq}").as_bytes(),
-        ));
-        let cmd = TranscribeCommand::Start {
-            transcribe: NewTranscribe {
-                transcribe_id: id,
-                customer_id: customer,
-                reference: MediaReference::Call(call),
-                language: t.language.clone(),
-                direction: t.direction,
-                aicall_id: None,
-            },
-            at: Utc::now(),
-        };
-        let error = match self
-            .executor()
-            .execute::<Transcribe>(
-                id.as_uuid(),
-                customer,
-                Some(customer),
-                cmd,
-                &Self::meta(e, customer),
-            )
-            .await
-        {
-            Ok(_) | Err(ExecError::Domain(DomainError::AlreadyExists(_))) => None,
-            Err(ExecError::Taken(what)) => Some(format!("transcribe_start: {what} is running")),
-            Err(ExecError::Domain(d)) => Some(format!("transcribe_start: {d}")),
-            Err(err) => return Err(err.into()),
-        };
-        Ok(ActionResult {
-            error,
-            ..Default::default()
-        })
     }
 
     /// Starts the execution's conversation with an assistant on the activeflow's call;

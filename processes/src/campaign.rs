@@ -246,11 +246,14 @@ impl Campaigns {
     ) -> Result<Vec<Uuid>, ProcessError> {
         let id = c.id.expect("loaded campaign has an id");
         let cursor = self.cursors.lock().expect("cursors").get(&id).copied();
+        // The open ends of the range are the nil and max UUIDs rather than NULL: a prepared
+        // statement's generic plan (Postgres may switch to it after five runs) cannot turn
+        // `($5 IS NULL OR id > $5)` into an index bound, and would read the whole outdial.
         let scan = |after: Option<Uuid>, upto: Option<Uuid>, limit: u64| {
             sqlx::query_scalar::<_, Uuid>(
                 "SELECT id FROM rm_outdialtargets WHERE outdial_id = $1 AND customer_id = $2 \
-                   AND status = 'pending' AND ($5::uuid IS NULL OR id > $5) \
-                   AND ($6::uuid IS NULL OR id <= $6) AND (body->>'last_dial_time' IS NULL \
+                   AND status = 'pending' AND id > $5 AND id <= $6 \
+                   AND (body->>'last_dial_time' IS NULL \
                     OR (body->>'last_dial_time')::timestamptz <= now() - make_interval(secs => $3)) \
                  ORDER BY id LIMIT $4",
             )
@@ -258,8 +261,8 @@ impl Campaigns {
             .bind(c.customer_id.as_uuid())
             .bind(plan.try_interval_ms as f64 / 1000.0)
             .bind(limit as i64)
-            .bind(after)
-            .bind(upto)
+            .bind(after.unwrap_or(Uuid::nil()))
+            .bind(upto.unwrap_or(Uuid::max()))
             .fetch_all(&self.pool)
         };
         let mut due = scan(cursor, None, capacity).await?;

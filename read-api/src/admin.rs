@@ -34,9 +34,9 @@ pub async fn list_customers(
     let rows: Vec<(Uuid, Value, Option<i64>)> = sqlx::query_as(
         "SELECT c.id, c.body, (b.body->>'balance_micros')::bigint FROM rm_customers c \
          LEFT JOIN rm_billing_accounts b ON b.customer_id = c.id \
-         WHERE ($1::uuid IS NULL OR c.id < $1) ORDER BY c.id DESC LIMIT $2",
+         WHERE c.id < $1 ORDER BY c.id DESC LIMIT $2",
     )
-    .bind(after)
+    .bind(after.unwrap_or(crate::FIRST_PAGE_DESC))
     .bind(size + 1)
     .fetch_all(&s.pool)
     .await

@@ -92,6 +92,14 @@ fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("reading the read model", e)
 }
 
+/// The cursor of a first page listed newest first: every id is below it. A page's cursor is
+/// always bound (never `$n IS NULL OR id < $n`), so the plan Postgres may reuse for a prepared
+/// statement (its generic plan) still seeks to the cursor in the index instead of reading
+/// every newer row (190 ms instead of 0.1 ms 200,000 rows deep).
+pub const FIRST_PAGE_DESC: Uuid = Uuid::max();
+/// The cursor of a first page listed oldest first: every id is above it.
+pub const FIRST_PAGE_ASC: Uuid = Uuid::nil();
+
 /// One page of `table` for `customer`, newest first.
 pub async fn list_rows(
     pool: &PgPool,
@@ -122,11 +130,11 @@ where
         None => String::new(),
     };
     let query = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT id, body FROM {table} WHERE customer_id = $1 AND ($2::uuid IS NULL OR id < $2)\
+        "SELECT id, body FROM {table} WHERE customer_id = $1 AND id < $2\
          {clause} ORDER BY id DESC LIMIT $3"
     )))
     .bind(customer)
-    .bind(after)
+    .bind(after.unwrap_or(FIRST_PAGE_DESC))
     .bind(size + 1);
     let query = match filter {
         Some((_, value)) => query.bind(value),
@@ -482,11 +490,11 @@ async fn list_aimessages(
     let after: Option<Uuid> = p.token()?;
     let rows: Vec<(Uuid, Value)> = sqlx::query_as(
         "SELECT id, body FROM rm_aimessages WHERE customer_id = $1 AND aicall_id = $2 \
-           AND ($3::uuid IS NULL OR id > $3) ORDER BY id LIMIT $4",
+           AND id > $3 ORDER BY id LIMIT $4",
     )
     .bind(customer)
     .bind(aicall)
-    .bind(after)
+    .bind(after.unwrap_or(FIRST_PAGE_ASC))
     .bind(size + 1)
     .fetch_all(s.db(customer).await)
     .await
@@ -605,13 +613,13 @@ async fn list_transcripts(
     let rows: Vec<(Uuid, i64, Value)> = sqlx::query_as(
         "SELECT id, tm_transcript, body FROM rm_transcripts \
          WHERE customer_id = $1 AND transcribe_id = $2 \
-           AND ($3::bigint IS NULL OR (tm_transcript, id) > ($3, $4)) \
+           AND (tm_transcript, id) > ($3, $4) \
          ORDER BY tm_transcript, id LIMIT $5",
     )
     .bind(customer)
     .bind(transcribe)
-    .bind(after_tm)
-    .bind(after_id)
+    .bind(after_tm.unwrap_or(i64::MIN))
+    .bind(after_id.unwrap_or(FIRST_PAGE_ASC))
     .bind(size + 1)
     .fetch_all(s.db(customer).await)
     .await

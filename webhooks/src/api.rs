@@ -71,14 +71,14 @@ async fn list(
     };
     let sql = format!(
         "{VIEW} WHERE d.customer_id = $1 AND ($2::text IS NULL OR d.status = $2) \
-         AND ($3::uuid IS NULL OR d.event_id = $3) AND ($4::uuid IS NULL OR d.id < $4) \
+         AND ($3::uuid IS NULL OR d.event_id = $3) AND d.id < $4 \
          ORDER BY d.id DESC LIMIT $5"
     );
     let rows: Vec<(String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(c.customer_id.as_uuid())
         .bind(status)
         .bind(event_id)
-        .bind(before)
+        .bind(before.unwrap_or(vbin_read_api::FIRST_PAGE_DESC))
         .bind(size + 1)
         .fetch_all(&s.pool)
         .await

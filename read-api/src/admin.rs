@@ -2,7 +2,7 @@
 //! platform's state (how far the relay is behind the event log, where each projection is,
 //! parked events, webhook deliveries waiting or failed). The web console's operator view shows them.
 
-use crate::page::{page_body, Page, ReadState};
+use crate::page::{page_body, Page, ReadState, FIRST_PAGE_DESC};
 use axum::extract::Extension;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -36,7 +36,7 @@ pub async fn list_customers(
          LEFT JOIN rm_billing_accounts b ON b.customer_id = c.id \
          WHERE c.id < $1 ORDER BY c.id DESC LIMIT $2",
     )
-    .bind(after.unwrap_or(crate::FIRST_PAGE_DESC))
+    .bind(after.unwrap_or(FIRST_PAGE_DESC))
     .bind(size + 1)
     .fetch_all(&s.pool)
     .await

@@ -16,7 +16,10 @@ pub mod audit;
 pub mod page;
 mod recordings;
 
-pub use page::{page_body, page_token, Page, ReadState, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use page::{
+    page_body, page_token, Page, ReadState, DEFAULT_PAGE_SIZE, FIRST_PAGE_ASC, FIRST_PAGE_DESC,
+    MAX_PAGE_SIZE,
+};
 
 use axum::extract::Extension;
 use axum::routing::get;
@@ -91,14 +94,6 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
 fn db_error(e: sqlx::Error) -> ApiError {
     ApiError::unavailable("reading the read model", e)
 }
-
-/// The cursor of a first page listed newest first: every id is below it. A page's cursor is
-/// always bound (never `$n IS NULL OR id < $n`), so the plan Postgres may reuse for a prepared
-/// statement (its generic plan) still seeks to the cursor in the index instead of reading
-/// every newer row (190 ms instead of 0.1 ms 200,000 rows deep).
-pub const FIRST_PAGE_DESC: Uuid = Uuid::max();
-/// The cursor of a first page listed oldest first: every id is above it.
-pub const FIRST_PAGE_ASC: Uuid = Uuid::nil();
 
 /// One page of `table` for `customer`, newest first.
 pub async fn list_rows(

@@ -4,6 +4,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use uuid::Uuid;
 use vbin_http::ApiError;
 use vbin_projections::cache::Cache;
 
@@ -33,6 +34,14 @@ pub struct Page {
     page_size: Option<String>,
     page_token: Option<String>,
 }
+
+/// The cursor of a first page listed newest first: every id is below it. A page's cursor is
+/// always bound (never `$n IS NULL OR id < $n`), so the plan Postgres may reuse for a prepared
+/// statement (its generic plan) still seeks to the cursor in the index instead of reading
+/// every newer row (190 ms instead of 0.1 ms 200,000 rows deep).
+pub const FIRST_PAGE_DESC: Uuid = Uuid::max();
+/// The cursor of a first page listed oldest first: every id is above it.
+pub const FIRST_PAGE_ASC: Uuid = Uuid::nil();
 
 /// Default and largest page size.
 pub const DEFAULT_PAGE_SIZE: i64 = 25;

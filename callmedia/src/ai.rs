@@ -216,7 +216,12 @@ impl Media {
         let talk = flow
             .actions
             .iter()
-            .find(|a| a.kind.is_media() || matches!(a.kind, ActionKind::AiTalk(_)))
+            // A transcription's start makes no sound (a media action only so that it is
+            // tapped before the next action's audio): the greeting is looked for past it.
+            .find(|a| {
+                (a.kind.is_media() && !matches!(a.kind, ActionKind::TranscribeStart(_)))
+                    || matches!(a.kind, ActionKind::AiTalk(_))
+            })
             .and_then(|a| match &a.kind {
                 ActionKind::AiTalk(t) => Some(t.clone()),
                 _ => None,

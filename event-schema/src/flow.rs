@@ -502,7 +502,8 @@ action_kinds! {
 impl ActionKind {
     /// Whether the media session of the call carries this action out (audio, DTMF,
     /// recording, starting a transcription: it completes once the call's audio reaches the
-    /// recognizer, so the actions after it are heard from their first frame); the others are decided by the activeflow itself or done by the flow engine.
+    /// recognizer, so the actions after it are heard from their first frame); the others are
+    /// decided by the activeflow itself or done by the flow engine.
     pub fn is_media(&self) -> bool {
         matches!(
             self,

@@ -455,14 +455,26 @@ async fn a_conference_across_two_media_processes_is_recorded_whole_and_each_memb
         .await;
     assert_eq!(s, 200, "{tr}");
     // A joins on P1; then P2 starts and P1 drains, so B's session goes to P2.
+    // A speaks late enough that B, answered after P2 starts, normally speaks first; on a slow
+    // machine B may speak second, so the order of the mix is taken from the answer times.
+    const A_AT: i64 = 20;
+    const B_AT: i64 = 4;
     let a = env
-        .calls(&tok, &["+15550006201"], speaker(&cid, FAR_END, 12_000))
+        .calls(
+            &tok,
+            &["+15550006201"],
+            speaker(&cid, FAR_END, A_AT as u32 * 1000),
+        )
         .await[0];
     members_in(&api, &cid, 1).await;
     let _p2 = env.spawn_platform_only(&["media"]).await;
     p1.signal("USR1");
     let b = env
-        .calls(&tok, &["+15550006202"], speaker(&cid, B_SAYS, 4_000))
+        .calls(
+            &tok,
+            &["+15550006202"],
+            speaker(&cid, B_SAYS, B_AT as u32 * 1000),
+        )
         .await[0];
     members_in(&api, &cid, 2).await;
     crate::support::wait_until("B's session on P2", Duration::from_secs(20), || async {
@@ -470,11 +482,25 @@ async fn a_conference_across_two_media_processes_is_recorded_whole_and_each_memb
         (o[0].is_some() && o[1].is_some() && o[0] != o[1]).then_some(())
     })
     .await;
-    // B (on P2) speaks about 4 s after its answer, A (on P1) about 12 s after its own.
-    let (_, af) = api.get(&format!("/v1.0/calls/{a}")).await;
-    let answered: chrono::DateTime<chrono::Utc> =
-        af["tm_progressing"].as_str().unwrap().parse().unwrap();
-    let spoken = answered + chrono::Duration::seconds(17);
+    let answered = |call: Value| -> chrono::DateTime<chrono::Utc> {
+        call["tm_progressing"].as_str().unwrap().parse().unwrap()
+    };
+    let a_speaks =
+        answered(api.get(&format!("/v1.0/calls/{a}")).await.1) + chrono::Duration::seconds(A_AT);
+    let b_speaks =
+        answered(api.get(&format!("/v1.0/calls/{b}")).await.1) + chrono::Duration::seconds(B_AT);
+    // Each line lasts about 2 s: closer than 3 s they overlap and neither can be recognised.
+    let gap = (a_speaks - b_speaks).num_milliseconds();
+    assert!(
+        gap.abs() >= 3_000,
+        "the lines would overlap: B speaks {gap} ms before A (B answered too late for this test's timing)"
+    );
+    let expected_mix = if gap > 0 {
+        format!("{B_SAYS} {FAR_END}")
+    } else {
+        format!("{FAR_END} {B_SAYS}")
+    };
+    let spoken = a_speaks.max(b_speaks) + chrono::Duration::seconds(5);
     let left = (spoken - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(left).await;
     let (s, _) = api
@@ -498,8 +524,8 @@ async fn a_conference_across_two_media_processes_is_recorded_whole_and_each_memb
         ),
         "{transcripts}"
     );
-    // P1's recording holds B, heard from P2 over the mesh, then A.
+    // P1's recording holds both, B heard from P2 over the mesh, in the order they spoke.
     let mix = stored_mix(&env, &tok, &rec).await;
-    assert_eq!(recognize(&mix).await, format!("{B_SAYS} {FAR_END}"));
+    assert_eq!(recognize(&mix).await, expected_mix);
     let _ = std::fs::remove_file(&grammar);
 }

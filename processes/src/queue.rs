@@ -35,7 +35,7 @@ use vbin_event_schema::call::ChainPurpose;
 use vbin_event_schema::flow::{ActionKind, ActionResult, SandboxScript, QUEUE_RESULT_VARIABLE};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    AbandonReason, CallEvent, CallId, CustomerId, PublishedEvent, QueueEvent, QueueId,
+    AbandonReason, CallEvent, CallId, CampaignId, CustomerId, PublishedEvent, QueueEvent, QueueId,
 };
 
 /// How long an agent's phone rings before the call goes to the next agent.
@@ -56,7 +56,15 @@ pub struct Queues {
     pool: sqlx::PgPool,
     executor: Executor,
     wake: Arc<Notify>,
+    /// Each campaign's queue, by owner and campaign (see [`Queues::campaign_queue`]).
+    campaign_queues: Arc<std::sync::Mutex<CampaignQueues>>,
 }
+
+/// Campaigns' queues by owner and campaign.
+type CampaignQueues = HashMap<(CustomerId, CampaignId), Option<QueueId>>;
+
+/// Most campaigns whose queue [`Queues::campaign_queue`] remembers (then it starts afresh).
+const CAMPAIGN_QUEUES_KEPT: usize = 10_000;
 
 /// Runs the dispatcher and the two consumers until `shutdown`.
 pub async fn run(
@@ -122,7 +130,42 @@ impl Queues {
             pool,
             executor,
             wake: Arc::new(Notify::new()),
+            campaign_queues: Arc::default(),
         }
+    }
+
+    /// The queue of campaign `campaign` of `customer` (None: it has none, or it is not the
+    /// customer's). A campaign's queue is set when it is created and never changes, so it is
+    /// loaded once per process: loading the campaign for every answered call (a large
+    /// aggregate, its calls in flight, that changes with every round of results and so is
+    /// rarely cached) made this consumer the one that fell furthest behind a large campaign.
+    async fn campaign_queue(
+        &self,
+        customer: CustomerId,
+        campaign: CampaignId,
+    ) -> Result<Option<QueueId>, ProcessError> {
+        let key = (customer, campaign);
+        if let Some(q) = self
+            .campaign_queues
+            .lock()
+            .expect("campaign queues")
+            .get(&key)
+        {
+            return Ok(*q);
+        }
+        let Some(c) = self
+            .executor
+            .load::<Campaign>(campaign.as_uuid(), Some(customer))
+            .await?
+        else {
+            return Ok(None); // not remembered: it may yet be created
+        };
+        let mut kept = self.campaign_queues.lock().expect("campaign queues");
+        if kept.len() >= CAMPAIGN_QUEUES_KEPT {
+            kept.clear();
+        }
+        kept.insert(key, c.queue_id);
+        Ok(c.queue_id)
     }
 
     /// One pass over the waiting calls; returns how many got an agent.
@@ -300,12 +343,7 @@ impl Queues {
                 else {
                     return Ok(());
                 };
-                let Some(queue_id) = self
-                    .executor
-                    .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
-                    .await?
-                    .and_then(|c| c.queue_id)
-                else {
+                let Some(queue_id) = self.campaign_queue(customer, campaign_id).await? else {
                     return Ok(());
                 };
                 // The same use case as `POST /v1.0/queues/{id}/calls`: once per call.

@@ -151,6 +151,10 @@ pub struct Media {
     transcriber: Option<Transcriber>,
     /// Transcriptions fed by this process's sessions (started once, however often told).
     tapped: Arc<Mutex<std::collections::HashSet<(CallId, TranscribeId)>>>,
+    /// One [`Media::tap`] at a time, so that a tap finding its transcription in `tapped` knows
+    /// the streams are already on the session's control channel (a flow's `transcribe_start`
+    /// completes only then, and the `transcribe_started` consumer may be tapping the same one).
+    tapping: Arc<tokio::sync::Mutex<()>>,
     /// What AI conversations use (None: they fail with that reason).
     agent_kit: Option<Arc<agents::AgentKit>>,
     /// The conversations running here: their call and their input.
@@ -198,6 +202,7 @@ impl Media {
             player: play::Player::new(policy, 16_000 * 60 * 30),
             transcriber,
             tapped: Arc::default(),
+            tapping: Arc::default(),
             agent_kit: None,
             agents: Arc::default(),
             greetings: Arc::default(),
@@ -1229,6 +1234,10 @@ impl Media {
             tracing::warn!(%call, transcribe_id = %id, "no speech-to-text in this media process; not transcribing");
             return;
         };
+        // Held until the streams are sent: another tap of the same transcription waits for
+        // them rather than returning before they are on the control channel. Taps are rare
+        // (one per transcription and call) and only the sends below await.
+        let _one_at_a_time = self.tapping.lock().await;
         if !self.tapped.lock().expect("tapped").insert((call, id)) {
             return;
         }

@@ -51,7 +51,11 @@ macro_rules! owned_by_customer_field {
         }
     )*};
 }
-owned_by_customer_field!(Call => None, Outplan => None, Outdial => None, Target => None, Campaign => Some(50), Queue => Some(100), Transcribe => Some(100), Flow => Some(50), Activeflow => Some(100), Recording => None, Number => Some(100), Ai => Some(50), Aicall => Some(100), Trunk => Some(50), Conference => Some(100));
+// A campaign's snapshot holds its calls in flight (up to `max_concurrent_calls`, ~200 KB at
+// 1,000): taken every 50 events it was written on nearly every round of dials or results.
+// Loads are rare (a stale cached campaign catches up on the events it missed), so a longer
+// replay on a cold load is the cheaper side.
+owned_by_customer_field!(Call => None, Outplan => None, Outdial => None, Target => None, Campaign => Some(1000), Queue => Some(100), Transcribe => Some(100), Flow => Some(50), Activeflow => Some(100), Recording => None, Number => Some(100), Ai => Some(50), Aicall => Some(100), Trunk => Some(50), Conference => Some(100));
 
 /// Why a command did not produce its events.
 #[derive(Debug, thiserror::Error)]
@@ -163,22 +167,28 @@ impl Executor {
         id: Uuid,
         tenant: Option<CustomerId>,
     ) -> Result<Option<A>, ExecError> {
-        // Probe first, then read the cache: an entry is only ever inserted after its events
-        // committed, so one at or past the probed sequence is the current state.
-        let cached = if self.cache.contains_key(&(A::TYPE, id)) {
-            let last = self
-                .repo
-                .last_sequence(A::TYPE, id)
-                .await
-                .map_err(StoreError::from)?;
-            self.cached::<A>(id).filter(|(_, seq)| *seq >= last)
-        } else {
-            None
+        // Read the cache, then probe: an entry is only ever inserted after its events
+        // committed, so one without an event after its sequence is the current state.
+        let cached = match self.cached::<A>(id) {
+            Some((state, seq)) => {
+                let behind = self
+                    .repo
+                    .has_event_after(A::TYPE, id, seq)
+                    .await
+                    .map_err(StoreError::from)?;
+                Some((state, seq, behind))
+            }
+            None => None,
         };
         let (state, seq) = match cached {
-            Some(hit) => hit,
-            None => {
-                let (state, seq) = self.load_ctx::<A>(id).await?;
+            Some((state, seq, false)) => (state, seq),
+            stale => {
+                // Behind (another command committed since it was cached): fold on the events
+                // it missed rather than loading the whole aggregate again.
+                let (state, seq) = match stale {
+                    Some((state, seq, _)) => self.catch_up::<A>(id, state, seq).await?,
+                    None => self.load_ctx::<A>(id).await?,
+                };
                 if seq > 0 {
                     self.cache
                         .insert((A::TYPE, id), Arc::new((state.clone(), seq)));
@@ -187,6 +197,35 @@ impl Executor {
             }
         };
         Ok((seq > 0 && tenant.is_none_or(|t| state.owner() == Some(t))).then_some(state))
+    }
+
+    /// `state` at `seq` brought up to date with the events after `seq` (exact: events are
+    /// immutable and a cached state is only ever one that was committed at its sequence).
+    async fn catch_up<A: StoredAggregate>(
+        &self,
+        id: Uuid,
+        mut state: A,
+        mut seq: usize,
+    ) -> Result<(A, usize), ExecError> {
+        use cqrs_es::persist::PersistedEventRepository;
+        let upcasters = vbin_event_schema::upcast::upcasters();
+        let events = self
+            .repo
+            .get_last_events::<A>(&id.to_string(), seq)
+            .await
+            .map_err(|e| StoreError::Load(e.into()))?;
+        for mut event in events {
+            for u in &upcasters {
+                if u.can_upcast(&event.event_type, &event.event_version) {
+                    event = u.upcast(event);
+                }
+            }
+            let envelope = cqrs_es::EventEnvelope::<A>::try_from(event)
+                .map_err(|e| StoreError::Load(e.into()))?;
+            seq = envelope.sequence;
+            state.apply(envelope.payload);
+        }
+        Ok((state, seq))
     }
 
     async fn load_ctx<A: StoredAggregate>(&self, id: Uuid) -> Result<(A, usize), ExecError> {
@@ -260,14 +299,20 @@ impl Executor {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A retry starts from the cached state (exact at its sequence, if older) caught
+            // up with the events it missed: a busy aggregate (a campaign's 1,000 calls in
+            // flight) is not loaded whole again on every conflict.
             let cached = if attempt > 1 {
-                None
+                match self.cached::<A>(id) {
+                    Some((state, seq)) => Some(self.catch_up::<A>(id, state, seq).await?),
+                    None => None,
+                }
             } else if fresh {
                 Some((A::default(), 0))
             } else {
                 self.cached::<A>(id)
             };
-            let from_cache = cached.is_some() && !fresh;
+            let from_cache = attempt == 1 && cached.is_some() && !fresh;
             let (mut state, seq) = match cached {
                 Some(hit) => hit,
                 None => self.load_ctx::<A>(id).await?,
@@ -285,14 +330,12 @@ impl Executor {
                 && from_cache
                 && self
                     .repo
-                    .last_sequence(A::TYPE, id)
+                    .has_event_after(A::TYPE, id, seq)
                     .await
                     .map_err(StoreError::from)?
-                    > seq
             {
                 // Decided on a state another process has moved on from: nothing to append
                 // means no conflict would reveal it, so look again with what it appended.
-                self.cache.invalidate(&(A::TYPE, id));
                 continue;
             }
             if events.is_empty() {
@@ -320,7 +363,7 @@ impl Executor {
                     return Ok(Executed { state, recorded });
                 }
                 Err(AppendError::Conflict) if attempt < MAX_ATTEMPTS => {
-                    self.cache.invalidate(&(A::TYPE, id));
+                    // The cached entry stays: the retry catches it up.
                     metrics::counter!("vbin_command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
                     let jitter = rand::random::<u64>() % (2u64 << attempt).min(200);

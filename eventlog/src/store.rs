@@ -87,20 +87,27 @@ impl PgEventRepository {
         &self.pool
     }
 
-    /// The aggregate's last sequence (0 without events): one primary-key index probe.
-    pub async fn last_sequence(
+    /// Whether the aggregate has an event after `sequence`: one lookup of the primary key
+    /// `(type, id, sequence + 1)` (sequences have no gaps, so that event exists if any does).
+    ///
+    /// Not `max(sequence)`: that reads the aggregate's index range backwards from its end,
+    /// where a busy aggregate's newest entries are being inserted, and under a campaign's load
+    /// it took 4.5 ms at 3,000 calls and 34 ms at 20,000, growing with the aggregate.
+    pub async fn has_event_after(
         &self,
         aggregate_type: &str,
         id: Uuid,
-    ) -> Result<usize, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(max(sequence), 0) FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
+        sequence: usize,
+    ) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+               AND sequence = $3)",
         )
         .bind(aggregate_type)
         .bind(id)
+        .bind(sequence as i64 + 1)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(n as usize)
+        .await
     }
 
     async fn events_after(

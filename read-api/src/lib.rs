@@ -671,9 +671,14 @@ pub async fn watch_invalidations(
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+        // The oldest intent by id (ids follow insertion), found at the head of the primary
+        // key: a scan for any old `created_at` read the whole table, dead rows included, and
+        // under a campaign's churn took 5 ms at 3,000 calls and 32 ms at 20,000. A younger
+        // intent ahead of an older one (a long transaction) only delays the alarm until it
+        // is swept.
         let stuck: Result<bool, _> = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM cache_invalidations \
-             WHERE created_at < now() - interval '1 second')",
+            "SELECT COALESCE((SELECT created_at < now() - interval '1 second' \
+                                FROM cache_invalidations ORDER BY id LIMIT 1), false)",
         )
         .fetch_one(&pool)
         .await;

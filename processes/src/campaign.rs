@@ -639,21 +639,36 @@ impl Campaigns {
         let result = TargetResult::of_call(status).unwrap_or(TargetResult::Failed);
         let call_id = CallId(e.aggregate_id);
         let customer = CustomerId(e.customer_id);
-        let Some(c) = self
-            .executor
-            .load::<Campaign>(campaign_id.as_uuid(), Some(customer))
-            .await?
-        else {
-            return Ok(());
+        // The call's record and the plan, read in place: the campaign holds up to
+        // `max_concurrent_calls` records, too many to copy for every hangup. The record was
+        // written before the call was created, so a cached campaign that has it answers (even
+        // one a round of results behind: recording a result twice does nothing, the target
+        // ignores a call it is done with and the campaign's once-key refuses the repeat); one
+        // that does not is checked against the log.
+        let record = |c: &Campaign| {
+            c.in_flight
+                .get(&call_id)
+                .map(|r| (r.target_id, c.outplan_id))
         };
-        let Some(record) = c.in_flight.get(&call_id) else {
-            return Ok(()); // recorded before
+        let found = match self
+            .executor
+            .inspect_cached::<Campaign, _>(campaign_id.as_uuid(), Some(customer), record)
+            .flatten()
+        {
+            Some(hit) => Some(hit),
+            None => self
+                .executor
+                .inspect::<Campaign, _>(campaign_id.as_uuid(), Some(customer), record)
+                .await?
+                .flatten(),
+        };
+        let Some((target_id, outplan_id)) = found else {
+            return Ok(()); // no such campaign, or the result was recorded before
         };
         let max_try_count = self
             .executor
-            .load::<Outplan>(c.outplan_id.as_uuid(), Some(customer))
+            .inspect::<Outplan, _>(outplan_id.as_uuid(), Some(customer), |p| p.max_try_count)
             .await?
-            .map(|p| p.max_try_count)
             .unwrap_or(1);
         let meta = system_meta(
             "campaign-results",
@@ -665,7 +680,7 @@ impl Campaigns {
         let t = self
             .executor
             .execute::<Target>(
-                record.target_id.as_uuid(),
+                target_id.as_uuid(),
                 customer,
                 None,
                 TargetCommand::RecordResult {

@@ -1060,3 +1060,77 @@ async fn a_stale_cached_aggregate_catches_up_with_what_another_process_appended(
         "no gap, no overwrite"
     );
 }
+
+/// A command refused on a stale cached state appends nothing, so no conflict reveals the
+/// staleness: the executor must check the log before answering with the refusal. Here one
+/// process holds a call as just created; another answers it; the first then connects it,
+/// which only an answered call may do.
+#[tokio::test]
+async fn a_refusal_decided_on_a_stale_cached_state_is_decided_again_on_the_log() {
+    use vbin_app::Executor;
+    use vbin_domain::{Call, CallCommand, NewCall};
+    use vbin_event_schema::call::{ChainExecution, ChainPurpose};
+    use vbin_event_schema::{ActiveflowId, CallDirection, CallId, CallStatus, CustomerId};
+    use vbin_eventlog::{CommandMeta, PgEventRepository};
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    let owner = CustomerId(customer);
+    let a = Executor::new(PgEventRepository::new(env.pool.clone()));
+    let b = Executor::new(PgEventRepository::new(env.pool.clone()));
+    let meta = || CommandMeta::caused_by("test", Uuid::now_v7(), "");
+    let call = CallId::new();
+    let mut variables = serde_json::Map::new();
+    // The sandbox far end (...0487) lets it ring until the dial timeout and would talk for a
+    // minute once answered: nothing but `b` moves this call during the test.
+    variables.insert("talk_seconds".into(), json!(60));
+    let create = CallCommand::Create {
+        call: NewCall {
+            call_id: call,
+            customer_id: owner,
+            source: vbin_event_schema::E164::parse("+15550001000").unwrap(),
+            destination: vbin_event_schema::E164::parse("+15550000487").unwrap(),
+            variables,
+            dial_timeout_ms: 60_000,
+            campaign_id: None,
+            direction: CallDirection::Outgoing,
+            activeflow_id: None,
+            sandbox: None,
+            trunk_id: None,
+            master_call_id: None,
+        },
+        at: chrono::Utc::now(),
+    };
+    let created = a
+        .execute_new::<Call>(call.as_uuid(), owner, create, &meta())
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(created.status, CallStatus::Dialing);
+    for cmd in [
+        CallCommand::MarkRinging {
+            at: chrono::Utc::now(),
+        },
+        CallCommand::MarkAnswered {
+            at: chrono::Utc::now(),
+        },
+    ] {
+        b.execute::<Call>(call.as_uuid(), owner, None, cmd, &meta())
+            .await
+            .unwrap();
+    }
+    let chain = CallCommand::Chain {
+        legs: vec![CallId::new()],
+        execution: Some(ChainExecution {
+            activeflow_id: ActiveflowId::new(),
+            seq: 1,
+        }),
+        purpose: ChainPurpose::Connect,
+        at: chrono::Utc::now(),
+    };
+    let done = a
+        .execute::<Call>(call.as_uuid(), owner, None, chain, &meta())
+        .await
+        .expect("decided on the answered call, not on the cached one");
+    assert_eq!(done.state.status, CallStatus::Progressing);
+    assert_eq!(done.recorded.len(), 1, "{:?}", done.recorded);
+}

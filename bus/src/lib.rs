@@ -695,8 +695,8 @@ impl<'a> Group<'a> {
 /// One message handed to a batch handler.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The decoded envelope, or why it could not be decoded.
-    pub event: Result<PublishedEvent, serde_json::Error>,
+    /// The envelope, decoded on first use ([`Delivery::event`]).
+    event: std::sync::OnceLock<Result<PublishedEvent, serde_json::Error>>,
     /// The NATS subject.
     pub subject: String,
     /// The raw payload (for dead-lettering what cannot be decoded).
@@ -705,6 +705,22 @@ pub struct Delivery {
     pub delivered: i64,
     /// Its sequence in the stream.
     pub stream_sequence: u64,
+}
+
+impl Delivery {
+    /// The decoded envelope, or why it could not be decoded. Decoded on first use: a handler
+    /// that can decide from the subject alone ([`Delivery::customer_id`]) skips the decoding,
+    /// most of a delivery's cost (the webhook recorder, for customers without a webhook).
+    pub fn event(&self) -> &Result<PublishedEvent, serde_json::Error> {
+        self.event
+            .get_or_init(|| serde_json::from_slice(&self.payload))
+    }
+
+    /// The customer the event belongs to, read from the subject
+    /// (`vbin.<namespace>.<customer>.<aggregate type>.<event type>`).
+    pub fn customer_id(&self) -> Option<Uuid> {
+        self.subject.split('.').nth(2)?.parse().ok()
+    }
 }
 
 /// What to do with a delivered message.
@@ -771,7 +787,7 @@ where
             .map(|m| {
                 let info = m.info().ok();
                 Delivery {
-                    event: serde_json::from_slice(&m.payload),
+                    event: std::sync::OnceLock::new(),
                     subject: m.subject.to_string(),
                     payload: m.payload.clone(),
                     delivered: info.as_ref().map(|i| i.delivered).unwrap_or(1),
@@ -797,6 +813,35 @@ where
 mod tests {
     use super::*;
     use vbin_event_schema::{CallEvent, QueueEvent};
+
+    #[test]
+    fn a_delivery_names_its_customer_from_the_subject_and_decodes_when_asked() {
+        let customer = Uuid::now_v7();
+        let ns = vbin_event_schema::Namespace::new("ab-12").unwrap();
+        let d = |payload: &'static [u8]| Delivery {
+            event: std::sync::OnceLock::new(),
+            subject: ns.subject_for(&customer, CallEvent::AGGREGATE, CallEvent::CALL_CREATED),
+            payload: bytes::Bytes::from_static(payload),
+            delivered: 1,
+            stream_sequence: 1,
+        };
+        let bad = d(b"not json");
+        assert_eq!(bad.customer_id(), Some(customer));
+        assert!(
+            bad.event.get().is_none(),
+            "nothing decoded before it is asked for"
+        );
+        assert!(bad.event().is_err());
+        let other = Delivery {
+            subject: ns.subject(&format!(
+                "not-a-uuid.{}.{}",
+                CallEvent::AGGREGATE,
+                CallEvent::CALL_CREATED
+            )),
+            ..d(b"{}")
+        };
+        assert_eq!(other.customer_id(), None);
+    }
 
     #[test]
     fn specs_of_an_aggregates_events() {

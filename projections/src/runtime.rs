@@ -495,7 +495,7 @@ impl Runtime {
         let (mut max_stream, mut max_pos) = (0i64, 0i64);
         for d in deliveries {
             max_stream = max_stream.max(d.stream_sequence as i64);
-            match &d.event {
+            match d.event() {
                 Ok(e) if park_all => {
                     park(
                         &mut tx,

@@ -183,10 +183,10 @@ impl Executor {
         f: impl FnOnce(&A) -> R,
     ) -> Result<Option<R>, ExecError> {
         let current = self.current::<A>(id).await?;
-        let (state, seq) = current
+        let entry = current
             .downcast_ref::<(A, usize)>()
             .expect("cache entries are keyed by their aggregate type");
-        Ok((*seq > 0 && tenant.is_none_or(|t| state.owner() == Some(t))).then(|| f(state)))
+        Ok(visible(entry, tenant).map(f))
     }
 
     /// Runs `f` on the state of `id` this process last cached, however old (None: not cached,
@@ -203,8 +203,7 @@ impl Executor {
         f: impl FnOnce(&A) -> R,
     ) -> Option<R> {
         let entry = self.cache.get(&(A::TYPE, id))?;
-        let (state, seq) = entry.downcast_ref::<(A, usize)>()?;
-        (*seq > 0 && tenant.is_none_or(|t| state.owner() == Some(t))).then(|| f(state))
+        visible(entry.downcast_ref::<(A, usize)>()?, tenant).map(f)
     }
 
     /// The current `(state, sequence)` of `id` (sequence 0: no events), shared with the cache.
@@ -214,22 +213,21 @@ impl Executor {
     ) -> Result<Arc<dyn Any + Send + Sync>, ExecError> {
         // Read the cache, then probe: an entry is only ever inserted after its events
         // committed, so one without an event after its sequence is the current state.
-        let entry = self
-            .cache
-            .get(&(A::TYPE, id))
-            .filter(|v| v.is::<(A, usize)>());
-        let stale = match entry {
-            Some(entry) => {
-                let seq = entry.downcast_ref::<(A, usize)>().map_or(0, |e| e.1);
+        let entry = self.cache.get(&(A::TYPE, id));
+        let stale = match entry
+            .as_deref()
+            .and_then(|e| e.downcast_ref::<(A, usize)>())
+        {
+            Some((state, seq)) => {
                 let behind = self
                     .repo
-                    .has_event_after(A::TYPE, id, seq)
+                    .has_event_after(A::TYPE, id, *seq)
                     .await
                     .map_err(StoreError::from)?;
                 if !behind {
-                    return Ok(entry);
+                    return Ok(entry.clone().expect("the entry just read"));
                 }
-                entry.downcast_ref::<(A, usize)>().cloned()
+                Some((state.clone(), *seq))
             }
             None => None,
         };
@@ -439,6 +437,15 @@ impl Executor {
             }
         }
     }
+}
+
+/// The state of a `(state, sequence)` entry if it exists (sequence > 0) and, with `tenant`,
+/// belongs to that customer: another customer's aggregate looks absent.
+fn visible<A: StoredAggregate>(
+    (state, seq): &(A, usize),
+    tenant: Option<CustomerId>,
+) -> Option<&A> {
+    (*seq > 0 && tenant.is_none_or(|t| state.owner() == Some(t))).then_some(state)
 }
 
 /// Serializes events with the resource view after each (folding them onto the prior state).

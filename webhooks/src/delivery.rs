@@ -13,6 +13,7 @@
 use crate::guard::{AddressPolicy, GuardedResolver};
 use crate::signing::{body_for, signed_headers, Secrets};
 use chrono::{DateTime, Utc};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -191,6 +192,13 @@ async fn record_batch(
     }
 }
 
+/// Logs an event that can never be decoded: nothing to deliver (the projections dead-letter it).
+fn undecodable(d: &Delivery) {
+    if let Err(err) = d.event() {
+        tracing::error!(subject = %d.subject, error = %err, "undecodable event; no webhook");
+    }
+}
+
 /// Writes the delivery of each event whose customer has a webhook; returns how many were new
 /// and the customers they are for.
 async fn record(
@@ -201,54 +209,46 @@ async fn record(
     let mut customers: HashMap<Uuid, Option<Customer>> = HashMap::new();
     let mut rows = RecordRows::default();
     for d in batch {
-        // Most events belong to customers without a webhook: decide those from the subject's
-        // customer, without decoding the envelope (that was most of the recorder's work). A
-        // customer not found yet goes the decoded way, whose grace period needs the event's time.
-        if let Some(id) = d.customer_id() {
-            if let std::collections::hash_map::Entry::Vacant(slot) = customers.entry(id) {
+        // The customer is read from the subject (the envelope only if the subject lacks it):
+        // most events belong to customers without a webhook, and deciding those without
+        // decoding the envelope spares most of the recorder's work.
+        let Some(id) = d
+            .customer_id()
+            .or_else(|| d.event().as_ref().ok().map(|e| e.customer_id))
+        else {
+            undecodable(&d);
+            continue;
+        };
+        let customer = match customers.entry(id) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(slot) => {
                 let c = executor
                     .load::<Customer>(id, None)
                     .await
                     .map_err(|err| WebhookError::Customer(Box::new(err)))?;
-                if c.is_some() {
-                    slot.insert(c);
+                if c.is_none() {
+                    if let Ok(e) = d.event() {
+                        if chrono::Utc::now() - e.timestamp < CUSTOMER_GRACE {
+                            // The batch comes again shortly, when the customer has committed.
+                            return Err(WebhookError::CustomerNotYet(id));
+                        }
+                    }
                 }
-            }
-            if let Some(Some(c)) = customers.get(&id) {
-                if c.webhook_uri.is_empty() {
-                    continue;
-                }
-            }
-        }
-        let e = match d.event() {
-            Ok(e) => e,
-            Err(err) => {
-                // It can never be decoded: nothing to deliver (the projections dead-letter it).
-                tracing::error!(subject = %d.subject, error = %err, "undecodable event; no webhook");
-                continue;
+                slot.insert(c)
             }
         };
-        let customer = match customers.get(&e.customer_id) {
-            Some(c) => c,
-            None => {
-                let c = executor
-                    .load::<Customer>(e.customer_id, None)
-                    .await
-                    .map_err(|err| WebhookError::Customer(Box::new(err)))?;
-                if c.is_none() && chrono::Utc::now() - e.timestamp < CUSTOMER_GRACE {
-                    // The batch comes again shortly, when the customer has committed.
-                    return Err(WebhookError::CustomerNotYet(e.customer_id));
-                }
-                customers.entry(e.customer_id).or_insert(c)
-            }
+        let Some(c) = customer.as_ref().filter(|c| !c.webhook_uri.is_empty()) else {
+            continue;
+        };
+        let Ok(e) = d.event() else {
+            undecodable(&d);
+            continue;
         };
         // Only events from the moment the endpoint was set: a recorder catching up on a
         // backlog must not send an endpoint what happened before it was configured.
-        let Some(c) = customer.as_ref().filter(|c| {
-            !c.webhook_uri.is_empty() && c.webhook_since.is_none_or(|since| e.timestamp >= since)
-        }) else {
+        if c.webhook_since.is_some_and(|since| e.timestamp < since) {
             continue;
-        };
+        }
         let method = c.webhook_method.as_str().to_string();
         // UUIDv7 ids in stream order: a resource's deliveries go out in id order.
         rows.id.push(Uuid::now_v7());

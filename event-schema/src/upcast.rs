@@ -164,9 +164,17 @@ pub fn upcasters() -> Vec<Box<dyn EventUpcaster>> {
     ]
 }
 
+/// [`upcasters`], built once: the relay and every cache catch-up consult them per event, and
+/// building them parses each one's version.
+pub fn shared() -> &'static [Box<dyn EventUpcaster>] {
+    static ALL: std::sync::LazyLock<Vec<Box<dyn EventUpcaster>>> =
+        std::sync::LazyLock::new(upcasters);
+    &ALL
+}
+
 /// Whether an event of `event_type` at `event_version` is current (no upcaster applies).
 pub fn is_current(event_type: &str, event_version: &str) -> bool {
-    !upcasters()
+    !shared()
         .iter()
         .any(|u| u.can_upcast(event_type, event_version))
 }
@@ -175,6 +183,9 @@ pub fn is_current(event_type: &str, event_version: &str) -> bool {
 /// readers outside cqrs-es (the relay, replay) so that every consumer sees current shapes only.
 pub fn to_current(event_type: &str, event_version: &str, payload: Value) -> (String, Value) {
     use cqrs_es::persist::SerializedEvent;
+    if is_current(event_type, event_version) {
+        return (event_version.to_string(), payload);
+    }
     let e = SerializedEvent::new(
         String::new(),
         0,
@@ -184,7 +195,7 @@ pub fn to_current(event_type: &str, event_version: &str, payload: Value) -> (Str
         payload,
         Value::Null,
     );
-    let up = upcasters().iter().fold(e, |e, u| {
+    let up = shared().iter().fold(e, |e, u| {
         if u.can_upcast(&e.event_type, &e.event_version) {
             u.upcast(e)
         } else {

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 /// How long a filled entry lives.
@@ -97,7 +97,8 @@ pub fn key(table: &str, id: Uuid) -> String {
 pub struct Cache {
     client: redis::Client,
     prefix: Arc<str>,
-    conn: Arc<Mutex<Option<ConnectionManager>>>,
+    /// Set once: the manager reconnects by itself, so the hot path reads it without a lock.
+    conn: Arc<OnceCell<ConnectionManager>>,
     bypass_until_ms: Arc<AtomicU64>,
     failures: Arc<AtomicU64>,
     resynced_at: Arc<AtomicU64>,
@@ -118,7 +119,7 @@ impl Cache {
         Self {
             client,
             prefix: prefix.into(),
-            conn: Arc::new(Mutex::new(None)),
+            conn: Arc::new(OnceCell::new()),
             bypass_until_ms: Arc::new(AtomicU64::new(0)),
             failures: Arc::new(AtomicU64::new(0)),
             resynced_at: Arc::new(AtomicU64::new(0)),
@@ -135,22 +136,23 @@ impl Cache {
         if now_ms() < self.bypass_until_ms.load(Ordering::Relaxed) {
             return Err(CacheError::Bypassed);
         }
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
+        if let Some(c) = self.conn.get() {
             return Ok(c.clone());
         }
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(CALL_TIMEOUT)
             .set_response_timeout(CALL_TIMEOUT)
             .set_number_of_retries(1);
-        let c = self
-            .guard(ConnectionManager::new_with_config(
-                self.client.clone(),
-                config,
-            ))
-            .await?;
-        *guard = Some(c.clone());
-        Ok(c)
+        // Concurrent first calls wait for one attempt; a failed attempt leaves it unset.
+        self.conn
+            .get_or_try_init(|| {
+                self.guard(ConnectionManager::new_with_config(
+                    self.client.clone(),
+                    config,
+                ))
+            })
+            .await
+            .cloned()
     }
 
     /// Runs a Redis call with the timeout; a failure starts the bypass period.

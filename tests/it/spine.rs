@@ -1061,6 +1061,63 @@ async fn a_stale_cached_aggregate_catches_up_with_what_another_process_appended(
     );
 }
 
+/// A full aggregate cache keeps what was used last. With 100,000 campaign targets filling it,
+/// moka's default admission (TinyLFU) refused each new call in favour of targets touched more
+/// often, so every command on a call loaded it from the log again.
+#[tokio::test]
+async fn a_full_aggregate_cache_keeps_the_aggregates_used_last() {
+    use vbin_app::Executor;
+    use vbin_domain::{Outdial, OutdialCommand};
+    use vbin_event_schema::{CustomerId, OutdialId};
+    use vbin_eventlog::{CommandMeta, PgEventRepository};
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    let owner = CustomerId(customer);
+    let exec = Executor::with_cache_capacity(PgEventRepository::new(env.pool.clone()), 50);
+    let meta = || CommandMeta::caused_by("test", Uuid::now_v7(), "");
+    let create = |exec: Executor| async move {
+        let id = OutdialId::new();
+        let cmd = OutdialCommand::Create {
+            outdial_id: id,
+            customer_id: owner,
+            name: "cache".into(),
+            at: chrono::Utc::now(),
+        };
+        exec.execute_new::<Outdial>(id.as_uuid(), owner, cmd, &meta())
+            .await
+            .unwrap();
+        id.as_uuid()
+    };
+    // Older aggregates, each used a few times: popular by TinyLFU's count.
+    let mut old = Vec::new();
+    for _ in 0..60 {
+        old.push(create(exec.clone()).await);
+    }
+    for _ in 0..3 {
+        for id in &old {
+            exec.load::<Outdial>(*id, Some(owner))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    exec.settle_cache();
+    // The newest ones, used once each, must be what the cache holds now.
+    let mut new = Vec::new();
+    for _ in 0..20 {
+        new.push(create(exec.clone()).await);
+        exec.settle_cache();
+    }
+    let cached = new
+        .iter()
+        .filter(|id| {
+            exec.inspect_cached::<Outdial, _>(**id, Some(owner), |_| ())
+                .is_some()
+        })
+        .count();
+    assert_eq!(cached, new.len(), "the aggregates used last were evicted");
+}
+
 /// A command refused on a stale cached state appends nothing, so no conflict reveals the
 /// staleness: the executor must check the log before answering with the refusal. Here one
 /// process holds a call as just created; another answers it; the first then connects it,

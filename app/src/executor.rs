@@ -273,18 +273,13 @@ impl Executor {
         mut seq: usize,
     ) -> Result<(A, usize), ExecError> {
         use cqrs_es::persist::PersistedEventRepository;
-        let upcasters = vbin_event_schema::upcast::shared();
         let events = self
             .repo
             .get_last_events::<A>(&id.to_string(), seq)
             .await
             .map_err(|e| StoreError::Load(e.into()))?;
-        for mut event in events {
-            for u in upcasters {
-                if u.can_upcast(&event.event_type, &event.event_version) {
-                    event = u.upcast(event);
-                }
-            }
+        for event in events {
+            let event = vbin_event_schema::upcast::lift(event);
             let envelope = cqrs_es::EventEnvelope::<A>::try_from(event)
                 .map_err(|e| StoreError::Load(e.into()))?;
             seq = envelope.sequence;

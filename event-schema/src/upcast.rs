@@ -195,14 +195,20 @@ pub fn to_current(event_type: &str, event_version: &str, payload: Value) -> (Str
         payload,
         Value::Null,
     );
-    let up = shared().iter().fold(e, |e, u| {
+    let up = lift(e);
+    (up.event_version, up.payload)
+}
+
+/// `event` with every upcaster that applies applied, in order: the one fold the relay's
+/// [`to_current`] and the executor's cache catch-up share.
+pub fn lift(event: cqrs_es::persist::SerializedEvent) -> cqrs_es::persist::SerializedEvent {
+    shared().iter().fold(event, |e, u| {
         if u.can_upcast(&e.event_type, &e.event_version) {
             u.upcast(e)
         } else {
             e
         }
-    });
-    (up.event_version, up.payload)
+    })
 }
 
 #[cfg(test)]

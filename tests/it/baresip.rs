@@ -74,6 +74,21 @@ impl Baresip {
             .expect("sox must be installed (scripts/services installs it)")
             .success();
         assert!(ok, "sox failed");
+        // Ports are picked free and then handed to baresip, so another test can take one in
+        // between (baresip also binds TLS on the SIP port + 1 and RTP on its range): a start
+        // that fails with "Address already in use" is retried on fresh ports.
+        for attempt in 1.. {
+            match Self::spawn(&dir, &far, codecs) {
+                Ok(b) => return b,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => continue,
+                Err(log) => panic!("baresip did not start: {log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// One try at starting baresip on fresh ports: it, or what it printed when it exited.
+    fn spawn(dir: &Path, far: &Path, codecs: &str) -> Result<Self, String> {
         // baresip also listens for TLS on the SIP port + 1: keep the control port off it.
         let sip_port = loop {
             let p = free_port();
@@ -117,33 +132,33 @@ impl Baresip {
             ),
         )
         .unwrap();
-        let child = Command::new("baresip")
+        let mut child = Command::new("baresip")
             .arg("-f")
-            .arg(&dir)
+            .arg(dir)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("out.txt")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .expect("baresip must be installed (scripts/services installs it)");
-        let mut b = Baresip {
-            dir,
+        let log = || std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default();
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", ctrl_port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("exited ({status}): {}", log()));
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("baresip never listened: {}", log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Baresip {
+            dir: dir.to_path_buf(),
             sip_port,
             ctrl_port,
             child: Some(child),
-        };
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", ctrl_port)).is_err() {
-            if let Some(status) = b.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("baresip exited ({status}): {}", b.log());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "baresip never listened: {}",
-                b.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        b
+        })
     }
 
     /// What baresip printed.

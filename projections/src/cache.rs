@@ -14,12 +14,17 @@
 //! Invalidations that could not reach Redis stay in `cache_invalidations` and are retried by
 //! the sweeper ([`crate::runtime::sweep_invalidations`]) until Redis takes them, so no stale value
 //! survives an outage.
+//!
+//! In front of Redis, each reading process keeps the rows it read in a [`near`] cache that
+//! Redis's invalidation broadcasts keep exact, so a repeated hit costs no round trip.
+
+mod near;
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -103,6 +108,8 @@ pub struct Cache {
     failures: Arc<AtomicU64>,
     resynced_at: Arc<AtomicU64>,
     script: Arc<redis::Script>,
+    /// Started by the first read: processes that only write never track.
+    near: Arc<OnceLock<Arc<near::Near>>>,
 }
 
 fn now_ms() -> u64 {
@@ -124,6 +131,7 @@ impl Cache {
             failures: Arc::new(AtomicU64::new(0)),
             resynced_at: Arc::new(AtomicU64::new(0)),
             script: Arc::new(redis::Script::new(SET_IF_NEWER)),
+            near: Arc::new(OnceLock::new()),
         }
     }
 
@@ -171,22 +179,43 @@ impl Cache {
         Err(res)
     }
 
-    /// The cached row, `Ok(None)` on a miss or a tombstone.
+    fn near(&self) -> &near::Near {
+        self.near
+            .get_or_init(|| near::Near::start(&self.client, &self.prefix))
+    }
+
+    /// The cached row, `Ok(None)` on a miss or a tombstone: from this process's near cache
+    /// when it holds it, else from Redis (and then kept near).
     pub async fn get(&self, table: &str, id: Uuid) -> Result<Option<CachedRow>, CacheError> {
+        let full = self.full(&key(table, id));
+        let near = self.near();
+        if let Some(row) = near.get(&full) {
+            metrics::counter!("vbin_near_cache_hits_total").increment(1);
+            return Ok(Some(row));
+        }
+        let ticket = near.ticket(&full);
         let mut c = self.connection().await?;
         let raw: Option<String> = self
-            .guard(
-                redis::cmd("GET")
-                    .arg(self.full(&key(table, id)))
-                    .query_async(&mut c),
-            )
+            .guard(redis::cmd("GET").arg(&full).query_async(&mut c))
             .await?;
-        Ok(raw
+        let row = raw
             .and_then(|r| serde_json::from_str::<Stored>(&r).ok())
             .and_then(|s| match (s.t, s.c, s.b) {
                 (None, Some(c), Some(b)) => Some(CachedRow { v: s.v, c, b }),
                 _ => None,
-            }))
+            });
+        if let (Some(row), Some(ticket)) = (&row, ticket) {
+            near.keep(&full, row.clone(), ticket);
+        }
+        Ok(row)
+    }
+
+    /// Whether this process's near cache holds the row (tests: a hit costs no round trip).
+    #[doc(hidden)]
+    pub fn near_holds(&self, table: &str, id: Uuid) -> bool {
+        self.near
+            .get()
+            .is_some_and(|n| n.get(&self.full(&key(table, id))).is_some())
     }
 
     /// `Some(mark)` if this process saw Redis fail since the last [`Cache::resynced`]:
@@ -205,6 +234,11 @@ impl Cache {
     /// Records that the pending invalidations were applied after the failures counted by `mark`
     /// (a failure during the resync keeps the cache in need of another).
     pub fn resynced(&self, mark: u64) {
+        // The pending invalidations just applied reach the near cache as pushes a little
+        // later: forget it all rather than serve from it meanwhile.
+        if let Some(near) = self.near.get() {
+            near.forget_all();
+        }
         self.resynced_at.fetch_max(mark, Ordering::SeqCst);
     }
 

@@ -839,3 +839,131 @@ async fn reads_use_the_replica_yet_a_customer_reads_its_own_writes_while_it_lags
         assert_eq!(s, 200, "{v}");
     }
 }
+
+/// The query API's near cache (issue 23's read path): a row read from Redis is served from the
+/// process's memory; any write to its key in Redis, by whoever, takes it out at once, a burst
+/// of writes raced by readers leaves every reader on the last one, and when the tracking
+/// connection drops or Redis hangs, nothing held is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_near_cache_follows_every_write_to_redis_and_forgets_all_when_tracking_drops() {
+    use serde_json::value::RawValue;
+    use vbin_projections::cache::{Cache, CachedRow};
+    let redis = crate::support::Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let cache = Cache::new(client.clone(), "vbin:near-test:");
+    let customer = Uuid::new_v4();
+    let row = |v: i64| CachedRow {
+        v,
+        c: customer,
+        b: RawValue::from_string(format!("{{\"n\":{v}}}")).unwrap(),
+    };
+    let version = |r: Option<CachedRow>| r.map(|r| r.v);
+    let id = Uuid::new_v4();
+    cache.fill("rm_calls", id, &row(1)).await.unwrap();
+    wait_until("the row held near", Duration::from_secs(5), || async {
+        version(cache.get("rm_calls", id).await.unwrap()) == Some(1)
+            && cache.near_holds("rm_calls", id)
+    })
+    .await;
+
+    // Another client (a projection elsewhere) tombstones the key with a plain SET.
+    let mut other = redis.conn().await;
+    redis::cmd("SET")
+        .arg(format!("vbin:near-test:rm:rm_calls:{id}"))
+        .arg(r#"{"v":2,"t":1}"#)
+        .query_async::<()>(&mut other)
+        .await
+        .unwrap();
+    wait_until(
+        "the write to take the row out",
+        Duration::from_secs(1),
+        || async { !cache.near_holds("rm_calls", id) },
+    )
+    .await;
+    assert_eq!(version(cache.get("rm_calls", id).await.unwrap()), None);
+
+    // Readers race a burst of writes: once the writes stop, every reader sees the last.
+    for round in 0..20 {
+        let id = Uuid::new_v4();
+        cache.fill("rm_calls", id, &row(1)).await.unwrap();
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        let _ = cache.get("rm_calls", id).await;
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for v in 2..=100 {
+            cache.fill("rm_calls", id, &row(v)).await.unwrap();
+        }
+        for r in readers {
+            r.await.unwrap();
+        }
+        wait_until(
+            format!("round {round}: the last write read"),
+            Duration::from_secs(1),
+            || async { version(cache.get("rm_calls", id).await.unwrap()) == Some(100) },
+        )
+        .await;
+        for _ in 0..20 {
+            assert_eq!(
+                version(cache.get("rm_calls", id).await.unwrap()),
+                Some(100),
+                "round {round}: an older row came back"
+            );
+        }
+    }
+
+    // The tracking connection is killed: nothing is held until it is back.
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut other)
+        .await
+        .unwrap();
+    let tracking: Vec<&str> = list
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.starts_with("flags=") && f.contains('t'))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(tracking.len(), 1, "one tracking connection: {list}");
+    cache.fill("rm_calls", id, &row(3)).await.unwrap();
+    wait_until("the row held near", Duration::from_secs(5), || async {
+        cache.get("rm_calls", id).await.is_ok() && cache.near_holds("rm_calls", id)
+    })
+    .await;
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(tracking[0])
+        .query_async::<()>(&mut other)
+        .await
+        .unwrap();
+    wait_until(
+        "the lost tracking connection noticed",
+        Duration::from_secs(1),
+        || async { !cache.near_holds("rm_calls", id) },
+    )
+    .await;
+    wait_until(
+        "the row held near again",
+        Duration::from_secs(5),
+        || async { cache.get("rm_calls", id).await.is_ok() && cache.near_holds("rm_calls", id) },
+    )
+    .await;
+
+    // Redis hangs: within the PING's period nothing is served from memory either.
+    redis.pause(true);
+    wait_until("the hung redis noticed", Duration::from_secs(2), || async {
+        !cache.near_holds("rm_calls", id)
+    })
+    .await;
+    assert!(cache.get("rm_calls", id).await.is_err());
+    redis.pause(false);
+}

@@ -15,7 +15,7 @@ pub mod openapi;
 pub mod state;
 
 pub use error::ApiError;
-pub use state::HttpState;
+pub use state::{HttpParts, HttpState};
 
 use axum::extract::DefaultBodyLimit;
 use axum::{middleware, Router};

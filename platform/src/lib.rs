@@ -442,13 +442,13 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             stop_follower.await;
             follower.abort();
         }));
-        let state = HttpState {
+        let state = HttpState::new(vbin_http::HttpParts {
             pool: pool.clone(),
             keys: keys.clone(),
             bus: bus.clone(),
             redis: Some(redis_client.clone()),
             metrics: prometheus(),
-        };
+        });
         let mut routes = axum::Router::new();
         if parts.contains(&Part::CommandApi) {
             let mut commands = vbin_commands::routes(CmdState {

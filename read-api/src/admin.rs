@@ -5,6 +5,7 @@
 use crate::page::{page_body, Page, ReadState, FIRST_PAGE_DESC};
 use axum::extract::Extension;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_http::extract::{Admin, Query};
 use vbin_http::ApiError;
@@ -25,7 +26,7 @@ type Parked = (
 
 /// `GET /v1.0/customers` (admin): every customer, newest first, each with `balance_micros`.
 pub async fn list_customers(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     _: Admin,
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -55,7 +56,7 @@ pub async fn list_customers(
 /// `GET /v1.0/platform/status` (admin): the event log's head, how far behind it the relay is,
 /// each projection's position, parked events (the latest 20), webhook deliveries by status.
 pub async fn platform_status(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     _: Admin,
 ) -> Result<axum::Json<Value>, ApiError> {
     let head: i64 = sqlx::query_scalar("SELECT COALESCE(max(global_position), 0) FROM events")

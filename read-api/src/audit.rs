@@ -15,6 +15,7 @@ use axum::extract::Extension;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sqlx::Row;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_event_schema::{
     ActiveflowEvent, AiEvent, AicallEvent, BillingEvent, CallEvent, CampaignEvent, ConferenceEvent,
@@ -79,7 +80,7 @@ fn aggregate_of(resource_type: &str) -> Option<Holder> {
 
 /// The handler.
 pub async fn list_events(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(q): Query<EventsQuery>,
 ) -> Result<axum::Json<Value>, ApiError> {

@@ -28,6 +28,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 use vbin_event_schema::CallStatus;
@@ -88,7 +89,7 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
             "/v1.0/recordings/{id}/file",
             get(recordings::get_recording_file),
         )
-        .layer(Extension(state))
+        .layer(Extension(std::sync::Arc::new(state)))
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
@@ -256,7 +257,7 @@ struct CallFilter {
 }
 
 async fn list_calls(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<CallFilter>,
@@ -281,7 +282,7 @@ async fn list_calls(
 }
 
 async fn get_call(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Path(id): Path<String>,
 ) -> Result<RawJson, ApiError> {
@@ -289,7 +290,7 @@ async fn get_call(
 }
 
 async fn list_agents(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -303,7 +304,7 @@ async fn list_agents(
 }
 
 async fn get_agent(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Path(id): Path<String>,
 ) -> Result<RawJson, ApiError> {
@@ -311,7 +312,7 @@ async fn get_agent(
 }
 
 async fn list_access_keys(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     CustomerAdmin(c): CustomerAdmin,
     Query(p): Query<Page>,
 ) -> Result<axum::Json<Value>, ApiError> {
@@ -325,7 +326,7 @@ async fn list_access_keys(
 }
 
 async fn get_access_key(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<String>,
 ) -> Result<RawJson, ApiError> {
@@ -361,7 +362,7 @@ fn uuid_param(name: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> 
 }
 
 async fn get_billing_account(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
 ) -> Result<RawJson, ApiError> {
     let id = c.customer_id.as_uuid();
@@ -372,7 +373,7 @@ async fn get_billing_account(
 }
 
 async fn list_billings(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -392,7 +393,7 @@ async fn list_billings(
 macro_rules! list_and_get {
     ($($list:ident, $get:ident => $table:literal, $what:literal;)*) => {$(
         async fn $list(
-            Extension(s): Extension<ReadState>,
+            Extension(s): Extension<Arc<ReadState>>,
             c: CustomerCaller,
             Query(p): Query<Page>,
         ) -> Result<axum::Json<Value>, ApiError> {
@@ -400,7 +401,7 @@ macro_rules! list_and_get {
         }
 
         async fn $get(
-            Extension(s): Extension<ReadState>,
+            Extension(s): Extension<Arc<ReadState>>,
             c: CustomerCaller,
             Path(id): Path<String>,
         ) -> Result<RawJson, ApiError> {
@@ -427,7 +428,7 @@ list_and_get! {
 macro_rules! list_by_reference_and_get {
     ($($list:ident, $get:ident => $table:literal, $what:literal;)*) => {$(
         async fn $list(
-            Extension(s): Extension<ReadState>,
+            Extension(s): Extension<Arc<ReadState>>,
             c: CustomerCaller,
             Query(p): Query<Page>,
             Query(f): Query<Filter>,
@@ -437,7 +438,7 @@ macro_rules! list_by_reference_and_get {
         }
 
         async fn $get(
-            Extension(s): Extension<ReadState>,
+            Extension(s): Extension<Arc<ReadState>>,
             c: CustomerCaller,
             Path(id): Path<String>,
         ) -> Result<RawJson, ApiError> {
@@ -454,7 +455,7 @@ list_by_reference_and_get! {
 
 /// `GET /v1.0/aimessages/{id}`.
 async fn get_aimessage(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Path(id): Path<String>,
 ) -> Result<RawJson, ApiError> {
@@ -472,7 +473,7 @@ async fn get_aimessage(
 /// (their ids are time-ordered); empty if it has none. Without `aicall_id`: all the
 /// customer's messages, newest first.
 async fn list_aimessages(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -504,7 +505,7 @@ async fn list_aimessages(
 
 /// `GET /v1.0/outdials/{id}/targets`: the outdial's targets (none for another tenant's).
 async fn list_targets(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Path(id): Path<String>,
     Query(p): Query<Page>,
@@ -529,7 +530,7 @@ async fn list_targets(
 }
 
 async fn list_campaigncalls(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -547,7 +548,7 @@ async fn list_campaigncalls(
 
 /// `GET /v1.0/queuecalls?queue_id=`: queue calls, newest first.
 async fn list_queuecalls(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -565,7 +566,7 @@ async fn list_queuecalls(
 
 /// `GET /v1.0/conferencecalls?conference_id=`: conference calls, newest first.
 async fn list_conferencecalls(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -586,7 +587,7 @@ async fn list_conferencecalls(
 /// transcription has none. Without `transcribe_id`: all the customer's transcripts, newest
 /// first, like the other lists.
 async fn list_transcripts(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Query(p): Query<Page>,
     Query(f): Query<Filter>,
@@ -631,7 +632,7 @@ async fn list_transcripts(
 /// which only the command side's lookup table holds (it never enters the read models, the
 /// stream or Redis).
 async fn get_customer(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
 ) -> Result<axum::Json<Value>, ApiError> {
     let id = c.customer_id.as_uuid();

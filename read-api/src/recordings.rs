@@ -8,6 +8,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_http::extract::{CustomerCaller, Path};
 use vbin_http::ApiError;
@@ -17,7 +18,7 @@ use vbin_storage::StorageError;
 /// `GET /v1.0/recordings/{id}/file`: the WAV file, streamed (404 while it is recording, when
 /// nothing was stored, or after it was deleted).
 pub async fn get_recording_file(
-    Extension(s): Extension<ReadState>,
+    Extension(s): Extension<Arc<ReadState>>,
     c: CustomerCaller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

@@ -5,6 +5,7 @@ use super::error::ApiResult;
 use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_app::ai::KeyChange;
 use vbin_event_schema::{AiId, AiSettings, AiTool, AicallId, CallId, VadConfig};
@@ -70,7 +71,11 @@ impl AiBody {
 }
 
 /// `POST /v1.0/ais` -> the assistant (its key shown only as `engine_key_set`).
-pub async fn create_ai(State(s): State<CmdState>, t: Tenant, Json(b): Json<AiBody>) -> ApiResult {
+pub async fn create_ai(
+    State(s): State<Arc<CmdState>>,
+    t: Tenant,
+    Json(b): Json<AiBody>,
+) -> ApiResult {
     let (settings, key) = b.settings()?;
     let key = match key {
         KeyChange::Set(k) => Some(k),
@@ -83,7 +88,7 @@ pub async fn create_ai(State(s): State<CmdState>, t: Tenant, Json(b): Json<AiBod
 
 /// `PUT /v1.0/ais/{id}` -> the assistant (conversations under way keep their settings).
 pub async fn update_ai(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<AiBody>,
@@ -95,7 +100,11 @@ pub async fn update_ai(
 }
 
 /// `DELETE /v1.0/ais/{id}` -> the deleted assistant.
-pub async fn delete_ai(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+pub async fn delete_ai(
+    State(s): State<Arc<CmdState>>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
     Ok(Json(s.app.delete_ai(&t.acting, id).await?.view()))
 }
 
@@ -110,7 +119,7 @@ pub struct AicallBody {
 
 /// `POST /v1.0/aicalls` -> the conversation (initiating; the call's media session runs it).
 pub async fn create_aicall(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Json(b): Json<AicallBody>,
 ) -> ApiResult {
@@ -131,6 +140,10 @@ pub async fn create_aicall(
 }
 
 /// `POST /v1.0/aicalls/{id}/stop` -> the conversation, terminated.
-pub async fn stop_aicall(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+pub async fn stop_aicall(
+    State(s): State<Arc<CmdState>>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
     Ok(Json(s.app.stop_aicall(&t.acting, id).await?.view()))
 }

@@ -6,6 +6,7 @@ use super::state::{acting, CmdState};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_domain::{BillingAccount, BillingCommand};
 use vbin_event_schema::{CustomerId, Micros};
@@ -21,7 +22,7 @@ pub struct BalanceAdd {
 
 /// `POST /v1.0/customers/{id}/balance_add` (platform admin) -> the billing account.
 pub async fn balance_add(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     _: Admin,
     Path(id): Path<Uuid>,
     Json(b): Json<BalanceAdd>,
@@ -42,7 +43,7 @@ pub struct SetRate {
 
 /// `PUT /v1.0/customers/{id}/billing_account` (platform admin): the per-minute rate.
 pub async fn set_rate(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     _: Admin,
     Path(id): Path<Uuid>,
     Json(b): Json<SetRate>,

@@ -5,6 +5,7 @@ use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 use uuid::Uuid;
 pub use vbin_app::calls::NewCalls as ValidCalls;
 use vbin_app::flows::Program;
@@ -167,7 +168,7 @@ impl CreateCalls {
 /// `POST /v1.0/calls` -> `{"calls":[call...]}`: one call per destination, each dialed by the
 /// carrier as soon as its `call_created` event is published.
 pub async fn create_calls(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Json(b): Json<CreateCalls>,
 ) -> ApiResult {
@@ -178,7 +179,11 @@ pub async fn create_calls(
 
 /// `POST /v1.0/calls/{id}/hangup`: cancels an unanswered call, clears an answered one; a call
 /// that has already ended is returned unchanged.
-pub async fn hangup_call(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+pub async fn hangup_call(
+    State(s): State<Arc<CmdState>>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
     Ok(Json(s.app.hangup_call(&t.acting, id).await?.view()))
 }
 
@@ -228,7 +233,7 @@ impl RecordingBody {
 /// `POST /v1.0/calls/{id}/recording_start` -> the recording (status recording). The call must
 /// be answered; the call's media session captures it.
 pub async fn start_recording(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
     body: axum::body::Bytes,
@@ -258,7 +263,7 @@ pub(super) async fn record(
 /// `POST /v1.0/calls/{id}/recording_stop` -> the call's recordings asked to stop (each ends
 /// with `recording_ended` once stored).
 pub async fn stop_recording(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {

@@ -8,6 +8,7 @@ use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_app::StoredAggregate;
 use vbin_domain::campaign::MAX_TARGET_DESTINATIONS;
@@ -115,7 +116,7 @@ impl CreateOutplan {
 
 /// `POST /v1.0/outplans` -> the outplan.
 pub async fn create_outplan(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Json(b): Json<CreateOutplan>,
 ) -> ApiResult {
@@ -168,7 +169,7 @@ impl CreateOutdial {
 
 /// `POST /v1.0/outdials` -> the outdial.
 pub async fn create_outdial(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Json(b): Json<CreateOutdial>,
 ) -> ApiResult {
@@ -226,7 +227,7 @@ impl CreateTarget {
 
 /// `POST /v1.0/outdials/{id}/targets` -> the target (pending).
 pub async fn create_target(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Path(outdial): Path<Uuid>,
     Json(b): Json<CreateTarget>,
@@ -329,7 +330,7 @@ impl CreateCampaign {
 
 /// `POST /v1.0/campaigns` -> the campaign (pending).
 pub async fn create_campaign(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Json(b): Json<CreateCampaign>,
 ) -> ApiResult {
@@ -379,7 +380,7 @@ pub struct SetStatus {
 
 /// `PUT /v1.0/campaigns/{id}/status` `{status: running|stopped}` -> the campaign.
 pub async fn set_campaign_status(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<SetStatus>,

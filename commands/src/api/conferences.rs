@@ -7,6 +7,7 @@ use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_domain::{Conference, ConferenceCommand};
 use vbin_event_schema::{ConferenceId, MediaReference};
@@ -21,7 +22,7 @@ pub struct ConferenceBody {
 
 /// `POST /v1.0/conferences` -> the conference (`pending`).
 pub async fn create_conference(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Json(b): Json<ConferenceBody>,
 ) -> ApiResult {
@@ -44,7 +45,7 @@ pub async fn create_conference(
 /// `POST /v1.0/conferences/{id}/stop` -> the conference (`terminated`; stopping twice
 /// changes nothing).
 pub async fn stop_conference(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
@@ -58,7 +59,7 @@ pub async fn stop_conference(
 /// channel: the mix of every member). Optional body `{format?: "wav", duration?}`; the
 /// conference must not have ended.
 pub async fn start_recording(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
     body: axum::body::Bytes,
@@ -70,7 +71,7 @@ pub async fn start_recording(
 /// `POST /v1.0/conferences/{id}/recording_stop` -> the conference's recordings asked to stop
 /// (each ends with `recording_ended` once stored).
 pub async fn stop_recording(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {

@@ -4,6 +4,7 @@ use super::error::ApiResult;
 use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_app::flows::FlowInput;
 use vbin_domain::flow::{check_names, validate_actions};
@@ -39,7 +40,7 @@ impl FlowBody {
 
 /// `POST /v1.0/flows` -> the flow (actions without an id get one).
 pub async fn create_flow(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Json(b): Json<FlowBody>,
 ) -> ApiResult {
@@ -50,7 +51,7 @@ pub async fn create_flow(
 
 /// `PUT /v1.0/flows/{id}` -> the flow (running activeflows keep the program they copied).
 pub async fn update_flow(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<FlowBody>,
@@ -64,13 +65,17 @@ pub async fn update_flow(
 }
 
 /// `DELETE /v1.0/flows/{id}` -> the deleted flow.
-pub async fn delete_flow(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+pub async fn delete_flow(
+    State(s): State<Arc<CmdState>>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
     Ok(Json(s.app.delete_flow(&t.acting, id).await?.view()))
 }
 
 /// `POST /v1.0/activeflows/{id}/stop` -> the activeflow, ended (the call goes on).
 pub async fn stop_activeflow(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {

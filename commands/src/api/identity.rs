@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use chrono::{Duration, Utc};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_domain::billing::DEFAULT_RATE_MICROS_PER_MINUTE;
 use vbin_domain::customer::MAX_AGENT_ADDRESSES;
@@ -142,7 +143,7 @@ impl CreateCustomer {
 /// username), the orphan account belongs to an id nobody can use, whereas the reverse order
 /// could leave a customer without an account.
 pub async fn create_customer(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     _: Admin,
     Json(b): Json<CreateCustomer>,
 ) -> ApiResult {
@@ -214,7 +215,7 @@ static DUMMY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// `POST /auth/login` -> `{token}` (HS256 JWT).
-pub async fn login(State(s): State<CmdState>, Json(b): Json<Login>) -> ApiResult {
+pub async fn login(State(s): State<Arc<CmdState>>, Json(b): Json<Login>) -> ApiResult {
     let b = b.validate()?;
     if s.keys.login_blocked(&b.username) {
         return Err(ApiError::new(
@@ -298,7 +299,7 @@ impl UpdateCustomer {
 
 /// `PUT /v1.0/customer`: webhook settings.
 pub async fn update_customer(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<UpdateCustomer>,
 ) -> ApiResult {
@@ -314,7 +315,7 @@ pub async fn update_customer(
 /// `POST /v1.0/customer/webhook_secret/rotate`: a new secret; the old one stays in use for the
 /// grace period.
 pub async fn rotate_webhook_secret(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
 ) -> ApiResult {
     let cmd = CustomerCommand::RotateWebhookSecret {
@@ -369,7 +370,7 @@ impl CreateAccessKey {
 
 /// `POST /v1.0/accesskeys`: returns the token once; only its hash is kept.
 pub async fn create_access_key(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<CreateAccessKey>,
 ) -> ApiResult {
@@ -393,7 +394,7 @@ pub async fn create_access_key(
 
 /// `DELETE /v1.0/accesskeys/{id}`: revoke.
 pub async fn delete_access_key(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
@@ -469,7 +470,7 @@ impl CreateAgent {
 
 /// `POST /v1.0/agents`.
 pub async fn create_agent(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
     Json(b): Json<CreateAgent>,
 ) -> ApiResult {
@@ -550,7 +551,7 @@ impl UpdateAgent {
 
 /// `PUT /v1.0/agents/{id}`.
 pub async fn update_agent(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
     Json(b): Json<UpdateAgent>,
@@ -571,7 +572,7 @@ pub async fn update_agent(
 
 /// `DELETE /v1.0/agents/{id}`.
 pub async fn delete_agent(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     CustomerAdmin(c): CustomerAdmin,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
@@ -598,7 +599,7 @@ pub struct AgentStatusBody {
 
 /// `PUT /v1.0/agents/{id}/status`: an agent may set its own; an admin anyone's.
 pub async fn set_agent_status(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<AgentStatusBody>,

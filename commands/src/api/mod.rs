@@ -117,5 +117,5 @@ pub fn routes(state: CmdState) -> Router<HttpState> {
             "/v1.0/transcribes/{id}/stop",
             post(transcribes::stop_transcribe),
         )
-        .with_state(state)
+        .with_state(std::sync::Arc::new(state))
 }

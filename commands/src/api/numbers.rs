@@ -5,6 +5,7 @@ use super::error::ApiResult;
 use super::state::{acting, CmdState, Tenant};
 use axum::extract::State;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_app::numbers::IncomingCall;
 use vbin_event_schema::flow::SandboxScript;
@@ -34,7 +35,7 @@ pub struct UpdateNumber {
 
 /// `POST /v1.0/numbers` -> the number (409 when it is taken).
 pub async fn create_number(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Json(b): Json<CreateNumber>,
 ) -> ApiResult {
@@ -53,7 +54,7 @@ pub async fn create_number(
 
 /// `PUT /v1.0/numbers/{id}` -> the number, routed to another flow.
 pub async fn update_number(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<UpdateNumber>,
@@ -72,7 +73,7 @@ pub async fn update_number(
 
 /// `DELETE /v1.0/numbers/{id}` -> the released number.
 pub async fn delete_number(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {
@@ -92,7 +93,7 @@ pub struct SandboxIncoming {
 /// `POST /v1.0/sandbox/incoming_calls` (platform admin) -> the incoming call: the sandbox
 /// network calls one of the customer's numbers, which runs the number's flow.
 pub async fn sandbox_incoming_call(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     _: Admin,
     Json(b): Json<SandboxIncoming>,
 ) -> ApiResult {

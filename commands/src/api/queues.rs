@@ -8,6 +8,7 @@ use axum::extract::State;
 use chrono::Utc;
 use serde::Deserialize;
 use std::collections::HashSet;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_domain::queue::MAX_QUEUE_AGENTS;
 use vbin_domain::{Customer, Flow, NewQueue, Queue, QueueCommand};
@@ -110,7 +111,7 @@ fn is_wait_media(kind: &ActionKind) -> bool {
 
 /// `POST /v1.0/queues` -> the queue.
 pub async fn create_queue(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Json(b): Json<QueueBody>,
 ) -> ApiResult {
@@ -138,7 +139,7 @@ pub async fn create_queue(
 
 /// `PUT /v1.0/queues/{id}` -> the queue (settings replaced; waiting calls keep their place).
 pub async fn update_queue(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<QueueBody>,
@@ -165,7 +166,7 @@ pub struct JoinBody {
 /// `POST /v1.0/queues/{id}/calls` `{call_id}` -> the queue call (waiting). The call must be
 /// answered (progressing); a call joins at most one queue, once (409 afterwards).
 pub async fn join_queue(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<JoinBody>,

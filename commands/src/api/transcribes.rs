@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_domain::{
     Call, Conference, ConferenceStatus, NewTranscribe, Transcribe, TranscribeCommand,
@@ -95,7 +96,7 @@ fn failed_precondition(message: impl Into<String>) -> ApiError {
 /// running transcribe in the same direction (409). A conference must be the caller's and not
 /// ended, with no running transcribe.
 pub async fn create_transcribe(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { caller: c, acting }: Tenant,
     Json(b): Json<TranscribeBody>,
 ) -> ApiResult {
@@ -159,7 +160,7 @@ pub async fn create_transcribe(
 /// `POST /v1.0/transcribes/{id}/stop` -> the transcribe (completed). Stopping a completed one
 /// returns it unchanged.
 pub async fn stop_transcribe(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     Tenant { acting, .. }: Tenant,
     Path(id): Path<Uuid>,
 ) -> ApiResult {

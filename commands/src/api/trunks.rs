@@ -4,6 +4,7 @@ use super::error::ApiResult;
 use super::state::{CmdState, Tenant};
 use axum::extract::State;
 use serde::Deserialize;
+use std::sync::Arc;
 use uuid::Uuid;
 use vbin_app::ai::KeyChange;
 use vbin_event_schema::{Codec, SipTransport, TrunkSettings};
@@ -64,7 +65,7 @@ impl TrunkBody {
 
 /// `POST /v1.0/trunks` -> the trunk (its password shown only as `password_set`).
 pub async fn create_trunk(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Json(b): Json<TrunkBody>,
 ) -> ApiResult {
@@ -83,7 +84,7 @@ pub async fn create_trunk(
 
 /// `PUT /v1.0/trunks/{id}` -> the trunk with its new settings.
 pub async fn update_trunk(
-    State(s): State<CmdState>,
+    State(s): State<Arc<CmdState>>,
     t: Tenant,
     Path(id): Path<Uuid>,
     Json(b): Json<TrunkBody>,
@@ -98,6 +99,10 @@ pub async fn update_trunk(
 }
 
 /// `DELETE /v1.0/trunks/{id}` -> the deleted trunk.
-pub async fn delete_trunk(State(s): State<CmdState>, t: Tenant, Path(id): Path<Uuid>) -> ApiResult {
+pub async fn delete_trunk(
+    State(s): State<Arc<CmdState>>,
+    t: Tenant,
+    Path(id): Path<Uuid>,
+) -> ApiResult {
     Ok(Json(s.app.delete_trunk(&t.acting, id).await?.view()))
 }

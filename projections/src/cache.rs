@@ -187,13 +187,13 @@ impl Cache {
     /// The cached row, `Ok(None)` on a miss or a tombstone: from this process's near cache
     /// when it holds it, else from Redis (and then kept near).
     pub async fn get(&self, table: &str, id: Uuid) -> Result<Option<CachedRow>, CacheError> {
-        let full = self.full(&key(table, id));
         let near = self.near();
-        if let Some(row) = near.get(&full) {
+        if let Some(row) = near.get(table, id) {
             metrics::counter!("vbin_near_cache_hits_total").increment(1);
             return Ok(Some(row));
         }
-        let ticket = near.ticket(&full);
+        let ticket = near.ticket(id);
+        let full = self.full(&key(table, id));
         let mut c = self.connection().await?;
         let raw: Option<String> = self
             .guard(redis::cmd("GET").arg(&full).query_async(&mut c))
@@ -205,7 +205,7 @@ impl Cache {
                 _ => None,
             });
         if let (Some(row), Some(ticket)) = (&row, ticket) {
-            near.keep(&full, row.clone(), ticket);
+            near.keep(table, id, row.clone(), ticket);
         }
         Ok(row)
     }
@@ -213,9 +213,7 @@ impl Cache {
     /// Whether this process's near cache holds the row (tests: a hit costs no round trip).
     #[doc(hidden)]
     pub fn near_holds(&self, table: &str, id: Uuid) -> bool {
-        self.near
-            .get()
-            .is_some_and(|n| n.get(&self.full(&key(table, id))).is_some())
+        self.near.get().is_some_and(|n| n.get(table, id).is_some())
     }
 
     /// `Some(mark)` if this process saw Redis fail since the last [`Cache::resynced`]:

@@ -9,7 +9,7 @@
 //!
 //! The race every client-side cache must close: a reader's GET is answered with the old value,
 //! the key is then written and its invalidation arrives (on the other connection) before the
-//! reader stores what it read. Each key hashes to a generation counter that an invalidation
+//! reader stores what it read. Each row id maps to a generation counter that an invalidation
 //! bumps before removing the entry; a reader notes the generation (and the connection's
 //! epoch) before its GET, stores, then checks them again and removes what it stored if either
 //! moved. Whatever the interleaving, a value read before a write does not outlive that write's
@@ -17,10 +17,10 @@
 
 use super::CachedRow;
 use redis::{PushInfo, PushKind, Value};
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// How many bytes of rows a process keeps.
 const CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
@@ -31,7 +31,7 @@ const MAX_AGE: Duration = Duration::from_secs(600);
 const PING_EVERY: Duration = Duration::from_millis(250);
 /// The PING's and the connection's timeout.
 const TIMEOUT: Duration = Duration::from_millis(250);
-/// Generation counters (keys share them by hash: a shared bump only costs a miss).
+/// Generation counters (rows share them by id: a shared bump only costs a miss).
 const STRIPES: usize = 4096;
 
 /// What a reader notes before its GET.
@@ -44,13 +44,21 @@ pub(super) struct Ticket {
 
 /// The near cache of one [`super::Cache`].
 pub(super) struct Near {
-    rows: moka::sync::Cache<String, CachedRow>,
+    /// By row id alone (ids are UUIDs, unique across tables; the table is checked on a hit):
+    /// a hit builds no key string.
+    rows: moka::sync::Cache<Uuid, Held>,
     /// The tracking connection is up and subscribed.
     live: AtomicBool,
     /// Bumped each time the tracking connection is lost (and on a resync).
     epoch: AtomicU64,
     generations: Box<[AtomicU64]>,
-    hasher: RandomState,
+}
+
+/// A row held, with its table.
+#[derive(Clone)]
+struct Held {
+    table: Box<str>,
+    row: CachedRow,
 }
 
 impl Near {
@@ -74,33 +82,38 @@ impl Near {
         Self {
             rows: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY_BYTES)
-                .weigher(|k: &String, v: &CachedRow| {
-                    (k.len() + v.b.get().len()).try_into().unwrap_or(u32::MAX)
+                .weigher(|_: &Uuid, h: &Held| {
+                    (64 + h.table.len() + h.row.b.get().len())
+                        .try_into()
+                        .unwrap_or(u32::MAX)
                 })
                 .time_to_live(MAX_AGE)
                 .build(),
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            hasher: RandomState::new(),
         }
     }
 
-    fn stripe(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) % STRIPES as u64) as usize
+    /// The low bits of an id: random in UUIDv4 and v7 alike.
+    fn stripe(id: Uuid) -> usize {
+        (id.as_u128() % STRIPES as u128) as usize
     }
 
-    /// The row under `key`, if held and the tracking connection is up.
-    pub(super) fn get(&self, key: &str) -> Option<CachedRow> {
+    /// Row `id` of `table`, if held and the tracking connection is up.
+    pub(super) fn get(&self, table: &str, id: Uuid) -> Option<CachedRow> {
         if !self.live.load(SeqCst) {
             return None;
         }
-        self.rows.get(key)
+        self.rows
+            .get(&id)
+            .filter(|h| &*h.table == table)
+            .map(|h| h.row)
     }
 
-    /// Notes the state before a GET of `key`; `None` while the tracking connection is down
+    /// Notes the state before a GET of row `id`; `None` while the tracking connection is down
     /// (what is read then must not be kept).
-    pub(super) fn ticket(&self, key: &str) -> Option<Ticket> {
+    pub(super) fn ticket(&self, id: Uuid) -> Option<Ticket> {
         // The epoch before `live`: `lost` clears `live` before it bumps the epoch, so a reader
         // that sees `live` either noted the old epoch (and its check fails) or the new one
         // after the connection came back.
@@ -108,7 +121,7 @@ impl Near {
         if !self.live.load(SeqCst) {
             return None;
         }
-        let stripe = self.stripe(key);
+        let stripe = Self::stripe(id);
         Some(Ticket {
             epoch,
             generation: self.generations[stripe].load(SeqCst),
@@ -116,9 +129,9 @@ impl Near {
         })
     }
 
-    /// Keeps what a GET under `ticket` read, unless `key` was written (or the connection lost)
-    /// since the ticket was taken.
-    pub(super) fn keep(&self, key: &str, row: CachedRow, ticket: Ticket) {
+    /// Keeps what a GET under `ticket` read, unless row `id` was written (or the connection
+    /// lost) since the ticket was taken.
+    pub(super) fn keep(&self, table: &str, id: Uuid, row: CachedRow, ticket: Ticket) {
         let unchanged = |n: &Self| {
             n.epoch.load(SeqCst) == ticket.epoch
                 && n.generations[ticket.stripe].load(SeqCst) == ticket.generation
@@ -126,18 +139,32 @@ impl Near {
         if !unchanged(self) {
             return;
         }
-        self.rows.insert(key.to_owned(), row);
+        let table = table.into();
+        self.rows.insert(id, Held { table, row });
         // An invalidation bumps the generation before it removes: if it removed before the
         // insert, the bump shows here.
         if !unchanged(self) {
-            self.rows.invalidate(key);
+            self.rows.invalidate(&id);
         }
     }
 
-    /// `key` was written.
-    fn invalidate(&self, key: &str) {
-        self.generations[self.stripe(key)].fetch_add(1, SeqCst);
-        self.rows.invalidate(key);
+    /// Row `id` was written.
+    fn invalidate(&self, id: Uuid) {
+        self.generations[Self::stripe(id)].fetch_add(1, SeqCst);
+        self.rows.invalidate(&id);
+    }
+
+    /// A key of the tracked prefix was written: `<prefix>rm:<table>:<id>`.
+    fn invalidate_key(&self, key: &[u8]) {
+        let id = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.rsplit(':').next())
+            .and_then(|id| Uuid::parse_str(id).ok());
+        match id {
+            Some(id) => self.invalidate(id),
+            // Not a row's key: nothing held can be under it, but be safe.
+            None => self.forget_all(),
+        }
     }
 
     /// Forgets every row (a flush, a resync after an outage) without going offline.
@@ -159,7 +186,7 @@ impl Near {
                     Some(Value::Array(keys)) => {
                         for k in keys {
                             if let Value::BulkString(b) = k {
-                                self.invalidate(&String::from_utf8_lossy(b));
+                                self.invalidate_key(b);
                             }
                         }
                     }
@@ -249,10 +276,12 @@ mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
+    const T: &str = "rm_calls";
+
     fn row(v: i64) -> CachedRow {
         CachedRow {
             v,
-            c: uuid::Uuid::nil(),
+            c: Uuid::nil(),
             b: RawValue::from_string(format!("{{\"n\":{v}}}")).unwrap(),
         }
     }
@@ -263,66 +292,72 @@ mod tests {
         n
     }
 
-    #[test]
-    fn a_read_is_kept_and_a_write_takes_it_out() {
-        let n = live();
-        let t = n.ticket("k").unwrap();
-        n.keep("k", row(1), t);
-        assert_eq!(n.get("k").map(|r| r.v), Some(1));
-        n.invalidate("k");
-        assert!(n.get("k").is_none());
+    fn read(n: &Near, id: Uuid, v: i64) {
+        let t = n.ticket(id).unwrap();
+        n.keep(T, id, row(v), t);
     }
 
     #[test]
-    fn a_read_overtaken_by_its_keys_invalidation_is_not_kept() {
+    fn a_read_is_kept_for_its_table_and_a_write_takes_it_out() {
         let n = live();
-        let t = n.ticket("k").unwrap();
-        n.invalidate("k");
-        n.keep("k", row(1), t);
-        assert!(n.get("k").is_none());
-        // Another key's reads go on being kept (unless it shares the stripe).
-        let other = (0..)
-            .map(|i| format!("o{i}"))
-            .find(|o| n.stripe(o) != n.stripe("k"))
+        let k = Uuid::new_v4();
+        read(&n, k, 1);
+        assert_eq!(n.get(T, k).map(|r| r.v), Some(1));
+        assert!(n.get("rm_flows", k).is_none(), "another table's row");
+        n.invalidate(k);
+        assert!(n.get(T, k).is_none());
+    }
+
+    #[test]
+    fn a_read_overtaken_by_its_rows_invalidation_is_not_kept() {
+        let n = live();
+        let k = Uuid::new_v4();
+        let t = n.ticket(k).unwrap();
+        n.invalidate(k);
+        n.keep(T, k, row(1), t);
+        assert!(n.get(T, k).is_none());
+        // Another row's reads go on being kept (unless it shares the stripe).
+        let other = std::iter::repeat_with(Uuid::new_v4)
+            .find(|o| Near::stripe(*o) != Near::stripe(k))
             .unwrap();
-        let t = n.ticket(&other).unwrap();
-        n.invalidate("k");
-        n.keep(&other, row(1), t);
-        assert!(n.get(&other).is_some());
+        let t = n.ticket(other).unwrap();
+        n.invalidate(k);
+        n.keep(T, other, row(1), t);
+        assert!(n.get(T, other).is_some());
     }
 
     #[test]
     fn nothing_is_kept_or_served_across_a_lost_connection() {
         let n = live();
-        let t = n.ticket("k").unwrap();
-        n.keep("k", row(1), t);
-        let before = n.ticket("j").unwrap();
+        let (k, j) = (Uuid::new_v4(), Uuid::new_v4());
+        read(&n, k, 1);
+        let before = n.ticket(j).unwrap();
         n.lost();
-        assert!(n.get("k").is_none());
-        assert!(n.ticket("j").is_none(), "no ticket while offline");
+        assert!(n.get(T, k).is_none());
+        assert!(n.ticket(j).is_none(), "no ticket while offline");
         n.live.store(true, SeqCst);
-        n.keep("j", row(1), before);
-        assert!(n.get("j").is_none(), "read before the loss kept after it");
-        assert!(n.get("k").is_none());
+        n.keep(T, j, row(1), before);
+        assert!(n.get(T, j).is_none(), "read before the loss kept after it");
+        assert!(n.get(T, k).is_none());
     }
 
     #[test]
-    fn a_flush_push_forgets_everything() {
+    fn pushes_name_keys_or_flush_everything() {
         let n = live();
-        for k in ["a", "b"] {
-            let t = n.ticket(k).unwrap();
-            n.keep(k, row(1), t);
-        }
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        read(&n, a, 1);
+        read(&n, b, 1);
+        let key = format!("vbin:0123456789ab:rm:{T}:{a}");
         assert!(n.on_push(PushInfo {
             kind: PushKind::Invalidate,
-            data: vec![Value::Array(vec![Value::BulkString(b"a".to_vec())])],
+            data: vec![Value::Array(vec![Value::BulkString(key.into_bytes())])],
         }));
-        assert!(n.get("a").is_none() && n.get("b").is_some());
+        assert!(n.get(T, a).is_none() && n.get(T, b).is_some());
         assert!(n.on_push(PushInfo {
             kind: PushKind::Invalidate,
             data: vec![Value::Nil],
         }));
-        assert!(n.get("b").is_none());
+        assert!(n.get(T, b).is_none());
         assert!(!n.on_push(PushInfo {
             kind: PushKind::Disconnection,
             data: vec![],

@@ -19,9 +19,12 @@
 //! Redis's invalidation broadcasts keep exact, so a repeated hit costs no round trip.
 
 mod near;
+mod row;
+
+pub use row::CachedRow;
 
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -57,18 +60,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 "#;
-
-/// A cached row.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CachedRow {
-    /// Row version.
-    pub v: i64,
-    /// Owning customer.
-    pub c: Uuid,
-    /// The API view, as the JSON text it is served as: a hit is answered with these bytes,
-    /// never parsed and printed again.
-    pub b: Box<RawValue>,
-}
 
 #[derive(Deserialize)]
 struct Stored {

@@ -15,7 +15,7 @@
 //! moved. Whatever the interleaving, a value read before a write does not outlive that write's
 //! invalidation.
 
-use super::CachedRow;
+use super::row::CachedRow;
 use redis::{PushInfo, PushKind, Value};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Weak};

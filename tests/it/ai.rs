@@ -24,9 +24,23 @@ fn id_of(v: &Value) -> Uuid {
 }
 
 /// The call's (first) conversation and its messages, in the order they were said.
+/// The ended conversation of `call` and its messages. The flow (or call) a test waits for can
+/// end before the conversation's own end reaches its read model: wait for that too.
 async fn conversation(api: &Client<'_>, call: Uuid) -> (Value, Vec<Value>) {
-    let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
-    let aicall = list["result"][0].clone();
+    let aicall = wait_until(
+        "the conversation's end in its read model",
+        Duration::from_secs(10),
+        || async {
+            let (_, list) = api.get(&format!("/v1.0/aicalls?reference_id={call}")).await;
+            let aicall = list["result"][0].clone();
+            if aicall["tm_end"].is_null() {
+                Err(aicall.to_string())
+            } else {
+                Ok(aicall)
+            }
+        },
+    )
+    .await;
     let id = aicall["id"].as_str().expect("a conversation");
     let (_, msgs) = api.get(&format!("/v1.0/aimessages?aicall_id={id}")).await;
     let msgs = msgs["result"].as_array().expect("messages").clone();

@@ -46,7 +46,7 @@ pub(super) struct Ticket {
 pub(super) struct Near {
     /// By row id alone (ids are UUIDs, unique across tables; the table is checked on a hit):
     /// a hit builds no key string.
-    rows: moka::sync::Cache<Uuid, Held>,
+    rows: moka::sync::Cache<Uuid, Arc<Held>>,
     /// The tracking connection is up and subscribed.
     live: AtomicBool,
     /// Bumped each time the tracking connection is lost (and on a resync).
@@ -54,8 +54,7 @@ pub(super) struct Near {
     generations: Box<[AtomicU64]>,
 }
 
-/// A row held, with its table.
-#[derive(Clone)]
+/// A row held, with its table (behind an `Arc`: a hit clones only the row).
 struct Held {
     table: Box<str>,
     row: CachedRow,
@@ -82,7 +81,7 @@ impl Near {
         Self {
             rows: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY_BYTES)
-                .weigher(|_: &Uuid, h: &Held| {
+                .weigher(|_: &Uuid, h: &Arc<Held>| {
                     (64 + h.table.len() + h.row.b.get().len())
                         .try_into()
                         .unwrap_or(u32::MAX)
@@ -108,7 +107,7 @@ impl Near {
         self.rows
             .get(&id)
             .filter(|h| &*h.table == table)
-            .map(|h| h.row)
+            .map(|h| h.row.clone())
     }
 
     /// Notes the state before a GET of row `id`; `None` while the tracking connection is down
@@ -140,7 +139,7 @@ impl Near {
             return;
         }
         let table = table.into();
-        self.rows.insert(id, Held { table, row });
+        self.rows.insert(id, Arc::new(Held { table, row }));
         // An invalidation bumps the generation before it removes: if it removed before the
         // insert, the bump shows here.
         if !unchanged(self) {

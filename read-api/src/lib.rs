@@ -89,7 +89,7 @@ pub fn routes(state: ReadState) -> Router<HttpState> {
             "/v1.0/recordings/{id}/file",
             get(recordings::get_recording_file),
         )
-        .layer(Extension(std::sync::Arc::new(state)))
+        .layer(Extension(Arc::new(state)))
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {

@@ -140,7 +140,7 @@ impl Baresip {
             .stderr(Stdio::null())
             .spawn()
             .expect("baresip must be installed (scripts/services installs it)");
-        let log = || std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default();
+        let log = || read_log(dir);
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", ctrl_port)).is_err() {
             if let Some(status) = child.try_wait().unwrap() {
@@ -163,7 +163,7 @@ impl Baresip {
 
     /// What baresip printed.
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("out.txt")).unwrap_or_default()
+        read_log(&self.dir)
     }
 
     /// Runs a command of baresip's control socket (a netstring of JSON); its response.
@@ -210,6 +210,11 @@ impl Baresip {
         let (rate, mono) = read_wav(&file);
         (rate, to_16k(rate, &mono))
     }
+}
+
+/// What the baresip started in `dir` printed.
+fn read_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("out.txt")).unwrap_or_default()
 }
 
 impl Drop for Baresip {

@@ -3,7 +3,7 @@
 //! the pages as a person would (typing, clicking, reading what is shown) and checks what the
 //! API then holds.
 
-use crate::support::{id_of, wait_until, Env};
+use crate::support::{free_port, id_of, wait_until, Env};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -23,14 +23,6 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Browser {

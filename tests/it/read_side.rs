@@ -874,12 +874,7 @@ async fn the_near_cache_follows_every_write_to_redis_and_forgets_all_when_tracki
         .query_async::<()>(&mut other)
         .await
         .unwrap();
-    wait_until(
-        "the write to take the row out",
-        Duration::from_secs(1),
-        || async { !cache.near_holds("rm_calls", id) },
-    )
-    .await;
+    let_go(&cache, id, "the write to take the row out", 1).await;
     assert_eq!(version(cache.get("rm_calls", id).await.unwrap()), None);
 
     // Readers race a burst of writes: once the writes stop, every reader sees the last.
@@ -934,10 +929,7 @@ async fn the_near_cache_follows_every_write_to_redis_and_forgets_all_when_tracki
         .collect();
     assert_eq!(tracking.len(), 1, "one tracking connection: {list}");
     cache.fill("rm_calls", id, &row(3)).await.unwrap();
-    wait_until("the row held near", Duration::from_secs(5), || async {
-        cache.get("rm_calls", id).await.is_ok() && cache.near_holds("rm_calls", id)
-    })
-    .await;
+    held_near(&cache, id, "the row held near").await;
     redis::cmd("CLIENT")
         .arg("KILL")
         .arg("ID")
@@ -945,25 +937,28 @@ async fn the_near_cache_follows_every_write_to_redis_and_forgets_all_when_tracki
         .query_async::<()>(&mut other)
         .await
         .unwrap();
-    wait_until(
-        "the lost tracking connection noticed",
-        Duration::from_secs(1),
-        || async { !cache.near_holds("rm_calls", id) },
-    )
-    .await;
-    wait_until(
-        "the row held near again",
-        Duration::from_secs(5),
-        || async { cache.get("rm_calls", id).await.is_ok() && cache.near_holds("rm_calls", id) },
-    )
-    .await;
+    let_go(&cache, id, "the lost tracking connection noticed", 1).await;
+    held_near(&cache, id, "the row held near again").await;
 
     // Redis hangs: within the PING's period nothing is served from memory either.
     redis.pause(true);
-    wait_until("the hung redis noticed", Duration::from_secs(2), || async {
+    let_go(&cache, id, "the hung redis noticed", 2).await;
+    assert!(cache.get("rm_calls", id).await.is_err());
+    redis.pause(false);
+}
+
+/// Waits until row `id` of `rm_calls` is read and held in `cache`'s near cache.
+async fn held_near(cache: &vbin_projections::cache::Cache, id: Uuid, what: &str) {
+    wait_until(what, Duration::from_secs(5), || async {
+        cache.get("rm_calls", id).await.is_ok() && cache.near_holds("rm_calls", id)
+    })
+    .await;
+}
+
+/// Waits at most `secs` until `cache`'s near cache no longer holds row `id` of `rm_calls`.
+async fn let_go(cache: &vbin_projections::cache::Cache, id: Uuid, what: &str, secs: u64) {
+    wait_until(what, Duration::from_secs(secs), || async {
         !cache.near_holds("rm_calls", id)
     })
     .await;
-    assert!(cache.get("rm_calls", id).await.is_err());
-    redis.pause(false);
 }

@@ -192,7 +192,11 @@ impl Cache {
         let row = raw
             .and_then(|r| serde_json::from_str::<Stored>(&r).ok())
             .and_then(|s| match (s.t, s.c, s.b) {
-                (None, Some(c), Some(b)) => Some(CachedRow { v: s.v, c, b }),
+                (None, Some(c), Some(b)) => Some(CachedRow {
+                    v: s.v,
+                    c,
+                    b: b.into(),
+                }),
                 _ => None,
             });
         if let (Some(row), Some(ticket)) = (&row, ticket) {

@@ -158,7 +158,7 @@ pub async fn get_row(
     table: &'static str,
     id: Uuid,
     customer: Uuid,
-) -> Result<Option<Box<RawValue>>, ApiError> {
+) -> Result<Option<Arc<RawValue>>, ApiError> {
     // After an outage this process may have missed invalidations: apply the pending ones
     // before trusting any hit (until that works, read Postgres only).
     let cache = match &state.cache {
@@ -205,8 +205,9 @@ pub async fn get_row(
     let Some((c, b, v)) = row else {
         return Ok(None);
     };
-    let b = serde_json::value::to_raw_value(&b)
-        .map_err(|e| ApiError::internal("encoding a read model row", e))?;
+    let b: Arc<RawValue> = serde_json::value::to_raw_value(&b)
+        .map_err(|e| ApiError::internal("encoding a read model row", e))?
+        .into();
     if let Some(cache) = cache {
         let cached = CachedRow { v, c, b };
         if let Err(e) = cache.fill(table, id, &cached).await {
@@ -217,18 +218,27 @@ pub async fn get_row(
     Ok((c == customer).then_some(b))
 }
 
-/// A JSON body sent as the bytes it already is (a cached row's view).
-pub struct RawJson(pub Box<RawValue>);
+/// A JSON body sent as the bytes it already is (a cached row's view, shared with the cache:
+/// the response borrows it, nothing is copied).
+pub struct RawJson(pub Arc<RawValue>);
+
+/// The bytes of a shared JSON text, as a response body's owner.
+struct RawBytes(Arc<RawValue>);
+
+impl AsRef<[u8]> for RawBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.get().as_bytes()
+    }
+}
 
 impl axum::response::IntoResponse for RawJson {
     fn into_response(self) -> axum::response::Response {
-        let bytes: Box<str> = self.0.into();
         (
             [(
                 axum::http::header::CONTENT_TYPE,
                 axum::http::HeaderValue::from_static("application/json"),
             )],
-            String::from(bytes),
+            bytes::Bytes::from_owner(RawBytes(self.0)),
         )
             .into_response()
     }

@@ -855,7 +855,9 @@ async fn the_near_cache_follows_every_write_to_redis_and_forgets_all_when_tracki
     let row = |v: i64| CachedRow {
         v,
         c: customer,
-        b: RawValue::from_string(format!("{{\"n\":{v}}}")).unwrap(),
+        b: RawValue::from_string(format!("{{\"n\":{v}}}"))
+            .unwrap()
+            .into(),
     };
     let version = |r: Option<CachedRow>| r.map(|r| r.v);
     let id = Uuid::new_v4();

@@ -281,7 +281,9 @@ mod tests {
         CachedRow {
             v,
             c: Uuid::nil(),
-            b: RawValue::from_string(format!("{{\"n\":{v}}}")).unwrap(),
+            b: RawValue::from_string(format!("{{\"n\":{v}}}"))
+                .unwrap()
+                .into(),
         }
     }
 

@@ -526,9 +526,16 @@ where
         .map(|_| tokio::sync::mpsc::channel::<jetstream::Message>(64))
         .unzip();
     let read = async move {
+        let mut unwanted = 0usize;
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(BusError::js("receiving a message"))?;
-            let lane = lane_of(&msg.payload, senders.len());
+            // An event this consumer skips is only acked: no need to parse it for its lane.
+            let lane = if wanted(spec, &msg.subject) {
+                lane_of(&msg.payload, senders.len())
+            } else {
+                unwanted = unwanted.wrapping_add(1);
+                unwanted % senders.len()
+            };
             if senders[lane].send(msg).await.is_err() {
                 break; // a lane failed; its error is reported below
             }
@@ -562,6 +569,12 @@ fn lane_of(payload: &[u8], lanes: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// Whether `spec` handles the event of `subject` (which ends with its type).
+fn wanted(spec: &ConsumerSpec, subject: &str) -> bool {
+    let event_type = subject.rsplit('.').next().unwrap_or_default();
+    spec.event_types.is_empty() || spec.event_types.iter().any(|t| t == event_type)
+}
+
 /// Acks `msg` if another installation published it (it is provably not in this installation's
 /// log; said once a minute). True if it did.
 async fn skip_foreign(
@@ -593,12 +606,9 @@ where
         return Ok(());
     }
     // The subject ends with the event type: skip the others before decoding anything.
-    if !spec.event_types.is_empty() {
-        let event_type = msg.subject.rsplit('.').next().unwrap_or_default();
-        if !spec.event_types.iter().any(|t| t == event_type) {
-            msg.ack().await.map_err(BusError::js("acking"))?;
-            return Ok(());
-        }
+    if !wanted(spec, &msg.subject) {
+        msg.ack().await.map_err(BusError::js("acking"))?;
+        return Ok(());
     }
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {

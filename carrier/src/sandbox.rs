@@ -258,21 +258,30 @@ impl TimerWorker {
             .collect()
             .await;
         let mut done = Vec::new();
+        let (mut calls, mut customers, mut talks) = (Vec::new(), Vec::new(), Vec::new());
         for (ids, answered) in fired {
             done.extend(ids);
-            // The far end's hangup is planned once the call is answered, in this transaction.
             if let Some((call_id, customer_id, talk)) = answered {
-                sqlx::query(
-                    "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
-                     VALUES ($1, $2, $3, now() + make_interval(secs => $4)) ON CONFLICT DO NOTHING",
-                )
-                .bind(call_id)
-                .bind(customer_id)
-                .bind(Action::Hangup(HangupCause::NormalClearing).name())
-                .bind(talk as f64 / 1000.0)
-                .execute(&mut *tx)
-                .await?;
+                calls.push(call_id);
+                customers.push(customer_id);
+                talks.push(talk as f64 / 1000.0);
             }
+        }
+        // The far end's hangups are planned once their calls are answered, in this
+        // transaction: one statement for the pass.
+        if !calls.is_empty() {
+            sqlx::query(
+                "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
+                 SELECT c, k, $3, now() + make_interval(secs => t) \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $4::float8[]) AS u(c, k, t) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&calls)
+            .bind(&customers)
+            .bind(Action::Hangup(HangupCause::NormalClearing).name())
+            .bind(&talks)
+            .execute(&mut *tx)
+            .await?;
         }
         sqlx::query("DELETE FROM carrier_timers WHERE id = ANY($1)")
             .bind(&done)

@@ -126,9 +126,12 @@ async fn apply_billing(
     customer_id: Uuid,
     events: &[NewEvent],
 ) -> Result<(), sqlx::Error> {
+    // One upsert of the last balance and rate the events set (a round of charges is up to
+    // 256 events: one statement, not one each).
+    let (mut balance, mut rate) = (None, None);
     for e in events {
         let event: BillingEvent = decode(e)?;
-        let (balance, rate) = match event {
+        let (b, r) = match event {
             BillingEvent::BillingAccountCreated {
                 balance_micros,
                 rate_micros_per_minute,
@@ -146,18 +149,23 @@ async fn apply_billing(
                 ..
             } => (Some(balance_after_micros.0), None),
         };
-        sqlx::query(
-            "INSERT INTO billing_balances (customer_id, balance_micros, rate_micros_per_minute) \
-             VALUES ($1, COALESCE($2, 0), COALESCE($3, 0)) ON CONFLICT (customer_id) DO UPDATE \
-             SET balance_micros = COALESCE($2, billing_balances.balance_micros), \
-                 rate_micros_per_minute = COALESCE($3, billing_balances.rate_micros_per_minute)",
-        )
-        .bind(customer_id)
-        .bind(balance)
-        .bind(rate)
-        .execute(&mut **tx)
-        .await?;
+        balance = b.or(balance);
+        rate = r.or(rate);
     }
+    if balance.is_none() && rate.is_none() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO billing_balances (customer_id, balance_micros, rate_micros_per_minute) \
+         VALUES ($1, COALESCE($2, 0), COALESCE($3, 0)) ON CONFLICT (customer_id) DO UPDATE \
+         SET balance_micros = COALESCE($2, billing_balances.balance_micros), \
+             rate_micros_per_minute = COALESCE($3, billing_balances.rate_micros_per_minute)",
+    )
+    .bind(customer_id)
+    .bind(balance)
+    .bind(rate)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 

@@ -32,7 +32,8 @@ use vbin_domain::{
 use vbin_event_schema::views::{CallView, CampaignView};
 use vbin_event_schema::{
     ActiveflowId, CallEvent, CallId, CampaignCallRecord, CampaignEvent, CampaignId, CampaignStatus,
-    CustomerId, EndHandle, FlowId, PublishedEvent, TargetEvent, TargetId, TargetResult, E164,
+    CustomerId, EndHandle, FlowId, OutplanId, PublishedEvent, TargetEvent, TargetId, TargetResult,
+    E164,
 };
 use vbin_eventlog::CommandMeta;
 
@@ -154,6 +155,26 @@ impl Campaigns {
         Ok(placed)
     }
 
+    /// What `f` reads of outplan `id`. An outplan never changes once created (its only event
+    /// is its creation), so a state this process cached is current and the log is not probed.
+    async fn outplan<R>(
+        &self,
+        id: OutplanId,
+        customer: CustomerId,
+        f: impl Fn(&Outplan) -> R,
+    ) -> Result<Option<R>, ProcessError> {
+        let cached = self
+            .executor
+            .inspect_cached::<Outplan, _>(id.as_uuid(), Some(customer), &f);
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        Ok(self
+            .executor
+            .inspect::<Outplan, _>(id.as_uuid(), Some(customer), &f)
+            .await?)
+    }
+
     async fn tick_campaign(&self, id: CampaignId) -> Result<usize, ProcessError> {
         let Some(c) = self.executor.load::<Campaign>(id.as_uuid(), None).await? else {
             return Ok(0);
@@ -162,8 +183,7 @@ impl Campaigns {
             return Ok(0);
         }
         let Some(plan) = self
-            .executor
-            .load::<Outplan>(c.outplan_id.as_uuid(), Some(c.customer_id))
+            .outplan(c.outplan_id, c.customer_id, Clone::clone)
             .await?
         else {
             tracing::error!(campaign_id = %id, "campaign without its outplan; not dialing");
@@ -597,11 +617,7 @@ impl Campaigns {
         ) else {
             return Err(ProcessError::BadEvent("campaign or target missing".into()));
         };
-        let Some(plan) = self
-            .executor
-            .load::<Outplan>(c.outplan_id.as_uuid(), Some(customer))
-            .await?
-        else {
+        let Some(plan) = self.outplan(c.outplan_id, customer, Clone::clone).await? else {
             return Err(ProcessError::BadEvent("outplan missing".into()));
         };
         let destination = t
@@ -666,8 +682,7 @@ impl Campaigns {
             return Ok(()); // no such campaign, or the result was recorded before
         };
         let max_try_count = self
-            .executor
-            .inspect::<Outplan, _>(outplan_id.as_uuid(), Some(customer), |p| p.max_try_count)
+            .outplan(outplan_id, customer, |p| p.max_try_count)
             .await?
             .unwrap_or(1);
         let meta = system_meta(

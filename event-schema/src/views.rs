@@ -41,6 +41,9 @@ pub struct CallView {
     /// The call this one is a leg of (a `connect`).
     #[serde(default)]
     pub master_call_id: Option<CallId>,
+    /// Every leg this call has dialed (a `connect`), ended ones too.
+    #[serde(default)]
+    pub chained_call_ids: Vec<CallId>,
 }
 
 /// What consumers read of an activeflow's view: the call it is about.

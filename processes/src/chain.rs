@@ -105,7 +105,8 @@ pub async fn on_call(executor: &Executor, e: PublishedEvent) -> Result<(), Proce
         meta: crate::system_meta(CONSUMER, e.event_id, e.correlation_id(), customer),
     };
     let me = CallId(e.aggregate_id);
-    let master = e.view::<CallView>()?.master_call_id;
+    let view = e.view::<CallView>()?;
+    let master = view.master_call_id;
     match e.decode::<CallEvent>()? {
         CallEvent::CallCreated { .. } => {
             if let Some(m) = master {
@@ -141,12 +142,16 @@ pub async fn on_call(executor: &Executor, e: PublishedEvent) -> Result<(), Proce
                 };
                 ctx.call(m, cmd).await?;
             }
-            // A master that ended takes its legs with it.
-            let legs: Vec<CallId> = ctx
-                .load(me)
-                .await?
-                .and_then(|c| c.running_chain().map(|c| c.live_legs().collect()))
-                .unwrap_or_default();
+            // A master that ended takes its legs with it. A call that never dialed a leg (its
+            // view after the hangup says so, and an ended call dials none) has none to take.
+            let legs: Vec<CallId> = if view.chained_call_ids.is_empty() {
+                Vec::new()
+            } else {
+                ctx.load(me)
+                    .await?
+                    .and_then(|c| c.running_chain().map(|c| c.live_legs().collect()))
+                    .unwrap_or_default()
+            };
             for leg in legs {
                 ctx.hang_up(leg).await?;
             }

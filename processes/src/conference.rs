@@ -14,8 +14,11 @@ use crate::{system_meta, ProcessError};
 use chrono::Utc;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_domain::{Conference, ConferenceCommand, DomainError, Recording, RecordingCommand};
+use vbin_domain::{
+    Activeflow, Conference, ConferenceCommand, DomainError, Recording, RecordingCommand,
+};
 use vbin_event_schema::flow::{ActionKind, ActionResult};
+use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
     CallEvent, CallId, ConferenceEvent, ConferenceId, CustomerId, LeaveReason, PublishedEvent,
 };
@@ -64,10 +67,19 @@ pub async fn run(
 async fn on_hangup(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessError> {
     let customer = CustomerId(e.customer_id);
     let call = CallId(e.aggregate_id);
-    let Some(ActionKind::ConferenceJoin(join)) = crate::call_flow(executor, customer, call)
+    // The flow the call had when it hung up is in the event's view: a call without one (most
+    // calls) was in no conference, and the call itself need not be loaded.
+    let Some(af) = e.view::<CallView>()?.activeflow_id else {
+        return Ok(());
+    };
+    let joined = |f: &Activeflow| match f.current.as_ref().map(|a| &a.kind) {
+        Some(ActionKind::ConferenceJoin(join)) => Some(join.conference_id),
+        _ => None,
+    };
+    let Some(conference_id) = executor
+        .inspect::<Activeflow, _>(af.as_uuid(), Some(customer), joined)
         .await?
-        .and_then(|f| f.current)
-        .map(|a| a.kind)
+        .flatten()
     else {
         return Ok(());
     };
@@ -79,7 +91,7 @@ async fn on_hangup(executor: &Executor, e: PublishedEvent) -> Result<(), Process
     };
     match executor
         .execute::<Conference>(
-            join.conference_id.as_uuid(),
+            conference_id.as_uuid(),
             customer,
             Some(customer),
             cmd,

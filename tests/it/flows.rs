@@ -323,6 +323,24 @@ pub(crate) fn bursts(audio: &[i16]) -> Vec<&[i16]> {
 
 /// What PocketSphinx hears in 16 kHz audio, restricted to sequences of [`PHRASES`]
 /// (utterances joined by spaces).
+/// Where 16 kHz audio has sound, by 20 ms frames: e.g. "-29 +34 -15 +111" is 29 frames of
+/// digital silence, 34 with sound, and so on (for failure messages).
+pub(crate) fn shape(audio: &[i16]) -> String {
+    let mut runs: Vec<(bool, usize)> = Vec::new();
+    for frame in audio.chunks(320) {
+        let sound = frame.iter().any(|&v| v != 0);
+        match runs.last_mut() {
+            Some((s, n)) if *s == sound => *n += 1,
+            _ => runs.push((sound, 1)),
+        }
+    }
+    let runs: Vec<String> = runs
+        .iter()
+        .map(|(s, n)| format!("{}{n}", if *s { '+' } else { '-' }))
+        .collect();
+    runs.join(" ")
+}
+
 pub(crate) async fn recognize(audio: &[i16]) -> String {
     use vbin_media::stt::{pocketsphinx::PocketSphinx, SttProvider};
     let grammar = grammar();

@@ -3,7 +3,7 @@
 //! the same outcome; digest auth, CANCEL at the dial timeout, BYE from either side; a
 //! redelivered `call_created` sends no second INVITE.
 
-use crate::flows::{ended_flow, executed, recognize, stereo, stored_recording, MENU_TEXT};
+use crate::flows::{ended_flow, executed, recognize, shape, stereo, stored_recording, MENU_TEXT};
 use crate::support::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -414,8 +414,20 @@ async fn a_flows_talk_goes_out_over_rtp_and_comes_back_from_an_echoing_far_end()
     // The recording's far-end side is what came back over RTP: the menu, through G.711 twice.
     let (_, wav) = stored_recording(&env, &tok, call).await;
     let (far, ours) = stereo(&wav);
-    assert_eq!(recognize(&ours).await, MENU_TEXT);
-    assert_eq!(recognize(&far).await, MENU_TEXT, "{}", sipp.log());
+    // On a failure: where each side had sound, and the recording kept for a listen.
+    let why = || {
+        let kept = std::env::temp_dir().join(format!("vbin-echo-{call}.wav"));
+        std::fs::write(&kept, &wav).ok();
+        format!(
+            "far end {}\nours {}\nrecording kept at {}\n{}",
+            shape(&far),
+            shape(&ours),
+            kept.display(),
+            sipp.log()
+        )
+    };
+    assert_eq!(recognize(&ours).await, MENU_TEXT, "{}", why());
+    assert_eq!(recognize(&far).await, MENU_TEXT, "{}", why());
     let log = sipp.log();
     assert!(
         log.contains("m=audio ") && log.contains("a=rtpmap:0 PCMU/8000"),

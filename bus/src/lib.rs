@@ -569,6 +569,12 @@ fn lane_of(payload: &[u8], lanes: usize) -> usize {
         .unwrap_or(0)
 }
 
+/// The customer an event belongs to, read from its subject
+/// (`vbin.<namespace>.<customer>.<aggregate type>.<event type>`) without decoding the event.
+pub fn customer_of(subject: &str) -> Option<Uuid> {
+    subject.split('.').nth(2)?.parse().ok()
+}
+
 /// Whether `spec` handles the event of `subject` (which ends with its type).
 fn wanted(spec: &ConsumerSpec, subject: &str) -> bool {
     let event_type = subject.rsplit('.').next().unwrap_or_default();
@@ -726,10 +732,9 @@ impl Delivery {
             .get_or_init(|| serde_json::from_slice(&self.payload))
     }
 
-    /// The customer the event belongs to, read from the subject
-    /// (`vbin.<namespace>.<customer>.<aggregate type>.<event type>`).
+    /// The customer the event belongs to, read from the subject ([`customer_of`]).
     pub fn customer_id(&self) -> Option<Uuid> {
-        self.subject.split('.').nth(2)?.parse().ok()
+        customer_of(&self.subject)
     }
 }
 

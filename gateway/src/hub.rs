@@ -137,6 +137,15 @@ impl Hub {
         (conn, rx)
     }
 
+    /// Whether any connection may want an event of `customer` (one of its own, or an admin's);
+    /// `None` (a subject without a customer): assume so.
+    fn listened(&self, customer: Option<Uuid>) -> bool {
+        if !self.admins.read().expect("registry").is_empty() {
+            return true;
+        }
+        customer.is_none_or(|c| self.by_customer.read().expect("registry").contains_key(&c))
+    }
+
     /// Removes a connection.
     pub(crate) fn unregister(&self, conn: &Conn) {
         match conn.customer {
@@ -243,6 +252,11 @@ impl Hub {
             let offset = info.stream_sequence;
             if self.bus.foreign_publisher(m.headers.as_ref()).is_some() {
                 // Another installation's event on this stream: never this one's customers'.
+                self.last_offset.fetch_max(offset, Ordering::Relaxed);
+                continue;
+            }
+            // Most events have nobody connected to hear them: skip those before decoding.
+            if !self.listened(vbin_bus::customer_of(&m.subject)) {
                 self.last_offset.fetch_max(offset, Ordering::Relaxed);
                 continue;
             }

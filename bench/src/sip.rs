@@ -100,8 +100,15 @@ fn sipp_against_sipp(calls: usize) -> anyhow::Result<f64> {
     let _uas = Sipp::spawn(&["-sn", "uas", "-p", &uas_port.to_string()])?;
     std::thread::sleep(Duration::from_millis(300));
     let target = format!("127.0.0.1:{uas_port}");
+    let stats = std::env::temp_dir().join(format!(
+        "vbin-bench-sipp-{}-{uac_port}.csv",
+        std::process::id()
+    ));
     let t = Instant::now();
     let mut uac = Sipp::spawn(&[
+        "-trace_stat",
+        "-stf",
+        stats.to_str().context("temp dir path")?,
         "-sn",
         "uac",
         &target,
@@ -120,10 +127,52 @@ fn sipp_against_sipp(calls: usize) -> anyhow::Result<f64> {
     ])?;
     let code = uac.wait(Duration::from_secs(120))?;
     let secs = t.elapsed().as_secs_f64();
-    if code != 0 {
-        bail!("sipp uac against sipp uas exited {code}");
+    let counts = sipp_call_counts(&stats);
+    let _ = std::fs::remove_file(&stats);
+    match code {
+        0 => Ok(calls as f64 / secs),
+        // 1: some calls failed (on a busy 2-core machine a burst of INVITEs can lose a UDP
+        // datagram). The baseline is then the rate of the calls that succeeded, as long as
+        // they are nearly all of them.
+        1 => {
+            let (ok, failed) = counts?;
+            if failed * 100 > calls as u64 {
+                bail!("sipp uac against sipp uas: {failed} of {calls} calls failed");
+            }
+            eprintln!("sipp uac against sipp uas: {failed} of {calls} calls failed; rate of the {ok} that succeeded");
+            Ok(ok as f64 / secs)
+        }
+        _ => bail!("sipp uac against sipp uas exited {code}"),
     }
-    Ok(calls as f64 / secs)
+}
+
+/// Successful and failed calls in a sipp statistics file (`-trace_stat -stf`): the cumulative
+/// columns of its last line.
+fn sipp_call_counts(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path:?}"))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines
+        .next()
+        .context("empty sipp statistics")?
+        .split(';')
+        .collect();
+    let last: Vec<&str> = lines
+        .last()
+        .context("no sipp statistics line")?
+        .split(';')
+        .collect();
+    let column = |name: &str| -> anyhow::Result<u64> {
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .with_context(|| format!("no {name} in sipp statistics"))?;
+        Ok(last
+            .get(i)
+            .context("short sipp statistics line")?
+            .trim()
+            .parse()?)
+    };
+    Ok((column("SuccessfulCall(C)")?, column("FailedCall(C)")?))
 }
 
 /// Runs the benchmark.
@@ -239,4 +288,24 @@ pub async fn run(a: &SipArgs) -> anyhow::Result<Value> {
     drop(uas);
     b.stop().await;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sipp_call_counts;
+
+    #[test]
+    fn sipp_statistics_give_the_cumulative_successful_and_failed_calls() {
+        let path = std::env::temp_dir().join(format!("vbin-sipp-stat-{}.csv", std::process::id()));
+        std::fs::write(
+            &path,
+            "StartTime;SuccessfulCall(P);SuccessfulCall(C);FailedCall(P);FailedCall(C);\n\
+             t0;10;10;0;0;\n\
+             t1;5;997;1;3;\n",
+        )
+        .unwrap();
+        let counts = sipp_call_counts(&path);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(counts.unwrap(), (997, 3));
+    }
 }

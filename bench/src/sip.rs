@@ -157,7 +157,7 @@ fn sipp_call_counts(path: &std::path::Path) -> anyhow::Result<(u64, u64)> {
         .split(';')
         .collect();
     let last: Vec<&str> = lines
-        .last()
+        .next_back()
         .context("no sipp statistics line")?
         .split(';')
         .collect();

@@ -426,6 +426,24 @@ async fn a_revoked_session_goes_back_to_the_login_page_with_a_message() {
         b.client.current_url().await.unwrap().fragment(),
         Some("/login")
     );
+    // Shown again before the next login (here: a page asked for while logged out, as a
+    // navigation under way when the session expired does), the login page still says why.
+    b.js("location.hash = '#/calls';", vec![]).await;
+    wait_until(
+        "the login page to be shown again with its message",
+        Duration::from_secs(10),
+        || async {
+            let at_login = b.js("return location.hash;", vec![]).await == json!("#/login");
+            let main = b
+                .js("return document.querySelector('main').textContent;", vec![])
+                .await;
+            at_login
+                && main
+                    .as_str()
+                    .is_some_and(|t| t.contains("expired or was revoked"))
+        },
+    )
+    .await;
     b.client.clone().close().await.unwrap();
 }
 

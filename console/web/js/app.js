@@ -84,10 +84,11 @@ async function show() {
   let { page, params } = route();
   if (!s) {
     nav([], "");
-    const message = loginMessage;
-    loginMessage = "";
+    // The message stays until the next login: the login page may be shown again before then
+    // (a navigation that was under way when the session expired), and must still say why.
     fill(main);
-    login.render(main, { message, done: (kind) => {
+    login.render(main, { message: loginMessage, done: (kind) => {
+      loginMessage = "";
       location.hash = kind === "operator" ? "#/customers" : "#/dashboard";
     } });
     if (page !== "login") history.replaceState(null, "", "#/login");

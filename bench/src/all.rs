@@ -121,6 +121,13 @@ pub async fn run(a: &AllArgs) -> anyhow::Result<()> {
         if !a.only.is_empty() && !a.only.iter().any(|o| o == name) {
             if let Some(v) = earlier_results.get(name) {
                 results.insert(name.to_string(), v.clone());
+            } else if earlier
+                .as_ref()
+                .and_then(|r| r["failed"].as_array())
+                .is_some_and(|f| f.iter().any(|n| n == name))
+            {
+                // Failed in the earlier run and not re-run: still failed.
+                failed.push(name);
             }
             continue;
         }
@@ -154,11 +161,12 @@ pub async fn run(a: &AllArgs) -> anyhow::Result<()> {
     }
     // A report that reuses an earlier one keeps that run's common baselines and date: most of
     // its figures come from it.
+    let today = json!(chrono::Utc::now().format("%Y-%m-%d").to_string());
     let (baselines, date, rerun) = match &earlier {
         Some(r) => (
             r["baselines"].clone(),
             r["date"].clone(),
-            json!({"benchmarks": a.only.clone(), "date": chrono::Utc::now().format("%Y-%m-%d").to_string()}),
+            json!({"benchmarks": a.only.clone(), "date": today}),
         ),
         None => (
             json!({
@@ -166,7 +174,7 @@ pub async fn run(a: &AllArgs) -> anyhow::Result<()> {
                 "redis_get_per_sec": redis_gets(&a.redis_url).await.ok(),
                 "noop_http_requests_per_sec": noop_http().await.ok(),
             }),
-            json!(chrono::Utc::now().format("%Y-%m-%d").to_string()),
+            today,
             Value::Null,
         ),
     };

@@ -192,3 +192,47 @@ impl App {
         self.update::<Call>(acting, id, cmd).await
     }
 }
+
+/// What runs on a call and must end with it: its AI conversations and its transcriptions
+/// (with their owners), as the inline tables `aicall_live` and `transcribe_calls` list them
+/// at commit ([`crate::ai::live_on_call`] and [`crate::transcription::running_transcribes`]
+/// each read one of them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RunningOnCall {
+    /// AI conversations under way.
+    pub aicalls: Vec<vbin_event_schema::AicallId>,
+    /// Running transcriptions and their owners, oldest first.
+    pub transcribes: Vec<(
+        vbin_event_schema::TranscribeId,
+        vbin_event_schema::CustomerId,
+    )>,
+}
+
+/// [`RunningOnCall`] of `call`, in one statement: read on every hangup, and nearly always
+/// empty, so one round trip rather than one per table.
+pub async fn running_on_call(
+    pool: &sqlx::PgPool,
+    call: CallId,
+) -> Result<RunningOnCall, sqlx::Error> {
+    let rows: Vec<(bool, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT true, aicall_id, customer_id FROM aicall_live WHERE call_id = $1 \
+         UNION ALL \
+         SELECT false, transcribe_id, customer_id FROM transcribe_calls WHERE call_id = $1 \
+         ORDER BY 1, 2",
+    )
+    .bind(call.as_uuid())
+    .fetch_all(pool)
+    .await?;
+    let mut running = RunningOnCall::default();
+    for (aicall, id, owner) in rows {
+        if aicall {
+            running.aicalls.push(vbin_event_schema::AicallId(id));
+        } else {
+            running.transcribes.push((
+                vbin_event_schema::TranscribeId(id),
+                vbin_event_schema::CustomerId(owner),
+            ));
+        }
+    }
+    Ok(running)
+}

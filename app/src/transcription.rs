@@ -77,20 +77,30 @@ pub async fn stop_running(
     let running = running_transcribes(pool, call)
         .await
         .map_err(|e| ExecError::Store(e.into()))?;
-    let mut stopped = 0;
-    for r in running
+    let mine = running
         .into_iter()
         .filter(|r| customer.is_none_or(|c| c == r.customer_id))
-    {
+        .map(|r| (r.transcribe_id, r.customer_id));
+    stop(executor, mine, meta).await
+}
+
+/// Stops the transcriptions `running` (id and owner) with `meta`; returns how many this
+/// stopped. One that vanished or stopped meanwhile is skipped.
+pub async fn stop(
+    executor: &Executor,
+    running: impl IntoIterator<Item = (TranscribeId, CustomerId)>,
+    meta: &CommandMeta,
+) -> Result<usize, ExecError> {
+    let mut stopped = 0;
+    for (id, owner) in running {
         let cmd = TranscribeCommand::Stop { at: Utc::now() };
-        let owner = r.customer_id;
         match executor
-            .execute::<Transcribe>(r.transcribe_id.as_uuid(), owner, Some(owner), cmd, meta)
+            .execute::<Transcribe>(id.as_uuid(), owner, Some(owner), cmd, meta)
             .await
         {
             Ok(done) => stopped += usize::from(!done.recorded.is_empty()),
             Err(ExecError::Domain(DomainError::NotFound(_))) => {
-                tracing::warn!(transcribe_id = %r.transcribe_id, "running transcribe not found; not stopped");
+                tracing::warn!(transcribe_id = %id, "running transcribe not found; not stopped");
             }
             Err(err) => return Err(err),
         }

@@ -336,6 +336,9 @@ pub struct ConsumerSpec {
     /// Events handled at once (1: strictly in stream order). With more, events are spread
     /// over this many lanes by aggregate id, so one aggregate's events keep their order.
     pub lanes: usize,
+    /// Durable consumers this one takes over from (their work moved into it): created, it
+    /// starts where the furthest behind of them stood, and they are deleted.
+    pub replaces: Vec<String>,
 }
 
 impl ConsumerSpec {
@@ -373,6 +376,7 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
             lanes: 1,
+            replaces: Vec::new(),
         }
     }
 
@@ -387,6 +391,15 @@ impl ConsumerSpec {
     /// The same with `lanes` events handled at once (ordered per aggregate).
     pub fn lanes(mut self, lanes: usize) -> Self {
         self.lanes = lanes.max(1);
+        self
+    }
+
+    /// The same, taking over from the durable consumers `old` (whose handlers moved into this
+    /// one): when this consumer is first created it resumes after the last event that all of
+    /// them had acknowledged (what some had handled already comes again; handlers are
+    /// idempotent), rather than from the start of the stream, and they are deleted.
+    pub fn replacing(mut self, old: &[&str]) -> Self {
+        self.replaces = old.iter().map(|n| n.to_string()).collect();
         self
     }
 }
@@ -445,10 +458,31 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
         num_replicas: bus.replicas.unwrap_or(0),
         ..Default::default()
     };
-    let mut consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(&spec.name, config.clone())
+    let mut consumer: consumer::PullConsumer = match stream
+        .get_consumer::<consumer::pull::Config>(&spec.name)
         .await
-        .map_err(BusError::js("creating the consumer"))?;
+    {
+        Ok(c) => c,
+        Err(_) => {
+            let config = match replaced_position(&stream, spec).await? {
+                Some(start_sequence) => consumer::pull::Config {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
+                    ..config.clone()
+                },
+                None => config.clone(),
+            };
+            stream
+                .get_or_create_consumer(&spec.name, config)
+                .await
+                .map_err(BusError::js("creating the consumer"))?
+        }
+    };
+    // Deleted only once this one exists (a crash in between leaves them to the next start).
+    for old in &spec.replaces {
+        if stream.delete_consumer(old).await.is_ok() {
+            tracing::info!(consumer = %spec.name, replaced = %old, "deleted the consumer this one replaces");
+        }
+    }
     let info = consumer
         .info()
         .await
@@ -481,12 +515,40 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
             // position and pending acks are kept.
             tracing::info!(consumer = %spec.name, from = stored.num_replicas, to = n, "changing the consumer's replicas");
             stream
-                .create_consumer(config)
+                .create_consumer(consumer::pull::Config {
+                    // As created (a consumer that replaced others started at a sequence).
+                    deliver_policy: stored.deliver_policy,
+                    ..config
+                })
                 .await
                 .map_err(BusError::js("changing the consumer's replicas"))
         }
         _ => Ok(consumer),
     }
+}
+
+/// Where a new consumer replacing `spec.replaces` starts: after the lowest acknowledgement
+/// floor among those that exist (None: none of them does).
+async fn replaced_position(
+    stream: &jetstream::stream::Stream,
+    spec: &ConsumerSpec,
+) -> Result<Option<u64>, BusError> {
+    let mut floor: Option<u64> = None;
+    for old in &spec.replaces {
+        let Ok(mut c) = stream.get_consumer::<consumer::pull::Config>(old).await else {
+            continue;
+        };
+        let info = c
+            .info()
+            .await
+            .map_err(BusError::js("reading a replaced consumer's info"))?;
+        let at = info.ack_floor.stream_sequence;
+        floor = Some(floor.map_or(at, |f| f.min(at)));
+    }
+    if let Some(at) = floor {
+        tracing::info!(consumer = %spec.name, replaces = ?spec.replaces, resume = at + 1, "creating the consumer where the ones it replaces stood");
+    }
+    Ok(floor.map(|f| f + 1))
 }
 
 /// The server addresses of a comma-separated list.

@@ -343,7 +343,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
-        tasks.push(tokio::spawn(vbin_processes::aicalls::run(
+        tasks.push(tokio::spawn(vbin_processes::hangups::run(
             pool.clone(),
             executor.clone(),
             bus.clone(),

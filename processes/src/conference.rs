@@ -20,10 +20,11 @@ use vbin_domain::{
 use vbin_event_schema::flow::{ActionKind, ActionResult};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    CallEvent, CallId, ConferenceEvent, ConferenceId, CustomerId, LeaveReason, PublishedEvent,
+    CallId, ConferenceEvent, ConferenceId, CustomerId, LeaveReason, PublishedEvent,
 };
 
-/// Durable consumer of `call_hungup`.
+/// The hangups part's name (part of the `call-hangups` consumer, see [`crate::hangups`]): the
+/// actor of the commands it issues (`system:conference-hangups`).
 pub const HANGUPS: &str = "conference-hangups";
 /// Durable consumer of `conferencecall_left`.
 pub const LEAVES: &str = "conference-leaves";
@@ -46,25 +47,19 @@ pub async fn run(
         .lanes(crate::LANES),
         |e| on_terminated(&pool, &executor, e),
     );
-    group
-        .consumer(
-            ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP])
-                .lanes(crate::LANES),
-            |e| on_hangup(&executor, e),
+    group.consumer(
+        ConsumerSpec::for_events_of::<ConferenceEvent>(
+            LEAVES,
+            &[ConferenceEvent::CONFERENCECALL_LEFT],
         )
-        .consumer(
-            ConsumerSpec::for_events_of::<ConferenceEvent>(
-                LEAVES,
-                &[ConferenceEvent::CONFERENCECALL_LEFT],
-            )
-            .lanes(crate::LANES),
-            |e| on_left(&executor, e),
-        );
+        .lanes(crate::LANES),
+        |e| on_left(&executor, e),
+    );
     group.run(shutdown).await;
 }
 
 /// A call ended: it leaves the conference its flow joined last.
-async fn on_hangup(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessError> {
+pub(crate) async fn on_hangup(executor: &Executor, e: &PublishedEvent) -> Result<(), ProcessError> {
     let customer = CustomerId(e.customer_id);
     let call = CallId(e.aggregate_id);
     // The flow the call had when it hung up is in the event's view: a call without one (most

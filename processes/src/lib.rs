@@ -14,6 +14,7 @@ pub mod billing;
 pub mod campaign;
 pub mod chain;
 pub mod conference;
+pub mod hangups;
 pub mod queue;
 mod together;
 pub mod transcribe;

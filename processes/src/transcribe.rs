@@ -1,10 +1,10 @@
 //! Transcriptions end with their call (a conference's end with the conference: see
 //! [`crate::conference`]).
 //!
-//! - **Hangups** (`transcribe-hangups` consumer of `call_hungup`): stops every running
-//!   transcription of the call. They come from `transcribe_calls`, written in the transactions
-//!   that start and complete transcriptions, so a lagging read model cannot make a hangup
-//!   miss one.
+//! - **Hangups** (part of the `call-hangups` consumer, see [`crate::hangups`]): stops every
+//!   running transcription of the call. They come from `transcribe_calls`, written in the
+//!   transactions that start and complete transcriptions, so a lagging read model cannot make
+//!   a hangup miss one.
 //! - **Starts** (`transcribe-starts` consumer of `transcribe_started`): stops a transcription
 //!   whose call had already ended when it started (the API checks the call is answered, but
 //!   the call may hang up between that check and the start's commit, and then its hangup may
@@ -18,10 +18,11 @@ use vbin_app::Executor;
 use vbin_bus::{Bus, ConsumerSpec};
 use vbin_domain::{Call, Conference, ConferenceStatus};
 use vbin_event_schema::{
-    CallEvent, CallId, CustomerId, MediaReference, PublishedEvent, TranscribeEvent,
+    CustomerId, MediaReference, PublishedEvent, TranscribeEvent, TranscribeId,
 };
 
-/// Durable consumer of `call_hungup`.
+/// The hangups part's name: the actor of the commands it issues
+/// (`system:transcribe-hangups`; once a durable consumer of its own).
 pub const HANGUPS: &str = "transcribe-hangups";
 /// Durable consumer of `transcribe_started`.
 pub const STARTS: &str = "transcribe-starts";
@@ -33,7 +34,7 @@ pub struct Transcribes {
     executor: Executor,
 }
 
-/// Runs both consumers until `shutdown`.
+/// Runs the starts consumer until `shutdown`.
 pub async fn run(
     pool: sqlx::PgPool,
     executor: Executor,
@@ -42,19 +43,14 @@ pub async fn run(
 ) {
     let t = Transcribes::new(pool, executor);
     let mut group = vbin_bus::Group::new(bus);
-    group
-        .consumer(
-            ConsumerSpec::for_events_of::<CallEvent>(HANGUPS, &[CallEvent::CALL_HUNGUP]).lanes(8),
-            |e| t.clone().on_hangup(e),
+    group.consumer(
+        ConsumerSpec::for_events_of::<TranscribeEvent>(
+            STARTS,
+            &[TranscribeEvent::TRANSCRIBE_STARTED],
         )
-        .consumer(
-            ConsumerSpec::for_events_of::<TranscribeEvent>(
-                STARTS,
-                &[TranscribeEvent::TRANSCRIBE_STARTED],
-            )
-            .lanes(8),
-            |e| t.clone().on_started(e),
-        );
+        .lanes(8),
+        |e| t.clone().on_started(e),
+    );
     group.run(shutdown).await;
 }
 
@@ -64,9 +60,18 @@ impl Transcribes {
         Self { pool, executor }
     }
 
-    /// Stops the running transcriptions of the call `e` (a `call_hungup`) ended.
-    pub async fn on_hangup(self, e: PublishedEvent) -> Result<(), ProcessError> {
-        self.stop_all(&e, HANGUPS, CallId(e.aggregate_id)).await
+    /// Stops the transcriptions `running` (id, owner) of the call `e` (a `call_hungup`) ended.
+    pub async fn on_hangup(
+        &self,
+        e: &PublishedEvent,
+        running: Vec<(TranscribeId, CustomerId)>,
+    ) -> Result<(), ProcessError> {
+        let customer = CustomerId(e.customer_id);
+        let meta = system_meta(HANGUPS, e.event_id, e.correlation_id(), customer);
+        let stopped = vbin_app::transcription::stop(&self.executor, running, &meta).await?;
+        metrics::counter!("vbin_transcribes_stopped_total", "by" => HANGUPS)
+            .increment(stopped as u64);
+        Ok(())
     }
 
     /// Stops the transcription `e` (a `transcribe_started`) started if its call has ended

@@ -986,6 +986,127 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
     assert!(info.config.filter_subject.ends_with(".call.call_hungup"));
 }
 
+/// A consumer that takes over from others (`ConsumerSpec::replacing`, e.g. `call-hangups`
+/// from the three hangup consumers it merged) starts after the last event that all of them
+/// had acknowledged: the furthest behind one's work is not lost, what none of them still had
+/// to do is done once, nothing before is delivered again, and the old consumers are deleted.
+#[tokio::test]
+async fn a_consumer_replacing_others_starts_where_the_furthest_behind_stood() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::StreamExt;
+    use vbin_event_schema::{CallEvent, PublishedEvent};
+    let env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let installation = env.installation().await;
+    let js = env.nats.client().await;
+    let stream = js
+        .get_stream(installation.namespace.stream())
+        .await
+        .unwrap();
+    let (ahead, behind) = ("probe-old-ahead", "probe-old-behind");
+    let mut old = Vec::new();
+    for name in [ahead, behind] {
+        old.push(
+            stream
+                .create_consumer(pull::Config {
+                    durable_name: Some(name.into()),
+                    filter_subject: installation.namespace.subject("*.call.call_hungup"),
+                    ack_policy: AckPolicy::Explicit,
+                    ..Default::default()
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    // Fetches what the consumer has and acknowledges it all; how many.
+    let ack_all = |c: async_nats::jetstream::consumer::PullConsumer| async move {
+        let mut batch = c
+            .fetch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        let mut n = 0;
+        while let Some(Ok(m)) = batch.next().await {
+            m.double_ack().await.unwrap();
+            n += 1;
+        }
+        n
+    };
+    let end = |n: usize| {
+        let (env, token) = (&env, &token);
+        async move {
+            let ids = env.calls(token, &vec!["+15550000486"; n], json!({})).await;
+            for id in &ids {
+                env.wait_call_end(*id, Duration::from_secs(20)).await;
+            }
+            env.wait_all_published(Duration::from_secs(20)).await;
+            ids
+        }
+    };
+    // Both handled the first calls' hangups; only one of them the second calls'.
+    end(2).await;
+    for c in &old {
+        assert_eq!(ack_all(c.clone()).await, 2);
+    }
+    let second = end(2).await;
+    assert_eq!(ack_all(old[0].clone()).await, 2);
+    let third = end(2).await;
+
+    let bus = vbin_bus::Bus::connect(&env.nats.url(), "probe", installation)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PublishedEvent>::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = {
+        let seen = seen.clone();
+        tokio::spawn(vbin_bus::run_consumer(
+            bus,
+            vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(
+                "probe-merged",
+                &[CallEvent::CALL_HUNGUP],
+            )
+            .replacing(&[ahead, behind, "probe-never-existed"]),
+            move |e| {
+                seen.lock().unwrap().push(e);
+                async { Ok::<(), String>(()) }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ))
+    };
+    wait_until(
+        "the hangups after the floor",
+        Duration::from_secs(20),
+        || async { seen.lock().unwrap().len() >= 4 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(());
+    consumer.await.unwrap();
+    let mut got: Vec<Uuid> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e.aggregate_id)
+        .collect();
+    got.sort();
+    let mut want: Vec<Uuid> = second.iter().chain(&third).copied().collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "the hangups after the furthest behind one's floor, once each"
+    );
+    for name in [ahead, behind] {
+        assert!(
+            stream.get_consumer::<pull::Config>(name).await.is_err(),
+            "{name} was deleted"
+        );
+    }
+}
+
 /// Two processes' executors over one log: the one whose cached account is behind catches up
 /// with what the other appended (on a load and on a conflicting command) and decides on the
 /// current state, never on its stale copy.

@@ -1,0 +1,54 @@
+//! What a call had running ends with it (`call-hangups` consumer of `call_hungup`): its AI
+//! conversations ([`crate::aicalls`]), its transcriptions ([`crate::transcribe`]) and its
+//! place in a conference ([`crate::conference`]).
+//!
+//! These were three durable consumers, each sent every hangup, and the first two each read
+//! its own table for it. Nearly every call has none of the three, so one consumer reading
+//! both tables in one statement ([`vbin_app::calls::running_on_call`]) does the same work with
+//! a third of the deliveries and half the statements. Each part still issues its commands
+//! under its own name (the actors `system:aicall-hangups`, `system:transcribe-hangups`,
+//! `system:conference-hangups`), and each is idempotent, so a hangup handled again after one
+//! part failed is harmless. The consumer took over from the three (`replacing`), starting
+//! where the furthest behind of them stood.
+
+use crate::transcribe::Transcribes;
+use crate::ProcessError;
+use vbin_app::Executor;
+use vbin_bus::{Bus, ConsumerSpec};
+use vbin_event_schema::{CallEvent, CallId, PublishedEvent};
+
+/// Durable consumer of `call_hungup`.
+pub const CONSUMER: &str = "call-hangups";
+
+/// Runs the consumer until `shutdown`.
+pub async fn run(
+    pool: sqlx::PgPool,
+    executor: Executor,
+    bus: Bus,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let spec = ConsumerSpec::for_events_of::<CallEvent>(CONSUMER, &[CallEvent::CALL_HUNGUP])
+        .lanes(crate::LANES)
+        .replacing(&[
+            crate::aicalls::HANGUPS,
+            crate::transcribe::HANGUPS,
+            crate::conference::HANGUPS,
+        ]);
+    let transcribes = Transcribes::new(pool.clone(), executor.clone());
+    let mut group = vbin_bus::Group::new(bus);
+    group.consumer(spec, |e| on_hangup(&pool, &executor, &transcribes, e));
+    group.run(shutdown).await;
+}
+
+/// Ends what the call `e` (a `call_hungup`) had running.
+pub async fn on_hangup(
+    pool: &sqlx::PgPool,
+    executor: &Executor,
+    transcribes: &Transcribes,
+    e: PublishedEvent,
+) -> Result<(), ProcessError> {
+    let running = vbin_app::calls::running_on_call(pool, CallId(e.aggregate_id)).await?;
+    crate::aicalls::on_hangup(executor, &e, &running.aicalls).await?;
+    transcribes.on_hangup(&e, running.transcribes).await?;
+    crate::conference::on_hangup(executor, &e).await
+}

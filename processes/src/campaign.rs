@@ -75,7 +75,15 @@ pub struct Campaigns {
     cursors: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, Uuid>>>,
     /// Results waiting for their campaign (see [`Campaigns::record_result`]).
     results: crate::together::Together<CampaignId, (CampaignCommand, CommandMeta)>,
+    /// Calls this process's dialer placed lately, both steps committed: the placer skips
+    /// their dials without asking the database (see [`Campaigns::on_dialing`]).
+    placed: moka::sync::Cache<CallId, ()>,
 }
+
+/// How long the dialer remembers a call it placed: well past [`PLACER_SETTLE`], after which the
+/// placer looks at its dial (a placer that lags further asks the database, as it does for the
+/// dials of another process).
+const PLACED_MEMORY: Duration = Duration::from_secs(120);
 
 /// Runs the dialer and the three consumers until `shutdown`.
 pub async fn run(
@@ -121,6 +129,10 @@ impl Campaigns {
             counted: Default::default(),
             cursors: Default::default(),
             results: Default::default(),
+            placed: moka::sync::Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(PLACED_MEMORY)
+                .build(),
         }
     }
 
@@ -240,9 +252,13 @@ impl Campaigns {
                 let creates = dialed
                     .iter()
                     .map(|(t, record)| self.create_call(&c, &plan, t, record.clone(), &meta));
-                for r in futures::future::join_all(creates).await {
+                let created = futures::future::join_all(creates).await;
+                for ((_, record), r) in dialed.iter().zip(created) {
                     match r {
-                        Ok(()) => placed += 1,
+                        Ok(()) => {
+                            self.placed.insert(record.call_id, ());
+                            placed += 1;
+                        }
                         Err(e) => {
                             tracing::warn!(campaign_id = %id, error = %e, "creating a campaign call failed")
                         }
@@ -596,7 +612,11 @@ impl Campaigns {
         else {
             return Ok(());
         };
-        // The usual case: the dialer did both steps already.
+        // The usual case: the dialer did both steps already. Known here without a statement
+        // when it was this process's dialer (the call is remembered only once both committed).
+        if self.placed.contains_key(&call_id) {
+            return Ok(());
+        }
         let done: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM processed_commands WHERE key = $1) \
                 AND EXISTS (SELECT 1 FROM events WHERE aggregate_type = $3 \

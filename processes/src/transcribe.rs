@@ -66,12 +66,7 @@ impl Transcribes {
         e: &PublishedEvent,
         running: Vec<(TranscribeId, CustomerId)>,
     ) -> Result<(), ProcessError> {
-        let customer = CustomerId(e.customer_id);
-        let meta = system_meta(HANGUPS, e.event_id, e.correlation_id(), customer);
-        let stopped = vbin_app::transcription::stop(&self.executor, running, &meta).await?;
-        metrics::counter!("vbin_transcribes_stopped_total", "by" => HANGUPS)
-            .increment(stopped as u64);
-        Ok(())
+        self.stop(e, HANGUPS, running).await
     }
 
     /// Stops the transcription `e` (a `transcribe_started`) started if its call has ended
@@ -111,11 +106,23 @@ impl Transcribes {
         part: &'static str,
         call: impl Into<MediaReference>,
     ) -> Result<(), ProcessError> {
+        let running = vbin_app::transcription::running_transcribes(&self.pool, call).await?;
+        let running = running
+            .into_iter()
+            .map(|r| (r.transcribe_id, r.customer_id));
+        self.stop(cause, part, running).await
+    }
+
+    /// Stops `running` (id, owner) as `part`, because of `cause`.
+    async fn stop(
+        &self,
+        cause: &PublishedEvent,
+        part: &'static str,
+        running: impl IntoIterator<Item = (TranscribeId, CustomerId)>,
+    ) -> Result<(), ProcessError> {
         let customer = CustomerId(cause.customer_id);
         let meta = system_meta(part, cause.event_id, cause.correlation_id(), customer);
-        let stopped =
-            vbin_app::transcription::stop_running(&self.pool, &self.executor, call, None, &meta)
-                .await?;
+        let stopped = vbin_app::transcription::stop(&self.executor, running, &meta).await?;
         metrics::counter!("vbin_transcribes_stopped_total", "by" => part).increment(stopped as u64);
         Ok(())
     }

@@ -884,6 +884,44 @@ async fn concurrent_appends_are_committed_together_yet_each_command_gets_its_own
     assert_eq!(msgs.len(), env.log_event_ids().await.len());
 }
 
+/// Runs `spec` in a probe process until it has handled at least `at_least` events (and half a
+/// second more, for any it should not have), then stops it; what it handled.
+async fn consume_until(
+    env: &Env,
+    spec: vbin_bus::ConsumerSpec,
+    at_least: usize,
+    what: &str,
+) -> Vec<vbin_event_schema::PublishedEvent> {
+    let bus = vbin_bus::Bus::connect(&env.nats.url(), "probe", env.installation().await)
+        .await
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = {
+        let seen = seen.clone();
+        tokio::spawn(vbin_bus::run_consumer(
+            bus,
+            spec,
+            move |e| {
+                seen.lock().unwrap().push(e);
+                async { Ok::<(), String>(()) }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ))
+    };
+    wait_until(what, Duration::from_secs(20), || async {
+        seen.lock().unwrap().len() >= at_least
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(());
+    consumer.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
 /// A durable consumer left by an older version with a wider filter (all call events) is
 /// recreated with the narrower one (`call_hungup` only, filtered by the server) from where it
 /// had got to: what it had acknowledged is not delivered again, and nothing after is lost.
@@ -891,7 +929,7 @@ async fn concurrent_appends_are_committed_together_yet_each_command_gets_its_own
 async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
     use async_nats::jetstream::consumer::{pull, AckPolicy};
     use futures::StreamExt;
-    use vbin_event_schema::{CallEvent, PublishedEvent};
+    use vbin_event_schema::CallEvent;
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
     let installation = env.installation().await;
@@ -939,33 +977,13 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
     env.wait_all_published(Duration::from_secs(20)).await;
 
     // The new version's consumer of the same name.
-    let bus = vbin_bus::Bus::connect(&env.nats.url(), "probe", installation)
-        .await
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PublishedEvent>::new()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let consumer = {
-        let seen = seen.clone();
-        tokio::spawn(vbin_bus::run_consumer(
-            bus,
-            vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(name, &[CallEvent::CALL_HUNGUP]),
-            move |e| {
-                seen.lock().unwrap().push(e);
-                async { Ok::<(), String>(()) }
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ))
-    };
-    wait_until("the later hangups", Duration::from_secs(20), || async {
-        seen.lock().unwrap().len() >= after.len()
-    })
+    let seen = consume_until(
+        &env,
+        vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(name, &[CallEvent::CALL_HUNGUP]),
+        after.len(),
+        "the later hangups",
+    )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop.send(());
-    consumer.await.unwrap();
-    let seen = seen.lock().unwrap().clone();
     let mut got: Vec<Uuid> = seen.iter().map(|e| e.aggregate_id).collect();
     got.sort();
     let mut want = after.clone();
@@ -994,7 +1012,7 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
 async fn a_consumer_replacing_others_starts_where_the_furthest_behind_stood() {
     use async_nats::jetstream::consumer::{pull, AckPolicy};
     use futures::StreamExt;
-    use vbin_event_schema::{CallEvent, PublishedEvent};
+    use vbin_event_schema::CallEvent;
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
     let installation = env.installation().await;
@@ -1054,44 +1072,18 @@ async fn a_consumer_replacing_others_starts_where_the_furthest_behind_stood() {
     assert_eq!(ack_all(old[0].clone()).await, 2);
     let third = end(2).await;
 
-    let bus = vbin_bus::Bus::connect(&env.nats.url(), "probe", installation)
-        .await
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PublishedEvent>::new()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let consumer = {
-        let seen = seen.clone();
-        tokio::spawn(vbin_bus::run_consumer(
-            bus,
-            vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(
-                "probe-merged",
-                &[CallEvent::CALL_HUNGUP],
-            )
-            .replacing(&[ahead, behind, "probe-never-existed"]),
-            move |e| {
-                seen.lock().unwrap().push(e);
-                async { Ok::<(), String>(()) }
-            },
-            async {
-                let _ = stopped.await;
-            },
-        ))
-    };
-    wait_until(
+    let seen = consume_until(
+        &env,
+        vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(
+            "probe-merged",
+            &[CallEvent::CALL_HUNGUP],
+        )
+        .replacing(&[ahead, behind, "probe-never-existed"]),
+        4,
         "the hangups after the floor",
-        Duration::from_secs(20),
-        || async { seen.lock().unwrap().len() >= 4 },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop.send(());
-    consumer.await.unwrap();
-    let mut got: Vec<Uuid> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|e| e.aggregate_id)
-        .collect();
+    let mut got: Vec<Uuid> = seen.iter().map(|e| e.aggregate_id).collect();
     got.sort();
     let mut want: Vec<Uuid> = second.iter().chain(&third).copied().collect();
     want.sort();

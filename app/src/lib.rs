@@ -16,6 +16,7 @@ pub mod numbers;
 pub mod queues;
 pub mod recordings;
 pub mod seal;
+pub mod together;
 pub mod transcription;
 pub mod trunks;
 

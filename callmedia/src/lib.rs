@@ -369,7 +369,12 @@ impl Media {
                     self.ensure(call, CustomerId(e.customer_id)).await?;
                 }
             }
-            CallEvent::CallHungup { .. } => self.end(call).await?,
+            // Only an answered call ends `completed`; the others never had a claim to release:
+            // `ensure` claims only a call that is progressing, and a call's status only moves
+            // forward, so one that ended any other way was never progressing.
+            CallEvent::CallHungup { status, .. } => {
+                self.end(call, status == CallStatus::Completed).await?
+            }
             _ => {}
         }
         Ok(())
@@ -1749,8 +1754,9 @@ impl Media {
         }
     }
 
-    /// Ends the call's session and releases its claim.
-    async fn end(&self, call: CallId) -> Result<(), MediaError> {
+    /// Ends the call's session and releases its claim (`claimed`: it may have one; the claim
+    /// may be another process's, so only the table knows).
+    async fn end(&self, call: CallId, claimed: bool) -> Result<(), MediaError> {
         self.stop_conversations(call).await;
         self.greetings.lock().expect("greetings").remove(&call);
         let handle = self.sessions.lock().expect("sessions").remove(&call);
@@ -1763,10 +1769,12 @@ impl Media {
             metrics::gauge!("vbin_media_sessions").decrement(1.0);
             tracing::info!(%call, "media session ended");
         }
-        sqlx::query("DELETE FROM media_sessions WHERE call_id = $1")
-            .bind(call.as_uuid())
-            .execute(&self.pool)
-            .await?;
+        if claimed {
+            sqlx::query("DELETE FROM media_sessions WHERE call_id = $1")
+                .bind(call.as_uuid())
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 

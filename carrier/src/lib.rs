@@ -10,26 +10,27 @@ use async_trait::async_trait;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
 use vbin_domain::{Call, CallCommand};
-use vbin_event_schema::{CallId, CustomerId, TrunkId, E164};
+use vbin_event_schema::{CallId, CallStatus, CustomerId, TrunkId, E164};
 use vbin_eventlog::CommandMeta;
 
 /// Tells the call what its network did, as carrier `who` (the command's actor): the one way
-/// a carrier writes. A call that no longer exists is not an error: there is nothing to drive.
+/// a carrier writes. Returns the call's status after it (None: the call does not exist, which
+/// is not an error: there is nothing to drive).
 pub async fn report(
     executor: &Executor,
     who: &'static str,
     call: CallId,
     customer: CustomerId,
     cmd: CallCommand,
-) -> Result<(), ExecError> {
+) -> Result<Option<CallStatus>, ExecError> {
     let mut meta = CommandMeta::caused_by(who, Uuid::now_v7(), &call.to_string());
     meta.customer_id = Some(customer.as_uuid());
     match executor
         .execute::<Call>(call.as_uuid(), customer, Some(customer), cmd, &meta)
         .await
     {
-        Err(ExecError::Domain(vbin_domain::DomainError::NotFound(_))) => Ok(()),
-        other => other.map(|_| ()),
+        Err(ExecError::Domain(vbin_domain::DomainError::NotFound(_))) => Ok(None),
+        other => other.map(|done| Some(done.state.status)),
     }
 }
 

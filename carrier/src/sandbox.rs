@@ -15,9 +15,10 @@ use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use sqlx::PgPool;
 use uuid::Uuid;
+use vbin_app::together::Together;
 use vbin_app::{ExecError, Executor};
-use vbin_domain::{CallCommand, HangupRequest};
-use vbin_event_schema::{CallId, CustomerId, HangupCause};
+use vbin_domain::{Call, CallCommand, HangupRequest};
+use vbin_event_schema::{CallId, CallStatus, CustomerId, HangupCause};
 
 /// Delay before a normal destination starts ringing.
 pub const RING_AFTER_MS: i64 = 100;
@@ -103,40 +104,75 @@ pub fn plan(req: &DialRequest) -> Vec<(i64, Action)> {
 #[derive(Clone)]
 pub struct SandboxCarrier {
     pool: PgPool,
+    /// Timers planned by concurrent dials, written together (one statement and commit for
+    /// all that wait, rather than one per call).
+    plans: Together<&'static str, Vec<Timer>>,
 }
+
+/// A timer to write: (call, customer, action, due).
+type Timer = (Uuid, Uuid, String, DateTime<Utc>);
 
 impl SandboxCarrier {
     /// A sandbox carrier writing timers to `pool` (the [`TimerWorker`]s poll them: the earliest
     /// step is 100 ms away, so waking them per dial would only cost queries).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            plans: Together::default(),
+        }
     }
 }
 
 impl SandboxCarrier {
     /// Writes `steps` as timers relative to now (the moment the network sees the call); a
-    /// redelivered event finds them already planned and changes nothing.
+    /// redelivered event finds them already planned and changes nothing. Returns once they
+    /// are committed.
     async fn plan(&self, req: &DialRequest, steps: &[(i64, Action)]) -> Result<(), CarrierError> {
         let now = Utc::now();
-        let due: Vec<DateTime<Utc>> = steps
+        let timers: Vec<Timer> = steps
             .iter()
-            .map(|(ms, _)| now + Duration::milliseconds(*ms))
+            .map(|(ms, a)| {
+                let due = now + Duration::milliseconds(*ms);
+                let (call, customer) = (req.call_id.as_uuid(), req.customer_id.as_uuid());
+                (call, customer, a.name(), due)
+            })
             .collect();
-        let actions: Vec<String> = steps.iter().map(|(_, a)| a.name()).collect();
-        sqlx::query(
-            "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
-             SELECT $1, $2, a, d FROM UNNEST($3::text[], $4::timestamptz[]) AS t(a, d) \
-             ON CONFLICT (call_id, action) DO NOTHING",
-        )
-        .bind(req.call_id.as_uuid())
-        .bind(req.customer_id.as_uuid())
-        .bind(&actions)
-        .bind(&due)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| CarrierError(e.to_string()))?;
-        Ok(())
+        let pool = self.pool.clone();
+        self.plans
+            .submit("carrier_timers", timers, move |batch| {
+                let pool = pool.clone();
+                async move { insert_timers(&pool, batch.into_iter().flatten()).await }
+            })
+            .await
+            .map_err(|e| CarrierError(e.to_string()))
     }
+}
+
+/// Writes `timers` in one statement (a (call, action) already planned is left as it is).
+async fn insert_timers(
+    pool: &PgPool,
+    timers: impl Iterator<Item = Timer>,
+) -> Result<(), sqlx::Error> {
+    let (mut calls, mut customers, mut actions, mut due) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (call, customer, action, at) in timers {
+        calls.push(call);
+        customers.push(customer);
+        actions.push(action);
+        due.push(at);
+    }
+    sqlx::query(
+        "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[]) \
+         ON CONFLICT (call_id, action) DO NOTHING",
+    )
+    .bind(&calls)
+    .bind(&customers)
+    .bind(&actions)
+    .bind(&due)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]
@@ -300,6 +336,20 @@ impl TimerWorker {
         customer_id: CustomerId,
         steps: Steps,
     ) -> (Vec<i64>, Option<PlannedHangup>) {
+        // The far end's steps reach a call that has ended when our side hung up first (a
+        // caller giving up while it rings). Every step is then a no-op: the call's machine only
+        // moves forward and never out of an ended status, so an ended state this process
+        // cached is exact however old it is. Done without a command (each cost a decision and
+        // a probe of the log) and without planning the far end's hangup.
+        let ended =
+            self.executor
+                .inspect_cached::<Call, _>(call_id.as_uuid(), Some(customer_id), |c| {
+                    c.status.is_terminal()
+                });
+        if ended == Some(true) {
+            metrics::counter!("vbin_sandbox_timers_skipped_total").increment(steps.len() as u64);
+            return (steps.into_iter().map(|(id, _)| id).collect(), None);
+        }
         let (mut done, mut answered) = (Vec::new(), None);
         for (id, action) in steps {
             let outcome = match Action::parse(&action) {
@@ -309,10 +359,14 @@ impl TimerWorker {
                 }
                 Some(a) => {
                     let r = self.fire(call_id, customer_id, a).await;
-                    if let (Ok(()), Action::Answer(talk)) = (&r, a) {
-                        answered = Some((call_id.as_uuid(), customer_id.as_uuid(), talk));
+                    // Planned on a repeated answer too (a crash between the answer and the
+                    // timer's deletion), but not for a call that ended instead.
+                    if let (Ok(Some(status)), Action::Answer(talk)) = (&r, a) {
+                        if !status.is_terminal() {
+                            answered = Some((call_id.as_uuid(), customer_id.as_uuid(), talk));
+                        }
                     }
-                    r
+                    r.map(|_| ())
                 }
             };
             match outcome {
@@ -331,7 +385,7 @@ impl TimerWorker {
         call_id: CallId,
         customer_id: CustomerId,
         action: Action,
-    ) -> Result<(), ExecError> {
+    ) -> Result<Option<CallStatus>, ExecError> {
         let at = Utc::now();
         let cmd = match action {
             Action::Ring => CallCommand::MarkRinging { at },

@@ -1,7 +1,7 @@
 //! Billing of ended calls: on `call_hungup` of an answered call, charge the customer's billing
 //! account for the started minutes at its rate, once per call (once-key `billing:<call id>`).
 //! A customer's charges that arrive while its account is busy are made together, in one
-//! command (see [`crate::together`]): the account is one aggregate, and one commit per call
+//! command (see [`vbin_app::together`]): the account is one aggregate, and one commit per call
 //! would cap a busy customer's calls.
 
 use crate::ProcessError;
@@ -12,7 +12,7 @@ use vbin_domain::{BillingAccount, BillingCommand, DomainError};
 use vbin_event_schema::{BillingId, CallEvent, CallStatus, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
 
-use crate::together::Together;
+use vbin_app::together::Together;
 
 /// Durable consumer name.
 pub const CONSUMER: &str = "billing-charger";
@@ -65,6 +65,7 @@ async fn charge(
             async move { charge_together(&executor, customer, batch).await }
         })
         .await
+        .map_err(Into::into)
 }
 
 fn once_key(cmd: &BillingCommand) -> String {

@@ -74,7 +74,7 @@ pub struct Campaigns {
     /// Where each campaign's next target scan starts (see [`Campaigns::due_targets`]).
     cursors: Arc<std::sync::Mutex<std::collections::HashMap<CampaignId, Uuid>>>,
     /// Results waiting for their campaign (see [`Campaigns::record_result`]).
-    results: crate::together::Together<CampaignId, (CampaignCommand, CommandMeta)>,
+    results: vbin_app::together::Together<CampaignId, (CampaignCommand, CommandMeta)>,
     /// Calls this process's dialer placed lately, both steps committed: the placer skips
     /// their dials without asking the database (see [`Campaigns::on_dialing`]).
     placed: moka::sync::Cache<CallId, ()>,
@@ -766,6 +766,7 @@ impl Campaigns {
                 }
             })
             .await
+            .map_err(Into::into)
     }
 
     /// Records `results` (`RecordResult` commands) on the campaign in one command, or one by

@@ -18,9 +18,8 @@ use vbin_domain::{
     Activeflow, Conference, ConferenceCommand, DomainError, Recording, RecordingCommand,
 };
 use vbin_event_schema::flow::{ActionKind, ActionResult};
-use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    CallId, ConferenceEvent, ConferenceId, CustomerId, LeaveReason, PublishedEvent,
+    ActiveflowId, CallId, ConferenceEvent, ConferenceId, CustomerId, LeaveReason, PublishedEvent,
 };
 
 /// The hangups part's name (part of the `call-hangups` consumer, see [`crate::hangups`]): the
@@ -58,13 +57,18 @@ pub async fn run(
     group.run(shutdown).await;
 }
 
-/// A call ended: it leaves the conference its flow joined last.
-pub(crate) async fn on_hangup(executor: &Executor, e: &PublishedEvent) -> Result<(), ProcessError> {
+/// A call ended (`e`, with `flow`, the flow the call had): it leaves the conference its flow
+/// joined last.
+pub(crate) async fn on_hangup(
+    executor: &Executor,
+    e: &PublishedEvent,
+    flow: Option<ActiveflowId>,
+) -> Result<(), ProcessError> {
     let customer = CustomerId(e.customer_id);
     let call = CallId(e.aggregate_id);
-    // The flow the call had when it hung up is in the event's view: a call without one (most
-    // calls) was in no conference, and the call itself need not be loaded.
-    let Some(af) = e.view::<CallView>()?.activeflow_id else {
+    // A call without a flow (most calls) was in no conference, and the call itself need not
+    // be loaded.
+    let Some(af) = flow else {
         return Ok(());
     };
     let joined = |f: &Activeflow| match f.current.as_ref().map(|a| &a.kind) {

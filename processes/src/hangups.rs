@@ -15,7 +15,8 @@ use crate::transcribe::Transcribes;
 use crate::ProcessError;
 use vbin_app::Executor;
 use vbin_bus::{Bus, ConsumerSpec};
-use vbin_event_schema::{CallEvent, CallId, PublishedEvent};
+use vbin_event_schema::views::CallView;
+use vbin_event_schema::{ActiveflowId, CallEvent, CallId, CallStatus, PublishedEvent};
 
 /// Durable consumer of `call_hungup`.
 pub const CONSUMER: &str = "call-hangups";
@@ -47,8 +48,32 @@ pub async fn on_hangup(
     transcribes: &Transcribes,
     e: PublishedEvent,
 ) -> Result<(), ProcessError> {
+    let CallEvent::CallHungup { status, .. } = e.decode::<CallEvent>()? else {
+        return Ok(());
+    };
+    // The flow the call had is in the event's view (set when the call was created).
+    let flow = e.view::<CallView>()?.activeflow_id;
+    if !could_have_run(status, flow) {
+        return Ok(());
+    }
     let running = vbin_app::calls::running_on_call(pool, CallId(e.aggregate_id)).await?;
     crate::aicalls::on_hangup(executor, &e, &running.aicalls).await?;
     transcribes.on_hangup(&e, running.transcribes).await?;
-    crate::conference::on_hangup(executor, &e).await
+    crate::conference::on_hangup(executor, &e, flow).await
+}
+
+/// Whether a call that ended in `status`, with flow `flow`, can have had an AI conversation,
+/// a transcription or a conference place to end. Only an answered call ends `completed` (the
+/// machine only moves forward, and `progressing` ends `completed`), and:
+/// - an AI conversation starts only on an answered call (`App::start_aicall`, for the API and
+///   for flows);
+/// - a transcription starts through the API only on an answered call, otherwise only by the
+///   call's flow (`transcribe_start`, which may run before the answer);
+/// - a conference is joined only by the call's flow.
+///
+/// So a call that was never answered and had no flow (a caller giving up while it rang, a
+/// busy or unanswered number dialed through the API) had none of them, and its hangup costs
+/// no statement.
+fn could_have_run(status: CallStatus, flow: Option<ActiveflowId>) -> bool {
+    status == CallStatus::Completed || flow.is_some()
 }

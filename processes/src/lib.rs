@@ -16,7 +16,6 @@ pub mod chain;
 pub mod conference;
 pub mod hangups;
 pub mod queue;
-mod together;
 pub mod transcribe;
 
 /// Events the campaign placer/results and queue-calls consumers handle at once (ordered per
@@ -51,8 +50,8 @@ pub enum ProcessError {
     #[error("bad event: {0}")]
     Decode(#[from] vbin_event_schema::DecodeError),
     /// A command that did the work of several failed (the cause is logged where it ran).
-    #[error("recording together with others failed: {0}")]
-    Together(String),
+    #[error(transparent)]
+    Together(#[from] vbin_app::together::TogetherError),
 }
 
 /// Treats "already applied" as success: the command took effect earlier.

@@ -35,7 +35,8 @@ use vbin_event_schema::call::ChainPurpose;
 use vbin_event_schema::flow::{ActionKind, ActionResult, SandboxScript, QUEUE_RESULT_VARIABLE};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    AbandonReason, CallEvent, CallId, CampaignId, CustomerId, PublishedEvent, QueueEvent, QueueId,
+    AbandonReason, CallEvent, CallId, CallStatus, CampaignId, CustomerId, PublishedEvent,
+    QueueEvent, QueueId,
 };
 
 /// How long an agent's phone rings before the call goes to the next agent.
@@ -356,7 +357,13 @@ impl Queues {
                 }
                 Ok(())
             }
-            CallEvent::CallHungup { .. } => self.on_ended(customer, call_id, &meta).await,
+            // Only an answered call joins a queue (the API and flows check that it is
+            // progressing; a campaign's call joins on `call_progressing`), and only an answered
+            // call ends `completed`: a call that ended any other way is in no queue.
+            CallEvent::CallHungup {
+                status: CallStatus::Completed,
+                ..
+            } => self.on_ended(customer, call_id, &meta).await,
             _ => Ok(()),
         }
     }

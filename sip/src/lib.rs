@@ -349,7 +349,7 @@ impl SipCarrier {
         loop {
             let res = report(executor, "sip-carrier", call, customer, cmd.clone()).await;
             match res {
-                Ok(()) => return,
+                Ok(_) => return,
                 Err(e @ (ExecError::Store(_) | ExecError::Conflict)) if attempt < RETRIES => {
                     tracing::warn!(%call, error = %vbin_bus::Chain(&e), attempt, "SIP carrier: reporting to the call failed; retrying");
                 }

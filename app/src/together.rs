@@ -1,13 +1,14 @@
-//! Work for one busy aggregate done together: the commands a process manager sends to one
-//! aggregate (a campaign's results, a customer's call charges) would otherwise run one at a
-//! time on it, one commit each, however many handlers wait. Here the first waiting handler
-//! starts a task that records what is waiting in one command, then what arrived meanwhile,
-//! until nothing waits; every handler gets the outcome of the command its item was in.
+//! Work done together: the commands a process manager sends to one busy aggregate (a
+//! campaign's results, a customer's call charges), or the rows many handlers write to one table
+//! (the sandbox carrier's timers), would otherwise run one at a time, one commit each, however
+//! many handlers wait. Here the first waiting handler starts a task that records what is
+//! waiting in one go, then what arrived meanwhile, until nothing waits; every handler gets the
+//! outcome of the batch its item was in. Nothing waits for a batch to fill: alone, an item is
+//! recorded at once; under load, batches grow with the load.
 //!
 //! The task is spawned, not run in the handler, so a handler that is dropped (a consumer
 //! shutting down) cannot leave the others waiting forever.
 
-use crate::ProcessError;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
@@ -15,6 +16,11 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 type Answer = oneshot::Sender<Result<(), String>>;
+
+/// Why an item's batch was not recorded (the cause is logged where it ran).
+#[derive(Debug, thiserror::Error)]
+#[error("recording together with others failed: {0}")]
+pub struct TogetherError(pub String);
 
 struct Waiting<T> {
     items: Vec<(T, Answer)>,
@@ -31,7 +37,7 @@ impl<T> Default for Waiting<T> {
 }
 
 /// Items waiting to be recorded together, by key (the aggregate).
-pub(crate) struct Together<K, T> {
+pub struct Together<K, T> {
     waiting: Arc<Mutex<HashMap<K, Waiting<T>>>>,
 }
 
@@ -58,10 +64,11 @@ where
 {
     /// Records `item` with the others waiting for `key`, through `record` (called with one
     /// batch at a time per key); returns when its batch is recorded.
-    pub async fn submit<F, Fut>(&self, key: K, item: T, record: F) -> Result<(), ProcessError>
+    pub async fn submit<F, Fut, E>(&self, key: K, item: T, record: F) -> Result<(), TogetherError>
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), ProcessError>> + Send,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
     {
         let (done, answer) = oneshot::channel();
         let lead = {
@@ -98,8 +105,8 @@ where
         }
         match answer.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ProcessError::Together(e)),
-            Err(_) => Err(ProcessError::Together("the recording task ended".into())),
+            Ok(Err(e)) => Err(TogetherError(e)),
+            Err(_) => Err(TogetherError("the recording task ended".into())),
         }
     }
 }
@@ -127,7 +134,7 @@ mod tests {
                     let failed = items.contains(&13);
                     batches.lock().unwrap().push(items);
                     if failed {
-                        Err(ProcessError::BadEvent("13".into()))
+                        Err("13")
                     } else {
                         Ok(())
                     }

@@ -369,12 +369,9 @@ impl Media {
                     self.ensure(call, CustomerId(e.customer_id)).await?;
                 }
             }
-            // Only an answered call ends `completed`; the others never had a claim to release:
-            // `ensure` claims only a call that is progressing, and a call's status only moves
-            // forward, so one that ended any other way was never progressing.
-            CallEvent::CallHungup { status, .. } => {
-                self.end(call, status == CallStatus::Completed).await?
-            }
+            // `ensure` claims only a call that is progressing: one that was never answered
+            // has no claim to release.
+            CallEvent::CallHungup { status, .. } => self.end(call, status.was_answered()).await?,
             _ => {}
         }
         Ok(())

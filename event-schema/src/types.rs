@@ -340,6 +340,13 @@ impl CallStatus {
         Self::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// For the status a call ended in: whether it had been answered. Only `progressing` ends
+    /// `completed` ([`HangupCause::resulting_status`]) and the machine only moves forward, so
+    /// a call that ended any other way was never progressing.
+    pub fn was_answered(self) -> bool {
+        self == Self::Completed
+    }
+
     /// True for the statuses a call ends in.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -579,5 +586,35 @@ mod tests {
             HangupCause::NormalClearing.resulting_status(CallStatus::Progressing),
             CallStatus::Completed
         );
+    }
+
+    /// A call ends answered (`was_answered`) exactly when it hangs up while progressing,
+    /// whatever the cause.
+    #[test]
+    fn a_call_ended_answered_exactly_when_it_hung_up_progressing() {
+        use HangupCause::*;
+        let causes = [
+            None,
+            NormalClearing,
+            UserBusy,
+            NoAnswer,
+            CallRejected,
+            UnallocatedNumber,
+            OriginatorCancel,
+            NetworkOutOfOrder,
+        ];
+        for cause in causes {
+            for current in [
+                CallStatus::Dialing,
+                CallStatus::Ringing,
+                CallStatus::Progressing,
+            ] {
+                assert_eq!(
+                    cause.resulting_status(current).was_answered(),
+                    current == CallStatus::Progressing,
+                    "{cause:?} while {current:?}"
+                );
+            }
+        }
     }
 }

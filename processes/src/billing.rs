@@ -9,7 +9,7 @@ use chrono::Utc;
 use vbin_app::{ExecError, Executor};
 use vbin_bus::{run_consumer, Bus, ConsumerSpec};
 use vbin_domain::{BillingAccount, BillingCommand, DomainError};
-use vbin_event_schema::{BillingId, CallEvent, CallStatus, CustomerId, PublishedEvent};
+use vbin_event_schema::{BillingId, CallEvent, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
 
 use vbin_app::together::Together;
@@ -48,7 +48,7 @@ async fn charge(
     else {
         return Ok(());
     };
-    if status != CallStatus::Completed {
+    if !status.was_answered() {
         return Ok(()); // unanswered calls cost nothing
     }
     let customer = CustomerId(event.customer_id);

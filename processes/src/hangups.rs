@@ -63,8 +63,7 @@ pub async fn on_hangup(
 }
 
 /// Whether a call that ended in `status`, with flow `flow`, can have had an AI conversation,
-/// a transcription or a conference place to end. Only an answered call ends `completed` (the
-/// machine only moves forward, and `progressing` ends `completed`), and:
+/// a transcription or a conference place to end:
 /// - an AI conversation starts only on an answered call (`App::start_aicall`, for the API and
 ///   for flows);
 /// - a transcription starts through the API only on an answered call, otherwise only by the
@@ -75,5 +74,5 @@ pub async fn on_hangup(
 /// busy or unanswered number dialed through the API) had none of them, and its hangup costs
 /// no statement.
 fn could_have_run(status: CallStatus, flow: Option<ActiveflowId>) -> bool {
-    status == CallStatus::Completed || flow.is_some()
+    status.was_answered() || flow.is_some()
 }

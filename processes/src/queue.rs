@@ -35,8 +35,7 @@ use vbin_event_schema::call::ChainPurpose;
 use vbin_event_schema::flow::{ActionKind, ActionResult, SandboxScript, QUEUE_RESULT_VARIABLE};
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{
-    AbandonReason, CallEvent, CallId, CallStatus, CampaignId, CustomerId, PublishedEvent,
-    QueueEvent, QueueId,
+    AbandonReason, CallEvent, CallId, CampaignId, CustomerId, PublishedEvent, QueueEvent, QueueId,
 };
 
 /// How long an agent's phone rings before the call goes to the next agent.
@@ -358,12 +357,11 @@ impl Queues {
                 Ok(())
             }
             // Only an answered call joins a queue (the API and flows check that it is
-            // progressing; a campaign's call joins on `call_progressing`), and only an answered
-            // call ends `completed`: a call that ended any other way is in no queue.
-            CallEvent::CallHungup {
-                status: CallStatus::Completed,
-                ..
-            } => self.on_ended(customer, call_id, &meta).await,
+            // progressing; a campaign's call joins on `call_progressing`): a call that was
+            // never answered is in no queue.
+            CallEvent::CallHungup { status, .. } if status.was_answered() => {
+                self.on_ended(customer, call_id, &meta).await
+            }
             _ => Ok(()),
         }
     }

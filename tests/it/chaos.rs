@@ -30,16 +30,20 @@ fn commands() -> usize {
 
 /// Concurrent clients of the load.
 const WORKERS: usize = 32;
-/// The receiver answers 500 to every n-th request, so retries are part of every run.
+/// The receiver answers 500 to every n-th request, so retries are part of every run (only
+/// once per delivery: a delivery that drew a 500 on all of its attempts by chance would be
+/// failed, rightly, and the run with it).
 const HOOK_FAIL_EVERY: usize = 29;
 /// Starting balance of each customer.
 const BALANCE: i64 = 1_000_000_000;
 
-/// What the webhook receiver got: bodies per `webhook-id` (= event id), plus a request count.
+/// What the webhook receiver got: bodies per `webhook-id` (= event id), plus a request count
+/// and the deliveries it answered 500.
 #[derive(Clone, Default)]
 struct Hooks {
     bodies: Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>,
     requests: Arc<AtomicUsize>,
+    refused: Arc<Mutex<HashSet<String>>>,
 }
 
 async fn hook_receiver() -> (String, Hooks) {
@@ -50,15 +54,17 @@ async fn hook_receiver() -> (String, Hooks) {
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
             let h = h.clone();
             async move {
-                let n = h.requests.fetch_add(1, SeqCst);
-                if n % HOOK_FAIL_EVERY == HOOK_FAIL_EVERY - 1 {
-                    return StatusCode::INTERNAL_SERVER_ERROR;
-                }
                 let id = headers
                     .get("webhook-id")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();
+                let n = h.requests.fetch_add(1, SeqCst);
+                if n % HOOK_FAIL_EVERY == HOOK_FAIL_EVERY - 1
+                    && h.refused.lock().unwrap().insert(id.clone())
+                {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
                 h.bodies
                     .lock()
                     .unwrap()
@@ -69,11 +75,21 @@ async fn hook_receiver() -> (String, Hooks) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
+    // Served on a thread of its own, like a customer's endpoint: how busy the test's runtime
+    // is (32 load workers, probes) must not make deliveries time out.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                axum::serve(listener, app).await.unwrap()
+            })
+    });
     (url, hooks)
 }
 
@@ -306,6 +322,7 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
         extra.len(),
         &extra[..extra.len().min(5)]
     );
+    let waiting = Instant::now();
     wait_until_every(
         "every call to end",
         Duration::from_secs(120),
@@ -319,7 +336,32 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
             .fetch_one(&env.pool)
             .await
             .unwrap();
-            (open == 0).then_some(()).ok_or(format!("{open} open"))
+            if open == 0 {
+                return Ok(());
+            }
+            // Near the end of the wait, say whether the stream lacks logged events (what the
+            // parts that end calls would never see) and where the platform's log is.
+            let detail = if waiting.elapsed() > Duration::from_secs(110) {
+                let published: HashSet<String> = env
+                    .stream_messages()
+                    .await
+                    .into_iter()
+                    .map(|m| m.0)
+                    .collect();
+                let log = env.log_event_ids().await;
+                let unpublished = log
+                    .iter()
+                    .filter(|id| !published.contains(&id.to_string()))
+                    .count();
+                format!(
+                    "; {unpublished} of {} logged events not on the stream; log {}",
+                    log.len(),
+                    env.platform.log.display()
+                )
+            } else {
+                String::new()
+            };
+            Err(format!("{open} open{detail}"))
         },
     )
     .await;
@@ -394,7 +436,7 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
         Duration::from_secs(120),
         EVERY,
         || async {
-            let (code, out) = vbin(env, &["replay", "verify"]);
+            let (code, out) = vbin(env, &["replay", "verify"]).await;
             (code == 0).then_some(()).ok_or(out)
         },
     )
@@ -413,14 +455,28 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
         Duration::from_secs(180),
         EVERY,
         || async {
-            let got = hooks.bodies.lock().unwrap();
-            let missing = call_events
-                .iter()
-                .filter(|(id, _)| !got.contains_key(&id.to_string()))
-                .count();
-            (missing == 0)
-                .then_some(())
-                .ok_or(format!("{missing} of {} not delivered", call_events.len()))
+            let missing: Vec<Uuid> = {
+                let got = hooks.bodies.lock().unwrap();
+                call_events
+                    .iter()
+                    .filter(|(id, _)| !got.contains_key(&id.to_string()))
+                    .map(|(id, _)| *id)
+                    .collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            // A few left: say where each stands, so a failure explains itself.
+            let detail = if missing.len() <= 5 {
+                undelivered(env, &missing).await
+            } else {
+                String::new()
+            };
+            Err(format!(
+                "{} of {} not delivered{detail}",
+                missing.len(),
+                call_events.len()
+            ))
         },
     )
     .await;
@@ -440,9 +496,15 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
             "event {id}: body {v} is not a {event_type}"
         );
     }
+    let refused = hooks.refused.lock().unwrap().len();
+    assert!(
+        refused > 0,
+        "the receiver refused nothing: no retry was tried"
+    );
     println!(
         "invariants hold: {} commands ({} retried requests), {} calls, {} answered and charged, \
-         {} events, {} call and charge webhooks ({} delivered more than once); checked in {:?}",
+         {} events, {} call and charge webhooks ({} delivered more than once, {} retried after \
+         a 500); checked in {:?}",
         load.n,
         load.retries.load(SeqCst),
         expected.len(),
@@ -450,8 +512,45 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
         events,
         call_events.len(),
         redelivered,
+        refused,
         t0.elapsed()
     );
+}
+
+/// Where the webhook deliveries of `events` stand: each event, its delivery rows and their
+/// attempts (empty when the recorder never wrote one).
+async fn undelivered(env: &Env, events: &[Uuid]) -> String {
+    let rows: Result<Vec<(Uuid, String, i64, String, Option<String>)>, _> = sqlx::query_as(
+        "SELECT e.event_id, e.event_type, e.global_position, \
+                format('%s %s sequence %s, customer %s, logged %s', e.aggregate_type, \
+                       e.aggregate_id, e.sequence, e.customer_id, e.recorded_at), \
+                (SELECT string_agg(format('%s %s attempts=%s next=%s (in %s) in_flight=%s \
+                                           last=%s %s: [%s]', \
+                            d.id, d.status, d.attempts, d.next_attempt_at, \
+                            d.next_attempt_at - now(), d.in_flight, d.last_status_code, \
+                            d.last_error, \
+                            (SELECT string_agg(format('#%s %s %s %s', a.attempt, a.at, \
+                                                      a.status_code, a.error), ', ' \
+                                               ORDER BY a.attempt) \
+                             FROM webhook_attempts a WHERE a.delivery_id = d.id)), '; ') \
+                 FROM webhook_deliveries d WHERE d.event_id = e.event_id) \
+         FROM events e WHERE e.event_id = ANY($1)",
+    )
+    .bind(events)
+    .fetch_all(&env.pool)
+    .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return format!(" (looking them up failed: {e})"),
+    };
+    rows.iter()
+        .map(|(id, t, position, of, d)| {
+            format!(
+                "\n  {t} {id} (position {position}, {of}): {}",
+                d.as_deref().unwrap_or("no delivery recorded")
+            )
+        })
+        .collect()
 }
 
 /// Every event logged so far is on the stream, once, and the stream has nothing the log lacks

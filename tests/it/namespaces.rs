@@ -97,7 +97,7 @@ async fn assert_stream_is_the_log(
 
 /// Every read model of `env` equals its replay and nothing is parked.
 async fn assert_replays_clean(env: &Env) {
-    let (code, out) = vbin(env, &["replay", "verify"]);
+    let (code, out) = vbin(env, &["replay", "verify"]).await;
     assert_eq!(code, 0, "{out}");
     let parked: i64 = env
         .scalar(

@@ -583,7 +583,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
         .execute(&env.pool)
         .await
         .unwrap();
-    let (code, out) = vbin(&env, &["replay", "verify"]);
+    let (code, out) = vbin(&env, &["replay", "verify"]).await;
     assert_eq!(code, 1, "verify must fail on differences: {out}");
     assert!(
         out.contains(&format!("different rm_calls {victim}")),
@@ -629,7 +629,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, out) = vbin(&env, &["replay"]);
+    let (code, out) = vbin(&env, &["replay"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("calls:") && out.contains("swapped in"),
@@ -650,7 +650,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
         "repaired (and not served stale from Redis)"
     );
     assert_eq!(api.all_pages("/v1.0/agents", 10).await.len(), 1);
-    let (code, out) = vbin(&env, &["replay", "verify"]);
+    let (code, out) = vbin(&env, &["replay", "verify"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 differences"), "{out}");
 
@@ -671,7 +671,8 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
             "--from-position",
             &from.to_string(),
         ],
-    );
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     wait_converged(&env).await;
     assert_eq!(api.get(&path).await.1, good);
@@ -681,7 +682,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    let (code, out) = vbin(&env, &["events", "export"]);
+    let (code, out) = vbin(&env, &["events", "export"]).await;
     assert_eq!(code, 0);
     let lines: Vec<Value> = out
         .lines()
@@ -691,7 +692,8 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     let (_, out) = vbin(
         &env,
         &["events", "tail", "-n", "3", "--aggregate-type", "customer"],
-    );
+    )
+    .await;
     assert!(
         out.lines().count() <= 3
             && out

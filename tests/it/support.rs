@@ -649,7 +649,8 @@ pub struct Platform {
     /// The SIP endpoint's port (UDP and TCP).
     pub sip_port: u16,
     child: Option<Child>,
-    log: PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
 }
 
 impl Platform {
@@ -1252,13 +1253,16 @@ impl Drop for Env {
 }
 
 /// Runs the vbin binary with this env's database and Redis; returns (exit code, stdout).
-pub fn vbin(env: &Env, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vbin"))
+pub async fn vbin(env: &Env, args: &[&str]) -> (i32, String) {
+    // Awaited, not blocking: the test's runtime also serves its webhook receivers and load,
+    // and a replay under load takes long enough that a blocked runtime let deliveries time out.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_vbin"))
         .args(args)
         .env("DATABASE_URL", &env.db_url)
         .env("REDIS_URL", env.redis.url())
         .env("RUST_LOG", "warn")
         .output()
+        .await
         .unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -572,6 +572,8 @@ where
     E: std::fmt::Display,
 {
     let consumer = open_consumer(bus, spec).await?;
+    let counted = Counted::new(spec);
+    let counted = &counted;
     let mut messages = consumer
         .messages()
         .await
@@ -579,7 +581,7 @@ where
     if spec.lanes <= 1 {
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(BusError::js("receiving a message"))?;
-            handle_message(bus, spec, handle, msg).await?;
+            handle_message(bus, spec, counted, handle, msg).await?;
         }
         return Err(BusError::Ended);
     }
@@ -606,7 +608,7 @@ where
     };
     let lanes = receivers.into_iter().map(|mut rx| async move {
         while let Some(msg) = rx.recv().await {
-            handle_message(bus, spec, handle, msg).await?;
+            handle_message(bus, spec, counted, handle, msg).await?;
         }
         Ok::<(), BusError>(())
     });
@@ -658,10 +660,28 @@ async fn skip_foreign(
     Ok(true)
 }
 
+/// A consumer's `vbin_consumer_events_total` counters, registered once: looking them up by
+/// labels for every event cloned the consumer's name and hashed the labels each time.
+struct Counted {
+    ok: metrics::Counter,
+    retry: metrics::Counter,
+}
+
+impl Counted {
+    fn new(spec: &ConsumerSpec) -> Self {
+        let of = |outcome: &'static str| metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => outcome);
+        Self {
+            ok: of("ok"),
+            retry: of("retry"),
+        }
+    }
+}
+
 /// Decodes, filters, handles and acks (or naks) one message.
 async fn handle_message<H, F, E>(
     bus: &Bus,
     spec: &ConsumerSpec,
+    counted: &Counted,
     handle: &H,
     msg: jetstream::Message,
 ) -> Result<(), BusError>
@@ -695,12 +715,12 @@ where
     match handle(event).await {
         Ok(()) => {
             msg.ack().await.map_err(BusError::js("acking"))?;
-            metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "ok").increment(1);
+            counted.ok.increment(1);
         }
         Err(e) => {
             let delay = Duration::from_millis(100u64 << delivered.min(8));
             tracing::warn!(consumer = %spec.name, %event_id, %event_type, delivered, error = %e, "handler failed; will redeliver");
-            metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => "retry").increment(1);
+            counted.retry.increment(1);
             let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }

@@ -195,6 +195,9 @@ async fn claim_stream(bus: &Bus) -> anyhow::Result<()> {
 /// Starts the selected parts and returns once they are running.
 pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     let settings = &cfg.settings;
+    // The recorder first: parts register their counters once when they start (a counter made
+    // before the recorder is installed counts nowhere).
+    let metrics = prometheus();
     // Before any client is built: roots every outgoing https request trusts.
     if let Some(pem) = &settings.webhooks.tls_extra_ca_file {
         match vbin_netguard::tls::trust_extra_roots(pem) {
@@ -447,7 +450,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             keys: keys.clone(),
             bus: bus.clone(),
             redis: Some(redis_client.clone()),
-            metrics: prometheus(),
+            metrics: metrics.clone(),
         });
         let mut routes = axum::Router::new();
         if parts.contains(&Part::CommandApi) {

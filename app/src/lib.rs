@@ -102,6 +102,8 @@ pub struct App {
     pub sealer: Option<std::sync::Arc<seal::Sealer>>,
     /// Conversations with assistants a customer may have under way.
     pub max_live_aicalls: u32,
+    /// Funds checks passed recently ([`billing`]).
+    pub funds_checks: std::sync::Arc<billing::PassedChecks>,
 }
 
 impl App {
@@ -112,6 +114,7 @@ impl App {
             pool,
             sealer: None,
             max_live_aicalls: DEFAULT_MAX_LIVE_AICALLS,
+            funds_checks: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@ use cqrs_es::persist::{
 use cqrs_es::Aggregate;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -32,6 +33,9 @@ pub struct PgEventRepository {
     /// Where the group-commit writers run: the runtime the repository was made on (the
     /// platform's main one), else the first appender's.
     runtime: Option<tokio::runtime::Handle>,
+    /// Per customer, how many billing appends this repository has committed (see
+    /// [`PgEventRepository::balance_epoch`]).
+    balance_epochs: Arc<Mutex<HashMap<Uuid, u64>>>,
 }
 
 fn unknown(e: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {
@@ -72,7 +76,21 @@ impl PgEventRepository {
             group: Arc::default(),
             group_commit: true,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            balance_epochs: Arc::default(),
         }
+    }
+
+    /// How many times this repository has committed a change to `customer`'s billing account
+    /// (its balance or rate). A reader of the balance that keeps what it read can tell from an
+    /// unchanged epoch that no append through this repository has changed it since; appends
+    /// by other processes it cannot see.
+    pub fn balance_epoch(&self, customer: Uuid) -> u64 {
+        self.balance_epochs
+            .lock()
+            .expect("balance epochs")
+            .get(&customer)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// With `false`, every append writes alone (one statement and commit per command), as
@@ -214,6 +232,15 @@ impl PgEventRepository {
             .await?;
         }
         tx.commit().await.map_err(classify)?;
+        if aggregate_type == vbin_event_schema::BillingEvent::AGGREGATE {
+            // After the commit: a reader that sees the old epoch read the balance before it.
+            *self
+                .balance_epochs
+                .lock()
+                .expect("balance epochs")
+                .entry(customer_id)
+                .or_default() += 1;
+        }
         Ok(recorded)
     }
 }

@@ -134,6 +134,32 @@ pub struct Settings {
     pub agents: AgentSettings,
     #[command(flatten)]
     pub sip: SipConfig,
+    #[command(flatten)]
+    pub billing: BillingSettings,
+}
+
+/// The funds check of new calls.
+#[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Billing")]
+pub struct BillingSettings {
+    /// Milliseconds a customer's passed funds check is reused for its next calls while no
+    /// change of its billing account has been committed through this process (0: every call
+    /// reads the balance).
+    #[arg(
+        long = "funds-check-fresh-ms",
+        env = "VBIN_FUNDS_CHECK_FRESH_MS",
+        value_name = "MS",
+        default_value_t = 100
+    )]
+    pub funds_check_fresh_ms: u64,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            funds_check_fresh_ms: vbin_app::billing::FUNDS_FRESH.as_millis() as u64,
+        }
+    }
 }
 
 /// The speech engines assistants may choose: the platform's, or another built from the media

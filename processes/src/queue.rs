@@ -451,6 +451,7 @@ impl Queues {
             pool: self.pool.clone(),
             sealer: None,
             max_live_aicalls: 0,
+            funds_checks: Default::default(),
         };
         match app.dial_chain(&acting, seed, chain).await {
             Ok(legs) => {

@@ -135,6 +135,41 @@ async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
     assert_eq!(poor_api.post("/v1.0/calls", body).await.0, 200);
 }
 
+/// A passed funds check is reused (here for ten minutes, to make reuse certain) only while
+/// the customer's billing account is unchanged: a rate raised past the balance refuses the very
+/// next call, and lowering it lets calls through again.
+#[tokio::test]
+async fn a_kept_funds_check_ends_with_any_change_of_the_billing_account() {
+    let env = Env::start_with_env(&[("VBIN_FUNDS_CHECK_FRESH_MS", "600000")]).await;
+    let (id, tok, _) = env
+        .customer_with(json!({"balance_micros": 1_000_000}))
+        .await;
+    let api = env.client(&tok);
+    let admin = env.admin();
+    let body = json!({"source": "+15550001000", "destinations": ["+15550002000"]});
+    let rate = |micros: i64| {
+        let admin = &admin;
+        async move {
+            let (s, v) = admin
+                .put(
+                    &format!("/v1.0/customers/{id}/billing_account"),
+                    json!({"rate_micros_per_minute": micros}),
+                )
+                .await;
+            assert_eq!(s, 200, "{v}");
+        }
+    };
+    rate(1_000).await;
+    assert_eq!(api.post("/v1.0/calls", body.clone()).await.0, 200);
+    // Kept: the same check would pass for ten minutes, but the account changed.
+    rate(2_000_000).await;
+    let (s, v) = api.post("/v1.0/calls", body.clone()).await;
+    assert_eq!(s, 402, "a kept check outlived the rate change: {v}");
+    // A refusal is not kept.
+    rate(1_000).await;
+    assert_eq!(api.post("/v1.0/calls", body).await.0, 200);
+}
+
 /// One target of the campaign test and what it must end with.
 struct Expect {
     destinations: Vec<&'static str>,

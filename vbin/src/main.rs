@@ -211,6 +211,7 @@ mod tests {
             "VBIN_ADMIN_TOKEN",
             "VBIN_JWT_SECRET",
             "VBIN_DB_POOL",
+            "VBIN_FUNDS_CHECK_FRESH_MS",
             "VBIN_HTTP_SNDBUF_BYTES",
             "VBIN_WEBHOOK_RETRY_SCHEDULE_MS",
             "VBIN_WEBHOOK_PER_CUSTOMER",

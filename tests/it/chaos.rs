@@ -354,9 +354,10 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
                     .filter(|id| !published.contains(&id.to_string()))
                     .count();
                 format!(
-                    "; {unpublished} of {} logged events not on the stream; log {}",
+                    "; {unpublished} of {} logged events not on the stream; log {}, NATS's {:?}",
                     log.len(),
-                    env.platform.log.display()
+                    env.platform.log.display(),
+                    env.nats.logs()
                 )
             } else {
                 String::new()
@@ -520,7 +521,9 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
 /// Where the webhook deliveries of `events` stand: each event, its delivery rows and their
 /// attempts (empty when the recorder never wrote one).
 async fn undelivered(env: &Env, events: &[Uuid]) -> String {
-    let rows: Result<Vec<(Uuid, String, i64, String, Option<String>)>, _> = sqlx::query_as(
+    /// Event id, type, position, what it belongs to, its deliveries.
+    type Row = (Uuid, String, i64, String, Option<String>);
+    let rows: Result<Vec<Row>, _> = sqlx::query_as(
         "SELECT e.event_id, e.event_type, e.global_position, \
                 format('%s %s sequence %s, customer %s, logged %s', e.aggregate_type, \
                        e.aggregate_id, e.sequence, e.customer_id, e.recorded_at), \

@@ -190,6 +190,15 @@ impl Nats {
             .collect()
     }
 
+    /// Each node's log.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.dir.as_os_str().is_empty())
+            .map(NatsNode::log)
+            .collect()
+    }
+
     /// The client URL: the servers separated by commas.
     pub fn url(&self) -> String {
         self.urls().join(",")
@@ -269,6 +278,11 @@ impl NatsNode {
             .spawn()
             .expect("nats-server must be installed (scripts/services installs it)");
         let stderr = child.stderr.take().unwrap();
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .ok();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             // Read the log to its end (a full pipe would block the server).
@@ -276,6 +290,11 @@ impl NatsNode {
                 .lines()
                 .map_while(Result::ok)
             {
+                // Kept next to the store (each start appends), for a failing test to point at.
+                if let Some(f) = log.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
                     let _ = tx.send(addr.rsplit(':').next().and_then(|p| p.trim().parse().ok()));
                 }
@@ -285,6 +304,11 @@ impl NatsNode {
         self.port = port.expect("nats-server did not say where it listens");
         self.child = Some(child);
         wait_port(self.port, "nats-server");
+    }
+
+    /// Its log (every start's), beside its store directory.
+    fn log(&self) -> PathBuf {
+        self.dir.with_extension("log")
     }
 
     /// Kills it (-9).
@@ -301,6 +325,10 @@ impl Drop for NatsNode {
         self.stop();
         if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            // A failed test's server logs stay (named in its failure where it matters).
+            if !std::thread::panicking() {
+                let _ = std::fs::remove_file(self.log());
+            }
         }
     }
 }

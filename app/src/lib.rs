@@ -12,6 +12,7 @@ pub mod billing;
 pub mod calls;
 pub mod executor;
 pub mod flows;
+pub mod funds;
 pub mod numbers;
 pub mod queues;
 pub mod recordings;
@@ -102,8 +103,8 @@ pub struct App {
     pub sealer: Option<std::sync::Arc<seal::Sealer>>,
     /// Conversations with assistants a customer may have under way.
     pub max_live_aicalls: u32,
-    /// Funds checks passed recently ([`billing`]).
-    pub funds_checks: std::sync::Arc<billing::PassedChecks>,
+    /// Funds checks passed recently ([`funds`]).
+    pub funds_checks: std::sync::Arc<funds::PassedChecks>,
 }
 
 impl App {

@@ -157,7 +157,7 @@ pub struct BillingSettings {
 impl Default for BillingSettings {
     fn default() -> Self {
         Self {
-            funds_check_fresh_ms: vbin_app::billing::FUNDS_FRESH.as_millis() as u64,
+            funds_check_fresh_ms: vbin_app::funds::FUNDS_FRESH.as_millis() as u64,
         }
     }
 }

@@ -242,7 +242,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
     );
     app.sealer = Some(sealer.clone());
     app.max_live_aicalls = cfg.settings.agents.max_live;
-    app.funds_checks = Arc::new(vbin_app::billing::PassedChecks::new(
+    app.funds_checks = Arc::new(vbin_app::funds::PassedChecks::new(
         std::time::Duration::from_millis(settings.billing.funds_check_fresh_ms),
     ));
     let executor = app.executor.clone();

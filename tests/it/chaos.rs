@@ -342,20 +342,9 @@ async fn check_invariants(env: &Env, load: &Load, hooks: &Hooks) {
             // Near the end of the wait, say whether the stream lacks logged events (what the
             // parts that end calls would never see) and where the platform's log is.
             let detail = if waiting.elapsed() > Duration::from_secs(110) {
-                let published: HashSet<String> = env
-                    .stream_messages()
-                    .await
-                    .into_iter()
-                    .map(|m| m.0)
-                    .collect();
-                let log = env.log_event_ids().await;
-                let unpublished = log
-                    .iter()
-                    .filter(|id| !published.contains(&id.to_string()))
-                    .count();
+                let (_, unpublished, logged) = env.stream_against_log().await;
                 format!(
-                    "; {unpublished} of {} logged events not on the stream; log {}, NATS's {:?}",
-                    log.len(),
+                    "; {unpublished} of {logged} logged events not on the stream; log {}, NATS's {:?}",
                     env.platform.log.display(),
                     env.nats.logs()
                 )

@@ -1243,17 +1243,33 @@ impl Env {
             self.platform.log.display()
         );
         wait_until_every(what, within, Duration::from_millis(200), || async {
-            let log = self.log_event_ids().await;
-            let msgs = self.stream_messages().await;
-            let published: std::collections::HashSet<String> =
-                msgs.iter().map(|m| m.0.clone()).collect();
-            if log.iter().all(|id| published.contains(&id.to_string())) {
+            let (msgs, unpublished, logged) = self.stream_against_log().await;
+            if unpublished == 0 {
                 Ok(msgs)
             } else {
-                Err(format!("{} of {} published", published.len(), log.len()))
+                Err(format!("{} of {logged} published", logged - unpublished))
             }
         })
         .await
+    }
+
+    /// The stream's messages, how many logged events they lack, and how many are logged.
+    pub async fn stream_against_log(
+        &self,
+    ) -> (
+        Vec<(String, vbin_event_schema::PublishedEvent)>,
+        usize,
+        usize,
+    ) {
+        let log = self.log_event_ids().await;
+        let msgs = self.stream_messages().await;
+        let published: std::collections::HashSet<&str> =
+            msgs.iter().map(|m| m.0.as_str()).collect();
+        let unpublished = log
+            .iter()
+            .filter(|id| !published.contains(id.to_string().as_str()))
+            .count();
+        (msgs, unpublished, log.len())
     }
 }
 

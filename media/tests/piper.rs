@@ -219,3 +219,36 @@ async fn measure_latency_and_rtf() {
         cpu / audio
     );
 }
+
+#[tokio::test]
+async fn deterministic_speech_is_the_same_samples_every_time_and_still_heard() {
+    let Some(piper) = piper() else { return };
+    let text = TtsRequest::new("Press two for sales.", "en-US");
+    // The voice's own variation: two syntheses of one text differ.
+    let (a, b) = (
+        piper.synthesize(&text).await.unwrap(),
+        piper.synthesize(&text).await.unwrap(),
+    );
+    assert!(
+        a[..] != b[..],
+        "the voice's noise scales vary each synthesis"
+    );
+    let fixed = piper.deterministic();
+    let (a, b) = (
+        fixed.synthesize(&text).await.unwrap(),
+        fixed.synthesize(&text).await.unwrap(),
+    );
+    assert!(a[..] == b[..], "{} and {} samples", a.len(), b.len());
+    let heard = hear(
+        &a,
+        &[
+            "press two for sales",
+            "press one for sales",
+            "press three for sales",
+            "press two for support",
+            "stay on the line",
+        ],
+    )
+    .await;
+    assert_eq!(heard, "press two for sales");
+}

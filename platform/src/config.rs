@@ -756,6 +756,17 @@ pub struct MediaSettings {
         value_parser = ["piper", "espeak", "openai"]
     )]
     pub tts_provider: String,
+    /// Piper speaks without its random variation: the same text always gives the same audio
+    /// (for repeatable prompts and tests; by default each synthesis varies a little, as the
+    /// voice was trained to).
+    #[arg(
+        long = "tts-deterministic",
+        env = "VBIN_TTS_DETERMINISTIC",
+        value_name = "BOOL",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub tts_deterministic: bool,
     /// Base URL of the OpenAI-compatible speech server (tts provider openai).
     #[arg(long = "tts-url", env = "VBIN_TTS_URL", value_name = "URL")]
     pub tts_url: Option<String>,
@@ -791,6 +802,7 @@ impl std::fmt::Debug for MediaSettings {
             )
             .field("deepgram_url", &self.deepgram_url)
             .field("tts_provider", &self.tts_provider)
+            .field("tts_deterministic", &self.tts_deterministic)
             .field("tts_url", &self.tts_url)
             .field(
                 "tts_api_key",
@@ -810,6 +822,7 @@ impl Default for MediaSettings {
             deepgram_api_key: None,
             deepgram_url: deepgram::DEFAULT_BASE_URL.into(),
             tts_provider: "piper".into(),
+            tts_deterministic: false,
             tts_url: None,
             tts_api_key: None,
             orphan_timeout_ms: 30_000,
@@ -855,6 +868,7 @@ impl MediaSettings {
                 Arc::new(p)
             }
             "piper" => match piper() {
+                Some(p) if self.tts_deterministic => Arc::new(p.deterministic()),
                 Some(p) => Arc::new(p),
                 None => espeak(),
             },

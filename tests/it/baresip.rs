@@ -14,12 +14,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 use vbin_media::tts::{piper::Piper, TtsProvider, TtsRequest};
 
-/// The platform's default voice, loaded once for every test.
+/// The platform's default voice as the tests' platforms speak it (deterministic), loaded once
+/// for every test.
 fn voice() -> &'static Piper {
     static VOICE: std::sync::OnceLock<Piper> = std::sync::OnceLock::new();
     VOICE.get_or_init(|| {
         Piper::from_models_dir(&vbin_media::tts::piper::default_models_dir())
             .expect("the Piper voice (scripts/models installs it)")
+            .deterministic()
     })
 }
 

@@ -918,6 +918,9 @@ impl Env {
             // Webhook retries in milliseconds instead of minutes and hours.
             .env("VBIN_WEBHOOK_RETRY_SCHEDULE_MS", "0,300,600,900")
             .env("VBIN_WEBHOOK_ALLOW_NETS", "127.0.0.1/32")
+            // The same prompt is the same audio every run: what the far end hears is then
+            // recognized the same way every run (Piper's variation once made a menu unheard).
+            .env("VBIN_TTS_DETERMINISTIC", "true")
             // VBIN_TEST_RUST_LOG replaces the filter (to look into a failing test).
             .env(
                 "RUST_LOG",

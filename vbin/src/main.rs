@@ -226,6 +226,7 @@ mod tests {
             "VBIN_WS_IDLE_MS",
             "VBIN_WS_MAX_REPLAY",
             "VBIN_TTS_PROVIDER",
+            "VBIN_TTS_DETERMINISTIC",
             "VBIN_TTS_URL",
             "VBIN_TTS_API_KEY",
             "VBIN_MEDIA_ORPHAN_TIMEOUT_MS",

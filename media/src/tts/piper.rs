@@ -81,7 +81,7 @@ const ESPEAK_PARALLEL: usize = 4;
 const CLAUSE_PUNCT: &[char] = &['.', ',', ';', ':', '!', '?'];
 
 /// What the synthesis needs from `<voice>.onnx.json`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Voice {
     name: String,
     dataset: String,
@@ -305,6 +305,17 @@ impl Piper {
     pub fn from_models_dir(dir: &Path) -> Result<Self, TtsError> {
         init_runtime(&runtime_in_models_dir(dir))?;
         Self::load(PiperPaths::in_models_dir(dir))
+    }
+
+    /// Speaks without the voice's random variation (its noise scales set to 0): the same text
+    /// always gives the same samples. Piper otherwise draws the timing and timbre of each
+    /// phoneme anew per synthesis, so one prompt differs slightly from one call to the next.
+    pub fn deterministic(mut self) -> Self {
+        let mut voice = Voice::clone(&self.voice);
+        voice.scales[0] = 0.0;
+        voice.scales[2] = 0.0;
+        self.voice = Arc::new(voice);
+        self
     }
 
     /// Runs another espeak-ng binary for phonemes.

@@ -590,16 +590,15 @@ where
         .map(|_| tokio::sync::mpsc::channel::<jetstream::Message>(64))
         .unzip();
     let read = async move {
-        let mut unwanted = 0usize;
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(BusError::js("receiving a message"))?;
-            // An event this consumer skips is only acked: no need to parse it for its lane.
-            let lane = if wanted(spec, &msg.subject) {
-                lane_of(&msg.payload, senders.len())
-            } else {
-                unwanted = unwanted.wrapping_add(1);
-                unwanted % senders.len()
-            };
+            // An event this consumer skips is only acked, here: no lane, no parse, no wake-up
+            // of a lane's task (most call events are skipped by most call consumers).
+            if !wanted(spec, &msg.subject) {
+                msg.ack().await.map_err(BusError::js("acking"))?;
+                continue;
+            }
+            let lane = lane_of(&msg.payload, senders.len());
             if senders[lane].send(msg).await.is_err() {
                 break; // a lane failed; its error is reported below
             }
@@ -690,12 +689,12 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    if skip_foreign(bus, spec, &msg).await? {
-        return Ok(());
-    }
     // The subject ends with the event type: skip the others before decoding anything.
     if !wanted(spec, &msg.subject) {
         msg.ack().await.map_err(BusError::js("acking"))?;
+        return Ok(());
+    }
+    if skip_foreign(bus, spec, &msg).await? {
         return Ok(());
     }
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);

@@ -594,8 +594,7 @@ where
             let msg = msg.map_err(BusError::js("receiving a message"))?;
             // An event this consumer skips is only acked, here: no lane, no parse, no wake-up
             // of a lane's task (most call events are skipped by most call consumers).
-            if !wanted(spec, &msg.subject) {
-                msg.ack().await.map_err(BusError::js("acking"))?;
+            if skip_unwanted(spec, &msg).await? {
                 continue;
             }
             let lane = lane_of(&msg.payload, senders.len());
@@ -644,6 +643,16 @@ fn wanted(spec: &ConsumerSpec, subject: &str) -> bool {
     spec.event_types.is_empty() || spec.event_types.iter().any(|t| t == event_type)
 }
 
+/// Acks `msg` if `spec` does not handle its event type, read from the subject (which ends with
+/// it) before anything is decoded. True if it did.
+async fn skip_unwanted(spec: &ConsumerSpec, msg: &jetstream::Message) -> Result<bool, BusError> {
+    if wanted(spec, &msg.subject) {
+        return Ok(false);
+    }
+    msg.ack().await.map_err(BusError::js("acking"))?;
+    Ok(true)
+}
+
 /// Acks `msg` if another installation published it (it is provably not in this installation's
 /// log; said once a minute). True if it did.
 async fn skip_foreign(
@@ -689,9 +698,7 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    // The subject ends with the event type: skip the others before decoding anything.
-    if !wanted(spec, &msg.subject) {
-        msg.ack().await.map_err(BusError::js("acking"))?;
+    if skip_unwanted(spec, &msg).await? {
         return Ok(());
     }
     if skip_foreign(bus, spec, &msg).await? {

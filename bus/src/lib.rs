@@ -4,6 +4,9 @@
 //! use it), and durable pull consumers with explicit acks that feed committed events to a
 //! handler, skipping events another installation published.
 
+mod shared;
+pub use shared::{Route, Shared};
+
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::StreamExt;
 use std::future::Future;
@@ -764,6 +767,12 @@ impl<'a> Group<'a> {
         self.tasks
             .push(Box::pin(run_consumer(bus, spec, handle, stop)));
         self
+    }
+
+    /// Adds a consumer shared by several routes ([`Shared`]).
+    pub fn shared(&mut self, shared: Shared) -> &mut Self {
+        let (spec, handle) = shared.into_consumer();
+        self.consumer(spec, handle)
     }
 
     /// Adds a task, given the stop signal it must end on.

@@ -34,7 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec, Route, Shared};
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, DomainError, HangupRequest, NewTranscribe,
     Recording, RecordingCommand, Transcribe, TranscribeCommand,
@@ -52,13 +52,16 @@ use vbin_media::tts::{Speech, TtsProvider, TtsRequest};
 use vbin_storage::Store;
 use vbin_transcription::Transcriber;
 
-/// Durable consumer of call events.
+/// Durable consumer of the call events of [`CALLS_CONSUMER`], [`BRIDGES_CONSUMER`] and
+/// [`GREETINGS_CONSUMER`] (routes of one shared consumer, [`vbin_bus::Shared`]).
+pub const CALL_EVENTS_CONSUMER: &str = "media-call-events";
+/// Route of calls answered and ended (a session per answered call).
 pub const CALLS_CONSUMER: &str = "media-calls";
 /// Durable consumer of queue calls waiting (wait music) and leaving the wait.
 pub const QUEUES_CONSUMER: &str = "media-queues";
 /// Durable consumer of conference members joining and leaving.
 pub const CONFERENCES_CONSUMER: &str = "media-conferences";
-/// Durable consumer of bridges (`call_bridged`, `call_chain_ended`).
+/// Route of bridges (`call_bridged`, `call_chain_ended`), the dialing call's side.
 pub const BRIDGES_CONSUMER: &str = "media-bridges";
 /// The same events for the bridged leg's side.
 pub const BRIDGE_LEGS_CONSUMER: &str = "media-bridge-legs";
@@ -79,7 +82,7 @@ pub const RECORDINGS_CONSUMER: &str = "media-recordings";
 pub const TRANSCRIBES_CONSUMER: &str = "media-transcribes";
 /// Durable consumer of AI conversation starts and ends.
 pub const AICALLS_CONSUMER: &str = "media-aicalls";
-/// Durable consumer of call creations (greetings made while calls ring).
+/// Route of call creations (greetings made while calls ring).
 pub const GREETINGS_CONSUMER: &str = "media-greetings";
 
 /// Settings of the media process.
@@ -244,23 +247,40 @@ impl Media {
         });
         let mut group = vbin_bus::Group::new(bus);
         group.task(|stop| self.clone().hear_taps_changing(stop));
+        let (calls, bridges, greetings) = (self.clone(), self.clone(), self.clone());
         group
-            .consumer(
-                ConsumerSpec::for_events_of::<CallEvent>(
-                    CALLS_CONSUMER,
-                    &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
-                )
-                .lanes(16),
-                |e| self.clone().on_call(e),
+            // The call events this process handles on its own: one delivery for three routes
+            // (their types do not overlap).
+            .shared(
+                Shared::new::<CallEvent>(CALL_EVENTS_CONSUMER)
+                    .route(
+                        Route::of::<CallEvent, _, _, _>(
+                            CALLS_CONSUMER,
+                            &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+                            move |e| calls.clone().on_call(e),
+                        )
+                        .lanes(16),
+                    )
+                    .route(
+                        Route::of::<CallEvent, _, _, _>(
+                            BRIDGES_CONSUMER,
+                            &[CallEvent::CALL_BRIDGED, CallEvent::CALL_CHAIN_ENDED],
+                            move |e| bridges.clone().on_bridge(e, Side::Master),
+                        )
+                        .lanes(8),
+                    )
+                    .route(
+                        Route::of::<CallEvent, _, _, _>(
+                            GREETINGS_CONSUMER,
+                            &[CallEvent::CALL_CREATED],
+                            move |e| greetings.clone().prepare_greeting(e),
+                        )
+                        .lanes(8),
+                    ),
             )
-            .consumer(
-                ConsumerSpec::for_events_of::<CallEvent>(
-                    BRIDGES_CONSUMER,
-                    &[CallEvent::CALL_BRIDGED, CallEvent::CALL_CHAIN_ENDED],
-                )
-                .lanes(8),
-                |e| self.clone().on_bridge(e, Side::Master),
-            )
+            // A bridge's other side: its own consumer, as the two sides may live in two media
+            // processes and each event is delivered again until it reaches its side's owner
+            // (in one shared consumer, each process would keep failing the other's side).
             .consumer(
                 ConsumerSpec::for_events_of::<CallEvent>(
                     BRIDGE_LEGS_CONSUMER,
@@ -334,14 +354,6 @@ impl Media {
                 )
                 .lanes(8),
                 |e| self.clone().on_aicall(e),
-            )
-            .consumer(
-                ConsumerSpec::for_events_of::<CallEvent>(
-                    GREETINGS_CONSUMER,
-                    &[CallEvent::CALL_CREATED],
-                )
-                .lanes(8),
-                |e| self.clone().prepare_greeting(e),
             )
             .task(|stop| self.clone().keep_leases(stop));
         group.run(shutdown).await;

@@ -30,7 +30,7 @@ use vbin_app::calls::{NewCalls, NewChain};
 use vbin_app::flows::validate;
 use vbin_app::flows::Program;
 use vbin_app::{AppError, ExecError, Executor};
-use vbin_bus::{Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec, Route};
 use vbin_domain::flow::renumber;
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, Conference, ConferenceCommand, DomainError,
@@ -49,7 +49,8 @@ use vbin_eventlog::CommandMeta;
 use vbin_netguard::AddressPolicy;
 use vbin_webhooks::direct::{Direct, DirectRequest};
 
-/// Durable consumer of call events.
+/// The route's name of call events (its own durable consumer's before the process managers'
+/// shared one).
 pub const CALLS_CONSUMER: &str = "flow-engine-calls";
 /// Durable consumer of activeflow events.
 pub const ACTIONS_CONSUMER: &str = "flow-engine-actions";
@@ -95,30 +96,35 @@ impl Engine {
         &self.app.executor
     }
 
-    /// Runs both consumers until `shutdown`.
+    /// The engine's route of call events (a call starting, answered or ended moves its
+    /// flow), for the process managers' call consumer (`vbin_processes::calls`, in the same
+    /// part).
+    pub fn call_route(&self) -> Route {
+        let engine = self.clone();
+        Route::of::<CallEvent, _, _, _>(
+            CALLS_CONSUMER,
+            &[
+                CallEvent::CALL_CREATED,
+                CallEvent::CALL_PROGRESSING,
+                CallEvent::CALL_HUNGUP,
+            ],
+            move |e| engine.clone().on_call(e),
+        )
+        .lanes(16)
+    }
+
+    /// Runs the consumer of activeflow events until `shutdown` (its call events come through
+    /// [`Engine::call_route`]).
     pub async fn run(self, bus: Bus, shutdown: impl std::future::Future<Output = ()>) {
         let mut group = vbin_bus::Group::new(bus);
-        group
-            .consumer(
-                ConsumerSpec::for_events_of::<CallEvent>(
-                    CALLS_CONSUMER,
-                    &[
-                        CallEvent::CALL_CREATED,
-                        CallEvent::CALL_PROGRESSING,
-                        CallEvent::CALL_HUNGUP,
-                    ],
-                )
-                .lanes(16),
-                |e| self.clone().on_call(e),
+        group.consumer(
+            ConsumerSpec::for_events_of::<ActiveflowEvent>(
+                ACTIONS_CONSUMER,
+                &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
             )
-            .consumer(
-                ConsumerSpec::for_events_of::<ActiveflowEvent>(
-                    ACTIONS_CONSUMER,
-                    &[ActiveflowEvent::ACTIVEFLOW_ACTION_EXECUTED],
-                )
-                .lanes(16),
-                |e| self.clone().on_action(e),
-            );
+            .lanes(16),
+            |e| self.clone().on_action(e),
+        );
         group.run(shutdown).await;
     }
 

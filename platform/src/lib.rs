@@ -315,30 +315,30 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         )));
     }
     if parts.contains(&Part::ProcessManagers) {
-        tasks.push(tokio::spawn(vbin_processes::billing::run(
-            bus.clone(),
-            executor.clone(),
-            stopped(&rx),
-        )));
+        let campaigns = vbin_processes::campaign::Campaigns::new(pool.clone(), executor.clone());
+        let queues = vbin_processes::queue::Queues::new(pool.clone(), executor.clone());
+        let engine = vbin_flow_engine::Engine::new(
+            app.clone(),
+            settings.webhooks.delivery().policy,
+            std::time::Duration::from_secs(10),
+        );
+        // One consumer of call events for every manager of this part (each was sent every
+        // call event by a consumer of its own).
+        let calls = vbin_processes::calls::consumer(&pool, &executor, &campaigns, &queues)
+            .route(engine.call_route());
+        tasks.push(tokio::spawn(calls.run(bus.clone(), stopped(&rx))));
         tasks.push(tokio::spawn(vbin_processes::campaign::run(
-            pool.clone(),
-            executor.clone(),
+            campaigns,
             bus.clone(),
             stopped(&rx),
         )));
         tasks.push(tokio::spawn(vbin_processes::queue::run(
-            pool.clone(),
-            executor.clone(),
+            queues,
             bus.clone(),
             stopped(&rx),
         )));
         tasks.push(tokio::spawn(vbin_processes::transcribe::run(
             pool.clone(),
-            executor.clone(),
-            bus.clone(),
-            stopped(&rx),
-        )));
-        tasks.push(tokio::spawn(vbin_processes::chain::run(
             executor.clone(),
             bus.clone(),
             stopped(&rx),
@@ -349,17 +349,6 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
             bus.clone(),
             stopped(&rx),
         )));
-        tasks.push(tokio::spawn(vbin_processes::hangups::run(
-            pool.clone(),
-            executor.clone(),
-            bus.clone(),
-            stopped(&rx),
-        )));
-        let engine = vbin_flow_engine::Engine::new(
-            app.clone(),
-            settings.webhooks.delivery().policy,
-            std::time::Duration::from_secs(10),
-        );
         tasks.push(tokio::spawn(engine.run(bus.clone(), stopped(&rx))));
         tasks.push(tokio::spawn(hang_up_orphans(
             pool.clone(),

@@ -7,14 +7,14 @@
 use crate::ProcessError;
 use chrono::Utc;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{run_consumer, Bus, ConsumerSpec};
+use vbin_bus::Route;
 use vbin_domain::{BillingAccount, BillingCommand, DomainError};
 use vbin_event_schema::{BillingId, CallEvent, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
 
 use vbin_app::together::Together;
 
-/// Durable consumer name.
+/// The route's name (its own durable consumer's before [`crate::calls`]).
 pub const CONSUMER: &str = "billing-charger";
 
 /// Hangups charged at once. A customer's account takes one command per round of the charges
@@ -22,18 +22,13 @@ pub const CONSUMER: &str = "billing-charger";
 /// at most 8 charges and fell up to 39,000 hangups behind a 100,000-target campaign.
 const LANES: usize = 256;
 
-/// Runs the charger until `shutdown`.
-pub async fn run(bus: Bus, executor: Executor, shutdown: impl std::future::Future<Output = ()>) {
-    let spec =
-        ConsumerSpec::for_events_of::<CallEvent>(CONSUMER, &[CallEvent::CALL_HUNGUP]).lanes(LANES);
+/// The charger's route of the process managers' call consumer ([`crate::calls`]).
+pub fn route(executor: Executor) -> Route {
     let waiting: Together<CustomerId, (BillingCommand, CommandMeta)> = Together::default();
-    run_consumer(
-        bus,
-        spec,
-        |e| charge(executor.clone(), waiting.clone(), e),
-        shutdown,
-    )
-    .await
+    Route::of::<CallEvent, _, _, _>(CONSUMER, &[CallEvent::CALL_HUNGUP], move |e| {
+        charge(executor.clone(), waiting.clone(), e)
+    })
+    .lanes(LANES)
 }
 
 /// Charges the call that `event` (a `call_hungup`) ended, if it was answered.

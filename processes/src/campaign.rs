@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec, Route};
 use vbin_domain::{
     Activeflow, ActiveflowCommand, Call, CallCommand, Campaign, CampaignCommand, DomainError, Flow,
     NewActiveflow, NewCall, Outplan, Target, TargetCommand,
@@ -85,14 +85,13 @@ pub struct Campaigns {
 /// dials of another process).
 const PLACED_MEMORY: Duration = Duration::from_secs(120);
 
-/// Runs the dialer and the three consumers until `shutdown`.
-pub async fn run(
-    pool: sqlx::PgPool,
-    executor: Executor,
-    bus: Bus,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) {
-    let c = Campaigns::new(pool, executor);
+/// The route's name of the campaign calls' results (its own durable consumer's before
+/// [`crate::calls`]).
+pub const RESULTS: &str = "campaign-results";
+
+/// Runs the dialer and the two consumers until `shutdown`; the results of its calls come
+/// through [`Campaigns::results_route`] (in [`crate::calls`]), made from the same `c`.
+pub async fn run(c: Campaigns, bus: Bus, shutdown: impl std::future::Future<Output = ()> + Send) {
     let mut group = vbin_bus::Group::new(bus);
     group
         .consumer(
@@ -102,11 +101,6 @@ pub async fn run(
             )
             .lanes(crate::LANES),
             |e| c.clone().on_dialing(e),
-        )
-        .consumer(
-            ConsumerSpec::for_events_of::<CallEvent>("campaign-results", &[CallEvent::CALL_HUNGUP])
-                .lanes(RESULT_LANES),
-            |e| c.clone().on_hungup(e),
         )
         .consumer(
             ConsumerSpec::for_events_of::<CampaignEvent>(
@@ -120,7 +114,18 @@ pub async fn run(
 }
 
 impl Campaigns {
-    /// A handle for tests and benches.
+    /// The route of the results of campaign calls (`call_hungup`) of the process managers'
+    /// call consumer ([`crate::calls`]): it wakes this handle's dialer.
+    pub fn results_route(&self) -> Route {
+        let c = self.clone();
+        Route::of::<CallEvent, _, _, _>(RESULTS, &[CallEvent::CALL_HUNGUP], move |e| {
+            c.clone().on_hungup(e)
+        })
+        .lanes(RESULT_LANES)
+    }
+
+    /// What the campaign managers share: one per process, for [`run`] and
+    /// [`Campaigns::results_route`] (and for tests and benches).
     pub fn new(pool: sqlx::PgPool, executor: Executor) -> Self {
         Self {
             pool,
@@ -709,12 +714,7 @@ impl Campaigns {
             .outplan(outplan_id, customer, |p| p.max_try_count)
             .await?
             .unwrap_or(1);
-        let meta = system_meta(
-            "campaign-results",
-            e.event_id,
-            &campaign_id.to_string(),
-            customer,
-        );
+        let meta = system_meta(RESULTS, e.event_id, &campaign_id.to_string(), customer);
         let at = Utc::now();
         let t = self
             .executor

@@ -19,7 +19,7 @@ use crate::ProcessError;
 use chrono::Utc;
 use serde_json::Value;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{Bus, ConsumerSpec};
+use vbin_bus::Route;
 use vbin_domain::{Call, CallCommand, CustomerCommand, DomainError, Queue, QueueCommand};
 use vbin_event_schema::call::{
     ChainPurpose, ChainResult, CONNECT_CALL_ID_VARIABLE, CONNECT_RESULT_VARIABLE,
@@ -30,31 +30,26 @@ use vbin_event_schema::{AgentId, QueueId};
 use vbin_event_schema::{CallEvent, CallId, CustomerId, PublishedEvent};
 use vbin_eventlog::CommandMeta;
 
-/// Durable consumer of call events.
+/// The route's name (its own durable consumer's before [`crate::calls`]).
 pub const CONSUMER: &str = "call-chains";
 
-/// Runs the consumer until `shutdown`.
-pub async fn run(
-    executor: Executor,
-    bus: Bus,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) {
-    let mut group = vbin_bus::Group::new(bus);
-    group.consumer(
-        ConsumerSpec::for_events_of::<CallEvent>(
-            CONSUMER,
-            &[
-                CallEvent::CALL_CREATED,
-                CallEvent::CALL_PROGRESSING,
-                CallEvent::CALL_HUNGUP,
-                CallEvent::CALL_BRIDGED,
-                CallEvent::CALL_CHAIN_ENDED,
-            ],
-        )
-        .lanes(16),
-        |e| on_call(&executor, e),
-    );
-    group.run(shutdown).await;
+/// The chains' route of the process managers' call consumer ([`crate::calls`]).
+pub fn route(executor: Executor) -> Route {
+    Route::of::<CallEvent, _, _, _>(
+        CONSUMER,
+        &[
+            CallEvent::CALL_CREATED,
+            CallEvent::CALL_PROGRESSING,
+            CallEvent::CALL_HUNGUP,
+            CallEvent::CALL_BRIDGED,
+            CallEvent::CALL_CHAIN_ENDED,
+        ],
+        move |e| {
+            let executor = executor.clone();
+            async move { on_call(&executor, e).await }
+        },
+    )
+    .lanes(16)
 }
 
 struct Ctx<'a> {

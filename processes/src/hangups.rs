@@ -1,6 +1,7 @@
-//! What a call had running ends with it (`call-hangups` consumer of `call_hungup`): its AI
-//! conversations ([`crate::aicalls`]), its transcriptions ([`crate::transcribe`]) and its
-//! place in a conference ([`crate::conference`]).
+//! What a call had running ends with it (the `call-hangups` route of `call_hungup`, in the
+//! process managers' call consumer [`crate::calls`]): its AI conversations
+//! ([`crate::aicalls`]), its transcriptions ([`crate::transcribe`]) and its place in a
+//! conference ([`crate::conference`]).
 //!
 //! These were three durable consumers, each sent every hangup, and the first two each read
 //! its own table for it. Nearly every call has none of the three, so one consumer reading
@@ -14,32 +15,29 @@
 use crate::transcribe::Transcribes;
 use crate::ProcessError;
 use vbin_app::Executor;
-use vbin_bus::{Bus, ConsumerSpec};
+use vbin_bus::Route;
 use vbin_event_schema::views::CallView;
 use vbin_event_schema::{ActiveflowId, CallEvent, CallId, CallStatus, PublishedEvent};
 
-/// Durable consumer of `call_hungup`.
+/// The route's name (its own durable consumer's before [`crate::calls`]).
 pub const CONSUMER: &str = "call-hangups";
 
-/// Runs the consumer until `shutdown`.
-pub async fn run(
-    pool: sqlx::PgPool,
-    executor: Executor,
-    bus: Bus,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) {
-    let spec = ConsumerSpec::for_events_of::<CallEvent>(CONSUMER, &[CallEvent::CALL_HUNGUP])
-        .lanes(crate::LANES)
-        .replacing(&[
-            crate::aicalls::HANGUPS,
-            crate::transcribe::HANGUPS,
-            crate::conference::HANGUPS,
-        ]);
+/// The hangups' route of the process managers' call consumer ([`crate::calls`]).
+pub fn route(pool: sqlx::PgPool, executor: Executor) -> Route {
     let transcribes = Transcribes::new(pool.clone(), executor.clone());
-    let mut group = vbin_bus::Group::new(bus);
-    group.consumer(spec, |e| on_hangup(&pool, &executor, &transcribes, e));
-    group.run(shutdown).await;
+    Route::of::<CallEvent, _, _, _>(CONSUMER, &[CallEvent::CALL_HUNGUP], move |e| {
+        let (pool, executor, transcribes) = (pool.clone(), executor.clone(), transcribes.clone());
+        async move { on_hangup(&pool, &executor, &transcribes, e).await }
+    })
+    .lanes(crate::LANES)
 }
+
+/// The consumers this route's own consumer took over from (before [`crate::calls`]).
+pub const REPLACED: [&str; 3] = [
+    crate::aicalls::HANGUPS,
+    crate::transcribe::HANGUPS,
+    crate::conference::HANGUPS,
+];
 
 /// Ends what the call `e` (a `call_hungup`) had running.
 pub async fn on_hangup(

@@ -11,6 +11,7 @@
 
 pub mod aicalls;
 pub mod billing;
+pub mod calls;
 pub mod campaign;
 pub mod chain;
 pub mod conference;

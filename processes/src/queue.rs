@@ -26,7 +26,7 @@ use vbin_app::calls::NewChain;
 use vbin_app::queues::join;
 use vbin_app::AppError;
 use vbin_app::{ExecError, Executor};
-use vbin_bus::{Bus, ConsumerSpec};
+use vbin_bus::{Bus, ConsumerSpec, Route};
 use vbin_domain::{
     Call, CallCommand, Campaign, Customer, CustomerCommand, DomainError, HangupRequest, Queue,
     QueueCommand,
@@ -66,24 +66,15 @@ type CampaignQueues = HashMap<(CustomerId, CampaignId), Option<QueueId>>;
 /// Most campaigns whose queue [`Queues::campaign_queue`] remembers (then it starts afresh).
 const CAMPAIGN_QUEUES_KEPT: usize = 10_000;
 
-/// Runs the dispatcher and the two consumers until `shutdown`.
-pub async fn run(
-    pool: sqlx::PgPool,
-    executor: Executor,
-    bus: Bus,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) {
-    let q = Queues::new(pool, executor);
+/// The route's name of the queues' call events (its own durable consumer's before
+/// [`crate::calls`]).
+pub const CALLS: &str = "queue-calls";
+
+/// Runs the dispatcher and the two consumers until `shutdown`; the calls' events come through
+/// [`Queues::calls_route`] (in [`crate::calls`]), made from the same `q`.
+pub async fn run(q: Queues, bus: Bus, shutdown: impl std::future::Future<Output = ()> + Send) {
     let mut group = vbin_bus::Group::new(bus);
     group
-        .consumer(
-            ConsumerSpec::for_events_of::<CallEvent>(
-                "queue-calls",
-                &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
-            )
-            .lanes(crate::LANES),
-            |e| q.clone().on_call(e),
-        )
         .consumer(
             ConsumerSpec::for_events_of::<QueueEvent>(
                 "queue-agents",
@@ -124,7 +115,20 @@ struct WaitingRow {
 }
 
 impl Queues {
-    /// A handle for tests and benches.
+    /// The route of the calls' events of the process managers' call consumer
+    /// ([`crate::calls`]): it wakes this handle's dispatcher.
+    pub fn calls_route(&self) -> Route {
+        let q = self.clone();
+        Route::of::<CallEvent, _, _, _>(
+            CALLS,
+            &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
+            move |e| q.clone().on_call(e),
+        )
+        .lanes(crate::LANES)
+    }
+
+    /// What the queue managers share: one per process, for [`run`] and
+    /// [`Queues::calls_route`] (and for tests and benches).
     pub fn new(pool: sqlx::PgPool, executor: Executor) -> Self {
         Self {
             pool,
@@ -336,7 +340,7 @@ impl Queues {
     async fn on_call(self, e: PublishedEvent) -> Result<(), ProcessError> {
         let customer = CustomerId(e.customer_id);
         let call_id = CallId(e.aggregate_id);
-        let meta = system_meta("queue-calls", e.event_id, &call_id.to_string(), customer);
+        let meta = system_meta(CALLS, e.event_id, &call_id.to_string(), customer);
         match e.decode()? {
             CallEvent::CallProgressing { .. } => {
                 let Some(campaign_id) = e.view::<CallView>().ok().and_then(|v| v.campaign_id)

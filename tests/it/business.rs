@@ -87,11 +87,13 @@ async fn billing_charges_answered_calls_once_and_refuses_calls_without_funds() {
     assert_eq!(other["result"], json!([]));
     assert_eq!(api.get("/v1.0/billings?reference_id=nope").await.0, 400);
 
-    // Redelivery of every call event to the charger, and a kill -9 restart: no second charge.
-    env.redeliver_all(&["billing-charger"], Duration::from_secs(60))
+    // Redelivery of every call event to the charger (with the other process managers), and a
+    // kill -9 restart: no second charge.
+    let managers = vbin_processes::calls::CONSUMER;
+    env.redeliver_all(&[managers], Duration::from_secs(60))
         .await;
     env.restart().await;
-    env.redeliver_all(&["billing-charger"], Duration::from_secs(60))
+    env.redeliver_all(&[managers], Duration::from_secs(60))
         .await;
     let charges: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'billing_recorded'")
@@ -576,8 +578,11 @@ async fn queues_assign_agents_time_out_and_keep_exact_statistics() {
         .fetch_one(&env.pool)
         .await
         .unwrap();
-    env.redeliver_all(&["queue-calls", "queue-timeouts"], Duration::from_secs(30))
-        .await;
+    env.redeliver_all(
+        &[vbin_processes::calls::CONSUMER, "queue-timeouts"],
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(600)).await; // a dispatcher tick or two
     let events_after: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(&env.pool)

@@ -1108,6 +1108,77 @@ async fn a_consumer_replacing_others_starts_where_the_furthest_behind_stood() {
     }
 }
 
+/// Each call event is delivered once per process part that handles it, not once per handler:
+/// the process managers (chains, queues, hangups, billing, campaign results, flows) share
+/// `process-calls`, the media process `media-call-events` (its bridges' other side keeps its
+/// own consumer). A durable consumer left by a version with a consumer per handler is taken
+/// over and deleted.
+#[tokio::test]
+async fn call_events_reach_one_consumer_per_part_not_one_per_handler() {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures::TryStreamExt;
+    let mut env = Env::start().await;
+    let (customer, token, _) = env.customer().await;
+    let installation = env.installation().await;
+    let js = env.nats.client().await;
+    let stream = js
+        .get_stream(installation.namespace.stream())
+        .await
+        .unwrap();
+    // A handler's own consumer as an older version left it.
+    let left = vbin_processes::billing::CONSUMER;
+    stream
+        .create_consumer(pull::Config {
+            durable_name: Some(left.into()),
+            filter_subject: installation.namespace.subject("*.call.call_hungup"),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    env.restart().await;
+    let ids = env.calls(&token, &["+15550000486"; 2], json!({})).await;
+    for id in &ids {
+        env.wait_call_end(*id, Duration::from_secs(20)).await;
+    }
+    env.wait_all_published(Duration::from_secs(20)).await;
+
+    // The durable consumers a call event's subject reaches (projections aside).
+    let subject = installation
+        .namespace
+        .subject_for(&customer, "call", "call_created");
+    let matches = |filter: &str| {
+        let (f, s): (Vec<&str>, Vec<&str>) =
+            (filter.split('.').collect(), subject.split('.').collect());
+        f.iter()
+            .enumerate()
+            .all(|(i, t)| *t == ">" || s.get(i).is_some_and(|x| *t == "*" || t == x))
+            && (f.last() == Some(&">") || f.len() == s.len())
+    };
+    let infos: Vec<_> = stream.consumers().try_collect().await.unwrap();
+    let mut reached: Vec<String> = infos
+        .iter()
+        .filter(|i| matches(&i.config.filter_subject))
+        .filter_map(|i| i.config.durable_name.clone())
+        .filter(|n| !n.starts_with("projection-"))
+        .collect();
+    reached.sort();
+    assert_eq!(
+        reached,
+        [
+            vbin_carrier::dialer::CONSUMER,
+            vbin_callmedia::BRIDGE_LEGS_CONSUMER,
+            vbin_callmedia::CALL_EVENTS_CONSUMER,
+            vbin_processes::calls::CONSUMER,
+            vbin_webhooks::delivery::RECORDER,
+        ]
+    );
+    assert!(
+        stream.get_consumer::<pull::Config>(left).await.is_err(),
+        "{left} was taken over and deleted"
+    );
+}
+
 /// Two processes' executors over one log: the one whose cached account is behind catches up
 /// with what the other appended (on a load and on a conflicting command) and decides on the
 /// current state, never on its stale copy.

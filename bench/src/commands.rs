@@ -368,6 +368,43 @@ where
     .await
 }
 
+/// How long a store run may go past its measured time (its clients finishing the appends in
+/// flight) before it is called stuck.
+const STORE_GRACE: Duration = Duration::from_secs(60);
+
+/// `run`, one store run of `dur`, or an error naming what the database was doing when it
+/// did not end within [`STORE_GRACE`] after `dur` (a run of vbin's store once never ended;
+/// a hang should say where it is rather than wait for an outer timeout).
+async fn guarded(
+    what: &str,
+    dur: Duration,
+    db: &sqlx::PgPool,
+    run: impl std::future::Future<Output = Load>,
+) -> anyhow::Result<Load> {
+    match tokio::time::timeout(dur + STORE_GRACE, run).await {
+        Ok(load) => Ok(load),
+        Err(_) => {
+            let lines: Vec<String> = sqlx::query_scalar(
+                "SELECT format('  %s %s:%s %s s: %s', state, wait_event_type, wait_event, \
+                               round(extract(epoch FROM now() - query_start)::numeric, 1), \
+                               left(query, 160)) \
+                 FROM pg_stat_activity WHERE datname = current_database() \
+                   AND pid <> pg_backend_pid() ORDER BY query_start",
+            )
+            .fetch_all(db)
+            .await
+            .unwrap_or_default();
+            bail!(
+                "{what}: the run did not end {} s after its {} s (an append never returned); \
+                 the database's sessions:\n{}",
+                STORE_GRACE.as_secs(),
+                dur.as_secs(),
+                lines.join("\n")
+            )
+        }
+    }
+}
+
 fn store_figures(l: &Load) -> Value {
     let ms = |q: f64| l.hist.value_at_quantile(q) as f64 / 1000.0;
     json!({
@@ -390,6 +427,11 @@ async fn store_runs(
         .max_connections(a.clients as u32 + 4)
         .connect(db_url)
         .await?;
+    // A connection of its own to look at the others if a run gets stuck.
+    let watch = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(db_url)
+        .await?;
     let feed = |events: &Arc<Vec<Recorded>>| Feed {
         events: events.clone(),
         next: Arc::new(AtomicUsize::new(0)),
@@ -405,7 +447,7 @@ async fn store_runs(
         .await?;
     let plain = {
         let pool = pool.clone();
-        append_load(a.clients, dur, feed(&events), move |e, id| {
+        let run = append_load(a.clients, dur, feed(&events), move |e, id| {
             let pool = pool.clone();
             async move {
                 sqlx::query(
@@ -427,8 +469,8 @@ async fn store_runs(
                 .await?;
                 Ok(())
             }
-        })
-        .await
+        });
+        guarded("plain INSERT per event", dur, &watch, run).await?
     };
 
     eprintln!("stores: cqrs-es's postgres-es for {} s...", a.duration_secs);
@@ -436,7 +478,7 @@ async fn store_runs(
         let store = Arc::new(crate::peer::PostgresEs::connect(db_url, a.clients).await?);
         let load = {
             let store = store.clone();
-            append_load(a.clients, dur, feed(&events), move |e, id| {
+            let run = append_load(a.clients, dur, feed(&events), move |e, id| {
                 let store = store.clone();
                 async move {
                     store
@@ -451,8 +493,8 @@ async fn store_runs(
                         })
                         .await
                 }
-            })
-            .await
+            });
+            guarded("cqrs-es's postgres-es", dur, &watch, run).await?
         };
         if let Ok(store) = Arc::try_unwrap(store) {
             store.close().await;
@@ -463,7 +505,7 @@ async fn store_runs(
     eprintln!("stores: vbin's event store for {} s...", a.duration_secs);
     let vbin_store = {
         let repo = vbin_eventlog::PgEventRepository::new(pool.clone());
-        append_load(a.clients, dur, feed(&events), move |e, id| {
+        let run = append_load(a.clients, dur, feed(&events), move |e, id| {
             let repo = repo.clone();
             async move {
                 // The log's metadata object, read back as the fields a command carries.
@@ -496,10 +538,16 @@ async fn store_runs(
                 .await?;
                 Ok(())
             }
-        })
-        .await
+        });
+        guarded("vbin's event store", dur, &watch, run).await?
     };
-    pool.close().await;
+    if tokio::time::timeout(STORE_GRACE, pool.close())
+        .await
+        .is_err()
+    {
+        bail!("the store runs' connections were not all given back within {STORE_GRACE:?}");
+    }
+    watch.close().await;
     Ok(json!({
         "plain_insert_per_event": store_figures(&plain),
         "postgres_es": store_figures(&peer),
@@ -532,6 +580,7 @@ pub async fn run(a: &CommandsArgs) -> anyhow::Result<Value> {
     let (store_db, store_url, migrated) = crate::fresh_database(&a.services).await?;
     migrated.close().await;
     let stores = store_runs(a, &store_url, events).await;
+    eprintln!("stores: done; dropping their database");
     crate::drop_database(&a.services.pg, &store_db).await;
     let stores = stores?;
 

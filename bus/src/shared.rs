@@ -127,7 +127,7 @@ impl Shared {
 
     /// Adds a route. Panics if it is of another aggregate, if its name is taken, or past 64
     /// routes.
-    pub fn route(mut self, route: Route) -> Self {
+    pub fn with_route(mut self, route: Route) -> Self {
         assert_eq!(
             route.aggregate, self.aggregate,
             "{}: route {} is of another aggregate",
@@ -288,8 +288,8 @@ mod tests {
         let (b, _) = counting("b", &[CallEvent::CALL_HUNGUP], 0);
         let s = Shared::new::<CallEvent>("both")
             .replacing(&["older"])
-            .route(a.lanes(16))
-            .route(b.lanes(256));
+            .with_route(a.lanes(16))
+            .with_route(b.lanes(256));
         let spec = s.spec();
         assert_eq!(spec.name, "both");
         assert_eq!(spec.filter_subject, "*.call.*");
@@ -311,9 +311,9 @@ mod tests {
         let (b, runs_b) = counting("b", &[CallEvent::CALL_HUNGUP], 2);
         let (c, runs_c) = counting("c", &[CallEvent::CALL_PROGRESSING], 0);
         let (_, handle) = Shared::new::<CallEvent>("s")
-            .route(a)
-            .route(b)
-            .route(c)
+            .with_route(a)
+            .with_route(b)
+            .with_route(c)
             .into_consumer();
         handle(event(CallEvent::CALL_CREATED)).await.unwrap();
         assert_eq!(
@@ -344,6 +344,6 @@ mod tests {
     fn two_routes_of_one_name_are_refused() {
         let (a, _) = counting("a", &[CallEvent::CALL_CREATED], 0);
         let (a2, _) = counting("a", &[CallEvent::CALL_HUNGUP], 0);
-        let _ = Shared::new::<CallEvent>("s").route(a).route(a2);
+        let _ = Shared::new::<CallEvent>("s").with_route(a).with_route(a2);
     }
 }

@@ -253,7 +253,7 @@ impl Media {
             // (their types do not overlap).
             .shared(
                 Shared::new::<CallEvent>(CALL_EVENTS_CONSUMER)
-                    .route(
+                    .with_route(
                         Route::of::<CallEvent, _, _, _>(
                             CALLS_CONSUMER,
                             &[CallEvent::CALL_PROGRESSING, CallEvent::CALL_HUNGUP],
@@ -261,7 +261,7 @@ impl Media {
                         )
                         .lanes(16),
                     )
-                    .route(
+                    .with_route(
                         Route::of::<CallEvent, _, _, _>(
                             BRIDGES_CONSUMER,
                             &[CallEvent::CALL_BRIDGED, CallEvent::CALL_CHAIN_ENDED],
@@ -269,7 +269,7 @@ impl Media {
                         )
                         .lanes(8),
                     )
-                    .route(
+                    .with_route(
                         Route::of::<CallEvent, _, _, _>(
                             GREETINGS_CONSUMER,
                             &[CallEvent::CALL_CREATED],
@@ -745,6 +745,13 @@ impl Media {
             let _ = control.send(c).await;
             return Ok(true);
         }
+        self.not_elsewhere(call).await?;
+        Ok(false)
+    }
+
+    /// `OwnedElsewhere` if another process runs the call's session with a live lease (the
+    /// event must go back for it).
+    async fn not_elsewhere(&self, call: CallId) -> Result<(), MediaError> {
         let other: Option<String> = sqlx::query_scalar(
             "SELECT owner FROM media_sessions \
              WHERE call_id = $1 AND owner <> $2 AND lease_until > now()",
@@ -755,7 +762,7 @@ impl Media {
         .await?;
         match other {
             Some(other) => Err(MediaError::OwnedElsewhere(call, other)),
-            None => Ok(false),
+            None => Ok(()),
         }
     }
 
@@ -1766,6 +1773,12 @@ impl Media {
     /// Ends the call's session and releases its claim (`claimed`: it may have one; the claim
     /// may be another process's, so only the table knows).
     async fn end(&self, call: CallId, claimed: bool) -> Result<(), MediaError> {
+        // A hangup that reaches a process not running the session must not delete the claim
+        // of the one that does (its session would never stop, its recordings never be
+        // stored): it goes back for that process. A claim whose lease ran out is removed.
+        if claimed && self.control_of(call).is_none() {
+            self.not_elsewhere(call).await?;
+        }
         self.stop_conversations(call).await;
         self.greetings.lock().expect("greetings").remove(&call);
         let handle = self.sessions.lock().expect("sessions").remove(&call);

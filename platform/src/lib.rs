@@ -325,7 +325,7 @@ pub async fn start(cfg: &Config, parts: &[Part]) -> anyhow::Result<Running> {
         // One consumer of call events for every manager of this part (each was sent every
         // call event by a consumer of its own).
         let calls = vbin_processes::calls::consumer(&pool, &executor, &campaigns, &queues)
-            .route(engine.call_route());
+            .with_route(engine.call_route());
         tasks.push(tokio::spawn(calls.run(bus.clone(), stopped(&rx))));
         tasks.push(tokio::spawn(vbin_processes::campaign::run(
             campaigns,

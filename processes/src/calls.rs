@@ -30,9 +30,9 @@ pub fn consumer(
 ) -> Shared {
     Shared::new::<CallEvent>(CONSUMER)
         .replacing(&crate::hangups::REPLACED)
-        .route(crate::chain::route(executor.clone()))
-        .route(queues.calls_route())
-        .route(crate::hangups::route(pool.clone(), executor.clone()))
-        .route(crate::billing::route(executor.clone()))
-        .route(campaigns.results_route())
+        .with_route(crate::chain::route(executor.clone()))
+        .with_route(queues.calls_route())
+        .with_route(crate::hangups::route(pool.clone(), executor.clone()))
+        .with_route(crate::billing::route(executor.clone()))
+        .with_route(campaigns.results_route())
 }

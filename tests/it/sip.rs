@@ -17,6 +17,8 @@ struct Sipp {
     child: Option<Child>,
     messages: PathBuf,
     out: PathBuf,
+    /// sipp's errors (why it stopped before a call: a port taken, a bad scenario).
+    err: PathBuf,
 }
 
 impl Sipp {
@@ -63,6 +65,7 @@ impl Sipp {
         }
         let messages = dir.join("messages.log");
         let out = dir.join("out.txt");
+        let err = dir.join("err.txt");
         let mut cmd = Command::new("sipp");
         match scenario {
             "-uas" => cmd.args(["-sn", "uas"]),
@@ -80,7 +83,7 @@ impl Sipp {
             .arg(&messages)
             .current_dir(&dir)
             .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .expect("sipp must be installed (scripts/services installs sip-tester)");
         // Calls go out once sipp listens: its socket shows in /proc/net/udp or tcp (probing
@@ -103,6 +106,7 @@ impl Sipp {
             child: Some(child),
             messages,
             out,
+            err,
         }
     }
 
@@ -128,6 +132,7 @@ impl Sipp {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.messages).unwrap_or_default()
             + &std::fs::read_to_string(&self.out).unwrap_or_default()
+            + &std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
     /// How many INVITEs sipp received (with the one after a 401).

@@ -350,13 +350,7 @@ impl ConsumerSpec {
     ///
     /// Panics if a name is not one of `E`'s events (a consumer that could never see it).
     pub fn for_events_of<E: AggregateEvent>(name: &str, event_types: &[&str]) -> Self {
-        for t in event_types {
-            assert!(
-                E::NAMES.contains(t),
-                "{name}: {t} is not an event of {}",
-                E::AGGREGATE
-            );
-        }
+        assert_events_of::<E>(name, event_types);
         Self::for_events(name, E::AGGREGATE, event_types)
     }
 
@@ -404,6 +398,18 @@ impl ConsumerSpec {
     pub fn replacing(mut self, old: &[&str]) -> Self {
         self.replaces = old.iter().map(|n| n.to_string()).collect();
         self
+    }
+}
+
+/// Panics unless every one of `event_types` is one of `E`'s events (`name`, a consumer or a
+/// route, could never see it).
+fn assert_events_of<E: AggregateEvent>(name: &str, event_types: &[&str]) {
+    for t in event_types {
+        assert!(
+            E::NAMES.contains(t),
+            "{name}: {t} is not an event of {}",
+            E::AGGREGATE
+        );
     }
 }
 
@@ -575,7 +581,7 @@ where
     E: std::fmt::Display,
 {
     let consumer = open_consumer(bus, spec).await?;
-    let counted = Counted::new(spec);
+    let counted = Counted::new(&spec.name);
     let counted = &counted;
     let mut messages = consumer
         .messages()
@@ -671,16 +677,17 @@ async fn skip_foreign(
     Ok(true)
 }
 
-/// A consumer's `vbin_consumer_events_total` counters, registered once: looking them up by
-/// labels for every event cloned the consumer's name and hashed the labels each time.
+/// A consumer's (or a shared consumer's route's) `vbin_consumer_events_total` counters,
+/// registered once: looking them up by labels for every event cloned the consumer's name and
+/// hashed the labels each time.
 struct Counted {
     ok: metrics::Counter,
     retry: metrics::Counter,
 }
 
 impl Counted {
-    fn new(spec: &ConsumerSpec) -> Self {
-        let of = |outcome: &'static str| metrics::counter!("vbin_consumer_events_total", "consumer" => spec.name.clone(), "outcome" => outcome);
+    fn new(name: &str) -> Self {
+        let of = |outcome: &'static str| metrics::counter!("vbin_consumer_events_total", "consumer" => name.to_string(), "outcome" => outcome);
         Self {
             ok: of("ok"),
             retry: of("retry"),

@@ -20,7 +20,7 @@
 //! redelivered until another process owns the event (the media bridge's second side) keep
 //! their own consumer.
 
-use crate::{run_consumer, ConsumerSpec};
+use crate::{assert_events_of, run_consumer, ConsumerSpec, Counted};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::future::Future;
@@ -38,8 +38,7 @@ pub struct Route {
     event_types: Vec<String>,
     lanes: usize,
     handle: Box<Handler>,
-    ok: metrics::Counter,
-    retry: metrics::Counter,
+    counted: Counted,
 }
 
 impl Route {
@@ -60,14 +59,7 @@ impl Route {
             !event_types.is_empty(),
             "{name}: a route takes named events"
         );
-        for t in event_types {
-            assert!(
-                E::NAMES.contains(t),
-                "{name}: {t} is not an event of {}",
-                E::AGGREGATE
-            );
-        }
-        let counter = |outcome: &'static str| metrics::counter!("vbin_consumer_events_total", "consumer" => name.to_string(), "outcome" => outcome);
+        assert_events_of::<E>(name, event_types);
         Self {
             name: name.to_string(),
             aggregate: E::AGGREGATE,
@@ -77,8 +69,7 @@ impl Route {
                 let f = handle(e);
                 Box::pin(async move { f.await.map_err(|e| e.to_string()) })
             }),
-            ok: counter("ok"),
-            retry: counter("retry"),
+            counted: Counted::new(name),
         }
     }
 
@@ -222,10 +213,10 @@ async fn dispatch(
         match res {
             Ok(()) => {
                 done |= 1 << i;
-                r.ok.increment(1);
+                r.counted.ok.increment(1);
             }
             Err(err) => {
-                r.retry.increment(1);
+                r.counted.retry.increment(1);
                 failed.push(format!("{}: {err}", r.name));
             }
         }

@@ -931,59 +931,74 @@ async fn consume_until(
     seen
 }
 
-/// A durable consumer left by an older version with a wider filter (all call events) is
-/// recreated with the narrower one (`call_hungup` only, filtered by the server) from where it
-/// had got to: what it had acknowledged is not delivered again, and nothing after is lost.
-#[tokio::test]
-async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
+/// A durable pull consumer `name` (explicit acks) of `filter` in the installation's
+/// namespace, made on `stream` as an older version (or a probe) would have left it.
+async fn durable_probe(
+    env: &Env,
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+    filter: &str,
+) -> async_nats::jetstream::consumer::PullConsumer {
     use async_nats::jetstream::consumer::{pull, AckPolicy};
-    use futures::StreamExt;
-    use vbin_event_schema::CallEvent;
-    let env = Env::start().await;
-    let (_, token, _) = env.customer().await;
-    let installation = env.installation().await;
-    let js = env.nats.client().await;
-    let stream = js
-        .get_stream(installation.namespace.stream())
-        .await
-        .unwrap();
-    let name = "probe-narrowing";
-    let old = stream
+    stream
         .create_consumer(pull::Config {
             durable_name: Some(name.into()),
-            filter_subject: installation.namespace.subject("*.call.*"),
+            filter_subject: env.installation().await.namespace.subject(filter),
             ack_policy: AckPolicy::Explicit,
             ..Default::default()
         })
         .await
-        .unwrap();
-    // Before: calls that end (busy), all their events consumed and acknowledged the old way.
-    let before = env.calls(&token, &["+15550000486"; 3], json!({})).await;
-    for id in &before {
+        .unwrap()
+}
+
+/// `n` calls to a busy number, ended and their events published; their ids.
+async fn ended_calls(env: &Env, token: &str, n: usize) -> Vec<Uuid> {
+    let ids = env.calls(token, &vec!["+15550000486"; n], json!({})).await;
+    for id in &ids {
         env.wait_call_end(*id, Duration::from_secs(20)).await;
     }
     env.wait_all_published(Duration::from_secs(20)).await;
-    let mut msgs = old
+    ids
+}
+
+/// Fetches what `c` has and acknowledges it all; how many.
+async fn ack_all(c: &async_nats::jetstream::consumer::PullConsumer) -> usize {
+    use futures::StreamExt;
+    let mut batch = c
         .fetch()
         .max_messages(1000)
         .expires(Duration::from_secs(1))
         .messages()
         .await
         .unwrap();
-    let mut acked = 0;
-    while let Some(Ok(m)) = msgs.next().await {
+    let mut n = 0;
+    while let Some(Ok(m)) = batch.next().await {
         m.double_ack().await.unwrap();
-        acked += 1;
+        n += 1;
     }
+    n
+}
+
+/// A durable consumer left by an older version with a wider filter (all call events) is
+/// recreated with the narrower one (`call_hungup` only, filtered by the server) from where it
+/// had got to: what it had acknowledged is not delivered again, and nothing after is lost.
+#[tokio::test]
+async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
+    use async_nats::jetstream::consumer::pull;
+    use vbin_event_schema::CallEvent;
+    let env = Env::start().await;
+    let (_, token, _) = env.customer().await;
+    let stream = env.event_stream().await;
+    let name = "probe-narrowing";
+    let old = durable_probe(&env, &stream, name, "*.call.*").await;
+    // Before: calls that end (busy), all their events consumed and acknowledged the old way.
+    ended_calls(&env, &token, 3).await;
+    let acked = ack_all(&old).await;
     assert!(
         acked >= 6,
         "the old consumer saw the first calls' events ({acked})"
     );
-    let after = env.calls(&token, &["+15550000486"; 2], json!({})).await;
-    for id in &after {
-        env.wait_call_end(*id, Duration::from_secs(20)).await;
-    }
-    env.wait_all_published(Duration::from_secs(20)).await;
+    let after = ended_calls(&env, &token, 2).await;
 
     // The new version's consumer of the same name.
     let seen = consume_until(
@@ -1019,67 +1034,24 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
 /// to do is done once, nothing before is delivered again, and the old consumers are deleted.
 #[tokio::test]
 async fn a_consumer_replacing_others_starts_where_the_furthest_behind_stood() {
-    use async_nats::jetstream::consumer::{pull, AckPolicy};
-    use futures::StreamExt;
+    use async_nats::jetstream::consumer::pull;
     use vbin_event_schema::CallEvent;
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
-    let installation = env.installation().await;
-    let js = env.nats.client().await;
-    let stream = js
-        .get_stream(installation.namespace.stream())
-        .await
-        .unwrap();
+    let stream = env.event_stream().await;
     let (ahead, behind) = ("probe-old-ahead", "probe-old-behind");
     let mut old = Vec::new();
     for name in [ahead, behind] {
-        old.push(
-            stream
-                .create_consumer(pull::Config {
-                    durable_name: Some(name.into()),
-                    filter_subject: installation.namespace.subject("*.call.call_hungup"),
-                    ack_policy: AckPolicy::Explicit,
-                    ..Default::default()
-                })
-                .await
-                .unwrap(),
-        );
+        old.push(durable_probe(&env, &stream, name, "*.call.call_hungup").await);
     }
-    // Fetches what the consumer has and acknowledges it all; how many.
-    let ack_all = |c: async_nats::jetstream::consumer::PullConsumer| async move {
-        let mut batch = c
-            .fetch()
-            .max_messages(1000)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .unwrap();
-        let mut n = 0;
-        while let Some(Ok(m)) = batch.next().await {
-            m.double_ack().await.unwrap();
-            n += 1;
-        }
-        n
-    };
-    let end = |n: usize| {
-        let (env, token) = (&env, &token);
-        async move {
-            let ids = env.calls(token, &vec!["+15550000486"; n], json!({})).await;
-            for id in &ids {
-                env.wait_call_end(*id, Duration::from_secs(20)).await;
-            }
-            env.wait_all_published(Duration::from_secs(20)).await;
-            ids
-        }
-    };
     // Both handled the first calls' hangups; only one of them the second calls'.
-    end(2).await;
+    ended_calls(&env, &token, 2).await;
     for c in &old {
-        assert_eq!(ack_all(c.clone()).await, 2);
+        assert_eq!(ack_all(c).await, 2);
     }
-    let second = end(2).await;
-    assert_eq!(ack_all(old[0].clone()).await, 2);
-    let third = end(2).await;
+    let second = ended_calls(&env, &token, 2).await;
+    assert_eq!(ack_all(&old[0]).await, 2);
+    let third = ended_calls(&env, &token, 2).await;
 
     let seen = consume_until(
         &env,
@@ -1115,33 +1087,17 @@ async fn a_consumer_replacing_others_starts_where_the_furthest_behind_stood() {
 /// over and deleted.
 #[tokio::test]
 async fn call_events_reach_one_consumer_per_part_not_one_per_handler() {
-    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use async_nats::jetstream::consumer::pull;
     use futures::TryStreamExt;
     let mut env = Env::start().await;
     let (customer, token, _) = env.customer().await;
     let installation = env.installation().await;
-    let js = env.nats.client().await;
-    let stream = js
-        .get_stream(installation.namespace.stream())
-        .await
-        .unwrap();
+    let stream = env.event_stream().await;
     // A handler's own consumer as an older version left it.
     let left = vbin_processes::billing::CONSUMER;
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(left.into()),
-            filter_subject: installation.namespace.subject("*.call.call_hungup"),
-            ack_policy: AckPolicy::Explicit,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    durable_probe(&env, &stream, left, "*.call.call_hungup").await;
     env.restart().await;
-    let ids = env.calls(&token, &["+15550000486"; 2], json!({})).await;
-    for id in &ids {
-        env.wait_call_end(*id, Duration::from_secs(20)).await;
-    }
-    env.wait_all_published(Duration::from_secs(20)).await;
+    ended_calls(&env, &token, 2).await;
 
     // The durable consumers a call event's subject reaches (projections aside).
     let subject = installation

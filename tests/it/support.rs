@@ -1144,6 +1144,14 @@ impl Env {
         .await
     }
 
+    /// The installation's event stream on this env's NATS.
+    pub async fn event_stream(&self) -> async_nats::jetstream::stream::Stream {
+        let js = self.nats.client().await;
+        js.get_stream(self.installation().await.namespace.stream())
+            .await
+            .unwrap()
+    }
+
     /// The installation of this env's database (its id, NATS namespace, Redis prefix).
     pub async fn installation(&self) -> vbin_event_schema::Installation {
         vbin_eventlog::installation::load(&self.pool, None)
@@ -1322,11 +1330,7 @@ impl Env {
     /// (the running processes recreate them from the start of the stream) and waits until they
     /// exist again and have nothing pending.
     pub async fn redeliver_all(&self, names: &[&str], within: Duration) {
-        let js = self.nats.client().await;
-        let stream = js
-            .get_stream(self.installation().await.namespace.stream())
-            .await
-            .unwrap();
+        let stream = self.event_stream().await;
         for name in names {
             stream.delete_consumer(name).await.unwrap();
         }

@@ -19,6 +19,8 @@ struct Sipp {
     out: PathBuf,
     /// sipp's errors (why it stopped before a call: a port taken, a bad scenario).
     err: PathBuf,
+    /// Its exit code, when it was already done as it started.
+    exited: Option<i32>,
 }
 
 impl Sipp {
@@ -37,7 +39,7 @@ impl Sipp {
     /// at the platform's SIP endpoint, with RTP on a port of its own.
     fn uac(env: &Env, scenario: &str, number: &str) -> Self {
         let target = format!("127.0.0.1:{}", env.platform.sip_port);
-        let media_port = free_port().to_string();
+        let media_port = sipp_media_port().to_string();
         Self::spawn(
             scenario,
             1,
@@ -54,8 +56,24 @@ impl Sipp {
     }
 
     /// sipp playing `scenario` (a file of tests/it/sipp, or "-uas": sipp's own `uas`).
+    /// A sipp that cannot bind its SIP port (exit 254: another process took the port between
+    /// its choice and sipp's bind) starts again on another.
     fn spawn(scenario: &str, calls: u32, args: &[&str]) -> Self {
-        let port = free_port();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match Self::try_spawn(scenario, calls, args) {
+                Ok(sipp) => return sipp,
+                Err(log) if attempts < 5 => eprintln!("sipp could not bind; again: {log}"),
+                Err(log) => panic!("sipp could not bind its port five times: {log}"),
+            }
+        }
+    }
+
+    /// One start of sipp; Err (its log) if it exited 254 (a socket it could not bind) before
+    /// it was seen listening.
+    fn try_spawn(scenario: &str, calls: u32, args: &[&str]) -> Result<Self, String> {
+        let port = free_udp_ports(1);
         let dir = std::env::temp_dir().join(format!("vbin-sipp-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         // sipp's RFC 4733 recordings, for scenarios that press keys (play_pcap_audio).
@@ -90,9 +108,11 @@ impl Sipp {
         // the port by binding it could take it from sipp).
         let mut child = child;
         let t = Instant::now();
+        let mut exited = None;
         while !bound(port) {
             // A caller whose call is refused at once can be done before its socket is seen.
-            if child.try_wait().ok().flatten().is_some() {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                exited = status.code();
                 break;
             }
             assert!(
@@ -101,23 +121,31 @@ impl Sipp {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Sipp {
+        let sipp = Sipp {
             port,
-            child: Some(child),
+            child: if exited.is_some() { None } else { Some(child) },
             messages,
             out,
             err,
+            exited,
+        };
+        match exited {
+            Some(254) => Err(sipp.log()),
+            _ => Ok(sipp),
         }
     }
 
     /// Waits for sipp to finish its calls; its exit code (0: every call went as scripted).
     fn wait(&mut self, within: Duration) -> i32 {
         let t = Instant::now();
-        let child = self.child.as_mut().unwrap();
+        let Some(child) = self.child.as_mut() else {
+            return self.exited.unwrap_or(-1);
+        };
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 self.child = None;
-                return status.code().unwrap_or(-1);
+                self.exited = status.code();
+                return self.exited.unwrap_or(-1);
             }
             assert!(
                 t.elapsed() < within,
@@ -146,6 +174,11 @@ impl Sipp {
 }
 
 /// Whether a UDP or TCP socket of this machine is bound to `port` (IPv4).
+/// sipp's RTP port: it binds this one and the next three (RTCP, video), all UDP.
+fn sipp_media_port() -> u16 {
+    free_udp_ports(4)
+}
+
 fn bound(port: u16) -> bool {
     let local = format!(":{port:04X}");
     ["/proc/net/udp", "/proc/net/tcp"].iter().any(|t| {
@@ -390,7 +423,7 @@ async fn a_flows_talk_goes_out_over_rtp_and_comes_back_from_an_echoing_far_end()
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
     // sipp answers and sends back every RTP packet it gets (G.711 both ways).
-    let media_port = free_port().to_string();
+    let media_port = sipp_media_port().to_string();
     let mut sipp = Sipp::uas_with(
         None,
         1,
@@ -444,7 +477,7 @@ async fn a_flows_talk_goes_out_over_rtp_and_comes_back_from_an_echoing_far_end()
 async fn a_key_the_far_end_presses_as_rfc_4733_reaches_the_flow() {
     let env = Env::start().await;
     let (_, tok, _) = env.customer().await;
-    let media_port = free_port().to_string();
+    let media_port = sipp_media_port().to_string();
     let mut sipp = Sipp::uas_with(
         Some("answer_press_7.xml"),
         1,
@@ -991,7 +1024,7 @@ async fn session_timers_are_refreshed_and_enforced_and_hold_is_answered_recvonly
 
     // The far end puts the call on hold: our answer says recvonly (sipp checks it) and our
     // RTP stops while it holds.
-    let media_port = free_port().to_string();
+    let media_port = sipp_media_port().to_string();
     let mut hold = Sipp::uas_with(
         Some("answer_hold_bye.xml"),
         1,
@@ -1084,7 +1117,7 @@ struct Kamailio {
 
 impl Kamailio {
     fn start(relay_port: u16) -> Self {
-        let port = free_port();
+        let port = free_udp_ports(1);
         let cfg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/it/kamailio/proxy.cfg");
         // Debian puts it in /usr/sbin, which a user's PATH may lack.
         let bin = ["/usr/sbin/kamailio", "kamailio"]

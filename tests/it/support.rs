@@ -95,6 +95,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// An even port `p` where UDP `p..p + n` are free now (for a peer that binds several UDP
+/// sockets from one base, as sipp's media does; a TCP port says nothing about UDP).
+pub fn free_udp_ports(n: u16) -> u16 {
+    loop {
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = first.local_addr().unwrap().port() & !1;
+        if p.checked_add(n).is_none() {
+            continue;
+        }
+        let all_free = (p..p + n).all(|q| {
+            q == first.local_addr().unwrap().port()
+                || std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()
+        });
+        if all_free {
+            return p;
+        }
+    }
+}
+
 fn wait_port(port: u16, what: &str) {
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

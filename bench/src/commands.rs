@@ -555,12 +555,67 @@ async fn store_runs(
     }))
 }
 
+/// The raw INSERT baseline, measured next to the runs it is the baseline of.
+///
+/// This machine's speed moves by tens of percent from one minute to the next; a baseline
+/// measured once, a minute away from a run, made the run's ratio move as much. Each HTTP run is
+/// bracketed: a baseline right before it and right after it (the one between the two runs
+/// serves both), and its ratio is taken against their mean.
+struct Baselines {
+    url: String,
+    db: String,
+    runs: Vec<Load>,
+}
+
+impl Baselines {
+    async fn start(a: &CommandsArgs) -> anyhow::Result<Self> {
+        let (db, url, pool) = crate::fresh_database(&a.services).await?;
+        pool.close().await;
+        Ok(Self {
+            url,
+            db,
+            runs: Vec::new(),
+        })
+    }
+
+    /// Measures one more baseline; its rate.
+    async fn measure(&mut self, a: &CommandsArgs) -> anyhow::Result<f64> {
+        eprintln!("raw INSERT baseline for {} s...", a.duration_secs);
+        let l =
+            crate::pg_insert_baseline(&self.url, a.clients, Duration::from_secs(a.duration_secs))
+                .await?;
+        let r = rate(&l);
+        self.runs.push(l);
+        Ok(r)
+    }
+
+    /// All the baselines as one: their mean rate, and the p99 of all their inserts.
+    fn overall(&self) -> (f64, Histogram<u64>) {
+        let mean = self.runs.iter().map(rate).sum::<f64>() / self.runs.len().max(1) as f64;
+        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        for l in &self.runs {
+            hist.add(&l.hist).expect("same histogram bounds");
+        }
+        (mean, hist)
+    }
+
+    async fn drop(self, a: &CommandsArgs) {
+        crate::drop_database(&a.services.pg, &self.db).await;
+    }
+}
+
 /// Runs the benchmark.
 pub async fn run(a: &CommandsArgs) -> anyhow::Result<Value> {
     let api_parts = [Part::CommandApi];
     let mut runs = serde_json::Map::new();
+    let mut baselines = Baselines::start(a).await?;
+    let before_api = baselines.measure(a).await?;
     let (api, _) = http_run(a, "api", &api_parts, true, false).await?;
+    let between = baselines.measure(a).await?;
     let (platform, db) = http_run(a, "platform", &Part::ALL, true, true).await?;
+    let after_platform = baselines.measure(a).await?;
+    let api_raw = (before_api + between) / 2.0;
+    let platform_raw = (between + after_platform) / 2.0;
     let db = db.context("the platform run's database")?;
     let db_url = format!("{}/{db}", a.services.pg.trim_end_matches('/'));
     let mut before = None;
@@ -576,6 +631,7 @@ pub async fn run(a: &CommandsArgs) -> anyhow::Result<Value> {
         pool.close().await;
         events
     };
+    crate::drop_database(&a.services.pg, &db).await;
     // The stores append into a fresh, migrated database (vbin's store needs its tables).
     let (store_db, store_url, migrated) = crate::fresh_database(&a.services).await?;
     migrated.close().await;
@@ -584,13 +640,12 @@ pub async fn run(a: &CommandsArgs) -> anyhow::Result<Value> {
     crate::drop_database(&a.services.pg, &store_db).await;
     let stores = stores?;
 
-    eprintln!("raw INSERT baseline for {} s...", a.duration_secs);
-    let ins =
-        crate::pg_insert_baseline(&db_url, a.clients, Duration::from_secs(a.duration_secs)).await?;
-    crate::drop_database(&a.services.pg, &db).await;
-    let raw = rate(&ins);
-    let raw_p99 = ins.hist.value_at_quantile(0.99) as f64 / 1000.0;
-    let ratio = |x: f64| (x / raw.max(1e-9) * 1000.0).round() / 1000.0;
+    let (raw, raw_hist) = baselines.overall();
+    let raw_runs: Vec<f64> = baselines.runs.iter().map(|l| rate(l).round()).collect();
+    baselines.drop(a).await;
+    let raw_p99 = raw_hist.value_at_quantile(0.99) as f64 / 1000.0;
+    let ratio_to = |x: f64, raw: f64| (x / raw.max(1e-9) * 1000.0).round() / 1000.0;
+    let ratio = |x: f64| ratio_to(x, raw);
 
     runs.insert("api".into(), api.load.clone());
     runs.insert("platform".into(), platform.load.clone());
@@ -608,15 +663,19 @@ pub async fn run(a: &CommandsArgs) -> anyhow::Result<Value> {
         "stores": stores,
         "profile": platform.profile,
         "baseline_pg_inserts_per_sec": raw.round(),
-        "baseline_insert_p50_ms": ms(&ins.hist, 0.5),
+        // Before the command API's run, between the two runs, after the platform's.
+        "baseline_runs_pg_inserts_per_sec": raw_runs,
+        "baseline_insert_p50_ms": ms(&raw_hist, 0.5),
         "baseline_insert_p99_ms": raw_p99,
         // Headlines: the whole platform (as before issue 23) and the command API alone.
         "commands_per_sec": platform.commands_per_sec.round(),
         "command_p99_ms": platform.p99_ms,
-        "ratio": ratio(platform.commands_per_sec),
+        "ratio": ratio_to(platform.commands_per_sec, platform_raw),
+        "baseline_platform_pg_inserts_per_sec": platform_raw.round(),
         "api_commands_per_sec": api.commands_per_sec.round(),
         "api_command_p99_ms": api.p99_ms,
-        "api_ratio": ratio(api.commands_per_sec),
+        "api_ratio": ratio_to(api.commands_per_sec, api_raw),
+        "baseline_api_pg_inserts_per_sec": api_raw.round(),
         "api_p99_ratio": (api.p99_ms / raw_p99.max(1e-9) * 100.0).round() / 100.0,
         "before": before.as_ref().map(|(a, p)| json!({
             "api_ratio": ratio(a.commands_per_sec),

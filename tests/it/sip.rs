@@ -173,12 +173,12 @@ impl Sipp {
     }
 }
 
-/// Whether a UDP or TCP socket of this machine is bound to `port` (IPv4).
 /// sipp's RTP port: it binds this one and the next three (RTCP, video), all UDP.
 fn sipp_media_port() -> u16 {
     free_udp_ports(4)
 }
 
+/// Whether a UDP or TCP socket of this machine is bound to `port` (IPv4).
 fn bound(port: u16) -> bool {
     let local = format!(":{port:04X}");
     ["/proc/net/udp", "/proc/net/tcp"].iter().any(|t| {

@@ -99,15 +99,15 @@ pub fn free_port() -> u16 {
 /// sockets from one base, as sipp's media does; a TCP port says nothing about UDP).
 pub fn free_udp_ports(n: u16) -> u16 {
     loop {
+        // Held while the others are probed, so the search does not pick it up again.
         let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let p = first.local_addr().unwrap().port() & !1;
+        let taken = first.local_addr().unwrap().port();
+        let p = taken & !1;
         if p.checked_add(n).is_none() {
             continue;
         }
-        let all_free = (p..p + n).all(|q| {
-            q == first.local_addr().unwrap().port()
-                || std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok()
-        });
+        let all_free =
+            (p..p + n).all(|q| q == taken || std::net::UdpSocket::bind(("127.0.0.1", q)).is_ok());
         if all_free {
             return p;
         }

@@ -346,9 +346,11 @@ pub async fn run(a: &WsArgs) -> anyhow::Result<Value> {
                     aggregate_id: id,
                     sequence: 1,
                     global_position: i as i64 + 1,
-                    metadata: json!({}),
-                    data: json!({}),
-                    resource: json!({"type": "call", "id": id, "sent_at_us": now_us()}),
+                    metadata: vbin_event_schema::raw(&json!({})),
+                    data: vbin_event_schema::raw(&json!({})),
+                    resource: vbin_event_schema::raw(
+                        &json!({"type": "call", "id": id, "sent_at_us": now_us()}),
+                    ),
                 };
                 let subject = ns.subject_for(&customer, "bench", "bench_tick");
                 // Publish without waiting for each ack (the relay batches the same way).

@@ -239,7 +239,7 @@ mod tests {
     use vbin_event_schema::CallEvent;
 
     fn event(event_type: &str) -> PublishedEvent {
-        serde_json::from_value(serde_json::json!({
+        serde_json::from_str(&serde_json::json!({
             "event_id": Uuid::now_v7(),
             "event_type": event_type,
             "event_version": "1.0",
@@ -252,7 +252,7 @@ mod tests {
             "metadata": {},
             "data": {},
             "resource": {},
-        }))
+        }).to_string())
         .expect("an envelope")
     }
 

@@ -93,6 +93,7 @@ pub use customer::CustomerEvent;
 pub use envelope::{
     relative_subject_filter, relative_subject_for, DecodeError, Installation, Namespace,
     NamespaceError, PublishedEvent, INSTALLATION_HEADER,
+    raw,
 };
 pub use flow::{ActiveflowEvent, FlowEvent};
 pub use number::NumberEvent;

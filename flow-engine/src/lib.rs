@@ -129,7 +129,7 @@ impl Engine {
     }
 
     fn meta(e: &PublishedEvent, customer: CustomerId) -> CommandMeta {
-        let mut meta = CommandMeta::caused_by("flow-engine", e.event_id, e.correlation_id());
+        let mut meta = CommandMeta::caused_by("flow-engine", e.event_id, &e.correlation_id());
         meta.customer_id = Some(customer.as_uuid());
         meta
     }

@@ -276,13 +276,23 @@ impl Hub {
 
 /// The push of an event, as API.md shows it, with its offset.
 pub(crate) fn push_text(offset: u64, e: &PublishedEvent, topic: &EventTopic) -> Utf8Bytes {
-    serde_json::json!({
-        "type": "event",
-        "event": e.event_type,
-        "topic": topic.to_string(),
-        "offset": offset,
-        "data": e.resource,
+    /// The push, the resource copied in as written.
+    #[derive(serde::Serialize)]
+    struct Push<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        event: &'a str,
+        topic: String,
+        offset: u64,
+        data: &'a serde_json::value::RawValue,
+    }
+    serde_json::to_string(&Push {
+        kind: "event",
+        event: &e.event_type,
+        topic: topic.to_string(),
+        offset,
+        data: &e.resource,
     })
-    .to_string()
+    .expect("a push serializes")
     .into()
 }

@@ -93,12 +93,14 @@ impl EventTopic {
     /// The topic of an event: its customer and the resource it shows (falling back to the
     /// aggregate when the view has no type or id).
     pub fn of(e: &vbin_event_schema::PublishedEvent) -> Self {
+        let (kind, id) = e.resource_type_and_id();
         Self {
             customer_id: e.customer_id,
-            resource: e.resource_type().unwrap_or(&e.aggregate_type).to_string(),
-            resource_id: e
-                .resource_id()
-                .map(str::to_string)
+            resource: kind
+                .map(String::from)
+                .unwrap_or_else(|| e.aggregate_type.clone()),
+            resource_id: id
+                .map(String::from)
                 .unwrap_or_else(|| e.aggregate_id.to_string()),
         }
     }

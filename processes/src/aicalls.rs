@@ -20,7 +20,7 @@ pub async fn on_hangup(
     live: &[AicallId],
 ) -> Result<(), ProcessError> {
     let customer = CustomerId(e.customer_id);
-    let meta = system_meta(HANGUPS, e.event_id, e.correlation_id(), customer);
+    let meta = system_meta(HANGUPS, e.event_id, &e.correlation_id(), customer);
     for id in live {
         let cmd = AicallCommand::Terminate {
             reason: AicallEndReason::CallEnded,

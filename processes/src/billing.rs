@@ -47,7 +47,7 @@ async fn charge(
         return Ok(()); // unanswered calls cost nothing
     }
     let customer = CustomerId(event.customer_id);
-    let meta = CommandMeta::caused_by("billing", event.event_id, event.correlation_id());
+    let meta = CommandMeta::caused_by("billing", event.event_id, &event.correlation_id());
     let cmd = BillingCommand::ChargeCall {
         billing_id: BillingId::new(),
         call_id: event.aggregate_id,

@@ -97,7 +97,7 @@ pub async fn on_call(executor: &Executor, e: PublishedEvent) -> Result<(), Proce
     let ctx = Ctx {
         executor,
         customer,
-        meta: crate::system_meta(CONSUMER, e.event_id, e.correlation_id(), customer),
+        meta: crate::system_meta(CONSUMER, e.event_id, &e.correlation_id(), customer),
     };
     let me = CallId(e.aggregate_id);
     let view = e.view::<CallView>()?;

@@ -82,7 +82,7 @@ pub(crate) async fn on_hangup(
     else {
         return Ok(());
     };
-    let meta = system_meta(HANGUPS, e.event_id, e.correlation_id(), customer);
+    let meta = system_meta(HANGUPS, e.event_id, &e.correlation_id(), customer);
     let cmd = ConferenceCommand::Leave {
         call_id: call,
         reason: LeaveReason::Hangup,
@@ -113,7 +113,7 @@ async fn on_left(executor: &Executor, e: PublishedEvent) -> Result<(), ProcessEr
         return Ok(());
     };
     let customer = CustomerId(e.customer_id);
-    let meta = system_meta(LEAVES, e.event_id, e.correlation_id(), customer);
+    let meta = system_meta(LEAVES, e.event_id, &e.correlation_id(), customer);
     let waits = |k: &ActionKind| matches!(k, ActionKind::ConferenceJoin(_));
     let done = ActionResult::default();
     let ended =
@@ -132,7 +132,7 @@ async fn on_terminated(
 ) -> Result<(), ProcessError> {
     let customer = CustomerId(e.customer_id);
     let conference = ConferenceId(e.aggregate_id);
-    let meta = system_meta(ENDS, e.event_id, e.correlation_id(), customer);
+    let meta = system_meta(ENDS, e.event_id, &e.correlation_id(), customer);
     vbin_app::transcription::stop_running(pool, executor, conference, Some(customer), &meta)
         .await?;
     let running = vbin_app::recordings::running(pool, customer, conference.into()).await?;

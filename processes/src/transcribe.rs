@@ -121,7 +121,7 @@ impl Transcribes {
         running: impl IntoIterator<Item = (TranscribeId, CustomerId)>,
     ) -> Result<(), ProcessError> {
         let customer = CustomerId(cause.customer_id);
-        let meta = system_meta(part, cause.event_id, cause.correlation_id(), customer);
+        let meta = system_meta(part, cause.event_id, &cause.correlation_id(), customer);
         let stopped = vbin_app::transcription::stop(&self.executor, running, &meta).await?;
         metrics::counter!("vbin_transcribes_stopped_total", "by" => part).increment(stopped as u64);
         Ok(())

@@ -13,12 +13,13 @@ pub mod models;
 pub mod replay;
 pub mod runtime;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
-use vbin_event_schema::PublishedEvent;
+use vbin_event_schema::{raw, PublishedEvent};
 
 /// One change to one read-model row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum RowOp {
     /// Insert or replace the row `id` of `table` with `body` (the full API view).
     Upsert {
@@ -28,8 +29,8 @@ pub enum RowOp {
         id: Uuid,
         /// Owning customer (tenant scoping of every read).
         customer_id: Uuid,
-        /// The API view.
-        body: Value,
+        /// The API view (as the event's `resource` was written, most often).
+        body: Box<RawValue>,
     },
     /// Remove the row.
     Delete {
@@ -49,6 +50,40 @@ pub enum RowOp {
         /// Keys to set.
         patch: Value,
     },
+}
+
+/// Equal ops; bodies compared as written.
+impl PartialEq for RowOp {
+    fn eq(&self, o: &Self) -> bool {
+        match (self, o) {
+            (
+                RowOp::Upsert {
+                    table,
+                    id,
+                    customer_id,
+                    body,
+                },
+                RowOp::Upsert {
+                    table: t,
+                    id: i,
+                    customer_id: c,
+                    body: b,
+                },
+            ) => table == t && id == i && customer_id == c && body.get() == b.get(),
+            (RowOp::Delete { table, id }, RowOp::Delete { table: t, id: i }) => {
+                table == t && id == i
+            }
+            (
+                RowOp::Patch { table, id, patch },
+                RowOp::Patch {
+                    table: t,
+                    id: i,
+                    patch: p,
+                },
+            ) => table == t && id == i && patch == p,
+            _ => false,
+        }
+    }
 }
 
 impl RowOp {
@@ -148,6 +183,13 @@ pub fn upsert_resource(table: &'static str, event: &PublishedEvent) -> Result<Ro
     })
 }
 
+/// [`merge_into`] for a body held as raw JSON (a patch onto a row this batch upserts: rare).
+pub fn merge_into_raw(body: &mut Box<RawValue>, patch: &Value) {
+    let mut merged: Value = serde_json::from_str(body.get()).unwrap_or(Value::Null);
+    merge_into(&mut merged, patch);
+    *body = raw(&merged);
+}
+
 /// Merges the top-level keys of `patch` into `body` (what Postgres `body || patch` does).
 pub fn merge_into(body: &mut Value, patch: &Value) {
     if let (Value::Object(b), Value::Object(p)) = (body, patch) {
@@ -162,5 +204,10 @@ pub fn resource_id(event: &PublishedEvent) -> Result<Uuid, ApplyError> {
     event
         .resource_id()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ApplyError(format!("resource without a valid id: {}", event.resource)))
+        .ok_or_else(|| {
+            ApplyError(format!(
+                "resource without a valid id: {}",
+                event.resource.get()
+            ))
+        })
 }

@@ -104,7 +104,7 @@ impl Folded {
                         _,
                     )),
                 ) => {
-                    crate::merge_into(&mut body, &patch);
+                    crate::merge_into_raw(&mut body, &patch);
                     (
                         RowOp::Upsert {
                             table,
@@ -163,7 +163,7 @@ struct TableWrites {
     ids: Vec<Uuid>,
     customers: Vec<Uuid>,
     aggregates: Vec<Uuid>,
-    bodies: Vec<serde_json::Value>,
+    bodies: Vec<String>,
     counts: Vec<i64>,
     deletes: Vec<Uuid>,
     patch_ids: Vec<Uuid>,
@@ -188,7 +188,7 @@ pub async fn write_rows(
                 e.ids.push(id);
                 e.customers.push(customer_id);
                 e.aggregates.push(aggregate);
-                e.bodies.push(body);
+                e.bodies.push(String::from(Box::<str>::from(body)));
                 e.counts.push(n);
             }
             RowOp::Delete { .. } => e.deletes.push(id),
@@ -216,7 +216,8 @@ pub async fn write_rows(
         if !ids.is_empty() {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "INSERT INTO {t} AS t (id, customer_id, aggregate_id, body, version) \
-                 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::jsonb[], $5::bigint[]) \
+                 SELECT i, c, a, b::jsonb, n \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) AS u(i, c, a, b, n) \
                  ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, \
                    aggregate_id = EXCLUDED.aggregate_id, body = EXCLUDED.body, \
                    version = t.version + EXCLUDED.version \
@@ -774,7 +775,7 @@ mod tests {
             table: "rm_calls",
             id: a,
             customer_id: c,
-            body: serde_json::json!({"n": n}),
+            body: vbin_event_schema::raw(&serde_json::json!({"n": n})),
         };
         let mut f = Folded::default();
         f.push(a, vec![up(1)]);

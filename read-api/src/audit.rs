@@ -134,6 +134,7 @@ pub async fn list_events(
         let before: Option<Value> = r
             .try_get("before_state")
             .map_err(|e| ApiError::internal("decoding an event", e))?;
+        let metadata: Value = serde_json::from_str(e.metadata.get()).unwrap_or(Value::Null);
         out.push((
             e.sequence.to_string(),
             json!({
@@ -141,8 +142,8 @@ pub async fn list_events(
                 "event_type": e.event_type,
                 "event_version": e.event_version,
                 "timestamp": e.timestamp,
-                "actor": e.metadata.get("actor").cloned().unwrap_or(Value::Null),
-                "request_id": e.metadata.get("request_id").cloned().unwrap_or(Value::Null),
+                "actor": metadata.get("actor").cloned().unwrap_or(Value::Null),
+                "request_id": metadata.get("request_id").cloned().unwrap_or(Value::Null),
                 "resource_type": rtype,
                 "resource_id": rid,
                 "sequence": e.sequence,

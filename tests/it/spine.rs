@@ -317,8 +317,9 @@ async fn sandbox_carrier_drives_every_outcome_and_events_are_published_in_order(
         .iter()
         .find(|m| m.1.aggregate_id == ids[1] && m.1.event_type == "call_hungup")
         .unwrap();
-    assert_eq!(call_hungup.1.resource["status"], "busy");
-    assert_eq!(call_hungup.1.metadata["actor"], "system:sandbox-carrier");
+    let (metadata, _, resource) = call_hungup.1.values();
+    assert_eq!(resource["status"], "busy");
+    assert_eq!(metadata["actor"], "system:sandbox-carrier");
     // Commit order in the log = stream order.
     let stream_order: Vec<String> = msgs.iter().map(|m| m.0.clone()).collect();
     let log_order: Vec<String> = log.iter().map(|u| u.to_string()).collect();
@@ -515,10 +516,11 @@ async fn old_version_events_are_upcast_on_load_and_publish() {
         .find(|m| m.1.aggregate_id == call_id && m.1.sequence == 1)
         .unwrap();
     assert_eq!(published.1.event_version, "5.0.0");
-    assert_eq!(published.1.data["dial_timeout_ms"], 30000);
-    assert_eq!(published.1.data["activeflow_id"], Value::Null);
-    assert_eq!(published.1.data["trunk_id"], Value::Null);
-    assert_eq!(published.1.data["master_call_id"], Value::Null);
+    let (_, data, _) = published.1.values();
+    assert_eq!(data["dial_timeout_ms"], 30000);
+    assert_eq!(data["activeflow_id"], Value::Null);
+    assert_eq!(data["trunk_id"], Value::Null);
+    assert_eq!(data["master_call_id"], Value::Null);
     // And the log refuses edits.
     let err = sqlx::query("UPDATE events SET payload = '{}' WHERE aggregate_id = $1")
         .bind(call_id)

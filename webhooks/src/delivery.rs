@@ -254,13 +254,15 @@ async fn record(
         rows.id.push(Uuid::now_v7());
         rows.customer_id.push(e.customer_id);
         rows.event_id.push(e.event_id);
+        let (kind, id) = e.resource_type_and_id();
         rows.resource_id.push(
-            e.resource_id()
-                .and_then(|s| s.parse::<Uuid>().ok())
+            id.and_then(|s| s.parse::<Uuid>().ok())
                 .unwrap_or(e.aggregate_id),
         );
-        rows.resource_type
-            .push(e.resource_type().unwrap_or(&e.aggregate_type).to_string());
+        rows.resource_type.push(
+            kind.map(String::from)
+                .unwrap_or_else(|| e.aggregate_type.clone()),
+        );
         rows.uri.push(c.webhook_uri.clone());
         rows.method.push(method);
         rows.body.push(body_for(e));

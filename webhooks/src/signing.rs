@@ -15,7 +15,6 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{json, Value};
 use sha2::Sha256;
 use vbin_event_schema::PublishedEvent;
 
@@ -39,13 +38,22 @@ impl Secrets<'_> {
 
 /// The JSON body of an event's webhook: `{"id", "type", "created", "data": resource}`.
 pub fn body_for(event: &PublishedEvent) -> Vec<u8> {
-    let body: Value = json!({
-        "id": event.event_id,
-        "type": event.event_type,
-        "created": event.timestamp,
-        "data": event.resource,
-    });
-    serde_json::to_vec(&body).expect("a JSON value serializes")
+    /// The body, the resource copied in as written.
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        id: uuid::Uuid,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        created: chrono::DateTime<chrono::Utc>,
+        data: &'a serde_json::value::RawValue,
+    }
+    serde_json::to_vec(&Body {
+        id: event.event_id,
+        kind: &event.event_type,
+        created: event.timestamp,
+        data: &event.resource,
+    })
+    .expect("the body serializes")
 }
 
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {

@@ -34,7 +34,7 @@ fn apply_ai(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
 }
 
 fn apply_aicall(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    match event.resource_type() {
+    match event.resource_type().as_deref() {
         Some("aicall") => Ok(vec![upsert_resource("rm_aicalls", event)?]),
         Some("aimessage") => Ok(vec![upsert_resource("rm_aimessages", event)?]),
         other => Err(ApplyError(format!(

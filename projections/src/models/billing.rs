@@ -16,7 +16,7 @@ pub const PROJECTION: Projection = Projection {
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    match event.resource_type() {
+    match event.resource_type().as_deref() {
         Some("billing_account") => Ok(vec![upsert_resource("rm_billing_accounts", event)?]),
         Some("billing") => {
             let BillingEvent::BillingRecorded {
@@ -79,9 +79,9 @@ mod tests {
             aggregate_id: Uuid::now_v7(),
             sequence: 3,
             global_position: 5,
-            metadata: Value::Null,
-            resource: json!({"id": Uuid::now_v7(), "type": "billing"}),
-            data: payload.clone(),
+            metadata: vbin_event_schema::raw(&Value::Null),
+            resource: vbin_event_schema::raw(&json!({"id": Uuid::now_v7(), "type": "billing"})),
+            data: vbin_event_schema::raw(&payload),
         };
         let ops = apply(&e).unwrap();
         assert_eq!(ops[0].table(), "rm_billings");

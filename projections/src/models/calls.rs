@@ -13,7 +13,7 @@ pub const PROJECTION: Projection = Projection {
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    if event.resource_type() != Some("call") {
+    if event.resource_type().as_deref() != Some("call") {
         return Err(ApplyError(format!(
             "{} carries no call view",
             event.event_type

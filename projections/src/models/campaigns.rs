@@ -49,7 +49,7 @@ fn upsert_typed(
     kind: &str,
     table: &'static str,
 ) -> Result<Vec<RowOp>, ApplyError> {
-    if event.resource_type() != Some(kind) {
+    if event.resource_type().as_deref() != Some(kind) {
         return Err(ApplyError(format!(
             "{} carries no {kind} view",
             event.event_type
@@ -90,7 +90,7 @@ pub(crate) fn parent_or_child(
     (child, child_table): (&str, &'static str),
     stats: fn(&PublishedEvent) -> Result<Value, ApplyError>,
 ) -> Result<Vec<RowOp>, ApplyError> {
-    if event.resource_type() != Some(child) {
+    if event.resource_type().as_deref() != Some(child) {
         return upsert_typed(event, parent, parent_table);
     }
     let mut patch = stats(event)?;

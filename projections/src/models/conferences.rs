@@ -3,7 +3,7 @@
 
 use crate::{upsert_resource, ApplyError, Projection, RowOp};
 use serde_json::json;
-use vbin_event_schema::{ConferenceEvent, PublishedEvent};
+use vbin_event_schema::{raw, ConferenceEvent, PublishedEvent};
 
 /// Conferences and conference calls.
 pub const PROJECTION: Projection = Projection {
@@ -26,13 +26,13 @@ fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
         table: "rm_conferencecalls",
         id: member.conferencecall_id,
         customer_id: event.customer_id,
-        body: json!({
+        body: raw(&json!({
             "id": member.conferencecall_id, "type": "conferencecall",
             "customer_id": event.customer_id, "conference_id": event.aggregate_id,
             "call_id": member.call_id, "status": status, "leave_reason": reason,
             "tm_create": member.tm_join, "tm_leave": member.tm_leave,
             "tm_update": member.tm_leave.unwrap_or(member.tm_join),
-        }),
+        })),
     });
     Ok(ops)
 }

@@ -15,7 +15,7 @@ pub const PROJECTION: Projection = Projection {
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    let table = match event.resource_type() {
+    let table = match event.resource_type().as_deref() {
         Some("customer") => "rm_customers",
         Some("agent") => "rm_agents",
         Some("accesskey") => "rm_accesskeys",

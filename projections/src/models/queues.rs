@@ -79,9 +79,9 @@ mod tests {
             aggregate_id: Uuid::now_v7(),
             sequence: 3,
             global_position: 5,
-            metadata: Value::Null,
-            resource: view.clone(),
-            data: payload.clone(),
+            metadata: vbin_event_schema::raw(&Value::Null),
+            resource: vbin_event_schema::raw(&view),
+            data: vbin_event_schema::raw(&payload),
         };
         let ops = apply(&e).unwrap();
         assert_eq!(ops[0].table(), "rm_queuecalls");

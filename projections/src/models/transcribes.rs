@@ -15,7 +15,7 @@ pub const PROJECTION: Projection = Projection {
 };
 
 fn apply(event: &PublishedEvent) -> Result<Vec<RowOp>, ApplyError> {
-    match event.resource_type() {
+    match event.resource_type().as_deref() {
         Some("transcribe") => Ok(vec![upsert_resource("rm_transcribes", event)?]),
         Some("transcript") => Ok(vec![upsert_resource("rm_transcripts", event)?]),
         other => Err(ApplyError(format!(
@@ -42,9 +42,9 @@ mod tests {
             aggregate_id: Uuid::now_v7(),
             sequence: 2,
             global_position: 7,
-            metadata: Value::Null,
-            data: Value::Null,
-            resource,
+            metadata: vbin_event_schema::raw(&Value::Null),
+            data: vbin_event_schema::raw(&Value::Null),
+            resource: vbin_event_schema::raw(&resource),
         }
     }
 

@@ -239,20 +239,23 @@ mod tests {
     use vbin_event_schema::CallEvent;
 
     fn event(event_type: &str) -> PublishedEvent {
-        serde_json::from_str(&serde_json::json!({
-            "event_id": Uuid::now_v7(),
-            "event_type": event_type,
-            "event_version": "1.0",
-            "timestamp": "2026-12-03T00:00:00Z",
-            "customer_id": Uuid::now_v7(),
-            "aggregate_type": "call",
-            "aggregate_id": Uuid::now_v7(),
-            "sequence": 1,
-            "global_position": 1,
-            "metadata": {},
-            "data": {},
-            "resource": {},
-        }).to_string())
+        serde_json::from_str(
+            &serde_json::json!({
+                "event_id": Uuid::now_v7(),
+                "event_type": event_type,
+                "event_version": "1.0",
+                "timestamp": "2026-12-03T00:00:00Z",
+                "customer_id": Uuid::now_v7(),
+                "aggregate_type": "call",
+                "aggregate_id": Uuid::now_v7(),
+                "sequence": 1,
+                "global_position": 1,
+                "metadata": {},
+                "data": {},
+                "resource": {},
+            })
+            .to_string(),
+        )
         .expect("an envelope")
     }
 

@@ -91,9 +91,8 @@ pub use campaign::*;
 pub use conference::*;
 pub use customer::CustomerEvent;
 pub use envelope::{
-    relative_subject_filter, relative_subject_for, DecodeError, Installation, Namespace,
+    raw, relative_subject_filter, relative_subject_for, DecodeError, Installation, Namespace,
     NamespaceError, PublishedEvent, INSTALLATION_HEADER,
-    raw,
 };
 pub use flow::{ActiveflowEvent, FlowEvent};
 pub use number::NumberEvent;

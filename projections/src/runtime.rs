@@ -25,6 +25,7 @@ use chrono::Utc;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use vbin_bus::{Bus, ConsumerSpec, Delivery, Disposition};
@@ -56,7 +57,17 @@ pub struct Runtime {
     cache: Option<Cache>,
     projection: Projection,
     config: RuntimeConfig,
+    /// Invalidation intents whose tombstones reached Redis, to delete from
+    /// `cache_invalidations`: the next batch's transaction deletes them, or [`CLEAR_EVERY`]
+    /// after they were tombstoned if no batch came (one commit less per batch than a DELETE of
+    /// its own).
+    cleared: Arc<std::sync::Mutex<Vec<i64>>>,
 }
+
+/// How long tombstoned intents wait for a batch to delete them before they are deleted on
+/// their own. Well under the second after which a query API distrusts its cache because of
+/// an old intent (`watch_invalidations` in the read API), and under the sweeper's 2 s.
+pub const CLEAR_EVERY: Duration = Duration::from_millis(200);
 
 /// A 32-bit hash (FNV-1a) for advisory lock keys: stable across processes and versions.
 pub fn hash32(bytes: &[u8]) -> i32 {
@@ -397,6 +408,7 @@ impl Runtime {
             cache,
             projection,
             config,
+            cleared: Default::default(),
         }
     }
 
@@ -414,7 +426,33 @@ impl Runtime {
         let spec = self.consumer_spec();
         let batch = self.config.batch;
         let this = &self;
-        vbin_bus::run_batch_consumer(bus, spec, batch, |d| this.handle(d), shutdown).await
+        let consume = vbin_bus::run_batch_consumer(bus, spec, batch, |d| this.handle(d), shutdown);
+        let clear = async {
+            loop {
+                tokio::time::sleep(CLEAR_EVERY).await;
+                this.clear_intents().await;
+            }
+        };
+        tokio::select! {
+            () = consume => {}
+            () = clear => {}
+        }
+        self.clear_intents().await;
+    }
+
+    /// Deletes the tombstoned intents no batch took (see [`Runtime::cleared`]).
+    async fn clear_intents(&self) {
+        let ids = std::mem::take(&mut *self.cleared.lock().expect("cleared intents"));
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not clear cache invalidation intents (the sweeper will)");
+        }
     }
 
     /// Applies a batch of deliveries; one disposition per delivery.
@@ -470,7 +508,12 @@ impl Runtime {
             let lag = (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::gauge!("vbin_projection_lag_seconds", "projection" => name).set(lag);
         }
-        invalidate(&self.pool, self.cache.as_ref(), &out.keys, &out.intent_ids).await;
+        if tombstone(self.cache.as_ref(), &out.keys).await {
+            self.cleared
+                .lock()
+                .expect("cleared intents")
+                .extend(out.intent_ids);
+        }
     }
 
     /// One transaction for `deliveries`. With `park_all`, every event is parked instead of
@@ -480,14 +523,46 @@ impl Runtime {
         deliveries: &[Delivery],
         park_all: bool,
     ) -> Result<BatchOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Intents tombstoned after earlier batches go in this transaction; if it fails they
+        // are put back for the next one (or the clearing task).
+        let cleared = std::mem::take(&mut *self.cleared.lock().expect("cleared intents"));
+        let res = self
+            .apply_batch_in(&mut tx, deliveries, park_all, &cleared)
+            .await;
+        let res = match res {
+            Ok(out) => tx.commit().await.map(|()| out),
+            Err(e) => Err(e),
+        };
+        if res.is_err() && !cleared.is_empty() {
+            self.cleared
+                .lock()
+                .expect("cleared intents")
+                .extend(cleared);
+        }
+        res
+    }
+
+    async fn apply_batch_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        deliveries: &[Delivery],
+        park_all: bool,
+        cleared: &[i64],
+    ) -> Result<BatchOutcome, sqlx::Error> {
         let p = &self.projection;
         let positions_table = p.positions_table();
-        let mut tx = self.pool.begin().await?;
+        if !cleared.is_empty() {
+            sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+                .bind(cleared)
+                .execute(&mut **tx)
+                .await?;
+        }
         let (k1, k2) = projection_lock(p.name);
         sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
             .bind(k1)
             .bind(k2)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
 
         let mut out = BatchOutcome::default();
@@ -499,7 +574,7 @@ impl Runtime {
             match d.event() {
                 Ok(e) if park_all => {
                     park(
-                        &mut tx,
+                        tx,
                         p.name,
                         &DeadLetter::of_event(
                             e,
@@ -521,7 +596,7 @@ impl Runtime {
                 Ok(_) => {} // another aggregate type on our subject filter: not ours
                 Err(err) => {
                     park(
-                        &mut tx,
+                        tx,
                         p.name,
                         &DeadLetter {
                             event_id: None,
@@ -552,14 +627,14 @@ impl Runtime {
             )
             .bind(k2)
             .bind(&lock_keys)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
             let ids: Vec<Uuid> = by_agg.keys().copied().collect();
             let known: HashMap<Uuid, i64> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT aggregate_id, sequence FROM {positions_table} WHERE aggregate_id = ANY($1)"
             )))
             .bind(&ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?
             .into_iter()
             .collect();
@@ -581,7 +656,7 @@ impl Runtime {
                 }
                 positions.insert(*id, last);
             }
-            let filled = read_ranges(&mut tx, p.aggregate_type, &gaps).await?;
+            let filled = read_ranges(tx, p.aggregate_type, &gaps).await?;
             let mut filled_by: HashMap<Uuid, Vec<PublishedEvent>> = HashMap::new();
             for e in filled {
                 filled_by.entry(e.aggregate_id).or_default().push(e);
@@ -612,8 +687,7 @@ impl Runtime {
                                 e.sequence,
                                 expected
                             );
-                            park(&mut tx, p.name, &DeadLetter::of_event(e, *delivered, why))
-                                .await?;
+                            park(tx, p.name, &DeadLetter::of_event(e, *delivered, why)).await?;
                         }
                         if positions.get(id) == Some(&0) {
                             positions.remove(id);
@@ -623,7 +697,7 @@ impl Runtime {
                     match (p.apply)(e) {
                         Ok(ops) => folded.push(*id, ops),
                         Err(ApplyError(err)) => {
-                            park(&mut tx, p.name, &DeadLetter::of_event(e, delivered, err)).await?;
+                            park(tx, p.name, &DeadLetter::of_event(e, delivered, err)).await?;
                         }
                     }
                     out.applied += 1;
@@ -633,13 +707,13 @@ impl Runtime {
             }
         }
 
-        out.keys = write_rows(&mut tx, folded, |t| t.to_string()).await?;
+        out.keys = write_rows(tx, folded, |t| t.to_string()).await?;
         // A parked event's aggregate moves past it (GREATEST in write_positions).
         for (id, seq) in parked {
             let s = positions.entry(id).or_insert(seq);
             *s = (*s).max(seq);
         }
-        write_positions(&mut tx, &positions_table, &positions).await?;
+        write_positions(tx, &positions_table, &positions).await?;
         sqlx::query(
             "INSERT INTO projection_checkpoints AS c (name, stream_seq, global_position, events_applied) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
@@ -651,7 +725,7 @@ impl Runtime {
         .bind(max_stream)
         .bind(max_pos)
         .bind(out.applied as i64)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         if !out.keys.is_empty() {
             let (keys, versions): (Vec<String>, Vec<i64>) = out.keys.iter().cloned().unzip();
@@ -661,38 +735,25 @@ impl Runtime {
             )
             .bind(&keys)
             .bind(&versions)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
         }
-        tx.commit().await?;
         Ok(out)
     }
 }
 
-/// Tombstones `keys` in Redis and, if that worked, removes their intents. A failure leaves the
-/// intents for [`sweep_invalidations`].
-pub async fn invalidate(
-    pool: &PgPool,
-    cache: Option<&Cache>,
-    keys: &[(String, i64)],
-    intent_ids: &[i64],
-) {
-    let Some(cache) = cache else { return };
+/// Tombstones `keys` in Redis; true if that worked (their intents may then go). A failure
+/// leaves the intents for [`sweep_invalidations`].
+async fn tombstone(cache: Option<&Cache>, keys: &[(String, i64)]) -> bool {
+    let Some(cache) = cache else { return false };
     if keys.is_empty() {
-        return;
+        return false;
     }
     match cache.tombstone(keys).await {
-        Ok(()) => {
-            if let Err(e) = sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
-                .bind(intent_ids)
-                .execute(pool)
-                .await
-            {
-                tracing::warn!(error = %e, "could not clear cache invalidation intents (the sweeper will)");
-            }
-        }
+        Ok(()) => true,
         Err(e) => {
-            tracing::warn!(error = %e, keys = keys.len(), "cache invalidation deferred to the sweeper")
+            tracing::warn!(error = %e, keys = keys.len(), "cache invalidation deferred to the sweeper");
+            false
         }
     }
 }

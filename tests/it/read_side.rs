@@ -442,6 +442,23 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
     let mut env = Env::start().await;
     let (_, tok, _) = env.customer().await;
     let (id, path) = cached_talking_call(&env, &tok, "+15555000001").await;
+    // With Redis up, a batch's invalidation intents are deleted by the projections right
+    // after their tombstones (with the next batch, or on their own within 200 ms), not left
+    // to the sweeper (intents 2 s old): the query API distrusts its cache over an intent
+    // older than 1 s.
+    wait_until_every(
+        "the invalidation intents to be cleared without the sweeper",
+        Duration::from_secs(1),
+        Duration::from_millis(50),
+        || async {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+            (left == 0).then_some(()).ok_or(left)
+        },
+    )
+    .await;
     let mut r = env.redis.conn().await;
     let cached: Option<String> = redis::cmd("GET")
         .arg(format!(

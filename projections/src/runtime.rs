@@ -391,7 +391,8 @@ struct BatchOutcome {
     applied: u64,
     duplicates: u64,
     keys: Vec<(String, i64)>,
-    intent_ids: Vec<i64>,
+    /// The batch's invalidation intent (one row for all its keys), if it had keys.
+    intent_id: Option<i64>,
     newest: Option<chrono::DateTime<Utc>>,
 }
 
@@ -512,7 +513,7 @@ impl Runtime {
             self.cleared
                 .lock()
                 .expect("cleared intents")
-                .extend(out.intent_ids);
+                .extend(out.intent_id);
         }
     }
 
@@ -729,14 +730,15 @@ impl Runtime {
         .await?;
         if !out.keys.is_empty() {
             let (keys, versions): (Vec<String>, Vec<i64>) = out.keys.iter().cloned().unzip();
-            out.intent_ids = sqlx::query_scalar(
-                "INSERT INTO cache_invalidations (key, version) \
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[]) RETURNING id",
-            )
-            .bind(&keys)
-            .bind(&versions)
-            .fetch_all(&mut **tx)
-            .await?;
+            out.intent_id = Some(
+                sqlx::query_scalar(
+                    "INSERT INTO cache_invalidations (keys, versions) VALUES ($1, $2) RETURNING id",
+                )
+                .bind(&keys)
+                .bind(&versions)
+                .fetch_one(&mut **tx)
+                .await?,
+            );
         }
         Ok(out)
     }
@@ -781,9 +783,11 @@ pub async fn sweep_once(
 ) -> Result<u64, SweepError> {
     let mut done = 0u64;
     loop {
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT id, key, version FROM cache_invalidations \
-             WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 1000",
+        // A row is one batch's keys: 10 rows are up to 5,000 keys (a batch is at most 500
+        // events).
+        let rows: Vec<(i64, Vec<String>, Vec<i64>)> = sqlx::query_as(
+            "SELECT id, keys, versions FROM cache_invalidations \
+             WHERE created_at < now() - make_interval(secs => $1) ORDER BY id LIMIT 10",
         )
         .bind(min_age.as_secs_f64())
         .fetch_all(pool)
@@ -793,7 +797,11 @@ pub async fn sweep_once(
             return Ok(done);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let keys: Vec<(String, i64)> = rows.into_iter().map(|r| (r.1, r.2)).collect();
+        let keys: Vec<(String, i64)> = rows
+            .into_iter()
+            .flat_map(|(_, keys, versions)| keys.into_iter().zip(versions))
+            .collect();
+        let keys_swept = keys.len() as u64;
         cache
             .tombstone(&keys)
             .await
@@ -803,7 +811,7 @@ pub async fn sweep_once(
             .execute(pool)
             .await
             .map_err(SweepError::Clear)?;
-        done += ids.len() as u64;
+        done += keys_swept;
     }
 }
 

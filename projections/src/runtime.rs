@@ -69,6 +69,9 @@ pub struct Runtime {
 /// an old intent (`watch_invalidations` in the read API), and under the sweeper's 2 s.
 pub const CLEAR_EVERY: Duration = Duration::from_millis(200);
 
+/// Deletes the invalidation intents of ids `$1` (their tombstones reached Redis).
+const DELETE_INTENTS: &str = "DELETE FROM cache_invalidations WHERE id = ANY($1)";
+
 /// A 32-bit hash (FNV-1a) for advisory lock keys: stable across processes and versions.
 pub fn hash32(bytes: &[u8]) -> i32 {
     let mut h: u32 = 0x811c_9dc5;
@@ -447,7 +450,7 @@ impl Runtime {
         if ids.is_empty() {
             return;
         }
-        if let Err(e) = sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+        if let Err(e) = sqlx::query(DELETE_INTENTS)
             .bind(&ids)
             .execute(&self.pool)
             .await
@@ -554,7 +557,7 @@ impl Runtime {
         let p = &self.projection;
         let positions_table = p.positions_table();
         if !cleared.is_empty() {
-            sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+            sqlx::query(DELETE_INTENTS)
                 .bind(cleared)
                 .execute(&mut **tx)
                 .await?;
@@ -806,7 +809,7 @@ pub async fn sweep_once(
             .tombstone(&keys)
             .await
             .map_err(SweepError::Tombstone)?;
-        sqlx::query("DELETE FROM cache_invalidations WHERE id = ANY($1)")
+        sqlx::query(DELETE_INTENTS)
             .bind(&ids)
             .execute(pool)
             .await

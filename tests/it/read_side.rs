@@ -437,6 +437,18 @@ async fn cached_talking_call(env: &Env, tok: &str, destination: &str) -> (Uuid, 
     (id, path)
 }
 
+/// Waits until `cache_invalidations` is empty, polling every `every` for at most `within`.
+async fn no_intents_left(env: &Env, what: &str, within: Duration, every: Duration) {
+    wait_until_every(what, within, every, || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+        (left == 0).then_some(()).ok_or(left)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
     let mut env = Env::start().await;
@@ -446,17 +458,11 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
     // after their tombstones (with the next batch, or on their own within 200 ms), not left
     // to the sweeper (intents 2 s old): the query API distrusts its cache over an intent
     // older than 1 s.
-    wait_until_every(
+    no_intents_left(
+        &env,
         "the invalidation intents to be cleared without the sweeper",
         Duration::from_secs(1),
         Duration::from_millis(50),
-        || async {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
-                .fetch_one(&env.pool)
-                .await
-                .unwrap();
-            (left == 0).then_some(()).ok_or(left)
-        },
     )
     .await;
     let mut r = env.redis.conn().await;
@@ -551,17 +557,11 @@ async fn redis_outage_falls_back_to_postgres_and_serves_nothing_stale_after() {
         "the outage was not logged"
     );
     // Deferred invalidations are applied once Redis is back (sweeper, within seconds).
-    wait_until_every(
+    no_intents_left(
+        &env,
         "the pending invalidations to be applied",
         Duration::from_secs(10),
         Duration::from_millis(200),
-        || async {
-            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_invalidations")
-                .fetch_one(&env.pool)
-                .await
-                .unwrap();
-            (left == 0).then_some(()).ok_or(left)
-        },
     )
     .await;
 }

@@ -1255,6 +1255,103 @@ impl Env {
             .unwrap()
     }
 
+    /// Where the path from the log to the parts stands, for a failure's message (CI keeps no
+    /// logs): the relay's checkpoint against the log's head, the stream's leader and replicas,
+    /// the durable consumers that have work left (pending, unacknowledged, leader) and the
+    /// platform's last distinct warnings.
+    pub async fn bus_state(&self) -> String {
+        use futures::TryStreamExt;
+        let mut out = String::new();
+        let relay: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT (SELECT global_position FROM log_checkpoints WHERE name = 'relay'), \
+             (SELECT max(global_position) FROM events)",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .ok()
+        .flatten();
+        out += &format!("relay checkpoint/log head {relay:?}");
+        let js = self.nats.client().await;
+        let name = self.installation().await.namespace.stream();
+        match js.get_stream(&name).await {
+            Err(e) => out += &format!("; stream: {e}"),
+            Ok(mut s) => {
+                match s.info().await {
+                    Ok(i) => {
+                        let c = i.cluster.as_ref();
+                        out += &format!(
+                            "; stream {} msgs {}..{}, leader {:?}, replicas {:?}",
+                            i.state.messages,
+                            i.state.first_sequence,
+                            i.state.last_sequence,
+                            c.and_then(|c| c.leader.clone()),
+                            c.map(|c| c
+                                .replicas
+                                .iter()
+                                .map(|r| format!(
+                                    "{} current {} offline {} lag {:?}",
+                                    r.name, r.current, r.offline, r.lag
+                                ))
+                                .collect::<Vec<_>>())
+                        );
+                    }
+                    Err(e) => out += &format!("; stream info: {e}"),
+                }
+                match s.consumers().try_collect::<Vec<_>>().await {
+                    Ok(all) => {
+                        let busy: Vec<String> = all
+                            .iter()
+                            .filter(|c| c.num_pending > 0 || c.num_ack_pending > 0)
+                            .map(|c| {
+                                format!(
+                                    "{} pending {} unacked {} leader {:?}",
+                                    c.name,
+                                    c.num_pending,
+                                    c.num_ack_pending,
+                                    c.cluster.as_ref().and_then(|c| c.leader.clone())
+                                )
+                            })
+                            .collect();
+                        out += &format!("; {} consumers, with work left: {busy:?}", all.len());
+                    }
+                    Err(e) => out += &format!("; consumers: {e}"),
+                }
+            }
+        }
+        let log = std::fs::read_to_string(&self.platform.log).unwrap_or_default();
+        let mut warnings: Vec<String> = Vec::new();
+        for line in log
+            .lines()
+            .rev()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            // Without colours and the timestamp, so that a repeated warning is listed once.
+            let mut plain = String::with_capacity(line.len());
+            let mut escape = false;
+            for ch in line.chars() {
+                match (escape, ch) {
+                    (false, '\x1b') => escape = true,
+                    (false, ch) => plain.push(ch),
+                    (true, 'm') => escape = false,
+                    (true, _) => {}
+                }
+            }
+            let text = plain
+                .split_once('Z')
+                .map_or(&*plain, |(_, t)| t)
+                .trim()
+                .to_string();
+            if !warnings.contains(&text) {
+                warnings.push(text);
+            }
+            if warnings.len() == 8 {
+                break;
+            }
+        }
+        out += &format!("; last warnings (newest first): {warnings:#?}");
+        out
+    }
+
     /// Event ids in the log, in commit order.
     pub async fn log_event_ids(&self) -> Vec<Uuid> {
         sqlx::query_scalar("SELECT event_id FROM events ORDER BY tx_id, global_position")

@@ -5,7 +5,9 @@
 //!
 //! Its plans are durable timers in Postgres (`carrier_timers`), written when it is asked to
 //! dial and executed by [`TimerWorker`], so a call ringing when the process dies is resolved
-//! after the restart instead of dialing forever. Executing a timer sends a command to the Call
+//! after the restart instead of dialing forever. A dial's plan is one row: its first step
+//! carries the later ones with their due times ([`chain`]), and the next row is written when
+//! a step fires on a live call, so a call our side ends before it rings costs one timer. Executing a timer sends a command to the Call
 //! aggregate; the aggregate ignores stale or repeated ones, so a timer that fires twice (crash
 //! between the command and the timer's deletion) is harmless.
 
@@ -73,6 +75,36 @@ impl Action {
     }
 }
 
+/// A timer's action text with the steps that follow it: `first|next@due_ms|...` (due times
+/// in Unix milliseconds; action names hold neither `|` nor `@`).
+pub fn chain(first: Action, then: &[(Action, DateTime<Utc>)]) -> String {
+    let mut text = first.name();
+    for (a, due) in then {
+        text.push_str(&format!("|{}@{}", a.name(), due.timestamp_millis()));
+    }
+    text
+}
+
+/// Splits a timer's action text into its step and the timer to write after it if the call is
+/// still live then: (its action text, due). `None` for a text that is not a chain.
+fn unchain(text: &str) -> Option<(Action, Option<(String, DateTime<Utc>)>)> {
+    let Some((first, rest)) = text.split_once('|') else {
+        return Action::parse(text).map(|a| (a, None));
+    };
+    let (head, tail) = match rest.split_once('|') {
+        Some((h, t)) => (h, Some(t)),
+        None => (rest, None),
+    };
+    let (name, due) = head.rsplit_once('@')?;
+    let due = DateTime::from_timestamp_millis(due.parse().ok()?)?;
+    Action::parse(name)?;
+    let next = match tail {
+        Some(t) => format!("{name}|{t}"),
+        None => name.to_string(),
+    };
+    Action::parse(first).map(|a| (a, Some((next, due))))
+}
+
 /// What the sandbox network does for a dial request, as (delay ms, action) steps.
 pub fn plan(req: &DialRequest) -> Vec<(i64, Action)> {
     let d = req.destination.as_str();
@@ -124,19 +156,28 @@ impl SandboxCarrier {
 }
 
 impl SandboxCarrier {
-    /// Writes `steps` as timers relative to now (the moment the network sees the call); a
-    /// redelivered event finds them already planned and changes nothing. Returns once they
-    /// are committed.
-    async fn plan(&self, req: &DialRequest, steps: &[(i64, Action)]) -> Result<(), CarrierError> {
+    /// Writes `steps` as timers relative to now (the moment the network sees the call), as
+    /// one chained timer or one timer per step; a redelivered event finds them already planned
+    /// and changes nothing. Returns once they are committed.
+    async fn plan(
+        &self,
+        req: &DialRequest,
+        steps: &[(i64, Action)],
+        chained: bool,
+    ) -> Result<(), CarrierError> {
         let now = Utc::now();
-        let timers: Vec<Timer> = steps
+        let (call, customer) = (req.call_id.as_uuid(), req.customer_id.as_uuid());
+        let due: Vec<(Action, DateTime<Utc>)> = steps
             .iter()
-            .map(|(ms, a)| {
-                let due = now + Duration::milliseconds(*ms);
-                let (call, customer) = (req.call_id.as_uuid(), req.customer_id.as_uuid());
-                (call, customer, a.name(), due)
-            })
+            .map(|(ms, a)| (*a, now + Duration::milliseconds(*ms)))
             .collect();
+        let timers: Vec<Timer> = match due.split_first() {
+            Some((&(first, at), then)) if chained => vec![(call, customer, chain(first, then), at)],
+            _ => due
+                .iter()
+                .map(|&(a, at)| (call, customer, a.name(), at))
+                .collect(),
+        };
         let pool = self.pool.clone();
         self.plans
             .submit("carrier_timers", timers, move |batch| {
@@ -149,8 +190,8 @@ impl SandboxCarrier {
 }
 
 /// Writes `timers` in one statement (a (call, action) already planned is left as it is).
-async fn insert_timers(
-    pool: &PgPool,
+async fn insert_timers<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     timers: impl Iterator<Item = Timer>,
 ) -> Result<(), sqlx::Error> {
     let (mut calls, mut customers, mut actions, mut due) =
@@ -170,7 +211,7 @@ async fn insert_timers(
     .bind(&customers)
     .bind(&actions)
     .bind(&due)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -178,12 +219,13 @@ async fn insert_timers(
 #[async_trait]
 impl Carrier for SandboxCarrier {
     async fn dial(&self, req: &DialRequest) -> Result<(), CarrierError> {
-        self.plan(req, &plan(req)).await
+        self.plan(req, &plan(req), true).await
     }
 
     async fn arrived(&self, req: &DialRequest) -> Result<(), CarrierError> {
         // Ringing at our side at once; the flow answers it (or the caller gives up after the
-        // dial timeout, as a caller would).
+        // dial timeout, as a caller would). Two timers, not a chain: the answer deletes the
+        // caller's giving up, which a chain would only write after the ring fired.
         self.plan(
             req,
             &[
@@ -193,6 +235,7 @@ impl Carrier for SandboxCarrier {
                     Action::Hangup(HangupCause::OriginatorCancel),
                 ),
             ],
+            false,
         )
         .await
     }
@@ -211,6 +254,7 @@ impl Carrier for SandboxCarrier {
                 req.talk_ms as i64,
                 Action::Hangup(HangupCause::NormalClearing),
             )],
+            false,
         )
         .await
     }
@@ -233,8 +277,6 @@ pub struct TimerWorker {
 
 /// One call's claimed timers: (timer id, action).
 type Steps = Vec<(i64, String)>;
-/// A hangup to plan after an answer: (call, customer, talk ms).
-type PlannedHangup = (Uuid, Uuid, u64);
 
 /// Calls whose timers one worker fires at once.
 const FIRE_CONCURRENCY: usize = 32;
@@ -286,7 +328,7 @@ impl TimerWorker {
                 None => by_call.push((call_id, customer_id, vec![(id, action)])),
             }
         }
-        let fired: Vec<(Vec<i64>, Option<PlannedHangup>)> =
+        let fired: Vec<(Vec<i64>, Vec<Timer>)> =
             futures::stream::iter(by_call.into_iter().map(|(call_id, customer_id, steps)| {
                 self.fire_steps(CallId(call_id), CustomerId(customer_id), steps)
             }))
@@ -294,30 +336,15 @@ impl TimerWorker {
             .collect()
             .await;
         let mut done = Vec::new();
-        let (mut calls, mut customers, mut talks) = (Vec::new(), Vec::new(), Vec::new());
-        for (ids, answered) in fired {
+        let mut next = Vec::new();
+        for (ids, timers) in fired {
             done.extend(ids);
-            if let Some((call_id, customer_id, talk)) = answered {
-                calls.push(call_id);
-                customers.push(customer_id);
-                talks.push(talk as f64 / 1000.0);
-            }
+            next.extend(timers);
         }
-        // The far end's hangups are planned once their calls are answered, in this
-        // transaction: one statement for the pass.
-        if !calls.is_empty() {
-            sqlx::query(
-                "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) \
-                 SELECT c, k, $3, now() + make_interval(secs => t) \
-                 FROM UNNEST($1::uuid[], $2::uuid[], $4::float8[]) AS u(c, k, t) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&calls)
-            .bind(&customers)
-            .bind(Action::Hangup(HangupCause::NormalClearing).name())
-            .bind(&talks)
-            .execute(&mut *tx)
-            .await?;
+        // The far end's next steps (the rest of a chain, the hangup after an answer) are
+        // planned in this transaction: one statement for the pass.
+        if !next.is_empty() {
+            insert_timers(&mut *tx, next.into_iter()).await?;
         }
         sqlx::query("DELETE FROM carrier_timers WHERE id = ANY($1)")
             .bind(&done)
@@ -328,14 +355,15 @@ impl TimerWorker {
         Ok(done.len())
     }
 
-    /// Fires one call's due steps in order; returns the timers done and, if it answered,
-    /// the hangup to plan (call, customer, talk ms).
+    /// Fires one call's due steps in order; returns the timers done and the ones to write
+    /// after them (a chain's next step, the far end's hangup after an answer), only for a
+    /// call still live.
     async fn fire_steps(
         &self,
         call_id: CallId,
         customer_id: CustomerId,
         steps: Steps,
-    ) -> (Vec<i64>, Option<PlannedHangup>) {
+    ) -> (Vec<i64>, Vec<Timer>) {
         // The far end's steps reach a call that has ended when our side hung up first (a
         // caller giving up while it rings). Every step is then a no-op: the call's machine only
         // moves forward and never out of an ended status, so an ended state this process
@@ -348,22 +376,31 @@ impl TimerWorker {
                 });
         if ended == Some(true) {
             metrics::counter!("vbin_sandbox_timers_skipped_total").increment(steps.len() as u64);
-            return (steps.into_iter().map(|(id, _)| id).collect(), None);
+            return (steps.into_iter().map(|(id, _)| id).collect(), Vec::new());
         }
-        let (mut done, mut answered) = (Vec::new(), None);
+        let (call, customer) = (call_id.as_uuid(), customer_id.as_uuid());
+        let (mut done, mut next) = (Vec::new(), Vec::new());
         for (id, action) in steps {
-            let outcome = match Action::parse(&action) {
+            let outcome = match unchain(&action) {
                 None => {
                     tracing::error!(%call_id, %action, "unknown sandbox timer action; dropped");
                     Ok(())
                 }
-                Some(a) => {
+                Some((a, then)) => {
                     let r = self.fire(call_id, customer_id, a).await;
-                    // Planned on a repeated answer too (a crash between the answer and the
-                    // timer's deletion), but not for a call that ended instead.
-                    if let (Ok(Some(status)), Action::Answer(talk)) = (&r, a) {
+                    // Planned on a repeated step too (a crash between the command and the
+                    // timer's deletion: the same text, so written once), but not for a call
+                    // that ended instead.
+                    if let Ok(Some(status)) = &r {
                         if !status.is_terminal() {
-                            answered = Some((call_id.as_uuid(), customer_id.as_uuid(), talk));
+                            if let Some((text, due)) = then {
+                                next.push((call, customer, text, due));
+                            }
+                            if let Action::Answer(talk) = a {
+                                let due = Utc::now() + Duration::milliseconds(talk as i64);
+                                let hangup = Action::Hangup(HangupCause::NormalClearing);
+                                next.push((call, customer, hangup.name(), due));
+                            }
                         }
                     }
                     r.map(|_| ())
@@ -377,7 +414,7 @@ impl TimerWorker {
                 }
             }
         }
-        (done, answered)
+        (done, next)
     }
 
     async fn fire(
@@ -436,6 +473,35 @@ mod tests {
             vec![(100, Action::Ring), (600, Action::Answer(3_000))]
         );
         assert_eq!(Action::parse("answer:3"), Some(Action::Answer(3_000)));
+        let at = |ms| DateTime::from_timestamp_millis(ms).unwrap();
+        let text = chain(
+            Action::Ring,
+            &[
+                (Action::Answer(3_000), at(1_700_000_000_600)),
+                (Action::Hangup(HangupCause::NoAnswer), at(1_700_000_005_000)),
+            ],
+        );
+        assert_eq!(
+            text,
+            "ring|answer_ms:3000@1700000000600|hangup:no_answer@1700000005000"
+        );
+        let (first, then) = unchain(&text).unwrap();
+        assert_eq!(first, Action::Ring);
+        let (rest, due) = then.unwrap();
+        assert_eq!(due, at(1_700_000_000_600));
+        assert_eq!(rest, "answer_ms:3000|hangup:no_answer@1700000005000");
+        assert_eq!(
+            unchain(&rest).unwrap(),
+            (
+                Action::Answer(3_000),
+                Some(("hangup:no_answer".to_string(), at(1_700_000_005_000)))
+            )
+        );
+        assert_eq!(
+            unchain("hangup:no_answer").unwrap(),
+            (Action::Hangup(HangupCause::NoAnswer), None)
+        );
+        assert_eq!(unchain("ring|answer_ms:3000@soon"), None);
         for a in [
             Action::Ring,
             Action::Answer(3_000),

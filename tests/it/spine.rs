@@ -356,8 +356,9 @@ async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
     assert_eq!(evs.last().unwrap().1, "call_hungup");
     assert_eq!(evs.iter().filter(|e| e.1 == "call_hungup").count(), 1);
     assert_eq!(env.call_state(id).await["status"], "canceled");
-    // The far end's ring and answer (due at 0.1 and 0.6 s) came to an ended call: they are
-    // gone, and no hangup of the far end (due 2 s after an answer) was planned for it.
+    // The far end's ring (due at 0.1 s, carrying the answer at 0.6 s) came to an ended call:
+    // it is gone, and neither the answer nor a hangup of the far end (due 2 s after an
+    // answer) was planned for it.
     let timers: Vec<String> =
         sqlx::query_scalar("SELECT action FROM carrier_timers WHERE call_id = $1")
             .bind(id)

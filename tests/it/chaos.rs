@@ -713,12 +713,22 @@ async fn a_nats_cluster_losing_its_stream_leader_then_its_quorum_loses_nothing()
         .push(("VBIN_STREAM_REPLICAS".into(), "3".into()));
     env.restart().await;
     load.set_base(env.platform.url());
+    // Three copies only once the two new ones have caught up: JetStream (2.9.10) can elect a
+    // replica still catching up as the stream's leader, and the stream then restarts from
+    // what that replica had (seen here: a leader with no messages, "Catchup for stream
+    // stalled" in its log, the events published before it lost). An operator raising
+    // VBIN_STREAM_REPLICAS waits for the same (docs/operations.md).
     let after = wait_until(
-        "the stream on three nodes",
-        Duration::from_secs(30),
+        "the stream on three nodes, its new copies caught up",
+        Duration::from_secs(60),
         || async {
             let info = js.get_stream(&name).await.ok()?.info().await.ok()?.clone();
-            (info.config.num_replicas == 3).then_some(info)
+            let replicas = &info.cluster.as_ref()?.replicas;
+            let caught_up = replicas.len() == 2
+                && replicas
+                    .iter()
+                    .all(|r| r.current && !r.offline && r.lag.unwrap_or(0) == 0);
+            (info.config.num_replicas == 3 && caught_up).then_some(info)
         },
     )
     .await;

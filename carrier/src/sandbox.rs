@@ -85,9 +85,12 @@ pub fn chain(first: Action, then: &[(Action, DateTime<Utc>)]) -> String {
     text
 }
 
+/// The timer a chain writes after its step: (its action text, due).
+type Then = (String, DateTime<Utc>);
+
 /// Splits a timer's action text into its step and the timer to write after it if the call is
-/// still live then: (its action text, due). `None` for a text that is not a chain.
-fn unchain(text: &str) -> Option<(Action, Option<(String, DateTime<Utc>)>)> {
+/// still live then. `None` for a text that is not a chain.
+fn unchain(text: &str) -> Option<(Action, Option<Then>)> {
     let Some((first, rest)) = text.split_once('|') else {
         return Action::parse(text).map(|a| (a, None));
     };

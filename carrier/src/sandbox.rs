@@ -7,9 +7,10 @@
 //! dial and executed by [`TimerWorker`], so a call ringing when the process dies is resolved
 //! after the restart instead of dialing forever. A dial's plan is one row: its first step
 //! carries the later ones with their due times ([`chain`]), and the next row is written when
-//! a step fires on a live call, so a call our side ends before it rings costs one timer. Executing a timer sends a command to the Call
-//! aggregate; the aggregate ignores stale or repeated ones, so a timer that fires twice (crash
-//! between the command and the timer's deletion) is harmless.
+//! a step fires on a live call, so a call our side ends before it rings costs one timer.
+//! Executing a timer sends a command to the Call aggregate; the aggregate ignores stale or
+//! repeated ones, so a timer that fires twice (crash between the command and the timer's
+//! deletion) is harmless.
 
 use crate::{Carrier, CarrierError, DialRequest};
 use async_trait::async_trait;

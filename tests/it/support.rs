@@ -940,6 +940,8 @@ impl Env {
             // The same prompt is the same audio every run: what the far end hears is then
             // recognized the same way every run (Piper's variation once made a menu unheard).
             .env("VBIN_TTS_DETERMINISTIC", "true")
+            // A plain log (no colour codes): read by people and by failures' messages.
+            .env("NO_COLOR", "1")
             // VBIN_TEST_RUST_LOG replaces the filter (to look into a failing test).
             .env(
                 "RUST_LOG",
@@ -1325,20 +1327,10 @@ impl Env {
             .rev()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         {
-            // Without colours and the timestamp, so that a repeated warning is listed once.
-            let mut plain = String::with_capacity(line.len());
-            let mut escape = false;
-            for ch in line.chars() {
-                match (escape, ch) {
-                    (false, '\x1b') => escape = true,
-                    (false, ch) => plain.push(ch),
-                    (true, 'm') => escape = false,
-                    (true, _) => {}
-                }
-            }
-            let text = plain
+            // Without the timestamp, so that a repeated warning is listed once.
+            let text = line
                 .split_once('Z')
-                .map_or(&*plain, |(_, t)| t)
+                .map_or(line, |(_, t)| t)
                 .trim()
                 .to_string();
             if !warnings.contains(&text) {

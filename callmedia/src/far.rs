@@ -1,6 +1,6 @@
 //! The far end of a call's media: what a transport delivers each 20 ms and what it is given.
 
-use crate::frame::FRAME_SAMPLES;
+use crate::frame::{FRAME, FRAME_SAMPLES};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -37,17 +37,56 @@ pub trait FarEnd: Send {
 pub enum PersonStep {
     /// Speak this audio.
     Say(Speech),
-    /// Press a key.
-    Key(char),
+    /// Press these keys, 150 ms apart.
+    Keys(String),
 }
 
+/// When a step of the simulated person runs: `at` after the answer, then once it has heard
+/// `heard` of sound, then once the line has been quiet for `quiet` (both counted in 20 ms
+/// frames from `at`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct When {
+    /// Earliest, after the answer.
+    pub at: Duration,
+    /// Sound to hear first.
+    pub heard: Duration,
+    /// Quiet to hear last.
+    pub quiet: Duration,
+}
+
+/// A step waiting for its time, with what it heard since that time came.
+#[derive(Debug)]
+struct Pending {
+    when: When,
+    step: PersonStep,
+    /// Its `at` has come: it counts what it hears.
+    armed: bool,
+    sound: Duration,
+    quiet: Duration,
+}
+
+impl Pending {
+    fn ready(&self) -> bool {
+        self.armed && self.sound >= self.when.heard && self.quiet >= self.when.quiet
+    }
+}
+
+/// A frame louder than this (RMS, about -40 dBFS) is sound to the person; quieter is quiet.
+const SOUND_RMS: f64 = 330.0;
+
+/// Time between the keys of one step.
+const KEY_GAP: Duration = Duration::from_millis(150);
+
 /// The sandbox carrier's simulated person: it follows its script (steps at times after the
-/// answer; speech arrives already synthesised on `steps`) and listens to what it is sent.
+/// answer, or once it heard enough, or once the line went quiet; speech arrives already
+/// synthesised on `steps`) and listens to what it is sent.
 pub struct SandboxPerson {
     answered: Instant,
-    steps: mpsc::UnboundedReceiver<(Duration, PersonStep)>,
-    pending: Vec<(Duration, PersonStep)>,
+    steps: mpsc::UnboundedReceiver<(When, PersonStep)>,
+    pending: Vec<Pending>,
     speaking: VecDeque<i16>,
+    keys: VecDeque<char>,
+    next_key: Option<Instant>,
     /// Everything it heard (kept short: only the last minute).
     heard: VecDeque<i16>,
 }
@@ -57,12 +96,14 @@ const HEARD_MAX: usize = 16_000 * 60;
 
 impl SandboxPerson {
     /// A person whose call was answered at `answered`, taking its steps from `steps`.
-    pub fn new(answered: Instant, steps: mpsc::UnboundedReceiver<(Duration, PersonStep)>) -> Self {
+    pub fn new(answered: Instant, steps: mpsc::UnboundedReceiver<(When, PersonStep)>) -> Self {
         Self {
             answered,
             steps,
             pending: Vec::new(),
             speaking: VecDeque::new(),
+            keys: VecDeque::new(),
+            next_key: None,
             heard: VecDeque::new(),
         }
     }
@@ -75,21 +116,33 @@ impl SandboxPerson {
 
 impl FarEnd for SandboxPerson {
     fn next_frame(&mut self, now: Instant) -> Inbound {
-        while let Ok(s) = self.steps.try_recv() {
-            self.pending.push(s);
+        while let Ok((when, step)) = self.steps.try_recv() {
+            self.pending.push(Pending {
+                when,
+                step,
+                armed: false,
+                sound: Duration::ZERO,
+                quiet: Duration::ZERO,
+            });
         }
         let since = now.saturating_duration_since(self.answered);
-        let mut inbound = Inbound::default();
         let mut i = 0;
         while i < self.pending.len() {
-            if self.pending[i].0 <= since {
-                match self.pending.remove(i).1 {
+            let p = &mut self.pending[i];
+            p.armed |= p.when.at <= since;
+            if p.ready() {
+                match self.pending.remove(i).step {
                     PersonStep::Say(s) => self.speaking.extend(s.iter().copied()),
-                    PersonStep::Key(k) => inbound.dtmf.push(k),
+                    PersonStep::Keys(k) => self.keys.extend(k.chars()),
                 }
             } else {
                 i += 1;
             }
+        }
+        let mut inbound = Inbound::default();
+        if !self.keys.is_empty() && self.next_key.is_none_or(|t| t <= now) {
+            inbound.dtmf.extend(self.keys.pop_front());
+            self.next_key = Some(now + KEY_GAP);
         }
         let n = FRAME_SAMPLES.min(self.speaking.len());
         inbound.audio = self.speaking.drain(..n).collect();
@@ -98,6 +151,16 @@ impl FarEnd for SandboxPerson {
     }
 
     fn hear(&mut self, frame: &[i16]) {
+        let power = frame.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
+        let sound = (power / frame.len().max(1) as f64).sqrt() > SOUND_RMS;
+        for p in self.pending.iter_mut().filter(|p| p.armed) {
+            if sound {
+                p.sound += FRAME;
+                p.quiet = Duration::ZERO;
+            } else {
+                p.quiet += FRAME;
+            }
+        }
         self.heard.extend(frame.iter().copied());
         let excess = self.heard.len().saturating_sub(HEARD_MAX);
         self.heard.drain(..excess);
@@ -106,5 +169,97 @@ impl FarEnd for SandboxPerson {
     fn dtmf(&mut self, _digits: &str) -> bool {
         // It hears the keys as tones.
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Ticks `person` for `frames` frames from `*t`, sending `loud` or silent frames, and
+    /// returns the tick (frame index from the start) at which it began speaking or keyed.
+    fn run(
+        person: &mut SandboxPerson,
+        t: &mut Instant,
+        frames: usize,
+        loud: bool,
+    ) -> Vec<(usize, Inbound)> {
+        let mut out = Vec::new();
+        for i in 0..frames {
+            let inbound = person.next_frame(*t);
+            if inbound.audio.iter().any(|&v| v != 0) || !inbound.dtmf.is_empty() {
+                out.push((i, inbound));
+            }
+            person.hear(&vec![if loud { 1000 } else { 0 }; FRAME_SAMPLES]);
+            *t += FRAME;
+        }
+        out
+    }
+
+    fn person(steps: Vec<(When, PersonStep)>) -> (SandboxPerson, Instant) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for s in steps {
+            tx.send(s).unwrap();
+        }
+        let t = Instant::now();
+        (SandboxPerson::new(t, rx), t)
+    }
+
+    fn say() -> PersonStep {
+        PersonStep::Say(Speech::from(vec![5000i16; FRAME_SAMPLES * 2]))
+    }
+
+    #[test]
+    fn a_timed_step_runs_at_its_time_whatever_it_hears() {
+        let when = When {
+            at: ms(100),
+            ..Default::default()
+        };
+        let (mut p, mut t) = person(vec![(when, say())]);
+        let spoke = run(&mut p, &mut t, 20, true);
+        assert_eq!(spoke.first().map(|s| s.0), Some(5));
+    }
+
+    #[test]
+    fn a_step_waits_for_sound_heard_after_its_time_then_for_quiet() {
+        let when = When {
+            at: ms(100),
+            heard: ms(200),
+            quiet: ms(400),
+        };
+        let (mut p, mut t) = person(vec![(when, say())]);
+        // Quiet before any sound does not count: it waits for the prompt.
+        assert!(run(&mut p, &mut t, 50, false).is_empty());
+        // 10 frames of sound: heard enough, but the prompt goes on.
+        assert!(run(&mut p, &mut t, 10, true).is_empty());
+        let spoke = run(&mut p, &mut t, 30, false);
+        // 400 ms of quiet after the sound: the 21st quiet tick.
+        assert_eq!(spoke.first().map(|s| s.0), Some(20));
+    }
+
+    #[test]
+    fn a_step_that_only_waits_for_sound_talks_over_it() {
+        let when = When {
+            at: ms(0),
+            heard: ms(100),
+            quiet: ms(0),
+        };
+        let (mut p, mut t) = person(vec![(when, say())]);
+        let spoke = run(&mut p, &mut t, 20, true);
+        assert_eq!(spoke.first().map(|s| s.0), Some(5));
+    }
+
+    #[test]
+    fn keys_come_one_at_a_time_150_ms_apart() {
+        let (mut p, mut t) = person(vec![(When::default(), PersonStep::Keys("12#".into()))]);
+        let keyed: Vec<(usize, Vec<char>)> = run(&mut p, &mut t, 30, false)
+            .into_iter()
+            .map(|(i, inbound)| (i, inbound.dtmf))
+            .collect();
+        assert_eq!(keyed, [(0, vec!['1']), (8, vec!['2']), (16, vec!['#'])]);
     }
 }

@@ -25,7 +25,7 @@ pub mod session;
 pub mod socket;
 
 use chrono::Utc;
-use far::{FarEnd, PersonStep, SandboxPerson};
+use far::{FarEnd, PersonStep, SandboxPerson, When};
 use session::{Capture, Control, Execution, NewFar, RecChunk, Report, Session, Tap};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -1695,19 +1695,19 @@ impl Media {
     fn prepare_script(
         &self,
         script: SandboxScript,
-        steps: mpsc::UnboundedSender<(Duration, PersonStep)>,
+        steps: mpsc::UnboundedSender<(When, PersonStep)>,
     ) {
         let tts = self.tts.clone();
         tokio::spawn(async move {
             for step in script.script {
-                let at = Duration::from_millis(step.at_ms as u64);
-                if let Some(keys) = &step.digits {
-                    for (i, k) in keys.chars().enumerate() {
-                        let _ = steps.send((
-                            at + Duration::from_millis(150 * i as u64),
-                            PersonStep::Key(k),
-                        ));
-                    }
+                let ms = |v: Option<u32>| Duration::from_millis(v.unwrap_or(0) as u64);
+                let when = When {
+                    at: ms(Some(step.at_ms)),
+                    heard: ms(step.heard_ms),
+                    quiet: ms(step.quiet_ms),
+                };
+                if let Some(keys) = step.digits {
+                    let _ = steps.send((when, PersonStep::Keys(keys)));
                 }
                 if let Some(text) = &step.say {
                     match tts
@@ -1715,7 +1715,7 @@ impl Media {
                         .await
                     {
                         Ok(speech) => {
-                            let _ = steps.send((at, PersonStep::Say(speech)));
+                            let _ = steps.send((when, PersonStep::Say(speech)));
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "sandbox far end: cannot synthesise its line")

@@ -20,7 +20,9 @@ pub const MAX_LEGS: usize = 5;
 pub const MAX_SANDBOX_STEPS: usize = 64;
 
 /// Checks a sandbox script: at most [`MAX_SANDBOX_STEPS`] steps within an hour, each doing
-/// one thing (say 1 to 1024 bytes, 1 to 32 DTMF keys, or hang up).
+/// one thing (say 1 to 1024 bytes, 1 to 32 DTMF keys, or hang up). Waiting for what it hears
+/// (`heard_ms`, `quiet_ms`, each at most an hour) is for saying and keys: the carrier times a
+/// hangup.
 pub fn check_sandbox(s: &SandboxScript) -> Result<(), String> {
     if s.script.len() > MAX_SANDBOX_STEPS {
         return Err(format!(
@@ -29,8 +31,19 @@ pub fn check_sandbox(s: &SandboxScript) -> Result<(), String> {
     }
     for (i, step) in s.script.iter().enumerate() {
         let bad = |m: &str| format!("sandbox.script[{i}]: {m}");
-        if step.at_ms > 3_600_000 {
-            return Err(bad("at_ms must be at most 3600000"));
+        for (name, ms) in [
+            ("at_ms", Some(step.at_ms)),
+            ("heard_ms", step.heard_ms),
+            ("quiet_ms", step.quiet_ms),
+        ] {
+            if ms.is_some_and(|ms| ms > 3_600_000) {
+                return Err(bad(&format!("{name} must be at most 3600000")));
+            }
+        }
+        if step.hangup && (step.heard_ms.is_some() || step.quiet_ms.is_some()) {
+            return Err(bad(
+                "a hangup step runs at at_ms: heard_ms and quiet_ms are for say and digits",
+            ));
         }
         let things = step.say.is_some() as u8 + step.digits.is_some() as u8 + step.hangup as u8;
         if things != 1 {
@@ -581,6 +594,27 @@ mod tests {
     use super::*;
     use crate::testing::{given_nothing, Given};
     use chrono::TimeZone;
+
+    #[test]
+    fn sandbox_steps_wait_for_what_they_hear_only_to_say_or_press_keys() {
+        let check = |step: Value| {
+            let script: SandboxScript =
+                serde_json::from_value(json!({"script": [step]})).expect("decodes");
+            check_sandbox(&script)
+        };
+        assert_eq!(
+            check(json!({"at_ms": 0, "heard_ms": 1000, "quiet_ms": 1500, "say": "hi"})),
+            Ok(())
+        );
+        assert_eq!(
+            check(json!({"at_ms": 0, "quiet_ms": 500, "digits": "1#"})),
+            Ok(())
+        );
+        let err = check(json!({"at_ms": 0, "heard_ms": 1000, "hangup": true})).unwrap_err();
+        assert!(err.contains("hangup"), "{err}");
+        let err = check(json!({"at_ms": 0, "quiet_ms": 3_600_001, "say": "hi"})).unwrap_err();
+        assert!(err.contains("quiet_ms must be at most 3600000"), "{err}");
+    }
 
     fn t(s: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_700_000_000 + s, 0).unwrap()

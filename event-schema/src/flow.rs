@@ -689,12 +689,20 @@ events!(ActiveflowEvent in "activeflow" {
 });
 version_1!(ActiveflowEvent);
 
-/// One step of the sandbox far end's script, `at_ms` after the call is answered.
+/// One step of the sandbox far end's script, `at_ms` after the call is answered, or later
+/// when it waits for what it hears: a person answers a prompt after it ends, or talks over it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxStep {
-    /// When, ms after answer.
+    /// When, ms after answer (the earliest, with `heard_ms` or `quiet_ms`).
     pub at_ms: u32,
+    /// Then wait until it has heard this much sound from the platform (ms, counted from
+    /// `at_ms`): speaks into a prompt this far in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_ms: Option<u32>,
+    /// Then wait until the platform has been quiet this long (ms): answers once a prompt ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_ms: Option<u32>,
     /// Say this (text-to-speech).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub say: Option<String>,

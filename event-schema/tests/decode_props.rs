@@ -255,6 +255,8 @@ fn sandbox() -> BoxedStrategy<SandboxScript> {
     prop::collection::vec(
         (
             any::<u32>(),
+            prop::option::of(any::<u32>()),
+            prop::option::of(any::<u32>()),
             prop::option::of(text()),
             prop::option::of(text()),
             any::<bool>(),
@@ -264,12 +266,16 @@ fn sandbox() -> BoxedStrategy<SandboxScript> {
     .prop_map(|steps| SandboxScript {
         script: steps
             .into_iter()
-            .map(|(at_ms, say, digits, hangup)| SandboxStep {
-                at_ms,
-                say,
-                digits,
-                hangup,
-            })
+            .map(
+                |(at_ms, heard_ms, quiet_ms, say, digits, hangup)| SandboxStep {
+                    at_ms,
+                    heard_ms,
+                    quiet_ms,
+                    say,
+                    digits,
+                    hangup,
+                },
+            )
             .collect(),
     })
     .boxed()

@@ -101,11 +101,14 @@ async fn recordings_are_stored_in_an_s3_bucket_downloaded_from_it_and_deleted_at
         .calls(
             &tok,
             &["+15550002100"],
+            // The far end stays on until the flow hangs up: by default it hangs up 2 s after
+            // the answer, and on a loaded machine the talk was once not synthesised by then
+            // (an empty recording).
             json!({"actions": [
                 {"type": "recording_start"},
                 {"type": "talk", "option": {"text": "sales will call you back"}},
                 {"type": "hangup"},
-            ]}),
+            ], "sandbox": {"script": [{"at_ms": 30000, "hangup": true}]}}),
         )
         .await[0];
     let (rec, wav) = stored_recording(&env, &tok, call).await;

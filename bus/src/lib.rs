@@ -10,6 +10,7 @@ pub use shared::{Route, Shared};
 use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures::StreamExt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -123,6 +124,8 @@ pub struct Bus {
     installation: Arc<Installation>,
     foreign: Arc<ForeignLog>,
     replicas: Option<usize>,
+    /// This process has found or made the event stream: from then on it only reads it.
+    stream_seen: Arc<AtomicBool>,
 }
 
 /// Counts the events of other installations the consumers skipped, and says so at most once a
@@ -190,6 +193,7 @@ impl Bus {
             installation: Arc::new(installation),
             foreign: Arc::default(),
             replicas: None,
+            stream_seen: Arc::default(),
         })
     }
 
@@ -241,23 +245,35 @@ impl Bus {
     /// this installation's: a stream whose description names another installation, or whose
     /// last event another installation published, is refused ([`BusError::Foreign`]). A stream
     /// that names none (made before namespaces) is claimed.
+    ///
+    /// Only until this process has once found or made the stream: after that a stream not
+    /// found is an error, never a new stream. A cluster still electing the stream's leader can
+    /// answer "not found" for a moment, and a fresh stream in its place would lose every event
+    /// on the old one to the consumers (the relay's checkpoint is past them). A stream deleted
+    /// on purpose is made again when vbin restarts.
     pub async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
         let ns = self.namespace();
         let ours = self.installation.id;
-        let mut stream = self
-            .js
-            .get_or_create_stream(stream::Config {
-                name: ns.stream(),
-                description: Some(format!("{CLAIM}{ours}")),
-                subjects: vec![ns.subject(">")],
-                storage: stream::StorageType::File,
-                duplicate_window: DUPLICATE_WINDOW,
-                max_age: Duration::from_secs(7 * 24 * 3600),
-                num_replicas: self.replicas.unwrap_or(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(BusError::js("creating the event stream"))?;
+        let mut stream = if self.stream_seen.load(Ordering::Acquire) {
+            self.js.get_stream(ns.stream()).await.map_err(BusError::js(
+                "reading the event stream (vbin makes it only when it starts: restart it if the stream was deleted)",
+            ))?
+        } else {
+            self.js
+                .get_or_create_stream(stream::Config {
+                    name: ns.stream(),
+                    description: Some(format!("{CLAIM}{ours}")),
+                    subjects: vec![ns.subject(">")],
+                    storage: stream::StorageType::File,
+                    duplicate_window: DUPLICATE_WINDOW,
+                    max_age: Duration::from_secs(7 * 24 * 3600),
+                    num_replicas: self.replicas.unwrap_or(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(BusError::js("creating the event stream"))?
+        };
+        self.stream_seen.store(true, Ordering::Release);
         let mut config = stream.cached_info().config.clone();
         if let Some(n) = self.replicas.filter(|n| *n != config.num_replicas) {
             tracing::info!(stream = %ns.stream(), from = config.num_replicas, to = n, "changing the event stream's replicas");

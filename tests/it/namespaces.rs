@@ -346,3 +346,50 @@ async fn an_installation_from_before_namespaces_keeps_its_stream() {
     assert_eq!(listed.len(), 4);
     assert_replays_clean(&env).await;
 }
+
+/// A stream deleted while vbin runs is not made again behind the operator's back (a cluster
+/// recovering can answer "not found" for a moment; a fresh stream in its place would lose the
+/// events on the old one): the calls wait, and a restart makes the stream and goes on with
+/// them.
+#[tokio::test]
+async fn a_stream_deleted_while_running_is_made_again_only_by_a_restart() {
+    let mut env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let first = env
+        .calls(
+            &tok,
+            &["+15550002010"],
+            json!({"variables": {"talk_seconds": 0}}),
+        )
+        .await[0];
+    env.wait_call_end(first, Duration::from_secs(30)).await;
+    let js = env.nats.client().await;
+    let name = env.installation().await.namespace.stream();
+    js.delete_stream(&name).await.unwrap();
+
+    let during = env
+        .calls(
+            &tok,
+            &["+15550002011"],
+            json!({"variables": {"talk_seconds": 0}}),
+        )
+        .await[0];
+    // The relay and every consumer retry twice a second: long enough for them to have made it.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        js.get_stream(&name).await.is_err(),
+        "the stream was made again while vbin ran"
+    );
+    let log = std::fs::read_to_string(env.platform.log_path()).unwrap();
+    assert!(
+        log.contains("restart it if the stream was deleted"),
+        "the log says what to do"
+    );
+
+    env.restart().await;
+    let v = env.wait_call_end(during, Duration::from_secs(30)).await;
+    assert_eq!(v["status"], "completed", "{v}");
+    js.get_stream(&name)
+        .await
+        .expect("the restart made the stream");
+}

@@ -255,9 +255,19 @@ impl Bus {
         let ns = self.namespace();
         let ours = self.installation.id;
         let mut stream = if self.stream_seen.load(Ordering::Acquire) {
-            self.js.get_stream(ns.stream()).await.map_err(BusError::js(
-                "reading the event stream (vbin makes it only when it starts: restart it if the stream was deleted)",
-            ))?
+            match self.js.get_stream(ns.stream()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    use async_nats::jetstream::{context::GetStreamErrorKind, ErrorCode};
+                    let gone = matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND);
+                    return Err(BusError::js(if gone {
+                        "the event stream is gone (vbin makes it only when it starts: restart vbin if the stream was deleted)"
+                    } else {
+                        "reading the event stream"
+                    })(e));
+                }
+            }
         } else {
             self.js
                 .get_or_create_stream(stream::Config {

@@ -382,7 +382,7 @@ async fn a_stream_deleted_while_running_is_made_again_only_by_a_restart() {
     );
     let log = std::fs::read_to_string(env.platform.log_path()).unwrap();
     assert!(
-        log.contains("restart it if the stream was deleted"),
+        log.contains("restart vbin if the stream was deleted"),
         "the log says what to do"
     );
 

@@ -279,7 +279,20 @@ impl NatsNode {
     /// tests would then share one server (the first to end kills it under the other).
     fn resume(&mut self) {
         use std::io::BufRead;
-        let bin = which("nats-server").unwrap_or_else(|| "/usr/sbin/nats-server".into());
+        // A cluster runs the current NATS that scripts/models pins: Debian's 2.9.10 once came
+        // back from losing two of three nodes with the stream's sequence restarted at 1,
+        // although every copy was current (docs/operations.md). One node runs Debian's.
+        let bin = if self.cluster.is_some() {
+            let pinned = vbin_media::tts::piper::default_models_dir().join("nats-server");
+            assert!(
+                pinned.exists(),
+                "{} is missing: scripts/services installs it",
+                pinned.display()
+            );
+            pinned
+        } else {
+            which("nats-server").unwrap_or_else(|| "/usr/sbin/nats-server".into())
+        };
         let port = if self.port == 0 {
             "-1".to_string()
         } else {

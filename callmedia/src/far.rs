@@ -1,6 +1,6 @@
 //! The far end of a call's media: what a transport delivers each 20 ms and what it is given.
 
-use crate::frame::{FRAME, FRAME_SAMPLES};
+use crate::frame::{is_silent, FRAME, FRAME_SAMPLES};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -70,9 +70,6 @@ impl Pending {
         self.armed && self.sound >= self.when.heard && self.quiet >= self.when.quiet
     }
 }
-
-/// A frame louder than this (RMS, about -40 dBFS) is sound to the person; quieter is quiet.
-const SOUND_RMS: f64 = 330.0;
 
 /// Time between the keys of one step.
 const KEY_GAP: Duration = Duration::from_millis(150);
@@ -151,8 +148,7 @@ impl FarEnd for SandboxPerson {
     }
 
     fn hear(&mut self, frame: &[i16]) {
-        let power = frame.iter().map(|&v| (v as f64).powi(2)).sum::<f64>();
-        let sound = (power / frame.len().max(1) as f64).sqrt() > SOUND_RMS;
+        let sound = !is_silent(frame);
         for p in self.pending.iter_mut().filter(|p| p.armed) {
             if sound {
                 p.sound += FRAME;

@@ -226,8 +226,6 @@ impl AgentAudio {
 
 /// Frames of audio gathered before they go to the uploader (one second).
 const REC_BATCH_FRAMES: u64 = 50;
-/// Far-end frames quieter than this (RMS) count as silence for `end_of_silence`.
-const SILENCE_RMS: f64 = 300.0;
 
 /// A recording being captured: batches its audio to the uploader and knows when a limit
 /// ends it. A call's session records stereo ([`Recorder::push`]), a conference's mix task
@@ -265,12 +263,7 @@ impl Recorder {
     fn push(&mut self, inbound: &[i16], outbound: &[i16]) {
         vbin_storage::wav::interleave(inbound, outbound, &mut self.batch);
         self.frames += 1;
-        let energy: f64 = inbound
-            .iter()
-            .map(|&v| (v as f64) * (v as f64))
-            .sum::<f64>();
-        let rms = (energy / inbound.len().max(1) as f64).sqrt();
-        if rms < SILENCE_RMS {
+        if crate::frame::is_silent(inbound) {
             self.silent_ms += FRAME.as_millis() as u64;
         } else {
             self.silent_ms = 0;

@@ -876,8 +876,19 @@ async fn record_attempts(
     }
 }
 
+/// Deliveries of one resource brought forward when the one ahead of them ends (see
+/// [`write_attempts`]); any others come due at the time they were put off to (a second at
+/// most while the one ahead is in flight).
+const BRING_FORWARD: usize = 32;
+
 /// One statement: the attempts, the deliveries' new state, the failure clock of endpoints that
 /// answered 2xx, and deliveries put off behind an ended one brought forward.
+///
+/// The deliveries to bring forward are looked up for each ended delivery, in id order from
+/// its resource's entries (a `LATERAL ... LIMIT`, which Postgres does not flatten into a
+/// join): as a join, the planner read them by `next_attempt_at > now()`, over the dead index
+/// entry every claim leaves a lease ahead, about 30,000 entries per statement while a
+/// 100,000-delivery backlog went out (3.7 ms per statement against 0.8 ms at 10,000).
 async fn write_attempts(pool: &sqlx::PgPool, batch: &[Finish]) -> Result<(), sqlx::Error> {
     let ids: Vec<Uuid> = batch.iter().map(|f| f.id).collect();
     let attempts: Vec<i32> = batch.iter().map(|f| f.attempt).collect();
@@ -911,10 +922,13 @@ async fn write_attempts(pool: &sqlx::PgPool, batch: &[Finish]) -> Result<(), sql
            FROM u WHERE w.id = u.id \
            RETURNING w.id, w.customer_id, w.resource_id, w.resource_type, u.status) \
          UPDATE webhook_deliveries s SET next_attempt_at = now() \
-         FROM done WHERE done.status <> 'pending' AND s.status = 'pending' \
-           AND s.customer_id = done.customer_id AND s.resource_id = done.resource_id \
-           AND s.resource_type = done.resource_type AND s.id > done.id \
-           AND s.attempts = 0 AND s.next_attempt_at > now() AND s.id <> ALL($1)",
+         FROM done CROSS JOIN LATERAL ( \
+           SELECT o.id FROM webhook_deliveries o \
+           WHERE o.status = 'pending' AND o.customer_id = done.customer_id \
+             AND o.resource_id = done.resource_id AND o.resource_type = done.resource_type \
+             AND o.id > done.id AND o.attempts = 0 AND o.next_attempt_at > now() \
+           ORDER BY o.id LIMIT $9) later \
+         WHERE done.status <> 'pending' AND s.id = later.id AND s.id <> ALL($1)",
     )
     .bind(&ids)
     .bind(&attempts)
@@ -924,6 +938,7 @@ async fn write_attempts(pool: &sqlx::PgPool, batch: &[Finish]) -> Result<(), sql
     .bind(&statuses)
     .bind(&next)
     .bind(&healthy)
+    .bind(BRING_FORWARD as i64)
     .execute(pool)
     .await?;
     Ok(())

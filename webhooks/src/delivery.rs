@@ -357,8 +357,15 @@ type LowMark = (chrono::DateTime<chrono::Utc>, Instant);
 
 /// How long a customer's claim start ([`Sender::claim`]) is used before a claim reads its due
 /// deliveries from the start again, and how far before the window it is set.
+///
+/// The margin covers a write whose transaction began before the window but committed after
+/// it (`next_attempt_at` is the transaction's start): a few milliseconds normally; one later
+/// than that is claimed by the next full read, within [`LOW_FOR`]. Each claim reads over the
+/// dead entries of the deliveries made in the margin, so it is kept short: the recorder writes
+/// a backlog at ~19,000 deliveries per second of `next_attempt_at`, and a 5 s margin spanned
+/// a whole 100,000-delivery backlog (1.0 ms per claim against 0.46 ms at 10,000).
 const LOW_FOR: Duration = Duration::from_secs(5);
-const LOW_MARGIN: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+const LOW_MARGIN: chrono::TimeDelta = chrono::TimeDelta::milliseconds(250);
 
 #[derive(Clone)]
 struct Sender {

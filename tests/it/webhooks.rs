@@ -705,6 +705,62 @@ async fn deliveries_due_at_one_instant_go_out_in_resource_order_however_they_lie
 }
 
 #[tokio::test]
+async fn deliveries_put_off_behind_an_ended_one_are_brought_forward() {
+    // A claim puts a delivery off while an earlier one of its resource is pending; the
+    // recording of that one's end brings it forward. Here each resource's second delivery is
+    // put off 60 s (as a claim would behind a retry); once the first is delivered the second
+    // must go out at once, not when it was put off to.
+    let env = Env::start().await;
+    let (url, seen) = receiver(0).await;
+    let (customer, _) = hooked_customer(&env, &url).await;
+    wait_until_every(
+        "the customer's own webhook",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { delivered(&seen, "customer_created") },
+    )
+    .await;
+    let resources = 40;
+    let mut tx = env.pool.begin().await.unwrap();
+    for i in 0..resources {
+        let resource = Uuid::new_v4();
+        for (n, due) in [(1, "0 seconds"), (2, "60 seconds")] {
+            sqlx::query(
+                "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, \
+                   resource_type, resource_id, uri, method, body, next_attempt_at) \
+                 VALUES ($1, $2, $3, 'forward_test', 'forward', $4, $5, 'POST', $6, \
+                   now() + $7::interval)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(customer)
+            .bind(Uuid::new_v4())
+            .bind(resource)
+            .bind(&url)
+            .bind(serde_json::to_vec(&json!({"resource": i, "n": n})).unwrap())
+            .bind(due)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        }
+    }
+    tx.commit().await.unwrap();
+    wait_until(
+        "every second delivery, brought forward from 60 s",
+        Duration::from_secs(20),
+        || async {
+            let n = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(h, _, _)| header(h, "x-voipbin-event") == "forward_test")
+                .count();
+            (n >= 2 * resources).then_some(()).ok_or(n)
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn after_a_secret_rotation_both_secrets_sign_during_the_grace_period() {
     let env = Env::start().await;
     let (url, seen) = receiver(0).await;

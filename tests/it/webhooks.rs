@@ -93,6 +93,58 @@ async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
     (id, tok)
 }
 
+/// A customer with a webhook whose own `customer_created` has been delivered, so what a test
+/// writes next is all the sender has to do; returns (customer id, receiver).
+async fn greeted_customer(env: &Env) -> (Uuid, String, Seen) {
+    let (url, seen) = receiver(0).await;
+    let (customer, _) = hooked_customer(env, &url).await;
+    wait_until_every(
+        "the customer's own webhook",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || async { delivered(&seen, "customer_created") },
+    )
+    .await;
+    (customer, url, seen)
+}
+
+/// A delivery written straight into the table, as the recorder would write it.
+struct RawDelivery<'a> {
+    id: Uuid,
+    customer: Uuid,
+    event_type: &'a str,
+    resource_type: &'a str,
+    resource: Uuid,
+    url: &'a str,
+    body: Value,
+    /// When it is due: an SQL interval from the start of the transaction's second (the same
+    /// instant for every delivery written in one transaction).
+    due_in: &'a str,
+}
+
+impl RawDelivery<'_> {
+    async fn insert(&self, tx: &mut sqlx::PgConnection) {
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, \
+               resource_type, resource_id, uri, method, body, next_attempt_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'POST', $8, \
+               date_trunc('second', now()) + $9::interval)",
+        )
+        .bind(self.id)
+        .bind(self.customer)
+        .bind(Uuid::new_v4())
+        .bind(self.event_type)
+        .bind(self.resource_type)
+        .bind(self.resource)
+        .bind(self.url)
+        .bind(serde_json::to_vec(&self.body).unwrap())
+        .bind(self.due_in)
+        .execute(tx)
+        .await
+        .unwrap();
+    }
+}
+
 /// The customer's current webhook secret (its read model may lag its creation: waits).
 pub(crate) async fn webhook_secret(env: &Env, tok: &str) -> String {
     let me = env
@@ -641,15 +693,7 @@ async fn deliveries_due_at_one_instant_go_out_in_resource_order_however_they_lie
     // the later ones first), more than one claim looks at. All must go out, each resource's
     // first before its second.
     let env = Env::start().await;
-    let (url, seen) = receiver(0).await;
-    let (customer, _) = hooked_customer(&env, &url).await;
-    wait_until_every(
-        "the customer's own webhook",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || async { delivered(&seen, "customer_created") },
-    )
-    .await;
+    let (customer, url, seen) = greeted_customer(&env).await;
     let pairs = 300;
     let resources: Vec<Uuid> = (0..pairs).map(|_| Uuid::new_v4()).collect();
     let firsts: Vec<Uuid> = (0..pairs).map(|_| Uuid::now_v7()).collect();
@@ -657,21 +701,18 @@ async fn deliveries_due_at_one_instant_go_out_in_resource_order_however_they_lie
     let mut tx = env.pool.begin().await.unwrap();
     for (ids, n) in [(&seconds, 2), (&firsts, 1)] {
         for (i, id) in ids.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, \
-                   resource_type, resource_id, uri, method, body, next_attempt_at) \
-                 VALUES ($1, $2, $3, 'tie_test', 'tie', $4, $5, 'POST', $6, \
-                   date_trunc('second', now()) - interval '1 second')",
-            )
-            .bind(id)
-            .bind(customer)
-            .bind(Uuid::new_v4())
-            .bind(resources[i])
-            .bind(&url)
-            .bind(serde_json::to_vec(&json!({"resource": i, "n": n})).unwrap())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+            RawDelivery {
+                id: *id,
+                customer,
+                event_type: "tie_test",
+                resource_type: "tie",
+                resource: resources[i],
+                url: &url,
+                body: json!({"resource": i, "n": n}),
+                due_in: "-1 second",
+            }
+            .insert(&mut tx)
+            .await;
         }
     }
     tx.commit().await.unwrap();
@@ -711,36 +752,24 @@ async fn deliveries_put_off_behind_an_ended_one_are_brought_forward() {
     // put off 60 s (as a claim would behind a retry); once the first is delivered the second
     // must go out at once, not when it was put off to.
     let env = Env::start().await;
-    let (url, seen) = receiver(0).await;
-    let (customer, _) = hooked_customer(&env, &url).await;
-    wait_until_every(
-        "the customer's own webhook",
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        || async { delivered(&seen, "customer_created") },
-    )
-    .await;
+    let (customer, url, seen) = greeted_customer(&env).await;
     let resources = 40;
     let mut tx = env.pool.begin().await.unwrap();
     for i in 0..resources {
         let resource = Uuid::new_v4();
-        for (n, due) in [(1, "0 seconds"), (2, "60 seconds")] {
-            sqlx::query(
-                "INSERT INTO webhook_deliveries (id, customer_id, event_id, event_type, \
-                   resource_type, resource_id, uri, method, body, next_attempt_at) \
-                 VALUES ($1, $2, $3, 'forward_test', 'forward', $4, $5, 'POST', $6, \
-                   now() + $7::interval)",
-            )
-            .bind(Uuid::now_v7())
-            .bind(customer)
-            .bind(Uuid::new_v4())
-            .bind(resource)
-            .bind(&url)
-            .bind(serde_json::to_vec(&json!({"resource": i, "n": n})).unwrap())
-            .bind(due)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        for (n, due_in) in [(1, "0 seconds"), (2, "60 seconds")] {
+            RawDelivery {
+                id: Uuid::now_v7(),
+                customer,
+                event_type: "forward_test",
+                resource_type: "forward",
+                resource,
+                url: &url,
+                body: json!({"resource": i, "n": n}),
+                due_in,
+            }
+            .insert(&mut tx)
+            .await;
         }
     }
     tx.commit().await.unwrap();

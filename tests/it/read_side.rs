@@ -610,6 +610,20 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     // verify changed nothing.
     assert_eq!(unconverged_calls(&env.pool).await, 1);
 
+    // The replayed tables get the live ones' indexes (the secondary ones are built after the
+    // bulk load), whatever their names.
+    let indexes = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT regexp_replace(pg_get_indexdef(i.indexrelid), ' INDEX \\S+ ON \\S+', ' INDEX ON') \
+             FROM pg_index i WHERE i.indrelid = 'rm_calls'::regclass ORDER BY 1",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap()
+    };
+    let live_indexes = indexes().await;
+    assert!(live_indexes.len() >= 3, "{live_indexes:?}");
+
     // Full replay while clients keep writing and reading.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
@@ -670,6 +684,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     let (code, out) = vbin(&env, &["replay", "verify"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 differences"), "{out}");
+    assert_eq!(indexes().await, live_indexes);
 
     // A partial repair from a log position fixes what changed since then.
     corrupt().await;
@@ -693,6 +708,7 @@ async fn replay_verifies_repairs_and_swaps_while_the_query_api_serves() {
     assert_eq!(code, 0, "{out}");
     wait_converged(&env).await;
     assert_eq!(api.get(&path).await.1, good);
+    assert_eq!(indexes().await, live_indexes);
 
     // Export and tail read the log as JSON lines.
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")

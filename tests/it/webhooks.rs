@@ -94,7 +94,8 @@ async fn hooked_customer(env: &Env, url: &str) -> (Uuid, String) {
 }
 
 /// A customer with a webhook whose own `customer_created` has been delivered, so what a test
-/// writes next is all the sender has to do; returns (customer id, receiver).
+/// writes next is all the sender has to do; returns (customer id, receiver URL, what the
+/// receiver has seen).
 async fn greeted_customer(env: &Env) -> (Uuid, String, Seen) {
     let (url, seen) = receiver(0).await;
     let (customer, _) = hooked_customer(env, &url).await;

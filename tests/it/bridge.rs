@@ -444,11 +444,16 @@ async fn a_bridge_between_two_media_processes_carries_both_ways() {
         .post(&format!("/v1.0/calls/{b}/recording_start"), json!({}))
         .await;
     assert_eq!(s, 200, "{v}");
-    let owners = [env.media_owner(a).await, env.media_owner(b).await];
-    assert!(
-        owners[0].is_some() && owners[1].is_some() && owners[0] != owners[1],
-        "{owners:?}"
-    );
+    // B's session is claimed by the media part from the log, so it can lag the bridge that
+    // the calls projection shows: wait for it rather than read it once.
+    let owners = wait_until("both sessions owned", Duration::from_secs(10), || async {
+        match (env.media_owner(a).await, env.media_owner(b).await) {
+            (Some(x), Some(y)) => Ok((x, y)),
+            o => Err(format!("{o:?}")),
+        }
+    })
+    .await;
+    assert_ne!(owners.0, owners.1, "A and B on different media processes");
     let af = ended_flow(&env, &tok, a, Duration::from_secs(60)).await;
     assert_eq!(
         af["variables"]["voipbin.connect.result"], "answered",

@@ -123,38 +123,50 @@ impl GroupCommit {
 async fn writer(pool: PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
     let mut carry: Option<Job> = None;
     loop {
-        let mut batch: Vec<Job> = Vec::new();
-        {
-            let mut rx = rx.lock().await;
-            let first = match carry.take() {
-                Some(job) => job,
-                None => match rx.recv().await {
-                    Some(job) => job,
+        let batch = match carry.take() {
+            // A job held back from this writer's last batch (its aggregate was in it) goes
+            // first, now that batch has committed. It must not wait for the queue: the other
+            // writer may hold it while waiting for a job, and with nothing more to write the
+            // held-back command went unanswered until some other command came.
+            Some(job) => match rx.try_lock() {
+                Ok(mut rx) => gather(job, &mut rx, &mut carry),
+                Err(_) => vec![job],
+            },
+            None => {
+                let mut rx = rx.lock().await;
+                match rx.recv().await {
+                    Some(job) => gather(job, &mut rx, &mut carry),
                     None => return,
-                },
-            };
-            let mut aggregates = HashSet::new();
-            let mut events = first.append.events.len();
-            aggregates.insert((
-                first.append.aggregate_type.clone(),
-                first.append.aggregate_id,
-            ));
-            batch.push(first);
-            while batch.len() < MAX_COMMANDS && events < MAX_EVENTS {
-                let Ok(job) = rx.try_recv() else { break };
-                let key = (job.append.aggregate_type.clone(), job.append.aggregate_id);
-                if !aggregates.insert(key) {
-                    // Same aggregate twice: it goes first in this writer's next batch.
-                    carry = Some(job);
-                    break;
                 }
-                events += job.append.events.len();
-                batch.push(job);
             }
-        }
+        };
         metrics::histogram!("vbin_append_batch_commands").record(batch.len() as f64);
         write(&pool, batch).await;
     }
+}
+
+/// A batch starting with `first`, with what else is queued (within the limits, one job per
+/// aggregate). A second job of an aggregate already in it ends the batch and is put in
+/// `carry`, to go first in the writer's next batch.
+fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>, carry: &mut Option<Job>) -> Vec<Job> {
+    let mut aggregates = HashSet::new();
+    let mut events = first.append.events.len();
+    aggregates.insert((
+        first.append.aggregate_type.clone(),
+        first.append.aggregate_id,
+    ));
+    let mut batch = vec![first];
+    while batch.len() < MAX_COMMANDS && events < MAX_EVENTS {
+        let Ok(job) = rx.try_recv() else { break };
+        let key = (job.append.aggregate_type.clone(), job.append.aggregate_id);
+        if !aggregates.insert(key) {
+            *carry = Some(job);
+            break;
+        }
+        events += job.append.events.len();
+        batch.push(job);
+    }
+    batch
 }
 
 /// Writes a batch and answers each of its commands. A batch the database refuses is split in

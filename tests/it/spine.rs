@@ -896,6 +896,46 @@ async fn concurrent_appends_are_committed_together_yet_each_command_gets_its_own
     assert_eq!(msgs.len(), env.log_event_ids().await.len());
 }
 
+/// Group commit: a second append to an aggregate that is already in the batch being gathered
+/// waits for the next batch, and must be written then even if no other command ever comes.
+/// (The writer holding it waited for the queue, which the other writer held while waiting for
+/// a job: the second command hung until some other command was appended. The bench's store
+/// run ended on such a pair and never returned.) On this test's single-threaded runtime both
+/// appends are queued before a writer runs, so the first batch meets them together.
+#[tokio::test]
+async fn two_appends_to_one_aggregate_at_once_are_both_answered_with_nothing_after_them() {
+    use vbin_eventlog::{CommandMeta, NewEvent, PgEventRepository};
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    let repo = PgEventRepository::new(env.pool.clone());
+    let meta = CommandMeta::from_request(&vbin_eventlog::Actor::Admin, "req", Some(customer));
+    let event = |n: usize| NewEvent {
+        event_type: "probe_recorded".into(),
+        event_version: "1.0".into(),
+        payload: json!({"type": "probe_recorded", "n": n}),
+        resource: json!({"n": n}),
+    };
+    let id = Uuid::now_v7();
+    let (first, second) = tokio::time::timeout(Duration::from_secs(10), async {
+        futures::join!(
+            repo.append("probe", id, customer, 0, vec![event(1)], &meta, None),
+            repo.append("probe", id, customer, 1, vec![event(2)], &meta, None),
+        )
+    })
+    .await
+    .expect("both appends answered within 10 s");
+    assert_eq!(first.unwrap()[0].sequence, 1);
+    assert_eq!(second.unwrap()[0].sequence, 2);
+    let ns: Vec<i64> = sqlx::query_scalar(
+        "SELECT (payload->>'n')::bigint FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(ns, [1, 2]);
+}
+
 /// Runs `spec` in a probe process until it has handled at least `at_least` events (and half a
 /// second more, for any it should not have), then stops it; what it handled.
 async fn consume_until(

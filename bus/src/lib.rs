@@ -616,32 +616,35 @@ where
     if spec.lanes <= 1 {
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(BusError::js("receiving a message"))?;
-            handle_message(bus, spec, counted, handle, msg).await?;
+            if let Some(d) = decode_wanted(bus, spec, msg).await? {
+                handle_decoded(spec, counted, handle, d).await?;
+            }
         }
         return Err(BusError::Ended);
     }
     // Lanes: one aggregate always goes to the same lane, which handles its events in order.
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..spec.lanes)
-        .map(|_| tokio::sync::mpsc::channel::<jetstream::Message>(64))
+        .map(|_| tokio::sync::mpsc::channel::<Decoded>(64))
         .unzip();
     let read = async move {
         while let Some(msg) = messages.next().await {
             let msg = msg.map_err(BusError::js("receiving a message"))?;
-            // An event this consumer skips is only acked, here: no lane, no parse, no wake-up
-            // of a lane's task (most call events are skipped by most call consumers).
-            if skip_unwanted(spec, &msg).await? {
+            // Skipped events are only acked here: no lane, no wake-up of a lane's task (most
+            // call events are skipped by most call consumers). The others are decoded here,
+            // once: their aggregate id picks the lane, and the lane gets the decoded event.
+            let Some(d) = decode_wanted(bus, spec, msg).await? else {
                 continue;
-            }
-            let lane = lane_of(&msg.payload, senders.len());
-            if senders[lane].send(msg).await.is_err() {
+            };
+            let lane = lane_of(d.event.aggregate_id, senders.len());
+            if senders[lane].send(d).await.is_err() {
                 break; // a lane failed; its error is reported below
             }
         }
         Err::<(), _>(BusError::Ended)
     };
     let lanes = receivers.into_iter().map(|mut rx| async move {
-        while let Some(msg) = rx.recv().await {
-            handle_message(bus, spec, counted, handle, msg).await?;
+        while let Some(d) = rx.recv().await {
+            handle_decoded(spec, counted, handle, d).await?;
         }
         Ok::<(), BusError>(())
     });
@@ -650,20 +653,12 @@ where
         .map(|_| ())
 }
 
-/// The lane of a message: a hash of its aggregate id (lane 0 if it has none).
-fn lane_of(payload: &[u8], lanes: usize) -> usize {
-    #[derive(serde::Deserialize)]
-    struct Key {
-        aggregate_id: Uuid,
-    }
+/// The lane of an aggregate's events: a hash of its id.
+fn lane_of(aggregate_id: Uuid, lanes: usize) -> usize {
     use std::hash::{Hash, Hasher};
-    serde_json::from_slice::<Key>(payload)
-        .map(|k| {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            k.aggregate_id.hash(&mut h);
-            (h.finish() % lanes as u64) as usize
-        })
-        .unwrap_or(0)
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    aggregate_id.hash(&mut h);
+    (h.finish() % lanes as u64) as usize
 }
 
 /// The customer an event belongs to, read from its subject
@@ -721,38 +716,56 @@ impl Counted {
     }
 }
 
-/// Decodes, filters, handles and acks (or naks) one message.
-async fn handle_message<H, F, E>(
+/// A delivered message this consumer handles, with its event decoded.
+struct Decoded {
+    msg: jetstream::Message,
+    event: PublishedEvent,
+}
+
+/// Filters and decodes one message: None if it was acked without handling (a type this
+/// consumer does not take, another installation's event) or terminated (undecodable: it
+/// cannot succeed later).
+async fn decode_wanted(
     bus: &Bus,
+    spec: &ConsumerSpec,
+    msg: jetstream::Message,
+) -> Result<Option<Decoded>, BusError> {
+    if skip_unwanted(spec, &msg).await? {
+        return Ok(None);
+    }
+    if skip_foreign(bus, spec, &msg).await? {
+        return Ok(None);
+    }
+    let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(consumer = %spec.name, subject = %msg.subject, error = %e, "undecodable event; terminated");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return Ok(None);
+        }
+    };
+    if !spec.event_types.is_empty() && !spec.event_types.contains(&event.event_type) {
+        msg.ack().await.map_err(BusError::js("acking"))?;
+        return Ok(None);
+    }
+    Ok(Some(Decoded { msg, event }))
+}
+
+/// Handles a decoded event, then acks it, or naks it with a delay that grows with its
+/// deliveries so that it comes back.
+async fn handle_decoded<H, F, E>(
     spec: &ConsumerSpec,
     counted: &Counted,
     handle: &H,
-    msg: jetstream::Message,
+    d: Decoded,
 ) -> Result<(), BusError>
 where
     H: Fn(PublishedEvent) -> F,
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    if skip_unwanted(spec, &msg).await? {
-        return Ok(());
-    }
-    if skip_foreign(bus, spec, &msg).await? {
-        return Ok(());
-    }
+    let Decoded { msg, event } = d;
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let event: PublishedEvent = match serde_json::from_slice(&msg.payload) {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(consumer = %spec.name, subject = %msg.subject, error = %e, "undecodable event; terminated");
-            let _ = msg.ack_with(AckKind::Term).await;
-            return Ok(());
-        }
-    };
-    if !spec.event_types.is_empty() && !spec.event_types.contains(&event.event_type) {
-        msg.ack().await.map_err(BusError::js("acking"))?;
-        return Ok(());
-    }
     let (event_id, event_type) = (event.event_id, event.event_type.clone());
     match handle(event).await {
         Ok(()) => {

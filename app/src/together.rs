@@ -9,9 +9,11 @@
 //! The task is spawned, not run in the handler, so a handler that is dropped (a consumer
 //! shutting down) cannot leave the others waiting forever.
 
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -93,9 +95,20 @@ where
                     };
                     let (items, answers): (Vec<T>, Vec<Answer>) = batch.into_iter().unzip();
                     metrics::histogram!("vbin_recorded_together").record(items.len() as f64);
-                    let outcome = record(items).await.map_err(|e| {
+                    // A panic in `record` is this batch's failure, not the task's end: the
+                    // key would stay marked as recording with no task, and every later item
+                    // of it (every sandbox timer, for one) would wait forever.
+                    let recorded =
+                        match std::panic::catch_unwind(AssertUnwindSafe(|| record(items))) {
+                            Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                            Err(panic) => Err(panic),
+                        };
+                    let outcome = match recorded {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(_) => Err("recording panicked".to_string()),
+                    }
+                    .inspect_err(|e| {
                         tracing::warn!(key = %key, error = %e, "recording together failed; the items will be redelivered");
-                        e.to_string()
                     });
                     for a in answers {
                         let _ = a.send(outcome.clone());
@@ -170,6 +183,30 @@ mod tests {
         );
         // Nothing left behind: a later item starts a new batch.
         assert!(together.submit("a".into(), 1, record).await.is_ok());
+        assert!(together.waiting.lock().unwrap().is_empty());
+    }
+
+    /// A batch whose recording panics fails its items, and the key takes items again (before,
+    /// the task ended with the key still marked as recording and later items waited forever).
+    #[tokio::test]
+    async fn a_panic_while_recording_fails_its_batch_and_the_next_item_is_recorded() {
+        let together: Together<String, u32> = Together::default();
+        let record = |items: Vec<u32>| async move {
+            assert!(!items.contains(&13), "thirteen");
+            Ok::<(), String>(())
+        };
+        let failed = together.submit("a".into(), 13, record).await;
+        assert!(
+            matches!(&failed, Err(TogetherError(e)) if e.contains("panicked")),
+            "{failed:?}"
+        );
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            together.submit("a".into(), 1, record),
+        )
+        .await
+        .expect("the next item is recorded, not left waiting");
+        assert!(next.is_ok(), "{next:?}");
         assert!(together.waiting.lock().unwrap().is_empty());
     }
 }

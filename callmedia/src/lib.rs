@@ -1440,7 +1440,12 @@ impl Media {
                             None => std::future::pending().await,
                         }
                     } => {
-                        let Some(m) = m else { continue };
+                        let Some(m) = m else {
+                            // The subscription ended (the connection closed for good): stop
+                            // polling it, or this loop spins; the check below still stops it.
+                            sub = None;
+                            continue;
+                        };
                         me.conferences.stop_recording(conference, id);
                         if let (Some(c), Some(reply)) = (&client, m.reply) {
                             let _ = c.publish(reply, Vec::new().into()).await;

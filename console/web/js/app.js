@@ -39,6 +39,8 @@ const operatorPages = [
 
 let cleanup = null;
 let loginMessage = "";
+/** Counts calls of `show`: a page still loading when another was shown must not draw over it. */
+let shown = 0;
 
 function route() {
   const [page, ...params] = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
@@ -71,6 +73,7 @@ function logout() {
 }
 
 async function show() {
+  const mine = ++shown;
   if (cleanup) {
     try {
       cleanup();
@@ -108,10 +111,22 @@ async function show() {
   // How long a page takes to show its data (`vbin bench`-style measurements read these).
   performance.mark(`vbin:show:${entry[0]}`);
   try {
-    cleanup = (await entry[2](main, params)) ?? null;
+    const done = (await entry[2](main, params)) ?? null;
+    if (mine !== shown) {
+      // Another page was shown while this one loaded: its cleanup is not this page's.
+      try {
+        done?.();
+      } catch {
+        // As above.
+      }
+      return;
+    }
+    cleanup = done;
     performance.measure(`vbin:page:${entry[0]}`, `vbin:show:${entry[0]}`);
   } catch (e) {
-    fill(main, h("p", { class: "error", role: "alert" }, e.message));
+    // A page whose requests failed because the session expired meanwhile must not replace
+    // the login page (and its message) shown since with its own error.
+    if (mine === shown) fill(main, h("p", { class: "error", role: "alert" }, e.message));
   }
 }
 

@@ -412,7 +412,9 @@ async fn a_bridge_between_two_media_processes_carries_both_ways() {
     env.platform_without_media().await;
     let p1 = env.spawn_platform_only(&["media"]).await;
     let api = env.client(&tok);
-    // A runs on P1; it connects after 7 s, once P2 runs and P1 drains, so B runs on P2.
+    // A runs on P1; it connects after 7 s, once P2 runs and P1 drains, so B runs on P2. B's far
+    // end speaks 5 s after its answer: B's session on P2 is claimed from the log and, under
+    // CI's load, came up after a 2.5 s line (A heard only its flow's "support").
     let a = env
         .calls(
             &tok,
@@ -423,7 +425,7 @@ async fn a_bridge_between_two_media_processes_carries_both_ways() {
                     {"type": "sleep", "option": {"duration": 7000}},
                     {"type": "connect", "option": {
                         "destinations": ["+15550004000"],
-                        "sandbox": {"script": [{"at_ms": 2500, "say": LEG_SAYS},
+                        "sandbox": {"script": [{"at_ms": 5000, "say": LEG_SAYS},
                                                {"at_ms": 12000, "hangup": true}]}}},
                     {"type": "talk", "option": {"text": "Support"}},
                     {"type": "hangup"}

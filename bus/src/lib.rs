@@ -236,6 +236,12 @@ impl Bus {
         h
     }
 
+    /// Whether the server this connection is on has multi-filter consumers (NATS 2.10+), as it
+    /// said when this connection was made (false before the first connection).
+    pub fn multi_filter(&self) -> bool {
+        has_multi_filter(&self.client.server_info().version)
+    }
+
     /// True while the connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
@@ -353,9 +359,14 @@ impl Bus {
 pub struct ConsumerSpec {
     /// Durable name (one per logical subscriber; instances share it to split the work).
     pub name: String,
-    /// Subject filter within the installation's namespace, e.g. `*.call.*` (one: NATS 2.9 has
-    /// no multi-filter consumers).
+    /// Subject filter within the installation's namespace, e.g. `*.call.*`: the one filter
+    /// on a server without multi-filter consumers (NATS 2.9).
     pub filter_subject: String,
+    /// One exact filter per event type, e.g. `*.call.call_bridged` and `*.call.call_chain_ended`,
+    /// used instead of `filter_subject` where the server has multi-filter consumers (NATS
+    /// 2.10+), so that it sends only those types. Empty when `filter_subject` is exact already
+    /// (one type) or the consumer takes every type.
+    pub type_filters: Vec<String>,
     /// Event types handled; others matching the filter are acked and skipped (empty: all).
     pub event_types: Vec<String>,
     /// How long a delivered message may stay unacked before redelivery.
@@ -384,17 +395,26 @@ impl ConsumerSpec {
     /// Consumers of one aggregate's events use [`ConsumerSpec::for_events_of`].
     ///
     /// With one event type the server filters on it (the subject ends with the event type):
-    /// a consumer of `call_hungup` is not sent every other call event. With several it gets
-    /// the aggregate's events and skips the others by subject, without decoding them (one
-    /// filter subject per consumer on NATS 2.9).
+    /// a consumer of `call_hungup` is not sent every other call event. With several, a server
+    /// with multi-filter consumers (NATS 2.10+) filters on each of them; an older one sends
+    /// the aggregate's events and the consumer skips the others by subject, without decoding
+    /// them.
     pub fn for_events(name: &str, aggregate_type: &str, event_types: &[&str]) -> Self {
         let filter_subject = match event_types {
             [one] => relative_subject_filter(aggregate_type, one),
             _ => relative_subject_filter(aggregate_type, "*"),
         };
+        let type_filters = match event_types {
+            [_, _, ..] => event_types
+                .iter()
+                .map(|t| relative_subject_filter(aggregate_type, t))
+                .collect(),
+            _ => Vec::new(),
+        };
         Self {
             name: name.to_string(),
             filter_subject,
+            type_filters,
             event_types: event_types.iter().map(|t| t.to_string()).collect(),
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
@@ -479,13 +499,38 @@ where
     }
 }
 
+/// The server-side filters of `spec` on `bus`'s server, in the installation's namespace:
+/// `(filter_subject, filter_subjects)`, one of them empty.
+fn server_filters(bus: &Bus, spec: &ConsumerSpec) -> (String, Vec<String>) {
+    let ns = bus.namespace();
+    if !spec.type_filters.is_empty() && bus.multi_filter() {
+        let each = spec.type_filters.iter().map(|f| ns.subject(f)).collect();
+        (String::new(), each)
+    } else {
+        (ns.subject(&spec.filter_subject), Vec::new())
+    }
+}
+
+/// Whether a NATS server of `version` (`2.10.4`, `2.11.0-beta.1`) has multi-filter consumers
+/// (2.10 and later).
+fn has_multi_filter(version: &str) -> bool {
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (2, 10),
+        _ => false,
+    }
+}
+
 /// Opens (creating if needed) the durable pull consumer of `spec`.
 async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullConsumer, BusError> {
+    // The stream first: its request waits for the connection, so the server's version (for
+    // the filters) is known after it.
     let stream = bus.ensure_stream().await?;
-    let filter_subject = bus.namespace().subject(&spec.filter_subject);
+    let (filter_subject, filter_subjects) = server_filters(bus, spec);
     let config = consumer::pull::Config {
         durable_name: Some(spec.name.clone()),
         filter_subject: filter_subject.clone(),
+        filter_subjects: filter_subjects.clone(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
         max_deliver: spec.max_deliver,
@@ -524,12 +569,17 @@ async fn open_consumer(bus: &Bus, spec: &ConsumerSpec) -> Result<consumer::PullC
         .map_err(BusError::js("reading the consumer's info"))?
         .clone();
     let stored = info.config;
-    if stored.filter_subject != filter_subject {
-        // A durable left by an older version with another filter would feed the wrong events:
-        // replace it, resuming after the last message it had acknowledged in order (what it
-        // had not acknowledged is delivered again; handlers are idempotent).
+    let mut stored_each = stored.filter_subjects.clone();
+    stored_each.sort();
+    let mut wanted_each = filter_subjects.clone();
+    wanted_each.sort();
+    if stored.filter_subject != filter_subject || stored_each != wanted_each {
+        // A durable left by an older version with other filters would feed the wrong events
+        // (or, made before the server had multi-filter consumers, more than needed): replace
+        // it, resuming after the last message it had acknowledged in order (what it had not
+        // acknowledged is delivered again; handlers are idempotent).
         let resume = info.ack_floor.stream_sequence + 1;
-        tracing::warn!(consumer = %spec.name, stored = %stored.filter_subject, wanted = %filter_subject, resume, "recreating consumer with new filter");
+        tracing::warn!(consumer = %spec.name, stored = %stored.filter_subject, stored_each = ?stored.filter_subjects, wanted = %filter_subject, wanted_each = ?filter_subjects, resume, "recreating consumer with new filter");
         stream
             .delete_consumer(&spec.name)
             .await
@@ -1014,9 +1064,32 @@ mod tests {
             &[CallEvent::CALL_HUNGUP, CallEvent::CALL_CREATED],
         );
         assert_eq!(two.filter_subject, "*.call.*");
+        assert_eq!(
+            two.type_filters,
+            ["*.call.call_hungup", "*.call.call_created"],
+            "several types: one filter each where the server has them"
+        );
+        assert!(s.type_filters.is_empty());
         let all = ConsumerSpec::all_events("y");
         assert_eq!(all.filter_subject, ">");
         assert!(all.event_types.is_empty());
+        assert!(all.type_filters.is_empty());
+    }
+
+    #[test]
+    fn multi_filter_consumers_come_with_nats_2_10() {
+        for (v, has) in [
+            ("2.9.10", false),
+            ("2.10.0", true),
+            ("2.15.1", true),
+            ("2.11.0-beta.1", true),
+            ("3.0.0", true),
+            ("1.4.1", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(has_multi_filter(v), has, "{v}");
+        }
     }
 
     #[test]

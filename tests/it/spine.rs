@@ -1,7 +1,7 @@
 //! End-to-end tests of the platform spine (issue 2): identity and call commands over HTTP, the
 //! Postgres event log, the outbox relay to JetStream and the sandbox carrier, all real.
 
-use crate::support::{wait_until, wait_until_every, Env};
+use crate::support::{wait_until, wait_until_every, Env, Nats};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
@@ -1069,6 +1069,81 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
         .unwrap()
         .clone();
     assert!(info.config.filter_subject.ends_with(".call.call_hungup"));
+}
+
+/// On a server with multi-filter consumers (NATS 2.10+; the pinned one `scripts/models`
+/// installs), a consumer of several event types is sent only those: one filter per type
+/// instead of the aggregate's. The platform's `media-bridge-legs` (bridges and chain ends) is
+/// sent nothing for calls that are never bridged. A durable left with the aggregate's filter
+/// (made on NATS 2.9, or by an older version) is recreated with a filter per type from where
+/// it had got to.
+#[tokio::test]
+async fn on_nats_2_10_a_consumer_of_several_types_is_sent_only_those() {
+    use async_nats::jetstream::consumer::pull;
+    use vbin_event_schema::CallEvent;
+    let env = Env::start_on_nats(&[], Nats::pinned()).await;
+    let (_, token, _) = env.customer().await;
+    let stream = env.event_stream().await;
+    let ns = env.installation().await.namespace;
+    let name = "probe-two-types";
+    let old = durable_probe(&env, &stream, name, "*.call.*").await;
+    ended_calls(&env, &token, 2).await;
+    assert!(
+        ack_all(&old).await >= 4,
+        "the old filter sent every call event"
+    );
+    let later = ended_calls(&env, &token, 2).await;
+
+    let spec = vbin_bus::ConsumerSpec::for_events_of::<CallEvent>(
+        name,
+        &[CallEvent::CALL_HUNGUP, CallEvent::CALL_BRIDGED],
+    );
+    let seen = consume_until(&env, spec, 2, "the later calls' hangups").await;
+    let mut got: Vec<(Uuid, &str)> = seen
+        .iter()
+        .map(|e| (e.aggregate_id, e.event_type.as_str()))
+        .collect();
+    got.sort();
+    let mut want: Vec<(Uuid, &str)> = later
+        .iter()
+        .map(|id| (*id, CallEvent::CALL_HUNGUP))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "the later calls' hangups, once each");
+    let info = |name: &'static str| {
+        let stream = stream.clone();
+        async move {
+            stream
+                .get_consumer::<pull::Config>(name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .clone()
+        }
+    };
+    let probe = info(name).await;
+    assert_eq!(probe.config.filter_subject, "");
+    let mut each = probe.config.filter_subjects.clone();
+    each.sort();
+    assert_eq!(
+        each,
+        [
+            ns.subject("*.call.call_bridged"),
+            ns.subject("*.call.call_hungup")
+        ]
+    );
+    assert_eq!(
+        probe.delivered.consumer_sequence, 2,
+        "the server sent the recreated consumer only its types (not the calls' call_created)"
+    );
+    let legs = info(vbin_callmedia::BRIDGE_LEGS_CONSUMER).await;
+    assert_eq!(legs.config.filter_subjects.len(), 2, "{:?}", legs.config);
+    assert_eq!(
+        legs.delivered.consumer_sequence, 0,
+        "no call was bridged: nothing was sent to the bridges' consumer"
+    );
 }
 
 /// A consumer that takes over from others (`ConsumerSpec::replacing`, e.g. `call-hangups`

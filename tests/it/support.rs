@@ -141,12 +141,27 @@ struct NatsNode {
     child: Option<Child>,
     /// Its name and the cluster's arguments, for a node of a cluster.
     cluster: Option<(String, Vec<String>)>,
+    /// Runs the current NATS that scripts/models pins rather than Debian's.
+    pinned: bool,
 }
 
 impl Nats {
     pub fn start() -> Self {
         let mut n = Nats {
             nodes: vec![NatsNode::new(None)],
+            shared: false,
+        };
+        n.resume();
+        n
+    }
+
+    /// One server of the current NATS that scripts/models pins (2.10+: multi-filter
+    /// consumers), where [`Nats::start`] runs Debian's 2.9.
+    pub fn pinned() -> Self {
+        let mut node = NatsNode::new(None);
+        node.pinned = true;
+        let mut n = Nats {
+            nodes: vec![node],
             shared: false,
         };
         n.resume();
@@ -196,6 +211,7 @@ impl Nats {
                 dir: PathBuf::new(),
                 child: None,
                 cluster: None,
+                pinned: false,
             }],
             shared: true,
         }
@@ -269,6 +285,7 @@ impl NatsNode {
             port: 0,
             dir,
             child: None,
+            pinned: cluster.is_some(),
             cluster,
         }
     }
@@ -282,7 +299,7 @@ impl NatsNode {
         // A cluster runs the current NATS that scripts/models pins: Debian's 2.9.10 once came
         // back from losing two of three nodes with the stream's sequence restarted at 1,
         // although every copy was current (docs/operations.md). One node runs Debian's.
-        let bin = if self.cluster.is_some() {
+        let bin = if self.pinned {
             let pinned = vbin_media::tts::piper::default_models_dir().join("nats-server");
             assert!(
                 pinned.exists(),

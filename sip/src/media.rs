@@ -371,6 +371,15 @@ pub async fn pump(
     loop {
         let got = tokio::select! {
             r = socket.recv_from(&mut buf) => r,
+            // Held packets that nothing followed for a while: give up what is missing
+            // before them rather than wait for the next talkspurt to push them out.
+            _ = tokio::time::sleep(GAP_WAIT), if receiver.waiting() => {
+                receiver.give_up_gap();
+                if let Err(ended) = hand_over(&mut receiver, &mut decoders, &mut inband, &tx) {
+                    return ended;
+                }
+                continue;
+            }
             _ = tx.closed() => return "the call's media session ended".into(),
         };
         let (n, from) = match got {
@@ -388,34 +397,52 @@ pub async fn pump(
         }
         metrics::counter!("vbin_rtp_received_packets_total").increment(1);
         remote.latch(from);
-        while let Some(item) = receiver.pop() {
-            let mut msgs = Vec::with_capacity(1);
-            match item {
-                Received::Audio(pt, payload) => {
-                    let Some((rate, decoder)) = decoders.get_mut(&pt) else {
+        if let Err(ended) = hand_over(&mut receiver, &mut decoders, &mut inband, &tx) {
+            return ended;
+        }
+    }
+}
+
+/// How long packets held back for a missing one wait when nothing comes after them: a loss
+/// just before silence (DTX, hold) would otherwise keep up to two packets (40 ms) until the
+/// next talkspurt. Three packets' time, as the reorder depth waits in a flowing stream.
+const GAP_WAIT: std::time::Duration = std::time::Duration::from_millis(60);
+
+/// Decodes what `receiver` has in order into `tx`; `Err` (why) once the session is gone.
+fn hand_over(
+    receiver: &mut Receiver,
+    decoders: &mut HashMap<u8, (u32, Decoder)>,
+    inband: &mut Option<Inband>,
+    tx: &mpsc::Sender<Incoming>,
+) -> Result<(), String> {
+    while let Some(item) = receiver.pop() {
+        let mut msgs = Vec::with_capacity(1);
+        match item {
+            Received::Audio(pt, payload) => {
+                let Some((rate, decoder)) = decoders.get_mut(&pt) else {
+                    continue;
+                };
+                let samples = match decoder.decode(&payload) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        metrics::counter!("vbin_rtp_undecodable_packets_total").increment(1);
+                        tracing::debug!(error = %e, "an RTP packet could not be decoded");
                         continue;
-                    };
-                    let samples = match decoder.decode(&payload) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            metrics::counter!("vbin_rtp_undecodable_packets_total").increment(1);
-                            tracing::debug!(error = %e, "an RTP packet could not be decoded");
-                            continue;
-                        }
-                    };
-                    let keys = inband.as_mut().map(|d| d.push(*rate, &samples));
-                    msgs.push(Incoming::Audio(*rate, samples));
-                    msgs.extend(keys.into_iter().flatten().map(Incoming::Dtmf));
-                }
-                Received::Key(k) => msgs.push(Incoming::Dtmf(k)),
+                    }
+                };
+                let keys = inband.as_mut().map(|d| d.push(*rate, &samples));
+                msgs.push(Incoming::Audio(*rate, samples));
+                msgs.extend(keys.into_iter().flatten().map(Incoming::Dtmf));
             }
-            for msg in msgs {
-                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg) {
-                    return "the call's media session ended".into();
-                }
+            Received::Key(k) => msgs.push(Incoming::Dtmf(k)),
+        }
+        for msg in msgs {
+            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(msg) {
+                return Err("the call's media session ended".into());
             }
         }
     }
+    Ok(())
 }
 
 /// Samples per packet: one 20 ms frame at 8 kHz.
@@ -537,6 +564,44 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(ended.contains("session ended"), "{ended}");
+    }
+
+    /// A packet lost just before the far end goes silent (DTX, hold): the packet after it is
+    /// not held until the next talkspurt, but handed over once it has waited a little.
+    #[tokio::test]
+    async fn a_packet_after_a_loss_before_silence_is_not_held_back() {
+        let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let our_addr = ours.local_addr().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (tx, mut rx) = mpsc::channel(100);
+        tokio::spawn(pump(
+            tokio::net::UdpSocket::from_std(ours).unwrap(),
+            Remote::new(far.local_addr().unwrap()),
+            coding(Codec::Pcmu, false),
+            None,
+            None,
+            tx,
+        ));
+        let mut theirs = Sender::new(0, None, 0x77);
+        let frames: Vec<Vec<i16>> = (0..5).map(|f| vec![(f as i16 + 1) * 1000; FRAME]).collect();
+        for (i, f) in frames.iter().enumerate() {
+            let packet = theirs.audio(&encode(Codec::Pcmu, f), 160);
+            if i != 3 {
+                far.send_to(&packet, our_addr).unwrap();
+            }
+        }
+        let mut got = Vec::new();
+        while let Ok(Some(Incoming::Audio(_, samples))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+        {
+            got.push(samples);
+        }
+        let want: Vec<Vec<i16>> = [0, 1, 2, 4]
+            .iter()
+            .map(|&i| decode(Codec::Pcmu, &encode(Codec::Pcmu, &frames[i])))
+            .collect();
+        assert_eq!(got, want, "the four frames that came, the last one too");
     }
 
     /// A far end without RFC 4733 presses 5 as tones in its µ-law audio: the key is heard.

@@ -334,6 +334,20 @@ impl Receiver {
         true
     }
 
+    /// Whether packets are held back, waiting for earlier ones.
+    pub fn waiting(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Gives up the packets missing before the first one held, so that [`Receiver::pop`]
+    /// hands it over: for a receiver whose held packets have waited long enough (after a
+    /// loss followed by silence, DTX or hold, no later packets come to push them out).
+    pub fn give_up_gap(&mut self) {
+        if let Some(&first) = self.held.keys().next() {
+            self.next = Some(first);
+        }
+    }
+
     /// The next packet in order, once it is there or once [`REORDER_DEPTH`] later ones are
     /// (the missing ones are given up). The stream starts at the lowest of its first
     /// [`REORDER_DEPTH`] packets, so even its first ones may come out of order.
@@ -470,6 +484,40 @@ mod tests {
         // Not RTP, or another payload type: refused.
         assert!(!r.push(b"hello"));
         assert!(!r.push(&Sender::new(0, None, 1).audio(&[0; 160], 160)));
+    }
+
+    #[test]
+    fn a_gap_given_up_hands_over_what_waited_behind_it() {
+        let mut r = Receiver::new(&[0], None);
+        let mut a = Sender::new(0, None, 5);
+        let p: Vec<Vec<u8>> = (0..6u8).map(|i| a.audio(&[i; 160], 160)).collect();
+        for i in [0, 1, 2] {
+            r.push(&p[i]);
+        }
+        for i in 0..3u8 {
+            assert_eq!(r.pop(), Some(Received::Audio(0, vec![i; 160])));
+        }
+        assert!(!r.waiting());
+        // 3 is lost, 4 and 5 come, then silence: nothing pushes them out.
+        r.push(&p[4]);
+        r.push(&p[5]);
+        assert_eq!(r.pop(), None);
+        assert!(r.waiting());
+        r.give_up_gap();
+        assert_eq!(r.pop(), Some(Received::Audio(0, vec![4; 160])));
+        assert_eq!(r.pop(), Some(Received::Audio(0, vec![5; 160])));
+        assert_eq!(r.pop(), None);
+        assert!(!r.waiting());
+        // 3 arriving now is too late; nothing to give up.
+        r.push(&p[3]);
+        r.give_up_gap();
+        assert_eq!(r.pop(), None);
+        // A stream's first packets too (fewer than the depth).
+        let mut r = Receiver::new(&[0], None);
+        r.push(&p[1]);
+        assert_eq!(r.pop(), None);
+        r.give_up_gap();
+        assert_eq!(r.pop(), Some(Received::Audio(0, vec![1; 160])));
     }
 
     #[test]

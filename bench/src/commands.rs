@@ -244,6 +244,7 @@ async fn http_run(
     };
     let db = b.db.clone();
     let pg = b.pg.clone();
+    let nats_server = crate::nats_version(&b.nats_url).await;
     b.running.shutdown().await;
     let kept = if keep_db {
         Some(db)
@@ -255,6 +256,7 @@ async fn http_run(
     let run = json!({
         "parts": format!("{parts:?}"),
         "group_commit": group_commit,
+        "nats_server_version": nats_server,
         "commands": ops,
         "command_errors": load["errors"],
         "commands_per_sec": commands_per_sec.round(),

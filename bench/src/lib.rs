@@ -43,6 +43,11 @@ pub struct Services {
     /// on the same NATS would take half of the benchmark's events).
     #[arg(long)]
     pub nats_url: Option<String>,
+    /// The nats-server program a benchmark starts without `--nats-url`. Default: the current
+    /// NATS that `scripts/models` pins (2.10+, whose multi-filter consumers the platform
+    /// uses), else `nats-server` on the PATH (Debian's 2.9).
+    #[arg(long, env = "VBIN_BENCH_NATS_SERVER")]
+    pub nats_server: Option<std::path::PathBuf>,
     /// Redis URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -55,7 +60,6 @@ pub struct Services {
     pub platform: Settings,
 }
 
-/// A nats-server started for one benchmark run (killed and its store removed on drop).
 /// Creates a customer (with a balance) through the admin API and logs in as it; returns its
 /// id and token.
 async fn new_customer(
@@ -99,6 +103,7 @@ async fn new_customer(
     Ok((id, token))
 }
 
+/// A nats-server started for one benchmark run (killed and its store removed on drop).
 struct PrivateNats {
     child: std::process::Child,
     dir: std::path::PathBuf,
@@ -106,13 +111,19 @@ struct PrivateNats {
 }
 
 impl PrivateNats {
-    fn start() -> anyhow::Result<Self> {
+    fn start(program: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let dir = std::env::temp_dir().join(format!("vbin-bench-nats-{port}"));
         std::fs::create_dir_all(&dir)?;
-        let child = std::process::Command::new("nats-server")
+        let pinned = vbin_media::tts::piper::default_models_dir().join("nats-server");
+        let program = match program {
+            Some(p) => p.to_path_buf(),
+            None if pinned.exists() => pinned,
+            None => "nats-server".into(),
+        };
+        let child = std::process::Command::new(&program)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(&dir)
             .stdout(std::process::Stdio::null())
@@ -133,6 +144,14 @@ impl PrivateNats {
             dir,
             url: format!("nats://127.0.0.1:{port}"),
         })
+    }
+}
+
+/// The version of the NATS server at `url` (as its INFO says), for a report.
+async fn nats_version(url: &str) -> String {
+    match async_nats::connect(url).await {
+        Ok(c) => c.server_info().version,
+        Err(e) => format!("unknown ({e})"),
     }
 }
 
@@ -159,7 +178,7 @@ fn nats_of(s: &Services) -> anyhow::Result<(Option<PrivateNats>, String)> {
     Ok(match &s.nats_url {
         Some(u) => (None, u.clone()),
         None => {
-            let n = PrivateNats::start()?;
+            let n = PrivateNats::start(s.nats_server.as_deref())?;
             let url = n.url.clone();
             (Some(n), url)
         }

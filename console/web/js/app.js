@@ -72,16 +72,19 @@ function logout() {
   go("#/login");
 }
 
+/** Runs a page's cleanup, if any: one that fails must not keep the next page from showing. */
+function runCleanup(f) {
+  try {
+    f?.();
+  } catch {
+    // Nothing to do: the page is gone either way.
+  }
+}
+
 async function show() {
   const mine = ++shown;
-  if (cleanup) {
-    try {
-      cleanup();
-    } catch {
-      // A page's cleanup failing must not keep the next one from showing.
-    }
-    cleanup = null;
-  }
+  runCleanup(cleanup);
+  cleanup = null;
   const main = document.getElementById("main");
   const s = currentSession();
   let { page, params } = route();
@@ -114,11 +117,7 @@ async function show() {
     const done = (await entry[2](main, params)) ?? null;
     if (mine !== shown) {
       // Another page was shown while this one loaded: its cleanup is not this page's.
-      try {
-        done?.();
-      } catch {
-        // As above.
-      }
+      runCleanup(done);
       return;
     }
     cleanup = done;

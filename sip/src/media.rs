@@ -566,23 +566,36 @@ mod tests {
         assert!(ended.contains("session ended"), "{ended}");
     }
 
-    /// A packet lost just before the far end goes silent (DTX, hold): the packet after it is
-    /// not held until the next talkspurt, but handed over once it has waited a little.
-    #[tokio::test]
-    async fn a_packet_after_a_loss_before_silence_is_not_held_back() {
+    /// A µ-law call's pump on a real socket, fed by a far end's socket: the far end, the
+    /// address it sends to, and what the pump hands over.
+    fn spawn_pump(
+        inband: Option<Inband>,
+    ) -> (
+        std::net::UdpSocket,
+        std::net::SocketAddr,
+        mpsc::Receiver<Incoming>,
+    ) {
         let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let our_addr = ours.local_addr().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let (tx, mut rx) = mpsc::channel(100);
+        let (tx, rx) = mpsc::channel(100);
         tokio::spawn(pump(
             tokio::net::UdpSocket::from_std(ours).unwrap(),
             Remote::new(far.local_addr().unwrap()),
             coding(Codec::Pcmu, false),
-            None,
+            inband,
             None,
             tx,
         ));
+        (far, our_addr, rx)
+    }
+
+    /// A packet lost just before the far end goes silent (DTX, hold): the packet after it is
+    /// not held until the next talkspurt, but handed over once it has waited a little.
+    #[tokio::test]
+    async fn a_packet_after_a_loss_before_silence_is_not_held_back() {
+        let (far, our_addr, mut rx) = spawn_pump(None);
         let mut theirs = Sender::new(0, None, 0x77);
         let frames: Vec<Vec<i16>> = (0..5).map(|f| vec![(f as i16 + 1) * 1000; FRAME]).collect();
         for (i, f) in frames.iter().enumerate() {
@@ -607,19 +620,7 @@ mod tests {
     /// A far end without RFC 4733 presses 5 as tones in its µ-law audio: the key is heard.
     #[tokio::test]
     async fn keys_in_the_audio_of_a_far_end_without_rfc_4733_are_heard() {
-        let ours = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let our_addr = ours.local_addr().unwrap();
-        ours.set_nonblocking(true).unwrap();
-        let (tx, mut rx) = mpsc::channel(100);
-        tokio::spawn(pump(
-            tokio::net::UdpSocket::from_std(ours).unwrap(),
-            Remote::new(far.local_addr().unwrap()),
-            coding(Codec::Pcmu, false),
-            Some(Inband::new()),
-            None,
-            tx,
-        ));
+        let (far, our_addr, mut rx) = spawn_pump(Some(Inband::new()));
         // 120 ms of 770 + 1336 Hz (key 5), then 60 ms of silence, in 20 ms packets.
         let mut theirs = Sender::new(0, None, 0x55);
         let samples: Vec<i16> = (0..(FRAME * 9))

@@ -1027,7 +1027,6 @@ async fn ack_all(c: &async_nats::jetstream::consumer::PullConsumer) -> usize {
 /// had got to: what it had acknowledged is not delivered again, and nothing after is lost.
 #[tokio::test]
 async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
-    use async_nats::jetstream::consumer::pull;
     use vbin_event_schema::CallEvent;
     let env = Env::start().await;
     let (_, token, _) = env.customer().await;
@@ -1060,15 +1059,24 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
         "exactly the hangups after the old consumer's position"
     );
     assert!(seen.iter().all(|e| e.event_type == CallEvent::CALL_HUNGUP));
-    let info = stream
+    let info = consumer_info(&stream, name).await;
+    assert!(info.config.filter_subject.ends_with(".call.call_hungup"));
+}
+
+/// The durable consumer `name`'s info as the server has it.
+async fn consumer_info(
+    stream: &async_nats::jetstream::stream::Stream,
+    name: &str,
+) -> async_nats::jetstream::consumer::Info {
+    use async_nats::jetstream::consumer::pull;
+    stream
         .get_consumer::<pull::Config>(name)
         .await
         .unwrap()
         .info()
         .await
         .unwrap()
-        .clone();
-    assert!(info.config.filter_subject.ends_with(".call.call_hungup"));
+        .clone()
 }
 
 /// On a server with multi-filter consumers (NATS 2.10+; the pinned one `scripts/models`
@@ -1079,7 +1087,6 @@ async fn a_consumer_whose_filter_narrows_resumes_where_it_had_got_to() {
 /// it had got to.
 #[tokio::test]
 async fn on_nats_2_10_a_consumer_of_several_types_is_sent_only_those() {
-    use async_nats::jetstream::consumer::pull;
     use vbin_event_schema::CallEvent;
     let env = Env::start_on_nats(&[], Nats::pinned()).await;
     let (_, token, _) = env.customer().await;
@@ -1110,20 +1117,7 @@ async fn on_nats_2_10_a_consumer_of_several_types_is_sent_only_those() {
         .collect();
     want.sort();
     assert_eq!(got, want, "the later calls' hangups, once each");
-    let info = |name: &'static str| {
-        let stream = stream.clone();
-        async move {
-            stream
-                .get_consumer::<pull::Config>(name)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .clone()
-        }
-    };
-    let probe = info(name).await;
+    let probe = consumer_info(&stream, name).await;
     assert_eq!(probe.config.filter_subject, "");
     let mut each = probe.config.filter_subjects.clone();
     each.sort();
@@ -1138,7 +1132,7 @@ async fn on_nats_2_10_a_consumer_of_several_types_is_sent_only_those() {
         probe.delivered.consumer_sequence, 2,
         "the server sent the recreated consumer only its types (not the calls' call_created)"
     );
-    let legs = info(vbin_callmedia::BRIDGE_LEGS_CONSUMER).await;
+    let legs = consumer_info(&stream, vbin_callmedia::BRIDGE_LEGS_CONSUMER).await;
     assert_eq!(legs.config.filter_subjects.len(), 2, "{:?}", legs.config);
     assert_eq!(
         legs.delivered.consumer_sequence, 0,

@@ -117,7 +117,7 @@ impl PrivateNats {
             .port();
         let dir = std::env::temp_dir().join(format!("vbin-bench-nats-{port}"));
         std::fs::create_dir_all(&dir)?;
-        let pinned = vbin_media::tts::piper::default_models_dir().join("nats-server");
+        let pinned = vbin_media::models::pinned_nats_server();
         let program = match program {
             Some(p) => p.to_path_buf(),
             None if pinned.exists() => pinned,

@@ -7,6 +7,7 @@ pub mod codecs;
 pub mod decode;
 pub mod dtmf;
 pub mod g711;
+pub mod models;
 pub mod resample;
 pub mod stt;
 pub mod tts;

@@ -21,15 +21,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::AsyncWriteExt;
 
-/// Where `scripts/models` installs unless `VBIN_MODELS_DIR` says otherwise:
-/// `$HOME/.cache/vbin/models`.
-pub fn default_models_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("VBIN_MODELS_DIR") {
-        return d.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-    Path::new(&home).join(".cache/vbin/models")
-}
+pub use crate::models::default_models_dir;
 
 /// `libonnxruntime.so` inside a models folder `scripts/models` filled.
 pub fn runtime_in_models_dir(dir: &Path) -> PathBuf {

@@ -273,14 +273,16 @@ impl Carrier for SandboxCarrier {
 }
 
 /// Executes due sandbox timers. Several workers may run (one per process): each claims timers
-/// with `FOR UPDATE SKIP LOCKED` and deletes them in the same transaction after the command.
+/// by deleting them (`FOR UPDATE SKIP LOCKED`) in a transaction that stays open while their
+/// commands run and commits after; a step that failed is written back in it, and a crash
+/// before the commit leaves them all as they were.
 pub struct TimerWorker {
     pool: PgPool,
     executor: Executor,
 }
 
-/// One call's claimed timers: (timer id, action).
-type Steps = Vec<(i64, String)>;
+/// One call's claimed timers: (action, due), in due order.
+type Steps = Vec<(String, DateTime<Utc>)>;
 
 /// Calls whose timers one worker fires at once.
 const FIRE_CONCURRENCY: usize = 32;
@@ -314,60 +316,62 @@ impl TimerWorker {
         }
     }
 
-    /// Fires the timers that are due now; returns how many.
+    /// Fires the timers that are due now; returns how many fired (not those put back after a
+    /// failure, so that a failing step waits for the next poll instead of being claimed again
+    /// at once).
     pub async fn fire_due(&self) -> Result<usize, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let due: Vec<(i64, Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT id, call_id, customer_id, action FROM carrier_timers WHERE due_at <= now() \
-             ORDER BY due_at, id LIMIT 100 FOR UPDATE SKIP LOCKED",
+        // Claimed by deleting them: one statement, and no row lock written before the delete.
+        let mut due: Vec<(i64, Uuid, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+            "DELETE FROM carrier_timers WHERE id IN (SELECT id FROM carrier_timers \
+               WHERE due_at <= now() ORDER BY due_at, id LIMIT 100 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, call_id, customer_id, action, due_at",
         )
         .fetch_all(&mut *tx)
         .await?;
+        due.sort_by_key(|t| (t.4, t.0));
         // Calls are independent aggregates: fire them concurrently (a command costs a commit),
         // each call's own timers in due order.
         let mut by_call: Vec<(Uuid, Uuid, Steps)> = Vec::new();
-        for (id, call_id, customer_id, action) in due {
+        for (_, call_id, customer_id, action, at) in due {
             match by_call.iter_mut().find(|(c, _, _)| *c == call_id) {
-                Some((_, _, steps)) => steps.push((id, action)),
-                None => by_call.push((call_id, customer_id, vec![(id, action)])),
+                Some((_, _, steps)) => steps.push((action, at)),
+                None => by_call.push((call_id, customer_id, vec![(action, at)])),
             }
         }
-        let fired: Vec<(Vec<i64>, Vec<Timer>)> =
+        let fired: Vec<(usize, Vec<Timer>)> =
             futures::stream::iter(by_call.into_iter().map(|(call_id, customer_id, steps)| {
                 self.fire_steps(CallId(call_id), CustomerId(customer_id), steps)
             }))
             .buffer_unordered(FIRE_CONCURRENCY)
             .collect()
             .await;
-        let mut done = Vec::new();
-        let mut next = Vec::new();
-        for (ids, timers) in fired {
-            done.extend(ids);
-            next.extend(timers);
+        let mut done = 0;
+        let mut write = Vec::new();
+        for (n, timers) in fired {
+            done += n;
+            write.extend(timers);
         }
-        // The far end's next steps (the rest of a chain, the hangup after an answer) are
-        // planned in this transaction: one statement for the pass.
-        if !next.is_empty() {
-            insert_timers(&mut *tx, next.into_iter()).await?;
+        // The steps that failed go back as they were, and the far end's next steps (the rest
+        // of a chain, the hangup after an answer) are planned: one statement for the pass.
+        if !write.is_empty() {
+            insert_timers(&mut *tx, write.into_iter()).await?;
         }
-        sqlx::query("DELETE FROM carrier_timers WHERE id = ANY($1)")
-            .bind(&done)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        metrics::counter!("vbin_sandbox_timers_fired_total").increment(done.len() as u64);
-        Ok(done.len())
+        metrics::counter!("vbin_sandbox_timers_fired_total").increment(done as u64);
+        Ok(done)
     }
 
-    /// Fires one call's due steps in order; returns the timers done and the ones to write
-    /// after them (a chain's next step, the far end's hangup after an answer), only for a
-    /// call still live.
+    /// Fires one call's due steps in order; returns how many are done and the timers to write
+    /// after them: the steps that are not done (a failed one and those after it, for the
+    /// retry), then what follows the done ones (a chain's next step, the far end's hangup
+    /// after an answer), only for a call still live.
     async fn fire_steps(
         &self,
         call_id: CallId,
         customer_id: CustomerId,
         steps: Steps,
-    ) -> (Vec<i64>, Vec<Timer>) {
+    ) -> (usize, Vec<Timer>) {
         // The far end's steps reach a call that has ended when our side hung up first (a
         // caller giving up while it rings). Every step is then a no-op: the call's machine only
         // moves forward and never out of an ended status, so an ended state this process
@@ -380,11 +384,12 @@ impl TimerWorker {
                 });
         if ended == Some(true) {
             metrics::counter!("vbin_sandbox_timers_skipped_total").increment(steps.len() as u64);
-            return (steps.into_iter().map(|(id, _)| id).collect(), Vec::new());
+            return (steps.len(), Vec::new());
         }
         let (call, customer) = (call_id.as_uuid(), customer_id.as_uuid());
-        let (mut done, mut next) = (Vec::new(), Vec::new());
-        for (id, action) in steps {
+        let (mut done, mut next) = (0, Vec::new());
+        let mut steps = steps.into_iter();
+        while let Some((action, at)) = steps.next() {
             let outcome = match unchain(&action) {
                 None => {
                     tracing::error!(%call_id, %action, "unknown sandbox timer action; dropped");
@@ -392,9 +397,8 @@ impl TimerWorker {
                 }
                 Some((a, then)) => {
                     let r = self.fire(call_id, customer_id, a).await;
-                    // Planned on a repeated step too (a crash between the command and the
-                    // timer's deletion: the same text, so written once), but not for a call
-                    // that ended instead.
+                    // Planned on a repeated step too (a crash before the claim's commit: the
+                    // same text, so written once), but not for a call that ended instead.
                     if let Ok(Some(status)) = &r {
                         if !status.is_terminal() {
                             if let Some((text, due)) = then {
@@ -411,10 +415,16 @@ impl TimerWorker {
                 }
             };
             match outcome {
-                Ok(()) => done.push(id),
+                Ok(()) => done += 1,
                 Err(e) => {
                     tracing::warn!(%call_id, %action, error = %e, "sandbox timer failed; will retry");
-                    break; // keep the call's later steps for the retry, in order
+                    // Keep it and the call's later steps for the retry, in order.
+                    let kept = std::iter::once((action, at)).chain(steps);
+                    let mut timers: Vec<Timer> = kept
+                        .map(|(action, at)| (call, customer, action, at))
+                        .collect();
+                    timers.extend(next);
+                    return (done, timers);
                 }
             }
         }

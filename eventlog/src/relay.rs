@@ -121,8 +121,18 @@ impl Relay {
         .bind(CHECKPOINT)
         .execute(&mut *lease)
         .await?;
+        // Read once per lease: only the lease's holder writes the checkpoint, so after this
+        // it is what the last pump wrote (a statement less per batch). Any failure ends the
+        // lease, and the next one reads it again.
+        let (tx_id, position): (String, i64) = sqlx::query_as(
+            "SELECT tx_id::text, global_position FROM log_checkpoints WHERE name = $1",
+        )
+        .bind(CHECKPOINT)
+        .fetch_one(&mut *lease)
+        .await?;
+        let mut cursor = LogCursor { tx_id, position };
         loop {
-            let published = self.pump(lease).await?;
+            let published = self.pump(lease, &mut cursor).await?;
             if published as i64 >= self.config.batch {
                 continue;
             }
@@ -136,18 +146,14 @@ impl Relay {
         }
     }
 
-    /// Publishes the next batch; returns how many events it published.
-    pub(crate) async fn pump(&self, lease: &mut PgConnection) -> Result<usize, RelayError> {
-        let (cp_tx, cp_pos): (String, i64) = sqlx::query_as(
-            "SELECT tx_id::text, global_position FROM log_checkpoints WHERE name = $1",
-        )
-        .bind(CHECKPOINT)
-        .fetch_one(&mut *lease)
-        .await?;
-        let mut cursor = LogCursor {
-            tx_id: cp_tx,
-            position: cp_pos,
-        };
+    /// Publishes the next batch after `checkpoint` (the stored one), and moves both on once
+    /// it is acknowledged; returns how many events it published.
+    async fn pump(
+        &self,
+        lease: &mut PgConnection,
+        checkpoint: &mut LogCursor,
+    ) -> Result<usize, RelayError> {
+        let mut cursor = checkpoint.clone();
         let rows = read_after(
             &mut *lease,
             &LogFilter::default(),
@@ -194,6 +200,7 @@ impl Relay {
         .bind(cursor.position)
         .execute(&mut *lease)
         .await?;
+        *checkpoint = cursor;
         metrics::counter!("vbin_relay_published_total").increment(rows.len() as u64);
         metrics::counter!("vbin_relay_duplicates_total").increment(duplicates as u64);
         metrics::histogram!("vbin_relay_batch_seconds").record(started.elapsed().as_secs_f64());

@@ -85,7 +85,14 @@ pub enum CacheError {
 
 /// The key of a row, without the installation's prefix (the cache adds it).
 pub fn key(table: &str, id: Uuid) -> String {
-    format!("rm:{table}:{id}")
+    format!("{}{id}", key_prefix(table))
+}
+
+/// What every key of `table` starts with: [`key`] is this followed by the row's id (the
+/// projection runtime composes keys in SQL as this prefix `||` the id's text, which Postgres
+/// writes as `Uuid`'s `Display` does: lowercase, hyphenated).
+pub fn key_prefix(table: &str) -> String {
+    format!("rm:{table}:")
 }
 
 /// The read-model cache.

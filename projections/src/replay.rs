@@ -19,7 +19,7 @@
 //! history, and swaps. `verify` rebuilds and compares with the live tables instead of swapping.
 
 use crate::cache::Cache;
-use crate::runtime::{projection_lock, write_positions, write_rows, Folded};
+use crate::runtime::{projection_lock, Folded, Writes};
 use crate::Projection;
 use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::BTreeMap;
@@ -147,8 +147,10 @@ impl Pending {
         p: &Projection,
     ) -> Result<u64, sqlx::Error> {
         let taken = std::mem::take(self);
-        write_rows(tx, taken.folded, shadow).await?;
-        write_positions(tx, &shadow(&p.positions_table()), &taken.positions).await?;
+        let mut writes = Writes::new();
+        writes.rows(taken.folded, shadow);
+        writes.positions(&shadow(&p.positions_table()), &taken.positions);
+        writes.execute(tx).await?;
         Ok(taken.unappliable)
     }
 }

@@ -22,7 +22,7 @@
 use crate::cache::{self, Cache, DELETED_VERSION};
 use crate::{ApplyError, Projection, RowOp};
 use chrono::Utc;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
@@ -185,121 +185,221 @@ struct TableWrites {
     patch_counts: Vec<i64>,
 }
 
-/// Writes folded rows into the tables named by `physical(table)`; returns each row's cache key
-/// and new version. Upserts add the number of folded events to the row's version.
-pub async fn write_rows(
-    tx: &mut Transaction<'_, Postgres>,
-    folded: Folded,
-    physical: impl Fn(&str) -> String,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let mut per_table: BTreeMap<&'static str, TableWrites> = BTreeMap::new();
-    for ((table, id), (op, n, aggregate)) in folded.rows {
-        let e = per_table.entry(table).or_default();
-        match op {
-            RowOp::Upsert {
-                customer_id, body, ..
-            } => {
-                e.ids.push(id);
-                e.customers.push(customer_id);
-                e.aggregates.push(aggregate);
-                e.bodies.push(String::from(Box::<str>::from(body)));
-                e.counts.push(n);
-            }
-            RowOp::Delete { .. } => e.deletes.push(id),
-            RowOp::Patch { patch, .. } => {
-                e.patch_ids.push(id);
-                e.patches.push(patch);
-                e.patch_counts.push(n);
-            }
-        }
-    }
-    let mut keys = Vec::new();
-    for (table, w) in per_table {
-        let TableWrites {
-            ids,
-            customers,
-            aggregates,
-            bodies,
-            counts,
-            deletes,
-            patch_ids,
-            patches,
-            patch_counts,
-        } = w;
-        let t = physical(table);
-        if !ids.is_empty() {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO {t} AS t (id, customer_id, aggregate_id, body, version) \
-                 SELECT i, c, a, b::jsonb, n \
-                 FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[]) AS u(i, c, a, b, n) \
-                 ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, \
-                   aggregate_id = EXCLUDED.aggregate_id, body = EXCLUDED.body, \
-                   version = t.version + EXCLUDED.version \
-                 RETURNING id, version"
-            )))
-            .bind(&ids)
-            .bind(&customers)
-            .bind(&aggregates)
-            .bind(&bodies)
-            .bind(&counts)
-            .fetch_all(&mut **tx)
-            .await?;
-            for r in rows {
-                keys.push((cache::key(table, r.try_get(0)?), r.try_get(1)?));
-            }
-        }
-        if !patch_ids.is_empty() {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE {t} AS t SET body = t.body || p.patch, version = t.version + p.n \
-                 FROM UNNEST($1::uuid[], $2::jsonb[], $3::bigint[]) AS p(id, patch, n) \
-                 WHERE t.id = p.id RETURNING t.id, t.version"
-            )))
-            .bind(&patch_ids)
-            .bind(&patches)
-            .bind(&patch_counts)
-            .fetch_all(&mut **tx)
-            .await?;
-            for r in rows {
-                keys.push((cache::key(table, r.try_get(0)?), r.try_get(1)?));
-            }
-        }
-        if !deletes.is_empty() {
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {t} WHERE id = ANY($1)"
-            )))
-            .bind(&deletes)
-            .execute(&mut **tx)
-            .await?;
-            keys.extend(
-                deletes
-                    .into_iter()
-                    .map(|id| (cache::key(table, id), DELETED_VERSION)),
-            );
-        }
-    }
-    Ok(keys)
+/// A batch's writes as **one statement** of data-modifying CTEs (`WITH w0 AS (INSERT ...),
+/// w1 AS (UPDATE ...) ...`): the rows, the positions, and for a live batch its checkpoint and
+/// cache invalidation intent. Every round trip to Postgres wakes a backend and a vbin task on
+/// a small machine; a live batch was eight statements, it is now three (locks, positions,
+/// this). The CTEs never touch one row twice: the fold leaves one op per (table, id).
+pub(crate) struct Writes {
+    qb: sqlx::QueryBuilder<Postgres>,
+    ctes: usize,
+    /// Per CTE that returns `id, version`: the cache key prefix of its table.
+    keyed: Vec<(String, String)>,
 }
 
-/// Sets the positions of aggregates in `table` (only ever forward).
-pub async fn write_positions(
-    tx: &mut Transaction<'_, Postgres>,
-    table: &str,
-    positions: &BTreeMap<Uuid, i64>,
-) -> Result<(), sqlx::Error> {
-    if positions.is_empty() {
-        return Ok(());
+impl Writes {
+    pub(crate) fn new() -> Self {
+        Self {
+            qb: sqlx::QueryBuilder::new("WITH "),
+            ctes: 0,
+            keyed: Vec::new(),
+        }
     }
-    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = positions.iter().map(|(k, v)| (*k, *v)).unzip();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {table} AS p (aggregate_id, sequence) \
-         SELECT * FROM UNNEST($1::uuid[], $2::bigint[]) \
-         ON CONFLICT (aggregate_id) DO UPDATE SET sequence = GREATEST(p.sequence, EXCLUDED.sequence)"
-    )))
-    .bind(&ids)
-    .bind(&seqs)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+
+    /// Opens the next CTE; returns its name.
+    fn cte(&mut self) -> String {
+        let name = format!("w{}", self.ctes);
+        if self.ctes > 0 {
+            self.qb.push(", ");
+        }
+        self.qb.push(format_args!("{name} AS ("));
+        self.ctes += 1;
+        name
+    }
+
+    /// Whether nothing is to be written.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ctes == 0
+    }
+
+    /// The folded rows, into the tables named by `physical(table)`. Upserts add the number of
+    /// folded events to the row's version.
+    pub(crate) fn rows(&mut self, folded: Folded, physical: impl Fn(&str) -> String) {
+        let mut per_table: BTreeMap<&'static str, TableWrites> = BTreeMap::new();
+        for ((table, id), (op, n, aggregate)) in folded.rows {
+            let e = per_table.entry(table).or_default();
+            match op {
+                RowOp::Upsert {
+                    customer_id, body, ..
+                } => {
+                    e.ids.push(id);
+                    e.customers.push(customer_id);
+                    e.aggregates.push(aggregate);
+                    e.bodies.push(String::from(Box::<str>::from(body)));
+                    e.counts.push(n);
+                }
+                RowOp::Delete { .. } => e.deletes.push(id),
+                RowOp::Patch { patch, .. } => {
+                    e.patch_ids.push(id);
+                    e.patches.push(patch);
+                    e.patch_counts.push(n);
+                }
+            }
+        }
+        for (table, w) in per_table {
+            let t = physical(table);
+            // Table names are the projections' own identifiers, so the prefix is a literal.
+            let prefix = cache::key_prefix(table);
+            debug_assert!(prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+            if !w.ids.is_empty() {
+                let name = self.cte();
+                self.qb.push(format_args!(
+                    "INSERT INTO {t} AS t (id, customer_id, aggregate_id, body, version) \
+                     SELECT i, c, a, b::jsonb, n FROM UNNEST("
+                ));
+                self.qb.push_bind(w.ids).push("::uuid[], ");
+                self.qb.push_bind(w.customers).push("::uuid[], ");
+                self.qb.push_bind(w.aggregates).push("::uuid[], ");
+                self.qb.push_bind(w.bodies).push("::text[], ");
+                self.qb.push_bind(w.counts).push(
+                    "::bigint[]) AS u(i, c, a, b, n) \
+                     ON CONFLICT (id) DO UPDATE SET customer_id = EXCLUDED.customer_id, \
+                       aggregate_id = EXCLUDED.aggregate_id, body = EXCLUDED.body, \
+                       version = t.version + EXCLUDED.version \
+                     RETURNING id, version)",
+                );
+                self.keyed.push((name, prefix.clone()));
+            }
+            if !w.patch_ids.is_empty() {
+                let name = self.cte();
+                self.qb.push(format_args!(
+                    "UPDATE {t} AS t SET body = t.body || p.patch, version = t.version + p.n \
+                     FROM UNNEST("
+                ));
+                self.qb.push_bind(w.patch_ids).push("::uuid[], ");
+                self.qb.push_bind(w.patches).push("::jsonb[], ");
+                self.qb.push_bind(w.patch_counts).push(
+                    "::bigint[]) AS p(id, patch, n) WHERE t.id = p.id RETURNING t.id, t.version)",
+                );
+                self.keyed.push((name, prefix.clone()));
+            }
+            if !w.deletes.is_empty() {
+                let name = self.cte();
+                self.qb
+                    .push(format_args!("DELETE FROM {t} WHERE id = ANY("))
+                    .push_bind(w.deletes)
+                    .push(format_args!(
+                        ") RETURNING id, {DELETED_VERSION}::bigint AS version)"
+                    ));
+                self.keyed.push((name, prefix));
+            }
+        }
+    }
+
+    /// Sets the positions of aggregates in `table` (only ever forward).
+    pub(crate) fn positions(&mut self, table: &str, positions: &BTreeMap<Uuid, i64>) {
+        if positions.is_empty() {
+            return;
+        }
+        let (ids, seqs): (Vec<Uuid>, Vec<i64>) = positions.iter().map(|(k, v)| (*k, *v)).unzip();
+        self.cte();
+        self.qb
+            .push(format_args!(
+                "INSERT INTO {table} AS p (aggregate_id, sequence) SELECT * FROM UNNEST("
+            ))
+            .push_bind(ids)
+            .push("::uuid[], ")
+            .push_bind(seqs)
+            .push(
+                "::bigint[]) ON CONFLICT (aggregate_id) \
+                 DO UPDATE SET sequence = GREATEST(p.sequence, EXCLUDED.sequence))",
+            );
+    }
+
+    /// Moves the live projection's checkpoint forward.
+    fn checkpoint(&mut self, name: &'static str, stream_seq: i64, position: i64, applied: i64) {
+        self.cte();
+        self.qb
+            .push(
+                "INSERT INTO projection_checkpoints AS c \
+                 (name, stream_seq, global_position, events_applied) VALUES (",
+            )
+            .push_bind(name)
+            .push(", ")
+            .push_bind(stream_seq)
+            .push(", ")
+            .push_bind(position)
+            .push(", ")
+            .push_bind(applied)
+            .push(
+                ") ON CONFLICT (name) DO UPDATE SET \
+                   stream_seq = GREATEST(c.stream_seq, EXCLUDED.stream_seq), \
+                   global_position = GREATEST(c.global_position, EXCLUDED.global_position), \
+                   events_applied = c.events_applied + EXCLUDED.events_applied, \
+                   updated_at = now())",
+            );
+    }
+
+    /// Deletes invalidation intents whose tombstones reached Redis.
+    fn clear_intents(&mut self, ids: &[i64]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.cte();
+        self.qb
+            .push("DELETE FROM cache_invalidations WHERE id = ANY(")
+            .push_bind(ids.to_vec())
+            .push("))");
+    }
+
+    /// Runs the writes; nothing is returned.
+    pub(crate) async fn execute(
+        mut self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(), sqlx::Error> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        self.qb.push(" SELECT 1");
+        self.qb.build().execute(&mut **tx).await?;
+        Ok(())
+    }
+
+    /// Runs the writes and records their cache keys as one invalidation intent in the same
+    /// statement; returns each written row's key and new version, and the intent's id (none
+    /// if no row was written).
+    async fn execute_keyed(
+        mut self,
+        tx: &mut Transaction<'_, Postgres>,
+    ) -> Result<(Vec<(String, i64)>, Option<i64>), sqlx::Error> {
+        if self.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let selects: Vec<String> = self
+            .keyed
+            .iter()
+            .map(|(name, prefix)| {
+                format!("SELECT '{prefix}' || id::text AS k, version AS v FROM {name}")
+            })
+            .collect();
+        let keys = if selects.is_empty() {
+            "SELECT NULL::text AS k, NULL::bigint AS v WHERE false".to_string()
+        } else {
+            selects.join(" UNION ALL ")
+        };
+        self.qb.push(format_args!(
+            ", k AS ({keys}), \
+             i AS (INSERT INTO cache_invalidations (keys, versions) \
+                   SELECT array_agg(k), array_agg(v) FROM k HAVING count(*) > 0 RETURNING id) \
+             SELECT k, v, (SELECT id FROM i) FROM k"
+        ));
+        let rows: Vec<(String, i64, Option<i64>)> =
+            self.qb.build_query_as().fetch_all(&mut **tx).await?;
+        let intent = rows.first().and_then(|r| r.2);
+        Ok((rows.into_iter().map(|(k, v, _)| (k, v)).collect(), intent))
+    }
 }
 
 /// A parked event.
@@ -556,19 +656,7 @@ impl Runtime {
     ) -> Result<BatchOutcome, sqlx::Error> {
         let p = &self.projection;
         let positions_table = p.positions_table();
-        if !cleared.is_empty() {
-            sqlx::query(DELETE_INTENTS)
-                .bind(cleared)
-                .execute(&mut **tx)
-                .await?;
-        }
         let (k1, k2) = projection_lock(p.name);
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1, $2)")
-            .bind(k1)
-            .bind(k2)
-            .execute(&mut **tx)
-            .await?;
-
         let mut out = BatchOutcome::default();
         let mut parked: BTreeMap<Uuid, i64> = BTreeMap::new();
         let mut by_agg: BTreeMap<Uuid, Vec<(&PublishedEvent, i64)>> = BTreeMap::new();
@@ -621,18 +709,26 @@ impl Runtime {
 
         let mut positions: BTreeMap<Uuid, i64> = BTreeMap::new();
         let mut folded = Folded::default();
+        // The projection's lock (shared: replay's swap takes it exclusively), then the
+        // aggregates' (sorted: no deadlock between instances), in one statement: a target list
+        // is evaluated in order, so the shared lock is held before any aggregate's is waited
+        // for (the other way round, a batch holding an aggregate could wait behind a queued
+        // swap that waits for another batch waiting for that aggregate). Positions are read
+        // in the next statement, whose snapshot is taken after the locks are held.
+        let mut lock_keys: Vec<i32> = by_agg.keys().map(|id| hash32(id.as_bytes())).collect();
+        lock_keys.sort_unstable();
+        lock_keys.dedup();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock_shared($1, $2), \
+               (SELECT count(*) FROM (SELECT pg_advisory_xact_lock($2, k) \
+                  FROM (SELECT unnest($3::int[]) AS k ORDER BY 1) s) l)",
+        )
+        .bind(k1)
+        .bind(k2)
+        .bind(&lock_keys)
+        .execute(&mut **tx)
+        .await?;
         if !by_agg.is_empty() {
-            // Lock the aggregates (sorted: no deadlock between instances), then read positions.
-            let mut lock_keys: Vec<i32> = by_agg.keys().map(|id| hash32(id.as_bytes())).collect();
-            lock_keys.sort_unstable();
-            lock_keys.dedup();
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock($1, k) FROM (SELECT unnest($2::int[]) AS k ORDER BY 1) s",
-            )
-            .bind(k2)
-            .bind(&lock_keys)
-            .execute(&mut **tx)
-            .await?;
             let ids: Vec<Uuid> = by_agg.keys().copied().collect();
             let known: HashMap<Uuid, i64> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT aggregate_id, sequence FROM {positions_table} WHERE aggregate_id = ANY($1)"
@@ -711,38 +807,17 @@ impl Runtime {
             }
         }
 
-        out.keys = write_rows(tx, folded, |t| t.to_string()).await?;
-        // A parked event's aggregate moves past it (GREATEST in write_positions).
+        // A parked event's aggregate moves past it (GREATEST in the positions' upsert).
         for (id, seq) in parked {
             let s = positions.entry(id).or_insert(seq);
             *s = (*s).max(seq);
         }
-        write_positions(tx, &positions_table, &positions).await?;
-        sqlx::query(
-            "INSERT INTO projection_checkpoints AS c (name, stream_seq, global_position, events_applied) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
-               stream_seq = GREATEST(c.stream_seq, EXCLUDED.stream_seq), \
-               global_position = GREATEST(c.global_position, EXCLUDED.global_position), \
-               events_applied = c.events_applied + EXCLUDED.events_applied, updated_at = now()",
-        )
-        .bind(p.name)
-        .bind(max_stream)
-        .bind(max_pos)
-        .bind(out.applied as i64)
-        .execute(&mut **tx)
-        .await?;
-        if !out.keys.is_empty() {
-            let (keys, versions): (Vec<String>, Vec<i64>) = out.keys.iter().cloned().unzip();
-            out.intent_id = Some(
-                sqlx::query_scalar(
-                    "INSERT INTO cache_invalidations (keys, versions) VALUES ($1, $2) RETURNING id",
-                )
-                .bind(&keys)
-                .bind(&versions)
-                .fetch_one(&mut **tx)
-                .await?,
-            );
-        }
+        let mut writes = Writes::new();
+        writes.rows(folded, |t| t.to_string());
+        writes.positions(&positions_table, &positions);
+        writes.checkpoint(p.name, max_stream, max_pos, out.applied as i64);
+        writes.clear_intents(cleared);
+        (out.keys, out.intent_id) = writes.execute_keyed(tx).await?;
         Ok(out)
     }
 }

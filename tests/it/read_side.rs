@@ -361,6 +361,66 @@ async fn projections_apply_each_event_once_with_several_instances_and_redelivery
     assert_eq!(parked, 0);
 }
 
+/// A live batch holds its projection's lock (shared; replay's swap takes it exclusively)
+/// before it waits for an aggregate's: the two are taken in one statement, and the other way
+/// round a batch holding an aggregate could wait behind a queued swap that waits for another
+/// batch waiting for that aggregate.
+#[tokio::test]
+async fn a_batch_waiting_for_an_aggregate_already_holds_its_projections_lock() {
+    use vbin_projections::runtime::{hash32, projection_lock};
+    let env = Env::start().await;
+    let (_, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let id = api.calls(&["+15550002000"], json!({})).await[0];
+    wait_converged(&env).await;
+    // Another session holds the call's aggregate lock, as another instance's batch would.
+    let (k1, k2) = projection_lock("calls");
+    let agg = hash32(id.as_bytes());
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(k2)
+        .bind(agg)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    api.hangup(&id).await;
+    // pg_locks shows advisory keys as oids (unsigned).
+    let oid = |k: i32| k as u32 as i64;
+    let waiter = || async {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+             AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2",
+        )
+        .bind(oid(k2))
+        .bind(oid(agg))
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+    };
+    wait_until(
+        "a batch to wait for the aggregate",
+        Duration::from_secs(10),
+        || async { waiter().await.is_some() },
+    )
+    .await;
+    let pid = waiter().await.expect("a waiting batch");
+    let shared: Vec<String> = sqlx::query_scalar(
+        "SELECT mode FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 \
+         AND classid::bigint = $2 AND objid::bigint = $3 AND objsubid = 2",
+    )
+    .bind(pid)
+    .bind(oid(k1))
+    .bind(oid(k2))
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(shared, vec!["ShareLock".to_string()]);
+    // Let go: the batch goes on and the read model follows, hangup included.
+    holder.rollback().await.unwrap();
+    env.wait_call_end(id, Duration::from_secs(10)).await;
+    wait_converged(&env).await;
+}
+
 #[tokio::test]
 async fn events_that_cannot_be_applied_are_parked_and_do_not_block() {
     let env = Env::start().await;

@@ -368,6 +368,58 @@ async fn hangup_cancels_is_idempotent_and_tenant_scoped() {
     assert!(timers.is_empty(), "sandbox timers left: {timers:?}");
 }
 
+/// A sandbox step whose command fails is put back as it was, for the next poll: the worker
+/// claims its timers by deleting them, so a failed step must be written again in the claim's
+/// transaction, not lost with it. Here the call's log cannot be read (its one event is not a
+/// call created), so every attempt fails.
+#[tokio::test]
+async fn a_sandbox_step_that_fails_is_put_back_for_the_retry() {
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    let call = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO events (event_id, customer_id, aggregate_type, aggregate_id, sequence, \
+           event_type, event_version, payload, metadata, resource) \
+         VALUES ($1, $2, 'call', $3, 1, 'call_created', '1', '{\"nonsense\": true}', '{}', '{}')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(customer)
+    .bind(call)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // Due a second ago (to the microsecond, as Postgres keeps it).
+    let due: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT date_trunc('milliseconds', now()) - interval '1 second'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    sqlx::query(
+        "INSERT INTO carrier_timers (call_id, customer_id, action, due_at) VALUES ($1, $2, 'ring', $3)",
+    )
+    .bind(call)
+    .bind(customer)
+    .bind(due)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // The worker polls every 50 ms: it has tried many times by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let left: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT action, due_at FROM carrier_timers WHERE call_id = $1")
+            .bind(call)
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![("ring".to_string(), due)]);
+    let fired = crate::support::metric(&env.metrics().await, "vbin_sandbox_timers_fired_total");
+    assert_eq!(
+        fired.unwrap_or(0.0),
+        0.0,
+        "a failed step is not counted as fired"
+    );
+}
+
 #[tokio::test]
 async fn idempotency_key_replays_the_first_response() {
     let env = Env::start().await;

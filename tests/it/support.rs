@@ -300,7 +300,7 @@ impl NatsNode {
         // back from losing two of three nodes with the stream's sequence restarted at 1,
         // although every copy was current (docs/operations.md). One node runs Debian's.
         let bin = if self.pinned {
-            let pinned = vbin_media::tts::piper::default_models_dir().join("nats-server");
+            let pinned = vbin_media::models::pinned_nats_server();
             assert!(
                 pinned.exists(),
                 "{} is missing: scripts/services installs it",
@@ -1516,7 +1516,6 @@ impl Client<'_> {
     }
 }
 
-/// The `id` of a resource view.
 /// The value of an unlabelled sample `name` in a Prometheus exposition, if it is there.
 pub fn metric(exposition: &str, name: &str) -> Option<f64> {
     exposition
@@ -1525,6 +1524,7 @@ pub fn metric(exposition: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The `id` of a resource view.
 pub fn id_of(v: &Value) -> String {
     v["id"].as_str().expect("an id").to_string()
 }

@@ -1,6 +1,13 @@
 //! The hub: one ordered JetStream consumer per gateway process feeds every committed event to
 //! the connections whose subscriptions match. Stateless: any number of gateways can run; each
-//! sees every event.
+//! sees every event while it has a connection.
+//!
+//! The feed runs only while some connection is open: a gateway nobody is connected to would
+//! otherwise be sent every event of the installation, each a delivery the NATS server and this
+//! process pay for (one of the six every call event had). It starts when the first connection
+//! registers, which waits for it ([`Hub::ready`]) before reading its client's messages, so an
+//! event committed after a subscription's ack is always pushed; and stops once no connection
+//! has been open for [`Settings::feed_idle`].
 //!
 //! Every push carries the event's stream sequence as its `offset`: one number line shared by
 //! all gateways, increasing for each customer, so a client can resume on another gateway.
@@ -13,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use uuid::Uuid;
 use vbin_bus::{Bus, BusError, Chain};
 use vbin_event_schema::PublishedEvent;
@@ -36,6 +43,8 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// How often a connection's token is checked again (revoked keys, deleted agents).
     pub recheck_auth: Duration,
+    /// How long the feed from the stream keeps running with no connection open.
+    pub feed_idle: Duration,
 }
 
 impl Default for Settings {
@@ -48,6 +57,7 @@ impl Default for Settings {
             max_replay: 10_000,
             max_message_bytes: 64 * 1024,
             recheck_auth: Duration::from_secs(30),
+            feed_idle: Duration::from_secs(10),
         }
     }
 }
@@ -90,8 +100,20 @@ pub struct Hub {
     by_customer: RwLock<HashMap<Uuid, Vec<Arc<Conn>>>>,
     admins: RwLock<Vec<Arc<Conn>>>,
     next_id: AtomicU64,
-    /// Offset of the last event fanned out (0 before the first).
+    /// Offset of the last event fanned out (0 before the first, and after an idle stop).
     last_offset: AtomicU64,
+    /// Open connections and whether the feed is live, changed together under the channel's
+    /// lock (so a connection registering as the feed stops is never missed by both).
+    feed: watch::Sender<FeedState>,
+}
+
+/// What the feed's start and stop depend on.
+#[derive(Clone, Copy, Debug, Default)]
+struct FeedState {
+    /// Registered connections.
+    conns: usize,
+    /// The ordered consumer exists and its messages are being read.
+    live: bool,
 }
 
 impl Hub {
@@ -104,7 +126,22 @@ impl Hub {
             admins: Default::default(),
             next_id: AtomicU64::new(1),
             last_offset: AtomicU64::new(0),
+            feed: watch::channel(FeedState::default()).0,
         })
+    }
+
+    /// Waits (at most `within`) until the feed from the stream is live, so that what the
+    /// connection is told after this is followed by every event committed later. Past
+    /// `within` (NATS unreachable) the connection goes on, and its pushes begin when the feed
+    /// comes back, as for connections already open.
+    pub(crate) async fn ready(&self, within: Duration) {
+        let mut rx = self.feed.subscribe();
+        if tokio::time::timeout(within, rx.wait_for(|f| f.live))
+            .await
+            .is_err()
+        {
+            tracing::warn!("websocket gateway feed not live; connection goes on without it");
+        }
     }
 
     /// The bus (for replays).
@@ -115,6 +152,7 @@ impl Hub {
     /// Registers a connection; its pushes arrive on the returned receiver.
     pub(crate) fn register(&self, customer: Option<Uuid>) -> (Arc<Conn>, mpsc::Receiver<Push>) {
         let (tx, rx) = mpsc::channel(self.settings.send_buffer);
+        self.feed.send_modify(|f| f.conns += 1);
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             customer,
@@ -164,6 +202,7 @@ impl Hub {
                 .expect("registry")
                 .retain(|x| x.id != conn.id),
         }
+        self.feed.send_modify(|f| f.conns -= 1);
         metrics::gauge!("vbin_ws_connections").decrement(1.0);
     }
 
@@ -204,18 +243,26 @@ impl Hub {
         targets.len()
     }
 
-    /// Feeds the hub from the stream until `shutdown`: an ordered consumer of every event,
-    /// starting with new ones and, after a failure, where it left off.
+    /// Feeds the hub from the stream until `shutdown`, while any connection is open: an
+    /// ordered consumer of every event, starting with new ones and, after a failure, where it
+    /// left off.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut state = self.feed.subscribe();
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
-                r = self.feed() => {
-                    if let Err(e) = r {
+                r = state.wait_for(|f| f.conns > 0) => if r.is_err() { return },
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                r = self.feed() => match r {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        self.feed.send_modify(|f| f.live = false);
                         tracing::warn!(error = %Chain(&e), "websocket gateway feed interrupted; resuming");
                     }
-                }
+                },
             }
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -224,6 +271,8 @@ impl Hub {
         }
     }
 
+    /// Reads the stream until it fails, or (`Ok`) until no connection has been open for
+    /// [`Settings::feed_idle`].
     async fn feed(&self) -> Result<(), BusError> {
         let stream = self.bus.ensure_stream().await?;
         let last = self.last_offset.load(Ordering::Relaxed);
@@ -242,11 +291,56 @@ impl Hub {
             })
             .await
             .map_err(BusError::js("creating the gateway's ordered consumer"))?;
+        // An ordered consumer outlives its client by 30 s (its inactivity threshold), still
+        // sent events meanwhile: an idle stop deletes it.
+        let name = consumer.cached_info().name.clone();
         let mut messages = consumer
             .messages()
             .await
             .map_err(BusError::js("pulling messages"))?;
-        while let Some(m) = messages.next().await {
+        self.feed.send_modify(|f| f.live = true);
+        tracing::debug!(from = last, "websocket gateway feed started");
+        let mut idle_check = tokio::time::interval(self.settings.feed_idle);
+        idle_check.tick().await;
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        loop {
+            let m = tokio::select! {
+                m = messages.next() => m,
+                _ = idle_check.tick() => {
+                    if self.feed.borrow().conns > 0 {
+                        idle_since = None;
+                        continue;
+                    }
+                    let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < self.settings.feed_idle {
+                        continue;
+                    }
+                    // Stop only if still nobody is connected, decided under the lock a
+                    // connection registers under: one that comes after waits for the next feed.
+                    let stopped = self.feed.send_if_modified(|f| {
+                        if f.conns == 0 {
+                            f.live = false;
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    if stopped {
+                        // Nobody heard the events since: the next feed starts with new ones.
+                        self.last_offset.store(0, Ordering::Relaxed);
+                        drop(messages);
+                        if let Err(e) = stream.delete_consumer(&name).await {
+                            // It expires by itself (recreated after a gap, it has another name).
+                            tracing::debug!(error = %e, "deleting the gateway's idle feed");
+                        }
+                        tracing::debug!("websocket gateway feed stopped: no connection");
+                        return Ok(());
+                    }
+                    idle_since = None;
+                    continue;
+                }
+            };
+            let Some(m) = m else { break };
             let m = m.map_err(BusError::js("receiving a message"))?;
             let Ok(info) = m.info() else { continue };
             let offset = info.stream_sequence;

@@ -123,6 +123,9 @@ fn error_text(reason: &str, message: &str) -> Utf8Bytes {
         .into()
 }
 
+/// How long a new connection waits for the hub's feed to start before going on without it.
+const FEED_READY_WITHIN: Duration = Duration::from_secs(2);
+
 async fn serve(
     socket: WebSocket,
     hub: Arc<Hub>,
@@ -131,6 +134,9 @@ async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let (conn, pushes) = hub.register(who.customer);
+    // The client's messages are read once the feed is live (it starts with the first
+    // connection), so every event after a subscription's ack reaches this connection.
+    hub.ready(FEED_READY_WITHIN).await;
     let (sink, stream) = socket.split();
     let (ctl_tx, ctl_rx) = mpsc::channel::<Ctl>(16);
     let last_heard = Arc::new(std::sync::Mutex::new(Instant::now()));

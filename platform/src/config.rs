@@ -652,6 +652,16 @@ pub struct GatewaySettings {
         value_parser = positive::<u64>("VBIN_WS_MAX_REPLAY", "a positive integer")
     )]
     pub max_replay: u64,
+    /// With no connection open for this many milliseconds, the gateway stops reading the
+    /// event stream (it starts again with the next connection).
+    #[arg(
+        long = "ws-feed-idle-ms",
+        env = "VBIN_WS_FEED_IDLE_MS",
+        value_name = "MS",
+        default_value_t = millis(vbin_gateway::Settings::default().feed_idle),
+        value_parser = positive::<u64>("VBIN_WS_FEED_IDLE_MS", "a positive number of milliseconds")
+    )]
+    pub feed_idle_ms: u64,
 }
 
 impl Default for GatewaySettings {
@@ -663,6 +673,7 @@ impl Default for GatewaySettings {
             ping_ms: millis(d.ping_every),
             idle_ms: millis(d.idle_timeout),
             max_replay: d.max_replay,
+            feed_idle_ms: millis(d.feed_idle),
         }
     }
 }
@@ -676,6 +687,7 @@ impl GatewaySettings {
             ping_every: Duration::from_millis(self.ping_ms),
             idle_timeout: Duration::from_millis(self.idle_ms),
             max_replay: self.max_replay,
+            feed_idle: Duration::from_millis(self.feed_idle_ms),
             ..Default::default()
         }
     }

@@ -1,7 +1,7 @@
 //! End-to-end tests of the WebSocket gateway (issue 6) with a real WebSocket client against
 //! the `vbin serve` binary.
 
-use crate::support::{Env, Platform};
+use crate::support::{wait_until, Env, Platform};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -444,4 +444,53 @@ async fn conference_events_reach_their_topic_and_only_their_tenant() {
     assert_eq!(got[0]["topic"], format!("customer_id:{a}:conference:{id}"));
     assert_eq!(got.last().unwrap()["data"]["status"], "terminated");
     silent_for(&mut theirs, Duration::from_secs(1)).await;
+}
+
+/// The gateway's feeds from the event stream: its ordered consumers (no durable name, every
+/// subject of the installation).
+async fn gateway_feeds(stream: &async_nats::jetstream::stream::Stream) -> usize {
+    let mut n = 0;
+    let mut all = stream.consumers();
+    while let Some(info) = all.next().await {
+        let c = info.unwrap().config;
+        if c.durable_name.is_none() && c.filter_subject.ends_with(".>") {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A gateway nobody is connected to reads nothing from the event stream (each event would be
+/// one more delivery for the NATS server and the process); the first connection starts its
+/// feed before its messages are read, so an event committed right after the subscription's ack
+/// is pushed, and the feed stops once no connection has been open for `VBIN_WS_FEED_IDLE_MS`.
+#[tokio::test]
+async fn the_gateway_reads_the_stream_only_while_a_client_is_connected() {
+    let env = Env::start_with_env(&[("VBIN_WS_FEED_IDLE_MS", "300")]).await;
+    let (a, tok, _) = env.customer().await;
+    let api = env.client(&tok);
+    let stream = env.event_stream().await;
+    let unheard = api.calls(&["+15550000486"], json!({})).await[0];
+    env.wait_call_end(unheard, Duration::from_secs(15)).await;
+    assert_eq!(gateway_feeds(&stream).await, 0, "no client, no feed");
+
+    for round in 0..2 {
+        let mut ws = connect(&env.platform, &tok).await;
+        subscribe(&mut ws, &[calls_of(a)]).await;
+        assert_eq!(gateway_feeds(&stream).await, 1, "round {round}: one feed");
+        let call = api.calls(&["+15550000486"], json!({})).await[0];
+        let seen = events_until(&mut ws, |e| hungup(e, call)).await;
+        assert_eq!(seen[0]["event"], "call_created", "round {round}: {seen:?}");
+        assert!(
+            seen.iter().all(|e| e["data"]["id"] == call.to_string()),
+            "round {round}: only this call's events (none from before): {seen:?}"
+        );
+        ws.close(None).await.unwrap();
+        wait_until(
+            format_args!("round {round}: the feed stops after the last client"),
+            Duration::from_secs(10),
+            || async { gateway_feeds(&stream).await == 0 },
+        )
+        .await;
+    }
 }

@@ -45,8 +45,10 @@ pub(super) struct Ticket {
 /// The near cache of one [`super::Cache`].
 pub(super) struct Near {
     /// By row id alone (ids are UUIDs, unique across tables; the table is checked on a hit):
-    /// a hit builds no key string.
-    rows: moka::sync::Cache<Uuid, Arc<Held>>,
+    /// a hit builds no key string. quick_cache rather than moka: a hit is a shard's read lock
+    /// and a probe, where moka also logged each read for its eviction policy (at 10,000 rows
+    /// read in turn, moka was 7.7 % of the query API's CPU, `docs/benchmarks.md`).
+    rows: quick_cache::sync::Cache<Uuid, Arc<Held>, ByBytes>,
     /// The tracking connection is up and subscribed.
     live: AtomicBool,
     /// Bumped each time the tracking connection is lost (and on a resync).
@@ -58,7 +60,22 @@ pub(super) struct Near {
 struct Held {
     table: Box<str>,
     row: CachedRow,
+    /// When it was stored (an entry older than [`MAX_AGE`] is not used).
+    at: std::time::Instant,
 }
+
+/// An entry's weight: its bytes, roughly.
+#[derive(Clone)]
+struct ByBytes;
+
+impl quick_cache::Weighter<Uuid, Arc<Held>> for ByBytes {
+    fn weight(&self, _: &Uuid, h: &Arc<Held>) -> u64 {
+        (64 + h.table.len() + h.row.b.get().len()) as u64
+    }
+}
+
+/// Rows of about this size are expected (sizes the cache's tables, not a limit).
+const TYPICAL_ROW_BYTES: u64 = 1024;
 
 impl Near {
     /// A near cache fed by a tracking connection on `client` for keys starting with
@@ -79,15 +96,11 @@ impl Near {
     /// Empty and offline until a tracking connection says otherwise.
     fn new() -> Self {
         Self {
-            rows: moka::sync::Cache::builder()
-                .max_capacity(CAPACITY_BYTES)
-                .weigher(|_: &Uuid, h: &Arc<Held>| {
-                    (64 + h.table.len() + h.row.b.get().len())
-                        .try_into()
-                        .unwrap_or(u32::MAX)
-                })
-                .time_to_live(MAX_AGE)
-                .build(),
+            rows: quick_cache::sync::Cache::with_weighter(
+                (CAPACITY_BYTES / TYPICAL_ROW_BYTES) as usize,
+                CAPACITY_BYTES,
+                ByBytes,
+            ),
             live: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             generations: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
@@ -106,7 +119,7 @@ impl Near {
         }
         self.rows
             .get(&id)
-            .filter(|h| &*h.table == table)
+            .filter(|h| &*h.table == table && h.at.elapsed() < MAX_AGE)
             .map(|h| h.row.clone())
     }
 
@@ -139,18 +152,19 @@ impl Near {
             return;
         }
         let table = table.into();
-        self.rows.insert(id, Arc::new(Held { table, row }));
+        let at = std::time::Instant::now();
+        self.rows.insert(id, Arc::new(Held { table, row, at }));
         // An invalidation bumps the generation before it removes: if it removed before the
         // insert, the bump shows here.
         if !unchanged(self) {
-            self.rows.invalidate(&id);
+            self.rows.remove(&id);
         }
     }
 
     /// Row `id` was written.
     fn invalidate(&self, id: Uuid) {
         self.generations[Self::stripe(id)].fetch_add(1, SeqCst);
-        self.rows.invalidate(&id);
+        self.rows.remove(&id);
     }
 
     /// A key of the tracked prefix was written: `<prefix>rm:<table>:<id>`.
@@ -169,7 +183,7 @@ impl Near {
     /// Forgets every row (a flush, a resync after an outage) without going offline.
     pub(super) fn forget_all(&self) {
         self.epoch.fetch_add(1, SeqCst);
-        self.rows.invalidate_all();
+        self.rows.clear();
     }
 
     /// The tracking connection is lost: nothing held can be trusted any more.

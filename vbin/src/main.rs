@@ -95,8 +95,14 @@ enum Cmd {
 }
 
 fn init_tracing(format: LogFormat, filter: &str) {
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal: a log file or journald would keep the escape
+    // codes, and styling every span's fields costs CPU per request (`docs/benchmarks.md`).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let b = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => b.json().init(),

@@ -302,17 +302,17 @@ impl Hub {
         tracing::debug!(from = last, "websocket gateway feed started");
         let mut idle_check = tokio::time::interval(self.settings.feed_idle);
         idle_check.tick().await;
-        let mut idle_since: Option<tokio::time::Instant> = None;
+        // Stopped at the second check in a row that finds no connection: at least
+        // `feed_idle` without one.
+        let mut idle_at_last_check = false;
         loop {
             let m = tokio::select! {
                 m = messages.next() => m,
                 _ = idle_check.tick() => {
-                    if self.feed.borrow().conns > 0 {
-                        idle_since = None;
-                        continue;
-                    }
-                    let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() < self.settings.feed_idle {
+                    let idle = self.feed.borrow().conns == 0;
+                    let stop_now = idle && idle_at_last_check;
+                    idle_at_last_check = idle;
+                    if !stop_now {
                         continue;
                     }
                     // Stop only if still nobody is connected, decided under the lock a
@@ -336,7 +336,7 @@ impl Hub {
                         tracing::debug!("websocket gateway feed stopped: no connection");
                         return Ok(());
                     }
-                    idle_since = None;
+                    idle_at_last_check = false;
                     continue;
                 }
             };

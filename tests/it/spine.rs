@@ -988,6 +988,96 @@ async fn two_appends_to_one_aggregate_at_once_are_both_answered_with_nothing_aft
     assert_eq!(ns, [1, 2]);
 }
 
+/// Group commit: while one batch is committing, the commands arriving meanwhile wait for it
+/// and go together in the next batch, unless enough of them are waiting (eight) to be worth a
+/// second commit at once. (Under load, half the batches had been single commands committed
+/// beside a running batch: a statement, a commit and a WAL flush each.) A table lock held by
+/// the test keeps the first batch committing; the batches in flight are the inserts waiting
+/// for that lock.
+#[tokio::test]
+async fn commands_arriving_during_a_commit_wait_for_it_unless_enough_are_waiting() {
+    use vbin_eventlog::{CommandMeta, NewEvent, PgEventRepository};
+    let env = Env::start().await;
+    let (customer, _, _) = env.customer().await;
+    // Its own connections, named: the platform's processes append to the same log.
+    const NAME: &str = "group-commit-probe";
+    let opts: sqlx::postgres::PgConnectOptions = env.db_url.parse().unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(opts.application_name(NAME))
+        .await
+        .unwrap();
+    let repo = PgEventRepository::new(pool);
+    let meta = CommandMeta::from_request(&vbin_eventlog::Actor::Admin, "req", Some(customer));
+    let append = |id: Uuid| {
+        let (repo, meta) = (repo.clone(), meta.clone());
+        tokio::spawn(async move {
+            let event = NewEvent {
+                event_type: "probe_recorded".into(),
+                event_version: "1.0".into(),
+                payload: json!({"type": "probe_recorded"}),
+                resource: json!({}),
+            };
+            repo.append("probe", id, customer, 0, vec![event], &meta, None)
+                .await
+        })
+    };
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+             AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO events%'",
+        )
+        .bind(NAME)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let mut lock = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE events IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let mut tasks = vec![append(Uuid::now_v7())];
+    wait_until(
+        "the first batch committing",
+        Duration::from_secs(10),
+        || async { waiting().await == 1 },
+    )
+    .await;
+    // Three more: they wait for that commit.
+    tasks.extend((0..3).map(|_| append(Uuid::now_v7())));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        waiting().await,
+        1,
+        "three commands were committed beside the running batch instead of waiting for it"
+    );
+    // Five more make eight waiting: worth a second batch at once.
+    tasks.extend((0..5).map(|_| append(Uuid::now_v7())));
+    wait_until(
+        "a second batch committing",
+        Duration::from_secs(10),
+        || async { waiting().await == 2 },
+    )
+    .await;
+    lock.commit().await.unwrap();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap()[0].sequence, 1);
+    }
+    let commits: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_type = 'probe' AND customer_id = $1 \
+         GROUP BY tx_id::text ORDER BY min(global_position)",
+    )
+    .bind(customer)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        commits,
+        [1, 8],
+        "the first command alone, then the eight together"
+    );
+}
+
 /// Runs `spec` in a probe process until it has handled at least `at_least` events (and half a
 /// second more, for any it should not have), then stops it; what it handled.
 async fn consume_until(

@@ -144,15 +144,15 @@ async fn writer(pool: PgPool, writers: Arc<Writers>) {
     let mut carry: VecDeque<Job> = VecDeque::new();
     let mut busy = writers.in_flight.subscribe();
     loop {
-        let batch = if !carry.is_empty() {
+        let (batch, _writing) = if !carry.is_empty() {
             // Jobs held back from this writer's last batch (their aggregate was in it) go
             // first, now that batch has committed. They must not wait for the queue: the other
             // writer may hold it while waiting for a job, and with nothing more to write a
             // held-back command went unanswered until some other command came.
             let held = std::mem::take(&mut carry);
             match writers.rx.try_lock() {
-                Ok(mut rx) => gather(held, Some(&mut rx), &mut carry),
-                Err(_) => gather(held, None, &mut carry),
+                Ok(mut rx) => (gather(held, Some(&mut rx), &mut carry), writers.writing()),
+                Err(_) => (gather(held, None, &mut carry), writers.writing()),
             }
         } else {
             let mut rx = writers.rx.lock().await;
@@ -175,12 +175,30 @@ async fn writer(pool: PgPool, writers: Arc<Writers>) {
                     },
                 }
             }
-            gather(held, Some(&mut rx), &mut carry)
+            // Counted as committing before the queue is let go, so that the other writer,
+            // taking it next, sees this batch.
+            (gather(held, Some(&mut rx), &mut carry), writers.writing())
         };
         metrics::histogram!("vbin_append_batch_commands").record(batch.len() as f64);
-        writers.in_flight.send_modify(|n| *n += 1);
         write(&pool, batch).await;
-        writers.in_flight.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Writers {
+    /// Counts a batch as committing until the guard is dropped (also if its writer's task
+    /// ends mid-write: a count left at one would make every later lone command wait for eight).
+    fn writing(&self) -> Writing<'_> {
+        self.in_flight.send_modify(|n| *n += 1);
+        Writing(&self.in_flight)
+    }
+}
+
+/// A batch being committed ([`Writers::writing`]).
+struct Writing<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

@@ -458,8 +458,9 @@ mod tests {
     }
 
     /// A second append of an aggregate already in the batch is held back with everything
-    /// gathered after it, in order, and the queue is not read past it: one aggregate's
-    /// appends are written in the order they came.
+    /// gathered after it, in order, and the queue is not read past it: what one writer
+    /// gathered is written in the order it came. (Across the two writers there is no order:
+    /// two appends of one aggregate at once are decided by the sequence key, as ever.)
     #[test]
     fn a_held_back_append_keeps_its_place_and_stops_the_gathering() {
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());

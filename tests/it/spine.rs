@@ -1065,7 +1065,7 @@ async fn commands_arriving_during_a_commit_wait_for_it_unless_enough_are_waiting
     }
     let commits: Vec<i64> = sqlx::query_scalar(
         "SELECT count(*) FROM events WHERE aggregate_type = 'probe' AND customer_id = $1 \
-         GROUP BY tx_id::text ORDER BY min(global_position)",
+         GROUP BY tx_id::text ORDER BY 1",
     )
     .bind(customer)
     .fetch_all(&env.pool)

@@ -150,10 +150,11 @@ async fn writer(pool: PgPool, writers: Arc<Writers>) {
             // writer may hold it while waiting for a job, and with nothing more to write a
             // held-back command went unanswered until some other command came.
             let held = std::mem::take(&mut carry);
-            match writers.rx.try_lock() {
-                Ok(mut rx) => (gather(held, Some(&mut rx), &mut carry), writers.writing()),
-                Err(_) => (gather(held, None, &mut carry), writers.writing()),
-            }
+            let mut rx = writers.rx.try_lock().ok();
+            (
+                gather(held, rx.as_deref_mut(), &mut carry),
+                writers.writing(),
+            )
         } else {
             let mut rx = writers.rx.lock().await;
             let Some(first) = rx.recv().await else {

@@ -1071,10 +1071,11 @@ async fn commands_arriving_during_a_commit_wait_for_it_unless_enough_are_waiting
     .fetch_all(&env.pool)
     .await
     .unwrap();
+    // Sorted by size: both waiting inserts are let through when the lock goes, in either order.
     assert_eq!(
         commits,
         [1, 8],
-        "the first command alone, then the eight together"
+        "the first command alone, and the eight together"
     );
 }
 
